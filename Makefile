@@ -1,0 +1,105 @@
+# peftd — plain Makefile.
+#   make            build build/peftd (+ CUDA backend when nvcc exists)
+#   make run        install missing deps, build, serve the default model (conf/peftd.json)
+#   make test       install missing deps, build, run unit + integration tests
+#   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
+#   make bench      benchmarks (JSON + one-line summary)
+# XCFLAGS / XLDFLAGS are appended for local experiments.
+
+BUILD   ?= build
+CC      ?= cc
+PYTHON  ?= python3
+PKGS    := libmicrohttpd libcjson libuv lmdb openblas libpcre2-8 libutf8proc libcrypto
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+OPT     ?= -O2
+CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -march=native -fno-strict-aliasing \
+           -Wall -Wextra -Werror -Wno-unused-parameter -MMD -MP \
+           -I. $(PKG_CFLAGS) $(SANFLAGS) $(XCFLAGS)
+LDFLAGS := $(SANFLAGS) $(XLDFLAGS)
+LDLIBS  := $(PKG_LIBS) -lm -lpthread
+
+# Sources: everything under the three library trees except the daemon's main.
+LIB_SRC  := $(shell find kernels adapter_store server -name '*.c' ! -path server/main.c | sort)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/unit/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+HARNESS  := $(BUILD)/tests/harness.o
+
+# CUDA backend: compiled whenever nvcc exists and there are .cu sources.
+NVCC     := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CU_SRC   := $(shell find kernels/cuda -name '*.cu' 2>/dev/null | sort)
+ifneq ($(and $(NVCC),$(CU_SRC)),)
+  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/%.o)
+  CFLAGS    += -DPEFTD_CUDA=1 -I$(CUDA_HOME)/include
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+  BUILD_KIND := CPU + CUDA (nvcc: $(NVCC))
+else ifneq ($(NVCC),)
+  BUILD_KIND := CPU-only (nvcc found, but no CUDA sources yet)
+else
+  BUILD_KIND := CPU-only (no nvcc on PATH: CUDA backend not built)
+endif
+
+.PHONY: all deps run test unit integration asan bench clean fmt-check
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/peftd $(BUILD)/libpeftd.a
+	@echo "peftd: $(BUILD_KIND)"
+
+deps:
+	@bash deploy/install_deps.sh
+
+$(BUILD)/libpeftd.a: $(LIB_OBJ) $(CU_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/peftd: $(BUILD)/server/main.o $(BUILD)/libpeftd.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) -O3 -std=c++17 -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	    -Xcompiler -Wall,-Wextra,-Werror -c -o $@ $<
+
+$(HARNESS): tests/harness/test.c tests/harness/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(HARNESS) $(BUILD)/libpeftd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(HARNESS) $(BUILD)/libpeftd.a $(LDLIBS)
+
+tests-bin: $(TEST_BIN)
+
+# run / test first install what is missing, then re-enter make so pkg-config sees it.
+run: deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/peftd serve --config conf/peftd.json
+
+test: deps
+	@$(MAKE) --no-print-directory all tests-bin
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" all tests-bin
+	@BUILD=build-asan PYTHON=$(PYTHON) PEFTD_SANITIZED=1 \
+	    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    bash tests/run_tests.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash bench/run.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) build-asan -name '*.d' 2>/dev/null)

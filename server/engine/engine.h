@@ -1,0 +1,135 @@
+/* server/engine/engine.h — the engine: one thread that owns the model, the KV cache and the
+ * backend, and runs continuous batching over the requests posted to it.
+ *
+ * Data flow: a caller (HTTP thread, `peftd generate`) tokenizes a prompt, creates an
+ * engine_request and submits it. The engine thread (a libuv loop) drains its submission
+ * queue on every wake-up (uv_async_send coalesces), admits requests whose KV blocks fit,
+ * and runs steps: each step is one ragged batch of prefill chunks and decode tokens from
+ * all running sequences. Sampled tokens are appended to the request's output under the
+ * request's lock and the request's notify callback is called (from the engine thread,
+ * with no lock held). The caller takes the new output with engine_request_take().
+ * Cancelling (client gone) frees the sequence's KV blocks at the next step.
+ *
+ * Lifetime: engine_request is refcounted. The creator holds one reference; the engine
+ * holds another from engine_submit() until the request is finished. notify may be called
+ * until the engine drops its reference; after a request reports finished, no further
+ * notify calls happen.
+ */
+#ifndef PEFTD_ENGINE_H
+#define PEFTD_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "server/model/model.h"
+#include "server/model/tokenizer.h"
+
+#define ENGINE_MAX_LOGPROBS 20 /* OpenAI's limit for top logprobs */
+#define ENGINE_MAX_STOP 16     /* stop strings per request */
+
+typedef struct engine engine;
+typedef struct engine_request engine_request;
+
+typedef struct {
+    int max_seqs;          /* running sequences per step (batch width) */
+    int max_batch_tokens;  /* token rows per step (bounds prefill chunk size) */
+    int block_size;        /* KV slots per block */
+    int kv_blocks;         /* KV blocks in the pool (shared by all layers' views) */
+    int max_queue;         /* waiting requests before submit answers PEFTD_EBUSY */
+} engine_config;
+
+/* Defaults sized for the CPU backend and small models. */
+void engine_config_default(engine_config *c);
+
+typedef struct {
+    int max_tokens;            /* >= 1 */
+    float temperature;         /* 0 = greedy (argmax) */
+    float top_p;               /* (0, 1] */
+    int top_k;                 /* 0 = off */
+    uint64_t seed;             /* used when has_seed: same seed + same prompt => same output */
+    bool has_seed;
+    int logprobs;              /* -1 = off; else also return this many top alternatives (0..20) */
+    bool ignore_eos;           /* keep generating past EOS */
+    int n_stop;
+    char *stop[ENGINE_MAX_STOP]; /* NUL-terminated; copied by engine_request_create */
+} gen_params;
+
+void gen_params_default(gen_params *p);
+
+typedef enum {
+    FINISH_NONE = 0,   /* still running */
+    FINISH_LENGTH,     /* max_tokens or the context length reached */
+    FINISH_STOP,       /* EOS or a stop string */
+    FINISH_CANCELLED,  /* cancelled by the caller or shutdown */
+    FINISH_ERROR,      /* engine/backend error: message in error */
+} finish_reason;
+
+const char *finish_reason_str(finish_reason f); /* "length", "stop", ... (OpenAI names) */
+
+typedef struct {
+    int32_t id;
+    float logprob;                         /* log-softmax of the sampled token (temperature 1) */
+    int n_top;
+    int32_t top_id[ENGINE_MAX_LOGPROBS];
+    float top_logprob[ENGINE_MAX_LOGPROBS];
+    size_t text_offset;                    /* offset of this token's text in the completion */
+} gen_token;
+
+/* New output taken from a request (engine_request_take). @note caller frees with
+ * engine_delta_free(). */
+typedef struct {
+    char *text;            /* new completion text since the last take (NUL-terminated) */
+    size_t text_len;
+    gen_token *tokens;     /* new tokens since the last take (NULL unless logprobs >= 0) */
+    int n_tokens;
+    bool finished;
+    finish_reason finish;
+    char error[256];
+    int prompt_tokens;     /* usage */
+    int completion_tokens; /* usage: tokens generated so far */
+} engine_delta;
+
+void engine_delta_free(engine_delta *d);
+
+/* Creates a request for prompt ids (copied). Returns NULL on allocation failure.
+ * @note caller owns one reference: engine_request_unref(). */
+engine_request *engine_request_create(const int32_t *prompt, int n_prompt, const gen_params *p);
+/* notify(ud) runs on the engine thread whenever new output or the finish is available. */
+void engine_request_set_notify(engine_request *r, void (*notify)(void *ud), void *ud);
+void engine_request_ref(engine_request *r);
+void engine_request_unref(engine_request *r); /* NULL is a no-op */
+/* Moves the output produced since the previous take into d. Never blocks on the engine. */
+int engine_request_take(engine_request *r, engine_delta *d);
+/* Blocks until the request finished (for offline use and tests). */
+void engine_request_wait(engine_request *r);
+
+/* @note caller owns *out: engine_free(). model, kb and tok must outlive the engine. */
+int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokenizer *tok,
+                  engine **out, char *err, size_t errlen);
+int engine_start(engine *e);   /* starts the engine thread */
+
+/* Queues a request. PEFTD_ERANGE: prompt + max_tokens exceed the context length (or the
+ * KV pool); PEFTD_EBUSY: the queue is full; PEFTD_ECANCELED: shutting down.
+ * On success the engine holds its own reference. */
+int engine_submit(engine *e, engine_request *r);
+/* Idempotent; the request finishes with FINISH_CANCELLED at the next step. */
+void engine_cancel(engine *e, engine_request *r);
+
+/* Context length (max_position_embeddings) and the model's served id. */
+int engine_context_length(const engine *e);
+
+typedef struct {
+    int running, waiting;
+    int kv_blocks_total, kv_blocks_used;
+    uint64_t steps, tokens_generated, prompt_tokens;
+} engine_stats;
+void engine_get_stats(engine *e, engine_stats *s);
+
+/* Stops accepting work; with drain, running and queued requests finish first, otherwise
+ * they are cancelled. Joins the engine thread. Safe to call from any non-engine thread. */
+void engine_stop(engine *e, bool drain);
+void engine_free(engine *e); /* stops (without drain) if still running; NULL is a no-op */
+
+#endif

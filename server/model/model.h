@@ -1,0 +1,65 @@
+/* server/model/model.h — a Llama-family base model: HF config.json + safetensors weights.
+ *
+ * model_load() reads <dir>/config.json (LlamaForCausalLM, MistralForCausalLM and the same
+ * architecture under other names: RMSNorm, RoPE, SwiGLU, GQA), memory-maps
+ * <dir>/model.safetensors or every shard named by <dir>/model.safetensors.index.json,
+ * checks every tensor's name, dtype (f32/f16/bf16) and shape against the config, and
+ * exposes the weights as kmat views in the backend's memory. On the CPU backend the views
+ * point straight into the read-only mappings (no copy); other backends get a copy.
+ * A hostile or broken file gives a negative status and a message in err, never a crash.
+ */
+#ifndef PEFTD_MODEL_H
+#define PEFTD_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "kernels/kernels.h"
+
+typedef struct {
+    char architecture[64];   /* e.g. "LlamaForCausalLM" */
+    char model_type[32];     /* e.g. "llama" */
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;          /* num_key_value_heads (defaults to n_heads) */
+    int head_dim;            /* head_dim (defaults to hidden_size / n_heads) */
+    int max_position_embeddings;
+    float rms_norm_eps;
+    float rope_theta;
+    bool tie_word_embeddings;
+    int32_t bos_token_id;    /* -1 when absent */
+    int32_t eos_token_id;    /* -1 when absent (first one when a list) */
+    char torch_dtype[16];    /* as written in config.json ("" when absent) */
+} model_config;
+
+/* Parses a config.json text. @note err gets a message on failure. */
+int model_config_parse(const char *json, size_t len, model_config *cfg, char *err, size_t errlen);
+
+typedef struct {
+    kmat attn_norm;                  /* [1, hidden] */
+    kmat wq, wk, wv, wo;             /* [n_heads*hd, hidden], [n_kv*hd, hidden] x2, [hidden, n_heads*hd] */
+    kmat ffn_norm;                   /* [1, hidden] */
+    kmat w_gate, w_up, w_down;       /* [inter, hidden] x2, [hidden, inter] */
+} model_layer;
+
+typedef struct model {
+    model_config cfg;
+    char dir[4096];
+    char name[128];                  /* served model id: the directory's base name */
+    kmat embed;                      /* [vocab, hidden] */
+    kmat final_norm;                 /* [1, hidden] */
+    kmat lm_head;                    /* [vocab, hidden]; == embed when tied */
+    model_layer *layers;             /* [n_layers] */
+    size_t weight_bytes;             /* bytes of all weights as stored (lm_head counted once if tied) */
+    struct model_storage *storage;   /* mappings / backend copies; private */
+    kbackend *kb;                    /* backend holding the weights (not owned) */
+} model;
+
+/* @note caller owns *out: model_free(). kb must outlive the model. */
+int model_load(const char *dir, kbackend *kb, model **out, char *err, size_t errlen);
+void model_free(model *m); /* NULL is a no-op */
+
+#endif

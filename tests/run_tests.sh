@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# tests/run_tests.sh — runs every unit-test binary and every integration test,
+# adds up their summary lines and prints one closing line:
+#   "tests: N passed, N failed, N skipped"
+set -u
+BUILD=${BUILD:-build}
+PYTHON=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+pass=0; fail=0; skip=0; failed_suites=()
+
+tally() {  # $1 = suite name, stdin = its output
+    local line
+    line=$(grep -E '^[^ ].*: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$2" | tail -n 1)
+    if [ -z "$line" ]; then
+        fail=$((fail + 1)); failed_suites+=("$1 (no summary: crashed?)"); return
+    fi
+    read -r p f s <<<"$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped/\1 \2 \3/')"
+    pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
+    [ "$f" -eq 0 ] || failed_suites+=("$1")
+}
+
+out=$(mktemp)
+echo "== unit tests ($BUILD/tests)"
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    "$t" 2>&1 | tee "$out"
+    tally "$(basename "$t")" "$out"
+done
+
+echo "== integration tests (tests/integration)"
+for t in tests/integration/test_*.py; do
+    [ -f "$t" ] || continue
+    PEFTD_BIN="$BUILD/peftd" "$PYTHON" "$t" 2>&1 | tee "$out"
+    tally "$(basename "$t")" "$out"
+done
+rm -f "$out"
+
+[ ${#failed_suites[@]} -eq 0 ] || echo "failed suites: ${failed_suites[*]}"
+echo "tests: $pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]
