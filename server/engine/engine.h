@@ -36,7 +36,8 @@ typedef struct {
     int max_seqs;          /* running sequences per step (batch width) */
     int max_batch_tokens;  /* token rows per step (bounds prefill chunk size) */
     int block_size;        /* KV slots per block */
-    int kv_blocks;         /* KV blocks in the pool (shared by all layers' views) */
+    int kv_blocks;         /* KV blocks in the pool; 0 = as many as kv_cache_mb allows */
+    int kv_cache_mb;       /* KV memory budget (all layers, K and V) when kv_blocks == 0 */
     int max_queue;         /* waiting requests before submit answers PEFTD_EBUSY */
 } engine_config;
 

@@ -1,0 +1,596 @@
+/* server/engine/engine.c — the engine thread: submission queue, admission by KV blocks,
+ * continuous batching of prefill chunks and decode tokens into one ragged step batch,
+ * sampling, incremental detokenization, stop strings and output publication.
+ *
+ * Threads: callers touch only the submission queue (qmu) and request objects; everything
+ * else here (sequences, KV blocks, the llama_ctx, the backend) belongs to the engine
+ * thread. uv_async_send wakes the loop (coalesced: every wake drains the whole queue);
+ * a uv_idle handle runs one step per loop iteration while there is work, so new
+ * requests and cancellations are picked up between steps.
+ */
+#include "server/engine/engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "kernels/util/log.h"
+#include "server/engine/engine_internal.h"
+#include "server/engine/kv_blocks.h"
+#include "server/engine/sampling.h"
+#include "server/model/llama.h"
+
+typedef struct seq {
+    engine_request *r;
+    int32_t *tokens;          /* prompt + generated */
+    int n_tokens;
+    int max_total;            /* n_prompt + max_tokens */
+    int n_computed;           /* tokens whose K/V are in the cache */
+    int32_t *blocks;          /* reserved KV blocks, enough for max_total slots */
+    int n_blocks;
+    rng_state rng;
+    tokenizer_stream *ds;
+    char *pending;            /* decoded text held back: may be the start of a stop string */
+    size_t pending_len, pending_cap;
+    size_t text_total;        /* completion bytes so far (published + pending) */
+    int n_generated;
+} seq;
+
+enum { STOP_NONE = 0, STOP_DRAIN, STOP_CANCEL };
+
+struct engine {
+    engine_config cfg;
+    model *m;
+    kbackend *kb;
+    const tokenizer *tok;
+    llama_ctx *lc;
+    int ctx_len, max_blocks;
+    int32_t eos_id;
+
+    /* submission side (any thread) */
+    pthread_mutex_t qmu;
+    engine_request *q_head, *q_tail;
+    bool accepting;
+    int stop_mode;            /* under qmu */
+    atomic_int n_queued;      /* submitted, not yet admitted or finished */
+
+    /* engine thread */
+    uv_thread_t thread;
+    bool started;
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_idle_t idle;
+    bool idle_on, closing;
+    engine_request *w_head, *w_tail; /* waiting (drained from the queue), FIFO */
+    seq **running;
+    int n_running;
+    kv_blocks kv;
+    sampler_scratch ss;
+    /* step batch buffers (host) */
+    int32_t *b_tokens, *b_pos, *b_slots, *b_qstart, *b_kvlen, *b_btab, *b_rows;
+    int *b_chunk;             /* tokens each running seq contributes to the step */
+    seq **b_logit_seq;
+    float *logits;
+
+    pthread_mutex_t smu;
+    engine_stats stats;
+};
+
+void engine_config_default(engine_config *c) {
+    c->max_seqs = 64;
+    c->max_batch_tokens = 256;
+    c->block_size = 16;
+    c->kv_blocks = 0;
+    c->kv_cache_mb = 512;
+    c->max_queue = 1024;
+}
+
+int engine_context_length(const engine *e) { return e->ctx_len; }
+
+/* ---------- sequences ---------- */
+
+static void seq_free(engine *e, seq *s) {
+    if (!s) return;
+    kv_blocks_release(&e->kv, s->blocks, s->n_blocks);
+    tokenizer_stream_free(s->ds);
+    free(s->blocks);
+    free(s->tokens);
+    free(s->pending);
+    free(s);
+}
+
+static int blocks_needed(const engine *e, int slots) {
+    return (slots + e->cfg.block_size - 1) / e->cfg.block_size;
+}
+
+/* Finishes a request the engine holds: publishes the finish, notifies, drops the ref. */
+static void finish_request(engine_request *r, finish_reason f, const char *error) {
+    engine__finish(r, f, error);
+    engine__notify(r);
+    engine_request_unref(r);
+}
+
+static seq *seq_create(engine *e, engine_request *r) {
+    seq *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->r = r;
+    s->max_total = r->n_prompt + r->params.max_tokens;
+    s->tokens = malloc((size_t)s->max_total * sizeof(int32_t));
+    s->n_blocks = blocks_needed(e, s->max_total);
+    s->blocks = malloc((size_t)s->n_blocks * sizeof(int32_t));
+    s->ds = tokenizer_stream_new(e->tok, true);
+    if (!s->tokens || !s->blocks || !s->ds) goto fail;
+    memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+    s->n_tokens = r->n_prompt;
+    if (tokenizer_stream_prime(s->ds, r->prompt, (size_t)r->n_prompt) < 0) goto fail;
+    if (kv_blocks_alloc(&e->kv, s->n_blocks, s->blocks) < 0) goto fail;
+    uint64_t seed = r->params.has_seed ? r->params.seed
+                                       : (uint64_t)uv_hrtime() ^ ((uint64_t)(uintptr_t)r << 16);
+    rng_seed(&s->rng, seed);
+    return s;
+fail:
+    s->n_blocks = 0; /* nothing was taken from the pool */
+    seq_free(e, s);
+    return NULL;
+}
+
+/* ---------- queue ---------- */
+
+static void drain_queue(engine *e) {
+    pthread_mutex_lock(&e->qmu);
+    engine_request *h = e->q_head;
+    e->q_head = e->q_tail = NULL;
+    pthread_mutex_unlock(&e->qmu);
+    while (h) {
+        engine_request *n = h->next;
+        h->next = NULL;
+        if (e->w_tail) e->w_tail->next = h;
+        else e->w_head = h;
+        e->w_tail = h;
+        h = n;
+    }
+}
+
+static void on_idle(uv_idle_t *h);
+
+static void ensure_idle(engine *e) {
+    if (!e->idle_on && !e->closing && (e->w_head || e->n_running)) {
+        uv_idle_start(&e->idle, on_idle);
+        e->idle_on = true;
+    }
+}
+
+/* Cancels waiting and running requests whose caller asked for it (or all, on shutdown). */
+static void reap_cancelled(engine *e, bool all) {
+    engine_request **pp = &e->w_head, *prev = NULL;
+    while (*pp) {
+        engine_request *r = *pp;
+        if (all || atomic_load(&r->cancel)) {
+            *pp = r->next;
+            if (e->w_tail == r) e->w_tail = prev;
+            r->next = NULL;
+            atomic_fetch_sub(&e->n_queued, 1);
+            finish_request(r, FINISH_CANCELLED, NULL);
+        } else {
+            prev = r;
+            pp = &r->next;
+        }
+    }
+    for (int i = 0; i < e->n_running;) {
+        seq *s = e->running[i];
+        if (all || atomic_load(&s->r->cancel)) {
+            finish_request(s->r, FINISH_CANCELLED, NULL);
+            seq_free(e, s);
+            e->running[i] = e->running[--e->n_running];
+        } else {
+            i++;
+        }
+    }
+}
+
+/* FIFO admission: the head waits until its KV blocks fit (no overtaking, no starvation). */
+static void admit(engine *e) {
+    while (e->w_head && e->n_running < e->cfg.max_seqs) {
+        engine_request *r = e->w_head;
+        int need = blocks_needed(e, r->n_prompt + r->params.max_tokens);
+        if (need > e->kv.n_free) break;
+        e->w_head = r->next;
+        if (!e->w_head) e->w_tail = NULL;
+        r->next = NULL;
+        atomic_fetch_sub(&e->n_queued, 1);
+        seq *s = seq_create(e, r);
+        if (!s) {
+            finish_request(r, FINISH_ERROR, "out of memory admitting the request");
+            continue;
+        }
+        e->running[e->n_running++] = s;
+    }
+}
+
+/* ---------- output ---------- */
+
+static int pending_append(seq *s, const char *p, size_t n) {
+    if (s->pending_len + n > s->pending_cap) {
+        size_t cap = s->pending_cap ? s->pending_cap : 64;
+        while (cap < s->pending_len + n) cap *= 2;
+        char *t = realloc(s->pending, cap);
+        if (!t) return PEFTD_ENOMEM;
+        s->pending = t;
+        s->pending_cap = cap;
+    }
+    memcpy(s->pending + s->pending_len, p, n);
+    s->pending_len += n;
+    return 0;
+}
+
+/* Looks for stop strings in the held-back text. Returns the number of pending bytes that
+ * are safe to publish; *stopped is set when a stop string matched (text before it is kept). */
+static size_t scan_stops(const seq *s, bool *stopped) {
+    const gen_params *p = &s->r->params;
+    const char *t = s->pending;
+    size_t n = s->pending_len, first = n;
+    *stopped = false;
+    for (int i = 0; i < p->n_stop; i++) {
+        const char *hit = memmem(t, n, p->stop[i], strlen(p->stop[i]));
+        if (hit && (size_t)(hit - t) < first) {
+            first = (size_t)(hit - t);
+            *stopped = true;
+        }
+    }
+    if (*stopped) return first;
+    /* hold back the longest tail that is a proper prefix of some stop string */
+    size_t hold = 0;
+    for (int i = 0; i < p->n_stop; i++) {
+        size_t ls = strlen(p->stop[i]);
+        for (size_t k = ls - 1 < n ? ls - 1 : n; k > hold; k--)
+            if (memcmp(t + n - k, p->stop[i], k) == 0) {
+                hold = k;
+                break;
+            }
+    }
+    return n - hold;
+}
+
+/* Consumes a sampled token: detokenize, stop strings, limits, publish. Returns true when
+ * the sequence finished. */
+static bool seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp) {
+    engine_request *r = s->r;
+    s->tokens[s->n_tokens++] = tok;
+    s->n_generated++;
+    finish_reason fin = FINISH_NONE;
+    gen_token rec;
+    if (lp) {
+        rec = *lp;
+        rec.text_offset = s->text_total;
+    }
+    size_t publish = 0;
+    bool is_eos = tok == e->eos_id && !r->params.ignore_eos;
+    if (is_eos) {
+        fin = FINISH_STOP;
+        publish = s->pending_len; /* nothing can complete a stop string any more */
+    } else {
+        const char *piece = NULL;
+        size_t len = 0;
+        if (tokenizer_stream_push(s->ds, tok, &piece, &len) < 0 || pending_append(s, piece, len) < 0) {
+            finish_request(r, FINISH_ERROR, "detokenization failed");
+            return true;
+        }
+        s->text_total += len;
+        bool stopped = false;
+        publish = scan_stops(s, &stopped);
+        if (stopped) fin = FINISH_STOP;
+    }
+    if (fin == FINISH_NONE && (s->n_generated >= r->params.max_tokens || s->n_tokens >= e->ctx_len)) {
+        fin = FINISH_LENGTH;
+        publish = s->pending_len;
+    }
+    engine__publish(r, s->pending, publish, lp ? &rec : NULL, s->n_generated);
+    if (fin == FINISH_NONE) {
+        memmove(s->pending, s->pending + publish, s->pending_len - publish);
+        s->pending_len -= publish;
+        engine__notify(r);
+        return false;
+    }
+    s->pending_len = 0;
+    finish_request(r, fin, NULL);
+    return true;
+}
+
+/* ---------- the step ---------- */
+
+static void fail_all_running(engine *e, const char *msg) {
+    for (int i = 0; i < e->n_running; i++) {
+        finish_request(e->running[i]->r, FINISH_ERROR, msg);
+        seq_free(e, e->running[i]);
+    }
+    e->n_running = 0;
+}
+
+/* One step over every running sequence. Returns false when there was nothing to do. */
+static bool engine_step(engine *e) {
+    drain_queue(e);
+    reap_cancelled(e, false);
+    admit(e);
+    if (e->n_running == 0) return false;
+
+    const int bs = e->cfg.block_size;
+    int budget = e->cfg.max_batch_tokens, T = 0, S = 0, NL = 0, prompt_rows = 0;
+    memset(e->b_chunk, 0, (size_t)e->n_running * sizeof(int));
+    /* decode tokens first (one row each), then prefill chunks with what budget is left */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < e->n_running; i++) {
+            seq *s = e->running[i];
+            int remaining = s->n_tokens - s->n_computed;
+            if ((pass == 0) != (remaining == 1)) continue;
+            int c = remaining < budget ? remaining : budget;
+            if (c <= 0) continue;
+            e->b_chunk[i] = c;
+            e->b_qstart[S] = T;
+            for (int j = 0; j < c; j++, T++) {
+                int pos = s->n_computed + j;
+                e->b_tokens[T] = s->tokens[pos];
+                e->b_pos[T] = pos;
+                e->b_slots[T] = s->blocks[pos / bs] * bs + pos % bs;
+            }
+            if (remaining > 1) prompt_rows += c;
+            e->b_kvlen[S] = s->n_computed + c;
+            int32_t *row = e->b_btab + (size_t)S * e->max_blocks;
+            memcpy(row, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
+            memset(row + s->n_blocks, 0, (size_t)(e->max_blocks - s->n_blocks) * sizeof(int32_t));
+            if (s->n_computed + c == s->n_tokens) {
+                e->b_rows[NL] = T - 1;
+                e->b_logit_seq[NL++] = s;
+            }
+            S++;
+            budget -= c;
+        }
+    }
+    e->b_qstart[S] = T;
+    llama_batch b = {
+        .n_tokens = T, .tokens = e->b_tokens, .positions = e->b_pos, .slots = e->b_slots,
+        .n_seqs = S, .q_start = e->b_qstart, .kv_len = e->b_kvlen, .block_table = e->b_btab,
+        .n_logits = NL, .logit_rows = e->b_rows,
+    };
+    int st = llama_forward(e->lc, &b, e->logits);
+    if (st < 0) {
+        LOGE("engine: forward failed: %s", peftd_strerror(st));
+        fail_all_running(e, "model forward failed");
+        return true;
+    }
+    for (int i = 0; i < e->n_running; i++) e->running[i]->n_computed += e->b_chunk[i];
+    int generated = 0;
+    for (int k = 0; k < NL; k++) {
+        seq *s = e->b_logit_seq[k];
+        const gen_params *p = &s->r->params;
+        gen_token lp;
+        int32_t tok = sampler_pick(e->logits + (size_t)k * e->m->cfg.vocab_size, p, &s->rng, &e->ss,
+                                   p->logprobs, &lp);
+        generated++;
+        if (seq_accept(e, s, tok, p->logprobs >= 0 ? &lp : NULL)) s->r = NULL; /* finished */
+    }
+    for (int i = 0; i < e->n_running;) {
+        if (e->running[i]->r == NULL) {
+            seq_free(e, e->running[i]);
+            e->running[i] = e->running[--e->n_running];
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_lock(&e->smu);
+    e->stats.steps++;
+    e->stats.tokens_generated += (uint64_t)generated;
+    e->stats.prompt_tokens += (uint64_t)prompt_rows;
+    pthread_mutex_unlock(&e->smu);
+    return true;
+}
+
+/* ---------- loop ---------- */
+
+static void close_all(engine *e) {
+    if (e->closing) return;
+    e->closing = true;
+    uv_idle_stop(&e->idle);
+    uv_close((uv_handle_t *)&e->idle, NULL);
+    uv_close((uv_handle_t *)&e->wake, NULL);
+}
+
+static void check_stop(engine *e) {
+    pthread_mutex_lock(&e->qmu);
+    int mode = e->stop_mode;
+    pthread_mutex_unlock(&e->qmu);
+    if (mode == STOP_NONE) return;
+    drain_queue(e);
+    if (mode == STOP_CANCEL) reap_cancelled(e, true);
+    if (!e->w_head && e->n_running == 0) close_all(e);
+}
+
+static void update_gauges(engine *e) {
+    pthread_mutex_lock(&e->smu);
+    e->stats.running = e->n_running;
+    e->stats.waiting = atomic_load(&e->n_queued);
+    e->stats.kv_blocks_used = kv_blocks_used(&e->kv);
+    pthread_mutex_unlock(&e->smu);
+}
+
+static void on_idle(uv_idle_t *h) {
+    engine *e = h->data;
+    bool worked = engine_step(e);
+    update_gauges(e);
+    check_stop(e);
+    if (!worked && !e->closing) {
+        uv_idle_stop(&e->idle);
+        e->idle_on = false;
+    }
+}
+
+static void on_wake(uv_async_t *h) {
+    engine *e = h->data;
+    drain_queue(e);
+    reap_cancelled(e, false);
+    update_gauges(e);
+    check_stop(e);
+    ensure_idle(e);
+}
+
+static void engine_thread(void *arg) {
+    engine *e = arg;
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+}
+
+/* ---------- public API ---------- */
+
+int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokenizer *tok, engine **out,
+                  char *err, size_t errlen) {
+    engine *e = calloc(1, sizeof *e);
+    if (!e) return PEFTD_ENOMEM;
+    e->cfg = *cfg;
+    e->m = m;
+    e->kb = kb;
+    e->tok = tok;
+    e->ctx_len = m->cfg.max_position_embeddings;
+    e->eos_id = tokenizer_eos_id(tok) >= 0 ? tokenizer_eos_id(tok) : m->cfg.eos_token_id;
+    pthread_mutex_init(&e->qmu, NULL);
+    pthread_mutex_init(&e->smu, NULL);
+    e->accepting = true;
+    int st = PEFTD_EINVAL;
+    if (cfg->max_seqs < 1 || cfg->max_batch_tokens < 1 || cfg->block_size < 1 || cfg->max_queue < 1) {
+        snprintf(err, errlen, "engine: max_seqs, max_batch_tokens, block_size and max_queue must be >= 1");
+        goto fail;
+    }
+    e->max_blocks = blocks_needed(e, e->ctx_len);
+    int n_blocks = cfg->kv_blocks;
+    if (n_blocks <= 0) {
+        const model_config *mc = &m->cfg;
+        size_t per_block = (size_t)cfg->block_size * mc->n_kv_heads * mc->head_dim * sizeof(float) * 2 *
+                           (size_t)mc->n_layers;
+        size_t budget = (size_t)(cfg->kv_cache_mb > 0 ? cfg->kv_cache_mb : 512) << 20;
+        size_t cap = (size_t)cfg->max_seqs * e->max_blocks; /* more could never be used */
+        n_blocks = (int)(budget / per_block < cap ? budget / per_block : cap);
+    }
+    if (n_blocks < e->max_blocks) {
+        /* at least one full-context sequence must fit, or long prompts could never run */
+        snprintf(err, errlen, "engine: KV cache of %d blocks cannot hold one %d-token sequence (%d blocks)",
+                 n_blocks, e->ctx_len, e->max_blocks);
+        goto fail;
+    }
+    e->cfg.kv_blocks = n_blocks;
+    llama_ctx_params lp = {.max_tokens = cfg->max_batch_tokens + cfg->max_seqs, .max_seqs = cfg->max_seqs,
+                           .block_size = cfg->block_size, .n_blocks = n_blocks, .max_blocks = e->max_blocks};
+    /* + max_seqs rows: a step holds every decode row plus a prefill chunk of the budget */
+    if ((st = llama_ctx_create(m, &lp, &e->lc, err, errlen)) < 0) goto fail;
+    st = PEFTD_ENOMEM;
+    if (kv_blocks_init(&e->kv, n_blocks) < 0 || sampler_scratch_init(&e->ss, m->cfg.vocab_size) < 0) goto oom;
+    size_t T = (size_t)lp.max_tokens, S = (size_t)cfg->max_seqs;
+    e->running = calloc(S, sizeof(seq *));
+    e->b_tokens = malloc(T * 4);
+    e->b_pos = malloc(T * 4);
+    e->b_slots = malloc(T * 4);
+    e->b_qstart = malloc((S + 1) * 4);
+    e->b_kvlen = malloc(S * 4);
+    e->b_btab = malloc(S * (size_t)e->max_blocks * 4);
+    e->b_rows = malloc(S * 4);
+    e->b_chunk = calloc(S, sizeof(int));
+    e->b_logit_seq = malloc(S * sizeof(seq *));
+    e->logits = malloc(S * (size_t)m->cfg.vocab_size * sizeof(float));
+    if (!e->running || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_qstart || !e->b_kvlen ||
+        !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits)
+        goto oom;
+    if (uv_loop_init(&e->loop) < 0) goto oom;
+    uv_async_init(&e->loop, &e->wake, on_wake);
+    uv_idle_init(&e->loop, &e->idle);
+    e->wake.data = e->idle.data = e;
+    e->stats.kv_blocks_total = n_blocks;
+    *out = e;
+    return 0;
+oom:
+    snprintf(err, errlen, "engine: out of memory");
+fail:
+    engine_free(e);
+    return st;
+}
+
+int engine_start(engine *e) {
+    if (e->started) return PEFTD_EINVAL;
+    if (uv_thread_create(&e->thread, engine_thread, e) < 0) return PEFTD_ENOMEM;
+    e->started = true;
+    return 0;
+}
+
+int engine_submit(engine *e, engine_request *r) {
+    if (r->n_prompt < 1 || r->params.max_tokens < 1) return PEFTD_EINVAL;
+    if ((int64_t)r->n_prompt + r->params.max_tokens > e->ctx_len) return PEFTD_ERANGE;
+    pthread_mutex_lock(&e->qmu);
+    if (!e->accepting) {
+        pthread_mutex_unlock(&e->qmu);
+        return PEFTD_ECANCELED;
+    }
+    if (atomic_load(&e->n_queued) >= e->cfg.max_queue) {
+        pthread_mutex_unlock(&e->qmu);
+        return PEFTD_EBUSY;
+    }
+    engine_request_ref(r);
+    atomic_fetch_add(&e->n_queued, 1);
+    r->next = NULL;
+    if (e->q_tail) e->q_tail->next = r;
+    else e->q_head = r;
+    e->q_tail = r;
+    pthread_mutex_unlock(&e->qmu);
+    uv_async_send(&e->wake);
+    return 0;
+}
+
+void engine_cancel(engine *e, engine_request *r) {
+    atomic_store(&r->cancel, true);
+    uv_async_send(&e->wake);
+}
+
+void engine_get_stats(engine *e, engine_stats *s) {
+    pthread_mutex_lock(&e->smu);
+    *s = e->stats;
+    pthread_mutex_unlock(&e->smu);
+}
+
+void engine_stop(engine *e, bool drain) {
+    if (!e) return;
+    pthread_mutex_lock(&e->qmu);
+    e->accepting = false;
+    if (e->stop_mode != STOP_CANCEL) e->stop_mode = drain ? STOP_DRAIN : STOP_CANCEL;
+    bool started = e->started;
+    pthread_mutex_unlock(&e->qmu);
+    if (!started) return;
+    uv_async_send(&e->wake);
+    uv_thread_join(&e->thread);
+    e->started = false;
+}
+
+void engine_free(engine *e) {
+    if (!e) return;
+    if (e->started) engine_stop(e, false);
+    if (e->wake.loop) {
+        /* the loop never ran (or has finished): close handles and run it down */
+        if (!e->closing) close_all(e);
+        uv_run(&e->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&e->loop);
+    }
+    /* requests still queued when the engine never started */
+    drain_queue(e);
+    reap_cancelled(e, true);
+    llama_ctx_free(e->lc);
+    kv_blocks_free(&e->kv);
+    sampler_scratch_free(&e->ss);
+    free(e->running);
+    free(e->b_tokens);
+    free(e->b_pos);
+    free(e->b_slots);
+    free(e->b_qstart);
+    free(e->b_kvlen);
+    free(e->b_btab);
+    free(e->b_rows);
+    free(e->b_chunk);
+    free(e->b_logit_seq);
+    free(e->logits);
+    pthread_mutex_destroy(&e->qmu);
+    pthread_mutex_destroy(&e->smu);
+    free(e);
+}

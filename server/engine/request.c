@@ -1,0 +1,165 @@
+/* server/engine/request.c — engine_request: creation, refcount, the output buffer the
+ * engine appends to and callers take from. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/util/log.h"
+#include "server/engine/engine_internal.h"
+
+void gen_params_default(gen_params *p) {
+    memset(p, 0, sizeof *p);
+    p->max_tokens = 16;
+    p->temperature = 1.0f;
+    p->top_p = 1.0f;
+    p->logprobs = -1;
+}
+
+const char *finish_reason_str(finish_reason f) {
+    switch (f) {
+    case FINISH_LENGTH: return "length";
+    case FINISH_STOP: return "stop";
+    case FINISH_CANCELLED: return "abort";
+    case FINISH_ERROR: return "error";
+    default: return NULL;
+    }
+}
+
+engine_request *engine_request_create(const int32_t *prompt, int n_prompt, const gen_params *p) {
+    if (n_prompt < 0 || p->n_stop < 0 || p->n_stop > ENGINE_MAX_STOP) return NULL;
+    engine_request *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    atomic_init(&r->refs, 1);
+    atomic_init(&r->cancel, false);
+    r->params = *p;
+    r->params.n_stop = 0;
+    r->prompt = malloc(((size_t)n_prompt + 1) * sizeof(int32_t));
+    if (!r->prompt) goto fail;
+    if (n_prompt) memcpy(r->prompt, prompt, (size_t)n_prompt * sizeof(int32_t));
+    r->n_prompt = n_prompt;
+    for (int i = 0; i < p->n_stop; i++) {
+        if (!(r->params.stop[i] = strdup(p->stop[i]))) goto fail;
+        r->params.n_stop++;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->done_cv, NULL);
+    return r;
+fail:
+    for (int i = 0; i < r->params.n_stop; i++) free(r->params.stop[i]);
+    free(r->prompt);
+    free(r);
+    return NULL;
+}
+
+void engine_request_set_notify(engine_request *r, void (*notify)(void *ud), void *ud) {
+    r->notify = notify;
+    r->notify_ud = ud;
+}
+
+void engine_request_ref(engine_request *r) { atomic_fetch_add(&r->refs, 1); }
+
+void engine_request_unref(engine_request *r) {
+    if (!r) return;
+    int prev = atomic_fetch_sub(&r->refs, 1);
+    if (prev <= 0) {
+        LOGE("engine_request_unref: refcount below zero");
+        abort(); /* programmer error: a double unref would be a use-after-free */
+    }
+    if (prev != 1) return;
+    for (int i = 0; i < r->params.n_stop; i++) free(r->params.stop[i]);
+    free(r->prompt);
+    free(r->text);
+    free(r->tokens);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->done_cv);
+    free(r);
+}
+
+int engine_request_take(engine_request *r, engine_delta *d) {
+    memset(d, 0, sizeof *d);
+    pthread_mutex_lock(&r->mu);
+    size_t n = r->text_len - r->text_taken;
+    d->text = malloc(n + 1);
+    int nt = r->n_tokens - r->tokens_taken;
+    if (nt > 0) d->tokens = malloc((size_t)nt * sizeof(gen_token));
+    if (!d->text || (nt > 0 && !d->tokens)) {
+        pthread_mutex_unlock(&r->mu);
+        engine_delta_free(d);
+        return PEFTD_ENOMEM;
+    }
+    memcpy(d->text, r->text + r->text_taken, n);
+    d->text[n] = 0;
+    d->text_len = n;
+    r->text_taken = r->text_len;
+    if (nt > 0) memcpy(d->tokens, r->tokens + r->tokens_taken, (size_t)nt * sizeof(gen_token));
+    d->n_tokens = nt;
+    r->tokens_taken = r->n_tokens;
+    d->finished = r->finished;
+    d->finish = r->finish;
+    memcpy(d->error, r->error, sizeof d->error);
+    d->prompt_tokens = r->n_prompt;
+    d->completion_tokens = r->completion_tokens;
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+void engine_delta_free(engine_delta *d) {
+    free(d->text);
+    free(d->tokens);
+    d->text = NULL;
+    d->tokens = NULL;
+}
+
+void engine_request_wait(engine_request *r) {
+    pthread_mutex_lock(&r->mu);
+    while (!r->finished) pthread_cond_wait(&r->done_cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+}
+
+int engine__publish(engine_request *r, const char *text, size_t len, const gen_token *tok,
+                    int completion_tokens) {
+    int st = 0;
+    pthread_mutex_lock(&r->mu);
+    if (len) {
+        if (r->text_len + len + 1 > r->text_cap) {
+            size_t cap = r->text_cap ? r->text_cap : 256;
+            while (cap < r->text_len + len + 1) cap *= 2;
+            char *t = realloc(r->text, cap);
+            if (!t) { st = PEFTD_ENOMEM; goto out; }
+            r->text = t;
+            r->text_cap = cap;
+        }
+        memcpy(r->text + r->text_len, text, len);
+        r->text_len += len;
+        r->text[r->text_len] = 0;
+    }
+    if (tok) {
+        if (r->n_tokens == r->tokens_cap) {
+            int cap = r->tokens_cap ? 2 * r->tokens_cap : 64;
+            gen_token *t = realloc(r->tokens, (size_t)cap * sizeof *t);
+            if (!t) { st = PEFTD_ENOMEM; goto out; }
+            r->tokens = t;
+            r->tokens_cap = cap;
+        }
+        r->tokens[r->n_tokens++] = *tok;
+    }
+    r->completion_tokens = completion_tokens;
+out:
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
+void engine__finish(engine_request *r, finish_reason f, const char *error) {
+    pthread_mutex_lock(&r->mu);
+    if (!r->finished) {
+        r->finished = true;
+        r->finish = f;
+        if (error) snprintf(r->error, sizeof r->error, "%s", error);
+    }
+    pthread_cond_broadcast(&r->done_cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+void engine__notify(engine_request *r) {
+    if (r->notify) r->notify(r->notify_ud);
+}

@@ -1,0 +1,46 @@
+/* server/model/llama.h — the Llama-family forward pass over a ragged step batch.
+ *
+ * A llama_ctx holds what one engine needs on its backend to run steps: the paged KV
+ * cache (one K and one V pool per layer), activation scratch sized for the largest
+ * step, and device copies of the step's index arrays. It is owned by the engine thread.
+ */
+#ifndef PEFTD_LLAMA_H
+#define PEFTD_LLAMA_H
+
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "server/model/model.h"
+
+/* One step: T token rows from S sequences (rows of a sequence contiguous), host arrays. */
+typedef struct {
+    int n_tokens;                /* T */
+    const int32_t *tokens;       /* [T] token ids */
+    const int32_t *positions;    /* [T] RoPE positions */
+    const int32_t *slots;        /* [T] physical KV slot (block * block_size + offset) */
+    int n_seqs;                  /* S */
+    const int32_t *q_start;      /* [S + 1] */
+    const int32_t *kv_len;       /* [S] valid KV slots after this step */
+    const int32_t *block_table;  /* [S * max_blocks] */
+    int n_logits;                /* rows whose logits are wanted */
+    const int32_t *logit_rows;   /* [n_logits] row indices in [0, T) */
+} llama_batch;
+
+typedef struct llama_ctx llama_ctx;
+
+typedef struct {
+    int max_tokens;      /* most token rows in one step */
+    int max_seqs;        /* most sequences in one step */
+    int block_size;      /* KV slots per block */
+    int n_blocks;        /* KV blocks in the pool */
+    int max_blocks;      /* block-table row stride (blocks per sequence at most) */
+} llama_ctx_params;
+
+/* @note caller owns *out: llama_ctx_free(). m must outlive it. */
+int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char *err, size_t errlen);
+void llama_ctx_free(llama_ctx *c); /* NULL is a no-op */
+
+/* Runs the batch; writes n_logits rows of vocab_size f32 logits to logits (host memory). */
+int llama_forward(llama_ctx *c, const llama_batch *b, float *logits);
+
+#endif
