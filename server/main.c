@@ -1,8 +1,359 @@
-/* server/main.c — the peftd command line: `peftd serve` and `peftd generate`. */
+/* server/main.c — the peftd command line.
+ *
+ *   peftd serve    [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]
+ *   peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
+ *                  [--top-p P] [--top-k K] [--threads N]
+ *
+ * serve: loads the model, starts the engine thread and the HTTP server, and waits for
+ * SIGTERM/SIGINT on a libuv loop; then stops accepting work, lets in-flight requests finish
+ * for shutdown_grace_s (a second signal cancels them at once) and exits 0.
+ * generate: offline generation to stdout through the same engine (no server).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "kernels/kernels.h"
+#include "kernels/util/log.h"
+#include "server/config.h"
+#include "server/engine/engine.h"
+#include "server/http/http_server.h"
+#include "server/model/model.h"
+#include "server/model/tokenizer.h"
+
+#define PEFTD_VERSION "0.1.0"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "peftd " PEFTD_VERSION " — multi-tenant adapter-serving inference daemon\n"
+            "usage:\n"
+            "  peftd serve [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]\n"
+            "  peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
+            "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n");
+}
+
+static int parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "peftd: %s expects an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *flag, const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "peftd: %s expects a number in [%g, %g], got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The resident base model: backend, weights, tokenizer, engine. */
+typedef struct {
+    kbackend *kb;
+    model *m;
+    tokenizer *tok;
+    engine *e;
+} runtime;
+
+static void runtime_close(runtime *rt) {
+    engine_free(rt->e);
+    model_free(rt->m);
+    tokenizer_free(rt->tok);
+    kbackend_destroy(rt->kb);
+    memset(rt, 0, sizeof *rt);
+}
+
+static int runtime_open(runtime *rt, const char *model_dir, int threads, const engine_config *ec) {
+    char err[1024] = "";
+    memset(rt, 0, sizeof *rt);
+#ifndef PEFTD_CUDA
+    LOGI("backend: cpu (this build has no CUDA backend)");
+#endif
+    rt->kb = kbackend_cpu_create(threads);
+    if (!rt->kb) {
+        fprintf(stderr, "peftd: cannot create the CPU backend\n");
+        return -1;
+    }
+    int st = model_load(model_dir, rt->kb, &rt->m, err, sizeof err);
+    if (st < 0) {
+        fprintf(stderr, "peftd: cannot load model from %s: %s\n", model_dir, err);
+        goto fail;
+    }
+    st = tokenizer_load(model_dir, &rt->tok, err, sizeof err);
+    if (st < 0) {
+        fprintf(stderr, "peftd: cannot load tokenizer from %s: %s\n", model_dir, err);
+        goto fail;
+    }
+    if (tokenizer_vocab_size(rt->tok) > rt->m->cfg.vocab_size) {
+        fprintf(stderr, "peftd: tokenizer has %d tokens but the model only %d\n", tokenizer_vocab_size(rt->tok),
+                rt->m->cfg.vocab_size);
+        goto fail;
+    }
+    st = engine_create(ec, rt->m, rt->kb, rt->tok, &rt->e, err, sizeof err);
+    if (st < 0) {
+        fprintf(stderr, "peftd: cannot create the engine: %s\n", err);
+        goto fail;
+    }
+    if (engine_start(rt->e) < 0) {
+        fprintf(stderr, "peftd: cannot start the engine thread\n");
+        goto fail;
+    }
+    LOGI("model %s: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d, context %d, %.1f MiB of weights",
+         rt->m->name, rt->m->cfg.architecture, rt->m->cfg.n_layers, rt->m->cfg.hidden_size, rt->m->cfg.n_heads,
+         rt->m->cfg.n_kv_heads, rt->m->cfg.vocab_size, rt->m->cfg.max_position_embeddings,
+         (double)rt->m->weight_bytes / (1 << 20));
+    return 0;
+fail:
+    runtime_close(rt);
+    return -1;
+}
+
+/* ---------- generate ---------- */
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool ready;
+} waiter;
+
+static void waiter_notify(void *ud) {
+    waiter *w = ud;
+    pthread_mutex_lock(&w->mu);
+    w->ready = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int cmd_generate(int argc, char **argv) {
+    const char *model_dir = NULL, *prompt = NULL;
+    long max_tokens = 16, seed = 0, top_k = 0, threads = 0;
+    double temperature = 1.0, top_p = 1.0;
+    bool has_seed = false;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc) {
+            fprintf(stderr, "peftd: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--max-tokens")) { if (parse_long(a, v, 1, INT_MAX / 2, &max_tokens)) return 2; }
+        else if (!strcmp(a, "--temperature")) { if (parse_float(a, v, 0, 100, &temperature)) return 2; }
+        else if (!strcmp(a, "--top-p")) { if (parse_float(a, v, 1e-6, 1, &top_p)) return 2; }
+        else if (!strcmp(a, "--top-k")) { if (parse_long(a, v, 0, INT_MAX, &top_k)) return 2; }
+        else if (!strcmp(a, "--threads")) { if (parse_long(a, v, 0, 1024, &threads)) return 2; }
+        else if (!strcmp(a, "--seed")) { if (parse_long(a, v, LONG_MIN, LONG_MAX, &seed)) return 2; has_seed = true; }
+        else {
+            fprintf(stderr, "peftd: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!model_dir || !prompt) {
+        fprintf(stderr, "peftd generate: --model and --prompt are required\n");
+        return 2;
+    }
+    log_set_level(getenv("PEFTD_LOG") ? LOG_INFO : LOG_WARN); /* stdout is the text only */
+    runtime rt;
+    engine_config ec;
+    engine_config_default(&ec);
+    ec.max_seqs = 1;
+    if (runtime_open(&rt, model_dir, (int)threads, &ec) < 0) return 1;
+    int rc = 1;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    engine_request *r = NULL;
+    if (tokenizer_encode(rt.tok, prompt, strlen(prompt), true, &ids, &n_ids) < 0) {
+        fprintf(stderr, "peftd: the prompt is not valid UTF-8\n");
+        goto out;
+    }
+    if (n_ids == 0) {
+        fprintf(stderr, "peftd: the prompt is empty and this tokenizer adds no BOS token\n");
+        goto out;
+    }
+    int ctx = engine_context_length(rt.e);
+    if ((long)n_ids + max_tokens > ctx) {
+        fprintf(stderr, "peftd: prompt (%zu tokens) + max-tokens (%ld) exceeds the context length %d\n", n_ids,
+                max_tokens, ctx);
+        goto out;
+    }
+    gen_params p;
+    gen_params_default(&p);
+    p.max_tokens = (int)max_tokens;
+    p.temperature = (float)temperature;
+    p.top_p = (float)top_p;
+    p.top_k = (int)top_k;
+    p.seed = (uint64_t)seed;
+    p.has_seed = has_seed;
+    waiter w = {.ready = false};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    r = engine_request_create(ids, (int)n_ids, &p);
+    if (!r) goto out;
+    engine_request_set_notify(r, waiter_notify, &w);
+    int st = engine_submit(rt.e, r);
+    if (st < 0) {
+        fprintf(stderr, "peftd: submit failed: %s\n", peftd_strerror(st));
+        goto out;
+    }
+    for (;;) {
+        engine_delta d;
+        if (engine_request_take(r, &d) < 0) goto out;
+        fwrite(d.text, 1, d.text_len, stdout);
+        fflush(stdout);
+        bool done = d.finished;
+        finish_reason fin = d.finish;
+        char error[256];
+        memcpy(error, d.error, sizeof error);
+        engine_delta_free(&d);
+        if (done) {
+            if (fin == FINISH_ERROR) fprintf(stderr, "peftd: generation failed: %s\n", error);
+            rc = fin == FINISH_ERROR ? 1 : 0;
+            break;
+        }
+        pthread_mutex_lock(&w.mu);
+        while (!w.ready) pthread_cond_wait(&w.cv, &w.mu);
+        w.ready = false;
+        pthread_mutex_unlock(&w.mu);
+    }
+out:
+    /* stop the engine before the waiter goes out of scope: no notify can follow */
+    if (rt.e) engine_stop(rt.e, false);
+    engine_request_unref(r);
+    free(ids);
+    runtime_close(&rt);
+    return rc;
+}
+
+/* ---------- serve ---------- */
+
+typedef struct {
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t poll;
+    engine *e;
+    int signals;
+    uint64_t grace_ms, deadline;
+} serve_loop;
+
+static void on_poll(uv_timer_t *t) {
+    serve_loop *s = t->data;
+    engine_stats st;
+    engine_get_stats(s->e, &st);
+    if ((st.running == 0 && st.waiting == 0) || uv_now(&s->loop) >= s->deadline) {
+        if (st.running || st.waiting)
+            LOGW("shutdown: grace period over, cancelling %d running and %d waiting requests", st.running,
+                 st.waiting);
+        uv_stop(&s->loop);
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    serve_loop *s = h->data;
+    if (++s->signals > 1) {
+        LOGW("second signal: cancelling in-flight requests");
+        uv_stop(&s->loop);
+        return;
+    }
+    LOGI("received %s: finishing in-flight requests, accepting no new ones", strsignal(signum));
+    engine_shutdown(s->e, true);
+    s->deadline = uv_now(&s->loop) + s->grace_ms;
+    uv_timer_start(&s->poll, on_poll, 0, 20);
+}
+
+static int cmd_serve(int argc, char **argv) {
+    peftd_config cfg;
+    config_default(&cfg);
+    char err[1024] = "";
+    const char *config_path = NULL;
+    for (int i = 2; i < argc; i++) /* the config file first, so flags override it */
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) config_path = argv[i + 1];
+    if (config_path && config_load(&cfg, config_path, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: %s\n", err);
+        return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc) {
+            fprintf(stderr, "peftd: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        long n;
+        if (!strcmp(a, "--config")) continue;
+        else if (!strcmp(a, "--model")) snprintf(cfg.model_dir, sizeof cfg.model_dir, "%s", v);
+        else if (!strcmp(a, "--host")) snprintf(cfg.host, sizeof cfg.host, "%s", v);
+        else if (!strcmp(a, "--port")) { if (parse_long(a, v, 0, 65535, &n)) return 2; cfg.port = (int)n; }
+        else if (!strcmp(a, "--threads")) { if (parse_long(a, v, 0, 1024, &n)) return 2; cfg.threads = (int)n; }
+        else {
+            fprintf(stderr, "peftd: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    runtime rt;
+    if (runtime_open(&rt, cfg.model_dir, cfg.threads, &cfg.engine) < 0) return 1;
+    http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
+                      .threads = cfg.http_threads};
+    http_server *srv = NULL;
+    if (http_server_start(&hc, rt.e, rt.tok, rt.m, &srv, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg.host, cfg.port, err);
+        runtime_close(&rt);
+        return 1;
+    }
+    printf("peftd: serving %s on http://%s:%d (OpenAI-compatible: POST /v1/completions)\n", rt.m->name, cfg.host,
+           http_server_port(srv));
+    fflush(stdout);
+
+    serve_loop s = {.e = rt.e, .grace_ms = (uint64_t)cfg.shutdown_grace_s * 1000};
+    uv_loop_init(&s.loop);
+    uv_signal_init(&s.loop, &s.sigterm);
+    uv_signal_init(&s.loop, &s.sigint);
+    uv_timer_init(&s.loop, &s.poll);
+    s.sigterm.data = s.sigint.data = s.poll.data = &s;
+    uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s.sigint, on_signal, SIGINT);
+    signal(SIGPIPE, SIG_IGN);
+    uv_run(&s.loop, UV_RUN_DEFAULT);
+    engine_stop(rt.e, false); /* cancels what is left, joins the engine thread */
+    http_server_stop(srv);
+    uv_close((uv_handle_t *)&s.sigterm, NULL);
+    uv_close((uv_handle_t *)&s.sigint, NULL);
+    uv_close((uv_handle_t *)&s.poll, NULL);
+    uv_run(&s.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&s.loop);
+    runtime_close(&rt);
+    LOGI("peftd: stopped");
+    return 0;
+}
 
 int main(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "peftd: under construction\n");
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("peftd %s\n", PEFTD_VERSION);
+        return 0;
+    }
+    if (!strcmp(argv[1], "serve")) return cmd_serve(argc, argv);
+    if (!strcmp(argv[1], "generate")) return cmd_generate(argc, argv);
+    fprintf(stderr, "peftd: unknown command '%s'\n", argv[1]);
+    usage(stderr);
     return 2;
 }

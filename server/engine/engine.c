@@ -551,15 +551,19 @@ void engine_get_stats(engine *e, engine_stats *s) {
     pthread_mutex_unlock(&e->smu);
 }
 
-void engine_stop(engine *e, bool drain) {
-    if (!e) return;
+void engine_shutdown(engine *e, bool drain) {
     pthread_mutex_lock(&e->qmu);
     e->accepting = false;
     if (e->stop_mode != STOP_CANCEL) e->stop_mode = drain ? STOP_DRAIN : STOP_CANCEL;
     bool started = e->started;
     pthread_mutex_unlock(&e->qmu);
-    if (!started) return;
-    uv_async_send(&e->wake);
+    if (started) uv_async_send(&e->wake);
+}
+
+void engine_stop(engine *e, bool drain) {
+    if (!e) return;
+    engine_shutdown(e, drain);
+    if (!e->started) return;
     uv_thread_join(&e->thread);
     e->started = false;
 }

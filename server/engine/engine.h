@@ -128,6 +128,11 @@ typedef struct {
 } engine_stats;
 void engine_get_stats(engine *e, engine_stats *s);
 
+/* Non-blocking: stops accepting work (submit answers PEFTD_ECANCELED); with drain, running
+ * and queued requests still finish, otherwise they are cancelled at the next step. The
+ * engine thread exits once nothing is left; engine_stop() joins it. */
+void engine_shutdown(engine *e, bool drain);
+
 /* Stops accepting work; with drain, running and queued requests finish first, otherwise
  * they are cancelled. Joins the engine thread. Safe to call from any non-engine thread. */
 void engine_stop(engine *e, bool drain);

@@ -1,0 +1,126 @@
+/* server/config.c — parses conf/peftd.json (see config.h for the fields). */
+#include "server/config.h"
+
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/util/status.h"
+
+void config_default(peftd_config *c) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->model_dir, sizeof c->model_dir, "models/stories260K");
+    snprintf(c->host, sizeof c->host, "127.0.0.1");
+    c->port = 8080;
+    c->threads = 0;
+    c->shutdown_grace_s = 10;
+    c->max_body_bytes = 1 << 20;
+    c->http_threads = 4;
+    engine_config_default(&c->engine);
+}
+
+/* Reads an integer field within [lo, hi]; absent is fine. */
+static int get_int(const cJSON *obj, const char *key, long lo, long hi, int *out, const char *where,
+                   char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long)v->valuedouble || v->valuedouble < lo ||
+        v->valuedouble > hi) {
+        snprintf(err, errlen, "%s\"%s\" must be an integer in [%ld, %ld]", where, key, lo, hi);
+        return PEFTD_EINVAL;
+    }
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+static int get_str(const cJSON *obj, const char *key, char *out, size_t cap, const char *where, char *err,
+                   size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) return 0;
+    if (!cJSON_IsString(v) || strlen(v->valuestring) >= cap || !v->valuestring[0]) {
+        snprintf(err, errlen, "%s\"%s\" must be a non-empty string", where, key);
+        return PEFTD_EINVAL;
+    }
+    snprintf(out, cap, "%s", v->valuestring);
+    return 0;
+}
+
+static int check_keys(const cJSON *obj, const char *const *allowed, const char *where, char *err, size_t errlen) {
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        bool ok = false;
+        for (int i = 0; allowed[i]; i++) ok |= strcmp(it->string, allowed[i]) == 0;
+        if (!ok) {
+            snprintf(err, errlen, "%sunknown key \"%s\"", where, it->string);
+            return PEFTD_EINVAL;
+        }
+    }
+    return 0;
+}
+
+int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open", path);
+        return PEFTD_EIO;
+    }
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    bool too_big = !feof(f);
+    fclose(f);
+    if (too_big) {
+        snprintf(err, errlen, "%s: larger than 64 KiB", path);
+        return PEFTD_EINVAL;
+    }
+    buf[n] = 0;
+    cJSON *root = cJSON_ParseWithLength(buf, n);
+    if (!root || !cJSON_IsObject(root)) {
+        snprintf(err, errlen, "%s: not a JSON object", path);
+        cJSON_Delete(root);
+        return PEFTD_EFORMAT;
+    }
+    char where[512];
+    snprintf(where, sizeof where, "%s: ", path);
+    static const char *const top[] = {"model", "host", "port", "threads", "shutdown_grace_s", "http", "engine",
+                                      "adapters", "store", "comment", NULL};
+    static const char *const http_keys[] = {"max_body_bytes", "threads", NULL};
+    static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
+                                              "kv_cache_mb", "max_queue", NULL};
+    int st = check_keys(root, top, where, err, errlen);
+    int body = (int)c->max_body_bytes;
+    if (!st) st = get_str(root, "model", c->model_dir, sizeof c->model_dir, where, err, errlen);
+    if (!st) st = get_str(root, "host", c->host, sizeof c->host, where, err, errlen);
+    if (!st) st = get_int(root, "port", 0, 65535, &c->port, where, err, errlen);
+    if (!st) st = get_int(root, "threads", 0, 1024, &c->threads, where, err, errlen);
+    if (!st) st = get_int(root, "shutdown_grace_s", 0, 3600, &c->shutdown_grace_s, where, err, errlen);
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(root, "http");
+    if (!st && h) {
+        snprintf(where, sizeof where, "%s: http.", path);
+        if (!cJSON_IsObject(h)) {
+            snprintf(err, errlen, "%s: \"http\" must be an object", path);
+            st = PEFTD_EINVAL;
+        }
+        if (!st) st = check_keys(h, http_keys, where, err, errlen);
+        if (!st) st = get_int(h, "max_body_bytes", 1024, 1 << 30, &body, where, err, errlen);
+        if (!st) st = get_int(h, "threads", 1, 256, &c->http_threads, where, err, errlen);
+    }
+    c->max_body_bytes = (size_t)body;
+    const cJSON *en = cJSON_GetObjectItemCaseSensitive(root, "engine");
+    if (!st && en) {
+        snprintf(where, sizeof where, "%s: engine.", path);
+        engine_config *ec = &c->engine;
+        if (!cJSON_IsObject(en)) {
+            snprintf(err, errlen, "%s: \"engine\" must be an object", path);
+            st = PEFTD_EINVAL;
+        }
+        if (!st) st = check_keys(en, engine_keys, where, err, errlen);
+        if (!st) st = get_int(en, "max_seqs", 1, 4096, &ec->max_seqs, where, err, errlen);
+        if (!st) st = get_int(en, "max_batch_tokens", 1, 65536, &ec->max_batch_tokens, where, err, errlen);
+        if (!st) st = get_int(en, "block_size", 1, 1024, &ec->block_size, where, err, errlen);
+        if (!st) st = get_int(en, "kv_blocks", 0, 1 << 24, &ec->kv_blocks, where, err, errlen);
+        if (!st) st = get_int(en, "kv_cache_mb", 1, 1 << 22, &ec->kv_cache_mb, where, err, errlen);
+        if (!st) st = get_int(en, "max_queue", 1, 1 << 20, &ec->max_queue, where, err, errlen);
+    }
+    cJSON_Delete(root);
+    return st;
+}

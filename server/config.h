@@ -1,0 +1,26 @@
+/* server/config.h — the daemon's configuration: conf/peftd.json, overridden by flags. */
+#ifndef PEFTD_CONFIG_H
+#define PEFTD_CONFIG_H
+
+#include <stddef.h>
+
+#include "server/engine/engine.h"
+#include "server/http/http_server.h"
+
+typedef struct {
+    char model_dir[4096];
+    char host[256];
+    int port;
+    int threads;              /* CPU backend worker threads (0 = one per core) */
+    int shutdown_grace_s;     /* SIGTERM: let in-flight requests finish this long, then cancel */
+    size_t max_body_bytes;
+    int http_threads;
+    engine_config engine;
+} peftd_config;
+
+void config_default(peftd_config *c);
+/* Reads a JSON config file over the current values; unknown keys are errors (typos must
+ * not be silently ignored). @note err gets a message naming the key on failure. */
+int config_load(peftd_config *c, const char *path, char *err, size_t errlen);
+
+#endif
