@@ -33,6 +33,9 @@ typedef struct {
     int32_t bos_token_id;    /* -1 when absent */
     int32_t eos_token_id;    /* -1 when absent (first one when a list) */
     char torch_dtype[16];    /* as written in config.json ("" when absent) */
+    int sliding_window;      /* Mistral/Qwen2 sliding-window attention span; 0 when none.
+                              * The kernels attend to the full context, so the engine must
+                              * cap a sequence's context at this many tokens. */
 } model_config;
 
 /* Parses a config.json text. @note err gets a message on failure. */

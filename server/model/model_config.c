@@ -1,0 +1,371 @@
+/* server/model/model_config.c — model_config_parse(): a Hugging Face config.json of the
+ * Llama family → model_config, with type checks, bounds and the transformers defaults.
+ *
+ * Only architectures that are exactly "RMSNorm → attention with RoPE (rotate_half) and GQA
+ * → RMSNorm → SwiGLU MLP" with per-layer q/k/v/o and gate/up/down projections are
+ * accepted; anything else must fail here with a clear message rather than load and
+ * produce wrong text. A JSON null counts as "absent" (transformers writes nulls for unset
+ * optional fields such as head_dim or sliding_window).
+ */
+#include "server/model/model.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Bounds well above every released model and far below sizes that would overflow the
+ * int arithmetic of the engine (e.g. vocab × hidden or n_heads × head_dim). */
+#define CFG_MAX_VOCAB (1 << 22)        /* largest released vocabularies are ~256k */
+#define CFG_MAX_HIDDEN (1 << 16)       /* Llama-3 405B: 16384 */
+#define CFG_MAX_INTER (1 << 20)        /* Llama-3 405B: 53248 */
+#define CFG_MAX_LAYERS 1024            /* Llama-3 405B: 126 */
+#define CFG_MAX_HEADS 1024             /* Llama-3 405B: 128 */
+#define CFG_MAX_HEAD_DIM 1024          /* released models use 64..256 */
+#define CFG_MAX_POSITIONS (1 << 24)    /* 16M tokens, beyond any released context */
+
+typedef struct {
+    const char *name;
+    int default_max_positions; /* transformers' default when the config omits it */
+} cfg_arch;
+
+/* LlamaForCausalLM: the reference. LLaMAForCausalLM: the spelling written by the first
+ * (early 2023) conversions of the original LLaMA weights. MistralForCausalLM: Llama plus
+ * an optional sliding window (reported in sliding_window for the engine to honour).
+ * Qwen2ForCausalLM: Llama plus q/k/v biases; accepted here, and model_load names the bias
+ * tensors it cannot use. Not accepted on purpose: Qwen3 (q/k norms), Gemma (1+w norms,
+ * GeGLU), Phi-3 (fused qkv), Olmo, Granite, Cohere (extra multipliers / norms). */
+static const cfg_arch cfg_archs[] = {
+    {"LlamaForCausalLM", 2048},
+    {"LLaMAForCausalLM", 2048},
+    {"MistralForCausalLM", 4096 * 32},
+    {"Qwen2ForCausalLM", 32768},
+};
+
+static void cfg_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void cfg_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* The member, or NULL when absent or null. Duplicate keys are refused: cJSON keeps both
+ * and a reader that picks the first would disagree with Python's json (last wins). */
+static int cfg_get(const cJSON *root, const char *key, const cJSON **out, char *err,
+                   size_t errlen) {
+    const cJSON *found = NULL, *c;
+    cJSON_ArrayForEach(c, root) {
+        if (strcmp(c->string, key) != 0) continue;
+        if (found) {
+            cfg_err(err, errlen, "config.json: duplicate field \"%s\"", key);
+            return PEFTD_EFORMAT;
+        }
+        found = c;
+    }
+    *out = cJSON_IsNull(found) ? NULL : found;
+    return 0;
+}
+
+static bool cfg_is_int(const cJSON *v, double lo, double hi) {
+    return cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && v->valuedouble >= lo &&
+           v->valuedouble <= hi;
+}
+
+/* An integer field in [lo, hi]; when absent: *out = def, or an error if required. */
+static int cfg_int(const cJSON *root, const char *key, bool required, int def, int lo, int hi,
+                   int *out, char *err, size_t errlen) {
+    const cJSON *v;
+    int rc = cfg_get(root, key, &v, err, errlen);
+    if (rc < 0) return rc;
+    if (!v) {
+        if (required) {
+            cfg_err(err, errlen, "config.json: missing required field \"%s\"", key);
+            return PEFTD_EFORMAT;
+        }
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble)) {
+        cfg_err(err, errlen, "config.json: \"%s\" must be an integer", key);
+        return PEFTD_EFORMAT;
+    }
+    if (!cfg_is_int(v, lo, hi)) {
+        cfg_err(err, errlen, "config.json: \"%s\" = %.17g is out of range [%d, %d]", key,
+                v->valuedouble, lo, hi);
+        return PEFTD_ERANGE;
+    }
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+/* A finite float field > 0 and < hi. */
+static int cfg_float(const cJSON *root, const char *key, float def, double hi, float *out,
+                     char *err, size_t errlen) {
+    const cJSON *v;
+    int rc = cfg_get(root, key, &v, err, errlen);
+    if (rc < 0) return rc;
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v)) {
+        cfg_err(err, errlen, "config.json: \"%s\" must be a number", key);
+        return PEFTD_EFORMAT;
+    }
+    if (!(v->valuedouble > 0.0 && v->valuedouble < hi)) {
+        cfg_err(err, errlen, "config.json: \"%s\" = %.17g is out of range (0, %g)", key,
+                v->valuedouble, hi);
+        return PEFTD_ERANGE;
+    }
+    *out = (float)v->valuedouble;
+    return 0;
+}
+
+static int cfg_bool(const cJSON *root, const char *key, bool def, bool *out, char *err,
+                    size_t errlen) {
+    const cJSON *v;
+    int rc = cfg_get(root, key, &v, err, errlen);
+    if (rc < 0) return rc;
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsBool(v)) {
+        cfg_err(err, errlen, "config.json: \"%s\" must be true or false", key);
+        return PEFTD_EFORMAT;
+    }
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* A string field copied into dst[cap]; "" when absent. */
+static int cfg_str(const cJSON *root, const char *key, char *dst, size_t cap, char *err,
+                   size_t errlen) {
+    const cJSON *v;
+    int rc = cfg_get(root, key, &v, err, errlen);
+    if (rc < 0) return rc;
+    dst[0] = 0;
+    if (!v) return 0;
+    if (!cJSON_IsString(v)) {
+        cfg_err(err, errlen, "config.json: \"%s\" must be a string", key);
+        return PEFTD_EFORMAT;
+    }
+    if (strlen(v->valuestring) >= cap) {
+        cfg_err(err, errlen, "config.json: \"%s\" is longer than %zu bytes", key, cap - 1);
+        return PEFTD_EFORMAT;
+    }
+    memcpy(dst, v->valuestring, strlen(v->valuestring) + 1);
+    return 0;
+}
+
+/* bos_token_id / eos_token_id: an int, a list of ints (the first is used), or absent. */
+static int cfg_token(const cJSON *root, const char *key, int vocab, int32_t *out, char *err,
+                     size_t errlen) {
+    const cJSON *v;
+    int rc = cfg_get(root, key, &v, err, errlen);
+    if (rc < 0) return rc;
+    *out = -1;
+    if (!v) return 0;
+    if (cJSON_IsArray(v)) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, v) {
+            if (!cfg_is_int(e, 0, vocab - 1)) {
+                cfg_err(err, errlen, "config.json: \"%s\" must hold token ids in [0, %d)", key,
+                        vocab);
+                return PEFTD_EFORMAT;
+            }
+        }
+        v = cJSON_GetArrayItem(v, 0);
+        if (!v) return 0; /* an empty list: no such token */
+    }
+    if (!cfg_is_int(v, 0, vocab - 1)) {
+        cfg_err(err, errlen, "config.json: \"%s\" must be a token id in [0, %d)", key, vocab);
+        return PEFTD_EFORMAT;
+    }
+    *out = (int32_t)v->valuedouble;
+    return 0;
+}
+
+static int cfg_architecture(const cJSON *root, model_config *cfg, const cfg_arch **arch,
+                            char *err, size_t errlen) {
+    const cJSON *v;
+    int rc = cfg_get(root, "architectures", &v, err, errlen);
+    if (rc < 0) return rc;
+    if (!v) {
+        cfg_err(err, errlen, "config.json: missing required field \"architectures\"");
+        return PEFTD_EFORMAT;
+    }
+    const cJSON *first = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, 0) : NULL;
+    if (!cJSON_IsString(first)) {
+        cfg_err(err, errlen, "config.json: \"architectures\" must be a non-empty list of strings");
+        return PEFTD_EFORMAT;
+    }
+    const char *name = first->valuestring;
+    for (size_t i = 0; i < sizeof cfg_archs / sizeof cfg_archs[0]; i++) {
+        if (strcmp(name, cfg_archs[i].name) == 0) {
+            *arch = &cfg_archs[i];
+            snprintf(cfg->architecture, sizeof cfg->architecture, "%s", name);
+            return 0;
+        }
+    }
+    cfg_err(err, errlen,
+            "config.json: architecture \"%.64s\" is not supported (supported: LlamaForCausalLM, "
+            "MistralForCausalLM, Qwen2ForCausalLM)",
+            name);
+    return PEFTD_EUNSUPPORTED;
+}
+
+/* rope_scaling: null/absent, or a dict whose rope_type (or legacy "type") is "default"
+ * (transformers treats that as no scaling). Anything else changes the rotary frequencies,
+ * which the kernels do not implement yet. */
+static int cfg_rope_scaling(const cJSON *root, char *err, size_t errlen) {
+    const cJSON *v;
+    int rc = cfg_get(root, "rope_scaling", &v, err, errlen);
+    if (rc < 0 || !v) return rc;
+    if (!cJSON_IsObject(v)) {
+        cfg_err(err, errlen, "config.json: \"rope_scaling\" must be an object or null");
+        return PEFTD_EFORMAT;
+    }
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "rope_type");
+    if (!t) t = cJSON_GetObjectItemCaseSensitive(v, "type");
+    if (cJSON_IsString(t) && strcmp(t->valuestring, "default") == 0) return 0;
+    cfg_err(err, errlen, "config.json: \"rope_scaling\" (type \"%.32s\") is not supported yet",
+            cJSON_IsString(t) ? t->valuestring : "?");
+    return PEFTD_EUNSUPPORTED;
+}
+
+static int cfg_sliding_window(const cJSON *root, const cfg_arch *arch, model_config *cfg,
+                              char *err, size_t errlen) {
+    bool use;
+    int rc;
+    /* Qwen2 writes sliding_window but only applies it when use_sliding_window is true
+     * (default false); Mistral applies it whenever it is set. */
+    bool use_default = strcmp(arch->name, "Qwen2ForCausalLM") != 0;
+    if ((rc = cfg_bool(root, "use_sliding_window", use_default, &use, err, errlen)) < 0)
+        return rc;
+    if ((rc = cfg_int(root, "sliding_window", false, 0, 0, CFG_MAX_POSITIONS,
+                      &cfg->sliding_window, err, errlen)) < 0)
+        return rc;
+    if (!use || cfg->sliding_window >= cfg->max_position_embeddings) cfg->sliding_window = 0;
+    return 0;
+}
+
+static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errlen) {
+    const cfg_arch *arch = NULL;
+    bool has_head_dim, flag;
+    const cJSON *v;
+    char act[32];
+    int rc;
+    if ((rc = cfg_architecture(root, cfg, &arch, err, errlen)) < 0) return rc;
+    if ((rc = cfg_str(root, "model_type", cfg->model_type, sizeof cfg->model_type, err,
+                      errlen)) < 0)
+        return rc;
+    if ((rc = cfg_int(root, "vocab_size", true, 0, 1, CFG_MAX_VOCAB, &cfg->vocab_size, err,
+                      errlen)) < 0 ||
+        (rc = cfg_int(root, "hidden_size", true, 0, 1, CFG_MAX_HIDDEN, &cfg->hidden_size, err,
+                      errlen)) < 0 ||
+        (rc = cfg_int(root, "intermediate_size", true, 0, 1, CFG_MAX_INTER,
+                      &cfg->intermediate_size, err, errlen)) < 0 ||
+        (rc = cfg_int(root, "num_hidden_layers", true, 0, 1, CFG_MAX_LAYERS, &cfg->n_layers,
+                      err, errlen)) < 0 ||
+        (rc = cfg_int(root, "num_attention_heads", true, 0, 1, CFG_MAX_HEADS, &cfg->n_heads,
+                      err, errlen)) < 0 ||
+        (rc = cfg_int(root, "num_key_value_heads", false, cfg->n_heads, 1, CFG_MAX_HEADS,
+                      &cfg->n_kv_heads, err, errlen)) < 0 ||
+        (rc = cfg_int(root, "max_position_embeddings", false, arch->default_max_positions, 1,
+                      CFG_MAX_POSITIONS, &cfg->max_position_embeddings, err, errlen)) < 0)
+        return rc;
+    if ((rc = cfg_get(root, "head_dim", &v, err, errlen)) < 0) return rc;
+    has_head_dim = v != NULL;
+    /* An explicit head_dim (Mistral-Nemo: 5120 / 32 heads but head_dim 128) decouples the
+     * heads from hidden_size, so divisibility only matters when head_dim is derived. */
+    if (!has_head_dim && cfg->hidden_size % cfg->n_heads != 0) {
+        cfg_err(err, errlen,
+                "config.json: hidden_size %d is not divisible by num_attention_heads %d",
+                cfg->hidden_size, cfg->n_heads);
+        return PEFTD_EFORMAT;
+    }
+    if ((rc = cfg_int(root, "head_dim", false, cfg->hidden_size / cfg->n_heads, 1,
+                      CFG_MAX_HEAD_DIM, &cfg->head_dim, err, errlen)) < 0)
+        return rc;
+    if (cfg->head_dim % 2 != 0) {
+        cfg_err(err, errlen, "config.json: head_dim %d is odd (RoPE rotates pairs of halves)",
+                cfg->head_dim);
+        return PEFTD_EFORMAT;
+    }
+    if (cfg->n_heads % cfg->n_kv_heads != 0) {
+        cfg_err(err, errlen,
+                "config.json: num_attention_heads %d is not divisible by num_key_value_heads %d",
+                cfg->n_heads, cfg->n_kv_heads);
+        return PEFTD_EFORMAT;
+    }
+    /* rms_norm_eps < 1: a larger epsilon would swamp the activations; 1e6 for rope_theta
+     * is 2× above Llama-3's 500000 and leaves room for long-context variants. */
+    if ((rc = cfg_float(root, "rms_norm_eps", 1e-6f, 1.0, &cfg->rms_norm_eps, err, errlen)) < 0 ||
+        (rc = cfg_float(root, "rope_theta", 10000.0f, 1e9, &cfg->rope_theta, err, errlen)) < 0 ||
+        (rc = cfg_bool(root, "tie_word_embeddings", false, &cfg->tie_word_embeddings, err,
+                       errlen)) < 0)
+        return rc;
+    if ((rc = cfg_str(root, "hidden_act", act, sizeof act, err, errlen)) < 0) return rc;
+    /* transformers' ACT2FN maps "swish" to the same SiLU as "silu". */
+    if (act[0] && strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0) {
+        cfg_err(err, errlen, "config.json: hidden_act \"%s\" is not supported (only silu)", act);
+        return PEFTD_EUNSUPPORTED;
+    }
+    if ((rc = cfg_rope_scaling(root, err, errlen)) < 0) return rc;
+    if ((rc = cfg_bool(root, "attention_bias", false, &flag, err, errlen)) < 0) return rc;
+    if (flag) {
+        cfg_err(err, errlen, "config.json: attention_bias = true is not supported");
+        return PEFTD_EUNSUPPORTED;
+    }
+    if ((rc = cfg_bool(root, "mlp_bias", false, &flag, err, errlen)) < 0) return rc;
+    if (flag) {
+        cfg_err(err, errlen, "config.json: mlp_bias = true is not supported");
+        return PEFTD_EUNSUPPORTED;
+    }
+    if ((rc = cfg_sliding_window(root, arch, cfg, err, errlen)) < 0) return rc;
+    if ((rc = cfg_token(root, "bos_token_id", cfg->vocab_size, &cfg->bos_token_id, err,
+                        errlen)) < 0 ||
+        (rc = cfg_token(root, "eos_token_id", cfg->vocab_size, &cfg->eos_token_id, err,
+                        errlen)) < 0)
+        return rc;
+    /* Older configs write torch_dtype, transformers ≥ 4.56 writes dtype. */
+    if ((rc = cfg_str(root, "torch_dtype", cfg->torch_dtype, sizeof cfg->torch_dtype, err,
+                      errlen)) < 0)
+        return rc;
+    if (!cfg->torch_dtype[0] &&
+        (rc = cfg_str(root, "dtype", cfg->torch_dtype, sizeof cfg->torch_dtype, err, errlen)) < 0)
+        return rc;
+    return 0;
+}
+
+int model_config_parse(const char *json, size_t len, model_config *cfg, char *err,
+                       size_t errlen) {
+    memset(cfg, 0, sizeof *cfg);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (!root) {
+        cfg_err(err, errlen, "config.json: not valid JSON");
+        return PEFTD_EFORMAT;
+    }
+    int rc;
+    while (end && end < json + len && (*end == ' ' || *end == '\t' || *end == '\n' ||
+                                       *end == '\r' || *end == 0))
+        end++;
+    if (end && end < json + len) {
+        cfg_err(err, errlen, "config.json: unexpected text after the JSON object");
+        rc = PEFTD_EFORMAT;
+    } else if (!cJSON_IsObject(root)) {
+        cfg_err(err, errlen, "config.json: not a JSON object");
+        rc = PEFTD_EFORMAT;
+    } else {
+        rc = cfg_fill(root, cfg, err, errlen);
+    }
+    cJSON_Delete(root);
+    if (rc < 0) memset(cfg, 0, sizeof *cfg);
+    return rc;
+}
