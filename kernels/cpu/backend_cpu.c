@@ -1,0 +1,134 @@
+/* kernels/cpu/backend_cpu.c — the CPU backend object: its kbackend_ops table,
+ * memory (64-byte aligned host malloc; upload/download are memcpy), the worker
+ * pool, per-thread scratch and the "is this op worth a dispatch" helper.
+ * The ops themselves live in one file per op family (matmul.c, norm.c, ...). */
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/util/log.h"
+
+/* Cache-line (and AVX-512 vector) size: aligned rows never split a line. */
+#define KCPU_ALIGN 64
+
+/* Below this many element-ops an op runs on the caller alone: one dispatch
+ * (wake + join of the workers) costs ~2-10 us, the time of ~2^15 FMAs on one
+ * core at ~4-16 GFMA/s. */
+#define KCPU_PARALLEL_MIN_WORK 32768.0
+
+/* OpenBLAS prototype; not in every cblas.h. */
+void openblas_set_num_threads(int num_threads);
+
+static void *kcpu_alloc(kbackend *kb, size_t bytes) {
+    (void)kb;
+    void *p = NULL;
+    /* aligned_alloc requires a multiple of the alignment; 0 bytes still gets a
+     * valid unique pointer. */
+    size_t sz = (bytes + KCPU_ALIGN - 1) / KCPU_ALIGN * KCPU_ALIGN;
+    if (sz < bytes) return NULL;
+    if (posix_memalign(&p, KCPU_ALIGN, sz ? sz : KCPU_ALIGN) != 0) return NULL;
+    return p;
+}
+
+static void kcpu_free(kbackend *kb, void *p) {
+    (void)kb;
+    free(p);
+}
+
+static int kcpu_copy(kbackend *kb, void *dst, const void *src, size_t bytes) {
+    (void)kb;
+    if (bytes && (!dst || !src)) return PEFTD_EINVAL;
+    if (bytes) memmove(dst, src, bytes);
+    return 0;
+}
+
+static int kcpu_memset0(kbackend *kb, void *dst, size_t bytes) {
+    (void)kb;
+    if (bytes && !dst) return PEFTD_EINVAL;
+    if (bytes) memset(dst, 0, bytes);
+    return 0;
+}
+
+static int kcpu_synchronize(kbackend *kb) {
+    (void)kb;
+    return 0;
+}
+
+static void kcpu_destroy(kbackend *kb) {
+    kcpu_backend *cb = kcpu__impl(kb);
+    kpool_free(cb->pool);
+    if (cb->scratch)
+        for (int i = 0; i < cb->n_threads; i++) free(cb->scratch[i]);
+    free(cb->scratch);
+    free(cb);
+}
+
+static const kbackend_ops kcpu_ops = {
+    .name = "cpu",
+    .destroy = kcpu_destroy,
+    .alloc = kcpu_alloc,
+    .free = kcpu_free,
+    .upload = kcpu_copy,
+    .download = kcpu_copy,
+    .memset0 = kcpu_memset0,
+    .synchronize = kcpu_synchronize,
+    .get_rows = kcpu__get_rows,
+    .matmul = kcpu__matmul,
+    .rmsnorm = kcpu__rmsnorm,
+    .rope = kcpu__rope,
+    .kv_store = kcpu__kv_store,
+    .attention = kcpu__attention,
+    .swiglu = kcpu__swiglu,
+    .add = kcpu__add,
+};
+
+int kcpu__scratch_reserve(kcpu_backend *cb, size_t n) {
+    if (n <= cb->scratch_cap) return 0;
+    /* Grow geometrically so a slowly growing context does not realloc each step. */
+    size_t cap = cb->scratch_cap * 2 > n ? cb->scratch_cap * 2 : n;
+    if (cap > SIZE_MAX / sizeof(float)) return PEFTD_ENOMEM;
+    for (int i = 0; i < cb->n_threads; i++) {
+        void *p = NULL;
+        if (posix_memalign(&p, KCPU_ALIGN, cap * sizeof(float)) != 0) {
+            /* Buffers already grown stay valid; cap records the smallest size. */
+            return PEFTD_ENOMEM;
+        }
+        free(cb->scratch[i]);
+        cb->scratch[i] = p;
+    }
+    cb->scratch_cap = cap;
+    return 0;
+}
+
+void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx) {
+    if (work < KCPU_PARALLEL_MIN_WORK || cb->n_threads == 1) {
+        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
+        return;
+    }
+    kpool_parallel_for(cb->pool, n_tasks, fn, ctx);
+}
+
+kbackend *kbackend_cpu_create(int n_threads) {
+    kcpu_backend *cb = calloc(1, sizeof *cb);
+    if (!cb) return NULL;
+    cb->base.ops = &kcpu_ops;
+    cb->base.impl = cb;
+    if (kpool_create(n_threads, &cb->pool) != 0) {
+        free(cb);
+        return NULL;
+    }
+    cb->n_threads = kpool_n_threads(cb->pool);
+    cb->scratch = calloc((size_t)cb->n_threads, sizeof *cb->scratch);
+    if (!cb->scratch) {
+        kcpu_destroy(&cb->base);
+        return NULL;
+    }
+    /* OpenBLAS is called from inside our pool's tasks on disjoint row slices:
+     * its own threads would oversubscribe the cores, so it runs single-threaded
+     * in whichever thread calls it. (Process-wide setting.) */
+    openblas_set_num_threads(1);
+    LOGD("cpu backend: %d threads", cb->n_threads);
+    return &cb->base;
+}

@@ -1,0 +1,46 @@
+/* kernels/cpu/cpu_internal.h — what the CPU backend's files share (kcpu__*):
+ * the backend struct (pool + per-thread scratch), the parallel helper, and the
+ * op entry points that backend_cpu.c puts in its kbackend_ops table. */
+#ifndef PEFTD_KCPU_INTERNAL_H
+#define PEFTD_KCPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/cpu/threadpool.h"
+#include "kernels/kernels.h"
+
+typedef struct {
+    kbackend base; /* base.impl points back to this struct */
+    kpool *pool;
+    int n_threads;
+    float **scratch;      /* [n_threads] 64-byte aligned buffers */
+    size_t scratch_cap;   /* floats in each */
+} kcpu_backend;
+
+static inline kcpu_backend *kcpu__impl(kbackend *kb) { return (kcpu_backend *)kb->impl; }
+
+/* Ensures every thread's scratch holds at least n floats (contents not kept).
+ * Call from the dispatching thread, before kcpu__parallel. */
+int kcpu__scratch_reserve(kcpu_backend *cb, size_t n);
+
+static inline float *kcpu__scratch(kcpu_backend *cb, int thread) { return cb->scratch[thread]; }
+
+/* Runs fn over n_tasks on the pool, or inline on the caller when `work` (a rough
+ * count of multiply-adds or element ops) is too small to pay for a dispatch. */
+void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx);
+
+int kcpu__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out);
+int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta);
+int kcpu__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y);
+int kcpu__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
+               const float *inv_freq);
+int kcpu__kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,
+                   int kv_dim, float *k_cache, float *v_cache);
+int kcpu__attention(kbackend *kb, const kattn_args *a);
+int kcpu__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
+int kcpu__add(kbackend *kb, float *y, const float *x, int64_t n);
+
+static inline int kcpu__dtype_ok(kdtype t) { return t == KDT_F32 || t == KDT_F16 || t == KDT_BF16; }
+
+#endif

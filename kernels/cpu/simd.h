@@ -1,0 +1,146 @@
+/* kernels/cpu/simd.h — the CPU backend's vector abstraction (kv_*): one f32
+ * vector type of KV_W lanes with loads that widen f16/bf16 to f32 in registers.
+ * AVX-512 (16 lanes) when __AVX512F__, else AVX2+FMA+F16C (8 lanes), else scalar
+ * (1 lane). Partial loads (kv_*_part, 0 < n < KV_W lanes) read only n elements
+ * and zero the rest, so row tails never read past the end of a buffer. */
+#ifndef PEFTD_KCPU_SIMD_H
+#define PEFTD_KCPU_SIMD_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/util/half.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define KV_W 16
+typedef __m512 kv_f32;
+static inline kv_f32 kv_zero(void) { return _mm512_setzero_ps(); }
+static inline kv_f32 kv_set1(float a) { return _mm512_set1_ps(a); }
+static inline kv_f32 kv_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void kv_store(float *p, kv_f32 v) { _mm512_storeu_ps(p, v); }
+static inline __mmask16 kv__mask(int n) { return (__mmask16)((1u << n) - 1u); }
+static inline kv_f32 kv_load_part(const float *p, int n) { return _mm512_maskz_loadu_ps(kv__mask(n), p); }
+static inline void kv_store_part(float *p, kv_f32 v, int n) { _mm512_mask_storeu_ps(p, kv__mask(n), v); }
+/* bf16 is the top half of an f32: widen to 32 bits and shift left by 16. */
+static inline kv_f32 kv__bf16_widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+static inline kv_f32 kv_load_bf16(const uint16_t *p) { return kv__bf16_widen(_mm256_loadu_si256((const __m256i *)p)); }
+static inline kv_f32 kv_load_bf16_part(const uint16_t *p, int n) {
+    return kv__bf16_widen(_mm256_maskz_loadu_epi16(kv__mask(n), p));
+}
+static inline kv_f32 kv_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(kv__mask(n), p));
+}
+static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return _mm512_fmadd_ps(a, b, c); }
+static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return _mm512_add_ps(a, b); }
+static inline kv_f32 kv_mul(kv_f32 a, kv_f32 b) { return _mm512_mul_ps(a, b); }
+static inline float kv_hsum(kv_f32 v) { return _mm512_reduce_add_ps(v); }
+
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define KV_W 8
+typedef __m256 kv_f32;
+static inline kv_f32 kv_zero(void) { return _mm256_setzero_ps(); }
+static inline kv_f32 kv_set1(float a) { return _mm256_set1_ps(a); }
+static inline kv_f32 kv_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void kv_store(float *p, kv_f32 v) { _mm256_storeu_ps(p, v); }
+static inline kv_f32 kv_load_part(const float *p, int n) {
+    float b[KV_W] = {0};
+    memcpy(b, p, (size_t)n * sizeof *p);
+    return _mm256_loadu_ps(b);
+}
+static inline void kv_store_part(float *p, kv_f32 v, int n) {
+    float b[KV_W];
+    _mm256_storeu_ps(b, v);
+    memcpy(p, b, (size_t)n * sizeof *p);
+}
+static inline kv_f32 kv__bf16_widen(__m128i h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+static inline kv_f32 kv_load_bf16(const uint16_t *p) { return kv__bf16_widen(_mm_loadu_si128((const __m128i *)p)); }
+static inline kv_f32 kv_load_bf16_part(const uint16_t *p, int n) {
+    uint16_t b[KV_W] = {0};
+    memcpy(b, p, (size_t)n * sizeof *p);
+    return kv_load_bf16(b);
+}
+static inline kv_f32 kv_load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) {
+    uint16_t b[KV_W] = {0};
+    memcpy(b, p, (size_t)n * sizeof *p);
+    return kv_load_f16(b);
+}
+static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return _mm256_fmadd_ps(a, b, c); }
+static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return _mm256_add_ps(a, b); }
+static inline kv_f32 kv_mul(kv_f32 a, kv_f32 b) { return _mm256_mul_ps(a, b); }
+static inline float kv_hsum(kv_f32 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#else
+#define KV_W 1
+typedef float kv_f32;
+static inline kv_f32 kv_zero(void) { return 0.0f; }
+static inline kv_f32 kv_set1(float a) { return a; }
+static inline kv_f32 kv_load(const float *p) { return *p; }
+static inline void kv_store(float *p, kv_f32 v) { *p = v; }
+static inline kv_f32 kv_load_part(const float *p, int n) { (void)n; return *p; }
+static inline void kv_store_part(float *p, kv_f32 v, int n) { (void)n; *p = v; }
+static inline kv_f32 kv_load_bf16(const uint16_t *p) { return bf16_to_f32(*p); }
+static inline kv_f32 kv_load_bf16_part(const uint16_t *p, int n) { (void)n; return bf16_to_f32(*p); }
+static inline kv_f32 kv_load_f16(const uint16_t *p) { return f16_to_f32(*p); }
+static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) { (void)n; return f16_to_f32(*p); }
+static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return a * b + c; }
+static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return a + b; }
+static inline kv_f32 kv_mul(kv_f32 a, kv_f32 b) { return a * b; }
+static inline float kv_hsum(kv_f32 v) { return v; }
+#endif
+
+/* Dot product of two f32 vectors of length n (any n >= 0). */
+static inline float kv_dot(const float *a, const float *b, int64_t n) {
+    kv_f32 acc0 = kv_zero(), acc1 = kv_zero();
+    int64_t i = 0;
+    for (; i + 2 * KV_W <= n; i += 2 * KV_W) {
+        acc0 = kv_fmadd(kv_load(a + i), kv_load(b + i), acc0);
+        acc1 = kv_fmadd(kv_load(a + i + KV_W), kv_load(b + i + KV_W), acc1);
+    }
+    for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv_load(b + i), acc0);
+    if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv_load_part(b + i, (int)(n - i)), acc1);
+    return kv_hsum(kv_add(acc0, acc1));
+}
+
+/* y[i] = a * y[i] + b * x[i], i < n. */
+static inline void kv_scale_axpy(float *y, float a, float b, const float *x, int64_t n) {
+    kv_f32 va = kv_set1(a), vb = kv_set1(b);
+    int64_t i = 0;
+    for (; i + KV_W <= n; i += KV_W)
+        kv_store(y + i, kv_fmadd(vb, kv_load(x + i), kv_mul(va, kv_load(y + i))));
+    if (i < n) {
+        int r = (int)(n - i);
+        kv_store_part(y + i, kv_fmadd(vb, kv_load_part(x + i, r), kv_mul(va, kv_load_part(y + i, r))), r);
+    }
+}
+
+
+/* dst[i] = f32(src[i]), i < n, for a row stored in dtype dt (0 f32, 1 f16, 2 bf16:
+ * the kdtype values; taken as int so this header does not need kernels.h). */
+static inline void kv_row_to_f32(int dt, const void *src, float *dst, int64_t n) {
+    if (dt == 0) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *s = src;
+    int64_t i = 0;
+    for (; i + KV_W <= n; i += KV_W) kv_store(dst + i, dt == 1 ? kv_load_f16(s + i) : kv_load_bf16(s + i));
+    if (i < n) {
+        int r = (int)(n - i);
+        kv_store_part(dst + i, dt == 1 ? kv_load_f16_part(s + i, r) : kv_load_bf16_part(s + i, r), r);
+    }
+}
+
+#endif

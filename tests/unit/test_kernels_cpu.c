@@ -1,0 +1,563 @@
+/* tests/unit/test_kernels_cpu.c — the CPU backend's ops against plain-loop
+ * references written here (double accumulation), over odd shapes, all weight
+ * dtypes, beta 0/1 and 1/2/3 threads; canary values around every output catch
+ * out-of-bounds writes. Also: the worker pool, and bad shapes -> error codes.
+ *
+ * Tolerances: u = 2^-24 is the f32 unit roundoff. A sum of K products computed
+ * in f32 in any order (FMA chains, lane-wise partial sums, BLAS blocking) is
+ * within (K-1)·u·Σ|terms| of the exact sum (Higham, "Accuracy and Stability of
+ * Numerical Algorithms", §3.1, recursive/blocked summation), so matmul-like ops
+ * are checked against that worst-case bound: a single missing or doubled term
+ * (|term| ≈ Σ|terms|/K) is still far outside it for the K used here. Weights
+ * are converted to their stored dtype first and the reference uses the same
+ * rounded values, so only accumulation error is measured. */
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include "kernels/cpu/threadpool.h"
+#include "kernels/kernels.h"
+#include "kernels/util/half.h"
+#include "tests/harness/test.h"
+
+#define U_F32 (1.0 / 16777216.0) /* 2^-24 */
+
+/* Canary floats written around each output; any change means an out-of-bounds write. */
+#define CANARY_N 64
+#define CANARY_V (-12345.678f)
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 1; }
+static uint32_t rng_u32(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+/* uniform in [-1, 1) */
+static float rng_f(void) { return (float)rng_u32() / 2147483648.0f - 1.0f; }
+static void fill(float *p, int64_t n) {
+    for (int64_t i = 0; i < n; i++) p[i] = rng_f();
+}
+
+/* A float buffer of n with CANARY_N guard floats on each side. */
+static float *guarded_alloc(int64_t n) {
+    float *b = malloc((size_t)(n + 2 * CANARY_N) * sizeof(float));
+    ASSERT(b);
+    for (int i = 0; i < CANARY_N; i++) b[i] = b[n + CANARY_N + i] = CANARY_V;
+    return b + CANARY_N;
+}
+static void guarded_check_free(float *p, int64_t n) {
+    float *b = p - CANARY_N;
+    for (int i = 0; i < CANARY_N; i++) {
+        if (b[i] != CANARY_V) FAIL("write before buffer at -%d", CANARY_N - i);
+        if (b[n + CANARY_N + i] != CANARY_V) FAIL("write after buffer at +%d", i);
+    }
+    free(b);
+}
+
+/* Values rounded to dtype dt, plus their storage in that dtype (caller frees). */
+static void *to_dtype(kdtype dt, float *vals, int64_t n) {
+    void *s = malloc((size_t)n * kdtype_size(dt));
+    ASSERT(s);
+    for (int64_t i = 0; i < n; i++) {
+        if (dt == KDT_F32) ((float *)s)[i] = vals[i];
+        else if (dt == KDT_F16) vals[i] = f16_to_f32(((uint16_t *)s)[i] = f32_to_f16(vals[i]));
+        else vals[i] = bf16_to_f32(((uint16_t *)s)[i] = f32_to_bf16(vals[i]));
+    }
+    return s;
+}
+
+static const kdtype DTYPES[] = {KDT_F32, KDT_F16, KDT_BF16};
+static const int THREADS[] = {1, 2, 3};
+
+/* ---- thread pool ---- */
+
+typedef struct {
+    atomic_int *hits;
+    atomic_int bad_thread;
+    int n_threads;
+} pool_ctx;
+
+static void pool_fn(void *vc, int task, int thread) {
+    pool_ctx *c = vc;
+    atomic_fetch_add(&c->hits[task], 1);
+    if (thread < 0 || thread >= c->n_threads) atomic_store(&c->bad_thread, 1);
+}
+
+TEST(pool_runs_each_task_once) {
+    for (int nt = 1; nt <= 4; nt++) {
+        kpool *p = NULL;
+        ASSERT_EQ(kpool_create(nt, &p), 0);
+        ASSERT_EQ(kpool_n_threads(p), nt);
+        enum { MAXT = 257 };
+        atomic_int hits[MAXT];
+        pool_ctx c = {.hits = hits, .n_threads = nt};
+        atomic_init(&c.bad_thread, 0);
+        /* Many back-to-back dispatches of varying size: catches lost wake-ups,
+         * a worker missing a generation, and early returns. */
+        for (int rep = 0; rep < 2000; rep++) {
+            int n = 1 + rep % MAXT;
+            for (int i = 0; i < n; i++) atomic_init(&hits[i], 0);
+            kpool_parallel_for(p, n, pool_fn, &c);
+            for (int i = 0; i < n; i++)
+                if (atomic_load(&hits[i]) != 1) FAIL("nt=%d rep=%d task %d ran %d times", nt, rep, i, atomic_load(&hits[i]));
+            if (rep % 500 == 499) usleep(20000); /* let workers fall asleep on the condvar */
+        }
+        ASSERT_EQ(atomic_load(&c.bad_thread), 0);
+        kpool_parallel_for(p, 0, pool_fn, &c);
+        kpool_free(p);
+    }
+    kpool_free(NULL);
+    kpool *p = NULL;
+    ASSERT_EQ(kpool_create(0, &p), 0);
+    ASSERT(kpool_n_threads(p) >= 1);
+    kpool_free(p);
+}
+
+TEST(backend_basics) {
+    kbackend *kb = kbackend_cpu_create(0);
+    ASSERT(kb);
+    ASSERT_STREQ(kb->ops->name, "cpu");
+    ASSERT_STREQ(kdtype_name(KDT_F32), "f32");
+    ASSERT_STREQ(kdtype_name(KDT_F16), "f16");
+    ASSERT_STREQ(kdtype_name(KDT_BF16), "bf16");
+    char *buf = kb->ops->alloc(kb, 1000);
+    ASSERT(buf);
+    ASSERT_EQ((uintptr_t)buf % 64, 0);
+    char src[1000], dst[1000];
+    for (int i = 0; i < 1000; i++) src[i] = (char)i;
+    ASSERT_EQ(kb->ops->upload(kb, buf, src, 1000), 0);
+    ASSERT_EQ(kb->ops->synchronize(kb), 0);
+    ASSERT_EQ(kb->ops->download(kb, dst, buf, 1000), 0);
+    ASSERT(memcmp(src, dst, 1000) == 0);
+    ASSERT_EQ(kb->ops->memset0(kb, buf, 1000), 0);
+    for (int i = 0; i < 1000; i++) ASSERT_EQ(buf[i], 0);
+    kb->ops->free(kb, buf);
+    kbackend_destroy(kb);
+    kbackend_destroy(NULL);
+}
+
+/* ---- matmul ---- */
+
+static void check_matmul(kbackend *kb, kdtype dt, int n, int rows, int cols, float beta) {
+    float *wv = malloc((size_t)rows * cols * sizeof(float)), *x = malloc((size_t)n * cols * sizeof(float));
+    ASSERT(wv && x);
+    fill(wv, (int64_t)rows * cols);
+    fill(x, (int64_t)n * cols);
+    void *ws = to_dtype(dt, wv, (int64_t)rows * cols);
+    int64_t ny = (int64_t)n * rows;
+    float *y = guarded_alloc(ny), *y0 = malloc((size_t)ny * sizeof(float));
+    ASSERT(y0);
+    if (beta != 0.0f) fill(y0, ny);
+    else for (int64_t i = 0; i < ny; i++) y0[i] = NAN; /* beta 0 must overwrite, not scale */
+    memcpy(y, y0, (size_t)ny * sizeof(float));
+    kmat w = {.data = ws, .dtype = dt, .rows = rows, .cols = cols};
+    ASSERT_EQ(kb->ops->matmul(kb, x, n, &w, y, beta), 0);
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < rows; r++) {
+            double s = 0, sa = 0;
+            for (int k = 0; k < cols; k++) {
+                double t = (double)x[(int64_t)i * cols + k] * wv[(int64_t)r * cols + k];
+                s += t;
+                sa += fabs(t);
+            }
+            double base = beta != 0.0f ? y0[(int64_t)i * rows + r] : 0.0;
+            /* (K-1)u·Σ|x·w| for the dot product (header), plus one rounding of
+             * the final beta add: (cols + 1)·u·(Σ|x·w| + |y0|). */
+            double tol = (cols + 1) * U_F32 * (sa + fabs(base)) + 1e-30;
+            double got = y[(int64_t)i * rows + r];
+            if (!(fabs(got - (s + base)) <= tol))
+                FAIL("%s n=%d rows=%d cols=%d beta=%g y[%d,%d]=%.9g ref %.9g tol %.3g", kdtype_name(dt), n, rows,
+                     cols, beta, i, r, got, s + base, tol);
+        }
+    guarded_check_free(y, ny);
+    free(y0);
+    free(ws);
+    free(wv);
+    free(x);
+}
+
+TEST(matmul_odd_shapes) {
+    static const int shapes[][3] = {
+        /* n, rows, cols */
+        {1, 1, 1},    {1, 3, 17},   {7, 5, 17},    {7, 37, 172},   {1, 1000, 172}, {7, 1000, 33},
+        {133, 9, 17}, {133, 67, 172}, {133, 131, 768}, {1, 64, 768}, {7, 257, 768},  {2, 6, 16},
+        {5, 4, 15},   {30, 100, 100}, {64, 97, 200},   {24, 50, 31}, {48, 40, 65},   {133, 1, 1},
+    };
+    for (size_t ti = 0; ti < sizeof THREADS / sizeof *THREADS; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        ASSERT(kb);
+        rng_seed(ti + 1);
+        for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+            for (int d = 0; d < 3; d++)
+                for (int b = 0; b < 2; b++) check_matmul(kb, DTYPES[d], shapes[s][0], shapes[s][1], shapes[s][2], (float)b);
+        kbackend_destroy(kb);
+    }
+}
+
+TEST(matmul_bad_args) {
+    kbackend *kb = kbackend_cpu_create(2);
+    float x[4] = {0}, y[4] = {0}, wd[4] = {0};
+    kmat w = {.data = wd, .dtype = KDT_F32, .rows = 2, .cols = 2};
+    ASSERT_EQ(kb->ops->matmul(kb, x, 2, &w, y, 0.5f), PEFTD_EINVAL);
+    ASSERT_EQ(kb->ops->matmul(kb, x, -1, &w, y, 0.0f), PEFTD_EINVAL);
+    ASSERT_EQ(kb->ops->matmul(kb, x, 0, &w, y, 0.0f), 0);
+    kmat bad = w;
+    bad.dtype = (kdtype)7;
+    ASSERT_EQ(kb->ops->matmul(kb, x, 1, &bad, y, 0.0f), PEFTD_EINVAL);
+    bad = w;
+    bad.cols = 0;
+    ASSERT_EQ(kb->ops->matmul(kb, x, 1, &bad, y, 0.0f), PEFTD_EINVAL);
+    ASSERT_EQ(kb->ops->matmul(kb, NULL, 1, &w, y, 0.0f), PEFTD_EINVAL);
+    ASSERT_EQ(kb->ops->matmul(kb, x, 1, NULL, y, 0.0f), PEFTD_EINVAL);
+    kbackend_destroy(kb);
+}
+
+/* ---- rmsnorm ---- */
+
+TEST(rmsnorm) {
+    static const int dims[] = {1, 17, 172, 768};
+    static const int ns[] = {1, 7, 133};
+    for (size_t ti = 0; ti < 3; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        for (int d = 0; d < 3; d++)
+            for (size_t di = 0; di < 4; di++)
+                for (size_t ni = 0; ni < 3; ni++)
+                    for (int inplace = 0; inplace < 2; inplace++) {
+                        int dim = dims[di], n = ns[ni];
+                        float eps = 1e-5f;
+                        float *wv = malloc(dim * sizeof(float)), *x = malloc((size_t)n * dim * sizeof(float));
+                        fill(wv, dim);
+                        fill(x, (int64_t)n * dim);
+                        if (n > 1) memset(x, 0, dim * sizeof(float)); /* all-zero row: eps keeps it finite */
+                        void *ws = to_dtype(DTYPES[d], wv, dim);
+                        kmat w = {.data = ws, .dtype = DTYPES[d], .rows = 1, .cols = dim};
+                        float *y = guarded_alloc((int64_t)n * dim);
+                        memcpy(y, x, (size_t)n * dim * sizeof(float));
+                        ASSERT_EQ(kb->ops->rmsnorm(kb, inplace ? y : x, &w, n, dim, eps, y), 0);
+                        for (int i = 0; i < n; i++) {
+                            double ss = 0;
+                            for (int k = 0; k < dim; k++) ss += (double)x[i * dim + k] * x[i * dim + k];
+                            double inv = 1.0 / sqrt(ss / dim + eps);
+                            for (int k = 0; k < dim; k++) {
+                                double ref = x[i * dim + k] * inv * wv[k];
+                                /* inv rounded to f32 plus two f32 multiplies: 3 roundings,
+                                 * each ≤ u relative; 4u leaves a margin. */
+                                ASSERT_NEAR(y[i * dim + k], ref, 4 * U_F32 * fabs(ref) + 1e-30);
+                            }
+                        }
+                        guarded_check_free(y, (int64_t)n * dim);
+                        free(ws);
+                        free(wv);
+                        free(x);
+                    }
+        kmat w1 = {.data = (float[]){1, 1}, .dtype = KDT_F32, .rows = 1, .cols = 2};
+        float x3[3] = {1, 2, 3};
+        ASSERT_EQ(kb->ops->rmsnorm(kb, x3, &w1, 1, 3, 1e-5f, x3), PEFTD_EINVAL); /* w length != dim */
+        kbackend_destroy(kb);
+    }
+}
+
+/* ---- rope ---- */
+
+TEST(rope) {
+    static const int hds[] = {2, 8, 64, 128};
+    for (size_t ti = 0; ti < 3; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        for (size_t hi = 0; hi < 4; hi++) {
+            int hd = hds[hi], nh = 3, n = 133, dim = nh * hd;
+            float *inv = malloc(hd / 2 * sizeof(float));
+            for (int i = 0; i < hd / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / hd);
+            int32_t *pos = malloc(n * sizeof(int32_t));
+            for (int i = 0; i < n; i++) pos[i] = i < 5 ? i : (int32_t)(rng_u32() % 8192);
+            float *x = malloc((size_t)n * dim * sizeof(float)), *y = guarded_alloc((int64_t)n * dim);
+            fill(x, (int64_t)n * dim);
+            memcpy(y, x, (size_t)n * dim * sizeof(float));
+            ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, inv), 0);
+            for (int r = 0; r < n; r++)
+                for (int h = 0; h < nh; h++)
+                    for (int i = 0; i < hd / 2; i++) {
+                        /* the angle is an f32 product, as in transformers */
+                        double ang = (float)((float)pos[r] * inv[i]);
+                        const float *xh = x + (int64_t)r * dim + h * hd;
+                        double a = xh[i], b = xh[i + hd / 2];
+                        double ra = a * cos(ang) - b * sin(ang), rb = b * cos(ang) + a * sin(ang);
+                        /* cosf/sinf ≤ 1 ulp (glibc), then a product and a sum in f32:
+                         * ≤ ~3u·(|a|+|b|); 4u leaves a margin. */
+                        double tol = 4 * U_F32 * (fabs(a) + fabs(b));
+                        ASSERT_NEAR(y[(int64_t)r * dim + h * hd + i], ra, tol);
+                        ASSERT_NEAR(y[(int64_t)r * dim + h * hd + i + hd / 2], rb, tol);
+                    }
+            guarded_check_free(y, (int64_t)n * dim);
+            free(x);
+            free(pos);
+            free(inv);
+        }
+        float x[4] = {0}, inv[2] = {1, 1};
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 3, inv), PEFTD_EINVAL);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){-1}, 1, 1, 4, inv), PEFTD_ERANGE);
+        kbackend_destroy(kb);
+    }
+}
+
+/* ---- elementwise, get_rows, kv_store ---- */
+
+TEST(swiglu_and_add) {
+    for (size_t ti = 0; ti < 3; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        static const int ns[] = {1, 7, 133};
+        static const int dims[] = {1, 17, 768};
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++)
+                for (int alias = 0; alias < 2; alias++) {
+                    int n = ns[a], dim = dims[b];
+                    int64_t m = (int64_t)n * dim;
+                    float *g = malloc(m * sizeof(float)), *u = malloc(m * sizeof(float));
+                    fill(g, m);
+                    fill(u, m);
+                    for (int64_t i = 0; i < m; i++) g[i] *= 12; /* cover exp's range around 0 */
+                    float *out = guarded_alloc(m);
+                    if (alias) memcpy(out, g, m * sizeof(float));
+                    ASSERT_EQ(kb->ops->swiglu(kb, alias ? out : g, u, n, dim, out), 0);
+                    for (int64_t i = 0; i < m; i++) {
+                        double ref = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+                        /* expf ≤ 1 ulp, then add, divide, multiply in f32: ≤ ~5u
+                         * relative (1 + e^-g never cancels); 8u leaves a margin. */
+                        ASSERT_NEAR(out[i], ref, 8 * U_F32 * fabs(ref) + 1e-30);
+                    }
+                    /* add: one f32 addition per element, exact vs the f32 reference */
+                    float *y = guarded_alloc(m);
+                    memcpy(y, u, m * sizeof(float));
+                    ASSERT_EQ(kb->ops->add(kb, y, g, m), 0);
+                    for (int64_t i = 0; i < m; i++) ASSERT(y[i] == u[i] + g[i]);
+                    guarded_check_free(y, m);
+                    guarded_check_free(out, m);
+                    free(g);
+                    free(u);
+                }
+        /* a large add exercises the chunked parallel path */
+        int64_t m = 1000003;
+        float *y = guarded_alloc(m), *x = malloc(m * sizeof(float));
+        for (int64_t i = 0; i < m; i++) { y[i] = (float)i; x[i] = 1.0f; }
+        ASSERT_EQ(kb->ops->add(kb, y, x, m), 0);
+        for (int64_t i = 0; i < m; i++) ASSERT(y[i] == (float)i + 1.0f);
+        guarded_check_free(y, m);
+        free(x);
+        kbackend_destroy(kb);
+    }
+}
+
+TEST(get_rows) {
+    for (size_t ti = 0; ti < 3; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        static const int colss[] = {1, 17, 768};
+        for (int d = 0; d < 3; d++)
+            for (int ci = 0; ci < 3; ci++) {
+                int rows = 1000, cols = colss[ci], n = 133;
+                float *tv = malloc((size_t)rows * cols * sizeof(float));
+                fill(tv, (int64_t)rows * cols);
+                void *ts = to_dtype(DTYPES[d], tv, (int64_t)rows * cols);
+                kmat t = {.data = ts, .dtype = DTYPES[d], .rows = rows, .cols = cols};
+                int32_t ids[133];
+                for (int i = 0; i < n; i++) ids[i] = i == 0 ? 0 : i == 1 ? rows - 1 : (int32_t)(rng_u32() % rows);
+                float *out = guarded_alloc((int64_t)n * cols);
+                ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, n, out), 0);
+                /* widening f16/bf16 to f32 is exact */
+                for (int i = 0; i < n; i++)
+                    ASSERT(memcmp(out + (int64_t)i * cols, tv + (int64_t)ids[i] * cols, cols * sizeof(float)) == 0);
+                ids[5] = rows;
+                ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, n, out), PEFTD_ERANGE);
+                ids[5] = -1;
+                ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, n, out), PEFTD_ERANGE);
+                guarded_check_free(out, (int64_t)n * cols);
+                free(ts);
+                free(tv);
+            }
+        kbackend_destroy(kb);
+    }
+}
+
+TEST(kv_store) {
+    kbackend *kb = kbackend_cpu_create(2);
+    int kv_dim = 24, n_slots = 40, n = 7;
+    float *kc = guarded_alloc((int64_t)n_slots * kv_dim), *vc = guarded_alloc((int64_t)n_slots * kv_dim);
+    for (int i = 0; i < n_slots * kv_dim; i++) kc[i] = vc[i] = -1.0f;
+    float k[7 * 24], v[7 * 24];
+    fill(k, n * kv_dim);
+    fill(v, n * kv_dim);
+    int32_t slots[7] = {39, 0, 17, 5, 16, 31, 1};
+    ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, kc, vc), 0);
+    for (int s = 0; s < n_slots; s++) {
+        int src = -1;
+        for (int i = 0; i < n; i++)
+            if (slots[i] == s) src = i;
+        for (int d = 0; d < kv_dim; d++) {
+            ASSERT(kc[s * kv_dim + d] == (src < 0 ? -1.0f : k[src * kv_dim + d]));
+            ASSERT(vc[s * kv_dim + d] == (src < 0 ? -1.0f : v[src * kv_dim + d]));
+        }
+    }
+    slots[3] = -2;
+    ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, kc, vc), PEFTD_ERANGE);
+    guarded_check_free(kc, (int64_t)n_slots * kv_dim);
+    guarded_check_free(vc, (int64_t)n_slots * kv_dim);
+    kbackend_destroy(kb);
+}
+
+/* ---- attention ---- */
+
+typedef struct {
+    int n_q, kv_len;
+} seq_shape;
+
+static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int n_kv_heads, int group, int hd,
+                            int bs) {
+    int n_heads = n_kv_heads * group, kv_dim = n_kv_heads * hd, qdim = n_heads * hd;
+    int32_t q_start[16], kv_len[16];
+    int max_blocks = 0, total_blocks = 0;
+    q_start[0] = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        q_start[s + 1] = q_start[s] + seqs[s].n_q;
+        kv_len[s] = seqs[s].kv_len;
+        int nb = (seqs[s].kv_len + bs - 1) / bs;
+        total_blocks += nb;
+        if (nb > max_blocks) max_blocks = nb;
+    }
+    max_blocks += 1; /* a row stride wider than needed; the extra entry is -1 */
+    int n_blocks = total_blocks + 3, T = q_start[n_seqs];
+    /* Physical blocks handed out in a shuffled order: tables are non-contiguous. */
+    int32_t *perm = malloc(n_blocks * sizeof(int32_t));
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(rng_u32() % (uint32_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    int32_t *btab = malloc((size_t)n_seqs * max_blocks * sizeof(int32_t));
+    for (int i = 0; i < n_seqs * max_blocks; i++) btab[i] = -1;
+    int next = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int b = 0; b < (seqs[s].kv_len + bs - 1) / bs; b++) btab[s * max_blocks + b] = perm[next++];
+    /* The cache starts as NaN: reading any slot that is not a valid slot of the
+     * sequence poisons the output. Valid slots are written with kv_store. */
+    int64_t cache_n = (int64_t)n_blocks * bs * kv_dim;
+    float *kc = malloc(cache_n * sizeof(float)), *vc = malloc(cache_n * sizeof(float));
+    for (int64_t i = 0; i < cache_n; i++) kc[i] = vc[i] = NAN;
+    float **K = malloc(n_seqs * sizeof(float *)), **V = malloc(n_seqs * sizeof(float *));
+    for (int s = 0; s < n_seqs; s++) {
+        int L = seqs[s].kv_len;
+        K[s] = malloc(((size_t)L * kv_dim + 1) * sizeof(float));
+        V[s] = malloc(((size_t)L * kv_dim + 1) * sizeof(float));
+        fill(K[s], (int64_t)L * kv_dim);
+        fill(V[s], (int64_t)L * kv_dim);
+        int32_t *slots = malloc(((size_t)L + 1) * sizeof(int32_t));
+        for (int p = 0; p < L; p++) slots[p] = btab[s * max_blocks + p / bs] * bs + p % bs;
+        ASSERT_EQ(kb->ops->kv_store(kb, K[s], V[s], slots, L, kv_dim, kc, vc), 0);
+        free(slots);
+    }
+    float *q = malloc(((size_t)T * qdim + 1) * sizeof(float));
+    fill(q, (int64_t)T * qdim);
+    float *out = guarded_alloc((int64_t)T * qdim);
+    float scale = 1.0f / sqrtf((float)hd);
+    kattn_args a = {.n_seqs = n_seqs, .q_start = q_start, .kv_len = kv_len, .block_table = btab,
+                    .max_blocks = max_blocks, .block_size = bs, .n_heads = n_heads, .n_kv_heads = n_kv_heads,
+                    .head_dim = hd, .scale = scale, .q = q, .k_cache = kc, .v_cache = vc, .out = out};
+    ASSERT_EQ(kb->ops->attention(kb, &a), 0);
+    double *sc = malloc(((size_t)max_blocks * bs + 1) * sizeof(double));
+    for (int s = 0; s < n_seqs; s++)
+        for (int j = 0; j < seqs[s].n_q; j++) {
+            int t = q_start[s] + j, p = seqs[s].kv_len - seqs[s].n_q + j;
+            for (int h = 0; h < n_heads; h++) {
+                int kvh = h / group;
+                const float *qh = q + (int64_t)t * qdim + h * hd;
+                double mx = -INFINITY, sabs = 0, sum = 0;
+                for (int i = 0; i <= p; i++) {
+                    double d = 0, da = 0;
+                    for (int c = 0; c < hd; c++) {
+                        double prod = (double)qh[c] * K[s][(int64_t)i * kv_dim + kvh * hd + c];
+                        d += prod;
+                        da += fabs(prod);
+                    }
+                    sc[i] = d * scale;
+                    if (da * scale > sabs) sabs = da * scale;
+                    if (sc[i] > mx) mx = sc[i];
+                }
+                for (int i = 0; i <= p; i++) sum += (sc[i] = exp(sc[i] - mx));
+                for (int c = 0; c < hd; c++) {
+                    double o = 0;
+                    for (int i = 0; i <= p; i++) o += sc[i] * V[s][(int64_t)i * kv_dim + kvh * hd + c];
+                    o /= sum;
+                    /* Scores: hd-term f32 dots, error ≤ hd·u·max Σ|q·k|·scale (absolute),
+                     * which becomes a relative error of the softmax weights (exp, and
+                     * the max cancel in the ratio); expf and the weight sum add ≤ (p+2)u
+                     * relative; the output is a convex combination of |v| ≤ 1 values
+                     * with p+1 f32 accumulations. Twice the sum as a margin. */
+                    double tol = 2 * U_F32 * (hd * sabs + 2.0 * (p + 2) + 4);
+                    double got = out[(int64_t)t * qdim + h * hd + c];
+                    if (!(fabs(got - o) <= tol))
+                        FAIL("hd=%d bs=%d group=%d seq %d q %d head %d c %d: %.9g vs %.9g (tol %.3g)", hd, bs, group,
+                             s, j, h, c, got, o, tol);
+                }
+            }
+        }
+    guarded_check_free(out, (int64_t)T * qdim);
+    for (int s = 0; s < n_seqs; s++) {
+        free(K[s]);
+        free(V[s]);
+    }
+    free(K);
+    free(V);
+    free(sc);
+    free(q);
+    free(kc);
+    free(vc);
+    free(btab);
+    free(perm);
+}
+
+TEST(attention_ragged_paged) {
+    /* decode (n_q 1), full prefill (n_q = kv_len), chunked prefill (n_q < kv_len),
+     * an idle sequence (n_q 0) and a one-slot sequence, in one batch. */
+    static const seq_shape seqs[] = {{1, 1}, {1, 37}, {20, 20}, {5, 40}, {0, 10}, {3, 3}, {1, 70}};
+    static const int hds[] = {8, 16, 64};
+    static const int groups[] = {1, 2, 4};
+    static const int bss[] = {16, 1};
+    for (size_t ti = 0; ti < 3; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        rng_seed(100 + ti);
+        for (int hi = 0; hi < 3; hi++)
+            for (int gi = 0; gi < 3; gi++)
+                for (int bi = 0; bi < 2; bi++)
+                    check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 2, groups[gi], hds[hi], bss[bi]);
+        /* a long single decode and prefill, one KV head (MQA-like ratio 4) */
+        static const seq_shape longs[] = {{1, 300}, {133, 133}};
+        check_attention(kb, longs, 2, 1, 4, 64, 16);
+        kbackend_destroy(kb);
+    }
+}
+
+TEST(attention_bad_args) {
+    kbackend *kb = kbackend_cpu_create(2);
+    float q[64] = {0}, out[64], kc[256] = {0}, vc[256] = {0};
+    int32_t q_start[2] = {0, 2}, kv_len[1] = {1}, btab[2] = {0, 1};
+    kattn_args a = {.n_seqs = 1, .q_start = q_start, .kv_len = kv_len, .block_table = btab, .max_blocks = 2,
+                    .block_size = 4, .n_heads = 2, .n_kv_heads = 1, .head_dim = 8, .scale = 0.35f,
+                    .q = q, .k_cache = kc, .v_cache = vc, .out = out};
+    ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_ERANGE); /* n_q 2 > kv_len 1 */
+    kv_len[0] = 9;
+    ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_ERANGE); /* kv_len > max_blocks*block_size */
+    kv_len[0] = 5;
+    btab[1] = -1;
+    ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_ERANGE); /* slot 4 in an unassigned block */
+    btab[1] = 1;
+    ASSERT_EQ(kb->ops->attention(kb, &a), 0);
+    a.n_kv_heads = 3;
+    ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_EINVAL); /* n_heads % n_kv_heads */
+    a.n_kv_heads = 1;
+    a.block_size = 0;
+    ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_EINVAL);
+    kbackend_destroy(kb);
+}
+
+TEST_MAIN(pool_runs_each_task_once, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope,
+          swiglu_and_add, get_rows, kv_store, attention_ragged_paged, attention_bad_args)
