@@ -15,8 +15,10 @@
 typedef struct {
     const char *host;        /* bind address, e.g. "127.0.0.1" */
     int port;                /* 0 = pick a free port (see http_server_port) */
-    size_t max_body_bytes;   /* larger request bodies get 413 */
-    int threads;             /* libmicrohttpd worker threads (>= 1) */
+    size_t max_body_bytes;   /* larger request bodies get 413; 0 = 1 MiB */
+    int threads;             /* libmicrohttpd worker threads (>= 1; 0 = 1) */
+    int max_connections;     /* open connections at once; 0 = 4096 */
+    int timeout_s;           /* idle connection timeout; 0 = 120 s (suspended ones never time out) */
 } http_config;
 
 typedef struct http_server http_server;

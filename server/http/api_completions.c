@@ -1,0 +1,403 @@
+/* server/http/api_completions.c — POST /v1/completions in flight: one job per HTTP
+ * request holding one engine request per choice, the engine's notify callback, the
+ * suspend/resume handshake with libmicrohttpd, the streaming content reader, cancellation
+ * when the client goes away, and the wake-up of every job at shutdown.
+ *
+ * Threads: notify runs on the engine thread; everything else on MHD threads (and
+ * api_completions_shutdown on the stopping thread). job->mu orders them: the HTTP side
+ * collects pending output and decides to suspend under the lock, and notify appends
+ * output and resumes under the same lock, so a wake-up is never lost and a connection is
+ * never resumed twice or after it closed.
+ *
+ * Lifetime: a job is refcounted — the connection (until the completed callback), each
+ * submitted engine request (until notify delivers its finish: the engine calls notify
+ * no more after that), and a streaming response (until MHD frees it).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "kernels/util/log.h"
+#include "kernels/util/status.h"
+#include "server/http/api_completions.h"
+#include "server/http/sse.h"
+
+/* Bytes MHD asks the reader for at most per call; SSE chunks are a few hundred bytes. */
+#define API_STREAM_BLOCK (16 * 1024)
+
+static void job_unref(api_job *job) {
+    if (atomic_fetch_sub(&job->refs, 1) != 1) return;
+    for (int i = 0; i < job->n_choices; i++) {
+        api_choice *ch = &job->choices[i];
+        engine_request_unref(ch->r);
+        http_buf_free(&ch->pend_text);
+        http_buf_free(&ch->text);
+        free(ch->pend_tok);
+        free(ch->tok);
+    }
+    free(job->choices);
+    api_request_free(&job->req);
+    http_buf_free(&job->out);
+    pthread_mutex_destroy(&job->mu);
+    free(job);
+}
+
+static int api_tok_append(gen_token **arr, int *n, int *cap, const gen_token *src, int k) {
+    if (k <= 0) return 0;
+    if (*n + k > *cap) {
+        int c = *cap ? *cap : 16;
+        while (c < *n + k) c *= 2;
+        gen_token *p = realloc(*arr, (size_t)c * sizeof *p);
+        if (!p) return PEFTD_ENOMEM;
+        *arr = p;
+        *cap = c;
+    }
+    memcpy(*arr + *n, src, (size_t)k * sizeof *src);
+    *n += k;
+    return 0;
+}
+
+/* Engine thread: move the new output into the choice, wake the connection. */
+static void job_notify(void *ud) {
+    api_choice *ch = ud;
+    api_job *job = ch->job;
+    engine_delta d;
+    memset(&d, 0, sizeof d);
+    int rc = engine_request_take(ch->r, &d);
+    bool last = false;
+
+    pthread_mutex_lock(&job->mu);
+    if (rc == 0 && !ch->finished) {
+        if (http_buf_append(&ch->pend_text, d.text ? d.text : "", d.text_len) ||
+            api_tok_append(&ch->pend_tok, &ch->n_pend_tok, &ch->cap_pend_tok, d.tokens, d.n_tokens))
+            snprintf(ch->error, sizeof ch->error, "out of memory while collecting output");
+        ch->completion_tokens = d.completion_tokens;
+        if (d.finished) {
+            ch->finished = last = true;
+            ch->finish = d.finish;
+            if (d.finish == FINISH_ERROR) snprintf(ch->error, sizeof ch->error, "%s", d.error);
+        }
+    }
+    if (job->suspended && !job->closed) {
+        job->suspended = false;
+        MHD_resume_connection(job->conn);
+    }
+    pthread_mutex_unlock(&job->mu);
+    engine_delta_free(&d);
+    if (rc) LOGW("http: %s: taking engine output failed: %s", job->id, peftd_strerror(rc));
+    if (last) job_unref(job);
+}
+
+/* Under job->mu: moves every choice's pending output to its HTTP-side buffers. Returns
+ * PEFTD_ENOMEM when it could not; *all_finished tells whether every choice is done. */
+static int job_collect_locked(api_job *job, bool *all_finished) {
+    int rc = 0;
+    *all_finished = true;
+    for (int i = 0; i < job->n_choices; i++) {
+        api_choice *ch = &job->choices[i];
+        if (!rc && (http_buf_append(&ch->text, ch->pend_text.p, ch->pend_text.len) ||
+                    api_tok_append(&ch->tok, &ch->n_tok, &ch->cap_tok, ch->pend_tok, ch->n_pend_tok)))
+            rc = PEFTD_ENOMEM;
+        http_buf_reset(&ch->pend_text);
+        ch->n_pend_tok = 0;
+        if (!ch->finished) *all_finished = false;
+    }
+    return rc;
+}
+
+static void job_cancel_all(api_job *job) {
+    for (int i = 0; i < job->n_choices; i++)
+        if (atomic_load(&job->choices[i].submitted)) engine_cancel(job->srv->e, job->choices[i].r);
+}
+
+/* ---- non-streaming ---- */
+
+static enum MHD_Result job_respond(http_req *req, struct MHD_Connection *conn, api_job *job) {
+    for (int i = 0; i < job->n_choices; i++) {
+        const api_choice *ch = &job->choices[i];
+        if (ch->finish == FINISH_ERROR || ch->error[0])
+            return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "engine_error",
+                              "generation failed: %s", ch->error[0] ? ch->error : "engine error");
+        if (ch->finish == FINISH_CANCELLED)
+            return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL,
+                                  NULL, "the request was cancelled: the server is shutting down");
+    }
+    cJSON *o = api_format_response(job);
+    if (!o) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
+    return http_respond_json(req, conn, MHD_HTTP_OK, o);
+}
+
+enum MHD_Result api_completions_continue(http_req *req, struct MHD_Connection *conn) {
+    api_job *job = req->job;
+    bool all_finished;
+    pthread_mutex_lock(&job->mu);
+    int rc = job_collect_locked(job, &all_finished);
+    if (!rc && !all_finished && !atomic_load(&job->srv->stopping)) {
+        job->suspended = true;
+        MHD_suspend_connection(conn);
+        pthread_mutex_unlock(&job->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&job->mu);
+    if (rc) {
+        job_cancel_all(job);
+        return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
+    }
+    if (!all_finished) {
+        job_cancel_all(job);
+        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
+                              "the server is shutting down");
+    }
+    return job_respond(req, conn, job);
+}
+
+/* ---- streaming ---- */
+
+/* Formats what the choices produced since the last call into job->out, or suspends the
+ * connection when there is nothing. */
+static int job_stream_fill(api_job *job) {
+    bool all_finished, finished[API_MAX_N * API_MAX_PROMPTS];
+    pthread_mutex_lock(&job->mu);
+    int rc = job_collect_locked(job, &all_finished);
+    bool any = false;
+    for (int i = 0; i < job->n_choices; i++) {
+        api_choice *ch = &job->choices[i];
+        finished[i] = ch->finished;
+        if (ch->text.len || ch->n_tok || (ch->finished && !ch->finish_sent) ||
+            (job->req.echo && !ch->echo_sent))
+            any = true;
+    }
+    bool stopping = atomic_load(&job->srv->stopping);
+    if (!rc && !any && !stopping) {
+        job->suspended = true;
+        MHD_suspend_connection(job->conn);
+        pthread_mutex_unlock(&job->mu);
+        return 0;
+    }
+    pthread_mutex_unlock(&job->mu);
+    if (rc) return rc;
+
+    http_buf text = {0};
+    for (int i = 0; i < job->n_choices && !rc; i++) {
+        api_choice *ch = &job->choices[i];
+        const api_prompt *p = &job->req.prompts[ch->prompt];
+        bool fin = finished[i] && !ch->finish_sent;
+        bool echo = job->req.echo && !ch->echo_sent;
+        if (!ch->text.len && !ch->n_tok && !fin && !echo) continue;
+        http_buf_reset(&text);
+        if ((echo && http_buf_append(&text, p->text, p->text_len)) ||
+            http_buf_append(&text, ch->text.p, ch->text.len)) {
+            rc = PEFTD_ENOMEM;
+            break;
+        }
+        rc = api_format_chunk(job, ch, text.p, text.len, ch->tok, ch->n_tok,
+                              job->req.echo ? p->text_len : 0, fin && ch->finish != FINISH_ERROR,
+                              &job->out);
+        if (!rc && fin && (ch->finish == FINISH_ERROR || ch->error[0]))
+            rc = api_format_stream_error(ch->error[0] ? ch->error : "engine error", &job->out);
+        ch->echo_sent = true;
+        ch->finish_sent = ch->finish_sent || fin;
+        http_buf_reset(&ch->text);
+        ch->n_tok = 0;
+    }
+    http_buf_free(&text);
+    if (rc) return rc;
+    if (all_finished) {
+        rc = api_format_stream_end(job, &job->out);
+        job->done = true;
+    } else if (stopping && !any) {
+        /* Woken for shutdown with the engine silent: end the stream rather than wait. */
+        rc = api_format_stream_error("the server is shutting down", &job->out);
+        if (!rc) rc = sse_append_done(&job->out);
+        job->done = true;
+    }
+    return rc;
+}
+
+static ssize_t job_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    api_job *job = cls;
+    for (;;) {
+        if (job->out_pos < job->out.len) {
+            size_t n = job->out.len - job->out_pos;
+            if (n > max) n = max;
+            memcpy(buf, job->out.p + job->out_pos, n);
+            job->out_pos += n;
+            return (ssize_t)n;
+        }
+        http_buf_reset(&job->out);
+        job->out_pos = 0;
+        if (job->done) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (job_stream_fill(job)) {
+            LOGW("http: %s: stream aborted: out of memory", job->id);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        /* Nothing formatted and not done: job_stream_fill suspended the connection. MHD
+         * calls again once notify resumes it. */
+        if (job->out.len == 0 && !job->done) return 0;
+    }
+}
+
+static void job_stream_free(void *cls) { job_unref(cls); }
+
+static enum MHD_Result job_start_stream(http_req *req, struct MHD_Connection *conn, api_job *job) {
+    struct MHD_Response *resp = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, API_STREAM_BLOCK, job_stream_read, job, job_stream_free);
+    if (!resp) {
+        job_cancel_all(job);
+        return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
+    }
+    atomic_fetch_add(&job->refs, 1); /* the response's; job_stream_free drops it */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    /* Tells reverse proxies (nginx) not to buffer the stream. */
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    enum MHD_Result r = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    if (r == MHD_YES) http_count_request(req->srv, req->ep, MHD_HTTP_OK);
+    return r;
+}
+
+/* ---- setup and teardown ---- */
+
+static api_job *job_create(http_server *s, struct MHD_Connection *conn) {
+    api_job *job = calloc(1, sizeof *job);
+    if (!job) return NULL;
+    atomic_init(&job->refs, 1);
+    pthread_mutex_init(&job->mu, NULL);
+    job->srv = s;
+    job->conn = conn;
+    job->created = time(NULL);
+    /* Multiplying by an odd constant is a bijection on 64-bit values: ids stay unique but
+     * don't reveal how many requests the server has seen. */
+    uint64_t n = atomic_fetch_add(&s->next_id, 1) * UINT64_C(0x9E3779B97F4A7C15);
+    snprintf(job->id, sizeof job->id, "cmpl-%016" PRIx64, n);
+    return job;
+}
+
+static int job_make_choices(api_job *job) {
+    const api_request *rq = &job->req;
+    job->n_choices = rq->n_prompts * rq->n;
+    job->choices = calloc((size_t)job->n_choices, sizeof *job->choices);
+    if (!job->choices) return PEFTD_ENOMEM;
+    for (int p = 0; p < rq->n_prompts; p++) {
+        for (int i = 0; i < rq->n; i++) {
+            api_choice *ch = &job->choices[p * rq->n + i];
+            const api_prompt *pr = &rq->prompts[p];
+            gen_params gp = rq->gen;
+            /* n choices of one seeded request must differ from each other yet be
+             * reproducible: choice i samples with seed + i. */
+            if (gp.has_seed) gp.seed += (uint64_t)i;
+            ch->job = job;
+            ch->index = p * rq->n + i;
+            ch->prompt = p;
+            ch->last_id = pr->n_ids ? pr->ids[pr->n_ids - 1] : -1;
+            ch->r = engine_request_create(pr->ids, (int)pr->n_ids, &gp);
+            if (!ch->r) return PEFTD_ENOMEM;
+            engine_request_set_notify(ch->r, job_notify, ch);
+        }
+    }
+    return 0;
+}
+
+static enum MHD_Result job_submit_failed(http_req *req, struct MHD_Connection *conn, int rc) {
+    switch (rc) {
+    case PEFTD_EBUSY:
+        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", "Retry-After",
+                              "1", "the server is overloaded: too many queued requests, retry later");
+    case PEFTD_ECANCELED:
+        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
+                              "the server is shutting down");
+    case PEFTD_ERANGE:
+        return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "context_length_exceeded",
+                          "the prompt plus max_tokens do not fit the model's context or the KV cache");
+    default:
+        return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "engine_error",
+                          "cannot submit the request: %s", peftd_strerror(rc));
+    }
+}
+
+enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn) {
+    http_server *s = req->srv;
+    if (atomic_load(&s->stopping))
+        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
+                              "the server is shutting down");
+    api_job *job = job_create(s, conn);
+    if (!job) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
+    api_err err;
+    if (api_request_parse(s, req->body, req->len, &job->req, &err)) {
+        job_unref(job);
+        return http_error(req, conn, err.status, err.code, "%s", err.message);
+    }
+    if (job_make_choices(job)) {
+        job_unref(job);
+        return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
+    }
+    /* From here the completed callback owns the connection's reference. */
+    req->job = job;
+    pthread_mutex_lock(&s->jobs_mu);
+    job->next = s->jobs;
+    if (s->jobs) s->jobs->prev = job;
+    s->jobs = job;
+    job->in_list = true;
+    pthread_mutex_unlock(&s->jobs_mu);
+
+    for (int i = 0; i < job->n_choices; i++) {
+        api_choice *ch = &job->choices[i];
+        /* notify may run (and finish the request) before engine_submit returns, so the
+         * engine's reference on the job exists before the engine can see the request. */
+        atomic_fetch_add(&job->refs, 1);
+        int rc = engine_submit(s->e, ch->r);
+        if (rc) {
+            atomic_fetch_sub(&job->refs, 1); /* never the last: the connection holds one */
+            job_cancel_all(job);
+            return job_submit_failed(req, conn, rc);
+        }
+        atomic_store(&ch->submitted, true);
+    }
+    LOGD("http: %s: %d choice%s, stream=%d", job->id, job->n_choices, job->n_choices > 1 ? "s" : "",
+         job->req.stream);
+    if (job->req.stream) return job_start_stream(req, conn, job);
+    return api_completions_continue(req, conn);
+}
+
+void api_completions_closed(http_req *req, enum MHD_RequestTerminationCode toe) {
+    api_job *job = req->job;
+    http_server *s = req->srv;
+    req->job = NULL;
+    bool all_finished = true;
+    pthread_mutex_lock(&job->mu);
+    job->closed = true;
+    for (int i = 0; i < job->n_choices; i++)
+        if (atomic_load(&job->choices[i].submitted) && !job->choices[i].finished) all_finished = false;
+    pthread_mutex_unlock(&job->mu);
+    if (!all_finished) {
+        LOGI("http: %s: client gone (termination %d): cancelling", job->id, (int)toe);
+        job_cancel_all(job);
+    }
+    pthread_mutex_lock(&s->jobs_mu);
+    if (job->in_list) {
+        if (job->prev) job->prev->next = job->next;
+        else s->jobs = job->next;
+        if (job->next) job->next->prev = job->prev;
+        job->in_list = false;
+    }
+    pthread_mutex_unlock(&s->jobs_mu);
+    job_unref(job);
+}
+
+void api_completions_shutdown(http_server *s) {
+    pthread_mutex_lock(&s->jobs_mu);
+    for (api_job *job = s->jobs; job; job = job->next) {
+        pthread_mutex_lock(&job->mu);
+        if (job->suspended && !job->closed) {
+            job->suspended = false;
+            MHD_resume_connection(job->conn);
+        }
+        pthread_mutex_unlock(&job->mu);
+        job_cancel_all(job);
+    }
+    pthread_mutex_unlock(&s->jobs_mu);
+}

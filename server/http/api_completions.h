@@ -1,0 +1,111 @@
+/* server/http/api_completions.h — the pieces of POST /v1/completions shared by its three
+ * files: the validated request (api_completions_parse.c), the in-flight job and its
+ * choices (api_completions.c), and the JSON / SSE formatting (api_completions_format.c).
+ * Internal to server/http/.
+ */
+#ifndef PEFTD_API_COMPLETIONS_H
+#define PEFTD_API_COMPLETIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/http/http_internal.h"
+
+#define API_MAX_N 16        /* choices per prompt (OpenAI's n) */
+#define API_MAX_PROMPTS 16  /* prompts per request when prompt is an array of strings */
+
+typedef struct {
+    int32_t *ids;           /* what the engine gets (BOS included for text prompts) */
+    size_t n_ids;
+    char *text;             /* the prompt as text, for echo */
+    size_t text_len;
+} api_prompt;
+
+/* A validated request. @note owns everything it points to: api_request_free(). */
+typedef struct {
+    api_prompt prompts[API_MAX_PROMPTS];
+    int n_prompts;
+    int n;                  /* choices per prompt */
+    gen_params gen;         /* gen.stop[] point into stop_store */
+    char *stop_store[ENGINE_MAX_STOP];
+    bool stream, echo, include_usage;
+} api_request;
+
+void api_request_free(api_request *r);
+
+/* A validation failure: status, OpenAI error code (NULL for the default), message. */
+typedef struct {
+    unsigned status;
+    const char *code;
+    char message[512];
+} api_err;
+
+/* Parses and validates a JSON body, tokenizes the prompts. On failure fills err and
+ * returns a negative status. */
+int api_request_parse(const http_server *s, const char *body, size_t len, api_request *out,
+                      api_err *err);
+
+/* One engine request's state. The pend_* fields and the finish fields are written by the
+ * engine thread's notify under the job's mutex; the rest belongs to the HTTP side. */
+typedef struct api_choice {
+    struct api_job *job;
+    engine_request *r;
+    int index;              /* OpenAI choice index: prompt * n + i */
+    int prompt;             /* index into req.prompts */
+    atomic_bool submitted;  /* engine_submit accepted it: cancel it if the client leaves */
+
+    http_buf pend_text;
+    gen_token *pend_tok;
+    int n_pend_tok, cap_pend_tok;
+    bool finished;
+    finish_reason finish;
+    char error[256];
+    int completion_tokens;
+
+    /* HTTP side */
+    http_buf text;          /* non-streaming: the whole completion */
+    gen_token *tok;         /* non-streaming: all tokens (logprobs) */
+    int n_tok, cap_tok;
+    int32_t last_id;        /* previous token, the context for a token's text */
+    bool echo_sent, finish_sent;
+} api_choice;
+
+typedef struct api_job {
+    atomic_int refs;        /* connection + one per running engine request + stream reader */
+    pthread_mutex_t mu;     /* guards suspended, closed and the choices' pend/finish fields */
+    http_server *srv;
+    struct MHD_Connection *conn;  /* valid until closed */
+    api_request req;
+    api_choice *choices;
+    int n_choices;
+    bool suspended;         /* the connection is suspended waiting for news */
+    bool closed;            /* the connection is gone: never resume it */
+    bool in_list;           /* linked in srv->jobs */
+    struct api_job *prev, *next;
+
+    char id[48];            /* "cmpl-..." */
+    time_t created;
+    http_buf out;           /* streaming: formatted SSE not yet handed to MHD */
+    size_t out_pos;
+    bool done;              /* streaming: [DONE] formatted */
+} api_job;
+
+/* ---- api_completions_format.c ---- */
+/* The OpenAI completions logprobs object for toks (text_offset shifted by offset_base);
+ * updates *last_id. */
+struct cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n,
+                                  size_t offset_base, int32_t *last_id);
+/* Non-streaming response body for a finished job. */
+struct cJSON *api_format_response(api_job *job);
+/* One SSE chunk for choice ch: text, its tokens, finish_reason when finish is set.
+ * Appends "data: {...}\n\n" to out. */
+int api_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len,
+                     const gen_token *toks, int n_toks, size_t offset_base, bool finish,
+                     http_buf *out);
+/* The closing chunks: usage (when asked) and "data: [DONE]". */
+int api_format_stream_end(api_job *job, http_buf *out);
+/* An error as an SSE event ("data: {"error":{...}}"), for failures after the 200. */
+int api_format_stream_error(const char *message, http_buf *out);
+
+#endif

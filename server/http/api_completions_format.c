@@ -1,0 +1,210 @@
+/* server/http/api_completions_format.c — what /v1/completions sends back: the OpenAI
+ * response object, the completions `logprobs` object (tokens, token_logprobs,
+ * top_logprobs, text_offset) and the SSE chunks of a stream.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "kernels/util/status.h"
+#include "server/http/api_completions.h"
+#include "server/http/sse.h"
+
+/* A token's text as it reads after prev: decode(prev, id) - decode(prev), so "▁there"
+ * after "time" is " there" (a lone decode would strip the space). A token whose bytes do
+ * not finish a UTF-8 character on their own shows its vocabulary piece instead. */
+static char *api_token_text(const tokenizer *tok, int32_t prev, int32_t id) {
+    const char *piece = NULL;
+    size_t len = 0;
+    char *out = NULL;
+    tokenizer_stream *st = tokenizer_stream_new(tok, false);
+    if (st && (prev < 0 || tokenizer_stream_prime(st, &prev, 1) == 0) &&
+        tokenizer_stream_push(st, id, &piece, &len) == 0 && len > 0)
+        out = strndup(piece, len);
+    tokenizer_stream_free(st);
+    if (!out) {
+        const char *p = tokenizer_piece(tok, id);
+        out = strdup(p ? p : "");
+    }
+    return out;
+}
+
+cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n, size_t offset_base,
+                           int32_t *last_id) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
+    if (!tokens || !lps || !tops || !offs) goto fail;
+    for (int i = 0; i < n; i++) {
+        const gen_token *t = &toks[i];
+        char *text = api_token_text(tok, *last_id, t->id);
+        cJSON *top = cJSON_CreateObject();
+        if (!text || !top) {
+            free(text);
+            cJSON_Delete(top);
+            goto fail;
+        }
+        cJSON_AddItemToArray(tokens, cJSON_CreateString(text));
+        cJSON_AddItemToArray(lps, cJSON_CreateNumber(t->logprob));
+        /* Like OpenAI and vLLM, the dict holds the top alternatives plus the sampled token.
+         * Two ids can read the same; the dict keeps the first (largest) value. */
+        for (int k = 0; k < t->n_top && k < ENGINE_MAX_LOGPROBS; k++) {
+            char *alt = api_token_text(tok, *last_id, t->top_id[k]);
+            if (alt && !cJSON_GetObjectItemCaseSensitive(top, alt))
+                cJSON_AddNumberToObject(top, alt, t->top_logprob[k]);
+            free(alt);
+        }
+        if (!cJSON_GetObjectItemCaseSensitive(top, text)) cJSON_AddNumberToObject(top, text, t->logprob);
+        cJSON_AddItemToArray(tops, top);
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(offset_base + t->text_offset)));
+        free(text);
+        *last_id = t->id;
+    }
+    return o;
+fail:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+static cJSON *api_format_head(const api_job *job) {
+    cJSON *o = cJSON_CreateObject();
+    if (!cJSON_AddStringToObject(o, "id", job->id) ||
+        !cJSON_AddStringToObject(o, "object", "text_completion") ||
+        !cJSON_AddNumberToObject(o, "created", (double)job->created) ||
+        !cJSON_AddStringToObject(o, "model", job->srv->m->name)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+static cJSON *api_format_usage(const api_job *job) {
+    int prompt = 0, completion = 0;
+    for (int i = 0; i < job->req.n_prompts; i++) prompt += (int)job->req.prompts[i].n_ids;
+    for (int i = 0; i < job->n_choices; i++) completion += job->choices[i].completion_tokens;
+    cJSON *u = cJSON_CreateObject();
+    if (!cJSON_AddNumberToObject(u, "prompt_tokens", prompt) ||
+        !cJSON_AddNumberToObject(u, "completion_tokens", completion) ||
+        !cJSON_AddNumberToObject(u, "total_tokens", prompt + completion)) {
+        cJSON_Delete(u);
+        return NULL;
+    }
+    return u;
+}
+
+static bool api_add_choice(cJSON *choices, int index, const char *text, size_t text_len,
+                           cJSON *logprobs, const char *finish) {
+    cJSON *c = cJSON_CreateObject();
+    char *t = strndup(text ? text : "", text_len);
+    bool ok = c && t && cJSON_AddNumberToObject(c, "index", index) &&
+              cJSON_AddStringToObject(c, "text", t);
+    free(t);
+    if (ok) {
+        if (logprobs) cJSON_AddItemToObject(c, "logprobs", logprobs);
+        else ok = cJSON_AddNullToObject(c, "logprobs") != NULL;
+        logprobs = NULL;
+    }
+    if (ok) ok = finish ? cJSON_AddStringToObject(c, "finish_reason", finish) != NULL
+                        : cJSON_AddNullToObject(c, "finish_reason") != NULL;
+    cJSON_Delete(logprobs);
+    if (!ok) {
+        cJSON_Delete(c);
+        return false;
+    }
+    cJSON_AddItemToArray(choices, c);
+    return true;
+}
+
+cJSON *api_format_response(api_job *job) {
+    cJSON *o = api_format_head(job);
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    http_buf text = {0};
+    if (!choices) goto fail;
+    for (int i = 0; i < job->n_choices; i++) {
+        api_choice *ch = &job->choices[i];
+        const api_prompt *p = &job->req.prompts[ch->prompt];
+        http_buf_reset(&text);
+        if ((job->req.echo && http_buf_append(&text, p->text, p->text_len)) ||
+            http_buf_append(&text, ch->text.p, ch->text.len))
+            goto fail;
+        cJSON *lp = NULL;
+        if (job->req.gen.logprobs >= 0) {
+            int32_t last = p->n_ids ? p->ids[p->n_ids - 1] : -1;
+            lp = api_format_logprobs(job->srv->tok, ch->tok, ch->n_tok,
+                                     job->req.echo ? p->text_len : 0, &last);
+            if (!lp) goto fail;
+        }
+        if (!api_add_choice(choices, ch->index, text.p, text.len, lp, finish_reason_str(ch->finish)))
+            goto fail;
+    }
+    cJSON *u = api_format_usage(job);
+    if (!u) goto fail;
+    cJSON_AddItemToObject(o, "usage", u);
+    http_buf_free(&text);
+    return o;
+fail:
+    http_buf_free(&text);
+    cJSON_Delete(o);
+    return NULL;
+}
+
+static int api_emit(cJSON *o, http_buf *out) {
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!s) return PEFTD_ENOMEM;
+    int rc = sse_append_data(out, s, strlen(s));
+    cJSON_free(s);
+    return rc;
+}
+
+int api_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len,
+                     const gen_token *toks, int n_toks, size_t offset_base, bool finish,
+                     http_buf *out) {
+    cJSON *o = api_format_head(job);
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    cJSON *lp = NULL;
+    if (!choices) goto fail;
+    if (job->req.gen.logprobs >= 0 && n_toks > 0) {
+        lp = api_format_logprobs(job->srv->tok, toks, n_toks, offset_base, &ch->last_id);
+        if (!lp) goto fail;
+    }
+    if (!api_add_choice(choices, ch->index, text, text_len, lp,
+                        finish ? finish_reason_str(ch->finish) : NULL))
+        goto fail;
+    return api_emit(o, out);
+fail:
+    cJSON_Delete(o);
+    return PEFTD_ENOMEM;
+}
+
+int api_format_stream_end(api_job *job, http_buf *out) {
+    if (job->req.include_usage) {
+        /* OpenAI's shape: one extra chunk with empty choices and the usage. */
+        cJSON *o = api_format_head(job);
+        cJSON *u = api_format_usage(job);
+        if (!o || !u || !cJSON_AddArrayToObject(o, "choices")) {
+            cJSON_Delete(o);
+            cJSON_Delete(u);
+            return PEFTD_ENOMEM;
+        }
+        cJSON_AddItemToObject(o, "usage", u);
+        int rc = api_emit(o, out);
+        if (rc) return rc;
+    }
+    return sse_append_done(out);
+}
+
+int api_format_stream_error(const char *message, http_buf *out) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(o, "error");
+    if (!e || !cJSON_AddStringToObject(e, "message", message) ||
+        !cJSON_AddStringToObject(e, "type", "server_error") ||
+        !cJSON_AddStringToObject(e, "code", "engine_error")) {
+        cJSON_Delete(o);
+        return PEFTD_ENOMEM;
+    }
+    return api_emit(o, out);
+}

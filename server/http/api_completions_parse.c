@@ -1,0 +1,312 @@
+/* server/http/api_completions_parse.c — the body of POST /v1/completions: JSON parsing,
+ * validation of every OpenAI field we honour (wrong types name the field), tokenization
+ * of the prompts and the context-length check. Unknown fields are ignored, as OpenAI and
+ * vLLM do; JSON null means "not given".
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "kernels/util/status.h"
+#include "server/http/api_completions.h"
+
+#define API_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
+
+__attribute__((format(printf, 3, 4)))
+static int api_fail(api_err *err, const char *code, const char *fmt, ...) {
+    va_list ap;
+    err->status = MHD_HTTP_BAD_REQUEST;
+    err->code = code;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return PEFTD_EINVAL;
+}
+
+static const cJSON *api_field(const cJSON *root, const char *name) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
+    return it && !cJSON_IsNull(it) ? it : NULL;
+}
+
+/* True when it is a JSON number with an integral value in [lo, hi]. */
+static bool api_is_int(const cJSON *it, double lo, double hi, long long *out) {
+    if (!cJSON_IsNumber(it)) return false;
+    double v = it->valuedouble;
+    if (!isfinite(v) || v != floor(v) || v < lo || v > hi) return false;
+    *out = (long long)v;
+    return true;
+}
+
+static int api_get_bool(const cJSON *root, const char *name, bool *out, api_err *err) {
+    const cJSON *it = api_field(root, name);
+    if (!it) return 0;
+    if (!cJSON_IsBool(it)) return api_fail(err, "invalid_type", "'%s' must be a boolean", name);
+    *out = cJSON_IsTrue(it);
+    return 0;
+}
+
+/* An integer field: absent keeps *out; wrong type or out of [lo, hi] is a 400. */
+static int api_get_int(const cJSON *root, const char *name, long long lo, long long hi,
+                       long long *out, api_err *err) {
+    const cJSON *it = api_field(root, name);
+    if (!it) return 0;
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) ||
+        it->valuedouble != floor(it->valuedouble))
+        return api_fail(err, "invalid_type", "'%s' must be an integer", name);
+    if (!api_is_int(it, (double)lo, (double)hi, out))
+        return api_fail(err, "invalid_value", "'%s' must be between %lld and %lld, got %.17g",
+                        name, lo, hi, it->valuedouble);
+    return 0;
+}
+
+static int api_get_float(const cJSON *root, const char *name, double lo, double hi, bool lo_open,
+                         float *out, api_err *err) {
+    const cJSON *it = api_field(root, name);
+    if (!it) return 0;
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
+        return api_fail(err, "invalid_type", "'%s' must be a number", name);
+    double v = it->valuedouble;
+    if (v > hi || (lo_open ? v <= lo : v < lo))
+        return api_fail(err, "invalid_value", "'%s' must be in %s%g, %g], got %g", name,
+                        lo_open ? "(" : "[", lo, hi, v);
+    *out = (float)v;
+    return 0;
+}
+
+static int api_prompt_from_text(const http_server *s, const char *text, api_prompt *p,
+                                api_err *err) {
+    size_t len = strlen(text);
+    if (!http_utf8_valid(text, len))
+        return api_fail(err, "invalid_value", "'prompt' is not valid UTF-8");
+    p->text = strdup(text);
+    if (!p->text) return PEFTD_ENOMEM;
+    p->text_len = len;
+    int rc = tokenizer_encode(s->tok, text, len, true, &p->ids, &p->n_ids);
+    if (rc) return api_fail(err, "invalid_value", "cannot tokenize 'prompt': %s", peftd_strerror(rc));
+    if (p->n_ids == 0) return api_fail(err, "invalid_value", "'prompt' must not be empty");
+    return 0;
+}
+
+static int api_prompt_from_ids(const http_server *s, const cJSON *arr, api_prompt *p, api_err *err) {
+    int n = cJSON_GetArraySize(arr);
+    int vocab = tokenizer_vocab_size(s->tok);
+    if (n == 0) return api_fail(err, "invalid_value", "'prompt' must not be empty");
+    p->ids = malloc((size_t)n * sizeof *p->ids);
+    if (!p->ids) return PEFTD_ENOMEM;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        long long v;
+        if (!api_is_int(it, 0, vocab - 1, &v))
+            return api_fail(err, "invalid_value",
+                            "'prompt' token ids must be integers in [0, %d)", vocab);
+        p->ids[p->n_ids++] = (int32_t)v;
+    }
+    /* Token prompts are used as given (no BOS added), as OpenAI and vLLM do; the decoded
+     * text is what echo shows. */
+    int rc = tokenizer_decode(s->tok, p->ids, p->n_ids, true, &p->text, &p->text_len);
+    if (rc) return api_fail(err, "invalid_value", "cannot decode 'prompt' token ids: %s", peftd_strerror(rc));
+    return 0;
+}
+
+static bool api_all_type(const cJSON *arr, cJSON_bool (*is)(const cJSON *)) {
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) if (!is(it)) return false;
+    return true;
+}
+
+static int api_parse_prompt(const http_server *s, const cJSON *root, api_request *r, api_err *err) {
+    const cJSON *p = api_field(root, "prompt");
+    static const char what[] =
+        "'prompt' must be a string, an array of strings, an array of token ids or an array of "
+        "token-id arrays";
+    if (!p) return api_fail(err, "missing_field", "'prompt' is required");
+    if (cJSON_IsString(p)) {
+        r->n_prompts = 1;
+        return api_prompt_from_text(s, p->valuestring, &r->prompts[0], err);
+    }
+    if (!cJSON_IsArray(p)) return api_fail(err, "invalid_type", what);
+    int n = cJSON_GetArraySize(p);
+    if (n == 0) return api_fail(err, "invalid_value", "'prompt' must not be empty");
+    if (api_all_type(p, cJSON_IsNumber)) {
+        r->n_prompts = 1;
+        return api_prompt_from_ids(s, p, &r->prompts[0], err);
+    }
+    bool strings = api_all_type(p, cJSON_IsString), arrays = api_all_type(p, cJSON_IsArray);
+    if (!strings && !arrays) return api_fail(err, "invalid_type", what);
+    if (n > API_MAX_PROMPTS)
+        return api_fail(err, "invalid_value", "at most %d prompts per request", API_MAX_PROMPTS);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, p) {
+        api_prompt *dst = &r->prompts[r->n_prompts++];
+        int rc = strings ? api_prompt_from_text(s, it->valuestring, dst, err)
+                         : api_prompt_from_ids(s, it, dst, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int api_add_stop(api_request *r, const char *s, api_err *err) {
+    if (!*s) return api_fail(err, "invalid_value", "'stop' strings must not be empty");
+    if (!http_utf8_valid(s, strlen(s)))
+        return api_fail(err, "invalid_value", "'stop' is not valid UTF-8");
+    char *copy = strdup(s);
+    if (!copy) return PEFTD_ENOMEM;
+    r->stop_store[r->gen.n_stop] = copy;
+    r->gen.stop[r->gen.n_stop++] = copy;
+    return 0;
+}
+
+static int api_parse_stop(const cJSON *root, api_request *r, api_err *err) {
+    const cJSON *st = api_field(root, "stop");
+    if (!st) return 0;
+    if (cJSON_IsString(st)) return api_add_stop(r, st->valuestring, err);
+    if (!cJSON_IsArray(st) || !api_all_type(st, cJSON_IsString))
+        return api_fail(err, "invalid_type", "'stop' must be a string or an array of strings");
+    if (cJSON_GetArraySize(st) > ENGINE_MAX_STOP)
+        return api_fail(err, "invalid_value", "'stop' has more than %d strings", ENGINE_MAX_STOP);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, st) {
+        int rc = api_add_stop(r, it->valuestring, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int api_parse_model(const http_server *s, const cJSON *root, api_err *err) {
+    const cJSON *m = api_field(root, "model");
+    /* A missing model means the served one (llama.cpp does the same); a named one must
+     * match. */
+    if (!m) return 0;
+    if (!cJSON_IsString(m)) return api_fail(err, "invalid_type", "'model' must be a string");
+    if (strcmp(m->valuestring, s->m->name) != 0) {
+        api_fail(err, "model_not_found", "The model '%.200s' does not exist (serving '%s')",
+                 m->valuestring, s->m->name);
+        err->status = MHD_HTTP_NOT_FOUND;
+        return PEFTD_ENOTFOUND;
+    }
+    return 0;
+}
+
+static int api_parse_options(const cJSON *root, api_request *r, long long *max_tokens, api_err *err) {
+    int rc;
+    long long v;
+    /* 2^63 bounds seed: any int64 the client sends; negative seeds wrap to uint64. */
+    const double seed_lim = 9223372036854775807.0;
+    if ((rc = api_get_float(root, "temperature", 0, 2, false, &r->gen.temperature, err)) ||
+        (rc = api_get_float(root, "top_p", 0, 1, true, &r->gen.top_p, err)))
+        return rc;
+    v = r->gen.top_k;
+    if ((rc = api_get_int(root, "top_k", -1, 1 << 30, &v, err))) return rc;
+    r->gen.top_k = v < 0 ? 0 : (int)v; /* -1 (vLLM's "off") is the engine's 0 */
+
+    if (api_field(root, "seed")) {
+        const cJSON *it = api_field(root, "seed");
+        long long sv;
+        if (!api_is_int(it, -seed_lim, seed_lim, &sv))
+            return api_fail(err, "invalid_type", "'seed' must be an integer");
+        r->gen.seed = (uint64_t)sv;
+        r->gen.has_seed = true;
+    }
+    v = -1;
+    const cJSON *lp = api_field(root, "logprobs");
+    if (lp && cJSON_IsBool(lp))
+        return api_fail(err, "invalid_type",
+                        "'logprobs' must be an integer (0..%d) on /v1/completions", ENGINE_MAX_LOGPROBS);
+    if ((rc = api_get_int(root, "logprobs", 0, ENGINE_MAX_LOGPROBS, &v, err))) return rc;
+    r->gen.logprobs = (int)v;
+
+    v = 1;
+    if ((rc = api_get_int(root, "n", 1, API_MAX_N, &v, err))) return rc;
+    r->n = (int)v;
+    if ((rc = api_get_int(root, "max_tokens", 1, 1LL << 40, max_tokens, err))) return rc;
+
+    if ((rc = api_get_bool(root, "stream", &r->stream, err)) ||
+        (rc = api_get_bool(root, "echo", &r->echo, err)) ||
+        (rc = api_get_bool(root, "ignore_eos", &r->gen.ignore_eos, err)))
+        return rc;
+    const cJSON *so = api_field(root, "stream_options");
+    if (so) {
+        if (!cJSON_IsObject(so)) return api_fail(err, "invalid_type", "'stream_options' must be an object");
+        const cJSON *iu = api_field(so, "include_usage");
+        if (iu && !cJSON_IsBool(iu))
+            return api_fail(err, "invalid_type", "'stream_options.include_usage' must be a boolean");
+        r->include_usage = iu && cJSON_IsTrue(iu);
+    }
+    const cJSON *user = api_field(root, "user");
+    if (user && !cJSON_IsString(user)) return api_fail(err, "invalid_type", "'user' must be a string");
+    return api_parse_stop(root, r, err);
+}
+
+int api_request_parse(const http_server *s, const char *body, size_t len, api_request *r,
+                      api_err *err) {
+    memset(r, 0, sizeof *r);
+    gen_params_default(&r->gen);
+    r->gen.logprobs = -1;
+    r->n = 1;
+    err->status = MHD_HTTP_BAD_REQUEST;
+    err->code = NULL;
+    err->message[0] = '\0';
+
+    if (!body || len == 0) return api_fail(err, "invalid_json", "the request body is empty");
+    if (!http_utf8_valid(body, len))
+        return api_fail(err, "invalid_json", "the request body is not valid UTF-8");
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    int rc;
+    if (!root) {
+        rc = api_fail(err, "invalid_json", "the request body is not valid JSON (near byte %td)",
+                      end ? end - body : (ptrdiff_t)0);
+        goto fail;
+    }
+    if (!cJSON_IsObject(root)) {
+        rc = api_fail(err, "invalid_json", "the request body must be a JSON object");
+        goto fail;
+    }
+    long long max_tokens = API_DEFAULT_MAX_TOKENS;
+    if ((rc = api_parse_options(root, r, &max_tokens, err))) goto fail;
+    if ((rc = api_parse_model(s, root, err))) goto fail;
+    if ((rc = api_parse_prompt(s, root, r, err))) goto fail;
+
+    int ctx = engine_context_length(s->e);
+    for (int i = 0; i < r->n_prompts; i++) {
+        long long total = (long long)r->prompts[i].n_ids + max_tokens;
+        if (total > ctx) {
+            rc = api_fail(err, "context_length_exceeded",
+                          "This model's maximum context length is %d tokens. However, you "
+                          "requested %lld tokens (%zu in the prompt, %lld in the completion). "
+                          "Please reduce the length of the prompt or max_tokens.",
+                          ctx, total, r->prompts[i].n_ids, max_tokens);
+            goto fail;
+        }
+    }
+    r->gen.max_tokens = (int)max_tokens;
+    cJSON_Delete(root);
+    return 0;
+fail:
+    if (rc == PEFTD_ENOMEM) {
+        err->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        err->code = NULL;
+        snprintf(err->message, sizeof err->message, "out of memory");
+    }
+    cJSON_Delete(root);
+    api_request_free(r);
+    return rc;
+}
+
+void api_request_free(api_request *r) {
+    for (int i = 0; i < API_MAX_PROMPTS; i++) {
+        free(r->prompts[i].ids);
+        free(r->prompts[i].text);
+        r->prompts[i] = (api_prompt){0};
+    }
+    for (int i = 0; i < ENGINE_MAX_STOP; i++) {
+        free(r->stop_store[i]);
+        r->stop_store[i] = NULL;
+    }
+    r->n_prompts = 0;
+    r->gen.n_stop = 0;
+}

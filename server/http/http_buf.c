@@ -1,0 +1,67 @@
+/* server/http/http_buf.c — the growable byte buffer the HTTP code builds bodies and SSE
+ * streams in, and the strict UTF-8 check applied to request bodies and prompts.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/util/status.h"
+#include "server/http/http_internal.h"
+
+int http_buf_append(http_buf *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) {
+            if (cap > SIZE_MAX / 2) return PEFTD_ENOMEM;
+            cap *= 2;
+        }
+        char *p = realloc(b->p, cap);
+        if (!p) return PEFTD_ENOMEM;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+int http_buf_puts(http_buf *b, const char *s) { return http_buf_append(b, s, strlen(s)); }
+
+void http_buf_reset(http_buf *b) {
+    b->len = 0;
+    if (b->p) b->p[0] = '\0';
+}
+
+void http_buf_free(http_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+bool http_utf8_valid(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        uint32_t cp, min;
+        if ((c & 0xE0) == 0xC0) { need = 1; cp = c & 0x1F; min = 0x80; }
+        else if ((c & 0xF0) == 0xE0) { need = 2; cp = c & 0x0F; min = 0x800; }
+        else if ((c & 0xF8) == 0xF0) { need = 3; cp = c & 0x07; min = 0x10000; }
+        else return false;
+        if (n - i <= need) return false;
+        for (size_t k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        /* Overlong forms, UTF-16 surrogates and values past Unicode are all invalid
+         * (RFC 3629 §3). */
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+        i += need + 1;
+    }
+    return true;
+}

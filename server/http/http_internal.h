@@ -1,0 +1,126 @@
+/* server/http/http_internal.h — what the files of server/http/ share: the server struct,
+ * the per-request context, the response helpers (http_errors.c), the growable buffer and
+ * UTF-8 check (http_buf.c), the request counters (api_metrics.c) and the route handlers.
+ * Nothing outside server/http/ includes this header.
+ */
+#ifndef PEFTD_HTTP_INTERNAL_H
+#define PEFTD_HTTP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <microhttpd.h>
+
+#include "server/http/http_server.h"
+
+typedef enum {
+    HTTP_EP_COMPLETIONS = 0,
+    HTTP_EP_MODELS,
+    HTTP_EP_HEALTH,
+    HTTP_EP_METRICS,
+    HTTP_EP_OTHER,   /* unknown paths: counted together so a scanner can't grow the table */
+    HTTP_EP_COUNT,
+} http_endpoint;
+
+const char *http_endpoint_name(http_endpoint ep);
+
+/* One (endpoint, status) pair of peftd_requests_total. Statuses are few (200, 400, 404,
+ * 405, 413, 500, 503), so a small fixed table under a mutex is enough. */
+#define HTTP_MAX_COUNTERS 64
+typedef struct {
+    http_endpoint ep;
+    unsigned status;
+    uint64_t n;
+} http_counter;
+
+struct api_job;
+
+struct http_server {
+    struct MHD_Daemon *mhd;
+    engine *e;
+    const tokenizer *tok;
+    const model *m;
+    http_config cfg;
+    int port;
+    time_t created;              /* "created" of the served model in /v1/models */
+    atomic_bool stopping;        /* set first thing in http_server_stop: nobody suspends after it */
+    atomic_uint_fast64_t next_id;
+
+    pthread_mutex_t jobs_mu;     /* guards jobs: live completion jobs, resumed at shutdown */
+    struct api_job *jobs;
+
+    pthread_mutex_t stats_mu;    /* guards counters */
+    http_counter counters[HTTP_MAX_COUNTERS];
+    int n_counters;
+};
+
+/* Per-request context (MHD's con_cls), from the first handler call to the completed
+ * callback. */
+typedef struct {
+    http_server *srv;
+    http_endpoint ep;
+    bool keep_body;             /* only POST /v1/completions needs its body */
+    char *body;
+    size_t len, cap;
+    bool too_large;
+    struct api_job *job;        /* a completion in flight (api_completions.c) */
+} http_req;
+
+/* ---- http_buf.c: growable byte buffer and UTF-8 validation ---- */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} http_buf;
+
+int http_buf_append(http_buf *b, const char *s, size_t n);  /* keeps p NUL-terminated */
+int http_buf_puts(http_buf *b, const char *s);
+void http_buf_reset(http_buf *b);                             /* len = 0, keeps memory */
+void http_buf_free(http_buf *b);
+/* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
+bool http_utf8_valid(const char *s, size_t n);
+
+/* ---- http_errors.c: queuing responses ---- */
+/* Queues body with status; counts the request in peftd_requests_total. hdr_name/hdr_value
+ * add one extra header (NULL for none). Returns what the access handler must return. */
+enum MHD_Result http_respond(http_req *req, struct MHD_Connection *conn, unsigned status,
+                             const char *content_type, const char *body, size_t len,
+                             const char *hdr_name, const char *hdr_value);
+/* OpenAI-style {"error":{"message","type","code"}}; type and code from the status unless
+ * code is given. */
+enum MHD_Result http_error(http_req *req, struct MHD_Connection *conn, unsigned status,
+                           const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Like http_error with one extra header (Allow for 405, Retry-After for 503). */
+enum MHD_Result http_error_hdr(http_req *req, struct MHD_Connection *conn, unsigned status,
+                               const char *code, const char *hdr_name, const char *hdr_value,
+                               const char *message);
+/* Serializes obj (freed here) and queues it as application/json. */
+struct cJSON;
+enum MHD_Result http_respond_json(http_req *req, struct MHD_Connection *conn, unsigned status,
+                                  struct cJSON *obj);
+
+/* ---- api_metrics.c ---- */
+void http_count_request(http_server *s, http_endpoint ep, unsigned status);
+enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn);
+
+/* ---- api_health.c / api_models.c ---- */
+enum MHD_Result api_health_get(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn);
+
+/* ---- api_completions.c ---- */
+/* The whole body has arrived: parse, validate, submit, then respond or suspend. */
+enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn);
+/* The handler is called again after a resume (non-streaming): respond or suspend again. */
+enum MHD_Result api_completions_continue(http_req *req, struct MHD_Connection *conn);
+/* The connection is done (any termination code): cancel what is still running and drop
+ * the connection's reference to the job. */
+void api_completions_closed(http_req *req, enum MHD_RequestTerminationCode toe);
+/* Shutdown: resume every suspended job so that MHD_stop_daemon finds none suspended, and
+ * cancel their engine requests. Called after srv->stopping is set. */
+void api_completions_shutdown(http_server *s);
+
+#endif

@@ -1,0 +1,267 @@
+/* server/http/http_server.c — the libmicrohttpd daemon: start/stop, the access handler
+ * (body accumulation with a size limit, routing by path and method) and the
+ * request-completed callback that cancels work for clients that went away.
+ *
+ * MHD runs in epoll mode with its own polling thread(s) and suspend/resume enabled, so a
+ * request waiting for the engine costs a suspended connection, not a blocked thread.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "kernels/util/log.h"
+#include "kernels/util/status.h"
+#include "server/http/http_internal.h"
+
+/* Defaults for fields left 0 in http_config. 1 MiB holds any completion request with a
+ * prompt that fits a context window many times over. */
+#define HTTP_DEFAULT_MAX_BODY (1u << 20)
+#define HTTP_DEFAULT_MAX_CONNECTIONS 4096
+#define HTTP_DEFAULT_TIMEOUT_S 120
+/* A chunked (length-less) body past the limit is read and discarded so that the client
+ * can read its 413; past this many times the limit we stop reading and close instead. */
+#define HTTP_DRAIN_FACTOR 4
+
+typedef struct {
+    const char *path;
+    http_endpoint ep;
+    bool post; /* POST route; otherwise GET (and HEAD) */
+    enum MHD_Result (*fn)(http_req *, struct MHD_Connection *);
+} http_route;
+
+static const http_route http_routes[] = {
+    {"/v1/completions", HTTP_EP_COMPLETIONS, true, api_completions_post},
+    {"/v1/models", HTTP_EP_MODELS, false, api_models_get},
+    {"/health", HTTP_EP_HEALTH, false, api_health_get},
+    {"/metrics", HTTP_EP_METRICS, false, api_metrics_get},
+};
+
+static const http_route *http_find_route(const char *url) {
+    for (size_t i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++)
+        if (strcmp(url, http_routes[i].path) == 0) return &http_routes[i];
+    return NULL;
+}
+
+static bool http_method_ok(const http_route *r, const char *method) {
+    if (r->post) return strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+    return strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+}
+
+static int http_body_append(http_req *req, const char *data, size_t n) {
+    if (req->too_large || req->len + n > req->srv->cfg.max_body_bytes) {
+        req->too_large = true;
+        req->len += n; /* counts discarded bytes, for the drain cap */
+        return 0;
+    }
+    if (req->len + n + 1 > req->cap) {
+        size_t cap = req->cap ? req->cap : 4096;
+        while (cap < req->len + n + 1) cap *= 2;
+        char *p = realloc(req->body, cap);
+        if (!p) return PEFTD_ENOMEM;
+        req->body = p;
+        req->cap = cap;
+    }
+    memcpy(req->body + req->len, data, n);
+    req->len += n;
+    req->body[req->len] = '\0';
+    return 0;
+}
+
+/* First call for a request: route it and check a declared Content-Length against the
+ * limit. Answering 413 before reading the body lets MHD close the connection without
+ * reading megabytes we would throw away. */
+static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *conn,
+                                       const char *url, void **con_cls) {
+    http_req *req = calloc(1, sizeof *req);
+    if (!req) return MHD_NO;
+    req->srv = s;
+    const http_route *r = http_find_route(url);
+    req->ep = r ? r->ep : HTTP_EP_OTHER;
+    req->keep_body = r && r->post;
+    *con_cls = req;
+
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (errno == ERANGE || v > s->cfg.max_body_bytes) {
+            req->too_large = true;
+            return http_error(req, conn, MHD_HTTP_CONTENT_TOO_LARGE, NULL,
+                              "request body of %s bytes is over the limit of %zu bytes", cl,
+                              s->cfg.max_body_bytes);
+        }
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                    const char *method, const char *version,
+                                    const char *upload_data, size_t *upload_data_size,
+                                    void **con_cls) {
+    http_server *s = cls;
+    if (!*con_cls) return http_first_call(s, conn, url, con_cls);
+    http_req *req = *con_cls;
+
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (!req->keep_body) {
+            req->len += n;
+            return MHD_YES;
+        }
+        if (http_body_append(req, upload_data, n)) return MHD_NO;
+        if (req->too_large && req->len > HTTP_DRAIN_FACTOR * s->cfg.max_body_bytes) return MHD_NO;
+        return MHD_YES;
+    }
+
+    if (req->job) return api_completions_continue(req, conn);
+
+    const http_route *r = http_find_route(url);
+    if (!r)
+        return http_error(req, conn, MHD_HTTP_NOT_FOUND, "not_found", "no route for %s %s",
+                          method, url);
+    if (!http_method_ok(r, method)) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "method %s is not allowed on %s (use %s)", method, url,
+                 r->post ? "POST" : "GET");
+        return http_error_hdr(req, conn, MHD_HTTP_METHOD_NOT_ALLOWED, NULL, MHD_HTTP_HEADER_ALLOW,
+                              r->post ? "POST" : "GET, HEAD", msg);
+    }
+    if (req->too_large)
+        return http_error(req, conn, MHD_HTTP_CONTENT_TOO_LARGE, NULL,
+                          "request body is over the limit of %zu bytes", s->cfg.max_body_bytes);
+    return r->fn(req, conn);
+}
+
+static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                           enum MHD_RequestTerminationCode toe) {
+    http_req *req = *con_cls;
+    if (!req) return;
+    *con_cls = NULL;
+    if (req->job) api_completions_closed(req, toe);
+    free(req->body);
+    free(req);
+}
+
+static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    LOGW("http: libmicrohttpd: %s", msg);
+}
+
+static int http_resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *sslen,
+                        char *err, size_t errlen) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int g = getaddrinfo(host && *host ? host : NULL, portstr, &hints, &res);
+    if (g != 0 || !res) {
+        snprintf(err, errlen, "cannot resolve host '%s': %s", host ? host : "", gai_strerror(g));
+        return PEFTD_EINVAL;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *sslen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, const model *m,
+                      http_server **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (!cfg || !e || !tok || !m || cfg->port < 0 || cfg->port > 65535) {
+        snprintf(err, errlen, "http: invalid configuration");
+        return PEFTD_EINVAL;
+    }
+    http_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "http: out of memory");
+        return PEFTD_ENOMEM;
+    }
+    s->e = e;
+    s->tok = tok;
+    s->m = m;
+    s->cfg = *cfg;
+    if (!s->cfg.max_body_bytes) s->cfg.max_body_bytes = HTTP_DEFAULT_MAX_BODY;
+    if (s->cfg.threads < 1) s->cfg.threads = 1;
+    if (s->cfg.max_connections < 1) s->cfg.max_connections = HTTP_DEFAULT_MAX_CONNECTIONS;
+    if (s->cfg.timeout_s < 1) s->cfg.timeout_s = HTTP_DEFAULT_TIMEOUT_S;
+    s->created = time(NULL);
+    atomic_init(&s->stopping, false);
+    atomic_init(&s->next_id, ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid());
+    pthread_mutex_init(&s->jobs_mu, NULL);
+    pthread_mutex_init(&s->stats_mu, NULL);
+
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    int rc = http_resolve(cfg->host, cfg->port, &ss, &sslen, err, errlen);
+    if (rc) goto fail;
+
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_SOCK_ADDR, 0, &ss},
+        {MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.timeout_s, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed, s},
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)http_mhd_log, s},
+        {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
+        {s->cfg.threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, s->cfg.threads, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    s->mhd = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, http_handler, s,
+                              MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (!s->mhd) {
+        snprintf(err, errlen, "http: cannot listen on %s:%d (port in use or bad address?)",
+                 cfg->host ? cfg->host : "*", cfg->port);
+        rc = PEFTD_EIO;
+        goto fail;
+    }
+
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    s->port = cfg->port;
+    if (info && getsockname(info->listen_fd, (struct sockaddr *)&bound, &blen) == 0) {
+        if (bound.ss_family == AF_INET)
+            s->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        else if (bound.ss_family == AF_INET6)
+            s->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+    }
+    LOGI("http: listening on %s:%d (%d thread%s, body limit %zu bytes)",
+         cfg->host ? cfg->host : "*", s->port, s->cfg.threads, s->cfg.threads > 1 ? "s" : "",
+         s->cfg.max_body_bytes);
+    *out = s;
+    return 0;
+fail:
+    pthread_mutex_destroy(&s->jobs_mu);
+    pthread_mutex_destroy(&s->stats_mu);
+    free(s);
+    return rc;
+}
+
+int http_server_port(const http_server *s) { return s ? s->port : -1; }
+
+void http_server_stop(http_server *s) {
+    if (!s) return;
+    atomic_store(&s->stopping, true);
+    /* Stop accepting first, so no new connection races the resume pass below. */
+    MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
+    if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    /* libmicrohttpd refuses to stop with suspended connections: wake them all; with
+     * stopping set none suspends again. */
+    api_completions_shutdown(s);
+    MHD_stop_daemon(s->mhd);
+    pthread_mutex_destroy(&s->jobs_mu);
+    pthread_mutex_destroy(&s->stats_mu);
+    LOGI("http: stopped");
+    free(s);
+}
