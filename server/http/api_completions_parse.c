@@ -262,6 +262,13 @@ int api_request_parse(const http_server *s, const char *body, size_t len, api_re
                       end ? end - body : (ptrdiff_t)0);
         goto fail;
     }
+    while (end && end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    if (end != body + len) {
+        rc = api_fail(err, "invalid_json", "unexpected data after the JSON object (byte %td)",
+                      end ? end - body : (ptrdiff_t)0);
+        goto fail;
+    }
     if (!cJSON_IsObject(root)) {
         rc = api_fail(err, "invalid_json", "the request body must be a JSON object");
         goto fail;
