@@ -108,9 +108,16 @@ static int job_collect_locked(api_job *job, bool *all_finished) {
     return rc;
 }
 
+/* Cancels the submitted, unfinished requests. Finished ones are skipped: the engine may
+ * already be stopped, and a finished request needs nothing. */
 static void job_cancel_all(api_job *job) {
-    for (int i = 0; i < job->n_choices; i++)
-        if (atomic_load(&job->choices[i].submitted)) engine_cancel(job->srv->e, job->choices[i].r);
+    for (int i = 0; i < job->n_choices; i++) {
+        api_choice *ch = &job->choices[i];
+        pthread_mutex_lock(&job->mu);
+        bool live = atomic_load(&ch->submitted) && !ch->finished;
+        pthread_mutex_unlock(&job->mu);
+        if (live) engine_cancel(job->srv->e, ch->r);
+    }
 }
 
 /* ---- non-streaming ---- */

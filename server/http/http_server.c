@@ -153,7 +153,8 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
-    LOGW("http: libmicrohttpd: %s", msg);
+    /* MHD reports routine events (a client closing mid-response) as errors: debug level. */
+    LOGD("http: libmicrohttpd: %s", msg);
 }
 
 static int http_resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *sslen,
@@ -207,12 +208,13 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
 
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    /* The logger goes first: MHD logs through the default logger until it sees it. */
     struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)http_mhd_log, s},
         {MHD_OPTION_SOCK_ADDR, 0, &ss},
         {MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.timeout_s, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed, s},
-        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)http_mhd_log, s},
         {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
         {s->cfg.threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, s->cfg.threads, NULL},
         {MHD_OPTION_END, 0, NULL},
