@@ -182,6 +182,14 @@ static int st_parse_offsets(const cJSON *v, uint64_t *begin, uint64_t *end, cons
     return 0;
 }
 
+static void st_fmt_shape(const st_tensor *t, char *buf, size_t cap) {
+    size_t off = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < t->ndim && off < cap; i++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%lld", i ? ", " : "",
+                                (long long)t->shape[i]);
+    if (off < cap) snprintf(buf + off, cap - off, "]");
+}
+
 /* Checks one tensor entry and fills t (t->name already set). */
 static int st_parse_tensor(st_file *f, const cJSON *entry, st_tensor *t, char *err,
                            size_t errlen) {
@@ -224,12 +232,18 @@ static int st_parse_tensor(st_file *f, const cJSON *entry, st_tensor *t, char *e
                (unsigned long long)f->data_len);
         return PEFTD_EFORMAT;
     }
-    if (__builtin_mul_overflow((uint64_t)t->numel, (uint64_t)st_dtype_size(t->dtype), &nbytes) ||
-        nbytes != end - begin) {
+    if (__builtin_mul_overflow((uint64_t)t->numel, (uint64_t)st_dtype_size(t->dtype), &nbytes)) {
+        st_err(err, errlen, "%s: tensor '%s': byte size of %lld %s elements overflows", label,
+               t->name, (long long)t->numel, st_dtype_name(t->dtype));
+        return PEFTD_EFORMAT;
+    }
+    if (nbytes != end - begin) {
+        char shp[160];
+        st_fmt_shape(t, shp, sizeof shp);
         st_err(err, errlen,
-               "%s: tensor '%s': %llu bytes in data_offsets, but shape × %s needs %lld × %zu",
-               label, t->name, (unsigned long long)(end - begin), st_dtype_name(t->dtype),
-               (long long)t->numel, st_dtype_size(t->dtype));
+               "%s: tensor '%s': data_offsets span %llu bytes, but %s shape %s needs %llu",
+               label, t->name, (unsigned long long)(end - begin), st_dtype_name(t->dtype), shp,
+               (unsigned long long)nbytes);
         return PEFTD_EFORMAT;
     }
     t->offset = begin;
