@@ -25,6 +25,8 @@
 /* A chunked (length-less) body past the limit is read and discarded so that the client
  * can read its 413; past this many times the limit we stop reading and close instead. */
 #define HTTP_DRAIN_FACTOR 4
+/* At shutdown, how long in-flight completions get to send what they have. */
+#define HTTP_STOP_FLUSH_MS 3000
 
 typedef struct {
     const char *path;
@@ -261,6 +263,16 @@ void http_server_stop(http_server *s) {
     /* libmicrohttpd refuses to stop with suspended connections: wake them all; with
      * stopping set none suspends again. */
     api_completions_shutdown(s);
+    /* Let finished completions reach their clients (the last SSE chunks, a JSON body
+     * resumed just before the stop) instead of cutting them off; bounded so that a client
+     * that stopped reading cannot hold the shutdown. */
+    for (int waited_ms = 0; waited_ms < HTTP_STOP_FLUSH_MS; waited_ms += 10) {
+        pthread_mutex_lock(&s->jobs_mu);
+        bool idle = s->jobs == NULL;
+        pthread_mutex_unlock(&s->jobs_mu);
+        if (idle) break;
+        nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
+    }
     MHD_stop_daemon(s->mhd);
     pthread_mutex_destroy(&s->jobs_mu);
     pthread_mutex_destroy(&s->stats_mu);

@@ -166,6 +166,8 @@ def sigterm_with_stream_running_exits_cleanly():
         except (ConnectionResetError, socket.timeout):
             pass
         s.close()
+        # Shutdown drains: the running stream still ends properly.
+        assert b"data: [DONE]\n\n" in head + rest, (head + rest)[-300:]
     finally:
         own.close()
 
