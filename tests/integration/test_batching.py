@@ -173,6 +173,35 @@ def sigterm_with_stream_running_exits_cleanly():
 
 
 @test
+def queue_full_is_503_with_retry_after():
+    # One running sequence and one queue slot: a burst of long requests overflows.
+    cfg = harness.tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    json.dump({"engine": {"max_seqs": 1, "max_queue": 1}}, cfg)
+    cfg.close()
+    own = harness.Daemon(["--config", cfg.name])
+    try:
+        payload = dict(model=MODEL_ID, prompt="Once upon a time", max_tokens=480, temperature=0,
+                       ignore_eos=True)
+
+        def one(_):
+            st, hdrs, body = own.request("POST", "/v1/completions", payload, timeout=120)
+            return st, hdrs.get("retry-after"), json.loads(body)
+
+        res = run_concurrently(one, list(range(12)))
+        busy = [r for r in res if r[0] == 503]
+        assert busy, [r[0] for r in res]
+        for st, retry, obj in busy:
+            harness.assert_error(st, obj, 503)
+            assert retry is not None and int(retry) >= 1, retry
+        assert all(r[0] in (200, 503) for r in res), [r[0] for r in res]
+        assert any(r[0] == 200 for r in res), [r[0] for r in res]
+        own.wait_idle()
+    finally:
+        own.close()
+        os.unlink(cfg.name)
+
+
+@test
 def sigterm_idle_exits_cleanly():
     own = harness.Daemon()
     try:
