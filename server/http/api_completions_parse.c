@@ -183,8 +183,8 @@ static int api_parse_model(const http_server *s, const cJSON *root, api_err *err
     if (!m) return 0;
     if (!cJSON_IsString(m)) return api_fail(err, "invalid_type", "'model' must be a string");
     if (strcmp(m->valuestring, s->m->name) != 0) {
-        api_fail(err, "model_not_found", "The model '%.200s' does not exist (serving '%s')",
-                 m->valuestring, s->m->name);
+        api_fail(err, "model_not_found", "The model '%.*s' does not exist (serving '%s')",
+                 (int)http_utf8_prefix(m->valuestring, 200), m->valuestring, s->m->name);
         err->status = MHD_HTTP_NOT_FOUND;
         return PEFTD_ENOTFOUND;
     }

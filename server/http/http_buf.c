@@ -65,3 +65,12 @@ bool http_utf8_valid(const char *str, size_t n) {
     }
     return true;
 }
+
+size_t http_utf8_prefix(const char *s, size_t max) {
+    size_t n = strnlen(s, max + 1);
+    if (n <= max) return n;
+    /* Back up over continuation bytes so the cut lands on a character boundary. */
+    n = max;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
+    return n;
+}

@@ -82,6 +82,9 @@ void http_buf_reset(http_buf *b);                             /* len = 0, keeps 
 void http_buf_free(http_buf *b);
 /* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
 bool http_utf8_valid(const char *s, size_t n);
+/* Length of the longest prefix of the valid UTF-8 string s of at most max bytes that
+ * does not split a character: for quoting client strings in error messages. */
+size_t http_utf8_prefix(const char *s, size_t max);
 
 /* ---- http_errors.c: queuing responses ---- */
 /* Queues body with status; counts the request in peftd_requests_total. hdr_name/hdr_value

@@ -114,7 +114,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
         *upload_data_size = 0;
         if (!req->keep_body) {
             req->len += n;
-            return MHD_YES;
+            return req->len > HTTP_DRAIN_FACTOR * s->cfg.max_body_bytes ? MHD_NO : MHD_YES;
         }
         if (http_body_append(req, upload_data, n)) return MHD_NO;
         if (req->too_large && req->len > HTTP_DRAIN_FACTOR * s->cfg.max_body_bytes) return MHD_NO;
@@ -124,13 +124,19 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     if (req->job) return api_completions_continue(req, conn);
 
     const http_route *r = http_find_route(url);
+    /* The path is client bytes (percent-decoded by MHD): quote it only when it is valid
+     * UTF-8, so the JSON error stays valid. */
+    const char *shown = http_utf8_valid(url, strlen(url)) ? url : "(non-UTF-8 path)";
+    int shown_len = (int)http_utf8_prefix(shown, 200);
+    const char *meth = http_utf8_valid(method, strlen(method)) ? method : "?";
+    int meth_len = (int)http_utf8_prefix(meth, 16);
     if (!r)
-        return http_error(req, conn, MHD_HTTP_NOT_FOUND, "not_found", "no route for %s %s",
-                          method, url);
+        return http_error(req, conn, MHD_HTTP_NOT_FOUND, "not_found", "no route for %.*s %.*s",
+                          meth_len, meth, shown_len, shown);
     if (!http_method_ok(r, method)) {
         char msg[256];
-        snprintf(msg, sizeof msg, "method %s is not allowed on %s (use %s)", method, url,
-                 r->post ? "POST" : "GET");
+        snprintf(msg, sizeof msg, "method %.*s is not allowed on %s (use %s)", meth_len, meth,
+                 r->path, r->post ? "POST" : "GET");
         return http_error_hdr(req, conn, MHD_HTTP_METHOD_NOT_ALLOWED, NULL, MHD_HTTP_HEADER_ALLOW,
                               r->post ? "POST" : "GET, HEAD", msg);
     }

@@ -169,7 +169,8 @@ def non_utf8_is_400():
 @test
 def unknown_route_is_404():
     for method, path in (("GET", "/"), ("GET", "/v2/models"), ("POST", "/v1/chat/nothing"),
-                         ("GET", "/v1/completions/extra")):
+                         ("GET", "/v1/completions/extra"), ("GET", "/%ff%fe%00x"),
+                         ("GET", "/x" + "%C3%A9" * 300)):  # quoted in the message: cut at a character
         st, _, data = d().request(method, path, b"{}" if method == "POST" else None)
         assert_error(st, json.loads(data), 404)
     still_serving()
