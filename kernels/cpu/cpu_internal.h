@@ -30,6 +30,14 @@ static inline float *kcpu__scratch(kcpu_backend *cb, int thread) { return cb->sc
  * count of multiply-adds or element ops) is too small to pay for a dispatch. */
 void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx);
 
+/* Matmul path override for tests and benchmarks (not for production use):
+ * KCPU_MM_AUTO picks by shape; the others force register tiles or OpenBLAS
+ * (f32 weights only; f16/bf16 always use the tiles) so both paths can be
+ * checked and timed at every shape. Process-wide; not
+ * synchronised: set it before issuing ops. */
+typedef enum { KCPU_MM_AUTO = 0, KCPU_MM_TILES, KCPU_MM_BLAS } kcpu_mm_path;
+extern kcpu_mm_path kcpu__mm_path;
+
 int kcpu__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out);
 int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta);
 int kcpu__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y);

@@ -3,13 +3,19 @@
  * Work is split over blocks of output rows (weight rows) across the pool. Two
  * paths per block:
  *   - register tiles (decode, small n): MM_MR weight rows × MM_NR x rows held as
- *     MM_MR*MM_NR vector accumulators; weights are widened to f32 in registers
- *     (bf16 by a 16-bit shift, f16 by vcvtph2ps), x stays f32. The MM_MR weight
- *     rows of a tile are read from memory once and then served from L1/L2 to the
- *     following x groups, so DRAM traffic is one pass over w per call whatever n.
- *   - OpenBLAS sgemm (larger n, where its packed GEMM wins): called single-
- *     threaded on the block's rows; f16/bf16 blocks are first widened to f32
- *     into a per-thread panel (cost amortised over the n rows).
+ *     MM_MR*MM_NR vector accumulators; weights are widened to f32 in registers,
+ *     x stays f32. A tile's weight rows are read from DRAM once (software-
+ *     prefetched into L2 ahead of use) and served from L1 to the following x
+ *     groups, so DRAM traffic is one pass over w per call whatever n.
+ *       f32 : plain loads.  f16 : vcvtph2ps.  bf16 : zero-extend to 32 bits
+ *       and shift left by 16 (exact). At n >= 8 the tiles are FMA-bound
+ *       (~35-40 GFMA/s per Zen 4 core, its 1 zmm FMA/cycle), so cheaper bf16
+ *       widening (even/odd lanes by shift/and on a repacked x) measured no gain
+ *       and was dropped.
+ *   - OpenBLAS sgemm (f32, n >= MM_BLAS_MIN_N, where its packed GEMM wins):
+ *     called single-threaded on the block's rows inside the pool's tasks.
+ *     For f16/bf16 the tiles won at every n measured (up to 256) against
+ *     widening to f32 panels + sgemm, so they never use BLAS.
  * Column tails use masked/partial loads, so any cols >= 1 works.
  */
 #include <cblas.h>
@@ -27,6 +33,13 @@
 #define MM_NR 2
 #endif
 
+/* Software prefetch distance, bytes ahead in the (contiguous) weight stream,
+ * into L2. Measured on the target (EPYC Zen 4, 1 thread, 2048×768, n=1): no
+ * prefetch 14 GB/s f32 / 11 GB/s bf16; 4 KiB 18/16; 16-32 KiB 23/26; 128 KiB
+ * 22/21. The hardware prefetcher alone does not keep 4 interleaved row streams
+ * busy; an L1 hint (T0) was no better than none. */
+#define MM_PF_BYTES 16384
+
 /* Weight rows per task: a few tasks per thread so a thread slowed by other
  * processes on the machine is covered by the others (dynamic scheduling). */
 #define MM_TASKS_PER_THREAD 4
@@ -35,17 +48,17 @@
  * function call, ~50 ns) starts to show against a 16×768 GEMV slice (~1 us). */
 #define MM_MIN_BLOCK 16
 
-/* n from which OpenBLAS sgemm replaces the register tiles. Measured with
- * bench/kernels_bench.c (see bench/README.md): below it the tiles are faster. */
-#define MM_BLAS_MIN_N_F32 24
-#define MM_BLAS_MIN_N_HALF 48
+/* n from which OpenBLAS sgemm replaces the register tiles for f32 weights:
+ * measured (bench/README.md, 2 threads) equal at n = 64 and 10-20% faster for
+ * sgemm at n = 128-256; the tiles win below 64. */
+#define MM_BLAS_MIN_N 64
 
-/* Widened f16/bf16 panel for the sgemm path: at most this many floats (256 KiB)
- * so it stays in L2 (1 MiB/core on the target) while sgemm packs it. */
-#define MM_PANEL_FLOATS 65536
+kcpu_mm_path kcpu__mm_path = KCPU_MM_AUTO;
 
-typedef void (*mm_tile_fn)(const void *w, int64_t cols, const float *x, float *y, int64_t ldy,
-                           float beta);
+/* w: first weight row of the tile; pf: where to prefetch (NULL: none); cols:
+ * weight row length; x: first x row, rows ldx apart; y: y[i0, r0], rows ldy apart. */
+typedef void (*mm_tile_fn)(const void *w, const char *pf, int64_t cols, const float *x, int64_t ldx, float *y,
+                           int64_t ldy, float beta);
 
 static inline __attribute__((always_inline)) kv_f32 mm_load_w(kdtype dt, const void *w, int64_t off) {
     if (dt == KDT_F32) return kv_load((const float *)w + off);
@@ -60,41 +73,8 @@ static inline __attribute__((always_inline)) kv_f32 mm_load_w_part(kdtype dt, co
     return kv_load_bf16_part((const uint16_t *)w + off, n);
 }
 
-/* y[i*ldy + r] (+)= dot(w row r, x row i) for r < R, i < N; w and x rows are
- * `cols` long and contiguous. R, N, dt are compile-time constants in each
- * instantiation below, so the accumulator arrays live in registers. */
-static inline __attribute__((always_inline)) void mm_tile(kdtype dt, int R, int N, const void *w,
-                                                          int64_t cols, const float *x, float *y,
-                                                          int64_t ldy, float beta) {
-    kv_f32 acc[MM_MR][MM_NR];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
-        for (int i = 0; i < N; i++) acc[r][i] = kv_zero();
-    int64_t k = 0;
-    for (; k + KV_W <= cols; k += KV_W) {
-        kv_f32 wv[MM_MR];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) wv[r] = mm_load_w(dt, w, r * cols + k);
-#pragma GCC unroll 8
-        for (int i = 0; i < N; i++) {
-            kv_f32 xv = kv_load(x + i * cols + k);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][i] = kv_fmadd(wv[r], xv, acc[r][i]);
-        }
-    }
-    if (k < cols) {
-        int rem = (int)(cols - k);
-        kv_f32 wv[MM_MR];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) wv[r] = mm_load_w_part(dt, w, r * cols + k, rem);
-#pragma GCC unroll 8
-        for (int i = 0; i < N; i++) {
-            kv_f32 xv = kv_load_part(x + i * cols + k, rem);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][i] = kv_fmadd(wv[r], xv, acc[r][i]);
-        }
-    }
+static inline __attribute__((always_inline)) void mm_store(int R, int N, kv_f32 acc[MM_MR][MM_NR], float *y,
+                                                           int64_t ldy, float beta) {
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
@@ -106,26 +86,72 @@ static inline __attribute__((always_inline)) void mm_tile(kdtype dt, int R, int 
         }
 }
 
-#define MM_TILE_DEF(DT, TAG, R, N)                                                               \
-    static void mm_tile_##TAG##_##R##_##N(const void *w, int64_t cols, const float *x, float *y, \
-                                          int64_t ldy, float beta) {                             \
-        mm_tile(DT, R, N, w, cols, x, y, ldy, beta);                                             \
+/* y[i*ldy + r] (+)= dot(w row r, x row i) for r < R, i < N. R, N, dt are
+ * compile-time constants in each instantiation below, so the accumulator
+ * arrays live in registers. */
+static inline __attribute__((always_inline)) void mm_tile(kdtype dt, int R, int N, const void *w, const char *pf,
+                                                          int64_t cols, const float *x, int64_t ldx, float *y,
+                                                          int64_t ldy, float beta) {
+    const size_t esz = dt == KDT_F32 ? 4 : 2;
+    kv_f32 acc[MM_MR][MM_NR];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int i = 0; i < N; i++) acc[r][i] = kv_zero();
+    int64_t k = 0;
+    for (; k + KV_W <= cols; k += KV_W) {
+        kv_f32 wv[MM_MR];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = mm_load_w(dt, w, r * cols + k);
+        if (pf) {
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) __builtin_prefetch(pf + (size_t)(r * cols + k) * esz, 0, 2);
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < N; i++) {
+            kv_f32 xv = kv_load(x + i * ldx + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][i] = kv_fmadd(wv[r], xv, acc[r][i]);
+        }
     }
+    if (k < cols) {
+        int rem = (int)(cols - k);
+        kv_f32 wv[MM_MR];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = mm_load_w_part(dt, w, r * cols + k, rem);
+#pragma GCC unroll 8
+        for (int i = 0; i < N; i++) {
+            kv_f32 xv = kv_load_part(x + i * ldx + k, rem);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][i] = kv_fmadd(wv[r], xv, acc[r][i]);
+        }
+    }
+    mm_store(R, N, acc, y, ldy, beta);
+}
+
+
+#define MM_TILE_DEF(TAG, CALL, R, N)                                                                          \
+    static void mm_tile_##TAG##_##R##_##N(const void *w, const char *pf, int64_t cols, const float *x,      \
+                                          int64_t ldx, float *y, int64_t ldy, float beta) {                 \
+        CALL;                                                                                                \
+    }
+#define MM_TILE_DEF3(R, N)                                                                                    \
+    MM_TILE_DEF(f32, mm_tile(KDT_F32, R, N, w, pf, cols, x, ldx, y, ldy, beta), R, N)                       \
+    MM_TILE_DEF(f16, mm_tile(KDT_F16, R, N, w, pf, cols, x, ldx, y, ldy, beta), R, N)                       \
+    MM_TILE_DEF(bf16, mm_tile(KDT_BF16, R, N, w, pf, cols, x, ldx, y, ldy, beta), R, N)
+MM_TILE_DEF3(4, 1)
+MM_TILE_DEF3(4, 2)
+MM_TILE_DEF3(1, 1)
+MM_TILE_DEF3(1, 2)
 #if MM_NR == 4
-#define MM_TILE_DEFS(DT, TAG, R)                                                                 \
-    MM_TILE_DEF(DT, TAG, R, 1) MM_TILE_DEF(DT, TAG, R, 2) MM_TILE_DEF(DT, TAG, R, 3)             \
-    MM_TILE_DEF(DT, TAG, R, 4)
+MM_TILE_DEF3(4, 3)
+MM_TILE_DEF3(4, 4)
+MM_TILE_DEF3(1, 3)
+MM_TILE_DEF3(1, 4)
 #define MM_TILE_ROW(TAG, R) {mm_tile_##TAG##_##R##_1, mm_tile_##TAG##_##R##_2, mm_tile_##TAG##_##R##_3, mm_tile_##TAG##_##R##_4}
 #else
-#define MM_TILE_DEFS(DT, TAG, R) MM_TILE_DEF(DT, TAG, R, 1) MM_TILE_DEF(DT, TAG, R, 2)
 #define MM_TILE_ROW(TAG, R) {mm_tile_##TAG##_##R##_1, mm_tile_##TAG##_##R##_2}
 #endif
-MM_TILE_DEFS(KDT_F32, f32, 4)
-MM_TILE_DEFS(KDT_F32, f32, 1)
-MM_TILE_DEFS(KDT_F16, f16, 4)
-MM_TILE_DEFS(KDT_F16, f16, 1)
-MM_TILE_DEFS(KDT_BF16, bf16, 4)
-MM_TILE_DEFS(KDT_BF16, bf16, 1)
 
 /* [dtype][0: MM_MR rows, 1: one row][N-1] */
 static const mm_tile_fn mm_tiles[3][2][MM_NR] = {
@@ -135,15 +161,14 @@ static const mm_tile_fn mm_tiles[3][2][MM_NR] = {
 };
 
 typedef struct {
-    kcpu_backend *cb;
     const float *x;
+    int64_t ldx; /* x row stride */
     int n;
     const kmat *w;
     float *y;
     float beta;
     int64_t block; /* weight rows per task */
     int use_blas;
-    int64_t panel_rows;
 } mm_ctx;
 
 static void mm_rows_tiles(const mm_ctx *c, int64_t r0, int64_t r1) {
@@ -151,44 +176,40 @@ static void mm_rows_tiles(const mm_ctx *c, int64_t r0, int64_t r1) {
     int64_t cols = w->cols, rows = w->rows;
     size_t esz = kdtype_size(w->dtype);
     const char *wd = w->data;
+    size_t wbytes = (size_t)(rows * cols) * esz;
     for (int64_t r = r0; r < r1;) {
         int tall = r1 - r >= MM_MR;
         int R = tall ? MM_MR : 1;
-        const mm_tile_fn *row = mm_tiles[w->dtype][tall ? 0 : 1];
+        const mm_tile_fn *fns = mm_tiles[w->dtype][tall ? 0 : 1];
+        size_t off = (size_t)(r * cols) * esz;
+        /* Only the first x group streams the rows from DRAM; it prefetches the
+         * same-shaped region MM_PF_BYTES further on (inside the matrix). */
+        const char *pf = off + (size_t)(R * cols) * esz + MM_PF_BYTES <= wbytes ? wd + off + MM_PF_BYTES : NULL;
         for (int i = 0; i < c->n; i += MM_NR) {
             int N = c->n - i < MM_NR ? c->n - i : MM_NR;
-            row[N - 1](wd + (size_t)(r * cols) * esz, cols, c->x + (int64_t)i * cols, c->y + (int64_t)i * rows + r,
+            fns[N - 1](wd + off, i == 0 ? pf : NULL, cols, c->x + i * c->ldx, c->ldx, c->y + (int64_t)i * rows + r,
                        rows, c->beta);
         }
         r += R;
     }
 }
 
-static void mm_rows_blas(const mm_ctx *c, int64_t r0, int64_t r1, int thread) {
+static void mm_rows_blas(const mm_ctx *c, int64_t r0, int64_t r1) {
     const kmat *w = c->w;
-    int64_t cols = w->cols, rows = w->rows;
-    if (w->dtype == KDT_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->n, (int)(r1 - r0), (int)cols, 1.0f, c->x,
-                    (int)cols, (const float *)w->data + r0 * cols, (int)cols, c->beta, c->y + r0, (int)rows);
-        return;
-    }
-    float *panel = kcpu__scratch(c->cb, thread);
-    size_t esz = kdtype_size(w->dtype);
-    for (int64_t p0 = r0; p0 < r1; p0 += c->panel_rows) {
-        int64_t p1 = p0 + c->panel_rows < r1 ? p0 + c->panel_rows : r1;
-        kv_row_to_f32(w->dtype, (const char *)w->data + (size_t)(p0 * cols) * esz, panel, (p1 - p0) * cols);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->n, (int)(p1 - p0), (int)cols, 1.0f, c->x,
-                    (int)cols, panel, (int)cols, c->beta, c->y + p0, (int)rows);
-    }
+    int cols = (int)w->cols;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->n, (int)(r1 - r0), cols, 1.0f, c->x, cols,
+                (const float *)w->data + r0 * cols, cols, c->beta, c->y + r0, (int)w->rows);
 }
 
 static void mm_task(void *vc, int task, int thread) {
+    (void)thread;
     const mm_ctx *c = vc;
     int64_t r0 = (int64_t)task * c->block;
     int64_t r1 = r0 + c->block < c->w->rows ? r0 + c->block : c->w->rows;
-    if (c->use_blas) mm_rows_blas(c, r0, r1, thread);
+    if (c->use_blas) mm_rows_blas(c, r0, r1);
     else mm_rows_tiles(c, r0, r1);
 }
+
 
 int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
     if (!w || n < 0 || (beta != 0.0f && beta != 1.0f)) return PEFTD_EINVAL;
@@ -199,9 +220,9 @@ int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, f
     if (!x || !y || !w->data) return PEFTD_EINVAL;
 
     kcpu_backend *cb = kcpu__impl(kb);
-    mm_ctx c = {.cb = cb, .x = x, .n = n, .w = w, .y = y, .beta = beta};
-    c.use_blas = n >= (w->dtype == KDT_F32 ? MM_BLAS_MIN_N_F32 : MM_BLAS_MIN_N_HALF);
-    double work = (double)n * (double)w->rows * (double)w->cols;
+    mm_ctx c = {.x = x, .ldx = w->cols, .n = n, .w = w, .y = y, .beta = beta};
+    if (w->dtype == KDT_F32)
+        c.use_blas = kcpu__mm_path == KCPU_MM_AUTO ? n >= MM_BLAS_MIN_N : kcpu__mm_path == KCPU_MM_BLAS;
     int nt = cb->n_threads;
     int64_t block = w->rows;
     if (nt > 1) {
@@ -210,13 +231,7 @@ int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, f
         block = (want + MM_MR - 1) / MM_MR * MM_MR;
     }
     c.block = block;
-    if (c.use_blas && w->dtype != KDT_F32) {
-        c.panel_rows = MM_PANEL_FLOATS / w->cols;
-        if (c.panel_rows < 1) c.panel_rows = 1;
-        int rc = kcpu__scratch_reserve(cb, (size_t)(c.panel_rows * w->cols));
-        if (rc) return rc;
-    }
     int n_tasks = (int)((w->rows + block - 1) / block);
-    kcpu__parallel(cb, n_tasks, work, mm_task, &c);
+    kcpu__parallel(cb, n_tasks, (double)n * (double)w->rows * (double)w->cols, mm_task, &c);
     return 0;
 }

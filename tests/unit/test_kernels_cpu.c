@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
+#include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/threadpool.h"
 #include "kernels/kernels.h"
 #include "kernels/util/half.h"
@@ -184,15 +185,19 @@ TEST(matmul_odd_shapes) {
         {133, 9, 17}, {133, 67, 172}, {133, 131, 768}, {1, 64, 768}, {7, 257, 768},  {2, 6, 16},
         {5, 4, 15},   {30, 100, 100}, {64, 97, 200},   {24, 50, 31}, {48, 40, 65},   {133, 1, 1},
     };
-    for (size_t ti = 0; ti < sizeof THREADS / sizeof *THREADS; ti++) {
-        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
-        ASSERT(kb);
-        rng_seed(ti + 1);
-        for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
-            for (int d = 0; d < 3; d++)
-                for (int b = 0; b < 2; b++) check_matmul(kb, DTYPES[d], shapes[s][0], shapes[s][1], shapes[s][2], (float)b);
-        kbackend_destroy(kb);
-    }
+    /* Each path (auto choice, forced register tiles, forced OpenBLAS) at every shape. */
+    for (int path = KCPU_MM_AUTO; path <= KCPU_MM_BLAS; path++)
+        for (size_t ti = 0; ti < sizeof THREADS / sizeof *THREADS; ti++) {
+            kcpu__mm_path = (kcpu_mm_path)path;
+            kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+            ASSERT(kb);
+            rng_seed(ti + 1);
+            for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+                for (int d = 0; d < 3; d++)
+                    for (int b = 0; b < 2; b++)
+                        check_matmul(kb, DTYPES[d], shapes[s][0], shapes[s][1], shapes[s][2], (float)b);
+            kbackend_destroy(kb);
+        }
 }
 
 TEST(matmul_bad_args) {
