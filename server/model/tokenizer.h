@@ -63,5 +63,8 @@ int tokenizer_stream_push(tokenizer_stream *s, int32_t id, const char **piece, s
  * later ids are exactly decode(context + generated) minus decode(context) — a generated
  * "▁there" after "Once upon a time" yields " there", as vLLM's incremental detokenizer does. */
 int tokenizer_stream_prime(tokenizer_stream *s, const int32_t *ids, size_t n_ids);
+/* Emits whatever text is still held back (a trailing incomplete or invalid byte sequence,
+ * as U+FFFD) — call at the end of a sequence so the pieces add up to the full decode. */
+int tokenizer_stream_flush(tokenizer_stream *s, const char **piece, size_t *len);
 
 #endif

@@ -1,0 +1,626 @@
+/* tests/unit/test_tokenizer.c — tokenizer parity with the `tokenizers` package and robustness.
+ *
+ * Fixtures (tests/fixtures/tokenizer/, made by make_fixtures.py): corpus.txt (one case per
+ * line) + multiline.json, and expected_<name>.jsonl with HF's ids (without / with special
+ * tokens) and decoded text for the default tokenizer (models/stories260K) and two byte-level
+ * BPE tokenizers trained on the corpus (GPT-2 pre-tokenizer; Llama-3 split regex).
+ * Run from the repository root.
+ */
+#include <cJSON.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/util/status.h"
+#include "server/model/tokenizer.h"
+#include "tests/harness/test.h"
+
+#define FIX "tests/fixtures/tokenizer"
+#define STORIES "models/stories260K"
+
+/* ---- fixture loading ---- */
+
+typedef struct {
+    char **text;
+    size_t *len;
+    size_t n;
+} cases_t;
+
+static void add_case(cases_t *c, const char *s, size_t len) {
+    c->text = realloc(c->text, (c->n + 1) * sizeof(*c->text));
+    c->len = realloc(c->len, (c->n + 1) * sizeof(*c->len));
+    ASSERT(c->text && c->len);
+    c->text[c->n] = malloc(len + 1);
+    ASSERT(c->text[c->n]);
+    memcpy(c->text[c->n], s, len);
+    c->text[c->n][len] = 0;
+    c->len[c->n++] = len;
+}
+
+/* corpus.txt lines (split on '\n' only), then the strings of multiline.json. */
+static cases_t load_cases(void) {
+    cases_t c = {0};
+    size_t len = 0;
+    char *corpus = test_read_file(FIX "/corpus.txt", &len);
+    if (!corpus) SKIP("no " FIX "/corpus.txt (run from the repository root)");
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++)
+        if (corpus[i] == '\n') {
+            add_case(&c, corpus + start, i - start);
+            start = i + 1;
+        }
+    ASSERT_EQ(start, len); /* the file ends with a newline */
+    free(corpus);
+    ASSERT(c.n >= 2000);
+    char *ml = test_read_file(FIX "/multiline.json", NULL);
+    ASSERT(ml);
+    cJSON *arr = cJSON_Parse(ml), *it;
+    ASSERT(cJSON_IsArray(arr));
+    cJSON_ArrayForEach(it, arr) add_case(&c, it->valuestring, strlen(it->valuestring));
+    cJSON_Delete(arr);
+    free(ml);
+    return c;
+}
+
+typedef struct {
+    int32_t *v;
+    size_t n;
+} ids_t;
+
+static ids_t json_ids(const cJSON *a) {
+    ids_t r = {malloc(((size_t)cJSON_GetArraySize(a) + 1) * sizeof(int32_t)), 0};
+    const cJSON *it;
+    cJSON_ArrayForEach(it, a) r.v[r.n++] = (int32_t)it->valuedouble;
+    return r;
+}
+
+static void ids_cat(ids_t *dst, const cJSON *a) {
+    const cJSON *it;
+    dst->v = realloc(dst->v, (dst->n + (size_t)cJSON_GetArraySize(a) + 1) * sizeof(int32_t));
+    cJSON_ArrayForEach(it, a) dst->v[dst->n++] = (int32_t)it->valuedouble;
+}
+
+typedef struct {
+    ids_t plain, special;
+    char *dec, *dec_all; /* decode(special ids) with / without skip_special_tokens */
+} expect_t;
+
+static expect_t *load_expected(const char *name, size_t n_cases) {
+    char path[256];
+    snprintf(path, sizeof(path), FIX "/expected_%s.jsonl", name);
+    size_t len = 0;
+    char *txt = test_read_file(path, &len);
+    if (!txt) FAIL("cannot read %s", path);
+    expect_t *e = calloc(n_cases, sizeof(*e));
+    size_t k = 0;
+    for (char *line = txt, *nl; *line && k < n_cases; line = nl + 1, k++) {
+        nl = strchr(line, '\n');
+        ASSERT(nl);
+        *nl = 0;
+        cJSON *o = cJSON_Parse(line);
+        if (!o) FAIL("%s:%zu: bad JSON", path, k + 1);
+        e[k].plain = json_ids(cJSON_GetObjectItemCaseSensitive(o, "i"));
+        if (cJSON_GetObjectItemCaseSensitive(o, "s")) {
+            e[k].special = json_ids(cJSON_GetObjectItemCaseSensitive(o, "s"));
+        } else {
+            /* encode(text) == p + i + x */
+            e[k].special = json_ids(cJSON_GetObjectItemCaseSensitive(o, "p") ? cJSON_GetObjectItemCaseSensitive(o, "p") : cJSON_GetObjectItemCaseSensitive(o, "nothing"));
+            ids_cat(&e[k].special, cJSON_GetObjectItemCaseSensitive(o, "i"));
+            if (cJSON_GetObjectItemCaseSensitive(o, "x")) ids_cat(&e[k].special, cJSON_GetObjectItemCaseSensitive(o, "x"));
+        }
+        e[k].dec = strdup(cJSON_GetObjectItemCaseSensitive(o, "d")->valuestring);
+        const cJSON *D = cJSON_GetObjectItemCaseSensitive(o, "D");
+        e[k].dec_all = strdup(D ? D->valuestring : e[k].dec);
+        cJSON_Delete(o);
+    }
+    if (k != n_cases) FAIL("%s has %zu records for %zu cases", path, k, n_cases);
+    free(txt);
+    return e;
+}
+
+static tokenizer *load_tok(const char *dir) {
+    tokenizer *t = NULL;
+    char err[512];
+    int rc = tokenizer_load(dir, &t, err, sizeof(err));
+    if (rc) FAIL("tokenizer_load(%s) = %d: %s", dir, rc, err);
+    return t;
+}
+
+static void print_ids(const char *what, const int32_t *v, size_t n) {
+    fprintf(stderr, "    %s (%zu):", what, n);
+    for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", v[i]);
+    fprintf(stderr, n > 40 ? " ...\n" : "\n");
+}
+
+static bool ids_eq(const int32_t *a, size_t na, const ids_t *b) {
+    return na == b->n && (na == 0 || !memcmp(a, b->v, na * sizeof(*a)));
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Full-corpus parity for one tokenizer: ids without / with special tokens, decoded text. */
+static void check_parity(const char *name, const char *dir) {
+    cases_t c = load_cases();
+    expect_t *e = load_expected(name, c.n);
+    tokenizer *t = load_tok(dir);
+    size_t ok_plain = 0, ok_special = 0, ok_dec = 0, ok_dec_all = 0, total_ids = 0, bytes = 0;
+    long first_bad = -1;
+    double t_enc = 0;
+    for (size_t k = 0; k < c.n; k++) {
+        int32_t *ids = NULL, *sids = NULL;
+        size_t n = 0, sn = 0;
+        double t0 = now_s();
+        ASSERT_EQ(tokenizer_encode(t, c.text[k], c.len[k], false, &ids, &n), 0);
+        t_enc += now_s() - t0;
+        ASSERT_EQ(tokenizer_encode(t, c.text[k], c.len[k], true, &sids, &sn), 0);
+        total_ids += n;
+        bytes += c.len[k];
+        bool p = ids_eq(ids, n, &e[k].plain), s = ids_eq(sids, sn, &e[k].special);
+        char *d = NULL, *da = NULL;
+        size_t dl = 0;
+        ASSERT_EQ(tokenizer_decode(t, e[k].special.v, e[k].special.n, true, &d, &dl), 0);
+        ASSERT_EQ(tokenizer_decode(t, e[k].special.v, e[k].special.n, false, &da, NULL), 0);
+        ASSERT_EQ(dl, strlen(d));
+        bool dd = !strcmp(d, e[k].dec), dda = !strcmp(da, e[k].dec_all);
+        ok_plain += p;
+        ok_special += s;
+        ok_dec += dd;
+        ok_dec_all += dda;
+        if ((!p || !s || !dd || !dda) && first_bad < 0) {
+            first_bad = (long)k;
+            fprintf(stderr, "    %s: first mismatch at case %zu (corpus line %zu): \"%.200s\"\n", name, k, k + 1,
+                    c.text[k]);
+            if (!p) { print_ids("want", e[k].plain.v, e[k].plain.n); print_ids("got ", ids, n); }
+            if (!s) { print_ids("want+special", e[k].special.v, e[k].special.n); print_ids("got+special ", sids, sn); }
+            if (!dd) fprintf(stderr, "    decode want \"%s\"\n    decode got  \"%s\"\n", e[k].dec, d);
+            if (!dda) fprintf(stderr, "    decode(keep special) want \"%s\"\n    got \"%s\"\n", e[k].dec_all, da);
+        }
+        free(ids);
+        free(sids);
+        free(d);
+        free(da);
+    }
+    printf("    %s: ids %zu/%zu, ids+special %zu/%zu, decode %zu/%zu, decode(keep special) %zu/%zu; "
+           "encode %.1f ms for %zu bytes -> %zu ids (%.1f MB/s)\n",
+           name, ok_plain, c.n, ok_special, c.n, ok_dec, c.n, ok_dec_all, c.n, t_enc * 1e3, bytes, total_ids,
+           bytes / t_enc / 1e6);
+    if (first_bad >= 0) FAIL("%s: parity mismatches (first at case %ld)", name, first_bad);
+    tokenizer_free(t);
+}
+
+TEST(parity_stories) { check_parity("stories", STORIES); }
+TEST(parity_gpt2_bytelevel) { check_parity("gpt2bl", FIX "/gpt2bl"); }
+TEST(parity_llama3_bytelevel) { check_parity("llama3bl", FIX "/llama3bl"); }
+
+/* ---- streaming ---- */
+
+static bool utf8_ok(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t k = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        if (!k || i + k > n) return false;
+        for (size_t j = 1; j < k; j++)
+            if ((u[i + j] & 0xC0) != 0x80) return false;
+        i += k;
+    }
+    return true;
+}
+
+static void check_stream(const char *dir) {
+    cases_t c = load_cases();
+    tokenizer *t = load_tok(dir);
+    for (int skip = 0; skip < 2; skip++) {
+        for (size_t k = 0; k < c.n; k++) {
+            int32_t *ids = NULL;
+            size_t n = 0, dl = 0;
+            char *full = NULL;
+            ASSERT_EQ(tokenizer_encode(t, c.text[k], c.len[k], true, &ids, &n), 0);
+            ASSERT_EQ(tokenizer_decode(t, ids, n, skip, &full, &dl), 0);
+            tokenizer_stream *s = tokenizer_stream_new(t, skip);
+            ASSERT(s);
+            char *acc = malloc(dl + 64);
+            size_t al = 0;
+            for (size_t i = 0; i <= n; i++) {
+                const char *piece = NULL;
+                size_t pl = 0;
+                if (i < n) ASSERT_EQ(tokenizer_stream_push(s, ids[i], &piece, &pl), 0);
+                else ASSERT_EQ(tokenizer_stream_flush(s, &piece, &pl), 0);
+                if (!utf8_ok(piece, pl)) FAIL("%s case %zu: piece %zu is not whole UTF-8 characters", dir, k, i);
+                if (al + pl > dl) FAIL("%s case %zu: stream longer than the full decode", dir, k);
+                memcpy(acc + al, piece, pl);
+                al += pl;
+                if (i == n && pl && !(dl >= 3 && !memcmp(full + dl - 3, "\xEF\xBF\xBD", 3)))
+                    FAIL("%s case %zu: flush had text left although the decode ends cleanly", dir, k);
+            }
+            acc[al] = 0;
+            if (al != dl || memcmp(acc, full, dl))
+                FAIL("%s case %zu (skip_special=%d): stream \"%s\" != decode \"%s\"", dir, k, skip, acc, full);
+            tokenizer_stream_free(s);
+            free(acc);
+            free(full);
+            free(ids);
+        }
+    }
+    tokenizer_free(t);
+}
+
+TEST(stream_stories) { check_stream(STORIES); }
+TEST(stream_gpt2_bytelevel) { check_stream(FIX "/gpt2bl"); }
+TEST(stream_llama3_bytelevel) { check_stream(FIX "/llama3bl"); }
+
+/* A byte-fallback character arrives in pieces: nothing is emitted until it is complete. */
+TEST(stream_holds_partial_utf8) {
+    tokenizer *t = load_tok(STORIES);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ASSERT_EQ(tokenizer_encode(t, "日本", strlen("日本"), false, &ids, &n), 0);
+    /* "▁" then six <0xNN> byte tokens */
+    ASSERT_EQ(n, 7);
+    tokenizer_stream *s = tokenizer_stream_new(t, true);
+    const char *p;
+    size_t pl;
+    ASSERT_EQ(tokenizer_stream_push(s, ids[0], &p, &pl), 0);
+    ASSERT_EQ(tokenizer_stream_push(s, ids[1], &p, &pl), 0);
+    ASSERT_EQ(pl, 0);
+    ASSERT_EQ(tokenizer_stream_push(s, ids[2], &p, &pl), 0);
+    ASSERT_EQ(pl, 0);
+    ASSERT_EQ(tokenizer_stream_push(s, ids[3], &p, &pl), 0);
+    ASSERT_STREQ(p, "日");
+    tokenizer_stream_free(s);
+    free(ids);
+    tokenizer_free(t);
+}
+
+TEST(stream_prime) {
+    tokenizer *t = load_tok(STORIES);
+    int32_t *ids = NULL, *gen = NULL;
+    size_t n = 0, gn = 0;
+    ASSERT_EQ(tokenizer_encode(t, "Once upon a time", 16, true, &ids, &n), 0);
+    ASSERT_EQ(ids[0], tokenizer_bos_id(t));
+    ASSERT_EQ(tokenizer_encode(t, "Once upon a time there", 22, false, &gen, &gn), 0);
+    int32_t there = gen[gn - 1];
+    ASSERT_STREQ(tokenizer_piece(t, there), "\xE2\x96\x81there"); /* "▁there" */
+    const char *p;
+    size_t pl;
+    tokenizer_stream *s = tokenizer_stream_new(t, true);
+    ASSERT_EQ(tokenizer_stream_prime(s, ids, n), 0);
+    ASSERT_EQ(tokenizer_stream_push(s, there, &p, &pl), 0);
+    ASSERT_STREQ(p, " there");
+    ASSERT_EQ(pl, 6);
+    ASSERT_EQ(tokenizer_stream_push(s, tokenizer_eos_id(t), &p, &pl), 0);
+    ASSERT_EQ(pl, 0); /* skipped special token */
+    tokenizer_stream_free(s);
+
+    /* Without context the first word loses its dummy-prefix space, as in a full decode. */
+    s = tokenizer_stream_new(t, true);
+    ASSERT_EQ(tokenizer_stream_push(s, tokenizer_bos_id(t), &p, &pl), 0);
+    ASSERT_EQ(pl, 0);
+    ASSERT_EQ(tokenizer_stream_push(s, there, &p, &pl), 0);
+    ASSERT_STREQ(p, "there");
+    tokenizer_stream_free(s);
+
+    /* Priming with a byte-level tokenizer keeps the Ġ space too. */
+    tokenizer *b = load_tok(FIX "/gpt2bl");
+    int32_t *bi = NULL;
+    size_t bn = 0;
+    ASSERT_EQ(tokenizer_encode(b, "Hello world", 11, false, &bi, &bn), 0);
+    ASSERT(bn >= 2);
+    s = tokenizer_stream_new(b, true);
+    ASSERT_EQ(tokenizer_stream_prime(s, bi, bn - 1), 0);
+    ASSERT_EQ(tokenizer_stream_push(s, bi[bn - 1], &p, &pl), 0);
+    char *full = NULL, *head = NULL;
+    ASSERT_EQ(tokenizer_decode(b, bi, bn, true, &full, NULL), 0);
+    ASSERT_EQ(tokenizer_decode(b, bi, bn - 1, true, &head, NULL), 0);
+    ASSERT_STREQ(p, full + strlen(head));
+    free(full);
+    free(head);
+    tokenizer_stream_free(s);
+    free(bi);
+    tokenizer_free(b);
+    free(ids);
+    free(gen);
+    tokenizer_free(t);
+}
+
+/* ---- special tokens, ids, metadata ---- */
+
+TEST(special_tokens_in_text) {
+    tokenizer *t = load_tok(STORIES);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ASSERT_EQ(tokenizer_encode(t, "<s>", 3, false, &ids, &n), 0);
+    ASSERT_EQ(n, 1);
+    ASSERT_EQ(ids[0], 1);
+    free(ids);
+    /* HF: "a<s>b" -> ▁a, <s>, b (no dummy prefix after the special token) */
+    ASSERT_EQ(tokenizer_encode(t, "a<s>b</s>", 9, false, &ids, &n), 0);
+    ASSERT_EQ(n, 4);
+    ASSERT_STREQ(tokenizer_piece(t, ids[0]), "\xE2\x96\x81" "a");
+    ASSERT_EQ(ids[1], 1);
+    ASSERT_STREQ(tokenizer_piece(t, ids[2]), "b");
+    ASSERT_EQ(ids[3], 2);
+    char *d = NULL;
+    ASSERT_EQ(tokenizer_decode(t, ids, n, true, &d, NULL), 0);
+    ASSERT_STREQ(d, "ab");
+    free(d);
+    ASSERT_EQ(tokenizer_decode(t, ids, n, false, &d, NULL), 0);
+    ASSERT_STREQ(d, "a<s>b</s>");
+    free(d);
+    free(ids);
+    ASSERT(tokenizer_is_special(t, 0));
+    ASSERT(tokenizer_is_special(t, 1));
+    ASSERT(tokenizer_is_special(t, 2));
+    ASSERT(!tokenizer_is_special(t, 3));
+    ASSERT(!tokenizer_is_special(t, 100000));
+    tokenizer_free(t);
+
+    tokenizer *l3 = load_tok(FIX "/llama3bl");
+    ASSERT_EQ(tokenizer_encode(l3, "x<|endoftext|>y", 15, false, &ids, &n), 0);
+    ASSERT_EQ(n, 3);
+    ASSERT_STREQ(tokenizer_piece(l3, ids[1]), "<|endoftext|>");
+    ASSERT(tokenizer_is_special(l3, ids[1]));
+    free(ids);
+    tokenizer_free(l3);
+}
+
+TEST(bos_eos_metadata) {
+    tokenizer *t = load_tok(STORIES);
+    ASSERT_EQ(tokenizer_vocab_size(t), 512);
+    ASSERT_EQ(tokenizer_bos_id(t), 1);
+    ASSERT_EQ(tokenizer_eos_id(t), 2);
+    ASSERT(tokenizer_adds_bos(t));
+    ASSERT_STREQ(tokenizer_piece(t, 0), "<unk>");
+    ASSERT_STREQ(tokenizer_piece(t, 13), "<0x0A>");
+    ASSERT(tokenizer_piece(t, 512) == NULL);
+    ASSERT(tokenizer_piece(t, -1) == NULL);
+    int32_t *ids = NULL;
+    size_t n = 99;
+    ASSERT_EQ(tokenizer_encode(t, "", 0, true, &ids, &n), 0);
+    ASSERT_EQ(n, 1);
+    ASSERT_EQ(ids[0], 1);
+    free(ids);
+    ASSERT_EQ(tokenizer_encode(t, "", 0, false, &ids, &n), 0);
+    ASSERT_EQ(n, 0);
+    free(ids);
+    tokenizer_free(t);
+
+    tokenizer *g = load_tok(FIX "/gpt2bl");
+    ASSERT(!tokenizer_adds_bos(g));
+    ASSERT(tokenizer_bos_id(g) >= 0);
+    ASSERT_STREQ(tokenizer_piece(g, tokenizer_eos_id(g)), "<|endoftext|>");
+    ASSERT(tokenizer_vocab_size(g) >= 8000);
+    tokenizer_free(g);
+
+    tokenizer *l = load_tok(FIX "/llama3bl");
+    ASSERT(tokenizer_adds_bos(l));
+    ASSERT_STREQ(tokenizer_piece(l, tokenizer_bos_id(l)), "<|begin_of_text|>");
+    ASSERT(tokenizer_vocab_size(l) >= 8000);
+    tokenizer_free(l);
+    tokenizer_free(NULL);
+}
+
+TEST(invalid_utf8_rejected) {
+    static const char *bad[] = {
+        "\xff", "a\x80", "\xc0\x80", "\xc1\xbf", "\xe0\x80\x80", "\xed\xa0\x80", /* surrogate */
+        "\xf4\x90\x80\x80",                                                     /* > U+10FFFF */
+        "\xf5\x80\x80\x80", "\xe6\x97",                                         /* truncated */
+        "ok \xf0\x9f\x98", "\xfe\xfe",
+    };
+    const char *dirs[] = {STORIES, FIX "/gpt2bl", FIX "/llama3bl"};
+    for (int d = 0; d < 3; d++) {
+        tokenizer *t = load_tok(dirs[d]);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            int32_t *ids = NULL;
+            size_t n = 0;
+            ASSERT_EQ(tokenizer_encode(t, bad[i], strlen(bad[i]), true, &ids, &n), PEFTD_EINVAL);
+            ASSERT(ids == NULL);
+        }
+        /* An embedded NUL is valid UTF-8 and encodes. */
+        int32_t *ids = NULL;
+        size_t n = 0;
+        ASSERT_EQ(tokenizer_encode(t, "a\0b", 3, false, &ids, &n), 0);
+        ASSERT(n >= 2);
+        char *txt = NULL;
+        size_t tl = 0;
+        ASSERT_EQ(tokenizer_decode(t, ids, n, true, &txt, &tl), 0);
+        ASSERT_EQ(tl, 3);
+        ASSERT(!memcmp(txt, "a\0b", 3));
+        free(txt);
+        free(ids);
+        tokenizer_free(t);
+    }
+}
+
+/* Byte tokens that do not form UTF-8 decode to U+FFFD, as HF does. */
+TEST(decode_invalid_bytes) {
+    tokenizer *t = load_tok(STORIES);
+    /* Values from `tokenizers` 0.23: a run of byte tokens that is not UTF-8 gives one U+FFFD
+     * per byte (ByteFallback); <0x41> belongs to the run, the piece "A" (id 447) does not. */
+    int32_t ids[] = {1, 3 + 0xE6, 3 + 0x97, 3 + 0x41};
+    char *d = NULL;
+    ASSERT_EQ(tokenizer_decode(t, ids, 4, true, &d, NULL), 0);
+    ASSERT_STREQ(d, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+    free(d);
+    ids[3] = 447;
+    ASSERT_STREQ(tokenizer_piece(t, 447), "A");
+    ASSERT_EQ(tokenizer_decode(t, ids, 4, true, &d, NULL), 0);
+    ASSERT_STREQ(d, "\xEF\xBF\xBD\xEF\xBF\xBD" "A");
+    free(d);
+    int32_t unknown[] = {5000, -3, 3 + 'h', 3 + 'i'};
+    ASSERT_EQ(tokenizer_decode(t, unknown, 4, true, &d, NULL), 0);
+    ASSERT_STREQ(d, "hi"); /* ids outside the vocabulary are skipped, as HF does */
+    free(d);
+    tokenizer_free(t);
+}
+
+/* Random text (all planes, combining marks, whitespace) round-trips through byte-level BPE. */
+TEST(bytelevel_roundtrip_random) {
+    tokenizer *t = load_tok(FIX "/llama3bl");
+    uint64_t x = 88172645463325252ull;
+    char buf[4096];
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t len = 0;
+        int nchar = 1 + iter % 60;
+        for (int i = 0; i < nchar; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            uint32_t cp;
+            switch (x % 6) {
+            case 0: cp = 0x20 + (uint32_t)(x >> 8) % 0x5F; break;
+            case 1: cp = " \t\n\r"[(x >> 8) % 4]; break;
+            case 2: cp = 0x300 + (uint32_t)(x >> 8) % 0x70; break;
+            case 3: cp = 0x4E00 + (uint32_t)(x >> 8) % 0x5000; break;
+            case 4: cp = 0x1F300 + (uint32_t)(x >> 8) % 0x300; break;
+            default: cp = 0x80 + (uint32_t)(x >> 8) % 0xD700; break;
+            }
+            if (cp >= 0xD800 && cp < 0xE000) cp = 'x';
+            if (cp < 0x80) buf[len++] = (char)cp;
+            else if (cp < 0x800) { buf[len++] = (char)(0xC0 | cp >> 6); buf[len++] = (char)(0x80 | (cp & 0x3F)); }
+            else if (cp < 0x10000) {
+                buf[len++] = (char)(0xE0 | cp >> 12);
+                buf[len++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                buf[len++] = (char)(0x80 | (cp & 0x3F));
+            } else {
+                buf[len++] = (char)(0xF0 | cp >> 18);
+                buf[len++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+                buf[len++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                buf[len++] = (char)(0x80 | (cp & 0x3F));
+            }
+        }
+        int32_t *ids = NULL;
+        size_t n = 0, dl = 0;
+        char *d = NULL;
+        ASSERT_EQ(tokenizer_encode(t, buf, len, false, &ids, &n), 0);
+        ASSERT_EQ(tokenizer_decode(t, ids, n, false, &d, &dl), 0);
+        if (dl != len || memcmp(d, buf, len)) FAIL("round trip failed at iteration %d", iter);
+        free(d);
+        free(ids);
+    }
+    tokenizer_free(t);
+}
+
+/* ---- broken files: errors, never crashes ---- */
+
+static char g_tmp[256];
+
+static void write_file(const char *dir, const char *name, const char *data, size_t len) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    ASSERT(f);
+    ASSERT_EQ(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+/* Loads a tokenizer.json with the given text; expects a failure whose message contains `want`. */
+static void expect_load_error(const char *json, size_t len, const char *want) {
+    write_file(g_tmp, "tokenizer.json", json, len);
+    tokenizer *t = NULL;
+    char err[512] = "";
+    int rc = tokenizer_load(g_tmp, &t, err, sizeof(err));
+    if (rc >= 0) FAIL("loading a broken tokenizer.json succeeded (wanted \"%s\")", want);
+    ASSERT(t == NULL);
+    if (!strstr(err, want)) FAIL("error \"%s\" does not mention \"%s\"", err, want);
+}
+
+static const char *MINI =
+    "{\"added_tokens\":[{\"id\":0,\"content\":\"<s>\",\"special\":true}],\"normalizer\":null,"
+    "\"pre_tokenizer\":%s,\"post_processor\":null,\"decoder\":%s,"
+    "\"model\":{\"type\":\"%s\",\"vocab\":%s,\"merges\":%s}}";
+
+static void expect_mini_error(const char *pre, const char *dec, const char *type, const char *vocab,
+                              const char *merges, const char *want) {
+    char json[2048];
+    snprintf(json, sizeof(json), MINI, pre, dec, type, vocab, merges);
+    expect_load_error(json, strlen(json), want);
+}
+
+TEST(broken_files) {
+    snprintf(g_tmp, sizeof(g_tmp), "/tmp/peftd_tok_test_%d", (int)getpid());
+    mkdir(g_tmp, 0700);
+    size_t len = 0;
+    char *good = test_read_file(STORIES "/tokenizer.json", &len);
+    ASSERT(good);
+    /* truncated at many points */
+    for (size_t cut = 0; cut < len; cut += len / 37 + 1) expect_load_error(good, cut, "tokenizer.json");
+    expect_load_error("[]", 2, "not a valid JSON object");
+    expect_load_error("{}", 2, "missing \"model\"");
+    const char *V = "{\"<s>\":0,\"a\":1,\"b\":2,\"ab\":3}";
+    /* sanity: the mini file itself loads */
+    {
+        char json[2048];
+        snprintf(json, sizeof(json), MINI, "null", "null", "BPE", V, "[\"a b\"]");
+        write_file(g_tmp, "tokenizer.json", json, strlen(json));
+        tokenizer *t = NULL;
+        char err[256];
+        ASSERT_EQ(tokenizer_load(g_tmp, &t, err, sizeof(err)), 0);
+        int32_t *ids = NULL;
+        size_t n = 0;
+        ASSERT_EQ(tokenizer_encode(t, "abab", 4, false, &ids, &n), 0);
+        ASSERT_EQ(n, 2);
+        ASSERT_EQ(ids[0], 3);
+        free(ids);
+        tokenizer_free(t);
+    }
+    expect_mini_error("null", "null", "Unigram", V, "[]", "unsupported model type 'Unigram'");
+    expect_mini_error("null", "null", "WordPiece", V, "[]", "unsupported model type 'WordPiece'");
+    expect_mini_error("{\"type\":\"Whitespace\"}", "null", "BPE", V, "[]",
+                      "unsupported pre_tokenizer type 'Whitespace'");
+    expect_mini_error("null", "{\"type\":\"WordPiece\",\"prefix\":\"##\"}", "BPE", V, "[]",
+                      "unsupported decoder type 'WordPiece'");
+    expect_mini_error("null", "null", "BPE", "[1,2]", "[]", "model.vocab must be an object");
+    expect_mini_error("null", "null", "BPE", "{\"a\":\"x\"}", "[]", "not a valid id");
+    expect_mini_error("null", "null", "BPE", "{\"a\":-4}", "[]", "not a valid id");
+    expect_mini_error("null", "null", "BPE", V, "\"a b\"", "model.merges must be a list");
+    expect_mini_error("null", "null", "BPE", V, "[\"a c\"]", "missing from the vocab");
+    expect_mini_error("null", "null", "BPE", V, "[\"abc\"]", "is not \"a b\"");
+    expect_mini_error("null", "null", "BPE", V, "[[1,2]]", "is not \"a b\"");
+    expect_mini_error("{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(unclosed\"},\"behavior\":\"Isolated\"}", "null",
+                      "BPE", V, "[]", "does not compile");
+    expect_mini_error("{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},\"behavior\":\"Sideways\"}", "null", "BPE", V,
+                      "[]", "unsupported Split behavior 'Sideways'");
+    expect_mini_error("{\"type\":\"Sequence\",\"pretokenizers\":5}", "null", "BPE", V, "[]", "\"pretokenizers\" list");
+    expect_mini_error("{\"type\":7}", "null", "BPE", V, "[]", "pre_tokenizer must be");
+    {
+        const char *j = "{\"normalizer\":{\"type\":\"Precompiled\",\"precompiled_charsmap\":\"\"},"
+                        "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
+        expect_load_error(j, strlen(j), "unsupported normalizer type 'Precompiled'");
+        j = "{\"added_tokens\":5,\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
+        expect_load_error(j, strlen(j), "added_tokens must be a list");
+        j = "{\"added_tokens\":[{\"id\":\"x\",\"content\":\"a\"}],\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
+        expect_load_error(j, strlen(j), "added_tokens[0]");
+        j = "{\"post_processor\":{\"type\":\"Weird\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
+        expect_load_error(j, strlen(j), "unsupported post_processor type 'Weird'");
+        j = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"unk_token\":\"<unk>\"}}";
+        expect_load_error(j, strlen(j), "unk_token");
+        j = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"dropout\":0.1}}";
+        expect_load_error(j, strlen(j), "dropout");
+    }
+    /* missing files */
+    tokenizer *t = NULL;
+    char err[256] = "";
+    ASSERT(tokenizer_load("/nonexistent/dir", &t, err, sizeof(err)) < 0);
+    ASSERT(t == NULL);
+    ASSERT(strstr(err, "tokenizer.json"));
+    /* a broken tokenizer_config.json next to a good tokenizer.json */
+    write_file(g_tmp, "tokenizer.json", good, len);
+    write_file(g_tmp, "tokenizer_config.json", "{\"bos_token\": ", 14);
+    ASSERT(tokenizer_load(g_tmp, &t, err, sizeof(err)) < 0);
+    ASSERT(strstr(err, "tokenizer_config.json"));
+    free(good);
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_tmp);
+    ASSERT_EQ(system(cmd), 0);
+}
+
+TEST_MAIN(parity_stories, parity_gpt2_bytelevel, parity_llama3_bytelevel, stream_stories,
+          stream_gpt2_bytelevel, stream_llama3_bytelevel, stream_holds_partial_utf8, stream_prime,
+          special_tokens_in_text, bos_eos_metadata, invalid_utf8_rejected, decode_invalid_bytes,
+          bytelevel_roundtrip_random, broken_files)
