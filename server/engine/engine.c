@@ -58,6 +58,7 @@ struct engine {
     /* engine thread */
     uv_thread_t thread;
     bool started;
+    bool wake_closed;         /* under qmu: the async handle is closing, never send to it */
     uv_loop_t loop;
     uv_async_t wake;
     uv_idle_t idle;
@@ -390,6 +391,9 @@ static bool engine_step(engine *e) {
 static void close_all(engine *e) {
     if (e->closing) return;
     e->closing = true;
+    pthread_mutex_lock(&e->qmu);
+    e->wake_closed = true;
+    pthread_mutex_unlock(&e->qmu);
     uv_idle_stop(&e->idle);
     uv_close((uv_handle_t *)&e->idle, NULL);
     uv_close((uv_handle_t *)&e->wake, NULL);
@@ -538,14 +542,20 @@ int engine_submit(engine *e, engine_request *r) {
     if (e->q_tail) e->q_tail->next = r;
     else e->q_head = r;
     e->q_tail = r;
+    if (!e->wake_closed) uv_async_send(&e->wake);
     pthread_mutex_unlock(&e->qmu);
-    uv_async_send(&e->wake);
     return 0;
 }
 
 void engine_cancel(engine *e, engine_request *r) {
     atomic_store(&r->cancel, true);
-    uv_async_send(&e->wake);
+    pthread_mutex_lock(&r->mu);
+    bool finished = r->finished;
+    pthread_mutex_unlock(&r->mu);
+    /* a finished request needs no wake-up; once the engine thread is gone, wake is closed */
+    pthread_mutex_lock(&e->qmu);
+    if (!finished && e->started && !e->wake_closed) uv_async_send(&e->wake);
+    pthread_mutex_unlock(&e->qmu);
 }
 
 void engine_get_stats(engine *e, engine_stats *s) {
@@ -558,9 +568,8 @@ void engine_shutdown(engine *e, bool drain) {
     pthread_mutex_lock(&e->qmu);
     e->accepting = false;
     if (e->stop_mode != STOP_CANCEL) e->stop_mode = drain ? STOP_DRAIN : STOP_CANCEL;
-    bool started = e->started;
+    if (e->started && !e->wake_closed) uv_async_send(&e->wake);
     pthread_mutex_unlock(&e->qmu);
-    if (started) uv_async_send(&e->wake);
 }
 
 void engine_stop(engine *e, bool drain) {
@@ -568,7 +577,9 @@ void engine_stop(engine *e, bool drain) {
     engine_shutdown(e, drain);
     if (!e->started) return;
     uv_thread_join(&e->thread);
+    pthread_mutex_lock(&e->qmu);
     e->started = false;
+    pthread_mutex_unlock(&e->qmu);
 }
 
 void engine_free(engine *e) {

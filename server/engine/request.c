@@ -87,7 +87,7 @@ int engine_request_take(engine_request *r, engine_delta *d) {
         engine_delta_free(d);
         return PEFTD_ENOMEM;
     }
-    memcpy(d->text, r->text + r->text_taken, n);
+    if (n) memcpy(d->text, r->text + r->text_taken, n);
     d->text[n] = 0;
     d->text_len = n;
     r->text_taken = r->text_len;
