@@ -52,6 +52,8 @@ void tokenizer_free(tokenizer *t) {
         for (int32_t i = 0; i < t->n_pieces; i++) free(t->piece[i]);
     free(t->piece);
     free(t->piece_len);
+    for (size_t i = 0; i < t->n_orphans; i++) free(t->orphans[i]);
+    free(t->orphans);
     free(t->special);
     for (size_t i = 0; i < t->n_added; i++) {
         free(t->added[i].content);
@@ -124,9 +126,18 @@ static int parse_added(tokenizer *t, const cJSON *list, char *err, size_t errlen
         a->single_word = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "single_word"));
         int rc = grow_pieces(t, a->id + 1);
         if (rc) return rc;
-        /* The added token's content is what decode shows for its id. */
-        free(t->piece[a->id]);
-        if (!(t->piece[a->id] = strdup(a->content))) return PEFTD_ENOMEM;
+        /* The added token's content is what decode shows for its id. A model piece it
+         * replaces stays alive: it is still a key of the vocab map. */
+        if (t->piece[a->id] && !strcmp(t->piece[a->id], a->content)) continue;
+        char *c = strdup(a->content);
+        if (!c) return PEFTD_ENOMEM;
+        if (t->piece[a->id]) {
+            char **o = realloc(t->orphans, (t->n_orphans + 1) * sizeof(*o));
+            if (!o) { free(c); return PEFTD_ENOMEM; }
+            t->orphans = o;
+            t->orphans[t->n_orphans++] = t->piece[a->id];
+        }
+        t->piece[a->id] = c;
         t->piece_len[a->id] = (uint32_t)a->len;
     }
     return 0;

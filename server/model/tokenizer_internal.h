@@ -188,6 +188,8 @@ struct tokenizer {
     char **piece;        /* id -> token string (added tokens override the model's), NULL if gap */
     uint32_t *piece_len;
     int32_t n_pieces;    /* max id + 1 */
+    char **orphans;      /* model pieces replaced by added tokens (still vocab-map keys) */
+    size_t n_orphans;
     uint8_t *special;    /* id -> 1 when it is a special added token */
     tok_added *added;
     size_t n_added;
