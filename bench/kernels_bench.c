@@ -103,6 +103,31 @@ static double memcpy_bandwidth(void) {
     return best;
 }
 
+static void noop_task(void *ctx, int task, int thread) {
+    (void)ctx;
+    (void)task;
+    (void)thread;
+}
+
+/* Mean microseconds per kpool_parallel_for of n_threads empty tasks: back to
+ * back (workers spinning) and after a 2 ms pause (workers asleep on the condvar). */
+static void dispatch_latency(kpool *pool, double *hot_us, double *cold_us) {
+    int nt = kpool_n_threads(pool);
+    enum { HOT = 20000, COLD = 200 };
+    double t0 = now_s();
+    for (int i = 0; i < HOT; i++) kpool_parallel_for(pool, nt, noop_task, NULL);
+    *hot_us = (now_s() - t0) / HOT * 1e6;
+    double sum = 0;
+    for (int i = 0; i < COLD; i++) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+        double t1 = now_s();
+        kpool_parallel_for(pool, nt, noop_task, NULL);
+        sum += now_s() - t1;
+    }
+    *cold_us = sum / COLD * 1e6;
+}
+
 typedef struct {
     int n_copies;
     void **w; /* weight copies */
@@ -169,10 +194,15 @@ int main(int argc, char **argv) {
     if (!kb) return 1;
     kcpu_backend *cb = kcpu__impl(kb);
     n_threads = cb->n_threads;
-    double rbw = read_bandwidth(cb->pool), cbw = memcpy_bandwidth();
-    fprintf(stderr, "threads %d  read bandwidth %.1f GB/s  memcpy (1 thread, r+w) %.1f GB/s\n", n_threads, rbw, cbw);
-    printf("{\"bench\":\"kernels_matmul\",\"threads\":%d,\"read_bw_gbs\":%.2f,\"memcpy_bw_gbs\":%.2f,\"results\":[",
-           n_threads, rbw, cbw);
+    double rbw = read_bandwidth(cb->pool), cbw = memcpy_bandwidth(), hot_us, cold_us;
+    dispatch_latency(cb->pool, &hot_us, &cold_us);
+    fprintf(stderr,
+            "threads %d  read bandwidth %.1f GB/s  memcpy (1 thread, r+w) %.1f GB/s  dispatch %.2f us (hot) %.2f us "
+            "(workers asleep)\n",
+            n_threads, rbw, cbw, hot_us, cold_us);
+    printf("{\"bench\":\"kernels_matmul\",\"threads\":%d,\"read_bw_gbs\":%.2f,\"memcpy_bw_gbs\":%.2f,"
+           "\"dispatch_hot_us\":%.3f,\"dispatch_cold_us\":%.3f,\"results\":[",
+           n_threads, rbw, cbw, hot_us, cold_us);
 
     static const int shapes[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
     static const int ns[] = {1, 8, 32, 64, 128, 256};

@@ -1,16 +1,22 @@
 /* kernels/cpu/threadpool.c — the persistent worker pool (see threadpool.h).
  *
- * Dispatch protocol: the caller publishes (fn, ctx, n_tasks), resets the task
- * counter and the count of workers still busy, then bumps `gen` (release) under
- * the mutex and broadcasts. A worker that sees a new `gen` (acquire) claims tasks
- * with fetch_add until they run out, then decrements `busy`; the last one signals
- * `done` under the mutex. The caller claims tasks too, then waits for busy == 0
- * (spin first, then the condvar). Checking and signalling under the same mutex
- * means no wake-up is lost.
+ * Dispatch protocol. `claim` packs (generation << 32 | next task index). The
+ * caller writes fn/ctx/n_tasks, zeroes `done`, stores claim = (g << 32 | 0)
+ * and bumps `gen` to g (release, under the mutex) and broadcasts. Anyone
+ * (caller included) claims task i by CAS claim from (g, i) to (g, i + 1) while
+ * i < n_tasks; only after a successful claim does it read fn/ctx, which are
+ * stable until every task of generation g has finished. Each finished task
+ * increments `done`; the caller returns when done == n_tasks (spinning first,
+ * then on the `all_done` condvar, signalled under the mutex by the last task).
+ *
+ * The caller never waits for a worker that has not woken up yet: on a machine
+ * shared with other processes (or the HTTP threads) a descheduled worker
+ * simply claims nothing, and the caller runs the tasks itself. A late worker
+ * sees a newer generation in `claim` and its CAS fails, so it can never run a
+ * task of the wrong dispatch.
  */
 #include "kernels/cpu/threadpool.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -29,21 +35,21 @@
 /* How long an idle worker (and a waiting caller) polls before sleeping. The
  * engine issues ~10 ops per layer back to back, so the next dispatch usually
  * arrives within microseconds: a futex sleep + wake costs ~5-20 us per op,
- * while 4096 pause iterations are ~20-50 us on Zen 4 (pause ≈ a few ns to
- * tens of cycles) — long enough to bridge consecutive ops, short enough not to
- * burn a core of a machine shared with HTTP threads when the engine idles. */
+ * while 4096 pause iterations are ~20-100 us on Zen 4 (pause ≈ tens of cycles)
+ * — long enough to bridge consecutive ops, short enough not to burn a core of
+ * a machine shared with HTTP threads when the engine idles. */
 #define KPOOL_SPIN_ITERS 4096
 
 struct kpool {
     int n_threads;
     pthread_t *threads;
     pthread_mutex_t mu;
-    pthread_cond_t wake, done;
-    atomic_uint_fast64_t gen; /* bumped once per dispatch */
-    atomic_int next;          /* next unclaimed task */
-    atomic_int busy;          /* workers that have not finished the current dispatch */
-    int n_tasks;
-    kpool_fn fn;
+    pthread_cond_t wake, all_done;
+    atomic_uint_fast32_t gen;   /* generation of the latest dispatch (0: none yet) */
+    atomic_uint_fast64_t claim; /* gen << 32 | next unclaimed task */
+    atomic_int n_tasks;         /* of the latest dispatch */
+    atomic_int done;            /* finished tasks of the latest dispatch */
+    kpool_fn fn;                /* of the latest dispatch; read only after a claim */
     void *ctx;
     int stop; /* under mu */
 };
@@ -53,12 +59,27 @@ typedef struct {
     int id;
 } kpool_worker_arg;
 
-static void kpool_drain(kpool *p, int thread) {
-    int n = p->n_tasks;
+/* Claims and runs tasks of generation g until none is left. */
+static void kpool_drain(kpool *p, uint32_t g, int thread) {
+    uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
     for (;;) {
-        int t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (t >= n) break;
-        p->fn(p->ctx, t, thread);
+        if ((uint32_t)(c >> 32) != g) return;
+        int n = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
+        uint32_t i = (uint32_t)c;
+        if (i >= (uint32_t)n) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* c reloaded */
+        /* Task i of generation g is ours: the dispatch cannot end before it
+         * does, so fn/ctx/n are generation g's. */
+        p->fn(p->ctx, (int)i, thread);
+        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == n) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->all_done);
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        c = atomic_load_explicit(&p->claim, memory_order_acquire);
     }
 }
 
@@ -67,31 +88,23 @@ static void *kpool_worker(void *argp) {
     kpool *p = arg->pool;
     int id = arg->id;
     free(arg);
-    /* gen starts at 0 before any worker exists: starting from 0 (not from a fresh
-     * load) means a dispatch issued before this thread first runs is not missed. */
-    uint64_t seen = 0;
+    uint32_t seen = 0; /* generation 0 is "no dispatch yet" */
     for (;;) {
-        uint64_t g = seen;
-        for (int i = 0; i < KPOOL_SPIN_ITERS; i++) {
-            g = atomic_load_explicit(&p->gen, memory_order_acquire);
-            if (g != seen) break;
+        uint32_t g = seen;
+        for (int i = 0; i < KPOOL_SPIN_ITERS && g == seen; i++) {
             KPOOL_RELAX();
+            g = (uint32_t)atomic_load_explicit(&p->gen, memory_order_acquire);
         }
         if (g == seen) {
             pthread_mutex_lock(&p->mu);
-            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && !p->stop)
+            while ((g = (uint32_t)atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && !p->stop)
                 pthread_cond_wait(&p->wake, &p->mu);
             int stop = p->stop;
             pthread_mutex_unlock(&p->mu);
             if (stop) return NULL;
         }
         seen = g;
-        kpool_drain(p, id);
-        if (atomic_fetch_sub_explicit(&p->busy, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        kpool_drain(p, g, id);
     }
 }
 
@@ -106,10 +119,11 @@ int kpool_create(int n_threads, kpool **out) {
     p->n_threads = 1;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
-    pthread_cond_init(&p->done, NULL);
+    pthread_cond_init(&p->all_done, NULL);
     atomic_init(&p->gen, 0);
-    atomic_init(&p->next, 0);
-    atomic_init(&p->busy, 0);
+    atomic_init(&p->claim, 0);
+    atomic_init(&p->n_tasks, 0);
+    atomic_init(&p->done, 0);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
     if (!p->threads) goto fail;
     for (int i = 1; i < n_threads; i++) {
@@ -138,7 +152,7 @@ void kpool_free(kpool *p) {
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
     pthread_cond_destroy(&p->wake);
-    pthread_cond_destroy(&p->done);
+    pthread_cond_destroy(&p->all_done);
     pthread_mutex_destroy(&p->mu);
     free(p->threads);
     free(p);
@@ -152,24 +166,26 @@ void kpool_parallel_for(kpool *p, int n_tasks, kpool_fn fn, void *ctx) {
         for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
+    /* Generation 0 means "none": skip it when the 32-bit counter wraps. */
+    uint32_t g = (uint32_t)atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
+    if (g == 0) g = 1;
     p->fn = fn;
     p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->busy, p->n_threads - 1, memory_order_relaxed);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->claim, (uint64_t)g << 32, memory_order_release);
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    atomic_store_explicit(&p->gen, g, memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
 
-    kpool_drain(p, 0);
+    kpool_drain(p, g, 0);
 
     for (int i = 0; i < KPOOL_SPIN_ITERS; i++) {
-        if (atomic_load_explicit(&p->busy, memory_order_acquire) == 0) return;
+        if (atomic_load_explicit(&p->done, memory_order_acquire) == n_tasks) return;
         KPOOL_RELAX();
     }
     pthread_mutex_lock(&p->mu);
-    while (atomic_load_explicit(&p->busy, memory_order_acquire) != 0)
-        pthread_cond_wait(&p->done, &p->mu);
+    while (atomic_load_explicit(&p->done, memory_order_acquire) != n_tasks) pthread_cond_wait(&p->all_done, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }
