@@ -112,10 +112,6 @@ static int runtime_open(runtime *rt, const char *model_dir, int threads, const e
         fprintf(stderr, "peftd: cannot start the engine thread\n");
         goto fail;
     }
-    LOGI("model %s: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d, context %d, %.1f MiB of weights",
-         rt->m->name, rt->m->cfg.architecture, rt->m->cfg.n_layers, rt->m->cfg.hidden_size, rt->m->cfg.n_heads,
-         rt->m->cfg.n_kv_heads, rt->m->cfg.vocab_size, rt->m->cfg.max_position_embeddings,
-         (double)rt->m->weight_bytes / (1 << 20));
     return 0;
 fail:
     runtime_close(rt);

@@ -69,6 +69,15 @@ static void collect(engine_request *q, result *res) {
     engine_request_unref(q);
 }
 
+/* Waits until the engine thread has refreshed its gauges after the last finish. */
+static void wait_idle(rig *r, engine_stats *st) {
+    for (int i = 0; i < 200; i++) {
+        engine_get_stats(r->e, st);
+        if (st->kv_blocks_used == 0 && st->running == 0) return;
+        usleep(10000);
+    }
+}
+
 static gen_params greedy(int max_tokens) {
     gen_params p;
     gen_params_default(&p);
@@ -145,7 +154,7 @@ TEST(batch_invariance_alone_vs_concurrent) {
         free(together[i].text);
     }
     engine_stats st;
-    engine_get_stats(r.e, &st);
+    wait_idle(&r, &st);
     ASSERT_EQ(st.kv_blocks_used, 0);
     rig_close(&r);
 }
@@ -202,11 +211,7 @@ TEST(cancel_frees_kv_blocks) {
     ASSERT_EQ(res.finish, FINISH_CANCELLED);
     ASSERT(res.completion_tokens < 500);
     engine_stats st;
-    for (int i = 0; i < 100; i++) { /* gauges are refreshed by the engine thread */
-        engine_get_stats(r.e, &st);
-        if (st.kv_blocks_used == 0 && st.running == 0) break;
-        usleep(10000);
-    }
+    wait_idle(&r, &st);
     ASSERT_EQ(st.kv_blocks_used, 0);
     ASSERT_EQ(st.running, 0);
     free(res.text);
