@@ -1,0 +1,97 @@
+/* tests/fuzz/fuzz_tokenizer.c — libFuzzer target for the tokenizer: encodes arbitrary bytes with
+ * the default (stories260K) and the Llama-3-style byte-level fixture tokenizers, and traps when
+ * a promise breaks: invalid UTF-8 must be refused with PEFTD_EINVAL; valid input must encode to
+ * in-range ids; byte-level decode (keeping special tokens) must give the input back exactly; streaming decode must add
+ * up to the full decode, one whole UTF-8 character at a time.
+ *
+ * Not part of the Makefile. Build and run from the repository root:
+ *   clang -g -O1 -std=c11 -D_GNU_SOURCE -DUTF8PROC_EXPORTS -fsanitize=fuzzer,address,undefined \
+ *       -I. -I/usr/include/cjson tests/fuzz/fuzz_tokenizer.c server/model/tokenizer*.c \
+ *       kernels/util/status.c -lcjson -lpcre2-8 -lutf8proc -lpthread -o /tmp/fuzz_tokenizer
+ *   mkdir -p /tmp/tok_corpus && split -l 50 tests/fixtures/tokenizer/corpus.txt /tmp/tok_corpus/c
+ *   /tmp/fuzz_tokenizer -max_total_time=60 -max_len=4096 /tmp/tok_corpus
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/util/status.h"
+#include "server/model/tokenizer.h"
+
+#define CHECK(x) do { if (!(x)) __builtin_trap(); } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static tokenizer *g_tok[2];
+
+static bool valid_utf8(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t k;
+        uint8_t lo = 0x80, hi = 0xBF;
+        if (c < 0x80) { i++; continue; }
+        if (c >= 0xC2 && c <= 0xDF) k = 2;
+        else if (c == 0xE0) { k = 3; lo = 0xA0; }
+        else if (c == 0xED) { k = 3; hi = 0x9F; }
+        else if (c >= 0xE1 && c <= 0xEF) k = 3;
+        else if (c == 0xF0) { k = 4; lo = 0x90; }
+        else if (c == 0xF4) { k = 4; hi = 0x8F; }
+        else if (c >= 0xF1 && c <= 0xF3) k = 4;
+        else return false;
+        if (i + k > n || s[i + 1] < lo || s[i + 1] > hi) return false;
+        for (size_t j = 2; j < k; j++)
+            if ((s[i + j] & 0xC0) != 0x80) return false;
+        i += k;
+    }
+    return true;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static const char *dirs[2] = {"models/stories260K", "tests/fixtures/tokenizer/llama3bl"};
+    for (int k = 0; k < 2; k++) {
+        if (!g_tok[k]) {
+            char err[256];
+            if (tokenizer_load(dirs[k], &g_tok[k], err, sizeof err)) __builtin_trap(); /* run from the repo root */
+        }
+        tokenizer *t = g_tok[k];
+        int32_t *ids = NULL;
+        size_t n = 0;
+        int rc = tokenizer_encode(t, (const char *)data, size, true, &ids, &n);
+        if (!valid_utf8(data, size)) {
+            CHECK(rc == PEFTD_EINVAL);
+            continue;
+        }
+        CHECK(rc == 0);
+        for (size_t i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < tokenizer_vocab_size(t));
+        char *text = NULL;
+        size_t len = 0;
+        CHECK(tokenizer_decode(t, ids, n, true, &text, &len) == 0);
+        if (k == 1) {
+            /* Byte-level BPE is lossless: without BOS, keeping special tokens, we get the input. */
+            int32_t *plain = NULL;
+            size_t pn = 0, rl = 0;
+            char *round = NULL;
+            CHECK(tokenizer_encode(t, (const char *)data, size, false, &plain, &pn) == 0);
+            CHECK(tokenizer_decode(t, plain, pn, false, &round, &rl) == 0);
+            CHECK(rl == size && !memcmp(round, data, size));
+            free(round);
+            free(plain);
+        }
+        tokenizer_stream *s = tokenizer_stream_new(t, true);
+        CHECK(s);
+        size_t got = 0;
+        for (size_t i = 0; i <= n; i++) {
+            const char *p;
+            size_t pl;
+            CHECK((i < n ? tokenizer_stream_push(s, ids[i], &p, &pl) : tokenizer_stream_flush(s, &p, &pl)) == 0);
+            CHECK(valid_utf8((const uint8_t *)p, pl));
+            CHECK(got + pl <= len && !memcmp(text + got, p, pl));
+            got += pl;
+        }
+        CHECK(got == len);
+        tokenizer_stream_free(s);
+        free(text);
+        free(ids);
+    }
+    return 0;
+}
