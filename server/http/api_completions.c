@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <cJSON.h>
+#include <sys/socket.h>
 
 #include "kernels/util/log.h"
 #include "kernels/util/status.h"
@@ -137,11 +138,28 @@ static enum MHD_Result job_respond(http_req *req, struct MHD_Connection *conn, a
     return http_respond_json(req, conn, MHD_HTTP_OK, o);
 }
 
+/* libmicrohttpd does not watch a suspended connection, so a client that hangs up while
+ * its non-streaming completion runs would go unnoticed until the end. Each resume (one
+ * per engine output) peeks at the socket instead: a read of 0 bytes means the peer
+ * closed its side. */
+static bool peer_closed(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return false;
+    char c;
+    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0;
+}
+
 enum MHD_Result api_completions_continue(http_req *req, struct MHD_Connection *conn) {
     api_job *job = req->job;
     bool all_finished;
     pthread_mutex_lock(&job->mu);
     int rc = job_collect_locked(job, &all_finished);
+    if (!rc && !all_finished && peer_closed(conn)) {
+        pthread_mutex_unlock(&job->mu);
+        job_cancel_all(job);
+        return MHD_NO; /* closes the connection; the completed callback releases the job */
+    }
     if (!rc && !all_finished && !atomic_load(&job->srv->stopping)) {
         job->suspended = true;
         MHD_suspend_connection(conn);

@@ -130,13 +130,18 @@ def disconnect_while_waiting_non_streaming():
     payload = dict(model=MODEL_ID, prompt="Once upon a time", max_tokens=480, temperature=1,
                    ignore_eos=True, n=4)
     body = json.dumps(payload).encode()
+    before = d().metrics()["peftd_generated_tokens_total"]
     for _ in range(4):
         s = socket.create_connection(("127.0.0.1", d().port), timeout=30)
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         time.sleep(0.01)
         s.close()
-    d().wait_idle(timeout=20)
+    m = d().wait_idle(timeout=20)
+    # 4 connections x n=4 x 480 tokens would be 7680 tokens if the hang-ups went unnoticed.
+    generated = m["peftd_generated_tokens_total"] - before
+    assert generated < 4 * 4 * 480 / 2, "cancelled requests kept generating: %d tokens" % generated
+    assert m["peftd_kv_blocks_used"] == 0, m
     greedy("The cat")
 
 
