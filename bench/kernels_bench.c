@@ -243,13 +243,16 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "%5dx%-6d %-5s %3d | %9.1f %7.1f %5.2f | %9.1f | %9.1f | %9.1f | %.2f\n", rows, cols,
                         kdtype_name(dt), n, own * 1e6, g_own, g_own / rbw, tiles * 1e6, bpath * 1e6, blas * 1e6,
                         own / own1);
-                char blas_s[32] = "null";
-                if (dt == KDT_F32) snprintf(blas_s, sizeof blas_s, "%.2f", blas * 1e6);
+                char blas_s[32] = "null", bpath_s[32] = "null"; /* JSON has no NaN */
+                if (dt == KDT_F32) {
+                    snprintf(blas_s, sizeof blas_s, "%.2f", blas * 1e6);
+                    snprintf(bpath_s, sizeof bpath_s, "%.2f", bpath * 1e6);
+                }
                 printf("%s{\"rows\":%d,\"cols\":%d,\"dtype\":\"%s\",\"n\":%d,\"own_us\":%.2f,\"own_gbs\":%.2f,"
-                       "\"own_roofline_ratio\":%.3f,\"tiles_us\":%.2f,\"blas_path_us\":%.2f,"
-                       "\"openblas_us\":%s,\"own_time_vs_n1\":%.3f}",
+                       "\"own_roofline_ratio\":%.3f,\"tiles_us\":%.2f,\"blas_path_us\":%s,\"openblas_us\":%s,"
+                       "\"own_time_vs_n1\":%.3f}",
                        first ? "" : ",", rows, cols, kdtype_name(dt), n, own * 1e6, g_own, g_own / rbw, tiles * 1e6,
-                       bpath * 1e6, blas_s, own / own1);
+                       bpath_s, blas_s, own / own1);
                 first = 0;
             }
             for (int c = 0; c < b.n_copies; c++) kb->ops->free(kb, b.w[c]);

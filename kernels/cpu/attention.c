@@ -4,8 +4,8 @@
  * One task per (query row, KV head): the task handles the n_heads/n_kv_heads
  * query heads that share that KV head, so their K/V rows come from cache after
  * the first head. Per query head: exact two-pass softmax in f32 — scores
- * s_j = scale * q·k_j into per-thread scratch, then w_j = exp(s_j - max) and
- * out = Σ w_j v_j / Σ w_j. */
+ * s_j = scale * q·k_j into per-thread scratch, then w_j = exp(s_j - max)
+ * (vector exp, simd.h) and out = Σ w_j v_j / Σ w_j. */
 #include <math.h>
 #include <string.h>
 
@@ -58,8 +58,15 @@ static void attn_task(void *vc, int task, int thread) {
             sc[j] = a->scale * kv_dot(q, attn_slot(c, a->k_cache, btab, j, kvh), hd);
             if (sc[j] > mx) mx = sc[j];
         }
-        float sum = 0.0f;
-        for (int j = 0; j <= p; j++) {
+        kv_f32 vmx = kv_set1(mx), vsum = kv_zero();
+        int j = 0;
+        for (; j + KV_W <= p + 1; j += KV_W) {
+            kv_f32 e = kv_exp(kv_sub(kv_load(sc + j), vmx));
+            kv_store(sc + j, e);
+            vsum = kv_add(vsum, e);
+        }
+        float sum = kv_hsum(vsum);
+        for (; j <= p; j++) {
             sc[j] = expf(sc[j] - mx);
             sum += sc[j];
         }

@@ -6,6 +6,7 @@
 #ifndef PEFTD_KCPU_SIMD_H
 #define PEFTD_KCPU_SIMD_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -37,6 +38,10 @@ static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) {
 static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return _mm512_fmadd_ps(a, b, c); }
 static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return _mm512_add_ps(a, b); }
 static inline kv_f32 kv_mul(kv_f32 a, kv_f32 b) { return _mm512_mul_ps(a, b); }
+static inline kv_f32 kv_sub(kv_f32 a, kv_f32 b) { return _mm512_sub_ps(a, b); }
+static inline kv_f32 kv_div(kv_f32 a, kv_f32 b) { return _mm512_div_ps(a, b); }
+static inline kv_f32 kv_max(kv_f32 a, kv_f32 b) { return _mm512_max_ps(a, b); }
+static inline float kv_hmax(kv_f32 v) { return _mm512_reduce_max_ps(v); }
 static inline float kv_hsum(kv_f32 v) { return _mm512_reduce_add_ps(v); }
 
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -75,6 +80,16 @@ static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) {
 static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return _mm256_fmadd_ps(a, b, c); }
 static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return _mm256_add_ps(a, b); }
 static inline kv_f32 kv_mul(kv_f32 a, kv_f32 b) { return _mm256_mul_ps(a, b); }
+static inline kv_f32 kv_sub(kv_f32 a, kv_f32 b) { return _mm256_sub_ps(a, b); }
+static inline kv_f32 kv_div(kv_f32 a, kv_f32 b) { return _mm256_div_ps(a, b); }
+static inline kv_f32 kv_max(kv_f32 a, kv_f32 b) { return _mm256_max_ps(a, b); }
+static inline float kv_hmax(kv_f32 v) {
+    float b[KV_W], m;
+    _mm256_storeu_ps(b, v);
+    m = b[0];
+    for (int i = 1; i < KV_W; i++) m = b[i] > m ? b[i] : m;
+    return m;
+}
 static inline float kv_hsum(kv_f32 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -98,7 +113,44 @@ static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) { (void)n; retur
 static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return a * b + c; }
 static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return a + b; }
 static inline kv_f32 kv_mul(kv_f32 a, kv_f32 b) { return a * b; }
+static inline kv_f32 kv_sub(kv_f32 a, kv_f32 b) { return a - b; }
+static inline kv_f32 kv_div(kv_f32 a, kv_f32 b) { return a / b; }
+static inline kv_f32 kv_max(kv_f32 a, kv_f32 b) { return a > b ? a : b; }
+static inline float kv_hmax(kv_f32 v) { return v; }
 static inline float kv_hsum(kv_f32 v) { return v; }
+#endif
+
+/* e^x lane by lane, within ~2 ulp of the correctly rounded result. AVX-512:
+ * x = n·ln2 + r with n = round(x/ln2), |r| <= ln2/2 (Cody-Waite: ln2 split in
+ * a float and its remainder, exact enough with FMA); e^r by its Taylor series
+ * to degree 7, whose truncation error r^8/8! <= 5.2e-9 is below u/8 relative;
+ * 2^n applied by vscalefps, which saturates to inf / 0 and propagates NaN.
+ * Other ISAs: expf per lane. */
+#if KV_W == 16
+static inline kv_f32 kv_exp(kv_f32 x) {
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693147182464599609375f); /* float(ln 2) */
+    const __m512 ln2_lo = _mm512_set1_ps(-1.904654299957768e-09f);  /* ln 2 - ln2_hi */
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+    r = _mm512_fnmadd_ps(n, ln2_lo, r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+#else
+static inline kv_f32 kv_exp(kv_f32 x) {
+    float b[KV_W];
+    kv_store(b, x);
+    for (int i = 0; i < KV_W; i++) b[i] = expf(b[i]);
+    return kv_load(b);
+}
 #endif
 
 /* Dot product of two f32 vectors of length n (any n >= 0). */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/cpu/threadpool.h"
 #include "kernels/kernels.h"
 #include "kernels/util/half.h"
@@ -352,6 +353,38 @@ TEST(swiglu_and_add) {
     }
 }
 
+TEST(vector_exp) {
+    /* kv_exp (simd.h) over the whole finite f32 range of e^x, plus saturation
+     * and NaN. Tolerance 4u relative: Taylor truncation ≤ u/8, the 7 Horner
+     * FMAs ≤ ~2u, the Cody-Waite reduction with FMA ≤ u/4 for |n| ≤ 127;
+     * scaling by 2^n is exact for normal results (subnormal results are
+     * checked absolutely at the subnormal spacing). */
+    float xs[KV_W], ys[KV_W];
+    double worst = 0;
+    for (double x0 = -103.0; x0 < 88.7; x0 += 0.00137 * KV_W) {
+        for (int i = 0; i < KV_W; i++) xs[i] = (float)(x0 + 0.00137 * i);
+        kv_store(ys, kv_exp(kv_load(xs)));
+        for (int i = 0; i < KV_W; i++) {
+            double ref = exp((double)xs[i]), err = fabs(ys[i] - ref);
+            if (ref >= 1.1754943508222875e-38) {
+                ASSERT_NEAR(ys[i], ref, 4 * U_F32 * ref);
+                if (err / ref > worst) worst = err / ref;
+            } else {
+                ASSERT_NEAR(ys[i], ref, 1.4e-45 * 2); /* 2 subnormal spacings */
+            }
+        }
+    }
+    printf("    kv_exp: max relative error %.3g u\n", worst / U_F32);
+    for (int i = 0; i < KV_W; i++) xs[i] = i % 4 == 0 ? 100.0f : i % 4 == 1 ? -200.0f : i % 4 == 2 ? NAN : 0.0f;
+    kv_store(ys, kv_exp(kv_load(xs)));
+    for (int i = 0; i < KV_W; i++) {
+        if (i % 4 == 0) ASSERT(isinf(ys[i]) && ys[i] > 0);
+        if (i % 4 == 1) ASSERT(ys[i] == 0.0f);
+        if (i % 4 == 2) ASSERT(isnan(ys[i]));
+        if (i % 4 == 3) ASSERT(ys[i] == 1.0f);
+    }
+}
+
 TEST(get_rows) {
     for (size_t ti = 0; ti < 3; ti++) {
         kbackend *kb = kbackend_cpu_create(THREADS[ti]);
@@ -382,7 +415,7 @@ TEST(get_rows) {
     }
 }
 
-TEST(kv_store) {
+TEST(kv_store_slots) {
     kbackend *kb = kbackend_cpu_create(2);
     int kv_dim = 24, n_slots = 40, n = 7;
     float *kc = guarded_alloc((int64_t)n_slots * kv_dim), *vc = guarded_alloc((int64_t)n_slots * kv_dim);
@@ -565,4 +598,4 @@ TEST(attention_bad_args) {
 }
 
 TEST_MAIN(pool_runs_each_task_once, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope,
-          swiglu_and_add, get_rows, kv_store, attention_ragged_paged, attention_bad_args)
+          swiglu_and_add, vector_exp, get_rows, kv_store_slots, attention_ragged_paged, attention_bad_args)
