@@ -282,9 +282,21 @@ static bool seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp) {
         publish = scan_stops(s, &stopped);
         if (stopped) fin = FINISH_STOP;
     }
-    if (fin == FINISH_NONE && (s->n_generated >= r->params.max_tokens || s->n_tokens >= e->ctx_len)) {
+    if (fin == FINISH_NONE && (s->n_generated >= r->params.max_tokens || s->n_tokens >= e->ctx_len))
         fin = FINISH_LENGTH;
-        publish = s->pending_len;
+    if (fin == FINISH_LENGTH || is_eos) {
+        /* the end: release bytes the detokenizer held back (an incomplete UTF-8 tail) */
+        const char *piece = NULL;
+        size_t len = 0;
+        if (tokenizer_stream_flush(s->ds, &piece, &len) == 0 && len && pending_append(s, piece, len) == 0) {
+            s->text_total += len;
+            bool stopped = false;
+            publish = scan_stops(s, &stopped);
+            if (stopped) fin = FINISH_STOP;
+            else publish = s->pending_len;
+        } else {
+            publish = s->pending_len;
+        }
     }
     engine__publish(r, s->pending, publish, lp ? &rec : NULL, s->n_generated);
     if (fin == FINISH_NONE) {
