@@ -166,6 +166,17 @@ static inline float kv_dot(const float *a, const float *b, int64_t n) {
     return kv_hsum(kv_add(acc0, acc1));
 }
 
+/* y[i] += b * x[i], i < n. */
+static inline void kv_axpy(float *y, float b, const float *x, int64_t n) {
+    kv_f32 vb = kv_set1(b);
+    int64_t i = 0;
+    for (; i + KV_W <= n; i += KV_W) kv_store(y + i, kv_fmadd(vb, kv_load(x + i), kv_load(y + i)));
+    if (i < n) {
+        int r = (int)(n - i);
+        kv_store_part(y + i, kv_fmadd(vb, kv_load_part(x + i, r), kv_load_part(y + i, r)), r);
+    }
+}
+
 /* y[i] = a * y[i] + b * x[i], i < n. */
 static inline void kv_scale_axpy(float *y, float a, float b, const float *x, int64_t n) {
     kv_f32 va = kv_set1(a), vb = kv_set1(b);
