@@ -570,6 +570,10 @@ TEST(attention_ragged_paged) {
         /* a long single decode and prefill, one KV head (MQA-like ratio 4) */
         static const seq_shape longs[] = {{1, 300}, {133, 133}};
         check_attention(kb, longs, 2, 1, 4, 64, 16);
+        /* head_dim 128 (two register chunks of the P·V pass), 24 (a partial
+         * vector), an odd GQA group (3 = a pair of heads + a single head) */
+        check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 2, 3, 128, 16);
+        check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 3, 3, 24, 1);
         kbackend_destroy(kb);
     }
 }
