@@ -158,18 +158,18 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Median seconds per call of each of the first n_modes modes. The modes are
- * interleaved call by call (round robin), so load from other processes on this
- * shared machine hits them alike and their ratios stay meaningful; calls cycle
- * through the weight copies so weights come from DRAM. */
-static void time_modes(kbackend *kb, bench_buf *b, const kmat *proto, int n, int n_modes, int n_threads,
+/* Median seconds per call of modes [m0, m1), stored in out[m0..m1). The modes
+ * are interleaved call by call (round robin), so load from other processes on
+ * this shared machine hits them alike and their ratios stay meaningful; calls
+ * cycle through the weight copies so weights come from DRAM. */
+static void time_modes(kbackend *kb, bench_buf *b, const kmat *proto, int n, int m0, int m1, int n_threads,
                        double budget, double out[N_MODES]) {
     enum { MAXREP = 1001 };
     static double t[N_MODES][MAXREP];
     int reps = 0, copy = 0;
     double start = now_s();
-    while (reps < MAXREP && (reps < 5 || now_s() - start < budget * n_modes)) {
-        for (int m = 0; m < n_modes; m++) {
+    while (reps < MAXREP && (reps < 5 || now_s() - start < budget * (m1 - m0))) {
+        for (int m = m0; m < m1; m++) {
             kmat w = *proto;
             w.data = b->w[copy];
             copy = (copy + 1) % b->n_copies;
@@ -179,12 +179,17 @@ static void time_modes(kbackend *kb, bench_buf *b, const kmat *proto, int n, int
         }
         reps++;
     }
-    for (int m = 0; m < n_modes; m++) {
+    for (int m = m0; m < m1; m++) {
         qsort(t[m], (size_t)reps, sizeof(double), cmp_double);
         out[m] = t[m][reps / 2];
     }
-    for (int m = n_modes; m < N_MODES; m++) out[m] = NAN;
 }
+
+typedef struct {
+    int rows, cols, n;
+    kdtype dt;
+    double bytes, t[N_MODES], t1; /* t1: own time at n = 1 */
+} bench_result;
 
 int main(int argc, char **argv) {
     int n_threads = argc > 1 ? atoi(argv[1]) : 0;
@@ -194,27 +199,24 @@ int main(int argc, char **argv) {
     if (!kb) return 1;
     kcpu_backend *cb = kcpu__impl(kb);
     n_threads = cb->n_threads;
-    double rbw = read_bandwidth(cb->pool), cbw = memcpy_bandwidth(), hot_us, cold_us;
+    double cbw = memcpy_bandwidth(), hot_us, cold_us;
     dispatch_latency(cb->pool, &hot_us, &cold_us);
-    fprintf(stderr,
-            "threads %d  read bandwidth %.1f GB/s  memcpy (1 thread, r+w) %.1f GB/s  dispatch %.2f us (hot) %.2f us "
-            "(workers asleep)\n",
-            n_threads, rbw, cbw, hot_us, cold_us);
-    printf("{\"bench\":\"kernels_matmul\",\"threads\":%d,\"read_bw_gbs\":%.2f,\"memcpy_bw_gbs\":%.2f,"
-           "\"dispatch_hot_us\":%.3f,\"dispatch_cold_us\":%.3f,\"results\":[",
-           n_threads, rbw, cbw, hot_us, cold_us);
 
     static const int shapes[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
     static const int ns[] = {1, 8, 32, 64, 128, 256};
-    enum { MAX_N = 256 };
-    static const kdtype dts[] = {KDT_F32, KDT_BF16, KDT_F16};
-    int first = 1;
-    fprintf(stderr, "%-12s %-5s %3s | %9s %7s %5s | %9s | %9s | %9s | %s\n", "shape", "dtype", "n", "own us", "GB/s",
-            "roof", "tiles us", "bpath us", "oblas us", "own t(n)/t(1)");
-    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
-        for (size_t di = 0; di < sizeof dts / sizeof *dts; di++) {
+    enum { MAX_N = 256, N_SHAPES = 4, N_NS = 6, N_DT = 3 };
+    static const kdtype dts[N_DT] = {KDT_F32, KDT_BF16, KDT_F16};
+    static bench_result res[N_SHAPES * N_DT * N_NS];
+    int n_res = 0;
+    /* The roofline is the best read bandwidth seen, measured again before each
+     * shape: a single measurement on a loaded machine can be low. */
+    double rbw = 0;
+    for (int si = 0; si < N_SHAPES; si++)
+        for (int di = 0; di < N_DT; di++) {
             int rows = shapes[si][0], cols = shapes[si][1];
             if (only_rows && rows != only_rows) continue;
+            double bw = read_bandwidth(cb->pool);
+            if (bw > rbw) rbw = bw;
             kdtype dt = dts[di];
             size_t wbytes = (size_t)rows * cols * kdtype_size(dt);
             bench_buf b;
@@ -233,33 +235,54 @@ int main(int argc, char **argv) {
             for (int i = 0; i < MAX_N * cols; i++) b.x[i] = (float)(i % 13) * 0.1f;
             kmat proto = {.dtype = dt, .rows = rows, .cols = cols};
             double own1 = 0;
-            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
-                int n = ns[ni];
-                double tm[N_MODES];
-                time_modes(kb, &b, &proto, n, dt == KDT_F32 ? N_MODES : MODE_BPATH, n_threads, budget, tm);
-                double own = tm[MODE_AUTO], tiles = tm[MODE_TILES], bpath = tm[MODE_BPATH], blas = tm[MODE_OPENBLAS];
-                if (n == 1) own1 = own;
-                double g_own = wbytes / own / 1e9;
-                fprintf(stderr, "%5dx%-6d %-5s %3d | %9.1f %7.1f %5.2f | %9.1f | %9.1f | %9.1f | %.2f\n", rows, cols,
-                        kdtype_name(dt), n, own * 1e6, g_own, g_own / rbw, tiles * 1e6, bpath * 1e6, blas * 1e6,
-                        own / own1);
-                char blas_s[32] = "null", bpath_s[32] = "null"; /* JSON has no NaN */
+            for (int ni = 0; ni < N_NS; ni++) {
+                bench_result *r = &res[n_res++];
+                *r = (bench_result){.rows = rows, .cols = cols, .n = ns[ni], .dt = dt, .bytes = (double)wbytes};
+                for (int m = 0; m < N_MODES; m++) r->t[m] = NAN;
+                time_modes(kb, &b, &proto, r->n, MODE_AUTO, dt == KDT_F32 ? MODE_OPENBLAS : MODE_BPATH, n_threads,
+                           budget, r->t);
                 if (dt == KDT_F32) {
-                    snprintf(blas_s, sizeof blas_s, "%.2f", blas * 1e6);
-                    snprintf(bpath_s, sizeof bpath_s, "%.2f", bpath * 1e6);
+                    /* OpenBLAS's own threads busy-wait after a call: timed apart,
+                     * then given time to go idle so they do not slow our pool. */
+                    time_modes(kb, &b, &proto, r->n, MODE_OPENBLAS, N_MODES, n_threads, budget, r->t);
+                    struct timespec ts = {0, 300000000};
+                    nanosleep(&ts, NULL);
                 }
-                printf("%s{\"rows\":%d,\"cols\":%d,\"dtype\":\"%s\",\"n\":%d,\"own_us\":%.2f,\"own_gbs\":%.2f,"
-                       "\"own_roofline_ratio\":%.3f,\"tiles_us\":%.2f,\"blas_path_us\":%s,\"openblas_us\":%s,"
-                       "\"own_time_vs_n1\":%.3f}",
-                       first ? "" : ",", rows, cols, kdtype_name(dt), n, own * 1e6, g_own, g_own / rbw, tiles * 1e6,
-                       bpath_s, blas_s, own / own1);
-                first = 0;
+                if (r->n == 1) own1 = r->t[MODE_AUTO];
+                r->t1 = own1;
             }
             for (int c = 0; c < b.n_copies; c++) kb->ops->free(kb, b.w[c]);
             free(b.w);
             kb->ops->free(kb, b.x);
             kb->ops->free(kb, b.y);
         }
+
+    fprintf(stderr,
+            "threads %d  read bandwidth (roofline) %.1f GB/s  memcpy (1 thread, r+w) %.1f GB/s  dispatch %.2f us "
+            "(hot) %.2f us (workers asleep)\n",
+            n_threads, rbw, cbw, hot_us, cold_us);
+    fprintf(stderr, "%-12s %-5s %3s | %9s %7s %5s | %9s | %9s | %9s | %s\n", "shape", "dtype", "n", "own us", "GB/s",
+            "roof", "tiles us", "bpath us", "oblas us", "own t(n)/t(1)");
+    printf("{\"bench\":\"kernels_matmul\",\"threads\":%d,\"read_bw_gbs\":%.2f,\"memcpy_bw_gbs\":%.2f,"
+           "\"dispatch_hot_us\":%.3f,\"dispatch_cold_us\":%.3f,\"results\":[",
+           n_threads, rbw, cbw, hot_us, cold_us);
+    for (int i = 0; i < n_res; i++) {
+        const bench_result *r = &res[i];
+        double own = r->t[MODE_AUTO], g_own = r->bytes / own / 1e9;
+        fprintf(stderr, "%5dx%-6d %-5s %3d | %9.1f %7.1f %5.2f | %9.1f | %9.1f | %9.1f | %.2f\n", r->rows, r->cols,
+                kdtype_name(r->dt), r->n, own * 1e6, g_own, g_own / rbw, r->t[MODE_TILES] * 1e6,
+                r->t[MODE_BPATH] * 1e6, r->t[MODE_OPENBLAS] * 1e6, own / r->t1);
+        char blas_s[32] = "null", bpath_s[32] = "null"; /* JSON has no NaN */
+        if (r->dt == KDT_F32) {
+            snprintf(blas_s, sizeof blas_s, "%.2f", r->t[MODE_OPENBLAS] * 1e6);
+            snprintf(bpath_s, sizeof bpath_s, "%.2f", r->t[MODE_BPATH] * 1e6);
+        }
+        printf("%s{\"rows\":%d,\"cols\":%d,\"dtype\":\"%s\",\"n\":%d,\"own_us\":%.2f,\"own_gbs\":%.2f,"
+               "\"own_roofline_ratio\":%.3f,\"tiles_us\":%.2f,\"blas_path_us\":%s,\"openblas_us\":%s,"
+               "\"own_time_vs_n1\":%.3f}",
+               i ? "," : "", r->rows, r->cols, kdtype_name(r->dt), r->n, own * 1e6, g_own, g_own / rbw,
+               r->t[MODE_TILES] * 1e6, bpath_s, blas_s, own / r->t1);
+    }
     printf("]}\n");
     kbackend_destroy(kb);
     return 0;

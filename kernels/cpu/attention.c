@@ -1,5 +1,6 @@
 /* kernels/cpu/attention.c — causal attention of one layer over a ragged batch,
- * reading K/V from the paged cache (semantics: kattn_args in kernels.h).
+ * reading K/V from the paged cache (semantics: kattn_args in kernels.h; a
+ * query at slot p attends to slots [kv_start, p], kv_start = 0 when absent).
  *
  * One task per (query row, KV head): the task handles the n_heads/n_kv_heads
  * query heads that share that KV head together, so each K and V row is read
@@ -72,7 +73,7 @@ static inline void attn_prefetch_row(const float *p, int hd) {
  * in each instantiation, so the accumulators stay in registers (no store ->
  * load chain through `out` per slot). */
 static inline __attribute__((always_inline)) void attn_pv(int NG, int NV, const attn_ctx *c, const int32_t *btab,
-                                                          int kvh, int n_slots, const float *w, size_t ld,
+                                                          int kvh, int j0, int n_slots, const float *w, size_t ld,
                                                           float *out, int hd, int d0, int last) {
     const kattn_args *a = c->a;
     kv_f32 acc[ATTN_PV_HEADS][ATTN_PV_VECS];
@@ -82,8 +83,8 @@ static inline __attribute__((always_inline)) void attn_pv(int NG, int NV, const 
         for (int v = 0; v < NV; v++) acc[g][v] = kv_zero();
     for (int j = 0; j < n_slots; j++) {
         if (j + ATTN_PF_SLOTS < n_slots && d0 == 0)
-            attn_prefetch_row(attn_slot(c, a->v_cache, btab, j + ATTN_PF_SLOTS, kvh), hd);
-        const float *vr = attn_slot(c, a->v_cache, btab, j, kvh) + d0;
+            attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
+        const float *vr = attn_slot(c, a->v_cache, btab, j0 + j, kvh) + d0;
         kv_f32 vv[ATTN_PV_VECS];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
@@ -105,12 +106,12 @@ static inline __attribute__((always_inline)) void attn_pv(int NG, int NV, const 
         }
 }
 
-typedef void (*attn_pv_fn)(const attn_ctx *c, const int32_t *btab, int kvh, int n_slots, const float *w, size_t ld,
+typedef void (*attn_pv_fn)(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots, const float *w, size_t ld,
                            float *out, int hd, int d0, int last);
 #define ATTN_PV_DEF(NG, NV)                                                                                       \
-    static void attn_pv_##NG##_##NV(const attn_ctx *c, const int32_t *btab, int kvh, int n_slots, const float *w, \
-                                    size_t ld, float *out, int hd, int d0, int last) {                            \
-        attn_pv(NG, NV, c, btab, kvh, n_slots, w, ld, out, hd, d0, last);                                         \
+    static void attn_pv_##NG##_##NV(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots,         \
+                                    const float *w, size_t ld, float *out, int hd, int d0, int last) {            \
+        attn_pv(NG, NV, c, btab, kvh, j0, n_slots, w, ld, out, hd, d0, last);                                     \
     }
 ATTN_PV_DEF(1, 1)
 ATTN_PV_DEF(1, 2)
@@ -133,7 +134,8 @@ static void attn_task(void *vc, int task, int thread) {
     int s = attn_seq_of_row(a->q_start, a->n_seqs, t);
     int n_q = a->q_start[s + 1] - a->q_start[s];
     int p = a->kv_len[s] - n_q + (t - a->q_start[s]); /* this query's slot */
-    int n_slots = p + 1;
+    int j0 = a->kv_start ? a->kv_start[s] : 0; /* first slot attended */
+    int n_slots = p + 1 - j0;
     const int32_t *btab = a->block_table + (int64_t)s * a->max_blocks;
     int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
     const float *q = a->q + (int64_t)t * a->n_heads * hd + (int64_t)kvh * group * hd;
@@ -143,8 +145,9 @@ static void attn_task(void *vc, int task, int thread) {
 
     /* Scores: each K row is read once for all `group` query heads. */
     for (int j = 0; j < n_slots; j++) {
-        if (j + ATTN_PF_SLOTS < n_slots) attn_prefetch_row(attn_slot(c, a->k_cache, btab, j + ATTN_PF_SLOTS, kvh), hd);
-        const float *k = attn_slot(c, a->k_cache, btab, j, kvh);
+        if (j + ATTN_PF_SLOTS < n_slots)
+            attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
+        const float *k = attn_slot(c, a->k_cache, btab, j0 + j, kvh);
         for (int g = 0; g < group; g++) sc[g * ld + j] = a->scale * kv_dot(q + (int64_t)g * hd, k, hd);
     }
     /* Softmax weights (unnormalised) and their sums. */
@@ -178,7 +181,7 @@ static void attn_task(void *vc, int task, int thread) {
             int left = hd - d0, nv = (left + KV_W - 1) / KV_W;
             if (nv > ATTN_PV_VECS) nv = ATTN_PV_VECS;
             int last = left >= nv * KV_W ? KV_W : left - (nv - 1) * KV_W;
-            attn_pv_fns[ng - 1][nv - 1](c, btab, kvh, n_slots, sc + (size_t)g0 * ld, ld, out + (int64_t)g0 * hd + d0,
+            attn_pv_fns[ng - 1][nv - 1](c, btab, kvh, j0, n_slots, sc + (size_t)g0 * ld, ld, out + (int64_t)g0 * hd + d0,
                                          hd, d0, last);
         }
         g0 += ng;
@@ -205,8 +208,11 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
         if (n_q < 0) return PEFTD_EINVAL;
         if (kv < n_q || kv > cap) return PEFTD_ERANGE;
         if (n_q == 0) continue;
+        /* Every query must keep at least one slot: kv_start <= its first slot. */
+        int32_t k0 = a->kv_start ? a->kv_start[s] : 0;
+        if (k0 < 0 || k0 > kv - n_q) return PEFTD_ERANGE;
         const int32_t *btab = a->block_table + (int64_t)s * a->max_blocks;
-        for (int b = 0; b < (kv + a->block_size - 1) / a->block_size; b++)
+        for (int b = k0 / a->block_size; b < (kv + a->block_size - 1) / a->block_size; b++)
             if (btab[b] < 0) return PEFTD_ERANGE;
         if (kv > max_kv) max_kv = kv;
         work += (double)n_q * kv * a->n_heads * a->head_dim * 2;

@@ -445,17 +445,20 @@ TEST(kv_store_slots) {
 
 typedef struct {
     int n_q, kv_len;
+    int kv_start; /* first slot attended (kattn_args.kv_start); 0 = all */
 } seq_shape;
 
+/* use_start: pass kattn_args.kv_start (else NULL, and seqs' kv_start must be 0). */
 static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int n_kv_heads, int group, int hd,
-                            int bs) {
+                            int bs, int use_start) {
     int n_heads = n_kv_heads * group, kv_dim = n_kv_heads * hd, qdim = n_heads * hd;
-    int32_t q_start[16], kv_len[16];
+    int32_t q_start[16], kv_len[16], kv_start[16];
     int max_blocks = 0, total_blocks = 0;
     q_start[0] = 0;
     for (int s = 0; s < n_seqs; s++) {
         q_start[s + 1] = q_start[s] + seqs[s].n_q;
         kv_len[s] = seqs[s].kv_len;
+        kv_start[s] = seqs[s].kv_start;
         int nb = (seqs[s].kv_len + bs - 1) / bs;
         total_blocks += nb;
         if (nb > max_blocks) max_blocks = nb;
@@ -474,8 +477,10 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
     int32_t *btab = malloc((size_t)n_seqs * max_blocks * sizeof(int32_t));
     for (int i = 0; i < n_seqs * max_blocks; i++) btab[i] = -1;
     int next = 0;
+    /* Blocks wholly before kv_start stay unassigned (-1): they must not be read. */
     for (int s = 0; s < n_seqs; s++)
-        for (int b = 0; b < (seqs[s].kv_len + bs - 1) / bs; b++) btab[s * max_blocks + b] = perm[next++];
+        for (int b = 0; b < (seqs[s].kv_len + bs - 1) / bs; b++)
+            btab[s * max_blocks + b] = b < seqs[s].kv_start / bs ? -1 : perm[next++];
     /* The cache starts as NaN: reading any slot that is not a valid slot of the
      * sequence poisons the output. Valid slots are written with kv_store. */
     int64_t cache_n = (int64_t)n_blocks * bs * kv_dim;
@@ -488,9 +493,13 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
         V[s] = malloc(((size_t)L * kv_dim + 1) * sizeof(float));
         fill(K[s], (int64_t)L * kv_dim);
         fill(V[s], (int64_t)L * kv_dim);
+        /* Slots before kv_start are never written: they stay NaN. */
+        int k0 = seqs[s].kv_start;
         int32_t *slots = malloc(((size_t)L + 1) * sizeof(int32_t));
-        for (int p = 0; p < L; p++) slots[p] = btab[s * max_blocks + p / bs] * bs + p % bs;
-        ASSERT_EQ(kb->ops->kv_store(kb, K[s], V[s], slots, L, kv_dim, kc, vc), 0);
+        for (int p = k0; p < L; p++) slots[p - k0] = btab[s * max_blocks + p / bs] * bs + p % bs;
+        ASSERT_EQ(kb->ops->kv_store(kb, K[s] + (int64_t)k0 * kv_dim, V[s] + (int64_t)k0 * kv_dim, slots, L - k0,
+                                    kv_dim, kc, vc),
+                  0);
         free(slots);
     }
     float *q = malloc(((size_t)T * qdim + 1) * sizeof(float));
@@ -499,7 +508,8 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
     float scale = 1.0f / sqrtf((float)hd);
     kattn_args a = {.n_seqs = n_seqs, .q_start = q_start, .kv_len = kv_len, .block_table = btab,
                     .max_blocks = max_blocks, .block_size = bs, .n_heads = n_heads, .n_kv_heads = n_kv_heads,
-                    .head_dim = hd, .scale = scale, .q = q, .k_cache = kc, .v_cache = vc, .out = out};
+                    .head_dim = hd, .scale = scale, .q = q, .k_cache = kc, .v_cache = vc, .out = out,
+                    .kv_start = use_start ? kv_start : NULL};
     ASSERT_EQ(kb->ops->attention(kb, &a), 0);
     double *sc = malloc(((size_t)max_blocks * bs + 1) * sizeof(double));
     for (int s = 0; s < n_seqs; s++)
@@ -509,7 +519,8 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
                 int kvh = h / group;
                 const float *qh = q + (int64_t)t * qdim + h * hd;
                 double mx = -INFINITY, sabs = 0, sum = 0;
-                for (int i = 0; i <= p; i++) {
+                int k0 = seqs[s].kv_start;
+                for (int i = k0; i <= p; i++) {
                     double d = 0, da = 0;
                     for (int c = 0; c < hd; c++) {
                         double prod = (double)qh[c] * K[s][(int64_t)i * kv_dim + kvh * hd + c];
@@ -520,10 +531,10 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
                     if (da * scale > sabs) sabs = da * scale;
                     if (sc[i] > mx) mx = sc[i];
                 }
-                for (int i = 0; i <= p; i++) sum += (sc[i] = exp(sc[i] - mx));
+                for (int i = k0; i <= p; i++) sum += (sc[i] = exp(sc[i] - mx));
                 for (int c = 0; c < hd; c++) {
                     double o = 0;
-                    for (int i = 0; i <= p; i++) o += sc[i] * V[s][(int64_t)i * kv_dim + kvh * hd + c];
+                    for (int i = k0; i <= p; i++) o += sc[i] * V[s][(int64_t)i * kv_dim + kvh * hd + c];
                     o /= sum;
                     /* Scores: hd-term f32 dots, error ≤ hd·u·max Σ|q·k|·scale (absolute),
                      * which becomes a relative error of the softmax weights (exp, and
@@ -556,7 +567,11 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
 TEST(attention_ragged_paged) {
     /* decode (n_q 1), full prefill (n_q = kv_len), chunked prefill (n_q < kv_len),
      * an idle sequence (n_q 0) and a one-slot sequence, in one batch. */
-    static const seq_shape seqs[] = {{1, 1}, {1, 37}, {20, 20}, {5, 40}, {0, 10}, {3, 3}, {1, 70}};
+    static const seq_shape seqs[] = {{1, 1, 0},  {1, 37, 0}, {20, 20, 0}, {5, 40, 0},
+                                     {0, 10, 0}, {3, 3, 0},  {1, 70, 0}};
+    /* kv_start: block-aligned (32 with block 16), unaligned, the whole prefix
+     * before a chunk (kv_len - n_q), and 0. */
+    static const seq_shape starts[] = {{1, 37, 32}, {4, 50, 7}, {6, 30, 24}, {2, 9, 0}, {1, 1, 0}};
     static const int hds[] = {8, 16, 64};
     static const int groups[] = {1, 2, 4};
     static const int bss[] = {16, 1};
@@ -565,15 +580,18 @@ TEST(attention_ragged_paged) {
         rng_seed(100 + ti);
         for (int hi = 0; hi < 3; hi++)
             for (int gi = 0; gi < 3; gi++)
-                for (int bi = 0; bi < 2; bi++)
-                    check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 2, groups[gi], hds[hi], bss[bi]);
+                for (int bi = 0; bi < 2; bi++) {
+                    check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 2, groups[gi], hds[hi], bss[bi], 0);
+                    check_attention(kb, starts, (int)(sizeof starts / sizeof *starts), 2, groups[gi], hds[hi],
+                                    bss[bi], 1);
+                }
         /* a long single decode and prefill, one KV head (MQA-like ratio 4) */
-        static const seq_shape longs[] = {{1, 300}, {133, 133}};
-        check_attention(kb, longs, 2, 1, 4, 64, 16);
+        static const seq_shape longs[] = {{1, 300, 0}, {133, 133, 0}};
+        check_attention(kb, longs, 2, 1, 4, 64, 16, 0);
         /* head_dim 128 (two register chunks of the P·V pass), 24 (a partial
          * vector), an odd GQA group (3 = a pair of heads + a single head) */
-        check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 2, 3, 128, 16);
-        check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 3, 3, 24, 1);
+        check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 2, 3, 128, 16, 0);
+        check_attention(kb, starts, (int)(sizeof starts / sizeof *starts), 3, 3, 24, 1, 1);
         kbackend_destroy(kb);
     }
 }
@@ -593,6 +611,14 @@ TEST(attention_bad_args) {
     ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_ERANGE); /* slot 4 in an unassigned block */
     btab[1] = 1;
     ASSERT_EQ(kb->ops->attention(kb, &a), 0);
+    int32_t kv_start[1] = {4}; /* kv_len 5, n_q 2: the first query (slot 3) would see nothing */
+    a.kv_start = kv_start;
+    ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_ERANGE);
+    kv_start[0] = -1;
+    ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_ERANGE);
+    kv_start[0] = 3;
+    ASSERT_EQ(kb->ops->attention(kb, &a), 0);
+    a.kv_start = NULL;
     a.n_kv_heads = 3;
     ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_EINVAL); /* n_heads % n_kv_heads */
     a.n_kv_heads = 1;
