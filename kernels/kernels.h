@@ -61,7 +61,41 @@ typedef struct {
     const float *k_cache;       /* [n_blocks, block_size, n_kv_heads * head_dim] */
     const float *v_cache;       /* same shape as k_cache */
     float *out;                 /* [T, n_heads * head_dim] */
+    const int32_t *kv_start;    /* NULL, or [n_seqs]: sequence s skips slots [0, kv_start[s])
+                                 * (padding before a block-aligned shared prefix) */
 } kattn_args;
+
+/* Activation applied between SGMV shrink and expand (bottleneck adapters). */
+typedef enum {
+    KACT_NONE = 0,
+    KACT_RELU,
+    KACT_SILU,      /* x * sigmoid(x), a.k.a. swish */
+    KACT_GELU,      /* exact erf form, torch.nn.GELU() */
+    KACT_GELU_TANH, /* tanh approximation, gelu_new / gelu_pytorch_tanh */
+    KACT_TANH,
+    KACT_SIGMOID,
+} kact;
+
+/* Segmented gather matmul (SGMV, Punica/S-LoRA): a ragged batch of T rows is split into
+ * n_segs contiguous segments; segment i = rows [seg_start[i], seg_start[i+1]) uses its own
+ * low-rank pair (A_i, B_i) of rank rank[i] — ranks differ per segment, rank 0 (or a NULL
+ * A_i) skips the segment, empty segments are allowed. All arrays live in backend memory.
+ *   shrink: t[r, 0:rank_i] = act_i(x[r, :] · A_iᵀ + bias_a_i)       A_i: [rank_i, in_dim]
+ *   expand: y[r, :]       += scale_i · (t[r, 0:rank_i] · B_iᵀ + bias_b_i)  B_i: [out_dim, rank_i]
+ * t is an f32 workspace [T, ld_t] with ld_t >= max(rank_i); entries beyond rank_i are not
+ * written. LoRA/DoRA use no bias and KACT_NONE; bottleneck adapters use both. */
+typedef struct {
+    int n_segs;
+    const int32_t *seg_start;    /* [n_segs + 1] */
+    const void *const *a;        /* [n_segs] A_i row-major in `dtype`, or NULL */
+    const void *const *b;        /* [n_segs] B_i row-major in `dtype`, or NULL */
+    const int32_t *rank;         /* [n_segs] */
+    const float *scale;          /* [n_segs] */
+    const float *const *bias_a;  /* NULL, or [n_segs] pointers ([rank_i] each, NULL = none) */
+    const float *const *bias_b;  /* NULL, or [n_segs] pointers ([out_dim] each, NULL = none) */
+    const int32_t *act;          /* NULL (= all KACT_NONE), or [n_segs] kact values */
+    kdtype dtype;                /* of every A_i and B_i */
+} ksgmv;
 
 typedef struct kbackend kbackend;
 
@@ -104,6 +138,16 @@ typedef struct kbackend_ops {
 
     /* y[i] += x[i], i < n. */
     int (*add)(kbackend *kb, float *y, const float *x, int64_t n);
+
+    /* SGMV (see ksgmv). in_dim/out_dim are the columns of x / y. */
+    int (*sgmv_shrink)(kbackend *kb, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t);
+    int (*sgmv_expand)(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y);
+
+    /* Per-segment elementwise scale (IA3 vectors, DoRA magnitude/norm): for rows r of
+     * segment i, y[r, j] *= v[i][j] (j < dim); a NULL v[i] leaves the segment untouched.
+     * seg_start: [n_segs + 1]; v: [n_segs] pointers to [dim] f32 vectors. */
+    int (*seg_scale)(kbackend *kb, float *y, int dim, int n_segs, const int32_t *seg_start,
+                     const float *const *v);
 } kbackend_ops;
 
 struct kbackend {

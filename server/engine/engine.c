@@ -21,13 +21,28 @@
 #include "server/engine/sampling.h"
 #include "server/model/llama.h"
 
+/* Prefix-tuning K/V of one adapter version, stored once in KV blocks that every running
+ * sequence of that adapter shares. The prefix ends exactly at a block boundary (pad
+ * unused slots first, skipped through kv_start), so sequences never write into these
+ * blocks. Freed when the last sequence using it ends. */
+typedef struct {
+    const adapter *ad;
+    char sha256[65];
+    int32_t *blocks;
+    int n_blocks, pad, refs;
+} prefix_entry;
+
 typedef struct seq {
     engine_request *r;
-    int32_t *tokens;          /* prompt + generated */
+    const adapter *ad;
+    float ad_scale;
+    int32_t *tokens;          /* [virtual tokens (prompt tuning) as -(k+1)] + prompt + generated */
     int n_tokens;
-    int max_total;            /* n_prompt + max_tokens */
+    int max_total;            /* n_virtual + n_prompt + max_tokens */
     int n_computed;           /* tokens whose K/V are in the cache */
-    int32_t *blocks;          /* reserved KV blocks, enough for max_total slots */
+    int pos_off;              /* RoPE position of tokens[0] */
+    prefix_entry *pfx;        /* shared prefix-tuning K/V, or NULL */
+    int32_t *blocks;          /* own KV blocks, enough for max_total slots */
     int n_blocks;
     rng_state rng;
     tokenizer_stream *ds;
@@ -67,9 +82,12 @@ struct engine {
     seq **running;
     int n_running;
     kv_blocks kv;
+    prefix_entry *prefixes;   /* [max_seqs]: at most one per running sequence */
+    int n_prefixes;
     sampler_scratch ss;
     /* step batch buffers (host) */
-    int32_t *b_tokens, *b_pos, *b_slots, *b_qstart, *b_kvlen, *b_btab, *b_rows;
+    int32_t *b_tokens, *b_pos, *b_slots, *b_qstart, *b_kvlen, *b_kvstart, *b_btab, *b_rows;
+    llama_segment *b_segs;
     int *b_chunk;             /* tokens each running seq contributes to the step */
     seq **b_logit_seq;
     float *logits;
@@ -91,8 +109,16 @@ int engine_context_length(const engine *e) { return e->ctx_len; }
 
 /* ---------- sequences ---------- */
 
+static void prefix_release(engine *e, prefix_entry *p) {
+    if (!p || --p->refs > 0) return;
+    kv_blocks_release(&e->kv, p->blocks, p->n_blocks);
+    free(p->blocks);
+    *p = e->prefixes[--e->n_prefixes];
+}
+
 static void seq_free(engine *e, seq *s) {
     if (!s) return;
+    prefix_release(e, s->pfx);
     kv_blocks_release(&e->kv, s->blocks, s->n_blocks);
     tokenizer_stream_free(s->ds);
     free(s->blocks);
@@ -112,26 +138,82 @@ static void finish_request(engine_request *r, finish_reason f, const char *error
     engine_request_unref(r);
 }
 
+/* Virtual tokens a request's adapter puts before its prompt (prompt or prefix tuning). */
+static int n_virtual_of(const adapter *ad) {
+    return ad && (ad->kind == ADAPTER_PROMPT_TUNING || ad->kind == ADAPTER_PREFIX_TUNING) ? ad->n_virtual : 0;
+}
+
+static prefix_entry *prefix_find(engine *e, const adapter *ad) {
+    for (int i = 0; i < e->n_prefixes; i++)
+        if (e->prefixes[i].ad == ad && !strcmp(e->prefixes[i].sha256, ad->sha256)) return &e->prefixes[i];
+    return NULL;
+}
+
+/* Blocks a prefix-tuning adapter's shared K/V needs: padded to end on a block boundary. */
+static int prefix_blocks(const engine *e, const adapter *ad, int *pad) {
+    int bs = e->cfg.block_size;
+    *pad = (bs - ad->n_virtual % bs) % bs;
+    return (*pad + ad->n_virtual) / bs;
+}
+
+static prefix_entry *prefix_acquire(engine *e, const adapter *ad) {
+    prefix_entry *p = prefix_find(e, ad);
+    if (p) {
+        p->refs++;
+        return p;
+    }
+    if (e->n_prefixes >= e->cfg.max_seqs) return NULL;
+    p = &e->prefixes[e->n_prefixes];
+    memset(p, 0, sizeof *p);
+    p->ad = ad;
+    snprintf(p->sha256, sizeof p->sha256, "%s", ad->sha256);
+    p->n_blocks = prefix_blocks(e, ad, &p->pad);
+    p->blocks = malloc((size_t)p->n_blocks * sizeof(int32_t));
+    if (!p->blocks || kv_blocks_alloc(&e->kv, p->n_blocks, p->blocks) < 0) {
+        free(p->blocks);
+        return NULL;
+    }
+    if (llama_store_prefix(e->lc, ad, p->blocks, p->pad) < 0) {
+        kv_blocks_release(&e->kv, p->blocks, p->n_blocks);
+        free(p->blocks);
+        return NULL;
+    }
+    p->refs = 1;
+    e->n_prefixes++;
+    return p;
+}
+
 static seq *seq_create(engine *e, engine_request *r) {
     seq *s = calloc(1, sizeof *s);
     if (!s) return NULL;
+    const adapter *ad = r->params.adapter;
+    int nv = ad && ad->kind == ADAPTER_PROMPT_TUNING ? ad->n_virtual : 0;
     s->r = r;
-    s->max_total = r->n_prompt + r->params.max_tokens;
+    s->ad = ad;
+    s->ad_scale = r->params.adapter_scale;
+    s->max_total = nv + r->n_prompt + r->params.max_tokens;
     s->tokens = malloc((size_t)s->max_total * sizeof(int32_t));
-    s->n_blocks = blocks_needed(e, s->max_total);
-    s->blocks = malloc((size_t)s->n_blocks * sizeof(int32_t));
+    int n_blocks = blocks_needed(e, s->max_total); /* s->n_blocks counts only blocks taken */
+    s->blocks = malloc((size_t)n_blocks * sizeof(int32_t));
     s->ds = tokenizer_stream_new(e->tok, true);
     if (!s->tokens || !s->blocks || !s->ds) goto fail;
-    memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
-    s->n_tokens = r->n_prompt;
+    /* prompt tuning: the virtual tokens are the first positions (0..nv-1), marked -(k+1) */
+    for (int k = 0; k < nv; k++) s->tokens[k] = -(k + 1);
+    memcpy(s->tokens + nv, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+    s->n_tokens = nv + r->n_prompt;
     if (tokenizer_stream_prime(s->ds, r->prompt, (size_t)r->n_prompt) < 0) goto fail;
-    if (kv_blocks_alloc(&e->kv, s->n_blocks, s->blocks) < 0) goto fail;
+    if (kv_blocks_alloc(&e->kv, n_blocks, s->blocks) < 0) goto fail;
+    s->n_blocks = n_blocks;
+    if (ad && ad->kind == ADAPTER_PREFIX_TUNING) {
+        /* PEFT passes the prefix as past key/values: the prompt's positions continue after it */
+        s->pos_off = ad->n_virtual;
+        if (!(s->pfx = prefix_acquire(e, ad))) goto fail;
+    }
     uint64_t seed = r->params.has_seed ? r->params.seed
                                        : (uint64_t)uv_hrtime() ^ ((uint64_t)(uintptr_t)r << 16);
     rng_seed(&s->rng, seed);
     return s;
 fail:
-    s->n_blocks = 0; /* nothing was taken from the pool */
     seq_free(e, s);
     return NULL;
 }
@@ -194,7 +276,10 @@ static void reap_cancelled(engine *e, bool all) {
 static void admit(engine *e) {
     while (e->w_head && e->n_running < e->cfg.max_seqs) {
         engine_request *r = e->w_head;
-        int need = blocks_needed(e, r->n_prompt + r->params.max_tokens);
+        const adapter *ad = r->params.adapter;
+        int nv = ad && ad->kind == ADAPTER_PROMPT_TUNING ? ad->n_virtual : 0, pad;
+        int need = blocks_needed(e, nv + r->n_prompt + r->params.max_tokens);
+        if (ad && ad->kind == ADAPTER_PREFIX_TUNING && !prefix_find(e, ad)) need += prefix_blocks(e, ad, &pad);
         if (need > e->kv.n_free) break;
         e->w_head = r->next;
         if (!e->w_head) e->w_tail = NULL;
@@ -320,6 +405,13 @@ static void fail_all_running(engine *e, const char *msg) {
     e->n_running = 0;
 }
 
+static int seq_cmp_adapter(const void *a, const void *b) {
+    const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
+    uintptr_t px = (uintptr_t)x->ad, py = (uintptr_t)y->ad;
+    if (px != py) return px < py ? -1 : 1;
+    return (x->ad_scale > y->ad_scale) - (x->ad_scale < y->ad_scale);
+}
+
 /* One step over every running sequence. Returns false when there was nothing to do. */
 static bool engine_step(engine *e) {
     drain_queue(e);
@@ -328,10 +420,13 @@ static bool engine_step(engine *e) {
     if (e->n_running == 0) return false;
 
     const int bs = e->cfg.block_size;
-    int budget = e->cfg.max_batch_tokens, T = 0, S = 0, NL = 0, prompt_rows = 0;
+    /* sequences of one (adapter, scale) next to each other: one segment each */
+    qsort(e->running, (size_t)e->n_running, sizeof(seq *), seq_cmp_adapter);
+    /* how many rows each sequence gets: decode tokens first (one row each), then prefill
+     * chunks with what is left of the token budget */
+    int budget = e->cfg.max_batch_tokens, T = 0, S = 0, NL = 0, G = 0, prompt_rows = 0;
     memset(e->b_chunk, 0, (size_t)e->n_running * sizeof(int));
-    /* decode tokens first (one row each), then prefill chunks with what budget is left */
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < e->n_running; i++) {
             seq *s = e->running[i];
             int remaining = s->n_tokens - s->n_computed;
@@ -339,30 +434,48 @@ static bool engine_step(engine *e) {
             int c = remaining < budget ? remaining : budget;
             if (c <= 0) continue;
             e->b_chunk[i] = c;
-            e->b_qstart[S] = T;
-            for (int j = 0; j < c; j++, T++) {
-                int pos = s->n_computed + j;
-                e->b_tokens[T] = s->tokens[pos];
-                e->b_pos[T] = pos;
-                e->b_slots[T] = s->blocks[pos / bs] * bs + pos % bs;
-            }
-            if (remaining > 1) prompt_rows += c;
-            e->b_kvlen[S] = s->n_computed + c;
-            int32_t *row = e->b_btab + (size_t)S * e->max_blocks;
-            memcpy(row, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
-            memset(row + s->n_blocks, 0, (size_t)(e->max_blocks - s->n_blocks) * sizeof(int32_t));
-            if (s->n_computed + c == s->n_tokens) {
-                e->b_rows[NL] = T - 1;
-                e->b_logit_seq[NL++] = s;
-            }
-            S++;
             budget -= c;
         }
+    for (int i = 0; i < e->n_running; i++) {
+        seq *s = e->running[i];
+        int c = e->b_chunk[i];
+        if (c == 0) continue;
+        if (G == 0 || e->b_segs[G - 1].ad != s->ad || e->b_segs[G - 1].scale != s->ad_scale) {
+            if (G) e->b_segs[G - 1].row_end = T;
+            e->b_segs[G++] = (llama_segment){.ad = s->ad, .scale = s->ad_scale, .row_start = T};
+        }
+        int kv_off = s->pfx ? s->pfx->n_blocks * bs : 0; /* own slots start after the prefix blocks */
+        int32_t *row = e->b_btab + (size_t)S * e->max_blocks;
+        int nb = 0;
+        if (s->pfx) {
+            memcpy(row, s->pfx->blocks, (size_t)s->pfx->n_blocks * sizeof(int32_t));
+            nb = s->pfx->n_blocks;
+        }
+        memcpy(row + nb, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
+        nb += s->n_blocks;
+        memset(row + nb, 0, (size_t)(e->max_blocks - nb) * sizeof(int32_t));
+        e->b_qstart[S] = T;
+        for (int j = 0; j < c; j++, T++) {
+            int idx = s->n_computed + j, kv = kv_off + idx;
+            e->b_tokens[T] = s->tokens[idx];
+            e->b_pos[T] = s->pos_off + idx;
+            e->b_slots[T] = row[kv / bs] * bs + kv % bs;
+        }
+        if (s->n_tokens - s->n_computed > 1) prompt_rows += c;
+        e->b_kvlen[S] = kv_off + s->n_computed + c;
+        e->b_kvstart[S] = s->pfx ? s->pfx->pad : 0;
+        if (s->n_computed + c == s->n_tokens) {
+            e->b_rows[NL] = T - 1;
+            e->b_logit_seq[NL++] = s;
+        }
+        S++;
     }
+    e->b_segs[G - 1].row_end = T;
     e->b_qstart[S] = T;
     llama_batch b = {
         .n_tokens = T, .tokens = e->b_tokens, .positions = e->b_pos, .slots = e->b_slots,
         .n_seqs = S, .q_start = e->b_qstart, .kv_len = e->b_kvlen, .block_table = e->b_btab,
+        .kv_start = e->n_prefixes ? e->b_kvstart : NULL, .n_segs = G, .segs = e->b_segs,
         .n_logits = NL, .logit_rows = e->b_rows,
     };
     int st = llama_forward(e->lc, &b, e->logits);
@@ -477,7 +590,8 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
         snprintf(err, errlen, "engine: max_seqs, max_batch_tokens, block_size and max_queue must be >= 1");
         goto fail;
     }
-    e->max_blocks = blocks_needed(e, e->ctx_len);
+    /* a sequence's own blocks plus, for prefix tuning, the shared prefix blocks before them */
+    e->max_blocks = 2 * blocks_needed(e, e->ctx_len);
     int n_blocks = cfg->kv_blocks;
     if (n_blocks <= 0) {
         const model_config *mc = &m->cfg;
@@ -487,10 +601,10 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
         size_t cap = (size_t)cfg->max_seqs * e->max_blocks; /* more could never be used */
         n_blocks = (int)(budget / per_block < cap ? budget / per_block : cap);
     }
-    if (n_blocks < e->max_blocks) {
+    if (n_blocks < blocks_needed(e, e->ctx_len)) {
         /* at least one full-context sequence must fit, or long prompts could never run */
         snprintf(err, errlen, "engine: KV cache of %d blocks cannot hold one %d-token sequence (%d blocks)",
-                 n_blocks, e->ctx_len, e->max_blocks);
+                 n_blocks, e->ctx_len, blocks_needed(e, e->ctx_len));
         goto fail;
     }
     e->cfg.kv_blocks = n_blocks;
@@ -507,13 +621,17 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->b_slots = malloc(T * 4);
     e->b_qstart = malloc((S + 1) * 4);
     e->b_kvlen = malloc(S * 4);
+    e->b_kvstart = malloc(S * 4);
+    e->b_segs = malloc(S * sizeof(llama_segment));
+    e->prefixes = calloc(S, sizeof(prefix_entry));
     e->b_btab = malloc(S * (size_t)e->max_blocks * 4);
     e->b_rows = malloc(S * 4);
     e->b_chunk = calloc(S, sizeof(int));
     e->b_logit_seq = malloc(S * sizeof(seq *));
     e->logits = malloc(S * (size_t)m->cfg.vocab_size * sizeof(float));
     if (!e->running || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_qstart || !e->b_kvlen ||
-        !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits)
+        !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits || !e->b_kvstart ||
+        !e->b_segs || !e->prefixes)
         goto oom;
     if (uv_loop_init(&e->loop) < 0) goto oom;
     uv_async_init(&e->loop, &e->wake, on_wake);
@@ -538,7 +656,10 @@ int engine_start(engine *e) {
 
 int engine_submit(engine *e, engine_request *r) {
     if (r->n_prompt < 1 || r->params.max_tokens < 1) return PEFTD_EINVAL;
-    if ((int64_t)r->n_prompt + r->params.max_tokens > e->ctx_len) return PEFTD_ERANGE;
+    const adapter *ad = r->params.adapter;
+    if (ad && ad->n_layers != e->m->cfg.n_layers) return PEFTD_EINVAL;
+    /* virtual tokens (prompt/prefix tuning) take positions of the context too */
+    if ((int64_t)n_virtual_of(ad) + r->n_prompt + r->params.max_tokens > e->ctx_len) return PEFTD_ERANGE;
     pthread_mutex_lock(&e->qmu);
     if (!e->accepting) {
         pthread_mutex_unlock(&e->qmu);
@@ -615,6 +736,9 @@ void engine_free(engine *e) {
     free(e->b_slots);
     free(e->b_qstart);
     free(e->b_kvlen);
+    free(e->b_kvstart);
+    free(e->b_segs);
+    free(e->prefixes);
     free(e->b_btab);
     free(e->b_rows);
     free(e->b_chunk);

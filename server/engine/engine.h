@@ -55,6 +55,8 @@ typedef struct {
     bool ignore_eos;           /* keep generating past EOS */
     int n_stop;
     char *stop[ENGINE_MAX_STOP]; /* NUL-terminated; copied by engine_request_create */
+    const struct adapter *adapter; /* NULL = the base model; must outlive the request */
+    float adapter_scale;       /* strength of LoRA-family adapters (default 1.0) */
 } gen_params;
 
 void gen_params_default(gen_params *p);

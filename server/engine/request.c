@@ -13,6 +13,7 @@ void gen_params_default(gen_params *p) {
     p->temperature = 1.0f;
     p->top_p = 1.0f;
     p->logprobs = -1;
+    p->adapter_scale = 1.0f;
 }
 
 const char *finish_reason_str(finish_reason f) {

@@ -1,9 +1,13 @@
 /* server/model/llama.c — the Llama forward pass (RMSNorm, RoPE, GQA attention over the
- * paged KV cache, SwiGLU MLP) written once against the kbackend op table.
+ * paged KV cache, SwiGLU MLP) written once against the kbackend op table, with every
+ * adapter kind applied per segment inside the one shared batch.
  *
- * Per layer, all T rows of the step go through each projection in one matmul, so every
- * weight byte is read once per step whatever the batch size. Residual adds are fused into
- * the o_proj / down_proj matmuls (beta = 1). Only the rows whose logits are wanted go
+ * Per layer, all T rows of the step go through each base projection in one matmul, so
+ * every weight byte is read once per step whatever the batch size; adapters add their
+ * deltas per segment (SGMV shrink/expand for LoRA/DoRA and bottleneck adapters, per-segment
+ * vector scales for IA3 and DoRA). The residual add is fused into the o_proj / down_proj
+ * matmuls (beta = 1) unless a segment needs that projection's output on its own (an
+ * output-side scale or a bottleneck adapter). Only the rows whose logits are wanted go
  * through the final norm and lm_head (usually one row per sequence).
  */
 #include "server/model/llama.h"
@@ -13,23 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct llama_ctx {
-    model *m;
-    kbackend *kb;
-    llama_ctx_params p;
-    float **k_cache, **v_cache;  /* [n_layers] pools of [n_blocks, block_size, kv_dim] */
-    /* activation scratch, [max_tokens, ...] */
-    float *x, *xn, *q, *k, *v, *att, *gate, *up, *sel, *logits;
-    float *inv_freq;             /* [head_dim / 2] */
-    /* device copies of the batch's index arrays */
-    int32_t *d_tokens, *d_pos, *d_slots, *d_qstart, *d_kvlen, *d_btab, *d_rows;
-};
-
-#define CHECK(expr)                                                                           \
-    do {                                                                                      \
-        int st_ = (expr);                                                                     \
-        if (st_ < 0) return st_;                                                              \
-    } while (0)
+#include "server/model/llama_internal.h"
 
 void llama_ctx_free(llama_ctx *c) {
     if (!c) return;
@@ -41,11 +29,21 @@ void llama_ctx_free(llama_ctx *c) {
         }
     free(c->k_cache);
     free(c->v_cache);
-    void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->sel, c->logits,
-                    c->inv_freq, c->d_tokens, c->d_pos, c->d_slots, c->d_qstart, c->d_kvlen,
-                    c->d_btab, c->d_rows};
+    void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->sel, c->logits, c->tmp,
+                    c->tmp_in, c->inv_freq, c->d_tokens, c->d_emb_ids, c->d_pos, c->d_slots, c->d_qstart,
+                    c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) kb->ops->free(kb, bufs[i]);
+    free(c->plan_host);
+    free(c->emb_ids);
+    free(c->runs);
+    if (c->plan) {
+        free(c->plan->mod);
+        if (c->plan->bn)
+            for (int i = 0; i < 2 * c->m->cfg.n_layers; i++) free(c->plan->bn[i].ln_before);
+        free(c->plan->bn);
+    }
+    free(c->plan);
     free(c);
 }
 
@@ -73,6 +71,7 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
         if (!(c->v_cache[l] = kb->ops->alloc(kb, kv_bytes))) goto oom;
     }
     size_t H = (size_t)cfg->hidden_size, I = (size_t)cfg->intermediate_size;
+    size_t wide = H > I ? H : I;
     size_t n_logit_rows = T < (size_t)p->max_seqs ? (size_t)p->max_seqs : T;
 #define ALLOC(ptr, bytes) if (!((ptr) = kb->ops->alloc(kb, (bytes)))) goto oom
     ALLOC(c->x, T * H * 4);
@@ -83,17 +82,23 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
     ALLOC(c->att, T * q_dim * 4);
     ALLOC(c->gate, T * I * 4);
     ALLOC(c->up, T * I * 4);
+    ALLOC(c->tmp, T * H * 4);
+    ALLOC(c->tmp_in, T * wide * 4);
     ALLOC(c->sel, n_logit_rows * H * 4);
     ALLOC(c->logits, n_logit_rows * (size_t)cfg->vocab_size * 4);
     ALLOC(c->inv_freq, (size_t)cfg->head_dim / 2 * 4);
     ALLOC(c->d_tokens, T * 4);
+    ALLOC(c->d_emb_ids, T * 4);
     ALLOC(c->d_pos, T * 4);
     ALLOC(c->d_slots, T * 4);
     ALLOC(c->d_qstart, ((size_t)p->max_seqs + 1) * 4);
     ALLOC(c->d_kvlen, (size_t)p->max_seqs * 4);
+    ALLOC(c->d_kvstart, (size_t)p->max_seqs * 4);
     ALLOC(c->d_btab, (size_t)p->max_seqs * p->max_blocks * 4);
     ALLOC(c->d_rows, n_logit_rows * 4);
 #undef ALLOC
+    if (!(c->emb_ids = malloc(T * 4)) || !(c->runs = malloc(T * sizeof *c->runs))) goto oom;
+    if (llama__plan_init(c) < 0) goto oom;
     {
         /* HF LlamaRotaryEmbedding: inv_freq[i] = theta^(-2i/head_dim), computed in double
          * then rounded once, as torch computes it in f32 from an int64 arange. */
@@ -119,6 +124,63 @@ oom:
     return PEFTD_ENOMEM;
 }
 
+int llama_store_prefix(llama_ctx *c, const adapter *ad, const int32_t *blocks, int pad) {
+    kbackend *kb = c->kb;
+    const model_config *cfg = &c->m->cfg;
+    int bs = c->p.block_size, kv_dim = cfg->n_kv_heads * cfg->head_dim, nv = ad->n_virtual;
+    if (ad->kind != ADAPTER_PREFIX_TUNING || ad->n_layers != cfg->n_layers || !ad->prefix_k || !ad->prefix_v)
+        return PEFTD_EINVAL;
+    /* in chunks of the step's slot buffer (a prefix may be longer than one step) */
+    for (int j0 = 0; j0 < nv; j0 += c->p.max_tokens) {
+        int n = nv - j0 < c->p.max_tokens ? nv - j0 : c->p.max_tokens;
+        for (int j = 0; j < n; j++) {
+            int s = pad + j0 + j;
+            c->emb_ids[j] = blocks[s / bs] * bs + s % bs;
+        }
+        CHECK(kb->ops->upload(kb, c->d_slots, c->emb_ids, (size_t)n * 4));
+        for (int l = 0; l < cfg->n_layers; l++)
+            CHECK(kb->ops->kv_store(kb, ad->prefix_k[l] + (size_t)j0 * kv_dim, ad->prefix_v[l] + (size_t)j0 * kv_dim,
+                                    c->d_slots, n, kv_dim, c->k_cache[l], c->v_cache[l]));
+    }
+    return kb->ops->synchronize(kb);
+}
+
+/* Input embeddings: runs of rows that read the same table (the base embedding, an
+ * adapter's embed_tokens replacement, or a prompt-tuning adapter's virtual tokens). */
+static int embed_rows(llama_ctx *c, const llama_batch *b) {
+    const model *m = c->m;
+    kbackend *kb = c->kb;
+    int T = b->n_tokens, H = m->cfg.hidden_size, n_runs = 0;
+    const kmat *prev = NULL;
+    for (int r = 0; r < T; r++) {
+        const adapter *ad = llama__row_adapter(b, r);
+        int32_t id = b->tokens[r];
+        const kmat *tab;
+        if (id < 0) {
+            if (!ad || ad->kind != ADAPTER_PROMPT_TUNING || -(int64_t)id - 1 >= ad->n_virtual) return PEFTD_EINVAL;
+            tab = &ad->prompt;
+            c->emb_ids[r] = -id - 1;
+        } else {
+            tab = ad && ad->embed.data ? &ad->embed : &m->embed;
+            c->emb_ids[r] = id;
+        }
+        if (r == 0 || tab != prev) {
+            if (r > 0) c->runs[n_runs - 1].end = r;
+            c->runs[n_runs].tab = tab;
+            c->runs[n_runs].start = r;
+            n_runs++;
+            prev = tab;
+        }
+    }
+    c->runs[n_runs - 1].end = T;
+    CHECK(kb->ops->upload(kb, c->d_emb_ids, c->emb_ids, (size_t)T * 4));
+    for (int i = 0; i < n_runs; i++) {
+        int s = c->runs[i].start, n = c->runs[i].end - s;
+        CHECK(kb->ops->get_rows(kb, c->runs[i].tab, c->d_emb_ids + s, n, c->x + (size_t)s * H));
+    }
+    return 0;
+}
+
 int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     const model *m = c->m;
     const model_config *cfg = &m->cfg;
@@ -131,45 +193,59 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     int hd = cfg->head_dim, H = cfg->hidden_size, I = cfg->intermediate_size;
     int kv_dim = cfg->n_kv_heads * hd;
 
+    CHECK(llama__plan_build(c, b));
     CHECK(op->upload(kb, c->d_tokens, b->tokens, (size_t)T * 4));
     CHECK(op->upload(kb, c->d_pos, b->positions, (size_t)T * 4));
     CHECK(op->upload(kb, c->d_slots, b->slots, (size_t)T * 4));
     CHECK(op->upload(kb, c->d_qstart, b->q_start, ((size_t)S + 1) * 4));
     CHECK(op->upload(kb, c->d_kvlen, b->kv_len, (size_t)S * 4));
+    if (b->kv_start) CHECK(op->upload(kb, c->d_kvstart, b->kv_start, (size_t)S * 4));
     CHECK(op->upload(kb, c->d_btab, b->block_table, (size_t)S * c->p.max_blocks * 4));
     if (b->n_logits) CHECK(op->upload(kb, c->d_rows, b->logit_rows, (size_t)b->n_logits * 4));
 
-    CHECK(op->get_rows(kb, &m->embed, c->d_tokens, T, c->x));
+    CHECK(embed_rows(c, b));
     kattn_args a = {
         .n_seqs = S, .q_start = c->d_qstart, .kv_len = c->d_kvlen, .block_table = c->d_btab,
         .max_blocks = c->p.max_blocks, .block_size = c->p.block_size, .n_heads = cfg->n_heads,
         .n_kv_heads = cfg->n_kv_heads, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
-        .q = c->q, .out = c->att,
+        .q = c->q, .out = c->att, .kv_start = b->kv_start ? c->d_kvstart : NULL,
     };
     for (int l = 0; l < cfg->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         CHECK(op->rmsnorm(kb, c->x, &L->attn_norm, T, H, cfg->rms_norm_eps, c->xn));
-        CHECK(op->matmul(kb, c->xn, T, &L->wq, c->q, 0.0f));
-        CHECK(op->matmul(kb, c->xn, T, &L->wk, c->k, 0.0f));
-        CHECK(op->matmul(kb, c->xn, T, &L->wv, c->v, 0.0f));
+        CHECK(llama__project(c, l, AMOD_Q, &L->wq, c->xn, T, c->q, false));
+        CHECK(llama__project(c, l, AMOD_K, &L->wk, c->xn, T, c->k, false));
+        CHECK(llama__project(c, l, AMOD_V, &L->wv, c->xn, T, c->v, false));
         CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, c->inv_freq));
         CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, c->inv_freq));
         CHECK(op->kv_store(kb, c->k, c->v, c->d_slots, T, kv_dim, c->k_cache[l], c->v_cache[l]));
         a.k_cache = c->k_cache[l];
         a.v_cache = c->v_cache[l];
         CHECK(op->attention(kb, &a));
-        CHECK(op->matmul(kb, c->att, T, &L->wo, c->x, 1.0f));
+        CHECK(llama__sublayer_out(c, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN));
         CHECK(op->rmsnorm(kb, c->x, &L->ffn_norm, T, H, cfg->rms_norm_eps, c->xn));
-        CHECK(op->matmul(kb, c->xn, T, &L->w_gate, c->gate, 0.0f));
-        CHECK(op->matmul(kb, c->xn, T, &L->w_up, c->up, 0.0f));
+        CHECK(llama__project(c, l, AMOD_GATE, &L->w_gate, c->xn, T, c->gate, false));
+        CHECK(llama__project(c, l, AMOD_UP, &L->w_up, c->xn, T, c->up, false));
         CHECK(op->swiglu(kb, c->gate, c->up, T, I, c->gate));
-        CHECK(op->matmul(kb, c->gate, T, &L->w_down, c->x, 1.0f));
+        CHECK(llama__sublayer_out(c, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN));
     }
     if (b->n_logits == 0) return op->synchronize(kb);
     kmat xs = {.data = c->x, .dtype = KDT_F32, .rows = T, .cols = H};
     CHECK(op->get_rows(kb, &xs, c->d_rows, b->n_logits, c->sel));
     CHECK(op->rmsnorm(kb, c->sel, &m->final_norm, b->n_logits, H, cfg->rms_norm_eps, c->sel));
-    CHECK(op->matmul(kb, c->sel, b->n_logits, &m->lm_head, c->logits, 0.0f));
+    /* lm_head, per run of logit rows sharing a head (modules_to_save replaces it) */
+    for (int i = 0; i < b->n_logits;) {
+        const adapter *ad = llama__row_adapter(b, b->logit_rows[i]);
+        const kmat *head = ad && ad->lm_head.data ? &ad->lm_head : &m->lm_head;
+        int j = i + 1;
+        while (j < b->n_logits) {
+            const adapter *ad2 = llama__row_adapter(b, b->logit_rows[j]);
+            if ((ad2 && ad2->lm_head.data ? &ad2->lm_head : &m->lm_head) != head) break;
+            j++;
+        }
+        CHECK(op->matmul(kb, c->sel + (size_t)i * H, j - i, head, c->logits + (size_t)i * cfg->vocab_size, 0.0f));
+        i = j;
+    }
     CHECK(op->download(kb, logits, c->logits, (size_t)b->n_logits * cfg->vocab_size * 4));
     return op->synchronize(kb);
 }

@@ -9,19 +9,32 @@
 
 #include <stdint.h>
 
+#include "adapter_store/adapter.h"
 #include "kernels/kernels.h"
 #include "server/model/model.h"
+
+/* Rows [row_start, row_end) of a step use one adapter (or none) at one strength. The
+ * engine orders sequences so that each (adapter, scale) pair owns one contiguous segment. */
+typedef struct {
+    const adapter *ad;          /* NULL = the bare base model */
+    float scale;                /* multiplies LoRA-family deltas (per-request adapter_scale) */
+    int row_start, row_end;
+} llama_segment;
 
 /* One step: T token rows from S sequences (rows of a sequence contiguous), host arrays. */
 typedef struct {
     int n_tokens;                /* T */
-    const int32_t *tokens;       /* [T] token ids */
+    const int32_t *tokens;       /* [T] token ids; -(k+1) = virtual token k of the row's
+                                  * prompt-tuning adapter */
     const int32_t *positions;    /* [T] RoPE positions */
     const int32_t *slots;        /* [T] physical KV slot (block * block_size + offset) */
     int n_seqs;                  /* S */
     const int32_t *q_start;      /* [S + 1] */
     const int32_t *kv_len;       /* [S] valid KV slots after this step */
     const int32_t *block_table;  /* [S * max_blocks] */
+    const int32_t *kv_start;     /* [S] first KV slot a sequence attends to, or NULL (all 0) */
+    int n_segs;                  /* adapter segments covering [0, T) in order; 0 = all base */
+    const llama_segment *segs;
     int n_logits;                /* rows whose logits are wanted */
     const int32_t *logit_rows;   /* [n_logits] row indices in [0, T) */
 } llama_batch;
@@ -39,6 +52,10 @@ typedef struct {
 /* @note caller owns *out: llama_ctx_free(). m must outlive it. */
 int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char *err, size_t errlen);
 void llama_ctx_free(llama_ctx *c); /* NULL is a no-op */
+
+/* Writes a prefix-tuning adapter's per-layer K/V into KV slots pad .. pad+n_virtual-1 of
+ * the given blocks (the engine shares those blocks among the adapter's sequences). */
+int llama_store_prefix(llama_ctx *c, const adapter *ad, const int32_t *blocks, int pad);
 
 /* Runs the batch; writes n_logits rows of vocab_size f32 logits to logits (host memory). */
 int llama_forward(llama_ctx *c, const llama_batch *b, float *logits);

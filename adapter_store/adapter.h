@@ -1,0 +1,125 @@
+/* adapter_store/adapter.h — the internal, kind-independent layout of one loaded adapter
+ * version, and loading it from a directory written by `save_pretrained` (Hugging Face
+ * PEFT: adapter_config.json + adapter_model.safetensors; AdapterHub: adapter_config.json
+ * + adapter.safetensors).
+ *
+ * Everything the forward pass needs is precomputed at load time so a step only gathers:
+ * LoRA scales (alpha/r, alpha/sqrt(r) for rsLoRA, rank/alpha patterns), DoRA's per-output
+ * factor m / ||W + scale·B·A||_row, IA3 vectors, prompt/prefix tables, bottleneck weights.
+ * Tensors live in the backend's memory (kb). An adapter is immutable once loaded and is
+ * shared by every sequence that uses it.
+ *
+ * adapter_store depends only on kernels/: the base model is described by adapter_base.
+ */
+#ifndef PEFTD_ADAPTER_H
+#define PEFTD_ADAPTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+
+typedef enum {
+    ADAPTER_LORA = 1,       /* LoRA, rsLoRA, DoRA (PEFT peft_type "LORA") */
+    ADAPTER_IA3,            /* PEFT "IA3" */
+    ADAPTER_PROMPT_TUNING,  /* PEFT "PROMPT_TUNING" */
+    ADAPTER_PREFIX_TUNING,  /* PEFT "PREFIX_TUNING" */
+    ADAPTER_BOTTLENECK,     /* AdapterHub seq_bn (Pfeiffer) / double_seq_bn (Houlsby) */
+} adapter_kind;
+
+const char *adapter_kind_name(adapter_kind k); /* "lora", "ia3", ... */
+
+/* The Llama projections an adapter can target, in a fixed order. */
+typedef enum {
+    AMOD_Q = 0, AMOD_K, AMOD_V, AMOD_O, AMOD_GATE, AMOD_UP, AMOD_DOWN, AMOD_COUNT
+} adapter_module;
+
+const char *adapter_module_name(adapter_module m); /* "q_proj", ... */
+
+/* What an adapter is validated against and built for. */
+typedef struct {
+    char name[128];            /* served base model id */
+    char model_type[32];       /* config.json model_type, e.g. "llama" */
+    int hidden, intermediate, n_layers, n_heads, n_kv_heads, head_dim, vocab;
+    const kmat *layer_w;       /* [n_layers * AMOD_COUNT] base projections (DoRA norms) */
+    const kmat *embed;         /* [vocab, hidden] */
+} adapter_base;
+
+/* In/out features of module m on the base ([out, in] like its weight). */
+void adapter_module_shape(const adapter_base *b, adapter_module m, int *out, int *in);
+
+typedef struct {
+    int rank;                  /* 0: this module is not adapted in this layer */
+    float scale;               /* lora_alpha / r (or / sqrt(r) with use_rslora), per pattern */
+    kmat a;                    /* [rank, in] */
+    kmat b;                    /* [out, rank] */
+    const float *dora;         /* DoRA: [out] m / ||W + scale·B·A||_row; NULL for plain LoRA */
+} adapter_lora;
+
+/* One AdapterHub bottleneck module; the exact placement math is in server/model (llama.c)
+ * and documented in tests/fixtures/adapters/SEMANTICS.md. */
+typedef struct {
+    int size;                  /* bottleneck width; 0 = absent */
+    kmat down;                 /* [size, hidden] */
+    const float *down_bias;    /* [size] or NULL */
+    kmat up;                   /* [hidden, size] */
+    const float *up_bias;      /* [hidden] or NULL */
+    kact act;
+    float scaling;
+    bool residual_before_ln;   /* AdapterHub flags that change the math on Llama */
+    bool original_ln_before;
+    bool original_ln_after;
+} adapter_bottleneck;
+
+typedef struct adapter {
+    adapter_kind kind;
+    char source[4096];         /* directory it was loaded from */
+    char sha256[65];           /* content hash of the files as uploaded: the cache key */
+    int n_layers;
+    int max_rank;              /* largest LoRA rank / bottleneck size (workspace sizing) */
+
+    /* LORA: [n_layers * AMOD_COUNT], index layer * AMOD_COUNT + module */
+    adapter_lora *lora;
+
+    /* IA3: [n_layers * AMOD_COUNT] vectors or NULL. ia3_input[m] tells which side:
+     * output-side vectors are [out] and scale the projection's output (k, v, ...);
+     * input-side ones ("feedforward_modules", e.g. down_proj) are [in] and scale its input. */
+    const float **ia3;
+    bool ia3_input[AMOD_COUNT];
+
+    /* PROMPT_TUNING: n_virtual learned input embeddings placed before the prompt.
+     * PREFIX_TUNING: per layer K/V for n_virtual slots before the prompt:
+     *   prefix_k/v[l] = [n_virtual, n_kv_heads * head_dim] f32 (already in KV-cache layout). */
+    int n_virtual;
+    kmat prompt;               /* [n_virtual, hidden] */
+    const float **prefix_k;    /* [n_layers] */
+    const float **prefix_v;    /* [n_layers] */
+
+    /* BOTTLENECK: [n_layers] each, size 0 where a layer has none */
+    adapter_bottleneck *bn_attn;  /* after self-attention ("mh_adapter") */
+    adapter_bottleneck *bn_ffn;   /* after the MLP ("output_adapter") */
+
+    /* modules_to_save replacements (data NULL when absent) */
+    kmat lm_head;              /* [vocab, hidden] */
+    kmat embed;                /* [vocab, hidden] */
+
+    int64_t n_params;          /* trainable parameters as stored */
+    size_t bytes;              /* bytes of the stored tensors */
+    int ranks[8];              /* distinct LoRA ranks (for reporting), n_ranks of them */
+    int n_ranks;
+
+    kbackend *kb;              /* not owned */
+    struct adapter_storage *storage; /* private */
+} adapter;
+
+/* Loads and validates an adapter directory against the base. On failure returns a
+ * negative status and a message naming the offending field/tensor/file in err; status
+ * PEFTD_EUNSUPPORTED for valid-but-unservable adapters (e.g. fan_in_fan_out), PEFTD_EFORMAT
+ * for malformed files, PEFTD_EINVAL for adapters incompatible with the base (shapes).
+ * @note caller owns *out: adapter_free(). base's kmats must outlive the call only. */
+int adapter_load_dir(const char *dir, const adapter_base *base, kbackend *kb, adapter **out, char *err,
+                     size_t errlen);
+void adapter_free(adapter *a); /* NULL is a no-op */
+
+#endif

@@ -1,0 +1,288 @@
+/* server/model/llama_adapters.c — applying adapters per segment inside one batch.
+ *
+ * Once per step, llama__plan_build() walks the batch's segments and, for every (layer,
+ * module) and bottleneck place, gathers the segments' adapter tensors into the pointer
+ * tables the SGMV / seg_scale ops read (one staging block, uploaded once). The layer loop
+ * then calls llama__project() / llama__sublayer_out(), which run the base matmul over all
+ * rows and add each segment's delta:
+ *   LoRA      y += scale·B(A x)                    (SGMV shrink + expand)
+ *   DoRA      y  = f ⊙ (W x + scale·B(A x))        (f = m/||W + scale·BA||, precomputed)
+ *   IA3       y  = l ⊙ (W x)  or  y = W (l ⊙ x)    (output- or input-side vector)
+ *   bottleneck (AdapterHub, on Llama where the library passes no layer norm), with a the
+ *   sub-layer output and h the residual stream before it:
+ *             z = a + h if original_ln_before else a
+ *             x' = h + a + scaling·(U act(D z + d) + u)
+ *   (tests/fixtures/adapters/SEMANTICS.md derives this from the library.)
+ * Segments without an adapter, or whose adapter has nothing at a place, get rank 0 /
+ * NULL entries and cost nothing.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/model/llama_internal.h"
+
+const adapter *llama__row_adapter(const llama_batch *b, int r) {
+    int lo = 0, hi = b->n_segs - 1;
+    while (lo <= hi) { /* segments are ordered by row */
+        int mid = (lo + hi) / 2;
+        if (r < b->segs[mid].row_start) hi = mid - 1;
+        else if (r >= b->segs[mid].row_end) lo = mid + 1;
+        else return b->segs[mid].ad;
+    }
+    return NULL;
+}
+
+/* Staging arrays: n_segs entries per table; worst case per step, per (layer, module):
+ * 3 dtypes × (a, b, rank, scale) + dora + ia3_out + ia3_in, and per bottleneck place:
+ * 3 dtypes × (a, b, rank, scale, bias_a, bias_b, act). 16 bytes of alignment per array. */
+int llama__plan_init(llama_ctx *c) {
+    const model_config *cfg = &c->m->cfg;
+    size_t S = (size_t)c->p.max_seqs, L = (size_t)cfg->n_layers;
+    size_t per_mod = 3 * (4 * (8 * S + 16)) + 3 * (8 * S + 16);
+    size_t per_bn = 3 * (7 * (8 * S + 16));
+    c->plan_cap = L * (AMOD_COUNT * per_mod + 2 * per_bn) + 4 * (S + 1) + 64;
+    c->plan_host = malloc(c->plan_cap);
+    c->plan_dev = c->kb->ops->alloc(c->kb, c->plan_cap);
+    c->plan = calloc(1, sizeof *c->plan);
+    if (!c->plan_host || !c->plan_dev || !c->plan) return PEFTD_ENOMEM;
+    c->plan->mod = calloc(L * AMOD_COUNT, sizeof(llama_plan_mod));
+    c->plan->bn = calloc(L * 2, sizeof(llama_plan_bn));
+    if (!c->plan->mod || !c->plan->bn) return PEFTD_ENOMEM;
+    for (size_t i = 0; i < L * 2; i++)
+        if (!(c->plan->bn[i].ln_before = calloc(S, sizeof(bool)))) return PEFTD_ENOMEM;
+    return 0;
+}
+
+/* Bump allocation in the staging block; returns the host address, *dev the device one. */
+static void *stage(llama_ctx *c, size_t bytes, void **dev) {
+    size_t off = (c->plan_used + 15) & ~(size_t)15;
+    if (off + bytes > c->plan_cap) return NULL;
+    c->plan_used = off + bytes;
+    *dev = c->plan_dev + off;
+    return c->plan_host + off;
+}
+
+#define STAGE(c, type, n, devp) ((type *)stage((c), sizeof(type) * (size_t)(n), (void **)(devp)))
+
+/* One ksgmv per weight dtype among the segments that have a (non-empty) low-rank pair. */
+typedef struct {
+    const void *a, *b;
+    int rank;
+    float scale;
+    const float *bias_a, *bias_b;
+    kact act;
+    kdtype dtype;
+} seg_pair;
+
+static int build_sgmv(llama_ctx *c, const seg_pair *pairs, int n_segs, bool with_bias, int *n_sg, ksgmv *sg,
+                      int *ld_t) {
+    *n_sg = 0;
+    for (int dt = KDT_F32; dt <= KDT_BF16; dt++) {
+        bool any = false;
+        for (int i = 0; i < n_segs; i++) any |= pairs[i].rank > 0 && pairs[i].dtype == (kdtype)dt;
+        if (!any) continue;
+        ksgmv *s = &sg[(*n_sg)++];
+        memset(s, 0, sizeof *s);
+        const void **a, **b;
+        int32_t *rank;
+        float *scale;
+        void *d;
+        if (!(a = STAGE(c, const void *, n_segs, &d))) return PEFTD_ENOMEM;
+        s->a = d;
+        if (!(b = STAGE(c, const void *, n_segs, &d))) return PEFTD_ENOMEM;
+        s->b = d;
+        if (!(rank = STAGE(c, int32_t, n_segs, &d))) return PEFTD_ENOMEM;
+        s->rank = d;
+        if (!(scale = STAGE(c, float, n_segs, &d))) return PEFTD_ENOMEM;
+        s->scale = d;
+        const float **ba = NULL, **bb = NULL;
+        int32_t *act = NULL;
+        if (with_bias) {
+            if (!(ba = STAGE(c, const float *, n_segs, &d))) return PEFTD_ENOMEM;
+            s->bias_a = d;
+            if (!(bb = STAGE(c, const float *, n_segs, &d))) return PEFTD_ENOMEM;
+            s->bias_b = d;
+            if (!(act = STAGE(c, int32_t, n_segs, &d))) return PEFTD_ENOMEM;
+            s->act = d;
+        }
+        for (int i = 0; i < n_segs; i++) {
+            bool mine = pairs[i].rank > 0 && pairs[i].dtype == (kdtype)dt;
+            a[i] = mine ? pairs[i].a : NULL;
+            b[i] = mine ? pairs[i].b : NULL;
+            rank[i] = mine ? pairs[i].rank : 0;
+            scale[i] = mine ? pairs[i].scale : 0.0f;
+            if (with_bias) {
+                ba[i] = mine ? pairs[i].bias_a : NULL;
+                bb[i] = mine ? pairs[i].bias_b : NULL;
+                act[i] = mine ? (int32_t)pairs[i].act : KACT_NONE;
+            }
+            if (mine && pairs[i].rank > *ld_t) *ld_t = pairs[i].rank;
+        }
+        s->n_segs = n_segs;
+        s->seg_start = c->plan->seg_start;
+        s->dtype = (kdtype)dt;
+    }
+    return 0;
+}
+
+/* A per-segment vector table, or NULL when no segment has a vector. */
+static int build_vec(llama_ctx *c, const float *const *vecs, int n_segs, const float *const **out) {
+    *out = NULL;
+    bool any = false;
+    for (int i = 0; i < n_segs; i++) any |= vecs[i] != NULL;
+    if (!any) return 0;
+    void *d;
+    const float **v = STAGE(c, const float *, n_segs, &d);
+    if (!v) return PEFTD_ENOMEM;
+    memcpy(v, vecs, sizeof(*v) * (size_t)n_segs);
+    *out = d;
+    return 0;
+}
+
+int llama__plan_build(llama_ctx *c, const llama_batch *b) {
+    llama_plan *p = c->plan;
+    const model_config *cfg = &c->m->cfg;
+    int L = cfg->n_layers, n = b->n_segs;
+    bool any = false;
+    for (int i = 0; i < n; i++) any |= b->segs[i].ad != NULL;
+    if (n > c->p.max_seqs) return PEFTD_EINVAL;
+    p->n_segs = 0;
+    if (!any) return 0; /* base only: the layer loop runs plain matmuls */
+    c->plan_used = 0;
+    p->n_segs = n;
+    p->segs = b->segs;
+    p->max_rank = 0;
+    void *d;
+    int32_t *ss = STAGE(c, int32_t, n + 1, &d);
+    if (!ss) return PEFTD_ENOMEM;
+    p->seg_start = d;
+    for (int i = 0; i < n; i++) {
+        if (b->segs[i].row_start != (i ? b->segs[i - 1].row_end : 0) || b->segs[i].row_end < b->segs[i].row_start)
+            return PEFTD_EINVAL;
+        ss[i] = b->segs[i].row_start;
+    }
+    ss[n] = b->segs[n - 1].row_end;
+    if (ss[n] != b->n_tokens) return PEFTD_EINVAL;
+
+    seg_pair pairs[n];
+    const float *dora[n], *ia3o[n], *ia3i[n];
+    for (int l = 0; l < L; l++) {
+        for (int m = 0; m < AMOD_COUNT; m++) {
+            llama_plan_mod *pm = &p->mod[l * AMOD_COUNT + m];
+            memset(pm, 0, sizeof *pm);
+            for (int i = 0; i < n; i++) {
+                const adapter *ad = b->segs[i].ad;
+                memset(&pairs[i], 0, sizeof pairs[i]);
+                dora[i] = ia3o[i] = ia3i[i] = NULL;
+                if (!ad) continue;
+                if (ad->kind == ADAPTER_LORA && ad->lora) {
+                    const adapter_lora *lr = &ad->lora[l * AMOD_COUNT + m];
+                    if (lr->rank > 0) {
+                        pairs[i] = (seg_pair){.a = lr->a.data, .b = lr->b.data, .rank = lr->rank,
+                                              .scale = lr->scale * b->segs[i].scale, .dtype = lr->a.dtype};
+                        dora[i] = lr->dora;
+                    }
+                } else if (ad->kind == ADAPTER_IA3 && ad->ia3) {
+                    const float *v = ad->ia3[l * AMOD_COUNT + m];
+                    if (ad->ia3_input[m]) ia3i[i] = v;
+                    else ia3o[i] = v;
+                }
+            }
+            CHECK(build_sgmv(c, pairs, n, false, &pm->n_sg, pm->sg, &pm->ld_t));
+            CHECK(build_vec(c, dora, n, &pm->dora));
+            CHECK(build_vec(c, ia3o, n, &pm->ia3_out));
+            CHECK(build_vec(c, ia3i, n, &pm->ia3_in));
+            if (pm->ld_t > p->max_rank) p->max_rank = pm->ld_t;
+        }
+        for (int place = 0; place < 2; place++) {
+            llama_plan_bn *pb = &p->bn[l * 2 + place];
+            bool *lnb = pb->ln_before;
+            memset(pb, 0, sizeof *pb);
+            pb->ln_before = lnb;
+            for (int i = 0; i < n; i++) {
+                const adapter *ad = b->segs[i].ad;
+                memset(&pairs[i], 0, sizeof pairs[i]);
+                lnb[i] = false;
+                if (!ad || ad->kind != ADAPTER_BOTTLENECK) continue;
+                const adapter_bottleneck *bn = place == LLAMA_PLACE_ATTN ? ad->bn_attn : ad->bn_ffn;
+                if (!bn || bn[l].size <= 0) continue;
+                /* the only residual wiring served (validated at load): x' = h + a + Δ */
+                if (!bn[l].residual_before_ln || !bn[l].original_ln_after) return PEFTD_EUNSUPPORTED;
+                lnb[i] = bn[l].original_ln_before;
+                pairs[i] = (seg_pair){.a = bn[l].down.data, .b = bn[l].up.data, .rank = bn[l].size,
+                                      .scale = bn[l].scaling, .bias_a = bn[l].down_bias, .bias_b = bn[l].up_bias,
+                                      .act = bn[l].act, .dtype = bn[l].down.dtype};
+            }
+            CHECK(build_sgmv(c, pairs, n, true, &pb->n_sg, pb->sg, &pb->ld_t));
+            if (pb->ld_t > p->max_rank) p->max_rank = pb->ld_t;
+        }
+    }
+    CHECK(c->kb->ops->upload(c->kb, c->plan_dev, c->plan_host, c->plan_used));
+    if (p->max_rank > c->ws_cols) { /* grow the SGMV workspace to the widest rank seen */
+        if (c->ws) c->kb->ops->free(c->kb, c->ws);
+        c->ws = c->kb->ops->alloc(c->kb, (size_t)c->p.max_tokens * p->max_rank * sizeof(float));
+        c->ws_cols = c->ws ? p->max_rank : 0;
+        if (!c->ws) return PEFTD_ENOMEM;
+    }
+    return 0;
+}
+
+static int apply_sgmv(llama_ctx *c, int n_sg, const ksgmv *sg, int ld_t, const float *in, int in_dim, int out_dim,
+                      float *out) {
+    kbackend *kb = c->kb;
+    for (int i = 0; i < n_sg; i++) {
+        CHECK(kb->ops->sgmv_shrink(kb, in, in_dim, &sg[i], c->ws, ld_t));
+        CHECK(kb->ops->sgmv_expand(kb, c->ws, ld_t, &sg[i], out_dim, out));
+    }
+    return 0;
+}
+
+/* dst[T, dim] = src (no device-to-device copy op: zero then add). */
+static int copy_rows(kbackend *kb, float *dst, const float *src, int T, int dim) {
+    CHECK(kb->ops->memset0(kb, dst, (size_t)T * dim * sizeof(float)));
+    return kb->ops->add(kb, dst, src, (int64_t)T * dim);
+}
+
+int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T, float *out,
+                   bool accumulate) {
+    kbackend *kb = c->kb;
+    const llama_plan *p = c->plan;
+    const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
+    int in_dim = (int)w->cols, out_dim = (int)w->rows;
+    if (pm && pm->ia3_in) {
+        CHECK(copy_rows(kb, c->tmp_in, in, T, in_dim));
+        CHECK(kb->ops->seg_scale(kb, c->tmp_in, in_dim, p->n_segs, p->seg_start, pm->ia3_in));
+        in = c->tmp_in;
+    }
+    CHECK(kb->ops->matmul(kb, in, T, w, out, accumulate ? 1.0f : 0.0f));
+    if (!pm) return 0;
+    CHECK(apply_sgmv(c, pm->n_sg, pm->sg, pm->ld_t, in, in_dim, out_dim, out));
+    if (pm->dora) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->dora));
+    if (pm->ia3_out) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->ia3_out));
+    return 0;
+}
+
+int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T,
+                        int place) {
+    kbackend *kb = c->kb;
+    const llama_plan *p = c->plan;
+    const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
+    const llama_plan_bn *pb = p->n_segs ? &p->bn[layer * 2 + place] : NULL;
+    bool bottleneck = pb && pb->n_sg > 0;
+    /* x += proj(in) directly, unless the projection's own output must be seen first */
+    if (!bottleneck && !(pm && (pm->dora || pm->ia3_out)))
+        return llama__project(c, layer, m, w, in, T, c->x, true);
+    int H = c->m->cfg.hidden_size;
+    CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false)); /* a */
+    if (!bottleneck) return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * H);
+    /* z = a, plus h for the segments whose adapter sets original_ln_before */
+    CHECK(copy_rows(kb, c->tmp_in, c->tmp, T, H));
+    for (int i = 0; i < p->n_segs; i++) {
+        int r0 = p->segs[i].row_start, n = p->segs[i].row_end - r0;
+        if (pb->ln_before[i] && n > 0)
+            CHECK(kb->ops->add(kb, c->tmp_in + (size_t)r0 * H, c->x + (size_t)r0 * H, (int64_t)n * H));
+    }
+    CHECK(kb->ops->add(kb, c->x, c->tmp, (int64_t)T * H)); /* x = h + a */
+    return apply_sgmv(c, pb->n_sg, pb->sg, pb->ld_t, c->tmp_in, H, H, c->x);
+}
