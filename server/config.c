@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapter_store/registry.h"
 #include "kernels/util/status.h"
 
 void config_default(peftd_config *c) {
@@ -18,6 +19,36 @@ void config_default(peftd_config *c) {
     c->max_body_bytes = 1 << 20;
     c->http_threads = 4;
     engine_config_default(&c->engine);
+}
+
+void config_free(peftd_config *c) {
+    free(c->adapters);
+    c->adapters = NULL;
+    c->n_adapters = 0;
+}
+
+int config_add_adapter(peftd_config *c, const char *name, const char *dir, char *err, size_t errlen) {
+    if (!registry_name_valid(name)) {
+        snprintf(err, errlen, "adapter name \"%.80s\" is invalid (1-64 of [A-Za-z0-9._-], not starting with . or -)",
+                 name);
+        return PEFTD_EINVAL;
+    }
+    if (strlen(dir) >= sizeof c->adapters[0].dir || !dir[0]) {
+        snprintf(err, errlen, "adapter \"%s\": directory path empty or too long", name);
+        return PEFTD_EINVAL;
+    }
+    for (int i = 0; i < c->n_adapters; i++)
+        if (!strcmp(c->adapters[i].name, name)) {
+            snprintf(err, errlen, "adapter \"%s\" listed twice", name);
+            return PEFTD_EINVAL;
+        }
+    struct config_adapter *a = realloc(c->adapters, (size_t)(c->n_adapters + 1) * sizeof *a);
+    if (!a) return PEFTD_ENOMEM;
+    c->adapters = a;
+    snprintf(a[c->n_adapters].name, sizeof a->name, "%s", name);
+    snprintf(a[c->n_adapters].dir, sizeof a->dir, "%s", dir);
+    c->n_adapters++;
+    return 0;
 }
 
 /* Reads an integer field within [lo, hi]; absent is fine. */
@@ -120,6 +151,23 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
         if (!st) st = get_int(en, "kv_blocks", 0, 1 << 24, &ec->kv_blocks, where, err, errlen);
         if (!st) st = get_int(en, "kv_cache_mb", 1, 1 << 22, &ec->kv_cache_mb, where, err, errlen);
         if (!st) st = get_int(en, "max_queue", 1, 1 << 20, &ec->max_queue, where, err, errlen);
+    }
+    const cJSON *ads = cJSON_GetObjectItemCaseSensitive(root, "adapters");
+    if (!st && ads) {
+        if (!cJSON_IsObject(ads)) {
+            snprintf(err, errlen, "%s: \"adapters\" must be an object of name: directory", path);
+            st = PEFTD_EINVAL;
+        }
+        for (const cJSON *it = ads ? ads->child : NULL; !st && it; it = it->next) {
+            if (!cJSON_IsString(it)) {
+                snprintf(err, errlen, "%s: adapters.\"%.80s\" must be a directory path string", path, it->string);
+                st = PEFTD_EINVAL;
+                break;
+            }
+            char e2[512];
+            if ((st = config_add_adapter(c, it->string, it->valuestring, e2, sizeof e2)) < 0)
+                snprintf(err, errlen, "%s: %s", path, e2);
+        }
     }
     cJSON_Delete(root);
     return st;

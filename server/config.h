@@ -16,9 +16,17 @@ typedef struct {
     size_t max_body_bytes;
     int http_threads;
     engine_config engine;
+    int n_adapters;           /* "adapters": {"name": "dir", ...} preloaded at start-up */
+    struct config_adapter {
+        char name[65];
+        char dir[4096];
+    } *adapters;
 } peftd_config;
 
 void config_default(peftd_config *c);
+void config_free(peftd_config *c); /* frees the adapter list */
+/* Appends one preloaded adapter (also used by `--adapter NAME=DIR`). */
+int config_add_adapter(peftd_config *c, const char *name, const char *dir, char *err, size_t errlen);
 /* Reads a JSON config file over the current values; unknown keys are errors (typos must
  * not be silently ignored). @note err gets a message naming the key on failure. */
 int config_load(peftd_config *c, const char *path, char *err, size_t errlen);

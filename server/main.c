@@ -18,12 +18,14 @@
 #include <string.h>
 #include <uv.h>
 
+#include "adapter_store/registry.h"
 #include "kernels/kernels.h"
 #include "kernels/util/log.h"
 #include "server/config.h"
 #include "server/engine/engine.h"
 #include "server/http/http_server.h"
 #include "server/model/model.h"
+#include "server/model/model_adapter_base.h"
 #include "server/model/tokenizer.h"
 
 #define PEFTD_VERSION "0.1.0"
@@ -33,8 +35,10 @@ static void usage(FILE *f) {
             "peftd " PEFTD_VERSION " — multi-tenant adapter-serving inference daemon\n"
             "usage:\n"
             "  peftd serve [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]\n"
+            "              [--adapter NAME=DIR]...\n"
             "  peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
-            "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n");
+            "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n"
+            "                 [--adapter DIR [--adapter-scale X]]\n");
 }
 
 static int parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
@@ -135,9 +139,9 @@ static void waiter_notify(void *ud) {
 }
 
 static int cmd_generate(int argc, char **argv) {
-    const char *model_dir = NULL, *prompt = NULL;
+    const char *model_dir = NULL, *prompt = NULL, *adapter_dir = NULL;
     long max_tokens = 16, seed = 0, top_k = 0, threads = 0;
-    double temperature = 1.0, top_p = 1.0;
+    double temperature = 1.0, top_p = 1.0, adapter_scale = 1.0;
     bool has_seed = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -148,6 +152,8 @@ static int cmd_generate(int argc, char **argv) {
         const char *v = argv[++i];
         if (!strcmp(a, "--model")) model_dir = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--adapter")) adapter_dir = v;
+        else if (!strcmp(a, "--adapter-scale")) { if (parse_float(a, v, 0, 16, &adapter_scale)) return 2; }
         else if (!strcmp(a, "--max-tokens")) { if (parse_long(a, v, 1, INT_MAX / 2, &max_tokens)) return 2; }
         else if (!strcmp(a, "--temperature")) { if (parse_float(a, v, 0, 100, &temperature)) return 2; }
         else if (!strcmp(a, "--top-p")) { if (parse_float(a, v, 1e-6, 1, &top_p)) return 2; }
@@ -174,6 +180,12 @@ static int cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL;
     size_t n_ids = 0;
     engine_request *r = NULL;
+    adapter *ad = NULL;
+    char err[1024];
+    if (adapter_dir && model_load_adapter(rt.m, adapter_dir, &ad, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: cannot load adapter %s: %s\n", adapter_dir, err);
+        goto out;
+    }
     if (tokenizer_encode(rt.tok, prompt, strlen(prompt), true, &ids, &n_ids) < 0) {
         fprintf(stderr, "peftd: the prompt is not valid UTF-8\n");
         goto out;
@@ -183,9 +195,10 @@ static int cmd_generate(int argc, char **argv) {
         goto out;
     }
     int ctx = engine_context_length(rt.e);
-    if ((long)n_ids + max_tokens > ctx) {
-        fprintf(stderr, "peftd: prompt (%zu tokens) + max-tokens (%ld) exceeds the context length %d\n", n_ids,
-                max_tokens, ctx);
+    int nv = ad && (ad->kind == ADAPTER_PROMPT_TUNING || ad->kind == ADAPTER_PREFIX_TUNING) ? ad->n_virtual : 0;
+    if ((long)n_ids + nv + max_tokens > ctx) {
+        fprintf(stderr, "peftd: prompt (%zu tokens%s) + max-tokens (%ld) exceeds the context length %d\n", n_ids,
+                nv ? " + the adapter's virtual tokens" : "", max_tokens, ctx);
         goto out;
     }
     gen_params p;
@@ -196,6 +209,8 @@ static int cmd_generate(int argc, char **argv) {
     p.top_k = (int)top_k;
     p.seed = (uint64_t)seed;
     p.has_seed = has_seed;
+    p.adapter = ad;
+    p.adapter_scale = (float)adapter_scale;
     waiter w = {.ready = false};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
@@ -232,6 +247,7 @@ out:
     if (rt.e) engine_stop(rt.e, false);
     engine_request_unref(r);
     free(ids);
+    adapter_free(ad);
     runtime_close(&rt);
     return rc;
 }
@@ -296,20 +312,59 @@ static int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--host")) snprintf(cfg.host, sizeof cfg.host, "%s", v);
         else if (!strcmp(a, "--port")) { if (parse_long(a, v, 0, 65535, &n)) return 2; cfg.port = (int)n; }
         else if (!strcmp(a, "--threads")) { if (parse_long(a, v, 0, 1024, &n)) return 2; cfg.threads = (int)n; }
-        else {
+        else if (!strcmp(a, "--adapter")) {
+            char name[128];
+            const char *eq = strchr(v, '=');
+            if (!eq || (size_t)(eq - v) >= sizeof name) {
+                fprintf(stderr, "peftd: --adapter expects NAME=DIR, got '%s'\n", v);
+                return 2;
+            }
+            memcpy(name, v, (size_t)(eq - v));
+            name[eq - v] = 0;
+            if (config_add_adapter(&cfg, name, eq + 1, err, sizeof err) < 0) {
+                fprintf(stderr, "peftd: %s\n", err);
+                config_free(&cfg);
+                return 2;
+            }
+        } else {
             fprintf(stderr, "peftd: unknown option %s\n", a);
             usage(stderr);
             return 2;
         }
     }
     runtime rt;
-    if (runtime_open(&rt, cfg.model_dir, cfg.threads, &cfg.engine) < 0) return 1;
+    if (runtime_open(&rt, cfg.model_dir, cfg.threads, &cfg.engine) < 0) {
+        config_free(&cfg);
+        return 1;
+    }
+    adapter_registry *reg = NULL;
+    if (registry_create(&reg) < 0) {
+        runtime_close(&rt);
+        config_free(&cfg);
+        return 1;
+    }
+    for (int i = 0; i < cfg.n_adapters; i++) {
+        adapter *ad = NULL;
+        if (model_load_adapter(rt.m, cfg.adapters[i].dir, &ad, err, sizeof err) < 0 ||
+            registry_put(reg, cfg.adapters[i].name, ad) < 0) {
+            fprintf(stderr, "peftd: adapter \"%s\" (%s): %s\n", cfg.adapters[i].name, cfg.adapters[i].dir, err);
+            adapter_free(ad);
+            registry_free(reg);
+            runtime_close(&rt);
+            config_free(&cfg);
+            return 1;
+        }
+        LOGI("adapter %s: %s from %s (%.1f KiB, sha256 %.12s)", cfg.adapters[i].name, adapter_kind_name(ad->kind),
+             cfg.adapters[i].dir, (double)ad->bytes / 1024, ad->sha256);
+    }
     http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
                       .threads = cfg.http_threads};
     http_server *srv = NULL;
-    if (http_server_start(&hc, rt.e, rt.tok, rt.m, &srv, err, sizeof err) < 0) {
+    if (http_server_start(&hc, rt.e, rt.tok, rt.m, reg, &srv, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg.host, cfg.port, err);
+        registry_free(reg);
         runtime_close(&rt);
+        config_free(&cfg);
         return 1;
     }
     printf("peftd: serving %s on http://%s:%d (OpenAI-compatible: POST /v1/completions)\n", rt.m->name, cfg.host,
@@ -333,7 +388,11 @@ static int cmd_serve(int argc, char **argv) {
     uv_close((uv_handle_t *)&s.poll, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
     uv_loop_close(&s.loop);
+    engine_free(rt.e); /* no request holds an adapter any more: free adapters before the backend */
+    rt.e = NULL;
+    registry_free(reg);
     runtime_close(&rt);
+    config_free(&cfg);
     LOGI("peftd: stopped");
     return 0;
 }

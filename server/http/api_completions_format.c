@@ -74,7 +74,7 @@ static cJSON *api_format_head(const api_job *job) {
     if (!cJSON_AddStringToObject(o, "id", job->id) ||
         !cJSON_AddStringToObject(o, "object", "text_completion") ||
         !cJSON_AddNumberToObject(o, "created", (double)job->created) ||
-        !cJSON_AddStringToObject(o, "model", job->srv->m->name)) {
+        !cJSON_AddStringToObject(o, "model", job->req.model_id)) {
         cJSON_Delete(o);
         return NULL;
     }

@@ -176,17 +176,36 @@ static int api_parse_stop(const cJSON *root, api_request *r, api_err *err) {
     return 0;
 }
 
-static int api_parse_model(const http_server *s, const cJSON *root, api_err *err) {
-    const cJSON *m = api_field(root, "model");
-    /* A missing model means the served one (llama.cpp does the same); a named one must
-     * match. */
-    if (!m) return 0;
-    if (!cJSON_IsString(m)) return api_fail(err, "invalid_type", "'model' must be a string");
-    if (strcmp(m->valuestring, s->m->name) != 0) {
-        api_fail(err, "model_not_found", "The model '%.*s' does not exist (serving '%s')",
-                 (int)http_utf8_prefix(m->valuestring, 200), m->valuestring, s->m->name);
+/* `model` names the base model or an adapter (as vLLM and LoRAX do); the extension field
+ * `adapter` names an adapter explicitly and wins. A missing model means the base model
+ * (llama.cpp does the same). Takes one registry reference on the chosen adapter. */
+static int api_parse_model(const http_server *s, const cJSON *root, api_request *r, api_err *err) {
+    const cJSON *m = api_field(root, "model"), *a = api_field(root, "adapter");
+    if (m && !cJSON_IsString(m)) return api_fail(err, "invalid_type", "'model' must be a string");
+    if (a && !cJSON_IsNull(a) && !cJSON_IsString(a))
+        return api_fail(err, "invalid_type", "'adapter' must be a string");
+    const char *name = a && cJSON_IsString(a) && a->valuestring[0] ? a->valuestring
+                       : m && strcmp(m->valuestring, s->m->name) != 0 ? m->valuestring
+                                                                    : NULL;
+    snprintf(r->model_id, sizeof r->model_id, "%s", s->m->name);
+    r->reg = s->reg;
+    if (!name) return 0;
+    r->adapter = registry_acquire(s->reg, name);
+    if (!r->adapter) {
+        api_fail(err, "model_not_found", "The model or adapter '%.*s' does not exist (serving '%s')",
+                 (int)http_utf8_prefix(name, 200), name, s->m->name);
         err->status = MHD_HTTP_NOT_FOUND;
         return PEFTD_ENOTFOUND;
+    }
+    snprintf(r->model_id, sizeof r->model_id, "%s", name);
+    r->gen.adapter = r->adapter;
+    const cJSON *sc = api_field(root, "adapter_scale");
+    if (sc) {
+        if (r->adapter->kind != ADAPTER_LORA)
+            return api_fail(err, "invalid_value", "'adapter_scale' applies to LoRA adapters only ('%s' is %s)",
+                            name, adapter_kind_name(r->adapter->kind));
+        int rc = api_get_float(root, "adapter_scale", 0, 16, false, &r->gen.adapter_scale, err);
+        if (rc) return rc;
     }
     return 0;
 }
@@ -275,12 +294,17 @@ int api_request_parse(const http_server *s, const char *body, size_t len, api_re
     }
     long long max_tokens = API_DEFAULT_MAX_TOKENS;
     if ((rc = api_parse_options(root, r, &max_tokens, err))) goto fail;
-    if ((rc = api_parse_model(s, root, err))) goto fail;
+    if ((rc = api_parse_model(s, root, r, err))) goto fail;
     if ((rc = api_parse_prompt(s, root, r, err))) goto fail;
 
     int ctx = engine_context_length(s->e);
+    /* prompt/prefix tuning's virtual tokens take context positions too */
+    int n_virtual = r->adapter && (r->adapter->kind == ADAPTER_PROMPT_TUNING ||
+                                   r->adapter->kind == ADAPTER_PREFIX_TUNING)
+                        ? r->adapter->n_virtual
+                        : 0;
     for (int i = 0; i < r->n_prompts; i++) {
-        long long total = (long long)r->prompts[i].n_ids + max_tokens;
+        long long total = (long long)r->prompts[i].n_ids + n_virtual + max_tokens;
         if (total > ctx) {
             rc = api_fail(err, "context_length_exceeded",
                           "This model's maximum context length is %d tokens. However, you "
@@ -316,4 +340,7 @@ void api_request_free(api_request *r) {
     }
     r->n_prompts = 0;
     r->gen.n_stop = 0;
+    if (r->adapter) registry_release(r->reg, r->adapter);
+    r->adapter = NULL;
+    r->gen.adapter = NULL;
 }

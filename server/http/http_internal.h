@@ -44,6 +44,7 @@ struct http_server {
     engine *e;
     const tokenizer *tok;
     const model *m;
+    adapter_registry *reg;       /* served adapters (may be empty) */
     http_config cfg;
     int port;
     time_t created;              /* "created" of the served model in /v1/models */

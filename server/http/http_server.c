@@ -184,9 +184,9 @@ static int http_resolve(const char *host, int port, struct sockaddr_storage *ss,
 }
 
 int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, const model *m,
-                      http_server **out, char *err, size_t errlen) {
+                      adapter_registry *reg, http_server **out, char *err, size_t errlen) {
     *out = NULL;
-    if (!cfg || !e || !tok || !m || cfg->port < 0 || cfg->port > 65535) {
+    if (!cfg || !e || !tok || !m || !reg || cfg->port < 0 || cfg->port > 65535) {
         snprintf(err, errlen, "http: invalid configuration");
         return PEFTD_EINVAL;
     }
@@ -196,6 +196,7 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
         return PEFTD_ENOMEM;
     }
     s->e = e;
+    s->reg = reg;
     s->tok = tok;
     s->m = m;
     s->cfg = *cfg;

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 
+#include "adapter_store/registry.h"
 #include "server/engine/engine.h"
 
 typedef struct {
@@ -23,10 +24,10 @@ typedef struct {
 
 typedef struct http_server http_server;
 
-/* Starts listening. @note caller owns *out: http_server_stop(). e, tok and m must
+/* Starts listening. @note caller owns *out: http_server_stop(). e, tok, m and reg must
  * outlive the server. */
 int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, const model *m,
-                      http_server **out, char *err, size_t errlen);
+                      adapter_registry *reg, http_server **out, char *err, size_t errlen);
 int http_server_port(const http_server *s); /* the bound port */
 /* Stops accepting connections, cancels in-flight streams' engine requests if the engine
  * is already stopped, waits for handlers to return, frees. NULL is a no-op. */

@@ -1,0 +1,194 @@
+/* adapter_store/registry.c — see registry.h. Entries are kept sorted by name in an array
+ * (binary search); every adapter version carries a refcount: one for being current under
+ * a name, one per request holding it. */
+#include "adapter_store/registry.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/util/log.h"
+
+typedef struct {
+    adapter *a;
+    int refs;
+} version;
+
+typedef struct {
+    char name[REGISTRY_NAME_MAX + 1];
+    version *v;
+} entry;
+
+struct adapter_registry {
+    pthread_mutex_t mu;
+    entry *e;
+    int n, cap;
+    /* versions no longer current but still referenced by running requests */
+    version **retired;
+    int n_retired, cap_retired;
+};
+
+int registry_create(adapter_registry **out) {
+    adapter_registry *r = calloc(1, sizeof *r);
+    if (!r) return PEFTD_ENOMEM;
+    pthread_mutex_init(&r->mu, NULL);
+    *out = r;
+    return 0;
+}
+
+void registry_free(adapter_registry *r) {
+    if (!r) return;
+    for (int i = 0; i < r->n; i++) {
+        adapter_free(r->e[i].v->a);
+        free(r->e[i].v);
+    }
+    for (int i = 0; i < r->n_retired; i++) {
+        LOGW("registry: freeing an adapter still referenced %d time(s)", r->retired[i]->refs);
+        adapter_free(r->retired[i]->a);
+        free(r->retired[i]);
+    }
+    free(r->e);
+    free(r->retired);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+bool registry_name_valid(const char *name) {
+    size_t n = name ? strlen(name) : 0;
+    if (n < 1 || n > REGISTRY_NAME_MAX || name[0] == '.' || name[0] == '-') return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* Index of name, or -(insertion point) - 1. Under mu. */
+static int find(const adapter_registry *r, const char *name) {
+    int lo = 0, hi = r->n - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2, c = strcmp(name, r->e[mid].name);
+        if (c == 0) return mid;
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
+    }
+    return -lo - 1;
+}
+
+/* Drops the "current" reference of v: free now, or retire until requests release it. */
+static int unpublish(adapter_registry *r, version *v) {
+    if (--v->refs == 0) {
+        adapter_free(v->a);
+        free(v);
+        return 0;
+    }
+    if (r->n_retired == r->cap_retired) {
+        int cap = r->cap_retired ? 2 * r->cap_retired : 8;
+        version **p = realloc(r->retired, (size_t)cap * sizeof *p);
+        if (!p) return PEFTD_ENOMEM;
+        r->retired = p;
+        r->cap_retired = cap;
+    }
+    r->retired[r->n_retired++] = v;
+    return 0;
+}
+
+int registry_put(adapter_registry *r, const char *name, adapter *a) {
+    if (!registry_name_valid(name) || !a) return PEFTD_EINVAL;
+    version *v = calloc(1, sizeof *v);
+    if (!v) return PEFTD_ENOMEM;
+    v->a = a;
+    v->refs = 1;
+    a->registry_version = v;
+    pthread_mutex_lock(&r->mu);
+    int i = find(r, name), st = 0;
+    if (i >= 0) {
+        version *old = r->e[i].v;
+        r->e[i].v = v;
+        st = unpublish(r, old);
+    } else {
+        i = -i - 1;
+        if (r->n == r->cap) {
+            int cap = r->cap ? 2 * r->cap : 16;
+            entry *p = realloc(r->e, (size_t)cap * sizeof *p);
+            if (!p) {
+                pthread_mutex_unlock(&r->mu);
+                free(v);
+                return PEFTD_ENOMEM;
+            }
+            r->e = p;
+            r->cap = cap;
+        }
+        memmove(&r->e[i + 1], &r->e[i], (size_t)(r->n - i) * sizeof(entry));
+        memset(&r->e[i], 0, sizeof(entry));
+        strcpy(r->e[i].name, name);
+        r->e[i].v = v;
+        r->n++;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
+int registry_remove(adapter_registry *r, const char *name) {
+    pthread_mutex_lock(&r->mu);
+    int i = find(r, name), st = PEFTD_ENOTFOUND;
+    if (i >= 0) {
+        version *v = r->e[i].v;
+        memmove(&r->e[i], &r->e[i + 1], (size_t)(r->n - i - 1) * sizeof(entry));
+        r->n--;
+        st = unpublish(r, v);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
+adapter *registry_acquire(adapter_registry *r, const char *name) {
+    adapter *a = NULL;
+    pthread_mutex_lock(&r->mu);
+    int i = find(r, name);
+    if (i >= 0) {
+        r->e[i].v->refs++;
+        a = r->e[i].v->a;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return a;
+}
+
+void registry_release(adapter_registry *r, adapter *a) {
+    if (!a) return;
+    pthread_mutex_lock(&r->mu);
+    version *v = a->registry_version;
+    if (!v || v->refs <= 0) {
+        pthread_mutex_unlock(&r->mu);
+        LOGE("registry_release: adapter without references");
+        abort(); /* programmer error: a release without an acquire */
+    }
+    if (--v->refs == 0) { /* only a retired version can reach zero here */
+        int i = 0;
+        while (i < r->n_retired && r->retired[i] != v) i++;
+        if (i == r->n_retired) {
+            pthread_mutex_unlock(&r->mu);
+            LOGE("registry_release: more releases than acquires of a current adapter");
+            abort(); /* programmer error: the adapter would be freed while still served */
+        }
+        r->retired[i] = r->retired[--r->n_retired];
+        adapter_free(v->a);
+        free(v);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+void registry_foreach(adapter_registry *r, void (*fn)(void *ud, const char *name, const adapter *a), void *ud) {
+    pthread_mutex_lock(&r->mu);
+    for (int i = 0; i < r->n; i++) fn(ud, r->e[i].name, r->e[i].v->a);
+    pthread_mutex_unlock(&r->mu);
+}
+
+int registry_count(adapter_registry *r) {
+    pthread_mutex_lock(&r->mu);
+    int n = r->n;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}

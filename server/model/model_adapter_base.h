@@ -1,0 +1,15 @@
+/* server/model/model_adapter_base.h — the bridge from a loaded model to adapter_store. */
+#ifndef PEFTD_MODEL_ADAPTER_BASE_H
+#define PEFTD_MODEL_ADAPTER_BASE_H
+
+#include "adapter_store/adapter.h"
+#include "server/model/model.h"
+
+/* Fills b from m; b->layer_w is allocated: model_adapter_base_free(). */
+int model_adapter_base(const model *m, adapter_base *b);
+void model_adapter_base_free(adapter_base *b);
+
+/* adapter_load_dir() against m, on m's backend. @note caller owns *out: adapter_free(). */
+int model_load_adapter(const model *m, const char *dir, adapter **out, char *err, size_t errlen);
+
+#endif
