@@ -32,7 +32,7 @@ typedef struct {
     bool stream, echo, include_usage;
     adapter *adapter;       /* the adapter chosen by `model` / `adapter`, one reference held */
     adapter_registry *reg;  /* where that reference goes back */
-    char model_id[80];      /* the id echoed in responses */
+    char model_id[160];     /* the id echoed in responses */
 } api_request;
 
 void api_request_free(api_request *r);
