@@ -185,6 +185,7 @@ TEST(matmul_odd_shapes) {
         {1, 1, 1},    {1, 3, 17},   {7, 5, 17},    {7, 37, 172},   {1, 1000, 172}, {7, 1000, 33},
         {133, 9, 17}, {133, 67, 172}, {133, 131, 768}, {1, 64, 768}, {7, 257, 768},  {2, 6, 16},
         {5, 4, 15},   {30, 100, 100}, {64, 97, 200},   {24, 50, 31}, {48, 40, 65},   {133, 1, 1},
+        {9, 13, 40},  {3, 1000, 768},
     };
     /* Each path (auto choice, forced register tiles, forced OpenBLAS) at every shape. */
     for (int path = KCPU_MM_AUTO; path <= KCPU_MM_BLAS; path++)
