@@ -1,0 +1,140 @@
+/* adapter_store/adapter_internal.h — what the adapter import files share (adapter.c,
+ * adapter_peft_*.c, adapter_hub.c, adapter_targets.c); not part of the public API.
+ *
+ * One load runs through an adapter__ctx: the parsed adapter_config.json, the weights file,
+ * a "used" flag per tensor (every tensor must be claimed by the kind's loader, anything
+ * left over is an unexpected tensor), and a staging list of host copies that adapter.c
+ * uploads into one backend block at the end, patching the kmat / vector pointers of the
+ * adapter. A kind loader therefore never touches backend memory itself.
+ *
+ * Status codes used throughout (see adapter.h): PEFTD_EFORMAT for files that are malformed
+ * or inconsistent with their own config (bad JSON types, missing / unexpected tensors);
+ * PEFTD_EUNSUPPORTED for valid adapters we cannot serve; PEFTD_EINVAL for adapters that do
+ * not fit the base (shapes, layers, modules) or hold non-finite values.
+ */
+#ifndef PEFTD_ADAPTER_INTERNAL_H
+#define PEFTD_ADAPTER_INTERNAL_H
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "adapter_store/adapter.h"
+#include "adapter_store/safetensors.h"
+
+/* One host copy waiting for upload; exactly one of mat / vec is set. */
+typedef struct {
+    void *host;           /* owned (malloc) */
+    size_t bytes;
+    kmat *mat;            /* gets .data = device address */
+    const float **vec;    /* gets *vec = device address */
+} adapter__item;
+
+typedef struct {
+    adapter__item *items;
+    size_t n, cap;
+} adapter__stage;
+
+typedef struct {
+    const char *dir;
+    const adapter_base *base;
+    adapter *a;
+    cJSON *root;          /* adapter_config.json */
+    cJSON *cfg;           /* PEFT: == root; AdapterHub: root["config"] */
+    st_file *st;
+    const char *wname;    /* weights file name, for messages */
+    bool *used;           /* [st_count(st)] */
+    adapter__stage stage;
+    char *err;
+    size_t errlen;
+} adapter__ctx;
+
+/* ---- adapter.c: errors, tensors, staging ---- */
+
+/* Writes the message to c->err and returns status. */
+int adapter__fail(adapter__ctx *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The tensor called name, marked used; NULL when absent (no error written). */
+const st_tensor *adapter__take(adapter__ctx *c, const char *name);
+
+/* The tensor called name with exactly the given shape (ndim 1 or 2), marked used.
+ * Absent → PEFTD_EFORMAT; other shape → PEFTD_EINVAL naming expected and actual shape;
+ * a dtype other than F32/F16/BF16 → PEFTD_EUNSUPPORTED. */
+int adapter__expect(adapter__ctx *c, const char *name, int ndim, int64_t d0, int64_t d1,
+                    const st_tensor **out);
+
+/* Converts t (checked finite: NaN/Inf → PEFTD_EINVAL naming it) to dtype dt and stages it
+ * as *dst ([rows, cols] from t's shape; 1-D → [1, n]). *host (optional) receives the
+ * host copy, valid until the stage is uploaded. */
+int adapter__stage_mat(adapter__ctx *c, const st_tensor *t, kdtype dt, kmat *dst, const void **host);
+
+/* Converts t to f32 (checked finite) and stages it as the vector *dst. */
+int adapter__stage_vec(adapter__ctx *c, const st_tensor *t, const float **dst);
+
+/* Stages a host f32 array computed by the loader; takes ownership of v (freed on error). */
+int adapter__stage_own(adapter__ctx *c, float *v, size_t n, const float **dst);
+
+/* A malloc'd f32 copy of t (checked finite); caller frees. */
+int adapter__to_f32(adapter__ctx *c, const st_tensor *t, float **out);
+
+/* Element i of raw tensor data in dtype dt (f32/f16/bf16), unaligned-safe. */
+float adapter__elem(const void *data, kdtype dt, size_t i);
+
+/* Records rank r in a->ranks / a->max_rank. */
+void adapter__note_rank(adapter *a, int r);
+
+/* ---- adapter_peft_config.c: typed access to JSON fields ---- */
+
+/* Each getter: absent or null → default and 0; wrong type → PEFTD_EFORMAT naming the
+ * field. Numbers that must be integers are checked to be integral. */
+int adapter__json_bool(adapter__ctx *c, const cJSON *obj, const char *field, bool def, bool *out);
+int adapter__json_int(adapter__ctx *c, const cJSON *obj, const char *field, int def, int *out);
+int adapter__json_num(adapter__ctx *c, const cJSON *obj, const char *field, double def, double *out);
+/* *out points into the JSON tree (NULL when absent/null and def is NULL). */
+int adapter__json_str(adapter__ctx *c, const cJSON *obj, const char *field, const char *def,
+                      const char **out);
+/* A list of strings (or null/absent → NULL). */
+int adapter__json_str_list(adapter__ctx *c, const cJSON *obj, const char *field, const cJSON **out);
+
+/* PEFT fields common to every peft_type that, when set, change inference in ways peftd
+ * does not implement (fan_in_fan_out, ...) → PEFTD_EUNSUPPORTED naming the field. */
+int adapter__peft_check_common(adapter__ctx *c);
+
+/* ---- adapter_targets.c: which (layer, module) pairs a PEFT config adapts ---- */
+
+/* HF module name of a projection, e.g. "model.layers.3.self_attn.q_proj". */
+void adapter__module_key(int layer, adapter_module m, char *buf, size_t n);
+
+/* sel[l * AMOD_COUNT + m] = whether PEFT would adapt that module, from target_modules
+ * (list / regex / "all-linear"), layers_to_transform, layers_pattern, exclude_modules and
+ * modules_to_save, exactly as PEFT 0.21's check_target_module_exists. Targets the base
+ * lacks → PEFTD_EINVAL; base modules peftd cannot adapt (lm_head, embed_tokens, norms)
+ * → PEFTD_EUNSUPPORTED. A missing target_modules takes PEFT's per-model_type default:
+ * defaults_llama for llama/mistral, defaults_qwen for qwen2/qwen3/gemma (NULL-terminated). */
+int adapter__select_targets(adapter__ctx *c, const char *const *defaults_llama, const char *const *defaults_qwen,
+                            bool *sel);
+
+/* PEFT's get_pattern_key over the keys of patterns (an object, may be NULL): the value of
+ * the first key K such that key re.match'es "(.*\.)?(K)$", or NULL. */
+int adapter__pattern_value(adapter__ctx *c, const cJSON *patterns, const char *field,
+                           const char *key, const cJSON **hit);
+
+/* IA3's feedforward_modules test for key (list: endswith, regex: fullmatch). */
+int adapter__is_feedforward(adapter__ctx *c, const char *key, bool *out);
+
+/* re.fullmatch / re.match(anchored) of a Python-style regex; invalid pattern →
+ * PEFTD_EFORMAT naming field. */
+int adapter__regex(adapter__ctx *c, const char *field, const char *pattern, const char *subject,
+                   bool full, bool *matched);
+
+/* ---- kind loaders ---- */
+/* modules_to_save (lm_head / embed_tokens full replacements), shared by LoRA and IA3. */
+int adapter__load_modules_to_save(adapter__ctx *c);
+int adapter__load_lora(adapter__ctx *c);
+int adapter__load_ia3(adapter__ctx *c);
+int adapter__load_prompt(adapter__ctx *c);
+int adapter__load_prefix(adapter__ctx *c);
+int adapter__load_hub(adapter__ctx *c);
+
+#endif

@@ -1,0 +1,368 @@
+/* adapter_store/adapter_targets.c — which modules of the base a PEFT config adapts, and
+ * the per-module rank/alpha patterns, reproducing PEFT 0.21's matching rules:
+ *
+ *   target_modules list  : key == entry, or key ends with "." + entry; then
+ *                          layers_to_transform filters by the layer index found with
+ *                          re.match(r".*?\.[^.]*\.(\d+)\.") (or "(?:^|.*?\.)P\.(\d+)\." for
+ *                          each layers_pattern P) — only in the endswith branch, as PEFT
+ *   target_modules str   : re.fullmatch(str, key); "all-linear" (any case) instead means
+ *                          every Linear but the output layer, i.e. the 7 projections
+ *   exclude_modules      : str → re.fullmatch; list → key == x or endswith "." + x
+ *   modules_to_save      : keys matching re.match(rf"(^|.*\.){m}($|\..*)") are never targets
+ *   rank/alpha_pattern   : first key K (in file order) with re.match(rf"(.*\.)?({K})$", key)
+ * where key is the module's name in LlamaForCausalLM.named_modules(), e.g.
+ * "model.layers.3.self_attn.q_proj". Regexes are Python's; PCRE2 in UTF+UCP mode runs the
+ * patterns PEFT configs use (classes, groups, alternation, (?P<name>)) the same way.
+ *
+ * On top of PEFT we refuse what we cannot serve: a target that names no module of the base
+ * (PEFT only fails when nothing matches at all) and targets that are modules other than
+ * the 7 projections (embeddings, lm_head, norms).
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "adapter_store/adapter_internal.h"
+
+void adapter__module_key(int layer, adapter_module m, char *buf, size_t n) {
+    snprintf(buf, n, "model.layers.%d.%s.%s", layer, m <= AMOD_O ? "self_attn" : "mlp", adapter_module_name(m));
+}
+
+int adapter__regex(adapter__ctx *c, const char *field, const char *pattern, const char *subject, bool full,
+                   bool *matched) {
+    int ec;
+    PCRE2_SIZE eo;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(ec, msg, sizeof msg);
+        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field '%s': invalid regex '%.200s': %s at %zu",
+                             field, pattern, (const char *)msg, (size_t)eo);
+    }
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    if (!md) {
+        pcre2_code_free(re);
+        return adapter__fail(c, PEFTD_ENOMEM, "out of memory matching '%s'", field);
+    }
+    uint32_t opts = PCRE2_ANCHORED | (full ? PCRE2_ENDANCHORED : 0);
+    int r = pcre2_match(re, (PCRE2_SPTR)subject, PCRE2_ZERO_TERMINATED, 0, opts, md, NULL);
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    if (r < 0 && r != PCRE2_ERROR_NOMATCH)
+        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field '%s': regex '%.200s' failed (%d)", field,
+                             pattern, r);
+    *matched = r >= 0;
+    return 0;
+}
+
+/* The config's targeting rules, parsed once. */
+typedef struct {
+    const char *regex;          /* target_modules given as a string */
+    const cJSON *list;          /* target_modules given as a list */
+    const char *const *names;   /* or a built-in name list (all-linear / PEFT default) */
+    bool use_layers;
+    const cJSON *layers;        /* layers_to_transform list, or NULL with layer_int */
+    int layer_int;
+    const char *lp_str;         /* layers_pattern string */
+    const cJSON *lp_list;       /* layers_pattern list */
+    const char *excl_str;
+    const cJSON *excl_list;
+    const cJSON *mts;           /* modules_to_save */
+} tcfg;
+
+static const char *const all_linear[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                         NULL};
+
+static bool ends_with_dot(const char *key, const char *suffix) {
+    size_t k = strlen(key), s = strlen(suffix);
+    return k > s && key[k - s - 1] == '.' && !strcmp(key + k - s, suffix);
+}
+
+static bool list_hit(const tcfg *t, const char *key, bool *exact) {
+    *exact = false;
+    if (t->list) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, t->list) if (!strcmp(key, e->valuestring)) *exact = true;
+        if (*exact) return true;
+        cJSON_ArrayForEach(e, t->list) if (ends_with_dot(key, e->valuestring)) return true;
+        return false;
+    }
+    for (int i = 0; t->names[i]; i++)
+        if (!strcmp(key, t->names[i])) return *exact = true;
+    for (int i = 0; t->names[i]; i++)
+        if (ends_with_dot(key, t->names[i])) return true;
+    return false;
+}
+
+/* PEFT's check_target_module_exists for one key; layer is the key's layer index or -1. */
+static int targeted(adapter__ctx *c, const tcfg *t, const char *key, int layer, bool *out) {
+    const cJSON *e;
+    bool m;
+    int rc;
+    char pat[1200];
+    *out = false;
+    if (t->excl_str) {
+        if ((rc = adapter__regex(c, "exclude_modules", t->excl_str, key, true, &m))) return rc;
+        if (m) return 0;
+    } else if (t->excl_list) {
+        cJSON_ArrayForEach(e, t->excl_list) if (!strcmp(key, e->valuestring) || ends_with_dot(key, e->valuestring))
+            return 0;
+    }
+    if (t->mts) {
+        cJSON_ArrayForEach(e, t->mts) {
+            if ((size_t)snprintf(pat, sizeof pat, "(^|.*\\.)%s($|\\..*)", e->valuestring) >= sizeof pat)
+                return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: modules_to_save entry too long");
+            if ((rc = adapter__regex(c, "modules_to_save", pat, key, false, &m))) return rc;
+            if (m) return 0;
+        }
+    }
+    if (t->regex) return adapter__regex(c, "target_modules", t->regex, key, true, out);
+    bool exact;
+    if (!list_hit(t, key, &exact)) return 0;
+    if (exact || !t->use_layers) return *out = true, 0;
+    /* layers_to_transform: the key's first numbered segment (the layer) must be listed */
+    bool found = false;
+    if (!t->lp_str && !t->lp_list) {
+        if ((rc = adapter__regex(c, "layers_to_transform", ".*?\\.[^.]*\\.(\\d+)\\.", key, false, &found))) return rc;
+    } else if (t->lp_str) {
+        snprintf(pat, sizeof pat, "(?:^|.*?\\.)%.1000s\\.(\\d+)\\.", t->lp_str);
+        if ((rc = adapter__regex(c, "layers_pattern", pat, key, false, &found))) return rc;
+    } else {
+        cJSON_ArrayForEach(e, t->lp_list) {
+            snprintf(pat, sizeof pat, "(?:^|.*?\\.)%.1000s\\.(\\d+)\\.", e->valuestring);
+            if ((rc = adapter__regex(c, "layers_pattern", pat, key, false, &found))) return rc;
+            if (found) break;
+        }
+    }
+    /* The keys we test hold one numbered segment at most (the layer), so a match found it. */
+    if (!found || layer < 0) return 0;
+    if (t->layers) {
+        cJSON_ArrayForEach(e, t->layers) if ((int)e->valuedouble == layer) return *out = true, 0;
+        return 0;
+    }
+    *out = layer == t->layer_int;
+    return 0;
+}
+
+/* Every other module name of a LlamaForCausalLM (model.named_modules()), for the checks
+ * that a target exists and is servable. */
+static const char *const other_top[] = {"model", "model.embed_tokens", "model.layers", "model.norm", "model.rotary_emb",
+                                        "lm_head", NULL};
+static const char *const other_layer[] = {"", ".self_attn", ".mlp", ".mlp.act_fn", ".input_layernorm",
+                                          ".post_attention_layernorm", NULL};
+
+typedef int (*key_fn)(adapter__ctx *c, void *ud, const char *key, int layer, adapter_module m);
+
+/* Calls fn for every module key of the base; m == AMOD_COUNT for non-projections. */
+static int for_each_key(adapter__ctx *c, void *ud, key_fn fn) {
+    char key[160];
+    int rc;
+    for (int i = 0; other_top[i]; i++)
+        if ((rc = fn(c, ud, other_top[i], -1, AMOD_COUNT))) return rc;
+    for (int l = 0; l < c->base->n_layers; l++) {
+        for (int i = 0; other_layer[i]; i++) {
+            snprintf(key, sizeof key, "model.layers.%d%s", l, other_layer[i]);
+            if ((rc = fn(c, ud, key, l, AMOD_COUNT))) return rc;
+        }
+        for (int m = 0; m < AMOD_COUNT; m++) {
+            adapter__module_key(l, (adapter_module)m, key, sizeof key);
+            if ((rc = fn(c, ud, key, l, (adapter_module)m))) return rc;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    const tcfg *t;
+    bool *sel;
+    int n_sel;
+} sel_state;
+
+static int select_key(adapter__ctx *c, void *ud, const char *key, int layer, adapter_module m) {
+    sel_state *s = ud;
+    bool hit;
+    int rc = targeted(c, s->t, key, layer, &hit);
+    if (rc || !hit) return rc;
+    if (m == AMOD_COUNT)
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "adapter_config.json: target_modules selects '%s'; peftd adapts only the "
+                             "q/k/v/o/gate/up/down projections",
+                             key);
+    s->sel[layer * AMOD_COUNT + m] = true;
+    s->n_sel++;
+    return 0;
+}
+
+typedef struct {
+    const char *entry;
+    bool found;
+} exist_state;
+
+static int exist_key(adapter__ctx *c, void *ud, const char *key, int layer, adapter_module m) {
+    exist_state *s = ud;
+    if (!strcmp(key, s->entry) || ends_with_dot(key, s->entry)) s->found = true;
+    return 0;
+}
+
+/* The PEFT default target_modules for the base's model_type, as PEFT fills them in. */
+static const char *const *default_targets(const char *model_type, const char *const *llama_like,
+                                          const char *const *qwen_like) {
+    static const char *const llama_types[] = {"llama", "mistral", NULL};
+    static const char *const qwen_types[] = {"qwen2", "qwen3", "gemma", NULL};
+    for (int i = 0; llama_types[i]; i++)
+        if (!strcmp(model_type, llama_types[i])) return llama_like;
+    for (int i = 0; qwen_types[i]; i++)
+        if (!strcmp(model_type, qwen_types[i])) return qwen_like;
+    return NULL;
+}
+
+static int parse_tcfg(adapter__ctx *c, const char *const *defaults, tcfg *t) {
+    const cJSON *cfg = c->cfg, *v = cJSON_GetObjectItemCaseSensitive(cfg, "target_modules");
+    int rc;
+    memset(t, 0, sizeof *t);
+    if (!v || cJSON_IsNull(v)) {
+        if (!defaults)
+            return adapter__fail(c, PEFTD_EFORMAT,
+                                 "adapter_config.json: field 'target_modules' is missing and PEFT has no default "
+                                 "for model_type '%s'",
+                                 c->base->model_type);
+        t->names = defaults;
+    } else if (cJSON_IsString(v)) {
+        if (!strcasecmp(v->valuestring, "all-linear")) t->names = all_linear;
+        else t->regex = v->valuestring;
+    } else if ((rc = adapter__json_str_list(c, cfg, "target_modules", &t->list))) {
+        return adapter__fail(c, PEFTD_EFORMAT,
+                             "adapter_config.json: field 'target_modules' must be a list of strings or a string");
+    }
+
+    const cJSON *ltt = cJSON_GetObjectItemCaseSensitive(cfg, "layers_to_transform");
+    if (ltt && !cJSON_IsNull(ltt)) {
+        const cJSON *e;
+        if (cJSON_IsNumber(ltt)) {
+            if ((rc = adapter__json_int(c, cfg, "layers_to_transform", 0, &t->layer_int))) return rc;
+            t->use_layers = true;
+        } else if (cJSON_IsArray(ltt)) {
+            cJSON_ArrayForEach(e, ltt) {
+                if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int)e->valuedouble)
+                    return adapter__fail(c, PEFTD_EFORMAT,
+                                         "adapter_config.json: field 'layers_to_transform' must be an integer or "
+                                         "a list of integers");
+            }
+            t->layers = ltt;
+            t->use_layers = ltt->child != NULL; /* PEFT: an empty list means "all layers" */
+        } else {
+            return adapter__fail(c, PEFTD_EFORMAT,
+                                 "adapter_config.json: field 'layers_to_transform' must be an integer or a list of "
+                                 "integers");
+        }
+        if (t->use_layers && (t->regex || t->names == all_linear))
+            return adapter__fail(c, PEFTD_EFORMAT,
+                                 "adapter_config.json: 'layers_to_transform' cannot be used when 'target_modules' "
+                                 "is a string (PEFT refuses this config)");
+        if (t->use_layers) {
+            int lo = t->layers ? 0 : t->layer_int;
+            const cJSON *e2 = t->layers ? t->layers->child : NULL;
+            for (;;) {
+                int l = e2 ? (int)e2->valuedouble : lo;
+                if (l < 0 || l >= c->base->n_layers)
+                    return adapter__fail(c, PEFTD_EINVAL,
+                                         "adapter_config.json: layers_to_transform names layer %d, but base %s has "
+                                         "%d layers",
+                                         l, c->base->name, c->base->n_layers);
+                if (!e2 || !(e2 = e2->next)) break;
+            }
+        }
+    }
+    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(cfg, "layers_pattern");
+    if (lp && cJSON_IsString(lp)) {
+        if (lp->valuestring[0]) t->lp_str = lp->valuestring;
+    } else if ((rc = adapter__json_str_list(c, cfg, "layers_pattern", &t->lp_list))) {
+        return adapter__fail(c, PEFTD_EFORMAT,
+                             "adapter_config.json: field 'layers_pattern' must be a string or a list of strings");
+    }
+    if (t->lp_list && !t->lp_list->child) t->lp_list = NULL;
+
+    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(cfg, "exclude_modules");
+    if (ex && cJSON_IsString(ex)) t->excl_str = ex->valuestring;
+    else if ((rc = adapter__json_str_list(c, cfg, "exclude_modules", &t->excl_list)))
+        return adapter__fail(c, PEFTD_EFORMAT,
+                             "adapter_config.json: field 'exclude_modules' must be a string or a list of strings");
+    return adapter__json_str_list(c, cfg, "modules_to_save", &t->mts);
+}
+
+int adapter__select_targets(adapter__ctx *c, const char *const *defaults_llama, const char *const *defaults_qwen,
+                            bool *sel) {
+    tcfg t;
+    int rc = parse_tcfg(c, default_targets(c->base->model_type, defaults_llama, defaults_qwen), &t);
+    if (rc) return rc;
+    /* every listed name must exist in the base (PEFT would only warn or ignore it) */
+    if (t.list) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, t.list) {
+            exist_state s = {.entry = e->valuestring};
+            for_each_key(c, &s, exist_key);
+            if (!s.found)
+                return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: target module '%.200s' not found in base %s",
+                                     e->valuestring, c->base->name);
+        }
+    }
+    memset(sel, 0, sizeof(bool) * (size_t)c->base->n_layers * AMOD_COUNT);
+    sel_state s = {.t = &t, .sel = sel};
+    if ((rc = for_each_key(c, &s, select_key))) return rc;
+    if (s.n_sel == 0) {
+        if (t.regex)
+            return adapter__fail(c, PEFTD_EINVAL,
+                                 "adapter_config.json: target_modules regex '%.200s' matches no module of base %s",
+                                 t.regex, c->base->name);
+        return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: target_modules select no module of base %s",
+                             c->base->name);
+    }
+    return 0;
+}
+
+int adapter__pattern_value(adapter__ctx *c, const cJSON *patterns, const char *field, const char *key,
+                           const cJSON **hit) {
+    const cJSON *e;
+    char pat[1200];
+    *hit = NULL;
+    if (!patterns) return 0;
+    cJSON_ArrayForEach(e, patterns) {
+        if ((size_t)snprintf(pat, sizeof pat, "(.*\\.)?(%s)$", e->string) >= sizeof pat)
+            return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: %s key too long", field);
+        bool m;
+        int rc = adapter__regex(c, field, pat, key, false, &m);
+        if (rc) return rc;
+        if (m) {
+            *hit = e;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+int adapter__is_feedforward(adapter__ctx *c, const char *key, bool *out) {
+    const cJSON *ff = cJSON_GetObjectItemCaseSensitive(c->cfg, "feedforward_modules"), *list;
+    *out = false;
+    if (ff && cJSON_IsString(ff)) return adapter__regex(c, "feedforward_modules", ff->valuestring, key, true, out);
+    int rc = adapter__json_str_list(c, c->cfg, "feedforward_modules", &list);
+    if (rc)
+        return adapter__fail(c, PEFTD_EFORMAT,
+                             "adapter_config.json: field 'feedforward_modules' must be a string or a list of strings");
+    if (!list) {
+        /* PEFT fills a missing feedforward_modules with its per-model default: down_proj
+         * for every Llama-family model_type it knows. */
+        size_t k = strlen(key);
+        *out = k >= 9 && !strcmp(key + k - 9, "down_proj");
+        return 0;
+    }
+    const cJSON *e;
+    cJSON_ArrayForEach(e, list) {
+        size_t k = strlen(key), s = strlen(e->valuestring);
+        /* PEFT tests key.endswith(entry): no "." boundary, unlike target_modules */
+        if (k >= s && !strcmp(key + k - s, e->valuestring)) return *out = true, 0;
+    }
+    return 0;
+}
