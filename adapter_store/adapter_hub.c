@@ -1,6 +1,293 @@
-/* adapter_store/adapter_hub.c — AdapterHub (adapters 1.3) bottleneck adapters. */
+/* adapter_store/adapter_hub.c — AdapterHub (adapters 1.3 save_adapter) bottleneck adapters:
+ * seq_bn (Pfeiffer), double_seq_bn (Houlsby) and any BnConfig the forward pass can serve.
+ *
+ * adapter_config.json: {"config": {BnConfig fields}, "name", "hidden_size", "model_type",
+ * ...}; "architecture" absent, null or "bottleneck" means a bottleneck adapter (adapters'
+ * AdapterConfig.load). Weights in adapter.safetensors, per layer l and place P
+ * ("attention_adapters" when mh_adapter, "output_adapters" when output_adapter):
+ *   model.layers.l.P.adapters.<name>.adapter_down.0.{weight [size, hidden], bias [size]}
+ *   model.layers.l.P.adapters.<name>.adapter_up.{weight [hidden, size], bias [hidden]}
+ *   model.layers.l.P.adapters.<name>.scaling [1]            (scaling "learned" only)
+ * with size = max(1, int(hidden // reduction_factor)) (methods/bottleneck.py + Adapter's
+ * clamp to 1), reduction_factor a number or {"<layer>": f, "default": f}; layers listed in
+ * leave_out have none. The head files save_adapter writes next to it (model_head.*,
+ * head_config.json) hold the base's own LM head and are not read.
+ *
+ * Forward (methods/modeling.py Adapter.forward): up(act(down(h))) · scaling + residual,
+ * which is SGMV shrink (bias, activation) then expand (bias, scale); the placement flags
+ * are copied for server/model. Options that add layers or change that math (layer norms
+ * inside the adapter, gating, parallel adapters, PHM, invertible adapters, per-channel
+ * scaling, residual_before_ln "post_add") are refused.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
 #include "adapter_store/adapter_internal.h"
 
+/* The activation adapters' Activation_Function_Class builds for a name (lower-cased and
+ * looked up in transformers' ACT2FN; None → identity). */
+static int map_act(adapter__ctx *c, const char *name, kact *out) {
+    static const struct {
+        const char *name;
+        kact act;
+    } acts[] = {
+        {"relu", KACT_RELU},        {"swish", KACT_SILU},         {"silu", KACT_SILU},
+        {"gelu", KACT_GELU},        /* GELUActivation: exact erf form */
+        {"gelu_new", KACT_GELU_TANH}, {"gelu_pytorch_tanh", KACT_GELU_TANH},
+        {"gelu_fast", KACT_GELU_TANH}, /* same tanh formula, constants rounded to 1e-10 */
+        {"tanh", KACT_TANH},        {"sigmoid", KACT_SIGMOID},    {"linear", KACT_NONE},
+    };
+    if (!name) {
+        *out = KACT_NONE;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+        if (!strcasecmp(name, acts[i].name)) {
+            *out = acts[i].act;
+            return 0;
+        }
+    }
+    return adapter__fail(c, PEFTD_EUNSUPPORTED, "adapter_config.json: config.non_linearity '%.64s' is not served",
+                         name);
+}
+
+/* Python's float floor division a // b (b > 0), as adapters computes hidden // factor. */
+static double py_floordiv(double a, double b) {
+    double mod = fmod(a, b), div = (a - mod) / b;
+    if (mod != 0 && ((b < 0) != (mod < 0))) div -= 1.0;
+    double fl = floor(div);
+    if (div - fl > 0.5) fl += 1.0;
+    return fl;
+}
+
+static int layer_factor(adapter__ctx *c, const cJSON *rf, int layer, double *out) {
+    const cJSON *v = rf;
+    if (cJSON_IsObject(rf)) {
+        char k[16];
+        snprintf(k, sizeof k, "%d", layer);
+        v = cJSON_GetObjectItemCaseSensitive(rf, k);
+        if (!v) v = cJSON_GetObjectItemCaseSensitive(rf, "default");
+        if (!v)
+            return adapter__fail(c, PEFTD_EFORMAT,
+                                 "adapter_config.json: config.reduction_factor has no entry for layer %d and no "
+                                 "'default'",
+                                 layer);
+    }
+    if (!cJSON_IsNumber(v) || !(v->valuedouble > 0) || !isfinite(v->valuedouble))
+        return adapter__fail(c, PEFTD_EFORMAT,
+                             "adapter_config.json: config.reduction_factor must be a positive number or a map of them");
+    *out = v->valuedouble;
+    return 0;
+}
+
+static int refuse_flags(adapter__ctx *c) {
+    static const struct {
+        const char *field;
+        const char *why;
+    } flags[] = {
+        {"ln_before", "a layer norm inside the adapter"},
+        {"ln_after", "a layer norm inside the adapter"},
+        {"use_gating", "gated adapters"},
+        {"is_parallel", "parallel adapters"},
+        {"phm_layer", "PHM (Compacter) layers"},
+        {"cross_adapter", "cross-attention adapters (encoder-decoder)"},
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        bool v;
+        int rc = adapter__json_bool(c, c->cfg, flags[i].field, false, &v);
+        if (rc) return rc;
+        if (v)
+            return adapter__fail(c, PEFTD_EUNSUPPORTED, "adapter_config.json: config.%s is true; %s are not served",
+                                 flags[i].field, flags[i].why);
+    }
+    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(c->cfg, "inv_adapter");
+    if (inv && !cJSON_IsNull(inv))
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "adapter_config.json: config.inv_adapter is set; invertible adapters are not served");
+    return 0;
+}
+
+/* The adapter's name as used in tensor names: "name" in the file, else read off a tensor. */
+static int adapter_name(adapter__ctx *c, char *buf, size_t n) {
+    const char *nm;
+    int rc = adapter__json_str(c, c->root, "name", NULL, &nm);
+    if (rc) return rc;
+    if (nm) {
+        if (strlen(nm) >= n) return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field 'name' is too long");
+        snprintf(buf, n, "%s", nm);
+        return 0;
+    }
+    for (size_t i = 0; i < st_count(c->st); i++) {
+        const char *t = st_get(c->st, i)->name, *p = strstr(t, ".adapters."), *e;
+        if (p && (e = strchr(p + 10, '.')) && (size_t)(e - p - 10) < n) {
+            snprintf(buf, n, "%.*s", (int)(e - p - 10), p + 10);
+            return 0;
+        }
+    }
+    return adapter__fail(c, PEFTD_EFORMAT, "%s: no '...adapters.<name>...' tensor and no 'name' in adapter_config.json",
+                         c->wname);
+}
+
+typedef struct {
+    const st_tensor *dw, *db, *uw, *ub, *sc;
+} bn_src;
+
 int adapter__load_hub(adapter__ctx *c) {
-    return adapter__fail(c, PEFTD_EUNSUPPORTED, "AdapterHub adapters: not yet");
+    adapter *a = c->a;
+    const adapter_base *b = c->base;
+    const cJSON *cfg = c->cfg;
+    int L = b->n_layers, hidden = b->hidden, rc, hs;
+    bool mh, outp, olb, ola, arbl;
+    const char *arch, *act_name = NULL, *scaling_str = NULL;
+    double scaling = 1.0;
+    kact act = KACT_NONE;
+    char name[256];
+    bn_src *src = NULL;
+    bool *skip = NULL;
+    a->kind = ADAPTER_BOTTLENECK;
+
+    if ((rc = adapter__json_str(c, cfg, "architecture", "bottleneck", &arch))) return rc;
+    if (strcmp(arch, "bottleneck"))
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "adapter_config.json: AdapterHub config.architecture '%.64s' is not served (only "
+                             "bottleneck adapters are)",
+                             arch);
+    if ((rc = adapter__json_int(c, c->root, "hidden_size", hidden, &hs))) return rc;
+    if (hs != hidden)
+        return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: hidden_size %d does not match base %s (%d)", hs,
+                             b->name, hidden);
+    if ((rc = refuse_flags(c))) return rc;
+    if ((rc = adapter__json_bool(c, cfg, "mh_adapter", false, &mh)) ||
+        (rc = adapter__json_bool(c, cfg, "output_adapter", false, &outp)) ||
+        (rc = adapter__json_bool(c, cfg, "original_ln_before", false, &olb)) ||
+        (rc = adapter__json_bool(c, cfg, "original_ln_after", true, &ola)) ||
+        (rc = adapter__json_bool(c, cfg, "adapter_residual_before_ln", false, &arbl)) ||
+        (rc = adapter__json_str(c, cfg, "non_linearity", NULL, &act_name)) || (rc = map_act(c, act_name, &act)))
+        return rc;
+    /* adapter_residual_before_ln only orders the residual add against ln_after, refused above */
+    (void)arbl;
+    if (!mh && !outp)
+        return adapter__fail(c, PEFTD_EFORMAT,
+                             "adapter_config.json: neither config.mh_adapter nor config.output_adapter is true");
+
+    bool rbl = true;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, "residual_before_ln");
+    if (cJSON_IsString(v))
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "adapter_config.json: config.residual_before_ln '%.32s' is not served (true or false are)",
+                             v->valuestring);
+    if ((rc = adapter__json_bool(c, cfg, "residual_before_ln", true, &rbl))) return rc;
+
+    v = cJSON_GetObjectItemCaseSensitive(cfg, "scaling");
+    if (cJSON_IsString(v)) {
+        scaling_str = v->valuestring;
+        if (strcmp(scaling_str, "learned"))
+            return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                                 "adapter_config.json: config.scaling '%.32s' is not served (a number or \"learned\" "
+                                 "are)",
+                                 scaling_str);
+    } else if ((rc = adapter__json_num(c, cfg, "scaling", 1.0, &scaling))) {
+        return rc;
+    }
+
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(cfg, "reduction_factor");
+    if (!rf || cJSON_IsNull(rf))
+        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: config.reduction_factor is missing");
+
+    skip = calloc((size_t)L, sizeof *skip);
+    src = calloc((size_t)L * 2, sizeof *src);
+    a->bn_attn = calloc((size_t)L, sizeof *a->bn_attn);
+    a->bn_ffn = calloc((size_t)L, sizeof *a->bn_ffn);
+    if (!skip || !src || !a->bn_attn || !a->bn_ffn) {
+        rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory");
+        goto fail;
+    }
+    const cJSON *lo = cJSON_GetObjectItemCaseSensitive(cfg, "leave_out"), *e;
+    if (lo && !cJSON_IsNull(lo)) {
+        if (!cJSON_IsArray(lo)) {
+            rc = adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: config.leave_out must be a list of integers");
+            goto fail;
+        }
+        cJSON_ArrayForEach(e, lo) {
+            if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble)) {
+                rc = adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: config.leave_out must be a list of integers");
+                goto fail;
+            }
+            if (e->valuedouble < 0 || e->valuedouble >= L) {
+                rc = adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: config.leave_out names layer %g, but base %s "
+                                                    "has %d layers",
+                                   e->valuedouble, b->name, L);
+                goto fail;
+            }
+            skip[(int)e->valuedouble] = true;
+        }
+    }
+    if ((rc = adapter_name(c, name, sizeof name))) goto fail;
+
+    /* pass 1: shapes and dtypes */
+    int dtype_mask = 0;
+    kdtype first = KDT_F32;
+    for (int l = 0; l < L; l++) {
+        if (skip[l]) continue;
+        double f = 1.0;
+        if ((rc = layer_factor(c, rf, l, &f))) goto fail;
+        double q = py_floordiv((double)hidden, f);
+        int size = q < 1 ? 1 : (int)q;
+        for (int p = 0; p < 2; p++) {
+            if (!(p ? outp : mh)) continue;
+            bn_src *s = &src[l * 2 + p];
+            char pre[512], nm[600];
+            snprintf(pre, sizeof pre, "model.layers.%d.%s.adapters.%s.", l, p ? "output_adapters" : "attention_adapters",
+                     name);
+            snprintf(nm, sizeof nm, "%sadapter_down.0.weight", pre);
+            if ((rc = adapter__expect(c, nm, 2, size, hidden, &s->dw))) goto fail;
+            snprintf(nm, sizeof nm, "%sadapter_down.0.bias", pre);
+            if ((rc = adapter__expect(c, nm, 1, size, 0, &s->db))) goto fail;
+            snprintf(nm, sizeof nm, "%sadapter_up.weight", pre);
+            if ((rc = adapter__expect(c, nm, 2, hidden, size, &s->uw))) goto fail;
+            snprintf(nm, sizeof nm, "%sadapter_up.bias", pre);
+            if ((rc = adapter__expect(c, nm, 1, hidden, 0, &s->ub))) goto fail;
+            if (scaling_str) {
+                snprintf(nm, sizeof nm, "%sscaling", pre);
+                if ((rc = adapter__expect(c, nm, 1, 1, 0, &s->sc))) goto fail;
+            }
+            if (!dtype_mask) st_dtype_to_kdtype(s->dw->dtype, &first);
+            dtype_mask |= (1 << s->dw->dtype) | (1 << s->uw->dtype);
+        }
+    }
+    /* one dtype for every down/up matrix (one SGMV dtype per adapter); f32 when mixed */
+    kdtype kd = (dtype_mask & (dtype_mask - 1)) == 0 ? first : KDT_F32;
+
+    /* pass 2: stage */
+    for (int l = 0; l < L; l++) {
+        for (int p = 0; p < 2; p++) {
+            bn_src *s = &src[l * 2 + p];
+            if (!s->dw) continue;
+            adapter_bottleneck *B = p ? &a->bn_ffn[l] : &a->bn_attn[l];
+            B->size = (int)s->dw->shape[0];
+            B->act = act;
+            B->scaling = (float)scaling;
+            B->residual_before_ln = rbl;
+            B->original_ln_before = olb;
+            B->original_ln_after = ola;
+            if (s->sc) {
+                float *sc = NULL;
+                if ((rc = adapter__to_f32(c, s->sc, &sc))) goto fail;
+                B->scaling = sc[0];
+                free(sc);
+            }
+            if ((rc = adapter__stage_mat(c, s->dw, kd, &B->down, NULL)) ||
+                (rc = adapter__stage_vec(c, s->db, &B->down_bias)) ||
+                (rc = adapter__stage_mat(c, s->uw, kd, &B->up, NULL)) || (rc = adapter__stage_vec(c, s->ub, &B->up_bias)))
+                goto fail;
+            adapter__note_rank(a, B->size);
+        }
+    }
+fail:
+    free(skip);
+    free(src);
+    return rc;
 }
