@@ -82,6 +82,9 @@ static const kbackend_ops kcpu_ops = {
     .attention = kcpu__attention,
     .swiglu = kcpu__swiglu,
     .add = kcpu__add,
+    .sgmv_shrink = kcpu__sgmv_shrink,
+    .sgmv_expand = kcpu__sgmv_expand,
+    .seg_scale = kcpu__seg_scale,
 };
 
 int kcpu__scratch_reserve(kcpu_backend *cb, size_t n) {
