@@ -79,6 +79,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(HARNESS) $(BUILD)/libpeftd.a
 
 tests-bin: $(TEST_BIN)
 
+# Benchmarks link the library like the tests do (bench/run.sh builds and runs them).
+$(BUILD)/bench/bench_adapters: bench/bench_adapters.c $(BUILD)/libpeftd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
+
 # run / test first install what is missing, then re-enter make so pkg-config sees it.
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -1,0 +1,650 @@
+/* bench/bench_adapters.c — multi-adapter serving benchmark (`make bench`).
+ *
+ * Loads a base model and sets of LoRA adapters in process and drives the real engine
+ * (server/engine: continuous batching, adapter segments, SGMV) directly, without HTTP.
+ * For each adapter shape it measures decode throughput of `seqs` concurrent greedy
+ * requests (ignore_eos, short prompts, `tokens` generated tokens each) in four scenarios:
+ *   a  base model only
+ *   b  one LoRA for every sequence               (one SGMV segment)
+ *   c  `seqs` distinct LoRAs, one per sequence    (seqs SGMV segments in one batch)
+ *   d  the same distinct LoRAs served one adapter at a time, as llama.cpp's server does
+ *      (it applies one adapter set to a whole batch): here every adapter has one
+ *      request, so each runs alone at batch size 1; `tokens_d` tokens per adapter.
+ *
+ * What a rate includes: generated tokens / wall time of the decode steps only, i.e.
+ * from the first token of the step that finished the prefill to the first token of
+ * the last step (full engine steps in between: batch assembly, the per-step adapter
+ * plan, the forward pass, sampling, detokenizing, publishing). Model/adapter loading,
+ * engine creation and the prefill step are excluded. In (a)-(c) all requests are
+ * submitted before the engine thread starts, so the first step prefills all of them
+ * together and every later step is one decode row per sequence. In (d) only the decode
+ * windows of the sequential requests are summed (switching adapters costs nothing
+ * here, which flatters d, so c/d is conservative).
+ *
+ * Where the time goes: the backend is a table of functions, so the benchmark wraps
+ * every op of its CPU backend with a timer (the CPU ops are synchronous; two
+ * clock_gettime per op, ~500 ops per step: < 0.1% of a step) and reports, per scenario,
+ * the milliseconds per decode step in layer matmuls, lm_head, SGMV shrink, SGMV expand,
+ * attention, other ops and outside any op (plan building, sampling, engine).
+ *
+ * Noise: the machine is shared; every scenario a-c is run `rounds` times, interleaved
+ * (a b c a b c ...), and the best round counts (the least disturbed one). Ratios are
+ * from the same invocation.
+ *
+ * Output: one JSON object on stdout and in --out, then a one-line summary on stderr.
+ * Usage: bench_adapters --model DIR --shape NAME:ADAPTERS_DIR[:CA_TARGET] ... [options]
+ */
+#include <dirent.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "adapter_store/adapter.h"
+#include "kernels/kernels.h"
+#include "kernels/util/log.h"
+#include "server/engine/engine.h"
+#include "server/model/model.h"
+#include "server/model/model_adapter_base.h"
+#include "server/model/tokenizer.h"
+
+#define MAX_SHAPES 4
+#define MAX_ROUNDS 16
+#define MAX_ADAPTERS 256
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---------- op timing (wrapping the backend's function table) ---------- */
+
+enum { P_MATMUL, P_LMHEAD, P_SHRINK, P_EXPAND, P_ATTN, P_OTHER, P_COUNT };
+static const char *const prof_name[P_COUNT] = {"matmul", "lm_head", "sgmv_shrink", "sgmv_expand", "attention",
+                                               "other_ops"};
+
+/* Written by the engine thread only (ops and notify callbacks both run there); read by
+ * the main thread after a request's finish, which the request's mutex orders. */
+static double g_prof[P_COUNT];
+static const kbackend_ops *g_inner;
+static int64_t g_vocab;
+static kbackend_ops g_prof_ops;
+
+#define TIMED(cat, call)                  \
+    do {                                  \
+        double t0_ = now_s();             \
+        int st_ = (call);                 \
+        g_prof[(cat)] += now_s() - t0_;   \
+        return st_;                       \
+    } while (0)
+
+static int w_get_rows(kbackend *kb, const kmat *t, const int32_t *ids, int n, float *out) {
+    TIMED(P_OTHER, g_inner->get_rows(kb, t, ids, n, out));
+}
+static int w_matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
+    /* the only weight with vocab rows is the LM head (tied or not) */
+    TIMED(w->rows == g_vocab ? P_LMHEAD : P_MATMUL, g_inner->matmul(kb, x, n, w, y, beta));
+}
+static int w_rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y) {
+    TIMED(P_OTHER, g_inner->rmsnorm(kb, x, w, n, dim, eps, y));
+}
+static int w_rope(kbackend *kb, float *x, const int32_t *pos, int n, int nh, int hd, const float *inv) {
+    TIMED(P_OTHER, g_inner->rope(kb, x, pos, n, nh, hd, inv));
+}
+static int w_kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim,
+                      float *kc, float *vc) {
+    TIMED(P_OTHER, g_inner->kv_store(kb, k, v, slots, n, kv_dim, kc, vc));
+}
+static int w_attention(kbackend *kb, const kattn_args *a) { TIMED(P_ATTN, g_inner->attention(kb, a)); }
+static int w_swiglu(kbackend *kb, const float *g, const float *u, int n, int dim, float *out) {
+    TIMED(P_OTHER, g_inner->swiglu(kb, g, u, n, dim, out));
+}
+static int w_add(kbackend *kb, float *y, const float *x, int64_t n) { TIMED(P_OTHER, g_inner->add(kb, y, x, n)); }
+static int w_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t) {
+    TIMED(P_SHRINK, g_inner->sgmv_shrink(kb, x, in_dim, s, t, ld_t));
+}
+static int w_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y) {
+    TIMED(P_EXPAND, g_inner->sgmv_expand(kb, t, ld_t, s, out_dim, y));
+}
+static int w_seg_scale(kbackend *kb, float *y, int dim, int n, const int32_t *ss, const float *const *v) {
+    TIMED(P_OTHER, g_inner->seg_scale(kb, y, dim, n, ss, v));
+}
+
+/* Swaps kb's table for the timing one (the CPU ops never call through kb->ops). */
+static void prof_install(kbackend *kb, int64_t vocab) {
+    g_inner = kb->ops;
+    g_vocab = vocab;
+    g_prof_ops = *kb->ops;
+    g_prof_ops.get_rows = w_get_rows;
+    g_prof_ops.matmul = w_matmul;
+    g_prof_ops.rmsnorm = w_rmsnorm;
+    g_prof_ops.rope = w_rope;
+    g_prof_ops.kv_store = w_kv_store;
+    g_prof_ops.attention = w_attention;
+    g_prof_ops.swiglu = w_swiglu;
+    g_prof_ops.add = w_add;
+    g_prof_ops.sgmv_shrink = w_shrink;
+    g_prof_ops.sgmv_expand = w_expand;
+    g_prof_ops.seg_scale = w_seg_scale;
+    kb->ops = &g_prof_ops;
+}
+
+static void prof_uninstall(kbackend *kb) {
+    if (g_inner) kb->ops = g_inner;
+}
+
+/* ---------- one measured run ---------- */
+
+typedef struct {
+    double *t; /* notify times: t[k] = when token k (0-based) was published */
+    int n, cap;
+    int *first_seen, first_needed;
+    double *prof0; /* op times when the decode window opened */
+} req_track;
+
+static void on_notify(void *ud) {
+    req_track *rt = ud;
+    double t = now_s();
+    if (rt->n < rt->cap) rt->t[rt->n] = t;
+    rt->n++;
+    /* The prefill step's forward pass is over once every request has its first token:
+     * op times from here on belong to decode steps. */
+    if (rt->n == 1 && ++*rt->first_seen == rt->first_needed) memcpy(rt->prof0, g_prof, sizeof g_prof);
+}
+
+typedef struct {
+    double tok_s;          /* decode tokens / decode wall time */
+    double step_ms_median; /* median decode step (d: of the per-request means) */
+    double dec_tokens, dec_s, steps;
+    double prof_s[P_COUNT]; /* op seconds inside the decode windows */
+    double prof_ms[P_COUNT + 1]; /* per decode step; [P_COUNT] = outside ops */
+} result;
+
+typedef struct {
+    model *m;
+    kbackend *kb;
+    tokenizer *tok;
+    int seqs, prompt, tokens, tokens_d;
+} bench;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int make_engine(const bench *B, int max_seqs, int tokens, engine **e) {
+    engine_config c;
+    engine_config_default(&c);
+    c.max_seqs = max_seqs;
+    /* the whole prefill of all sequences in one step */
+    c.max_batch_tokens = max_seqs * B->prompt > c.max_batch_tokens ? max_seqs * B->prompt : c.max_batch_tokens;
+    /* KV for every sequence (+1 block of slack each), at least one full context as the
+     * engine requires; sized here rather than by kv_cache_mb to allocate only what is used */
+    int per_seq = (B->prompt + tokens + c.block_size - 1) / c.block_size + 1;
+    int full = (B->m->cfg.max_position_embeddings + c.block_size - 1) / c.block_size;
+    c.kv_blocks = max_seqs * per_seq > full ? max_seqs * per_seq : full;
+    char err[512];
+    int st = engine_create(&c, B->m, B->kb, B->tok, e, err, sizeof err);
+    if (st < 0) fprintf(stderr, "bench_adapters: engine_create: %s\n", err);
+    return st;
+}
+
+static void make_prompt(const bench *B, int i, int32_t *ids) {
+    int32_t bos = B->m->cfg.bos_token_id >= 0 ? B->m->cfg.bos_token_id : 1;
+    ids[0] = bos;
+    /* distinct short prompts from the first 512 ids (ids every tokenizer here can print) */
+    for (int j = 1; j < B->prompt; j++) ids[j] = 3 + (i * 37 + j * 11) % 500;
+}
+
+static int check_done(engine_request *r, int want, const char *what) {
+    engine_delta d;
+    if (engine_request_take(r, &d) < 0) return -1;
+    int ok = d.finished && d.finish == FINISH_LENGTH && d.completion_tokens == want;
+    if (!ok)
+        fprintf(stderr, "bench_adapters: %s: request ended with %s after %d tokens (want %d) %s\n", what,
+                d.finished ? finish_reason_str(d.finish) : "unfinished", d.completion_tokens, want, d.error);
+    engine_delta_free(&d);
+    return ok ? 0 : -1;
+}
+
+/* S requests of N tokens on a fresh engine, request i with adapter ads[i] (ads NULL =
+ * base model), all submitted before the engine thread starts so that the first step
+ * prefills all of them and every later step decodes one row per sequence. Adds the
+ * decode window (tokens, seconds, steps, op seconds) to res and, when step_s is not
+ * NULL, stores the N-1 decode step durations there. */
+static int run_once(const bench *B, adapter *const *ads, int S, int N, int prompt_base, const char *what,
+                    result *res, double *step_s) {
+    int st = -1, first_seen = 0;
+    engine *e = NULL;
+    engine_request **rq = calloc((size_t)S, sizeof *rq);
+    req_track *tr = calloc((size_t)S, sizeof *tr);
+    int32_t *ids = malloc((size_t)B->prompt * sizeof(int32_t));
+    double prof0[P_COUNT] = {0}, prof_end[P_COUNT];
+    if (!rq || !tr || !ids) goto out;
+    if (make_engine(B, S, N, &e) < 0) goto out;
+    for (int i = 0; i < S; i++) {
+        gen_params p;
+        gen_params_default(&p);
+        p.max_tokens = N;
+        p.temperature = 0.0f;
+        p.ignore_eos = true;
+        p.adapter = ads ? ads[i] : NULL;
+        tr[i] = (req_track){.t = calloc((size_t)N, sizeof(double)), .cap = N, .first_seen = &first_seen,
+                            .first_needed = S, .prof0 = prof0};
+        make_prompt(B, prompt_base + i, ids);
+        if (!tr[i].t || !(rq[i] = engine_request_create(ids, B->prompt, &p))) goto out;
+        engine_request_set_notify(rq[i], on_notify, &tr[i]);
+        if (engine_submit(e, rq[i]) < 0) goto out;
+    }
+    if (engine_start(e) < 0) goto out;
+    for (int i = 0; i < S; i++) engine_request_wait(rq[i]);
+    /* wait() returns at the finish, just before the last notify: joining the engine
+     * thread makes every notification and op time visible here */
+    engine_stop(e, true);
+    memcpy(prof_end, g_prof, sizeof g_prof);
+    for (int i = 0; i < S; i++)
+        if (check_done(rq[i], N, what) < 0 || tr[i].n != N) {
+            fprintf(stderr, "bench_adapters: %s: request %d: %d notifications for %d tokens\n", what, i, tr[i].n, N);
+            goto out;
+        }
+    /* step k ends at the first notification of its sampling loop */
+    double prev = 0;
+    for (int k = 0; k < N; k++) {
+        double m = INFINITY;
+        for (int i = 0; i < S; i++) m = tr[i].t[k] < m ? tr[i].t[k] : m;
+        if (k > 0 && step_s) step_s[k - 1] = m - prev;
+        if (k == 0) res->dec_s -= m;
+        if (k == N - 1) res->dec_s += m;
+        prev = m;
+    }
+    res->dec_tokens += (double)S * (N - 1);
+    res->steps += N - 1;
+    for (int c = 0; c < P_COUNT; c++) res->prof_s[c] += prof_end[c] - prof0[c];
+    st = 0;
+out:
+    for (int i = 0; i < S; i++) {
+        engine_request_unref(rq ? rq[i] : NULL);
+        if (tr) free(tr[i].t);
+    }
+    engine_free(e);
+    free(rq);
+    free(tr);
+    free(ids);
+    if (st < 0) fprintf(stderr, "bench_adapters: scenario %s failed\n", what);
+    return st;
+}
+
+static void finish_result(result *r) {
+    r->tok_s = r->dec_tokens / r->dec_s;
+    double in_ops = 0;
+    for (int c = 0; c < P_COUNT; c++) {
+        r->prof_ms[c] = 1e3 * r->prof_s[c] / r->steps;
+        in_ops += r->prof_ms[c];
+    }
+    r->prof_ms[P_COUNT] = 1e3 * r->dec_s / r->steps - in_ops;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Scenarios a-c: seqs concurrent requests. */
+static int run_batch(const bench *B, adapter *const *ads, const char *what, result *res) {
+    memset(res, 0, sizeof *res);
+    double *steps = calloc((size_t)B->tokens, sizeof(double));
+    if (!steps || run_once(B, ads, B->seqs, B->tokens, 0, what, res, steps) < 0) {
+        free(steps);
+        return -1;
+    }
+    finish_result(res);
+    res->step_ms_median = 1e3 * median(steps, B->tokens - 1);
+    free(steps);
+    return 0;
+}
+
+/* Scenario d: one request per adapter, one after another, batch size 1 (a fresh
+ * engine each; its creation is outside the measured window). */
+static int run_serial(const bench *B, adapter *const *ads, int n_ads, result *res) {
+    memset(res, 0, sizeof *res);
+    double *means = calloc((size_t)n_ads, sizeof(double));
+    if (!means) return -1;
+    for (int i = 0; i < n_ads; i++) {
+        double s0 = res->dec_s;
+        if (run_once(B, ads + i, 1, B->tokens_d, i, "d", res, NULL) < 0) {
+            free(means);
+            return -1;
+        }
+        means[i] = (res->dec_s - s0) / (B->tokens_d - 1);
+    }
+    finish_result(res);
+    res->step_ms_median = 1e3 * median(means, n_ads);
+    free(means);
+    return 0;
+}
+
+/* ---------- adapters ---------- */
+
+typedef struct {
+    char name[64];
+    char dir[4096];
+    double ca_target; /* 0 = none */
+    adapter *ads[MAX_ADAPTERS];
+    int n_ads;
+    result a[MAX_ROUNDS], b[MAX_ROUNDS], c[MAX_ROUNDS], d;
+    int best_a, best_b, best_c;
+} shape;
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Loads the first `want` adapter directories under sh->dir (sorted by name). */
+static int load_adapters(const bench *B, shape *sh, int want) {
+    DIR *d = opendir(sh->dir);
+    if (!d) {
+        fprintf(stderr, "bench_adapters: cannot open %s\n", sh->dir);
+        return -1;
+    }
+    char *names[MAX_ADAPTERS];
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && n < MAX_ADAPTERS)
+        if (de->d_name[0] != '.') names[n++] = strdup(de->d_name);
+    closedir(d);
+    qsort(names, (size_t)n, sizeof *names, cmp_str);
+    int st = 0;
+    if (n < want) {
+        fprintf(stderr, "bench_adapters: %s has %d adapters, need %d\n", sh->dir, n, want);
+        st = -1;
+    }
+    for (int i = 0; i < n && st == 0 && sh->n_ads < want; i++) {
+        char path[8192], err[1024];
+        snprintf(path, sizeof path, "%s/%s", sh->dir, names[i]);
+        if (model_load_adapter(B->m, path, &sh->ads[sh->n_ads], err, sizeof err) < 0) {
+            fprintf(stderr, "bench_adapters: %s: %s\n", path, err);
+            st = -1;
+        } else if (sh->ads[sh->n_ads]->kind != ADAPTER_LORA) {
+            fprintf(stderr, "bench_adapters: %s is not a LoRA adapter\n", path);
+            adapter_free(sh->ads[sh->n_ads]);
+            st = -1;
+        } else {
+            sh->n_ads++;
+        }
+    }
+    for (int i = 0; i < n; i++) free(names[i]);
+    return st;
+}
+
+/* Bytes of A and B one decode step reads for this adapter: every adapted (layer,
+ * module) pair's two matrices, once per step whatever the number of rows using it. */
+static size_t lora_step_bytes(const adapter *ad) {
+    size_t s = 0;
+    for (int i = 0; i < ad->n_layers * AMOD_COUNT; i++) {
+        const adapter_lora *l = &ad->lora[i];
+        if (l->rank <= 0) continue;
+        s += (size_t)(l->a.rows * l->a.cols) * kdtype_size(l->a.dtype);
+        s += (size_t)(l->b.rows * l->b.cols) * kdtype_size(l->b.dtype);
+    }
+    return s;
+}
+
+static kdtype lora_dtype(const adapter *ad) {
+    for (int i = 0; i < ad->n_layers * AMOD_COUNT; i++)
+        if (ad->lora[i].rank > 0) return ad->lora[i].a.dtype;
+    return KDT_F32;
+}
+
+/* ---------- output ---------- */
+
+static void cpu_model(char *out, size_t n) {
+    snprintf(out, n, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10)) continue;
+        char *v = strchr(line, ':');
+        if (!v) break;
+        v++;
+        while (*v == ' ' || *v == '\t') v++;
+        v[strcspn(v, "\n")] = 0;
+        /* JSON-safe: the field is plain ASCII in practice; drop quotes and backslashes */
+        size_t j = 0;
+        for (size_t i = 0; v[i] && j + 1 < n; i++)
+            if (v[i] != '"' && v[i] != '\\') out[j++] = v[i];
+        out[j] = 0;
+        break;
+    }
+    fclose(f);
+}
+
+static void print_result(FILE *f, const char *key, const result *r, const char *tail) {
+    fprintf(f, "      \"%s\": {\"tok_s\": %.2f, \"step_ms_median\": %.3f, \"decode_tokens\": %.0f, \"decode_s\": %.3f,\n",
+            key, r->tok_s, r->step_ms_median, r->dec_tokens, r->dec_s);
+    fprintf(f, "            \"ms_per_step\": {");
+    for (int c = 0; c <= P_COUNT; c++)
+        fprintf(f, "\"%s\": %.3f%s", c < P_COUNT ? prof_name[c] : "outside_ops", r->prof_ms[c], c < P_COUNT ? ", " : "");
+    fprintf(f, "}}%s\n", tail);
+}
+
+static void print_samples(FILE *f, const char *key, const result *r, int n, const char *tail) {
+    fprintf(f, "\"%s\": [", key);
+    for (int i = 0; i < n; i++) fprintf(f, "%.2f%s", r[i].tok_s, i + 1 < n ? ", " : "");
+    fprintf(f, "]%s", tail);
+}
+
+static const char *module_list(const adapter *ad, char *buf, size_t n) {
+    bool used[AMOD_COUNT] = {false};
+    for (int i = 0; i < ad->n_layers * AMOD_COUNT; i++)
+        if (ad->lora[i].rank > 0) used[i % AMOD_COUNT] = true;
+    size_t o = 0;
+    buf[0] = 0;
+    for (int m = 0; m < AMOD_COUNT; m++)
+        if (used[m]) o += (size_t)snprintf(buf + o, o < n ? n - o : 0, "%s\"%s\"", o ? ", " : "", adapter_module_name(m));
+    return buf;
+}
+
+static void print_json(FILE *f, const bench *B, shape *sh, int n_sh, int rounds, int threads, double cd_target,
+                       double elapsed) {
+    const model_config *mc = &B->m->cfg;
+    char cpu[256], date[64], mods[256];
+    cpu_model(cpu, sizeof cpu);
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    fprintf(f, "{\n  \"bench\": \"bench_adapters\",\n  \"date\": \"%s\",\n", date);
+    fprintf(f, "  \"setup\": {\n    \"cpu\": \"%s\", \"online_cores\": %ld, \"threads\": %d, \"backend\": \"%s\",\n", cpu,
+            sysconf(_SC_NPROCESSORS_ONLN), threads, B->kb->ops->name);
+    fprintf(f,
+            "    \"model\": {\"dir\": \"%s\", \"hidden\": %d, \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, "
+            "\"intermediate\": %d, \"vocab\": %d, \"tied\": %s, \"dtype\": \"%s\", \"weight_bytes\": %zu},\n",
+            B->m->dir, mc->hidden_size, mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->intermediate_size,
+            mc->vocab_size, mc->tie_word_embeddings ? "true" : "false", kdtype_name(B->m->layers[0].wq.dtype),
+            B->m->weight_bytes);
+    fprintf(f,
+            "    \"seqs\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"gen_tokens_d_per_adapter\": %d, "
+            "\"rounds\": %d,\n",
+            B->seqs, B->prompt, B->tokens, B->tokens_d, rounds);
+    fprintf(f, "    \"sampling\": \"greedy, ignore_eos\",\n");
+    fprintf(f,
+            "    \"measure\": \"decode tokens / wall time of the decode steps (engine steps: batch assembly, adapter "
+            "plan, forward, sampling, detokenize, publish; prefill step, loading and engine creation excluded); "
+            "a-c: best of the rounds, run interleaved; d: one request per adapter at batch 1, decode windows summed\",\n");
+    fprintf(f, "    \"elapsed_s\": %.1f\n  },\n  \"shapes\": [\n", elapsed);
+    for (int s = 0; s < n_sh; s++) {
+        shape *h = &sh[s];
+        const adapter *a0 = h->ads[0];
+        size_t one = lora_step_bytes(a0), all = 0;
+        for (int i = 0; i < B->seqs; i++) all += lora_step_bytes(h->ads[i]);
+        const result *ra = &h->a[h->best_a], *rb = &h->b[h->best_b], *rc = &h->c[h->best_c];
+        double ca = rc->tok_s / ra->tok_s, cd = rc->tok_s / h->d.tok_s;
+        fprintf(f, "    {\n      \"name\": \"%s\", \"adapters_dir\": \"%s\", \"rank\": %d, \"targets\": [%s], "
+                   "\"adapter_dtype\": \"%s\",\n",
+                h->name, h->dir, a0->max_rank, module_list(a0, mods, sizeof mods), kdtype_name(lora_dtype(a0)));
+        fprintf(f,
+                "      \"bytes\": {\"base_weights\": %zu, \"adapter_one\": %zu, \"adapter_file_tensors\": %zu, "
+                "\"step_adapters_b\": %zu, \"step_adapters_c\": %zu, \"c_adapters_over_base\": %.4f,\n"
+                "                \"step_total_a\": %zu, \"step_total_b\": %zu, \"step_total_c\": %zu},\n",
+                B->m->weight_bytes, one, a0->bytes, one, all, (double)all / (double)B->m->weight_bytes,
+                B->m->weight_bytes, B->m->weight_bytes + one, B->m->weight_bytes + all);
+        fprintf(f, "      ");
+        print_samples(f, "samples_a", h->a, rounds, ", ");
+        print_samples(f, "samples_b", h->b, rounds, ", ");
+        print_samples(f, "samples_c", h->c, rounds, ",\n");
+        print_result(f, "a", ra, ",");
+        print_result(f, "b", rb, ",");
+        print_result(f, "c", rc, ",");
+        print_result(f, "d", &h->d, ",");
+        fprintf(f,
+                "      \"c_over_a\": %.4f, \"c_over_d\": %.4f, \"b_over_a\": %.4f,\n"
+                "      \"effective_gb_s\": {\"a\": %.2f, \"b\": %.2f, \"c\": %.2f},\n",
+                ca, cd, rb->tok_s / ra->tok_s, 1e-9 * B->m->weight_bytes * ra->tok_s / B->seqs,
+                1e-9 * (B->m->weight_bytes + one) * rb->tok_s / B->seqs,
+                1e-9 * (B->m->weight_bytes + all) * rc->tok_s / B->seqs);
+        fprintf(f, "      \"targets\": {\"c_over_a_min\": %.2f, \"c_over_d_min\": %.2f, \"met\": %s}\n    }%s\n",
+                h->ca_target, cd_target, (ca >= h->ca_target && cd >= cd_target) ? "true" : "false",
+                s + 1 < n_sh ? "," : "");
+    }
+    fprintf(f, "  ]\n}\n");
+}
+
+/* ---------- main ---------- */
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: bench_adapters --model DIR --shape NAME:ADAPTERS_DIR[:CA_TARGET] [--shape ...]\n"
+            "       [--seqs 32] [--prompt 8] [--tokens 64] [--tokens-d 16] [--rounds 2] [--threads 0]\n"
+            "       [--cd-target 4] [--out FILE]\n");
+}
+
+int main(int argc, char **argv) {
+    const char *model_dir = NULL, *out_path = NULL;
+    shape *sh = calloc(MAX_SHAPES, sizeof *sh);
+    int n_sh = 0, rounds = 2, threads = 0;
+    double cd_target = 4.0;
+    bench B = {.seqs = 32, .prompt = 8, .tokens = 64, .tokens_d = 16};
+    if (!sh) return 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            usage();
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "--out")) out_path = v;
+        else if (!strcmp(a, "--seqs")) B.seqs = atoi(v);
+        else if (!strcmp(a, "--prompt")) B.prompt = atoi(v);
+        else if (!strcmp(a, "--tokens")) B.tokens = atoi(v);
+        else if (!strcmp(a, "--tokens-d")) B.tokens_d = atoi(v);
+        else if (!strcmp(a, "--rounds")) rounds = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--cd-target")) cd_target = atof(v);
+        else if (!strcmp(a, "--shape") && n_sh < MAX_SHAPES) {
+            shape *h = &sh[n_sh++];
+            const char *c1 = strchr(v, ':');
+            if (!c1 || c1 == v || (size_t)(c1 - v) >= sizeof h->name) {
+                usage();
+                return 2;
+            }
+            memcpy(h->name, v, (size_t)(c1 - v));
+            snprintf(h->dir, sizeof h->dir, "%s", c1 + 1);
+            char *c2 = strrchr(h->dir, ':');
+            if (c2) {
+                h->ca_target = atof(c2 + 1);
+                *c2 = 0;
+            }
+        } else {
+            usage();
+            return 2;
+        }
+    }
+    if (!model_dir || n_sh == 0 || B.seqs < 1 || B.seqs > MAX_ADAPTERS || B.prompt < 1 || B.tokens < 3 ||
+        B.tokens_d < 3 || rounds < 1 || rounds > MAX_ROUNDS) {
+        usage();
+        return 2;
+    }
+    log_set_level(LOG_WARN);
+    double t_start = now_s();
+    char err[1024];
+    int rc = 1;
+    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    B.kb = kbackend_cpu_create(threads);
+    if (!B.kb) {
+        fprintf(stderr, "bench_adapters: cannot create the CPU backend\n");
+        return 1;
+    }
+    if (model_load(model_dir, B.kb, &B.m, err, sizeof err) < 0) {
+        fprintf(stderr, "bench_adapters: model_load %s: %s\n", model_dir, err);
+        goto out;
+    }
+    if (tokenizer_load(model_dir, &B.tok, err, sizeof err) < 0) {
+        fprintf(stderr, "bench_adapters: tokenizer_load %s: %s\n", model_dir, err);
+        goto out;
+    }
+    for (int s = 0; s < n_sh; s++)
+        if (load_adapters(&B, &sh[s], B.seqs) < 0) goto out;
+    fprintf(stderr, "bench_adapters: model %s (%.1f MB), %d threads, %d seqs x %d tokens, %d rounds\n", model_dir,
+            B.m->weight_bytes / 1e6, threads, B.seqs, B.tokens, rounds);
+    prof_install(B.kb, B.m->cfg.vocab_size);
+    for (int s = 0; s < n_sh; s++) {
+        shape *h = &sh[s];
+        adapter **same = malloc((size_t)B.seqs * sizeof *same);
+        if (!same) goto out;
+        for (int i = 0; i < B.seqs; i++) same[i] = h->ads[0];
+        for (int r = 0; r < rounds; r++) {
+            if (run_batch(&B, NULL, "a", &h->a[r]) < 0 || run_batch(&B, same, "b", &h->b[r]) < 0 ||
+                run_batch(&B, h->ads, "c", &h->c[r]) < 0) {
+                free(same);
+                goto out;
+            }
+            fprintf(stderr, "  %-8s round %d: a %.1f  b %.1f  c %.1f tok/s\n", h->name, r + 1, h->a[r].tok_s,
+                    h->b[r].tok_s, h->c[r].tok_s);
+            if (h->a[r].tok_s > h->a[h->best_a].tok_s) h->best_a = r;
+            if (h->b[r].tok_s > h->b[h->best_b].tok_s) h->best_b = r;
+            if (h->c[r].tok_s > h->c[h->best_c].tok_s) h->best_c = r;
+        }
+        free(same);
+        if (run_serial(&B, h->ads, B.seqs, &h->d) < 0) goto out;
+        fprintf(stderr, "  %-8s d: %.1f tok/s (batch 1, %d adapters one at a time)\n", h->name, h->d.tok_s, B.seqs);
+    }
+    prof_uninstall(B.kb);
+    double elapsed = now_s() - t_start;
+    print_json(stdout, &B, sh, n_sh, rounds, threads, cd_target, elapsed);
+    fflush(stdout);
+    if (out_path) {
+        FILE *f = fopen(out_path, "w");
+        if (!f) {
+            fprintf(stderr, "bench_adapters: cannot write %s\n", out_path);
+            goto out;
+        }
+        print_json(f, &B, sh, n_sh, rounds, threads, cd_target, elapsed);
+        fclose(f);
+    }
+    /* the one-line summary */
+    char line[2048];
+    size_t o = (size_t)snprintf(line, sizeof line, "bench: %s %s, %d seqs, %d threads |",
+                                strrchr(model_dir, '/') ? strrchr(model_dir, '/') + 1 : model_dir,
+                                kdtype_name(B.m->layers[0].wq.dtype), B.seqs, threads);
+    for (int s = 0; s < n_sh && o < sizeof line; s++) {
+        shape *h = &sh[s];
+        double a = h->a[h->best_a].tok_s, b = h->b[h->best_b].tok_s, c = h->c[h->best_c].tok_s, d = h->d.tok_s;
+        o += (size_t)snprintf(line + o, sizeof line - o,
+                              " %s: a %.0f b %.0f c %.0f d %.0f tok/s, c/a %.2f%s c/d %.1f%s |", h->name, a, b, c, d,
+                              c / a, h->ca_target > 0 ? (c / a >= h->ca_target ? " (ok)" : " (MISS)") : "", c / d,
+                              c / d >= cd_target ? " (ok)" : " (MISS)");
+    }
+    fprintf(stderr, "%s\n", line);
+    rc = 0;
+out:
+    for (int s = 0; s < n_sh; s++)
+        for (int i = 0; i < sh[s].n_ads; i++) adapter_free(sh[s].ads[i]);
+    free(sh);
+    tokenizer_free(B.tok);
+    model_free(B.m);
+    kbackend_destroy(B.kb);
+    return rc;
+}
