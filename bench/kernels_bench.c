@@ -9,9 +9,11 @@
  *   openblas: f32 only, one cblas_sgemm over the whole matrix with OpenBLAS's
  *             own threads (as many as ours),
  * and reports GB/s of weight traffic (weight bytes / time) and its ratio to the
- * measured read bandwidth of this machine (a parallel streaming sum over a
- * buffer 8× the L3, with the same L2 software prefetch as the matmul, which
- * reads faster than the plain sum). Weight copies are cycled so that every call reads its
+ * roofline: a parallel streaming sum (same pool, same L2 software prefetch as
+ * the matmul, which reads faster than a plain sum) over the same weight
+ * copies, timed in the same interleaved rounds as the matmul so that load from
+ * other processes on a shared machine affects both alike. The best streaming
+ * read over a buffer 8× the L3 is also reported. Weight copies are cycled so that every call reads its
  * weights from DRAM, as in a real decode step where all layers' weights pass
  * through the caches once. Output: one JSON object on stdout; a table on stderr.
  * Usage: kernels_bench [n_threads] [seconds per config] [only this many weight rows] */
@@ -134,9 +136,25 @@ typedef struct {
     float *x, *y;
 } bench_buf;
 
-enum { MODE_AUTO, MODE_TILES, MODE_BPATH, MODE_OPENBLAS, N_MODES };
+/* MODE_ROOF: the streaming read (bw_task) over the same weight bytes on the
+ * same pool — the roofline, timed in the same rounds as the matmul. */
+enum { MODE_ROOF, MODE_AUTO, MODE_TILES, MODE_BPATH, MODE_OPENBLAS, N_MODES };
+
+enum { ROOF_TASKS = 64 };
+
+/* Bytes MODE_ROOF reads for a weight matrix of wbytes (whole vectors per task). */
+static int64_t roof_floats_per_task(size_t wbytes) {
+    return (int64_t)(wbytes / sizeof(float) / ROOF_TASKS) / (4 * KV_W) * (4 * KV_W);
+}
 
 static void run_mode(kbackend *kb, bench_buf *b, const kmat *w, int n, int mode, int n_threads) {
+    if (mode == MODE_ROOF) {
+        double sums[ROOF_TASKS];
+        bw_ctx c = {.p = w->data, .n_per_task = roof_floats_per_task((size_t)(w->rows * w->cols) * kdtype_size(w->dtype)),
+                    .sums = sums};
+        kpool_parallel_for(kcpu__impl(kb)->pool, ROOF_TASKS, bw_task, &c);
+        return;
+    }
     if (mode == MODE_OPENBLAS) {
         openblas_set_num_threads(n_threads);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)w->rows, (int)w->cols, 1.0f, b->x,
@@ -185,10 +203,46 @@ static void time_modes(kbackend *kb, bench_buf *b, const kmat *proto, int n, int
     }
 }
 
+/* Best-of-5 milliseconds of one attention call: n_seqs sequences of n_q query
+ * rows over kv_len slots, 32 heads / 8 KV heads, head_dim 64 (Llama-1B-like),
+ * block size 16, contiguous block tables. */
+static double time_attention(kbackend *kb, int n_seqs, int n_q, int kv_len) {
+    const int H = 32, KVH = 8, HD = 64, BS = 16, mb = (kv_len + BS - 1) / BS;
+    int T = n_seqs * n_q;
+    size_t cache_n = (size_t)n_seqs * mb * BS * KVH * HD;
+    int32_t *qs = malloc((n_seqs + 1) * sizeof *qs), *kl = malloc(n_seqs * sizeof *kl);
+    int32_t *bt = malloc((size_t)n_seqs * mb * sizeof *bt);
+    float *kc = malloc(cache_n * sizeof *kc), *vc = malloc(cache_n * sizeof *vc);
+    float *q = malloc((size_t)T * H * HD * sizeof *q), *o = malloc((size_t)T * H * HD * sizeof *o);
+    for (int s = 0; s <= n_seqs; s++) qs[s] = s * n_q;
+    for (int s = 0; s < n_seqs; s++) kl[s] = kv_len;
+    for (int i = 0; i < n_seqs * mb; i++) bt[i] = i;
+    for (size_t i = 0; i < cache_n; i++) kc[i] = vc[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < (size_t)T * H * HD; i++) q[i] = (float)(i % 5) * 0.1f;
+    kattn_args a = {.n_seqs = n_seqs, .q_start = qs, .kv_len = kl, .block_table = bt, .max_blocks = mb,
+                    .block_size = BS, .n_heads = H, .n_kv_heads = KVH, .head_dim = HD, .scale = 0.125f,
+                    .q = q, .k_cache = kc, .v_cache = vc, .out = o};
+    double best = 1e30;
+    for (int r = 0; r < 6; r++) { /* the first call warms the scratch */
+        double t0 = now_s();
+        if (kb->ops->attention(kb, &a) != 0) exit(1);
+        double t = now_s() - t0;
+        if (r && t < best) best = t;
+    }
+    free(qs);
+    free(kl);
+    free(bt);
+    free(kc);
+    free(vc);
+    free(q);
+    free(o);
+    return best * 1e3;
+}
+
 typedef struct {
     int rows, cols, n;
     kdtype dt;
-    double bytes, t[N_MODES], t1; /* t1: own time at n = 1 */
+    double bytes, roof_bytes, t[N_MODES], t1; /* t1: own time at n = 1 */
 } bench_result;
 
 int main(int argc, char **argv) {
@@ -237,9 +291,10 @@ int main(int argc, char **argv) {
             double own1 = 0;
             for (int ni = 0; ni < N_NS; ni++) {
                 bench_result *r = &res[n_res++];
-                *r = (bench_result){.rows = rows, .cols = cols, .n = ns[ni], .dt = dt, .bytes = (double)wbytes};
+                *r = (bench_result){.rows = rows, .cols = cols, .n = ns[ni], .dt = dt, .bytes = (double)wbytes,
+                                    .roof_bytes = (double)roof_floats_per_task(wbytes) * ROOF_TASKS * sizeof(float)};
                 for (int m = 0; m < N_MODES; m++) r->t[m] = NAN;
-                time_modes(kb, &b, &proto, r->n, MODE_AUTO, dt == KDT_F32 ? MODE_OPENBLAS : MODE_BPATH, n_threads,
+                time_modes(kb, &b, &proto, r->n, MODE_ROOF, dt == KDT_F32 ? MODE_OPENBLAS : MODE_BPATH, n_threads,
                            budget, r->t);
                 if (dt == KDT_F32) {
                     /* OpenBLAS's own threads busy-wait after a call: timed apart,
@@ -261,16 +316,16 @@ int main(int argc, char **argv) {
             "threads %d  read bandwidth (roofline) %.1f GB/s  memcpy (1 thread, r+w) %.1f GB/s  dispatch %.2f us "
             "(hot) %.2f us (workers asleep)\n",
             n_threads, rbw, cbw, hot_us, cold_us);
-    fprintf(stderr, "%-12s %-5s %3s | %9s %7s %5s | %9s | %9s | %9s | %s\n", "shape", "dtype", "n", "own us", "GB/s",
-            "roof", "tiles us", "bpath us", "oblas us", "own t(n)/t(1)");
+    fprintf(stderr, "%-12s %-5s %3s | %9s %7s %7s %5s | %9s | %9s | %9s | %s\n", "shape", "dtype", "n", "own us",
+            "GB/s", "roof", "ratio", "tiles us", "bpath us", "oblas us", "own t(n)/t(1)");
     printf("{\"bench\":\"kernels_matmul\",\"threads\":%d,\"read_bw_gbs\":%.2f,\"memcpy_bw_gbs\":%.2f,"
            "\"dispatch_hot_us\":%.3f,\"dispatch_cold_us\":%.3f,\"results\":[",
            n_threads, rbw, cbw, hot_us, cold_us);
     for (int i = 0; i < n_res; i++) {
         const bench_result *r = &res[i];
-        double own = r->t[MODE_AUTO], g_own = r->bytes / own / 1e9;
-        fprintf(stderr, "%5dx%-6d %-5s %3d | %9.1f %7.1f %5.2f | %9.1f | %9.1f | %9.1f | %.2f\n", r->rows, r->cols,
-                kdtype_name(r->dt), r->n, own * 1e6, g_own, g_own / rbw, r->t[MODE_TILES] * 1e6,
+        double own = r->t[MODE_AUTO], g_own = r->bytes / own / 1e9, g_roof = r->roof_bytes / r->t[MODE_ROOF] / 1e9;
+        fprintf(stderr, "%5dx%-6d %-5s %3d | %9.1f %7.1f %7.1f %5.2f | %9.1f | %9.1f | %9.1f | %.2f\n", r->rows,
+                r->cols, kdtype_name(r->dt), r->n, own * 1e6, g_own, g_roof, g_own / g_roof, r->t[MODE_TILES] * 1e6,
                 r->t[MODE_BPATH] * 1e6, r->t[MODE_OPENBLAS] * 1e6, own / r->t1);
         char blas_s[32] = "null", bpath_s[32] = "null"; /* JSON has no NaN */
         if (r->dt == KDT_F32) {
@@ -278,12 +333,15 @@ int main(int argc, char **argv) {
             snprintf(bpath_s, sizeof bpath_s, "%.2f", r->t[MODE_BPATH] * 1e6);
         }
         printf("%s{\"rows\":%d,\"cols\":%d,\"dtype\":\"%s\",\"n\":%d,\"own_us\":%.2f,\"own_gbs\":%.2f,"
-               "\"own_roofline_ratio\":%.3f,\"tiles_us\":%.2f,\"blas_path_us\":%s,\"openblas_us\":%s,"
-               "\"own_time_vs_n1\":%.3f}",
-               i ? "," : "", r->rows, r->cols, kdtype_name(r->dt), r->n, own * 1e6, g_own, g_own / rbw,
+               "\"roof_gbs\":%.2f,\"own_roofline_ratio\":%.3f,\"tiles_us\":%.2f,\"blas_path_us\":%s,"
+               "\"openblas_us\":%s,\"own_time_vs_n1\":%.3f}",
+               i ? "," : "", r->rows, r->cols, kdtype_name(r->dt), r->n, own * 1e6, g_own, g_roof, g_own / g_roof,
                r->t[MODE_TILES] * 1e6, bpath_s, blas_s, own / r->t1);
     }
-    printf("]}\n");
+    double att_prefill = time_attention(kb, 1, 512, 512), att_decode = time_attention(kb, 32, 1, 1024);
+    fprintf(stderr, "attention (32 heads / 8 KV heads, head_dim 64): prefill 512 tokens %.2f ms, decode 32 seqs x "
+            "1024 slots %.2f ms (K/V %.0f MB)\n", att_prefill, att_decode, 32.0 * 1024 * 8 * 64 * 4 * 2 / 1e6);
+    printf("],\"attention_prefill512_ms\":%.3f,\"attention_decode32x1024_ms\":%.3f}\n", att_prefill, att_decode);
     kbackend_destroy(kb);
     return 0;
 }

@@ -51,9 +51,9 @@
 #define MM_MIN_BLOCK 16
 
 /* n from which OpenBLAS sgemm replaces the register tiles for f32 weights:
- * measured (bench/README.md, 2 threads) equal at n = 64 and 10-20% faster for
- * sgemm at n = 128-256; the tiles win below 64. */
-#define MM_BLAS_MIN_N 64
+ * measured (bench/README.md, 2 threads) the 4×6 tiles win at n <= 64 and sgemm
+ * is mostly 5-15% faster from n = 128; the crossover lies in between. */
+#define MM_BLAS_MIN_N 96
 
 kcpu_mm_path kcpu__mm_path = KCPU_MM_AUTO;
 
