@@ -4,6 +4,7 @@
 #include "adapter_store/registry.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,8 +20,16 @@ typedef struct {
     version *v;
 } entry;
 
+typedef struct {
+    char name[REGISTRY_NAME_MAX + 1];
+    int status;
+    char *message;
+} failure;
+
 struct adapter_registry {
     pthread_mutex_t mu;
+    failure *fail;
+    int n_fail;
     entry *e;
     int n, cap;
     /* versions no longer current but still referenced by running requests */
@@ -47,6 +56,8 @@ void registry_free(adapter_registry *r) {
         adapter_free(r->retired[i]->a);
         free(r->retired[i]);
     }
+    for (int i = 0; i < r->n_fail; i++) free(r->fail[i].message);
+    free(r->fail);
     free(r->e);
     free(r->retired);
     pthread_mutex_destroy(&r->mu);
@@ -95,6 +106,50 @@ static int unpublish(adapter_registry *r, version *v) {
     return 0;
 }
 
+/* Under mu. */
+static void clear_failure(adapter_registry *r, const char *name) {
+    for (int i = 0; i < r->n_fail; i++)
+        if (!strcmp(r->fail[i].name, name)) {
+            free(r->fail[i].message);
+            r->fail[i] = r->fail[--r->n_fail];
+            return;
+        }
+}
+
+int registry_put_failure(adapter_registry *r, const char *name, int status, const char *message) {
+    if (!registry_name_valid(name) || status >= 0) return PEFTD_EINVAL;
+    char *m = strdup(message ? message : "");
+    if (!m) return PEFTD_ENOMEM;
+    pthread_mutex_lock(&r->mu);
+    clear_failure(r, name);
+    failure *f = realloc(r->fail, (size_t)(r->n_fail + 1) * sizeof *f);
+    if (!f) {
+        pthread_mutex_unlock(&r->mu);
+        free(m);
+        return PEFTD_ENOMEM;
+    }
+    r->fail = f;
+    snprintf(f[r->n_fail].name, sizeof f->name, "%s", name);
+    f[r->n_fail].status = status;
+    f[r->n_fail].message = m;
+    r->n_fail++;
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+int registry_failure(adapter_registry *r, const char *name, char *msg, size_t msglen) {
+    int st = 0;
+    pthread_mutex_lock(&r->mu);
+    for (int i = 0; i < r->n_fail; i++)
+        if (!strcmp(r->fail[i].name, name)) {
+            st = r->fail[i].status;
+            snprintf(msg, msglen, "%s", r->fail[i].message);
+            break;
+        }
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
 int registry_put(adapter_registry *r, const char *name, adapter *a) {
     if (!registry_name_valid(name) || !a) return PEFTD_EINVAL;
     version *v = calloc(1, sizeof *v);
@@ -103,6 +158,7 @@ int registry_put(adapter_registry *r, const char *name, adapter *a) {
     v->refs = 1;
     a->registry_version = v;
     pthread_mutex_lock(&r->mu);
+    clear_failure(r, name);
     int i = find(r, name), st = 0;
     if (i >= 0) {
         version *old = r->e[i].v;

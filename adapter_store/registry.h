@@ -26,6 +26,13 @@ bool registry_name_valid(const char *name);
 /* Adds (or replaces) name → a; the registry owns a from now on. A replaced version is
  * freed when its last reference is released. PEFTD_EINVAL for a bad name. */
 int registry_put(adapter_registry *r, const char *name, adapter *a);
+/* Records that name failed to load (status + message): acquire() finds nothing, and
+ * registry_failure() tells callers why, so a request naming it gets the real reason.
+ * A later registry_put() of the name clears it. */
+int registry_put_failure(adapter_registry *r, const char *name, int status, const char *message);
+/* The recorded failure of name: its status (0 when none) and message copied to msg. */
+int registry_failure(adapter_registry *r, const char *name, char *msg, size_t msglen);
+
 /* Removes name; PEFTD_ENOTFOUND when absent. */
 int registry_remove(adapter_registry *r, const char *name);
 

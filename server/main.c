@@ -343,19 +343,23 @@ static int cmd_serve(int argc, char **argv) {
         config_free(&cfg);
         return 1;
     }
+    /* A broken adapter is reported and skipped: the daemon serves the others, and a request
+     * naming it gets the load error (422) instead of a generic "not found". */
     for (int i = 0; i < cfg.n_adapters; i++) {
         adapter *ad = NULL;
-        if (model_load_adapter(rt.m, cfg.adapters[i].dir, &ad, err, sizeof err) < 0 ||
-            registry_put(reg, cfg.adapters[i].name, ad) < 0) {
-            fprintf(stderr, "peftd: adapter \"%s\" (%s): %s\n", cfg.adapters[i].name, cfg.adapters[i].dir, err);
+        const char *name = cfg.adapters[i].name, *dir = cfg.adapters[i].dir;
+        int st = model_load_adapter(rt.m, dir, &ad, err, sizeof err);
+        if (st >= 0 && (st = registry_put(reg, name, ad)) < 0) {
+            snprintf(err, sizeof err, "%s", peftd_strerror(st));
             adapter_free(ad);
-            registry_free(reg);
-            runtime_close(&rt);
-            config_free(&cfg);
-            return 1;
         }
-        LOGI("adapter %s: %s from %s (%.1f KiB, sha256 %.12s)", cfg.adapters[i].name, adapter_kind_name(ad->kind),
-             cfg.adapters[i].dir, (double)ad->bytes / 1024, ad->sha256);
+        if (st < 0) {
+            LOGE("adapter %s (%s) not loaded: %s", name, dir, err);
+            registry_put_failure(reg, name, st, err);
+            continue;
+        }
+        LOGI("adapter %s: %s from %s (%.1f KiB, sha256 %.12s)", name, adapter_kind_name(ad->kind), dir,
+             (double)ad->bytes / 1024, ad->sha256);
     }
     http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
                       .threads = cfg.http_threads};

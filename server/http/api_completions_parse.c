@@ -191,6 +191,12 @@ static int api_parse_model(const http_server *s, const cJSON *root, api_request 
     r->reg = s->reg;
     if (!name) return 0;
     r->adapter = registry_acquire(s->reg, name);
+    char why[400];
+    if (!r->adapter && registry_failure(s->reg, name, why, sizeof why) < 0) {
+        api_fail(err, "adapter_load_failed", "The adapter '%s' could not be loaded: %s", name, why);
+        err->status = 422; /* Unprocessable Content: the adapter exists but cannot be served */
+        return PEFTD_EINVAL;
+    }
     if (!r->adapter) {
         api_fail(err, "model_not_found", "The model or adapter '%.*s' does not exist (serving '%s')",
                  (int)http_utf8_prefix(name, 200), name, s->m->name);

@@ -1,0 +1,179 @@
+"""tests/integration/test_adapters.py — adapters over HTTP: preloaded with --adapter (and
+from a config file), chosen per request by `model` or `adapter`, adapter_scale, listed
+in /v1/models, mixed in one batch, and broken adapters reported while the others serve."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import harness
+from harness import test
+
+FIX = os.path.join(harness.ROOT, "tests", "fixtures", "adapters")
+SERVED = {"r8": "lora_r8_all", "dora": "lora_dora", "ia3": "ia3", "pt": "prompt_tuning",
+          "pfx": "prefix_tuning", "hb": "houlsby", "pf": "pfeiffer", "head": "lora_lm_head"}
+_tmp = tempfile.mkdtemp(prefix="peftd-adapters-")
+_daemon = None
+
+
+def broken_copy(name, src, edit):
+    """A copy of a fixture adapter whose adapter_config.json is changed by edit(cfg)."""
+    d = os.path.join(_tmp, name)
+    shutil.copytree(os.path.join(FIX, src), d)
+    p = os.path.join(d, "adapter_config.json")
+    with open(p) as f:
+        cfg = json.load(f)
+    edit(cfg)
+    with open(p, "w") as f:
+        json.dump(cfg, f)
+    return d
+
+
+def d():
+    global _daemon
+    if _daemon is None:
+        args = []
+        for name, fix in SERVED.items():
+            args += ["--adapter", "%s=%s" % (name, os.path.join(FIX, fix))]
+        args += ["--adapter", "fifo=" + broken_copy("fifo", "lora_r8_all",
+                                                     lambda c: c.update(fan_in_fan_out=True))]
+        args += ["--adapter", "gone=/nonexistent/adapter"]
+        _daemon = harness.Daemon(args)
+    return _daemon
+
+
+def cli(prompt, max_tokens, adapter_dir=None, scale=None):
+    args = [harness.BIN, "generate", "--model", harness.MODEL_DIR, "--prompt", prompt,
+            "--max-tokens", str(max_tokens), "--temperature", "0"]
+    if adapter_dir:
+        args += ["--adapter", adapter_dir]
+    if scale is not None:
+        args += ["--adapter-scale", str(scale)]
+    out = subprocess.run(args, cwd=harness.ROOT, capture_output=True, timeout=120 * harness.SLOW)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    return out.stdout.decode()
+
+
+def text(**payload):
+    payload.setdefault("temperature", 0)
+    return d().complete(**payload)["choices"][0]["text"]
+
+
+@test
+def models_lists_served_adapters_only():
+    st, _, body = d().request("GET", "/v1/models")
+    assert st == 200
+    ids = {m["id"]: m for m in json.loads(body)["data"]}
+    assert harness.MODEL_ID in ids
+    for name in SERVED:
+        assert name in ids and ids[name]["parent"] == harness.MODEL_ID, ids.get(name)
+    assert "fifo" not in ids and "gone" not in ids
+    assert ids["pt"]["adapter_kind"] == "prompt_tuning" and ids["hb"]["adapter_kind"] == "bottleneck"
+
+
+@test
+def each_adapter_by_model_matches_the_cli_and_differs_from_base():
+    base = text(prompt="Once upon a time", max_tokens=24)
+    for name, fix in SERVED.items():
+        got = text(model=name, prompt="Once upon a time", max_tokens=24)
+        want = cli("Once upon a time", 24, os.path.join(FIX, fix))
+        assert got == want, "%s: server %r, CLI %r" % (name, got, want)
+        assert got != base, "%s generates the base model's text" % name
+
+
+@test
+def adapter_field_selects_and_wins_over_model():
+    by_model = text(model="hb", prompt="The cat", max_tokens=16)
+    by_field = text(model=harness.MODEL_ID, adapter="hb", prompt="The cat", max_tokens=16)
+    both = text(model="r8", adapter="hb", prompt="The cat", max_tokens=16)
+    assert by_model == by_field == both
+    obj = d().complete(model=harness.MODEL_ID, adapter="pt", prompt="The cat", max_tokens=4)
+    assert obj["model"] == "pt", obj
+
+
+@test
+def adapter_scale_zero_is_the_base_and_one_the_default():
+    base = text(prompt="Lily", max_tokens=20)
+    assert text(model="r8", prompt="Lily", max_tokens=20, adapter_scale=0) == base
+    assert text(model="r8", prompt="Lily", max_tokens=20, adapter_scale=1) == \
+        text(model="r8", prompt="Lily", max_tokens=20)
+    half = text(model="r8", prompt="Lily", max_tokens=20, adapter_scale=0.5)
+    assert half == cli("Lily", 20, os.path.join(FIX, "lora_r8_all"), 0.5)
+
+
+@test
+def bad_adapter_requests_get_clear_errors():
+    st, obj = d().post("/v1/completions", {"model": "fifo", "prompt": "x", "max_tokens": 2})
+    harness.assert_error(st, obj, 422, "adapter_load_failed")
+    assert "fan_in_fan_out" in obj["error"]["message"], obj
+    st, obj = d().post("/v1/completions", {"model": "gone", "prompt": "x", "max_tokens": 2})
+    harness.assert_error(st, obj, 422, "adapter_load_failed")
+    assert "/nonexistent/adapter" in obj["error"]["message"], obj
+    st, obj = d().post("/v1/completions", {"model": "nobody", "prompt": "x", "max_tokens": 2})
+    harness.assert_error(st, obj, 404, "model_not_found")
+    st, obj = d().post("/v1/completions", {"model": "pt", "prompt": "x", "adapter_scale": 2})
+    harness.assert_error(st, obj, 400)
+    st, obj = d().post("/v1/completions", {"model": "r8", "prompt": "x", "adapter_scale": -1})
+    harness.assert_error(st, obj, 400)
+    st, obj = d().post("/v1/completions", {"adapter": 7, "prompt": "x"})
+    harness.assert_error(st, obj, 400)
+    # prompt tuning's 8 virtual tokens count against the 512-token context
+    st, obj = d().post("/v1/completions", {"model": "pt", "prompt": "x", "max_tokens": 508})
+    harness.assert_error(st, obj, 400, "context_length_exceeded")
+    assert text(model="r8", prompt="Once", max_tokens=4)  # still serving
+
+
+@test
+def concurrent_mixed_adapters_match_solo_outputs():
+    names = list(SERVED) + [None, None]
+    prompts = ["Once upon a time", "The dog", "Tom went", "One day", "Lily saw", "The sun", "A cat",
+               "Mom said", "It was", "Ben had"]
+    solo = {}
+    for i, n in enumerate(names):
+        kw = {"model": n} if n else {}
+        solo[i] = text(prompt=prompts[i], max_tokens=32, **kw)
+    got, errors = {}, []
+
+    def run(i, n):
+        try:
+            kw = {"model": n} if n else {}
+            got[i] = text(prompt=prompts[i], max_tokens=32, **kw)
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+    threads = [threading.Thread(target=run, args=(i, n)) for i, n in enumerate(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in solo:
+        assert got[i] == solo[i], "%s: %r vs %r" % (names[i], got[i], solo[i])
+    d().wait_idle()
+
+
+@test
+def adapters_from_the_config_file():
+    cfg = os.path.join(_tmp, "peftd.json")
+    with open(cfg, "w") as f:
+        json.dump({"model": harness.MODEL_DIR, "adapters": {"story": os.path.join(FIX, "lora_r1_all")}}, f)
+    own = harness.Daemon(["--config", cfg])
+    try:
+        st, obj = own.post("/v1/completions", {"model": "story", "prompt": "Once", "max_tokens": 12,
+                                               "temperature": 0})
+        assert st == 200, obj
+        assert obj["choices"][0]["text"] == cli("Once", 12, os.path.join(FIX, "lora_r1_all"))
+    finally:
+        assert own.stop() == 0
+        own.close()
+
+
+if __name__ == "__main__":
+    try:
+        harness.run_tests(__file__)
+    finally:
+        if _daemon is not None:
+            _daemon.close()
+        shutil.rmtree(_tmp, ignore_errors=True)
