@@ -24,11 +24,8 @@ void openblas_set_num_threads(int num_threads);
 static void *kcpu_alloc(kbackend *kb, size_t bytes) {
     (void)kb;
     void *p = NULL;
-    /* aligned_alloc requires a multiple of the alignment; 0 bytes still gets a
-     * valid unique pointer. */
-    size_t sz = (bytes + KCPU_ALIGN - 1) / KCPU_ALIGN * KCPU_ALIGN;
-    if (sz < bytes) return NULL;
-    if (posix_memalign(&p, KCPU_ALIGN, sz ? sz : KCPU_ALIGN) != 0) return NULL;
+    /* 0 bytes still gets a valid, unique, freeable pointer. */
+    if (posix_memalign(&p, KCPU_ALIGN, bytes ? bytes : KCPU_ALIGN) != 0) return NULL;
     return p;
 }
 

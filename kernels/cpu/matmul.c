@@ -16,10 +16,10 @@
  *     called single-threaded on the block's rows inside the pool's tasks.
  *     For f16/bf16 the tiles won at every n measured (up to 256) against
  *     widening to f32 panels + sgemm, so they never use BLAS.
- * Column tails use masked/partial loads, so any cols >= 1 works.
+ * Column tails use masked/partial loads, so any cols >= 1 works. y must not
+ * overlap x or w.
  */
 #include <cblas.h>
-#include <math.h>
 
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/simd.h"
