@@ -2,37 +2,36 @@
  * reading K/V from the paged cache (semantics: kattn_args in kernels.h; a
  * query at slot p attends to slots [kv_start, p], kv_start = 0 when absent).
  *
- * One task per (query row, range of KV heads): all KV heads when there are
- * enough rows, fewer when the batch is small. A task walks the slots once for
- * K and once for V, reading each slot's contiguous K/V row segment of its KV
- * heads (a sequential stream within a block) for all the query heads that
- * share them (GQA). Exact two-pass softmax in f32: scores s_j = scale * q·k_j
- * into per-thread scratch, then w_j = exp(s_j - max) / Σ (vector exp, simd.h)
- * and out = Σ w_j v_j. */
+ * One task per (query row, KV head): the task handles the n_heads/n_kv_heads
+ * query heads that share that KV head together, so each K and V row is read
+ * once per task. Exact two-pass softmax in f32: scores s_j = scale * q·k_j
+ * into per-thread scratch, then w_j = exp(s_j - max) (vector exp, simd.h) and
+ * out = Σ w_j v_j / Σ w_j. */
 #include <math.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/simd.h"
 
-/* K/V rows are prefetched this many slots ahead: a task reads a segment of
- * each slot's row, kv_dim floats apart, and slots of consecutive blocks are
- * not adjacent; the hardware prefetcher follows that poorly. Measured (decode,
- * 32 seqs × 1024 slots, 32/8 heads, head_dim 64, one KV head per task): none
- * 24 ms, 4 slots 15 ms, 16-32 slots 14 ms. */
+/* K/V rows are prefetched this many slots ahead: a slot's row of one KV head
+ * (head_dim floats, 256 B at head_dim 64) sits kv_dim floats from the next
+ * slot's, a stride the hardware prefetcher follows poorly. Measured (decode,
+ * 32 seqs × 1024 slots, 32/8 heads, head_dim 64): none 24 ms, 4 slots 15 ms,
+ * 16-32 slots 14 ms.
+ * (Tasks over all KV heads of a row, reading each slot's whole K/V row
+ * sequentially with a slot-outer P·V, measured the same for decode and 15%
+ * slower for a 512-token prefill, 1 thread: 48 vs 41 ms.) */
 #define ATTN_PF_SLOTS 16
 
-/* Tasks wanted per thread: query rows are split further, by ranges of KV
- * heads, only when rows alone give fewer (e.g. a single decode sequence). */
-#define ATTN_TASKS_PER_THREAD 4
+/* Largest n_heads / n_kv_heads (per-task inverse sums live on the stack);
+ * current GQA models use ≤ 16 (e.g. 64 heads / 4 KV heads). */
+#define ATTN_MAX_GROUP 64
 
 typedef struct {
     kcpu_backend *cb;
     const kattn_args *a;
     int kv_dim;
     int32_t max_slots; /* row stride of the per-thread score scratch */
-    int kv_per_task;   /* KV heads per task */
-    int n_ranges;      /* tasks per query row: ceil(n_kv_heads / kv_per_task) */
     int bs_shift;      /* log2(block_size) when it is a power of two, else -1 */
 } attn_ctx;
 
@@ -62,41 +61,102 @@ static inline const float *attn_slot(const attn_ctx *c, const float *cache, cons
     return cache + (blk * a->block_size + off) * c->kv_dim + (int64_t)kvh * a->head_dim;
 }
 
-/* Prefetches n floats at p (into L1) ahead of use, one 64-byte line at a time. */
-static inline void attn_prefetch(const float *p, int n) {
-    for (int i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 3);
+/* Prefetches the head_dim floats at p (into L1) ahead of use. */
+static inline void attn_prefetch_row(const float *p, int hd) {
+    for (int i = 0; i < hd; i += 16) __builtin_prefetch(p + i, 0, 3);
 }
+
+/* Heads and head_dim vectors per register tile of the P·V pass: 2 × 4 = 8
+ * accumulators + 4 V vectors + 2 weights; two heads share each V load. */
+#define ATTN_PV_HEADS 2
+#define ATTN_PV_VECS 4
+
+/* out[g*hd + v*KV_W + i] = Σ_j w[g*ld + j] · V_j[d0 + v*KV_W + i] for g < NG,
+ * v < NV (the last vector has `last` lanes). NG, NV are compile-time constants
+ * in each instantiation, so the accumulators stay in registers (no store ->
+ * load chain through `out` per slot). */
+static inline __attribute__((always_inline)) void attn_pv(int NG, int NV, const attn_ctx *c, const int32_t *btab,
+                                                          int kvh, int j0, int n_slots, const float *w, size_t ld,
+                                                          float *out, int hd, int d0, int last) {
+    const kattn_args *a = c->a;
+    kv_f32 acc[ATTN_PV_HEADS][ATTN_PV_VECS];
+#pragma GCC unroll 2
+    for (int g = 0; g < NG; g++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[g][v] = kv_zero();
+    for (int j = 0; j < n_slots; j++) {
+        if (j + ATTN_PF_SLOTS < n_slots && d0 == 0)
+            attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
+        const float *vr = attn_slot(c, a->v_cache, btab, j0 + j, kvh) + d0;
+        kv_f32 vv[ATTN_PV_VECS];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            vv[v] = v == NV - 1 && last != KV_W ? kv_load_part(vr + v * KV_W, last) : kv_load(vr + v * KV_W);
+#pragma GCC unroll 2
+        for (int g = 0; g < NG; g++) {
+            kv_f32 wj = kv_set1(w[g * ld + j]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[g][v] = kv_fmadd(wj, vv[v], acc[g][v]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int g = 0; g < NG; g++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            float *o = out + (int64_t)g * hd + v * KV_W;
+            if (v == NV - 1 && last != KV_W) kv_store_part(o, acc[g][v], last);
+            else kv_store(o, acc[g][v]);
+        }
+}
+
+typedef void (*attn_pv_fn)(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots, const float *w, size_t ld,
+                           float *out, int hd, int d0, int last);
+#define ATTN_PV_DEF(NG, NV)                                                                                       \
+    static void attn_pv_##NG##_##NV(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots,         \
+                                    const float *w, size_t ld, float *out, int hd, int d0, int last) {            \
+        attn_pv(NG, NV, c, btab, kvh, j0, n_slots, w, ld, out, hd, d0, last);                                     \
+    }
+ATTN_PV_DEF(1, 1)
+ATTN_PV_DEF(1, 2)
+ATTN_PV_DEF(1, 3)
+ATTN_PV_DEF(1, 4)
+ATTN_PV_DEF(2, 1)
+ATTN_PV_DEF(2, 2)
+ATTN_PV_DEF(2, 3)
+ATTN_PV_DEF(2, 4)
+static const attn_pv_fn attn_pv_fns[ATTN_PV_HEADS][ATTN_PV_VECS] = {
+    {attn_pv_1_1, attn_pv_1_2, attn_pv_1_3, attn_pv_1_4},
+    {attn_pv_2_1, attn_pv_2_2, attn_pv_2_3, attn_pv_2_4},
+};
 
 static void attn_task(void *vc, int task, int thread) {
     const attn_ctx *c = vc;
     const kattn_args *a = c->a;
-    int32_t t = a->q_start[0] + task / c->n_ranges;
-    int k0 = task % c->n_ranges * c->kv_per_task; /* KV heads [k0, k1) */
-    int k1 = k0 + c->kv_per_task < a->n_kv_heads ? k0 + c->kv_per_task : a->n_kv_heads;
+    int32_t t = a->q_start[0] + task / a->n_kv_heads;
+    int kvh = task % a->n_kv_heads;
     int s = attn_seq_of_row(a->q_start, a->n_seqs, t);
     int n_q = a->q_start[s + 1] - a->q_start[s];
     int p = a->kv_len[s] - n_q + (t - a->q_start[s]); /* this query's slot */
-    int j0 = a->kv_start ? a->kv_start[s] : 0;       /* first slot attended */
+    int j0 = a->kv_start ? a->kv_start[s] : 0; /* first slot attended */
     int n_slots = p + 1 - j0;
     const int32_t *btab = a->block_table + (int64_t)s * a->max_blocks;
-    int hd = a->head_dim, group = a->n_heads / a->n_kv_heads, nh = (k1 - k0) * group;
-    /* The task's query heads are contiguous: local head l = (kvh - k0) * group + g. */
-    const float *q = a->q + (int64_t)t * a->n_heads * hd + (int64_t)k0 * group * hd;
-    float *out = a->out + (int64_t)t * a->n_heads * hd + (int64_t)k0 * group * hd;
-    float *sc = kcpu__scratch(c->cb, thread); /* [nh][max_slots]: scores, then weights */
+    int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
+    const float *q = a->q + (int64_t)t * a->n_heads * hd + (int64_t)kvh * group * hd;
+    float *out = a->out + (int64_t)t * a->n_heads * hd + (int64_t)kvh * group * hd;
+    float *sc = kcpu__scratch(c->cb, thread); /* [group][n_slots] scores, then weights */
     size_t ld = (size_t)c->max_slots;
-    int span = (k1 - k0) * hd; /* contiguous floats of one slot's row read by this task */
 
-    /* Scores: each slot's K row (all the task's KV heads) is read once. */
+    /* Scores: each K row is read once for all `group` query heads. */
     for (int j = 0; j < n_slots; j++) {
-        if (j + ATTN_PF_SLOTS < n_slots) attn_prefetch(attn_slot(c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, k0), span);
-        const float *k = attn_slot(c, a->k_cache, btab, j0 + j, k0);
-        for (int l = 0; l < nh; l++)
-            sc[l * ld + j] = a->scale * kv_dot(q + (int64_t)l * hd, k + (int64_t)(l / group) * hd, hd);
+        if (j + ATTN_PF_SLOTS < n_slots)
+            attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
+        const float *k = attn_slot(c, a->k_cache, btab, j0 + j, kvh);
+        for (int g = 0; g < group; g++) sc[g * ld + j] = a->scale * kv_dot(q + (int64_t)g * hd, k, hd);
     }
-    /* Softmax weights (unnormalised), then out_l = Σ_j w_lj v_j / Σ_j w_lj. */
-    for (int l = 0; l < nh; l++) {
-        float *w = sc + l * ld;
+    /* Softmax weights (unnormalised) and their sums. */
+    float inv_sum[ATTN_MAX_GROUP];
+    for (int g = 0; g < group; g++) {
+        float *w = sc + g * ld;
         kv_f32 vmx = kv_set1(-INFINITY);
         int j = 0;
         for (; j + KV_W <= n_slots; j += KV_W) vmx = kv_max(vmx, kv_load(w + j));
@@ -114,20 +174,22 @@ static void attn_task(void *vc, int task, int thread) {
             w[j] = expf(w[j] - mx);
             sum += w[j];
         }
-        /* Fold 1/Σ into the weights: out needs no final pass. */
-        float inv = 1.0f / sum;
-        kv_f32 vinv = kv_set1(inv);
-        for (j = 0; j + KV_W <= n_slots; j += KV_W) kv_store(w + j, kv_mul(kv_load(w + j), vinv));
-        for (; j < n_slots; j++) w[j] *= inv;
+        inv_sum[g] = 1.0f / sum;
     }
-    /* Slot-outer: each V row is read once, and consecutive updates of one output
-     * vector are nh heads apart, so they do not serialise on store -> load. */
-    memset(out, 0, (size_t)nh * hd * sizeof *out);
-    for (int j = 0; j < n_slots; j++) {
-        if (j + ATTN_PF_SLOTS < n_slots) attn_prefetch(attn_slot(c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, k0), span);
-        const float *v = attn_slot(c, a->v_cache, btab, j0 + j, k0);
-        for (int l = 0; l < nh; l++) kv_axpy(out + (int64_t)l * hd, sc[l * ld + j], v + (int64_t)(l / group) * hd, hd);
+    /* out_g = Σ_j w_gj v_j / Σ_j w_gj, accumulated in registers: ATTN_PV_HEADS
+     * heads × up to ATTN_PV_VECS vectors of head_dim per pass over the slots. */
+    for (int g0 = 0; g0 < group;) {
+        int ng = group - g0 >= ATTN_PV_HEADS ? ATTN_PV_HEADS : 1;
+        for (int d0 = 0; d0 < hd; d0 += ATTN_PV_VECS * KV_W) {
+            int left = hd - d0, nv = (left + KV_W - 1) / KV_W;
+            if (nv > ATTN_PV_VECS) nv = ATTN_PV_VECS;
+            int last = left >= nv * KV_W ? KV_W : left - (nv - 1) * KV_W;
+            attn_pv_fns[ng - 1][nv - 1](c, btab, kvh, j0, n_slots, sc + (size_t)g0 * ld, ld, out + (int64_t)g0 * hd + d0,
+                                         hd, d0, last);
+        }
+        g0 += ng;
     }
+    for (int g = 0; g < group; g++) kv_scale_axpy(out + (int64_t)g * hd, inv_sum[g], 0.0f, out + (int64_t)g * hd, hd);
 }
 
 int kcpu__attention(kbackend *kb, const kattn_args *a) {
@@ -138,7 +200,8 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
     if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads || a->head_dim <= 0 ||
         a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale))
         return PEFTD_EINVAL;
-    if ((int64_t)a->n_heads * a->head_dim > INT32_MAX) return PEFTD_EUNSUPPORTED;
+    if ((int64_t)a->n_kv_heads * a->head_dim > INT32_MAX || a->n_heads / a->n_kv_heads > ATTN_MAX_GROUP)
+        return PEFTD_EUNSUPPORTED;
     if (a->q_start[0] < 0) return PEFTD_EINVAL;
     int32_t max_kv = 0;
     double work = 0;
@@ -162,20 +225,14 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
     if (rows * a->n_kv_heads > INT32_MAX) return PEFTD_EUNSUPPORTED;
     kcpu_backend *cb = kcpu__impl(kb);
     /* Score rows padded to an odd number of cache lines: rows a power of two
-     * apart would map the nh scores of one slot to the same L1 set. */
+     * apart would map the group's scores of one slot to the same L1 set. */
     int32_t ld = (max_kv + 15) / 16 * 16;
     if ((ld / 16) % 2 == 0) ld += 16;
-    attn_ctx c = {.cb = cb, .a = a, .kv_dim = a->n_kv_heads * a->head_dim, .max_slots = ld, .bs_shift = -1};
-    int64_t want = (int64_t)cb->n_threads * ATTN_TASKS_PER_THREAD;
-    int64_t ranges = rows >= want ? 1 : (want + rows - 1) / rows;
-    if (ranges > a->n_kv_heads) ranges = a->n_kv_heads;
-    c.kv_per_task = (int)((a->n_kv_heads + ranges - 1) / ranges);
-    c.n_ranges = (a->n_kv_heads + c.kv_per_task - 1) / c.kv_per_task;
-    size_t heads = (size_t)c.kv_per_task * (size_t)(a->n_heads / a->n_kv_heads);
-    int rc = kcpu__scratch_reserve(cb, heads * (size_t)ld);
+    int rc = kcpu__scratch_reserve(cb, (size_t)ld * (size_t)(a->n_heads / a->n_kv_heads));
     if (rc) return rc;
+    attn_ctx c = {.cb = cb, .a = a, .kv_dim = a->n_kv_heads * a->head_dim, .max_slots = ld, .bs_shift = -1};
     if ((a->block_size & (a->block_size - 1)) == 0)
         for (c.bs_shift = 0; (1 << c.bs_shift) < a->block_size; c.bs_shift++) {}
-    kcpu__parallel(cb, (int)(rows * c.n_ranges), work, attn_task, &c);
+    kcpu__parallel(cb, (int)(rows * a->n_kv_heads), work, attn_task, &c);
     return 0;
 }
