@@ -593,7 +593,7 @@ TEST(attention_ragged_paged) {
          * vector), an odd GQA group (3 = a pair of heads + a single head) */
         check_attention(kb, seqs, (int)(sizeof seqs / sizeof *seqs), 2, 3, 128, 16, 0);
         check_attention(kb, starts, (int)(sizeof starts / sizeof *starts), 3, 3, 24, 1, 1);
-        /* Few query rows: tasks split the 3 KV heads into ranges (1 or 2 heads). */
+        /* Few query rows (fewer tasks than threads × 4) over 3 KV heads. */
         static const seq_shape few[] = {{1, 37, 0}, {3, 10, 0}}, one[] = {{1, 70, 5}};
         check_attention(kb, few, 2, 3, 2, 16, 16, 0);
         check_attention(kb, one, 1, 3, 2, 64, 16, 1);
