@@ -131,6 +131,10 @@ static inline kv_f32 kv_exp(kv_f32 x) {
     const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
     const __m512 ln2_hi = _mm512_set1_ps(0.693147182464599609375f); /* float(ln 2) */
     const __m512 ln2_lo = _mm512_set1_ps(-1.904654299957768e-09f);  /* ln 2 - ln2_hi */
+    /* Clamp first: e^-104 rounds to 0 and e^89 overflows in f32, and beyond
+     * that range the reduction would lose r entirely. (max/min return their
+     * second operand on NaN, so NaN passes through.) */
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
     r = _mm512_fnmadd_ps(n, ln2_lo, r);
