@@ -112,8 +112,8 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     }
     char where[512];
     snprintf(where, sizeof where, "%s: ", path);
-    static const char *const top[] = {"model", "host", "port", "threads", "shutdown_grace_s", "http", "engine",
-                                      "adapters", "store", "comment", NULL};
+    static const char *const top[] = {"model", "host", "port", "threads", "fast_prefill", "shutdown_grace_s", "http",
+                                      "engine", "adapters", "store", "comment", NULL};
     static const char *const http_keys[] = {"max_body_bytes", "threads", NULL};
     static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
                                               "kv_cache_mb", "max_queue", NULL};
@@ -124,6 +124,15 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     if (!st) st = get_int(root, "port", 0, 65535, &c->port, where, err, errlen);
     if (!st) st = get_int(root, "threads", 0, 1024, &c->threads, where, err, errlen);
     if (!st) st = get_int(root, "shutdown_grace_s", 0, 3600, &c->shutdown_grace_s, where, err, errlen);
+    const cJSON *fp = cJSON_GetObjectItemCaseSensitive(root, "fast_prefill");
+    if (!st && fp) {
+        if (!cJSON_IsBool(fp)) {
+            snprintf(err, errlen, "%s\"fast_prefill\" must be true or false", where);
+            st = PEFTD_EINVAL;
+        } else {
+            c->fast_prefill = cJSON_IsTrue(fp);
+        }
+    }
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(root, "http");
     if (!st && h) {
         snprintf(where, sizeof where, "%s: http.", path);

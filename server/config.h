@@ -12,6 +12,7 @@ typedef struct {
     char host[256];
     int port;
     int threads;              /* CPU backend worker threads (0 = one per core) */
+    bool fast_prefill;        /* CPU: OpenBLAS for big f32 batches (faster, not batch-invariant) */
     int shutdown_grace_s;     /* SIGTERM: let in-flight requests finish this long, then cancel */
     size_t max_body_bytes;
     int http_threads;

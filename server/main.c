@@ -81,7 +81,7 @@ static void runtime_close(runtime *rt) {
     memset(rt, 0, sizeof *rt);
 }
 
-static int runtime_open(runtime *rt, const char *model_dir, int threads, const engine_config *ec) {
+static int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const engine_config *ec) {
     char err[1024] = "";
     memset(rt, 0, sizeof *rt);
 #ifndef PEFTD_CUDA
@@ -92,6 +92,7 @@ static int runtime_open(runtime *rt, const char *model_dir, int threads, const e
         fprintf(stderr, "peftd: cannot create the CPU backend\n");
         return -1;
     }
+    kbackend_cpu_set_fast_prefill(rt->kb, fast_prefill);
     int st = model_load(model_dir, rt->kb, &rt->m, err, sizeof err);
     if (st < 0) {
         fprintf(stderr, "peftd: cannot load model from %s: %s\n", model_dir, err);
@@ -175,7 +176,7 @@ static int cmd_generate(int argc, char **argv) {
     engine_config ec;
     engine_config_default(&ec);
     ec.max_seqs = 1;
-    if (runtime_open(&rt, model_dir, (int)threads, &ec) < 0) return 1;
+    if (runtime_open(&rt, model_dir, (int)threads, false, &ec) < 0) return 1;
     int rc = 1;
     int32_t *ids = NULL;
     size_t n_ids = 0;
@@ -333,7 +334,7 @@ static int cmd_serve(int argc, char **argv) {
         }
     }
     runtime rt;
-    if (runtime_open(&rt, cfg.model_dir, cfg.threads, &cfg.engine) < 0) {
+    if (runtime_open(&rt, cfg.model_dir, cfg.threads, cfg.fast_prefill, &cfg.engine) < 0) {
         config_free(&cfg);
         return 1;
     }

@@ -110,6 +110,10 @@ void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, voi
     kpool_parallel_for(cb->pool, n_tasks, fn, ctx);
 }
 
+void kbackend_cpu_set_fast_prefill(kbackend *kb, bool on) {
+    if (kb && kb->ops == &kcpu_ops) kcpu__impl(kb)->fast_prefill = on;
+}
+
 kbackend *kbackend_cpu_create(int n_threads) {
     kcpu_backend *cb = calloc(1, sizeof *cb);
     if (!cb) return NULL;

@@ -16,6 +16,7 @@ typedef struct {
     int n_threads;
     float **scratch;      /* [n_threads] 64-byte aligned buffers */
     size_t scratch_cap;   /* floats in each */
+    bool fast_prefill;    /* allow OpenBLAS for large f32 batches (not batch-invariant) */
 } kcpu_backend;
 
 static inline kcpu_backend *kcpu__impl(kbackend *kb) { return (kcpu_backend *)kb->impl; }

@@ -33,9 +33,13 @@ static void swiglu_task(void *vc, int task, int thread) {
         kv_f32 g = kv_load(c->a + i);
         kv_store(c->out + i, kv_mul(kv_div(g, kv_add(one, kv_exp(kv_sub(zero, g)))), kv_load(c->b + i)));
     }
-    for (; i < i1; i++) {
-        float g = c->a[i];
-        c->out[i] = g / (1.0f + expf(-g)) * c->b[i];
+    /* The tail goes through the same vector exp (masked), never libm's expf: an element's
+     * value must not depend on whether the batch's size puts it in a vector or the tail,
+     * or a row would compute differently alone than inside a batch. */
+    if (i < i1) {
+        int r = (int)(i1 - i);
+        kv_f32 g = kv_load_part(c->a + i, r);
+        kv_store_part(c->out + i, kv_mul(kv_div(g, kv_add(one, kv_exp(kv_sub(zero, g)))), kv_load_part(c->b + i, r)), r);
     }
 }
 

@@ -12,8 +12,13 @@
  *       (~35-40 GFMA/s per Zen 4 core, its 1 zmm FMA/cycle), so cheaper bf16
  *       widening (even/odd lanes by shift/and on a repacked x) measured no gain
  *       and was dropped.
- *   - OpenBLAS sgemm (f32, n >= MM_BLAS_MIN_N, where its packed GEMM wins):
- *     called single-threaded on the block's rows inside the pool's tasks.
+ *   - OpenBLAS sgemm (f32, n >= MM_BLAS_MIN_N, where its packed GEMM wins by
+ *     5-15%), only when the backend was told kbackend_cpu_set_fast_prefill():
+ *     sgemm sums in another order than the tiles, so a row's result would depend
+ *     on how many rows share the call and a greedy request could answer
+ *     differently under load. By default every row goes through the tiles,
+ *     whose per-row summation order is fixed: outputs are batch-invariant.
+ *     Called single-threaded on the block's rows inside the pool's tasks.
  *     For f16/bf16 the tiles won at every n measured (up to 256) against
  *     widening to f32 panels + sgemm, so they never use BLAS.
  * Column tails use masked/partial loads, so any cols >= 1 works. y must not
@@ -230,7 +235,8 @@ int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, f
     kcpu_backend *cb = kcpu__impl(kb);
     mm_ctx c = {.x = x, .ldx = w->cols, .n = n, .w = w, .y = y, .beta = beta};
     if (w->dtype == KDT_F32)
-        c.use_blas = kcpu__mm_path == KCPU_MM_AUTO ? n >= MM_BLAS_MIN_N : kcpu__mm_path == KCPU_MM_BLAS;
+        c.use_blas = kcpu__mm_path == KCPU_MM_AUTO ? cb->fast_prefill && n >= MM_BLAS_MIN_N
+                                                   : kcpu__mm_path == KCPU_MM_BLAS;
     int nt = cb->n_threads;
     int64_t block = w->rows;
     if (nt > 1) {

@@ -270,9 +270,11 @@ int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w
     const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
     const llama_plan_bn *pb = p->n_segs ? &p->bn[layer * 2 + place] : NULL;
     bool bottleneck = pb && pb->n_sg > 0;
-    /* x += proj(in) directly, unless the projection's own output must be seen first */
-    if (!bottleneck && !(pm && (pm->dora || pm->ia3_out)))
-        return llama__project(c, layer, m, w, in, T, c->x, true);
+    /* Without adapters, x += proj(in) is fused into the matmul (beta = 1, computed as
+     * x + (W·in)). With adapters, the sub-layer output is always formed on its own first,
+     * a = W·in + Δ, then x += a: the same rounding for a row whichever adapters share its
+     * step, so a sequence's output does not depend on its batch. */
+    if (!pm) return llama__project(c, layer, m, w, in, T, c->x, true);
     int H = c->m->cfg.hidden_size;
     CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false)); /* a */
     if (!bottleneck) return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * H);

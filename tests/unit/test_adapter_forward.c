@@ -191,6 +191,7 @@ TEST(logits_houlsby) { check_logits(13); }
 typedef struct {
     engine_request *q;
     int32_t ids[N_GREEDY];
+    float lps[N_GREEDY];
     int n;
 } run;
 
@@ -227,7 +228,10 @@ static void collect(run *rn) {
     ASSERT_EQ(engine_request_take(rn->q, &d), 0);
     if (d.finish == FINISH_ERROR) FAIL("generation failed: %s", d.error);
     rn->n = 0;
-    for (int i = 0; i < d.n_tokens && i < N_GREEDY; i++) rn->ids[rn->n++] = d.tokens[i].id;
+    for (int i = 0; i < d.n_tokens && i < N_GREEDY; i++) {
+        rn->lps[rn->n] = d.tokens[i].logprob;
+        rn->ids[rn->n++] = d.tokens[i].id;
+    }
     engine_delta_free(&d);
     engine_request_unref(rn->q);
 }
@@ -282,8 +286,8 @@ TEST(mixed_batch_equals_each_sequence_alone) {
     for (int i = 0; i < N; i++) {
         ASSERT_EQ(alone[i].n, together[i].n);
         for (int k = 0; k < alone[i].n; k++)
-            if (alone[i].ids[k] != together[i].ids[k])
-                FAIL("sequence %d (%s): token %d differs in the mixed batch", i,
+            if (alone[i].ids[k] != together[i].ids[k] || memcmp(&alone[i].lps[k], &together[i].lps[k], 4))
+                FAIL("sequence %d (%s): token %d (or its logprob, bit for bit) differs in the mixed batch", i,
                      i < N_FIXTURES ? FIXTURES[i] : "base", k);
         free(ids[i]);
     }

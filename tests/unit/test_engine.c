@@ -42,6 +42,7 @@ static void rig_close(rig *r) {
 typedef struct {
     char *text;
     int32_t ids[600];
+    float lps[600];
     int n_ids;
     finish_reason finish;
     int completion_tokens;
@@ -62,7 +63,10 @@ static void collect(engine_request *q, result *res) {
     ASSERT(d.finished);
     memset(res, 0, sizeof *res);
     res->text = strdup(d.text);
-    for (int i = 0; i < d.n_tokens && i < 600; i++) res->ids[res->n_ids++] = d.tokens[i].id;
+    for (int i = 0; i < d.n_tokens && i < 600; i++) {
+        res->lps[res->n_ids] = d.tokens[i].logprob;
+        res->ids[res->n_ids++] = d.tokens[i].id;
+    }
     res->finish = d.finish;
     res->completion_tokens = d.completion_tokens;
     engine_delta_free(&d);
@@ -138,17 +142,21 @@ static void run_prompts(rig *r, bool concurrent, result *res) {
         for (int i = 0; i < N_PROMPTS; i++) collect(q[i], &res[i]);
 }
 
-TEST(batch_invariance_alone_vs_concurrent) {
+static void check_batch_invariance(int max_batch_tokens) {
     rig r;
-    /* a small token budget forces chunked prefill mixed with decodes of other sequences */
-    rig_open(&r, 16, 24, 64, true);
+    rig_open(&r, 16, max_batch_tokens, 64, true);
     result alone[N_PROMPTS], together[N_PROMPTS];
     run_prompts(&r, false, alone);
     run_prompts(&r, true, together);
     for (int i = 0; i < N_PROMPTS; i++) {
         ASSERT_EQ(alone[i].n_ids, together[i].n_ids);
-        for (int k = 0; k < alone[i].n_ids; k++)
+        for (int k = 0; k < alone[i].n_ids; k++) {
             if (alone[i].ids[k] != together[i].ids[k]) FAIL("prompt %d token %d differs", i, k);
+            /* bit-identical log-probabilities: the logits themselves do not depend on the batch */
+            if (memcmp(&alone[i].lps[k], &together[i].lps[k], sizeof(float)) != 0)
+                FAIL("prompt %d token %d: logprob %.9g alone, %.9g in the batch", i, k, alone[i].lps[k],
+                     together[i].lps[k]);
+        }
         ASSERT_STREQ(alone[i].text, together[i].text);
         free(alone[i].text);
         free(together[i].text);
@@ -158,6 +166,12 @@ TEST(batch_invariance_alone_vs_concurrent) {
     ASSERT_EQ(st.kv_blocks_used, 0);
     rig_close(&r);
 }
+
+/* a small token budget forces chunked prefill mixed with decodes of other sequences */
+TEST(batch_invariance_alone_vs_concurrent) { check_batch_invariance(24); }
+/* a large one puts all 16 prompts (~150 rows) in one matmul: f32 weights must still give
+ * every row what it gets alone (no shape-dependent GEMM path) */
+TEST(batch_invariance_one_big_prefill) { check_batch_invariance(512); }
 
 TEST(same_seed_same_output) {
     rig r;
@@ -256,5 +270,6 @@ TEST(shutdown_drains_running_requests) {
     rig_close(&r);
 }
 
-TEST_MAIN(greedy_from_bos_matches_published_text, batch_invariance_alone_vs_concurrent, same_seed_same_output,
+TEST_MAIN(greedy_from_bos_matches_published_text, batch_invariance_alone_vs_concurrent,
+          batch_invariance_one_big_prefill, same_seed_same_output,
           stop_string_truncates, cancel_frees_kv_blocks, limits_are_enforced, shutdown_drains_running_requests)
