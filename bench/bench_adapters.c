@@ -19,7 +19,8 @@
  * submitted before the engine thread starts, so the first step prefills all of them
  * together and every later step is one decode row per sequence. In (d) only the decode
  * windows of the sequential requests are summed (switching adapters costs nothing
- * here, which flatters d, so c/d is conservative).
+ * here, and its requests are shorter — less KV to attend to — both of which flatter d,
+ * so c/d is conservative).
  *
  * Where the time goes: the backend is a table of functions, so the benchmark wraps
  * every op of its CPU backend with a timer (the CPU ops are synchronous; two
@@ -27,9 +28,11 @@
  * the milliseconds per decode step in layer matmuls, lm_head, SGMV shrink, SGMV expand,
  * attention, other ops and outside any op (plan building, sampling, engine).
  *
- * Noise: the machine is shared; every scenario a-c is run `rounds` times, interleaved
- * (a b c a b c ...), and the best round counts (the least disturbed one). Ratios are
- * from the same invocation.
+ * Noise: the machine is shared; every scenario is run `rounds` times, interleaved
+ * (a b c d per shape, then the next round), and each scenario's best round counts (the
+ * least disturbed one); per-round figures and ratios are in the JSON too, with the
+ * share of the machine's CPU that other processes used meanwhile (/proc/stat minus
+ * our own rusage). Ratios are from the same invocation.
  *
  * Output: one JSON object on stdout and in --out, then a one-line summary on stderr.
  * Usage: bench_adapters --model DIR --shape NAME:ADAPTERS_DIR[:CA_TARGET] ... [options]
@@ -41,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -138,13 +142,38 @@ static void prof_uninstall(kbackend *kb) {
     if (g_inner) kb->ops = g_inner;
 }
 
+/* ---------- contention: CPU time of other processes ---------- */
+
+/* Machine-wide busy CPU seconds (/proc/stat, all cores) and this process's own CPU
+ * seconds; their difference over a window is what other processes ran meanwhile. */
+typedef struct {
+    double prof[P_COUNT]; /* op seconds */
+    double busy_s, own_s;
+} snap;
+
+static void snap_take(snap *sn) {
+    memcpy(sn->prof, g_prof, sizeof g_prof);
+    sn->busy_s = sn->own_s = 0;
+    FILE *f = fopen("/proc/stat", "r");
+    if (f) {
+        unsigned long long v[8] = {0};
+        if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                   &v[6], &v[7]) == 8)
+            sn->busy_s = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+        fclose(f);
+    }
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        sn->own_s = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+}
+
 /* ---------- one measured run ---------- */
 
 typedef struct {
     double *t; /* notify times: t[k] = when token k (0-based) was published */
     int n, cap;
     int *first_seen, first_needed;
-    double *prof0; /* op times when the decode window opened */
+    snap *open; /* taken when the decode window opened */
 } req_track;
 
 static void on_notify(void *ud) {
@@ -154,14 +183,17 @@ static void on_notify(void *ud) {
     rt->n++;
     /* The prefill step's forward pass is over once every request has its first token:
      * op times from here on belong to decode steps. */
-    if (rt->n == 1 && ++*rt->first_seen == rt->first_needed) memcpy(rt->prof0, g_prof, sizeof g_prof);
+    if (rt->n == 1 && ++*rt->first_seen == rt->first_needed) snap_take(rt->open);
 }
 
 typedef struct {
     double tok_s;          /* decode tokens / decode wall time */
     double step_ms_median; /* median decode step (d: of the per-request means) */
+    double step_ms_p10;    /* 10th percentile decode step (a-c): the least disturbed steps */
     double dec_tokens, dec_s, steps;
     double prof_s[P_COUNT]; /* op seconds inside the decode windows */
+    double others_s;       /* CPU seconds other processes used during the windows */
+    double others_cpu;     /* others_s / (window wall time x online cores) */
     double prof_ms[P_COUNT + 1]; /* per decode step; [P_COUNT] = outside ops */
 } result;
 
@@ -224,7 +256,7 @@ static int run_once(const bench *B, adapter *const *ads, int S, int N, int promp
     engine_request **rq = calloc((size_t)S, sizeof *rq);
     req_track *tr = calloc((size_t)S, sizeof *tr);
     int32_t *ids = malloc((size_t)B->prompt * sizeof(int32_t));
-    double prof0[P_COUNT] = {0}, prof_end[P_COUNT];
+    snap open = {0}, end;
     if (!rq || !tr || !ids) goto out;
     if (make_engine(B, S, N, &e) < 0) goto out;
     for (int i = 0; i < S; i++) {
@@ -235,7 +267,7 @@ static int run_once(const bench *B, adapter *const *ads, int S, int N, int promp
         p.ignore_eos = true;
         p.adapter = ads ? ads[i] : NULL;
         tr[i] = (req_track){.t = calloc((size_t)N, sizeof(double)), .cap = N, .first_seen = &first_seen,
-                            .first_needed = S, .prof0 = prof0};
+                            .first_needed = S, .open = &open};
         make_prompt(B, prompt_base + i, ids);
         if (!tr[i].t || !(rq[i] = engine_request_create(ids, B->prompt, &p))) goto out;
         engine_request_set_notify(rq[i], on_notify, &tr[i]);
@@ -246,7 +278,7 @@ static int run_once(const bench *B, adapter *const *ads, int S, int N, int promp
     /* wait() returns at the finish, just before the last notify: joining the engine
      * thread makes every notification and op time visible here */
     engine_stop(e, true);
-    memcpy(prof_end, g_prof, sizeof g_prof);
+    snap_take(&end);
     for (int i = 0; i < S; i++)
         if (check_done(rq[i], N, what) < 0 || tr[i].n != N) {
             fprintf(stderr, "bench_adapters: %s: request %d: %d notifications for %d tokens\n", what, i, tr[i].n, N);
@@ -264,7 +296,10 @@ static int run_once(const bench *B, adapter *const *ads, int S, int N, int promp
     }
     res->dec_tokens += (double)S * (N - 1);
     res->steps += N - 1;
-    for (int c = 0; c < P_COUNT; c++) res->prof_s[c] += prof_end[c] - prof0[c];
+    for (int c = 0; c < P_COUNT; c++) res->prof_s[c] += end.prof[c] - open.prof[c];
+    /* the end snapshot comes a little after the window closes (the last sampling loop
+     * and the join): the window share of it is small enough to ignore */
+    res->others_s += (end.busy_s - open.busy_s) - (end.own_s - open.own_s);
     st = 0;
 out:
     for (int i = 0; i < S; i++) {
@@ -287,6 +322,8 @@ static void finish_result(result *r) {
         in_ops += r->prof_ms[c];
     }
     r->prof_ms[P_COUNT] = 1e3 * r->dec_s / r->steps - in_ops;
+    r->others_cpu = r->others_s / (r->dec_s * (double)sysconf(_SC_NPROCESSORS_ONLN));
+    if (r->others_cpu < 0) r->others_cpu = 0; /* jiffy rounding */
 }
 
 static double median(double *v, int n) {
@@ -303,7 +340,8 @@ static int run_batch(const bench *B, adapter *const *ads, const char *what, resu
         return -1;
     }
     finish_result(res);
-    res->step_ms_median = 1e3 * median(steps, B->tokens - 1);
+    res->step_ms_median = 1e3 * median(steps, B->tokens - 1); /* sorts steps */
+    res->step_ms_p10 = 1e3 * steps[(B->tokens - 1) / 10];
     free(steps);
     return 0;
 }
@@ -324,11 +362,15 @@ static int run_serial(const bench *B, adapter *const *ads, int n_ads, result *re
     }
     finish_result(res);
     res->step_ms_median = 1e3 * median(means, n_ads);
+    res->step_ms_p10 = 1e3 * means[n_ads / 10];
     free(means);
     return 0;
 }
 
 /* ---------- adapters ---------- */
+
+enum { SC_A, SC_B, SC_C, SC_D, SC_COUNT };
+static const char *const sc_name[SC_COUNT] = {"a", "b", "c", "d"};
 
 typedef struct {
     char name[64];
@@ -336,8 +378,8 @@ typedef struct {
     double ca_target; /* 0 = none */
     adapter *ads[MAX_ADAPTERS];
     int n_ads;
-    result a[MAX_ROUNDS], b[MAX_ROUNDS], c[MAX_ROUNDS], d;
-    int best_a, best_b, best_c;
+    result r[SC_COUNT][MAX_ROUNDS]; /* per scenario and round */
+    int best[SC_COUNT];              /* round with the highest tok/s */
 } shape;
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -423,18 +465,30 @@ static void cpu_model(char *out, size_t n) {
 }
 
 static void print_result(FILE *f, const char *key, const result *r, const char *tail) {
-    fprintf(f, "      \"%s\": {\"tok_s\": %.2f, \"step_ms_median\": %.3f, \"decode_tokens\": %.0f, \"decode_s\": %.3f,\n",
-            key, r->tok_s, r->step_ms_median, r->dec_tokens, r->dec_s);
+    fprintf(f,
+            "      \"%s\": {\"tok_s\": %.2f, \"step_ms_median\": %.3f, \"step_ms_p10\": %.3f, \"decode_tokens\": %.0f, "
+            "\"decode_s\": %.3f, \"others_cpu\": %.3f,\n",
+            key, r->tok_s, r->step_ms_median, r->step_ms_p10, r->dec_tokens, r->dec_s, r->others_cpu);
     fprintf(f, "            \"ms_per_step\": {");
     for (int c = 0; c <= P_COUNT; c++)
         fprintf(f, "\"%s\": %.3f%s", c < P_COUNT ? prof_name[c] : "outside_ops", r->prof_ms[c], c < P_COUNT ? ", " : "");
     fprintf(f, "}}%s\n", tail);
 }
 
-static void print_samples(FILE *f, const char *key, const result *r, int n, const char *tail) {
-    fprintf(f, "\"%s\": [", key);
-    for (int i = 0; i < n; i++) fprintf(f, "%.2f%s", r[i].tok_s, i + 1 < n ? ", " : "");
-    fprintf(f, "]%s", tail);
+/* Per round: every scenario's tok/s, the round's own ratios and how busy the rest of
+ * the machine was. */
+static void print_rounds(FILE *f, const shape *h, int rounds) {
+    fprintf(f, "      \"rounds\": [\n");
+    for (int r = 0; r < rounds; r++) {
+        const result *x = h->r[SC_A] + r, *c = h->r[SC_C] + r;
+        fprintf(f, "        {");
+        for (int k = 0; k < SC_COUNT; k++) fprintf(f, "\"%s\": %.2f, ", sc_name[k], h->r[k][r].tok_s);
+        double others = 0;
+        for (int k = 0; k < SC_COUNT; k++) others += h->r[k][r].others_cpu / SC_COUNT;
+        fprintf(f, "\"c_over_a\": %.4f, \"c_over_d\": %.4f, \"others_cpu\": %.3f}%s\n", c->tok_s / x->tok_s,
+                c->tok_s / h->r[SC_D][r].tok_s, others, r + 1 < rounds ? "," : "");
+    }
+    fprintf(f, "      ],\n");
 }
 
 static const char *module_list(const adapter *ad, char *buf, size_t n) {
@@ -472,15 +526,18 @@ static void print_json(FILE *f, const bench *B, shape *sh, int n_sh, int rounds,
     fprintf(f,
             "    \"measure\": \"decode tokens / wall time of the decode steps (engine steps: batch assembly, adapter "
             "plan, forward, sampling, detokenize, publish; prefill step, loading and engine creation excluded); "
-            "a-c: best of the rounds, run interleaved; d: one request per adapter at batch 1, decode windows summed\",\n");
+            "each scenario: the best of the rounds (rounds run a, b, c, d per shape, interleaved); d: one request per "
+            "adapter at batch 1, decode windows summed; others_cpu: share of the machine's CPU other processes used "
+            "meanwhile\",\n");
     fprintf(f, "    \"elapsed_s\": %.1f\n  },\n  \"shapes\": [\n", elapsed);
     for (int s = 0; s < n_sh; s++) {
         shape *h = &sh[s];
         const adapter *a0 = h->ads[0];
         size_t one = lora_step_bytes(a0), all = 0;
         for (int i = 0; i < B->seqs; i++) all += lora_step_bytes(h->ads[i]);
-        const result *ra = &h->a[h->best_a], *rb = &h->b[h->best_b], *rc = &h->c[h->best_c];
-        double ca = rc->tok_s / ra->tok_s, cd = rc->tok_s / h->d.tok_s;
+        const result *ra = &h->r[SC_A][h->best[SC_A]], *rb = &h->r[SC_B][h->best[SC_B]];
+        const result *rc = &h->r[SC_C][h->best[SC_C]], *rd = &h->r[SC_D][h->best[SC_D]];
+        double ca = rc->tok_s / ra->tok_s, cd = rc->tok_s / rd->tok_s;
         fprintf(f, "    {\n      \"name\": \"%s\", \"adapters_dir\": \"%s\", \"rank\": %d, \"targets\": [%s], "
                    "\"adapter_dtype\": \"%s\",\n",
                 h->name, h->dir, a0->max_rank, module_list(a0, mods, sizeof mods), kdtype_name(lora_dtype(a0)));
@@ -490,14 +547,13 @@ static void print_json(FILE *f, const bench *B, shape *sh, int n_sh, int rounds,
                 "                \"step_total_a\": %zu, \"step_total_b\": %zu, \"step_total_c\": %zu},\n",
                 B->m->weight_bytes, one, a0->bytes, one, all, (double)all / (double)B->m->weight_bytes,
                 B->m->weight_bytes, B->m->weight_bytes + one, B->m->weight_bytes + all);
-        fprintf(f, "      ");
-        print_samples(f, "samples_a", h->a, rounds, ", ");
-        print_samples(f, "samples_b", h->b, rounds, ", ");
-        print_samples(f, "samples_c", h->c, rounds, ",\n");
+        print_rounds(f, h, rounds);
+        fprintf(f, "      \"best_round\": {\"a\": %d, \"b\": %d, \"c\": %d, \"d\": %d},\n", h->best[SC_A] + 1,
+                h->best[SC_B] + 1, h->best[SC_C] + 1, h->best[SC_D] + 1);
         print_result(f, "a", ra, ",");
         print_result(f, "b", rb, ",");
         print_result(f, "c", rc, ",");
-        print_result(f, "d", &h->d, ",");
+        print_result(f, "d", rd, ",");
         fprintf(f,
                 "      \"c_over_a\": %.4f, \"c_over_d\": %.4f, \"b_over_a\": %.4f,\n"
                 "      \"effective_gb_s\": {\"a\": %.2f, \"b\": %.2f, \"c\": %.2f},\n",
@@ -516,14 +572,14 @@ static void print_json(FILE *f, const bench *B, shape *sh, int n_sh, int rounds,
 static void usage(void) {
     fprintf(stderr,
             "usage: bench_adapters --model DIR --shape NAME:ADAPTERS_DIR[:CA_TARGET] [--shape ...]\n"
-            "       [--seqs 32] [--prompt 8] [--tokens 64] [--tokens-d 16] [--rounds 2] [--threads 0]\n"
+            "       [--seqs 32] [--prompt 8] [--tokens 64] [--tokens-d 16] [--rounds 3] [--threads 0]\n"
             "       [--cd-target 4] [--out FILE]\n");
 }
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *out_path = NULL;
     shape *sh = calloc(MAX_SHAPES, sizeof *sh);
-    int n_sh = 0, rounds = 2, threads = 0;
+    int n_sh = 0, rounds = 3, threads = 0;
     double cd_target = 4.0;
     bench B = {.seqs = 32, .prompt = 8, .tokens = 64, .tokens_d = 16};
     if (!sh) return 1;
@@ -590,27 +646,25 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_adapters: model %s (%.1f MB), %d threads, %d seqs x %d tokens, %d rounds\n", model_dir,
             B.m->weight_bytes / 1e6, threads, B.seqs, B.tokens, rounds);
     prof_install(B.kb, B.m->cfg.vocab_size);
-    for (int s = 0; s < n_sh; s++) {
-        shape *h = &sh[s];
-        adapter **same = malloc((size_t)B.seqs * sizeof *same);
-        if (!same) goto out;
-        for (int i = 0; i < B.seqs; i++) same[i] = h->ads[0];
-        for (int r = 0; r < rounds; r++) {
-            if (run_batch(&B, NULL, "a", &h->a[r]) < 0 || run_batch(&B, same, "b", &h->b[r]) < 0 ||
-                run_batch(&B, h->ads, "c", &h->c[r]) < 0) {
+    adapter **same = malloc((size_t)B.seqs * sizeof *same);
+    if (!same) goto out;
+    for (int r = 0; r < rounds; r++)
+        for (int s = 0; s < n_sh; s++) {
+            shape *h = &sh[s];
+            for (int i = 0; i < B.seqs; i++) same[i] = h->ads[0];
+            if (run_batch(&B, NULL, "a", &h->r[SC_A][r]) < 0 || run_batch(&B, same, "b", &h->r[SC_B][r]) < 0 ||
+                run_batch(&B, h->ads, "c", &h->r[SC_C][r]) < 0 || run_serial(&B, h->ads, B.seqs, &h->r[SC_D][r]) < 0) {
                 free(same);
                 goto out;
             }
-            fprintf(stderr, "  %-8s round %d: a %.1f  b %.1f  c %.1f tok/s\n", h->name, r + 1, h->a[r].tok_s,
-                    h->b[r].tok_s, h->c[r].tok_s);
-            if (h->a[r].tok_s > h->a[h->best_a].tok_s) h->best_a = r;
-            if (h->b[r].tok_s > h->b[h->best_b].tok_s) h->best_b = r;
-            if (h->c[r].tok_s > h->c[h->best_c].tok_s) h->best_c = r;
+            fprintf(stderr, "  round %d %-8s a %6.1f  b %6.1f  c %6.1f  d %6.1f tok/s  c/a %.3f c/d %.2f  (others %.0f%% cpu)\n",
+                    r + 1, h->name, h->r[SC_A][r].tok_s, h->r[SC_B][r].tok_s, h->r[SC_C][r].tok_s, h->r[SC_D][r].tok_s,
+                    h->r[SC_C][r].tok_s / h->r[SC_A][r].tok_s, h->r[SC_C][r].tok_s / h->r[SC_D][r].tok_s,
+                    100 * h->r[SC_C][r].others_cpu);
+            for (int k = 0; k < SC_COUNT; k++)
+                if (h->r[k][r].tok_s > h->r[k][h->best[k]].tok_s) h->best[k] = r;
         }
-        free(same);
-        if (run_serial(&B, h->ads, B.seqs, &h->d) < 0) goto out;
-        fprintf(stderr, "  %-8s d: %.1f tok/s (batch 1, %d adapters one at a time)\n", h->name, h->d.tok_s, B.seqs);
-    }
+    free(same);
     prof_uninstall(B.kb);
     double elapsed = now_s() - t_start;
     print_json(stdout, &B, sh, n_sh, rounds, threads, cd_target, elapsed);
@@ -631,7 +685,8 @@ int main(int argc, char **argv) {
                                 kdtype_name(B.m->layers[0].wq.dtype), B.seqs, threads);
     for (int s = 0; s < n_sh && o < sizeof line; s++) {
         shape *h = &sh[s];
-        double a = h->a[h->best_a].tok_s, b = h->b[h->best_b].tok_s, c = h->c[h->best_c].tok_s, d = h->d.tok_s;
+        double a = h->r[SC_A][h->best[SC_A]].tok_s, b = h->r[SC_B][h->best[SC_B]].tok_s;
+        double c = h->r[SC_C][h->best[SC_C]].tok_s, d = h->r[SC_D][h->best[SC_D]].tok_s;
         o += (size_t)snprintf(line + o, sizeof line - o,
                               " %s: a %.0f b %.0f c %.0f d %.0f tok/s, c/a %.2f%s c/d %.1f%s |", h->name, a, b, c, d,
                               c / a, h->ca_target > 0 ? (c / a >= h->ca_target ? " (ok)" : " (MISS)") : "", c / d,

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# bench/run.sh — `make bench`: the multi-adapter serving benchmark.
+#
+# Builds $BUILD/libpeftd.a and $BUILD/bench/bench_adapters, generates (once; reused from
+# bench/models/, which git ignores) a random-weight 110M Llama (bf16: CPU decode is
+# memory-bound and bf16 halves the bytes) and two sets of 32 random PEFT LoRA adapters
+# (rank 8 on q_proj,v_proj — PEFT's default targets — and rank 16 on all linear modules;
+# bf16, fixed seeds), then runs the benchmark: JSON on stdout and in
+# bench/results/latest.json, a one-line summary last.
+#
+# Knobs (environment): BENCH_TOKENS (generated tokens per sequence in a-c, default 64,
+# after an 8-token prompt), BENCH_TOKENS_D (per adapter in d, default 16), BENCH_ROUNDS
+# (default 5), BENCH_THREADS (default: one per online core).
+# Sized for < 10 minutes on 2 cores, build included: on a quiet 2-core machine a round
+# (2 shapes x [a, b, c: 63 decode steps of ~55-75 ms; d: 32 x 15 steps of ~7 ms]) takes
+# ~30 s, so 5 rounds ≈ 2.5 min; other processes on the machine can stretch that 2-3x.
+set -euo pipefail
+
+BUILD=${BUILD:-build}
+PYTHON=${PYTHON:-python3}
+TOKENS=${BENCH_TOKENS:-64}
+TOKENS_D=${BENCH_TOKENS_D:-16}
+ROUNDS=${BENCH_ROUNDS:-5}
+THREADS=${BENCH_THREADS:-0}
+N_ADAPTERS=32
+
+cd "$(dirname "$0")/.."
+MODELS=bench/models
+BASE=$MODELS/llama-110m-bf16
+
+make -s --no-print-directory BUILD="$BUILD" "$BUILD/libpeftd.a" "$BUILD/bench/bench_adapters"
+
+# The generators need numpy only.
+if ! "$PYTHON" -c 'import numpy' 2>/dev/null; then
+    echo "bench: installing numpy for the model generators" >&2
+    "$PYTHON" -m pip install --quiet numpy 2>/dev/null ||
+        "$PYTHON" -m pip install --quiet --break-system-packages numpy
+fi
+
+mkdir -p "$MODELS" bench/results
+# Generate into a temporary directory and rename, so an interrupted run never leaves a
+# half-written model or adapter set that later runs would reuse.
+if [ ! -f "$BASE/model.safetensors" ]; then
+    echo "bench: generating $BASE (random weights, 110M Llama shape, bf16)" >&2
+    rm -rf "$BASE.tmp"
+    "$PYTHON" clients/gen_random_llama.py --preset 110m --dtype bf16 --seed 1 \
+        --tokenizer-from models/stories260K --out "$BASE.tmp" >&2
+    mv "$BASE.tmp" "$BASE"
+fi
+
+# make_loras NAME RANK ALPHA TARGETS SEED
+make_loras() {
+    local dir=$MODELS/$1
+    if [ -d "$dir" ] && [ "$(find "$dir" -name adapter_model.safetensors | wc -l)" -eq "$N_ADAPTERS" ]; then
+        return
+    fi
+    echo "bench: generating $N_ADAPTERS LoRA adapters in $dir (rank $2, $4, bf16)" >&2
+    rm -rf "$dir" "$dir.tmp"
+    "$PYTHON" clients/gen_random_lora.py --base "$BASE" --out "$dir.tmp" --count "$N_ADAPTERS" \
+        --rank "$2" --alpha "$3" --targets "$4" --dtype bf16 --seed "$5" >&2
+    mv "$dir.tmp" "$dir"
+}
+# alpha = 2 r: the scale alpha/r = 2 is what the LoRA papers' recipes commonly use; it
+# does not change the cost.
+make_loras lora-r8-qv 8 16 q_proj,v_proj 8
+make_loras lora-r16-all 16 32 all-linear 16
+
+# Targets from the issue: c/a >= 0.9 (rank 8 q,v), >= 0.75 (rank 16 all-linear); c/d >= 4.
+exec "$BUILD/bench/bench_adapters" --model "$BASE" \
+    --shape "r8-qv:$MODELS/lora-r8-qv:0.9" \
+    --shape "r16-all:$MODELS/lora-r16-all:0.75" \
+    --seqs "$N_ADAPTERS" --prompt 8 --tokens "$TOKENS" --tokens-d "$TOKENS_D" \
+    --rounds "$ROUNDS" --threads "$THREADS" --cd-target 4 \
+    --out bench/results/latest.json
