@@ -297,6 +297,7 @@ static void admit(engine *e) {
 /* ---------- output ---------- */
 
 static int pending_append(seq *s, const char *p, size_t n) {
+    if (n == 0) return 0; /* an empty piece may come with p == NULL */
     if (s->pending_len + n > s->pending_cap) {
         size_t cap = s->pending_cap ? s->pending_cap : 64;
         while (cap < s->pending_len + n) cap *= 2;
