@@ -1,6 +1,6 @@
 /* adapter_store/registry.c — see registry.h. Entries are kept sorted by name in an array
- * (binary search); every adapter version carries a refcount: one for being current under
- * a name, one per request holding it. */
+ * (binary search); every handle carries a refcount: one for being current under a name,
+ * one per request holding it. A replaced or removed handle is freed by its last release. */
 #include "adapter_store/registry.h"
 
 #include <pthread.h>
@@ -11,13 +11,8 @@
 #include "kernels/util/log.h"
 
 typedef struct {
-    adapter *a;
-    int refs;
-} version;
-
-typedef struct {
     char name[REGISTRY_NAME_MAX + 1];
-    version *v;
+    adapter_handle *v;
 } entry;
 
 typedef struct {
@@ -32,9 +27,6 @@ struct adapter_registry {
     int n_fail;
     entry *e;
     int n, cap;
-    /* versions no longer current but still referenced by running requests */
-    version **retired;
-    int n_retired, cap_retired;
 };
 
 int registry_create(adapter_registry **out) {
@@ -48,18 +40,12 @@ int registry_create(adapter_registry **out) {
 void registry_free(adapter_registry *r) {
     if (!r) return;
     for (int i = 0; i < r->n; i++) {
-        adapter_free(r->e[i].v->a);
+        if (r->e[i].v->refs > 1) LOGW("registry: adapter %s freed while still held", r->e[i].name);
         free(r->e[i].v);
-    }
-    for (int i = 0; i < r->n_retired; i++) {
-        LOGW("registry: freeing an adapter still referenced %d time(s)", r->retired[i]->refs);
-        adapter_free(r->retired[i]->a);
-        free(r->retired[i]);
     }
     for (int i = 0; i < r->n_fail; i++) free(r->fail[i].message);
     free(r->fail);
     free(r->e);
-    free(r->retired);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -88,22 +74,9 @@ static int find(const adapter_registry *r, const char *name) {
     return -lo - 1;
 }
 
-/* Drops the "current" reference of v: free now, or retire until requests release it. */
-static int unpublish(adapter_registry *r, version *v) {
-    if (--v->refs == 0) {
-        adapter_free(v->a);
-        free(v);
-        return 0;
-    }
-    if (r->n_retired == r->cap_retired) {
-        int cap = r->cap_retired ? 2 * r->cap_retired : 8;
-        version **p = realloc(r->retired, (size_t)cap * sizeof *p);
-        if (!p) return PEFTD_ENOMEM;
-        r->retired = p;
-        r->cap_retired = cap;
-    }
-    r->retired[r->n_retired++] = v;
-    return 0;
+/* Drops the "current" reference of v: freed now, or by its last holder's release. */
+static void unpublish(adapter_handle *v) {
+    if (--v->refs == 0) free(v);
 }
 
 /* Under mu. */
@@ -150,20 +123,20 @@ int registry_failure(adapter_registry *r, const char *name, char *msg, size_t ms
     return st;
 }
 
-int registry_put(adapter_registry *r, const char *name, adapter *a) {
-    if (!registry_name_valid(name) || !a) return PEFTD_EINVAL;
-    version *v = calloc(1, sizeof *v);
+int registry_put(adapter_registry *r, const astore_meta *meta) {
+    const char *name = meta->name;
+    if (!registry_name_valid(name)) return PEFTD_EINVAL;
+    adapter_handle *v = calloc(1, sizeof *v);
     if (!v) return PEFTD_ENOMEM;
-    v->a = a;
+    v->meta = *meta;
     v->refs = 1;
-    a->registry_version = v;
     pthread_mutex_lock(&r->mu);
     clear_failure(r, name);
     int i = find(r, name), st = 0;
     if (i >= 0) {
-        version *old = r->e[i].v;
+        adapter_handle *old = r->e[i].v;
         r->e[i].v = v;
-        st = unpublish(r, old);
+        unpublish(old);
     } else {
         i = -i - 1;
         if (r->n == r->cap) {
@@ -191,54 +164,50 @@ int registry_remove(adapter_registry *r, const char *name) {
     pthread_mutex_lock(&r->mu);
     int i = find(r, name), st = PEFTD_ENOTFOUND;
     if (i >= 0) {
-        version *v = r->e[i].v;
+        adapter_handle *v = r->e[i].v;
         memmove(&r->e[i], &r->e[i + 1], (size_t)(r->n - i - 1) * sizeof(entry));
         r->n--;
-        st = unpublish(r, v);
+        unpublish(v);
+        st = 0;
     }
     pthread_mutex_unlock(&r->mu);
     return st;
 }
 
-adapter *registry_acquire(adapter_registry *r, const char *name) {
-    adapter *a = NULL;
+adapter_handle *registry_acquire(adapter_registry *r, const char *name) {
+    adapter_handle *h = NULL;
     pthread_mutex_lock(&r->mu);
     int i = find(r, name);
     if (i >= 0) {
-        r->e[i].v->refs++;
-        a = r->e[i].v->a;
+        h = r->e[i].v;
+        h->refs++;
     }
     pthread_mutex_unlock(&r->mu);
-    return a;
+    return h;
 }
 
-void registry_release(adapter_registry *r, adapter *a) {
-    if (!a) return;
+void registry_release(adapter_registry *r, adapter_handle *h) {
+    if (!h) return;
     pthread_mutex_lock(&r->mu);
-    version *v = a->registry_version;
-    if (!v || v->refs <= 0) {
-        pthread_mutex_unlock(&r->mu);
-        LOGE("registry_release: adapter without references");
-        abort(); /* programmer error: a release without an acquire */
-    }
-    if (--v->refs == 0) { /* only a retired version can reach zero here */
-        int i = 0;
-        while (i < r->n_retired && r->retired[i] != v) i++;
-        if (i == r->n_retired) {
+    if (h->refs <= 1) {
+        /* a current handle has refs >= 1 for being current: reaching 0 here means more
+         * releases than acquires, and freeing it would leave the name dangling */
+        bool current = false;
+        int i = find(r, h->meta.name);
+        current = i >= 0 && r->e[i].v == h;
+        if (current || h->refs <= 0) {
             pthread_mutex_unlock(&r->mu);
-            LOGE("registry_release: more releases than acquires of a current adapter");
-            abort(); /* programmer error: the adapter would be freed while still served */
+            LOGE("registry_release: more releases than acquires of %s", h->meta.name);
+            abort(); /* programmer error */
         }
-        r->retired[i] = r->retired[--r->n_retired];
-        adapter_free(v->a);
-        free(v);
     }
+    if (--h->refs == 0) free(h);
     pthread_mutex_unlock(&r->mu);
 }
 
-void registry_foreach(adapter_registry *r, void (*fn)(void *ud, const char *name, const adapter *a), void *ud) {
+void registry_foreach(adapter_registry *r, void (*fn)(void *ud, const adapter_handle *h), void *ud) {
     pthread_mutex_lock(&r->mu);
-    for (int i = 0; i < r->n; i++) fn(ud, r->e[i].name, r->e[i].v->a);
+    for (int i = 0; i < r->n; i++) fn(ud, r->e[i].v);
     pthread_mutex_unlock(&r->mu);
 }
 

@@ -1,48 +1,57 @@
-/* adapter_store/registry.h — served adapters by name, with reference counts.
+/* adapter_store/registry.h — served adapters by name: name -> the current version as a
+ * refcounted handle.
  *
- * A name maps to one loaded adapter version. A request takes a reference when it is
- * admitted (registry_acquire) and drops it when it finishes (registry_release), so an
- * adapter replaced or removed meanwhile stays alive until its last request is done.
- * Thread-safe (one mutex; every operation is O(log n) or a list walk for listing).
+ * A request takes a reference when it is admitted by the HTTP layer (registry_acquire)
+ * and drops it when it finishes (registry_release), so it keeps the version it started
+ * with even if a new version is uploaded or the adapter is deleted meanwhile. A handle
+ * only describes a version (astore_meta: name, version, sha256, kind, ...); the decoded
+ * weights live in the tiers (tiers.h), found by the handle's sha256.
+ * Thread-safe (one mutex; lookups are binary searches).
  */
 #ifndef PEFTD_REGISTRY_H
 #define PEFTD_REGISTRY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
-#include "adapter_store/adapter.h"
+#include "adapter_store/store.h"
 
-#define REGISTRY_NAME_MAX 64
+#define REGISTRY_NAME_MAX ASTORE_NAME_MAX
+
+/* One adapter version. Immutable once published; valid while a reference is held. */
+typedef struct adapter_handle {
+    astore_meta meta;
+    int refs;            /* registry lock: 1 while current + 1 per holder */
+} adapter_handle;
 
 typedef struct adapter_registry adapter_registry;
 
 int registry_create(adapter_registry **out);
-/* Frees the registry and every adapter no request holds any more. NULL is a no-op. */
+/* Frees the registry and its handles. NULL is a no-op. */
 void registry_free(adapter_registry *r);
 
 /* Names: 1..64 characters from [A-Za-z0-9._-], not starting with '.' or '-'. */
 bool registry_name_valid(const char *name);
 
-/* Adds (or replaces) name → a; the registry owns a from now on. A replaced version is
- * freed when its last reference is released. PEFTD_EINVAL for a bad name. */
-int registry_put(adapter_registry *r, const char *name, adapter *a);
+/* Publishes meta as the current version of meta->name (replacing any previous one, which
+ * stays valid for its holders). PEFTD_EINVAL for a bad name. */
+int registry_put(adapter_registry *r, const astore_meta *meta);
+/* Unpublishes name; PEFTD_ENOTFOUND when absent. */
+int registry_remove(adapter_registry *r, const char *name);
+
 /* Records that name failed to load (status + message): acquire() finds nothing, and
- * registry_failure() tells callers why, so a request naming it gets the real reason.
- * A later registry_put() of the name clears it. */
+ * registry_failure() tells callers why. A later registry_put() of the name clears it. */
 int registry_put_failure(adapter_registry *r, const char *name, int status, const char *message);
 /* The recorded failure of name: its status (0 when none) and message copied to msg. */
 int registry_failure(adapter_registry *r, const char *name, char *msg, size_t msglen);
 
-/* Removes name; PEFTD_ENOTFOUND when absent. */
-int registry_remove(adapter_registry *r, const char *name);
-
 /* The current version of name with one reference taken, or NULL. */
-adapter *registry_acquire(adapter_registry *r, const char *name);
-void registry_release(adapter_registry *r, adapter *a); /* NULL is a no-op */
+adapter_handle *registry_acquire(adapter_registry *r, const char *name);
+void registry_release(adapter_registry *r, adapter_handle *h); /* NULL is a no-op */
 
-/* Calls fn for every name in name order (under the registry's lock: fn must not call
- * back into the registry). */
-void registry_foreach(adapter_registry *r, void (*fn)(void *ud, const char *name, const adapter *a), void *ud);
+/* Calls fn for every current version in name order, under the registry's lock (fn must
+ * not call back into the registry). */
+void registry_foreach(adapter_registry *r, void (*fn)(void *ud, const adapter_handle *h), void *ud);
 int registry_count(adapter_registry *r);
 
 #endif

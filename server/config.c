@@ -19,6 +19,12 @@ void config_default(peftd_config *c) {
     c->max_body_bytes = 1 << 20;
     c->http_threads = 4;
     engine_config_default(&c->engine);
+    snprintf(c->store.dir, sizeof c->store.dir, "var/store");
+    c->store.map_mb = 64;
+    c->store.max_map_mb = 64 * 1024;
+    c->store.host_cache_mb = 256;
+    c->store.slots = 64;
+    c->store.max_upload_mb = 2048;
 }
 
 void config_free(peftd_config *c) {
@@ -117,6 +123,8 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     static const char *const http_keys[] = {"max_body_bytes", "threads", NULL};
     static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
                                               "kv_cache_mb", "max_queue", NULL};
+    static const char *const store_keys[] = {"dir", "map_mb", "max_map_mb", "host_cache_mb", "slots",
+                                             "max_upload_mb", NULL};
     int st = check_keys(root, top, where, err, errlen);
     int body = (int)c->max_body_bytes;
     if (!st) st = get_str(root, "model", c->model_dir, sizeof c->model_dir, where, err, errlen);
@@ -160,6 +168,25 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
         if (!st) st = get_int(en, "kv_blocks", 0, 1 << 24, &ec->kv_blocks, where, err, errlen);
         if (!st) st = get_int(en, "kv_cache_mb", 1, 1 << 22, &ec->kv_cache_mb, where, err, errlen);
         if (!st) st = get_int(en, "max_queue", 1, 1 << 20, &ec->max_queue, where, err, errlen);
+    }
+    const cJSON *sto = cJSON_GetObjectItemCaseSensitive(root, "store");
+    if (!st && sto) {
+        snprintf(where, sizeof where, "%s: store.", path);
+        if (!cJSON_IsObject(sto)) {
+            snprintf(err, errlen, "%s: \"store\" must be an object", path);
+            st = PEFTD_EINVAL;
+        }
+        if (!st) st = check_keys(sto, store_keys, where, err, errlen);
+        if (!st) st = get_str(sto, "dir", c->store.dir, sizeof c->store.dir, where, err, errlen);
+        if (!st) st = get_int(sto, "map_mb", 1, 1 << 20, &c->store.map_mb, where, err, errlen);
+        if (!st) st = get_int(sto, "max_map_mb", 1, 1 << 24, &c->store.max_map_mb, where, err, errlen);
+        if (!st) st = get_int(sto, "host_cache_mb", 1, 1 << 20, &c->store.host_cache_mb, where, err, errlen);
+        if (!st) st = get_int(sto, "slots", 1, 1 << 16, &c->store.slots, where, err, errlen);
+        if (!st) st = get_int(sto, "max_upload_mb", 1, 1 << 20, &c->store.max_upload_mb, where, err, errlen);
+        if (!st && c->store.max_map_mb < c->store.map_mb) {
+            snprintf(err, errlen, "%s: store.max_map_mb must be >= store.map_mb", path);
+            st = PEFTD_EINVAL;
+        }
     }
     const cJSON *ads = cJSON_GetObjectItemCaseSensitive(root, "adapters");
     if (!st && ads) {

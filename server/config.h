@@ -17,6 +17,14 @@ typedef struct {
     size_t max_body_bytes;
     int http_threads;
     engine_config engine;
+    struct {
+        char dir[4096];       /* LMDB environment directory (created if absent) */
+        int map_mb;           /* initial map size */
+        int max_map_mb;       /* growth limit: beyond it uploads answer 507 */
+        int host_cache_mb;    /* host tier of adapter blobs */
+        int slots;            /* decoded adapters resident at once */
+        int max_upload_mb;    /* PUT /v1/adapters body limit */
+    } store;
     int n_adapters;           /* "adapters": {"name": "dir", ...} preloaded at start-up */
     struct config_adapter {
         char name[65];

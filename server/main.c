@@ -16,9 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <uv.h>
 
 #include "adapter_store/registry.h"
+#include "adapter_store/store.h"
+#include "server/adapter_service.h"
 #include "kernels/kernels.h"
 #include "kernels/util/log.h"
 #include "server/config.h"
@@ -35,7 +38,7 @@ static void usage(FILE *f) {
             "peftd " PEFTD_VERSION " — multi-tenant adapter-serving inference daemon\n"
             "usage:\n"
             "  peftd serve [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]\n"
-            "              [--adapter NAME=DIR]...\n"
+            "              [--store DIR] [--adapter NAME=DIR]...\n"
             "  peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
             "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n"
             "                 [--adapter DIR [--adapter-scale X]]\n");
@@ -255,6 +258,19 @@ out:
 
 /* ---------- serve ---------- */
 
+/* mkdir -p for the store directory. */
+static int mkdir_p(const char *path) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *q = p + 1; *q; q++)
+        if (*q == '/') {
+            *q = 0;
+            if (mkdir(p, 0755) < 0 && errno != EEXIST) return -1;
+            *q = '/';
+        }
+    return mkdir(p, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
 typedef struct {
     uv_loop_t loop;
     uv_signal_t sigterm, sigint;
@@ -313,6 +329,7 @@ static int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--host")) snprintf(cfg.host, sizeof cfg.host, "%s", v);
         else if (!strcmp(a, "--port")) { if (parse_long(a, v, 0, 65535, &n)) return 2; cfg.port = (int)n; }
         else if (!strcmp(a, "--threads")) { if (parse_long(a, v, 0, 1024, &n)) return 2; cfg.threads = (int)n; }
+        else if (!strcmp(a, "--store")) snprintf(cfg.store.dir, sizeof cfg.store.dir, "%s", v);
         else if (!strcmp(a, "--adapter")) {
             char name[128];
             const char *eq = strchr(v, '=');
@@ -333,44 +350,54 @@ static int cmd_serve(int argc, char **argv) {
             return 2;
         }
     }
+    /* the adapter store first: the engine's tiers read from it */
+    astore *store = NULL;
+    astore_options so = {.map_bytes = (size_t)cfg.store.map_mb << 20, .max_map_bytes = (size_t)cfg.store.max_map_mb << 20};
+    if (mkdir_p(cfg.store.dir) < 0 || astore_open(cfg.store.dir, &so, &store, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: cannot open the adapter store %s: %s\n", cfg.store.dir, err[0] ? err : strerror(errno));
+        config_free(&cfg);
+        return 1;
+    }
+    cfg.engine.store = store;
+    cfg.engine.host_cache_bytes = (size_t)cfg.store.host_cache_mb << 20;
+    cfg.engine.adapter_slots = cfg.store.slots;
     runtime rt;
-    if (runtime_open(&rt, cfg.model_dir, cfg.threads, cfg.fast_prefill, &cfg.engine) < 0) {
-        config_free(&cfg);
-        return 1;
-    }
     adapter_registry *reg = NULL;
-    if (registry_create(&reg) < 0) {
-        runtime_close(&rt);
-        config_free(&cfg);
-        return 1;
-    }
-    /* A broken adapter is reported and skipped: the daemon serves the others, and a request
-     * naming it gets the load error (422) instead of a generic "not found". */
-    for (int i = 0; i < cfg.n_adapters; i++) {
-        adapter *ad = NULL;
-        const char *name = cfg.adapters[i].name, *dir = cfg.adapters[i].dir;
-        int st = model_load_adapter(rt.m, dir, &ad, err, sizeof err);
-        if (st >= 0 && (st = registry_put(reg, name, ad)) < 0) {
-            snprintf(err, sizeof err, "%s", peftd_strerror(st));
-            adapter_free(ad);
-        }
-        if (st < 0) {
-            LOGE("adapter %s (%s) not loaded: %s", name, dir, err);
-            registry_put_failure(reg, name, st, err);
-            continue;
-        }
-        LOGI("adapter %s: %s from %s (%.1f KiB, sha256 %.12s)", name, adapter_kind_name(ad->kind), dir,
-             (double)ad->bytes / 1024, ad->sha256);
-    }
-    http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
-                      .threads = cfg.http_threads};
+    adapter_service *svc = NULL;
     http_server *srv = NULL;
-    if (http_server_start(&hc, rt.e, rt.tok, rt.m, reg, &srv, err, sizeof err) < 0) {
+    int rc = 1;
+    if (runtime_open(&rt, cfg.model_dir, cfg.threads, cfg.fast_prefill, &cfg.engine) < 0) goto out_store;
+    char tmp_root[4200];
+    snprintf(tmp_root, sizeof tmp_root, "%s/tmp", cfg.store.dir);
+    if (registry_create(&reg) < 0 ||
+        adapter_service_create(rt.m, store, reg, engine_tiers(rt.e), tmp_root, &svc, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: cannot set up adapters: %s\n", err);
+        goto out;
+    }
+    /* Adapter directories from the config (or --adapter) are imported into the store once:
+     * a name the store already has is left as stored (upload a new version to change it).
+     * A broken one is logged and skipped; requests naming it get the reason (422). */
+    for (int i = 0; i < cfg.n_adapters; i++) {
+        const char *name = cfg.adapters[i].name, *dir = cfg.adapters[i].dir;
+        astore_meta have;
+        if (astore_get_meta(store, name, &have) == 0) continue;
+        int st = adapter_service_import_dir(svc, name, "", dir, NULL, err, sizeof err);
+        if (st < 0) {
+            LOGE("adapter %s (%s) not imported: %s", name, dir, err);
+            registry_put_failure(reg, name, st, err);
+        }
+    }
+    int n_pub = 0, n_skip = 0;
+    if (adapter_service_publish_all(svc, &n_pub, &n_skip) < 0) {
+        fprintf(stderr, "peftd: cannot read the adapter store %s\n", cfg.store.dir);
+        goto out;
+    }
+    LOGI("adapter store %s: %d adapters served%s", cfg.store.dir, n_pub, n_skip ? " (some skipped: see above)" : "");
+    http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
+                      .max_upload_bytes = (uint64_t)cfg.store.max_upload_mb << 20, .threads = cfg.http_threads};
+    if (http_server_start(&hc, rt.e, rt.tok, rt.m, reg, store, svc, &srv, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg.host, cfg.port, err);
-        registry_free(reg);
-        runtime_close(&rt);
-        config_free(&cfg);
-        return 1;
+        goto out;
     }
     printf("peftd: serving %s on http://%s:%d (OpenAI-compatible: POST /v1/completions)\n", rt.m->name, cfg.host,
            http_server_port(srv));
@@ -388,18 +415,26 @@ static int cmd_serve(int argc, char **argv) {
     uv_run(&s.loop, UV_RUN_DEFAULT);
     engine_stop(rt.e, false); /* cancels what is left, joins the engine thread */
     http_server_stop(srv);
+    srv = NULL;
     uv_close((uv_handle_t *)&s.sigterm, NULL);
     uv_close((uv_handle_t *)&s.sigint, NULL);
     uv_close((uv_handle_t *)&s.poll, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
     uv_loop_close(&s.loop);
-    engine_free(rt.e); /* no request holds an adapter any more: free adapters before the backend */
+    rc = 0;
+out:
+    http_server_stop(srv);
+    if (rt.e) engine_stop(rt.e, false);
+    engine_free(rt.e); /* frees the tiers' slots before the backend goes */
     rt.e = NULL;
+    adapter_service_free(svc);
     registry_free(reg);
     runtime_close(&rt);
+out_store:
+    astore_close(store);
     config_free(&cfg);
-    LOGI("peftd: stopped");
-    return 0;
+    if (rc == 0) LOGI("peftd: stopped");
+    return rc;
 }
 
 int main(int argc, char **argv) {

@@ -16,6 +16,8 @@ const char *peftd_strerror(int st) {
     case PEFTD_ECANCELED: return "cancelled";
     case PEFTD_EBACKEND: return "backend failure";
     case PEFTD_ENOTFOUND: return "not found";
+    case PEFTD_ENOSPC: return "storage full";
+    case PEFTD_EEXIST: return "already exists";
     default: return st < 0 && st > -4096 ? strerror(-st) : "unknown error";
     }
 }

@@ -15,6 +15,8 @@ enum {
     PEFTD_ECANCELED,       /* request cancelled */
     PEFTD_EBACKEND,        /* backend (CUDA/BLAS) failure */
     PEFTD_ENOTFOUND,       /* unknown name */
+    PEFTD_ENOSPC,          /* storage full */
+    PEFTD_EEXIST,          /* already exists / conflict */
 };
 
 /* Static string for a status code (never NULL). */

@@ -15,11 +15,14 @@
 #include <string.h>
 #include <uv.h>
 
+#include "adapter_store/registry.h"
+#include "adapter_store/tiers.h"
 #include "kernels/util/log.h"
 #include "server/engine/engine_internal.h"
 #include "server/engine/kv_blocks.h"
 #include "server/engine/sampling.h"
 #include "server/model/llama.h"
+#include "server/model/model_adapter_base.h"
 
 /* Prefix-tuning K/V of one adapter version, stored once in KV blocks that every running
  * sequence of that adapter shares. The prefix ends exactly at a block boundary (pad
@@ -35,6 +38,7 @@ typedef struct {
 typedef struct seq {
     engine_request *r;
     const adapter *ad;
+    adapter *pinned;          /* ad when it is pinned in the tiers' slot pool */
     float ad_scale;
     int32_t *tokens;          /* [virtual tokens (prompt tuning) as -(k+1)] + prompt + generated */
     int n_tokens;
@@ -82,6 +86,8 @@ struct engine {
     seq **running;
     int n_running;
     kv_blocks kv;
+    tiers *tiers;             /* adapter slot pool (NULL without a store) */
+    adapter_base abase;
     prefix_entry *prefixes;   /* [max_seqs]: at most one per running sequence */
     int n_prefixes;
     sampler_scratch ss;
@@ -103,9 +109,14 @@ void engine_config_default(engine_config *c) {
     c->kv_blocks = 0;
     c->kv_cache_mb = 512;
     c->max_queue = 1024;
+    c->store = NULL;
+    c->host_cache_bytes = (size_t)256 << 20;
+    c->adapter_slots = 64;
 }
 
 int engine_context_length(const engine *e) { return e->ctx_len; }
+
+tiers *engine_tiers(engine *e) { return e->tiers; }
 
 /* ---------- sequences ---------- */
 
@@ -119,6 +130,7 @@ static void prefix_release(engine *e, prefix_entry *p) {
 static void seq_free(engine *e, seq *s) {
     if (!s) return;
     prefix_release(e, s->pfx);
+    if (s->pinned) tiers_unpin(e->tiers, s->pinned);
     kv_blocks_release(&e->kv, s->blocks, s->n_blocks);
     tokenizer_stream_free(s->ds);
     free(s->blocks);
@@ -183,10 +195,15 @@ static prefix_entry *prefix_acquire(engine *e, const adapter *ad) {
     return p;
 }
 
-static seq *seq_create(engine *e, engine_request *r) {
+/* ad: the request's resident adapter (NULL = base); pinned when it came from the tiers
+ * (the sequence then owns that pin). */
+static seq *seq_create(engine *e, engine_request *r, const adapter *ad, adapter *pinned) {
     seq *s = calloc(1, sizeof *s);
-    if (!s) return NULL;
-    const adapter *ad = r->params.adapter;
+    if (!s) {
+        if (pinned) tiers_unpin(e->tiers, pinned);
+        return NULL;
+    }
+    s->pinned = pinned;
     int nv = ad && ad->kind == ADAPTER_PROMPT_TUNING ? ad->n_virtual : 0;
     s->r = r;
     s->ad = ad;
@@ -272,25 +289,90 @@ static void reap_cancelled(engine *e, bool all) {
     }
 }
 
-/* FIFO admission: the head waits until its KV blocks fit (no overtaking, no starvation). */
+static void on_adapter_ready(void *ud);
+
+/* Unlinks r (after prev, NULL for the head) from the waiting list. */
+static void waiting_unlink(engine *e, engine_request *prev, engine_request *r) {
+    if (prev) prev->next = r->next;
+    else e->w_head = r->next;
+    if (e->w_tail == r) e->w_tail = prev;
+    r->next = NULL;
+    atomic_fetch_sub(&e->n_queued, 1);
+}
+
+/* The resident adapter of a waiting request, pinned; NULL with *wait set while it is being
+ * fetched, or NULL with *failed set (and the request finished) when it cannot be loaded. */
+static adapter *resolve_adapter(engine *e, engine_request *r, bool *wait, bool *failed) {
+    *wait = *failed = false;
+    const char *sha = r->params.handle->meta.sha256;
+    char msg[400];
+    if (!e->tiers) {
+        snprintf(msg, sizeof msg, "no adapter store is configured");
+        goto fail;
+    }
+    adapter *a = tiers_pin(e->tiers, sha);
+    if (a) return a;
+    if (r->adapter_fetching) { /* our fetch ended without making it resident: why? */
+        char why[256];
+        if (tiers_failure(e->tiers, sha, why, sizeof why) < 0) {
+            snprintf(msg, sizeof msg, "adapter %.64s could not be loaded: %.255s", r->params.handle->meta.name, why);
+            goto fail;
+        }
+    }
+    int st = tiers_fetch(e->tiers, sha, on_adapter_ready, e);
+    if (st < 0 && st != PEFTD_EBUSY) { /* EBUSY: every slot pinned, retried as sequences end */
+        snprintf(msg, sizeof msg, "adapter %s could not be loaded: %s", r->params.handle->meta.name,
+                 peftd_strerror(st));
+        goto fail;
+    }
+    r->adapter_fetching = st == 0;
+    *wait = true;
+    return NULL;
+fail:
+    *failed = true;
+    finish_request(r, FINISH_ERROR, msg);
+    return NULL;
+}
+
+/* Admission in arrival order. A request whose adapter is not resident yet stays waiting
+ * (its fetch runs on the thread pool) and the ones behind it may go first; a request whose
+ * KV blocks do not fit stops admission (FIFO for memory: no starvation of long prompts). */
 static void admit(engine *e) {
-    while (e->w_head && e->n_running < e->cfg.max_seqs) {
-        engine_request *r = e->w_head;
+    engine_request *prev = NULL, *r = e->w_head;
+    while (r && e->n_running < e->cfg.max_seqs) {
+        engine_request *next = r->next;
         const adapter *ad = r->params.adapter;
+        adapter *pinned = NULL;
+        if (r->params.handle) {
+            bool wait, failed;
+            pinned = resolve_adapter(e, r, &wait, &failed);
+            if (failed) { /* already finished: drop it from the list (the ref went with it) */
+                if (prev) prev->next = next;
+                else e->w_head = next;
+                if (e->w_tail == r) e->w_tail = prev;
+                atomic_fetch_sub(&e->n_queued, 1);
+                r = next;
+                continue;
+            }
+            if (wait) {
+                prev = r;
+                r = next;
+                continue;
+            }
+            ad = pinned;
+        }
         int nv = ad && ad->kind == ADAPTER_PROMPT_TUNING ? ad->n_virtual : 0, pad;
         int need = blocks_needed(e, nv + r->n_prompt + r->params.max_tokens);
         if (ad && ad->kind == ADAPTER_PREFIX_TUNING && !prefix_find(e, ad)) need += prefix_blocks(e, ad, &pad);
-        if (need > e->kv.n_free) break;
-        e->w_head = r->next;
-        if (!e->w_head) e->w_tail = NULL;
-        r->next = NULL;
-        atomic_fetch_sub(&e->n_queued, 1);
-        seq *s = seq_create(e, r);
-        if (!s) {
-            finish_request(r, FINISH_ERROR, "out of memory admitting the request");
-            continue;
+        if (need > e->kv.n_free) {
+            if (pinned) tiers_unpin(e->tiers, pinned);
+            break;
         }
-        e->running[e->n_running++] = s;
+        waiting_unlink(e, prev, r);
+        seq *s = seq_create(e, r, ad, pinned);
+        if (!s) finish_request(r, FINISH_ERROR, "out of memory admitting the request");
+        else e->running[e->n_running++] = s;
+        r = next;
     }
 }
 
@@ -554,6 +636,11 @@ static void on_idle(uv_idle_t *h) {
     }
 }
 
+static void on_adapter_ready(void *ud) {
+    engine *e = ud;
+    ensure_idle(e); /* the next step retries admission */
+}
+
 static void on_wake(uv_async_t *h) {
     engine *e = h->data;
     drain_queue(e);
@@ -638,6 +725,14 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     uv_async_init(&e->loop, &e->wake, on_wake);
     uv_idle_init(&e->loop, &e->idle);
     e->wake.data = e->idle.data = e;
+    if (cfg->store) {
+        tiers_options to = {.host_bytes = cfg->host_cache_bytes, .slots = cfg->adapter_slots};
+        if (model_adapter_base(m, &e->abase) < 0 || tiers_create(&to, cfg->store, &e->abase, kb, &e->loop, &e->tiers) < 0) {
+            snprintf(err, errlen, "engine: cannot create the adapter tiers (slots %d)", cfg->adapter_slots);
+            st = PEFTD_EINVAL;
+            goto fail;
+        }
+    }
     e->stats.kv_blocks_total = n_blocks;
     *out = e;
     return 0;
@@ -659,8 +754,10 @@ int engine_submit(engine *e, engine_request *r) {
     if (r->n_prompt < 1 || r->params.max_tokens < 1) return PEFTD_EINVAL;
     const adapter *ad = r->params.adapter;
     if (ad && ad->n_layers != e->m->cfg.n_layers) return PEFTD_EINVAL;
+    if (r->params.handle && !e->tiers) return PEFTD_EINVAL;
     /* virtual tokens (prompt/prefix tuning) take positions of the context too */
-    if ((int64_t)n_virtual_of(ad) + r->n_prompt + r->params.max_tokens > e->ctx_len) return PEFTD_ERANGE;
+    int nv = r->params.handle ? r->params.handle->meta.n_virtual : n_virtual_of(ad);
+    if ((int64_t)nv + r->n_prompt + r->params.max_tokens > e->ctx_len) return PEFTD_ERANGE;
     pthread_mutex_lock(&e->qmu);
     if (!e->accepting) {
         pthread_mutex_unlock(&e->qmu);
@@ -728,6 +825,8 @@ void engine_free(engine *e) {
     /* requests still queued when the engine never started */
     drain_queue(e);
     reap_cancelled(e, true);
+    tiers_free(e->tiers);
+    model_adapter_base_free(&e->abase);
     llama_ctx_free(e->lc);
     kv_blocks_free(&e->kv);
     sampler_scratch_free(&e->ss);

@@ -39,6 +39,9 @@ typedef struct {
     int kv_blocks;         /* KV blocks in the pool; 0 = as many as kv_cache_mb allows */
     int kv_cache_mb;       /* KV memory budget (all layers, K and V) when kv_blocks == 0 */
     int max_queue;         /* waiting requests before submit answers PEFTD_EBUSY */
+    struct astore *store;  /* adapter store behind gen_params.handle (NULL: no handles) */
+    size_t host_cache_bytes; /* host tier of adapter blobs */
+    int adapter_slots;     /* decoded adapters resident at once (the slot pool) */
 } engine_config;
 
 /* Defaults sized for the CPU backend and small models. */
@@ -55,7 +58,13 @@ typedef struct {
     bool ignore_eos;           /* keep generating past EOS */
     int n_stop;
     char *stop[ENGINE_MAX_STOP]; /* NUL-terminated; copied by engine_request_create */
-    const struct adapter *adapter; /* NULL = the base model; must outlive the request */
+    /* The adapter, one of (or neither = the base model):
+     *   handle  — a published version (registry.h); the engine makes it resident through
+     *             its tiers (store -> host tier -> slot) before admitting the request;
+     *             the caller keeps its reference until the request finished.
+     *   adapter — an already loaded adapter the caller keeps alive (offline use, tests). */
+    const struct adapter_handle *handle;
+    const struct adapter *adapter;
     float adapter_scale;       /* strength of LoRA-family adapters (default 1.0) */
 } gen_params;
 
@@ -122,6 +131,10 @@ void engine_cancel(engine *e, engine_request *r);
 
 /* Context length (max_position_embeddings) and the model's served id. */
 int engine_context_length(const engine *e);
+
+/* The engine's adapter tiers (NULL without a store); tiers_offer_blob / tiers_forget /
+ * tiers_get_stats may be called from any thread. */
+struct tiers *engine_tiers(engine *e);
 
 typedef struct {
     int running, waiting;

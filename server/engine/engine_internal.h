@@ -30,6 +30,7 @@ struct engine_request {
     char error[256];
     /* engine queue link (guarded by the engine's queue lock) */
     struct engine_request *next;
+    bool adapter_fetching;         /* engine thread: a fetch of its adapter was started */
 };
 
 /* Engine side: append published text / a token record; finish. Each takes r->mu. */

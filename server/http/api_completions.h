@@ -30,7 +30,7 @@ typedef struct {
     gen_params gen;         /* gen.stop[] point into stop_store */
     char *stop_store[ENGINE_MAX_STOP];
     bool stream, echo, include_usage;
-    adapter *adapter;       /* the adapter chosen by `model` / `adapter`, one reference held */
+    adapter_handle *adapter; /* the adapter chosen by `model` / `adapter`, one reference held */
     adapter_registry *reg;  /* where that reference goes back */
     char model_id[160];     /* the id echoed in responses */
 } api_request;

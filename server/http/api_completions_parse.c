@@ -204,12 +204,12 @@ static int api_parse_model(const http_server *s, const cJSON *root, api_request 
         return PEFTD_ENOTFOUND;
     }
     snprintf(r->model_id, sizeof r->model_id, "%s", name);
-    r->gen.adapter = r->adapter;
+    r->gen.handle = r->adapter;
     const cJSON *sc = api_field(root, "adapter_scale");
     if (sc) {
-        if (r->adapter->kind != ADAPTER_LORA)
+        if (r->adapter->meta.kind != ADAPTER_LORA)
             return api_fail(err, "invalid_value", "'adapter_scale' applies to LoRA adapters only ('%s' is %s)",
-                            name, adapter_kind_name(r->adapter->kind));
+                            name, adapter_kind_name(r->adapter->meta.kind));
         int rc = api_get_float(root, "adapter_scale", 0, 16, false, &r->gen.adapter_scale, err);
         if (rc) return rc;
     }
@@ -305,10 +305,7 @@ int api_request_parse(const http_server *s, const char *body, size_t len, api_re
 
     int ctx = engine_context_length(s->e);
     /* prompt/prefix tuning's virtual tokens take context positions too */
-    int n_virtual = r->adapter && (r->adapter->kind == ADAPTER_PROMPT_TUNING ||
-                                   r->adapter->kind == ADAPTER_PREFIX_TUNING)
-                        ? r->adapter->n_virtual
-                        : 0;
+    int n_virtual = r->adapter ? r->adapter->meta.n_virtual : 0;
     for (int i = 0; i < r->n_prompts; i++) {
         long long total = (long long)r->prompts[i].n_ids + n_virtual + max_tokens;
         if (total > ctx) {
@@ -348,5 +345,5 @@ void api_request_free(api_request *r) {
     r->gen.n_stop = 0;
     if (r->adapter) registry_release(r->reg, r->adapter);
     r->adapter = NULL;
-    r->gen.adapter = NULL;
+    r->gen.handle = NULL;
 }

@@ -1,0 +1,32 @@
+/* adapter_store/adapter_blob.h — one adapter version as a single self-contained blob, the
+ * form the LMDB store keeps ("version -> tensor blobs in the internal layout").
+ *
+ * The blob is a safetensors file: every tensor of the loaded adapter under an internal
+ * name (e.g. "lora.3.q_proj.a", "lora.3.q_proj.dora", "ia3.0.down_proj", "prompt",
+ * "prefix.2.k", "bn_attn.1.down", "lm_head"), in its loaded dtype, and the scalar fields
+ * (kind, per-module rank and scale, n_virtual, IA3 sides, bottleneck flags/activation/
+ * scaling, sha256, source, n_params, bytes) as JSON in __metadata__["peftd"], with a format
+ * version. Deserialising treats the blob as hostile (it comes from disk) and checks every
+ * shape against the base, so a blob written for another base is refused.
+ * Everything derived at import (DoRA factors, rsLoRA scales, prefix K/V split) is stored
+ * as derived: loading a blob never needs the base weights.
+ */
+#ifndef PEFTD_ADAPTER_BLOB_H
+#define PEFTD_ADAPTER_BLOB_H
+
+#include <stddef.h>
+
+#include "adapter_store/adapter.h"
+
+#define ADAPTER_BLOB_FORMAT 1
+
+/* Serialises a (loaded) adapter; its tensors are read with a->kb's download.
+ * @note caller frees *blob with free(). */
+int adapter_blob_write(const adapter *a, void **blob, size_t *len);
+
+/* Rebuilds an adapter from a blob onto kb (one backend allocation). base is checked for
+ * compatibility (layers, dims, vocab). @note caller owns *out: adapter_free(). */
+int adapter_blob_read(const void *blob, size_t len, const adapter_base *base, kbackend *kb, adapter **out,
+                      char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,80 @@
+/* adapter_store/store.h — the adapter store on LMDB: the source of truth for adapters.
+ *
+ * One environment (a directory) with named sub-databases:
+ *   "meta"   key  <name>                         value  astore_meta, serialised as JSON
+ *   "blobs"  key  <sha256 hex>                   value  the version's blob (adapter_blob.h)
+ *   "refs"   key  <sha256 hex>                   value  uint32 LE: meta records naming it
+ *   "info"   key  "schema" / "base"              value  schema version / base fingerprint
+ * A blob is shared by every name whose current version has the same content. Uploading
+ * is ONE write transaction (blob + refs + meta), so an adapter is either entirely present
+ * or absent, whatever happens to the process. The map grows automatically (doubling) up
+ * to max_map_bytes; beyond that a put fails with PEFTD_ENOSPC and nothing stored is lost.
+ *
+ * Thread-safety: any thread may call any function (LMDB serialises writers; readers use
+ * short read transactions with MDB_NOTLS and copy values out before the transaction ends).
+ */
+#ifndef PEFTD_STORE_H
+#define PEFTD_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adapter_store/adapter.h"
+
+#define ASTORE_NAME_MAX 64
+
+/* What the store knows about one adapter without loading it. */
+typedef struct {
+    char name[ASTORE_NAME_MAX + 1];
+    char owner[ASTORE_NAME_MAX + 1];   /* tenant id; "" = public / single-user */
+    adapter_kind kind;
+    char sha256[65];                   /* content hash of the current version */
+    uint64_t version;                  /* 1, 2, ... per name (increments on each upload) */
+    int64_t created;                   /* unix seconds of the first upload of the name */
+    int64_t updated;                   /* unix seconds of the current version */
+    uint64_t bytes;                    /* blob bytes */
+    int64_t n_params;
+    int n_ranks;
+    int ranks[8];
+    int n_virtual;                     /* prompt/prefix tuning */
+    char targets[256];                 /* comma-separated target modules */
+    char base_fingerprint[65];         /* the base model it was validated against */
+} astore_meta;
+
+typedef struct astore astore;
+
+typedef struct {
+    size_t map_bytes;       /* initial map size */
+    size_t max_map_bytes;   /* growth limit: beyond it puts fail with PEFTD_ENOSPC */
+} astore_options;
+
+/* Opens (creating if needed) the store in dir. @note caller owns *out: astore_close(). */
+int astore_open(const char *dir, const astore_options *opt, astore **out, char *err, size_t errlen);
+void astore_close(astore *s); /* NULL is a no-op */
+
+/* Stores blob as the new current version of meta->name in one transaction; meta->version
+ * and created/updated are assigned (returned through *stored). The previous version's
+ * blob is dropped when no name refers to it any more (*old_sha256 gets its hash, "" when
+ * none, so caches can drop it). PEFTD_ENOSPC: the store is full (nothing changed). */
+int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len, astore_meta *stored,
+               char old_sha256[65]);
+
+/* PEFTD_ENOTFOUND when absent. */
+int astore_get_meta(astore *s, const char *name, astore_meta *out);
+/* Copies the blob with this content hash out. @note caller frees *blob. */
+int astore_get_blob(astore *s, const char *sha256, void **blob, size_t *len);
+/* Removes the name (and its blob if unshared); *old_sha256 as for astore_put. */
+int astore_delete(astore *s, const char *name, char old_sha256[65]);
+
+/* Up to limit metas in name order, strictly after `after` ("" = from the start); *more
+ * tells whether others follow. */
+int astore_list(astore *s, const char *after, int limit, astore_meta *out, int *n, bool *more);
+int astore_count(astore *s, uint64_t *n);
+
+typedef struct {
+    uint64_t map_bytes, used_bytes, entries, blobs;
+} astore_stats;
+int astore_get_stats(astore *s, astore_stats *st);
+
+#endif

@@ -1,0 +1,196 @@
+/* server/adapter_service.c — see adapter_service.h. */
+#include "server/adapter_service.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "adapter_store/adapter_blob.h"
+#include "kernels/util/log.h"
+#include "server/model/model_adapter_base.h"
+
+struct adapter_service {
+    const model *m;
+    astore *store;
+    adapter_registry *reg;
+    tiers *tiers;
+    adapter_base base;
+    char fingerprint[65];
+    char tmp_root[4096];
+};
+
+/* sha256 over what makes adapters of one base interchangeable: architecture and shapes. */
+static void fingerprint(const model *m, char out[65]) {
+    const model_config *c = &m->cfg;
+    char desc[512];
+    int n = snprintf(desc, sizeof desc, "%s|%s|h%d|i%d|l%d|q%d|kv%d|d%d|v%d|tie%d", c->architecture, c->model_type,
+                     c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
+                     c->vocab_size, c->tie_word_embeddings);
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_Digest(desc, (size_t)n, md, &mdlen, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+int adapter_service_create(const model *m, astore *store, adapter_registry *reg, tiers *t, const char *tmp_root,
+                           adapter_service **out, char *err, size_t errlen) {
+    adapter_service *s = calloc(1, sizeof *s);
+    if (!s) return PEFTD_ENOMEM;
+    s->m = m;
+    s->store = store;
+    s->reg = reg;
+    s->tiers = t;
+    snprintf(s->tmp_root, sizeof s->tmp_root, "%s", tmp_root);
+    if (mkdir(tmp_root, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create %s: %s", tmp_root, strerror(errno));
+        free(s);
+        return -errno;
+    }
+    if (model_adapter_base(m, &s->base) < 0) {
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return PEFTD_ENOMEM;
+    }
+    fingerprint(m, s->fingerprint);
+    *out = s;
+    return 0;
+}
+
+void adapter_service_free(adapter_service *s) {
+    if (!s) return;
+    model_adapter_base_free(&s->base);
+    free(s);
+}
+
+const char *adapter_service_base_fingerprint(const adapter_service *s) { return s->fingerprint; }
+
+int adapter_service_mkdtemp(adapter_service *s, char *path, size_t len) {
+    if ((size_t)snprintf(path, len, "%s/upload-XXXXXX", s->tmp_root) >= len) return PEFTD_EINVAL;
+    return mkdtemp(path) ? 0 : -errno;
+}
+
+void adapter_service_rmdir(const char *path) {
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        char p[4600];
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+            unlink(p);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+static void meta_from_adapter(const adapter *a, const char *name, const char *owner, const char *fp,
+                              astore_meta *m) {
+    memset(m, 0, sizeof *m);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    snprintf(m->owner, sizeof m->owner, "%s", owner ? owner : "");
+    m->kind = a->kind;
+    snprintf(m->sha256, sizeof m->sha256, "%s", a->sha256);
+    m->n_params = a->n_params;
+    m->n_ranks = a->n_ranks < 8 ? a->n_ranks : 8;
+    memcpy(m->ranks, a->ranks, sizeof(int) * (size_t)m->n_ranks);
+    m->n_virtual = a->kind == ADAPTER_PROMPT_TUNING || a->kind == ADAPTER_PREFIX_TUNING ? a->n_virtual : 0;
+    snprintf(m->base_fingerprint, sizeof m->base_fingerprint, "%s", fp);
+    /* targets: the modules adapted in any layer */
+    size_t off = 0;
+    for (int mod = 0; mod < AMOD_COUNT; mod++) {
+        bool used = false;
+        for (int l = 0; l < a->n_layers && !used; l++) {
+            if (a->lora) used = a->lora[l * AMOD_COUNT + mod].rank > 0;
+            if (a->ia3) used |= a->ia3[l * AMOD_COUNT + mod] != NULL;
+        }
+        if (used && off < sizeof m->targets)
+            off += (size_t)snprintf(m->targets + off, sizeof m->targets - off, "%s%s", off ? "," : "",
+                                    adapter_module_name((adapter_module)mod));
+    }
+}
+
+int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, const char *dir,
+                               astore_meta *out, char *err, size_t errlen) {
+    if (!registry_name_valid(name)) {
+        snprintf(err, errlen, "invalid adapter name: use 1-64 of [A-Za-z0-9._-], not starting with '.' or '-'");
+        return PEFTD_EINVAL;
+    }
+    adapter *a = NULL;
+    void *blob = NULL;
+    size_t len = 0;
+    int st = adapter_load_dir(dir, &s->base, s->m->kb, &a, err, errlen);
+    if (st < 0) return st;
+    if ((st = adapter_blob_write(a, &blob, &len)) < 0) {
+        snprintf(err, errlen, "cannot serialise the adapter: %s", peftd_strerror(st));
+        goto out;
+    }
+    astore_meta meta, stored;
+    char old_sha[65] = "";
+    meta_from_adapter(a, name, owner, s->fingerprint, &meta);
+    meta.bytes = len;
+    if ((st = astore_put(s->store, &meta, blob, len, &stored, old_sha)) < 0) {
+        snprintf(err, errlen, "%s", st == PEFTD_ENOSPC ? "the adapter store is full" : peftd_strerror(st));
+        goto out;
+    }
+    if (s->tiers) tiers_offer_blob(s->tiers, stored.sha256, blob, len); /* warm: first requests skip LMDB */
+    if ((st = registry_put(s->reg, &stored)) < 0) {
+        snprintf(err, errlen, "cannot publish: %s", peftd_strerror(st));
+        goto out;
+    }
+    if (s->tiers && old_sha[0] && strcmp(old_sha, stored.sha256) != 0) tiers_forget(s->tiers, old_sha);
+    if (out) *out = stored;
+    LOGI("adapter %s: stored version %llu (%s, %.1f KiB, sha256 %.12s)", name, (unsigned long long)stored.version,
+         adapter_kind_name(stored.kind), (double)len / 1024, stored.sha256);
+out:
+    free(blob);
+    adapter_free(a);
+    return st;
+}
+
+int adapter_service_delete(adapter_service *s, const char *name) {
+    char old_sha[65] = "";
+    int st = astore_delete(s->store, name, old_sha);
+    if (st < 0) return st;
+    registry_remove(s->reg, name);
+    if (s->tiers && old_sha[0]) tiers_forget(s->tiers, old_sha);
+    LOGI("adapter %s: deleted", name);
+    return 0;
+}
+
+int adapter_service_publish_all(adapter_service *s, int *n_published, int *n_skipped) {
+    *n_published = *n_skipped = 0;
+    char after[ASTORE_NAME_MAX + 1] = "";
+    enum { PAGE = 256 };
+    astore_meta *page = malloc(PAGE * sizeof *page);
+    if (!page) return PEFTD_ENOMEM;
+    for (;;) {
+        int n = 0;
+        bool more = false;
+        int st = astore_list(s->store, after, PAGE, page, &n, &more);
+        if (st < 0) {
+            free(page);
+            return st;
+        }
+        for (int i = 0; i < n; i++) {
+            if (strcmp(page[i].base_fingerprint, s->fingerprint) != 0) {
+                LOGW("adapter %s: stored for another base model (fingerprint %.12s), not served", page[i].name,
+                     page[i].base_fingerprint);
+                registry_put_failure(s->reg, page[i].name, PEFTD_EINVAL,
+                                     "stored for another base model; upload it again for this one");
+                (*n_skipped)++;
+                continue;
+            }
+            if (registry_put(s->reg, &page[i]) == 0) (*n_published)++;
+        }
+        if (n > 0) snprintf(after, sizeof after, "%s", page[n - 1].name);
+        if (!more || n == 0) break;
+    }
+    free(page);
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* server/adapter_service.h — adapter lifecycle operations behind the HTTP API and
+ * start-up: import (validate against the base -> serialise -> one LMDB transaction ->
+ * publish in the registry -> warm the host tier), delete, and publishing the store's
+ * contents at start-up. Thread-safe: HTTP threads call it concurrently.
+ */
+#ifndef PEFTD_ADAPTER_SERVICE_H
+#define PEFTD_ADAPTER_SERVICE_H
+
+#include <stddef.h>
+
+#include "adapter_store/registry.h"
+#include "adapter_store/store.h"
+#include "adapter_store/tiers.h"
+#include "server/model/model.h"
+
+typedef struct adapter_service adapter_service;
+
+/* m, store and reg must outlive the service. tiers may be NULL (offline use); it is only
+ * used to warm/drop host-tier copies. @note caller owns *out: adapter_service_free(). */
+int adapter_service_create(const model *m, astore *store, adapter_registry *reg, tiers *t, const char *tmp_root,
+                           adapter_service **out, char *err, size_t errlen);
+void adapter_service_free(adapter_service *s);
+
+/* A private, empty temporary directory under tmp_root for staging one upload's files.
+ * @note the caller removes it with adapter_service_rmdir() when done. */
+int adapter_service_mkdtemp(adapter_service *s, char *path, size_t len);
+void adapter_service_rmdir(const char *path); /* removes the files in it and the directory */
+
+/* Validates the save_pretrained files in dir against the base and stores them as the new
+ * version of name (owner "" = public), then publishes that version. On failure nothing
+ * changes; the status tells the HTTP status: PEFTD_EFORMAT malformed (400),
+ * PEFTD_EUNSUPPORTED / PEFTD_EINVAL not servable on this base (422), PEFTD_ENOSPC store
+ * full (507); err names the reason. *out (optional) receives the stored meta. */
+int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, const char *dir,
+                               astore_meta *out, char *err, size_t errlen);
+
+/* Removes name from the store and the registry (requests holding it finish with it). */
+int adapter_service_delete(adapter_service *s, const char *name);
+
+/* Start-up: publishes every stored adapter validated against this base (same
+ * fingerprint); the others are logged and skipped. */
+int adapter_service_publish_all(adapter_service *s, int *n_published, int *n_skipped);
+
+/* The base's fingerprint (sha256 hex of its architecture and shapes). */
+const char *adapter_service_base_fingerprint(const adapter_service *s);
+
+#endif
