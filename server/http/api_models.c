@@ -10,15 +10,16 @@ typedef struct {
     bool oom;
 } list_ctx;
 
-static void add_adapter(void *ud, const char *name, const adapter *a) {
+static void add_adapter(void *ud, const adapter_handle *h) {
     list_ctx *c = ud;
+    const char *name = h->meta.name;
     cJSON *m = cJSON_CreateObject();
     if (!m || !cJSON_AddItemToArray(c->data, m) || !cJSON_AddStringToObject(m, "id", name) ||
         !cJSON_AddStringToObject(m, "object", "model") ||
         !cJSON_AddNumberToObject(m, "created", (double)c->s->created) ||
-        !cJSON_AddStringToObject(m, "owned_by", "peftd") || !cJSON_AddStringToObject(m, "root", a->source) ||
+        !cJSON_AddStringToObject(m, "owned_by", "peftd") || !cJSON_AddStringToObject(m, "root", name) ||
         !cJSON_AddStringToObject(m, "parent", c->s->m->name) ||
-        !cJSON_AddStringToObject(m, "adapter_kind", adapter_kind_name(a->kind)) ||
+        !cJSON_AddStringToObject(m, "adapter_kind", adapter_kind_name(h->meta.kind)) ||
         !cJSON_AddNumberToObject(m, "max_model_len", engine_context_length(c->s->e)))
         c->oom = true;
 }
