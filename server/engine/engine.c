@@ -468,7 +468,7 @@ static bool seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp) {
     }
     engine__publish(r, s->pending, publish, lp ? &rec : NULL, s->n_generated);
     if (fin == FINISH_NONE) {
-        memmove(s->pending, s->pending + publish, s->pending_len - publish);
+        if (s->pending_len > publish) memmove(s->pending, s->pending + publish, s->pending_len - publish);
         s->pending_len -= publish;
         engine__notify(r);
         return false;

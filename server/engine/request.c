@@ -121,7 +121,7 @@ int engine__publish(engine_request *r, const char *text, size_t len, const gen_t
                     int completion_tokens) {
     int st = 0;
     pthread_mutex_lock(&r->mu);
-    if (len) {
+    if (len && text) {
         if (r->text_len + len + 1 > r->text_cap) {
             size_t cap = r->text_cap ? r->text_cap : 256;
             while (cap < r->text_len + len + 1) cap *= 2;
