@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "adapter_store/registry.h"
@@ -100,6 +101,7 @@ struct engine {
 
     pthread_mutex_t smu;
     engine_stats stats;
+    unsigned step_delay_us;   /* PEFTD_DEBUG_STEP_DELAY_US: slows steps down for race tests */
 };
 
 void engine_config_default(engine_config *c) {
@@ -591,6 +593,7 @@ static bool engine_step(engine *e) {
     e->stats.tokens_generated += (uint64_t)generated;
     e->stats.prompt_tokens += (uint64_t)prompt_rows;
     pthread_mutex_unlock(&e->smu);
+    if (e->step_delay_us) usleep(e->step_delay_us);
     return true;
 }
 
@@ -673,6 +676,10 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     pthread_mutex_init(&e->qmu, NULL);
     pthread_mutex_init(&e->smu, NULL);
     e->accepting = true;
+    /* Test hook: integration tests that must catch requests mid-generation (hot swap,
+     * shutdown) slow every step down instead of racing a fast model. */
+    const char *delay = getenv("PEFTD_DEBUG_STEP_DELAY_US");
+    if (delay) e->step_delay_us = (unsigned)strtoul(delay, NULL, 10);
     int st = PEFTD_EINVAL;
     if (cfg->max_seqs < 1 || cfg->max_batch_tokens < 1 || cfg->block_size < 1 || cfg->max_queue < 1) {
         snprintf(err, errlen, "engine: max_seqs, max_batch_tokens, block_size and max_queue must be >= 1");
