@@ -11,6 +11,7 @@ anything failed.
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,13 +47,22 @@ def free_port():
 class Daemon:
     """One `peftd serve` process on 127.0.0.1:<free port>."""
 
-    def __init__(self, extra_args=()):
+    def __init__(self, extra_args=(), env=None, store=None):
+        """store: the adapter store directory; default a fresh temporary one per daemon
+        (removed by close()), so tests never share or leave state."""
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="peftd-", suffix=".log", delete=False)
+        self.own_store = None
+        if store is None and "--store" not in extra_args:
+            store = self.own_store = tempfile.mkdtemp(prefix="peftd-store-")
+        self.store = store
         args = [BIN, "serve", "--model", MODEL_DIR, "--host", "127.0.0.1", "--port", str(self.port)]
+        if store is not None:
+            args += ["--store", store]
         args += list(extra_args)
         self.proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **(env or {})))
         deadline = time.time() + 60 * SLOW
         while True:
             if self.proc.poll() is not None:
@@ -99,6 +109,8 @@ class Daemon:
             os.unlink(self.log.name)
         except OSError:
             pass
+        if self.own_store:
+            shutil.rmtree(self.own_store, ignore_errors=True)
 
     # ---- HTTP helpers ----
 
