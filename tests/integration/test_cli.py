@@ -65,7 +65,8 @@ def serve_fails_cleanly_on_bad_config():
                 f.write(text)
             r = run("serve", "--config", p, timeout=30)
             assert r.returncode != 0 and needle in r.stderr.decode(), (text, r.stderr)
-        r = run("serve", "--model", os.path.join(d, "nothing-here"), "--port", "0", timeout=30)
+        r = run("serve", "--model", os.path.join(d, "nothing-here"), "--port", "0", "--store",
+                os.path.join(d, "store"), timeout=30)
         assert r.returncode != 0 and b"nothing-here" in r.stderr, r.stderr
 
 
@@ -75,7 +76,8 @@ def serve_fails_cleanly_when_the_port_is_taken():
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        r = run("serve", "--model", harness.MODEL_DIR, "--port", str(port), timeout=30)
+        with tempfile.TemporaryDirectory() as d:
+            r = run("serve", "--model", harness.MODEL_DIR, "--port", str(port), "--store", d, timeout=30)
         assert r.returncode != 0 and str(port).encode() in r.stderr, r.stderr
 
 
