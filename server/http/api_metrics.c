@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 
+#include "adapter_store/tiers.h"
 #include "server/http/http_internal.h"
 
 const char *http_endpoint_name(http_endpoint ep) {
@@ -12,6 +13,7 @@ const char *http_endpoint_name(http_endpoint ep) {
     case HTTP_EP_MODELS: return "/v1/models";
     case HTTP_EP_HEALTH: return "/health";
     case HTTP_EP_METRICS: return "/metrics";
+    case HTTP_EP_ADAPTERS: return "/v1/adapters";
     default: return "other";
     }
 }
@@ -33,7 +35,7 @@ out:
 }
 
 static int metrics_render(http_server *s, http_buf *b) {
-    char line[256];
+    char line[1024];
     int rc = http_buf_puts(b, "# HELP peftd_requests_total HTTP responses by endpoint and status.\n"
                               "# TYPE peftd_requests_total counter\n");
     pthread_mutex_lock(&s->stats_mu);
@@ -47,6 +49,8 @@ static int metrics_render(http_server *s, http_buf *b) {
 
     engine_stats st = {0};
     engine_get_stats(s->e, &st);
+    tiers_stats ts = {0};
+    if (engine_tiers(s->e)) tiers_get_stats(engine_tiers(s->e), &ts);
     const struct {
         const char *name, *type, *help;
         uint64_t v;
@@ -58,11 +62,45 @@ static int metrics_render(http_server *s, http_buf *b) {
         {"peftd_engine_steps_total", "counter", "Engine steps run.", st.steps},
         {"peftd_generated_tokens_total", "counter", "Tokens generated.", st.tokens_generated},
         {"peftd_prompt_tokens_total", "counter", "Prompt tokens processed.", st.prompt_tokens},
+        {"peftd_adapter_slot_hits_total", "counter", "Admissions whose adapter was resident in a slot.",
+         ts.slot_hits},
+        {"peftd_adapter_slot_misses_total", "counter", "Admission attempts whose adapter was not resident.",
+         ts.slot_misses},
+        {"peftd_adapter_slot_evictions_total", "counter", "Adapters evicted from the slot pool.", ts.slot_evictions},
+        {"peftd_adapter_loads_total", "counter", "Adapters loaded into the slot pool.", ts.loads},
+        {"peftd_adapter_load_failures_total", "counter", "Adapter loads that failed.", ts.load_failures},
+        {"peftd_adapter_host_hits_total", "counter", "Loads served from the host tier.", ts.host_hits},
+        {"peftd_adapter_host_misses_total", "counter", "Loads that read the store.", ts.host_misses},
+        {"peftd_adapter_host_evictions_total", "counter", "Blobs evicted from the host tier.", ts.host_evictions},
+        {"peftd_adapter_host_bytes", "gauge", "Bytes of adapter blobs in the host tier.", ts.host_bytes_used},
+        {"peftd_adapter_slots_used", "gauge", "Adapters resident in the slot pool.", (uint64_t)ts.slots_used},
+        {"peftd_adapter_slots_pinned", "gauge", "Resident adapters used by running sequences.",
+         (uint64_t)ts.slots_pinned},
+        {"peftd_adapter_slots_total", "gauge", "Slot pool capacity.", (uint64_t)ts.slots_total},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", rows[i].name,
                  rows[i].help, rows[i].name, rows[i].type, rows[i].name, rows[i].v);
         if ((rc = http_buf_puts(b, line))) return rc;
+    }
+    snprintf(line, sizeof line,
+             "# HELP peftd_adapter_load_seconds_sum Time from fetch to resident, summed over loads.\n"
+             "# TYPE peftd_adapter_load_seconds_sum counter\npeftd_adapter_load_seconds_sum %.6f\n",
+             ts.load_seconds_sum);
+    if ((rc = http_buf_puts(b, line))) return rc;
+    if (s->store) {
+        astore_stats as = {0};
+        if (astore_get_stats(s->store, &as) == 0) {
+            snprintf(line, sizeof line,
+                     "# HELP peftd_store_adapters Adapters in the store.\n# TYPE peftd_store_adapters gauge\n"
+                     "peftd_store_adapters %" PRIu64 "\n"
+                     "# HELP peftd_store_map_bytes LMDB map size.\n# TYPE peftd_store_map_bytes gauge\n"
+                     "peftd_store_map_bytes %" PRIu64 "\n"
+                     "# HELP peftd_store_used_bytes LMDB pages in use.\n# TYPE peftd_store_used_bytes gauge\n"
+                     "peftd_store_used_bytes %" PRIu64 "\n",
+                     as.entries, as.map_bytes, as.used_bytes);
+            if ((rc = http_buf_puts(b, line))) return rc;
+        }
     }
     return 0;
 }

@@ -1,27 +1,95 @@
-/* server/http/api_models.c — GET /v1/models: the base model and the served adapters in
- * OpenAI's list shape (adapters carry "parent": the base, as vLLM lists LoRA modules). */
+/* server/http/api_models.c — GET /v1/models: the base model first, then the adapters a
+ * request may name, in OpenAI's list shape (adapters carry "parent": the base, as vLLM
+ * lists LoRA modules).
+ *
+ * The adapters are the store's (read page by page, so a large store never needs one big
+ * read transaction) that were validated against this base (same fingerprint), merged by
+ * name with what the registry publishes (adapters preloaded without a store, or published
+ * but not stored). Both lists are in name order, so the merge is one pass.
+ */
+#include <stdlib.h>
+#include <string.h>
+
 #include <cJSON.h>
 
 #include "server/http/http_internal.h"
 
-typedef struct {
-    const http_server *s;
-    cJSON *data;
-    bool oom;
-} list_ctx;
+/* Store entries read per LMDB read transaction while listing. */
+#define API_MODELS_PAGE 256
 
-static void add_adapter(void *ud, const adapter_handle *h) {
-    list_ctx *c = ud;
-    const char *name = h->meta.name;
+typedef struct {
+    astore_meta *v;
+    int n, cap;
+    bool oom;
+} meta_vec;
+
+static void collect(void *ud, const adapter_handle *h) {
+    meta_vec *mv = ud;
+    if (mv->oom) return;
+    if (mv->n == mv->cap) {
+        int cap = mv->cap ? 2 * mv->cap : 16;
+        astore_meta *p = realloc(mv->v, (size_t)cap * sizeof *p);
+        if (!p) {
+            mv->oom = true;
+            return;
+        }
+        mv->v = p;
+        mv->cap = cap;
+    }
+    mv->v[mv->n++] = h->meta;
+}
+
+static bool add_adapter(const http_server *s, cJSON *data, const astore_meta *a) {
     cJSON *m = cJSON_CreateObject();
-    if (!m || !cJSON_AddItemToArray(c->data, m) || !cJSON_AddStringToObject(m, "id", name) ||
-        !cJSON_AddStringToObject(m, "object", "model") ||
-        !cJSON_AddNumberToObject(m, "created", (double)c->s->created) ||
-        !cJSON_AddStringToObject(m, "owned_by", "peftd") || !cJSON_AddStringToObject(m, "root", name) ||
-        !cJSON_AddStringToObject(m, "parent", c->s->m->name) ||
-        !cJSON_AddStringToObject(m, "adapter_kind", adapter_kind_name(h->meta.kind)) ||
-        !cJSON_AddNumberToObject(m, "max_model_len", engine_context_length(c->s->e)))
-        c->oom = true;
+    if (!m) return false;
+    if (!cJSON_AddItemToArray(data, m)) {
+        cJSON_Delete(m);
+        return false;
+    }
+    return cJSON_AddStringToObject(m, "id", a->name) && cJSON_AddStringToObject(m, "object", "model") &&
+           cJSON_AddNumberToObject(m, "created", (double)(a->created ? a->created : s->created)) &&
+           cJSON_AddStringToObject(m, "owned_by", a->owner[0] ? a->owner : "peftd") &&
+           cJSON_AddStringToObject(m, "root", a->name) && cJSON_AddStringToObject(m, "parent", s->m->name) &&
+           cJSON_AddStringToObject(m, "adapter_kind", adapter_kind_name(a->kind)) &&
+           cJSON_AddNumberToObject(m, "version", (double)a->version) &&
+           cJSON_AddNumberToObject(m, "max_model_len", engine_context_length(s->e));
+}
+
+/* Appends the merged adapter list; false when out of memory. *store_rc gets a store
+ * failure (then only the registry's adapters are listed). */
+static bool add_adapters(const http_server *s, cJSON *data, int *store_rc) {
+    meta_vec reg = {0};
+    registry_foreach(s->reg, collect, &reg);
+    bool ok = !reg.oom;
+    int ri = 0;
+    if (ok && s->store) {
+        const char *fp = adapter_service_base_fingerprint(s->svc);
+        astore_meta *page = malloc(API_MODELS_PAGE * sizeof *page);
+        char after[ASTORE_NAME_MAX + 1] = "";
+        bool more = page != NULL;
+        ok = page != NULL;
+        while (ok && more) {
+            int n = 0;
+            int rc = astore_list(s->store, after, API_MODELS_PAGE, page, &n, &more);
+            if (rc < 0) {
+                *store_rc = rc;
+                break;
+            }
+            for (int i = 0; i < n && ok; i++) {
+                const astore_meta *a = &page[i];
+                while (ok && ri < reg.n && strcmp(reg.v[ri].name, a->name) < 0) ok = add_adapter(s, data, &reg.v[ri++]);
+                bool published = ri < reg.n && strcmp(reg.v[ri].name, a->name) == 0;
+                if (published) ri++;
+                if (ok && (published || strcmp(a->base_fingerprint, fp) == 0)) ok = add_adapter(s, data, a);
+            }
+            if (n) snprintf(after, sizeof after, "%s", page[n - 1].name);
+            else more = false;
+        }
+        free(page);
+    }
+    while (ok && ri < reg.n) ok = add_adapter(s, data, &reg.v[ri++]);
+    free(reg.v);
+    return ok;
 }
 
 enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn) {
@@ -29,7 +97,10 @@ enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn) {
     cJSON *root = cJSON_CreateObject();
     cJSON *data = cJSON_AddArrayToObject(root, "data");
     cJSON *m = cJSON_CreateObject();
-    if (!cJSON_AddStringToObject(root, "object", "list") || !data || !m) goto fail;
+    if (!cJSON_AddStringToObject(root, "object", "list") || !data || !m) {
+        cJSON_Delete(m);
+        goto fail;
+    }
     cJSON_AddItemToArray(data, m);
     if (!cJSON_AddStringToObject(m, "id", s->m->name) ||
         !cJSON_AddStringToObject(m, "object", "model") ||
@@ -38,9 +109,12 @@ enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn) {
         !cJSON_AddStringToObject(m, "root", s->m->name) ||
         !cJSON_AddNumberToObject(m, "max_model_len", engine_context_length(s->e)))
         goto fail;
-    list_ctx c = {.s = s, .data = data};
-    registry_foreach(s->reg, add_adapter, &c);
-    if (c.oom) goto fail;
+    int store_rc = 0;
+    if (!add_adapters(s, data, &store_rc)) goto fail;
+    if (store_rc < 0) {
+        cJSON_Delete(root);
+        return api_adapters_fail(req, conn, store_rc, "listing the stored adapters", NULL);
+    }
     return http_respond_json(req, conn, MHD_HTTP_OK, root);
 fail:
     cJSON_Delete(root);

@@ -22,14 +22,16 @@ typedef enum {
     HTTP_EP_MODELS,
     HTTP_EP_HEALTH,
     HTTP_EP_METRICS,
+    HTTP_EP_ADAPTERS,  /* /v1/adapters and /v1/adapters/{name} */
     HTTP_EP_OTHER,   /* unknown paths: counted together so a scanner can't grow the table */
     HTTP_EP_COUNT,
 } http_endpoint;
 
 const char *http_endpoint_name(http_endpoint ep);
 
-/* One (endpoint, status) pair of peftd_requests_total. Statuses are few (200, 400, 404,
- * 405, 413, 500, 503), so a small fixed table under a mutex is enough. */
+/* One (endpoint, status) pair of peftd_requests_total. Statuses are few (200, 201, 400,
+ * 404, 405, 413, 415, 422, 500, 503, 507), so a small fixed table under a mutex is
+ * enough. */
 #define HTTP_MAX_COUNTERS 64
 typedef struct {
     http_endpoint ep;
@@ -45,6 +47,8 @@ struct http_server {
     const tokenizer *tok;
     const model *m;
     adapter_registry *reg;       /* served adapters (may be empty) */
+    astore *store;               /* the adapter store; NULL = none (/v1/adapters answers 503) */
+    adapter_service *svc;        /* imports and deletes; NULL together with store */
     http_config cfg;
     int port;
     time_t created;              /* "created" of the served model in /v1/models */
@@ -59,16 +63,33 @@ struct http_server {
     int n_counters;
 };
 
+/* Request methods, as flags (a route lists the ones it accepts). */
+enum {
+    HTTP_M_GET = 1,
+    HTTP_M_HEAD = 2,
+    HTTP_M_POST = 4,
+    HTTP_M_PUT = 8,
+    HTTP_M_DELETE = 16,
+    HTTP_M_OTHER = 32,
+};
+
+struct api_upload;
+
 /* Per-request context (MHD's con_cls), from the first handler call to the completed
  * callback. */
 typedef struct {
     http_server *srv;
     http_endpoint ep;
+    unsigned method;            /* HTTP_M_* */
+    char *arg;                  /* the rest of the path after a prefix route ({name}),
+                                 * percent-decoded by MHD; NULL for exact routes */
+    bool answered;              /* a response was queued on the first call (early 4xx/5xx) */
     bool keep_body;             /* only POST /v1/completions needs its body */
     char *body;
     size_t len, cap;
     bool too_large;
     struct api_job *job;        /* a completion in flight (api_completions.c) */
+    struct api_upload *upload;  /* an adapter upload being received (api_adapters.c) */
 } http_req;
 
 /* ---- http_buf.c: growable byte buffer and UTF-8 validation ---- */
@@ -114,6 +135,32 @@ enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn);
 /* ---- api_health.c / api_models.c ---- */
 enum MHD_Result api_health_get(http_req *req, struct MHD_Connection *conn);
 enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn);
+
+/* ---- api_adapters.c: the adapter resource ---- */
+/* GET /v1/adapters?limit=N&after=NAME. */
+enum MHD_Result api_adapters_list(http_req *req, struct MHD_Connection *conn);
+/* GET / DELETE /v1/adapters/{name} (req->arg), and the end of a PUT's body. */
+enum MHD_Result api_adapters_item(http_req *req, struct MHD_Connection *conn);
+/* First call of PUT /v1/adapters/{name}: checks the store, the name, the content type and a
+ * declared length, then prepares the streaming (staging directory + multipart parser).
+ * May queue an error response (then sets req->answered). */
+enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *conn);
+/* A piece of the PUT body: parsed and written to the staging files. MHD_NO closes the
+ * connection (a body far past the limit after an error). */
+enum MHD_Result api_adapters_put_data(http_req *req, const char *data, size_t n);
+/* The whole PUT body has arrived: checks the parts, imports, answers. */
+enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *conn);
+/* The connection is done: drops the parser, the staging files and directory. */
+void api_adapters_closed(http_req *req);
+/* An adapter's public description {"id","object":"adapter","version","kind",...}; NULL
+ * when out of memory. @note caller owns the result. */
+struct cJSON *api_adapter_meta_json(const astore_meta *m);
+/* 503 "adapter store not configured"; 400 for an invalid adapter name (quoted safely). */
+enum MHD_Result api_adapters__no_store(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_adapters__bad_name(http_req *req, struct MHD_Connection *conn, const char *name);
+/* Answers an error for a failed adapter-service/store call: status from the code. */
+enum MHD_Result api_adapters_fail(http_req *req, struct MHD_Connection *conn, int rc, const char *what,
+                                  const char *detail);
 
 /* ---- api_completions.c ---- */
 /* The whole body has arrived: parse, validate, submit, then respond or suspend. */

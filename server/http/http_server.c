@@ -20,6 +20,9 @@
 /* Defaults for fields left 0 in http_config. 1 MiB holds any completion request with a
  * prompt that fits a context window many times over. */
 #define HTTP_DEFAULT_MAX_BODY (1u << 20)
+/* 2 GiB holds a rank-64 LoRA on every linear layer of a 7B model in f32 (~640 MiB) with
+ * room for larger bases; uploads stream to disk, so the limit bounds disk, not memory. */
+#define HTTP_DEFAULT_MAX_UPLOAD (2ull << 30)
 #define HTTP_DEFAULT_MAX_CONNECTIONS 4096
 #define HTTP_DEFAULT_TIMEOUT_S 120
 /* A chunked (length-less) body past the limit is read and discarded so that the client
@@ -30,27 +33,46 @@
 
 typedef struct {
     const char *path;
+    bool prefix;     /* path is a prefix; the rest of the URL is the route's argument */
     http_endpoint ep;
-    bool post; /* POST route; otherwise GET (and HEAD) */
+    unsigned methods; /* HTTP_M_* accepted */
+    const char *allow; /* the Allow header of a 405 */
     enum MHD_Result (*fn)(http_req *, struct MHD_Connection *);
 } http_route;
 
+#define HTTP_M_READ (HTTP_M_GET | HTTP_M_HEAD)
+
 static const http_route http_routes[] = {
-    {"/v1/completions", HTTP_EP_COMPLETIONS, true, api_completions_post},
-    {"/v1/models", HTTP_EP_MODELS, false, api_models_get},
-    {"/health", HTTP_EP_HEALTH, false, api_health_get},
-    {"/metrics", HTTP_EP_METRICS, false, api_metrics_get},
+    {"/v1/completions", false, HTTP_EP_COMPLETIONS, HTTP_M_POST, "POST", api_completions_post},
+    {"/v1/models", false, HTTP_EP_MODELS, HTTP_M_READ, "GET, HEAD", api_models_get},
+    {"/v1/adapters", false, HTTP_EP_ADAPTERS, HTTP_M_READ, "GET, HEAD", api_adapters_list},
+    {"/v1/adapters/", true, HTTP_EP_ADAPTERS, HTTP_M_READ | HTTP_M_PUT | HTTP_M_DELETE,
+     "GET, HEAD, PUT, DELETE", api_adapters_item},
+    {"/health", false, HTTP_EP_HEALTH, HTTP_M_READ, "GET, HEAD", api_health_get},
+    {"/metrics", false, HTTP_EP_METRICS, HTTP_M_READ, "GET, HEAD", api_metrics_get},
 };
 
 static const http_route *http_find_route(const char *url) {
-    for (size_t i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++)
-        if (strcmp(url, http_routes[i].path) == 0) return &http_routes[i];
+    for (size_t i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++) {
+        const http_route *r = &http_routes[i];
+        if (r->prefix ? strncmp(url, r->path, strlen(r->path)) == 0 : strcmp(url, r->path) == 0)
+            return r;
+    }
     return NULL;
 }
 
-static bool http_method_ok(const http_route *r, const char *method) {
-    if (r->post) return strcmp(method, MHD_HTTP_METHOD_POST) == 0;
-    return strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+static unsigned http_method_flag(const char *method) {
+    static const struct {
+        const char *name;
+        unsigned flag;
+    } methods[] = {
+        {MHD_HTTP_METHOD_GET, HTTP_M_GET},     {MHD_HTTP_METHOD_HEAD, HTTP_M_HEAD},
+        {MHD_HTTP_METHOD_POST, HTTP_M_POST},   {MHD_HTTP_METHOD_PUT, HTTP_M_PUT},
+        {MHD_HTTP_METHOD_DELETE, HTTP_M_DELETE},
+    };
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (strcmp(method, methods[i].name) == 0) return methods[i].flag;
+    return HTTP_M_OTHER;
 }
 
 static int http_body_append(http_req *req, const char *data, size_t n) {
@@ -75,16 +97,22 @@ static int http_body_append(http_req *req, const char *data, size_t n) {
 
 /* First call for a request: route it and check a declared Content-Length against the
  * limit. Answering 413 before reading the body lets MHD close the connection without
- * reading megabytes we would throw away. */
+ * reading megabytes we would throw away. An adapter upload (PUT /v1/adapters/{name}) has
+ * its own limit and streams its body to disk (api_adapters.c). */
 static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *conn,
-                                       const char *url, void **con_cls) {
+                                       const char *url, const char *method, void **con_cls) {
     http_req *req = calloc(1, sizeof *req);
     if (!req) return MHD_NO;
     req->srv = s;
     const http_route *r = http_find_route(url);
     req->ep = r ? r->ep : HTTP_EP_OTHER;
-    req->keep_body = r && r->post;
+    req->method = http_method_flag(method);
+    req->keep_body = r && (r->methods & HTTP_M_POST) && req->method == HTTP_M_POST;
     *con_cls = req;
+    if (r && r->prefix && !(req->arg = strdup(url + strlen(r->path)))) return MHD_NO;
+
+    if (r && r->fn == api_adapters_item && req->method == HTTP_M_PUT)
+        return api_adapters_put_begin(req, conn);
 
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
@@ -93,6 +121,7 @@ static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *co
         unsigned long long v = strtoull(cl, &end, 10);
         if (errno == ERANGE || v > s->cfg.max_body_bytes) {
             req->too_large = true;
+            req->answered = true;
             return http_error(req, conn, MHD_HTTP_CONTENT_TOO_LARGE, NULL,
                               "request body of %s bytes is over the limit of %zu bytes", cl,
                               s->cfg.max_body_bytes);
@@ -106,13 +135,14 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
                                     const char *upload_data, size_t *upload_data_size,
                                     void **con_cls) {
     http_server *s = cls;
-    if (!*con_cls) return http_first_call(s, conn, url, con_cls);
+    if (!*con_cls) return http_first_call(s, conn, url, method, con_cls);
     http_req *req = *con_cls;
 
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (!req->keep_body) {
+        if (req->upload) return api_adapters_put_data(req, upload_data, n);
+        if (!req->keep_body || req->answered) {
             req->len += n;
             return req->len > HTTP_DRAIN_FACTOR * s->cfg.max_body_bytes ? MHD_NO : MHD_YES;
         }
@@ -121,6 +151,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
         return MHD_YES;
     }
 
+    if (req->answered) return MHD_YES; /* the first call already queued the answer */
     if (req->job) return api_completions_continue(req, conn);
 
     const http_route *r = http_find_route(url);
@@ -133,12 +164,12 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     if (!r)
         return http_error(req, conn, MHD_HTTP_NOT_FOUND, "not_found", "no route for %.*s %.*s",
                           meth_len, meth, shown_len, shown);
-    if (!http_method_ok(r, method)) {
+    if (!(r->methods & req->method)) {
         char msg[256];
-        snprintf(msg, sizeof msg, "method %.*s is not allowed on %s (use %s)", meth_len, meth,
-                 r->path, r->post ? "POST" : "GET");
+        snprintf(msg, sizeof msg, "method %.*s is not allowed on %s%s (use %s)", meth_len, meth,
+                 r->path, r->prefix ? "{name}" : "", r->allow);
         return http_error_hdr(req, conn, MHD_HTTP_METHOD_NOT_ALLOWED, NULL, MHD_HTTP_HEADER_ALLOW,
-                              r->post ? "POST" : "GET, HEAD", msg);
+                              r->allow, msg);
     }
     if (req->too_large)
         return http_error(req, conn, MHD_HTTP_CONTENT_TOO_LARGE, NULL,
@@ -152,6 +183,8 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
     if (!req) return;
     *con_cls = NULL;
     if (req->job) api_completions_closed(req, toe);
+    if (req->upload) api_adapters_closed(req);
+    free(req->arg);
     free(req->body);
     free(req);
 }
@@ -184,9 +217,10 @@ static int http_resolve(const char *host, int port, struct sockaddr_storage *ss,
 }
 
 int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, const model *m,
-                      adapter_registry *reg, http_server **out, char *err, size_t errlen) {
+                      adapter_registry *reg, astore *store, adapter_service *svc, http_server **out,
+                      char *err, size_t errlen) {
     *out = NULL;
-    if (!cfg || !e || !tok || !m || !reg || cfg->port < 0 || cfg->port > 65535) {
+    if (!cfg || !e || !tok || !m || !reg || !store != !svc || cfg->port < 0 || cfg->port > 65535) {
         snprintf(err, errlen, "http: invalid configuration");
         return PEFTD_EINVAL;
     }
@@ -197,10 +231,13 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
     }
     s->e = e;
     s->reg = reg;
+    s->store = store;
+    s->svc = svc;
     s->tok = tok;
     s->m = m;
     s->cfg = *cfg;
     if (!s->cfg.max_body_bytes) s->cfg.max_body_bytes = HTTP_DEFAULT_MAX_BODY;
+    if (!s->cfg.max_upload_bytes) s->cfg.max_upload_bytes = HTTP_DEFAULT_MAX_UPLOAD;
     if (s->cfg.threads < 1) s->cfg.threads = 1;
     if (s->cfg.max_connections < 1) s->cfg.max_connections = HTTP_DEFAULT_MAX_CONNECTIONS;
     if (s->cfg.timeout_s < 1) s->cfg.timeout_s = HTTP_DEFAULT_TIMEOUT_S;

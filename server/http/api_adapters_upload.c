@@ -1,0 +1,319 @@
+/* server/http/api_adapters_upload.c — PUT /v1/adapters/{name}: a multipart/form-data
+ * body with the files `save_pretrained` writes, streamed to a private staging directory
+ * (adapter_service_mkdtemp) part by part, then imported by the adapter service.
+ *
+ * Parts are recognised by their file names, whatever their field names, so
+ * `curl -F a=@adapter_config.json -F b=@adapter_model.safetensors` works. Accepted:
+ * adapter_config.json, adapter_model.safetensors (PEFT), adapter.safetensors (AdapterHub);
+ * README.md (the model card save_pretrained writes next to them) is read and dropped.
+ * Pickle weights (*.bin, *.pt, ...) get 422: we never unpickle. Anything else gets 400
+ * naming the file. The body never sits in memory: libmicrohttpd's post processor parses it
+ * incrementally and hands each part's bytes to write(2).
+ *
+ * After the first error the rest of the body is read and thrown away (up to a cap) so the
+ * client can read the answer: libmicrohttpd cannot queue a response mid-body. The staging
+ * directory is removed whatever happens, at the latest when the connection closes.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+
+#include "kernels/util/log.h"
+#include "kernels/util/status.h"
+#include "server/http/http_internal.h"
+
+/* The post processor's parse buffer (part headers, boundaries); libmicrohttpd suggests
+ * 32-64 KiB for good performance with large file parts. */
+#define API_UPLOAD_PP_BUFFER (64 * 1024)
+/* After an error, how much more of the body we read and discard so that the client sees
+ * the answer; past it the connection is closed (a 2 GiB upload of the wrong file is not
+ * worth reading to the end). */
+#define API_UPLOAD_DRAIN_MAX (64ull << 20)
+
+/* The files an upload may carry; index = part kind. */
+enum { PART_CONFIG, PART_PEFT_WEIGHTS, PART_HUB_WEIGHTS, PART_COUNT };
+static const char *const api_part_files[PART_COUNT] = {"adapter_config.json", "adapter_model.safetensors",
+                                                       "adapter.safetensors"};
+/* Extensions of pickled checkpoints (torch.save): refused, never parsed. */
+static const char *const api_pickle_ext[] = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"};
+
+#define API_PART_IGNORED (-1) /* README.md: read and dropped */
+
+typedef struct api_upload {
+    http_server *srv;
+    struct MHD_PostProcessor *pp;
+    char dir[PATH_MAX];  /* staging directory ("" = none yet) */
+    /* The part being received. */
+    bool in_part;
+    int part;            /* PART_* or API_PART_IGNORED */
+    int fd;              /* its staging file, -1 when ignored */
+    uint64_t part_bytes;
+    char part_key[128], part_file[256];
+    bool seen[PART_COUNT];
+    uint64_t part_size[PART_COUNT];
+    uint64_t received;   /* body bytes so far */
+    uint64_t discarded;  /* body bytes read after the first error */
+    /* The first error: status != 0. */
+    unsigned status;
+    const char *code;
+    char msg[512];
+} api_upload;
+
+static void upload_fail(api_upload *u, unsigned status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void upload_fail(api_upload *u, unsigned status, const char *code, const char *fmt, ...) {
+    if (u->status) return; /* the first error is the one reported */
+    u->status = status;
+    u->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(u->msg, sizeof u->msg, fmt, ap);
+    va_end(ap);
+}
+
+static void upload_close_part(api_upload *u) {
+    if (u->fd >= 0) {
+        if (close(u->fd) < 0)
+            upload_fail(u, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error", "writing the upload: %s", strerror(errno));
+        u->fd = -1;
+    }
+    if (u->in_part && u->part >= 0) u->part_size[u->part] = u->part_bytes;
+    u->in_part = false;
+}
+
+static void upload_free(api_upload *u) {
+    if (!u) return;
+    if (u->pp) MHD_destroy_post_processor(u->pp);
+    if (u->fd >= 0) close(u->fd);
+    if (u->dir[0]) adapter_service_rmdir(u->dir);
+    free(u);
+}
+
+static bool has_suffix(const char *s, const char *suf) {
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && strcasecmp(s + n - k, suf) == 0;
+}
+
+/* A client string for an error message: valid UTF-8 cut at a character, else a marker. */
+static int shown_len(const char *s, size_t max) {
+    return http_utf8_valid(s, strlen(s)) ? (int)http_utf8_prefix(s, max) : 0;
+}
+static const char *shown(const char *s) { return http_utf8_valid(s, strlen(s)) ? s : "(not UTF-8)"; }
+
+/* A new part starts: decide what it is and open its staging file. */
+static void upload_start_part(api_upload *u, const char *key, const char *filename) {
+    u->in_part = true;
+    u->part = API_PART_IGNORED;
+    u->fd = -1;
+    u->part_bytes = 0;
+    snprintf(u->part_key, sizeof u->part_key, "%s", key ? key : "");
+    snprintf(u->part_file, sizeof u->part_file, "%s", filename ? filename : "");
+    if (!filename || !filename[0]) {
+        upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload",
+                    "form field '%.*s' is not a file: send the adapter's files as file parts "
+                    "(curl -F a=@adapter_config.json -F b=@adapter_model.safetensors)",
+                    shown_len(u->part_key, 100), shown(u->part_key));
+        return;
+    }
+    /* Clients send base names; a path (some send one) counts by its last component. */
+    const char *base = filename;
+    for (const char *p = filename; *p; p++)
+        if (*p == '/' || *p == '\\') base = p + 1;
+    for (int i = 0; i < PART_COUNT; i++) {
+        if (strcmp(base, api_part_files[i]) != 0) continue;
+        if (u->seen[i]) {
+            upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload", "the upload has two %s parts", api_part_files[i]);
+            return;
+        }
+        char path[PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/%s", u->dir, api_part_files[i]);
+        u->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (u->fd < 0) {
+            int e = errno;
+            upload_fail(u, e == ENOSPC || e == EDQUOT ? MHD_HTTP_INSUFFICIENT_STORAGE : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                        e == ENOSPC || e == EDQUOT ? "insufficient_storage" : "internal_error",
+                        "cannot stage the upload: %s", strerror(e));
+            return;
+        }
+        u->seen[i] = true;
+        u->part = i;
+        return;
+    }
+    if (strcmp(base, "README.md") == 0) return; /* the model card: not needed to serve */
+    for (size_t i = 0; i < sizeof api_pickle_ext / sizeof api_pickle_ext[0]; i++)
+        if (has_suffix(base, api_pickle_ext[i])) {
+            upload_fail(u, MHD_HTTP_UNPROCESSABLE_CONTENT, "unsupported_format",
+                        "pickle weights are not accepted ('%.*s'): save the adapter with safetensors "
+                        "(save_pretrained(..., safe_serialization=True))",
+                        shown_len(base, 100), shown(base));
+            return;
+        }
+    upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload",
+                "unknown file '%.*s' in the upload: expected adapter_config.json with adapter_model.safetensors "
+                "(PEFT) or adapter.safetensors (AdapterHub)",
+                shown_len(base, 100), shown(base));
+}
+
+static void upload_write(api_upload *u, const char *data, size_t size) {
+    u->part_bytes += size;
+    while (u->fd >= 0 && size) {
+        ssize_t w = write(u->fd, data, size);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : EIO;
+            bool full = e == ENOSPC || e == EDQUOT;
+            upload_fail(u, full ? MHD_HTTP_INSUFFICIENT_STORAGE : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                        full ? "insufficient_storage" : "internal_error", "cannot stage the upload: %s", strerror(e));
+            return;
+        }
+        data += w;
+        size -= (size_t)w;
+    }
+}
+
+/* libmicrohttpd's iterator: called with consecutive pieces of each part's value. A part
+ * starts at offset 0; a zero-length call at offset 0 may precede the first bytes of the
+ * same part, so a part only counts as new when its key or file name differ or the
+ * current one already has bytes. */
+static enum MHD_Result upload_iter(void *cls, enum MHD_ValueKind kind, const char *key, const char *filename,
+                                   const char *content_type, const char *transfer_encoding, const char *data,
+                                   uint64_t off, size_t size) {
+    api_upload *u = cls;
+    if (u->status) return MHD_NO;
+    if (off == 0) {
+        bool same = u->in_part && u->part_bytes == 0 && strcmp(u->part_key, key ? key : "") == 0 &&
+                    strcmp(u->part_file, filename ? filename : "") == 0;
+        if (!same) {
+            upload_close_part(u);
+            upload_start_part(u, key, filename);
+        }
+    }
+    if (!u->status && size) upload_write(u, data, size);
+    return u->status ? MHD_NO : MHD_YES;
+}
+
+enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *conn) {
+    http_server *s = req->srv;
+    req->answered = true; /* until the upload is set up, every return below answers */
+    if (!s->svc) return api_adapters__no_store(req, conn);
+    const char *name = req->arg ? req->arg : "";
+    if (!registry_name_valid(name)) return api_adapters__bad_name(req, conn, name);
+
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ct || strncasecmp(ct, "multipart/form-data", 19) != 0)
+        return http_error(req, conn, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+                          "an adapter upload is multipart/form-data with the files save_pretrained writes "
+                          "(curl -T won't do: use curl -F a=@adapter_config.json -F b=@adapter_model.safetensors)");
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        errno = 0;
+        unsigned long long v = strtoull(cl, NULL, 10);
+        if (errno == ERANGE || v > s->cfg.max_upload_bytes)
+            return http_error(req, conn, MHD_HTTP_CONTENT_TOO_LARGE, "upload_too_large",
+                              "upload of %s bytes is over the limit of %llu bytes", cl,
+                              (unsigned long long)s->cfg.max_upload_bytes);
+    }
+
+    api_upload *u = calloc(1, sizeof *u);
+    if (!u) return api_adapters_fail(req, conn, PEFTD_ENOMEM, "receiving the upload", NULL);
+    u->srv = s;
+    u->fd = -1;
+    int rc = adapter_service_mkdtemp(s->svc, u->dir, sizeof u->dir);
+    if (rc < 0) {
+        u->dir[0] = '\0';
+        upload_free(u);
+        return api_adapters_fail(req, conn, rc, "cannot stage the upload", NULL);
+    }
+    u->pp = MHD_create_post_processor(conn, API_UPLOAD_PP_BUFFER, upload_iter, u);
+    if (!u->pp) {
+        upload_free(u);
+        return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_upload",
+                          "cannot parse this multipart/form-data body (missing boundary?)");
+    }
+    req->upload = u;
+    req->answered = false;
+    return MHD_YES;
+}
+
+enum MHD_Result api_adapters_put_data(http_req *req, const char *data, size_t n) {
+    api_upload *u = req->upload;
+    u->received += n;
+    if (!u->status && u->received > u->srv->cfg.max_upload_bytes)
+        upload_fail(u, MHD_HTTP_CONTENT_TOO_LARGE, "upload_too_large", "upload is over the limit of %llu bytes",
+                    (unsigned long long)u->srv->cfg.max_upload_bytes);
+    if (!u->status && MHD_post_process(u->pp, data, n) != MHD_YES)
+        upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload", "malformed multipart/form-data body");
+    if (u->status) {
+        /* Stop staging: drop the parser and the files now, keep only the answer. */
+        if (u->pp) {
+            MHD_destroy_post_processor(u->pp);
+            u->pp = NULL;
+        }
+        if (u->fd >= 0) {
+            close(u->fd);
+            u->fd = -1;
+        }
+        u->discarded += n;
+        if (u->discarded > API_UPLOAD_DRAIN_MAX) {
+            LOGD("http: upload: closing after %llu discarded bytes (%s)", (unsigned long long)u->discarded, u->msg);
+            return MHD_NO;
+        }
+    }
+    return MHD_YES;
+}
+
+enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *conn) {
+    http_server *s = req->srv;
+    api_upload *u = req->upload;
+    if (!u) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "no upload in progress");
+    if (!u->status) {
+        enum MHD_Result ok = MHD_destroy_post_processor(u->pp);
+        u->pp = NULL;
+        upload_close_part(u);
+        if (ok != MHD_YES)
+            upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload",
+                        "malformed multipart/form-data body (truncated, or no closing boundary)");
+    }
+    if (!u->status && !u->seen[PART_CONFIG])
+        upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload",
+                    "the upload has no adapter_config.json part (or it was empty)");
+    if (!u->status && u->seen[PART_PEFT_WEIGHTS] && u->seen[PART_HUB_WEIGHTS])
+        upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload",
+                    "the upload has both adapter_model.safetensors (PEFT) and adapter.safetensors "
+                    "(AdapterHub): send one");
+    if (!u->status && !u->seen[PART_PEFT_WEIGHTS] && !u->seen[PART_HUB_WEIGHTS])
+        upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload",
+                    "the upload has no weights part: adapter_model.safetensors (PEFT) or adapter.safetensors "
+                    "(AdapterHub)");
+    enum MHD_Result ret;
+    if (u->status) {
+        ret = http_error(req, conn, u->status, u->code, "%s", u->msg);
+    } else {
+        astore_meta meta;
+        char err[512] = "";
+        memset(&meta, 0, sizeof meta);
+        int rc = adapter_service_import_dir(s->svc, req->arg, "", u->dir, &meta, err, sizeof err);
+        if (rc < 0) {
+            ret = api_adapters_fail(req, conn, rc, "adapter rejected", err);
+        } else {
+            cJSON *o = api_adapter_meta_json(&meta);
+            ret = http_respond_json(req, conn, meta.version <= 1 ? MHD_HTTP_CREATED : MHD_HTTP_OK, o);
+        }
+    }
+    upload_free(u);
+    req->upload = NULL;
+    return ret;
+}
+
+void api_adapters_closed(http_req *req) {
+    upload_free(req->upload);
+    req->upload = NULL;
+}
