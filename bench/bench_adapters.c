@@ -75,6 +75,7 @@ static const char *const prof_name[P_COUNT] = {"matmul", "lm_head", "sgmv_shrink
 /* Written by the engine thread only (ops and notify callbacks both run there); read by
  * the main thread after a request's finish, which the request's mutex orders. */
 static double g_prof[P_COUNT];
+static uint64_t g_shrink_calls; /* proves the adapters are applied at all */
 static const kbackend_ops *g_inner;
 static int64_t g_vocab;
 static kbackend_ops g_prof_ops;
@@ -110,6 +111,7 @@ static int w_swiglu(kbackend *kb, const float *g, const float *u, int n, int dim
 }
 static int w_add(kbackend *kb, float *y, const float *x, int64_t n) { TIMED(P_OTHER, g_inner->add(kb, y, x, n)); }
 static int w_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t) {
+    g_shrink_calls++;
     TIMED(P_SHRINK, g_inner->sgmv_shrink(kb, x, in_dim, s, t, ld_t));
 }
 static int w_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y) {
@@ -148,11 +150,13 @@ static void prof_uninstall(kbackend *kb) {
  * seconds; their difference over a window is what other processes ran meanwhile. */
 typedef struct {
     double prof[P_COUNT]; /* op seconds */
+    uint64_t shrink_calls;
     double busy_s, own_s;
 } snap;
 
 static void snap_take(snap *sn) {
     memcpy(sn->prof, g_prof, sizeof g_prof);
+    sn->shrink_calls = g_shrink_calls;
     sn->busy_s = sn->own_s = 0;
     FILE *f = fopen("/proc/stat", "r");
     if (f) {
@@ -284,6 +288,14 @@ static int run_once(const bench *B, adapter *const *ads, int S, int N, int promp
             fprintf(stderr, "bench_adapters: %s: request %d: %d notifications for %d tokens\n", what, i, tr[i].n, N);
             goto out;
         }
+    /* A LoRA step runs SGMV for every adapted (layer, module); none at all means the
+     * adapters were silently dropped (e.g. a library built from mismatched headers) and
+     * the figures would be the base model's. */
+    if ((ads != NULL) != (end.shrink_calls > open.shrink_calls)) {
+        fprintf(stderr, "bench_adapters: %s: %llu SGMV calls in the decode steps: adapters %s\n", what,
+                (unsigned long long)(end.shrink_calls - open.shrink_calls), ads ? "NOT applied" : "applied to base?");
+        goto out;
+    }
     /* step k ends at the first notification of its sampling loop */
     double prev = 0;
     for (int k = 0; k < N; k++) {
@@ -378,6 +390,7 @@ typedef struct {
     double ca_target; /* 0 = none */
     adapter *ads[MAX_ADAPTERS];
     int n_ads;
+    int seqs; /* concurrent sequences in a-c */
     result r[SC_COUNT][MAX_ROUNDS]; /* per scenario and round */
     int best[SC_COUNT];              /* round with the highest tok/s */
 } shape;
@@ -475,6 +488,8 @@ static void print_result(FILE *f, const char *key, const result *r, const char *
     fprintf(f, "}}%s\n", tail);
 }
 
+static double p10_tok_s(const result *r, int seqs) { return 1e3 * seqs / r->step_ms_p10; }
+
 /* Per round: every scenario's tok/s, the round's own ratios and how busy the rest of
  * the machine was. */
 static void print_rounds(FILE *f, const shape *h, int rounds) {
@@ -483,6 +498,11 @@ static void print_rounds(FILE *f, const shape *h, int rounds) {
         const result *x = h->r[SC_A] + r, *c = h->r[SC_C] + r;
         fprintf(f, "        {");
         for (int k = 0; k < SC_COUNT; k++) fprintf(f, "\"%s\": %.2f, ", sc_name[k], h->r[k][r].tok_s);
+        /* the same at each scenario's 10th-percentile step: less sensitive to disturbances */
+        fprintf(f, "\"p10\": {");
+        for (int k = 0; k < SC_COUNT; k++)
+            fprintf(f, "\"%s\": %.2f%s", sc_name[k], p10_tok_s(h->r[k] + r, k == SC_D ? 1 : h->seqs),
+                    k + 1 < SC_COUNT ? ", " : "}, ");
         double others = 0;
         for (int k = 0; k < SC_COUNT; k++) others += h->r[k][r].others_cpu / SC_COUNT;
         fprintf(f, "\"c_over_a\": %.4f, \"c_over_d\": %.4f, \"others_cpu\": %.3f}%s\n", c->tok_s / x->tok_s,
@@ -651,6 +671,7 @@ int main(int argc, char **argv) {
     for (int r = 0; r < rounds; r++)
         for (int s = 0; s < n_sh; s++) {
             shape *h = &sh[s];
+            h->seqs = B.seqs;
             for (int i = 0; i < B.seqs; i++) same[i] = h->ads[0];
             if (run_batch(&B, NULL, "a", &h->r[SC_A][r]) < 0 || run_batch(&B, same, "b", &h->r[SC_B][r]) < 0 ||
                 run_batch(&B, h->ads, "c", &h->r[SC_C][r]) < 0 || run_serial(&B, h->ads, B.seqs, &h->r[SC_D][r]) < 0) {
@@ -661,6 +682,11 @@ int main(int argc, char **argv) {
                     r + 1, h->name, h->r[SC_A][r].tok_s, h->r[SC_B][r].tok_s, h->r[SC_C][r].tok_s, h->r[SC_D][r].tok_s,
                     h->r[SC_C][r].tok_s / h->r[SC_A][r].tok_s, h->r[SC_C][r].tok_s / h->r[SC_D][r].tok_s,
                     100 * h->r[SC_C][r].others_cpu);
+            fprintf(stderr, "          p10 steps: a %6.1f  b %6.1f  c %6.1f  d %6.1f tok/s  c/a %.3f c/d %.2f\n",
+                    p10_tok_s(&h->r[SC_A][r], B.seqs), p10_tok_s(&h->r[SC_B][r], B.seqs),
+                    p10_tok_s(&h->r[SC_C][r], B.seqs), p10_tok_s(&h->r[SC_D][r], 1),
+                    h->r[SC_A][r].step_ms_p10 / h->r[SC_C][r].step_ms_p10,
+                    B.seqs * h->r[SC_D][r].step_ms_p10 / h->r[SC_C][r].step_ms_p10);
             for (int k = 0; k < SC_COUNT; k++)
                 if (h->r[k][r].tok_s > h->r[k][h->best[k]].tok_s) h->best[k] = r;
         }
