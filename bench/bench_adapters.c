@@ -593,13 +593,13 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench_adapters --model DIR --shape NAME:ADAPTERS_DIR[:CA_TARGET] [--shape ...]\n"
             "       [--seqs 32] [--prompt 8] [--tokens 64] [--tokens-d 16] [--rounds 3] [--threads 0]\n"
-            "       [--cd-target 4] [--out FILE]\n");
+            "       [--cd-target 4] [--out FILE] [--only a|b|c|d (one scenario, no JSON: for perf)]\n");
 }
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *out_path = NULL;
     shape *sh = calloc(MAX_SHAPES, sizeof *sh);
-    int n_sh = 0, rounds = 3, threads = 0;
+    int n_sh = 0, rounds = 3, threads = 0, only = -1;
     double cd_target = 4.0;
     bench B = {.seqs = 32, .prompt = 8, .tokens = 64, .tokens_d = 16};
     if (!sh) return 1;
@@ -619,6 +619,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--rounds")) rounds = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--cd-target")) cd_target = atof(v);
+        else if (!strcmp(a, "--only") && v[0] >= 'a' && v[0] <= 'd' && !v[1]) only = v[0] - 'a';
         else if (!strcmp(a, "--shape") && n_sh < MAX_SHAPES) {
             shape *h = &sh[n_sh++];
             const char *c1 = strchr(v, ':');
@@ -668,6 +669,28 @@ int main(int argc, char **argv) {
     prof_install(B.kb, B.m->cfg.vocab_size);
     adapter **same = malloc((size_t)B.seqs * sizeof *same);
     if (!same) goto out;
+    if (only >= 0) { /* profiling aid (perf record): one scenario, its op split, no JSON */
+        for (int r = 0; r < rounds; r++)
+            for (int s = 0; s < n_sh; s++) {
+                shape *h = &sh[s];
+                for (int i = 0; i < B.seqs; i++) same[i] = h->ads[0];
+                result *x = &h->r[only][r];
+                int st = only == SC_D   ? run_serial(&B, h->ads, B.seqs, x)
+                         : only == SC_A ? run_batch(&B, NULL, "a", x)
+                                        : run_batch(&B, only == SC_B ? same : h->ads, sc_name[only], x);
+                if (st < 0) {
+                    free(same);
+                    goto out;
+                }
+                fprintf(stderr, "  %s %s: %.1f tok/s; ms/step:", h->name, sc_name[only], x->tok_s);
+                for (int c = 0; c <= P_COUNT; c++)
+                    fprintf(stderr, " %s %.2f", c < P_COUNT ? prof_name[c] : "outside_ops", x->prof_ms[c]);
+                fprintf(stderr, "\n");
+            }
+        free(same);
+        rc = 0;
+        goto out;
+    }
     for (int r = 0; r < rounds; r++)
         for (int s = 0; s < n_sh; s++) {
             shape *h = &sh[s];
