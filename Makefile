@@ -13,6 +13,11 @@ PKGS    := libmicrohttpd libcjson libuv lmdb openblas libpcre2-8 libutf8proc lib
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# The client (peftctl) alone uses libcurl: kept apart so the daemon does not link it and
+# a missing libcurl breaks only the client's build.
+CLI_PKGS   := libcurl libcjson
+CLI_CFLAGS := $(shell pkg-config --cflags $(CLI_PKGS) 2>/dev/null)
+CLI_LIBS   := $(shell pkg-config --libs $(CLI_PKGS) 2>/dev/null)
 
 OPT     ?= -O2
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -march=native -fno-strict-aliasing \
@@ -27,6 +32,9 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HARNESS  := $(BUILD)/tests/harness.o
+# The command line client: its own binary, not part of the daemon library.
+PEFTCTL_SRC := $(wildcard clients/peftctl/*.c)
+PEFTCTL_OBJ := $(PEFTCTL_SRC:%.c=$(BUILD)/%.o)
 
 # CUDA backend: compiled whenever nvcc exists and there are .cu sources.
 NVCC     := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -46,7 +54,7 @@ endif
 .PHONY: all deps run test unit integration asan bench clean fmt-check
 .DEFAULT_GOAL := all
 
-all: $(BUILD)/peftd $(BUILD)/libpeftd.a
+all: $(BUILD)/peftd $(BUILD)/libpeftd.a $(BUILD)/peftctl
 	@echo "peftd: $(BUILD_KIND)"
 
 deps:
@@ -59,6 +67,10 @@ $(BUILD)/libpeftd.a: $(LIB_OBJ) $(CU_OBJ)
 
 $(BUILD)/peftd: $(BUILD)/server/main.o $(BUILD)/libpeftd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(PEFTCTL_OBJ): CFLAGS += $(CLI_CFLAGS)
+$(BUILD)/peftctl: $(PEFTCTL_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
