@@ -1,0 +1,777 @@
+/* adapter_store/adapter_blob.c — one loaded adapter <-> one self-contained blob (format in
+ * adapter_blob.h): the safetensors writer for it, and the hostile-input reader that
+ * rebuilds the adapter in one backend block.
+ *
+ * Tensor names (l = layer, m = adapter_module_name, all in the adapter's loaded dtypes):
+ *   lora.<l>.<m>.a  [rank, in]   lora.<l>.<m>.b  [out, rank]   lora.<l>.<m>.dora  [out] F32
+ *   ia3.<l>.<m>     [out] or [in] F32 (side in ia3_input)
+ *   prompt          [n_virtual, hidden]
+ *   prefix.<l>.k / prefix.<l>.v   [n_virtual, n_kv_heads * head_dim] F32
+ *   bn_attn.<l>.down [size, hidden]  .down_bias [size] F32  .up [hidden, size]  .up_bias [hidden] F32
+ *   (bn_ffn.<l>.* likewise)
+ *   lm_head, embed  [vocab, hidden]
+ * __metadata__["peftd"] is a JSON object: format, kind, source, sha256, n_params, bytes,
+ * n_layers, max_rank, ranks, n_virtual, the base dims it was built for, per-module LoRA
+ * rank / scale / DoRA flag, IA3 sides, per-module bottleneck settings.
+ *
+ * Reading trusts nothing: st_parse checks the container; here every tensor must be the one
+ * the metadata implies, with the exact shape the base gives, an allowed dtype and finite
+ * values; every scalar is range-checked; tensors nobody claims are refused. Floats go
+ * through JSON as doubles, which cJSON prints with enough digits to round-trip exactly.
+ */
+#include "adapter_store/adapter_blob.h"
+
+#include <cJSON.h>
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapter_store/adapter_internal.h"
+#include "adapter_store/safetensors.h"
+
+/* Tensors start on 64-byte boundaries inside the adapter's backend block, as adapter.c
+ * lays them out (cache line / AVX-512 loads). */
+#define BLOB_ALIGN 64
+
+/* adapter.c's private storage record, which adapter_free() releases: a blob-built adapter
+ * must be freed the same way as an imported one. The layout must stay identical to the
+ * definition in adapter.c (one backend block). */
+struct adapter_storage {
+    void *block;
+};
+
+
+/* The base dims a blob's shapes depend on; -1 = unknown (writing without a base). */
+typedef struct {
+    int hidden, intermediate, n_layers, q_dim, kv_dim, vocab;
+} bdims;
+
+static const char *const DIM_KEYS[6] = {"hidden", "intermediate", "n_layers", "q_dim", "kv_dim", "vocab"};
+
+static int *dim_at(bdims *d, int i) {
+    int *p[6] = {&d->hidden, &d->intermediate, &d->n_layers, &d->q_dim, &d->kv_dim, &d->vocab};
+    return p[i];
+}
+
+static bdims dims_of_base(const adapter_base *b) {
+    return (bdims){b->hidden, b->intermediate, b->n_layers, b->n_heads * b->head_dim, b->n_kv_heads * b->head_dim,
+                   b->vocab};
+}
+
+/* [out, in] of module m, -1 where a dim is unknown. */
+static void module_dims(const bdims *d, adapter_module m, int *out, int *in) {
+    switch (m) {
+    case AMOD_Q: *out = d->q_dim, *in = d->hidden; break;
+    case AMOD_K:
+    case AMOD_V: *out = d->kv_dim, *in = d->hidden; break;
+    case AMOD_O: *out = d->hidden, *in = d->q_dim; break;
+    case AMOD_GATE:
+    case AMOD_UP: *out = d->intermediate, *in = d->hidden; break;
+    default: *out = d->hidden, *in = d->intermediate; break;
+    }
+}
+
+static void learn(int *dst, int64_t v) {
+    if (*dst < 0 && v > 0 && v <= INT32_MAX) *dst = (int)v;
+}
+
+/* Without a base, the dims follow from the adapter's own tensors where any shows them. */
+static bdims dims_of_adapter(const adapter *a) {
+    bdims d = {-1, -1, a->n_layers, -1, -1, -1};
+    int n = a->n_layers * AMOD_COUNT;
+    for (int i = 0; a->kind == ADAPTER_LORA && a->lora && i < n; i++) {
+        const adapter_lora *l = &a->lora[i];
+        if (!l->rank) continue;
+        int *o, *in;
+        switch ((adapter_module)(i % AMOD_COUNT)) {
+        case AMOD_Q: o = &d.q_dim, in = &d.hidden; break;
+        case AMOD_K:
+        case AMOD_V: o = &d.kv_dim, in = &d.hidden; break;
+        case AMOD_O: o = &d.hidden, in = &d.q_dim; break;
+        case AMOD_GATE:
+        case AMOD_UP: o = &d.intermediate, in = &d.hidden; break;
+        default: o = &d.hidden, in = &d.intermediate; break;
+        }
+        learn(o, l->b.rows);
+        learn(in, l->a.cols);
+    }
+    if (a->lm_head.data) learn(&d.hidden, a->lm_head.cols), learn(&d.vocab, a->lm_head.rows);
+    if (a->embed.data) learn(&d.hidden, a->embed.cols), learn(&d.vocab, a->embed.rows);
+    if (a->kind == ADAPTER_PROMPT_TUNING && a->prompt.data) learn(&d.hidden, a->prompt.cols);
+    for (int l = 0; a->kind == ADAPTER_BOTTLENECK && a->bn_attn && a->bn_ffn && l < a->n_layers; l++) {
+        if (a->bn_attn[l].size) learn(&d.hidden, a->bn_attn[l].down.cols);
+        if (a->bn_ffn[l].size) learn(&d.hidden, a->bn_ffn[l].down.cols);
+    }
+    /* prefix tuning's only tensor was prompt_embeddings [n_virtual, 2 * L * kv], all of
+     * it counted in n_params */
+    if (a->kind == ADAPTER_PREFIX_TUNING && a->n_virtual > 0 && a->n_layers > 0) {
+        int64_t per = (int64_t)2 * a->n_layers * a->n_virtual;
+        if (a->n_params > 0 && a->n_params % per == 0) learn(&d.kv_dim, a->n_params / per);
+    }
+    return d;
+}
+
+/* ================================================================ writing */
+
+typedef struct {
+    char name[48];
+    kdtype dtype;
+    int ndim;
+    int64_t d0, d1;  /* d1 = 1 for vectors */
+    const void *src; /* backend memory */
+    size_t bytes;
+} wtensor;
+
+typedef struct {
+    wtensor *t;
+    size_t n, cap;
+} wlist;
+
+static int wl_add(wlist *w, const char *name, kdtype dt, int ndim, int64_t d0, int64_t d1, const void *src) {
+    if (d0 < 0 || d1 < 0) return PEFTD_EINVAL; /* a dim only the base knows */
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 64;
+        wtensor *t = realloc(w->t, cap * sizeof *t);
+        if (!t) return PEFTD_ENOMEM;
+        w->t = t;
+        w->cap = cap;
+    }
+    wtensor *t = &w->t[w->n++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->d0 = d0;
+    t->d1 = ndim == 2 ? d1 : 1;
+    t->src = src;
+    t->bytes = (size_t)(t->d0 * t->d1) * kdtype_size(dt);
+    return 0;
+}
+
+static int wl_mat(wlist *w, const char *name, const kmat *m) {
+    return wl_add(w, name, m->dtype, 2, m->rows, m->cols, m->data);
+}
+
+/* cJSON's Add* return NULL on allocation failure. */
+static bool add_num(cJSON *o, const char *k, double v) { return cJSON_AddNumberToObject(o, k, v) != NULL; }
+static bool add_bool(cJSON *o, const char *k, bool v) { return cJSON_AddBoolToObject(o, k, v) != NULL; }
+
+static bool add_item(cJSON *arr, cJSON *it) {
+    if (it && cJSON_AddItemToArray(arr, it)) return true;
+    cJSON_Delete(it);
+    return false;
+}
+
+static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
+    char nm[48];
+    int rc;
+    cJSON *arr = cJSON_AddArrayToObject(meta, "lora");
+    if (!arr) return PEFTD_ENOMEM;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        const adapter_lora *l = &a->lora[i];
+        if (!l->rank) continue;
+        int layer = i / AMOD_COUNT;
+        const char *mn = adapter_module_name((adapter_module)(i % AMOD_COUNT));
+        cJSON *o = cJSON_CreateObject();
+        if (!add_item(arr, o) || !add_num(o, "layer", layer) || !cJSON_AddStringToObject(o, "module", mn) ||
+            !add_num(o, "rank", l->rank) || !add_num(o, "scale", l->scale) || !add_bool(o, "dora", l->dora))
+            return PEFTD_ENOMEM;
+        snprintf(nm, sizeof nm, "lora.%d.%s.a", layer, mn);
+        if ((rc = wl_mat(w, nm, &l->a))) return rc;
+        snprintf(nm, sizeof nm, "lora.%d.%s.b", layer, mn);
+        if ((rc = wl_mat(w, nm, &l->b))) return rc;
+        snprintf(nm, sizeof nm, "lora.%d.%s.dora", layer, mn);
+        if (l->dora && (rc = wl_add(w, nm, KDT_F32, 1, l->b.rows, 1, l->dora))) return rc;
+    }
+    return 0;
+}
+
+static int collect_ia3(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
+    char nm[48];
+    int rc;
+    cJSON *arr = cJSON_AddArrayToObject(meta, "ia3_input");
+    if (!arr) return PEFTD_ENOMEM;
+    for (int m = 0; m < AMOD_COUNT; m++)
+        if (!add_item(arr, cJSON_CreateBool(a->ia3_input[m]))) return PEFTD_ENOMEM;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        if (!a->ia3[i]) continue;
+        adapter_module m = (adapter_module)(i % AMOD_COUNT);
+        int o, in;
+        module_dims(d, m, &o, &in);
+        snprintf(nm, sizeof nm, "ia3.%d.%s", i / AMOD_COUNT, adapter_module_name(m));
+        if ((rc = wl_add(w, nm, KDT_F32, 1, a->ia3_input[m] ? in : o, 1, a->ia3[i]))) return rc;
+    }
+    return 0;
+}
+
+static int collect_bn(const adapter *a, wlist *w, cJSON *meta) {
+    char nm[48];
+    int rc;
+    cJSON *arr = cJSON_AddArrayToObject(meta, "bottleneck");
+    if (!arr) return PEFTD_ENOMEM;
+    for (int l = 0; l < a->n_layers; l++) {
+        for (int p = 0; p < 2; p++) {
+            const adapter_bottleneck *B = p ? &a->bn_ffn[l] : &a->bn_attn[l];
+            const char *pl = p ? "bn_ffn" : "bn_attn";
+            if (!B->size) continue;
+            cJSON *o = cJSON_CreateObject();
+            if (!add_item(arr, o) || !cJSON_AddStringToObject(o, "place", pl) || !add_num(o, "layer", l) ||
+                !add_num(o, "size", B->size) || !add_num(o, "act", B->act) || !add_num(o, "scaling", B->scaling) ||
+                !add_bool(o, "residual_before_ln", B->residual_before_ln) ||
+                !add_bool(o, "original_ln_before", B->original_ln_before) ||
+                !add_bool(o, "original_ln_after", B->original_ln_after) || !add_bool(o, "down_bias", B->down_bias) ||
+                !add_bool(o, "up_bias", B->up_bias))
+                return PEFTD_ENOMEM;
+            snprintf(nm, sizeof nm, "%s.%d.down", pl, l);
+            if ((rc = wl_mat(w, nm, &B->down))) return rc;
+            snprintf(nm, sizeof nm, "%s.%d.down_bias", pl, l);
+            if (B->down_bias && (rc = wl_add(w, nm, KDT_F32, 1, B->size, 1, B->down_bias))) return rc;
+            snprintf(nm, sizeof nm, "%s.%d.up", pl, l);
+            if ((rc = wl_mat(w, nm, &B->up))) return rc;
+            snprintf(nm, sizeof nm, "%s.%d.up_bias", pl, l);
+            if (B->up_bias && (rc = wl_add(w, nm, KDT_F32, 1, B->up.rows, 1, B->up_bias))) return rc;
+        }
+    }
+    return 0;
+}
+
+/* Builds the tensor list and the "peftd" metadata object of a. */
+static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
+    char nm[48];
+    int rc;
+    cJSON *ranks, *base;
+    if (!add_num(meta, "format", ADAPTER_BLOB_FORMAT) ||
+        !cJSON_AddStringToObject(meta, "kind", adapter_kind_name(a->kind)) ||
+        !cJSON_AddStringToObject(meta, "source", a->source) || !cJSON_AddStringToObject(meta, "sha256", a->sha256) ||
+        !add_num(meta, "n_params", (double)a->n_params) || !add_num(meta, "bytes", (double)a->bytes) ||
+        !add_num(meta, "n_layers", a->n_layers) || !add_num(meta, "max_rank", a->max_rank) ||
+        !add_num(meta, "n_virtual", a->n_virtual) || !(ranks = cJSON_AddArrayToObject(meta, "ranks")) ||
+        !(base = cJSON_AddObjectToObject(meta, "base")))
+        return PEFTD_ENOMEM;
+    for (int i = 0; i < a->n_ranks && i < 8; i++)
+        if (!add_item(ranks, cJSON_CreateNumber(a->ranks[i]))) return PEFTD_ENOMEM;
+    for (int i = 0; i < 6; i++)
+        if (!add_num(base, DIM_KEYS[i], *dim_at((bdims *)d, i))) return PEFTD_ENOMEM;
+
+    if (a->kind == ADAPTER_LORA && a->lora && (rc = collect_lora(a, w, meta))) return rc;
+    if (a->kind == ADAPTER_IA3 && a->ia3 && (rc = collect_ia3(a, d, w, meta))) return rc;
+    if (a->kind == ADAPTER_PROMPT_TUNING && a->prompt.data && (rc = wl_mat(w, "prompt", &a->prompt))) return rc;
+    if (a->kind == ADAPTER_PREFIX_TUNING && a->prefix_k && a->prefix_v) {
+        for (int l = 0; l < a->n_layers; l++) {
+            snprintf(nm, sizeof nm, "prefix.%d.k", l);
+            if (a->prefix_k[l] && (rc = wl_add(w, nm, KDT_F32, 2, a->n_virtual, d->kv_dim, a->prefix_k[l]))) return rc;
+            snprintf(nm, sizeof nm, "prefix.%d.v", l);
+            if (a->prefix_v[l] && (rc = wl_add(w, nm, KDT_F32, 2, a->n_virtual, d->kv_dim, a->prefix_v[l]))) return rc;
+        }
+    }
+    if (a->kind == ADAPTER_BOTTLENECK && a->bn_attn && a->bn_ffn && (rc = collect_bn(a, w, meta))) return rc;
+    if (a->lm_head.data && (rc = wl_mat(w, "lm_head", &a->lm_head))) return rc;
+    if (a->embed.data && (rc = wl_mat(w, "embed", &a->embed))) return rc;
+    return 0;
+}
+
+static const char *st_dt(kdtype t) { return t == KDT_F32 ? "F32" : t == KDT_F16 ? "F16" : "BF16"; }
+
+/* The safetensors header: __metadata__ first, then the tensors in data order. */
+static char *header_json(const wlist *w, const cJSON *meta) {
+    char *out = NULL, *ms = cJSON_PrintUnformatted(meta);
+    cJSON *h = cJSON_CreateObject(), *md;
+    uint64_t off = 0;
+    if (!ms || !h || !(md = cJSON_AddObjectToObject(h, "__metadata__")) || !cJSON_AddStringToObject(md, "peftd", ms))
+        goto fail;
+    for (size_t i = 0; i < w->n; i++) {
+        const wtensor *t = &w->t[i];
+        cJSON *o = cJSON_AddObjectToObject(h, t->name), *sh, *of;
+        if (!o || !cJSON_AddStringToObject(o, "dtype", st_dt(t->dtype)) || !(sh = cJSON_AddArrayToObject(o, "shape")) ||
+            !add_item(sh, cJSON_CreateNumber((double)t->d0)) ||
+            (t->ndim == 2 && !add_item(sh, cJSON_CreateNumber((double)t->d1))) ||
+            !(of = cJSON_AddArrayToObject(o, "data_offsets")) || !add_item(of, cJSON_CreateNumber((double)off)) ||
+            !add_item(of, cJSON_CreateNumber((double)(off + t->bytes))))
+            goto fail;
+        off += t->bytes;
+    }
+    out = cJSON_PrintUnformatted(h);
+fail:
+    cJSON_Delete(h);
+    free(ms);
+    return out;
+}
+
+int adapter_blob_write_base(const adapter *a, const adapter_base *base, void **blob, size_t *len) {
+    wlist w = {0};
+    cJSON *meta = NULL;
+    char *hdr = NULL;
+    unsigned char *buf = NULL;
+    int rc;
+    if (blob) *blob = NULL;
+    if (len) *len = 0;
+    if (!a || !blob || !len || !a->kb || a->n_layers <= 0) return PEFTD_EINVAL;
+    if (base && base->n_layers != a->n_layers) return PEFTD_EINVAL;
+    bdims d = base ? dims_of_base(base) : dims_of_adapter(a);
+    if (!(meta = cJSON_CreateObject())) {
+        rc = PEFTD_ENOMEM;
+        goto fail;
+    }
+    if ((rc = collect(a, &d, &w, meta))) goto fail;
+    if (!(hdr = header_json(&w, meta))) {
+        rc = PEFTD_ENOMEM;
+        goto fail;
+    }
+    /* the header is padded with spaces to 8 bytes, as the safetensors writer does */
+    size_t hl = strlen(hdr), hpad = (hl + 7) / 8 * 8, data = 0;
+    for (size_t i = 0; i < w.n; i++) data += w.t[i].bytes;
+    size_t total = 8 + hpad + data;
+    if (!(buf = malloc(total))) {
+        rc = PEFTD_ENOMEM;
+        goto fail;
+    }
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hpad >> (8 * i));
+    memcpy(buf + 8, hdr, hl);
+    memset(buf + 8 + hl, ' ', hpad - hl);
+    size_t off = 8 + hpad;
+    for (size_t i = 0; i < w.n; i++) {
+        if (w.t[i].bytes && (rc = a->kb->ops->download(a->kb, buf + off, w.t[i].src, w.t[i].bytes))) goto fail;
+        off += w.t[i].bytes;
+    }
+    if ((rc = a->kb->ops->synchronize(a->kb))) goto fail;
+    *blob = buf;
+    *len = total;
+    buf = NULL;
+fail:
+    free(buf);
+    free(hdr);
+    cJSON_Delete(meta);
+    free(w.t);
+    return rc;
+}
+
+int adapter_blob_write(const adapter *a, void **blob, size_t *len) { return adapter_blob_write_base(a, NULL, blob, len); }
+
+/* ================================================================ reading */
+
+typedef struct {
+    const st_tensor *t;
+    kmat *mat;         /* gets .data */
+    const float **vec; /* or this */
+} ritem;
+
+typedef struct {
+    st_file *st;
+    bool *used;
+    const adapter_base *base;
+    bdims d;
+    adapter *a;
+    ritem *items;
+    size_t n, cap;
+    int mat_dtype[2]; /* one dtype for every LoRA A/B (0) / bottleneck down/up (1); -1 unset */
+    char *err;
+    size_t errlen;
+} rctx;
+
+static int rfail(rctx *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int rfail(rctx *c, int status, const char *fmt, ...) {
+    if (c->err && c->errlen) {
+        int n = snprintf(c->err, c->errlen, "adapter blob: ");
+        va_list ap;
+        va_start(ap, fmt);
+        if (n > 0 && (size_t)n < c->errlen) vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+/* NaN/Inf are all-ones exponents; testing the bits avoids converting every element. */
+static bool all_finite(const void *data, kdtype dt, size_t n, size_t *bad) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        bool inf_nan;
+        if (dt == KDT_F32) {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            inf_nan = (u & 0x7f800000u) == 0x7f800000u;
+        } else {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            inf_nan = dt == KDT_F16 ? (h & 0x7c00u) == 0x7c00u : (h & 0x7f80u) == 0x7f80u;
+        }
+        if (inf_nan) {
+            *bad = i;
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Claims tensor name: exact shape (ndim 1: [d0]; 2: [d0, d1]), dtype F32 for vectors,
+ * F32/F16/BF16 for matrices (group >= 0: the same for every matrix of that group),
+ * finite values; queued for upload into *mat or *vec. */
+static int claim(rctx *c, const char *name, int ndim, int64_t d0, int64_t d1, int group, kmat *mat,
+                 const float **vec) {
+    const st_tensor *t = st_find(c->st, name);
+    if (!t) return rfail(c, PEFTD_EFORMAT, "tensor '%s' is missing", name);
+    c->used[st_index(c->st, t)] = true;
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
+        return rfail(c, PEFTD_EINVAL, "tensor '%s' does not fit base %s (expected [%lld%s%lld%s])", name,
+                     c->base->name, (long long)d0, ndim == 2 ? ", " : "", ndim == 2 ? (long long)d1 : 0LL,
+                     ndim == 2 ? "" : " (1-D)");
+    kdtype kd;
+    if (!st_dtype_to_kdtype(t->dtype, &kd) || (vec && kd != KDT_F32))
+        return rfail(c, PEFTD_EFORMAT, "tensor '%s' has dtype %s", name, st_dtype_name(t->dtype));
+    if (group >= 0) {
+        if (c->mat_dtype[group] >= 0 && c->mat_dtype[group] != (int)kd)
+            return rfail(c, PEFTD_EFORMAT, "tensor '%s' has dtype %s, unlike the adapter's other matrices", name,
+                         st_dtype_name(t->dtype));
+        c->mat_dtype[group] = (int)kd;
+    }
+    size_t bad;
+    if (!all_finite(t->data, kd, (size_t)t->numel, &bad))
+        return rfail(c, PEFTD_EINVAL, "tensor '%s' holds a non-finite value at element %zu", name, bad);
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        ritem *it = realloc(c->items, cap * sizeof *it);
+        if (!it) return rfail(c, PEFTD_ENOMEM, "out of memory");
+        c->items = it;
+        c->cap = cap;
+    }
+    c->items[c->n++] = (ritem){.t = t, .mat = mat, .vec = vec};
+    if (mat) *mat = (kmat){.data = NULL, .dtype = kd, .rows = ndim == 2 ? d0 : 1, .cols = ndim == 2 ? d1 : d0};
+    return 0;
+}
+
+/* ---- typed metadata fields (absent or wrong type -> PEFTD_EFORMAT naming the field) */
+
+static int jint(rctx *c, const cJSON *o, const char *k, double lo, double hi, int64_t *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi)
+        return rfail(c, PEFTD_EFORMAT, "metadata field '%s' is missing or out of range", k);
+    *out = (int64_t)v->valuedouble;
+    return 0;
+}
+
+static int jfloat(rctx *c, const cJSON *o, const char *k, float *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > FLT_MAX)
+        return rfail(c, PEFTD_EFORMAT, "metadata field '%s' is missing or not a finite float", k);
+    *out = (float)v->valuedouble;
+    return 0;
+}
+
+static int jbool(rctx *c, const cJSON *o, const char *k, bool *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsBool(v)) return rfail(c, PEFTD_EFORMAT, "metadata field '%s' is missing or not a boolean", k);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static int jstr(rctx *c, const cJSON *o, const char *k, char *dst, size_t cap) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsString(v) || strlen(v->valuestring) >= cap)
+        return rfail(c, PEFTD_EFORMAT, "metadata field '%s' is missing, not a string or too long", k);
+    memcpy(dst, v->valuestring, strlen(v->valuestring) + 1);
+    return 0;
+}
+
+static int jarray(rctx *c, const cJSON *o, const char *k, const cJSON **out) {
+    *out = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsArray(*out)) return rfail(c, PEFTD_EFORMAT, "metadata field '%s' is missing or not an array", k);
+    return 0;
+}
+
+static int module_of(rctx *c, const cJSON *o, adapter_module *m) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "module");
+    for (int i = 0; cJSON_IsString(v) && i < AMOD_COUNT; i++)
+        if (!strcmp(v->valuestring, adapter_module_name((adapter_module)i))) {
+            *m = (adapter_module)i;
+            return 0;
+        }
+    return rfail(c, PEFTD_EFORMAT, "metadata field 'module' is missing or unknown");
+}
+
+/* ---- kinds */
+
+static int read_lora(rctx *c, const cJSON *meta) {
+    adapter *a = c->a;
+    int L = a->n_layers, rc;
+    const cJSON *arr, *e;
+    char nm[48];
+    if ((rc = jarray(c, meta, "lora", &arr))) return rc;
+    if (!(a->lora = calloc((size_t)L * AMOD_COUNT, sizeof *a->lora))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+    cJSON_ArrayForEach(e, arr) {
+        int64_t layer, rank;
+        adapter_module m = AMOD_Q;
+        bool dora = false;
+        float scale;
+        int o, in;
+        if ((rc = jint(c, e, "layer", 0, L - 1, &layer)) || (rc = module_of(c, e, &m)) ||
+            (rc = jint(c, e, "rank", 1, INT32_MAX, &rank)) || (rc = jfloat(c, e, "scale", &scale)) ||
+            (rc = jbool(c, e, "dora", &dora)))
+            return rc;
+        adapter_lora *l = &a->lora[layer * AMOD_COUNT + m];
+        if (l->rank) return rfail(c, PEFTD_EFORMAT, "LoRA module %lld.%s listed twice", (long long)layer, adapter_module_name(m));
+        module_dims(&c->d, m, &o, &in);
+        const char *mn = adapter_module_name(m);
+        l->rank = (int)rank;
+        l->scale = scale;
+        snprintf(nm, sizeof nm, "lora.%lld.%s.a", (long long)layer, mn);
+        if ((rc = claim(c, nm, 2, rank, in, 0, &l->a, NULL))) return rc;
+        snprintf(nm, sizeof nm, "lora.%lld.%s.b", (long long)layer, mn);
+        if ((rc = claim(c, nm, 2, o, rank, 0, &l->b, NULL))) return rc;
+        snprintf(nm, sizeof nm, "lora.%lld.%s.dora", (long long)layer, mn);
+        if (dora && (rc = claim(c, nm, 1, o, 0, -1, NULL, &l->dora))) return rc;
+    }
+    return 0;
+}
+
+static int read_ia3(rctx *c, const cJSON *meta) {
+    adapter *a = c->a;
+    int n = a->n_layers * AMOD_COUNT, rc;
+    const cJSON *arr, *e;
+    char nm[48];
+    if ((rc = jarray(c, meta, "ia3_input", &arr))) return rc;
+    if (cJSON_GetArraySize(arr) != AMOD_COUNT)
+        return rfail(c, PEFTD_EFORMAT, "metadata field 'ia3_input' must list %d booleans", AMOD_COUNT);
+    int m = 0;
+    cJSON_ArrayForEach(e, arr) {
+        if (!cJSON_IsBool(e)) return rfail(c, PEFTD_EFORMAT, "metadata field 'ia3_input' must list booleans");
+        a->ia3_input[m++] = cJSON_IsTrue(e);
+    }
+    if (!(a->ia3 = calloc((size_t)n, sizeof *a->ia3))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        adapter_module mod = (adapter_module)(i % AMOD_COUNT);
+        int o, in;
+        snprintf(nm, sizeof nm, "ia3.%d.%s", i / AMOD_COUNT, adapter_module_name(mod));
+        if (!st_find(c->st, nm)) continue;
+        module_dims(&c->d, mod, &o, &in);
+        if ((rc = claim(c, nm, 1, a->ia3_input[mod] ? in : o, 0, -1, NULL, &a->ia3[i]))) return rc;
+    }
+    return 0;
+}
+
+static int read_prefix(rctx *c) {
+    adapter *a = c->a;
+    int rc;
+    char nm[48];
+    if (!(a->prefix_k = calloc((size_t)a->n_layers, sizeof *a->prefix_k)) ||
+        !(a->prefix_v = calloc((size_t)a->n_layers, sizeof *a->prefix_v)))
+        return rfail(c, PEFTD_ENOMEM, "out of memory");
+    for (int l = 0; l < a->n_layers; l++) {
+        snprintf(nm, sizeof nm, "prefix.%d.k", l);
+        if ((rc = claim(c, nm, 2, a->n_virtual, c->d.kv_dim, -1, NULL, &a->prefix_k[l]))) return rc;
+        snprintf(nm, sizeof nm, "prefix.%d.v", l);
+        if ((rc = claim(c, nm, 2, a->n_virtual, c->d.kv_dim, -1, NULL, &a->prefix_v[l]))) return rc;
+    }
+    return 0;
+}
+
+static int read_bn(rctx *c, const cJSON *meta) {
+    adapter *a = c->a;
+    int L = a->n_layers, H = c->d.hidden, rc;
+    const cJSON *arr, *e;
+    char nm[48], place[16];
+    if ((rc = jarray(c, meta, "bottleneck", &arr))) return rc;
+    if (!(a->bn_attn = calloc((size_t)L, sizeof *a->bn_attn)) || !(a->bn_ffn = calloc((size_t)L, sizeof *a->bn_ffn)))
+        return rfail(c, PEFTD_ENOMEM, "out of memory");
+    cJSON_ArrayForEach(e, arr) {
+        int64_t layer, size, act;
+        bool db = false, ub = false;
+        if ((rc = jstr(c, e, "place", place, sizeof place)) || (rc = jint(c, e, "layer", 0, L - 1, &layer)) ||
+            (rc = jint(c, e, "size", 1, INT32_MAX, &size)) || (rc = jint(c, e, "act", KACT_NONE, KACT_SIGMOID, &act)))
+            return rc;
+        bool ffn = !strcmp(place, "bn_ffn");
+        if (!ffn && strcmp(place, "bn_attn")) return rfail(c, PEFTD_EFORMAT, "unknown bottleneck place '%s'", place);
+        adapter_bottleneck *B = ffn ? &a->bn_ffn[layer] : &a->bn_attn[layer];
+        if (B->size) return rfail(c, PEFTD_EFORMAT, "bottleneck %s.%lld listed twice", place, (long long)layer);
+        B->size = (int)size;
+        B->act = (kact)act;
+        if ((rc = jfloat(c, e, "scaling", &B->scaling)) ||
+            (rc = jbool(c, e, "residual_before_ln", &B->residual_before_ln)) ||
+            (rc = jbool(c, e, "original_ln_before", &B->original_ln_before)) ||
+            (rc = jbool(c, e, "original_ln_after", &B->original_ln_after)) || (rc = jbool(c, e, "down_bias", &db)) ||
+            (rc = jbool(c, e, "up_bias", &ub)))
+            return rc;
+        snprintf(nm, sizeof nm, "%s.%lld.down", place, (long long)layer);
+        if ((rc = claim(c, nm, 2, size, H, 1, &B->down, NULL))) return rc;
+        snprintf(nm, sizeof nm, "%s.%lld.down_bias", place, (long long)layer);
+        if (db && (rc = claim(c, nm, 1, size, 0, -1, NULL, &B->down_bias))) return rc;
+        snprintf(nm, sizeof nm, "%s.%lld.up", place, (long long)layer);
+        if ((rc = claim(c, nm, 2, H, size, 1, &B->up, NULL))) return rc;
+        snprintf(nm, sizeof nm, "%s.%lld.up_bias", place, (long long)layer);
+        if (ub && (rc = claim(c, nm, 1, H, 0, -1, NULL, &B->up_bias))) return rc;
+    }
+    return 0;
+}
+
+/* Ranks as the importer records them (same visiting order), so a blob cannot claim a
+ * max_rank smaller than a tensor it carries (it sizes the SGMV workspace). */
+static int check_ranks(rctx *c, const cJSON *meta) {
+    adapter *a = c->a;
+    int64_t max_rank;
+    int rc;
+    const cJSON *arr, *e;
+    for (int i = 0; a->lora && i < a->n_layers * AMOD_COUNT; i++)
+        if (a->lora[i].rank) adapter__note_rank(a, a->lora[i].rank);
+    for (int l = 0; a->bn_attn && a->bn_ffn && l < a->n_layers; l++) {
+        if (a->bn_attn[l].size) adapter__note_rank(a, a->bn_attn[l].size);
+        if (a->bn_ffn[l].size) adapter__note_rank(a, a->bn_ffn[l].size);
+    }
+    if ((rc = jint(c, meta, "max_rank", 0, INT32_MAX, &max_rank)) || (rc = jarray(c, meta, "ranks", &arr))) return rc;
+    int i = 0;
+    bool same = max_rank == a->max_rank && cJSON_GetArraySize(arr) == a->n_ranks;
+    cJSON_ArrayForEach(e, arr) {
+        if (!same) break;
+        same = cJSON_IsNumber(e) && e->valuedouble == a->ranks[i++];
+    }
+    if (!same) return rfail(c, PEFTD_EFORMAT, "metadata ranks / max_rank disagree with the tensors");
+    return 0;
+}
+
+static bool hex64(const char *h) {
+    for (int i = 0; i < 64; i++)
+        if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f'))) return false;
+    return h[64] == 0;
+}
+
+/* Checks the dims the blob was written for against the base (unknown ones are skipped),
+ * so a blob for another model is refused with a message naming the dim. */
+static int check_base(rctx *c, const cJSON *meta) {
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(meta, "base");
+    if (!cJSON_IsObject(b)) return rfail(c, PEFTD_EFORMAT, "metadata field 'base' is missing");
+    for (int i = 0; i < 6; i++) {
+        int64_t v;
+        int rc = jint(c, b, DIM_KEYS[i], -1, INT32_MAX, &v);
+        if (rc) return rc;
+        int want = *dim_at(&c->d, i);
+        if (v >= 0 && v != want)
+            return rfail(c, PEFTD_EINVAL, "written for a base with %s %lld, base %s has %d", DIM_KEYS[i],
+                         (long long)v, c->base->name, want);
+    }
+    return 0;
+}
+
+static int parse_meta(rctx *c, const cJSON *meta) {
+    adapter *a = c->a;
+    char kind[32];
+    int64_t v;
+    int rc;
+    if ((rc = jint(c, meta, "format", 1, INT32_MAX, &v))) return rc;
+    if (v != ADAPTER_BLOB_FORMAT)
+        return rfail(c, PEFTD_EUNSUPPORTED, "format %lld is not %d (written by another peftd version)", (long long)v,
+                     ADAPTER_BLOB_FORMAT);
+    if ((rc = jint(c, meta, "n_layers", 1, INT32_MAX, &v))) return rc;
+    if (v != c->base->n_layers)
+        return rfail(c, PEFTD_EINVAL, "written for %lld layers, base %s has %d", (long long)v, c->base->name,
+                     c->base->n_layers);
+    a->n_layers = (int)v;
+    if ((rc = check_base(c, meta))) return rc;
+    if ((rc = jstr(c, meta, "kind", kind, sizeof kind)) || (rc = jstr(c, meta, "source", a->source, sizeof a->source)) ||
+        (rc = jstr(c, meta, "sha256", a->sha256, sizeof a->sha256)))
+        return rc;
+    if (!hex64(a->sha256)) return rfail(c, PEFTD_EFORMAT, "metadata field 'sha256' is not a sha256 hex digest");
+    static const adapter_kind kinds[] = {ADAPTER_LORA, ADAPTER_IA3, ADAPTER_PROMPT_TUNING, ADAPTER_PREFIX_TUNING,
+                                         ADAPTER_BOTTLENECK};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (!strcmp(kind, adapter_kind_name(kinds[i]))) a->kind = kinds[i];
+    if (!a->kind) return rfail(c, PEFTD_EFORMAT, "unknown adapter kind '%s'", kind);
+    /* 2^53: the largest integer JSON (a double) carries exactly */
+    const double big = 9007199254740992.0;
+    if ((rc = jint(c, meta, "n_params", 0, big, &a->n_params))) return rc;
+    if ((rc = jint(c, meta, "bytes", 0, big, &v))) return rc;
+    a->bytes = (size_t)v;
+    bool virt = a->kind == ADAPTER_PROMPT_TUNING || a->kind == ADAPTER_PREFIX_TUNING;
+    /* non-virtual kinds must say 0: the engine reserves n_virtual slots for any adapter */
+    if ((rc = jint(c, meta, "n_virtual", virt ? 1 : 0, virt ? INT32_MAX : 0, &v))) return rc;
+    a->n_virtual = (int)v;
+
+    switch (a->kind) {
+    case ADAPTER_LORA: rc = read_lora(c, meta); break;
+    case ADAPTER_IA3: rc = read_ia3(c, meta); break;
+    case ADAPTER_PROMPT_TUNING: rc = claim(c, "prompt", 2, a->n_virtual, c->d.hidden, -1, &a->prompt, NULL); break;
+    case ADAPTER_PREFIX_TUNING: rc = read_prefix(c); break;
+    case ADAPTER_BOTTLENECK: rc = read_bn(c, meta); break;
+    }
+    if (rc) return rc;
+    if (st_find(c->st, "lm_head") && (rc = claim(c, "lm_head", 2, c->d.vocab, c->d.hidden, -1, &a->lm_head, NULL)))
+        return rc;
+    if (st_find(c->st, "embed") && (rc = claim(c, "embed", 2, c->d.vocab, c->d.hidden, -1, &a->embed, NULL)))
+        return rc;
+    return 0;
+}
+
+/* One backend block for every claimed tensor, uploaded straight from the blob; pointers
+ * are patched only once the whole adapter is in place. */
+static int upload(rctx *c) {
+    adapter *a = c->a;
+    kbackend *kb = a->kb;
+    size_t total = 0, off = 0;
+    for (size_t i = 0; i < c->n; i++) total += (c->items[i].t->nbytes + BLOB_ALIGN - 1) / BLOB_ALIGN * BLOB_ALIGN;
+    if (total == 0) return 0;
+    unsigned char *block = kb->ops->alloc(kb, total);
+    if (!block)
+        return rfail(c, PEFTD_ENOMEM, "cannot allocate %zu bytes of %s memory for the adapter", total, kb->ops->name);
+    a->storage->block = block;
+    for (size_t i = 0; i < c->n; i++) {
+        const st_tensor *t = c->items[i].t;
+        int rc = t->nbytes ? kb->ops->upload(kb, block + off, t->data, t->nbytes) : 0;
+        if (rc) return rfail(c, rc, "uploading adapter tensors: %s", peftd_strerror(rc));
+        off += (t->nbytes + BLOB_ALIGN - 1) / BLOB_ALIGN * BLOB_ALIGN;
+    }
+    int rc = kb->ops->synchronize(kb);
+    if (rc) return rfail(c, rc, "uploading adapter tensors: %s", peftd_strerror(rc));
+    off = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->items[i].mat) c->items[i].mat->data = block + off;
+        else *c->items[i].vec = (const float *)(const void *)(block + off);
+        off += (c->items[i].t->nbytes + BLOB_ALIGN - 1) / BLOB_ALIGN * BLOB_ALIGN;
+    }
+    return 0;
+}
+
+int adapter_blob_read(const void *blob, size_t len, const adapter_base *base, kbackend *kb, adapter **out, char *err,
+                      size_t errlen) {
+    rctx c = {.base = base, .err = err, .errlen = errlen, .mat_dtype = {-1, -1}};
+    cJSON *meta = NULL;
+    int rc;
+    if (err && errlen) err[0] = 0;
+    if (out) *out = NULL;
+    if (!blob || !base || !kb || !out || base->n_layers <= 0 || base->hidden <= 0)
+        return rfail(&c, PEFTD_EINVAL, "missing blob, base or backend");
+    c.d = dims_of_base(base);
+    if ((rc = st_parse(blob, len, "adapter blob", &c.st, err, errlen))) return rc;
+    c.a = calloc(1, sizeof *c.a);
+    if (c.a) c.a->storage = calloc(1, sizeof *c.a->storage);
+    c.used = calloc(st_count(c.st) + 1, sizeof *c.used);
+    if (!c.a || !c.a->storage || !c.used) {
+        rc = rfail(&c, PEFTD_ENOMEM, "out of memory");
+        goto fail;
+    }
+    c.a->kb = kb;
+    const char *ms = st_metadata_find(c.st, "peftd");
+    if (!ms) {
+        rc = rfail(&c, PEFTD_EFORMAT, "no peftd metadata (not an adapter blob)");
+        goto fail;
+    }
+    meta = cJSON_Parse(ms);
+    if (!cJSON_IsObject(meta)) {
+        rc = rfail(&c, PEFTD_EFORMAT, "peftd metadata is not a JSON object");
+        goto fail;
+    }
+    if ((rc = parse_meta(&c, meta))) goto fail;
+    for (size_t i = 0; i < st_count(c.st); i++) {
+        if (!c.used[i]) {
+            rc = rfail(&c, PEFTD_EFORMAT, "unexpected tensor '%s'", st_get(c.st, i)->name);
+            goto fail;
+        }
+    }
+    if ((rc = check_ranks(&c, meta)) || (rc = upload(&c))) goto fail;
+    *out = c.a;
+    c.a = NULL;
+fail:
+    adapter_free(c.a);
+    cJSON_Delete(meta);
+    free(c.items);
+    free(c.used);
+    st_close(c.st);
+    return rc;
+}

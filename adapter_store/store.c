@@ -1,0 +1,686 @@
+/* adapter_store/store.c — the LMDB adapter store (schema and contract in store.h).
+ *
+ * Owns: the environment and its four named databases, the meta record codec (compact
+ * JSON with a schema version), the blob record layout (a checksum header in front of the
+ * adapter_blob bytes), blob refcounting, and map growth.
+ *
+ * Blob record ("blobs" value):  "PFB1" | 4 reserved zero bytes | sha256(payload) (32 bytes)
+ *                               | payload (the bytes given to astore_put)
+ * The key (store.h's sha256) is the adapter's content hash over the files as uploaded, so
+ * it cannot check the stored bytes; the embedded checksum can, and astore_get_blob
+ * verifies it on every read, so a corrupted blob is reported instead of decoded.
+ *
+ * Locking: LMDB serialises writers across processes, but mdb_env_set_mapsize() is only
+ * allowed while this process has no transaction open. So every transaction holds map_lock
+ * shared, and growing the map (or adopting another process's growth, MDB_MAP_RESIZED)
+ * takes it exclusive; write_lock keeps one writer of this process at a time so a writer
+ * never waits on LMDB's writer mutex while holding map_lock (which would block growth).
+ */
+#include "adapter_store/store.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <lmdb.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Version of the meta record layout and of the database set; "info"/"schema" holds it. A
+ * store written by a newer peftd is refused rather than misread. */
+#define ASTORE_SCHEMA 1
+/* Defaults when astore_options leaves a size at 0: a 64 MiB first map (a few LoRAs of a
+ * 1B model) growing up to 64 GiB of disk. */
+#define ASTORE_DEFAULT_MAP ((size_t)64 << 20)
+#define ASTORE_DEFAULT_MAX ((size_t)64 << 30)
+/* HTTP threads, the engine's loader pool and peftctl may all read at once; LMDB's default
+ * of 126 reader slots is close enough to a large thread pool to raise it. */
+#define ASTORE_MAX_READERS 512
+
+#define BLOB_MAGIC "PFB1"
+#define BLOB_HDR 40 /* magic 4 + reserved 4 + sha256 32 */
+
+struct astore {
+    MDB_env *env;
+    MDB_dbi meta, blobs, refs, info;
+    size_t max_map;
+    pthread_mutex_t write_lock;
+    pthread_rwlock_t map_lock;
+};
+
+/* ---------------------------------------------------------------- status, helpers */
+
+/* LMDB's own codes are in [MDB_KEYEXIST, MDB_LAST_ERRCODE]; positive values are errno. */
+static int status_of(int rc) {
+    if (rc >= 0) return rc == 0 ? 0 : -rc;
+    if (rc < MDB_KEYEXIST || rc > MDB_LAST_ERRCODE) return rc; /* already a PEFTD_E* / -errno */
+    switch (rc) {
+    case MDB_NOTFOUND: return PEFTD_ENOTFOUND;
+    case MDB_MAP_FULL:
+    case MDB_TXN_FULL: return PEFTD_ENOSPC;
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND: return PEFTD_EFORMAT;
+    default: return PEFTD_EIO;
+    }
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static bool sha_valid(const char *h) {
+    for (int i = 0; i < 64; i++)
+        if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f'))) return false;
+    return h[64] == 0;
+}
+
+static bool name_valid(const char *n) {
+    size_t l = n ? strnlen(n, ASTORE_NAME_MAX + 1) : 0;
+    return l >= 1 && l <= ASTORE_NAME_MAX;
+}
+
+static MDB_val val_str(const char *s) { return (MDB_val){.mv_size = strlen(s), .mv_data = (void *)s}; }
+
+static int sha256(const void *p, size_t n, unsigned char out[32]) {
+    unsigned int dl = 0;
+    if (!EVP_Digest(p, n, out, &dl, EVP_sha256(), NULL) || dl != 32) return PEFTD_EIO;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- transactions */
+
+/* Adopts a map grown by another process (MDB_MAP_RESIZED): size 0 = "use the file's". */
+static void adopt_resize(astore *s) {
+    pthread_rwlock_wrlock(&s->map_lock);
+    mdb_env_set_mapsize(s->env, 0);
+    pthread_rwlock_unlock(&s->map_lock);
+}
+
+/* Doubles the map (capped at max_map); PEFTD_ENOSPC when it is already at the cap. */
+static int grow(astore *s) {
+    int rc = PEFTD_ENOSPC;
+    pthread_rwlock_wrlock(&s->map_lock);
+    MDB_envinfo info;
+    if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize < s->max_map) {
+        size_t next = info.me_mapsize > s->max_map / 2 ? s->max_map : info.me_mapsize * 2;
+        rc = status_of(mdb_env_set_mapsize(s->env, next));
+    }
+    pthread_rwlock_unlock(&s->map_lock);
+    return rc;
+}
+
+/* Starts a short read transaction; on success map_lock is held shared until read_end. */
+static int read_begin(astore *s, MDB_txn **txn) {
+    for (;;) {
+        pthread_rwlock_rdlock(&s->map_lock);
+        int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn);
+        if (rc == 0) return 0;
+        pthread_rwlock_unlock(&s->map_lock);
+        if (rc != MDB_MAP_RESIZED) return status_of(rc);
+        adopt_resize(s);
+    }
+}
+
+static void read_end(astore *s, MDB_txn *txn) {
+    mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&s->map_lock);
+}
+
+/* The body of a write transaction: returns 0 to commit, an MDB or PEFTD code to abort. It
+ * may run several times (after the map grew), so it must only write into txn and ctx. */
+typedef int (*write_fn)(astore *s, MDB_txn *txn, void *ctx);
+
+/* Runs fn in one write transaction, growing the map and retrying on MDB_MAP_FULL; beyond
+ * max_map the transaction is aborted (nothing changed) and PEFTD_ENOSPC returned. */
+static int write_txn(astore *s, write_fn fn, void *ctx) {
+    int rc;
+    pthread_mutex_lock(&s->write_lock);
+    for (;;) {
+        MDB_txn *txn = NULL;
+        pthread_rwlock_rdlock(&s->map_lock);
+        rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+        if (rc == 0) {
+            rc = fn(s, txn, ctx);
+            if (rc == 0) rc = mdb_txn_commit(txn); /* aborts the txn itself on failure */
+            else mdb_txn_abort(txn);
+        }
+        pthread_rwlock_unlock(&s->map_lock);
+        if (rc == MDB_MAP_RESIZED) {
+            adopt_resize(s);
+            continue;
+        }
+        if (rc == MDB_MAP_FULL && grow(s) == 0) continue;
+        break;
+    }
+    pthread_mutex_unlock(&s->write_lock);
+    return status_of(rc);
+}
+
+/* ---------------------------------------------------------------- meta codec */
+
+static const adapter_kind KINDS[] = {ADAPTER_LORA, ADAPTER_IA3, ADAPTER_PROMPT_TUNING, ADAPTER_PREFIX_TUNING,
+                                     ADAPTER_BOTTLENECK};
+
+/* Compact JSON; integers go through double, exact up to 2^53 (versions, times, bytes and
+ * parameter counts stay far below). @note caller frees the result. */
+static char *meta_encode(const astore_meta *m) {
+    cJSON *o = cJSON_CreateObject(), *r = NULL;
+    char *out = NULL;
+    int nr = m->n_ranks < 0 ? 0 : m->n_ranks > 8 ? 8 : m->n_ranks;
+    if (!o) return NULL;
+    if (!cJSON_AddNumberToObject(o, "schema", ASTORE_SCHEMA) || !cJSON_AddStringToObject(o, "name", m->name) ||
+        !cJSON_AddStringToObject(o, "owner", m->owner) ||
+        !cJSON_AddStringToObject(o, "kind", adapter_kind_name(m->kind)) ||
+        !cJSON_AddStringToObject(o, "sha256", m->sha256) ||
+        !cJSON_AddNumberToObject(o, "version", (double)m->version) ||
+        !cJSON_AddNumberToObject(o, "created", (double)m->created) ||
+        !cJSON_AddNumberToObject(o, "updated", (double)m->updated) ||
+        !cJSON_AddNumberToObject(o, "bytes", (double)m->bytes) ||
+        !cJSON_AddNumberToObject(o, "n_params", (double)m->n_params) ||
+        !(r = cJSON_AddArrayToObject(o, "ranks")) || !cJSON_AddNumberToObject(o, "n_virtual", m->n_virtual) ||
+        !cJSON_AddStringToObject(o, "targets", m->targets) ||
+        !cJSON_AddStringToObject(o, "base", m->base_fingerprint))
+        goto fail;
+    for (int i = 0; i < nr; i++) {
+        cJSON *n = cJSON_CreateNumber(m->ranks[i]);
+        if (!n || !cJSON_AddItemToArray(r, n)) {
+            cJSON_Delete(n);
+            goto fail;
+        }
+    }
+    out = cJSON_PrintUnformatted(o);
+fail:
+    cJSON_Delete(o);
+    return out;
+}
+
+static int json_str(const cJSON *o, const char *k, char *dst, size_t cap) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsString(v) || strlen(v->valuestring) >= cap) return PEFTD_EFORMAT;
+    memcpy(dst, v->valuestring, strlen(v->valuestring) + 1);
+    return 0;
+}
+
+/* An integral number in [lo, hi]. */
+static int json_int(const cJSON *o, const char *k, double lo, double hi, double *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo ||
+        v->valuedouble > hi)
+        return PEFTD_EFORMAT;
+    *out = v->valuedouble;
+    return 0;
+}
+
+/* Decodes a meta record; records are hostile (disk), so every field is type-checked. */
+static int meta_decode(const void *data, size_t len, astore_meta *m) {
+    const double big = 9007199254740992.0; /* 2^53: integers beyond are not exact in JSON */
+    int rc = PEFTD_EFORMAT;
+    double d;
+    cJSON *o = cJSON_ParseWithLength(data, len);
+    memset(m, 0, sizeof *m);
+    if (!cJSON_IsObject(o)) goto fail;
+    if (json_int(o, "schema", 1, big, &d)) goto fail;
+    if (d > ASTORE_SCHEMA) {
+        rc = PEFTD_EUNSUPPORTED;
+        goto fail;
+    }
+    char kind[32];
+    if (json_str(o, "name", m->name, sizeof m->name) || json_str(o, "owner", m->owner, sizeof m->owner) ||
+        json_str(o, "kind", kind, sizeof kind) || json_str(o, "sha256", m->sha256, sizeof m->sha256) ||
+        json_str(o, "targets", m->targets, sizeof m->targets) ||
+        json_str(o, "base", m->base_fingerprint, sizeof m->base_fingerprint) || !sha_valid(m->sha256))
+        goto fail;
+    for (size_t i = 0; i < sizeof KINDS / sizeof KINDS[0]; i++)
+        if (!strcmp(kind, adapter_kind_name(KINDS[i]))) m->kind = KINDS[i];
+    if (!m->kind) goto fail;
+    if (json_int(o, "version", 1, big, &d)) goto fail;
+    m->version = (uint64_t)d;
+    if (json_int(o, "created", -big, big, &d)) goto fail;
+    m->created = (int64_t)d;
+    if (json_int(o, "updated", -big, big, &d)) goto fail;
+    m->updated = (int64_t)d;
+    if (json_int(o, "bytes", 0, big, &d)) goto fail;
+    m->bytes = (uint64_t)d;
+    if (json_int(o, "n_params", 0, big, &d)) goto fail;
+    m->n_params = (int64_t)d;
+    if (json_int(o, "n_virtual", 0, INT32_MAX, &d)) goto fail;
+    m->n_virtual = (int)d;
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "ranks"), *e;
+    if (!cJSON_IsArray(r) || cJSON_GetArraySize(r) > 8) goto fail;
+    cJSON_ArrayForEach(e, r) {
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < 0 ||
+            e->valuedouble > INT32_MAX)
+            goto fail;
+        m->ranks[m->n_ranks++] = (int)e->valuedouble;
+    }
+    rc = 0;
+fail:
+    cJSON_Delete(o);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- refs and blobs */
+
+static int ref_get(astore *s, MDB_txn *txn, const char *sha, uint32_t *n) {
+    MDB_val k = val_str(sha), v;
+    int rc = mdb_get(txn, s->refs, &k, &v);
+    *n = 0;
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (v.mv_size != 4) return PEFTD_EFORMAT;
+    const unsigned char *p = v.mv_data;
+    *n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    return 0;
+}
+
+static int ref_set(astore *s, MDB_txn *txn, const char *sha, uint32_t n) {
+    MDB_val k = val_str(sha);
+    if (n == 0) {
+        int rc = mdb_del(txn, s->refs, &k, NULL);
+        return rc == MDB_NOTFOUND ? 0 : rc;
+    }
+    unsigned char b[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
+                          (unsigned char)(n >> 24)};
+    MDB_val v = {.mv_size = 4, .mv_data = b};
+    return mdb_put(txn, s->refs, &k, &v, 0);
+}
+
+/* One more name refers to sha; stores the blob record when it is not there yet (blobs are
+ * content-addressed: an existing record for the same hash is kept as is). */
+static int ref_inc(astore *s, MDB_txn *txn, const char *sha, const void *blob, size_t len,
+                   const unsigned char sum[32]) {
+    uint32_t n;
+    int rc = ref_get(s, txn, sha, &n);
+    if (rc) return rc;
+    if (n == UINT32_MAX) return PEFTD_ERANGE;
+    MDB_val k = val_str(sha), v;
+    rc = mdb_get(txn, s->blobs, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        /* MDB_RESERVE: write the record straight into the map, no staging copy */
+        v = (MDB_val){.mv_size = BLOB_HDR + len, .mv_data = NULL};
+        if ((rc = mdb_put(txn, s->blobs, &k, &v, MDB_RESERVE))) return rc;
+        unsigned char *p = v.mv_data;
+        memcpy(p, BLOB_MAGIC, 4);
+        memset(p + 4, 0, 4);
+        memcpy(p + 8, sum, 32);
+        if (len) memcpy(p + BLOB_HDR, blob, len);
+    } else if (rc) {
+        return rc;
+    }
+    return ref_set(s, txn, sha, n + 1);
+}
+
+/* One name fewer refers to sha; the blob goes with the last reference (dropped[] = sha
+ * then). A missing count means the records disagree: reported as a corrupt store rather
+ * than aborting the daemon over bytes on disk. */
+static int ref_dec(astore *s, MDB_txn *txn, const char *sha, char dropped[65]) {
+    uint32_t n;
+    int rc = ref_get(s, txn, sha, &n);
+    if (rc) return rc;
+    if (n == 0) return PEFTD_EFORMAT;
+    if ((rc = ref_set(s, txn, sha, n - 1))) return rc;
+    if (n == 1) {
+        MDB_val k = val_str(sha);
+        rc = mdb_del(txn, s->blobs, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND) return rc;
+        memcpy(dropped, sha, 65);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- open / close */
+
+typedef struct {
+    astore *s;
+    bool newer; /* the store's schema is newer than ours */
+    unsigned found;
+} open_ctx;
+
+static int open_fn(astore *s, MDB_txn *txn, void *vctx) {
+    open_ctx *c = vctx;
+    int rc;
+    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) ||
+        (rc = mdb_dbi_open(txn, "blobs", MDB_CREATE, &s->blobs)) ||
+        (rc = mdb_dbi_open(txn, "refs", MDB_CREATE, &s->refs)) ||
+        (rc = mdb_dbi_open(txn, "info", MDB_CREATE, &s->info)))
+        return rc;
+    MDB_val k = val_str("schema"), v;
+    rc = mdb_get(txn, s->info, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        char buf[16];
+        snprintf(buf, sizeof buf, "%d", ASTORE_SCHEMA);
+        v = val_str(buf);
+        return mdb_put(txn, s->info, &k, &v, 0);
+    }
+    if (rc) return rc;
+    char buf[16] = {0};
+    if (v.mv_size == 0 || v.mv_size >= sizeof buf) return PEFTD_EFORMAT;
+    memcpy(buf, v.mv_data, v.mv_size);
+    char *end;
+    unsigned long ver = strtoul(buf, &end, 10);
+    if (*end || ver == 0) return PEFTD_EFORMAT;
+    c->found = (unsigned)ver;
+    if (ver > ASTORE_SCHEMA) {
+        c->newer = true;
+        return PEFTD_EUNSUPPORTED;
+    }
+    return 0;
+}
+
+static size_t round_page(size_t n, bool up) {
+    long ps = sysconf(_SC_PAGESIZE);
+    size_t p = ps > 0 ? (size_t)ps : 4096;
+    return up ? (n + p - 1) / p * p : n / p * p;
+}
+
+int astore_open(const char *dir, const astore_options *opt, astore **out, char *err, size_t errlen) {
+    int rc;
+    astore *s = NULL;
+    bool locks = false;
+    *out = NULL;
+    if (err && errlen) err[0] = 0;
+    if (!dir || !*dir) {
+        set_err(err, errlen, "astore_open: no directory");
+        return PEFTD_EINVAL;
+    }
+    if (mkdir(dir, 0700) && errno != EEXIST) {
+        rc = -errno;
+        set_err(err, errlen, "%s: cannot create the store directory: %s", dir, strerror(errno));
+        return rc;
+    }
+    size_t map = round_page(opt && opt->map_bytes ? opt->map_bytes : ASTORE_DEFAULT_MAP, true);
+    size_t max = round_page(opt && opt->max_map_bytes ? opt->max_map_bytes : ASTORE_DEFAULT_MAX, false);
+    if (max < map) max = map;
+
+    s = calloc(1, sizeof *s);
+    if (!s) {
+        set_err(err, errlen, "out of memory");
+        return PEFTD_ENOMEM;
+    }
+    s->max_map = max;
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    /* growth must not starve behind a steady stream of readers */
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&s->map_lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&s->write_lock, NULL);
+    locks = true;
+
+    if ((rc = mdb_env_create(&s->env)) || (rc = mdb_env_set_maxdbs(s->env, 4)) ||
+        (rc = mdb_env_set_maxreaders(s->env, ASTORE_MAX_READERS))) {
+        set_err(err, errlen, "%s: lmdb: %s", dir, mdb_strerror(rc));
+        rc = status_of(rc);
+        goto fail;
+    }
+    /* No MDB_NOSYNC / MDB_NOMETASYNC / MDB_WRITEMAP: every commit is durable and a SIGKILL
+     * or power loss leaves the last committed state. MDB_NOTLS: read transactions are not
+     * bound to threads (HTTP handlers come from a pool). The map size is left unset here,
+     * so an existing store opens with the size it last grew to, not the smaller default. */
+    rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600);
+    if (rc) {
+        set_err(err, errlen, "%s: cannot open the LMDB store: %s", dir, mdb_strerror(rc));
+        rc = status_of(rc);
+        goto fail;
+    }
+    MDB_envinfo info;
+    if ((rc = mdb_env_info(s->env, &info)) ||
+        (info.me_mapsize < map && (rc = mdb_env_set_mapsize(s->env, map)))) {
+        set_err(err, errlen, "%s: cannot size the map: %s", dir, mdb_strerror(rc));
+        rc = status_of(rc);
+        goto fail;
+    }
+    /* a process killed inside a read transaction leaves its reader slot behind; freeing
+     * them lets LMDB reuse the pages those stale readers pinned */
+    int dead = 0;
+    mdb_reader_check(s->env, &dead);
+
+    open_ctx oc = {.s = s};
+    rc = write_txn(s, open_fn, &oc);
+    if (rc) {
+        if (oc.newer) {
+            set_err(err, errlen, "%s: store schema %u is newer than this peftd's (%d): upgrade peftd", dir, oc.found,
+                    ASTORE_SCHEMA);
+        } else {
+            set_err(err, errlen, "%s: cannot open the store's databases: %s", dir, peftd_strerror(rc));
+        }
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    if (s->env) mdb_env_close(s->env);
+    if (locks) {
+        pthread_rwlock_destroy(&s->map_lock);
+        pthread_mutex_destroy(&s->write_lock);
+    }
+    free(s);
+    return rc;
+}
+
+void astore_close(astore *s) {
+    if (!s) return;
+    mdb_env_close(s->env);
+    pthread_rwlock_destroy(&s->map_lock);
+    pthread_mutex_destroy(&s->write_lock);
+    free(s);
+}
+
+/* ---------------------------------------------------------------- put / delete */
+
+typedef struct {
+    const astore_meta *in;
+    const void *blob;
+    size_t len;
+    unsigned char sum[32];
+    int64_t now;
+    astore_meta out;
+    char dropped[65];
+} put_ctx;
+
+static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
+    put_ctx *p = vctx;
+    astore_meta old;
+    bool had = false;
+    MDB_val k = val_str(p->in->name), v;
+    p->dropped[0] = 0;
+    int rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == 0) {
+        if ((rc = meta_decode(v.mv_data, v.mv_size, &old))) return rc;
+        had = true;
+    } else if (rc != MDB_NOTFOUND) {
+        return rc;
+    }
+    p->out = *p->in;
+    p->out.version = had ? old.version + 1 : 1;
+    p->out.created = had ? old.created : p->now;
+    p->out.updated = p->now;
+    p->out.bytes = p->len;
+    if (!had || strcmp(old.sha256, p->in->sha256)) {
+        if ((rc = ref_inc(s, txn, p->in->sha256, p->blob, p->len, p->sum))) return rc;
+        if (had && (rc = ref_dec(s, txn, old.sha256, p->dropped))) return rc;
+    }
+    char *json = meta_encode(&p->out);
+    if (!json) return PEFTD_ENOMEM;
+    v = val_str(json);
+    rc = mdb_put(txn, s->meta, &k, &v, 0);
+    free(json);
+    return rc;
+}
+
+int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len, astore_meta *stored,
+               char old_sha256[65]) {
+    if (old_sha256) old_sha256[0] = 0;
+    if (!s || !meta || (!blob && len) || !name_valid(meta->name) || !sha_valid(meta->sha256) ||
+        strnlen(meta->owner, sizeof meta->owner) > ASTORE_NAME_MAX ||
+        strnlen(meta->targets, sizeof meta->targets) >= sizeof meta->targets ||
+        strnlen(meta->base_fingerprint, sizeof meta->base_fingerprint) >= sizeof meta->base_fingerprint)
+        return PEFTD_EINVAL;
+    if (len > SIZE_MAX - BLOB_HDR) return PEFTD_ENOSPC;
+    put_ctx p = {.in = meta, .blob = blob, .len = len, .now = (int64_t)time(NULL)};
+    /* hashed before the transaction: a write txn blocks every other writer */
+    int rc = sha256(blob ? blob : "", len, p.sum);
+    if (rc) return rc;
+    if ((rc = write_txn(s, put_fn, &p))) return rc;
+    if (stored) *stored = p.out;
+    if (old_sha256) memcpy(old_sha256, p.dropped, 65);
+    return 0;
+}
+
+typedef struct {
+    const char *name;
+    char dropped[65];
+} del_ctx;
+
+static int del_fn(astore *s, MDB_txn *txn, void *vctx) {
+    del_ctx *d = vctx;
+    astore_meta old;
+    MDB_val k = val_str(d->name), v;
+    d->dropped[0] = 0;
+    int rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc) return rc;
+    if ((rc = meta_decode(v.mv_data, v.mv_size, &old))) return rc;
+    if ((rc = mdb_del(txn, s->meta, &k, NULL))) return rc;
+    return ref_dec(s, txn, old.sha256, d->dropped);
+}
+
+int astore_delete(astore *s, const char *name, char old_sha256[65]) {
+    if (old_sha256) old_sha256[0] = 0;
+    if (!s || !name_valid(name)) return PEFTD_EINVAL;
+    del_ctx d = {.name = name};
+    int rc = write_txn(s, del_fn, &d);
+    if (rc == 0 && old_sha256) memcpy(old_sha256, d.dropped, 65);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- reads */
+
+int astore_get_meta(astore *s, const char *name, astore_meta *out) {
+    if (!s || !out || !name_valid(name)) return PEFTD_EINVAL;
+    MDB_txn *txn;
+    int rc = read_begin(s, &txn);
+    if (rc) return rc;
+    MDB_val k = val_str(name), v;
+    rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == 0) rc = meta_decode(v.mv_data, v.mv_size, out);
+    read_end(s, txn);
+    return status_of(rc);
+}
+
+int astore_get_blob(astore *s, const char *sha, void **blob, size_t *len) {
+    if (blob) *blob = NULL;
+    if (len) *len = 0;
+    if (!s || !blob || !len || !sha || strnlen(sha, 65) != 64 || !sha_valid(sha)) return PEFTD_EINVAL;
+    MDB_txn *txn;
+    unsigned char want[32], got[32];
+    void *copy = NULL;
+    size_t n = 0;
+    int rc = read_begin(s, &txn);
+    if (rc) return rc;
+    MDB_val k = val_str(sha), v;
+    rc = mdb_get(txn, s->blobs, &k, &v);
+    if (rc == 0) {
+        if (v.mv_size < BLOB_HDR || memcmp(v.mv_data, BLOB_MAGIC, 4)) {
+            rc = PEFTD_EFORMAT;
+        } else {
+            n = v.mv_size - BLOB_HDR;
+            copy = malloc(n ? n : 1);
+            if (!copy) {
+                rc = PEFTD_ENOMEM;
+            } else {
+                memcpy(want, (const unsigned char *)v.mv_data + 8, 32);
+                memcpy(copy, (const unsigned char *)v.mv_data + BLOB_HDR, n);
+            }
+        }
+    }
+    read_end(s, txn);
+    rc = status_of(rc);
+    /* verified after the transaction ended: hashing megabytes need not pin the snapshot */
+    if (rc == 0 && (rc = sha256(copy, n, got)) == 0 && memcmp(want, got, 32)) rc = PEFTD_EIO;
+    if (rc) {
+        free(copy);
+        return rc;
+    }
+    *blob = copy;
+    *len = n;
+    return 0;
+}
+
+int astore_list(astore *s, const char *after, int limit, astore_meta *out, int *n, bool *more) {
+    if (n) *n = 0;
+    if (more) *more = false;
+    if (!s || !n || (limit > 0 && !out)) return PEFTD_EINVAL;
+    if (!after) after = "";
+    MDB_txn *txn;
+    MDB_cursor *cur = NULL;
+    int rc = read_begin(s, &txn);
+    if (rc) return rc;
+    MDB_val k = val_str(after), v;
+    if ((rc = mdb_cursor_open(txn, s->meta, &cur))) goto done;
+    if (*after) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        if (rc == 0 && k.mv_size == strlen(after) && !memcmp(k.mv_data, after, k.mv_size))
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    } else {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    }
+    int i = 0;
+    while (rc == 0 && i < limit) {
+        if ((rc = meta_decode(v.mv_data, v.mv_size, &out[i]))) goto done;
+        i++;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (rc == 0 && more) *more = true;
+    if (rc == MDB_NOTFOUND) rc = 0;
+    *n = i;
+done:
+    if (cur) mdb_cursor_close(cur);
+    read_end(s, txn);
+    return status_of(rc);
+}
+
+int astore_count(astore *s, uint64_t *n) {
+    if (!s || !n) return PEFTD_EINVAL;
+    MDB_txn *txn;
+    MDB_stat st;
+    int rc = read_begin(s, &txn);
+    if (rc) return rc;
+    rc = mdb_stat(txn, s->meta, &st);
+    read_end(s, txn);
+    if (rc == 0) *n = st.ms_entries;
+    return status_of(rc);
+}
+
+int astore_get_stats(astore *s, astore_stats *st) {
+    if (!s || !st) return PEFTD_EINVAL;
+    memset(st, 0, sizeof *st);
+    MDB_txn *txn;
+    MDB_stat ms, bs, es;
+    MDB_envinfo info;
+    int rc = read_begin(s, &txn);
+    if (rc) return rc;
+    if (!(rc = mdb_stat(txn, s->meta, &ms)) && !(rc = mdb_stat(txn, s->blobs, &bs)) &&
+        !(rc = mdb_env_stat(s->env, &es)) && !(rc = mdb_env_info(s->env, &info))) {
+        st->map_bytes = info.me_mapsize;
+        /* pages up to the last one in use (free pages inside are reused before growth) */
+        st->used_bytes = (uint64_t)(info.me_last_pgno + 1) * es.ms_psize;
+        st->entries = ms.ms_entries;
+        st->blobs = bs.ms_entries;
+    }
+    read_end(s, txn);
+    return status_of(rc);
+}
