@@ -427,10 +427,19 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
         rc = status_of(rc);
         goto fail;
     }
+    /* A new store starts at the configured map; an existing one opens with the size it
+     * last grew to (LMDB takes the file's size when none is set before mdb_env_open). */
+    char data[4200];
+    struct stat sb;
+    snprintf(data, sizeof data, "%s/data.mdb", dir);
+    if (stat(data, &sb) != 0 && (rc = mdb_env_set_mapsize(s->env, map))) {
+        set_err(err, errlen, "%s: cannot size the map: %s", dir, mdb_strerror(rc));
+        rc = status_of(rc);
+        goto fail;
+    }
     /* No MDB_NOSYNC / MDB_NOMETASYNC / MDB_WRITEMAP: every commit is durable and a SIGKILL
      * or power loss leaves the last committed state. MDB_NOTLS: read transactions are not
-     * bound to threads (HTTP handlers come from a pool). The map size is left unset here,
-     * so an existing store opens with the size it last grew to, not the smaller default. */
+     * bound to threads (HTTP handlers come from a pool). */
     rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600);
     if (rc) {
         set_err(err, errlen, "%s: cannot open the LMDB store: %s", dir, mdb_strerror(rc));
