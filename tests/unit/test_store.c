@@ -24,22 +24,31 @@
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static char DIR_[256];
+/* Every test's store lives under one directory per run of this binary, made before the
+ * harness forks the tests and removed when the runner exits (tests end with _exit, so a
+ * failing test's store is removed too). */
+static char ROOT[64], DIR_[128];
+static pid_t RUNNER;
 
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb, (void)flag, (void)ftw;
     return remove(p);
 }
 
-/* A fresh store directory under /tmp, removed at exit (each test is its own process). */
-static void rm_dir(void) {
-    if (DIR_[0]) nftw(DIR_, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+__attribute__((constructor)) static void make_root(void) {
+    snprintf(ROOT, sizeof ROOT, "/tmp/peftd-test-store-XXXXXX");
+    if (!mkdtemp(ROOT)) ROOT[0] = 0;
+    RUNNER = getpid();
+}
+
+__attribute__((destructor)) static void remove_root(void) {
+    if (ROOT[0] && getpid() == RUNNER) nftw(ROOT, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static const char *tmpdir(void) {
-    snprintf(DIR_, sizeof DIR_, "/tmp/peftd-store-XXXXXX");
+    ASSERT(ROOT[0]);
+    snprintf(DIR_, sizeof DIR_, "%s/s-XXXXXX", ROOT);
     ASSERT(mkdtemp(DIR_));
-    atexit(rm_dir);
     return DIR_;
 }
 
