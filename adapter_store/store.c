@@ -273,6 +273,13 @@ fail:
     return rc;
 }
 
+/* A record under key k must describe the name k: anything else is a damaged store. */
+static int meta_decode_key(const MDB_val *k, const MDB_val *v, astore_meta *m) {
+    int rc = meta_decode(v->mv_data, v->mv_size, m);
+    if (rc == 0 && (strlen(m->name) != k->mv_size || memcmp(m->name, k->mv_data, k->mv_size))) rc = PEFTD_EFORMAT;
+    return rc;
+}
+
 /* ---------------------------------------------------------------- refs and blobs */
 
 static int ref_get(astore *s, MDB_txn *txn, const char *sha, uint32_t *n) {
@@ -531,14 +538,25 @@ static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
     return rc;
 }
 
+/* What meta_decode would refuse must never be written: one bad field would make the
+ * record (and every listing page holding it) unreadable. */
+static bool meta_storable(const astore_meta *m) {
+    bool kind = false;
+    for (size_t i = 0; i < sizeof KINDS / sizeof KINDS[0]; i++) kind |= m->kind == KINDS[i];
+    if (!kind || !name_valid(m->name) || !sha_valid(m->sha256) || strnlen(m->owner, sizeof m->owner) > ASTORE_NAME_MAX ||
+        strnlen(m->targets, sizeof m->targets) >= sizeof m->targets ||
+        strnlen(m->base_fingerprint, sizeof m->base_fingerprint) >= sizeof m->base_fingerprint ||
+        m->n_params < 0 || m->n_params > ((int64_t)1 << 53) || m->n_virtual < 0 || m->n_ranks < 0 || m->n_ranks > 8)
+        return false;
+    for (int i = 0; i < m->n_ranks; i++)
+        if (m->ranks[i] < 0) return false;
+    return true;
+}
+
 int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len, astore_meta *stored,
                char old_sha256[65]) {
     if (old_sha256) old_sha256[0] = 0;
-    if (!s || !meta || (!blob && len) || !name_valid(meta->name) || !sha_valid(meta->sha256) ||
-        strnlen(meta->owner, sizeof meta->owner) > ASTORE_NAME_MAX ||
-        strnlen(meta->targets, sizeof meta->targets) >= sizeof meta->targets ||
-        strnlen(meta->base_fingerprint, sizeof meta->base_fingerprint) >= sizeof meta->base_fingerprint)
-        return PEFTD_EINVAL;
+    if (!s || !meta || (!blob && len) || !meta_storable(meta)) return PEFTD_EINVAL;
     if (len > SIZE_MAX - BLOB_HDR) return PEFTD_ENOSPC;
     put_ctx p = {.in = meta, .blob = blob, .len = len, .now = (int64_t)time(NULL)};
     /* hashed before the transaction: a write txn blocks every other writer */
@@ -585,7 +603,7 @@ int astore_get_meta(astore *s, const char *name, astore_meta *out) {
     if (rc) return rc;
     MDB_val k = val_str(name), v;
     rc = mdb_get(txn, s->meta, &k, &v);
-    if (rc == 0) rc = meta_decode(v.mv_data, v.mv_size, out);
+    if (rc == 0) rc = meta_decode_key(&k, &v, out);
     read_end(s, txn);
     return status_of(rc);
 }
@@ -649,7 +667,7 @@ int astore_list(astore *s, const char *after, int limit, astore_meta *out, int *
     }
     int i = 0;
     while (rc == 0 && i < limit) {
-        if ((rc = meta_decode(v.mv_data, v.mv_size, &out[i]))) goto done;
+        if ((rc = meta_decode_key(&k, &v, &out[i]))) goto done;
         i++;
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }

@@ -45,11 +45,12 @@ typedef struct {
 typedef struct astore astore;
 
 typedef struct {
-    size_t map_bytes;       /* initial map size */
-    size_t max_map_bytes;   /* growth limit: beyond it puts fail with PEFTD_ENOSPC */
+    size_t map_bytes;       /* initial map size (0: 64 MiB); a reopened store keeps the size it grew to */
+    size_t max_map_bytes;   /* growth limit: beyond it puts fail with PEFTD_ENOSPC (0: 64 GiB) */
 } astore_options;
 
-/* Opens (creating if needed) the store in dir. @note caller owns *out: astore_close(). */
+/* Opens (creating if needed) the store in dir. A store whose "info" schema is newer than
+ * this build's is refused with PEFTD_EUNSUPPORTED. @note caller owns *out: astore_close(). */
 int astore_open(const char *dir, const astore_options *opt, astore **out, char *err, size_t errlen);
 void astore_close(astore *s); /* NULL is a no-op */
 
@@ -59,10 +60,19 @@ void astore_close(astore *s); /* NULL is a no-op */
  * none, so caches can drop it). PEFTD_ENOSPC: the store is full (nothing changed). */
 int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len, astore_meta *stored,
                char old_sha256[65]);
+/* Details of astore_put: stored->bytes is set to len. Blobs are content-addressed by
+ * meta->sha256: when a blob with that hash is already stored it is kept and blob is not
+ * written again. *old_sha256 is set only when a blob was actually dropped (the last name
+ * referring to it moved on), so a cache may forget exactly that hash. stored / old_sha256
+ * may be NULL. PEFTD_EINVAL: a name of 0 or > ASTORE_NAME_MAX bytes, sha256 not 64
+ * lowercase hex digits, an unknown kind, negative counts, or unterminated strings. */
 
 /* PEFTD_ENOTFOUND when absent. */
 int astore_get_meta(astore *s, const char *name, astore_meta *out);
-/* Copies the blob with this content hash out. @note caller frees *blob. */
+/* Copies the blob with this content hash out. @note caller frees *blob.
+ * Every stored blob carries a sha256 of its own bytes (separate from the content hash
+ * that keys it, which is over the uploaded files); a mismatch on read -> PEFTD_EIO, so a
+ * damaged blob is never handed to the decoder. PEFTD_ENOTFOUND when absent. */
 int astore_get_blob(astore *s, const char *sha256, void **blob, size_t *len);
 /* Removes the name (and its blob if unshared); *old_sha256 as for astore_put. */
 int astore_delete(astore *s, const char *name, char old_sha256[65]);

@@ -180,6 +180,13 @@ TEST(put_get_versions_delete) {
     bad = meta_for("ok", &x, 1);
     memset(bad.name, 'n', ASTORE_NAME_MAX + 1); /* no terminator inside the field */
     ASSERT_EQ(astore_put(s, &bad, &x, 1, NULL, NULL), PEFTD_EINVAL);
+    bad = meta_for("ok", &x, 1);
+    bad.kind = (adapter_kind)0;
+    ASSERT_EQ(astore_put(s, &bad, &x, 1, NULL, NULL), PEFTD_EINVAL);
+    bad = meta_for("ok", &x, 1);
+    bad.n_params = -5; /* would be refused when read back: never written */
+    ASSERT_EQ(astore_put(s, &bad, &x, 1, NULL, NULL), PEFTD_EINVAL);
+    ASSERT_EQ(astore_get_meta(s, "ok", &g), PEFTD_ENOTFOUND);
     ASSERT_EQ(astore_get_blob(s, "abc", &b, &n), PEFTD_EINVAL);
 
     uint64_t cnt;
