@@ -412,10 +412,13 @@ static int claim(rctx *c, const char *name, int ndim, int64_t d0, int64_t d1, in
     const st_tensor *t = st_find(c->st, name);
     if (!t) return rfail(c, PEFTD_EFORMAT, "tensor '%s' is missing", name);
     c->used[st_index(c->st, t)] = true;
-    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
-        return rfail(c, PEFTD_EINVAL, "tensor '%s' does not fit base %s (expected [%lld%s%lld%s])", name,
-                     c->base->name, (long long)d0, ndim == 2 ? ", " : "", ndim == 2 ? (long long)d1 : 0LL,
-                     ndim == 2 ? "" : " (1-D)");
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+        char want[64];
+        if (ndim == 2) snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
+        else snprintf(want, sizeof want, "[%lld]", (long long)d0);
+        return rfail(c, PEFTD_EINVAL, "tensor '%s' does not fit base %s (expected shape %s)", name, c->base->name,
+                     want);
+    }
     kdtype kd;
     if (!st_dtype_to_kdtype(t->dtype, &kd) || (vec && kd != KDT_F32))
         return rfail(c, PEFTD_EFORMAT, "tensor '%s' has dtype %s", name, st_dtype_name(t->dtype));

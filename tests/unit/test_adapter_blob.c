@@ -351,6 +351,7 @@ TEST(edited_metadata_fails_cleanly) {
     size_t n;
     void *b2 = edit_meta(blob, len, bump_first_rank, NULL, &n);
     ASSERT_EQ(read_blob(b2, n, &BASE, err, sizeof err), PEFTD_EINVAL); /* shape no longer matches */
+    ASSERT_HAS(err, ".a' does not fit base stories260K (expected shape [");
     free(b2);
     b2 = edit_meta(blob, len, dup_first_module, NULL, &n);
     ASSERT_EQ(read_blob(b2, n, &BASE, err, sizeof err), PEFTD_EFORMAT);
