@@ -43,7 +43,6 @@ struct adapter_storage {
     void *block;
 };
 
-
 /* The base dims a blob's shapes depend on; -1 = unknown (writing without a base). */
 typedef struct {
     int hidden, intermediate, n_layers, q_dim, kv_dim, vocab;
@@ -51,9 +50,9 @@ typedef struct {
 
 static const char *const DIM_KEYS[6] = {"hidden", "intermediate", "n_layers", "q_dim", "kv_dim", "vocab"};
 
-static int *dim_at(bdims *d, int i) {
-    int *p[6] = {&d->hidden, &d->intermediate, &d->n_layers, &d->q_dim, &d->kv_dim, &d->vocab};
-    return p[i];
+static int dim_at(const bdims *d, int i) {
+    const int v[6] = {d->hidden, d->intermediate, d->n_layers, d->q_dim, d->kv_dim, d->vocab};
+    return v[i];
 }
 
 static bdims dims_of_base(const adapter_base *b) {
@@ -253,7 +252,7 @@ static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
     for (int i = 0; i < a->n_ranks && i < 8; i++)
         if (!add_item(ranks, cJSON_CreateNumber(a->ranks[i]))) return PEFTD_ENOMEM;
     for (int i = 0; i < 6; i++)
-        if (!add_num(base, DIM_KEYS[i], *dim_at((bdims *)d, i))) return PEFTD_ENOMEM;
+        if (!add_num(base, DIM_KEYS[i], dim_at(d, i))) return PEFTD_ENOMEM;
 
     if (a->kind == ADAPTER_LORA && a->lora && (rc = collect_lora(a, w, meta))) return rc;
     if (a->kind == ADAPTER_IA3 && a->ia3 && (rc = collect_ia3(a, d, w, meta))) return rc;
@@ -645,7 +644,7 @@ static int check_base(rctx *c, const cJSON *meta) {
         int64_t v;
         int rc = jint(c, b, DIM_KEYS[i], -1, INT32_MAX, &v);
         if (rc) return rc;
-        int want = *dim_at(&c->d, i);
+        int want = dim_at(&c->d, i);
         if (v >= 0 && v != want)
             return rfail(c, PEFTD_EINVAL, "written for a base with %s %lld, base %s has %d", DIM_KEYS[i],
                          (long long)v, c->base->name, want);
