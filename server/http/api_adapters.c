@@ -24,11 +24,11 @@
 #define API_ADAPTERS_LIMIT_MAX 1000
 
 cJSON *api_adapter_meta_json(const astore_meta *m) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON *ranks = cJSON_AddArrayToObject(o, "ranks");
-    if (!ranks || !cJSON_AddStringToObject(o, "id", m->name) || !cJSON_AddStringToObject(o, "object", "adapter") ||
+    cJSON *o = cJSON_CreateObject(), *ranks = NULL;
+    if (!cJSON_AddStringToObject(o, "id", m->name) || !cJSON_AddStringToObject(o, "object", "adapter") ||
         !cJSON_AddNumberToObject(o, "version", (double)m->version) ||
         !cJSON_AddStringToObject(o, "kind", adapter_kind_name(m->kind)) ||
+        !(ranks = cJSON_AddArrayToObject(o, "ranks")) ||
         !cJSON_AddNumberToObject(o, "n_params", (double)m->n_params) ||
         !cJSON_AddNumberToObject(o, "bytes", (double)m->bytes) || !cJSON_AddStringToObject(o, "sha256", m->sha256) ||
         !cJSON_AddNumberToObject(o, "created", (double)m->created) ||

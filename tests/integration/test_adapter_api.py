@@ -1,0 +1,565 @@
+"""tests/integration/test_adapter_api.py — the adapter resource over HTTP and peftctl:
+PUT /v1/adapters/{name} (multipart/form-data, parts recognised by file name), GET list
+(pagination), GET one, DELETE, /v1/models, refusals with their statuses, and the peftctl
+client (upload, ls, show, rm, generate, exit codes). Every fixture kind is uploaded by a
+hand-built multipart body, by peftctl and (when installed) by curl, and generates what
+`peftd generate --adapter DIR` generates."""
+
+import http.client
+import json
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+import harness
+from harness import test
+
+FIX = os.path.join(harness.ROOT, "tests", "fixtures", "adapters")
+PEFTCTL = os.path.join(os.path.dirname(harness.BIN), "peftctl")
+KINDS = sorted(n for n in os.listdir(FIX) if os.path.exists(os.path.join(FIX, n, "adapter_config.json")))
+WEIGHTS = ("adapter_model.safetensors", "adapter.safetensors")
+PROMPT = "Once upon a time"
+TMP = tempfile.mkdtemp(prefix="peftd-adapter-api-")
+_cli_cache = {}
+
+
+def d():
+    return harness.daemon
+
+
+# ---- helpers ----
+
+def fixture_files(fix):
+    dd = os.path.join(FIX, fix)
+    return [(n, open(os.path.join(dd, n), "rb").read())
+            for n in ("adapter_config.json",) + WEIGHTS if os.path.exists(os.path.join(dd, n))]
+
+
+def multipart(files, boundary=None):
+    """files: [(field name, file name or None, bytes)] -> (content type, body)."""
+    boundary = boundary or "----peftd%016x" % random.getrandbits(64)
+    out = []
+    for field, fname, data in files:
+        disp = 'form-data; name="%s"' % field
+        if fname is not None:
+            disp += '; filename="%s"' % fname
+        out.append(("--%s\r\nContent-Disposition: %s\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    % (boundary, disp)).encode() + data + b"\r\n")
+    return "multipart/form-data; boundary=" + boundary, b"".join(out) + ("--%s--\r\n" % boundary).encode()
+
+
+def put(dm, name, files, content_type=None, chunked=False, quote=True):
+    """PUT a multipart body built from files (field names arbitrary). Returns (status, obj)."""
+    ctype, body = multipart(files)
+    c = dm.conn(120)
+    try:
+        path = "/v1/adapters/" + (name if not quote else urlquote(name))
+        hdrs = {"Content-Type": content_type or ctype}
+        if chunked:
+            step = 64 * 1024
+            c.request("PUT", path, body=(body[i:i + step] for i in range(0, len(body), step)), headers=hdrs,
+                      encode_chunked=True)
+        else:
+            c.request("PUT", path, body=body, headers=hdrs)
+        r = c.getresponse()
+        data = r.read()
+    finally:
+        c.close()
+    try:
+        return r.status, json.loads(data)
+    except ValueError:
+        raise AssertionError("status %d, body is not JSON: %r" % (r.status, data[:300]))
+
+
+def upload_fixture(dm, name, fix):
+    files = [("field%d" % i, fname, data) for i, (fname, data) in enumerate(fixture_files(fix))]
+    return put(dm, name, files)
+
+
+def urlquote(s):
+    import urllib.parse
+    return urllib.parse.quote(s, safe="")
+
+
+def get(dm, path):
+    st, _, body = dm.request("GET", path)
+    return st, json.loads(body)
+
+
+def cli_generate(fix, prompt=PROMPT, max_tokens=16):
+    key = (fix, prompt, max_tokens)
+    if key not in _cli_cache:
+        args = [harness.BIN, "generate", "--model", harness.MODEL_DIR, "--prompt", prompt, "--max-tokens",
+                str(max_tokens), "--temperature", "0"]
+        if fix:
+            args += ["--adapter", os.path.join(FIX, fix)]
+        out = subprocess.run(args, cwd=harness.ROOT, capture_output=True, timeout=120 * harness.SLOW)
+        assert out.returncode == 0, out.stderr.decode(errors="replace")
+        _cli_cache[key] = out.stdout.decode()
+    return _cli_cache[key]
+
+
+def generate(dm, model, prompt=PROMPT, max_tokens=16):
+    return dm.complete(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)["choices"][0]["text"]
+
+
+def peftctl(dm, *args, env=None, timeout=120):
+    if not os.access(PEFTCTL, os.X_OK):
+        harness.skip("peftctl not built (%s)" % PEFTCTL)
+    url = ["--url", "http://127.0.0.1:%d" % dm.port] if dm else []
+    e = dict(os.environ)
+    e.pop("PEFTD_URL", None)
+    e.pop("PEFTD_API_KEY", None)
+    e.update(env or {})
+    return subprocess.run([PEFTCTL, *url, *args], capture_output=True, timeout=timeout * harness.SLOW, env=e)
+
+
+def check_meta(obj, name, kind=None):
+    for k in ("id", "object", "version", "kind", "ranks", "n_params", "bytes", "sha256", "created", "updated",
+              "targets", "n_virtual"):
+        assert k in obj, "%s missing in %s" % (k, obj)
+    assert obj["id"] == name and obj["object"] == "adapter", obj
+    assert isinstance(obj["ranks"], list) and isinstance(obj["targets"], list), obj
+    assert len(obj["sha256"]) == 64 and obj["bytes"] > 0 and obj["n_params"] > 0, obj
+    if kind:
+        assert obj["kind"] == kind, obj
+
+
+def staging_empty(dm):
+    """Every upload's staging directory is gone (<store>/tmp holds nothing)."""
+    tmp = os.path.join(dm.store, "tmp")
+    left = os.listdir(tmp) if os.path.isdir(tmp) else []
+    assert not left, "staging left behind: %s" % left
+
+
+def wait_for(cond, what, timeout=10):
+    deadline = time.time() + timeout * harness.SLOW
+    while not cond():
+        assert time.time() < deadline, "timed out waiting for " + what
+        time.sleep(0.02)
+
+
+def expected_kind(fix):
+    cfg = json.load(open(os.path.join(FIX, fix, "adapter_config.json")))
+    t = cfg.get("peft_type")
+    return {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning",
+            "PREFIX_TUNING": "prefix_tuning"}.get(t, "bottleneck" if t is None else None)
+
+
+def write_safetensors(path, tensors):
+    """tensors: {name: (shape, list of floats)} -> an F32 safetensors file."""
+    header, blobs, off = {}, [], 0
+    for name, (shape, vals) in sorted(tensors.items()):
+        b = struct.pack("<%df" % len(vals), *vals)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def lora_config(rank=1):
+    return json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 8,
+                       "target_modules": ["q_proj"], "lora_dropout": 0.0, "bias": "none",
+                       "fan_in_fan_out": False}).encode()
+
+
+# ---- uploads of every kind ----
+
+@test
+def upload_every_fixture_kind_by_multipart_and_generate():
+    dm = d()
+    for fix in KINDS:
+        name = "mp-" + fix
+        st, obj = upload_fixture(dm, name, fix)
+        assert st == 201, (fix, st, obj)
+        check_meta(obj, name, expected_kind(fix))
+        assert obj["version"] == 1, obj
+        got = generate(dm, name)
+        want = cli_generate(fix)
+        assert got == want, "%s: server %r, CLI %r" % (fix, got, want)
+    assert generate(dm, harness.MODEL_ID) == cli_generate(None)
+    staging_empty(dm)
+
+
+@test
+def upload_every_fixture_kind_with_peftctl():
+    dm = d()
+    for fix in KINDS:
+        name = "ctl-" + fix
+        r = peftctl(dm, "upload", name, os.path.join(FIX, fix))
+        out = r.stdout.decode()
+        assert r.returncode == 0, (fix, r.returncode, r.stderr.decode())
+        assert "version 1" in out and expected_kind(fix) in out, out
+        st, obj = get(dm, "/v1/adapters/" + name)
+        assert st == 200, obj
+        assert obj["sha256"] in out, (obj, out)
+        assert generate(dm, name) == cli_generate(fix), fix
+        # not a TTY here: no progress bar on stderr
+        assert b"\r" not in r.stderr, r.stderr
+    staging_empty(dm)
+
+
+@test
+def upload_with_curl():
+    curl = shutil.which("curl")
+    if not curl:
+        harness.skip("curl not installed")
+    dm = d()
+    for fix in ("lora_r8_all", "pfeiffer"):
+        fdir = os.path.join(FIX, fix)
+        args = [curl, "-sS", "-X", "PUT", "-w", "\n%{http_code}"]
+        for i, (n, _) in enumerate(fixture_files(fix)):
+            args += ["-F", "%s=@%s" % ("ab"[i], os.path.join(fdir, n))]
+        args.append("http://127.0.0.1:%d/v1/adapters/curl-%s" % (dm.port, fix))
+        r = subprocess.run(args, capture_output=True, timeout=60 * harness.SLOW)
+        assert r.returncode == 0, r.stderr
+        body, code = r.stdout.decode().rsplit("\n", 1)
+        assert code == "201", (code, body)
+        check_meta(json.loads(body), "curl-" + fix, expected_kind(fix))
+        assert generate(dm, "curl-" + fix) == cli_generate(fix)
+
+
+# ---- show, list, models ----
+
+@test
+def show_and_models_list_stored_adapters():
+    dm = d()
+    st, obj = upload_fixture(dm, "show-me", "lora_r8_all")
+    assert st in (200, 201), obj
+    st, shown = get(dm, "/v1/adapters/show-me")
+    assert st == 200
+    check_meta(shown, "show-me", "lora")
+    assert shown["ranks"] == [8] and shown["sha256"] == obj["sha256"], shown
+    assert "q_proj" in shown["targets"], shown
+    st, _, body = dm.request("HEAD", "/v1/adapters/show-me")
+    assert st == 200
+    st, err = get(dm, "/v1/adapters/nobody")
+    harness.assert_error(st, err, 404)
+    st, models = get(dm, "/v1/models")
+    assert st == 200
+    ids = [m["id"] for m in models["data"]]
+    assert ids[0] == harness.MODEL_ID, ids
+    assert "show-me" in ids, ids
+    m = models["data"][ids.index("show-me")]
+    assert m["parent"] == harness.MODEL_ID and m["adapter_kind"] == "lora", m
+    assert ids[1:] == sorted(ids[1:]), ids
+
+
+@test
+def list_pagination_concatenates_to_all_names():
+    dm = harness.Daemon()
+    try:
+        names = ["pg-%02d-%s" % (i, random.choice("abc")) for i in range(30)]
+        random.shuffle(names)
+        for n in names:
+            st, obj = upload_fixture(dm, n, "lora_r1_all")
+            assert st == 201, (n, st, obj)
+        seen, after, pages = [], None, 0
+        while True:
+            path = "/v1/adapters?limit=7" + ("&after=" + after if after else "")
+            st, obj = get(dm, path)
+            assert st == 200 and obj["object"] == "list", obj
+            assert len(obj["data"]) <= 7
+            pages += 1
+            seen += [m["id"] for m in obj["data"]]
+            if not obj["has_more"]:
+                break
+            assert obj["last_id"] == obj["data"][-1]["id"], obj
+            after = obj["last_id"]
+        assert pages == 5, pages
+        assert seen == sorted(names), seen
+        st, obj = get(dm, "/v1/adapters")
+        assert [m["id"] for m in obj["data"]] == sorted(names) and obj["has_more"] is False
+        st, obj = get(dm, "/v1/adapters?limit=1000&after=" + sorted(names)[-1])
+        assert st == 200 and obj["data"] == [] and obj["has_more"] is False and obj["last_id"] is None, obj
+        for bad in ("limit=0", "limit=1001", "limit=abc", "limit=", "limit=5x", "after=../x", "after=" + "a" * 65):
+            st, obj = get(dm, "/v1/adapters?" + bad)
+            harness.assert_error(st, obj, 400)
+        # peftctl ls follows the pages
+        r = peftctl(dm, "ls", "--page-size", "7")
+        assert r.returncode == 0, r.stderr
+        rows = r.stdout.decode().splitlines()
+        assert rows[0].startswith("NAME"), rows
+        assert [row.split()[0] for row in rows[1:]] == sorted(names), rows
+        r = peftctl(dm, "ls", "--limit", "10", "--page-size", "4")
+        assert [row.split()[0] for row in r.stdout.decode().splitlines()[1:]] == sorted(names)[:10]
+        st, models = get(dm, "/v1/models")
+        assert [m["id"] for m in models["data"]] == [harness.MODEL_ID] + sorted(names)
+        staging_empty(dm)
+    finally:
+        dm.close()
+
+
+# ---- delete, replace ----
+
+@test
+def delete_then_404_everywhere():
+    dm = d()
+    st, obj = upload_fixture(dm, "doomed", "ia3")
+    assert st in (200, 201), obj
+    generate(dm, "doomed")
+    st, _, body = dm.request("DELETE", "/v1/adapters/doomed")
+    obj = json.loads(body)
+    assert st == 200 and obj == {"id": "doomed", "object": "adapter", "deleted": True}, (st, obj)
+    st, obj = get(dm, "/v1/adapters/doomed")
+    harness.assert_error(st, obj, 404)
+    st, obj = dm.post("/v1/completions", {"model": "doomed", "prompt": "x", "max_tokens": 2})
+    harness.assert_error(st, obj, 404)
+    st, _, body = dm.request("DELETE", "/v1/adapters/doomed")
+    harness.assert_error(st, json.loads(body), 404)
+    st, models = get(dm, "/v1/models")
+    assert "doomed" not in [m["id"] for m in models["data"]]
+    # a new upload under the name starts over
+    st, obj = upload_fixture(dm, "doomed", "lora_r1_all")
+    assert st == 201 and obj["version"] == 1, (st, obj)
+
+
+@test
+def replace_increments_version_and_changes_output():
+    dm = d()
+    st, v1 = upload_fixture(dm, "swap", "lora_r8_all")
+    assert st == 201, v1
+    assert generate(dm, "swap") == cli_generate("lora_r8_all")
+    st, v2 = upload_fixture(dm, "swap", "lora_dora")
+    assert st == 200, (st, v2)
+    assert v2["version"] == v1["version"] + 1 and v2["sha256"] != v1["sha256"], (v1, v2)
+    assert v2["created"] == v1["created"] and v2["updated"] >= v1["updated"], (v1, v2)
+    assert generate(dm, "swap") == cli_generate("lora_dora")
+    assert cli_generate("lora_dora") != cli_generate("lora_r8_all")
+    st, shown = get(dm, "/v1/adapters/swap")
+    assert shown["version"] == v2["version"] and shown["sha256"] == v2["sha256"], shown
+
+
+# ---- refusals ----
+
+@test
+def bad_uploads_are_refused_with_clear_errors():
+    dm = d()
+    cfg, w = fixture_files("lora_r8_all")
+    # an unknown file, whatever its field
+    st, obj = put(dm, "bad", [("a", *cfg), ("b", *w), ("c", "notes.txt", b"hello")])
+    harness.assert_error(st, obj, 400)
+    assert "notes.txt" in obj["error"]["message"], obj
+    # weights or config missing
+    st, obj = put(dm, "bad", [("a", *cfg)])
+    harness.assert_error(st, obj, 400)
+    assert "weights" in obj["error"]["message"], obj
+    st, obj = put(dm, "bad", [("b", *w)])
+    harness.assert_error(st, obj, 400)
+    assert "adapter_config.json" in obj["error"]["message"], obj
+    # a form field that is not a file
+    st, obj = put(dm, "bad", [("a", *cfg), ("b", *w), ("comment", None, b"hi")])
+    harness.assert_error(st, obj, 400)
+    assert "comment" in obj["error"]["message"], obj
+    # the same file twice
+    st, obj = put(dm, "bad", [("a", *cfg), ("b", *w), ("c", *w)])
+    harness.assert_error(st, obj, 400)
+    # pickle weights: never unpickled
+    for pk in ("adapter_model.bin", "pytorch_adapter.bin"):
+        st, obj = put(dm, "bad", [("a", *cfg), ("b", pk, b"\x80\x02}q\x00.")])
+        harness.assert_error(st, obj, 422)
+        assert "pickle" in obj["error"]["message"], obj
+    # not multipart
+    st, obj = put(dm, "bad", [("a", *cfg), ("b", *w)], content_type="application/json")
+    harness.assert_error(st, obj, 415)
+    # malformed multipart (no closing boundary)
+    c = dm.conn(30)
+    try:
+        c.request("PUT", "/v1/adapters/bad", body=b"--xyz\r\nContent-Disposition: form-data; name=\"a\"; "
+                  b"filename=\"adapter_config.json\"\r\n\r\n{}",
+                  headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+        r = c.getresponse()
+        harness.assert_error(r.status, json.loads(r.read()), 400)
+    finally:
+        c.close()
+    # malformed JSON config
+    st, obj = put(dm, "bad", [("a", "adapter_config.json", b'{"peft_type": "LORA", "r": '), ("b", *w)])
+    harness.assert_error(st, obj, 400)
+    # a client that hangs up mid-upload leaves nothing behind
+    ctype, body = multipart([("a", *cfg), ("b", *w)])
+    c = dm.conn(30)
+    c.putrequest("PUT", "/v1/adapters/hangup")
+    c.putheader("Content-Type", ctype)
+    c.putheader("Content-Length", str(len(body)))
+    c.endheaders()
+    c.send(body[:len(body) // 2])
+    tmp = os.path.join(dm.store, "tmp")
+    wait_for(lambda: os.path.isdir(tmp) and os.listdir(tmp), "the upload's staging directory")
+    # An abortive close (RST): libmicrohttpd (0.9.75, edge-triggered epoll) sometimes misses
+    # a plain FIN that follows body bytes it already read; such a connection is then closed
+    # by the idle timeout (http timeout_s) and cleaned up the same way, only later.
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    wait_for(lambda: not os.listdir(tmp), "the staging directory removed after the hang-up")
+    st, obj = get(dm, "/v1/adapters/hangup")
+    harness.assert_error(st, obj, 404)
+    # nothing was stored under the name, and no staging is left
+    st, obj = get(dm, "/v1/adapters/bad")
+    harness.assert_error(st, obj, 404)
+    staging_empty(dm)
+    assert generate(dm, harness.MODEL_ID)  # still serving
+
+
+@test
+def invalid_names_are_refused():
+    dm = d()
+    files = [("a", n, b) for n, b in fixture_files("lora_r1_all")]
+    for name in ("../x", "a" * 65, "-x", ".hidden", "a b", "caf\u00e9", "x/y"):
+        st, obj = put(dm, name, files)
+        harness.assert_error(st, obj, 400)
+        assert "name" in obj["error"]["message"], (name, obj)
+        st, obj = get(dm, "/v1/adapters/" + urlquote(name))
+        harness.assert_error(st, obj, 400)
+    st, obj = put(dm, "a" * 64, files)
+    assert st == 201, obj
+    # the empty name
+    st, obj = put(dm, "", files, quote=False)
+    harness.assert_error(st, obj, 400)
+    # methods
+    st, _, body = dm.request("POST", "/v1/adapters/x", body=b"{}")
+    harness.assert_error(st, json.loads(body), 405)
+    st, h, body = dm.request("DELETE", "/v1/adapters")
+    assert st == 405 and "GET" in h.get("allow", ""), (st, h)
+
+
+@test
+def incompatible_adapter_gets_422_naming_the_tensor():
+    dm = d()
+    dd = os.path.join(TMP, "wrong_shape")
+    os.makedirs(dd, exist_ok=True)
+    rng = random.Random(3)
+    t = {}
+    for l in range(5):
+        p = "base_model.model.model.layers.%d.self_attn.q_proj." % l
+        inner = 48 if l == 2 else 64  # stories260K's hidden size is 64: layer 2's A is wrong
+        t[p + "lora_A.weight"] = ((1, inner), [rng.uniform(-0.5, 0.5) for _ in range(inner)])
+        t[p + "lora_B.weight"] = ((64, 1), [rng.uniform(-0.5, 0.5) for _ in range(64)])
+    write_safetensors(os.path.join(dd, "adapter_model.safetensors"), t)
+    with open(os.path.join(dd, "adapter_config.json"), "wb") as f:
+        f.write(lora_config())
+    files = [("x", "adapter_config.json", lora_config()),
+             ("y", "adapter_model.safetensors", open(os.path.join(dd, "adapter_model.safetensors"), "rb").read())]
+    st, obj = put(dm, "wrong", files)
+    harness.assert_error(st, obj, 422, "adapter_incompatible")
+    assert "layers.2.self_attn.q_proj" in obj["error"]["message"], obj
+    r = peftctl(dm, "upload", "wrong", dd)
+    assert r.returncode == 1 and b"layers.2.self_attn.q_proj" in r.stderr, (r.returncode, r.stderr)
+    st, obj = get(dm, "/v1/adapters/wrong")
+    harness.assert_error(st, obj, 404)
+
+
+@test
+def upload_over_the_limit_gets_413():
+    cfgf = os.path.join(TMP, "small_upload.json")
+    with open(cfgf, "w") as f:
+        json.dump({"model": harness.MODEL_DIR, "store": {"max_upload_mb": 1}}, f)
+    dm = harness.Daemon(["--config", cfgf])
+    try:
+        cfg, _ = fixture_files("lora_r1_all")
+        big = ("adapter_model.safetensors", os.urandom(3 << 19))  # 1.5 MiB
+        # declared length: refused before the body is read
+        st, obj = put(dm, "big", [("a", *cfg), ("b", *big)])
+        harness.assert_error(st, obj, 413)
+        # chunked (no length): refused once the limit is passed, the rest drained
+        st, obj = put(dm, "big", [("a", *cfg), ("b", *big)], chunked=True)
+        harness.assert_error(st, obj, 413)
+        # the JSON body limit (1 MiB) does not apply to uploads: 0.9 MiB + a real adapter is fine
+        st, obj = upload_fixture(dm, "fits", "lora_r8_all")
+        assert st == 201, obj
+        st, obj = get(dm, "/v1/adapters/big")
+        harness.assert_error(st, obj, 404)
+        staging_empty(dm)
+        # peftctl reports the server's refusal with exit status 1
+        dd = os.path.join(TMP, "big")
+        os.makedirs(dd, exist_ok=True)
+        with open(os.path.join(dd, "adapter_config.json"), "wb") as f:
+            f.write(cfg[1])
+        with open(os.path.join(dd, "adapter_model.safetensors"), "wb") as f:
+            f.write(big[1])
+        r = peftctl(dm, "upload", "big", dd)
+        assert r.returncode == 1 and b"limit" in r.stderr, (r.returncode, r.stderr)
+    finally:
+        dm.close()
+
+
+@test
+def large_upload_streams_within_the_default_limit():
+    """A weights part larger than the JSON body limit (1 MiB) is staged and validated, not
+    refused for size: the rank-64 LoRA fixture (~1.4 MiB)."""
+    dm = d()
+    if not os.path.exists(os.path.join(FIX, "lora_r64_all", "adapter_model.safetensors")):
+        harness.skip("no lora_r64_all fixture")
+    st, obj = upload_fixture(dm, "r64", "lora_r64_all")
+    assert st == 201, obj
+    assert obj["ranks"] == [64], obj
+    assert generate(dm, "r64") == cli_generate("lora_r64_all")
+
+
+# ---- peftctl ----
+
+@test
+def peftctl_show_rm_generate_and_exit_codes():
+    dm = d()
+    r = peftctl(dm, "upload", "ctl-gen", os.path.join(FIX, "prompt_tuning"))
+    assert r.returncode == 0, r.stderr
+    r = peftctl(dm, "show", "ctl-gen")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    check_meta(obj, "ctl-gen", "prompt_tuning")
+    assert obj["n_virtual"] > 0, obj
+    want = cli_generate("prompt_tuning", "The dog", 20)
+    r = peftctl(dm, "generate", "--model", "ctl-gen", "--prompt", "The dog", "--max-tokens", "20",
+                "--temperature", "0")
+    assert r.returncode == 0 and r.stdout.decode() == want, (r.stdout, want, r.stderr)
+    r = peftctl(dm, "generate", "--model", "ctl-gen", "--prompt", "The dog", "--max-tokens", "20",
+                "--temperature", "0", "--stream")
+    assert r.returncode == 0 and r.stdout.decode() == want, (r.stdout, want, r.stderr)
+    r = peftctl(None, "generate", "--model", harness.MODEL_ID, "--prompt", PROMPT, "--max-tokens", "16",
+                "--temperature", "0", env={"PEFTD_URL": "http://127.0.0.1:%d" % dm.port,
+                                           "PEFTD_API_KEY": "sk-test"})
+    assert r.returncode == 0 and r.stdout.decode() == cli_generate(None), r
+    r = peftctl(dm, "rm", "ctl-gen")
+    assert r.returncode == 0 and b"deleted" in r.stdout, r
+    # the server says no: 1, with its message
+    r = peftctl(dm, "rm", "ctl-gen")
+    assert r.returncode == 1 and b"ctl-gen" in r.stderr and b"404" in r.stderr, r
+    r = peftctl(dm, "show", "nobody")
+    assert r.returncode == 1, r
+    r = peftctl(dm, "generate", "--model", "nobody", "--prompt", "x")
+    assert r.returncode == 1 and b"nobody" in r.stderr, r
+    r = peftctl(dm, "upload", "../x", os.path.join(FIX, "ia3"))
+    assert r.returncode == 1 and b"name" in r.stderr, r
+    # usage: 2
+    for args in (("upload", "x"), ("upload", "x", "/nonexistent/dir"), ("frobnicate",), (),
+                 ("ls", "--limit", "0"), ("generate", "--prompt", "x"), ("show",), ("rm", "a", "b"),
+                 ("--url", "ftp://x", "ls")):
+        r = peftctl(dm, *args)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        assert r.stderr and not r.stdout, (args, r)
+    pk = os.path.join(TMP, "pickle_only")
+    os.makedirs(pk, exist_ok=True)
+    shutil.copy(os.path.join(FIX, "lora_r1_all", "adapter_config.json"), pk)
+    with open(os.path.join(pk, "adapter_model.bin"), "wb") as f:
+        f.write(b"\x80\x02}q\x00.")
+    r = peftctl(dm, "upload", "pk", pk)
+    assert r.returncode == 2 and b"pickle" in r.stderr, r
+    # cannot connect: 3
+    r = peftctl(None, "--url", "http://127.0.0.1:%d" % harness.free_port(), "ls")
+    assert r.returncode == 3 and r.stderr, r
+    r = peftctl(dm, "--help")
+    assert r.returncode == 0 and b"upload NAME DIR" in r.stdout, r
+
+
+if __name__ == "__main__":
+    try:
+        harness.run_tests(__file__)
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)
