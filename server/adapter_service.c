@@ -126,7 +126,7 @@ int adapter_service_import_dir(adapter_service *s, const char *name, const char 
     size_t len = 0;
     int st = adapter_load_dir(dir, &s->base, s->m->kb, &a, err, errlen);
     if (st < 0) return st;
-    if ((st = adapter_blob_write(a, &blob, &len)) < 0) {
+    if ((st = adapter_blob_write_base(a, &s->base, &blob, &len)) < 0) {
         snprintf(err, errlen, "cannot serialise the adapter: %s", peftd_strerror(st));
         goto out;
     }
