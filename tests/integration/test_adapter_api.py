@@ -465,9 +465,18 @@ def upload_over_the_limit_gets_413():
     try:
         cfg, _ = fixture_files("lora_r1_all")
         big = ("adapter_model.safetensors", os.urandom(3 << 19))  # 1.5 MiB
-        # declared length: refused before the body is read
-        st, obj = put(dm, "big", [("a", *cfg), ("b", *big)])
-        harness.assert_error(st, obj, 413)
+        # declared length: refused from the headers alone, before any body is sent
+        ctype, body = multipart([("a", *cfg), ("b", *big)])
+        c = dm.conn(30)
+        try:
+            c.putrequest("PUT", "/v1/adapters/big")
+            c.putheader("Content-Type", ctype)
+            c.putheader("Content-Length", str(len(body)))
+            c.endheaders()
+            r = c.getresponse()
+            harness.assert_error(r.status, json.loads(r.read()), 413)
+        finally:
+            c.close()
         # chunked (no length): refused once the limit is passed, the rest drained
         st, obj = put(dm, "big", [("a", *cfg), ("b", *big)], chunked=True)
         harness.assert_error(st, obj, 413)
@@ -554,6 +563,25 @@ def peftctl_show_rm_generate_and_exit_codes():
     # cannot connect: 3
     r = peftctl(None, "--url", "http://127.0.0.1:%d" % harness.free_port(), "ls")
     assert r.returncode == 3 and r.stderr, r
+    # on a terminal, upload draws a progress bar on stderr (and clears it)
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen([PEFTCTL, "--url", "http://127.0.0.1:%d" % dm.port, "upload", "tty-up",
+                          os.path.join(FIX, "lora_r64_all")], stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    out, _ = p.communicate(timeout=60 * harness.SLOW)
+    tty = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        tty += chunk
+    os.close(master)
+    assert p.returncode == 0 and b"version 1" in out, (p.returncode, out, tty)
+    assert b"100%" in tty and b"[" + b"#" * 30 + b"]" in tty, tty
     r = peftctl(dm, "--help")
     assert r.returncode == 0 and b"upload NAME DIR" in r.stdout, r
 
