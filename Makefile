@@ -35,6 +35,9 @@ HARNESS  := $(BUILD)/tests/harness.o
 # The command line client: its own binary, not part of the daemon library.
 PEFTCTL_SRC := $(wildcard clients/peftctl/*.c)
 PEFTCTL_OBJ := $(PEFTCTL_SRC:%.c=$(BUILD)/%.o)
+# The load generator (libcurl multi): a client too, built like peftctl.
+LOADGEN_SRC := $(wildcard clients/loadgen/*.c)
+LOADGEN_OBJ := $(LOADGEN_SRC:%.c=$(BUILD)/%.o)
 
 # CUDA backend: compiled whenever nvcc exists and there are .cu sources.
 NVCC     := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -51,10 +54,10 @@ else
   BUILD_KIND := CPU-only (no nvcc on PATH: CUDA backend not built)
 endif
 
-.PHONY: all deps run test unit integration asan bench clean fmt-check
+.PHONY: all deps run test test-load unit integration asan bench clean fmt-check
 .DEFAULT_GOAL := all
 
-all: $(BUILD)/peftd $(BUILD)/libpeftd.a $(BUILD)/peftctl
+all: $(BUILD)/peftd $(BUILD)/libpeftd.a $(BUILD)/peftctl $(BUILD)/peftd-loadgen
 	@echo "peftd: $(BUILD_KIND)"
 
 deps:
@@ -71,6 +74,10 @@ $(BUILD)/peftd: $(BUILD)/server/main.o $(BUILD)/libpeftd.a
 $(PEFTCTL_OBJ): CFLAGS += $(CLI_CFLAGS)
 $(BUILD)/peftctl: $(PEFTCTL_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS)
+
+$(LOADGEN_OBJ): CFLAGS += $(CLI_CFLAGS)
+$(BUILD)/peftd-loadgen: $(LOADGEN_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) -lm
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -104,6 +111,12 @@ run: deps
 test: deps
 	@$(MAKE) --no-print-directory all tests-bin
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh
+
+# The load acceptance test (256 streaming clients for 60 s, > 1 minute): apart from `make test`
+# (under `make test` it skips itself unless PEFTD_TEST_LOAD=1).
+test-load: deps
+	@$(MAKE) --no-print-directory all
+	@PEFTD_TEST_LOAD=1 PEFTD_BIN=$(BUILD)/peftd PEFTD_LOADGEN=$(BUILD)/peftd-loadgen $(PYTHON) tests/integration/test_load.py
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
