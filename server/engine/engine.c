@@ -20,6 +20,7 @@
 #include "adapter_store/tiers.h"
 #include "kernels/util/log.h"
 #include "server/engine/engine_internal.h"
+#include "server/engine/fairness.h"
 #include "server/engine/kv_blocks.h"
 #include "server/engine/sampling.h"
 #include "server/model/llama.h"
@@ -40,6 +41,7 @@ typedef struct seq {
     engine_request *r;
     const adapter *ad;
     adapter *pinned;          /* ad when it is pinned in the tiers' slot pool */
+    vtc_tenant *vt;           /* whose served tokens this sequence counts as */
     float ad_scale;
     int32_t *tokens;          /* [virtual tokens (prompt tuning) as -(k+1)] + prompt + generated */
     int n_tokens;
@@ -88,6 +90,7 @@ struct engine {
     int n_running;
     kv_blocks kv;
     tiers *tiers;             /* adapter slot pool (NULL without a store) */
+    vtc *vtc;                 /* per-tenant fairness counters */
     adapter_base abase;
     prefix_entry *prefixes;   /* [max_seqs]: at most one per running sequence */
     int n_prefixes;
@@ -131,6 +134,7 @@ static void prefix_release(engine *e, prefix_entry *p) {
 
 static void seq_free(engine *e, seq *s) {
     if (!s) return;
+    if (s->vt) vtc_finish(e->vtc, s->vt);
     prefix_release(e, s->pfx);
     if (s->pinned) tiers_unpin(e->tiers, s->pinned);
     kv_blocks_release(&e->kv, s->blocks, s->n_blocks);
@@ -247,6 +251,14 @@ static void drain_queue(engine *e) {
     while (h) {
         engine_request *n = h->next;
         h->next = NULL;
+        h->vt = vtc_tenant_get(e->vtc, h->params.tenant, h->params.tenant_weight);
+        if (!h->vt) { /* out of memory for a new tenant record */
+            atomic_fetch_sub(&e->n_queued, 1);
+            finish_request(h, FINISH_ERROR, "out of memory");
+            h = n;
+            continue;
+        }
+        vtc_arrive(e->vtc, h->vt);
         if (e->w_tail) e->w_tail->next = h;
         else e->w_head = h;
         e->w_tail = h;
@@ -273,6 +285,7 @@ static void reap_cancelled(engine *e, bool all) {
             if (e->w_tail == r) e->w_tail = prev;
             r->next = NULL;
             atomic_fetch_sub(&e->n_queued, 1);
+            vtc_leave_queue(e->vtc, r->vt);
             finish_request(r, FINISH_CANCELLED, NULL);
         } else {
             prev = r;
@@ -336,29 +349,37 @@ fail:
     return NULL;
 }
 
-/* Admission in arrival order. A request whose adapter is not resident yet stays waiting
- * (its fetch runs on the thread pool) and the ones behind it may go first; a request whose
- * KV blocks do not fit stops admission (FIFO for memory: no starvation of long prompts). */
+/* Admission by fairness: the next request admitted is the earliest waiting one of the
+ * tenant with the smallest virtual token counter (fairness.h). A request whose adapter is
+ * not resident yet stays waiting (its fetch runs on the thread pool) and is passed over
+ * this round; when the chosen request's KV blocks do not fit, admission stops (nobody
+ * overtakes it for memory, so long prompts are not starved). */
 static void admit(engine *e) {
-    engine_request *prev = NULL, *r = e->w_head;
-    while (r && e->n_running < e->cfg.max_seqs) {
-        engine_request *next = r->next;
+    for (engine_request *r = e->w_head; r; r = r->next) r->skip = false;
+    while (e->n_running < e->cfg.max_seqs) {
+        engine_request *best = NULL, *best_prev = NULL, *prev = NULL;
+        for (engine_request *r = e->w_head; r; prev = r, r = r->next)
+            if (!r->skip && (!best || r->vt->counter < best->vt->counter)) {
+                best = r;
+                best_prev = prev;
+            }
+        if (!best) break;
+        engine_request *r = best;
         const adapter *ad = r->params.adapter;
         adapter *pinned = NULL;
         if (r->params.handle) {
             bool wait, failed;
             pinned = resolve_adapter(e, r, &wait, &failed);
-            if (failed) { /* already finished: drop it from the list (the ref went with it) */
-                if (prev) prev->next = next;
-                else e->w_head = next;
-                if (e->w_tail == r) e->w_tail = prev;
+            if (failed) { /* already finished (its engine reference went with it) */
+                if (best_prev) best_prev->next = r->next;
+                else e->w_head = r->next;
+                if (e->w_tail == r) e->w_tail = best_prev;
                 atomic_fetch_sub(&e->n_queued, 1);
-                r = next;
+                vtc_leave_queue(e->vtc, r->vt);
                 continue;
             }
             if (wait) {
-                prev = r;
-                r = next;
+                r->skip = true;
                 continue;
             }
             ad = pinned;
@@ -370,11 +391,17 @@ static void admit(engine *e) {
             if (pinned) tiers_unpin(e->tiers, pinned);
             break;
         }
-        waiting_unlink(e, prev, r);
+        vtc_tenant *vt = r->vt;
+        waiting_unlink(e, best_prev, r);
         seq *s = seq_create(e, r, ad, pinned);
-        if (!s) finish_request(r, FINISH_ERROR, "out of memory admitting the request");
-        else e->running[e->n_running++] = s;
-        r = next;
+        if (!s) {
+            vtc_leave_queue(e->vtc, vt);
+            finish_request(r, FINISH_ERROR, "out of memory admitting the request");
+            continue;
+        }
+        vtc_admit(e->vtc, vt);
+        s->vt = vt;
+        e->running[e->n_running++] = s;
     }
 }
 
@@ -569,7 +596,14 @@ static bool engine_step(engine *e) {
         fail_all_running(e, "model forward failed");
         return true;
     }
-    for (int i = 0; i < e->n_running; i++) e->running[i]->n_computed += e->b_chunk[i];
+    for (int i = 0; i < e->n_running; i++) {
+        seq *s = e->running[i];
+        int c = e->b_chunk[i];
+        if (c == 0) continue;
+        bool decode = s->n_tokens - s->n_computed == 1;
+        s->n_computed += c;
+        vtc_charge(e->vtc, s->vt, decode ? 0 : c, s->n_computed == s->n_tokens ? 1 : 0);
+    }
     int generated = 0;
     for (int k = 0; k < NL; k++) {
         seq *s = e->b_logit_seq[k];
@@ -589,6 +623,9 @@ static bool engine_step(engine *e) {
         }
     }
     pthread_mutex_lock(&e->smu);
+    for (int k = 0, lim = 1; k < ENGINE_BATCH_BUCKETS; k++, lim *= 2)
+        if (k == ENGINE_BATCH_BUCKETS - 1 || T <= lim) e->stats.batch_rows_bucket[k]++;
+    e->stats.batch_rows_sum += (uint64_t)T;
     e->stats.steps++;
     e->stats.tokens_generated += (uint64_t)generated;
     e->stats.prompt_tokens += (uint64_t)prompt_rows;
@@ -708,7 +745,9 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     /* + max_seqs rows: a step holds every decode row plus a prefill chunk of the budget */
     if ((st = llama_ctx_create(m, &lp, &e->lc, err, errlen)) < 0) goto fail;
     st = PEFTD_ENOMEM;
-    if (kv_blocks_init(&e->kv, n_blocks) < 0 || sampler_scratch_init(&e->ss, m->cfg.vocab_size) < 0) goto oom;
+    if (kv_blocks_init(&e->kv, n_blocks) < 0 || sampler_scratch_init(&e->ss, m->cfg.vocab_size) < 0 ||
+        vtc_create(&e->vtc) < 0)
+        goto oom;
     size_t T = (size_t)lp.max_tokens, S = (size_t)cfg->max_seqs;
     e->running = calloc(S, sizeof(seq *));
     e->b_tokens = malloc(T * 4);
@@ -796,6 +835,10 @@ void engine_cancel(engine *e, engine_request *r) {
     pthread_mutex_unlock(&e->qmu);
 }
 
+int engine_get_tenant_stats(engine *e, engine_tenant_stats *out, int max) {
+    return e->vtc ? vtc_snapshot(e->vtc, out, max) : 0;
+}
+
 void engine_get_stats(engine *e, engine_stats *s) {
     pthread_mutex_lock(&e->smu);
     *s = e->stats;
@@ -834,6 +877,7 @@ void engine_free(engine *e) {
     reap_cancelled(e, true);
     tiers_free(e->tiers);
     model_adapter_base_free(&e->abase);
+    vtc_free(e->vtc);
     llama_ctx_free(e->lc);
     kv_blocks_free(&e->kv);
     sampler_scratch_free(&e->ss);

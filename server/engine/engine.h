@@ -66,6 +66,11 @@ typedef struct {
     const struct adapter_handle *handle;
     const struct adapter *adapter;
     float adapter_scale;       /* strength of LoRA-family adapters (default 1.0) */
+    /* Fair scheduling (Virtual Token Counter): requests are grouped by tenant; when the
+     * engine is saturated each tenant gets a share of served tokens proportional to its
+     * weight. "" = the anonymous / single-user tenant. */
+    char tenant[65];
+    float tenant_weight;       /* > 0; default 1.0 */
 } gen_params;
 
 void gen_params_default(gen_params *p);
@@ -136,11 +141,25 @@ int engine_context_length(const engine *e);
  * tiers_get_stats may be called from any thread. */
 struct tiers *engine_tiers(engine *e);
 
+#define ENGINE_BATCH_BUCKETS 8 /* step batch-size histogram: <=1, 2, 4, 8, 16, 32, 64, +Inf rows */
+
 typedef struct {
     int running, waiting;
     int kv_blocks_total, kv_blocks_used;
     uint64_t steps, tokens_generated, prompt_tokens;
+    uint64_t preemptions;                           /* sequences preempted (recomputed later) */
+    uint64_t batch_rows_bucket[ENGINE_BATCH_BUCKETS]; /* cumulative counts per upper bound */
+    uint64_t batch_rows_sum;                        /* token rows over all steps */
 } engine_stats;
+
+/* Per-tenant served tokens (prompt + generated), for metrics and fairness tests. Copies
+ * up to max entries; returns how many. */
+typedef struct {
+    char tenant[65];
+    uint64_t prompt_tokens, generated_tokens;
+    int running, waiting;
+} engine_tenant_stats;
+int engine_get_tenant_stats(engine *e, engine_tenant_stats *out, int max);
 void engine_get_stats(engine *e, engine_stats *s);
 
 /* Non-blocking: stops accepting work (submit answers PEFTD_ECANCELED); with drain, running

@@ -31,6 +31,8 @@ struct engine_request {
     /* engine queue link (guarded by the engine's queue lock) */
     struct engine_request *next;
     bool adapter_fetching;         /* engine thread: a fetch of its adapter was started */
+    bool skip;                     /* engine thread: passed over in this admission round */
+    struct vtc_tenant *vt;         /* engine thread: its tenant's fairness counter */
 };
 
 /* Engine side: append published text / a token record; finish. Each takes r->mu. */

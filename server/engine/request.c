@@ -14,6 +14,7 @@ void gen_params_default(gen_params *p) {
     p->top_p = 1.0f;
     p->logprobs = -1;
     p->adapter_scale = 1.0f;
+    p->tenant_weight = 1.0f;
 }
 
 const char *finish_reason_str(finish_reason f) {
