@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "adapter_store/store_internal.h"
+
 /* Version of the meta record layout and of the database set; "info"/"schema" holds it. A
  * store written by a newer peftd is refused rather than misread. */
 #define ASTORE_SCHEMA 1
@@ -46,19 +48,13 @@
 
 #define BLOB_MAGIC "PFB1"
 #define BLOB_HDR 40 /* magic 4 + reserved 4 + sha256 32 */
-
-struct astore {
-    MDB_env *env;
-    MDB_dbi meta, blobs, refs, info;
-    size_t max_map;
-    pthread_mutex_t write_lock;
-    pthread_rwlock_t map_lock;
-};
+/* meta, blobs, refs, info + tenant_store.c's tenants and keys, with room to spare */
+#define ASTORE_MAX_DBS 8
 
 /* ---------------------------------------------------------------- status, helpers */
 
 /* LMDB's own codes are in [MDB_KEYEXIST, MDB_LAST_ERRCODE]; positive values are errno. */
-static int status_of(int rc) {
+int astore__status(int rc) {
     if (rc >= 0) return rc == 0 ? 0 : -rc;
     if (rc < MDB_KEYEXIST || rc > MDB_LAST_ERRCODE) return rc; /* already a PEFTD_E* / -errno */
     switch (rc) {
@@ -117,36 +113,30 @@ static int grow(astore *s) {
     MDB_envinfo info;
     if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize < s->max_map) {
         size_t next = info.me_mapsize > s->max_map / 2 ? s->max_map : info.me_mapsize * 2;
-        rc = status_of(mdb_env_set_mapsize(s->env, next));
+        rc = astore__status(mdb_env_set_mapsize(s->env, next));
     }
     pthread_rwlock_unlock(&s->map_lock);
     return rc;
 }
 
 /* Starts a short read transaction; on success map_lock is held shared until read_end. */
-static int read_begin(astore *s, MDB_txn **txn) {
+int astore__read_begin(astore *s, MDB_txn **txn) {
     for (;;) {
         pthread_rwlock_rdlock(&s->map_lock);
         int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn);
         if (rc == 0) return 0;
         pthread_rwlock_unlock(&s->map_lock);
-        if (rc != MDB_MAP_RESIZED) return status_of(rc);
+        if (rc != MDB_MAP_RESIZED) return astore__status(rc);
         adopt_resize(s);
     }
 }
 
-static void read_end(astore *s, MDB_txn *txn) {
+void astore__read_end(astore *s, MDB_txn *txn) {
     mdb_txn_abort(txn);
     pthread_rwlock_unlock(&s->map_lock);
 }
 
-/* The body of a write transaction: returns 0 to commit, an MDB or PEFTD code to abort. It
- * may run several times (after the map grew), so it must only write into txn and ctx. */
-typedef int (*write_fn)(astore *s, MDB_txn *txn, void *ctx);
-
-/* Runs fn in one write transaction, growing the map and retrying on MDB_MAP_FULL; beyond
- * max_map the transaction is aborted (nothing changed) and PEFTD_ENOSPC returned. */
-static int write_txn(astore *s, write_fn fn, void *ctx) {
+int astore__write_txn(astore *s, astore__write_fn fn, void *ctx) {
     int rc;
     pthread_mutex_lock(&s->write_lock);
     for (;;) {
@@ -167,7 +157,7 @@ static int write_txn(astore *s, write_fn fn, void *ctx) {
         break;
     }
     pthread_mutex_unlock(&s->write_lock);
-    return status_of(rc);
+    return astore__status(rc);
 }
 
 /* ---------------------------------------------------------------- meta codec */
@@ -273,11 +263,16 @@ fail:
     return rc;
 }
 
-/* A record under key k must describe the name k: anything else is a damaged store. */
+/* A record under key k must describe the name k, or (an owner-scoped record, store.h)
+ * owner/name: anything else is a damaged store. */
 static int meta_decode_key(const MDB_val *k, const MDB_val *v, astore_meta *m) {
     int rc = meta_decode(v->mv_data, v->mv_size, m);
-    if (rc == 0 && (strlen(m->name) != k->mv_size || memcmp(m->name, k->mv_data, k->mv_size))) rc = PEFTD_EFORMAT;
-    return rc;
+    if (rc) return rc;
+    char key[ASTORE_KEY_MAX + 1];
+    bool plain = strlen(m->name) == k->mv_size && !memcmp(m->name, k->mv_data, k->mv_size);
+    bool scoped = astore_key(m->owner, m->name, key) == 0 && strlen(key) == k->mv_size &&
+                  !memcmp(key, k->mv_data, k->mv_size);
+    return plain || scoped ? 0 : PEFTD_EFORMAT;
 }
 
 /* ---------------------------------------------------------------- refs and blobs */
@@ -363,7 +358,9 @@ static int open_fn(astore *s, MDB_txn *txn, void *vctx) {
     if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) ||
         (rc = mdb_dbi_open(txn, "blobs", MDB_CREATE, &s->blobs)) ||
         (rc = mdb_dbi_open(txn, "refs", MDB_CREATE, &s->refs)) ||
-        (rc = mdb_dbi_open(txn, "info", MDB_CREATE, &s->info)))
+        (rc = mdb_dbi_open(txn, "info", MDB_CREATE, &s->info)) ||
+        (rc = mdb_dbi_open(txn, "tenants", MDB_CREATE, &s->tenants)) ||
+        (rc = mdb_dbi_open(txn, "keys", MDB_CREATE, &s->keys)))
         return rc;
     MDB_val k = val_str("schema"), v;
     rc = mdb_get(txn, s->info, &k, &v);
@@ -428,10 +425,10 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
     pthread_mutex_init(&s->write_lock, NULL);
     locks = true;
 
-    if ((rc = mdb_env_create(&s->env)) || (rc = mdb_env_set_maxdbs(s->env, 4)) ||
+    if ((rc = mdb_env_create(&s->env)) || (rc = mdb_env_set_maxdbs(s->env, ASTORE_MAX_DBS)) ||
         (rc = mdb_env_set_maxreaders(s->env, ASTORE_MAX_READERS))) {
         set_err(err, errlen, "%s: lmdb: %s", dir, mdb_strerror(rc));
-        rc = status_of(rc);
+        rc = astore__status(rc);
         goto fail;
     }
     /* A new store starts at the configured map; an existing one opens with the size it
@@ -441,7 +438,7 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
     snprintf(data, sizeof data, "%s/data.mdb", dir);
     if (stat(data, &sb) != 0 && (rc = mdb_env_set_mapsize(s->env, map))) {
         set_err(err, errlen, "%s: cannot size the map: %s", dir, mdb_strerror(rc));
-        rc = status_of(rc);
+        rc = astore__status(rc);
         goto fail;
     }
     /* No MDB_NOSYNC / MDB_NOMETASYNC / MDB_WRITEMAP: every commit is durable and a SIGKILL
@@ -450,14 +447,14 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
     rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600);
     if (rc) {
         set_err(err, errlen, "%s: cannot open the LMDB store: %s", dir, mdb_strerror(rc));
-        rc = status_of(rc);
+        rc = astore__status(rc);
         goto fail;
     }
     MDB_envinfo info;
     if ((rc = mdb_env_info(s->env, &info)) ||
         (info.me_mapsize < map && (rc = mdb_env_set_mapsize(s->env, map)))) {
         set_err(err, errlen, "%s: cannot size the map: %s", dir, mdb_strerror(rc));
-        rc = status_of(rc);
+        rc = astore__status(rc);
         goto fail;
     }
     /* a process killed inside a read transaction leaves its reader slot behind; freeing
@@ -466,7 +463,7 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
     mdb_reader_check(s->env, &dead);
 
     open_ctx oc = {.s = s};
-    rc = write_txn(s, open_fn, &oc);
+    rc = astore__write_txn(s, open_fn, &oc);
     if (rc) {
         if (oc.newer) {
             set_err(err, errlen, "%s: store schema %u is newer than this peftd's (%d): upgrade peftd", dir, oc.found,
@@ -496,10 +493,61 @@ void astore_close(astore *s) {
     free(s);
 }
 
+/* ---------------------------------------------------------------- owner scoping */
+
+int astore_key(const char *owner, const char *name, char out[ASTORE_KEY_MAX + 1]) {
+    out[0] = 0;
+    if (!owner || !name_valid(name) || strchr(name, '/') || strnlen(owner, ASTORE_NAME_MAX + 1) > ASTORE_NAME_MAX ||
+        strchr(owner, '/'))
+        return PEFTD_EINVAL;
+    snprintf(out, ASTORE_KEY_MAX + 1, "%s%s%s", owner, owner[0] ? "/" : "", name);
+    return 0;
+}
+
+/* Positions cur at the first key starting with prefix; MDB_NOTFOUND when there is none. */
+static int prefix_first(MDB_cursor *cur, const char *prefix, MDB_val *k, MDB_val *v) {
+    *k = val_str(prefix);
+    int rc = mdb_cursor_get(cur, k, v, MDB_SET_RANGE);
+    if (rc == 0 && (k->mv_size < strlen(prefix) || memcmp(k->mv_data, prefix, strlen(prefix)))) rc = MDB_NOTFOUND;
+    return rc;
+}
+
+/* Sum of the bytes of owner's records (keys "owner/..."), inside txn. */
+static int owner_bytes_txn(astore *s, MDB_txn *txn, const char *owner, uint64_t *sum) {
+    char prefix[ASTORE_NAME_MAX + 2];
+    MDB_cursor *cur = NULL;
+    MDB_val k, v;
+    astore_meta m;
+    *sum = 0;
+    snprintf(prefix, sizeof prefix, "%s/", owner);
+    int rc = mdb_cursor_open(txn, s->meta, &cur);
+    if (rc) return rc;
+    for (rc = prefix_first(cur, prefix, &k, &v); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < strlen(prefix) || memcmp(k.mv_data, prefix, strlen(prefix))) break;
+        if ((rc = meta_decode_key(&k, &v, &m))) break;
+        *sum += m.bytes;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND || rc == 0 ? 0 : rc;
+}
+
+int astore_owner_bytes(astore *s, const char *owner, uint64_t *bytes) {
+    *bytes = 0;
+    if (!s || !owner || !*owner || strchr(owner, '/')) return PEFTD_EINVAL;
+    MDB_txn *txn;
+    int rc = astore__read_begin(s, &txn);
+    if (rc) return rc;
+    rc = owner_bytes_txn(s, txn, owner, bytes);
+    astore__read_end(s, txn);
+    return astore__status(rc);
+}
+
 /* ---------------------------------------------------------------- put / delete */
 
 typedef struct {
     const astore_meta *in;
+    const char *key;         /* the record's key: the name, or owner/name (scoped) */
+    uint64_t quota;          /* scoped puts: the owner's byte limit (0 = none) */
     const void *blob;
     size_t len;
     unsigned char sum[32];
@@ -512,7 +560,7 @@ static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
     put_ctx *p = vctx;
     astore_meta old;
     bool had = false;
-    MDB_val k = val_str(p->in->name), v;
+    MDB_val k = val_str(p->key), v;
     p->dropped[0] = 0;
     int rc = mdb_get(txn, s->meta, &k, &v);
     if (rc == 0) {
@@ -520,6 +568,13 @@ static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
         had = true;
     } else if (rc != MDB_NOTFOUND) {
         return rc;
+    }
+    if (p->quota) {
+        /* inside the write transaction, so two concurrent uploads cannot both fit */
+        uint64_t used = 0;
+        if ((rc = owner_bytes_txn(s, txn, p->in->owner, &used))) return rc;
+        if (had) used -= used >= old.bytes ? old.bytes : used;
+        if (used + p->len > p->quota) return -EDQUOT;
     }
     p->out = *p->in;
     p->out.version = had ? old.version + 1 : 1;
@@ -553,30 +608,43 @@ static bool meta_storable(const astore_meta *m) {
     return true;
 }
 
-int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len, astore_meta *stored,
-               char old_sha256[65]) {
+static int put_key(astore *s, const astore_meta *meta, const char *key, uint64_t quota, const void *blob,
+                   size_t len, astore_meta *stored, char old_sha256[65]) {
     if (old_sha256) old_sha256[0] = 0;
     if (!s || !meta || (!blob && len) || !meta_storable(meta)) return PEFTD_EINVAL;
     if (len > SIZE_MAX - BLOB_HDR) return PEFTD_ENOSPC;
-    put_ctx p = {.in = meta, .blob = blob, .len = len, .now = (int64_t)time(NULL)};
+    put_ctx p = {.in = meta, .key = key, .quota = quota, .blob = blob, .len = len, .now = (int64_t)time(NULL)};
     /* hashed before the transaction: a write txn blocks every other writer */
     int rc = sha256(blob ? blob : "", len, p.sum);
     if (rc) return rc;
-    if ((rc = write_txn(s, put_fn, &p))) return rc;
+    if ((rc = astore__write_txn(s, put_fn, &p))) return rc;
     if (stored) *stored = p.out;
     if (old_sha256) memcpy(old_sha256, p.dropped, 65);
     return 0;
 }
 
+int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len, astore_meta *stored,
+               char old_sha256[65]) {
+    return put_key(s, meta, meta ? meta->name : NULL, 0, blob, len, stored, old_sha256);
+}
+
+int astore_put_scoped(astore *s, const astore_meta *meta, uint64_t quota_bytes, const void *blob, size_t len,
+                      astore_meta *stored, char old_sha256[65]) {
+    char key[ASTORE_KEY_MAX + 1];
+    if (old_sha256) old_sha256[0] = 0;
+    if (!meta || astore_key(meta->owner, meta->name, key)) return PEFTD_EINVAL;
+    return put_key(s, meta, key, meta->owner[0] ? quota_bytes : 0, blob, len, stored, old_sha256);
+}
+
 typedef struct {
-    const char *name;
+    const char *key;
     char dropped[65];
 } del_ctx;
 
 static int del_fn(astore *s, MDB_txn *txn, void *vctx) {
     del_ctx *d = vctx;
     astore_meta old;
-    MDB_val k = val_str(d->name), v;
+    MDB_val k = val_str(d->key), v;
     d->dropped[0] = 0;
     int rc = mdb_get(txn, s->meta, &k, &v);
     if (rc) return rc;
@@ -588,24 +656,40 @@ static int del_fn(astore *s, MDB_txn *txn, void *vctx) {
 int astore_delete(astore *s, const char *name, char old_sha256[65]) {
     if (old_sha256) old_sha256[0] = 0;
     if (!s || !name_valid(name)) return PEFTD_EINVAL;
-    del_ctx d = {.name = name};
-    int rc = write_txn(s, del_fn, &d);
+    del_ctx d = {.key = name};
+    int rc = astore__write_txn(s, del_fn, &d);
+    if (rc == 0 && old_sha256) memcpy(old_sha256, d.dropped, 65);
+    return rc;
+}
+
+int astore_delete_scoped(astore *s, const char *owner, const char *name, char old_sha256[65]) {
+    char key[ASTORE_KEY_MAX + 1];
+    if (old_sha256) old_sha256[0] = 0;
+    if (!s || astore_key(owner, name, key)) return PEFTD_EINVAL;
+    del_ctx d = {.key = key};
+    int rc = astore__write_txn(s, del_fn, &d);
     if (rc == 0 && old_sha256) memcpy(old_sha256, d.dropped, 65);
     return rc;
 }
 
 /* ---------------------------------------------------------------- reads */
 
+int astore_get_meta_scoped(astore *s, const char *owner, const char *name, astore_meta *out) {
+    char key[ASTORE_KEY_MAX + 1];
+    if (astore_key(owner, name, key)) return PEFTD_EINVAL;
+    return astore_get_meta(s, key, out);
+}
+
 int astore_get_meta(astore *s, const char *name, astore_meta *out) {
-    if (!s || !out || !name_valid(name)) return PEFTD_EINVAL;
+    if (!s || !out || !name || !*name || strnlen(name, ASTORE_KEY_MAX + 1) > ASTORE_KEY_MAX) return PEFTD_EINVAL;
     MDB_txn *txn;
-    int rc = read_begin(s, &txn);
+    int rc = astore__read_begin(s, &txn);
     if (rc) return rc;
     MDB_val k = val_str(name), v;
     rc = mdb_get(txn, s->meta, &k, &v);
     if (rc == 0) rc = meta_decode_key(&k, &v, out);
-    read_end(s, txn);
-    return status_of(rc);
+    astore__read_end(s, txn);
+    return astore__status(rc);
 }
 
 int astore_get_blob(astore *s, const char *sha, void **blob, size_t *len) {
@@ -616,7 +700,7 @@ int astore_get_blob(astore *s, const char *sha, void **blob, size_t *len) {
     unsigned char want[32], got[32];
     void *copy = NULL;
     size_t n = 0;
-    int rc = read_begin(s, &txn);
+    int rc = astore__read_begin(s, &txn);
     if (rc) return rc;
     MDB_val k = val_str(sha), v;
     rc = mdb_get(txn, s->blobs, &k, &v);
@@ -634,8 +718,8 @@ int astore_get_blob(astore *s, const char *sha, void **blob, size_t *len) {
             }
         }
     }
-    read_end(s, txn);
-    rc = status_of(rc);
+    astore__read_end(s, txn);
+    rc = astore__status(rc);
     /* verified after the transaction ended: hashing megabytes need not pin the snapshot */
     if (rc == 0 && (rc = sha256(copy, n, got)) == 0 && memcmp(want, got, 32)) rc = PEFTD_EIO;
     if (rc) {
@@ -654,7 +738,7 @@ int astore_list(astore *s, const char *after, int limit, astore_meta *out, int *
     if (!after) after = "";
     MDB_txn *txn;
     MDB_cursor *cur = NULL;
-    int rc = read_begin(s, &txn);
+    int rc = astore__read_begin(s, &txn);
     if (rc) return rc;
     MDB_val k = val_str(after), v;
     if ((rc = mdb_cursor_open(txn, s->meta, &cur))) goto done;
@@ -676,20 +760,20 @@ int astore_list(astore *s, const char *after, int limit, astore_meta *out, int *
     *n = i;
 done:
     if (cur) mdb_cursor_close(cur);
-    read_end(s, txn);
-    return status_of(rc);
+    astore__read_end(s, txn);
+    return astore__status(rc);
 }
 
 int astore_count(astore *s, uint64_t *n) {
     if (!s || !n) return PEFTD_EINVAL;
     MDB_txn *txn;
     MDB_stat st;
-    int rc = read_begin(s, &txn);
+    int rc = astore__read_begin(s, &txn);
     if (rc) return rc;
     rc = mdb_stat(txn, s->meta, &st);
-    read_end(s, txn);
+    astore__read_end(s, txn);
     if (rc == 0) *n = st.ms_entries;
-    return status_of(rc);
+    return astore__status(rc);
 }
 
 int astore_get_stats(astore *s, astore_stats *st) {
@@ -698,7 +782,7 @@ int astore_get_stats(astore *s, astore_stats *st) {
     MDB_txn *txn;
     MDB_stat ms, bs, es;
     MDB_envinfo info;
-    int rc = read_begin(s, &txn);
+    int rc = astore__read_begin(s, &txn);
     if (rc) return rc;
     if (!(rc = mdb_stat(txn, s->meta, &ms)) && !(rc = mdb_stat(txn, s->blobs, &bs)) &&
         !(rc = mdb_env_stat(s->env, &es)) && !(rc = mdb_env_info(s->env, &info))) {
@@ -708,6 +792,121 @@ int astore_get_stats(astore *s, astore_stats *st) {
         st->entries = ms.ms_entries;
         st->blobs = bs.ms_entries;
     }
-    read_end(s, txn);
-    return status_of(rc);
+    astore__read_end(s, txn);
+    return astore__status(rc);
+}
+
+/* One side of astore_list_visible's merge: a cursor over either the owner's keys
+ * ("owner/" prefix) or the public ones (no '/'), with the current record's name. */
+typedef struct {
+    MDB_cursor *cur;
+    const char *prefix; /* "owner/", or NULL for the public side */
+    MDB_val k, v;
+    int rc;             /* 0: positioned on a record; MDB_NOTFOUND: exhausted */
+} vis_side;
+
+static const char *vis_name(const vis_side *x, size_t *len) {
+    size_t skip = x->prefix ? strlen(x->prefix) : 0;
+    *len = x->k.mv_size - skip;
+    return (const char *)x->k.mv_data + skip;
+}
+
+/* Settles x on a record of its side at or after its current position. */
+static void vis_settle(vis_side *x) {
+    while (x->rc == 0) {
+        const char *kd = x->k.mv_data;
+        if (x->prefix) {
+            size_t pl = strlen(x->prefix);
+            if (x->k.mv_size < pl || memcmp(kd, x->prefix, pl)) x->rc = MDB_NOTFOUND;
+            return;
+        }
+        const char *slash = memchr(kd, '/', x->k.mv_size);
+        if (!slash) return;
+        /* an owner's block of keys: jump past all of it ('0' follows '/' in ASCII) */
+        char next[ASTORE_KEY_MAX + 2];
+        size_t ol = (size_t)(slash - kd);
+        if (ol > ASTORE_KEY_MAX) {
+            x->rc = MDB_CORRUPTED;
+            return;
+        }
+        memcpy(next, kd, ol);
+        next[ol] = '0';
+        next[ol + 1] = 0;
+        x->k = val_str(next);
+        x->rc = mdb_cursor_get(x->cur, &x->k, &x->v, MDB_SET_RANGE);
+    }
+}
+
+/* Positions x at the first record of its side whose name is after `after`. */
+static void vis_start(vis_side *x, const char *after) {
+    char seek[ASTORE_KEY_MAX + 2];
+    snprintf(seek, sizeof seek, "%s%s", x->prefix ? x->prefix : "", after);
+    x->k = val_str(seek);
+    x->rc = seek[0] ? mdb_cursor_get(x->cur, &x->k, &x->v, MDB_SET_RANGE)
+                    : mdb_cursor_get(x->cur, &x->k, &x->v, MDB_FIRST);
+    vis_settle(x);
+    size_t nl;
+    const char *n = x->rc == 0 ? vis_name(x, &nl) : NULL;
+    if (n && after[0] && nl == strlen(after) && !memcmp(n, after, nl)) {
+        x->rc = mdb_cursor_get(x->cur, &x->k, &x->v, MDB_NEXT);
+        vis_settle(x);
+    }
+}
+
+static void vis_next(vis_side *x) {
+    x->rc = mdb_cursor_get(x->cur, &x->k, &x->v, MDB_NEXT);
+    vis_settle(x);
+}
+
+static int vis_cmp(const vis_side *a, const vis_side *b) {
+    size_t la, lb;
+    const char *na = vis_name(a, &la), *nb = vis_name(b, &lb);
+    int c = memcmp(na, nb, la < lb ? la : lb);
+    return c ? c : (la > lb) - (la < lb);
+}
+
+int astore_list_visible(astore *s, const char *owner, const char *after, int limit, astore_meta *out, int *n,
+                        bool *more) {
+    if (n) *n = 0;
+    if (more) *more = false;
+    if (!s || !n || !owner || strchr(owner, '/') || strlen(owner) > ASTORE_NAME_MAX || (limit > 0 && !out))
+        return PEFTD_EINVAL;
+    if (!after) after = "";
+    if (strlen(after) > ASTORE_NAME_MAX || strchr(after, '/')) return PEFTD_EINVAL;
+    char prefix[ASTORE_NAME_MAX + 2];
+    snprintf(prefix, sizeof prefix, "%s/", owner);
+    vis_side own = {.prefix = prefix, .rc = MDB_NOTFOUND}, pub = {.prefix = NULL};
+    MDB_txn *txn;
+    int rc = astore__read_begin(s, &txn);
+    if (rc) return rc;
+    if ((rc = mdb_cursor_open(txn, s->meta, &pub.cur))) goto done;
+    if (owner[0] && (rc = mdb_cursor_open(txn, s->meta, &own.cur))) goto done;
+    vis_start(&pub, after);
+    if (own.cur) vis_start(&own, after);
+    int i = 0;
+    /* merge by name; an owner's record shadows the public one of the same name */
+    for (;;) {
+        if ((pub.rc && pub.rc != MDB_NOTFOUND) || (own.rc && own.rc != MDB_NOTFOUND)) {
+            rc = pub.rc && pub.rc != MDB_NOTFOUND ? pub.rc : own.rc;
+            goto done;
+        }
+        if (pub.rc && own.rc) break;
+        if (i == limit) {
+            if (more) *more = true;
+            break;
+        }
+        int c = pub.rc ? 1 : own.rc ? -1 : vis_cmp(&pub, &own);
+        vis_side *take = c < 0 ? &pub : &own;
+        if ((rc = meta_decode_key(&take->k, &take->v, &out[i]))) goto done;
+        i++;
+        if (c == 0) vis_next(&pub);
+        vis_next(take);
+    }
+    *n = i;
+    rc = 0;
+done:
+    if (pub.cur) mdb_cursor_close(pub.cur);
+    if (own.cur) mdb_cursor_close(own.cur);
+    astore__read_end(s, txn);
+    return astore__status(rc);
 }

@@ -5,6 +5,14 @@
  *   "blobs"  key  <sha256 hex>                   value  the version's blob (adapter_blob.h)
  *   "refs"   key  <sha256 hex>                   value  uint32 LE: meta records naming it
  *   "info"   key  "schema" / "base"              value  schema version / base fingerprint
+ *   "tenants", "keys"                            tenants and hashed API keys (tenant_store.h)
+ *
+ * Owner scoping (multi-tenant, server/tenants/tenants.h): a "meta" key is the adapter's
+ * name for a public adapter (owner "", published by the admin or any single-user run) and
+ * "<owner>/<name>" for a tenant's private one. Names and tenant ids never contain '/',
+ * so the two forms cannot collide, every existing single-user store reads unchanged, and
+ * two tenants can both own "support-bot". The *_scoped functions build that key from
+ * (owner, name); the plain ones take the key as given.
  * A blob is shared by every name whose current version has the same content. Uploading
  * is ONE write transaction (blob + refs + meta), so an adapter is either entirely present
  * or absent, whatever happens to the process. The map grows automatically (doubling) up
@@ -67,7 +75,27 @@ int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len,
  * may be NULL. PEFTD_EINVAL: a name of 0 or > ASTORE_NAME_MAX bytes, sha256 not 64
  * lowercase hex digits, an unknown kind, negative counts, or unterminated strings. */
 
-/* PEFTD_ENOTFOUND when absent. */
+/* The "meta" key of (owner, name): "name" when owner is "", else "owner/name".
+ * PEFTD_EINVAL for an invalid name or an owner that is too long or holds '/'. */
+#define ASTORE_KEY_MAX (2 * ASTORE_NAME_MAX + 1)
+int astore_key(const char *owner, const char *name, char out[ASTORE_KEY_MAX + 1]);
+
+/* astore_put under the scoped key of (meta->owner, meta->name). quota_bytes > 0 (tenants
+ * only): -EDQUOT when the owner's stored bytes (the sum of its records' bytes, a shared
+ * blob counted once per name) would exceed it after this put; checked inside the write
+ * transaction, so concurrent uploads cannot overshoot together. */
+int astore_put_scoped(astore *s, const astore_meta *meta, uint64_t quota_bytes, const void *blob, size_t len,
+                      astore_meta *stored, char old_sha256[65]);
+int astore_get_meta_scoped(astore *s, const char *owner, const char *name, astore_meta *out);
+int astore_delete_scoped(astore *s, const char *owner, const char *name, char old_sha256[65]);
+/* What owner sees, in name order after `after`: its own records merged with the public
+ * ones, its own shadowing a public one of the same name. owner "" = the public ones only. */
+int astore_list_visible(astore *s, const char *owner, const char *after, int limit, astore_meta *out, int *n,
+                        bool *more);
+/* The sum of owner's (non-empty) records' bytes. */
+int astore_owner_bytes(astore *s, const char *owner, uint64_t *bytes);
+
+/* PEFTD_ENOTFOUND when absent. name is a key (a plain name, or owner/name). */
 int astore_get_meta(astore *s, const char *name, astore_meta *out);
 /* Copies the blob with this content hash out. @note caller frees *blob.
  * Every stored blob carries a sha256 of its own bytes (separate from the content hash
