@@ -41,6 +41,9 @@
 #define LG_MAX_TENANTS 1024
 /* An SSE event larger than this is not a completions chunk: fail the request. */
 #define LG_MAX_EVENT (1u << 20)
+/* After a transport failure (refused, reset) a client waits this long before its next
+ * request, so a dead server is not hammered in a tight loop of refused connects. */
+#define LG_RETRY_DELAY_S 0.1
 /* RSS sampling period: fine enough to catch a growth trend over a 60 s run. */
 #define LG_RSS_PERIOD_S 0.5
 
@@ -225,6 +228,7 @@ typedef struct {
     char *ev; /* SSE bytes not yet split into events */
     size_t ev_len, ev_cap;
     samples itl; /* this request's gaps, moved to the totals when it succeeds */
+    double t_retry;  /* > 0: waiting to start the next request (after a transport failure) */
 } lg_client;
 
 typedef struct {
@@ -912,6 +916,17 @@ int main(int argc, char **argv) {
             CURLcode res = msg->data.result;
             curl_multi_remove_handle(st.multi, c->h);
             client_finish(&st, c, res);
+            if (st.stopping)
+                running--;
+            else if (res != CURLE_OK)
+                c->t_retry = t + LG_RETRY_DELAY_S;
+            else if (client_start(&st, c))
+                running--;
+        }
+        for (int i = 0; i < cfg->clients; i++) { /* clients backing off after a failure */
+            lg_client *c = &st.cl[i];
+            if (c->t_retry <= 0 || (t < c->t_retry && !st.stopping)) continue;
+            c->t_retry = 0;
             if (st.stopping || client_start(&st, c)) running--;
         }
         if (t >= st.rss_next && cfg->pid > 0) {
