@@ -49,8 +49,10 @@ typedef struct seq {
     int n_computed;           /* tokens whose K/V are in the cache */
     int pos_off;              /* RoPE position of tokens[0] */
     prefix_entry *pfx;        /* shared prefix-tuning K/V, or NULL */
-    int32_t *blocks;          /* own KV blocks, enough for max_total slots */
+    int32_t *blocks;          /* own KV blocks, taken as the sequence grows (room for max_total) */
     int n_blocks;
+    uint64_t admitted;        /* admission order: the latest admitted is preempted first */
+    bool evicted;             /* preempted during this step, leaves the batch before it runs */
     rng_state rng;
     tokenizer_stream *ds;
     char *pending;            /* decoded text held back: may be the start of a stop string */
@@ -88,6 +90,7 @@ struct engine {
     engine_request *w_head, *w_tail; /* waiting (drained from the queue), FIFO */
     seq **running;
     int n_running;
+    uint64_t n_admitted;
     kv_blocks kv;
     tiers *tiers;             /* adapter slot pool (NULL without a store) */
     vtc *vtc;                 /* per-tenant fairness counters */
@@ -216,8 +219,7 @@ static seq *seq_create(engine *e, engine_request *r, const adapter *ad, adapter 
     s->ad_scale = r->params.adapter_scale;
     s->max_total = nv + r->n_prompt + r->params.max_tokens;
     s->tokens = malloc((size_t)s->max_total * sizeof(int32_t));
-    int n_blocks = blocks_needed(e, s->max_total); /* s->n_blocks counts only blocks taken */
-    s->blocks = malloc((size_t)n_blocks * sizeof(int32_t));
+    s->blocks = malloc((size_t)blocks_needed(e, s->max_total) * sizeof(int32_t));
     s->ds = tokenizer_stream_new(e->tok, true);
     if (!s->tokens || !s->blocks || !s->ds) goto fail;
     /* prompt tuning: the virtual tokens are the first positions (0..nv-1), marked -(k+1) */
@@ -225,8 +227,7 @@ static seq *seq_create(engine *e, engine_request *r, const adapter *ad, adapter 
     memcpy(s->tokens + nv, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
     s->n_tokens = nv + r->n_prompt;
     if (tokenizer_stream_prime(s->ds, r->prompt, (size_t)r->n_prompt) < 0) goto fail;
-    if (kv_blocks_alloc(&e->kv, n_blocks, s->blocks) < 0) goto fail;
-    s->n_blocks = n_blocks;
+    /* blocks are taken step by step as K/V are written (seq_reserve) */
     if (ad && ad->kind == ADAPTER_PREFIX_TUNING) {
         /* PEFT passes the prefix as past key/values: the prompt's positions continue after it */
         s->pos_off = ad->n_virtual;
@@ -286,6 +287,12 @@ static void reap_cancelled(engine *e, bool all) {
             r->next = NULL;
             atomic_fetch_sub(&e->n_queued, 1);
             vtc_leave_queue(e->vtc, r->vt);
+            if (r->preempted) {
+                r->preempted->vt = NULL; /* already counted as waiting, not running */
+                r->preempted->r = NULL;
+                seq_free(e, r->preempted);
+                r->preempted = NULL;
+            }
             finish_request(r, FINISH_CANCELLED, NULL);
         } else {
             prev = r;
@@ -384,21 +391,40 @@ static void admit(engine *e) {
             }
             ad = pinned;
         }
+        /* blocks for the prompt (or, for a preempted sequence, everything it had) plus the
+         * first generated token; one more block per running sequence stays free as
+         * head-room for their next decode steps (fewer preemptions) */
+        seq *pre = r->preempted;
         int nv = ad && ad->kind == ADAPTER_PROMPT_TUNING ? ad->n_virtual : 0, pad;
-        int need = blocks_needed(e, nv + r->n_prompt + r->params.max_tokens);
+        int need = blocks_needed(e, (pre ? pre->n_tokens : nv + r->n_prompt) + 1);
         if (ad && ad->kind == ADAPTER_PREFIX_TUNING && !prefix_find(e, ad)) need += prefix_blocks(e, ad, &pad);
-        if (need > e->kv.n_free) {
+        if (need + e->n_running > e->kv.n_free) {
             if (pinned) tiers_unpin(e->tiers, pinned);
             break;
         }
         vtc_tenant *vt = r->vt;
         waiting_unlink(e, best_prev, r);
-        seq *s = seq_create(e, r, ad, pinned);
+        seq *s;
+        if (pre) { /* back from preemption: recompute its K/V from all of its tokens */
+            r->preempted = NULL;
+            s = pre;
+            s->ad = ad;
+            s->pinned = pinned;
+            s->n_computed = 0;
+            if (ad && ad->kind == ADAPTER_PREFIX_TUNING && !(s->pfx = prefix_acquire(e, ad))) {
+                s->vt = NULL;
+                seq_free(e, s);
+                s = NULL;
+            }
+        } else {
+            s = seq_create(e, r, ad, pinned);
+        }
         if (!s) {
             vtc_leave_queue(e->vtc, vt);
             finish_request(r, FINISH_ERROR, "out of memory admitting the request");
             continue;
         }
+        s->admitted = ++e->n_admitted;
         vtc_admit(e->vtc, vt);
         s->vt = vt;
         e->running[e->n_running++] = s;
@@ -517,6 +543,64 @@ static void fail_all_running(engine *e, const char *msg) {
     e->n_running = 0;
 }
 
+/* Takes blocks so that the sequence's own slots cover its first `tokens` tokens. */
+static int seq_reserve(engine *e, seq *s, int tokens) {
+    int want = blocks_needed(e, tokens);
+    if (want <= s->n_blocks) return 0;
+    if (kv_blocks_alloc(&e->kv, want - s->n_blocks, s->blocks + s->n_blocks) < 0) return PEFTD_ENOMEM;
+    s->n_blocks = want;
+    return 0;
+}
+
+/* Preemption by recompute (vLLM's policy), step 1: the sequence gives back its KV
+ * blocks, its prefix and its adapter pin at once (so the step can go on with them). */
+static void seq_evict(engine *e, int i) {
+    seq *s = e->running[i];
+    kv_blocks_release(&e->kv, s->blocks, s->n_blocks);
+    s->n_blocks = 0;
+    s->n_computed = 0;
+    prefix_release(e, s->pfx);
+    s->pfx = NULL;
+    if (s->pinned) tiers_unpin(e->tiers, s->pinned);
+    s->pinned = NULL;
+    s->evicted = true;
+    e->b_chunk[i] = 0;
+    pthread_mutex_lock(&e->smu);
+    e->stats.preemptions++;
+    pthread_mutex_unlock(&e->smu);
+}
+
+/* Step 2: it waits again at the head of the queue with everything it generated; when
+ * re-admitted its tokens are prefilled again (bit-identical K/V: the kernels are
+ * batch-invariant) and generation continues where it stopped. */
+static void seq_requeue(engine *e, int i) {
+    seq *s = e->running[i];
+    engine_request *r = s->r;
+    s->evicted = false;
+    r->preempted = s;
+    r->adapter_fetching = false;
+    vtc_requeue(e->vtc, s->vt);
+    r->next = e->w_head;
+    e->w_head = r;
+    if (!e->w_tail) e->w_tail = r;
+    atomic_fetch_add(&e->n_queued, 1);
+    e->running[i] = e->running[--e->n_running];
+    e->b_chunk[i] = e->b_chunk[e->n_running];
+}
+
+/* The running sequence to preempt for memory: the one whose tenant has been served the
+ * most (highest virtual counter), latest admitted among equals. */
+static int preempt_victim(engine *e) {
+    int v = -1;
+    for (int i = 0; i < e->n_running; i++) {
+        const seq *s = e->running[i], *w = v >= 0 ? e->running[v] : NULL;
+        if (s->evicted) continue;
+        double cs = s->vt ? s->vt->counter : 0, cw = w && w->vt ? w->vt->counter : 0;
+        if (!w || cs > cw || (cs == cw && s->admitted > w->admitted)) v = i;
+    }
+    return v;
+}
+
 static int seq_cmp_adapter(const void *a, const void *b) {
     const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
     uintptr_t px = (uintptr_t)x->ad, py = (uintptr_t)y->ad;
@@ -548,6 +632,25 @@ static bool engine_step(engine *e) {
             e->b_chunk[i] = c;
             budget -= c;
         }
+    /* K/V blocks for every chunk, decodes first; when the pool is empty, preempt (maybe the
+     * sequence itself), then take the preempted ones out of the batch */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < e->n_running; i++) {
+            seq *s = e->running[i];
+            int c = e->b_chunk[i];
+            if (c == 0 || s->evicted || (pass == 0) != (s->n_tokens - s->n_computed == 1)) continue;
+            while (seq_reserve(e, s, s->n_computed + c) < 0) {
+                int v = preempt_victim(e);
+                seq_evict(e, v);
+                if (v == i) break;
+            }
+        }
+    for (int i = 0; i < e->n_running; i++)
+        if (e->running[i]->evicted) {
+            seq_requeue(e, i);
+            i--; /* slot i now holds the last sequence: look at it too */
+        }
+    if (e->n_running == 0) return true;
     for (int i = 0; i < e->n_running; i++) {
         seq *s = e->running[i];
         int c = e->b_chunk[i];

@@ -33,6 +33,7 @@ struct engine_request {
     bool adapter_fetching;         /* engine thread: a fetch of its adapter was started */
     bool skip;                     /* engine thread: passed over in this admission round */
     struct vtc_tenant *vt;         /* engine thread: its tenant's fairness counter */
+    struct seq *preempted;         /* engine thread: its sequence, waiting to be recomputed */
 };
 
 /* Engine side: append published text / a token record; finish. Each takes r->mu. */
