@@ -24,6 +24,7 @@
 #include "kernels/util/log.h"
 #include "kernels/util/status.h"
 #include "server/http/api_completions.h"
+#include "server/http/http_metrics.h"
 #include "server/http/sse.h"
 
 /* Bytes MHD asks the reader for at most per call; SSE chunks are a few hundred bytes. */
@@ -75,6 +76,7 @@ static void job_notify(void *ud) {
         if (http_buf_append(&ch->pend_text, d.text ? d.text : "", d.text_len) ||
             api_tok_append(&ch->pend_tok, &ch->n_pend_tok, &ch->cap_pend_tok, d.tokens, d.n_tokens))
             snprintf(ch->error, sizeof ch->error, "out of memory while collecting output");
+        http_metrics_on_tokens(job->t0_ns, &ch->t_last_ns, d.completion_tokens - ch->completion_tokens);
         ch->completion_tokens = d.completion_tokens;
         if (d.finished) {
             ch->finished = last = true;
@@ -250,6 +252,7 @@ static ssize_t job_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             if (n > max) n = max;
             memcpy(buf, job->out.p + job->out_pos, n);
             job->out_pos += n;
+            job->bytes_sent += n;
             return (ssize_t)n;
         }
         http_buf_reset(&job->out);
@@ -279,6 +282,7 @@ static enum MHD_Result job_start_stream(http_req *req, struct MHD_Connection *co
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     /* Tells reverse proxies (nginx) not to buffer the stream. */
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    access_log_response(&req->acc, resp, MHD_HTTP_OK, 0);
     enum MHD_Result r = MHD_queue_response(conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
     if (r == MHD_YES) http_count_request(req->srv, req->ep, MHD_HTTP_OK);
@@ -360,6 +364,8 @@ enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn)
         job_unref(job);
         return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
     }
+    job->t0_ns = req->acc.t0_ns;
+    access_log_adopt_id(&req->acc, job->id);
     /* From here the completed callback owns the connection's reference. */
     req->job = job;
     pthread_mutex_lock(&s->jobs_mu);

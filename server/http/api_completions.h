@@ -65,6 +65,7 @@ typedef struct api_choice {
     finish_reason finish;
     char error[256];
     int completion_tokens;
+    uint64_t t_last_ns;     /* last token delta (http_metrics_on_tokens); 0 = none yet */
 
     /* HTTP side */
     http_buf text;          /* non-streaming: the whole completion */
@@ -89,6 +90,8 @@ typedef struct api_job {
 
     char id[48];            /* "cmpl-..." */
     time_t created;
+    uint64_t t0_ns;         /* request arrival (monotonic): TTFT starts here */
+    uint64_t bytes_sent;    /* streaming: bytes handed to MHD, for the access log */
     http_buf out;           /* streaming: formatted SSE not yet handed to MHD */
     size_t out_pos;
     bool done;              /* streaming: [DONE] formatted */

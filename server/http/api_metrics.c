@@ -1,17 +1,30 @@
-/* server/http/api_metrics.c — GET /metrics (Prometheus text format 0.0.4) and the
- * peftd_requests_total counters every response adds to. Engine gauges and counters come
- * from engine_get_stats(), which is safe to call from HTTP threads. */
+/* server/http/api_metrics.c — GET /metrics (Prometheus text format 0.0.4, accepted by
+ * `promtool check metrics`), GET /ready, and the peftd_requests_total counters every
+ * response adds to.
+ *
+ * Families: request counts by endpoint/status; engine gauges and counters from
+ * engine_get_stats() (safe from HTTP threads) including the step batch-size histogram;
+ * the HTTP layer's own latency histograms (http_metrics.h); adapter tier and store
+ * figures; per-tenant counters from engine_get_tenant_stats() with at most
+ * HTTP_TENANT_SERIES tenant label values. Every family gets HELP and TYPE once, counters
+ * end in _total, label values are escaped.
+ */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "adapter_store/tiers.h"
+#include "kernels/util/status.h"
 #include "server/http/http_internal.h"
+#include "server/http/http_metrics.h"
 
 const char *http_endpoint_name(http_endpoint ep) {
     switch (ep) {
     case HTTP_EP_COMPLETIONS: return "/v1/completions";
     case HTTP_EP_MODELS: return "/v1/models";
     case HTTP_EP_HEALTH: return "/health";
+    case HTTP_EP_READY: return "/ready";
     case HTTP_EP_METRICS: return "/metrics";
     case HTTP_EP_ADAPTERS: return "/v1/adapters";
     default: return "other";
@@ -34,10 +47,142 @@ out:
     pthread_mutex_unlock(&s->stats_mu);
 }
 
+static int put_family(http_buf *b, const char *name, const char *type, const char *help) {
+    char line[512];
+    snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    return http_buf_puts(b, line);
+}
+
+static int put_u64(http_buf *b, const char *name, const char *type, const char *help, uint64_t v) {
+    char line[128];
+    snprintf(line, sizeof line, "%s %" PRIu64 "\n", name, v);
+    int rc = put_family(b, name, type, help);
+    return rc ? rc : http_buf_puts(b, line);
+}
+
+/* A label value per the text format: backslash, double quote and line feed escaped.
+ * Invalid UTF-8 bytes become '?' so the exposition stays valid UTF-8. */
+static void label_escape(char *out, size_t cap, const char *v) {
+    size_t o = 0, n = strlen(v);
+    for (size_t i = 0; i < n && o + 5 < cap;) {
+        unsigned char c = (unsigned char)v[i];
+        size_t k = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        if (c == '\\' || c == '"' || c == '\n') {
+            out[o++] = '\\';
+            out[o++] = c == '\n' ? 'n' : (char)c;
+        } else if (k == 1) {
+            out[o++] = (char)c;
+        } else if (i + k <= n && http_utf8_valid(v + i, k)) {
+            memcpy(out + o, v + i, k);
+            o += k;
+        } else {
+            out[o++] = '?';
+            k = 1;
+        }
+        i += k;
+    }
+    out[o] = '\0';
+}
+
+static int put_histogram(http_buf *b, const char *name, const char *help, const http_histogram *h) {
+    uint64_t cum[HTTP_HIST_MAX_BUCKETS + 1];
+    double sum;
+    http_histogram_snapshot(h, cum, &sum);
+    int rc = put_family(b, name, "histogram", help);
+    char line[256];
+    for (int k = 0; k <= h->n && !rc; k++) {
+        snprintf(line, sizeof line, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", name, k < h->n ? h->le_text[k] : "+Inf",
+                 cum[k]);
+        rc = http_buf_puts(b, line);
+    }
+    snprintf(line, sizeof line, "%s_sum %.9g\n%s_count %" PRIu64 "\n", name, sum, name, cum[h->n]);
+    return rc ? rc : http_buf_puts(b, line);
+}
+
+/* The engine's step sizes: buckets are already cumulative, bounds 1, 2, 4, ... rows. */
+static int put_batch_rows(http_buf *b, const engine_stats *st) {
+    int rc = put_family(b, "peftd_batch_rows", "histogram", "Token rows per engine step (prefill chunks and decode tokens).");
+    char line[256];
+    for (int k = 0; k < ENGINE_BATCH_BUCKETS && !rc; k++) {
+        if (k < ENGINE_BATCH_BUCKETS - 1)
+            snprintf(line, sizeof line, "peftd_batch_rows_bucket{le=\"%d\"} %" PRIu64 "\n", 1 << k, st->batch_rows_bucket[k]);
+        else
+            snprintf(line, sizeof line, "peftd_batch_rows_bucket{le=\"+Inf\"} %" PRIu64 "\n", st->batch_rows_bucket[k]);
+        rc = http_buf_puts(b, line);
+    }
+    snprintf(line, sizeof line, "peftd_batch_rows_sum %" PRIu64 "\npeftd_batch_rows_count %" PRIu64 "\n",
+             st->batch_rows_sum, st->batch_rows_bucket[ENGINE_BATCH_BUCKETS - 1]);
+    return rc ? rc : http_buf_puts(b, line);
+}
+
+typedef struct {
+    char label[65];
+    uint64_t prompt, generated;
+    int64_t running, waiting;
+} tenant_row;
+
+/* Per-tenant families. Label values are bounded by http_tenant_label; rows with the same
+ * label (the overflow "other", or names that collide after mapping) are summed, so no
+ * series is ever duplicated. */
+static int put_tenants(http_server *s, http_buf *b) {
+    int cap = 256, n;
+    engine_tenant_stats *ts = NULL;
+    for (;;) { /* grow until the snapshot is not truncated */
+        engine_tenant_stats *p = realloc(ts, (size_t)cap * sizeof *ts);
+        if (!p) {
+            free(ts);
+            return PEFTD_ENOMEM;
+        }
+        ts = p;
+        n = engine_get_tenant_stats(s->e, ts, cap);
+        if (n < cap || cap >= (1 << 20)) break;
+        cap *= 2;
+    }
+    tenant_row rows[HTTP_TENANT_SERIES];
+    int nr = 0;
+    for (int i = 0; i < n; i++) {
+        char label[65];
+        http_tenant_label(ts[i].tenant, label, sizeof label);
+        int j = 0;
+        while (j < nr && strcmp(rows[j].label, label)) j++;
+        if (j == nr) {
+            if (nr == HTTP_TENANT_SERIES) continue; /* unreachable: labels are bounded */
+            memset(&rows[nr], 0, sizeof rows[nr]);
+            snprintf(rows[nr].label, sizeof rows[nr].label, "%s", label);
+            nr++;
+        }
+        rows[j].prompt += ts[i].prompt_tokens;
+        rows[j].generated += ts[i].generated_tokens;
+        rows[j].running += ts[i].running;
+        rows[j].waiting += ts[i].waiting;
+    }
+    free(ts);
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"peftd_tenant_prompt_tokens_total", "counter", "Prompt tokens processed, by tenant (at most 64 tenant values, the rest summed as other)."},
+        {"peftd_tenant_generated_tokens_total", "counter", "Tokens generated, by tenant."},
+        {"peftd_tenant_running", "gauge", "Running sequences, by tenant."},
+        {"peftd_tenant_waiting", "gauge", "Queued requests, by tenant."},
+    };
+    int rc = 0;
+    char line[512], esc[65 * 4 + 1];
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0] && !rc; f++) {
+        rc = put_family(b, fam[f].name, fam[f].type, fam[f].help);
+        for (int j = 0; j < nr && !rc; j++) {
+            label_escape(esc, sizeof esc, rows[j].label);
+            uint64_t v = f == 0 ? rows[j].prompt : f == 1 ? rows[j].generated
+                       : (uint64_t)(f == 2 ? rows[j].running : rows[j].waiting);
+            snprintf(line, sizeof line, "%s{tenant=\"%s\"} %" PRIu64 "\n", fam[f].name, esc, v);
+            rc = http_buf_puts(b, line);
+        }
+    }
+    return rc;
+}
+
 static int metrics_render(http_server *s, http_buf *b) {
     char line[1024];
-    int rc = http_buf_puts(b, "# HELP peftd_requests_total HTTP responses by endpoint and status.\n"
-                              "# TYPE peftd_requests_total counter\n");
+    int rc = put_family(b, "peftd_requests_total", "counter", "HTTP responses by endpoint and status.");
     pthread_mutex_lock(&s->stats_mu);
     for (int i = 0; i < s->n_counters && rc == 0; i++) {
         snprintf(line, sizeof line, "peftd_requests_total{endpoint=\"%s\",status=\"%u\"} %" PRIu64 "\n",
@@ -56,9 +201,11 @@ static int metrics_render(http_server *s, http_buf *b) {
         uint64_t v;
     } rows[] = {
         {"peftd_running_requests", "gauge", "Sequences in the running batch.", (uint64_t)st.running},
-        {"peftd_waiting_requests", "gauge", "Requests queued for admission.", (uint64_t)st.waiting},
+        {"peftd_waiting_requests", "gauge", "Requests queued for admission (queue depth).", (uint64_t)st.waiting},
         {"peftd_kv_blocks_used", "gauge", "KV cache blocks in use.", (uint64_t)st.kv_blocks_used},
         {"peftd_kv_blocks_total", "gauge", "KV cache blocks in the pool.", (uint64_t)st.kv_blocks_total},
+        {"peftd_preemptions_total", "counter", "Sequences preempted when KV blocks ran out (recomputed later).",
+         st.preemptions},
         {"peftd_engine_steps_total", "counter", "Engine steps run.", st.steps},
         {"peftd_generated_tokens_total", "counter", "Tokens generated.", st.tokens_generated},
         {"peftd_prompt_tokens_total", "counter", "Prompt tokens processed.", st.prompt_tokens},
@@ -78,29 +225,34 @@ static int metrics_render(http_server *s, http_buf *b) {
          (uint64_t)ts.slots_pinned},
         {"peftd_adapter_slots_total", "gauge", "Slot pool capacity.", (uint64_t)ts.slots_total},
     };
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", rows[i].name,
-                 rows[i].help, rows[i].name, rows[i].type, rows[i].name, rows[i].v);
-        if ((rc = http_buf_puts(b, line))) return rc;
-    }
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        if ((rc = put_u64(b, rows[i].name, rows[i].type, rows[i].help, rows[i].v))) return rc;
     snprintf(line, sizeof line,
-             "# HELP peftd_adapter_load_seconds_sum Time from fetch to resident, summed over loads.\n"
-             "# TYPE peftd_adapter_load_seconds_sum counter\npeftd_adapter_load_seconds_sum %.6f\n",
-             ts.load_seconds_sum);
+             "# HELP peftd_kv_cache_usage_ratio Fraction of KV cache blocks in use.\n"
+             "# TYPE peftd_kv_cache_usage_ratio gauge\npeftd_kv_cache_usage_ratio %.6f\n"
+             "# HELP peftd_adapter_load_seconds_total Time from fetch to resident, summed over loads.\n"
+             "# TYPE peftd_adapter_load_seconds_total counter\npeftd_adapter_load_seconds_total %.6f\n",
+             st.kv_blocks_total ? (double)st.kv_blocks_used / st.kv_blocks_total : 0.0, ts.load_seconds_sum);
     if ((rc = http_buf_puts(b, line))) return rc;
+    if ((rc = put_batch_rows(b, &st))) return rc;
+
+    http_metrics *hm = http_metrics_get();
+    if ((rc = put_histogram(b, "peftd_time_to_first_token_seconds",
+                            "Time from request arrival to the first generated token of each choice.", &hm->ttft)) ||
+        (rc = put_histogram(b, "peftd_inter_token_latency_seconds",
+                            "Time between consecutive generated tokens of a choice.", &hm->itl)) ||
+        (rc = put_histogram(b, "peftd_e2e_request_latency_seconds",
+                            "Completion requests: arrival to the end of the response.", &hm->e2e)))
+        return rc;
+    if ((rc = put_tenants(s, b))) return rc;
+
     if (s->store) {
         astore_stats as = {0};
-        if (astore_get_stats(s->store, &as) == 0) {
-            snprintf(line, sizeof line,
-                     "# HELP peftd_store_adapters Adapters in the store.\n# TYPE peftd_store_adapters gauge\n"
-                     "peftd_store_adapters %" PRIu64 "\n"
-                     "# HELP peftd_store_map_bytes LMDB map size.\n# TYPE peftd_store_map_bytes gauge\n"
-                     "peftd_store_map_bytes %" PRIu64 "\n"
-                     "# HELP peftd_store_used_bytes LMDB pages in use.\n# TYPE peftd_store_used_bytes gauge\n"
-                     "peftd_store_used_bytes %" PRIu64 "\n",
-                     as.entries, as.map_bytes, as.used_bytes);
-            if ((rc = http_buf_puts(b, line))) return rc;
-        }
+        if (astore_get_stats(s->store, &as) == 0 &&
+            ((rc = put_u64(b, "peftd_store_adapters", "gauge", "Adapters in the store.", as.entries)) ||
+             (rc = put_u64(b, "peftd_store_map_bytes", "gauge", "LMDB map size.", as.map_bytes)) ||
+             (rc = put_u64(b, "peftd_store_used_bytes", "gauge", "LMDB pages in use.", as.used_bytes))))
+            return rc;
     }
     return 0;
 }
@@ -115,4 +267,21 @@ enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn) {
                          b.len, NULL, NULL);
     http_buf_free(&b);
     return r;
+}
+
+/* GET /ready: 200 while the daemon takes work — the model is loaded and the engine thread
+ * started (both before the server starts listening), the adapter store answers, and no
+ * shutdown has begun; 503 otherwise, so a load balancer drains us before we stop. */
+enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn) {
+    http_server *s = req->srv;
+    bool draining = http_is_draining() || atomic_load(&s->stopping);
+    astore_stats as;
+    bool store_ok = s->store && astore_get_stats(s->store, &as) == 0;
+    bool ready = !draining && store_ok;
+    char body[192];
+    snprintf(body, sizeof body, "{\"status\":\"%s\",\"model\":true,\"engine\":%s,\"store\":%s,\"draining\":%s}",
+             ready ? "ready" : "not_ready", draining ? "false" : "true", store_ok ? "true" : "false",
+             draining ? "true" : "false");
+    return http_respond(req, conn, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "application/json", body,
+                        strlen(body), ready ? NULL : "Retry-After", ready ? NULL : "5");
 }

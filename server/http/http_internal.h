@@ -15,12 +15,14 @@
 
 #include <microhttpd.h>
 
+#include "server/http/access_log.h"
 #include "server/http/http_server.h"
 
 typedef enum {
     HTTP_EP_COMPLETIONS = 0,
     HTTP_EP_MODELS,
     HTTP_EP_HEALTH,
+    HTTP_EP_READY,
     HTTP_EP_METRICS,
     HTTP_EP_ADAPTERS,  /* /v1/adapters and /v1/adapters/{name} */
     HTTP_EP_OTHER,   /* unknown paths: counted together so a scanner can't grow the table */
@@ -90,6 +92,7 @@ typedef struct {
     bool too_large;
     struct api_job *job;        /* a completion in flight (api_completions.c) */
     struct api_upload *upload;  /* an adapter upload being received (api_adapters.c) */
+    http_access acc;            /* request id, timing, status for the access log (access_log.c) */
 } http_req;
 
 /* ---- http_buf.c: growable byte buffer and UTF-8 validation ---- */
@@ -131,6 +134,7 @@ enum MHD_Result http_respond_json(http_req *req, struct MHD_Connection *conn, un
 /* ---- api_metrics.c ---- */
 void http_count_request(http_server *s, http_endpoint ep, unsigned status);
 enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn); /* GET /ready */
 
 /* ---- api_health.c / api_models.c ---- */
 enum MHD_Result api_health_get(http_req *req, struct MHD_Connection *conn);

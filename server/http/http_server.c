@@ -49,6 +49,7 @@ static const http_route http_routes[] = {
     {"/v1/adapters/", true, HTTP_EP_ADAPTERS, HTTP_M_READ | HTTP_M_PUT | HTTP_M_DELETE,
      "GET, HEAD, PUT, DELETE", api_adapters_item},
     {"/health", false, HTTP_EP_HEALTH, HTTP_M_READ, "GET, HEAD", api_health_get},
+    {"/ready", false, HTTP_EP_READY, HTTP_M_READ, "GET, HEAD", api_ready_get},
     {"/metrics", false, HTTP_EP_METRICS, HTTP_M_READ, "GET, HEAD", api_metrics_get},
 };
 
@@ -104,6 +105,7 @@ static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *co
     http_req *req = calloc(1, sizeof *req);
     if (!req) return MHD_NO;
     req->srv = s;
+    access_log_begin(&req->acc, conn, method, url, atomic_fetch_add(&s->next_id, 1));
     const http_route *r = http_find_route(url);
     req->ep = r ? r->ep : HTTP_EP_OTHER;
     req->method = http_method_flag(method);
@@ -182,6 +184,7 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
     http_req *req = *con_cls;
     if (!req) return;
     *con_cls = NULL;
+    access_log_end(&req->acc, conn, req->job, toe);
     if (req->job) api_completions_closed(req, toe);
     if (req->upload) api_adapters_closed(req);
     free(req->arg);
