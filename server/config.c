@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "adapter_store/registry.h"
+#include "kernels/util/log.h"
 #include "kernels/util/status.h"
 
 void config_default(peftd_config *c) {
@@ -25,6 +26,8 @@ void config_default(peftd_config *c) {
     c->store.host_cache_mb = 256;
     c->store.slots = 64;
     c->store.max_upload_mb = 2048;
+    snprintf(c->log.format, sizeof c->log.format, "text");
+    snprintf(c->log.access, sizeof c->log.access, "stderr");
 }
 
 void config_free(peftd_config *c) {
@@ -119,7 +122,7 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     char where[512];
     snprintf(where, sizeof where, "%s: ", path);
     static const char *const top[] = {"model", "host", "port", "threads", "fast_prefill", "shutdown_grace_s", "http",
-                                      "engine", "adapters", "store", "comment", NULL};
+                                      "engine", "adapters", "store", "log", "comment", NULL};
     static const char *const http_keys[] = {"max_body_bytes", "threads", NULL};
     static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
                                               "kv_cache_mb", "max_queue", NULL};
@@ -185,6 +188,27 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
         if (!st) st = get_int(sto, "max_upload_mb", 1, 1 << 20, &c->store.max_upload_mb, where, err, errlen);
         if (!st && c->store.max_map_mb < c->store.map_mb) {
             snprintf(err, errlen, "%s: store.max_map_mb must be >= store.map_mb", path);
+            st = PEFTD_EINVAL;
+        }
+    }
+    const cJSON *lg = cJSON_GetObjectItemCaseSensitive(root, "log");
+    if (!st && lg) {
+        static const char *const log_keys[] = {"level", "format", "access", NULL};
+        snprintf(where, sizeof where, "%s: log.", path);
+        if (!cJSON_IsObject(lg)) {
+            snprintf(err, errlen, "%s: \"log\" must be an object", path);
+            st = PEFTD_EINVAL;
+        }
+        if (!st) st = check_keys(lg, log_keys, where, err, errlen);
+        if (!st) st = get_str(lg, "level", c->log.level, sizeof c->log.level, where, err, errlen);
+        if (!st) st = get_str(lg, "format", c->log.format, sizeof c->log.format, where, err, errlen);
+        if (!st) st = get_str(lg, "access", c->log.access, sizeof c->log.access, where, err, errlen);
+        if (!st && log_level_parse(c->log.level[0] ? c->log.level : "info") < 0) {
+            snprintf(err, errlen, "%s: log.level must be debug, info, warn or error", path);
+            st = PEFTD_EINVAL;
+        }
+        if (!st && log_format_parse(c->log.format) < 0) {
+            snprintf(err, errlen, "%s: log.format must be text or json", path);
             st = PEFTD_EINVAL;
         }
     }

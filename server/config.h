@@ -25,6 +25,11 @@ typedef struct {
         int slots;            /* decoded adapters resident at once */
         int max_upload_mb;    /* PUT /v1/adapters body limit */
     } store;
+    struct {                  /* "log": reloaded on SIGHUP */
+        char level[16];       /* debug|info|warn|error; "" = PEFTD_LOG or info */
+        char format[16];      /* text|json: event and access lines */
+        char access[4096];    /* access log: "stderr" (default), "off" or a file path */
+    } log;
     int n_adapters;           /* "adapters": {"name": "dir", ...} preloaded at start-up */
     struct config_adapter {
         char name[65];

@@ -6,7 +6,9 @@
  *
  * serve: loads the model, starts the engine thread and the HTTP server, and waits for
  * SIGTERM/SIGINT on a libuv loop; then stops accepting work, lets in-flight requests finish
- * for shutdown_grace_s (a second signal cancels them at once) and exits 0.
+ * for shutdown_grace_s (a second signal cancels them at once) and exits 0. SIGHUP re-reads
+ * the config file and applies what can change without a restart (the "log" section; tenants'
+ * limits and weights through the reload hook) while requests keep running.
  * generate: offline generation to stdout through the same engine (no server).
  */
 #include <errno.h>
@@ -26,6 +28,8 @@
 #include "kernels/util/log.h"
 #include "server/config.h"
 #include "server/engine/engine.h"
+#include "server/http/access_log.h"
+#include "server/http/http_metrics.h"
 #include "server/http/http_server.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
@@ -271,9 +275,23 @@ static int mkdir_p(const char *path) {
     return mkdir(p, 0755) < 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* The "log" section: event level and format, access log sink. Returns 0 or -errno from
+ * opening the access log file (the previous sink stays then). */
+static int apply_log_config(const peftd_config *c) {
+    int level = log_level_parse(c->log.level), format = log_format_parse(c->log.format);
+    if (level >= 0) log_set_level(level);
+    if (format >= 0) log_set_format(format);
+    return access_log_configure(c->log.access, format >= 0 ? format : LOG_FORMAT_TEXT);
+}
+
 typedef struct {
     uv_loop_t loop;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
+    const char *config_path;   /* re-read on SIGHUP; NULL = none given */
+    /* SIGHUP hook for the tenant layer: reload_fn(reload_ud) re-reads tenants' limits and
+     * weights (tenants_reload) — set by whoever creates the tenants; NULL = nothing. */
+    int (*reload_fn)(void *ud);
+    void *reload_ud;
     uv_timer_t poll;
     engine *e;
     int signals;
@@ -300,9 +318,35 @@ static void on_signal(uv_signal_t *h, int signum) {
         return;
     }
     LOGI("received %s: finishing in-flight requests, accepting no new ones", strsignal(signum));
+    http_set_draining(true); /* /ready answers 503 from now on */
     engine_shutdown(s->e, true);
     s->deadline = uv_now(&s->loop) + s->grace_ms;
     uv_timer_start(&s->poll, on_poll, 0, 20);
+}
+
+/* SIGHUP: runs on the loop thread; nothing here blocks requests (log settings are atomics,
+ * the access log swaps its descriptor under a lock held only per line). A config file
+ * that does not parse changes nothing. Settings that need a restart (model, port, engine,
+ * store) are read but ignored. */
+static void on_sighup(uv_signal_t *h, int signum) {
+    serve_loop *s = h->data;
+    char err[1024] = "";
+    if (s->config_path) {
+        peftd_config c;
+        config_default(&c);
+        int st = config_load(&c, s->config_path, err, sizeof err);
+        if (st < 0) {
+            config_free(&c);
+            LOGE("SIGHUP: config not reloaded: %s", err);
+            return;
+        }
+        if ((st = apply_log_config(&c)) < 0)
+            LOGE("SIGHUP: cannot open the access log %s: %s", c.log.access, strerror(-st));
+        config_free(&c);
+    }
+    if (s->reload_fn && s->reload_fn(s->reload_ud) < 0) LOGE("SIGHUP: tenants not reloaded");
+    LOGI("SIGHUP: reloaded %s%s", s->config_path ? s->config_path : "(no config file)",
+         s->reload_fn ? " and tenants" : "");
 }
 
 static int cmd_serve(int argc, char **argv) {
@@ -349,6 +393,12 @@ static int cmd_serve(int argc, char **argv) {
             usage(stderr);
             return 2;
         }
+    }
+    int lst = apply_log_config(&cfg);
+    if (lst < 0) {
+        fprintf(stderr, "peftd: cannot open the access log %s: %s\n", cfg.log.access, strerror(-lst));
+        config_free(&cfg);
+        return 2;
     }
     /* the adapter store first: the engine's tiers read from it */
     astore *store = NULL;
@@ -403,12 +453,14 @@ static int cmd_serve(int argc, char **argv) {
            http_server_port(srv));
     fflush(stdout);
 
-    serve_loop s = {.e = rt.e, .grace_ms = (uint64_t)cfg.shutdown_grace_s * 1000};
+    serve_loop s = {.e = rt.e, .grace_ms = (uint64_t)cfg.shutdown_grace_s * 1000, .config_path = config_path};
     uv_loop_init(&s.loop);
     uv_signal_init(&s.loop, &s.sigterm);
     uv_signal_init(&s.loop, &s.sigint);
+    uv_signal_init(&s.loop, &s.sighup);
     uv_timer_init(&s.loop, &s.poll);
-    s.sigterm.data = s.sigint.data = s.poll.data = &s;
+    s.sigterm.data = s.sigint.data = s.sighup.data = s.poll.data = &s;
+    uv_signal_start(&s.sighup, on_sighup, SIGHUP);
     uv_signal_start(&s.sigterm, on_signal, SIGTERM);
     uv_signal_start(&s.sigint, on_signal, SIGINT);
     signal(SIGPIPE, SIG_IGN);
@@ -418,6 +470,7 @@ static int cmd_serve(int argc, char **argv) {
     srv = NULL;
     uv_close((uv_handle_t *)&s.sigterm, NULL);
     uv_close((uv_handle_t *)&s.sigint, NULL);
+    uv_close((uv_handle_t *)&s.sighup, NULL);
     uv_close((uv_handle_t *)&s.poll, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
     uv_loop_close(&s.loop);
@@ -434,6 +487,7 @@ out_store:
     astore_close(store);
     config_free(&cfg);
     if (rc == 0) LOGI("peftd: stopped");
+    access_log_close();
     return rc;
 }
 
