@@ -203,7 +203,7 @@ static int metrics_render(http_server *s, http_buf *b) {
         {"peftd_running_requests", "gauge", "Sequences in the running batch.", (uint64_t)st.running},
         {"peftd_waiting_requests", "gauge", "Requests queued for admission (queue depth).", (uint64_t)st.waiting},
         {"peftd_kv_blocks_used", "gauge", "KV cache blocks in use.", (uint64_t)st.kv_blocks_used},
-        {"peftd_kv_blocks_total", "gauge", "KV cache blocks in the pool.", (uint64_t)st.kv_blocks_total},
+        {"peftd_kv_blocks_capacity", "gauge", "KV cache blocks in the pool.", (uint64_t)st.kv_blocks_total},
         {"peftd_preemptions_total", "counter", "Sequences preempted when KV blocks ran out (recomputed later).",
          st.preemptions},
         {"peftd_engine_steps_total", "counter", "Engine steps run.", st.steps},
@@ -223,7 +223,7 @@ static int metrics_render(http_server *s, http_buf *b) {
         {"peftd_adapter_slots_used", "gauge", "Adapters resident in the slot pool.", (uint64_t)ts.slots_used},
         {"peftd_adapter_slots_pinned", "gauge", "Resident adapters used by running sequences.",
          (uint64_t)ts.slots_pinned},
-        {"peftd_adapter_slots_total", "gauge", "Slot pool capacity.", (uint64_t)ts.slots_total},
+        {"peftd_adapter_slots_capacity", "gauge", "Slot pool capacity.", (uint64_t)ts.slots_total},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         if ((rc = put_u64(b, rows[i].name, rows[i].type, rows[i].help, rows[i].v))) return rc;

@@ -6,17 +6,17 @@
 #include <string.h>
 #include <time.h>
 
-/* Bounds chosen for a CPU-to-GPU range of models: TTFT from 1 ms (a cached tiny model) to a
- * minute (a long prompt behind a full queue); ITL from 0.5 ms (small models decode ~1 kHz)
+/* Bounds chosen for a CPU-to-GPU range of models: TTFT from 0.25 ms (a tiny model on an idle engine) to a
+ * minute (a long prompt behind a full queue); ITL from 0.1 ms (the embedded 260K-parameter model decodes at ~10 kHz)
  * to 5 s (a stalled step); end to end up to 5 minutes (long generations). */
 #define MS(x) ((uint64_t)((x) * 1e6))
-static const uint64_t ttft_ns[] = {MS(1), MS(2.5), MS(5), MS(10), MS(25), MS(50), MS(100), MS(250),
+static const uint64_t ttft_ns[] = {MS(0.25), MS(0.5), MS(1), MS(2.5), MS(5), MS(10), MS(25), MS(50), MS(100), MS(250),
                                    MS(500), MS(1000), MS(2500), MS(5000), MS(10000), MS(30000), MS(60000)};
-static const char *const ttft_tx[] = {"0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+static const char *const ttft_tx[] = {"0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
                                       "0.5", "1", "2.5", "5", "10", "30", "60"};
-static const uint64_t itl_ns[] = {MS(0.5), MS(1), MS(2.5), MS(5), MS(10), MS(25), MS(50),
+static const uint64_t itl_ns[] = {MS(0.1), MS(0.25), MS(0.5), MS(1), MS(2.5), MS(5), MS(10), MS(25), MS(50),
                                   MS(100), MS(250), MS(500), MS(1000), MS(2500), MS(5000)};
-static const char *const itl_tx[] = {"0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+static const char *const itl_tx[] = {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
                                      "0.1", "0.25", "0.5", "1", "2.5", "5"};
 static const uint64_t e2e_ns[] = {MS(5), MS(10), MS(25), MS(50), MS(100), MS(250), MS(500), MS(1000),
                                   MS(2500), MS(5000), MS(10000), MS(30000), MS(60000), MS(120000), MS(300000)};
@@ -25,7 +25,7 @@ static const char *const e2e_tx[] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0
 #define N_OF(a) ((int)(sizeof a / sizeof a[0]))
 _Static_assert(N_OF(ttft_ns) == N_OF(ttft_tx) && N_OF(itl_ns) == N_OF(itl_tx) && N_OF(e2e_ns) == N_OF(e2e_tx),
                "bounds and their text differ");
-_Static_assert(N_OF(ttft_ns) <= HTTP_HIST_MAX_BUCKETS && N_OF(e2e_ns) <= HTTP_HIST_MAX_BUCKETS, "too many bounds");
+_Static_assert(N_OF(ttft_ns) <= HTTP_HIST_MAX_BUCKETS && N_OF(itl_ns) <= HTTP_HIST_MAX_BUCKETS && N_OF(e2e_ns) <= HTTP_HIST_MAX_BUCKETS, "too many bounds");
 
 /* Zero-initialised atomics are valid atomics (C11 7.17.2.1 for objects of static storage). */
 static http_metrics g_metrics = {

@@ -260,9 +260,9 @@ def metrics_format():
     assert 'peftd_requests_total{endpoint="/v1/completions",status="200"}' in text, text
     m = d().wait_idle()
     for k in ("peftd_running_requests", "peftd_waiting_requests", "peftd_kv_blocks_used",
-              "peftd_kv_blocks_total", "peftd_generated_tokens_total", "peftd_prompt_tokens_total"):
+              "peftd_kv_blocks_capacity", "peftd_generated_tokens_total", "peftd_prompt_tokens_total"):
         assert k in m, (k, text)
-    assert m["peftd_kv_blocks_total"] > 0 and m["peftd_generated_tokens_total"] >= 2, m
+    assert m["peftd_kv_blocks_capacity"] > 0 and m["peftd_generated_tokens_total"] >= 2, m
 
 
 if __name__ == "__main__":
