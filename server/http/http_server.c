@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,7 +24,13 @@
 /* 2 GiB holds a rank-64 LoRA on every linear layer of a 7B model in f32 (~640 MiB) with
  * room for larger bases; uploads stream to disk, so the limit bounds disk, not memory. */
 #define HTTP_DEFAULT_MAX_UPLOAD (2ull << 30)
-#define HTTP_DEFAULT_MAX_CONNECTIONS 4096
+/* The default connection limit is what the descriptor limit allows (see
+ * http_default_max_connections), at most this: 64 Ki idle connections cost 64 Ki
+ * descriptors and MHD's 32 KiB pools (2 GiB, mostly untouched), no threads. */
+#define HTTP_DEFAULT_MAX_CONNECTIONS 65536
+/* Descriptors kept back from the connection limit for everything else: the store, the
+ * model files, logs, epoll/eventfd handles, upload temporaries. */
+#define HTTP_FD_RESERVE 256
 #define HTTP_DEFAULT_TIMEOUT_S 120
 /* A chunked (length-less) body past the limit is read and discarded so that the client
  * can read its 413; past this many times the limit we stop reading and close instead. */
@@ -201,6 +208,24 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     LOGD("http: libmicrohttpd: %s", msg);
 }
 
+/* At its connection limit MHD stops accepting, and new clients wait in the listen backlog
+ * until an idle connection times out (HTTP_DEFAULT_TIMEOUT_S): a few thousand idle sockets
+ * would lock everyone else out. The soft descriptor limit is often 1024, far below what the
+ * daemon can hold, so raise it to the hard limit and size the default by it. */
+static int http_default_max_connections(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024 - HTTP_FD_RESERVE;
+    rlim_t want = (rlim_t)HTTP_DEFAULT_MAX_CONNECTIONS + HTTP_FD_RESERVE;
+    if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max) want = rl.rlim_max;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        struct rlimit raised = {.rlim_cur = want, .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl.rlim_cur = want;
+    }
+    rlim_t n = rl.rlim_cur == RLIM_INFINITY ? (rlim_t)HTTP_DEFAULT_MAX_CONNECTIONS : rl.rlim_cur;
+    n = n > 2 * HTTP_FD_RESERVE ? n - HTTP_FD_RESERVE : n / 2;
+    return n > HTTP_DEFAULT_MAX_CONNECTIONS ? HTTP_DEFAULT_MAX_CONNECTIONS : (int)n;
+}
+
 static int http_resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *sslen,
                         char *err, size_t errlen) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
@@ -242,7 +267,7 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
     if (!s->cfg.max_body_bytes) s->cfg.max_body_bytes = HTTP_DEFAULT_MAX_BODY;
     if (!s->cfg.max_upload_bytes) s->cfg.max_upload_bytes = HTTP_DEFAULT_MAX_UPLOAD;
     if (s->cfg.threads < 1) s->cfg.threads = 1;
-    if (s->cfg.max_connections < 1) s->cfg.max_connections = HTTP_DEFAULT_MAX_CONNECTIONS;
+    if (s->cfg.max_connections < 1) s->cfg.max_connections = http_default_max_connections();
     if (s->cfg.timeout_s < 1) s->cfg.timeout_s = HTTP_DEFAULT_TIMEOUT_S;
     s->created = time(NULL);
     atomic_init(&s->stopping, false);
@@ -287,9 +312,9 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
         else if (bound.ss_family == AF_INET6)
             s->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
     }
-    LOGI("http: listening on %s:%d (%d thread%s, body limit %zu bytes)",
+    LOGI("http: listening on %s:%d (%d thread%s, body limit %zu bytes, %d connections)",
          cfg->host ? cfg->host : "*", s->port, s->cfg.threads, s->cfg.threads > 1 ? "s" : "",
-         s->cfg.max_body_bytes);
+         s->cfg.max_body_bytes, s->cfg.max_connections);
     *out = s;
     return 0;
 fail:

@@ -24,7 +24,8 @@ typedef struct {
     uint64_t max_upload_bytes; /* adapter upload bodies (PUT /v1/adapters/{name}): larger get
                                 * 413; 0 = 2 GiB. Independent of max_body_bytes. */
     int threads;             /* libmicrohttpd worker threads (>= 1; 0 = 1) */
-    int max_connections;     /* open connections at once; 0 = 4096 */
+    int max_connections;     /* open connections at once; 0 = what RLIMIT_NOFILE allows (soft
+                              * limit raised to the hard one), at most 65536 */
     int timeout_s;           /* idle connection timeout; 0 = 120 s (suspended ones never time out) */
 } http_config;
 
