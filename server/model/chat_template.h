@@ -1,0 +1,70 @@
+/* server/model/chat_template.h — a model's chat template: the Jinja `chat_template` of
+ * tokenizer_config.json, rendered the way Hugging Face's
+ * `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)` does.
+ *
+ * The template is run by a small Jinja interpreter (chat_template.c: lexer and parser;
+ * chat_template_eval.c: values and rendering) covering what chat templates use: text with
+ * Jinja's whitespace control under HF's environment (trim_blocks, lstrip_blocks, no
+ * trailing newline), {{ }}, {# #}, for (loop.*, else, filters, tuple targets, break and
+ * continue), if/elif/else, set (plain, namespace attributes, block), macros, generation
+ * blocks; expressions with Python semantics (+ - * / // % ** ~, comparisons, in, and/or/not,
+ * conditional expressions, slices, list and dict literals, string and dict methods), the
+ * common filters (trim, length, tojson, upper, lower, default, join, first, last, ...),
+ * tests (defined, none, string, mapping, ...), and HF's globals raise_exception,
+ * strftime_now, range, namespace. Anything outside the subset is a parse error at load, so
+ * a model whose template the daemon cannot run is reported at start-up, not per request.
+ *
+ * Template families seen in the wild (Llama-2, Llama-3, ChatML/Qwen, Mistral, Zephyr) are
+ * also recognised by their text, for logs (chat_template_family()); rendering never
+ * depends on the recognition.
+ *
+ * A parsed template is immutable: chat_template_render() is thread-safe.
+ */
+#ifndef PEFTD_CHAT_TEMPLATE_H
+#define PEFTD_CHAT_TEMPLATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct chat_template chat_template;
+
+typedef struct {
+    const char *role;     /* "system", "user", "assistant", ... (NUL-terminated) */
+    const char *content;  /* UTF-8, NUL-terminated */
+} chat_message;
+
+/* Parses Jinja template text. On failure returns PEFTD_EFORMAT (or PEFTD_ENOMEM) and a
+ * message with the line in err. @note caller owns *out: chat_template_free(). */
+int chat_template_parse(const char *src, size_t len, chat_template **out, char *err, size_t errlen);
+
+/* The template for a model: override_path when non-NULL and non-empty (a .json file is read
+ * as a tokenizer_config.json, anything else as the Jinja text itself), else the
+ * `chat_template` of <model_dir>/tokenizer_config.json — a string, or a list of
+ * {"name","template"} of which "default" is used (HF's rule). Returns PEFTD_ENOTFOUND with
+ * *out = NULL when the model has no template (not an error for the daemon: chat requests
+ * then get a 400); other failures name the file in err. */
+int chat_template_load(const char *model_dir, const char *override_path, chat_template **out, char *err,
+                       size_t errlen);
+
+void chat_template_free(chat_template *t); /* NULL is a no-op */
+
+/* "llama-2", "llama-3", "chatml", "mistral", "zephyr" or "custom". */
+const char *chat_template_family(const chat_template *t);
+
+typedef struct {
+    bool add_generation_prompt;
+    const char *bos_token;  /* NULL = undefined in the template */
+    const char *eos_token;
+    const char *unk_token;
+    const char *pad_token;
+} chat_render_opts;
+
+/* Renders msgs. A template error (raise_exception, a type error, an undefined attribute)
+ * returns PEFTD_EINVAL with the message in err — for raise_exception exactly the
+ * template's message. @note caller frees *out with free(); NUL-terminated, *out_len
+ * excludes the NUL. */
+int chat_template_render(const chat_template *t, const chat_message *msgs, int n_msgs,
+                         const chat_render_opts *opts, char **out, size_t *out_len, char *err,
+                         size_t errlen);
+
+#endif
