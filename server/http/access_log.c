@@ -176,9 +176,8 @@ void access_log_end(http_access *a, struct MHD_Connection *conn, struct api_job 
         put_str(line, sizeof line, &len, "tenant", tenant);
         put_str(line, sizeof line, &len, "model", model);
         put_str(line, sizeof line, &len, "adapter", adapter);
-        if (prompt_tokens >= 0)
-            len += (size_t)snprintf(line + len, sizeof line - len, ",\"prompt_tokens\":%d,\"completion_tokens\":%d",
-                                    prompt_tokens, completion_tokens);
+        len += (size_t)snprintf(line + len, sizeof line - len, ",\"prompt_tokens\":%d,\"completion_tokens\":%d",
+                                prompt_tokens < 0 ? 0 : prompt_tokens, completion_tokens < 0 ? 0 : completion_tokens);
         put_str(line, sizeof line, &len, "client", client);
         put_str(line, sizeof line, &len, "termination", termination_name(toe));
         if (len > sizeof line - 3) len = sizeof line - 3;
