@@ -1,4 +1,4 @@
-/* adapter_store/registry.c — see registry.h. Entries are kept sorted by name in an array
+/* adapter_store/registry.c — see registry.h. Entries are kept sorted by key in an array
  * (binary search); every handle carries a refcount: one for being current under a name,
  * one per request holding it. A replaced or removed handle is freed by its last release. */
 #include "adapter_store/registry.h"
@@ -11,12 +11,12 @@
 #include "kernels/util/log.h"
 
 typedef struct {
-    char name[REGISTRY_NAME_MAX + 1];
+    char name[ASTORE_KEY_MAX + 1]; /* the key: astore_key(owner, name) */
     adapter_handle *v;
 } entry;
 
 typedef struct {
-    char name[REGISTRY_NAME_MAX + 1];
+    char name[ASTORE_KEY_MAX + 1];
     int status;
     char *message;
 } failure;
@@ -62,7 +62,18 @@ bool registry_name_valid(const char *name) {
     return true;
 }
 
-/* Index of name, or -(insertion point) - 1. Under mu. */
+bool registry_key_valid(const char *key) {
+    const char *slash = key ? strchr(key, '/') : NULL;
+    if (!slash) return registry_name_valid(key);
+    char owner[REGISTRY_NAME_MAX + 1];
+    size_t n = (size_t)(slash - key);
+    if (n > REGISTRY_NAME_MAX) return false;
+    memcpy(owner, key, n);
+    owner[n] = 0;
+    return registry_name_valid(owner) && registry_name_valid(slash + 1);
+}
+
+/* Index of key name, or -(insertion point) - 1. Under mu. */
 static int find(const adapter_registry *r, const char *name) {
     int lo = 0, hi = r->n - 1;
     while (lo <= hi) {
@@ -90,7 +101,7 @@ static void clear_failure(adapter_registry *r, const char *name) {
 }
 
 int registry_put_failure(adapter_registry *r, const char *name, int status, const char *message) {
-    if (!registry_name_valid(name) || status >= 0) return PEFTD_EINVAL;
+    if (!registry_key_valid(name) || status >= 0) return PEFTD_EINVAL;
     char *m = strdup(message ? message : "");
     if (!m) return PEFTD_ENOMEM;
     pthread_mutex_lock(&r->mu);
@@ -124,8 +135,10 @@ int registry_failure(adapter_registry *r, const char *name, char *msg, size_t ms
 }
 
 int registry_put(adapter_registry *r, const astore_meta *meta) {
-    const char *name = meta->name;
-    if (!registry_name_valid(name)) return PEFTD_EINVAL;
+    char name[ASTORE_KEY_MAX + 1];
+    if (!registry_name_valid(meta->name) || (meta->owner[0] && !registry_name_valid(meta->owner)) ||
+        astore_key(meta->owner, meta->name, name))
+        return PEFTD_EINVAL;
     adapter_handle *v = calloc(1, sizeof *v);
     if (!v) return PEFTD_ENOMEM;
     v->meta = *meta;
@@ -193,7 +206,9 @@ void registry_release(adapter_registry *r, adapter_handle *h) {
         /* a current handle has refs >= 1 for being current: reaching 0 here means more
          * releases than acquires, and freeing it would leave the name dangling */
         bool current = false;
-        int i = find(r, h->meta.name);
+        char key[ASTORE_KEY_MAX + 1];
+        astore_key(h->meta.owner, h->meta.name, key);
+        int i = find(r, key);
         current = i >= 0 && r->e[i].v == h;
         if (current || h->refs <= 0) {
             pthread_mutex_unlock(&r->mu);

@@ -32,9 +32,13 @@ void registry_free(adapter_registry *r);
 
 /* Names: 1..64 characters from [A-Za-z0-9._-], not starting with '.' or '-'. */
 bool registry_name_valid(const char *name);
+/* Keys: a name (public) or "owner/name" (a tenant's), as astore_key builds them. */
+bool registry_key_valid(const char *key);
 
-/* Publishes meta as the current version of meta->name (replacing any previous one, which
- * stays valid for its holders). PEFTD_EINVAL for a bad name. */
+/* Entries are keyed like the store (store.h, owner scoping): below, `name` is such a key —
+ * the plain name of a public adapter, "owner/name" of a tenant's.
+ * Publishes meta as the current version of astore_key(meta->owner, meta->name) (replacing
+ * any previous one, which stays valid for its holders). PEFTD_EINVAL for a bad name. */
 int registry_put(adapter_registry *r, const astore_meta *meta);
 /* Unpublishes name; PEFTD_ENOTFOUND when absent. */
 int registry_remove(adapter_registry *r, const char *name);

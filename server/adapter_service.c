@@ -115,8 +115,8 @@ static void meta_from_adapter(const adapter *a, const char *name, const char *ow
     }
 }
 
-int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, const char *dir,
-                               astore_meta *out, char *err, size_t errlen) {
+int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, uint64_t quota_bytes,
+                               const char *dir, astore_meta *out, char *err, size_t errlen) {
     if (!registry_name_valid(name)) {
         snprintf(err, errlen, "invalid adapter name: use 1-64 of [A-Za-z0-9._-], not starting with '.' or '-'");
         return PEFTD_EINVAL;
@@ -134,8 +134,12 @@ int adapter_service_import_dir(adapter_service *s, const char *name, const char 
     char old_sha[65] = "";
     meta_from_adapter(a, name, owner, s->fingerprint, &meta);
     meta.bytes = len;
-    if ((st = astore_put(s->store, &meta, blob, len, &stored, old_sha)) < 0) {
-        snprintf(err, errlen, "%s", st == PEFTD_ENOSPC ? "the adapter store is full" : peftd_strerror(st));
+    if ((st = astore_put_scoped(s->store, &meta, quota_bytes, blob, len, &stored, old_sha)) < 0) {
+        if (st == -EDQUOT)
+            snprintf(err, errlen, "the tenant's storage quota of %llu bytes would be exceeded (this version: %zu bytes)",
+                     (unsigned long long)quota_bytes, len);
+        else
+            snprintf(err, errlen, "%s", st == PEFTD_ENOSPC ? "the adapter store is full" : peftd_strerror(st));
         goto out;
     }
     if (s->tiers) tiers_offer_blob(s->tiers, stored.sha256, blob, len); /* warm: first requests skip LMDB */
@@ -145,7 +149,8 @@ int adapter_service_import_dir(adapter_service *s, const char *name, const char 
     }
     if (s->tiers && old_sha[0] && strcmp(old_sha, stored.sha256) != 0) tiers_forget(s->tiers, old_sha);
     if (out) *out = stored;
-    LOGI("adapter %s: stored version %llu (%s, %.1f KiB, sha256 %.12s)", name, (unsigned long long)stored.version,
+    LOGI("adapter %s%s%s: stored version %llu (%s, %.1f KiB, sha256 %.12s)", stored.owner,
+         stored.owner[0] ? "/" : "", name, (unsigned long long)stored.version,
          adapter_kind_name(stored.kind), (double)len / 1024, stored.sha256);
 out:
     free(blob);
@@ -153,19 +158,20 @@ out:
     return st;
 }
 
-int adapter_service_delete(adapter_service *s, const char *name) {
-    char old_sha[65] = "";
-    int st = astore_delete(s->store, name, old_sha);
+int adapter_service_delete(adapter_service *s, const char *owner, const char *name) {
+    char old_sha[65] = "", key[ASTORE_KEY_MAX + 1];
+    if (astore_key(owner, name, key) < 0) return PEFTD_EINVAL;
+    int st = astore_delete_scoped(s->store, owner, name, old_sha);
     if (st < 0) return st;
-    registry_remove(s->reg, name);
+    registry_remove(s->reg, key);
     if (s->tiers && old_sha[0]) tiers_forget(s->tiers, old_sha);
-    LOGI("adapter %s: deleted", name);
+    LOGI("adapter %s: deleted", key);
     return 0;
 }
 
 int adapter_service_publish_all(adapter_service *s, int *n_published, int *n_skipped) {
     *n_published = *n_skipped = 0;
-    char after[ASTORE_NAME_MAX + 1] = "";
+    char after[ASTORE_KEY_MAX + 1] = "";
     enum { PAGE = 256 };
     astore_meta *page = malloc(PAGE * sizeof *page);
     if (!page) return PEFTD_ENOMEM;
@@ -178,17 +184,20 @@ int adapter_service_publish_all(adapter_service *s, int *n_published, int *n_ski
             return st;
         }
         for (int i = 0; i < n; i++) {
+            char key[ASTORE_KEY_MAX + 1];
+            if (astore_key(page[i].owner, page[i].name, key) < 0) continue;
             if (strcmp(page[i].base_fingerprint, s->fingerprint) != 0) {
-                LOGW("adapter %s: stored for another base model (fingerprint %.12s), not served", page[i].name,
+                LOGW("adapter %s: stored for another base model (fingerprint %.12s), not served", key,
                      page[i].base_fingerprint);
-                registry_put_failure(s->reg, page[i].name, PEFTD_EINVAL,
+                registry_put_failure(s->reg, key, PEFTD_EINVAL,
                                      "stored for another base model; upload it again for this one");
                 (*n_skipped)++;
                 continue;
             }
             if (registry_put(s->reg, &page[i]) == 0) (*n_published)++;
         }
-        if (n > 0) snprintf(after, sizeof after, "%s", page[n - 1].name);
+        /* astore_list pages by key (owner/name for a tenant's record) */
+        if (n > 0) astore_key(page[n - 1].owner, page[n - 1].name, after);
         if (!more || n == 0) break;
     }
     free(page);

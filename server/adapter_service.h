@@ -7,6 +7,7 @@
 #define PEFTD_ADAPTER_SERVICE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "adapter_store/registry.h"
 #include "adapter_store/store.h"
@@ -27,15 +28,18 @@ int adapter_service_mkdtemp(adapter_service *s, char *path, size_t len);
 void adapter_service_rmdir(const char *path); /* removes the files in it and the directory */
 
 /* Validates the save_pretrained files in dir against the base and stores them as the new
- * version of name (owner "" = public), then publishes that version. On failure nothing
- * changes; the status tells the HTTP status: PEFTD_EFORMAT malformed (400),
- * PEFTD_EUNSUPPORTED / PEFTD_EINVAL not servable on this base (422), PEFTD_ENOSPC store
- * full (507); err names the reason. *out (optional) receives the stored meta. */
-int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, const char *dir,
-                               astore_meta *out, char *err, size_t errlen);
+ * version of name owned by owner ("" = public; a tenant's adapter is stored and published
+ * under "owner/name", store.h), then publishes that version. quota_bytes > 0: the owner's
+ * storage limit (astore_put_scoped). On failure nothing changes; the status tells the
+ * HTTP status: PEFTD_EFORMAT malformed (400), PEFTD_EUNSUPPORTED / PEFTD_EINVAL not
+ * servable on this base (422), PEFTD_ENOSPC store full / -EDQUOT over quota (507); err
+ * names the reason. *out (optional) receives the stored meta. */
+int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, uint64_t quota_bytes,
+                               const char *dir, astore_meta *out, char *err, size_t errlen);
 
-/* Removes name from the store and the registry (requests holding it finish with it). */
-int adapter_service_delete(adapter_service *s, const char *name);
+/* Removes owner's name from the store and the registry (requests holding it finish with
+ * it). PEFTD_ENOTFOUND when owner has no adapter by that name. */
+int adapter_service_delete(adapter_service *s, const char *owner, const char *name);
 
 /* Start-up: publishes every stored adapter validated against this base (same
  * fingerprint); the others are logged and skipped. */

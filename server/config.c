@@ -122,7 +122,7 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     char where[512];
     snprintf(where, sizeof where, "%s: ", path);
     static const char *const top[] = {"model", "host", "port", "threads", "fast_prefill", "shutdown_grace_s", "http",
-                                      "engine", "adapters", "store", "log", "comment", NULL};
+                                      "engine", "adapters", "store", "log", "auth", "comment", NULL};
     static const char *const http_keys[] = {"max_body_bytes", "threads", NULL};
     static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
                                               "kv_cache_mb", "max_queue", NULL};
@@ -209,6 +209,30 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
         }
         if (!st && log_format_parse(c->log.format) < 0) {
             snprintf(err, errlen, "%s: log.format must be text or json", path);
+            st = PEFTD_EINVAL;
+        }
+    }
+    const cJSON *au = cJSON_GetObjectItemCaseSensitive(root, "auth");
+    if (!st && au) {
+        static const char *const auth_keys[] = {"enabled", "admin_key_env", "admin_key_sha256", "comment", NULL};
+        snprintf(where, sizeof where, "%s: auth.", path);
+        const cJSON *en2 = cJSON_GetObjectItemCaseSensitive(au, "enabled");
+        if (!cJSON_IsObject(au)) {
+            snprintf(err, errlen, "%s: \"auth\" must be an object", path);
+            st = PEFTD_EINVAL;
+        }
+        if (!st) st = check_keys(au, auth_keys, where, err, errlen);
+        if (!st && en2 && !cJSON_IsBool(en2)) {
+            snprintf(err, errlen, "%s: auth.enabled must be true or false", path);
+            st = PEFTD_EINVAL;
+        }
+        if (!st && en2) c->auth.enabled = cJSON_IsTrue(en2);
+        if (!st) st = get_str(au, "admin_key_env", c->auth.admin_key_env, sizeof c->auth.admin_key_env, where, err, errlen);
+        if (!st)
+            st = get_str(au, "admin_key_sha256", c->auth.admin_key_sha256, sizeof c->auth.admin_key_sha256, where, err,
+                         errlen);
+        if (!st && c->auth.admin_key_sha256[0] && strspn(c->auth.admin_key_sha256, "0123456789abcdef") != 64) {
+            snprintf(err, errlen, "%s: auth.admin_key_sha256 must be 64 lowercase hex digits (sha256sum of the key)", path);
             st = PEFTD_EINVAL;
         }
     }

@@ -30,6 +30,11 @@ typedef struct {
         char format[16];      /* text|json: event and access lines */
         char access[4096];    /* access log: "stderr" (default), "off" or a file path */
     } log;
+    struct {                  /* "auth": tenants and API keys (server/tenants/tenants.h) */
+        bool enabled;         /* default false: a local single-user run needs no key */
+        char admin_key_env[128];     /* names the environment variable holding the admin key */
+        char admin_key_sha256[65];   /* or the key's sha256 hex: the key itself never sits in a file */
+    } auth;
     int n_adapters;           /* "adapters": {"name": "dir", ...} preloaded at start-up */
     struct config_adapter {
         char name[65];

@@ -23,6 +23,7 @@
 
 #include "adapter_store/registry.h"
 #include "adapter_store/store.h"
+#include "server/tenants/tenants.h"
 #include "server/adapter_service.h"
 #include "kernels/kernels.h"
 #include "kernels/util/log.h"
@@ -284,6 +285,30 @@ static int apply_log_config(const peftd_config *c) {
     return access_log_configure(c->log.access, format >= 0 ? format : LOG_FORMAT_TEXT);
 }
 
+/* The tenant layer from the "auth" section: the admin key is hashed here (from the named
+ * environment variable, or given as a hash) and only the hash is kept. */
+static int open_tenants(const peftd_config *cfg, astore *store, tenants **out) {
+    tenants_config tc = {.enabled = cfg->auth.enabled};
+    char err[256] = "";
+    snprintf(tc.admin_sha256, sizeof tc.admin_sha256, "%s", cfg->auth.admin_key_sha256);
+    if (cfg->auth.admin_key_env[0]) {
+        const char *k = getenv(cfg->auth.admin_key_env);
+        if (!k || !*k) {
+            fprintf(stderr, "peftd: auth.admin_key_env names %s, which is not set\n", cfg->auth.admin_key_env);
+            return PEFTD_EINVAL;
+        }
+        if (tenants_sha256_hex(k, tc.admin_sha256) < 0) return PEFTD_EIO;
+    }
+    if (cfg->auth.enabled && !tc.admin_sha256[0])
+        LOGW("auth: enabled without an admin key: tenants can only be managed by another peftd on this store");
+    int rc = tenants_open(store, &tc, out, err, sizeof err);
+    if (rc < 0) fprintf(stderr, "peftd: %s\n", err);
+    else if (cfg->auth.enabled) LOGI("auth: on (Bearer API keys; /health, /ready, /metrics open)");
+    return rc;
+}
+
+static int reload_tenants(void *ud) { return tenants_reload(ud); }
+
 typedef struct {
     uv_loop_t loop;
     uv_signal_t sigterm, sigint, sighup;
@@ -415,6 +440,7 @@ static int cmd_serve(int argc, char **argv) {
     adapter_registry *reg = NULL;
     adapter_service *svc = NULL;
     http_server *srv = NULL;
+    tenants *tn = NULL;
     int rc = 1;
     if (runtime_open(&rt, cfg.model_dir, cfg.threads, cfg.fast_prefill, &cfg.engine) < 0) goto out_store;
     char tmp_root[4200];
@@ -431,7 +457,7 @@ static int cmd_serve(int argc, char **argv) {
         const char *name = cfg.adapters[i].name, *dir = cfg.adapters[i].dir;
         astore_meta have;
         if (astore_get_meta(store, name, &have) == 0) continue;
-        int st = adapter_service_import_dir(svc, name, "", dir, NULL, err, sizeof err);
+        int st = adapter_service_import_dir(svc, name, "", 0, dir, NULL, err, sizeof err);
         if (st < 0) {
             LOGE("adapter %s (%s) not imported: %s", name, dir, err);
             registry_put_failure(reg, name, st, err);
@@ -443,8 +469,10 @@ static int cmd_serve(int argc, char **argv) {
         goto out;
     }
     LOGI("adapter store %s: %d adapters served%s", cfg.store.dir, n_pub, n_skip ? " (some skipped: see above)" : "");
+    if (open_tenants(&cfg, store, &tn) < 0) goto out;
     http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
-                      .max_upload_bytes = (uint64_t)cfg.store.max_upload_mb << 20, .threads = cfg.http_threads};
+                      .max_upload_bytes = (uint64_t)cfg.store.max_upload_mb << 20, .threads = cfg.http_threads,
+                      .tenants = tn};
     if (http_server_start(&hc, rt.e, rt.tok, rt.m, reg, store, svc, &srv, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg.host, cfg.port, err);
         goto out;
@@ -454,6 +482,10 @@ static int cmd_serve(int argc, char **argv) {
     fflush(stdout);
 
     serve_loop s = {.e = rt.e, .grace_ms = (uint64_t)cfg.shutdown_grace_s * 1000, .config_path = config_path};
+    if (tenants_enabled(tn)) {
+        s.reload_fn = reload_tenants;
+        s.reload_ud = tn;
+    }
     uv_loop_init(&s.loop);
     uv_signal_init(&s.loop, &s.sigterm);
     uv_signal_init(&s.loop, &s.sigint);
@@ -480,6 +512,7 @@ out:
     if (rt.e) engine_stop(rt.e, false);
     engine_free(rt.e); /* frees the tiers' slots before the backend goes */
     rt.e = NULL;
+    tenants_close(tn);
     adapter_service_free(svc);
     registry_free(reg);
     runtime_close(&rt);

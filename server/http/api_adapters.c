@@ -6,6 +6,11 @@
  * The store is the source of truth: listing and showing read it (short LMDB read
  * transactions, copied out), deleting goes through the adapter service so that the
  * registry and the caches follow.
+ *
+ * With auth on every operation is scoped to the caller (http_owner): a tenant sees its
+ * own adapters and the public ones (its own shadowing a public one of the same name),
+ * deletes only its own (a public one: 403), and another tenant's adapter answers exactly
+ * like a missing one (404, same body). The admin works on the public adapters.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -15,6 +20,7 @@
 #include <cJSON.h>
 
 #include "kernels/util/status.h"
+#include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
 
 /* Page sizes of GET /v1/adapters: OpenAI's list endpoints default to 20 and cap at 100;
@@ -124,7 +130,7 @@ enum MHD_Result api_adapters_list(http_req *req, struct MHD_Connection *conn) {
     if (!metas) return api_adapters_fail(req, conn, PEFTD_ENOMEM, "listing adapters", NULL);
     int n = 0;
     bool more = false;
-    int rc = astore_list(s->store, after, (int)limit, metas, &n, &more);
+    int rc = astore_list_visible(s->store, http_owner(req), after, (int)limit, metas, &n, &more);
     if (rc < 0) {
         free(metas);
         return api_adapters_fail(req, conn, rc, "listing adapters", NULL);
@@ -158,8 +164,13 @@ enum MHD_Result api_adapters_item(http_req *req, struct MHD_Connection *conn) {
     const char *name = req->arg ? req->arg : "";
     if (!registry_name_valid(name)) return api_adapters__bad_name(req, conn, name);
 
+    const char *owner = http_owner(req);
+    astore_meta meta;
     if (req->method == HTTP_M_DELETE) {
-        int rc = adapter_service_delete(s->svc, name);
+        int rc = adapter_service_delete(s->svc, owner, name);
+        if (rc == PEFTD_ENOTFOUND && owner[0] && astore_get_meta_scoped(s->store, "", name, &meta) == 0)
+            return http_error(req, conn, MHD_HTTP_FORBIDDEN, "permission_denied",
+                              "'%s' is a public adapter: only the admin can delete it", name);
         if (rc == PEFTD_ENOTFOUND)
             return http_error(req, conn, MHD_HTTP_NOT_FOUND, "adapter_not_found", "no adapter named '%s'", name);
         if (rc < 0) return api_adapters_fail(req, conn, rc, "deleting the adapter", NULL);
@@ -172,8 +183,9 @@ enum MHD_Result api_adapters_item(http_req *req, struct MHD_Connection *conn) {
         return http_respond_json(req, conn, MHD_HTTP_OK, o);
     }
 
-    astore_meta meta;
-    int rc = astore_get_meta(s->store, name, &meta);
+    /* the caller's own first, then the public one (owner "" for the admin and auth off) */
+    int rc = astore_get_meta_scoped(s->store, owner, name, &meta);
+    if (rc == PEFTD_ENOTFOUND && owner[0]) rc = astore_get_meta_scoped(s->store, "", name, &meta);
     if (rc == PEFTD_ENOTFOUND)
         return http_error(req, conn, MHD_HTTP_NOT_FOUND, "adapter_not_found", "no adapter named '%s'", name);
     if (rc < 0) return api_adapters_fail(req, conn, rc, "reading the adapter", NULL);

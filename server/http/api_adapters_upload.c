@@ -28,6 +28,7 @@
 
 #include "kernels/util/log.h"
 #include "kernels/util/status.h"
+#include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
 
 /* The post processor's parse buffer (part headers, boundaries); libmicrohttpd suggests
@@ -300,7 +301,13 @@ enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *co
         astore_meta meta;
         char err[512] = "";
         memset(&meta, 0, sizeof meta);
-        int rc = adapter_service_import_dir(s->svc, req->arg, "", u->dir, &meta, err, sizeof err);
+        /* a tenant's upload is its own (a public name is shadowed, not replaced) and counts
+         * against its storage quota; the admin's is public */
+        tstore_tenant t = {0};
+        const char *owner = http_owner(req);
+        if (owner[0]) tenants_get(s->cfg.tenants, owner, &t);
+        int rc = adapter_service_import_dir(s->svc, req->arg, owner, (uint64_t)t.max_storage_bytes, u->dir, &meta,
+                                            err, sizeof err);
         if (rc < 0) {
             ret = api_adapters_fail(req, conn, rc, "adapter rejected", err);
         } else {

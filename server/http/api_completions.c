@@ -77,6 +77,9 @@ static void job_notify(void *ud) {
             api_tok_append(&ch->pend_tok, &ch->n_pend_tok, &ch->cap_pend_tok, d.tokens, d.n_tokens))
             snprintf(ch->error, sizeof ch->error, "out of memory while collecting output");
         http_metrics_on_tokens(job->t0_ns, &ch->t_last_ns, d.completion_tokens - ch->completion_tokens);
+        /* the tenant's tokens-per-minute window counts tokens as they are generated */
+        if (job->req.tenants)
+            tenants_count_tokens(job->req.tenants, job->req.gen.tenant, d.completion_tokens - ch->completion_tokens);
         ch->completion_tokens = d.completion_tokens;
         if (d.finished) {
             ch->finished = last = true;
@@ -356,9 +359,24 @@ enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn)
     api_job *job = job_create(s, conn);
     if (!job) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
     api_err err;
-    if (api_request_parse(s, req->body, req->len, &job->req, &err)) {
+    if (api_request_parse(s, &req->who, req->body, req->len, &job->req, &err)) {
         job_unref(job);
         return http_error(req, conn, err.status, err.code, "%s", err.message);
+    }
+    if (req->who.role == TENANTS_TENANT) {
+        /* quotas after validation: a malformed request costs no slot; held until the job
+         * is freed (api_request_free), so a stream counts until it ends */
+        int retry = 1, rc = tenants_admit(s->cfg.tenants, req->who.tenant, &retry);
+        if (rc < 0) {
+            job_unref(job);
+            char ra[16];
+            snprintf(ra, sizeof ra, "%d", retry);
+            return http_error_hdr(req, conn, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limit_exceeded", "Retry-After", ra,
+                                  rc == PEFTD_EBUSY ? "too many concurrent requests for this tenant: retry later"
+                                  : rc == PEFTD_ERANGE ? "the tenant's generated-tokens-per-minute limit is reached"
+                                                       : "unknown tenant");
+        }
+        job->req.tenants = s->cfg.tenants;
     }
     if (job_make_choices(job)) {
         job_unref(job);

@@ -32,6 +32,7 @@ typedef struct {
     bool stream, echo, include_usage;
     adapter_handle *adapter; /* the adapter chosen by `model` / `adapter`, one reference held */
     adapter_registry *reg;  /* where that reference goes back */
+    struct tenants *tenants; /* set when gen.tenant's quota admitted it: released by api_request_free */
     char model_id[160];     /* the id echoed in responses */
 } api_request;
 
@@ -44,10 +45,11 @@ typedef struct {
     char message[512];
 } api_err;
 
-/* Parses and validates a JSON body, tokenizes the prompts. On failure fills err and
- * returns a negative status. */
-int api_request_parse(const http_server *s, const char *body, size_t len, api_request *out,
-                      api_err *err);
+/* Parses and validates a JSON body, tokenizes the prompts. who (NULL = anonymous) scopes
+ * the adapter lookup (its own, then public: http_auth.h) and fills gen.tenant /
+ * gen.tenant_weight. On failure fills err and returns a negative status. */
+int api_request_parse(const http_server *s, const tenants_principal *who, const char *body, size_t len,
+                      api_request *out, api_err *err);
 
 /* One engine request's state. The pend_* fields and the finish fields are written by the
  * engine thread's notify under the job's mutex; the rest belongs to the HTTP side. */

@@ -179,7 +179,8 @@ static int api_parse_stop(const cJSON *root, api_request *r, api_err *err) {
 /* `model` names the base model or an adapter (as vLLM and LoRAX do); the extension field
  * `adapter` names an adapter explicitly and wins. A missing model means the base model
  * (llama.cpp does the same). Takes one registry reference on the chosen adapter. */
-static int api_parse_model(const http_server *s, const cJSON *root, api_request *r, api_err *err) {
+static int api_parse_model(const http_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
+                           api_err *err) {
     const cJSON *m = api_field(root, "model"), *a = api_field(root, "adapter");
     if (m && !cJSON_IsString(m)) return api_fail(err, "invalid_type", "'model' must be a string");
     if (a && !cJSON_IsNull(a) && !cJSON_IsString(a))
@@ -190,9 +191,17 @@ static int api_parse_model(const http_server *s, const cJSON *root, api_request 
     snprintf(r->model_id, sizeof r->model_id, "%s", s->m->name);
     r->reg = s->reg;
     if (!name) return 0;
-    r->adapter = registry_acquire(s->reg, name);
-    char why[400];
-    if (!r->adapter && registry_failure(s->reg, name, why, sizeof why) < 0) {
+    /* A tenant's name resolves to its own adapter first, then to the public one; another
+     * tenant's is never looked at, so it answers exactly like a missing one. */
+    const char *owner = who ? who->tenant : "";
+    char own[ASTORE_KEY_MAX + 1] = "", why[400];
+    bool own_failed = false;
+    if (owner[0] && astore_key(owner, name, own) == 0) {
+        r->adapter = registry_acquire(s->reg, own);
+        own_failed = !r->adapter && registry_failure(s->reg, own, why, sizeof why) < 0;
+    }
+    if (!r->adapter && !own_failed && !strchr(name, '/')) r->adapter = registry_acquire(s->reg, name);
+    if (!r->adapter && (own_failed || (!strchr(name, '/') && registry_failure(s->reg, name, why, sizeof why) < 0))) {
         api_fail(err, "adapter_load_failed", "The adapter '%s' could not be loaded: %s", name, why);
         err->status = 422; /* Unprocessable Content: the adapter exists but cannot be served */
         return PEFTD_EINVAL;
@@ -266,10 +275,15 @@ static int api_parse_options(const cJSON *root, api_request *r, long long *max_t
     return api_parse_stop(root, r, err);
 }
 
-int api_request_parse(const http_server *s, const char *body, size_t len, api_request *r,
-                      api_err *err) {
+int api_request_parse(const http_server *s, const tenants_principal *who, const char *body, size_t len,
+                      api_request *r, api_err *err) {
     memset(r, 0, sizeof *r);
     gen_params_default(&r->gen);
+    /* the engine's fair scheduler groups by tenant: "" is the anonymous/admin tenant */
+    if (who) {
+        snprintf(r->gen.tenant, sizeof r->gen.tenant, "%s", who->tenant);
+        if (who->weight > 0) r->gen.tenant_weight = who->weight;
+    }
     r->gen.logprobs = -1;
     r->n = 1;
     err->status = MHD_HTTP_BAD_REQUEST;
@@ -300,7 +314,7 @@ int api_request_parse(const http_server *s, const char *body, size_t len, api_re
     }
     long long max_tokens = API_DEFAULT_MAX_TOKENS;
     if ((rc = api_parse_options(root, r, &max_tokens, err))) goto fail;
-    if ((rc = api_parse_model(s, root, r, err))) goto fail;
+    if ((rc = api_parse_model(s, who, root, r, err))) goto fail;
     if ((rc = api_parse_prompt(s, root, r, err))) goto fail;
 
     int ctx = engine_context_length(s->e);
@@ -346,4 +360,6 @@ void api_request_free(api_request *r) {
     if (r->adapter) registry_release(r->reg, r->adapter);
     r->adapter = NULL;
     r->gen.handle = NULL;
+    if (r->tenants) tenants_finish(r->tenants, r->gen.tenant);
+    r->tenants = NULL;
 }

@@ -6,12 +6,15 @@
  * read transaction) that were validated against this base (same fingerprint), merged by
  * name with what the registry publishes (adapters preloaded without a store, or published
  * but not stored). Both lists are in name order, so the merge is one pass.
+ * With auth on, a tenant sees its own adapters and the public ones (astore_list_visible);
+ * the registry merge then covers public adapters only.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include <cJSON.h>
 
+#include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
 
 /* Store entries read per LMDB read transaction while listing. */
@@ -25,7 +28,7 @@ typedef struct {
 
 static void collect(void *ud, const adapter_handle *h) {
     meta_vec *mv = ud;
-    if (mv->oom) return;
+    if (mv->oom || h->meta.owner[0]) return; /* tenants' adapters come from the store, scoped */
     if (mv->n == mv->cap) {
         int cap = mv->cap ? 2 * mv->cap : 16;
         astore_meta *p = realloc(mv->v, (size_t)cap * sizeof *p);
@@ -57,9 +60,9 @@ static bool add_adapter(const http_server *s, cJSON *data, const astore_meta *a)
 
 /* Appends the merged adapter list; false when out of memory. *store_rc gets a store
  * failure (then only the registry's adapters are listed). */
-static bool add_adapters(const http_server *s, cJSON *data, int *store_rc) {
+static bool add_adapters(const http_server *s, const char *owner, cJSON *data, int *store_rc) {
     meta_vec reg = {0};
-    registry_foreach(s->reg, collect, &reg);
+    if (!owner[0]) registry_foreach(s->reg, collect, &reg);
     bool ok = !reg.oom;
     int ri = 0;
     if (ok && s->store) {
@@ -70,7 +73,7 @@ static bool add_adapters(const http_server *s, cJSON *data, int *store_rc) {
         ok = page != NULL;
         while (ok && more) {
             int n = 0;
-            int rc = astore_list(s->store, after, API_MODELS_PAGE, page, &n, &more);
+            int rc = astore_list_visible(s->store, owner, after, API_MODELS_PAGE, page, &n, &more);
             if (rc < 0) {
                 *store_rc = rc;
                 break;
@@ -110,7 +113,7 @@ enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn) {
         !cJSON_AddNumberToObject(m, "max_model_len", engine_context_length(s->e)))
         goto fail;
     int store_rc = 0;
-    if (!add_adapters(s, data, &store_rc)) goto fail;
+    if (!add_adapters(s, http_owner(req), data, &store_rc)) goto fail;
     if (store_rc < 0) {
         cJSON_Delete(root);
         return api_adapters_fail(req, conn, store_rc, "listing the stored adapters", NULL);

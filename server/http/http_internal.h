@@ -17,6 +17,7 @@
 
 #include "server/http/access_log.h"
 #include "server/http/http_server.h"
+#include "server/tenants/tenants.h"
 
 typedef enum {
     HTTP_EP_COMPLETIONS = 0,
@@ -92,6 +93,7 @@ typedef struct {
     bool too_large;
     struct api_job *job;        /* a completion in flight (api_completions.c) */
     struct api_upload *upload;  /* an adapter upload being received (api_adapters.c) */
+    tenants_principal who;      /* who sent it (http_auth.c); role ANON with auth off */
     http_access acc;            /* request id, timing, status for the access log (access_log.c) */
 } http_req;
 

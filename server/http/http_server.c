@@ -16,6 +16,7 @@
 
 #include "kernels/util/log.h"
 #include "kernels/util/status.h"
+#include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
 
 /* Defaults for fields left 0 in http_config. 1 MiB holds any completion request with a
@@ -58,6 +59,9 @@ static const http_route http_routes[] = {
     {"/health", false, HTTP_EP_HEALTH, HTTP_M_READ, "GET, HEAD", api_health_get},
     {"/ready", false, HTTP_EP_READY, HTTP_M_READ, "GET, HEAD", api_ready_get},
     {"/metrics", false, HTTP_EP_METRICS, HTTP_M_READ, "GET, HEAD", api_metrics_get},
+    {"/v1/admin/tenants", false, HTTP_EP_OTHER, HTTP_M_READ | HTTP_M_POST, "GET, HEAD, POST", api_admin_tenants},
+    {"/v1/admin/tenants/", true, HTTP_EP_OTHER, HTTP_M_READ | HTTP_M_POST | HTTP_M_PATCH | HTTP_M_DELETE,
+     "GET, HEAD, POST, PATCH, DELETE", api_admin_tenant_item},
 };
 
 static const http_route *http_find_route(const char *url) {
@@ -76,7 +80,7 @@ static unsigned http_method_flag(const char *method) {
     } methods[] = {
         {MHD_HTTP_METHOD_GET, HTTP_M_GET},     {MHD_HTTP_METHOD_HEAD, HTTP_M_HEAD},
         {MHD_HTTP_METHOD_POST, HTTP_M_POST},   {MHD_HTTP_METHOD_PUT, HTTP_M_PUT},
-        {MHD_HTTP_METHOD_DELETE, HTTP_M_DELETE},
+        {MHD_HTTP_METHOD_DELETE, HTTP_M_DELETE}, {MHD_HTTP_METHOD_PATCH, HTTP_M_PATCH},
     };
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (strcmp(method, methods[i].name) == 0) return methods[i].flag;
@@ -116,9 +120,11 @@ static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *co
     const http_route *r = http_find_route(url);
     req->ep = r ? r->ep : HTTP_EP_OTHER;
     req->method = http_method_flag(method);
-    req->keep_body = r && (r->methods & HTTP_M_POST) && req->method == HTTP_M_POST;
+    req->keep_body = r && (r->methods & req->method & (HTTP_M_POST | HTTP_M_PATCH));
     *con_cls = req;
     if (r && r->prefix && !(req->arg = strdup(url + strlen(r->path)))) return MHD_NO;
+    enum MHD_Result denied;
+    if (!http_auth_request(req, conn, url, &denied)) return denied;
 
     if (r && r->fn == api_adapters_item && req->method == HTTP_M_PUT)
         return api_adapters_put_begin(req, conn);

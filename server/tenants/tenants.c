@@ -1,0 +1,342 @@
+/* server/tenants/tenants.c — see tenants.h. Owns the in-memory table of tenants (limits
+ * from the store, plus the runtime counters: requests in flight and the token window),
+ * key generation and authentication.
+ */
+#include "server/tenants/tenants.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/util/log.h"
+#include "kernels/util/status.h"
+
+/* The token window: 60 one-second buckets (tokens per *minute*). */
+#define TENANTS_WINDOW_S 60
+
+typedef struct {
+    tstore_tenant rec;
+    bool live;                          /* false: deleted or gone after a reload */
+    int64_t inflight;
+    int64_t bucket_sec[TENANTS_WINDOW_S];
+    uint64_t bucket_n[TENANTS_WINDOW_S];
+} tenant_state;
+
+struct tenants {
+    astore *store;
+    tenants_config cfg;
+    unsigned char admin_hash[32];
+    bool has_admin;
+    pthread_mutex_t mu;
+    tenant_state *v;
+    int n, cap;
+};
+
+static int64_t now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+static int sha256_raw(const char *s, unsigned char out[32]) {
+    unsigned int n = 0;
+    if (!EVP_Digest(s, strlen(s), out, &n, EVP_sha256(), NULL) || n != 32) return PEFTD_EIO;
+    return 0;
+}
+
+static void hex(const unsigned char *p, size_t n, char *out) {
+    for (size_t i = 0; i < n; i++) snprintf(out + 2 * i, 3, "%02x", p[i]);
+}
+
+static int unhex(const char *h, unsigned char *out, size_t n) {
+    if (strlen(h) != 2 * n) return PEFTD_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(h + 2 * i, "%2x", &v) != 1) return PEFTD_EINVAL;
+        out[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
+int tenants_sha256_hex(const char *s, char out[65]) {
+    unsigned char md[32];
+    int rc = sha256_raw(s, md);
+    if (rc) return rc;
+    hex(md, 32, out);
+    return 0;
+}
+
+/* Under mu. */
+static tenant_state *find(tenants *t, const char *id) {
+    for (int i = 0; i < t->n; i++)
+        if (t->v[i].live && !strcmp(t->v[i].rec.id, id)) return &t->v[i];
+    return NULL;
+}
+
+/* Under mu: the state of rec->id, created (or revived) when absent; limits refreshed. */
+static int upsert(tenants *t, const tstore_tenant *rec) {
+    tenant_state *st = find(t, rec->id);
+    if (!st)
+        for (int i = 0; i < t->n && !st; i++)
+            if (!t->v[i].live && t->v[i].inflight == 0) st = &t->v[i]; /* reuse a free slot */
+    if (!st) {
+        if (t->n == t->cap) {
+            int cap = t->cap ? 2 * t->cap : 16;
+            tenant_state *p = realloc(t->v, (size_t)cap * sizeof *p);
+            if (!p) return PEFTD_ENOMEM;
+            t->v = p;
+            t->cap = cap;
+        }
+        st = &t->v[t->n++];
+        memset(st, 0, sizeof *st);
+    }
+    if (!st->live) memset(st, 0, sizeof *st);
+    st->rec = *rec;
+    st->live = true;
+    return 0;
+}
+
+int tenants_reload(tenants *t) {
+    tstore_tenant *recs = NULL;
+    int n = 0;
+    int rc = tstore_tenant_list(t->store, &recs, &n);
+    if (rc) return rc;
+    pthread_mutex_lock(&t->mu);
+    for (int i = 0; i < t->n; i++) {
+        bool keep = false;
+        for (int j = 0; j < n && !keep; j++) keep = !strcmp(recs[j].id, t->v[i].rec.id);
+        if (!keep) t->v[i].live = false;
+    }
+    for (int j = 0; j < n && !rc; j++) rc = upsert(t, &recs[j]);
+    pthread_mutex_unlock(&t->mu);
+    free(recs);
+    if (rc == 0) LOGI("tenants: %d tenant%s loaded", n, n == 1 ? "" : "s");
+    return rc;
+}
+
+int tenants_open(astore *s, const tenants_config *cfg, tenants **out, char *err, size_t errlen) {
+    *out = NULL;
+    tenants *t = calloc(1, sizeof *t);
+    if (!t) return PEFTD_ENOMEM;
+    t->store = s;
+    t->cfg = *cfg;
+    pthread_mutex_init(&t->mu, NULL);
+    int rc = 0;
+    if (cfg->admin_sha256[0]) {
+        if ((rc = unhex(cfg->admin_sha256, t->admin_hash, 32)) < 0) {
+            snprintf(err, errlen, "auth: the admin key's sha256 must be 64 hex digits");
+            goto fail;
+        }
+        t->has_admin = true;
+    }
+    if (cfg->enabled && (rc = tenants_reload(t)) < 0) {
+        snprintf(err, errlen, "auth: cannot read the tenants: %s", peftd_strerror(rc));
+        goto fail;
+    }
+    *out = t;
+    return 0;
+fail:
+    tenants_close(t);
+    return rc;
+}
+
+void tenants_close(tenants *t) {
+    if (!t) return;
+    OPENSSL_cleanse(t->admin_hash, sizeof t->admin_hash);
+    pthread_mutex_destroy(&t->mu);
+    free(t->v);
+    free(t);
+}
+
+bool tenants_enabled(const tenants *t) { return t && t->cfg.enabled; }
+
+int tenants_authenticate(tenants *t, const char *key, tenants_principal *out) {
+    memset(out, 0, sizeof *out);
+    out->weight = 1.0f;
+    if (!key || !*key || strlen(key) > 4096) return PEFTD_ENOTFOUND;
+    unsigned char md[32];
+    char h[65];
+    if (sha256_raw(key, md)) return PEFTD_EIO;
+    if (t->has_admin && CRYPTO_memcmp(md, t->admin_hash, 32) == 0) {
+        out->role = TENANTS_ADMIN;
+        return 0;
+    }
+    /* The lookup goes by the hash, so its timing tells an attacker about the hash of
+     * their guess, not about any stored key; the stored hash is then compared in
+     * constant time all the same. */
+    hex(md, 32, h);
+    tstore_key rec;
+    unsigned char stored[32];
+    int rc = tstore_key_find(t->store, h, &rec);
+    if (rc == PEFTD_EINVAL) rc = PEFTD_ENOTFOUND;
+    if (rc) return rc;
+    if (unhex(rec.sha256, stored, 32) || CRYPTO_memcmp(stored, md, 32)) return PEFTD_ENOTFOUND;
+    tstore_tenant tr;
+    if ((rc = tenants_get(t, rec.tenant, &tr)) == PEFTD_ENOTFOUND) {
+        /* created by another process sharing the store: adopt its record */
+        if ((rc = tstore_tenant_get(t->store, rec.tenant, &tr))) return rc;
+        pthread_mutex_lock(&t->mu);
+        rc = upsert(t, &tr);
+        pthread_mutex_unlock(&t->mu);
+        if (rc) return rc;
+    } else if (rc) {
+        return rc;
+    }
+    out->role = TENANTS_TENANT;
+    snprintf(out->tenant, sizeof out->tenant, "%s", rec.tenant);
+    out->weight = (float)tr.weight;
+    return 0;
+}
+
+int tenants_get(tenants *t, const char *id, tstore_tenant *out) {
+    pthread_mutex_lock(&t->mu);
+    tenant_state *st = find(t, id);
+    if (st) *out = st->rec;
+    pthread_mutex_unlock(&t->mu);
+    return st ? 0 : PEFTD_ENOTFOUND;
+}
+
+/* Under mu: tokens generated within the window ending at now. */
+static uint64_t window_used(const tenant_state *st, int64_t now) {
+    uint64_t used = 0;
+    for (int i = 0; i < TENANTS_WINDOW_S; i++)
+        if (st->bucket_sec[i] > now - TENANTS_WINDOW_S) used += st->bucket_n[i];
+    return used;
+}
+
+/* Under mu: seconds until the window's total drops below limit (>= 1). */
+static int window_wait(const tenant_state *st, int64_t now, uint64_t limit) {
+    uint64_t used = window_used(st, now);
+    for (int d = 1; d <= TENANTS_WINDOW_S; d++) {
+        /* at now + d, the buckets of seconds <= now + d - WINDOW have expired */
+        int64_t s = now + d - TENANTS_WINDOW_S;
+        for (int i = 0; i < TENANTS_WINDOW_S; i++)
+            if (st->bucket_sec[i] == s) used -= st->bucket_n[i] <= used ? st->bucket_n[i] : used;
+        if (used < limit) return d;
+    }
+    return TENANTS_WINDOW_S;
+}
+
+int tenants_admit(tenants *t, const char *id, int *retry_after_s) {
+    *retry_after_s = 1;
+    int rc = 0;
+    pthread_mutex_lock(&t->mu);
+    tenant_state *st = find(t, id);
+    if (!st) {
+        rc = PEFTD_ENOTFOUND;
+    } else if (st->rec.max_concurrent > 0 && st->inflight >= st->rec.max_concurrent) {
+        rc = PEFTD_EBUSY; /* a request ends any moment: retry after 1 s */
+    } else if (st->rec.tokens_per_min > 0) {
+        int64_t now = now_s();
+        if (window_used(st, now) >= (uint64_t)st->rec.tokens_per_min) {
+            rc = PEFTD_ERANGE;
+            *retry_after_s = window_wait(st, now, (uint64_t)st->rec.tokens_per_min);
+        }
+    }
+    if (rc == 0) st->inflight++;
+    pthread_mutex_unlock(&t->mu);
+    return rc;
+}
+
+void tenants_finish(tenants *t, const char *id) {
+    pthread_mutex_lock(&t->mu);
+    /* also a deleted tenant's slot: its in-flight count must drain for the slot's reuse */
+    for (int i = 0; i < t->n; i++)
+        if (!strcmp(t->v[i].rec.id, id) && t->v[i].inflight > 0) {
+            t->v[i].inflight--;
+            break;
+        }
+    pthread_mutex_unlock(&t->mu);
+}
+
+void tenants_count_tokens(tenants *t, const char *id, int n) {
+    if (n <= 0) return;
+    int64_t now = now_s();
+    pthread_mutex_lock(&t->mu);
+    tenant_state *st = find(t, id);
+    if (st) {
+        int b = (int)(now % TENANTS_WINDOW_S);
+        if (st->bucket_sec[b] != now) {
+            st->bucket_sec[b] = now;
+            st->bucket_n[b] = 0;
+        }
+        st->bucket_n[b] += (uint64_t)n;
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* ---------------------------------------------------------------- admin operations */
+
+/* After a store change: the record as stored (created filled in) into the cache. */
+static int refresh(tenants *t, const char *id) {
+    tstore_tenant rec;
+    int rc = tstore_tenant_get(t->store, id, &rec);
+    if (rc) return rc;
+    pthread_mutex_lock(&t->mu);
+    rc = upsert(t, &rec);
+    pthread_mutex_unlock(&t->mu);
+    return rc;
+}
+
+int tenants_create(tenants *t, const tstore_tenant *rec) {
+    int rc = tstore_tenant_create(t->store, rec);
+    if (rc == 0) rc = refresh(t, rec->id);
+    if (rc == 0) LOGI("tenants: created %s", rec->id);
+    return rc;
+}
+
+int tenants_update(tenants *t, const tstore_tenant *rec) {
+    int rc = tstore_tenant_update(t->store, rec);
+    if (rc == 0) rc = refresh(t, rec->id);
+    return rc;
+}
+
+int tenants_delete(tenants *t, const char *id) {
+    int rc = tstore_tenant_delete(t->store, id);
+    if (rc) return rc;
+    pthread_mutex_lock(&t->mu);
+    tenant_state *st = find(t, id);
+    if (st) st->live = false;
+    pthread_mutex_unlock(&t->mu);
+    LOGI("tenants: deleted %s and its keys", id);
+    return 0;
+}
+
+int tenants_key_create(tenants *t, const char *tenant, char key[TENANTS_KEY_LEN + 1], tstore_key *rec) {
+    unsigned char secret[32], kid[8];
+    memset(rec, 0, sizeof *rec);
+    key[0] = 0;
+    if (RAND_bytes(secret, sizeof secret) != 1 || RAND_bytes(kid, sizeof kid) != 1) return PEFTD_EIO;
+    memcpy(key, "pk_", 3);
+    hex(secret, sizeof secret, key + 3);
+    OPENSSL_cleanse(secret, sizeof secret);
+    snprintf(rec->id, sizeof rec->id, "key_");
+    hex(kid, sizeof kid, rec->id + 4);
+    snprintf(rec->tenant, sizeof rec->tenant, "%s", tenant);
+    /* "pk_" + 8 hex digits: 32 of the key's 256 bits, enough to tell keys apart */
+    snprintf(rec->prefix, sizeof rec->prefix, "%.11s", key);
+    rec->created = (int64_t)time(NULL);
+    int rc = tenants_sha256_hex(key, rec->sha256);
+    if (rc == 0) rc = tstore_key_add(t->store, rec);
+    if (rc) {
+        OPENSSL_cleanse(key, TENANTS_KEY_LEN + 1);
+        return rc;
+    }
+    LOGI("tenants: %s: new key %s", tenant, rec->id); /* the id only: no part of the secret */
+    return 0;
+}
+
+int tenants_key_list(tenants *t, const char *tenant, tstore_key **out, int *n) {
+    return tstore_key_list(t->store, tenant, out, n);
+}
+
+int tenants_key_revoke(tenants *t, const char *tenant, const char *key_id) {
+    int rc = tstore_key_revoke(t->store, tenant, key_id);
+    if (rc == 0) LOGI("tenants: %s: revoked key %s", tenant, key_id);
+    return rc;
+}
