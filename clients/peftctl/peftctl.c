@@ -17,6 +17,7 @@
 
 #include <cJSON.h>
 
+#include "clients/peftctl/pc_admin.h"
 #include "clients/peftctl/pc_http.h"
 
 #define PC_DEFAULT_URL "http://127.0.0.1:8080"
@@ -37,6 +38,10 @@ static void usage(FILE *f) {
             "  rm NAME                delete an adapter\n"
             "  generate --model NAME --prompt TEXT [--max-tokens N] [--temperature T] [--stream]\n"
             "                         complete TEXT with the base model or adapter NAME\n"
+            "  admin tenant create|set ID [--weight W] [--max-concurrent N] [--tokens-per-min N]\n"
+            "                         [--max-storage-bytes N]; admin tenant ls | rm ID\n"
+            "  admin key create TENANT | ls TENANT | revoke TENANT KEY_ID\n"
+            "                         manage tenants and API keys (with the admin key as --api-key)\n"
             "\n"
             "options:\n"
             "  --url URL        the daemon (default $PEFTD_URL, else " PC_DEFAULT_URL ")\n"
@@ -508,6 +513,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(cmd, "show")) rc = cmd_show(&c, n, rest);
     else if (!strcmp(cmd, "rm") || !strcmp(cmd, "delete")) rc = cmd_rm(&c, n, rest);
     else if (!strcmp(cmd, "generate")) rc = cmd_generate(&c, n, rest);
+    else if (!strcmp(cmd, "admin")) rc = pc_admin_main(&c, n, rest);
     else rc = usage_error("unknown command '%s'", cmd);
     curl_global_cleanup();
     free(rest);
