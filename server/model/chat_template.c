@@ -38,6 +38,7 @@ void *ct_arena_alloc(ct_arena *a, size_t n) {
         b->used = 0;
         b->cap = cap;
         a->head = b;
+        a->total += cap;
     }
     void *p = b->data + b->used;
     b->used += n;
@@ -51,6 +52,7 @@ void ct_arena_free(ct_arena *a) {
         free(b);
     }
     a->head = NULL;
+    a->total = 0;
 }
 
 /* ---- lexer ---- */
@@ -987,7 +989,11 @@ static ct_list parse_body(ct_parser *p, const char *const *ends, const char **wh
     for (;;) {
         ct_tok *t = cur(p);
         if (t->t == TK_EOF) {
-            if (ends) ct_fail(p, start_line, "missing '{%% %s %%}' before the end of the template", ends[0]);
+            if (ends) {
+                int last = 0;
+                while (ends[last + 1]) last++;
+                ct_fail(p, start_line, "missing '{%% %s %%}' before the end of the template", ends[last]);
+            }
             return body;
         }
         if (t->t == TK_TEXT) {

@@ -22,7 +22,8 @@
  * memory: no real chat template comes near them. */
 #define CT_MAX_STEPS 10000000LL   /* loop iterations + macro calls per render */
 #define CT_MAX_DEPTH 64           /* nested macro calls */
-#define CT_MAX_OUTPUT (64u << 20) /* bytes of rendered text */
+#define CT_MAX_OUTPUT (64u << 20) /* bytes of rendered text, and of any one string */
+#define CT_MAX_MEMORY (512u << 20) /* bytes of values of one render */
 
 typedef struct ct_frame {
     struct ct_frame *parent;
@@ -72,6 +73,10 @@ static void fail(ct_ctx *c, const ct_node *at, const char *fmt, ...) {
 }
 
 static void *alloc(ct_ctx *c, size_t n) {
+    if (c->arena.total + n > CT_MAX_MEMORY) {
+        snprintf(c->err, c->errlen, "the chat template needs more than %u MiB: larger than allowed", CT_MAX_MEMORY >> 20);
+        longjmp(c->jb, 1);
+    }
     void *p = ct_arena_alloc(&c->arena, n);
     if (!p) {
         snprintf(c->err, c->errlen, "out of memory");
@@ -681,7 +686,7 @@ static int render_body(ct_ctx *c, ct_frame *f, const ct_list *body);
 static cv *call_macro(ct_ctx *c, const ct_node *at, const ct_node *m, cv **args, int nargs, const char **kwn, cv **kwv,
                       int nkw) {
     if (++c->depth > CT_MAX_DEPTH) fail(c, at, "macros nested deeper than %d", CT_MAX_DEPTH);
-    if (++c->steps > CT_MAX_STEPS) fail(c, at, "the chat template ran too long");
+    if (++c->steps > CT_MAX_STEPS) fail(c, at, "the chat template ran longer than allowed");
     if (nargs > m->args.n) fail(c, at, "macro '%s' takes not more than %d argument(s)", m->name, m->args.n);
     ct_frame *f = frame_new(c, c->globals);
     for (int i = 0; i < m->args.n; i++) {
@@ -933,6 +938,7 @@ static cv *binop(ct_ctx *c, const ct_node *at, const char *op, cv *a, cv *b) {
         fail(c, at, "'%s' is undefined", a->t == CV_UNDEF ? (at->a->name ? at->a->name : "value") : (at->b->name ? at->b->name : "value"));
     if (!strcmp(op, "+")) {
         if (a->t == CV_STR && b->t == CV_STR) {
+            if (a->u.s.n + b->u.s.n > CT_MAX_OUTPUT) fail(c, at, "a string larger than %u bytes", CT_MAX_OUTPUT);
             cv *r = mk(c, CV_STR);
             char *p = alloc(c, a->u.s.n + b->u.s.n + 1);
             memcpy(p, a->u.s.p, a->u.s.n);
@@ -1394,7 +1400,7 @@ static int render_for(ct_ctx *c, ct_frame *f, const ct_node *n) {
     size_t len = seq->u.l.n;
     if (!len) return render_body(c, frame_new(c, f), &n->orelse) == CT_BREAK ? CT_NEXT : CT_NEXT;
     for (size_t i = 0; i < len; i++) {
-        if (++c->steps > CT_MAX_STEPS) fail(c, n, "the chat template ran too long");
+        if (++c->steps > CT_MAX_STEPS) fail(c, n, "the chat template ran longer than allowed");
         ct_frame *it = frame_new(c, f);
         cv *loop = mk_dict(c);
         dict_set_s(c, loop, "index", mk_int(c, (long long)i + 1));

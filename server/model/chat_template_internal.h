@@ -15,6 +15,7 @@
 typedef struct ct_block ct_block;
 typedef struct {
     ct_block *head;
+    size_t total; /* bytes held: renders are capped (chat_template_eval.c) */
 } ct_arena;
 
 void *ct_arena_alloc(ct_arena *a, size_t n); /* zeroed; NULL when out of memory */
