@@ -45,8 +45,14 @@ CU_SRC   := $(shell find kernels/cuda -name '*.cu' 2>/dev/null | sort)
 ifneq ($(and $(NVCC),$(CU_SRC)),)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/%.o)
+  # sm_80 (A100) and sm_90 (H100/H200) SASS + sm_90 PTX for newer chips; every nvcc
+  # warning is an error (-Werror all-warnings), host code under -Wall -Wextra -Werror.
+  NVCCFLAGS := -O3 -std=c++17 -I. -lineinfo -MMD -MP \
+               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+               -gencode arch=compute_90,code=compute_90 \
+               -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror $(XNVCCFLAGS)
   CFLAGS    += -DPEFTD_CUDA=1 -I$(CUDA_HOME)/include
-  LDLIBS    += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
   BUILD_KIND := CPU + CUDA (nvcc: $(NVCC))
 else ifneq ($(NVCC),)
   BUILD_KIND := CPU-only (nvcc found, but no CUDA sources yet)
@@ -85,8 +91,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -O3 -std=c++17 -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-	    -Xcompiler -Wall,-Wextra,-Werror -c -o $@ $<
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
 $(HARNESS): tests/harness/test.c tests/harness/test.h
 	@mkdir -p $(dir $@)

@@ -1,0 +1,292 @@
+/* kernels/cuda/backend_cuda.cu — the CUDA backend object: device detection, its
+ * kbackend_ops table, memory (cudaMalloc; copies on the backend's streams), the error
+ * path (CUDA_CHECK/CUBLAS_CHECK -> kcuda__fail -> PEFTD_EBACKEND, never exit()) and the
+ * device error flag through which kernels report out-of-range device-resident indices.
+ *
+ * Streams: `stream` carries every op and the owner thread's uploads, so those stay in
+ * issue order with the ops (a per-step upload of token ids can never overtake the
+ * previous step's kernels still reading the buffer). The owner is the thread that
+ * issued the last op (the engine thread). Any other thread (model load before the
+ * first op, the adapter tiers' pool) copies on `up_stream` and waits for its copy
+ * before returning: the bytes are on the device before the caller can hand the buffer
+ * to the engine, and the copy overlaps the engine's compute instead of queueing
+ * behind it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/backend_cuda.h"
+#include "kernels/cuda/cuda_internal.h"
+#include "kernels/cuda/matmul.h"
+#include "kernels/cuda/norm_rope_elementwise.h"
+#include "kernels/cuda/sgmv.h"
+
+/* cudaMalloc granularity is 256 B or more anyway; a 0-byte request still gets a valid,
+ * unique, freeable pointer (as on the CPU backend). */
+#define KCUDA_MIN_ALLOC 256
+
+int kcuda__fail(const char *what, const char *err, const char *file, int line) {
+    LOGE("cuda: %s failed at %s:%d: %s", what, file, line, err ? err : "?");
+    return PEFTD_EBACKEND;
+}
+
+const char *kcuda__cublas_str(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "success";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialized";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "alloc failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "arch mismatch";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "mapping error";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "execution failed";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "internal error";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "license error";
+    default: return "unknown cublas status";
+    }
+}
+
+static int kcuda_is_owner(kcuda_backend *cb) {
+    return __atomic_load_n(&cb->has_owner, __ATOMIC_ACQUIRE) &&
+           pthread_equal(__atomic_load_n(&cb->owner, __ATOMIC_RELAXED), pthread_self());
+}
+
+int kcuda__enter_op(kcuda_backend *cb) {
+    CUDA_CHECK(cudaSetDevice(cb->device));
+    if (!kcuda_is_owner(cb)) {
+        __atomic_store_n(&cb->owner, pthread_self(), __ATOMIC_RELAXED);
+        __atomic_store_n(&cb->has_owner, 1, __ATOMIC_RELEASE);
+    }
+    return 0;
+}
+
+int kcuda__scratch_reserve(kcuda_backend *cb, size_t bytes) {
+    if (bytes <= cb->scratch_cap) return 0;
+    size_t cap = cb->scratch_cap * 2 > bytes ? cb->scratch_cap * 2 : bytes;
+    /* Ops already queued may still read the old buffer: wait for them first. */
+    CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    if (cb->scratch) CUDA_CHECK(cudaFree(cb->scratch));
+    cb->scratch = NULL;
+    cb->scratch_cap = 0;
+    CUDA_CHECK(cudaMalloc(&cb->scratch, cap));
+    cb->scratch_cap = cap;
+    return 0;
+}
+
+/* Reads and clears the device error flag; call after `stream` is synchronised. */
+static int kcuda_take_flag(kcuda_backend *cb) {
+    int f = *cb->h_err;
+    if (!f) return 0;
+    *cb->h_err = 0;
+    CUDA_CHECK(cudaMemsetAsync(cb->d_err, 0, sizeof(int), cb->stream));
+    CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    LOGW("cuda: a kernel found a device-resident index out of range (flag %d)", f);
+    return PEFTD_ERANGE;
+}
+
+static void *kcuda_alloc(kbackend *kb, size_t bytes) {
+    kcuda_backend *cb = kcuda__impl(kb);
+    void *p = NULL;
+    if (cudaSetDevice(cb->device) != cudaSuccess) return NULL;
+    cudaError_t e = cudaMalloc(&p, bytes < KCUDA_MIN_ALLOC ? KCUDA_MIN_ALLOC : bytes);
+    if (e != cudaSuccess) {
+        LOGW("cuda: cudaMalloc(%zu) failed: %s", bytes, cudaGetErrorString(e));
+        (void)cudaGetLastError(); /* out-of-memory is not sticky: clear it */
+        return NULL;
+    }
+    return p;
+}
+
+static void kcuda_free(kbackend *kb, void *p) {
+    kcuda_backend *cb = kcuda__impl(kb);
+    if (!p) return;
+    (void)cudaSetDevice(cb->device);
+    /* cudaFree waits for the device to finish work that may still use p. */
+    cudaError_t e = cudaFree(p);
+    if (e != cudaSuccess) LOGE("cuda: cudaFree failed: %s", cudaGetErrorString(e));
+}
+
+/* Copy (or zero) from a thread that is not the owner: on up_stream, waited for. */
+static int kcuda_side_copy(kcuda_backend *cb, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    pthread_mutex_lock(&cb->up_mu);
+    cudaError_t e = src ? cudaMemcpyAsync(dst, src, bytes, kind, cb->up_stream)
+                        : cudaMemsetAsync(dst, 0, bytes, cb->up_stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(cb->up_stream);
+    pthread_mutex_unlock(&cb->up_mu);
+    if (e != cudaSuccess) return kcuda__fail(src ? "cudaMemcpyAsync (upload stream)" : "cudaMemsetAsync (upload stream)",
+                                             cudaGetErrorString(e), __FILE__, __LINE__);
+    return 0;
+}
+
+/* True when p is page-locked host memory: an async copy from it really is asynchronous,
+ * so the owner's upload must wait for it (the contract lets the caller reuse src at once). */
+static int kcuda_is_pinned(const void *p) {
+    cudaPointerAttributes at;
+    if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return at.type == cudaMemoryTypeHost;
+}
+
+static int kcuda_upload(kbackend *kb, void *dst, const void *src, size_t bytes) {
+    kcuda_backend *cb = kcuda__impl(kb);
+    if (bytes && (!dst || !src)) return PEFTD_EINVAL;
+    if (!bytes) return 0;
+    CUDA_CHECK(cudaSetDevice(cb->device));
+    if (!kcuda_is_owner(cb)) return kcuda_side_copy(cb, dst, src, bytes, cudaMemcpyHostToDevice);
+    /* From pageable memory cudaMemcpyAsync returns once src has been staged, so src may
+     * be reused on return while the copy stays ordered with the ops on `stream`. */
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
+    if (kcuda_is_pinned(src)) CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    return 0;
+}
+
+static int kcuda_download(kbackend *kb, void *dst, const void *src, size_t bytes) {
+    kcuda_backend *cb = kcuda__impl(kb);
+    if (bytes && (!dst || !src)) return PEFTD_EINVAL;
+    CUDA_CHECK(cudaSetDevice(cb->device));
+    /* Always on `stream` (the bytes may be an op's result), with the error flag. */
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream));
+    CUDA_CHECK(cudaMemcpyAsync(cb->h_err, cb->d_err, sizeof(int), cudaMemcpyDeviceToHost, cb->stream));
+    CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    return kcuda_take_flag(cb);
+}
+
+static int kcuda_memset0(kbackend *kb, void *dst, size_t bytes) {
+    kcuda_backend *cb = kcuda__impl(kb);
+    if (bytes && !dst) return PEFTD_EINVAL;
+    if (!bytes) return 0;
+    CUDA_CHECK(cudaSetDevice(cb->device));
+    if (!kcuda_is_owner(cb)) return kcuda_side_copy(cb, dst, NULL, bytes, cudaMemcpyHostToDevice);
+    CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, cb->stream));
+    return 0;
+}
+
+static int kcuda_synchronize(kbackend *kb) {
+    kcuda_backend *cb = kcuda__impl(kb);
+    CUDA_CHECK(cudaSetDevice(cb->device));
+    CUDA_CHECK(cudaMemcpyAsync(cb->h_err, cb->d_err, sizeof(int), cudaMemcpyDeviceToHost, cb->stream));
+    CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    return kcuda_take_flag(cb);
+}
+
+static void kcuda_destroy(kbackend *kb) {
+    kcuda_backend *cb = kcuda__impl(kb);
+    (void)cudaSetDevice(cb->device);
+    if (cb->stream) (void)cudaStreamSynchronize(cb->stream);
+    if (cb->blas) cublasDestroy(cb->blas);
+    if (cb->scratch) cudaFree(cb->scratch);
+    if (cb->d_err) cudaFree(cb->d_err);
+    if (cb->h_err) cudaFreeHost(cb->h_err);
+    if (cb->up_stream) cudaStreamDestroy(cb->up_stream);
+    if (cb->stream) cudaStreamDestroy(cb->stream);
+    pthread_mutex_destroy(&cb->up_mu);
+    free(cb);
+}
+
+static const kbackend_ops kcuda_ops = {
+    /* .name = */ "cuda",
+    /* .destroy = */ kcuda_destroy,
+    /* .alloc = */ kcuda_alloc,
+    /* .free = */ kcuda_free,
+    /* .upload = */ kcuda_upload,
+    /* .download = */ kcuda_download,
+    /* .memset0 = */ kcuda_memset0,
+    /* .synchronize = */ kcuda_synchronize,
+    /* .get_rows = */ kcuda__get_rows,
+    /* .matmul = */ kcuda__matmul,
+    /* .rmsnorm = */ kcuda__rmsnorm,
+    /* .rope = */ kcuda__rope,
+    /* .kv_store = */ kcuda__kv_store,
+    /* .attention = */ kcuda__attention,
+    /* .swiglu = */ kcuda__swiglu,
+    /* .add = */ kcuda__add,
+    /* .sgmv_shrink = */ kcuda__sgmv_shrink,
+    /* .sgmv_expand = */ kcuda__sgmv_expand,
+    /* .seg_scale = */ kcuda__seg_scale,
+};
+
+extern "C" int kbackend_cuda_available(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n > 0;
+}
+
+#define KCUDA_CREATE_CHECK(expr, what)                                                     \
+    do {                                                                                   \
+        if ((expr) != cudaSuccess) {                                                       \
+            cudaError_t e_ = cudaGetLastError();                                           \
+            snprintf(err, errlen, "%s: %s", what, cudaGetErrorString(e_));                 \
+            goto fail;                                                                     \
+        }                                                                                  \
+    } while (0)
+
+extern "C" kbackend *kbackend_cuda_create(int device, char *err, size_t errlen) {
+    char dummy[1];
+    if (!err || !errlen) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    err[0] = 0;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n <= 0) {
+        snprintf(err, errlen, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "count 0");
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    if (device < 0 || device >= n) {
+        snprintf(err, errlen, "CUDA device %d out of range (%d present)", device, n);
+        return NULL;
+    }
+    kcuda_backend *cb = (kcuda_backend *)calloc(1, sizeof *cb);
+    if (!cb) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    cb->base.ops = &kcuda_ops;
+    cb->base.impl = cb;
+    cb->device = device;
+    pthread_mutex_init(&cb->up_mu, NULL);
+    cudaDeviceProp prop;
+    KCUDA_CREATE_CHECK(cudaSetDevice(device), "cudaSetDevice");
+    KCUDA_CREATE_CHECK(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+    if (prop.major < 8) {
+        snprintf(err, errlen, "CUDA device %d (%s) is sm_%d%d: this build needs sm_80 or newer", device, prop.name,
+                 prop.major, prop.minor);
+        goto fail;
+    }
+    cb->n_sm = prop.multiProcessorCount;
+    KCUDA_CREATE_CHECK(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    KCUDA_CREATE_CHECK(cudaStreamCreateWithFlags(&cb->up_stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    KCUDA_CREATE_CHECK(cudaMalloc(&cb->d_err, sizeof(int)), "cudaMalloc");
+    KCUDA_CREATE_CHECK(cudaMallocHost(&cb->h_err, sizeof(int)), "cudaMallocHost");
+    *cb->h_err = 0;
+    KCUDA_CREATE_CHECK(cudaMemset(cb->d_err, 0, sizeof(int)), "cudaMemset");
+    {
+        cublasStatus_t s = cublasCreate(&cb->blas);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+            cb->blas = NULL;
+            snprintf(err, errlen, "cublasCreate: %s", kcuda__cublas_str(s));
+            goto fail;
+        }
+        /* fp32 math stays fp32: no TF32 (it would change f32-weight results by ~1e-3). */
+        if (cublasSetStream(cb->blas, cb->stream) != CUBLAS_STATUS_SUCCESS ||
+            cublasSetMathMode(cb->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
+            snprintf(err, errlen, "cublasSetStream/MathMode failed");
+            goto fail;
+        }
+    }
+    LOGI("cuda backend: device %d %s (sm_%d%d, %d SMs, %.1f GiB)", device, prop.name, prop.major, prop.minor,
+         cb->n_sm, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    return &cb->base;
+fail:
+    kcuda_destroy(&cb->base);
+    return NULL;
+}

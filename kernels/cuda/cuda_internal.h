@@ -1,0 +1,101 @@
+/* kernels/cuda/cuda_internal.h — what the CUDA backend's files share (kcuda__*):
+ * the backend struct (streams, cuBLAS handle, device error flag, scratch), the
+ * CUDA_CHECK / CUBLAS_CHECK macros (errors -> PEFTD_EBACKEND + one log line, never
+ * exit()), launch checks, and device helpers to read weights in their stored dtype. */
+#ifndef PEFTD_KCUDA_INTERNAL_H
+#define PEFTD_KCUDA_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "kernels/kernels.h"
+#include "kernels/util/log.h"
+}
+
+/* Codes a kernel writes into the device error flag (read back by synchronize/download). */
+#define KCUDA_ERR_RANGE 1
+
+typedef struct {
+    kbackend base; /* base.impl points back to this struct */
+    int device;
+    int n_sm;                  /* streaming multiprocessors (grid sizing) */
+    cudaStream_t stream;       /* every op, and uploads from the owner thread */
+    cudaStream_t up_stream;    /* uploads/memsets from other threads (adapter tiers) */
+    pthread_mutex_t up_mu;     /* serialises use of up_stream */
+    pthread_t owner;           /* thread that issued the last op */
+    int has_owner;
+    cublasHandle_t blas;
+    int *d_err;                /* device error flag (KCUDA_ERR_*) */
+    int *h_err;                /* pinned host copy */
+    void *scratch;             /* matmul split buffers (grown on demand) */
+    size_t scratch_cap;
+} kcuda_backend;
+
+static inline kcuda_backend *kcuda__impl(kbackend *kb) { return (kcuda_backend *)kb->impl; }
+
+/* Logs "cuda: <what> failed at file:line: <error>" and returns PEFTD_EBACKEND. */
+int kcuda__fail(const char *what, const char *err, const char *file, int line);
+const char *kcuda__cublas_str(cublasStatus_t s);
+
+#define CUDA_CHECK(expr)                                                                        \
+    do {                                                                                        \
+        cudaError_t e_ = (expr);                                                                \
+        if (e_ != cudaSuccess) return kcuda__fail(#expr, cudaGetErrorString(e_), __FILE__, __LINE__); \
+    } while (0)
+
+#define CUBLAS_CHECK(expr)                                                                      \
+    do {                                                                                        \
+        cublasStatus_t s_ = (expr);                                                             \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                        \
+            return kcuda__fail(#expr, kcuda__cublas_str(s_), __FILE__, __LINE__);               \
+    } while (0)
+
+/* After every kernel launch: a bad configuration or an earlier asynchronous fault. */
+#define KCUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+/* Called at the top of every op: makes the backend's device current on this thread
+ * and records the thread as the owner (the one whose uploads stay stream-ordered). */
+int kcuda__enter_op(kcuda_backend *cb);
+
+/* Ensures the scratch buffer holds at least `bytes` (contents not kept). */
+int kcuda__scratch_reserve(kcuda_backend *cb, size_t bytes);
+
+static inline int kcuda__dtype_ok(kdtype t) { return t == KDT_F32 || t == KDT_F16 || t == KDT_BF16; }
+
+static inline unsigned kcuda__blocks(int64_t n, int per) {
+    int64_t b = (n + per - 1) / per;
+    return (unsigned)(b > 0x7fffffff ? 0x7fffffff : b);
+}
+
+/* ---- device helpers ---- */
+
+/* Element i of a weight in its stored dtype, widened to f32 (exact). */
+template <kdtype DT>
+__device__ __forceinline__ float kcuda_ld(const void *w, int64_t i) {
+    if (DT == KDT_F32) return __ldg((const float *)w + i);
+    if (DT == KDT_F16) return __half2float(__ldg((const __half *)w + i));
+    return __bfloat162float(__ldg((const __nv_bfloat16 *)w + i));
+}
+
+/* Same, with the dtype known only at run time. */
+__device__ __forceinline__ float kcuda_ld_rt(kdtype dt, const void *w, int64_t i) {
+    if (dt == KDT_F32) return kcuda_ld<KDT_F32>(w, i);
+    if (dt == KDT_F16) return kcuda_ld<KDT_F16>(w, i);
+    return kcuda_ld<KDT_BF16>(w, i);
+}
+
+__device__ __forceinline__ float kcuda_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ void kcuda_flag(int *err, int code) { atomicOr(err, code); }
+
+#endif

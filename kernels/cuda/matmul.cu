@@ -1,0 +1,203 @@
+/* kernels/cuda/matmul.cu — y[n, out] = beta*y + x[n, in] · wᵀ (w: [out, in] in its stored
+ * dtype) on the CUDA backend. Activations are f32 in this interface; the aim is numerics
+ * as close to the CPU reference (f32 x, weights widened exactly to f32, f32 accumulation)
+ * as the fast paths allow:
+ *
+ *   n <= MM_GEMV_ROWS (decode): a custom GEMV kernel, one warp per output row, reading
+ *       the weight row once in 16-byte vectors in its stored dtype and x in f32; f32
+ *       FMA accumulation. A row's result depends on its own x row only (the lane split
+ *       and the reduction tree are fixed by `in`), so it is batch-invariant.
+ *   bf16 weights, larger n (prefill, big decode batches): cuBLAS GemmEx on tensor cores.
+ *       GemmEx needs A and B of one type (bf16 x bf16 -> f32 with CUBLAS_COMPUTE_32F;
+ *       there is no bf16 x f32 combination), and rounding x to bf16 would cost ~3
+ *       significant digits. So x is split exactly-ish: x = hi + lo with hi = bf16(x),
+ *       lo = bf16(x - hi); both halves are stacked into one [2n, in] bf16 operand and one
+ *       GEMM (the weight is read once) gives W·hi and W·lo in f32; y = beta*y + (W·hi +
+ *       W·lo). bf16 products are exact in f32, so the only errors left are |x - hi - lo|
+ *       <= 2^-16 |x| and f32 accumulation: the result agrees with the CPU's to ~1e-5
+ *       relative instead of ~4e-3.
+ *   f32 weights, larger n: cuBLAS GemmEx f32 x f32 -> f32, CUBLAS_COMPUTE_32F, default
+ *       math mode (no TF32).
+ *   f16 weights, larger n: the GEMV kernel over chunks of MM_GEMV_ROWS rows (the f16
+ *       hi/lo split could overflow: f16 stops at 65504 and hidden states can exceed it).
+ *       Slower for prefill (the weight is re-read per chunk, mostly from L2), exact. */
+#include <stdint.h>
+
+#include "kernels/cuda/cuda_internal.h"
+#include "kernels/cuda/matmul.h"
+
+/* Rows per GEMV launch: at 8 rows a bf16 weight element feeds 8 FMAs per 2 bytes, about
+ * where the H100/H200's f32 FMA rate (~33 TFMA/s) meets its HBM rate (~3.3-4.8 TB/s);
+ * beyond it the tensor-core GEMM wins. */
+#define MM_GEMV_ROWS 8
+/* Output rows per GEMV block: one per warp. */
+#define MM_WARPS 8
+
+/* 8 consecutive weight elements (16-byte aligned for f16/bf16, 32 bytes for f32). */
+template <kdtype DT>
+__device__ __forceinline__ void mm_ld8(const void *w, int64_t i, float f[8]) {
+    if (DT == KDT_F32) {
+        const float4 *p = (const float4 *)((const float *)w + i);
+        float4 a = __ldg(p), b = __ldg(p + 1);
+        f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+        f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+    } else {
+        uint4 u = __ldg((const uint4 *)((const uint16_t *)w + i));
+        uint32_t q[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (DT == KDT_BF16) {
+                f[2 * k] = __uint_as_float(q[k] << 16);
+                f[2 * k + 1] = __uint_as_float(q[k] & 0xffff0000u);
+            } else {
+                __half2 h = *reinterpret_cast<__half2 *>(&q[k]);
+                float2 t = __half22float2(h);
+                f[2 * k] = t.x;
+                f[2 * k + 1] = t.y;
+            }
+        }
+    }
+}
+
+/* y[r, j] = (beta ? y[r, j] : 0) + dot(x[r, :], w[j, :]) for r < n <= NR. VEC: `in` is a
+ * multiple of 8 and every row 16-byte aligned (32 for f32), else scalar loads. */
+template <kdtype DT, int NR, bool VEC>
+__global__ void __launch_bounds__(MM_WARPS * 32) k_gemv(const float *__restrict__ x, int n, const void *__restrict__ w,
+                                                        int64_t in, int64_t out, float *__restrict__ y, int beta) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int64_t j = (int64_t)blockIdx.x * MM_WARPS + warp;
+    if (j >= out) return;
+    const char *wr = (const char *)w + (size_t)j * (size_t)in * (DT == KDT_F32 ? 4 : 2);
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+    if (VEC) {
+        for (int64_t k = (int64_t)lane * 8; k < in; k += 32 * 8) {
+            float wf[8];
+            mm_ld8<DT>(wr, k, wf);
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (r < n) {
+                    const float4 *xp = (const float4 *)(x + (int64_t)r * in + k);
+                    float4 a = __ldg(xp), b = __ldg(xp + 1);
+                    float s = acc[r];
+                    s = fmaf(wf[0], a.x, s); s = fmaf(wf[1], a.y, s);
+                    s = fmaf(wf[2], a.z, s); s = fmaf(wf[3], a.w, s);
+                    s = fmaf(wf[4], b.x, s); s = fmaf(wf[5], b.y, s);
+                    s = fmaf(wf[6], b.z, s); s = fmaf(wf[7], b.w, s);
+                    acc[r] = s;
+                }
+            }
+        }
+    } else {
+        for (int64_t k = lane; k < in; k += 32) {
+            float wf = kcuda_ld<DT>(wr, k);
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+                if (r < n) acc[r] = fmaf(wf, __ldg(x + (int64_t)r * in + k), acc[r]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        if (r < n) {
+            float s = kcuda_warp_sum(acc[r]);
+            if (lane == 0) {
+                float *yp = y + (int64_t)r * out + j;
+                *yp = beta ? __fadd_rn(*yp, s) : s;
+            }
+        }
+    }
+}
+
+template <kdtype DT, bool VEC>
+static void mm_gemv_launch(cudaStream_t st, const float *x, int n, const void *w, int64_t in, int64_t out, float *y,
+                           int beta) {
+    dim3 g(kcuda__blocks(out, MM_WARPS)), b(MM_WARPS * 32);
+    if (n <= 1) k_gemv<DT, 1, VEC><<<g, b, 0, st>>>(x, n, w, in, out, y, beta);
+    else if (n <= 2) k_gemv<DT, 2, VEC><<<g, b, 0, st>>>(x, n, w, in, out, y, beta);
+    else if (n <= 4) k_gemv<DT, 4, VEC><<<g, b, 0, st>>>(x, n, w, in, out, y, beta);
+    else k_gemv<DT, 8, VEC><<<g, b, 0, st>>>(x, n, w, in, out, y, beta);
+}
+
+template <kdtype DT>
+static void mm_gemv(cudaStream_t st, bool vec, const float *x, int n, const void *w, int64_t in, int64_t out, float *y,
+                    int beta) {
+    if (vec) mm_gemv_launch<DT, true>(st, x, n, w, in, out, y, beta);
+    else mm_gemv_launch<DT, false>(st, x, n, w, in, out, y, beta);
+}
+
+/* x [n, in] f32 -> xs [2n, in] bf16: rows 0..n-1 = bf16(x), rows n..2n-1 = bf16(x - hi). */
+__global__ void k_split_bf16(const float *x, int64_t total, __nv_bfloat16 *xs) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        __nv_bfloat16 hi = __float2bfloat16_rn(v);
+        xs[i] = hi;
+        xs[total + i] = __float2bfloat16_rn(__fsub_rn(v, __bfloat162float(hi)));
+    }
+}
+
+/* y = (beta ? y : 0) + (p[i] + p[total + i]). */
+__global__ void k_combine(const float *p, int64_t total, float *y, int beta) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        float s = __fadd_rn(p[i], p[total + i]);
+        y[i] = beta ? __fadd_rn(y[i], s) : s;
+    }
+}
+
+static int mm_aligned(const void *p, size_t a) { return ((uintptr_t)p % a) == 0; }
+
+extern "C" int kcuda__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
+    if (!w || n < 0 || !kcuda__dtype_ok(w->dtype) || w->rows <= 0 || w->cols <= 0) return PEFTD_EINVAL;
+    if (beta != 0.0f && beta != 1.0f) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!x || !y || !w->data) return PEFTD_EINVAL;
+    if (w->cols > INT32_MAX || w->rows > INT32_MAX) return PEFTD_EUNSUPPORTED;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    int64_t in = w->cols, out = w->rows;
+    int ib = beta != 0.0f;
+    /* in % 8 == 0 keeps every weight and x row 16-byte aligned when the bases are. */
+    bool vec = in % 8 == 0 && mm_aligned(w->data, 16) && mm_aligned(x, 16);
+    cudaStream_t st = cb->stream;
+
+    if (w->dtype == KDT_F16 || n <= MM_GEMV_ROWS) {
+        for (int r0 = 0; r0 < n; r0 += MM_GEMV_ROWS) {
+            int m = n - r0 < MM_GEMV_ROWS ? n - r0 : MM_GEMV_ROWS;
+            const float *xr = x + (int64_t)r0 * in;
+            float *yr = y + (int64_t)r0 * out;
+            switch (w->dtype) {
+            case KDT_F32: mm_gemv<KDT_F32>(st, vec, xr, m, w->data, in, out, yr, ib); break;
+            case KDT_F16: mm_gemv<KDT_F16>(st, vec, xr, m, w->data, in, out, yr, ib); break;
+            case KDT_BF16: mm_gemv<KDT_BF16>(st, vec, xr, m, w->data, in, out, yr, ib); break;
+            }
+            KCUDA_LAUNCH_CHECK();
+        }
+        return 0;
+    }
+
+    const float one = 1.0f, zero = 0.0f;
+    if (w->dtype == KDT_F32) {
+        CUBLAS_CHECK(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, n, (int)in, &one, w->data, CUDA_R_32F,
+                                  (int)in, x, CUDA_R_32F, (int)in, &beta, y, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+        return 0;
+    }
+
+    /* bf16: split x, one GEMM over the stacked [2n, in] operand, combine. */
+    int64_t xs_elems = 2 * (int64_t)n * in, p_elems = 2 * (int64_t)n * out;
+    size_t xs_bytes = ((size_t)xs_elems * 2 + 255) / 256 * 256;
+    if ((rc = kcuda__scratch_reserve(cb, xs_bytes + (size_t)p_elems * 4)) != 0) return rc;
+    __nv_bfloat16 *xs = (__nv_bfloat16 *)cb->scratch;
+    float *p = (float *)((char *)cb->scratch + xs_bytes);
+    unsigned grid = kcuda__blocks((int64_t)n * in, 256), cap = (unsigned)cb->n_sm * 16;
+    k_split_bf16<<<grid < cap ? grid : cap, 256, 0, st>>>(x, (int64_t)n * in, xs);
+    KCUDA_LAUNCH_CHECK();
+    CUBLAS_CHECK(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, 2 * n, (int)in, &one, w->data, CUDA_R_16BF,
+                              (int)in, xs, CUDA_R_16BF, (int)in, &zero, p, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    grid = kcuda__blocks((int64_t)n * out, 256);
+    k_combine<<<grid < cap ? grid : cap, 256, 0, st>>>(p, (int64_t)n * out, y, ib);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}

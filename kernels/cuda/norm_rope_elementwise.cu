@@ -1,0 +1,214 @@
+/* kernels/cuda/norm_rope_elementwise.cu — the small ops of a layer on the CUDA backend:
+ * get_rows (embedding gather), rmsnorm, rope, kv_store, swiglu, add. Each launcher checks
+ * its host-visible arguments as the CPU backend does; indices that live in device memory
+ * (token ids, positions, KV slots) are checked by the kernels, which skip the offending
+ * row and raise the backend's error flag (the next synchronize/download returns
+ * PEFTD_ERANGE): never a silent out-of-bounds access.
+ * Numerics follow kernels/cpu: rmsnorm sums squares in double; rope takes the angle
+ * pos*inv_freq in f32 and cosf/sinf (CUDA: <= 2 ulp) as transformers does; swiglu uses
+ * expf (CUDA: <= 2 ulp; the CPU's vector exp is within ~1 ulp). */
+#include "kernels/cuda/cuda_internal.h"
+#include "kernels/cuda/norm_rope_elementwise.h"
+
+/* Threads per block of the row kernels: 256 covers a 2048-4096-wide row in 8-16
+ * elements per thread, and 8 warps hide the latency of the row's loads. */
+#define NRE_THREADS 256
+
+/* ---- get_rows ---- */
+
+template <kdtype DT>
+__global__ void k_get_rows(const void *table, int64_t rows, int64_t cols, const int32_t *ids, float *out, int *err) {
+    int i = blockIdx.x;
+    int32_t id = ids[i];
+    if (id < 0 || id >= rows) {
+        if (threadIdx.x == 0) kcuda_flag(err, KCUDA_ERR_RANGE);
+        return;
+    }
+    const char *src = (const char *)table + (size_t)id * (size_t)cols * (DT == KDT_F32 ? 4 : 2);
+    float *o = out + (int64_t)i * cols;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) o[c] = kcuda_ld<DT>(src, c);
+}
+
+extern "C" int kcuda__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out) {
+    if (!table || n < 0 || !kcuda__dtype_ok(table->dtype) || table->rows <= 0 || table->cols <= 0)
+        return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!ids || !out || !table->data) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    dim3 g((unsigned)n), b(NRE_THREADS);
+    switch (table->dtype) {
+    case KDT_F32: k_get_rows<KDT_F32><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
+    case KDT_F16: k_get_rows<KDT_F16><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
+    case KDT_BF16: k_get_rows<KDT_BF16><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
+    }
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* ---- rmsnorm ---- */
+
+/* Block-wide sum of a double per thread (NRE_THREADS threads). */
+__device__ double nre_block_sum(double v) {
+    __shared__ double part[NRE_THREADS / 32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    double s = 0;
+    for (int i = 0; i < NRE_THREADS / 32; i++) s += part[i];
+    return s;
+}
+
+template <kdtype DT>
+__global__ void k_rmsnorm(const float *x, const void *w, int dim, float eps, float *y) {
+    const float *xr = x + (int64_t)blockIdx.x * dim;
+    float *yr = y + (int64_t)blockIdx.x * dim;
+    double ss = 0;
+    for (int i = threadIdx.x; i < dim; i += NRE_THREADS) ss += (double)xr[i] * xr[i];
+    ss = nre_block_sum(ss);
+    float inv = (float)(1.0 / sqrt(ss / dim + (double)eps));
+    /* Each thread rewrites only the elements it read: safe when y == x. Same
+     * rounding as the CPU: (x * inv) * w. */
+    for (int i = threadIdx.x; i < dim; i += NRE_THREADS) yr[i] = __fmul_rn(__fmul_rn(xr[i], inv), kcuda_ld<DT>(w, i));
+}
+
+extern "C" int kcuda__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y) {
+    if (!w || n < 0 || dim <= 0 || !(eps >= 0.0f)) return PEFTD_EINVAL;
+    if (!kcuda__dtype_ok(w->dtype) || w->rows * w->cols != dim) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!x || !y || !w->data) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    switch (w->dtype) {
+    case KDT_F32: k_rmsnorm<KDT_F32><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
+    case KDT_F16: k_rmsnorm<KDT_F16><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
+    case KDT_BF16: k_rmsnorm<KDT_BF16><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
+    }
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* ---- rope ---- */
+
+/* Largest head_dim, as the CPU backend (kernels/cpu/rope.c). */
+#define ROPE_MAX_HEAD_DIM 1024
+
+/* One block per row; thread i < half computes cos/sin of its pair once and rotates that
+ * pair in every head. */
+__global__ void k_rope(float *x, const int32_t *pos, int n_heads, int head_dim, const float *inv_freq, int *err) {
+    int row = blockIdx.x, half = head_dim / 2;
+    int32_t p = pos[row];
+    if (p < 0) {
+        if (threadIdx.x == 0) kcuda_flag(err, KCUDA_ERR_RANGE);
+        return;
+    }
+    float *xr = x + (int64_t)row * n_heads * head_dim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float a = __fmul_rn((float)p, inv_freq[i]);
+        float cs = cosf(a), sn = sinf(a);
+        for (int h = 0; h < n_heads; h++) {
+            float *xh = xr + (int64_t)h * head_dim;
+            float u = xh[i], v = xh[i + half];
+            /* Separate roundings, no FMA contraction: the CPU build is -std=c11, where GCC
+             * does not contract a*cs - b*sn either. */
+            xh[i] = __fsub_rn(__fmul_rn(u, cs), __fmul_rn(v, sn));
+            xh[i + half] = __fadd_rn(__fmul_rn(v, cs), __fmul_rn(u, sn));
+        }
+    }
+}
+
+extern "C" int kcuda__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
+                           const float *inv_freq) {
+    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > ROPE_MAX_HEAD_DIM) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!x || !pos || !inv_freq) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    int threads = head_dim / 2 < 32 ? 32 : (head_dim / 2 + 31) / 32 * 32;
+    k_rope<<<n, threads, 0, cb->stream>>>(x, pos, n_heads, head_dim, inv_freq, cb->d_err);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* ---- kv_store ---- */
+
+/* One block per row: k/v row i -> cache row slots[i] (layout: kernels.h). */
+__global__ void k_kv_store(const float *k, const float *v, const int32_t *slots, int kv_dim, float *kc, float *vc,
+                           int *err) {
+    int i = blockIdx.x;
+    int32_t s = slots[i];
+    if (s < 0) {
+        if (threadIdx.x == 0) kcuda_flag(err, KCUDA_ERR_RANGE);
+        return;
+    }
+    const float *kr = k + (int64_t)i * kv_dim, *vr = v + (int64_t)i * kv_dim;
+    float *kd = kc + (int64_t)s * kv_dim, *vd = vc + (int64_t)s * kv_dim;
+    for (int c = threadIdx.x; c < kv_dim; c += blockDim.x) {
+        kd[c] = kr[c];
+        vd[c] = vr[c];
+    }
+}
+
+extern "C" int kcuda__kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim,
+                               float *k_cache, float *v_cache) {
+    if (n < 0 || kv_dim <= 0) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!k || !v || !slots || !k_cache || !v_cache) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    k_kv_store<<<n, NRE_THREADS, 0, cb->stream>>>(k, v, slots, kv_dim, k_cache, v_cache, cb->d_err);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* ---- swiglu, add ---- */
+
+__global__ void k_swiglu(const float *g, const float *u, int64_t n, float *out) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float a = g[i];
+        out[i] = __fmul_rn(__fdiv_rn(a, __fadd_rn(1.0f, expf(-a))), u[i]);
+    }
+}
+
+__global__ void k_add(float *y, const float *x, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __fadd_rn(y[i], x[i]);
+}
+
+/* Grid of a grid-stride elementwise kernel: enough blocks to fill the device a few
+ * times over, no more (each thread then handles several elements). */
+static unsigned nre_grid(const kcuda_backend *cb, int64_t n) {
+    unsigned b = kcuda__blocks(n, NRE_THREADS), cap = (unsigned)cb->n_sm * 16;
+    return b < cap ? b : cap;
+}
+
+extern "C" int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out) {
+    if (n < 0 || dim <= 0) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!gate || !up || !out) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    int64_t total = (int64_t)n * dim;
+    k_swiglu<<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(gate, up, total, out);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+extern "C" int kcuda__add(kbackend *kb, float *y, const float *x, int64_t n) {
+    if (n < 0) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!y || !x) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    k_add<<<nre_grid(cb, n), NRE_THREADS, 0, cb->stream>>>(y, x, n);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}

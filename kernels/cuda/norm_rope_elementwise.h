@@ -1,0 +1,20 @@
+/* kernels/cuda/norm_rope_elementwise.h — rmsnorm, rope, swiglu, add, get_rows and
+ * kv_store on the CUDA backend (norm_rope_elementwise.cu). */
+#ifndef PEFTD_KCUDA_NORM_ROPE_ELEMENTWISE_H
+#define PEFTD_KCUDA_NORM_ROPE_ELEMENTWISE_H
+#include "kernels/kernels.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+int kcuda__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out);
+int kcuda__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y);
+int kcuda__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
+                const float *inv_freq);
+int kcuda__kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,
+                    int kv_dim, float *k_cache, float *v_cache);
+int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
+int kcuda__add(kbackend *kb, float *y, const float *x, int64_t n);
+#ifdef __cplusplus
+}
+#endif
+#endif

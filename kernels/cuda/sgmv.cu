@@ -1,0 +1,229 @@
+/* kernels/cuda/sgmv.cu — segmented gather matmul (SGMV) for low-rank adapters on the
+ * CUDA backend: sgmv_shrink, sgmv_expand and seg_scale (contracts: ksgmv in
+ * kernels/kernels.h; semantics mirror kernels/cpu/sgmv.c).
+ *
+ * Every table (seg_start, per-segment A/B pointers, ranks, scales, biases, activations)
+ * lives in device memory, so the grid is laid out from host-known bounds and each block
+ * reads its own segment's entries:
+ *   shrink: grid (n_segs, ceil(ld_t / SH_WARPS)); warp w of block (i, c) owns rank row
+ *           k = c*SH_WARPS + w of A_i (blocks past rank_i exit at once: ranks are mixed
+ *           without padding and any rank <= ld_t works), reads that row once per group
+ *           of SH_ROWS batch rows (from L1 after the first group) and writes
+ *           t[r, k] = act(x_r · A_i[k] + bias_a[k]) with an f32 accumulation.
+ *   expand: grid (n_segs, ceil(out_dim / EX_THREADS)); thread j of a block owns output j,
+ *           stages SH_ROWS rows of t (EX_KCHUNK ranks at a time) in shared memory and
+ *           applies y[r, j] = fma(scale_i, t_r · B_i[j] + bias_b[j], y[r, j]).
+ * Each weight byte is read from HBM once per call whatever the segment's row count
+ * (Punica's SGMV property); rank 0, NULL A_i/B_i and empty segments do nothing.
+ * Activations are evaluated in double (as the CPU's libm path), so both backends round
+ * the same exact value. Bad device-side tables (a segment ending before it starts, a
+ * rank above ld_t, an unknown activation) skip the segment and raise the error flag. */
+#include <math.h>
+
+#include "kernels/cuda/cuda_internal.h"
+#include "kernels/cuda/sgmv.h"
+
+#define SH_WARPS 4     /* rank rows per shrink block */
+#define SH_ROWS 8      /* batch rows per pass over a weight row (registers per lane) */
+#define EX_THREADS 128 /* outputs per expand block */
+#define EX_KCHUNK 128  /* ranks staged in shared memory per pass */
+
+__device__ __forceinline__ float sg_act(int act, float v) {
+    double x = v;
+    switch (act) {
+    case KACT_RELU: return x < 0 ? 0.0f : v;
+    case KACT_SILU: return (float)(x / (1.0 + exp(-x)));
+    case KACT_GELU: return (float)(0.5 * x * (1.0 + erf(x * 0.70710678118654752440)));
+    case KACT_GELU_TANH: {
+        const double k = 0.7978845608028654; /* sqrt(2 / pi), as the CPU */
+        return (float)(0.5 * x * (1.0 + tanh(k * (x + 0.044715 * x * x * x))));
+    }
+    case KACT_TANH: return (float)tanh(x);
+    case KACT_SIGMOID: return (float)(1.0 / (1.0 + exp(-x)));
+    default: return v;
+    }
+}
+
+/* Segment i's row range and rank, or false (segment skipped) when inactive or invalid
+ * (invalid also raises the flag). */
+__device__ __forceinline__ bool sg_seg(const ksgmv &s, int i, int ld_t, int32_t *r0, int32_t *r1, int *rank,
+                                       int *err) {
+    *r0 = s.seg_start[i];
+    *r1 = s.seg_start[i + 1];
+    *rank = s.rank[i];
+    int act = s.act ? s.act[i] : KACT_NONE;
+    if (*r0 < 0 || *r1 < *r0 || *rank < 0 || act < KACT_NONE || act > KACT_SIGMOID ||
+        (*rank > ld_t && s.a[i] && s.b[i])) {
+        if (threadIdx.x == 0 && blockIdx.y == 0) kcuda_flag(err, KCUDA_ERR_RANGE);
+        return false;
+    }
+    return *rank > 0 && s.a[i] && s.b[i] && *r1 > *r0;
+}
+
+template <kdtype DT>
+__global__ void __launch_bounds__(SH_WARPS * 32) k_shrink(const float *__restrict__ x, int in, ksgmv s,
+                                                          float *__restrict__ t, int ld_t, int *err) {
+    int i = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int32_t r0, r1;
+    int rank;
+    if (!sg_seg(s, i, ld_t, &r0, &r1, &rank, err)) return;
+    int k = blockIdx.y * SH_WARPS + warp;
+    if (k >= rank) return;
+    const void *arow = (const char *)s.a[i] + (size_t)k * (size_t)in * (DT == KDT_F32 ? 4 : 2);
+    const float *bias = s.bias_a ? s.bias_a[i] : NULL;
+    int act = s.act ? s.act[i] : KACT_NONE;
+    for (int32_t rb = r0; rb < r1; rb += SH_ROWS) {
+        int nr = r1 - rb < SH_ROWS ? r1 - rb : SH_ROWS;
+        float acc[SH_ROWS];
+#pragma unroll
+        for (int g = 0; g < SH_ROWS; g++) acc[g] = 0.0f;
+        for (int c = lane; c < in; c += 32) {
+            float w = kcuda_ld<DT>(arow, c);
+#pragma unroll
+            for (int g = 0; g < SH_ROWS; g++)
+                if (g < nr) acc[g] = fmaf(w, __ldg(x + (int64_t)(rb + g) * in + c), acc[g]);
+        }
+#pragma unroll
+        for (int g = 0; g < SH_ROWS; g++) {
+            if (g < nr) {
+                float v = kcuda_warp_sum(acc[g]);
+                if (lane == 0) {
+                    if (bias) v = __fadd_rn(v, bias[k]);
+                    t[(int64_t)(rb + g) * ld_t + k] = act == KACT_NONE ? v : sg_act(act, v);
+                }
+            }
+        }
+    }
+}
+
+template <kdtype DT>
+__global__ void __launch_bounds__(EX_THREADS) k_expand(const float *__restrict__ t, int ld_t, ksgmv s, int out,
+                                                       float *__restrict__ y, int *err) {
+    __shared__ float ts[SH_ROWS][EX_KCHUNK];
+    int i = blockIdx.x;
+    int32_t r0, r1;
+    int rank;
+    if (!sg_seg(s, i, ld_t, &r0, &r1, &rank, err)) return;
+    int j = blockIdx.y * EX_THREADS + threadIdx.x;
+    const void *brow = (const char *)s.b[i] + (size_t)(j < out ? j : 0) * (size_t)rank * (DT == KDT_F32 ? 4 : 2);
+    const float *bias = s.bias_b ? s.bias_b[i] : NULL;
+    float scale = s.scale[i];
+    for (int32_t rb = r0; rb < r1; rb += SH_ROWS) {
+        int nr = r1 - rb < SH_ROWS ? r1 - rb : SH_ROWS;
+        float acc[SH_ROWS];
+#pragma unroll
+        for (int g = 0; g < SH_ROWS; g++) acc[g] = 0.0f;
+        for (int k0 = 0; k0 < rank; k0 += EX_KCHUNK) {
+            int kn = rank - k0 < EX_KCHUNK ? rank - k0 : EX_KCHUNK;
+            __syncthreads(); /* the previous chunk is consumed */
+            for (int e = threadIdx.x; e < nr * EX_KCHUNK; e += EX_THREADS) {
+                int g = e / EX_KCHUNK, c = e % EX_KCHUNK;
+                if (c < kn) ts[g][c] = t[(int64_t)(rb + g) * ld_t + k0 + c];
+            }
+            __syncthreads();
+            if (j < out) {
+                for (int c = 0; c < kn; c++) {
+                    float w = kcuda_ld<DT>(brow, k0 + c);
+#pragma unroll
+                    for (int g = 0; g < SH_ROWS; g++)
+                        if (g < nr) acc[g] = fmaf(w, ts[g][c], acc[g]);
+                }
+            }
+        }
+        if (j < out) {
+            float bj = bias ? bias[j] : 0.0f;
+#pragma unroll
+            for (int g = 0; g < SH_ROWS; g++) {
+                if (g < nr) {
+                    float *yp = y + (int64_t)(rb + g) * out + j;
+                    *yp = fmaf(scale, __fadd_rn(acc[g], bj), *yp);
+                }
+            }
+        }
+    }
+}
+
+/* Host-visible checks (the CPU's sg_check minus what only the device can see). */
+static int sg_host_check(const ksgmv *s, int ld_t) {
+    if (!s || s->n_segs < 0 || ld_t < 0) return PEFTD_EINVAL;
+    if (s->n_segs == 0) return 0;
+    if (!s->seg_start || !s->a || !s->b || !s->rank || !kcuda__dtype_ok(s->dtype)) return PEFTD_EINVAL;
+    if (s->n_segs > 65535 * 1024) return PEFTD_EUNSUPPORTED;
+    return 0;
+}
+
+extern "C" int kcuda__sgmv_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t) {
+    int rc;
+    if (in_dim <= 0) return PEFTD_EINVAL;
+    if ((rc = sg_host_check(s, ld_t)) != 0) return rc;
+    if (s->n_segs == 0 || ld_t == 0) return 0;
+    if (!x || !t) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    if ((rc = kcuda__enter_op(cb)) != 0) return rc;
+    unsigned gy = kcuda__blocks(ld_t, SH_WARPS);
+    if (gy > 65535) return PEFTD_EUNSUPPORTED;
+    dim3 g((unsigned)s->n_segs, gy), b(SH_WARPS * 32);
+    switch (s->dtype) {
+    case KDT_F32: k_shrink<KDT_F32><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
+    case KDT_F16: k_shrink<KDT_F16><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
+    case KDT_BF16: k_shrink<KDT_BF16><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
+    }
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+extern "C" int kcuda__sgmv_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y) {
+    int rc;
+    if (out_dim <= 0) return PEFTD_EINVAL;
+    if ((rc = sg_host_check(s, ld_t)) != 0) return rc;
+    if (s->n_segs == 0 || ld_t == 0) return 0;
+    if (!t || !y || !s->scale) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    if ((rc = kcuda__enter_op(cb)) != 0) return rc;
+    unsigned gy = kcuda__blocks(out_dim, EX_THREADS);
+    if (gy > 65535) return PEFTD_EUNSUPPORTED;
+    dim3 g((unsigned)s->n_segs, gy), b(EX_THREADS);
+    switch (s->dtype) {
+    case KDT_F32: k_expand<KDT_F32><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;
+    case KDT_F16: k_expand<KDT_F16><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;
+    case KDT_BF16: k_expand<KDT_BF16><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;
+    }
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* ---- seg_scale: block (i, c) scales columns [c*256, c*256+256) of segment i's rows ---- */
+
+#define SS_THREADS 256
+
+__global__ void k_seg_scale(float *y, int dim, const int32_t *seg_start, const float *const *v, int *err) {
+    int i = blockIdx.x;
+    int32_t r0 = seg_start[i], r1 = seg_start[i + 1];
+    if (r0 < 0 || r1 < r0) {
+        if (threadIdx.x == 0 && blockIdx.y == 0) kcuda_flag(err, KCUDA_ERR_RANGE);
+        return;
+    }
+    const float *vi = v[i];
+    int j = blockIdx.y * SS_THREADS + threadIdx.x;
+    if (!vi || j >= dim) return;
+    float f = vi[j];
+    for (int32_t r = r0; r < r1; r++) {
+        float *yp = y + (int64_t)r * dim + j;
+        *yp = __fmul_rn(*yp, f);
+    }
+}
+
+extern "C" int kcuda__seg_scale(kbackend *kb, float *y, int dim, int n_segs, const int32_t *seg_start,
+                                const float *const *v) {
+    if (dim <= 0 || n_segs < 0) return PEFTD_EINVAL;
+    if (n_segs == 0) return 0;
+    if (!seg_start || !v || !y) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    unsigned gy = kcuda__blocks(dim, SS_THREADS);
+    if (gy > 65535) return PEFTD_EUNSUPPORTED;
+    k_seg_scale<<<dim3((unsigned)n_segs, gy), SS_THREADS, 0, cb->stream>>>(y, dim, seg_start, v, cb->d_err);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}

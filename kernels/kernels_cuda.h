@@ -1,0 +1,36 @@
+/* kernels/kernels_cuda.h — the CUDA backend's public entry points (C API).
+ * Declared in every build; defined only when the build has the CUDA backend
+ * (PEFTD_CUDA defined: the Makefile found nvcc). Callers guard their use with
+ * #ifdef PEFTD_CUDA. */
+#ifndef PEFTD_KERNELS_CUDA_H
+#define PEFTD_KERNELS_CUDA_H
+
+#include <stddef.h>
+
+#include "kernels/kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* 1 when the CUDA runtime sees at least one usable device, else 0 (no driver, no
+ * device, or a driver too old for this runtime). Never aborts; cheap to call again. */
+int kbackend_cuda_available(void);
+
+/* CUDA backend on `device` (an ordinal of cudaGetDeviceCount). On failure returns NULL
+ * and writes why into err (errlen bytes, NUL-terminated).
+ * Threads: ops (and uploads that must stay ordered with them) come from one thread, the
+ * last one that issued an op: the engine thread. upload/memset0/alloc/free from any
+ * other thread (the adapter tiers' pool) run on a separate upload stream and return
+ * when their copy is complete, so they overlap the engine's compute; the caller hands
+ * the buffer over to the engine thread afterwards (as tiers.c does).
+ * Errors found by kernels on device-resident arguments (a token id or KV slot out of
+ * range) are reported by the next synchronize/download as PEFTD_ERANGE.
+ * @note caller owns the result: kbackend_destroy(). */
+kbackend *kbackend_cuda_create(int device, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
