@@ -16,6 +16,7 @@ void config_default(peftd_config *c) {
     snprintf(c->host, sizeof c->host, "127.0.0.1");
     c->port = 8080;
     c->threads = 0;
+    snprintf(c->backend, sizeof c->backend, "auto");
     c->shutdown_grace_s = 10;
     c->max_body_bytes = 1 << 20;
     c->http_threads = 4;
@@ -121,7 +122,7 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     }
     char where[512];
     snprintf(where, sizeof where, "%s: ", path);
-    static const char *const top[] = {"model", "host", "port", "threads", "fast_prefill", "shutdown_grace_s", "http",
+    static const char *const top[] = {"model", "host", "port", "threads", "fast_prefill", "backend", "shutdown_grace_s", "http",
                                       "engine", "adapters", "store", "log", "auth", "comment", NULL};
     static const char *const http_keys[] = {"max_body_bytes", "threads", NULL};
     static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
@@ -134,6 +135,11 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     if (!st) st = get_str(root, "host", c->host, sizeof c->host, where, err, errlen);
     if (!st) st = get_int(root, "port", 0, 65535, &c->port, where, err, errlen);
     if (!st) st = get_int(root, "threads", 0, 1024, &c->threads, where, err, errlen);
+    if (!st) st = get_str(root, "backend", c->backend, sizeof c->backend, where, err, errlen);
+    if (!st && strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda")) {
+        snprintf(err, errlen, "%s\"backend\" must be \"auto\", \"cpu\" or \"cuda\"", where);
+        st = PEFTD_EINVAL;
+    }
     if (!st) st = get_int(root, "shutdown_grace_s", 0, 3600, &c->shutdown_grace_s, where, err, errlen);
     const cJSON *fp = cJSON_GetObjectItemCaseSensitive(root, "fast_prefill");
     if (!st && fp) {

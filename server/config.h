@@ -13,6 +13,7 @@ typedef struct {
     int port;
     int threads;              /* CPU backend worker threads (0 = one per core) */
     bool fast_prefill;        /* CPU: OpenBLAS for big f32 batches (faster, not batch-invariant) */
+    char backend[16];         /* "auto" (CUDA when a device exists, else CPU) | "cpu" | "cuda" */
     int shutdown_grace_s;     /* SIGTERM: let in-flight requests finish this long, then cancel */
     size_t max_body_bytes;
     int http_threads;

@@ -26,6 +26,7 @@
 #include "server/tenants/tenants.h"
 #include "server/adapter_service.h"
 #include "kernels/kernels.h"
+#include "kernels/kernels_cuda.h"
 #include "kernels/util/log.h"
 #include "server/config.h"
 #include "server/engine/engine.h"
@@ -89,18 +90,47 @@ static void runtime_close(runtime *rt) {
     memset(rt, 0, sizeof *rt);
 }
 
-static int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const engine_config *ec) {
+/* backend: "auto" (CUDA when a device is usable, else CPU with one log line), "cpu" or
+ * "cuda" (no fallback: a clean start-up failure); PEFTD_BACKEND overrides it. */
+static int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
+                        const engine_config *ec) {
     char err[1024] = "";
     memset(rt, 0, sizeof *rt);
-#ifndef PEFTD_CUDA
-    LOGI("backend: cpu (this build has no CUDA backend)");
-#endif
-    rt->kb = kbackend_cpu_create(threads);
-    if (!rt->kb) {
-        fprintf(stderr, "peftd: cannot create the CPU backend\n");
+    const char *env = getenv("PEFTD_BACKEND");
+    if (env && *env) backend = env;
+    if (!backend || !*backend) backend = "auto";
+    if (strcmp(backend, "auto") && strcmp(backend, "cpu") && strcmp(backend, "cuda")) {
+        fprintf(stderr, "peftd: backend must be auto, cpu or cuda, got '%s'\n", backend);
         return -1;
     }
-    kbackend_cpu_set_fast_prefill(rt->kb, fast_prefill);
+#ifdef PEFTD_CUDA
+    if (!strcmp(backend, "cuda") || (!strcmp(backend, "auto") && kbackend_cuda_available())) {
+        rt->kb = kbackend_cuda_create(0, err, sizeof err);
+        if (!rt->kb) {
+            fprintf(stderr, "peftd: cannot create the CUDA backend: %s\n", err);
+            return -1;
+        }
+        LOGI("backend: cuda");
+    } else if (!strcmp(backend, "auto")) {
+        LOGI("backend: cpu (no CUDA device: running on the CPU backend)");
+    } else {
+        LOGI("backend: cpu (as configured)");
+    }
+#else
+    if (!strcmp(backend, "cuda")) {
+        fprintf(stderr, "peftd: backend \"cuda\" asked for, but this build has no CUDA backend\n");
+        return -1;
+    }
+    LOGI("backend: cpu (this build has no CUDA backend)");
+#endif
+    if (!rt->kb) {
+        rt->kb = kbackend_cpu_create(threads);
+        if (!rt->kb) {
+            fprintf(stderr, "peftd: cannot create the CPU backend\n");
+            return -1;
+        }
+        kbackend_cpu_set_fast_prefill(rt->kb, fast_prefill);
+    }
     int st = model_load(model_dir, rt->kb, &rt->m, err, sizeof err);
     if (st < 0) {
         fprintf(stderr, "peftd: cannot load model from %s: %s\n", model_dir, err);
@@ -184,7 +214,7 @@ static int cmd_generate(int argc, char **argv) {
     engine_config ec;
     engine_config_default(&ec);
     ec.max_seqs = 1;
-    if (runtime_open(&rt, model_dir, (int)threads, false, &ec) < 0) return 1;
+    if (runtime_open(&rt, model_dir, (int)threads, false, "auto", &ec) < 0) return 1;
     int rc = 1;
     int32_t *ids = NULL;
     size_t n_ids = 0;
@@ -442,7 +472,7 @@ static int cmd_serve(int argc, char **argv) {
     http_server *srv = NULL;
     tenants *tn = NULL;
     int rc = 1;
-    if (runtime_open(&rt, cfg.model_dir, cfg.threads, cfg.fast_prefill, &cfg.engine) < 0) goto out_store;
+    if (runtime_open(&rt, cfg.model_dir, cfg.threads, cfg.fast_prefill, cfg.backend, &cfg.engine) < 0) goto out_store;
     char tmp_root[4200];
     snprintf(tmp_root, sizeof tmp_root, "%s/tmp", cfg.store.dir);
     if (registry_create(&reg) < 0 ||
