@@ -356,5 +356,58 @@ def ready_503_while_draining():
         dm.close()
 
 
+@test
+def tenant_series_bounded_with_auth():
+    """70 tenants with keys each generate: at most 64 tenant label values, the overflow
+    summed as "other", totals preserved, promtool still accepts the exposition, and the
+    access log names the tenant (never its key)."""
+    tmp = tempfile.mkdtemp(prefix="peftd-obs-")
+    cfg = os.path.join(tmp, "peftd.json")
+    admin_key = "adm_" + os.urandom(16).hex()
+    with open(cfg, "w") as f:
+        json.dump({"auth": {"enabled": True, "admin_key_env": "PEFTD_TEST_OBS_ADMIN"},
+                   "log": {"format": "json", "access": "stderr"}}, f)
+    dm = harness.Daemon(["--config", cfg], env={"PEFTD_TEST_OBS_ADMIN": admin_key})
+    try:
+        def call(method, path, key, body=None):
+            st, _, data = dm.request(method, path, body, headers={"Authorization": "Bearer " + key})
+            return st, json.loads(data) if data else None
+        keys, n_tenants = [], 70
+        for i in range(n_tenants):
+            tid = "obs%02d" % i
+            st, obj = call("POST", "/v1/admin/tenants", admin_key, {"id": tid, "weight": 1, "limits": {}})
+            assert st == 201, (st, obj)
+            st, obj = call("POST", "/v1/admin/tenants/%s/keys" % tid, admin_key)
+            assert st == 201, (st, obj)
+            keys.append(obj["key"])
+        generated = 0
+        for key in keys:
+            st, obj = call("POST", "/v1/completions", key, {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 2})
+            assert st == 200, (st, obj)
+            generated += obj["usage"]["completion_tokens"]
+        dm.wait_idle()
+        text, fams = scrape(dm)
+        series = {lab["tenant"]: v for _, lab, v in fams["peftd_tenant_generated_tokens_total"]["samples"]}
+        assert len(series) <= 64 and "other" in series, sorted(series)
+        assert "obs00" in series, sorted(series)
+        assert sum(series.values()) == generated, (series, generated)
+        for fam in ("peftd_tenant_prompt_tokens_total", "peftd_tenant_running", "peftd_tenant_waiting"):
+            assert len(fams[fam]["samples"]) == len(series), fam
+        promtool = shutil.which("promtool")
+        if promtool:
+            r = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+            assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+        time.sleep(0.2)
+        log = "\n".join(log_lines(dm))
+        access = [json.loads(ln) for ln in log.splitlines()
+                  if ln.startswith("{") and '"type":"access"' in ln and '"/v1/completions"' in ln]
+        assert any(a["tenant"] == "obs05" for a in access), access[:3]
+        for key in keys + [admin_key]:
+            assert key not in log, "a key reached the log"
+    finally:
+        dm.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     harness.run_tests(__file__)
