@@ -155,8 +155,27 @@ def promtool_path():
     return shutil.which("promtool")
 
 
-# The harness's shared daemon inherits the environment: give it the admin key.
-os.environ["PEFTD_ADMIN_KEY"] = ADMIN_KEY
+ADMIN_ENV = "PEFTD_LOAD_ADMIN_KEY"
+_own = None  # this file's daemon with auth on, when the binary has tenants
+
+
+def daemon():
+    """A daemon with auth on (a config with only the auth section, the admin key in the
+    environment, as conf/peftd.production.json does); a binary without tenants refuses
+    that config, and the harness's shared daemon (auth off) is used instead."""
+    global _own
+    if _own is None:
+        cfg = os.path.join(TMP, "peftd.load.json")
+        with open(cfg, "w") as f:
+            json.dump({"auth": {"enabled": True, "admin_key_env": ADMIN_ENV}}, f)
+        try:
+            _own = harness.Daemon(["--config", cfg], env={ADMIN_ENV: ADMIN_KEY})
+        except RuntimeError as e:
+            print("  (no auth config in this binary: %s)" % str(e).splitlines()[0][:200])
+            _own = harness.daemon
+    return _own
+
+
 report = None
 
 
@@ -166,7 +185,7 @@ def load_256_streaming_clients_3_tenants_64_adapters():
     if os.environ.get("PEFTD_TEST_LOAD") != "1":
         skip("a 60 s load run: `make test-load` runs it (PEFTD_TEST_LOAD=1)")
     assert os.access(LOADGEN, os.X_OK), "%s not built (make all)" % LOADGEN
-    d = harness.daemon
+    d = daemon()
     keys = admin_tenant_keys(d)
     fixtures = fixture_dirs()
     assert len(fixtures) >= 8, fixtures
@@ -222,7 +241,7 @@ def load_256_streaming_clients_3_tenants_64_adapters():
 def promtool_accepts_metrics():
     if os.environ.get("PEFTD_TEST_LOAD") != "1":
         skip("runs with the load test: `make test-load`")
-    d = harness.daemon
+    d = daemon()
     promtool = promtool_path()
     if not promtool:
         skip("promtool unavailable: the Debian `prometheus` package could not be installed here")
@@ -240,4 +259,6 @@ if __name__ == "__main__":
     try:
         harness.run_tests(__file__)
     finally:
+        if _own is not None and _own is not harness.daemon:
+            _own.close()
         shutil.rmtree(TMP, ignore_errors=True)
