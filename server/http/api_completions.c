@@ -359,7 +359,9 @@ enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn)
     api_job *job = job_create(s, conn);
     if (!job) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
     api_err err;
-    if (api_request_parse(s, &req->who, req->body, req->len, &job->req, &err)) {
+    bool chat = req->ep == HTTP_EP_CHAT;
+    if (chat) api_chat_job_init(job);
+    if ((chat ? api_chat_parse : api_request_parse)(s, &req->who, req->body, req->len, &job->req, &err)) {
         job_unref(job);
         return http_error(req, conn, err.status, err.code, "%s", err.message);
     }

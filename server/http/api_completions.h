@@ -30,6 +30,8 @@ typedef struct {
     gen_params gen;         /* gen.stop[] point into stop_store */
     char *stop_store[ENGINE_MAX_STOP];
     bool stream, echo, include_usage;
+    bool chat;              /* POST /v1/chat/completions (api_chat.c): chat response shapes */
+    bool chat_logprobs;     /* chat: logprobs=true (gen.logprobs holds top_logprobs) */
     adapter_handle *adapter; /* the adapter chosen by `model` / `adapter`, one reference held */
     adapter_registry *reg;  /* where that reference goes back */
     struct tenants *tenants; /* set when gen.tenant's quota admitted it: released by api_request_free */
@@ -75,6 +77,7 @@ typedef struct api_choice {
     int n_tok, cap_tok;
     int32_t last_id;        /* previous token, the context for a token's text */
     bool echo_sent, finish_sent;
+    bool role_sent;         /* chat streaming: the delta.role chunk went out */
 } api_choice;
 
 typedef struct api_job {
@@ -115,5 +118,18 @@ int api_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text
 int api_format_stream_end(api_job *job, http_buf *out);
 /* An error as an SSE event ("data: {"error":{...}}"), for failures after the 200. */
 int api_format_stream_error(const char *message, http_buf *out);
+
+/* ---- api_chat.c: POST /v1/chat/completions on this machinery ---- */
+/* Validates the chat fields, applies the model's chat template, then api_request_parse()s
+ * the equivalent completions body; sets req.chat. Same contract as api_request_parse. */
+int api_chat_parse(const http_server *s, const tenants_principal *who, const char *body, size_t len,
+                   api_request *out, api_err *err);
+void api_chat_job_init(api_job *job); /* "chatcmpl-" ids */
+/* The chat shapes of api_format_response / _chunk / _stream_end (they call these when
+ * job->req.chat is set). */
+struct cJSON *api_chat_format_response(api_job *job);
+int api_chat_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len,
+                          const gen_token *toks, int n_toks, bool finish, http_buf *out);
+int api_chat_format_stream_end(api_job *job, http_buf *out);
 
 #endif

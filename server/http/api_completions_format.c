@@ -119,6 +119,7 @@ static bool api_add_choice(cJSON *choices, int index, const char *text, size_t t
 }
 
 cJSON *api_format_response(api_job *job) {
+    if (job->req.chat) return api_chat_format_response(job);
     cJSON *o = api_format_head(job);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     http_buf text = {0};
@@ -163,6 +164,7 @@ static int api_emit(cJSON *o, http_buf *out) {
 int api_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len,
                      const gen_token *toks, int n_toks, size_t offset_base, bool finish,
                      http_buf *out) {
+    if (job->req.chat) return api_chat_format_chunk(job, ch, text, text_len, toks, n_toks, finish, out);
     cJSON *o = api_format_head(job);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *lp = NULL;
@@ -181,6 +183,7 @@ fail:
 }
 
 int api_format_stream_end(api_job *job, http_buf *out) {
+    if (job->req.chat) return api_chat_format_stream_end(job, out);
     if (job->req.include_usage) {
         /* OpenAI's shape: one extra chunk with empty choices and the usage. */
         cJSON *o = api_format_head(job);

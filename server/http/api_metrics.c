@@ -22,6 +22,7 @@
 const char *http_endpoint_name(http_endpoint ep) {
     switch (ep) {
     case HTTP_EP_COMPLETIONS: return "/v1/completions";
+    case HTTP_EP_CHAT: return "/v1/chat/completions";
     case HTTP_EP_MODELS: return "/v1/models";
     case HTTP_EP_HEALTH: return "/health";
     case HTTP_EP_READY: return "/ready";

@@ -21,6 +21,7 @@
 
 typedef enum {
     HTTP_EP_COMPLETIONS = 0,
+    HTTP_EP_CHAT,      /* /v1/chat/completions */
     HTTP_EP_MODELS,
     HTTP_EP_HEALTH,
     HTTP_EP_READY,
@@ -53,6 +54,8 @@ struct http_server {
     astore *store;               /* the adapter store; NULL = none (/v1/adapters answers 503) */
     adapter_service *svc;        /* imports and deletes; NULL together with store */
     http_config cfg;
+    struct chat_template *chat;  /* the model's chat template; NULL = none (chat answers 400) */
+    char chat_error[256];        /* why the model's template could not be used, for that 400 */
     int port;
     time_t created;              /* "created" of the served model in /v1/models */
     atomic_bool stopping;        /* set first thing in http_server_stop: nobody suspends after it */

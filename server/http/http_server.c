@@ -18,6 +18,7 @@
 #include "kernels/util/status.h"
 #include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
+#include "server/model/chat_template.h"
 
 /* Defaults for fields left 0 in http_config. 1 MiB holds any completion request with a
  * prompt that fits a context window many times over. */
@@ -52,6 +53,7 @@ typedef struct {
 
 static const http_route http_routes[] = {
     {"/v1/completions", false, HTTP_EP_COMPLETIONS, HTTP_M_POST, "POST", api_completions_post},
+    {"/v1/chat/completions", false, HTTP_EP_CHAT, HTTP_M_POST, "POST", api_completions_post},
     {"/v1/models", false, HTTP_EP_MODELS, HTTP_M_READ, "GET, HEAD", api_models_get},
     {"/v1/adapters", false, HTTP_EP_ADAPTERS, HTTP_M_READ, "GET, HEAD", api_adapters_list},
     {"/v1/adapters/", true, HTTP_EP_ADAPTERS, HTTP_M_READ | HTTP_M_PUT | HTTP_M_DELETE,
@@ -281,9 +283,21 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
     pthread_mutex_init(&s->jobs_mu, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
 
+    /* The chat template: a configured one must load; the model's own may be missing (chat
+     * requests then get a 400 saying so) or beyond the interpreter (the same 400, with why). */
+    int rc = chat_template_load(m->dir, cfg->chat_template, &s->chat, s->chat_error, sizeof s->chat_error);
+    if (rc && cfg->chat_template && cfg->chat_template[0]) {
+        snprintf(err, errlen, "chat template: %s", s->chat_error);
+        goto fail;
+    }
+    if (rc && rc != PEFTD_ENOTFOUND) LOGW("http: /v1/chat/completions disabled: %s", s->chat_error);
+    if (rc == PEFTD_ENOTFOUND) s->chat_error[0] = '\0';
+    if (s->chat) LOGI("http: chat template: %s", chat_template_family(s->chat));
+    else if (rc == PEFTD_ENOTFOUND) LOGI("http: %s has no chat template: /v1/chat/completions answers 400", m->name);
+
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
-    int rc = http_resolve(cfg->host, cfg->port, &ss, &sslen, err, errlen);
+    rc = http_resolve(cfg->host, cfg->port, &ss, &sslen, err, errlen);
     if (rc) goto fail;
 
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
@@ -324,6 +338,7 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
     *out = s;
     return 0;
 fail:
+    chat_template_free(s->chat);
     pthread_mutex_destroy(&s->jobs_mu);
     pthread_mutex_destroy(&s->stats_mu);
     free(s);
@@ -352,6 +367,7 @@ void http_server_stop(http_server *s) {
         nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
     }
     MHD_stop_daemon(s->mhd);
+    chat_template_free(s->chat);
     pthread_mutex_destroy(&s->jobs_mu);
     pthread_mutex_destroy(&s->stats_mu);
     LOGI("http: stopped");

@@ -1,0 +1,511 @@
+/* server/http/api_chat.c — POST /v1/chat/completions on the completions machinery.
+ *
+ * A chat request is a completions request whose prompt is the model's chat template
+ * applied to `messages` (server/model/chat_template.h, add_generation_prompt on), tokenized
+ * as HF's apply_chat_template(tokenize=True) does: no BOS added by the tokenizer (the
+ * template writes it). The chat fields are validated here, then the body is rewritten into
+ * the equivalent completions body (prompt = those token ids, logprobs = top_logprobs,
+ * max_tokens) and handed to api_request_parse(), so model/adapter selection, tenant scoping
+ * and quotas, sampling options, stop strings and the context check are exactly the
+ * completions endpoint's. The job, the engine requests, streaming and cancellation are
+ * api_completions.c's; only the response shapes differ (chat.completion and
+ * chat.completion.chunk: delta.role first, then delta.content, then finish_reason), and
+ * api_completions_format.c hands those to the api_chat_format_* functions below when
+ * req.chat is set.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "kernels/util/log.h"
+#include "kernels/util/status.h"
+#include "server/http/api_completions.h"
+#include "server/http/sse.h"
+#include "server/model/chat_template.h"
+
+#define CHAT_MAX_MESSAGES 4096 /* far beyond any context the served models have */
+
+__attribute__((format(printf, 3, 4)))
+static int chat_fail(api_err *err, const char *code, const char *fmt, ...) {
+    va_list ap;
+    err->status = MHD_HTTP_BAD_REQUEST;
+    err->code = code;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return PEFTD_EINVAL;
+}
+
+static const cJSON *chat_field(const cJSON *root, const char *name) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
+    return it && !cJSON_IsNull(it) ? it : NULL;
+}
+
+/* One message's content: a string, or an array of {"type":"text","text":...} parts joined
+ * with "\n" (vLLM's "string" content format). @note *out is malloc'd. */
+static int chat_content(const cJSON *c, int i, bool assistant, char **out, api_err *err) {
+    if (!c) {
+        if (!assistant) return chat_fail(err, "invalid_value", "'messages[%d].content' is required", i);
+        *out = strdup("");
+        return *out ? 0 : PEFTD_ENOMEM;
+    }
+    if (cJSON_IsString(c)) {
+        *out = strdup(c->valuestring);
+        return *out ? 0 : PEFTD_ENOMEM;
+    }
+    if (!cJSON_IsArray(c))
+        return chat_fail(err, "invalid_type", "'messages[%d].content' must be a string or an array of content parts", i);
+    http_buf b = {0};
+    int k = 0;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, c) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type)) {
+            http_buf_free(&b);
+            return chat_fail(err, "invalid_type", "'messages[%d].content[%d]' must be an object with a 'type'", i, k);
+        }
+        if (strcmp(type->valuestring, "text") != 0) {
+            int n = (int)http_utf8_prefix(type->valuestring, 40);
+            http_buf_free(&b);
+            return chat_fail(err, "invalid_value",
+                             "'messages[%d].content[%d]': content parts of type '%.*s' are not supported (text only)", i, k,
+                             n, type->valuestring);
+        }
+        if (!cJSON_IsString(text)) {
+            http_buf_free(&b);
+            return chat_fail(err, "invalid_type", "'messages[%d].content[%d].text' must be a string", i, k);
+        }
+        if ((k && http_buf_puts(&b, "\n")) || http_buf_puts(&b, text->valuestring)) {
+            http_buf_free(&b);
+            return PEFTD_ENOMEM;
+        }
+        k++;
+    }
+    *out = b.p ? b.p : strdup("");
+    return *out ? 0 : PEFTD_ENOMEM;
+}
+
+typedef struct {
+    chat_message *msgs;
+    char **content;
+    int n;
+} chat_msgs;
+
+static void chat_msgs_free(chat_msgs *m) {
+    for (int i = 0; i < m->n; i++) free(m->content[i]);
+    free(m->content);
+    free(m->msgs);
+}
+
+static int chat_parse_messages(const cJSON *root, chat_msgs *out, api_err *err) {
+    const cJSON *ms = chat_field(root, "messages");
+    if (!ms) return chat_fail(err, "missing_field", "'messages' is required");
+    if (!cJSON_IsArray(ms)) return chat_fail(err, "invalid_type", "'messages' must be an array of messages");
+    int n = cJSON_GetArraySize(ms);
+    if (n == 0) return chat_fail(err, "invalid_value", "'messages' must not be empty");
+    if (n > CHAT_MAX_MESSAGES) return chat_fail(err, "invalid_value", "at most %d messages per request", CHAT_MAX_MESSAGES);
+    out->msgs = calloc((size_t)n, sizeof *out->msgs);
+    out->content = calloc((size_t)n, sizeof *out->content);
+    if (!out->msgs || !out->content) return PEFTD_ENOMEM;
+    const cJSON *m;
+    int i = 0;
+    cJSON_ArrayForEach(m, ms) {
+        if (!cJSON_IsObject(m)) return chat_fail(err, "invalid_type", "'messages[%d]' must be an object", i);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsString(role)) return chat_fail(err, "invalid_type", "'messages[%d].role' must be a string", i);
+        /* OpenAI's "developer" role is the newer name of "system" */
+        static const char *const roles[] = {"system", "user", "assistant", "developer"};
+        const char *r = NULL;
+        for (size_t k = 0; k < sizeof roles / sizeof roles[0]; k++)
+            if (!strcmp(role->valuestring, roles[k])) r = k == 3 ? "system" : roles[k];
+        if (!r) {
+            int nn = (int)http_utf8_prefix(role->valuestring, 40);
+            return chat_fail(err, "invalid_value",
+                             "'messages[%d].role' must be 'system', 'user' or 'assistant' (got '%.*s'; tools are not supported)",
+                             i, nn, role->valuestring);
+        }
+        int rc = chat_content(chat_field(m, "content"), i, !strcmp(r, "assistant"), &out->content[i], err);
+        if (rc) return rc;
+        out->n = i + 1;
+        out->msgs[i].role = r;
+        out->msgs[i].content = out->content[i];
+        i++;
+    }
+    return 0;
+}
+
+/* Chat's logprobs (a boolean) + top_logprobs become completions' logprobs = k. */
+static int chat_parse_logprobs(const cJSON *root, int *k, api_err *err) {
+    const cJSON *lp = chat_field(root, "logprobs"), *top = chat_field(root, "top_logprobs");
+    *k = -1;
+    if (lp && !cJSON_IsBool(lp)) return chat_fail(err, "invalid_type", "'logprobs' must be a boolean on /v1/chat/completions");
+    bool on = lp && cJSON_IsTrue(lp);
+    if (top) {
+        double v = cJSON_IsNumber(top) ? top->valuedouble : -1;
+        if (!cJSON_IsNumber(top) || v != (double)(int)v)
+            return chat_fail(err, "invalid_type", "'top_logprobs' must be an integer");
+        if (v < 0 || v > ENGINE_MAX_LOGPROBS)
+            return chat_fail(err, "invalid_value", "'top_logprobs' must be between 0 and %d, got %g", ENGINE_MAX_LOGPROBS, v);
+        if (!on) return chat_fail(err, "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
+        *k = (int)v;
+    } else if (on) {
+        *k = 0;
+    }
+    return 0;
+}
+
+int api_chat_parse(const http_server *s, const tenants_principal *who, const char *body, size_t len, api_request *r,
+                   api_err *err) {
+    memset(r, 0, sizeof *r);
+    err->status = MHD_HTTP_BAD_REQUEST;
+    err->code = NULL;
+    err->message[0] = '\0';
+    if (!body || len == 0) return chat_fail(err, "invalid_json", "the request body is empty");
+    if (!http_utf8_valid(body, len)) return chat_fail(err, "invalid_json", "the request body is not valid UTF-8");
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    chat_msgs msgs = {0};
+    char *text = NULL, *json = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0, text_len = 0;
+    cJSON *mct = NULL;     /* a copy of max_completion_tokens, moved into root as max_tokens */
+    bool mct_added = false;
+    int rc;
+    while (root && end && end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+    if (!root || !cJSON_IsObject(root) || end != body + len) {
+        /* api_request_parse words JSON errors precisely (byte offsets, trailing data) */
+        cJSON_Delete(root);
+        return api_request_parse(s, who, body, len, r, err);
+    }
+    if (!s->chat) {
+        rc = chat_fail(err, "chat_template_missing",
+                       "The model '%s' has no chat template (no 'chat_template' in its tokenizer_config.json and none "
+                       "configured with the \"chat_template\" setting): use /v1/completions with a plain prompt%s%s",
+                       s->m->name, s->chat_error[0] ? "; " : "", s->chat_error);
+        goto out;
+    }
+    if ((rc = chat_parse_messages(root, &msgs, err))) goto out;
+    int top = -1;
+    if ((rc = chat_parse_logprobs(root, &top, err))) goto out;
+    const cJSON *mct_in = chat_field(root, "max_completion_tokens");
+    bool has_max = mct_in || chat_field(root, "max_tokens");
+    mct = mct_in ? cJSON_Duplicate(mct_in, true) : NULL; /* the original goes with the chat fields */
+    if (mct_in && !mct) {
+        rc = PEFTD_ENOMEM;
+        goto out;
+    }
+
+    char bos[128] = "", eos[128] = "";
+    int32_t bid = tokenizer_bos_id(s->tok), eid = tokenizer_eos_id(s->tok);
+    if (bid >= 0 && tokenizer_piece(s->tok, bid)) snprintf(bos, sizeof bos, "%s", tokenizer_piece(s->tok, bid));
+    if (eid >= 0 && tokenizer_piece(s->tok, eid)) snprintf(eos, sizeof eos, "%s", tokenizer_piece(s->tok, eid));
+    chat_render_opts o = {.add_generation_prompt = true, .bos_token = bid >= 0 ? bos : NULL, .eos_token = eid >= 0 ? eos : NULL};
+    const cJSON *agp = chat_field(root, "add_generation_prompt"); /* vLLM's extension */
+    if (agp) {
+        if (!cJSON_IsBool(agp)) {
+            rc = chat_fail(err, "invalid_type", "'add_generation_prompt' must be a boolean");
+            goto out;
+        }
+        o.add_generation_prompt = cJSON_IsTrue(agp);
+    }
+    char terr[400] = "";
+    rc = chat_template_render(s->chat, msgs.msgs, msgs.n, &o, &text, &text_len, terr, sizeof terr);
+    if (rc == PEFTD_ENOMEM) goto out;
+    if (rc) {
+        rc = chat_fail(err, "invalid_messages", "the model's chat template rejected the messages: %s", terr);
+        goto out;
+    }
+    if ((rc = tokenizer_encode(s->tok, text, text_len, false, &ids, &n_ids))) {
+        rc = chat_fail(err, "invalid_value", "cannot tokenize the rendered conversation: %s", peftd_strerror(rc));
+        goto out;
+    }
+    if (n_ids == 0) {
+        rc = chat_fail(err, "invalid_value", "the messages render to an empty prompt");
+        goto out;
+    }
+
+    /* the equivalent completions body */
+    static const char *const drop[] = {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "prompt", "echo",
+                                       "add_generation_prompt"};
+    for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++) cJSON_DeleteItemFromObjectCaseSensitive(root, drop[i]);
+    cJSON *arr = cJSON_AddArrayToObject(root, "prompt");
+    bool ok = arr != NULL;
+    for (size_t i = 0; ok && i < n_ids; i++) {
+        cJSON *num = cJSON_CreateNumber(ids[i]);
+        ok = num && cJSON_AddItemToArray(arr, num);
+    }
+    if (ok && top >= 0) ok = cJSON_AddNumberToObject(root, "logprobs", top) != NULL;
+    if (ok && mct) {
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "max_tokens");
+        ok = cJSON_AddItemToObject(root, "max_tokens", mct);
+        mct_added = ok;
+    }
+    /* no limit given: OpenAI generates up to the context; ask for 1 here (so that the
+     * context check passes whenever the prompt fits) and widen it below */
+    if (ok && !has_max) ok = cJSON_AddNumberToObject(root, "max_tokens", 1) != NULL;
+    json = ok ? cJSON_PrintUnformatted(root) : NULL;
+    if (!json) {
+        rc = PEFTD_ENOMEM;
+        goto out;
+    }
+    rc = api_request_parse(s, who, json, strlen(json), r, err);
+    if (rc) {
+        /* completions' wording for the two fields chat renames */
+        char *p = mct ? strstr(err->message, "'max_tokens'") : NULL;
+        if (p) {
+            char tmp[sizeof err->message];
+            size_t head = (size_t)(p - err->message);
+            const char *tail = p + strlen("'max_tokens'");
+            static const char nm[] = "'max_completion_tokens'";
+            size_t k = 0;
+            for (size_t i = 0; i < head && k + 1 < sizeof tmp; i++) tmp[k++] = err->message[i];
+            for (size_t i = 0; nm[i] && k + 1 < sizeof tmp; i++) tmp[k++] = nm[i];
+            for (size_t i = 0; tail[i] && k + 1 < sizeof tmp; i++) tmp[k++] = tail[i];
+            tmp[k] = 0;
+            memcpy(err->message, tmp, k + 1);
+        }
+        goto out_parsed;
+    }
+    r->chat = true;
+    r->chat_logprobs = top >= 0;
+    if (!has_max) {
+        int n_virtual = r->adapter ? r->adapter->meta.n_virtual : 0;
+        long long room = (long long)engine_context_length(s->e) - (long long)r->prompts[0].n_ids - n_virtual;
+        r->gen.max_tokens = room > 1 ? (int)room : 1;
+    }
+    goto out_parsed;
+out:
+    if (rc == PEFTD_ENOMEM) {
+        err->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        err->code = NULL;
+        snprintf(err->message, sizeof err->message, "out of memory");
+    }
+out_parsed:
+    cJSON_Delete(root);
+    if (!mct_added) cJSON_Delete(mct);
+    chat_msgs_free(&msgs);
+    free(text);
+    free(ids);
+    cJSON_free(json);
+    return rc;
+}
+
+void api_chat_job_init(api_job *job) {
+    /* "cmpl-<16 hex>" -> "chatcmpl-<16 hex>", OpenAI's prefix (ids are 21 bytes: room) */
+    size_t n = strlen(job->id);
+    if (n + 4 < sizeof job->id) {
+        memmove(job->id + 4, job->id, n + 1);
+        memcpy(job->id, "chat", 4);
+    }
+}
+
+/* ---- responses ---- */
+
+/* A token's text after prev (decode(prev, id) - decode(prev)); its vocabulary piece when
+ * its bytes do not finish a character. */
+static char *chat_token_text(const tokenizer *tok, int32_t prev, int32_t id) {
+    const char *piece = NULL;
+    size_t len = 0;
+    char *out = NULL;
+    tokenizer_stream *st = tokenizer_stream_new(tok, false);
+    if (st && (prev < 0 || tokenizer_stream_prime(st, &prev, 1) == 0) && tokenizer_stream_push(st, id, &piece, &len) == 0 &&
+        len > 0)
+        out = strndup(piece, len);
+    tokenizer_stream_free(st);
+    if (!out) {
+        const char *p = tokenizer_piece(tok, id);
+        out = strdup(p ? p : "");
+    }
+    return out;
+}
+
+/* {"token","logprob","bytes"} (+ "top_logprobs" when top is set) */
+static cJSON *chat_logprob_entry(const char *text, float lp, bool with_top) {
+    cJSON *e = cJSON_CreateObject();
+    cJSON *bytes = NULL;
+    if (!e || !cJSON_AddStringToObject(e, "token", text) || !cJSON_AddNumberToObject(e, "logprob", lp) ||
+        !(bytes = cJSON_AddArrayToObject(e, "bytes")) || (with_top && !cJSON_AddArrayToObject(e, "top_logprobs"))) {
+        cJSON_Delete(e);
+        return NULL;
+    }
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(*p));
+    return e;
+}
+
+/* OpenAI's chat logprobs: {"content": [{token, logprob, bytes, top_logprobs: [...]}]} */
+static cJSON *chat_format_logprobs(const api_job *job, const gen_token *toks, int n, int32_t *last_id) {
+    const tokenizer *tok = job->srv->tok;
+    int k_top = job->req.gen.logprobs;
+    cJSON *o = cJSON_CreateObject();
+    cJSON *content = cJSON_AddArrayToObject(o, "content");
+    if (!content) goto fail;
+    for (int i = 0; i < n; i++) {
+        const gen_token *t = &toks[i];
+        char *text = chat_token_text(tok, *last_id, t->id);
+        cJSON *e = text ? chat_logprob_entry(text, t->logprob, true) : NULL;
+        free(text);
+        if (!e) goto fail;
+        cJSON_AddItemToArray(content, e);
+        cJSON *tops = cJSON_GetObjectItemCaseSensitive(e, "top_logprobs");
+        for (int k = 0; k < t->n_top && k < k_top; k++) {
+            char *alt = chat_token_text(tok, *last_id, t->top_id[k]);
+            cJSON *a = alt ? chat_logprob_entry(alt, t->top_logprob[k], false) : NULL;
+            free(alt);
+            if (!a) goto fail;
+            cJSON_AddItemToArray(tops, a);
+        }
+        *last_id = t->id;
+    }
+    return o;
+fail:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+static cJSON *chat_head(const api_job *job, const char *object) {
+    cJSON *o = cJSON_CreateObject();
+    if (!cJSON_AddStringToObject(o, "id", job->id) || !cJSON_AddStringToObject(o, "object", object) ||
+        !cJSON_AddNumberToObject(o, "created", (double)job->created) ||
+        !cJSON_AddStringToObject(o, "model", job->req.model_id) || !cJSON_AddNullToObject(o, "system_fingerprint")) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+static cJSON *chat_usage(const api_job *job) {
+    int prompt = (int)job->req.prompts[0].n_ids, completion = 0;
+    for (int i = 0; i < job->n_choices; i++) completion += job->choices[i].completion_tokens;
+    cJSON *u = cJSON_CreateObject();
+    if (!cJSON_AddNumberToObject(u, "prompt_tokens", prompt) || !cJSON_AddNumberToObject(u, "completion_tokens", completion) ||
+        !cJSON_AddNumberToObject(u, "total_tokens", prompt + completion)) {
+        cJSON_Delete(u);
+        return NULL;
+    }
+    return u;
+}
+
+static char *chat_strndup(const char *s, size_t n) { return strndup(s ? s : "", n); }
+
+cJSON *api_chat_format_response(api_job *job) {
+    cJSON *o = chat_head(job, "chat.completion");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    if (!choices) goto fail;
+    for (int i = 0; i < job->n_choices; i++) {
+        api_choice *ch = &job->choices[i];
+        cJSON *c = cJSON_CreateObject(), *msg = cJSON_CreateObject();
+        char *t = chat_strndup(ch->text.p, ch->text.len);
+        bool ok = c && msg && t && cJSON_AddNumberToObject(c, "index", ch->index) &&
+                  cJSON_AddStringToObject(msg, "role", "assistant") && cJSON_AddStringToObject(msg, "content", t);
+        free(t);
+        if (ok) {
+            cJSON_AddItemToObject(c, "message", msg);
+            msg = NULL;
+            cJSON *lp = NULL;
+            if (job->req.chat_logprobs) {
+                const api_prompt *p = &job->req.prompts[0];
+                int32_t last = p->n_ids ? p->ids[p->n_ids - 1] : -1;
+                lp = chat_format_logprobs(job, ch->tok, ch->n_tok, &last);
+                ok = lp != NULL;
+            }
+            if (ok) ok = lp ? cJSON_AddItemToObject(c, "logprobs", lp) : cJSON_AddNullToObject(c, "logprobs") != NULL;
+            if (ok) ok = cJSON_AddStringToObject(c, "finish_reason", finish_reason_str(ch->finish)) != NULL;
+        }
+        cJSON_Delete(msg);
+        if (!ok) {
+            cJSON_Delete(c);
+            goto fail;
+        }
+        cJSON_AddItemToArray(choices, c);
+    }
+    cJSON *u = chat_usage(job);
+    if (!u) goto fail;
+    cJSON_AddItemToObject(o, "usage", u);
+    return o;
+fail:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+static int chat_emit(cJSON *o, http_buf *out) {
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!s) return PEFTD_ENOMEM;
+    int rc = sse_append_data(out, s, strlen(s));
+    cJSON_free(s);
+    return rc;
+}
+
+/* One chat.completion.chunk with one choice: delta (role and/or content), logprobs,
+ * finish_reason. */
+static int chat_chunk(api_job *job, int index, const char *role, const char *text, size_t text_len, cJSON *logprobs,
+                      const char *finish, http_buf *out) {
+    cJSON *o = chat_head(job, "chat.completion.chunk");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON *delta = cJSON_AddObjectToObject(c, "delta");
+    bool ok = choices && delta && cJSON_AddNumberToObject(c, "index", index);
+    if (ok && role) ok = cJSON_AddStringToObject(delta, "role", role) != NULL;
+    if (ok && text) {
+        char *t = chat_strndup(text, text_len);
+        ok = t && cJSON_AddStringToObject(delta, "content", t);
+        free(t);
+    }
+    if (ok) {
+        ok = logprobs ? cJSON_AddItemToObject(c, "logprobs", logprobs) : cJSON_AddNullToObject(c, "logprobs") != NULL;
+        logprobs = NULL;
+    }
+    if (ok) ok = finish ? cJSON_AddStringToObject(c, "finish_reason", finish) != NULL : cJSON_AddNullToObject(c, "finish_reason") != NULL;
+    /* with include_usage every chunk carries "usage": null, the last one the numbers */
+    if (ok && job->req.include_usage) ok = cJSON_AddNullToObject(o, "usage") != NULL;
+    cJSON_Delete(logprobs);
+    if (!ok) {
+        cJSON_Delete(c);
+        cJSON_Delete(o);
+        return PEFTD_ENOMEM;
+    }
+    cJSON_AddItemToArray(choices, c);
+    return chat_emit(o, out);
+}
+
+int api_chat_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len, const gen_token *toks,
+                          int n_toks, bool finish, http_buf *out) {
+    int rc = 0;
+    if (!ch->role_sent) { /* OpenAI's first chunk: the role and empty content */
+        rc = chat_chunk(job, ch->index, "assistant", "", 0, NULL, NULL, out);
+        if (rc) return rc;
+        ch->role_sent = true;
+    }
+    if (text_len || n_toks) {
+        cJSON *lp = NULL;
+        if (job->req.chat_logprobs && n_toks > 0) {
+            lp = chat_format_logprobs(job, toks, n_toks, &ch->last_id);
+            if (!lp) return PEFTD_ENOMEM;
+        }
+        rc = chat_chunk(job, ch->index, NULL, text, text_len, lp, NULL, out);
+        if (rc) return rc;
+    }
+    if (finish) rc = chat_chunk(job, ch->index, NULL, NULL, 0, NULL, finish_reason_str(ch->finish), out);
+    return rc;
+}
+
+int api_chat_format_stream_end(api_job *job, http_buf *out) {
+    if (job->req.include_usage) {
+        cJSON *o = chat_head(job, "chat.completion.chunk");
+        cJSON *u = chat_usage(job);
+        if (!o || !u || !cJSON_AddArrayToObject(o, "choices")) {
+            cJSON_Delete(o);
+            cJSON_Delete(u);
+            return PEFTD_ENOMEM;
+        }
+        cJSON_AddItemToObject(o, "usage", u);
+        int rc = chat_emit(o, out);
+        if (rc) return rc;
+    }
+    return sse_append_done(out);
+}
