@@ -123,7 +123,7 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     char where[512];
     snprintf(where, sizeof where, "%s: ", path);
     static const char *const top[] = {"model", "host", "port", "threads", "fast_prefill", "backend", "shutdown_grace_s", "http",
-                                      "engine", "adapters", "store", "log", "auth", "comment", NULL};
+                                      "engine", "adapters", "store", "log", "auth", "chat_template", "comment", NULL};
     static const char *const http_keys[] = {"max_body_bytes", "threads", NULL};
     static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
                                               "kv_cache_mb", "max_queue", NULL};
@@ -133,6 +133,7 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     int body = (int)c->max_body_bytes;
     if (!st) st = get_str(root, "model", c->model_dir, sizeof c->model_dir, where, err, errlen);
     if (!st) st = get_str(root, "host", c->host, sizeof c->host, where, err, errlen);
+    if (!st) st = get_str(root, "chat_template", c->chat_template, sizeof c->chat_template, where, err, errlen);
     if (!st) st = get_int(root, "port", 0, 65535, &c->port, where, err, errlen);
     if (!st) st = get_int(root, "threads", 0, 1024, &c->threads, where, err, errlen);
     if (!st) st = get_str(root, "backend", c->backend, sizeof c->backend, where, err, errlen);

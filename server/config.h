@@ -9,6 +9,7 @@
 
 typedef struct {
     char model_dir[4096];
+    char chat_template[4096]; /* "chat_template": a template file overriding the model's ("" = the model's) */
     char host[256];
     int port;
     int threads;              /* CPU backend worker threads (0 = one per core) */
