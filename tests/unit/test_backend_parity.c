@@ -1,0 +1,702 @@
+/* tests/unit/test_backend_parity.c — every op of the CUDA backend against the CPU
+ * reference on the same inputs (ggml test-backend-ops style), then end-to-end greedy
+ * parity on the default model with every fixture adapter.
+ *
+ * Op tests: odd batch sizes T = 1, 7, 133; weights in f32/f16/bf16; SGMV over the Punica
+ * spreads (distinct, uniform, zipf, identical, skewed) with empty segments, a rank-0 /
+ * NULL segment and mixed ranks 1-128, plus bias + activation (bottleneck adapters).
+ * Every output buffer (on both backends) has SENT_BYTES of sentinel bytes on each side,
+ * and unwritten outputs start as sentinel bytes, so writes out of bounds or to entries an
+ * op must not touch (t beyond rank_i, skipped segments) are caught.
+ *
+ * Tolerance (op tests): |cuda - cpu| <= TOL_REL * (max|cpu| over the output + |cpu|).
+ * Both backends read the same stored weights widened exactly to f32 and accumulate in
+ * f32; only the summation order (and the bf16 hi/lo split of x in the large-n bf16
+ * matmul: |x - hi - lo| <= 2^-16 |x|) and libm ulps (expf/cosf: <= 2 ulp on CUDA) differ.
+ * For a dot product of K <= 2048 terms the f32 rounding error is ~sqrt(K) * 2^-24 of the
+ * magnitude of its terms (~3e-6); 1e-4 leaves 30x room, while a wrong index, scale,
+ * rank or layout moves results by O(1) of the output's magnitude.
+ * End-to-end: greedy tokens must be identical (the references' top-2 logit gaps on the
+ * fixtures are far above the ~1e-5 logit differences the ops above allow).
+ *
+ * Without a CUDA device (or in a build without the CUDA backend) every test reports
+ * SKIP("no CUDA device"): skipped, never passed.
+ */
+#include <stdint.h>
+#include <unistd.h>
+
+#include "kernels/kernels.h"
+#include "kernels/util/half.h"
+#include "server/engine/engine.h"
+#include "server/model/model_adapter_base.h"
+#include "tests/harness/test.h"
+#ifdef PEFTD_CUDA
+#include "kernels/kernels_cuda.h"
+#endif
+
+#define SENT_BYTES 256
+#define SENT_BYTE 0xA5
+#define TOL_REL 1e-4
+
+static kbackend *CU, *CP;
+
+static void open_backends(void) {
+    /* PEFTD_PARITY_SELFTEST=1: a second CPU backend (1 thread) stands in for CUDA, to
+     * check this file's own logic (sentinels, spreads, tables) on a machine without a GPU. */
+    if (getenv("PEFTD_PARITY_SELFTEST")) {
+        CU = kbackend_cpu_create(1);
+        CP = kbackend_cpu_create(4);
+        ASSERT(CU && CP);
+        return;
+    }
+#ifndef PEFTD_CUDA
+    SKIP("no CUDA device (this build has no CUDA backend)");
+#else
+    if (!kbackend_cuda_available()) SKIP("no CUDA device");
+    char err[512] = "";
+    CU = kbackend_cuda_create(0, err, sizeof err);
+    if (!CU) FAIL("kbackend_cuda_create: %s", err);
+    CP = kbackend_cpu_create(4);
+    ASSERT(CP);
+#endif
+}
+
+static void close_backends(void) {
+    kbackend_destroy(CU);
+    kbackend_destroy(CP);
+}
+
+/* ---- a buffer on both backends, with sentinels ---- */
+
+typedef struct {
+    char *cp, *cu; /* inner regions (SENT_BYTES after each allocation's start) */
+    size_t n;      /* inner bytes */
+} pbuf;
+
+/* host == NULL: the inner region starts as sentinel bytes too (an output). */
+static pbuf pb_new(const void *host, size_t n) {
+    pbuf b = {.n = n};
+    size_t all = n + 2 * SENT_BYTES;
+    unsigned char *h = malloc(all);
+    ASSERT(h);
+    memset(h, SENT_BYTE, all);
+    if (host) memcpy(h + SENT_BYTES, host, n);
+    char *p = CP->ops->alloc(CP, all), *q = CU->ops->alloc(CU, all);
+    ASSERT(p && q);
+    ASSERT_EQ(CP->ops->upload(CP, p, h, all), 0);
+    ASSERT_EQ(CU->ops->upload(CU, q, h, all), 0);
+    free(h);
+    b.cp = p + SENT_BYTES;
+    b.cu = q + SENT_BYTES;
+    return b;
+}
+
+static void pb_free(pbuf *b) {
+    if (b->cp) CP->ops->free(CP, b->cp - SENT_BYTES);
+    if (b->cu) CU->ops->free(CU, b->cu - SENT_BYTES);
+    memset(b, 0, sizeof *b);
+}
+
+/* Downloads one side whole; fails if a sentinel byte changed. Caller frees. */
+static unsigned char *pb_get(kbackend *kb, const char *inner, size_t n, const char *what) {
+    size_t all = n + 2 * SENT_BYTES;
+    unsigned char *h = malloc(all);
+    ASSERT(h);
+    int st = kb->ops->download(kb, h, inner - SENT_BYTES, all);
+    if (st) FAIL("%s: %s download: %s", what, kb->ops->name, peftd_strerror(st));
+    for (size_t i = 0; i < SENT_BYTES; i++)
+        if (h[i] != SENT_BYTE || h[all - 1 - i] != SENT_BYTE)
+            FAIL("%s: %s wrote outside its output (sentinel byte %zu)", what, kb->ops->name, i);
+    return h;
+}
+
+/* Compares an f32 output; entries still holding sentinel bytes on the CPU must hold them
+ * on CUDA too (an op must not write what the reference leaves). */
+static void pb_check(pbuf *b, const char *what) {
+    unsigned char *hp = pb_get(CP, b->cp, b->n, what), *hq = pb_get(CU, b->cu, b->n, what);
+    const float *p = (const float *)(hp + SENT_BYTES), *q = (const float *)(hq + SENT_BYTES);
+    size_t n = b->n / 4;
+    uint32_t sent;
+    memset(&sent, SENT_BYTE, 4);
+    float mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &p[i], 4);
+        if (u != sent && fabsf(p[i]) > mx) mx = fabsf(p[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u, v;
+        memcpy(&u, &p[i], 4);
+        memcpy(&v, &q[i], 4);
+        if (u == sent || v == sent) {
+            if (u != v) FAIL("%s: element %zu: written by only one backend (cpu %08x, cuda %08x)", what, i, u, v);
+            continue;
+        }
+        double tol = TOL_REL * (mx + fabs(p[i]));
+        if (!(fabs((double)p[i] - q[i]) <= tol))
+            FAIL("%s: element %zu of %zu: cpu %.9g cuda %.9g (|diff| %.3g > tol %.3g)", what, i, n, p[i], q[i],
+                 fabs((double)p[i] - q[i]), tol);
+    }
+    free(hp);
+    free(hq);
+}
+
+/* ---- random inputs ---- */
+
+static uint64_t RNG = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd(void) {
+    RNG ^= RNG << 13;
+    RNG ^= RNG >> 7;
+    RNG ^= RNG << 17;
+    return (uint32_t)(RNG >> 16);
+}
+static float frand(void) { return (float)((rnd() % 2000001) / 1000000.0 - 1.0); } /* [-1, 1] */
+
+static float *rand_f32(size_t n, float scale) {
+    float *v = malloc(n * sizeof *v);
+    ASSERT(v);
+    for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
+    return v;
+}
+
+/* n random weights stored in dt (host bytes, caller frees). */
+static void *rand_w(kdtype dt, size_t n, float scale) {
+    void *w = malloc(n * kdtype_size(dt));
+    ASSERT(w);
+    for (size_t i = 0; i < n; i++) {
+        float f = frand() * scale;
+        if (dt == KDT_F32) ((float *)w)[i] = f;
+        else if (dt == KDT_F16) ((uint16_t *)w)[i] = f32_to_f16(f);
+        else ((uint16_t *)w)[i] = f32_to_bf16(f);
+    }
+    return w;
+}
+
+static const int TS[] = {1, 7, 133};
+static const kdtype DTS[] = {KDT_F32, KDT_F16, KDT_BF16};
+
+#define BOTH(call_cp, call_cu)                                                                   \
+    do {                                                                                         \
+        int s1_ = (call_cp), s2_ = (call_cu);                                                    \
+        if (s1_ != s2_) FAIL("status differs: cpu %s, cuda %s", peftd_strerror(s1_), peftd_strerror(s2_)); \
+        ASSERT_EQ(s1_, 0);                                                                       \
+    } while (0)
+
+/* ---- ops ---- */
+
+TEST(get_rows_parity) {
+    open_backends();
+    for (int d = 0; d < 3; d++)
+        for (int ti = 0; ti < 3; ti++) {
+            int T = TS[ti], rows = 50, cols = 67;
+            void *tab = rand_w(DTS[d], (size_t)rows * cols, 2.0f);
+            int32_t ids[133];
+            for (int i = 0; i < T; i++) ids[i] = (int32_t)(rnd() % rows);
+            pbuf pt = pb_new(tab, (size_t)rows * cols * kdtype_size(DTS[d])), pi = pb_new(ids, (size_t)T * 4),
+                 po = pb_new(NULL, (size_t)T * cols * 4);
+            kmat mp = {pt.cp, DTS[d], rows, cols}, mq = {pt.cu, DTS[d], rows, cols};
+            BOTH(CP->ops->get_rows(CP, &mp, (int32_t *)pi.cp, T, (float *)po.cp),
+                 CU->ops->get_rows(CU, &mq, (int32_t *)pi.cu, T, (float *)po.cu));
+            char what[64];
+            snprintf(what, sizeof what, "get_rows %s T=%d", kdtype_name(DTS[d]), T);
+            pb_check(&po, what);
+            pb_free(&pt), pb_free(&pi), pb_free(&po);
+            free(tab);
+        }
+    close_backends();
+}
+
+TEST(get_rows_out_of_range_is_reported) {
+    open_backends();
+    float tab[4 * 8] = {0};
+    int32_t ids[2] = {1, 4};
+    pbuf pt = pb_new(tab, sizeof tab), pi = pb_new(ids, sizeof ids), po = pb_new(NULL, 2 * 8 * 4);
+    kmat mq = {pt.cu, KDT_F32, 4, 8};
+    /* The CPU refuses at once; on CUDA the ids are device-resident: the kernel flags it
+     * and the next synchronize reports it. */
+    int st = CU->ops->get_rows(CU, &mq, (int32_t *)pi.cu, 2, (float *)po.cu);
+    if (st == 0) st = CU->ops->synchronize(CU);
+    ASSERT_EQ(st, PEFTD_ERANGE);
+    ASSERT_EQ(CU->ops->synchronize(CU), 0); /* the flag is cleared once reported */
+    pb_free(&pt), pb_free(&pi), pb_free(&po);
+    close_backends();
+}
+
+static void matmul_case(kdtype dt, int n, int in, int out, float beta) {
+    void *w = rand_w(dt, (size_t)in * out, 0.5f);
+    float *x = rand_f32((size_t)n * in, 1.0f), *y0 = rand_f32((size_t)n * out, 1.0f);
+    pbuf pw = pb_new(w, (size_t)in * out * kdtype_size(dt)), px = pb_new(x, (size_t)n * in * 4),
+         py = pb_new(y0, (size_t)n * out * 4);
+    kmat mp = {pw.cp, dt, out, in}, mq = {pw.cu, dt, out, in};
+    BOTH(CP->ops->matmul(CP, (float *)px.cp, n, &mp, (float *)py.cp, beta),
+         CU->ops->matmul(CU, (float *)px.cu, n, &mq, (float *)py.cu, beta));
+    char what[96];
+    snprintf(what, sizeof what, "matmul %s n=%d in=%d out=%d beta=%g", kdtype_name(dt), n, in, out, beta);
+    pb_check(&py, what);
+    pb_free(&pw), pb_free(&px), pb_free(&py);
+    free(w), free(x), free(y0);
+}
+
+TEST(matmul_parity) {
+    open_backends();
+    static const int shapes[][2] = {{67, 45}, {256, 136}, {2048, 96}, {64, 2048}};
+    for (int d = 0; d < 3; d++)
+        for (int ti = 0; ti < 3; ti++)
+            for (int s = 0; s < 4; s++)
+                for (int b = 0; b < 2; b++) matmul_case(DTS[d], TS[ti], shapes[s][0], shapes[s][1], (float)b);
+    matmul_case(KDT_BF16, 9, 512, 384, 1.0f); /* just past the GEMV path */
+    matmul_case(KDT_BF16, 64, 2048, 512, 0.0f); /* decode batch 64 */
+    close_backends();
+}
+
+TEST(rmsnorm_parity) {
+    open_backends();
+    for (int d = 0; d < 3; d++)
+        for (int ti = 0; ti < 3; ti++)
+            for (int dim = 67; dim <= 2048; dim += 1981) {
+                int T = TS[ti];
+                void *w = rand_w(DTS[d], (size_t)dim, 1.5f);
+                float *x = rand_f32((size_t)T * dim, 3.0f);
+                pbuf pw = pb_new(w, (size_t)dim * kdtype_size(DTS[d])), px = pb_new(x, (size_t)T * dim * 4),
+                     py = pb_new(NULL, (size_t)T * dim * 4);
+                kmat mp = {pw.cp, DTS[d], 1, dim}, mq = {pw.cu, DTS[d], 1, dim};
+                BOTH(CP->ops->rmsnorm(CP, (float *)px.cp, &mp, T, dim, 1e-5f, (float *)py.cp),
+                     CU->ops->rmsnorm(CU, (float *)px.cu, &mq, T, dim, 1e-5f, (float *)py.cu));
+                char what[64];
+                snprintf(what, sizeof what, "rmsnorm %s T=%d dim=%d", kdtype_name(DTS[d]), T, dim);
+                pb_check(&py, what);
+                /* in place */
+                BOTH(CP->ops->rmsnorm(CP, (float *)px.cp, &mp, T, dim, 1e-5f, (float *)px.cp),
+                     CU->ops->rmsnorm(CU, (float *)px.cu, &mq, T, dim, 1e-5f, (float *)px.cu));
+                pb_check(&px, what);
+                pb_free(&pw), pb_free(&px), pb_free(&py);
+                free(w), free(x);
+            }
+    close_backends();
+}
+
+TEST(rope_parity) {
+    open_backends();
+    static const int hds[] = {6, 64, 128};
+    for (int ti = 0; ti < 3; ti++)
+        for (int h = 0; h < 3; h++) {
+            int T = TS[ti], hd = hds[h], nh = 5;
+            float *x = rand_f32((size_t)T * nh * hd, 2.0f), inv[64];
+            for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
+            int32_t pos[133];
+            for (int i = 0; i < T; i++) pos[i] = (int32_t)(rnd() % 4096);
+            pbuf px = pb_new(x, (size_t)T * nh * hd * 4), pp = pb_new(pos, (size_t)T * 4),
+                 pf = pb_new(inv, (size_t)hd / 2 * 4);
+            BOTH(CP->ops->rope(CP, (float *)px.cp, (int32_t *)pp.cp, T, nh, hd, (float *)pf.cp),
+                 CU->ops->rope(CU, (float *)px.cu, (int32_t *)pp.cu, T, nh, hd, (float *)pf.cu));
+            char what[64];
+            snprintf(what, sizeof what, "rope T=%d head_dim=%d", T, hd);
+            pb_check(&px, what);
+            pb_free(&px), pb_free(&pp), pb_free(&pf);
+            free(x);
+        }
+    close_backends();
+}
+
+TEST(swiglu_add_parity) {
+    open_backends();
+    for (int ti = 0; ti < 3; ti++) {
+        int T = TS[ti], dim = 67;
+        size_t n = (size_t)T * dim;
+        float *g = rand_f32(n, 6.0f), *u = rand_f32(n, 2.0f);
+        pbuf pg = pb_new(g, n * 4), pu = pb_new(u, n * 4), po = pb_new(NULL, n * 4);
+        BOTH(CP->ops->swiglu(CP, (float *)pg.cp, (float *)pu.cp, T, dim, (float *)po.cp),
+             CU->ops->swiglu(CU, (float *)pg.cu, (float *)pu.cu, T, dim, (float *)po.cu));
+        pb_check(&po, "swiglu");
+        BOTH(CP->ops->swiglu(CP, (float *)pg.cp, (float *)pu.cp, T, dim, (float *)pg.cp),
+             CU->ops->swiglu(CU, (float *)pg.cu, (float *)pu.cu, T, dim, (float *)pg.cu));
+        pb_check(&pg, "swiglu in place");
+        BOTH(CP->ops->add(CP, (float *)pu.cp, (float *)po.cp, (int64_t)n),
+             CU->ops->add(CU, (float *)pu.cu, (float *)po.cu, (int64_t)n));
+        pb_check(&pu, "add");
+        pb_free(&pg), pb_free(&pu), pb_free(&po);
+        free(g), free(u);
+    }
+    close_backends();
+}
+
+/* ---- paged KV: kv_store then attention ---- */
+
+static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const int *kv_start, int n_heads,
+                           int n_kv, int hd, int bs) {
+    int kv_dim = n_kv * hd, max_blocks = 0, T = 0, n_blocks = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int nb = (kv_len[s] + bs - 1) / bs;
+        if (nb > max_blocks) max_blocks = nb;
+        n_blocks += nb;
+        T += n_q[s];
+    }
+    n_blocks += 3; /* spare blocks nobody uses */
+    /* Block ids: a shuffled permutation, so sequences' blocks interleave in the pool. */
+    int32_t *perm = malloc(sizeof(int32_t) * n_blocks), *btab = calloc((size_t)n_seqs * (max_blocks ? max_blocks : 1), 4);
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(rnd() % (uint32_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    int next = 0;
+    int32_t q_start[16], kvl[16], kvs[16];
+    q_start[0] = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        for (int b = 0; b < (kv_len[s] + bs - 1) / bs; b++) btab[s * max_blocks + b] = perm[next++];
+        /* blocks a sequence skips entirely (before kv_start) may be unset (-1) */
+        if (kv_start)
+            for (int b = 0; b < kv_start[s] / bs; b++) btab[s * max_blocks + b] = -1;
+        q_start[s + 1] = q_start[s] + n_q[s];
+        kvl[s] = kv_len[s];
+        kvs[s] = kv_start ? kv_start[s] : 0;
+    }
+    /* Every slot of every sequence gets K/V through kv_store (one call), at block*bs+off. */
+    int n_slots_total = 0;
+    for (int s = 0; s < n_seqs; s++) n_slots_total += kv_len[s];
+    int32_t *slots = malloc(sizeof(int32_t) * (size_t)(n_slots_total ? n_slots_total : 1));
+    int k = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int j = 0; j < kv_len[s]; j++) {
+            int32_t blk = btab[s * max_blocks + j / bs];
+            slots[k++] = blk < 0 ? perm[n_blocks - 1] * bs + j % bs : blk * bs + j % bs;
+        }
+    size_t cache_floats = (size_t)n_blocks * bs * kv_dim;
+    float *kk = rand_f32((size_t)n_slots_total * kv_dim, 1.0f), *vv = rand_f32((size_t)n_slots_total * kv_dim, 1.0f);
+    float *q = rand_f32((size_t)T * n_heads * hd, 1.0f);
+    pbuf pk = pb_new(kk, (size_t)n_slots_total * kv_dim * 4), pv = pb_new(vv, (size_t)n_slots_total * kv_dim * 4),
+         ps = pb_new(slots, (size_t)n_slots_total * 4), kc = pb_new(NULL, cache_floats * 4),
+         vc = pb_new(NULL, cache_floats * 4), pq = pb_new(q, (size_t)T * n_heads * hd * 4),
+         po = pb_new(NULL, (size_t)T * n_heads * hd * 4), pqs = pb_new(q_start, (size_t)(n_seqs + 1) * 4),
+         pkl = pb_new(kvl, (size_t)n_seqs * 4), pks = pb_new(kvs, (size_t)n_seqs * 4),
+         pbt = pb_new(btab, (size_t)n_seqs * (max_blocks ? max_blocks : 1) * 4);
+    BOTH(CP->ops->kv_store(CP, (float *)pk.cp, (float *)pv.cp, (int32_t *)ps.cp, n_slots_total, kv_dim, (float *)kc.cp,
+                           (float *)vc.cp),
+         CU->ops->kv_store(CU, (float *)pk.cu, (float *)pv.cu, (int32_t *)ps.cu, n_slots_total, kv_dim, (float *)kc.cu,
+                           (float *)vc.cu));
+    pb_check(&kc, "kv_store k_cache");
+    pb_check(&vc, "kv_store v_cache");
+    kattn_args a = {.n_seqs = n_seqs, .max_blocks = max_blocks, .block_size = bs, .n_heads = n_heads,
+                    .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd)};
+    kattn_args ap = a, aq = a;
+    ap.q_start = (int32_t *)pqs.cp, ap.kv_len = (int32_t *)pkl.cp, ap.block_table = (int32_t *)pbt.cp;
+    ap.q = (float *)pq.cp, ap.k_cache = (float *)kc.cp, ap.v_cache = (float *)vc.cp, ap.out = (float *)po.cp;
+    ap.kv_start = kv_start ? (int32_t *)pks.cp : NULL;
+    aq.q_start = (int32_t *)pqs.cu, aq.kv_len = (int32_t *)pkl.cu, aq.block_table = (int32_t *)pbt.cu;
+    aq.q = (float *)pq.cu, aq.k_cache = (float *)kc.cu, aq.v_cache = (float *)vc.cu, aq.out = (float *)po.cu;
+    aq.kv_start = kv_start ? (int32_t *)pks.cu : NULL;
+    BOTH(CP->ops->attention(CP, &ap), CU->ops->attention(CU, &aq));
+    char what[96];
+    snprintf(what, sizeof what, "attention seqs=%d heads=%d/%d hd=%d bs=%d%s", n_seqs, n_heads, n_kv, hd, bs,
+             kv_start ? " kv_start" : "");
+    pb_check(&po, what);
+    pbuf *all[] = {&pk, &pv, &ps, &kc, &vc, &pq, &po, &pqs, &pkl, &pks, &pbt};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pb_free(all[i]);
+    free(perm), free(btab), free(slots), free(kk), free(vv), free(q);
+}
+
+TEST(kv_store_attention_parity) {
+    open_backends();
+    /* decode rows, prefill chunks, an empty sequence, a 1-slot sequence, 133 rows */
+    static const int nq1[] = {1, 7, 1, 20, 0, 1}, kv1[] = {33, 7, 100, 40, 5, 1};
+    attention_case(6, nq1, kv1, NULL, 8, 2, 64, 16);
+    attention_case(6, nq1, kv1, NULL, 4, 4, 40, 16);  /* MHA, head_dim not a multiple of 32 */
+    attention_case(6, nq1, kv1, NULL, 12, 3, 128, 7); /* block size not a power of two */
+    static const int nq2[] = {133}, kv2[] = {133};
+    attention_case(1, nq2, kv2, NULL, 8, 2, 64, 16);
+    static const int nq3[] = {1, 3, 1}, kv3[] = {300, 50, 2100}, ks3[] = {32, 16, 64};
+    attention_case(3, nq3, kv3, ks3, 32, 8, 64, 16); /* kv_start (shared-prefix padding), long context */
+    close_backends();
+}
+
+/* ---- SGMV ---- */
+
+typedef enum { SP_DISTINCT, SP_UNIFORM, SP_ZIPF, SP_IDENTICAL, SP_SKEWED, SP_N } spread;
+static const char *SPREAD_NAMES[] = {"distinct", "uniform", "zipf", "identical", "skewed"};
+
+/* Segment sizes for T rows (sum = T), with empty segments mixed in; returns n_segs. */
+static int spread_sizes(spread sp, int T, int *sz, int cap) {
+    int n = 0;
+    switch (sp) {
+    case SP_DISTINCT: for (int i = 0; i < T && n < cap; i++) sz[n++] = 1; break;
+    case SP_UNIFORM: {
+        int per = T >= 4 ? T / 4 : 1;
+        for (int left = T; left > 0 && n < cap; left -= per) sz[n++] = left < per ? left : per;
+        break;
+    }
+    case SP_ZIPF: { /* sizes ~ T / (k+1) / H */
+        int left = T;
+        for (int k = 0; left > 0 && n < cap; k++) {
+            int s = (int)(T / (2.0 * (k + 1)));
+            if (s < 1) s = 1;
+            if (s > left) s = left;
+            sz[n++] = s;
+            left -= s;
+        }
+        break;
+    }
+    case SP_IDENTICAL: sz[n++] = T; break;
+    case SP_SKEWED: {
+        int big = T - T / 8;
+        if (big < 1) big = 1;
+        sz[n++] = big;
+        for (int left = T - big; left > 0 && n < cap; left--) sz[n++] = 1;
+        break;
+    }
+    default: break;
+    }
+    /* an empty segment at the front and one in the middle */
+    if (n + 2 <= cap) {
+        memmove(sz + 1, sz, sizeof(int) * (size_t)n);
+        sz[0] = 0;
+        n++;
+        int mid = n / 2 + 1;
+        memmove(sz + mid + 1, sz + mid, sizeof(int) * (size_t)(n - mid));
+        sz[mid] = 0;
+        n++;
+    }
+    return n;
+}
+
+static void sgmv_case(kdtype dt, int T, spread sp, int in, int out, bool bottleneck) {
+    enum { CAP = 160 };
+    static const int RANKS[] = {1, 4, 8, 16, 32, 64, 128, 3};
+    int sz[CAP];
+    int n = spread_sizes(sp, T, sz, CAP);
+    int32_t seg[CAP + 1], rank[CAP], act[CAP];
+    float scale[CAP];
+    void *ap[CAP], *aq[CAP], *bp[CAP], *bq[CAP];
+    float *bap[CAP], *baq[CAP], *bbp[CAP], *bbq[CAP];
+    pbuf wa[CAP], wb[CAP], ba[CAP], bb[CAP];
+    int ld = 0;
+    seg[0] = 0;
+    for (int i = 0; i < n; i++) {
+        seg[i + 1] = seg[i] + sz[i];
+        rank[i] = RANKS[rnd() % 8];
+        if (i == 2) rank[i] = 0; /* rank 0: skipped */
+        scale[i] = 0.25f + (float)(rnd() % 8) / 4.0f;
+        act[i] = bottleneck ? (int32_t)(rnd() % (KACT_SIGMOID + 1)) : KACT_NONE;
+        if (rank[i] > ld) ld = rank[i];
+        memset(&wa[i], 0, sizeof wa[i]), memset(&wb[i], 0, sizeof wb[i]);
+        memset(&ba[i], 0, sizeof ba[i]), memset(&bb[i], 0, sizeof bb[i]);
+        ap[i] = aq[i] = bp[i] = bq[i] = NULL;
+        bap[i] = baq[i] = bbp[i] = bbq[i] = NULL;
+        if (rank[i] == 0 || i == 3) continue; /* i == 3: NULL A/B with a rank: skipped too */
+        void *A = rand_w(dt, (size_t)rank[i] * in, 0.5f), *B = rand_w(dt, (size_t)out * rank[i], 0.5f);
+        wa[i] = pb_new(A, (size_t)rank[i] * in * kdtype_size(dt));
+        wb[i] = pb_new(B, (size_t)out * rank[i] * kdtype_size(dt));
+        ap[i] = wa[i].cp, aq[i] = wa[i].cu, bp[i] = wb[i].cp, bq[i] = wb[i].cu;
+        free(A), free(B);
+        if (bottleneck && i % 2 == 0) {
+            float *x1 = rand_f32((size_t)rank[i], 0.5f), *x2 = rand_f32((size_t)out, 0.5f);
+            ba[i] = pb_new(x1, (size_t)rank[i] * 4), bb[i] = pb_new(x2, (size_t)out * 4);
+            bap[i] = (float *)ba[i].cp, baq[i] = (float *)ba[i].cu, bbp[i] = (float *)bb[i].cp, bbq[i] = (float *)bb[i].cu;
+            free(x1), free(x2);
+        }
+    }
+    int ld_t = ld + 3; /* wider than any rank: entries past rank_i must stay untouched */
+    float *x = rand_f32((size_t)T * in, 1.0f), *y0 = rand_f32((size_t)T * out, 1.0f);
+    pbuf px = pb_new(x, (size_t)T * in * 4), py = pb_new(y0, (size_t)T * out * 4),
+         pt = pb_new(NULL, (size_t)T * ld_t * 4), pseg = pb_new(seg, (size_t)(n + 1) * 4),
+         prank = pb_new(rank, (size_t)n * 4), pscale = pb_new(scale, (size_t)n * 4), pact = pb_new(act, (size_t)n * 4);
+    /* pointer tables: each backend gets its own pointers */
+    pbuf tab[6];
+    void **srcp[6] = {ap, bp, (void **)bap, (void **)bbp}, **srcq[6] = {aq, bq, (void **)baq, (void **)bbq};
+    for (int k = 0; k < 4; k++) {
+        tab[k] = pb_new(NULL, (size_t)n * sizeof(void *));
+        ASSERT_EQ(CP->ops->upload(CP, tab[k].cp, srcp[k], (size_t)n * sizeof(void *)), 0);
+        ASSERT_EQ(CU->ops->upload(CU, tab[k].cu, srcq[k], (size_t)n * sizeof(void *)), 0);
+    }
+    ksgmv sp_ = {.n_segs = n, .seg_start = (int32_t *)pseg.cp, .a = (const void *const *)tab[0].cp,
+                 .b = (const void *const *)tab[1].cp, .rank = (int32_t *)prank.cp, .scale = (float *)pscale.cp,
+                 .bias_a = bottleneck ? (const float *const *)tab[2].cp : NULL,
+                 .bias_b = bottleneck ? (const float *const *)tab[3].cp : NULL,
+                 .act = bottleneck ? (int32_t *)pact.cp : NULL, .dtype = dt};
+    ksgmv sq_ = {.n_segs = n, .seg_start = (int32_t *)pseg.cu, .a = (const void *const *)tab[0].cu,
+                 .b = (const void *const *)tab[1].cu, .rank = (int32_t *)prank.cu, .scale = (float *)pscale.cu,
+                 .bias_a = bottleneck ? (const float *const *)tab[2].cu : NULL,
+                 .bias_b = bottleneck ? (const float *const *)tab[3].cu : NULL,
+                 .act = bottleneck ? (int32_t *)pact.cu : NULL, .dtype = dt};
+    char what[128];
+    snprintf(what, sizeof what, "sgmv %s T=%d %s in=%d out=%d%s", kdtype_name(dt), T, SPREAD_NAMES[sp], in, out,
+             bottleneck ? " bias+act" : "");
+    BOTH(CP->ops->sgmv_shrink(CP, (float *)px.cp, in, &sp_, (float *)pt.cp, ld_t),
+         CU->ops->sgmv_shrink(CU, (float *)px.cu, in, &sq_, (float *)pt.cu, ld_t));
+    pb_check(&pt, what);
+    /* expand reads t: entries the shrink left unwritten must not be read, but give both
+     * backends the same defined t (the CPU's) so y compares exactly what expand does */
+    {
+        unsigned char *h = pb_get(CP, pt.cp, pt.n, what);
+        ASSERT_EQ(CU->ops->upload(CU, pt.cu - SENT_BYTES, h, pt.n + 2 * SENT_BYTES), 0);
+        free(h);
+    }
+    BOTH(CP->ops->sgmv_expand(CP, (float *)pt.cp, ld_t, &sp_, out, (float *)py.cp),
+         CU->ops->sgmv_expand(CU, (float *)pt.cu, ld_t, &sq_, out, (float *)py.cu));
+    pb_check(&py, what);
+    pbuf *all[] = {&px, &py, &pt, &pseg, &prank, &pscale, &pact, &tab[0], &tab[1], &tab[2], &tab[3]};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pb_free(all[i]);
+    for (int i = 0; i < n; i++) pb_free(&wa[i]), pb_free(&wb[i]), pb_free(&ba[i]), pb_free(&bb[i]);
+    free(x), free(y0);
+}
+
+TEST(sgmv_lora_parity) {
+    open_backends();
+    for (int d = 0; d < 3; d++)
+        for (int ti = 0; ti < 3; ti++)
+            for (int sp = 0; sp < SP_N; sp++) sgmv_case(DTS[d], TS[ti], (spread)sp, 96, 136, false);
+    sgmv_case(KDT_BF16, 64, SP_DISTINCT, 2048, 2048, false); /* 1B-shape decode, 64 adapters */
+    close_backends();
+}
+
+TEST(sgmv_bottleneck_parity) {
+    open_backends();
+    for (int d = 0; d < 3; d++)
+        for (int ti = 0; ti < 3; ti++)
+            for (int sp = 0; sp < SP_N; sp++) sgmv_case(DTS[d], TS[ti], (spread)sp, 67, 45, true);
+    close_backends();
+}
+
+TEST(seg_scale_parity) {
+    open_backends();
+    for (int ti = 0; ti < 3; ti++)
+        for (int sp = 0; sp < SP_N; sp++) {
+            int T = TS[ti], dim = 67, sz[160];
+            int n = spread_sizes((spread)sp, T, sz, 160);
+            int32_t seg[161];
+            seg[0] = 0;
+            pbuf vec[160];
+            void *vp[160], *vq[160];
+            for (int i = 0; i < n; i++) {
+                seg[i + 1] = seg[i] + sz[i];
+                memset(&vec[i], 0, sizeof vec[i]);
+                vp[i] = vq[i] = NULL;
+                if (i % 3 == 1) continue; /* NULL: segment untouched */
+                float *v = rand_f32((size_t)dim, 2.0f);
+                vec[i] = pb_new(v, (size_t)dim * 4);
+                vp[i] = vec[i].cp, vq[i] = vec[i].cu;
+                free(v);
+            }
+            float *y = rand_f32((size_t)T * dim, 1.0f);
+            pbuf py = pb_new(y, (size_t)T * dim * 4), ps = pb_new(seg, (size_t)(n + 1) * 4),
+                 pt = pb_new(NULL, (size_t)n * sizeof(void *));
+            ASSERT_EQ(CP->ops->upload(CP, pt.cp, vp, (size_t)n * sizeof(void *)), 0);
+            ASSERT_EQ(CU->ops->upload(CU, pt.cu, vq, (size_t)n * sizeof(void *)), 0);
+            BOTH(CP->ops->seg_scale(CP, (float *)py.cp, dim, n, (int32_t *)ps.cp, (const float *const *)pt.cp),
+                 CU->ops->seg_scale(CU, (float *)py.cu, dim, n, (int32_t *)ps.cu, (const float *const *)pt.cu));
+            char what[64];
+            snprintf(what, sizeof what, "seg_scale T=%d %s", T, SPREAD_NAMES[sp]);
+            pb_check(&py, what);
+            pb_free(&py), pb_free(&ps), pb_free(&pt);
+            for (int i = 0; i < n; i++) pb_free(&vec[i]);
+            free(y);
+        }
+    close_backends();
+}
+
+/* ---- end to end: greedy tokens on the default model, CPU vs CUDA ---- */
+
+#define N_GREEDY 24
+static const char *FIXTURES[] = {
+    NULL, /* the base model alone */
+    "lora_r1_all", "lora_r8_all", "lora_r64_all", "lora_rslora", "lora_dora", "lora_patterns", "lora_layers",
+    "lora_lm_head", "lora_bf16", "ia3", "prompt_tuning", "prefix_tuning", "pfeiffer", "houlsby",
+};
+#define N_FIXTURES (int)(sizeof FIXTURES / sizeof FIXTURES[0])
+
+typedef struct {
+    kbackend *kb;
+    model *m;
+    tokenizer *tok;
+    adapter *ad[N_FIXTURES];
+    engine *e;
+} rig;
+
+static void rig_open(rig *r, kbackend *kb) {
+    char err[1024] = "";
+    memset(r, 0, sizeof *r);
+    r->kb = kb;
+    if (model_load("models/stories260K", kb, &r->m, err, sizeof err) < 0) FAIL("model_load: %s", err);
+    if (tokenizer_load("models/stories260K", &r->tok, err, sizeof err) < 0) FAIL("tokenizer_load: %s", err);
+    for (int i = 1; i < N_FIXTURES; i++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "tests/fixtures/adapters/%s", FIXTURES[i]);
+        if (model_load_adapter(r->m, dir, &r->ad[i], err, sizeof err) < 0) FAIL("%s: %s", FIXTURES[i], err);
+    }
+    engine_config ec;
+    engine_config_default(&ec);
+    ec.max_seqs = N_FIXTURES;
+    ec.max_batch_tokens = 64;
+    ec.kv_cache_mb = 64;
+    if (engine_create(&ec, r->m, kb, r->tok, &r->e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
+    ASSERT_EQ(engine_start(r->e), 0);
+}
+
+static void rig_close(rig *r) {
+    engine_free(r->e);
+    for (int i = 0; i < N_FIXTURES; i++) adapter_free(r->ad[i]);
+    tokenizer_free(r->tok);
+    model_free(r->m);
+}
+
+/* All fixtures (and the base) submitted at once: one mixed-adapter batch per step. */
+static void greedy_all(rig *r, int32_t out[N_FIXTURES][N_GREEDY]) {
+    static const char *prompts[] = {"Once upon a time", "The little dog", "Lily and Tom", "One day"};
+    engine_request *q[N_FIXTURES];
+    for (int i = 0; i < N_FIXTURES; i++) {
+        int32_t *ids;
+        size_t n;
+        const char *t = prompts[i % 4];
+        ASSERT_EQ(tokenizer_encode(r->tok, t, strlen(t), true, &ids, &n), 0);
+        gen_params p;
+        gen_params_default(&p);
+        p.max_tokens = N_GREEDY;
+        p.temperature = 0;
+        p.logprobs = 0; /* token ids come back only with logprobs >= 0 */
+        p.ignore_eos = true;
+        p.adapter = r->ad[i];
+        q[i] = engine_request_create(ids, (int)n, &p);
+        ASSERT(q[i]);
+        free(ids);
+        int st = engine_submit(r->e, q[i]);
+        if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
+    }
+    for (int i = 0; i < N_FIXTURES; i++) {
+        int n = 0;
+        for (;;) { /* wait returns at the finish; take until it is seen */
+            engine_request_wait(q[i]);
+            engine_delta d;
+            ASSERT_EQ(engine_request_take(q[i], &d), 0);
+            if (d.finish == FINISH_ERROR)
+                FAIL("%s: generation failed: %s", FIXTURES[i] ? FIXTURES[i] : "base", d.error);
+            for (int k = 0; k < d.n_tokens && n < N_GREEDY; k++) out[i][n++] = d.tokens[k].id;
+            int done = d.finish != FINISH_NONE;
+            if (done && n < N_GREEDY) FAIL("%s: finished (%d) after %d tokens", FIXTURES[i] ? FIXTURES[i] : "base", (int)d.finish, n);
+            engine_delta_free(&d);
+            if (done) break;
+        }
+        ASSERT_EQ(n, N_GREEDY);
+        engine_request_unref(q[i]);
+    }
+}
+
+TEST(greedy_tokens_cpu_equal_cuda) {
+    open_backends();
+    static int32_t a[N_FIXTURES][N_GREEDY], b[N_FIXTURES][N_GREEDY];
+    rig rc, rg;
+    rig_open(&rc, CP);
+    greedy_all(&rc, a);
+    rig_close(&rc);
+    rig_open(&rg, CU);
+    greedy_all(&rg, b);
+    rig_close(&rg);
+    for (int i = 0; i < N_FIXTURES; i++)
+        for (int k = 0; k < N_GREEDY; k++)
+            if (a[i][k] != b[i][k])
+                FAIL("%s: greedy token %d: cpu %d, cuda %d", FIXTURES[i] ? FIXTURES[i] : "base", k, a[i][k], b[i][k]);
+    close_backends();
+}
+
+TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, rmsnorm_parity, rope_parity,
+          swiglu_add_parity, kv_store_attention_parity, sgmv_lora_parity, sgmv_bottleneck_parity, seg_scale_parity,
+          greedy_tokens_cpu_equal_cuda)
