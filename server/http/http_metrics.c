@@ -6,9 +6,10 @@
 #include <string.h>
 #include <time.h>
 
-/* Bounds chosen for a CPU-to-GPU range of models: TTFT from 0.25 ms (a tiny model on an idle engine) to a
- * minute (a long prompt behind a full queue); ITL from 0.1 ms (the embedded 260K-parameter model decodes at ~10 kHz)
- * to 5 s (a stalled step); end to end up to 5 minutes (long generations). */
+/* Bounds chosen for a CPU-to-GPU range of models: TTFT from 0.25 ms (a tiny model on an
+ * idle engine) to a minute (a long prompt behind a full queue); ITL from 0.1 ms (the
+ * embedded 260K-parameter model decodes at ~10 kHz) to 5 s (a stalled step); end to end
+ * from 1 ms to 5 minutes (long generations). */
 #define MS(x) ((uint64_t)((x) * 1e6))
 static const uint64_t ttft_ns[] = {MS(0.25), MS(0.5), MS(1), MS(2.5), MS(5), MS(10), MS(25), MS(50), MS(100), MS(250),
                                    MS(500), MS(1000), MS(2500), MS(5000), MS(10000), MS(30000), MS(60000)};
@@ -18,9 +19,9 @@ static const uint64_t itl_ns[] = {MS(0.1), MS(0.25), MS(0.5), MS(1), MS(2.5), MS
                                   MS(100), MS(250), MS(500), MS(1000), MS(2500), MS(5000)};
 static const char *const itl_tx[] = {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
                                      "0.1", "0.25", "0.5", "1", "2.5", "5"};
-static const uint64_t e2e_ns[] = {MS(5), MS(10), MS(25), MS(50), MS(100), MS(250), MS(500), MS(1000),
+static const uint64_t e2e_ns[] = {MS(1), MS(2.5), MS(5), MS(10), MS(25), MS(50), MS(100), MS(250), MS(500), MS(1000),
                                   MS(2500), MS(5000), MS(10000), MS(30000), MS(60000), MS(120000), MS(300000)};
-static const char *const e2e_tx[] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+static const char *const e2e_tx[] = {"0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
                                      "2.5", "5", "10", "30", "60", "120", "300"};
 #define N_OF(a) ((int)(sizeof a / sizeof a[0]))
 _Static_assert(N_OF(ttft_ns) == N_OF(ttft_tx) && N_OF(itl_ns) == N_OF(itl_tx) && N_OF(e2e_ns) == N_OF(e2e_tx),
