@@ -50,6 +50,7 @@
 
 #include "adapter_store/adapter.h"
 #include "kernels/kernels.h"
+#include "kernels/kernels_cuda.h"
 #include "kernels/util/log.h"
 #include "server/engine/engine.h"
 #include "server/model/model.h"
@@ -603,11 +604,12 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench_adapters --model DIR --shape NAME:ADAPTERS_DIR[:CA_TARGET] [--shape ...]\n"
             "       [--seqs 32] [--prompt 8] [--tokens 64] [--tokens-d 16] [--rounds 3] [--threads 0]\n"
-            "       [--cd-target 4] [--out FILE] [--only a|b|c|d (one scenario, no JSON: for perf)]\n");
+            "       [--cd-target 4] [--out FILE] [--only a|b|c|d (one scenario, no JSON: for perf)]\n"
+            "       [--backend cpu|cuda (cuda: no per-op split, ops are asynchronous)]\n");
 }
 
 int main(int argc, char **argv) {
-    const char *model_dir = NULL, *out_path = NULL;
+    const char *model_dir = NULL, *out_path = NULL, *backend = "cpu";
     shape *sh = calloc(MAX_SHAPES, sizeof *sh);
     int n_sh = 0, rounds = 3, threads = 0, only = -1;
     double cd_target = 4.0;
@@ -628,6 +630,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tokens-d")) B.tokens_d = atoi(v);
         else if (!strcmp(a, "--rounds")) rounds = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--backend") && (!strcmp(v, "cpu") || !strcmp(v, "cuda"))) backend = v;
         else if (!strcmp(a, "--cd-target")) cd_target = atof(v);
         else if (!strcmp(a, "--only") && v[0] >= 'a' && v[0] <= 'd' && !v[1]) only = v[0] - 'a';
         else if (!strcmp(a, "--shape") && n_sh < MAX_SHAPES) {
@@ -659,7 +662,20 @@ int main(int argc, char **argv) {
     char err[1024];
     int rc = 1;
     if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    B.kb = kbackend_cpu_create(threads);
+    if (!strcmp(backend, "cuda")) {
+#ifdef PEFTD_CUDA
+        B.kb = kbackend_cuda_create(0, err, sizeof err);
+        if (!B.kb) {
+            fprintf(stderr, "bench_adapters: cannot create the CUDA backend: %s\n", err);
+            return 1;
+        }
+#else
+        fprintf(stderr, "bench_adapters: --backend cuda: this build has no CUDA backend\n");
+        return 1;
+#endif
+    } else {
+        B.kb = kbackend_cpu_create(threads);
+    }
     if (!B.kb) {
         fprintf(stderr, "bench_adapters: cannot create the CPU backend\n");
         return 1;
@@ -676,7 +692,8 @@ int main(int argc, char **argv) {
         if (load_adapters(&B, &sh[s], B.seqs) < 0) goto out;
     fprintf(stderr, "bench_adapters: model %s (%.1f MB), %d threads, %d seqs x %d tokens, %d rounds\n", model_dir,
             B.m->weight_bytes / 1e6, threads, B.seqs, B.tokens, rounds);
-    prof_install(B.kb, B.m->cfg.vocab_size);
+    /* The op timers assume synchronous ops (CPU); CUDA ops only enqueue work. */
+    if (strcmp(backend, "cuda")) prof_install(B.kb, B.m->cfg.vocab_size);
     adapter **same = malloc((size_t)B.seqs * sizeof *same);
     if (!same) goto out;
     if (only >= 0) { /* profiling aid (perf record): one scenario, its op split, no JSON */
