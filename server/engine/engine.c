@@ -95,7 +95,8 @@ struct engine {
     tiers *tiers;             /* adapter slot pool (NULL without a store) */
     vtc *vtc;                 /* per-tenant fairness counters */
     adapter_base abase;
-    prefix_entry *prefixes;   /* [max_seqs]: at most one per running sequence */
+    prefix_entry **prefixes;  /* [max_seqs]: at most one per running sequence; each entry is
+                               * its own allocation, so sequences' pointers stay valid */
     int n_prefixes;
     sampler_scratch ss;
     /* step batch buffers (host) */
@@ -132,7 +133,12 @@ static void prefix_release(engine *e, prefix_entry *p) {
     if (!p || --p->refs > 0) return;
     kv_blocks_release(&e->kv, p->blocks, p->n_blocks);
     free(p->blocks);
-    *p = e->prefixes[--e->n_prefixes];
+    for (int i = 0; i < e->n_prefixes; i++)
+        if (e->prefixes[i] == p) {
+            e->prefixes[i] = e->prefixes[--e->n_prefixes];
+            break;
+        }
+    free(p);
 }
 
 static void seq_free(engine *e, seq *s) {
@@ -166,7 +172,7 @@ static int n_virtual_of(const adapter *ad) {
 
 static prefix_entry *prefix_find(engine *e, const adapter *ad) {
     for (int i = 0; i < e->n_prefixes; i++)
-        if (e->prefixes[i].ad == ad && !strcmp(e->prefixes[i].sha256, ad->sha256)) return &e->prefixes[i];
+        if (e->prefixes[i]->ad == ad && !strcmp(e->prefixes[i]->sha256, ad->sha256)) return e->prefixes[i];
     return NULL;
 }
 
@@ -183,24 +189,24 @@ static prefix_entry *prefix_acquire(engine *e, const adapter *ad) {
         p->refs++;
         return p;
     }
-    if (e->n_prefixes >= e->cfg.max_seqs) return NULL;
-    p = &e->prefixes[e->n_prefixes];
-    memset(p, 0, sizeof *p);
+    if (e->n_prefixes >= e->cfg.max_seqs || !(p = calloc(1, sizeof *p))) return NULL;
     p->ad = ad;
     snprintf(p->sha256, sizeof p->sha256, "%s", ad->sha256);
     p->n_blocks = prefix_blocks(e, ad, &p->pad);
     p->blocks = malloc((size_t)p->n_blocks * sizeof(int32_t));
     if (!p->blocks || kv_blocks_alloc(&e->kv, p->n_blocks, p->blocks) < 0) {
         free(p->blocks);
+        free(p);
         return NULL;
     }
     if (llama_store_prefix(e->lc, ad, p->blocks, p->pad) < 0) {
         kv_blocks_release(&e->kv, p->blocks, p->n_blocks);
         free(p->blocks);
+        free(p);
         return NULL;
     }
     p->refs = 1;
-    e->n_prefixes++;
+    e->prefixes[e->n_prefixes++] = p;
     return p;
 }
 
@@ -860,7 +866,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->b_kvlen = malloc(S * 4);
     e->b_kvstart = malloc(S * 4);
     e->b_segs = malloc(S * sizeof(llama_segment));
-    e->prefixes = calloc(S, sizeof(prefix_entry));
+    e->prefixes = calloc(S, sizeof(prefix_entry *));
     e->b_btab = malloc(S * (size_t)e->max_blocks * 4);
     e->b_rows = malloc(S * 4);
     e->b_chunk = calloc(S, sizeof(int));

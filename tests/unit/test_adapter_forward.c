@@ -301,7 +301,42 @@ TEST(mixed_batch_equals_each_sequence_alone) {
     rig_close(&R);
 }
 
-TEST_MAIN(logits_lora_r1_all, logits_lora_r8_all, logits_lora_r64_all, logits_lora_rslora, logits_lora_dora,
+/* Several distinct prompt- and prefix-tuning adapter objects at once (copies of one
+ * fixture: same weights, separate prefix KV entries), many sequences each, against their
+ * solo outputs — the shared prefix blocks come and go as sequences end. */
+TEST(many_virtual_token_adapters_in_one_batch) {
+    rig R;
+    rig_open(&R);
+    enum { COPIES = 4, PER = 4, N = 2 * COPIES * PER };
+    adapter *ads[2 * COPIES];
+    char err[512];
+    for (int i = 0; i < 2 * COPIES; i++)
+        if (model_load_adapter(R.m, i < COPIES ? "tests/fixtures/adapters/prompt_tuning" : "tests/fixtures/adapters/prefix_tuning",
+                               &ads[i], err, sizeof err) < 0)
+            FAIL("%s", err);
+    static const char *prompts[] = {"Once upon a time", "The little dog", "Lily and Tom", "One day"};
+    int32_t *ids[4];
+    size_t n_ids[4];
+    for (int i = 0; i < 4; i++) ASSERT_EQ(tokenizer_encode(R.tok, prompts[i], strlen(prompts[i]), true, &ids[i], &n_ids[i]), 0);
+    engine *e = open_engine(&R, N, 16);
+    run solo[N], all[N];
+    for (int i = 0; i < N; i++) {
+        submit(e, &solo[i], ids[i % 4], (int)n_ids[i % 4], ads[i / PER]);
+        collect(&solo[i]);
+    }
+    for (int i = 0; i < N; i++) submit(e, &all[i], ids[i % 4], (int)n_ids[i % 4], ads[i / PER]);
+    for (int i = 0; i < N; i++) collect(&all[i]);
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < N_GREEDY; k++)
+            if (solo[i].ids[k] != all[i].ids[k] || memcmp(&solo[i].lps[k], &all[i].lps[k], 4))
+                FAIL("sequence %d (adapter copy %d): token %d differs", i, i / PER, k);
+    engine_free(e);
+    for (int i = 0; i < 2 * COPIES; i++) adapter_free(ads[i]);
+    for (int i = 0; i < 4; i++) free(ids[i]);
+    rig_close(&R);
+}
+
+TEST_MAIN(many_virtual_token_adapters_in_one_batch, logits_lora_r1_all, logits_lora_r8_all, logits_lora_r64_all, logits_lora_rslora, logits_lora_dora,
           logits_lora_patterns, logits_lora_layers, logits_lora_lm_head, logits_lora_bf16, logits_ia3,
           logits_prompt_tuning, logits_prefix_tuning, logits_pfeiffer, logits_houlsby,
           greedy_tokens_match_the_libraries, mixed_batch_equals_each_sequence_alone)
