@@ -28,6 +28,13 @@ for t in "$BUILD"/tests/test_*; do
 done
 
 echo "== integration tests (tests/integration)"
+# test_openai_sdk.py drives the daemon with the official openai SDK: install it when missing.
+# Without it (no network) that file reports its tests SKIPPED, never passed.
+if ! "$PYTHON" -c "import openai" 2>/dev/null; then
+    echo "== installing the openai Python SDK: $PYTHON -m pip install -q openai"
+    "$PYTHON" -m pip install -q openai ||
+        echo "   pip install openai failed: test_openai_sdk.py will report its tests as SKIPPED"
+fi
 for t in tests/integration/test_*.py; do
     [ -f "$t" ] || continue
     PEFTD_BIN="$BUILD/peftd" "$PYTHON" "$t" 2>&1 | tee "$out"
