@@ -108,6 +108,11 @@ $(BUILD)/bench/bench_adapters: bench/bench_adapters.c $(BUILD)/libpeftd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 
+# GPU bandwidth probe for the decode roofline (tests/gpu/run.sh).
+$(BUILD)/bench/bench_gpu: bench/bench_gpu.c $(BUILD)/libpeftd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
+
 # run / test first install what is missing, then re-enter make so pkg-config sees it.
 run: deps
 	@$(MAKE) --no-print-directory all
