@@ -1472,47 +1472,62 @@ int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, cons
               size_t *out_len, char *err, size_t errlen) {
     *out = NULL;
     *out_len = 0;
-    ct_ctx c = {.err = err, .errlen = errlen};
-    ct_buf b = {0};
-    c.out = &b;
-    int jr = setjmp(c.jb);
-    if (jr) {
-        ct_arena_free(&c.arena);
-        return jr == 2 ? PEFTD_ENOMEM : PEFTD_EINVAL;
-    }
-    ct_frame *g = frame_new(&c, NULL);
-    cv *ml = mk_list(&c, (size_t)(n_msgs > 0 ? n_msgs : 0));
-    for (int i = 0; i < n_msgs; i++) {
-        cv *m = mk_dict(&c);
-        dict_set_s(&c, m, "role", mk_cstr(&c, msgs[i].role));
-        dict_set_s(&c, m, "content", mk_cstr(&c, msgs[i].content));
-        ml->u.l.items[i] = m;
-    }
-    frame_set(&c, g, "raise_exception", mk_fn(&c, F_RAISE, NULL, "raise_exception"));
-    frame_set(&c, g, "range", mk_fn(&c, F_RANGE, NULL, "range"));
-    frame_set(&c, g, "namespace", mk_fn(&c, F_NAMESPACE, NULL, "namespace"));
-    frame_set(&c, g, "dict", mk_fn(&c, F_DICT, NULL, "dict"));
-    frame_set(&c, g, "strftime_now", mk_fn(&c, F_STRFTIME, NULL, "strftime_now"));
-    frame_set(&c, g, "messages", ml);
-    frame_set(&c, g, "tools", &V_NONE);
-    frame_set(&c, g, "documents", &V_NONE);
-    frame_set(&c, g, "add_generation_prompt", mk_bool(o->add_generation_prompt));
-    if (o->bos_token) frame_set(&c, g, "bos_token", mk_cstr(&c, o->bos_token));
-    if (o->eos_token) frame_set(&c, g, "eos_token", mk_cstr(&c, o->eos_token));
-    if (o->unk_token) frame_set(&c, g, "unk_token", mk_cstr(&c, o->unk_token));
-    if (o->pad_token) frame_set(&c, g, "pad_token", mk_cstr(&c, o->pad_token));
-    /* the template's top level is its own scope above the globals, as in jinja2 */
-    c.globals = frame_new(&c, g); /* macros see the top level's names, as in jinja2 */
-    render_body(&c, c.globals, &t->body);
-    char *res = malloc(b.n + 1);
-    if (!res) {
-        ct_arena_free(&c.arena);
+    /* On the heap: the context changes between setjmp and longjmp, and only objects not
+     * local to the setjmp caller keep defined values across the jump (C11 7.13.2.1). */
+    ct_ctx *const cp = calloc(1, sizeof *cp);
+    ct_buf *const bp = calloc(1, sizeof *bp);
+    if (!cp || !bp) {
+        free(cp);
+        free(bp);
         return PEFTD_ENOMEM;
     }
-    if (b.n) memcpy(res, b.p, b.n);
-    res[b.n] = 0;
+    cp->err = err;
+    cp->errlen = errlen;
+    cp->out = bp;
+    int jr = setjmp(cp->jb);
+    if (jr) {
+        ct_arena_free(&cp->arena);
+        free(cp);
+        free(bp);
+        return jr == 2 ? PEFTD_ENOMEM : PEFTD_EINVAL;
+    }
+    ct_frame *g = frame_new(cp, NULL);
+    cv *ml = mk_list(cp, (size_t)(n_msgs > 0 ? n_msgs : 0));
+    for (int i = 0; i < n_msgs; i++) {
+        cv *m = mk_dict(cp);
+        dict_set_s(cp, m, "role", mk_cstr(cp, msgs[i].role));
+        dict_set_s(cp, m, "content", mk_cstr(cp, msgs[i].content));
+        ml->u.l.items[i] = m;
+    }
+    frame_set(cp, g, "raise_exception", mk_fn(cp, F_RAISE, NULL, "raise_exception"));
+    frame_set(cp, g, "range", mk_fn(cp, F_RANGE, NULL, "range"));
+    frame_set(cp, g, "namespace", mk_fn(cp, F_NAMESPACE, NULL, "namespace"));
+    frame_set(cp, g, "dict", mk_fn(cp, F_DICT, NULL, "dict"));
+    frame_set(cp, g, "strftime_now", mk_fn(cp, F_STRFTIME, NULL, "strftime_now"));
+    frame_set(cp, g, "messages", ml);
+    frame_set(cp, g, "tools", &V_NONE);
+    frame_set(cp, g, "documents", &V_NONE);
+    frame_set(cp, g, "add_generation_prompt", mk_bool(o->add_generation_prompt));
+    if (o->bos_token) frame_set(cp, g, "bos_token", mk_cstr(cp, o->bos_token));
+    if (o->eos_token) frame_set(cp, g, "eos_token", mk_cstr(cp, o->eos_token));
+    if (o->unk_token) frame_set(cp, g, "unk_token", mk_cstr(cp, o->unk_token));
+    if (o->pad_token) frame_set(cp, g, "pad_token", mk_cstr(cp, o->pad_token));
+    /* the template's top level is its own scope above the globals, as in jinja2 */
+    cp->globals = frame_new(cp, g); /* macros see the top level's names, as in jinja2 */
+    render_body(cp, cp->globals, &t->body);
+    char *res = malloc(bp->n + 1);
+    if (!res) {
+        ct_arena_free(&cp->arena);
+        free(cp);
+        free(bp);
+        return PEFTD_ENOMEM;
+    }
+    if (bp->n) memcpy(res, bp->p, bp->n);
+    res[bp->n] = 0;
     *out = res;
-    *out_len = b.n;
-    ct_arena_free(&c.arena);
+    *out_len = bp->n;
+    ct_arena_free(&cp->arena);
+    free(cp);
+    free(bp);
     return 0;
 }
