@@ -1,6 +1,7 @@
 /* tests/unit/test_sampling.c — sampler: greedy ties, top-k / top-p support sets, the
  * empirical distribution at temperature 1, seeds, and log-probabilities against a direct
  * double-precision computation. */
+#include <math.h>
 #include "server/engine/sampling.h"
 #include "tests/harness/test.h"
 
@@ -100,5 +101,54 @@ TEST(logprobs_match_direct_log_softmax) {
     sampler_scratch_free(&s);
 }
 
-TEST_MAIN(greedy_picks_lowest_id_among_ties, top_k_and_top_p_restrict_the_support, temperature_one_follows_softmax,
+/* The reference: lowest index among equal maxima, NaN never wins (index 0 when x[0] is). */
+static int32_t ref_argmax(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+TEST(greedy_argmax_matches_scalar_on_ties_tails_and_nan) {
+    /* The vectorised argmax keeps one maximum per lane: ties across lanes, in the tail,
+     * with x[0], and NaN / -inf inputs must all give the scalar loop's index. */
+    enum { MAXV = 32000 + 37 };
+    static float logits[MAXV];
+    static const int sizes[] = {1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 95, 127, 200, 1000, 32000, MAXV};
+    uint64_t st = 12345;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        int V = sizes[si];
+        sampler_scratch s;
+        ASSERT_EQ(sampler_scratch_init(&s, V), 0);
+        gen_params p = params(0, 1, 0);
+        rng_state r;
+        rng_seed(&r, 1);
+        for (int trial = 0; trial < 40; trial++) {
+            for (int i = 0; i < V; i++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                /* few distinct values: many ties */
+                logits[i] = (float)((st >> 33) % 7) - 3.0f;
+            }
+            int mode = trial % 8;
+            if (mode == 1) logits[V - 1] = 10.0f;                           /* max in the tail */
+            if (mode == 2) for (int i = 0; i < V; i++) logits[i] = 1.0f;    /* all equal: 0 */
+            if (mode == 3) logits[(trial * 7919) % V] = NAN;                /* NaN ignored */
+            if (mode == 4) logits[0] = NAN;                                 /* NaN at 0 wins */
+            if (mode == 5) for (int i = 0; i < V; i++) logits[i] = -INFINITY;
+            if (mode == 6) {                                                /* ties with x[0] */
+                logits[0] = 100.0f;
+                logits[V / 2] = 100.0f;
+                logits[V - 1] = 100.0f;
+            }
+            if (mode == 7) {                                                /* two lanes tie */
+                logits[V - 1] = 50.0f;
+                logits[(V - 1) / 3] = 50.0f;
+            }
+            ASSERT_EQ(sampler_pick(logits, &p, &r, &s, -1, NULL), ref_argmax(logits, V));
+        }
+        sampler_scratch_free(&s);
+    }
+}
+
+TEST_MAIN(greedy_picks_lowest_id_among_ties, greedy_argmax_matches_scalar_on_ties_tails_and_nan, top_k_and_top_p_restrict_the_support, temperature_one_follows_softmax,
           same_seed_same_sequence, logprobs_match_direct_log_softmax)
