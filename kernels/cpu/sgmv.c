@@ -124,18 +124,39 @@ static int sg_check(const ksgmv *s, int ld_t, int *any) {
     return 0;
 }
 
-/* One work item: segment seg, weight chunk [k0, k1) (A rows for shrink, outputs for
- * expand), batch rows [r0, r1). */
+/* One piece of work: segment seg, weight chunk [k0, k1) (A rows for shrink, outputs for
+ * expand), batch rows [r0, r1); the chunk's weights are the wlen contiguous bytes at w.
+ * A work item handed to the pool is a run of consecutive pieces (sg_plan's groups). */
 typedef struct {
     int32_t seg, k0, k1, r0, r1;
+    const char *w;
+    size_t wlen;
 } sg_task;
+
+/* Prefetches (into L2) bytes [pos, pos + bytes) of the weight stream formed by the
+ * chunks of pieces tk, tk + 1, ... < end laid end to end: a work item's pieces are
+ * separate matrices (one per adapter in a decode batch, 12-65 KB each), and without
+ * this every one of them would start cold (thousands per decode step). */
+static inline void sg_prefetch_ahead(const sg_task *tk, const sg_task *end, size_t pos, size_t bytes) {
+    while (bytes > 0 && tk < end) {
+        if (pos >= tk->wlen) {
+            pos -= tk->wlen;
+            tk++;
+            continue;
+        }
+        size_t n = tk->wlen - pos < bytes ? tk->wlen - pos : bytes;
+        sg_prefetch(tk->w + pos, n);
+        pos += n;
+        bytes -= n;
+    }
+}
 
 /* Splits the active, non-empty segments into work items. span(i) is the chunked
  * dimension (rank_i for shrink, out_dim for expand), cut in multiples of `unit`;
  * each segment's weights are rank_i × dim elements. Returns the item count or a
  * negative status; *out is malloc'ed (caller frees); *work = multiply-adds. */
 static int sg_plan(const ksgmv *s, int n_threads, int64_t dim, int expand, int unit, sg_task **out,
-                   double *work) {
+                   int32_t **groups, int *n_groups, double *work) {
     size_t esz = kdtype_size(s->dtype);
     double total = 0;
     *work = 0;
@@ -166,11 +187,17 @@ static int sg_plan(const ksgmv *s, int n_threads, int64_t dim, int expand, int u
                 for (int r = 0; r < rows; r += SG_ROWS_PER_TASK) {
                     if (pass == 1) {
                         int32_t r0 = s->seg_start[i] + r;
+                        int64_t k1 = k + per < span ? k + per : span;
+                        /* A rows [k, k1) of in_dim each, or B rows (outputs) of rank each:
+                         * contiguous either way. */
+                        size_t row_bytes = (size_t)(expand ? s->rank[i] : dim) * esz;
                         tasks[n] = (sg_task){.seg = i,
                                              .k0 = (int32_t)k,
-                                             .k1 = (int32_t)(k + per < span ? k + per : span),
+                                             .k1 = (int32_t)k1,
                                              .r0 = r0,
-                                             .r1 = r0 + (rows - r < SG_ROWS_PER_TASK ? rows - r : SG_ROWS_PER_TASK)};
+                                             .r1 = r0 + (rows - r < SG_ROWS_PER_TASK ? rows - r : SG_ROWS_PER_TASK),
+                                             .w = (const char *)(expand ? s->b[i] : s->a[i]) + (size_t)k * row_bytes,
+                                             .wlen = (size_t)(k1 - k) * row_bytes};
                     }
                     n++;
                 }
@@ -178,7 +205,29 @@ static int sg_plan(const ksgmv *s, int n_threads, int64_t dim, int expand, int u
         if (n > INT32_MAX) return PEFTD_EUNSUPPORTED;
         if (pass == 0 && !(tasks = malloc((size_t)(n ? n : 1) * sizeof *tasks))) return PEFTD_ENOMEM;
     }
+    /* Work items: runs of consecutive pieces of about `target` bytes, so a decode batch's
+     * one-row segments (one small matrix each) are streamed back to back by one thread,
+     * its prefetch running from one matrix into the next. Which thread computes a piece
+     * never changes its arithmetic. groups[g] is item g's first piece; groups[n_groups]
+     * = n. */
+    int32_t *g = malloc((size_t)(n + 1) * sizeof *g);
+    if (!g) {
+        free(tasks);
+        return PEFTD_ENOMEM;
+    }
+    int ng = 0;
+    double acc = 0;
+    for (int64_t t = 0; t < n; t++) {
+        if (t == 0 || acc >= target) {
+            g[ng++] = (int32_t)t;
+            acc = 0;
+        }
+        acc += (double)tasks[t].wlen;
+    }
+    g[ng] = (int32_t)n;
     *out = tasks;
+    *groups = g;
+    *n_groups = ng;
     return (int)n;
 }
 
@@ -267,28 +316,31 @@ typedef struct {
     float *t;
     int64_t ld_t;
     const sg_task *tasks;
+    const int32_t *groups;
 } sh_ctx;
 
-static void sh_task(void *vc, int task, int thread) {
-    (void)thread;
-    const sh_ctx *c = vc;
-    const sg_task *tk = &c->tasks[task];
+/* One piece; pieces tk + 1 .. end follow it in the same work item. */
+static void sh_piece(const sh_ctx *c, const sg_task *tk, const sg_task *end) {
     const ksgmv *s = c->s;
     int i = tk->seg;
     int64_t in = c->in;
     size_t esz = kdtype_size(s->dtype);
     const char *a = s->a[i];
-    size_t abytes = (size_t)s->rank[i] * (size_t)in * esz;
     const float *bias = s->bias_a ? s->bias_a[i] : NULL;
     int act = s->act ? s->act[i] : KACT_NONE;
     for (int k = tk->k0; k < tk->k1;) {
         int tall = tk->k1 - k >= SH_MR;
         int R = tall ? SH_MR : 1;
         const sh_tile_fn *fns = sh_tiles[s->dtype][tall ? 0 : 1];
-        size_t off = (size_t)k * (size_t)in * esz;
+        size_t off = (size_t)k * (size_t)in * esz, tb = (size_t)R * (size_t)in * esz;
+        size_t pos = off - (size_t)tk->k0 * (size_t)in * esz; /* in this piece's chunk */
         /* The first x group streams the tile's rows from DRAM and prefetches the
-         * same-shaped region SG_PF_BYTES further on (inside A_i). */
-        const char *pf = off + (size_t)R * (size_t)in * esz + SG_PF_BYTES <= abytes ? a + off + SG_PF_BYTES : NULL;
+         * same-shaped region SG_PF_BYTES further on, interleaved with its loads, when
+         * that region is still in this chunk; otherwise it is prefetched here, from
+         * wherever it falls in the item's next pieces. */
+        const char *pf = NULL;
+        if (pos + SG_PF_BYTES + tb <= tk->wlen) pf = a + off + SG_PF_BYTES;
+        else sg_prefetch_ahead(tk, end, pos + SG_PF_BYTES, tb);
         for (int r = tk->r0; r < tk->r1;) {
             int N = tk->r1 - r < SH_NR ? tk->r1 - r : SH_NR;
             float sums[SH_NR][SH_MR];
@@ -306,6 +358,14 @@ static void sh_task(void *vc, int task, int thread) {
     }
 }
 
+static void sh_task(void *vc, int item, int thread) {
+    (void)thread;
+    const sh_ctx *c = vc;
+    const sg_task *tk = c->tasks + c->groups[item], *end = c->tasks + c->groups[item + 1];
+    sg_prefetch_ahead(tk, end, 0, SG_PF_BYTES); /* the item's first matrix starts cold */
+    for (; tk < end; tk++) sh_piece(c, tk, end);
+}
+
 int kcpu__sgmv_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t) {
     int any, rc;
     if (in_dim <= 0) return PEFTD_EINVAL;
@@ -314,11 +374,14 @@ int kcpu__sgmv_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, 
     if (!x || !t) return PEFTD_EINVAL;
     kcpu_backend *cb = kcpu__impl(kb);
     sg_task *tasks;
+    int32_t *groups;
+    int n_groups;
     double work;
-    int n = sg_plan(s, cb->n_threads, in_dim, 0, SH_MR, &tasks, &work);
+    int n = sg_plan(s, cb->n_threads, in_dim, 0, SH_MR, &tasks, &groups, &n_groups, &work);
     if (n < 0) return n;
-    sh_ctx c = {.x = x, .in = in_dim, .s = s, .t = t, .ld_t = ld_t, .tasks = tasks};
-    kcpu__parallel(cb, n, work, sh_task, &c);
+    sh_ctx c = {.x = x, .in = in_dim, .s = s, .t = t, .ld_t = ld_t, .tasks = tasks, .groups = groups};
+    kcpu__parallel(cb, n_groups, work, sh_task, &c);
+    free(groups);
     free(tasks);
     return 0;
 }
@@ -397,24 +460,23 @@ typedef struct {
     int64_t out;
     float *y;
     const sg_task *tasks;
+    const int32_t *groups;
 } ex_ctx;
 
-static void ex_task(void *vc, int task, int thread) {
-    (void)thread;
-    const ex_ctx *c = vc;
-    const sg_task *tk = &c->tasks[task];
+/* One piece; pieces tk + 1 .. end follow it in the same work item. */
+static void ex_piece(const ex_ctx *c, const sg_task *tk, const sg_task *end) {
     const ksgmv *s = c->s;
     int i = tk->seg, R = s->rank[i];
     size_t esz = kdtype_size(s->dtype);
     const char *b = s->b[i];
-    size_t bbytes = (size_t)c->out * (size_t)R * esz;
     const float *bias = s->bias_b ? s->bias_b[i] : NULL;
     kv_f32 vscale = kv_set1(s->scale[i]);
     ex_block_fn blk = ex_blocks[s->dtype];
     for (int j = tk->k0; j < tk->k1; j += EX_JB) {
         int jn = tk->k1 - j < EX_JB ? tk->k1 - j : EX_JB;
         size_t off = (size_t)j * (size_t)R * esz, blk_bytes = (size_t)jn * (size_t)R * esz;
-        if (off + blk_bytes + SG_PF_BYTES <= bbytes) sg_prefetch(b + off + SG_PF_BYTES, blk_bytes);
+        /* SG_PF_BYTES ahead in the item's stream of B chunks */
+        sg_prefetch_ahead(tk, end, off - (size_t)tk->k0 * (size_t)R * esz + SG_PF_BYTES, blk_bytes);
         kv_f32 bv = kv_zero();
         if (bias) bv = jn == EX_JB ? kv_load(bias + j) : kv_load_part(bias + j, jn);
         for (int r = tk->r0; r < tk->r1; r++) {
@@ -426,6 +488,14 @@ static void ex_task(void *vc, int task, int thread) {
     }
 }
 
+static void ex_task(void *vc, int item, int thread) {
+    (void)thread;
+    const ex_ctx *c = vc;
+    const sg_task *tk = c->tasks + c->groups[item], *end = c->tasks + c->groups[item + 1];
+    sg_prefetch_ahead(tk, end, 0, SG_PF_BYTES); /* the item's first matrix starts cold */
+    for (; tk < end; tk++) ex_piece(c, tk, end);
+}
+
 int kcpu__sgmv_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y) {
     int any, rc;
     if (out_dim <= 0) return PEFTD_EINVAL;
@@ -434,11 +504,14 @@ int kcpu__sgmv_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, in
     if (!t || !y || !s->scale) return PEFTD_EINVAL;
     kcpu_backend *cb = kcpu__impl(kb);
     sg_task *tasks;
+    int32_t *groups;
+    int n_groups;
     double work;
-    int n = sg_plan(s, cb->n_threads, out_dim, 1, EX_JB, &tasks, &work);
+    int n = sg_plan(s, cb->n_threads, out_dim, 1, EX_JB, &tasks, &groups, &n_groups, &work);
     if (n < 0) return n;
-    ex_ctx c = {.t = t, .ld_t = ld_t, .s = s, .out = out_dim, .y = y, .tasks = tasks};
-    kcpu__parallel(cb, n, work, ex_task, &c);
+    ex_ctx c = {.t = t, .ld_t = ld_t, .s = s, .out = out_dim, .y = y, .tasks = tasks, .groups = groups};
+    kcpu__parallel(cb, n_groups, work, ex_task, &c);
+    free(groups);
     free(tasks);
     return 0;
 }
