@@ -27,12 +27,20 @@
  * current GQA models use ≤ 16 (e.g. 64 heads / 4 KV heads). */
 #define ATTN_MAX_GROUP 64
 
+/* Row tasks (attn_row_task) when no sequence has more KV slots than this. */
+#ifndef ATTN_ROW_MAX_SLOTS
+#define ATTN_ROW_MAX_SLOTS 512
+#endif
+/* ... and the model has at most this many query heads (inverse sums on the stack). */
+#define ATTN_ROW_MAX_HEADS 256
+
 typedef struct {
     kcpu_backend *cb;
     const kattn_args *a;
     int kv_dim;
     int32_t max_slots; /* row stride of the per-thread score scratch */
     int bs_shift;      /* log2(block_size) when it is a power of two, else -1 */
+    int by_row;        /* tasks are query rows (all KV heads), not (row, KV head) pairs */
 } attn_ctx;
 
 /* Sequence owning query row t: the last s with q_start[s] <= t (empty sequences
@@ -129,6 +137,94 @@ static const attn_pv_fn attn_pv_fns[ATTN_PV_HEADS][ATTN_PV_VECS] = {
     {attn_pv_2_1, attn_pv_2_2, attn_pv_2_3, attn_pv_2_4},
 };
 
+/* w[j] = exp(w[j] - max) in place; returns 1 / Σ_j w[j]. */
+static float attn_softmax(float *w, int n_slots) {
+    kv_f32 vmx = kv_set1(-INFINITY);
+    int j = 0;
+    for (; j + KV_W <= n_slots; j += KV_W) vmx = kv_max(vmx, kv_load(w + j));
+    float mx = kv_hmax(vmx);
+    for (; j < n_slots; j++) mx = w[j] > mx ? w[j] : mx;
+    vmx = kv_set1(mx);
+    kv_f32 vsum = kv_zero();
+    for (j = 0; j + KV_W <= n_slots; j += KV_W) {
+        kv_f32 e = kv_exp(kv_sub(kv_load(w + j), vmx));
+        kv_store(w + j, e);
+        vsum = kv_add(vsum, e);
+    }
+    float sum = kv_hsum(vsum);
+    for (; j < n_slots; j++) {
+        w[j] = expf(w[j] - mx);
+        sum += w[j];
+    }
+    return 1.0f / sum;
+}
+
+/* One query row over all its KV heads (decode batches: few slots per sequence). A slot's
+ * K/V rows for all heads are contiguous (kv_dim floats), and a block's slots are
+ * contiguous rows, so this reads each block as one stream instead of n_kv_heads
+ * head_dim-float pieces at a kv_dim stride (which measured latency-bound: ~12 GB/s).
+ * Every value is computed by exactly the operations attn_task uses — the same kv_dot
+ * per (head, slot), the same softmax, and per output element the same chain
+ * acc = fma(w_j, v_j, acc) from acc = 0 in slot order, then the same final scaling —
+ * only the loop nest differs (accumulators in `out`, which stays in L1, instead of
+ * registers). So results are bit-identical to the per-head path, and the choice of
+ * path (per dispatch) never depends on or changes a row's numbers. */
+static void attn_row_task(void *vc, int task, int thread) {
+    const attn_ctx *c = vc;
+    const kattn_args *a = c->a;
+    int32_t t = a->q_start[0] + task;
+    int s = attn_seq_of_row(a->q_start, a->n_seqs, t);
+    int n_q = a->q_start[s + 1] - a->q_start[s];
+    int p = a->kv_len[s] - n_q + (t - a->q_start[s]);
+    int j0 = a->kv_start ? a->kv_start[s] : 0;
+    int n_slots = p + 1 - j0;
+    const int32_t *btab = a->block_table + (int64_t)s * a->max_blocks;
+    int hd = a->head_dim, H = a->n_heads, KVH = a->n_kv_heads, group = H / KVH, kv_dim = c->kv_dim;
+    const float *q = a->q + (int64_t)t * H * hd;
+    float *out = a->out + (int64_t)t * H * hd;
+    float *sc = kcpu__scratch(c->cb, thread); /* [n_heads][n_slots] */
+    size_t ld = (size_t)c->max_slots;
+    /* K rows ATTN_PF_SLOTS slots ahead (a whole row: kv_dim floats). */
+    for (int j = 0; j < n_slots && j < ATTN_PF_SLOTS; j++) {
+        attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j, 0), kv_dim);
+        if (n_slots <= ATTN_PF_SLOTS) attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j, 0), kv_dim);
+    }
+    for (int j = 0; j < n_slots; j++) {
+        if (j + ATTN_PF_SLOTS < n_slots)
+            attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
+        else if (n_slots > ATTN_PF_SLOTS) /* then the first V rows, in order */
+            attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS - n_slots, 0), kv_dim);
+        const float *k = attn_slot(c, a->k_cache, btab, j0 + j, 0);
+        for (int kvh = 0; kvh < KVH; kvh++)
+            for (int g = 0; g < group; g++) {
+                int h = kvh * group + g;
+                sc[h * ld + j] = a->scale * kv_dot(q + (int64_t)h * hd, k + (int64_t)kvh * hd, hd);
+            }
+    }
+    float inv[ATTN_ROW_MAX_HEADS];
+    for (int h = 0; h < H; h++) inv[h] = attn_softmax(sc + h * ld, n_slots);
+    for (int64_t i = 0; i < (int64_t)H * hd; i++) out[i] = 0.0f;
+    int full = hd / KV_W * KV_W, last = hd - full;
+    for (int j = 0; j < n_slots; j++) {
+        if (j + ATTN_PF_SLOTS < n_slots)
+            attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
+        const float *vrow = attn_slot(c, a->v_cache, btab, j0 + j, 0);
+        for (int kvh = 0; kvh < KVH; kvh++) {
+            const float *vr = vrow + (int64_t)kvh * hd;
+            for (int g = 0; g < group; g++) {
+                int h = kvh * group + g;
+                kv_f32 wj = kv_set1(sc[h * ld + j]);
+                float *o = out + (int64_t)h * hd;
+                int d = 0;
+                for (; d < full; d += KV_W) kv_store(o + d, kv_fmadd(wj, kv_load(vr + d), kv_load(o + d)));
+                if (last) kv_store_part(o + d, kv_fmadd(wj, kv_load_part(vr + d, last), kv_load_part(o + d, last)), last);
+            }
+        }
+    }
+    for (int h = 0; h < H; h++)
+        kv_scale_axpy(out + (int64_t)h * hd, inv[h], 0.0f, out + (int64_t)h * hd, hd);
+}
+
 static void attn_task(void *vc, int task, int thread) {
     const attn_ctx *c = vc;
     const kattn_args *a = c->a;
@@ -146,6 +242,14 @@ static void attn_task(void *vc, int task, int thread) {
     float *sc = kcpu__scratch(c->cb, thread); /* [group][n_slots] scores, then weights */
     size_t ld = (size_t)c->max_slots;
 
+    /* The first ATTN_PF_SLOTS K and V rows are requested together up front (the loops
+     * below prefetch ATTN_PF_SLOTS ahead only from there on): a decode task reads
+     * only ~40 slots, so otherwise its first K rows and V rows would be demand misses
+     * one after another. */
+    for (int j = 0; j < n_slots && j < ATTN_PF_SLOTS; j++) {
+        attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j, kvh), hd);
+        attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j, kvh), hd);
+    }
     /* Scores: each K row is read once for all `group` query heads. */
     for (int j = 0; j < n_slots; j++) {
         if (j + ATTN_PF_SLOTS < n_slots)
@@ -155,27 +259,7 @@ static void attn_task(void *vc, int task, int thread) {
     }
     /* Softmax weights (unnormalised) and their sums. */
     float inv_sum[ATTN_MAX_GROUP];
-    for (int g = 0; g < group; g++) {
-        float *w = sc + g * ld;
-        kv_f32 vmx = kv_set1(-INFINITY);
-        int j = 0;
-        for (; j + KV_W <= n_slots; j += KV_W) vmx = kv_max(vmx, kv_load(w + j));
-        float mx = kv_hmax(vmx);
-        for (; j < n_slots; j++) mx = w[j] > mx ? w[j] : mx;
-        vmx = kv_set1(mx);
-        kv_f32 vsum = kv_zero();
-        for (j = 0; j + KV_W <= n_slots; j += KV_W) {
-            kv_f32 e = kv_exp(kv_sub(kv_load(w + j), vmx));
-            kv_store(w + j, e);
-            vsum = kv_add(vsum, e);
-        }
-        float sum = kv_hsum(vsum);
-        for (; j < n_slots; j++) {
-            w[j] = expf(w[j] - mx);
-            sum += w[j];
-        }
-        inv_sum[g] = 1.0f / sum;
-    }
+    for (int g = 0; g < group; g++) inv_sum[g] = attn_softmax(sc + g * ld, n_slots);
     /* out_g = Σ_j w_gj v_j / Σ_j w_gj, accumulated in registers: ATTN_PV_HEADS
      * heads × up to ATTN_PV_VECS vectors of head_dim per pass over the slots. */
     for (int g0 = 0; g0 < group;) {
@@ -228,11 +312,18 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
      * apart would map the group's scores of one slot to the same L1 set. */
     int32_t ld = (max_kv + 15) / 16 * 16;
     if ((ld / 16) % 2 == 0) ld += 16;
-    int rc = kcpu__scratch_reserve(cb, (size_t)ld * (size_t)(a->n_heads / a->n_kv_heads));
+    /* Row tasks for short contexts (decode batches; see attn_row_task): their scores
+     * for all heads fit the scratch, and there are enough rows to spread over the pool.
+     * Long contexts and prefill keep (row, KV head) tasks, measured faster there. Both
+     * give bit-identical results. */
+    int by_row = max_kv <= ATTN_ROW_MAX_SLOTS && rows >= 2 * cb->n_threads && a->n_heads <= ATTN_ROW_MAX_HEADS;
+    int rc = kcpu__scratch_reserve(cb, (size_t)ld * (size_t)(by_row ? a->n_heads : a->n_heads / a->n_kv_heads));
     if (rc) return rc;
-    attn_ctx c = {.cb = cb, .a = a, .kv_dim = a->n_kv_heads * a->head_dim, .max_slots = ld, .bs_shift = -1};
+    attn_ctx c = {.cb = cb, .a = a, .kv_dim = a->n_kv_heads * a->head_dim, .max_slots = ld, .bs_shift = -1,
+                  .by_row = by_row};
     if ((a->block_size & (a->block_size - 1)) == 0)
         for (c.bs_shift = 0; (1 << c.bs_shift) < a->block_size; c.bs_shift++) {}
-    kcpu__parallel(cb, (int)(rows * a->n_kv_heads), work, attn_task, &c);
+    if (by_row) kcpu__parallel(cb, (int)rows, work, attn_row_task, &c);
+    else kcpu__parallel(cb, (int)(rows * a->n_kv_heads), work, attn_task, &c);
     return 0;
 }

@@ -602,6 +602,50 @@ TEST(attention_ragged_paged) {
     }
 }
 
+TEST(attention_batch_invariant_row_and_head_paths) {
+    /* A decode batch runs one task per query row (all KV heads), a lone row one task per
+     * (row, KV head): both must give bit-identical outputs, so a row's result never
+     * depends on the batch it is in. 8 sequences, GQA group 2, block 16 and 3. */
+    enum { S = 8, KVH = 3, G = 2, HD = 64, H = KVH * G, KVD = KVH * HD, QD = H * HD, MAXB = 40 };
+    static const int lens[S] = {1, 17, 40, 16, 33, 5, 64, 100};
+    static const int bss[] = {16, 3};
+    for (size_t ti = 0; ti < 3; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        rng_seed(7 + ti);
+        for (int bi = 0; bi < 2; bi++) {
+            int bs = bss[bi], nb = S * MAXB;
+            float *kc = malloc((size_t)nb * bs * KVD * sizeof(float)), *vc = malloc((size_t)nb * bs * KVD * sizeof(float));
+            fill(kc, (int64_t)nb * bs * KVD);
+            fill(vc, (int64_t)nb * bs * KVD);
+            int32_t btab[S * MAXB], q_start[S + 1], kv_len[S];
+            for (int i = 0; i < S * MAXB; i++) btab[i] = (i * 37) % nb; /* scattered blocks */
+            for (int s = 0; s <= S; s++) q_start[s] = s;
+            for (int s = 0; s < S; s++) kv_len[s] = lens[s];
+            float q[S * QD], out_b[S * QD], out_1[QD];
+            fill(q, S * QD);
+            kattn_args a = {.n_seqs = S, .q_start = q_start, .kv_len = kv_len, .block_table = btab,
+                            .max_blocks = MAXB, .block_size = bs, .n_heads = H, .n_kv_heads = KVH,
+                            .head_dim = HD, .scale = 0.125f, .q = q, .k_cache = kc, .v_cache = vc, .out = out_b};
+            ASSERT_EQ(kb->ops->attention(kb, &a), 0);
+            for (int s = 0; s < S; s++) {
+                int32_t qs1[2] = {0, 1};
+                kattn_args b = a;
+                b.n_seqs = 1;
+                b.q_start = qs1;
+                b.kv_len = kv_len + s;
+                b.block_table = btab + s * MAXB;
+                b.q = q + s * QD;
+                b.out = out_1;
+                ASSERT_EQ(kb->ops->attention(kb, &b), 0);
+                ASSERT(memcmp(out_1, out_b + s * QD, sizeof out_1) == 0);
+            }
+            free(kc);
+            free(vc);
+        }
+        kbackend_destroy(kb);
+    }
+}
+
 TEST(attention_bad_args) {
     kbackend *kb = kbackend_cpu_create(2);
     float q[64] = {0}, out[64], kc[256] = {0}, vc[256] = {0};
@@ -633,5 +677,5 @@ TEST(attention_bad_args) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(pool_runs_each_task_once, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope,
+TEST_MAIN(pool_runs_each_task_once, attention_batch_invariant_row_and_head_paths, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope,
           swiglu_and_add, vector_exp, get_rows, kv_store_slots, attention_ragged_paged, attention_bad_args)
