@@ -18,6 +18,8 @@ typedef struct {
     int shutdown_grace_s;     /* SIGTERM: let in-flight requests finish this long, then cancel */
     size_t max_body_bytes;
     int http_threads;
+    int http_timeout_s;       /* idle connection timeout (0 = the server's default) */
+    int http_max_connections; /* 0 = derived from the file-descriptor limit */
     engine_config engine;
     struct {
         char dir[4096];       /* LMDB environment directory (created if absent) */

@@ -502,7 +502,8 @@ static int cmd_serve(int argc, char **argv) {
     if (open_tenants(&cfg, store, &tn) < 0) goto out;
     http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
                       .max_upload_bytes = (uint64_t)cfg.store.max_upload_mb << 20, .threads = cfg.http_threads,
-                      .tenants = tn, .chat_template = cfg.chat_template};
+                      .tenants = tn, .chat_template = cfg.chat_template, .timeout_s = cfg.http_timeout_s,
+                      .max_connections = cfg.http_max_connections};
     if (http_server_start(&hc, rt.e, rt.tok, rt.m, reg, store, svc, &srv, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg.host, cfg.port, err);
         goto out;

@@ -33,7 +33,12 @@
 /* Descriptors kept back from the connection limit for everything else: the store, the
  * model files, logs, epoll/eventfd handles, upload temporaries. */
 #define HTTP_FD_RESERVE 256
-#define HTTP_DEFAULT_TIMEOUT_S 120
+/* Idle connections (no byte in either direction; suspended ones — waiting on the engine —
+ * never time out) are closed after this long. Short on purpose: libmicrohttpd 0.9.75 in
+ * epoll mode occasionally misses a peer's close, and the timeout is what reclaims such a
+ * connection; 15 s is still far above any client's think time between keep-alive requests
+ * in practice (nginx's keepalive_timeout default is 75 s, most clients reconnect anyway). */
+#define HTTP_DEFAULT_TIMEOUT_S 15
 /* A chunked (length-less) body past the limit is read and discarded so that the client
  * can read its 413; past this many times the limit we stop reading and close instead. */
 #define HTTP_DRAIN_FACTOR 4

@@ -26,7 +26,7 @@ typedef struct {
     int threads;             /* libmicrohttpd worker threads (>= 1; 0 = 1) */
     int max_connections;     /* open connections at once; 0 = what RLIMIT_NOFILE allows (soft
                               * limit raised to the hard one), at most 65536 */
-    int timeout_s;           /* idle connection timeout; 0 = 120 s (suspended ones never time out) */
+    int timeout_s;           /* idle connection timeout; 0 = 15 s (suspended ones never time out) */
     const char *chat_template; /* chat template file overriding the model's (chat_template.h);
                                 * NULL or "" = the model's tokenizer_config.json */
     struct tenants *tenants; /* API keys, tenants and quotas (server/tenants/tenants.h); NULL or
