@@ -29,27 +29,12 @@
 
 #define CHAT_MAX_MESSAGES 4096 /* far beyond any context the served models have */
 
-__attribute__((format(printf, 3, 4)))
-static int chat_fail(api_err *err, const char *code, const char *fmt, ...) {
-    va_list ap;
-    err->status = MHD_HTTP_BAD_REQUEST;
-    err->code = code;
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
-    va_end(ap);
-    return PEFTD_EINVAL;
-}
-
-static const cJSON *chat_field(const cJSON *root, const char *name) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
-    return it && !cJSON_IsNull(it) ? it : NULL;
-}
 
 /* One message's content: a string, or an array of {"type":"text","text":...} parts joined
  * with "\n" (vLLM's "string" content format). @note *out is malloc'd. */
 static int chat_content(const cJSON *c, int i, bool assistant, char **out, api_err *err) {
     if (!c) {
-        if (!assistant) return chat_fail(err, "invalid_value", "'messages[%d].content' is required", i);
+        if (!assistant) return api_fail(err, "invalid_value", "'messages[%d].content' is required", i);
         *out = strdup("");
         return *out ? 0 : PEFTD_ENOMEM;
     }
@@ -58,7 +43,7 @@ static int chat_content(const cJSON *c, int i, bool assistant, char **out, api_e
         return *out ? 0 : PEFTD_ENOMEM;
     }
     if (!cJSON_IsArray(c))
-        return chat_fail(err, "invalid_type", "'messages[%d].content' must be a string or an array of content parts", i);
+        return api_fail(err, "invalid_type", "'messages[%d].content' must be a string or an array of content parts", i);
     http_buf b = {0};
     int k = 0;
     const cJSON *part;
@@ -67,18 +52,18 @@ static int chat_content(const cJSON *c, int i, bool assistant, char **out, api_e
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
         if (!cJSON_IsObject(part) || !cJSON_IsString(type)) {
             http_buf_free(&b);
-            return chat_fail(err, "invalid_type", "'messages[%d].content[%d]' must be an object with a 'type'", i, k);
+            return api_fail(err, "invalid_type", "'messages[%d].content[%d]' must be an object with a 'type'", i, k);
         }
         if (strcmp(type->valuestring, "text") != 0) {
             int n = (int)http_utf8_prefix(type->valuestring, 40);
             http_buf_free(&b);
-            return chat_fail(err, "invalid_value",
+            return api_fail(err, "invalid_value",
                              "'messages[%d].content[%d]': content parts of type '%.*s' are not supported (text only)", i, k,
                              n, type->valuestring);
         }
         if (!cJSON_IsString(text)) {
             http_buf_free(&b);
-            return chat_fail(err, "invalid_type", "'messages[%d].content[%d].text' must be a string", i, k);
+            return api_fail(err, "invalid_type", "'messages[%d].content[%d].text' must be a string", i, k);
         }
         if ((k && http_buf_puts(&b, "\n")) || http_buf_puts(&b, text->valuestring)) {
             http_buf_free(&b);
@@ -103,21 +88,21 @@ static void chat_msgs_free(chat_msgs *m) {
 }
 
 static int chat_parse_messages(const cJSON *root, chat_msgs *out, api_err *err) {
-    const cJSON *ms = chat_field(root, "messages");
-    if (!ms) return chat_fail(err, "missing_field", "'messages' is required");
-    if (!cJSON_IsArray(ms)) return chat_fail(err, "invalid_type", "'messages' must be an array of messages");
+    const cJSON *ms = api_field(root, "messages");
+    if (!ms) return api_fail(err, "missing_field", "'messages' is required");
+    if (!cJSON_IsArray(ms)) return api_fail(err, "invalid_type", "'messages' must be an array of messages");
     int n = cJSON_GetArraySize(ms);
-    if (n == 0) return chat_fail(err, "invalid_value", "'messages' must not be empty");
-    if (n > CHAT_MAX_MESSAGES) return chat_fail(err, "invalid_value", "at most %d messages per request", CHAT_MAX_MESSAGES);
+    if (n == 0) return api_fail(err, "invalid_value", "'messages' must not be empty");
+    if (n > CHAT_MAX_MESSAGES) return api_fail(err, "invalid_value", "at most %d messages per request", CHAT_MAX_MESSAGES);
     out->msgs = calloc((size_t)n, sizeof *out->msgs);
     out->content = calloc((size_t)n, sizeof *out->content);
     if (!out->msgs || !out->content) return PEFTD_ENOMEM;
     const cJSON *m;
     int i = 0;
     cJSON_ArrayForEach(m, ms) {
-        if (!cJSON_IsObject(m)) return chat_fail(err, "invalid_type", "'messages[%d]' must be an object", i);
+        if (!cJSON_IsObject(m)) return api_fail(err, "invalid_type", "'messages[%d]' must be an object", i);
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        if (!cJSON_IsString(role)) return chat_fail(err, "invalid_type", "'messages[%d].role' must be a string", i);
+        if (!cJSON_IsString(role)) return api_fail(err, "invalid_type", "'messages[%d].role' must be a string", i);
         /* OpenAI's "developer" role is the newer name of "system" */
         static const char *const roles[] = {"system", "user", "assistant", "developer"};
         const char *r = NULL;
@@ -125,11 +110,11 @@ static int chat_parse_messages(const cJSON *root, chat_msgs *out, api_err *err) 
             if (!strcmp(role->valuestring, roles[k])) r = k == 3 ? "system" : roles[k];
         if (!r) {
             int nn = (int)http_utf8_prefix(role->valuestring, 40);
-            return chat_fail(err, "invalid_value",
+            return api_fail(err, "invalid_value",
                              "'messages[%d].role' must be 'system', 'user' or 'assistant' (got '%.*s'; tools are not supported)",
                              i, nn, role->valuestring);
         }
-        int rc = chat_content(chat_field(m, "content"), i, !strcmp(r, "assistant"), &out->content[i], err);
+        int rc = chat_content(api_field(m, "content"), i, !strcmp(r, "assistant"), &out->content[i], err);
         if (rc) return rc;
         out->n = i + 1;
         out->msgs[i].role = r;
@@ -141,17 +126,17 @@ static int chat_parse_messages(const cJSON *root, chat_msgs *out, api_err *err) 
 
 /* Chat's logprobs (a boolean) + top_logprobs become completions' logprobs = k. */
 static int chat_parse_logprobs(const cJSON *root, int *k, api_err *err) {
-    const cJSON *lp = chat_field(root, "logprobs"), *top = chat_field(root, "top_logprobs");
+    const cJSON *lp = api_field(root, "logprobs"), *top = api_field(root, "top_logprobs");
     *k = -1;
-    if (lp && !cJSON_IsBool(lp)) return chat_fail(err, "invalid_type", "'logprobs' must be a boolean on /v1/chat/completions");
+    if (lp && !cJSON_IsBool(lp)) return api_fail(err, "invalid_type", "'logprobs' must be a boolean on /v1/chat/completions");
     bool on = lp && cJSON_IsTrue(lp);
     if (top) {
         double v = cJSON_IsNumber(top) ? top->valuedouble : -1;
         if (!cJSON_IsNumber(top) || v != (double)(int)v)
-            return chat_fail(err, "invalid_type", "'top_logprobs' must be an integer");
+            return api_fail(err, "invalid_type", "'top_logprobs' must be an integer");
         if (v < 0 || v > ENGINE_MAX_LOGPROBS)
-            return chat_fail(err, "invalid_value", "'top_logprobs' must be between 0 and %d, got %g", ENGINE_MAX_LOGPROBS, v);
-        if (!on) return chat_fail(err, "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
+            return api_fail(err, "invalid_value", "'top_logprobs' must be between 0 and %d, got %g", ENGINE_MAX_LOGPROBS, v);
+        if (!on) return api_fail(err, "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
         *k = (int)v;
     } else if (on) {
         *k = 0;
@@ -165,8 +150,8 @@ int api_chat_parse(const http_server *s, const tenants_principal *who, const cha
     err->status = MHD_HTTP_BAD_REQUEST;
     err->code = NULL;
     err->message[0] = '\0';
-    if (!body || len == 0) return chat_fail(err, "invalid_json", "the request body is empty");
-    if (!http_utf8_valid(body, len)) return chat_fail(err, "invalid_json", "the request body is not valid UTF-8");
+    if (!body || len == 0) return api_fail(err, "invalid_json", "the request body is empty");
+    if (!http_utf8_valid(body, len)) return api_fail(err, "invalid_json", "the request body is not valid UTF-8");
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
     chat_msgs msgs = {0};
@@ -183,7 +168,7 @@ int api_chat_parse(const http_server *s, const tenants_principal *who, const cha
         return api_request_parse(s, who, body, len, r, err);
     }
     if (!s->chat) {
-        rc = chat_fail(err, "chat_template_missing",
+        rc = api_fail(err, "chat_template_missing",
                        "The model '%s' has no chat template (no 'chat_template' in its tokenizer_config.json and none "
                        "configured with the \"chat_template\" setting): use /v1/completions with a plain prompt%s%s",
                        s->m->name, s->chat_error[0] ? "; " : "", s->chat_error);
@@ -192,8 +177,8 @@ int api_chat_parse(const http_server *s, const tenants_principal *who, const cha
     if ((rc = chat_parse_messages(root, &msgs, err))) goto out;
     int top = -1;
     if ((rc = chat_parse_logprobs(root, &top, err))) goto out;
-    const cJSON *mct_in = chat_field(root, "max_completion_tokens");
-    bool has_max = mct_in || chat_field(root, "max_tokens");
+    const cJSON *mct_in = api_field(root, "max_completion_tokens");
+    bool has_max = mct_in || api_field(root, "max_tokens");
     mct = mct_in ? cJSON_Duplicate(mct_in, true) : NULL; /* the original goes with the chat fields */
     if (mct_in && !mct) {
         rc = PEFTD_ENOMEM;
@@ -205,10 +190,10 @@ int api_chat_parse(const http_server *s, const tenants_principal *who, const cha
     if (bid >= 0 && tokenizer_piece(s->tok, bid)) snprintf(bos, sizeof bos, "%s", tokenizer_piece(s->tok, bid));
     if (eid >= 0 && tokenizer_piece(s->tok, eid)) snprintf(eos, sizeof eos, "%s", tokenizer_piece(s->tok, eid));
     chat_render_opts o = {.add_generation_prompt = true, .bos_token = bid >= 0 ? bos : NULL, .eos_token = eid >= 0 ? eos : NULL};
-    const cJSON *agp = chat_field(root, "add_generation_prompt"); /* vLLM's extension */
+    const cJSON *agp = api_field(root, "add_generation_prompt"); /* vLLM's extension */
     if (agp) {
         if (!cJSON_IsBool(agp)) {
-            rc = chat_fail(err, "invalid_type", "'add_generation_prompt' must be a boolean");
+            rc = api_fail(err, "invalid_type", "'add_generation_prompt' must be a boolean");
             goto out;
         }
         o.add_generation_prompt = cJSON_IsTrue(agp);
@@ -217,15 +202,15 @@ int api_chat_parse(const http_server *s, const tenants_principal *who, const cha
     rc = chat_template_render(s->chat, msgs.msgs, msgs.n, &o, &text, &text_len, terr, sizeof terr);
     if (rc == PEFTD_ENOMEM) goto out;
     if (rc) {
-        rc = chat_fail(err, "invalid_messages", "the model's chat template rejected the messages: %s", terr);
+        rc = api_fail(err, "invalid_messages", "the model's chat template rejected the messages: %s", terr);
         goto out;
     }
     if ((rc = tokenizer_encode(s->tok, text, text_len, false, &ids, &n_ids))) {
-        rc = chat_fail(err, "invalid_value", "cannot tokenize the rendered conversation: %s", peftd_strerror(rc));
+        rc = api_fail(err, "invalid_value", "cannot tokenize the rendered conversation: %s", peftd_strerror(rc));
         goto out;
     }
     if (n_ids == 0) {
-        rc = chat_fail(err, "invalid_value", "the messages render to an empty prompt");
+        rc = api_fail(err, "invalid_value", "the messages render to an empty prompt");
         goto out;
     }
 

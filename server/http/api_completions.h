@@ -47,6 +47,11 @@ typedef struct {
     char message[512];
 } api_err;
 
+/* A 400 validation failure with an OpenAI error code and message; returns PEFTD_EINVAL. */
+int api_fail(api_err *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* root[name], or NULL when absent or JSON null (OpenAI treats null as "not given"). */
+const struct cJSON *api_field(const struct cJSON *root, const char *name);
+
 /* Parses and validates a JSON body, tokenizes the prompts. who (NULL = anonymous) scopes
  * the adapter lookup (its own, then public: http_auth.h) and fills gen.tenant /
  * gen.tenant_weight. On failure fills err and returns a negative status. */

@@ -16,8 +16,7 @@
 
 #define API_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
-__attribute__((format(printf, 3, 4)))
-static int api_fail(api_err *err, const char *code, const char *fmt, ...) {
+int api_fail(api_err *err, const char *code, const char *fmt, ...) {
     va_list ap;
     err->status = MHD_HTTP_BAD_REQUEST;
     err->code = code;
@@ -27,7 +26,7 @@ static int api_fail(api_err *err, const char *code, const char *fmt, ...) {
     return PEFTD_EINVAL;
 }
 
-static const cJSON *api_field(const cJSON *root, const char *name) {
+const cJSON *api_field(const cJSON *root, const char *name) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
     return it && !cJSON_IsNull(it) ? it : NULL;
 }
