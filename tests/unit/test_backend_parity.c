@@ -333,7 +333,8 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
     }
     n_blocks += 3; /* spare blocks nobody uses */
     /* Block ids: a shuffled permutation, so sequences' blocks interleave in the pool. */
-    int32_t *perm = malloc(sizeof(int32_t) * n_blocks), *btab = calloc((size_t)n_seqs * (max_blocks ? max_blocks : 1), 4);
+    size_t btab_n = (size_t)(n_seqs > 0 ? n_seqs : 1) * (size_t)(max_blocks > 0 ? max_blocks : 1);
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)n_blocks), *btab = calloc(btab_n, 4);
     for (int i = 0; i < n_blocks; i++) perm[i] = i;
     for (int i = n_blocks - 1; i > 0; i--) {
         int j = (int)(rnd() % (uint32_t)(i + 1));
