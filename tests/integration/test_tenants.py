@@ -260,7 +260,7 @@ def concurrency_limit_429_while_others_succeed():
     result = {}
 
     def long_one():
-        result["r"] = complete(kq, harness.MODEL_ID, max_tokens=64, ignore_eos=True)
+        result["r"] = complete(kq, harness.MODEL_ID, max_tokens=160, ignore_eos=True)  # ~5 s of 30 ms steps
 
     th = threading.Thread(target=long_one)
     th.start()
