@@ -265,15 +265,15 @@ def concurrency_limit_429_while_others_succeed():
     th = threading.Thread(target=long_one)
     th.start()
     try:
-        deadline = time.time() + 10
-        seen = None
-        while time.time() < deadline:
-            st, hdrs, obj = complete(kq, harness.MODEL_ID, max_tokens=1)
-            if st == 429:
-                seen = (hdrs, obj)
-                break
-            time.sleep(0.05)
-        assert seen, "no 429 while a request of a max_concurrent=1 tenant ran"
+        # wait until the long request really runs (polling before that could win the race
+        # for the one slot and turn the long request itself away)
+        deadline = time.time() + 20 * harness.SLOW
+        while dm().metrics().get("peftd_running_requests", 0) < 1 and time.time() < deadline:
+            time.sleep(0.02)
+        assert dm().metrics().get("peftd_running_requests", 0) >= 1, "the long request never started"
+        st, hdrs, obj = complete(kq, harness.MODEL_ID, max_tokens=1)
+        seen = (hdrs, obj) if st == 429 else None
+        assert seen, "no 429 while a request of a max_concurrent=1 tenant ran: %d %s" % (st, obj)
         hdrs, obj = seen
         assert_err(429, obj, 429, "rate_limit_exceeded")
         assert hdrs.get("retry-after") == "1", hdrs
