@@ -57,12 +57,13 @@ def client(d=None):
 
 
 def chatml_ids(messages):
-    """What the daemon's prompt must be: the ChatML rendering, tokenized without BOS."""
-    import tokenizers
-    text = "".join("<|im_start|>%s\n%s<|im_end|>\n" % (m["role"], m["content"]) for m in messages)
-    text += "<|im_start|>assistant\n"
-    tok = tokenizers.Tokenizer.from_file(os.path.join(ROOT, "models", "stories260K", "tokenizer.json"))
-    return tok.encode(text, add_special_tokens=False).ids
+    """What the daemon's prompt must be: the ChatML rendering, tokenized without BOS by the
+    `tokenizers` package (committed as a fixture by tests/fixtures/chat/make_chatml_ids.py,
+    since CI has no `tokenizers`)."""
+    with open(os.path.join(ROOT, "tests", "fixtures", "chat", "chatml_ids.json")) as f:
+        fx = json.load(f)
+    assert fx["messages"] == messages, "chatml_ids.json was made for another conversation"
+    return fx["ids"]
 
 
 MESSAGES = [{"role": "system", "content": "You tell short stories."},
