@@ -111,7 +111,6 @@ typedef struct adapter {
 
     kbackend *kb;              /* not owned */
     struct adapter_storage *storage; /* private */
-    void *registry_version;    /* adapter_registry's bookkeeping for this version */
 } adapter;
 
 /* Loads and validates an adapter directory against the base. On failure returns a
