@@ -42,4 +42,119 @@ int engine__publish(engine_request *r, const char *text, size_t len, const gen_t
 void engine__finish(engine_request *r, finish_reason f, const char *error);
 void engine__notify(engine_request *r);
 
+/* ---------- the engine's private state (engine.c, sequence.c, scheduler.c) ---------- */
+
+#include <uv.h>
+
+#include "adapter_store/tiers.h"
+#include "server/engine/fairness.h"
+#include "server/engine/kv_blocks.h"
+#include "server/engine/sampling.h"
+#include "server/model/llama.h"
+
+/* Prefix-tuning K/V of one adapter version, stored once in KV blocks that every running
+ * sequence of that adapter shares. The prefix ends exactly at a block boundary (pad
+ * unused slots first, skipped through kv_start), so sequences never write into these
+ * blocks. Freed when the last sequence using it ends. */
+typedef struct {
+    const adapter *ad;
+    char sha256[65];
+    int32_t *blocks;
+    int n_blocks, pad, refs;
+} prefix_entry;
+
+typedef struct seq {
+    engine_request *r;
+    const adapter *ad;
+    adapter *pinned;          /* ad when it is pinned in the tiers' slot pool */
+    vtc_tenant *vt;           /* whose served tokens this sequence counts as */
+    float ad_scale;
+    int32_t *tokens;          /* [virtual tokens (prompt tuning) as -(k+1)] + prompt + generated */
+    int n_tokens;
+    int max_total;            /* n_virtual + n_prompt + max_tokens */
+    int n_computed;           /* tokens whose K/V are in the cache */
+    int pos_off;              /* RoPE position of tokens[0] */
+    prefix_entry *pfx;        /* shared prefix-tuning K/V, or NULL */
+    int32_t *blocks;          /* own KV blocks, taken as the sequence grows (room for max_total) */
+    int n_blocks;
+    uint64_t admitted;        /* admission order: the latest admitted is preempted first */
+    bool evicted;             /* preempted during this step, leaves the batch before it runs */
+    rng_state rng;
+    tokenizer_stream *ds;
+    char *pending;            /* decoded text held back: may be the start of a stop string */
+    size_t pending_len, pending_cap;
+    size_t text_total;        /* completion bytes so far (published + pending) */
+    int n_generated;
+} seq;
+
+enum { STOP_NONE = 0, STOP_DRAIN, STOP_CANCEL };
+
+struct engine {
+    engine_config cfg;
+    model *m;
+    kbackend *kb;
+    const tokenizer *tok;
+    llama_ctx *lc;
+    int ctx_len, max_blocks;
+    int32_t eos_id;
+
+    /* submission side (any thread) */
+    pthread_mutex_t qmu;
+    engine_request *q_head, *q_tail;
+    bool accepting;
+    int stop_mode;            /* under qmu */
+    atomic_int n_queued;      /* submitted, not yet admitted or finished */
+
+    /* engine thread */
+    uv_thread_t thread;
+    bool started;
+    bool wake_closed;         /* under qmu: the async handle is closing, never send to it */
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_idle_t idle;
+    bool idle_on, closing;
+    engine_request *w_head, *w_tail; /* waiting (drained from the queue), FIFO */
+    seq **running;
+    int n_running;
+    uint64_t n_admitted;
+    kv_blocks kv;
+    tiers *tiers;             /* adapter slot pool (NULL without a store) */
+    vtc *vtc;                 /* per-tenant fairness counters */
+    adapter_base abase;
+    prefix_entry **prefixes;  /* [max_seqs]: at most one per running sequence; each entry is
+                               * its own allocation, so sequences' pointers stay valid */
+    int n_prefixes;
+    sampler_scratch ss;
+    /* step batch buffers (host) */
+    int32_t *b_tokens, *b_pos, *b_slots, *b_qstart, *b_kvlen, *b_kvstart, *b_btab, *b_rows;
+    llama_segment *b_segs;
+    int *b_chunk;             /* tokens each running seq contributes to the step */
+    seq **b_logit_seq;
+    float *logits;
+
+    pthread_mutex_t smu;
+    engine_stats stats;
+    unsigned step_delay_us;   /* PEFTD_DEBUG_STEP_DELAY_US: slows steps down for race tests */
+};
+
+/* sequence.c: sequences, the shared prefix-tuning KV, output */
+void engine__finish_request(engine_request *r, finish_reason f, const char *error);
+int engine__blocks_needed(const engine *e, int slots);
+int engine__n_virtual_of(const adapter *ad);
+prefix_entry *engine__prefix_find(engine *e, const adapter *ad);
+int engine__prefix_blocks(const engine *e, const adapter *ad, int *pad);
+prefix_entry *engine__prefix_acquire(engine *e, const adapter *ad);
+void engine__prefix_release(engine *e, prefix_entry *p);
+seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter *pinned);
+void engine__seq_free(engine *e, seq *s);
+bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp);
+
+/* scheduler.c: the waiting queue, admission, preemption, the step */
+void engine__drain_queue(engine *e);
+void engine__reap_cancelled(engine *e, bool all);
+bool engine__step(engine *e);
+
+/* engine.c */
+void engine__on_adapter_ready(void *ud);
+
 #endif
