@@ -60,7 +60,7 @@ else
   BUILD_KIND := CPU-only (no nvcc on PATH: CUDA backend not built)
 endif
 
-.PHONY: all deps run test test-load unit integration asan bench clean fmt-check
+.PHONY: all deps run test test-load unit integration asan fuzz bench clean fmt-check
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/peftd $(BUILD)/libpeftd.a $(BUILD)/peftctl $(BUILD)/peftd-loadgen
@@ -127,6 +127,28 @@ test: deps
 test-load: deps
 	@$(MAKE) --no-print-directory all
 	@PEFTD_TEST_LOAD=1 PEFTD_BIN=$(BUILD)/peftd PEFTD_LOADGEN=$(BUILD)/peftd-loadgen $(PYTHON) tests/integration/test_load.py
+
+# libFuzzer targets (tests/fuzz/fuzz_*.c: safetensors reader, tokenizer, request parsers),
+# built with clang + ASan/UBSan over a clang build of the library, each run FUZZ_SECONDS.
+FUZZ_SECONDS ?= 30
+FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined
+fuzz: deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang OPT=-O1 SANFLAGS="$(FUZZ_SAN)" build-fuzz/libpeftd.a
+	@mkdir -p build-fuzz/corpus
+	@for f in tests/fuzz/fuzz_*.c; do \
+	    n=$$(basename $$f .c); \
+	    clang -g -O1 -std=c11 -D_GNU_SOURCE -march=native -fsanitize=fuzzer,address,undefined -I. $(PKG_CFLAGS) \
+	        $$f build-fuzz/libpeftd.a $(LDLIBS) -o build-fuzz/$$n || exit 1; \
+	    mkdir -p build-fuzz/corpus/$$n; \
+	    case $$n in \
+	      fuzz_request) cp tests/fuzz/request_seeds/* build-fuzz/corpus/$$n/ ;; \
+	      fuzz_safetensors) cp models/stories260K/model.safetensors build-fuzz/corpus/$$n/ ;; \
+	      fuzz_tokenizer) printf 'Once upon a time \xf0\x9f\x98\x80 \xe4\xbd\xa0\xe5\xa5\xbd' > build-fuzz/corpus/$$n/seed ;; \
+	    esac; \
+	    echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	    build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build-fuzz/corpus/$$n > build-fuzz/$$n.log 2>&1; \
+	    st=$$?; tail -n 2 build-fuzz/$$n.log; [ $$st -eq 0 ] || { echo "$$n failed: build-fuzz/$$n.log"; exit 1; }; \
+	done
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \

@@ -3,7 +3,7 @@
  * accepted file breaks an invariant the reader promises (data inside the buffer, sizes
  * consistent, lookups by name returning the same entry, no shared bytes).
  *
- * Not part of the Makefile. Build and run from the repository root:
+ * Built and run by `make fuzz`; by hand, from the repository root:
  *   clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -I. \
  *       -I/usr/include/cjson tests/fuzz/fuzz_safetensors.c adapter_store/safetensors.c \
  *       kernels/util/status.c -lcjson -o /tmp/fuzz_safetensors

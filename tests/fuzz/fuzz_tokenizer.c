@@ -4,7 +4,7 @@
  * in-range ids; byte-level decode (keeping special tokens) must give the input back exactly; streaming decode must add
  * up to the full decode, one whole UTF-8 character at a time.
  *
- * Not part of the Makefile. Build and run from the repository root:
+ * Built and run by `make fuzz`; by hand, from the repository root:
  *   clang -g -O1 -std=c11 -D_GNU_SOURCE -DUTF8PROC_EXPORTS -fsanitize=fuzzer,address,undefined \
  *       -I. -I/usr/include/cjson tests/fuzz/fuzz_tokenizer.c server/model/tokenizer*.c \
  *       kernels/util/status.c -lcjson -lpcre2-8 -lutf8proc -lpthread -o /tmp/fuzz_tokenizer
