@@ -27,6 +27,39 @@ void test_skip_(const char *why) {
     _exit(TEST_EXIT_SKIP);
 }
 
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+void test_rng_seed(uint64_t s) { g_rng = s * 0x9e3779b97f4a7c15ull + 1; }
+
+uint32_t test_rng_u32(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 16);
+}
+
+float test_rng_f(void) { return (float)test_rng_u32() / 2147483648.0f - 1.0f; }
+
+void test_fill(float *p, int64_t n) {
+    for (int64_t i = 0; i < n; i++) p[i] = test_rng_f();
+}
+
+float *test_guarded_alloc(int64_t n) {
+    float *b = malloc((size_t)(n + 2 * TEST_CANARY_N) * sizeof(float));
+    if (!b) FAIL("out of memory");
+    for (int i = 0; i < TEST_CANARY_N; i++) b[i] = b[n + TEST_CANARY_N + i] = TEST_CANARY_V;
+    return b + TEST_CANARY_N;
+}
+
+void test_guarded_check_free(float *p, int64_t n) {
+    float *b = p - TEST_CANARY_N;
+    for (int i = 0; i < TEST_CANARY_N; i++) {
+        if (b[i] != TEST_CANARY_V) FAIL("write before buffer at -%d", TEST_CANARY_N - i);
+        if (b[n + TEST_CANARY_N + i] != TEST_CANARY_V) FAIL("write after buffer at +%d", i);
+    }
+    free(b);
+}
+
 char *test_read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;

@@ -78,6 +78,18 @@ void test_skip_(const char *why) __attribute__((noreturn));
                  fabs(a_ - b_), t_);                                                \
     } while (0)
 
+/* Deterministic test data: a xorshift generator (per test process), uniform floats in
+ * [-1, 1), and float buffers with TEST_CANARY_N guard floats on both sides — any change to
+ * a guard means an out-of-bounds write (checked and freed by test_guarded_check_free). */
+#define TEST_CANARY_N 64
+#define TEST_CANARY_V (-12345.678f)
+void test_rng_seed(uint64_t s);
+uint32_t test_rng_u32(void);
+float test_rng_f(void);
+void test_fill(float *p, int64_t n);
+float *test_guarded_alloc(int64_t n);
+void test_guarded_check_free(float *p, int64_t n);
+
 /* Reads a whole file into a NUL-terminated buffer (caller frees); NULL on error. */
 char *test_read_file(const char *path, size_t *len);
 

@@ -23,39 +23,9 @@
 
 #define U_F32 (1.0 / 16777216.0) /* 2^-24 */
 
-/* Canary floats written around each output; any change means an out-of-bounds write. */
-#define CANARY_N 64
-#define CANARY_V (-12345.678f)
+#define CANARY_N TEST_CANARY_N
+#define CANARY_V TEST_CANARY_V
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 1; }
-static uint32_t rng_u32(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
-/* uniform in [-1, 1) */
-static float rng_f(void) { return (float)rng_u32() / 2147483648.0f - 1.0f; }
-static void fill(float *p, int64_t n) {
-    for (int64_t i = 0; i < n; i++) p[i] = rng_f();
-}
-
-/* A float buffer of n with CANARY_N guard floats on each side. */
-static float *guarded_alloc(int64_t n) {
-    float *b = malloc((size_t)(n + 2 * CANARY_N) * sizeof(float));
-    ASSERT(b);
-    for (int i = 0; i < CANARY_N; i++) b[i] = b[n + CANARY_N + i] = CANARY_V;
-    return b + CANARY_N;
-}
-static void guarded_check_free(float *p, int64_t n) {
-    float *b = p - CANARY_N;
-    for (int i = 0; i < CANARY_N; i++) {
-        if (b[i] != CANARY_V) FAIL("write before buffer at -%d", CANARY_N - i);
-        if (b[n + CANARY_N + i] != CANARY_V) FAIL("write after buffer at +%d", i);
-    }
-    free(b);
-}
 
 /* Values rounded to dtype dt, plus their storage in that dtype (caller frees). */
 static void *to_dtype(kdtype dt, float *vals, int64_t n) {
@@ -144,13 +114,13 @@ TEST(backend_basics) {
 static void check_matmul(kbackend *kb, kdtype dt, int n, int rows, int cols, float beta) {
     float *wv = malloc((size_t)rows * cols * sizeof(float)), *x = malloc((size_t)n * cols * sizeof(float));
     ASSERT(wv && x);
-    fill(wv, (int64_t)rows * cols);
-    fill(x, (int64_t)n * cols);
+    test_fill(wv, (int64_t)rows * cols);
+    test_fill(x, (int64_t)n * cols);
     void *ws = to_dtype(dt, wv, (int64_t)rows * cols);
     int64_t ny = (int64_t)n * rows;
-    float *y = guarded_alloc(ny), *y0 = malloc((size_t)ny * sizeof(float));
+    float *y = test_guarded_alloc(ny), *y0 = malloc((size_t)ny * sizeof(float));
     ASSERT(y0);
-    if (beta != 0.0f) fill(y0, ny);
+    if (beta != 0.0f) test_fill(y0, ny);
     else for (int64_t i = 0; i < ny; i++) y0[i] = NAN; /* beta 0 must overwrite, not scale */
     memcpy(y, y0, (size_t)ny * sizeof(float));
     kmat w = {.data = ws, .dtype = dt, .rows = rows, .cols = cols};
@@ -172,7 +142,7 @@ static void check_matmul(kbackend *kb, kdtype dt, int n, int rows, int cols, flo
                 FAIL("%s n=%d rows=%d cols=%d beta=%g y[%d,%d]=%.9g ref %.9g tol %.3g", kdtype_name(dt), n, rows,
                      cols, beta, i, r, got, s + base, tol);
         }
-    guarded_check_free(y, ny);
+    test_guarded_check_free(y, ny);
     free(y0);
     free(ws);
     free(wv);
@@ -193,7 +163,7 @@ TEST(matmul_odd_shapes) {
             kcpu__mm_path = (kcpu_mm_path)path;
             kbackend *kb = kbackend_cpu_create(THREADS[ti]);
             ASSERT(kb);
-            rng_seed(ti + 1);
+            test_rng_seed(ti + 1);
             for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
                 for (int d = 0; d < 3; d++)
                     for (int b = 0; b < 2; b++)
@@ -234,12 +204,12 @@ TEST(rmsnorm) {
                         int dim = dims[di], n = ns[ni];
                         float eps = 1e-5f;
                         float *wv = malloc(dim * sizeof(float)), *x = malloc((size_t)n * dim * sizeof(float));
-                        fill(wv, dim);
-                        fill(x, (int64_t)n * dim);
+                        test_fill(wv, dim);
+                        test_fill(x, (int64_t)n * dim);
                         if (n > 1) memset(x, 0, dim * sizeof(float)); /* all-zero row: eps keeps it finite */
                         void *ws = to_dtype(DTYPES[d], wv, dim);
                         kmat w = {.data = ws, .dtype = DTYPES[d], .rows = 1, .cols = dim};
-                        float *y = guarded_alloc((int64_t)n * dim);
+                        float *y = test_guarded_alloc((int64_t)n * dim);
                         memcpy(y, x, (size_t)n * dim * sizeof(float));
                         ASSERT_EQ(kb->ops->rmsnorm(kb, inplace ? y : x, &w, n, dim, eps, y), 0);
                         for (int i = 0; i < n; i++) {
@@ -253,7 +223,7 @@ TEST(rmsnorm) {
                                 ASSERT_NEAR(y[i * dim + k], ref, 4 * U_F32 * fabs(ref) + 1e-30);
                             }
                         }
-                        guarded_check_free(y, (int64_t)n * dim);
+                        test_guarded_check_free(y, (int64_t)n * dim);
                         free(ws);
                         free(wv);
                         free(x);
@@ -276,9 +246,9 @@ TEST(rope) {
             float *inv = malloc(hd / 2 * sizeof(float));
             for (int i = 0; i < hd / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / hd);
             int32_t *pos = malloc(n * sizeof(int32_t));
-            for (int i = 0; i < n; i++) pos[i] = i < 5 ? i : (int32_t)(rng_u32() % 8192);
-            float *x = malloc((size_t)n * dim * sizeof(float)), *y = guarded_alloc((int64_t)n * dim);
-            fill(x, (int64_t)n * dim);
+            for (int i = 0; i < n; i++) pos[i] = i < 5 ? i : (int32_t)(test_rng_u32() % 8192);
+            float *x = malloc((size_t)n * dim * sizeof(float)), *y = test_guarded_alloc((int64_t)n * dim);
+            test_fill(x, (int64_t)n * dim);
             memcpy(y, x, (size_t)n * dim * sizeof(float));
             ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, inv), 0);
             for (int r = 0; r < n; r++)
@@ -295,7 +265,7 @@ TEST(rope) {
                         ASSERT_NEAR(y[(int64_t)r * dim + h * hd + i], ra, tol);
                         ASSERT_NEAR(y[(int64_t)r * dim + h * hd + i + hd / 2], rb, tol);
                     }
-            guarded_check_free(y, (int64_t)n * dim);
+            test_guarded_check_free(y, (int64_t)n * dim);
             free(x);
             free(pos);
             free(inv);
@@ -320,10 +290,10 @@ TEST(swiglu_and_add) {
                     int n = ns[a], dim = dims[b];
                     int64_t m = (int64_t)n * dim;
                     float *g = malloc(m * sizeof(float)), *u = malloc(m * sizeof(float));
-                    fill(g, m);
-                    fill(u, m);
+                    test_fill(g, m);
+                    test_fill(u, m);
                     for (int64_t i = 0; i < m; i++) g[i] *= 12; /* cover exp's range around 0 */
-                    float *out = guarded_alloc(m);
+                    float *out = test_guarded_alloc(m);
                     if (alias) memcpy(out, g, m * sizeof(float));
                     ASSERT_EQ(kb->ops->swiglu(kb, alias ? out : g, u, n, dim, out), 0);
                     for (int64_t i = 0; i < m; i++) {
@@ -333,22 +303,22 @@ TEST(swiglu_and_add) {
                         ASSERT_NEAR(out[i], ref, 8 * U_F32 * fabs(ref) + 1e-30);
                     }
                     /* add: one f32 addition per element, exact vs the f32 reference */
-                    float *y = guarded_alloc(m);
+                    float *y = test_guarded_alloc(m);
                     memcpy(y, u, m * sizeof(float));
                     ASSERT_EQ(kb->ops->add(kb, y, g, m), 0);
                     for (int64_t i = 0; i < m; i++) ASSERT(y[i] == u[i] + g[i]);
-                    guarded_check_free(y, m);
-                    guarded_check_free(out, m);
+                    test_guarded_check_free(y, m);
+                    test_guarded_check_free(out, m);
                     free(g);
                     free(u);
                 }
         /* a large add exercises the chunked parallel path */
         int64_t m = 1000003;
-        float *y = guarded_alloc(m), *x = malloc(m * sizeof(float));
+        float *y = test_guarded_alloc(m), *x = malloc(m * sizeof(float));
         for (int64_t i = 0; i < m; i++) { y[i] = (float)i; x[i] = 1.0f; }
         ASSERT_EQ(kb->ops->add(kb, y, x, m), 0);
         for (int64_t i = 0; i < m; i++) ASSERT(y[i] == (float)i + 1.0f);
-        guarded_check_free(y, m);
+        test_guarded_check_free(y, m);
         free(x);
         kbackend_destroy(kb);
     }
@@ -395,12 +365,12 @@ TEST(get_rows) {
             for (int ci = 0; ci < 3; ci++) {
                 int rows = 1000, cols = colss[ci], n = 133;
                 float *tv = malloc((size_t)rows * cols * sizeof(float));
-                fill(tv, (int64_t)rows * cols);
+                test_fill(tv, (int64_t)rows * cols);
                 void *ts = to_dtype(DTYPES[d], tv, (int64_t)rows * cols);
                 kmat t = {.data = ts, .dtype = DTYPES[d], .rows = rows, .cols = cols};
                 int32_t ids[133];
-                for (int i = 0; i < n; i++) ids[i] = i == 0 ? 0 : i == 1 ? rows - 1 : (int32_t)(rng_u32() % rows);
-                float *out = guarded_alloc((int64_t)n * cols);
+                for (int i = 0; i < n; i++) ids[i] = i == 0 ? 0 : i == 1 ? rows - 1 : (int32_t)(test_rng_u32() % rows);
+                float *out = test_guarded_alloc((int64_t)n * cols);
                 ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, n, out), 0);
                 /* widening f16/bf16 to f32 is exact */
                 for (int i = 0; i < n; i++)
@@ -409,7 +379,7 @@ TEST(get_rows) {
                 ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, n, out), PEFTD_ERANGE);
                 ids[5] = -1;
                 ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, n, out), PEFTD_ERANGE);
-                guarded_check_free(out, (int64_t)n * cols);
+                test_guarded_check_free(out, (int64_t)n * cols);
                 free(ts);
                 free(tv);
             }
@@ -420,11 +390,11 @@ TEST(get_rows) {
 TEST(kv_store_slots) {
     kbackend *kb = kbackend_cpu_create(2);
     int kv_dim = 24, n_slots = 40, n = 7;
-    float *kc = guarded_alloc((int64_t)n_slots * kv_dim), *vc = guarded_alloc((int64_t)n_slots * kv_dim);
+    float *kc = test_guarded_alloc((int64_t)n_slots * kv_dim), *vc = test_guarded_alloc((int64_t)n_slots * kv_dim);
     for (int i = 0; i < n_slots * kv_dim; i++) kc[i] = vc[i] = -1.0f;
     float k[7 * 24], v[7 * 24];
-    fill(k, n * kv_dim);
-    fill(v, n * kv_dim);
+    test_fill(k, n * kv_dim);
+    test_fill(v, n * kv_dim);
     int32_t slots[7] = {39, 0, 17, 5, 16, 31, 1};
     ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, kc, vc), 0);
     for (int s = 0; s < n_slots; s++) {
@@ -438,8 +408,8 @@ TEST(kv_store_slots) {
     }
     slots[3] = -2;
     ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, kc, vc), PEFTD_ERANGE);
-    guarded_check_free(kc, (int64_t)n_slots * kv_dim);
-    guarded_check_free(vc, (int64_t)n_slots * kv_dim);
+    test_guarded_check_free(kc, (int64_t)n_slots * kv_dim);
+    test_guarded_check_free(vc, (int64_t)n_slots * kv_dim);
     kbackend_destroy(kb);
 }
 
@@ -471,7 +441,7 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
     int32_t *perm = malloc(n_blocks * sizeof(int32_t));
     for (int i = 0; i < n_blocks; i++) perm[i] = i;
     for (int i = n_blocks - 1; i > 0; i--) {
-        int j = (int)(rng_u32() % (uint32_t)(i + 1));
+        int j = (int)(test_rng_u32() % (uint32_t)(i + 1));
         int32_t t = perm[i];
         perm[i] = perm[j];
         perm[j] = t;
@@ -493,8 +463,8 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
         int L = seqs[s].kv_len;
         K[s] = malloc(((size_t)L * kv_dim + 1) * sizeof(float));
         V[s] = malloc(((size_t)L * kv_dim + 1) * sizeof(float));
-        fill(K[s], (int64_t)L * kv_dim);
-        fill(V[s], (int64_t)L * kv_dim);
+        test_fill(K[s], (int64_t)L * kv_dim);
+        test_fill(V[s], (int64_t)L * kv_dim);
         /* Slots before kv_start are never written: they stay NaN. */
         int k0 = seqs[s].kv_start;
         int32_t *slots = malloc(((size_t)L + 1) * sizeof(int32_t));
@@ -505,8 +475,8 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
         free(slots);
     }
     float *q = malloc(((size_t)T * qdim + 1) * sizeof(float));
-    fill(q, (int64_t)T * qdim);
-    float *out = guarded_alloc((int64_t)T * qdim);
+    test_fill(q, (int64_t)T * qdim);
+    float *out = test_guarded_alloc((int64_t)T * qdim);
     float scale = 1.0f / sqrtf((float)hd);
     kattn_args a = {.n_seqs = n_seqs, .q_start = q_start, .kv_len = kv_len, .block_table = btab,
                     .max_blocks = max_blocks, .block_size = bs, .n_heads = n_heads, .n_kv_heads = n_kv_heads,
@@ -551,7 +521,7 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
                 }
             }
         }
-    guarded_check_free(out, (int64_t)T * qdim);
+    test_guarded_check_free(out, (int64_t)T * qdim);
     for (int s = 0; s < n_seqs; s++) {
         free(K[s]);
         free(V[s]);
@@ -579,7 +549,7 @@ TEST(attention_ragged_paged) {
     static const int bss[] = {16, 1};
     for (size_t ti = 0; ti < 3; ti++) {
         kbackend *kb = kbackend_cpu_create(THREADS[ti]);
-        rng_seed(100 + ti);
+        test_rng_seed(100 + ti);
         for (int hi = 0; hi < 3; hi++)
             for (int gi = 0; gi < 3; gi++)
                 for (int bi = 0; bi < 2; bi++) {
@@ -611,18 +581,18 @@ TEST(attention_batch_invariant_row_and_head_paths) {
     static const int bss[] = {16, 3};
     for (size_t ti = 0; ti < 3; ti++) {
         kbackend *kb = kbackend_cpu_create(THREADS[ti]);
-        rng_seed(7 + ti);
+        test_rng_seed(7 + ti);
         for (int bi = 0; bi < 2; bi++) {
             int bs = bss[bi], nb = S * MAXB;
             float *kc = malloc((size_t)nb * bs * KVD * sizeof(float)), *vc = malloc((size_t)nb * bs * KVD * sizeof(float));
-            fill(kc, (int64_t)nb * bs * KVD);
-            fill(vc, (int64_t)nb * bs * KVD);
+            test_fill(kc, (int64_t)nb * bs * KVD);
+            test_fill(vc, (int64_t)nb * bs * KVD);
             int32_t btab[S * MAXB], q_start[S + 1], kv_len[S];
             for (int i = 0; i < S * MAXB; i++) btab[i] = (i * 37) % nb; /* scattered blocks */
             for (int s = 0; s <= S; s++) q_start[s] = s;
             for (int s = 0; s < S; s++) kv_len[s] = lens[s];
             float q[S * QD], out_b[S * QD], out_1[QD];
-            fill(q, S * QD);
+            test_fill(q, S * QD);
             kattn_args a = {.n_seqs = S, .q_start = q_start, .kv_len = kv_len, .block_table = btab,
                             .max_blocks = MAXB, .block_size = bs, .n_heads = H, .n_kv_heads = KVH,
                             .head_dim = HD, .scale = 0.125f, .q = q, .k_cache = kc, .v_cache = vc, .out = out_b};

@@ -26,38 +26,9 @@
 
 #define U_F32 (1.0 / 16777216.0) /* 2^-24 */
 
-/* Canary floats written around each output; any change means an out-of-bounds write. */
-#define CANARY_N 64
-#define CANARY_V (-12345.678f)
+#define CANARY_N TEST_CANARY_N
+#define CANARY_V TEST_CANARY_V
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 1; }
-static uint32_t rng_u32(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
-/* uniform in [-1, 1) */
-static float rng_f(void) { return (float)rng_u32() / 2147483648.0f - 1.0f; }
-static void fill(float *p, int64_t n) {
-    for (int64_t i = 0; i < n; i++) p[i] = rng_f();
-}
-
-static float *guarded_alloc(int64_t n) {
-    float *b = malloc((size_t)(n + 2 * CANARY_N) * sizeof(float));
-    ASSERT(b);
-    for (int i = 0; i < CANARY_N; i++) b[i] = b[n + CANARY_N + i] = CANARY_V;
-    return b + CANARY_N;
-}
-static void guarded_check_free(float *p, int64_t n) {
-    float *b = p - CANARY_N;
-    for (int i = 0; i < CANARY_N; i++) {
-        if (b[i] != CANARY_V) FAIL("write before buffer at -%d", CANARY_N - i);
-        if (b[n + CANARY_N + i] != CANARY_V) FAIL("write after buffer at +%d", i);
-    }
-    free(b);
-}
 
 static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
 
@@ -152,7 +123,7 @@ static int spread_counts(int spread, int T, int *counts) {
         for (int a = 0; a < K; a++) h += 1.0 / (a + 1);
         for (int a = 0; a < K; a++) counts[a] = 0;
         for (int r = 0; r < T; r++) {
-            double u = (double)rng_u32() / 4294967296.0 * h, acc = 0;
+            double u = (double)test_rng_u32() / 4294967296.0 * h, acc = 0;
             int a = 0;
             for (; a < K - 1; a++)
                 if ((acc += 1.0 / (a + 1)) > u) break;
@@ -180,26 +151,26 @@ static void add_segment(sg_case *c, int rows, int rank, int kind) {
     ASSERT(i < MAX_SEGS);
     c->seg_start[i + 1] = c->seg_start[i] + rows;
     c->rank[i] = rank;
-    c->scale[i] = 0.25f + 1.75f * (rng_f() + 1.0f) / 2;
-    c->act[i] = (int32_t)(rng_u32() % (KACT_SIGMOID + 1));
+    c->scale[i] = 0.25f + 1.75f * (test_rng_f() + 1.0f) / 2;
+    c->act[i] = (int32_t)(test_rng_u32() % (KACT_SIGMOID + 1));
     int64_t na = (int64_t)rank * c->in, nb = (int64_t)c->out * rank;
     c->af[i] = malloc((size_t)(na ? na : 1) * sizeof(float));
     c->bf[i] = malloc((size_t)(nb ? nb : 1) * sizeof(float));
     ASSERT(c->af[i] && c->bf[i]);
-    fill(c->af[i], na);
-    fill(c->bf[i], nb);
+    test_fill(c->af[i], na);
+    test_fill(c->bf[i], nb);
     c->as[i] = to_dtype(c->dt, c->af[i], na);
     c->bs[i] = to_dtype(c->dt, c->bf[i], nb);
     /* A rank-0 segment still gets (valid, unread) pointers: rank alone must skip it. */
     c->a[i] = kind == 1 ? NULL : c->as[i];
     c->b[i] = kind == 2 ? NULL : c->bs[i];
     float *ba = NULL, *bb = NULL;
-    if (rng_u32() % 4 != 0) { /* 1 in 4 segments has no bias (NULL pointers) */
+    if (test_rng_u32() % 4 != 0) { /* 1 in 4 segments has no bias (NULL pointers) */
         ba = malloc((size_t)(rank ? rank : 1) * sizeof(float));
         bb = malloc((size_t)c->out * sizeof(float));
         ASSERT(ba && bb);
-        fill(ba, rank);
-        fill(bb, c->out);
+        test_fill(ba, rank);
+        test_fill(bb, c->out);
     }
     c->bias_a[i] = ba;
     c->bias_b[i] = bb;
@@ -216,7 +187,7 @@ static sg_case *case_build(int spread, int T, kdtype dt, int in, int out, int bo
     c->seg_start[0] = lead;
     int counts[MAX_SEGS];
     int n = spread_counts(spread, T, counts);
-    int r0 = (int)(rng_u32() % N_RANKS);
+    int r0 = (int)(test_rng_u32() % N_RANKS);
     add_segment(c, 0, RANKS[(r0 + 3) % N_RANKS], 0); /* empty segment first */
     for (int s = 0; s < n; s++) {
         int rank = RANKS[(r0 + s) % N_RANKS], kind = 0;
@@ -234,7 +205,7 @@ static sg_case *case_build(int spread, int T, kdtype dt, int in, int out, int bo
     c->ld_t += 3; /* columns past every rank, which must stay untouched */
     c->x = malloc((size_t)c->n_rows * in * sizeof(float));
     ASSERT(c->x);
-    fill(c->x, (int64_t)c->n_rows * in);
+    test_fill(c->x, (int64_t)c->n_rows * in);
     return c;
 }
 
@@ -261,10 +232,10 @@ static int row_seg(const sg_case *c, int r) {
 /* ---- checks ---- */
 
 /* Runs shrink into a canary-filled t and checks every entry. Returns t (caller frees
- * with guarded_check_free(t, n_rows * ld_t)). */
+ * with test_guarded_check_free(t, n_rows * ld_t)). */
 static float *check_shrink(kbackend *kb, const sg_case *c, const char *what) {
     int64_t nt = (int64_t)c->n_rows * c->ld_t;
-    float *t = guarded_alloc(nt);
+    float *t = test_guarded_alloc(nt);
     for (int64_t i = 0; i < nt; i++) t[i] = CANARY_V;
     ksgmv s = case_view(c);
     ASSERT_EQ(kb->ops->sgmv_shrink(kb, c->x, c->in, &s, t, c->ld_t), 0);
@@ -311,14 +282,14 @@ static float *check_shrink(kbackend *kb, const sg_case *c, const char *what) {
 static void check_expand(kbackend *kb, const sg_case *c, const char *what) {
     int64_t nt = (int64_t)c->n_rows * c->ld_t, ny = (int64_t)c->n_rows * c->out;
     float *t = malloc((size_t)nt * sizeof(float)), *y0 = malloc((size_t)ny * sizeof(float));
-    float *y = guarded_alloc(ny);
+    float *y = test_guarded_alloc(ny);
     ASSERT(t && y0);
     for (int r = 0; r < c->n_rows; r++) {
         int i = row_seg(c, r);
         int rank = i >= 0 && seg_active(c, i) ? c->rank[i] : 0;
-        for (int k = 0; k < c->ld_t; k++) t[(int64_t)r * c->ld_t + k] = k < rank ? rng_f() * 4 : NAN;
+        for (int k = 0; k < c->ld_t; k++) t[(int64_t)r * c->ld_t + k] = k < rank ? test_rng_f() * 4 : NAN;
     }
-    fill(y0, ny);
+    test_fill(y0, ny);
     memcpy(y, y0, (size_t)ny * sizeof(float));
     ksgmv s = case_view(c);
     ASSERT_EQ(kb->ops->sgmv_expand(kb, t, c->ld_t, &s, c->out, y), 0);
@@ -352,7 +323,7 @@ static void check_expand(kbackend *kb, const sg_case *c, const char *what) {
                      tol);
         }
     }
-    guarded_check_free(y, ny);
+    test_guarded_check_free(y, ny);
     free(t);
     free(y0);
 }
@@ -364,7 +335,7 @@ static void run_spread(int spread) {
     static const int Ts[] = {1, 7, 133};
     kbackend *kbs[3];
     for (int ti = 0; ti < 3; ti++) ASSERT(kbs[ti] = kbackend_cpu_create(THREADS[ti]));
-    rng_seed(100 + (uint64_t)spread);
+    test_rng_seed(100 + (uint64_t)spread);
     for (int d = 0; d < 3; d++)
         for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
             for (size_t Ti = 0; Ti < sizeof Ts / sizeof *Ts; Ti++)
@@ -377,7 +348,7 @@ static void run_spread(int spread) {
                                  Ts[Ti], kdtype_name(DTYPES[d]), dims[di][0], dims[di][1],
                                  mode ? "bottleneck" : "lora", THREADS[ti]);
                         float *t = check_shrink(kbs[ti], c, what);
-                        guarded_check_free(t, (int64_t)c->n_rows * c->ld_t);
+                        test_guarded_check_free(t, (int64_t)c->n_rows * c->ld_t);
                         check_expand(kbs[ti], c, what);
                     }
                     case_free(c);
@@ -397,7 +368,7 @@ TEST(sgmv_each_rank_and_activation) {
     static const int dims[][2] = {{1, 1}, {15, 16}, {16, 15}, {33, 31}, {100, 768}};
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
-    rng_seed(7);
+    test_rng_seed(7);
     for (int d = 0; d < 3; d++)
         for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
             for (int ri = 0; ri < N_RANKS; ri++)
@@ -420,12 +391,12 @@ TEST(sgmv_each_rank_and_activation) {
                     c->x = malloc((size_t)5 * c->in * sizeof(float));
                     ASSERT(c->x);
                     /* Spread the pre-activations over the activations' interesting range. */
-                    for (int i = 0; i < 5 * c->in; i++) c->x[i] = rng_f() * 3;
+                    for (int i = 0; i < 5 * c->in; i++) c->x[i] = test_rng_f() * 3;
                     char what[96];
                     snprintf(what, sizeof what, "%s in=%d out=%d rank=%d act=%d", kdtype_name(c->dt), c->in, c->out,
                              RANKS[ri], act);
                     float *t = check_shrink(kb, c, what);
-                    guarded_check_free(t, (int64_t)c->n_rows * c->ld_t);
+                    test_guarded_check_free(t, (int64_t)c->n_rows * c->ld_t);
                     check_expand(kb, c, what);
                     case_free(c);
                 }
@@ -509,7 +480,7 @@ static void check_invariance(kbackend *kb, kbackend *kb1, const sg_case *c) {
     float *t = malloc((size_t)nt * sizeof(float)), *y = malloc((size_t)ny * sizeof(float)),
           *y0 = malloc((size_t)ny * sizeof(float));
     ASSERT(t && y && y0);
-    fill(y0, ny);
+    test_fill(y0, ny);
     memcpy(y, y0, (size_t)ny * sizeof(float));
     ksgmv s = case_view(c);
     ASSERT_EQ(kb->ops->sgmv_shrink(kb, c->x, c->in, &s, t, c->ld_t), 0);
@@ -525,7 +496,7 @@ static void check_invariance(kbackend *kb, kbackend *kb1, const sg_case *c) {
 TEST(sgmv_batch_invariance) {
     kbackend *kb3 = kbackend_cpu_create(3), *kb1 = kbackend_cpu_create(1);
     ASSERT(kb3 && kb1);
-    rng_seed(42);
+    test_rng_seed(42);
     /* A large mixed batch (zipf: big and small segments, mixed ranks) and one
      * 133-row segment of a single adapter, all dtypes, both modes; the big batch runs
      * on 3 threads, each row alone on 1. */
@@ -550,7 +521,7 @@ TEST(sgmv_batch_invariance) {
 TEST(seg_scale_spreads) {
     static const int dims[] = {1, 17, 100, 768};
     static const int Ts[] = {1, 7, 133};
-    rng_seed(9);
+    test_rng_seed(9);
     for (int ti = 0; ti < 3; ti++) {
         kbackend *kb = kbackend_cpu_create(THREADS[ti]);
         ASSERT(kb);
@@ -571,15 +542,15 @@ TEST(seg_scale_spreads) {
                         seg[n_segs + 1] = seg[n_segs] + rows;
                         vs[n_segs] = malloc((size_t)dim * sizeof(float));
                         ASSERT(vs[n_segs]);
-                        fill(vs[n_segs], dim);
+                        test_fill(vs[n_segs], dim);
                         v[n_segs] = s % 3 == 2 ? NULL : vs[n_segs];
                         n_segs++;
                     }
                     int n_rows = seg[n_segs] + 3; /* rows after the last segment too */
                     int64_t ny = (int64_t)n_rows * dim;
-                    float *y = guarded_alloc(ny), *y0 = malloc((size_t)ny * sizeof(float));
+                    float *y = test_guarded_alloc(ny), *y0 = malloc((size_t)ny * sizeof(float));
                     ASSERT(y0);
-                    fill(y0, ny);
+                    test_fill(y0, ny);
                     memcpy(y, y0, (size_t)ny * sizeof(float));
                     ASSERT_EQ(kb->ops->seg_scale(kb, y, dim, n_segs, seg, v), 0);
                     for (int r = 0; r < n_rows; r++) {
@@ -595,7 +566,7 @@ TEST(seg_scale_spreads) {
                                      SPREAD_NAMES[sp], Ts[Ti], dim, THREADS[ti], r, j, y[o], ref, i);
                         }
                     }
-                    guarded_check_free(y, ny);
+                    test_guarded_check_free(y, ny);
                     free(y0);
                     for (int q = 0; q < n_segs; q++) free(vs[q]);
                 }
