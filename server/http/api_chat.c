@@ -417,15 +417,6 @@ fail:
     return NULL;
 }
 
-static int chat_emit(cJSON *o, http_buf *out) {
-    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    cJSON_Delete(o);
-    if (!s) return PEFTD_ENOMEM;
-    int rc = sse_append_data(out, s, strlen(s));
-    cJSON_free(s);
-    return rc;
-}
-
 /* One chat.completion.chunk with one choice: delta (role and/or content), logprobs,
  * finish_reason. */
 static int chat_chunk(api_job *job, int index, const char *role, const char *text, size_t text_len, cJSON *logprobs,
@@ -455,7 +446,7 @@ static int chat_chunk(api_job *job, int index, const char *role, const char *tex
         return PEFTD_ENOMEM;
     }
     cJSON_AddItemToArray(choices, c);
-    return chat_emit(o, out);
+    return sse_append_json(out, o);
 }
 
 int api_chat_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len, const gen_token *toks,
@@ -489,7 +480,7 @@ int api_chat_format_stream_end(api_job *job, http_buf *out) {
             return PEFTD_ENOMEM;
         }
         cJSON_AddItemToObject(o, "usage", u);
-        int rc = chat_emit(o, out);
+        int rc = sse_append_json(out, o);
         if (rc) return rc;
     }
     return sse_append_done(out);

@@ -152,15 +152,6 @@ fail:
     return NULL;
 }
 
-static int api_emit(cJSON *o, http_buf *out) {
-    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    cJSON_Delete(o);
-    if (!s) return PEFTD_ENOMEM;
-    int rc = sse_append_data(out, s, strlen(s));
-    cJSON_free(s);
-    return rc;
-}
-
 int api_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len,
                      const gen_token *toks, int n_toks, size_t offset_base, bool finish,
                      http_buf *out) {
@@ -176,7 +167,7 @@ int api_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text
     if (!api_add_choice(choices, ch->index, text, text_len, lp,
                         finish ? finish_reason_str(ch->finish) : NULL))
         goto fail;
-    return api_emit(o, out);
+    return sse_append_json(out, o);
 fail:
     cJSON_Delete(o);
     return PEFTD_ENOMEM;
@@ -194,7 +185,7 @@ int api_format_stream_end(api_job *job, http_buf *out) {
             return PEFTD_ENOMEM;
         }
         cJSON_AddItemToObject(o, "usage", u);
-        int rc = api_emit(o, out);
+        int rc = sse_append_json(out, o);
         if (rc) return rc;
     }
     return sse_append_done(out);
@@ -209,5 +200,5 @@ int api_format_stream_error(const char *message, http_buf *out) {
         cJSON_Delete(o);
         return PEFTD_ENOMEM;
     }
-    return api_emit(o, out);
+    return sse_append_json(out, o);
 }
