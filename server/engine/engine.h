@@ -3,9 +3,12 @@
  *
  * Data flow: a caller (HTTP thread, `peftd generate`) tokenizes a prompt, creates an
  * engine_request and submits it. The engine thread (a libuv loop) drains its submission
- * queue on every wake-up (uv_async_send coalesces), admits requests whose KV blocks fit,
+ * queue on every wake-up (uv_async_send coalesces), admits requests fairly across tenants
+ * (Virtual Token Counter) once their adapter is resident and their prompt's KV blocks fit,
  * and runs steps: each step is one ragged batch of prefill chunks and decode tokens from
- * all running sequences. Sampled tokens are appended to the request's output under the
+ * all running sequences, grouped into adapter segments. KV blocks are taken as sequences
+ * grow; when the pool runs out, the most-served tenant's latest sequence is preempted and
+ * later recomputed (bit-identical: the kernels are batch-invariant). Sampled tokens are appended to the request's output under the
  * request's lock and the request's notify callback is called (from the engine thread,
  * with no lock held). The caller takes the new output with engine_request_take().
  * Cancelling (client gone) frees the sequence's KV blocks at the next step.
