@@ -593,6 +593,14 @@ static int read_bn(rctx *c, const cJSON *meta) {
             (rc = jbool(c, e, "original_ln_after", &B->original_ln_after)) || (rc = jbool(c, e, "down_bias", &db)) ||
             (rc = jbool(c, e, "up_bias", &ub)))
             return rc;
+        /* the wiring the forward serves, as the importer decides it (adapter_hub.c): a blob
+         * claiming another one is refused here rather than failing every step later */
+        if (!B->original_ln_before) B->residual_before_ln = true;
+        if (!B->residual_before_ln || !B->original_ln_after)
+            return rfail(c, PEFTD_EUNSUPPORTED, "bottleneck %s.%lld: residual_before_ln %s / original_ln_after %s is not "
+                                                "served",
+                         place, (long long)layer, B->residual_before_ln ? "true" : "false",
+                         B->original_ln_after ? "true" : "false");
         snprintf(nm, sizeof nm, "%s.%lld.down", place, (long long)layer);
         if ((rc = claim(c, nm, 2, size, H, 1, &B->down, NULL))) return rc;
         snprintf(nm, sizeof nm, "%s.%lld.down_bias", place, (long long)layer);

@@ -76,9 +76,17 @@ static int layer_factor(adapter__ctx *c, const cJSON *rf, int layer, double *out
                                  "'default'",
                                  layer);
     }
-    if (!cJSON_IsNumber(v) || !(v->valuedouble > 0) || !isfinite(v->valuedouble))
+    if (!cJSON_IsNumber(v) || !(v->valuedouble > 0))
         return adapter__fail(c, PEFTD_EFORMAT,
                              "adapter_config.json: config.reduction_factor must be a positive number or a map of them");
+    /* hidden // factor is the bottleneck width: it must be a width we can hold in an int
+     * (a factor of 1e-300 would make it 1e302) */
+    double q = isfinite(v->valuedouble) ? py_floordiv((double)c->base->hidden, v->valuedouble) : 0;
+    if (!isfinite(v->valuedouble) || !(q <= (double)ADAPTER_MAX_RANK))
+        return adapter__fail(c, PEFTD_EINVAL,
+                             "adapter_config.json: config.reduction_factor %g gives a bottleneck width of %g for "
+                             "hidden size %d (at most %lld)",
+                             v->valuedouble, q, c->base->hidden, ADAPTER_MAX_RANK);
     *out = v->valuedouble;
     return 0;
 }
@@ -155,7 +163,7 @@ int adapter__load_hub(adapter__ctx *c) {
                              "adapter_config.json: AdapterHub config.architecture '%.64s' is not served (only "
                              "bottleneck adapters are)",
                              arch);
-    if ((rc = adapter__json_int(c, c->root, "hidden_size", hidden, &hs))) return rc;
+    if ((rc = adapter__json_int(c, c->root, "hidden_size", hidden, 0, ADAPTER_MAX_COUNT, &hs))) return rc;
     if (hs != hidden)
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: hidden_size %d does not match base %s (%d)", hs,
                              b->name, hidden);
@@ -180,6 +188,22 @@ int adapter__load_hub(adapter__ctx *c) {
                              "adapter_config.json: config.residual_before_ln '%.32s' is not served (true or false are)",
                              v->valuestring);
     if ((rc = adapter__json_bool(c, cfg, "residual_before_ln", true, &rbl))) return rc;
+    /* What the forward serves is x' = h + a + Δ (see server/model/llama_adapters.c). Per
+     * Adapter.pre_forward/post_forward with layer_norm None (SEMANTICS.md): without
+     * original_ln_after the residual stream h is dropped (x' = a + Δ), and
+     * residual_before_ln false makes the residual z = a + h when original_ln_before, so h is
+     * added twice (x' = 2h + a + Δ). Neither is served: refused here, at upload, never at
+     * run time. residual_before_ln false with original_ln_before false gives residual = a,
+     * the served math exactly, so it is accepted as residual_before_ln true. */
+    if (!ola)
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "adapter_config.json: config.original_ln_after is false (the adapter output replaces "
+                             "the residual stream); only original_ln_after true is served");
+    if (!rbl && olb)
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "adapter_config.json: config.residual_before_ln is false with original_ln_before true "
+                             "(the residual stream is added twice); only residual_before_ln true is served with it");
+    rbl = true;
 
     v = cJSON_GetObjectItemCaseSensitive(cfg, "scaling");
     if (cJSON_IsString(v)) {
@@ -189,7 +213,7 @@ int adapter__load_hub(adapter__ctx *c) {
                                  "adapter_config.json: config.scaling '%.32s' is not served (a number or \"learned\" "
                                  "are)",
                                  scaling_str);
-    } else if ((rc = adapter__json_num(c, cfg, "scaling", 1.0, &scaling))) {
+    } else if ((rc = adapter__json_num(c, cfg, "scaling", 1.0, ADAPTER_MAX_SCALE, &scaling))) {
         return rc;
     }
 
@@ -212,17 +236,10 @@ int adapter__load_hub(adapter__ctx *c) {
             goto fail;
         }
         cJSON_ArrayForEach(e, lo) {
-            if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble)) {
-                rc = adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: config.leave_out must be a list of integers");
+            int li;
+            if ((rc = adapter__num_int(c, e, "config.leave_out (a list of layer indices of the base)", 0, L - 1, &li)))
                 goto fail;
-            }
-            if (e->valuedouble < 0 || e->valuedouble >= L) {
-                rc = adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: config.leave_out names layer %g, but base %s "
-                                                    "has %d layers",
-                                   e->valuedouble, b->name, L);
-                goto fail;
-            }
-            skip[(int)e->valuedouble] = true;
+            skip[li] = true;
         }
     }
     if ((rc = adapter_name(c, name, sizeof name))) goto fail;
@@ -278,6 +295,12 @@ int adapter__load_hub(adapter__ctx *c) {
                 if ((rc = adapter__to_f32(c, s->sc, &sc))) goto fail;
                 B->scaling = sc[0];
                 free(sc);
+                if (!(fabsf(B->scaling) <= (float)ADAPTER_MAX_SCALE)) {
+                    rc = adapter__fail(c, PEFTD_EINVAL, "%s: learned scaling '%s' is %g; its magnitude must be at "
+                                                        "most %g",
+                                       c->wname, s->sc->name, B->scaling, ADAPTER_MAX_SCALE);
+                    goto fail;
+                }
             }
             if ((rc = adapter__stage_mat(c, s->dw, kd, &B->down, NULL)) ||
                 (rc = adapter__stage_vec(c, s->db, &B->down_bias)) ||

@@ -86,11 +86,33 @@ void adapter__note_rank(adapter *a, int r);
 
 /* ---- adapter_peft_config.c: typed access to JSON fields ---- */
 
+/* Bounds of config numbers (issue 9 #2: every JSON number is narrowed through a checked
+ * helper, never cast as is).
+ * ADAPTER_MAX_COUNT: dims and counts that are then compared with the base (hidden_size,
+ *   token_dim, num_layers, ...): far above any real model, far inside int.
+ * ADAPTER_MAX_RANK: a LoRA rank / bottleneck width; 1e6 is 1000x the largest real rank
+ *   while rank × dims stays inside int64.
+ * ADAPTER_MAX_SCALE: |lora_alpha|, |alpha_pattern| values, |AdapterHub scaling|. Trained
+ *   values are ~1..512; 1e6 keeps alpha/r × 16 (the largest request adapter_scale) ~1e7,
+ *   nowhere near f32 overflow, so no scale the forward multiplies by can be Inf. */
+#define ADAPTER_MAX_COUNT 1000000000LL
+#define ADAPTER_MAX_RANK 1000000LL
+#define ADAPTER_MAX_SCALE 1e6
+
+/* v (a JSON number; what names it in messages, e.g. "field 'r'" or "rank_pattern['x']")
+ * as an int in [lo, hi]: not a number or not integral → PEFTD_EFORMAT; outside the range
+ * (including 1e300, Inf) → PEFTD_EINVAL naming it and the range. */
+int adapter__num_int(adapter__ctx *c, const cJSON *v, const char *what, long long lo, long long hi, int *out);
+/* v as a finite double with |v| <= max_abs (so it also fits a float when max_abs does):
+ * not a number → PEFTD_EFORMAT; Inf or too large → PEFTD_EINVAL naming it. */
+int adapter__num_float(adapter__ctx *c, const cJSON *v, const char *what, double max_abs, double *out);
+
 /* Each getter: absent or null → default and 0; wrong type → PEFTD_EFORMAT naming the
- * field. Numbers that must be integers are checked to be integral. */
+ * field; numbers through adapter__num_int / adapter__num_float (range → PEFTD_EINVAL). */
 int adapter__json_bool(adapter__ctx *c, const cJSON *obj, const char *field, bool def, bool *out);
-int adapter__json_int(adapter__ctx *c, const cJSON *obj, const char *field, int def, int *out);
-int adapter__json_num(adapter__ctx *c, const cJSON *obj, const char *field, double def, double *out);
+int adapter__json_int(adapter__ctx *c, const cJSON *obj, const char *field, int def, long long lo, long long hi,
+                      int *out);
+int adapter__json_num(adapter__ctx *c, const cJSON *obj, const char *field, double def, double max_abs, double *out);
 /* *out points into the JSON tree (NULL when absent/null and def is NULL). */
 int adapter__json_str(adapter__ctx *c, const cJSON *obj, const char *field, const char *def,
                       const char **out);

@@ -6,6 +6,7 @@
  * they do when PEFT reads the file back with from_pretrained.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "adapter_store/adapter_internal.h"
@@ -27,29 +28,52 @@ int adapter__json_bool(adapter__ctx *c, const cJSON *obj, const char *field, boo
     return 0;
 }
 
-int adapter__json_num(adapter__ctx *c, const cJSON *obj, const char *field, double def, double *out) {
-    const cJSON *v = field_of(obj, field);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
-        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field '%s' must be a number", field);
+/* The checked narrowings every config reader goes through (issue 9 #2: a JSON number is a
+ * double of any magnitude; casting one outside the target range is undefined behaviour, and
+ * a float that overflows to Inf is a value the forward pass would turn into garbage). */
+int adapter__num_int(adapter__ctx *c, const cJSON *v, const char *what, long long lo, long long hi, int *out) {
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: %s must be an integer", what);
+    /* compared as doubles: lo/hi are exact in a double (|bounds| < 2^53), v may be 1e300 */
+    if (!(v->valuedouble >= (double)lo && v->valuedouble <= (double)hi))
+        return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: %s is %g; must be an integer in [%lld, %lld]",
+                             what, v->valuedouble, lo, hi);
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+int adapter__num_float(adapter__ctx *c, const cJSON *v, const char *what, double max_abs, double *out) {
+    if (!cJSON_IsNumber(v))
+        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: %s must be a number", what);
+    if (!isfinite(v->valuedouble) || fabs(v->valuedouble) > max_abs)
+        return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: %s is %g; must be a finite number with "
+                                              "magnitude at most %g",
+                             what, v->valuedouble, max_abs);
     *out = v->valuedouble;
     return 0;
 }
 
-int adapter__json_int(adapter__ctx *c, const cJSON *obj, const char *field, int def, int *out) {
+int adapter__json_num(adapter__ctx *c, const cJSON *obj, const char *field, double def, double max_abs, double *out) {
     const cJSON *v = field_of(obj, field);
     if (!v) {
         *out = def;
         return 0;
     }
-    /* 1e9 bounds every count a config holds (ranks, tokens, layers) well inside int */
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e9)
-        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field '%s' must be an integer", field);
-    *out = (int)v->valuedouble;
-    return 0;
+    char what[96];
+    snprintf(what, sizeof what, "field '%s'", field);
+    return adapter__num_float(c, v, what, max_abs, out);
+}
+
+int adapter__json_int(adapter__ctx *c, const cJSON *obj, const char *field, int def, long long lo, long long hi,
+                      int *out) {
+    const cJSON *v = field_of(obj, field);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    char what[96];
+    snprintf(what, sizeof what, "field '%s'", field);
+    return adapter__num_int(c, v, what, lo, hi, out);
 }
 
 int adapter__json_str(adapter__ctx *c, const cJSON *obj, const char *field, const char *def,

@@ -44,21 +44,16 @@ static int module_r_alpha(adapter__ctx *c, const char *key, int r, double alpha,
         return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field 'alpha_pattern' must be an object");
     if ((rc = adapter__pattern_value(c, rp, "rank_pattern", key, &hit))) return rc;
     *r_out = r;
+    char what[300];
     if (hit) {
-        /* 1e6 bounds a rank far above any real one while keeping r·dims inside int64 */
-        if (!cJSON_IsNumber(hit) || hit->valuedouble != floor(hit->valuedouble) || hit->valuedouble < 1 ||
-            hit->valuedouble > 1e6)
-            return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: rank_pattern['%s'] must be a positive integer",
-                                 hit->string);
-        *r_out = (int)hit->valuedouble;
+        snprintf(what, sizeof what, "rank_pattern['%.200s']", hit->string);
+        if ((rc = adapter__num_int(c, hit, what, 1, ADAPTER_MAX_RANK, r_out))) return rc;
     }
     if ((rc = adapter__pattern_value(c, ap, "alpha_pattern", key, &hit))) return rc;
     *alpha_out = alpha;
     if (hit) {
-        if (!cJSON_IsNumber(hit) || !isfinite(hit->valuedouble))
-            return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: alpha_pattern['%s'] must be a number",
-                                 hit->string);
-        *alpha_out = hit->valuedouble;
+        snprintf(what, sizeof what, "alpha_pattern['%.200s']", hit->string);
+        if ((rc = adapter__num_float(c, hit, what, ADAPTER_MAX_SCALE, alpha_out))) return rc;
     }
     return 0;
 }
@@ -179,14 +174,13 @@ int adapter__load_lora(adapter__ctx *c) {
     a->kind = ADAPTER_LORA;
 
     if ((rc = adapter__peft_check_common(c))) return rc;
-    if ((rc = adapter__json_int(c, cfg, "r", 8, &r)) || (rc = adapter__json_num(c, cfg, "lora_alpha", 8, &alpha)) ||
+    if ((rc = adapter__json_int(c, cfg, "r", 8, 1, ADAPTER_MAX_RANK, &r)) ||
+        (rc = adapter__json_num(c, cfg, "lora_alpha", 8, ADAPTER_MAX_SCALE, &alpha)) ||
         (rc = adapter__json_bool(c, cfg, "use_rslora", false, &rslora)) ||
         (rc = adapter__json_bool(c, cfg, "use_dora", false, &dora)) ||
         (rc = adapter__json_bool(c, cfg, "lora_bias", false, &lora_bias)) ||
         (rc = adapter__json_str(c, cfg, "bias", "none", &bias)))
         return rc;
-    if (r < 1 || r > 1000000)
-        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field 'r' must be a positive integer (got %d)", r);
     if (strcmp(bias, "none"))
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: field 'bias' is '%.32s'; only \"none\" is served (trained base "

@@ -21,8 +21,8 @@
 /* num_virtual_tokens, and the checks both kinds share. */
 static int common(adapter__ctx *c, int *nv) {
     int rc, nts;
-    if ((rc = adapter__json_int(c, c->cfg, "num_virtual_tokens", 0, nv)) ||
-        (rc = adapter__json_int(c, c->cfg, "num_transformer_submodules", 1, &nts)))
+    if ((rc = adapter__json_int(c, c->cfg, "num_virtual_tokens", 0, 0, ADAPTER_MAX_COUNT, nv)) ||
+        (rc = adapter__json_int(c, c->cfg, "num_transformer_submodules", 1, 0, ADAPTER_MAX_COUNT, &nts)))
         return rc;
     if (*nv < 1)
         return adapter__fail(c, PEFTD_EFORMAT,
@@ -39,7 +39,9 @@ int adapter__load_prompt(adapter__ctx *c) {
     int nv, dim, rc;
     const st_tensor *t;
     a->kind = ADAPTER_PROMPT_TUNING;
-    if ((rc = common(c, &nv)) || (rc = adapter__json_int(c, c->cfg, "token_dim", b->hidden, &dim))) return rc;
+    if ((rc = common(c, &nv)) ||
+        (rc = adapter__json_int(c, c->cfg, "token_dim", b->hidden, 0, ADAPTER_MAX_COUNT, &dim)))
+        return rc;
     if (dim != b->hidden)
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: token_dim %d does not match hidden size %d of base %s",
                              dim, b->hidden, b->name);
@@ -61,9 +63,9 @@ int adapter__load_prefix(adapter__ctx *c) {
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: field 'prefix_projection' is true; the prefix MLP is not served "
                              "(train with prefix_projection=False)");
-    if ((rc = common(c, &nv)) || (rc = adapter__json_int(c, c->cfg, "token_dim", kv, &dim)) ||
-        (rc = adapter__json_int(c, c->cfg, "num_layers", L, &nl)) ||
-        (rc = adapter__json_int(c, c->cfg, "num_attention_heads", b->n_kv_heads, &nh)))
+    if ((rc = common(c, &nv)) || (rc = adapter__json_int(c, c->cfg, "token_dim", kv, 0, ADAPTER_MAX_COUNT, &dim)) ||
+        (rc = adapter__json_int(c, c->cfg, "num_layers", L, 0, ADAPTER_MAX_COUNT, &nl)) ||
+        (rc = adapter__json_int(c, c->cfg, "num_attention_heads", b->n_kv_heads, 0, ADAPTER_MAX_COUNT, &nh)))
         return rc;
     if (nl != L)
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: num_layers %d does not match the %d layers of base %s",

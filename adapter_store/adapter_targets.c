@@ -140,6 +140,7 @@ static int targeted(adapter__ctx *c, const tcfg *t, const char *key, int layer, 
     /* The keys we test hold one numbered segment at most (the layer), so a match found it. */
     if (!found || layer < 0) return 0;
     if (t->layers) {
+        /* every entry was checked to be an integer in [0, n_layers) by parse_tcfg */
         cJSON_ArrayForEach(e, t->layers) if ((int)e->valuedouble == layer) return *out = true, 0;
         return 0;
     }
@@ -241,15 +242,19 @@ static int parse_tcfg(adapter__ctx *c, const char *const *defaults, tcfg *t) {
     const cJSON *ltt = cJSON_GetObjectItemCaseSensitive(cfg, "layers_to_transform");
     if (ltt && !cJSON_IsNull(ltt)) {
         const cJSON *e;
+        /* every index must be a layer of the base (PEFT would silently adapt nothing) */
+        int top = c->base->n_layers - 1, li;
         if (cJSON_IsNumber(ltt)) {
-            if ((rc = adapter__json_int(c, cfg, "layers_to_transform", 0, &t->layer_int))) return rc;
+            if ((rc = adapter__json_int(c, cfg, "layers_to_transform", 0, 0, top, &t->layer_int))) return rc;
             t->use_layers = true;
         } else if (cJSON_IsArray(ltt)) {
             cJSON_ArrayForEach(e, ltt) {
-                if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int)e->valuedouble)
+                if (!cJSON_IsNumber(e))
                     return adapter__fail(c, PEFTD_EFORMAT,
                                          "adapter_config.json: field 'layers_to_transform' must be an integer or "
                                          "a list of integers");
+                if ((rc = adapter__num_int(c, e, "field 'layers_to_transform' (layers of the base)", 0, top, &li)))
+                    return rc;
             }
             t->layers = ltt;
             t->use_layers = ltt->child != NULL; /* PEFT: an empty list means "all layers" */
@@ -262,19 +267,6 @@ static int parse_tcfg(adapter__ctx *c, const char *const *defaults, tcfg *t) {
             return adapter__fail(c, PEFTD_EFORMAT,
                                  "adapter_config.json: 'layers_to_transform' cannot be used when 'target_modules' "
                                  "is a string (PEFT refuses this config)");
-        if (t->use_layers) {
-            int lo = t->layers ? 0 : t->layer_int;
-            const cJSON *e2 = t->layers ? t->layers->child : NULL;
-            for (;;) {
-                int l = e2 ? (int)e2->valuedouble : lo;
-                if (l < 0 || l >= c->base->n_layers)
-                    return adapter__fail(c, PEFTD_EINVAL,
-                                         "adapter_config.json: layers_to_transform names layer %d, but base %s has "
-                                         "%d layers",
-                                         l, c->base->name, c->base->n_layers);
-                if (!e2 || !(e2 = e2->next)) break;
-            }
-        }
     }
     const cJSON *lp = cJSON_GetObjectItemCaseSensitive(cfg, "layers_pattern");
     if (lp && cJSON_IsString(lp)) {

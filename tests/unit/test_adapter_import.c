@@ -1046,9 +1046,9 @@ TEST(err_targets_the_base_lacks) {
     const char *tm3[] = {"q_proj", "v_proj"};
     cfg_set(s, "target_modules", cJSON_CreateStringArray(tm3, 2));
     cfg_set(s, "layers_to_transform", cJSON_CreateIntArray((int[]){1, 5}, 2));
-    load_fails(syn_dir(s), PEFTD_EINVAL, "layers_to_transform", "layer 5");
+    load_fails(syn_dir(s), PEFTD_EINVAL, "layers_to_transform", "is 5; must be an integer in [0, 4]");
     cfg_set(s, "layers_to_transform", cJSON_CreateNumber(9));
-    load_fails(syn_dir(s), PEFTD_EINVAL, "layers_to_transform", "layer 9");
+    load_fails(syn_dir(s), PEFTD_EINVAL, "layers_to_transform", "is 9; must be an integer in [0, 4]");
     syn_free(s);
 }
 
@@ -1144,6 +1144,86 @@ TEST(err_ia3_and_prompt) {
     syn_free(s);
 }
 
+/* Issue 9 #2: numbers a config may hold but the forward cannot use (a float that overflows
+ * when narrowed, an index/count outside int) are refused at import with PEFTD_EINVAL (HTTP
+ * 422) naming the field. Before: lora_alpha 1e308 / 3.5e38 / alpha_pattern 1e308 / hub
+ * scaling loaded (scale Inf, every completion failed), layers_to_transform [1e300] and
+ * reduction_factor 1e-300 were float->int casts out of range (undefined behaviour). */
+TEST(err_numbers_the_forward_cannot_use) {
+    static const struct {
+        const char *field, *json, *want;
+    } lora[] = {
+        {"lora_alpha", "1e308", "'lora_alpha' is 1e+308"},
+        {"lora_alpha", "3.5e38", "'lora_alpha' is 3.5e+38"},
+        {"lora_alpha", "-2e6", "'lora_alpha' is -2e+06"},
+        {"alpha_pattern", "{\"q_proj\": 1e308}", "alpha_pattern['q_proj'] is 1e+308"},
+        {"r", "1e300", "'r' is 1e+300"},
+        {"r", "0", "'r' is 0"},
+        {"rank_pattern", "{\"v_proj\": 1e300}", "rank_pattern['v_proj'] is 1e+300"},
+        {"layers_to_transform", "[1e300]", "'layers_to_transform'"},
+        {"layers_to_transform", "[-1e300]", "'layers_to_transform'"},
+        {"layers_to_transform", "1e300", "'layers_to_transform'"},
+    };
+    for (size_t i = 0; i < sizeof lora / sizeof lora[0]; i++) {
+        syn *s = syn_lora(2, "F32");
+        cfg_set(s, lora[i].field, cJSON_Parse(lora[i].json));
+        load_fails(syn_dir(s), PEFTD_EINVAL, lora[i].want, NULL);
+        syn_free(s);
+    }
+    static const struct {
+        const char *field, *json, *want;
+    } hub[] = {
+        {"scaling", "1e308", "'scaling' is 1e+308"},
+        {"scaling", "3.5e38", "'scaling' is 3.5e+38"},
+        {"reduction_factor", "1e-300", "reduction_factor 1e-300"},
+        {"reduction_factor", "{\"default\": 1e-300}", "reduction_factor"},
+        {"leave_out", "[1e300]", "leave_out"},
+    };
+    for (size_t i = 0; i < sizeof hub / sizeof hub[0]; i++) {
+        syn *s = syn_hub("x", 16, false);
+        hub_set(s, hub[i].field, cJSON_Parse(hub[i].json));
+        load_fails(syn_dir(s), PEFTD_EINVAL, hub[i].want, NULL);
+        syn_free(s);
+    }
+    syn *s = calloc(1, sizeof *s);
+    s->weights = "adapter_model.safetensors";
+    s->cfg = cJSON_Parse("{\"peft_type\":\"PROMPT_TUNING\",\"num_virtual_tokens\":1e300,\"token_dim\":64}");
+    syn_add(s, "F32", 4, 64, "prompt_embeddings");
+    load_fails(syn_dir(s), PEFTD_EINVAL, "'num_virtual_tokens' is 1e+300", NULL);
+    cfg_set(s, "num_virtual_tokens", cJSON_CreateNumber(4));
+    cfg_set(s, "token_dim", cJSON_Parse("-1e300"));
+    load_fails(syn_dir(s), PEFTD_EINVAL, "'token_dim'", NULL);
+    syn_free(s);
+    /* the largest accepted values still load and give a finite scale */
+    s = syn_lora(2, "F32");
+    cfg_set(s, "lora_alpha", cJSON_CreateNumber(1e6));
+    adapter *a = load_ok(syn_dir(s));
+    ASSERT_NEAR(a->lora[AMOD_Q].scale, 5e5, 0);
+    adapter_free(a);
+    syn_free(s);
+}
+
+/* Issue 9 #12: AdapterHub wirings the forward cannot run were accepted, then failed every
+ * step (plan build) and with it every other sequence of the batch. Refused at import now;
+ * residual_before_ln false without original_ln_before is the served math and loads. */
+TEST(err_hub_residual_wiring_not_served) {
+    syn *s = syn_hub("x", 16, false);
+    hub_set(s, "original_ln_after", cJSON_CreateFalse());
+    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "original_ln_after is false", NULL);
+    syn_free(s);
+    s = syn_hub("x", 16, false); /* original_ln_before true */
+    hub_set(s, "residual_before_ln", cJSON_CreateFalse());
+    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "residual_before_ln is false", NULL);
+    hub_set(s, "original_ln_before", cJSON_CreateFalse());
+    adapter *a = load_ok(syn_dir(s));
+    for (int l = 0; l < 5; l++) {
+        ASSERT(a->bn_ffn[l].size > 0);
+        ASSERT(a->bn_ffn[l].residual_before_ln && a->bn_ffn[l].original_ln_after && !a->bn_ffn[l].original_ln_before);
+    }
+    adapter_free(a);
+    syn_free(s);
+}
+
 TEST(names_and_shapes) {
     if (!KB) setup();
     adapter_free(NULL);
@@ -1167,4 +1247,4 @@ TEST_MAIN(fixture_lora_values_and_scales, fixture_lora_bf16_stays_bf16, fixture_
           syn_hub_unsupported_options, err_unknown_peft_type, err_fan_in_fan_out_and_bias, err_pickle_weights_refused,
           err_missing_files, err_wrong_shape, err_non_finite, err_targets_the_base_lacks,
           err_missing_and_unexpected_tensors, base_model_name_is_informational, err_config_types, err_ia3_and_prompt,
-          names_and_shapes)
+          names_and_shapes, err_numbers_the_forward_cannot_use, err_hub_residual_wiring_not_served)
