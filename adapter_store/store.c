@@ -29,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -385,6 +387,107 @@ static int open_fn(astore *s, MDB_txn *txn, void *vctx) {
     return 0;
 }
 
+/* LMDB's file layout (mdb.c, format version 1, 64-bit builds), read here with pread
+ * before LMDB maps the file: pages 0 and 1 are meta pages, each a 16-byte page header
+ * then MDB_meta { u32 magic, u32 version, void *address, size_t mapsize, MDB_db dbs[2]
+ * (48 bytes each; dbs[0].md_pad holds the page size), pgno_t last_pg, txnid_t txnid }.
+ * LMDB trusts last_pg: a file cut shorter than (last_pg + 1) pages is mapped anyway and
+ * the first touch of a missing page is SIGBUS, killing the process before any error can
+ * be returned (a crash loop under a supervisor). */
+#define LMDB_META_OFF 16      /* page header */
+#define LMDB_MAGIC 0xBEEFC0DEu
+#define LMDB_DATA_VERSION 1u
+#define LMDB_META_LEN 136     /* through txnid: 16 + 4 + 4 + 8 + 8 + 96 + 8 + 8 - 16 */
+
+typedef struct {
+    uint32_t psize;
+    uint64_t last_pg, txnid;
+    bool ok;
+} lmdb_meta_view;
+
+static uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t rd64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+static lmdb_meta_view read_meta_at(int fd, off_t off) {
+    unsigned char b[LMDB_META_OFF + LMDB_META_LEN];
+    lmdb_meta_view m = {0};
+    if (pread(fd, b, sizeof b, off) != (ssize_t)sizeof b) return m;
+    const unsigned char *mm = b + LMDB_META_OFF;
+    if (rd32(mm) != LMDB_MAGIC || rd32(mm + 4) != LMDB_DATA_VERSION) return m;
+    m.psize = rd32(mm + 24);
+    m.last_pg = rd64(mm + 120);
+    m.txnid = rd64(mm + 128);
+    /* LMDB's page sizes are powers of two from 4 KiB (its minimum here) to 64 KiB */
+    m.ok = m.psize >= 512 && m.psize <= 65536 && (m.psize & (m.psize - 1)) == 0;
+    return m;
+}
+
+/* Refuses a data.mdb whose size is below what its newest meta page says is in use. An
+ * absent or empty file is a new store (LMDB initialises it); unreadable metas are left to
+ * LMDB, which reports MDB_INVALID without touching the map. */
+static int check_data_file(const char *path, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? 0 : -errno;
+    struct stat sb;
+    int rc = 0;
+    if (fstat(fd, &sb) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    if (sb.st_size == 0) goto out;
+    lmdb_meta_view m0 = read_meta_at(fd, 0), m1 = {0};
+    if (m0.ok) m1 = read_meta_at(fd, (off_t)m0.psize);
+    if (!m0.ok) goto out;
+    const lmdb_meta_view *m = m1.ok && m1.psize == m0.psize && m1.txnid > m0.txnid ? &m1 : &m0;
+    /* 2 meta pages at least, and every page up to last_pg */
+    uint64_t pages = m->last_pg + 1 < 2 ? 2 : m->last_pg + 1;
+    if (pages > (uint64_t)INT64_MAX / m->psize || (uint64_t)sb.st_size < pages * m->psize) {
+        set_err(err, errlen,
+                "%s is truncated or damaged: %lld bytes, but its last committed transaction uses %llu pages of "
+                "%u bytes (%llu bytes); restore it from a backup (refusing to map it: that would crash)",
+                path, (long long)sb.st_size, (unsigned long long)pages, m->psize,
+                (unsigned long long)(pages * m->psize));
+        rc = PEFTD_EFORMAT;
+    }
+out:
+    close(fd);
+    return rc;
+}
+
+/* An exclusive, non-blocking flock on <dir>/peftd.lock, held by *fd until it is closed
+ * (the kernel drops it when the process dies, so a crash never leaves a stale lock). The
+ * holder's pid is written in the file, for the message of whoever is refused. */
+static int lock_dir(const char *dir, int *fd, char *err, size_t errlen) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/peftd.lock", dir);
+    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*fd < 0) {
+        int rc = -errno;
+        set_err(err, errlen, "cannot open the lock file %s: %s", path, strerror(errno));
+        return rc;
+    }
+    if (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(*fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        close(*fd);
+        *fd = -1;
+        if (e == EWOULDBLOCK) {
+            set_err(err, errlen, "the store %s is in use by another process%s%s%s (lock %s)", dir,
+                    pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "", path);
+            return PEFTD_EBUSY;
+        }
+        set_err(err, errlen, "cannot lock %s: %s", path, strerror(e));
+        return -e;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(*fd, 0) == 0 && pwrite(*fd, pid, (size_t)n, 0) != n) { /* informative only */ }
+    return 0;
+}
+
 static size_t round_page(size_t n, bool up) {
     long ps = sysconf(_SC_PAGESIZE);
     size_t p = ps > 0 ? (size_t)ps : 4096;
@@ -406,6 +509,8 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
         set_err(err, errlen, "%s: cannot create the store directory: %s", dir, strerror(errno));
         return rc;
     }
+    int lock_fd = -1;
+    if (opt && opt->exclusive && (rc = lock_dir(dir, &lock_fd, err, errlen))) return rc;
     size_t map = round_page(opt && opt->map_bytes ? opt->map_bytes : ASTORE_DEFAULT_MAP, true);
     size_t max = round_page(opt && opt->max_map_bytes ? opt->max_map_bytes : ASTORE_DEFAULT_MAX, false);
     if (max < map) max = map;
@@ -413,8 +518,10 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
     s = calloc(1, sizeof *s);
     if (!s) {
         set_err(err, errlen, "out of memory");
+        if (lock_fd >= 0) close(lock_fd);
         return PEFTD_ENOMEM;
     }
+    s->lock_fd = lock_fd;
     s->max_map = max;
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
@@ -436,6 +543,10 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
     char data[4200];
     struct stat sb;
     snprintf(data, sizeof data, "%s/data.mdb", dir);
+    if ((rc = check_data_file(data, err, errlen))) {
+        if (!err || !err[0]) set_err(err, errlen, "%s: %s", data, strerror(-rc));
+        goto fail;
+    }
     if (stat(data, &sb) != 0 && (rc = mdb_env_set_mapsize(s->env, map))) {
         set_err(err, errlen, "%s: cannot size the map: %s", dir, mdb_strerror(rc));
         rc = astore__status(rc);
@@ -481,6 +592,7 @@ fail:
         pthread_rwlock_destroy(&s->map_lock);
         pthread_mutex_destroy(&s->write_lock);
     }
+    if (s->lock_fd >= 0) close(s->lock_fd);
     free(s);
     return rc;
 }
@@ -488,6 +600,7 @@ fail:
 void astore_close(astore *s) {
     if (!s) return;
     mdb_env_close(s->env);
+    if (s->lock_fd >= 0) close(s->lock_fd);
     pthread_rwlock_destroy(&s->map_lock);
     pthread_mutex_destroy(&s->write_lock);
     free(s);

@@ -55,10 +55,16 @@ typedef struct astore astore;
 typedef struct {
     size_t map_bytes;       /* initial map size (0: 64 MiB); a reopened store keeps the size it grew to */
     size_t max_map_bytes;   /* growth limit: beyond it puts fail with PEFTD_ENOSPC (0: 64 GiB) */
+    bool exclusive;         /* take an exclusive flock on <dir>/peftd.lock for the store's life:
+                             * a second process asking the same gets PEFTD_EBUSY (the daemon sets
+                             * it: two daemons on one store would disagree about its contents) */
 } astore_options;
 
 /* Opens (creating if needed) the store in dir. A store whose "info" schema is newer than
- * this build's is refused with PEFTD_EUNSUPPORTED. @note caller owns *out: astore_close(). */
+ * this build's is refused with PEFTD_EUNSUPPORTED; a data.mdb shorter than its own meta
+ * page says (truncated: touching it would be SIGBUS) with PEFTD_EFORMAT; a store locked by
+ * another process (opt->exclusive) with PEFTD_EBUSY. err names the file and the reason.
+ * @note caller owns *out: astore_close(). */
 int astore_open(const char *dir, const astore_options *opt, astore **out, char *err, size_t errlen);
 void astore_close(astore *s); /* NULL is a no-op */
 

@@ -16,6 +16,7 @@ struct astore {
     MDB_dbi meta, blobs, refs, info;
     MDB_dbi tenants, keys; /* tenant_store.h's schema */
     size_t max_map;
+    int lock_fd;           /* astore_options.exclusive: the flocked <dir>/peftd.lock; -1 = none */
     pthread_mutex_t write_lock;
     pthread_rwlock_t map_lock;
 };

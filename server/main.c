@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "adapter_store/registry.h"
@@ -404,7 +405,43 @@ static void on_sighup(uv_signal_t *h, int signum) {
          s->reload_fn ? " and tenants" : "");
 }
 
+/* The signals serve handles on its libuv loop, and what came before the loop's handlers
+ * existed. Blocking them in main is not enough: libraries start threads from their
+ * constructors (OpenBLAS's pool) before main runs, and a process-directed signal goes to
+ * any thread that does not block it. So until libuv's handlers are installed (and again
+ * after they are removed at shutdown), a plain handler records the signal; the recorded
+ * ones are re-raised once libuv handles them. */
+static const int serve_signals[] = {SIGTERM, SIGINT, SIGHUP};
+static volatile sig_atomic_t serve_pending[3];
+
+static void serve_record_signal(int sig) {
+    for (int i = 0; i < 3; i++)
+        if (serve_signals[i] == sig) serve_pending[i] = 1;
+}
+
+static void serve_catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = serve_record_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    for (int i = 0; i < 3; i++) sigaction(serve_signals[i], &sa, NULL);
+}
+
+/* After uv_signal_start: hands what was recorded to libuv's handlers. */
+static void serve_replay_signals(void) {
+    for (int i = 0; i < 3; i++)
+        if (serve_pending[i]) {
+            serve_pending[i] = 0;
+            raise(serve_signals[i]);
+        }
+}
+
 static int cmd_serve(int argc, char **argv) {
+    /* A SIGTERM while the model loads, or after /health answers but before the loop's
+     * handlers exist, is recorded and acted on once they do (exit 0), not the default
+     * action's death by signal. */
+    serve_catch_signals();
     peftd_config cfg;
     config_default(&cfg);
     char err[1024] = "";
@@ -455,11 +492,23 @@ static int cmd_serve(int argc, char **argv) {
         config_free(&cfg);
         return 2;
     }
-    /* the adapter store first: the engine's tiers read from it */
+    /* The listening socket and the store's lock before anything slow: a second daemon on
+     * the same port or store exits 1 at once, with the reason, instead of loading a model
+     * first (and a second listener never shares the port). */
+    int listen_fd = -1;
+    if (http_listen(cfg.host, cfg.port, &listen_fd, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: cannot listen on %s:%d: %s\n", cfg.host, cfg.port, err);
+        config_free(&cfg);
+        return 1;
+    }
+    /* the adapter store next: the engine's tiers read from it */
     astore *store = NULL;
-    astore_options so = {.map_bytes = (size_t)cfg.store.map_mb << 20, .max_map_bytes = (size_t)cfg.store.max_map_mb << 20};
+    astore_options so = {.map_bytes = (size_t)cfg.store.map_mb << 20,
+                         .max_map_bytes = (size_t)cfg.store.max_map_mb << 20,
+                         .exclusive = true};
     if (mkdir_p(cfg.store.dir) < 0 || astore_open(cfg.store.dir, &so, &store, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot open the adapter store %s: %s\n", cfg.store.dir, err[0] ? err : strerror(errno));
+        close(listen_fd);
         config_free(&cfg);
         return 1;
     }
@@ -503,7 +552,8 @@ static int cmd_serve(int argc, char **argv) {
     http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
                       .max_upload_bytes = (uint64_t)cfg.store.max_upload_mb << 20, .threads = cfg.http_threads,
                       .tenants = tn, .chat_template = cfg.chat_template, .timeout_s = cfg.http_timeout_s,
-                      .max_connections = cfg.http_max_connections};
+                      .max_connections = cfg.http_max_connections, .listen_fd = listen_fd};
+    listen_fd = -1; /* the server's now, whatever happens */
     if (http_server_start(&hc, rt.e, rt.tok, rt.m, reg, store, svc, &srv, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg.host, cfg.port, err);
         goto out;
@@ -527,6 +577,7 @@ static int cmd_serve(int argc, char **argv) {
     uv_signal_start(&s.sigterm, on_signal, SIGTERM);
     uv_signal_start(&s.sigint, on_signal, SIGINT);
     signal(SIGPIPE, SIG_IGN);
+    serve_replay_signals(); /* a signal that came early is handled now, by libuv */
     uv_run(&s.loop, UV_RUN_DEFAULT);
     engine_stop(rt.e, false); /* cancels what is left, joins the engine thread */
     http_server_stop(srv);
@@ -536,6 +587,7 @@ static int cmd_serve(int argc, char **argv) {
     uv_close((uv_handle_t *)&s.sighup, NULL);
     uv_close((uv_handle_t *)&s.poll, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
+    serve_catch_signals(); /* closing libuv's handles restored SIG_DFL: a late signal is moot */
     uv_loop_close(&s.loop);
     rc = 0;
 out:
@@ -548,6 +600,7 @@ out:
     registry_free(reg);
     runtime_close(&rt);
 out_store:
+    if (listen_fd >= 0) close(listen_fd);
     astore_close(store);
     config_free(&cfg);
     if (rc == 0) LOGI("peftd: stopped");

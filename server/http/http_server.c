@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,17 +258,54 @@ static int http_resolve(const char *host, int port, struct sockaddr_storage *ss,
     return 0;
 }
 
+/* SO_REUSEADDR only: on Linux it lets a restarted daemon bind while its predecessor's
+ * connections sit in TIME_WAIT, but never a second listener on the same address (that
+ * is SO_REUSEPORT, which libmicrohttpd's LISTENING_ADDRESS_REUSE sets and which let two
+ * daemons share a port, answering alternately). listen() right away so that a second
+ * daemon's bind fails even while this one is still loading its model. */
+int http_listen(const char *host, int port, int *fd_out, char *err, size_t errlen) {
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    *fd_out = -1;
+    if (port < 0 || port > 65535) {
+        snprintf(err, errlen, "port %d is out of range", port);
+        return PEFTD_EINVAL;
+    }
+    int rc = http_resolve(host, port, &ss, &sslen, err, errlen);
+    if (rc) return rc;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return rc;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sslen) < 0 || listen(fd, SOMAXCONN) < 0) {
+        rc = -errno;
+        if (errno == EADDRINUSE) snprintf(err, errlen, "address already in use (another peftd, or another server)");
+        else snprintf(err, errlen, "%s", strerror(errno));
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
 int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, const model *m,
                       adapter_registry *reg, astore *store, adapter_service *svc, http_server **out,
                       char *err, size_t errlen) {
     *out = NULL;
-    if (!cfg || !e || !tok || !m || !reg || !store != !svc || cfg->port < 0 || cfg->port > 65535) {
+    if (!cfg || !e || !tok || !m || !reg || !store != !svc || cfg->listen_fd < 0) {
         snprintf(err, errlen, "http: invalid configuration");
+        if (cfg && cfg->listen_fd >= 0) close(cfg->listen_fd);
         return PEFTD_EINVAL;
     }
     http_server *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "http: out of memory");
+        close(cfg->listen_fd);
         return PEFTD_ENOMEM;
     }
     s->e = e;
@@ -301,30 +339,31 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
     else if (rc == PEFTD_ENOTFOUND) LOGI("http: %s has no chat template: /v1/chat/completions answers 400", m->name);
 
     struct sockaddr_storage ss;
-    socklen_t sslen = 0;
-    rc = http_resolve(cfg->host, cfg->port, &ss, &sslen, err, errlen);
-    if (rc) goto fail;
+    socklen_t sslen = sizeof ss;
+    if (getsockname(cfg->listen_fd, (struct sockaddr *)&ss, &sslen) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "http: the listening socket: %s", strerror(errno));
+        goto fail;
+    }
 
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     /* The logger goes first: MHD logs through the default logger until it sees it. */
     struct MHD_OptionItem opts[] = {
         {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)http_mhd_log, s},
-        {MHD_OPTION_SOCK_ADDR, 0, &ss},
+        {MHD_OPTION_LISTEN_SOCKET, cfg->listen_fd, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.timeout_s, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed, s},
-        {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
         {s->cfg.threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, s->cfg.threads, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
     s->mhd = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, http_handler, s,
                               MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (!s->mhd) {
-        snprintf(err, errlen, "http: cannot listen on %s:%d (port in use or bad address?)",
-                 cfg->host ? cfg->host : "*", cfg->port);
+        snprintf(err, errlen, "http: cannot start libmicrohttpd on %s:%d", cfg->host ? cfg->host : "*", cfg->port);
         rc = PEFTD_EIO;
-        goto fail;
+        goto fail_mhd; /* a failed start may already have closed the socket */
     }
 
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
@@ -343,6 +382,8 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
     *out = s;
     return 0;
 fail:
+    close(cfg->listen_fd);
+fail_mhd:
     chat_template_free(s->chat);
     pthread_mutex_destroy(&s->jobs_mu);
     pthread_mutex_destroy(&s->stats_mu);

@@ -18,8 +18,10 @@
 #include "server/engine/engine.h"
 
 typedef struct {
-    const char *host;        /* bind address, e.g. "127.0.0.1" */
-    int port;                /* 0 = pick a free port (see http_server_port) */
+    const char *host;        /* bind address, e.g. "127.0.0.1" (for messages: listen_fd is bound) */
+    int port;                /* the port asked for (for messages; see http_server_port) */
+    int listen_fd;           /* the listening socket from http_listen(): the server takes it over
+                              * (closed by http_server_stop, or by a failed start) */
     size_t max_body_bytes;   /* larger request bodies get 413; 0 = 1 MiB */
     uint64_t max_upload_bytes; /* adapter upload bodies (PUT /v1/adapters/{name}): larger get
                                 * 413; 0 = 2 GiB. Independent of max_body_bytes. */
@@ -34,6 +36,11 @@ typedef struct {
 } http_config;
 
 typedef struct http_server http_server;
+
+/* Binds and listens on host:port (0 = a free port) without SO_REUSEPORT, so a second
+ * daemon on the same address fails here ("address already in use"), before it loads
+ * anything. @note caller owns *fd: pass it to http_server_start (or close it). */
+int http_listen(const char *host, int port, int *fd, char *err, size_t errlen);
 
 /* Starts listening. @note caller owns *out: http_server_stop(). e, tok, m, reg, store and
  * svc must outlive the server. store and svc may be NULL (no adapter store): the

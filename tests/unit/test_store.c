@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -592,6 +593,60 @@ TEST(sigkill_at_random_moments) {
     printf("  %d kills, %d adapters verified in total\n", iters, total);
 }
 
+/* Issue 9 defect 9: a data.mdb cut short (a full disk during a copy, a bad restore) made
+ * LMDB SIGBUS inside astore_list at start-up. Every truncation point past the meta pages
+ * must be refused with PEFTD_EFORMAT and a message naming the file, never a crash (the
+ * harness forks each test: a SIGBUS fails it). */
+TEST(truncated_data_file_refused) {
+    const char *dir = tmpdir();
+    char d[128], path[160];
+    snprintf(d, sizeof d, "%s", dir);
+    snprintf(path, sizeof path, "%s/data.mdb", d);
+    astore *s = open_store(d, 1 << 20, 8 << 20);
+    for (int i = 0; i < 20; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "a%02d", i);
+        put(s, name, (uint64_t)i + 1, 20000, NULL);
+    }
+    astore_close(s);
+    struct stat sb;
+    ASSERT_EQ(stat(path, &sb), 0);
+    off_t full = sb.st_size;
+    ASSERT(full > 64 * 1024);
+    /* cut at several points: just past the two meta pages, mid-file, one page short */
+    off_t cuts[] = {2 * 4096 + 100, full / 2, full - 4096};
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        ASSERT_EQ(truncate(path, cuts[i]), 0);
+        astore_options o = {.map_bytes = 1 << 20, .max_map_bytes = 8 << 20};
+        char err[512] = "";
+        astore *t = NULL;
+        ASSERT_EQ(astore_open(d, &o, &t, err, sizeof err), PEFTD_EFORMAT);
+        ASSERT(t == NULL);
+        ASSERT(strstr(err, path) && strstr(err, "truncated"));
+    }
+}
+
+/* Issue 9 defect 11: two processes on one store disagree about its contents. The
+ * exclusive lock is a flock on an open file description, so a second open in the same
+ * process conflicts just like another process; closing releases it. */
+TEST(exclusive_lock_refuses_a_second_opener) {
+    const char *dir = tmpdir();
+    astore_options o = {.map_bytes = 1 << 20, .max_map_bytes = 8 << 20, .exclusive = true};
+    astore *a = NULL, *b = NULL;
+    char err[512] = "";
+    ASSERT_EQ(astore_open(dir, &o, &a, err, sizeof err), 0);
+    ASSERT_EQ(astore_open(dir, &o, &b, err, sizeof err), PEFTD_EBUSY);
+    ASSERT(b == NULL);
+    ASSERT(strstr(err, "in use by another process") && strstr(err, "peftd.lock"));
+    char pid[32];
+    snprintf(pid, sizeof pid, "pid %ld", (long)getpid());
+    ASSERT(strstr(err, pid));
+    astore_close(a);
+    ASSERT_EQ(astore_open(dir, &o, &b, err, sizeof err), 0);
+    astore_close(b);
+}
+
 TEST_MAIN(put_get_versions_delete, shared_blobs_are_refcounted, pagination_2500_names, map_grows_from_256k,
           full_store_enospc_keeps_everything, reopen_keeps_everything, damaged_blob_detected, newer_schema_refused,
-          readers_during_growth, sigkill_at_random_moments)
+          readers_during_growth, sigkill_at_random_moments, truncated_data_file_refused,
+          exclusive_lock_refuses_a_second_opener)
