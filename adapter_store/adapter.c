@@ -20,9 +20,12 @@
 
 #include "kernels/util/half.h"
 
-/* adapter_config.json is a few kB; a rank_pattern over every module of a 100-layer model
- * stays far below this. Anything larger is not a config we want to parse. */
-#define ADAPTER_MAX_CONFIG (16u << 20)
+/* adapter_config.json is a few kB; a rank_pattern + alpha_pattern over every module of a
+ * 126-layer model (2 × 882 keys of ~40 bytes) is ~80 kB. 1 MiB is a > 10x margin; anything
+ * larger is not a config we want to parse (issue 9 #6). */
+#define ADAPTER_MAX_CONFIG (1u << 20)
+/* JSON values cJSON may allocate for it (~64 bytes each): that config is ~2,000 values. */
+#define ADAPTER_MAX_CONFIG_VALUES 65536u
 /* Tensors start on 64-byte boundaries inside the adapter's block (cache line / AVX-512). */
 #define ADAPTER_ALIGN 64
 
@@ -289,8 +292,14 @@ static int read_config(adapter__ctx *c, char **text, size_t *len) {
     }
     if (n > ADAPTER_MAX_CONFIG) {
         free(buf);
-        return adapter__fail(c, PEFTD_EFORMAT, "%s: adapter_config.json is larger than %u bytes", c->dir,
+        return adapter__fail(c, PEFTD_EINVAL, "%s: adapter_config.json is larger than %u bytes", c->dir,
                              ADAPTER_MAX_CONFIG);
+    }
+    size_t values = st_json_value_bound(buf, n);
+    if (values > ADAPTER_MAX_CONFIG_VALUES) {
+        free(buf);
+        return adapter__fail(c, PEFTD_EINVAL, "%s: adapter_config.json holds about %zu JSON values (at most %u)",
+                             c->dir, values, ADAPTER_MAX_CONFIG_VALUES);
     }
     buf[n] = 0;
     *text = buf;
@@ -469,6 +478,7 @@ int adapter_load_dir(const char *dir, const adapter_base *base, kbackend *kb, ad
     if ((rc = hash_files(&c, text, text_len, wpath))) goto fail;
     if ((rc = stage_upload(&c))) goto fail;
 
+    adapter__regex_free(&c);
     stage_clear(&c.stage);
     free(c.used);
     st_close(c.st);
@@ -477,6 +487,7 @@ int adapter_load_dir(const char *dir, const adapter_base *base, kbackend *kb, ad
     *out = c.a;
     return 0;
 fail:
+    adapter__regex_free(&c);
     stage_clear(&c.stage);
     free(c.used);
     st_close(c.st);

@@ -47,6 +47,7 @@ typedef struct {
     adapter__stage stage;
     char *err;
     size_t errlen;
+    struct adapter__re *re; /* adapter_targets.c: compiled patterns, match limits, budget */
 } adapter__ctx;
 
 /* ---- adapter.c: errors, tensors, staging ---- */
@@ -146,9 +147,19 @@ int adapter__pattern_value(adapter__ctx *c, const cJSON *patterns, const char *f
 int adapter__is_feedforward(adapter__ctx *c, const char *key, bool *out);
 
 /* re.fullmatch / re.match(anchored) of a Python-style regex; invalid pattern →
- * PEFTD_EFORMAT naming field. */
+ * PEFTD_EFORMAT naming field. Every match runs under PCRE2 match/depth limits and all the
+ * matches of one load share a CPU-time budget (issue 9 #6: a config of a few hostile
+ * patterns held a thread for seconds); exceeding either → PEFTD_EINVAL naming field. */
 int adapter__regex(adapter__ctx *c, const char *field, const char *pattern, const char *subject,
                    bool full, bool *matched);
+/* Releases c->re (compiled patterns); NULL-safe, called once per load. */
+void adapter__regex_free(adapter__ctx *c);
+
+/* Most entries of one pattern map (rank_pattern, alpha_pattern) or string list
+ * (target_modules, modules_to_save, layers_pattern, exclude_modules, feedforward_modules):
+ * a per-module map over every projection of the largest dense Llama (126 layers × 7 =
+ * 882 keys) fits with margin; each entry is a regex tried against every module key. */
+#define ADAPTER_MAX_PATTERNS 1024
 
 /* ---- kind loaders ---- */
 /* modules_to_save (lm_head / embed_tokens full replacements), shared by LoRA and IA3. */

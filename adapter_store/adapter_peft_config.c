@@ -96,10 +96,14 @@ int adapter__json_str_list(adapter__ctx *c, const cJSON *obj, const char *field,
     const cJSON *e;
     if (!cJSON_IsArray(v))
         return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field '%s' must be a list of strings", field);
+    int n = 0;
     cJSON_ArrayForEach(e, v) {
         if (!cJSON_IsString(e))
             return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field '%s' must be a list of strings",
                                  field);
+        if (++n > ADAPTER_MAX_PATTERNS)
+            return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: field '%s' has more than %d entries", field,
+                                 ADAPTER_MAX_PATTERNS);
     }
     *out = v;
     return 0;

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "adapter_store/adapter_internal.h"
 
@@ -31,31 +32,118 @@ void adapter__module_key(int layer, adapter_module m, char *buf, size_t n) {
     snprintf(buf, n, "model.layers.%d.%s.%s", layer, m <= AMOD_O ? "self_attn" : "mlp", adapter_module_name(m));
 }
 
-int adapter__regex(adapter__ctx *c, const char *field, const char *pattern, const char *subject, bool full,
-                   bool *matched) {
+/* PCRE2 limits for one match. Subjects are module keys (< 64 bytes). Measured with
+ * pcre2_set_match_limit bisection: PEFT-style patterns ("(.*\.)?(K)$" around literal,
+ * ".*"-prefixed and "\d+" keys, target regexes with alternations, the layers_to_transform
+ * and modules_to_save wrappers) need at most 146 match() calls on the keys of a 126-layer
+ * model. 1e4 is ~70x that and stops a catastrophic-backtracking pattern within ~0.1 ms;
+ * the backtracking depth of a match stays below the key length. */
+#define RE_MATCH_LIMIT 10000u
+#define RE_DEPTH_LIMIT 1000u
+/* CPU seconds all the regex matches of one load may take together: real configs take
+ * milliseconds; ADAPTER_MAX_PATTERNS patterns × every module of a large base × a match
+ * just under the limit could otherwise take minutes. Thread CPU time, so a loaded machine
+ * does not make a legitimate config fail. */
+#define RE_CPU_BUDGET_S 2.0
+/* The CPU clock is read once per this many matches (a clock read costs ~ a short match). */
+#define RE_CLOCK_EVERY 64
+
+typedef struct {
+    const cJSON *src;           /* the pattern map compiled (rank_pattern / alpha_pattern) */
+    pcre2_code **codes;         /* [n], in map order */
+    int n;
+} re_map;
+
+struct adapter__re {
+    pcre2_match_context *mctx;
+    unsigned long calls;
+    double cpu0;                /* thread CPU seconds at the first match */
+    re_map maps[2];             /* 0: rank_pattern, 1: alpha_pattern */
+};
+
+static double thread_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int re_state(adapter__ctx *c, struct adapter__re **out) {
+    if (!c->re) {
+        struct adapter__re *r = calloc(1, sizeof *r);
+        if (r) r->mctx = pcre2_match_context_create(NULL);
+        if (!r || !r->mctx) {
+            free(r);
+            return adapter__fail(c, PEFTD_ENOMEM, "out of memory matching adapter_config.json patterns");
+        }
+        pcre2_set_match_limit(r->mctx, RE_MATCH_LIMIT);
+        pcre2_set_depth_limit(r->mctx, RE_DEPTH_LIMIT);
+        r->cpu0 = thread_cpu_s();
+        c->re = r;
+    }
+    *out = c->re;
+    return 0;
+}
+
+void adapter__regex_free(adapter__ctx *c) {
+    if (!c->re) return;
+    for (int m = 0; m < 2; m++) {
+        for (int i = 0; i < c->re->maps[m].n; i++) pcre2_code_free(c->re->maps[m].codes[i]);
+        free(c->re->maps[m].codes);
+    }
+    pcre2_match_context_free(c->re->mctx);
+    free(c->re);
+    c->re = NULL;
+}
+
+static int re_compile(adapter__ctx *c, const char *field, const char *pattern, pcre2_code **out) {
     int ec;
     PCRE2_SIZE eo;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
-    if (!re) {
+    *out = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    if (!*out) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ec, msg, sizeof msg);
         return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field '%s': invalid regex '%.200s': %s at %zu",
                              field, pattern, (const char *)msg, (size_t)eo);
     }
+    return 0;
+}
+
+/* One limited match of a compiled pattern. */
+static int re_match(adapter__ctx *c, const char *field, const char *pattern, const pcre2_code *re,
+                    const char *subject, bool full, bool *matched) {
+    struct adapter__re *st;
+    int rc = re_state(c, &st);
+    if (rc) return rc;
+    if (++st->calls % RE_CLOCK_EVERY == 0 && thread_cpu_s() - st->cpu0 > RE_CPU_BUDGET_S)
+        return adapter__fail(c, PEFTD_EINVAL,
+                             "adapter_config.json: field '%s': matching its patterns against the base's modules "
+                             "took over %.0f s of CPU (%lu matches); simplify the patterns",
+                             field, RE_CPU_BUDGET_S, st->calls);
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
-    if (!md) {
-        pcre2_code_free(re);
-        return adapter__fail(c, PEFTD_ENOMEM, "out of memory matching '%s'", field);
-    }
+    if (!md) return adapter__fail(c, PEFTD_ENOMEM, "out of memory matching '%s'", field);
     uint32_t opts = PCRE2_ANCHORED | (full ? PCRE2_ENDANCHORED : 0);
-    int r = pcre2_match(re, (PCRE2_SPTR)subject, PCRE2_ZERO_TERMINATED, 0, opts, md, NULL);
+    int r = pcre2_match(re, (PCRE2_SPTR)subject, PCRE2_ZERO_TERMINATED, 0, opts, md, st->mctx);
     pcre2_match_data_free(md);
-    pcre2_code_free(re);
+    if (r == PCRE2_ERROR_MATCHLIMIT || r == PCRE2_ERROR_DEPTHLIMIT || r == PCRE2_ERROR_HEAPLIMIT)
+        return adapter__fail(c, PEFTD_EINVAL,
+                             "adapter_config.json: field '%s': regex '%.200s' exceeds the match limits on '%s' "
+                             "(catastrophic backtracking)",
+                             field, pattern, subject);
     if (r < 0 && r != PCRE2_ERROR_NOMATCH)
         return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field '%s': regex '%.200s' failed (%d)", field,
                              pattern, r);
     *matched = r >= 0;
     return 0;
+}
+
+int adapter__regex(adapter__ctx *c, const char *field, const char *pattern, const char *subject, bool full,
+                   bool *matched) {
+    pcre2_code *re;
+    int rc = re_compile(c, field, pattern, &re);
+    if (rc) return rc;
+    rc = re_match(c, field, pattern, re, subject, full, matched);
+    pcre2_code_free(re);
+    return rc;
 }
 
 /* The config's targeting rules, parsed once. */
@@ -315,19 +403,47 @@ int adapter__select_targets(adapter__ctx *c, const char *const *defaults_llama, 
     return 0;
 }
 
-int adapter__pattern_value(adapter__ctx *c, const cJSON *patterns, const char *field, const char *key,
-                           const cJSON **hit) {
+/* Compiles every key of a pattern map once per load (they are tried against every module). */
+static int pattern_map(adapter__ctx *c, const cJSON *patterns, const char *field, re_map **out) {
+    struct adapter__re *st;
+    int rc = re_state(c, &st);
+    if (rc) return rc;
+    re_map *m = &st->maps[strcmp(field, "rank_pattern") ? 1 : 0];
+    *out = m;
+    if (m->src == patterns) return 0;
+    for (int i = 0; i < m->n; i++) pcre2_code_free(m->codes[i]);
+    free(m->codes);
+    memset(m, 0, sizeof *m);
+    int n = cJSON_GetArraySize(patterns);
+    if (n > ADAPTER_MAX_PATTERNS)
+        return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: field '%s' has %d keys; at most %d are accepted",
+                             field, n, ADAPTER_MAX_PATTERNS);
+    if (!(m->codes = calloc((size_t)n + 1, sizeof *m->codes)))
+        return adapter__fail(c, PEFTD_ENOMEM, "out of memory compiling '%s'", field);
     const cJSON *e;
     char pat[1200];
-    *hit = NULL;
-    if (!patterns) return 0;
     cJSON_ArrayForEach(e, patterns) {
         if ((size_t)snprintf(pat, sizeof pat, "(.*\\.)?(%s)$", e->string) >= sizeof pat)
             return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: %s key too long", field);
-        bool m;
-        int rc = adapter__regex(c, field, pat, key, false, &m);
-        if (rc) return rc;
-        if (m) {
+        if ((rc = re_compile(c, field, pat, &m->codes[m->n]))) return rc;
+        m->n++;
+    }
+    m->src = patterns;
+    return 0;
+}
+
+int adapter__pattern_value(adapter__ctx *c, const cJSON *patterns, const char *field, const char *key,
+                           const cJSON **hit) {
+    const cJSON *e;
+    re_map *m;
+    *hit = NULL;
+    if (!patterns) return 0;
+    int rc = pattern_map(c, patterns, field, &m), i = 0;
+    if (rc) return rc;
+    cJSON_ArrayForEach(e, patterns) {
+        bool match;
+        if ((rc = re_match(c, field, e->string, m->codes[i++], key, false, &match))) return rc;
+        if (match) {
             *hit = e;
             return 0;
         }

@@ -110,6 +110,23 @@ static int st_check_integers(const char *h, size_t len, const char *label, char 
     return 0;
 }
 
+size_t st_json_value_bound(const char *h, size_t len) {
+    size_t n = 1;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = h[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == ',' || c == '[' || c == '{') {
+            n++;
+        }
+    }
+    return n;
+}
+
 /* A JSON number holding an exact integer in [0, 2^53). */
 static bool st_json_uint(const cJSON *v, uint64_t *out) {
     if (!cJSON_IsNumber(v)) return false;
@@ -361,11 +378,17 @@ static int st_parse_header(st_file *f, const uint8_t *buf, size_t len, char *err
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
     if (hlen == 0 || hlen > ST_MAX_HEADER || hlen > len - 8) {
         st_err(err, errlen, "%s: header length %llu is %s", label, (unsigned long long)hlen,
-               hlen == 0 ? "zero" : hlen > ST_MAX_HEADER ? "over the 100 MB limit"
+               hlen == 0 ? "zero" : hlen > ST_MAX_HEADER ? "over the 8 MiB limit"
                                                          : "beyond the end of the file");
         return PEFTD_EFORMAT;
     }
     const char *h = (const char *)buf + 8, *end = NULL;
+    size_t nodes = st_json_value_bound(h, (size_t)hlen);
+    if (nodes > ST_MAX_NODES) {
+        st_err(err, errlen, "%s: header holds about %zu JSON values, over the limit of %zu", label, nodes,
+               ST_MAX_NODES);
+        return PEFTD_EFORMAT;
+    }
     f->data = buf + 8 + hlen;
     f->data_len = len - 8 - hlen;
 

@@ -8,7 +8,8 @@
  * What is checked before a file is accepted (anything else → a negative status and a
  * message in err naming the file and the tensor/field, never a crash or an out-of-bounds
  * read):
- *   - N ≤ ST_MAX_HEADER and N ≤ file size − 8; the header is a JSON object (cJSON), padded
+ *   - N ≤ ST_MAX_HEADER and N ≤ file size − 8; at most ST_MAX_NODES JSON values (counted
+ *     before parsing); the header is a JSON object (cJSON), padded
  *     at most with trailing whitespace; every number in it is a non-negative integer;
  *   - names are non-empty, at most ST_MAX_NAME bytes, unique;
  *   - dtype is a known string (unknown → PEFTD_EUNSUPPORTED), shape has ≤ ST_MAX_DIMS
@@ -30,8 +31,16 @@
 
 #include "kernels/kernels.h"
 
-/* 100 MB: the reference implementation's limit; real headers are a few hundred kB. */
-#define ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
+/* Header bounds (issue 9 #6: a 60 MB header of shape arrays cost 2.46 GB of RSS and 18.7 s).
+ * The largest real adapter header, a rank-64 all-linear LoRA of a 70B Llama (80 layers × 7
+ * modules × 2 tensors = 1120 tensors at ~130 bytes each), is ~150 kB; a base model shard of
+ * a dense Llama-family model holds ≤ ~1200 tensors (≤ ~200 kB). 8 MB is a > 40x margin.
+ * ST_MAX_NODES bounds the JSON values cJSON would allocate (~64 bytes each): a tensor entry
+ * is ≤ 14 values (object, dtype, shape + ≤ 8 dims, data_offsets + 2), so 2^18 values hold
+ * ~18,000 tensors (16x the largest real adapter) in ≤ ~17 MB of tree. Checked by a scan of
+ * the text before cJSON allocates anything. */
+#define ST_MAX_HEADER ((uint64_t)8 << 20)
+#define ST_MAX_NODES ((size_t)1 << 18)
 /* Longest tensor name accepted; real names are < 200 bytes. */
 #define ST_MAX_NAME 1024
 /* Most dims a tensor may have (real weights have ≤ 4). */
@@ -102,6 +111,11 @@ const char *st_metadata_find(const st_file *f, const char *key); /* NULL when ab
 
 /* The label given to st_parse or the path given to st_open. */
 const char *st_label(const st_file *f);
+
+/* An upper bound on the number of values cJSON would allocate for the JSON text (every
+ * value but the first follows a ',' or opens a container), counted without parsing; used
+ * to refuse hostile headers/configs before allocating. O(len), never reads past len. */
+size_t st_json_value_bound(const char *text, size_t len);
 
 /* Bytes per element, and the header's spelling ("F32", "BF16", ...). */
 size_t st_dtype_size(st_dtype t);

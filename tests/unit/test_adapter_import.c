@@ -21,6 +21,8 @@
 #include "tests/harness/test.h"
 
 #define FIXTURES "tests/fixtures/adapters"
+/* adapter_internal.h's ADAPTER_MAX_PATTERNS (not a public header) */
+#define ADAPTER_MAX_PATTERNS_FOR_TEST 1024
 
 #define ASSERT_HAS(s, sub)                                                                        \
     do {                                                                                          \
@@ -1224,6 +1226,57 @@ TEST(err_hub_residual_wiring_not_served) {
     syn_free(s);
 }
 
+/* Issue 9 #6: 20 catastrophic rank_pattern regexes in an 814-byte config held a thread for
+ * 12 s. Every match now runs under PCRE2 match/depth limits, pattern maps and lists are
+ * capped, and the config's size and JSON value count are bounded before parsing. Each
+ * hostile config below is refused with PEFTD_EINVAL (422) and the reason; on the old code
+ * the first one ran until the harness timeout (exponential backtracking on every key). */
+TEST(err_hostile_patterns_and_configs) {
+    syn *s = syn_lora(2, "F32");
+    cJSON *rp = cJSON_CreateObject();
+    for (int i = 0; i < 20; i++) {
+        char k[64];
+        snprintf(k, sizeof k, "(.*.*.*.*.*.*.*.*.*.*)*[#%%]%d", i);
+        cJSON_AddNumberToObject(rp, k, 4);
+    }
+    cfg_set(s, "rank_pattern", rp);
+    load_fails(syn_dir(s), PEFTD_EINVAL, "rank_pattern", "exceeds the match limits");
+    /* target_modules as a regex goes through the same limits */
+    cfg_set(s, "rank_pattern", cJSON_CreateObject());
+    cfg_set(s, "target_modules", cJSON_CreateString("(.*.*.*.*.*.*.*.*.*.*)*[#%]"));
+    load_fails(syn_dir(s), PEFTD_EINVAL, "target_modules", "exceeds the match limits");
+    cfg_set(s, "target_modules", cJSON_CreateStringArray((const char *[]){"q_proj", "v_proj"}, 2));
+    /* more pattern keys than any real model has modules */
+    rp = cJSON_CreateObject();
+    for (int i = 0; i < ADAPTER_MAX_PATTERNS_FOR_TEST + 1; i++) {
+        char k[64];
+        snprintf(k, sizeof k, "model.layers.%d.self_attn.q_proj", i);
+        cJSON_AddNumberToObject(rp, k, 2);
+    }
+    cfg_set(s, "alpha_pattern", rp);
+    load_fails(syn_dir(s), PEFTD_EINVAL, "alpha_pattern", "at most 1024");
+    cfg_set(s, "alpha_pattern", cJSON_CreateObject());
+    /* a list of 1025 modules_to_save */
+    cJSON *l = cJSON_CreateArray();
+    for (int i = 0; i < ADAPTER_MAX_PATTERNS_FOR_TEST + 1; i++) cJSON_AddItemToArray(l, cJSON_CreateString("score"));
+    cfg_set(s, "modules_to_save", l);
+    load_fails(syn_dir(s), PEFTD_EINVAL, "modules_to_save", "more than 1024 entries");
+    cfg_set(s, "modules_to_save", cJSON_CreateNull());
+    /* a config of 70,000 JSON values (a few hundred kB) and one over 1 MiB */
+    l = cJSON_CreateArray();
+    for (int i = 0; i < 70000; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(0));
+    cfg_set(s, "padding", l);
+    load_fails(syn_dir(s), PEFTD_EINVAL, "adapter_config.json holds about", "JSON values");
+    char *big = malloc((1u << 20) + 2);
+    ASSERT(big);
+    memset(big, 'x', (1u << 20) + 1);
+    big[(1u << 20) + 1] = 0;
+    cfg_set(s, "padding", cJSON_CreateString(big));
+    free(big);
+    load_fails(syn_dir(s), PEFTD_EINVAL, "adapter_config.json is larger than", NULL);
+    syn_free(s);
+}
+
 TEST(names_and_shapes) {
     if (!KB) setup();
     adapter_free(NULL);
@@ -1247,4 +1300,5 @@ TEST_MAIN(fixture_lora_values_and_scales, fixture_lora_bf16_stays_bf16, fixture_
           syn_hub_unsupported_options, err_unknown_peft_type, err_fan_in_fan_out_and_bias, err_pickle_weights_refused,
           err_missing_files, err_wrong_shape, err_non_finite, err_targets_the_base_lacks,
           err_missing_and_unexpected_tensors, base_model_name_is_informational, err_config_types, err_ia3_and_prompt,
-          names_and_shapes, err_numbers_the_forward_cannot_use, err_hub_residual_wiring_not_served)
+          names_and_shapes, err_numbers_the_forward_cannot_use, err_hub_residual_wiring_not_served,
+          err_hostile_patterns_and_configs)

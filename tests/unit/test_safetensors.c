@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -385,6 +386,46 @@ TEST(metadata_hostile) {
     expect_fail("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0, PEFTD_EFORMAT, "duplicate");
 }
 
+/* Issue 9 #6: a header of huge shape arrays cost 2.46 GB of RSS (60 MB header) before it
+ * was refused. Now the value count is bounded before cJSON allocates: a 7.9 MB header of
+ * "[0,0,...]" (~4M values; ~256 MB of cJSON tree on the old code) is refused with the
+ * reason, and the process grows by far less than that tree (loose bound: 64 MB). A
+ * header over ST_MAX_HEADER (8 MiB) is refused by its length alone. */
+TEST(hostile_header_bounded_before_parsing) {
+    size_t hl = (size_t)ST_MAX_HEADER - 4096, off = 0;
+    char *h = malloc(hl + 1);
+    ASSERT(h);
+    off += (size_t)snprintf(h, hl, "{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,0],\"shape\":[0");
+    while (off + 8 < hl) {
+        h[off++] = ',';
+        h[off++] = '0';
+    }
+    memcpy(h + off, "]}}", 4);
+    struct rusage ru0, ru1;
+    getrusage(RUSAGE_SELF, &ru0);
+    size_t len;
+    uint8_t *b = st_image(h, 0, &len);
+    free(h);
+    st_file *f = (st_file *)1;
+    char err[256];
+    ASSERT_EQ(st_parse(b, len, "t", &f, err, sizeof err), PEFTD_EFORMAT);
+    ASSERT(f == NULL);
+    ASSERT(strstr(err, "JSON values, over the limit"));
+    free(b);
+    getrusage(RUSAGE_SELF, &ru1);
+    /* ru_maxrss is in kB; the image itself (8 MB) and the header copy count too */
+    if (ru1.ru_maxrss - ru0.ru_maxrss > 64 * 1024)
+        FAIL("peak RSS grew by %ld kB parsing a hostile header", ru1.ru_maxrss - ru0.ru_maxrss);
+    /* just over the byte bound: refused from the length field */
+    b = st_image_ex("{}", (int64_t)ST_MAX_HEADER + 1, 0, &len);
+    ASSERT_EQ(st_parse(b, len, "t", &f, err, sizeof err), PEFTD_EFORMAT);
+    ASSERT(strstr(err, "over the 8 MiB limit"));
+    free(b);
+    /* the value bound itself: quotes and escapes do not count, containers and commas do */
+    const char *j = "{\"a,[{\\\"\":[1,2]}";
+    ASSERT_EQ(st_json_value_bound(j, strlen(j)), 4);
+}
+
 TEST(many_tensors_find) {
     /* 2000 tensors listed in reverse name order: find must use the sorted index. */
     enum { N = 2000 };
@@ -478,7 +519,7 @@ TEST(null_err_buffer) {
     free(b);
 }
 
-TEST_MAIN(valid_file_exact_info, every_dtype_parses_with_its_size, empty_header_object_and_padding,
+TEST_MAIN(hostile_header_bounded_before_parsing, valid_file_exact_info, every_dtype_parses_with_its_size, empty_header_object_and_padding,
           header_length_bounds, header_not_json_or_not_object, header_with_nul_byte,
           offsets_hostile, overlap_rejected, size_must_match_shape_and_dtype, shape_hostile,
           dtype_hostile, entry_structure, names_hostile, metadata_hostile, many_tensors_find,
