@@ -387,6 +387,28 @@ static int dispatch_peft(adapter__ctx *c) {
                          t);
 }
 
+bool adapter_accepts_scale(adapter_kind kind) { return kind == ADAPTER_LORA; }
+
+int adapter_check_scale(const adapter *a, double scale, char *err, size_t errlen) {
+    if (err && errlen) err[0] = 0;
+    if (!adapter_accepts_scale(a->kind)) {
+        if (err && errlen)
+            snprintf(err, errlen, "adapter_scale applies to LoRA adapters only (this adapter is %s)",
+                     adapter_kind_name(a->kind));
+        return PEFTD_EINVAL;
+    }
+    bool dora = false;
+    for (int i = 0; a->lora && i < a->n_layers * AMOD_COUNT; i++) dora |= a->lora[i].dora != NULL;
+    if (dora && scale != 1.0) {
+        if (err && errlen)
+            snprintf(err, errlen, "adapter_scale %g: this DoRA adapter is served at scale 1 only (its weight norm "
+                                  "depends on the scale)",
+                     scale);
+        return PEFTD_EINVAL;
+    }
+    return 0;
+}
+
 void adapter_free(adapter *a) {
     if (!a) return;
     if (a->storage) {

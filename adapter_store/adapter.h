@@ -122,4 +122,16 @@ int adapter_load_dir(const char *dir, const adapter_base *base, kbackend *kb, ad
                      size_t errlen);
 void adapter_free(adapter *a); /* NULL is a no-op */
 
+/* The one rule for a per-request adapter strength (HTTP "adapter_scale", CLI
+ * --adapter-scale): only LoRA-family deltas are scaled (y += s·scale·BAx); IA3, prompt and
+ * prefix tuning and bottleneck adapters have no such scale, so asking for one is an error,
+ * never silently ignored. */
+bool adapter_accepts_scale(adapter_kind kind);
+
+/* adapter_accepts_scale for a loaded adapter and a given scale, plus what this build can
+ * compute exactly: a DoRA adapter is served at scale 1 only, because its per-output factor
+ * m / ||W + s·scale·BA|| is precomputed at import for s = 1 (issue 9 #13: serving another s
+ * with that factor differs from PEFT). Returns 0, or PEFTD_EINVAL with the reason in err. */
+int adapter_check_scale(const adapter *a, double scale, char *err, size_t errlen);
+
 #endif

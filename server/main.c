@@ -182,7 +182,7 @@ static int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *prompt = NULL, *adapter_dir = NULL;
     long max_tokens = 16, seed = 0, top_k = 0, threads = 0;
     double temperature = 1.0, top_p = 1.0, adapter_scale = 1.0;
-    bool has_seed = false;
+    bool has_seed = false, scale_set = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 >= argc) {
@@ -193,7 +193,7 @@ static int cmd_generate(int argc, char **argv) {
         if (!strcmp(a, "--model")) model_dir = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "--adapter")) adapter_dir = v;
-        else if (!strcmp(a, "--adapter-scale")) { if (parse_float(a, v, 0, 16, &adapter_scale)) return 2; }
+        else if (!strcmp(a, "--adapter-scale")) { if (parse_float(a, v, 0, 16, &adapter_scale)) return 2; scale_set = true; }
         else if (!strcmp(a, "--max-tokens")) { if (parse_long(a, v, 1, INT_MAX / 2, &max_tokens)) return 2; }
         else if (!strcmp(a, "--temperature")) { if (parse_float(a, v, 0, 100, &temperature)) return 2; }
         else if (!strcmp(a, "--top-p")) { if (parse_float(a, v, 1e-6, 1, &top_p)) return 2; }
@@ -224,6 +224,12 @@ static int cmd_generate(int argc, char **argv) {
     char err[1024];
     if (adapter_dir && model_load_adapter(rt.m, adapter_dir, &ad, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot load adapter %s: %s\n", adapter_dir, err);
+        goto out;
+    }
+    /* the HTTP API's rule (adapter_check_scale): refused, never silently ignored */
+    if (scale_set && (!ad || adapter_check_scale(ad, adapter_scale, err, sizeof err) < 0)) {
+        fprintf(stderr, "peftd: --adapter-scale: %s\n", ad ? err : "needs --adapter");
+        rc = 2;
         goto out;
     }
     if (tokenizer_encode(rt.tok, prompt, strlen(prompt), true, &ids, &n_ids) < 0) {

@@ -459,6 +459,33 @@ def incompatible_adapter_gets_422_naming_the_tensor():
 
 
 @test
+def unservable_configs_get_422_at_upload_naming_the_field():
+    """Issue 9 #2 / #12: what the forward would refuse or turn into garbage is refused at
+    upload (was 201, then 500 on every completion / for the whole batch)."""
+    dm = d()
+    _, w = fixture_files("lora_r8_all")
+    cfg = json.loads(fixture_files("lora_r8_all")[0][1])
+    for field, value, want in (("lora_alpha", 1e308, "lora_alpha"), ("lora_alpha", 3.5e38, "lora_alpha"),
+                               ("alpha_pattern", {"q_proj": 1e308}, "alpha_pattern"),
+                               ("layers_to_transform", [1e300], "layers_to_transform")):
+        bad = dict(cfg, **{field: value})
+        st, obj = put(dm, "unservable", [("a", "adapter_config.json", json.dumps(bad).encode()), ("b", *w)])
+        harness.assert_error(st, obj, 422)
+        assert want in obj["error"]["message"], (field, obj)
+    hub_cfg, hub_w = fixture_files("pfeiffer")
+    hub = json.loads(hub_cfg[1])
+    for field, value in (("scaling", 1e308), ("residual_before_ln", False), ("original_ln_after", False)):
+        bad = json.loads(json.dumps(hub))
+        bad["config"][field] = value
+        st, obj = put(dm, "unservable", [("a", "adapter_config.json", json.dumps(bad).encode()), ("b", *hub_w)])
+        harness.assert_error(st, obj, 422)
+        assert field in obj["error"]["message"], (field, obj)
+    st, obj = get(dm, "/v1/adapters/unservable")
+    harness.assert_error(st, obj, 404)
+    assert generate(dm, harness.MODEL_ID)
+
+
+@test
 def upload_over_the_limit_gets_413():
     cfgf = os.path.join(TMP, "small_upload.json")
     with open(cfgf, "w") as f:

@@ -105,6 +105,25 @@ def adapter_scale_zero_is_the_base_and_one_the_default():
 
 
 @test
+def cli_adapter_scale_follows_the_http_rule():
+    """Issue 9 #13: `peftd generate --adapter-scale` was silently ignored for IA3 / prompt
+    tuning (HTTP answers 400), and applied to DoRA with a norm computed for scale 1 (logprobs
+    off by up to 2.1 from PEFT at 0.5). Both now refuse what adapter_check_scale refuses."""
+    def run(fix, scale):
+        args = [harness.BIN, "generate", "--model", harness.MODEL_DIR, "--prompt", "Lily",
+                "--max-tokens", "2", "--temperature", "0", "--adapter-scale", str(scale)]
+        if fix:
+            args += ["--adapter", os.path.join(FIX, fix)]
+        return subprocess.run(args, cwd=harness.ROOT, capture_output=True, timeout=120 * harness.SLOW)
+    for fix, why in (("ia3", b"LoRA adapters only"), ("prompt_tuning", b"LoRA adapters only"),
+                     ("pfeiffer", b"LoRA adapters only"), ("lora_dora", b"DoRA"), (None, b"needs --adapter")):
+        r = run(fix, 0.5)
+        assert r.returncode == 2 and why in r.stderr, (fix, r.returncode, r.stderr)
+    assert run("lora_dora", 1).returncode == 0
+    assert run("lora_r8_all", 0.5).returncode == 0
+
+
+@test
 def bad_adapter_requests_get_clear_errors():
     st, obj = d().post("/v1/completions", {"model": "fifo", "prompt": "x", "max_tokens": 2})
     harness.assert_error(st, obj, 422, "adapter_load_failed")
