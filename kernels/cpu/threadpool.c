@@ -1,13 +1,23 @@
 /* kernels/cpu/threadpool.c — the persistent worker pool (see threadpool.h).
  *
  * Dispatch protocol. `claim` packs (generation << 32 | next task index). The
- * caller writes fn/ctx/n_tasks, zeroes `done`, stores claim = (g << 32 | 0)
- * and bumps `gen` to g (release, under the mutex) and broadcasts. Anyone
- * (caller included) claims task i by CAS claim from (g, i) to (g, i + 1) while
- * i < n_tasks; only after a successful claim does it read fn/ctx, which are
- * stable until every task of generation g has finished. Each finished task
- * increments `done`; the caller returns when done == n_tasks (spinning first,
- * then on the `all_done` condvar, signalled under the mutex by the last task).
+ * caller first closes the previous generation (claim = 0: generation 0 is never
+ * claimable), then writes fn/ctx/n_tasks (release), zeroes `done`, stores
+ * claim = (g << 32 | 0) and bumps `gen` to g (release, under the mutex) and
+ * broadcasts. Anyone (caller included) claims task i by CAS claim from (g, i) to
+ * (g, i + 1) while i < n_tasks; only after a successful claim does it read
+ * fn/ctx, which are stable until every task of generation g has finished. Each
+ * finished task increments `done`; the caller returns when done == n_tasks
+ * (spinning first, then on the `all_done` condvar, signalled under the mutex by
+ * the last task).
+ *
+ * Why the close comes first: a worker still draining generation g-1 holds
+ * c = (g-1, n_old) and then reads n_tasks. Were the new, larger n_tasks published
+ * while claim still read (g-1, n_old), its CAS would succeed and it would run
+ * index n_old of the old generation with the new job's fn — outside any dispatch,
+ * possibly twice, and `done` would overshoot so the caller waits forever (issue 9,
+ * defect 3). With the close first, a worker that reads the new n_tasks (acquire,
+ * paired with its release store) also sees claim changed, so its CAS fails.
  *
  * The caller never waits for a worker that has not woken up yet: on a machine
  * shared with other processes (or the HTTP threads) a descheduled worker
@@ -30,6 +40,14 @@
 #define KPOOL_RELAX() _mm_pause()
 #else
 #define KPOOL_RELAX() ((void)0)
+#endif
+
+/* A test build widens the windows between a worker's load of `claim` and of
+ * `n_tasks`, and between the dispatcher's publication of `n_tasks` and of `claim`
+ * (tests/unit/test_threadpool.c includes this file with a yield in both), so that
+ * a protocol race shows up in thousands of dispatches, not millions. */
+#ifndef KPOOL_TEST_RACE_WINDOW
+#define KPOOL_TEST_RACE_WINDOW() ((void)0)
 #endif
 
 /* How long an idle worker (and a waiting caller) polls before sleeping. The
@@ -64,7 +82,8 @@ static void kpool_drain(kpool *p, uint32_t g, int thread) {
     uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
     for (;;) {
         if ((uint32_t)(c >> 32) != g) return;
-        int n = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
+        KPOOL_TEST_RACE_WINDOW();
+        int n = atomic_load_explicit(&p->n_tasks, memory_order_acquire);
         uint32_t i = (uint32_t)c;
         if (i >= (uint32_t)n) return;
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
@@ -169,9 +188,12 @@ void kpool_parallel_for(kpool *p, int n_tasks, kpool_fn fn, void *ctx) {
     /* Generation 0 means "none": skip it when the 32-bit counter wraps. */
     uint32_t g = (uint32_t)atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
     if (g == 0) g = 1;
+    /* close generation g-1 before anything of g is visible (see the header) */
+    atomic_store_explicit(&p->claim, 0, memory_order_relaxed);
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_release);
+    KPOOL_TEST_RACE_WINDOW();
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->claim, (uint64_t)g << 32, memory_order_release);
     pthread_mutex_lock(&p->mu);
