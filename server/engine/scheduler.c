@@ -35,24 +35,37 @@ void engine__drain_queue(engine *e) {
     }
 }
 
+/* Unlinks r (after prev, NULL for the head) from the waiting list. */
+static void waiting_unlink(engine *e, engine_request *prev, engine_request *r) {
+    if (prev) prev->next = r->next;
+    else e->w_head = r->next;
+    if (e->w_tail == r) e->w_tail = prev;
+    r->next = NULL;
+    atomic_fetch_sub(&e->n_queued, 1);
+}
+
+/* Takes a waiting request out of the queue for good and finishes it (an error, a cancel): unlinked,
+ * its tenant's queue count given back, its preempted sequence (if any) freed — all before
+ * engine__finish_request drops the engine's reference, after which r must not be touched. */
+static void waiting_finish(engine *e, engine_request *prev, engine_request *r, finish_reason f, const char *msg) {
+    waiting_unlink(e, prev, r);
+    vtc_leave_queue(e->vtc, r->vt);
+    if (r->preempted) {
+        r->preempted->vt = NULL; /* counted as waiting, not running */
+        r->preempted->r = NULL;
+        engine__seq_free(e, r->preempted);
+        r->preempted = NULL;
+    }
+    engine__finish_request(r, f, msg);
+}
+
 /* Cancels waiting and running requests whose caller asked for it (or all, on shutdown). */
 void engine__reap_cancelled(engine *e, bool all) {
     engine_request **pp = &e->w_head, *prev = NULL;
     while (*pp) {
         engine_request *r = *pp;
         if (all || atomic_load(&r->cancel)) {
-            *pp = r->next;
-            if (e->w_tail == r) e->w_tail = prev;
-            r->next = NULL;
-            atomic_fetch_sub(&e->n_queued, 1);
-            vtc_leave_queue(e->vtc, r->vt);
-            if (r->preempted) {
-                r->preempted->vt = NULL; /* already counted as waiting, not running */
-                r->preempted->r = NULL;
-                engine__seq_free(e, r->preempted);
-                r->preempted = NULL;
-            }
-            engine__finish_request(r, FINISH_CANCELLED, NULL);
+            waiting_finish(e, prev, r, FINISH_CANCELLED, NULL); /* *pp is now r's successor */
         } else {
             prev = r;
             pp = &r->next;
@@ -70,18 +83,11 @@ void engine__reap_cancelled(engine *e, bool all) {
     }
 }
 
-/* Unlinks r (after prev, NULL for the head) from the waiting list. */
-static void waiting_unlink(engine *e, engine_request *prev, engine_request *r) {
-    if (prev) prev->next = r->next;
-    else e->w_head = r->next;
-    if (e->w_tail == r) e->w_tail = prev;
-    r->next = NULL;
-    atomic_fetch_sub(&e->n_queued, 1);
-}
-
 /* The resident adapter of a waiting request, pinned; NULL with *wait set while it is being
- * fetched, or NULL with *failed set (and the request finished) when it cannot be loaded. */
-static adapter *resolve_adapter(engine *e, engine_request *r, bool *wait, bool *failed) {
+ * fetched, or NULL with *failed set and the reason in why_out when it cannot be loaded (the
+ * request is left as it was: the caller takes it out of the queue, then finishes it). */
+static adapter *resolve_adapter(engine *e, engine_request *r, bool *wait, bool *failed, char *why_out,
+                                size_t why_len) {
     *wait = *failed = false;
     const char *sha = r->params.handle->meta.sha256;
     char msg[400];
@@ -109,9 +115,10 @@ static adapter *resolve_adapter(engine *e, engine_request *r, bool *wait, bool *
     return NULL;
 fail:
     *failed = true;
-    engine__finish_request(r, FINISH_ERROR, msg);
+    snprintf(why_out, why_len, "%s", msg);
     return NULL;
 }
+
 
 /* Admission by fairness: the next request admitted is the earliest waiting one of the
  * tenant with the smallest virtual token counter (fairness.h). A request whose adapter is
@@ -133,13 +140,10 @@ static void admit(engine *e) {
         adapter *pinned = NULL;
         if (r->params.handle) {
             bool wait, failed;
-            pinned = resolve_adapter(e, r, &wait, &failed);
-            if (failed) { /* already finished (its engine reference went with it) */
-                if (best_prev) best_prev->next = r->next;
-                else e->w_head = r->next;
-                if (e->w_tail == r) e->w_tail = best_prev;
-                atomic_fetch_sub(&e->n_queued, 1);
-                vtc_leave_queue(e->vtc, r->vt);
+            char why[400];
+            pinned = resolve_adapter(e, r, &wait, &failed, why, sizeof why);
+            if (failed) { /* this request alone ends; r is gone after this call */
+                waiting_finish(e, best_prev, r, FINISH_ERROR, why);
                 continue;
             }
             if (wait) {

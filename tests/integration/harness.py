@@ -166,6 +166,25 @@ class Daemon:
             c.close()
         return parse_sse(raw) + (raw,)
 
+    def upload(self, name, adapter_dir, headers=None, timeout=60):
+        """PUT /v1/adapters/{name} with the directory's save_pretrained files as one
+        multipart/form-data body. Returns (status, decoded JSON body or None)."""
+        boundary = "peftdharness%016x" % int.from_bytes(os.urandom(8), "little")
+        parts = []
+        for n in sorted(os.listdir(adapter_dir)):
+            if n not in ("adapter_config.json", "adapter_model.safetensors", "adapter.safetensors"):
+                continue  # reference.json and the like are the tests' own files
+            with open(os.path.join(adapter_dir, n), "rb") as f:
+                data = f.read()
+            parts.append(("--%s\r\nContent-Disposition: form-data; name=\"file\"; filename=\"%s\"\r\n"
+                          "Content-Type: application/octet-stream\r\n\r\n" % (boundary, n)).encode()
+                         + data + b"\r\n")
+        body = b"".join(parts) + ("--%s--\r\n" % boundary).encode()
+        hdrs = {"Content-Type": "multipart/form-data; boundary=" + boundary}
+        hdrs.update(headers or {})
+        st, _, data = self.request("PUT", "/v1/adapters/" + name, body, hdrs, timeout)
+        return st, json.loads(data) if data else None
+
     def metrics(self):
         """The unlabelled samples of /metrics as {name: float}."""
         st, _, data = self.request("GET", "/metrics")
