@@ -661,6 +661,7 @@ typedef struct {
     const astore_meta *in;
     const char *key;         /* the record's key: the name, or owner/name (scoped) */
     uint64_t quota;          /* scoped puts: the owner's byte limit (0 = none) */
+    bool need_tenant;        /* astore_put_tenant: the owner's tenant record must exist */
     const void *blob;
     size_t len;
     unsigned char sum[32];
@@ -675,7 +676,16 @@ static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
     bool had = false;
     MDB_val k = val_str(p->key), v;
     p->dropped[0] = 0;
-    int rc = mdb_get(txn, s->meta, &k, &v);
+    int rc;
+    if (p->need_tenant) {
+        /* in the same transaction as the put: a tenant deleted before it commits (its
+         * adapters with it, tenant_store.c) makes this put fail, never outlive it */
+        MDB_val tk = val_str(p->in->owner), tv;
+        rc = mdb_get(txn, s->tenants, &tk, &tv);
+        if (rc == MDB_NOTFOUND) return -ENOENT;
+        if (rc) return rc;
+    }
+    rc = mdb_get(txn, s->meta, &k, &v);
     if (rc == 0) {
         if ((rc = meta_decode(v.mv_data, v.mv_size, &old))) return rc;
         had = true;
@@ -721,12 +731,13 @@ static bool meta_storable(const astore_meta *m) {
     return true;
 }
 
-static int put_key(astore *s, const astore_meta *meta, const char *key, uint64_t quota, const void *blob,
-                   size_t len, astore_meta *stored, char old_sha256[65]) {
+static int put_key(astore *s, const astore_meta *meta, const char *key, uint64_t quota, bool need_tenant,
+                   const void *blob, size_t len, astore_meta *stored, char old_sha256[65]) {
     if (old_sha256) old_sha256[0] = 0;
     if (!s || !meta || (!blob && len) || !meta_storable(meta)) return PEFTD_EINVAL;
     if (len > SIZE_MAX - BLOB_HDR) return PEFTD_ENOSPC;
-    put_ctx p = {.in = meta, .key = key, .quota = quota, .blob = blob, .len = len, .now = (int64_t)time(NULL)};
+    put_ctx p = {.in = meta, .key = key, .quota = quota, .need_tenant = need_tenant, .blob = blob, .len = len,
+                 .now = (int64_t)time(NULL)};
     /* hashed before the transaction: a write txn blocks every other writer */
     int rc = sha256(blob ? blob : "", len, p.sum);
     if (rc) return rc;
@@ -738,7 +749,7 @@ static int put_key(astore *s, const astore_meta *meta, const char *key, uint64_t
 
 int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len, astore_meta *stored,
                char old_sha256[65]) {
-    return put_key(s, meta, meta ? meta->name : NULL, 0, blob, len, stored, old_sha256);
+    return put_key(s, meta, meta ? meta->name : NULL, 0, false, blob, len, stored, old_sha256);
 }
 
 int astore_put_scoped(astore *s, const astore_meta *meta, uint64_t quota_bytes, const void *blob, size_t len,
@@ -746,7 +757,69 @@ int astore_put_scoped(astore *s, const astore_meta *meta, uint64_t quota_bytes, 
     char key[ASTORE_KEY_MAX + 1];
     if (old_sha256) old_sha256[0] = 0;
     if (!meta || astore_key(meta->owner, meta->name, key)) return PEFTD_EINVAL;
-    return put_key(s, meta, key, meta->owner[0] ? quota_bytes : 0, blob, len, stored, old_sha256);
+    return put_key(s, meta, key, meta->owner[0] ? quota_bytes : 0, false, blob, len, stored, old_sha256);
+}
+
+int astore_put_tenant(astore *s, const astore_meta *meta, uint64_t quota_bytes, const void *blob, size_t len,
+                      astore_meta *stored, char old_sha256[65]) {
+    char key[ASTORE_KEY_MAX + 1];
+    if (old_sha256) old_sha256[0] = 0;
+    if (!meta || !meta->owner[0] || astore_key(meta->owner, meta->name, key)) return PEFTD_EINVAL;
+    return put_key(s, meta, key, quota_bytes, true, blob, len, stored, old_sha256);
+}
+
+void astore_removed_free(astore_removed *r) {
+    if (!r) return;
+    free(r->keys);
+    free(r->dropped);
+    memset(r, 0, sizeof *r);
+}
+
+static int removed_add(astore_removed *r, const char *key, const char *dropped) {
+    if (!r) return 0;
+    if (key) {
+        void *p = realloc(r->keys, (size_t)(r->n_keys + 1) * sizeof *r->keys);
+        if (!p) return PEFTD_ENOMEM;
+        r->keys = p;
+        snprintf(r->keys[r->n_keys++], sizeof r->keys[0], "%s", key);
+    }
+    if (dropped && dropped[0]) {
+        void *p = realloc(r->dropped, (size_t)(r->n_dropped + 1) * sizeof *r->dropped);
+        if (!p) return PEFTD_ENOMEM;
+        r->dropped = p;
+        snprintf(r->dropped[r->n_dropped++], sizeof r->dropped[0], "%s", dropped);
+    }
+    return 0;
+}
+
+int astore__delete_owner_txn(astore *s, MDB_txn *txn, const char *owner, astore_removed *r) {
+    char prefix[ASTORE_NAME_MAX + 2];
+    size_t pl = (size_t)snprintf(prefix, sizeof prefix, "%s/", owner);
+    if (!owner[0] || strchr(owner, '/') || pl >= sizeof prefix) return PEFTD_EINVAL;
+    MDB_cursor *cur = NULL;
+    MDB_val k, v;
+    astore_meta m;
+    int rc = mdb_cursor_open(txn, s->meta, &cur);
+    if (rc) return rc;
+    /* every key of the owner's block, however many public or other owners' keys sort
+     * around it: the cursor stays inside the "owner/" prefix (MDB_NEXT after
+     * mdb_cursor_del yields the record that followed the deleted one) */
+    for (rc = prefix_first(cur, prefix, &k, &v); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < pl || memcmp(k.mv_data, prefix, pl)) break;
+        char key[ASTORE_KEY_MAX + 1], dropped[65] = "";
+        if (k.mv_size > ASTORE_KEY_MAX) {
+            rc = PEFTD_EFORMAT;
+            break;
+        }
+        memcpy(key, k.mv_data, k.mv_size);
+        key[k.mv_size] = 0;
+        if ((rc = meta_decode_key(&k, &v, &m))) break;
+        if ((rc = mdb_cursor_del(cur, 0))) break;
+        if ((rc = ref_dec(s, txn, m.sha256, dropped))) break;
+        if ((rc = removed_add(r, key, dropped))) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 typedef struct {

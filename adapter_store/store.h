@@ -92,6 +92,21 @@ int astore_key(const char *owner, const char *name, char out[ASTORE_KEY_MAX + 1]
  * transaction, so concurrent uploads cannot overshoot together. */
 int astore_put_scoped(astore *s, const astore_meta *meta, uint64_t quota_bytes, const void *blob, size_t len,
                       astore_meta *stored, char old_sha256[65]);
+/* astore_put_scoped for a tenant's adapter (meta->owner != ""): stored only if the
+ * owner's tenant record (tenant_store.h) exists when the write transaction runs, so an
+ * upload racing its tenant's deletion can never leave an adapter behind: -ENOENT then. */
+int astore_put_tenant(astore *s, const astore_meta *meta, uint64_t quota_bytes, const void *blob, size_t len,
+                      astore_meta *stored, char old_sha256[65]);
+/* What a bulk removal took away, for the registry and the caches to follow: the meta keys
+ * deleted and the blob hashes dropped (no name refers to them any more).
+ * @note the owner frees the arrays with astore_removed_free(). */
+typedef struct {
+    char (*keys)[ASTORE_KEY_MAX + 1];
+    int n_keys;
+    char (*dropped)[65];
+    int n_dropped;
+} astore_removed;
+void astore_removed_free(astore_removed *r); /* frees the arrays, zeroes *r; NULL is a no-op */
 int astore_get_meta_scoped(astore *s, const char *owner, const char *name, astore_meta *out);
 int astore_delete_scoped(astore *s, const char *owner, const char *name, char old_sha256[65]);
 /* What owner sees, in name order after `after`: its own records merged with the public

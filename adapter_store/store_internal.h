@@ -32,6 +32,11 @@ void astore__read_end(astore *s, MDB_txn *txn);
  * may run several times (after the map grew), so it must only write into txn and ctx. */
 typedef int (*astore__write_fn)(astore *s, MDB_txn *txn, void *ctx);
 
+/* Deletes every record owner owns (keys "owner/...") inside txn, with their blob
+ * references (a blob goes with its last reference), and appends the deleted keys and the
+ * dropped hashes to *r (may be NULL). owner must be a valid, non-empty tenant id. */
+int astore__delete_owner_txn(astore *s, MDB_txn *txn, const char *owner, astore_removed *r);
+
 /* Runs fn in one write transaction, growing the map and retrying on MDB_MAP_FULL; beyond
  * max_map the transaction is aborted (nothing changed) and PEFTD_ENOSPC returned. */
 int astore__write_txn(astore *s, astore__write_fn fn, void *ctx);

@@ -247,21 +247,29 @@ static int keys_delete_txn(astore *s, MDB_txn *txn, const char *tenant, const ch
 typedef struct {
     const char *tenant, *key_id;
     int deleted;
+    astore_removed *removed;
 } del_ctx;
 
 static int tenant_del_fn(astore *s, MDB_txn *txn, void *vctx) {
     del_ctx *c = vctx;
     MDB_val k = val_str(c->tenant);
+    if (c->removed) { /* the body may run again after the map grew: start the report over */
+        astore_removed_free(c->removed);
+    }
     int rc = mdb_del(txn, s->tenants, &k, NULL);
     if (rc == MDB_NOTFOUND) return PEFTD_ENOTFOUND;
     if (rc) return rc;
-    return keys_delete_txn(s, txn, c->tenant, NULL, &c->deleted);
+    if ((rc = keys_delete_txn(s, txn, c->tenant, NULL, &c->deleted))) return rc;
+    return astore__delete_owner_txn(s, txn, c->tenant, c->removed);
 }
 
-int tstore_tenant_delete(astore *s, const char *id) {
+int tstore_tenant_delete(astore *s, const char *id, astore_removed *removed) {
+    if (removed) memset(removed, 0, sizeof *removed);
     if (!s || !tstore_id_valid(id)) return PEFTD_EINVAL;
-    del_ctx c = {.tenant = id};
-    return astore__write_txn(s, tenant_del_fn, &c);
+    del_ctx c = {.tenant = id, .removed = removed};
+    int rc = astore__write_txn(s, tenant_del_fn, &c);
+    if (rc && removed) astore_removed_free(removed);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- keys */

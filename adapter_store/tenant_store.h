@@ -11,8 +11,8 @@
  * (server/tenants/tenants.c), so a plain sha256 is enough — a slow password hash only
  * matters for low-entropy secrets. "prefix" is the key's first characters (shown in
  * listings so an operator can tell keys apart; 32 bits of 256, useless for guessing).
- * Limits of 0 mean "unlimited". A tenant's deletion removes its keys in the same
- * transaction, so no key can outlive its tenant.
+ * Limits of 0 mean "unlimited". A tenant's deletion removes its keys and its adapters in
+ * the same transaction, so neither can outlive its tenant.
  *
  * Thread-safety: as store.h (any thread; short read transactions, values copied out).
  */
@@ -52,8 +52,13 @@ int tstore_tenant_update(astore *s, const tstore_tenant *t);
 int tstore_tenant_get(astore *s, const char *id, tstore_tenant *out);
 /* Every tenant in id order. @note caller frees *out. */
 int tstore_tenant_list(astore *s, tstore_tenant **out, int *n);
-/* Removes the tenant and all its keys (one transaction); PEFTD_ENOTFOUND when absent. */
-int tstore_tenant_delete(astore *s, const char *id);
+/* Removes the tenant, all its keys and all its adapters (the meta records under
+ * "<id>/", with their blob references) in one transaction, so the id's namespace is empty
+ * for a tenant re-created under it; an upload racing the deletion fails
+ * (astore_put_tenant). *removed (optional) reports the adapters' keys and dropped blob
+ * hashes for the registry and caches (@note caller frees it: astore_removed_free).
+ * PEFTD_ENOTFOUND when absent. */
+int tstore_tenant_delete(astore *s, const char *id, astore_removed *removed);
 
 /* Adds a key record (k->tenant must exist: PEFTD_ENOTFOUND otherwise). */
 int tstore_key_add(astore *s, const tstore_key *k);

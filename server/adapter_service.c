@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include "adapter_store/adapter_blob.h"
 #include "kernels/util/log.h"
 #include "server/model/model_adapter_base.h"
+#include "server/tenants/tenants.h"
 
 struct adapter_service {
     const model *m;
@@ -22,6 +24,10 @@ struct adapter_service {
     adapter_base base;
     char fingerprint[65];
     char tmp_root[4096];
+    /* Held across "store write + registry update" (imports, deletes, tenant deletion), so
+     * the registry applies store changes in the store's order: an import cannot publish a
+     * version after a concurrent delete removed it from the store. */
+    pthread_mutex_t pub_mu;
 };
 
 /* sha256 over what makes adapters of one base interchangeable: architecture and shapes. */
@@ -57,12 +63,14 @@ int adapter_service_create(const model *m, astore *store, adapter_registry *reg,
         return PEFTD_ENOMEM;
     }
     fingerprint(m, s->fingerprint);
+    pthread_mutex_init(&s->pub_mu, NULL);
     *out = s;
     return 0;
 }
 
 void adapter_service_free(adapter_service *s) {
     if (!s) return;
+    pthread_mutex_destroy(&s->pub_mu);
     model_adapter_base_free(&s->base);
     free(s);
 }
@@ -134,20 +142,28 @@ int adapter_service_import_dir(adapter_service *s, const char *name, const char 
     char old_sha[65] = "";
     meta_from_adapter(a, name, owner, s->fingerprint, &meta);
     meta.bytes = len;
-    if ((st = astore_put_scoped(s->store, &meta, quota_bytes, blob, len, &stored, old_sha)) < 0) {
+    pthread_mutex_lock(&s->pub_mu);
+    st = owner && owner[0] ? astore_put_tenant(s->store, &meta, quota_bytes, blob, len, &stored, old_sha)
+                           : astore_put_scoped(s->store, &meta, quota_bytes, blob, len, &stored, old_sha);
+    if (st < 0) {
+        pthread_mutex_unlock(&s->pub_mu);
         if (st == -EDQUOT)
             snprintf(err, errlen, "the tenant's storage quota of %llu bytes would be exceeded (this version: %zu bytes)",
                      (unsigned long long)quota_bytes, len);
+        else if (st == -ENOENT)
+            snprintf(err, errlen, "tenant '%s' was deleted while the upload was in flight", owner);
         else
             snprintf(err, errlen, "%s", st == PEFTD_ENOSPC ? "the adapter store is full" : peftd_strerror(st));
         goto out;
     }
     if (s->tiers) tiers_offer_blob(s->tiers, stored.sha256, blob, len); /* warm: first requests skip LMDB */
     if ((st = registry_put(s->reg, &stored)) < 0) {
+        pthread_mutex_unlock(&s->pub_mu);
         snprintf(err, errlen, "cannot publish: %s", peftd_strerror(st));
         goto out;
     }
     if (s->tiers && old_sha[0] && strcmp(old_sha, stored.sha256) != 0) tiers_forget(s->tiers, old_sha);
+    pthread_mutex_unlock(&s->pub_mu);
     if (out) *out = stored;
     LOGI("adapter %s%s%s: stored version %llu (%s, %.1f KiB, sha256 %.12s)", stored.owner,
          stored.owner[0] ? "/" : "", name, (unsigned long long)stored.version,
@@ -161,12 +177,30 @@ out:
 int adapter_service_delete(adapter_service *s, const char *owner, const char *name) {
     char old_sha[65] = "", key[ASTORE_KEY_MAX + 1];
     if (astore_key(owner, name, key) < 0) return PEFTD_EINVAL;
+    pthread_mutex_lock(&s->pub_mu);
     int st = astore_delete_scoped(s->store, owner, name, old_sha);
+    if (st == 0) {
+        registry_remove(s->reg, key);
+        if (s->tiers && old_sha[0]) tiers_forget(s->tiers, old_sha);
+    }
+    pthread_mutex_unlock(&s->pub_mu);
     if (st < 0) return st;
-    registry_remove(s->reg, key);
-    if (s->tiers && old_sha[0]) tiers_forget(s->tiers, old_sha);
     LOGI("adapter %s: deleted", key);
     return 0;
+}
+
+int adapter_service_delete_tenant(adapter_service *s, tenants *ts, const char *id) {
+    astore_removed r;
+    pthread_mutex_lock(&s->pub_mu);
+    int st = tenants_delete(ts, id, &r);
+    if (st == 0) {
+        for (int i = 0; i < r.n_keys; i++) registry_remove(s->reg, r.keys[i]);
+        for (int i = 0; s->tiers && i < r.n_dropped; i++) tiers_forget(s->tiers, r.dropped[i]);
+    }
+    pthread_mutex_unlock(&s->pub_mu);
+    if (st == 0) LOGI("tenant %s: %d adapters deleted with it", id, r.n_keys);
+    astore_removed_free(&r);
+    return st;
 }
 
 int adapter_service_publish_all(adapter_service *s, int *n_published, int *n_skipped) {

@@ -33,13 +33,21 @@ void adapter_service_rmdir(const char *path); /* removes the files in it and the
  * storage limit (astore_put_scoped). On failure nothing changes; the status tells the
  * HTTP status: PEFTD_EFORMAT malformed (400), PEFTD_EUNSUPPORTED / PEFTD_EINVAL not
  * servable on this base (422), PEFTD_ENOSPC store full / -EDQUOT over quota (507); err
- * names the reason. *out (optional) receives the stored meta. */
+ * names the reason; -ENOENT: the owner's tenant was deleted before the adapter could be
+ * stored (nothing stored). *out (optional) receives the stored meta. */
 int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, uint64_t quota_bytes,
                                const char *dir, astore_meta *out, char *err, size_t errlen);
 
 /* Removes owner's name from the store and the registry (requests holding it finish with
  * it). PEFTD_ENOTFOUND when owner has no adapter by that name. */
 int adapter_service_delete(adapter_service *s, const char *owner, const char *name);
+
+/* Deletes tenant id with its keys and every adapter it owns in one store transaction
+ * (tenants_delete), then drops those adapters from the registry and the host tier. An
+ * upload of that tenant finishing later fails (-ENOENT from the import).
+ * PEFTD_ENOTFOUND when there is no such tenant. */
+struct tenants;
+int adapter_service_delete_tenant(adapter_service *s, struct tenants *ts, const char *id);
 
 /* Start-up: publishes every stored adapter validated against this base (same
  * fingerprint); the others are logged and skipped. */

@@ -76,6 +76,8 @@ enum MHD_Result api_adapters_fail(http_req *req, struct MHD_Connection *conn, in
     case -EDQUOT:
         return http_error(req, conn, MHD_HTTP_INSUFFICIENT_STORAGE, "insufficient_storage", "%s: %s", what, d);
     case PEFTD_EEXIST: return http_error(req, conn, MHD_HTTP_CONFLICT, "conflict", "%s: %s", what, d);
+    case -ENOENT: /* the uploading tenant was deleted meanwhile (adapter_service_import_dir) */
+        return http_error(req, conn, MHD_HTTP_FORBIDDEN, "tenant_deleted", "%s: %s", what, d);
     case PEFTD_EBUSY:
         return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", MHD_HTTP_HEADER_RETRY_AFTER,
                               "1", d);

@@ -22,8 +22,6 @@
 
 /* Upper bound of a tenant's weight: weights are ratios of service, 1000:1 is plenty. */
 #define ADMIN_WEIGHT_MAX 1000.0
-/* Adapters deleted per store listing when a tenant goes. */
-#define ADMIN_DELETE_PAGE 128
 
 static cJSON *tenant_json(const tstore_tenant *t) {
     cJSON *o = cJSON_CreateObject(), *l = NULL;
@@ -176,28 +174,6 @@ enum MHD_Result api_admin_tenants(http_req *req, struct MHD_Connection *conn) {
     return http_respond_json(req, conn, MHD_HTTP_OK, root);
 }
 
-/* Deletes every adapter owner owns (through the service: registry and caches follow). */
-static int delete_adapters_of(http_server *s, const char *owner) {
-    astore_meta *page = malloc(ADMIN_DELETE_PAGE * sizeof *page);
-    if (!page) return PEFTD_ENOMEM;
-    int rc = 0;
-    for (;;) {
-        int n = 0, deleted = 0;
-        bool more = false;
-        /* from the start each time: what was deleted is gone from the listing */
-        if ((rc = astore_list_visible(s->store, owner, "", ADMIN_DELETE_PAGE, page, &n, &more)) < 0) break;
-        for (int i = 0; i < n && rc == 0; i++) {
-            if (strcmp(page[i].owner, owner) != 0) continue;
-            rc = adapter_service_delete(s->svc, owner, page[i].name);
-            if (rc == PEFTD_ENOTFOUND) rc = 0;
-            deleted++;
-        }
-        if (rc < 0 || !more || deleted == 0) break;
-    }
-    free(page);
-    return rc;
-}
-
 static enum MHD_Result keys_req(http_req *req, struct MHD_Connection *conn, const char *id, const char *kid) {
     tenants *ts = req->srv->cfg.tenants;
     if (kid) {
@@ -286,10 +262,10 @@ enum MHD_Result api_admin_tenant_item(http_req *req, struct MHD_Connection *conn
     int rc;
     switch (req->method) {
     case HTTP_M_DELETE:
-        if ((rc = tenants_get(ts, id, &t)) < 0) return admin_fail(req, conn, rc, "tenant");
-        /* keys first: once they are gone nobody can upload while the adapters go */
-        if ((rc = tenants_delete(ts, id)) < 0) return admin_fail(req, conn, rc, "tenant");
-        if ((rc = delete_adapters_of(s, id)) < 0) return admin_fail(req, conn, rc, "deleting the tenant's adapters");
+        /* the tenant, its keys and its adapters in one transaction (an upload racing it
+         * fails); then the registry and caches drop the adapters */
+        rc = s->svc ? adapter_service_delete_tenant(s->svc, ts, id) : tenants_delete(ts, id, NULL);
+        if (rc < 0) return admin_fail(req, conn, rc, "tenant");
         {
             cJSON *o = cJSON_CreateObject();
             if (!cJSON_AddStringToObject(o, "id", id) || !cJSON_AddStringToObject(o, "object", "tenant") ||

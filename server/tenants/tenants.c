@@ -296,14 +296,14 @@ int tenants_update(tenants *t, const tstore_tenant *rec) {
     return rc;
 }
 
-int tenants_delete(tenants *t, const char *id) {
-    int rc = tstore_tenant_delete(t->store, id);
+int tenants_delete(tenants *t, const char *id, astore_removed *removed) {
+    int rc = tstore_tenant_delete(t->store, id, removed);
     if (rc) return rc;
     pthread_mutex_lock(&t->mu);
     tenant_state *st = find(t, id);
     if (st) st->live = false;
     pthread_mutex_unlock(&t->mu);
-    LOGI("tenants: deleted %s and its keys", id);
+    LOGI("tenants: deleted %s, its keys and its adapters", id);
     return 0;
 }
 

@@ -78,7 +78,8 @@ int tenants_get(tenants *t, const char *id, tstore_tenant *out);
 /* Admin operations: the store's record, then the cache. Status as tenant_store.h. */
 int tenants_create(tenants *t, const tstore_tenant *rec);
 int tenants_update(tenants *t, const tstore_tenant *rec);
-int tenants_delete(tenants *t, const char *id); /* with its keys (adapters: the caller) */
+/* With its keys and adapters, atomically (tstore_tenant_delete; *removed optional). */
+int tenants_delete(tenants *t, const char *id, astore_removed *removed);
 /* A new random key for tenant: key (shown once, never stored) and its record. */
 int tenants_key_create(tenants *t, const char *tenant, char key[TENANTS_KEY_LEN + 1], tstore_key *rec);
 int tenants_key_list(tenants *t, const char *tenant, tstore_key **out, int *n); /* caller frees *out */

@@ -410,6 +410,34 @@ def keys_never_in_the_log_nor_the_store():
 
 
 @test
+def tenant_delete_past_a_page_of_public_adapters():
+    """Issue 9 defect 4: the delete listed the tenant's visible adapters 128 at a time and
+    stopped at a page holding none of its own, so 130 public names sorting first hid the
+    tenant's adapters from it; a tenant re-created under the same id inherited them."""
+    for i in range(130):
+        st, _, obj = upload(ADMIN_KEY, "pub%03d" % i)
+        assert st in (200, 201), (st, obj)
+    k = new_tenant("gone2")
+    for name in ("zz1", "zz2"):
+        st, _, obj = upload(k, name)
+        assert st == 201, (st, obj)
+    st, _, obj = admin("DELETE", "/tenants/gone2")
+    assert st == 200 and obj["deleted"], obj
+    st, _, obj = admin("GET", "/tenants/gone2")
+    assert st == 404, obj
+    k2 = new_tenant("gone2")
+    for name in ("zz1", "zz2"):
+        st, _, obj = call("GET", "/v1/adapters/" + name, k2)
+        assert_err(st, obj, 404)
+        st, _, obj = complete(k2, name)
+        assert st == 404, (st, obj)
+    st, _, obj = admin("GET", "/tenants/gone2")
+    assert st == 200 and obj["usage"]["storage_bytes"] == 0, obj
+    for i in range(130):
+        assert call("DELETE", "/v1/adapters/pub%03d" % i, ADMIN_KEY)[0] == 200
+
+
+@test
 def shutdown_tenant_daemon():
     if _dm is not None:
         assert _dm.stop() == 0, _dm.log_text()

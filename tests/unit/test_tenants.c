@@ -183,11 +183,11 @@ TEST(keys_hashed_revoked_and_deleted_with_tenant) {
     ASSERT(file_contains(path, h));
 
     /* deleting a tenant removes its keys in the same transaction */
-    ASSERT_EQ(tenants_delete(ts, "a"), 0);
+    ASSERT_EQ(tenants_delete(ts, "a", NULL), 0);
     ASSERT_EQ(tenants_authenticate(ts, k2, &p), PEFTD_ENOTFOUND);
     ASSERT_EQ(tstore_key_find(s, h, &r2), PEFTD_ENOTFOUND);
     ASSERT_EQ(tenants_authenticate(ts, k3, &p), 0);
-    ASSERT_EQ(tenants_delete(ts, "a"), PEFTD_ENOTFOUND);
+    ASSERT_EQ(tenants_delete(ts, "a", NULL), PEFTD_ENOTFOUND);
     tenants_close(ts);
     astore_close(s);
 }
@@ -290,5 +290,71 @@ TEST(admission_concurrency_and_token_window) {
     astore_close(s);
 }
 
+/* Issue 9 defect 4: deleting a tenant left adapters behind once a 128-row listing page
+ * held none of them (public names sorting first), and a re-created tenant of the same id
+ * inherited them; an upload finishing after the deletion was stored under the dead
+ * owner. Now the tenant, its keys and all its adapters go in one transaction, and a
+ * tenant put needs the tenant's record in its own transaction. */
+TEST(tenant_delete_takes_every_adapter_and_blocks_late_uploads) {
+    astore *s = open_store();
+    tstore_tenant t = tenant("t"), u = tenant("u");
+    ASSERT_EQ(tstore_tenant_create(s, &t), 0);
+    ASSERT_EQ(tstore_tenant_create(s, &u), 0);
+    /* 300 public names sorting before the tenant's, and 200 of the tenant's */
+    for (int i = 0; i < 300; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "a%03d", i);
+        ASSERT_EQ(put(s, "", name, 64, (unsigned char)i, 0), 0);
+    }
+    for (int i = 0; i < 200; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "z%03d", i);
+        ASSERT_EQ(put(s, "t", name, 64, (unsigned char)(i % 7), 0), 0); /* blobs shared in 7s */
+        ASSERT_EQ(put(s, "u", name, 64, 200, 0), 0);
+    }
+    astore_removed r;
+    ASSERT_EQ(tstore_tenant_delete(s, "t", &r), 0);
+    ASSERT_EQ(r.n_keys, 200);
+    ASSERT_STREQ(r.keys[0], "t/z000");
+    uint64_t used = 1;
+    ASSERT_EQ(astore_owner_bytes(s, "t", &used), 0);
+    ASSERT_EQ(used, 0);
+    astore_meta m;
+    ASSERT_EQ(astore_get_meta_scoped(s, "t", "z199", &m), PEFTD_ENOTFOUND);
+    ASSERT_EQ(astore_get_meta_scoped(s, "u", "z199", &m), 0); /* other tenants keep theirs */
+    ASSERT_EQ(astore_get_meta_scoped(s, "", "a000", &m), 0);  /* and the public ones stay */
+    /* blobs still named by public adapters stay; the reports list each hash once */
+    for (int i = 0; i < r.n_dropped; i++)
+        for (int j = i + 1; j < r.n_dropped; j++) ASSERT(strcmp(r.dropped[i], r.dropped[j]) != 0);
+    astore_removed_free(&r);
+
+    /* a late upload of the deleted tenant fails and stores nothing */
+    unsigned char b[32] = {1};
+    astore_meta late;
+    memset(&late, 0, sizeof late);
+    snprintf(late.name, sizeof late.name, "late");
+    snprintf(late.owner, sizeof late.owner, "t");
+    late.kind = ADAPTER_LORA;
+    unsigned char d[32];
+    unsigned int dl;
+    EVP_Digest(b, sizeof b, d, &dl, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++) snprintf(late.sha256 + 2 * i, 3, "%02x", d[i]);
+    ASSERT_EQ(astore_put_tenant(s, &late, 0, b, sizeof b, NULL, NULL), -ENOENT);
+    ASSERT_EQ(astore_get_meta_scoped(s, "t", "late", &m), PEFTD_ENOTFOUND);
+
+    /* re-created under the same id: an empty namespace */
+    ASSERT_EQ(tstore_tenant_create(s, &t), 0);
+    astore_meta v[8];
+    int n;
+    bool more;
+    ASSERT_EQ(astore_list_visible(s, "t", "z", 8, v, &n, &more), 0);
+    ASSERT_EQ(n, 0);
+    ASSERT_EQ(astore_put_tenant(s, &late, 0, b, sizeof b, NULL, NULL), 0);
+    ASSERT_EQ(tstore_tenant_delete(s, "t", NULL), 0);
+    ASSERT_EQ(tstore_tenant_delete(s, "t", NULL), PEFTD_ENOTFOUND);
+    astore_close(s);
+}
+
 TEST_MAIN(tenant_crud_and_validation, keys_hashed_revoked_and_deleted_with_tenant,
-          scoped_names_visible_listing_and_storage_quota, admission_concurrency_and_token_window)
+          scoped_names_visible_listing_and_storage_quota, admission_concurrency_and_token_window,
+          tenant_delete_takes_every_adapter_and_blocks_late_uploads)
