@@ -39,8 +39,10 @@ bool tokenizer_is_special(const tokenizer *t, int32_t id);
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
                      int32_t **ids, size_t *n_ids);
 
-/* Decodes ids to UTF-8 text as HF `decode(ids, skip_special_tokens=skip_special)` does
- * (invalid byte sequences from byte fallback become U+FFFD).
+/* Decodes ids to UTF-8 text as HF `decode(ids, skip_special_tokens=skip_special)` does. The
+ * text is always valid UTF-8: a run of byte-fallback tokens that is not valid UTF-8 becomes
+ * one U+FFFD per byte; byte-level bytes become one U+FFFD per maximal ill-formed subsequence.
+ * Unknown ids are skipped.
  * @note caller frees *text with free(); it is NUL-terminated, *len excludes the NUL. */
 int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n_ids, bool skip_special,
                      char **text, size_t *len);
@@ -49,22 +51,50 @@ int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n_ids, bool 
  * "Ġthe"); NULL for an id out of range. Pointer valid for the tokenizer's lifetime. */
 const char *tokenizer_piece(const tokenizer *t, int32_t id);
 
-/* Incremental decoding for streaming: feed ids one at a time; each call returns the text
- * that became final with that id. Concatenating all returned pieces equals
- * tokenizer_decode() of all ids fed so far (with the same skip_special), and a piece never
- * ends inside a UTF-8 character (incomplete bytes are held back until complete).
- * @note caller owns the stream: tokenizer_stream_free(); *piece points into the stream and
- * is valid until the next call. */
+/* Incremental decoding for streaming (one stream per sequence; a stream is not thread-safe).
+ *
+ * Contract. Let ids be the ids pushed since the stream began (or since the last prime or
+ * flush, see below) and D = tokenizer_decode(ids, skip_special):
+ *  - push(id) returns the text that became final with id: text no later id can change. It is
+ *    often empty (a skipped special token, an unknown id, text still held back).
+ *  - Emitted text is never retracted or changed: each piece extends the ones before.
+ *  - After tokenizer_stream_flush(), the pieces concatenated equal D byte for byte (and D
+ *    equals `tokenizers`' decode(ids, skip_special_tokens)).
+ *  - Every piece is valid UTF-8 on its own: it ends on a character boundary, so each can go
+ *    into a JSON string or an SSE event as it is.
+ * What is held back, and until when:
+ *  - Byte fallback ("<0xNN>" tokens): a run of consecutive byte tokens decodes as one unit:
+ *    its UTF-8 when the whole run is valid, else one U+FFFD per byte (as `tokenizers`'
+ *    ByteFallback decoder does). One more byte can turn a complete "é" into "���", so the text
+ *    of a run is held until a token that is not a byte token ends it (a skipped special token
+ *    or unknown id does not: decode drops those first), or until the flush. A long run of byte
+ *    tokens therefore streams as one piece when it ends.
+ *  - Byte-level (GPT-2 / Llama-3): the bytes are decoded as one string, each maximal
+ *    ill-formed subsequence becoming one U+FFFD; only an incomplete character at the end is
+ *    held (at most 3 bytes), until it completes or can no longer complete.
+ *  - Decoder chains whose decode of a prefix is not a prefix of the whole decode (a Replace or
+ *    Metaspace after Fuse, a Strip of the text's end, ...; none of the supported families):
+ *    everything is held until the flush.
+ * Byte tokens are recognised by their vocabulary strings (as ByteFallback sees them).
+ * @note caller owns the stream: tokenizer_stream_free(); *piece points into the stream, is
+ * NUL-terminated, and is valid until the next call. */
 typedef struct tokenizer_stream tokenizer_stream;
 tokenizer_stream *tokenizer_stream_new(const tokenizer *t, bool skip_special);
-void tokenizer_stream_free(tokenizer_stream *s);
+void tokenizer_stream_free(tokenizer_stream *s); /* NULL is a no-op */
 int tokenizer_stream_push(tokenizer_stream *s, int32_t id, const char **piece, size_t *len);
-/* Feeds context ids (e.g. the prompt) without emitting their text, so that the pieces of
- * later ids are exactly decode(context + generated) minus decode(context) — a generated
- * "▁there" after "Once upon a time" yields " there", as vLLM's incremental detokenizer does. */
+/* Feeds context ids (e.g. the prompt) without emitting their text. The context ends at a hard
+ * boundary: its text counts as final, so later pieces add up to decode(context + generated)
+ * minus decode(context) whenever the context does not end inside a byte-fallback run or an
+ * incomplete character (always true for a prompt encoded from text by a byte-level tokenizer);
+ * otherwise the context's open end stays as decode(context) shows it and the generated ids
+ * start afresh (a prompt "中" as byte tokens followed by generated "文" streams "文", not
+ * "中文"). A generated "▁there" after "Once upon a time" yields " there", as vLLM's
+ * incremental detokenizer does; a context whose text is empty (BOS alone) leaves
+ * start-of-text rules to the generated text ("▁Once" after BOS yields "Once"). */
 int tokenizer_stream_prime(tokenizer_stream *s, const int32_t *ids, size_t n_ids);
-/* Emits whatever text is still held back (a trailing incomplete or invalid byte sequence,
- * as U+FFFD) — call at the end of a sequence so the pieces add up to the full decode. */
+/* Emits everything still held back and ends the segment: the pieces now add up to the full
+ * decode. Call it at the end of a sequence. Ids pushed afterwards start a new segment, as
+ * after a prime. */
 int tokenizer_stream_flush(tokenizer_stream *s, const char **piece, size_t *len);
 
 #endif

@@ -5,10 +5,12 @@
  * Decoders work like `tokenizers`' decode_chain: each one maps a list of token strings to a
  * new list, and the result is their concatenation.
  *
- * The stream keeps a small window of ids (HF DecodeStream / vLLM style): each push decodes the
- * window with and without the new id and emits the difference, holding text back while it
- * ends in U+FFFD (an incomplete UTF-8 character from byte tokens). The window is decoded in
- * "continuation" mode once earlier text exists, so rules that apply only at the start of a
+ * The stream (contract in tokenizer.h) keeps a window of ids since its last cut. Each push
+ * finds the last boundary k in the window that no later id can move (stream_final: not inside
+ * a trailing byte-fallback run; not inside or after an incomplete byte-level character),
+ * decodes window[0..k) and emits what was not emitted yet; the text emitted so far is checked
+ * to be a prefix of that decode. Once window[0..k) decodes to non-empty text it is dropped
+ * and the rest is decoded in "continuation" mode, so rules that apply only at the start of a
  * text (Strip of the fused text, Metaspace's first token) are not applied again mid-stream.
  */
 #include <stdlib.h>
@@ -154,11 +156,12 @@ static int dec_replace(const tok_decoder *d, const tok_pieces *in, tok_pieces *o
     return 0;
 }
 
-/* Parses "<0xNN>" (exactly 6 bytes, any hex case) into *b. */
+/* Parses "<0xNN>" (exactly 6 bytes, any hex case) into *b. `tokenizers` reads NN with Rust's
+ * u8::from_str_radix, which also takes "+N": "<0x+F>" is byte 0x0F there, and here. */
 static bool byte_token(const char *s, size_t len, unsigned char *b) {
     if (len != 6 || memcmp(s, "<0x", 3) || s[5] != '>') return false;
     int v = 0;
-    for (int k = 3; k < 5; k++) {
+    for (int k = s[3] == '+' ? 4 : 3; k < 5; k++) {
         char c = s[k];
         int x = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
         if (x < 0) return false;
@@ -221,26 +224,43 @@ static int dec_strip(const tok_decoder *d, const dec_state *st, const tok_pieces
     return 0;
 }
 
-static int dec_bytelevel(const tok_pieces *in, tok_pieces *out) {
+/* Appends the bytes a ByteLevel decoder reads from one token: each character mapped back to its
+ * byte, or, when any character of the token is outside the byte map (e.g. an added token
+ * "é中"), the token's own UTF-8 unchanged — per token, as `tokenizers` does. */
+static int bytelevel_bytes(const char *s, size_t len, tok_buf *bytes) {
     const tok_bytemap *bm = tokenizer__bytemap();
+    size_t start = bytes->len;
+    for (size_t j = 0; j < len;) {
+        int32_t cp;
+        size_t k = tokenizer__utf8_next(s + j, len - j, &cp);
+        if (cp >= 324 || bm->dec[cp] < 0) {
+            bytes->len = start;
+            return tokenizer__buf_append(bytes, s, len);
+        }
+        unsigned char b = (unsigned char)bm->dec[cp];
+        int rc = tokenizer__buf_append(bytes, &b, 1);
+        if (rc) return rc;
+        j += k;
+    }
+    return 0;
+}
+
+/* How many bytes bytelevel_bytes() appends for the token. */
+static size_t bytelevel_len(const char *s, size_t len) {
+    const tok_bytemap *bm = tokenizer__bytemap();
+    size_t n = 0;
+    for (size_t j = 0; j < len; n++) {
+        int32_t cp;
+        j += tokenizer__utf8_next(s + j, len - j, &cp);
+        if (cp >= 324 || bm->dec[cp] < 0) return len;
+    }
+    return n;
+}
+
+static int dec_bytelevel(const tok_pieces *in, tok_pieces *out) {
     tok_buf bytes = {0};
     int rc = 0;
-    for (size_t i = 0; i < in->n && !rc; i++) {
-        const char *s = TOK_STR(in, i);
-        size_t len = in->v[i].len;
-        for (size_t j = 0; j < len && !rc;) {
-            int32_t cp;
-            size_t k = tokenizer__utf8_next(s + j, len - j, &cp);
-            if (cp < 324 && bm->dec[cp] >= 0) {
-                unsigned char b = (unsigned char)bm->dec[cp];
-                rc = tokenizer__buf_append(&bytes, &b, 1);
-            } else {
-                /* Characters outside the byte map (e.g. in added tokens) pass through as UTF-8. */
-                rc = tokenizer__buf_append(&bytes, s + j, k);
-            }
-            j += k;
-        }
-    }
+    for (size_t i = 0; i < in->n && !rc; i++) rc = bytelevel_bytes(TOK_STR(in, i), in->v[i].len, &bytes);
     if (!rc) {
         size_t off = out->text.len;
         rc = tokenizer__utf8_lossy(&out->text, bytes.data ? bytes.data : "", bytes.len);
@@ -342,14 +362,62 @@ int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n_ids, bool 
 
 /* ---- incremental stream ---- */
 
+/* How the stream finds text that later ids cannot change (see tokenizer.h for the contract).
+ * PIECEWISE: per-token decoders (Replace, Strip, Metaspace, ByteFallback), at most one Fuse,
+ *   then Strips that keep the text's end (stop == 0): decode(head) is a prefix of
+ *   decode(head + more) whenever head does not end inside a byte-fallback run.
+ * BYTELEVEL: ByteLevel, then such Strips: the bytes are decoded lossily as one string, so
+ *   decode(head) is a prefix of decode(head + more) whenever head's bytes do not end in an
+ *   incomplete UTF-8 sequence.
+ * WHOLE: any other chain (a Replace or Metaspace over the fused text, a Strip of its end, ...):
+ *   nothing is final before the flush. */
+typedef enum { STREAM_PIECEWISE, STREAM_BYTELEVEL, STREAM_WHOLE } stream_mode;
+
+/* Leaves of a decoder chain in order (Sequence flattened); returns how many, or -1 when more
+ * than max (then the chain is treated as WHOLE). */
+static int dec_leaves(const tok_decoder *d, const tok_decoder **out, int n, int max) {
+    if (!d || n < 0) return n;
+    if (d->kind != DEC_SEQUENCE) {
+        if (n >= max) return -1;
+        out[n] = d;
+        return n + 1;
+    }
+    for (size_t i = 0; i < d->n_kids && n >= 0; i++) n = dec_leaves(d->kids[i], out, n, max);
+    return n;
+}
+
+static stream_mode stream_mode_of(const tok_decoder *d, bool *bytefallback) {
+    const tok_decoder *leaf[32]; /* real chains have at most 5 decoders */
+    int n = dec_leaves(d, leaf, 0, 32), i = 0;
+    stream_mode mode = STREAM_PIECEWISE;
+    *bytefallback = false;
+    if (n < 0) return STREAM_WHOLE;
+    if (n > 0 && leaf[0]->kind == DEC_BYTELEVEL) {
+        mode = STREAM_BYTELEVEL;
+        i = 1;
+    } else {
+        for (; i < n && leaf[i]->kind != DEC_FUSE; i++) {
+            if (leaf[i]->kind == DEC_BYTEFALLBACK) *bytefallback = true;
+            else if (leaf[i]->kind != DEC_REPLACE && leaf[i]->kind != DEC_STRIP && leaf[i]->kind != DEC_METASPACE)
+                return STREAM_WHOLE;
+        }
+        if (i < n) i++; /* the Fuse */
+    }
+    for (; i < n; i++)
+        if (leaf[i]->kind != DEC_STRIP || leaf[i]->stop != 0) return STREAM_WHOLE;
+    return mode;
+}
+
 struct tokenizer_stream {
     const tokenizer *t;
     bool skip_special;
-    bool cont;       /* visible text precedes ids[0] */
-    int32_t *ids;    /* the window */
+    stream_mode mode;
+    bool bytefallback; /* PIECEWISE chain with a ByteFallback decoder */
+    bool cont;         /* non-empty text precedes ids[0] (start-of-text rules are done) */
+    int32_t *ids;      /* the window: ids since the last cut */
     size_t n, cap;
-    size_t read;     /* ids[0..read) were already emitted */
-    tok_buf prev, cur, piece;
+    tok_buf done;      /* decode(window[0..k)) already emitted, k the last final boundary */
+    tok_buf cur, piece, bytes;
 };
 
 tokenizer_stream *tokenizer_stream_new(const tokenizer *t, bool skip_special) {
@@ -358,18 +426,21 @@ tokenizer_stream *tokenizer_stream_new(const tokenizer *t, bool skip_special) {
     if (!s) return NULL;
     s->t = t;
     s->skip_special = skip_special;
+    s->mode = t->decoder ? stream_mode_of(t->decoder, &s->bytefallback) : STREAM_PIECEWISE;
     return s;
 }
 
 void tokenizer_stream_free(tokenizer_stream *s) {
     if (!s) return;
     free(s->ids);
-    tokenizer__buf_free(&s->prev);
+    tokenizer__buf_free(&s->done);
     tokenizer__buf_free(&s->cur);
     tokenizer__buf_free(&s->piece);
+    tokenizer__buf_free(&s->bytes);
     free(s);
 }
 
+/* Whether decode keeps id (the rule of tokenizer__decode_ids). */
 static bool visible(const tokenizer *t, int32_t id, bool skip_special) {
     return id >= 0 && id < t->n_pieces && t->piece[id] && !(skip_special && t->special[id]);
 }
@@ -388,51 +459,141 @@ static int stream_append(tokenizer_stream *s, const int32_t *ids, size_t n) {
     return 0;
 }
 
-/* Drops the emitted ids ids[0..read) from the window, remembering whether they showed text. */
-static void stream_advance(tokenizer_stream *s) {
-    for (size_t i = 0; i < s->read; i++) s->cont = s->cont || visible(s->t, s->ids[i], s->skip_special);
-    memmove(s->ids, s->ids + s->read, (s->n - s->read) * sizeof(*s->ids));
-    s->n -= s->read;
-    s->read = s->n;
-}
-
-static bool ends_with_fffd(const tok_buf *b) {
-    return b->len >= 3 && !memcmp(b->data + b->len - 3, "\xEF\xBF\xBD", 3);
-}
-
-/* Emits decode(window) minus decode(window[0..read)); with `force`, even when it ends in U+FFFD. */
-static int stream_emit(tokenizer_stream *s, bool force, const char **piece, size_t *len) {
-    int rc = tokenizer__decode_ids(s->t, s->ids, s->read, s->skip_special, s->cont, &s->prev);
-    if (!rc) rc = tokenizer__decode_ids(s->t, s->ids, s->n, s->skip_special, s->cont, &s->cur);
-    s->piece.len = 0;
-    if (!rc) rc = tokenizer__buf_append(&s->piece, "", 0);
-    if (rc) return rc;
-    if (s->cur.len > s->prev.len && (force || !ends_with_fffd(&s->cur))) {
-        rc = tokenizer__buf_append(&s->piece, s->cur.data + s->prev.len, s->cur.len - s->prev.len);
-        if (rc) return rc;
-        /* The next window starts where this one's emitted prefix ended (HF's prefix_offset). */
-        stream_advance(s);
+/* Length of the unit a lossy UTF-8 decode (Rust's from_utf8_lossy) reads at b[0..avail): a
+ * well-formed character, or a maximal ill-formed subsequence (one U+FFFD). *open is set when
+ * the unit is a proper prefix of a well-formed character cut by the end of the input: more
+ * bytes could still complete it. */
+static size_t utf8_unit(const unsigned char *b, size_t avail, bool *open) {
+    unsigned c = b[0];
+    size_t need = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 1;
+    /* The second byte's range depends on the lead (no overlongs, surrogates, > U+10FFFF). */
+    unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+    size_t k = 1;
+    *open = false;
+    for (; k < need; k++) {
+        if (k == avail) {
+            *open = true;
+            break;
+        }
+        unsigned x = b[k];
+        if (k == 1 ? (x < lo || x > hi) : (x & 0xC0) != 0x80) break;
     }
-    *piece = s->piece.data;
+    return k;
+}
+
+static bool is_byte_token(const tokenizer *t, int32_t id) {
+    unsigned char b;
+    return byte_token(t->piece[id], t->piece_len[id], &b);
+}
+
+/* The largest k <= n such that no id appended later can change decode(window[0..k)) other than
+ * by extending it. */
+static int stream_final(tokenizer_stream *s, size_t *k_out) {
+    const tokenizer *t = s->t;
+    size_t k = s->n;
+    if (s->mode == STREAM_WHOLE) {
+        k = 0;
+    } else if (s->mode == STREAM_PIECEWISE && s->bytefallback) {
+        /* A trailing run of byte tokens may still grow, and a grown run may decode differently
+         * (one invalid byte turns the whole run into U+FFFDs): stop before the run. Skipped
+         * ids do not end a run, as in decode. */
+        for (size_t i = s->n; i-- > 0;) {
+            if (!visible(t, s->ids[i], s->skip_special)) continue;
+            if (!is_byte_token(t, s->ids[i])) break;
+            k = i;
+        }
+    } else if (s->mode == STREAM_BYTELEVEL) {
+        /* The lossy decode reads the window's bytes in units (characters, ill-formed runs):
+         * decode(window[0..k)) is final when its bytes end on a unit boundary before the last,
+         * open unit (an incomplete character that later bytes may complete). */
+        s->bytes.len = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            if (!visible(t, s->ids[i], s->skip_special)) continue;
+            int rc = bytelevel_bytes(t->piece[s->ids[i]], t->piece_len[s->ids[i]], &s->bytes);
+            if (rc) return rc;
+        }
+        const unsigned char *b = (const unsigned char *)s->bytes.data;
+        size_t len = s->bytes.len, fin = 0; /* fin: the last unit boundary that is final */
+        for (size_t u = 0; u < len;) {
+            bool open;
+            size_t ul = utf8_unit(b + u, len - u, &open);
+            if (open) break;
+            u += ul;
+            fin = u;
+        }
+        /* The last id boundary at or before fin that is also a unit boundary: walk the ids
+         * forward, keeping the unit walk in step with their byte offsets. */
+        size_t off = 0, u = 0;
+        k = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            if (visible(t, s->ids[i], s->skip_special)) off += bytelevel_len(t->piece[s->ids[i]], t->piece_len[s->ids[i]]);
+            if (off > fin) break;
+            while (u < off) {
+                bool open;
+                u += utf8_unit(b + u, len - u, &open);
+            }
+            if (u == off) k = i + 1;
+        }
+    }
+    *k_out = k;
+    return 0;
+}
+
+/* Decodes window[0..k) and emits what `done` does not hold yet; then, when the decoded text is
+ * non-empty (or follows text), drops window[0..k): the rest decodes as a continuation. With
+ * `quiet` the new text is recorded but not emitted (priming). */
+static int stream_step(tokenizer_stream *s, size_t k, bool quiet, const char **piece, size_t *len) {
+    int rc = tokenizer__decode_ids(s->t, s->ids, k, s->skip_special, s->cont, &s->cur);
+    s->piece.len = 0;
+    if (rc) return rc;
+    /* The contract's invariant: emitted text is a prefix of every later decode. Should a decoder
+     * chain break it, fail rather than emit text that contradicts what was sent. */
+    if (s->cur.len < s->done.len || (s->done.len && memcmp(s->cur.data, s->done.data, s->done.len)))
+        return PEFTD_EFORMAT;
+    if (!quiet) rc = tokenizer__buf_append(&s->piece, s->cur.data + s->done.len, s->cur.len - s->done.len);
+    if (!rc) rc = tokenizer__buf_append(&s->piece, "", 0); /* NUL-terminate even when empty */
+    if (rc) return rc;
+    if (k > 0 && (s->cont || s->cur.len > 0)) {
+        memmove(s->ids, s->ids + k, (s->n - k) * sizeof(*s->ids));
+        s->n -= k;
+        s->cont = true;
+        s->done.len = 0;
+    } else {
+        tok_buf sw = s->done;
+        s->done = s->cur;
+        s->cur = sw;
+    }
+    if (piece) *piece = s->piece.data;
     if (len) *len = s->piece.len;
     return 0;
 }
 
 int tokenizer_stream_push(tokenizer_stream *s, int32_t id, const char **piece, size_t *len) {
+    size_t k = 0;
     if (!s || !piece) return PEFTD_EINVAL;
     int rc = stream_append(s, &id, 1);
-    return rc ? rc : stream_emit(s, false, piece, len);
+    if (!rc) rc = stream_final(s, &k);
+    return rc ? rc : stream_step(s, k, false, piece, len);
 }
 
 int tokenizer_stream_prime(tokenizer_stream *s, const int32_t *ids, size_t n_ids) {
     if (!s || (!ids && n_ids)) return PEFTD_EINVAL;
     int rc = stream_append(s, ids, n_ids);
-    /* Context counts as emitted: the next push decodes it only as the prefix to subtract. */
-    if (!rc) s->read = s->n;
-    return rc;
+    /* WHOLE chains cut at the context whatever it decodes to: holding it would not make the
+     * decode of context + generated text extend the context's. */
+    if (!rc && s->mode == STREAM_WHOLE) {
+        rc = tokenizer__decode_ids(s->t, s->ids, s->n, s->skip_special, s->cont, &s->cur);
+        if (!rc) {
+            s->cont = s->cont || s->cur.len > 0;
+            s->n = 0;
+            s->done.len = 0;
+        }
+        return rc;
+    }
+    return rc ? rc : stream_step(s, s->n, true, NULL, NULL);
 }
 
 int tokenizer_stream_flush(tokenizer_stream *s, const char **piece, size_t *len) {
     if (!s || !piece) return PEFTD_EINVAL;
-    return stream_emit(s, true, piece, len);
+    return stream_step(s, s->n, false, piece, len);
 }

@@ -204,7 +204,9 @@ struct tokenizer {
 
 /* Decodes ids with the decoder chain. With `cont`, the ids continue earlier visible text:
  * start-of-text rules (Strip of a fused text's start, Metaspace's first token) do not apply,
- * so decode(all) == decode(head) + decode_cont(tail) whenever head has visible text. */
+ * so decode(all) == decode(head) + decode_cont(tail) whenever head decodes to non-empty text
+ * and ends where the stream may cut (not inside a byte-fallback run or an incomplete
+ * byte-level character; see tokenizer_decode.c). */
 int tokenizer__decode_ids(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
                           bool cont, tok_buf *out);
 

@@ -4,6 +4,9 @@
  * line) + multiline.json, and expected_<name>.jsonl with HF's ids (without / with special
  * tokens) and decoded text for the default tokenizer (models/stories260K) and two byte-level
  * BPE tokenizers trained on the corpus (GPT-2 pre-tokenizer; Llama-3 split regex).
+ * Decode and streaming: decode_cases.jsonl (hand-made byte-token sequences) and
+ * decode_random_<name>.jsonl (random byte-heavy id sequences) with `tokenizers`' decode, for
+ * stories260K (byte fallback), gpt2bl and tiny_bl (byte-level with added tokens).
  * Run from the repository root.
  */
 #include <cJSON.h>
@@ -43,7 +46,7 @@ static cases_t load_cases(void) {
     cases_t c = {0};
     size_t len = 0;
     char *corpus = test_read_file(FIX "/corpus.txt", &len);
-    if (!corpus) SKIP("no " FIX "/corpus.txt (run from the repository root)");
+    if (!corpus) FAIL("the committed fixture " FIX "/corpus.txt is missing");
     size_t start = 0;
     for (size_t i = 0; i < len; i++)
         if (corpus[i] == '\n') {
@@ -211,17 +214,25 @@ TEST(parity_nfkc_lowercase) { check_parity("nfkc_lower_bl", FIX "/nfkc_lower_bl"
 
 /* ---- streaming ---- */
 
+/* Well-formed UTF-8 (Unicode table 3-7: no overlongs, surrogates or code points > U+10FFFF). */
 static bool utf8_ok(const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
         unsigned c = u[i];
         size_t k = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-        if (!k || i + k > n) return false;
-        for (size_t j = 1; j < k; j++)
+        unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        if (!k || i + k > n || (k > 1 && (u[i + 1] < lo || u[i + 1] > hi))) return false;
+        for (size_t j = 2; j < k; j++)
             if ((u[i + j] & 0xC0) != 0x80) return false;
         i += k;
     }
     return true;
+}
+
+/* A "<0xNN>" byte-fallback piece. */
+static bool byte_piece(const tokenizer *t, int32_t id) {
+    const char *p = tokenizer_piece(t, id);
+    return p && strlen(p) == 6 && !memcmp(p, "<0x", 3) && p[5] == '>';
 }
 
 static void check_stream(const char *dir) {
@@ -247,7 +258,12 @@ static void check_stream(const char *dir) {
                 if (al + pl > dl) FAIL("%s case %zu: stream longer than the full decode", dir, k);
                 memcpy(acc + al, piece, pl);
                 al += pl;
-                if (i == n && pl && !(dl >= 3 && !memcmp(full + dl - 3, "\xEF\xBF\xBD", 3)))
+                /* Only an open end is held for the flush: an incomplete character (U+FFFD for
+                 * now) or a byte-fallback run that one more byte token could still change. */
+                size_t last = n; /* the last id decode keeps */
+                while (last > 0 && skip && tokenizer_is_special(t, ids[last - 1])) last--;
+                if (i == n && pl && !(dl >= 3 && !memcmp(full + dl - 3, "\xEF\xBF\xBD", 3)) &&
+                    !(last && byte_piece(t, ids[last - 1])))
                     FAIL("%s case %zu: flush had text left although the decode ends cleanly", dir, k);
             }
             acc[al] = 0;
@@ -266,7 +282,8 @@ TEST(stream_stories) { check_stream(STORIES); }
 TEST(stream_gpt2_bytelevel) { check_stream(FIX "/gpt2bl"); }
 TEST(stream_llama3_bytelevel) { check_stream(FIX "/llama3bl"); }
 
-/* A byte-fallback character arrives in pieces: nothing is emitted until it is complete. */
+/* A byte-fallback character arrives in pieces: nothing is emitted until its run of byte
+ * tokens ends (a complete character could still be spoiled by a later invalid byte). */
 TEST(stream_holds_partial_utf8) {
     tokenizer *t = load_tok(STORIES);
     int32_t *ids = NULL;
@@ -283,7 +300,9 @@ TEST(stream_holds_partial_utf8) {
     ASSERT_EQ(tokenizer_stream_push(s, ids[2], &p, &pl), 0);
     ASSERT_EQ(pl, 0);
     ASSERT_EQ(tokenizer_stream_push(s, ids[3], &p, &pl), 0);
-    ASSERT_STREQ(p, "日");
+    ASSERT_EQ(pl, 0); /* "日" is complete, but the run is still open */
+    ASSERT_EQ(tokenizer_stream_push(s, ids[0], &p, &pl), 0);
+    ASSERT_STREQ(p, "日 "); /* the "▁" token closes the run */
     tokenizer_stream_free(s);
     free(ids);
     tokenizer_free(t);
@@ -336,6 +355,206 @@ TEST(stream_prime) {
     free(bi);
     tokenizer_free(b);
     free(ids);
+    free(gen);
+    tokenizer_free(t);
+}
+
+/* ---- decode and stream against `tokenizers`' decode on byte-heavy id sequences ----
+ * decode_cases.jsonl (hand-made neighbours of issue 9 defect 14) and decode_random_<name>.jsonl
+ * (500 random sequences each), made by make_fixtures.py. The contract (tokenizer.h): the
+ * one-shot decode equals `tokenizers`' decode; the stream's pieces are each valid UTF-8 and,
+ * after the flush, add up to it byte for byte. */
+
+static const char *decode_tok_dir(const char *name) {
+    if (!strcmp(name, "stories")) return STORIES;
+    if (!strcmp(name, "gpt2bl")) return FIX "/gpt2bl";
+    if (!strcmp(name, "tiny_bl")) return FIX "/tiny_bl";
+    FAIL("unknown tokenizer \"%s\" in a decode fixture", name);
+}
+
+/* Streams ids[0..n) (after priming with ctx[0..nc)) into a malloc'ed string; every piece must
+ * be valid UTF-8. */
+static char *stream_all(const tokenizer *t, bool skip, const int32_t *ctx, size_t nc, const int32_t *ids,
+                        size_t n, const char *what, size_t *out_len) {
+    tokenizer_stream *s = tokenizer_stream_new(t, skip);
+    ASSERT(s);
+    if (nc) ASSERT_EQ(tokenizer_stream_prime(s, ctx, nc), 0);
+    size_t cap = 64, al = 0;
+    char *acc = malloc(cap);
+    ASSERT(acc);
+    for (size_t i = 0; i <= n; i++) {
+        const char *p = NULL;
+        size_t pl = 0;
+        int rc = i < n ? tokenizer_stream_push(s, ids[i], &p, &pl) : tokenizer_stream_flush(s, &p, &pl);
+        if (rc) FAIL("%s: stream %s %zu = %d", what, i < n ? "push" : "flush", i, rc);
+        if (!utf8_ok(p, pl)) FAIL("%s: piece %zu (%zu bytes) is not valid UTF-8", what, i, pl);
+        while (al + pl + 1 > cap) ASSERT(acc = realloc(acc, cap *= 2));
+        memcpy(acc + al, p, pl);
+        al += pl;
+    }
+    acc[al] = 0;
+    tokenizer_stream_free(s);
+    *out_len = al;
+    return acc;
+}
+
+/* decode(ids) == want, valid UTF-8, and the stream adds up to it. */
+static void check_decode(const tokenizer *t, const char *what, const int32_t *ids, size_t n, bool skip,
+                         const char *want) {
+    char *full = NULL;
+    size_t dl = 0, al = 0;
+    ASSERT_EQ(tokenizer_decode(t, ids, n, skip, &full, &dl), 0);
+    if (dl != strlen(want) || memcmp(full, want, dl))
+        FAIL("%s (skip_special=%d): decode \"%s\" != tokenizers' \"%s\"", what, skip, full, want);
+    if (!utf8_ok(full, dl)) FAIL("%s: decode is not valid UTF-8", what);
+    char *acc = stream_all(t, skip, NULL, 0, ids, n, what, &al);
+    if (al != dl || memcmp(acc, full, dl))
+        FAIL("%s (skip_special=%d): stream \"%s\" != decode \"%s\"", what, skip, acc, full);
+    free(acc);
+    free(full);
+}
+
+/* Priming with ids[0..j) then streaming the rest gives decode(all) minus decode(ids[0..j))
+ * whenever the context ends final: not inside a byte-fallback run, not in an incomplete
+ * character (a decode ending in U+FFFD may be one). Otherwise only validity is promised. */
+static void check_primed(const tokenizer *t, const char *what, const int32_t *ids, size_t n, size_t j, bool skip) {
+    char *full = NULL, *head = NULL;
+    size_t fl = 0, hl = 0, al = 0, last = j;
+    ASSERT_EQ(tokenizer_decode(t, ids, n, skip, &full, &fl), 0);
+    ASSERT_EQ(tokenizer_decode(t, ids, j, skip, &head, &hl), 0);
+    while (last > 0 && (ids[last - 1] < 0 || ids[last - 1] >= tokenizer_vocab_size(t) ||
+                        (skip && tokenizer_is_special(t, ids[last - 1]))))
+        last--;
+    bool final = !(hl >= 3 && !memcmp(head + hl - 3, "\xEF\xBF\xBD", 3)) && !(last && byte_piece(t, ids[last - 1]));
+    char *acc = stream_all(t, skip, ids, j, ids + j, n - j, what, &al);
+    if (final && (hl > fl || memcmp(full, head, hl) || al != fl - hl || memcmp(acc, full + hl, al)))
+        FAIL("%s (primed with %zu ids, skip_special=%d): stream \"%s\" != \"%s\" minus \"%s\"", what, j, skip, acc,
+             full, head);
+    free(acc);
+    free(full);
+    free(head);
+}
+
+/* Runs check_decode (and check_primed at every split) on each record of a decode fixture;
+ * tok_name NULL: the record names its tokenizer ("tok"). */
+static void check_decode_fixture(const char *file, const char *tok_name) {
+    char path[256];
+    snprintf(path, sizeof(path), FIX "/%s", file);
+    char *txt = test_read_file(path, NULL);
+    if (!txt) FAIL("cannot read %s (a committed fixture; run from the repository root)", path);
+    tokenizer *t = tok_name ? load_tok(decode_tok_dir(tok_name)) : NULL;
+    size_t rec = 0, n_ids = 0;
+    for (char *line = txt, *nl; *line; line = nl + 1, rec++) {
+        ASSERT(nl = strchr(line, '\n'));
+        *nl = 0;
+        cJSON *o = cJSON_Parse(line);
+        if (!o) FAIL("%s:%zu: bad JSON", path, rec + 1);
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name"), *D = cJSON_GetObjectItemCaseSensitive(o, "D");
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "d");
+        ASSERT(cJSON_IsString(d));
+        ids_t ids = json_ids(cJSON_GetObjectItemCaseSensitive(o, "ids"));
+        char what[300];
+        snprintf(what, sizeof(what), "%s:%zu %s", file, rec + 1, cJSON_IsString(name) ? name->valuestring : "");
+        tokenizer *rt = t;
+        if (!tok_name) rt = load_tok(decode_tok_dir(cJSON_GetObjectItemCaseSensitive(o, "tok")->valuestring));
+        check_decode(rt, what, ids.v, ids.n, true, d->valuestring);
+        check_decode(rt, what, ids.v, ids.n, false, D ? D->valuestring : d->valuestring);
+        for (size_t j = 1; j < ids.n; j++) {
+            check_primed(rt, what, ids.v, ids.n, j, true);
+            check_primed(rt, what, ids.v, ids.n, j, false);
+        }
+        if (!tok_name) tokenizer_free(rt);
+        n_ids += ids.n;
+        free(ids.v);
+        cJSON_Delete(o);
+    }
+    if (rec == 0) FAIL("%s is empty", path);
+    printf("    %s: %zu sequences, %zu ids\n", file, rec, n_ids);
+    free(txt);
+    tokenizer_free(t);
+}
+
+TEST(decode_cases_match_tokenizers) { check_decode_fixture("decode_cases.jsonl", NULL); }
+TEST(decode_random_stories) { check_decode_fixture("decode_random_stories.jsonl", "stories"); }
+TEST(decode_random_gpt2_bytelevel) { check_decode_fixture("decode_random_gpt2bl.jsonl", "gpt2bl"); }
+TEST(decode_random_tiny_bytelevel) { check_decode_fixture("decode_random_tiny_bl.jsonl", "tiny_bl"); }
+
+/* The id whose vocabulary piece is p (the test fails when there is none). */
+static int32_t piece_id(const tokenizer *t, const char *p) {
+    for (int32_t id = 0; id < tokenizer_vocab_size(t); id++)
+        if (tokenizer_piece(t, id) && !strcmp(tokenizer_piece(t, id), p)) return id;
+    FAIL("no token \"%s\"", p);
+}
+
+/* Issue 9 defect 14 as filed: a valid byte token then an invalid byte run. The run decodes as
+ * one unit ("A" + two cut bytes = three U+FFFD, as `tokenizers` does), so "A" must not be sent
+ * before the run ends; the old stream sent "A" and later "\xBF\xBD" + U+FFFD + U+FFFD (a
+ * U+FFFD without its lead byte). */
+TEST(stream_byte_run_spoiled_later) {
+    tokenizer *t = load_tok(STORIES);
+    const int32_t word = piece_id(t, "\xE2\x96\x81" "do"), A = piece_id(t, "<0x41>"), e4 = piece_id(t, "<0xE4>"),
+                  b8 = piece_id(t, "<0xB8>");
+    const int32_t ids[] = {word, A, e4, b8, word};
+    static const char *const want[] = {"do", "", "", "", "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD do", ""};
+    tokenizer_stream *s = tokenizer_stream_new(t, true);
+    for (size_t i = 0; i <= 5; i++) {
+        const char *p = NULL;
+        size_t pl = 0;
+        ASSERT_EQ(i < 5 ? tokenizer_stream_push(s, ids[i], &p, &pl) : tokenizer_stream_flush(s, &p, &pl), 0);
+        ASSERT_EQ(pl, strlen(want[i]));
+        ASSERT_STREQ(p, want[i]);
+    }
+    tokenizer_stream_free(s);
+    /* Ending inside the run: everything comes with the flush. */
+    s = tokenizer_stream_new(t, true);
+    const char *p = NULL;
+    size_t pl = 0;
+    for (size_t i = 0; i < 4; i++) ASSERT_EQ(tokenizer_stream_push(s, ids[i], &p, &pl), 0);
+    ASSERT_STREQ(p, "");
+    ASSERT_EQ(tokenizer_stream_flush(s, &p, &pl), 0);
+    ASSERT_STREQ(p, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+    tokenizer_stream_free(s);
+    tokenizer_free(t);
+}
+
+/* Byte-level: the lossy decode replaces each maximal ill-formed subsequence, so a complete
+ * character is final at once and an invalid byte after it is a U+FFFD of its own. */
+TEST(stream_bytelevel_pieces) {
+    tokenizer *t = load_tok(FIX "/gpt2bl");
+    /* The byte-level characters of bytes C3, A9, FF, E4 are Ã © ÿ ä. */
+    const int32_t c3 = piece_id(t, "\xC3\x83"), a9 = piece_id(t, "\xC2\xA9"), ff = piece_id(t, "\xC3\xBF"),
+                  e4 = piece_id(t, "\xC3\xA4");
+    const int32_t ids[] = {c3, a9, ff, e4, e4};
+    static const char *const want[] = {"", "\xC3\xA9", "\xEF\xBF\xBD", "", "\xEF\xBF\xBD", "\xEF\xBF\xBD"};
+    tokenizer_stream *s = tokenizer_stream_new(t, true);
+    for (size_t i = 0; i <= 5; i++) {
+        const char *p = NULL;
+        size_t pl = 0;
+        ASSERT_EQ(i < 5 ? tokenizer_stream_push(s, ids[i], &p, &pl) : tokenizer_stream_flush(s, &p, &pl), 0);
+        if (strcmp(p, want[i])) FAIL("piece %zu: \"%s\", want \"%s\"", i, p, want[i]);
+    }
+    tokenizer_stream_free(s);
+    tokenizer_free(t);
+}
+
+/* A prime is a hard boundary: a byte run open at the end of the context is decoded as it
+ * stands, and generated byte tokens start a run of their own. */
+TEST(stream_prime_ends_byte_run) {
+    tokenizer *t = load_tok(STORIES);
+    int32_t *ctx = NULL, *gen = NULL;
+    size_t nc = 0, ng = 0;
+    ASSERT_EQ(tokenizer_encode(t, "中", strlen("中"), false, &ctx, &nc), 0); /* ▁ <0xE4> <0xB8> <0xAD> */
+    ASSERT_EQ(nc, 4);
+    ASSERT_EQ(tokenizer_encode(t, "文 do", strlen("文 do"), false, &gen, &ng), 0); /* ▁ E6 96 87 ▁do */
+    ASSERT_EQ(ng, 5);
+    tokenizer_stream *s = tokenizer_stream_new(t, true);
+    ASSERT_EQ(tokenizer_stream_prime(s, ctx, nc), 0);
+    const char *p = NULL;
+    size_t pl = 0;
+    for (size_t i = 1; i < ng; i++) ASSERT_EQ(tokenizer_stream_push(s, gen[i], &p, &pl), 0);
+    ASSERT_STREQ(p, "文 do"); /* not "中文 do": the context's character is not sent again */
+    tokenizer_stream_free(s);
+    free(ctx);
     free(gen);
     tokenizer_free(t);
 }
@@ -636,4 +855,6 @@ TEST_MAIN(parity_stories, parity_gpt2_bytelevel, parity_llama3_bytelevel, parity
           parity_nfkc_lowercase, stream_stories,
           stream_gpt2_bytelevel, stream_llama3_bytelevel, stream_holds_partial_utf8, stream_prime,
           special_tokens_in_text, bos_eos_metadata, invalid_utf8_rejected, decode_invalid_bytes,
-          bytelevel_roundtrip_random, broken_files)
+          bytelevel_roundtrip_random, broken_files, decode_cases_match_tokenizers, decode_random_stories,
+          decode_random_gpt2_bytelevel, decode_random_tiny_bytelevel, stream_byte_run_spoiled_later,
+          stream_bytelevel_pieces, stream_prime_ends_byte_run)
