@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "adapter_store/store_internal.h"
+#include "kernels/util/log.h"
 
 /* Version of the meta record layout and of the database set; "info"/"schema" holds it. A
  * store written by a newer peftd is refused rather than misread. */
@@ -138,6 +139,12 @@ void astore__read_end(astore *s, MDB_txn *txn) {
     pthread_rwlock_unlock(&s->map_lock);
 }
 
+/* A commit that could not write its pages: the filesystem is full (ENOSPC, EDQUOT), the
+ * file may not grow (EFBIG: RLIMIT_FSIZE), or LMDB saw a short write, which it reports as
+ * EIO (mdb_page_flush) — on a nearly full disk that is the usual case. The transaction is
+ * aborted, the meta page was not written: the store keeps its last committed state. */
+static bool commit_out_of_space(int rc) { return rc == ENOSPC || rc == EDQUOT || rc == EFBIG || rc == EIO; }
+
 int astore__write_txn(astore *s, astore__write_fn fn, void *ctx) {
     int rc;
     pthread_mutex_lock(&s->write_lock);
@@ -147,8 +154,18 @@ int astore__write_txn(astore *s, astore__write_fn fn, void *ctx) {
         rc = mdb_txn_begin(s->env, NULL, 0, &txn);
         if (rc == 0) {
             rc = fn(s, txn, ctx);
-            if (rc == 0) rc = mdb_txn_commit(txn); /* aborts the txn itself on failure */
-            else mdb_txn_abort(txn);
+            if (rc == 0) {
+                rc = mdb_txn_commit(txn); /* aborts the txn itself on failure */
+                if (commit_out_of_space(rc)) {
+                    const char *path = "?";
+                    mdb_env_get_path(s->env, &path);
+                    LOGE("store %s: a commit could not be written (%s): the disk is full or the file may not grow; "
+                         "nothing was changed", path, strerror(rc));
+                    rc = PEFTD_ENOSPC;
+                }
+            } else {
+                mdb_txn_abort(txn);
+            }
         }
         pthread_rwlock_unlock(&s->map_lock);
         if (rc == MDB_MAP_RESIZED) {

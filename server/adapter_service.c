@@ -153,7 +153,10 @@ int adapter_service_import_dir(adapter_service *s, const char *name, const char 
         else if (st == -ENOENT)
             snprintf(err, errlen, "tenant '%s' was deleted while the upload was in flight", owner);
         else
-            snprintf(err, errlen, "%s", st == PEFTD_ENOSPC ? "the adapter store is full" : peftd_strerror(st));
+            snprintf(err, errlen, "%s",
+                     st == PEFTD_ENOSPC ? "the adapter store is full (its disk, or its configured size limit): "
+                                          "nothing was stored"
+                                        : peftd_strerror(st));
         goto out;
     }
     if (s->tiers) tiers_offer_blob(s->tiers, stored.sha256, blob, len); /* warm: first requests skip LMDB */

@@ -448,6 +448,9 @@ static int cmd_serve(int argc, char **argv) {
      * handlers exist, is recorded and acted on once they do (exit 0), not the default
      * action's death by signal. */
     serve_catch_signals();
+    /* A file-size limit (RLIMIT_FSIZE) must fail the write that passes it (EFBIG: the
+     * upload answers 507), not kill the daemon with SIGXFSZ's default action. */
+    signal(SIGXFSZ, SIG_IGN);
     peftd_config cfg;
     config_default(&cfg);
     char err[1024] = "";

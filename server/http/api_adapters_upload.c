@@ -70,6 +70,20 @@ typedef struct api_upload {
 
 static void upload_fail(api_upload *u, unsigned status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* Staging could not write: a full disk or quota (ENOSPC, EDQUOT), a file-size limit
+ * (EFBIG), or an I/O error on write (EIO: a short write on a full disk, a failed
+ * writeback reported at close) is "insufficient storage" (507), never a 500: the client
+ * can retry later or elsewhere. The message names no server path. */
+static bool staging_full(int e) { return e == ENOSPC || e == EDQUOT || e == EFBIG || e == EIO; }
+
+static void upload_fail_errno(api_upload *u, int e, const char *what) {
+    if (staging_full(e))
+        upload_fail(u, MHD_HTTP_INSUFFICIENT_STORAGE, "insufficient_storage",
+                    "%s: the server is out of storage space (%s)", what, strerror(e));
+    else
+        upload_fail(u, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error", "%s: %s", what, strerror(e));
+}
 static void upload_fail(api_upload *u, unsigned status, const char *code, const char *fmt, ...) {
     if (u->status) return; /* the first error is the one reported */
     u->status = status;
@@ -82,8 +96,7 @@ static void upload_fail(api_upload *u, unsigned status, const char *code, const 
 
 static void upload_close_part(api_upload *u) {
     if (u->fd >= 0) {
-        if (close(u->fd) < 0)
-            upload_fail(u, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error", "writing the upload: %s", strerror(errno));
+        if (close(u->fd) < 0) upload_fail_errno(u, errno, "writing the upload");
         u->fd = -1;
     }
     if (u->in_part && u->part >= 0) u->part_size[u->part] = u->part_bytes;
@@ -138,10 +151,7 @@ static void upload_start_part(api_upload *u, const char *key, const char *filena
         snprintf(path, sizeof path, "%s/%s", u->dir, api_part_files[i]);
         u->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (u->fd < 0) {
-            int e = errno;
-            upload_fail(u, e == ENOSPC || e == EDQUOT ? MHD_HTTP_INSUFFICIENT_STORAGE : MHD_HTTP_INTERNAL_SERVER_ERROR,
-                        e == ENOSPC || e == EDQUOT ? "insufficient_storage" : "internal_error",
-                        "cannot stage the upload: %s", strerror(e));
+            upload_fail_errno(u, errno, "cannot stage the upload");
             return;
         }
         u->seen[i] = true;
@@ -169,10 +179,7 @@ static void upload_write(api_upload *u, const char *data, size_t size) {
         ssize_t w = write(u->fd, data, size);
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
-            int e = w < 0 ? errno : EIO;
-            bool full = e == ENOSPC || e == EDQUOT;
-            upload_fail(u, full ? MHD_HTTP_INSUFFICIENT_STORAGE : MHD_HTTP_INTERNAL_SERVER_ERROR,
-                        full ? "insufficient_storage" : "internal_error", "cannot stage the upload: %s", strerror(e));
+            upload_fail_errno(u, w < 0 ? errno : ENOSPC, "cannot stage the upload");
             return;
         }
         data += w;

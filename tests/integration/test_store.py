@@ -310,6 +310,68 @@ def restart_keeps_every_adapter_and_its_output():
         d.close()
 
 
+@test
+def disk_full_answers_507_and_keeps_serving():
+    """Issue 9 defect 8: a full filesystem made uploads answer 500 "Input/output error".
+    The daemon runs under RLIMIT_FSIZE (1 MiB, deterministic where a real full disk is
+    not): a staging file or a data.mdb that would pass it cannot grow (EFBIG; LMDB's
+    short write is EIO), exactly as on a full disk. peftd ignores SIGXFSZ itself (Python's
+    Popen restores the default action, which would kill it). Expected: 507 with a clear
+    message naming no server path, every adapter stored before intact, the daemon serving
+    completions, and a restart without the limit finding a consistent store."""
+    import resource
+    limit = 1 << 20
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    store = tempfile.mkdtemp(prefix="peftd-full-", dir=TMP)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+    try:
+        d = harness.Daemon(store=store)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+    stored = []
+    try:
+        # staging: one part larger than the limit (rank 450: 1.15 MB of safetensors)
+        big = tiny_lora(os.path.join(TMP, "full-big"), 1, rank=450)
+        st, obj = upload(d.port, "big", big)
+        harness.assert_error(st, obj, 507, "insufficient_storage")
+        assert store not in obj["error"]["message"] and "/tmp" not in obj["error"]["message"], obj
+        # LMDB: distinct rank-64 adapters (~170 KB each) until data.mdb cannot grow
+        answer = None
+        for i in range(40):
+            a = tiny_lora(os.path.join(TMP, "full-%d" % i), 100 + i, rank=64)
+            st, obj = upload(d.port, "f%d" % i, a)
+            if st != 201:
+                answer = (st, obj)
+                break
+            stored.append(("f%d" % i, obj["sha256"]))
+        print("    %d adapters stored, then %s" % (len(stored), answer))
+        assert answer is not None, "40 adapters fit under a 1 MiB file limit?"
+        harness.assert_error(answer[0], answer[1], 507, "insufficient_storage")
+        assert store not in answer[1]["error"]["message"], answer
+        assert stored, "not even one adapter fit"
+        assert d.alive()
+        names, _ = list_all(d)
+        assert names == sorted(n for n, _ in stored), names
+        for n, sha in stored:
+            st, _, body = d.request("GET", "/v1/adapters/" + n)
+            assert st == 200 and json.loads(body)["sha256"] == sha, (st, body[:200])
+        out = d.complete(model=stored[0][0], prompt="Once upon a time", max_tokens=4, temperature=0)
+        assert out["usage"]["completion_tokens"] >= 1
+        st, _, _ = d.request("GET", "/health")
+        assert st == 200
+    finally:
+        assert d.stop() == 0, d.log_text()
+        d.close()
+    d2 = harness.Daemon(store=store)
+    try:
+        names, _ = list_all(d2)
+        assert names == sorted(n for n, _ in stored), names
+        out = d2.complete(model=stored[-1][0], prompt="Once upon a time", max_tokens=4, temperature=0)
+        assert out["usage"]["completion_tokens"] >= 1
+    finally:
+        d2.close()
+
+
 if __name__ == "__main__":
     try:
         harness.run_tests(__file__)
