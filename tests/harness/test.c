@@ -1,9 +1,17 @@
-/* tests/harness/test.c — runs each registered test in its own process with a timeout. */
+/* tests/harness/test.c — runs each registered test in its own process with a timeout.
+ *
+ * A passing test's process leaves with exit(), not _exit(), so the sanitizers' exit-time
+ * checks (LeakSanitizer's leak report under `make asan`) run and turn a leak into a
+ * failure. Tests run from the repository root whatever the working directory was: the
+ * root is found from the binary's own location (/proc/self/exe), so relative fixture
+ * paths resolve the same from anywhere, and a missing fixture is a failure, not a skip. */
 #include "test.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -73,22 +81,47 @@ char *test_read_file(const char *path, size_t *len) {
     return buf;
 }
 
+/* The repository root: the nearest directory above the running binary that holds this
+ * harness's header (binaries live in <root>/<build dir>/tests/). 0, or -1 if none. */
+static int find_repo_root(char *out, size_t len) {
+    char path[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0) return -1;
+    path[n] = 0;
+    for (char *slash = strrchr(path, '/'); slash && slash != path; slash = strrchr(path, '/')) {
+        *slash = 0;
+        char probe[PATH_MAX + 32];
+        struct stat sb;
+        snprintf(probe, sizeof probe, "%s/tests/harness/test.h", path);
+        if (stat(probe, &sb) == 0 && (size_t)snprintf(out, len, "%s", path) < len) return 0;
+    }
+    return -1;
+}
+
 int test_run_all(const char *prog, const test_entry *tests, int n, int argc, char **argv) {
     /* Per-test timeout in seconds; sanitizer builds are several times slower. */
     int timeout = getenv("TEST_TIMEOUT") ? atoi(getenv("TEST_TIMEOUT")) : 120;
     const char *only = argc > 1 ? argv[1] : NULL;
     const char *base = strrchr(prog, '/') ? strrchr(prog, '/') + 1 : prog;
-    int passed = 0, failed = 0, skipped = 0;
+    char root[PATH_MAX];
+    if (find_repo_root(root, sizeof root) < 0 || chdir(root) < 0) {
+        fprintf(stderr, "%s: cannot find the repository root above this binary\n", base);
+        printf("%s: 0 passed, 1 failed, 0 skipped\n", base);
+        return 1;
+    }
+    int passed = 0, failed = 0, skipped = 0, matched = 0;
     for (int i = 0; i < n; i++) {
         if (only && strcmp(only, tests[i].name) != 0) continue;
+        matched++;
         fflush(stdout);
+        fflush(stderr);
         pid_t pid = fork();
         if (pid < 0) { perror("fork"); return 2; }
         if (pid == 0) {
             alarm((unsigned)timeout);
             tests[i].fn();
             fflush(stdout);
-            _exit(TEST_EXIT_PASS);
+            exit(TEST_EXIT_PASS); /* exit(): LeakSanitizer's check runs (a leak fails the test) */
         }
         int st = 0;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
@@ -103,6 +136,10 @@ int test_run_all(const char *prog, const test_entry *tests, int n, int argc, cha
                         WTERMSIG(st) == SIGALRM ? " (timeout)" : "");
         }
         printf("  %-4s %s.%s\n", verdict, base, tests[i].name);
+    }
+    if (only && !matched) { /* a filter that runs nothing must not look like success */
+        fprintf(stderr, "%s: no test is named '%s'\n", base, only);
+        failed++;
     }
     printf("%s: %d passed, %d failed, %d skipped\n", base, passed, failed, skipped);
     return failed ? 1 : 0;

@@ -255,6 +255,12 @@ def run_tests(file):
     passed = failed = skipped = 0
     only = set(sys.argv[1:])
     tests = [t for t in _tests if not only or t.__name__ in only]
+    unknown = only - {t.__name__ for t in _tests}
+    if unknown:  # a filter that runs nothing (or less than asked) must not look like success
+        print("%s: no test named %s" % (name, ", ".join(sorted(unknown))))
+        print("%s: 0 passed, %d failed, 0 skipped" % (name, len(unknown)))
+        sys.stdout.flush()
+        sys.exit(1)
     try:
         if not os.access(BIN, os.X_OK):
             raise RuntimeError("daemon binary %s not found (build it, or set PEFTD_BIN)" % BIN)

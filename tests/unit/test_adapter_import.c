@@ -114,7 +114,7 @@ static const char *fixture(const char *name) {
     snprintf(p, sizeof p, FIXTURES "/%s", name);
     char cfg[300];
     snprintf(cfg, sizeof cfg, "%s/adapter_config.json", p);
-    if (access(cfg, R_OK) != 0) SKIP("fixture " FIXTURES " not present yet");
+    if (access(cfg, R_OK) != 0) FAIL("committed fixture %s is missing", cfg);
     return p;
 }
 
@@ -547,20 +547,23 @@ static void syn_free(syn *s) {
 }
 
 /* Every directory the tests write lives under one root that the parent process creates
- * before forking the tests and removes when it exits (tests end with _exit). */
+ * before forking the tests and removes when it exits (the runner only). */
 static char ROOT[64];
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     return remove(path);
 }
 
+static pid_t ROOT_OWNER; /* the runner: tests are forked children that also run destructors */
+
 __attribute__((constructor)) static void make_root(void) {
     snprintf(ROOT, sizeof ROOT, "/tmp/peftd_adapter_XXXXXX");
     if (!mkdtemp(ROOT)) ROOT[0] = 0;
+    ROOT_OWNER = getpid();
 }
 
 __attribute__((destructor)) static void rm_root(void) {
-    if (ROOT[0]) nftw(ROOT, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (ROOT[0] && getpid() == ROOT_OWNER) nftw(ROOT, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static char *tmpdir(void) {
