@@ -28,6 +28,14 @@ struct adapter_service {
      * the registry applies store changes in the store's order: an import cannot publish a
      * version after a concurrent delete removed it from the store. */
     pthread_mutex_t pub_mu;
+    /* Bytes staged right now by uploads in flight, per owner (tenants only): counted
+     * against the owner's storage quota as they arrive (adapter_service_stage_add). */
+    pthread_mutex_t stage_mu;
+    struct stage_entry {
+        char owner[ASTORE_NAME_MAX + 1];
+        uint64_t bytes;
+    } *staged;
+    int n_staged;
 };
 
 /* sha256 over what makes adapters of one base interchangeable: architecture and shapes. */
@@ -42,6 +50,8 @@ static void fingerprint(const model *m, char out[65]) {
     EVP_Digest(desc, (size_t)n, md, &mdlen, EVP_sha256(), NULL);
     for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
+
+static void sweep_staging(const char *tmp_root);
 
 int adapter_service_create(const model *m, astore *store, adapter_registry *reg, tiers *t, const char *tmp_root,
                            adapter_service **out, char *err, size_t errlen) {
@@ -64,13 +74,73 @@ int adapter_service_create(const model *m, astore *store, adapter_registry *reg,
     }
     fingerprint(m, s->fingerprint);
     pthread_mutex_init(&s->pub_mu, NULL);
+    pthread_mutex_init(&s->stage_mu, NULL);
+    sweep_staging(tmp_root);
     *out = s;
     return 0;
+}
+
+/* Start-up: upload staging directories left by a process that died mid-upload (SIGKILL,
+ * a crash, power loss). The store's exclusive lock (main.c) guarantees no other live
+ * daemon stages uploads here, so every one of them is stale. */
+static void sweep_staging(const char *tmp_root) {
+    DIR *d = opendir(tmp_root);
+    if (!d) return;
+    int n = 0;
+    struct dirent *e;
+    char p[4400];
+    while ((e = readdir(d)))
+        if (!strncmp(e->d_name, "upload-", 7)) {
+            snprintf(p, sizeof p, "%s/%s", tmp_root, e->d_name);
+            adapter_service_rmdir(p);
+            n++;
+        }
+    closedir(d);
+    if (n) LOGI("adapter store: removed %d stale upload staging director%s from %s", n, n == 1 ? "y" : "ies", tmp_root);
+}
+
+int adapter_service_stage_add(adapter_service *s, const char *owner, uint64_t quota, uint64_t stored, uint64_t n) {
+    if (!owner || !owner[0] || !quota) return 0;
+    int rc = 0;
+    pthread_mutex_lock(&s->stage_mu);
+    struct stage_entry *e = NULL;
+    for (int i = 0; i < s->n_staged && !e; i++)
+        if (!strcmp(s->staged[i].owner, owner)) e = &s->staged[i];
+    if (!e) {
+        struct stage_entry *p = realloc(s->staged, (size_t)(s->n_staged + 1) * sizeof *p);
+        if (!p) {
+            rc = PEFTD_ENOMEM;
+            goto out;
+        }
+        s->staged = p;
+        e = &s->staged[s->n_staged++];
+        snprintf(e->owner, sizeof e->owner, "%s", owner);
+        e->bytes = 0;
+    }
+    if (stored > quota || e->bytes > quota - stored || n > quota - stored - e->bytes) rc = -EDQUOT;
+    else e->bytes += n;
+out:
+    pthread_mutex_unlock(&s->stage_mu);
+    return rc;
+}
+
+void adapter_service_stage_release(adapter_service *s, const char *owner, uint64_t n) {
+    if (!owner || !owner[0] || !n) return;
+    pthread_mutex_lock(&s->stage_mu);
+    for (int i = 0; i < s->n_staged; i++)
+        if (!strcmp(s->staged[i].owner, owner)) {
+            s->staged[i].bytes -= n <= s->staged[i].bytes ? n : s->staged[i].bytes;
+            if (s->staged[i].bytes == 0) s->staged[i] = s->staged[--s->n_staged];
+            break;
+        }
+    pthread_mutex_unlock(&s->stage_mu);
 }
 
 void adapter_service_free(adapter_service *s) {
     if (!s) return;
     pthread_mutex_destroy(&s->pub_mu);
+    pthread_mutex_destroy(&s->stage_mu);
+    free(s->staged);
     model_adapter_base_free(&s->base);
     free(s);
 }

@@ -26,6 +26,14 @@ void adapter_service_free(adapter_service *s);
  * @note the caller removes it with adapter_service_rmdir() when done. */
 int adapter_service_mkdtemp(adapter_service *s, char *path, size_t len);
 void adapter_service_rmdir(const char *path); /* removes the files in it and the directory */
+/* adapter_service_create removes every tmp_root/upload-* left by a dead process. */
+
+/* Staging accounting: n more bytes of an upload by owner are about to be written to its
+ * staging file. With quota > 0, -EDQUOT when stored (the owner's stored bytes, minus the
+ * version being replaced) + everything owner stages right now + n would exceed it; else
+ * counted until released. owner "" or quota 0: not counted, 0. */
+int adapter_service_stage_add(adapter_service *s, const char *owner, uint64_t quota, uint64_t stored, uint64_t n);
+void adapter_service_stage_release(adapter_service *s, const char *owner, uint64_t n);
 
 /* Validates the save_pretrained files in dir against the base and stores them as the new
  * version of name owned by owner ("" = public; a tenant's adapter is stored and published

@@ -61,6 +61,11 @@ typedef struct api_upload {
     bool seen[PART_COUNT];
     uint64_t part_size[PART_COUNT];
     uint64_t received;   /* body bytes so far */
+    /* A tenant's storage quota counts staged bytes as they arrive (adapter_service_stage_add). */
+    char owner[ASTORE_NAME_MAX + 1];
+    uint64_t quota;      /* 0 = none */
+    uint64_t stored;     /* the owner's stored bytes at the start, minus the version replaced */
+    uint64_t staged;     /* bytes counted for this upload */
     uint64_t discarded;  /* body bytes read after the first error */
     /* The first error: status != 0. */
     unsigned status;
@@ -103,11 +108,22 @@ static void upload_close_part(api_upload *u) {
     u->in_part = false;
 }
 
+/* Drops what is staged: the files, the directory and the quota count. */
+static void upload_unstage(api_upload *u) {
+    if (u->fd >= 0) {
+        close(u->fd);
+        u->fd = -1;
+    }
+    if (u->dir[0]) adapter_service_rmdir(u->dir);
+    u->dir[0] = '\0';
+    adapter_service_stage_release(u->srv->svc, u->owner, u->staged);
+    u->staged = 0;
+}
+
 static void upload_free(api_upload *u) {
     if (!u) return;
     if (u->pp) MHD_destroy_post_processor(u->pp);
-    if (u->fd >= 0) close(u->fd);
-    if (u->dir[0]) adapter_service_rmdir(u->dir);
+    upload_unstage(u);
     free(u);
 }
 
@@ -175,6 +191,20 @@ static void upload_start_part(api_upload *u, const char *key, const char *filena
 
 static void upload_write(api_upload *u, const char *data, size_t size) {
     u->part_bytes += size;
+    if (u->fd >= 0 && size) {
+        int rc = adapter_service_stage_add(u->srv->svc, u->owner, u->quota, u->stored, size);
+        if (rc < 0) {
+            if (rc == -EDQUOT)
+                upload_fail(u, MHD_HTTP_INSUFFICIENT_STORAGE, "insufficient_storage",
+                            "the upload is over the tenant's storage quota of %llu bytes (%llu bytes stored, "
+                            "uploads in flight count as they arrive)",
+                            (unsigned long long)u->quota, (unsigned long long)u->stored);
+            else
+                upload_fail(u, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error", "out of memory");
+            return;
+        }
+        u->staged += size;
+    }
     while (u->fd >= 0 && size) {
         ssize_t w = write(u->fd, data, size);
         if (w < 0 && errno == EINTR) continue;
@@ -234,6 +264,17 @@ enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *con
     if (!u) return api_adapters_fail(req, conn, PEFTD_ENOMEM, "receiving the upload", NULL);
     u->srv = s;
     u->fd = -1;
+    snprintf(u->owner, sizeof u->owner, "%s", http_owner(req));
+    if (u->owner[0]) {
+        tstore_tenant t = {0};
+        astore_meta old;
+        if (tenants_get(s->cfg.tenants, u->owner, &t) == 0 && t.max_storage_bytes > 0) {
+            u->quota = (uint64_t)t.max_storage_bytes;
+            astore_owner_bytes(s->store, u->owner, &u->stored);
+            if (astore_get_meta_scoped(s->store, u->owner, name, &old) == 0)
+                u->stored -= old.bytes <= u->stored ? old.bytes : u->stored;
+        }
+    }
     int rc = adapter_service_mkdtemp(s->svc, u->dir, sizeof u->dir);
     if (rc < 0) {
         u->dir[0] = '\0';
@@ -260,15 +301,13 @@ enum MHD_Result api_adapters_put_data(http_req *req, const char *data, size_t n)
     if (!u->status && MHD_post_process(u->pp, data, n) != MHD_YES)
         upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload", "malformed multipart/form-data body");
     if (u->status) {
-        /* Stop staging: drop the parser and the files now, keep only the answer. */
+        /* Stop staging: drop the parser, the files and their quota count now, keep only
+         * the answer (the rest of the body is read and discarded). */
         if (u->pp) {
             MHD_destroy_post_processor(u->pp);
             u->pp = NULL;
         }
-        if (u->fd >= 0) {
-            close(u->fd);
-            u->fd = -1;
-        }
+        upload_unstage(u);
         u->discarded += n;
         if (u->discarded > API_UPLOAD_DRAIN_MAX) {
             LOGD("http: upload: closing after %llu discarded bytes (%s)", (unsigned long long)u->discarded, u->msg);

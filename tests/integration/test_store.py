@@ -311,6 +311,24 @@ def restart_keeps_every_adapter_and_its_output():
 
 
 @test
+def stale_staging_swept_at_start_up():
+    """Issue 9 defect 7: <store>/tmp/upload-* directories of a killed daemon survived
+    every restart (15 left after 20 kills). Start-up removes them."""
+    store = tempfile.mkdtemp(prefix="peftd-sweep-", dir=TMP)
+    for i in range(15):
+        d = os.path.join(store, "tmp", "upload-stale%02d" % i)
+        os.makedirs(d)
+        with open(os.path.join(d, "adapter_model.safetensors"), "wb") as f:
+            f.write(b"\0" * 10000)
+    dm = harness.Daemon(store=store)
+    try:
+        left = [n for n in os.listdir(os.path.join(store, "tmp")) if n.startswith("upload-")]
+        assert left == [], left
+    finally:
+        dm.close()
+
+
+@test
 def disk_full_answers_507_and_keeps_serving():
     """Issue 9 defect 8: a full filesystem made uploads answer 500 "Input/output error".
     The daemon runs under RLIMIT_FSIZE (1 MiB, deterministic where a real full disk is

@@ -408,6 +408,59 @@ def keys_never_in_the_log_nor_the_store():
     assert hashlib.sha256(key_of("t1").encode()).hexdigest().encode() in data
 
 
+def staging_bytes(store):
+    total = 0
+    for root, _, files in os.walk(os.path.join(store, "tmp")):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+@test
+def dribbled_upload_staging_counts_against_the_quota():
+    """Issue 9 defect 7: staging files were outside every quota (a 10 kB-quota tenant held
+    19 MB by dribbling). Five connections each dribble 100 KB of one declared-2 MB part:
+    what sits in the store's tmp/ never passes the quota, and nothing stays after."""
+    import socket
+    quota = 10000
+    k = new_tenant("dribbler", max_storage_bytes=quota)
+    socks = []
+    try:
+        for i in range(5):
+            s = socket.create_connection(("127.0.0.1", dm().port), timeout=30 * harness.SLOW)
+            b = "drib%d" % i
+            head = ('--%s\r\nContent-Disposition: form-data; name="w"; filename="adapter_model.safetensors"\r\n'
+                    'Content-Type: application/octet-stream\r\n\r\n' % b).encode()
+            s.sendall(("PUT /v1/adapters/d%d HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                       "Content-Type: multipart/form-data; boundary=%s\r\nContent-Length: %d\r\n\r\n"
+                       % (i, k, b, 2000000)).encode() + head)
+            socks.append(s)
+        peak = 0
+        chunk = b"\0" * 4096
+        for _ in range(25):  # 100 KB per connection
+            for s in socks:
+                s.sendall(chunk)
+            peak = max(peak, staging_bytes(dm().store))
+        deadline = time.time() + 3 * harness.SLOW  # let the daemon read what was sent
+        while time.time() < deadline:
+            peak = max(peak, staging_bytes(dm().store))
+            time.sleep(0.02)
+        assert peak <= quota, "%d bytes staged for a tenant with a %d-byte quota" % (peak, quota)
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.time() + 30 * harness.SLOW
+    while staging_bytes(dm().store) and time.time() < deadline:
+        time.sleep(0.05)
+    assert staging_bytes(dm().store) == 0
+    # the tenant can still upload what fits (the ia3 fixture: a few kB)
+    st, _, obj = upload(k, "small", "ia3")
+    assert st == 201, (st, obj)
+
+
 @test
 def tenant_delete_past_a_page_of_public_adapters():
     """Issue 9 defect 4: the delete listed the tenant's visible adapters 128 at a time and
