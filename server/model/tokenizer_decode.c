@@ -143,7 +143,9 @@ typedef struct {
     bool cont;
 } dec_state;
 
-#define TOK_STR(p, i) ((p)->text.data + (p)->v[i].off)
+/* A piece's bytes; "" while the text buffer is unallocated (only empty pieces exist then:
+ * Fuse of no tokens), as NULL + 0 is undefined behaviour. */
+#define TOK_STR(p, i) ((p)->text.data ? (p)->text.data + (p)->v[i].off : "")
 
 static int dec_replace(const tok_decoder *d, const tok_pieces *in, tok_pieces *out) {
     for (size_t i = 0; i < in->n; i++) {
