@@ -193,17 +193,45 @@ static void meta_from_adapter(const adapter *a, const char *name, const char *ow
     }
 }
 
+/* Removes every occurrence of path (and a '/' after it) from msg: the parsers name the
+ * files they read by full path, which is the server's staging directory; tenants get the
+ * file names only. */
+static void scrub_path(char *msg, const char *path) {
+    size_t pl = strlen(path);
+    if (!pl) return;
+    for (char *p; (p = strstr(msg, path));) {
+        size_t cut = pl + (p[pl] == '/' ? 1 : 0);
+        if (p[pl] == ':' && p[pl + 1] == ' ') cut += 2; /* "<dir>: reason" -> "reason" */
+        memmove(p, p + cut, strlen(p + cut) + 1);
+    }
+}
+
+bool adapter_service_name_is_base(const adapter_service *s, const char *name) {
+    return name && !strcmp(name, s->m->name);
+}
+
 int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, uint64_t quota_bytes,
                                const char *dir, astore_meta *out, char *err, size_t errlen) {
     if (!registry_name_valid(name)) {
         snprintf(err, errlen, "invalid adapter name: use 1-64 of [A-Za-z0-9._-], not starting with '.' or '-'");
         return PEFTD_EINVAL;
     }
+    if (adapter_service_name_is_base(s, name)) {
+        /* "model": "<base id>" selects the base model: an adapter of that name could
+         * never be chosen, and /v1/models would list the id twice */
+        snprintf(err, errlen, "'%s' is the base model's id: choose another adapter name", name);
+        return PEFTD_EEXIST;
+    }
     adapter *a = NULL;
     void *blob = NULL;
     size_t len = 0;
     int st = adapter_load_dir(dir, &s->base, s->m->kb, &a, err, errlen);
-    if (st < 0) return st;
+    if (st < 0) {
+        LOGI("adapter %s%s%s: rejected (%s)", owner ? owner : "", owner && owner[0] ? "/" : "", name, err);
+        scrub_path(err, dir);
+        scrub_path(err, s->tmp_root);
+        return st;
+    }
     if ((st = adapter_blob_write_base(a, &s->base, &blob, &len)) < 0) {
         snprintf(err, errlen, "cannot serialise the adapter: %s", peftd_strerror(st));
         goto out;
@@ -298,6 +326,12 @@ int adapter_service_publish_all(adapter_service *s, int *n_published, int *n_ski
                      page[i].base_fingerprint);
                 registry_put_failure(s->reg, key, PEFTD_EINVAL,
                                      "stored for another base model; upload it again for this one");
+                (*n_skipped)++;
+                continue;
+            }
+            if (adapter_service_name_is_base(s, page[i].name)) {
+                LOGW("adapter %s: named like the base model, not served (rename it: upload it under another "
+                     "name and delete this one)", key);
                 (*n_skipped)++;
                 continue;
             }

@@ -6,6 +6,7 @@
 #ifndef PEFTD_ADAPTER_SERVICE_H
 #define PEFTD_ADAPTER_SERVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,10 +42,15 @@ void adapter_service_stage_release(adapter_service *s, const char *owner, uint64
  * storage limit (astore_put_scoped). On failure nothing changes; the status tells the
  * HTTP status: PEFTD_EFORMAT malformed (400), PEFTD_EUNSUPPORTED / PEFTD_EINVAL not
  * servable on this base (422), PEFTD_ENOSPC store full / -EDQUOT over quota (507); err
- * names the reason; -ENOENT: the owner's tenant was deleted before the adapter could be
+ * names the reason (file names, never the server's paths); PEFTD_EEXIST: name is the base
+ * model's id; -ENOENT: the owner's tenant was deleted before the adapter could be
  * stored (nothing stored). *out (optional) receives the stored meta. */
 int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, uint64_t quota_bytes,
                                const char *dir, astore_meta *out, char *err, size_t errlen);
+
+/* true when name is the base model's id, which no adapter may take (import refuses it
+ * with PEFTD_EEXIST, start-up skips a stored one). */
+bool adapter_service_name_is_base(const adapter_service *s, const char *name);
 
 /* Removes owner's name from the store and the registry (requests holding it finish with
  * it). PEFTD_ENOTFOUND when owner has no adapter by that name. */

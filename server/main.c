@@ -544,6 +544,10 @@ static int cmd_serve(int argc, char **argv) {
     for (int i = 0; i < cfg.n_adapters; i++) {
         const char *name = cfg.adapters[i].name, *dir = cfg.adapters[i].dir;
         astore_meta have;
+        if (adapter_service_name_is_base(svc, name)) {
+            LOGE("adapter %s (%s) not imported: it is the base model's id; give it another name", name, dir);
+            continue;
+        }
         if (astore_get_meta(store, name, &have) == 0) continue;
         int st = adapter_service_import_dir(svc, name, "", 0, dir, NULL, err, sizeof err);
         if (st < 0) {

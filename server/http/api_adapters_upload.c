@@ -244,6 +244,9 @@ enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *con
     if (!s->svc) return api_adapters__no_store(req, conn);
     const char *name = req->arg ? req->arg : "";
     if (!registry_name_valid(name)) return api_adapters__bad_name(req, conn, name);
+    if (adapter_service_name_is_base(s->svc, name))
+        return http_error(req, conn, MHD_HTTP_CONFLICT, "name_conflict",
+                          "'%s' is the base model's id: choose another adapter name", name);
 
     const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (!ct || strncasecmp(ct, "multipart/form-data", 19) != 0)

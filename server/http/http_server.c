@@ -95,6 +95,10 @@ static unsigned http_method_flag(const char *method) {
     return HTTP_M_OTHER;
 }
 
+static int http_hexval(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 static int http_body_append(http_req *req, const char *data, size_t n) {
     if (req->too_large || req->len + n > req->srv->cfg.max_body_bytes) {
         req->too_large = true;
@@ -211,6 +215,27 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
     free(req->arg);
     free(req->body);
     free(req);
+}
+
+/* Percent-decoding of paths and query arguments (MHD_OPTION_UNESCAPE_CALLBACK): as
+ * libmicrohttpd's, except that %00 becomes 0xFF instead of a NUL. A decoded NUL would end
+ * the C string, so PUT /v1/adapters/a%00b would act on "a"; 0xFF is never valid UTF-8 and
+ * no name or id accepts it, so such a path is refused (400) wherever a name is read. */
+static size_t http_unescape(void *cls, struct MHD_Connection *conn, char *s) {
+    (void)cls, (void)conn;
+    char *w = s;
+    for (const char *r = s; *r; r++) {
+        int hi, lo;
+        if (*r == '%' && (hi = http_hexval(r[1])) >= 0 && (lo = http_hexval(r[2])) >= 0) {
+            unsigned char c = (unsigned char)(hi << 4 | lo);
+            *w++ = (char)(c ? c : 0xFF);
+            r += 2;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+    return (size_t)(w - s);
 }
 
 static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -355,6 +380,7 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
         {MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.timeout_s, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed, s},
+        {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)http_unescape, NULL},
         {s->cfg.threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, s->cfg.threads, NULL},
         {MHD_OPTION_END, 0, NULL},
     };

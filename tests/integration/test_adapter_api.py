@@ -615,6 +615,49 @@ def peftctl_show_rm_generate_and_exit_codes():
     assert r.returncode == 0 and b"upload NAME DIR" in r.stdout, r
 
 
+@test
+def nul_and_control_bytes_in_names_base_model_name_and_no_server_paths():
+    """Issue 9 defect 15: PUT /v1/adapters/a%00b replaced "a" (the decoded NUL ended the
+    name); an adapter could take the base model's id (then listed twice); error messages
+    showed the server's staging paths."""
+    dm = d()
+    files = [("a", n, b) for n, b in fixture_files("lora_r1_all")]
+    st, obj = put(dm, "nulvictim", files)
+    assert st == 201, obj
+    sha = obj["sha256"]
+    other = [("a", n, b) for n, b in fixture_files("lora_r8_all")]
+    for raw in ("nulvictim%00b", "nulvictim%00", "nul%01victim", "nulvictim%0a", "nulvictim%7f"):
+        st, obj = put(dm, raw, other, quote=False)
+        harness.assert_error(st, obj, 400, "invalid_name")
+        st, _, body = dm.request("GET", "/v1/adapters/" + raw)
+        harness.assert_error(st, json.loads(body), 400)
+        st, _, body = dm.request("DELETE", "/v1/adapters/" + raw)
+        harness.assert_error(st, json.loads(body), 400)
+    st, obj = get(dm, "/v1/adapters/nulvictim")
+    assert st == 200 and obj["sha256"] == sha and obj["version"] == 1, obj
+    # the base model's id
+    st, obj = put(dm, harness.MODEL_ID, files)
+    harness.assert_error(st, obj, 409)
+    assert harness.MODEL_ID in obj["error"]["message"] and "base model" in obj["error"]["message"], obj
+    st, obj = get(dm, "/v1/models")
+    ids = [m["id"] for m in obj["data"]]
+    assert ids.count(harness.MODEL_ID) == 1, ids
+    # a broken upload: the answer names the file, not where the server staged it
+    cfg = dict(json.loads(fixture_files("lora_r1_all")[0][1]))
+    st, obj = put(dm, "nopath", [("a", "adapter_config.json", json.dumps(cfg).encode())])
+    harness.assert_error(st, obj, 400)
+    bad = [("a", "adapter_config.json", b"{not json"), ("b", "adapter_model.safetensors", b"\0" * 64)]
+    st, obj = put(dm, "nopath", bad)
+    assert 400 <= st < 500, (st, obj)
+    msg = obj["error"]["message"]
+    assert dm.store not in msg and "/tmp" not in msg and "upload-" not in msg, msg
+    st, obj = put(dm, "nopath", [("a", "adapter_config.json", json.dumps(cfg).encode()),
+                                 ("b", "adapter_model.safetensors", b"\0" * 64)])
+    assert 400 <= st < 500, (st, obj)
+    msg = obj["error"]["message"]
+    assert dm.store not in msg and "/tmp" not in msg and "upload-" not in msg, msg
+
+
 if __name__ == "__main__":
     try:
         harness.run_tests(__file__)
