@@ -28,8 +28,8 @@
 typedef struct {
     char id[TSTORE_ID_MAX + 1];    /* [A-Za-z0-9._-], 1..64, not starting with '.' or '-' */
     double weight;                 /* fair-scheduling weight, > 0 */
-    int64_t max_concurrent;        /* in-flight completion requests; 0 = unlimited */
-    int64_t tokens_per_min;        /* generated tokens per 60 s; 0 = unlimited */
+    int64_t max_concurrent;        /* sequences in flight (prompts x n per request); 0 = unlimited */
+    int64_t tokens_per_min;        /* prompt + generated tokens per 60 s; 0 = unlimited */
     int64_t max_storage_bytes;     /* sum of the tenant's adapter blob bytes; 0 = unlimited */
     int64_t created;               /* unix seconds */
 } tstore_tenant;

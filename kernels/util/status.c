@@ -18,6 +18,7 @@ const char *peftd_strerror(int st) {
     case PEFTD_ENOTFOUND: return "not found";
     case PEFTD_ENOSPC: return "storage full";
     case PEFTD_EEXIST: return "already exists";
+    case PEFTD_E2BIG: return "over a limit";
     default: return st < 0 && st > -4096 ? strerror(-st) : "unknown error";
     }
 }

@@ -17,6 +17,7 @@ enum {
     PEFTD_ENOTFOUND,       /* unknown name */
     PEFTD_ENOSPC,          /* storage full */
     PEFTD_EEXIST,          /* already exists / conflict */
+    PEFTD_E2BIG,           /* larger than a limit allows at all (retrying cannot help) */
 };
 
 /* Static string for a status code (never NULL). */

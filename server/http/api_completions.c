@@ -79,7 +79,7 @@ static void job_notify(void *ud) {
         http_metrics_on_tokens(job->t0_ns, &ch->t_last_ns, d.completion_tokens - ch->completion_tokens);
         /* the tenant's tokens-per-minute window counts tokens as they are generated */
         if (job->req.tenants)
-            tenants_count_tokens(job->req.tenants, job->req.gen.tenant, d.completion_tokens - ch->completion_tokens);
+            tenants_count_tokens(job->req.tenants, &job->req.ticket, d.completion_tokens - ch->completion_tokens);
         ch->completion_tokens = d.completion_tokens;
         if (d.finished) {
             ch->finished = last = true;
@@ -351,6 +351,14 @@ static enum MHD_Result job_submit_failed(http_req *req, struct MHD_Connection *c
     }
 }
 
+/* What a validated request can cost its tenant at most: every choice is a sequence that
+ * prefills its prompt and may generate max_tokens. */
+static tenants_cost request_cost(const api_request *r) {
+    tenants_cost c = {.seqs = r->n_prompts * r->n, .max_new = r->gen.max_tokens};
+    for (int i = 0; i < r->n_prompts; i++) c.prompt_tokens += (int64_t)r->prompts[i].n_ids * r->n;
+    return c;
+}
+
 enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn) {
     http_server *s = req->srv;
     if (atomic_load(&s->stopping))
@@ -366,17 +374,32 @@ enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn)
         return http_error(req, conn, err.status, err.code, "%s", err.message);
     }
     if (req->who.role == TENANTS_TENANT) {
-        /* quotas after validation: a malformed request costs no slot; held until the job
-         * is freed (api_request_free), so a stream counts until it ends */
-        int retry = 1, rc = tenants_admit(s->cfg.tenants, req->who.tenant, &retry);
+        /* quotas after validation: a malformed request costs nothing; the ticket is held
+         * until the job is freed (api_request_free), so a stream counts until it ends */
+        tenants_cost cost = request_cost(&job->req);
+        int retry = 1, rc = tenants_admit(s->cfg.tenants, req->who.tenant, &cost, &job->req.ticket, &retry);
         if (rc < 0) {
             job_unref(job);
-            char ra[16];
+            char ra[16], msg[256];
             snprintf(ra, sizeof ra, "%d", retry);
+            tstore_tenant lim = {0};
+            tenants_get(s->cfg.tenants, req->who.tenant, &lim);
+            if (rc == PEFTD_E2BIG)
+                snprintf(msg, sizeof msg,
+                         "this request runs %d sequences at once (prompts x n) but this tenant may run at most %lld: "
+                         "send fewer prompts or a smaller n", cost.seqs, (long long)lim.max_concurrent);
+            else if (rc == PEFTD_EBUSY)
+                snprintf(msg, sizeof msg,
+                         "this tenant's running sequences would exceed its limit of %lld: retry later",
+                         (long long)lim.max_concurrent);
+            else if (rc == PEFTD_ERANGE)
+                snprintf(msg, sizeof msg,
+                         "this tenant's tokens-per-minute limit (%lld, prompt + generated, counting the "
+                         "worst case of requests in flight) is reached: retry later", (long long)lim.tokens_per_min);
+            else
+                snprintf(msg, sizeof msg, "unknown tenant");
             return http_error_hdr(req, conn, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limit_exceeded", "Retry-After", ra,
-                                  rc == PEFTD_EBUSY ? "too many concurrent requests for this tenant: retry later"
-                                  : rc == PEFTD_ERANGE ? "the tenant's generated-tokens-per-minute limit is reached"
-                                                       : "unknown tenant");
+                                  msg);
         }
         job->req.tenants = s->cfg.tenants;
     }

@@ -35,6 +35,7 @@ typedef struct {
     adapter_handle *adapter; /* the adapter chosen by `model` / `adapter`, one reference held */
     adapter_registry *reg;  /* where that reference goes back */
     struct tenants *tenants; /* set when gen.tenant's quota admitted it: released by api_request_free */
+    tenants_ticket ticket;  /* what that admission holds (sequences, reserved tokens) */
     char model_id[160];     /* the id echoed in responses */
 } api_request;
 

@@ -359,6 +359,6 @@ void api_request_free(api_request *r) {
     if (r->adapter) registry_release(r->reg, r->adapter);
     r->adapter = NULL;
     r->gen.handle = NULL;
-    if (r->tenants) tenants_finish(r->tenants, r->gen.tenant);
+    if (r->tenants) tenants_release(r->tenants, &r->ticket);
     r->tenants = NULL;
 }

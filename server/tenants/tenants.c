@@ -22,7 +22,9 @@
 typedef struct {
     tstore_tenant rec;
     bool live;                          /* false: deleted or gone after a reload */
-    int64_t inflight;
+    uint64_t epoch;                     /* this incarnation of the slot (tickets name it) */
+    int64_t inflight;                   /* sequences held by tickets */
+    int64_t reserved;                   /* tokens reserved by tickets, not yet generated */
     int64_t bucket_sec[TENANTS_WINDOW_S];
     uint64_t bucket_n[TENANTS_WINDOW_S];
 } tenant_state;
@@ -35,6 +37,7 @@ struct tenants {
     pthread_mutex_t mu;
     tenant_state *v;
     int n, cap;
+    uint64_t next_epoch;
 };
 
 static int64_t now_s(void) {
@@ -95,7 +98,10 @@ static int upsert(tenants *t, const tstore_tenant *rec) {
         st = &t->v[t->n++];
         memset(st, 0, sizeof *st);
     }
-    if (!st->live) memset(st, 0, sizeof *st);
+    if (!st->live) {
+        memset(st, 0, sizeof *st);
+        st->epoch = ++t->next_epoch;
+    }
     st->rec = *rec;
     st->live = true;
     return 0;
@@ -201,7 +207,7 @@ int tenants_get(tenants *t, const char *id, tstore_tenant *out) {
     return st ? 0 : PEFTD_ENOTFOUND;
 }
 
-/* Under mu: tokens generated within the window ending at now. */
+/* Under mu: tokens (prompt + generated) counted within the window ending at now. */
 static uint64_t window_used(const tenant_state *st, int64_t now) {
     uint64_t used = 0;
     for (int i = 0; i < TENANTS_WINDOW_S; i++)
@@ -222,50 +228,88 @@ static int window_wait(const tenant_state *st, int64_t now, uint64_t limit) {
     return TENANTS_WINDOW_S;
 }
 
-int tenants_admit(tenants *t, const char *id, int *retry_after_s) {
+/* Under mu: n tokens into the current second's bucket. */
+static void window_add(tenant_state *st, int64_t now, uint64_t n) {
+    int b = (int)(now % TENANTS_WINDOW_S);
+    if (st->bucket_sec[b] != now) {
+        st->bucket_sec[b] = now;
+        st->bucket_n[b] = 0;
+    }
+    st->bucket_n[b] += n;
+}
+
+int tenants_admit(tenants *t, const char *id, const tenants_cost *cost, tenants_ticket *ticket,
+                  int *retry_after_s) {
     *retry_after_s = 1;
+    *ticket = (tenants_ticket){.slot = -1};
     int rc = 0;
+    int64_t seqs = cost->seqs > 0 ? cost->seqs : 1;
+    int64_t reserve = cost->max_new > 0 ? seqs * cost->max_new : 0;
+    int64_t now = now_s();
     pthread_mutex_lock(&t->mu);
     tenant_state *st = find(t, id);
+    const tstore_tenant *lim = st ? &st->rec : NULL;
     if (!st) {
         rc = PEFTD_ENOTFOUND;
-    } else if (st->rec.max_concurrent > 0 && st->inflight >= st->rec.max_concurrent) {
-        rc = PEFTD_EBUSY; /* a request ends any moment: retry after 1 s */
-    } else if (st->rec.tokens_per_min > 0) {
-        int64_t now = now_s();
-        if (window_used(st, now) >= (uint64_t)st->rec.tokens_per_min) {
+    } else if (lim->max_concurrent > 0 && seqs > lim->max_concurrent) {
+        rc = PEFTD_E2BIG;
+        *retry_after_s = TENANTS_WINDOW_S;
+    } else if (lim->max_concurrent > 0 && st->inflight + seqs > lim->max_concurrent) {
+        rc = PEFTD_EBUSY; /* sequences end any moment: retry after 1 s */
+    } else if (lim->tokens_per_min > 0) {
+        uint64_t limit = (uint64_t)lim->tokens_per_min, used = window_used(st, now);
+        if (used + (uint64_t)st->reserved >= limit) {
             rc = PEFTD_ERANGE;
-            *retry_after_s = window_wait(st, now, (uint64_t)st->rec.tokens_per_min);
+            /* the window must drain below what the outstanding reservations leave free;
+             * when they alone fill it, a running request has to finish first */
+            *retry_after_s = (uint64_t)st->reserved < limit ? window_wait(st, now, limit - (uint64_t)st->reserved) : 1;
         }
     }
-    if (rc == 0) st->inflight++;
+    if (rc == 0) {
+        st->inflight += seqs;
+        st->reserved += reserve;
+        if (cost->prompt_tokens > 0) window_add(st, now, (uint64_t)cost->prompt_tokens);
+        *ticket = (tenants_ticket){.slot = (int)(st - t->v), .epoch = st->epoch, .seqs = (int)seqs,
+                                   .reserved = reserve};
+    }
     pthread_mutex_unlock(&t->mu);
     return rc;
 }
 
-void tenants_finish(tenants *t, const char *id) {
+/* Under mu: the state a ticket names, also a deleted tenant's (its counts must drain
+ * before the slot is reused); NULL when the ticket holds nothing. */
+static tenant_state *ticket_state(tenants *t, const tenants_ticket *k) {
+    if (k->slot < 0 || k->slot >= t->n || t->v[k->slot].epoch != k->epoch) return NULL;
+    return &t->v[k->slot];
+}
+
+void tenants_release(tenants *t, tenants_ticket *ticket) {
+    if (!t || !ticket || ticket->slot < 0) return;
     pthread_mutex_lock(&t->mu);
-    /* also a deleted tenant's slot: its in-flight count must drain for the slot's reuse */
-    for (int i = 0; i < t->n; i++)
-        if (!strcmp(t->v[i].rec.id, id) && t->v[i].inflight > 0) {
-            t->v[i].inflight--;
-            break;
+    tenant_state *st = ticket_state(t, ticket);
+    if (st) {
+        st->inflight -= ticket->seqs;
+        st->reserved -= ticket->reserved;
+        if (st->inflight < 0 || st->reserved < 0) {
+            LOGE("tenants: %s: quota counts went negative (%lld sequences, %lld tokens)", st->rec.id,
+                 (long long)st->inflight, (long long)st->reserved);
+            abort(); /* a refcount below zero is a programmer error (GUIDE §6) */
         }
+    }
+    *ticket = (tenants_ticket){.slot = -1};
     pthread_mutex_unlock(&t->mu);
 }
 
-void tenants_count_tokens(tenants *t, const char *id, int n) {
-    if (n <= 0) return;
+void tenants_count_tokens(tenants *t, tenants_ticket *ticket, int n) {
+    if (n <= 0 || !t || !ticket) return;
     int64_t now = now_s();
     pthread_mutex_lock(&t->mu);
-    tenant_state *st = find(t, id);
+    tenant_state *st = ticket_state(t, ticket);
     if (st) {
-        int b = (int)(now % TENANTS_WINDOW_S);
-        if (st->bucket_sec[b] != now) {
-            st->bucket_sec[b] = now;
-            st->bucket_n[b] = 0;
-        }
-        st->bucket_n[b] += (uint64_t)n;
+        window_add(st, now, (uint64_t)n);
+        int64_t take = n < ticket->reserved ? n : ticket->reserved;
+        ticket->reserved -= take;
+        st->reserved -= take;
     }
     pthread_mutex_unlock(&t->mu);
 }

@@ -7,13 +7,18 @@
  * start-up) makes it ADMIN; a tenant's key makes it TENANT. Keys are compared by their
  * sha256 with CRYPTO_memcmp (constant time), and never logged.
  *
- * Quotas, per tenant (limits from its record; 0 = unlimited):
- *   - in-flight completion requests: tenants_admit refuses past max_concurrent (429);
- *   - generated tokens per minute: a 60 s sliding window of one-second buckets, fed as
- *     tokens are generated (tenants_count_tokens); admission is refused while the window
- *     is full, with the seconds until enough of it expires (429 + Retry-After). A request
- *     admitted just under the limit may finish over it: its tokens still count, delaying
- *     the next admission — the limit is enforced over time, not per token;
+ * Quotas, per tenant (limits from its record; 0 = unlimited), held by a ticket from
+ * tenants_admit to tenants_release:
+ *   - max_concurrent counts *sequences* (prompts × n of each request in flight), not HTTP
+ *     requests: a request is admitted only if its sequences fit beside those in flight;
+ *   - tokens_per_min counts prompt and generated tokens (as OpenAI's TPM does) in a 60 s
+ *     sliding window of one-second buckets. Admission charges the prompt tokens at once
+ *     and *reserves* the request's worst case for the rest (sequences × max_tokens); the
+ *     reservation turns into usage as tokens are generated (tenants_count_tokens) and
+ *     what is left of it is given back at release. A request is admitted while
+ *     used + reserved < limit, so the tokens served in any 60 s window stay within the
+ *     limit plus the largest single request's reservation;
+ *   - refusals are 429 with the seconds to wait (Retry-After);
  *   - stored adapter bytes: enforced by astore_put_scoped (507).
  * Limits live in memory (refreshed by every admin change and by tenants_reload, which the
  * daemon calls on SIGHUP); counters survive a reload.
@@ -25,6 +30,7 @@
 #define PEFTD_TENANTS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "adapter_store/store.h"
 #include "adapter_store/tenant_store.h"
@@ -65,13 +71,39 @@ int tenants_sha256_hex(const char *s, char out[65]);
 /* Who presents key. PEFTD_ENOTFOUND: not the admin key nor a live tenant key (401). */
 int tenants_authenticate(tenants *t, const char *key, tenants_principal *out);
 
-/* Admission of one completion request of tenant id. 0: admitted (pair with
- * tenants_finish); PEFTD_EBUSY: max_concurrent in flight; PEFTD_ERANGE: the token
- * window is full. *retry_after_s: seconds to wait (>= 1) when refused. */
-int tenants_admit(tenants *t, const char *id, int *retry_after_s);
-void tenants_finish(tenants *t, const char *id);
-/* n more tokens generated for id (engine thread, at each delta). */
-void tenants_count_tokens(tenants *t, const char *id, int n);
+/* A request's hold on its tenant's quotas. Filled by tenants_admit; the fields are the
+ * tenants module's (read them, never write them). @note not thread-safe by itself: the
+ * tenants mutex guards it inside tenants_count_tokens / tenants_release. */
+typedef struct {
+    int slot;                 /* the tenant's state; -1: holds nothing */
+    uint64_t epoch;           /* that state's incarnation (a deleted tenant's slot is reused) */
+    int seqs;                 /* sequences counted against max_concurrent */
+    int64_t reserved;         /* tokens still reserved against tokens_per_min */
+} tenants_ticket;
+
+/* What a request needs: seqs sequences (prompts × n), prompt_tokens over all of them
+ * (each sequence's prompt counted once per sequence), at most max_new generated tokens
+ * per sequence. */
+typedef struct {
+    int seqs;
+    int64_t prompt_tokens;
+    int64_t max_new;
+} tenants_cost;
+
+/* Admission of one completion request of tenant id. 0: admitted, *ticket held (pair with
+ * tenants_release). Refusals (nothing held, *retry_after_s >= 1 seconds to wait):
+ * PEFTD_EBUSY: its sequences do not fit beside those in flight (max_concurrent);
+ * PEFTD_E2BIG: it alone has more sequences than max_concurrent (it can never run as sent);
+ * PEFTD_ERANGE: the token window plus outstanding reservations reach tokens_per_min;
+ * PEFTD_ENOTFOUND: unknown tenant. */
+int tenants_admit(tenants *t, const char *id, const tenants_cost *cost, tenants_ticket *ticket,
+                  int *retry_after_s);
+/* Gives back what ticket holds (the unused reservation, its sequences); then it holds
+ * nothing. A ticket that holds nothing is a no-op. */
+void tenants_release(tenants *t, tenants_ticket *ticket);
+/* n more tokens generated under ticket (engine thread, at each delta): counted in the
+ * window, taken out of the ticket's reservation. */
+void tenants_count_tokens(tenants *t, tenants_ticket *ticket, int n);
 /* The cached record of id; PEFTD_ENOTFOUND when unknown. */
 int tenants_get(tenants *t, const char *id, tstore_tenant *out);
 

@@ -306,6 +306,57 @@ def tokens_per_minute_429_with_retry_after():
 
 
 @test
+def quotas_count_sequences_and_reserve_tokens():
+    """Issue 9 defect 5: one request of many prompts x n went past max_concurrent and a
+    tokens/min limit by ~435x (quotas counted HTTP requests). Sequences now count against
+    max_concurrent and a request's worst case is reserved against tokens/min."""
+    kc = new_tenant("qseq", max_concurrent=3)
+    # 16 prompts x n=16 can never run within 3 sequences: refused, with the numbers
+    body = dict(model=harness.MODEL_ID, prompt=["Once"] * 16, n=16, max_tokens=200, temperature=0)
+    st, hdrs, obj = call("POST", "/v1/completions", kc, body=body)
+    assert_err(st, obj, 429, "rate_limit_exceeded")
+    assert "256 sequences" in obj["error"]["message"], obj
+    assert int(hdrs["retry-after"]) >= 1, hdrs
+    # 6 concurrent requests of n=2: never more than 3 sequences of this tenant at once
+    stop, peak = threading.Event(), [0]
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], dm().metrics().get("peftd_running_requests", 0))
+            time.sleep(0.01)
+
+    def one(_):
+        return complete(kc, harness.MODEL_ID, max_tokens=40, n=2, ignore_eos=True)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    try:
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            res = list(pool.map(one, range(6)))
+    finally:
+        stop.set()
+        w.join()
+    codes = sorted(r[0] for r in res)
+    assert codes.count(200) >= 1 and set(codes) <= {200, 429}, codes
+    assert 2 <= peak[0] <= 3, "running sequences peaked at %s with max_concurrent=3" % peak[0]
+
+    # tokens/min: a wide request is admitted while there is room, and reserves its worst case
+    kt = new_tenant("qtok", tokens_per_min=100)
+    body = dict(model=harness.MODEL_ID, prompt=["Once upon a time"] * 4, n=4, max_tokens=50, temperature=0,
+                ignore_eos=True)
+    st, _, obj = call("POST", "/v1/completions", kt, body=body)
+    assert st == 200, obj
+    served = obj["usage"]["prompt_tokens"] * 4 + obj["usage"]["completion_tokens"]
+    reservation = 16 * 50
+    assert served <= 100 + reservation + obj["usage"]["prompt_tokens"] * 4, obj["usage"]
+    # the window is over the limit now: everything else waits, with a Retry-After
+    st, hdrs, obj = complete(kt, harness.MODEL_ID, max_tokens=1)
+    assert_err(st, obj, 429, "rate_limit_exceeded")
+    assert 1 <= int(hdrs["retry-after"]) <= 60, hdrs
+
+
+@test
 def storage_quota_507():
     kq = new_tenant("qs", max_storage_bytes=1)
     st, _, obj = upload(kq, "big")

@@ -264,28 +264,85 @@ TEST(admission_concurrency_and_token_window) {
     ASSERT_EQ(tenants_create(ts, &t), 0);
     ASSERT_EQ(tenants_create(ts, &free_), 0);
     int retry;
-    ASSERT_EQ(tenants_admit(ts, "c", &retry), 0);
-    ASSERT_EQ(tenants_admit(ts, "c", &retry), 0);
-    ASSERT_EQ(tenants_admit(ts, "c", &retry), PEFTD_EBUSY);
+    const tenants_cost one = {.seqs = 1};
+    tenants_ticket k1, k2, k3, kf;
+    ASSERT_EQ(tenants_admit(ts, "c", &one, &k1, &retry), 0);
+    ASSERT_EQ(tenants_admit(ts, "c", &one, &k2, &retry), 0);
+    ASSERT_EQ(tenants_admit(ts, "c", &one, &k3, &retry), PEFTD_EBUSY);
     ASSERT_EQ(retry, 1);
-    ASSERT_EQ(tenants_admit(ts, "free", &retry), 0); /* others unaffected */
-    tenants_finish(ts, "c");
-    ASSERT_EQ(tenants_admit(ts, "c", &retry), 0);
+    ASSERT_EQ(tenants_admit(ts, "free", &one, &kf, &retry), 0); /* others unaffected */
+    tenants_release(ts, &k1);
+    tenants_release(ts, &k1); /* released twice: the second is a no-op */
+    ASSERT_EQ(tenants_admit(ts, "c", &one, &k1, &retry), 0);
+    tenants_release(ts, &k1);
+    tenants_release(ts, &k2);
+    tenants_release(ts, &kf);
 
-    ASSERT_EQ(tenants_admit(ts, "t", &retry), 0);
-    tenants_count_tokens(ts, "t", 30);
-    ASSERT_EQ(tenants_admit(ts, "t", &retry), 0);
-    tenants_count_tokens(ts, "t", 25);
-    ASSERT_EQ(tenants_admit(ts, "t", &retry), PEFTD_ERANGE);
+    /* tokens: prompt tokens count at admission, the rest is reserved up front */
+    const tenants_cost small = {.seqs = 1, .prompt_tokens = 10, .max_new = 20};
+    ASSERT_EQ(tenants_admit(ts, "t", &small, &k1, &retry), 0); /* used 10 + reserved 20 */
+    ASSERT_EQ(tenants_admit(ts, "t", &small, &k2, &retry), 0); /* 30 < 50 still: 20 + 40 */
+    ASSERT_EQ(tenants_admit(ts, "t", &small, &k3, &retry), PEFTD_ERANGE); /* 60 >= 50 */
+    tenants_count_tokens(ts, &k1, 5);  /* reservation turns into usage: still 60 */
+    ASSERT_EQ(tenants_admit(ts, "t", &small, &k3, &retry), PEFTD_ERANGE);
+    tenants_release(ts, &k1);          /* 15 of k1's reservation given back: 45 < 50 */
+    ASSERT_EQ(tenants_admit(ts, "t", &small, &k3, &retry), 0); /* 55 + 40 */
+    tenants_count_tokens(ts, &k2, 100); /* more than reserved (cannot happen) stays counted */
+    tenants_release(ts, &k2);
+    tenants_release(ts, &k3);
+    ASSERT_EQ(tenants_admit(ts, "t", &one, &k1, &retry), PEFTD_ERANGE);
     /* the tokens were counted within the last second or two: they expire in ~58-60 s */
     ASSERT(retry >= 55 && retry <= 60);
     /* a reload keeps the window; raising the limit in the store takes effect with it */
     tstore_tenant raised = t;
     raised.tokens_per_min = 1000;
     ASSERT_EQ(tstore_tenant_update(s, &raised), 0);
-    ASSERT_EQ(tenants_admit(ts, "t", &retry), PEFTD_ERANGE);
+    ASSERT_EQ(tenants_admit(ts, "t", &one, &k1, &retry), PEFTD_ERANGE);
     ASSERT_EQ(tenants_reload(ts), 0);
-    ASSERT_EQ(tenants_admit(ts, "t", &retry), 0);
+    ASSERT_EQ(tenants_admit(ts, "t", &one, &k1, &retry), 0);
+    tenants_release(ts, &k1);
+    tenants_close(ts);
+    astore_close(s);
+}
+
+/* Issue 9 defect 5: quotas were counted per HTTP request, so one request of 16 prompts x
+ * n=16 went past max_concurrent=1 and a 100 tokens/min limit by ~435x. Now a request's
+ * sequences count against max_concurrent and its worst case is reserved. */
+TEST(quotas_count_sequences_and_reserve_the_worst_case) {
+    astore *s = open_store();
+    tenants_config cfg = {.enabled = true};
+    tenants *ts;
+    char err[256];
+    ASSERT_EQ(tenants_open(s, &cfg, &ts, err, sizeof err), 0);
+    tstore_tenant c = tenant("c"), t = tenant("t");
+    c.max_concurrent = 4;
+    t.tokens_per_min = 100;
+    ASSERT_EQ(tenants_create(ts, &c), 0);
+    ASSERT_EQ(tenants_create(ts, &t), 0);
+    int retry;
+    tenants_ticket k1, k2;
+    const tenants_cost big = {.seqs = 16 * 16, .prompt_tokens = 16 * 16 * 5, .max_new = 200};
+    ASSERT_EQ(tenants_admit(ts, "c", &big, &k1, &retry), PEFTD_E2BIG); /* can never fit */
+    ASSERT(retry >= 1);
+    const tenants_cost three = {.seqs = 3};
+    ASSERT_EQ(tenants_admit(ts, "c", &three, &k1, &retry), 0);
+    const tenants_cost two = {.seqs = 2};
+    ASSERT_EQ(tenants_admit(ts, "c", &two, &k2, &retry), PEFTD_EBUSY); /* 3 + 2 > 4 */
+    tenants_release(ts, &k1);
+    ASSERT_EQ(tenants_admit(ts, "c", &two, &k2, &retry), 0);
+    tenants_release(ts, &k2);
+
+    /* the big request is admitted while there is room (one request's granularity) ... */
+    const tenants_cost wide = {.seqs = 4, .prompt_tokens = 20, .max_new = 200};
+    ASSERT_EQ(tenants_admit(ts, "t", &wide, &k1, &retry), 0);
+    /* ... and then nothing else until its reservation is used up and has expired */
+    const tenants_cost tiny = {.seqs = 1, .prompt_tokens = 1, .max_new = 1};
+    ASSERT_EQ(tenants_admit(ts, "t", &tiny, &k2, &retry), PEFTD_ERANGE);
+    ASSERT_EQ(retry, 1); /* the reservation alone fills the window: a request must end */
+    tenants_count_tokens(ts, &k1, 30);
+    tenants_release(ts, &k1); /* served 50 of 100: room again */
+    ASSERT_EQ(tenants_admit(ts, "t", &tiny, &k2, &retry), 0);
+    tenants_release(ts, &k2);
     tenants_close(ts);
     astore_close(s);
 }
@@ -355,6 +412,6 @@ TEST(tenant_delete_takes_every_adapter_and_blocks_late_uploads) {
     astore_close(s);
 }
 
-TEST_MAIN(tenant_crud_and_validation, keys_hashed_revoked_and_deleted_with_tenant,
+TEST_MAIN(quotas_count_sequences_and_reserve_the_worst_case, tenant_crud_and_validation, keys_hashed_revoked_and_deleted_with_tenant,
           scoped_names_visible_listing_and_storage_quota, admission_concurrency_and_token_window,
           tenant_delete_takes_every_adapter_and_blocks_late_uploads)
