@@ -2,6 +2,7 @@
 #include "server/config.h"
 
 #include <cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,8 +67,9 @@ static int get_int(const cJSON *obj, const char *key, long lo, long hi, int *out
                    char *err, size_t errlen) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v) return 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long)v->valuedouble || v->valuedouble < lo ||
-        v->valuedouble > hi) {
+    /* range first: casting a number outside long's range (1e300) is undefined */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi) ||
+        v->valuedouble != floor(v->valuedouble)) {
         snprintf(err, errlen, "%s\"%s\" must be an integer in [%ld, %ld]", where, key, lo, hi);
         return PEFTD_EINVAL;
     }

@@ -131,11 +131,9 @@ static int chat_parse_logprobs(const cJSON *root, int *k, api_err *err) {
     if (lp && !cJSON_IsBool(lp)) return api_fail(err, "invalid_type", "'logprobs' must be a boolean on /v1/chat/completions");
     bool on = lp && cJSON_IsTrue(lp);
     if (top) {
-        double v = cJSON_IsNumber(top) ? top->valuedouble : -1;
-        if (!cJSON_IsNumber(top) || v != (double)(int)v)
-            return api_fail(err, "invalid_type", "'top_logprobs' must be an integer");
-        if (v < 0 || v > ENGINE_MAX_LOGPROBS)
-            return api_fail(err, "invalid_value", "'top_logprobs' must be between 0 and %d, got %g", ENGINE_MAX_LOGPROBS, v);
+        long long v = 0;
+        int rc = api_get_int(root, "top_logprobs", 0, ENGINE_MAX_LOGPROBS, &v, err);
+        if (rc) return rc;
         if (!on) return api_fail(err, "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
         *k = (int)v;
     } else if (on) {

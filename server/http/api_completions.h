@@ -50,6 +50,10 @@ typedef struct {
 
 /* A 400 validation failure with an OpenAI error code and message; returns PEFTD_EINVAL. */
 int api_fail(api_err *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* An integer field root[name]: absent keeps *out; not an integer (no float->int cast of
+ * a huge or fractional number happens) or out of [lo, hi] is a 400 naming the field. */
+int api_get_int(const struct cJSON *root, const char *name, long long lo, long long hi, long long *out,
+                api_err *err);
 /* root[name], or NULL when absent or JSON null (OpenAI treats null as "not given"). */
 const struct cJSON *api_field(const struct cJSON *root, const char *name);
 

@@ -192,6 +192,9 @@ int api_format_stream_end(api_job *job, http_buf *out) {
 }
 
 int api_format_stream_error(const char *message, http_buf *out) {
+    char clean[3 * 256 + 1]; /* engine errors are < 256 bytes, possibly cut mid-character */
+    http_utf8_sanitize(message, clean, sizeof clean);
+    message = clean;
     cJSON *o = cJSON_CreateObject();
     cJSON *e = cJSON_AddObjectToObject(o, "error");
     if (!e || !cJSON_AddStringToObject(e, "message", message) ||

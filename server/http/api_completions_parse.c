@@ -48,8 +48,7 @@ static int api_get_bool(const cJSON *root, const char *name, bool *out, api_err 
     return 0;
 }
 
-/* An integer field: absent keeps *out; wrong type or out of [lo, hi] is a 400. */
-static int api_get_int(const cJSON *root, const char *name, long long lo, long long hi,
+int api_get_int(const cJSON *root, const char *name, long long lo, long long hi,
                        long long *out, api_err *err) {
     const cJSON *it = api_field(root, name);
     if (!it) return 0;

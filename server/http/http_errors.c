@@ -67,6 +67,11 @@ enum MHD_Result http_error_hdr(http_req *req, struct MHD_Connection *conn, unsig
                                const char *code, const char *hdr_name, const char *hdr_value,
                                const char *message) {
     if (!code) code = http_default_code(status);
+    /* Messages quote client bytes (names, paths, values) and may be cut mid-character by
+     * a bounded snprintf: the JSON body is valid UTF-8 whatever they held. */
+    char clean[3 * 1024 + 1];
+    http_utf8_sanitize(message, clean, sizeof clean);
+    message = clean;
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
     if (!err || !cJSON_AddStringToObject(err, "message", message) ||

@@ -112,6 +112,13 @@ void http_buf_reset(http_buf *b);                             /* len = 0, keeps 
 void http_buf_free(http_buf *b);
 /* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
 bool http_utf8_valid(const char *s, size_t n);
+/* Copies the NUL-terminated in to out (outlen bytes, NUL-terminated) as valid UTF-8: each
+ * byte that does not start a valid character becomes U+FFFD; a character that would not
+ * fit whole is left out. Returns the bytes written (without the NUL). */
+size_t http_utf8_sanitize(const char *in, char *out, size_t outlen);
+/* True when a JSON body holds a NUL character, raw or as the escape \u0000. C strings (and
+ * so cJSON's) end at a NUL: such a body would be read as something shorter than sent. */
+bool http_json_has_nul(const char *body, size_t len);
 /* Length of the longest prefix of the valid UTF-8 string s of at most max bytes that
  * does not split a character: for quoting client strings in error messages. */
 size_t http_utf8_prefix(const char *s, size_t max);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -123,6 +124,17 @@ static int http_body_append(http_req *req, const char *data, size_t n) {
  * limit. Answering 413 before reading the body lets MHD close the connection without
  * reading megabytes we would throw away. An adapter upload (PUT /v1/adapters/{name}) has
  * its own limit and streams its body to disk (api_adapters.c). */
+typedef struct {
+    int content_length, transfer_encoding;
+} http_framing;
+
+static enum MHD_Result http_count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    http_framing *f = cls;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) f->content_length++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) f->transfer_encoding++;
+    return MHD_YES;
+}
+
 static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *conn,
                                        const char *url, const char *method, void **con_cls) {
     http_req *req = calloc(1, sizeof *req);
@@ -141,6 +153,15 @@ static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *co
     if (r && r->fn == api_adapters_item && req->method == HTTP_M_PUT)
         return api_adapters_put_begin(req, conn);
 
+    /* Request smuggling behind a proxy: two framings that disagree are refused outright. */
+    http_framing fr = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, http_count_framing, &fr);
+    if (fr.content_length > 1 || (fr.content_length && fr.transfer_encoding)) {
+        req->answered = true;
+        return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_request",
+                          fr.content_length > 1 ? "more than one Content-Length header"
+                                                : "both Content-Length and Transfer-Encoding");
+    }
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         char *end = NULL;
@@ -201,6 +222,9 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     if (req->too_large)
         return http_error(req, conn, MHD_HTTP_CONTENT_TOO_LARGE, NULL,
                           "request body is over the limit of %zu bytes", s->cfg.max_body_bytes);
+    if (req->keep_body && req->body && http_json_has_nul(req->body, req->len))
+        return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value",
+                          "NUL characters (\\u0000) are not accepted in request bodies");
     return r->fn(req, conn);
 }
 

@@ -10,6 +10,7 @@
  * file has no post_processor.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -362,7 +363,9 @@ done:
 static int parse_cls_sep(tokenizer *t, const cJSON *node, const char *ty, char *err, size_t errlen) {
     const cJSON *cls = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(node, "cls"), 1);
     const cJSON *sep = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(node, "sep"), 1);
-    if (!cJSON_IsNumber(cls) || !cJSON_IsNumber(sep)) {
+    if (!cJSON_IsNumber(cls) || !cJSON_IsNumber(sep) || !(cls->valuedouble >= 0 && cls->valuedouble < (1 << 30)) ||
+        !(sep->valuedouble >= 0 && sep->valuedouble < (1 << 30)) || cls->valuedouble != floor(cls->valuedouble) ||
+        sep->valuedouble != floor(sep->valuedouble)) {
         tokenizer__errf(err, errlen, "tokenizer.json: %s needs \"cls\" and \"sep\" as [token, id]", ty);
         return PEFTD_EFORMAT;
     }

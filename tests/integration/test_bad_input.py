@@ -167,6 +167,53 @@ def non_utf8_is_400():
 
 
 @test
+def nul_characters_are_refused_not_truncated():
+    """Issue 9 defect 15: "\\u0000" cut a prompt short (C strings end at NUL) and the
+    request was served as if the rest had not been sent."""
+    raw_post(b'{"model": "%s", "prompt": "Once\\u0000upon"}' % MODEL_ID.encode(), 400, mentions="NUL")
+    raw_post(b'{"model": "%s", "prompt": "\\u0000"}' % MODEL_ID.encode(), 400, mentions="NUL")
+    raw_post(b'{"model": "%s\\u0000x", "prompt": "Once"}' % MODEL_ID.encode(), 400, mentions="NUL")
+    raw_post(b'{"model": "%s", "prompt": "a", "stop": ["\\u0000"]}' % MODEL_ID.encode(), 400, mentions="NUL")
+    raw_post(b'{"model": "%s", "prompt": "a\x00b"}' % MODEL_ID.encode(), 400)
+    st, _, data = d().request("POST", "/v1/chat/completions",
+                              b'{"model": "%s", "messages": [{"role": "user", "content": "hi\\u0000"}]}'
+                              % MODEL_ID.encode())
+    assert_error(st, json.loads(data), 400)
+    # an escaped backslash before "u0000" is text, not a NUL
+    d().complete(prompt="a \\u0000 b", max_tokens=2, temperature=0)
+    still_serving()
+
+
+@test
+def error_bodies_are_valid_utf8_whatever_was_sent():
+    """Issue 9 defect 15: an error message quoting client bytes echoed raw 0xFF bytes."""
+    for body in (b'{"model": "\xff\xfe%s", "prompt": "Once"}' % MODEL_ID.encode(),
+                 b'{"model": "caf\xc3", "prompt": "Once"}',
+                 b'{"model": "' + "\u00e9".encode() * 300 + b'\xff", "prompt": "Once"}',
+                 b'{"adapter": "\xf0\x9f\x98", "prompt": "Once"}'):
+        st, _, data = d().request("POST", "/v1/completions", body)
+        assert 400 <= st < 500, (st, data[:200])
+        text = data.decode("utf-8")  # strict: raises on any invalid byte
+        assert_error(st, json.loads(text), st)
+    still_serving()
+
+
+@test
+def two_content_lengths_are_refused():
+    """Issue 9 defect 15: two different Content-Length headers were accepted (request
+    smuggling behind a proxy that reads the other one)."""
+    body = b'{"model": "%s", "prompt": "Once", "max_tokens": 1}' % MODEL_ID.encode()
+    for extra in ("Content-Length: %d\r\nContent-Length: 5\r\n" % len(body),
+                  "Content-Length: %d\r\nContent-Length: %d\r\n" % (len(body), len(body)),
+                  "Content-Length: %d\r\nTransfer-Encoding: chunked\r\n" % len(body)):
+        req = ("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               "Connection: close\r\n" + extra + "\r\n").encode() + body
+        st, data = raw_exchange(req)
+        assert st == 400, (extra, st, data[:200])
+    still_serving()
+
+
+@test
 def unknown_route_is_404():
     for method, path in (("GET", "/"), ("GET", "/v2/models"), ("POST", "/v1/chat/nothing"),
                          ("GET", "/v1/completions/extra"), ("GET", "/%ff%fe%00x"),
