@@ -193,6 +193,11 @@ int tokenizer__bpe_parse(const cJSON *model, tok_bpe *bpe, char ***pieces_out,
             rc = PEFTD_EFORMAT;
             goto fail;
         }
+        if (!tokenizer__utf8_valid(it->string, len)) { /* cJSON passes raw bytes through */
+            tokenizer__errf(err, errlen, "tokenizer.json: model.vocab piece of id %d is not valid UTF-8", id);
+            rc = PEFTD_EFORMAT;
+            goto fail;
+        }
         if (!(pieces[id] = strdup(it->string))) { rc = PEFTD_ENOMEM; goto fail; }
         plen[id] = (uint32_t)len;
         if ((rc = tokenizer__strmap_put(&bpe->vocab, pieces[id], (uint32_t)len, id))) goto fail;

@@ -809,6 +809,9 @@ TEST(broken_files) {
     expect_mini_error("null", "null", "BPE", "[1,2]", "[]", "model.vocab must be an object");
     expect_mini_error("null", "null", "BPE", "{\"a\":\"x\"}", "[]", "not a valid id");
     expect_mini_error("null", "null", "BPE", "{\"a\":-4}", "[]", "not a valid id");
+    /* A piece that is not UTF-8 would reach decode's text and logprobs' token strings as is
+     * (`tokenizers` refuses such a file too: JSON text is UTF-8). */
+    expect_mini_error("null", "null", "BPE", "{\"<s>\":0,\"a\xC3\":1}", "[]", "not valid UTF-8");
     expect_mini_error("null", "null", "BPE", V, "\"a b\"", "model.merges must be a list");
     expect_mini_error("null", "null", "BPE", V, "[\"a c\"]", "missing from the vocab");
     expect_mini_error("null", "null", "BPE", V, "[\"abc\"]", "is not \"a b\"");
