@@ -31,8 +31,9 @@ void adapter_service_rmdir(const char *path); /* removes the files in it and the
 
 /* Staging accounting: n more bytes of an upload by owner are about to be written to its
  * staging file. With quota > 0, -EDQUOT when stored (the owner's stored bytes, minus the
- * version being replaced) + everything owner stages right now + n would exceed it; else
- * counted until released. owner "" or quota 0: not counted, 0. */
+ * version being replaced) + everything owner stages right now + n would exceed it plus a
+ * 64 KiB allowance (the safetensors headers that the stored form drops); else counted
+ * until released. owner "" or quota 0: not counted, 0. */
 int adapter_service_stage_add(adapter_service *s, const char *owner, uint64_t quota, uint64_t stored, uint64_t n);
 void adapter_service_stage_release(adapter_service *s, const char *owner, uint64_t n);
 

@@ -38,6 +38,11 @@
  * the answer; past it the connection is closed (a 2 GiB upload of the wrong file is not
  * worth reading to the end). */
 #define API_UPLOAD_DRAIN_MAX (64ull << 20)
+/* adapter_config.json is refused past 1 MiB by the importer (adapter.c): past that, stop
+ * staging it at once. Bounded so, it is not counted against a storage quota (what is
+ * stored is the converted weights; counting the config would refuse a replacement that
+ * fits exactly). */
+#define API_UPLOAD_CONFIG_MAX (1ull << 20)
 
 /* The files an upload may carry; index = part kind. */
 enum { PART_CONFIG, PART_PEFT_WEIGHTS, PART_HUB_WEIGHTS, PART_COUNT };
@@ -191,7 +196,12 @@ static void upload_start_part(api_upload *u, const char *key, const char *filena
 
 static void upload_write(api_upload *u, const char *data, size_t size) {
     u->part_bytes += size;
-    if (u->fd >= 0 && size) {
+    if (u->part == PART_CONFIG && u->part_bytes > API_UPLOAD_CONFIG_MAX) {
+        upload_fail(u, MHD_HTTP_CONTENT_TOO_LARGE, "upload_too_large", "adapter_config.json is over %llu bytes",
+                    (unsigned long long)API_UPLOAD_CONFIG_MAX);
+        return;
+    }
+    if (u->fd >= 0 && size && u->part != PART_CONFIG) {
         int rc = adapter_service_stage_add(u->srv->svc, u->owner, u->quota, u->stored, size);
         if (rc < 0) {
             if (rc == -EDQUOT)

@@ -373,7 +373,8 @@ def storage_quota_507():
     st, _, o2 = upload(kq, "big2")
     assert_err(st, o2, 507)
     # replacing the stored one within the limit is fine (its old bytes are not counted twice)
-    assert upload(kq, "big")[0] == 200
+    st, _, obj = upload(kq, "big")
+    assert st == 200, (st, obj)
 
 
 @test
@@ -474,7 +475,8 @@ def staging_bytes(store):
 def dribbled_upload_staging_counts_against_the_quota():
     """Issue 9 defect 7: staging files were outside every quota (a 10 kB-quota tenant held
     19 MB by dribbling). Five connections each dribble 100 KB of one declared-2 MB part:
-    what sits in the store's tmp/ never passes the quota, and nothing stays after."""
+    what sits in the store's tmp/ never passes the quota (+ 64 KiB of header allowance),
+    and nothing stays after."""
     import socket
     quota = 10000
     k = new_tenant("dribbler", max_storage_bytes=quota)
@@ -499,7 +501,9 @@ def dribbled_upload_staging_counts_against_the_quota():
         while time.time() < deadline:
             peak = max(peak, staging_bytes(dm().store))
             time.sleep(0.02)
-        assert peak <= quota, "%d bytes staged for a tenant with a %d-byte quota" % (peak, quota)
+        # the quota plus the daemon's 64 KiB allowance for safetensors headers (which the
+        # stored form drops), across all of the tenant's uploads together
+        assert peak <= quota + 65536, "%d bytes staged for a tenant with a %d-byte quota" % (peak, quota)
     finally:
         for s in socks:
             s.close()
