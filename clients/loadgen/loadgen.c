@@ -241,6 +241,7 @@ typedef struct {
     bool stopping;
     /* results */
     uint64_t started, ok, failed, transport_failures, incomplete, stream_errors, tokens;
+    uint64_t timed_out; /* transport failures that were the per-request deadline */
     uint64_t status_hist[LG_MAX_STATUS];
     uint64_t *adapter_requests;
     lg_tenant *tenant;
@@ -438,6 +439,7 @@ static void client_finish(lg_state *s, lg_client *c, CURLcode res) {
     s->status_hist[status < LG_MAX_STATUS ? status : 0]++;
     if (res != CURLE_OK) {
         s->transport_failures++;
+        if (res == CURLE_OPERATION_TIMEDOUT) s->timed_out++; /* past --timeout: a stall */
         if (!s->cfg.quiet && s->transport_failures <= 5)
             fprintf(stderr, "peftd-loadgen: transport failure: %s\n", c->err[0] ? c->err : curl_easy_strerror(res));
     } else if (!ok && !s->cfg.quiet && s->failed < 5) {
@@ -523,9 +525,10 @@ static int report(lg_state *s) {
            cfg->url, cfg->clients, cfg->tenants, cfg->tenants == 1 ? "" : "s", cfg->n_adapters,
            cfg->n_adapters == 1 ? "" : "s", cfg->zipf_s, cfg->duration_s, cfg->max_tokens,
            cfg->stream ? "streaming" : "non-streaming");
-    printf("  requests      %" PRIu64 " ok, %" PRIu64 " failed (%" PRIu64 " transport, %" PRIu64
-           " incomplete streams, %" PRIu64 " error events), %" PRIu64 " unfinished at the end\n",
-           s->ok, s->failed, s->transport_failures, s->incomplete, s->stream_errors,
+    printf("  requests      %" PRIu64 " ok, %" PRIu64 " failed (%" PRIu64 " transport of which %" PRIu64
+           " past the %.0f s deadline, %" PRIu64 " incomplete streams, %" PRIu64 " error events), %" PRIu64
+           " unfinished at the end\n",
+           s->ok, s->failed, s->transport_failures, s->timed_out, cfg->timeout_s, s->incomplete, s->stream_errors,
            s->started - s->ok - s->failed);
     printf("  status        ");
     uint64_t s5xx = 0;
@@ -581,6 +584,7 @@ static int report(lg_state *s) {
     cJSON_AddNumberToObject(rq, "ok", (double)s->ok);
     cJSON_AddNumberToObject(rq, "failed", (double)s->failed);
     cJSON_AddNumberToObject(rq, "transport_failures", (double)s->transport_failures);
+    cJSON_AddNumberToObject(rq, "timed_out", (double)s->timed_out);
     cJSON_AddNumberToObject(rq, "incomplete_streams", (double)s->incomplete);
     cJSON_AddNumberToObject(rq, "stream_error_events", (double)s->stream_errors);
     cJSON_AddNumberToObject(rq, "unfinished", (double)(s->started - s->ok - s->failed));

@@ -4,7 +4,14 @@ build/peftd-loadgen: zero failed requests, zero 5xx, the daemon's RSS stable, th
 generator's report printed; and `promtool check metrics` accepts /metrics afterwards.
 
 Takes over a minute, so it runs under `make test-load` (PEFTD_TEST_LOAD=1), which `.ci/run`
-runs after `make test`; under `make test` it skips itself.
+runs after `make test`; under `make test` it skips itself, and a short variant (64 clients,
+15 s) runs instead.
+
+Both run while CPU hogs (PEFTD_LOAD_HOGS busy processes, default 2, like `yes >/dev/null`)
+compete with the daemon and the clients, with a per-request deadline of 60 s
+(PEFTD_LOAD_TIMEOUT) where the old runs allowed 300: a stalled stream (issue 9 defect 3: the
+CPU pool's lost wake-up froze every running stream) is a request past its deadline, and
+any one fails the test. A request's normal latency here is a few seconds.
 
 Tenants: when the daemon has the admin API (/v1/admin/...), three tenants are created with
 one key each and every tenant uploads its own 64 adapters (names are per tenant); without
@@ -34,6 +41,8 @@ if not os.path.isabs(LOADGEN):
     LOADGEN = os.path.join(harness.ROOT, LOADGEN)
 CLIENTS = int(os.environ.get("PEFTD_LOAD_CLIENTS", "256"))
 DURATION = float(os.environ.get("PEFTD_LOAD_DURATION", "60"))
+HOGS = int(os.environ.get("PEFTD_LOAD_HOGS", "2"))
+TIMEOUT = float(os.environ.get("PEFTD_LOAD_TIMEOUT", "60"))
 N_ADAPTERS = 64
 N_TENANTS = 3
 # RSS after the warm-up includes the KV pool pages the first full batches touched, the
@@ -85,22 +94,8 @@ def files_of(d):
 
 
 def upload(d, name, src, key=None):
-    """PUT /v1/adapters/{name} as multipart/form-data (as test_store.py does); with key, as
-    that tenant. Returns (status, body)."""
-    boundary = "peftdload%08x" % random.getrandbits(32)
-    parts = []
-    for i, n in enumerate(files_of(src)):
-        with open(os.path.join(src, n), "rb") as f:
-            data = f.read()
-        parts.append(("--%s\r\nContent-Disposition: form-data; name=\"f%d\"; filename=\"%s\"\r\n"
-                      "Content-Type: application/octet-stream\r\n\r\n" % (boundary, i, n)).encode()
-                     + data + b"\r\n")
-    body = b"".join(parts) + ("--%s--\r\n" % boundary).encode()
-    hdrs = {"Content-Type": "multipart/form-data; boundary=" + boundary}
-    if key:
-        hdrs["Authorization"] = "Bearer " + key
-    st, _, data = d.request("PUT", "/v1/adapters/" + name, body=body, headers=hdrs)
-    return st, data[:300]
+    """PUT /v1/adapters/{name} (multipart); with key, as that tenant. Returns (status, body)."""
+    return d.upload(name, src, headers={"Authorization": "Bearer " + key} if key else None)
 
 
 def admin_tenant_keys(d):
@@ -179,17 +174,30 @@ def daemon():
 report = None
 
 
-@test
-def load_256_streaming_clients_3_tenants_64_adapters():
-    global report
-    if os.environ.get("PEFTD_TEST_LOAD") != "1":
-        skip("a 60 s load run: `make test-load` runs it (PEFTD_TEST_LOAD=1)")
-    assert os.access(LOADGEN, os.X_OK), "%s not built (make all)" % LOADGEN
+class CpuHogs:
+    """n busy processes for the length of a with-block (like `yes > /dev/null`)."""
+
+    def __init__(self, n):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def run_load(clients, duration, n_adapters, warmup):
+    """Uploads n_adapters distinct adapters (per tenant), runs the load generator with
+    HOGS CPU hogs and a TIMEOUT per-request deadline, and checks its report."""
     d = daemon()
     keys = admin_tenant_keys(d)
     fixtures = fixture_dirs()
     assert len(fixtures) >= 8, fixtures
-    names = ["load-%02d" % i for i in range(N_ADAPTERS)]
+    names = ["load-%02d" % i for i in range(n_adapters)]
     t0 = time.time()
     for i, name in enumerate(names):
         src = distinct_copy(fixtures[i % len(fixtures)], i)
@@ -197,21 +205,23 @@ def load_256_streaming_clients_3_tenants_64_adapters():
             st, obj = upload(d, name, src, key)
             assert st in (200, 201), "upload %s (%s): %d %s" % (name, src, st, obj)
     print("  %d adapters uploaded%s in %.1f s (%d fixture kinds%s); tenants: %s"
-          % (N_ADAPTERS, " per tenant" if keys else "", time.time() - t0, len(fixtures),
+          % (n_adapters, " per tenant" if keys else "", time.time() - t0, len(fixtures),
              ", leaving out " + ",".join(sorted(EXCLUDE)) if EXCLUDE else "",
              "%d with API keys (/v1/admin)" % N_TENANTS if keys
              else "%d distinct `user` values (no /v1/admin in this daemon)" % N_TENANTS))
     out_json = os.path.join(TMP, "loadgen.json")
-    args = [LOADGEN, "--url", "http://127.0.0.1:%d" % d.port, "--clients", str(CLIENTS),
-            "--duration", str(DURATION), "--tenants", str(N_TENANTS),
+    args = [LOADGEN, "--url", "http://127.0.0.1:%d" % d.port, "--clients", str(clients),
+            "--duration", str(duration), "--tenants", str(N_TENANTS),
             "--adapters", ",".join(names), "--zipf-s", "1.0",
-            "--max-tokens", "64", "--seed", "5", "--pid", str(d.proc.pid), "--warmup", str(WARMUP_S),
-            "--timeout", "300", "--drain", "300", "--json", out_json]
+            "--max-tokens", "64", "--seed", "5", "--pid", str(d.proc.pid), "--warmup", str(warmup),
+            "--timeout", str(TIMEOUT), "--drain", str(TIMEOUT), "--json", out_json]
     if keys:
         args += ["--api-key", ",".join(keys)]
-    print("  $ " + " ".join(a if "," not in a or len(a) < 60 else a[:57] + "..." for a in args[1:]))
+    print("  $ " + " ".join(a if "," not in a or len(a) < 60 else a[:57] + "..." for a in args[1:])
+          + "   (with %d CPU hogs)" % HOGS)
     sys.stdout.flush()
-    r = subprocess.run(args, capture_output=True, text=True, timeout=DURATION + 600)
+    with CpuHogs(HOGS):
+        r = subprocess.run(args, capture_output=True, text=True, timeout=duration + 2 * TIMEOUT + 120)
     print("\n".join("  | " + line for line in r.stdout.splitlines()))
     if r.stderr.strip():
         print("\n".join("  ! " + line for line in r.stderr.splitlines()[:20]))
@@ -219,13 +229,24 @@ def load_256_streaming_clients_3_tenants_64_adapters():
     assert d.alive(), "the daemon died under load (status %s):\n%s" % (d.proc.returncode, d.log_text())
     assert r.returncode in (0, 1), "loadgen exited %d" % r.returncode
     with open(out_json) as f:
-        report = json.load(f)
-    rq = report["requests"]
+        rep = json.load(f)
+    rq = rep["requests"]
     assert rq["ok"] > 0, rq
-    assert rq["failed"] == 0, "failed requests: %s, status %s" % (rq, report["status"])
-    assert rq["status_5xx"] == 0, report["status"]
+    assert rq["timed_out"] == 0, "%d requests stalled past the %.0f s deadline: %s" % (rq["timed_out"], TIMEOUT, rq)
+    assert rq["failed"] == 0, "failed requests: %s, status %s" % (rq, rep["status"])
+    assert rq["status_5xx"] == 0, rep["status"]
     assert rq["unfinished"] == 0, rq
-    assert all(t["ok"] > 0 and t["tokens"] > 0 for t in report["tenants"]), report["tenants"]
+    assert all(t["ok"] > 0 and t["tokens"] > 0 for t in rep["tenants"]), rep["tenants"]
+    return d, rep
+
+
+@test
+def load_256_streaming_clients_3_tenants_64_adapters():
+    global report
+    if os.environ.get("PEFTD_TEST_LOAD") != "1":
+        skip("a 60 s load run: `make test-load` runs it (PEFTD_TEST_LOAD=1)")
+    assert os.access(LOADGEN, os.X_OK), "%s not built (make all)" % LOADGEN
+    d, report = run_load(CLIENTS, DURATION, N_ADAPTERS, WARMUP_S)
     rss = report["rss_kib"]
     growth = rss["end"] / rss["after_warmup"]
     print("  RSS: start %.1f MiB, after %d s warm-up %.1f MiB, end %.1f MiB, max %.1f MiB: end/warm-up %.2f"
@@ -233,6 +254,18 @@ def load_256_streaming_clients_3_tenants_64_adapters():
                              rss["max"] / 1024, growth, RSS_GROWTH_MAX))
     assert growth <= RSS_GROWTH_MAX, rss
     # Everything the load held is given back.
+    m = d.wait_idle(timeout=30)
+    assert m.get("peftd_kv_blocks_used") == 0, m
+
+
+@test
+def short_load_with_cpu_hogs():
+    """The `make test` variant: 64 streaming clients for 15 s over 16 adapters, with the
+    hogs and the 60 s deadline (the full run replaces it under `make test-load`)."""
+    if os.environ.get("PEFTD_TEST_LOAD") == "1":
+        skip("the full load run replaces it under `make test-load`")
+    assert os.access(LOADGEN, os.X_OK), "%s not built (make all)" % LOADGEN
+    d, _ = run_load(64, 15, 16, 3)
     m = d.wait_idle(timeout=30)
     assert m.get("peftd_kv_blocks_used") == 0, m
 
