@@ -128,6 +128,22 @@ static expect_t *load_expected(const char *name, size_t n_cases, size_t *n_out) 
     return e;
 }
 
+static void free_cases(cases_t *c) {
+    for (size_t i = 0; i < c->n; i++) free(c->text[i]);
+    free(c->text);
+    free(c->len);
+}
+
+static void free_expected(expect_t *e, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        free(e[i].plain.v);
+        free(e[i].special.v);
+        free(e[i].dec);
+        free(e[i].dec_all);
+    }
+    free(e);
+}
+
 static tokenizer *load_tok(const char *dir) {
     tokenizer *t = NULL;
     char err[512];
@@ -203,6 +219,8 @@ static void check_parity(const char *name, const char *dir, bool subset) {
            bytes / t_enc / 1e6);
     if (first_bad >= 0) FAIL("%s: parity mismatches (first at case %ld)", name, first_bad);
     tokenizer_free(t);
+    free_expected(e, c.n);
+    free_cases(&c);
 }
 
 TEST(parity_stories) { check_parity("stories", STORIES, false); }
@@ -276,6 +294,7 @@ static void check_stream(const char *dir) {
         }
     }
     tokenizer_free(t);
+    free_cases(&c);
 }
 
 TEST(stream_stories) { check_stream(STORIES); }
