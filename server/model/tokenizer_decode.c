@@ -418,6 +418,7 @@ struct tokenizer_stream {
     bool cont;         /* non-empty text precedes ids[0] (start-of-text rules are done) */
     int32_t *ids;      /* the window: ids since the last cut */
     size_t n, cap;
+    size_t run;        /* bytefallback: where the trailing run of byte tokens starts, or n */
     tok_buf done;      /* decode(window[0..k)) already emitted, k the last final boundary */
     tok_buf cur, piece, bytes;
 };
@@ -447,6 +448,13 @@ static bool visible(const tokenizer *t, int32_t id, bool skip_special) {
     return id >= 0 && id < t->n_pieces && t->piece[id] && !(skip_special && t->special[id]);
 }
 
+static bool is_byte_token(const tokenizer *t, int32_t id) {
+    unsigned char b;
+    return byte_token(t->piece[id], t->piece_len[id], &b);
+}
+
+/* Appends ids to the window, keeping s->run: a byte token starts a run unless one is open, a
+ * visible other token closes it; skipped ids do not end a run (decode drops them first). */
 static int stream_append(tokenizer_stream *s, const int32_t *ids, size_t n) {
     if (s->n + n > s->cap) {
         size_t cap = s->cap ? s->cap : 16;
@@ -457,7 +465,15 @@ static int stream_append(tokenizer_stream *s, const int32_t *ids, size_t n) {
         s->cap = cap;
     }
     memcpy(s->ids + s->n, ids, n * sizeof(*ids));
+    bool open = s->run < s->n;
+    for (size_t i = 0; i < n; i++) {
+        if (!visible(s->t, ids[i], s->skip_special)) continue;
+        bool byte = is_byte_token(s->t, ids[i]);
+        if (byte && !open) s->run = s->n + i;
+        open = byte;
+    }
     s->n += n;
+    if (!open) s->run = s->n;
     return 0;
 }
 
@@ -483,11 +499,6 @@ static size_t utf8_unit(const unsigned char *b, size_t avail, bool *open) {
     return k;
 }
 
-static bool is_byte_token(const tokenizer *t, int32_t id) {
-    unsigned char b;
-    return byte_token(t->piece[id], t->piece_len[id], &b);
-}
-
 /* The largest k <= n such that no id appended later can change decode(window[0..k)) other than
  * by extending it. */
 static int stream_final(tokenizer_stream *s, size_t *k_out) {
@@ -497,13 +508,8 @@ static int stream_final(tokenizer_stream *s, size_t *k_out) {
         k = 0;
     } else if (s->mode == STREAM_PIECEWISE && s->bytefallback) {
         /* A trailing run of byte tokens may still grow, and a grown run may decode differently
-         * (one invalid byte turns the whole run into U+FFFDs): stop before the run. Skipped
-         * ids do not end a run, as in decode. */
-        for (size_t i = s->n; i-- > 0;) {
-            if (!visible(t, s->ids[i], s->skip_special)) continue;
-            if (!is_byte_token(t, s->ids[i])) break;
-            k = i;
-        }
+         * (one invalid byte turns the whole run into U+FFFDs): stop before the run. */
+        k = s->run;
     } else if (s->mode == STREAM_BYTELEVEL) {
         /* The lossy decode reads the window's bytes in units (characters, ill-formed runs):
          * decode(window[0..k)) is final when its bytes end on a unit boundary before the last,
@@ -558,6 +564,8 @@ static int stream_step(tokenizer_stream *s, size_t k, bool quiet, const char **p
     if (k > 0 && (s->cont || s->cur.len > 0)) {
         memmove(s->ids, s->ids + k, (s->n - k) * sizeof(*s->ids));
         s->n -= k;
+        /* A final cut never falls inside the open run; a forced one (flush, prime) ends it. */
+        s->run = s->run >= k ? s->run - k : s->n;
         s->cont = true;
         s->done.len = 0;
     } else {
@@ -587,7 +595,7 @@ int tokenizer_stream_prime(tokenizer_stream *s, const int32_t *ids, size_t n_ids
         rc = tokenizer__decode_ids(s->t, s->ids, s->n, s->skip_special, s->cont, &s->cur);
         if (!rc) {
             s->cont = s->cont || s->cur.len > 0;
-            s->n = 0;
+            s->n = s->run = 0;
             s->done.len = 0;
         }
         return rc;
