@@ -397,16 +397,19 @@ int adapter_check_scale(const adapter *a, double scale, char *err, size_t errlen
                      adapter_kind_name(a->kind));
         return PEFTD_EINVAL;
     }
-    bool dora = false;
-    for (int i = 0; a->lora && i < a->n_layers * AMOD_COUNT; i++) dora |= a->lora[i].dora != NULL;
-    if (dora && scale != 1.0) {
-        if (err && errlen)
-            snprintf(err, errlen, "adapter_scale %g: this DoRA adapter is served at scale 1 only (its weight norm "
-                                  "depends on the scale)",
-                     scale);
+    if (!(scale >= 0 && scale <= ADAPTER_MAX_REQUEST_SCALE)) {
+        if (err && errlen) snprintf(err, errlen, "adapter_scale %g is outside [0, %g]", scale, ADAPTER_MAX_REQUEST_SCALE);
         return PEFTD_EINVAL;
     }
     return 0;
+}
+
+void adapter_dora_scale_vector(const float *stats, int64_t rows, double t, float *out) {
+    for (int64_t j = 0; j < rows; j++) {
+        const float *s = stats + j * ADAPTER_DORA_STATS;
+        double n2 = (double)s[1] + 2 * t * s[2] + t * t * s[3];
+        out[j] = n2 > 0 ? (float)(s[0] / sqrt(n2)) : 0.0f;
+    }
 }
 
 void adapter_free(adapter *a) {
@@ -415,6 +418,7 @@ void adapter_free(adapter *a) {
         if (a->storage->block) a->kb->ops->free(a->kb, a->storage->block);
         free(a->storage);
     }
+    for (int i = 0; a->lora && i < a->n_layers * AMOD_COUNT; i++) free(a->lora[i].dora_stats);
     free(a->lora);
     free(a->ia3);
     free(a->prefix_k);

@@ -6,8 +6,9 @@
  * Everything the forward pass needs is precomputed at load time so a step only gathers:
  * LoRA scales (alpha/r, alpha/sqrt(r) for rsLoRA, rank/alpha patterns), DoRA's per-output
  * factor m / ||W + scale·B·A||_row, IA3 vectors, prompt/prefix tables, bottleneck weights.
- * Tensors live in the backend's memory (kb). An adapter is immutable once loaded and is
- * shared by every sequence that uses it.
+ * Tensors live in the backend's memory (kb); DoRA's per-row statistics (for request scales
+ * other than 1) live in host memory. An adapter is immutable once loaded and is shared by
+ * every sequence that uses it.
  *
  * adapter_store depends only on kernels/: the base model is described by adapter_base.
  */
@@ -42,7 +43,11 @@ typedef struct {
     char name[128];            /* served base model id */
     char model_type[32];       /* config.json model_type, e.g. "llama" */
     int hidden, intermediate, n_layers, n_heads, n_kv_heads, head_dim, vocab;
-    const kmat *layer_w;       /* [n_layers * AMOD_COUNT] base projections (DoRA norms) */
+    int context_length;        /* positions a sequence may use: max_position_embeddings (capped
+                                * by a sliding window, as the engine does); 0 = unknown */
+    /* [n_layers * AMOD_COUNT] base projections for DoRA norms, in HOST memory (the model's
+     * read-only mappings): import runs on any thread and never reads backend memory. */
+    const kmat *layer_w;
     const kmat *embed;         /* [vocab, hidden] */
 } adapter_base;
 
@@ -55,7 +60,18 @@ typedef struct {
     kmat a;                    /* [rank, in] */
     kmat b;                    /* [out, rank] */
     const float *dora;         /* DoRA: [out] m / ||W + scale·B·A||_row; NULL for plain LoRA */
+    /* DoRA, HOST memory owned by the adapter: [out, ADAPTER_DORA_STATS] per output row j:
+     * m_j, ||W_j||², <W_j, ΔW_j>, ||ΔW_j||² with ΔW = scale·B·A (see adapter_dora_scale_vector) */
+    float *dora_stats;
 } adapter_lora;
+
+#define ADAPTER_DORA_STATS 4
+
+/* DoRA's per-output factor at request scale t (PEFT: scaling = t·scale sits inside the norm):
+ *   out[j] = m_j / ||W_j + t·ΔW_j|| = m_j / sqrt(||W_j||² + 2t<W_j,ΔW_j> + t²||ΔW_j||²),
+ * in double, O(rows). A row whose norm vanishes (W_j + t·ΔW_j = 0, so its output is 0
+ * whatever the factor; PEFT divides 0 by 0 there) gets 0, keeping the output finite. */
+void adapter_dora_scale_vector(const float *stats, int64_t rows, double t, float *out);
 
 /* One AdapterHub bottleneck module; the exact placement math is in server/model (llama.c)
  * and documented in tests/fixtures/adapters/SEMANTICS.md. */
@@ -123,15 +139,15 @@ int adapter_load_dir(const char *dir, const adapter_base *base, kbackend *kb, ad
 void adapter_free(adapter *a); /* NULL is a no-op */
 
 /* The one rule for a per-request adapter strength (HTTP "adapter_scale", CLI
- * --adapter-scale): only LoRA-family deltas are scaled (y += s·scale·BAx); IA3, prompt and
- * prefix tuning and bottleneck adapters have no such scale, so asking for one is an error,
- * never silently ignored. */
+ * --adapter-scale): only LoRA-family deltas are scaled (y += s·scale·BAx; DoRA with s
+ * inside its weight norm, as PEFT's set_scale does); IA3, prompt and prefix tuning and
+ * bottleneck adapters have no such scale, so asking for one is an error, never silently
+ * ignored. The scale must lie in [0, ADAPTER_MAX_REQUEST_SCALE]. */
+#define ADAPTER_MAX_REQUEST_SCALE 16.0
 bool adapter_accepts_scale(adapter_kind kind);
 
-/* adapter_accepts_scale for a loaded adapter and a given scale, plus what this build can
- * compute exactly: a DoRA adapter is served at scale 1 only, because its per-output factor
- * m / ||W + s·scale·BA|| is precomputed at import for s = 1 (issue 9 #13: serving another s
- * with that factor differs from PEFT). Returns 0, or PEFTD_EINVAL with the reason in err. */
+/* adapter_accepts_scale for a loaded adapter, and the range. Returns 0, or PEFTD_EINVAL with
+ * the reason in err. */
 int adapter_check_scale(const adapter *a, double scale, char *err, size_t errlen);
 
 #endif

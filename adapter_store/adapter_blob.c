@@ -4,6 +4,7 @@
  *
  * Tensor names (l = layer, m = adapter_module_name, all in the adapter's loaded dtypes):
  *   lora.<l>.<m>.a  [rank, in]   lora.<l>.<m>.b  [out, rank]   lora.<l>.<m>.dora  [out] F32
+ *   lora.<l>.<m>.dora_stats [out, ADAPTER_DORA_STATS] F32 (format >= 2; kept in host memory)
  *   ia3.<l>.<m>     [out] or [in] F32 (side in ia3_input)
  *   prompt          [n_virtual, hidden]
  *   prefix.<l>.k / prefix.<l>.v   [n_virtual, n_kv_heads * head_dim] F32
@@ -120,7 +121,8 @@ typedef struct {
     kdtype dtype;
     int ndim;
     int64_t d0, d1;  /* d1 = 1 for vectors */
-    const void *src; /* backend memory */
+    const void *src; /* backend memory, or host memory when host */
+    bool host;
     size_t bytes;
 } wtensor;
 
@@ -145,6 +147,7 @@ static int wl_add(wlist *w, const char *name, kdtype dt, int ndim, int64_t d0, i
     t->d0 = d0;
     t->d1 = ndim == 2 ? d1 : 1;
     t->src = src;
+    t->host = false;
     t->bytes = (size_t)(t->d0 * t->d1) * kdtype_size(dt);
     return 0;
 }
@@ -183,6 +186,10 @@ static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
         if ((rc = wl_mat(w, nm, &l->b))) return rc;
         snprintf(nm, sizeof nm, "lora.%d.%s.dora", layer, mn);
         if (l->dora && (rc = wl_add(w, nm, KDT_F32, 1, l->b.rows, 1, l->dora))) return rc;
+        snprintf(nm, sizeof nm, "lora.%d.%s.dora_stats", layer, mn);
+        if (l->dora && !l->dora_stats) return PEFTD_EINVAL; /* every loaded DoRA module has them */
+        if (l->dora && (rc = wl_add(w, nm, KDT_F32, 2, l->b.rows, ADAPTER_DORA_STATS, l->dora_stats))) return rc;
+        if (l->dora) w->t[w->n - 1].host = true;
     }
     return 0;
 }
@@ -331,7 +338,8 @@ int adapter_blob_write_base(const adapter *a, const adapter_base *base, void **b
     memset(buf + 8 + hl, ' ', hpad - hl);
     size_t off = 8 + hpad;
     for (size_t i = 0; i < w.n; i++) {
-        if (w.t[i].bytes && (rc = a->kb->ops->download(a->kb, buf + off, w.t[i].src, w.t[i].bytes))) goto fail;
+        if (w.t[i].host) memcpy(buf + off, w.t[i].src, w.t[i].bytes);
+        else if (w.t[i].bytes && (rc = a->kb->ops->download(a->kb, buf + off, w.t[i].src, w.t[i].bytes))) goto fail;
         off += w.t[i].bytes;
     }
     if ((rc = a->kb->ops->synchronize(a->kb))) goto fail;
@@ -365,6 +373,7 @@ typedef struct {
     ritem *items;
     size_t n, cap;
     int mat_dtype[2]; /* one dtype for every LoRA A/B (0) / bottleneck down/up (1); -1 unset */
+    int format;       /* the blob's format version */
     char *err;
     size_t errlen;
 } rctx;
@@ -493,6 +502,57 @@ static int module_of(rctx *c, const cJSON *o, adapter_module *m) {
 
 /* ---- kinds */
 
+/* DoRA row statistics into host memory: format >= 2 carries them ("lora.<l>.<m>.dora_stats",
+ * claimed like any tensor but copied, not uploaded); format 1 did not, so they are
+ * recomputed from the base's host weights and the blob's A, B and factor f = m/||W + ΔW||
+ * (m_j = f_j·||W_j + ΔW_j||). */
+static int read_dora_stats(rctx *c, int layer, adapter_module m, adapter_lora *l) {
+    char nm[48];
+    int64_t o = l->b.rows;
+    if (!(l->dora_stats = malloc((size_t)o * ADAPTER_DORA_STATS * sizeof *l->dora_stats)))
+        return rfail(c, PEFTD_ENOMEM, "out of memory");
+    if (c->format >= 2) {
+        snprintf(nm, sizeof nm, "lora.%d.%s.dora_stats", layer, adapter_module_name(m));
+        const st_tensor *t = st_find(c->st, nm);
+        if (!t) return rfail(c, PEFTD_EFORMAT, "tensor '%s' is missing", nm);
+        c->used[st_index(c->st, t)] = true;
+        size_t bad;
+        if (t->ndim != 2 || t->shape[0] != o || t->shape[1] != ADAPTER_DORA_STATS || t->dtype != ST_F32)
+            return rfail(c, PEFTD_EFORMAT, "tensor '%s' is not F32 [%lld, %d]", nm, (long long)o, ADAPTER_DORA_STATS);
+        if (!all_finite(t->data, KDT_F32, (size_t)t->numel, &bad))
+            return rfail(c, PEFTD_EINVAL, "tensor '%s' holds a non-finite value at element %zu", nm, bad);
+        memcpy(l->dora_stats, t->data, t->nbytes);
+        return 0;
+    }
+    const char *mn = adapter_module_name(m);
+    const st_tensor *ta, *tb, *tf;
+    snprintf(nm, sizeof nm, "lora.%d.%s.a", layer, mn);
+    ta = st_find(c->st, nm);
+    snprintf(nm, sizeof nm, "lora.%d.%s.b", layer, mn);
+    tb = st_find(c->st, nm);
+    snprintf(nm, sizeof nm, "lora.%d.%s.dora", layer, mn);
+    tf = st_find(c->st, nm);
+    float *ones = malloc((size_t)o * sizeof *ones), *inv = malloc((size_t)o * sizeof *inv), f1;
+    if (!ones || !inv) {
+        free(ones);
+        free(inv);
+        return rfail(c, PEFTD_ENOMEM, "out of memory");
+    }
+    for (int64_t j = 0; j < o; j++) ones[j] = 1.0f;
+    char why[300] = "";
+    /* claimed above: present, shapes checked, one of F32/F16/BF16 */
+    int rc = adapter__dora_norms(c->base, layer, m, l, l->a.dtype, ta->data, tb->data, ones, inv, l->dora_stats,
+                                 why, sizeof why);
+    for (int64_t j = 0; rc == 0 && j < o; j++) {
+        memcpy(&f1, (const unsigned char *)tf->data + 4 * j, 4);
+        l->dora_stats[j * ADAPTER_DORA_STATS] = f1 / inv[j]; /* inv = 1/||W_j + ΔW_j|| */
+    }
+    free(ones);
+    free(inv);
+    if (rc) return rfail(c, rc, "format 1 DoRA module %d.%s: %s", layer, mn, why);
+    return 0;
+}
+
 static int read_lora(rctx *c, const cJSON *meta) {
     adapter *a = c->a;
     int L = a->n_layers, rc;
@@ -514,6 +574,9 @@ static int read_lora(rctx *c, const cJSON *meta) {
         if (l->rank) return rfail(c, PEFTD_EFORMAT, "LoRA module %lld.%s listed twice", (long long)layer, adapter_module_name(m));
         module_dims(&c->d, m, &o, &in);
         const char *mn = adapter_module_name(m);
+        if (rank > ADAPTER_MAX_LORA_RANK || rank > (o > in ? o : in)) /* the importer's bounds */
+            return rfail(c, PEFTD_EINVAL, "LoRA module %lld.%s: rank %lld is above max(in, out) = %d or %lld",
+                         (long long)layer, mn, (long long)rank, o > in ? o : in, ADAPTER_MAX_LORA_RANK);
         l->rank = (int)rank;
         l->scale = scale;
         snprintf(nm, sizeof nm, "lora.%lld.%s.a", (long long)layer, mn);
@@ -522,6 +585,7 @@ static int read_lora(rctx *c, const cJSON *meta) {
         if ((rc = claim(c, nm, 2, o, rank, 0, &l->b, NULL))) return rc;
         snprintf(nm, sizeof nm, "lora.%lld.%s.dora", (long long)layer, mn);
         if (dora && (rc = claim(c, nm, 1, o, 0, -1, NULL, &l->dora))) return rc;
+        if (dora && (rc = read_dora_stats(c, (int)layer, m, l))) return rc;
     }
     return 0;
 }
@@ -666,9 +730,10 @@ static int parse_meta(rctx *c, const cJSON *meta) {
     int64_t v;
     int rc;
     if ((rc = jint(c, meta, "format", 1, INT32_MAX, &v))) return rc;
-    if (v != ADAPTER_BLOB_FORMAT)
-        return rfail(c, PEFTD_EUNSUPPORTED, "format %lld is not %d (written by another peftd version)", (long long)v,
-                     ADAPTER_BLOB_FORMAT);
+    if (v < ADAPTER_BLOB_FORMAT_MIN || v > ADAPTER_BLOB_FORMAT)
+        return rfail(c, PEFTD_EUNSUPPORTED, "format %lld is not %d..%d (written by another peftd version)",
+                     (long long)v, ADAPTER_BLOB_FORMAT_MIN, ADAPTER_BLOB_FORMAT);
+    c->format = (int)v;
     if ((rc = jint(c, meta, "n_layers", 1, INT32_MAX, &v))) return rc;
     if (v != c->base->n_layers)
         return rfail(c, PEFTD_EINVAL, "written for %lld layers, base %s has %d", (long long)v, c->base->name,
@@ -693,6 +758,9 @@ static int parse_meta(rctx *c, const cJSON *meta) {
     /* non-virtual kinds must say 0: the engine reserves n_virtual slots for any adapter */
     if ((rc = jint(c, meta, "n_virtual", virt ? 1 : 0, virt ? INT32_MAX : 0, &v))) return rc;
     a->n_virtual = (int)v;
+    if (virt && c->base->context_length > 0 && a->n_virtual >= c->base->context_length)
+        return rfail(c, PEFTD_EINVAL, "%d virtual tokens leave no room for a prompt in base %s's context of %d",
+                     a->n_virtual, c->base->name, c->base->context_length);
 
     switch (a->kind) {
     case ADAPTER_LORA: rc = read_lora(c, meta); break;

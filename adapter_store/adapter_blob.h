@@ -8,8 +8,10 @@
  * scaling, sha256, source, n_params, bytes) as JSON in __metadata__["peftd"], with a format
  * version. Deserialising treats the blob as hostile (it comes from disk) and checks every
  * shape against the base, so a blob written for another base is refused.
- * Everything derived at import (DoRA factors, rsLoRA scales, prefix K/V split) is stored
- * as derived: loading a blob never needs the base weights.
+ * Everything derived at import (DoRA factors and row statistics, rsLoRA scales, prefix K/V
+ * split) is stored as derived: loading a format-2 blob never needs the base weights.
+ * Format history: 1 had no "lora.<l>.<m>.dora_stats"; such blobs still load, their DoRA
+ * statistics recomputed from the base's host weights (adapter_base.layer_w).
  */
 #ifndef PEFTD_ADAPTER_BLOB_H
 #define PEFTD_ADAPTER_BLOB_H
@@ -18,7 +20,8 @@
 
 #include "adapter_store/adapter.h"
 
-#define ADAPTER_BLOB_FORMAT 1
+#define ADAPTER_BLOB_FORMAT 2
+#define ADAPTER_BLOB_FORMAT_MIN 1 /* oldest format still read */
 
 /* Serialises a (loaded) adapter; its tensors are read with a->kb's download.
  * @note caller frees *blob with free(). */

@@ -91,13 +91,19 @@ void adapter__note_rank(adapter *a, int r);
  * helper, never cast as is).
  * ADAPTER_MAX_COUNT: dims and counts that are then compared with the base (hidden_size,
  *   token_dim, num_layers, ...): far above any real model, far inside int.
- * ADAPTER_MAX_RANK: a LoRA rank / bottleneck width; 1e6 is 1000x the largest real rank
- *   while rank × dims stays inside int64.
+ * ADAPTER_MAX_RANK: a bottleneck width; 1e6 is 1000x the largest real width while
+ *   width × dims stays inside int64.
+ * ADAPTER_MAX_LORA_RANK: a LoRA rank (r, rank_pattern). The engine sizes one SGMV workspace
+ *   [max_tokens, largest rank in the step] f32 for the whole batch, so a huge rank fails
+ *   every sequence sharing its step (issue 9). Published LoRA/rsLoRA ranks stop at 2048;
+ *   4096 keeps that workspace at 16 KiB per batch token (128 MiB at 8192 tokens). A rank is
+ *   also refused above max(in, out) of its module: beyond that BA has no more capacity.
  * ADAPTER_MAX_SCALE: |lora_alpha|, |alpha_pattern| values, |AdapterHub scaling|. Trained
  *   values are ~1..512; 1e6 keeps alpha/r × 16 (the largest request adapter_scale) ~1e7,
  *   nowhere near f32 overflow, so no scale the forward multiplies by can be Inf. */
 #define ADAPTER_MAX_COUNT 1000000000LL
 #define ADAPTER_MAX_RANK 1000000LL
+#define ADAPTER_MAX_LORA_RANK 4096LL
 #define ADAPTER_MAX_SCALE 1e6
 
 /* v (a JSON number; what names it in messages, e.g. "field 'r'" or "rank_pattern['x']")
@@ -160,6 +166,16 @@ void adapter__regex_free(adapter__ctx *c);
  * a per-module map over every projection of the largest dense Llama (126 layers × 7 =
  * 882 keys) fits with margin; each entry is a regex tried against every module key. */
 #define ADAPTER_MAX_PATTERNS 1024
+
+/* ---- adapter_peft_lora.c: DoRA norms (also used by adapter_blob.c for older blobs) ---- */
+
+/* For DoRA module (layer, mod) with rank/scale from L and host copies ha [rank, in], hb
+ * [out, rank] in dtype dt, and magnitude m [out]: f[out] = m / ||W + scale·BA||_row and
+ * stats[out * ADAPTER_DORA_STATS] (adapter.h), in double from b->layer_w (HOST memory).
+ * No base weight → PEFTD_EINVAL; a zero-norm row → PEFTD_EINVAL; message in err. */
+int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, const adapter_lora *L, kdtype dt,
+                        const void *ha, const void *hb, const float *m, float *f, float *stats, char *err,
+                        size_t errlen);
 
 /* ---- kind loaders ---- */
 /* modules_to_save (lm_head / embed_tokens full replacements), shared by LoRA and IA3. */

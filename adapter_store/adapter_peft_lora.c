@@ -11,7 +11,10 @@
  * DoRA (peft/tuners/lora/dora.py): y = (m / ||W + scale·B·A||_row) ⊙ (W x + scale·B A x),
  * the norm taken per output row (torch.linalg.norm(weight, dim=1)) with the scale inside.
  * That factor depends only on the adapter and the base, so it is computed here, in double,
- * and the forward pass applies it as a per-output scale after base + LoRA.
+ * and the forward pass applies it as a per-output scale after base + LoRA. A request's
+ * adapter_scale t multiplies scale inside the norm too (PEFT set_scale), so the three row
+ * statistics ||W||², <W, ΔW>, ||ΔW||² are kept as well: ||W + tΔW||² is a quadratic in t.
+ * The base W is read from the host (adapter_base.layer_w), never from the backend.
  */
 #include <math.h>
 #include <stdio.h>
@@ -21,8 +24,6 @@
 #include "adapter_store/adapter_internal.h"
 
 #define PREFIX "base_model.model."
-/* Base rows fetched per backend download while computing DoRA norms. */
-#define DORA_ROW_CHUNK 256
 
 typedef struct {
     const st_tensor *a, *b, *mag;
@@ -31,7 +32,8 @@ typedef struct {
 } lora_src;
 
 /* r and alpha of one module after rank_pattern / alpha_pattern. */
-static int module_r_alpha(adapter__ctx *c, const char *key, int r, double alpha, int *r_out, double *alpha_out) {
+static int module_r_alpha(adapter__ctx *c, const char *key, int r, double alpha, int *r_out, double *alpha_out,
+                          char *r_field, size_t r_field_len) {
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(c->cfg, "rank_pattern");
     const cJSON *ap = cJSON_GetObjectItemCaseSensitive(c->cfg, "alpha_pattern");
     const cJSON *hit;
@@ -45,9 +47,11 @@ static int module_r_alpha(adapter__ctx *c, const char *key, int r, double alpha,
     if ((rc = adapter__pattern_value(c, rp, "rank_pattern", key, &hit))) return rc;
     *r_out = r;
     char what[300];
+    snprintf(r_field, r_field_len, "field 'r'");
     if (hit) {
         snprintf(what, sizeof what, "rank_pattern['%.200s']", hit->string);
-        if ((rc = adapter__num_int(c, hit, what, 1, ADAPTER_MAX_RANK, r_out))) return rc;
+        if ((rc = adapter__num_int(c, hit, what, 1, ADAPTER_MAX_LORA_RANK, r_out))) return rc;
+        snprintf(r_field, r_field_len, "%s", what);
     }
     if ((rc = adapter__pattern_value(c, ap, "alpha_pattern", key, &hit))) return rc;
     *alpha_out = alpha;
@@ -58,63 +62,51 @@ static int module_r_alpha(adapter__ctx *c, const char *key, int r, double alpha,
     return 0;
 }
 
-/* dora[j] = m[j] / ||W[j,:] + scale·(B·A)[j,:]||_2 in double; W read from the backend. */
-static int dora_factor(adapter__ctx *c, int layer, adapter_module mod, const adapter_lora *L, const void *ha,
-                       const void *hb, const float *m, float **out) {
-    const adapter_base *b = c->base;
+/* DoRA of one module from host memory only (import runs on any thread): per output row j,
+ * in double, with ΔW = scale·B·A,
+ *   f[j] = m[j] / ||W_j + ΔW_j||           (the factor at request scale 1, exact)
+ *   stats[j] = {m[j], ||W_j||², <W_j, ΔW_j>, ||ΔW_j||²}   (any other scale, see adapter.h)
+ * W is the base's host view (adapter_base.layer_w); A, B are host copies in dtype dt. */
+int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, const adapter_lora *L, kdtype dt,
+                        const void *ha, const void *hb, const float *m, float *f, float *stats, char *err,
+                        size_t errlen) {
     int o, in;
     adapter_module_shape(b, mod, &o, &in);
     const kmat *w = b->layer_w ? &b->layer_w[layer * AMOD_COUNT + mod] : NULL;
-    if (!w || !w->data || w->rows != o || w->cols != in)
-        return adapter__fail(c, PEFTD_EINVAL, "DoRA on layer %d %s needs the base weight [%d, %d], which base %s did "
-                                              "not provide",
-                             layer, adapter_module_name(mod), o, in, b->name);
-    size_t esz = kdtype_size(w->dtype), row_bytes = (size_t)in * esz;
-    int chunk = DORA_ROW_CHUNK;
-    unsigned char *rows = malloc((size_t)chunk * row_bytes);
-    double *acc = malloc((size_t)in * sizeof *acc);
-    float *f = malloc((size_t)o * sizeof *f);
-    int rc = 0;
-    if (!rows || !acc || !f) {
-        rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory computing DoRA norms");
-        goto fail;
+    if (!w || !w->data || w->rows != o || w->cols != in) {
+        if (err && errlen)
+            snprintf(err, errlen, "DoRA on layer %d %s needs the base weight [%d, %d], which base %s did not provide",
+                 layer, adapter_module_name(mod), o, in, b->name);
+        return PEFTD_EINVAL;
     }
-    for (int j0 = 0; j0 < o; j0 += chunk) {
-        int nr = o - j0 < chunk ? o - j0 : chunk;
-        rc = c->a->kb->ops->download(c->a->kb, rows, (const unsigned char *)w->data + (size_t)j0 * row_bytes,
-                                     (size_t)nr * row_bytes);
-        if (rc) {
-            rc = adapter__fail(c, rc, "DoRA: reading base weight of layer %d %s: %s", layer, adapter_module_name(mod),
-                               peftd_strerror(rc));
-            goto fail;
-        }
-        for (int jj = 0; jj < nr; jj++) {
-            int j = j0 + jj;
-            for (int i = 0; i < in; i++) acc[i] = adapter__elem(rows + (size_t)jj * row_bytes, w->dtype, (size_t)i);
-            for (int k = 0; k < L->rank; k++) {
-                double bjk = (double)L->scale * adapter__elem(hb, L->b.dtype, (size_t)j * L->rank + k);
-                for (int i = 0; i < in; i++) acc[i] += bjk * adapter__elem(ha, L->a.dtype, (size_t)k * in + i);
-            }
-            double s = 0;
-            for (int i = 0; i < in; i++) s += acc[i] * acc[i];
-            double n = sqrt(s);
-            if (!(n > 0)) {
-                rc = adapter__fail(c, PEFTD_EINVAL, "DoRA: row %d of layer %d %s has zero norm", j, layer,
-                                   adapter_module_name(mod));
-                goto fail;
-            }
-            f[j] = (float)(m[j] / n);
-        }
+    double *dw = malloc((size_t)in * sizeof *dw);
+    if (!dw) {
+        if (err && errlen) snprintf(err, errlen, "out of memory computing DoRA norms");
+        return PEFTD_ENOMEM;
     }
-    free(rows);
-    free(acc);
-    *out = f;
+    for (int j = 0; j < o; j++) {
+        const void *wrow = (const unsigned char *)w->data + (size_t)j * in * kdtype_size(w->dtype);
+        for (int i = 0; i < in; i++) dw[i] = 0;
+        for (int k = 0; k < L->rank; k++) {
+            double bjk = (double)L->scale * adapter__elem(hb, dt, (size_t)j * L->rank + k);
+            for (int i = 0; i < in; i++) dw[i] += bjk * adapter__elem(ha, dt, (size_t)k * in + i);
+        }
+        double ww = 0, wd = 0, dd = 0, n1 = 0;
+        for (int i = 0; i < in; i++) {
+            double wi = adapter__elem(wrow, w->dtype, (size_t)i), s = wi + dw[i];
+            ww += wi * wi, wd += wi * dw[i], dd += dw[i] * dw[i], n1 += s * s;
+        }
+        if (!(n1 > 0)) {
+            free(dw);
+            if (err && errlen) snprintf(err, errlen, "DoRA: row %d of layer %d %s has zero norm", j, layer, adapter_module_name(mod));
+            return PEFTD_EINVAL;
+        }
+        f[j] = (float)(m[j] / sqrt(n1));
+        float *st = stats + (size_t)j * ADAPTER_DORA_STATS;
+        st[0] = m[j], st[1] = (float)ww, st[2] = (float)wd, st[3] = (float)dd;
+    }
+    free(dw);
     return 0;
-fail:
-    free(rows);
-    free(acc);
-    free(f);
-    return rc;
 }
 
 /* PEFT's _set_trainable: a modules_to_save entry names every module whose key ends with it
@@ -174,7 +166,7 @@ int adapter__load_lora(adapter__ctx *c) {
     a->kind = ADAPTER_LORA;
 
     if ((rc = adapter__peft_check_common(c))) return rc;
-    if ((rc = adapter__json_int(c, cfg, "r", 8, 1, ADAPTER_MAX_RANK, &r)) ||
+    if ((rc = adapter__json_int(c, cfg, "r", 8, 1, ADAPTER_MAX_LORA_RANK, &r)) ||
         (rc = adapter__json_num(c, cfg, "lora_alpha", 8, ADAPTER_MAX_SCALE, &alpha)) ||
         (rc = adapter__json_bool(c, cfg, "use_rslora", false, &rslora)) ||
         (rc = adapter__json_bool(c, cfg, "use_dora", false, &dora)) ||
@@ -205,10 +197,16 @@ int adapter__load_lora(adapter__ctx *c) {
         if (!sel[i]) continue;
         int l = i / AMOD_COUNT, o, in, rr = r;
         adapter_module m = (adapter_module)(i % AMOD_COUNT);
-        char key[128], name[256];
+        char key[128], name[256], r_field[300];
         adapter__module_key(l, m, key, sizeof key);
         adapter_module_shape(b, m, &o, &in);
-        if ((rc = module_r_alpha(c, key, r, alpha, &rr, &src[i].alpha))) goto fail;
+        if ((rc = module_r_alpha(c, key, r, alpha, &rr, &src[i].alpha, r_field, sizeof r_field))) goto fail;
+        if (rr > (o > in ? o : in)) {
+            rc = adapter__fail(c, PEFTD_EINVAL,
+                               "adapter_config.json: %s is %d, above max(in, out) = %d of %s [%d, %d] in base %s",
+                               r_field, rr, o > in ? o : in, key, o, in, b->name);
+            goto fail;
+        }
         src[i].rank = rr;
         snprintf(name, sizeof name, PREFIX "%s.lora_A.weight", key);
         if ((rc = adapter__expect(c, name, 2, rr, in, &src[i].a))) goto fail;
@@ -242,11 +240,24 @@ int adapter__load_lora(adapter__ctx *c) {
         if ((rc = adapter__stage_mat(c, src[i].b, kd, &L->b, &hb))) goto fail;
         adapter__note_rank(a, L->rank);
         if (dora) {
-            float *mag = NULL, *f = NULL;
-            if ((rc = adapter__to_f32(c, src[i].mag, &mag))) goto fail;
-            rc = dora_factor(c, i / AMOD_COUNT, (adapter_module)(i % AMOD_COUNT), L, ha, hb, mag, &f);
+            float *mag = NULL, *f = malloc((size_t)L->b.rows * sizeof *f);
+            L->dora_stats = malloc((size_t)L->b.rows * ADAPTER_DORA_STATS * sizeof *L->dora_stats);
+            if (!f || !L->dora_stats) {
+                free(f);
+                rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory computing DoRA norms");
+                goto fail;
+            }
+            if ((rc = adapter__to_f32(c, src[i].mag, &mag))) {
+                free(f);
+                goto fail;
+            }
+            rc = adapter__dora_norms(b, i / AMOD_COUNT, (adapter_module)(i % AMOD_COUNT), L, kd, ha, hb, mag, f,
+                                     L->dora_stats, c->err, c->errlen);
             free(mag);
-            if (rc) goto fail;
+            if (rc) {
+                free(f);
+                goto fail;
+            }
             if ((rc = adapter__stage_own(c, f, (size_t)L->b.rows, &L->dora))) goto fail;
         }
     }

@@ -27,6 +27,13 @@ static int common(adapter__ctx *c, int *nv) {
     if (*nv < 1)
         return adapter__fail(c, PEFTD_EFORMAT,
                              "adapter_config.json: field 'num_virtual_tokens' must be a positive integer");
+    /* the virtual tokens take context positions before the prompt's: this many would leave
+     * none for a single prompt token */
+    if (c->base->context_length > 0 && *nv >= c->base->context_length)
+        return adapter__fail(c, PEFTD_EINVAL,
+                             "adapter_config.json: field 'num_virtual_tokens' is %d; base %s has a context of %d "
+                             "positions, which leaves no room for a prompt",
+                             *nv, c->base->name, c->base->context_length);
     if (nts != 1)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: num_transformer_submodules %d (encoder-decoder) is not served", nts);

@@ -214,10 +214,11 @@ static int api_parse_model(const http_server *s, const tenants_principal *who, c
     r->gen.handle = r->adapter;
     const cJSON *sc = api_field(root, "adapter_scale");
     if (sc) {
-        if (r->adapter->meta.kind != ADAPTER_LORA)
+        /* adapter_check_scale's rule (the CLI's): LoRA family, DoRA included, in [0, 16] */
+        if (!adapter_accepts_scale(r->adapter->meta.kind))
             return api_fail(err, "invalid_value", "'adapter_scale' applies to LoRA adapters only ('%s' is %s)",
                             name, adapter_kind_name(r->adapter->meta.kind));
-        int rc = api_get_float(root, "adapter_scale", 0, 16, false, &r->gen.adapter_scale, err);
+        int rc = api_get_float(root, "adapter_scale", 0, ADAPTER_MAX_REQUEST_SCALE, false, &r->gen.adapter_scale, err);
         if (rc) return rc;
     }
     return 0;

@@ -33,6 +33,7 @@ void llama_ctx_free(llama_ctx *c) {
                     c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) kb->ops->free(kb, bufs[i]);
+    llama__plan_free(c);
     free(c->plan_host);
     free(c->emb_ids);
     free(c->runs);

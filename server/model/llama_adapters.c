@@ -6,7 +6,10 @@
  * then calls llama__project() / llama__sublayer_out(), which run the base matmul over all
  * rows and add each segment's delta:
  *   LoRA      y += scale·B(A x)                    (SGMV shrink + expand)
- *   DoRA      y  = f ⊙ (W x + scale·B(A x))        (f = m/||W + scale·BA||, precomputed)
+ *   DoRA      y  = f ⊙ (W x + t·scale·B(A x))      (f = m/||W + t·scale·BA||: precomputed for
+ *                                                  t = 1; other request scales t from the
+ *                                                  adapter's row statistics, cached per
+ *                                                  (content, t), see llama_dora_entry)
  *   IA3       y  = l ⊙ (W x)  or  y = W (l ⊙ x)    (output- or input-side vector)
  *   bottleneck (AdapterHub, on Llama where the library passes no layer norm), with a the
  *   sub-layer output and h the residual stream before it:
@@ -21,6 +24,10 @@
 #include <string.h>
 
 #include "server/model/llama_internal.h"
+
+/* DoRA cache entries beyond the max_seqs one step can pin: a few request scales of a few
+ * DoRA adapters stay computed across steps (a new one costs O(sum of out dims) + 1 upload). */
+#define LLAMA_DORA_SPARE 16
 
 const adapter *llama__row_adapter(const llama_batch *b, int r) {
     int lo = 0, hi = b->n_segs - 1;
@@ -51,6 +58,73 @@ int llama__plan_init(llama_ctx *c) {
     if (!c->plan->mod || !c->plan->bn) return PEFTD_ENOMEM;
     for (size_t i = 0; i < L * 2; i++)
         if (!(c->plan->bn[i].ln_before = calloc(S, sizeof(bool)))) return PEFTD_ENOMEM;
+    /* One step pins at most max_seqs (adapter, scale) pairs; LLAMA_DORA_SPARE more keep
+     * recently used scales warm across steps. Each entry is O(sum of DoRA out dims) floats. */
+    c->dora_cap = c->p.max_seqs + LLAMA_DORA_SPARE;
+    if (!(c->dora = calloc((size_t)c->dora_cap, sizeof *c->dora))) return PEFTD_ENOMEM;
+    return 0;
+}
+
+static void dora_entry_clear(llama_ctx *c, llama_dora_entry *e) {
+    if (e->dev) c->kb->ops->free(c->kb, e->dev);
+    free(e->vec);
+    memset(e, 0, sizeof *e);
+}
+
+void llama__plan_free(llama_ctx *c) {
+    for (int i = 0; c->dora && i < c->dora_n; i++) dora_entry_clear(c, &c->dora[i]);
+    free(c->dora);
+    c->dora = NULL;
+    c->dora_n = 0;
+}
+
+/* The DoRA factor tables of adapter ad at request scale t (t != 1), from the cache or built
+ * now: host math from ad's row statistics, one upload. *out = NULL when ad has no DoRA. */
+static int dora_at_scale(llama_ctx *c, const adapter *ad, float t, const float *const **out) {
+    int n = ad->n_layers * AMOD_COUNT;
+    size_t total = 0;
+    *out = NULL;
+    for (int i = 0; i < n; i++)
+        if (ad->lora[i].rank > 0 && ad->lora[i].dora) {
+            if (!ad->lora[i].dora_stats) return PEFTD_EINVAL; /* every loaded DoRA module has them */
+            total += (size_t)ad->lora[i].b.rows;
+        }
+    if (total == 0) return 0;
+    llama_dora_entry *e = NULL;
+    for (int i = 0; i < c->dora_n && !e; i++)
+        if (c->dora[i].scale == t && !strcmp(c->dora[i].sha256, ad->sha256)) e = &c->dora[i];
+    if (!e) {
+        if (c->dora_n < c->dora_cap) {
+            e = &c->dora[c->dora_n++];
+        } else { /* least recently used among those this step does not use */
+            for (int i = 0; i < c->dora_n; i++)
+                if (c->dora[i].used != c->step && (!e || c->dora[i].used < e->used)) e = &c->dora[i];
+            if (!e) return PEFTD_ENOMEM; /* cannot happen: a step pins at most max_seqs */
+            dora_entry_clear(c, e);
+        }
+        float *host = malloc(total * sizeof *host);
+        e->vec = calloc((size_t)n, sizeof *e->vec);
+        e->dev = c->kb->ops->alloc(c->kb, total * sizeof(float));
+        int rc = host && e->vec && e->dev ? 0 : PEFTD_ENOMEM;
+        size_t off = 0;
+        for (int i = 0; rc == 0 && i < n; i++) {
+            const adapter_lora *lr = &ad->lora[i];
+            if (lr->rank <= 0 || !lr->dora) continue;
+            adapter_dora_scale_vector(lr->dora_stats, lr->b.rows, t, host + off);
+            e->vec[i] = (const float *)e->dev + off;
+            off += (size_t)lr->b.rows;
+        }
+        if (rc == 0) rc = c->kb->ops->upload(c->kb, e->dev, host, total * sizeof *host);
+        free(host);
+        if (rc < 0) {
+            dora_entry_clear(c, e); /* an empty slot: its sha256 "" matches no adapter */
+            return rc;
+        }
+        snprintf(e->sha256, sizeof e->sha256, "%s", ad->sha256);
+        e->scale = t;
+    }
+    e->used = c->step;
+    *out = e->vec;
     return 0;
 }
 
@@ -165,6 +239,16 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
     ss[n] = b->segs[n - 1].row_end;
     if (ss[n] != b->n_tokens) return PEFTD_EINVAL;
 
+    /* DoRA factor tables of segments whose request scale is not 1 */
+    const float *const *seg_dora[n];
+    c->step++;
+    for (int i = 0; i < n; i++) {
+        const adapter *ad = b->segs[i].ad;
+        seg_dora[i] = NULL;
+        if (ad && ad->kind == ADAPTER_LORA && ad->lora && b->segs[i].scale != 1.0f)
+            CHECK(dora_at_scale(c, ad, b->segs[i].scale, &seg_dora[i]));
+    }
+
     seg_pair pairs[n];
     const float *dora[n], *ia3o[n], *ia3i[n];
     for (int l = 0; l < L; l++) {
@@ -181,7 +265,7 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
                     if (lr->rank > 0) {
                         pairs[i] = (seg_pair){.a = lr->a.data, .b = lr->b.data, .rank = lr->rank,
                                               .scale = lr->scale * b->segs[i].scale, .dtype = lr->a.dtype};
-                        dora[i] = lr->dora;
+                        dora[i] = lr->dora && seg_dora[i] ? seg_dora[i][l * AMOD_COUNT + m] : lr->dora;
                     }
                 } else if (ad->kind == ADAPTER_IA3 && ad->ia3) {
                     const float *v = ad->ia3[l * AMOD_COUNT + m];

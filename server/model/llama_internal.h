@@ -42,6 +42,18 @@ typedef struct {
     const llama_segment *segs;   /* host: this step's segments */
 } llama_plan;
 
+/* DoRA factors m/||W + t·ΔW|| of one adapter content at one request scale t != 1 (issue 9
+ * #13: t sits inside the norm), for every DoRA module, computed on the engine thread from
+ * the adapter's host row statistics (adapter_dora_scale_vector, O(out) per module) and
+ * uploaded once. Keyed by content (sha256) and scale, never by pointer or name. */
+typedef struct {
+    char sha256[65];
+    float scale;
+    uint64_t used;               /* step that last used it; the current step's are never evicted */
+    void *dev;                   /* backend block holding every module's [out] factors */
+    const float **vec;           /* host [n_layers * AMOD_COUNT]: pointers into dev, NULL = not DoRA */
+} llama_dora_entry;
+
 typedef struct {
     const kmat *tab;
     int start, end;
@@ -67,9 +79,15 @@ struct llama_ctx {
     size_t plan_cap, plan_used;
     float *ws;                   /* SGMV workspace [T, ws_cols] */
     int ws_cols;
+    /* DoRA factors at request scales != 1: at most dora_cap entries (LRU) */
+    llama_dora_entry *dora;
+    int dora_n, dora_cap;
+    uint64_t step;               /* plan builds so far (stamps dora entries) */
 };
 
 int llama__plan_init(llama_ctx *c);
+/* Releases the DoRA factor cache (llama_ctx_free). */
+void llama__plan_free(llama_ctx *c);
 /* Analyses the batch's segments and uploads this step's adapter tables. */
 int llama__plan_build(llama_ctx *c, const llama_batch *b);
 /* The adapter of row r (NULL for base rows). */

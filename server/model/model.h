@@ -5,7 +5,8 @@
  * <dir>/model.safetensors or every shard named by <dir>/model.safetensors.index.json,
  * checks every tensor's name, dtype (f32/f16/bf16) and shape against the config, and
  * exposes the weights as kmat views in the backend's memory. On the CPU backend the views
- * point straight into the read-only mappings (no copy); other backends get a copy.
+ * point straight into the read-only mappings (no copy); other backends get a copy, and the
+ * mappings stay open for host_layers.
  * A hostile or broken file gives a negative status and a message in err, never a crash.
  */
 #ifndef PEFTD_MODEL_H
@@ -56,6 +57,10 @@ typedef struct model {
     kmat final_norm;                 /* [1, hidden] */
     kmat lm_head;                    /* [vocab, hidden]; == embed when tied */
     model_layer *layers;             /* [n_layers] */
+    /* [n_layers] the same weights in HOST memory (the read-only mappings): == layers on the
+     * CPU backend; kept open on others for adapter import (DoRA norms), which runs on any
+     * thread and must not read the backend. Clean file pages: the kernel may drop them. */
+    const model_layer *host_layers;
     size_t weight_bytes;             /* bytes of all weights as stored (lm_head counted once if tied) */
     struct model_storage *storage;   /* mappings / backend copies; private */
     kbackend *kb;                    /* backend holding the weights (not owned) */

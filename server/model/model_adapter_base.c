@@ -12,7 +12,7 @@ int model_adapter_base(const model *m, adapter_base *b) {
     kmat *w = calloc((size_t)c->n_layers * AMOD_COUNT, sizeof(kmat));
     if (!w) return PEFTD_ENOMEM;
     for (int l = 0; l < c->n_layers; l++) {
-        const model_layer *L = &m->layers[l];
+        const model_layer *L = &m->host_layers[l]; /* host views: import never reads the backend */
         kmat *row = w + (size_t)l * AMOD_COUNT;
         row[AMOD_Q] = L->wq;
         row[AMOD_K] = L->wk;
@@ -31,6 +31,9 @@ int model_adapter_base(const model *m, adapter_base *b) {
     b->n_kv_heads = c->n_kv_heads;
     b->head_dim = c->head_dim;
     b->vocab = c->vocab_size;
+    /* the engine's context rule (engine.c): max_position_embeddings, capped by a sliding window */
+    b->context_length = c->max_position_embeddings;
+    if (c->sliding_window > 0 && c->sliding_window < b->context_length) b->context_length = c->sliding_window;
     b->layer_w = w;
     b->embed = &m->embed;
     return 0;

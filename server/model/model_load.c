@@ -37,10 +37,11 @@
 #define ML_DEVICE_ALIGN 256
 
 struct model_storage {
-    st_file **shards;    /* mapped safetensors files; closed after a copy to the device */
+    st_file **shards;    /* mapped safetensors files (open for the model's lifetime: host_layers) */
     char **shard_names;  /* plain file names inside the directory */
     int n_shards;
     void *device;        /* one backend allocation holding every weight (non-CPU) */
+    model_layer *host_layers; /* non-CPU: the layers' host views, taken before the upload */
 };
 
 /* State of one load, beyond what the model keeps. */
@@ -390,8 +391,8 @@ static int ml_check_leftovers(ml_ctx *c) {
     return 0;
 }
 
-/* Non-CPU backends: one allocation, every weight copied in at a 256-byte aligned offset,
- * then the mappings are released. */
+/* Non-CPU backends: one allocation, every weight copied in at a 256-byte aligned offset;
+ * the layers' host views are kept (host_layers) and so are the mappings. */
 static int ml_upload(ml_ctx *c) {
     model *m = c->m;
     kbackend *kb = m->kb;
@@ -417,6 +418,13 @@ static int ml_upload(ml_ctx *c) {
         total += (bytes + ML_DEVICE_ALIGN - 1) / ML_DEVICE_ALIGN * ML_DEVICE_ALIGN;
     }
     int rc = 0;
+    if (!(m->storage->host_layers = malloc((size_t)m->cfg.n_layers * sizeof(model_layer)))) {
+        ml_err(c->err, c->errlen, "%s: out of memory", m->dir);
+        rc = PEFTD_ENOMEM;
+        goto out;
+    }
+    memcpy(m->storage->host_layers, m->layers, (size_t)m->cfg.n_layers * sizeof(model_layer));
+    m->host_layers = m->storage->host_layers;
     uint8_t *dev = kb->ops->alloc(kb, total);
     if (!dev) {
         ml_err(c->err, c->errlen, "%s: backend %s cannot allocate %zu bytes of weights", m->dir,
@@ -442,10 +450,6 @@ static int ml_upload(ml_ctx *c) {
         ml_err(c->err, c->errlen, "%s: backend %s failed after the upload: %s", m->dir,
                kb->ops->name, peftd_strerror(rc));
         goto out;
-    }
-    for (int i = 0; i < m->storage->n_shards; i++) {
-        st_close(m->storage->shards[i]);
-        m->storage->shards[i] = NULL;
     }
 out:
     free(all);
@@ -495,6 +499,7 @@ static int ml_load(ml_ctx *c, const char *dir) {
      * writer's padding (often not to the element size: a bf16 tensor of odd length shifts
      * every later f32 tensor by 2 bytes), so the CPU kernels must load weights with
      * unaligned-safe accesses (memcpy / unaligned SIMD loads), never by casting. */
+    m->host_layers = m->layers;
     if (strcmp(m->kb->ops->name, "cpu") != 0 && (rc = ml_upload(c)) < 0) goto out;
     goto out;
 nomem:
@@ -556,6 +561,7 @@ void model_free(model *m) {
         }
         free(s->shards);
         free(s->shard_names);
+        free(s->host_layers);
         free(s);
     }
     free(m->layers);

@@ -126,6 +126,10 @@ static void same_adapter(const adapter *x, const adapter *y) {
         same_mat(&p->a, &q->a, w);
         same_mat(&p->b, &q->b, w);
         same_bytes(p->dora, q->dora, (size_t)o * sizeof(float), w);
+        ASSERT_EQ(!p->dora_stats, !p->dora); /* host memory: compared directly */
+        ASSERT_EQ(!q->dora_stats, !q->dora);
+        if (p->dora_stats && memcmp(p->dora_stats, q->dora_stats, (size_t)o * ADAPTER_DORA_STATS * sizeof(float)))
+            FAIL("%s: DoRA row statistics differ", w);
     }
     for (int m = 0; m < AMOD_COUNT; m++) ASSERT_EQ(x->ia3_input[m], y->ia3_input[m]);
     for (int i = 0; x->ia3 && i < L * AMOD_COUNT; i++) {
@@ -473,5 +477,110 @@ TEST(random_flips_never_crash) {
     free_list(names, n);
 }
 
+/* A format-1 blob (before DoRA row statistics, issue 9 #13): blob minus every
+ * "*.dora_stats" tensor, data repacked, format 1. */
+static void *as_format1(const void *blob, size_t len, size_t *out_len) {
+    uint64_t hl;
+    memcpy(&hl, blob, 8);
+    cJSON *h = cJSON_ParseWithLength((const char *)blob + 8, (size_t)hl), *t;
+    ASSERT(h);
+    const unsigned char *data = (const unsigned char *)blob + 8 + hl;
+    unsigned char *nd = malloc(len);
+    size_t off = 0;
+    cJSON *nh = cJSON_CreateObject();
+    cJSON_ArrayForEach(t, h) {
+        if (!strcmp(t->string, "__metadata__")) {
+            cJSON *meta = cJSON_Parse(cJSON_GetObjectItem(t, "peftd")->valuestring);
+            cJSON_ReplaceItemInObject(meta, "format", cJSON_CreateNumber(1));
+            char *ms = cJSON_PrintUnformatted(meta);
+            cJSON *md = cJSON_AddObjectToObject(nh, "__metadata__");
+            cJSON_AddStringToObject(md, "peftd", ms);
+            free(ms);
+            cJSON_Delete(meta);
+            continue;
+        }
+        if (strstr(t->string, ".dora_stats")) continue;
+        cJSON *o = cJSON_GetObjectItem(t, "data_offsets");
+        size_t a = (size_t)cJSON_GetArrayItem(o, 0)->valuedouble, b = (size_t)cJSON_GetArrayItem(o, 1)->valuedouble;
+        memcpy(nd + off, data + a, b - a);
+        cJSON *c = cJSON_Duplicate(t, 1), *no = cJSON_CreateArray();
+        cJSON_AddItemToArray(no, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(no, cJSON_CreateNumber((double)(off + b - a)));
+        cJSON_ReplaceItemInObject(c, "data_offsets", no);
+        cJSON_AddItemToObject(nh, t->string, c);
+        off += b - a;
+    }
+    char *hs = cJSON_PrintUnformatted(nh);
+    size_t nl = strlen(hs), pad = (nl + 7) / 8 * 8;
+    unsigned char *out = malloc(8 + pad + off);
+    uint64_t p64 = pad;
+    memcpy(out, &p64, 8);
+    memcpy(out + 8, hs, nl);
+    memset(out + 8 + nl, ' ', pad - nl);
+    memcpy(out + 8 + pad, nd, off);
+    *out_len = 8 + pad + off;
+    free(hs);
+    free(nd);
+    cJSON_Delete(nh);
+    cJSON_Delete(h);
+    return out;
+}
+
+/* DoRA blobs carry the row statistics of request scales != 1 (format 2); a format-1 blob
+ * stored before still loads, its statistics recomputed from the base's host weights: the
+ * factors at scale 0.5 agree with the imported adapter's to f32 rounding. A DoRA module
+ * whose statistics tensor is missing in a format-2 blob is refused by name. */
+TEST(dora_stats_in_blobs_and_format1_blobs_recomputed) {
+    adapter *a = load_fixture("lora_dora"), *b = NULL;
+    void *blob, *old;
+    size_t len, old_len;
+    char err[1024];
+    blob_of(a, &blob, &len);
+    old = as_format1(blob, len, &old_len);
+    ASSERT(old_len < len);
+    int rc = adapter_blob_read(old, old_len, &BASE, KB, &b, err, sizeof err);
+    if (rc) FAIL("format 1 blob: %d %s", rc, err);
+    int checked = 0;
+    double worst = 0;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        const adapter_lora *p = &a->lora[i], *q = &b->lora[i];
+        if (!p->dora) continue;
+        ASSERT(q->dora_stats);
+        int64_t o = p->b.rows;
+        float *fp = malloc((size_t)o * sizeof *fp), *fq = malloc((size_t)o * sizeof *fq);
+        adapter_dora_scale_vector(p->dora_stats, o, 0.5, fp);
+        adapter_dora_scale_vector(q->dora_stats, o, 0.5, fq);
+        for (int64_t j = 0; j < o; j++) {
+            double d = fabs((double)fp[j] - fq[j]) / fabs((double)fp[j]);
+            if (d > worst) worst = d;
+        }
+        free(fp);
+        free(fq);
+        checked++;
+    }
+    printf("  %d DoRA modules: format-1 factors at scale 0.5 within %.3g (relative)\n", checked, worst);
+    ASSERT(checked > 0);
+    /* m is recovered as f·||W + ΔW|| in f32: a few ulps */
+    ASSERT(worst < 1e-6);
+    adapter_free(b);
+    free(old);
+
+    /* format 2 without a module's statistics: refused naming the tensor */
+    uint64_t hl;
+    memcpy(&hl, blob, 8);
+    char *hdr = strndup((const char *)blob + 8, (size_t)hl);
+    char *at = strstr(hdr, ".dora_stats\"");
+    ASSERT(at);
+    at[1] = 'X'; /* "lora.0.q_proj.Xora_stats": an unexpected tensor, and the real one missing */
+    memcpy((char *)blob + 8, hdr, (size_t)hl);
+    rc = read_blob(blob, len, &BASE, err, sizeof err);
+    ASSERT_EQ(rc, PEFTD_EFORMAT);
+    ASSERT_HAS(err, "dora_stats");
+    free(hdr);
+    free(blob);
+    adapter_free(a);
+}
+
 TEST_MAIN(roundtrip_every_fixture, write_without_base, truncated_blobs_fail_cleanly, edited_metadata_fails_cleanly,
-          non_finite_values_refused, other_base_refused, random_flips_never_crash)
+          non_finite_values_refused, other_base_refused, random_flips_never_crash,
+          dora_stats_in_blobs_and_format1_blobs_recomputed)

@@ -208,7 +208,7 @@ static engine *open_engine(rig *R, int max_seqs, int max_batch_tokens) {
     return e;
 }
 
-static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad) {
+static void submit_scaled(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad, float scale) {
     gen_params p;
     gen_params_default(&p);
     p.max_tokens = N_GREEDY;
@@ -216,10 +216,15 @@ static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter 
     p.logprobs = 0;
     p.ignore_eos = true; /* the references are 24 argmax steps whatever the token */
     p.adapter = ad;
+    p.adapter_scale = scale;
     rn->q = engine_request_create(ids, n, &p);
     ASSERT(rn->q);
     int st = engine_submit(e, rn->q);
     if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
+}
+
+static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad) {
+    submit_scaled(e, rn, ids, n, ad, 1.0f);
 }
 
 static void collect(run *rn) {
@@ -336,7 +341,137 @@ TEST(many_virtual_token_adapters_in_one_batch) {
     rig_close(&R);
 }
 
+/* ---- DoRA at request scales other than 1 (issue 9 #13) ---- */
+
+/* lora_dora/reference_scales.json: PEFT with set_scale(t) on every LoRA layer, which puts
+ * t·scale inside DoRA's weight norm. */
+typedef struct {
+    int n;
+    float scale[4];
+    int n_ids;
+    int32_t ids[64];
+    float *logits[4];
+    int32_t greedy[4][N_GREEDY];
+} dora_scales_ref;
+
+static void dora_scales_load(dora_scales_ref *rf) {
+    size_t len;
+    char *text = test_read_file("tests/fixtures/adapters/lora_dora/reference_scales.json", &len);
+    if (!text) FAIL("cannot read lora_dora/reference_scales.json");
+    cJSON *root = cJSON_ParseWithLength(text, len), *c, *v, *r;
+    ASSERT(root);
+    memset(rf, 0, sizeof *rf);
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "scales")) {
+        ASSERT(rf->n < 4);
+        int k = rf->n++;
+        rf->scale[k] = (float)cJSON_GetObjectItem(c, "scale")->valuedouble;
+        rf->n_ids = 0;
+        cJSON_ArrayForEach(v, cJSON_GetObjectItem(c, "input_ids")) rf->ids[rf->n_ids++] = v->valueint;
+        int g = 0;
+        cJSON_ArrayForEach(v, cJSON_GetObjectItem(c, "greedy")) if (g < N_GREEDY) rf->greedy[k][g++] = v->valueint;
+        ASSERT_EQ(g, N_GREEDY);
+        rf->logits[k] = malloc(sizeof(float) * (size_t)rf->n_ids * 512);
+        int row = 0;
+        cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "logits")) {
+            int col = 0;
+            cJSON_ArrayForEach(v, r) rf->logits[k][(size_t)row * 512 + col++] = (float)v->valuedouble;
+            ASSERT_EQ(col, 512);
+            row++;
+        }
+        ASSERT_EQ(row, rf->n_ids);
+    }
+    ASSERT_EQ(rf->n, 3);
+    cJSON_Delete(root);
+    free(text);
+}
+
+/* Logits of every position of one sequence with adapter ad at request scale t. */
+static void forward_one(rig *R, const adapter *ad, float t, const int32_t *ids, int n, float *out) {
+    const int bs = 4, max_blocks = 64;
+    llama_ctx_params p = {.max_tokens = 256, .max_seqs = 8, .block_size = bs, .n_blocks = 256, .max_blocks = max_blocks};
+    llama_ctx *c = NULL;
+    char err[512];
+    if (llama_ctx_create(R->m, &p, &c, err, sizeof err) < 0) FAIL("llama_ctx_create: %s", err);
+    int32_t pos[64], slots[64], qstart[2] = {0, n}, kvlen[1] = {n}, btab[64] = {0}, rows[64];
+    for (int j = 0; j < n; j++) {
+        btab[j / bs] = j / bs;
+        pos[j] = j, slots[j] = j, rows[j] = j;
+    }
+    llama_segment seg = {.ad = ad, .scale = t, .row_start = 0, .row_end = n};
+    llama_batch b = {.n_tokens = n, .tokens = ids, .positions = pos, .slots = slots, .n_seqs = 1, .q_start = qstart,
+                     .kv_len = kvlen, .block_table = btab, .n_segs = 1, .segs = &seg, .n_logits = n,
+                     .logit_rows = rows};
+    int st = llama_forward(c, &b, out);
+    if (st < 0) FAIL("llama_forward: %s", peftd_strerror(st));
+    llama_ctx_free(c);
+}
+
+/* PEFT's logits at t = 0.5, 0 and 2: the norm ||W + t·scale·BA|| follows t. With the factor
+ * of t = 1 (the old code) logits moved by up to ~2 at 0.5, and t = 0 was neither PEFT nor
+ * the base. The tolerance is check_logits' TOL (same f32 sums, same sizes). */
+TEST(logits_lora_dora_at_scales) {
+    rig R;
+    rig_open(&R);
+    const adapter *ad = rig_adapter(&R, 4);
+    ASSERT_STREQ(FIXTURES[4], "lora_dora");
+    dora_scales_ref rf;
+    dora_scales_load(&rf);
+    float *out = malloc(sizeof(float) * (size_t)rf.n_ids * 512);
+    for (int k = 0; k < rf.n; k++) {
+        forward_one(&R, ad, rf.scale[k], rf.ids, rf.n_ids, out);
+        double md = 0;
+        for (size_t i = 0; i < (size_t)rf.n_ids * 512; i++) {
+            double d = fabs((double)out[i] - rf.logits[k][i]);
+            if (!(d <= md)) md = d;
+        }
+        printf("    lora_dora at scale %g: max |logit diff| %.3g\n", rf.scale[k], md);
+        if (!(md <= TOL)) FAIL("lora_dora at scale %g: max |logit diff| %.3g > %g", rf.scale[k], md, TOL);
+    }
+    free(out);
+    for (int k = 0; k < rf.n; k++) free(rf.logits[k]);
+    rig_close(&R);
+}
+
+/* Through the engine: PEFT's 24 greedy tokens at every scale, each sequence alone; then all
+ * of them at once with scale 1 and 0.5 twice, in one engine (segments ordered by (adapter,
+ * scale), the DoRA factor tables per scale from the engine's cache): the same tokens and
+ * logprobs, bit for bit, as alone. */
+TEST(dora_scales_in_one_batch_equal_alone) {
+    rig R;
+    rig_open(&R);
+    const adapter *ad = rig_adapter(&R, 4);
+    dora_scales_ref rf;
+    dora_scales_load(&rf);
+    reference r1;
+    ref_load("lora_dora", &r1);
+    enum { N = 6 };
+    float scales[N] = {rf.scale[0], rf.scale[1], rf.scale[2], 1.0f, rf.scale[0], 1.0f};
+    engine *e = open_engine(&R, N, 16);
+    run alone[N], together[N];
+    for (int i = 0; i < N; i++) {
+        submit_scaled(e, &alone[i], rf.ids, rf.n_ids, ad, scales[i]);
+        collect(&alone[i]);
+        const int32_t *want = i < rf.n ? rf.greedy[i] : r1.greedy[2]; /* same 11-token prompt */
+        ASSERT_EQ(r1.n_ids[2], rf.n_ids);
+        for (int k = 0; k < N_GREEDY; k++)
+            if (alone[i].ids[k] != want[k])
+                FAIL("scale %g: greedy token %d is %d, PEFT says %d", scales[i], k, alone[i].ids[k], want[k]);
+    }
+    for (int i = 0; i < N; i++) submit_scaled(e, &together[i], rf.ids, rf.n_ids, ad, scales[i]);
+    for (int i = 0; i < N; i++) collect(&together[i]);
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < N_GREEDY; k++)
+            if (alone[i].ids[k] != together[i].ids[k] || memcmp(&alone[i].lps[k], &together[i].lps[k], 4))
+                FAIL("scale %g (sequence %d): token %d (or its logprob, bit for bit) differs in the mixed batch",
+                     scales[i], i, k);
+    engine_free(e);
+    ref_free(&r1);
+    for (int k = 0; k < rf.n; k++) free(rf.logits[k]);
+    rig_close(&R);
+}
+
 TEST_MAIN(many_virtual_token_adapters_in_one_batch, logits_lora_r1_all, logits_lora_r8_all, logits_lora_r64_all, logits_lora_rslora, logits_lora_dora,
           logits_lora_patterns, logits_lora_layers, logits_lora_lm_head, logits_lora_bf16, logits_ia3,
           logits_prompt_tuning, logits_prefix_tuning, logits_pfeiffer, logits_houlsby,
-          greedy_tokens_match_the_libraries, mixed_batch_equals_each_sequence_alone)
+          greedy_tokens_match_the_libraries, mixed_batch_equals_each_sequence_alone, logits_lora_dora_at_scales,
+          dora_scales_in_one_batch_equal_alone)

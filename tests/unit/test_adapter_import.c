@@ -1295,6 +1295,98 @@ TEST(names_and_shapes) {
     ASSERT_EQ(in, 172);
 }
 
+/* Issue 9 import gaps: a LoRA rank above max(in, out) of its module (stories260K q_proj is
+ * [64, 64], v_proj [32, 64]) or above the absolute bound (one huge rank sized the engine's
+ * SGMV workspace for the whole batch and failed every sequence of the step), and prompt
+ * tuning with num_virtual_tokens >= the base's context (512 positions: no room for a
+ * prompt). Both loaded on the old code; now PEFTD_EINVAL (HTTP 422) naming the field. */
+TEST(err_rank_and_virtual_tokens_beyond_the_base) {
+    syn *s = syn_lora(65, "F32");
+    load_fails(syn_dir(s), PEFTD_EINVAL, "field 'r' is 65", "max(in, out) = 64");
+    syn_free(s);
+    s = syn_lora(64, "F32"); /* == max(in, out): served */
+    adapter *a = load_ok(syn_dir(s));
+    ASSERT_EQ(a->max_rank, 64);
+    adapter_free(a);
+    syn_free(s);
+    s = syn_lora(2, "F32");
+    cJSON *rp = cJSON_CreateObject();
+    cJSON_AddNumberToObject(rp, "v_proj", 65);
+    cfg_set(s, "rank_pattern", rp);
+    for (int l = 0; l < 5; l++) {
+        char n[128];
+        snprintf(n, sizeof n, "base_model.model.model.layers.%d.self_attn.v_proj.lora_A.weight", l);
+        syn_drop(s, n);
+        snprintf(n, sizeof n, "base_model.model.model.layers.%d.self_attn.v_proj.lora_B.weight", l);
+        syn_drop(s, n);
+        syn_lora_module(s, l, AMOD_V, 65, "F32", false);
+    }
+    load_fails(syn_dir(s), PEFTD_EINVAL, "rank_pattern['v_proj'] is 65", "v_proj [32, 64]");
+    syn_free(s);
+    s = syn_lora(2, "F32");
+    cfg_set(s, "r", cJSON_CreateNumber(5000));
+    load_fails(syn_dir(s), PEFTD_EINVAL, "'r'", "4096");
+    syn_free(s);
+
+    s = calloc(1, sizeof *s);
+    s->weights = "adapter_model.safetensors";
+    s->cfg = cJSON_Parse("{\"peft_type\":\"PROMPT_TUNING\",\"num_virtual_tokens\":512,\"token_dim\":64}");
+    syn_add(s, "F32", 512, 64, "prompt_embeddings");
+    load_fails(syn_dir(s), PEFTD_EINVAL, "'num_virtual_tokens' is 512", "context of 512");
+    syn_free(s);
+    s = calloc(1, sizeof *s);
+    s->weights = "adapter_model.safetensors";
+    s->cfg = cJSON_Parse("{\"peft_type\":\"PREFIX_TUNING\",\"num_virtual_tokens\":600,\"num_layers\":5,"
+                         "\"token_dim\":32,\"num_attention_heads\":4}");
+    syn_add(s, "F32", 600, 320, "prompt_embeddings");
+    load_fails(syn_dir(s), PEFTD_EINVAL, "'num_virtual_tokens' is 600", "no room for a prompt");
+    syn_free(s);
+    s = calloc(1, sizeof *s); /* 511: one position left, served */
+    s->weights = "adapter_model.safetensors";
+    s->cfg = cJSON_Parse("{\"peft_type\":\"PROMPT_TUNING\",\"num_virtual_tokens\":511,\"token_dim\":64}");
+    syn_add(s, "F32", 511, 64, "prompt_embeddings");
+    a = load_ok(syn_dir(s));
+    adapter_free(a);
+    syn_free(s);
+}
+
+/* Non-finite values in the half-precision encodings themselves (exponent all ones): bf16
+ * NaN / Inf, f16 NaN, in LoRA, DoRA magnitude and prompt tables, each refused naming the
+ * tensor. */
+TEST(err_non_finite_half_encodings) {
+    syn *s = syn_lora(2, "BF16");
+    syn_find(s, "base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight")->vals[7] = NAN;
+    load_fails(syn_dir(s), PEFTD_EINVAL, "layers.2.self_attn.q_proj.lora_A.weight", "NaN");
+    syn_free(s);
+    s = syn_lora(2, "BF16");
+    syn_find(s, "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight")->vals[1] = INFINITY;
+    load_fails(syn_dir(s), PEFTD_EINVAL, "layers.0.self_attn.v_proj.lora_B.weight", "Inf");
+    syn_free(s);
+    s = syn_lora(2, "F16");
+    syn_find(s, "base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight")->vals[0] = NAN;
+    load_fails(syn_dir(s), PEFTD_EINVAL, "layers.3.self_attn.q_proj.lora_B.weight", "NaN");
+    syn_free(s);
+    s = syn_lora(2, "F32");
+    cfg_set(s, "use_dora", cJSON_CreateTrue());
+    for (int l = 0; l < 5; l++)
+        for (int m = AMOD_Q; m <= AMOD_V; m += AMOD_V - AMOD_Q) {
+            int o;
+            adapter_module_shape(&BASE, (adapter_module)m, &o, NULL);
+            wtensor *t = syn_add(s, "BF16", o, 0, "base_model.model.model.layers.%d.self_attn.%s.lora_magnitude_vector",
+                                 l, adapter_module_name((adapter_module)m));
+            for (int j = 0; j < o; j++) t->vals[j] = 1.0f;
+            if (l == 4 && m == AMOD_V) t->vals[3] = -INFINITY;
+        }
+    load_fails(syn_dir(s), PEFTD_EINVAL, "layers.4.self_attn.v_proj.lora_magnitude_vector", "Inf");
+    syn_free(s);
+    s = calloc(1, sizeof *s);
+    s->weights = "adapter_model.safetensors";
+    s->cfg = cJSON_Parse("{\"peft_type\":\"PROMPT_TUNING\",\"num_virtual_tokens\":4,\"token_dim\":64}");
+    syn_add(s, "BF16", 4, 64, "prompt_embeddings")->vals[100] = NAN;
+    load_fails(syn_dir(s), PEFTD_EINVAL, "prompt_embeddings", "NaN");
+    syn_free(s);
+}
+
 TEST_MAIN(fixture_lora_values_and_scales, fixture_lora_bf16_stays_bf16, fixture_lora_patterns, fixture_dora_factor,
           fixture_lm_head_modules_to_save, fixture_ia3, fixture_prompt_tuning, fixture_prefix_tuning, fixture_pfeiffer,
           fixture_houlsby, fixture_sha256_is_content_hash, syn_lora_f16_basic, syn_lora_mixed_dtypes_become_f32,
@@ -1304,4 +1396,5 @@ TEST_MAIN(fixture_lora_values_and_scales, fixture_lora_bf16_stays_bf16, fixture_
           err_missing_files, err_wrong_shape, err_non_finite, err_targets_the_base_lacks,
           err_missing_and_unexpected_tensors, base_model_name_is_informational, err_config_types, err_ia3_and_prompt,
           names_and_shapes, err_numbers_the_forward_cannot_use, err_hub_residual_wiring_not_served,
-          err_hostile_patterns_and_configs)
+          err_hostile_patterns_and_configs, err_rank_and_virtual_tokens_beyond_the_base,
+          err_non_finite_half_encodings)
