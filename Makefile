@@ -145,6 +145,7 @@ fuzz: deps
 	      fuzz_request) cp tests/fuzz/request_seeds/* build-fuzz/corpus/$$n/ ;; \
 	      fuzz_safetensors) cp models/stories260K/model.safetensors build-fuzz/corpus/$$n/ ;; \
 	      fuzz_tokenizer) printf 'Once upon a time \xf0\x9f\x98\x80 \xe4\xbd\xa0\xe5\xa5\xbd' > build-fuzz/corpus/$$n/seed ;; \
+	      fuzz_detokenizer) printf '\003\200A\200\344\200\270\001\220\200\303\200\251\200\377@\001\200\360\200\237\200\230\200\200' > build-fuzz/corpus/$$n/seed ;; \
 	    esac; \
 	    echo "== $$n ($(FUZZ_SECONDS) s)"; \
 	    build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build-fuzz/corpus/$$n > build-fuzz/$$n.log 2>&1; \

@@ -132,6 +132,13 @@ static int merge_parts(const cJSON *e, const char **a, size_t *alen, const char 
     return PEFTD_EFORMAT;
 }
 
+/* The value of an uppercase hex digit ('0'-'9', 'A'-'F'), or -1. */
+static int upper_hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 int tokenizer__bpe_parse(const cJSON *model, tok_bpe *bpe, char ***pieces_out,
                          uint32_t **piece_len_out, int32_t *n_out, char *err, size_t errlen) {
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
@@ -203,11 +210,10 @@ int tokenizer__bpe_parse(const cJSON *model, tok_bpe *bpe, char ***pieces_out,
         if ((rc = tokenizer__strmap_put(&bpe->vocab, pieces[id], (uint32_t)len, id))) goto fail;
         /* "<0xNN>" pieces serve byte fallback (uppercase hex, as `tokenizers` formats them). */
         if (len == 6 && !memcmp(pieces[id], "<0x", 3) && pieces[id][5] == '>') {
-            char hex[3] = {pieces[id][3], pieces[id][4], 0}, *end;
-            long v = strtol(hex, &end, 16);
-            bool upper = !strchr(hex, 'a') && !strchr(hex, 'b') && !strchr(hex, 'c') &&
-                         !strchr(hex, 'd') && !strchr(hex, 'e') && !strchr(hex, 'f');
-            if (!*end && upper) bpe->byte_ids[v] = id;
+            /* exactly two uppercase hex digits: strtol would also take a sign or a space
+             * ("<0x-1>" once indexed byte_ids[-1]) */
+            int hi = upper_hex_digit(pieces[id][3]), lo = upper_hex_digit(pieces[id][4]);
+            if (hi >= 0 && lo >= 0) bpe->byte_ids[hi * 16 + lo] = id;
         }
     }
 

@@ -803,6 +803,27 @@ TEST(broken_files) {
     expect_load_error("[]", 2, "not a valid JSON object");
     expect_load_error("{}", 2, "missing \"model\"");
     const char *V = "{\"<s>\":0,\"a\":1,\"b\":2,\"ab\":3}";
+    /* "<0xNN>"-like pieces that are not two uppercase hex digits are plain pieces, never
+     * byte-fallback entries: "<0x-1>" once wrote byte_ids[-1], over the flags stored just
+     * before the table, which turned byte fallback off (é then encoded as <unk>) */
+    {
+        char json[2048];
+        snprintf(json, sizeof(json), MINI, "null", "null", "BPE\",\"byte_fallback\":true,\"unk_token\":\"<unk>",
+                 "{\"<s>\":0,\"<unk>\":1,\"<0x-1>\":2,\"<0x F>\":3,\"<0x+F>\":4,\"<0xC3>\":5,\"<0xA9>\":6}",
+                 "[]");
+        write_file(g_tmp, "tokenizer.json", json, strlen(json));
+        tokenizer *t = NULL;
+        char err[256];
+        ASSERT_EQ(tokenizer_load(g_tmp, &t, err, sizeof(err)), 0);
+        int32_t *ids = NULL;
+        size_t n = 0;
+        ASSERT_EQ(tokenizer_encode(t, "\xc3\xa9", 2, false, &ids, &n), 0);
+        ASSERT_EQ(n, 2);
+        ASSERT_EQ(ids[0], 5);
+        ASSERT_EQ(ids[1], 6);
+        free(ids);
+        tokenizer_free(t);
+    }
     /* sanity: the mini file itself loads */
     {
         char json[2048];
