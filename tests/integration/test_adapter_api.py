@@ -486,6 +486,69 @@ def unservable_configs_get_422_at_upload_naming_the_field():
 
 
 @test
+def import_gaps_get_422_naming_the_field():
+    """Issue 9 import gaps: a LoRA rank above max(in, out) of its module (a huge rank sized the
+    SGMV workspace of every step it joined), prompt tuning with num_virtual_tokens >= the
+    base's 512 positions (no room for a prompt), and NaN / Inf in a tensor: 422 naming the
+    field or tensor, nothing stored. (Ranks and virtual tokens were 201 on the old code.)"""
+    dm = d()
+    dd = os.path.join(TMP, "gaps")
+    os.makedirs(dd, exist_ok=True)
+    wpath = os.path.join(dd, "adapter_model.safetensors")
+
+    def lora(rank, poison=None):
+        t = {}
+        for l in range(5):
+            p = "base_model.model.model.layers.%d.self_attn.q_proj." % l
+            t[p + "lora_A.weight"] = ((rank, 64), [0.01] * (rank * 64))
+            t[p + "lora_B.weight"] = ((64, rank), [0.01] * (64 * rank))
+        if poison:
+            t["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"][1][5] = poison
+        write_safetensors(wpath, t)
+        return [("x", "adapter_config.json", lora_config(rank)),
+                ("y", "adapter_model.safetensors", open(wpath, "rb").read())]
+
+    for files, want in ((lora(65), "field 'r' is 65"), (lora(1, float("nan")), "layers.1.self_attn.q_proj.lora_B"),
+                        (lora(1, float("inf")), "layers.1.self_attn.q_proj.lora_B")):
+        st, obj = put(dm, "gap", files)
+        harness.assert_error(st, obj, 422)
+        assert want in obj["error"]["message"], (want, obj)
+    write_safetensors(wpath, {"prompt_embeddings": ((512, 64), [0.01] * (512 * 64))})
+    cfg = json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 512,
+                      "token_dim": 64}).encode()
+    st, obj = put(dm, "gap", [("x", "adapter_config.json", cfg), ("y", "adapter_model.safetensors",
+                                                                   open(wpath, "rb").read())])
+    harness.assert_error(st, obj, 422)
+    assert "num_virtual_tokens" in obj["error"]["message"], obj
+    st, obj = get(dm, "/v1/adapters/gap")
+    harness.assert_error(st, obj, 404)
+    st, obj = put(dm, "gap", lora(64))  # == max(in, out) of q_proj: served
+    assert st == 201, (st, obj)
+
+
+@test
+def uploaded_dora_at_any_scale_matches_peft():
+    """Issue 9 #13 through the store: an uploaded DoRA adapter (blob format 2 with its row
+    statistics, loaded by the cache tiers) at adapter_scale 0.5, 0 and 2 answers 200 with
+    PEFT's first greedy token and logprob (log-softmax of PEFT's logits, within 1e-3). The
+    old code refused none of them over HTTP and served the norm of scale 1 (off by ~2)."""
+    import math
+    dm = d()
+    st, meta = upload_fixture(dm, "dora_any_scale", "lora_dora")
+    assert st in (200, 201), (st, meta)
+    with open(os.path.join(FIX, "lora_dora", "reference_scales.json")) as f:
+        ref = json.load(f)
+    for c in ref["scales"]:
+        obj = dm.complete(model="dora_any_scale", prompt=c["input_ids"], max_tokens=2, temperature=0, logprobs=0,
+                          adapter_scale=c["scale"])
+        row = c["logits"][-1]
+        top = max(row)
+        want = row[c["greedy"][0]] - (top + math.log(sum(math.exp(v - top) for v in row)))
+        got = obj["choices"][0]["logprobs"]["token_logprobs"][0]
+        assert abs(got - want) <= 1e-3, (c["scale"], got, want)
+
+
+@test
 def upload_over_the_limit_gets_413():
     cfgf = os.path.join(TMP, "small_upload.json")
     with open(cfgf, "w") as f:
