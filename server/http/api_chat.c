@@ -291,32 +291,21 @@ void api_chat_job_init(api_job *job) {
 
 /* A token's text after prev (decode(prev, id) - decode(prev)); its vocabulary piece when
  * its bytes do not finish a character. */
-static char *chat_token_text(const tokenizer *tok, int32_t prev, int32_t id) {
-    const char *piece = NULL;
-    size_t len = 0;
-    char *out = NULL;
-    tokenizer_stream *st = tokenizer_stream_new(tok, false);
-    if (st && (prev < 0 || tokenizer_stream_prime(st, &prev, 1) == 0) && tokenizer_stream_push(st, id, &piece, &len) == 0 &&
-        len > 0)
-        out = strndup(piece, len);
-    tokenizer_stream_free(st);
-    if (!out) {
-        const char *p = tokenizer_piece(tok, id);
-        out = strdup(p ? p : "");
-    }
-    return out;
-}
-
 /* {"token","logprob","bytes"} (+ "top_logprobs" when top is set) */
-static cJSON *chat_logprob_entry(const char *text, float lp, bool with_top) {
-    cJSON *e = cJSON_CreateObject();
+static cJSON *chat_logprob_entry(const tokenizer *tok, int32_t prev, int32_t id, float lp, bool with_top) {
+    unsigned char raw[API_TOKEN_MAX_BYTES];
+    size_t n_raw = 0;
+    char *text = api_token_text(tok, prev, id, raw, sizeof raw, &n_raw);
+    cJSON *e = text ? cJSON_CreateObject() : NULL;
     cJSON *bytes = NULL;
     if (!e || !cJSON_AddStringToObject(e, "token", text) || !cJSON_AddNumberToObject(e, "logprob", lp) ||
         !(bytes = cJSON_AddArrayToObject(e, "bytes")) || (with_top && !cJSON_AddArrayToObject(e, "top_logprobs"))) {
+        free(text);
         cJSON_Delete(e);
         return NULL;
     }
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(*p));
+    free(text);
+    for (size_t i = 0; i < n_raw; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(raw[i]));
     return e;
 }
 
@@ -329,16 +318,12 @@ static cJSON *chat_format_logprobs(const api_job *job, const gen_token *toks, in
     if (!content) goto fail;
     for (int i = 0; i < n; i++) {
         const gen_token *t = &toks[i];
-        char *text = chat_token_text(tok, *last_id, t->id);
-        cJSON *e = text ? chat_logprob_entry(text, t->logprob, true) : NULL;
-        free(text);
+        cJSON *e = chat_logprob_entry(tok, *last_id, t->id, t->logprob, true);
         if (!e) goto fail;
         cJSON_AddItemToArray(content, e);
         cJSON *tops = cJSON_GetObjectItemCaseSensitive(e, "top_logprobs");
         for (int k = 0; k < t->n_top && k < k_top; k++) {
-            char *alt = chat_token_text(tok, *last_id, t->top_id[k]);
-            cJSON *a = alt ? chat_logprob_entry(alt, t->top_logprob[k], false) : NULL;
-            free(alt);
+            cJSON *a = chat_logprob_entry(tok, *last_id, t->top_id[k], t->top_logprob[k], false);
             if (!a) goto fail;
             cJSON_AddItemToArray(tops, a);
         }

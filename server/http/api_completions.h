@@ -113,6 +113,13 @@ typedef struct api_job {
 } api_job;
 
 /* ---- api_completions_format.c ---- */
+#define API_TOKEN_MAX_BYTES 256 /* a token's bytes: longer pieces are cut in "bytes" */
+/* A token's text for logprobs (valid UTF-8): what it adds after prev (-1: none), or, for a
+ * byte token that is only part of a character, OpenAI's "bytes:\\xe4" spelling. With bytes,
+ * also its raw bytes (the byte itself for a byte token) in bytes[0..*n_bytes), at most cap.
+ * @note caller frees the result; NULL when out of memory. */
+char *api_token_text(const tokenizer *tok, int32_t prev, int32_t id, unsigned char *bytes, size_t cap,
+                     size_t *n_bytes);
 /* The OpenAI completions logprobs object for toks (text_offset shifted by offset_base);
  * updates *last_id. */
 struct cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n,

@@ -14,20 +14,46 @@
 /* A token's text as it reads after prev: decode(prev, id) - decode(prev), so "▁there"
  * after "time" is " there" (a lone decode would strip the space). A token whose bytes do
  * not finish a UTF-8 character on their own shows its vocabulary piece instead. */
-static char *api_token_text(const tokenizer *tok, int32_t prev, int32_t id) {
+char *api_token_text(const tokenizer *tok, int32_t prev, int32_t id, unsigned char *bytes, size_t cap,
+                     size_t *n_bytes) {
     const char *piece = NULL;
-    size_t len = 0;
-    char *out = NULL;
-    tokenizer_stream *st = tokenizer_stream_new(tok, false);
-    if (st && (prev < 0 || tokenizer_stream_prime(st, &prev, 1) == 0) &&
-        tokenizer_stream_push(st, id, &piece, &len) == 0 && len > 0)
-        out = strndup(piece, len);
-    tokenizer_stream_free(st);
-    if (!out) {
-        const char *p = tokenizer_piece(tok, id);
-        out = strdup(p ? p : "");
+    size_t len = 0, raw_n = 0;
+    unsigned char raw[API_TOKEN_MAX_BYTES];
+    http_buf text = {0};
+    bool is_raw = tokenizer_token_bytes(tok, id, raw, sizeof raw, &raw_n) == 0;
+    if (is_raw && !http_utf8_valid((const char *)raw, raw_n)) {
+        /* part of a character: OpenAI's spelling of such a token, the bytes themselves below */
+        if (http_buf_puts(&text, "bytes:")) goto fail;
+        for (size_t i = 0; i < raw_n; i++) {
+            char hex[8];
+            snprintf(hex, sizeof hex, "\\x%02x", raw[i]);
+            if (http_buf_puts(&text, hex)) goto fail;
+        }
+    } else {
+        /* the text the token adds after prev (" there" after "Once upon a time"), flushed so
+         * that held-back bytes count */
+        tokenizer_stream *st = tokenizer_stream_new(tok, false);
+        if (st && (prev < 0 || tokenizer_stream_prime(st, &prev, 1) == 0) &&
+            tokenizer_stream_push(st, id, &piece, &len) == 0 && !http_buf_append(&text, piece, len) &&
+            tokenizer_stream_flush(st, &piece, &len) == 0)
+            http_buf_append(&text, piece, len);
+        tokenizer_stream_free(st);
+        if (!text.len) {
+            const char *p = tokenizer_piece(tok, id);
+            if (http_buf_puts(&text, p ? p : "")) goto fail;
+        }
     }
-    return out;
+    if (!text.p && http_buf_puts(&text, "")) goto fail;
+    if (bytes) {
+        const unsigned char *src = is_raw ? raw : (const unsigned char *)text.p;
+        size_t n = is_raw ? raw_n : text.len;
+        *n_bytes = n < cap ? n : cap;
+        memcpy(bytes, src, *n_bytes);
+    }
+    return text.p; /* malloc'ed by http_buf */
+fail:
+    http_buf_free(&text);
+    return NULL;
 }
 
 cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n, size_t offset_base,
@@ -40,7 +66,7 @@ cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n, s
     if (!tokens || !lps || !tops || !offs) goto fail;
     for (int i = 0; i < n; i++) {
         const gen_token *t = &toks[i];
-        char *text = api_token_text(tok, *last_id, t->id);
+        char *text = api_token_text(tok, *last_id, t->id, NULL, 0, NULL);
         cJSON *top = cJSON_CreateObject();
         if (!text || !top) {
             free(text);
@@ -52,7 +78,7 @@ cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n, s
         /* Like OpenAI and vLLM, the dict holds the top alternatives plus the sampled token.
          * Two ids can read the same; the dict keeps the first (largest) value. */
         for (int k = 0; k < t->n_top && k < ENGINE_MAX_LOGPROBS; k++) {
-            char *alt = api_token_text(tok, *last_id, t->top_id[k]);
+            char *alt = api_token_text(tok, *last_id, t->top_id[k], NULL, 0, NULL);
             if (alt && !cJSON_GetObjectItemCaseSensitive(top, alt))
                 cJSON_AddNumberToObject(top, alt, t->top_logprob[k]);
             free(alt);

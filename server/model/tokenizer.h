@@ -51,6 +51,13 @@ int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n_ids, bool 
  * "Ġthe"); NULL for an id out of range. Pointer valid for the tokenizer's lifetime. */
 const char *tokenizer_piece(const tokenizer *t, int32_t id);
 
+/* The raw bytes a byte token stands for, whatever its neighbours: a byte-fallback token
+ * "<0xE4>" is the byte 0xE4, a byte-level piece ("Ã¤", "Ġthe") its mapped bytes — which may
+ * be part of a character and so not valid UTF-8 alone. PEFTD_ENOTFOUND for a token whose
+ * text is what decode makes of it (a SentencePiece word piece, an unknown id);
+ * PEFTD_ERANGE when more than cap bytes. */
+int tokenizer_token_bytes(const tokenizer *t, int32_t id, unsigned char *out, size_t cap, size_t *n);
+
 /* Incremental decoding for streaming (one stream per sequence; a stream is not thread-safe).
  *
  * Contract. Let ids be the ids pushed since the stream began (or since the last prime or

@@ -410,6 +410,30 @@ static stream_mode stream_mode_of(const tok_decoder *d, bool *bytefallback) {
     return mode;
 }
 
+int tokenizer_token_bytes(const tokenizer *t, int32_t id, unsigned char *out, size_t cap, size_t *n) {
+    *n = 0;
+    if (!t || id < 0 || id >= t->n_pieces || !t->piece[id]) return PEFTD_ENOTFOUND;
+    bool bytefallback = false;
+    stream_mode mode = t->decoder ? stream_mode_of(t->decoder, &bytefallback) : STREAM_PIECEWISE;
+    unsigned char b;
+    if (bytefallback && byte_token(t->piece[id], t->piece_len[id], &b)) {
+        if (cap < 1) return PEFTD_ERANGE;
+        out[0] = b;
+        *n = 1;
+        return 0;
+    }
+    if (mode != STREAM_BYTELEVEL) return PEFTD_ENOTFOUND;
+    tok_buf bytes = {0};
+    int rc = bytelevel_bytes(t->piece[id], t->piece_len[id], &bytes);
+    if (!rc && bytes.len > cap) rc = PEFTD_ERANGE;
+    if (!rc) {
+        if (bytes.len) memcpy(out, bytes.data, bytes.len);
+        *n = bytes.len;
+    }
+    tokenizer__buf_free(&bytes);
+    return rc;
+}
+
 struct tokenizer_stream {
     const tokenizer *t;
     bool skip_special;
