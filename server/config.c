@@ -126,7 +126,8 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     snprintf(where, sizeof where, "%s: ", path);
     static const char *const top[] = {"model", "host", "port", "threads", "fast_prefill", "backend", "shutdown_grace_s", "http",
                                       "engine", "adapters", "store", "log", "auth", "chat_template", "comment", NULL};
-    static const char *const http_keys[] = {"max_body_bytes", "threads", "timeout_s", "max_connections", NULL};
+    static const char *const http_keys[] = {"max_body_bytes", "threads",     "timeout_s",    "max_connections",
+                                            "max_uploads",    "import_threads", "import_queue", NULL};
     static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
                                               "kv_cache_mb", "max_queue", NULL};
     static const char *const store_keys[] = {"dir", "map_mb", "max_map_mb", "host_cache_mb", "slots",
@@ -165,6 +166,9 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
         if (!st) st = get_int(h, "threads", 1, 256, &c->http_threads, where, err, errlen);
         if (!st) st = get_int(h, "timeout_s", 0, 86400, &c->http_timeout_s, where, err, errlen);
         if (!st) st = get_int(h, "max_connections", 0, 1 << 20, &c->http_max_connections, where, err, errlen);
+        if (!st) st = get_int(h, "max_uploads", 0, 1 << 20, &c->http_max_uploads, where, err, errlen);
+        if (!st) st = get_int(h, "import_threads", 0, 64, &c->http_import_threads, where, err, errlen);
+        if (!st) st = get_int(h, "import_queue", 0, 1 << 16, &c->http_import_queue, where, err, errlen);
     }
     c->max_body_bytes = (size_t)body;
     const cJSON *en = cJSON_GetObjectItemCaseSensitive(root, "engine");

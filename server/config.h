@@ -20,6 +20,9 @@ typedef struct {
     int http_threads;
     int http_timeout_s;       /* idle connection timeout (0 = the server's default) */
     int http_max_connections; /* 0 = derived from the file-descriptor limit */
+    int http_max_uploads;     /* adapter uploads at once; 0 = derived from the file-descriptor limit */
+    int http_import_threads;  /* threads importing finished uploads; 0 = 2 */
+    int http_import_queue;    /* finished uploads waiting for an import thread; 0 = 8 per thread */
     engine_config engine;
     struct {
         char dir[4096];       /* LMDB environment directory (created if absent) */

@@ -565,7 +565,9 @@ static int cmd_serve(int argc, char **argv) {
     http_config hc = {.host = cfg.host, .port = cfg.port, .max_body_bytes = cfg.max_body_bytes,
                       .max_upload_bytes = (uint64_t)cfg.store.max_upload_mb << 20, .threads = cfg.http_threads,
                       .tenants = tn, .chat_template = cfg.chat_template, .timeout_s = cfg.http_timeout_s,
-                      .max_connections = cfg.http_max_connections, .listen_fd = listen_fd};
+                      .max_connections = cfg.http_max_connections, .max_uploads = cfg.http_max_uploads,
+                      .import_threads = cfg.http_import_threads, .import_queue = cfg.http_import_queue,
+                      .listen_fd = listen_fd};
     listen_fd = -1; /* the server's now, whatever happens */
     if (http_server_start(&hc, rt.e, rt.tok, rt.m, reg, store, svc, &srv, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg.host, cfg.port, err);

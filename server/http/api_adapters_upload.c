@@ -13,11 +13,26 @@
  * After the first error the rest of the body is read and thrown away (up to a cap) so the
  * client can read the answer: libmicrohttpd cannot queue a response mid-body. The staging
  * directory is removed whatever happens, at the latest when the connection closes.
+ *
+ * Limits: at most cfg.max_uploads uploads are open at once (each holds a staging file
+ * besides its socket: http_server.c sizes both limits by RLIMIT_NOFILE); one more gets 503
+ * with Retry-After before its body is read.
+ *
+ * The import (parse, validate, convert, serialise, LMDB put: seconds on a large adapter)
+ * runs on an import thread (http_pool.c), never on the libmicrohttpd thread, which also
+ * serves /health and completions: the handler suspends the connection and the import
+ * resumes it when the answer is ready. u->mu orders the two as api_completions.c does: the
+ * handler decides to suspend under it, the import marks itself done and resumes under it,
+ * so a wake-up is never lost and a connection is never resumed twice or after it closed.
+ * The upload is refcounted (the connection, the queued import): whoever drops the last
+ * reference removes the staging directory.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +91,19 @@ typedef struct api_upload {
     unsigned status;
     const char *code;
     char msg[512];
+    /* The import, once the body is complete (upload_import_run on an import thread). */
+    atomic_int refs;      /* the connection's, and the import's while queued or running */
+    bool counted;         /* counted in srv->uploads_open */
+    bool queued;          /* handed to the import pool (then counted in srv->imports_open) */
+    char name[ASTORE_NAME_MAX + 1];
+    uint64_t quota_bytes; /* the owner's storage limit for the import, 0 = none */
+    pthread_mutex_t mu;   /* guards done, suspended, closed */
+    bool done, suspended, closed;
+    struct MHD_Connection *conn;
+    /* The import's result: written by the import thread before done, read after. */
+    int rc;
+    astore_meta meta;
+    char err[512];
 } api_upload;
 
 static void upload_fail(api_upload *u, unsigned status, const char *code, const char *fmt, ...)
@@ -125,10 +153,12 @@ static void upload_unstage(api_upload *u) {
     u->staged = 0;
 }
 
-static void upload_free(api_upload *u) {
-    if (!u) return;
-    if (u->pp) MHD_destroy_post_processor(u->pp);
+static void upload_unref(api_upload *u) {
+    if (!u || atomic_fetch_sub(&u->refs, 1) != 1) return;
+    if (u->pp) MHD_destroy_post_processor(u->pp); /* only the connection's side has one */
     upload_unstage(u);
+    if (u->counted) atomic_fetch_sub(&u->srv->uploads_open, 1);
+    pthread_mutex_destroy(&u->mu);
     free(u);
 }
 
@@ -273,10 +303,28 @@ enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *con
                               (unsigned long long)s->cfg.max_upload_bytes);
     }
 
+    /* One descriptor more than a connection: bounded before anything is staged. */
+    int open_now = atomic_fetch_add(&s->uploads_open, 1);
+    if (open_now >= s->cfg.max_uploads) {
+        atomic_fetch_sub(&s->uploads_open, 1);
+        char msg[160];
+        snprintf(msg, sizeof msg, "too many adapter uploads in progress (at most %d at once): retry later",
+                 s->cfg.max_uploads);
+        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", MHD_HTTP_HEADER_RETRY_AFTER,
+                              "1", msg);
+    }
     api_upload *u = calloc(1, sizeof *u);
-    if (!u) return api_adapters_fail(req, conn, PEFTD_ENOMEM, "receiving the upload", NULL);
+    if (!u) {
+        atomic_fetch_sub(&s->uploads_open, 1);
+        return api_adapters_fail(req, conn, PEFTD_ENOMEM, "receiving the upload", NULL);
+    }
     u->srv = s;
     u->fd = -1;
+    u->counted = true;
+    atomic_init(&u->refs, 1);
+    pthread_mutex_init(&u->mu, NULL);
+    u->conn = conn;
+    snprintf(u->name, sizeof u->name, "%s", name);
     snprintf(u->owner, sizeof u->owner, "%s", http_owner(req));
     if (u->owner[0]) {
         tstore_tenant t = {0};
@@ -291,12 +339,12 @@ enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *con
     int rc = adapter_service_mkdtemp(s->svc, u->dir, sizeof u->dir);
     if (rc < 0) {
         u->dir[0] = '\0';
-        upload_free(u);
+        upload_unref(u);
         return api_adapters_fail(req, conn, rc, "cannot stage the upload", NULL);
     }
     u->pp = MHD_create_post_processor(conn, API_UPLOAD_PP_BUFFER, upload_iter, u);
     if (!u->pp) {
-        upload_free(u);
+        upload_unref(u);
         return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_upload",
                           "cannot parse this multipart/form-data body (missing boundary?)");
     }
@@ -330,10 +378,58 @@ enum MHD_Result api_adapters_put_data(http_req *req, const char *data, size_t n)
     return MHD_YES;
 }
 
+/* Import thread: the import itself, then wake the connection. Abandoned (the server
+ * stops first): nothing is imported, the answer is 503. */
+static void upload_import_run(void *arg, bool abandoned) {
+    api_upload *u = arg;
+    if (abandoned) {
+        u->rc = PEFTD_ECANCELED;
+    } else {
+        u->rc = adapter_service_import_dir(u->srv->svc, u->name, u->owner, u->quota_bytes, u->dir, &u->meta, u->err,
+                                           sizeof u->err);
+    }
+    /* Stored (or not): the staged files and their quota count go now, not when the
+     * connection closes. The connection's side no longer touches them once queued. */
+    upload_unstage(u);
+    pthread_mutex_lock(&u->mu);
+    u->done = true;
+    if (u->suspended && !u->closed) {
+        u->suspended = false;
+        MHD_resume_connection(u->conn);
+    }
+    pthread_mutex_unlock(&u->mu);
+    upload_unref(u); /* the import's reference */
+}
+
+/* The import's answer. The upload stays with the connection (req->upload) until it closes
+ * (api_adapters_closed uncounts the import then: the shutdown waits for these answers). */
+static enum MHD_Result upload_answer(http_req *req, struct MHD_Connection *conn, api_upload *u) {
+    if (u->rc == PEFTD_ECANCELED)
+        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
+                              "the server is shutting down: the adapter was not stored");
+    if (u->rc < 0) return api_adapters_fail(req, conn, u->rc, "adapter rejected", u->err);
+    cJSON *o = api_adapter_meta_json(&u->meta);
+    return http_respond_json(req, conn, u->meta.version <= 1 ? MHD_HTTP_CREATED : MHD_HTTP_OK, o);
+}
+
+/* Suspends the connection until the import is done, or answers when it already is. */
+static enum MHD_Result upload_wait(http_req *req, struct MHD_Connection *conn, api_upload *u) {
+    pthread_mutex_lock(&u->mu);
+    if (!u->done) {
+        u->suspended = true;
+        MHD_suspend_connection(conn);
+        pthread_mutex_unlock(&u->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&u->mu);
+    return upload_answer(req, conn, u);
+}
+
 enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *conn) {
     http_server *s = req->srv;
     api_upload *u = req->upload;
     if (!u) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "no upload in progress");
+    if (u->queued) return upload_wait(req, conn, u); /* resumed by the import */
     if (!u->status) {
         enum MHD_Result ok = MHD_destroy_post_processor(u->pp);
         u->pp = NULL;
@@ -353,33 +449,52 @@ enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *co
         upload_fail(u, MHD_HTTP_BAD_REQUEST, "invalid_upload",
                     "the upload has no weights part: adapter_model.safetensors (PEFT) or adapter.safetensors "
                     "(AdapterHub)");
-    enum MHD_Result ret;
     if (u->status) {
-        ret = http_error(req, conn, u->status, u->code, "%s", u->msg);
-    } else {
-        astore_meta meta;
-        char err[512] = "";
-        memset(&meta, 0, sizeof meta);
-        /* a tenant's upload is its own (a public name is shadowed, not replaced) and counts
-         * against its storage quota; the admin's is public */
-        tstore_tenant t = {0};
-        const char *owner = http_owner(req);
-        if (owner[0]) tenants_get(s->cfg.tenants, owner, &t);
-        int rc = adapter_service_import_dir(s->svc, req->arg, owner, (uint64_t)t.max_storage_bytes, u->dir, &meta,
-                                            err, sizeof err);
-        if (rc < 0) {
-            ret = api_adapters_fail(req, conn, rc, "adapter rejected", err);
-        } else {
-            cJSON *o = api_adapter_meta_json(&meta);
-            ret = http_respond_json(req, conn, meta.version <= 1 ? MHD_HTTP_CREATED : MHD_HTTP_OK, o);
-        }
+        enum MHD_Result ret = http_error(req, conn, u->status, u->code, "%s", u->msg);
+        upload_unref(u);
+        req->upload = NULL;
+        return ret;
     }
-    upload_free(u);
-    req->upload = NULL;
-    return ret;
+    /* a tenant's upload is its own (a public name is shadowed, not replaced) and counts
+     * against its storage quota; the admin's is public */
+    tstore_tenant t = {0};
+    if (u->owner[0]) tenants_get(s->cfg.tenants, u->owner, &t);
+    u->quota_bytes = (uint64_t)t.max_storage_bytes;
+    u->queued = true;
+    atomic_fetch_add(&u->refs, 1); /* the import's, before it can run */
+    atomic_fetch_add(&s->imports_open, 1);
+    int rc = http_pool_submit(s->imports, upload_import_run, u);
+    if (rc < 0) {
+        u->queued = false;
+        atomic_fetch_sub(&s->imports_open, 1);
+        atomic_fetch_sub(&u->refs, 1); /* never the last: the connection holds one */
+        enum MHD_Result ret =
+            rc == PEFTD_EBUSY
+                ? http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", MHD_HTTP_HEADER_RETRY_AFTER,
+                                 "1", "too many adapter imports waiting: retry later")
+            : rc == PEFTD_ECANCELED
+                ? http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
+                                 "the server is shutting down")
+                : api_adapters_fail(req, conn, rc, "cannot import the upload", NULL);
+        upload_unref(u);
+        req->upload = NULL;
+        return ret;
+    }
+    LOGI("http: upload %s%s%s: %llu bytes received, importing", u->owner, u->owner[0] ? "/" : "", u->name,
+         (unsigned long long)u->received);
+    return upload_wait(req, conn, u);
 }
 
 void api_adapters_closed(http_req *req) {
-    upload_free(req->upload);
+    api_upload *u = req->upload;
     req->upload = NULL;
+    if (u->pp) {
+        MHD_destroy_post_processor(u->pp); /* the connection's: never on an import thread */
+        u->pp = NULL;
+    }
+    pthread_mutex_lock(&u->mu);
+    u->closed = true;
+    pthread_mutex_unlock(&u->mu);
+    if (u->queued) atomic_fetch_sub(&req->srv->imports_open, 1);
+    upload_unref(u);
 }

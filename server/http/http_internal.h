@@ -44,6 +44,7 @@ typedef struct {
 } http_counter;
 
 struct api_job;
+typedef struct http_pool http_pool;
 
 struct http_server {
     struct MHD_Daemon *mhd;
@@ -63,6 +64,13 @@ struct http_server {
 
     pthread_mutex_t jobs_mu;     /* guards jobs: live completion jobs, resumed at shutdown */
     struct api_job *jobs;
+
+    /* Adapter uploads: each open one holds a staging file besides its socket, so their
+     * number is bounded (cfg.max_uploads, sized with max_connections from RLIMIT_NOFILE);
+     * their imports run on a pool of import threads with the connection suspended. */
+    atomic_int uploads_open;     /* uploads holding a staging directory (api_adapters_upload.c) */
+    atomic_int imports_open;     /* uploads handed to the import pool, until their connection closes */
+    http_pool *imports;          /* NULL when there is no store */
 
     pthread_mutex_t stats_mu;    /* guards counters */
     http_counter counters[HTTP_MAX_COUNTERS];
@@ -123,6 +131,20 @@ bool http_json_has_nul(const char *body, size_t len);
  * does not split a character: for quoting client strings in error messages. */
 size_t http_utf8_prefix(const char *s, size_t max);
 
+/* ---- http_pool.c: dedicated threads for slow work (adapter imports) ---- */
+/* threads workers, at most queue_max jobs waiting; delay_ms: the test hook
+ * (PEFTD_DEBUG_IMPORT_DELAY_MS), each job waits that long first. @note caller owns *out:
+ * http_pool_free(). */
+int http_pool_create(int threads, int queue_max, unsigned delay_ms, http_pool **out);
+/* Queues run(arg, abandoned) for a worker. PEFTD_EBUSY: the queue is full; PEFTD_ECANCELED:
+ * stopping; run is then never called. run is called exactly once otherwise, with
+ * abandoned = true when the pool stopped before the job began (its work must be skipped). */
+int http_pool_submit(http_pool *p, void (*run)(void *arg, bool abandoned), void *arg);
+/* Stops: queued jobs (and waits of the test delay) are abandoned, a running job finishes;
+ * joins the workers. Idempotent; NULL is a no-op. */
+void http_pool_stop(http_pool *p);
+void http_pool_free(http_pool *p); /* stops first; NULL is a no-op */
+
 /* ---- http_errors.c: queuing responses ---- */
 /* Queues body with status; counts the request in peftd_requests_total. hdr_name/hdr_value
  * add one extra header (NULL for none). Returns what the access handler must return. */
@@ -164,9 +186,12 @@ enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *con
 /* A piece of the PUT body: parsed and written to the staging files. MHD_NO closes the
  * connection (a body far past the limit after an error). */
 enum MHD_Result api_adapters_put_data(http_req *req, const char *data, size_t n);
-/* The whole PUT body has arrived: checks the parts, imports, answers. */
+/* The whole PUT body has arrived: checks the parts and hands the import to the import
+ * pool with the connection suspended (503 + Retry-After when its queue is full); called
+ * again once the import resumed the connection: answers. */
 enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *conn);
-/* The connection is done: drops the parser, the staging files and directory. */
+/* The connection is done: drops the parser, the staging files and directory (once an
+ * import in flight is over). */
 void api_adapters_closed(http_req *req);
 /* An adapter's public description {"id","object":"adapter","version","kind",...}; NULL
  * when out of memory. @note caller owns the result. */

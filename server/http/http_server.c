@@ -28,13 +28,34 @@
 /* 2 GiB holds a rank-64 LoRA on every linear layer of a 7B model in f32 (~640 MiB) with
  * room for larger bases; uploads stream to disk, so the limit bounds disk, not memory. */
 #define HTTP_DEFAULT_MAX_UPLOAD (2ull << 30)
-/* The default connection limit is what the descriptor limit allows (see
- * http_default_max_connections), at most this: 64 Ki idle connections cost 64 Ki
- * descriptors and MHD's 32 KiB pools (2 GiB, mostly untouched), no threads. */
+/* The default connection limit is what the descriptor limit allows (see http_size_fds),
+ * at most this: 64 Ki idle connections cost 64 Ki descriptors and MHD's 32 KiB pools
+ * (2 GiB, mostly untouched), no threads. */
 #define HTTP_DEFAULT_MAX_CONNECTIONS 65536
-/* Descriptors kept back from the connection limit for everything else: the store, the
- * model files, logs, epoll/eventfd handles, upload temporaries. */
-#define HTTP_FD_RESERVE 256
+/* Descriptors kept back from connections and upload staging files for everything else:
+ * stdio, the LMDB environment (data.mdb, lock.mdb, the store's lock file), the access log,
+ * the config file on SIGHUP, the model's files while they are opened (a sharded
+ * checkpoint's shards, tokenizer, template), libuv (per loop: epoll, eventfd, signal pipe;
+ * the serve loop, the engine's, the threadpool's wake-ups) and the listening socket. A
+ * daemon at rest holds 28 descriptors (measured: stories260K, 4 HTTP threads, 8 of them
+ * the threads'): the base is that, less the threads', twice over, rounded up. */
+#define HTTP_FD_RESERVE_BASE 64
+/* Per libmicrohttpd thread: its epoll descriptor and its eventfd (inter-thread wake-up). */
+#define HTTP_FD_PER_HTTP_THREAD 2
+/* Per import thread: adapter_config.json and the weights file it reads, the directory
+ * stream of a staging removal, one spare for LMDB's file operations (map growth). */
+#define HTTP_FD_PER_IMPORT_THREAD 4
+/* The derived upload limit takes a quarter of what the reserve leaves, the connection
+ * limit the rest: uploads held open fill at most a third of the connections, the other
+ * two thirds always serve completions. At most this many: each open upload also holds a
+ * 64 KiB multipart buffer and libmicrohttpd's connection pool (~100 KiB in all). */
+#define HTTP_UPLOAD_SHARE 4
+#define HTTP_DEFAULT_MAX_UPLOADS 1024
+/* Import threads: an import is seconds of CPU on a large adapter; two keep one slow
+ * import from holding every other upload's answer without taking cores from decoding. */
+#define HTTP_DEFAULT_IMPORT_THREADS 2
+/* Finished uploads that may wait for an import thread, per thread (beyond: 503). */
+#define HTTP_IMPORT_QUEUE_PER_THREAD 8
 /* Idle connections (no byte in either direction; suspended ones — waiting on the engine —
  * never time out) are closed after this long. Short on purpose: libmicrohttpd 0.9.75 in
  * epoll mode occasionally misses a peer's close, and the timeout is what reclaims such a
@@ -271,22 +292,66 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     LOGD("http: libmicrohttpd: %s", msg);
 }
 
-/* At its connection limit MHD stops accepting, and new clients wait in the listen backlog
- * until an idle connection times out (HTTP_DEFAULT_TIMEOUT_S): a few thousand idle sockets
- * would lock everyone else out. The soft descriptor limit is often 1024, far below what the
- * daemon can hold, so raise it to the hard limit and size the default by it. */
-static int http_default_max_connections(void) {
+/* Sizes the connection and upload limits by the descriptor limit. An open connection
+ * holds one descriptor, an upload being received two (its socket and its staging file):
+ * sized for one each, held-open uploads ran the daemon out of descriptors and a normal
+ * request's connection could not be accepted. At its connection limit MHD stops accepting,
+ * and new clients wait in the listen backlog; so uploads get their own limit, below the
+ * connection limit, and both fit the descriptors left after a reserve. The soft limit
+ * (often 1024) is first raised to the hard one. Fills c->max_connections and
+ * c->max_uploads (0 = derived); an explicit pair that does not fit fails the start. */
+static int http_size_fds(http_config *c, char *err, size_t errlen) {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024 - HTTP_FD_RESERVE;
-    rlim_t want = (rlim_t)HTTP_DEFAULT_MAX_CONNECTIONS + HTTP_FD_RESERVE;
-    if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max) want = rl.rlim_max;
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
-        struct rlimit raised = {.rlim_cur = want, .rlim_max = rl.rlim_max};
-        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl.rlim_cur = want;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        snprintf(err, errlen, "http: getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return -errno;
     }
-    rlim_t n = rl.rlim_cur == RLIM_INFINITY ? (rlim_t)HTTP_DEFAULT_MAX_CONNECTIONS : rl.rlim_cur;
-    n = n > 2 * HTTP_FD_RESERVE ? n - HTTP_FD_RESERVE : n / 2;
-    return n > HTTP_DEFAULT_MAX_CONNECTIONS ? HTTP_DEFAULT_MAX_CONNECTIONS : (int)n;
+    long long reserve = HTTP_FD_RESERVE_BASE + (long long)HTTP_FD_PER_HTTP_THREAD * c->threads +
+                        (long long)HTTP_FD_PER_IMPORT_THREAD * c->import_threads;
+    rlim_t was = rl.rlim_cur;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < rl.rlim_max) {
+        /* an unlimited hard limit cannot be the soft one (fs.nr_open caps it): ask for
+         * what the default limits need */
+        rlim_t want = rl.rlim_max != RLIM_INFINITY ? rl.rlim_max
+                                                   : (rlim_t)(HTTP_DEFAULT_MAX_CONNECTIONS + HTTP_DEFAULT_MAX_UPLOADS +
+                                                              reserve);
+        struct rlimit raised = {.rlim_cur = want, .rlim_max = rl.rlim_max};
+        if (want > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &raised) == 0) rl.rlim_cur = want;
+    }
+    long long nofile = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)1 << 30 ? 1ll << 30
+                                                                                  : (long long)rl.rlim_cur;
+    long long avail = nofile - reserve;
+    long long conns = c->max_connections, uploads = c->max_uploads;
+    if (!conns && !uploads) {
+        uploads = avail / HTTP_UPLOAD_SHARE;
+        if (uploads > HTTP_DEFAULT_MAX_UPLOADS) uploads = HTTP_DEFAULT_MAX_UPLOADS;
+        conns = avail - uploads;
+        if (conns > HTTP_DEFAULT_MAX_CONNECTIONS) conns = HTTP_DEFAULT_MAX_CONNECTIONS;
+    } else if (!uploads) {
+        uploads = conns / (HTTP_UPLOAD_SHARE - 1);
+        if (uploads > avail - conns) uploads = avail - conns;
+        if (uploads > HTTP_DEFAULT_MAX_UPLOADS) uploads = HTTP_DEFAULT_MAX_UPLOADS;
+    } else if (!conns) {
+        conns = avail - uploads;
+        if (conns > HTTP_DEFAULT_MAX_CONNECTIONS) conns = HTTP_DEFAULT_MAX_CONNECTIONS;
+    }
+    /* at least one upload, and at least one connection that is not an upload */
+    if (uploads < 1 || conns <= uploads || conns + uploads > avail) {
+        snprintf(err, errlen,
+                 "http: %lld connections and %lld uploads at once do not fit RLIMIT_NOFILE %lld: %lld descriptors "
+                 "are kept for the store, logs, model files, libuv and the threads, each connection takes one "
+                 "and each upload one more (its staging file), and connections must outnumber uploads; lower "
+                 "http.max_connections / http.max_uploads or raise the limit (ulimit -n, systemd LimitNOFILE=)",
+                 conns, uploads, nofile, reserve);
+        return PEFTD_EINVAL;
+    }
+    c->max_connections = (int)conns;
+    c->max_uploads = (int)uploads;
+    LOGI("http: descriptors: RLIMIT_NOFILE %lld (soft limit was %lld), %lld reserved (%d + %d per HTTP thread + "
+         "%d per import thread): max_connections %d, max_uploads %d",
+         nofile, was == RLIM_INFINITY ? -1ll : (long long)was, reserve, HTTP_FD_RESERVE_BASE, HTTP_FD_PER_HTTP_THREAD,
+         HTTP_FD_PER_IMPORT_THREAD, c->max_connections, c->max_uploads);
+    return 0;
 }
 
 static int http_resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *sslen,
@@ -367,17 +432,36 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
     if (!s->cfg.max_body_bytes) s->cfg.max_body_bytes = HTTP_DEFAULT_MAX_BODY;
     if (!s->cfg.max_upload_bytes) s->cfg.max_upload_bytes = HTTP_DEFAULT_MAX_UPLOAD;
     if (s->cfg.threads < 1) s->cfg.threads = 1;
-    if (s->cfg.max_connections < 1) s->cfg.max_connections = http_default_max_connections();
+    if (s->cfg.import_threads < 1) s->cfg.import_threads = HTTP_DEFAULT_IMPORT_THREADS;
+    if (s->cfg.import_queue < 1) s->cfg.import_queue = HTTP_IMPORT_QUEUE_PER_THREAD * s->cfg.import_threads;
+    if (s->cfg.max_connections < 0) s->cfg.max_connections = 0;
+    if (s->cfg.max_uploads < 0) s->cfg.max_uploads = 0;
     if (s->cfg.timeout_s < 1) s->cfg.timeout_s = HTTP_DEFAULT_TIMEOUT_S;
     s->created = time(NULL);
     atomic_init(&s->stopping, false);
     atomic_init(&s->next_id, ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid());
+    atomic_init(&s->uploads_open, 0);
+    atomic_init(&s->imports_open, 0);
     pthread_mutex_init(&s->jobs_mu, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
 
+    int rc = http_size_fds(&s->cfg, err, errlen);
+    if (rc) goto fail;
+    if (svc) {
+        /* PEFTD_DEBUG_IMPORT_DELAY_MS: test hook, read once here (http_pool.c) */
+        const char *d = getenv("PEFTD_DEBUG_IMPORT_DELAY_MS");
+        unsigned delay_ms = d ? (unsigned)strtoul(d, NULL, 10) : 0;
+        if (delay_ms) LOGW("http: PEFTD_DEBUG_IMPORT_DELAY_MS=%u: every adapter import waits that long (test hook)",
+                           delay_ms);
+        if ((rc = http_pool_create(s->cfg.import_threads, s->cfg.import_queue, delay_ms, &s->imports)) < 0) {
+            snprintf(err, errlen, "http: cannot start %d import threads", s->cfg.import_threads);
+            goto fail;
+        }
+    }
+
     /* The chat template: a configured one must load; the model's own may be missing (chat
      * requests then get a 400 saying so) or beyond the interpreter (the same 400, with why). */
-    int rc = chat_template_load(m->dir, cfg->chat_template, &s->chat, s->chat_error, sizeof s->chat_error);
+    rc = chat_template_load(m->dir, cfg->chat_template, &s->chat, s->chat_error, sizeof s->chat_error);
     if (rc && cfg->chat_template && cfg->chat_template[0]) {
         snprintf(err, errlen, "chat template: %s", s->chat_error);
         goto fail;
@@ -426,14 +510,17 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
         else if (bound.ss_family == AF_INET6)
             s->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
     }
-    LOGI("http: listening on %s:%d (%d thread%s, body limit %zu bytes, %d connections)",
+    LOGI("http: listening on %s:%d (%d thread%s, body limit %zu bytes, %d connections, %d uploads, %d import "
+         "thread%s)",
          cfg->host ? cfg->host : "*", s->port, s->cfg.threads, s->cfg.threads > 1 ? "s" : "",
-         s->cfg.max_body_bytes, s->cfg.max_connections);
+         s->cfg.max_body_bytes, s->cfg.max_connections, s->cfg.max_uploads, s->cfg.import_threads,
+         s->cfg.import_threads > 1 ? "s" : "");
     *out = s;
     return 0;
 fail:
     close(cfg->listen_fd);
 fail_mhd:
+    http_pool_free(s->imports);
     chat_template_free(s->chat);
     pthread_mutex_destroy(&s->jobs_mu);
     pthread_mutex_destroy(&s->stats_mu);
@@ -452,17 +539,21 @@ void http_server_stop(http_server *s) {
     /* libmicrohttpd refuses to stop with suspended connections: wake them all; with
      * stopping set none suspends again. */
     api_completions_shutdown(s);
-    /* Let finished completions reach their clients (the last SSE chunks, a JSON body
-     * resumed just before the stop) instead of cutting them off; bounded so that a client
-     * that stopped reading cannot hold the shutdown. */
+    /* Imports: queued ones (and the test hook's waits) are abandoned, a running one
+     * finishes; each resumes its connection with its answer (503 when abandoned). */
+    http_pool_stop(s->imports);
+    /* Let finished completions and imports reach their clients (the last SSE chunks, a
+     * JSON body resumed just before the stop) instead of cutting them off; bounded so that
+     * a client that stopped reading cannot hold the shutdown. */
     for (int waited_ms = 0; waited_ms < HTTP_STOP_FLUSH_MS; waited_ms += 10) {
         pthread_mutex_lock(&s->jobs_mu);
-        bool idle = s->jobs == NULL;
+        bool idle = s->jobs == NULL && atomic_load(&s->imports_open) == 0;
         pthread_mutex_unlock(&s->jobs_mu);
         if (idle) break;
         nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
     }
     MHD_stop_daemon(s->mhd);
+    http_pool_free(s->imports);
     chat_template_free(s->chat);
     pthread_mutex_destroy(&s->jobs_mu);
     pthread_mutex_destroy(&s->stats_mu);

@@ -26,8 +26,15 @@ typedef struct {
     uint64_t max_upload_bytes; /* adapter upload bodies (PUT /v1/adapters/{name}): larger get
                                 * 413; 0 = 2 GiB. Independent of max_body_bytes. */
     int threads;             /* libmicrohttpd worker threads (>= 1; 0 = 1) */
-    int max_connections;     /* open connections at once; 0 = what RLIMIT_NOFILE allows (soft
-                              * limit raised to the hard one), at most 65536 */
+    int max_connections;     /* open connections at once; 0 = derived from RLIMIT_NOFILE (the
+                              * soft limit is raised to the hard one first), at most 65536 */
+    int max_uploads;         /* adapter uploads at once (each holds a staging file besides its
+                              * socket); more get 503 + Retry-After; 0 = derived. Together:
+                              * max_connections + max_uploads <= RLIMIT_NOFILE - a reserve
+                              * (http_server.c), else the start fails. */
+    int import_threads;      /* threads importing finished uploads off the HTTP threads; 0 = 2 */
+    int import_queue;        /* finished uploads waiting for an import thread; beyond, 503; 0 =
+                              * 8 per import thread */
     int timeout_s;           /* idle connection timeout; 0 = 15 s (suspended ones never time out) */
     const char *chat_template; /* chat template file overriding the model's (chat_template.h);
                                 * NULL or "" = the model's tokenizer_config.json */

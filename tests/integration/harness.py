@@ -47,9 +47,10 @@ def free_port():
 class Daemon:
     """One `peftd serve` process on 127.0.0.1:<free port>."""
 
-    def __init__(self, extra_args=(), env=None, store=None):
+    def __init__(self, extra_args=(), env=None, store=None, preexec_fn=None):
         """store: the adapter store directory; default a fresh temporary one per daemon
-        (removed by close()), so tests never share or leave state."""
+        (removed by close()), so tests never share or leave state. preexec_fn: run in the
+        child before the daemon starts (e.g. resource.setrlimit for the daemon alone)."""
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="peftd-", suffix=".log", delete=False)
         self.own_store = None
@@ -62,7 +63,7 @@ class Daemon:
         args += list(extra_args)
         self.proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, **(env or {})))
+                                     env=dict(os.environ, **(env or {})), preexec_fn=preexec_fn)
         deadline = time.time() + 60 * SLOW
         while True:
             if self.proc.poll() is not None:
