@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "adapter_store/json_check.h"
 #include "kernels/util/half.h"
 
 /* adapter_config.json is a few kB; a rank_pattern + alpha_pattern over every module of a
@@ -460,6 +461,11 @@ int adapter_load_dir(const char *dir, const adapter_base *base, kbackend *kb, ad
     }
     if (!cJSON_IsObject(c.root)) {
         rc = adapter__fail(&c, PEFTD_EFORMAT, "%s: adapter_config.json is not a JSON object", dir);
+        goto fail;
+    }
+    if (json_duplicate_key(c.root)) { /* save_pretrained never writes one; readers disagree on which wins */
+        rc = adapter__fail(&c, PEFTD_EFORMAT, "%s: adapter_config.json has the key \"%.64s\" twice", dir,
+                           json_duplicate_key(c.root));
         goto fail;
     }
     adapter_format fmt;

@@ -23,6 +23,8 @@ typedef struct {
 
 struct adapter_registry {
     pthread_mutex_t mu;
+    void (*on_retired)(void *ud, const char *sha256); /* set before use; called unlocked */
+    void *on_retired_ud;
     failure *fail;
     int n_fail;
     entry *e;
@@ -85,9 +87,29 @@ static int find(const adapter_registry *r, const char *name) {
     return -lo - 1;
 }
 
-/* Drops the "current" reference of v: freed now, or by its last holder's release. */
-static void unpublish(adapter_handle *v) {
-    if (--v->refs == 0) free(v);
+/* Drops one reference of v (under mu); when it was the last, frees v and, when its blob was
+ * kept, copies its sha256 to retired (else leaves it ""), to report once unlocked. */
+static void drop_ref(adapter_handle *v, char retired[65]) {
+    retired[0] = 0;
+    if (--v->refs == 0) {
+        if (v->keep_blob) memcpy(retired, v->meta.sha256, 65);
+        free(v);
+    }
+}
+
+void registry_keep_blob(adapter_registry *r, adapter_handle *h, bool keep) {
+    pthread_mutex_lock(&r->mu);
+    h->keep_blob = keep;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void report_retired(adapter_registry *r, const char retired[65]) {
+    if (retired[0] && r->on_retired) r->on_retired(r->on_retired_ud, retired);
+}
+
+void registry_on_retired(adapter_registry *r, void (*fn)(void *ud, const char *sha256), void *ud) {
+    r->on_retired = fn;
+    r->on_retired_ud = ud;
 }
 
 /* Under mu. */
@@ -143,13 +165,14 @@ int registry_put(adapter_registry *r, const astore_meta *meta) {
     if (!v) return PEFTD_ENOMEM;
     v->meta = *meta;
     v->refs = 1;
+    char retired[65] = "";
     pthread_mutex_lock(&r->mu);
     clear_failure(r, name);
     int i = find(r, name), st = 0;
     if (i >= 0) {
         adapter_handle *old = r->e[i].v;
         r->e[i].v = v;
-        unpublish(old);
+        drop_ref(old, retired);
     } else {
         i = -i - 1;
         if (r->n == r->cap) {
@@ -170,20 +193,23 @@ int registry_put(adapter_registry *r, const astore_meta *meta) {
         r->n++;
     }
     pthread_mutex_unlock(&r->mu);
+    report_retired(r, retired);
     return st;
 }
 
 int registry_remove(adapter_registry *r, const char *name) {
+    char retired[65] = "";
     pthread_mutex_lock(&r->mu);
     int i = find(r, name), st = PEFTD_ENOTFOUND;
     if (i >= 0) {
         adapter_handle *v = r->e[i].v;
         memmove(&r->e[i], &r->e[i + 1], (size_t)(r->n - i - 1) * sizeof(entry));
         r->n--;
-        unpublish(v);
+        drop_ref(v, retired);
         st = 0;
     }
     pthread_mutex_unlock(&r->mu);
+    report_retired(r, retired);
     return st;
 }
 
@@ -216,8 +242,10 @@ void registry_release(adapter_registry *r, adapter_handle *h) {
             abort(); /* programmer error */
         }
     }
-    if (--h->refs == 0) free(h);
+    char retired[65];
+    drop_ref(h, retired);
     pthread_mutex_unlock(&r->mu);
+    report_retired(r, retired);
 }
 
 void registry_foreach(adapter_registry *r, void (*fn)(void *ud, const adapter_handle *h), void *ud) {

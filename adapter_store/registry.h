@@ -22,6 +22,7 @@
 typedef struct adapter_handle {
     astore_meta meta;
     int refs;            /* registry lock: 1 while current + 1 per holder */
+    bool keep_blob;      /* registry lock: registry_keep_blob() — see registry_on_retired */
 } adapter_handle;
 
 typedef struct adapter_registry adapter_registry;
@@ -48,6 +49,16 @@ int registry_remove(adapter_registry *r, const char *name);
 int registry_put_failure(adapter_registry *r, const char *name, int status, const char *message);
 /* The recorded failure of name: its status (0 when none) and message copied to msg. */
 int registry_failure(adapter_registry *r, const char *name, char *msg, size_t msglen);
+
+/* Hot swap without losing admitted requests: before a version leaves the store (replaced
+ * or deleted), the adapter service keeps its blob loadable (tiers_retain) and marks its
+ * handle with registry_keep_blob(h) (h held by the caller). fn(ud, sha256) then runs once
+ * for that handle, on whichever thread drops its last reference (no registry lock held):
+ * when its last request has finished, or at once when none held it. Unmark with
+ * keep = false if the change did not happen after all. Set fn before the registry is
+ * shared. */
+void registry_on_retired(adapter_registry *r, void (*fn)(void *ud, const char *sha256), void *ud);
+void registry_keep_blob(adapter_registry *r, adapter_handle *h, bool keep);
 
 /* The current version of name with one reference taken, or NULL. */
 adapter_handle *registry_acquire(adapter_registry *r, const char *name);

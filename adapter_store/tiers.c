@@ -24,6 +24,8 @@ typedef struct {
     void *blob;
     size_t len;
     uint64_t tick;
+    int keep;        /* tiers_retain holds: never evicted while > 0 */
+    bool forgotten;  /* tiers_forget came while kept: dropped at the last release */
 } host_entry;
 
 typedef struct {
@@ -125,15 +127,50 @@ void tiers_free(tiers *t) {
 
 /* Under hmu: evicts least recently used blobs until `need` more bytes fit. */
 static void host_make_room(tiers *t, size_t need) {
-    while (t->n_host > 0 && t->host_used + need > t->opt.host_bytes) {
-        int lru = 0;
-        for (int i = 1; i < t->n_host; i++)
-            if (t->host[i].tick < t->host[lru].tick) lru = i;
+    while (t->host_used + need > t->opt.host_bytes) {
+        int lru = -1;
+        for (int i = 0; i < t->n_host; i++)
+            if (!t->host[i].keep && (lru < 0 || t->host[i].tick < t->host[lru].tick)) lru = i;
+        if (lru < 0) break; /* only kept blobs left: they go when released */
         t->host_used -= t->host[lru].len;
         free(t->host[lru].blob);
         t->host[lru] = t->host[--t->n_host];
         BUMP(t, host_evictions, 1);
     }
+}
+
+/* Under hmu: the host entry of sha256, or NULL. */
+static host_entry *host_find(tiers *t, const char *sha256) {
+    for (int i = 0; i < t->n_host; i++)
+        if (!strcmp(t->host[i].sha, sha256)) return &t->host[i];
+    return NULL;
+}
+
+/* Under hmu: adds blob (owned from here on) as sha256's entry, kept keep times. */
+static int host_add(tiers *t, const char *sha256, void *blob, size_t len, int keep) {
+    host_make_room(t, len);
+    if (t->n_host == t->cap_host) {
+        int cap = t->cap_host ? 2 * t->cap_host : 16;
+        host_entry *h = realloc(t->host, (size_t)cap * sizeof *h);
+        if (!h) {
+            free(blob);
+            return PEFTD_ENOMEM;
+        }
+        t->host = h;
+        t->cap_host = cap;
+    }
+    host_entry *e = &t->host[t->n_host++];
+    *e = (host_entry){.blob = blob, .len = len, .tick = ++t->htick, .keep = keep};
+    snprintf(e->sha, sizeof e->sha, "%s", sha256);
+    t->host_used += len;
+    return 0;
+}
+
+/* Under hmu: removes entry e. */
+static void host_remove(tiers *t, host_entry *e) {
+    t->host_used -= e->len;
+    free(e->blob);
+    *e = t->host[--t->n_host];
 }
 
 int tiers_offer_blob(tiers *t, const char *sha256, const void *blob, size_t len) {
@@ -142,33 +179,52 @@ int tiers_offer_blob(tiers *t, const char *sha256, const void *blob, size_t len)
     if (!copy) return PEFTD_ENOMEM;
     memcpy(copy, blob, len);
     pthread_mutex_lock(&t->hmu);
-    for (int i = 0; i < t->n_host; i++)
-        if (!strcmp(t->host[i].sha, sha256)) { /* already there: refresh */
-            t->host[i].tick = ++t->htick;
-            pthread_mutex_unlock(&t->hmu);
-            free(copy);
-            return 0;
-        }
-    host_make_room(t, len);
-    if (t->n_host == t->cap_host) {
-        int cap = t->cap_host ? 2 * t->cap_host : 16;
-        host_entry *h = realloc(t->host, (size_t)cap * sizeof *h);
-        if (!h) {
-            pthread_mutex_unlock(&t->hmu);
-            free(copy);
-            return PEFTD_ENOMEM;
-        }
-        t->host = h;
-        t->cap_host = cap;
+    host_entry *e = host_find(t, sha256);
+    int rc = 0;
+    if (e) { /* already there: refresh */
+        e->tick = ++t->htick;
+        free(copy);
+    } else {
+        rc = host_add(t, sha256, copy, len, 0);
     }
-    host_entry *e = &t->host[t->n_host++];
-    snprintf(e->sha, sizeof e->sha, "%s", sha256);
-    e->blob = copy;
-    e->len = len;
-    e->tick = ++t->htick;
-    t->host_used += len;
     pthread_mutex_unlock(&t->hmu);
-    return 0;
+    return rc;
+}
+
+int tiers_retain(tiers *t, const char *sha256) {
+    pthread_mutex_lock(&t->hmu);
+    host_entry *e = host_find(t, sha256);
+    if (e) {
+        e->keep++;
+        e->forgotten = false;
+        pthread_mutex_unlock(&t->hmu);
+        return 0;
+    }
+    pthread_mutex_unlock(&t->hmu);
+    void *blob = NULL;
+    size_t len = 0;
+    int rc = astore_get_blob(t->store, sha256, &blob, &len); /* outside the lock: LMDB I/O */
+    if (rc) return rc;
+    pthread_mutex_lock(&t->hmu);
+    if ((e = host_find(t, sha256))) { /* another thread brought it meanwhile */
+        e->keep++;
+        e->forgotten = false;
+        free(blob);
+    } else {
+        rc = host_add(t, sha256, blob, len, 1);
+    }
+    pthread_mutex_unlock(&t->hmu);
+    return rc;
+}
+
+void tiers_release(tiers *t, const char *sha256) {
+    pthread_mutex_lock(&t->hmu);
+    host_entry *e = host_find(t, sha256);
+    if (e && e->keep > 0 && --e->keep == 0) {
+        if (e->forgotten) host_remove(t, e);
+        else host_make_room(t, 0); /* the tier may be over budget while it was kept */
+    }
+    pthread_mutex_unlock(&t->hmu);
 }
 
 /* Copies the blob of sha256 out of the host tier; false when absent. */
@@ -192,13 +248,9 @@ static bool host_get(tiers *t, const char *sha256, void **blob, size_t *len) {
 
 void tiers_forget(tiers *t, const char *sha256) {
     pthread_mutex_lock(&t->hmu);
-    for (int i = 0; i < t->n_host; i++)
-        if (!strcmp(t->host[i].sha, sha256)) {
-            t->host_used -= t->host[i].len;
-            free(t->host[i].blob);
-            t->host[i] = t->host[--t->n_host];
-            break;
-        }
+    host_entry *e = host_find(t, sha256);
+    if (e && e->keep) e->forgotten = true; /* still needed: dropped at its last release */
+    else if (e) host_remove(t, e);
     pthread_mutex_unlock(&t->hmu);
 }
 

@@ -60,8 +60,15 @@ int tiers_failure(tiers *t, const char *sha256, char *msg, size_t len);
 
 /* Any thread: puts a blob (copied) into the host tier, e.g. right after an upload. */
 int tiers_offer_blob(tiers *t, const char *sha256, const void *blob, size_t len);
-/* Any thread: drops sha256 from the host tier (the slot goes when unpinned and evicted). */
+/* Any thread: drops sha256 from the host tier (the slot goes when unpinned and evicted);
+ * a retained blob is dropped at its last release instead. */
 void tiers_forget(tiers *t, const char *sha256);
+/* Any thread: keeps sha256's blob in the host tier, never evicted, until as many
+ * tiers_release() calls — read from the store first when it is not there. For a version
+ * about to leave the store (replaced or deleted) while requests that were admitted on it
+ * may still have to load it: they find it here. Returns 0 or the store's status. */
+int tiers_retain(tiers *t, const char *sha256);
+void tiers_release(tiers *t, const char *sha256);
 
 void tiers_get_stats(tiers *t, tiers_stats *s); /* any thread */
 

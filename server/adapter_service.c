@@ -53,6 +53,42 @@ static void fingerprint(const model *m, char out[65]) {
 
 static void sweep_staging(const char *tmp_root);
 
+/* A replaced or deleted version's last request is done: its blob need not stay loadable. */
+static void on_version_retired(void *ud, const char *sha256) {
+    adapter_service *s = ud;
+    tiers_release(s->tiers, sha256);
+}
+
+/* Under pub_mu, before the store drops key's current version: requests admitted on that
+ * version (holding its handle) may not have loaded it yet, and must still find its blob
+ * when they do — so it stays in the host tier until the version's last holder is done
+ * (on_version_retired). Returns the handle (one reference held) to pass to keep_done, or
+ * NULL when there is nothing to keep. */
+static adapter_handle *keep_current(adapter_service *s, const char *key) {
+    adapter_handle *h = s->tiers ? registry_acquire(s->reg, key) : NULL;
+    if (!h) return NULL;
+    int st = tiers_retain(s->tiers, h->meta.sha256);
+    if (st < 0) { /* unreadable already: its requests fail with the store's reason */
+        LOGW("adapter %s: cannot keep version %llu loadable for its requests: %s", key,
+             (unsigned long long)h->meta.version, peftd_strerror(st));
+        registry_release(s->reg, h);
+        return NULL;
+    }
+    registry_keep_blob(s->reg, h, true);
+    return h;
+}
+
+/* After the store change: done = the version left (its retirement releases the blob), or
+ * not (nothing changed: undo the keep). */
+static void keep_done(adapter_service *s, adapter_handle *h, bool left) {
+    if (!h) return;
+    if (!left) {
+        registry_keep_blob(s->reg, h, false);
+        tiers_release(s->tiers, h->meta.sha256);
+    }
+    registry_release(s->reg, h); /* may retire it now */
+}
+
 int adapter_service_create(const model *m, astore *store, adapter_registry *reg, tiers *t, const char *tmp_root,
                            adapter_service **out, char *err, size_t errlen) {
     adapter_service *s = calloc(1, sizeof *s);
@@ -73,6 +109,7 @@ int adapter_service_create(const model *m, astore *store, adapter_registry *reg,
         return PEFTD_ENOMEM;
     }
     fingerprint(m, s->fingerprint);
+    if (t) registry_on_retired(reg, on_version_retired, s);
     pthread_mutex_init(&s->pub_mu, NULL);
     pthread_mutex_init(&s->stage_mu, NULL);
     sweep_staging(tmp_root);
@@ -247,10 +284,14 @@ int adapter_service_import_dir(adapter_service *s, const char *name, const char 
     char old_sha[65] = "";
     meta_from_adapter(a, name, owner, s->fingerprint, &meta);
     meta.bytes = len;
+    char key[ASTORE_KEY_MAX + 1];
+    if ((st = astore_key(owner, name, key)) < 0) goto out;
     pthread_mutex_lock(&s->pub_mu);
+    adapter_handle *kept = keep_current(s, key);
     st = owner && owner[0] ? astore_put_tenant(s->store, &meta, quota_bytes, blob, len, &stored, old_sha)
                            : astore_put_scoped(s->store, &meta, quota_bytes, blob, len, &stored, old_sha);
     if (st < 0) {
+        keep_done(s, kept, false);
         pthread_mutex_unlock(&s->pub_mu);
         if (st == -EDQUOT)
             snprintf(err, errlen, "the tenant's storage quota of %llu bytes would be exceeded (this version: %zu bytes)",
@@ -266,11 +307,13 @@ int adapter_service_import_dir(adapter_service *s, const char *name, const char 
     }
     if (s->tiers) tiers_offer_blob(s->tiers, stored.sha256, blob, len); /* warm: first requests skip LMDB */
     if ((st = registry_put(s->reg, &stored)) < 0) {
+        keep_done(s, kept, false);
         pthread_mutex_unlock(&s->pub_mu);
         snprintf(err, errlen, "cannot publish: %s", peftd_strerror(st));
         goto out;
     }
     if (s->tiers && old_sha[0] && strcmp(old_sha, stored.sha256) != 0) tiers_forget(s->tiers, old_sha);
+    keep_done(s, kept, true);
     pthread_mutex_unlock(&s->pub_mu);
     if (out) *out = stored;
     LOGI("adapter %s%s%s: stored version %llu (%s, %.1f KiB, sha256 %.12s)", stored.owner,
@@ -286,11 +329,13 @@ int adapter_service_delete(adapter_service *s, const char *owner, const char *na
     char old_sha[65] = "", key[ASTORE_KEY_MAX + 1];
     if (astore_key(owner, name, key) < 0) return PEFTD_EINVAL;
     pthread_mutex_lock(&s->pub_mu);
+    adapter_handle *kept = keep_current(s, key);
     int st = astore_delete_scoped(s->store, owner, name, old_sha);
     if (st == 0) {
         registry_remove(s->reg, key);
         if (s->tiers && old_sha[0]) tiers_forget(s->tiers, old_sha);
     }
+    keep_done(s, kept, st == 0);
     pthread_mutex_unlock(&s->pub_mu);
     if (st < 0) return st;
     LOGI("adapter %s: deleted", key);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapter_store/json_check.h"
 #include "adapter_store/registry.h"
 #include "kernels/util/log.h"
 #include "kernels/util/status.h"
@@ -119,6 +120,11 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     cJSON *root = cJSON_ParseWithLength(buf, n);
     if (!root || !cJSON_IsObject(root)) {
         snprintf(err, errlen, "%s: not a JSON object", path);
+        cJSON_Delete(root);
+        return PEFTD_EFORMAT;
+    }
+    if (json_duplicate_key(root)) {
+        snprintf(err, errlen, "%s: the key \"%.64s\" appears twice in one object", path, json_duplicate_key(root));
         cJSON_Delete(root);
         return PEFTD_EFORMAT;
     }

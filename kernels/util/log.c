@@ -130,6 +130,24 @@ void log_msg(int level, const char *fmt, ...) {
         memcpy(line + len, "\"}\n", 4);
         fputs(line, stderr);
     } else {
-        fprintf(stderr, "%s %-5s %s\n", ts, names[level], msg);
+        /* One event, one line: control characters and bytes that are not UTF-8 (messages
+         * quote client input — names, config values) are written as \xNN, so nobody can
+         * forge a log line or send the terminal escapes. */
+        char line[sizeof msg * 4 + 1];
+        size_t o = 0, n = strlen(msg);
+        for (size_t i = 0; i < n;) {
+            const unsigned char *u = (const unsigned char *)msg + i;
+            size_t k = *u >= 0x20 && *u != 0x7F ? (*u < 0x80 ? 1 : utf8_seq_len(u, n - i)) : 0;
+            if (k) {
+                memcpy(line + o, u, k);
+                o += k;
+                i += k;
+            } else {
+                o += (size_t)snprintf(line + o, sizeof line - o, "\\x%02x", *u);
+                i++;
+            }
+        }
+        line[o] = 0;
+        fprintf(stderr, "%s %-5s %s\n", ts, names[level], line);
     }
 }

@@ -18,6 +18,7 @@
 #include <cJSON.h>
 #include <openssl/crypto.h>
 
+#include "adapter_store/json_check.h"
 #include "server/http/http_auth.h"
 
 /* Upper bound of a tenant's weight: weights are ratios of service, 1000:1 is plenty. */
@@ -115,32 +116,20 @@ static bool apply_body(const cJSON *root, tstore_tenant *t, const char *const *a
     return true;
 }
 
-/* true when a JSON string in the text holds the escape \u0000: cJSON decodes it into a
- * NUL that ends the C string, so {"id":"a\u0000b"} would act on tenant "a". */
-static bool json_has_nul_escape(const char *p, size_t n) {
-    bool in_str = false;
-    for (size_t i = 0; i < n; i++) {
-        if (!in_str) {
-            in_str = p[i] == '"';
-            continue;
-        }
-        if (p[i] == '"') in_str = false;
-        else if (p[i] == '\\' && i + 1 < n) {
-            if (p[i + 1] == 'u' && i + 5 < n && !memcmp(p + i + 2, "0000", 4)) return true;
-            i++; /* the escaped character */
-        }
-    }
-    return false;
-}
-
 static cJSON *parse_body(http_req *req, char *err, size_t errlen) {
-    if (req->body && (memchr(req->body, 0, req->len) || json_has_nul_escape(req->body, req->len))) {
+    if (req->body && http_json_has_nul(req->body, req->len)) {
         snprintf(err, errlen, "the request body holds a NUL character (\\u0000) in a string: not allowed here");
         return NULL;
     }
     cJSON *root = req->body && req->len ? cJSON_ParseWithLength(req->body, req->len) : NULL;
     if (!cJSON_IsObject(root)) {
         snprintf(err, errlen, "the request body must be a JSON object");
+        cJSON_Delete(root);
+        return NULL;
+    }
+    const char *dup = json_duplicate_key(root);
+    if (dup) {
+        snprintf(err, errlen, "the request body has the key \"%.64s\" twice", dup);
         cJSON_Delete(root);
         return NULL;
     }

@@ -21,6 +21,7 @@
 
 #include <cJSON.h>
 
+#include "adapter_store/json_check.h"
 #include "kernels/util/log.h"
 #include "kernels/util/status.h"
 #include "server/http/api_completions.h"
@@ -160,6 +161,12 @@ int api_chat_parse(const http_server *s, const tenants_principal *who, const cha
     bool mct_added = false;
     int rc;
     while (root && end && end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+    if (root && json_duplicate_key(root)) {
+        rc = api_fail(err, "invalid_json", "the key \"%.64s\" appears twice in one object: say it once",
+                      json_duplicate_key(root));
+        cJSON_Delete(root);
+        return rc;
+    }
     if (!root || !cJSON_IsObject(root) || end != body + len) {
         /* api_request_parse words JSON errors precisely (byte offsets, trailing data) */
         cJSON_Delete(root);

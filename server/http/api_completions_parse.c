@@ -11,6 +11,7 @@
 
 #include <cJSON.h>
 
+#include "adapter_store/json_check.h"
 #include "kernels/util/status.h"
 #include "server/http/api_completions.h"
 
@@ -35,7 +36,10 @@ const cJSON *api_field(const cJSON *root, const char *name) {
 static bool api_is_int(const cJSON *it, double lo, double hi, long long *out) {
     if (!cJSON_IsNumber(it)) return false;
     double v = it->valuedouble;
-    if (!isfinite(v) || v != floor(v) || v < lo || v > hi) return false;
+    /* long long holds [-2^63, 2^63): 2^63 itself is what (double)LLONG_MAX rounds to */
+    if (!isfinite(v) || v != floor(v) || v < lo || v > hi || v < -9223372036854775808.0 ||
+        v >= 9223372036854775808.0)
+        return false;
     *out = (long long)v;
     return true;
 }
@@ -227,8 +231,10 @@ static int api_parse_model(const http_server *s, const tenants_principal *who, c
 static int api_parse_options(const cJSON *root, api_request *r, long long *max_tokens, api_err *err) {
     int rc;
     long long v;
-    /* 2^63 bounds seed: any int64 the client sends; negative seeds wrap to uint64. */
-    const double seed_lim = 9223372036854775807.0;
+    /* A JSON number reaches us as a double: integers beyond 2^53 are not exact there (2^60
+     * and 2^60 + 1 read the same), so a seed must stay within it rather than two seeds
+     * silently meaning one. Negative seeds wrap to uint64. */
+    const double seed_lim = 9007199254740992.0;
     if ((rc = api_get_float(root, "temperature", 0, 2, false, &r->gen.temperature, err)) ||
         (rc = api_get_float(root, "top_p", 0, 1, true, &r->gen.top_p, err)))
         return rc;
@@ -240,7 +246,8 @@ static int api_parse_options(const cJSON *root, api_request *r, long long *max_t
         const cJSON *it = api_field(root, "seed");
         long long sv;
         if (!api_is_int(it, -seed_lim, seed_lim, &sv))
-            return api_fail(err, "invalid_type", "'seed' must be an integer");
+            return api_fail(err, "invalid_value", "'seed' must be an integer between -2^53 and 2^53 (JSON numbers "
+                                                   "past that are not exact)");
         r->gen.seed = (uint64_t)sv;
         r->gen.has_seed = true;
     }
@@ -302,6 +309,11 @@ int api_request_parse(const http_server *s, const tenants_principal *who, const 
     }
     while (end && end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
         end++;
+    if (end == body + len && json_duplicate_key(root)) {
+        rc = api_fail(err, "invalid_json", "the key \"%.64s\" appears twice in one object: say it once",
+                      json_duplicate_key(root));
+        goto fail;
+    }
     if (end != body + len) {
         rc = api_fail(err, "invalid_json", "unexpected data after the JSON object (byte %td)",
                       end ? end - body : (ptrdiff_t)0);

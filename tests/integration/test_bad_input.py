@@ -214,6 +214,40 @@ def two_content_lengths_are_refused():
 
 
 @test
+def seeds_past_2_53_are_refused_not_crashed():
+    """Issue 9 attack run: seed 2^63 - 1 (INT64_MAX, a common client value) was cast from a
+    double that rounds to 2^63: undefined behaviour, the sanitized daemon died. Past 2^53 a
+    JSON number is not exact (2^60 and 2^60 + 1 read the same), so such seeds are refused."""
+    for seed in (9223372036854775807, -9223372036854775808, 2 ** 63, 2 ** 60 + 1, 1e300):
+        bad(status=400, mentions="seed", seed=seed)
+    for seed in (0, -1, 2 ** 53, -(2 ** 53), 12345):
+        d().complete(prompt="Once", max_tokens=2, seed=seed, temperature=1.0)
+    st, _, data = d().request("POST", "/v1/chat/completions",
+                              {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+                               "seed": 9223372036854775807})
+    assert st == 400, (st, data[:200])
+    still_serving()
+
+
+@test
+def duplicate_keys_are_refused():
+    """Issue 9 attack run: cJSON reads the first of two equal keys, Python's json (and most
+    proxies) the last; chat's rewrite dropped one copy and smuggled the other past the
+    template. A body saying a key twice is refused on every route."""
+    body = b'{"model": "%s", "prompt": "Once", "max_tokens": 1, "max_tokens": 500}' % MODEL_ID.encode()
+    raw_post(body, 400, mentions="max_tokens")
+    raw_post(b'{"model": "%s", "prompt": "a", "stop": {"x": 1, "x": 2}}' % MODEL_ID.encode(), 400)
+    st, _, data = d().request("POST", "/v1/chat/completions",
+                              b'{"messages": [{"role": "user", "content": "hi"}], "prompt": "x", "prompt": ["a"]}')
+    obj = json.loads(data)
+    assert_error(st, obj, 400)
+    assert "twice" in obj["error"]["message"], obj
+    # the same key in two different objects is fine
+    d().complete(prompt="Once", max_tokens=1, stream_options=None)
+    still_serving()
+
+
+@test
 def unknown_route_is_404():
     for method, path in (("GET", "/"), ("GET", "/v2/models"), ("POST", "/v1/chat/nothing"),
                          ("GET", "/v1/completions/extra"), ("GET", "/%ff%fe%00x"),
