@@ -129,6 +129,8 @@ int adapter__json_str_list(adapter__ctx *c, const cJSON *obj, const char *field,
 /* PEFT fields common to every peft_type that, when set, change inference in ways peftd
  * does not implement (fan_in_fan_out, ...) → PEFTD_EUNSUPPORTED naming the field. */
 int adapter__peft_check_common(adapter__ctx *c);
+/* task_type is CAUSAL_LM or absent (every PEFT kind; check_common includes it). */
+int adapter__peft_check_task(adapter__ctx *c);
 
 /* ---- adapter_targets.c: which (layer, module) pairs a PEFT config adapts ---- */
 

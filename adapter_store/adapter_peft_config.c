@@ -116,11 +116,28 @@ static bool is_set(const cJSON *v) {
     return true;
 }
 
+int adapter__peft_check_task(adapter__ctx *c) {
+    /* base_model_name_or_path / revision / peft_version are informational: compatibility
+     * is decided by the tensor shapes against the served base. task_type is not: a
+     * classification or encoder adapter trained with another head would be served as a
+     * language model and produce text its owner never trained for. */
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(c->cfg, "task_type");
+    if (task && !cJSON_IsNull(task)) {
+        if (!cJSON_IsString(task))
+            return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field 'task_type' must be a string");
+        if (strcmp(task->valuestring, "CAUSAL_LM") != 0)
+            return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                                 "adapter_config.json: task_type '%.40s' is not served: peftd generates text "
+                                 "(task_type CAUSAL_LM)", task->valuestring);
+    }
+    return 0;
+}
+
 int adapter__peft_check_common(adapter__ctx *c) {
-    /* base_model_name_or_path / revision / peft_version / task_type are informational:
-     * compatibility is decided by the tensor shapes against the served base. */
+    int rc = adapter__peft_check_task(c);
+    if (rc) return rc;
     bool fifo;
-    int rc = adapter__json_bool(c, c->cfg, "fan_in_fan_out", false, &fifo);
+    rc = adapter__json_bool(c, c->cfg, "fan_in_fan_out", false, &fifo);
     if (rc) return rc;
     if (fifo)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,

@@ -20,7 +20,8 @@
 
 /* num_virtual_tokens, and the checks both kinds share. */
 static int common(adapter__ctx *c, int *nv) {
-    int rc, nts;
+    int nts, rc = adapter__peft_check_task(c);
+    if (rc) return rc;
     if ((rc = adapter__json_int(c, c->cfg, "num_virtual_tokens", 0, 0, ADAPTER_MAX_COUNT, nv)) ||
         (rc = adapter__json_int(c, c->cfg, "num_transformer_submodules", 1, 0, ADAPTER_MAX_COUNT, &nts)))
         return rc;

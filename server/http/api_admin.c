@@ -20,6 +20,7 @@
 
 #include "adapter_store/json_check.h"
 #include "server/http/http_auth.h"
+#include "server/http/http_metrics.h"
 
 /* Upper bound of a tenant's weight: weights are ratios of service, 1000:1 is plenty. */
 #define ADMIN_WEIGHT_MAX 1000.0
@@ -152,6 +153,12 @@ static enum MHD_Result tenants_create_req(http_req *req, struct MHD_Connection *
     bool ok = apply_body(root, &t, allowed, err, sizeof err);
     if (ok && (!cJSON_IsString(id) || !tstore_id_valid(id->valuestring))) {
         snprintf(err, sizeof err, "'id' must be 1-64 characters from [A-Za-z0-9._-], not starting with '.' or '-'");
+        ok = false;
+    }
+    if (ok && (!strcmp(id->valuestring, HTTP_TENANT_OTHER) || !strcmp(id->valuestring, HTTP_TENANT_ANON))) {
+        /* /metrics' tenant label uses these for anonymous traffic and for the tenants past
+         * its series bound: a tenant of that name would be mixed with them */
+        snprintf(err, sizeof err, "'%s' is reserved (a /metrics tenant label): choose another id", id->valuestring);
         ok = false;
     }
     if (ok) snprintf(t.id, sizeof t.id, "%s", id->valuestring);

@@ -146,13 +146,14 @@ static int http_body_append(http_req *req, const char *data, size_t n) {
  * reading megabytes we would throw away. An adapter upload (PUT /v1/adapters/{name}) has
  * its own limit and streams its body to disk (api_adapters.c). */
 typedef struct {
-    int content_length, transfer_encoding;
+    int content_length, transfer_encoding, authorization;
 } http_framing;
 
 static enum MHD_Result http_count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     http_framing *f = cls;
     if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) f->content_length++;
     else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) f->transfer_encoding++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION)) f->authorization++;
     return MHD_YES;
 }
 
@@ -168,21 +169,24 @@ static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *co
     req->keep_body = r && (r->methods & req->method & (HTTP_M_POST | HTTP_M_PATCH));
     *con_cls = req;
     if (r && r->prefix && !(req->arg = strdup(url + strlen(r->path)))) return MHD_NO;
+    /* Request smuggling behind a proxy: two framings that disagree, or two credentials of
+     * which a proxy and peftd may each read another, are refused before anything else
+     * (uploads and authentication included). */
+    http_framing fr = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, http_count_framing, &fr);
+    if (fr.content_length > 1 || (fr.content_length && fr.transfer_encoding) || fr.authorization > 1) {
+        req->answered = true;
+        return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_request",
+                          fr.authorization > 1  ? "more than one Authorization header"
+                          : fr.content_length > 1 ? "more than one Content-Length header"
+                                                  : "both Content-Length and Transfer-Encoding");
+    }
     enum MHD_Result denied;
     if (!http_auth_request(req, conn, url, &denied)) return denied;
 
     if (r && r->fn == api_adapters_item && req->method == HTTP_M_PUT)
         return api_adapters_put_begin(req, conn);
 
-    /* Request smuggling behind a proxy: two framings that disagree are refused outright. */
-    http_framing fr = {0};
-    MHD_get_connection_values(conn, MHD_HEADER_KIND, http_count_framing, &fr);
-    if (fr.content_length > 1 || (fr.content_length && fr.transfer_encoding)) {
-        req->answered = true;
-        return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_request",
-                          fr.content_length > 1 ? "more than one Content-Length header"
-                                                : "both Content-Length and Transfer-Encoding");
-    }
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         char *end = NULL;

@@ -217,5 +217,28 @@ def adapter_config_with_a_key_twice_is_refused():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@test
+def classification_adapters_are_refused_not_served_as_text():
+    """task_type SEQ_CLS (a classification head in modules_to_save) was served as a causal
+    LM: text its owner never trained for. Refused with 422 until classification lands."""
+    tmp = tempfile.mkdtemp(prefix="peftd-task-")
+    try:
+        for task, want in (("SEQ_CLS", 422), ("TOKEN_CLS", 422), ("FEATURE_EXTRACTION", 422), ("CAUSAL_LM", 201)):
+            d = os.path.join(tmp, task)
+            shutil.copytree(os.path.join(FIX, "lora_r1_all"), d)
+            path = os.path.join(d, "adapter_config.json")
+            with open(path) as f:
+                cfg = json.load(f)
+            cfg["task_type"] = task
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            st, obj = harness.daemon.upload("task-" + task.lower().replace("_", "-"), d)
+            assert st == want, (task, st, obj)
+            if want == 422:
+                assert "task_type" in obj["error"]["message"], obj
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     harness.run_tests(__file__)

@@ -357,6 +357,32 @@ def quotas_count_sequences_and_reserve_tokens():
 
 
 @test
+def ambiguous_credentials_and_reserved_ids():
+    """Two Authorization headers (a proxy may read one, peftd the other) get 400 before
+    authentication; tenant ids that /metrics uses as labels for others are refused."""
+    kb = key_of("t2")
+    for hdrs in ([("Authorization", "Bearer " + ADMIN_KEY), ("Authorization", "Bearer nope")],
+                 [("Authorization", "Bearer nope"), ("Authorization", "Bearer " + kb)]):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", dm().port, timeout=30 * harness.SLOW)
+        try:
+            c.putrequest("GET", "/v1/models")
+            for k, v in hdrs:
+                c.putheader(k, v)
+            c.endheaders()
+            r = c.getresponse()
+            obj = json.loads(r.read())
+        finally:
+            c.close()
+        assert_err(r.status, obj, 400)
+        assert "Authorization" in obj["error"]["message"], obj
+    for tid in ("other", "_anonymous"):
+        st, _, obj = admin("POST", "/tenants", {"id": tid})
+        assert_err(st, obj, 400)
+        assert "reserved" in obj["error"]["message"], obj
+
+
+@test
 def storage_quota_507():
     kq = new_tenant("qs", max_storage_bytes=1)
     st, _, obj = upload(kq, "big")
