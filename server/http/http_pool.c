@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "kernels/util/log.h"
 #include "kernels/util/status.h"
 #include "server/http/http_internal.h"
 
@@ -42,6 +43,7 @@ struct http_pool {
 /* Under p->mu: waits out the test delay; false when the pool stops meanwhile. */
 static bool pool_delay_locked(http_pool *p) {
     if (!p->delay_ms) return !p->stopping;
+    LOGI("http: pool: a job starts: waiting %u ms first (PEFTD_DEBUG_IMPORT_DELAY_MS)", p->delay_ms);
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     until.tv_sec += p->delay_ms / 1000;
