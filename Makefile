@@ -132,13 +132,16 @@ test-load: deps
 # libFuzzer targets (tests/fuzz/fuzz_*.c: safetensors reader, tokenizer, request parsers),
 # built with clang + ASan/UBSan over a clang build of the library, each run FUZZ_SECONDS.
 FUZZ_SECONDS ?= 30
-FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined,float-cast-overflow
+# clang's integer checks too, less unsigned wrap-around (hashes and RNGs rely on it) and
+# sign changes (every size_t/int mix): truncating conversions, shifts, division by zero.
+INT_SAN  := -fsanitize=integer -fno-sanitize=unsigned-integer-overflow,implicit-integer-sign-change,unsigned-shift-base
+FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined,float-cast-overflow $(INT_SAN) -fno-sanitize-recover=all
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang OPT=-O1 SANFLAGS="$(FUZZ_SAN)" build-fuzz/libpeftd.a
 	@mkdir -p build-fuzz/corpus
 	@for f in tests/fuzz/fuzz_*.c; do \
 	    n=$$(basename $$f .c); \
-	    clang -g -O1 -std=c11 -D_GNU_SOURCE -march=native -fsanitize=fuzzer,address,undefined,float-cast-overflow -I. $(PKG_CFLAGS) \
+	    clang -g -O1 -std=c11 -D_GNU_SOURCE -march=native -fsanitize=fuzzer,address,undefined,float-cast-overflow $(INT_SAN) -fno-sanitize-recover=all -I. $(PKG_CFLAGS) \
 	        $$f build-fuzz/libpeftd.a $(LDLIBS) -o build-fuzz/$$n || exit 1; \
 	    mkdir -p build-fuzz/corpus/$$n; \
 	    case $$n in \
