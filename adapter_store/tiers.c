@@ -191,28 +191,27 @@ int tiers_offer_blob(tiers *t, const char *sha256, const void *blob, size_t len)
     return rc;
 }
 
+/* Under hmu: one more keep of sha256's entry; false when it is not in the tier. */
+static bool host_keep(tiers *t, const char *sha256) {
+    host_entry *e = host_find(t, sha256);
+    if (!e) return false;
+    e->keep++;
+    e->forgotten = false;
+    return true;
+}
+
 int tiers_retain(tiers *t, const char *sha256) {
     pthread_mutex_lock(&t->hmu);
-    host_entry *e = host_find(t, sha256);
-    if (e) {
-        e->keep++;
-        e->forgotten = false;
-        pthread_mutex_unlock(&t->hmu);
-        return 0;
-    }
+    bool kept = host_keep(t, sha256);
     pthread_mutex_unlock(&t->hmu);
+    if (kept) return 0;
     void *blob = NULL;
     size_t len = 0;
     int rc = astore_get_blob(t->store, sha256, &blob, &len); /* outside the lock: LMDB I/O */
     if (rc) return rc;
     pthread_mutex_lock(&t->hmu);
-    if ((e = host_find(t, sha256))) { /* another thread brought it meanwhile */
-        e->keep++;
-        e->forgotten = false;
-        free(blob);
-    } else {
-        rc = host_add(t, sha256, blob, len, 1);
-    }
+    if (host_keep(t, sha256)) free(blob); /* another thread brought it meanwhile */
+    else rc = host_add(t, sha256, blob, len, 1);
     pthread_mutex_unlock(&t->hmu);
     return rc;
 }
