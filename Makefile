@@ -28,7 +28,7 @@ LDFLAGS := $(SANFLAGS) $(XLDFLAGS)
 LDLIBS  := $(PKG_LIBS) -lm -lpthread
 
 # Sources: everything under the three library trees except the daemon's main.
-LIB_SRC  := $(shell find kernels adapter_store server -name '*.c' ! -path server/main.c | sort)
+LIB_SRC  := $(shell find lib kernels adapter_store server -name '*.c' ! -path server/main.c | sort)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)

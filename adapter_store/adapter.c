@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 
 #include "adapter_store/json_check.h"
-#include "kernels/util/half.h"
+#include "lib/half.h"
 
 /* adapter_config.json is a few kB; a rank_pattern + alpha_pattern over every module of a
  * 126-layer model (2 × 882 keys of ~40 bytes) is ~80 kB. 1 MiB is a > 10x margin; anything

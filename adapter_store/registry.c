@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/log.h"
+#include "lib/log.h"
 
 typedef struct {
     char name[ASTORE_KEY_MAX + 1]; /* the key: astore_key(owner, name) */

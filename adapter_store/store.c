@@ -36,7 +36,7 @@
 #include <unistd.h>
 
 #include "adapter_store/store_internal.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 
 /* Version of the meta record layout and of the database set; "info"/"schema" holds it. A
  * store written by a newer peftd is refused rather than misread. */

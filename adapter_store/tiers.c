@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "adapter_store/adapter_blob.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 
 typedef struct {
     char sha[65];

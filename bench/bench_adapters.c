@@ -51,11 +51,11 @@
 #include "adapter_store/adapter.h"
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/engine/engine.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
-#include "server/model/tokenizer.h"
+#include "server/text/tokenizer.h"
 
 #define MAX_SHAPES 4
 #define MAX_ROUNDS 16

@@ -27,7 +27,7 @@
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/kernels.h"
-#include "kernels/util/half.h"
+#include "lib/half.h"
 
 void openblas_set_num_threads(int num_threads);
 

@@ -23,7 +23,7 @@
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/kernels.h"
-#include "kernels/util/half.h"
+#include "lib/half.h"
 
 /* Adapter bytes cycled through per timed loop so weights are not served from the
  * 32 MiB L3: 4× the L3. */

@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/util/status.h"
+#include "lib/status.h"
 
 typedef enum { KDT_F32 = 0, KDT_F16 = 1, KDT_BF16 = 2 } kdtype;
 

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "adapter_store/adapter_blob.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/model/model_adapter_base.h"
 #include "server/tenants/tenants.h"
 

@@ -9,8 +9,8 @@
 
 #include "adapter_store/json_check.h"
 #include "adapter_store/registry.h"
-#include "kernels/util/log.h"
-#include "kernels/util/status.h"
+#include "lib/log.h"
+#include "lib/status.h"
 
 void config_default(peftd_config *c) {
     memset(c, 0, sizeof *c);

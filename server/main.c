@@ -28,7 +28,7 @@
 #include "server/adapter_service.h"
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/config.h"
 #include "server/engine/engine.h"
 #include "server/http/access_log.h"
@@ -36,7 +36,7 @@
 #include "server/http/http_server.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
-#include "server/model/tokenizer.h"
+#include "server/text/tokenizer.h"
 
 #define PEFTD_VERSION "0.1.0"
 

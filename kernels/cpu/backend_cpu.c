@@ -8,7 +8,7 @@
 #include <cblas.h>
 
 #include "kernels/cpu/cpu_internal.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 
 /* Cache-line (and AVX-512 vector) size: aligned rows never split a line. */
 #define KCPU_ALIGN 64

@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "kernels/util/status.h"
+#include "lib/status.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

@@ -15,7 +15,7 @@
 
 extern "C" {
 #include "kernels/kernels.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 }
 
 /* Codes a kernel writes into the device error flag (read back by synchronize/download). */

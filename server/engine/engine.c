@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "adapter_store/registry.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/engine/engine_internal.h"
 #include "server/model/model_adapter_base.h"
 

@@ -27,7 +27,7 @@
 
 #include "kernels/kernels.h"
 #include "server/model/model.h"
-#include "server/model/tokenizer.h"
+#include "server/text/tokenizer.h"
 
 #define ENGINE_MAX_LOGPROBS 20 /* OpenAI's limit for top logprobs */
 #define ENGINE_MAX_STOP 16     /* stop strings per request */

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/status.h"
+#include "lib/status.h"
 
 struct vtc {
     pthread_mutex_t mu; /* guards the table for vtc_snapshot(); the engine thread writes */

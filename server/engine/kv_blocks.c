@@ -3,7 +3,7 @@
 
 #include <stdlib.h>
 
-#include "kernels/util/status.h"
+#include "lib/status.h"
 
 int kv_blocks_init(kv_blocks *kv, int n_blocks) {
     kv->free_ids = malloc((size_t)n_blocks * sizeof(int32_t));

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/engine/engine_internal.h"
 
 void gen_params_default(gen_params *p) {

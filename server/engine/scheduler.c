@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "adapter_store/registry.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/engine/engine_internal.h"
 
 void engine__drain_queue(engine *e) {

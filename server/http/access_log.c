@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/http/api_completions.h"
 #include "server/http/http_metrics.h"
 

@@ -19,7 +19,7 @@
 
 #include <cJSON.h>
 
-#include "kernels/util/status.h"
+#include "lib/status.h"
 #include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
 

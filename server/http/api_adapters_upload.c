@@ -41,8 +41,8 @@
 
 #include <cJSON.h>
 
-#include "kernels/util/log.h"
-#include "kernels/util/status.h"
+#include "lib/log.h"
+#include "lib/status.h"
 #include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
 

@@ -1,7 +1,7 @@
 /* server/http/api_chat.c — POST /v1/chat/completions on the completions machinery.
  *
  * A chat request is a completions request whose prompt is the model's chat template
- * applied to `messages` (server/model/chat_template.h, add_generation_prompt on), tokenized
+ * applied to `messages` (server/text/chat_template.h, add_generation_prompt on), tokenized
  * as HF's apply_chat_template(tokenize=True) does: no BOS added by the tokenizer (the
  * template writes it). The chat fields are validated here, then the body is rewritten into
  * the equivalent completions body (prompt = those token ids, logprobs = top_logprobs,
@@ -22,11 +22,11 @@
 #include <cJSON.h>
 
 #include "adapter_store/json_check.h"
-#include "kernels/util/log.h"
-#include "kernels/util/status.h"
+#include "lib/log.h"
+#include "lib/status.h"
 #include "server/http/api_completions.h"
 #include "server/http/sse.h"
-#include "server/model/chat_template.h"
+#include "server/text/chat_template.h"
 
 #define CHAT_MAX_MESSAGES 4096 /* far beyond any context the served models have */
 

@@ -21,8 +21,8 @@
 #include <cJSON.h>
 #include <sys/socket.h>
 
-#include "kernels/util/log.h"
-#include "kernels/util/status.h"
+#include "lib/log.h"
+#include "lib/status.h"
 #include "server/http/api_completions.h"
 #include "server/http/http_metrics.h"
 #include "server/http/sse.h"

@@ -7,7 +7,7 @@
 
 #include <cJSON.h>
 
-#include "kernels/util/status.h"
+#include "lib/status.h"
 #include "server/http/api_completions.h"
 #include "server/http/sse.h"
 

@@ -12,7 +12,7 @@
 #include <cJSON.h>
 
 #include "adapter_store/json_check.h"
-#include "kernels/util/status.h"
+#include "lib/status.h"
 #include "server/http/api_completions.h"
 
 #define API_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */

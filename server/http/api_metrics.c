@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "adapter_store/tiers.h"
-#include "kernels/util/status.h"
+#include "lib/status.h"
 #include "server/http/http_internal.h"
 #include "server/http/http_metrics.h"
 

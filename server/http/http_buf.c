@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/status.h"
+#include "lib/status.h"
 #include "server/http/http_internal.h"
 
 int http_buf_append(http_buf *b, const char *s, size_t n) {

@@ -8,7 +8,7 @@
 
 #include <cJSON.h>
 
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/http/http_internal.h"
 
 enum MHD_Result http_respond(http_req *req, struct MHD_Connection *conn, unsigned status,

@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "kernels/util/log.h"
-#include "kernels/util/status.h"
+#include "lib/log.h"
+#include "lib/status.h"
 #include "server/http/http_internal.h"
 
 typedef struct pool_job {

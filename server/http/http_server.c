@@ -16,11 +16,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "kernels/util/log.h"
-#include "kernels/util/status.h"
+#include "lib/log.h"
+#include "lib/status.h"
 #include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
-#include "server/model/chat_template.h"
+#include "server/text/chat_template.h"
 
 /* Defaults for fields left 0 in http_config. 1 MiB holds any completion request with a
  * prompt that fits a context window many times over. */

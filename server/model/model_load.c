@@ -24,7 +24,7 @@
 #include <cJSON.h>
 
 #include "adapter_store/safetensors.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 
 /* config.json is a few kB; 1 MB leaves room for verbose configs without letting a broken
  * file make us read gigabytes. */

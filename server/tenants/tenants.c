@@ -13,8 +13,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "kernels/util/log.h"
-#include "kernels/util/status.h"
+#include "lib/log.h"
+#include "lib/status.h"
 
 /* The token window: 60 one-second buckets (tokens per *minute*). */
 #define TENANTS_WINDOW_S 60

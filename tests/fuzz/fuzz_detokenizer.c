@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/model/tokenizer.h"
+#include "server/text/tokenizer.h"
 #include "tests/fuzz/fuzz_utf8.h"
 
 #define CHECK(x) do { if (!(x)) __builtin_trap(); } while (0)

@@ -13,11 +13,11 @@
 #include <string.h>
 
 #include "adapter_store/registry.h"
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/engine/engine.h"
 #include "server/http/api_completions.h"
 #include "server/http/http_internal.h"
-#include "server/model/chat_template.h"
+#include "server/text/chat_template.h"
 
 static http_server g_srv;
 

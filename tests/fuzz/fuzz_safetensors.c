@@ -6,7 +6,7 @@
  * Built and run by `make fuzz`; by hand, from the repository root:
  *   clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -I. \
  *       -I/usr/include/cjson tests/fuzz/fuzz_safetensors.c adapter_store/safetensors.c \
- *       kernels/util/status.c -lcjson -o /tmp/fuzz_safetensors
+ *       lib/status.c -lcjson -o /tmp/fuzz_safetensors
  *   mkdir -p /tmp/st_corpus && cp models/stories260K/model.safetensors /tmp/st_corpus/
  *   /tmp/fuzz_safetensors -dict=tests/fuzz/safetensors.dict -max_total_time=60 \
  *       -max_len=65536 /tmp/st_corpus

@@ -6,8 +6,8 @@
  *
  * Built and run by `make fuzz`; by hand, from the repository root:
  *   clang -g -O1 -std=c11 -D_GNU_SOURCE -DUTF8PROC_EXPORTS -fsanitize=fuzzer,address,undefined \
- *       -I. -I/usr/include/cjson tests/fuzz/fuzz_tokenizer.c server/model/tokenizer*.c \
- *       kernels/util/status.c -lcjson -lpcre2-8 -lutf8proc -lpthread -o /tmp/fuzz_tokenizer
+ *       -I. -I/usr/include/cjson tests/fuzz/fuzz_tokenizer.c server/text/tokenizer*.c \
+ *       lib/status.c -lcjson -lpcre2-8 -lutf8proc -lpthread -o /tmp/fuzz_tokenizer
  *   mkdir -p /tmp/tok_corpus && split -l 50 tests/fixtures/tokenizer/corpus.txt /tmp/tok_corpus/c
  *   /tmp/fuzz_tokenizer -max_total_time=60 -max_len=4096 /tmp/tok_corpus
  */
@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/status.h"
-#include "server/model/tokenizer.h"
+#include "lib/status.h"
+#include "server/text/tokenizer.h"
 #include "tests/fuzz/fuzz_utf8.h"
 
 #define CHECK(x) do { if (!(x)) __builtin_trap(); } while (0)

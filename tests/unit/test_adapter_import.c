@@ -15,7 +15,7 @@
 
 #include "adapter_store/adapter.h"
 #include "adapter_store/safetensors.h"
-#include "kernels/util/half.h"
+#include "lib/half.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/test.h"

@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #include "kernels/kernels.h"
-#include "kernels/util/half.h"
+#include "lib/half.h"
 #include "server/engine/engine.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/test.h"

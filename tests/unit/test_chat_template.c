@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "kernels/util/status.h"
-#include "server/model/chat_template.h"
+#include "lib/status.h"
+#include "server/text/chat_template.h"
 #include "tests/harness/test.h"
 
 #define FIX "tests/fixtures/chat/chat_fixtures.json"

@@ -3,7 +3,7 @@
  * tenant label table, and log.c's JSON string escape (valid JSON whatever the bytes). */
 #include <pthread.h>
 
-#include "kernels/util/log.h"
+#include "lib/log.h"
 #include "server/http/http_metrics.h"
 #include "tests/harness/test.h"
 

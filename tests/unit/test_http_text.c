@@ -5,7 +5,7 @@
  * UTF-8 and its "bytes" are the byte itself (api_token_text). */
 #include "server/http/api_completions.h"
 #include "server/http/http_internal.h"
-#include "server/model/tokenizer.h"
+#include "server/text/tokenizer.h"
 #include "tests/harness/test.h"
 
 static const char *clean(const char *in, size_t outlen) {

@@ -18,7 +18,7 @@
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/threadpool.h"
 #include "kernels/kernels.h"
-#include "kernels/util/half.h"
+#include "lib/half.h"
 #include "tests/harness/test.h"
 
 #define U_F32 (1.0 / 16777216.0) /* 2^-24 */

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kernels/util/half.h"
+#include "lib/half.h"
 #include "server/model/model.h"
 #include "tests/harness/test.h"
 

@@ -21,7 +21,7 @@
  * outside the bound for the K used here. */
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/kernels.h"
-#include "kernels/util/half.h"
+#include "lib/half.h"
 #include "tests/harness/test.h"
 
 #define U_F32 (1.0 / 16777216.0) /* 2^-24 */

@@ -15,8 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kernels/util/status.h"
-#include "server/model/tokenizer.h"
+#include "lib/status.h"
+#include "server/text/tokenizer.h"
 #include "tests/harness/test.h"
 
 #define FIX "tests/fixtures/tokenizer"

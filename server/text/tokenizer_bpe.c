@@ -1,4 +1,4 @@
-/* server/model/tokenizer_bpe.c — the BPE model of tokenizer.json: vocabulary (string -> id hash
+/* server/text/tokenizer_bpe.c — the BPE model of tokenizer.json: vocabulary (string -> id hash
  * map), merges ((left, right) -> rank, merged id hash map), and the merge loop.
  *
  * Merging follows `tokenizers` exactly: the word starts as one symbol per character (byte
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/status.h"
-#include "server/model/tokenizer_internal.h"
+#include "lib/status.h"
+#include "server/text/tokenizer_internal.h"
 
 /* ---- string -> id map (open addressing, linear probing, load factor <= 1/2) ---- */
 

@@ -1,5 +1,5 @@
-/* kernels/util/status.c — messages for the codes in status.h. */
-#include "kernels/util/status.h"
+/* lib/status.c — messages for the codes in status.h. */
+#include "lib/status.h"
 
 #include <string.h>
 

@@ -1,4 +1,4 @@
-/* kernels/util/log.h — leveled event logging to stderr, one line per event (written with one
+/* lib/log.h — leveled event logging to stderr, one line per event (written with one
  * stdio call, so lines from different threads never interleave).
  *
  * Level: PEFTD_LOG (debug|info|warn|error), default info, or log_set_level(). Format: text

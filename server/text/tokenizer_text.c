@@ -1,4 +1,4 @@
-/* server/model/tokenizer_text.c — text plumbing for the tokenizer: growable byte buffers,
+/* server/text/tokenizer_text.c — text plumbing for the tokenizer: growable byte buffers,
  * piece (span) lists, UTF-8 validation/decoding, lossy UTF-8 repair exactly as Rust's
  * from_utf8_lossy does it, GPT-2's byte-level character map, and the PCRE2 wrapper that
  * runs tokenizer.json's regexes (UTF + UCP mode, JIT when available).
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/status.h"
-#include "server/model/tokenizer_internal.h"
+#include "lib/status.h"
+#include "server/text/tokenizer_internal.h"
 
 int tokenizer__buf_reserve(tok_buf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return 0;

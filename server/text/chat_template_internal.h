@@ -1,4 +1,4 @@
-/* server/model/chat_template_internal.h — what chat_template.c (lexer, parser) and
+/* server/text/chat_template_internal.h — what chat_template.c (lexer, parser) and
  * chat_template_eval.c (values, rendering) share: the arena, the AST and the values.
  * Internal to server/model/.
  */
@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "server/model/chat_template.h"
+#include "server/text/chat_template.h"
 
 /* A bump allocator: everything of one template (AST) or one render (values) lives in one
  * arena and goes at once, so error paths (longjmp out of a deep evaluation) leak nothing. */

@@ -1,4 +1,4 @@
-/* kernels/util/half.h — scalar f16/bf16 <-> f32 conversions (round-to-nearest-even). */
+/* lib/half.h — scalar f16/bf16 <-> f32 conversions (round-to-nearest-even). */
 #ifndef PEFTD_HALF_H
 #define PEFTD_HALF_H
 

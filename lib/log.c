@@ -1,5 +1,5 @@
-/* kernels/util/log.c — see log.h. */
-#include "kernels/util/log.h"
+/* lib/log.c — see log.h. */
+#include "lib/log.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>

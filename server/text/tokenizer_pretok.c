@@ -1,4 +1,4 @@
-/* server/model/tokenizer_pretok.c — tokenizer.json pre-tokenizers: Split (PCRE2 regex exactly as
+/* server/text/tokenizer_pretok.c — tokenizer.json pre-tokenizers: Split (PCRE2 regex exactly as
  * written, or a literal; all five split behaviours, invert), ByteLevel (GPT-2 regex, prefix
  * space, byte -> printable character map), Metaspace (prepend schemes always/first/never,
  * optional split), Digits, Sequence. Others are refused at load with an error naming them.
@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/status.h"
-#include "server/model/tokenizer_internal.h"
+#include "lib/status.h"
+#include "server/text/tokenizer_internal.h"
 
 /* The regex `tokenizers` hard-codes for ByteLevel(use_regex=true) (GPT-2's). */
 static const char GPT2_PATTERN[] =

@@ -1,4 +1,4 @@
-/* server/model/tokenizer_decode.c — ids -> text: tokenizer.json decoders (Replace, ByteFallback,
+/* server/text/tokenizer_decode.c — ids -> text: tokenizer.json decoders (Replace, ByteFallback,
  * Fuse, Strip, ByteLevel, Metaspace, Sequence), HF `decode(skip_special_tokens)`, and the
  * incremental stream used for token-by-token output.
  *
@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/util/status.h"
-#include "server/model/tokenizer_internal.h"
+#include "lib/status.h"
+#include "server/text/tokenizer_internal.h"
 
 typedef enum { DEC_SEQUENCE, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_BYTELEVEL, DEC_METASPACE } dec_kind;
 

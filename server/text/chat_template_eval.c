@@ -1,4 +1,4 @@
-/* server/model/chat_template_eval.c — rendering a parsed chat template: the values (Python
+/* server/text/chat_template_eval.c — rendering a parsed chat template: the values (Python
  * semantics: truthiness, ==, +, str(), repr(), json.dumps), scopes as jinja2 has them (a
  * for loop's body gets a fresh scope each iteration; sets inside do not leak out), the
  * filters, tests, globals and string/dict methods chat templates use.
@@ -15,8 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "kernels/util/status.h"
-#include "server/model/chat_template_internal.h"
+#include "lib/status.h"
+#include "server/text/chat_template_internal.h"
 
 /* Bounds that keep a hostile template (or conversation) from spinning or exhausting
  * memory: no real chat template comes near them. */

@@ -1,4 +1,4 @@
-/* server/model/tokenizer.c — loads tokenizer.json (+ tokenizer_config.json), owns the
+/* server/text/tokenizer.c — loads tokenizer.json (+ tokenizer_config.json), owns the
  * tokenizer object, matches added/special tokens, and drives encoding through the
  * `tokenizers` pipeline:
  *   added tokens (raw) -> normalizer -> added tokens (normalized) -> pre-tokenizer -> BPE
@@ -16,8 +16,8 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "kernels/util/status.h"
-#include "server/model/tokenizer_internal.h"
+#include "lib/status.h"
+#include "server/text/tokenizer_internal.h"
 
 /* tokenizer.json of the largest public vocabularies is tens of MB; anything far larger is
  * not a tokenizer file. */

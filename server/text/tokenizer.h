@@ -1,4 +1,4 @@
-/* server/model/tokenizer.h — Hugging Face `tokenizer.json` BPE tokenizers, encode and decode.
+/* server/text/tokenizer.h — Hugging Face `tokenizer.json` BPE tokenizers, encode and decode.
  *
  * Supports the two BPE families used by Llama-style models:
  *   - SentencePiece-style: Metaspace / Prepend+Replace normalizer ("▁"), byte fallback

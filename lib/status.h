@@ -1,4 +1,4 @@
-/* kernels/util/status.h — project-wide status codes and their messages.
+/* lib/status.h — project-wide status codes and their messages.
  * Functions return int: 0 OK, a negative PEFTD_E* code, or -errno. */
 #ifndef PEFTD_STATUS_H
 #define PEFTD_STATUS_H

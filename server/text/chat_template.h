@@ -1,4 +1,4 @@
-/* server/model/chat_template.h — a model's chat template: the Jinja `chat_template` of
+/* server/text/chat_template.h — a model's chat template: the Jinja `chat_template` of
  * tokenizer_config.json, rendered the way Hugging Face's
  * `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)` does.
  *

@@ -1,4 +1,4 @@
-/* server/model/tokenizer_normalize.c — tokenizer.json normalizers: NFC/NFD/NFKC/NFKD (utf8proc),
+/* server/text/tokenizer_normalize.c — tokenizer.json normalizers: NFC/NFD/NFKC/NFKD (utf8proc),
  * Lowercase, Prepend, Replace (literal or regex), Strip, Sequence. Anything else is refused
  * at load time with an error naming the type.
  */
@@ -6,8 +6,8 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "kernels/util/status.h"
-#include "server/model/tokenizer_internal.h"
+#include "lib/status.h"
+#include "server/text/tokenizer_internal.h"
 
 typedef enum {
     NORM_SEQUENCE,

@@ -1,4 +1,4 @@
-/* server/model/tokenizer_internal.h — declarations shared by the tokenizer_*.c files only.
+/* server/text/tokenizer_internal.h — declarations shared by the tokenizer_*.c files only.
  *
  * The tokenizer mirrors the `tokenizers` pipeline: added-token split -> normalizer ->
  * pre-tokenizer -> BPE model -> post-processor (encode), and id -> piece -> decoder chain
@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "server/model/tokenizer.h"
+#include "server/text/tokenizer.h"
 
 /* ---- text helpers (tokenizer_text.c) ---- */
 

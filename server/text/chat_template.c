@@ -1,4 +1,4 @@
-/* server/model/chat_template.c — loading a chat template (tokenizer_config.json or an
+/* server/text/chat_template.c — loading a chat template (tokenizer_config.json or an
  * override file), the Jinja lexer (with HF's trim_blocks + lstrip_blocks whitespace rules,
  * exactly as jinja2's lexer applies them) and the parser that turns the template into the
  * AST of chat_template_internal.h. Rendering is in chat_template_eval.c.
@@ -14,8 +14,8 @@
 
 #include <cJSON.h>
 
-#include "kernels/util/status.h"
-#include "server/model/chat_template_internal.h"
+#include "lib/status.h"
+#include "server/text/chat_template_internal.h"
 
 /* ---- arena ---- */
 
