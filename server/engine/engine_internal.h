@@ -42,7 +42,7 @@ int engine__publish(engine_request *r, const char *text, size_t len, const gen_t
 void engine__finish(engine_request *r, finish_reason f, const char *error);
 void engine__notify(engine_request *r);
 
-/* ---------- the engine's private state (engine.c, sequence.c, scheduler.c) ---------- */
+/* ---------- the engine's private state (engine.c, sequence.c, scheduler.c, step.c) ---------- */
 
 #include <uv.h>
 
@@ -149,9 +149,13 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
 void engine__seq_free(engine *e, seq *s);
 bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp);
 
-/* scheduler.c: the waiting queue, admission, preemption, the step */
+/* scheduler.c: the waiting queue, cancellation, admission (engine thread) */
 void engine__drain_queue(engine *e);
 void engine__reap_cancelled(engine *e, bool all);
+void engine__admit(engine *e);
+
+/* step.c: one step (drain, reap, admit, then plan, reserve with preemption, build, run,
+ * retire) over the running sequences; false when there was nothing to run (engine thread) */
 bool engine__step(engine *e);
 
 /* engine.c */

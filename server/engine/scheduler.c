@@ -1,12 +1,10 @@
-/* server/engine/scheduler.c — what runs in each engine step: draining the submission
- * queue, admission (Virtual Token Counter fairness across tenants, adapters made resident
- * through the tiers first, KV blocks for the prompt), KV block reservation with preemption
- * by recompute when the pool runs out, and the step itself: one ragged batch of decode
- * tokens and prefill chunks ordered into adapter segments, the forward pass, sampling. */
+/* server/engine/scheduler.c — who runs next: draining the submission queue into the
+ * waiting list, cancelling waiting and running requests, and admission (Virtual Token
+ * Counter fairness across tenants, adapters made resident through the tiers first, KV
+ * blocks for the prompt). The step that runs the admitted sequences is step.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "adapter_store/registry.h"
 #include "lib/log.h"
@@ -125,7 +123,7 @@ fail:
  * not resident yet stays waiting (its fetch runs on the thread pool) and is passed over
  * this round; when the chosen request's KV blocks do not fit, admission stops (nobody
  * overtakes it for memory, so long prompts are not starved). */
-static void admit(engine *e) {
+void engine__admit(engine *e) {
     for (engine_request *r = e->w_head; r; r = r->next) r->skip = false;
     while (e->n_running < e->cfg.max_seqs) {
         engine_request *best = NULL, *best_prev = NULL, *prev = NULL;
@@ -190,206 +188,4 @@ static void admit(engine *e) {
         s->vt = vt;
         e->running[e->n_running++] = s;
     }
-}
-
-static void fail_all_running(engine *e, const char *msg) {
-    for (int i = 0; i < e->n_running; i++) {
-        engine__finish_request(e->running[i]->r, FINISH_ERROR, msg);
-        engine__seq_free(e, e->running[i]);
-    }
-    e->n_running = 0;
-}
-
-/* Takes blocks so that the sequence's own slots cover its first `tokens` tokens. */
-static int seq_reserve(engine *e, seq *s, int tokens) {
-    int want = engine__blocks_needed(e, tokens);
-    if (want <= s->n_blocks) return 0;
-    if (kv_blocks_alloc(&e->kv, want - s->n_blocks, s->blocks + s->n_blocks) < 0) return PEFTD_ENOMEM;
-    s->n_blocks = want;
-    return 0;
-}
-
-/* Preemption by recompute (vLLM's policy), step 1: the sequence gives back its KV
- * blocks, its prefix and its adapter pin at once (so the step can go on with them). */
-static void seq_evict(engine *e, int i) {
-    seq *s = e->running[i];
-    kv_blocks_release(&e->kv, s->blocks, s->n_blocks);
-    s->n_blocks = 0;
-    s->n_computed = 0;
-    engine__prefix_release(e, s->pfx);
-    s->pfx = NULL;
-    if (s->pinned) tiers_unpin(e->tiers, s->pinned);
-    s->pinned = NULL;
-    s->evicted = true;
-    e->b_chunk[i] = 0;
-    pthread_mutex_lock(&e->smu);
-    e->stats.preemptions++;
-    pthread_mutex_unlock(&e->smu);
-}
-
-/* Step 2: it waits again at the head of the queue with everything it generated; when
- * re-admitted its tokens are prefilled again (bit-identical K/V: the kernels are
- * batch-invariant) and generation continues where it stopped. */
-static void seq_requeue(engine *e, int i) {
-    seq *s = e->running[i];
-    engine_request *r = s->r;
-    s->evicted = false;
-    r->preempted = s;
-    r->adapter_fetching = false;
-    vtc_requeue(e->vtc, s->vt);
-    r->next = e->w_head;
-    e->w_head = r;
-    if (!e->w_tail) e->w_tail = r;
-    atomic_fetch_add(&e->n_queued, 1);
-    e->running[i] = e->running[--e->n_running];
-    e->b_chunk[i] = e->b_chunk[e->n_running];
-}
-
-/* The running sequence to preempt for memory: the one whose tenant has been served the
- * most (highest virtual counter), latest admitted among equals. */
-static int preempt_victim(engine *e) {
-    int v = -1;
-    for (int i = 0; i < e->n_running; i++) {
-        const seq *s = e->running[i], *w = v >= 0 ? e->running[v] : NULL;
-        if (s->evicted) continue;
-        double cs = s->vt ? s->vt->counter : 0, cw = w && w->vt ? w->vt->counter : 0;
-        if (!w || cs > cw || (cs == cw && s->admitted > w->admitted)) v = i;
-    }
-    return v;
-}
-
-static int seq_cmp_adapter(const void *a, const void *b) {
-    const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
-    uintptr_t px = (uintptr_t)x->ad, py = (uintptr_t)y->ad;
-    if (px != py) return px < py ? -1 : 1;
-    return (x->ad_scale > y->ad_scale) - (x->ad_scale < y->ad_scale);
-}
-
-/* One step over every running sequence. Returns false when there was nothing to do. */
-bool engine__step(engine *e) {
-    engine__drain_queue(e);
-    engine__reap_cancelled(e, false);
-    admit(e);
-    if (e->n_running == 0) return false;
-
-    const int bs = e->cfg.block_size;
-    /* sequences of one (adapter, scale) next to each other: one segment each */
-    qsort(e->running, (size_t)e->n_running, sizeof(seq *), seq_cmp_adapter);
-    /* how many rows each sequence gets: decode tokens first (one row each), then prefill
-     * chunks with what is left of the token budget */
-    int budget = e->cfg.max_batch_tokens, T = 0, S = 0, NL = 0, G = 0, prompt_rows = 0;
-    memset(e->b_chunk, 0, (size_t)e->n_running * sizeof(int));
-    for (int pass = 0; pass < 2; pass++)
-        for (int i = 0; i < e->n_running; i++) {
-            seq *s = e->running[i];
-            int remaining = s->n_tokens - s->n_computed;
-            if ((pass == 0) != (remaining == 1)) continue;
-            int c = remaining < budget ? remaining : budget;
-            if (c <= 0) continue;
-            e->b_chunk[i] = c;
-            budget -= c;
-        }
-    /* K/V blocks for every chunk, decodes first; when the pool is empty, preempt (maybe the
-     * sequence itself), then take the preempted ones out of the batch */
-    for (int pass = 0; pass < 2; pass++)
-        for (int i = 0; i < e->n_running; i++) {
-            seq *s = e->running[i];
-            int c = e->b_chunk[i];
-            if (c == 0 || s->evicted || (pass == 0) != (s->n_tokens - s->n_computed == 1)) continue;
-            while (seq_reserve(e, s, s->n_computed + c) < 0) {
-                int v = preempt_victim(e);
-                seq_evict(e, v);
-                if (v == i) break;
-            }
-        }
-    for (int i = 0; i < e->n_running; i++)
-        if (e->running[i]->evicted) {
-            seq_requeue(e, i);
-            i--; /* slot i now holds the last sequence: look at it too */
-        }
-    if (e->n_running == 0) return true;
-    for (int i = 0; i < e->n_running; i++) {
-        seq *s = e->running[i];
-        int c = e->b_chunk[i];
-        if (c == 0) continue;
-        if (G == 0 || e->b_segs[G - 1].ad != s->ad || e->b_segs[G - 1].scale != s->ad_scale) {
-            if (G) e->b_segs[G - 1].row_end = T;
-            e->b_segs[G++] = (llama_segment){.ad = s->ad, .scale = s->ad_scale, .row_start = T};
-        }
-        int kv_off = s->pfx ? s->pfx->n_blocks * bs : 0; /* own slots start after the prefix blocks */
-        int32_t *row = e->b_btab + (size_t)S * e->max_blocks;
-        int nb = 0;
-        if (s->pfx) {
-            memcpy(row, s->pfx->blocks, (size_t)s->pfx->n_blocks * sizeof(int32_t));
-            nb = s->pfx->n_blocks;
-        }
-        memcpy(row + nb, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
-        nb += s->n_blocks;
-        memset(row + nb, 0, (size_t)(e->max_blocks - nb) * sizeof(int32_t));
-        e->b_qstart[S] = T;
-        for (int j = 0; j < c; j++, T++) {
-            int idx = s->n_computed + j, kv = kv_off + idx;
-            e->b_tokens[T] = s->tokens[idx];
-            e->b_pos[T] = s->pos_off + idx;
-            e->b_slots[T] = row[kv / bs] * bs + kv % bs;
-        }
-        if (s->n_tokens - s->n_computed > 1) prompt_rows += c;
-        e->b_kvlen[S] = kv_off + s->n_computed + c;
-        e->b_kvstart[S] = s->pfx ? s->pfx->pad : 0;
-        if (s->n_computed + c == s->n_tokens) {
-            e->b_rows[NL] = T - 1;
-            e->b_logit_seq[NL++] = s;
-        }
-        S++;
-    }
-    e->b_segs[G - 1].row_end = T;
-    e->b_qstart[S] = T;
-    llama_batch b = {
-        .n_tokens = T, .tokens = e->b_tokens, .positions = e->b_pos, .slots = e->b_slots,
-        .n_seqs = S, .q_start = e->b_qstart, .kv_len = e->b_kvlen, .block_table = e->b_btab,
-        .kv_start = e->n_prefixes ? e->b_kvstart : NULL, .n_segs = G, .segs = e->b_segs,
-        .n_logits = NL, .logit_rows = e->b_rows,
-    };
-    int st = llama_forward(e->lc, &b, e->logits);
-    if (st < 0) {
-        LOGE("engine: forward failed: %s", peftd_strerror(st));
-        fail_all_running(e, "model forward failed");
-        return true;
-    }
-    for (int i = 0; i < e->n_running; i++) {
-        seq *s = e->running[i];
-        int c = e->b_chunk[i];
-        if (c == 0) continue;
-        bool decode = s->n_tokens - s->n_computed == 1;
-        s->n_computed += c;
-        vtc_charge(e->vtc, s->vt, decode ? 0 : c, s->n_computed == s->n_tokens ? 1 : 0);
-    }
-    int generated = 0;
-    for (int k = 0; k < NL; k++) {
-        seq *s = e->b_logit_seq[k];
-        const gen_params *p = &s->r->params;
-        gen_token lp;
-        int32_t tok = sampler_pick(e->logits + (size_t)k * e->m->cfg.vocab_size, p, &s->rng, &e->ss,
-                                   p->logprobs, &lp);
-        generated++;
-        if (engine__seq_accept(e, s, tok, p->logprobs >= 0 ? &lp : NULL)) s->r = NULL; /* finished */
-    }
-    for (int i = 0; i < e->n_running;) {
-        if (e->running[i]->r == NULL) {
-            engine__seq_free(e, e->running[i]);
-            e->running[i] = e->running[--e->n_running];
-        } else {
-            i++;
-        }
-    }
-    pthread_mutex_lock(&e->smu);
-    for (int k = 0, lim = 1; k < ENGINE_BATCH_BUCKETS; k++, lim *= 2)
-        if (k == ENGINE_BATCH_BUCKETS - 1 || T <= lim) e->stats.batch_rows_bucket[k]++;
-    e->stats.batch_rows_sum += (uint64_t)T;
-    e->stats.steps++;
-    e->stats.tokens_generated += (uint64_t)generated;
-    e->stats.prompt_tokens += (uint64_t)prompt_rows;
-    pthread_mutex_unlock(&e->smu);
-    if (e->step_delay_us) usleep(e->step_delay_us);
-    return true;
 }
