@@ -27,18 +27,14 @@
 #include <cblas.h>
 
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/dot_tile.h"
 #include "kernels/cpu/simd.h"
 
-/* Tile shape: 4 weight rows × 6 x rows = 24 accumulators + 4 weight vectors +
- * 1 x vector = 29 of the 32 zmm. 6 x rows rather than 4 cut the weight loads
- * (and widenings) per FMA: measured 1 thread, 2048×768 f32, n = 32: 1.27 vs
- * 1.52 ms. AVX2 has 16 ymm: 4×2 + 4 + 1 = 13 fit. */
-#define MM_MR 4
-#if KV_W == 16
-#define MM_NR 6
-#else
-#define MM_NR 2
-#endif
+/* Tile shape (dot_tile.h): 4 weight rows × 6 x rows. 6 x rows rather than 4 cut the
+ * weight loads (and widenings) per FMA: measured 1 thread, 2048×768 f32, n = 32: 1.27
+ * vs 1.52 ms. */
+#define MM_MR DT_MR
+#define MM_NR DT_NR
 
 /* Software prefetch distance, bytes ahead in the (contiguous) weight stream,
  * into L2. Measured on the target (EPYC Zen 4, 1 thread, 2048×768, n=1): no
@@ -67,19 +63,6 @@ kcpu_mm_path kcpu__mm_path = KCPU_MM_AUTO;
 typedef void (*mm_tile_fn)(const void *w, const char *pf, int64_t cols, const float *x, int64_t ldx, float *y,
                            int64_t ldy, float beta);
 
-static inline __attribute__((always_inline)) kv_f32 mm_load_w(kdtype dt, const void *w, int64_t off) {
-    if (dt == KDT_F32) return kv_load((const float *)w + off);
-    if (dt == KDT_F16) return kv_load_f16((const uint16_t *)w + off);
-    return kv_load_bf16((const uint16_t *)w + off);
-}
-
-static inline __attribute__((always_inline)) kv_f32 mm_load_w_part(kdtype dt, const void *w, int64_t off,
-                                                                   int n) {
-    if (dt == KDT_F32) return kv_load_part((const float *)w + off, n);
-    if (dt == KDT_F16) return kv_load_f16_part((const uint16_t *)w + off, n);
-    return kv_load_bf16_part((const uint16_t *)w + off, n);
-}
-
 static inline __attribute__((always_inline)) void mm_store(int R, int N, kv_f32 acc[MM_MR][MM_NR], float *y,
                                                            int64_t ldy, float beta) {
 #pragma GCC unroll 4
@@ -99,43 +82,10 @@ static inline __attribute__((always_inline)) void mm_store(int R, int N, kv_f32 
 static inline __attribute__((always_inline)) void mm_tile(kdtype dt, int R, int N, const void *w, const char *pf,
                                                           int64_t cols, const float *x, int64_t ldx, float *y,
                                                           int64_t ldy, float beta) {
-    const size_t esz = dt == KDT_F32 ? 4 : 2;
     kv_f32 acc[MM_MR][MM_NR];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
-        for (int i = 0; i < N; i++) acc[r][i] = kv_zero();
-    int64_t k = 0;
-    for (; k + KV_W <= cols; k += KV_W) {
-        kv_f32 wv[MM_MR];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) wv[r] = mm_load_w(dt, w, r * cols + k);
-        if (pf) {
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) __builtin_prefetch(pf + (size_t)(r * cols + k) * esz, 0, 2);
-        }
-#pragma GCC unroll 8
-        for (int i = 0; i < N; i++) {
-            kv_f32 xv = kv_load(x + i * ldx + k);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][i] = kv_fmadd(wv[r], xv, acc[r][i]);
-        }
-    }
-    if (k < cols) {
-        int rem = (int)(cols - k);
-        kv_f32 wv[MM_MR];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) wv[r] = mm_load_w_part(dt, w, r * cols + k, rem);
-#pragma GCC unroll 8
-        for (int i = 0; i < N; i++) {
-            kv_f32 xv = kv_load_part(x + i * ldx + k, rem);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][i] = kv_fmadd(wv[r], xv, acc[r][i]);
-        }
-    }
+    dt_tile(dt, R, N, w, pf, cols, x, ldx, acc);
     mm_store(R, N, acc, y, ldy, beta);
 }
-
 
 #define MM_TILE_DEF(TAG, CALL, R, N)                                                                          \
     static void mm_tile_##TAG##_##R##_##N(const void *w, const char *pf, int64_t cols, const float *x,      \

@@ -28,11 +28,12 @@
 #include <stdlib.h>
 
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/dot_tile.h"
 #include "kernels/cpu/simd.h"
 
-/* Shrink tile: SH_MR A rows × SH_NR x rows = 16 accumulators + 4 A vectors + 1 x
- * vector of the 32 zmm (AVX-512); AVX2's 16 ymm fit 4×2 + 4 + 1. */
-#define SH_MR 4
+/* Shrink tile (dot_tile.h): SH_MR A rows × SH_NR x rows = 16 accumulators + 4 A
+ * vectors + 1 x vector of the 32 zmm (AVX-512); AVX2's 16 ymm fit 4×2 + 4 + 1. */
+#define SH_MR DT_MR
 #if KV_W == 16
 #define SH_NR 4
 #else
@@ -61,20 +62,6 @@
 
 /* seg_scale: elements per work item (64 KiB of y), as elementwise.c. */
 #define SS_CHUNK 16384
-
-/* ---- loads of weights in their stored dtype, widened to f32 ---- */
-
-static inline __attribute__((always_inline)) kv_f32 sg_load_w(kdtype dt, const void *w, int64_t off) {
-    if (dt == KDT_F32) return kv_load((const float *)w + off);
-    if (dt == KDT_F16) return kv_load_f16((const uint16_t *)w + off);
-    return kv_load_bf16((const uint16_t *)w + off);
-}
-
-static inline __attribute__((always_inline)) kv_f32 sg_load_w_part(kdtype dt, const void *w, int64_t off, int n) {
-    if (dt == KDT_F32) return kv_load_part((const float *)w + off, n);
-    if (dt == KDT_F16) return kv_load_f16_part((const uint16_t *)w + off, n);
-    return kv_load_bf16_part((const uint16_t *)w + off, n);
-}
 
 /* Prefetches [p, p + bytes) into L2, one hint per cache line. */
 static inline void sg_prefetch(const char *p, size_t bytes) {
@@ -231,6 +218,24 @@ static int sg_plan(const ksgmv *s, int n_threads, int64_t dim, int expand, int u
     return (int)n;
 }
 
+/* Plans the work items of one op (sg_plan's arguments), points the op's context at them
+ * (*tasks, *groups: fields of ctx) and runs fn over the items on the pool. */
+static int sg_run(kcpu_backend *cb, const ksgmv *s, int64_t dim, int expand, int unit, kpool_fn fn,
+                  void *ctx, const sg_task **tasks, const int32_t **groups) {
+    sg_task *tk;
+    int32_t *g;
+    int n_groups;
+    double work;
+    int n = sg_plan(s, cb->n_threads, dim, expand, unit, &tk, &g, &n_groups, &work);
+    if (n < 0) return n;
+    *tasks = tk;
+    *groups = g;
+    kcpu__parallel(cb, n_groups, work, fn, ctx);
+    free(g);
+    free(tk);
+    return 0;
+}
+
 /* ---- shrink ---- */
 
 /* sums[i][r] = dot(A row r, x row i) for r < R, i < N (R, N, dt compile-time in every
@@ -239,40 +244,8 @@ static int sg_plan(const ksgmv *s, int n_threads, int64_t dim, int expand, int u
 static inline __attribute__((always_inline)) void sh_tile(kdtype dt, int R, int N, const void *a, const char *pf,
                                                           int64_t in, const float *x, int64_t ldx,
                                                           float sums[SH_NR][SH_MR]) {
-    const size_t esz = dt == KDT_F32 ? 4 : 2;
-    kv_f32 acc[SH_MR][SH_NR];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) acc[r][i] = kv_zero();
-    int64_t k = 0;
-    for (; k + KV_W <= in; k += KV_W) {
-        kv_f32 av[SH_MR];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) av[r] = sg_load_w(dt, a, r * in + k);
-        if (pf) {
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) __builtin_prefetch(pf + (size_t)(r * in + k) * esz, 0, 2);
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) {
-            kv_f32 xv = kv_load(x + i * ldx + k);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][i] = kv_fmadd(av[r], xv, acc[r][i]);
-        }
-    }
-    if (k < in) {
-        int rem = (int)(in - k);
-        kv_f32 av[SH_MR];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) av[r] = sg_load_w_part(dt, a, r * in + k, rem);
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) {
-            kv_f32 xv = kv_load_part(x + i * ldx + k, rem);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][i] = kv_fmadd(av[r], xv, acc[r][i]);
-        }
-    }
+    kv_f32 acc[DT_MR][DT_NR];
+    dt_tile(dt, R, N, a, pf, in, x, ldx, acc);
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
@@ -372,18 +345,8 @@ int kcpu__sgmv_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, 
     if ((rc = sg_check(s, ld_t, &any)) != 0) return rc;
     if (!any) return 0;
     if (!x || !t) return PEFTD_EINVAL;
-    kcpu_backend *cb = kcpu__impl(kb);
-    sg_task *tasks;
-    int32_t *groups;
-    int n_groups;
-    double work;
-    int n = sg_plan(s, cb->n_threads, in_dim, 0, SH_MR, &tasks, &groups, &n_groups, &work);
-    if (n < 0) return n;
-    sh_ctx c = {.x = x, .in = in_dim, .s = s, .t = t, .ld_t = ld_t, .tasks = tasks, .groups = groups};
-    kcpu__parallel(cb, n_groups, work, sh_task, &c);
-    free(groups);
-    free(tasks);
-    return 0;
+    sh_ctx c = {.x = x, .in = in_dim, .s = s, .t = t, .ld_t = ld_t};
+    return sg_run(kcpu__impl(kb), s, in_dim, 0, SH_MR, sh_task, &c, &c.tasks, &c.groups);
 }
 
 /* ---- expand ---- */
@@ -435,14 +398,14 @@ static inline __attribute__((always_inline)) kv_f32 ex_block(kdtype dt, const vo
         kv_f32 tv = kv_load(t + c);
 #pragma GCC unroll 16
         for (int jj = 0; jj < EX_JB; jj++)
-            if (jj < jn) acc[jj] = kv_fmadd(sg_load_w(dt, b, (int64_t)jj * R + c), tv, acc[jj]);
+            if (jj < jn) acc[jj] = kv_fmadd(dt_load_w(dt, b, (int64_t)jj * R + c), tv, acc[jj]);
     }
     if (c < R) {
         int rem = R - c;
         kv_f32 tv = kv_load_part(t + c, rem);
 #pragma GCC unroll 16
         for (int jj = 0; jj < EX_JB; jj++)
-            if (jj < jn) acc[jj] = kv_fmadd(sg_load_w_part(dt, b, (int64_t)jj * R + c, rem), tv, acc[jj]);
+            if (jj < jn) acc[jj] = kv_fmadd(dt_load_w_part(dt, b, (int64_t)jj * R + c, rem), tv, acc[jj]);
     }
     return ex_reduce(acc);
 }
@@ -502,18 +465,8 @@ int kcpu__sgmv_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, in
     if ((rc = sg_check(s, ld_t, &any)) != 0) return rc;
     if (!any) return 0;
     if (!t || !y || !s->scale) return PEFTD_EINVAL;
-    kcpu_backend *cb = kcpu__impl(kb);
-    sg_task *tasks;
-    int32_t *groups;
-    int n_groups;
-    double work;
-    int n = sg_plan(s, cb->n_threads, out_dim, 1, EX_JB, &tasks, &groups, &n_groups, &work);
-    if (n < 0) return n;
-    ex_ctx c = {.t = t, .ld_t = ld_t, .s = s, .out = out_dim, .y = y, .tasks = tasks, .groups = groups};
-    kcpu__parallel(cb, n_groups, work, ex_task, &c);
-    free(groups);
-    free(tasks);
-    return 0;
+    ex_ctx c = {.t = t, .ld_t = ld_t, .s = s, .out = out_dim, .y = y};
+    return sg_run(kcpu__impl(kb), s, out_dim, 1, EX_JB, ex_task, &c, &c.tasks, &c.groups);
 }
 
 /* ---- seg_scale ---- */
