@@ -1,8 +1,12 @@
-/* server/config.c — parses conf/peftd.json (see config.h for the fields). */
+/* server/config.c — parses conf/peftd.json (see config.h for the fields): one table of
+ * every key (section, name, type, bounds, where it goes) read by one loop; the checks that
+ * span keys (backend names, log level/format, store map sizes, the admin key's form) are
+ * rows of the same table, run in their place. */
 #include "server/config.h"
 
 #include <cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,217 +67,231 @@ int config_add_adapter(peftd_config *c, const char *name, const char *dir, char 
     return 0;
 }
 
-/* Reads an integer field within [lo, hi]; absent is fine. */
-static int get_int(const cJSON *obj, const char *key, long lo, long hi, int *out, const char *where,
-                   char *err, size_t errlen) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v) return 0;
-    /* range first: casting a number outside long's range (1e300) is undefined */
-    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi) ||
-        v->valuedouble != floor(v->valuedouble)) {
-        snprintf(err, errlen, "%s\"%s\" must be an integer in [%ld, %ld]", where, key, lo, hi);
-        return PEFTD_EINVAL;
-    }
-    *out = (int)v->valuedouble;
-    return 0;
+typedef enum {
+    CK_STR,    /* non-empty string, copied into a char[cap] */
+    CK_INT,    /* integer in [lo, hi] into an int */
+    CK_SIZE,   /* integer in [lo, hi] into a size_t */
+    CK_BOOL,   /* true or false into a bool; msg is the error */
+    CK_IGNORE, /* allowed, not read ("comment") */
+    CK_CHECK,  /* not a key: ok(c) must hold once the rows above are read; msg is the error */
+} config_key_type;
+
+typedef struct {
+    const char *section; /* NULL: top level */
+    const char *key;     /* CK_CHECK: the key the check is about, for nothing but reading */
+    config_key_type type;
+    long lo, hi;
+    size_t off, cap;
+    bool (*ok)(const peftd_config *c);
+    const char *msg; /* after "<path>: " */
+} config_key;
+
+static bool backend_ok(const peftd_config *c) {
+    return !strcmp(c->backend, "auto") || !strcmp(c->backend, "cpu") || !strcmp(c->backend, "cuda");
+}
+static bool store_map_ok(const peftd_config *c) { return c->store.max_map_mb >= c->store.map_mb; }
+static bool log_level_ok(const peftd_config *c) { return log_level_parse(c->log.level[0] ? c->log.level : "info") >= 0; }
+static bool log_format_ok(const peftd_config *c) { return log_format_parse(c->log.format) >= 0; }
+static bool admin_sha_ok(const peftd_config *c) {
+    return !c->auth.admin_key_sha256[0] || strspn(c->auth.admin_key_sha256, "0123456789abcdef") == 64;
 }
 
-static int get_str(const cJSON *obj, const char *key, char *out, size_t cap, const char *where, char *err,
-                   size_t errlen) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v) return 0;
-    if (!cJSON_IsString(v) || strlen(v->valuestring) >= cap || !v->valuestring[0]) {
-        snprintf(err, errlen, "%s\"%s\" must be a non-empty string", where, key);
-        return PEFTD_EINVAL;
-    }
-    snprintf(out, cap, "%s", v->valuestring);
-    return 0;
+#define F(field) offsetof(peftd_config, field)
+#define STR(sec, k, field) {sec, k, CK_STR, 0, 0, F(field), sizeof(((peftd_config *)0)->field), NULL, NULL}
+#define INT(sec, k, lo, hi, field) {sec, k, CK_INT, lo, hi, F(field), 0, NULL, NULL}
+#define CHECK(sec, k, fn, m) {sec, k, CK_CHECK, 0, 0, 0, 0, fn, m}
+
+/* Every key, in the order it is read (the first error wins). */
+static const config_key KEYS[] = {
+    STR(NULL, "model", model_dir),
+    STR(NULL, "host", host),
+    STR(NULL, "chat_template", chat_template),
+    INT(NULL, "port", 0, 65535, port),
+    INT(NULL, "threads", 0, 1024, threads),
+    STR(NULL, "backend", backend),
+    CHECK(NULL, "backend", backend_ok, "\"backend\" must be \"auto\", \"cpu\" or \"cuda\""),
+    INT(NULL, "shutdown_grace_s", 0, 3600, shutdown_grace_s),
+    {NULL, "fast_prefill", CK_BOOL, 0, 0, F(fast_prefill), 0, NULL, "\"fast_prefill\" must be true or false"},
+    {NULL, "comment", CK_IGNORE, 0, 0, 0, 0, NULL, NULL},
+    {"http", "max_body_bytes", CK_SIZE, 1024, 1 << 30, F(max_body_bytes), 0, NULL, NULL},
+    INT("http", "threads", 1, 256, http_threads),
+    INT("http", "timeout_s", 0, 86400, http_timeout_s),
+    INT("http", "max_connections", 0, 1 << 20, http_max_connections),
+    INT("http", "max_uploads", 0, 1 << 20, http_max_uploads),
+    INT("http", "import_threads", 0, 64, http_import_threads),
+    INT("http", "import_queue", 0, 1 << 16, http_import_queue),
+    INT("engine", "max_seqs", 1, 4096, engine.max_seqs),
+    INT("engine", "max_batch_tokens", 1, 65536, engine.max_batch_tokens),
+    INT("engine", "block_size", 1, 1024, engine.block_size),
+    INT("engine", "kv_blocks", 0, 1 << 24, engine.kv_blocks),
+    INT("engine", "kv_cache_mb", 1, 1 << 22, engine.kv_cache_mb),
+    INT("engine", "max_queue", 1, 1 << 20, engine.max_queue),
+    STR("store", "dir", store.dir),
+    INT("store", "map_mb", 1, 1 << 20, store.map_mb),
+    INT("store", "max_map_mb", 1, 1 << 24, store.max_map_mb),
+    INT("store", "host_cache_mb", 1, 1 << 20, store.host_cache_mb),
+    INT("store", "slots", 1, 1 << 16, store.slots),
+    INT("store", "max_upload_mb", 1, 1 << 20, store.max_upload_mb),
+    CHECK("store", "max_map_mb", store_map_ok, "store.max_map_mb must be >= store.map_mb"),
+    STR("log", "level", log.level),
+    STR("log", "format", log.format),
+    STR("log", "access", log.access),
+    CHECK("log", "level", log_level_ok, "log.level must be debug, info, warn or error"),
+    CHECK("log", "format", log_format_ok, "log.format must be text or json"),
+    {"auth", "enabled", CK_BOOL, 0, 0, F(auth.enabled), 0, NULL, "auth.enabled must be true or false"},
+    STR("auth", "admin_key_env", auth.admin_key_env),
+    STR("auth", "admin_key_sha256", auth.admin_key_sha256),
+    CHECK("auth", "admin_key_sha256", admin_sha_ok,
+          "auth.admin_key_sha256 must be 64 lowercase hex digits (sha256sum of the key)"),
+    {"auth", "comment", CK_IGNORE, 0, 0, 0, 0, NULL, NULL},
+};
+#define N_KEYS (sizeof KEYS / sizeof KEYS[0])
+
+/* The sections (objects) of the top level, read in this order after its own keys. */
+static const char *const SECTIONS[] = {"http", "engine", "store", "log", "auth"};
+#define N_SECTIONS (sizeof SECTIONS / sizeof SECTIONS[0])
+
+static bool same_section(const char *a, const char *b) { return a == b || (a && b && !strcmp(a, b)); }
+
+static bool key_known(const char *section, const char *key) {
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (KEYS[i].type != CK_CHECK && same_section(KEYS[i].section, section) && !strcmp(KEYS[i].key, key))
+            return true;
+    if (section) return false;
+    for (size_t i = 0; i < N_SECTIONS; i++)
+        if (!strcmp(SECTIONS[i], key)) return true;
+    return !strcmp(key, "adapters");
 }
 
-static int check_keys(const cJSON *obj, const char *const *allowed, const char *where, char *err, size_t errlen) {
-    for (const cJSON *it = obj->child; it; it = it->next) {
-        bool ok = false;
-        for (int i = 0; allowed[i]; i++) ok |= strcmp(it->string, allowed[i]) == 0;
-        if (!ok) {
+/* One row: the value of obj[k->key] (absent is fine) into c, or the check. `where` is
+ * "<path>: " or "<path>: <section>.", `path` the file. */
+static int apply_key(peftd_config *c, const config_key *k, const cJSON *obj, const char *where, const char *path,
+                     char *err, size_t errlen) {
+    char *dst = (char *)c + k->off;
+    if (k->type == CK_CHECK) {
+        if (k->ok(c)) return 0;
+        snprintf(err, errlen, "%s: %s", path, k->msg);
+        return PEFTD_EINVAL;
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, k->key);
+    if (!v || k->type == CK_IGNORE) return 0;
+    switch (k->type) {
+    case CK_STR:
+        if (!cJSON_IsString(v) || strlen(v->valuestring) >= k->cap || !v->valuestring[0]) {
+            snprintf(err, errlen, "%s\"%s\" must be a non-empty string", where, k->key);
+            return PEFTD_EINVAL;
+        }
+        snprintf(dst, k->cap, "%s", v->valuestring);
+        return 0;
+    case CK_BOOL:
+        if (!cJSON_IsBool(v)) {
+            snprintf(err, errlen, "%s: %s", path, k->msg);
+            return PEFTD_EINVAL;
+        }
+        *(bool *)dst = cJSON_IsTrue(v);
+        return 0;
+    default: /* CK_INT, CK_SIZE: range first: casting a number outside long's range (1e300) is undefined */
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= k->lo && v->valuedouble <= k->hi) ||
+            v->valuedouble != floor(v->valuedouble)) {
+            snprintf(err, errlen, "%s\"%s\" must be an integer in [%ld, %ld]", where, k->key, k->lo, k->hi);
+            return PEFTD_EINVAL;
+        }
+        if (k->type == CK_SIZE) *(size_t *)dst = (size_t)v->valuedouble;
+        else *(int *)dst = (int)v->valuedouble;
+        return 0;
+    }
+}
+
+/* One object (the top level when section is NULL): unknown keys refused (typos must not
+ * be silently ignored), then its rows of the table in order. */
+static int load_object(peftd_config *c, const cJSON *obj, const char *section, const char *path, char *err,
+                       size_t errlen) {
+    char where[512];
+    if (section) snprintf(where, sizeof where, "%s: %s.", path, section);
+    else snprintf(where, sizeof where, "%s: ", path);
+    if (!cJSON_IsObject(obj)) {
+        snprintf(err, errlen, "%s: \"%s\" must be an object", path, section);
+        return PEFTD_EINVAL;
+    }
+    for (const cJSON *it = obj->child; it; it = it->next)
+        if (!key_known(section, it->string)) {
             snprintf(err, errlen, "%sunknown key \"%s\"", where, it->string);
             return PEFTD_EINVAL;
+        }
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (!same_section(KEYS[i].section, section)) continue;
+        int st = apply_key(c, &KEYS[i], obj, where, path, err, errlen);
+        if (st < 0) return st;
+    }
+    return 0;
+}
+
+/* "adapters": {"name": "directory", ...} */
+static int load_adapters(peftd_config *c, const cJSON *ads, const char *path, char *err, size_t errlen) {
+    if (!cJSON_IsObject(ads)) {
+        snprintf(err, errlen, "%s: \"adapters\" must be an object of name: directory", path);
+        return PEFTD_EINVAL;
+    }
+    for (const cJSON *it = ads->child; it; it = it->next) {
+        if (!cJSON_IsString(it)) {
+            snprintf(err, errlen, "%s: adapters.\"%.80s\" must be a directory path string", path, it->string);
+            return PEFTD_EINVAL;
+        }
+        char e2[512];
+        int st = config_add_adapter(c, it->string, it->valuestring, e2, sizeof e2);
+        if (st < 0) {
+            snprintf(err, errlen, "%s: %s", path, e2);
+            return st;
         }
     }
     return 0;
 }
 
-int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
+/* The file as a JSON object with no duplicate keys, or NULL with err set (*st the status). */
+static cJSON *read_json(const char *path, int *st, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, errlen, "%s: cannot open", path);
-        return PEFTD_EIO;
+        *st = PEFTD_EIO;
+        return NULL;
     }
     char buf[65536];
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     bool too_big = !feof(f);
     fclose(f);
+    *st = PEFTD_EINVAL;
     if (too_big) {
         snprintf(err, errlen, "%s: larger than 64 KiB", path);
-        return PEFTD_EINVAL;
+        return NULL;
     }
     buf[n] = 0;
+    *st = PEFTD_EFORMAT;
     cJSON *root = cJSON_ParseWithLength(buf, n);
     if (!root || !cJSON_IsObject(root)) {
         snprintf(err, errlen, "%s: not a JSON object", path);
         cJSON_Delete(root);
-        return PEFTD_EFORMAT;
+        return NULL;
     }
     if (json_duplicate_key(root)) {
         snprintf(err, errlen, "%s: the key \"%.64s\" appears twice in one object", path, json_duplicate_key(root));
         cJSON_Delete(root);
-        return PEFTD_EFORMAT;
+        return NULL;
     }
-    char where[512];
-    snprintf(where, sizeof where, "%s: ", path);
-    static const char *const top[] = {"model", "host", "port", "threads", "fast_prefill", "backend", "shutdown_grace_s", "http",
-                                      "engine", "adapters", "store", "log", "auth", "chat_template", "comment", NULL};
-    static const char *const http_keys[] = {"max_body_bytes", "threads",     "timeout_s",    "max_connections",
-                                            "max_uploads",    "import_threads", "import_queue", NULL};
-    static const char *const engine_keys[] = {"max_seqs", "max_batch_tokens", "block_size", "kv_blocks",
-                                              "kv_cache_mb", "max_queue", NULL};
-    static const char *const store_keys[] = {"dir", "map_mb", "max_map_mb", "host_cache_mb", "slots",
-                                             "max_upload_mb", NULL};
-    int st = check_keys(root, top, where, err, errlen);
-    int body = (int)c->max_body_bytes;
-    if (!st) st = get_str(root, "model", c->model_dir, sizeof c->model_dir, where, err, errlen);
-    if (!st) st = get_str(root, "host", c->host, sizeof c->host, where, err, errlen);
-    if (!st) st = get_str(root, "chat_template", c->chat_template, sizeof c->chat_template, where, err, errlen);
-    if (!st) st = get_int(root, "port", 0, 65535, &c->port, where, err, errlen);
-    if (!st) st = get_int(root, "threads", 0, 1024, &c->threads, where, err, errlen);
-    if (!st) st = get_str(root, "backend", c->backend, sizeof c->backend, where, err, errlen);
-    if (!st && strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda")) {
-        snprintf(err, errlen, "%s\"backend\" must be \"auto\", \"cpu\" or \"cuda\"", where);
-        st = PEFTD_EINVAL;
-    }
-    if (!st) st = get_int(root, "shutdown_grace_s", 0, 3600, &c->shutdown_grace_s, where, err, errlen);
-    const cJSON *fp = cJSON_GetObjectItemCaseSensitive(root, "fast_prefill");
-    if (!st && fp) {
-        if (!cJSON_IsBool(fp)) {
-            snprintf(err, errlen, "%s\"fast_prefill\" must be true or false", where);
-            st = PEFTD_EINVAL;
-        } else {
-            c->fast_prefill = cJSON_IsTrue(fp);
-        }
-    }
-    const cJSON *h = cJSON_GetObjectItemCaseSensitive(root, "http");
-    if (!st && h) {
-        snprintf(where, sizeof where, "%s: http.", path);
-        if (!cJSON_IsObject(h)) {
-            snprintf(err, errlen, "%s: \"http\" must be an object", path);
-            st = PEFTD_EINVAL;
-        }
-        if (!st) st = check_keys(h, http_keys, where, err, errlen);
-        if (!st) st = get_int(h, "max_body_bytes", 1024, 1 << 30, &body, where, err, errlen);
-        if (!st) st = get_int(h, "threads", 1, 256, &c->http_threads, where, err, errlen);
-        if (!st) st = get_int(h, "timeout_s", 0, 86400, &c->http_timeout_s, where, err, errlen);
-        if (!st) st = get_int(h, "max_connections", 0, 1 << 20, &c->http_max_connections, where, err, errlen);
-        if (!st) st = get_int(h, "max_uploads", 0, 1 << 20, &c->http_max_uploads, where, err, errlen);
-        if (!st) st = get_int(h, "import_threads", 0, 64, &c->http_import_threads, where, err, errlen);
-        if (!st) st = get_int(h, "import_queue", 0, 1 << 16, &c->http_import_queue, where, err, errlen);
-    }
-    c->max_body_bytes = (size_t)body;
-    const cJSON *en = cJSON_GetObjectItemCaseSensitive(root, "engine");
-    if (!st && en) {
-        snprintf(where, sizeof where, "%s: engine.", path);
-        engine_config *ec = &c->engine;
-        if (!cJSON_IsObject(en)) {
-            snprintf(err, errlen, "%s: \"engine\" must be an object", path);
-            st = PEFTD_EINVAL;
-        }
-        if (!st) st = check_keys(en, engine_keys, where, err, errlen);
-        if (!st) st = get_int(en, "max_seqs", 1, 4096, &ec->max_seqs, where, err, errlen);
-        if (!st) st = get_int(en, "max_batch_tokens", 1, 65536, &ec->max_batch_tokens, where, err, errlen);
-        if (!st) st = get_int(en, "block_size", 1, 1024, &ec->block_size, where, err, errlen);
-        if (!st) st = get_int(en, "kv_blocks", 0, 1 << 24, &ec->kv_blocks, where, err, errlen);
-        if (!st) st = get_int(en, "kv_cache_mb", 1, 1 << 22, &ec->kv_cache_mb, where, err, errlen);
-        if (!st) st = get_int(en, "max_queue", 1, 1 << 20, &ec->max_queue, where, err, errlen);
-    }
-    const cJSON *sto = cJSON_GetObjectItemCaseSensitive(root, "store");
-    if (!st && sto) {
-        snprintf(where, sizeof where, "%s: store.", path);
-        if (!cJSON_IsObject(sto)) {
-            snprintf(err, errlen, "%s: \"store\" must be an object", path);
-            st = PEFTD_EINVAL;
-        }
-        if (!st) st = check_keys(sto, store_keys, where, err, errlen);
-        if (!st) st = get_str(sto, "dir", c->store.dir, sizeof c->store.dir, where, err, errlen);
-        if (!st) st = get_int(sto, "map_mb", 1, 1 << 20, &c->store.map_mb, where, err, errlen);
-        if (!st) st = get_int(sto, "max_map_mb", 1, 1 << 24, &c->store.max_map_mb, where, err, errlen);
-        if (!st) st = get_int(sto, "host_cache_mb", 1, 1 << 20, &c->store.host_cache_mb, where, err, errlen);
-        if (!st) st = get_int(sto, "slots", 1, 1 << 16, &c->store.slots, where, err, errlen);
-        if (!st) st = get_int(sto, "max_upload_mb", 1, 1 << 20, &c->store.max_upload_mb, where, err, errlen);
-        if (!st && c->store.max_map_mb < c->store.map_mb) {
-            snprintf(err, errlen, "%s: store.max_map_mb must be >= store.map_mb", path);
-            st = PEFTD_EINVAL;
-        }
-    }
-    const cJSON *lg = cJSON_GetObjectItemCaseSensitive(root, "log");
-    if (!st && lg) {
-        static const char *const log_keys[] = {"level", "format", "access", NULL};
-        snprintf(where, sizeof where, "%s: log.", path);
-        if (!cJSON_IsObject(lg)) {
-            snprintf(err, errlen, "%s: \"log\" must be an object", path);
-            st = PEFTD_EINVAL;
-        }
-        if (!st) st = check_keys(lg, log_keys, where, err, errlen);
-        if (!st) st = get_str(lg, "level", c->log.level, sizeof c->log.level, where, err, errlen);
-        if (!st) st = get_str(lg, "format", c->log.format, sizeof c->log.format, where, err, errlen);
-        if (!st) st = get_str(lg, "access", c->log.access, sizeof c->log.access, where, err, errlen);
-        if (!st && log_level_parse(c->log.level[0] ? c->log.level : "info") < 0) {
-            snprintf(err, errlen, "%s: log.level must be debug, info, warn or error", path);
-            st = PEFTD_EINVAL;
-        }
-        if (!st && log_format_parse(c->log.format) < 0) {
-            snprintf(err, errlen, "%s: log.format must be text or json", path);
-            st = PEFTD_EINVAL;
-        }
-    }
-    const cJSON *au = cJSON_GetObjectItemCaseSensitive(root, "auth");
-    if (!st && au) {
-        static const char *const auth_keys[] = {"enabled", "admin_key_env", "admin_key_sha256", "comment", NULL};
-        snprintf(where, sizeof where, "%s: auth.", path);
-        const cJSON *en2 = cJSON_GetObjectItemCaseSensitive(au, "enabled");
-        if (!cJSON_IsObject(au)) {
-            snprintf(err, errlen, "%s: \"auth\" must be an object", path);
-            st = PEFTD_EINVAL;
-        }
-        if (!st) st = check_keys(au, auth_keys, where, err, errlen);
-        if (!st && en2 && !cJSON_IsBool(en2)) {
-            snprintf(err, errlen, "%s: auth.enabled must be true or false", path);
-            st = PEFTD_EINVAL;
-        }
-        if (!st && en2) c->auth.enabled = cJSON_IsTrue(en2);
-        if (!st) st = get_str(au, "admin_key_env", c->auth.admin_key_env, sizeof c->auth.admin_key_env, where, err, errlen);
-        if (!st)
-            st = get_str(au, "admin_key_sha256", c->auth.admin_key_sha256, sizeof c->auth.admin_key_sha256, where, err,
-                         errlen);
-        if (!st && c->auth.admin_key_sha256[0] && strspn(c->auth.admin_key_sha256, "0123456789abcdef") != 64) {
-            snprintf(err, errlen, "%s: auth.admin_key_sha256 must be 64 lowercase hex digits (sha256sum of the key)", path);
-            st = PEFTD_EINVAL;
-        }
+    *st = 0;
+    return root;
+}
+
+int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
+    int st;
+    cJSON *root = read_json(path, &st, err, errlen);
+    if (!root) return st;
+    st = load_object(c, root, NULL, path, err, errlen);
+    for (size_t i = 0; !st && i < N_SECTIONS; i++) {
+        const cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, SECTIONS[i]);
+        if (sec) st = load_object(c, sec, SECTIONS[i], path, err, errlen);
     }
     const cJSON *ads = cJSON_GetObjectItemCaseSensitive(root, "adapters");
-    if (!st && ads) {
-        if (!cJSON_IsObject(ads)) {
-            snprintf(err, errlen, "%s: \"adapters\" must be an object of name: directory", path);
-            st = PEFTD_EINVAL;
-        }
-        for (const cJSON *it = ads ? ads->child : NULL; !st && it; it = it->next) {
-            if (!cJSON_IsString(it)) {
-                snprintf(err, errlen, "%s: adapters.\"%.80s\" must be a directory path string", path, it->string);
-                st = PEFTD_EINVAL;
-                break;
-            }
-            char e2[512];
-            if ((st = config_add_adapter(c, it->string, it->valuestring, e2, sizeof e2)) < 0)
-                snprintf(err, errlen, "%s: %s", path, e2);
-        }
-    }
+    if (!st && ads) st = load_adapters(c, ads, path, err, errlen);
     cJSON_Delete(root);
     return st;
 }
