@@ -1,6 +1,7 @@
 /* adapter_store/tenant_store.c — the "tenants" and "keys" databases (schema in
- * tenant_store.h): record codecs (JSON, type-checked on read) and the transactions,
- * through store.c's helpers (store_internal.h) so they share its locking and map growth.
+ * tenant_store.h): record codecs (JSON, type-checked on read, with store_meta.c's field
+ * readers) and the transactions, through store.c's helpers (store_internal.h) so they
+ * share its locking, map growth and read-and-decode.
  */
 #include "adapter_store/tenant_store.h"
 
@@ -16,19 +17,9 @@
 
 /* Version of the tenant and key record layouts. */
 #define TSTORE_SCHEMA 1
-/* 2^53: integers beyond are not exact through JSON's doubles. */
-#define TSTORE_BIG 9007199254740992.0
-
-static MDB_val val_str(const char *s) { return (MDB_val){.mv_size = strlen(s), .mv_data = (void *)s}; }
+#define TSTORE_BIG ASTORE_JSON_BIG
 
 bool tstore_id_valid(const char *id) { return registry_name_valid(id); }
-
-static bool sha_hex(const char *h) {
-    if (!h || strlen(h) != 64) return false;
-    for (int i = 0; i < 64; i++)
-        if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f'))) return false;
-    return true;
-}
 
 static bool tenant_valid(const tstore_tenant *t) {
     return t && tstore_id_valid(t->id) && t->weight > 0 && isfinite(t->weight) && t->max_concurrent >= 0 &&
@@ -38,7 +29,7 @@ static bool tenant_valid(const tstore_tenant *t) {
 
 static bool key_valid(const tstore_key *k) {
     return k && tstore_id_valid(k->tenant) && k->id[0] && strnlen(k->id, sizeof k->id) < sizeof k->id &&
-           strnlen(k->prefix, sizeof k->prefix) < sizeof k->prefix && sha_hex(k->sha256);
+           strnlen(k->prefix, sizeof k->prefix) < sizeof k->prefix && astore__sha_valid(k->sha256);
 }
 
 /* ---------------------------------------------------------------- codecs */
@@ -69,27 +60,12 @@ static char *key_encode(const tstore_key *k) {
     return out;
 }
 
-static bool get_str(const cJSON *o, const char *k, char *dst, size_t cap) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!cJSON_IsString(v) || strlen(v->valuestring) >= cap) return false;
-    memcpy(dst, v->valuestring, strlen(v->valuestring) + 1);
-    return true;
-}
-
-static bool get_int(const cJSON *o, const char *k, double lo, double hi, int64_t *out) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi)
-        return false;
-    *out = (int64_t)v->valuedouble;
-    return true;
-}
-
 /* Opens a record: a JSON object whose schema this build reads. */
 static cJSON *record_open(const MDB_val *v, int *rc) {
     cJSON *o = cJSON_ParseWithLength(v->mv_data, v->mv_size);
     int64_t schema = 0;
     *rc = 0;
-    if (!cJSON_IsObject(o) || !get_int(o, "schema", 1, TSTORE_BIG, &schema)) *rc = PEFTD_EFORMAT;
+    if (!cJSON_IsObject(o) || !astore__json_int(o, "schema", 1, TSTORE_BIG, &schema)) *rc = PEFTD_EFORMAT;
     else if (schema > TSTORE_SCHEMA) *rc = PEFTD_EUNSUPPORTED;
     if (*rc) {
         cJSON_Delete(o);
@@ -98,18 +74,20 @@ static cJSON *record_open(const MDB_val *v, int *rc) {
     return o;
 }
 
-static int tenant_decode(const MDB_val *k, const MDB_val *v, tstore_tenant *t) {
+/* An astore__decode_fn: out is a tstore_tenant. */
+static int tenant_decode(const MDB_val *k, const MDB_val *v, void *out) {
+    tstore_tenant *t = out;
     int rc;
     memset(t, 0, sizeof *t);
     cJSON *o = record_open(v, &rc);
     if (!o) return rc;
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(o, "weight");
     rc = PEFTD_EFORMAT;
-    if (get_str(o, "id", t->id, sizeof t->id) && cJSON_IsNumber(w) &&
-        get_int(o, "max_concurrent", 0, TSTORE_BIG, &t->max_concurrent) &&
-        get_int(o, "tokens_per_min", 0, TSTORE_BIG, &t->tokens_per_min) &&
-        get_int(o, "max_storage_bytes", 0, TSTORE_BIG, &t->max_storage_bytes) &&
-        get_int(o, "created", -TSTORE_BIG, TSTORE_BIG, &t->created)) {
+    if (astore__json_str(o, "id", t->id, sizeof t->id) && cJSON_IsNumber(w) &&
+        astore__json_int(o, "max_concurrent", 0, TSTORE_BIG, &t->max_concurrent) &&
+        astore__json_int(o, "tokens_per_min", 0, TSTORE_BIG, &t->tokens_per_min) &&
+        astore__json_int(o, "max_storage_bytes", 0, TSTORE_BIG, &t->max_storage_bytes) &&
+        astore__json_int(o, "created", -TSTORE_BIG, TSTORE_BIG, &t->created)) {
         t->weight = w->valuedouble;
         /* the record must describe its key */
         if (tenant_valid(t) && strlen(t->id) == k->mv_size && !memcmp(t->id, k->mv_data, k->mv_size)) rc = 0;
@@ -118,15 +96,17 @@ static int tenant_decode(const MDB_val *k, const MDB_val *v, tstore_tenant *t) {
     return rc;
 }
 
-static int key_decode(const MDB_val *k, const MDB_val *v, tstore_key *out) {
+/* An astore__decode_fn: vout is a tstore_key. */
+static int key_decode(const MDB_val *k, const MDB_val *v, void *vout) {
+    tstore_key *out = vout;
     int rc;
     memset(out, 0, sizeof *out);
     cJSON *o = record_open(v, &rc);
     if (!o) return rc;
     rc = PEFTD_EFORMAT;
-    if (get_str(o, "id", out->id, sizeof out->id) && get_str(o, "tenant", out->tenant, sizeof out->tenant) &&
-        get_str(o, "prefix", out->prefix, sizeof out->prefix) && get_str(o, "sha256", out->sha256, sizeof out->sha256) &&
-        get_int(o, "created", -TSTORE_BIG, TSTORE_BIG, &out->created) && key_valid(out) &&
+    if (astore__json_str(o, "id", out->id, sizeof out->id) && astore__json_str(o, "tenant", out->tenant, sizeof out->tenant) &&
+        astore__json_str(o, "prefix", out->prefix, sizeof out->prefix) && astore__json_str(o, "sha256", out->sha256, sizeof out->sha256) &&
+        astore__json_int(o, "created", -TSTORE_BIG, TSTORE_BIG, &out->created) && key_valid(out) &&
         k->mv_size == 64 && !memcmp(out->sha256, k->mv_data, 64))
         rc = 0;
     cJSON_Delete(o);
@@ -143,7 +123,7 @@ typedef struct {
 static int tenant_put_fn(astore *s, MDB_txn *txn, void *vctx) {
     tenant_put_ctx *c = vctx;
     tstore_tenant rec = *c->t, old;
-    MDB_val k = val_str(rec.id), v;
+    MDB_val k = astore__val_str(rec.id), v;
     int rc = mdb_get(txn, s->tenants, &k, &v);
     if (rc && rc != MDB_NOTFOUND) return rc;
     if (c->create && rc == 0) return PEFTD_EEXIST;
@@ -156,7 +136,7 @@ static int tenant_put_fn(astore *s, MDB_txn *txn, void *vctx) {
     }
     char *json = tenant_encode(&rec);
     if (!json) return PEFTD_ENOMEM;
-    v = val_str(json);
+    v = astore__val_str(json);
     rc = mdb_put(txn, s->tenants, &k, &v, 0);
     free(json);
     return rc;
@@ -176,27 +156,48 @@ int tstore_tenant_update(astore *s, const tstore_tenant *t) {
 
 int tstore_tenant_get(astore *s, const char *id, tstore_tenant *out) {
     if (!s || !out || !tstore_id_valid(id)) return PEFTD_EINVAL;
-    MDB_txn *txn;
-    int rc = astore__read_begin(s, &txn);
-    if (rc) return rc;
-    MDB_val k = val_str(id), v;
-    rc = mdb_get(txn, s->tenants, &k, &v);
-    if (rc == 0) rc = tenant_decode(&k, &v, out);
-    astore__read_end(s, txn);
-    return astore__status(rc);
+    return astore__get_decoded(s, s->tenants, id, tenant_decode, out);
 }
 
-/* Growable array of fixed-size records. */
-static int vec_push(void **arr, int *n, int *cap, const void *item, size_t size) {
-    if (*n == *cap) {
-        int c = *cap ? 2 * *cap : 8;
-        void *p = realloc(*arr, (size_t)c * size);
-        if (!p) return PEFTD_ENOMEM;
-        *arr = p;
-        *cap = c;
+/* Every record of dbi that keep(record, arg) accepts (keep NULL: all), decoded in key
+ * order inside one read transaction into a malloc'ed array of size-byte records.
+ * @note caller frees *out (NULL when *n is 0 or on failure). */
+static int list_decoded(astore *s, MDB_dbi dbi, astore__decode_fn decode, size_t size,
+                        bool (*keep)(const void *rec, const void *arg), const void *arg, void **out, int *n) {
+    MDB_txn *txn;
+    MDB_cursor *cur = NULL;
+    char *arr = NULL;
+    int cnt = 0, cap = 0;
+    *out = NULL;
+    *n = 0;
+    int rc = astore__read_begin(s, &txn);
+    if (rc) return rc;
+    MDB_val k, v;
+    if ((rc = mdb_cursor_open(txn, dbi, &cur)) == 0)
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            if (cnt == cap) { /* room for the next record: it is decoded in place */
+                int c = cap ? 2 * cap : 8;
+                void *p = realloc(arr, (size_t)c * size);
+                if (!p) {
+                    rc = PEFTD_ENOMEM;
+                    break;
+                }
+                arr = p;
+                cap = c;
+            }
+            void *rec = arr + (size_t)cnt * size;
+            if ((rc = decode(&k, &v, rec))) break;
+            if (!keep || keep(rec, arg)) cnt++;
+        }
+    if (cur) mdb_cursor_close(cur);
+    astore__read_end(s, txn);
+    if (rc == MDB_NOTFOUND) rc = 0;
+    if (rc || cnt == 0) {
+        free(arr);
+        return astore__status(rc);
     }
-    memcpy((char *)*arr + (size_t)*n * size, item, size);
-    (*n)++;
+    *out = arr;
+    *n = cnt;
     return 0;
 }
 
@@ -204,26 +205,7 @@ int tstore_tenant_list(astore *s, tstore_tenant **out, int *n) {
     *out = NULL;
     *n = 0;
     if (!s) return PEFTD_EINVAL;
-    MDB_txn *txn;
-    MDB_cursor *cur = NULL;
-    tstore_tenant *arr = NULL, t;
-    int cnt = 0, cap = 0;
-    int rc = astore__read_begin(s, &txn);
-    if (rc) return rc;
-    MDB_val k, v;
-    if ((rc = mdb_cursor_open(txn, s->tenants, &cur)) == 0)
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-            if ((rc = tenant_decode(&k, &v, &t)) || (rc = vec_push((void **)&arr, &cnt, &cap, &t, sizeof t))) break;
-    if (cur) mdb_cursor_close(cur);
-    astore__read_end(s, txn);
-    if (rc == MDB_NOTFOUND) rc = 0;
-    if (rc) {
-        free(arr);
-        return astore__status(rc);
-    }
-    *out = arr;
-    *n = cnt;
-    return 0;
+    return list_decoded(s, s->tenants, tenant_decode, sizeof **out, NULL, NULL, (void **)out, n);
 }
 
 /* Deletes the keys matching tenant (and key_id when given) inside txn; *deleted counts them. */
@@ -252,7 +234,7 @@ typedef struct {
 
 static int tenant_del_fn(astore *s, MDB_txn *txn, void *vctx) {
     del_ctx *c = vctx;
-    MDB_val k = val_str(c->tenant);
+    MDB_val k = astore__val_str(c->tenant);
     if (c->removed) { /* the body may run again after the map grew: start the report over */
         astore_removed_free(c->removed);
     }
@@ -276,13 +258,13 @@ int tstore_tenant_delete(astore *s, const char *id, astore_removed *removed) {
 
 static int key_add_fn(astore *s, MDB_txn *txn, void *vctx) {
     const tstore_key *kr = vctx;
-    MDB_val tk = val_str(kr->tenant), tv;
+    MDB_val tk = astore__val_str(kr->tenant), tv;
     int rc = mdb_get(txn, s->tenants, &tk, &tv);
     if (rc == MDB_NOTFOUND) return PEFTD_ENOTFOUND;
     if (rc) return rc;
     char *json = key_encode(kr);
     if (!json) return PEFTD_ENOMEM;
-    MDB_val k = val_str(kr->sha256), v = val_str(json);
+    MDB_val k = astore__val_str(kr->sha256), v = astore__val_str(json);
     /* MDB_NOOVERWRITE: a 256-bit collision is impossible in practice; refusing is safer
      * than silently moving a key to another tenant */
     rc = mdb_put(txn, s->keys, &k, &v, MDB_NOOVERWRITE);
@@ -296,44 +278,19 @@ int tstore_key_add(astore *s, const tstore_key *k) {
 }
 
 int tstore_key_find(astore *s, const char *sha, tstore_key *out) {
-    if (!s || !out || !sha_hex(sha)) return PEFTD_EINVAL;
-    MDB_txn *txn;
-    int rc = astore__read_begin(s, &txn);
-    if (rc) return rc;
-    MDB_val k = val_str(sha), v;
-    rc = mdb_get(txn, s->keys, &k, &v);
-    if (rc == 0) rc = key_decode(&k, &v, out);
-    astore__read_end(s, txn);
-    return astore__status(rc);
+    if (!s || !out || !astore__sha_valid(sha)) return PEFTD_EINVAL;
+    return astore__get_decoded(s, s->keys, sha, key_decode, out);
+}
+
+static bool key_of_tenant(const void *rec, const void *tenant) {
+    return !strcmp(((const tstore_key *)rec)->tenant, tenant);
 }
 
 int tstore_key_list(astore *s, const char *tenant, tstore_key **out, int *n) {
     *out = NULL;
     *n = 0;
     if (!s || (tenant && !tstore_id_valid(tenant))) return PEFTD_EINVAL;
-    MDB_txn *txn;
-    MDB_cursor *cur = NULL;
-    tstore_key *arr = NULL, rec;
-    int cnt = 0, cap = 0;
-    int rc = astore__read_begin(s, &txn);
-    if (rc) return rc;
-    MDB_val k, v;
-    if ((rc = mdb_cursor_open(txn, s->keys, &cur)) == 0)
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-            if ((rc = key_decode(&k, &v, &rec))) break;
-            if (tenant && strcmp(rec.tenant, tenant)) continue;
-            if ((rc = vec_push((void **)&arr, &cnt, &cap, &rec, sizeof rec))) break;
-        }
-    if (cur) mdb_cursor_close(cur);
-    astore__read_end(s, txn);
-    if (rc == MDB_NOTFOUND) rc = 0;
-    if (rc) {
-        free(arr);
-        return astore__status(rc);
-    }
-    *out = arr;
-    *n = cnt;
-    return 0;
+    return list_decoded(s, s->keys, key_decode, sizeof **out, tenant ? key_of_tenant : NULL, tenant, (void **)out, n);
 }
 
 static int key_revoke_fn(astore *s, MDB_txn *txn, void *vctx) {
