@@ -19,6 +19,7 @@ const char *peftd_strerror(int st) {
     case PEFTD_ENOSPC: return "storage full";
     case PEFTD_EEXIST: return "already exists";
     case PEFTD_E2BIG: return "over a limit";
+    case PEFTD_EQUOTA: return "quota exceeded";
     default: return st < 0 && st > -4096 ? strerror(-st) : "unknown error";
     }
 }

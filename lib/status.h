@@ -18,6 +18,7 @@ enum {
     PEFTD_ENOSPC,          /* storage full */
     PEFTD_EEXIST,          /* already exists / conflict */
     PEFTD_E2BIG,           /* larger than a limit allows at all (retrying cannot help) */
+    PEFTD_EQUOTA,          /* a tenant's quota refuses it now (retry later) */
 };
 
 /* Static string for a status code (never NULL). */

@@ -33,6 +33,7 @@
 #include "server/engine/engine.h"
 #include "server/http/access_log.h"
 #include "server/http/http_metrics.h"
+#include "server/api/api_server.h"
 #include "server/http/http_server.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
@@ -527,7 +528,7 @@ static int cmd_serve(int argc, char **argv) {
     runtime rt;
     adapter_registry *reg = NULL;
     adapter_service *svc = NULL;
-    http_server *srv = NULL;
+    api_server *srv = NULL;
     tenants *tn = NULL;
     int rc = 1;
     if (runtime_open(&rt, cfg.model_dir, cfg.threads, cfg.fast_prefill, cfg.backend, &cfg.engine) < 0) goto out_store;
@@ -569,12 +570,12 @@ static int cmd_serve(int argc, char **argv) {
                       .import_threads = cfg.http_import_threads, .import_queue = cfg.http_import_queue,
                       .listen_fd = listen_fd};
     listen_fd = -1; /* the server's now, whatever happens */
-    if (http_server_start(&hc, rt.e, rt.tok, rt.m, reg, store, svc, &srv, err, sizeof err) < 0) {
+    if (api_server_start(&hc, rt.e, rt.tok, rt.m, reg, store, svc, &srv, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg.host, cfg.port, err);
         goto out;
     }
     printf("peftd: serving %s on http://%s:%d (OpenAI-compatible: POST /v1/completions)\n", rt.m->name, cfg.host,
-           http_server_port(srv));
+           api_server_port(srv));
     fflush(stdout);
 
     serve_loop s = {.e = rt.e, .grace_ms = (uint64_t)cfg.shutdown_grace_s * 1000, .config_path = config_path};
@@ -595,7 +596,7 @@ static int cmd_serve(int argc, char **argv) {
     serve_replay_signals(); /* a signal that came early is handled now, by libuv */
     uv_run(&s.loop, UV_RUN_DEFAULT);
     engine_stop(rt.e, false); /* cancels what is left, joins the engine thread */
-    http_server_stop(srv);
+    api_server_stop(srv);
     srv = NULL;
     uv_close((uv_handle_t *)&s.sigterm, NULL);
     uv_close((uv_handle_t *)&s.sigint, NULL);
@@ -606,7 +607,7 @@ static int cmd_serve(int argc, char **argv) {
     uv_loop_close(&s.loop);
     rc = 0;
 out:
-    http_server_stop(srv);
+    api_server_stop(srv);
     if (rt.e) engine_stop(rt.e, false);
     engine_free(rt.e); /* frees the tiers' slots before the backend goes */
     rt.e = NULL;

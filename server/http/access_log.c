@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include "lib/log.h"
-#include "server/http/api_completions.h"
 #include "server/http/http_metrics.h"
 
 /* The sink: fd -1 = off. Lines are written with one write(2) on an O_APPEND descriptor, so
@@ -125,26 +124,13 @@ static void put_plain(char *dst, size_t cap, const char *v) {
     dst[i] = '\0';
 }
 
-void access_log_end(http_access *a, struct MHD_Connection *conn, struct api_job *job,
-                    enum MHD_RequestTerminationCode toe) {
+void access_log_end(http_access *a, struct MHD_Connection *conn, enum MHD_RequestTerminationCode toe) {
     if (!a->id[0]) return; /* never began (allocation failure) */
     uint64_t dur_ns = http_now_ns() - a->t0_ns;
-    if (job) http_histogram_observe_ns(&http_metrics_get()->e2e, dur_ns);
-
-    const char *tenant = a->tenant, *model = "", *adapter = "";
-    int prompt_tokens = -1, completion_tokens = -1;
+    if (a->generation) http_histogram_observe_ns(&http_metrics_get()->e2e, dur_ns);
+    const char *tenant = a->tenant, *model = a->model, *adapter = a->adapter;
+    int prompt_tokens = a->prompt_tokens, completion_tokens = a->completion_tokens;
     uint64_t bytes = a->bytes;
-    if (job) {
-        if (!tenant[0]) tenant = job->req.gen.tenant;
-        model = job->req.model_id;
-        if (job->req.adapter) adapter = job->req.adapter->meta.name;
-        prompt_tokens = completion_tokens = 0;
-        for (int i = 0; i < job->req.n_prompts; i++) prompt_tokens += (int)job->req.prompts[i].n_ids;
-        pthread_mutex_lock(&job->mu); /* a cancelled choice may still be finishing */
-        for (int i = 0; i < job->n_choices; i++) completion_tokens += job->choices[i].completion_tokens;
-        pthread_mutex_unlock(&job->mu);
-        if (job->req.stream) bytes = job->bytes_sent;
-    }
     /* A status queued but never sent (client gone) still says what we answered. */
     unsigned status = a->status;
     if (!status) {

@@ -20,8 +20,6 @@
 
 #include <microhttpd.h>
 
-struct api_job;
-
 /* Per-request access state (embedded in http_req). */
 typedef struct {
     uint64_t t0_ns;        /* arrival (first handler call), CLOCK_MONOTONIC */
@@ -32,6 +30,11 @@ typedef struct {
     unsigned status;       /* status queued; 0 = none (the client left first) */
     uint64_t bytes;        /* response body bytes queued (streams: counted by the job) */
     char tenant[65];       /* authenticated tenant, set by the auth layer; "" = none */
+    /* Filled by the route that served a generation (its closed hook), else left 0/"": */
+    bool generation;       /* observe the end-to-end latency histogram */
+    char model[160];       /* the model id the request named */
+    char adapter[160];     /* the adapter it ran with */
+    int prompt_tokens, completion_tokens;
 } http_access;
 
 /* Where access lines go: path NULL, "" or "off" = nowhere, "-" or "stderr" = stderr,
@@ -50,10 +53,8 @@ void access_log_adopt_id(http_access *a, const char *id);
 /* A response is being queued: adds the X-Request-Id header to resp, records status and
  * body length. */
 void access_log_response(http_access *a, struct MHD_Response *resp, unsigned status, size_t body_len);
-/* The request is done (completed callback): observes end-to-end latency for completions
- * and writes the access line. job (may be NULL) supplies tenant, model, tokens, bytes
- * streamed; the caller holds its reference. */
-void access_log_end(http_access *a, struct MHD_Connection *conn, struct api_job *job,
-                    enum MHD_RequestTerminationCode toe);
+/* The request is done (completed callback): observes end-to-end latency for generations
+ * and writes the access line. */
+void access_log_end(http_access *a, struct MHD_Connection *conn, enum MHD_RequestTerminationCode toe);
 
 #endif

@@ -8,8 +8,9 @@
 #include <openssl/crypto.h>
 
 #include "server/http/http_auth.h"
+#include "server/http/http_server.h"
 
-bool http_auth_on(const http_server *s) { return tenants_enabled(s->cfg.tenants); }
+bool http_auth_on(const http_server *s) { return tenants_enabled(http_server_config(s)->tenants); }
 
 const char *http_owner(const http_req *req) { return req->who.tenant; }
 
@@ -38,7 +39,7 @@ bool http_auth_request(http_req *req, struct MHD_Connection *conn, const char *u
     const char *key = h + 7;
     while (*key == ' ') key++;
     /* the key is never echoed nor logged, not even a prefix of it */
-    int rc = tenants_authenticate(s->cfg.tenants, key, &req->who);
+    int rc = tenants_authenticate(http_server_config(s)->tenants, key, &req->who);
     if (rc == PEFTD_ENOTFOUND) return unauthorized(req, conn, "Incorrect or revoked API key", ret);
     if (rc < 0) {
         req->answered = true;

@@ -1,5 +1,5 @@
 /* server/http/http_auth.h — authentication of HTTP requests (Authorization: Bearer KEY)
- * and the tenant administration routes (/v1/admin/tenants...). Internal to server/http/.
+ * and the owner scope handlers read from an authenticated request.
  *
  * Auth is on when the server was started with tenants (http_config.tenants) whose config
  * enables it. Then every route but /health, /ready and /metrics needs a valid key:
@@ -10,10 +10,7 @@
 #ifndef PEFTD_HTTP_AUTH_H
 #define PEFTD_HTTP_AUTH_H
 
-#include "server/http/http_internal.h"
-
-/* PATCH, as a route method flag (after http_internal.h's HTTP_M_*). */
-#define HTTP_M_PATCH 64
+#include "server/http/http_request.h"
 
 /* First call of a request: authenticates it. false: an error response was queued (req->answered
  * set) and *ret is what the access handler returns. */
@@ -24,10 +21,5 @@ bool http_auth_on(const http_server *s);
 /* The owner scope of the request's adapter operations: its tenant id, "" for the admin
  * (public adapters) and for everything with auth off. */
 const char *http_owner(const http_req *req);
-
-/* /v1/admin/tenants: GET list, POST create. */
-enum MHD_Result api_admin_tenants(http_req *req, struct MHD_Connection *conn);
-/* /v1/admin/tenants/{id}: GET, PATCH, DELETE; {id}/keys: GET, POST; {id}/keys/{key id}: DELETE. */
-enum MHD_Result api_admin_tenant_item(http_req *req, struct MHD_Connection *conn);
 
 #endif

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "lib/status.h"
-#include "server/http/http_internal.h"
+#include "server/http/http_request.h"
 
 int http_buf_append(http_buf *b, const char *s, size_t n) {
     if (b->len + n + 1 > b->cap) {

@@ -23,11 +23,13 @@ enum MHD_Result http_respond(http_req *req, struct MHD_Connection *conn, unsigne
     if (hdr_name && MHD_add_response_header(resp, hdr_name, hdr_value) != MHD_YES) goto out;
     access_log_response(&req->acc, resp, status, len);
     ret = MHD_queue_response(conn, status, resp);
-    if (ret == MHD_YES) http_count_request(req->srv, req->ep, status);
+    if (ret == MHD_YES) http_server__count(req->srv, req->route, status);
 out:
     MHD_destroy_response(resp);
     return ret;
 }
+
+void http_count_response(http_req *req, unsigned status) { http_server__count(req->srv, req->route, status); }
 
 enum MHD_Result http_respond_json(http_req *req, struct MHD_Connection *conn, unsigned status,
                                   struct cJSON *obj) {

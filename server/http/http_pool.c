@@ -20,7 +20,7 @@
 
 #include "lib/log.h"
 #include "lib/status.h"
-#include "server/http/http_internal.h"
+#include "server/http/http_request.h"
 
 typedef struct pool_job {
     void (*run)(void *arg, bool abandoned);

@@ -1,6 +1,7 @@
 /* server/http/http_server.c — the libmicrohttpd daemon: start/stop, the access handler
- * (body accumulation with a size limit, routing by path and method) and the
- * request-completed callback that cancels work for clients that went away.
+ * (body accumulation with a size limit, routing by path and method over the table the
+ * application handed over), the request-completed callback that hands a request's end
+ * to its route (a client that went away cancels its work there), the request counters.
  *
  * MHD runs in epoll mode with its own polling thread(s) and suspend/resume enabled, so a
  * request waiting for the engine costs a suspended connection, not a blocked thread.
@@ -8,6 +9,8 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +23,6 @@
 #include "lib/status.h"
 #include "server/http/http_auth.h"
 #include "server/http/http_internal.h"
-#include "server/text/chat_template.h"
 
 /* Defaults for fields left 0 in http_config. 1 MiB holds any completion request with a
  * prompt that fits a context window many times over. */
@@ -65,42 +67,51 @@
 /* A chunked (length-less) body past the limit is read and discarded so that the client
  * can read its 413; past this many times the limit we stop reading and close instead. */
 #define HTTP_DRAIN_FACTOR 4
-/* At shutdown, how long in-flight completions get to send what they have. */
-#define HTTP_STOP_FLUSH_MS 3000
 
-typedef struct {
-    const char *path;
-    bool prefix;     /* path is a prefix; the rest of the URL is the route's argument */
-    http_endpoint ep;
-    unsigned methods; /* HTTP_M_* accepted */
-    const char *allow; /* the Allow header of a 405 */
-    enum MHD_Result (*fn)(http_req *, struct MHD_Connection *);
-} http_route;
-
-#define HTTP_M_READ (HTTP_M_GET | HTTP_M_HEAD)
-
-static const http_route http_routes[] = {
-    {"/v1/completions", false, HTTP_EP_COMPLETIONS, HTTP_M_POST, "POST", api_completions_post},
-    {"/v1/chat/completions", false, HTTP_EP_CHAT, HTTP_M_POST, "POST", api_completions_post},
-    {"/v1/models", false, HTTP_EP_MODELS, HTTP_M_READ, "GET, HEAD", api_models_get},
-    {"/v1/adapters", false, HTTP_EP_ADAPTERS, HTTP_M_READ, "GET, HEAD", api_adapters_list},
-    {"/v1/adapters/", true, HTTP_EP_ADAPTERS, HTTP_M_READ | HTTP_M_PUT | HTTP_M_DELETE,
-     "GET, HEAD, PUT, DELETE", api_adapters_item},
-    {"/health", false, HTTP_EP_HEALTH, HTTP_M_READ, "GET, HEAD", api_health_get},
-    {"/ready", false, HTTP_EP_READY, HTTP_M_READ, "GET, HEAD", api_ready_get},
-    {"/metrics", false, HTTP_EP_METRICS, HTTP_M_READ, "GET, HEAD", api_metrics_get},
-    {"/v1/admin/tenants", false, HTTP_EP_OTHER, HTTP_M_READ | HTTP_M_POST, "GET, HEAD, POST", api_admin_tenants},
-    {"/v1/admin/tenants/", true, HTTP_EP_OTHER, HTTP_M_READ | HTTP_M_POST | HTTP_M_PATCH | HTTP_M_DELETE,
-     "GET, HEAD, POST, PATCH, DELETE", api_admin_tenant_item},
+struct http_server {
+    struct MHD_Daemon *mhd;
+    http_config cfg;
+    const http_route *routes;
+    int n_routes;
+    void *app;                   /* handed to every request */
+    int port;
+    atomic_bool stopping;        /* set by http_server_quiesce: nobody suspends after it */
+    atomic_uint_fast64_t next_id;
+    pthread_mutex_t stats_mu;    /* guards counters */
+    http_counter counters[HTTP_MAX_COUNTERS];
+    int n_counters;
 };
 
-static const http_route *http_find_route(const char *url) {
-    for (size_t i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++) {
-        const http_route *r = &http_routes[i];
+static const http_route *http_find_route(const http_server *s, const char *url) {
+    for (int i = 0; i < s->n_routes; i++) {
+        const http_route *r = &s->routes[i];
         if (r->prefix ? strncmp(url, r->path, strlen(r->path)) == 0 : strcmp(url, r->path) == 0)
             return r;
     }
     return NULL;
+}
+
+void http_server__count(http_server *s, const http_route *r, unsigned status) {
+    const char *label = r && r->label ? r->label : "other";
+    pthread_mutex_lock(&s->stats_mu);
+    for (int i = 0; i < s->n_counters; i++) {
+        if (!strcmp(s->counters[i].label, label) && s->counters[i].status == status) {
+            s->counters[i].n++;
+            goto out;
+        }
+    }
+    if (s->n_counters < HTTP_MAX_COUNTERS)
+        s->counters[s->n_counters++] = (http_counter){.label = label, .status = status, .n = 1};
+out:
+    pthread_mutex_unlock(&s->stats_mu);
+}
+
+int http_server_counters(http_server *s, http_counter *out, int cap) {
+    pthread_mutex_lock(&s->stats_mu);
+    int n = s->n_counters < cap ? s->n_counters : cap;
+    memcpy(out, s->counters, (size_t)n * sizeof *out);
+    pthread_mutex_unlock(&s->stats_mu);
+    return n;
 }
 
 static unsigned http_method_flag(const char *method) {
@@ -162,9 +173,10 @@ static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *co
     http_req *req = calloc(1, sizeof *req);
     if (!req) return MHD_NO;
     req->srv = s;
+    req->app = s->app;
     access_log_begin(&req->acc, conn, method, url, atomic_fetch_add(&s->next_id, 1));
-    const http_route *r = http_find_route(url);
-    req->ep = r ? r->ep : HTTP_EP_OTHER;
+    const http_route *r = http_find_route(s, url);
+    req->route = r;
     req->method = http_method_flag(method);
     req->keep_body = r && (r->methods & req->method & (HTTP_M_POST | HTTP_M_PATCH));
     *con_cls = req;
@@ -184,8 +196,7 @@ static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *co
     enum MHD_Result denied;
     if (!http_auth_request(req, conn, url, &denied)) return denied;
 
-    if (r && r->fn == api_adapters_item && req->method == HTTP_M_PUT)
-        return api_adapters_put_begin(req, conn);
+    if (r && r->begin && (r->stream_methods & req->method)) return r->begin(req, conn);
 
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
@@ -214,7 +225,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (req->upload) return api_adapters_put_data(req, upload_data, n);
+        if (req->ctx && req->route->data) return req->route->data(req, upload_data, n);
         if (!req->keep_body || req->answered) {
             req->len += n;
             return req->len > HTTP_DRAIN_FACTOR * s->cfg.max_body_bytes ? MHD_NO : MHD_YES;
@@ -225,9 +236,9 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     }
 
     if (req->answered) return MHD_YES; /* the first call already queued the answer */
-    if (req->job) return api_completions_continue(req, conn);
+    if (req->ctx && req->route->resume) return req->route->resume(req, conn);
 
-    const http_route *r = http_find_route(url);
+    const http_route *r = req->route;
     /* The path is client bytes (percent-decoded by MHD): quote it only when it is valid
      * UTF-8, so the JSON error stays valid. */
     const char *shown = http_utf8_valid(url, strlen(url)) ? url : "(non-UTF-8 path)";
@@ -250,7 +261,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     if (req->keep_body && req->body && http_json_has_nul(req->body, req->len))
         return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value",
                           "NUL characters (\\u0000) are not accepted in request bodies");
-    return r->fn(req, conn);
+    return r->handle(req, conn);
 }
 
 static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -258,9 +269,8 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
     http_req *req = *con_cls;
     if (!req) return;
     *con_cls = NULL;
-    access_log_end(&req->acc, conn, req->job, toe);
-    if (req->job) api_completions_closed(req, toe);
-    if (req->upload) api_adapters_closed(req);
+    if (req->ctx && req->route->closed) req->route->closed(req, toe);
+    access_log_end(&req->acc, conn, toe);
     free(req->arg);
     free(req->body);
     free(req);
@@ -411,11 +421,22 @@ int http_listen(const char *host, int port, int *fd_out, char *err, size_t errle
     return 0;
 }
 
-int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, const model *m,
-                      adapter_registry *reg, astore *store, adapter_service *svc, http_server **out,
-                      char *err, size_t errlen) {
+int http_config_resolve(http_config *c, char *err, size_t errlen) {
+    if (!c->max_body_bytes) c->max_body_bytes = HTTP_DEFAULT_MAX_BODY;
+    if (!c->max_upload_bytes) c->max_upload_bytes = HTTP_DEFAULT_MAX_UPLOAD;
+    if (c->threads < 1) c->threads = 1;
+    if (c->import_threads < 1) c->import_threads = HTTP_DEFAULT_IMPORT_THREADS;
+    if (c->import_queue < 1) c->import_queue = HTTP_IMPORT_QUEUE_PER_THREAD * c->import_threads;
+    if (c->max_connections < 0) c->max_connections = 0;
+    if (c->max_uploads < 0) c->max_uploads = 0;
+    if (c->timeout_s < 1) c->timeout_s = HTTP_DEFAULT_TIMEOUT_S;
+    return http_size_fds(c, err, errlen);
+}
+
+int http_server_start(const http_config *cfg, const http_route *routes, int n_routes, void *app,
+                      http_server **out, char *err, size_t errlen) {
     *out = NULL;
-    if (!cfg || !e || !tok || !m || !reg || !store != !svc || cfg->listen_fd < 0) {
+    if (!cfg || !routes || n_routes < 1 || cfg->listen_fd < 0 || !cfg->max_connections) {
         snprintf(err, errlen, "http: invalid configuration");
         if (cfg && cfg->listen_fd >= 0) close(cfg->listen_fd);
         return PEFTD_EINVAL;
@@ -426,54 +447,14 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
         close(cfg->listen_fd);
         return PEFTD_ENOMEM;
     }
-    s->e = e;
-    s->reg = reg;
-    s->store = store;
-    s->svc = svc;
-    s->tok = tok;
-    s->m = m;
     s->cfg = *cfg;
-    if (!s->cfg.max_body_bytes) s->cfg.max_body_bytes = HTTP_DEFAULT_MAX_BODY;
-    if (!s->cfg.max_upload_bytes) s->cfg.max_upload_bytes = HTTP_DEFAULT_MAX_UPLOAD;
-    if (s->cfg.threads < 1) s->cfg.threads = 1;
-    if (s->cfg.import_threads < 1) s->cfg.import_threads = HTTP_DEFAULT_IMPORT_THREADS;
-    if (s->cfg.import_queue < 1) s->cfg.import_queue = HTTP_IMPORT_QUEUE_PER_THREAD * s->cfg.import_threads;
-    if (s->cfg.max_connections < 0) s->cfg.max_connections = 0;
-    if (s->cfg.max_uploads < 0) s->cfg.max_uploads = 0;
-    if (s->cfg.timeout_s < 1) s->cfg.timeout_s = HTTP_DEFAULT_TIMEOUT_S;
-    s->created = time(NULL);
+    s->routes = routes;
+    s->n_routes = n_routes;
+    s->app = app;
     atomic_init(&s->stopping, false);
     atomic_init(&s->next_id, ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid());
-    atomic_init(&s->uploads_open, 0);
-    atomic_init(&s->imports_open, 0);
-    pthread_mutex_init(&s->jobs_mu, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
-
-    int rc = http_size_fds(&s->cfg, err, errlen);
-    if (rc) goto fail;
-    if (svc) {
-        /* PEFTD_DEBUG_IMPORT_DELAY_MS: test hook, read once here (http_pool.c) */
-        const char *d = getenv("PEFTD_DEBUG_IMPORT_DELAY_MS");
-        unsigned delay_ms = d ? (unsigned)strtoul(d, NULL, 10) : 0;
-        if (delay_ms) LOGW("http: PEFTD_DEBUG_IMPORT_DELAY_MS=%u: every adapter import waits that long (test hook)",
-                           delay_ms);
-        if ((rc = http_pool_create(s->cfg.import_threads, s->cfg.import_queue, delay_ms, &s->imports)) < 0) {
-            snprintf(err, errlen, "http: cannot start %d import threads", s->cfg.import_threads);
-            goto fail;
-        }
-    }
-
-    /* The chat template: a configured one must load; the model's own may be missing (chat
-     * requests then get a 400 saying so) or beyond the interpreter (the same 400, with why). */
-    rc = chat_template_load(m->dir, cfg->chat_template, &s->chat, s->chat_error, sizeof s->chat_error);
-    if (rc && cfg->chat_template && cfg->chat_template[0]) {
-        snprintf(err, errlen, "chat template: %s", s->chat_error);
-        goto fail;
-    }
-    if (rc && rc != PEFTD_ENOTFOUND) LOGW("http: /v1/chat/completions disabled: %s", s->chat_error);
-    if (rc == PEFTD_ENOTFOUND) s->chat_error[0] = '\0';
-    if (s->chat) LOGI("http: chat template: %s", chat_template_family(s->chat));
-    else if (rc == PEFTD_ENOTFOUND) LOGI("http: %s has no chat template: /v1/chat/completions answers 400", m->name);
+    int rc;
 
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof ss;
@@ -524,42 +505,26 @@ int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, c
 fail:
     close(cfg->listen_fd);
 fail_mhd:
-    http_pool_free(s->imports);
-    chat_template_free(s->chat);
-    pthread_mutex_destroy(&s->jobs_mu);
     pthread_mutex_destroy(&s->stats_mu);
     free(s);
     return rc;
 }
 
 int http_server_port(const http_server *s) { return s ? s->port : -1; }
+const http_config *http_server_config(const http_server *s) { return &s->cfg; }
+bool http_server_stopping(const http_server *s) { return atomic_load(&s->stopping); }
+
+void http_server_quiesce(http_server *s) {
+    if (!s || atomic_exchange(&s->stopping, true)) return;
+    /* Stop accepting first, so no new connection races the application's resume pass. */
+    MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
+    if (lfd != MHD_INVALID_SOCKET) close(lfd);
+}
 
 void http_server_stop(http_server *s) {
     if (!s) return;
-    atomic_store(&s->stopping, true);
-    /* Stop accepting first, so no new connection races the resume pass below. */
-    MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
-    if (lfd != MHD_INVALID_SOCKET) close(lfd);
-    /* libmicrohttpd refuses to stop with suspended connections: wake them all; with
-     * stopping set none suspends again. */
-    api_completions_shutdown(s);
-    /* Imports: queued ones (and the test hook's waits) are abandoned, a running one
-     * finishes; each resumes its connection with its answer (503 when abandoned). */
-    http_pool_stop(s->imports);
-    /* Let finished completions and imports reach their clients (the last SSE chunks, a
-     * JSON body resumed just before the stop) instead of cutting them off; bounded so that
-     * a client that stopped reading cannot hold the shutdown. */
-    for (int waited_ms = 0; waited_ms < HTTP_STOP_FLUSH_MS; waited_ms += 10) {
-        pthread_mutex_lock(&s->jobs_mu);
-        bool idle = s->jobs == NULL && atomic_load(&s->imports_open) == 0;
-        pthread_mutex_unlock(&s->jobs_mu);
-        if (idle) break;
-        nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
-    }
+    http_server_quiesce(s);
     MHD_stop_daemon(s->mhd);
-    http_pool_free(s->imports);
-    chat_template_free(s->chat);
-    pthread_mutex_destroy(&s->jobs_mu);
     pthread_mutex_destroy(&s->stats_mu);
     LOGI("http: stopped");
     free(s);

@@ -1,21 +1,17 @@
-/* server/http/http_server.h — the HTTP front end (libmicrohttpd, epoll, suspend/resume).
- *
- * Routes: POST /v1/completions (JSON or SSE stream), GET /v1/models, GET /health,
- * GET /metrics, and the adapter resource: PUT (multipart upload) / GET / DELETE
- * /v1/adapters/{name}, GET /v1/adapters (paginated). HTTP threads parse and validate requests, tokenize prompts, submit
- * engine_requests and format the engine's output; they never touch the model or the
- * backend. A client that disconnects cancels its request.
+/* server/http/http_server.h — the HTTP transport (libmicrohttpd, epoll, suspend/resume):
+ * listening, connection and body limits, authentication, routing by a table the
+ * application hands over (http_route, server/http/http_request.h), the request counters
+ * of /metrics. It knows nothing of the resources it serves: server/api/ builds the routes
+ * (api_server.h) and owns what they need.
  */
 #ifndef PEFTD_HTTP_SERVER_H
 #define PEFTD_HTTP_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "adapter_store/registry.h"
-#include "adapter_store/store.h"
-#include "server/adapter_service.h"
-#include "server/engine/engine.h"
+#include "server/http/http_request.h"
 
 typedef struct {
     const char *host;        /* bind address, e.g. "127.0.0.1" (for messages: listen_fd is bound) */
@@ -42,22 +38,41 @@ typedef struct {
                               * disabled = no authentication, every adapter public */
 } http_config;
 
-typedef struct http_server http_server;
-
 /* Binds and listens on host:port (0 = a free port) without SO_REUSEPORT, so a second
  * daemon on the same address fails here ("address already in use"), before it loads
  * anything. @note caller owns *fd: pass it to http_server_start (or close it). */
 int http_listen(const char *host, int port, int *fd, char *err, size_t errlen);
 
-/* Starts listening. @note caller owns *out: http_server_stop(). e, tok, m, reg, store and
- * svc must outlive the server. store and svc may be NULL (no adapter store): the
- * /v1/adapters routes then answer 503 and /v1/models lists the registry. */
-int http_server_start(const http_config *cfg, engine *e, const tokenizer *tok, const model *m,
-                      adapter_registry *reg, astore *store, adapter_service *svc, http_server **out,
-                      char *err, size_t errlen);
+/* Fills the defaults of the fields left 0 and sizes max_connections / max_uploads by the
+ * descriptor limit (raising the soft limit to the hard one). A pair that does not fit is
+ * PEFTD_EINVAL with the reason in err. Call it once before http_server_start. */
+int http_config_resolve(http_config *cfg, char *err, size_t errlen);
+
+/* Starts serving routes[0..n_routes) (first match wins) on cfg->listen_fd; cfg went
+ * through http_config_resolve. app is handed to every request (http_req.app). @note
+ * caller owns *out: http_server_stop(); routes and app must outlive the server. */
+int http_server_start(const http_config *cfg, const http_route *routes, int n_routes, void *app,
+                      http_server **out, char *err, size_t errlen);
 int http_server_port(const http_server *s); /* the bound port */
-/* Stops accepting connections, cancels in-flight streams' engine requests if the engine
- * is already stopped, waits for handlers to return, frees. NULL is a no-op. */
+const http_config *http_server_config(const http_server *s); /* the resolved configuration */
+/* Stops accepting connections; from now on http_server_stopping() is true (handlers must not
+ * suspend). The application then wakes what it suspended, before http_server_stop. */
+void http_server_quiesce(http_server *s);
+bool http_server_stopping(const http_server *s);
+/* Stops libmicrohttpd (no connection may be suspended: see http_server_quiesce), waits for
+ * handlers to return, frees. NULL is a no-op. */
 void http_server_stop(http_server *s);
+
+/* peftd_requests_total: one (route label, status) pair. Distinct pairs are few (statuses
+ * 200, 201, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503, 507 times a dozen
+ * labels at most answered in practice); a full table drops the count, not the response. */
+#define HTTP_MAX_COUNTERS 128
+typedef struct {
+    const char *label;
+    unsigned status;
+    uint64_t n;
+} http_counter;
+/* Copies at most cap counters to out; returns how many. Any thread. */
+int http_server_counters(http_server *s, http_counter *out, int cap);
 
 #endif

@@ -4,7 +4,7 @@
 #ifndef PEFTD_SSE_H
 #define PEFTD_SSE_H
 
-#include "server/http/http_internal.h"
+#include "server/http/http_request.h"
 
 /* payload must not contain a newline (compact JSON never does). */
 int sse_append_data(http_buf *out, const char *payload, size_t len);

@@ -252,14 +252,17 @@ int tenants_admit(tenants *t, const char *id, const tenants_cost *cost, tenants_
     if (!st) {
         rc = PEFTD_ENOTFOUND;
     } else if (lim->max_concurrent > 0 && seqs > lim->max_concurrent) {
-        rc = PEFTD_E2BIG;
+        rc = PEFTD_EQUOTA;
+        ticket->refused = TENANTS_QUOTA_NEVER_FITS;
         *retry_after_s = TENANTS_WINDOW_S;
     } else if (lim->max_concurrent > 0 && st->inflight + seqs > lim->max_concurrent) {
-        rc = PEFTD_EBUSY; /* sequences end any moment: retry after 1 s */
+        rc = PEFTD_EQUOTA; /* sequences end any moment: retry after 1 s */
+        ticket->refused = TENANTS_QUOTA_CONCURRENT;
     } else if (lim->tokens_per_min > 0) {
         uint64_t limit = (uint64_t)lim->tokens_per_min, used = window_used(st, now);
         if (used + (uint64_t)st->reserved >= limit) {
-            rc = PEFTD_ERANGE;
+            rc = PEFTD_EQUOTA;
+            ticket->refused = TENANTS_QUOTA_TOKENS;
             /* the window must drain below what the outstanding reservations leave free;
              * when they alone fill it, a running request has to finish first */
             *retry_after_s = (uint64_t)st->reserved < limit ? window_wait(st, now, limit - (uint64_t)st->reserved) : 1;

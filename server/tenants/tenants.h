@@ -71,6 +71,14 @@ int tenants_sha256_hex(const char *s, char out[65]);
 /* Who presents key. PEFTD_ENOTFOUND: not the admin key nor a live tenant key (401). */
 int tenants_authenticate(tenants *t, const char *key, tenants_principal *out);
 
+/* Which quota refused an admission (tenants_admit's PEFTD_EQUOTA). */
+typedef enum {
+    TENANTS_QUOTA_NONE = 0,
+    TENANTS_QUOTA_CONCURRENT,   /* its sequences do not fit beside those in flight */
+    TENANTS_QUOTA_NEVER_FITS,   /* it alone has more sequences than max_concurrent */
+    TENANTS_QUOTA_TOKENS,       /* the token window plus reservations reach tokens_per_min */
+} tenants_quota;
+
 /* A request's hold on its tenant's quotas. Filled by tenants_admit; the fields are the
  * tenants module's (read them, never write them). @note not thread-safe by itself: the
  * tenants mutex guards it inside tenants_count_tokens / tenants_release. */
@@ -79,6 +87,7 @@ typedef struct {
     uint64_t epoch;           /* that state's incarnation (a deleted tenant's slot is reused) */
     int seqs;                 /* sequences counted against max_concurrent */
     int64_t reserved;         /* tokens still reserved against tokens_per_min */
+    tenants_quota refused;    /* after a PEFTD_EQUOTA refusal: which quota */
 } tenants_ticket;
 
 /* What a request needs: seqs sequences (prompts × n), prompt_tokens over all of them
@@ -92,9 +101,7 @@ typedef struct {
 
 /* Admission of one completion request of tenant id. 0: admitted, *ticket held (pair with
  * tenants_release). Refusals (nothing held, *retry_after_s >= 1 seconds to wait):
- * PEFTD_EBUSY: its sequences do not fit beside those in flight (max_concurrent);
- * PEFTD_E2BIG: it alone has more sequences than max_concurrent (it can never run as sent);
- * PEFTD_ERANGE: the token window plus outstanding reservations reach tokens_per_min;
+ * PEFTD_EQUOTA: a quota refuses it, ticket->refused says which (tenants_quota);
  * PEFTD_ENOTFOUND: unknown tenant. */
 int tenants_admit(tenants *t, const char *id, const tenants_cost *cost, tenants_ticket *ticket,
                   int *retry_after_s);

@@ -15,11 +15,11 @@
 #include "adapter_store/registry.h"
 #include "lib/log.h"
 #include "server/engine/engine.h"
-#include "server/http/api_completions.h"
-#include "server/http/http_internal.h"
+#include "server/api/api_completions.h"
+#include "server/api/api_internal.h"
 #include "server/text/chat_template.h"
 
-static http_server g_srv;
+static api_server g_srv;
 
 static void setup(void) {
     char err[512];

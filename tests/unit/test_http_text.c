@@ -3,8 +3,8 @@
  * JSON bodies holding a NUL character (raw or \u0000), which C strings would silently
  * truncate, are recognised (http_json_has_nul); a byte token's logprobs text is valid
  * UTF-8 and its "bytes" are the byte itself (api_token_text). */
-#include "server/http/api_completions.h"
-#include "server/http/http_internal.h"
+#include "server/api/api_completions.h"
+#include "server/api/api_internal.h"
 #include "server/text/tokenizer.h"
 #include "tests/harness/test.h"
 

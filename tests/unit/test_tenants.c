@@ -6,7 +6,6 @@
  * admission, reload keeping counters.
  */
 #include <errno.h>
-#include <ftw.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,29 +17,11 @@
 #include "server/tenants/tenants.h"
 #include "tests/harness/test.h"
 
-static char ROOT[64], DIR_[128];
-static pid_t RUNNER;
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-/* Stores under one directory per run, removed by the runner (tests _exit). */
-__attribute__((constructor)) static void make_root(void) {
-    snprintf(ROOT, sizeof ROOT, "/tmp/peftd-test-tenants-XXXXXX");
-    if (!mkdtemp(ROOT)) ROOT[0] = 0;
-    RUNNER = getpid();
-}
-
-__attribute__((destructor)) static void remove_root(void) {
-    if (ROOT[0] && getpid() == RUNNER) nftw(ROOT, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
+/* The directory of the last store open_store made (a test_tmpdir()). */
+static char DIR_[128];
 
 static astore *open_store(void) {
-    ASSERT(ROOT[0]);
-    snprintf(DIR_, sizeof DIR_, "%s/s-XXXXXX", ROOT);
-    ASSERT(mkdtemp(DIR_));
+    snprintf(DIR_, sizeof DIR_, "%s", test_tmpdir());
     astore *s = NULL;
     char err[512];
     int rc = astore_open(DIR_, NULL, &s, err, sizeof err);
@@ -268,7 +249,7 @@ TEST(admission_concurrency_and_token_window) {
     tenants_ticket k1, k2, k3, kf;
     ASSERT_EQ(tenants_admit(ts, "c", &one, &k1, &retry), 0);
     ASSERT_EQ(tenants_admit(ts, "c", &one, &k2, &retry), 0);
-    ASSERT_EQ(tenants_admit(ts, "c", &one, &k3, &retry), PEFTD_EBUSY);
+    ASSERT_EQ(tenants_admit(ts, "c", &one, &k3, &retry), PEFTD_EQUOTA);
     ASSERT_EQ(retry, 1);
     ASSERT_EQ(tenants_admit(ts, "free", &one, &kf, &retry), 0); /* others unaffected */
     tenants_release(ts, &k1);
@@ -282,22 +263,22 @@ TEST(admission_concurrency_and_token_window) {
     const tenants_cost small = {.seqs = 1, .prompt_tokens = 10, .max_new = 20};
     ASSERT_EQ(tenants_admit(ts, "t", &small, &k1, &retry), 0); /* used 10 + reserved 20 */
     ASSERT_EQ(tenants_admit(ts, "t", &small, &k2, &retry), 0); /* 30 < 50 still: 20 + 40 */
-    ASSERT_EQ(tenants_admit(ts, "t", &small, &k3, &retry), PEFTD_ERANGE); /* 60 >= 50 */
+    ASSERT_EQ(tenants_admit(ts, "t", &small, &k3, &retry), PEFTD_EQUOTA); /* 60 >= 50 */
     tenants_count_tokens(ts, &k1, 5);  /* reservation turns into usage: still 60 */
-    ASSERT_EQ(tenants_admit(ts, "t", &small, &k3, &retry), PEFTD_ERANGE);
+    ASSERT_EQ(tenants_admit(ts, "t", &small, &k3, &retry), PEFTD_EQUOTA);
     tenants_release(ts, &k1);          /* 15 of k1's reservation given back: 45 < 50 */
     ASSERT_EQ(tenants_admit(ts, "t", &small, &k3, &retry), 0); /* 55 + 40 */
     tenants_count_tokens(ts, &k2, 100); /* more than reserved (cannot happen) stays counted */
     tenants_release(ts, &k2);
     tenants_release(ts, &k3);
-    ASSERT_EQ(tenants_admit(ts, "t", &one, &k1, &retry), PEFTD_ERANGE);
+    ASSERT_EQ(tenants_admit(ts, "t", &one, &k1, &retry), PEFTD_EQUOTA);
     /* the tokens were counted within the last second or two: they expire in ~58-60 s */
     ASSERT(retry >= 55 && retry <= 60);
     /* a reload keeps the window; raising the limit in the store takes effect with it */
     tstore_tenant raised = t;
     raised.tokens_per_min = 1000;
     ASSERT_EQ(tstore_tenant_update(s, &raised), 0);
-    ASSERT_EQ(tenants_admit(ts, "t", &one, &k1, &retry), PEFTD_ERANGE);
+    ASSERT_EQ(tenants_admit(ts, "t", &one, &k1, &retry), PEFTD_EQUOTA);
     ASSERT_EQ(tenants_reload(ts), 0);
     ASSERT_EQ(tenants_admit(ts, "t", &one, &k1, &retry), 0);
     tenants_release(ts, &k1);
@@ -322,12 +303,12 @@ TEST(quotas_count_sequences_and_reserve_the_worst_case) {
     int retry;
     tenants_ticket k1, k2;
     const tenants_cost big = {.seqs = 16 * 16, .prompt_tokens = 16 * 16 * 5, .max_new = 200};
-    ASSERT_EQ(tenants_admit(ts, "c", &big, &k1, &retry), PEFTD_E2BIG); /* can never fit */
+    ASSERT_EQ(tenants_admit(ts, "c", &big, &k1, &retry), PEFTD_EQUOTA); /* can never fit */
     ASSERT(retry >= 1);
     const tenants_cost three = {.seqs = 3};
     ASSERT_EQ(tenants_admit(ts, "c", &three, &k1, &retry), 0);
     const tenants_cost two = {.seqs = 2};
-    ASSERT_EQ(tenants_admit(ts, "c", &two, &k2, &retry), PEFTD_EBUSY); /* 3 + 2 > 4 */
+    ASSERT_EQ(tenants_admit(ts, "c", &two, &k2, &retry), PEFTD_EQUOTA); /* 3 + 2 > 4 */
     tenants_release(ts, &k1);
     ASSERT_EQ(tenants_admit(ts, "c", &two, &k2, &retry), 0);
     tenants_release(ts, &k2);
@@ -337,7 +318,7 @@ TEST(quotas_count_sequences_and_reserve_the_worst_case) {
     ASSERT_EQ(tenants_admit(ts, "t", &wide, &k1, &retry), 0);
     /* ... and then nothing else until its reservation is used up and has expired */
     const tenants_cost tiny = {.seqs = 1, .prompt_tokens = 1, .max_new = 1};
-    ASSERT_EQ(tenants_admit(ts, "t", &tiny, &k2, &retry), PEFTD_ERANGE);
+    ASSERT_EQ(tenants_admit(ts, "t", &tiny, &k2, &retry), PEFTD_EQUOTA);
     ASSERT_EQ(retry, 1); /* the reservation alone fills the window: a request must end */
     tenants_count_tokens(ts, &k1, 30);
     tenants_release(ts, &k1); /* served 50 of 100: room again */

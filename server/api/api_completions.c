@@ -1,4 +1,4 @@
-/* server/http/api_completions.c — POST /v1/completions in flight: one job per HTTP
+/* server/api/api_completions.c — POST /v1/completions in flight: one job per HTTP
  * request holding one engine request per choice, the engine's notify callback, the
  * suspend/resume handshake with libmicrohttpd, the streaming content reader, cancellation
  * when the client goes away, and the wake-up of every job at shutdown.
@@ -23,7 +23,7 @@
 
 #include "lib/log.h"
 #include "lib/status.h"
-#include "server/http/api_completions.h"
+#include "server/api/api_completions.h"
 #include "server/http/http_metrics.h"
 #include "server/http/sse.h"
 
@@ -156,7 +156,7 @@ static bool peer_closed(struct MHD_Connection *conn) {
 }
 
 enum MHD_Result api_completions_continue(http_req *req, struct MHD_Connection *conn) {
-    api_job *job = req->job;
+    api_job *job = req->ctx;
     bool all_finished;
     pthread_mutex_lock(&job->mu);
     int rc = job_collect_locked(job, &all_finished);
@@ -165,7 +165,7 @@ enum MHD_Result api_completions_continue(http_req *req, struct MHD_Connection *c
         job_cancel_all(job);
         return MHD_NO; /* closes the connection; the completed callback releases the job */
     }
-    if (!rc && !all_finished && !atomic_load(&job->srv->stopping)) {
+    if (!rc && !all_finished && !api_stopping(job->srv)) {
         job->suspended = true;
         MHD_suspend_connection(conn);
         pthread_mutex_unlock(&job->mu);
@@ -200,7 +200,7 @@ static int job_stream_fill(api_job *job) {
             (job->req.echo && !ch->echo_sent))
             any = true;
     }
-    bool stopping = atomic_load(&job->srv->stopping);
+    bool stopping = api_stopping(job->srv);
     if (!rc && !any && !stopping) {
         job->suspended = true;
         MHD_suspend_connection(job->conn);
@@ -288,13 +288,13 @@ static enum MHD_Result job_start_stream(http_req *req, struct MHD_Connection *co
     access_log_response(&req->acc, resp, MHD_HTTP_OK, 0);
     enum MHD_Result r = MHD_queue_response(conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
-    if (r == MHD_YES) http_count_request(req->srv, req->ep, MHD_HTTP_OK);
+    if (r == MHD_YES) http_count_response(req, MHD_HTTP_OK);
     return r;
 }
 
 /* ---- setup and teardown ---- */
 
-static api_job *job_create(http_server *s, struct MHD_Connection *conn) {
+static api_job *job_create(api_server *s, struct MHD_Connection *conn) {
     api_job *job = calloc(1, sizeof *job);
     if (!job) return NULL;
     atomic_init(&job->refs, 1);
@@ -335,20 +335,12 @@ static int job_make_choices(api_job *job) {
 }
 
 static enum MHD_Result job_submit_failed(http_req *req, struct MHD_Connection *conn, int rc) {
-    switch (rc) {
-    case PEFTD_EBUSY:
-        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", "Retry-After",
-                              "1", "the server is overloaded: too many queued requests, retry later");
-    case PEFTD_ECANCELED:
-        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
-                              "the server is shutting down");
-    case PEFTD_ERANGE:
-        return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "context_length_exceeded",
-                          "the prompt plus max_tokens do not fit the model's context or the KV cache");
-    default:
-        return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "engine_error",
-                          "cannot submit the request: %s", peftd_strerror(rc));
-    }
+    return api_fail_status(req, conn, rc, "cannot submit the request",
+                           rc == PEFTD_EBUSY       ? "the server is overloaded: too many queued requests, retry later"
+                           : rc == PEFTD_ECANCELED ? "the server is shutting down"
+                           : rc == PEFTD_ERANGE    ? "the prompt plus max_tokens do not fit the model's context or "
+                                                     "the KV cache"
+                                                   : NULL);
 }
 
 /* What a validated request can cost its tenant at most: every choice is a sequence that
@@ -359,15 +351,14 @@ static tenants_cost request_cost(const api_request *r) {
     return c;
 }
 
-enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn) {
-    http_server *s = req->srv;
-    if (atomic_load(&s->stopping))
+static enum MHD_Result job_post(http_req *req, struct MHD_Connection *conn, bool chat) {
+    api_server *s = api_of(req);
+    if (api_stopping(s))
         return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
                               "the server is shutting down");
     api_job *job = job_create(s, conn);
     if (!job) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
     api_err err;
-    bool chat = req->ep == HTTP_EP_CHAT;
     if (chat) api_chat_job_init(job);
     if ((chat ? api_chat_parse : api_request_parse)(s, &req->who, req->body, req->len, &job->req, &err)) {
         job_unref(job);
@@ -379,27 +370,29 @@ enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn)
         tenants_cost cost = request_cost(&job->req);
         int retry = 1, rc = tenants_admit(s->cfg.tenants, req->who.tenant, &cost, &job->req.ticket, &retry);
         if (rc < 0) {
+            tenants_quota q = rc == PEFTD_EQUOTA ? job->req.ticket.refused : TENANTS_QUOTA_NONE;
             job_unref(job);
             char ra[16], msg[256];
             snprintf(ra, sizeof ra, "%d", retry);
             tstore_tenant lim = {0};
             tenants_get(s->cfg.tenants, req->who.tenant, &lim);
-            if (rc == PEFTD_E2BIG)
+            if (q == TENANTS_QUOTA_NEVER_FITS)
                 snprintf(msg, sizeof msg,
                          "this request runs %d sequences at once (prompts x n) but this tenant may run at most %lld: "
                          "send fewer prompts or a smaller n", cost.seqs, (long long)lim.max_concurrent);
-            else if (rc == PEFTD_EBUSY)
+            else if (q == TENANTS_QUOTA_CONCURRENT)
                 snprintf(msg, sizeof msg,
                          "this tenant's running sequences would exceed its limit of %lld: retry later",
                          (long long)lim.max_concurrent);
-            else if (rc == PEFTD_ERANGE)
+            else if (q == TENANTS_QUOTA_TOKENS)
                 snprintf(msg, sizeof msg,
                          "this tenant's tokens-per-minute limit (%lld, prompt + generated, counting the "
                          "worst case of requests in flight) is reached: retry later", (long long)lim.tokens_per_min);
             else
                 snprintf(msg, sizeof msg, "unknown tenant");
-            return http_error_hdr(req, conn, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limit_exceeded", "Retry-After", ra,
-                                  msg);
+            /* every refusal here is the tenant's quota (an unknown tenant has none left) */
+            const api_status_map *m = api_status_http(PEFTD_EQUOTA);
+            return http_error_hdr(req, conn, m->http, m->code, MHD_HTTP_HEADER_RETRY_AFTER, ra, msg);
         }
         job->req.tenants = s->cfg.tenants;
     }
@@ -410,7 +403,7 @@ enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn)
     job->t0_ns = req->acc.t0_ns;
     access_log_adopt_id(&req->acc, job->id);
     /* From here the completed callback owns the connection's reference. */
-    req->job = job;
+    req->ctx = job;
     pthread_mutex_lock(&s->jobs_mu);
     job->next = s->jobs;
     if (s->jobs) s->jobs->prev = job;
@@ -437,10 +430,28 @@ enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn)
     return api_completions_continue(req, conn);
 }
 
+enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn) { return job_post(req, conn, false); }
+enum MHD_Result api_chat_post(http_req *req, struct MHD_Connection *conn) { return job_post(req, conn, true); }
+
+/* What the access line says of a generation. */
+static void job_account(api_job *job, http_access *a) {
+    a->generation = true;
+    if (!a->tenant[0]) snprintf(a->tenant, sizeof a->tenant, "%s", job->req.gen.tenant);
+    snprintf(a->model, sizeof a->model, "%s", job->req.model_id);
+    if (job->req.adapter) snprintf(a->adapter, sizeof a->adapter, "%s", job->req.adapter->meta.name);
+    a->prompt_tokens = a->completion_tokens = 0;
+    for (int i = 0; i < job->req.n_prompts; i++) a->prompt_tokens += (int)job->req.prompts[i].n_ids;
+    pthread_mutex_lock(&job->mu); /* a cancelled choice may still be finishing */
+    for (int i = 0; i < job->n_choices; i++) a->completion_tokens += job->choices[i].completion_tokens;
+    pthread_mutex_unlock(&job->mu);
+    if (job->req.stream) a->bytes = job->bytes_sent;
+}
+
 void api_completions_closed(http_req *req, enum MHD_RequestTerminationCode toe) {
-    api_job *job = req->job;
-    http_server *s = req->srv;
-    req->job = NULL;
+    api_job *job = req->ctx;
+    api_server *s = api_of(req);
+    req->ctx = NULL;
+    job_account(job, &req->acc);
     bool all_finished = true;
     pthread_mutex_lock(&job->mu);
     job->closed = true;
@@ -462,7 +473,7 @@ void api_completions_closed(http_req *req, enum MHD_RequestTerminationCode toe) 
     job_unref(job);
 }
 
-void api_completions_shutdown(http_server *s) {
+void api_completions_shutdown(api_server *s) {
     pthread_mutex_lock(&s->jobs_mu);
     for (api_job *job = s->jobs; job; job = job->next) {
         pthread_mutex_lock(&job->mu);

@@ -1,5 +1,5 @@
-/* server/http/api_health.c — GET /health: the process is alive and serving HTTP. */
-#include "server/http/http_internal.h"
+/* server/api/api_health.c — GET /health: the process is alive and serving HTTP. */
+#include "server/api/api_internal.h"
 
 enum MHD_Result api_health_get(http_req *req, struct MHD_Connection *conn) {
     static const char body[] = "{\"status\":\"ok\"}";

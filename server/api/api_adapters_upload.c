@@ -1,4 +1,4 @@
-/* server/http/api_adapters_upload.c — PUT /v1/adapters/{name}: a multipart/form-data
+/* server/api/api_adapters_upload.c — PUT /v1/adapters/{name}: a multipart/form-data
  * body with the files `save_pretrained` writes, streamed to a private staging directory
  * (adapter_service_mkdtemp) part by part, then imported by the adapter service.
  *
@@ -44,7 +44,7 @@
 #include "lib/log.h"
 #include "lib/status.h"
 #include "server/http/http_auth.h"
-#include "server/http/http_internal.h"
+#include "server/api/api_internal.h"
 
 /* The post processor's parse buffer (part headers, boundaries); libmicrohttpd suggests
  * 32-64 KiB for good performance with large file parts. */
@@ -69,7 +69,7 @@ static const char *const api_pickle_ext[] = {".bin", ".pt", ".pth", ".pkl", ".pi
 #define API_PART_IGNORED (-1) /* README.md: read and dropped */
 
 typedef struct api_upload {
-    http_server *srv;
+    api_server *srv;
     struct MHD_PostProcessor *pp;
     char dir[PATH_MAX];  /* staging directory ("" = none yet) */
     /* The part being received. */
@@ -279,7 +279,7 @@ static enum MHD_Result upload_iter(void *cls, enum MHD_ValueKind kind, const cha
 }
 
 enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *conn) {
-    http_server *s = req->srv;
+    api_server *s = api_of(req);
     req->answered = true; /* until the upload is set up, every return below answers */
     if (!s->svc) return api_adapters__no_store(req, conn);
     const char *name = req->arg ? req->arg : "";
@@ -316,7 +316,7 @@ enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *con
     api_upload *u = calloc(1, sizeof *u);
     if (!u) {
         atomic_fetch_sub(&s->uploads_open, 1);
-        return api_adapters_fail(req, conn, PEFTD_ENOMEM, "receiving the upload", NULL);
+        return api_fail_status(req, conn, PEFTD_ENOMEM, "receiving the upload", NULL);
     }
     u->srv = s;
     u->fd = -1;
@@ -340,7 +340,7 @@ enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *con
     if (rc < 0) {
         u->dir[0] = '\0';
         upload_unref(u);
-        return api_adapters_fail(req, conn, rc, "cannot stage the upload", NULL);
+        return api_fail_status(req, conn, rc, "cannot stage the upload", NULL);
     }
     u->pp = MHD_create_post_processor(conn, API_UPLOAD_PP_BUFFER, upload_iter, u);
     if (!u->pp) {
@@ -348,13 +348,13 @@ enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *con
         return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_upload",
                           "cannot parse this multipart/form-data body (missing boundary?)");
     }
-    req->upload = u;
+    req->ctx = u;
     req->answered = false;
     return MHD_YES;
 }
 
 enum MHD_Result api_adapters_put_data(http_req *req, const char *data, size_t n) {
-    api_upload *u = req->upload;
+    api_upload *u = req->ctx;
     u->received += n;
     if (!u->status && u->received > u->srv->cfg.max_upload_bytes)
         upload_fail(u, MHD_HTTP_CONTENT_TOO_LARGE, "upload_too_large", "upload is over the limit of %llu bytes",
@@ -401,13 +401,15 @@ static void upload_import_run(void *arg, bool abandoned) {
     upload_unref(u); /* the import's reference */
 }
 
-/* The import's answer. The upload stays with the connection (req->upload) until it closes
+/* The import's answer. The upload stays with the connection (req->ctx) until it closes
  * (api_adapters_closed uncounts the import then: the shutdown waits for these answers). */
 static enum MHD_Result upload_answer(http_req *req, struct MHD_Connection *conn, api_upload *u) {
     if (u->rc == PEFTD_ECANCELED)
         return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
                               "the server is shutting down: the adapter was not stored");
-    if (u->rc < 0) return api_adapters_fail(req, conn, u->rc, "adapter rejected", u->err);
+    /* the importer (adapter_store) reports a well-formed adapter that does not fit the
+     * base as PEFTD_EINVAL: here that is the adapter's content, not the request's (422) */
+    if (u->rc < 0) return api_fail_status(req, conn, u->rc == PEFTD_EINVAL ? PEFTD_EUNSUPPORTED : u->rc, "adapter rejected", u->err);
     cJSON *o = api_adapter_meta_json(&u->meta);
     return http_respond_json(req, conn, u->meta.version <= 1 ? MHD_HTTP_CREATED : MHD_HTTP_OK, o);
 }
@@ -426,8 +428,8 @@ static enum MHD_Result upload_wait(http_req *req, struct MHD_Connection *conn, a
 }
 
 enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *conn) {
-    http_server *s = req->srv;
-    api_upload *u = req->upload;
+    api_server *s = api_of(req);
+    api_upload *u = req->ctx;
     if (!u) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "no upload in progress");
     if (u->queued) return upload_wait(req, conn, u); /* resumed by the import */
     if (!u->status) {
@@ -452,7 +454,7 @@ enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *co
     if (u->status) {
         enum MHD_Result ret = http_error(req, conn, u->status, u->code, "%s", u->msg);
         upload_unref(u);
-        req->upload = NULL;
+        req->ctx = NULL;
         return ret;
     }
     /* a tenant's upload is its own (a public name is shadowed, not replaced) and counts
@@ -468,16 +470,12 @@ enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *co
         u->queued = false;
         atomic_fetch_sub(&s->imports_open, 1);
         atomic_fetch_sub(&u->refs, 1); /* never the last: the connection holds one */
-        enum MHD_Result ret =
-            rc == PEFTD_EBUSY
-                ? http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", MHD_HTTP_HEADER_RETRY_AFTER,
-                                 "1", "too many adapter imports waiting: retry later")
-            : rc == PEFTD_ECANCELED
-                ? http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
-                                 "the server is shutting down")
-                : api_adapters_fail(req, conn, rc, "cannot import the upload", NULL);
+        enum MHD_Result ret = api_fail_status(req, conn, rc, "cannot import the upload",
+                                              rc == PEFTD_EBUSY       ? "too many adapter imports waiting: retry later"
+                                              : rc == PEFTD_ECANCELED ? "the server is shutting down"
+                                                                      : NULL);
         upload_unref(u);
-        req->upload = NULL;
+        req->ctx = NULL;
         return ret;
     }
     LOGI("http: upload %s%s%s: %llu bytes received, importing", u->owner, u->owner[0] ? "/" : "", u->name,
@@ -485,9 +483,10 @@ enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *co
     return upload_wait(req, conn, u);
 }
 
-void api_adapters_closed(http_req *req) {
-    api_upload *u = req->upload;
-    req->upload = NULL;
+void api_adapters_closed(http_req *req, enum MHD_RequestTerminationCode toe) {
+    (void)toe;
+    api_upload *u = req->ctx;
+    req->ctx = NULL;
     if (u->pp) {
         MHD_destroy_post_processor(u->pp); /* the connection's: never on an import thread */
         u->pp = NULL;
@@ -495,6 +494,6 @@ void api_adapters_closed(http_req *req) {
     pthread_mutex_lock(&u->mu);
     u->closed = true;
     pthread_mutex_unlock(&u->mu);
-    if (u->queued) atomic_fetch_sub(&req->srv->imports_open, 1);
+    if (u->queued) atomic_fetch_sub(&api_of(req)->imports_open, 1);
     upload_unref(u);
 }

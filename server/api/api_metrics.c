@@ -1,6 +1,6 @@
-/* server/http/api_metrics.c — GET /metrics (Prometheus text format 0.0.4, accepted by
- * `promtool check metrics`), GET /ready, and the peftd_requests_total counters every
- * response adds to.
+/* server/api/api_metrics.c — GET /metrics (Prometheus text format 0.0.4, accepted by
+ * `promtool check metrics`), GET /ready (the peftd_requests_total counters are the transport's:
+ * http_server_counters).
  *
  * Families: request counts by endpoint/status; engine gauges and counters from
  * engine_get_stats() (safe from HTTP threads) including the step batch-size histogram;
@@ -16,37 +16,8 @@
 
 #include "adapter_store/tiers.h"
 #include "lib/status.h"
-#include "server/http/http_internal.h"
+#include "server/api/api_internal.h"
 #include "server/http/http_metrics.h"
-
-const char *http_endpoint_name(http_endpoint ep) {
-    switch (ep) {
-    case HTTP_EP_COMPLETIONS: return "/v1/completions";
-    case HTTP_EP_CHAT: return "/v1/chat/completions";
-    case HTTP_EP_MODELS: return "/v1/models";
-    case HTTP_EP_HEALTH: return "/health";
-    case HTTP_EP_READY: return "/ready";
-    case HTTP_EP_METRICS: return "/metrics";
-    case HTTP_EP_ADAPTERS: return "/v1/adapters";
-    default: return "other";
-    }
-}
-
-void http_count_request(http_server *s, http_endpoint ep, unsigned status) {
-    pthread_mutex_lock(&s->stats_mu);
-    for (int i = 0; i < s->n_counters; i++) {
-        if (s->counters[i].ep == ep && s->counters[i].status == status) {
-            s->counters[i].n++;
-            goto out;
-        }
-    }
-    /* The table is sized for every (endpoint, status) we ever answer; a full table drops
-     * the count rather than the response. */
-    if (s->n_counters < HTTP_MAX_COUNTERS)
-        s->counters[s->n_counters++] = (http_counter){.ep = ep, .status = status, .n = 1};
-out:
-    pthread_mutex_unlock(&s->stats_mu);
-}
 
 static int put_family(http_buf *b, const char *name, const char *type, const char *help) {
     char line[512];
@@ -125,7 +96,7 @@ typedef struct {
 /* Per-tenant families. Label values are bounded by http_tenant_label; rows with the same
  * label (the overflow "other", or names that collide after mapping) are summed, so no
  * series is ever duplicated. */
-static int put_tenants(http_server *s, http_buf *b) {
+static int put_tenants(api_server *s, http_buf *b) {
     int cap = 256, n;
     engine_tenant_stats *ts = NULL;
     for (;;) { /* grow until the snapshot is not truncated */
@@ -181,16 +152,16 @@ static int put_tenants(http_server *s, http_buf *b) {
     return rc;
 }
 
-static int metrics_render(http_server *s, http_buf *b) {
+static int metrics_render(api_server *s, http_buf *b) {
     char line[1024];
     int rc = put_family(b, "peftd_requests_total", "counter", "HTTP responses by endpoint and status.");
-    pthread_mutex_lock(&s->stats_mu);
-    for (int i = 0; i < s->n_counters && rc == 0; i++) {
+    http_counter counters[HTTP_MAX_COUNTERS];
+    int n = http_server_counters(s->http, counters, HTTP_MAX_COUNTERS);
+    for (int i = 0; i < n && rc == 0; i++) {
         snprintf(line, sizeof line, "peftd_requests_total{endpoint=\"%s\",status=\"%u\"} %" PRIu64 "\n",
-                 http_endpoint_name(s->counters[i].ep), s->counters[i].status, s->counters[i].n);
+                 counters[i].label, counters[i].status, counters[i].n);
         rc = http_buf_puts(b, line);
     }
-    pthread_mutex_unlock(&s->stats_mu);
     if (rc) return rc;
 
     engine_stats st = {0};
@@ -261,7 +232,7 @@ static int metrics_render(http_server *s, http_buf *b) {
 enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn) {
     http_buf b = {0};
     enum MHD_Result r;
-    if (metrics_render(req->srv, &b))
+    if (metrics_render(api_of(req), &b))
         r = http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
     else
         r = http_respond(req, conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", b.p,
@@ -274,8 +245,8 @@ enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn) {
  * started (both before the server starts listening), the adapter store answers, and no
  * shutdown has begun; 503 otherwise, so a load balancer drains us before we stop. */
 enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn) {
-    http_server *s = req->srv;
-    bool draining = http_is_draining() || atomic_load(&s->stopping);
+    api_server *s = api_of(req);
+    bool draining = http_is_draining() || api_stopping(s);
     astore_stats as;
     bool store_ok = s->store && astore_get_stats(s->store, &as) == 0;
     bool ready = !draining && store_ok;

@@ -1,7 +1,6 @@
-/* server/http/api_adapters.c — the adapter resource, read and delete side:
+/* server/api/api_adapters.c — the adapter resource, read and delete side:
  * GET /v1/adapters (paginated by name), GET /v1/adapters/{name}, DELETE /v1/adapters/{name},
- * the adapter description every answer uses, and the status mapping of store/service
- * failures. Uploads (PUT) stream through api_adapters_upload.c.
+ * the adapter description every answer uses (status mapping: api_status.c). Uploads (PUT) stream through api_adapters_upload.c.
  *
  * The store is the source of truth: listing and showing read it (short LMDB read
  * transactions, copied out), deleting goes through the adapter service so that the
@@ -21,7 +20,7 @@
 
 #include "lib/status.h"
 #include "server/http/http_auth.h"
-#include "server/http/http_internal.h"
+#include "server/api/api_internal.h"
 
 /* Page sizes of GET /v1/adapters: OpenAI's list endpoints default to 20 and cap at 100;
  * our entries are small (~300 bytes of JSON), so a page of 100 by default and 1000 at
@@ -62,29 +61,6 @@ fail:
     return NULL;
 }
 
-enum MHD_Result api_adapters_fail(http_req *req, struct MHD_Connection *conn, int rc, const char *what,
-                                  const char *detail) {
-    const char *d = detail && detail[0] ? detail : peftd_strerror(rc);
-    switch (rc) {
-    case PEFTD_EFORMAT: return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_adapter", "%s: %s", what, d);
-    case PEFTD_EUNSUPPORTED:
-    case PEFTD_EINVAL:
-        return http_error(req, conn, MHD_HTTP_UNPROCESSABLE_CONTENT, "adapter_incompatible", "%s: %s", what, d);
-    case PEFTD_ENOTFOUND: return http_error(req, conn, MHD_HTTP_NOT_FOUND, "adapter_not_found", "%s: %s", what, d);
-    case PEFTD_ENOSPC:
-    case -ENOSPC:
-    case -EDQUOT:
-        return http_error(req, conn, MHD_HTTP_INSUFFICIENT_STORAGE, "insufficient_storage", "%s: %s", what, d);
-    case PEFTD_EEXIST: return http_error(req, conn, MHD_HTTP_CONFLICT, "conflict", "%s: %s", what, d);
-    case -ENOENT: /* the uploading tenant was deleted meanwhile (adapter_service_import_dir) */
-        return http_error(req, conn, MHD_HTTP_FORBIDDEN, "tenant_deleted", "%s: %s", what, d);
-    case PEFTD_EBUSY:
-        return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", MHD_HTTP_HEADER_RETRY_AFTER,
-                              "1", d);
-    default: return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error", "%s: %s", what, d);
-    }
-}
-
 enum MHD_Result api_adapters__no_store(http_req *req, struct MHD_Connection *conn) {
     return http_error(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "store_not_configured",
                       "adapter store not configured (start peftd with --store DIR)");
@@ -116,7 +92,7 @@ static int api_query_int(struct MHD_Connection *conn, const char *key, long lo, 
 }
 
 enum MHD_Result api_adapters_list(http_req *req, struct MHD_Connection *conn) {
-    http_server *s = req->srv;
+    api_server *s = api_of(req);
     if (!s->store) return api_adapters__no_store(req, conn);
     long limit = 0;
     if (api_query_int(conn, "limit", 1, API_ADAPTERS_LIMIT_MAX, API_ADAPTERS_LIMIT_DEFAULT, &limit) < 0)
@@ -129,13 +105,13 @@ enum MHD_Result api_adapters_list(http_req *req, struct MHD_Connection *conn) {
                           "'after' must be an adapter name (the last_id of the previous page)");
 
     astore_meta *metas = malloc((size_t)limit * sizeof *metas);
-    if (!metas) return api_adapters_fail(req, conn, PEFTD_ENOMEM, "listing adapters", NULL);
+    if (!metas) return api_fail_status(req, conn, PEFTD_ENOMEM, "listing adapters", NULL);
     int n = 0;
     bool more = false;
     int rc = astore_list_visible(s->store, http_owner(req), after, (int)limit, metas, &n, &more);
     if (rc < 0) {
         free(metas);
-        return api_adapters_fail(req, conn, rc, "listing adapters", NULL);
+        return api_fail_status(req, conn, rc, "listing adapters", NULL);
     }
     cJSON *root = cJSON_CreateObject();
     cJSON *data = cJSON_AddArrayToObject(root, "data");
@@ -160,8 +136,11 @@ oom:
 }
 
 enum MHD_Result api_adapters_item(http_req *req, struct MHD_Connection *conn) {
-    http_server *s = req->srv;
-    if (req->method == HTTP_M_PUT) return api_adapters_put_finish(req, conn);
+    api_server *s = api_of(req);
+    /* a PUT's body goes to the route's hooks (api_adapters_upload.c); here only when its
+     * begin hook answered nothing and set no upload */
+    if (req->method == HTTP_M_PUT)
+        return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "no upload in progress");
     if (!s->store) return api_adapters__no_store(req, conn);
     const char *name = req->arg ? req->arg : "";
     if (!registry_name_valid(name)) return api_adapters__bad_name(req, conn, name);
@@ -174,8 +153,8 @@ enum MHD_Result api_adapters_item(http_req *req, struct MHD_Connection *conn) {
             return http_error(req, conn, MHD_HTTP_FORBIDDEN, "permission_denied",
                               "'%s' is a public adapter: only the admin can delete it", name);
         if (rc == PEFTD_ENOTFOUND)
-            return http_error(req, conn, MHD_HTTP_NOT_FOUND, "adapter_not_found", "no adapter named '%s'", name);
-        if (rc < 0) return api_adapters_fail(req, conn, rc, "deleting the adapter", NULL);
+            return http_error(req, conn, MHD_HTTP_NOT_FOUND, api_status_http(PEFTD_ENOTFOUND)->code, "no adapter named '%s'", name);
+        if (rc < 0) return api_fail_status(req, conn, rc, "deleting the adapter", NULL);
         cJSON *o = cJSON_CreateObject();
         if (!cJSON_AddStringToObject(o, "id", name) || !cJSON_AddStringToObject(o, "object", "adapter") ||
             !cJSON_AddBoolToObject(o, "deleted", true)) {
@@ -189,7 +168,7 @@ enum MHD_Result api_adapters_item(http_req *req, struct MHD_Connection *conn) {
     int rc = astore_get_meta_scoped(s->store, owner, name, &meta);
     if (rc == PEFTD_ENOTFOUND && owner[0]) rc = astore_get_meta_scoped(s->store, "", name, &meta);
     if (rc == PEFTD_ENOTFOUND)
-        return http_error(req, conn, MHD_HTTP_NOT_FOUND, "adapter_not_found", "no adapter named '%s'", name);
-    if (rc < 0) return api_adapters_fail(req, conn, rc, "reading the adapter", NULL);
+        return http_error(req, conn, MHD_HTTP_NOT_FOUND, api_status_http(PEFTD_ENOTFOUND)->code, "no adapter named '%s'", name);
+    if (rc < 0) return api_fail_status(req, conn, rc, "reading the adapter", NULL);
     return http_respond_json(req, conn, MHD_HTTP_OK, api_adapter_meta_json(&meta));
 }

@@ -1,4 +1,4 @@
-/* server/http/api_completions_parse.c — the body of POST /v1/completions: JSON parsing,
+/* server/api/api_completions_parse.c — the body of POST /v1/completions: JSON parsing,
  * validation of every OpenAI field we honour (wrong types name the field), tokenization
  * of the prompts and the context-length check. Unknown fields are ignored, as OpenAI and
  * vLLM do; JSON null means "not given".
@@ -13,7 +13,7 @@
 
 #include "adapter_store/json_check.h"
 #include "lib/status.h"
-#include "server/http/api_completions.h"
+#include "server/api/api_completions.h"
 
 #define API_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
@@ -79,7 +79,7 @@ static int api_get_float(const cJSON *root, const char *name, double lo, double 
     return 0;
 }
 
-static int api_prompt_from_text(const http_server *s, const char *text, api_prompt *p,
+static int api_prompt_from_text(const api_server *s, const char *text, api_prompt *p,
                                 api_err *err) {
     size_t len = strlen(text);
     if (!http_utf8_valid(text, len))
@@ -93,7 +93,7 @@ static int api_prompt_from_text(const http_server *s, const char *text, api_prom
     return 0;
 }
 
-static int api_prompt_from_ids(const http_server *s, const cJSON *arr, api_prompt *p, api_err *err) {
+static int api_prompt_from_ids(const api_server *s, const cJSON *arr, api_prompt *p, api_err *err) {
     int n = cJSON_GetArraySize(arr);
     int vocab = tokenizer_vocab_size(s->tok);
     if (n == 0) return api_fail(err, "invalid_value", "'prompt' must not be empty");
@@ -120,7 +120,7 @@ static bool api_all_type(const cJSON *arr, cJSON_bool (*is)(const cJSON *)) {
     return true;
 }
 
-static int api_parse_prompt(const http_server *s, const cJSON *root, api_request *r, api_err *err) {
+static int api_parse_prompt(const api_server *s, const cJSON *root, api_request *r, api_err *err) {
     const cJSON *p = api_field(root, "prompt");
     static const char what[] =
         "'prompt' must be a string, an array of strings, an array of token ids or an array of "
@@ -181,7 +181,7 @@ static int api_parse_stop(const cJSON *root, api_request *r, api_err *err) {
 /* `model` names the base model or an adapter (as vLLM and LoRAX do); the extension field
  * `adapter` names an adapter explicitly and wins. A missing model means the base model
  * (llama.cpp does the same). Takes one registry reference on the chosen adapter. */
-static int api_parse_model(const http_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
+static int api_parse_model(const api_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
                            api_err *err) {
     const cJSON *m = api_field(root, "model"), *a = api_field(root, "adapter");
     if (m && !cJSON_IsString(m)) return api_fail(err, "invalid_type", "'model' must be a string");
@@ -281,7 +281,7 @@ static int api_parse_options(const cJSON *root, api_request *r, long long *max_t
     return api_parse_stop(root, r, err);
 }
 
-int api_request_parse(const http_server *s, const tenants_principal *who, const char *body, size_t len,
+int api_request_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
                       api_request *r, api_err *err) {
     memset(r, 0, sizeof *r);
     gen_params_default(&r->gen);

@@ -1,4 +1,4 @@
-/* server/http/api_admin.c — tenant administration (admin key only; http_auth.c checks it):
+/* server/api/api_admin.c — tenant administration (admin key only; http_auth.c checks it):
  *   POST   /v1/admin/tenants                 {"id", "weight"?, "limits"?: {...}}  -> 201 tenant
  *   GET    /v1/admin/tenants                 -> list
  *   GET    /v1/admin/tenants/{id}            -> tenant (+ usage)
@@ -19,6 +19,8 @@
 #include <openssl/crypto.h>
 
 #include "adapter_store/json_check.h"
+#include "lib/status.h"
+#include "server/api/api_internal.h"
 #include "server/http/http_auth.h"
 #include "server/http/http_metrics.h"
 
@@ -48,17 +50,6 @@ static cJSON *key_json(const tstore_key *k) {
         return NULL;
     }
     return o;
-}
-
-static enum MHD_Result admin_fail(http_req *req, struct MHD_Connection *conn, int rc, const char *what) {
-    switch (rc) {
-    case PEFTD_ENOTFOUND: return http_error(req, conn, MHD_HTTP_NOT_FOUND, "not_found", "%s: not found", what);
-    case PEFTD_EEXIST: return http_error(req, conn, MHD_HTTP_CONFLICT, "conflict", "%s: already exists", what);
-    case PEFTD_EINVAL: return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value", "%s: invalid", what);
-    default:
-        return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error", "%s: %s", what,
-                          peftd_strerror(rc));
-    }
 }
 
 /* A non-negative integer field; absent leaves *out. false (message in err) when malformed. */
@@ -143,7 +134,7 @@ static enum MHD_Result not_enabled(http_req *req, struct MHD_Connection *conn) {
 }
 
 static enum MHD_Result tenants_create_req(http_req *req, struct MHD_Connection *conn) {
-    tenants *ts = req->srv->cfg.tenants;
+    tenants *ts = api_of(req)->cfg.tenants;
     char err[256];
     tstore_tenant t = {.weight = 1.0};
     cJSON *root = parse_body(req, err, sizeof err);
@@ -165,7 +156,7 @@ static enum MHD_Result tenants_create_req(http_req *req, struct MHD_Connection *
     cJSON_Delete(root);
     if (!ok) return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value", "%s", err);
     int rc = tenants_create(ts, &t);
-    if (rc < 0) return admin_fail(req, conn, rc, "tenant");
+    if (rc < 0) return api_fail_status(req, conn, rc, "tenant", NULL);
     tenants_get(ts, t.id, &t);
     return http_respond_json(req, conn, MHD_HTTP_CREATED, tenant_json(&t));
 }
@@ -175,8 +166,8 @@ enum MHD_Result api_admin_tenants(http_req *req, struct MHD_Connection *conn) {
     if (req->method == HTTP_M_POST) return tenants_create_req(req, conn);
     tstore_tenant *v = NULL;
     int n = 0;
-    int rc = tstore_tenant_list(req->srv->store, &v, &n);
-    if (rc < 0) return admin_fail(req, conn, rc, "listing tenants");
+    int rc = tstore_tenant_list(api_of(req)->store, &v, &n);
+    if (rc < 0) return api_fail_status(req, conn, rc, "listing tenants", NULL);
     cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data");
     bool ok = data && cJSON_AddStringToObject(root, "object", "list");
     for (int i = 0; ok && i < n; i++) {
@@ -193,13 +184,13 @@ enum MHD_Result api_admin_tenants(http_req *req, struct MHD_Connection *conn) {
 }
 
 static enum MHD_Result keys_req(http_req *req, struct MHD_Connection *conn, const char *id, const char *kid) {
-    tenants *ts = req->srv->cfg.tenants;
+    tenants *ts = api_of(req)->cfg.tenants;
     if (kid) {
         if (req->method != HTTP_M_DELETE)
             return http_error_hdr(req, conn, MHD_HTTP_METHOD_NOT_ALLOWED, NULL, MHD_HTTP_HEADER_ALLOW, "DELETE",
                                   "a key can only be revoked (DELETE)");
         int rc = tenants_key_revoke(ts, id, kid);
-        if (rc < 0) return admin_fail(req, conn, rc, "api key");
+        if (rc < 0) return api_fail_status(req, conn, rc, "api key", NULL);
         cJSON *o = cJSON_CreateObject();
         if (!cJSON_AddStringToObject(o, "id", kid) || !cJSON_AddStringToObject(o, "object", "api_key") ||
             !cJSON_AddStringToObject(o, "tenant", id) || !cJSON_AddBoolToObject(o, "revoked", true)) {
@@ -212,7 +203,7 @@ static enum MHD_Result keys_req(http_req *req, struct MHD_Connection *conn, cons
         char key[TENANTS_KEY_LEN + 1];
         tstore_key rec;
         int rc = tenants_key_create(ts, id, key, &rec);
-        if (rc < 0) return admin_fail(req, conn, rc, "tenant");
+        if (rc < 0) return api_fail_status(req, conn, rc, "tenant", NULL);
         cJSON *o = key_json(&rec);
         if (o && !cJSON_AddStringToObject(o, "key", key)) {
             cJSON_Delete(o);
@@ -225,11 +216,11 @@ static enum MHD_Result keys_req(http_req *req, struct MHD_Connection *conn, cons
         return http_error_hdr(req, conn, MHD_HTTP_METHOD_NOT_ALLOWED, NULL, MHD_HTTP_HEADER_ALLOW, "GET, HEAD, POST",
                               "use GET (list) or POST (create) on a tenant's keys");
     tstore_tenant t;
-    if (tenants_get(ts, id, &t) < 0) return admin_fail(req, conn, PEFTD_ENOTFOUND, "tenant");
+    if (tenants_get(ts, id, &t) < 0) return api_fail_status(req, conn, PEFTD_ENOTFOUND, "tenant", NULL);
     tstore_key *v = NULL;
     int n = 0;
     int rc = tenants_key_list(ts, id, &v, &n);
-    if (rc < 0) return admin_fail(req, conn, rc, "listing keys");
+    if (rc < 0) return api_fail_status(req, conn, rc, "listing keys", NULL);
     cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data");
     bool ok = data && cJSON_AddStringToObject(root, "object", "list");
     for (int i = 0; ok && i < n; i++) {
@@ -246,9 +237,9 @@ static enum MHD_Result keys_req(http_req *req, struct MHD_Connection *conn, cons
 }
 
 enum MHD_Result api_admin_tenant_item(http_req *req, struct MHD_Connection *conn) {
-    http_server *s = req->srv;
+    api_server *s = api_of(req);
     tenants *ts = s->cfg.tenants;
-    if (!http_auth_on(s)) return not_enabled(req, conn);
+    if (!http_auth_on(req->srv)) return not_enabled(req, conn);
     /* {id}, {id}/keys or {id}/keys/{kid} */
     char id[TSTORE_ID_MAX + 1] = "", kid[32] = "";
     const char *arg = req->arg ? req->arg : "", *slash = strchr(arg, '/');
@@ -283,7 +274,7 @@ enum MHD_Result api_admin_tenant_item(http_req *req, struct MHD_Connection *conn
         /* the tenant, its keys and its adapters in one transaction (an upload racing it
          * fails); then the registry and caches drop the adapters */
         rc = s->svc ? adapter_service_delete_tenant(s->svc, ts, id) : tenants_delete(ts, id, NULL);
-        if (rc < 0) return admin_fail(req, conn, rc, "tenant");
+        if (rc < 0) return api_fail_status(req, conn, rc, "tenant", NULL);
         {
             cJSON *o = cJSON_CreateObject();
             if (!cJSON_AddStringToObject(o, "id", id) || !cJSON_AddStringToObject(o, "object", "tenant") ||
@@ -296,19 +287,19 @@ enum MHD_Result api_admin_tenant_item(http_req *req, struct MHD_Connection *conn
     case HTTP_M_PATCH: {
         char err[256];
         static const char *const allowed[] = {"weight", "limits", NULL};
-        if ((rc = tenants_get(ts, id, &t)) < 0) return admin_fail(req, conn, rc, "tenant");
+        if ((rc = tenants_get(ts, id, &t)) < 0) return api_fail_status(req, conn, rc, "tenant", NULL);
         cJSON *root = parse_body(req, err, sizeof err);
         if (!root) return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_json", "%s", err);
         bool ok = apply_body(root, &t, allowed, err, sizeof err);
         cJSON_Delete(root);
         if (!ok) return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value", "%s", err);
-        if ((rc = tenants_update(ts, &t)) < 0) return admin_fail(req, conn, rc, "tenant");
+        if ((rc = tenants_update(ts, &t)) < 0) return api_fail_status(req, conn, rc, "tenant", NULL);
         tenants_get(ts, id, &t);
         return http_respond_json(req, conn, MHD_HTTP_OK, tenant_json(&t));
     }
     case HTTP_M_GET:
     case HTTP_M_HEAD: {
-        if ((rc = tenants_get(ts, id, &t)) < 0) return admin_fail(req, conn, rc, "tenant");
+        if ((rc = tenants_get(ts, id, &t)) < 0) return api_fail_status(req, conn, rc, "tenant", NULL);
         uint64_t used = 0;
         astore_owner_bytes(s->store, id, &used);
         cJSON *o = tenant_json(&t), *u = o ? cJSON_AddObjectToObject(o, "usage") : NULL;

@@ -1,4 +1,4 @@
-/* server/http/api_models.c — GET /v1/models: the base model first, then the adapters a
+/* server/api/api_models.c — GET /v1/models: the base model first, then the adapters a
  * request may name, in OpenAI's list shape (adapters carry "parent": the base, as vLLM
  * lists LoRA modules).
  *
@@ -15,7 +15,7 @@
 #include <cJSON.h>
 
 #include "server/http/http_auth.h"
-#include "server/http/http_internal.h"
+#include "server/api/api_internal.h"
 
 /* Store entries read per LMDB read transaction while listing. */
 #define API_MODELS_PAGE 256
@@ -42,7 +42,7 @@ static void collect(void *ud, const adapter_handle *h) {
     mv->v[mv->n++] = h->meta;
 }
 
-static bool add_adapter(const http_server *s, cJSON *data, const astore_meta *a) {
+static bool add_adapter(const api_server *s, cJSON *data, const astore_meta *a) {
     cJSON *m = cJSON_CreateObject();
     if (!m) return false;
     if (!cJSON_AddItemToArray(data, m)) {
@@ -60,7 +60,7 @@ static bool add_adapter(const http_server *s, cJSON *data, const astore_meta *a)
 
 /* Appends the merged adapter list; false when out of memory. *store_rc gets a store
  * failure (then only the registry's adapters are listed). */
-static bool add_adapters(const http_server *s, const char *owner, cJSON *data, int *store_rc) {
+static bool add_adapters(const api_server *s, const char *owner, cJSON *data, int *store_rc) {
     meta_vec reg = {0};
     if (!owner[0]) registry_foreach(s->reg, collect, &reg);
     bool ok = !reg.oom;
@@ -96,7 +96,7 @@ static bool add_adapters(const http_server *s, const char *owner, cJSON *data, i
 }
 
 enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn) {
-    const http_server *s = req->srv;
+    const api_server *s = api_of(req);
     cJSON *root = cJSON_CreateObject();
     cJSON *data = cJSON_AddArrayToObject(root, "data");
     cJSON *m = cJSON_CreateObject();
@@ -116,7 +116,7 @@ enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn) {
     if (!add_adapters(s, http_owner(req), data, &store_rc)) goto fail;
     if (store_rc < 0) {
         cJSON_Delete(root);
-        return api_adapters_fail(req, conn, store_rc, "listing the stored adapters", NULL);
+        return api_fail_status(req, conn, store_rc, "listing the stored adapters", NULL);
     }
     return http_respond_json(req, conn, MHD_HTTP_OK, root);
 fail:

@@ -1,7 +1,7 @@
-/* server/http/api_completions.h — the pieces of POST /v1/completions shared by its three
+/* server/api/api_completions.h — the pieces of POST /v1/completions shared by its three
  * files: the validated request (api_completions_parse.c), the in-flight job and its
  * choices (api_completions.c), and the JSON / SSE formatting (api_completions_format.c).
- * Internal to server/http/.
+ * Internal to server/api/.
  */
 #ifndef PEFTD_API_COMPLETIONS_H
 #define PEFTD_API_COMPLETIONS_H
@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "server/http/http_internal.h"
+#include "server/api/api_internal.h"
 
 #define API_MAX_N 16        /* choices per prompt (OpenAI's n) */
 #define API_MAX_PROMPTS 16  /* prompts per request when prompt is an array of strings */
@@ -60,7 +60,7 @@ const struct cJSON *api_field(const struct cJSON *root, const char *name);
 /* Parses and validates a JSON body, tokenizes the prompts. who (NULL = anonymous) scopes
  * the adapter lookup (its own, then public: http_auth.h) and fills gen.tenant /
  * gen.tenant_weight. On failure fills err and returns a negative status. */
-int api_request_parse(const http_server *s, const tenants_principal *who, const char *body, size_t len,
+int api_request_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
                       api_request *out, api_err *err);
 
 /* One engine request's state. The pend_* fields and the finish fields are written by the
@@ -93,7 +93,7 @@ typedef struct api_choice {
 typedef struct api_job {
     atomic_int refs;        /* connection + one per running engine request + stream reader */
     pthread_mutex_t mu;     /* guards suspended, closed and the choices' pend/finish fields */
-    http_server *srv;
+    api_server *srv;
     struct MHD_Connection *conn;  /* valid until closed */
     api_request req;
     api_choice *choices;
@@ -139,7 +139,7 @@ int api_format_stream_error(const char *message, http_buf *out);
 /* ---- api_chat.c: POST /v1/chat/completions on this machinery ---- */
 /* Validates the chat fields, applies the model's chat template, then api_request_parse()s
  * the equivalent completions body; sets req.chat. Same contract as api_request_parse. */
-int api_chat_parse(const http_server *s, const tenants_principal *who, const char *body, size_t len,
+int api_chat_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
                    api_request *out, api_err *err);
 void api_chat_job_init(api_job *job); /* "chatcmpl-" ids */
 /* The chat shapes of api_format_response / _chunk / _stream_end (they call these when

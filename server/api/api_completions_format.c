@@ -1,4 +1,4 @@
-/* server/http/api_completions_format.c — what /v1/completions sends back: the OpenAI
+/* server/api/api_completions_format.c — what /v1/completions sends back: the OpenAI
  * response object, the completions `logprobs` object (tokens, token_logprobs,
  * top_logprobs, text_offset) and the SSE chunks of a stream.
  */
@@ -8,7 +8,7 @@
 #include <cJSON.h>
 
 #include "lib/status.h"
-#include "server/http/api_completions.h"
+#include "server/api/api_completions.h"
 #include "server/http/sse.h"
 
 /* A token's text as it reads after prev: decode(prev, id) - decode(prev), so "▁there"

@@ -1,4 +1,4 @@
-/* server/http/api_chat.c — POST /v1/chat/completions on the completions machinery.
+/* server/api/api_chat.c — POST /v1/chat/completions on the completions machinery.
  *
  * A chat request is a completions request whose prompt is the model's chat template
  * applied to `messages` (server/text/chat_template.h, add_generation_prompt on), tokenized
@@ -24,7 +24,7 @@
 #include "adapter_store/json_check.h"
 #include "lib/log.h"
 #include "lib/status.h"
-#include "server/http/api_completions.h"
+#include "server/api/api_completions.h"
 #include "server/http/sse.h"
 #include "server/text/chat_template.h"
 
@@ -143,7 +143,7 @@ static int chat_parse_logprobs(const cJSON *root, int *k, api_err *err) {
     return 0;
 }
 
-int api_chat_parse(const http_server *s, const tenants_principal *who, const char *body, size_t len, api_request *r,
+int api_chat_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len, api_request *r,
                    api_err *err) {
     memset(r, 0, sizeof *r);
     err->status = MHD_HTTP_BAD_REQUEST;
