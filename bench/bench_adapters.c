@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "adapter_store/adapter.h"
+#include "bench/bench_time.h"
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
 #include "lib/log.h"
@@ -60,12 +61,6 @@
 #define MAX_SHAPES 4
 #define MAX_ROUNDS 16
 #define MAX_ADAPTERS 256
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---------- op timing (wrapping the backend's function table) ---------- */
 
@@ -83,9 +78,9 @@ static kbackend_ops g_prof_ops;
 
 #define TIMED(cat, call)                  \
     do {                                  \
-        double t0_ = now_s();             \
+        double t0_ = bench_now_s();             \
         int st_ = (call);                 \
-        g_prof[(cat)] += now_s() - t0_;   \
+        g_prof[(cat)] += bench_now_s() - t0_;   \
         return st_;                       \
     } while (0)
 
@@ -183,7 +178,7 @@ typedef struct {
 
 static void on_notify(void *ud) {
     req_track *rt = ud;
-    double t = now_s();
+    double t = bench_now_s();
     if (rt->n < rt->cap) rt->t[rt->n] = t;
     rt->n++;
     /* The prefill step's forward pass is over once every request has its first token:
@@ -208,11 +203,6 @@ typedef struct {
     tokenizer *tok;
     int seqs, prompt, tokens, tokens_d;
 } bench;
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static int make_engine(const bench *B, int max_seqs, int tokens, engine **e) {
     engine_config c;
@@ -340,7 +330,7 @@ static void finish_result(result *r) {
 }
 
 static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    qsort(v, (size_t)n, sizeof(double), bench_cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
@@ -658,7 +648,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     log_set_level(LOG_WARN);
-    double t_start = now_s();
+    double t_start = bench_now_s();
     char err[1024];
     int rc = 1;
     if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -742,7 +732,7 @@ int main(int argc, char **argv) {
         }
     free(same);
     prof_uninstall(B.kb);
-    double elapsed = now_s() - t_start;
+    double elapsed = bench_now_s() - t_start;
     print_json(stdout, &B, sh, n_sh, rounds, threads, cd_target, elapsed);
     fflush(stdout);
     if (out_path) {

@@ -11,14 +11,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_time.h"
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(void) {
 #ifndef PEFTD_CUDA
@@ -52,12 +47,12 @@ int main(void) {
     double best = 1e30;
     for (int pass = 0; pass < 11; pass++) {
         if (kb->ops->synchronize(kb)) return 1;
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (kb->ops->get_rows(kb, &t, ids, rows, dst) || kb->ops->synchronize(kb)) {
             fprintf(stderr, "bench_gpu: copy failed\n");
             return 1;
         }
-        double dt = now_s() - t0;
+        double dt = bench_now_s() - t0;
         if (pass > 0 && dt < best) best = dt; /* pass 0 warms up */
     }
     double gbps = 2.0 * rows * (double)cols * 4 / best / 1e9;

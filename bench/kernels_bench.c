@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_roofline.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/kernels.h"
@@ -37,56 +38,6 @@ void openblas_set_num_threads(int num_threads);
 /* Read-bandwidth buffer: 256 MiB, 8× the L3. */
 #define BENCH_BW_BYTES (256u << 20)
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-typedef struct {
-    const float *p;
-    int64_t n_per_task;
-    double *sums;
-} bw_ctx;
-
-static void bw_task(void *vc, int task, int thread) {
-    (void)thread;
-    bw_ctx *c = vc;
-    const float *p = c->p + (int64_t)task * c->n_per_task;
-    kv_f32 a0 = kv_zero(), a1 = kv_zero(), a2 = kv_zero(), a3 = kv_zero();
-    for (int64_t i = 0; i < c->n_per_task; i += 4 * KV_W) {
-        /* 16 KiB ahead into L2, as kernels/cpu/matmul.c does */
-        __builtin_prefetch(p + i + 4096, 0, 2);
-        __builtin_prefetch(p + i + 4096 + 16, 0, 2);
-        __builtin_prefetch(p + i + 4096 + 32, 0, 2);
-        __builtin_prefetch(p + i + 4096 + 48, 0, 2);
-        a0 = kv_add(a0, kv_load(p + i));
-        a1 = kv_add(a1, kv_load(p + i + KV_W));
-        a2 = kv_add(a2, kv_load(p + i + 2 * KV_W));
-        a3 = kv_add(a3, kv_load(p + i + 3 * KV_W));
-    }
-    c->sums[task] = kv_hsum(kv_add(kv_add(a0, a1), kv_add(a2, a3)));
-}
-
-/* Best-of-5 parallel streaming read bandwidth, GB/s. */
-static double read_bandwidth(kpool *pool) {
-    size_t n = BENCH_BW_BYTES / sizeof(float);
-    float *buf = aligned_alloc(64, BENCH_BW_BYTES);
-    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
-    enum { TASKS = 64 };
-    double sums[TASKS];
-    bw_ctx c = {.p = buf, .n_per_task = (int64_t)n / TASKS, .sums = sums};
-    double best = 0;
-    for (int r = 0; r < 5; r++) {
-        double t0 = now_s();
-        kpool_parallel_for(pool, TASKS, bw_task, &c);
-        double gbs = BENCH_BW_BYTES / (now_s() - t0) / 1e9;
-        if (gbs > best) best = gbs;
-    }
-    free(buf);
-    return best;
-}
-
 /* Best-of-5 single-thread memcpy bandwidth (bytes read + written), GB/s. */
 static double memcpy_bandwidth(void) {
     size_t bytes = BENCH_BW_BYTES / 2;
@@ -95,9 +46,9 @@ static double memcpy_bandwidth(void) {
     memset(b, 2, bytes);
     double best = 0;
     for (int r = 0; r < 5; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         memcpy(b, a, bytes);
-        double gbs = 2.0 * bytes / (now_s() - t0) / 1e9;
+        double gbs = 2.0 * bytes / (bench_now_s() - t0) / 1e9;
         if (gbs > best) best = gbs;
     }
     free(a);
@@ -116,16 +67,16 @@ static void noop_task(void *ctx, int task, int thread) {
 static void dispatch_latency(kpool *pool, double *hot_us, double *cold_us) {
     int nt = kpool_n_threads(pool);
     enum { HOT = 20000, COLD = 200 };
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (int i = 0; i < HOT; i++) kpool_parallel_for(pool, nt, noop_task, NULL);
-    *hot_us = (now_s() - t0) / HOT * 1e6;
+    *hot_us = (bench_now_s() - t0) / HOT * 1e6;
     double sum = 0;
     for (int i = 0; i < COLD; i++) {
         struct timespec ts = {0, 2000000};
         nanosleep(&ts, NULL);
-        double t1 = now_s();
+        double t1 = bench_now_s();
         kpool_parallel_for(pool, nt, noop_task, NULL);
-        sum += now_s() - t1;
+        sum += bench_now_s() - t1;
     }
     *cold_us = sum / COLD * 1e6;
 }
@@ -136,7 +87,7 @@ typedef struct {
     float *x, *y;
 } bench_buf;
 
-/* MODE_ROOF: the streaming read (bw_task) over the same weight bytes on the
+/* MODE_ROOF: the streaming read (bench_bw_task) over the same weight bytes on the
  * same pool — the roofline, timed in the same rounds as the matmul. */
 enum { MODE_ROOF, MODE_AUTO, MODE_TILES, MODE_BPATH, MODE_OPENBLAS, N_MODES };
 
@@ -150,9 +101,9 @@ static int64_t roof_floats_per_task(size_t wbytes) {
 static void run_mode(kbackend *kb, bench_buf *b, const kmat *w, int n, int mode, int n_threads) {
     if (mode == MODE_ROOF) {
         double sums[ROOF_TASKS];
-        bw_ctx c = {.p = w->data, .n_per_task = roof_floats_per_task((size_t)(w->rows * w->cols) * kdtype_size(w->dtype)),
-                    .sums = sums};
-        kpool_parallel_for(kcpu__impl(kb)->pool, ROOF_TASKS, bw_task, &c);
+        size_t wbytes = (size_t)(w->rows * w->cols) * kdtype_size(w->dtype);
+        bench_bw_ctx c = {.p = w->data, .n_per_task = roof_floats_per_task(wbytes), .sums = sums};
+        kpool_parallel_for(kcpu__impl(kb)->pool, ROOF_TASKS, bench_bw_task, &c);
         return;
     }
     if (mode == MODE_OPENBLAS) {
@@ -171,11 +122,6 @@ static void run_mode(kbackend *kb, bench_buf *b, const kmat *w, int n, int mode,
     }
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median seconds per call of modes [m0, m1), stored in out[m0..m1). The modes
  * are interleaved call by call (round robin), so load from other processes on
  * this shared machine hits them alike and their ratios stay meaningful; calls
@@ -185,20 +131,20 @@ static void time_modes(kbackend *kb, bench_buf *b, const kmat *proto, int n, int
     enum { MAXREP = 1001 };
     static double t[N_MODES][MAXREP];
     int reps = 0, copy = 0;
-    double start = now_s();
-    while (reps < MAXREP && (reps < 5 || now_s() - start < budget * (m1 - m0))) {
+    double start = bench_now_s();
+    while (reps < MAXREP && (reps < 5 || bench_now_s() - start < budget * (m1 - m0))) {
         for (int m = m0; m < m1; m++) {
             kmat w = *proto;
             w.data = b->w[copy];
             copy = (copy + 1) % b->n_copies;
-            double t0 = now_s();
+            double t0 = bench_now_s();
             run_mode(kb, b, &w, n, m, n_threads);
-            t[m][reps] = now_s() - t0;
+            t[m][reps] = bench_now_s() - t0;
         }
         reps++;
     }
     for (int m = m0; m < m1; m++) {
-        qsort(t[m], (size_t)reps, sizeof(double), cmp_double);
+        qsort(t[m], (size_t)reps, sizeof(double), bench_cmp_double);
         out[m] = t[m][reps / 2];
     }
 }
@@ -224,9 +170,9 @@ static double time_attention(kbackend *kb, int n_seqs, int n_q, int kv_len) {
                     .q = q, .k_cache = kc, .v_cache = vc, .out = o};
     double best = 1e30;
     for (int r = 0; r < 6; r++) { /* the first call warms the scratch */
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (kb->ops->attention(kb, &a) != 0) exit(1);
-        double t = now_s() - t0;
+        double t = bench_now_s() - t0;
         if (r && t < best) best = t;
     }
     free(qs);
@@ -269,7 +215,7 @@ int main(int argc, char **argv) {
         for (int di = 0; di < N_DT; di++) {
             int rows = shapes[si][0], cols = shapes[si][1];
             if (only_rows && rows != only_rows) continue;
-            double bw = read_bandwidth(cb->pool);
+            double bw = bench_read_bandwidth(cb->pool, BENCH_BW_BYTES);
             if (bw > rbw) rbw = bw;
             kdtype dt = dts[di];
             size_t wbytes = (size_t)rows * cols * kdtype_size(dt);

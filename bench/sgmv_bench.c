@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_roofline.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/kernels.h"
@@ -34,59 +35,6 @@
 #define BENCH_ROWS 32
 /* Timed repetitions kept at most per config (median taken). */
 #define BENCH_MAX_REPS 4096
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-typedef struct {
-    const float *p;
-    int64_t n_per_task;
-    double *sums;
-} bw_ctx;
-
-static void bw_task(void *vc, int task, int thread) {
-    (void)thread;
-    bw_ctx *c = vc;
-    const float *p = c->p + (int64_t)task * c->n_per_task;
-    kv_f32 a0 = kv_zero(), a1 = kv_zero(), a2 = kv_zero(), a3 = kv_zero();
-    for (int64_t i = 0; i < c->n_per_task; i += 4 * KV_W) {
-        /* one 64-byte line per prefetch, 16 KiB ahead (as the kernels) */
-        for (int l = 0; l < 4 * KV_W; l += 16) __builtin_prefetch(p + i + 4096 + l, 0, 2);
-        a0 = kv_add(a0, kv_load(p + i));
-        a1 = kv_add(a1, kv_load(p + i + KV_W));
-        a2 = kv_add(a2, kv_load(p + i + 2 * KV_W));
-        a3 = kv_add(a3, kv_load(p + i + 3 * KV_W));
-    }
-    c->sums[task] = kv_hsum(kv_add(kv_add(a0, a1), kv_add(a2, a3)));
-}
-
-/* Best-of-5 parallel streaming read bandwidth, GB/s. */
-static double read_bandwidth(kpool *pool) {
-    size_t n = BENCH_BW_BYTES / sizeof(float);
-    float *buf = aligned_alloc(64, BENCH_BW_BYTES);
-    if (!buf) return 0;
-    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
-    enum { TASKS = 64 };
-    double sums[TASKS];
-    bw_ctx c = {.p = buf, .n_per_task = (int64_t)n / TASKS, .sums = sums};
-    double best = 0;
-    for (int r = 0; r < 5; r++) {
-        double t0 = now_s();
-        kpool_parallel_for(pool, TASKS, bw_task, &c);
-        double gbs = BENCH_BW_BYTES / (now_s() - t0) / 1e9;
-        if (gbs > best) best = gbs;
-    }
-    free(buf);
-    return best;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* One set of n_adapters adapters: the segment table and the weights. */
 typedef struct {
@@ -116,17 +64,17 @@ static double time_op(kbackend *kb, int which, const adapter_set *sets, int n_se
                       float *t, int ld_t, float *y, int out, double budget) {
     static double ts[BENCH_MAX_REPS];
     int reps = 0;
-    double t_end = now_s() + budget;
-    while ((now_s() < t_end || reps < 5) && reps < BENCH_MAX_REPS) {
+    double t_end = bench_now_s() + budget;
+    while ((bench_now_s() < t_end || reps < 5) && reps < BENCH_MAX_REPS) {
         const adapter_set *w = &sets[reps % n_sets];
         s->a = w->a;
         s->b = w->b;
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (which != 1 && kb->ops->sgmv_shrink(kb, x, in, s, t, ld_t) != 0) return -1;
         if (which != 0 && kb->ops->sgmv_expand(kb, t, ld_t, s, out, y) != 0) return -1;
-        ts[reps++] = now_s() - t0;
+        ts[reps++] = bench_now_s() - t0;
     }
-    qsort(ts, (size_t)reps, sizeof(double), cmp_double);
+    qsort(ts, (size_t)reps, sizeof(double), bench_cmp_double);
     return ts[reps / 2];
 }
 
@@ -150,7 +98,7 @@ int main(int argc, char **argv) {
         for (int di = 0; di < 2; di++) {
             /* The roofline is the best read bandwidth seen, measured again per shape:
              * one measurement on a loaded machine can be low. */
-            double bw = read_bandwidth(cb->pool);
+            double bw = bench_read_bandwidth(cb->pool, BENCH_BW_BYTES);
             if (bw > rbw) rbw = bw;
             for (int ri = 0; ri < 2; ri++)
                 for (int ai = 0; ai < 2; ai++) {

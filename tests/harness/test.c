@@ -4,10 +4,12 @@
  * checks (LeakSanitizer's leak report under `make asan`) run and turn a leak into a
  * failure. Tests run from the repository root whatever the working directory was: the
  * root is found from the binary's own location (/proc/self/exe), so relative fixture
- * paths resolve the same from anywhere, and a missing fixture is a failure, not a skip. */
+ * paths resolve the same from anywhere, and a missing fixture is a failure, not a skip.
+ * Owns the per-run temporary directory that test_tmpdir() hands out pieces of. */
 #include "test.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -81,6 +83,22 @@ char *test_read_file(const char *path, size_t *len) {
     return buf;
 }
 
+/* test_tmpdir's root: made in the runner before the tests fork, removed after them. */
+static char g_tmp_root[PATH_MAX];
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+const char *test_tmpdir(void) {
+    static char dir[PATH_MAX + 16];
+    if (!g_tmp_root[0]) FAIL("test_tmpdir: no per-run directory (mkdtemp failed in the runner)");
+    snprintf(dir, sizeof dir, "%s/t-XXXXXX", g_tmp_root);
+    if (!mkdtemp(dir)) FAIL("test_tmpdir: mkdtemp under %s: %s", g_tmp_root, strerror(errno));
+    return dir;
+}
+
 /* The repository root: the nearest directory above the running binary that holds this
  * harness's header (binaries live in <root>/<build dir>/tests/). 0, or -1 if none. */
 static int find_repo_root(char *out, size_t len) {
@@ -109,6 +127,8 @@ int test_run_all(const char *prog, const test_entry *tests, int n, int argc, cha
         printf("%s: 0 passed, 1 failed, 0 skipped\n", base);
         return 1;
     }
+    snprintf(g_tmp_root, sizeof g_tmp_root, "/tmp/peftd-%.64s-XXXXXX", base);
+    if (!mkdtemp(g_tmp_root)) g_tmp_root[0] = 0;
     int passed = 0, failed = 0, skipped = 0, matched = 0;
     for (int i = 0; i < n; i++) {
         if (only && strcmp(only, tests[i].name) != 0) continue;
@@ -141,6 +161,7 @@ int test_run_all(const char *prog, const test_entry *tests, int n, int argc, cha
         fprintf(stderr, "%s: no test is named '%s'\n", base, only);
         failed++;
     }
+    if (g_tmp_root[0]) nftw(g_tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     printf("%s: %d passed, %d failed, %d skipped\n", base, passed, failed, skipped);
     return failed ? 1 : 0;
 }

@@ -93,4 +93,11 @@ void test_guarded_check_free(float *p, int64_t n);
 /* Reads a whole file into a NUL-terminated buffer (caller frees); NULL on error. */
 char *test_read_file(const char *path, size_t *len);
 
+/* A new, empty directory for the calling test, under one directory per run of the binary
+ * (/tmp/peftd-<binary>-XXXXXX) that test_run_all makes before it forks the tests and
+ * removes, with everything in it, when they are done (tests end in exit(), so a failing
+ * test's files go too). Fails the test when it cannot be made.
+ * @note the path is in a static buffer, overwritten by the next call: copy it to keep it. */
+const char *test_tmpdir(void);
+
 #endif

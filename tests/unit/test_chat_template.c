@@ -20,23 +20,6 @@
 
 #define FIX "tests/fixtures/chat/chat_fixtures.json"
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) b[n] = 0;
-    if (len) *len = (size_t)n;
-    return b;
-}
-
 static int render(const char *tmpl, const chat_message *m, int n, bool agp, const char *bos, const char *eos,
                   char **out, char *err, size_t errlen) {
     chat_template *t = NULL;
@@ -51,7 +34,7 @@ static int render(const char *tmpl, const chat_message *m, int n, bool agp, cons
 
 TEST(fixtures_match_transformers_byte_for_byte) {
     size_t len;
-    char *text = slurp(FIX, &len);
+    char *text = test_read_file(FIX, &len);
     if (!text) FAIL("cannot read %s", FIX);
     cJSON *root = cJSON_Parse(text);
     ASSERT(cJSON_IsArray(root));

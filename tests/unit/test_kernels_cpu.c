@@ -20,24 +20,13 @@
 #include "kernels/kernels.h"
 #include "lib/half.h"
 #include "tests/harness/test.h"
+#include "tests/harness/test_dtype.h"
 
 #define U_F32 (1.0 / 16777216.0) /* 2^-24 */
 
 #define CANARY_N TEST_CANARY_N
 #define CANARY_V TEST_CANARY_V
 
-
-/* Values rounded to dtype dt, plus their storage in that dtype (caller frees). */
-static void *to_dtype(kdtype dt, float *vals, int64_t n) {
-    void *s = malloc((size_t)n * kdtype_size(dt));
-    ASSERT(s);
-    for (int64_t i = 0; i < n; i++) {
-        if (dt == KDT_F32) ((float *)s)[i] = vals[i];
-        else if (dt == KDT_F16) vals[i] = f16_to_f32(((uint16_t *)s)[i] = f32_to_f16(vals[i]));
-        else vals[i] = bf16_to_f32(((uint16_t *)s)[i] = f32_to_bf16(vals[i]));
-    }
-    return s;
-}
 
 static const kdtype DTYPES[] = {KDT_F32, KDT_F16, KDT_BF16};
 static const int THREADS[] = {1, 2, 3};
@@ -116,7 +105,7 @@ static void check_matmul(kbackend *kb, kdtype dt, int n, int rows, int cols, flo
     ASSERT(wv && x);
     test_fill(wv, (int64_t)rows * cols);
     test_fill(x, (int64_t)n * cols);
-    void *ws = to_dtype(dt, wv, (int64_t)rows * cols);
+    void *ws = test_to_dtype(dt, wv, (int64_t)rows * cols);
     int64_t ny = (int64_t)n * rows;
     float *y = test_guarded_alloc(ny), *y0 = malloc((size_t)ny * sizeof(float));
     ASSERT(y0);
@@ -207,7 +196,7 @@ TEST(rmsnorm) {
                         test_fill(wv, dim);
                         test_fill(x, (int64_t)n * dim);
                         if (n > 1) memset(x, 0, dim * sizeof(float)); /* all-zero row: eps keeps it finite */
-                        void *ws = to_dtype(DTYPES[d], wv, dim);
+                        void *ws = test_to_dtype(DTYPES[d], wv, dim);
                         kmat w = {.data = ws, .dtype = DTYPES[d], .rows = 1, .cols = dim};
                         float *y = test_guarded_alloc((int64_t)n * dim);
                         memcpy(y, x, (size_t)n * dim * sizeof(float));
@@ -366,7 +355,7 @@ TEST(get_rows) {
                 int rows = 1000, cols = colss[ci], n = 133;
                 float *tv = malloc((size_t)rows * cols * sizeof(float));
                 test_fill(tv, (int64_t)rows * cols);
-                void *ts = to_dtype(DTYPES[d], tv, (int64_t)rows * cols);
+                void *ts = test_to_dtype(DTYPES[d], tv, (int64_t)rows * cols);
                 kmat t = {.data = ts, .dtype = DTYPES[d], .rows = rows, .cols = cols};
                 int32_t ids[133];
                 for (int i = 0; i < n; i++) ids[i] = i == 0 ? 0 : i == 1 ? rows - 1 : (int32_t)(test_rng_u32() % rows);

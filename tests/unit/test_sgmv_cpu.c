@@ -23,6 +23,7 @@
 #include "kernels/kernels.h"
 #include "lib/half.h"
 #include "tests/harness/test.h"
+#include "tests/harness/test_dtype.h"
 
 #define U_F32 (1.0 / 16777216.0) /* 2^-24 */
 
@@ -31,18 +32,6 @@
 
 
 static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
-
-/* Values rounded to dtype dt, plus their storage in that dtype (caller frees). */
-static void *to_dtype(kdtype dt, float *vals, int64_t n) {
-    void *s = malloc((size_t)(n ? n : 1) * kdtype_size(dt));
-    ASSERT(s);
-    for (int64_t i = 0; i < n; i++) {
-        if (dt == KDT_F32) ((float *)s)[i] = vals[i];
-        else if (dt == KDT_F16) vals[i] = f16_to_f32(((uint16_t *)s)[i] = f32_to_f16(vals[i]));
-        else vals[i] = bf16_to_f32(((uint16_t *)s)[i] = f32_to_bf16(vals[i]));
-    }
-    return s;
-}
 
 static const kdtype DTYPES[] = {KDT_F32, KDT_F16, KDT_BF16};
 static const int THREADS[] = {1, 2, 3};
@@ -159,8 +148,8 @@ static void add_segment(sg_case *c, int rows, int rank, int kind) {
     ASSERT(c->af[i] && c->bf[i]);
     test_fill(c->af[i], na);
     test_fill(c->bf[i], nb);
-    c->as[i] = to_dtype(c->dt, c->af[i], na);
-    c->bs[i] = to_dtype(c->dt, c->bf[i], nb);
+    c->as[i] = test_to_dtype(c->dt, c->af[i], na);
+    c->bs[i] = test_to_dtype(c->dt, c->bf[i], nb);
     /* A rank-0 segment still gets (valid, unread) pointers: rank alone must skip it. */
     c->a[i] = kind == 1 ? NULL : c->as[i];
     c->b[i] = kind == 2 ? NULL : c->bs[i];

@@ -9,7 +9,6 @@
  * recompute it; in peftd it is the adapter's content hash over the uploaded files, and the
  * store's own per-blob checksum (checked by astore_get_blob) guards the bytes. */
 #include <errno.h>
-#include <ftw.h>
 #include <lmdb.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -24,34 +23,6 @@
 #include "tests/harness/test.h"
 
 /* ---- helpers ------------------------------------------------------------------------ */
-
-/* Every test's store lives under one directory per run of this binary, made before the
- * harness forks the tests and removed when the runner exits (tests end with _exit, so a
- * failing test's store is removed too). */
-static char ROOT[64], DIR_[128];
-static pid_t RUNNER;
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-__attribute__((constructor)) static void make_root(void) {
-    snprintf(ROOT, sizeof ROOT, "/tmp/peftd-test-store-XXXXXX");
-    if (!mkdtemp(ROOT)) ROOT[0] = 0;
-    RUNNER = getpid();
-}
-
-__attribute__((destructor)) static void remove_root(void) {
-    if (ROOT[0] && getpid() == RUNNER) nftw(ROOT, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static const char *tmpdir(void) {
-    ASSERT(ROOT[0]);
-    snprintf(DIR_, sizeof DIR_, "%s/s-XXXXXX", ROOT);
-    ASSERT(mkdtemp(DIR_));
-    return DIR_;
-}
 
 static astore *open_store(const char *dir, size_t map, size_t max) {
     astore_options o = {.map_bytes = map, .max_map_bytes = max};
@@ -122,7 +93,7 @@ static void check_blob(astore *s, const astore_meta *m) {
 /* ---- basics ------------------------------------------------------------------------- */
 
 TEST(put_get_versions_delete) {
-    astore *s = open_store(tmpdir(), 0, 0);
+    astore *s = open_store(test_tmpdir(), 0, 0);
     char old[65] = "x";
     time_t t0 = time(NULL);
     astore_meta a1 = put(s, "alpha", 1, 1000, old);
@@ -198,7 +169,7 @@ TEST(put_get_versions_delete) {
 }
 
 TEST(shared_blobs_are_refcounted) {
-    astore *s = open_store(tmpdir(), 0, 0);
+    astore *s = open_store(test_tmpdir(), 0, 0);
     char old[65];
     astore_stats st;
     astore_meta x = put(s, "x", 42, 5000, old);
@@ -233,7 +204,7 @@ TEST(shared_blobs_are_refcounted) {
 
 TEST(pagination_2500_names) {
     enum { N = 2500 };
-    astore *s = open_store(tmpdir(), 1 << 20, 256 << 20);
+    astore *s = open_store(test_tmpdir(), 1 << 20, 256 << 20);
     /* inserted in a scrambled order; names of different lengths test byte order */
     for (int i = 0; i < N; i++) {
         int k = (int)(((unsigned)i * 1543u) % N);
@@ -286,7 +257,7 @@ TEST(pagination_2500_names) {
 /* ---- map size ----------------------------------------------------------------------- */
 
 TEST(map_grows_from_256k) {
-    astore *s = open_store(tmpdir(), 256 << 10, 256 << 20);
+    astore *s = open_store(test_tmpdir(), 256 << 10, 256 << 20);
     astore_stats st;
     ASSERT_EQ(astore_get_stats(s, &st), 0);
     ASSERT_EQ(st.map_bytes, 256 << 10);
@@ -305,7 +276,8 @@ TEST(map_grows_from_256k) {
 }
 
 TEST(full_store_enospc_keeps_everything) {
-    astore *s = open_store(tmpdir(), 256 << 10, 1 << 20);
+    const char *dir = test_tmpdir();
+    astore *s = open_store(dir, 256 << 10, 1 << 20);
     astore_meta m[64];
     int n = 0, rc = 0;
     for (; n < 64; n++) {
@@ -349,14 +321,14 @@ TEST(full_store_enospc_keeps_everything) {
     astore_close(s);
 
     /* and it all survives a reopen */
-    s = open_store(DIR_, 256 << 10, 1 << 20);
+    s = open_store(dir, 256 << 10, 1 << 20);
     for (int i = 0; i < n; i++)
         if (i < 1 || i > 4) check_blob(s, &m[i]);
     astore_close(s);
 }
 
 TEST(reopen_keeps_everything) {
-    const char *d = tmpdir();
+    const char *d = test_tmpdir();
     astore *s = open_store(d, 256 << 10, 64 << 20);
     astore_meta m[40];
     for (int i = 0; i < 40; i++) {
@@ -420,7 +392,7 @@ static void set_schema_99(MDB_val *v, void *ud) {
 }
 
 TEST(damaged_blob_detected) {
-    const char *d = tmpdir();
+    const char *d = test_tmpdir();
     astore *s = open_store(d, 0, 0);
     astore_meta m = put(s, "a", 1, 4096, NULL);
     astore_close(s);
@@ -434,7 +406,7 @@ TEST(damaged_blob_detected) {
 }
 
 TEST(newer_schema_refused) {
-    const char *d = tmpdir();
+    const char *d = test_tmpdir();
     astore *s = open_store(d, 0, 0);
     put(s, "a", 1, 100, NULL);
     astore_close(s);
@@ -484,7 +456,7 @@ static void *reader(void *p) {
 
 /* Readers on other threads while the writer grows the map many times over. */
 TEST(readers_during_growth) {
-    astore *s = open_store(tmpdir(), 256 << 10, 512 << 20);
+    astore *s = open_store(test_tmpdir(), 256 << 10, 512 << 20);
     volatile int stop = 0;
     reader_arg ra[4];
     pthread_t th[4];
@@ -572,7 +544,7 @@ static int verify_store(const char *dir, bool drain) {
 }
 
 TEST(sigkill_at_random_moments) {
-    const char *d = tmpdir();
+    const char *d = test_tmpdir();
     uint64_t r = (uint64_t)time(NULL) ^ (uint64_t)getpid() << 20;
     int iters = 24, total = 0, exited = 0;
     for (int it = 0; it < iters; it++) {
@@ -598,7 +570,7 @@ TEST(sigkill_at_random_moments) {
  * must be refused with PEFTD_EFORMAT and a message naming the file, never a crash (the
  * harness forks each test: a SIGBUS fails it). */
 TEST(truncated_data_file_refused) {
-    const char *dir = tmpdir();
+    const char *dir = test_tmpdir();
     char d[128], path[160];
     snprintf(d, sizeof d, "%s", dir);
     snprintf(path, sizeof path, "%s/data.mdb", d);
@@ -630,7 +602,7 @@ TEST(truncated_data_file_refused) {
  * exclusive lock is a flock on an open file description, so a second open in the same
  * process conflicts just like another process; closing releases it. */
 TEST(exclusive_lock_refuses_a_second_opener) {
-    const char *dir = tmpdir();
+    const char *dir = test_tmpdir();
     astore_options o = {.map_bytes = 1 << 20, .max_map_bytes = 8 << 20, .exclusive = true};
     astore *a = NULL, *b = NULL;
     char err[512] = "";
