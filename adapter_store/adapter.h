@@ -6,9 +6,13 @@
  * Everything the forward pass needs is precomputed at load time so a step only gathers:
  * LoRA scales (alpha/r, alpha/sqrt(r) for rsLoRA, rank/alpha patterns), DoRA's per-output
  * factor m / ||W + scale·B·A||_row, IA3 vectors, prompt/prefix tables, bottleneck weights.
- * Tensors live in the backend's memory (kb); DoRA's per-row statistics (for request scales
- * other than 1) live in host memory. An adapter is immutable once loaded and is shared by
- * every sequence that uses it.
+ * Import (adapter_load_dir, adapter_blob_read) parses, validates, converts and lays out
+ * every tensor in one HOST block, on any thread, touching no backend. adapter_install()
+ * then makes the adapter usable by a backend's ops, on the thread that owns the backend
+ * (kernels.h): on is_host backends (CPU) the host block is used as it is; elsewhere it is
+ * uploaded once and the host copy freed. DoRA's per-row statistics (for request scales
+ * other than 1) always stay in host memory. An adapter is immutable once installed and is
+ * shared by every sequence that uses it.
  *
  * adapter_store depends only on kernels/: the base model is described by adapter_base.
  */
@@ -125,18 +129,31 @@ typedef struct adapter {
     int ranks[8];              /* distinct LoRA ranks (for reporting), n_ranks of them */
     int n_ranks;
 
-    kbackend *kb;              /* not owned */
-    struct adapter_storage *storage; /* private */
+    kbackend *kb;              /* the backend it is installed on (adapter_install), NULL while
+                                * it is host-only; not owned */
+    struct adapter_storage *storage; /* private (adapter_core.c) */
 } adapter;
 
-/* Loads and validates an adapter directory against the base. On failure returns a
- * negative status and a message naming the offending field/tensor/file in err; status
- * PEFTD_EUNSUPPORTED for valid-but-unservable adapters (e.g. fan_in_fan_out), PEFTD_EFORMAT
- * for malformed files, PEFTD_EINVAL for adapters incompatible with the base (shapes).
+/* Loads and validates an adapter directory against the base, into host memory (any
+ * thread; no backend call). On failure returns a negative status and a message naming the
+ * offending field/tensor/file in err; status PEFTD_EUNSUPPORTED for valid-but-unservable
+ * adapters (e.g. fan_in_fan_out), PEFTD_EFORMAT for malformed files, PEFTD_EINVAL for
+ * adapters incompatible with the base (shapes).
  * @note caller owns *out: adapter_free(). base's kmats must outlive the call only. */
-int adapter_load_dir(const char *dir, const adapter_base *base, kbackend *kb, adapter **out, char *err,
-                     size_t errlen);
-void adapter_free(adapter *a); /* NULL is a no-op */
+int adapter_load_dir(const char *dir, const adapter_base *base, adapter **out, char *err, size_t errlen);
+
+/* Makes a usable by kb's ops. Thread: kb's owner (the engine thread), or the one thread
+ * using kb before the engine starts — this is the only place adapter weights reach a
+ * backend. On is_host backends nothing is copied; otherwise one allocation and one upload,
+ * after which the host block is freed. Installing again on the same kb is a no-op; another
+ * kb → PEFTD_EINVAL. Returns 0 or a negative status with a message in err. */
+int adapter_install(adapter *a, kbackend *kb, char *err, size_t errlen);
+/* True while a's tensors are in host memory (not installed, or installed on an is_host
+ * backend): what adapter_blob_write needs. Any thread. */
+bool adapter_on_host(const adapter *a);
+/* NULL is a no-op. An adapter installed on a device backend is freed on that backend's
+ * owner thread (it frees backend memory); a host-only one on any thread. */
+void adapter_free(adapter *a);
 
 /* The one rule for a per-request adapter strength (HTTP "adapter_scale", CLI
  * --adapter-scale): only LoRA-family deltas are scaled (y += s·scale·BAx; DoRA with s

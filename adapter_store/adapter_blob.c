@@ -1,6 +1,7 @@
 /* adapter_store/adapter_blob.c — one loaded adapter <-> one self-contained blob (format in
  * adapter_blob.h): the safetensors writer for it, and the hostile-input reader that
- * rebuilds the adapter in one backend block.
+ * rebuilds the adapter in its one host block. Host memory only, any thread: the tiers
+ * install a decoded adapter into a backend (adapter_install) on the engine thread.
  *
  * Tensor names (l = layer, m = adapter_module_name, all in the adapter's loaded dtypes):
  *   lora.<l>.<m>.a  [rank, in]   lora.<l>.<m>.b  [out, rank]   lora.<l>.<m>.dora  [out] F32
@@ -32,17 +33,6 @@
 
 #include "adapter_store/adapter_internal.h"
 #include "adapter_store/safetensors.h"
-
-/* Tensors start on 64-byte boundaries inside the adapter's backend block, as adapter.c
- * lays them out (cache line / AVX-512 loads). */
-#define BLOB_ALIGN 64
-
-/* adapter.c's private storage record, which adapter_free() releases: a blob-built adapter
- * must be freed the same way as an imported one. The layout must stay identical to the
- * definition in adapter.c (one backend block). */
-struct adapter_storage {
-    void *block;
-};
 
 /* The base dims a blob's shapes depend on; -1 = unknown (writing without a base). */
 typedef struct {
@@ -121,8 +111,7 @@ typedef struct {
     kdtype dtype;
     int ndim;
     int64_t d0, d1;  /* d1 = 1 for vectors */
-    const void *src; /* backend memory, or host memory when host */
-    bool host;
+    const void *src; /* host memory */
     size_t bytes;
 } wtensor;
 
@@ -147,7 +136,6 @@ static int wl_add(wlist *w, const char *name, kdtype dt, int ndim, int64_t d0, i
     t->d0 = d0;
     t->d1 = ndim == 2 ? d1 : 1;
     t->src = src;
-    t->host = false;
     t->bytes = (size_t)(t->d0 * t->d1) * kdtype_size(dt);
     return 0;
 }
@@ -189,7 +177,6 @@ static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
         snprintf(nm, sizeof nm, "lora.%d.%s.dora_stats", layer, mn);
         if (l->dora && !l->dora_stats) return PEFTD_EINVAL; /* every loaded DoRA module has them */
         if (l->dora && (rc = wl_add(w, nm, KDT_F32, 2, l->b.rows, ADAPTER_DORA_STATS, l->dora_stats))) return rc;
-        if (l->dora) w->t[w->n - 1].host = true;
     }
     return 0;
 }
@@ -313,7 +300,7 @@ int adapter_blob_write_base(const adapter *a, const adapter_base *base, void **b
     int rc;
     if (blob) *blob = NULL;
     if (len) *len = 0;
-    if (!a || !blob || !len || !a->kb || a->n_layers <= 0) return PEFTD_EINVAL;
+    if (!a || !blob || !len || a->n_layers <= 0 || !adapter_on_host(a)) return PEFTD_EINVAL;
     if (base && base->n_layers != a->n_layers) return PEFTD_EINVAL;
     bdims d = base ? dims_of_base(base) : dims_of_adapter(a);
     if (!(meta = cJSON_CreateObject())) {
@@ -338,11 +325,9 @@ int adapter_blob_write_base(const adapter *a, const adapter_base *base, void **b
     memset(buf + 8 + hl, ' ', hpad - hl);
     size_t off = 8 + hpad;
     for (size_t i = 0; i < w.n; i++) {
-        if (w.t[i].host) memcpy(buf + off, w.t[i].src, w.t[i].bytes);
-        else if (w.t[i].bytes && (rc = a->kb->ops->download(a->kb, buf + off, w.t[i].src, w.t[i].bytes))) goto fail;
+        if (w.t[i].bytes) memcpy(buf + off, w.t[i].src, w.t[i].bytes);
         off += w.t[i].bytes;
     }
-    if ((rc = a->kb->ops->synchronize(a->kb))) goto fail;
     *blob = buf;
     *len = total;
     buf = NULL;
@@ -359,19 +344,12 @@ int adapter_blob_write(const adapter *a, void **blob, size_t *len) { return adap
 /* ================================================================ reading */
 
 typedef struct {
-    const st_tensor *t;
-    kmat *mat;         /* gets .data */
-    const float **vec; /* or this */
-} ritem;
-
-typedef struct {
     st_file *st;
     bool *used;
     const adapter_base *base;
     bdims d;
     adapter *a;
-    ritem *items;
-    size_t n, cap;
+    adapter__stage stage; /* claimed tensors, borrowed from the blob */
     int mat_dtype[2]; /* one dtype for every LoRA A/B (0) / bottleneck down/up (1); -1 unset */
     int format;       /* the blob's format version */
     char *err;
@@ -414,7 +392,7 @@ static bool all_finite(const void *data, kdtype dt, size_t n, size_t *bad) {
 
 /* Claims tensor name: exact shape (ndim 1: [d0]; 2: [d0, d1]), dtype F32 for vectors,
  * F32/F16/BF16 for matrices (group >= 0: the same for every matrix of that group),
- * finite values; queued for upload into *mat or *vec. */
+ * finite values; staged for the adapter's block as *mat or *vec. */
 static int claim(rctx *c, const char *name, int ndim, int64_t d0, int64_t d1, int group, kmat *mat,
                  const float **vec) {
     const st_tensor *t = st_find(c->st, name);
@@ -439,14 +417,8 @@ static int claim(rctx *c, const char *name, int ndim, int64_t d0, int64_t d1, in
     size_t bad;
     if (!all_finite(t->data, kd, (size_t)t->numel, &bad))
         return rfail(c, PEFTD_EINVAL, "tensor '%s' holds a non-finite value at element %zu", name, bad);
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 64;
-        ritem *it = realloc(c->items, cap * sizeof *it);
-        if (!it) return rfail(c, PEFTD_ENOMEM, "out of memory");
-        c->items = it;
-        c->cap = cap;
-    }
-    c->items[c->n++] = (ritem){.t = t, .mat = mat, .vec = vec};
+    if (adapter__stage_push(&c->stage, (void *)t->data, t->nbytes, false, mat, vec))
+        return rfail(c, PEFTD_ENOMEM, "out of memory");
     if (mat) *mat = (kmat){.data = NULL, .dtype = kd, .rows = ndim == 2 ? d0 : 1, .cols = ndim == 2 ? d1 : d0};
     return 0;
 }
@@ -777,54 +749,23 @@ static int parse_meta(rctx *c, const cJSON *meta) {
     return 0;
 }
 
-/* One backend block for every claimed tensor, uploaded straight from the blob; pointers
- * are patched only once the whole adapter is in place. */
-static int upload(rctx *c) {
-    adapter *a = c->a;
-    kbackend *kb = a->kb;
-    size_t total = 0, off = 0;
-    for (size_t i = 0; i < c->n; i++) total += (c->items[i].t->nbytes + BLOB_ALIGN - 1) / BLOB_ALIGN * BLOB_ALIGN;
-    if (total == 0) return 0;
-    unsigned char *block = kb->ops->alloc(kb, total);
-    if (!block)
-        return rfail(c, PEFTD_ENOMEM, "cannot allocate %zu bytes of %s memory for the adapter", total, kb->ops->name);
-    a->storage->block = block;
-    for (size_t i = 0; i < c->n; i++) {
-        const st_tensor *t = c->items[i].t;
-        int rc = t->nbytes ? kb->ops->upload(kb, block + off, t->data, t->nbytes) : 0;
-        if (rc) return rfail(c, rc, "uploading adapter tensors: %s", peftd_strerror(rc));
-        off += (t->nbytes + BLOB_ALIGN - 1) / BLOB_ALIGN * BLOB_ALIGN;
-    }
-    int rc = kb->ops->synchronize(kb);
-    if (rc) return rfail(c, rc, "uploading adapter tensors: %s", peftd_strerror(rc));
-    off = 0;
-    for (size_t i = 0; i < c->n; i++) {
-        if (c->items[i].mat) c->items[i].mat->data = block + off;
-        else *c->items[i].vec = (const float *)(const void *)(block + off);
-        off += (c->items[i].t->nbytes + BLOB_ALIGN - 1) / BLOB_ALIGN * BLOB_ALIGN;
-    }
-    return 0;
-}
-
-int adapter_blob_read(const void *blob, size_t len, const adapter_base *base, kbackend *kb, adapter **out, char *err,
+int adapter_blob_read(const void *blob, size_t len, const adapter_base *base, adapter **out, char *err,
                       size_t errlen) {
     rctx c = {.base = base, .err = err, .errlen = errlen, .mat_dtype = {-1, -1}};
     cJSON *meta = NULL;
     int rc;
     if (err && errlen) err[0] = 0;
     if (out) *out = NULL;
-    if (!blob || !base || !kb || !out || base->n_layers <= 0 || base->hidden <= 0)
-        return rfail(&c, PEFTD_EINVAL, "missing blob, base or backend");
+    if (!blob || !base || !out || base->n_layers <= 0 || base->hidden <= 0)
+        return rfail(&c, PEFTD_EINVAL, "missing blob or base");
     c.d = dims_of_base(base);
     if ((rc = st_parse(blob, len, "adapter blob", &c.st, err, errlen))) return rc;
-    c.a = calloc(1, sizeof *c.a);
-    if (c.a) c.a->storage = calloc(1, sizeof *c.a->storage);
+    c.a = adapter__new(0); /* n_layers: from the metadata */
     c.used = calloc(st_count(c.st) + 1, sizeof *c.used);
-    if (!c.a || !c.a->storage || !c.used) {
+    if (!c.a || !c.used) {
         rc = rfail(&c, PEFTD_ENOMEM, "out of memory");
         goto fail;
     }
-    c.a->kb = kb;
     const char *ms = st_metadata_find(c.st, "peftd");
     if (!ms) {
         rc = rfail(&c, PEFTD_EFORMAT, "no peftd metadata (not an adapter blob)");
@@ -842,13 +783,17 @@ int adapter_blob_read(const void *blob, size_t len, const adapter_base *base, kb
             goto fail;
         }
     }
-    if ((rc = check_ranks(&c, meta)) || (rc = upload(&c))) goto fail;
+    if ((rc = check_ranks(&c, meta))) goto fail;
+    if (adapter__stage_commit(c.a, &c.stage)) {
+        rc = rfail(&c, PEFTD_ENOMEM, "out of memory for the adapter's tensors");
+        goto fail;
+    }
     *out = c.a;
     c.a = NULL;
 fail:
     adapter_free(c.a);
     cJSON_Delete(meta);
-    free(c.items);
+    adapter__stage_clear(&c.stage);
     free(c.used);
     st_close(c.st);
     return rc;

@@ -23,7 +23,8 @@
 #define ADAPTER_BLOB_FORMAT 2
 #define ADAPTER_BLOB_FORMAT_MIN 1 /* oldest format still read */
 
-/* Serialises a (loaded) adapter; its tensors are read with a->kb's download.
+/* Serialises an adapter whose tensors are in host memory (adapter_on_host: imported, or
+ * installed on an is_host backend; PEFTD_EINVAL otherwise). Any thread, no backend call.
  * @note caller frees *blob with free(). */
 int adapter_blob_write(const adapter *a, void **blob, size_t *len);
 
@@ -33,9 +34,10 @@ int adapter_blob_write(const adapter *a, void **blob, size_t *len);
  * base may be NULL (= adapter_blob_write). @note caller frees *blob with free(). */
 int adapter_blob_write_base(const adapter *a, const adapter_base *base, void **blob, size_t *len);
 
-/* Rebuilds an adapter from a blob onto kb (one backend allocation). base is checked for
- * compatibility (layers, dims, vocab). @note caller owns *out: adapter_free(). */
-int adapter_blob_read(const void *blob, size_t len, const adapter_base *base, kbackend *kb, adapter **out,
-                      char *err, size_t errlen);
+/* Rebuilds an adapter from a blob in host memory (one block; any thread, no backend call:
+ * adapter_install() puts it on a backend). base is checked for compatibility (layers,
+ * dims, vocab). @note caller owns *out: adapter_free(). */
+int adapter_blob_read(const void *blob, size_t len, const adapter_base *base, adapter **out, char *err,
+                      size_t errlen);
 
 #endif

@@ -1,11 +1,19 @@
 /* adapter_store/adapter_internal.h — what the adapter import files share (adapter.c,
- * adapter_peft_*.c, adapter_hub.c, adapter_targets.c); not part of the public API.
+ * adapter_core.c, adapter_stage.c, adapter_peft_*.c, adapter_hub.c, adapter_targets.c,
+ * adapter_blob.c); not part of the public API.
  *
  * One load runs through an adapter__ctx: the parsed adapter_config.json, the weights file,
  * a "used" flag per tensor (every tensor must be claimed by the kind's loader, anything
  * left over is an unexpected tensor), and a staging list of host copies that adapter.c
- * uploads into one backend block at the end, patching the kmat / vector pointers of the
- * adapter. A kind loader therefore never touches backend memory itself.
+ * commits into the adapter's one host block at the end (adapter_core.c), patching the
+ * kmat / vector pointers of the adapter. Nothing here touches a backend: an imported
+ * adapter lives in host memory until adapter_install() (engine thread).
+ *
+ * Who calls whom (no circles): adapter.c (dispatch) -> kind loaders (adapter_peft_*.c,
+ * adapter_hub.c) -> adapter_targets.c, adapter_peft_config.c -> adapter_stage.c (ctx:
+ * errors, tensor checks, conversion, staging, hashing) -> adapter_core.c (the object and
+ * its storage). adapter_blob.c calls adapter_core.c and the DoRA norms of
+ * adapter_peft_lora.c.
  *
  * Status codes used throughout (see adapter.h): PEFTD_EFORMAT for files that are malformed
  * or inconsistent with their own config (bad JSON types, missing / unexpected tensors);
@@ -22,18 +30,31 @@
 #include "adapter_store/adapter.h"
 #include "adapter_store/safetensors.h"
 
-/* One host copy waiting for upload; exactly one of mat / vec is set. */
+/* One tensor waiting for the adapter's block; exactly one of mat / vec is set. */
 typedef struct {
-    void *host;           /* owned (malloc) */
+    void *host;           /* its bytes in host memory */
     size_t bytes;
-    kmat *mat;            /* gets .data = device address */
-    const float **vec;    /* gets *vec = device address */
+    bool owned;           /* host is malloc'd and freed with the stage (else borrowed) */
+    kmat *mat;            /* gets .data = its address in the block */
+    const float **vec;    /* gets *vec = its address in the block */
 } adapter__item;
 
 typedef struct {
     adapter__item *items;
     size_t n, cap;
 } adapter__stage;
+
+/* ---- adapter_core.c: the object and its storage ---- */
+
+/* A zeroed adapter with its (empty) storage record; NULL when out of memory. */
+adapter *adapter__new(int n_layers);
+/* Appends a tensor to s. On PEFTD_ENOMEM an owned host is freed. */
+int adapter__stage_push(adapter__stage *s, void *host, size_t bytes, bool owned, kmat *mat, const float **vec);
+/* Frees the owned host copies and the list; s is empty afterwards. */
+void adapter__stage_clear(adapter__stage *s);
+/* Copies every staged tensor into a's one host block (64-byte aligned offsets) and points
+ * each mat / vec field there; the stage may be cleared afterwards. Once per adapter. */
+int adapter__stage_commit(adapter *a, const adapter__stage *s);
 
 typedef struct {
     const char *dir;
@@ -50,7 +71,7 @@ typedef struct {
     struct adapter__re *re; /* adapter_targets.c: compiled patterns, match limits, budget */
 } adapter__ctx;
 
-/* ---- adapter.c: errors, tensors, staging ---- */
+/* ---- adapter_stage.c: errors, tensors, conversion, staging, hashing ---- */
 
 /* Writes the message to c->err and returns status. */
 int adapter__fail(adapter__ctx *c, int status, const char *fmt, ...)
@@ -67,7 +88,7 @@ int adapter__expect(adapter__ctx *c, const char *name, int ndim, int64_t d0, int
 
 /* Converts t (checked finite: NaN/Inf → PEFTD_EINVAL naming it) to dtype dt and stages it
  * as *dst ([rows, cols] from t's shape; 1-D → [1, n]). *host (optional) receives the
- * host copy, valid until the stage is uploaded. */
+ * host copy, valid until the stage is cleared. */
 int adapter__stage_mat(adapter__ctx *c, const st_tensor *t, kdtype dt, kmat *dst, const void **host);
 
 /* Converts t to f32 (checked finite) and stages it as the vector *dst. */
@@ -82,8 +103,11 @@ int adapter__to_f32(adapter__ctx *c, const st_tensor *t, float **out);
 /* Element i of raw tensor data in dtype dt (f32/f16/bf16), unaligned-safe. */
 float adapter__elem(const void *data, kdtype dt, size_t i);
 
-/* Records rank r in a->ranks / a->max_rank. */
+/* Records rank r in a->ranks / a->max_rank (adapter_core.c). */
 void adapter__note_rank(adapter *a, int r);
+
+/* a->sha256 = sha256 over the config bytes followed by the weights file's bytes (hex). */
+int adapter__hash_files(adapter__ctx *c, const char *cfg, size_t cfg_len, const char *wpath);
 
 /* ---- adapter_peft_config.c: typed access to JSON fields ---- */
 

@@ -1,7 +1,9 @@
 /* adapter_store/tiers.c — see tiers.h.
  *
  * Slots and fetches belong to the engine thread; the host tier and the counters have
- * their own locks (HTTP threads offer blobs, pool threads read them). Lookups are linear
+ * their own locks (HTTP threads offer blobs, pool threads read them). A fetch decodes the
+ * blob into host memory on a pool thread; its completion (engine thread) installs it into
+ * the backend (adapter_install) and into a slot: the only upload of adapter weights. Lookups are linear
  * scans: a slot pool holds tens to a few hundred adapters, and a scan of a few hundred
  * 65-byte keys per admission is noise next to a decode step.
  *
@@ -370,9 +372,8 @@ static void fetch_work(uv_work_t *req) {
         }
         tiers_offer_blob(t, f->sha, blob, len);
     }
-    /* decoding uploads into backend memory: on the CPU backend that is a plain allocation
-     * and memcpy, safe from this pool thread */
-    f->status = adapter_blob_read(blob, len, t->base, t->kb, &f->a, f->err, sizeof f->err);
+    /* decoding is host-only (no backend call from this pool thread); fetch_done installs */
+    f->status = adapter_blob_read(blob, len, t->base, &f->a, f->err, sizeof f->err);
     free(blob);
 }
 
@@ -388,6 +389,8 @@ static void fetch_done(uv_work_t *req, int uv_status) {
         f->status = PEFTD_ECANCELED;
         snprintf(f->err, sizeof f->err, "adapter load cancelled");
     }
+    /* engine thread: the one place a fetched adapter's weights reach the backend */
+    if (f->status >= 0) f->status = adapter_install(f->a, t->kb, f->err, sizeof f->err);
     if (f->status >= 0 && slot_install(t, f->sha, f->a) < 0) {
         f->status = PEFTD_ENOMEM;
         snprintf(f->err, sizeof f->err, "out of memory installing the adapter");

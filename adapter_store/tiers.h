@@ -7,9 +7,10 @@
  *        sequence pins them.
  *
  * The engine thread owns the slot pool: tiers_pin() / tiers_unpin() / tiers_fetch() are
- * engine-thread only. A fetch reads the blob (host tier or LMDB) and decodes it on the
- * libuv thread pool, then installs it into a slot on the engine thread, so decoding never
- * stalls a step. The host tier has its own lock: HTTP threads offer freshly uploaded
+ * engine-thread only. A fetch reads the blob (host tier or LMDB) and decodes it into host
+ * memory on the libuv thread pool, then installs it into the backend (adapter_install: the
+ * one upload of adapter weights) and into a slot on the engine thread, so decoding never
+ * stalls a step and no pool thread touches the backend. The host tier has its own lock: HTTP threads offer freshly uploaded
  * blobs to it. Keys are content hashes, never names: a replaced adapter can never serve
  * stale weights.
  */

@@ -1,5 +1,13 @@
-/* kernels/kernels.c — backend-independent helpers declared in kernels.h. */
+/* kernels/kernels.c — backend-independent helpers declared in kernels.h: dtype names,
+ * the backend object's table set-up, and the threading contract's owner check (the
+ * checked copy of a backend's table: every [engine] entry first checks the calling thread,
+ * then forwards to the backend's own function).
+ */
 #include "kernels/kernels.h"
+
+#include <stdlib.h>
+
+#include "lib/log.h"
 
 const char *kdtype_name(kdtype t) {
     switch (t) {
@@ -8,4 +16,97 @@ const char *kdtype_name(kdtype t) {
     case KDT_BF16: return "bf16";
     }
     return "unknown";
+}
+
+void kbackend_set_owner(kbackend *kb) {
+    __atomic_store_n(&kb->owner, pthread_self(), __ATOMIC_RELAXED);
+    __atomic_store_n(&kb->has_owner, 1, __ATOMIC_RELEASE);
+}
+
+void kbackend_release_owner(kbackend *kb) {
+    kbackend_check_owner(kb, "kbackend_release_owner");
+    __atomic_store_n(&kb->has_owner, 0, __ATOMIC_RELEASE);
+}
+
+void kbackend_check_owner(kbackend *kb, const char *fn) {
+    if (!__atomic_load_n(&kb->has_owner, __ATOMIC_ACQUIRE)) return;
+    if (pthread_equal(__atomic_load_n(&kb->owner, __ATOMIC_RELAXED), pthread_self())) return;
+    LOGE("%s backend: %s called from a thread that does not own the backend (engine thread only: see "
+         "kernels/kernels.h)",
+         kb->impl_ops->name, fn);
+    abort(); /* programmer error: this call would race the engine's stream and error flag */
+}
+
+/* chk_<fn>: the owner check, then the backend's own <fn>. */
+#define KB_CHECKED(fn, params, args)                                                               \
+    static int chk_##fn params {                                                                   \
+        kbackend_check_owner(kb, #fn);                                                             \
+        return kb->impl_ops->fn args;                                                              \
+    }
+
+static void *chk_alloc(kbackend *kb, size_t bytes) {
+    kbackend_check_owner(kb, "alloc");
+    return kb->impl_ops->alloc(kb, bytes);
+}
+
+static void chk_free(kbackend *kb, void *p) {
+    kbackend_check_owner(kb, "free");
+    kb->impl_ops->free(kb, p);
+}
+
+KB_CHECKED(upload, (kbackend * kb, void *dst, const void *src, size_t bytes), (kb, dst, src, bytes))
+KB_CHECKED(download, (kbackend * kb, void *dst, const void *src, size_t bytes), (kb, dst, src, bytes))
+KB_CHECKED(copy, (kbackend * kb, void *dst, const void *src, size_t bytes), (kb, dst, src, bytes))
+KB_CHECKED(memset0, (kbackend * kb, void *dst, size_t bytes), (kb, dst, bytes))
+KB_CHECKED(synchronize, (kbackend * kb), (kb))
+KB_CHECKED(get_rows, (kbackend * kb, const kmat *t, const int32_t *ids, int n, float *out), (kb, t, ids, n, out))
+KB_CHECKED(matmul, (kbackend * kb, const float *x, int n, const kmat *w, float *y, float beta),
+           (kb, x, n, w, y, beta))
+KB_CHECKED(rmsnorm, (kbackend * kb, const float *x, const kmat *w, int n, int dim, float eps, float *y),
+           (kb, x, w, n, dim, eps, y))
+KB_CHECKED(rope, (kbackend * kb, float *x, const int32_t *pos, int n, int nh, int hd, const float *inv),
+           (kb, x, pos, n, nh, hd, inv))
+KB_CHECKED(kv_store,
+           (kbackend * kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim, float *kc,
+            float *vc),
+           (kb, k, v, slots, n, kv_dim, kc, vc))
+KB_CHECKED(attention, (kbackend * kb, const kattn_args *a), (kb, a))
+KB_CHECKED(swiglu, (kbackend * kb, const float *g, const float *u, int n, int dim, float *out), (kb, g, u, n, dim, out))
+KB_CHECKED(add, (kbackend * kb, float *y, const float *x, int64_t n), (kb, y, x, n))
+KB_CHECKED(sgmv_shrink, (kbackend * kb, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t),
+           (kb, x, in_dim, s, t, ld_t))
+KB_CHECKED(sgmv_expand, (kbackend * kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y),
+           (kb, t, ld_t, s, out_dim, y))
+KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
+           (kb, y, dim, n, seg, v))
+
+void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
+    kb->impl = impl;
+    kb->impl_ops = ops;
+    kb->checked = *ops;
+    kb->has_owner = 0;
+#ifdef NDEBUG
+    kb->ops = ops;
+#else
+    kbackend_ops *c = &kb->checked;
+    c->alloc = chk_alloc;
+    c->free = chk_free;
+    c->upload = chk_upload;
+    c->download = chk_download;
+    c->copy = chk_copy;
+    c->memset0 = chk_memset0;
+    c->synchronize = chk_synchronize;
+    c->get_rows = chk_get_rows;
+    c->matmul = chk_matmul;
+    c->rmsnorm = chk_rmsnorm;
+    c->rope = chk_rope;
+    c->kv_store = chk_kv_store;
+    c->attention = chk_attention;
+    c->swiglu = chk_swiglu;
+    c->add = chk_add;
+    c->sgmv_shrink = chk_sgmv_shrink;
+    c->sgmv_expand = chk_sgmv_expand;
+    c->seg_scale = chk_seg_scale;
+    kb->ops = c;
+#endif
 }

@@ -10,10 +10,33 @@
  *   - Activations are f32, row-major, contiguous: a batch of n rows of `dim`.
  *   - Weights are kmat views in their stored dtype (f32, f16 or bf16), row-major
  *     [rows, cols]; a Linear layer of PyTorch is [out_features, in_features].
- *   - Every op returns 0 or a negative PEFTD_E* status (see util/status.h);
+ *   - Every op returns 0 or a negative PEFTD_E* status (see lib/status.h);
  *     shapes are checked by the op, never trusted.
  *   - The CPU backend is the reference: every other backend's op is tested
  *     against it (tests/unit/test_kernels_*.c).
+ *   - What a backend can do is asked of its table (is_host, supports_op,
+ *     sgmv_workspace), never decided from its name.
+ *
+ * Threads (the contract, as LMDB and libuv write theirs):
+ *   - A backend has at most one OWNER thread: the engine thread, which calls
+ *     kbackend_set_owner() when it starts and kbackend_release_owner() before it
+ *     ends. While no thread owns it (bring-up: model load; tear-down after the
+ *     engine has stopped) one thread at a time may make any call.
+ *   - ENGINE-ONLY (the owner, or the single bring-up/tear-down thread): every
+ *     function of kbackend_ops marked [engine] below — memory (alloc, free,
+ *     upload, download, memset0, copy), synchronize (which also reads and clears
+ *     a backend's device error flag) and every op. On CUDA these share one
+ *     stream and one error flag: a call from another thread would reorder the
+ *     engine's work or steal its errors.
+ *   - ANY THREAD: the fields and functions marked [any] (name, is_host,
+ *     supports_op, sgmv_workspace), kdtype_name/kdtype_size, and the owner calls.
+ *   - kbackend_destroy(): once no other thread uses the backend (after the engine
+ *     thread has been joined).
+ *   - So adapter import, validation, conversion and serialisation work on host
+ *     memory (any thread); only the engine thread puts tensors into a backend.
+ *   - Enforced in builds without NDEBUG (every build of this Makefile): an
+ *     engine-only call from a thread other than the owner logs which function and
+ *     aborts (tests/unit/test_backend_owner.c proves it fires).
  *
  * Ragged batch & paged KV cache: a step processes T token rows from S
  * sequences; rows of one sequence are contiguous. K/V of each layer live in a
@@ -26,9 +49,14 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "lib/status.h"
+
+#ifdef __cplusplus
+extern "C" { /* the CUDA backend (.cu) includes this header */
+#endif
 
 typedef enum { KDT_F32 = 0, KDT_F16 = 1, KDT_BF16 = 2 } kdtype;
 
@@ -99,17 +127,29 @@ typedef struct {
 
 typedef struct kbackend kbackend;
 
-typedef struct kbackend_ops {
-    const char *name;
-    void (*destroy)(kbackend *kb);
+/* Op families, for supports_op. */
+typedef enum {
+    KOP_GET_ROWS = 0, KOP_MATMUL, KOP_RMSNORM, KOP_ROPE, KOP_KV_STORE, KOP_ATTENTION, KOP_SWIGLU,
+    KOP_ADD, KOP_SGMV, KOP_SEG_SCALE, KOP_COUNT
+} kop;
 
-    /* Memory. alloc returns NULL on failure; memory is not zeroed. */
+typedef struct kbackend_ops {
+    const char *name; /* [any] for messages only: capabilities are the fields below */
+    void (*destroy)(kbackend *kb); /* through kbackend_destroy() */
+
+    /* [engine] Memory. alloc returns NULL on failure; memory is not zeroed. */
     void *(*alloc)(kbackend *kb, size_t bytes);
     void (*free)(kbackend *kb, void *p);
+    /* [engine] upload: src_host may be reused on return. download waits for the ops
+     * before it (the bytes may be an op's result) and reports the device error flag. */
     int (*upload)(kbackend *kb, void *dst, const void *src_host, size_t bytes);
     int (*download)(kbackend *kb, void *dst_host, const void *src, size_t bytes);
     int (*memset0)(kbackend *kb, void *dst, size_t bytes);
+    /* [engine] Waits for every issued op; reports (and clears) the device error flag:
+     * PEFTD_ERANGE when a kernel found a device-resident index out of range. */
     int (*synchronize)(kbackend *kb);
+
+    /* [engine] Every op below. */
 
     /* out[i,:] = f32(table[ids[i], :]) for i < n; ids outside [0, rows) -> PEFTD_ERANGE.
      * Also serves as a row gather of f32 activations (table.dtype == KDT_F32). */
@@ -148,12 +188,46 @@ typedef struct kbackend_ops {
      * seg_start: [n_segs + 1]; v: [n_segs] pointers to [dim] f32 vectors. */
     int (*seg_scale)(kbackend *kb, float *y, int dim, int n_segs, const int32_t *seg_start,
                      const float *const *v);
+
+    /* ---- capabilities (ggml-backend style) ---- */
+
+    /* [any] Backend memory IS host memory (CPU): host buffers (e.g. read-only mappings of
+     * the weights, an adapter's host block) may be given to ops as they are, no copy. */
+    bool is_host;
+    /* [engine] dst = src, both in backend memory, ordered with the ops (overlap allowed). */
+    int (*copy)(kbackend *kb, void *dst, const void *src, size_t bytes);
+    /* [any] Whether op family `op` takes weights (kmat / ksgmv operands) of dtype dt. */
+    bool (*supports_op)(const kbackend *kb, kop op, kdtype dt);
+    /* [any] Bytes of the f32 workspace `t` one SGMV shrink/expand pair needs for n_rows rows
+     * of ranks up to max_rank (ld_t = max_rank). */
+    size_t (*sgmv_workspace)(const kbackend *kb, int n_rows, int max_rank);
 } kbackend_ops;
 
+/* A backend object. Callers use kb->ops (and kb->impl inside the backend only). */
 struct kbackend {
-    const kbackend_ops *ops;
+    const kbackend_ops *ops;       /* what callers call: == impl_ops, or the owner-checking
+                                    * copy of it (builds without NDEBUG) */
     void *impl;
+    const kbackend_ops *impl_ops;  /* the backend's own table */
+    kbackend_ops checked;          /* impl_ops with [engine] entries behind the owner check */
+    pthread_t owner;               /* valid while has_owner (atomic accesses) */
+    int has_owner;
 };
+
+/* For backend implementations: fills kb's table pointers (ops, impl, impl_ops, the checked
+ * copy). Call once in the backend's create function, before kb is shared. */
+void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl);
+
+/* Any thread (the engine thread, on itself): from now on only the calling thread may make
+ * [engine] calls on kb. */
+void kbackend_set_owner(kbackend *kb);
+/* The owner thread, before it ends (e.g. the engine thread leaving its loop): kb has no
+ * owner again; the thread that joins it may then tear down (model_free, ...). */
+void kbackend_release_owner(kbackend *kb);
+/* The owner check itself (what the checked table runs): returns when kb has no owner or
+ * the caller is the owner; otherwise logs "<backend>: <fn> called from a thread that does
+ * not own the backend" and aborts (a programmer error: never a status). */
+void kbackend_check_owner(kbackend *kb, const char *fn);
 
 /* CPU backend with n_threads workers (<= 0: one per online core).
  * @note caller owns the result: kbackend_destroy(). NULL on failure. */
@@ -161,12 +235,16 @@ kbackend *kbackend_cpu_create(int n_threads);
 
 /* Lets large f32 batches (prefill) use OpenBLAS sgemm: 5-15% faster there, but a row's
  * result then depends on the batch it shares, so outputs are no longer batch-invariant
- * (off by default). No-op on other backends. */
+ * (off by default). No-op on other backends. Call before the first op. */
 void kbackend_cpu_set_fast_prefill(kbackend *kb, bool on);
 
 /* kbackend_destroy(NULL) is a no-op. */
 static inline void kbackend_destroy(kbackend *kb) {
     if (kb) kb->ops->destroy(kb);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -19,11 +19,9 @@ int kbackend_cuda_available(void);
 
 /* CUDA backend on `device` (an ordinal of cudaGetDeviceCount). On failure returns NULL
  * and writes why into err (errlen bytes, NUL-terminated).
- * Threads: ops (and uploads that must stay ordered with them) come from one thread, the
- * last one that issued an op: the engine thread. upload/memset0/alloc/free from any
- * other thread (the adapter tiers' pool) run on a separate upload stream and return
- * when their copy is complete, so they overlap the engine's compute; the caller hands
- * the buffer over to the engine thread afterwards (as tiers.c does).
+ * Threads: kernels.h's contract (every [engine] call from the owner, the engine thread).
+ * Uploads/memsets made before the first op (model load on the bring-up thread) run on a
+ * separate upload stream and return when their copy is complete.
  * Errors found by kernels on device-resident arguments (a token id or KV slot out of
  * range) are reported by the next synchronize/download as PEFTD_ERANGE.
  * @note caller owns the result: kbackend_destroy(). */

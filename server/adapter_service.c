@@ -1,4 +1,6 @@
-/* server/adapter_service.c — see adapter_service.h. */
+/* server/adapter_service.c — see adapter_service.h. Imports run on import/HTTP threads in
+ * host memory only (parse, validate, convert, serialise): nothing here calls the backend,
+ * which belongs to the engine thread (kernels/kernels.h). */
 #include "server/adapter_service.h"
 
 #include <dirent.h>
@@ -269,7 +271,7 @@ int adapter_service_import_dir(adapter_service *s, const char *name, const char 
     adapter *a = NULL;
     void *blob = NULL;
     size_t len = 0;
-    int st = adapter_load_dir(dir, &s->base, s->m->kb, &a, err, errlen);
+    int st = adapter_load_dir(dir, &s->base, &a, err, errlen); /* host memory only */
     if (st < 0) {
         LOGI("adapter %s%s%s: rejected (%s)", owner ? owner : "", owner && owner[0] ? "/" : "", name, err);
         scrub_path(err, dir);

@@ -45,7 +45,8 @@ void adapter_service_stage_release(adapter_service *s, const char *owner, uint64
  * servable on this base (422), PEFTD_ENOSPC store full / -EDQUOT over quota (507); err
  * names the reason (file names, never the server's paths); PEFTD_EEXIST: name is the base
  * model's id; -ENOENT: the owner's tenant was deleted before the adapter could be
- * stored (nothing stored). *out (optional) receives the stored meta. */
+ * stored (nothing stored). *out (optional) receives the stored meta.
+ * Any thread (import pool): host memory only, no backend call (kernels.h). */
 int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, uint64_t quota_bytes,
                                const char *dir, astore_meta *out, char *err, size_t errlen);
 

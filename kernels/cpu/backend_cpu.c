@@ -1,5 +1,5 @@
 /* kernels/cpu/backend_cpu.c — the CPU backend object: its kbackend_ops table,
- * memory (64-byte aligned host malloc; upload/download are memcpy), the worker
+ * memory (64-byte aligned host malloc, is_host: upload/download/copy are memcpy), the worker
  * pool, per-thread scratch and the "is this op worth a dispatch" helper.
  * The ops themselves live in one file per op family (matmul.c, norm.c, ...). */
 #include <stdlib.h>
@@ -53,6 +53,17 @@ static int kcpu_synchronize(kbackend *kb) {
     return 0;
 }
 
+/* Every op takes weights in each served dtype. */
+static bool kcpu_supports_op(const kbackend *kb, kop op, kdtype dt) {
+    (void)kb;
+    return (unsigned)op < KOP_COUNT && kcpu__dtype_ok(dt);
+}
+
+static size_t kcpu_sgmv_workspace(const kbackend *kb, int n_rows, int max_rank) {
+    (void)kb;
+    return n_rows > 0 && max_rank > 0 ? (size_t)n_rows * (size_t)max_rank * sizeof(float) : 0;
+}
+
 static void kcpu_destroy(kbackend *kb) {
     kcpu_backend *cb = kcpu__impl(kb);
     kpool_free(cb->pool);
@@ -82,6 +93,10 @@ static const kbackend_ops kcpu_ops = {
     .sgmv_shrink = kcpu__sgmv_shrink,
     .sgmv_expand = kcpu__sgmv_expand,
     .seg_scale = kcpu__seg_scale,
+    .is_host = true,
+    .copy = kcpu_copy,
+    .supports_op = kcpu_supports_op,
+    .sgmv_workspace = kcpu_sgmv_workspace,
 };
 
 int kcpu__scratch_reserve(kcpu_backend *cb, size_t n) {
@@ -111,14 +126,13 @@ void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, voi
 }
 
 void kbackend_cpu_set_fast_prefill(kbackend *kb, bool on) {
-    if (kb && kb->ops == &kcpu_ops) kcpu__impl(kb)->fast_prefill = on;
+    if (kb && kb->impl_ops == &kcpu_ops) kcpu__impl(kb)->fast_prefill = on;
 }
 
 kbackend *kbackend_cpu_create(int n_threads) {
     kcpu_backend *cb = calloc(1, sizeof *cb);
     if (!cb) return NULL;
-    cb->base.ops = &kcpu_ops;
-    cb->base.impl = cb;
+    kbackend__init(&cb->base, &kcpu_ops, cb);
     if (kpool_create(n_threads, &cb->pool) != 0) {
         free(cb);
         return NULL;

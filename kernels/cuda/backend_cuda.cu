@@ -5,12 +5,11 @@
  *
  * Streams: `stream` carries every op and the owner thread's uploads, so those stay in
  * issue order with the ops (a per-step upload of token ids can never overtake the
- * previous step's kernels still reading the buffer). The owner is the thread that
- * issued the last op (the engine thread). Any other thread (model load before the
- * first op, the adapter tiers' pool) copies on `up_stream` and waits for its copy
- * before returning: the bytes are on the device before the caller can hand the buffer
- * to the engine, and the copy overlaps the engine's compute instead of queueing
- * behind it. */
+ * previous step's kernels still reading the buffer). Threads follow kernels.h: every
+ * call here is engine-only (the generic owner check in kernels.c enforces it). Within
+ * that, the "stream owner" is the thread that issued the last op (the engine thread);
+ * copies made before the first op (model load on the bring-up thread) go on `up_stream`
+ * and are waited for before returning, so they are complete when the engine starts. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,6 +171,27 @@ static int kcuda_synchronize(kbackend *kb) {
     return kcuda_take_flag(cb);
 }
 
+static int kcuda_copy(kbackend *kb, void *dst, const void *src, size_t bytes) {
+    kcuda_backend *cb = kcuda__impl(kb);
+    if (bytes && (!dst || !src)) return PEFTD_EINVAL;
+    if (!bytes) return 0;
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cb->stream));
+    return 0;
+}
+
+/* Every op reads weights in each served dtype (kcuda_ld). */
+static bool kcuda_supports_op(const kbackend *kb, kop op, kdtype dt) {
+    (void)kb;
+    return (unsigned)op < KOP_COUNT && kcuda__dtype_ok(dt);
+}
+
+static size_t kcuda_sgmv_workspace(const kbackend *kb, int n_rows, int max_rank) {
+    (void)kb;
+    return n_rows > 0 && max_rank > 0 ? (size_t)n_rows * (size_t)max_rank * sizeof(float) : 0;
+}
+
 static void kcuda_destroy(kbackend *kb) {
     kcuda_backend *cb = kcuda__impl(kb);
     (void)cudaSetDevice(cb->device);
@@ -206,6 +226,10 @@ static const kbackend_ops kcuda_ops = {
     /* .sgmv_shrink = */ kcuda__sgmv_shrink,
     /* .sgmv_expand = */ kcuda__sgmv_expand,
     /* .seg_scale = */ kcuda__seg_scale,
+    /* .is_host = */ false,
+    /* .copy = */ kcuda_copy,
+    /* .supports_op = */ kcuda_supports_op,
+    /* .sgmv_workspace = */ kcuda_sgmv_workspace,
 };
 
 extern "C" int kbackend_cuda_available(void) {
@@ -250,8 +274,7 @@ extern "C" kbackend *kbackend_cuda_create(int device, char *err, size_t errlen) 
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    cb->base.ops = &kcuda_ops;
-    cb->base.impl = cb;
+    kbackend__init(&cb->base, &kcuda_ops, cb);
     cb->device = device;
     pthread_mutex_init(&cb->up_mu, NULL);
     cudaDeviceProp prop;

@@ -26,9 +26,10 @@ typedef struct {
     int device;
     int n_sm;                  /* streaming multiprocessors (grid sizing) */
     cudaStream_t stream;       /* every op, and uploads from the owner thread */
-    cudaStream_t up_stream;    /* uploads/memsets from other threads (adapter tiers) */
+    cudaStream_t up_stream;    /* uploads/memsets made before the first op (bring-up) */
     pthread_mutex_t up_mu;     /* serialises use of up_stream */
-    pthread_t owner;           /* thread that issued the last op */
+    pthread_t owner;           /* thread that issued the last op (the stream owner; the
+                                * threading contract's owner is kbackend.owner) */
     int has_owner;
     cublasHandle_t blas;
     int *d_err;                /* device error flag (KCUDA_ERR_*) */

@@ -102,7 +102,9 @@ static void on_wake(uv_async_t *h) {
 
 static void engine_thread(void *arg) {
     engine *e = arg;
+    kbackend_set_owner(e->kb); /* kernels.h: the backend's [engine] calls are this thread's */
     uv_run(&e->loop, UV_RUN_DEFAULT);
+    kbackend_release_owner(e->kb); /* the joining thread tears down */
 }
 
 /* ---------- public API ---------- */

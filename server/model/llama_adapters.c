@@ -305,7 +305,7 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
     CHECK(c->kb->ops->upload(c->kb, c->plan_dev, c->plan_host, c->plan_used));
     if (p->max_rank > c->ws_cols) { /* grow the SGMV workspace to the widest rank seen */
         if (c->ws) c->kb->ops->free(c->kb, c->ws);
-        c->ws = c->kb->ops->alloc(c->kb, (size_t)c->p.max_tokens * p->max_rank * sizeof(float));
+        c->ws = c->kb->ops->alloc(c->kb, c->kb->ops->sgmv_workspace(c->kb, c->p.max_tokens, p->max_rank));
         c->ws_cols = c->ws ? p->max_rank : 0;
         if (!c->ws) return PEFTD_ENOMEM;
     }

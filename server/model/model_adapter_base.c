@@ -1,5 +1,6 @@
 /* server/model/model_adapter_base.c — describes the loaded base model to adapter_store
- * (which knows nothing of server/model) and loads adapter directories against it. */
+ * (which knows nothing of server/model) and loads adapter directories against it (import
+ * to host memory, then install on the model's backend). */
 #include "server/model/model_adapter_base.h"
 
 #include <stdio.h>
@@ -51,7 +52,11 @@ int model_load_adapter(const model *m, const char *dir, adapter **out, char *err
         snprintf(err, errlen, "out of memory");
         return st;
     }
-    st = adapter_load_dir(dir, &b, m->kb, out, err, errlen);
+    st = adapter_load_dir(dir, &b, out, err, errlen);
     model_adapter_base_free(&b);
+    if (st == 0 && (st = adapter_install(*out, m->kb, err, errlen)) < 0) {
+        adapter_free(*out);
+        *out = NULL;
+    }
     return st;
 }

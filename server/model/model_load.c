@@ -456,6 +456,35 @@ out:
     return rc;
 }
 
+/* Whether the backend's op family op takes w in its stored dtype (supports_op). */
+static int ml_check_op(ml_ctx *c, const kmat *w, kop op, const char *what) {
+    const kbackend *kb = c->m->kb;
+    if (kb->ops->supports_op(kb, op, w->dtype)) return 0;
+    ml_err(c->err, c->errlen, "%s: backend %s cannot run %s weights of dtype %s", c->m->dir, kb->ops->name, what,
+           kdtype_name(w->dtype));
+    return PEFTD_EUNSUPPORTED;
+}
+
+/* Asks the backend about every weight before any is uploaded. */
+static int ml_check_ops(ml_ctx *c) {
+    const model *m = c->m;
+    int rc;
+    if ((rc = ml_check_op(c, &m->embed, KOP_GET_ROWS, "embed_tokens")) < 0 ||
+        (rc = ml_check_op(c, &m->final_norm, KOP_RMSNORM, "norm")) < 0 ||
+        (rc = ml_check_op(c, &m->lm_head, KOP_MATMUL, "lm_head")) < 0)
+        return rc;
+    for (int i = 0; i < m->cfg.n_layers; i++) {
+        const model_layer *l = &m->layers[i];
+        const kmat *norms[] = {&l->attn_norm, &l->ffn_norm};
+        const kmat *proj[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+        for (int j = 0; j < 2; j++)
+            if ((rc = ml_check_op(c, norms[j], KOP_RMSNORM, "layer norm")) < 0) return rc;
+        for (int j = 0; j < 7; j++)
+            if ((rc = ml_check_op(c, proj[j], KOP_MATMUL, "projection")) < 0) return rc;
+    }
+    return 0;
+}
+
 static int ml_load(ml_ctx *c, const char *dir) {
     model *m = c->m;
     char path[sizeof m->dir + 64], *text = NULL;
@@ -500,7 +529,8 @@ static int ml_load(ml_ctx *c, const char *dir) {
      * every later f32 tensor by 2 bytes), so the CPU kernels must load weights with
      * unaligned-safe accesses (memcpy / unaligned SIMD loads), never by casting. */
     m->host_layers = m->layers;
-    if (strcmp(m->kb->ops->name, "cpu") != 0 && (rc = ml_upload(c)) < 0) goto out;
+    if ((rc = ml_check_ops(c)) < 0) goto out;
+    if (!m->kb->ops->is_host && (rc = ml_upload(c)) < 0) goto out;
     goto out;
 nomem:
     ml_err(c->err, c->errlen, "%s: out of memory", dir);

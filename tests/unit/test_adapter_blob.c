@@ -181,8 +181,10 @@ TEST(roundtrip_every_fixture) {
         size_t len;
         char err[1024];
         blob_of(a, &blob, &len);
-        int rc = adapter_blob_read(blob, len, &BASE, KB, &b, err, sizeof err);
+        int rc = adapter_blob_read(blob, len, &BASE, &b, err, sizeof err);
         if (rc) FAIL("%s: read: %d %s", names[i], rc, err);
+        ASSERT(b->kb == NULL && adapter_on_host(b)); /* decoded in host memory only */
+        ASSERT_EQ(adapter_install(b, KB, err, sizeof err), 0);
         same_adapter(a, b);
 
         /* a second write of the rebuilt adapter is the same bytes: nothing drifts */
@@ -214,8 +216,9 @@ TEST(write_without_base) {
             ASSERT(blob == NULL);
         } else {
             if (rc) FAIL("%s: write: %d", names[i], rc);
-            rc = adapter_blob_read(blob, len, &BASE, KB, &b, err, sizeof err);
+            rc = adapter_blob_read(blob, len, &BASE, &b, err, sizeof err);
             if (rc) FAIL("%s: read: %d %s", names[i], rc, err);
+            ASSERT_EQ(adapter_install(b, KB, err, sizeof err), 0);
             same_adapter(a, b);
         }
         free(blob);
@@ -230,7 +233,7 @@ TEST(write_without_base) {
 static int read_blob(const void *blob, size_t len, const adapter_base *base, char *err, size_t errlen) {
     adapter *b = (adapter *)1;
     err[0] = 0;
-    int rc = adapter_blob_read(blob, len, base, KB, &b, err, errlen);
+    int rc = adapter_blob_read(blob, len, base, &b, err, errlen);
     if (rc == 0) {
         adapter_free(b);
     } else {
@@ -538,7 +541,7 @@ TEST(dora_stats_in_blobs_and_format1_blobs_recomputed) {
     blob_of(a, &blob, &len);
     old = as_format1(blob, len, &old_len);
     ASSERT(old_len < len);
-    int rc = adapter_blob_read(old, old_len, &BASE, KB, &b, err, sizeof err);
+    int rc = adapter_blob_read(old, old_len, &BASE, &b, err, sizeof err);
     if (rc) FAIL("format 1 blob: %d %s", rc, err);
     int checked = 0;
     double worst = 0;

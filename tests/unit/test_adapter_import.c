@@ -47,7 +47,7 @@ static void setup(void) {
 static int load(const char *dir, adapter **a, char *err, size_t errlen) {
     if (!KB) setup();
     err[0] = 0;
-    return adapter_load_dir(dir, &BASE, KB, a, err, errlen);
+    return adapter_load_dir(dir, &BASE, a, err, errlen);
 }
 
 static adapter *load_ok(const char *dir) {

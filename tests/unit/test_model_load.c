@@ -757,6 +757,7 @@ static int fake_upload(kbackend *kb, void *dst, const void *src, size_t n) {
     return 0;
 }
 static int fake_sync(kbackend *kb) { return 0; }
+static bool fake_supports(const kbackend *kb, kop op, kdtype dt) { return true; }
 
 static const kbackend_ops fake_ops = {
     .name = "fake",
@@ -765,6 +766,7 @@ static const kbackend_ops fake_ops = {
     .free = fake_free,
     .upload = fake_upload,
     .synchronize = fake_sync,
+    .supports_op = fake_supports, /* is_host false: the model is copied */
 };
 
 TEST(device_backend_gets_a_copy) {
@@ -773,7 +775,7 @@ TEST(device_backend_gets_a_copy) {
     snprintf(tl_find(&l, "model.norm.weight")->dtype, 8, "F32");
     char *dir = tiny_dir(TINY_CONFIG, &l);
     kbackend *kb = calloc(1, sizeof *kb);
-    kb->ops = &fake_ops;
+    kbackend__init(kb, &fake_ops, NULL);
     model *m = load_ok(dir, kb);
     ASSERT_EQ(fake_allocs, 1);
     ASSERT_EQ(fake_uploads, 3 + 9 * TL);

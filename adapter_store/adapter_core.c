@@ -1,0 +1,236 @@
+/* adapter_store/adapter_core.c — the adapter object itself, below every importer and the
+ * blob codec: kind/module names and shapes, rank bookkeeping, the request-scale rule,
+ * DoRA's per-scale factor, and the adapter's storage: one 64-byte aligned HOST block
+ * holding every tensor (built from a staging list by adapter__stage_commit), installed
+ * into a backend by adapter_install (engine thread; no copy on is_host backends), and
+ * freed by adapter_free.
+ *
+ * The storage keeps a relocation list (block offset -> the kmat / vector pointer field of
+ * the adapter that points there), so installing on a device backend is one allocation,
+ * one upload of the whole block and a re-pointing of every field.
+ * Calls nothing else in adapter_store (a leaf: adapter.c, the kind loaders and
+ * adapter_blob.c all call down into it).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapter_store/adapter_internal.h"
+
+/* Tensors start on 64-byte boundaries inside the adapter's block (cache line / AVX-512). */
+#define ADAPTER_ALIGN 64
+
+typedef struct {
+    size_t off;           /* in the block */
+    kmat *mat;            /* gets .data = block + off */
+    const float **vec;    /* or *vec = block + off */
+} adapter_reloc;
+
+struct adapter_storage {
+    unsigned char *host;  /* the tensors in host memory; NULL once installed on a device */
+    size_t bytes;         /* of the block */
+    void *dev;            /* the block in a !is_host backend's memory (a->kb), or NULL */
+    adapter_reloc *reloc;
+    size_t n_reloc;
+};
+
+const char *adapter_kind_name(adapter_kind k) {
+    switch (k) {
+    case ADAPTER_LORA: return "lora";
+    case ADAPTER_IA3: return "ia3";
+    case ADAPTER_PROMPT_TUNING: return "prompt_tuning";
+    case ADAPTER_PREFIX_TUNING: return "prefix_tuning";
+    case ADAPTER_BOTTLENECK: return "bottleneck";
+    }
+    return "?";
+}
+
+const char *adapter_module_name(adapter_module m) {
+    static const char *const names[AMOD_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                  "gate_proj", "up_proj", "down_proj"};
+    return (unsigned)m < AMOD_COUNT ? names[m] : "?";
+}
+
+void adapter_module_shape(const adapter_base *b, adapter_module m, int *out, int *in) {
+    int q = b->n_heads * b->head_dim, kv = b->n_kv_heads * b->head_dim;
+    int o = 0, i = 0;
+    switch (m) {
+    case AMOD_Q: o = q, i = b->hidden; break;
+    case AMOD_K:
+    case AMOD_V: o = kv, i = b->hidden; break;
+    case AMOD_O: o = b->hidden, i = q; break;
+    case AMOD_GATE:
+    case AMOD_UP: o = b->intermediate, i = b->hidden; break;
+    case AMOD_DOWN: o = b->hidden, i = b->intermediate; break;
+    default: break;
+    }
+    if (out) *out = o;
+    if (in) *in = i;
+}
+
+void adapter__note_rank(adapter *a, int r) {
+    if (r > a->max_rank) a->max_rank = r;
+    for (int i = 0; i < a->n_ranks; i++)
+        if (a->ranks[i] == r) return;
+    if (a->n_ranks < (int)(sizeof a->ranks / sizeof a->ranks[0])) {
+        /* kept sorted so reports are stable whatever order modules are visited in */
+        int i = a->n_ranks++;
+        while (i > 0 && a->ranks[i - 1] > r) {
+            a->ranks[i] = a->ranks[i - 1];
+            i--;
+        }
+        a->ranks[i] = r;
+    }
+}
+
+bool adapter_accepts_scale(adapter_kind kind) { return kind == ADAPTER_LORA; }
+
+int adapter_check_scale(const adapter *a, double scale, char *err, size_t errlen) {
+    if (err && errlen) err[0] = 0;
+    if (!adapter_accepts_scale(a->kind)) {
+        if (err && errlen)
+            snprintf(err, errlen, "adapter_scale applies to LoRA adapters only (this adapter is %s)",
+                     adapter_kind_name(a->kind));
+        return PEFTD_EINVAL;
+    }
+    if (!(scale >= 0 && scale <= ADAPTER_MAX_REQUEST_SCALE)) {
+        if (err && errlen) snprintf(err, errlen, "adapter_scale %g is outside [0, %g]", scale, ADAPTER_MAX_REQUEST_SCALE);
+        return PEFTD_EINVAL;
+    }
+    return 0;
+}
+
+void adapter_dora_scale_vector(const float *stats, int64_t rows, double t, float *out) {
+    for (int64_t j = 0; j < rows; j++) {
+        const float *s = stats + j * ADAPTER_DORA_STATS;
+        double n2 = (double)s[1] + 2 * t * s[2] + t * t * s[3];
+        out[j] = n2 > 0 ? (float)(s[0] / sqrt(n2)) : 0.0f;
+    }
+}
+
+/* ---------------------------------------------------------------- storage */
+
+adapter *adapter__new(int n_layers) {
+    adapter *a = calloc(1, sizeof *a);
+    if (a && !(a->storage = calloc(1, sizeof *a->storage))) {
+        free(a);
+        return NULL;
+    }
+    if (a) a->n_layers = n_layers;
+    return a;
+}
+
+int adapter__stage_push(adapter__stage *s, void *host, size_t bytes, bool owned, kmat *mat, const float **vec) {
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        adapter__item *it = realloc(s->items, cap * sizeof *it);
+        if (!it) {
+            if (owned) free(host);
+            return PEFTD_ENOMEM;
+        }
+        s->items = it;
+        s->cap = cap;
+    }
+    s->items[s->n++] = (adapter__item){.host = host, .bytes = bytes, .owned = owned, .mat = mat, .vec = vec};
+    return 0;
+}
+
+void adapter__stage_clear(adapter__stage *s) {
+    for (size_t i = 0; i < s->n; i++)
+        if (s->items[i].owned) free(s->items[i].host);
+    free(s->items);
+    memset(s, 0, sizeof *s);
+}
+
+static size_t aligned(size_t n) { return (n + ADAPTER_ALIGN - 1) / ADAPTER_ALIGN * ADAPTER_ALIGN; }
+
+/* Points every relocated field at base + its offset. */
+static void relocate(struct adapter_storage *st, unsigned char *base) {
+    for (size_t i = 0; i < st->n_reloc; i++) {
+        const adapter_reloc *r = &st->reloc[i];
+        if (r->mat) r->mat->data = base + r->off;
+        else *r->vec = (const float *)(const void *)(base + r->off);
+    }
+}
+
+int adapter__stage_commit(adapter *a, const adapter__stage *s) {
+    struct adapter_storage *st = a->storage;
+    size_t total = 0;
+    for (size_t i = 0; i < s->n; i++) total += aligned(s->items[i].bytes);
+    if (total == 0) return 0;
+    unsigned char *block = NULL;
+    adapter_reloc *reloc = malloc(s->n * sizeof *reloc);
+    if (!reloc || posix_memalign((void **)&block, ADAPTER_ALIGN, total) != 0) {
+        free(reloc);
+        return PEFTD_ENOMEM;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        const adapter__item *it = &s->items[i];
+        size_t pad = aligned(it->bytes);
+        if (it->bytes) memcpy(block + off, it->host, it->bytes);
+        memset(block + off + it->bytes, 0, pad - it->bytes); /* the whole block is defined bytes */
+        reloc[i] = (adapter_reloc){.off = off, .mat = it->mat, .vec = it->vec};
+        off += pad;
+    }
+    st->host = block;
+    st->bytes = total;
+    st->reloc = reloc;
+    st->n_reloc = s->n;
+    relocate(st, block);
+    return 0;
+}
+
+bool adapter_on_host(const adapter *a) { return !a->storage || !a->storage->dev; }
+
+int adapter_install(adapter *a, kbackend *kb, char *err, size_t errlen) {
+    struct adapter_storage *st = a->storage;
+    if (err && errlen) err[0] = 0;
+    if (a->kb) {
+        if (a->kb == kb) return 0;
+        if (err && errlen) snprintf(err, errlen, "the adapter is installed on another backend");
+        return PEFTD_EINVAL;
+    }
+    if (kb->ops->is_host || !st || st->bytes == 0) { /* host memory is the backend's memory */
+        a->kb = kb;
+        return 0;
+    }
+    void *dev = kb->ops->alloc(kb, st->bytes);
+    if (!dev) {
+        if (err && errlen)
+            snprintf(err, errlen, "cannot allocate %zu bytes of %s memory for the adapter", st->bytes, kb->ops->name);
+        return PEFTD_ENOMEM;
+    }
+    int rc = kb->ops->upload(kb, dev, st->host, st->bytes);
+    if (rc == 0) rc = kb->ops->synchronize(kb);
+    if (rc) {
+        kb->ops->free(kb, dev);
+        if (err && errlen) snprintf(err, errlen, "uploading the adapter to %s: %s", kb->ops->name, peftd_strerror(rc));
+        return rc;
+    }
+    relocate(st, dev);
+    free(st->host);
+    st->host = NULL;
+    st->dev = dev;
+    a->kb = kb;
+    return 0;
+}
+
+void adapter_free(adapter *a) {
+    if (!a) return;
+    if (a->storage) {
+        if (a->storage->dev) a->kb->ops->free(a->kb, a->storage->dev);
+        free(a->storage->host);
+        free(a->storage->reloc);
+        free(a->storage);
+    }
+    for (int i = 0; a->lora && i < a->n_layers * AMOD_COUNT; i++) free(a->lora[i].dora_stats);
+    free(a->lora);
+    free(a->ia3);
+    free(a->prefix_k);
+    free(a->prefix_v);
+    free(a->bn_attn);
+    free(a->bn_ffn);
+    free(a);
+}
