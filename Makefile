@@ -5,7 +5,10 @@
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make tsan       the CPU worker pool's stress test under ThreadSanitizer (build-tsan/)
 #   make bench      benchmarks (JSON + one-line summary)
-# XCFLAGS / XLDFLAGS are appended for local experiments.
+#   make clean      remove every build directory (build/ or $(BUILD), build-asan, build-tsan,
+#                   build-fuzz, build-gpu); `make distclean` also the generated benchmark models
+# XCFLAGS / XLDFLAGS / XNVCCFLAGS are appended for local experiments. Changing any flag (or
+# the compiler) rebuilds what it affects: the effective flags are kept in $(BUILD)/.flags.
 
 BUILD   ?= build
 CC      ?= cc
@@ -61,8 +64,23 @@ else
   BUILD_KIND := CPU-only (no nvcc on PATH: CUDA backend not built)
 endif
 
-.PHONY: all deps run test test-load unit integration asan tsan fuzz bench clean fmt-check
+.PHONY: all deps tests-bin run test test-load asan tsan fuzz bench clean distclean
 .DEFAULT_GOAL := all
+
+# Rebuild when flags change: the effective compiler, flags and libraries are written to
+# $(BUILD)/.flags, rewritten only when they differ from the last build's, and every object
+# and binary depends on that file. (clean/distclean alone leave it alone.)
+FLAGS_FILE := $(BUILD)/.flags
+FLAGS_NOW  := CC=$(CC) CFLAGS=$(CFLAGS) LDFLAGS=$(LDFLAGS) LDLIBS=$(LDLIBS) CLI=$(CLI_CFLAGS) $(CLI_LIBS) \
+              NVCC=$(NVCC) NVCCFLAGS=$(NVCCFLAGS)
+ifneq ($(filter-out clean distclean,$(or $(MAKECMDGOALS),all)),)
+  ifneq ($(strip $(file < $(FLAGS_FILE))),$(strip $(FLAGS_NOW)))
+    $(shell mkdir -p $(BUILD))
+    $(file > $(FLAGS_FILE),$(FLAGS_NOW))
+  endif
+endif
+# Link lines take the objects and archives of $^, never the flags file.
+LINK_IN = $(filter-out $(FLAGS_FILE),$^)
 
 all: $(BUILD)/peftd $(BUILD)/libpeftd.a $(BUILD)/peftctl $(BUILD)/peftd-loadgen
 	@echo "peftd: $(BUILD_KIND)"
@@ -75,42 +93,42 @@ $(BUILD)/libpeftd.a: $(LIB_OBJ) $(CU_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/peftd: $(BUILD)/server/main.o $(BUILD)/libpeftd.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/peftd: $(BUILD)/server/main.o $(BUILD)/libpeftd.a $(FLAGS_FILE)
+	$(CC) $(LDFLAGS) -o $@ $(LINK_IN) $(LDLIBS)
 
 $(PEFTCTL_OBJ): CFLAGS += $(CLI_CFLAGS)
-$(BUILD)/peftctl: $(PEFTCTL_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS)
+$(BUILD)/peftctl: $(PEFTCTL_OBJ) $(FLAGS_FILE)
+	$(CC) $(LDFLAGS) -o $@ $(LINK_IN) $(CLI_LIBS)
 
 $(LOADGEN_OBJ): CFLAGS += $(CLI_CFLAGS)
-$(BUILD)/peftd-loadgen: $(LOADGEN_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) -lm
+$(BUILD)/peftd-loadgen: $(LOADGEN_OBJ) $(FLAGS_FILE)
+	$(CC) $(LDFLAGS) -o $@ $(LINK_IN) $(CLI_LIBS) -lm
 
-$(BUILD)/%.o: %.c
+$(BUILD)/%.o: %.c $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.o: %.cu $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
-$(HARNESS): tests/harness/test.c tests/harness/test.h
+$(HARNESS): tests/harness/test.c tests/harness/test.h $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(HARNESS) $(BUILD)/libpeftd.a
+$(BUILD)/tests/%: tests/unit/%.c $(HARNESS) $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(HARNESS) $(BUILD)/libpeftd.a $(LDLIBS)
 
 tests-bin: $(TEST_BIN)
 
 # Benchmarks link the library like the tests do (bench/run.sh builds and runs them).
-$(BUILD)/bench/bench_adapters: bench/bench_adapters.c $(BUILD)/libpeftd.a
+$(BUILD)/bench/bench_adapters: bench/bench_adapters.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 
 # GPU bandwidth probe for the decode roofline (tests/gpu/run.sh).
-$(BUILD)/bench/bench_gpu: bench/bench_gpu.c $(BUILD)/libpeftd.a
+$(BUILD)/bench/bench_gpu: bench/bench_gpu.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 
@@ -179,7 +197,14 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash bench/run.sh
 
+# Every build directory this Makefile or the test scripts create (tests/gpu/run.sh builds
+# in build-gpu). The benchmark models under bench/models are a cache, not build output:
+# generating them takes minutes and nothing about them depends on the code or the flags,
+# so clean keeps them and distclean removes them.
 clean:
-	rm -rf build build-asan build-tsan build-fuzz
+	rm -rf $(BUILD) build build-asan build-tsan build-fuzz build-gpu bench/results/tmp
 
--include $(shell find $(BUILD) build-asan -name '*.d' 2>/dev/null)
+distclean: clean
+	rm -rf bench/models
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
