@@ -598,169 +598,203 @@ static void usage(void) {
             "       [--backend cpu|cuda (cuda: no per-op split, ops are asynchronous)]\n");
 }
 
-int main(int argc, char **argv) {
-    const char *model_dir = NULL, *out_path = NULL, *backend = "cpu";
-    shape *sh = calloc(MAX_SHAPES, sizeof *sh);
-    int n_sh = 0, rounds = 3, threads = 0, only = -1;
-    double cd_target = 4.0;
-    bench B = {.seqs = 32, .prompt = 8, .tokens = 64, .tokens_d = 16};
-    if (!sh) return 1;
+/* The command line (usage() above). */
+typedef struct {
+    const char *model_dir, *out_path, *backend;
+    int rounds, threads, only; /* only: one scenario (SC_*) for profiling, or -1 */
+    double cd_target;
+} options;
+
+/* One --shape NAME:ADAPTERS_DIR[:CA_TARGET]; -1 when malformed. */
+static int parse_shape(const char *v, shape *h) {
+    const char *c1 = strchr(v, ':');
+    if (!c1 || c1 == v || (size_t)(c1 - v) >= sizeof h->name) return -1;
+    memcpy(h->name, v, (size_t)(c1 - v));
+    snprintf(h->dir, sizeof h->dir, "%s", c1 + 1);
+    char *c2 = strrchr(h->dir, ':');
+    if (c2) {
+        h->ca_target = atof(c2 + 1);
+        *c2 = 0;
+    }
+    return 0;
+}
+
+/* Fills *o, *B's sizes and sh[0..*n_sh); -1 (after usage()) on a bad command line. */
+static int parse_args(int argc, char **argv, options *o, bench *B, shape *sh, int *n_sh) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) {
-            usage();
-            return 2;
-        }
+        int ok = 1;
         i++;
-        if (!strcmp(a, "--model")) model_dir = v;
-        else if (!strcmp(a, "--out")) out_path = v;
-        else if (!strcmp(a, "--seqs")) B.seqs = atoi(v);
-        else if (!strcmp(a, "--prompt")) B.prompt = atoi(v);
-        else if (!strcmp(a, "--tokens")) B.tokens = atoi(v);
-        else if (!strcmp(a, "--tokens-d")) B.tokens_d = atoi(v);
-        else if (!strcmp(a, "--rounds")) rounds = atoi(v);
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--backend") && (!strcmp(v, "cpu") || !strcmp(v, "cuda"))) backend = v;
-        else if (!strcmp(a, "--cd-target")) cd_target = atof(v);
-        else if (!strcmp(a, "--only") && v[0] >= 'a' && v[0] <= 'd' && !v[1]) only = v[0] - 'a';
-        else if (!strcmp(a, "--shape") && n_sh < MAX_SHAPES) {
-            shape *h = &sh[n_sh++];
-            const char *c1 = strchr(v, ':');
-            if (!c1 || c1 == v || (size_t)(c1 - v) >= sizeof h->name) {
-                usage();
-                return 2;
-            }
-            memcpy(h->name, v, (size_t)(c1 - v));
-            snprintf(h->dir, sizeof h->dir, "%s", c1 + 1);
-            char *c2 = strrchr(h->dir, ':');
-            if (c2) {
-                h->ca_target = atof(c2 + 1);
-                *c2 = 0;
-            }
-        } else {
+        if (!v) ok = 0;
+        else if (!strcmp(a, "--model")) o->model_dir = v;
+        else if (!strcmp(a, "--out")) o->out_path = v;
+        else if (!strcmp(a, "--seqs")) B->seqs = atoi(v);
+        else if (!strcmp(a, "--prompt")) B->prompt = atoi(v);
+        else if (!strcmp(a, "--tokens")) B->tokens = atoi(v);
+        else if (!strcmp(a, "--tokens-d")) B->tokens_d = atoi(v);
+        else if (!strcmp(a, "--rounds")) o->rounds = atoi(v);
+        else if (!strcmp(a, "--threads")) o->threads = atoi(v);
+        else if (!strcmp(a, "--backend") && (!strcmp(v, "cpu") || !strcmp(v, "cuda"))) o->backend = v;
+        else if (!strcmp(a, "--cd-target")) o->cd_target = atof(v);
+        else if (!strcmp(a, "--only") && v[0] >= 'a' && v[0] <= 'd' && !v[1]) o->only = v[0] - 'a';
+        else if (!strcmp(a, "--shape") && *n_sh < MAX_SHAPES) ok = parse_shape(v, &sh[(*n_sh)++]) == 0;
+        else ok = 0;
+        if (!ok) {
             usage();
-            return 2;
+            return -1;
         }
     }
-    if (!model_dir || n_sh == 0 || B.seqs < 1 || B.seqs > MAX_ADAPTERS || B.prompt < 1 || B.tokens < 3 ||
-        B.tokens_d < 3 || rounds < 1 || rounds > MAX_ROUNDS) {
+    if (!o->model_dir || *n_sh == 0 || B->seqs < 1 || B->seqs > MAX_ADAPTERS || B->prompt < 1 || B->tokens < 3 ||
+        B->tokens_d < 3 || o->rounds < 1 || o->rounds > MAX_ROUNDS) {
         usage();
-        return 2;
+        return -1;
     }
-    log_set_level(LOG_WARN);
-    double t_start = bench_now_s();
+    return 0;
+}
+
+/* The backend, the model, its tokenizer and every shape's adapters into *B; -1 with a
+ * message on stderr. */
+static int load_all(const options *o, bench *B, shape *sh, int n_sh) {
     char err[1024];
-    int rc = 1;
-    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (!strcmp(backend, "cuda")) {
+    if (!strcmp(o->backend, "cuda")) {
 #ifdef PEFTD_CUDA
-        B.kb = kbackend_cuda_create(0, err, sizeof err);
-        if (!B.kb) {
+        B->kb = kbackend_cuda_create(0, err, sizeof err);
+        if (!B->kb) {
             fprintf(stderr, "bench_adapters: cannot create the CUDA backend: %s\n", err);
-            return 1;
+            return -1;
         }
 #else
         fprintf(stderr, "bench_adapters: --backend cuda: this build has no CUDA backend\n");
-        return 1;
+        return -1;
 #endif
     } else {
-        B.kb = kbackend_cpu_create(threads);
+        B->kb = kbackend_cpu_create(o->threads);
     }
-    if (!B.kb) {
+    if (!B->kb) {
         fprintf(stderr, "bench_adapters: cannot create the CPU backend\n");
-        return 1;
+        return -1;
     }
-    if (model_load(model_dir, B.kb, &B.m, err, sizeof err) < 0) {
-        fprintf(stderr, "bench_adapters: model_load %s: %s\n", model_dir, err);
-        goto out;
+    if (model_load(o->model_dir, B->kb, &B->m, err, sizeof err) < 0) {
+        fprintf(stderr, "bench_adapters: model_load %s: %s\n", o->model_dir, err);
+        return -1;
     }
-    if (tokenizer_load(model_dir, &B.tok, err, sizeof err) < 0) {
-        fprintf(stderr, "bench_adapters: tokenizer_load %s: %s\n", model_dir, err);
-        goto out;
+    if (tokenizer_load(o->model_dir, &B->tok, err, sizeof err) < 0) {
+        fprintf(stderr, "bench_adapters: tokenizer_load %s: %s\n", o->model_dir, err);
+        return -1;
     }
     for (int s = 0; s < n_sh; s++)
-        if (load_adapters(&B, &sh[s], B.seqs) < 0) goto out;
-    fprintf(stderr, "bench_adapters: model %s (%.1f MB), %d threads, %d seqs x %d tokens, %d rounds\n", model_dir,
-            B.m->weight_bytes / 1e6, threads, B.seqs, B.tokens, rounds);
-    /* The op timers assume synchronous ops (CPU); CUDA ops only enqueue work. */
-    if (strcmp(backend, "cuda")) prof_install(B.kb, B.m->cfg.vocab_size);
-    adapter **same = malloc((size_t)B.seqs * sizeof *same);
-    if (!same) goto out;
-    if (only >= 0) { /* profiling aid (perf record): one scenario, its op split, no JSON */
-        for (int r = 0; r < rounds; r++)
-            for (int s = 0; s < n_sh; s++) {
-                shape *h = &sh[s];
-                for (int i = 0; i < B.seqs; i++) same[i] = h->ads[0];
-                result *x = &h->r[only][r];
-                int st = only == SC_D   ? run_serial(&B, h->ads, B.seqs, x)
-                         : only == SC_A ? run_batch(&B, NULL, "a", x)
-                                        : run_batch(&B, only == SC_B ? same : h->ads, sc_name[only], x);
-                if (st < 0) {
-                    free(same);
-                    goto out;
-                }
-                fprintf(stderr, "  %s %s: %.1f tok/s; ms/step:", h->name, sc_name[only], x->tok_s);
-                for (int c = 0; c <= P_COUNT; c++)
-                    fprintf(stderr, " %s %.2f", c < P_COUNT ? prof_name[c] : "outside_ops", x->prof_ms[c]);
-                fprintf(stderr, "\n");
-            }
-        free(same);
-        rc = 0;
-        goto out;
-    }
+        if (load_adapters(B, &sh[s], B->seqs) < 0) return -1;
+    return 0;
+}
+
+/* --only: one scenario per round and shape with its op split, no JSON (a profiling aid
+ * under perf record). same: room for B->seqs adapters. */
+static int run_only(const bench *B, shape *sh, int n_sh, const options *o, adapter **same) {
+    for (int r = 0; r < o->rounds; r++)
+        for (int s = 0; s < n_sh; s++) {
+            shape *h = &sh[s];
+            int only = o->only;
+            for (int i = 0; i < B->seqs; i++) same[i] = h->ads[0];
+            result *x = &h->r[only][r];
+            int st = only == SC_D   ? run_serial(B, h->ads, B->seqs, x)
+                     : only == SC_A ? run_batch(B, NULL, "a", x)
+                                    : run_batch(B, only == SC_B ? same : h->ads, sc_name[only], x);
+            if (st < 0) return -1;
+            fprintf(stderr, "  %s %s: %.1f tok/s; ms/step:", h->name, sc_name[only], x->tok_s);
+            for (int c = 0; c <= P_COUNT; c++)
+                fprintf(stderr, " %s %.2f", c < P_COUNT ? prof_name[c] : "outside_ops", x->prof_ms[c]);
+            fprintf(stderr, "\n");
+        }
+    return 0;
+}
+
+/* Every round of the four scenarios for every shape, a progress line each; keeps each
+ * scenario's best round in h->best. same: room for B->seqs adapters. */
+static int run_rounds(const bench *B, shape *sh, int n_sh, int rounds, adapter **same) {
     for (int r = 0; r < rounds; r++)
         for (int s = 0; s < n_sh; s++) {
             shape *h = &sh[s];
-            h->seqs = B.seqs;
-            for (int i = 0; i < B.seqs; i++) same[i] = h->ads[0];
-            if (run_batch(&B, NULL, "a", &h->r[SC_A][r]) < 0 || run_batch(&B, same, "b", &h->r[SC_B][r]) < 0 ||
-                run_batch(&B, h->ads, "c", &h->r[SC_C][r]) < 0 || run_serial(&B, h->ads, B.seqs, &h->r[SC_D][r]) < 0) {
-                free(same);
-                goto out;
-            }
+            h->seqs = B->seqs;
+            for (int i = 0; i < B->seqs; i++) same[i] = h->ads[0];
+            if (run_batch(B, NULL, "a", &h->r[SC_A][r]) < 0 || run_batch(B, same, "b", &h->r[SC_B][r]) < 0 ||
+                run_batch(B, h->ads, "c", &h->r[SC_C][r]) < 0 || run_serial(B, h->ads, B->seqs, &h->r[SC_D][r]) < 0)
+                return -1;
             fprintf(stderr, "  round %d %-8s a %6.1f  b %6.1f  c %6.1f  d %6.1f tok/s  c/a %.3f c/d %.2f  (others %.0f%% cpu)\n",
                     r + 1, h->name, h->r[SC_A][r].tok_s, h->r[SC_B][r].tok_s, h->r[SC_C][r].tok_s, h->r[SC_D][r].tok_s,
                     h->r[SC_C][r].tok_s / h->r[SC_A][r].tok_s, h->r[SC_C][r].tok_s / h->r[SC_D][r].tok_s,
                     100 * h->r[SC_C][r].others_cpu);
             fprintf(stderr, "          p10 steps: a %6.1f  b %6.1f  c %6.1f  d %6.1f tok/s  c/a %.3f c/d %.2f\n",
-                    p10_tok_s(&h->r[SC_A][r], B.seqs), p10_tok_s(&h->r[SC_B][r], B.seqs),
-                    p10_tok_s(&h->r[SC_C][r], B.seqs), p10_tok_s(&h->r[SC_D][r], 1),
+                    p10_tok_s(&h->r[SC_A][r], B->seqs), p10_tok_s(&h->r[SC_B][r], B->seqs),
+                    p10_tok_s(&h->r[SC_C][r], B->seqs), p10_tok_s(&h->r[SC_D][r], 1),
                     h->r[SC_A][r].step_ms_p10 / h->r[SC_C][r].step_ms_p10,
-                    B.seqs * h->r[SC_D][r].step_ms_p10 / h->r[SC_C][r].step_ms_p10);
+                    B->seqs * h->r[SC_D][r].step_ms_p10 / h->r[SC_C][r].step_ms_p10);
             for (int k = 0; k < SC_COUNT; k++)
                 if (h->r[k][r].tok_s > h->r[k][h->best[k]].tok_s) h->best[k] = r;
         }
-    free(same);
-    prof_uninstall(B.kb);
-    double elapsed = bench_now_s() - t_start;
-    print_json(stdout, &B, sh, n_sh, rounds, threads, cd_target, elapsed);
-    fflush(stdout);
-    if (out_path) {
-        FILE *f = fopen(out_path, "w");
-        if (!f) {
-            fprintf(stderr, "bench_adapters: cannot write %s\n", out_path);
-            goto out;
-        }
-        print_json(f, &B, sh, n_sh, rounds, threads, cd_target, elapsed);
-        fclose(f);
-    }
-    /* the one-line summary */
+    return 0;
+}
+
+/* The one-line summary on stderr: best rounds, ratios against their targets. */
+static void print_summary(const bench *B, shape *sh, int n_sh, const options *o) {
     char line[2048];
-    size_t o = (size_t)snprintf(line, sizeof line, "bench: %s %s, %d seqs, %d threads |",
-                                strrchr(model_dir, '/') ? strrchr(model_dir, '/') + 1 : model_dir,
-                                kdtype_name(B.m->layers[0].wq.dtype), B.seqs, threads);
-    for (int s = 0; s < n_sh && o < sizeof line; s++) {
+    const char *m = o->model_dir;
+    size_t n = (size_t)snprintf(line, sizeof line, "bench: %s %s, %d seqs, %d threads |",
+                                strrchr(m, '/') ? strrchr(m, '/') + 1 : m, kdtype_name(B->m->layers[0].wq.dtype),
+                                B->seqs, o->threads);
+    for (int s = 0; s < n_sh && n < sizeof line; s++) {
         shape *h = &sh[s];
-        double a = best_base(sh, n_sh, rounds)->tok_s, b = h->r[SC_B][h->best[SC_B]].tok_s;
+        double a = best_base(sh, n_sh, o->rounds)->tok_s, b = h->r[SC_B][h->best[SC_B]].tok_s;
         double c = h->r[SC_C][h->best[SC_C]].tok_s, d = h->r[SC_D][h->best[SC_D]].tok_s;
-        o += (size_t)snprintf(line + o, sizeof line - o,
+        n += (size_t)snprintf(line + n, sizeof line - n,
                               " %s: a %.0f b %.0f c %.0f d %.0f tok/s, c/a %.2f%s c/d %.1f%s |", h->name, a, b, c, d,
                               c / a, h->ca_target > 0 ? (c / a >= h->ca_target ? " (ok)" : " (MISS)") : "", c / d,
-                              c / d >= cd_target ? " (ok)" : " (MISS)");
+                              c / d >= o->cd_target ? " (ok)" : " (MISS)");
     }
     fprintf(stderr, "%s\n", line);
+}
+
+int main(int argc, char **argv) {
+    options o = {.backend = "cpu", .rounds = 3, .only = -1, .cd_target = 4.0};
+    shape *sh = calloc(MAX_SHAPES, sizeof *sh);
+    int n_sh = 0, rc = 1;
+    bench B = {.seqs = 32, .prompt = 8, .tokens = 64, .tokens_d = 16};
+    adapter **same = NULL;
+    if (!sh) return 1;
+    if (parse_args(argc, argv, &o, &B, sh, &n_sh) < 0) {
+        free(sh);
+        return 2;
+    }
+    log_set_level(LOG_WARN);
+    double t_start = bench_now_s();
+    if (o.threads <= 0) o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (load_all(&o, &B, sh, n_sh) < 0) goto out;
+    fprintf(stderr, "bench_adapters: model %s (%.1f MB), %d threads, %d seqs x %d tokens, %d rounds\n", o.model_dir,
+            B.m->weight_bytes / 1e6, o.threads, B.seqs, B.tokens, o.rounds);
+    /* The op timers assume synchronous ops (CPU); CUDA ops only enqueue work. */
+    if (strcmp(o.backend, "cuda")) prof_install(B.kb, B.m->cfg.vocab_size);
+    if (!(same = malloc((size_t)B.seqs * sizeof *same))) goto out;
+    if (o.only >= 0) {
+        rc = run_only(&B, sh, n_sh, &o, same) < 0;
+        goto out;
+    }
+    if (run_rounds(&B, sh, n_sh, o.rounds, same) < 0) goto out;
+    prof_uninstall(B.kb);
+    double elapsed = bench_now_s() - t_start;
+    print_json(stdout, &B, sh, n_sh, o.rounds, o.threads, o.cd_target, elapsed);
+    fflush(stdout);
+    if (o.out_path) {
+        FILE *f = fopen(o.out_path, "w");
+        if (!f) {
+            fprintf(stderr, "bench_adapters: cannot write %s\n", o.out_path);
+            goto out;
+        }
+        print_json(f, &B, sh, n_sh, o.rounds, o.threads, o.cd_target, elapsed);
+        fclose(f);
+    }
+    print_summary(&B, sh, n_sh, &o);
     rc = 0;
 out:
+    free(same);
     for (int s = 0; s < n_sh; s++)
         for (int i = 0; i < sh[s].n_ads; i++) adapter_free(sh[s].ads[i]);
     free(sh);
