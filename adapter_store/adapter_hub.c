@@ -143,51 +143,53 @@ typedef struct {
     const st_tensor *dw, *db, *uw, *ub, *sc;
 } bn_src;
 
-int adapter__load_hub(adapter__ctx *c) {
-    adapter *a = c->a;
+/* The settings of config that the forward serves (one set for every layer). */
+typedef struct {
+    bool mh, outp, olb, ola, rbl;
+    kact act;
+    double scaling;
+    const char *scaling_str;  /* "learned": per-module tensors */
+    const cJSON *rf;          /* reduction_factor */
+} hub_cfg;
+
+/* Reads and checks config's bottleneck settings into h. */
+static int hub_read_config(adapter__ctx *c, hub_cfg *h) {
     const adapter_base *b = c->base;
     const cJSON *cfg = c->cfg;
-    int L = b->n_layers, hidden = b->hidden, rc, hs;
-    bool mh, outp, olb, ola, arbl;
-    const char *arch, *act_name = NULL, *scaling_str = NULL;
-    double scaling = 1.0;
-    kact act = KACT_NONE;
-    char name[256];
-    bn_src *src = NULL;
-    bool *skip = NULL;
-    a->kind = ADAPTER_BOTTLENECK;
-
+    int rc, hs;
+    bool arbl;
+    const char *arch, *act_name = NULL;
+    *h = (hub_cfg){.act = KACT_NONE, .scaling = 1.0, .rbl = true};
     if ((rc = adapter__json_str(c, cfg, "architecture", "bottleneck", &arch))) return rc;
     if (strcmp(arch, "bottleneck"))
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: AdapterHub config.architecture '%.64s' is not served (only "
                              "bottleneck adapters are)",
                              arch);
-    if ((rc = adapter__json_int(c, c->root, "hidden_size", hidden, 0, ADAPTER_MAX_COUNT, &hs))) return rc;
-    if (hs != hidden)
+    if ((rc = adapter__json_int(c, c->root, "hidden_size", b->hidden, 0, ADAPTER_MAX_COUNT, &hs))) return rc;
+    if (hs != b->hidden)
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: hidden_size %d does not match base %s (%d)", hs,
-                             b->name, hidden);
+                             b->name, b->hidden);
     if ((rc = refuse_flags(c))) return rc;
-    if ((rc = adapter__json_bool(c, cfg, "mh_adapter", false, &mh)) ||
-        (rc = adapter__json_bool(c, cfg, "output_adapter", false, &outp)) ||
-        (rc = adapter__json_bool(c, cfg, "original_ln_before", false, &olb)) ||
-        (rc = adapter__json_bool(c, cfg, "original_ln_after", true, &ola)) ||
+    if ((rc = adapter__json_bool(c, cfg, "mh_adapter", false, &h->mh)) ||
+        (rc = adapter__json_bool(c, cfg, "output_adapter", false, &h->outp)) ||
+        (rc = adapter__json_bool(c, cfg, "original_ln_before", false, &h->olb)) ||
+        (rc = adapter__json_bool(c, cfg, "original_ln_after", true, &h->ola)) ||
         (rc = adapter__json_bool(c, cfg, "adapter_residual_before_ln", false, &arbl)) ||
-        (rc = adapter__json_str(c, cfg, "non_linearity", NULL, &act_name)) || (rc = map_act(c, act_name, &act)))
+        (rc = adapter__json_str(c, cfg, "non_linearity", NULL, &act_name)) || (rc = map_act(c, act_name, &h->act)))
         return rc;
     /* adapter_residual_before_ln only orders the residual add against ln_after, refused above */
     (void)arbl;
-    if (!mh && !outp)
+    if (!h->mh && !h->outp)
         return adapter__fail(c, PEFTD_EFORMAT,
                              "adapter_config.json: neither config.mh_adapter nor config.output_adapter is true");
 
-    bool rbl = true;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, "residual_before_ln");
     if (cJSON_IsString(v))
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: config.residual_before_ln '%.32s' is not served (true or false are)",
                              v->valuestring);
-    if ((rc = adapter__json_bool(c, cfg, "residual_before_ln", true, &rbl))) return rc;
+    if ((rc = adapter__json_bool(c, cfg, "residual_before_ln", true, &h->rbl))) return rc;
     /* What the forward serves is x' = h + a + Δ (see server/model/llama_adapters.c). Per
      * Adapter.pre_forward/post_forward with layer_norm None (SEMANTICS.md): without
      * original_ln_after the residual stream h is dropped (x' = a + Δ), and
@@ -195,120 +197,138 @@ int adapter__load_hub(adapter__ctx *c) {
      * added twice (x' = 2h + a + Δ). Neither is served: refused here, at upload, never at
      * run time. residual_before_ln false with original_ln_before false gives residual = a,
      * the served math exactly, so it is accepted as residual_before_ln true. */
-    if (!ola)
+    if (!h->ola)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: config.original_ln_after is false (the adapter output replaces "
                              "the residual stream); only original_ln_after true is served");
-    if (!rbl && olb)
+    if (!h->rbl && h->olb)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: config.residual_before_ln is false with original_ln_before true "
                              "(the residual stream is added twice); only residual_before_ln true is served with it");
-    rbl = true;
+    h->rbl = true;
 
     v = cJSON_GetObjectItemCaseSensitive(cfg, "scaling");
     if (cJSON_IsString(v)) {
-        scaling_str = v->valuestring;
-        if (strcmp(scaling_str, "learned"))
+        h->scaling_str = v->valuestring;
+        if (strcmp(h->scaling_str, "learned"))
             return adapter__fail(c, PEFTD_EUNSUPPORTED,
                                  "adapter_config.json: config.scaling '%.32s' is not served (a number or \"learned\" "
                                  "are)",
-                                 scaling_str);
-    } else if ((rc = adapter__json_num(c, cfg, "scaling", 1.0, ADAPTER_MAX_SCALE, &scaling))) {
+                                 h->scaling_str);
+    } else if ((rc = adapter__json_num(c, cfg, "scaling", 1.0, ADAPTER_MAX_SCALE, &h->scaling))) {
         return rc;
     }
 
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(cfg, "reduction_factor");
-    if (!rf || cJSON_IsNull(rf))
+    h->rf = cJSON_GetObjectItemCaseSensitive(cfg, "reduction_factor");
+    if (!h->rf || cJSON_IsNull(h->rf))
         return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: config.reduction_factor is missing");
+    return 0;
+}
 
-    skip = calloc((size_t)L, sizeof *skip);
-    src = calloc((size_t)L * 2, sizeof *src);
+/* config.leave_out into skip[n_layers]. */
+static int hub_leave_out(adapter__ctx *c, bool *skip) {
+    const cJSON *lo = cJSON_GetObjectItemCaseSensitive(c->cfg, "leave_out"), *e;
+    if (!lo || cJSON_IsNull(lo)) return 0;
+    if (!cJSON_IsArray(lo))
+        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: config.leave_out must be a list of integers");
+    cJSON_ArrayForEach(e, lo) {
+        int li, rc;
+        if ((rc = adapter__num_int(c, e, "config.leave_out (a list of layer indices of the base)", 0,
+                                   c->base->n_layers - 1, &li)))
+            return rc;
+        skip[li] = true;
+    }
+    return 0;
+}
+
+/* Pass 1: every expected tensor with its shape into src[l * 2 + place]; *kd = the one
+ * dtype of every down/up matrix (one SGMV dtype per adapter; f32 when mixed). */
+static int hub_find_tensors(adapter__ctx *c, const hub_cfg *h, const bool *skip, const char *name, bn_src *src,
+                            kdtype *kd) {
+    int L = c->base->n_layers, hidden = c->base->hidden, rc;
+    int dtype_mask = 0;
+    kdtype first = KDT_F32;
+    for (int l = 0; l < L; l++) {
+        if (skip[l]) continue;
+        double f = 1.0;
+        if ((rc = layer_factor(c, h->rf, l, &f))) return rc;
+        double q = py_floordiv((double)hidden, f);
+        int size = q < 1 ? 1 : (int)q;
+        for (int p = 0; p < 2; p++) {
+            if (!(p ? h->outp : h->mh)) continue;
+            bn_src *s = &src[l * 2 + p];
+            char pre[512], nm[600];
+            snprintf(pre, sizeof pre, "model.layers.%d.%s.adapters.%s.", l, p ? "output_adapters" : "attention_adapters",
+                     name);
+            snprintf(nm, sizeof nm, "%sadapter_down.0.weight", pre);
+            if ((rc = adapter__expect(c, nm, 2, size, hidden, &s->dw))) return rc;
+            snprintf(nm, sizeof nm, "%sadapter_down.0.bias", pre);
+            if ((rc = adapter__expect(c, nm, 1, size, 0, &s->db))) return rc;
+            snprintf(nm, sizeof nm, "%sadapter_up.weight", pre);
+            if ((rc = adapter__expect(c, nm, 2, hidden, size, &s->uw))) return rc;
+            snprintf(nm, sizeof nm, "%sadapter_up.bias", pre);
+            if ((rc = adapter__expect(c, nm, 1, hidden, 0, &s->ub))) return rc;
+            if (h->scaling_str) {
+                snprintf(nm, sizeof nm, "%sscaling", pre);
+                if ((rc = adapter__expect(c, nm, 1, 1, 0, &s->sc))) return rc;
+            }
+            if (!dtype_mask) st_dtype_to_kdtype(s->dw->dtype, &first);
+            dtype_mask |= (1 << s->dw->dtype) | (1 << s->uw->dtype);
+        }
+    }
+    *kd = (dtype_mask & (dtype_mask - 1)) == 0 ? first : KDT_F32;
+    return 0;
+}
+
+/* Pass 2: one bottleneck module from its tensors s, staged. */
+static int hub_stage(adapter__ctx *c, const hub_cfg *h, const bn_src *s, kdtype kd, adapter_bottleneck *B) {
+    int rc;
+    B->size = (int)s->dw->shape[0];
+    B->act = h->act;
+    B->scaling = (float)h->scaling;
+    B->residual_before_ln = h->rbl;
+    B->original_ln_before = h->olb;
+    B->original_ln_after = h->ola;
+    if (s->sc) {
+        float *sc = NULL;
+        if ((rc = adapter__to_f32(c, s->sc, &sc))) return rc;
+        B->scaling = sc[0];
+        free(sc);
+        if (!(fabsf(B->scaling) <= (float)ADAPTER_MAX_SCALE))
+            return adapter__fail(c, PEFTD_EINVAL, "%s: learned scaling '%s' is %g; its magnitude must be at most %g",
+                                 c->wname, s->sc->name, B->scaling, ADAPTER_MAX_SCALE);
+    }
+    if ((rc = adapter__stage_mat(c, s->dw, kd, &B->down, NULL)) || (rc = adapter__stage_vec(c, s->db, &B->down_bias)) ||
+        (rc = adapter__stage_mat(c, s->uw, kd, &B->up, NULL)) || (rc = adapter__stage_vec(c, s->ub, &B->up_bias)))
+        return rc;
+    adapter__note_rank(c->a, B->size);
+    return 0;
+}
+
+int adapter__load_hub(adapter__ctx *c) {
+    adapter *a = c->a;
+    int L = c->base->n_layers, rc;
+    hub_cfg h;
+    char name[256];
+    kdtype kd = KDT_F32;
+    a->kind = ADAPTER_BOTTLENECK;
+    if ((rc = hub_read_config(c, &h))) return rc;
+
+    bool *skip = calloc((size_t)L, sizeof *skip);
+    bn_src *src = calloc((size_t)L * 2, sizeof *src);
     a->bn_attn = calloc((size_t)L, sizeof *a->bn_attn);
     a->bn_ffn = calloc((size_t)L, sizeof *a->bn_ffn);
     if (!skip || !src || !a->bn_attn || !a->bn_ffn) {
         rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory");
         goto fail;
     }
-    const cJSON *lo = cJSON_GetObjectItemCaseSensitive(cfg, "leave_out"), *e;
-    if (lo && !cJSON_IsNull(lo)) {
-        if (!cJSON_IsArray(lo)) {
-            rc = adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: config.leave_out must be a list of integers");
-            goto fail;
-        }
-        cJSON_ArrayForEach(e, lo) {
-            int li;
-            if ((rc = adapter__num_int(c, e, "config.leave_out (a list of layer indices of the base)", 0, L - 1, &li)))
+    if ((rc = hub_leave_out(c, skip)) || (rc = adapter_name(c, name, sizeof name)) ||
+        (rc = hub_find_tensors(c, &h, skip, name, src, &kd)))
+        goto fail;
+    for (int l = 0; l < L; l++)
+        for (int p = 0; p < 2; p++)
+            if (src[l * 2 + p].dw && (rc = hub_stage(c, &h, &src[l * 2 + p], kd, p ? &a->bn_ffn[l] : &a->bn_attn[l])))
                 goto fail;
-            skip[li] = true;
-        }
-    }
-    if ((rc = adapter_name(c, name, sizeof name))) goto fail;
-
-    /* pass 1: shapes and dtypes */
-    int dtype_mask = 0;
-    kdtype first = KDT_F32;
-    for (int l = 0; l < L; l++) {
-        if (skip[l]) continue;
-        double f = 1.0;
-        if ((rc = layer_factor(c, rf, l, &f))) goto fail;
-        double q = py_floordiv((double)hidden, f);
-        int size = q < 1 ? 1 : (int)q;
-        for (int p = 0; p < 2; p++) {
-            if (!(p ? outp : mh)) continue;
-            bn_src *s = &src[l * 2 + p];
-            char pre[512], nm[600];
-            snprintf(pre, sizeof pre, "model.layers.%d.%s.adapters.%s.", l, p ? "output_adapters" : "attention_adapters",
-                     name);
-            snprintf(nm, sizeof nm, "%sadapter_down.0.weight", pre);
-            if ((rc = adapter__expect(c, nm, 2, size, hidden, &s->dw))) goto fail;
-            snprintf(nm, sizeof nm, "%sadapter_down.0.bias", pre);
-            if ((rc = adapter__expect(c, nm, 1, size, 0, &s->db))) goto fail;
-            snprintf(nm, sizeof nm, "%sadapter_up.weight", pre);
-            if ((rc = adapter__expect(c, nm, 2, hidden, size, &s->uw))) goto fail;
-            snprintf(nm, sizeof nm, "%sadapter_up.bias", pre);
-            if ((rc = adapter__expect(c, nm, 1, hidden, 0, &s->ub))) goto fail;
-            if (scaling_str) {
-                snprintf(nm, sizeof nm, "%sscaling", pre);
-                if ((rc = adapter__expect(c, nm, 1, 1, 0, &s->sc))) goto fail;
-            }
-            if (!dtype_mask) st_dtype_to_kdtype(s->dw->dtype, &first);
-            dtype_mask |= (1 << s->dw->dtype) | (1 << s->uw->dtype);
-        }
-    }
-    /* one dtype for every down/up matrix (one SGMV dtype per adapter); f32 when mixed */
-    kdtype kd = (dtype_mask & (dtype_mask - 1)) == 0 ? first : KDT_F32;
-
-    /* pass 2: stage */
-    for (int l = 0; l < L; l++) {
-        for (int p = 0; p < 2; p++) {
-            bn_src *s = &src[l * 2 + p];
-            if (!s->dw) continue;
-            adapter_bottleneck *B = p ? &a->bn_ffn[l] : &a->bn_attn[l];
-            B->size = (int)s->dw->shape[0];
-            B->act = act;
-            B->scaling = (float)scaling;
-            B->residual_before_ln = rbl;
-            B->original_ln_before = olb;
-            B->original_ln_after = ola;
-            if (s->sc) {
-                float *sc = NULL;
-                if ((rc = adapter__to_f32(c, s->sc, &sc))) goto fail;
-                B->scaling = sc[0];
-                free(sc);
-                if (!(fabsf(B->scaling) <= (float)ADAPTER_MAX_SCALE)) {
-                    rc = adapter__fail(c, PEFTD_EINVAL, "%s: learned scaling '%s' is %g; its magnitude must be at "
-                                                        "most %g",
-                                       c->wname, s->sc->name, B->scaling, ADAPTER_MAX_SCALE);
-                    goto fail;
-                }
-            }
-            if ((rc = adapter__stage_mat(c, s->dw, kd, &B->down, NULL)) ||
-                (rc = adapter__stage_vec(c, s->db, &B->down_bias)) ||
-                (rc = adapter__stage_mat(c, s->uw, kd, &B->up, NULL)) || (rc = adapter__stage_vec(c, s->ub, &B->up_bias)))
-                goto fail;
-            adapter__note_rank(a, B->size);
-        }
-    }
 fail:
     free(skip);
     free(src);
