@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -237,6 +238,22 @@ def assert_error(st, obj, status, code=None):
     assert "code" in err, obj
     if code is not None:
         assert err["code"] == code, "expected code %r: %s" % (code, obj)
+
+
+# ---- test data ----
+
+def write_safetensors(path, tensors):
+    """tensors: {name: (shape, list of floats)} -> an F32 safetensors file."""
+    header, blobs, off = {}, [], 0
+    for name, (shape, vals) in sorted(tensors.items()):
+        b = struct.pack("<%df" % len(vals), *vals)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 # ---- the test registry ----

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import harness
-from harness import test
+from harness import test, write_safetensors
 
 FIX = os.path.join(harness.ROOT, "tests", "fixtures", "adapters")
 PEFTCTL = os.path.join(os.path.dirname(harness.BIN), "peftctl")
@@ -149,20 +149,6 @@ def expected_kind(fix):
     t = cfg.get("peft_type")
     return {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning",
             "PREFIX_TUNING": "prefix_tuning"}.get(t, "bottleneck" if t is None else None)
-
-
-def write_safetensors(path, tensors):
-    """tensors: {name: (shape, list of floats)} -> an F32 safetensors file."""
-    header, blobs, off = {}, [], 0
-    for name, (shape, vals) in sorted(tensors.items()):
-        b = struct.pack("<%df" % len(vals), *vals)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def lora_config(rank=1):

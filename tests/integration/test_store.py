@@ -20,27 +20,13 @@ import threading
 import time
 
 import harness
-from harness import test
+from harness import test, write_safetensors
 
 FIX = os.path.join(harness.ROOT, "tests", "fixtures", "adapters")
 TMP = tempfile.mkdtemp(prefix="peftd-store-test-")
 
 
 # ---- adapters and uploads ----
-
-def write_safetensors(path, tensors):
-    """tensors: {name: (shape, list of floats)} -> an F32 safetensors file."""
-    header, blobs, off = {}, [], 0
-    for name, (shape, vals) in sorted(tensors.items()):
-        b = struct.pack("<%df" % len(vals), *vals)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-
 
 def tiny_lora(path, seed, rank=1, layers=5, hidden=64):
     """A rank-1 PEFT LoRA on q_proj of stories260K (hidden 64, 5 layers), non-trivial B."""
