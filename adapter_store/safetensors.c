@@ -79,19 +79,26 @@ static void st_err(char *err, size_t errlen, const char *fmt, ...) {
 
 static bool st_is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+/* The index of the '"' that closes the JSON string opening at h[i] (a '"'), or len when
+ * the text ends first; a backslash escapes the byte after it. */
+static size_t st_string_end(const char *h, size_t len, size_t i) {
+    for (i++; i < len; i++) {
+        if (h[i] == '\\') i++;
+        else if (h[i] == '"') return i;
+    }
+    return len;
+}
+
 /* Rejects numbers written with a fraction or an exponent ("3.0", "1e3"): the text is
  * already known to be valid JSON, so outside strings a '-' or digit starts a number. */
 static int st_check_integers(const char *h, size_t len, const char *label, char *err,
                              size_t errlen) {
-    bool in_str = false;
     for (size_t i = 0; i < len; i++) {
         char c = h[i];
-        if (in_str) {
-            if (c == '\\') i++;
-            else if (c == '"') in_str = false;
+        if (c == '"') {
+            i = st_string_end(h, len, i);
             continue;
         }
-        if (c == '"') { in_str = true; continue; }
         if (c != '-' && (c < '0' || c > '9')) continue;
         size_t j = i;
         bool integral = true;
@@ -112,17 +119,10 @@ static int st_check_integers(const char *h, size_t len, const char *label, char 
 
 size_t st_json_value_bound(const char *h, size_t len) {
     size_t n = 1;
-    bool in_str = false;
     for (size_t i = 0; i < len; i++) {
         char c = h[i];
-        if (in_str) {
-            if (c == '\\') i++;
-            else if (c == '"') in_str = false;
-        } else if (c == '"') {
-            in_str = true;
-        } else if (c == ',' || c == '[' || c == '{') {
-            n++;
-        }
+        if (c == '"') i = st_string_end(h, len, i);
+        else if (c == ',' || c == '[' || c == '{') n++;
     }
     return n;
 }
