@@ -1,0 +1,95 @@
+/* server/runtime.c — brings up the resident base model (see runtime.h): backend choice,
+ * weights, tokenizer, engine; and takes it down in the reverse order. */
+#include "server/runtime.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels_cuda.h"
+#include "lib/log.h"
+
+void runtime_close(runtime *rt) {
+    engine_free(rt->e);
+    model_free(rt->m);
+    tokenizer_free(rt->tok);
+    kbackend_destroy(rt->kb);
+    memset(rt, 0, sizeof *rt);
+}
+
+/* The backend named by `backend` (already checked to be auto, cpu or cuda), or NULL with
+ * the reason on stderr. */
+static kbackend *open_backend(const char *backend, int threads, bool fast_prefill) {
+    kbackend *kb = NULL;
+#ifdef PEFTD_CUDA
+    char err[1024] = "";
+    if (!strcmp(backend, "cuda") || (!strcmp(backend, "auto") && kbackend_cuda_available())) {
+        kb = kbackend_cuda_create(0, err, sizeof err);
+        if (!kb) {
+            fprintf(stderr, "peftd: cannot create the CUDA backend: %s\n", err);
+            return NULL;
+        }
+        LOGI("backend: cuda");
+        return kb;
+    } else if (!strcmp(backend, "auto")) {
+        LOGI("backend: cpu (no CUDA device: running on the CPU backend)");
+    } else {
+        LOGI("backend: cpu (as configured)");
+    }
+#else
+    if (!strcmp(backend, "cuda")) {
+        fprintf(stderr, "peftd: backend \"cuda\" asked for, but this build has no CUDA backend\n");
+        return NULL;
+    }
+    LOGI("backend: cpu (this build has no CUDA backend)");
+#endif
+    kb = kbackend_cpu_create(threads);
+    if (!kb) {
+        fprintf(stderr, "peftd: cannot create the CPU backend\n");
+        return NULL;
+    }
+    kbackend_cpu_set_fast_prefill(kb, fast_prefill);
+    return kb;
+}
+
+int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
+                 const engine_config *ec) {
+    char err[1024] = "";
+    memset(rt, 0, sizeof *rt);
+    const char *env = getenv("PEFTD_BACKEND");
+    if (env && *env) backend = env;
+    if (!backend || !*backend) backend = "auto";
+    if (strcmp(backend, "auto") && strcmp(backend, "cpu") && strcmp(backend, "cuda")) {
+        fprintf(stderr, "peftd: backend must be auto, cpu or cuda, got '%s'\n", backend);
+        return -1;
+    }
+    if (!(rt->kb = open_backend(backend, threads, fast_prefill))) return -1;
+    int st = model_load(model_dir, rt->kb, &rt->m, err, sizeof err);
+    if (st < 0) {
+        fprintf(stderr, "peftd: cannot load model from %s: %s\n", model_dir, err);
+        goto fail;
+    }
+    st = tokenizer_load(model_dir, &rt->tok, err, sizeof err);
+    if (st < 0) {
+        fprintf(stderr, "peftd: cannot load tokenizer from %s: %s\n", model_dir, err);
+        goto fail;
+    }
+    if (tokenizer_vocab_size(rt->tok) > rt->m->cfg.vocab_size) {
+        fprintf(stderr, "peftd: tokenizer has %d tokens but the model only %d\n", tokenizer_vocab_size(rt->tok),
+                rt->m->cfg.vocab_size);
+        goto fail;
+    }
+    st = engine_create(ec, rt->m, rt->kb, rt->tok, &rt->e, err, sizeof err);
+    if (st < 0) {
+        fprintf(stderr, "peftd: cannot create the engine: %s\n", err);
+        goto fail;
+    }
+    if (engine_start(rt->e) < 0) {
+        fprintf(stderr, "peftd: cannot start the engine thread\n");
+        goto fail;
+    }
+    return 0;
+fail:
+    runtime_close(rt);
+    return -1;
+}
