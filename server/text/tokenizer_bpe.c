@@ -139,6 +139,49 @@ static int upper_hex_digit(char c) {
     return -1;
 }
 
+/* model.merges into bpe's merge table (ranks in list order); each part and the merged
+ * piece must be in the vocab. bpe->merges is freed by tokenizer__bpe_free, also on error. */
+static int read_merges(tok_bpe *bpe, const cJSON *merges, char *err, size_t errlen) {
+    const cJSON *it;
+    char *joined = NULL;
+    int rc = 0;
+    int n_merges = cJSON_GetArraySize(merges);
+    bpe->cap_merges = 16;
+    while (bpe->cap_merges < 2 * (size_t)n_merges + 2) bpe->cap_merges *= 2;
+    bpe->merges = malloc(bpe->cap_merges * sizeof(*bpe->merges));
+    if (!bpe->merges) { rc = PEFTD_ENOMEM; goto out; }
+    for (size_t i = 0; i < bpe->cap_merges; i++) bpe->merges[i].key = UINT64_MAX;
+    int32_t rank = 0;
+    cJSON_ArrayForEach(it, merges) {
+        const char *a, *b;
+        size_t al, bl;
+        if (merge_parts(it, &a, &al, &b, &bl)) {
+            tokenizer__errf(err, errlen, "tokenizer.json: model.merges[%d] is not \"a b\" or [\"a\", \"b\"]", rank);
+            rc = PEFTD_EFORMAT;
+            goto out;
+        }
+        char *nj = realloc(joined, al + bl + 1);
+        if (!nj) { rc = PEFTD_ENOMEM; goto out; }
+        joined = nj;
+        memcpy(joined, a, al);
+        memcpy(joined + al, b, bl);
+        int32_t ia = tokenizer__strmap_get(&bpe->vocab, a, al);
+        int32_t ib = tokenizer__strmap_get(&bpe->vocab, b, bl);
+        int32_t ij = tokenizer__strmap_get(&bpe->vocab, joined, al + bl);
+        if (ia < 0 || ib < 0 || ij < 0) {
+            tokenizer__errf(err, errlen, "tokenizer.json: model.merges[%d] ('%.*s' '%.*s') uses a token missing from the vocab",
+                            rank, (int)(al > 40 ? 40 : al), a, (int)(bl > 40 ? 40 : bl), b);
+            rc = PEFTD_EFORMAT;
+            goto out;
+        }
+        merge_put(bpe, ia, ib, rank, ij);
+        rank++;
+    }
+out:
+    free(joined);
+    return rc;
+}
+
 int tokenizer__bpe_parse(const cJSON *model, tok_bpe *bpe, char ***pieces_out,
                          uint32_t **piece_len_out, int32_t *n_out, char *err, size_t errlen) {
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
@@ -148,7 +191,6 @@ int tokenizer__bpe_parse(const cJSON *model, tok_bpe *bpe, char ***pieces_out,
     const cJSON *it;
     char **pieces = NULL;
     uint32_t *plen = NULL;
-    char *joined = NULL;
     int32_t n = 0;
     int rc = 0;
 
@@ -217,38 +259,7 @@ int tokenizer__bpe_parse(const cJSON *model, tok_bpe *bpe, char ***pieces_out,
         }
     }
 
-    int n_merges = cJSON_GetArraySize(merges);
-    bpe->cap_merges = 16;
-    while (bpe->cap_merges < 2 * (size_t)n_merges + 2) bpe->cap_merges *= 2;
-    bpe->merges = malloc(bpe->cap_merges * sizeof(*bpe->merges));
-    if (!bpe->merges) { rc = PEFTD_ENOMEM; goto fail; }
-    for (size_t i = 0; i < bpe->cap_merges; i++) bpe->merges[i].key = UINT64_MAX;
-    int32_t rank = 0;
-    cJSON_ArrayForEach(it, merges) {
-        const char *a, *b;
-        size_t al, bl;
-        if (merge_parts(it, &a, &al, &b, &bl)) {
-            tokenizer__errf(err, errlen, "tokenizer.json: model.merges[%d] is not \"a b\" or [\"a\", \"b\"]", rank);
-            rc = PEFTD_EFORMAT;
-            goto fail;
-        }
-        char *nj = realloc(joined, al + bl + 1);
-        if (!nj) { rc = PEFTD_ENOMEM; goto fail; }
-        joined = nj;
-        memcpy(joined, a, al);
-        memcpy(joined + al, b, bl);
-        int32_t ia = tokenizer__strmap_get(&bpe->vocab, a, al);
-        int32_t ib = tokenizer__strmap_get(&bpe->vocab, b, bl);
-        int32_t ij = tokenizer__strmap_get(&bpe->vocab, joined, al + bl);
-        if (ia < 0 || ib < 0 || ij < 0) {
-            tokenizer__errf(err, errlen, "tokenizer.json: model.merges[%d] ('%.*s' '%.*s') uses a token missing from the vocab",
-                            rank, (int)(al > 40 ? 40 : al), a, (int)(bl > 40 ? 40 : bl), b);
-            rc = PEFTD_EFORMAT;
-            goto fail;
-        }
-        merge_put(bpe, ia, ib, rank, ij);
-        rank++;
-    }
+    if ((rc = read_merges(bpe, merges, err, errlen))) goto fail;
     if (cJSON_IsString(unk)) {
         bpe->unk_id = tokenizer__strmap_get(&bpe->vocab, unk->valuestring, strlen(unk->valuestring));
         if (bpe->unk_id < 0) {
@@ -257,13 +268,11 @@ int tokenizer__bpe_parse(const cJSON *model, tok_bpe *bpe, char ***pieces_out,
             goto fail;
         }
     }
-    free(joined);
     *pieces_out = pieces;
     *piece_len_out = plen;
     *n_out = n;
     return 0;
 fail:
-    free(joined);
     if (pieces)
         for (int32_t i = 0; i < n; i++) free(pieces[i]);
     free(pieces);
