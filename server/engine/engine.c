@@ -5,7 +5,9 @@
  *
  * Threads: callers touch only the submission queue (qmu) and request objects; everything
  * else (sequences, KV blocks, the llama_ctx, the backend, the adapter tiers) belongs to
- * the engine thread. The step lives in scheduler.c, sequences in sequence.c.
+ * the engine thread. Admission lives in scheduler.c, the step in step.c, sequences in
+ * sequence.c; they call nothing here (the adapter-ready wake-up reaches them as
+ * e->adapter_ready).
  */
 #include "server/engine/engine.h"
 
@@ -86,7 +88,8 @@ static void on_idle(uv_idle_t *h) {
     }
 }
 
-void engine__on_adapter_ready(void *ud) {
+/* tiers_fetch's completion callback (e->adapter_ready), on the engine thread. */
+static void on_adapter_ready(void *ud) {
     engine *e = ud;
     ensure_idle(e); /* the next step retries admission */
 }
@@ -114,6 +117,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     engine *e = calloc(1, sizeof *e);
     if (!e) return PEFTD_ENOMEM;
     e->cfg = *cfg;
+    e->adapter_ready = on_adapter_ready;
     e->m = m;
     e->kb = kb;
     e->tok = tok;

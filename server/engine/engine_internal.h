@@ -119,6 +119,7 @@ struct engine {
     uint64_t n_admitted;
     kv_blocks kv;
     tiers *tiers;             /* adapter slot pool (NULL without a store) */
+    void (*adapter_ready)(void *e); /* engine.c's wake-up when a fetch ends (tiers_fetch callback) */
     vtc *vtc;                 /* per-tenant fairness counters */
     adapter_base abase;
     prefix_entry **prefixes;  /* [max_seqs]: at most one per running sequence; each entry is
@@ -157,8 +158,5 @@ void engine__admit(engine *e);
 /* step.c: one step (drain, reap, admit, then plan, reserve with preemption, build, run,
  * retire) over the running sequences; false when there was nothing to run (engine thread) */
 bool engine__step(engine *e);
-
-/* engine.c */
-void engine__on_adapter_ready(void *ud);
 
 #endif

@@ -102,7 +102,7 @@ static adapter *resolve_adapter(engine *e, engine_request *r, bool *wait, bool *
             goto fail;
         }
     }
-    int st = tiers_fetch(e->tiers, sha, engine__on_adapter_ready, e);
+    int st = tiers_fetch(e->tiers, sha, e->adapter_ready, e);
     if (st < 0 && st != PEFTD_EBUSY) { /* EBUSY: every slot pinned, retried as sequences end */
         snprintf(msg, sizeof msg, "adapter %s could not be loaded: %s", r->params.handle->meta.name,
                  peftd_strerror(st));

@@ -1,6 +1,6 @@
-/* server/text/chat_template_internal.h — what chat_template.c (lexer, parser) and
- * chat_template_eval.c (values, rendering) share: the arena, the AST and the values.
- * Internal to server/model/.
+/* server/text/chat_template_internal.h — what the parser's files (chat_template_parse.h)
+ * and the renderer's (chat_template_render.h) share: the arena (chat_template_arena.c),
+ * the AST and the values. Internal to server/text/.
  */
 #ifndef PEFTD_CHAT_TEMPLATE_INTERNAL_H
 #define PEFTD_CHAT_TEMPLATE_INTERNAL_H
