@@ -263,10 +263,9 @@ int api_chat_parse(const api_server *s, const tenants_principal *who, const char
     }
     r->chat = true;
     r->chat_logprobs = top >= 0;
-    if (!has_max) {
-        int n_virtual = r->adapter ? r->adapter->meta.n_virtual : 0;
-        long long room = (long long)engine_context_length(s->e) - (long long)r->prompts[0].n_ids - n_virtual;
-        r->gen.max_tokens = room > 1 ? (int)room : 1;
+    if (!has_max && (rc = api_parse_fit(s, r, 0, err))) { /* as many as fit */
+        api_request_free(r);
+        goto out_parsed;
     }
     goto out_parsed;
 out:

@@ -63,6 +63,11 @@ const struct cJSON *api_field(const struct cJSON *root, const char *name);
 int api_request_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
                       api_request *out, api_err *err);
 
+/* The context rule (engine_max_new_tokens) for every prompt of r: sets gen.max_tokens to
+ * max_tokens, or to as many as fit when it is 0; a prompt that does not fit is the table's
+ * PEFTD_ERANGE answer with a message naming the numbers. */
+int api_parse_fit(const api_server *s, api_request *r, long long max_tokens, api_err *err);
+
 /* One engine request's state. The pend_* fields and the finish fields are written by the
  * engine thread's notify under the job's mutex; the rest belongs to the HTTP side. */
 typedef struct api_choice {

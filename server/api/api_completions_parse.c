@@ -281,6 +281,22 @@ static int api_parse_options(const cJSON *root, api_request *r, long long *max_t
     return api_parse_stop(root, r, err);
 }
 
+int api_parse_fit(const api_server *s, api_request *r, long long max_tokens, api_err *err) {
+    /* prompt/prefix tuning's virtual tokens take context positions too */
+    int n_virtual = r->adapter ? r->adapter->meta.n_virtual : 0;
+    for (int i = 0; i < r->n_prompts; i++) {
+        int rc = engine_max_new_tokens(s->e, (long long)r->prompts[i].n_ids, n_virtual, max_tokens, &r->gen.max_tokens,
+                                       err->message, sizeof err->message);
+        if (rc == PEFTD_ERANGE) {
+            const api_status_map *m = api_status_http(rc);
+            err->status = m->http;
+            err->code = m->code;
+        }
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int api_request_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
                       api_request *r, api_err *err) {
     memset(r, 0, sizeof *r);
@@ -328,21 +344,7 @@ int api_request_parse(const api_server *s, const tenants_principal *who, const c
     if ((rc = api_parse_model(s, who, root, r, err))) goto fail;
     if ((rc = api_parse_prompt(s, root, r, err))) goto fail;
 
-    int ctx = engine_context_length(s->e);
-    /* prompt/prefix tuning's virtual tokens take context positions too */
-    int n_virtual = r->adapter ? r->adapter->meta.n_virtual : 0;
-    for (int i = 0; i < r->n_prompts; i++) {
-        long long total = (long long)r->prompts[i].n_ids + n_virtual + max_tokens;
-        if (total > ctx) {
-            rc = api_fail(err, "context_length_exceeded",
-                          "This model's maximum context length is %d tokens. However, you "
-                          "requested %lld tokens (%zu in the prompt, %lld in the completion). "
-                          "Please reduce the length of the prompt or max_tokens.",
-                          ctx, total, r->prompts[i].n_ids, max_tokens);
-            goto fail;
-        }
-    }
-    r->gen.max_tokens = (int)max_tokens;
+    if ((rc = api_parse_fit(s, r, max_tokens, err))) goto fail;
     cJSON_Delete(root);
     return 0;
 fail:

@@ -212,6 +212,24 @@ int engine_start(engine *e) {
     return 0;
 }
 
+int engine_max_new_tokens(const engine *e, long long n_prompt, int n_virtual, long long requested, int *out,
+                          char *msg, size_t msglen) {
+    if (n_prompt < 1 || n_virtual < 0 || requested < 0) return PEFTD_EINVAL;
+    long long room = (long long)e->ctx_len - n_virtual - n_prompt; /* new tokens that fit */
+    long long want = requested ? requested : 1;
+    if (want > room) {
+        if (msg && msglen)
+            snprintf(msg, msglen,
+                     "This model's maximum context length is %d tokens. However, you requested %lld tokens "
+                     "(%lld in the prompt, %lld in the completion). Please reduce the length of the prompt or "
+                     "max_tokens.",
+                     e->ctx_len, n_virtual + n_prompt + want, n_prompt, want);
+        return PEFTD_ERANGE;
+    }
+    *out = (int)(requested ? requested : room);
+    return 0;
+}
+
 int engine_submit(engine *e, engine_request *r) {
     if (r->n_prompt < 1 || r->params.max_tokens < 1) return PEFTD_EINVAL;
     const adapter *ad = r->params.adapter;
@@ -219,7 +237,9 @@ int engine_submit(engine *e, engine_request *r) {
     if (r->params.handle && !e->tiers) return PEFTD_EINVAL;
     /* virtual tokens (prompt/prefix tuning) take positions of the context too */
     int nv = r->params.handle ? r->params.handle->meta.n_virtual : engine__n_virtual_of(ad);
-    if ((int64_t)nv + r->n_prompt + r->params.max_tokens > e->ctx_len) return PEFTD_ERANGE;
+    int n_new;
+    int rc = engine_max_new_tokens(e, r->n_prompt, nv, r->params.max_tokens, &n_new, NULL, 0);
+    if (rc) return rc;
     pthread_mutex_lock(&e->qmu);
     if (!e->accepting) {
         pthread_mutex_unlock(&e->qmu);

@@ -140,6 +140,14 @@ void engine_cancel(engine *e, engine_request *r);
 /* Context length (max_position_embeddings) and the model's served id. */
 int engine_context_length(const engine *e);
 
+/* The one context rule (the HTTP routes and engine_submit use it): n_virtual (prompt /
+ * prefix tuning) + n_prompt + the new tokens must fit the context length. requested >= 1
+ * asks for that many new tokens; requested == 0 asks for as many as fit (at least 1).
+ * Returns 0 with *out = the new tokens; PEFTD_EINVAL for an empty prompt or requested < 0;
+ * PEFTD_ERANGE when they do not fit, with msg (may be NULL) naming the numbers. */
+int engine_max_new_tokens(const engine *e, long long n_prompt, int n_virtual, long long requested, int *out,
+                          char *msg, size_t msglen);
+
 /* The engine's adapter tiers (NULL without a store); tiers_offer_blob / tiers_forget /
  * tiers_get_stats may be called from any thread. */
 struct tiers *engine_tiers(engine *e);
