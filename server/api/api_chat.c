@@ -1,27 +1,24 @@
 /* server/api/api_chat.c — POST /v1/chat/completions on the completions machinery.
  *
- * A chat request is a completions request whose prompt is the model's chat template
+ * A chat request is a completions request whose one prompt is the model's chat template
  * applied to `messages` (server/text/chat_template.h, add_generation_prompt on), tokenized
  * as HF's apply_chat_template(tokenize=True) does: no BOS added by the tokenizer (the
- * template writes it). The chat fields are validated here, then the body is rewritten into
- * the equivalent completions body (prompt = those token ids, logprobs = top_logprobs,
- * max_tokens) and handed to api_request_parse(), so model/adapter selection, tenant scoping
- * and quotas, sampling options, stop strings and the context check are exactly the
- * completions endpoint's. The job, the engine requests, streaming and cancellation are
- * api_completions.c's; only the response shapes differ (chat.completion and
- * chat.completion.chunk: delta.role first, then delta.content, then finish_reason), and
- * api_completions_format.c hands those to the api_chat_format_* functions below when
+ * template writes it). The messages are validated here; everything else goes through the
+ * steps /v1/completions takes (api_completions.h): api_parse_begin, api_parse_common (model
+ * and adapter selection, sampling options, stop strings, n, stream, logprobs in chat's
+ * shape, max_completion_tokens) and the context rule api_parse_fit, so the same field
+ * answers the same on both routes. The job, the engine requests, streaming and
+ * cancellation are api_completions.c's; only the response shapes differ (chat.completion
+ * and chat.completion.chunk: delta.role first, then delta.content, then finish_reason),
+ * and api_completions_format.c hands those to the api_chat_format_* functions below when
  * req.chat is set.
  */
-#include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cJSON.h>
 
-#include "adapter_store/json_check.h"
 #include "lib/log.h"
 #include "lib/status.h"
 #include "server/api/api_completions.h"
@@ -125,163 +122,51 @@ static int chat_parse_messages(const cJSON *root, chat_msgs *out, api_err *err) 
     return 0;
 }
 
-/* Chat's logprobs (a boolean) + top_logprobs become completions' logprobs = k. */
-static int chat_parse_logprobs(const cJSON *root, int *k, api_err *err) {
-    const cJSON *lp = api_field(root, "logprobs"), *top = api_field(root, "top_logprobs");
-    *k = -1;
-    if (lp && !cJSON_IsBool(lp)) return api_fail(err, "invalid_type", "'logprobs' must be a boolean on /v1/chat/completions");
-    bool on = lp && cJSON_IsTrue(lp);
-    if (top) {
-        long long v = 0;
-        int rc = api_get_int(root, "top_logprobs", 0, ENGINE_MAX_LOGPROBS, &v, err);
-        if (rc) return rc;
-        if (!on) return api_fail(err, "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
-        *k = (int)v;
-    } else if (on) {
-        *k = 0;
-    }
-    return 0;
-}
-
-int api_chat_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len, api_request *r,
-                   api_err *err) {
-    memset(r, 0, sizeof *r);
-    err->status = MHD_HTTP_BAD_REQUEST;
-    err->code = NULL;
-    err->message[0] = '\0';
-    if (!body || len == 0) return api_fail(err, "invalid_json", "the request body is empty");
-    if (!http_utf8_valid(body, len)) return api_fail(err, "invalid_json", "the request body is not valid UTF-8");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
-    chat_msgs msgs = {0};
-    char *text = NULL, *json = NULL;
-    int32_t *ids = NULL;
-    size_t n_ids = 0, text_len = 0;
-    cJSON *mct = NULL;     /* a copy of max_completion_tokens, moved into root as max_tokens */
-    bool mct_added = false;
-    int rc;
-    while (root && end && end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
-    if (root && json_duplicate_key(root)) {
-        rc = api_fail(err, "invalid_json", "the key \"%.64s\" appears twice in one object: say it once",
-                      json_duplicate_key(root));
-        cJSON_Delete(root);
-        return rc;
-    }
-    if (!root || !cJSON_IsObject(root) || end != body + len) {
-        /* api_request_parse words JSON errors precisely (byte offsets, trailing data) */
-        cJSON_Delete(root);
-        return api_request_parse(s, who, body, len, r, err);
-    }
-    if (!s->chat) {
-        rc = api_fail(err, "chat_template_missing",
-                       "The model '%s' has no chat template (no 'chat_template' in its tokenizer_config.json and none "
-                       "configured with the \"chat_template\" setting): use /v1/completions with a plain prompt%s%s",
-                       s->m->name, s->chat_error[0] ? "; " : "", s->chat_error);
-        goto out;
-    }
-    if ((rc = chat_parse_messages(root, &msgs, err))) goto out;
-    int top = -1;
-    if ((rc = chat_parse_logprobs(root, &top, err))) goto out;
-    const cJSON *mct_in = api_field(root, "max_completion_tokens");
-    bool has_max = mct_in || api_field(root, "max_tokens");
-    mct = mct_in ? cJSON_Duplicate(mct_in, true) : NULL; /* the original goes with the chat fields */
-    if (mct_in && !mct) {
-        rc = PEFTD_ENOMEM;
-        goto out;
-    }
-
+/* The conversation as the prompt: the chat template applied to the messages
+ * (add_generation_prompt on unless the body says otherwise: vLLM's extension), tokenized
+ * without an added BOS (the template writes it). */
+static int chat_prompt(const api_server *s, const cJSON *root, const chat_msgs *msgs, api_prompt *p, api_err *err) {
     char bos[128] = "", eos[128] = "";
     int32_t bid = tokenizer_bos_id(s->tok), eid = tokenizer_eos_id(s->tok);
     if (bid >= 0 && tokenizer_piece(s->tok, bid)) snprintf(bos, sizeof bos, "%s", tokenizer_piece(s->tok, bid));
     if (eid >= 0 && tokenizer_piece(s->tok, eid)) snprintf(eos, sizeof eos, "%s", tokenizer_piece(s->tok, eid));
     chat_render_opts o = {.add_generation_prompt = true, .bos_token = bid >= 0 ? bos : NULL, .eos_token = eid >= 0 ? eos : NULL};
-    const cJSON *agp = api_field(root, "add_generation_prompt"); /* vLLM's extension */
+    const cJSON *agp = api_field(root, "add_generation_prompt");
     if (agp) {
-        if (!cJSON_IsBool(agp)) {
-            rc = api_fail(err, "invalid_type", "'add_generation_prompt' must be a boolean");
-            goto out;
-        }
+        if (!cJSON_IsBool(agp)) return api_fail(err, "invalid_type", "'add_generation_prompt' must be a boolean");
         o.add_generation_prompt = cJSON_IsTrue(agp);
     }
     char terr[400] = "";
-    rc = chat_template_render(s->chat, msgs.msgs, msgs.n, &o, &text, &text_len, terr, sizeof terr);
-    if (rc == PEFTD_ENOMEM) goto out;
-    if (rc) {
-        rc = api_fail(err, "invalid_messages", "the model's chat template rejected the messages: %s", terr);
-        goto out;
-    }
-    if ((rc = tokenizer_encode(s->tok, text, text_len, false, &ids, &n_ids))) {
-        rc = api_fail(err, "invalid_value", "cannot tokenize the rendered conversation: %s", peftd_strerror(rc));
-        goto out;
-    }
-    if (n_ids == 0) {
-        rc = api_fail(err, "invalid_value", "the messages render to an empty prompt");
-        goto out;
-    }
+    int rc = chat_template_render(s->chat, msgs->msgs, msgs->n, &o, &p->text, &p->text_len, terr, sizeof terr);
+    if (rc == PEFTD_ENOMEM) return rc;
+    if (rc) return api_fail(err, "invalid_messages", "the model's chat template rejected the messages: %s", terr);
+    if ((rc = tokenizer_encode(s->tok, p->text, p->text_len, false, &p->ids, &p->n_ids)))
+        return api_fail(err, "invalid_value", "cannot tokenize the rendered conversation: %s", peftd_strerror(rc));
+    if (p->n_ids == 0) return api_fail(err, "invalid_value", "the messages render to an empty prompt");
+    return 0;
+}
 
-    /* the equivalent completions body */
-    static const char *const drop[] = {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "prompt", "echo",
-                                       "add_generation_prompt"};
-    for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++) cJSON_DeleteItemFromObjectCaseSensitive(root, drop[i]);
-    cJSON *arr = cJSON_AddArrayToObject(root, "prompt");
-    bool ok = arr != NULL;
-    for (size_t i = 0; ok && i < n_ids; i++) {
-        cJSON *num = cJSON_CreateNumber(ids[i]);
-        ok = num && cJSON_AddItemToArray(arr, num);
+int api_chat_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len, api_request *r,
+                   api_err *err) {
+    cJSON *root;
+    chat_msgs msgs = {0};
+    long long max_tokens = 0;
+    int rc = api_parse_begin(who, body, len, r, &root, err);
+    if (!rc && !s->chat)
+        rc = api_fail(err, "chat_template_missing",
+                      "The model '%s' has no chat template (no 'chat_template' in its tokenizer_config.json and none "
+                      "configured with the \"chat_template\" setting): use /v1/completions with a plain prompt%s%s",
+                      s->m->name, s->chat_error[0] ? "; " : "", s->chat_error);
+    if (!rc) rc = chat_parse_messages(root, &msgs, err);
+    if (!rc) rc = api_parse_common(s, who, root, true, r, &max_tokens, err);
+    if (!rc) {
+        r->chat = true;
+        r->n_prompts = 1;
+        rc = chat_prompt(s, root, &msgs, &r->prompts[0], err);
     }
-    if (ok && top >= 0) ok = cJSON_AddNumberToObject(root, "logprobs", top) != NULL;
-    if (ok && mct) {
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "max_tokens");
-        ok = cJSON_AddItemToObject(root, "max_tokens", mct);
-        mct_added = ok;
-    }
-    /* no limit given: OpenAI generates up to the context; ask for 1 here (so that the
-     * context check passes whenever the prompt fits) and widen it below */
-    if (ok && !has_max) ok = cJSON_AddNumberToObject(root, "max_tokens", 1) != NULL;
-    json = ok ? cJSON_PrintUnformatted(root) : NULL;
-    if (!json) {
-        rc = PEFTD_ENOMEM;
-        goto out;
-    }
-    rc = api_request_parse(s, who, json, strlen(json), r, err);
-    if (rc) {
-        /* completions' wording for the two fields chat renames */
-        char *p = mct ? strstr(err->message, "'max_tokens'") : NULL;
-        if (p) {
-            char tmp[sizeof err->message];
-            size_t head = (size_t)(p - err->message);
-            const char *tail = p + strlen("'max_tokens'");
-            static const char nm[] = "'max_completion_tokens'";
-            size_t k = 0;
-            for (size_t i = 0; i < head && k + 1 < sizeof tmp; i++) tmp[k++] = err->message[i];
-            for (size_t i = 0; nm[i] && k + 1 < sizeof tmp; i++) tmp[k++] = nm[i];
-            for (size_t i = 0; tail[i] && k + 1 < sizeof tmp; i++) tmp[k++] = tail[i];
-            tmp[k] = 0;
-            memcpy(err->message, tmp, k + 1);
-        }
-        goto out_parsed;
-    }
-    r->chat = true;
-    r->chat_logprobs = top >= 0;
-    if (!has_max && (rc = api_parse_fit(s, r, 0, err))) { /* as many as fit */
-        api_request_free(r);
-        goto out_parsed;
-    }
-    goto out_parsed;
-out:
-    if (rc == PEFTD_ENOMEM) {
-        err->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
-        err->code = NULL;
-        snprintf(err->message, sizeof err->message, "out of memory");
-    }
-out_parsed:
-    cJSON_Delete(root);
-    if (!mct_added) cJSON_Delete(mct);
+    if (!rc) rc = api_parse_fit(s, r, max_tokens, err);
     chat_msgs_free(&msgs);
-    free(text);
-    free(ids);
-    cJSON_free(json);
-    return rc;
+    return api_parse_end(rc, root, r, err);
 }
 
 void api_chat_job_init(api_job *job) {

@@ -57,6 +57,20 @@ int api_get_int(const struct cJSON *root, const char *name, long long lo, long l
 /* root[name], or NULL when absent or JSON null (OpenAI treats null as "not given"). */
 const struct cJSON *api_field(const struct cJSON *root, const char *name);
 
+/* The steps both routes take (api_completions_parse.c):
+ * begin: clears r (engine defaults, who's tenant and weight) and err, then parses body
+ *   into *root: valid UTF-8 JSON, one object, no duplicate key, nothing after it.
+ * common: reads the options both routes share from root into r (sampling, seed, stop, n,
+ *   stream, stream_options, user, ignore_eos, logprobs in the route's shape, echo on
+ *   completions only) and the model / adapter (one registry reference); *max_tokens gets
+ *   the new tokens asked for (chat: max_completion_tokens or max_tokens, 0 = as many as fit).
+ * end: maps PEFTD_ENOMEM to a 500, deletes root, frees r on failure; returns rc. */
+int api_parse_begin(const tenants_principal *who, const char *body, size_t len, api_request *r,
+                    struct cJSON **root, api_err *err);
+int api_parse_common(const api_server *s, const tenants_principal *who, const struct cJSON *root, bool chat,
+                     api_request *r, long long *max_tokens, api_err *err);
+int api_parse_end(int rc, struct cJSON *root, api_request *r, api_err *err);
+
 /* Parses and validates a JSON body, tokenizes the prompts. who (NULL = anonymous) scopes
  * the adapter lookup (its own, then public: http_auth.h) and fills gen.tenant /
  * gen.tenant_weight. On failure fills err and returns a negative status. */
@@ -142,8 +156,9 @@ int api_format_stream_end(api_job *job, http_buf *out);
 int api_format_stream_error(const char *message, http_buf *out);
 
 /* ---- api_chat.c: POST /v1/chat/completions on this machinery ---- */
-/* Validates the chat fields, applies the model's chat template, then api_request_parse()s
- * the equivalent completions body; sets req.chat. Same contract as api_request_parse. */
+/* Validates the messages, reads the shared options (api_parse_common), applies the model's
+ * chat template and tokenizes it into the one prompt; sets req.chat. Same contract as
+ * api_request_parse. */
 int api_chat_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
                    api_request *out, api_err *err);
 void api_chat_job_init(api_job *job); /* "chatcmpl-" ids */

@@ -1,7 +1,10 @@
-/* server/api/api_completions_parse.c — the body of POST /v1/completions: JSON parsing,
- * validation of every OpenAI field we honour (wrong types name the field), tokenization
- * of the prompts and the context-length check. Unknown fields are ignored, as OpenAI and
- * vLLM do; JSON null means "not given".
+/* server/api/api_completions_parse.c — request bodies of POST /v1/completions and
+ * POST /v1/chat/completions: the JSON parse (api_parse_begin), the one reader of the
+ * options both routes share into the engine's request (api_parse_common, vLLM's
+ * to_sampling_params: sampling, stop, n, max_tokens, stream, logprobs in each route's
+ * shape, the model/adapter), the prompts of /v1/completions and the context rule
+ * (api_parse_fit: engine_max_new_tokens). Errors name the field the client sent; unknown
+ * fields are ignored, as OpenAI and vLLM do; JSON null means "not given".
  */
 #include <math.h>
 #include <stdarg.h>
@@ -228,7 +231,44 @@ static int api_parse_model(const api_server *s, const tenants_principal *who, co
     return 0;
 }
 
-static int api_parse_options(const cJSON *root, api_request *r, long long *max_tokens, api_err *err) {
+/* logprobs in the route's shape: completions' integer k; chat's boolean plus top_logprobs k. */
+static int api_parse_logprobs(const cJSON *root, bool chat, api_request *r, api_err *err) {
+    long long v = -1;
+    int rc;
+    const cJSON *lp = api_field(root, "logprobs");
+    if (!chat) {
+        if (lp && cJSON_IsBool(lp))
+            return api_fail(err, "invalid_type",
+                            "'logprobs' must be an integer (0..%d) on /v1/completions", ENGINE_MAX_LOGPROBS);
+        if ((rc = api_get_int(root, "logprobs", 0, ENGINE_MAX_LOGPROBS, &v, err))) return rc;
+        r->gen.logprobs = (int)v;
+        return 0;
+    }
+    if (lp && !cJSON_IsBool(lp))
+        return api_fail(err, "invalid_type", "'logprobs' must be a boolean on /v1/chat/completions");
+    bool on = lp && cJSON_IsTrue(lp);
+    if (api_field(root, "top_logprobs")) {
+        v = 0;
+        if ((rc = api_get_int(root, "top_logprobs", 0, ENGINE_MAX_LOGPROBS, &v, err))) return rc;
+        if (!on) return api_fail(err, "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
+    } else if (on) {
+        v = 0;
+    }
+    r->gen.logprobs = (int)v;
+    r->chat_logprobs = v >= 0;
+    return 0;
+}
+
+/* The new tokens asked for: completions' max_tokens (default 16); chat's
+ * max_completion_tokens, or max_tokens (its older name), or 0 = as many as fit (OpenAI
+ * generates up to the context when no limit is given). Errors name the field sent. */
+static int api_parse_max_tokens(const cJSON *root, bool chat, long long *out, api_err *err) {
+    const char *name = chat && api_field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    *out = chat ? 0 : API_DEFAULT_MAX_TOKENS;
+    return api_get_int(root, name, 1, 1LL << 40, out, err);
+}
+
+static int api_parse_options(const cJSON *root, bool chat, api_request *r, long long *max_tokens, api_err *err) {
     int rc;
     long long v;
     /* A JSON number reaches us as a double: integers beyond 2^53 are not exact there (2^60
@@ -251,21 +291,14 @@ static int api_parse_options(const cJSON *root, api_request *r, long long *max_t
         r->gen.seed = (uint64_t)sv;
         r->gen.has_seed = true;
     }
-    v = -1;
-    const cJSON *lp = api_field(root, "logprobs");
-    if (lp && cJSON_IsBool(lp))
-        return api_fail(err, "invalid_type",
-                        "'logprobs' must be an integer (0..%d) on /v1/completions", ENGINE_MAX_LOGPROBS);
-    if ((rc = api_get_int(root, "logprobs", 0, ENGINE_MAX_LOGPROBS, &v, err))) return rc;
-    r->gen.logprobs = (int)v;
-
+    if ((rc = api_parse_logprobs(root, chat, r, err))) return rc;
     v = 1;
     if ((rc = api_get_int(root, "n", 1, API_MAX_N, &v, err))) return rc;
     r->n = (int)v;
-    if ((rc = api_get_int(root, "max_tokens", 1, 1LL << 40, max_tokens, err))) return rc;
+    if ((rc = api_parse_max_tokens(root, chat, max_tokens, err))) return rc;
 
     if ((rc = api_get_bool(root, "stream", &r->stream, err)) ||
-        (rc = api_get_bool(root, "echo", &r->echo, err)) ||
+        (!chat && (rc = api_get_bool(root, "echo", &r->echo, err))) || /* chat has no echo */
         (rc = api_get_bool(root, "ignore_eos", &r->gen.ignore_eos, err)))
         return rc;
     const cJSON *so = api_field(root, "stream_options");
@@ -279,6 +312,12 @@ static int api_parse_options(const cJSON *root, api_request *r, long long *max_t
     const cJSON *user = api_field(root, "user");
     if (user && !cJSON_IsString(user)) return api_fail(err, "invalid_type", "'user' must be a string");
     return api_parse_stop(root, r, err);
+}
+
+int api_parse_common(const api_server *s, const tenants_principal *who, const cJSON *root, bool chat,
+                     api_request *r, long long *max_tokens, api_err *err) {
+    int rc = api_parse_options(root, chat, r, max_tokens, err);
+    return rc ? rc : api_parse_model(s, who, root, r, err);
 }
 
 int api_parse_fit(const api_server *s, api_request *r, long long max_tokens, api_err *err) {
@@ -297,9 +336,10 @@ int api_parse_fit(const api_server *s, api_request *r, long long max_tokens, api
     return 0;
 }
 
-int api_request_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
-                      api_request *r, api_err *err) {
+int api_parse_begin(const tenants_principal *who, const char *body, size_t len, api_request *r, cJSON **root,
+                    api_err *err) {
     memset(r, 0, sizeof *r);
+    *root = NULL;
     gen_params_default(&r->gen);
     /* the engine's fair scheduler groups by tenant: "" is the anonymous/admin tenant */
     if (who) {
@@ -316,46 +356,46 @@ int api_request_parse(const api_server *s, const tenants_principal *who, const c
     if (!http_utf8_valid(body, len))
         return api_fail(err, "invalid_json", "the request body is not valid UTF-8");
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
-    int rc;
-    if (!root) {
-        rc = api_fail(err, "invalid_json", "the request body is not valid JSON (near byte %td)",
-                      end ? end - body : (ptrdiff_t)0);
-        goto fail;
-    }
+    cJSON *o = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    int rc = 0;
+    if (!o)
+        return api_fail(err, "invalid_json", "the request body is not valid JSON (near byte %td)",
+                        end ? end - body : (ptrdiff_t)0);
     while (end && end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
         end++;
-    if (end == body + len && json_duplicate_key(root)) {
+    if (end == body + len && json_duplicate_key(o))
         rc = api_fail(err, "invalid_json", "the key \"%.64s\" appears twice in one object: say it once",
-                      json_duplicate_key(root));
-        goto fail;
-    }
-    if (end != body + len) {
+                      json_duplicate_key(o));
+    else if (end != body + len)
         rc = api_fail(err, "invalid_json", "unexpected data after the JSON object (byte %td)",
                       end ? end - body : (ptrdiff_t)0);
-        goto fail;
-    }
-    if (!cJSON_IsObject(root)) {
+    else if (!cJSON_IsObject(o))
         rc = api_fail(err, "invalid_json", "the request body must be a JSON object");
-        goto fail;
-    }
-    long long max_tokens = API_DEFAULT_MAX_TOKENS;
-    if ((rc = api_parse_options(root, r, &max_tokens, err))) goto fail;
-    if ((rc = api_parse_model(s, who, root, r, err))) goto fail;
-    if ((rc = api_parse_prompt(s, root, r, err))) goto fail;
+    if (rc) cJSON_Delete(o);
+    else *root = o;
+    return rc;
+}
 
-    if ((rc = api_parse_fit(s, r, max_tokens, err))) goto fail;
-    cJSON_Delete(root);
-    return 0;
-fail:
+int api_parse_end(int rc, cJSON *root, api_request *r, api_err *err) {
     if (rc == PEFTD_ENOMEM) {
         err->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         err->code = NULL;
         snprintf(err->message, sizeof err->message, "out of memory");
     }
     cJSON_Delete(root);
-    api_request_free(r);
+    if (rc) api_request_free(r);
     return rc;
+}
+
+int api_request_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
+                      api_request *r, api_err *err) {
+    cJSON *root;
+    long long max_tokens = 0;
+    int rc = api_parse_begin(who, body, len, r, &root, err);
+    if (!rc) rc = api_parse_common(s, who, root, false, r, &max_tokens, err);
+    if (!rc) rc = api_parse_prompt(s, root, r, err);
+    if (!rc) rc = api_parse_fit(s, r, max_tokens, err);
+    return api_parse_end(rc, root, r, err);
 }
 
 void api_request_free(api_request *r) {
