@@ -1,0 +1,91 @@
+/* bench/bench_prof.h — bench_adapters' per-op timer: wraps every op of a backend's
+ * function table with a clock (the CPU ops are synchronous; two clock_gettime per op,
+ * ~500 ops per decode step: < 0.1% of a step) and adds the time to one category per op.
+ * Header-only with file-scope state: include it from one .c file (bench_adapters.c).
+ * Threads: the ops run on the engine thread; see g_prof for who reads what when.
+ */
+#ifndef PEFTD_BENCH_PROF_H
+#define PEFTD_BENCH_PROF_H
+
+#include <stdint.h>
+
+#include "bench/bench_time.h"
+#include "kernels/kernels.h"
+
+enum { P_MATMUL, P_LMHEAD, P_SHRINK, P_EXPAND, P_ATTN, P_OTHER, P_COUNT };
+static const char *const prof_name[P_COUNT] = {"matmul", "lm_head", "sgmv_shrink", "sgmv_expand", "attention",
+                                               "other_ops"};
+
+/* Written by the engine thread only (ops and notify callbacks both run there); read by
+ * the main thread after a request's finish, which the request's mutex orders. */
+static double g_prof[P_COUNT];
+static uint64_t g_shrink_calls; /* proves the adapters are applied at all */
+static const kbackend_ops *g_inner;
+static int64_t g_vocab;
+static kbackend_ops g_prof_ops;
+
+#define TIMED(cat, call)                      \
+    do {                                      \
+        double t0_ = bench_now_s();           \
+        int st_ = (call);                     \
+        g_prof[(cat)] += bench_now_s() - t0_; \
+        return st_;                           \
+    } while (0)
+
+static int w_get_rows(kbackend *kb, const kmat *t, const int32_t *ids, int n, float *out) {
+    TIMED(P_OTHER, g_inner->get_rows(kb, t, ids, n, out));
+}
+static int w_matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
+    /* the only weight with vocab rows is the LM head (tied or not) */
+    TIMED(w->rows == g_vocab ? P_LMHEAD : P_MATMUL, g_inner->matmul(kb, x, n, w, y, beta));
+}
+static int w_rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y) {
+    TIMED(P_OTHER, g_inner->rmsnorm(kb, x, w, n, dim, eps, y));
+}
+static int w_rope(kbackend *kb, float *x, const int32_t *pos, int n, int nh, int hd, const float *inv) {
+    TIMED(P_OTHER, g_inner->rope(kb, x, pos, n, nh, hd, inv));
+}
+static int w_kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim,
+                      float *kc, float *vc) {
+    TIMED(P_OTHER, g_inner->kv_store(kb, k, v, slots, n, kv_dim, kc, vc));
+}
+static int w_attention(kbackend *kb, const kattn_args *a) { TIMED(P_ATTN, g_inner->attention(kb, a)); }
+static int w_swiglu(kbackend *kb, const float *g, const float *u, int n, int dim, float *out) {
+    TIMED(P_OTHER, g_inner->swiglu(kb, g, u, n, dim, out));
+}
+static int w_add(kbackend *kb, float *y, const float *x, int64_t n) { TIMED(P_OTHER, g_inner->add(kb, y, x, n)); }
+static int w_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t) {
+    g_shrink_calls++;
+    TIMED(P_SHRINK, g_inner->sgmv_shrink(kb, x, in_dim, s, t, ld_t));
+}
+static int w_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y) {
+    TIMED(P_EXPAND, g_inner->sgmv_expand(kb, t, ld_t, s, out_dim, y));
+}
+static int w_seg_scale(kbackend *kb, float *y, int dim, int n, const int32_t *ss, const float *const *v) {
+    TIMED(P_OTHER, g_inner->seg_scale(kb, y, dim, n, ss, v));
+}
+
+/* Swaps kb's table for the timing one (the CPU ops never call through kb->ops). */
+static void prof_install(kbackend *kb, int64_t vocab) {
+    g_inner = kb->ops;
+    g_vocab = vocab;
+    g_prof_ops = *kb->ops;
+    g_prof_ops.get_rows = w_get_rows;
+    g_prof_ops.matmul = w_matmul;
+    g_prof_ops.rmsnorm = w_rmsnorm;
+    g_prof_ops.rope = w_rope;
+    g_prof_ops.kv_store = w_kv_store;
+    g_prof_ops.attention = w_attention;
+    g_prof_ops.swiglu = w_swiglu;
+    g_prof_ops.add = w_add;
+    g_prof_ops.sgmv_shrink = w_shrink;
+    g_prof_ops.sgmv_expand = w_expand;
+    g_prof_ops.seg_scale = w_seg_scale;
+    kb->ops = &g_prof_ops;
+}
+
+static void prof_uninstall(kbackend *kb) {
+    if (g_inner) kb->ops = g_inner;
+}
+
+#endif
