@@ -52,6 +52,37 @@ static cJSON *key_json(const tstore_key *k) {
     return o;
 }
 
+static cJSON *tenant_item(const void *t) { return tenant_json(t); }
+static cJSON *key_item(const void *k) { return key_json(k); }
+
+/* {"data": [item(v[0]), ...], "object": "list"}: every list route's shape; NULL when out
+ * of memory. */
+static cJSON *list_json(const void *v, size_t size, int n, cJSON *(*item)(const void *)) {
+    cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data");
+    bool ok = data && cJSON_AddStringToObject(root, "object", "list");
+    for (int i = 0; ok && i < n; i++) {
+        cJSON *o = item((const char *)v + (size_t)i * size);
+        ok = o && cJSON_AddItemToArray(data, o);
+        if (!ok) cJSON_Delete(o);
+    }
+    if (!ok) {
+        cJSON_Delete(root);
+        root = NULL;
+    }
+    return root;
+}
+
+/* What a DELETE answers: {"id", "object", ("tenant",) <flag>: true}; NULL when out of memory. */
+static cJSON *gone_json(const char *id, const char *object, const char *tenant, const char *flag) {
+    cJSON *o = cJSON_CreateObject();
+    if (!cJSON_AddStringToObject(o, "id", id) || !cJSON_AddStringToObject(o, "object", object) ||
+        (tenant && !cJSON_AddStringToObject(o, "tenant", tenant)) || !cJSON_AddBoolToObject(o, flag, true)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
 /* A non-negative integer field; absent leaves *out. false (message in err) when malformed. */
 static bool get_limit(const cJSON *o, const char *k, int64_t *out, char *err, size_t errlen) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -168,18 +199,8 @@ enum MHD_Result api_admin_tenants(http_req *req, struct MHD_Connection *conn) {
     int n = 0;
     int rc = tstore_tenant_list(api_of(req)->store, &v, &n);
     if (rc < 0) return api_fail_status(req, conn, rc, "listing tenants", NULL);
-    cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data");
-    bool ok = data && cJSON_AddStringToObject(root, "object", "list");
-    for (int i = 0; ok && i < n; i++) {
-        cJSON *o = tenant_json(&v[i]);
-        ok = o && cJSON_AddItemToArray(data, o);
-        if (!ok) cJSON_Delete(o);
-    }
+    cJSON *root = list_json(v, sizeof *v, n, tenant_item);
     free(v);
-    if (!ok) {
-        cJSON_Delete(root);
-        root = NULL;
-    }
     return http_respond_json(req, conn, MHD_HTTP_OK, root);
 }
 
@@ -191,13 +212,7 @@ static enum MHD_Result keys_req(http_req *req, struct MHD_Connection *conn, cons
                                   "a key can only be revoked (DELETE)");
         int rc = tenants_key_revoke(ts, id, kid);
         if (rc < 0) return api_fail_status(req, conn, rc, "api key", NULL);
-        cJSON *o = cJSON_CreateObject();
-        if (!cJSON_AddStringToObject(o, "id", kid) || !cJSON_AddStringToObject(o, "object", "api_key") ||
-            !cJSON_AddStringToObject(o, "tenant", id) || !cJSON_AddBoolToObject(o, "revoked", true)) {
-            cJSON_Delete(o);
-            o = NULL;
-        }
-        return http_respond_json(req, conn, MHD_HTTP_OK, o);
+        return http_respond_json(req, conn, MHD_HTTP_OK, gone_json(kid, "api_key", id, "revoked"));
     }
     if (req->method == HTTP_M_POST) {
         char key[TENANTS_KEY_LEN + 1];
@@ -221,18 +236,8 @@ static enum MHD_Result keys_req(http_req *req, struct MHD_Connection *conn, cons
     int n = 0;
     int rc = tenants_key_list(ts, id, &v, &n);
     if (rc < 0) return api_fail_status(req, conn, rc, "listing keys", NULL);
-    cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data");
-    bool ok = data && cJSON_AddStringToObject(root, "object", "list");
-    for (int i = 0; ok && i < n; i++) {
-        cJSON *o = key_json(&v[i]);
-        ok = o && cJSON_AddItemToArray(data, o);
-        if (!ok) cJSON_Delete(o);
-    }
+    cJSON *root = list_json(v, sizeof *v, n, key_item);
     free(v);
-    if (!ok) {
-        cJSON_Delete(root);
-        root = NULL;
-    }
     return http_respond_json(req, conn, MHD_HTTP_OK, root);
 }
 
@@ -275,15 +280,7 @@ enum MHD_Result api_admin_tenant_item(http_req *req, struct MHD_Connection *conn
          * fails); then the registry and caches drop the adapters */
         rc = s->svc ? adapter_service_delete_tenant(s->svc, ts, id) : tenants_delete(ts, id, NULL);
         if (rc < 0) return api_fail_status(req, conn, rc, "tenant", NULL);
-        {
-            cJSON *o = cJSON_CreateObject();
-            if (!cJSON_AddStringToObject(o, "id", id) || !cJSON_AddStringToObject(o, "object", "tenant") ||
-                !cJSON_AddBoolToObject(o, "deleted", true)) {
-                cJSON_Delete(o);
-                o = NULL;
-            }
-            return http_respond_json(req, conn, MHD_HTTP_OK, o);
-        }
+        return http_respond_json(req, conn, MHD_HTTP_OK, gone_json(id, "tenant", NULL, "deleted"));
     case HTTP_M_PATCH: {
         char err[256];
         static const char *const allowed[] = {"weight", "limits", NULL};

@@ -226,7 +226,7 @@ fail:
     return NULL;
 }
 
-static cJSON *chat_head(const api_job *job, const char *object) {
+cJSON *api_chat_format_head(const api_job *job, const char *object) {
     cJSON *o = cJSON_CreateObject();
     if (!cJSON_AddStringToObject(o, "id", job->id) || !cJSON_AddStringToObject(o, "object", object) ||
         !cJSON_AddNumberToObject(o, "created", (double)job->created) ||
@@ -237,22 +237,10 @@ static cJSON *chat_head(const api_job *job, const char *object) {
     return o;
 }
 
-static cJSON *chat_usage(const api_job *job) {
-    int prompt = (int)job->req.prompts[0].n_ids, completion = 0;
-    for (int i = 0; i < job->n_choices; i++) completion += job->choices[i].completion_tokens;
-    cJSON *u = cJSON_CreateObject();
-    if (!cJSON_AddNumberToObject(u, "prompt_tokens", prompt) || !cJSON_AddNumberToObject(u, "completion_tokens", completion) ||
-        !cJSON_AddNumberToObject(u, "total_tokens", prompt + completion)) {
-        cJSON_Delete(u);
-        return NULL;
-    }
-    return u;
-}
-
 static char *chat_strndup(const char *s, size_t n) { return strndup(s ? s : "", n); }
 
 cJSON *api_chat_format_response(api_job *job) {
-    cJSON *o = chat_head(job, "chat.completion");
+    cJSON *o = api_chat_format_head(job, "chat.completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     if (!choices) goto fail;
     for (int i = 0; i < job->n_choices; i++) {
@@ -282,7 +270,7 @@ cJSON *api_chat_format_response(api_job *job) {
         }
         cJSON_AddItemToArray(choices, c);
     }
-    cJSON *u = chat_usage(job);
+    cJSON *u = api_format_usage(job);
     if (!u) goto fail;
     cJSON_AddItemToObject(o, "usage", u);
     return o;
@@ -295,7 +283,7 @@ fail:
  * finish_reason. */
 static int chat_chunk(api_job *job, int index, const char *role, const char *text, size_t text_len, cJSON *logprobs,
                       const char *finish, http_buf *out) {
-    cJSON *o = chat_head(job, "chat.completion.chunk");
+    cJSON *o = api_chat_format_head(job, "chat.completion.chunk");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *c = cJSON_CreateObject();
     cJSON *delta = cJSON_AddObjectToObject(c, "delta");
@@ -342,20 +330,4 @@ int api_chat_format_chunk(api_job *job, api_choice *ch, const char *text, size_t
     }
     if (finish) rc = chat_chunk(job, ch->index, NULL, NULL, 0, NULL, finish_reason_str(ch->finish), out);
     return rc;
-}
-
-int api_chat_format_stream_end(api_job *job, http_buf *out) {
-    if (job->req.include_usage) {
-        cJSON *o = chat_head(job, "chat.completion.chunk");
-        cJSON *u = chat_usage(job);
-        if (!o || !u || !cJSON_AddArrayToObject(o, "choices")) {
-            cJSON_Delete(o);
-            cJSON_Delete(u);
-            return PEFTD_ENOMEM;
-        }
-        cJSON_AddItemToObject(o, "usage", u);
-        int rc = sse_append_json(out, o);
-        if (rc) return rc;
-    }
-    return sse_append_done(out);
 }

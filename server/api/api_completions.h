@@ -150,7 +150,10 @@ struct cJSON *api_format_response(api_job *job);
 int api_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len,
                      const gen_token *toks, int n_toks, size_t offset_base, bool finish,
                      http_buf *out);
-/* The closing chunks: usage (when asked) and "data: [DONE]". */
+/* {"prompt_tokens","completion_tokens","total_tokens"} over all prompts and choices (both
+ * routes); NULL when out of memory. */
+struct cJSON *api_format_usage(const api_job *job);
+/* The closing chunks of both routes: usage (when asked) and "data: [DONE]". */
 int api_format_stream_end(api_job *job, http_buf *out);
 /* An error as an SSE event ("data: {"error":{...}}"), for failures after the 200. */
 int api_format_stream_error(const char *message, http_buf *out);
@@ -162,11 +165,11 @@ int api_format_stream_error(const char *message, http_buf *out);
 int api_chat_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
                    api_request *out, api_err *err);
 void api_chat_job_init(api_job *job); /* "chatcmpl-" ids */
-/* The chat shapes of api_format_response / _chunk / _stream_end (they call these when
- * job->req.chat is set). */
+/* The chat shapes of api_format_response / _chunk (they call these when job->req.chat is
+ * set) and api_format_stream_end's chunk head {"id","object","created","model","system_fingerprint"}. */
+struct cJSON *api_chat_format_head(const api_job *job, const char *object);
 struct cJSON *api_chat_format_response(api_job *job);
 int api_chat_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len,
                           const gen_token *toks, int n_toks, bool finish, http_buf *out);
-int api_chat_format_stream_end(api_job *job, http_buf *out);
 
 #endif

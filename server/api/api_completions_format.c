@@ -107,7 +107,7 @@ static cJSON *api_format_head(const api_job *job) {
     return o;
 }
 
-static cJSON *api_format_usage(const api_job *job) {
+cJSON *api_format_usage(const api_job *job) {
     int prompt = 0, completion = 0;
     for (int i = 0; i < job->req.n_prompts; i++) prompt += (int)job->req.prompts[i].n_ids;
     for (int i = 0; i < job->n_choices; i++) completion += job->choices[i].completion_tokens;
@@ -200,10 +200,10 @@ fail:
 }
 
 int api_format_stream_end(api_job *job, http_buf *out) {
-    if (job->req.chat) return api_chat_format_stream_end(job, out);
     if (job->req.include_usage) {
-        /* OpenAI's shape: one extra chunk with empty choices and the usage. */
-        cJSON *o = api_format_head(job);
+        /* OpenAI's shape on both routes: one extra chunk (the route's chunk object) with
+         * empty choices and the usage. */
+        cJSON *o = job->req.chat ? api_chat_format_head(job, "chat.completion.chunk") : api_format_head(job);
         cJSON *u = api_format_usage(job);
         if (!o || !u || !cJSON_AddArrayToObject(o, "choices")) {
             cJSON_Delete(o);
