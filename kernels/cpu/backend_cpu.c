@@ -1,7 +1,7 @@
 /* kernels/cpu/backend_cpu.c — the CPU backend object: its kbackend_ops table,
- * memory (64-byte aligned host malloc, is_host: upload/download/copy are memcpy), the worker
- * pool, per-thread scratch and the "is this op worth a dispatch" helper.
- * The ops themselves live in one file per op family (matmul.c, norm.c, ...). */
+ * memory (64-byte aligned host malloc, is_host: upload/download/copy are memcpy) and its
+ * life cycle. The ops live in one file per op family (matmul.c, norm.c, ...); what they
+ * share with each other (scratch, dispatch) is in cpu_runtime.c, below them all. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,14 +9,6 @@
 
 #include "kernels/cpu/cpu_internal.h"
 #include "lib/log.h"
-
-/* Cache-line (and AVX-512 vector) size: aligned rows never split a line. */
-#define KCPU_ALIGN 64
-
-/* Below this many element-ops an op runs on the caller alone: one dispatch
- * (wake + join of the workers) costs ~2-10 us, the time of ~2^15 FMAs on one
- * core at ~4-16 GFMA/s. */
-#define KCPU_PARALLEL_MIN_WORK 32768.0
 
 /* OpenBLAS prototype; not in every cblas.h. */
 void openblas_set_num_threads(int num_threads);
@@ -98,32 +90,6 @@ static const kbackend_ops kcpu_ops = {
     .supports_op = kcpu_supports_op,
     .sgmv_workspace = kcpu_sgmv_workspace,
 };
-
-int kcpu__scratch_reserve(kcpu_backend *cb, size_t n) {
-    if (n <= cb->scratch_cap) return 0;
-    /* Grow geometrically so a slowly growing context does not realloc each step. */
-    size_t cap = cb->scratch_cap * 2 > n ? cb->scratch_cap * 2 : n;
-    if (cap > SIZE_MAX / sizeof(float)) return PEFTD_ENOMEM;
-    for (int i = 0; i < cb->n_threads; i++) {
-        void *p = NULL;
-        if (posix_memalign(&p, KCPU_ALIGN, cap * sizeof(float)) != 0) {
-            /* Buffers already grown stay valid; cap records the smallest size. */
-            return PEFTD_ENOMEM;
-        }
-        free(cb->scratch[i]);
-        cb->scratch[i] = p;
-    }
-    cb->scratch_cap = cap;
-    return 0;
-}
-
-void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx) {
-    if (work < KCPU_PARALLEL_MIN_WORK || cb->n_threads == 1) {
-        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
-        return;
-    }
-    kpool_parallel_for(cb->pool, n_tasks, fn, ctx);
-}
 
 void kbackend_cpu_set_fast_prefill(kbackend *kb, bool on) {
     if (kb && kb->impl_ops == &kcpu_ops) kcpu__impl(kb)->fast_prefill = on;

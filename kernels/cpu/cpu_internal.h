@@ -10,6 +10,9 @@
 #include "kernels/cpu/threadpool.h"
 #include "kernels/kernels.h"
 
+/* Cache-line (and AVX-512 vector) size: aligned rows never split a line. */
+#define KCPU_ALIGN 64
+
 typedef struct {
     kbackend base; /* base.impl points back to this struct */
     kpool *pool;

@@ -1,7 +1,8 @@
 /* kernels/cuda/backend_cuda.cu — the CUDA backend object: device detection, its
  * kbackend_ops table, memory (cudaMalloc; copies on the backend's streams), the error
- * path (CUDA_CHECK/CUBLAS_CHECK -> kcuda__fail -> PEFTD_EBACKEND, never exit()) and the
- * device error flag through which kernels report out-of-range device-resident indices.
+ * path's flag (kernels report out-of-range device-resident indices through a device error
+ * flag read here). What the op files share (the error path, entering an op, scratch) is
+ * in cuda_runtime.cu, below them all.
  *
  * Streams: `stream` carries every op and the owner thread's uploads, so those stay in
  * issue order with the ops (a per-step upload of token ids can never overtake the
@@ -24,54 +25,6 @@
 /* cudaMalloc granularity is 256 B or more anyway; a 0-byte request still gets a valid,
  * unique, freeable pointer (as on the CPU backend). */
 #define KCUDA_MIN_ALLOC 256
-
-int kcuda__fail(const char *what, const char *err, const char *file, int line) {
-    LOGE("cuda: %s failed at %s:%d: %s", what, file, line, err ? err : "?");
-    return PEFTD_EBACKEND;
-}
-
-const char *kcuda__cublas_str(cublasStatus_t s) {
-    switch (s) {
-    case CUBLAS_STATUS_SUCCESS: return "success";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialized";
-    case CUBLAS_STATUS_ALLOC_FAILED: return "alloc failed";
-    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
-    case CUBLAS_STATUS_ARCH_MISMATCH: return "arch mismatch";
-    case CUBLAS_STATUS_MAPPING_ERROR: return "mapping error";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "execution failed";
-    case CUBLAS_STATUS_INTERNAL_ERROR: return "internal error";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
-    case CUBLAS_STATUS_LICENSE_ERROR: return "license error";
-    default: return "unknown cublas status";
-    }
-}
-
-static int kcuda_is_owner(kcuda_backend *cb) {
-    return __atomic_load_n(&cb->has_owner, __ATOMIC_ACQUIRE) &&
-           pthread_equal(__atomic_load_n(&cb->owner, __ATOMIC_RELAXED), pthread_self());
-}
-
-int kcuda__enter_op(kcuda_backend *cb) {
-    CUDA_CHECK(cudaSetDevice(cb->device));
-    if (!kcuda_is_owner(cb)) {
-        __atomic_store_n(&cb->owner, pthread_self(), __ATOMIC_RELAXED);
-        __atomic_store_n(&cb->has_owner, 1, __ATOMIC_RELEASE);
-    }
-    return 0;
-}
-
-int kcuda__scratch_reserve(kcuda_backend *cb, size_t bytes) {
-    if (bytes <= cb->scratch_cap) return 0;
-    size_t cap = cb->scratch_cap * 2 > bytes ? cb->scratch_cap * 2 : bytes;
-    /* Ops already queued may still read the old buffer: wait for them first. */
-    CUDA_CHECK(cudaStreamSynchronize(cb->stream));
-    if (cb->scratch) CUDA_CHECK(cudaFree(cb->scratch));
-    cb->scratch = NULL;
-    cb->scratch_cap = 0;
-    CUDA_CHECK(cudaMalloc(&cb->scratch, cap));
-    cb->scratch_cap = cap;
-    return 0;
-}
 
 /* Reads and clears the device error flag; call after `stream` is synchronised. */
 static int kcuda_take_flag(kcuda_backend *cb) {
@@ -134,7 +87,7 @@ static int kcuda_upload(kbackend *kb, void *dst, const void *src, size_t bytes) 
     if (bytes && (!dst || !src)) return PEFTD_EINVAL;
     if (!bytes) return 0;
     CUDA_CHECK(cudaSetDevice(cb->device));
-    if (!kcuda_is_owner(cb)) return kcuda_side_copy(cb, dst, src, bytes, cudaMemcpyHostToDevice);
+    if (!kcuda__is_owner(cb)) return kcuda_side_copy(cb, dst, src, bytes, cudaMemcpyHostToDevice);
     /* From pageable memory cudaMemcpyAsync returns once src has been staged, so src may
      * be reused on return while the copy stays ordered with the ops on `stream`. */
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
@@ -158,7 +111,7 @@ static int kcuda_memset0(kbackend *kb, void *dst, size_t bytes) {
     if (bytes && !dst) return PEFTD_EINVAL;
     if (!bytes) return 0;
     CUDA_CHECK(cudaSetDevice(cb->device));
-    if (!kcuda_is_owner(cb)) return kcuda_side_copy(cb, dst, NULL, bytes, cudaMemcpyHostToDevice);
+    if (!kcuda__is_owner(cb)) return kcuda_side_copy(cb, dst, NULL, bytes, cudaMemcpyHostToDevice);
     CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, cb->stream));
     return 0;
 }

@@ -63,6 +63,8 @@ const char *kcuda__cublas_str(cublasStatus_t s);
 /* Called at the top of every op: makes the backend's device current on this thread
  * and records the thread as the owner (the one whose uploads stay stream-ordered). */
 int kcuda__enter_op(kcuda_backend *cb);
+/* Whether the calling thread issued the last op (the engine thread, once it runs). */
+int kcuda__is_owner(kcuda_backend *cb);
 
 /* Ensures the scratch buffer holds at least `bytes` (contents not kept). */
 int kcuda__scratch_reserve(kcuda_backend *cb, size_t bytes);

@@ -68,19 +68,6 @@
  * can read its 413; past this many times the limit we stop reading and close instead. */
 #define HTTP_DRAIN_FACTOR 4
 
-struct http_server {
-    struct MHD_Daemon *mhd;
-    http_config cfg;
-    const http_route *routes;
-    int n_routes;
-    void *app;                   /* handed to every request */
-    int port;
-    atomic_bool stopping;        /* set by http_server_quiesce: nobody suspends after it */
-    atomic_uint_fast64_t next_id;
-    pthread_mutex_t stats_mu;    /* guards counters */
-    http_counter counters[HTTP_MAX_COUNTERS];
-    int n_counters;
-};
 
 static const http_route *http_find_route(const http_server *s, const char *url) {
     for (int i = 0; i < s->n_routes; i++) {
@@ -89,29 +76,6 @@ static const http_route *http_find_route(const http_server *s, const char *url) 
             return r;
     }
     return NULL;
-}
-
-void http_server__count(http_server *s, const http_route *r, unsigned status) {
-    const char *label = r && r->label ? r->label : "other";
-    pthread_mutex_lock(&s->stats_mu);
-    for (int i = 0; i < s->n_counters; i++) {
-        if (!strcmp(s->counters[i].label, label) && s->counters[i].status == status) {
-            s->counters[i].n++;
-            goto out;
-        }
-    }
-    if (s->n_counters < HTTP_MAX_COUNTERS)
-        s->counters[s->n_counters++] = (http_counter){.label = label, .status = status, .n = 1};
-out:
-    pthread_mutex_unlock(&s->stats_mu);
-}
-
-int http_server_counters(http_server *s, http_counter *out, int cap) {
-    pthread_mutex_lock(&s->stats_mu);
-    int n = s->n_counters < cap ? s->n_counters : cap;
-    memcpy(out, s->counters, (size_t)n * sizeof *out);
-    pthread_mutex_unlock(&s->stats_mu);
-    return n;
 }
 
 static unsigned http_method_flag(const char *method) {
@@ -511,7 +475,6 @@ fail_mhd:
 }
 
 int http_server_port(const http_server *s) { return s ? s->port : -1; }
-const http_config *http_server_config(const http_server *s) { return &s->cfg; }
 bool http_server_stopping(const http_server *s) { return atomic_load(&s->stopping); }
 
 void http_server_quiesce(http_server *s) {
