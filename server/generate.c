@@ -49,11 +49,9 @@ static int prepare(const generate_options *o, runtime *rt, int32_t **ids, size_t
         return 1;
     }
     const adapter *a = *ad;
-    int ctx = engine_context_length(rt->e);
-    int nv = a && (a->kind == ADAPTER_PROMPT_TUNING || a->kind == ADAPTER_PREFIX_TUNING) ? a->n_virtual : 0;
-    if ((long)*n_ids + nv + o->max_tokens > ctx) {
-        fprintf(stderr, "peftd: prompt (%zu tokens%s) + max-tokens (%ld) exceeds the context length %d\n", *n_ids,
-                nv ? " + the adapter's virtual tokens" : "", o->max_tokens, ctx);
+    int nv = a && (a->kind == ADAPTER_PROMPT_TUNING || a->kind == ADAPTER_PREFIX_TUNING) ? a->n_virtual : 0, n_new;
+    if (engine_max_new_tokens(rt->e, (long long)*n_ids, nv, o->max_tokens, &n_new, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: %s\n", err); /* the one context rule, as the HTTP API words it */
         return 1;
     }
     gen_params_default(p);
@@ -106,9 +104,11 @@ int generate_run(const generate_options *o) {
     waiter w = {.ready = false};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
+    /* the adapter is placed on the backend before the engine thread owns it (kernels.h) */
     int rc = prepare(o, &rt, &ids, &n_ids, &ad, &p);
     if (rc) goto out;
     rc = 1;
+    if (runtime_start(&rt) < 0) goto out;
     r = engine_request_create(ids, (int)n_ids, &p);
     if (!r) goto out;
     engine_request_set_notify(r, waiter_notify, &w);

@@ -84,12 +84,16 @@ int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_pref
         fprintf(stderr, "peftd: cannot create the engine: %s\n", err);
         goto fail;
     }
-    if (engine_start(rt->e) < 0) {
-        fprintf(stderr, "peftd: cannot start the engine thread\n");
-        goto fail;
-    }
     return 0;
 fail:
     runtime_close(rt);
     return -1;
+}
+
+int runtime_start(runtime *rt) {
+    if (engine_start(rt->e) < 0) {
+        fprintf(stderr, "peftd: cannot start the engine thread\n");
+        return -1;
+    }
+    return 0;
 }

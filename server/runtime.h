@@ -1,7 +1,8 @@
 /* server/runtime.h — the resident base model of one daemon or one offline run: the kernels
  * backend (auto/cpu/cuda), the model's weights, its tokenizer and the engine over them,
- * opened together and closed together. The engine thread is running once runtime_open
- * returns; everything else is owned by the caller's thread. */
+ * opened together and closed together. runtime_open leaves the caller's thread owning the
+ * backend (kernels.h), so it can still place weights (an adapter given on the command line)
+ * before runtime_start hands the backend to the engine thread. */
 #ifndef PEFTD_RUNTIME_H
 #define PEFTD_RUNTIME_H
 
@@ -19,13 +20,16 @@ typedef struct {
     engine *e;
 } runtime;
 
-/* Opens the backend, loads model_dir's weights and tokenizer, creates and starts the
- * engine with ec. backend: "auto" (CUDA when a device is usable, else CPU with one log
+/* Opens the backend, loads model_dir's weights and tokenizer, creates the engine with ec
+ * (not started: runtime_start). backend: "auto" (CUDA when a device is usable, else CPU with one log
  * line), "cpu" or "cuda" (no fallback: a clean start-up failure); the PEFTD_BACKEND
  * environment variable overrides it. threads and fast_prefill apply to the CPU backend.
  * Returns 0, or -1 with the reason on stderr and *rt zeroed. */
 int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
                  const engine_config *ec);
+/* Starts the engine thread, which owns the backend from then on. 0, or -1 with the reason
+ * on stderr (the runtime stays open: runtime_close it). */
+int runtime_start(runtime *rt);
 /* Frees the engine (stopping its thread), the model, the tokenizer and the backend, in
  * that order; a zeroed runtime is a no-op. */
 void runtime_close(runtime *rt);

@@ -17,7 +17,7 @@
 #include "adapter_store/registry.h"
 #include "adapter_store/store.h"
 #include "lib/log.h"
-#include "server/adapter_service.h"
+#include "server/adapters/adapter_service.h"
 #include "server/api/api_server.h"
 #include "server/http/access_log.h"
 #include "server/http/http_metrics.h"
@@ -272,6 +272,7 @@ int serve_run(peftd_config *cfg, const char *config_path) {
     int rc = 1;
     if (runtime_open(&rt, cfg->model_dir, cfg->threads, cfg->fast_prefill, cfg->backend, &cfg->engine) < 0)
         goto out_store;
+    if (runtime_start(&rt) < 0) goto out;
     char tmp_root[4200];
     snprintf(tmp_root, sizeof tmp_root, "%s/tmp", cfg->store.dir);
     if (registry_create(&reg) < 0 ||

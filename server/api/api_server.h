@@ -14,7 +14,7 @@
 
 #include "adapter_store/registry.h"
 #include "adapter_store/store.h"
-#include "server/adapter_service.h"
+#include "server/adapters/adapter_service.h"
 #include "server/engine/engine.h"
 #include "server/http/http_server.h"
 

@@ -1,4 +1,4 @@
-/* server/adapter_service.h — adapter lifecycle operations behind the HTTP API and
+/* server/adapters/adapter_service.h — adapter lifecycle operations behind the HTTP API and
  * start-up: import (validate against the base -> serialise -> one LMDB transaction ->
  * publish in the registry -> warm the host tier), delete, and publishing the store's
  * contents at start-up. Thread-safe: HTTP threads call it concurrently.

@@ -1,7 +1,7 @@
-/* server/adapter_service.c — see adapter_service.h. Imports run on import/HTTP threads in
+/* server/adapters/adapter_service.c — see adapter_service.h. Imports run on import/HTTP threads in
  * host memory only (parse, validate, convert, serialise): nothing here calls the backend,
  * which belongs to the engine thread (kernels/kernels.h). */
-#include "server/adapter_service.h"
+#include "server/adapters/adapter_service.h"
 
 #include <dirent.h>
 #include <errno.h>
