@@ -100,7 +100,7 @@ def upload(d, name, src, key=None):
 
 def admin_tenant_keys(d):
     """Creates N_TENANTS tenants with one key each through the admin API
-    (server/http/api_admin.c) when this daemon has it with auth on; returns the keys, or
+    (server/api/api_admin.c) when this daemon has it with auth on; returns the keys, or
     None (no tenants: three `user` values stand in). Why not, is printed."""
     hdr = {"Authorization": "Bearer " + ADMIN_KEY}
     st, _, body = d.request("GET", "/v1/admin/tenants", headers=hdr)
