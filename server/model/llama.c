@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "server/model/llama_internal.h"
+#include "server/model/rope_freqs.h"
 
 void llama_ctx_free(llama_ctx *c) {
     if (!c) return;
@@ -100,13 +101,16 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
     if (!(c->emb_ids = malloc(T * 4)) || !(c->runs = malloc(T * sizeof *c->runs))) goto oom;
     if (llama__plan_init(c) < 0) goto oom;
     {
-        /* HF LlamaRotaryEmbedding: inv_freq[i] = theta^(-2i/head_dim), computed in double
-         * then rounded once, as torch computes it in f32 from an int64 arange. */
+        /* HF LlamaRotaryEmbedding's inv_freq and cos/sin factor s (rope_scaling). Scaling cos
+         * and sin by s scales q.k by s^2: folded into the softmax scale (exact 1/sqrt(hd) when
+         * s == 1). */
         int half = cfg->head_dim / 2;
+        double s;
         float *f = malloc((size_t)half * sizeof(float));
         if (!f) goto oom;
-        for (int i = 0; i < half; i++)
-            f[i] = (float)(1.0 / pow((double)cfg->rope_theta, (double)(2 * i) / cfg->head_dim));
+        rope_freqs(cfg, f, &s);
+        c->attn_scale = 1.0f / sqrtf((float)cfg->head_dim);
+        if (s != 1.0) c->attn_scale = (float)(c->attn_scale * s * s);
         int st = kb->ops->upload(kb, c->inv_freq, f, (size_t)half * sizeof(float));
         free(f);
         if (st < 0) {
@@ -207,7 +211,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     kattn_args a = {
         .n_seqs = S, .q_start = c->d_qstart, .kv_len = c->d_kvlen, .block_table = c->d_btab,
         .max_blocks = c->p.max_blocks, .block_size = c->p.block_size, .n_heads = cfg->n_heads,
-        .n_kv_heads = cfg->n_kv_heads, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
+        .n_kv_heads = cfg->n_kv_heads, .head_dim = hd, .scale = c->attn_scale,
         .q = c->q, .out = c->att, .kv_start = b->kv_start ? c->d_kvstart : NULL,
     };
     for (int l = 0; l < cfg->n_layers; l++) {

@@ -69,6 +69,8 @@ struct llama_ctx {
     float *tmp;                  /* [T, hidden]: a sub-layer's output when it can't be fused */
     float *tmp_in;               /* [T, max(hidden, inter)]: an input scaled by IA3 */
     float *inv_freq;             /* [head_dim / 2] */
+    float attn_scale;            /* softmax scale: 1/sqrt(head_dim), times the rope's
+                                  * cos/sin factor squared (yarn; server/model/rope_freqs.c) */
     /* device copies of the batch's index arrays */
     int32_t *d_tokens, *d_emb_ids, *d_pos, *d_slots, *d_qstart, *d_kvlen, *d_kvstart, *d_btab, *d_rows;
     int32_t *emb_ids;            /* host [T] */

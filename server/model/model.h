@@ -17,6 +17,21 @@
 
 #include "kernels/kernels.h"
 
+/* config.json "rope_scaling", parsed (server/model/model_config.c); the frequencies it implies
+ * are computed by server/model/rope_freqs.c. */
+typedef enum { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3, ROPE_YARN } rope_kind;
+
+typedef struct {
+    rope_kind kind;
+    double factor;                       /* linear, llama3, yarn */
+    double low_freq_factor, high_freq_factor;       /* llama3 */
+    int original_max_position_embeddings;           /* llama3, yarn (0: absent) */
+    double attention_factor;             /* yarn: < 0 when absent (derived from factor) */
+    double mscale, mscale_all_dim;       /* yarn: 0 when absent */
+    double beta_fast, beta_slow;         /* yarn (defaults 32, 1) */
+    bool truncate;                       /* yarn (default true) */
+} rope_scaling;
+
 typedef struct {
     char architecture[64];   /* e.g. "LlamaForCausalLM" */
     char model_type[32];     /* e.g. "llama" */
@@ -30,6 +45,7 @@ typedef struct {
     int max_position_embeddings;
     float rms_norm_eps;
     float rope_theta;
+    rope_scaling rope;       /* kind ROPE_DEFAULT when rope_scaling is absent/null/"default" */
     bool tie_word_embeddings;
     int32_t bos_token_id;    /* -1 when absent */
     int32_t eos_token_id;    /* -1 when absent (first one when a list) */

@@ -219,21 +219,96 @@ static int cfg_architecture(const cJSON *root, model_config *cfg, const cfg_arch
     return PEFTD_EUNSUPPORTED;
 }
 
-/* rope_scaling: null/absent, or a dict whose rope_type (or legacy "type") is "default"
- * (transformers treats that as no scaling). Anything else changes the rotary frequencies,
- * which the kernels do not implement yet. */
-static int cfg_rope_scaling(const cJSON *root, char *err, size_t errlen) {
+/* A rope_scaling number in (0, hi); when absent (or null): *out = def, or an error if required. */
+static int rope_num(const cJSON *rs, const char *key, bool required, double def, double hi,
+                    double *out, char *err, size_t errlen) {
     const cJSON *v;
-    int rc = cfg_get(root, "rope_scaling", &v, err, errlen);
-    if (rc < 0 || !v) return rc;
+    int rc = cfg_get(rs, key, &v, err, errlen);
+    if (rc < 0) return rc;
+    if (!v) {
+        if (required) {
+            cfg_err(err, errlen, "config.json: rope_scaling needs \"%s\"", key);
+            return PEFTD_EFORMAT;
+        }
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || !(v->valuedouble > 0.0 && v->valuedouble < hi)) {
+        cfg_err(err, errlen, "config.json: rope_scaling \"%s\" must be a number in (0, %g)", key, hi);
+        return PEFTD_ERANGE;
+    }
+    *out = v->valuedouble;
+    return 0;
+}
+
+/* The fields of one rope_type (names and defaults as transformers' modeling_rope_utils). */
+static int rope_fields(const cJSON *rs, model_config *cfg, char *err, size_t errlen) {
+    rope_scaling *r = &cfg->rope;
+    double omax = 0;
+    int rc;
+    bool yarn = r->kind == ROPE_YARN, llama3 = r->kind == ROPE_LLAMA3;
+    if ((rc = rope_num(rs, "factor", true, 1, 1e6, &r->factor, err, errlen)) < 0 ||
+        (rc = rope_num(rs, "original_max_position_embeddings", llama3,
+                       cfg->max_position_embeddings, CFG_MAX_POSITIONS + 1.0, &omax, err,
+                       errlen)) < 0)
+        return rc;
+    r->original_max_position_embeddings = (int)omax;
+    if (llama3 && ((rc = rope_num(rs, "low_freq_factor", true, 0, 1e6, &r->low_freq_factor, err,
+                                  errlen)) < 0 ||
+                   (rc = rope_num(rs, "high_freq_factor", true, 0, 1e6, &r->high_freq_factor,
+                                  err, errlen)) < 0))
+        return rc;
+    if (llama3 && r->low_freq_factor == r->high_freq_factor) {
+        cfg_err(err, errlen, "config.json: rope_scaling low_freq_factor == high_freq_factor");
+        return PEFTD_EFORMAT;
+    }
+    if (!yarn) return 0;
+    bool truncate = true;
+    if ((rc = rope_num(rs, "attention_factor", false, -1, 1e6, &r->attention_factor, err,
+                       errlen)) < 0 ||
+        (rc = rope_num(rs, "mscale", false, 0, 1e6, &r->mscale, err, errlen)) < 0 ||
+        (rc = rope_num(rs, "mscale_all_dim", false, 0, 1e6, &r->mscale_all_dim, err, errlen)) <
+            0 ||
+        (rc = rope_num(rs, "beta_fast", false, 32, 1e6, &r->beta_fast, err, errlen)) < 0 ||
+        (rc = rope_num(rs, "beta_slow", false, 1, 1e6, &r->beta_slow, err, errlen)) < 0 ||
+        (rc = cfg_bool(rs, "truncate", true, &truncate, err, errlen)) < 0)
+        return rc;
+    r->truncate = truncate;
+    return 0;
+}
+
+/* rope_scaling: null/absent, or a dict whose rope_type (or legacy "type") is "default"
+ * (transformers treats that as no scaling), "linear", "llama3" or "yarn". "dynamic" (NTK) and
+ * "longrope" pick their frequencies from the current sequence length in transformers, which a
+ * batch engine cannot reproduce per sequence with one table; they are refused.
+ * partial_rotary_factor < 1: transformers' Llama/Mistral/Qwen2 rotate the whole head (they
+ * fail on a partial table), so no supported architecture uses it; refused. */
+static int cfg_rope_scaling(const cJSON *root, model_config *cfg, char *err, size_t errlen) {
+    static const char *const names[] = {"default", "linear", "llama3", "yarn"};
+    const cJSON *v;
+    double prf = 1.0;
+    int rc = rope_num(root, "partial_rotary_factor", false, 1.0, 1.0 + 1e-9, &prf, err, errlen);
+    if (rc < 0) return rc;
+    if (prf != 1.0) {
+        cfg_err(err, errlen, "config.json: partial_rotary_factor %g is not supported (only 1)", prf);
+        return PEFTD_EUNSUPPORTED;
+    }
+    memset(&cfg->rope, 0, sizeof cfg->rope);
+    if ((rc = cfg_get(root, "rope_scaling", &v, err, errlen)) < 0 || !v) return rc;
     if (!cJSON_IsObject(v)) {
         cfg_err(err, errlen, "config.json: \"rope_scaling\" must be an object or null");
         return PEFTD_EFORMAT;
     }
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "rope_type");
     if (!t) t = cJSON_GetObjectItemCaseSensitive(v, "type");
-    if (cJSON_IsString(t) && strcmp(t->valuestring, "default") == 0) return 0;
-    cfg_err(err, errlen, "config.json: \"rope_scaling\" (type \"%.32s\") is not supported yet",
+    for (int k = 0; k < (int)(sizeof names / sizeof names[0]); k++) {
+        if (!cJSON_IsString(t) || strcmp(t->valuestring, names[k]) != 0) continue;
+        cfg->rope.kind = (rope_kind)k;
+        return k == ROPE_DEFAULT ? 0 : rope_fields(v, cfg, err, errlen);
+    }
+    cfg_err(err, errlen,
+            "config.json: \"rope_scaling\" (type \"%.32s\") is not supported (supported: "
+            "default, linear, llama3, yarn)",
             cJSON_IsString(t) ? t->valuestring : "?");
     return PEFTD_EUNSUPPORTED;
 }
@@ -316,7 +391,7 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
         cfg_err(err, errlen, "config.json: hidden_act \"%s\" is not supported (only silu)", act);
         return PEFTD_EUNSUPPORTED;
     }
-    if ((rc = cfg_rope_scaling(root, err, errlen)) < 0) return rc;
+    if ((rc = cfg_rope_scaling(root, cfg, err, errlen)) < 0) return rc;
     if ((rc = cfg_bool(root, "attention_bias", false, &flag, err, errlen)) < 0) return rc;
     if (flag) {
         cfg_err(err, errlen, "config.json: attention_bias = true is not supported");

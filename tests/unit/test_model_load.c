@@ -986,10 +986,11 @@ TEST(config_unsupported) {
                        "GPT2LMHeadModel");
     expect_config_fail(with_field("architectures", "[\"Qwen3ForCausalLM\"]"), PEFTD_EUNSUPPORTED,
                        "Qwen3ForCausalLM");
-    expect_config_fail(with_field("rope_scaling", "{\"type\":\"linear\",\"factor\":2.0}"),
+    /* linear, llama3 and yarn are served (tests/unit/test_rope_variants.c) */
+    expect_config_fail(with_field("rope_scaling", "{\"type\":\"dynamic\",\"factor\":2.0}"),
                        PEFTD_EUNSUPPORTED, "rope_scaling");
-    expect_config_fail(with_field("rope_scaling", "{\"rope_type\":\"llama3\",\"factor\":8.0}"),
-                       PEFTD_EUNSUPPORTED, "llama3");
+    expect_config_fail(with_field("rope_scaling", "{\"rope_type\":\"longrope\",\"factor\":8.0}"),
+                       PEFTD_EUNSUPPORTED, "longrope");
     expect_config_fail(with_field("hidden_act", "\"gelu\""), PEFTD_EUNSUPPORTED, "gelu");
     expect_config_fail(with_field("attention_bias", "true"), PEFTD_EUNSUPPORTED, "attention_bias");
     expect_config_fail(with_field("mlp_bias", "true"), PEFTD_EUNSUPPORTED, "mlp_bias");

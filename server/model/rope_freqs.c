@@ -1,0 +1,82 @@
+/* server/model/rope_freqs.c — per-dimension rotary inverse frequencies for each supported
+ * rope_scaling type, computed once on the host. The formulas are those of transformers'
+ * modeling_rope_utils (default, linear, llama3, yarn), evaluated in double from the f32 base
+ * table and rounded once; transformers evaluates them in f32, so entries may differ by an ulp
+ * (the unit test allows 1e-6 relative). */
+#include "server/model/rope_freqs.h"
+
+#include <math.h>
+
+static const double ROPE_PI = 3.14159265358979323846;
+
+/* llama3: long wavelengths (beyond original/low_freq_factor) are divided by factor, short
+ * ones (below original/high_freq_factor) kept, and the band between interpolated linearly in
+ * original/wavelen. */
+static double llama3_freq(const rope_scaling *r, double f) {
+    double wavelen = 2 * ROPE_PI / f, old = r->original_max_position_embeddings;
+    if (wavelen < old / r->high_freq_factor) return f;
+    if (wavelen > old / r->low_freq_factor) return f / r->factor;
+    double s = (old / wavelen - r->low_freq_factor) / (r->high_freq_factor - r->low_freq_factor);
+    return (1 - s) * f / r->factor + s * f;
+}
+
+static double yarn_mscale(double scale, double m) {
+    return scale <= 1 ? 1.0 : 0.1 * m * log(scale) + 1.0;
+}
+
+/* The dimension (of dim) whose wavelength makes n_rot full turns over max_pos positions. */
+static double yarn_correction_dim(double n_rot, int dim, double base, double max_pos) {
+    return dim * log(max_pos / (n_rot * 2 * ROPE_PI)) / (2 * log(base));
+}
+
+/* yarn: dims below `low` keep the original frequency (extrapolation), dims above `high` are
+ * interpolated (divided by factor), with a linear ramp between. */
+static void yarn_freqs(const model_config *cfg, const float *base_f, float *inv_freq) {
+    const rope_scaling *r = &cfg->rope;
+    int dim = cfg->head_dim, half = dim / 2;
+    double lo = yarn_correction_dim(r->beta_fast, dim, cfg->rope_theta,
+                                    r->original_max_position_embeddings);
+    double hi = yarn_correction_dim(r->beta_slow, dim, cfg->rope_theta,
+                                    r->original_max_position_embeddings);
+    if (r->truncate) {
+        lo = floor(lo);
+        hi = ceil(hi);
+    }
+    if (lo < 0) lo = 0;
+    if (hi > dim - 1) hi = dim - 1;
+    if (lo == hi) hi += 0.001;
+    for (int i = 0; i < half; i++) {
+        double ramp = (i - lo) / (hi - lo);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        double extra = 1 - ramp, f = base_f[i];
+        inv_freq[i] = (float)(f / r->factor * (1 - extra) + f * extra);
+    }
+}
+
+void rope_freqs(const model_config *cfg, float *inv_freq, double *attn_scale) {
+    const rope_scaling *r = &cfg->rope;
+    int half = cfg->head_dim / 2;
+    /* HF default: inv_freq[i] = theta^(-2i/head_dim), computed in double then rounded once,
+     * as torch computes it in f32 from an int64 arange. */
+    for (int i = 0; i < half; i++)
+        inv_freq[i] = (float)(1.0 / pow((double)cfg->rope_theta, (double)(2 * i) / cfg->head_dim));
+    *attn_scale = 1.0;
+    switch (r->kind) {
+    case ROPE_DEFAULT: break;
+    case ROPE_LINEAR:
+        for (int i = 0; i < half; i++) inv_freq[i] = (float)(inv_freq[i] / r->factor);
+        break;
+    case ROPE_LLAMA3:
+        for (int i = 0; i < half; i++) inv_freq[i] = (float)llama3_freq(r, inv_freq[i]);
+        break;
+    case ROPE_YARN:
+        yarn_freqs(cfg, inv_freq, inv_freq);
+        if (r->attention_factor > 0)
+            *attn_scale = r->attention_factor;
+        else if (r->mscale > 0 && r->mscale_all_dim > 0)
+            *attn_scale = yarn_mscale(r->factor, r->mscale) / yarn_mscale(r->factor, r->mscale_all_dim);
+        else
+            *attn_scale = yarn_mscale(r->factor, 1.0);
+        break;
+    }
+}
