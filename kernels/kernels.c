@@ -77,6 +77,7 @@ KB_CHECKED(sgmv_shrink, (kbackend * kb, const float *x, int in_dim, const ksgmv 
            (kb, x, in_dim, s, t, ld_t))
 KB_CHECKED(sgmv_expand, (kbackend * kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y),
            (kb, t, ld_t, s, out_dim, y))
+KB_CHECKED(add_bias, (kbackend * kb, float *y, int n, const kmat *b), (kb, y, n, b))
 KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
            (kb, y, dim, n, seg, v))
 
@@ -107,6 +108,7 @@ void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     c->sgmv_shrink = chk_sgmv_shrink;
     c->sgmv_expand = chk_sgmv_expand;
     c->seg_scale = chk_seg_scale;
+    c->add_bias = chk_add_bias;
     kb->ops = c;
 #endif
 }

@@ -201,6 +201,11 @@ typedef struct kbackend_ops {
     /* [any] Bytes of the f32 workspace `t` one SGMV shrink/expand pair needs for n_rows rows
      * of ranks up to max_rank (ld_t = max_rank). */
     size_t (*sgmv_workspace)(const kbackend *kb, int n_rows, int max_rank);
+
+    /* [engine] A Linear layer's bias: y[i, j] += b[j] for i < n, j < b->cols (b: [1, dim]
+     * in its stored dtype, y: [n, dim] f32). Asked of supports_op as KOP_ADD. Last in the
+     * table so the positional CUDA table keeps its order. */
+    int (*add_bias)(kbackend *kb, float *y, int n, const kmat *b);
 } kbackend_ops;
 
 /* A backend object. Callers use kb->ops (and kb->impl inside the backend only). */

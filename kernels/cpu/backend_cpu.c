@@ -89,6 +89,7 @@ static const kbackend_ops kcpu_ops = {
     .copy = kcpu_copy,
     .supports_op = kcpu_supports_op,
     .sgmv_workspace = kcpu_sgmv_workspace,
+    .add_bias = kcpu__add_bias,
 };
 
 void kbackend_cpu_set_fast_prefill(kbackend *kb, bool on) {

@@ -1,5 +1,5 @@
 /* kernels/cpu/elementwise.c — elementwise ops on f32 activations: swiglu
- * (silu(gate) * up, with the vector exp of simd.h) and add (y += x). Large
+ * (silu(gate) * up, with the vector exp of simd.h), add (y += x) and add_bias (y[i,:] += b). Large
  * arrays are split into chunks across the pool. */
 #include <math.h>
 
@@ -79,5 +79,42 @@ int kcpu__add(kbackend *kb, float *y, const float *x, int64_t n) {
     int t = ew_tasks(n);
     if (t < 0) return PEFTD_EUNSUPPORTED;
     kcpu__parallel(kcpu__impl(kb), t, (double)n, add_task, &c);
+    return 0;
+}
+
+/* add_bias: one task per row; the bias is widened to f32 once per call (like rmsnorm's
+ * weight) into thread 0's scratch, which no task uses during this op. */
+typedef struct {
+    float *y;
+    const float *b;
+    int dim;
+} bias_ctx;
+
+static void add_bias_task(void *vc, int task, int thread) {
+    (void)thread;
+    const bias_ctx *c = vc;
+    float *y = c->y + (int64_t)task * c->dim;
+    int i = 0;
+    for (; i + KV_W <= c->dim; i += KV_W) kv_store(y + i, kv_add(kv_load(y + i), kv_load(c->b + i)));
+    if (i < c->dim) {
+        int r = c->dim - i;
+        kv_store_part(y + i, kv_add(kv_load_part(y + i, r), kv_load_part(c->b + i, r)), r);
+    }
+}
+
+int kcpu__add_bias(kbackend *kb, float *y, int n, const kmat *b) {
+    if (!b || n < 0 || b->rows != 1 || b->cols <= 0 || b->cols > INT32_MAX || !kcpu__dtype_ok(b->dtype))
+        return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!y || !b->data) return PEFTD_EINVAL;
+    kcpu_backend *cb = kcpu__impl(kb);
+    bias_ctx c = {.y = y, .dim = (int)b->cols};
+    /* f32 too: the view may sit at any byte offset of a mapping (unaligned-safe copy) */
+    int rc = kcpu__scratch_reserve(cb, (size_t)c.dim);
+    if (rc) return rc;
+    float *b32 = kcpu__scratch(cb, 0);
+    kv_row_to_f32(b->dtype, b->data, b32, c.dim);
+    c.b = b32;
+    kcpu__parallel(cb, n, (double)n * c.dim, add_bias_task, &c);
     return 0;
 }

@@ -183,6 +183,7 @@ static const kbackend_ops kcuda_ops = {
     /* .copy = */ kcuda_copy,
     /* .supports_op = */ kcuda_supports_op,
     /* .sgmv_workspace = */ kcuda_sgmv_workspace,
+    /* .add_bias = */ kcuda__add_bias,
 };
 
 extern "C" int kbackend_cuda_available(void) {

@@ -1,5 +1,5 @@
 /* kernels/cuda/norm_rope_elementwise.cu — the small ops of a layer on the CUDA backend:
- * get_rows (embedding gather), rmsnorm, rope, kv_store, swiglu, add. Each launcher checks
+ * get_rows (embedding gather), rmsnorm, rope, kv_store, swiglu, add, add_bias. Each launcher checks
  * its host-visible arguments as the CPU backend does; indices that live in device memory
  * (token ids, positions, KV slots) are checked by the kernels, which skip the offending
  * row and raise the backend's error flag (the next synchronize/download returns
@@ -209,6 +209,33 @@ extern "C" int kcuda__add(kbackend *kb, float *y, const float *x, int64_t n) {
     int rc = kcuda__enter_op(cb);
     if (rc) return rc;
     k_add<<<nre_grid(cb, n), NRE_THREADS, 0, cb->stream>>>(y, x, n);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* ---- add_bias ---- */
+
+template <kdtype DT>
+__global__ void k_add_bias(float *y, const void *b, int dim, int64_t total) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __fadd_rn(y[i], kcuda_ld<DT>(b, i % dim));
+}
+
+extern "C" int kcuda__add_bias(kbackend *kb, float *y, int n, const kmat *b) {
+    if (!b || n < 0 || b->rows != 1 || b->cols <= 0 || b->cols > INT32_MAX || !kcuda__dtype_ok(b->dtype))
+        return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!y || !b->data) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    int dim = (int)b->cols;
+    int64_t total = (int64_t)n * dim;
+    switch (b->dtype) {
+    case KDT_F32: k_add_bias<KDT_F32><<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(y, b->data, dim, total); break;
+    case KDT_F16: k_add_bias<KDT_F16><<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(y, b->data, dim, total); break;
+    case KDT_BF16: k_add_bias<KDT_BF16><<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(y, b->data, dim, total); break;
+    }
     KCUDA_LAUNCH_CHECK();
     return 0;
 }

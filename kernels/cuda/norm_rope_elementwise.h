@@ -14,6 +14,7 @@ int kcuda__kv_store(kbackend *kb, const float *k, const float *v, const int32_t 
                     int kv_dim, float *k_cache, float *v_cache);
 int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
 int kcuda__add(kbackend *kb, float *y, const float *x, int64_t n);
+int kcuda__add_bias(kbackend *kb, float *y, int n, const kmat *b);
 #ifdef __cplusplus
 }
 #endif

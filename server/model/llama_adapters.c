@@ -11,6 +11,8 @@
  *                                                  adapter's row statistics, cached per
  *                                                  (content, t), see llama_dora_entry)
  *   IA3       y  = l ⊙ (W x)  or  y = W (l ⊙ x)    (output- or input-side vector)
+ *   A projection bias b (Qwen2 q/k/v, Llama attention_bias) is part of "W x" above, as in
+ *   PEFT's base_layer(x) — except for DoRA, whose factor f does not scale it (y = f ⊙ (…) + b).
  *   bottleneck (AdapterHub, on Llama where the library passes no layer norm), with a the
  *   sub-layer output and h the residual stream before it:
  *             z = a + h if original_ln_before else a
@@ -328,6 +330,13 @@ static int copy_rows(kbackend *kb, float *dst, const float *src, int T, int dim)
     return kb->ops->add(kb, dst, src, (int64_t)T * dim);
 }
 
+/* The frozen bias of (layer, module), or NULL (no bias / not an attention projection). */
+static const kmat *proj_bias(const llama_ctx *c, int layer, adapter_module m) {
+    const model_layer *L = &c->m->layers[layer];
+    const kmat *b = m == AMOD_Q ? &L->bq : m == AMOD_K ? &L->bk : m == AMOD_V ? &L->bv : m == AMOD_O ? &L->bo : NULL;
+    return b && b->data ? b : NULL;
+}
+
 int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T, float *out,
                    bool accumulate) {
     kbackend *kb = c->kb;
@@ -340,9 +349,16 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
         in = c->tmp_in;
     }
     CHECK(kb->ops->matmul(kb, in, T, w, out, accumulate ? 1.0f : 0.0f));
+    const kmat *bias = proj_bias(c, layer, m);
+    /* DoRA scales W x + ΔW x but not the bias (PEFT's DoraLinearLayer subtracts it from the
+     * base result first): add it after that scale. Otherwise right after W x, as PEFT's
+     * base_layer(x) does, before the LoRA delta and the IA3 output scale (which scales it). */
+    bool bias_late = pm && pm->dora;
+    if (bias && !bias_late) CHECK(kb->ops->add_bias(kb, out, T, bias));
     if (!pm) return 0;
     CHECK(apply_sgmv(c, pm->n_sg, pm->sg, pm->ld_t, in, in_dim, out_dim, out));
     if (pm->dora) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->dora));
+    if (bias && bias_late) CHECK(kb->ops->add_bias(kb, out, T, bias));
     if (pm->ia3_out) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->ia3_out));
     return 0;
 }

@@ -1,7 +1,8 @@
 /* server/model/model.h — a Llama-family base model: HF config.json + safetensors weights.
  *
- * model_load() reads <dir>/config.json (LlamaForCausalLM, MistralForCausalLM and the same
- * architecture under other names: RMSNorm, RoPE, SwiGLU, GQA), memory-maps
+ * model_load() reads <dir>/config.json (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+ * and the same architecture under other names: RMSNorm, RoPE, SwiGLU, GQA, optional
+ * attention projection biases), memory-maps
  * <dir>/model.safetensors or every shard named by <dir>/model.safetensors.index.json,
  * checks every tensor's name, dtype (f32/f16/bf16) and shape against the config, and
  * exposes the weights as kmat views in the backend's memory. On the CPU backend the views
@@ -53,6 +54,8 @@ typedef struct {
     int sliding_window;      /* Mistral/Qwen2 sliding-window attention span; 0 when none.
                               * The kernels attend to the full context, so the engine must
                               * cap a sequence's context at this many tokens. */
+    bool qkv_bias;           /* q/k/v projections have biases (Qwen2; Llama attention_bias) */
+    bool o_bias;             /* o_proj has a bias (Llama attention_bias) */
 } model_config;
 
 /* Parses a config.json text. @note err gets a message on failure. */
@@ -63,6 +66,10 @@ typedef struct {
     kmat wq, wk, wv, wo;             /* [n_heads*hd, hidden], [n_kv*hd, hidden] x2, [hidden, n_heads*hd] */
     kmat ffn_norm;                   /* [1, hidden] */
     kmat w_gate, w_up, w_down;       /* [inter, hidden] x2, [hidden, inter] */
+    /* Frozen projection biases, [1, out] each; .data == NULL when the model has none
+     * (config qkv_bias / o_bias). Added to the base projection before any adapter delta's
+     * output-side scale (see llama__project). */
+    kmat bq, bk, bv, bo;
 } model_layer;
 
 typedef struct model {

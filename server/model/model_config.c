@@ -33,8 +33,10 @@ typedef struct {
 /* LlamaForCausalLM: the reference. LLaMAForCausalLM: the spelling written by the first
  * (early 2023) conversions of the original LLaMA weights. MistralForCausalLM: Llama plus
  * an optional sliding window (reported in sliding_window for the engine to honour).
- * Qwen2ForCausalLM: Llama plus q/k/v biases; accepted here, and model_load names the bias
- * tensors it cannot use. Not accepted on purpose: Qwen3 (q/k norms), Gemma (1+w norms,
+ * Qwen2ForCausalLM: Llama plus q/k/v biases (qkv_bias) and a sliding window on the layers
+ * from max_window_layers on. attention_bias = true on the Llama names: q/k/v AND o biases,
+ * as transformers' LlamaAttention builds them.
+ * Not accepted on purpose: Qwen3 (q/k norms), Gemma (1+w norms,
  * GeGLU), Phi-3 (fused qkv), Olmo, Granite, Cohere (extra multipliers / norms). */
 static const cfg_arch cfg_archs[] = {
     {"LlamaForCausalLM", 2048},
@@ -313,6 +315,38 @@ static int cfg_rope_scaling(const cJSON *root, model_config *cfg, char *err, siz
     return PEFTD_EUNSUPPORTED;
 }
 
+/* Qwen2 with use_sliding_window: transformers' Qwen2Config gives layer i the window when
+ * layer_types[i] == "sliding_attention", layer_types defaulting to "sliding" for
+ * i >= max_window_layers (default 28). The engine caps a sequence's whole context at the
+ * window, which computes every layer exactly (full and windowed layers agree on contexts
+ * up to the window), so only "does any layer slide" matters: *use = false when none does. */
+static int cfg_qwen2_window_layers(const cJSON *root, const model_config *cfg, bool *use, char *err,
+                                   size_t errlen) {
+    const cJSON *types, *t;
+    int rc, mwl;
+    if ((rc = cfg_get(root, "layer_types", &types, err, errlen)) < 0) return rc;
+    if (types) {
+        if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != cfg->n_layers) {
+            cfg_err(err, errlen, "config.json: \"layer_types\" must be a list of %d strings",
+                    cfg->n_layers);
+            return PEFTD_EFORMAT;
+        }
+        *use = false;
+        cJSON_ArrayForEach(t, types) {
+            if (!cJSON_IsString(t)) {
+                cfg_err(err, errlen, "config.json: \"layer_types\" must be a list of strings");
+                return PEFTD_EFORMAT;
+            }
+            if (strcmp(t->valuestring, "sliding_attention") == 0) *use = true;
+        }
+        return 0;
+    }
+    if ((rc = cfg_int(root, "max_window_layers", false, 28, 0, CFG_MAX_LAYERS, &mwl, err, errlen)) < 0)
+        return rc;
+    *use = mwl < cfg->n_layers;
+    return 0;
+}
+
 static int cfg_sliding_window(const cJSON *root, const cfg_arch *arch, model_config *cfg,
                               char *err, size_t errlen) {
     bool use;
@@ -325,6 +359,7 @@ static int cfg_sliding_window(const cJSON *root, const cfg_arch *arch, model_con
     if ((rc = cfg_int(root, "sliding_window", false, 0, 0, CFG_MAX_POSITIONS,
                       &cfg->sliding_window, err, errlen)) < 0)
         return rc;
+    if (use && !use_default && (rc = cfg_qwen2_window_layers(root, cfg, &use, err, errlen)) < 0) return rc;
     if (!use || cfg->sliding_window >= cfg->max_position_embeddings) cfg->sliding_window = 0;
     return 0;
 }
@@ -392,10 +427,13 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
         return PEFTD_EUNSUPPORTED;
     }
     if ((rc = cfg_rope_scaling(root, cfg, err, errlen)) < 0) return rc;
-    if ((rc = cfg_bool(root, "attention_bias", false, &flag, err, errlen)) < 0) return rc;
-    if (flag) {
-        cfg_err(err, errlen, "config.json: attention_bias = true is not supported");
-        return PEFTD_EUNSUPPORTED;
+    /* Qwen2Attention always has q/k/v biases and never an o_proj bias (its config has no
+     * attention_bias field); LlamaAttention puts attention_bias on all four projections. */
+    if (strcmp(arch->name, "Qwen2ForCausalLM") == 0) {
+        cfg->qkv_bias = true;
+    } else {
+        if ((rc = cfg_bool(root, "attention_bias", false, &flag, err, errlen)) < 0) return rc;
+        cfg->qkv_bias = cfg->o_bias = flag;
     }
     if ((rc = cfg_bool(root, "mlp_bias", false, &flag, err, errlen)) < 0) return rc;
     if (flag) {

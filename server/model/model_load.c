@@ -5,7 +5,7 @@
  * Every expected tensor is looked up by its HF name and checked (dtype f32/f16/bf16, shape
  * from the config); every tensor left over is either ignored with a debug log (buffers
  * such as rotary_emb.inv_freq, an lm_head.weight written next to tied embeddings) or, when
- * it is a bias the kernels cannot apply, refused by name. On the CPU backend the views
+ * it is a bias the config does not announce (qkv_bias / o_bias), refused by name. On the CPU backend the views
  * point into the read-only mappings; other backends receive one allocation holding a copy
  * of every weight, after which the mappings are closed.
  */
@@ -337,6 +337,34 @@ static int ml_take(ml_ctx *c, const char *name, int64_t rows, int64_t cols, kmat
     return 0;
 }
 
+/* The projection biases the config announces: 1-D [out] tensors (Qwen2: q/k/v; Llama
+ * attention_bias: q/k/v/o). */
+static int ml_take_biases(ml_ctx *c, int i) {
+    const model_config *cfg = &c->m->cfg;
+    model_layer *l = &c->m->layers[i];
+    int64_t d = cfg->hidden_size, q = (int64_t)cfg->n_heads * cfg->head_dim,
+            kv = (int64_t)cfg->n_kv_heads * cfg->head_dim;
+    struct {
+        bool want;
+        const char *suffix;
+        int64_t cols;
+        kmat *dst;
+    } b[] = {
+        {cfg->qkv_bias, "self_attn.q_proj.bias", q, &l->bq},
+        {cfg->qkv_bias, "self_attn.k_proj.bias", kv, &l->bk},
+        {cfg->qkv_bias, "self_attn.v_proj.bias", kv, &l->bv},
+        {cfg->o_bias, "self_attn.o_proj.bias", d, &l->bo},
+    };
+    for (size_t k = 0; k < sizeof b / sizeof b[0]; k++) {
+        char name[128];
+        if (!b[k].want) continue;
+        snprintf(name, sizeof name, "model.layers.%d.%s", i, b[k].suffix);
+        int rc = ml_take(c, name, 0, b[k].cols, b[k].dst);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
 static int ml_take_layer(ml_ctx *c, int i) {
     const model_config *cfg = &c->m->cfg;
     model_layer *l = &c->m->layers[i];
@@ -363,7 +391,7 @@ static int ml_take_layer(ml_ctx *c, int i) {
         int rc = ml_take(c, name, w[k].rows, w[k].cols, w[k].dst);
         if (rc < 0) return rc;
     }
-    return 0;
+    return ml_take_biases(c, i);
 }
 
 static bool ml_ends_with(const char *s, const char *suffix) {
@@ -371,7 +399,8 @@ static bool ml_ends_with(const char *s, const char *suffix) {
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* Tensors the model did not take: biases change the output, so they are refused; other
+/* Tensors the model did not take: biases the config does not announce (mlp biases, a q_proj
+ * bias without attention_bias) change the output, so they are refused; other
  * leftovers (rotary_emb.inv_freq buffers, an lm_head next to tied embeddings) are not
  * needed to compute the same function. */
 static int ml_check_leftovers(ml_ctx *c) {
@@ -396,7 +425,7 @@ static int ml_check_leftovers(ml_ctx *c) {
 static int ml_upload(ml_ctx *c) {
     model *m = c->m;
     kbackend *kb = m->kb;
-    int n = 3 + 9 * m->cfg.n_layers;
+    int n = 3 + 13 * m->cfg.n_layers;
     kmat **all = malloc((size_t)n * sizeof *all);
     if (!all) {
         ml_err(c->err, c->errlen, "%s: out of memory", m->dir);
@@ -411,6 +440,9 @@ static int ml_upload(ml_ctx *c) {
         kmat *ws[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo,
                       &l->ffn_norm, &l->w_gate, &l->w_up, &l->w_down};
         for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) all[k++] = ws[j];
+        kmat *bs[] = {&l->bq, &l->bk, &l->bv, &l->bo};
+        for (size_t j = 0; j < sizeof bs / sizeof bs[0]; j++)
+            if (bs[j]->data) all[k++] = bs[j];
     }
     size_t total = 0;
     for (int i = 0; i < k; i++) {
@@ -481,6 +513,9 @@ static int ml_check_ops(ml_ctx *c) {
             if ((rc = ml_check_op(c, norms[j], KOP_RMSNORM, "layer norm")) < 0) return rc;
         for (int j = 0; j < 7; j++)
             if ((rc = ml_check_op(c, proj[j], KOP_MATMUL, "projection")) < 0) return rc;
+        const kmat *bias[] = {&l->bq, &l->bk, &l->bv, &l->bo};
+        for (int j = 0; j < 4; j++)
+            if (bias[j]->data && (rc = ml_check_op(c, bias[j], KOP_ADD, "projection bias")) < 0) return rc;
     }
     return 0;
 }
