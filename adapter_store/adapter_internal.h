@@ -158,8 +158,19 @@ int adapter__peft_check_task(adapter__ctx *c);
 
 /* ---- adapter_targets.c: which (layer, module) pairs a PEFT config adapts ---- */
 
-/* HF module name of a projection, e.g. "model.layers.3.self_attn.q_proj". */
-void adapter__module_key(int layer, adapter_module m, char *buf, size_t n);
+/* HF module name of a projection in base b, e.g. "model.layers.3.self_attn.q_proj"; on a
+ * fused base (Phi-3) q/k/v are "...self_attn.qkv_proj" and gate/up "...mlp.gate_up_proj". */
+void adapter__module_key(const adapter_base *b, int layer, adapter_module m, char *buf, size_t n);
+
+/* Where module m's output rows sit in the output of the PEFT module that holds it: rows
+ * [*row0, *row0 + out) of *total (Phi-3 qkv_proj = [q; k; v], gate_up_proj = [gate; up]);
+ * row0 0 and total == out on unfused bases. An adapter on a fused module applies over the
+ * whole fused output, so its output-side tensors (LoRA B, DoRA magnitude, IA3 [out, 1])
+ * split by these rows and its input-side ones (LoRA A, IA3 [1, in]) are shared. */
+void adapter__fused_rows(const adapter_base *b, adapter_module m, int *row0, int *total);
+
+/* The view of rows [row0, row0 + rows) of t (dim 0 of a 1-D or 2-D tensor), no copy. */
+st_tensor adapter__tensor_rows(const st_tensor *t, int64_t row0, int64_t rows);
 
 /* sel[l * AMOD_COUNT + m] = whether PEFT would adapt that module, from target_modules
  * (list / regex / "all-linear"), layers_to_transform, layers_pattern, exclude_modules and

@@ -47,13 +47,15 @@ int adapter__load_ia3(adapter__ctx *c) {
     if ((rc = adapter__select_targets(c, def_llama, def_qwen, sel))) goto fail;
     for (int i = 0; i < n; i++) {
         if (!sel[i]) continue;
-        int l = i / AMOD_COUNT, o, in;
+        int l = i / AMOD_COUNT, o, in, row0, fo;
         adapter_module m = (adapter_module)(i % AMOD_COUNT);
         char key[128], name[256];
         bool ff;
         const st_tensor *t;
-        adapter__module_key(l, m, key, sizeof key);
+        st_tensor rows;
+        adapter__module_key(b, l, m, key, sizeof key);
         adapter_module_shape(b, m, &o, &in);
+        adapter__fused_rows(b, m, &row0, &fo);
         if ((rc = adapter__is_feedforward(c, key, &ff))) goto fail;
         /* the forward pass keeps one side per module kind, not per layer */
         if (seen[m] && a->ia3_input[m] != ff) {
@@ -65,7 +67,10 @@ int adapter__load_ia3(adapter__ctx *c) {
         seen[m] = true;
         a->ia3_input[m] = ff;
         snprintf(name, sizeof name, "base_model.model.%s.ia3_l", key);
-        if ((rc = adapter__expect(c, name, 2, ff ? 1 : o, ff ? in : 1, &t))) goto fail;
+        if ((rc = adapter__expect(c, name, 2, ff ? 1 : fo, ff ? in : 1, &t))) goto fail;
+        /* fused module (Phi-3): an output-side vector splits by rows, an input-side one
+         * scales the shared input of every part */
+        if (!ff) rows = adapter__tensor_rows(t, row0, o), t = &rows;
         if ((rc = adapter__stage_vec(c, t, &a->ia3[i]))) goto fail;
     }
     rc = adapter__load_modules_to_save(c);

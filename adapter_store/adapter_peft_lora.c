@@ -27,6 +27,7 @@
 
 typedef struct {
     const st_tensor *a, *b, *mag;
+    st_tensor b_rows, mag_rows; /* this module's rows of a fused module's B / magnitude */
     int rank;
     double alpha;
 } lora_src;
@@ -117,7 +118,7 @@ int adapter__load_modules_to_save(adapter__ctx *c) {
     if (rc || !mts) return rc;
     static const char *const others[] = {"model", "model.layers", "model.norm", "model.rotary_emb", "self_attn", "mlp",
                                          "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                                         "act_fn", "input_layernorm", "post_attention_layernorm", NULL};
+                                         "qkv_proj", "gate_up_proj", "act_fn", "input_layernorm", "post_attention_layernorm", NULL};
     bool want_head = false, want_embed = false;
     cJSON_ArrayForEach(e, mts) {
         const char *s = e->valuestring;
@@ -195,11 +196,12 @@ int adapter__load_lora(adapter__ctx *c) {
     int dtype_mask = 0;
     for (int i = 0; i < n; i++) {
         if (!sel[i]) continue;
-        int l = i / AMOD_COUNT, o, in, rr = r;
+        int l = i / AMOD_COUNT, o, in, rr = r, row0, fo;
         adapter_module m = (adapter_module)(i % AMOD_COUNT);
         char key[128], name[256], r_field[300];
-        adapter__module_key(l, m, key, sizeof key);
+        adapter__module_key(b, l, m, key, sizeof key);
         adapter_module_shape(b, m, &o, &in);
+        adapter__fused_rows(b, m, &row0, &fo);
         if ((rc = module_r_alpha(c, key, r, alpha, &rr, &src[i].alpha, r_field, sizeof r_field))) goto fail;
         if (rr > (o > in ? o : in)) {
             rc = adapter__fail(c, PEFTD_EINVAL,
@@ -211,11 +213,15 @@ int adapter__load_lora(adapter__ctx *c) {
         snprintf(name, sizeof name, PREFIX "%s.lora_A.weight", key);
         if ((rc = adapter__expect(c, name, 2, rr, in, &src[i].a))) goto fail;
         snprintf(name, sizeof name, PREFIX "%s.lora_B.weight", key);
-        if ((rc = adapter__expect(c, name, 2, o, rr, &src[i].b))) goto fail;
+        if ((rc = adapter__expect(c, name, 2, fo, rr, &src[i].b))) goto fail;
+        src[i].b_rows = adapter__tensor_rows(src[i].b, row0, o);
+        src[i].b = &src[i].b_rows;
         if (dora) {
             snprintf(name, sizeof name, PREFIX "%s.lora_magnitude_vector", key);
             if (!st_find(c->st, name)) snprintf(name, sizeof name, PREFIX "%s.lora_magnitude_vector.weight", key);
-            if ((rc = adapter__expect(c, name, 1, o, 0, &src[i].mag))) goto fail;
+            if ((rc = adapter__expect(c, name, 1, fo, 0, &src[i].mag))) goto fail;
+            src[i].mag_rows = adapter__tensor_rows(src[i].mag, row0, o);
+            src[i].mag = &src[i].mag_rows;
         }
         dtype_mask |= 1 << src[i].a->dtype;
         dtype_mask |= 1 << src[i].b->dtype;

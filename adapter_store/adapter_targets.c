@@ -28,8 +28,44 @@
 
 #include "adapter_store/adapter_internal.h"
 
-void adapter__module_key(int layer, adapter_module m, char *buf, size_t n) {
-    snprintf(buf, n, "model.layers.%d.%s.%s", layer, m <= AMOD_O ? "self_attn" : "mlp", adapter_module_name(m));
+/* Phi3ForCausalLM keeps q/k/v in one qkv_proj and gate/up in one gate_up_proj. */
+static bool fused_base(const adapter_base *b) {
+    return !strcmp(b->model_type, "phi3");
+}
+
+void adapter__module_key(const adapter_base *b, int layer, adapter_module m, char *buf, size_t n) {
+    const char *name = adapter_module_name(m);
+    if (fused_base(b) && (m == AMOD_Q || m == AMOD_K || m == AMOD_V)) name = "qkv_proj";
+    if (fused_base(b) && (m == AMOD_GATE || m == AMOD_UP)) name = "gate_up_proj";
+    snprintf(buf, n, "model.layers.%d.%s.%s", layer, m <= AMOD_O ? "self_attn" : "mlp", name);
+}
+
+void adapter__fused_rows(const adapter_base *b, adapter_module m, int *row0, int *total) {
+    int o, q, kv;
+    adapter_module_shape(b, m, &o, NULL);
+    adapter_module_shape(b, AMOD_Q, &q, NULL);
+    adapter_module_shape(b, AMOD_K, &kv, NULL);
+    *row0 = 0, *total = o;
+    if (!fused_base(b)) return;
+    if (m == AMOD_Q || m == AMOD_K || m == AMOD_V) {
+        *row0 = m == AMOD_Q ? 0 : m == AMOD_K ? q : q + kv;
+        *total = q + 2 * kv;
+    } else if (m == AMOD_GATE || m == AMOD_UP) {
+        *row0 = m == AMOD_GATE ? 0 : o;
+        *total = 2 * o;
+    }
+}
+
+st_tensor adapter__tensor_rows(const st_tensor *t, int64_t row0, int64_t rows) {
+    st_tensor v = *t;
+    int64_t per_row = t->shape[0] ? t->numel / t->shape[0] : 0;
+    size_t es = t->shape[0] ? t->nbytes / (size_t)t->numel : 0;
+    v.shape[0] = rows;
+    v.numel = rows * per_row;
+    v.nbytes = (size_t)v.numel * es;
+    v.data = (const unsigned char *)t->data + (size_t)(row0 * per_row) * es;
+    v.offset = t->offset + (uint64_t)(row0 * per_row) * es;
+    return v;
 }
 
 /* PCRE2 limits for one match. Subjects are module keys (< 64 bytes). Measured with
@@ -161,8 +197,8 @@ typedef struct {
     const cJSON *mts;           /* modules_to_save */
 } tcfg;
 
-static const char *const all_linear[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                                         NULL};
+static const char *const all_linear[] = {"q_proj", "k_proj",       "v_proj",   "o_proj",       "gate_proj",
+                                         "up_proj", "down_proj",    "qkv_proj", "gate_up_proj", NULL};
 
 static bool ends_with_dot(const char *key, const char *suffix) {
     size_t k = strlen(key), s = strlen(suffix);
@@ -257,7 +293,7 @@ static int for_each_key(adapter__ctx *c, void *ud, key_fn fn) {
             if ((rc = fn(c, ud, key, l, AMOD_COUNT))) return rc;
         }
         for (int m = 0; m < AMOD_COUNT; m++) {
-            adapter__module_key(l, (adapter_module)m, key, sizeof key);
+            adapter__module_key(c->base, l, (adapter_module)m, key, sizeof key);
             if ((rc = fn(c, ud, key, l, (adapter_module)m))) return rc;
         }
     }

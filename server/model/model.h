@@ -56,6 +56,8 @@ typedef struct {
                               * cap a sequence's context at this many tokens. */
     bool qkv_bias;           /* q/k/v projections have biases (Qwen2; Llama attention_bias) */
     bool o_bias;             /* o_proj has a bias (Llama attention_bias) */
+    bool fused_proj;         /* Phi-3: weights stored as fused qkv_proj / gate_up_proj, split
+                              * into wq/wk/wv and w_gate/w_up row views at load */
 } model_config;
 
 /* Parses a config.json text. @note err gets a message on failure. */

@@ -36,13 +36,17 @@ typedef struct {
  * Qwen2ForCausalLM: Llama plus q/k/v biases (qkv_bias) and a sliding window on the layers
  * from max_window_layers on. attention_bias = true on the Llama names: q/k/v AND o biases,
  * as transformers' LlamaAttention builds them.
+ * Phi3ForCausalLM: Llama with fused qkv_proj ([q; k; v] rows) and gate_up_proj ([gate; up]
+ * rows), split at load (fused_proj); Mistral-style sliding_window; longrope (128k variants)
+ * and partial_rotary_factor < 1 (Phi-4-mini) are refused by cfg_rope_scaling.
  * Not accepted on purpose: Qwen3 (q/k norms), Gemma (1+w norms,
- * GeGLU), Phi-3 (fused qkv), Olmo, Granite, Cohere (extra multipliers / norms). */
+ * GeGLU), Olmo, Granite, Cohere (extra multipliers / norms). */
 static const cfg_arch cfg_archs[] = {
     {"LlamaForCausalLM", 2048},
     {"LLaMAForCausalLM", 2048},
     {"MistralForCausalLM", 4096 * 32},
     {"Qwen2ForCausalLM", 32768},
+    {"Phi3ForCausalLM", 4096},
 };
 
 static void cfg_err(char *err, size_t errlen, const char *fmt, ...)
@@ -216,7 +220,7 @@ static int cfg_architecture(const cJSON *root, model_config *cfg, const cfg_arch
     }
     cfg_err(err, errlen,
             "config.json: architecture \"%.64s\" is not supported (supported: LlamaForCausalLM, "
-            "MistralForCausalLM, Qwen2ForCausalLM)",
+            "MistralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM)",
             name);
     return PEFTD_EUNSUPPORTED;
 }
@@ -427,6 +431,7 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
         return PEFTD_EUNSUPPORTED;
     }
     if ((rc = cfg_rope_scaling(root, cfg, err, errlen)) < 0) return rc;
+    cfg->fused_proj = strcmp(arch->name, "Phi3ForCausalLM") == 0;
     /* Qwen2Attention always has q/k/v biases and never an o_proj bias (its config has no
      * attention_bias field); LlamaAttention puts attention_bias on all four projections. */
     if (strcmp(arch->name, "Qwen2ForCausalLM") == 0) {

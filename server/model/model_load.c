@@ -365,11 +365,42 @@ static int ml_take_biases(ml_ctx *c, int i) {
     return 0;
 }
 
+/* Row view [row0, row0 + rows) of a weight (rows are contiguous: no copy). */
+static kmat ml_rows(const kmat *w, int64_t row0, int64_t rows) {
+    kmat v = *w;
+    v.data = (const uint8_t *)w->data + (size_t)(row0 * w->cols) * kdtype_size(w->dtype);
+    v.rows = rows;
+    return v;
+}
+
+/* Phi-3: self_attn.qkv_proj.weight [q + kv + kv, hidden] (rows q; k; v, as Phi3Attention
+ * slices its output) and mlp.gate_up_proj.weight [2 * inter, hidden] (chunk(2): gate; up),
+ * split into the row views the forward uses. */
+static int ml_take_fused(ml_ctx *c, int i, int64_t q, int64_t kv, int64_t ff) {
+    model_layer *l = &c->m->layers[i];
+    int64_t d = c->m->cfg.hidden_size;
+    char name[128];
+    kmat qkv, gu;
+    int rc;
+    snprintf(name, sizeof name, "model.layers.%d.self_attn.qkv_proj.weight", i);
+    if ((rc = ml_take(c, name, q + 2 * kv, d, &qkv)) < 0) return rc;
+    snprintf(name, sizeof name, "model.layers.%d.mlp.gate_up_proj.weight", i);
+    if ((rc = ml_take(c, name, 2 * ff, d, &gu)) < 0) return rc;
+    l->wq = ml_rows(&qkv, 0, q);
+    l->wk = ml_rows(&qkv, q, kv);
+    l->wv = ml_rows(&qkv, q + kv, kv);
+    l->w_gate = ml_rows(&gu, 0, ff);
+    l->w_up = ml_rows(&gu, ff, ff);
+    return 0;
+}
+
 static int ml_take_layer(ml_ctx *c, int i) {
     const model_config *cfg = &c->m->cfg;
     model_layer *l = &c->m->layers[i];
     int64_t d = cfg->hidden_size, q = (int64_t)cfg->n_heads * cfg->head_dim,
             kv = (int64_t)cfg->n_kv_heads * cfg->head_dim, ff = cfg->intermediate_size;
+    int rc;
+    if (cfg->fused_proj && (rc = ml_take_fused(c, i, q, kv, ff)) < 0) return rc;
     struct {
         const char *suffix;
         int64_t rows, cols;
@@ -387,9 +418,9 @@ static int ml_take_layer(ml_ctx *c, int i) {
     };
     for (size_t k = 0; k < sizeof w / sizeof w[0]; k++) {
         char name[128];
+        if (cfg->fused_proj && w[k].dst->data) continue; /* split from a fused weight */
         snprintf(name, sizeof name, "model.layers.%d.%s", i, w[k].suffix);
-        int rc = ml_take(c, name, w[k].rows, w[k].cols, w[k].dst);
-        if (rc < 0) return rc;
+        if ((rc = ml_take(c, name, w[k].rows, w[k].cols, w[k].dst)) < 0) return rc;
     }
     return ml_take_biases(c, i);
 }
