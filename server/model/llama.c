@@ -220,6 +220,12 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         CHECK(llama__project(c, l, AMOD_Q, &L->wq, c->xn, T, c->q, false));
         CHECK(llama__project(c, l, AMOD_K, &L->wk, c->xn, T, c->k, false));
         CHECK(llama__project(c, l, AMOD_V, &L->wv, c->xn, T, c->v, false));
+        if (L->q_norm.data) {
+            /* Qwen3: RMSNorm over each head of q and k (after the adapters' deltas, which PEFT
+             * adds inside q_proj / k_proj), before RoPE. */
+            CHECK(op->rmsnorm(kb, c->q, &L->q_norm, T * cfg->n_heads, hd, cfg->rms_norm_eps, c->q));
+            CHECK(op->rmsnorm(kb, c->k, &L->k_norm, T * cfg->n_kv_heads, hd, cfg->rms_norm_eps, c->k));
+        }
         CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, c->inv_freq));
         CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, c->inv_freq));
         CHECK(op->kv_store(kb, c->k, c->v, c->d_slots, T, kv_dim, c->k_cache[l], c->v_cache[l]));

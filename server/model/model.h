@@ -1,8 +1,8 @@
 /* server/model/model.h — a Llama-family base model: HF config.json + safetensors weights.
  *
- * model_load() reads <dir>/config.json (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
- * and the same architecture under other names: RMSNorm, RoPE, SwiGLU, GQA, optional
- * attention projection biases), memory-maps
+ * model_load() reads <dir>/config.json (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+ * Qwen3ForCausalLM and the same architecture under other names: RMSNorm, RoPE, SwiGLU, GQA,
+ * optional attention projection biases, optional per-head q/k RMSNorm), memory-maps
  * <dir>/model.safetensors or every shard named by <dir>/model.safetensors.index.json,
  * checks every tensor's name, dtype (f32/f16/bf16) and shape against the config, and
  * exposes the weights as kmat views in the backend's memory. On the CPU backend the views
@@ -42,7 +42,7 @@ typedef struct {
     int n_layers;
     int n_heads;
     int n_kv_heads;          /* num_key_value_heads (defaults to n_heads) */
-    int head_dim;            /* head_dim (defaults to hidden_size / n_heads) */
+    int head_dim;            /* head_dim (defaults to hidden_size / n_heads; Qwen3: 128) */
     int max_position_embeddings;
     float rms_norm_eps;
     float rope_theta;
@@ -58,6 +58,8 @@ typedef struct {
     bool o_bias;             /* o_proj has a bias (Llama attention_bias) */
     bool fused_proj;         /* Phi-3: weights stored as fused qkv_proj / gate_up_proj, split
                               * into wq/wk/wv and w_gate/w_up row views at load */
+    bool qk_norm;            /* per-head RMSNorm on q and k (Qwen3), weights [head_dim],
+                              * eps rms_norm_eps, after q/k_proj and before RoPE */
 } model_config;
 
 /* Parses a config.json text. @note err gets a message on failure. */
@@ -72,6 +74,8 @@ typedef struct {
      * (config qkv_bias / o_bias). Added to the base projection before any adapter delta's
      * output-side scale (see llama__project). */
     kmat bq, bk, bv, bo;
+    /* Qwen3 q_norm / k_norm, [1, head_dim] each; .data == NULL unless config qk_norm. */
+    kmat q_norm, k_norm;
 } model_layer;
 
 typedef struct model {

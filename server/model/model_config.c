@@ -36,16 +36,20 @@ typedef struct {
  * Qwen2ForCausalLM: Llama plus q/k/v biases (qkv_bias) and a sliding window on the layers
  * from max_window_layers on. attention_bias = true on the Llama names: q/k/v AND o biases,
  * as transformers' LlamaAttention builds them.
+ * Qwen3ForCausalLM: Llama plus a per-head RMSNorm on q and k before RoPE (qk_norm), head_dim
+ * defaulting to 128 rather than hidden/heads, attention_bias on q/k/v/o as in Llama, and
+ * Qwen2's sliding-window rules.
  * Phi3ForCausalLM: Llama with fused qkv_proj ([q; k; v] rows) and gate_up_proj ([gate; up]
  * rows), split at load (fused_proj); Mistral-style sliding_window; longrope (128k variants)
  * and partial_rotary_factor < 1 (Phi-4-mini) are refused by cfg_rope_scaling.
- * Not accepted on purpose: Qwen3 (q/k norms), Gemma (1+w norms,
+ * Not accepted on purpose: Gemma (1+w norms,
  * GeGLU), Olmo, Granite, Cohere (extra multipliers / norms). */
 static const cfg_arch cfg_archs[] = {
     {"LlamaForCausalLM", 2048},
     {"LLaMAForCausalLM", 2048},
     {"MistralForCausalLM", 4096 * 32},
     {"Qwen2ForCausalLM", 32768},
+    {"Qwen3ForCausalLM", 32768},
     {"Phi3ForCausalLM", 4096},
 };
 
@@ -220,7 +224,7 @@ static int cfg_architecture(const cJSON *root, model_config *cfg, const cfg_arch
     }
     cfg_err(err, errlen,
             "config.json: architecture \"%.64s\" is not supported (supported: LlamaForCausalLM, "
-            "MistralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM)",
+            "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM)",
             name);
     return PEFTD_EUNSUPPORTED;
 }
@@ -355,9 +359,10 @@ static int cfg_sliding_window(const cJSON *root, const cfg_arch *arch, model_con
                               char *err, size_t errlen) {
     bool use;
     int rc;
-    /* Qwen2 writes sliding_window but only applies it when use_sliding_window is true
-     * (default false); Mistral applies it whenever it is set. */
-    bool use_default = strcmp(arch->name, "Qwen2ForCausalLM") != 0;
+    /* Qwen2 and Qwen3 write sliding_window but only apply it when use_sliding_window is true
+     * (default false), per layer_types / max_window_layers alike; Mistral applies it whenever
+     * it is set. */
+    bool use_default = strcmp(arch->name, "Qwen2ForCausalLM") != 0 && !cfg->qk_norm;
     if ((rc = cfg_bool(root, "use_sliding_window", use_default, &use, err, errlen)) < 0)
         return rc;
     if ((rc = cfg_int(root, "sliding_window", false, 0, 0, CFG_MAX_POSITIONS,
@@ -394,7 +399,9 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
                       CFG_MAX_POSITIONS, &cfg->max_position_embeddings, err, errlen)) < 0)
         return rc;
     if ((rc = cfg_get(root, "head_dim", &v, err, errlen)) < 0) return rc;
-    has_head_dim = v != NULL;
+    /* Qwen3Config's head_dim defaults to 128 whatever hidden_size / num_attention_heads. */
+    cfg->qk_norm = strcmp(arch->name, "Qwen3ForCausalLM") == 0;
+    has_head_dim = v != NULL || cfg->qk_norm;
     /* An explicit head_dim (Mistral-Nemo: 5120 / 32 heads but head_dim 128) decouples the
      * heads from hidden_size, so divisibility only matters when head_dim is derived. */
     if (!has_head_dim && cfg->hidden_size % cfg->n_heads != 0) {
@@ -403,8 +410,9 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
                 cfg->hidden_size, cfg->n_heads);
         return PEFTD_EFORMAT;
     }
-    if ((rc = cfg_int(root, "head_dim", false, cfg->hidden_size / cfg->n_heads, 1,
-                      CFG_MAX_HEAD_DIM, &cfg->head_dim, err, errlen)) < 0)
+    if ((rc = cfg_int(root, "head_dim", false,
+                      cfg->qk_norm ? 128 : cfg->hidden_size / cfg->n_heads, 1, CFG_MAX_HEAD_DIM,
+                      &cfg->head_dim, err, errlen)) < 0)
         return rc;
     if (cfg->head_dim % 2 != 0) {
         cfg_err(err, errlen, "config.json: head_dim %d is odd (RoPE rotates pairs of halves)",
@@ -433,7 +441,8 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
     if ((rc = cfg_rope_scaling(root, cfg, err, errlen)) < 0) return rc;
     cfg->fused_proj = strcmp(arch->name, "Phi3ForCausalLM") == 0;
     /* Qwen2Attention always has q/k/v biases and never an o_proj bias (its config has no
-     * attention_bias field); LlamaAttention puts attention_bias on all four projections. */
+     * attention_bias field); LlamaAttention and Qwen3Attention put attention_bias on all
+     * four projections. */
     if (strcmp(arch->name, "Qwen2ForCausalLM") == 0) {
         cfg->qkv_bias = true;
     } else {

@@ -338,7 +338,7 @@ static int ml_take(ml_ctx *c, const char *name, int64_t rows, int64_t cols, kmat
 }
 
 /* The projection biases the config announces: 1-D [out] tensors (Qwen2: q/k/v; Llama
- * attention_bias: q/k/v/o). */
+ * attention_bias: q/k/v/o); and Qwen3's per-head q_norm / k_norm weights, 1-D [head_dim]. */
 static int ml_take_biases(ml_ctx *c, int i) {
     const model_config *cfg = &c->m->cfg;
     model_layer *l = &c->m->layers[i];
@@ -354,6 +354,8 @@ static int ml_take_biases(ml_ctx *c, int i) {
         {cfg->qkv_bias, "self_attn.k_proj.bias", kv, &l->bk},
         {cfg->qkv_bias, "self_attn.v_proj.bias", kv, &l->bv},
         {cfg->o_bias, "self_attn.o_proj.bias", d, &l->bo},
+        {cfg->qk_norm, "self_attn.q_norm.weight", cfg->head_dim, &l->q_norm},
+        {cfg->qk_norm, "self_attn.k_norm.weight", cfg->head_dim, &l->k_norm},
     };
     for (size_t k = 0; k < sizeof b / sizeof b[0]; k++) {
         char name[128];
@@ -456,7 +458,7 @@ static int ml_check_leftovers(ml_ctx *c) {
 static int ml_upload(ml_ctx *c) {
     model *m = c->m;
     kbackend *kb = m->kb;
-    int n = 3 + 13 * m->cfg.n_layers;
+    int n = 3 + 15 * m->cfg.n_layers;
     kmat **all = malloc((size_t)n * sizeof *all);
     if (!all) {
         ml_err(c->err, c->errlen, "%s: out of memory", m->dir);
@@ -471,7 +473,7 @@ static int ml_upload(ml_ctx *c) {
         kmat *ws[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo,
                       &l->ffn_norm, &l->w_gate, &l->w_up, &l->w_down};
         for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) all[k++] = ws[j];
-        kmat *bs[] = {&l->bq, &l->bk, &l->bv, &l->bo};
+        kmat *bs[] = {&l->bq, &l->bk, &l->bv, &l->bo, &l->q_norm, &l->k_norm};
         for (size_t j = 0; j < sizeof bs / sizeof bs[0]; j++)
             if (bs[j]->data) all[k++] = bs[j];
     }
@@ -538,10 +540,10 @@ static int ml_check_ops(ml_ctx *c) {
         return rc;
     for (int i = 0; i < m->cfg.n_layers; i++) {
         const model_layer *l = &m->layers[i];
-        const kmat *norms[] = {&l->attn_norm, &l->ffn_norm};
+        const kmat *norms[] = {&l->attn_norm, &l->ffn_norm, &l->q_norm, &l->k_norm};
         const kmat *proj[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
-        for (int j = 0; j < 2; j++)
-            if ((rc = ml_check_op(c, norms[j], KOP_RMSNORM, "layer norm")) < 0) return rc;
+        for (int j = 0; j < 4; j++)
+            if (norms[j]->data && (rc = ml_check_op(c, norms[j], KOP_RMSNORM, "layer norm")) < 0) return rc;
         for (int j = 0; j < 7; j++)
             if ((rc = ml_check_op(c, proj[j], KOP_MATMUL, "projection")) < 0) return rc;
         const kmat *bias[] = {&l->bq, &l->bk, &l->bv, &l->bo};
