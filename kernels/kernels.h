@@ -161,11 +161,13 @@ typedef struct kbackend_ops {
     /* y[i,:] = x[i,:] / sqrt(mean(x[i,:]²) + eps) * w (w: [1, dim]); y may equal x. */
     int (*rmsnorm)(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y);
 
-    /* In-place rotary embedding, Hugging Face "rotate_half" layout: for each head,
-     * pairs (i, i + head_dim/2) rotate by angle pos[row] * inv_freq[i], i < head_dim/2.
-     * x: [n, n_heads * head_dim]; inv_freq: [head_dim / 2]. */
+    /* In-place rotary embedding, Hugging Face "rotate_half" layout on the first rot_dim dims
+     * of each head (partial rotary, Phi-4-mini; rot_dim == head_dim otherwise): pairs
+     * (i, i + rot_dim/2) rotate by angle pos[row] * inv_freq[i], i < rot_dim/2; dims
+     * [rot_dim, head_dim) pass through. x: [n, n_heads * head_dim]; inv_freq: [rot_dim / 2];
+     * rot_dim even, 0 < rot_dim <= head_dim. */
     int (*rope)(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-                const float *inv_freq);
+                int rot_dim, const float *inv_freq);
 
     /* Writes k[i,:], v[i,:] (kv_dim floats each) to slot slots[i] of the layer's caches. */
     int (*kv_store)(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,

@@ -1,6 +1,7 @@
 /* kernels/cpu/rope.c — in-place rotary position embedding, Hugging Face
- * "rotate_half" layout: in each head, x[i] and x[i + half] rotate together by
- * pos * inv_freq[i]. The angle is computed in f32 and cos/sin in f32 (cosf,
+ * "rotate_half" layout on the first rot_dim dims of each head: x[i] and
+ * x[i + rot_dim/2] rotate together by pos * inv_freq[i]; dims from rot_dim on are
+ * left as they are (partial rotary, transformers' Phi3 q_rot / q_pass split). The angle is computed in f32 and cos/sin in f32 (cosf,
  * sinf), as transformers does (freqs = pos.float() @ inv_freq.float()), so
  * large positions round the same way as the reference. */
 #include <math.h>
@@ -14,14 +15,14 @@
 typedef struct {
     float *x;
     const int32_t *pos;
-    int n_heads, head_dim;
+    int n_heads, head_dim, rot_dim;
     const float *inv_freq;
 } rope_ctx;
 
 static void rope_task(void *vc, int row, int thread) {
     (void)thread;
     const rope_ctx *c = vc;
-    int half = c->head_dim / 2;
+    int half = c->rot_dim / 2;
     float cs[ROPE_MAX_HEAD_DIM / 2], sn[ROPE_MAX_HEAD_DIM / 2];
     float p = (float)c->pos[row];
     for (int i = 0; i < half; i++) {
@@ -40,16 +41,18 @@ static void rope_task(void *vc, int row, int thread) {
 }
 
 int kcpu__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-               const float *inv_freq) {
-    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > ROPE_MAX_HEAD_DIM)
+               int rot_dim, const float *inv_freq) {
+    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > ROPE_MAX_HEAD_DIM ||
+        rot_dim <= 0 || rot_dim % 2 || rot_dim > head_dim)
         return PEFTD_EINVAL;
     if (n == 0) return 0;
     if (!x || !pos || !inv_freq) return PEFTD_EINVAL;
     for (int i = 0; i < n; i++)
         if (pos[i] < 0) return PEFTD_ERANGE;
-    rope_ctx c = {.x = x, .pos = pos, .n_heads = n_heads, .head_dim = head_dim, .inv_freq = inv_freq};
+    rope_ctx c = {.x = x, .pos = pos, .n_heads = n_heads, .head_dim = head_dim,
+                 .rot_dim = rot_dim, .inv_freq = inv_freq};
     /* ~20 element-ops per cos/sin pair, ~6 per rotated pair. */
-    double work = (double)n * (head_dim / 2) * (20.0 + 6.0 * n_heads);
+    double work = (double)n * (rot_dim / 2) * (20.0 + 6.0 * n_heads);
     kcpu__parallel(kcpu__impl(kb), n, work, rope_task, &c);
     return 0;
 }

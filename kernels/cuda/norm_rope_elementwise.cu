@@ -97,10 +97,11 @@ extern "C" int kcuda__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n
 /* Largest head_dim, as the CPU backend (kernels/cpu/rope.c). */
 #define ROPE_MAX_HEAD_DIM 1024
 
-/* One block per row; thread i < half computes cos/sin of its pair once and rotates that
- * pair in every head. */
-__global__ void k_rope(float *x, const int32_t *pos, int n_heads, int head_dim, const float *inv_freq, int *err) {
-    int row = blockIdx.x, half = head_dim / 2;
+/* One block per row; thread i < rot_dim/2 computes cos/sin of its pair once and rotates
+ * that pair in every head; dims [rot_dim, head_dim) are not touched (partial rotary). */
+__global__ void k_rope(float *x, const int32_t *pos, int n_heads, int head_dim, int rot_dim, const float *inv_freq,
+                       int *err) {
+    int row = blockIdx.x, half = rot_dim / 2;
     int32_t p = pos[row];
     if (p < 0) {
         if (threadIdx.x == 0) kcuda_flag(err, KCUDA_ERR_RANGE);
@@ -122,15 +123,17 @@ __global__ void k_rope(float *x, const int32_t *pos, int n_heads, int head_dim, 
 }
 
 extern "C" int kcuda__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-                           const float *inv_freq) {
-    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > ROPE_MAX_HEAD_DIM) return PEFTD_EINVAL;
+                           int rot_dim, const float *inv_freq) {
+    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > ROPE_MAX_HEAD_DIM || rot_dim <= 0 ||
+        rot_dim % 2 || rot_dim > head_dim)
+        return PEFTD_EINVAL;
     if (n == 0) return 0;
     if (!x || !pos || !inv_freq) return PEFTD_EINVAL;
     kcuda_backend *cb = kcuda__impl(kb);
     int rc = kcuda__enter_op(cb);
     if (rc) return rc;
-    int threads = head_dim / 2 < 32 ? 32 : (head_dim / 2 + 31) / 32 * 32;
-    k_rope<<<n, threads, 0, cb->stream>>>(x, pos, n_heads, head_dim, inv_freq, cb->d_err);
+    int threads = rot_dim / 2 < 32 ? 32 : (rot_dim / 2 + 31) / 32 * 32;
+    k_rope<<<n, threads, 0, cb->stream>>>(x, pos, n_heads, head_dim, rot_dim, inv_freq, cb->d_err);
     KCUDA_LAUNCH_CHECK();
     return 0;
 }

@@ -87,7 +87,7 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
     ALLOC(c->tmp_in, T * wide * 4);
     ALLOC(c->sel, n_logit_rows * H * 4);
     ALLOC(c->logits, n_logit_rows * (size_t)cfg->vocab_size * 4);
-    ALLOC(c->inv_freq, (size_t)cfg->head_dim / 2 * 4);
+    ALLOC(c->inv_freq, (size_t)cfg->rope.rot_dim / 2 * 4);
     ALLOC(c->d_tokens, T * 4);
     ALLOC(c->d_emb_ids, T * 4);
     ALLOC(c->d_pos, T * 4);
@@ -104,7 +104,7 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
         /* HF LlamaRotaryEmbedding's inv_freq and cos/sin factor s (rope_scaling). Scaling cos
          * and sin by s scales q.k by s^2: folded into the softmax scale (exact 1/sqrt(hd) when
          * s == 1). */
-        int half = cfg->head_dim / 2;
+        int half = cfg->rope.rot_dim / 2;
         double s;
         float *f = malloc((size_t)half * sizeof(float));
         if (!f) goto oom;
@@ -226,8 +226,8 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
             CHECK(op->rmsnorm(kb, c->q, &L->q_norm, T * cfg->n_heads, hd, cfg->rms_norm_eps, c->q));
             CHECK(op->rmsnorm(kb, c->k, &L->k_norm, T * cfg->n_kv_heads, hd, cfg->rms_norm_eps, c->k));
         }
-        CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, c->inv_freq));
-        CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, c->inv_freq));
+        CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, cfg->rope.rot_dim, c->inv_freq));
+        CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, cfg->rope.rot_dim, c->inv_freq));
         CHECK(op->kv_store(kb, c->k, c->v, c->d_slots, T, kv_dim, c->k_cache[l], c->v_cache[l]));
         a.k_cache = c->k_cache[l];
         a.v_cache = c->v_cache[l];

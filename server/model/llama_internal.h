@@ -68,7 +68,7 @@ struct llama_ctx {
     float *x, *xn, *q, *k, *v, *att, *gate, *up, *sel, *logits;
     float *tmp;                  /* [T, hidden]: a sub-layer's output when it can't be fused */
     float *tmp_in;               /* [T, max(hidden, inter)]: an input scaled by IA3 */
-    float *inv_freq;             /* [head_dim / 2] */
+    float *inv_freq;             /* [rope.rot_dim / 2] */
     float attn_scale;            /* softmax scale: 1/sqrt(head_dim), times the rope's
                                   * cos/sin factor squared (yarn; server/model/rope_freqs.c) */
     /* device copies of the batch's index arrays */

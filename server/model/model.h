@@ -31,6 +31,8 @@ typedef struct {
     double mscale, mscale_all_dim;       /* yarn: 0 when absent */
     double beta_fast, beta_slow;         /* yarn (defaults 32, 1) */
     bool truncate;                       /* yarn (default true) */
+    int rot_dim;   /* dims rotated per head: head_dim * partial_rotary_factor (Phi3 only,
+                    * e.g. Phi-4-mini 0.75), head_dim otherwise; the rest pass through */
 } rope_scaling;
 
 typedef struct {

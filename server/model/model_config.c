@@ -40,8 +40,8 @@ typedef struct {
  * defaulting to 128 rather than hidden/heads, attention_bias on q/k/v/o as in Llama, and
  * Qwen2's sliding-window rules.
  * Phi3ForCausalLM: Llama with fused qkv_proj ([q; k; v] rows) and gate_up_proj ([gate; up]
- * rows), split at load (fused_proj); Mistral-style sliding_window; longrope (128k variants)
- * and partial_rotary_factor < 1 (Phi-4-mini) are refused by cfg_rope_scaling.
+ * rows), split at load (fused_proj); Mistral-style sliding_window; partial_rotary_factor
+ * < 1 (Phi-4-mini) served; longrope (128k variants) refused by cfg_rope_scaling.
  * Not accepted on purpose: Gemma (1+w norms,
  * GeGLU), Olmo, Granite, Cohere (extra multipliers / norms). */
 static const cfg_arch cfg_archs[] = {
@@ -291,19 +291,28 @@ static int rope_fields(const cJSON *rs, model_config *cfg, char *err, size_t err
  * (transformers treats that as no scaling), "linear", "llama3" or "yarn". "dynamic" (NTK) and
  * "longrope" pick their frequencies from the current sequence length in transformers, which a
  * batch engine cannot reproduce per sequence with one table; they are refused.
- * partial_rotary_factor < 1: transformers' Llama/Mistral/Qwen2 rotate the whole head (they
- * fail on a partial table), so no supported architecture uses it; refused. */
+ * partial_rotary_factor < 1: Phi3 rotates the first int(head_dim * factor) dims of each head
+ * and passes the rest (Phi-4-mini: 0.75); transformers' Llama/Mistral/Qwen2 rotate the whole
+ * head (they fail on a partial table), so there it is refused. */
 static int cfg_rope_scaling(const cJSON *root, model_config *cfg, char *err, size_t errlen) {
     static const char *const names[] = {"default", "linear", "llama3", "yarn"};
     const cJSON *v;
     double prf = 1.0;
     int rc = rope_num(root, "partial_rotary_factor", false, 1.0, 1.0 + 1e-9, &prf, err, errlen);
     if (rc < 0) return rc;
-    if (prf != 1.0) {
+    bool phi3 = strcmp(cfg->architecture, "Phi3ForCausalLM") == 0;
+    if (prf != 1.0 && !phi3) {
         cfg_err(err, errlen, "config.json: partial_rotary_factor %g is not supported (only 1)", prf);
         return PEFTD_EUNSUPPORTED;
     }
     memset(&cfg->rope, 0, sizeof cfg->rope);
+    /* transformers: int(head_dim * partial_rotary_factor), in double, truncated. */
+    cfg->rope.rot_dim = prf == 1.0 ? cfg->head_dim : (int)(cfg->head_dim * prf);
+    if (cfg->rope.rot_dim <= 0 || cfg->rope.rot_dim % 2) {
+        cfg_err(err, errlen, "config.json: partial_rotary_factor %g gives %d rotary dims of %d "
+                "(must be even and > 0)", prf, cfg->rope.rot_dim, cfg->head_dim);
+        return PEFTD_EFORMAT;
+    }
     if ((rc = cfg_get(root, "rope_scaling", &v, err, errlen)) < 0 || !v) return rc;
     if (!cJSON_IsObject(v)) {
         cfg_err(err, errlen, "config.json: \"rope_scaling\" must be an object or null");

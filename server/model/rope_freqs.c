@@ -33,7 +33,7 @@ static double yarn_correction_dim(double n_rot, int dim, double base, double max
  * interpolated (divided by factor), with a linear ramp between. */
 static void yarn_freqs(const model_config *cfg, const float *base_f, float *inv_freq) {
     const rope_scaling *r = &cfg->rope;
-    int dim = cfg->head_dim, half = dim / 2;
+    int dim = cfg->rope.rot_dim, half = dim / 2;
     double lo = yarn_correction_dim(r->beta_fast, dim, cfg->rope_theta,
                                     r->original_max_position_embeddings);
     double hi = yarn_correction_dim(r->beta_slow, dim, cfg->rope_theta,
@@ -55,11 +55,12 @@ static void yarn_freqs(const model_config *cfg, const float *base_f, float *inv_
 
 void rope_freqs(const model_config *cfg, float *inv_freq, double *attn_scale) {
     const rope_scaling *r = &cfg->rope;
-    int half = cfg->head_dim / 2;
-    /* HF default: inv_freq[i] = theta^(-2i/head_dim), computed in double then rounded once,
-     * as torch computes it in f32 from an int64 arange. */
+    int dim = r->rot_dim, half = dim / 2;
+    /* HF default: inv_freq[i] = theta^(-2i/dim), dim = rot_dim (head_dim unless partial
+     * rotary), computed in double then rounded once, as torch computes it in f32 from an int64
+     * arange. */
     for (int i = 0; i < half; i++)
-        inv_freq[i] = (float)(1.0 / pow((double)cfg->rope_theta, (double)(2 * i) / cfg->head_dim));
+        inv_freq[i] = (float)(1.0 / pow((double)cfg->rope_theta, (double)(2 * i) / dim));
     *attn_scale = 1.0;
     switch (r->kind) {
     case ROPE_DEFAULT: break;

@@ -5,7 +5,7 @@
 
 #include "server/model/model.h"
 
-/* Fills inv_freq[0 .. head_dim/2) and *attn_scale: the factor transformers multiplies cos and
+/* Fills inv_freq[0 .. rope.rot_dim/2) and *attn_scale: the factor transformers multiplies cos and
  * sin by (1 except for yarn). The default kind gives exactly theta^(-2i/head_dim) rounded once
  * from double. */
 void rope_freqs(const model_config *cfg, float *inv_freq, double *attn_scale);

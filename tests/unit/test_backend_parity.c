@@ -278,19 +278,20 @@ TEST(rmsnorm_parity) {
 TEST(rope_parity) {
     open_backends();
     static const int hds[] = {6, 64, 128};
+    /* rd 1: partial rotary, rot_dim = 3/4 of head_dim rounded down to even (Phi-4-mini). */
     for (int ti = 0; ti < 3; ti++)
-        for (int h = 0; h < 3; h++) {
-            int T = TS[ti], hd = hds[h], nh = 5;
+        for (int h = 0; h < 6; h++) {
+            int T = TS[ti], hd = hds[h % 3], nh = 5, rot = h < 3 ? hd : hd * 3 / 4 / 2 * 2;
             float *x = rand_f32((size_t)T * nh * hd, 2.0f), inv[64];
-            for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
+            for (int i = 0; i < rot / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / rot);
             int32_t pos[133];
             for (int i = 0; i < T; i++) pos[i] = (int32_t)(rnd() % 4096);
             pbuf px = pb_new(x, (size_t)T * nh * hd * 4), pp = pb_new(pos, (size_t)T * 4),
                  pf = pb_new(inv, (size_t)hd / 2 * 4);
-            BOTH(CP->ops->rope(CP, (float *)px.cp, (int32_t *)pp.cp, T, nh, hd, (float *)pf.cp),
-                 CU->ops->rope(CU, (float *)px.cu, (int32_t *)pp.cu, T, nh, hd, (float *)pf.cu));
+            BOTH(CP->ops->rope(CP, (float *)px.cp, (int32_t *)pp.cp, T, nh, hd, rot, (float *)pf.cp),
+                 CU->ops->rope(CU, (float *)px.cu, (int32_t *)pp.cu, T, nh, hd, rot, (float *)pf.cu));
             char what[64];
-            snprintf(what, sizeof what, "rope T=%d head_dim=%d", T, hd);
+            snprintf(what, sizeof what, "rope T=%d head_dim=%d rot_dim=%d", T, hd, rot);
             pb_check(&px, what);
             pb_free(&px), pb_free(&pp), pb_free(&pf);
             free(x);

@@ -239,7 +239,7 @@ TEST(rope) {
             float *x = malloc((size_t)n * dim * sizeof(float)), *y = test_guarded_alloc((int64_t)n * dim);
             test_fill(x, (int64_t)n * dim);
             memcpy(y, x, (size_t)n * dim * sizeof(float));
-            ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, inv), 0);
+            ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, hd, inv), 0);
             for (int r = 0; r < n; r++)
                 for (int h = 0; h < nh; h++)
                     for (int i = 0; i < hd / 2; i++) {
@@ -260,10 +260,49 @@ TEST(rope) {
             free(inv);
         }
         float x[4] = {0}, inv[2] = {1, 1};
-        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 3, inv), PEFTD_EINVAL);
-        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){-1}, 1, 1, 4, inv), PEFTD_ERANGE);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 3, 3, inv), PEFTD_EINVAL);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){-1}, 1, 1, 4, 4, inv), PEFTD_ERANGE);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 3, inv), PEFTD_EINVAL);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 6, inv), PEFTD_EINVAL);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 0, inv), PEFTD_EINVAL);
         kbackend_destroy(kb);
     }
+}
+
+/* Partial rotary (transformers' Phi3: q_rot = q[..., :rot_dim], q_pass = q[..., rot_dim:]):
+ * pairs (i, i + rot/2) of the first rot dims rotate, the rest are left bit-identical. */
+TEST(rope_partial) {
+    static const int cases[][2] = {{8, 6}, {16, 12}, {64, 48}, {96, 72}, {128, 2}};
+    kbackend *kb = kbackend_cpu_create(4);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int hd = cases[ci][0], rot = cases[ci][1], nh = 3, n = 37, dim = nh * hd;
+        float *inv = malloc(rot / 2 * sizeof(float));
+        for (int i = 0; i < rot / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / rot);
+        int32_t *pos = malloc(n * sizeof(int32_t));
+        for (int i = 0; i < n; i++) pos[i] = i < 5 ? i : (int32_t)(test_rng_u32() % 8192);
+        float *x = malloc((size_t)n * dim * sizeof(float)), *y = test_guarded_alloc((int64_t)n * dim);
+        test_fill(x, (int64_t)n * dim);
+        memcpy(y, x, (size_t)n * dim * sizeof(float));
+        ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, rot, inv), 0);
+        for (int r = 0; r < n; r++)
+            for (int h = 0; h < nh; h++) {
+                const float *xh = x + (int64_t)r * dim + h * hd, *yh = y + (int64_t)r * dim + h * hd;
+                for (int i = 0; i < rot / 2; i++) {
+                    double ang = (float)((float)pos[r] * inv[i]);
+                    double a = xh[i], b = xh[i + rot / 2];
+                    /* tolerance as in TEST(rope): 1-ulp cosf/sinf plus two f32 roundings */
+                    double tol = 4 * U_F32 * (fabs(a) + fabs(b));
+                    ASSERT_NEAR(yh[i], a * cos(ang) - b * sin(ang), tol);
+                    ASSERT_NEAR(yh[i + rot / 2], b * cos(ang) + a * sin(ang), tol);
+                }
+                ASSERT(memcmp(yh + rot, xh + rot, (size_t)(hd - rot) * sizeof(float)) == 0);
+            }
+        test_guarded_check_free(y, (int64_t)n * dim);
+        free(x);
+        free(pos);
+        free(inv);
+    }
+    kbackend_destroy(kb);
 }
 
 /* ---- elementwise, get_rows, kv_store ---- */
@@ -636,5 +675,5 @@ TEST(attention_bad_args) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(pool_runs_each_task_once, attention_batch_invariant_row_and_head_paths, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope,
+TEST_MAIN(pool_runs_each_task_once, attention_batch_invariant_row_and_head_paths, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope, rope_partial,
           swiglu_and_add, vector_exp, get_rows, kv_store_slots, attention_ragged_paged, attention_bad_args)

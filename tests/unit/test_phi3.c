@@ -2,7 +2,7 @@
  * qkv_proj / gate_up_proj are split into row views at load, base and PEFT LoRA / DoRA / IA3
  * on the fused modules (split at import), against transformers + peft
  * (tests/fixtures/make_phi3_fixtures.py -> tests/fixtures/phi3/reference.json); the config
- * rules: longrope and partial_rotary_factor < 1 refused, sliding_window honoured as Mistral;
+ * rules: partial_rotary_factor < 1 served (reference_partial.json), longrope refused, sliding_window honoured as Mistral;
  * a PEFT target that does not exist on Phi-3 (q_proj) refused.
  *
  * Tolerance 1e-4 on logits, as test_qwen2.c: only summation order differs.
@@ -27,10 +27,10 @@ typedef struct {
     float *logits; /* [n_ids, VOCAB] */
 } qcase;
 
-static void case_load(const char *name, qcase *q) {
+static void case_load(const char *file, const char *name, qcase *q) {
     size_t len;
-    char *text = test_read_file("tests/fixtures/phi3/reference.json", &len);
-    if (!text) FAIL("cannot read tests/fixtures/phi3/reference.json");
+    char *text = test_read_file(file, &len);
+    if (!text) FAIL("cannot read %s", file);
     cJSON *root = cJSON_ParseWithLength(text, len);
     ASSERT(root);
     const cJSON *c = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "cases"), name), *v, *r;
@@ -57,9 +57,9 @@ static void case_load(const char *name, qcase *q) {
 }
 
 /* Every prompt position's logits through llama_forward, one sequence, one segment. */
-static void check_case(const char *name) {
+static void check_case_in(const char *file, const char *name) {
     qcase q;
-    case_load(name, &q);
+    case_load(file, name, &q);
     char err[1024] = "";
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
@@ -101,7 +101,11 @@ static void check_case(const char *name) {
     kbackend_destroy(kb);
 }
 
+static void check_case(const char *name) { check_case_in("tests/fixtures/phi3/reference.json", name); }
+
 TEST(phi3_base) { check_case("base"); }
+/* partial_rotary_factor 0.75 (Phi-4-mini): rot_dim 12 of head_dim 16 rotate, 4 pass through. */
+TEST(phi3_partial_rotary) { check_case_in("tests/fixtures/phi3/reference_partial.json", "partial"); }
 TEST(phi3_lora) { check_case("lora"); }
 TEST(phi3_dora) { check_case("dora"); }
 TEST(phi3_ia3) { check_case("ia3"); }
@@ -123,7 +127,11 @@ TEST(phi3_config_rules) {
     ASSERT(cfg.fused_proj && !cfg.qkv_bias && !cfg.o_bias);
     ASSERT_EQ(parse(", \"sliding_window\": 2047", &cfg, err, sizeof err), 0);
     ASSERT_EQ(cfg.sliding_window, 2047);
-    ASSERT_EQ(parse(", \"partial_rotary_factor\": 0.75", &cfg, err, sizeof err), PEFTD_EUNSUPPORTED);
+    ASSERT_EQ(cfg.rope.rot_dim, 16);
+    ASSERT_EQ(parse(", \"partial_rotary_factor\": 0.75", &cfg, err, sizeof err), 0);
+    ASSERT_EQ(cfg.rope.rot_dim, 12);
+    /* int(16 * 0.1) = 1: an odd rotary width cannot pair halves. */
+    ASSERT_EQ(parse(", \"partial_rotary_factor\": 0.1", &cfg, err, sizeof err), PEFTD_EFORMAT);
     ASSERT(strstr(err, "partial_rotary_factor"));
     ASSERT_EQ(parse(", \"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [1], \"long_factor\": [1]}",
                     &cfg, err, sizeof err),
@@ -163,4 +171,4 @@ TEST(phi3_unfused_target_refused) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(phi3_base, phi3_lora, phi3_dora, phi3_ia3, phi3_config_rules, phi3_unfused_target_refused)
+TEST_MAIN(phi3_base, phi3_partial_rotary, phi3_lora, phi3_dora, phi3_ia3, phi3_config_rules, phi3_unfused_target_refused)
