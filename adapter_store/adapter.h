@@ -47,8 +47,8 @@ typedef struct {
     char name[128];            /* served base model id */
     char model_type[32];       /* config.json model_type, e.g. "llama" */
     int hidden, intermediate, n_layers, n_heads, n_kv_heads, head_dim, vocab;
-    int context_length;        /* positions a sequence may use: max_position_embeddings (capped
-                                * by a sliding window, as the engine does); 0 = unknown */
+    int context_length;        /* positions a sequence may use: max_position_embeddings; 0 = unknown */
+    int sliding_window;        /* the base's sliding-window span (model_config); 0 = none */
     /* [n_layers * AMOD_COUNT] base projections for DoRA norms, in HOST memory (the model's
      * read-only mappings): import runs on any thread and never reads backend memory. */
     const kmat *layer_w;

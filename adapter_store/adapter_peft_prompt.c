@@ -78,6 +78,12 @@ int adapter__load_prefix(adapter__ctx *c) {
     if (nl != L)
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: num_layers %d does not match the %d layers of base %s",
                              nl, L, b->name);
+    /* Prefix K/V sit before the prompt's slots; how transformers' sliding-window mask treats
+     * them (and the cache it builds for them) is not checked against a reference here. */
+    if (b->sliding_window > 0)
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "prefix tuning is not served on base %s: it uses sliding-window attention (window %d)",
+                             b->name, b->sliding_window);
     if (dim != kv || nh != b->n_kv_heads)
         return adapter__fail(c, PEFTD_EINVAL,
                              "adapter_config.json: token_dim %d / num_attention_heads %d do not match base %s's KV "

@@ -91,6 +91,10 @@ typedef struct {
     float *out;                 /* [T, n_heads * head_dim] */
     const int32_t *kv_start;    /* NULL, or [n_seqs]: sequence s skips slots [0, kv_start[s])
                                  * (padding before a block-aligned shared prefix) */
+    int window;                 /* sliding window (Mistral/Qwen2): 0 = full attention; W > 0: the
+                                 * query at slot p also skips slots <= p - W (transformers' rule
+                                 * kv_idx > q_idx - W: p attends to its last W slots, itself
+                                 * included), combined with kv_start as max(kv_start, p - W + 1) */
 } kattn_args;
 
 /* Activation applied between SGMV shrink and expand (bottleneck adapters). */

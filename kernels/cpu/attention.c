@@ -1,6 +1,7 @@
 /* kernels/cpu/attention.c — causal attention of one layer over a ragged batch,
  * reading K/V from the paged cache (semantics: kattn_args in kernels.h; a
- * query at slot p attends to slots [kv_start, p], kv_start = 0 when absent).
+ * query at slot p attends to slots [max(kv_start, p - window + 1), p], kv_start = 0
+ * when absent, window = 0 for full attention).
  *
  * One task per (query row, KV head): the task handles the n_heads/n_kv_heads
  * query heads that share that KV head together, so each K and V row is read
@@ -42,6 +43,11 @@ typedef struct {
     int bs_shift;      /* log2(block_size) when it is a power of two, else -1 */
     int by_row;        /* tasks are query rows (all KV heads), not (row, KV head) pairs */
 } attn_ctx;
+
+/* First slot attended by the query at slot p of a sequence whose first slot is k0. */
+static inline int attn_first_slot(const kattn_args *a, int k0, int p) {
+    return a->window > 0 && p - a->window + 1 > k0 ? p - a->window + 1 : k0;
+}
 
 /* Sequence owning query row t: the last s with q_start[s] <= t (empty sequences
  * share their start with the next one, so "last" skips them). */
@@ -176,7 +182,7 @@ static void attn_row_task(void *vc, int task, int thread) {
     int s = attn_seq_of_row(a->q_start, a->n_seqs, t);
     int n_q = a->q_start[s + 1] - a->q_start[s];
     int p = a->kv_len[s] - n_q + (t - a->q_start[s]);
-    int j0 = a->kv_start ? a->kv_start[s] : 0;
+    int j0 = attn_first_slot(a, a->kv_start ? a->kv_start[s] : 0, p);
     int n_slots = p + 1 - j0;
     const int32_t *btab = a->block_table + (int64_t)s * a->max_blocks;
     int hd = a->head_dim, H = a->n_heads, KVH = a->n_kv_heads, group = H / KVH, kv_dim = c->kv_dim;
@@ -233,7 +239,7 @@ static void attn_task(void *vc, int task, int thread) {
     int s = attn_seq_of_row(a->q_start, a->n_seqs, t);
     int n_q = a->q_start[s + 1] - a->q_start[s];
     int p = a->kv_len[s] - n_q + (t - a->q_start[s]); /* this query's slot */
-    int j0 = a->kv_start ? a->kv_start[s] : 0; /* first slot attended */
+    int j0 = attn_first_slot(a, a->kv_start ? a->kv_start[s] : 0, p); /* first slot attended */
     int n_slots = p + 1 - j0;
     const int32_t *btab = a->block_table + (int64_t)s * a->max_blocks;
     int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
@@ -282,7 +288,7 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
     if (!a->q_start || !a->kv_len || !a->block_table || !a->q || !a->k_cache || !a->v_cache || !a->out)
         return PEFTD_EINVAL;
     if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads || a->head_dim <= 0 ||
-        a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale))
+        a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale) || a->window < 0)
         return PEFTD_EINVAL;
     if ((int64_t)a->n_kv_heads * a->head_dim > INT32_MAX || a->n_heads / a->n_kv_heads > ATTN_MAX_GROUP)
         return PEFTD_EUNSUPPORTED;

@@ -1,6 +1,6 @@
 /* kernels/cuda/attention.cu — causal attention of one layer over a ragged batch,
  * reading K/V from the paged cache (contract: kattn_args in kernels/kernels.h; a query
- * at slot p attends to slots [kv_start, p]).
+ * at slot p attends to slots [max(kv_start, p - window + 1), p], window 0 = full).
  *
  * The number of query rows T = q_start[n_seqs] - q_start[0] lives in device memory, so
  * the grid is a fixed, device-filling set of blocks that stride over the work items
@@ -79,6 +79,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(kattn_args a, int 
             acc[i] = 0.0f;
         }
         float m = -INFINITY, l = 0.0f;
+        /* sliding window: the last `window` slots up to p (validation above used kv_start) */
+        if (a.window > 0 && p - a.window + 1 > j0) j0 = p - a.window + 1;
         for (int32_t j = j0 + warp; j <= p; j += ATT_WARPS) {
             int64_t blk = btab[j / a.block_size];
             int off = j % a.block_size;
@@ -133,7 +135,7 @@ extern "C" int kcuda__attention(kbackend *kb, const kattn_args *a) {
     if (!a->q_start || !a->kv_len || !a->block_table || !a->q || !a->k_cache || !a->v_cache || !a->out)
         return PEFTD_EINVAL;
     if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads || a->head_dim <= 0 ||
-        a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale))
+        a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale) || a->window < 0)
         return PEFTD_EINVAL;
     if (a->head_dim > 32 * ATT_MAX_PER_LANE || (int64_t)a->n_kv_heads * a->head_dim > INT32_MAX)
         return PEFTD_EUNSUPPORTED;

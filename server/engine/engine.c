@@ -121,10 +121,10 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->m = m;
     e->kb = kb;
     e->tok = tok;
+    /* Sliding-window layers mask in the attention op (kattn_args.window), so the context is
+     * max_position_embeddings on every model. KV blocks stay allocated for the whole sequence
+     * (slots that fell out of every layer's window are not freed early). */
     e->ctx_len = m->cfg.max_position_embeddings;
-    /* The attention kernels see the whole context; a sliding-window model (Mistral) is exact
-     * only while the context fits the window, so the window caps the context length. */
-    if (m->cfg.sliding_window > 0 && m->cfg.sliding_window < e->ctx_len) e->ctx_len = m->cfg.sliding_window;
     e->eos_id = tokenizer_eos_id(tok) >= 0 ? tokenizer_eos_id(tok) : m->cfg.eos_token_id;
     pthread_mutex_init(&e->qmu, NULL);
     pthread_mutex_init(&e->smu, NULL);

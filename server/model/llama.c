@@ -231,6 +231,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         CHECK(op->kv_store(kb, c->k, c->v, c->d_slots, T, kv_dim, c->k_cache[l], c->v_cache[l]));
         a.k_cache = c->k_cache[l];
         a.v_cache = c->v_cache[l];
+        a.window = cfg->layer_window[l] ? cfg->sliding_window : 0;
         CHECK(op->attention(kb, &a));
         CHECK(llama__sublayer_out(c, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN));
         CHECK(op->rmsnorm(kb, c->x, &L->ffn_norm, T, H, cfg->rms_norm_eps, c->xn));

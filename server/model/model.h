@@ -22,6 +22,9 @@
  * are computed by server/model/rope_freqs.c. */
 typedef enum { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3, ROPE_YARN } rope_kind;
 
+/* Most layers a config may declare (model_config.c bounds num_hidden_layers by it). */
+#define MODEL_MAX_LAYERS 1024 /* Llama-3 405B: 126 */
+
 typedef struct {
     rope_kind kind;
     double factor;                       /* linear, llama3, yarn */
@@ -53,9 +56,11 @@ typedef struct {
     int32_t bos_token_id;    /* -1 when absent */
     int32_t eos_token_id;    /* -1 when absent (first one when a list) */
     char torch_dtype[16];    /* as written in config.json ("" when absent) */
-    int sliding_window;      /* Mistral/Qwen2 sliding-window attention span; 0 when none.
-                              * The kernels attend to the full context, so the engine must
-                              * cap a sequence's context at this many tokens. */
+    int sliding_window;      /* Mistral/Qwen2/Qwen3 sliding-window attention span W; 0 when no
+                              * layer slides. A windowed layer's query at position p attends
+                              * to keys at positions > p - W (transformers' masking_utils). */
+    bool layer_window[MODEL_MAX_LAYERS]; /* layer l uses sliding_window (Mistral: all layers;
+                              * Qwen2/3: layer_types / max_window_layers) */
     bool qkv_bias;           /* q/k/v projections have biases (Qwen2; Llama attention_bias) */
     bool o_bias;             /* o_proj has a bias (Llama attention_bias) */
     bool fused_proj;         /* Phi-3: weights stored as fused qkv_proj / gate_up_proj, split

@@ -32,9 +32,9 @@ int model_adapter_base(const model *m, adapter_base *b) {
     b->n_kv_heads = c->n_kv_heads;
     b->head_dim = c->head_dim;
     b->vocab = c->vocab_size;
-    /* the engine's context rule (engine.c): max_position_embeddings, capped by a sliding window */
+    /* the engine's context rule (engine.c): max_position_embeddings */
     b->context_length = c->max_position_embeddings;
-    if (c->sliding_window > 0 && c->sliding_window < b->context_length) b->context_length = c->sliding_window;
+    b->sliding_window = c->sliding_window;
     b->layer_w = w;
     b->embed = &m->embed;
     return 0;

@@ -20,7 +20,7 @@
 #define CFG_MAX_VOCAB (1 << 22)        /* largest released vocabularies are ~256k */
 #define CFG_MAX_HIDDEN (1 << 16)       /* Llama-3 405B: 16384 */
 #define CFG_MAX_INTER (1 << 20)        /* Llama-3 405B: 53248 */
-#define CFG_MAX_LAYERS 1024            /* Llama-3 405B: 126 */
+#define CFG_MAX_LAYERS MODEL_MAX_LAYERS /* Llama-3 405B: 126 */
 #define CFG_MAX_HEADS 1024             /* Llama-3 405B: 128 */
 #define CFG_MAX_HEAD_DIM 1024          /* released models use 64..256 */
 #define CFG_MAX_POSITIONS (1 << 24)    /* 16M tokens, beyond any released context */
@@ -334,10 +334,9 @@ static int cfg_rope_scaling(const cJSON *root, model_config *cfg, char *err, siz
 
 /* Qwen2 with use_sliding_window: transformers' Qwen2Config gives layer i the window when
  * layer_types[i] == "sliding_attention", layer_types defaulting to "sliding" for
- * i >= max_window_layers (default 28). The engine caps a sequence's whole context at the
- * window, which computes every layer exactly (full and windowed layers agree on contexts
- * up to the window), so only "does any layer slide" matters: *use = false when none does. */
-static int cfg_qwen2_window_layers(const cJSON *root, const model_config *cfg, bool *use, char *err,
+ * i >= max_window_layers (default 28). Fills cfg->layer_window; *use = false when no layer
+ * slides. */
+static int cfg_qwen2_window_layers(const cJSON *root, model_config *cfg, bool *use, char *err,
                                    size_t errlen) {
     const cJSON *types, *t;
     int rc, mwl;
@@ -348,18 +347,22 @@ static int cfg_qwen2_window_layers(const cJSON *root, const model_config *cfg, b
                     cfg->n_layers);
             return PEFTD_EFORMAT;
         }
+        int l = 0;
         *use = false;
         cJSON_ArrayForEach(t, types) {
             if (!cJSON_IsString(t)) {
                 cfg_err(err, errlen, "config.json: \"layer_types\" must be a list of strings");
                 return PEFTD_EFORMAT;
             }
-            if (strcmp(t->valuestring, "sliding_attention") == 0) *use = true;
+            cfg->layer_window[l] = strcmp(t->valuestring, "sliding_attention") == 0;
+            *use = *use || cfg->layer_window[l];
+            l++;
         }
         return 0;
     }
     if ((rc = cfg_int(root, "max_window_layers", false, 28, 0, CFG_MAX_LAYERS, &mwl, err, errlen)) < 0)
         return rc;
+    for (int l = 0; l < cfg->n_layers; l++) cfg->layer_window[l] = l >= mwl;
     *use = mwl < cfg->n_layers;
     return 0;
 }
@@ -377,8 +380,13 @@ static int cfg_sliding_window(const cJSON *root, const cfg_arch *arch, model_con
     if ((rc = cfg_int(root, "sliding_window", false, 0, 0, CFG_MAX_POSITIONS,
                       &cfg->sliding_window, err, errlen)) < 0)
         return rc;
+    memset(cfg->layer_window, 0, sizeof cfg->layer_window);
+    if (use && use_default) /* Mistral (and Phi-3): every layer */
+        for (int l = 0; l < cfg->n_layers; l++) cfg->layer_window[l] = true;
     if (use && !use_default && (rc = cfg_qwen2_window_layers(root, cfg, &use, err, errlen)) < 0) return rc;
+    /* a window as long as every context is full attention */
     if (!use || cfg->sliding_window >= cfg->max_position_embeddings) cfg->sliding_window = 0;
+    if (!cfg->sliding_window) memset(cfg->layer_window, 0, sizeof cfg->layer_window);
     return 0;
 }
 

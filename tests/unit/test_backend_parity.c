@@ -324,7 +324,7 @@ TEST(swiglu_add_parity) {
 /* ---- paged KV: kv_store then attention ---- */
 
 static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const int *kv_start, int n_heads,
-                           int n_kv, int hd, int bs) {
+                           int n_kv, int hd, int bs, int window) {
     int kv_dim = n_kv * hd, max_blocks = 0, T = 0, n_blocks = 0;
     for (int s = 0; s < n_seqs; s++) {
         int nb = (kv_len[s] + bs - 1) / bs;
@@ -380,7 +380,7 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
     pb_check(&kc, "kv_store k_cache");
     pb_check(&vc, "kv_store v_cache");
     kattn_args a = {.n_seqs = n_seqs, .max_blocks = max_blocks, .block_size = bs, .n_heads = n_heads,
-                    .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd)};
+                    .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd), .window = window};
     kattn_args ap = a, aq = a;
     ap.q_start = (int32_t *)pqs.cp, ap.kv_len = (int32_t *)pkl.cp, ap.block_table = (int32_t *)pbt.cp;
     ap.q = (float *)pq.cp, ap.k_cache = (float *)kc.cp, ap.v_cache = (float *)vc.cp, ap.out = (float *)po.cp;
@@ -390,8 +390,8 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
     aq.kv_start = kv_start ? (int32_t *)pks.cu : NULL;
     BOTH(CP->ops->attention(CP, &ap), CU->ops->attention(CU, &aq));
     char what[96];
-    snprintf(what, sizeof what, "attention seqs=%d heads=%d/%d hd=%d bs=%d%s", n_seqs, n_heads, n_kv, hd, bs,
-             kv_start ? " kv_start" : "");
+    snprintf(what, sizeof what, "attention seqs=%d heads=%d/%d hd=%d bs=%d%s window=%d", n_seqs, n_heads, n_kv, hd,
+             bs, kv_start ? " kv_start" : "", window);
     pb_check(&po, what);
     pbuf *all[] = {&pk, &pv, &ps, &kc, &vc, &pq, &po, &pqs, &pkl, &pks, &pbt};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pb_free(all[i]);
@@ -402,13 +402,26 @@ TEST(kv_store_attention_parity) {
     open_backends();
     /* decode rows, prefill chunks, an empty sequence, a 1-slot sequence, 133 rows */
     static const int nq1[] = {1, 7, 1, 20, 0, 1}, kv1[] = {33, 7, 100, 40, 5, 1};
-    attention_case(6, nq1, kv1, NULL, 8, 2, 64, 16);
-    attention_case(6, nq1, kv1, NULL, 4, 4, 40, 16);  /* MHA, head_dim not a multiple of 32 */
-    attention_case(6, nq1, kv1, NULL, 12, 3, 128, 7); /* block size not a power of two */
+    attention_case(6, nq1, kv1, NULL, 8, 2, 64, 16, 0);
+    attention_case(6, nq1, kv1, NULL, 4, 4, 40, 16, 0);  /* MHA, head_dim not a multiple of 32 */
+    attention_case(6, nq1, kv1, NULL, 12, 3, 128, 7, 0); /* block size not a power of two */
     static const int nq2[] = {133}, kv2[] = {133};
-    attention_case(1, nq2, kv2, NULL, 8, 2, 64, 16);
+    attention_case(1, nq2, kv2, NULL, 8, 2, 64, 16, 0);
     static const int nq3[] = {1, 3, 1}, kv3[] = {300, 50, 2100}, ks3[] = {32, 16, 64};
-    attention_case(3, nq3, kv3, ks3, 32, 8, 64, 16); /* kv_start (shared-prefix padding), long context */
+    attention_case(3, nq3, kv3, ks3, 32, 8, 64, 16, 0); /* kv_start (shared-prefix padding), long context */
+    close_backends();
+}
+
+/* Sliding window (kattn_args.window): prefill rows on both sides of the edge, decode rows far
+ * past it, kv_start, a window of 1 and one longer than every context. */
+TEST(attention_window_parity) {
+    open_backends();
+    static const int nq[] = {1, 20, 1, 9, 3}, kv[] = {300, 20, 9, 40, 2100}, ks[] = {32, 0, 0, 16, 64};
+    static const int ws[] = {1, 8, 100, 4096};
+    for (int i = 0; i < 4; i++) {
+        attention_case(5, nq, kv, NULL, 8, 2, 64, 16, ws[i]);
+        attention_case(5, nq, kv, ks, 12, 3, 40, 7, ws[i]);
+    }
     close_backends();
 }
 
@@ -700,5 +713,5 @@ TEST(greedy_tokens_cpu_equal_cuda) {
 }
 
 TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, rmsnorm_parity, rope_parity,
-          swiglu_add_parity, kv_store_attention_parity, sgmv_lora_parity, sgmv_bottleneck_parity, seg_scale_parity,
-          greedy_tokens_cpu_equal_cuda)
+          swiglu_add_parity, kv_store_attention_parity, attention_window_parity, sgmv_lora_parity,
+          sgmv_bottleneck_parity, seg_scale_parity, greedy_tokens_cpu_equal_cuda)
