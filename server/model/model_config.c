@@ -32,7 +32,7 @@ typedef struct {
 
 /* LlamaForCausalLM: the reference. LLaMAForCausalLM: the spelling written by the first
  * (early 2023) conversions of the original LLaMA weights. MistralForCausalLM: Llama plus
- * an optional sliding window (reported in sliding_window for the engine to honour).
+ * an optional sliding window on every layer (layer_window[], applied by the attention op).
  * Qwen2ForCausalLM: Llama plus q/k/v biases (qkv_bias) and a sliding window on the layers
  * from max_window_layers on. attention_bias = true on the Llama names: q/k/v AND o biases,
  * as transformers' LlamaAttention builds them.
