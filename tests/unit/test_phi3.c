@@ -159,7 +159,10 @@ TEST(phi3_unfused_target_refused) {
     fwrite(cfg, 1, len, f);
     fclose(f);
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    ASSERT_EQ(symlink(realpath("tests/fixtures/phi3/lora/adapter_model.safetensors", NULL) ?: "x", path), 0);
+    char *weights = realpath("tests/fixtures/phi3/lora/adapter_model.safetensors", NULL);
+    ASSERT(weights);
+    ASSERT_EQ(symlink(weights, path), 0);
+    free(weights);
     ASSERT(model_load_adapter(m, dir, &ad, err, sizeof err) < 0);
     ASSERT(strstr(err, "q_proj"));
     unlink(path);
