@@ -13,91 +13,17 @@
 
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
+#include "tests/harness/logit_ref.h"
 #include "tests/harness/test.h"
 
 #define TOL 1e-4
-#define VOCAB 512
-#define MAX_IDS 32
-
-typedef struct {
-    char model[128], adapter[128];
-    int n_ids;
-    int32_t ids[MAX_IDS];
-    float *logits; /* [n_ids, VOCAB] */
-} qcase;
-
-static void case_load(const char *name, qcase *q) {
-    size_t len;
-    char *text = test_read_file("tests/fixtures/qwen2/reference.json", &len);
-    if (!text) FAIL("cannot read tests/fixtures/qwen2/reference.json");
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    ASSERT(root);
-    const cJSON *c = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "cases"), name), *v, *r;
-    if (!c) FAIL("reference.json: no case %s", name);
-    memset(q, 0, sizeof *q);
-    snprintf(q->model, sizeof q->model, "%s", cJSON_GetObjectItem(c, "model")->valuestring);
-    const cJSON *ad = cJSON_GetObjectItem(c, "adapter");
-    if (cJSON_IsString(ad)) snprintf(q->adapter, sizeof q->adapter, "%s", ad->valuestring);
-    cJSON_ArrayForEach(v, cJSON_GetObjectItem(c, "input_ids")) {
-        ASSERT(q->n_ids < MAX_IDS);
-        q->ids[q->n_ids++] = v->valueint;
-    }
-    q->logits = malloc(sizeof(float) * (size_t)q->n_ids * VOCAB);
-    int row = 0;
-    cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "logits")) {
-        int col = 0;
-        cJSON_ArrayForEach(v, r) q->logits[(size_t)row * VOCAB + col++] = (float)v->valuedouble;
-        ASSERT_EQ(col, VOCAB);
-        row++;
-    }
-    ASSERT_EQ(row, q->n_ids);
-    cJSON_Delete(root);
-    free(text);
-}
 
 /* Every prompt position's logits through llama_forward, one sequence, one segment. */
 static void check_case(const char *name) {
-    qcase q;
-    case_load(name, &q);
-    char err[1024] = "";
-    kbackend *kb = kbackend_cpu_create(2);
-    ASSERT(kb);
-    model *m = NULL;
-    adapter *ad = NULL;
-    if (model_load(q.model, kb, &m, err, sizeof err) < 0) FAIL("model_load %s: %s", q.model, err);
-    if (q.adapter[0] && model_load_adapter(m, q.adapter, &ad, err, sizeof err) < 0)
-        FAIL("adapter %s: %s", q.adapter, err);
-    const int bs = 4, max_blocks = 16;
-    llama_ctx_params p = {.max_tokens = 64, .max_seqs = 2, .block_size = bs, .n_blocks = 32, .max_blocks = max_blocks};
-    llama_ctx *c = NULL;
-    if (llama_ctx_create(m, &p, &c, err, sizeof err) < 0) FAIL("llama_ctx_create: %s", err);
-    int32_t pos[MAX_IDS], slots[MAX_IDS], rows[MAX_IDS], btab[16], qstart[2] = {0, q.n_ids}, kvlen[1] = {q.n_ids};
-    for (int i = 0; i < max_blocks; i++) btab[i] = 3 + i;
-    for (int j = 0; j < q.n_ids; j++) {
-        pos[j] = j;
-        slots[j] = btab[j / bs] * bs + j % bs;
-        rows[j] = j;
-    }
-    llama_segment seg = {.ad = ad, .scale = 1.0f, .row_start = 0, .row_end = q.n_ids};
-    llama_batch b = {.n_tokens = q.n_ids, .tokens = q.ids, .positions = pos, .slots = slots, .n_seqs = 1,
-                     .q_start = qstart, .kv_len = kvlen, .block_table = btab, .n_segs = 1, .segs = &seg,
-                     .n_logits = q.n_ids, .logit_rows = rows};
-    float *out = malloc(sizeof(float) * (size_t)q.n_ids * VOCAB);
-    int st = llama_forward(c, &b, out);
-    if (st < 0) FAIL("%s: llama_forward: %s", name, peftd_strerror(st));
-    double md = 0;
-    for (size_t i = 0; i < (size_t)q.n_ids * VOCAB; i++) {
-        double d = fabs((double)out[i] - q.logits[i]);
-        if (!(d <= md)) md = d;
-    }
-    printf("    %-16s (%d tokens): max |logit diff| %.3g\n", name, q.n_ids, md);
-    if (!(md <= TOL)) FAIL("%s: max |logit diff| %.3g > %g", name, md, TOL);
-    free(out);
-    free(q.logits);
-    llama_ctx_free(c);
-    adapter_free(ad);
-    model_free(m);
-    kbackend_destroy(kb);
+    logit_case q;
+    logit_case_load("tests/fixtures/qwen2/reference.json", name, &q);
+    logit_case_check(&q, name, q.n_ids, TOL, NULL, NULL);
+    logit_case_free(&q);
 }
 
 TEST(qwen2_base) { check_case("base"); }

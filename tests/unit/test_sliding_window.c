@@ -19,11 +19,10 @@
 
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
+#include "tests/harness/logit_ref.h"
 #include "tests/harness/test.h"
 
 #define TOL 1e-4
-#define VOCAB 512
-#define MAX_IDS 32
 
 /* ---- the op ---- */
 
@@ -131,86 +130,18 @@ TEST(window_op_rejects_negative) {
 
 /* ---- the models ---- */
 
-typedef struct {
-    char model[128];
-    int n_ids;
-    int32_t ids[MAX_IDS];
-    float *logits; /* [n_ids, VOCAB] */
-} wcase;
-
-static void case_load(const char *name, wcase *q) {
-    size_t len;
-    char *text = test_read_file("tests/fixtures/window/reference.json", &len);
-    if (!text) FAIL("cannot read tests/fixtures/window/reference.json");
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    ASSERT(root);
-    const cJSON *c = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "cases"), name), *v, *r;
-    if (!c) FAIL("reference.json: no case %s", name);
-    memset(q, 0, sizeof *q);
-    snprintf(q->model, sizeof q->model, "%s", cJSON_GetObjectItem(c, "model")->valuestring);
-    cJSON_ArrayForEach(v, cJSON_GetObjectItem(c, "input_ids")) {
-        ASSERT(q->n_ids < MAX_IDS);
-        q->ids[q->n_ids++] = v->valueint;
-    }
-    q->logits = malloc(sizeof(float) * (size_t)q->n_ids * VOCAB);
-    int row = 0;
-    cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "logits")) {
-        int col = 0;
-        cJSON_ArrayForEach(v, r) q->logits[(size_t)row * VOCAB + col++] = (float)v->valuedouble;
-        ASSERT_EQ(col, VOCAB);
-        row++;
-    }
-    ASSERT_EQ(row, q->n_ids);
-    cJSON_Delete(root);
-    free(text);
-}
-
-/* Every position's logits, as test_qwen3.c: a prefill of n_pre tokens, then decode steps. */
-static void check_model(const char *name, int n_pre, const bool *layer_window) {
-    wcase q;
-    case_load(name, &q);
-    char err[1024] = "";
-    kbackend *kb = kbackend_cpu_create(2);
-    ASSERT(kb);
-    model *m = NULL;
-    if (model_load(q.model, kb, &m, err, sizeof err) < 0) FAIL("model_load %s: %s", q.model, err);
+static void has_windows(const model *m, void *ud) {
+    const bool *layer_window = ud;
     ASSERT_EQ(m->cfg.sliding_window, 8);
     for (int l = 0; l < 2; l++) ASSERT_EQ(m->cfg.layer_window[l], layer_window[l]);
-    const int bs = 4, max_blocks = 16;
-    llama_ctx_params p = {.max_tokens = 64, .max_seqs = 2, .block_size = bs, .n_blocks = 32, .max_blocks = max_blocks};
-    llama_ctx *c = NULL;
-    if (llama_ctx_create(m, &p, &c, err, sizeof err) < 0) FAIL("llama_ctx_create: %s", err);
-    int32_t pos[MAX_IDS], slots[MAX_IDS], rows[MAX_IDS], btab[16];
-    for (int i = 0; i < max_blocks; i++) btab[i] = 3 + i;
-    for (int j = 0; j < q.n_ids; j++) {
-        pos[j] = j;
-        slots[j] = btab[j / bs] * bs + j % bs;
-        rows[j] = j;
-    }
-    float *out = malloc(sizeof(float) * (size_t)q.n_ids * VOCAB);
-    for (int s0 = 0; s0 < q.n_ids;) {
-        int n = s0 == 0 ? n_pre : 1;
-        int32_t qstart[2] = {0, n}, kvlen[1] = {s0 + n};
-        llama_segment seg = {.ad = NULL, .scale = 1.0f, .row_start = 0, .row_end = n};
-        llama_batch b = {.n_tokens = n, .tokens = q.ids + s0, .positions = pos + s0, .slots = slots + s0,
-                         .n_seqs = 1, .q_start = qstart, .kv_len = kvlen, .block_table = btab, .n_segs = 1,
-                         .segs = &seg, .n_logits = n, .logit_rows = rows};
-        int st = llama_forward(c, &b, out + (size_t)s0 * VOCAB);
-        if (st < 0) FAIL("%s: llama_forward: %s", name, peftd_strerror(st));
-        s0 += n;
-    }
-    double md = 0;
-    for (size_t i = 0; i < (size_t)q.n_ids * VOCAB; i++) {
-        double d = fabs((double)out[i] - q.logits[i]);
-        if (!(d <= md)) md = d;
-    }
-    printf("    %-8s prefill %2d (%d tokens): max |logit diff| %.3g\n", name, n_pre, q.n_ids, md);
-    if (!(md <= TOL)) FAIL("%s: max |logit diff| %.3g > %g", name, md, TOL);
-    free(out);
-    free(q.logits);
-    llama_ctx_free(c);
-    model_free(m);
-    kbackend_destroy(kb);
+}
+
+/* Every position's logits: a prefill of n_pre tokens, then decode steps. */
+static void check_model(const char *name, int n_pre, const bool *layer_window) {
+    logit_case q;
+    logit_case_load("tests/fixtures/window/reference.json", name, &q);
+    logit_case_check(&q, name, n_pre, TOL, has_windows, (void *)layer_window);
+    logit_case_free(&q);
 }
 
 static const bool ALL[2] = {true, true}, LAST[2] = {false, true};
