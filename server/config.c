@@ -125,6 +125,7 @@ static const config_key KEYS[] = {
     INT("engine", "block_size", 1, 1024, engine.block_size),
     INT("engine", "kv_blocks", 0, 1 << 24, engine.kv_blocks),
     INT("engine", "kv_cache_mb", 1, 1 << 22, engine.kv_cache_mb),
+    INT("engine", "max_context", 0, 1 << 24, engine.max_context),
     INT("engine", "max_queue", 1, 1 << 20, engine.max_queue),
     STR("store", "dir", store.dir),
     INT("store", "map_mb", 1, 1 << 20, store.map_mb),

@@ -11,6 +11,7 @@
  */
 #include "server/engine/engine.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ void engine_config_default(engine_config *c) {
     c->block_size = 16;
     c->kv_blocks = 0;
     c->kv_cache_mb = 512;
+    c->max_context = 0;
     c->max_queue = 1024;
     c->store = NULL;
     c->host_cache_bytes = (size_t)256 << 20;
@@ -110,6 +112,49 @@ static void engine_thread(void *arg) {
     kbackend_release_owner(e->kb); /* the joining thread tears down */
 }
 
+/* The context (the longest sequence, prompt + completion, in tokens) and the KV pool's
+ * size in blocks. engine.max_context, when set, must be <= max_position_embeddings and the
+ * pool must hold one such sequence. Unset, the context is max_position_embeddings lowered
+ * to what the pool holds, with a warning: Llama 3.1's 131072 positions need 8 GiB of f32 KV
+ * on a 1B model and 32 GiB on an 8B one, and a default budget should serve shorter
+ * contexts rather than refuse to start (vLLM's max_model_len, llama.cpp's n_ctx).
+ * Sliding-window layers mask in the attention op (kattn_args.window): KV blocks stay
+ * allocated for the whole sequence. */
+static int size_context(engine *e, int *n_blocks_out, char *err, size_t errlen) {
+    const engine_config *cfg = &e->cfg;
+    const model_config *mc = &e->m->cfg;
+    int max_pos = mc->max_position_embeddings, bs = cfg->block_size;
+    if (cfg->max_context > max_pos) {
+        snprintf(err, errlen, "engine: max_context %d exceeds the model's max_position_embeddings %d",
+                 cfg->max_context, max_pos);
+        return PEFTD_EINVAL;
+    }
+    e->ctx_len = cfg->max_context > 0 ? cfg->max_context : max_pos;
+    size_t per_block = (size_t)bs * mc->n_kv_heads * mc->head_dim * sizeof(float) * 2 * (size_t)mc->n_layers;
+    size_t budget = (size_t)(cfg->kv_cache_mb > 0 ? cfg->kv_cache_mb : 512) << 20;
+    size_t pool = cfg->kv_blocks > 0 ? (size_t)cfg->kv_blocks : budget / per_block;
+    if (cfg->max_context == 0 && pool < (size_t)engine__blocks_needed(e, e->ctx_len) && pool > 0) {
+        e->ctx_len = (int)pool * bs;
+        log_msg(LOG_WARN,
+                "engine: context limited to %d tokens (max_position_embeddings %d): the KV cache holds %zu "
+                "blocks of %d; raise engine.kv_cache_mb or set engine.max_context",
+                e->ctx_len, max_pos, pool, bs);
+    }
+    /* a sequence's own blocks plus, for prefix tuning, the shared prefix blocks before them */
+    e->max_blocks = 2 * engine__blocks_needed(e, e->ctx_len);
+    size_t cap = (size_t)cfg->max_seqs * e->max_blocks; /* more could never be used */
+    if (cfg->kv_blocks <= 0 && pool > cap) pool = cap;
+    if (pool > INT_MAX) pool = INT_MAX;
+    if (pool < (size_t)engine__blocks_needed(e, e->ctx_len)) {
+        /* at least one full-context sequence must fit, or long prompts could never run */
+        snprintf(err, errlen, "engine: KV cache of %zu blocks cannot hold one %d-token sequence (%d blocks)", pool,
+                 e->ctx_len, engine__blocks_needed(e, e->ctx_len));
+        return PEFTD_EINVAL;
+    }
+    *n_blocks_out = (int)pool;
+    return 0;
+}
+
 /* ---------- public API ---------- */
 
 int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokenizer *tok, engine **out,
@@ -121,10 +166,6 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->m = m;
     e->kb = kb;
     e->tok = tok;
-    /* Sliding-window layers mask in the attention op (kattn_args.window), so the context is
-     * max_position_embeddings on every model. KV blocks stay allocated for the whole sequence
-     * (slots that fell out of every layer's window are not freed early). */
-    e->ctx_len = m->cfg.max_position_embeddings;
     e->eos_id = tokenizer_eos_id(tok) >= 0 ? tokenizer_eos_id(tok) : m->cfg.eos_token_id;
     pthread_mutex_init(&e->qmu, NULL);
     pthread_mutex_init(&e->smu, NULL);
@@ -138,23 +179,8 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
         snprintf(err, errlen, "engine: max_seqs, max_batch_tokens, block_size and max_queue must be >= 1");
         goto fail;
     }
-    /* a sequence's own blocks plus, for prefix tuning, the shared prefix blocks before them */
-    e->max_blocks = 2 * engine__blocks_needed(e, e->ctx_len);
-    int n_blocks = cfg->kv_blocks;
-    if (n_blocks <= 0) {
-        const model_config *mc = &m->cfg;
-        size_t per_block = (size_t)cfg->block_size * mc->n_kv_heads * mc->head_dim * sizeof(float) * 2 *
-                           (size_t)mc->n_layers;
-        size_t budget = (size_t)(cfg->kv_cache_mb > 0 ? cfg->kv_cache_mb : 512) << 20;
-        size_t cap = (size_t)cfg->max_seqs * e->max_blocks; /* more could never be used */
-        n_blocks = (int)(budget / per_block < cap ? budget / per_block : cap);
-    }
-    if (n_blocks < engine__blocks_needed(e, e->ctx_len)) {
-        /* at least one full-context sequence must fit, or long prompts could never run */
-        snprintf(err, errlen, "engine: KV cache of %d blocks cannot hold one %d-token sequence (%d blocks)",
-                 n_blocks, e->ctx_len, engine__blocks_needed(e, e->ctx_len));
-        goto fail;
-    }
+    int n_blocks;
+    if ((st = size_context(e, &n_blocks, err, errlen)) < 0) goto fail;
     e->cfg.kv_blocks = n_blocks;
     llama_ctx_params lp = {.max_tokens = cfg->max_batch_tokens + cfg->max_seqs, .max_seqs = cfg->max_seqs,
                            .block_size = cfg->block_size, .n_blocks = n_blocks, .max_blocks = e->max_blocks};

@@ -41,6 +41,8 @@ typedef struct {
     int block_size;        /* KV slots per block */
     int kv_blocks;         /* KV blocks in the pool; 0 = as many as kv_cache_mb allows */
     int kv_cache_mb;       /* KV memory budget (all layers, K and V) when kv_blocks == 0 */
+    int max_context;       /* longest sequence (prompt + completion), tokens; 0 = the model's
+                            * max_position_embeddings, lowered to what the KV pool holds */
     int max_queue;         /* waiting requests before submit answers PEFTD_EBUSY */
     struct astore *store;  /* adapter store behind gen_params.handle (NULL: no handles) */
     size_t host_cache_bytes; /* host tier of adapter blobs */

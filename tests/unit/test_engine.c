@@ -257,6 +257,49 @@ TEST(limits_are_enforced) {
     rig_close(&r); /* frees queued requests: ASan checks for leaks */
 }
 
+/* The context: engine.max_context when set (bounded by max_position_embeddings and by the
+ * KV pool), else max_position_embeddings lowered to what the pool holds (stories260K: 512
+ * positions = 32 blocks of 16). */
+static int ctx_engine(int kv_blocks, int max_context, int *ctx, char *err, size_t errlen) {
+    rig r;
+    memset(&r, 0, sizeof r);
+    r.kb = kbackend_cpu_create(1);
+    ASSERT(r.kb);
+    if (model_load("models/stories260K", r.kb, &r.m, err, errlen) < 0) FAIL("model_load: %s", err);
+    if (tokenizer_load("models/stories260K", &r.tok, err, errlen) < 0) FAIL("tokenizer_load: %s", err);
+    engine_config c;
+    engine_config_default(&c);
+    c.kv_blocks = kv_blocks;
+    c.max_context = max_context;
+    int st = engine_create(&c, r.m, r.kb, r.tok, &r.e, err, errlen);
+    *ctx = st < 0 ? -1 : engine_context_length(r.e);
+    if (st == 0) {
+        /* the context bounds admission: prompt + max_tokens beyond it is refused */
+        int32_t bos = 1;
+        gen_params p = greedy(*ctx);
+        engine_request *q = engine_request_create(&bos, 1, &p);
+        ASSERT_EQ(engine_submit(r.e, q), PEFTD_ERANGE);
+        engine_request_unref(q);
+    }
+    rig_close(&r);
+    return st;
+}
+
+TEST(context_length_follows_the_kv_pool_and_max_context) {
+    char err[512];
+    int ctx;
+    ASSERT_EQ(ctx_engine(0, 0, &ctx, err, sizeof err), 0);
+    ASSERT_EQ(ctx, 512); /* the default pool holds max_position_embeddings */
+    ASSERT_EQ(ctx_engine(10, 0, &ctx, err, sizeof err), 0);
+    ASSERT_EQ(ctx, 160); /* lowered to 10 blocks of 16 */
+    ASSERT_EQ(ctx_engine(10, 128, &ctx, err, sizeof err), 0);
+    ASSERT_EQ(ctx, 128);
+    ASSERT_EQ(ctx_engine(0, 600, &ctx, err, sizeof err), PEFTD_EINVAL);
+    ASSERT(strstr(err, "max_context 600 exceeds the model's max_position_embeddings 512"));
+    ASSERT_EQ(ctx_engine(10, 200, &ctx, err, sizeof err), PEFTD_EINVAL);
+    ASSERT(strstr(err, "cannot hold one 200-token sequence"));
+}
+
 TEST(shutdown_drains_running_requests) {
     rig r;
     rig_open(&r, 4, 64, 16, true);
@@ -386,4 +429,5 @@ TEST(fair_share_between_a_heavy_and_a_light_tenant) {
 
 TEST_MAIN(fair_share_between_a_heavy_and_a_light_tenant, preemption_by_recompute_keeps_outputs_exact, greedy_from_bos_matches_published_text, batch_invariance_alone_vs_concurrent,
           batch_invariance_one_big_prefill, same_seed_same_output,
-          stop_string_truncates, cancel_frees_kv_blocks, limits_are_enforced, shutdown_drains_running_requests)
+          stop_string_truncates, cancel_frees_kv_blocks, limits_are_enforced, shutdown_drains_running_requests,
+          context_length_follows_the_kv_pool_and_max_context)
