@@ -133,11 +133,13 @@ static int make_engine(const bench *B, int max_seqs, int tokens, engine **e) {
     c.max_seqs = max_seqs;
     /* the whole prefill of all sequences in one step */
     c.max_batch_tokens = max_seqs * B->prompt > c.max_batch_tokens ? max_seqs * B->prompt : c.max_batch_tokens;
-    /* KV for every sequence (+1 block of slack each), at least one full context as the
-     * engine requires; sized here rather than by kv_cache_mb to allocate only what is used */
+    /* KV for every sequence (+1 block of slack each) and a context of just that, sized here
+     * rather than by kv_cache_mb to allocate only what is used (a Llama-3.x context of
+     * 131072 positions would need GiBs) */
     int per_seq = (B->prompt + tokens + c.block_size - 1) / c.block_size + 1;
-    int full = (B->m->cfg.max_position_embeddings + c.block_size - 1) / c.block_size;
-    c.kv_blocks = max_seqs * per_seq > full ? max_seqs * per_seq : full;
+    c.max_context = per_seq * c.block_size;
+    if (c.max_context > B->m->cfg.max_position_embeddings) c.max_context = B->m->cfg.max_position_embeddings;
+    c.kv_blocks = max_seqs * per_seq;
     char err[512];
     int st = engine_create(&c, B->m, B->kb, B->tok, e, err, sizeof err);
     if (st < 0) fprintf(stderr, "bench_adapters: engine_create: %s\n", err);

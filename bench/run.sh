@@ -66,9 +66,61 @@ make_loras lora-r8-qv 8 16 q_proj,v_proj 8
 make_loras lora-r16-all 16 32 all-linear 16
 
 # Targets from the issue: c/a >= 0.9 (rank 8 q,v), >= 0.75 (rank 16 all-linear); c/d >= 4.
-exec "$BUILD/bench/bench_adapters" --model "$BASE" \
+"$BUILD/bench/bench_adapters" --model "$BASE" \
     --shape "r8-qv:$MODELS/lora-r8-qv:0.9" \
     --shape "r16-all:$MODELS/lora-r16-all:0.75" \
     --seqs "$N_ADAPTERS" --prompt 8 --tokens "$TOKENS" --tokens-d "$TOKENS_D" \
     --rounds "$ROUNDS" --threads "$THREADS" --cd-target 4 \
     --out bench/results/latest.json
+
+# The Llama-3.2-1B shape (issue 11): hidden 2048, 16 layers, 32/8 heads, intermediate 8192,
+# vocab 128256, llama3 rope, tied, bf16 (2.47 GB). (1) batch-1 decode against the memory
+# roofline measured in the same run, and start-up; (2) the daemon's start-up to its first
+# /health 200; (3) 32 streams with 32 distinct rank-16 all-linear LoRAs (c) against the base
+# (a) and one adapter at a time (d). Fewer tokens and rounds than the 110M run: a 32-row step
+# of this model takes ~1-2 s on 2 cores. BENCH_1B=0 skips it.
+[ "${BENCH_1B:-1}" = 0 ] && exit 0
+BASE1B=$MODELS/llama32-1b-bf16
+if ! grep -q '"llama3"' "$BASE1B/config.json" 2>/dev/null || [ ! -f "$BASE1B/model.safetensors" ]; then
+    echo "bench: generating $BASE1B (random weights, Llama-3.2-1B shape, bf16, 2.5 GB)" >&2
+    rm -rf "$BASE1B" "$BASE1B.tmp"
+    "$PYTHON" clients/gen_random_llama.py --preset 1b --dtype bf16 --seed 1 \
+        --tokenizer-from models/stories260K --out "$BASE1B.tmp" >&2
+    mv "$BASE1B.tmp" "$BASE1B"
+fi
+BASE_SAVED=$BASE
+BASE=$BASE1B
+make_loras lora-llama32-1b-r16-all 16 32 all-linear 116
+BASE=$BASE_SAVED
+make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_decode" "$BUILD/peftd"
+
+"$BUILD/bench/bench_decode" --model "$BASE1B" --prompt 8 --tokens "${BENCH_TOKENS_1B:-32}" \
+    --rounds "${BENCH_ROUNDS_1B:-3}" --threads "$THREADS" --target 0.70 --startup-target 2.0 \
+    --out bench/results/latest-decode-1b.json >/dev/null
+
+# The daemon from exec to its first /health 200 (model mmap, tokenizer, engine, store, HTTP).
+PORT=${BENCH_PORT:-18437}
+STORE=$(mktemp -d)
+t0=$(date +%s.%N)
+"$BUILD/peftd" serve --model "$BASE1B" --port "$PORT" --store "$STORE" 2>"$STORE.log" &
+PID=$!
+ready=""
+for _ in $(seq 1 1000); do
+    if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then ready=$(date +%s.%N); break; fi
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.01
+done
+kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true
+rm -rf "$STORE" "$STORE.log"
+if [ -z "$ready" ]; then echo "bench: the daemon did not become ready" >&2; exit 1; fi
+START_S=$(awk -v a="$t0" -v b="$ready" 'BEGIN { printf "%.3f", b - a }')
+printf '{"bench": "daemon_startup", "model": "%s", "exec_to_health_200_s": %.3f, "target_s": 2.0}\n' \
+    "$BASE1B" "$START_S" >bench/results/latest-startup-1b.json
+printf 'bench: %s daemon start-up (exec to /health 200): %s s%s\n' "$(basename "$BASE1B")" "$START_S" \
+    "$(awk -v s="$START_S" 'BEGIN { print (s <= 2.0 ? " (ok)" : " (MISS)") }')" >&2
+
+exec "$BUILD/bench/bench_adapters" --model "$BASE1B" \
+    --shape "r16-all-1b:$MODELS/lora-llama32-1b-r16-all:0.5" \
+    --seqs "$N_ADAPTERS" --prompt 8 --tokens "${BENCH_TOKENS_1B_BATCH:-12}" --tokens-d 6 \
+    --rounds "${BENCH_ROUNDS_1B_BATCH:-2}" --threads "$THREADS" --cd-target 4 \
+    --out bench/results/latest-1b.json

@@ -47,16 +47,19 @@ PRESETS = {
     "110m": dict(hidden=768, layers=12, heads=12, kv_heads=12, intermediate=2048, vocab=32000,
                  max_pos=1024, rope_theta=10000.0, rms_eps=1e-5, dtype="f32", tie=True,
                  bos=1, eos=2),
-    # Llama-3.2-1B shape (GQA 32/8, head_dim 64, 128256 vocab, tied embeddings), bf16.
-    # max_pos is kept at 8192 and rope_scaling is omitted (plain RoPE): a random model gains
-    # nothing from the 128K llama3 scaling, and a smaller max_pos keeps KV allocations sane.
+    # Llama-3.2-1B shape (GQA 32/8, head_dim 64, 128256 vocab, tied embeddings), bf16, with
+    # its published 131072 positions and llama3 rope_scaling (factor 32, low/high frequency
+    # factors 1/4, original 8192); the engine sizes its context to the KV budget
+    # (engine.max_context).
     "1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, vocab=128256,
-               max_pos=8192, rope_theta=500000.0, rms_eps=1e-5, dtype="bf16", tie=True,
-               bos=128000, eos=128001),
+               max_pos=131072, rope_theta=500000.0, rms_eps=1e-5, dtype="bf16", tie=True,
+               bos=128000, eos=128001,
+               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
 }
 DEFAULTS = dict(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=172, vocab=512,
                 max_pos=512, rope_theta=10000.0, rms_eps=1e-5, dtype="f32", tie=True,
-                bos=1, eos=2)
+                bos=1, eos=2, rope_scaling=None)
 
 ST_DTYPE = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 DSIZE = {"f32": 4, "f16": 2, "bf16": 2}
@@ -164,6 +167,7 @@ def config_json(a):
         "max_position_embeddings": a.max_pos,
         "rms_norm_eps": a.rms_eps,
         "rope_theta": a.rope_theta,
+        "rope_scaling": a.rope_scaling,
         "tie_word_embeddings": a.tie,
         "bos_token_id": a.bos,
         "eos_token_id": a.eos,
