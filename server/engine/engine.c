@@ -125,6 +125,12 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
      * max_position_embeddings on every model. KV blocks stay allocated for the whole sequence
      * (slots that fell out of every layer's window are not freed early). */
     e->ctx_len = m->cfg.max_position_embeddings;
+    /* dynamic NTK exists to run past max_position_embeddings: the context is factor times it
+     * (model_config.c cfg_rope_scaling) */
+    if (m->cfg.rope.kind == ROPE_DYNAMIC && m->cfg.rope.factor > 1) {
+        double ctx = m->cfg.max_position_embeddings * m->cfg.rope.factor;
+        e->ctx_len = ctx < (1 << 24) ? (int)ctx : 1 << 24;
+    }
     e->eos_id = tokenizer_eos_id(tok) >= 0 ? tokenizer_eos_id(tok) : m->cfg.eos_token_id;
     pthread_mutex_init(&e->qmu, NULL);
     pthread_mutex_init(&e->smu, NULL);
@@ -172,6 +178,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->b_qstart = malloc((S + 1) * 4);
     e->b_kvlen = malloc(S * 4);
     e->b_kvstart = malloc(S * 4);
+    e->b_ropelen = malloc(S * 4);
     e->b_segs = malloc(S * sizeof(llama_segment));
     e->prefixes = calloc(S, sizeof(prefix_entry *));
     e->b_btab = malloc(S * (size_t)e->max_blocks * 4);
@@ -180,7 +187,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->b_logit_seq = malloc(S * sizeof(seq *));
     e->logits = malloc(S * (size_t)m->cfg.vocab_size * sizeof(float));
     if (!e->running || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_qstart || !e->b_kvlen ||
-        !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits || !e->b_kvstart ||
+        !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits || !e->b_kvstart || !e->b_ropelen ||
         !e->b_segs || !e->prefixes)
         goto oom;
     if (uv_loop_init(&e->loop) < 0) goto oom;
@@ -324,6 +331,7 @@ void engine_free(engine *e) {
     free(e->b_qstart);
     free(e->b_kvlen);
     free(e->b_kvstart);
+    free(e->b_ropelen);
     free(e->b_segs);
     free(e->prefixes);
     free(e->b_btab);
