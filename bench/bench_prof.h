@@ -42,8 +42,9 @@ static int w_matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y
 static int w_rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y) {
     TIMED(P_OTHER, g_inner->rmsnorm(kb, x, w, n, dim, eps, y));
 }
-static int w_rope(kbackend *kb, float *x, const int32_t *pos, int n, int nh, int hd, int rot, const float *inv) {
-    TIMED(P_OTHER, g_inner->rope(kb, x, pos, n, nh, hd, rot, inv));
+static int w_rope(kbackend *kb, float *x, const int32_t *pos, int n, int nh, int hd, int rd,
+                  const krope_freqs *f) {
+    TIMED(P_OTHER, g_inner->rope(kb, x, pos, n, nh, hd, rd, f));
 }
 static int w_kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim,
                       float *kc, float *vc) {

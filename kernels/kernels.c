@@ -64,8 +64,8 @@ KB_CHECKED(matmul, (kbackend * kb, const float *x, int n, const kmat *w, float *
            (kb, x, n, w, y, beta))
 KB_CHECKED(rmsnorm, (kbackend * kb, const float *x, const kmat *w, int n, int dim, float eps, float *y),
            (kb, x, w, n, dim, eps, y))
-KB_CHECKED(rope, (kbackend * kb, float *x, const int32_t *pos, int n, int nh, int hd, int rd, const float *inv),
-           (kb, x, pos, n, nh, hd, rd, inv))
+KB_CHECKED(rope, (kbackend * kb, float *x, const int32_t *pos, int n, int nh, int hd, int rd, const krope_freqs *f),
+           (kb, x, pos, n, nh, hd, rd, f))
 KB_CHECKED(kv_store,
            (kbackend * kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim, float *kc,
             float *vc),

@@ -97,6 +97,15 @@ typedef struct {
                                  * included), combined with kv_start as max(kv_start, p - W + 1) */
 } kattn_args;
 
+/* The frequencies of one rope call (kbackend_ops.rope). inv_freq and table live in backend
+ * memory. */
+typedef struct {
+    const float *inv_freq;       /* [n_tables, rot_dim / 2] */
+    int n_tables;                /* >= 1 */
+    const int32_t *table;        /* [n] table index per row, or NULL: every row uses table 0 */
+    float scale;                 /* cos/sin multiplier (attention_scaling); 1 = none */
+} krope_freqs;
+
 /* Activation applied between SGMV shrink and expand (bottleneck adapters). */
 typedef enum {
     KACT_NONE = 0,
@@ -167,11 +176,15 @@ typedef struct kbackend_ops {
 
     /* In-place rotary embedding, Hugging Face "rotate_half" layout on the first rot_dim dims
      * of each head (partial rotary, Phi-4-mini; rot_dim == head_dim otherwise): pairs
-     * (i, i + rot_dim/2) rotate by angle pos[row] * inv_freq[i], i < rot_dim/2; dims
-     * [rot_dim, head_dim) pass through. x: [n, n_heads * head_dim]; inv_freq: [rot_dim / 2];
-     * rot_dim even, 0 < rot_dim <= head_dim. */
+     * (i, i + rot_dim/2) rotate by angle pos[row] * inv_freq[t][i], i < rot_dim/2, with
+     * t = f->table ? f->table[row] : 0, and cos/sin multiplied by f->scale (transformers'
+     * attention_scaling; 1 = none) before use, in f32; dims [rot_dim, head_dim) pass through.
+     * x: [n, n_heads * head_dim]; f->inv_freq: [f->n_tables, rot_dim / 2] (per-row tables:
+     * dynamic NTK and longrope pick a row's frequencies from its sequence's length);
+     * rot_dim even, 0 < rot_dim <= head_dim. A negative position or a table index outside
+     * [0, n_tables) -> PEFTD_ERANGE (CUDA: reported by synchronize, row left as it was). */
     int (*rope)(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-                int rot_dim, const float *inv_freq);
+                int rot_dim, const krope_freqs *f);
 
     /* Writes k[i,:], v[i,:] (kv_dim floats each) to slot slots[i] of the layer's caches. */
     int (*kv_store)(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,

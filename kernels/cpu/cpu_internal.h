@@ -46,7 +46,7 @@ int kcpu__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, f
 int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta);
 int kcpu__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y);
 int kcpu__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-               int rot_dim, const float *inv_freq);
+               int rot_dim, const krope_freqs *f);
 int kcpu__kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,
                    int kv_dim, float *k_cache, float *v_cache);
 int kcpu__attention(kbackend *kb, const kattn_args *a);

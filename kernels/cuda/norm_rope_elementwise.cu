@@ -97,20 +97,22 @@ extern "C" int kcuda__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n
 /* Largest head_dim, as the CPU backend (kernels/cpu/rope.c). */
 #define ROPE_MAX_HEAD_DIM 1024
 
-/* One block per row; thread i < rot_dim/2 computes cos/sin of its pair once and rotates
- * that pair in every head; dims [rot_dim, head_dim) are not touched (partial rotary). */
+/* One block per row; thread i < rot_dim/2 computes cos/sin of its pair once (from the row's
+ * table, times scale) and rotates that pair in every head; dims [rot_dim, head_dim) are not
+ * touched (partial rotary). */
 __global__ void k_rope(float *x, const int32_t *pos, int n_heads, int head_dim, int rot_dim, const float *inv_freq,
-                       int *err) {
+                       const int32_t *table, int n_tables, float scale, int *err) {
     int row = blockIdx.x, half = rot_dim / 2;
-    int32_t p = pos[row];
-    if (p < 0) {
+    int32_t p = pos[row], t = table ? table[row] : 0;
+    if (p < 0 || t < 0 || t >= n_tables) {
         if (threadIdx.x == 0) kcuda_flag(err, KCUDA_ERR_RANGE);
         return;
     }
+    const float *inv = inv_freq + (int64_t)t * half;
     float *xr = x + (int64_t)row * n_heads * head_dim;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float a = __fmul_rn((float)p, inv_freq[i]);
-        float cs = cosf(a), sn = sinf(a);
+        float a = __fmul_rn((float)p, inv[i]);
+        float cs = __fmul_rn(cosf(a), scale), sn = __fmul_rn(sinf(a), scale);
         for (int h = 0; h < n_heads; h++) {
             float *xh = xr + (int64_t)h * head_dim;
             float u = xh[i], v = xh[i + half];
@@ -123,17 +125,18 @@ __global__ void k_rope(float *x, const int32_t *pos, int n_heads, int head_dim, 
 }
 
 extern "C" int kcuda__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-                           int rot_dim, const float *inv_freq) {
+                           int rot_dim, const krope_freqs *f) {
     if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > ROPE_MAX_HEAD_DIM || rot_dim <= 0 ||
         rot_dim % 2 || rot_dim > head_dim)
         return PEFTD_EINVAL;
     if (n == 0) return 0;
-    if (!x || !pos || !inv_freq) return PEFTD_EINVAL;
+    if (!x || !pos || !f || !f->inv_freq || f->n_tables < 1 || !isfinite(f->scale)) return PEFTD_EINVAL;
     kcuda_backend *cb = kcuda__impl(kb);
     int rc = kcuda__enter_op(cb);
     if (rc) return rc;
     int threads = rot_dim / 2 < 32 ? 32 : (rot_dim / 2 + 31) / 32 * 32;
-    k_rope<<<n, threads, 0, cb->stream>>>(x, pos, n_heads, head_dim, rot_dim, inv_freq, cb->d_err);
+    k_rope<<<n, threads, 0, cb->stream>>>(x, pos, n_heads, head_dim, rot_dim, f->inv_freq, f->table, f->n_tables,
+                                          f->scale, cb->d_err);
     KCUDA_LAUNCH_CHECK();
     return 0;
 }

@@ -124,6 +124,12 @@ static int size_context(engine *e, int *n_blocks_out, char *err, size_t errlen) 
     const engine_config *cfg = &e->cfg;
     const model_config *mc = &e->m->cfg;
     int max_pos = mc->max_position_embeddings, bs = cfg->block_size;
+    /* dynamic NTK exists to run past max_position_embeddings: the model's context is factor
+     * times it (model_config.c cfg_rope_scaling) */
+    if (mc->rope.kind == ROPE_DYNAMIC && mc->rope.factor > 1) {
+        double ctx = mc->max_position_embeddings * mc->rope.factor;
+        max_pos = ctx < (1 << 24) ? (int)ctx : 1 << 24;
+    }
     if (cfg->max_context > max_pos) {
         snprintf(err, errlen, "engine: max_context %d exceeds the model's max_position_embeddings %d",
                  cfg->max_context, max_pos);
@@ -198,6 +204,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->b_qstart = malloc((S + 1) * 4);
     e->b_kvlen = malloc(S * 4);
     e->b_kvstart = malloc(S * 4);
+    e->b_ropelen = malloc(S * 4);
     e->b_segs = malloc(S * sizeof(llama_segment));
     e->prefixes = calloc(S, sizeof(prefix_entry *));
     e->b_btab = malloc(S * (size_t)e->max_blocks * 4);
@@ -206,7 +213,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->b_logit_seq = malloc(S * sizeof(seq *));
     e->logits = malloc(S * (size_t)m->cfg.vocab_size * sizeof(float));
     if (!e->running || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_qstart || !e->b_kvlen ||
-        !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits || !e->b_kvstart ||
+        !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits || !e->b_kvstart || !e->b_ropelen ||
         !e->b_segs || !e->prefixes)
         goto oom;
     if (uv_loop_init(&e->loop) < 0) goto oom;
@@ -350,6 +357,7 @@ void engine_free(engine *e) {
     free(e->b_qstart);
     free(e->b_kvlen);
     free(e->b_kvstart);
+    free(e->b_ropelen);
     free(e->b_segs);
     free(e->prefixes);
     free(e->b_btab);

@@ -161,6 +161,7 @@ typedef struct {
     int kv_blocks_total, kv_blocks_used;
     uint64_t steps, tokens_generated, prompt_tokens;
     uint64_t preemptions;                           /* sequences preempted (recomputed later) */
+    uint64_t rope_recomputes;                       /* longrope: sequences recomputed at the original max */
     uint64_t batch_rows_bucket[ENGINE_BATCH_BUCKETS]; /* cumulative counts per upper bound */
     uint64_t batch_rows_sum;                        /* token rows over all steps */
 } engine_stats;

@@ -74,6 +74,9 @@ typedef struct seq {
     int max_total;            /* n_virtual + n_prompt + max_tokens */
     int n_computed;           /* tokens whose K/V are in the cache */
     int pos_off;              /* RoPE position of tokens[0] */
+    int rope_len;             /* llama_batch.rope_len (dynamic / longrope rope_scaling): the
+                               * prompt's length (last position + 1); after Phi3's longrope
+                               * recompute at the original max, the length then */
     prefix_entry *pfx;        /* shared prefix-tuning K/V, or NULL */
     int32_t *blocks;          /* own KV blocks, taken as the sequence grows (room for max_total) */
     int n_blocks;
@@ -127,7 +130,7 @@ struct engine {
     int n_prefixes;
     sampler_scratch ss;
     /* step batch buffers (host) */
-    int32_t *b_tokens, *b_pos, *b_slots, *b_qstart, *b_kvlen, *b_kvstart, *b_btab, *b_rows;
+    int32_t *b_tokens, *b_pos, *b_slots, *b_qstart, *b_kvlen, *b_kvstart, *b_btab, *b_rows, *b_ropelen;
     llama_segment *b_segs;
     int *b_chunk;             /* tokens each running seq contributes to the step */
     seq **b_logit_seq;

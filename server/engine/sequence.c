@@ -122,6 +122,7 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
         s->pos_off = ad->n_virtual;
         if (!(s->pfx = engine__prefix_acquire(e, ad))) goto fail;
     }
+    s->rope_len = s->pos_off + s->n_tokens;
     uint64_t seed = r->params.has_seed ? r->params.seed
                                        : (uint64_t)uv_hrtime() ^ ((uint64_t)(uintptr_t)r << 16);
     rng_seed(&s->rng, seed);

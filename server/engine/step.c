@@ -35,6 +35,28 @@ static int seq_cmp_adapter(const void *a, const void *b) {
     return (x->ad_scale > y->ad_scale) - (x->ad_scale < y->ad_scale);
 }
 
+/* longrope on Phi3 (model_config.c cfg_rope_scaling): a sequence still on the short table
+ * whose next row to compute lies past the original max is recomputed whole with the long
+ * table, as Phi3's prepare_inputs_for_generation drops the KV cache at the decode step where
+ * the length first exceeds original_max_position_embeddings: n_computed = 0 (its blocks are
+ * kept and overwritten) and rope_len = its length. Also after a preemption that stopped
+ * right at the crossing, so no sequence ever mixes short and long rows. */
+static void step_longrope_recompute(engine *e) {
+    const rope_scaling *r = &e->m->cfg.rope;
+    if (r->kind != ROPE_LONGROPE) return;
+    for (int i = 0; i < e->n_running; i++) {
+        seq *s = e->running[i];
+        int len = s->pos_off + s->n_tokens; /* last position to compute + 1 */
+        if (len <= r->original_max_position_embeddings || s->rope_len > r->original_max_position_embeddings)
+            continue;
+        s->rope_len = len;
+        s->n_computed = 0;
+        pthread_mutex_lock(&e->smu);
+        e->stats.rope_recomputes++;
+        pthread_mutex_unlock(&e->smu);
+    }
+}
+
 /* Plan: sequences of one (adapter, scale) next to each other (one segment each), then how
  * many rows each gets in b_chunk: decode tokens first (one row each), then prefill chunks
  * with what is left of the token budget. */
@@ -160,6 +182,7 @@ static void build_seq(engine *e, seq *s, int c, step_shape *sh) {
     if (s->n_tokens - s->n_computed > 1) sh->prompt_rows += c;
     e->b_kvlen[S] = kv_off + s->n_computed + c;
     e->b_kvstart[S] = s->pfx ? s->pfx->pad : 0;
+    e->b_ropelen[S] = s->rope_len;
     if (s->n_computed + c == s->n_tokens) {
         e->b_rows[sh->logits] = T - 1;
         e->b_logit_seq[sh->logits++] = s;
@@ -187,7 +210,7 @@ static llama_batch step_build(engine *e, step_shape *sh) {
         .n_tokens = sh->rows, .tokens = e->b_tokens, .positions = e->b_pos, .slots = e->b_slots,
         .n_seqs = sh->seqs, .q_start = e->b_qstart, .kv_len = e->b_kvlen, .block_table = e->b_btab,
         .kv_start = e->n_prefixes ? e->b_kvstart : NULL, .n_segs = sh->segs, .segs = e->b_segs,
-        .n_logits = sh->logits, .logit_rows = e->b_rows,
+        .n_logits = sh->logits, .logit_rows = e->b_rows, .rope_len = e->b_ropelen,
     };
 }
 
@@ -251,6 +274,7 @@ bool engine__step(engine *e) {
     engine__reap_cancelled(e, false);
     engine__admit(e);
     if (e->n_running == 0) return false;
+    step_longrope_recompute(e);
     step_plan(e);
     step_reserve(e);
     if (e->n_running == 0) return true;

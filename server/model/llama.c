@@ -31,10 +31,11 @@ void llama_ctx_free(llama_ctx *c) {
     free(c->v_cache);
     void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->sel, c->logits, c->tmp,
                     c->tmp_in, c->inv_freq, c->d_tokens, c->d_emb_ids, c->d_pos, c->d_slots, c->d_qstart,
-                    c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev};
+                    c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev, c->d_rope_tab};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) kb->ops->free(kb, bufs[i]);
     llama__plan_free(c);
+    llama__rope_free(c);
     free(c->plan_host);
     free(c->emb_ids);
     free(c->runs);
@@ -87,7 +88,6 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
     ALLOC(c->tmp_in, T * wide * 4);
     ALLOC(c->sel, n_logit_rows * H * 4);
     ALLOC(c->logits, n_logit_rows * (size_t)cfg->vocab_size * 4);
-    ALLOC(c->inv_freq, (size_t)cfg->rope.rot_dim / 2 * 4);
     ALLOC(c->d_tokens, T * 4);
     ALLOC(c->d_emb_ids, T * 4);
     ALLOC(c->d_pos, T * 4);
@@ -101,21 +101,11 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
     if (!(c->emb_ids = malloc(T * 4)) || !(c->runs = malloc(T * sizeof *c->runs))) goto oom;
     if (llama__plan_init(c) < 0) goto oom;
     {
-        /* HF LlamaRotaryEmbedding's inv_freq and cos/sin factor s (rope_scaling). Scaling cos
-         * and sin by s scales q.k by s^2: folded into the softmax scale (exact 1/sqrt(hd) when
-         * s == 1). */
-        int half = cfg->rope.rot_dim / 2;
-        double s;
-        float *f = malloc((size_t)half * sizeof(float));
-        if (!f) goto oom;
-        rope_freqs(cfg, f, &s);
-        c->attn_scale = 1.0f / sqrtf((float)cfg->head_dim);
-        if (s != 1.0) c->attn_scale = (float)(c->attn_scale * s * s);
-        int st = kb->ops->upload(kb, c->inv_freq, f, (size_t)half * sizeof(float));
-        free(f);
+        int st = llama__rope_init(c);
+        if (st == PEFTD_ENOMEM) goto oom;
         if (st < 0) {
             llama_ctx_free(c);
-            snprintf(err, errlen, "llama_ctx: upload failed");
+            snprintf(err, errlen, "llama_ctx: rope table upload failed");
             return st;
         }
     }
@@ -208,6 +198,8 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     if (b->n_logits) CHECK(op->upload(kb, c->d_rows, b->logit_rows, (size_t)b->n_logits * 4));
 
     CHECK(embed_rows(c, b));
+    krope_freqs rf;
+    CHECK(llama__rope_step(c, b, &rf));
     kattn_args a = {
         .n_seqs = S, .q_start = c->d_qstart, .kv_len = c->d_kvlen, .block_table = c->d_btab,
         .max_blocks = c->p.max_blocks, .block_size = c->p.block_size, .n_heads = cfg->n_heads,
@@ -226,8 +218,8 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
             CHECK(op->rmsnorm(kb, c->q, &L->q_norm, T * cfg->n_heads, hd, cfg->rms_norm_eps, c->q));
             CHECK(op->rmsnorm(kb, c->k, &L->k_norm, T * cfg->n_kv_heads, hd, cfg->rms_norm_eps, c->k));
         }
-        CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, cfg->rope.rot_dim, c->inv_freq));
-        CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, cfg->rope.rot_dim, c->inv_freq));
+        CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, cfg->rope.rot_dim, &rf));
+        CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, cfg->rope.rot_dim, &rf));
         CHECK(op->kv_store(kb, c->k, c->v, c->d_slots, T, kv_dim, c->k_cache[l], c->v_cache[l]));
         a.k_cache = c->k_cache[l];
         a.v_cache = c->v_cache[l];

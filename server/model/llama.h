@@ -33,6 +33,12 @@ typedef struct {
     const int32_t *kv_len;       /* [S] valid KV slots after this step */
     const int32_t *block_table;  /* [S * max_blocks] */
     const int32_t *kv_start;     /* [S] first KV slot a sequence attends to, or NULL (all 0) */
+    const int32_t *rope_len;     /* [S] or NULL; only read for rope_scaling dynamic / longrope:
+                                  * a row at position p of sequence s gets the rope table of
+                                  * sequence length max(rope_len[s], p + 1) (the engine: the
+                                  * prompt length, or the length at Phi3's longrope recompute).
+                                  * NULL: max(positions of s in this batch) + 1, i.e. each
+                                  * sequence as one transformers forward call */
     int n_segs;                  /* adapter segments covering [0, T) in order; 0 = all base */
     const llama_segment *segs;
     int n_logits;                /* rows whose logits are wanted */

@@ -68,9 +68,13 @@ struct llama_ctx {
     float *x, *xn, *q, *k, *v, *att, *gate, *up, *sel, *logits;
     float *tmp;                  /* [T, hidden]: a sub-layer's output when it can't be fused */
     float *tmp_in;               /* [T, max(hidden, inter)]: an input scaled by IA3 */
-    float *inv_freq;             /* [rope.rot_dim / 2] */
-    float attn_scale;            /* softmax scale: 1/sqrt(head_dim), times the rope's
-                                  * cos/sin factor squared (yarn; server/model/rope_freqs.c) */
+    float *inv_freq;             /* [rope_max_tables, rope.rot_dim / 2] (llama_rope.c) */
+    int rope_max_tables;
+    float rope_scale;            /* cos/sin factor (yarn, longrope; server/model/rope_freqs.c) */
+    float *rope_host;            /* host staging of the tables */
+    int32_t *d_rope_tab, *rope_tab; /* [max_tokens] row -> table (dynamic / longrope), device / host */
+    int *rope_keys;              /* host [rope_max_tables]: rope_table_key of each table this step */
+    float attn_scale;            /* softmax scale: 1/sqrt(head_dim) */
     /* device copies of the batch's index arrays */
     int32_t *d_tokens, *d_emb_ids, *d_pos, *d_slots, *d_qstart, *d_kvlen, *d_kvstart, *d_btab, *d_rows;
     int32_t *emb_ids;            /* host [T] */
@@ -86,6 +90,12 @@ struct llama_ctx {
     int dora_n, dora_cap;
     uint64_t step;               /* plan builds so far (stamps dora entries) */
 };
+
+/* Allocates and uploads the rope tables (llama_ctx_create); frees the host side. */
+int llama__rope_init(llama_ctx *c);
+void llama__rope_free(llama_ctx *c);
+/* The frequencies of this step's rows (dynamic / longrope: per-row tables, uploaded). */
+int llama__rope_step(llama_ctx *c, const llama_batch *b, krope_freqs *f);
 
 int llama__plan_init(llama_ctx *c);
 /* Releases the DoRA factor cache (llama_ctx_free). */

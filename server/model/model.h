@@ -19,21 +19,31 @@
 #include "kernels/kernels.h"
 
 /* config.json "rope_scaling", parsed (server/model/model_config.c); the frequencies it implies
- * are computed by server/model/rope_freqs.c. */
-typedef enum { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3, ROPE_YARN } rope_kind;
+ * are computed by server/model/rope_freqs.c. ROPE_DYNAMIC and ROPE_LONGROPE depend on the
+ * sequence length (rope_freqs_at; semantics in model_config.c cfg_rope_scaling). */
+typedef enum { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3, ROPE_YARN, ROPE_DYNAMIC, ROPE_LONGROPE } rope_kind;
+
+/* Most rotary pairs per head (rot_dim / 2): the rope op's head_dim limit is 1024. */
+#define ROPE_MAX_PAIRS 512
 
 /* Most layers a config may declare (model_config.c bounds num_hidden_layers by it). */
 #define MODEL_MAX_LAYERS 1024 /* Llama-3 405B: 126 */
 
 typedef struct {
     rope_kind kind;
-    double factor;                       /* linear, llama3, yarn */
+    double factor;                       /* linear, llama3, yarn, dynamic; longrope:
+                                          * max_position_embeddings / original max */
     double low_freq_factor, high_freq_factor;       /* llama3 */
-    int original_max_position_embeddings;           /* llama3, yarn (0: absent) */
-    double attention_factor;             /* yarn: < 0 when absent (derived from factor) */
+    int original_max_position_embeddings;           /* llama3, yarn (0: absent); longrope:
+                                          * Phi3's top-level field (default 4096): a sequence
+                                          * longer than this uses long_factor */
+    double attention_factor;             /* yarn: < 0 when absent (derived from factor);
+                                          * longrope: explicit or derived, always > 0 */
     double mscale, mscale_all_dim;       /* yarn: 0 when absent */
     double beta_fast, beta_slow;         /* yarn (defaults 32, 1) */
     bool truncate;                       /* yarn (default true) */
+    float short_factor[ROPE_MAX_PAIRS];  /* longrope: rot_dim / 2 each */
+    float long_factor[ROPE_MAX_PAIRS];
     int rot_dim;   /* dims rotated per head: head_dim * partial_rotary_factor (Phi3 only,
                     * e.g. Phi-4-mini 0.75), head_dim otherwise; the rest pass through */
 } rope_scaling;

@@ -41,7 +41,7 @@ typedef struct {
  * Qwen2's sliding-window rules.
  * Phi3ForCausalLM: Llama with fused qkv_proj ([q; k; v] rows) and gate_up_proj ([gate; up]
  * rows), split at load (fused_proj); Mistral-style sliding_window; partial_rotary_factor
- * < 1 (Phi-4-mini) served; longrope (128k variants) refused by cfg_rope_scaling.
+ * < 1 (Phi-4-mini) served; longrope (Phi-3.5 / Phi-4-mini 128k) served (cfg_rope_scaling).
  * Not accepted on purpose: Gemma (1+w norms,
  * GeGLU), Olmo, Granite, Cohere (extra multipliers / norms). */
 static const cfg_arch cfg_archs[] = {
@@ -287,15 +287,84 @@ static int rope_fields(const cJSON *rs, model_config *cfg, char *err, size_t err
     return 0;
 }
 
+/* A longrope factor list: exactly rot_dim / 2 positive numbers. */
+static int rope_factor_list(const cJSON *rs, const char *key, int n, float *out, char *err,
+                            size_t errlen) {
+    const cJSON *v, *x;
+    int rc = cfg_get(rs, key, &v, err, errlen), i = 0;
+    if (rc < 0) return rc;
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n) {
+        cfg_err(err, errlen, "config.json: rope_scaling \"%s\" must be a list of %d numbers "
+                "(rotary dims / 2)", key, n);
+        return PEFTD_EFORMAT;
+    }
+    cJSON_ArrayForEach(x, v) {
+        if (!cJSON_IsNumber(x) || !(x->valuedouble > 0 && x->valuedouble < 1e6)) {
+            cfg_err(err, errlen, "config.json: rope_scaling \"%s\"[%d] must be a number in "
+                    "(0, 1e6)", key, i);
+            return PEFTD_ERANGE;
+        }
+        out[i++] = (float)x->valuedouble; /* torch.tensor(list, dtype=float32) */
+    }
+    return 0;
+}
+
+/* longrope (transformers' _compute_longrope_parameters with Phi3's config): original max =
+ * the top-level original_max_position_embeddings (Phi3Config default 4096; rope_scaling's
+ * own "original_max_position_embeddings" and "factor" are then unused), factor =
+ * max_position_embeddings / original max, attention_factor = rope_scaling's when given, else
+ * 1 when factor <= 1, else sqrt(1 + ln(factor) / ln(original max)). */
+static int rope_longrope(const cJSON *root, const cJSON *rs, model_config *cfg, char *err,
+                         size_t errlen) {
+    rope_scaling *r = &cfg->rope;
+    int half = r->rot_dim / 2, omax, rc;
+    if (half > ROPE_MAX_PAIRS) {
+        cfg_err(err, errlen, "config.json: longrope with %d rotary pairs (at most %d)", half,
+                ROPE_MAX_PAIRS);
+        return PEFTD_EUNSUPPORTED;
+    }
+    if ((rc = rope_factor_list(rs, "short_factor", half, r->short_factor, err, errlen)) < 0 ||
+        (rc = rope_factor_list(rs, "long_factor", half, r->long_factor, err, errlen)) < 0 ||
+        (rc = cfg_int(root, "original_max_position_embeddings", false, 4096, 1,
+                      CFG_MAX_POSITIONS, &omax, err, errlen)) < 0 ||
+        (rc = rope_num(rs, "attention_factor", false, -1, 1e6, &r->attention_factor, err,
+                       errlen)) < 0)
+        return rc;
+    r->original_max_position_embeddings = omax;
+    r->factor = (double)cfg->max_position_embeddings / omax;
+    if (r->attention_factor < 0)
+        r->attention_factor = r->factor <= 1.0 || omax == 1
+                                  ? 1.0 : sqrt(1 + log(r->factor) / log((double)omax));
+    return 0;
+}
+
 /* rope_scaling: null/absent, or a dict whose rope_type (or legacy "type") is "default"
- * (transformers treats that as no scaling), "linear", "llama3" or "yarn". "dynamic" (NTK) and
- * "longrope" pick their frequencies from the current sequence length in transformers, which a
- * batch engine cannot reproduce per sequence with one table; they are refused.
+ * (transformers treats that as no scaling), "linear", "llama3", "yarn", "dynamic" or
+ * "longrope". The last two pick their frequencies from the sequence length in transformers
+ * (modeling_rope_utils.dynamic_rope_update); peftd reproduces what generate() does on one
+ * sequence with a per-row rule, stable under recompute (llama_batch.rope_len, the engine's
+ * seq.rope_len):
+ *   dynamic (NTK): a forward of seq_len = max(position_ids) + 1 uses base' = base *
+ *     (factor * seq_len / max_position_embeddings - (factor - 1))^(dim / (dim - 2)) when
+ *     seq_len > max_position_embeddings, the unscaled table otherwise; cached keys keep the
+ *     rotation of the forward that computed them. So a row at position p of a sequence whose
+ *     prompt has n_prompt tokens uses seq_len = max(n_prompt, p + 1): prompt rows n_prompt,
+ *     decode rows p + 1. Not on Phi3ForCausalLM (transformers' Phi3Config accepts longrope
+ *     only). The engine's context becomes max_position_embeddings * factor (factor > 1).
+ *   longrope (Phi3ForCausalLM only; Phi-3.5 / Phi-4-mini 128k): inv_freq = 1 /
+ *     (ext * base^(2i/dim)) with ext = long_factor when the sequence is longer than the
+ *     original max (top-level original_max_position_embeddings), short_factor otherwise;
+ *     cos/sin times attention_factor in both cases (rope_longrope). A prompt longer than the
+ *     original max is long from the start; a shorter one is short until generation crosses
+ *     the original max: there Phi3's prepare_inputs_for_generation drops the KV cache and the
+ *     whole sequence is recomputed with the long table, as the engine does
+ *     (server/engine/step.c). "type" "su" / "yarn" mean longrope on Phi3 (Phi3Config's
+ *     _rope_scaling_adjustment).
  * partial_rotary_factor < 1: Phi3 rotates the first int(head_dim * factor) dims of each head
  * and passes the rest (Phi-4-mini: 0.75); transformers' Llama/Mistral/Qwen2 rotate the whole
  * head (they fail on a partial table), so there it is refused. */
 static int cfg_rope_scaling(const cJSON *root, model_config *cfg, char *err, size_t errlen) {
-    static const char *const names[] = {"default", "linear", "llama3", "yarn"};
+    static const char *const names[] = {"default", "linear", "llama3", "yarn", "dynamic", "longrope"};
     const cJSON *v;
     double prf = 1.0;
     int rc = rope_num(root, "partial_rotary_factor", false, 1.0, 1.0 + 1e-9, &prf, err, errlen);
@@ -319,16 +388,30 @@ static int cfg_rope_scaling(const cJSON *root, model_config *cfg, char *err, siz
         return PEFTD_EFORMAT;
     }
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "rope_type");
+    bool legacy = !t;
     if (!t) t = cJSON_GetObjectItemCaseSensitive(v, "type");
+    const char *name = cJSON_IsString(t) ? t->valuestring : "?";
+    if (phi3 && legacy && (strcmp(name, "su") == 0 || strcmp(name, "yarn") == 0)) name = "longrope";
     for (int k = 0; k < (int)(sizeof names / sizeof names[0]); k++) {
-        if (!cJSON_IsString(t) || strcmp(t->valuestring, names[k]) != 0) continue;
+        if (strcmp(name, names[k]) != 0) continue;
         cfg->rope.kind = (rope_kind)k;
+        if (k == ROPE_LONGROPE && !phi3) {
+            cfg_err(err, errlen, "config.json: rope_scaling type \"longrope\" is only supported "
+                    "on Phi3ForCausalLM (not %.64s)", cfg->architecture);
+            return PEFTD_EUNSUPPORTED;
+        }
+        if (k == ROPE_DYNAMIC && phi3) {
+            cfg_err(err, errlen, "config.json: rope_scaling type \"dynamic\" is not supported "
+                    "on Phi3ForCausalLM (transformers' Phi3Config accepts only longrope)");
+            return PEFTD_EUNSUPPORTED;
+        }
+        if (k == ROPE_LONGROPE) return rope_longrope(root, v, cfg, err, errlen);
         return k == ROPE_DEFAULT ? 0 : rope_fields(v, cfg, err, errlen);
     }
     cfg_err(err, errlen,
             "config.json: \"rope_scaling\" (type \"%.32s\") is not supported (supported: "
-            "default, linear, llama3, yarn)",
-            cJSON_IsString(t) ? t->valuestring : "?");
+            "default, linear, llama3, yarn, dynamic, longrope)",
+            name);
     return PEFTD_EUNSUPPORTED;
 }
 

@@ -2,7 +2,8 @@
  * rope_scaling type, computed once on the host. The formulas are those of transformers'
  * modeling_rope_utils (default, linear, llama3, yarn), evaluated in double from the f32 base
  * table and rounded once; transformers evaluates them in f32, so entries may differ by an ulp
- * (the unit test allows 1e-6 relative). */
+ * (the unit test allows 1e-6 relative). The sequence-length-dependent tables (dynamic NTK at
+ * a length, longrope short/long) follow transformers' f32 arithmetic step by step. */
 #include "server/model/rope_freqs.h"
 
 #include <math.h>
@@ -70,6 +71,11 @@ void rope_freqs(const model_config *cfg, float *inv_freq, double *attn_scale) {
     case ROPE_LLAMA3:
         for (int i = 0; i < half; i++) inv_freq[i] = (float)llama3_freq(r, inv_freq[i]);
         break;
+    case ROPE_DYNAMIC: break; /* up to max_position_embeddings: the unscaled table */
+    case ROPE_LONGROPE:
+        rope_freqs_key(cfg, 0, inv_freq);
+        *attn_scale = r->attention_factor;
+        break;
     case ROPE_YARN:
         yarn_freqs(cfg, inv_freq, inv_freq);
         if (r->attention_factor > 0)
@@ -80,4 +86,43 @@ void rope_freqs(const model_config *cfg, float *inv_freq, double *attn_scale) {
             *attn_scale = yarn_mscale(r->factor, 1.0);
         break;
     }
+}
+
+bool rope_seqlen_dependent(const model_config *cfg) {
+    return cfg->rope.kind == ROPE_DYNAMIC || cfg->rope.kind == ROPE_LONGROPE;
+}
+
+int rope_table_key(const model_config *cfg, int seq_len) {
+    const rope_scaling *r = &cfg->rope;
+    if (r->kind == ROPE_DYNAMIC) return seq_len > cfg->max_position_embeddings ? seq_len : 0;
+    if (r->kind == ROPE_LONGROPE) return seq_len > r->original_max_position_embeddings ? 1 : 0;
+    return 0;
+}
+
+/* torch: arange(0, dim, 2).float() / dim, in f32. */
+static float rope_exponent(int i, int dim) { return (float)(2 * i) / (float)dim; }
+
+void rope_freqs_key(const model_config *cfg, int key, float *inv_freq) {
+    const rope_scaling *r = &cfg->rope;
+    int dim = r->rot_dim, half = dim / 2;
+    if (r->kind == ROPE_LONGROPE) {
+        /* 1 / (ext * base ** shape): torch.pow(float scalar, f32 tensor), all in f32 */
+        const float *ext = key ? r->long_factor : r->short_factor;
+        for (int i = 0; i < half; i++)
+            inv_freq[i] = 1.0f / (ext[i] * powf(cfg->rope_theta, rope_exponent(i, dim)));
+        return;
+    }
+    if (r->kind != ROPE_DYNAMIC || key == 0) {
+        double s;
+        rope_freqs(cfg, inv_freq, &s);
+        return;
+    }
+    /* _compute_dynamic_ntk_parameters with seq_len a tensor: the python scalars meet an
+     * f32 tensor, so every step rounds to f32 */
+    float t = (float)key * (float)r->factor;
+    t = t / (float)cfg->max_position_embeddings;
+    t = t - (float)(r->factor - 1);
+    t = powf(t, (float)((double)dim / (dim - 2)));
+    float base = cfg->rope_theta * t;
+    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(base, rope_exponent(i, dim));
 }

@@ -278,22 +278,28 @@ TEST(rmsnorm_parity) {
 TEST(rope_parity) {
     open_backends();
     static const int hds[] = {6, 64, 128};
-    /* rd 1: partial rotary, rot_dim = 3/4 of head_dim rounded down to even (Phi-4-mini). */
+    /* rd 1: partial rotary, rot_dim = 3/4 of head_dim rounded down to even (Phi-4-mini).
+     * Odd cases: 3 per-row tables (dynamic NTK / longrope) and a cos/sin scale. */
     for (int ti = 0; ti < 3; ti++)
         for (int h = 0; h < 6; h++) {
             int T = TS[ti], hd = hds[h % 3], nh = 5, rot = h < 3 ? hd : hd * 3 / 4 / 2 * 2;
-            float *x = rand_f32((size_t)T * nh * hd, 2.0f), inv[64];
-            for (int i = 0; i < rot / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / rot);
-            int32_t pos[133];
-            for (int i = 0; i < T; i++) pos[i] = (int32_t)(rnd() % 4096);
+            int nt = h % 2 ? 3 : 1;
+            float *x = rand_f32((size_t)T * nh * hd, 2.0f), inv[3 * 64];
+            for (int t = 0; t < nt; t++)
+                for (int i = 0; i < rot / 2; i++) inv[t * (rot / 2) + i] = powf(10000.0f * (1 + t), -2.0f * i / rot);
+            int32_t pos[133], tab[133];
+            for (int i = 0; i < T; i++) pos[i] = (int32_t)(rnd() % 4096), tab[i] = (int32_t)(rnd() % nt);
             pbuf px = pb_new(x, (size_t)T * nh * hd * 4), pp = pb_new(pos, (size_t)T * 4),
-                 pf = pb_new(inv, (size_t)hd / 2 * 4);
-            BOTH(CP->ops->rope(CP, (float *)px.cp, (int32_t *)pp.cp, T, nh, hd, rot, (float *)pf.cp),
-                 CU->ops->rope(CU, (float *)px.cu, (int32_t *)pp.cu, T, nh, hd, rot, (float *)pf.cu));
-            char what[64];
-            snprintf(what, sizeof what, "rope T=%d head_dim=%d rot_dim=%d", T, hd, rot);
+                 pf = pb_new(inv, (size_t)nt * (rot / 2) * 4), pt = pb_new(tab, (size_t)T * 4);
+            float sc = nt > 1 ? 1.2247449f : 1.0f;
+            krope_freqs fc = {(float *)pf.cp, nt, nt > 1 ? (int32_t *)pt.cp : NULL, sc},
+                        fu = {(float *)pf.cu, nt, nt > 1 ? (int32_t *)pt.cu : NULL, sc};
+            BOTH(CP->ops->rope(CP, (float *)px.cp, (int32_t *)pp.cp, T, nh, hd, rot, &fc),
+                 CU->ops->rope(CU, (float *)px.cu, (int32_t *)pp.cu, T, nh, hd, rot, &fu));
+            char what[80];
+            snprintf(what, sizeof what, "rope T=%d head_dim=%d rot_dim=%d tables=%d", T, hd, rot, nt);
             pb_check(&px, what);
-            pb_free(&px), pb_free(&pp), pb_free(&pf);
+            pb_free(&px), pb_free(&pp), pb_free(&pf), pb_free(&pt);
             free(x);
         }
     close_backends();

@@ -239,7 +239,7 @@ TEST(rope) {
             float *x = malloc((size_t)n * dim * sizeof(float)), *y = test_guarded_alloc((int64_t)n * dim);
             test_fill(x, (int64_t)n * dim);
             memcpy(y, x, (size_t)n * dim * sizeof(float));
-            ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, hd, inv), 0);
+            ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, hd, &(krope_freqs){inv, 1, NULL, 1.0f}), 0);
             for (int r = 0; r < n; r++)
                 for (int h = 0; h < nh; h++)
                     for (int i = 0; i < hd / 2; i++) {
@@ -259,12 +259,20 @@ TEST(rope) {
             free(pos);
             free(inv);
         }
-        float x[4] = {0}, inv[2] = {1, 1};
+        float x[4] = {0}, inv_[2] = {1, 1};
+        const krope_freqs *inv = &(krope_freqs){inv_, 1, NULL, 1.0f};
         ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 3, 3, inv), PEFTD_EINVAL);
         ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){-1}, 1, 1, 4, 4, inv), PEFTD_ERANGE);
         ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 3, inv), PEFTD_EINVAL);
         ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 6, inv), PEFTD_EINVAL);
         ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 0, inv), PEFTD_EINVAL);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 4, NULL), PEFTD_EINVAL);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 4, &(krope_freqs){inv_, 0, NULL, 1.0f}),
+                  PEFTD_EINVAL);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 4, &(krope_freqs){inv_, 1, (int32_t[]){1}, 1.0f}),
+                  PEFTD_ERANGE);
+        ASSERT_EQ(kb->ops->rope(kb, x, (int32_t[]){0}, 1, 1, 4, 4, &(krope_freqs){inv_, 1, (int32_t[]){-1}, 1.0f}),
+                  PEFTD_ERANGE);
         kbackend_destroy(kb);
     }
 }
@@ -283,7 +291,7 @@ TEST(rope_partial) {
         float *x = malloc((size_t)n * dim * sizeof(float)), *y = test_guarded_alloc((int64_t)n * dim);
         test_fill(x, (int64_t)n * dim);
         memcpy(y, x, (size_t)n * dim * sizeof(float));
-        ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, rot, inv), 0);
+        ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, rot, &(krope_freqs){inv, 1, NULL, 1.0f}), 0);
         for (int r = 0; r < n; r++)
             for (int h = 0; h < nh; h++) {
                 const float *xh = x + (int64_t)r * dim + h * hd, *yh = y + (int64_t)r * dim + h * hd;
@@ -302,6 +310,48 @@ TEST(rope_partial) {
         free(pos);
         free(inv);
     }
+    kbackend_destroy(kb);
+}
+
+/* Per-row tables (dynamic NTK / longrope) and the cos/sin scale (attention_scaling): row r
+ * rotates by pos[r] * inv[table[r]][i] with cos and sin times scale, each rounded to f32 as
+ * transformers does (emb.cos() * attention_scaling); partial rotary dims pass through. */
+TEST(rope_row_tables_and_scale) {
+    kbackend *kb = kbackend_cpu_create(4);
+    const int hd = 16, rot = 12, half = rot / 2, nh = 3, n = 41, dim = nh * hd, nt = 5;
+    const float scale = 1.2247449f;
+    float inv[5 * 6];
+    for (int t = 0; t < nt; t++)
+        for (int i = 0; i < half; i++) inv[t * half + i] = (float)pow(10000.0 * (1 + t), -2.0 * i / rot);
+    int32_t pos[41], tab[41];
+    for (int i = 0; i < n; i++) pos[i] = (int32_t)(test_rng_u32() % 4096), tab[i] = (int32_t)(test_rng_u32() % nt);
+    float *x = malloc((size_t)n * dim * sizeof(float)), *y = test_guarded_alloc((int64_t)n * dim);
+    test_fill(x, (int64_t)n * dim);
+    memcpy(y, x, (size_t)n * dim * sizeof(float));
+    ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, rot, &(krope_freqs){inv, nt, tab, scale}), 0);
+    for (int r = 0; r < n; r++)
+        for (int h = 0; h < nh; h++) {
+            const float *xh = x + (int64_t)r * dim + h * hd, *yh = y + (int64_t)r * dim + h * hd;
+            for (int i = 0; i < half; i++) {
+                double ang = (float)((float)pos[r] * inv[tab[r] * half + i]);
+                double a = xh[i], b = xh[i + half], c = cos(ang) * scale, s = sin(ang) * scale;
+                double tol = 5 * U_F32 * scale * (fabs(a) + fabs(b));
+                ASSERT_NEAR(yh[i], a * c - b * s, tol);
+                ASSERT_NEAR(yh[i + half], b * c + a * s, tol);
+            }
+            ASSERT(memcmp(yh + rot, xh + rot, (size_t)(hd - rot) * sizeof(float)) == 0);
+        }
+    /* table NULL == every row on table 0; scale 1 == the plain op, bit for bit */
+    float *z = malloc((size_t)n * dim * sizeof(float));
+    int32_t zero[41] = {0};
+    memcpy(y, x, (size_t)n * dim * sizeof(float));
+    memcpy(z, x, (size_t)n * dim * sizeof(float));
+    ASSERT_EQ(kb->ops->rope(kb, y, pos, n, nh, hd, rot, &(krope_freqs){inv, nt, zero, 1.0f}), 0);
+    ASSERT_EQ(kb->ops->rope(kb, z, pos, n, nh, hd, rot, &(krope_freqs){inv, 1, NULL, 1.0f}), 0);
+    ASSERT(memcmp(y, z, (size_t)n * dim * sizeof(float)) == 0);
+    free(z);
+    test_guarded_check_free(y, (int64_t)n * dim);
+    free(x);
     kbackend_destroy(kb);
 }
 
@@ -675,5 +725,5 @@ TEST(attention_bad_args) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(pool_runs_each_task_once, attention_batch_invariant_row_and_head_paths, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope, rope_partial,
+TEST_MAIN(pool_runs_each_task_once, attention_batch_invariant_row_and_head_paths, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope, rope_partial, rope_row_tables_and_scale,
           swiglu_and_add, vector_exp, get_rows, kv_store_slots, attention_ragged_paged, attention_bad_args)

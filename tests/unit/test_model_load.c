@@ -987,8 +987,9 @@ TEST(config_unsupported) {
     /* Qwen3ForCausalLM is served since issue 11 (tests/unit/test_qwen3.c) */
     expect_config_fail(with_field("architectures", "[\"Gemma2ForCausalLM\"]"), PEFTD_EUNSUPPORTED,
                        "Gemma2ForCausalLM");
-    /* linear, llama3 and yarn are served (tests/unit/test_rope_variants.c) */
-    expect_config_fail(with_field("rope_scaling", "{\"type\":\"dynamic\",\"factor\":2.0}"),
+    /* linear, llama3, yarn and dynamic are served (tests/unit/test_rope_variants.c,
+     * test_rope_seqlen.c); longrope only on Phi3ForCausalLM */
+    expect_config_fail(with_field("rope_scaling", "{\"type\":\"ntk\",\"factor\":2.0}"),
                        PEFTD_EUNSUPPORTED, "rope_scaling");
     expect_config_fail(with_field("rope_scaling", "{\"rope_type\":\"longrope\",\"factor\":8.0}"),
                        PEFTD_EUNSUPPORTED, "longrope");

@@ -59,10 +59,11 @@ TEST(phi3_config_rules) {
     /* int(16 * 0.1) = 1: an odd rotary width cannot pair halves. */
     ASSERT_EQ(parse(", \"partial_rotary_factor\": 0.1", &cfg, err, sizeof err), PEFTD_EFORMAT);
     ASSERT(strstr(err, "partial_rotary_factor"));
+    /* longrope (tests/unit/test_rope_seqlen.c runs it): lists of rot_dim / 2 numbers */
     ASSERT_EQ(parse(", \"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [1], \"long_factor\": [1]}",
                     &cfg, err, sizeof err),
-              PEFTD_EUNSUPPORTED);
-    ASSERT(strstr(err, "longrope"));
+              PEFTD_EFORMAT);
+    ASSERT(strstr(err, "\"short_factor\" must be a list of 8 numbers"));
 }
 
 /* PEFT keys on Phi-3 are the fused names: a q_proj target names nothing in the base. */

@@ -146,9 +146,11 @@ TEST(rope_scaling_refusals) {
         const char *extra, *msg;
         int st;
     } cases[] = {
-        {",\"rope_scaling\":{\"rope_type\":\"dynamic\",\"factor\":2.0}", "\"dynamic\") is not supported",
-         PEFTD_EUNSUPPORTED},
-        {",\"rope_scaling\":{\"type\":\"longrope\",\"factor\":2.0}", "\"longrope\") is not supported",
+        {",\"rope_scaling\":{\"rope_type\":\"dynamic\"}", "rope_scaling needs \"factor\"", PEFTD_EFORMAT},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1,1,1],"
+         "\"long_factor\":[1,1,1,1,1,1,1,1]}",
+         "type \"longrope\" is only supported on Phi3ForCausalLM", PEFTD_EUNSUPPORTED},
+        {",\"rope_scaling\":{\"type\":\"su\",\"factor\":2.0}", "(type \"su\") is not supported",
          PEFTD_EUNSUPPORTED},
         {",\"partial_rotary_factor\":0.5", "partial_rotary_factor 0.5 is not supported", PEFTD_EUNSUPPORTED},
         {",\"rope_scaling\":{\"rope_type\":\"linear\"}", "rope_scaling needs \"factor\"", PEFTD_EFORMAT},
