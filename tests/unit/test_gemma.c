@@ -7,7 +7,9 @@
  *   - the 32 tokens transformers' greedy generate() appends;
  *   - LoRA (all-linear), DoRA, IA3, prompt tuning and prefix tuning, each against peft;
  *   - one batch mixing base rows and every adapter: bit-identical to each sequence alone;
- *   - the config.json rules (defaults of Gemma2Config / Gemma3TextConfig, refusals).
+ *   - the config.json rules (defaults of Gemma2Config / Gemma3TextConfig, refusals);
+ *   - on the CUDA backend (skipped visibly without a device): every case above against the
+ *     same references, and the greedy tokens.
  * Tolerance 1e-4 on f32 logits (reference: f32 math on the same f32 weights, so only summation
  * order and libm ulps differ).
  */
@@ -19,6 +21,9 @@
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/logit_ref.h"
 #include "tests/harness/test.h"
+#ifdef PEFTD_CUDA
+#include "kernels/kernels_cuda.h"
+#endif
 
 #define TOL 1e-4
 #define REF "tests/fixtures/gemma/reference.json"
@@ -68,10 +73,16 @@ typedef struct {
     llama_ctx *c;
 } grun;
 
+static bool USE_CUDA; /* grun_open on the CUDA backend (gemma_cuda) */
+
 static void grun_open(grun *r, const char *dir) {
     char err[1024] = "";
+#ifdef PEFTD_CUDA
+    r->kb = USE_CUDA ? kbackend_cuda_create(0, err, sizeof err) : kbackend_cpu_create(2);
+#else
     r->kb = kbackend_cpu_create(2);
-    ASSERT(r->kb);
+#endif
+    if (!r->kb) FAIL("backend: %s", err);
     if (model_load(dir, r->kb, &r->m, err, sizeof err) < 0) FAIL("model_load %s: %s", dir, err);
     llama_ctx_params p = {.max_tokens = 256, .max_seqs = MAX_SEQS, .block_size = BS,
                           .n_blocks = 1 + MAX_SEQS * BPS, .max_blocks = BPS};
@@ -287,6 +298,43 @@ static void check_greedy(const char *model) {
 TEST(gemma2_greedy) { check_greedy("gemma2"); }
 TEST(gemma3_greedy) { check_greedy("gemma3"); }
 
+/* Every case on CUDA (one sequence at a time; prefill 3 + decode), against the references. */
+TEST(gemma_cuda) {
+#ifndef PEFTD_CUDA
+    SKIP("no CUDA device (this build has no CUDA backend)");
+#else
+    if (!kbackend_cuda_available()) SKIP("no CUDA device");
+    static const char *const cases[] = {"p5", "p8", "p11", "p17", "p24", "lora", "dora", "ia3", "prompt", "prefix"};
+    static const char *const models[] = {"gemma2", "gemma3"};
+    USE_CUDA = true;
+    for (int mi = 0; mi < 2; mi++) {
+        double worst = 0;
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            char name[64];
+            logit_case q;
+            snprintf(name, sizeof name, "%s_%s", models[mi], cases[ci]);
+            logit_case_load(REF, name, &q);
+            grun r;
+            grun_open(&r, q.model);
+            adapter *ad = q.adapter[0] ? load_adapter(&r, q.adapter) : NULL;
+            gseq s = {.ad = ad, .ids = q.ids, .n_ids = q.n_ids, .out = malloc(sizeof(float) * q.n_ids * q.vocab)};
+            ASSERT(s.out);
+            run_batch(&r, &s, 1);
+            double md = max_diff(s.out, q.logits, (size_t)q.n_ids * q.vocab);
+            if (!(md <= TOL)) FAIL("cuda %s: max |logit diff| %.3g > %g", name, md, TOL);
+            if (md > worst) worst = md;
+            free(s.out);
+            adapter_free(ad);
+            grun_close(&r);
+            logit_case_free(&q);
+        }
+        printf("    cuda %s: %zu cases, max |logit diff| %.3g\n", models[mi], sizeof cases / sizeof cases[0], worst);
+        check_greedy(models[mi]);
+    }
+    USE_CUDA = false;
+#endif
+}
+
 /* The fixtures' models really are what they claim (so the checks above cover those paths). */
 TEST(gemma_fixture_configs) {
     char err[1024] = "";
@@ -376,4 +424,4 @@ TEST(gemma_config_refusals) {
 TEST_MAIN(gemma_fixture_configs, gemma_config_defaults, gemma_config_refusals, gemma2_base, gemma3_base, gemma2_lora,
           gemma3_lora, gemma2_dora, gemma3_dora, gemma2_ia3, gemma3_ia3, gemma2_prompt_tuning, gemma3_prompt_tuning,
           gemma2_prefix_tuning, gemma3_prefix_tuning, gemma2_greedy, gemma3_greedy, gemma2_mixed_batch,
-          gemma3_mixed_batch)
+          gemma3_mixed_batch, gemma_cuda)
