@@ -9,7 +9,8 @@
  * every weight byte is read once per step whatever the batch size; adapters add their
  * deltas per segment (SGMV shrink/expand for LoRA/DoRA and bottleneck adapters, per-segment
  * vector scales for IA3 and DoRA). The residual add is fused into the o_proj / down_proj
- * matmuls (beta = 1) in steps without adapters. Only the rows whose logits are wanted go
+ * matmuls (beta = 1) in steps without adapters (not on Gemma, whose post-norms come between).
+ * Only the rows whose logits are wanted go
  * through the final norm and lm_head (usually one row per sequence).
  */
 #include "server/model/llama.h"
