@@ -482,7 +482,7 @@ static int cfg_gemma(const cJSON *root, const cfg_arch *arch, model_config *cfg,
     int rc;
     cfg->gemma = true;
     cfg->embed_scale_virtual = !g3;
-    if (g3 && strcmp(cfg->model_type, "gemma3_text") != 0) {
+    if (g3 && cfg->model_type[0] && strcmp(cfg->model_type, "gemma3_text") != 0) {
         cfg_err(err, errlen, "config.json: model_type \"%s\" with Gemma3ForCausalLM is not supported (only "
                 "\"gemma3_text\"; the multimodal \"gemma3\" config is refused)", cfg->model_type);
         return PEFTD_EUNSUPPORTED;
