@@ -7,7 +7,8 @@
  *   - the 32 tokens transformers' greedy generate() appends;
  *   - LoRA (all-linear), DoRA, IA3, prompt tuning and prefix tuning, each against peft;
  *   - one batch mixing base rows and every adapter: bit-identical to each sequence alone;
- *   - the config.json rules (defaults of Gemma2Config / Gemma3TextConfig, refusals);
+ *   - the config.json rules (defaults of Gemma2Config / Gemma3TextConfig, refusals), and
+ *     bottleneck (AdapterHub) adapters refused on Gemma;
  *   - on the CUDA backend (skipped visibly without a device): every case above against the
  *     same references, and the greedy tokens.
  * Tolerance 1e-4 on f32 logits (reference: f32 math on the same f32 weights, so only summation
@@ -359,6 +360,20 @@ TEST(gemma_fixture_configs) {
     kbackend_destroy(kb);
 }
 
+/* AdapterHub bottleneck adapters sit on the residual stream, which Gemma's post-norms change:
+ * refused by name at import (the Pfeiffer fixture has the hidden size of these bases). */
+TEST(gemma_refuses_bottleneck) {
+    grun r;
+    char err[1024] = "";
+    adapter *ad = NULL;
+    grun_open(&r, "tests/fixtures/gemma/gemma2");
+    int rc = model_load_adapter(r.m, "tests/fixtures/adapters/pfeiffer", &ad, err, sizeof err);
+    printf("    refused: %s\n", err);
+    ASSERT_EQ(rc, PEFTD_EUNSUPPORTED);
+    ASSERT(ad == NULL && strstr(err, "bottleneck") && strstr(err, "post-norms"));
+    grun_close(&r);
+}
+
 /* ---- config.json rules ---- */
 
 static int parse(const char *arch, const char *extra, model_config *cfg, char *err, size_t errlen) {
@@ -424,4 +439,4 @@ TEST(gemma_config_refusals) {
 TEST_MAIN(gemma_fixture_configs, gemma_config_defaults, gemma_config_refusals, gemma2_base, gemma3_base, gemma2_lora,
           gemma3_lora, gemma2_dora, gemma3_dora, gemma2_ia3, gemma3_ia3, gemma2_prompt_tuning, gemma3_prompt_tuning,
           gemma2_prefix_tuning, gemma3_prefix_tuning, gemma2_greedy, gemma3_greedy, gemma2_mixed_batch,
-          gemma3_mixed_batch, gemma_cuda)
+          gemma3_mixed_batch, gemma_refuses_bottleneck, gemma_cuda)
