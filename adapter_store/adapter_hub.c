@@ -312,6 +312,11 @@ int adapter__load_hub(adapter__ctx *c) {
     char name[256];
     kdtype kd = KDT_F32;
     a->kind = ADAPTER_BOTTLENECK;
+    if (c->base->post_norms)
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "bottleneck adapters are not served on base %s: its sub-layer outputs are normed "
+                             "before the residual add (Gemma post-norms)",
+                             c->base->name);
     if ((rc = hub_read_config(c, &h))) return rc;
 
     bool *skip = calloc((size_t)L, sizeof *skip);

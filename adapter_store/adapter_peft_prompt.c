@@ -79,8 +79,8 @@ int adapter__load_prefix(adapter__ctx *c) {
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: num_layers %d does not match the %d layers of base %s",
                              nl, L, b->name);
     /* Prefix K/V sit before the prompt's slots; how transformers' sliding-window mask treats
-     * them (and the cache it builds for them) is not checked against a reference here. */
-    if (b->sliding_window > 0)
+     * them (and the cache it builds for them) is checked against peft only on Gemma bases. */
+    if (b->sliding_window > 0 && !b->prefix_window_ok)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "prefix tuning is not served on base %s: it uses sliding-window attention (window %d)",
                              b->name, b->sliding_window);

@@ -336,7 +336,7 @@ static int exist_key(adapter__ctx *c, void *ud, const char *key, int layer, adap
 static const char *const *default_targets(const char *model_type, const char *const *llama_like,
                                           const char *const *qwen_like) {
     static const char *const llama_types[] = {"llama", "mistral", NULL};
-    static const char *const qwen_types[] = {"qwen2", "qwen3", "gemma", NULL};
+    static const char *const qwen_types[] = {"qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", NULL};
     for (int i = 0; llama_types[i]; i++)
         if (!strcmp(model_type, llama_types[i])) return llama_like;
     for (int i = 0; qwen_types[i]; i++)

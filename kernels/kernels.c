@@ -78,6 +78,8 @@ KB_CHECKED(sgmv_shrink, (kbackend * kb, const float *x, int in_dim, const ksgmv 
 KB_CHECKED(sgmv_expand, (kbackend * kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y),
            (kb, t, ld_t, s, out_dim, y))
 KB_CHECKED(add_bias, (kbackend * kb, float *y, int n, const kmat *b), (kb, y, n, b))
+KB_CHECKED(geglu, (kbackend * kb, const float *g, const float *u, int n, int dim, float *out), (kb, g, u, n, dim, out))
+KB_CHECKED(softcap, (kbackend * kb, float *y, int64_t n, float cap), (kb, y, n, cap))
 KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
            (kb, y, dim, n, seg, v))
 
@@ -109,6 +111,8 @@ void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     c->sgmv_expand = chk_sgmv_expand;
     c->seg_scale = chk_seg_scale;
     c->add_bias = chk_add_bias;
+    c->geglu = chk_geglu;
+    c->softcap = chk_softcap;
     kb->ops = c;
 #endif
 }

@@ -95,6 +95,9 @@ typedef struct {
                                  * query at slot p also skips slots <= p - W (transformers' rule
                                  * kv_idx > q_idx - W: p attends to its last W slots, itself
                                  * included), combined with kv_start as max(kv_start, p - W + 1) */
+    float softcap;              /* attention logit soft-capping (Gemma 2): 0 = none; c > 0: each
+                                 * score s = scale * q·k becomes tanh(s / c) * c (f32 divide,
+                                 * tanh, multiply, as transformers) before the mask and softmax */
 } kattn_args;
 
 /* The frequencies of one rope call (kbackend_ops.rope). inv_freq and table live in backend
@@ -225,6 +228,16 @@ typedef struct kbackend_ops {
      * in its stored dtype, y: [n, dim] f32). Asked of supports_op as KOP_ADD. Last in the
      * table so the positional CUDA table keeps its order. */
     int (*add_bias)(kbackend *kb, float *y, int n, const kmat *b);
+
+    /* [engine] GeGLU (Gemma's MLP, hidden_activation gelu_pytorch_tanh): out[i] =
+     * gelu_tanh(gate[i]) * up[i] over n*dim elements, gelu_tanh(x) = 0.5·x·(1 + tanh(√(2/π)·(x +
+     * 0.044715·x³))) (torch's approximate='tanh'; evaluated in double, rounded once, then the
+     * f32 product); out may alias gate. Beside swiglu; appended for the positional CUDA table. */
+    int (*geglu)(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
+    /* [engine] Soft-capping in place (Gemma final_logit_softcapping): y[i] = tanh(y[i] / cap) *
+     * cap for i < n, cap > 0; the divide and the multiply are f32 ops (as torch's three ops),
+     * tanh is evaluated in double and rounded once. */
+    int (*softcap)(kbackend *kb, float *y, int64_t n, float cap);
 } kbackend_ops;
 
 /* A backend object. Callers use kb->ops (and kb->impl inside the backend only). */

@@ -6,7 +6,7 @@
  * One task per (query row, KV head): the task handles the n_heads/n_kv_heads
  * query heads that share that KV head together, so each K and V row is read
  * once per task. Exact two-pass softmax in f32: scores s_j = scale * q·k_j
- * into per-thread scratch, then w_j = exp(s_j - max) (vector exp, simd.h) and
+ * (soft-capped when a->softcap > 0) into per-thread scratch, then w_j = exp(s_j - max) (vector exp, simd.h) and
  * out = Σ w_j v_j / Σ w_j. */
 #include <math.h>
 #include <string.h>
@@ -47,6 +47,14 @@ typedef struct {
 /* First slot attended by the query at slot p of a sequence whose first slot is k0. */
 static inline int attn_first_slot(const kattn_args *a, int k0, int p) {
     return a->window > 0 && p - a->window + 1 > k0 ? p - a->window + 1 : k0;
+}
+
+/* The score of dot = q·k: scale * dot, soft-capped when softcap > 0 (tanh(s / c) * c: f32
+ * divide and multiply, tanh in double rounded once). */
+static inline float attn_score(const kattn_args *a, float dot) {
+    float s = a->scale * dot;
+    if (a->softcap > 0.0f) s = (float)tanh((double)(s / a->softcap)) * a->softcap;
+    return s;
 }
 
 /* Sequence owning query row t: the last s with q_start[s] <= t (empty sequences
@@ -204,7 +212,7 @@ static void attn_row_task(void *vc, int task, int thread) {
         for (int kvh = 0; kvh < KVH; kvh++)
             for (int g = 0; g < group; g++) {
                 int h = kvh * group + g;
-                sc[h * ld + j] = a->scale * kv_dot(q + (int64_t)h * hd, k + (int64_t)kvh * hd, hd);
+                sc[h * ld + j] = attn_score(a, kv_dot(q + (int64_t)h * hd, k + (int64_t)kvh * hd, hd));
             }
     }
     float inv[ATTN_ROW_MAX_HEADS];
@@ -261,7 +269,7 @@ static void attn_task(void *vc, int task, int thread) {
         if (j + ATTN_PF_SLOTS < n_slots)
             attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
         const float *k = attn_slot(c, a->k_cache, btab, j0 + j, kvh);
-        for (int g = 0; g < group; g++) sc[g * ld + j] = a->scale * kv_dot(q + (int64_t)g * hd, k, hd);
+        for (int g = 0; g < group; g++) sc[g * ld + j] = attn_score(a, kv_dot(q + (int64_t)g * hd, k, hd));
     }
     /* Softmax weights (unnormalised) and their sums. */
     float inv_sum[ATTN_MAX_GROUP];
@@ -288,7 +296,8 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
     if (!a->q_start || !a->kv_len || !a->block_table || !a->q || !a->k_cache || !a->v_cache || !a->out)
         return PEFTD_EINVAL;
     if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads || a->head_dim <= 0 ||
-        a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale) || a->window < 0)
+        a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale) || a->window < 0 ||
+        !(a->softcap >= 0.0f) || !isfinite(a->softcap))
         return PEFTD_EINVAL;
     if ((int64_t)a->n_kv_heads * a->head_dim > INT32_MAX || a->n_heads / a->n_kv_heads > ATTN_MAX_GROUP)
         return PEFTD_EUNSUPPORTED;

@@ -90,6 +90,8 @@ static const kbackend_ops kcpu_ops = {
     .supports_op = kcpu_supports_op,
     .sgmv_workspace = kcpu_sgmv_workspace,
     .add_bias = kcpu__add_bias,
+    .geglu = kcpu__geglu,
+    .softcap = kcpu__softcap,
 };
 
 void kbackend_cpu_set_fast_prefill(kbackend *kb, bool on) {

@@ -1,6 +1,8 @@
 /* kernels/cpu/elementwise.c — elementwise ops on f32 activations: swiglu
- * (silu(gate) * up, with the vector exp of simd.h), add (y += x) and add_bias (y[i,:] += b). Large
- * arrays are split into chunks across the pool. */
+ * (silu(gate) * up, with the vector exp of simd.h), geglu (gelu_tanh(gate) * up) and softcap
+ * (tanh(y / c) * c) with libm's double tanh per element (the same value for an element
+ * wherever it sits in a batch), add (y += x) and add_bias (y[i,:] += b). Large arrays are
+ * split into chunks across the pool. */
 #include <math.h>
 
 #include "kernels/cpu/cpu_internal.h"
@@ -43,6 +45,33 @@ static void swiglu_task(void *vc, int task, int thread) {
     }
 }
 
+/* torch's gelu(approximate='tanh') in double: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+static inline float gelu_tanh(float v) {
+    const double k = 0.7978845608028654, x = v; /* sqrt(2 / pi) */
+    return (float)(0.5 * x * (1.0 + tanh(k * (x + 0.044715 * x * x * x))));
+}
+
+static void geglu_task(void *vc, int task, int thread) {
+    (void)thread;
+    const ew_ctx *c = vc;
+    int64_t i0, i1;
+    ew_range(c, task, &i0, &i1);
+    for (int64_t i = i0; i < i1; i++) c->out[i] = gelu_tanh(c->a[i]) * c->b[i];
+}
+
+typedef struct {
+    float *y;
+    float cap;
+    int64_t n;
+} softcap_ctx;
+
+static void softcap_task(void *vc, int task, int thread) {
+    (void)thread;
+    const softcap_ctx *c = vc;
+    int64_t i0 = (int64_t)task * EW_CHUNK, i1 = i0 + EW_CHUNK < c->n ? i0 + EW_CHUNK : c->n;
+    for (int64_t i = i0; i < i1; i++) c->y[i] = (float)tanh((double)(c->y[i] / c->cap)) * c->cap;
+}
+
 static void add_task(void *vc, int task, int thread) {
     (void)thread;
     const ew_ctx *c = vc;
@@ -68,6 +97,29 @@ int kcpu__swiglu(kbackend *kb, const float *gate, const float *up, int n, int di
     ew_ctx c = {.a = gate, .b = up, .out = out, .n = (int64_t)n * dim};
     /* expf is ~20 element-ops. */
     kcpu__parallel(kcpu__impl(kb), ew_tasks(c.n), (double)c.n * 20, swiglu_task, &c);
+    return 0;
+}
+
+int kcpu__geglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out) {
+    if (n < 0 || dim <= 0) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!gate || !up || !out) return PEFTD_EINVAL;
+    ew_ctx c = {.a = gate, .b = up, .out = out, .n = (int64_t)n * dim};
+    int t = ew_tasks(c.n);
+    if (t < 0) return PEFTD_EUNSUPPORTED;
+    /* libm tanh is ~40 element-ops. */
+    kcpu__parallel(kcpu__impl(kb), t, (double)c.n * 40, geglu_task, &c);
+    return 0;
+}
+
+int kcpu__softcap(kbackend *kb, float *y, int64_t n, float cap) {
+    if (n < 0 || !(cap > 0.0f) || !isfinite(cap)) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!y) return PEFTD_EINVAL;
+    softcap_ctx c = {.y = y, .cap = cap, .n = n};
+    int t = ew_tasks(n);
+    if (t < 0) return PEFTD_EUNSUPPORTED;
+    kcpu__parallel(kcpu__impl(kb), t, (double)n * 40, softcap_task, &c);
     return 0;
 }
 

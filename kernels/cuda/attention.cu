@@ -8,7 +8,7 @@
  * ATT_WARPS warps: warp w takes slots j0+w, j0+w+ATT_WARPS, ... and keeps an online
  * softmax (running max m, sum l, f32 accumulator of head_dim spread over the lanes);
  * the warps' partial states are merged in shared memory at the end. All math is f32:
- * scores scale*q·k, weights expf(s - m). Against the CPU's exact two-pass softmax the
+ * scores scale*q·k (soft-capped tanh(s/c)*c when a.softcap > 0), weights expf(s - m). Against the CPU's exact two-pass softmax the
  * difference is a few ulp of the output (rescaling by expf(m_old - m_new)).
  *
  * Arguments that live in device memory (q_start, kv_len, kv_start, block_table) are
@@ -92,6 +92,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(kattn_args a, int 
                 if (d < hd) dot = fmaf(qv[i], kr[d], dot);
             }
             float sc = a.scale * kcuda_warp_sum(dot);
+            if (a.softcap > 0.0f) sc = __fmul_rn((float)tanh((double)__fdiv_rn(sc, a.softcap)), a.softcap);
             float mn = fmaxf(m, sc);
             float corr = expf(m - mn); /* 0 on the first slot (m = -inf) */
             float wj = expf(sc - mn);
@@ -135,7 +136,8 @@ extern "C" int kcuda__attention(kbackend *kb, const kattn_args *a) {
     if (!a->q_start || !a->kv_len || !a->block_table || !a->q || !a->k_cache || !a->v_cache || !a->out)
         return PEFTD_EINVAL;
     if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads || a->head_dim <= 0 ||
-        a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale) || a->window < 0)
+        a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale) || a->window < 0 ||
+        !(a->softcap >= 0.0f) || !isfinite(a->softcap))
         return PEFTD_EINVAL;
     if (a->head_dim > 32 * ATT_MAX_PER_LANE || (int64_t)a->n_kv_heads * a->head_dim > INT32_MAX)
         return PEFTD_EUNSUPPORTED;

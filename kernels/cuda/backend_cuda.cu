@@ -184,6 +184,8 @@ static const kbackend_ops kcuda_ops = {
     /* .supports_op = */ kcuda_supports_op,
     /* .sgmv_workspace = */ kcuda_sgmv_workspace,
     /* .add_bias = */ kcuda__add_bias,
+    /* .geglu = */ kcuda__geglu,
+    /* .softcap = */ kcuda__softcap,
 };
 
 extern "C" int kbackend_cuda_available(void) {

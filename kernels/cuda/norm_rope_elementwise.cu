@@ -1,5 +1,5 @@
 /* kernels/cuda/norm_rope_elementwise.cu — the small ops of a layer on the CUDA backend:
- * get_rows (embedding gather), rmsnorm, rope, kv_store, swiglu, add, add_bias. Each launcher checks
+ * get_rows (embedding gather), rmsnorm, rope, kv_store, swiglu, geglu, softcap, add, add_bias. Each launcher checks
  * its host-visible arguments as the CPU backend does; indices that live in device memory
  * (token ids, positions, KV slots) are checked by the kernels, which skip the offending
  * row and raise the backend's error flag (the next synchronize/download returns
@@ -182,6 +182,20 @@ __global__ void k_swiglu(const float *g, const float *u, int64_t n, float *out) 
     }
 }
 
+/* geglu / softcap: tanh in double, rounded once (the CPU's values, up to libm vs CUDA tanh ulps). */
+__global__ void k_geglu(const float *g, const float *u, int64_t n, float *out) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const double k = 0.7978845608028654, x = g[i]; /* sqrt(2 / pi) */
+        float a = (float)(0.5 * x * (1.0 + tanh(k * (x + 0.044715 * x * x * x))));
+        out[i] = __fmul_rn(a, u[i]);
+    }
+}
+
+__global__ void k_softcap(float *y, int64_t n, float cap) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __fmul_rn((float)tanh((double)__fdiv_rn(y[i], cap)), cap);
+}
+
 __global__ void k_add(float *y, const float *x, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         y[i] = __fadd_rn(y[i], x[i]);
@@ -203,6 +217,31 @@ extern "C" int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, i
     if (rc) return rc;
     int64_t total = (int64_t)n * dim;
     k_swiglu<<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(gate, up, total, out);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+extern "C" int kcuda__geglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out) {
+    if (n < 0 || dim <= 0) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!gate || !up || !out) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    int64_t total = (int64_t)n * dim;
+    k_geglu<<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(gate, up, total, out);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+extern "C" int kcuda__softcap(kbackend *kb, float *y, int64_t n, float cap) {
+    if (n < 0 || !(cap > 0.0f) || !isfinite(cap)) return PEFTD_EINVAL;
+    if (n == 0) return 0;
+    if (!y) return PEFTD_EINVAL;
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    k_softcap<<<nre_grid(cb, n), NRE_THREADS, 0, cb->stream>>>(y, n, cap);
     KCUDA_LAUNCH_CHECK();
     return 0;
 }

@@ -1,4 +1,4 @@
-/* kernels/cuda/norm_rope_elementwise.h — rmsnorm, rope, swiglu, add, get_rows and
+/* kernels/cuda/norm_rope_elementwise.h — rmsnorm, rope, swiglu, geglu, softcap, add, get_rows and
  * kv_store on the CUDA backend (norm_rope_elementwise.cu). */
 #ifndef PEFTD_KCUDA_NORM_ROPE_ELEMENTWISE_H
 #define PEFTD_KCUDA_NORM_ROPE_ELEMENTWISE_H
@@ -14,6 +14,8 @@ int kcuda__kv_store(kbackend *kb, const float *k, const float *v, const int32_t 
                     int kv_dim, float *k_cache, float *v_cache);
 int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
 int kcuda__add(kbackend *kb, float *y, const float *x, int64_t n);
+int kcuda__geglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
+int kcuda__softcap(kbackend *kb, float *y, int64_t n, float cap);
 int kcuda__add_bias(kbackend *kb, float *y, int n, const kmat *b);
 #ifdef __cplusplus
 }

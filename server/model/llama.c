@@ -1,12 +1,16 @@
 /* server/model/llama.c — the Llama forward pass (RMSNorm, RoPE, GQA attention over the
  * paged KV cache, SwiGLU MLP) written once against the kbackend op table, with every
- * adapter kind applied per segment inside the one shared batch.
+ * adapter kind applied per segment inside the one shared batch. Gemma 2/3 take the same
+ * loop with their differences switched on by model_config: scaled embeddings, post-norms on
+ * the sub-layer outputs (no fused residual), GeGLU, attention / final logit soft-caps, and
+ * (Gemma 3) a local RoPE table on sliding layers.
  *
  * Per layer, all T rows of the step go through each base projection in one matmul, so
  * every weight byte is read once per step whatever the batch size; adapters add their
  * deltas per segment (SGMV shrink/expand for LoRA/DoRA and bottleneck adapters, per-segment
  * vector scales for IA3 and DoRA). The residual add is fused into the o_proj / down_proj
- * matmuls (beta = 1) in steps without adapters. Only the rows whose logits are wanted go
+ * matmuls (beta = 1) in steps without adapters (not on Gemma, whose post-norms come between).
+ * Only the rows whose logits are wanted go
  * through the final norm and lm_head (usually one row per sequence).
  */
 #include "server/model/llama.h"
@@ -18,6 +22,53 @@
 
 #include "server/model/llama_internal.h"
 #include "server/model/rope_freqs.h"
+
+/* What llama__rope_init (llama_rope.c) leaves to the families: Gemma's softmax scale
+ * query_pre_attn_scalar^-0.5 (a Python float, rounded to f32 by torch's multiply), Gemma 3's
+ * second RoPE table for sliding layers (rope_local_theta, no scaling, as transformers'
+ * rotary_emb_local) and Gemma's embedding scale vector. */
+static int setup_tables(llama_ctx *c) {
+    const model_config *cfg = &c->m->cfg;
+    kbackend *kb = c->kb;
+    if (cfg->query_pre_attn_scalar > 0) c->attn_scale = (float)pow(cfg->query_pre_attn_scalar, -0.5);
+    int half = cfg->rope.rot_dim / 2, H = cfg->hidden_size;
+    float *v = malloc((size_t)(half > H ? half : H) * sizeof(float));
+    if (!v) return PEFTD_ENOMEM;
+    int st = 0;
+    if (c->inv_freq_local) {
+        model_config local = *cfg;
+        local.rope_theta = cfg->rope_local_theta;
+        memset(&local.rope, 0, sizeof local.rope);
+        local.rope.rot_dim = cfg->rope.rot_dim;
+        double s;
+        rope_freqs(&local, v, &s);
+        st = kb->ops->upload(kb, c->inv_freq_local, v, (size_t)half * sizeof(float));
+    }
+    if (st == 0 && cfg->gemma) {
+        /* transformers multiplies by a hidden-dtype tensor of sqrt(hidden): f32 here */
+        for (int i = 0; i < H; i++) v[i] = (float)sqrt((double)H);
+        st = kb->ops->upload(kb, c->emb_scale, v, (size_t)H * sizeof(float));
+    }
+    free(v);
+    return st;
+}
+
+/* Gemma: x[r] *= sqrt(hidden) for every run of rows, except (Gemma 3) prompt-tuning virtual
+ * tokens, which PEFT feeds as inputs_embeds past the scaled embed_tokens. */
+static int scale_embeddings(llama_ctx *c, int n_runs, int T) {
+    const model_config *cfg = &c->m->cfg;
+    kbackend *kb = c->kb;
+    for (int i = 0; i < n_runs; i++) {
+        const llama_emb_run *r = &c->runs[i];
+        bool virt = r->is_virtual;
+        c->emb_seg[i] = r->start;
+        c->emb_vec[i] = virt && !cfg->embed_scale_virtual ? NULL : c->emb_scale;
+    }
+    c->emb_seg[n_runs] = T;
+    CHECK(kb->ops->upload(kb, c->d_emb_seg, c->emb_seg, ((size_t)n_runs + 1) * 4));
+    CHECK(kb->ops->upload(kb, (void *)c->d_emb_vec, c->emb_vec, (size_t)n_runs * sizeof(float *)));
+    return kb->ops->seg_scale(kb, c->x, cfg->hidden_size, n_runs, c->d_emb_seg, c->d_emb_vec);
+}
 
 void llama_ctx_free(llama_ctx *c) {
     if (!c) return;
@@ -31,7 +82,8 @@ void llama_ctx_free(llama_ctx *c) {
     free(c->v_cache);
     void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->sel, c->logits, c->tmp,
                     c->tmp_in, c->inv_freq, c->d_tokens, c->d_emb_ids, c->d_pos, c->d_slots, c->d_qstart,
-                    c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev, c->d_rope_tab};
+                    c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev, c->d_rope_tab,
+                    c->inv_freq_local, c->emb_scale, c->d_emb_seg, (void *)c->d_emb_vec};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) kb->ops->free(kb, bufs[i]);
     llama__plan_free(c);
@@ -39,6 +91,8 @@ void llama_ctx_free(llama_ctx *c) {
     free(c->plan_host);
     free(c->emb_ids);
     free(c->runs);
+    free(c->emb_seg);
+    free((void *)c->emb_vec);
     if (c->plan) {
         free(c->plan->mod);
         if (c->plan->bn)
@@ -97,17 +151,22 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
     ALLOC(c->d_kvstart, (size_t)p->max_seqs * 4);
     ALLOC(c->d_btab, (size_t)p->max_seqs * p->max_blocks * 4);
     ALLOC(c->d_rows, n_logit_rows * 4);
-#undef ALLOC
     if (!(c->emb_ids = malloc(T * 4)) || !(c->runs = malloc(T * sizeof *c->runs))) goto oom;
     if (llama__plan_init(c) < 0) goto oom;
-    {
-        int st = llama__rope_init(c);
-        if (st == PEFTD_ENOMEM) goto oom;
-        if (st < 0) {
-            llama_ctx_free(c);
-            snprintf(err, errlen, "llama_ctx: rope table upload failed");
-            return st;
-        }
+    if (cfg->gemma) {
+        ALLOC(c->emb_scale, H * 4);
+        ALLOC(c->d_emb_seg, (T + 1) * 4);
+        ALLOC(c->d_emb_vec, T * sizeof(float *));
+        if (!(c->emb_seg = malloc((T + 1) * 4)) || !(c->emb_vec = malloc(T * sizeof(float *)))) goto oom;
+    }
+    if (cfg->rope_local_theta > 0) ALLOC(c->inv_freq_local, (size_t)cfg->rope.rot_dim / 2 * 4);
+#undef ALLOC
+    int st = llama__rope_init(c);
+    if (st == 0) st = setup_tables(c);
+    if (st < 0) {
+        llama_ctx_free(c);
+        snprintf(err, errlen, st == PEFTD_ENOMEM ? "llama_ctx: out of memory" : "llama_ctx: upload failed");
+        return st;
     }
     *out = c;
     return 0;
@@ -161,6 +220,7 @@ static int embed_rows(llama_ctx *c, const llama_batch *b) {
         if (r == 0 || tab != prev) {
             if (r > 0) c->runs[n_runs - 1].end = r;
             c->runs[n_runs].tab = tab;
+            c->runs[n_runs].is_virtual = id < 0;
             c->runs[n_runs].start = r;
             n_runs++;
             prev = tab;
@@ -172,7 +232,7 @@ static int embed_rows(llama_ctx *c, const llama_batch *b) {
         int s = c->runs[i].start, n = c->runs[i].end - s;
         CHECK(kb->ops->get_rows(kb, c->runs[i].tab, c->d_emb_ids + s, n, c->x + (size_t)s * H));
     }
-    return 0;
+    return m->cfg.gemma ? scale_embeddings(c, n_runs, T) : 0;
 }
 
 int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
@@ -205,6 +265,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         .max_blocks = c->p.max_blocks, .block_size = c->p.block_size, .n_heads = cfg->n_heads,
         .n_kv_heads = cfg->n_kv_heads, .head_dim = hd, .scale = c->attn_scale,
         .q = c->q, .out = c->att, .kv_start = b->kv_start ? c->d_kvstart : NULL,
+        .softcap = cfg->attn_softcap,
     };
     for (int l = 0; l < cfg->n_layers; l++) {
         const model_layer *L = &m->layers[l];
@@ -218,19 +279,26 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
             CHECK(op->rmsnorm(kb, c->q, &L->q_norm, T * cfg->n_heads, hd, cfg->rms_norm_eps, c->q));
             CHECK(op->rmsnorm(kb, c->k, &L->k_norm, T * cfg->n_kv_heads, hd, cfg->rms_norm_eps, c->k));
         }
-        CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, cfg->rope.rot_dim, &rf));
-        CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, cfg->rope.rot_dim, &rf));
+        /* Gemma 3: sliding layers use the local table (rope_local_theta, unscaled) */
+        bool local = c->inv_freq_local && cfg->layer_local[l];
+        krope_freqs rf_local = {.inv_freq = c->inv_freq_local, .n_tables = 1, .table = NULL, .scale = 1.0f};
+        const krope_freqs *rl = local ? &rf_local : &rf;
+        CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, cfg->rope.rot_dim, rl));
+        CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, cfg->rope.rot_dim, rl));
         CHECK(op->kv_store(kb, c->k, c->v, c->d_slots, T, kv_dim, c->k_cache[l], c->v_cache[l]));
         a.k_cache = c->k_cache[l];
         a.v_cache = c->v_cache[l];
         a.window = cfg->layer_window[l] ? cfg->sliding_window : 0;
         CHECK(op->attention(kb, &a));
-        CHECK(llama__sublayer_out(c, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN));
+        const kmat *post_attn = L->post_attn_norm.data ? &L->post_attn_norm : NULL;
+        const kmat *post_ffn = L->post_ffn_norm.data ? &L->post_ffn_norm : NULL;
+        CHECK(llama__sublayer_out(c, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN, post_attn));
         CHECK(op->rmsnorm(kb, c->x, &L->ffn_norm, T, H, cfg->rms_norm_eps, c->xn));
         CHECK(llama__project(c, l, AMOD_GATE, &L->w_gate, c->xn, T, c->gate, false));
         CHECK(llama__project(c, l, AMOD_UP, &L->w_up, c->xn, T, c->up, false));
-        CHECK(op->swiglu(kb, c->gate, c->up, T, I, c->gate));
-        CHECK(llama__sublayer_out(c, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN));
+        if (cfg->gemma) CHECK(op->geglu(kb, c->gate, c->up, T, I, c->gate));
+        else CHECK(op->swiglu(kb, c->gate, c->up, T, I, c->gate));
+        CHECK(llama__sublayer_out(c, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN, post_ffn));
     }
     if (b->n_logits == 0) return op->synchronize(kb);
     kmat xs = {.data = c->x, .dtype = KDT_F32, .rows = T, .cols = H};
@@ -249,6 +317,8 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         CHECK(op->matmul(kb, c->sel + (size_t)i * H, j - i, head, c->logits + (size_t)i * cfg->vocab_size, 0.0f));
         i = j;
     }
+    if (cfg->final_softcap > 0)
+        CHECK(op->softcap(kb, c->logits, (int64_t)b->n_logits * cfg->vocab_size, cfg->final_softcap));
     CHECK(op->download(kb, logits, c->logits, (size_t)b->n_logits * cfg->vocab_size * 4));
     return op->synchronize(kb);
 }

@@ -364,12 +364,19 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
 }
 
 int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T,
-                        int place) {
+                        int place, const kmat *post_norm) {
     kbackend *kb = c->kb;
     const llama_plan *p = c->plan;
     const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
     const llama_plan_bn *pb = p->n_segs ? &p->bn[layer * 2 + place] : NULL;
     bool bottleneck = pb && pb->n_sg > 0;
+    if (post_norm) { /* Gemma: a = proj(in) with its deltas, x += post_norm(a); never fused */
+        const model_config *cfg = &c->m->cfg;
+        if (bottleneck) return PEFTD_EUNSUPPORTED; /* refused at load (model_load_adapter) */
+        CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false));
+        CHECK(kb->ops->rmsnorm(kb, c->tmp, post_norm, T, cfg->hidden_size, cfg->rms_norm_eps, c->tmp));
+        return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * cfg->hidden_size);
+    }
     /* Without adapters, x += proj(in) is fused into the matmul (beta = 1, computed as
      * x + (W·in)). With adapters, the sub-layer output is always formed on its own first,
      * a = W·in + Δ, then x += a: the same rounding for a row whichever adapters share its

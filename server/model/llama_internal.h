@@ -57,6 +57,7 @@ typedef struct {
 typedef struct {
     const kmat *tab;
     int start, end;
+    bool is_virtual;             /* prompt-tuning virtual tokens (negative ids) */
 } llama_emb_run;
 
 struct llama_ctx {
@@ -74,7 +75,12 @@ struct llama_ctx {
     float *rope_host;            /* host staging of the tables */
     int32_t *d_rope_tab, *rope_tab; /* [max_tokens] row -> table (dynamic / longrope), device / host */
     int *rope_keys;              /* host [rope_max_tables]: rope_table_key of each table this step */
-    float attn_scale;            /* softmax scale: 1/sqrt(head_dim) */
+    float attn_scale;            /* softmax scale: 1/sqrt(head_dim) (Gemma: query_pre_attn_scalar^-0.5) */
+    float *inv_freq_local;       /* Gemma 3 sliding layers' table (rope_local_theta), or NULL */
+    /* Gemma: embeddings × sqrt(hidden), per run of rows (embed_rows) */
+    float *emb_scale;            /* [hidden] sqrt(hidden) */
+    int32_t *d_emb_seg, *emb_seg; /* device / host [T + 1]: run starts */
+    const float **d_emb_vec, **emb_vec; /* device / host [T]: emb_scale or NULL per run */
     /* device copies of the batch's index arrays */
     int32_t *d_tokens, *d_emb_ids, *d_pos, *d_slots, *d_qstart, *d_kvlen, *d_kvstart, *d_btab, *d_rows;
     int32_t *emb_ids;            /* host [T] */
@@ -108,8 +114,9 @@ const adapter *llama__row_adapter(const llama_batch *b, int r);
 int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T, float *out,
                    bool accumulate);
 /* x += the sub-layer output proj(in) (o_proj or down_proj), with adapters and the
- * bottleneck adapters of `place`. */
+ * bottleneck adapters of `place`; with post_norm (Gemma), x += post_norm(proj(in)) — the
+ * adapters' deltas inside proj, as PEFT wraps the projection (no bottleneck adapters). */
 int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T,
-                        int place);
+                        int place, const kmat *post_norm);
 
 #endif

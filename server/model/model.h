@@ -1,8 +1,9 @@
 /* server/model/model.h — a Llama-family base model: HF config.json + safetensors weights.
  *
  * model_load() reads <dir>/config.json (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
- * Qwen3ForCausalLM and the same architecture under other names: RMSNorm, RoPE, SwiGLU, GQA,
- * optional attention projection biases, optional per-head q/k RMSNorm), memory-maps
+ * Qwen3ForCausalLM, Phi3ForCausalLM and the same architecture under other names: RMSNorm, RoPE,
+ * SwiGLU, GQA, optional attention projection biases, optional per-head q/k RMSNorm; and
+ * Gemma2ForCausalLM / Gemma3ForCausalLM (text): (1 + w) norms, post-norms, GeGLU), memory-maps
  * <dir>/model.safetensors or every shard named by <dir>/model.safetensors.index.json,
  * checks every tensor's name, dtype (f32/f16/bf16) and shape against the config, and
  * exposes the weights as kmat views in the backend's memory. On the CPU backend the views
@@ -75,8 +76,27 @@ typedef struct {
     bool o_bias;             /* o_proj has a bias (Llama attention_bias) */
     bool fused_proj;         /* Phi-3: weights stored as fused qkv_proj / gate_up_proj, split
                               * into wq/wk/wv and w_gate/w_up row views at load */
-    bool qk_norm;            /* per-head RMSNorm on q and k (Qwen3), weights [head_dim],
+    bool qk_norm;            /* per-head RMSNorm on q and k (Qwen3, Gemma 3), weights [head_dim],
                               * eps rms_norm_eps, after q/k_proj and before RoPE */
+    /* Gemma 2 / Gemma 3 text (gemma): every RMSNorm multiplies by (1 + w) (model_load stores
+     * 1 + w as f32 copies, so the rmsnorm op is unchanged); the embeddings are multiplied by
+     * sqrt(hidden_size) (f32); each sub-layer output goes through its own norm before the
+     * residual add (post_attention_layernorm / post_feedforward_layernorm, model_layer
+     * post_attn_norm / post_ffn_norm); the MLP is GeGLU with the tanh GELU. */
+    bool gemma;
+    bool embed_scale_virtual; /* prompt-tuning virtual tokens are scaled too (Gemma 2 scales
+                              * inputs_embeds; Gemma 3 scales inside embed_tokens, which PEFT's
+                              * virtual tokens bypass) */
+    float query_pre_attn_scalar; /* > 0: softmax scale query_pre_attn_scalar^-0.5 (Gemma);
+                              * 0: 1/sqrt(head_dim) */
+    float attn_softcap;      /* > 0: attention scores s -> tanh(s / c) * c before the mask
+                              * (attn_logit_softcapping); 0: none */
+    float final_softcap;     /* > 0: logits z -> tanh(z / c) * c (final_logit_softcapping) */
+    bool layer_local[MODEL_MAX_LAYERS]; /* Gemma: layer l is a "sliding_attention" layer (kept
+                              * when the window itself is dropped for spanning every context) */
+    float rope_local_theta;  /* > 0 (Gemma 3): sliding layers (layer_local) rotate with this base and no
+                              * rope_scaling (rope_local_base_freq); global layers use
+                              * rope_theta + rope. 0: one table for every layer */
 } model_config;
 
 /* Parses a config.json text. @note err gets a message on failure. */
@@ -91,8 +111,12 @@ typedef struct {
      * (config qkv_bias / o_bias). Added to the base projection before any adapter delta's
      * output-side scale (see llama__project). */
     kmat bq, bk, bv, bo;
-    /* Qwen3 q_norm / k_norm, [1, head_dim] each; .data == NULL unless config qk_norm. */
+    /* Qwen3 / Gemma 3 q_norm / k_norm, [1, head_dim] each; .data == NULL unless config qk_norm. */
     kmat q_norm, k_norm;
+    /* Gemma: post_attention_layernorm / post_feedforward_layernorm (applied to the sub-layer
+     * output before the residual add); .data == NULL otherwise. On Gemma attn_norm is
+     * input_layernorm and ffn_norm pre_feedforward_layernorm. All Gemma norms are f32 1 + w. */
+    kmat post_attn_norm, post_ffn_norm;
 } model_layer;
 
 typedef struct model {

@@ -42,8 +42,19 @@ typedef struct {
  * Phi3ForCausalLM: Llama with fused qkv_proj ([q; k; v] rows) and gate_up_proj ([gate; up]
  * rows), split at load (fused_proj); Mistral-style sliding_window; partial_rotary_factor
  * < 1 (Phi-4-mini) served; longrope (Phi-3.5 / Phi-4-mini 128k) served (cfg_rope_scaling).
- * Not accepted on purpose: Gemma (1+w norms,
- * GeGLU), Olmo, Granite, Cohere (extra multipliers / norms). */
+ * Gemma2ForCausalLM / Gemma3ForCausalLM (model_type gemma2 / gemma3_text), as transformers
+ * 4.57 computes them: RMSNorm by (1 + w) (f32), embeddings × sqrt(hidden_size), GeGLU MLP
+ * (hidden_activation gelu_pytorch_tanh only), post-attention and post-feedforward norms on
+ * the sub-layer outputs, softmax scale query_pre_attn_scalar^-0.5, attention and final logit
+ * soft-capping (Gemma 2 defaults 50 / 30, Gemma 3 none), head_dim default 256, tied
+ * embeddings by default, sliding/global layers from layer_types or the family rule (Gemma 2:
+ * layer i slides iff i is even; Gemma 3: iff (i + 1) % sliding_window_pattern != 0, pattern
+ * default 6); Gemma 3 adds (1 + w) q/k norms and a second RoPE table for sliding layers
+ * (rope_local_base_freq, default 10000, no scaling; rope_theta default 1e6 + rope_scaling on
+ * global layers). Refused by name: use_bidirectional_attention (EmbeddingGemma), model_type
+ * "gemma3" (the multimodal config) and Gemma3ForConditionalGeneration.
+ * Not accepted on purpose: Gemma 1 (GemmaForCausalLM), Olmo, Granite, Cohere (extra
+ * multipliers / norms). */
 static const cfg_arch cfg_archs[] = {
     {"LlamaForCausalLM", 2048},
     {"LLaMAForCausalLM", 2048},
@@ -51,7 +62,14 @@ static const cfg_arch cfg_archs[] = {
     {"Qwen2ForCausalLM", 32768},
     {"Qwen3ForCausalLM", 32768},
     {"Phi3ForCausalLM", 4096},
+    {"Gemma2ForCausalLM", 8192},
+    {"Gemma3ForCausalLM", 131072},
 };
+
+static bool cfg_is_gemma3(const cfg_arch *arch) { return strcmp(arch->name, "Gemma3ForCausalLM") == 0; }
+static bool cfg_is_gemma(const cfg_arch *arch) {
+    return cfg_is_gemma3(arch) || strcmp(arch->name, "Gemma2ForCausalLM") == 0;
+}
 
 static void cfg_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -222,9 +240,15 @@ static int cfg_architecture(const cJSON *root, model_config *cfg, const cfg_arch
             return 0;
         }
     }
+    if (strcmp(name, "Gemma3ForConditionalGeneration") == 0) {
+        cfg_err(err, errlen, "config.json: architecture \"Gemma3ForConditionalGeneration\" (Gemma 3 "
+                "vision/multimodal) is not supported: only the text model Gemma3ForCausalLM");
+        return PEFTD_EUNSUPPORTED;
+    }
     cfg_err(err, errlen,
             "config.json: architecture \"%.64s\" is not supported (supported: LlamaForCausalLM, "
-            "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM)",
+            "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, "
+            "Gemma2ForCausalLM, Gemma3ForCausalLM)",
             name);
     return PEFTD_EUNSUPPORTED;
 }
@@ -473,6 +497,108 @@ static int cfg_sliding_window(const cJSON *root, const cfg_arch *arch, model_con
     return 0;
 }
 
+/* A Gemma soft-cap: a number > 0, or null (no cap); absent: def (0 = none). */
+static int cfg_softcap(const cJSON *root, const char *key, float def, float *out, char *err, size_t errlen) {
+    const cJSON *v;
+    int rc = cfg_get(root, key, &v, err, errlen);
+    if (rc < 0) return rc;
+    bool present = cJSON_GetObjectItemCaseSensitive(root, key) != NULL;
+    if (!v) {
+        *out = present ? 0.0f : def; /* an explicit null turns the cap off */
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || !(v->valuedouble > 0.0 && v->valuedouble < 1e6)) {
+        cfg_err(err, errlen, "config.json: \"%s\" must be null or a number in (0, 1e6)", key);
+        return PEFTD_EFORMAT;
+    }
+    *out = (float)v->valuedouble;
+    return 0;
+}
+
+/* Gemma's sliding/global layers: layer_types when present, else the family rule of
+ * transformers' Gemma2Config (layer i slides iff (i + 1) % 2 != 0) / Gemma3TextConfig
+ * (iff (i + 1) % sliding_window_pattern != 0, pattern default 6). */
+static int cfg_gemma_windows(const cJSON *root, const cfg_arch *arch, model_config *cfg, char *err,
+                             size_t errlen) {
+    const cJSON *types, *t;
+    int rc, pattern = 2;
+    if ((rc = cfg_int(root, "sliding_window", false, 4096, 1, CFG_MAX_POSITIONS, &cfg->sliding_window, err,
+                      errlen)) < 0 ||
+        (rc = cfg_get(root, "layer_types", &types, err, errlen)) < 0)
+        return rc;
+    if (!cJSON_GetObjectItemCaseSensitive(root, "sliding_window")) cfg->sliding_window = 4096;
+    else if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "sliding_window"))) cfg->sliding_window = 0;
+    memset(cfg->layer_window, 0, sizeof cfg->layer_window);
+    if (types) {
+        if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != cfg->n_layers) {
+            cfg_err(err, errlen, "config.json: \"layer_types\" must be a list of %d strings", cfg->n_layers);
+            return PEFTD_EFORMAT;
+        }
+        int l = 0;
+        cJSON_ArrayForEach(t, types) {
+            bool slide = cJSON_IsString(t) && strcmp(t->valuestring, "sliding_attention") == 0;
+            if (!slide && !(cJSON_IsString(t) && strcmp(t->valuestring, "full_attention") == 0)) {
+                cfg_err(err, errlen, "config.json: \"layer_types\" entries must be \"sliding_attention\" or "
+                        "\"full_attention\"");
+                return PEFTD_EFORMAT;
+            }
+            cfg->layer_window[l++] = slide;
+        }
+    } else {
+        if (cfg_is_gemma3(arch) &&
+            (rc = cfg_int(root, "sliding_window_pattern", false, 6, 1, CFG_MAX_LAYERS, &pattern, err, errlen)) < 0)
+            return rc;
+        for (int l = 0; l < cfg->n_layers; l++) cfg->layer_window[l] = (l + 1) % pattern != 0;
+    }
+    bool any = false;
+    for (int l = 0; l < cfg->n_layers; l++) any |= cfg->layer_local[l] = cfg->layer_window[l];
+    /* a window as long as every context is full attention */
+    if (!any || cfg->sliding_window >= cfg->max_position_embeddings) cfg->sliding_window = 0;
+    if (!cfg->sliding_window) memset(cfg->layer_window, 0, sizeof cfg->layer_window);
+    return 0;
+}
+
+/* The Gemma 2 / Gemma 3 fields (see the list above cfg_archs). */
+static int cfg_gemma(const cJSON *root, const cfg_arch *arch, model_config *cfg, char *err, size_t errlen) {
+    bool g3 = cfg_is_gemma3(arch), bidir;
+    char act[32];
+    int rc;
+    cfg->gemma = true;
+    cfg->embed_scale_virtual = !g3;
+    /* the sequence-length-dependent tables (llama_rope.c) have no Gemma fixture: refused */
+    if (cfg->rope.kind == ROPE_DYNAMIC || cfg->rope.kind == ROPE_LONGROPE) {
+        cfg_err(err, errlen, "config.json: rope_scaling type \"%s\" is not supported on %s",
+                cfg->rope.kind == ROPE_DYNAMIC ? "dynamic" : "longrope", arch->name);
+        return PEFTD_EUNSUPPORTED;
+    }
+    if (g3 && cfg->model_type[0] && strcmp(cfg->model_type, "gemma3_text") != 0) {
+        cfg_err(err, errlen, "config.json: model_type \"%s\" with Gemma3ForCausalLM is not supported (only "
+                "\"gemma3_text\"; the multimodal \"gemma3\" config is refused)", cfg->model_type);
+        return PEFTD_EUNSUPPORTED;
+    }
+    if ((rc = cfg_str(root, "hidden_activation", act, sizeof act, err, errlen)) < 0) return rc;
+    if (act[0] && strcmp(act, "gelu_pytorch_tanh") != 0) {
+        cfg_err(err, errlen, "config.json: hidden_activation \"%s\" is not supported (only gelu_pytorch_tanh)",
+                act);
+        return PEFTD_EUNSUPPORTED;
+    }
+    if ((rc = cfg_float(root, "query_pre_attn_scalar", 256.0f, 1e9, &cfg->query_pre_attn_scalar, err,
+                        errlen)) < 0 ||
+        (rc = cfg_softcap(root, "attn_logit_softcapping", g3 ? 0.0f : 50.0f, &cfg->attn_softcap, err,
+                          errlen)) < 0 ||
+        (rc = cfg_softcap(root, "final_logit_softcapping", g3 ? 0.0f : 30.0f, &cfg->final_softcap, err,
+                          errlen)) < 0 ||
+        (rc = cfg_gemma_windows(root, arch, cfg, err, errlen)) < 0)
+        return rc;
+    if (!g3) return 0;
+    if ((rc = cfg_bool(root, "use_bidirectional_attention", false, &bidir, err, errlen)) < 0) return rc;
+    if (bidir) {
+        cfg_err(err, errlen, "config.json: use_bidirectional_attention = true is not supported (causal only)");
+        return PEFTD_EUNSUPPORTED;
+    }
+    return cfg_float(root, "rope_local_base_freq", 10000.0f, 1e9, &cfg->rope_local_theta, err, errlen);
+}
+
 static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errlen) {
     const cfg_arch *arch = NULL;
     bool has_head_dim, flag;
@@ -499,9 +625,11 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
                       CFG_MAX_POSITIONS, &cfg->max_position_embeddings, err, errlen)) < 0)
         return rc;
     if ((rc = cfg_get(root, "head_dim", &v, err, errlen)) < 0) return rc;
-    /* Qwen3Config's head_dim defaults to 128 whatever hidden_size / num_attention_heads. */
+    /* Qwen3Config's head_dim defaults to 128 whatever hidden_size / num_attention_heads;
+     * Gemma2Config's and Gemma3TextConfig's to 256. */
     cfg->qk_norm = strcmp(arch->name, "Qwen3ForCausalLM") == 0;
-    has_head_dim = v != NULL || cfg->qk_norm;
+    bool gemma = cfg_is_gemma(arch);
+    has_head_dim = v != NULL || cfg->qk_norm || gemma;
     /* An explicit head_dim (Mistral-Nemo: 5120 / 32 heads but head_dim 128) decouples the
      * heads from hidden_size, so divisibility only matters when head_dim is derived. */
     if (!has_head_dim && cfg->hidden_size % cfg->n_heads != 0) {
@@ -511,7 +639,7 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
         return PEFTD_EFORMAT;
     }
     if ((rc = cfg_int(root, "head_dim", false,
-                      cfg->qk_norm ? 128 : cfg->hidden_size / cfg->n_heads, 1, CFG_MAX_HEAD_DIM,
+                      gemma ? 256 : cfg->qk_norm ? 128 : cfg->hidden_size / cfg->n_heads, 1, CFG_MAX_HEAD_DIM,
                       &cfg->head_dim, err, errlen)) < 0)
         return rc;
     if (cfg->head_dim % 2 != 0) {
@@ -528,13 +656,15 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
     /* rms_norm_eps < 1: a larger epsilon would swamp the activations; 1e6 for rope_theta
      * is 2× above Llama-3's 500000 and leaves room for long-context variants. */
     if ((rc = cfg_float(root, "rms_norm_eps", 1e-6f, 1.0, &cfg->rms_norm_eps, err, errlen)) < 0 ||
-        (rc = cfg_float(root, "rope_theta", 10000.0f, 1e9, &cfg->rope_theta, err, errlen)) < 0 ||
-        (rc = cfg_bool(root, "tie_word_embeddings", false, &cfg->tie_word_embeddings, err,
+        (rc = cfg_float(root, "rope_theta", cfg_is_gemma3(arch) ? 1e6f : 10000.0f, 1e9, &cfg->rope_theta, err,
+                        errlen)) < 0 ||
+        (rc = cfg_bool(root, "tie_word_embeddings", gemma, &cfg->tie_word_embeddings, err,
                        errlen)) < 0)
         return rc;
     if ((rc = cfg_str(root, "hidden_act", act, sizeof act, err, errlen)) < 0) return rc;
-    /* transformers' ACT2FN maps "swish" to the same SiLU as "silu". */
-    if (act[0] && strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0) {
+    /* transformers' ACT2FN maps "swish" to the same SiLU as "silu". Gemma's MLP reads
+     * hidden_activation instead (cfg_gemma); a hidden_act next to it is unused. */
+    if (!gemma && act[0] && strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0) {
         cfg_err(err, errlen, "config.json: hidden_act \"%s\" is not supported (only silu)", act);
         return PEFTD_EUNSUPPORTED;
     }
@@ -554,7 +684,12 @@ static int cfg_fill(const cJSON *root, model_config *cfg, char *err, size_t errl
         cfg_err(err, errlen, "config.json: mlp_bias = true is not supported");
         return PEFTD_EUNSUPPORTED;
     }
-    if ((rc = cfg_sliding_window(root, arch, cfg, err, errlen)) < 0) return rc;
+    if (gemma) {
+        cfg->qk_norm = cfg_is_gemma3(arch);
+        if ((rc = cfg_gemma(root, arch, cfg, err, errlen)) < 0) return rc;
+    } else if ((rc = cfg_sliding_window(root, arch, cfg, err, errlen)) < 0) {
+        return rc;
+    }
     if ((rc = cfg_token(root, "bos_token_id", cfg->vocab_size, &cfg->bos_token_id, err,
                         errlen)) < 0 ||
         (rc = cfg_token(root, "eos_token_id", cfg->vocab_size, &cfg->eos_token_id, err,

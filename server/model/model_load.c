@@ -24,6 +24,7 @@
 #include <cJSON.h>
 
 #include "adapter_store/safetensors.h"
+#include "lib/half.h"
 #include "lib/log.h"
 
 /* config.json is a few kB; 1 MB leaves room for verbose configs without letting a broken
@@ -42,6 +43,7 @@ struct model_storage {
     int n_shards;
     void *device;        /* one backend allocation holding every weight (non-CPU) */
     model_layer *host_layers; /* non-CPU: the layers' host views, taken before the upload */
+    float *gemma_norms;  /* Gemma: every norm weight as f32 1 + w (the views point here) */
 };
 
 /* State of one load, beyond what the model keeps. */
@@ -403,6 +405,9 @@ static int ml_take_layer(ml_ctx *c, int i) {
             kv = (int64_t)cfg->n_kv_heads * cfg->head_dim, ff = cfg->intermediate_size;
     int rc;
     if (cfg->fused_proj && (rc = ml_take_fused(c, i, q, kv, ff)) < 0) return rc;
+    /* Gemma: post_attention_layernorm normalises the attention output; the MLP's input norm
+     * is pre_feedforward_layernorm and its output norm post_feedforward_layernorm. */
+    bool g = cfg->gemma;
     struct {
         const char *suffix;
         int64_t rows, cols;
@@ -413,18 +418,66 @@ static int ml_take_layer(ml_ctx *c, int i) {
         {"self_attn.k_proj.weight", kv, d, &l->wk},
         {"self_attn.v_proj.weight", kv, d, &l->wv},
         {"self_attn.o_proj.weight", d, q, &l->wo},
-        {"post_attention_layernorm.weight", 0, d, &l->ffn_norm},
+        {"post_attention_layernorm.weight", 0, d, g ? &l->post_attn_norm : &l->ffn_norm},
         {"mlp.gate_proj.weight", ff, d, &l->w_gate},
         {"mlp.up_proj.weight", ff, d, &l->w_up},
         {"mlp.down_proj.weight", d, ff, &l->w_down},
+        {g ? "pre_feedforward_layernorm.weight" : NULL, 0, d, &l->ffn_norm},
+        {g ? "post_feedforward_layernorm.weight" : NULL, 0, d, &l->post_ffn_norm},
     };
     for (size_t k = 0; k < sizeof w / sizeof w[0]; k++) {
         char name[128];
+        if (!w[k].suffix) continue;
         if (cfg->fused_proj && w[k].dst->data) continue; /* split from a fused weight */
         snprintf(name, sizeof name, "model.layers.%d.%s", i, w[k].suffix);
         if ((rc = ml_take(c, name, w[k].rows, w[k].cols, w[k].dst)) < 0) return rc;
     }
     return ml_take_biases(c, i);
+}
+
+/* Gemma's norms scale by (1 + w), computed in f32 (Gemma2RMSNorm: x * (1 + w.float())): every
+ * norm view is repointed at an f32 copy holding 1 + w (exact: one f32 add, as torch does), so
+ * the rmsnorm op needs no variant. One host allocation, kept for the model's lifetime (the CPU
+ * backend uses it in place; other backends upload it with the weights). */
+static int ml_gemma_norms(ml_ctx *c) {
+    model *m = c->m;
+    int L = m->cfg.n_layers;
+    kmat **all = malloc(((size_t)L * 6 + 1) * sizeof *all);
+    if (!all) return PEFTD_ENOMEM;
+    int n = 0;
+    size_t total = 0;
+    all[n++] = &m->final_norm;
+    for (int i = 0; i < L; i++) {
+        model_layer *l = &m->layers[i];
+        kmat *ns[] = {&l->attn_norm, &l->post_attn_norm, &l->ffn_norm, &l->post_ffn_norm, &l->q_norm, &l->k_norm};
+        for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++)
+            if (ns[j]->data) all[n++] = ns[j];
+    }
+    for (int i = 0; i < n; i++) total += (size_t)all[i]->cols;
+    float *buf = m->storage->gemma_norms = malloc(total * sizeof(float));
+    if (!buf) {
+        free(all);
+        return PEFTD_ENOMEM;
+    }
+    for (int i = 0; i < n; i++) {
+        kmat *w = all[i];
+        for (int64_t j = 0; j < w->cols; j++) {
+            float v;
+            if (w->dtype == KDT_F32) {
+                memcpy(&v, (const uint8_t *)w->data + 4 * j, 4); /* unaligned-safe */
+            } else {
+                uint16_t h;
+                memcpy(&h, (const uint8_t *)w->data + 2 * j, 2);
+                v = w->dtype == KDT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+            }
+            buf[j] = 1.0f + v;
+        }
+        w->data = buf;
+        w->dtype = KDT_F32;
+        buf += w->cols;
+    }
+    free(all);
+    return 0;
 }
 
 static bool ml_ends_with(const char *s, const char *suffix) {
@@ -458,7 +511,7 @@ static int ml_check_leftovers(ml_ctx *c) {
 static int ml_upload(ml_ctx *c) {
     model *m = c->m;
     kbackend *kb = m->kb;
-    int n = 3 + 15 * m->cfg.n_layers;
+    int n = 3 + 17 * m->cfg.n_layers;
     kmat **all = malloc((size_t)n * sizeof *all);
     if (!all) {
         ml_err(c->err, c->errlen, "%s: out of memory", m->dir);
@@ -473,7 +526,7 @@ static int ml_upload(ml_ctx *c) {
         kmat *ws[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo,
                       &l->ffn_norm, &l->w_gate, &l->w_up, &l->w_down};
         for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) all[k++] = ws[j];
-        kmat *bs[] = {&l->bq, &l->bk, &l->bv, &l->bo, &l->q_norm, &l->k_norm};
+        kmat *bs[] = {&l->bq, &l->bk, &l->bv, &l->bo, &l->q_norm, &l->k_norm, &l->post_attn_norm, &l->post_ffn_norm};
         for (size_t j = 0; j < sizeof bs / sizeof bs[0]; j++)
             if (bs[j]->data) all[k++] = bs[j];
     }
@@ -540,9 +593,10 @@ static int ml_check_ops(ml_ctx *c) {
         return rc;
     for (int i = 0; i < m->cfg.n_layers; i++) {
         const model_layer *l = &m->layers[i];
-        const kmat *norms[] = {&l->attn_norm, &l->ffn_norm, &l->q_norm, &l->k_norm};
+        const kmat *norms[] = {&l->attn_norm, &l->ffn_norm, &l->q_norm, &l->k_norm, &l->post_attn_norm,
+                               &l->post_ffn_norm};
         const kmat *proj[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < 6; j++)
             if (norms[j]->data && (rc = ml_check_op(c, norms[j], KOP_RMSNORM, "layer norm")) < 0) return rc;
         for (int j = 0; j < 7; j++)
             if ((rc = ml_check_op(c, proj[j], KOP_MATMUL, "projection")) < 0) return rc;
@@ -592,6 +646,7 @@ static int ml_load(ml_ctx *c, const char *dir) {
                            &m->lm_head)) < 0)
         goto out;
     if ((rc = ml_check_leftovers(c)) < 0) goto out;
+    if (cfg->gemma && (rc = ml_gemma_norms(c)) < 0) goto nomem;
     /* CPU: zero-copy views into the mappings. safetensors offsets are only aligned to the
      * writer's padding (often not to the element size: a bf16 tensor of odd length shifts
      * every later f32 tensor by 2 bytes), so the CPU kernels must load weights with
@@ -660,6 +715,7 @@ void model_free(model *m) {
         free(s->shards);
         free(s->shard_names);
         free(s->host_layers);
+        free(s->gemma_norms);
         free(s);
     }
     free(m->layers);

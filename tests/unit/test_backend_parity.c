@@ -330,7 +330,7 @@ TEST(swiglu_add_parity) {
 /* ---- paged KV: kv_store then attention ---- */
 
 static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const int *kv_start, int n_heads,
-                           int n_kv, int hd, int bs, int window) {
+                           int n_kv, int hd, int bs, int window, float softcap) {
     int kv_dim = n_kv * hd, max_blocks = 0, T = 0, n_blocks = 0;
     for (int s = 0; s < n_seqs; s++) {
         int nb = (kv_len[s] + bs - 1) / bs;
@@ -372,7 +372,7 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
         }
     size_t cache_floats = (size_t)n_blocks * bs * kv_dim;
     float *kk = rand_f32((size_t)n_slots_total * kv_dim, 1.0f), *vv = rand_f32((size_t)n_slots_total * kv_dim, 1.0f);
-    float *q = rand_f32((size_t)T * n_heads * hd, 1.0f);
+    float *q = rand_f32((size_t)T * n_heads * hd, softcap > 0 ? 8.0f : 1.0f); /* scores past the cap */
     pbuf pk = pb_new(kk, (size_t)n_slots_total * kv_dim * 4), pv = pb_new(vv, (size_t)n_slots_total * kv_dim * 4),
          ps = pb_new(slots, (size_t)n_slots_total * 4), kc = pb_new(NULL, cache_floats * 4),
          vc = pb_new(NULL, cache_floats * 4), pq = pb_new(q, (size_t)T * n_heads * hd * 4),
@@ -386,7 +386,8 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
     pb_check(&kc, "kv_store k_cache");
     pb_check(&vc, "kv_store v_cache");
     kattn_args a = {.n_seqs = n_seqs, .max_blocks = max_blocks, .block_size = bs, .n_heads = n_heads,
-                    .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd), .window = window};
+                    .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd), .window = window,
+                    .softcap = softcap};
     kattn_args ap = a, aq = a;
     ap.q_start = (int32_t *)pqs.cp, ap.kv_len = (int32_t *)pkl.cp, ap.block_table = (int32_t *)pbt.cp;
     ap.q = (float *)pq.cp, ap.k_cache = (float *)kc.cp, ap.v_cache = (float *)vc.cp, ap.out = (float *)po.cp;
@@ -396,8 +397,8 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
     aq.kv_start = kv_start ? (int32_t *)pks.cu : NULL;
     BOTH(CP->ops->attention(CP, &ap), CU->ops->attention(CU, &aq));
     char what[96];
-    snprintf(what, sizeof what, "attention seqs=%d heads=%d/%d hd=%d bs=%d%s window=%d", n_seqs, n_heads, n_kv, hd,
-             bs, kv_start ? " kv_start" : "", window);
+    snprintf(what, sizeof what, "attention seqs=%d heads=%d/%d hd=%d bs=%d%s window=%d softcap=%g", n_seqs, n_heads,
+             n_kv, hd, bs, kv_start ? " kv_start" : "", window, softcap);
     pb_check(&po, what);
     pbuf *all[] = {&pk, &pv, &ps, &kc, &vc, &pq, &po, &pqs, &pkl, &pks, &pbt};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pb_free(all[i]);
@@ -408,13 +409,13 @@ TEST(kv_store_attention_parity) {
     open_backends();
     /* decode rows, prefill chunks, an empty sequence, a 1-slot sequence, 133 rows */
     static const int nq1[] = {1, 7, 1, 20, 0, 1}, kv1[] = {33, 7, 100, 40, 5, 1};
-    attention_case(6, nq1, kv1, NULL, 8, 2, 64, 16, 0);
-    attention_case(6, nq1, kv1, NULL, 4, 4, 40, 16, 0);  /* MHA, head_dim not a multiple of 32 */
-    attention_case(6, nq1, kv1, NULL, 12, 3, 128, 7, 0); /* block size not a power of two */
+    attention_case(6, nq1, kv1, NULL, 8, 2, 64, 16, 0, 0.0f);
+    attention_case(6, nq1, kv1, NULL, 4, 4, 40, 16, 0, 0.0f);  /* MHA, head_dim not a multiple of 32 */
+    attention_case(6, nq1, kv1, NULL, 12, 3, 128, 7, 0, 0.0f); /* block size not a power of two */
     static const int nq2[] = {133}, kv2[] = {133};
-    attention_case(1, nq2, kv2, NULL, 8, 2, 64, 16, 0);
+    attention_case(1, nq2, kv2, NULL, 8, 2, 64, 16, 0, 0.0f);
     static const int nq3[] = {1, 3, 1}, kv3[] = {300, 50, 2100}, ks3[] = {32, 16, 64};
-    attention_case(3, nq3, kv3, ks3, 32, 8, 64, 16, 0); /* kv_start (shared-prefix padding), long context */
+    attention_case(3, nq3, kv3, ks3, 32, 8, 64, 16, 0, 0.0f); /* kv_start (shared-prefix padding), long context */
     close_backends();
 }
 
@@ -425,8 +426,42 @@ TEST(attention_window_parity) {
     static const int nq[] = {1, 20, 1, 9, 3}, kv[] = {300, 20, 9, 40, 2100}, ks[] = {32, 0, 0, 16, 64};
     static const int ws[] = {1, 8, 100, 4096};
     for (int i = 0; i < 4; i++) {
-        attention_case(5, nq, kv, NULL, 8, 2, 64, 16, ws[i]);
-        attention_case(5, nq, kv, ks, 12, 3, 40, 7, ws[i]);
+        attention_case(5, nq, kv, NULL, 8, 2, 64, 16, ws[i], 0.0f);
+        attention_case(5, nq, kv, ks, 12, 3, 40, 7, ws[i], 0.0f);
+    }
+    close_backends();
+}
+
+/* Gemma 2 attention logit soft-capping (kattn_args.softcap), with and without a window. */
+TEST(attention_softcap_parity) {
+    open_backends();
+    static const int nq[] = {1, 20, 1, 9}, kv[] = {300, 20, 9, 40};
+    static const float caps[] = {5.0f, 50.0f};
+    for (int i = 0; i < 2; i++) {
+        attention_case(4, nq, kv, NULL, 8, 4, 64, 16, 0, caps[i]);
+        attention_case(4, nq, kv, NULL, 4, 2, 256, 16, 8, caps[i]); /* Gemma's head_dim 256 */
+    }
+    close_backends();
+}
+
+/* Gemma's GeGLU (gelu tanh) and the final-logit soft-cap. */
+TEST(geglu_softcap_parity) {
+    open_backends();
+    for (int ti = 0; ti < 3; ti++) {
+        int T = TS[ti], dim = 67;
+        size_t n = (size_t)T * dim;
+        float *g = rand_f32(n, 6.0f), *u = rand_f32(n, 2.0f), *y = rand_f32(n, 90.0f);
+        pbuf pg = pb_new(g, n * 4), pu = pb_new(u, n * 4), po = pb_new(NULL, n * 4), py = pb_new(y, n * 4);
+        BOTH(CP->ops->geglu(CP, (float *)pg.cp, (float *)pu.cp, T, dim, (float *)po.cp),
+             CU->ops->geglu(CU, (float *)pg.cu, (float *)pu.cu, T, dim, (float *)po.cu));
+        pb_check(&po, "geglu");
+        BOTH(CP->ops->geglu(CP, (float *)pg.cp, (float *)pu.cp, T, dim, (float *)pg.cp),
+             CU->ops->geglu(CU, (float *)pg.cu, (float *)pu.cu, T, dim, (float *)pg.cu));
+        pb_check(&pg, "geglu in place");
+        BOTH(CP->ops->softcap(CP, (float *)py.cp, (int64_t)n, 30.0f), CU->ops->softcap(CU, (float *)py.cu, (int64_t)n, 30.0f));
+        pb_check(&py, "softcap");
+        pb_free(&pg), pb_free(&pu), pb_free(&po), pb_free(&py);
+        free(g), free(u), free(y);
     }
     close_backends();
 }
@@ -719,5 +754,6 @@ TEST(greedy_tokens_cpu_equal_cuda) {
 }
 
 TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, rmsnorm_parity, rope_parity,
-          swiglu_add_parity, kv_store_attention_parity, attention_window_parity, sgmv_lora_parity,
+          swiglu_add_parity, kv_store_attention_parity, attention_window_parity, attention_softcap_parity,
+          geglu_softcap_parity, sgmv_lora_parity,
           sgmv_bottleneck_parity, seg_scale_parity, greedy_tokens_cpu_equal_cuda)

@@ -984,9 +984,10 @@ TEST(config_heads_must_divide) {
 TEST(config_unsupported) {
     expect_config_fail(with_field("architectures", "[\"GPT2LMHeadModel\"]"), PEFTD_EUNSUPPORTED,
                        "GPT2LMHeadModel");
-    /* Qwen3ForCausalLM is served since issue 11 (tests/unit/test_qwen3.c) */
-    expect_config_fail(with_field("architectures", "[\"Gemma2ForCausalLM\"]"), PEFTD_EUNSUPPORTED,
-                       "Gemma2ForCausalLM");
+    /* Qwen3ForCausalLM is served since issue 11 (tests/unit/test_qwen3.c), Gemma2/Gemma3ForCausalLM
+     * since tests/unit/test_gemma.c; Gemma 1 is not */
+    expect_config_fail(with_field("architectures", "[\"GemmaForCausalLM\"]"), PEFTD_EUNSUPPORTED,
+                       "GemmaForCausalLM");
     /* linear, llama3, yarn and dynamic are served (tests/unit/test_rope_variants.c,
      * test_rope_seqlen.c); longrope only on Phi3ForCausalLM */
     expect_config_fail(with_field("rope_scaling", "{\"type\":\"ntk\",\"factor\":2.0}"),
