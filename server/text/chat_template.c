@@ -77,7 +77,28 @@ int chat_template_render(const chat_template *t, const chat_message *msgs, int n
                          char **out, size_t *out_len, char *err, size_t errlen) {
     chat_render_opts o = {0};
     if (opts) o = *opts;
-    return ct_render(t, msgs, n_msgs, &o, out, out_len, err, errlen);
+    return ct_render(t, msgs, n_msgs, NULL, &o, out, out_len, err, errlen);
+}
+
+int chat_template_render_json(const chat_template *t, const cJSON *messages, const chat_render_opts *opts, char **out,
+                              size_t *out_len, char *err, size_t errlen) {
+    chat_render_opts o = {0};
+    if (opts) o = *opts;
+    *out = NULL;
+    *out_len = 0;
+    if (!cJSON_IsArray(messages)) {
+        snprintf(err, errlen, "messages must be a JSON array");
+        return PEFTD_EINVAL;
+    }
+    if (o.tools && !cJSON_IsArray(o.tools) && !cJSON_IsNull(o.tools)) {
+        snprintf(err, errlen, "tools must be a JSON array");
+        return PEFTD_EINVAL;
+    }
+    if (o.vars && !cJSON_IsObject(o.vars)) {
+        snprintf(err, errlen, "chat template variables must be a JSON object");
+        return PEFTD_EINVAL;
+    }
+    return ct_render(t, NULL, 0, messages, &o, out, out_len, err, errlen);
 }
 
 static int ct_read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen) {

@@ -65,7 +65,7 @@ cv *ct__call_fn(ct_ctx *c, const ct_node *at, const cv *fn, cv **args, int nargs
         ct__want_str(c, at, a0, "strftime_now's format");
         char fmt[256], out[512];
         snprintf(fmt, sizeof fmt, "%.*s", (int)a0->u.s.n, a0->u.s.p);
-        time_t now = time(NULL);
+        time_t now = c->now ? (time_t)c->now : time(NULL);
         struct tm tm;
         localtime_r(&now, &tm);
         size_t n = strftime(out, sizeof out, fmt, &tm);

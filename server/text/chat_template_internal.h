@@ -82,8 +82,10 @@ struct chat_template {
     char family[16];
 };
 
-/* chat_template_eval.c: renders t's body into a malloc'd string. */
-int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, const chat_render_opts *o,
-              char **out, size_t *out_len, char *err, size_t errlen);
+/* chat_template_eval.c: renders t's body into a malloc'd string; the conversation is msgs
+ * (role/content strings) or, when jmsgs is non-NULL, that JSON array. */
+struct cJSON;
+int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, const struct cJSON *jmsgs,
+              const chat_render_opts *o, char **out, size_t *out_len, char *err, size_t errlen);
 
 #endif

@@ -41,6 +41,7 @@ typedef struct {
     long long steps;
     int depth;
     ct_frame *globals;
+    long long now; /* strftime_now's clock (unix seconds); 0 = the current time */
 } ct_ctx;
 
 
@@ -108,6 +109,10 @@ cv *ct__get_attr(ct_ctx *c, const ct_node *at, cv *obj, const char *name);
 cv *ct__get_item(ct_ctx *c, const ct_node *at, cv *obj, cv *key);
 cv *ct__get_slice(ct_ctx *c, const ct_node *at, cv *obj, cv *lo, cv *hi, cv *st);
 bool ct__run_test(ct_ctx *c, const ct_node *at, const char *name, cv *v, cv **args, int nargs);
+
+/* chat_template_json.c: a cJSON value as a template value (objects keep their order). */
+struct cJSON;
+cv *ct__from_json(ct_ctx *c, const struct cJSON *j);
 
 /* chat_template_filters.c: the filter n->name applied to v with n's evaluated positional
  * args[n->args.n] and keyword values kw[n->kwargs.n] (names in n->kwnames). */
