@@ -31,8 +31,21 @@ static cv *call_macro(ct_ctx *c, const ct_node *at, const ct_node *m, cv **args,
                       int nkw) {
     if (++c->depth > CT_MAX_DEPTH) ct__fail(c, at, "macros nested deeper than %d", CT_MAX_DEPTH);
     if (++c->steps > CT_MAX_STEPS) ct__fail(c, at, "the chat template ran longer than allowed");
-    if (nargs > m->args.n) ct__fail(c, at, "macro '%s' takes not more than %d argument(s)", m->name, m->args.n);
+    if (nargs > m->args.n && !m->uses_varargs)
+        ct__fail(c, at, "macro '%s' takes not more than %d argument(s)", m->name, m->args.n);
     ct_frame *f = ct__frame_new(c, c->globals);
+    cv *va = ct__mk_list(c, nargs > m->args.n ? (size_t)(nargs - m->args.n) : 0), *kwd = ct__mk_dict(c);
+    va->u.l.kind = CL_TUPLE;
+    for (int i = m->args.n; i < nargs; i++) va->u.l.items[i - m->args.n] = args[i];
+    for (int k = 0; k < nkw; k++) {
+        bool known = false;
+        for (int i = 0; i < m->args.n && !known; i++) known = !strcmp(kwn[k], m->args.v[i]->name);
+        if (known) continue;
+        if (!m->uses_kwargs) ct__fail(c, at, "macro '%s' takes no keyword argument '%s'", m->name, kwn[k]);
+        ct__dict_set_s(c, kwd, kwn[k], kwv[k]);
+    }
+    if (m->uses_varargs) ct__frame_set(c, f, "varargs", va);
+    if (m->uses_kwargs) ct__frame_set(c, f, "kwargs", kwd);
     for (int i = 0; i < m->args.n; i++) {
         const char *pn = m->args.v[i]->name;
         cv *v = NULL;
@@ -112,6 +125,7 @@ static cv *eval(ct_ctx *c, ct_frame *f, const ct_node *n) {
         return n->c ? eval(c, f, n->c) : &ct__undef;
     case CN_LIST: {
         cv *l = ct__mk_list(c, (size_t)n->args.n);
+        l->u.l.kind = n->tuple ? CL_TUPLE : CL_LIST;
         for (int i = 0; i < n->args.n; i++) l->u.l.items[i] = eval(c, f, n->args.v[i]);
         return l;
     }
