@@ -3,8 +3,10 @@
  * mappings (utf8proc's simple mappings plus SpecialCasing's unconditional expansions such
  * as ß -> SS, ﬁ -> FI, İ -> i̇), Final_Sigma for Σ in lower(), str.title()'s "previous
  * character is cased" rule and jinja2's title filter (word starts after -, whitespace,
- * (, {, [, <). The Greek iota-subscript expansions are refused rather than mis-mapped. */
+ * (, {, [, <); repr() escapes of non-printable characters. The Greek iota-subscript
+ * expansions are refused rather than mis-mapped. */
 #include <setjmp.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <utf8proc.h>
@@ -168,4 +170,24 @@ bool ct__str_is_case(ct_ctx *c, const ct_node *at, const cv *s, bool upper) {
         any |= is_cased(cp);
     }
     return any;
+}
+
+/* repr() of the UTF-8 character at p: as is when Python's str.isprintable() holds, else
+ * \xhh, \uhhhh or \Uhhhhhhhh. Returns the bytes consumed. */
+size_t ct__put_repr_u8(ct_ctx *c, ct_buf *b, const char *p, size_t n) {
+    utf8proc_int32_t cp;
+    utf8proc_ssize_t w = utf8proc_iterate((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)n, &cp);
+    if (w <= 0) ct__fail(c, NULL, "invalid UTF-8 in a string");
+    utf8proc_category_t k = utf8proc_category(cp);
+    bool printable = !(k == UTF8PROC_CATEGORY_CC || k == UTF8PROC_CATEGORY_CF || k == UTF8PROC_CATEGORY_CS ||
+                       k == UTF8PROC_CATEGORY_CO || k == UTF8PROC_CATEGORY_CN || k == UTF8PROC_CATEGORY_ZL ||
+                       k == UTF8PROC_CATEGORY_ZP || k == UTF8PROC_CATEGORY_ZS);
+    if (printable) {
+        ct__buf_put(c, b, p, (size_t)w);
+    } else {
+        char tmp[16];
+        snprintf(tmp, sizeof tmp, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", (unsigned)cp);
+        ct__buf_puts(c, b, tmp);
+    }
+    return (size_t)w;
 }

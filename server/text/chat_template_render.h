@@ -113,6 +113,7 @@ bool ct__run_test(ct_ctx *c, const ct_node *at, const char *name, cv *v, cv **ar
 enum { CT_CASE_LOWER, CT_CASE_UPPER, CT_CASE_TITLE, CT_CASE_CAPITALIZE, CT_CASE_JINJA_TITLE };
 cv *ct__str_case(ct_ctx *c, const ct_node *at, const cv *s, int mode);
 bool ct__str_is_case(ct_ctx *c, const ct_node *at, const cv *s, bool upper); /* str.isupper / islower */
+size_t ct__put_repr_u8(ct_ctx *c, ct_buf *b, const char *p, size_t n); /* repr of one non-ASCII char */
 
 /* chat_template_json.c: a cJSON value as a template value (objects keep their order), and
  * json.dumps(v, ...) as HF's tojson filter calls it (ensure_ascii False by default). */

@@ -283,6 +283,8 @@ void ct__put_repr(ct_ctx *c, ct_buf *b, const cv *v) {
             else if (ch < 0x20 || ch == 0x7f) {
                 snprintf(tmp, sizeof tmp, "\\x%02x", ch);
                 ct__buf_puts(c, b, tmp);
+            } else if (ch >= 0x80) {
+                i += ct__put_repr_u8(c, b, v->u.s.p + i, v->u.s.n - i) - 1;
             } else ct__buf_put(c, b, (const char *)&ch, 1);
         }
         ct__buf_put(c, b, &q, 1);

@@ -6,7 +6,8 @@
  * and the published Llama 3.1/3.2, Qwen2.5, Qwen3, Gemma 2/3, Phi-3/3.5, Phi-4-mini templates
  * with tools, tool calls, reasoning and content parts; plus one-line "jinja" templates on
  * Python semantics), conversations with and without system messages, multi-turn, unicode,
- * empty messages and raise_exception paths, add_generation_prompt on and off.
+ * empty messages and raise_exception paths, add_generation_prompt on and off, and 24 seeded
+ * random conversations per published template.
  * Every rendering must match byte for byte; raise_exception cases must fail with the
  * template's message. Also: loading (tokenizer_config.json string / named list / none,
  * override files), parse errors with line numbers, and hostile templates that must stop.
@@ -40,15 +41,19 @@ TEST(fixtures_match_transformers_byte_for_byte) {
     char *text = test_read_file(FIX, &len);
     if (!text) FAIL("cannot read %s", FIX);
     cJSON *root = cJSON_Parse(text);
-    ASSERT(cJSON_IsArray(root));
+    const cJSON *templates = cJSON_GetObjectItem(root, "templates"), *cases = cJSON_GetObjectItem(root, "cases");
+    ASSERT(cJSON_IsObject(templates) && cJSON_IsArray(cases));
     /* strftime_now: the fixtures pin transformers' datetime.now() to "now" in UTC */
     setenv("TZ", "UTC", 1);
     tzset();
     int n_cases = 0, n_err = 0, n_raise = 0, n_tools = 0, bad = 0;
     const cJSON *c;
-    cJSON_ArrayForEach(c, root) {
+    cJSON_ArrayForEach(c, cases) {
         const char *family = cJSON_GetObjectItem(c, "family")->valuestring;
-        const char *tmpl = cJSON_GetObjectItem(c, "template")->valuestring;
+        const cJSON *own = cJSON_GetObjectItem(c, "template");
+        const cJSON *tj = own ? own : cJSON_GetObjectItem(templates, family);
+        if (!cJSON_IsString(tj)) FAIL("case %d (%s): no template", n_cases, family);
+        const char *tmpl = tj->valuestring;
         const cJSON *bos = cJSON_GetObjectItem(c, "bos_token"), *eos = cJSON_GetObjectItem(c, "eos_token");
         const cJSON *msgs = cJSON_GetObjectItem(c, "messages");
         const cJSON *tools = cJSON_GetObjectItem(c, "tools"), *vars = cJSON_GetObjectItem(c, "kwargs");
@@ -100,9 +105,9 @@ TEST(fixtures_match_transformers_byte_for_byte) {
     free(text);
     fprintf(stderr, "%d cases (%d errors, %d raise_exception; %d with tools), %d mismatches\n", n_cases, n_err, n_raise,
             n_tools, bad);
-    ASSERT(n_cases >= 340);
-    ASSERT(n_raise >= 25);
-    ASSERT(n_tools >= 15);
+    ASSERT(n_cases >= 560);
+    ASSERT(n_raise >= 60);
+    ASSERT(n_tools >= 100);
     ASSERT_EQ(bad, 0);
 }
 
