@@ -24,6 +24,8 @@ static void ct_detect_family(chat_template *t, const char *s) {
     const char *f = "custom";
     if (strstr(s, "<|start_header_id|>")) f = "llama-3";
     else if (strstr(s, "<|im_start|>")) f = "chatml";
+    else if (strstr(s, "<start_of_turn>")) f = "gemma";
+    else if (strstr(s, "<|end|>")) f = "phi-3"; /* Phi-3/3.5 (<|user|>), Phi-4-mini ('<|' + role + '|>') */
     else if (strstr(s, "<|user|>") && strstr(s, "<|assistant|>")) f = "zephyr";
     else if (strstr(s, "[INST]") && strstr(s, "<<SYS>>")) f = "llama-2";
     else if (strstr(s, "[INST]")) f = "mistral";
@@ -98,6 +100,13 @@ int chat_template_render_json(const chat_template *t, const cJSON *messages, con
         snprintf(err, errlen, "chat template variables must be a JSON object");
         return PEFTD_EINVAL;
     }
+    /* apply_chat_template passes these itself: render() would get them twice (TypeError) */
+    static const char *const own[] = {"messages", "tools", "documents", "add_generation_prompt"};
+    for (size_t i = 0; o.vars && i < sizeof own / sizeof own[0]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(o.vars, own[i])) {
+            snprintf(err, errlen, "chat template variable '%s' is set by the renderer itself", own[i]);
+            return PEFTD_EINVAL;
+        }
     return ct_render(t, NULL, 0, messages, &o, out, out_len, err, errlen);
 }
 

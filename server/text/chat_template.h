@@ -14,7 +14,7 @@
  * strftime_now, range, namespace. Anything outside the subset is a parse error at load, so
  * a model whose template the daemon cannot run is reported at start-up, not per request.
  *
- * Template families seen in the wild (Llama-2, Llama-3, ChatML/Qwen, Mistral, Zephyr) are
+ * Template families seen in the wild (Llama-2, Llama-3, ChatML/Qwen, Gemma, Phi, Mistral, Zephyr) are
  * also recognised by their text, for logs (chat_template_family()); rendering never
  * depends on the recognition.
  *
@@ -48,7 +48,8 @@ int chat_template_load(const char *model_dir, const char *override_path, chat_te
 
 void chat_template_free(chat_template *t); /* NULL is a no-op */
 
-/* "llama-2", "llama-3", "chatml", "mistral", "zephyr" or "custom". */
+/* "llama-2", "llama-3" (3.x), "chatml" (Qwen), "gemma", "phi-3" (Phi-3/3.5/4-mini),
+ * "mistral", "zephyr" or "custom". */
 const char *chat_template_family(const chat_template *t);
 
 struct cJSON;
@@ -63,7 +64,9 @@ typedef struct {
     const struct cJSON *tools;
     /* apply_chat_template's extra keyword arguments (enable_thinking, date_string,
      * builtin_tools, ...): a JSON object whose members become template variables (they win
-     * over the globals, as in jinja2's render(**kwargs)); NULL = none. */
+     * over the globals and the special tokens, as in apply_chat_template; messages, tools,
+     * documents and add_generation_prompt are refused: render() would get them twice);
+     * NULL = none. */
     const struct cJSON *vars;
     /* strftime_now's clock in unix seconds, shown in local time as transformers'
      * datetime.now().strftime(); 0 = the current time. */

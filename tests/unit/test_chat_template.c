@@ -233,6 +233,64 @@ TEST(runtime_errors_and_hostile_templates_stop) {
     }
 }
 
+TEST(family_names_and_json_api) {
+    size_t len;
+    char *text = test_read_file(FIX, &len), err[256];
+    ASSERT(text);
+    cJSON *root = cJSON_Parse(text);
+    static const struct { const char *fixture, *family; } fam[] = {
+        {"llama-3.1", "llama-3"}, {"llama-3.2", "llama-3"}, {"qwen2.5", "chatml"}, {"qwen3", "chatml"},
+        {"gemma-2", "gemma"}, {"gemma-3", "gemma"}, {"phi-3", "phi-3"}, {"phi-3.5", "phi-3"}, {"phi-4-mini", "phi-3"},
+        {"zephyr", "zephyr"}, {"llama-2", "llama-2"}, {"mistral-v0.3", "mistral"},
+    };
+    for (size_t i = 0; i < sizeof fam / sizeof fam[0]; i++) {
+        const char *src = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "templates"), fam[i].fixture)->valuestring;
+        chat_template *t = NULL;
+        ASSERT_EQ(chat_template_parse(src, strlen(src), &t, err, sizeof err), 0);
+        if (strcmp(chat_template_family(t), fam[i].family)) FAIL("%s: %s", fam[i].fixture, chat_template_family(t));
+        chat_template_free(t);
+    }
+    cJSON_Delete(root);
+    free(text);
+    /* the JSON entry point: argument types, and strftime_now on the real clock when now = 0 */
+    const char *src = "{{ strftime_now('%Y') }}|{{ tools|length }}|{{ x }}";
+    chat_template *t = NULL;
+    ASSERT_EQ(chat_template_parse(src, strlen(src), &t, err, sizeof err), 0);
+    cJSON *msgs = cJSON_Parse("[]"), *obj = cJSON_Parse("{}"), *tools = cJSON_Parse("[{\"a\": 1}, 2]");
+    cJSON *vars = cJSON_Parse("{\"x\": \"v\", \"tools\": []}");
+    chat_render_opts o = {0};
+    char *out = NULL;
+    ASSERT_EQ(chat_template_render_json(t, obj, &o, &out, &len, err, sizeof err), PEFTD_EINVAL);
+    ASSERT(strstr(err, "messages must be a JSON array"));
+    o.tools = obj;
+    ASSERT_EQ(chat_template_render_json(t, msgs, &o, &out, &len, err, sizeof err), PEFTD_EINVAL);
+    o.tools = tools;
+    o.vars = msgs;
+    ASSERT_EQ(chat_template_render_json(t, msgs, &o, &out, &len, err, sizeof err), PEFTD_EINVAL);
+    o.vars = NULL;
+    ASSERT_EQ(chat_template_render_json(t, msgs, &o, &out, &len, err, sizeof err), 0);
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    char want[64];
+    snprintf(want, sizeof want, "%d|2|", tm.tm_year + 1900);
+    ASSERT_STREQ(out, want);
+    free(out);
+    o.vars = vars; /* tools= and a variable named tools: a TypeError in transformers */
+    ASSERT_EQ(chat_template_render_json(t, msgs, &o, &out, &len, err, sizeof err), PEFTD_EINVAL);
+    ASSERT(strstr(err, "'tools' is set by the renderer"));
+    cJSON_DeleteItemFromObject(vars, "tools");
+    ASSERT_EQ(chat_template_render_json(t, msgs, &o, &out, &len, err, sizeof err), 0);
+    snprintf(want, sizeof want, "%d|2|v", tm.tm_year + 1900);
+    ASSERT_STREQ(out, want);
+    free(out);
+    chat_template_free(t);
+    cJSON_Delete(msgs);
+    cJSON_Delete(obj);
+    cJSON_Delete(tools);
+    cJSON_Delete(vars);
+}
+
 TEST(undefined_tokens_and_empty_conversations) {
     char *out = NULL, err[256];
     /* bos_token not given: undefined, prints nothing, `is defined` is false */
@@ -244,4 +302,4 @@ TEST(undefined_tokens_and_empty_conversations) {
 }
 
 TEST_MAIN(fixtures_match_transformers_byte_for_byte, load_from_model_dirs_and_overrides, parse_errors_name_the_line,
-          runtime_errors_and_hostile_templates_stop, undefined_tokens_and_empty_conversations)
+          runtime_errors_and_hostile_templates_stop, family_names_and_json_api, undefined_tokens_and_empty_conversations)
