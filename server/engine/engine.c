@@ -35,6 +35,11 @@ void engine_config_default(engine_config *c) {
     c->adapter_slots = 64;
 }
 
+int engine_stop_ids(const engine *e, const int32_t **ids) {
+    *ids = e->eos_ids;
+    return e->n_eos;
+}
+
 int engine_context_length(const engine *e) { return e->ctx_len; }
 
 tiers *engine_tiers(engine *e) { return e->tiers; }
@@ -172,7 +177,15 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->m = m;
     e->kb = kb;
     e->tok = tok;
-    e->eos_id = tokenizer_eos_id(tok) >= 0 ? tokenizer_eos_id(tok) : m->cfg.eos_token_id;
+    /* transformers' generate() stops on generation_config.eos_token_id (the model's
+     * generation_config.json, else config.json: m->eos); the tokenizer's eos only when
+     * neither file names one */
+    if (m->eos.n > 0) {
+        memcpy(e->eos_ids, m->eos.ids, (size_t)m->eos.n * sizeof *e->eos_ids);
+        e->n_eos = m->eos.n;
+    } else if (tokenizer_eos_id(tok) >= 0) {
+        e->eos_ids[e->n_eos++] = tokenizer_eos_id(tok);
+    }
     pthread_mutex_init(&e->qmu, NULL);
     pthread_mutex_init(&e->smu, NULL);
     e->accepting = true;

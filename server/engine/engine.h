@@ -142,6 +142,10 @@ void engine_cancel(engine *e, engine_request *r);
 /* Context length (max_position_embeddings) and the model's served id. */
 int engine_context_length(const engine *e);
 
+/* The ids that end a generation (see engine_create: generation_config.json's eos set, else
+ * config.json's, else the tokenizer's eos): *ids points into the engine; returns the count. */
+int engine_stop_ids(const engine *e, const int32_t **ids);
+
 /* The one context rule (the HTTP routes and engine_submit use it): n_virtual (prompt /
  * prefix tuning) + n_prompt + the new tokens must fit the context length. requested >= 1
  * asks for that many new tokens; requested == 0 asks for as many as fit (at least 1).

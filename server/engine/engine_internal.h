@@ -99,7 +99,10 @@ struct engine {
     const tokenizer *tok;
     llama_ctx *lc;
     int ctx_len, max_blocks;
-    int32_t eos_id;
+    /* the ids that end a generation (finish_reason "stop", not emitted as text): the
+     * model's generation_config.json / config.json eos set, else the tokenizer's eos */
+    int32_t eos_ids[MODEL_MAX_EOS];
+    int n_eos;
 
     /* submission side (any thread) */
     pthread_mutex_t qmu;
@@ -152,6 +155,7 @@ void engine__prefix_release(engine *e, prefix_entry *p);
 seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter *pinned);
 void engine__seq_free(engine *e, seq *s);
 bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp);
+bool engine__is_eos(const engine *e, int32_t tok);
 
 /* scheduler.c: the waiting queue, cancellation, admission (engine thread) */
 void engine__drain_queue(engine *e);

@@ -175,6 +175,12 @@ static size_t scan_stops(const seq *s, bool *stopped) {
     return n - hold;
 }
 
+bool engine__is_eos(const engine *e, int32_t tok) {
+    for (int i = 0; i < e->n_eos; i++)
+        if (e->eos_ids[i] == tok) return true;
+    return false;
+}
+
 /* Consumes a sampled token: detokenize, stop strings, limits, publish. Returns true when
  * the sequence finished. */
 bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp) {
@@ -188,7 +194,7 @@ bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp) {
         rec.text_offset = s->text_total;
     }
     size_t publish = 0;
-    bool is_eos = tok == e->eos_id && !r->params.ignore_eos;
+    bool is_eos = engine__is_eos(e, tok) && !r->params.ignore_eos;
     if (is_eos) {
         fin = FINISH_STOP;
         publish = s->pending_len; /* nothing can complete a stop string any more */

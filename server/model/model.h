@@ -18,6 +18,7 @@
 #include <stddef.h>
 
 #include "kernels/kernels.h"
+#include "server/model/model_eos.h"
 
 /* config.json "rope_scaling", parsed (server/model/model_config.c); the frequencies it implies
  * are computed by server/model/rope_freqs.c. ROPE_DYNAMIC and ROPE_LONGROPE depend on the
@@ -121,6 +122,7 @@ typedef struct {
 
 typedef struct model {
     model_config cfg;
+    model_eos eos;                   /* generation_config.json's eos ids, else config.json's */
     char dir[4096];
     char name[128];                  /* served model id: the directory's base name */
     kmat embed;                      /* [vocab, hidden] */

@@ -623,6 +623,18 @@ static int ml_load(ml_ctx *c, const char *dir) {
         ml_err(c->err, c->errlen, "%s/%s", dir, msg);
         goto out;
     }
+    if ((rc = model_eos_load(dir, text, len, m->cfg.vocab_size, &m->eos, c->err, c->errlen)) < 0) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", c->err ? c->err : "");
+        ml_err(c->err, c->errlen, "%s/%s", dir, msg);
+        goto out;
+    }
+    if (m->eos.n > 1) {
+        char ids[MODEL_MAX_EOS * 12] = "";
+        for (int i = 0, o = 0; i < m->eos.n && o < (int)sizeof ids; i++)
+            o += snprintf(ids + o, sizeof ids - (size_t)o, "%s%d", i ? ", " : "", (int)m->eos.ids[i]);
+        LOGI("model %s: generation stops on any of the eos ids [%s] (%s)", dir, ids, m->eos.source);
+    }
     if ((rc = ml_open_weights(c, dir, &index)) < 0) goto out;
 
     const struct model_storage *s = m->storage;

@@ -24,6 +24,8 @@ static void ct_detect_family(chat_template *t, const char *s) {
     const char *f = "custom";
     if (strstr(s, "<|start_header_id|>")) f = "llama-3";
     else if (strstr(s, "<|im_start|>")) f = "chatml";
+    else if (strstr(s, "<start_of_turn>")) f = "gemma";
+    else if (strstr(s, "<|end|>")) f = "phi-3"; /* Phi-3/3.5 (<|user|>), Phi-4-mini ('<|' + role + '|>') */
     else if (strstr(s, "<|user|>") && strstr(s, "<|assistant|>")) f = "zephyr";
     else if (strstr(s, "[INST]") && strstr(s, "<<SYS>>")) f = "llama-2";
     else if (strstr(s, "[INST]")) f = "mistral";
@@ -77,7 +79,35 @@ int chat_template_render(const chat_template *t, const chat_message *msgs, int n
                          char **out, size_t *out_len, char *err, size_t errlen) {
     chat_render_opts o = {0};
     if (opts) o = *opts;
-    return ct_render(t, msgs, n_msgs, &o, out, out_len, err, errlen);
+    return ct_render(t, msgs, n_msgs, NULL, &o, out, out_len, err, errlen);
+}
+
+int chat_template_render_json(const chat_template *t, const cJSON *messages, const chat_render_opts *opts, char **out,
+                              size_t *out_len, char *err, size_t errlen) {
+    chat_render_opts o = {0};
+    if (opts) o = *opts;
+    *out = NULL;
+    *out_len = 0;
+    if (!cJSON_IsArray(messages)) {
+        snprintf(err, errlen, "messages must be a JSON array");
+        return PEFTD_EINVAL;
+    }
+    if (o.tools && !cJSON_IsArray(o.tools) && !cJSON_IsNull(o.tools)) {
+        snprintf(err, errlen, "tools must be a JSON array");
+        return PEFTD_EINVAL;
+    }
+    if (o.vars && !cJSON_IsObject(o.vars)) {
+        snprintf(err, errlen, "chat template variables must be a JSON object");
+        return PEFTD_EINVAL;
+    }
+    /* apply_chat_template passes these itself: render() would get them twice (TypeError) */
+    static const char *const own[] = {"messages", "tools", "documents", "add_generation_prompt"};
+    for (size_t i = 0; o.vars && i < sizeof own / sizeof own[0]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(o.vars, own[i])) {
+            snprintf(err, errlen, "chat template variable '%s' is set by the renderer itself", own[i]);
+            return PEFTD_EINVAL;
+        }
+    return ct_render(t, NULL, 0, messages, &o, out, out_len, err, errlen);
 }
 
 static int ct_read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen) {

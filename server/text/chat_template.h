@@ -14,7 +14,7 @@
  * strftime_now, range, namespace. Anything outside the subset is a parse error at load, so
  * a model whose template the daemon cannot run is reported at start-up, not per request.
  *
- * Template families seen in the wild (Llama-2, Llama-3, ChatML/Qwen, Mistral, Zephyr) are
+ * Template families seen in the wild (Llama-2, Llama-3, ChatML/Qwen, Gemma, Phi, Mistral, Zephyr) are
  * also recognised by their text, for logs (chat_template_family()); rendering never
  * depends on the recognition.
  *
@@ -48,8 +48,11 @@ int chat_template_load(const char *model_dir, const char *override_path, chat_te
 
 void chat_template_free(chat_template *t); /* NULL is a no-op */
 
-/* "llama-2", "llama-3", "chatml", "mistral", "zephyr" or "custom". */
+/* "llama-2", "llama-3" (3.x), "chatml" (Qwen), "gemma", "phi-3" (Phi-3/3.5/4-mini),
+ * "mistral", "zephyr" or "custom". */
 const char *chat_template_family(const chat_template *t);
+
+struct cJSON;
 
 typedef struct {
     bool add_generation_prompt;
@@ -57,6 +60,17 @@ typedef struct {
     const char *eos_token;
     const char *unk_token;
     const char *pad_token;
+    /* apply_chat_template(tools=...): a JSON array of tool schemas; NULL = none. */
+    const struct cJSON *tools;
+    /* apply_chat_template's extra keyword arguments (enable_thinking, date_string,
+     * builtin_tools, ...): a JSON object whose members become template variables (they win
+     * over the globals and the special tokens, as in apply_chat_template; messages, tools,
+     * documents and add_generation_prompt are refused: render() would get them twice);
+     * NULL = none. */
+    const struct cJSON *vars;
+    /* strftime_now's clock in unix seconds, shown in local time as transformers'
+     * datetime.now().strftime(); 0 = the current time. */
+    long long now;
 } chat_render_opts;
 
 /* Renders msgs. A template error (raise_exception, a type error, an undefined attribute)
@@ -66,5 +80,14 @@ typedef struct {
 int chat_template_render(const chat_template *t, const chat_message *msgs, int n_msgs,
                          const chat_render_opts *opts, char **out, size_t *out_len, char *err,
                          size_t errlen);
+
+/* The same with the conversation as a JSON array of message objects, passed to the template
+ * as they are (tool_calls, reasoning_content, content lists of {"type": "text", ...} parts,
+ * ...). JSON numbers that are whole (and within +-2^53) become ints, others floats: a float
+ * written "2.0" renders as "2" (cJSON keeps no lexical form). Same errors and ownership as
+ * chat_template_render; messages must be an array (PEFTD_EINVAL otherwise). */
+int chat_template_render_json(const chat_template *t, const struct cJSON *messages,
+                              const chat_render_opts *opts, char **out, size_t *out_len, char *err,
+                              size_t errlen);
 
 #endif

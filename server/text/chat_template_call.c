@@ -65,7 +65,7 @@ cv *ct__call_fn(ct_ctx *c, const ct_node *at, const cv *fn, cv **args, int nargs
         ct__want_str(c, at, a0, "strftime_now's format");
         char fmt[256], out[512];
         snprintf(fmt, sizeof fmt, "%.*s", (int)a0->u.s.n, a0->u.s.p);
-        time_t now = time(NULL);
+        time_t now = c->now ? (time_t)c->now : time(NULL);
         struct tm tm;
         localtime_r(&now, &tm);
         size_t n = strftime(out, sizeof out, fmt, &tm);
@@ -93,10 +93,10 @@ cv *ct__call_fn(ct_ctx *c, const ct_node *at, const cv *fn, cv **args, int nargs
         }
         return &ct__false;
     }
-    case M_UPPER: return ct__str_case(c, self, 1);
-    case M_LOWER: return ct__str_case(c, self, 0);
-    case M_TITLE: return ct__str_case(c, self, 2);
-    case M_CAPITALIZE: return ct__str_case(c, self, 3);
+    case M_UPPER: return ct__str_case(c, at, self, CT_CASE_UPPER);
+    case M_LOWER: return ct__str_case(c, at, self, CT_CASE_LOWER);
+    case M_TITLE: return ct__str_case(c, at, self, CT_CASE_TITLE);
+    case M_CAPITALIZE: return ct__str_case(c, at, self, CT_CASE_CAPITALIZE);
     case M_REPLACE:
         ct__want_str(c, at, a0, "replace's first argument");
         ct__want_str(c, at, a1, "replace's second argument");
@@ -123,9 +123,11 @@ cv *ct__call_fn(ct_ctx *c, const ct_node *at, const cv *fn, cv **args, int nargs
     }
     case M_ITEMS: case M_KEYS: case M_VALUES: {
         cv *l = ct__mk_list(c, self->u.d.n);
+        l->u.l.kind = CL_VIEW;
         for (size_t i = 0; i < self->u.d.n; i++) {
             if (fn->u.fn.id == M_ITEMS) {
                 cv *pair = ct__mk_list(c, 2);
+                pair->u.l.kind = CL_TUPLE;
                 pair->u.l.items[0] = self->u.d.keys[i];
                 pair->u.l.items[1] = self->u.d.vals[i];
                 l->u.l.items[i] = pair;
@@ -185,6 +187,8 @@ cv *ct__get_item(ct_ctx *c, const ct_node *at, cv *obj, cv *key) {
         }
         return &ct__undef;
     }
+    if (obj->t == CV_LIST && obj->u.l.kind >= CL_GEN)
+        ct__fail(c, at, "'%s' object is not subscriptable", ct__type_name(obj));
     if ((obj->t == CV_LIST || obj->t == CV_STR) && (key->t == CV_INT || key->t == CV_BOOL)) {
         size_t n = obj->t == CV_LIST ? obj->u.l.n : ct__u8_len(obj->u.s.p, obj->u.s.n);
         long long i = norm_index(ct__inum(key), n);
@@ -201,7 +205,8 @@ cv *ct__get_item(ct_ctx *c, const ct_node *at, cv *obj, cv *key) {
 }
 
 cv *ct__get_slice(ct_ctx *c, const ct_node *at, cv *obj, cv *lo, cv *hi, cv *st) {
-    if (obj->t != CV_LIST && obj->t != CV_STR) ct__fail(c, at, "'%s' object is not subscriptable", ct__type_name(obj));
+    if ((obj->t != CV_LIST && obj->t != CV_STR) || (obj->t == CV_LIST && obj->u.l.kind >= CL_GEN))
+        ct__fail(c, at, "'%s' object is not subscriptable", ct__type_name(obj));
     long long n = obj->t == CV_LIST ? (long long)obj->u.l.n : (long long)ct__u8_len(obj->u.s.p, obj->u.s.n);
     long long step = st && st->t != CV_NONE ? ct__inum(st) : 1;
     if (step == 0) ct__fail(c, at, "slice step cannot be zero");
@@ -224,6 +229,7 @@ cv *ct__get_slice(ct_ctx *c, const ct_node *at, cv *obj, cv *lo, cv *hi, cv *st)
     long long cnt = step > 0 ? (b > a ? (b - a + step - 1) / step : 0) : (a > b ? (a - b - step - 1) / -step : 0);
     if (obj->t == CV_LIST) {
         cv *l = ct__mk_list(c, (size_t)cnt);
+        l->u.l.kind = obj->u.l.kind; /* a tuple's slice is a tuple */
         for (long long i = 0; i < cnt; i++) l->u.l.items[i] = obj->u.l.items[a + i * step];
         return l;
     }
@@ -243,8 +249,9 @@ bool ct__run_test(ct_ctx *c, const ct_node *at, const char *name, cv *v, cv **ar
     if (!strcmp(name, "none")) return v->t == CV_NONE;
     if (!strcmp(name, "string")) return v->t == CV_STR;
     if (!strcmp(name, "mapping")) return v->t == CV_DICT;
-    if (!strcmp(name, "sequence")) return v->t == CV_LIST || v->t == CV_STR || v->t == CV_DICT;
-    if (!strcmp(name, "iterable")) return v->t == CV_LIST || v->t == CV_STR || v->t == CV_DICT;
+    if (!strcmp(name, "sequence")) return (v->t == CV_LIST && v->u.l.kind < CL_GEN) || v->t == CV_STR || v->t == CV_DICT;
+    /* jinja2's Undefined iterates (as nothing) */
+    if (!strcmp(name, "iterable")) return v->t == CV_LIST || v->t == CV_STR || v->t == CV_DICT || v->t == CV_UNDEF;
     if (!strcmp(name, "number")) return v->t == CV_INT || v->t == CV_FLOAT || v->t == CV_BOOL;
     if (!strcmp(name, "integer")) return v->t == CV_INT;
     if (!strcmp(name, "float")) return v->t == CV_FLOAT;
@@ -269,10 +276,6 @@ bool ct__run_test(ct_ctx *c, const ct_node *at, const char *name, cv *v, cv **ar
     if (!strcmp(name, "in")) return ct__contains(c, at, a0, v);
     if (!strcmp(name, "lt") || !strcmp(name, "lessthan")) return ct__val_cmp(c, at, v, a0, "<") < 0;
     if (!strcmp(name, "gt") || !strcmp(name, "greaterthan")) return ct__val_cmp(c, at, v, a0, ">") > 0;
-    if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
-        if (v->t != CV_STR) return false;
-        cv *t = ct__str_case(c, v, name[0] == 'u');
-        return ct__val_eq(t, v);
-    }
+    if (!strcmp(name, "lower") || !strcmp(name, "upper")) return v->t == CV_STR && ct__str_is_case(c, at, v, name[0] == 'u');
     ct__fail(c, at, "unknown test '%s'", name);
 }

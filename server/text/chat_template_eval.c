@@ -17,6 +17,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <cJSON.h>
+
 #include "lib/status.h"
 #include "server/text/chat_template_render.h"
 
@@ -29,8 +31,21 @@ static cv *call_macro(ct_ctx *c, const ct_node *at, const ct_node *m, cv **args,
                       int nkw) {
     if (++c->depth > CT_MAX_DEPTH) ct__fail(c, at, "macros nested deeper than %d", CT_MAX_DEPTH);
     if (++c->steps > CT_MAX_STEPS) ct__fail(c, at, "the chat template ran longer than allowed");
-    if (nargs > m->args.n) ct__fail(c, at, "macro '%s' takes not more than %d argument(s)", m->name, m->args.n);
+    if (nargs > m->args.n && !m->uses_varargs)
+        ct__fail(c, at, "macro '%s' takes not more than %d argument(s)", m->name, m->args.n);
     ct_frame *f = ct__frame_new(c, c->globals);
+    cv *va = ct__mk_list(c, nargs > m->args.n ? (size_t)(nargs - m->args.n) : 0), *kwd = ct__mk_dict(c);
+    va->u.l.kind = CL_TUPLE;
+    for (int i = m->args.n; i < nargs; i++) va->u.l.items[i - m->args.n] = args[i];
+    for (int k = 0; k < nkw; k++) {
+        bool known = false;
+        for (int i = 0; i < m->args.n && !known; i++) known = !strcmp(kwn[k], m->args.v[i]->name);
+        if (known) continue;
+        if (!m->uses_kwargs) ct__fail(c, at, "macro '%s' takes no keyword argument '%s'", m->name, kwn[k]);
+        ct__dict_set_s(c, kwd, kwn[k], kwv[k]);
+    }
+    if (m->uses_varargs) ct__frame_set(c, f, "varargs", va);
+    if (m->uses_kwargs) ct__frame_set(c, f, "kwargs", kwd);
     for (int i = 0; i < m->args.n; i++) {
         const char *pn = m->args.v[i]->name;
         cv *v = NULL;
@@ -110,6 +125,7 @@ static cv *eval(ct_ctx *c, ct_frame *f, const ct_node *n) {
         return n->c ? eval(c, f, n->c) : &ct__undef;
     case CN_LIST: {
         cv *l = ct__mk_list(c, (size_t)n->args.n);
+        l->u.l.kind = n->tuple ? CL_TUPLE : CL_LIST;
         for (int i = 0; i < n->args.n; i++) l->u.l.items[i] = eval(c, f, n->args.v[i]);
         return l;
     }
@@ -251,8 +267,8 @@ static int render_body(ct_ctx *c, ct_frame *f, const ct_list *body) {
     return CT_NEXT;
 }
 
-int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, const chat_render_opts *o, char **out,
-              size_t *out_len, char *err, size_t errlen) {
+int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, const cJSON *jmsgs,
+              const chat_render_opts *o, char **out, size_t *out_len, char *err, size_t errlen) {
     *out = NULL;
     *out_len = 0;
     /* On the heap: the context changes between setjmp and longjmp, and only objects not
@@ -267,6 +283,7 @@ int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, cons
     cp->err = err;
     cp->errlen = errlen;
     cp->out = bp;
+    cp->now = o->now;
     int jr = setjmp(cp->jb);
     if (jr) {
         ct_arena_free(&cp->arena);
@@ -275,12 +292,17 @@ int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, cons
         return jr == 2 ? PEFTD_ENOMEM : PEFTD_EINVAL;
     }
     ct_frame *g = ct__frame_new(cp, NULL);
-    cv *ml = ct__mk_list(cp, (size_t)(n_msgs > 0 ? n_msgs : 0));
-    for (int i = 0; i < n_msgs; i++) {
-        cv *m = ct__mk_dict(cp);
-        ct__dict_set_s(cp, m, "role", ct__mk_cstr(cp, msgs[i].role));
-        ct__dict_set_s(cp, m, "content", ct__mk_cstr(cp, msgs[i].content));
-        ml->u.l.items[i] = m;
+    cv *ml;
+    if (jmsgs) {
+        ml = ct__from_json(cp, jmsgs);
+    } else {
+        ml = ct__mk_list(cp, (size_t)(n_msgs > 0 ? n_msgs : 0));
+        for (int i = 0; i < n_msgs; i++) {
+            cv *m = ct__mk_dict(cp);
+            ct__dict_set_s(cp, m, "role", ct__mk_cstr(cp, msgs[i].role));
+            ct__dict_set_s(cp, m, "content", ct__mk_cstr(cp, msgs[i].content));
+            ml->u.l.items[i] = m;
+        }
     }
     ct__frame_set(cp, g, "raise_exception", ct__mk_fn(cp, F_RAISE, NULL, "raise_exception"));
     ct__frame_set(cp, g, "range", ct__mk_fn(cp, F_RANGE, NULL, "range"));
@@ -288,13 +310,17 @@ int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, cons
     ct__frame_set(cp, g, "dict", ct__mk_fn(cp, F_DICT, NULL, "dict"));
     ct__frame_set(cp, g, "strftime_now", ct__mk_fn(cp, F_STRFTIME, NULL, "strftime_now"));
     ct__frame_set(cp, g, "messages", ml);
-    ct__frame_set(cp, g, "tools", &ct__none);
+    ct__frame_set(cp, g, "tools", o->tools ? ct__from_json(cp, o->tools) : &ct__none);
     ct__frame_set(cp, g, "documents", &ct__none);
     ct__frame_set(cp, g, "add_generation_prompt", ct__mk_bool(o->add_generation_prompt));
     if (o->bos_token) ct__frame_set(cp, g, "bos_token", ct__mk_cstr(cp, o->bos_token));
     if (o->eos_token) ct__frame_set(cp, g, "eos_token", ct__mk_cstr(cp, o->eos_token));
     if (o->unk_token) ct__frame_set(cp, g, "unk_token", ct__mk_cstr(cp, o->unk_token));
     if (o->pad_token) ct__frame_set(cp, g, "pad_token", ct__mk_cstr(cp, o->pad_token));
+    if (o->vars) { /* render(**kwargs): the caller's variables win over the globals */
+        cv *vars = ct__from_json(cp, o->vars);
+        for (size_t i = 0; i < vars->u.d.n; i++) ct__frame_set(cp, g, vars->u.d.keys[i]->u.s.p, vars->u.d.vals[i]);
+    }
     /* the template's top level is its own scope above the globals, as in jinja2 */
     cp->globals = ct__frame_new(cp, g); /* macros see the top level's names, as in jinja2 */
     render_body(cp, cp->globals, &t->body);

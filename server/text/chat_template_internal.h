@@ -28,6 +28,12 @@ typedef enum {
     CV_MACRO,  /* a {% macro %} */
 } cv_type;
 
+/* What a CV_LIST stands for in Python: a list, a tuple (repr "(a, b)"), a generator (what
+ * jinja2's map/select/reject/items/reverse/unique filters return: iterable once, always
+ * true, no len(), not printable) or a dict view (.items()/.keys()/.values(): len() but no
+ * indexing, printed as dict_items([...]) — refused). */
+enum { CL_LIST = 0, CL_TUPLE, CL_GEN, CL_VIEW };
+
 typedef struct cv cv;
 struct cv {
     cv_type t;
@@ -36,7 +42,7 @@ struct cv {
         long long i;
         double f;
         struct { const char *p; size_t n; } s;
-        struct { cv **items; size_t n; } l;
+        struct { cv **items; size_t n; unsigned char kind; } l; /* CL_* */
         struct { cv **keys, **vals; size_t n, cap; bool ns; } d; /* ns: a namespace() */
         struct { int id; cv *self; const char *name; } fn;
         const struct ct_node *macro;
@@ -74,6 +80,9 @@ struct ct_node {
     const char **kwnames;   /* CALL/FILTER keyword names; CMP operators */
     ct_list body, orelse;   /* IF/FOR/SET_BLOCK/MACRO/BLOCK */
     bool negate;            /* TEST: is not */
+    bool tuple;             /* LIST: a tuple literal ((a, b), a, b, ()) */
+    bool uses_varargs, uses_kwargs; /* MACRO: its body reads varargs / kwargs (then extra
+                             * positional / keyword arguments land there, as in jinja2) */
 };
 
 struct chat_template {
@@ -82,8 +91,10 @@ struct chat_template {
     char family[16];
 };
 
-/* chat_template_eval.c: renders t's body into a malloc'd string. */
-int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, const chat_render_opts *o,
-              char **out, size_t *out_len, char *err, size_t errlen);
+/* chat_template_eval.c: renders t's body into a malloc'd string; the conversation is msgs
+ * (role/content strings) or, when jmsgs is non-NULL, that JSON array. */
+struct cJSON;
+int ct_render(const chat_template *t, const chat_message *msgs, int n_msgs, const struct cJSON *jmsgs,
+              const chat_render_opts *o, char **out, size_t *out_len, char *err, size_t errlen);
 
 #endif

@@ -1,5 +1,6 @@
 /* server/text/chat_template_ops.c — operations on values: strings indexed by code point
- * as Python does (strip, case, replace, split), the binary operators, len() and iteration. Uses chat_template_value.c only. */
+ * as Python does (strip, replace, split), the binary operators, len() and iteration. Uses chat_template_value.c only. */
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -77,21 +78,6 @@ cv *ct__str_strip(ct_ctx *c, const cv *s, const cv *chars, bool left, bool right
         while (right && b > a && memchr(chars->u.s.p, p[b - 1], chars->u.s.n)) b--;
     }
     return ct__mk_str(c, p + a, b - a);
-}
-
-cv *ct__str_case(ct_ctx *c, const cv *s, int mode) { /* 0 lower, 1 upper, 2 title, 3 capitalize */
-    cv *r = ct__mk_str(c, s->u.s.p, s->u.s.n);
-    char *p = (char *)r->u.s.p;
-    bool prev_alpha = false;
-    for (size_t i = 0; i < r->u.s.n; i++) {
-        char ch = p[i];
-        bool alpha = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
-        bool up = mode == 1 || (mode == 2 && alpha && !prev_alpha) || (mode == 3 && i == 0);
-        if (up && ch >= 'a' && ch <= 'z') p[i] = (char)(ch - 32);
-        else if (!up && ch >= 'A' && ch <= 'Z') p[i] = (char)(ch + 32);
-        prev_alpha = mode == 2 ? alpha || (unsigned char)ch >= 0x80 : alpha;
-    }
-    return r;
 }
 
 cv *ct__str_replace(ct_ctx *c, const cv *s, const cv *from, const cv *to, long long count) {
@@ -203,7 +189,10 @@ cv *ct__binop(ct_ctx *c, const ct_node *at, const char *op, cv *a, cv *b) {
             return r;
         }
         if (a->t == CV_LIST && b->t == CV_LIST) {
+            if (a->u.l.kind != b->u.l.kind || a->u.l.kind >= CL_GEN)
+                ct__fail(c, at, "unsupported operand type(s) for +: '%s' and '%s'", ct__type_name(a), ct__type_name(b));
             cv *r = ct__mk_list(c, a->u.l.n + b->u.l.n);
+            r->u.l.kind = a->u.l.kind;
             for (size_t i = 0; i < a->u.l.n; i++) r->u.l.items[i] = a->u.l.items[i];
             for (size_t i = 0; i < b->u.l.n; i++) r->u.l.items[a->u.l.n + i] = b->u.l.items[i];
             return r;
@@ -225,12 +214,17 @@ cv *ct__binop(ct_ctx *c, const ct_node *at, const char *op, cv *a, cv *b) {
         return ct__mk_float(c, ct__num(a) / ct__num(b));
     }
     if (ints) {
-        long long x = ct__inum(a), y = ct__inum(b);
-        if (!strcmp(op, "+")) return ct__mk_int(c, x + y);
-        if (!strcmp(op, "-")) return ct__mk_int(c, x - y);
-        if (!strcmp(op, "*")) return ct__mk_int(c, x * y);
+        /* Python's ints do not overflow; past 64 bits peftd refuses rather than wrap */
+        long long x = ct__inum(a), y = ct__inum(b), r;
+        bool ovf = false;
+        if (!strcmp(op, "+")) ovf = __builtin_add_overflow(x, y, &r);
+        else if (!strcmp(op, "-")) ovf = __builtin_sub_overflow(x, y, &r);
+        else if (!strcmp(op, "*")) ovf = __builtin_mul_overflow(x, y, &r);
+        if (ovf) ct__fail(c, at, "integer overflow in %s: past 64 bits", op);
+        if (!strcmp(op, "+") || !strcmp(op, "-") || !strcmp(op, "*")) return ct__mk_int(c, r);
         if (!strcmp(op, "//") || !strcmp(op, "%")) {
             if (y == 0) ct__fail(c, at, "integer division or modulo by zero");
+            if (x == LLONG_MIN && y == -1) ct__fail(c, at, "integer overflow in %s: past 64 bits", op);
             long long q = x / y, r = x % y;
             if (r != 0 && ((r < 0) != (y < 0))) {
                 q--;
@@ -240,8 +234,11 @@ cv *ct__binop(ct_ctx *c, const ct_node *at, const char *op, cv *a, cv *b) {
         }
         if (!strcmp(op, "**")) {
             if (y < 0) return ct__mk_float(c, pow((double)x, (double)y));
-            long long r = 1;
-            for (long long i = 0; i < y && i < 64; i++) r *= x;
+            if (x == 0 || x == 1) return ct__mk_int(c, y == 0 ? 1 : x);
+            if (x == -1) return ct__mk_int(c, y % 2 ? -1 : 1);
+            r = 1; /* |x| >= 2 overflows within 63 steps */
+            for (long long i = 0; i < y; i++)
+                if (__builtin_mul_overflow(r, x, &r)) ct__fail(c, at, "integer overflow in **: past 64 bits");
             return ct__mk_int(c, r);
         }
     }
@@ -258,7 +255,9 @@ cv *ct__binop(ct_ctx *c, const ct_node *at, const char *op, cv *a, cv *b) {
 cv *ct__length_of(ct_ctx *c, const ct_node *at, const cv *v) {
     switch (v->t) {
     case CV_STR: return ct__mk_int(c, (long long)ct__u8_len(v->u.s.p, v->u.s.n));
-    case CV_LIST: return ct__mk_int(c, (long long)v->u.l.n);
+    case CV_LIST:
+        if (v->u.l.kind == CL_GEN) ct__fail(c, at, "object of type 'generator' has no len()");
+        return ct__mk_int(c, (long long)v->u.l.n);
     case CV_DICT: return ct__mk_int(c, (long long)v->u.d.n);
     case CV_UNDEF: return ct__mk_int(c, 0);
     default: ct__fail(c, at, "object of type '%s' has no len()", ct__type_name(v));

@@ -115,6 +115,7 @@ static ct_node *parse_tuple_expr(ct_parser *p, bool with_cond) {
     ct_node *first = parse_expr(p, with_cond);
     if (!is_op(cur(p), ",")) return first;
     ct_node *l = node(p, CN_LIST, line);
+    l->tuple = true;
     int cap = 0;
     list_push(p, &l->args, first, &cap);
     while (is_op(cur(p), ",")) {
@@ -174,6 +175,7 @@ static ct_node *parse_primary(ct_parser *p) {
             if (is_op(cur(p), ")")) { /* () is an empty tuple */
                 p->pos++;
                 n->k = CN_LIST;
+                n->tuple = true;
                 return n;
             }
             ct_node *e = parse_tuple_expr(p, true);
@@ -562,6 +564,19 @@ static ct_node *parse_set(ct_parser *p, int line) {
     return n;
 }
 
+/* Whether the tree under n reads the name nm (jinja2 gives a macro varargs / kwargs only
+ * when its body does). */
+static bool reads_name(const ct_node *n, const char *nm) {
+    if (!n) return false;
+    if (n->k == CN_NAME && !strcmp(n->name, nm)) return true;
+    if (reads_name(n->a, nm) || reads_name(n->b, nm) || reads_name(n->c, nm) || reads_name(n->d, nm)) return true;
+    const ct_list *ls[] = {&n->args, &n->kwargs, &n->body, &n->orelse};
+    for (int k = 0; k < 4; k++)
+        for (int i = 0; i < ls[k]->n; i++)
+            if (reads_name(ls[k]->v[i], nm)) return true;
+    return false;
+}
+
 static ct_node *parse_macro(ct_parser *p, int line) {
     ct_node *n = node(p, CN_MACRO, line);
     n->name = expect_name(p);
@@ -588,6 +603,10 @@ static ct_node *parse_macro(ct_parser *p, int line) {
     const char *w = NULL;
     n->body = parse_body(p, ends, &w);
     take_tag(p, "endmacro");
+    for (int i = 0; i < n->body.n; i++) {
+        n->uses_varargs |= reads_name(n->body.v[i], "varargs");
+        n->uses_kwargs |= reads_name(n->body.v[i], "kwargs");
+    }
     if (cur(p)->t == TK_NAME) p->pos++; /* {% endmacro name %} */
     end_tag(p);
     return n;

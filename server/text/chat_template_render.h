@@ -41,6 +41,7 @@ typedef struct {
     long long steps;
     int depth;
     ct_frame *globals;
+    long long now; /* strftime_now's clock (unix seconds); 0 = the current time */
 } ct_ctx;
 
 
@@ -83,7 +84,7 @@ const char *ct__type_name(const cv *v);
 void ct__put_str(ct_ctx *c, ct_buf *b, const cv *v);
 void ct__put_repr(ct_ctx *c, ct_buf *b, const cv *v);
 cv *ct__to_str(ct_ctx *c, const cv *v);
-void ct__put_json(ct_ctx *c, ct_buf *b, const cv *v, int indent, int level, const ct_node *at);
+void ct__fmt_float(double f, char *out, size_t n); /* Python's repr(float) */
 bool ct__is_num(const cv *v);
 double ct__num(const cv *v);
 long long ct__inum(const cv *v);
@@ -94,7 +95,6 @@ bool ct__contains(ct_ctx *c, const ct_node *at, const cv *hay, const cv *needle)
 size_t ct__u8_len(const char *s, size_t n);
 size_t ct__u8_off(const char *s, size_t n, size_t cp);
 cv *ct__str_strip(ct_ctx *c, const cv *s, const cv *chars, bool left, bool right);
-cv *ct__str_case(ct_ctx *c, const cv *s, int mode);
 cv *ct__str_replace(ct_ctx *c, const cv *s, const cv *from, const cv *to, long long count);
 cv *ct__str_split(ct_ctx *c, const cv *s, const cv *sep, long long maxsplit);
 cv *ct__binop(ct_ctx *c, const ct_node *at, const char *op, cv *a, cv *b);
@@ -108,6 +108,23 @@ cv *ct__get_attr(ct_ctx *c, const ct_node *at, cv *obj, const char *name);
 cv *ct__get_item(ct_ctx *c, const ct_node *at, cv *obj, cv *key);
 cv *ct__get_slice(ct_ctx *c, const ct_node *at, cv *obj, cv *lo, cv *hi, cv *st);
 bool ct__run_test(ct_ctx *c, const ct_node *at, const char *name, cv *v, cv **args, int nargs);
+
+/* chat_template_case.c: Python's full case mappings (see the file) */
+enum { CT_CASE_LOWER, CT_CASE_UPPER, CT_CASE_TITLE, CT_CASE_CAPITALIZE, CT_CASE_JINJA_TITLE };
+cv *ct__str_case(ct_ctx *c, const ct_node *at, const cv *s, int mode);
+bool ct__str_is_case(ct_ctx *c, const ct_node *at, const cv *s, bool upper); /* str.isupper / islower */
+size_t ct__put_repr_u8(ct_ctx *c, ct_buf *b, const char *p, size_t n); /* repr of one non-ASCII char */
+
+/* chat_template_json.c: a cJSON value as a template value (objects keep their order), and
+ * json.dumps(v, ...) as HF's tojson filter calls it (ensure_ascii False by default). */
+struct cJSON;
+cv *ct__from_json(ct_ctx *c, const struct cJSON *j);
+typedef struct {
+    const char *indent; /* NULL: no newlines; else the text of one level ("    " for indent=4) */
+    const char *item_sep, *key_sep;
+    bool sort_keys, ensure_ascii;
+} ct_json_opts;
+void ct__put_json(ct_ctx *c, ct_buf *b, const cv *v, const ct_json_opts *o, int level, const ct_node *at);
 
 /* chat_template_filters.c: the filter n->name applied to v with n's evaluated positional
  * args[n->args.n] and keyword values kw[n->kwargs.n] (names in n->kwnames). */

@@ -1,6 +1,6 @@
 /* server/text/chat_template_value.c — the renderer's values with Python semantics:
  * errors and the render's memory cap, constructors, output buffers, dicts (insertion
- * ordered), scopes as jinja2 has them, truthiness, str()/repr()/json.dumps, == and
+ * ordered), scopes as jinja2 has them, truthiness, str()/repr(), == and
  * ordering, `in`. The leaf of the renderer's files (chat_template_render.h). */
 #include <math.h>
 #include <setjmp.h>
@@ -183,7 +183,7 @@ bool ct__truthy(const cv *v) {
     case CV_INT: return v->u.i != 0;
     case CV_FLOAT: return v->u.f != 0;
     case CV_STR: return v->u.s.n != 0;
-    case CV_LIST: return v->u.l.n != 0;
+    case CV_LIST: return v->u.l.kind == CL_GEN || v->u.l.n != 0; /* a generator is always true */
     case CV_DICT: return v->u.d.n != 0;
     default: return true;
     }
@@ -192,12 +192,14 @@ bool ct__truthy(const cv *v) {
 const char *ct__type_name(const cv *v) {
     static const char *const names[] = {"undefined", "NoneType", "bool", "int", "float", "str", "list", "dict", "function", "macro"};
     if (v->t == CV_DICT && v->u.d.ns) return "Namespace";
+    if (v->t == CV_LIST && v->u.l.kind != CL_LIST)
+        return v->u.l.kind == CL_TUPLE ? "tuple" : v->u.l.kind == CL_GEN ? "generator" : "dict view";
     return names[v->t];
 }
 
 /* Python's repr of a float: the shortest digits that read back the same, ".0" on
  * integral values, exponent form outside [1e-4, 1e16). */
-static void fmt_float(double f, char *out, size_t n) {
+void ct__fmt_float(double f, char *out, size_t n) {
     if (isnan(f)) {
         snprintf(out, n, "nan");
         return;
@@ -257,7 +259,7 @@ void ct__put_str(ct_ctx *c, ct_buf *b, const cv *v) {
     case CV_NONE: ct__buf_puts(c, b, "None"); return;
     case CV_BOOL: ct__buf_puts(c, b, v->u.b ? "True" : "False"); return;
     case CV_INT: snprintf(tmp, sizeof tmp, "%lld", v->u.i); ct__buf_puts(c, b, tmp); return;
-    case CV_FLOAT: fmt_float(v->u.f, tmp, sizeof tmp); ct__buf_puts(c, b, tmp); return;
+    case CV_FLOAT: ct__fmt_float(v->u.f, tmp, sizeof tmp); ct__buf_puts(c, b, tmp); return;
     case CV_STR: ct__buf_put(c, b, v->u.s.p, v->u.s.n); return;
     default: ct__put_repr(c, b, v);
     }
@@ -281,24 +283,25 @@ void ct__put_repr(ct_ctx *c, ct_buf *b, const cv *v) {
             else if (ch < 0x20 || ch == 0x7f) {
                 snprintf(tmp, sizeof tmp, "\\x%02x", ch);
                 ct__buf_puts(c, b, tmp);
+            } else if (ch >= 0x80) {
+                i += ct__put_repr_u8(c, b, v->u.s.p + i, v->u.s.n - i) - 1;
             } else ct__buf_put(c, b, (const char *)&ch, 1);
         }
         ct__buf_put(c, b, &q, 1);
         return;
     }
     case CV_LIST:
-        ct__buf_puts(c, b, "[");
+        if (v->u.l.kind >= CL_GEN) /* Python prints an object address or dict_items([...]) */
+            ct__fail(c, NULL, "the chat template prints a %s, which peftd cannot render", ct__type_name(v));
+        ct__buf_puts(c, b, v->u.l.kind == CL_TUPLE ? "(" : "[");
         for (size_t i = 0; i < v->u.l.n; i++) {
             if (i) ct__buf_puts(c, b, ", ");
             ct__put_repr(c, b, v->u.l.items[i]);
         }
-        ct__buf_puts(c, b, "]");
+        ct__buf_puts(c, b, v->u.l.kind != CL_TUPLE ? "]" : v->u.l.n == 1 ? ",)" : ")");
         return;
     case CV_DICT:
-        if (v->u.d.ns) {
-            ct__buf_puts(c, b, "<Namespace>");
-            return;
-        }
+        if (v->u.d.ns) ct__buf_puts(c, b, "<Namespace ");
         ct__buf_puts(c, b, "{");
         for (size_t i = 0; i < v->u.d.n; i++) {
             if (i) ct__buf_puts(c, b, ", ");
@@ -306,9 +309,10 @@ void ct__put_repr(ct_ctx *c, ct_buf *b, const cv *v) {
             ct__buf_puts(c, b, ": ");
             ct__put_repr(c, b, v->u.d.vals[i]);
         }
-        ct__buf_puts(c, b, "}");
+        ct__buf_puts(c, b, v->u.d.ns ? "}>" : "}");
         return;
-    case CV_FUNC: case CV_MACRO: ct__buf_puts(c, b, "<function>"); return;
+    case CV_FUNC: case CV_MACRO: /* Python prints an object address: nothing to match */
+        ct__fail(c, NULL, "the chat template prints a %s, which peftd cannot render", v->t == CV_FUNC ? "function" : "macro");
     case CV_UNDEF: return;
     default: ct__put_str(c, b, v);
     }
@@ -322,82 +326,6 @@ cv *ct__to_str(ct_ctx *c, const cv *v) {
     s->u.s.p = b.p ? b.p : "";
     s->u.s.n = b.n;
     return s;
-}
-
-/* json.dumps(v, ensure_ascii=False, indent=indent) — HF's tojson. */
-void ct__put_json(ct_ctx *c, ct_buf *b, const cv *v, int indent, int level, const ct_node *at) {
-    char tmp[64];
-    switch (v->t) {
-    case CV_NONE: case CV_UNDEF: ct__buf_puts(c, b, "null"); return;
-    case CV_BOOL: ct__buf_puts(c, b, v->u.b ? "true" : "false"); return;
-    case CV_INT: snprintf(tmp, sizeof tmp, "%lld", v->u.i); ct__buf_puts(c, b, tmp); return;
-    case CV_FLOAT:
-        if (isnan(v->u.f)) ct__buf_puts(c, b, "NaN");
-        else if (isinf(v->u.f)) ct__buf_puts(c, b, v->u.f < 0 ? "-Infinity" : "Infinity");
-        else {
-            fmt_float(v->u.f, tmp, sizeof tmp);
-            ct__buf_puts(c, b, tmp);
-        }
-        return;
-    case CV_STR:
-        ct__buf_puts(c, b, "\"");
-        for (size_t i = 0; i < v->u.s.n; i++) {
-            unsigned char ch = (unsigned char)v->u.s.p[i];
-            switch (ch) {
-            case '"': ct__buf_puts(c, b, "\\\""); break;
-            case '\\': ct__buf_puts(c, b, "\\\\"); break;
-            case '\n': ct__buf_puts(c, b, "\\n"); break;
-            case '\r': ct__buf_puts(c, b, "\\r"); break;
-            case '\t': ct__buf_puts(c, b, "\\t"); break;
-            case '\b': ct__buf_puts(c, b, "\\b"); break;
-            case '\f': ct__buf_puts(c, b, "\\f"); break;
-            default:
-                if (ch < 0x20) {
-                    snprintf(tmp, sizeof tmp, "\\u%04x", ch);
-                    ct__buf_puts(c, b, tmp);
-                } else ct__buf_put(c, b, (const char *)&ch, 1);
-            }
-        }
-        ct__buf_puts(c, b, "\"");
-        return;
-    case CV_LIST: case CV_DICT: {
-        bool list = v->t == CV_LIST;
-        size_t n = list ? v->u.l.n : v->u.d.n;
-        ct__buf_puts(c, b, list ? "[" : "{");
-        if (!n) {
-            ct__buf_puts(c, b, list ? "]" : "}");
-            return;
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (i) ct__buf_puts(c, b, indent >= 0 ? "," : ", ");
-            if (indent >= 0) {
-                ct__buf_puts(c, b, "\n");
-                for (int k = 0; k < indent * (level + 1); k++) ct__buf_puts(c, b, " ");
-            }
-            if (list) {
-                ct__put_json(c, b, v->u.l.items[i], indent, level + 1, at);
-            } else {
-                const cv *k = v->u.d.keys[i];
-                if (k->t != CV_STR) {
-                    ct__buf_puts(c, b, "\"");
-                    ct__put_str(c, b, k);
-                    ct__buf_puts(c, b, "\"");
-                } else {
-                    ct__put_json(c, b, k, indent, level + 1, at);
-                }
-                ct__buf_puts(c, b, ": ");
-                ct__put_json(c, b, v->u.d.vals[i], indent, level + 1, at);
-            }
-        }
-        if (indent >= 0) {
-            ct__buf_puts(c, b, "\n");
-            for (int k = 0; k < indent * level; k++) ct__buf_puts(c, b, " ");
-        }
-        ct__buf_puts(c, b, list ? "]" : "}");
-        return;
-    }
-    default: ct__fail(c, at, "Object of type %s is not JSON serializable", ct__type_name(v));
-    }
 }
 
 /* ---- comparisons ---- */
@@ -416,7 +344,7 @@ bool ct__val_eq(const cv *a, const cv *b) {
     case CV_UNDEF: case CV_NONE: return true;
     case CV_STR: return a->u.s.n == b->u.s.n && !memcmp(a->u.s.p, b->u.s.p, a->u.s.n);
     case CV_LIST:
-        if (a->u.l.n != b->u.l.n) return false;
+        if (a->u.l.n != b->u.l.n || a->u.l.kind != b->u.l.kind) return false;
         for (size_t i = 0; i < a->u.l.n; i++)
             if (!ct__val_eq(a->u.l.items[i], b->u.l.items[i])) return false;
         return true;

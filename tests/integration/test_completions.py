@@ -3,9 +3,12 @@ the OpenAI response shape and usage, greedy determinism and parity with the offl
 `peftd generate`, seeds, stop strings, logprobs, streaming, n and echo; plus /v1/models,
 /health and /metrics."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -135,6 +138,59 @@ def stop_strings():
     # A single string works too.
     obj = d().complete(prompt=PROMPT, max_tokens=48, temperature=0, stop=stop)
     assert stop not in obj["choices"][0]["text"], obj
+
+
+@test
+def generation_config_eos_ids_stop():
+    # A copy of the model directory (links) whose generation_config.json lists several eos
+    # ids, as Llama 3.1 / Qwen2.5 / Gemma 3 / Phi-3 ship: greedy generation from BOS
+    # (403 407 261 378 ..., tests/fixtures/stories260k_greedy.json) ends on the third id of
+    # the list, 378, with finish_reason "stop" and the stop token not in the text.
+    base = d().complete(prompt="", max_tokens=3, temperature=0)
+    assert base["choices"][0]["finish_reason"] == "length", base
+    tmp = tempfile.mkdtemp(prefix="peftd-eos-")
+    model = os.path.join(tmp, MODEL_ID)  # same served id
+    os.mkdir(model)
+    for f in os.listdir(harness.MODEL_DIR):
+        if f != "generation_config.json":
+            os.symlink(os.path.join(harness.MODEL_DIR, f), os.path.join(model, f))
+    with open(os.path.join(model, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": [2, 500, 378]}, f)
+    dm = harness.Daemon(extra_args=["--model", model])
+    try:
+        obj = dm.complete(prompt="", max_tokens=48, temperature=0)
+        c = obj["choices"][0]
+        assert c["finish_reason"] == "stop", obj
+        assert c["text"] == base["choices"][0]["text"], (c["text"], base)
+        assert obj["usage"]["completion_tokens"] == 4, obj["usage"]
+        chunks, done, _ = dm.stream(prompt="", max_tokens=48, temperature=0)
+        assert done
+        text = "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"])
+        finishes = [ch["choices"][0]["finish_reason"] for ch in chunks if ch["choices"]]
+        assert text == c["text"] and finishes[-1] == "stop", (text, finishes)
+        # ignore_eos generates through it
+        obj = dm.complete(prompt="", max_tokens=8, temperature=0, ignore_eos=True)
+        assert obj["choices"][0]["finish_reason"] == "length", obj
+    finally:
+        dm.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    # a broken generation_config.json stops the daemon at start-up, naming the field
+    tmp = tempfile.mkdtemp(prefix="peftd-eos-")
+    try:
+        model = os.path.join(tmp, MODEL_ID)
+        os.mkdir(model)
+        for f in os.listdir(harness.MODEL_DIR):
+            if f != "generation_config.json":
+                os.symlink(os.path.join(harness.MODEL_DIR, f), os.path.join(model, f))
+        with open(os.path.join(model, "generation_config.json"), "w") as f:
+            f.write('{"eos_token_id": [2, 512]}')
+        try:
+            harness.Daemon(extra_args=["--model", model]).close()
+            raise AssertionError("a generation_config.json with eos id 512 (vocab 512) was accepted")
+        except RuntimeError as e:
+            assert "eos_token_id" in str(e) and "generation_config.json" in str(e), str(e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @test

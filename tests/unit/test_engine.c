@@ -3,7 +3,9 @@
  * limits. References: llama2.c's published greedy text and transformers' greedy ids
  * (tests/fixtures/stories260k_greedy.json). */
 #include <cJSON.h>
+#include <limits.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -18,14 +20,15 @@ typedef struct {
 } rig;
 
 static int g_kv_blocks; /* 0 = the engine's default pool */
+static const char *g_model_dir = "models/stories260K";
 
 static void rig_open(rig *r, int max_seqs, int max_batch_tokens, int max_queue, bool start) {
     char err[512] = "";
     memset(r, 0, sizeof *r);
     r->kb = kbackend_cpu_create(2);
     ASSERT(r->kb);
-    if (model_load("models/stories260K", r->kb, &r->m, err, sizeof err) < 0) FAIL("model_load: %s", err);
-    if (tokenizer_load("models/stories260K", &r->tok, err, sizeof err) < 0) FAIL("tokenizer_load: %s", err);
+    if (model_load(g_model_dir, r->kb, &r->m, err, sizeof err) < 0) FAIL("model_load: %s", err);
+    if (tokenizer_load(g_model_dir, &r->tok, err, sizeof err) < 0) FAIL("tokenizer_load: %s", err);
     engine_config c;
     engine_config_default(&c);
     c.max_seqs = max_seqs;
@@ -214,6 +217,118 @@ TEST(stop_string_truncates) {
     ASSERT_EQ(res.finish, FINISH_STOP);
     free(res.text);
     rig_close(&r);
+}
+
+/* A copy of the default model's directory (links) plus a generation_config.json. */
+static void make_model_dir(char *dir, const char *gen_config) {
+    ASSERT(mkdtemp(dir));
+    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"};
+    char src[PATH_MAX], dst[PATH_MAX];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        ASSERT(realpath("models/stories260K", src));
+        size_t n = strlen(src);
+        snprintf(src + n, sizeof src - n, "/%s", files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
+        ASSERT_EQ(symlink(src, dst), 0);
+    }
+    snprintf(dst, sizeof dst, "%s/generation_config.json", dir);
+    FILE *f = fopen(dst, "w");
+    ASSERT(f);
+    fputs(gen_config, f);
+    fclose(f);
+}
+
+static void remove_model_dir(const char *dir) {
+    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                                        "generation_config.json"};
+    char p[PATH_MAX];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+/* generation_config.json's eos_token_id list: generation ends on any of its ids, here the
+ * second or third of the list, exactly where the greedy continuation (transformers'
+ * stories260k_greedy.json: 403 407 261 378 432 383 ...) first samples it. */
+TEST(generation_config_eos_list_stops_on_every_id) {
+    static const struct { const char *json; int n_before; int32_t stop_id; } cases[] = {
+        {"{\"bos_token_id\": 1, \"eos_token_id\": [2, 500, 378], \"max_length\": 512}", 3, 378},
+        {"{\"eos_token_id\": [2, 261]}", 2, 261},
+        {"{\"eos_token_id\": 383}", 5, 383},
+    };
+    size_t glen;
+    char *gj = test_read_file("tests/fixtures/stories260k_greedy.json", &glen);
+    ASSERT(gj);
+    cJSON *g = cJSON_ParseWithLength(gj, glen);
+    cJSON *gen = cJSON_GetObjectItem(g, "generated_ids");
+    rig base;
+    rig_open(&base, 4, 64, 16, true);
+    const int32_t *ids;
+    ASSERT_EQ(engine_stop_ids(base.e, &ids), 1); /* config.json's eos_token_id 2 */
+    ASSERT_EQ(ids[0], 2);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        /* the text of the greedy tokens before the stop id, from the default model */
+        int32_t bos = 1;
+        gen_params p = greedy(cases[k].n_before);
+        result want, got;
+        collect(submit(&base, &bos, 1, &p), &want);
+        ASSERT_EQ(want.finish, FINISH_LENGTH);
+        ASSERT_EQ(cJSON_GetArrayItem(gen, cases[k].n_before)->valueint, cases[k].stop_id);
+        for (int i = 0; i < cases[k].n_before; i++) ASSERT(cJSON_GetArrayItem(gen, i)->valueint != cases[k].stop_id);
+
+        char dir[] = "/tmp/peftd-eos-XXXXXX";
+        make_model_dir(dir, cases[k].json);
+        g_model_dir = dir;
+        rig r;
+        rig_open(&r, 4, 64, 16, true);
+        g_model_dir = "models/stories260K";
+        p = greedy(100);
+        collect(submit(&r, &bos, 1, &p), &got);
+        printf("    eos %s: finish %d after %d tokens, text \"%s\"\n", cases[k].json, got.finish, got.completion_tokens,
+               got.text);
+        ASSERT_EQ(got.finish, FINISH_STOP);
+        ASSERT_EQ(got.completion_tokens, cases[k].n_before + 1); /* the stop token counts, as in transformers */
+        ASSERT_STREQ(got.text, want.text);                       /* and is not text */
+        for (int i = 0; i < cases[k].n_before; i++) ASSERT_EQ(got.ids[i], cJSON_GetArrayItem(gen, i)->valueint);
+        /* ignore_eos generates through every id of the set */
+        p = greedy(8);
+        p.ignore_eos = true;
+        collect(submit(&r, &bos, 1, &p), &got);
+        ASSERT_EQ(got.finish, FINISH_LENGTH);
+        ASSERT_EQ(got.completion_tokens, 8);
+        free(got.text);
+        free(want.text);
+        rig_close(&r);
+        remove_model_dir(dir);
+    }
+    rig_close(&base);
+    cJSON_Delete(g);
+    free(gj);
+}
+
+static void expect_load_fail(const char *gen_config, const char *msg) {
+    char dir[] = "/tmp/peftd-eos-XXXXXX", err[512] = "";
+    make_model_dir(dir, gen_config);
+    kbackend *kb = kbackend_cpu_create(1);
+    model *m = NULL;
+    int rc = model_load(dir, kb, &m, err, sizeof err);
+    if (rc >= 0) FAIL("generation_config.json %s loaded", gen_config);
+    if (!strstr(err, msg) || !strstr(err, "generation_config.json")) FAIL("\"%s\" lacks \"%s\"", err, msg);
+    ASSERT(m == NULL);
+    kbackend_destroy(kb);
+    remove_model_dir(dir);
+}
+
+TEST(broken_generation_config_is_refused) {
+    expect_load_fail("{\"eos_token_id\": [2, 512]}", "outside the vocabulary");
+    expect_load_fail("{\"eos_token_id\": -1}", "outside the vocabulary");
+    expect_load_fail("{\"eos_token_id\": \"2\"}", "eos_token_id");
+    expect_load_fail("{\"eos_token_id\": [2, 3.5]}", "eos_token_id");
+    expect_load_fail("{\"eos_token_id\": 2, \"eos_token_id\": 3}", "duplicate");
+    expect_load_fail("{\"eos_token_id\": [2,", "not a JSON object");
+    expect_load_fail("[2]", "not a JSON object");
 }
 
 TEST(cancel_frees_kv_blocks) {
@@ -429,5 +544,6 @@ TEST(fair_share_between_a_heavy_and_a_light_tenant) {
 
 TEST_MAIN(fair_share_between_a_heavy_and_a_light_tenant, preemption_by_recompute_keeps_outputs_exact, greedy_from_bos_matches_published_text, batch_invariance_alone_vs_concurrent,
           batch_invariance_one_big_prefill, same_seed_same_output,
-          stop_string_truncates, cancel_frees_kv_blocks, limits_are_enforced, shutdown_drains_running_requests,
+          stop_string_truncates, generation_config_eos_list_stops_on_every_id, broken_generation_config_is_refused,
+          cancel_frees_kv_blocks, limits_are_enforced, shutdown_drains_running_requests,
           context_length_follows_the_kv_pool_and_max_context)
