@@ -183,6 +183,71 @@ static void check_family(const char *name) {
 TEST(parity_qwen2_style) { check_family("qwen2bl"); }
 TEST(parity_gemma_style) { check_family("gemma_sp"); }
 
+/* ---- streaming ---- */
+
+/* Well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
+static bool utf8_ok(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t k = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        if (!k || i + k > n || (k > 1 && (u[i + 1] < lo || u[i + 1] > hi))) return false;
+        for (size_t j = 2; j < k; j++)
+            if ((u[i + j] & 0xC0) != 0x80) return false;
+        i += k;
+    }
+    return true;
+}
+
+/* The incremental detokenizer on every case: pieces are whole characters, add up to the full
+ * decode, and text comes out before the flush (these decoder chains are prefix-stable). */
+static void check_stream(const char *name) {
+    char dir[256];
+    snprintf(dir, sizeof(dir), FIX "/%s", name);
+    cases_t c = load_cases();
+    tokenizer *t = load_tok(dir);
+    size_t early = 0, total = 0;
+    for (int skip = 0; skip < 2; skip++) {
+        for (size_t k = 0; k < c.n; k++) {
+            int32_t *ids = NULL;
+            size_t n = 0, dl = 0, al = 0;
+            char *full = NULL;
+            ASSERT_EQ(tokenizer_encode(t, c.text[k], c.len[k], true, &ids, &n), 0);
+            ASSERT_EQ(tokenizer_decode(t, ids, n, skip, &full, &dl), 0);
+            tokenizer_stream *s = tokenizer_stream_new(t, skip);
+            ASSERT(s);
+            char *acc = malloc(dl + 64);
+            for (size_t i = 0; i <= n; i++) {
+                const char *piece = NULL;
+                size_t pl = 0;
+                if (i < n) ASSERT_EQ(tokenizer_stream_push(s, ids[i], &piece, &pl), 0);
+                else ASSERT_EQ(tokenizer_stream_flush(s, &piece, &pl), 0);
+                if (!utf8_ok(piece, pl)) FAIL("%s case %zu: piece %zu is not whole UTF-8 characters", name, k, i);
+                if (al + pl > dl) FAIL("%s case %zu: stream longer than the full decode", name, k);
+                memcpy(acc + al, piece, pl);
+                al += pl;
+                if (i < n) early += pl;
+            }
+            total += dl;
+            if (al != dl || memcmp(acc, full, dl))
+                FAIL("%s case %zu (skip_special=%d): stream \"%.*s\" != decode \"%s\"", name, k, skip, (int)al, acc,
+                     full);
+            tokenizer_stream_free(s);
+            free(acc);
+            free(full);
+            free(ids);
+        }
+    }
+    printf("    %s: %zu of %zu streamed bytes came out before the flush\n", name, early, total);
+    ASSERT(early * 10 > total * 9);
+    tokenizer_free(t);
+    free_cases(&c);
+}
+
+TEST(stream_qwen2_style) { check_stream("qwen2bl"); }
+TEST(stream_gemma_style) { check_stream("gemma_sp"); }
+
 /* ---- add-BOS/EOS rules ---- */
 
 static void write_text(const char *path, const char *s, size_t len) {
@@ -308,4 +373,5 @@ TEST(family_bos_metadata) {
     tokenizer_free(g);
 }
 
-TEST_MAIN(parity_qwen2_style, parity_gemma_style, bos_rules_match_transformers, family_bos_metadata)
+TEST_MAIN(parity_qwen2_style, parity_gemma_style, stream_qwen2_style, stream_gemma_style, bos_rules_match_transformers,
+          family_bos_metadata)
