@@ -419,9 +419,15 @@ static int32_t config_token(const tokenizer *t, const cJSON *cfg, const char *ke
     return *name ? token_id(t, *name) : -1;
 }
 
+/* add_bos_token / add_eos_token: the class default when absent; else the value as Python
+ * tests it (transformers passes it on as is): null, 0, "" and empty lists are false. */
 static bool config_flag(const cJSON *cfg, const char *key, bool dflt) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
-    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : dflt;
+    if (!v) return dflt;
+    if (cJSON_IsBool(v)) return cJSON_IsTrue(v);
+    if (cJSON_IsNumber(v)) return v->valuedouble != 0;
+    if (cJSON_IsString(v)) return v->valuestring[0] != 0;
+    return (cJSON_IsArray(v) || cJSON_IsObject(v)) && v->child;
 }
 
 /* A class that rebuilds the post_processor (tokenizer_class.c): "[bos] $A [eos]" from
