@@ -52,6 +52,16 @@ static kbackend *open_backend(const char *backend, int threads, bool fast_prefil
     return kb;
 }
 
+/* config.json fields peftd does not read (and that may matter): one line each, never dropped
+ * silently (model_config_check.c decides which fields cannot matter). */
+static void log_ignored_fields(const model_config *c) {
+    for (int i = 0; i < c->n_ignored && i < MODEL_MAX_IGNORED; i++)
+        LOGW("config.json: ignored field \"%s\" (peftd does not implement it: if it changes the model, outputs "
+             "differ from transformers)", c->ignored[i]);
+    if (c->n_ignored > MODEL_MAX_IGNORED)
+        LOGW("config.json: %d more ignored fields (not named)", c->n_ignored - MODEL_MAX_IGNORED);
+}
+
 int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
                  const engine_config *ec) {
     char err[1024] = "";
@@ -69,6 +79,7 @@ int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_pref
         fprintf(stderr, "peftd: cannot load model from %s: %s\n", model_dir, err);
         goto fail;
     }
+    log_ignored_fields(&rt->m->cfg);
     st = tokenizer_load(model_dir, &rt->tok, err, sizeof err);
     if (st < 0) {
         fprintf(stderr, "peftd: cannot load tokenizer from %s: %s\n", model_dir, err);

@@ -30,6 +30,8 @@ typedef enum { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3, ROPE_YARN, ROPE_DYNAM
 
 /* Most layers a config may declare (model_config.c bounds num_hidden_layers by it). */
 #define MODEL_MAX_LAYERS 1024 /* Llama-3 405B: 126 */
+/* config.json fields named as ignored at start-up (more are counted, not kept). */
+#define MODEL_MAX_IGNORED 32
 
 typedef struct {
     rope_kind kind;
@@ -98,6 +100,11 @@ typedef struct {
     float rope_local_theta;  /* > 0 (Gemma 3): sliding layers (layer_local) rotate with this base and no
                               * rope_scaling (rope_local_base_freq); global layers use
                               * rope_theta + rope. 0: one table for every layer */
+    /* Top-level config.json fields that were not read and are not known to leave the outputs
+     * unchanged (model_config_check.c): logged one line each at start-up. Names are truncated
+     * to 63 bytes, control characters / quotes / backslashes shown as '?'. */
+    char ignored[MODEL_MAX_IGNORED][64];
+    int n_ignored;           /* all of them, even beyond MODEL_MAX_IGNORED */
 } model_config;
 
 /* Parses a config.json text. @note err gets a message on failure. */

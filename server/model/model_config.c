@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "server/model/model_config_check.h"
+
 /* Bounds well above every released model and far below sizes that would overflow the
  * int arithmetic of the engine (e.g. vocab × hidden or n_heads × head_dim). */
 #define CFG_MAX_VOCAB (1 << 22)        /* largest released vocabularies are ~256k */
@@ -94,6 +96,7 @@ static int cfg_get(const cJSON *root, const char *key, const cJSON **out, char *
         }
         found = c;
     }
+    model_config__mark_read(root, found);
     *out = cJSON_IsNull(found) ? NULL : found;
     return 0;
 }
@@ -550,6 +553,14 @@ static int cfg_gemma_windows(const cJSON *root, const cfg_arch *arch, model_conf
             return rc;
         for (int l = 0; l < cfg->n_layers; l++) cfg->layer_window[l] = (l + 1) % pattern != 0;
     }
+    /* with layer_types, Gemma3TextConfig's sliding_window_pattern (and the private copy
+     * transformers writes as _sliding_window_pattern) only derived it: read, not ignored */
+    if (types && cfg_is_gemma3(arch)) {
+        const cJSON *unused;
+        if ((rc = cfg_get(root, "sliding_window_pattern", &unused, err, errlen)) < 0 ||
+            (rc = cfg_get(root, "_sliding_window_pattern", &unused, err, errlen)) < 0)
+            return rc;
+    }
     bool any = false;
     for (int l = 0; l < cfg->n_layers; l++) any |= cfg->layer_local[l] = cfg->layer_window[l];
     /* a window as long as every context is full attention */
@@ -725,7 +736,11 @@ int model_config_parse(const char *json, size_t len, model_config *cfg, char *er
         cfg_err(err, errlen, "config.json: not a JSON object");
         rc = PEFTD_EFORMAT;
     } else {
-        rc = cfg_fill(root, cfg, err, errlen);
+        model_config__track_begin(root);
+        rc = model_config__refuse(root, err, errlen);
+        if (rc == 0) rc = cfg_fill(root, cfg, err, errlen);
+        if (rc == 0) model_config__list_ignored(root, cfg);
+        model_config__track_end();
     }
     cJSON_Delete(root);
     if (rc < 0) memset(cfg, 0, sizeof *cfg);

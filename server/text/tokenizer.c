@@ -5,9 +5,10 @@
  *   -> post-processor (what add_special puts around the ids).
  *
  * BOS/EOS: the ids come from tokenizer_config.json's bos_token/eos_token. What add_special
- * adds comes from tokenizer.json's post_processor, which is what HF's fast tokenizers apply
- * (`tokenizer(text)`); add_bos_token/add_eos_token from the config are used only when the
- * file has no post_processor.
+ * adds is what transformers' AutoTokenizer adds (`tokenizer(text)`): tokenizer.json's
+ * post_processor, except for the classes that rebuild it from add_bos_token/add_eos_token
+ * (LlamaTokenizerFast, GemmaTokenizerFast, ...: tokenizer_class.c). Qwen2 (bos_token null)
+ * adds nothing; Llama 3 (PreTrainedTokenizerFast) its TemplateProcessing's <|begin_of_text|>.
  */
 #include <errno.h>
 #include <math.h>
@@ -408,39 +409,80 @@ static int32_t token_id(const tokenizer *t, const char *s) {
     return tokenizer__strmap_get(&t->bpe.vocab, s, strlen(s));
 }
 
-/* bos_token / eos_token: a string, or an AddedToken object {"content": ...}. */
-static int32_t config_token(const tokenizer *t, const cJSON *cfg, const char *key) {
+/* bos_token / eos_token: a string, or an AddedToken object {"content": ...}; null means none;
+ * a missing key means the class default (dflt, NULL when none). *name gets the token text. */
+static int32_t config_token(const tokenizer *t, const cJSON *cfg, const char *key, const char *dflt,
+                            const char **name) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
     if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
-    return cJSON_IsString(v) ? token_id(t, v->valuestring) : -1;
+    *name = cJSON_IsString(v) ? v->valuestring : v ? NULL : dflt;
+    return *name ? token_id(t, *name) : -1;
 }
 
-static int load_config(tokenizer *t, const char *dir, bool has_post, char *err, size_t errlen) {
+/* add_bos_token / add_eos_token: the class default when absent; else the value as Python
+ * tests it (transformers passes it on as is): null, 0, "" and empty lists are false. */
+static bool config_flag(const cJSON *cfg, const char *key, bool dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    if (!v) return dflt;
+    if (cJSON_IsBool(v)) return cJSON_IsTrue(v);
+    if (cJSON_IsNumber(v)) return v->valuedouble != 0;
+    if (cJSON_IsString(v)) return v->valuestring[0] != 0;
+    return (cJSON_IsArray(v) || cJSON_IsObject(v)) && v->child;
+}
+
+/* A class that rebuilds the post_processor (tokenizer_class.c): "[bos] $A [eos]" from
+ * add_bos_token / add_eos_token, replacing tokenizer.json's template, as transformers does. */
+static int apply_class_rule(tokenizer *t, const cJSON *cfg, const tok_class_rule *r, const char *bos,
+                            const char *eos, char *err, size_t errlen) {
+    bool add_bos = config_flag(cfg, "add_bos_token", r->add_bos);
+    bool add_eos = config_flag(cfg, "add_eos_token", r->add_eos);
+    const char *what[2] = {"bos_token", "eos_token"}, *tok[2] = {bos, eos};
+    int32_t id[2] = {t->bos_id, t->eos_id};
+    bool add[2] = {add_bos, add_eos};
+    for (int i = 0; i < 2; i++) {
+        if (add[i] && !tok[i]) {
+            tokenizer__errf(err, errlen, "tokenizer_config.json: add_%s is true but %s is null (%s)", what[i],
+                            what[i], r->cls);
+            return PEFTD_EFORMAT;
+        }
+        if (add[i] && id[i] < 0) {
+            tokenizer__errf(err, errlen, "tokenizer_config.json: %s '%.60s' is not in the vocabulary", what[i], tok[i]);
+            return PEFTD_EFORMAT;
+        }
+    }
+    free(t->prefix_ids);
+    free(t->suffix_ids);
+    t->prefix_ids = t->suffix_ids = NULL;
+    t->n_prefix = t->n_suffix = 0;
+    return wrap(t, &t->bos_id, add_bos ? 1 : 0, &t->eos_id, add_eos ? 1 : 0);
+}
+
+/* tokenizer_config.json (optional): BOS/EOS ids, and the class's add-BOS/EOS rule. */
+static int load_config(tokenizer *t, const char *dir, char *err, size_t errlen) {
     char path[4096];
     char *text = NULL;
     size_t len = 0;
+    cJSON *cfg = NULL;
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
     int rc = read_file(path, &text, &len);
-    if (rc == PEFTD_ENOTFOUND) return 0; /* optional */
-    if (rc) {
+    if (rc && rc != PEFTD_ENOTFOUND) {
         tokenizer__errf(err, errlen, "%s: cannot read (%s)", path, peftd_strerror(rc));
         return rc;
     }
-    cJSON *cfg = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!cJSON_IsObject(cfg)) {
-        cJSON_Delete(cfg);
-        tokenizer__errf(err, errlen, "%s: not a JSON object", path);
-        return PEFTD_EFORMAT;
+    if (!rc) {
+        cfg = cJSON_ParseWithLength(text, len);
+        free(text);
+        if (!cJSON_IsObject(cfg)) {
+            cJSON_Delete(cfg);
+            tokenizer__errf(err, errlen, "%s: not a JSON object", path);
+            return PEFTD_EFORMAT;
+        }
     }
-    t->bos_id = config_token(t, cfg, "bos_token");
-    t->eos_id = config_token(t, cfg, "eos_token");
-    if (!has_post) {
-        const cJSON *ab = cJSON_GetObjectItemCaseSensitive(cfg, "add_bos_token");
-        const cJSON *ae = cJSON_GetObjectItemCaseSensitive(cfg, "add_eos_token");
-        if (cJSON_IsTrue(ab) && t->bos_id >= 0) rc = wrap(t, &t->bos_id, 1, NULL, 0);
-        if (!rc && cJSON_IsTrue(ae) && t->eos_id >= 0) rc = wrap(t, NULL, 0, &t->eos_id, 1);
-    }
+    const tok_class_rule *r = tokenizer__class_rule(dir, cfg);
+    const char *bos, *eos;
+    t->bos_id = config_token(t, cfg, "bos_token", r ? r->bos : NULL, &bos);
+    t->eos_id = config_token(t, cfg, "eos_token", r ? r->eos : NULL, &eos);
+    rc = r ? apply_class_rule(t, cfg, r, bos, eos, err, errlen) : 0;
     cJSON_Delete(cfg);
     return rc;
 }
@@ -513,8 +555,7 @@ int tokenizer_load(const char *dir, tokenizer **out, char *err, size_t errlen) {
     if (!t) { rc = PEFTD_ENOMEM; goto fail; }
     t->bos_id = t->eos_id = -1;
     if ((rc = parse_tokenizer_json(t, root, err, errlen))) goto fail;
-    bool has_post = cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "post_processor"));
-    if ((rc = load_config(t, dir, has_post, err, errlen))) goto fail;
+    if ((rc = load_config(t, dir, err, errlen))) goto fail;
     cJSON_Delete(root);
     free(text);
     *out = t;

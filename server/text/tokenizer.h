@@ -6,8 +6,11 @@
  *   - byte-level (GPT-2 / Llama-3 / Qwen): ByteLevel pre-tokenizer with the Split regex
  *     exactly as tokenizer.json writes it (run with PCRE2 in UTF+UCP mode), byte->unicode map.
  * plus added/special tokens (matched before the model, as `tokenizers` does), normalizers
- * (NFC/NFKC via utf8proc, Prepend, Replace, Sequence) and BOS/EOS/add_bos_token from
- * tokenizer_config.json. Parity with the `tokenizers` Python package is the test.
+ * (NFC/NFKC via utf8proc, Prepend, Replace, Sequence) and BOS/EOS from tokenizer_config.json,
+ * added around the text as transformers' AutoTokenizer adds them (tokenizer.json's
+ * post_processor, or add_bos_token/add_eos_token for the classes that rebuild it: Llama,
+ * Gemma, ...; see tokenizer_class.c). Parity with the `tokenizers` Python package and
+ * AutoTokenizer is the test.
  *
  * A loaded tokenizer is immutable: all functions taking `const tokenizer *` are thread-safe.
  */
@@ -33,8 +36,9 @@ bool tokenizer_adds_bos(const tokenizer *t);   /* tokenizer_config add_bos_token
 bool tokenizer_is_special(const tokenizer *t, int32_t id);
 
 /* Encodes len bytes of text (must be valid UTF-8, else PEFTD_EINVAL). With add_special,
- * the BOS token is prepended when the tokenizer config asks for it (as HF's
- * `tokenizer(text)` / `encode(add_special_tokens=True)` does).
+ * what AutoTokenizer's `tokenizer(text)` adds (add_special_tokens=True): BOS for Llama 2/3,
+ * Mistral, Gemma; nothing for Qwen2/3; Phi-3 per its add_bos_token (false in
+ * Phi-3-mini-4k-instruct's published config).
  * @note caller frees *ids with free(). */
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
                      int32_t **ids, size_t *n_ids);

@@ -9,6 +9,7 @@
  *   tokenizer_pretok.c     pre-tokenizers
  *   tokenizer_bpe.c        the BPE model (vocab and merge maps, merge loop)
  *   tokenizer_decode.c     decoders, decode, incremental stream
+ *   tokenizer_class.c      which add-BOS/EOS rule the tokenizer class applies (transformers)
  * Everything here is immutable once loaded, so encode/decode need no locks.
  */
 #ifndef PEFTD_TOKENIZER_INTERNAL_H
@@ -164,6 +165,21 @@ int tokenizer__bpe_encode(const tok_bpe *bpe, const char *s, size_t len, int32_t
 typedef struct tok_decoder tok_decoder;
 int tokenizer__decoder_parse(const cJSON *node, tok_decoder **out, char *err, size_t errlen);
 void tokenizer__decoder_free(tok_decoder *d);
+
+/* ---- tokenizer class rules (tokenizer_class.c) ---- */
+
+/* A transformers tokenizer class that rebuilds the post_processor from add_bos_token /
+ * add_eos_token, with its constructor's defaults. */
+typedef struct {
+    const char *cls;
+    const char *bos, *eos; /* default bos_token / eos_token */
+    bool add_bos, add_eos; /* default add_bos_token / add_eos_token */
+} tok_class_rule;
+
+/* The rule AutoTokenizer applies to the tokenizer in dir (tok_cfg: its tokenizer_config.json,
+ * or NULL when absent; config.json is read when that names no class), or NULL when the class
+ * keeps tokenizer.json's post_processor as it is. */
+const tok_class_rule *tokenizer__class_rule(const char *dir, const cJSON *tok_cfg);
 
 /* ---- the tokenizer ---- */
 

@@ -1,0 +1,377 @@
+/* tests/unit/test_tokenizer_families.c — per-family tokenizer parity with transformers'
+ * AutoTokenizer: Qwen2-style (qwen2bl) and Gemma-style (gemma_sp) tokenizers on the whole corpus
+ * plus special-token text, and each family's add-BOS/EOS rules (bos_rules.jsonl).
+ *
+ * Fixtures: tests/fixtures/tokenizer/, made by make_family_fixtures.py (see its header for the
+ * record format). The Llama-3-style tokenizer's corpus parity is test_tokenizer's
+ * parity_llama3_bytelevel (make_family_fixtures.py asserts AutoTokenizer gives the same ids).
+ * A missing fixture fails. Run from the repository root.
+ */
+#include <cJSON.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/status.h"
+#include "server/text/tokenizer.h"
+#include "tests/harness/test.h"
+
+#define FIX "tests/fixtures/tokenizer"
+
+typedef struct {
+    char **text;
+    size_t *len;
+    size_t n;
+} cases_t;
+
+static void add_case(cases_t *c, const char *s, size_t len) {
+    c->text = realloc(c->text, (c->n + 1) * sizeof(*c->text));
+    c->len = realloc(c->len, (c->n + 1) * sizeof(*c->len));
+    ASSERT(c->text && c->len);
+    c->text[c->n] = malloc(len + 1);
+    ASSERT(c->text[c->n]);
+    memcpy(c->text[c->n], s, len);
+    c->text[c->n][len] = 0;
+    c->len[c->n++] = len;
+}
+
+/* corpus.txt lines (split on '\n' only), then the strings of multiline.json. */
+static cases_t load_cases(void) {
+    cases_t c = {0};
+    size_t len = 0;
+    char *corpus = test_read_file(FIX "/corpus.txt", &len);
+    if (!corpus) FAIL("the committed fixture " FIX "/corpus.txt is missing");
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++)
+        if (corpus[i] == '\n') {
+            add_case(&c, corpus + start, i - start);
+            start = i + 1;
+        }
+    free(corpus);
+    char *ml = test_read_file(FIX "/multiline.json", NULL);
+    if (!ml) FAIL("the committed fixture " FIX "/multiline.json is missing");
+    cJSON *arr = cJSON_Parse(ml), *it;
+    ASSERT(cJSON_IsArray(arr));
+    cJSON_ArrayForEach(it, arr) add_case(&c, it->valuestring, strlen(it->valuestring));
+    cJSON_Delete(arr);
+    free(ml);
+    ASSERT(c.n >= 2000);
+    return c;
+}
+
+static void free_cases(cases_t *c) {
+    for (size_t i = 0; i < c->n; i++) free(c->text[i]);
+    free(c->text);
+    free(c->len);
+}
+
+typedef struct {
+    int32_t *v;
+    size_t n;
+} ids_t;
+
+static void ids_cat(ids_t *dst, const cJSON *a) {
+    const cJSON *it;
+    dst->v = realloc(dst->v, (dst->n + (size_t)cJSON_GetArraySize(a) + 1) * sizeof(int32_t));
+    ASSERT(dst->v);
+    cJSON_ArrayForEach(it, a) dst->v[dst->n++] = (int32_t)it->valuedouble;
+}
+
+static bool ids_eq(const int32_t *a, size_t na, const ids_t *b) {
+    return na == b->n && (na == 0 || !memcmp(a, b->v, na * sizeof(*a)));
+}
+
+static void print_ids(const char *what, const int32_t *v, size_t n) {
+    fprintf(stderr, "    %s (%zu):", what, n);
+    for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", v[i]);
+    fprintf(stderr, n > 40 ? " ...\n" : "\n");
+}
+
+static tokenizer *load_tok(const char *dir) {
+    tokenizer *t = NULL;
+    char err[512];
+    int rc = tokenizer_load(dir, &t, err, sizeof(err));
+    if (rc) FAIL("tokenizer_load(%s) = %d: %s", dir, rc, err);
+    return t;
+}
+
+typedef struct {
+    size_t ok_plain, ok_special, ok_dec, ok_keep, n;
+    long first_bad;
+} tally_t;
+
+/* One record of expected_<name>.jsonl against the tokenizer; text is the case. */
+static void check_record(const tokenizer *t, const cJSON *o, const char *text, size_t len, size_t k, tally_t *tl) {
+    ids_t plain = {0}, special = {0};
+    ids_cat(&plain, cJSON_GetObjectItemCaseSensitive(o, "i"));
+    if (cJSON_GetObjectItemCaseSensitive(o, "s")) {
+        ids_cat(&special, cJSON_GetObjectItemCaseSensitive(o, "s"));
+    } else {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "p"), *x = cJSON_GetObjectItemCaseSensitive(o, "x");
+        if (p) ids_cat(&special, p);
+        ids_cat(&special, cJSON_GetObjectItemCaseSensitive(o, "i"));
+        if (x) ids_cat(&special, x);
+    }
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "d"), *D = cJSON_GetObjectItemCaseSensitive(o, "D");
+    const char *want_d = d ? d->valuestring : text, *want_D = D ? D->valuestring : want_d;
+    int32_t *ids = NULL, *sids = NULL;
+    size_t n = 0, sn = 0;
+    ASSERT_EQ(tokenizer_encode(t, text, len, false, &ids, &n), 0);
+    ASSERT_EQ(tokenizer_encode(t, text, len, true, &sids, &sn), 0);
+    char *got_d = NULL, *got_D = NULL;
+    ASSERT_EQ(tokenizer_decode(t, special.v, special.n, true, &got_d, NULL), 0);
+    ASSERT_EQ(tokenizer_decode(t, special.v, special.n, false, &got_D, NULL), 0);
+    bool p = ids_eq(ids, n, &plain), s = ids_eq(sids, sn, &special);
+    bool dd = !strcmp(got_d, want_d), dk = !strcmp(got_D, want_D);
+    tl->ok_plain += p;
+    tl->ok_special += s;
+    tl->ok_dec += dd;
+    tl->ok_keep += dk;
+    tl->n++;
+    if ((!p || !s || !dd || !dk) && tl->first_bad < 0) {
+        tl->first_bad = (long)k;
+        fprintf(stderr, "    first mismatch at record %zu: \"%.200s\"\n", k, text);
+        if (!p) { print_ids("want", plain.v, plain.n); print_ids("got ", ids, n); }
+        if (!s) { print_ids("want+special", special.v, special.n); print_ids("got+special ", sids, sn); }
+        if (!dd) fprintf(stderr, "    decode want \"%s\"\n    decode got  \"%s\"\n", want_d, got_d);
+        if (!dk) fprintf(stderr, "    decode(keep special) want \"%s\"\n    got \"%s\"\n", want_D, got_D);
+    }
+    free(ids);
+    free(sids);
+    free(got_d);
+    free(got_D);
+    free(plain.v);
+    free(special.v);
+}
+
+/* Every corpus case, then the records carrying their own text ("t"). */
+static void check_family(const char *name) {
+    char path[256], dir[256];
+    snprintf(path, sizeof(path), FIX "/expected_%s.jsonl", name);
+    snprintf(dir, sizeof(dir), FIX "/%s", name);
+    cases_t c = load_cases();
+    char *txt = test_read_file(path, NULL);
+    if (!txt) FAIL("the committed fixture %s is missing", path);
+    tokenizer *t = load_tok(dir);
+    tally_t tl = {.first_bad = -1};
+    size_t k = 0, n_extra = 0;
+    for (char *line = txt, *nl; *line; line = nl + 1, k++) {
+        nl = strchr(line, '\n');
+        ASSERT(nl);
+        *nl = 0;
+        cJSON *o = cJSON_Parse(line);
+        if (!o) FAIL("%s:%zu: bad JSON", path, k + 1);
+        const cJSON *tx = cJSON_GetObjectItemCaseSensitive(o, "t");
+        if (cJSON_IsString(tx)) {
+            check_record(t, o, tx->valuestring, strlen(tx->valuestring), k, &tl);
+            n_extra++;
+        } else {
+            if (k >= c.n) FAIL("%s: more corpus records than cases", path);
+            check_record(t, o, c.text[k], c.len[k], k, &tl);
+        }
+        cJSON_Delete(o);
+    }
+    if (k != c.n + n_extra || n_extra < 10) FAIL("%s: %zu records for %zu cases + %zu extra", path, k, c.n, n_extra);
+    printf("    %s: ids %zu/%zu, ids+special %zu/%zu, decode %zu/%zu, decode(keep special) %zu/%zu\n", name,
+           tl.ok_plain, tl.n, tl.ok_special, tl.n, tl.ok_dec, tl.n, tl.ok_keep, tl.n);
+    if (tl.first_bad >= 0) FAIL("%s: parity mismatches (first at record %ld)", name, tl.first_bad);
+    tokenizer_free(t);
+    free(txt);
+    free_cases(&c);
+}
+
+TEST(parity_qwen2_style) { check_family("qwen2bl"); }
+TEST(parity_gemma_style) { check_family("gemma_sp"); }
+
+/* ---- streaming ---- */
+
+/* Well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
+static bool utf8_ok(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t k = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        if (!k || i + k > n || (k > 1 && (u[i + 1] < lo || u[i + 1] > hi))) return false;
+        for (size_t j = 2; j < k; j++)
+            if ((u[i + j] & 0xC0) != 0x80) return false;
+        i += k;
+    }
+    return true;
+}
+
+/* The incremental detokenizer on every case: pieces are whole characters, add up to the full
+ * decode, and text comes out before the flush (these decoder chains are prefix-stable). */
+static void check_stream(const char *name) {
+    char dir[256];
+    snprintf(dir, sizeof(dir), FIX "/%s", name);
+    cases_t c = load_cases();
+    tokenizer *t = load_tok(dir);
+    size_t early = 0, total = 0;
+    for (int skip = 0; skip < 2; skip++) {
+        for (size_t k = 0; k < c.n; k++) {
+            int32_t *ids = NULL;
+            size_t n = 0, dl = 0, al = 0;
+            char *full = NULL;
+            ASSERT_EQ(tokenizer_encode(t, c.text[k], c.len[k], true, &ids, &n), 0);
+            ASSERT_EQ(tokenizer_decode(t, ids, n, skip, &full, &dl), 0);
+            tokenizer_stream *s = tokenizer_stream_new(t, skip);
+            ASSERT(s);
+            char *acc = malloc(dl + 64);
+            for (size_t i = 0; i <= n; i++) {
+                const char *piece = NULL;
+                size_t pl = 0;
+                if (i < n) ASSERT_EQ(tokenizer_stream_push(s, ids[i], &piece, &pl), 0);
+                else ASSERT_EQ(tokenizer_stream_flush(s, &piece, &pl), 0);
+                if (!utf8_ok(piece, pl)) FAIL("%s case %zu: piece %zu is not whole UTF-8 characters", name, k, i);
+                if (al + pl > dl) FAIL("%s case %zu: stream longer than the full decode", name, k);
+                memcpy(acc + al, piece, pl);
+                al += pl;
+                if (i < n) early += pl;
+            }
+            total += dl;
+            if (al != dl || memcmp(acc, full, dl))
+                FAIL("%s case %zu (skip_special=%d): stream \"%.*s\" != decode \"%s\"", name, k, skip, (int)al, acc,
+                     full);
+            tokenizer_stream_free(s);
+            free(acc);
+            free(full);
+            free(ids);
+        }
+    }
+    printf("    %s: %zu of %zu streamed bytes came out before the flush\n", name, early, total);
+    ASSERT(early * 10 > total * 9);
+    tokenizer_free(t);
+    free_cases(&c);
+}
+
+TEST(stream_qwen2_style) { check_stream("qwen2bl"); }
+TEST(stream_gemma_style) { check_stream("gemma_sp"); }
+
+/* ---- add-BOS/EOS rules ---- */
+
+static void write_text(const char *path, const char *s, size_t len) {
+    FILE *f = fopen(path, "wb");
+    ASSERT(f);
+    ASSERT_EQ(fwrite(s, 1, len, f), len);
+    fclose(f);
+}
+
+static void write_json(const char *dir, const char *name, const cJSON *j) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    char *s = cJSON_PrintUnformatted(j);
+    ASSERT(s);
+    write_text(path, s, strlen(s));
+    free(s);
+}
+
+/* One bos_rules.jsonl record: tokenizer.json of the base fixture + the record's configs. */
+static bool check_rule(const cJSON *o, const char *tmp) {
+    const char *name = cJSON_GetObjectItemCaseSensitive(o, "name")->valuestring;
+    const char *base = cJSON_GetObjectItemCaseSensitive(o, "base")->valuestring;
+    char path[512];
+    snprintf(path, sizeof(path), FIX "/%s/tokenizer.json", base);
+    size_t len = 0;
+    char *tj = test_read_file(path, &len);
+    if (!tj) FAIL("the committed fixture %s is missing", path);
+    snprintf(path, sizeof(path), "%s/tokenizer.json", tmp);
+    write_text(path, tj, len);
+    free(tj);
+    write_json(tmp, "tokenizer_config.json", cJSON_GetObjectItemCaseSensitive(o, "tc"));
+    snprintf(path, sizeof(path), "%s/config.json", tmp);
+    unlink(path);
+    const cJSON *mc = cJSON_GetObjectItemCaseSensitive(o, "mc");
+    if (mc) write_json(tmp, "config.json", mc);
+
+    tokenizer *t = NULL;
+    char err[512] = "";
+    int rc = tokenizer_load(tmp, &t, err, sizeof(err));
+    if (cJSON_GetObjectItemCaseSensitive(o, "error")) {
+        bool ok = rc < 0 && !t && strstr(err, "bos_token");
+        printf("    %-36s refused: %s\n", name, err);
+        if (!ok) fprintf(stderr, "    %s: transformers refuses this config; tokenizer_load gave %d\n", name, rc);
+        tokenizer_free(t);
+        return ok;
+    }
+    if (rc) {
+        fprintf(stderr, "    %s: tokenizer_load = %d: %s\n", name, rc, err);
+        return false;
+    }
+    bool ok = true;
+    const cJSON *it;
+    int n_ok = 0, n_all = 0;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(o, "cases")) {
+        const char *text = cJSON_GetArrayItem(it, 0)->valuestring;
+        ids_t want = {0};
+        ids_cat(&want, cJSON_GetArrayItem(it, 1));
+        int32_t *ids = NULL;
+        size_t n = 0;
+        ASSERT_EQ(tokenizer_encode(t, text, strlen(text), true, &ids, &n), 0);
+        bool same = ids_eq(ids, n, &want);
+        n_all++;
+        n_ok += same;
+        if (!same && ok) {
+            fprintf(stderr, "    %s: \"%s\"\n", name, text);
+            print_ids("want", want.v, want.n);
+            print_ids("got ", ids, n);
+        }
+        ok &= same;
+        /* tokenizer_adds_bos() tells the chat path whether encode already puts BOS first. */
+        if (!strcmp(text, "Hello world")) {
+            bool first_is_bos = want.n && want.v[0] == tokenizer_bos_id(t);
+            if (tokenizer_adds_bos(t) != first_is_bos) {
+                fprintf(stderr, "    %s: tokenizer_adds_bos = %d, transformers adds BOS: %d\n", name,
+                        tokenizer_adds_bos(t), first_is_bos);
+                ok = false;
+            }
+        }
+        free(ids);
+        free(want.v);
+    }
+    printf("    %-36s %d/%d (%s)\n", name, n_ok, n_all, cJSON_GetObjectItemCaseSensitive(o, "class")->valuestring);
+    tokenizer_free(t);
+    return ok;
+}
+
+TEST(bos_rules_match_transformers) {
+    char *txt = test_read_file(FIX "/bos_rules.jsonl", NULL);
+    if (!txt) FAIL("the committed fixture " FIX "/bos_rules.jsonl is missing");
+    char tmp[] = "/tmp/peftd_bos_rules_XXXXXX";
+    ASSERT(mkdtemp(tmp));
+    int bad = 0, n = 0;
+    for (char *line = txt, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        ASSERT(nl);
+        *nl = 0;
+        cJSON *o = cJSON_Parse(line);
+        ASSERT(o);
+        bad += !check_rule(o, tmp);
+        n++;
+        cJSON_Delete(o);
+    }
+    free(txt);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
+    ASSERT_EQ(system(cmd), 0);
+    ASSERT(n >= 15);
+    if (bad) FAIL("%d of %d BOS/EOS rule configurations differ from transformers", bad, n);
+}
+
+/* The families' published metadata as peftd reports it. */
+TEST(family_bos_metadata) {
+    tokenizer *q = load_tok(FIX "/qwen2bl");
+    ASSERT(!tokenizer_adds_bos(q));
+    ASSERT_EQ(tokenizer_bos_id(q), -1);
+    ASSERT_STREQ(tokenizer_piece(q, tokenizer_eos_id(q)), "<|endoftext|>");
+    tokenizer_free(q);
+    tokenizer *g = load_tok(FIX "/gemma_sp");
+    ASSERT(tokenizer_adds_bos(g));
+    ASSERT_STREQ(tokenizer_piece(g, tokenizer_bos_id(g)), "<bos>");
+    ASSERT_STREQ(tokenizer_piece(g, tokenizer_eos_id(g)), "<eos>");
+    ASSERT(tokenizer_is_special(g, tokenizer_bos_id(g)));
+    tokenizer_free(g);
+}
+
+TEST_MAIN(parity_qwen2_style, parity_gemma_style, stream_qwen2_style, stream_gemma_style, bos_rules_match_transformers,
+          family_bos_metadata)
