@@ -4,19 +4,23 @@
  *   - base logits on 5 prompts (6..45 tokens: longer than the sliding window of Qwen2/Phi-3/
  *     Mistral, beyond Llama 3's original_max_position_embeddings 16), every position, as one
  *     prefill and as a short prefill + one-token decode steps;
- *   - 32 greedy tokens identical to transformers' generate(do_sample=False);
+ *   - 32 greedy tokens identical to transformers' generate(do_sample=False), for the base and
+ *     with each adapter (peft's generate());
  *   - LoRA (all-linear; fused qkv_proj / gate_up_proj on Phi-3), DoRA, IA3, prompt tuning and
  *     prefix tuning (on the windowed bases too: peft passes the prefix as a plain DynamicCache,
  *     so the window counts the prefix slots as positions 0..n_virtual-1 before the prompt's)
  *     on 2 prompts each, both ways;
  *   - a mixed batch: base + every adapter kind on both prompts in one llama_forward, each
- *     sequence's logits bit-identical (memcmp) to the sequence run alone.
+ *     sequence's logits bit-identical (memcmp) to the sequence run alone;
+ *   - the engine (scheduler, shared prefix blocks, chunked prefill) serving base + every kind
+ *     at once: the same 32 greedy tokens as transformers / peft.
  * Tolerance 1e-4 on logits (f32 references; only summation order differs).
  */
 #include <cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 
+#include "server/engine/engine.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/seq_batch.h"
@@ -40,7 +44,7 @@ typedef struct {
 typedef struct {
     char dir[128], model[160];
     int vocab, window, n_cases, n_greedy_ids;
-    int32_t greedy_ids[MAX_IDS], greedy[N_GREEDY];
+    int32_t greedy_ids[MAX_IDS], greedy[N_GREEDY], greedy_ad[N_KINDS][N_GREEDY];
     ref_case cases[MAX_CASES];
     float *all;
 } family_ref;
@@ -75,6 +79,12 @@ static void ref_load(const char *family, family_ref *r) {
     int ng;
     ids_from(cJSON_GetObjectItem(g, "tokens"), r->greedy, &ng, N_GREEDY);
     ASSERT_EQ(ng, N_GREEDY);
+    for (int k = 0; k < N_KINDS; k++) {
+        const cJSON *t = cJSON_GetObjectItem(cJSON_GetObjectItem(g, "adapters"), KINDS[k]);
+        if (!t) FAIL("%s: no greedy tokens for %s", r->dir, KINDS[k]);
+        ids_from(t, r->greedy_ad[k], &ng, N_GREEDY);
+        ASSERT_EQ(ng, N_GREEDY);
+    }
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
         ASSERT(r->n_cases < MAX_CASES);
         ref_case *q = &r->cases[r->n_cases++];
@@ -180,12 +190,17 @@ static void check_greedy(const char *family) {
     rig R;
     rig_open(&R, family);
     int32_t got[N_GREEDY];
-    seq_spec sp = {.ids = R.ref.greedy_ids, .n = R.ref.n_greedy_ids, .ad = NULL};
-    seq_greedy(R.c, R.m, &sp, N_GREEDY, got);
-    for (int i = 0; i < N_GREEDY; i++)
-        if (got[i] != R.ref.greedy[i])
-            FAIL("%s: greedy token %d is %d, transformers says %d", family, i, got[i], R.ref.greedy[i]);
-    printf("    %-8s %d greedy tokens identical (prompt %d tokens)\n", family, N_GREEDY, R.ref.n_greedy_ids);
+    for (int k = -1; k < N_KINDS; k++) {
+        seq_spec sp = {.ids = R.ref.greedy_ids, .n = R.ref.n_greedy_ids, .ad = k < 0 ? NULL : R.ad[k]};
+        const int32_t *want = k < 0 ? R.ref.greedy : R.ref.greedy_ad[k];
+        seq_greedy(R.c, R.m, &sp, N_GREEDY, got);
+        for (int i = 0; i < N_GREEDY; i++)
+            if (got[i] != want[i])
+                FAIL("%s %s: greedy token %d is %d, transformers/peft say %d", family, k < 0 ? "base" : KINDS[k], i,
+                     got[i], want[i]);
+    }
+    printf("    %-8s %d greedy tokens identical: base and %d adapter kinds (prompt %d tokens)\n", family, N_GREEDY,
+           N_KINDS, R.ref.n_greedy_ids);
     rig_close(&R);
 }
 
@@ -235,11 +250,64 @@ static void check_mixed(const char *family) {
     rig_close(&R);
 }
 
+/* The serving path: the engine runs base + every adapter kind at once from the greedy prompt
+ * (a 12-token step budget mixes chunked prefills with other sequences' decodes), each
+ * sequence's 32 greedy tokens those of transformers / peft. The stories260K tokenizer only
+ * detokenizes (ids < 256 are in its vocabulary); EOS is ignored. */
+static void check_engine(const char *family) {
+    rig R;
+    rig_open(&R, family);
+    char err[1024] = "";
+    tokenizer *tok = NULL;
+    if (tokenizer_load("models/stories260K", &tok, err, sizeof err) < 0) FAIL("tokenizer_load: %s", err);
+    engine_config ec;
+    engine_config_default(&ec);
+    ec.max_seqs = N_KINDS + 1;
+    ec.max_batch_tokens = 12;
+    ec.kv_cache_mb = 16;
+    engine *e = NULL;
+    if (engine_create(&ec, R.m, R.kb, tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
+    ASSERT_EQ(engine_start(e), 0);
+    engine_request *q[N_KINDS + 1];
+    for (int k = -1; k < N_KINDS; k++) {
+        gen_params p;
+        gen_params_default(&p);
+        p.max_tokens = N_GREEDY;
+        p.temperature = 0;
+        p.logprobs = 0; /* the tokens come back with the delta */
+        p.ignore_eos = true;
+        p.adapter = k < 0 ? NULL : R.ad[k];
+        ASSERT((q[k + 1] = engine_request_create(R.ref.greedy_ids, R.ref.n_greedy_ids, &p)));
+        int st = engine_submit(e, q[k + 1]);
+        if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
+    }
+    for (int k = -1; k < N_KINDS; k++) {
+        const int32_t *want = k < 0 ? R.ref.greedy : R.ref.greedy_ad[k];
+        engine_delta d;
+        engine_request_wait(q[k + 1]);
+        ASSERT_EQ(engine_request_take(q[k + 1], &d), 0);
+        if (d.finish == FINISH_ERROR) FAIL("%s: generation failed: %s", family, d.error);
+        ASSERT_EQ(d.n_tokens, N_GREEDY);
+        for (int i = 0; i < N_GREEDY; i++)
+            if (d.tokens[i].id != want[i])
+                FAIL("%s %s (engine): greedy token %d is %d, transformers/peft say %d", family,
+                     k < 0 ? "base" : KINDS[k], i, d.tokens[i].id, want[i]);
+        engine_delta_free(&d);
+        engine_request_unref(q[k + 1]);
+    }
+    printf("    %-8s engine: base + %d adapter kinds at once, %d greedy tokens each identical\n", family, N_KINDS,
+           N_GREEDY);
+    engine_free(e);
+    tokenizer_free(tok);
+    rig_close(&R);
+}
+
 #define FAMILY(f)                                  \
     TEST(f##_base) { check_base(#f); }             \
     TEST(f##_greedy) { check_greedy(#f); }         \
     TEST(f##_adapters) { check_adapters(#f); }     \
-    TEST(f##_mixed_batch) { check_mixed(#f); }
+    TEST(f##_mixed_batch) { check_mixed(#f); }     \
+    TEST(f##_engine) { check_engine(#f); }
 
 FAMILY(llama3)
 FAMILY(qwen2)
@@ -247,7 +315,7 @@ FAMILY(qwen3)
 FAMILY(phi3)
 FAMILY(mistral)
 
-TEST_MAIN(llama3_base, llama3_greedy, llama3_adapters, llama3_mixed_batch, qwen2_base, qwen2_greedy,
-          qwen2_adapters, qwen2_mixed_batch, qwen3_base, qwen3_greedy, qwen3_adapters, qwen3_mixed_batch,
-          phi3_base, phi3_greedy, phi3_adapters, phi3_mixed_batch, mistral_base, mistral_greedy, mistral_adapters,
-          mistral_mixed_batch)
+TEST_MAIN(llama3_base, llama3_greedy, llama3_adapters, llama3_mixed_batch, llama3_engine, qwen2_base, qwen2_greedy,
+          qwen2_adapters, qwen2_mixed_batch, qwen2_engine, qwen3_base, qwen3_greedy, qwen3_adapters,
+          qwen3_mixed_batch, qwen3_engine, phi3_base, phi3_greedy, phi3_adapters, phi3_mixed_batch, phi3_engine,
+          mistral_base, mistral_greedy, mistral_adapters, mistral_mixed_batch, mistral_engine)
