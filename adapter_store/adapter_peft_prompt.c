@@ -10,7 +10,8 @@
  *                  [2·L, batch, heads, tokens, head_dim] and splits in pairs: layer l's K is
  *                  slice 2l and its V slice 2l+1. A row's slice is therefore the KV-cache row
  *                  itself (head-major), and is used as-is: HF caches K after RoPE and PEFT
- *                  never rotates the prefix, so neither do we.
+ *                  never rotates the prefix, so neither do we (nor scale it: under yarn's
+ *                  cos/sin factor s the engine stores it as k / s, llama_store_prefix).
  *                  Sliding-window bases (Mistral, Phi-3, windowed Qwen2 layers) are served:
  *                  peft 0.21 hands the prefix to transformers 4.57 as DynamicCache(legacy
  *                  tuples), plain full-length layers, so the prefix is cache positions

@@ -111,6 +111,7 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
         rope_freqs(cfg, f, &s);
         c->attn_scale = 1.0f / sqrtf((float)cfg->head_dim);
         if (s != 1.0) c->attn_scale = (float)(c->attn_scale * s * s);
+        c->rope_factor = (float)s;
         int st = kb->ops->upload(kb, c->inv_freq, f, (size_t)half * sizeof(float));
         free(f);
         if (st < 0) {
@@ -128,25 +129,44 @@ oom:
     return PEFTD_ENOMEM;
 }
 
+/* Prefix K rows j0 .. j0+n-1 of layer l divided by the rope factor s, in c->k: the softmax
+ * scale carries s² for rotated keys (transformers scales cos/sin by s, so q and k each carry
+ * s), while transformers attends to the prefix keys as given: s·(q·k), not s²·(q·k). */
+static int prefix_keys_unscaled(llama_ctx *c, const float *k, int n, int kv_dim, float *host) {
+    kbackend *kb = c->kb;
+    size_t count = (size_t)n * kv_dim;
+    CHECK(kb->ops->download(kb, host, k, count * sizeof(float)));
+    CHECK(kb->ops->synchronize(kb));
+    for (size_t i = 0; i < count; i++) host[i] /= c->rope_factor;
+    return kb->ops->upload(kb, c->k, host, count * sizeof(float));
+}
+
 int llama_store_prefix(llama_ctx *c, const adapter *ad, const int32_t *blocks, int pad) {
     kbackend *kb = c->kb;
     const model_config *cfg = &c->m->cfg;
-    int bs = c->p.block_size, kv_dim = cfg->n_kv_heads * cfg->head_dim, nv = ad->n_virtual;
+    int bs = c->p.block_size, kv_dim = cfg->n_kv_heads * cfg->head_dim, nv = ad->n_virtual, st = 0;
     if (ad->kind != ADAPTER_PREFIX_TUNING || ad->n_layers != cfg->n_layers || !ad->prefix_k || !ad->prefix_v)
         return PEFTD_EINVAL;
+    int chunk = nv < c->p.max_tokens ? nv : c->p.max_tokens;
+    float *host = NULL;
+    if (c->rope_factor != 1.0f && !(host = malloc((size_t)chunk * kv_dim * sizeof(float)))) return PEFTD_ENOMEM;
     /* in chunks of the step's slot buffer (a prefix may be longer than one step) */
-    for (int j0 = 0; j0 < nv; j0 += c->p.max_tokens) {
+    for (int j0 = 0; j0 < nv && st >= 0; j0 += c->p.max_tokens) {
         int n = nv - j0 < c->p.max_tokens ? nv - j0 : c->p.max_tokens;
         for (int j = 0; j < n; j++) {
             int s = pad + j0 + j;
             c->emb_ids[j] = blocks[s / bs] * bs + s % bs;
         }
-        CHECK(kb->ops->upload(kb, c->d_slots, c->emb_ids, (size_t)n * 4));
-        for (int l = 0; l < cfg->n_layers; l++)
-            CHECK(kb->ops->kv_store(kb, ad->prefix_k[l] + (size_t)j0 * kv_dim, ad->prefix_v[l] + (size_t)j0 * kv_dim,
-                                    c->d_slots, n, kv_dim, c->k_cache[l], c->v_cache[l]));
+        st = kb->ops->upload(kb, c->d_slots, c->emb_ids, (size_t)n * 4);
+        for (int l = 0; l < cfg->n_layers && st >= 0; l++) {
+            const float *k = ad->prefix_k[l] + (size_t)j0 * kv_dim;
+            if (host && (st = prefix_keys_unscaled(c, k, n, kv_dim, host)) < 0) break;
+            st = kb->ops->kv_store(kb, host ? c->k : k, ad->prefix_v[l] + (size_t)j0 * kv_dim, c->d_slots, n, kv_dim,
+                                   c->k_cache[l], c->v_cache[l]);
+        }
     }
-    return kb->ops->synchronize(kb);
+    free(host);
+    return st < 0 ? st : kb->ops->synchronize(kb);
 }
 
 /* Input embeddings: runs of rows that read the same table (the base embedding, an

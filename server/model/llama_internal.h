@@ -71,6 +71,8 @@ struct llama_ctx {
     float *inv_freq;             /* [rope.rot_dim / 2] */
     float attn_scale;            /* softmax scale: 1/sqrt(head_dim), times the rope's
                                   * cos/sin factor squared (yarn; server/model/rope_freqs.c) */
+    float rope_factor;           /* that cos/sin factor s (1 = none): prefix-tuning keys, which
+                                  * transformers never rotates nor scales, are stored as k / s */
     /* device copies of the batch's index arrays */
     int32_t *d_tokens, *d_emb_ids, *d_pos, *d_slots, *d_qstart, *d_kvlen, *d_kvstart, *d_btab, *d_rows;
     int32_t *emb_ids;            /* host [T] */
