@@ -35,7 +35,7 @@ LIB_SRC  := $(shell find lib kernels adapter_store server -name '*.c' ! -path se
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
-HARNESS  := $(BUILD)/tests/harness.o $(BUILD)/tests/logit_ref.o
+HARNESS  := $(BUILD)/tests/harness.o $(BUILD)/tests/logit_ref.o $(BUILD)/tests/seq_batch.o
 # The command line client: its own binary, not part of the daemon library.
 PEFTCTL_SRC := $(wildcard clients/peftctl/*.c)
 PEFTCTL_OBJ := $(PEFTCTL_SRC:%.c=$(BUILD)/%.o)
@@ -117,6 +117,10 @@ $(BUILD)/tests/harness.o: tests/harness/test.c tests/harness/test.h $(FLAGS_FILE
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/logit_ref.o: tests/harness/logit_ref.c tests/harness/logit_ref.h tests/harness/test.h $(FLAGS_FILE)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/seq_batch.o: tests/harness/seq_batch.c tests/harness/seq_batch.h tests/harness/test.h $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 

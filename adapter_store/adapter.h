@@ -49,8 +49,6 @@ typedef struct {
     int hidden, intermediate, n_layers, n_heads, n_kv_heads, head_dim, vocab;
     int context_length;        /* positions a sequence may use: max_position_embeddings; 0 = unknown */
     int sliding_window;        /* the base's sliding-window span (model_config); 0 = none */
-    bool prefix_window_ok;     /* prefix tuning on this windowed base is checked against peft
-                                * (Gemma 2/3: tests/unit/test_gemma.c); otherwise refused */
     bool post_norms;           /* sub-layer outputs are normed before the residual add (Gemma):
                                 * bottleneck adapters (placed on that residual) are refused */
     /* [n_layers * AMOD_COUNT] base projections for DoRA norms, in HOST memory (the model's

@@ -10,7 +10,15 @@
  *                  [2·L, batch, heads, tokens, head_dim] and splits in pairs: layer l's K is
  *                  slice 2l and its V slice 2l+1. A row's slice is therefore the KV-cache row
  *                  itself (head-major), and is used as-is: HF caches K after RoPE and PEFT
- *                  never rotates the prefix, so neither do we.
+ *                  never rotates the prefix, so neither do we (nor scale it: under yarn's
+ *                  cos/sin factor s the engine stores it as k / s, llama_store_prefix).
+ *                  Sliding-window bases (Mistral, Phi-3, windowed Qwen2 layers) are served:
+ *                  peft 0.21 hands the prefix to transformers 4.57 as DynamicCache(legacy
+ *                  tuples), plain full-length layers, so the prefix is cache positions
+ *                  0..n_virtual-1, the prompt's positions (RoPE and mask) start at n_virtual and
+ *                  the window rule kv_idx > q_idx - W counts the prefix slots like any others:
+ *                  exactly the engine's layout (prefix slots right before the prompt's, the
+ *                  attention op's window over slots). tests/unit/test_families.c checks it.
  * prefix_projection (an MLP over the table at run time) is refused.
  */
 #include <stdlib.h>
@@ -78,12 +86,6 @@ int adapter__load_prefix(adapter__ctx *c) {
     if (nl != L)
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: num_layers %d does not match the %d layers of base %s",
                              nl, L, b->name);
-    /* Prefix K/V sit before the prompt's slots; how transformers' sliding-window mask treats
-     * them (and the cache it builds for them) is checked against peft only on Gemma bases. */
-    if (b->sliding_window > 0 && !b->prefix_window_ok)
-        return adapter__fail(c, PEFTD_EUNSUPPORTED,
-                             "prefix tuning is not served on base %s: it uses sliding-window attention (window %d)",
-                             b->name, b->sliding_window);
     if (dim != kv || nh != b->n_kv_heads)
         return adapter__fail(c, PEFTD_EINVAL,
                              "adapter_config.json: token_dim %d / num_attention_heads %d do not match base %s's KV "

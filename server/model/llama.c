@@ -177,6 +177,9 @@ oom:
     return PEFTD_ENOMEM;
 }
 
+/* Prefix-tuning K/V as given: transformers never rotates nor scales them, and the rope op
+ * puts the cos/sin factor s (yarn, longrope) on the rotated q and k only, so a query attends
+ * to them with s·(q·k) as transformers does. */
 int llama_store_prefix(llama_ctx *c, const adapter *ad, const int32_t *blocks, int pad) {
     kbackend *kb = c->kb;
     const model_config *cfg = &c->m->cfg;

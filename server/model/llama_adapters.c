@@ -351,14 +351,16 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
     CHECK(kb->ops->matmul(kb, in, T, w, out, accumulate ? 1.0f : 0.0f));
     const kmat *bias = proj_bias(c, layer, m);
     /* DoRA scales W x + ΔW x but not the bias (PEFT's DoraLinearLayer subtracts it from the
-     * base result first): add it after that scale. Otherwise right after W x, as PEFT's
-     * base_layer(x) does, before the LoRA delta and the IA3 output scale (which scales it). */
-    bool bias_late = pm && pm->dora;
-    if (bias && !bias_late) CHECK(kb->ops->add_bias(kb, out, T, bias));
-    if (!pm) return 0;
+     * base result first): the bias comes after that scale, and before the IA3 output scale
+     * (which scales it, as PEFT's base_layer(x) includes it). One order for every row of
+     * every batch with segments — W x, + delta, · DoRA factor, + b, · IA3 — so a row's
+     * rounding does not depend on which adapters share its step (adding b before a LoRA
+     * delta only in DoRA-free batches made a Qwen2 LoRA row differ by 1 ulp in a batch with
+     * a DoRA row). PEFT adds a LoRA delta after b: the same sum, rounded in another order. */
+    if (!pm) return bias ? kb->ops->add_bias(kb, out, T, bias) : 0;
     CHECK(apply_sgmv(c, pm->n_sg, pm->sg, pm->ld_t, in, in_dim, out_dim, out));
     if (pm->dora) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->dora));
-    if (bias && bias_late) CHECK(kb->ops->add_bias(kb, out, T, bias));
+    if (bias) CHECK(kb->ops->add_bias(kb, out, T, bias));
     if (pm->ia3_out) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->ia3_out));
     return 0;
 }

@@ -35,7 +35,6 @@ int model_adapter_base(const model *m, adapter_base *b) {
     /* the engine's context rule (engine.c): max_position_embeddings */
     b->context_length = c->max_position_embeddings;
     b->sliding_window = c->sliding_window;
-    b->prefix_window_ok = c->gemma;
     b->post_norms = c->gemma;
     b->layer_w = w;
     b->embed = &m->embed;
