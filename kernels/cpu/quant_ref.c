@@ -170,6 +170,9 @@ int qref_quantize_q8_0(const float *src, void *dst, int64_t n) {
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         for (int j = 0; j < QREF_QK; j++) {
             float v = x[j] * id;
+            /* |v| ≤ 127 (+ an ulp) for finite input; the clamp only keeps a subnormal amax
+             * (1/d = inf) or a NaN from being an undefined float → int conversion. */
+            v = fminf(fmaxf(v, -127.0f), 127.0f);
             blk.qs[j] = (int8_t)roundf(v); /* half away from zero, as gguf-py's np_roundf */
         }
         blk.d = f32_to_f16(d);
@@ -179,7 +182,11 @@ int qref_quantize_q8_0(const float *src, void *dst, int64_t n) {
 }
 
 /* Round to nearest, ties to even (the default rounding mode), as an int. */
-static int qref_nearest(float v) { return (int)lrintf(v); }
+static int qref_nearest(float v) {
+    if (!(v > -1e9f)) v = -1e9f; /* also NaN: the callers clamp to their level range */
+    if (v > 1e9f) v = 1e9f;
+    return (int)lrintf(v);
+}
 
 static int qref_clamp(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 

@@ -113,7 +113,7 @@ int gguf_sort_unique(gguf_file *f, size_t *idx, size_t n,
                      size_t errlen) {
     for (size_t i = 0; i < n; i++) idx[i] = i;
     gguf_sort_ctx cx = {f, name};
-    qsort_r(idx, n, sizeof *idx, gguf_cmp_names, &cx);
+    if (n > 1) qsort_r(idx, n, sizeof *idx, gguf_cmp_names, &cx);
     for (size_t i = 1; i < n; i++) {
         if (strcmp(name(f, idx[i - 1]), name(f, idx[i])) == 0) {
             gguf_err(err, errlen, "%s: duplicate %s '%.200s'", f->label, what, name(f, idx[i]));
