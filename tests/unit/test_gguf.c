@@ -298,7 +298,10 @@ TEST(quantize_q4_k_roundtrip) {
         double rel = sqrt(se / sx);
         printf("  dist %d: rel RMS error %.4f, worst |err| %.3f steps of range/15\n", dist, rel,
                worst);
-        ASSERT(rel < 0.08);
+        /* Measured 0.0545 / 0.0714 / 0.0319; the plain min/max grid without the scale
+         * search gives 0.0586 / 0.0762 / 0.0340 and must fail. */
+        static const double max_rel[3] = {0.057, 0.074, 0.0332};
+        ASSERT(rel < max_rel[dist]);
         ASSERT(worst < 1.0);
     }
     memset(x, 0, 256 * 4);
