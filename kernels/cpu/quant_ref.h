@@ -85,7 +85,8 @@ void qref_dequant_q5_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q6_k(const void *src, float *dst, int64_t nb);
 
 /* Quantizes n floats (a multiple of 32) to Q8_0 blocks at dst (n/32 × 34 bytes):
- * d = max|x|/127, q = round-half-away(x/d) — bit-identical to gguf.quants.quantize. */
+ * d = max|x|/127, q = round-half-away(x·(1/d)) — bit-identical to gguf.quants.quantize for
+ * finite input (NaN/inf give unspecified but in-range blocks). */
 int qref_quantize_q8_0(const float *src, void *dst, int64_t n);
 
 /* Quantizes n floats (a multiple of 256) to Q4_K blocks at dst (n/256 × 144 bytes) with the

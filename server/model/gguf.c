@@ -18,8 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Smallest encodings: a KV is a key length (8) + ≥ 1 key byte + a type (4) + ≥ 1 value byte;
- * an array element of type string is ≥ 8 bytes, of type array ≥ 12. */
+/* Smallest KV: a key length (8) + ≥ 1 key byte + a type (4) + ≥ 1 value byte. (An array
+ * element of type string is ≥ 8 bytes, of type array ≥ 12: see gguf_read_value.) */
 #define GGUF_MIN_KV 14u
 
 static const struct {
@@ -81,10 +81,13 @@ int gguf_read_name(gguf_cur *c, uint64_t max, char **out, const char *ctx, const
     }
     if ((rc = gguf_need(c, n, ctx, what)) < 0) return rc;
     const uint8_t *p = c->f->buf + c->pos;
-    if (memchr(p, 0, n)) {
-        gguf_err(c->err, c->errlen, "%s: %s: %s at byte %zu holds a NUL byte", c->f->label, ctx,
-                 what, at);
-        return PEFTD_EFORMAT;
+    /* Control bytes (NUL, newline, ...) would cut the name short or split a message line. */
+    for (uint64_t i = 0; i < n; i++) {
+        if (p[i] < 0x20 || p[i] == 0x7f) {
+            gguf_err(c->err, c->errlen, "%s: %s: %s at byte %zu holds control byte 0x%02x",
+                     c->f->label, ctx, what, at, p[i]);
+            return PEFTD_EFORMAT;
+        }
     }
     char *s = malloc(n + 1);
     if (!s) {
@@ -328,11 +331,16 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
         return rc;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        rc = S_ISREG(sb.st_mode) ? -errno : PEFTD_EIO;
-        gguf_err(err, errlen, "%s: %s", path, rc == PEFTD_EIO ? "not a regular file" : strerror(errno));
+    if (fstat(fd, &sb) != 0) {
+        rc = -errno;
+        gguf_err(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
         return rc;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        gguf_err(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return PEFTD_EIO;
     }
     /* A zero-length mmap fails; under 24 bytes cannot hold the header anyway. */
     if (sb.st_size < 24) {

@@ -12,11 +12,11 @@
  * one message in err naming the file and the key/tensor/byte offset; never a crash or an
  * out-of-bounds read):
  *   - magic, version 2/3 (v1 and big-endian files refused by name), counts bounded by what
- *     the file could hold (every KV ≥ 13 bytes, every tensor info ≥ 24 bytes) before
+ *     the file could hold (every KV ≥ 14 bytes, every tensor info ≥ 25 bytes) before
  *     anything is allocated;
  *   - every read inside the buffer (overflow-safe: lengths and counts are compared with the
  *     bytes left, never added to a pointer first); keys and names non-empty, ≤ GGUF_MAX_KEY /
- *     GGUF_MAX_NAME bytes, without NUL bytes, unique; value types known; arrays nested at
+ *     GGUF_MAX_NAME bytes, without control bytes (so every message is one line), unique; value types known; arrays nested at
  *     most GGUF_MAX_DEPTH deep; string arrays ≤ GGUF_MAX_STR_ARRAY elements; bool bytes 0/1;
  *   - general.alignment, when present, is a u32 power of two ≤ GGUF_MAX_ALIGN;
  *   - tensors: 0 ≤ n_dims ≤ GGUF_MAX_DIMS, every ne > 0, the element count ≤ GGUF_MAX_NUMEL
@@ -104,8 +104,8 @@ typedef struct {
 } gguf_array;
 
 /* A tensor view. ne[0] is the row length (contiguous), as ggml orders dims; dims past
- * n_dims are 1. data points into the mapping (aligned to the file's alignment relative to
- * the data section, which is page-aligned in a mapping only if the data offset is). */
+ * n_dims are 1. data points into the mapping / buffer at data section + offset: aligned in
+ * memory to gguf_alignment() when the buffer is (a mapping is page-aligned). */
 typedef struct {
     const char *name;          /* NUL-terminated copy */
     gguf_ttype type;

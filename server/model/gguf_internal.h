@@ -47,7 +47,7 @@ void gguf_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((for
 int gguf_need(gguf_cur *c, uint64_t n, const char *ctx, const char *what);
 int gguf_read_u32(gguf_cur *c, uint32_t *v, const char *ctx, const char *what);
 int gguf_read_u64(gguf_cur *c, uint64_t *v, const char *ctx, const char *what);
-/* A length-prefixed string copied NUL-terminated (1 ≤ length ≤ max, no NUL byte). */
+/* A length-prefixed name copied NUL-terminated (1 ≤ length ≤ max, no control byte). */
 int gguf_read_name(gguf_cur *c, uint64_t max, char **out, const char *ctx, const char *what);
 /* Sorts idx[0..n) by name(i) and fails with "duplicate <what> '<name>'" on a repeat. */
 int gguf_sort_unique(gguf_file *f, size_t *idx, size_t n, const char *(*name)(const gguf_file *, size_t),

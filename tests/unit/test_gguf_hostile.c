@@ -151,7 +151,14 @@ TEST(metadata_refused) {
     put_u64(&b, 3);
     put(&b, "a\0b", 3);
     zeros(&b, 16);
-    expect(&b, PEFTD_EFORMAT, "metadata entry 0: key at byte 24 holds a NUL byte");
+    expect(&b, PEFTD_EFORMAT, "metadata entry 0: key at byte 24 holds control byte 0x00");
+    /* A newline in a tensor name (it would split the message line). */
+    uint64_t ne1[] = {1};
+    header(&b, 1, 0);
+    tinfo(&b, "a\nb", 1, ne1, GGUF_T_F32, 0);
+    pad_to(&b, 32);
+    zeros(&b, 4);
+    expect(&b, PEFTD_EFORMAT, "tensor info 0: tensor name at byte 24 holds control byte 0x0a");
     /* Unknown value type. */
     header(&b, 0, 1);
     put_str(&b, "k");
