@@ -161,7 +161,7 @@ test-load: deps
 	@$(MAKE) --no-print-directory all
 	@PEFTD_TEST_LOAD=1 PEFTD_BIN=$(BUILD)/peftd PEFTD_LOADGEN=$(BUILD)/peftd-loadgen $(PYTHON) tests/integration/test_load.py
 
-# libFuzzer targets (tests/fuzz/fuzz_*.c: safetensors reader, tokenizer, request parsers),
+# libFuzzer targets (tests/fuzz/fuzz_*.c: safetensors and GGUF readers, tokenizer, request parsers),
 # built with clang + ASan/UBSan over a clang build of the library, each run FUZZ_SECONDS.
 FUZZ_SECONDS ?= 30
 # clang's integer checks too, less unsigned wrap-around (hashes and RNGs rely on it) and
@@ -179,6 +179,7 @@ fuzz: deps
 	    case $$n in \
 	      fuzz_request) cp tests/fuzz/request_seeds/* build-fuzz/corpus/$$n/ ;; \
 	      fuzz_safetensors) cp models/stories260K/model.safetensors build-fuzz/corpus/$$n/ ;; \
+	      fuzz_gguf) cp tests/fixtures/gguf/tiny.gguf tests/fixtures/gguf/meta.gguf build-fuzz/corpus/$$n/ ;; \
 	      fuzz_tokenizer) printf 'Once upon a time \xf0\x9f\x98\x80 \xe4\xbd\xa0\xe5\xa5\xbd' > build-fuzz/corpus/$$n/seed ;; \
 	      fuzz_detokenizer) printf '\003\200A\200\344\200\270\001\220\200\303\200\251\200\377@\001\200\360\200\237\200\230\200\200' > build-fuzz/corpus/$$n/seed ;; \
 	    esac; \

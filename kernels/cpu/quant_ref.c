@@ -1,0 +1,327 @@
+/* kernels/cpu/quant_ref.c — scalar reference dequantization of the ggml block formats
+ * (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32) and quantization to Q8_0 and Q4_K. See
+ * quant_ref.h for the layouts. Written from the published format facts; each float operation
+ * is a separate statement so no compiler contracts two into a fused multiply-add (results
+ * must match gguf-py's numpy, which rounds every operation).
+ */
+#include "kernels/cpu/quant_ref.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "lib/half.h"
+#include "lib/status.h"
+
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+_Static_assert(sizeof(qref_block_q8_0) == 34, "Q8_0 block is 34 bytes");
+_Static_assert(sizeof(qref_block_q4_0) == 18, "Q4_0 block is 18 bytes");
+_Static_assert(sizeof(qref_block_q4_k) == 144, "Q4_K block is 144 bytes");
+_Static_assert(sizeof(qref_block_q5_k) == 176, "Q5_K block is 176 bytes");
+_Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
+
+int qref_block_elems(uint32_t type) {
+    switch (type) {
+    case QREF_F32: case QREF_F16: case QREF_BF16: return 1;
+    case QREF_Q8_0: case QREF_Q4_0: return QREF_QK;
+    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: return QREF_QK_K;
+    default: return 0;
+    }
+}
+
+int qref_block_bytes(uint32_t type) {
+    switch (type) {
+    case QREF_F32: return 4;
+    case QREF_F16: case QREF_BF16: return 2;
+    case QREF_Q8_0: return (int)sizeof(qref_block_q8_0);
+    case QREF_Q4_0: return (int)sizeof(qref_block_q4_0);
+    case QREF_Q4_K: return (int)sizeof(qref_block_q4_k);
+    case QREF_Q5_K: return (int)sizeof(qref_block_q5_k);
+    case QREF_Q6_K: return (int)sizeof(qref_block_q6_k);
+    default: return 0;
+    }
+}
+
+void qref_dequant_q8_0(const void *src, float *dst, int64_t nb) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        qref_block_q8_0 blk;
+        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+        float d = f16_to_f32(blk.d);
+        for (int j = 0; j < QREF_QK; j++) dst[b * QREF_QK + j] = (float)blk.qs[j] * d;
+    }
+}
+
+void qref_dequant_q4_0(const void *src, float *dst, int64_t nb) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        qref_block_q4_0 blk;
+        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+        float d = f16_to_f32(blk.d);
+        float *y = dst + b * QREF_QK;
+        for (int j = 0; j < QREF_QK / 2; j++) {
+            y[j] = d * (float)((blk.qs[j] & 15) - 8);
+            y[j + QREF_QK / 2] = d * (float)((blk.qs[j] >> 4) - 8);
+        }
+    }
+}
+
+/* The 6-bit scale and min of sub-block s (0..7) from the 12 packed bytes. */
+static void qref_scale_min_k4(const uint8_t *q, int s, int *sc, int *m) {
+    if (s < 4) {
+        *sc = q[s] & 63;
+        *m = q[s + 4] & 63;
+    } else {
+        *sc = (q[s + 4] & 15) | ((q[s - 4] >> 6) << 4);
+        *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+    }
+}
+
+/* Shared by Q4_K and Q5_K: y = (d·sc)·q − dmin·m over the 8 sub-blocks; qh may be NULL. */
+static void qref_dequant_k4(uint16_t d16, uint16_t dmin16, const uint8_t *scales,
+                            const uint8_t *qs, const uint8_t *qh, float *y) {
+    float d = f16_to_f32(d16), dmin = f16_to_f32(dmin16);
+    for (int s = 0; s < 8; s++) {
+        int sc, m;
+        qref_scale_min_k4(scales, s, &sc, &m);
+        float d1 = d * (float)sc;
+        float m1 = dmin * (float)m;
+        const uint8_t *q = qs + 32 * (s / 2);
+        for (int l = 0; l < 32; l++) {
+            int v = (s & 1) ? q[l] >> 4 : q[l] & 15;
+            if (qh) v |= ((qh[l] >> s) & 1) << 4;
+            float t = d1 * (float)v;
+            y[32 * s + l] = t - m1;
+        }
+    }
+}
+
+void qref_dequant_q4_k(const void *src, float *dst, int64_t nb) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        qref_block_q4_k blk;
+        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+        qref_dequant_k4(blk.d, blk.dmin, blk.scales, blk.qs, NULL, dst + b * QREF_QK_K);
+    }
+}
+
+void qref_dequant_q5_k(const void *src, float *dst, int64_t nb) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        qref_block_q5_k blk;
+        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+        qref_dequant_k4(blk.d, blk.dmin, blk.scales, blk.qs, blk.qh, dst + b * QREF_QK_K);
+    }
+}
+
+void qref_dequant_q6_k(const void *src, float *dst, int64_t nb) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        qref_block_q6_k blk;
+        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+        float d = f16_to_f32(blk.d);
+        float *y = dst + b * QREF_QK_K;
+        for (int i = 0; i < QREF_QK_K; i++) {
+            int h = i / 128, r = i % 128;
+            int lo = (blk.ql[64 * h + r % 64] >> (4 * (r / 64))) & 15;
+            int hi = (blk.qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
+            float ds = d * (float)blk.scales[i / 16];
+            y[i] = ds * (float)((lo | hi << 4) - 32);
+        }
+    }
+}
+
+int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
+    int be = qref_block_elems(type);
+    if (!be) return PEFTD_EUNSUPPORTED;
+    if (n < 0 || n % be) return PEFTD_EINVAL;
+    const uint8_t *p = src;
+    int64_t nb = n / be;
+    switch (type) {
+    case QREF_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case QREF_F16:
+    case QREF_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = type == QREF_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+        }
+        break;
+    case QREF_Q8_0: qref_dequant_q8_0(src, dst, nb); break;
+    case QREF_Q4_0: qref_dequant_q4_0(src, dst, nb); break;
+    case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
+    case QREF_Q5_K: qref_dequant_q5_k(src, dst, nb); break;
+    default: qref_dequant_q6_k(src, dst, nb); break;
+    }
+    return 0;
+}
+
+int qref_quantize_q8_0(const float *src, void *dst, int64_t n) {
+    if (n < 0 || n % QREF_QK) return PEFTD_EINVAL;
+    uint8_t *p = dst;
+    for (int64_t b = 0; b < n / QREF_QK; b++) {
+        const float *x = src + b * QREF_QK;
+        qref_block_q8_0 blk;
+        float amax = 0.0f;
+        for (int j = 0; j < QREF_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int j = 0; j < QREF_QK; j++) {
+            float v = x[j] * id;
+            /* |v| ≤ 127 (+ an ulp) for finite input; the clamp only keeps a subnormal amax
+             * (1/d = inf) or a NaN from being an undefined float → int conversion. */
+            v = fminf(fmaxf(v, -127.0f), 127.0f);
+            blk.qs[j] = (int8_t)roundf(v); /* half away from zero, as gguf-py's np_roundf */
+        }
+        blk.d = f32_to_f16(d);
+        memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
+    }
+    return 0;
+}
+
+/* Round to nearest, ties to even (the default rounding mode), as an int. */
+static int qref_nearest(float v) {
+    if (!(v > -1e9f)) v = -1e9f; /* also NaN: the callers clamp to their level range */
+    if (v > 1e9f) v = 1e9f;
+    return (int)lrintf(v);
+}
+
+static int qref_clamp(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* Fits x[0..n) ≈ scale·L − the_min with L in 0..nmax, minimising Σ w·(scale·L + min − x)²:
+ * first the plain min/max grid, then nstep + 1 candidate grids (nmax + rmin + k·rdelta
+ * steps over the range), each refined by the weighted least-squares scale and min for its
+ * levels (min clamped to ≤ 0); the best fit wins. Returns the scale; L receives the levels. */
+static float qref_fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                                float *the_min, float rmin, float rdelta, int nstep) {
+    float min = x[0], max = x[0], sum_w = w[0], sum_x = w[0] * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += w[i];
+        float wx = w[i] * x[i];
+        sum_x += wx;
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        memset(L, 0, (size_t)n);
+        *the_min = -min;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (max - min), scale = 1.0f / iscale, best = 0.0f;
+    for (int i = 0; i < n; i++) {
+        L[i] = (uint8_t)qref_clamp(qref_nearest(iscale * (x[i] - min)), 0, nmax);
+        float diff = scale * (float)L[i];
+        diff = diff + min;
+        diff = diff - x[i];
+        float e = w[i] * (diff * diff);
+        best += e;
+    }
+    uint8_t aux[QREF_QK_K];
+    for (int is = 0; is <= nstep; is++) {
+        float steps = rmin + rdelta * (float)is;
+        iscale = (steps + (float)nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            int l = qref_clamp(qref_nearest(iscale * (x[i] - min)), 0, nmax);
+            aux[i] = (uint8_t)l;
+            float wl = w[i] * (float)l;
+            sum_l += wl;
+            float wll = wl * (float)l;
+            sum_l2 += wll;
+            float wlx = wl * x[i];
+            sum_xl += wlx;
+        }
+        float a = sum_w * sum_l2, b = sum_l * sum_l, D = a - b;
+        if (!(D > 0)) continue;
+        float p = sum_w * sum_xl, q = sum_x * sum_l;
+        float this_scale = (p - q) / D;
+        p = sum_l2 * sum_x;
+        q = sum_l * sum_xl;
+        float this_min = (p - q) / D;
+        if (this_min > 0) {
+            this_min = 0;
+            this_scale = sum_xl / sum_l2;
+        }
+        float err = 0;
+        for (int i = 0; i < n; i++) {
+            float diff = this_scale * (float)aux[i];
+            diff = diff + this_min;
+            diff = diff - x[i];
+            float e = w[i] * (diff * diff);
+            err += e;
+        }
+        if (err < best) {
+            memcpy(L, aux, (size_t)n);
+            best = err;
+            scale = this_scale;
+            min = this_min;
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/* One Q4_K block from 256 floats. */
+static void qref_quantize_block_q4_k(const float *x, qref_block_q4_k *y) {
+    uint8_t L[QREF_QK_K];
+    float scales[8], mins[8], w[32], max_scale = 0, max_min = 0;
+    for (int s = 0; s < 8; s++) {
+        const float *xs = x + 32 * s;
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; l++) {
+            float sq = xs[l] * xs[l];
+            sum_x2 += sq;
+        }
+        float av_x = sqrtf(sum_x2 / 32.0f);
+        for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(xs[l]);
+        scales[s] = qref_fit_scale_min(32, 15, xs, w, L + 32 * s, &mins[s], -1.0f, 0.1f, 20);
+        if (scales[s] > max_scale) max_scale = scales[s];
+        if (mins[s] > max_min) max_min = mins[s];
+    }
+    float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+    float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+    memset(y->scales, 0, sizeof y->scales);
+    for (int s = 0; s < 8; s++) {
+        int ls = qref_clamp(qref_nearest(inv_scale * scales[s]), 0, 63);
+        int lm = qref_clamp(qref_nearest(inv_min * mins[s]), 0, 63);
+        if (s < 4) {
+            y->scales[s] = (uint8_t)ls;
+            y->scales[s + 4] = (uint8_t)lm;
+        } else {
+            y->scales[s + 4] = (uint8_t)((ls & 15) | ((lm & 15) << 4));
+            y->scales[s - 4] |= (uint8_t)((ls >> 4) << 6);
+            y->scales[s] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    y->d = f32_to_f16(max_scale / 63.0f);
+    y->dmin = f32_to_f16(max_min / 63.0f);
+    /* Levels again, against the scales as they will be decoded. */
+    for (int s = 0; s < 8; s++) {
+        int sc, m;
+        qref_scale_min_k4(y->scales, s, &sc, &m);
+        float d = f16_to_f32(y->d) * (float)sc;
+        if (d == 0.0f) continue;
+        float dm = f16_to_f32(y->dmin) * (float)m;
+        for (int l = 0; l < 32; l++) {
+            float v = x[32 * s + l] + dm;
+            L[32 * s + l] = (uint8_t)qref_clamp(qref_nearest(v / d), 0, 15);
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        for (int l = 0; l < 32; l++)
+            y->qs[32 * k + l] = (uint8_t)(L[64 * k + l] | (L[64 * k + 32 + l] << 4));
+}
+
+int qref_quantize_q4_k(const float *src, void *dst, int64_t n) {
+    if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
+    uint8_t *p = dst;
+    for (int64_t b = 0; b < n / QREF_QK_K; b++) {
+        qref_block_q4_k blk;
+        qref_quantize_block_q4_k(src + b * QREF_QK_K, &blk);
+        memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
+    }
+    return 0;
+}

@@ -1,0 +1,99 @@
+/* kernels/cpu/quant_ref.h — the ggml quantized block formats peftd reads from GGUF files, and
+ * a scalar CPU reference that dequantizes them to f32 (and quantizes f32 to Q8_0 / Q4_K).
+ *
+ * This is the reference that faster kernels (CPU SIMD, CUDA) are tested against: written for
+ * clarity, one element at a time, every float operation rounded separately in the order the
+ * `gguf` Python package's quants.py computes it (no fused multiply-add), so the results are
+ * bit-identical to gguf.quants.dequantize.
+ *
+ * Block layouts (little-endian; "f16" is an IEEE half; sizes are the on-disk bytes):
+ *   Q8_0  32 elements, 34 bytes: f16 d; i8 qs[32].                 y[j] = d·qs[j]
+ *   Q4_0  32 elements, 18 bytes: f16 d; u8 qs[16]. Element j < 16 is the low nibble of qs[j],
+ *         element j + 16 its high nibble.                          y = d·(q − 8)
+ *   Q4_K  256 elements (8 sub-blocks of 32), 144 bytes: f16 d; f16 dmin; u8 scales[12];
+ *         u8 qs[128]. Sub-block s has a 6-bit scale sc[s] and a 6-bit min m[s] packed in the
+ *         12 bytes: for s < 4, sc = scales[s] & 63 and m = scales[s+4] & 63; for s ≥ 4,
+ *         sc = (scales[s+4] & 15) | (scales[s-4] >> 6) << 4 and
+ *         m = (scales[s+4] >> 4) | (scales[s] >> 6) << 4. Sub-blocks 2k and 2k+1 share the 32
+ *         bytes qs[32k .. 32k+31]: low nibbles for 2k, high nibbles for 2k+1.
+ *                                                                  y = (d·sc)·q − dmin·m
+ *   Q5_K  256 elements, 176 bytes: f16 d; f16 dmin; u8 scales[12] (as Q4_K); u8 qh[32];
+ *         u8 qs[128] (as Q4_K). Element l of sub-block s takes bit s of qh[l] as its 5th bit:
+ *         q = nibble | ((qh[l] >> s) & 1) << 4.                    y = (d·sc)·q − dmin·m
+ *   Q6_K  256 elements (16 groups of 16 sharing a scale), 210 bytes: u8 ql[128]; u8 qh[64];
+ *         i8 scales[16]; f16 d. Element i = 128h + r (h = 0, 1; 0 ≤ r < 128):
+ *         low 4 bits = (ql[64h + r%64] >> 4·(r/64)) & 15,
+ *         high 2 bits = (qh[32h + r%32] >> 2·(r/32)) & 3, q = bits − 32.
+ *                                                                  y = (d·scales[i/16])·q
+ *   F32, F16, BF16: one element per "block" (BF16 is the top half of an f32).
+ * The block structs below describe the layouts (their sizes are static-asserted); the code
+ * reads blocks through memcpy, so source data need not be aligned.
+ *
+ * Type ids are ggml's (= GGUF's tensor types): F32 0, F16 1, Q4_0 2, Q8_0 8, Q4_K 12,
+ * Q5_K 13, Q6_K 14, BF16 30.
+ */
+#ifndef PEFTD_QUANT_REF_H
+#define PEFTD_QUANT_REF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QREF_QK 32   /* elements per Q8_0 / Q4_0 block */
+#define QREF_QK_K 256 /* elements per K-quant super-block */
+
+enum {
+    QREF_F32 = 0,
+    QREF_F16 = 1,
+    QREF_Q4_0 = 2,
+    QREF_Q8_0 = 8,
+    QREF_Q4_K = 12,
+    QREF_Q5_K = 13,
+    QREF_Q6_K = 14,
+    QREF_BF16 = 30,
+};
+
+typedef struct { uint16_t d; int8_t qs[QREF_QK]; } qref_block_q8_0;
+typedef struct { uint16_t d; uint8_t qs[QREF_QK / 2]; } qref_block_q4_0;
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QREF_QK_K / 2]; } qref_block_q4_k;
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[QREF_QK_K / 8];
+    uint8_t qs[QREF_QK_K / 2];
+} qref_block_q5_k;
+typedef struct {
+    uint8_t ql[QREF_QK_K / 2];
+    uint8_t qh[QREF_QK_K / 4];
+    int8_t scales[QREF_QK_K / 16];
+    uint16_t d;
+} qref_block_q6_k;
+
+/* Elements per block and bytes per block of a type above; 0 for any other id. */
+int qref_block_elems(uint32_t type);
+int qref_block_bytes(uint32_t type);
+
+/* Dequantizes n elements (n a multiple of the type's block) from src to dst.
+ * Returns 0, PEFTD_EUNSUPPORTED for a type not listed above, PEFTD_EINVAL when n is not a
+ * multiple of the block size or negative. Thread-safe (no state). */
+int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n);
+
+/* Per-format entry points (nb = number of blocks). */
+void qref_dequant_q8_0(const void *src, float *dst, int64_t nb);
+void qref_dequant_q4_0(const void *src, float *dst, int64_t nb);
+void qref_dequant_q4_k(const void *src, float *dst, int64_t nb);
+void qref_dequant_q5_k(const void *src, float *dst, int64_t nb);
+void qref_dequant_q6_k(const void *src, float *dst, int64_t nb);
+
+/* Quantizes n floats (a multiple of 32) to Q8_0 blocks at dst (n/32 × 34 bytes):
+ * d = max|x|/127, q = round-half-away(x·(1/d)) — bit-identical to gguf.quants.quantize for
+ * finite input (NaN/inf give unspecified but in-range blocks). */
+int qref_quantize_q8_0(const float *src, void *dst, int64_t n);
+
+/* Quantizes n floats (a multiple of 256) to Q4_K blocks at dst (n/256 × 144 bytes) with the
+ * search llama.cpp's reference quantizer uses (facts of its algorithm, not its code): per
+ * sub-block, weights |x| + rms, a min/scale fit over 21 candidate scales minimising the
+ * weighted squared error, then 6-bit scales/mins relative to the block's largest, and the
+ * nibbles recomputed against the rounded scales. Inputs must be finite. */
+int qref_quantize_q4_k(const float *src, void *dst, int64_t n);
+
+#endif
