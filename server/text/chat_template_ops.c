@@ -215,7 +215,7 @@ cv *ct__binop(ct_ctx *c, const ct_node *at, const char *op, cv *a, cv *b) {
     }
     if (ints) {
         /* Python's ints do not overflow; past 64 bits peftd refuses rather than wrap */
-        long long x = ct__inum(a), y = ct__inum(b), r;
+        long long x = ct__inum(a), y = ct__inum(b), r = 0;
         bool ovf = false;
         if (!strcmp(op, "+")) ovf = __builtin_add_overflow(x, y, &r);
         else if (!strcmp(op, "-")) ovf = __builtin_sub_overflow(x, y, &r);
