@@ -292,6 +292,7 @@ TEST(generation_config_eos_list_stops_on_every_id) {
         ASSERT_EQ(got.completion_tokens, cases[k].n_before + 1); /* the stop token counts, as in transformers */
         ASSERT_STREQ(got.text, want.text);                       /* and is not text */
         for (int i = 0; i < cases[k].n_before; i++) ASSERT_EQ(got.ids[i], cJSON_GetArrayItem(gen, i)->valueint);
+        free(got.text);
         /* ignore_eos generates through every id of the set */
         p = greedy(8);
         p.ignore_eos = true;
