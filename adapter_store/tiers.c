@@ -456,6 +456,11 @@ int tiers_fetch(tiers *t, const char *sha256, void (*on_ready)(void *ud), void *
     return 0;
 }
 
+int tiers_resident(const tiers *t, char (*out)[65], int max) {
+    for (int i = 0; i < t->n_slots && i < max; i++) memcpy(out[i], t->slots[i].sha, 65);
+    return t->n_slots;
+}
+
 void tiers_get_stats(tiers *t, tiers_stats *s) {
     pthread_mutex_lock(&t->smu);
     *s = t->st;

@@ -72,5 +72,8 @@ int tiers_retain(tiers *t, const char *sha256);
 void tiers_release(tiers *t, const char *sha256);
 
 void tiers_get_stats(tiers *t, tiers_stats *s); /* any thread */
+/* Engine thread: the content hashes resident in the slot pool (at most max, in slot
+ * order) into out; returns how many there are (may exceed max). */
+int tiers_resident(const tiers *t, char (*out)[65], int max);
 
 #endif

@@ -120,6 +120,8 @@ static const config_key KEYS[] = {
     INT("http", "max_uploads", 0, 1 << 20, http_max_uploads),
     INT("http", "import_threads", 0, 64, http_import_threads),
     INT("http", "import_queue", 0, 1 << 16, http_import_queue),
+    {"http", "vllm_metric_aliases", CK_BOOL, 0, 0, F(http_vllm_metric_aliases), 0, NULL,
+     "http.vllm_metric_aliases must be true or false"},
     INT("engine", "max_seqs", 1, 4096, engine.max_seqs),
     INT("engine", "max_batch_tokens", 1, 65536, engine.max_batch_tokens),
     INT("engine", "block_size", 1, 1024, engine.block_size),
@@ -133,6 +135,7 @@ static const config_key KEYS[] = {
     INT("store", "host_cache_mb", 1, 1 << 20, store.host_cache_mb),
     INT("store", "slots", 1, 1 << 16, store.slots),
     INT("store", "max_upload_mb", 1, 1 << 20, store.max_upload_mb),
+    {"store", "load_roots", CK_IGNORE, 0, 0, 0, 0, NULL, NULL}, /* load_roots() below */
     CHECK("store", "max_map_mb", store_map_ok, "store.max_map_mb must be >= store.map_mb"),
     STR("log", "level", log.level),
     STR("log", "format", log.format),
@@ -248,6 +251,28 @@ static int load_adapters(peftd_config *c, const cJSON *ads, const char *path, ch
     return 0;
 }
 
+/* "store": {"load_roots": ["/dir", ...]}: at most 4 absolute directory paths. */
+static int load_roots(peftd_config *c, const cJSON *store, const char *path, char *err, size_t errlen) {
+    const cJSON *roots = cJSON_GetObjectItemCaseSensitive(store, "load_roots");
+    if (!roots) return 0;
+    int n = cJSON_IsArray(roots) ? cJSON_GetArraySize(roots) : -1;
+    int cap = (int)(sizeof c->store.load_roots / sizeof c->store.load_roots[0]);
+    if (n < 0 || n > cap) {
+        snprintf(err, errlen, "%s: store.load_roots must be an array of at most %d directory paths", path, cap);
+        return PEFTD_EINVAL;
+    }
+    memset(c->store.load_roots, 0, sizeof c->store.load_roots);
+    int i = 0;
+    for (const cJSON *it = roots->child; it; it = it->next, i++) {
+        if (!cJSON_IsString(it) || it->valuestring[0] != '/' || strlen(it->valuestring) >= sizeof c->store.load_roots[0]) {
+            snprintf(err, errlen, "%s: store.load_roots[%d] must be an absolute directory path", path, i);
+            return PEFTD_EINVAL;
+        }
+        snprintf(c->store.load_roots[i], sizeof c->store.load_roots[i], "%s", it->valuestring);
+    }
+    return 0;
+}
+
 /* The file as a JSON object with no duplicate keys, or NULL with err set (*st the status). */
 static cJSON *read_json(const char *path, int *st, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
@@ -291,6 +316,8 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
         const cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, SECTIONS[i]);
         if (sec) st = load_object(c, sec, SECTIONS[i], path, err, errlen);
     }
+    const cJSON *store = cJSON_GetObjectItemCaseSensitive(root, "store");
+    if (!st && store) st = load_roots(c, store, path, err, errlen);
     const cJSON *ads = cJSON_GetObjectItemCaseSensitive(root, "adapters");
     if (!st && ads) st = load_adapters(c, ads, path, err, errlen);
     cJSON_Delete(root);

@@ -23,6 +23,8 @@ typedef struct {
     int http_max_uploads;     /* adapter uploads at once; 0 = derived from the file-descriptor limit */
     int http_import_threads;  /* threads importing finished uploads; 0 = 2 */
     int http_import_queue;    /* finished uploads waiting for an import thread; 0 = 8 per thread */
+    bool http_vllm_metric_aliases; /* http.vllm_metric_aliases: /metrics also gives the vllm:-named
+                                    * families an endpoint picker reads by default (api_metrics_vllm.c) */
     engine_config engine;
     struct {
         char dir[4096];       /* LMDB environment directory (created if absent) */
@@ -31,6 +33,8 @@ typedef struct {
         int host_cache_mb;    /* host tier of adapter blobs */
         int slots;            /* decoded adapters resident at once */
         int max_upload_mb;    /* PUT /v1/adapters body limit */
+        char load_roots[4][4096]; /* store.load_roots: directories POST /v1/load_lora_adapter may
+                                   * import from ("" = unused; none = the endpoint answers 404) */
     } store;
     struct {                  /* "log": reloaded on SIGHUP */
         char level[16];       /* debug|info|warn|error; "" = PEFTD_LOG or info */

@@ -35,6 +35,13 @@ if ! "$PYTHON" -c "import openai" 2>/dev/null; then
     "$PYTHON" -m pip install -q openai ||
         echo "   pip install openai failed: test_openai_sdk.py will report its tests as SKIPPED"
 fi
+# test_gateway.py parses /metrics with prometheus_client's text parser: install it when
+# missing. Without it that file's metric tests FAIL (an unparsed exposition is no pass).
+if ! "$PYTHON" -c "import prometheus_client" 2>/dev/null; then
+    echo "== installing prometheus_client: $PYTHON -m pip install -q prometheus-client"
+    "$PYTHON" -m pip install -q prometheus-client ||
+        echo "   pip install prometheus-client failed: test_gateway.py's metric tests will FAIL"
+fi
 for t in tests/integration/test_*.py; do
     [ -f "$t" ] || continue
     PEFTD_BIN="$BUILD/peftd" "$PYTHON" "$t" 2>&1 | tee "$out"

@@ -64,6 +64,8 @@ enum MHD_Result api_fail_status(http_req *req, struct MHD_Connection *conn, int 
 
 /* ---- api_metrics.c / api_health.c / api_models.c ---- */
 enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn);
+/* api_metrics_vllm.c: the LoRA info gauge and the vllm:-named aliases, appended to b. */
+int api_metrics_vllm(api_server *s, http_buf *b);
 enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn); /* GET /ready */
 enum MHD_Result api_health_get(http_req *req, struct MHD_Connection *conn);
 enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn);
@@ -95,6 +97,10 @@ enum MHD_Result api_adapters_put_finish(http_req *req, struct MHD_Connection *co
 /* closed: drops the parser, the staging files and directory (once an import in flight is
  * over). */
 void api_adapters_closed(http_req *req, enum MHD_RequestTerminationCode toe);
+
+/* ---- api_lora_vllm.c: vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter ---- */
+enum MHD_Result api_lora_load(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_lora_unload(http_req *req, struct MHD_Connection *conn);
 
 /* ---- api_admin.c ---- */
 /* /v1/admin/tenants: GET list, POST create. */

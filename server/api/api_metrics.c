@@ -220,6 +220,7 @@ static int metrics_render(api_server *s, http_buf *b) {
                             "Completion requests: arrival to the end of the response.", &hm->e2e)))
         return rc;
     if ((rc = put_tenants(s, b))) return rc;
+    if ((rc = api_metrics_vllm(s, b))) return rc;
 
     if (s->store) {
         astore_stats as = {0};

@@ -82,6 +82,7 @@ static void update_gauges(engine *e) {
     e->stats.waiting = atomic_load(&e->n_queued);
     e->stats.kv_blocks_used = kv_blocks_used(&e->kv);
     pthread_mutex_unlock(&e->smu);
+    engine__lora_info_refresh(e);
 }
 
 static void on_idle(uv_idle_t *h) {
@@ -240,6 +241,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
             st = PEFTD_EINVAL;
             goto fail;
         }
+        if (engine__lora_info_init(e) < 0) goto oom;
     }
     e->stats.kv_blocks_total = n_blocks;
     *out = e;
@@ -358,6 +360,7 @@ void engine_free(engine *e) {
     engine__drain_queue(e);
     engine__reap_cancelled(e, true);
     tiers_free(e->tiers);
+    engine__lora_info_free(e);
     model_adapter_base_free(&e->abase);
     vtc_free(e->vtc);
     llama_ctx_free(e->lc);

@@ -178,6 +178,25 @@ typedef struct {
     int running, waiting;
 } engine_tenant_stats;
 int engine_get_tenant_stats(engine *e, engine_tenant_stats *out, int max);
+
+/* The adapter view of the engine (vLLM's lora_requests_info shape, lora_info.c): the
+ * content hashes resident in the slot pool and the adapters that queued requests wait
+ * for, i.e. whose current version is not resident. Refreshed by the engine thread after
+ * every step and after an adapter fetch ends; at most ENGINE_LORA_LIST_MAX of each are
+ * listed (n_*_total counts them all). */
+#define ENGINE_LORA_LIST_MAX 256
+#define ENGINE_LORA_KEY_MAX 130 /* "owner/name" (64 + 1 + 64) + NUL */
+typedef struct {
+    int max_lora;                                  /* slot pool capacity */
+    int n_resident, n_resident_total;
+    char resident[ENGINE_LORA_LIST_MAX][65];       /* sha256 hex of resident versions */
+    int n_waiting, n_waiting_total;
+    char waiting[ENGINE_LORA_LIST_MAX][ENGINE_LORA_KEY_MAX]; /* registry keys, distinct, in queue order */
+    double updated;                                /* unix seconds of the refresh */
+} engine_lora_info;
+/* Any thread: copies the latest view into *out. PEFTD_ENOTFOUND without a store (no
+ * slot pool). */
+int engine_get_lora_info(engine *e, engine_lora_info *out);
 void engine_get_stats(engine *e, engine_stats *s);
 
 /* Non-blocking: stops accepting work (submit answers PEFTD_ECANCELED); with drain, running

@@ -141,6 +141,8 @@ struct engine {
 
     pthread_mutex_t smu;
     engine_stats stats;
+    engine_lora_info *lora_pub;  /* under smu: the published adapter view (lora_info.c) */
+    engine_lora_info *lora_work; /* engine thread: the next one, swapped in under smu */
     unsigned step_delay_us;   /* PEFTD_DEBUG_STEP_DELAY_US: slows steps down for race tests */
 };
 
@@ -161,6 +163,11 @@ bool engine__is_eos(const engine *e, int32_t tok);
 void engine__drain_queue(engine *e);
 void engine__reap_cancelled(engine *e, bool all);
 void engine__admit(engine *e);
+
+/* lora_info.c: the adapter view (engine thread; allocated with the tiers) */
+int engine__lora_info_init(engine *e);
+void engine__lora_info_refresh(engine *e);
+void engine__lora_info_free(engine *e);
 
 /* step.c: one step (drain, reap, admit, then plan, reserve with preemption, build, run,
  * retire) over the running sequences; false when there was nothing to run (engine thread) */

@@ -78,6 +78,12 @@ static const struct {
     {"{\"adapters\": 1}", -1000, "\"adapters\" must be an object of name: directory"},
     {"{\"adapters\": {\"a\": 1}}", -1000, "adapters.\"a\" must be a directory path string"},
     {"{\"adapters\": {\".bad\": \"d\"}}", -1000, "adapter name \".bad\" is invalid (1-64 of [A-Za-z0-9._-], not starting with . or -)"},
+    {"{\"http\": {\"vllm_metric_aliases\": 1}}", -1000, "http.vllm_metric_aliases must be true or false"},
+    {"{\"store\": {\"load_roots\": \"/a\"}}", -1000, "store.load_roots must be an array of at most 4 directory paths"},
+    {"{\"store\": {\"load_roots\": [\"/a\", \"/b\", \"/c\", \"/d\", \"/e\"]}}", -1000,
+     "store.load_roots must be an array of at most 4 directory paths"},
+    {"{\"store\": {\"load_roots\": [\"/a\", \"rel\"]}}", -1000, "store.load_roots[1] must be an absolute directory path"},
+    {"{\"store\": {\"load_roots\": [7]}}", -1000, "store.load_roots[0] must be an absolute directory path"},
     {"{\"port\": 1, \"port\": 2}", -999, "the key \"port\" appears twice in one object"},
     {"[1]", -999, "not a JSON object"},
 };
@@ -101,11 +107,11 @@ TEST(every_key_lands_in_its_field) {
         "{\"model\": \"m\", \"host\": \"h\", \"chat_template\": \"t.jinja\", \"port\": 1, \"threads\": 2,"
         " \"backend\": \"cpu\", \"shutdown_grace_s\": 3, \"fast_prefill\": true, \"comment\": \"x\","
         " \"http\": {\"max_body_bytes\": 2048, \"threads\": 5, \"timeout_s\": 6, \"max_connections\": 7,"
-        "  \"max_uploads\": 8, \"import_threads\": 9, \"import_queue\": 10},"
+        "  \"max_uploads\": 8, \"import_threads\": 9, \"import_queue\": 10, \"vllm_metric_aliases\": true},"
         " \"engine\": {\"max_seqs\": 11, \"max_batch_tokens\": 12, \"block_size\": 13, \"kv_blocks\": 14,"
         "  \"kv_cache_mb\": 15, \"max_queue\": 16},"
         " \"store\": {\"dir\": \"s\", \"map_mb\": 17, \"max_map_mb\": 18, \"host_cache_mb\": 19, \"slots\": 20,"
-        "  \"max_upload_mb\": 21},"
+        "  \"max_upload_mb\": 21, \"load_roots\": [\"/r1\", \"/r2\"]},"
         " \"log\": {\"level\": \"warn\", \"format\": \"json\", \"access\": \"off\"},"
         " \"auth\": {\"enabled\": true, \"admin_key_env\": \"K\", \"comment\": \"y\","
         "  \"admin_key_sha256\": \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"},"
@@ -144,6 +150,10 @@ TEST(every_key_lands_in_its_field) {
     ASSERT_EQ(c.store.host_cache_mb, 19);
     ASSERT_EQ(c.store.slots, 20);
     ASSERT_EQ(c.store.max_upload_mb, 21);
+    ASSERT(c.http_vllm_metric_aliases);
+    ASSERT_STREQ(c.store.load_roots[0], "/r1");
+    ASSERT_STREQ(c.store.load_roots[1], "/r2");
+    ASSERT_STREQ(c.store.load_roots[2], "");
     ASSERT_STREQ(c.log.level, "warn");
     ASSERT_STREQ(c.log.format, "json");
     ASSERT_STREQ(c.log.access, "off");
