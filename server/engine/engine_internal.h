@@ -24,6 +24,10 @@ struct engine_request {
     size_t text_len, text_cap, text_taken;
     gen_token *tokens;
     int n_tokens, tokens_cap, tokens_taken;
+    gen_token *prompt_lp;          /* prompt_logprobs: scored prompt tokens 1.. */
+    int n_prompt_lp, prompt_lp_cap, prompt_lp_taken;
+    int32_t *bias_id;              /* owned copies behind params.bias_id / bias_val */
+    float *bias_val;
     int completion_tokens;
     bool finished;
     finish_reason finish;
@@ -39,6 +43,7 @@ struct engine_request {
 /* Engine side: append published text / a token record; finish. Each takes r->mu. */
 int engine__publish(engine_request *r, const char *text, size_t len, const gen_token *tok,
                     int completion_tokens);
+int engine__publish_prompt(engine_request *r, const gen_token *tok); /* one scored prompt token */
 void engine__finish(engine_request *r, finish_reason f, const char *error);
 void engine__notify(engine_request *r);
 
@@ -88,9 +93,17 @@ typedef struct seq {
     size_t pending_len, pending_cap;
     size_t text_total;        /* completion bytes so far (published + pending) */
     int n_generated;
+    int nv;                   /* prompt tuning's virtual tokens at the start of tokens */
+    int scored;               /* prompt_logprobs: prompt tokens 1..scored are published */
+    int score_row0, score_n, score_j0; /* this step: logits rows score_row0.. score prompt
+                                        * tokens score_j0 + 1 .. (score_n of them) */
 } seq;
 
 enum { STOP_NONE = 0, STOP_DRAIN, STOP_CANCEL };
+
+/* Prompt rows scored per step at most (prompt_logprobs), beyond the one sampled row per
+ * sequence: bounds the logits buffer; a longer prompt is scored over several steps. */
+#define ENGINE_SCORE_ROWS 64
 
 struct engine {
     engine_config cfg;
@@ -136,7 +149,9 @@ struct engine {
     int32_t *b_tokens, *b_pos, *b_slots, *b_qstart, *b_kvlen, *b_kvstart, *b_btab, *b_rows, *b_ropelen;
     llama_segment *b_segs;
     int *b_chunk;             /* tokens each running seq contributes to the step */
-    seq **b_logit_seq;
+    seq **b_logit_seq;        /* per logits row: the sequence sampling from it, NULL for a
+                               * prompt row being scored */
+    int score_rows;           /* scored prompt rows per step at most */
     float *logits;
 
     pthread_mutex_t smu;
