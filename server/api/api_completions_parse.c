@@ -265,8 +265,14 @@ static int api_parse_logprobs(const cJSON *root, bool chat, api_request *r, api_
 static int api_parse_max_tokens(const cJSON *root, bool chat, long long *out, api_err *err) {
     const char *name = chat && api_field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     *out = chat ? 0 : API_DEFAULT_MAX_TOKENS;
-    /* completions: max_tokens 0 with echo scores the prompt (api_request_parse checks echo) */
-    return api_get_int(root, name, chat ? 1 : 0, 1LL << 40, out, err);
+    /* completions: max_tokens 0 with echo scores the prompt (api_request_parse checks echo);
+     * anything else below 1 reads the same on both routes */
+    const cJSON *it = api_field(root, name);
+    if (!chat && it && cJSON_IsNumber(it) && it->valuedouble == 0) {
+        *out = 0;
+        return 0;
+    }
+    return api_get_int(root, name, 1, 1LL << 40, out, err);
 }
 
 /* logit_bias: {"token id": bias in [-100, 100]}; ids must be in the model's vocabulary. */
@@ -290,7 +296,7 @@ static int api_parse_logit_bias(const api_server *s, const cJSON *root, api_requ
         if (!*k || *end || k[0] == '+' || k[0] == ' ' || id < 0 || id >= vocab)
             return api_fail(err, "invalid_value", "'logit_bias' key '%.32s' is not a token id in [0, %d)", k, vocab);
         if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < -100 || it->valuedouble > 100)
-            return api_fail(err, "invalid_value", "'logit_bias[\"%s\"]' must be a number in [-100, 100]", k);
+            return api_fail(err, "invalid_value", "'logit_bias' value of token %s must be a number in [-100, 100]", k);
         r->bias_id[r->gen.n_bias] = (int32_t)id;
         r->bias_val[r->gen.n_bias++] = (float)it->valuedouble;
     }
