@@ -220,6 +220,34 @@ def echo_logprobs_scores_the_prompt_like_transformers():
 
 
 @test
+def prompt_logprobs_under_an_adapter_match_peft():
+    """Scoring runs under the request's adapter: LoRA (incl. lm_head), prompt tuning (virtual
+    tokens before the prompt) and prefix tuning, vs peft's per-position logits."""
+    worst = {}
+    for name in ("lora_r8_all", "lora_lm_head", "prompt_tuning", "prefix_tuning"):
+        adir = os.path.join(ROOT, "tests/fixtures/adapters", name)
+        st, obj = d().upload("score-" + name.replace("_", "-"), adir)
+        assert st in (200, 201), (name, st, obj)
+        ref = json.load(open(os.path.join(adir, "reference.json")))
+        worst[name] = 0.0
+        for c in ref["cases"]:
+            ids = c["input_ids"]
+            if len(ids) < 2:
+                continue
+            obj = d().complete(model="score-" + name.replace("_", "-"), prompt=ids, max_tokens=0, echo=True,
+                               logprobs=1)
+            lp = obj["choices"][0]["logprobs"]["token_logprobs"]
+            assert lp[0] is None and len(lp) == len(ids), obj
+            for i in range(1, len(ids)):
+                row = c["logits"][i - 1]
+                m = max(row)
+                lse = m + math.log(sum(math.exp(v - m) for v in row))
+                worst[name] = max(worst[name], abs(lp[i] - (row[ids[i]] - lse)))
+    print("    prompt logprobs under adapters vs peft: %s" % ", ".join("%s %.3g" % kv for kv in worst.items()))
+    assert max(worst.values()) <= 1e-4, worst
+
+
+@test
 def echo_without_logprobs_and_score_only():
     obj = d().complete(prompt=PROMPT, max_tokens=0, echo=True)
     c = obj["choices"][0]
