@@ -21,6 +21,8 @@ typedef struct {
 
 static const char *MODEL_DIR = "models/stories260K";
 
+static int g_kv_blocks; /* 0 = the engine's default pool */
+
 static void rig_open(rig *r, int max_seqs, int max_batch_tokens) {
     char err[512] = "";
     memset(r, 0, sizeof *r);
@@ -33,6 +35,7 @@ static void rig_open(rig *r, int max_seqs, int max_batch_tokens) {
     c.max_seqs = max_seqs;
     c.max_batch_tokens = max_batch_tokens;
     c.kv_cache_mb = 64;
+    c.kv_blocks = g_kv_blocks;
     if (engine_create(&c, r->m, r->kb, r->tok, &r->e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
     ASSERT_EQ(engine_start(r->e), 0);
 }
@@ -242,6 +245,70 @@ TEST(scoring_does_not_change_generation) {
     rig_close(&r);
 }
 
+/* Eight requests in one shared batch, half scoring their prompt and half with penalties,
+ * in a KV pool so small that sequences are preempted (some mid-prompt) and recomputed:
+ * each gets exactly its solo output, every prompt token scored once, bit-identical. */
+TEST(shared_batch_with_preemption_keeps_scores_and_penalties_exact) {
+    enum { N = 8, NEW = 60 };
+    cJSON *doc = load_json("tests/fixtures/logits/stories260K.json");
+    const cJSON *ids_j = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "cases"), 2), "input_ids");
+    int32_t ids[64];
+    int n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, ids_j) ids[n++] = it->valueint;
+    rig r;
+    g_kv_blocks = 14; /* 224 slots; 8 x (24 + 60) = 672 wanted */
+    rig_open(&r, N, 16);
+    g_kv_blocks = 0;
+    gen_params p[N];
+    engine_delta alone[N], together[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = greedy(NEW);
+        p[i].ignore_eos = true;
+        p[i].prompt_logprobs = i % 2 == 0;
+        p[i].logprobs = i % 4;
+        p[i].repetition_penalty = i % 2 ? 1.0f + 0.2f * (float)i : 1.0f;
+        p[i].frequency_penalty = i % 3 == 1 ? 0.7f : 0.0f;
+        p[i].presence_penalty = i % 3 == 2 ? 0.5f : 0.0f;
+        run(&r, ids + (i % 3), n - (i % 3), &p[i], &alone[i]);
+    }
+    engine_request *q[N];
+    for (int i = 0; i < N; i++) {
+        q[i] = engine_request_create(ids + (i % 3), n - (i % 3), &p[i]);
+        ASSERT(q[i] && engine_submit(r.e, q[i]) == 0);
+    }
+    for (int i = 0; i < N; i++) {
+        engine_request_wait(q[i]);
+        ASSERT_EQ(engine_request_take(q[i], &together[i]), 0);
+        engine_request_unref(q[i]);
+    }
+    engine_stats st;
+    engine_get_stats(r.e, &st);
+    printf("    preemptions: %llu\n", (unsigned long long)st.preemptions);
+    ASSERT(st.preemptions > 0);
+    for (int i = 0; i < N; i++) {
+        ASSERT_EQ(together[i].n_tokens, NEW);
+        ASSERT_EQ(together[i].n_prompt_lp, p[i].prompt_logprobs ? n - (i % 3) - 1 : 0);
+        ASSERT_EQ(together[i].n_prompt_lp, alone[i].n_prompt_lp);
+        for (int k = 0; k < NEW; k++)
+            if (alone[i].tokens[k].id != together[i].tokens[k].id ||
+                memcmp(&alone[i].tokens[k].logprob, &together[i].tokens[k].logprob, 4))
+                FAIL("request %d token %d differs in the shared batch", i, k);
+        for (int k = 0; k < together[i].n_prompt_lp; k++) {
+            const gen_token *a = &alone[i].prompt_tokens_lp[k], *b = &together[i].prompt_tokens_lp[k];
+            bool same = a->id == b->id && !memcmp(&a->logprob, &b->logprob, 4) && a->n_top == b->n_top;
+            for (int j = 0; same && j < a->n_top; j++)
+                same = a->top_id[j] == b->top_id[j] && !memcmp(&a->top_logprob[j], &b->top_logprob[j], 4);
+            if (!same) FAIL("request %d prompt token %d scored differently in the shared batch", i, k + 1);
+        }
+        ASSERT_STREQ(alone[i].text, together[i].text);
+        engine_delta_free(&alone[i]);
+        engine_delta_free(&together[i]);
+    }
+    rig_close(&r);
+    cJSON_Delete(doc);
+}
+
 TEST(invalid_parameters_are_refused) {
     rig r;
     rig_open(&r, 4, 64);
@@ -274,4 +341,4 @@ TEST(invalid_parameters_are_refused) {
 
 TEST_MAIN(repetition_penalty_greedy_matches_transformers_generate, min_tokens_masks_eos_until_reached,
           min_tokens_holds_stop_strings_back, prompt_logprobs_match_transformers, scoring_does_not_change_generation,
-          invalid_parameters_are_refused)
+          shared_batch_with_preemption_keeps_scores_and_penalties_exact, invalid_parameters_are_refused)
