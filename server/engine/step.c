@@ -2,8 +2,9 @@
  * plan (how many token rows each sequence gets: decode tokens first, then prefill chunks
  * within the token budget), reserve (KV blocks for those rows, with preemption by
  * recompute when the pool runs out), build (the ragged batch arrays, ordered into adapter
- * segments), run (the forward pass) and retire (fairness charges, sampling, accepting the
- * tokens, freeing finished sequences, step statistics). Engine thread only. */
+ * segments), run (the forward pass) and retire (fairness charges, the scored prompt rows of
+ * prompt_logprobs requests, logit processing and sampling, accepting the tokens, freeing
+ * finished sequences, step statistics). Engine thread only. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
