@@ -234,7 +234,8 @@ static int job_stream_fill(api_job *job) {
         if (!ch->text.len && !ch->n_tok && !fin && !echo) continue;
         if (echo && job->req.gen.prompt_logprobs && job->req.gen.logprobs >= 0) {
             /* the echoed prompt's own chunk, with its logprobs */
-            cJSON *plp = api_format_prompt_logprobs(job->srv->tok, p, ch->ptok, ch->n_ptok);
+            cJSON *plp = api_format_prompt_logprobs(job->srv->tok, p, ch->ptok, ch->n_ptok, &ch->lp_base);
+            ch->has_lp_base = true;
             rc = plp ? api_format_prompt_chunk(job, ch, p, plp, &job->out) : PEFTD_ENOMEM;
             if (rc) break;
             ch->echo_sent = true;
@@ -248,8 +249,8 @@ static int job_stream_fill(api_job *job) {
             break;
         }
         rc = api_format_chunk(job, ch, text.p, text.len, ch->tok, ch->n_tok,
-                              job->req.echo ? p->text_len : 0, fin && ch->finish != FINISH_ERROR,
-                              &job->out);
+                              ch->has_lp_base ? ch->lp_base : job->req.echo ? p->text_len : 0,
+                              fin && ch->finish != FINISH_ERROR, &job->out);
         if (!rc && fin && (ch->finish == FINISH_ERROR || ch->error[0]))
             rc = api_format_stream_error(ch->error[0] ? ch->error : "engine error", &job->out);
         ch->echo_sent = ch->echo_sent || echo;

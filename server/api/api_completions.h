@@ -122,6 +122,8 @@ typedef struct api_choice {
     int32_t last_id;        /* previous token, the context for a token's text */
     bool echo_sent, finish_sent;
     bool role_sent;         /* chat streaming: the delta.role chunk went out */
+    bool has_lp_base;       /* streaming: the echoed prompt's logprobs went out ... */
+    size_t lp_base;         /* ... and the generated tokens' text_offset continue from here */
 } api_choice;
 
 typedef struct api_job {
@@ -161,7 +163,10 @@ struct cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, i
 /* The completions logprobs object of an echoed prompt (api_format_logprobs's shape): the
  * first token with null logprob and null top_logprobs, then pt[i] for token i + 1;
  * text_offset is the running length of the token strings (as vLLM). */
-struct cJSON *api_format_prompt_logprobs(const tokenizer *tok, const api_prompt *p, const gen_token *pt, int n_pt);
+struct cJSON *api_format_prompt_logprobs(const tokenizer *tok, const api_prompt *p, const gen_token *pt, int n_pt,
+                                         size_t *end);
+/* *end (may be NULL): where the next token's text_offset starts (the generated tokens'
+ * offsets continue from there, as vLLM's do). */
 /* Appends toks to a logprobs object made by one of the two functions above. */
 int api_format_logprobs_append(struct cJSON *o, const tokenizer *tok, const gen_token *toks, int n,
                                size_t offset_base, int32_t *last_id);

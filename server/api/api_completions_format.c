@@ -74,7 +74,8 @@ cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n, s
     return o;
 }
 
-cJSON *api_format_prompt_logprobs(const tokenizer *tok, const api_prompt *p, const gen_token *pt, int n_pt) {
+cJSON *api_format_prompt_logprobs(const tokenizer *tok, const api_prompt *p, const gen_token *pt, int n_pt,
+                                  size_t *end) {
     cJSON *o = lp_object();
     size_t off = 0, len = 0;
     for (size_t i = 0; o && i < p->n_ids; i++) {
@@ -86,6 +87,7 @@ cJSON *api_format_prompt_logprobs(const tokenizer *tok, const api_prompt *p, con
         }
         off += len;
     }
+    if (end) *end = off;
     return o;
 }
 
@@ -141,7 +143,7 @@ static cJSON *choice_logprobs(api_job *job, const api_choice *ch, const api_prom
     int32_t last = p->n_ids ? p->ids[p->n_ids - 1] : -1;
     size_t base = job->req.echo ? p->text_len : 0;
     if (!job->req.gen.prompt_logprobs) return api_format_logprobs(job->srv->tok, ch->tok, ch->n_tok, base, &last);
-    cJSON *lp = api_format_prompt_logprobs(job->srv->tok, p, ch->ptok, ch->n_ptok);
+    cJSON *lp = api_format_prompt_logprobs(job->srv->tok, p, ch->ptok, ch->n_ptok, &base);
     if (lp && api_format_logprobs_append(lp, job->srv->tok, ch->tok, ch->n_tok, base, &last)) {
         cJSON_Delete(lp);
         return NULL;

@@ -198,7 +198,10 @@ def check_prompt_lp(lp, ids, ref_lps, ref_tops, k):
             if len(vals) == k:
                 diff = max(diff, abs(a - b))
     offs = lp["text_offset"]
-    assert offs[0] == 0 and all(offs[i] == offs[i - 1] + len(lp["tokens"][i - 1]) for i in range(1, len(ids))), offs
+    # running length of the token strings, continuing into the generated tokens (as vLLM)
+    assert offs[0] == 0 and all(offs[i] == offs[i - 1] + len(lp["tokens"][i - 1].encode()) for i in range(1, len(ids))), offs
+    if len(offs) > len(ids):
+        assert offs[len(ids)] == offs[len(ids) - 1] + len(lp["tokens"][len(ids) - 1].encode()), offs
     return diff
 
 
@@ -273,6 +276,8 @@ def streamed_echo_carries_the_prompt_logprobs():
     assert text == full["choices"][0]["text"], (text, full)
     toks = sum((c["choices"][0]["logprobs"]["tokens"] for c in chunks if c["choices"] and c["choices"][0]["logprobs"]), [])
     assert toks == full["choices"][0]["logprobs"]["tokens"], (toks, full)
+    offs = sum((c["choices"][0]["logprobs"]["text_offset"] for c in chunks if c["choices"] and c["choices"][0]["logprobs"]), [])
+    assert offs == full["choices"][0]["logprobs"]["text_offset"], (offs, full)
     chunks, done, raw = d().stream(prompt=ids, max_tokens=0, echo=True, logprobs=1)
     assert done and chunks[-1]["choices"][0]["finish_reason"] == "length", raw
 
