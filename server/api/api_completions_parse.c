@@ -359,6 +359,13 @@ static int api_parse_options(const cJSON *root, bool chat, api_request *r, long 
             return api_fail(err, "invalid_type", "'stream_options.include_usage' must be a boolean");
         r->include_usage = iu && cJSON_IsTrue(iu);
     }
+    const cJSON *rf = api_field(root, "response_format"); /* its type was checked by api_check_fields */
+    if (rf && !strcmp(cJSON_GetObjectItemCaseSensitive(rf, "type")->valuestring, "json_object")) {
+        if (r->gen.ignore_eos)
+            return api_fail(err, "invalid_value", "'ignore_eos' cannot be combined with 'response_format' json_object "
+                                                   "(the object ends the generation)");
+        r->gen.json_object = true;
+    }
     const cJSON *user = api_field(root, "user");
     if (user && !cJSON_IsString(user)) return api_fail(err, "invalid_type", "'user' must be a string");
     return api_parse_stop(root, r, err);

@@ -50,21 +50,23 @@ static bool in_list(const char *const *list, const char *key) {
     return false;
 }
 
-/* response_format: {"type":"text"} is what peftd does anyway; json_object / json_schema
- * need grammar-constrained decoding, which is not implemented. */
+/* response_format: {"type":"text"} is what peftd does anyway; {"type":"json_object"} is
+ * read by api_parse_common (grammar-constrained decoding, json_grammar.h); json_schema
+ * needs a schema-to-grammar compiler, which is not implemented. */
 static int check_response_format(const cJSON *root, api_err *err) {
     const cJSON *rf = api_field(root, "response_format");
     if (!rf) return 0;
     const cJSON *type = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
     if (!cJSON_IsString(type))
         return api_fail(err, "invalid_type", "'response_format' must be an object with a string 'type'");
-    if (!strcmp(type->valuestring, "text")) return 0;
-    if (!strcmp(type->valuestring, "json_object") || !strcmp(type->valuestring, "json_schema"))
+    if (!strcmp(type->valuestring, "text") || !strcmp(type->valuestring, "json_object")) return 0;
+    if (!strcmp(type->valuestring, "json_schema"))
         return api_fail(err, "unsupported_parameter",
-                        "'response_format' of type '%s' is not supported: grammar-constrained (JSON) decoding "
-                        "is not implemented; only {\"type\": \"text\"} is accepted",
-                        type->valuestring);
-    return api_fail(err, "invalid_value", "'response_format.type' must be 'text' (got '%.64s')", type->valuestring);
+                        "'response_format' of type 'json_schema' is not supported: decoding constrained to a JSON "
+                        "schema is not implemented; {\"type\": \"json_object\"} (any JSON object) and "
+                        "{\"type\": \"text\"} are");
+    return api_fail(err, "invalid_value", "'response_format' type must be 'text' or 'json_object' (got '%.64s')",
+                    type->valuestring);
 }
 
 int api_check_fields(const cJSON *root, bool chat, api_err *err) {

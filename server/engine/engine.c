@@ -389,6 +389,9 @@ void engine_free(engine *e) {
     free(e->b_segs);
     free(e->prefixes);
     free(e->b_btab);
+    free(e->jt_off);
+    free(e->jt_len);
+    free(e->jt_blob);
     free(e->b_rows);
     free(e->b_chunk);
     free(e->b_logit_seq);

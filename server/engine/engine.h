@@ -78,6 +78,9 @@ typedef struct {
     int n_bias;                /* 0..ENGINE_MAX_LOGIT_BIAS */
     const int32_t *bias_id;    /* [n_bias] token ids < vocab; copied by engine_request_create */
     const float *bias_val;     /* [n_bias] */
+    bool json_object;          /* response_format json_object: only tokens that keep the
+                                * output a prefix of a JSON object (json_grammar.h) are
+                                * sampled, EOS only once it is complete (then only EOS) */
     bool prompt_logprobs;      /* also score the prompt: logprobs (top `logprobs` >= 0
                                 * alternatives) of prompt tokens 1.., see engine_delta */
     int n_stop;

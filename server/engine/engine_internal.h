@@ -53,6 +53,7 @@ void engine__notify(engine_request *r);
 
 #include "adapter_store/tiers.h"
 #include "server/engine/fairness.h"
+#include "server/engine/json_grammar.h"
 #include "server/engine/kv_blocks.h"
 #include "server/engine/sampling.h"
 #include "server/model/llama.h"
@@ -97,6 +98,7 @@ typedef struct seq {
     int scored;               /* prompt_logprobs: prompt tokens 1..scored are published */
     int score_row0, score_n, score_j0; /* this step: logits rows score_row0.. score prompt
                                         * tokens score_j0 + 1 .. (score_n of them) */
+    jsong json;               /* json_object: the output so far, recognized */
 } seq;
 
 enum { STOP_NONE = 0, STOP_DRAIN, STOP_CANCEL };
@@ -152,6 +154,11 @@ struct engine {
     seq **b_logit_seq;        /* per logits row: the sequence sampling from it, NULL for a
                                * prompt row being scored */
     int score_rows;           /* scored prompt rows per step at most */
+    /* json_mask.c: the bytes each token adds (jt_len -1: never allowed), built at the
+     * first json_object request */
+    bool jt_ready;
+    int32_t *jt_off, *jt_len;
+    uint8_t *jt_blob;
     float *logits;
 
     pthread_mutex_t smu;
@@ -171,6 +178,12 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
 void engine__seq_free(engine *e, seq *s);
 bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp);
 bool engine__is_eos(const engine *e, int32_t tok);
+
+/* json_mask.c: response_format json_object. mask: logits (may be e->ss.work) with every
+ * token that cannot continue s's JSON object masked, in e->ss.work; NULL when out of
+ * memory. advance: s's recognizer over the sampled token. */
+const float *engine__json_mask(engine *e, const seq *s, const float *logits);
+void engine__json_advance(engine *e, seq *s, int32_t tok);
 
 /* scheduler.c: the waiting queue, cancellation, admission (engine thread) */
 void engine__drain_queue(engine *e);

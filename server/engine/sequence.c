@@ -124,6 +124,7 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
         if (!(s->pfx = engine__prefix_acquire(e, ad))) goto fail;
     }
     s->rope_len = s->pos_off + s->n_tokens;
+    jsong_init(&s->json);
     uint64_t seed = r->params.has_seed ? r->params.seed
                                        : (uint64_t)uv_hrtime() ^ ((uint64_t)(uintptr_t)r << 16);
     rng_seed(&s->rng, seed);

@@ -3,13 +3,15 @@
  * generate() (ids, raw logprobs: tests/fixtures/sampling/generate.json); min_tokens keeps
  * EOS masked (and stop strings inactive) until reached; prompt_logprobs (with and without
  * generation, max_tokens 0, scored over several steps) equal the log-softmax of
- * transformers' logits (tests/fixtures/logits/stories260K.json). */
+ * transformers' logits (tests/fixtures/logits/stories260K.json); json_object output is
+ * always a JSON-object prefix as detokenized, and a complete object (cJSON) when it stops. */
 #include <cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "server/engine/engine.h"
+#include "server/engine/json_grammar.h"
 #include "tests/harness/test.h"
 
 typedef struct {
@@ -309,6 +311,56 @@ TEST(shared_batch_with_preemption_keeps_scores_and_penalties_exact) {
     cJSON_Delete(doc);
 }
 
+/* The id of the byte token for c (byte fallback: "<0x7D>"). */
+static int32_t byte_token(const tokenizer *t, unsigned char c) {
+    for (int32_t id = 0; id < tokenizer_vocab_size(t); id++) {
+        unsigned char b[8];
+        size_t n;
+        if (tokenizer_token_bytes(t, id, b, sizeof b, &n) == 0 && n == 1 && b[0] == c) return id;
+    }
+    FAIL("no byte token for 0x%02x", c);
+}
+
+TEST(json_object_output_is_an_object_prefix_and_ends_complete) {
+    rig r;
+    rig_open(&r, 8, 64);
+    const int32_t *eos;
+    ASSERT(engine_stop_ids(r.e, &eos) >= 1);
+    int32_t prompt[5] = {1, 403, 407, 261, 378}, bid[2] = {byte_token(r.tok, '}'), eos[0]};
+    float bval[2] = {10.0f, 100.0f}; /* close when allowed; EOS as soon as allowed */
+    int stops = 0;
+    for (int k = 0; k < 12; k++) {
+        gen_params p = greedy(120);
+        p.temperature = 1.0f;
+        p.has_seed = true;
+        p.seed = (uint64_t)k;
+        p.json_object = true;
+        p.n_bias = k < 8 ? 1 : 2;
+        p.bias_id = bid;
+        p.bias_val = bval;
+        engine_delta d;
+        run(&r, prompt, 5, &p, &d);
+        jsong g;
+        jsong_init(&g);
+        if (!jsong_feed(&g, (const uint8_t *)d.text, d.text_len)) FAIL("seed %d: not a JSON-object prefix: %s", k, d.text);
+        if (d.finish == FINISH_STOP) {
+            ASSERT(g.done);
+            cJSON *o = cJSON_Parse(d.text);
+            if (!cJSON_IsObject(o)) FAIL("seed %d: stopped but cJSON reads no object: %s", k, d.text);
+            cJSON_Delete(o);
+            ASSERT_EQ(d.tokens[d.n_tokens - 1].id, eos[0]);
+            stops++;
+        } else {
+            ASSERT_EQ(d.finish, FINISH_LENGTH);
+        }
+        engine_delta_free(&d);
+    }
+    printf("    12 json_object generations, %d complete objects\n", stops);
+    fflush(stdout);
+    ASSERT(stops >= 3);
+    rig_close(&r);
+}
+
 TEST(invalid_parameters_are_refused) {
     rig r;
     rig_open(&r, 4, 64);
@@ -341,4 +393,5 @@ TEST(invalid_parameters_are_refused) {
 
 TEST_MAIN(repetition_penalty_greedy_matches_transformers_generate, min_tokens_masks_eos_until_reached,
           min_tokens_holds_stop_strings_back, prompt_logprobs_match_transformers, scoring_does_not_change_generation,
-          shared_batch_with_preemption_keeps_scores_and_penalties_exact, invalid_parameters_are_refused)
+          shared_batch_with_preemption_keeps_scores_and_penalties_exact,
+          json_object_output_is_an_object_prefix_and_ends_complete, invalid_parameters_are_refused)
