@@ -152,6 +152,7 @@ int api_chat_parse(const api_server *s, const tenants_principal *who, const char
     chat_msgs msgs = {0};
     long long max_tokens = 0;
     int rc = api_parse_begin(who, body, len, r, &root, err);
+    if (!rc) rc = api_check_fields(root, true, err); /* a refused field first, whatever the model */
     if (!rc && !s->chat)
         rc = api_fail(err, "chat_template_missing",
                       "The model '%s' has no chat template (no 'chat_template' in its tokenizer_config.json and none "

@@ -39,6 +39,8 @@ static void job_unref(api_job *job) {
         http_buf_free(&ch->text);
         free(ch->pend_tok);
         free(ch->tok);
+        free(ch->ptok);
+        free(ch->pend_ptok);
     }
     free(job->choices);
     api_request_free(&job->req);
@@ -74,8 +76,10 @@ static void job_notify(void *ud) {
     pthread_mutex_lock(&job->mu);
     if (rc == 0 && !ch->finished) {
         if (http_buf_append(&ch->pend_text, d.text ? d.text : "", d.text_len) ||
-            api_tok_append(&ch->pend_tok, &ch->n_pend_tok, &ch->cap_pend_tok, d.tokens, d.n_tokens))
+            api_tok_append(&ch->pend_tok, &ch->n_pend_tok, &ch->cap_pend_tok, d.tokens, d.n_tokens) ||
+            api_tok_append(&ch->pend_ptok, &ch->n_pend_ptok, &ch->cap_pend_ptok, d.prompt_tokens_lp, d.n_prompt_lp))
             snprintf(ch->error, sizeof ch->error, "out of memory while collecting output");
+        for (int k = 0; k < d.n_tokens; k++) ch->cum_logprob += d.tokens[k].logprob;
         http_metrics_on_tokens(job->t0_ns, &ch->t_last_ns, d.completion_tokens - ch->completion_tokens);
         /* the tenant's tokens-per-minute window counts tokens as they are generated */
         if (job->req.tenants)
@@ -105,10 +109,12 @@ static int job_collect_locked(api_job *job, bool *all_finished) {
     for (int i = 0; i < job->n_choices; i++) {
         api_choice *ch = &job->choices[i];
         if (!rc && (http_buf_append(&ch->text, ch->pend_text.p, ch->pend_text.len) ||
-                    api_tok_append(&ch->tok, &ch->n_tok, &ch->cap_tok, ch->pend_tok, ch->n_pend_tok)))
+                    api_tok_append(&ch->tok, &ch->n_tok, &ch->cap_tok, ch->pend_tok, ch->n_pend_tok) ||
+                    api_tok_append(&ch->ptok, &ch->n_ptok, &ch->cap_ptok, ch->pend_ptok, ch->n_pend_ptok)))
             rc = PEFTD_ENOMEM;
         http_buf_reset(&ch->pend_text);
         ch->n_pend_tok = 0;
+        ch->n_pend_ptok = 0;
         if (!ch->finished) *all_finished = false;
     }
     return rc;
@@ -186,18 +192,27 @@ enum MHD_Result api_completions_continue(http_req *req, struct MHD_Connection *c
 
 /* ---- streaming ---- */
 
+/* Under job->mu, after collecting: the echoed prompt can go out — with prompt logprobs
+ * only once the engine scored all of it (it does before the first generated token). */
+static bool echo_ready(const api_job *job, const api_choice *ch) {
+    if (!job->req.echo) return false;
+    if (!job->req.gen.prompt_logprobs) return true;
+    const api_prompt *p = &job->req.prompts[ch->prompt];
+    return ch->finished || ch->n_ptok >= (int)p->n_ids - 1;
+}
+
 /* Formats what the choices produced since the last call into job->out, or suspends the
  * connection when there is nothing. */
 static int job_stream_fill(api_job *job) {
-    bool all_finished, finished[API_MAX_N * API_MAX_PROMPTS];
+    bool all_finished, finished[API_MAX_N * API_MAX_PROMPTS], echo_ok[API_MAX_N * API_MAX_PROMPTS];
     pthread_mutex_lock(&job->mu);
     int rc = job_collect_locked(job, &all_finished);
     bool any = false;
     for (int i = 0; i < job->n_choices; i++) {
         api_choice *ch = &job->choices[i];
         finished[i] = ch->finished;
-        if (ch->text.len || ch->n_tok || (ch->finished && !ch->finish_sent) ||
-            (job->req.echo && !ch->echo_sent))
+        echo_ok[i] = echo_ready(job, ch);
+        if (ch->text.len || ch->n_tok || (ch->finished && !ch->finish_sent) || (echo_ok[i] && !ch->echo_sent))
             any = true;
     }
     bool stopping = api_stopping(job->srv);
@@ -215,8 +230,18 @@ static int job_stream_fill(api_job *job) {
         api_choice *ch = &job->choices[i];
         const api_prompt *p = &job->req.prompts[ch->prompt];
         bool fin = finished[i] && !ch->finish_sent;
-        bool echo = job->req.echo && !ch->echo_sent;
+        bool echo = echo_ok[i] && !ch->echo_sent;
         if (!ch->text.len && !ch->n_tok && !fin && !echo) continue;
+        if (echo && job->req.gen.prompt_logprobs && job->req.gen.logprobs >= 0) {
+            /* the echoed prompt's own chunk, with its logprobs */
+            cJSON *plp = api_format_prompt_logprobs(job->srv->tok, p, ch->ptok, ch->n_ptok, &ch->lp_base);
+            ch->has_lp_base = true;
+            rc = plp ? api_format_prompt_chunk(job, ch, p, plp, &job->out) : PEFTD_ENOMEM;
+            if (rc) break;
+            ch->echo_sent = true;
+            echo = false;
+            if (!ch->text.len && !ch->n_tok && !fin) continue;
+        }
         http_buf_reset(&text);
         if ((echo && http_buf_append(&text, p->text, p->text_len)) ||
             http_buf_append(&text, ch->text.p, ch->text.len)) {
@@ -224,11 +249,11 @@ static int job_stream_fill(api_job *job) {
             break;
         }
         rc = api_format_chunk(job, ch, text.p, text.len, ch->tok, ch->n_tok,
-                              job->req.echo ? p->text_len : 0, fin && ch->finish != FINISH_ERROR,
-                              &job->out);
+                              ch->has_lp_base ? ch->lp_base : job->req.echo ? p->text_len : 0,
+                              fin && ch->finish != FINISH_ERROR, &job->out);
         if (!rc && fin && (ch->finish == FINISH_ERROR || ch->error[0]))
             rc = api_format_stream_error(ch->error[0] ? ch->error : "engine error", &job->out);
-        ch->echo_sent = true;
+        ch->echo_sent = ch->echo_sent || echo;
         ch->finish_sent = ch->finish_sent || fin;
         http_buf_reset(&ch->text);
         ch->n_tok = 0;
@@ -309,21 +334,24 @@ static api_job *job_create(api_server *s, struct MHD_Connection *conn) {
     return job;
 }
 
+/* One engine request per candidate: best_of per prompt (n unless best_of is given; the n
+ * best are chosen when formatting). */
 static int job_make_choices(api_job *job) {
     const api_request *rq = &job->req;
-    job->n_choices = rq->n_prompts * rq->n;
+    int per = rq->best_of > rq->n ? rq->best_of : rq->n;
+    job->n_choices = rq->n_prompts * per;
     job->choices = calloc((size_t)job->n_choices, sizeof *job->choices);
     if (!job->choices) return PEFTD_ENOMEM;
     for (int p = 0; p < rq->n_prompts; p++) {
-        for (int i = 0; i < rq->n; i++) {
-            api_choice *ch = &job->choices[p * rq->n + i];
+        for (int i = 0; i < per; i++) {
+            api_choice *ch = &job->choices[p * per + i];
             const api_prompt *pr = &rq->prompts[p];
             gen_params gp = rq->gen;
             /* n choices of one seeded request must differ from each other yet be
              * reproducible: choice i samples with seed + i. */
             if (gp.has_seed) gp.seed += (uint64_t)i;
             ch->job = job;
-            ch->index = p * rq->n + i;
+            ch->index = p * per + i; /* best_of > n: renumbered when chosen */
             ch->prompt = p;
             ch->last_id = pr->n_ids ? pr->ids[pr->n_ids - 1] : -1;
             ch->r = engine_request_create(pr->ids, (int)pr->n_ids, &gp);
@@ -346,8 +374,9 @@ static enum MHD_Result job_submit_failed(http_req *req, struct MHD_Connection *c
 /* What a validated request can cost its tenant at most: every choice is a sequence that
  * prefills its prompt and may generate max_tokens. */
 static tenants_cost request_cost(const api_request *r) {
-    tenants_cost c = {.seqs = r->n_prompts * r->n, .max_new = r->gen.max_tokens};
-    for (int i = 0; i < r->n_prompts; i++) c.prompt_tokens += (int64_t)r->prompts[i].n_ids * r->n;
+    int per = r->best_of > r->n ? r->best_of : r->n;
+    tenants_cost c = {.seqs = r->n_prompts * per, .max_new = r->gen.max_tokens};
+    for (int i = 0; i < r->n_prompts; i++) c.prompt_tokens += (int64_t)r->prompts[i].n_ids * per;
     return c;
 }
 

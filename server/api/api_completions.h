@@ -27,7 +27,12 @@ typedef struct {
     api_prompt prompts[API_MAX_PROMPTS];
     int n_prompts;
     int n;                  /* choices per prompt */
-    gen_params gen;         /* gen.stop[] point into stop_store */
+    int best_of;            /* candidates per prompt (>= n): the n best are returned */
+    bool score_only;        /* echo + max_tokens 0: gen.max_tokens 0, the prompt is scored */
+    bool hide_logprobs;     /* gen.logprobs was raised to 0 for best_of alone: not shown */
+    gen_params gen;         /* gen.stop[] point into stop_store, gen.bias_* into bias_* */
+    int32_t *bias_id;
+    float *bias_val;
     char *stop_store[ENGINE_MAX_STOP];
     bool stream, echo, include_usage;
     bool chat;              /* POST /v1/chat/completions (api_chat.c): chat response shapes */
@@ -71,6 +76,11 @@ int api_parse_common(const api_server *s, const tenants_principal *who, const st
                      api_request *r, long long *max_tokens, api_err *err);
 int api_parse_end(int rc, struct cJSON *root, api_request *r, api_err *err);
 
+/* api_fields.c: every top-level key of root is one the route reads, else a 400 naming it
+ * (unsupported_parameter for OpenAI fields peftd does not implement, unknown_parameter
+ * for the rest); response_format other than {"type":"text"} is refused. */
+int api_check_fields(const struct cJSON *root, bool chat, api_err *err);
+
 /* Parses and validates a JSON body, tokenizes the prompts. who (NULL = anonymous) scopes
  * the adapter lookup (its own, then public: http_auth.h) and fills gen.tenant /
  * gen.tenant_weight. On failure fills err and returns a negative status. */
@@ -94,6 +104,9 @@ typedef struct api_choice {
     http_buf pend_text;
     gen_token *pend_tok;
     int n_pend_tok, cap_pend_tok;
+    gen_token *pend_ptok;   /* echo + logprobs: scored prompt tokens 1.. not yet collected */
+    int n_pend_ptok, cap_pend_ptok;
+    double cum_logprob;     /* best_of: sum of the generated tokens' logprobs (under mu) */
     bool finished;
     finish_reason finish;
     char error[256];
@@ -104,9 +117,13 @@ typedef struct api_choice {
     http_buf text;          /* non-streaming: the whole completion */
     gen_token *tok;         /* non-streaming: all tokens (logprobs) */
     int n_tok, cap_tok;
+    gen_token *ptok;        /* the scored prompt tokens collected so far */
+    int n_ptok, cap_ptok;
     int32_t last_id;        /* previous token, the context for a token's text */
     bool echo_sent, finish_sent;
     bool role_sent;         /* chat streaming: the delta.role chunk went out */
+    bool has_lp_base;       /* streaming: the echoed prompt's logprobs went out ... */
+    size_t lp_base;         /* ... and the generated tokens' text_offset continue from here */
 } api_choice;
 
 typedef struct api_job {
@@ -143,7 +160,20 @@ char *api_token_text(const tokenizer *tok, int32_t prev, int32_t id, unsigned ch
  * updates *last_id. */
 struct cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n,
                                   size_t offset_base, int32_t *last_id);
-/* Non-streaming response body for a finished job. */
+/* The completions logprobs object of an echoed prompt (api_format_logprobs's shape): the
+ * first token with null logprob and null top_logprobs, then pt[i] for token i + 1;
+ * text_offset is the running length of the token strings (as vLLM). */
+struct cJSON *api_format_prompt_logprobs(const tokenizer *tok, const api_prompt *p, const gen_token *pt, int n_pt,
+                                         size_t *end);
+/* *end (may be NULL): where the next token's text_offset starts (the generated tokens'
+ * offsets continue from there, as vLLM's do). */
+/* Appends toks to a logprobs object made by one of the two functions above. */
+int api_format_logprobs_append(struct cJSON *o, const tokenizer *tok, const gen_token *toks, int n,
+                               size_t offset_base, int32_t *last_id);
+/* Streaming: the chunk of an echoed prompt with its logprobs object lp (taken). */
+int api_format_prompt_chunk(api_job *job, api_choice *ch, const api_prompt *p, struct cJSON *lp, http_buf *out);
+/* Non-streaming response body for a finished job: with best_of > n, per prompt the n
+ * candidates with the highest cumulative logprob, renumbered p * n + rank. */
 struct cJSON *api_format_response(api_job *job);
 /* One SSE chunk for choice ch: text, its tokens, finish_reason when finish is set.
  * Appends "data: {...}\n\n" to out. */

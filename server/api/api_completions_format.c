@@ -12,43 +12,83 @@
 #include "server/api/api_completions.h"
 #include "server/http/sse.h"
 
-cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n, size_t offset_base,
-                           int32_t *last_id) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens");
-    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
-    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
-    cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
-    if (!tokens || !lps || !tops || !offs) goto fail;
-    for (int i = 0; i < n; i++) {
-        const gen_token *t = &toks[i];
-        char *text = api_token_text(tok, *last_id, t->id, NULL, 0, NULL);
-        cJSON *top = cJSON_CreateObject();
-        if (!text || !top) {
-            free(text);
-            cJSON_Delete(top);
-            goto fail;
-        }
-        cJSON_AddItemToArray(tokens, cJSON_CreateString(text));
-        cJSON_AddItemToArray(lps, cJSON_CreateNumber(t->logprob));
-        /* Like OpenAI and vLLM, the dict holds the top alternatives plus the sampled token.
-         * Two ids can read the same; the dict keeps the first (largest) value. */
-        for (int k = 0; k < t->n_top && k < ENGINE_MAX_LOGPROBS; k++) {
-            char *alt = api_token_text(tok, *last_id, t->top_id[k], NULL, 0, NULL);
-            if (alt && !cJSON_GetObjectItemCaseSensitive(top, alt))
-                cJSON_AddNumberToObject(top, alt, t->top_logprob[k]);
-            free(alt);
-        }
-        if (!cJSON_GetObjectItemCaseSensitive(top, text)) cJSON_AddNumberToObject(top, text, t->logprob);
-        cJSON_AddItemToArray(tops, top);
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(offset_base + t->text_offset)));
+/* One entry of the four arrays: the token's text, its logprob (NaN: null), its top
+ * alternatives plus itself (top NULL: a null entry), its offset. */
+static int lp_add(cJSON *o, const tokenizer *tok, int32_t prev, int32_t id, double logprob, const gen_token *top_src,
+                  size_t offset, size_t *text_len) {
+    cJSON *tokens = cJSON_GetObjectItemCaseSensitive(o, "tokens");
+    cJSON *lps = cJSON_GetObjectItemCaseSensitive(o, "token_logprobs");
+    cJSON *tops = cJSON_GetObjectItemCaseSensitive(o, "top_logprobs");
+    cJSON *offs = cJSON_GetObjectItemCaseSensitive(o, "text_offset");
+    char *text = api_token_text(tok, prev, id, NULL, 0, NULL);
+    cJSON *top = top_src ? cJSON_CreateObject() : cJSON_CreateNull();
+    if (!text || !top || !tokens || !lps || !tops || !offs) {
         free(text);
-        *last_id = t->id;
+        cJSON_Delete(top);
+        return PEFTD_ENOMEM;
+    }
+    cJSON_AddItemToArray(tokens, cJSON_CreateString(text));
+    cJSON_AddItemToArray(lps, top_src ? cJSON_CreateNumber(logprob) : cJSON_CreateNull());
+    /* Like OpenAI and vLLM, the dict holds the top alternatives plus the token itself. Two
+     * ids can read the same; the dict keeps the first (largest) value. */
+    for (int k = 0; top_src && k < top_src->n_top && k < ENGINE_MAX_LOGPROBS; k++) {
+        char *alt = api_token_text(tok, prev, top_src->top_id[k], NULL, 0, NULL);
+        if (alt && !cJSON_GetObjectItemCaseSensitive(top, alt)) cJSON_AddNumberToObject(top, alt, top_src->top_logprob[k]);
+        free(alt);
+    }
+    if (top_src && !cJSON_GetObjectItemCaseSensitive(top, text)) cJSON_AddNumberToObject(top, text, logprob);
+    cJSON_AddItemToArray(tops, top);
+    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)offset));
+    if (text_len) *text_len = strlen(text);
+    free(text);
+    return 0;
+}
+
+static cJSON *lp_object(void) {
+    cJSON *o = cJSON_CreateObject();
+    if (!cJSON_AddArrayToObject(o, "tokens") || !cJSON_AddArrayToObject(o, "token_logprobs") ||
+        !cJSON_AddArrayToObject(o, "top_logprobs") || !cJSON_AddArrayToObject(o, "text_offset")) {
+        cJSON_Delete(o);
+        return NULL;
     }
     return o;
-fail:
-    cJSON_Delete(o);
-    return NULL;
+}
+
+int api_format_logprobs_append(cJSON *o, const tokenizer *tok, const gen_token *toks, int n, size_t offset_base,
+                               int32_t *last_id) {
+    for (int i = 0; i < n; i++) {
+        const gen_token *t = &toks[i];
+        if (lp_add(o, tok, *last_id, t->id, t->logprob, t, offset_base + t->text_offset, NULL)) return PEFTD_ENOMEM;
+        *last_id = t->id;
+    }
+    return 0;
+}
+
+cJSON *api_format_logprobs(const tokenizer *tok, const gen_token *toks, int n, size_t offset_base,
+                           int32_t *last_id) {
+    cJSON *o = lp_object();
+    if (o && api_format_logprobs_append(o, tok, toks, n, offset_base, last_id)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *api_format_prompt_logprobs(const tokenizer *tok, const api_prompt *p, const gen_token *pt, int n_pt,
+                                  size_t *end) {
+    cJSON *o = lp_object();
+    size_t off = 0, len = 0;
+    for (size_t i = 0; o && i < p->n_ids; i++) {
+        const gen_token *t = i >= 1 && (int)i - 1 < n_pt ? &pt[i - 1] : NULL;
+        if (i >= 1 && !t) break; /* not scored (cancelled): nothing more to say */
+        if (lp_add(o, tok, i ? p->ids[i - 1] : -1, p->ids[i], t ? t->logprob : 0, t, off, &len)) {
+            cJSON_Delete(o);
+            return NULL;
+        }
+        off += len;
+    }
+    if (end) *end = off;
+    return o;
 }
 
 static cJSON *api_format_head(const api_job *job) {
@@ -86,28 +126,55 @@ static bool api_add_choice(cJSON *choices, int index, const char *text, size_t t
     return true;
 }
 
+/* best_of: the candidates of prompt p (per of them from index p * per) in the order
+ * returned: highest cumulative logprob first, lower index among equals. */
+static void best_order(const api_job *job, int p, int per, int *order) {
+    for (int i = 0; i < per; i++) order[i] = p * per + i;
+    for (int i = 1; i < per; i++)
+        for (int k = i; k > 0 && job->choices[order[k]].cum_logprob > job->choices[order[k - 1]].cum_logprob; k--) {
+            int t = order[k];
+            order[k] = order[k - 1];
+            order[k - 1] = t;
+        }
+}
+
+/* The logprobs object of one choice: the prompt's when echoed and scored, then its tokens. */
+static cJSON *choice_logprobs(api_job *job, const api_choice *ch, const api_prompt *p) {
+    int32_t last = p->n_ids ? p->ids[p->n_ids - 1] : -1;
+    size_t base = job->req.echo ? p->text_len : 0;
+    if (!job->req.gen.prompt_logprobs) return api_format_logprobs(job->srv->tok, ch->tok, ch->n_tok, base, &last);
+    cJSON *lp = api_format_prompt_logprobs(job->srv->tok, p, ch->ptok, ch->n_ptok, &base);
+    if (lp && api_format_logprobs_append(lp, job->srv->tok, ch->tok, ch->n_tok, base, &last)) {
+        cJSON_Delete(lp);
+        return NULL;
+    }
+    return lp;
+}
+
 cJSON *api_format_response(api_job *job) {
     if (job->req.chat) return api_chat_format_response(job);
     cJSON *o = api_format_head(job);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     http_buf text = {0};
+    const int n = job->req.n, per = job->req.best_of > n ? job->req.best_of : n;
+    int order[API_MAX_N];
     if (!choices) goto fail;
-    for (int i = 0; i < job->n_choices; i++) {
-        api_choice *ch = &job->choices[i];
-        const api_prompt *p = &job->req.prompts[ch->prompt];
-        http_buf_reset(&text);
-        if ((job->req.echo && http_buf_append(&text, p->text, p->text_len)) ||
-            http_buf_append(&text, ch->text.p, ch->text.len))
-            goto fail;
-        cJSON *lp = NULL;
-        if (job->req.gen.logprobs >= 0) {
-            int32_t last = p->n_ids ? p->ids[p->n_ids - 1] : -1;
-            lp = api_format_logprobs(job->srv->tok, ch->tok, ch->n_tok,
-                                     job->req.echo ? p->text_len : 0, &last);
-            if (!lp) goto fail;
+    for (int pi = 0; pi < job->req.n_prompts; pi++) {
+        best_order(job, pi, per, order);
+        if (per == n)
+            for (int i = 0; i < n; i++) order[i] = pi * n + i; /* no choosing: as generated */
+        for (int rank = 0; rank < n; rank++) {
+            api_choice *ch = &job->choices[order[rank]];
+            const api_prompt *p = &job->req.prompts[ch->prompt];
+            http_buf_reset(&text);
+            if ((job->req.echo && http_buf_append(&text, p->text, p->text_len)) ||
+                http_buf_append(&text, ch->text.p, ch->text.len))
+                goto fail;
+            cJSON *lp = NULL;
+            if (job->req.gen.logprobs >= 0 && !job->req.hide_logprobs && !(lp = choice_logprobs(job, ch, p))) goto fail;
+            if (!api_add_choice(choices, pi * n + rank, text.p, text.len, lp, finish_reason_str(ch->finish)))
+                goto fail;
         }
-        if (!api_add_choice(choices, ch->index, text.p, text.len, lp, finish_reason_str(ch->finish)))
-            goto fail;
     }
     cJSON *u = api_format_usage(job);
     if (!u) goto fail;
@@ -118,6 +185,17 @@ fail:
     http_buf_free(&text);
     cJSON_Delete(o);
     return NULL;
+}
+
+int api_format_prompt_chunk(api_job *job, api_choice *ch, const api_prompt *p, cJSON *lp, http_buf *out) {
+    cJSON *o = api_format_head(job);
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    if (!choices) cJSON_Delete(lp);
+    if (!choices || !api_add_choice(choices, ch->index, p->text, p->text_len, lp, NULL)) {
+        cJSON_Delete(o);
+        return PEFTD_ENOMEM;
+    }
+    return sse_append_json(out, o);
 }
 
 int api_format_chunk(api_job *job, api_choice *ch, const char *text, size_t text_len,

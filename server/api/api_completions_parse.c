@@ -1,10 +1,10 @@
 /* server/api/api_completions_parse.c — request bodies of POST /v1/completions and
  * POST /v1/chat/completions: the JSON parse (api_parse_begin), the one reader of the
  * options both routes share into the engine's request (api_parse_common, vLLM's
- * to_sampling_params: sampling, stop, n, max_tokens, stream, logprobs in each route's
- * shape, the model/adapter), the prompts of /v1/completions and the context rule
+ * to_sampling_params: sampling, penalties, logit_bias, min_tokens, stop, n, best_of,
+ * max_tokens, stream, logprobs in each route's shape, the model/adapter), the prompts of /v1/completions and the context rule
  * (api_parse_fit: engine_max_new_tokens). Errors name the field the client sent; unknown
- * fields are ignored, as OpenAI and vLLM do; JSON null means "not given".
+ * and unimplemented fields are refused by name (api_fields.c); JSON null means "not given".
  */
 #include <math.h>
 #include <stdarg.h>
@@ -265,7 +265,57 @@ static int api_parse_logprobs(const cJSON *root, bool chat, api_request *r, api_
 static int api_parse_max_tokens(const cJSON *root, bool chat, long long *out, api_err *err) {
     const char *name = chat && api_field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     *out = chat ? 0 : API_DEFAULT_MAX_TOKENS;
+    /* completions: max_tokens 0 with echo scores the prompt (api_request_parse checks echo);
+     * anything else below 1 reads the same on both routes */
+    const cJSON *it = api_field(root, name);
+    if (!chat && it && cJSON_IsNumber(it) && it->valuedouble == 0) {
+        *out = 0;
+        return 0;
+    }
     return api_get_int(root, name, 1, 1LL << 40, out, err);
+}
+
+/* logit_bias: {"token id": bias in [-100, 100]}; ids must be in the model's vocabulary. */
+static int api_parse_logit_bias(const api_server *s, const cJSON *root, api_request *r, api_err *err) {
+    const cJSON *lb = api_field(root, "logit_bias");
+    if (!lb) return 0;
+    if (!cJSON_IsObject(lb))
+        return api_fail(err, "invalid_type", "'logit_bias' must be an object mapping token ids to biases");
+    int n = cJSON_GetArraySize(lb), vocab = s->m->cfg.vocab_size;
+    if (n > ENGINE_MAX_LOGIT_BIAS)
+        return api_fail(err, "invalid_value", "'logit_bias' has %d entries, at most %d", n, ENGINE_MAX_LOGIT_BIAS);
+    if (n == 0) return 0;
+    r->bias_id = malloc((size_t)n * sizeof *r->bias_id);
+    r->bias_val = malloc((size_t)n * sizeof *r->bias_val);
+    if (!r->bias_id || !r->bias_val) return PEFTD_ENOMEM;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, lb) {
+        char *end = NULL;
+        const char *k = it->string;
+        long long id = strtoll(k, &end, 10);
+        if (!*k || *end || k[0] == '+' || k[0] == ' ' || id < 0 || id >= vocab)
+            return api_fail(err, "invalid_value", "'logit_bias' key '%.32s' is not a token id in [0, %d)", k, vocab);
+        if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < -100 || it->valuedouble > 100)
+            return api_fail(err, "invalid_value", "'logit_bias' value of token %s must be a number in [-100, 100]", k);
+        r->bias_id[r->gen.n_bias] = (int32_t)id;
+        r->bias_val[r->gen.n_bias++] = (float)it->valuedouble;
+    }
+    r->gen.bias_id = r->bias_id;
+    r->gen.bias_val = r->bias_val;
+    return 0;
+}
+
+/* The logit processing of engine.h: penalties, min_tokens, logit_bias. */
+static int api_parse_penalties(const api_server *s, const cJSON *root, api_request *r, api_err *err) {
+    int rc;
+    long long v = 0;
+    if ((rc = api_get_float(root, "presence_penalty", -2, 2, false, &r->gen.presence_penalty, err)) ||
+        (rc = api_get_float(root, "frequency_penalty", -2, 2, false, &r->gen.frequency_penalty, err)) ||
+        (rc = api_get_float(root, "repetition_penalty", 0, 1e4, true, &r->gen.repetition_penalty, err)) ||
+        (rc = api_get_int(root, "min_tokens", 0, 1 << 30, &v, err)))
+        return rc;
+    r->gen.min_tokens = (int)v;
+    return api_parse_logit_bias(s, root, r, err);
 }
 
 static int api_parse_options(const cJSON *root, bool chat, api_request *r, long long *max_tokens, api_err *err) {
@@ -309,14 +359,37 @@ static int api_parse_options(const cJSON *root, bool chat, api_request *r, long 
             return api_fail(err, "invalid_type", "'stream_options.include_usage' must be a boolean");
         r->include_usage = iu && cJSON_IsTrue(iu);
     }
+    const cJSON *rf = api_field(root, "response_format"); /* its type was checked by api_check_fields */
+    if (rf && !strcmp(cJSON_GetObjectItemCaseSensitive(rf, "type")->valuestring, "json_object")) {
+        if (r->gen.ignore_eos)
+            return api_fail(err, "invalid_value", "'ignore_eos' cannot be combined with 'response_format' json_object "
+                                                   "(the object ends the generation)");
+        r->gen.json_object = true;
+    }
     const cJSON *user = api_field(root, "user");
     if (user && !cJSON_IsString(user)) return api_fail(err, "invalid_type", "'user' must be a string");
     return api_parse_stop(root, r, err);
 }
 
+/* best_of (completions): best_of candidates per prompt, the n with the highest cumulative
+ * logprob are returned; not with stream (OpenAI's and vLLM's rule). */
+static int api_parse_best_of(const cJSON *root, api_request *r, api_err *err) {
+    long long v = r->n;
+    int rc = api_get_int(root, "best_of", 1, API_MAX_N, &v, err);
+    if (rc) return rc;
+    if (v < r->n) return api_fail(err, "invalid_value", "'best_of' (%lld) must be at least 'n' (%d)", v, r->n);
+    if (v > r->n && r->stream) return api_fail(err, "invalid_value", "'best_of' greater than 'n' cannot be streamed");
+    r->best_of = (int)v;
+    return 0;
+}
+
 int api_parse_common(const api_server *s, const tenants_principal *who, const cJSON *root, bool chat,
                      api_request *r, long long *max_tokens, api_err *err) {
-    int rc = api_parse_options(root, chat, r, max_tokens, err);
+    int rc = api_check_fields(root, chat, err);
+    if (!rc) rc = api_parse_options(root, chat, r, max_tokens, err);
+    if (!rc) rc = api_parse_penalties(s, root, r, err);
+    r->best_of = r->n;
+    if (!rc && !chat) rc = api_parse_best_of(root, r, err);
     return rc ? rc : api_parse_model(s, who, root, r, err);
 }
 
@@ -333,6 +406,10 @@ int api_parse_fit(const api_server *s, api_request *r, long long max_tokens, api
         }
         if (rc) return rc;
     }
+    if (r->score_only) r->gen.max_tokens = 0; /* echo + max_tokens 0: the prompt fits, nothing is generated */
+    if (r->gen.min_tokens > r->gen.max_tokens)
+        return api_fail(err, "invalid_value", "'min_tokens' (%d) must not exceed max_tokens (%d)", r->gen.min_tokens,
+                        r->gen.max_tokens);
     return 0;
 }
 
@@ -393,6 +470,18 @@ int api_request_parse(const api_server *s, const tenants_principal *who, const c
     long long max_tokens = 0;
     int rc = api_parse_begin(who, body, len, r, &root, err);
     if (!rc) rc = api_parse_common(s, who, root, false, r, &max_tokens, err);
+    if (!rc && max_tokens == 0) {
+        /* OpenAI's legacy scoring idiom: echo the prompt (with its logprobs), generate nothing */
+        if (!r->echo) rc = api_fail(err, "invalid_value", "'max_tokens' must be at least 1 (0 only with 'echo': true)");
+        r->score_only = true;
+    }
+    /* echo + logprobs: the prompt tokens' logprobs too (the engine scores every prompt row) */
+    if (!rc && r->echo && (r->gen.logprobs >= 0 || r->score_only)) r->gen.prompt_logprobs = true;
+    if (!rc && r->best_of > r->n && r->gen.logprobs < 0) {
+        /* best_of ranks by cumulative logprob: the engine reports them, the response does not */
+        r->gen.logprobs = 0;
+        r->hide_logprobs = true;
+    }
     if (!rc) rc = api_parse_prompt(s, root, r, err);
     if (!rc) rc = api_parse_fit(s, r, max_tokens, err);
     return api_parse_end(rc, root, r, err);
@@ -408,6 +497,11 @@ void api_request_free(api_request *r) {
         free(r->stop_store[i]);
         r->stop_store[i] = NULL;
     }
+    free(r->bias_id);
+    free(r->bias_val);
+    r->bias_id = NULL;
+    r->bias_val = NULL;
+    r->gen.n_bias = 0;
     r->n_prompts = 0;
     r->gen.n_stop = 0;
     if (r->adapter) registry_release(r->reg, r->adapter);

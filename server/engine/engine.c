@@ -222,10 +222,13 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->b_segs = malloc(S * sizeof(llama_segment));
     e->prefixes = calloc(S, sizeof(prefix_entry *));
     e->b_btab = malloc(S * (size_t)e->max_blocks * 4);
-    e->b_rows = malloc(S * 4);
+    /* logits rows: one sampled row per sequence plus the prompt rows scored in a step */
+    e->score_rows = cfg->max_batch_tokens < ENGINE_SCORE_ROWS ? cfg->max_batch_tokens : ENGINE_SCORE_ROWS;
+    size_t NL = S + (size_t)e->score_rows;
+    e->b_rows = malloc(NL * 4);
     e->b_chunk = calloc(S, sizeof(int));
-    e->b_logit_seq = malloc(S * sizeof(seq *));
-    e->logits = malloc(S * (size_t)m->cfg.vocab_size * sizeof(float));
+    e->b_logit_seq = malloc(NL * sizeof(seq *));
+    e->logits = malloc(NL * (size_t)m->cfg.vocab_size * sizeof(float));
     if (!e->running || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_qstart || !e->b_kvlen ||
         !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits || !e->b_kvstart || !e->b_ropelen ||
         !e->b_segs || !e->prefixes)
@@ -278,8 +281,20 @@ int engine_max_new_tokens(const engine *e, long long n_prompt, int n_virtual, lo
     return 0;
 }
 
+/* The sampling parameters engine.h documents: ranges, ids within the vocabulary. */
+static bool params_valid(const engine *e, const gen_params *p) {
+    if (p->max_tokens < (p->prompt_logprobs ? 0 : 1) || p->min_tokens < 0 || p->min_tokens > p->max_tokens ||
+        !(p->repetition_penalty > 0) || !(p->presence_penalty >= -2 && p->presence_penalty <= 2) ||
+        !(p->frequency_penalty >= -2 && p->frequency_penalty <= 2) || p->n_bias < 0 ||
+        p->n_bias > ENGINE_MAX_LOGIT_BIAS)
+        return false;
+    for (int i = 0; i < p->n_bias; i++)
+        if (p->bias_id[i] < 0 || p->bias_id[i] >= e->m->cfg.vocab_size) return false;
+    return true;
+}
+
 int engine_submit(engine *e, engine_request *r) {
-    if (r->n_prompt < 1 || r->params.max_tokens < 1) return PEFTD_EINVAL;
+    if (r->n_prompt < 1 || !params_valid(e, &r->params)) return PEFTD_EINVAL;
     const adapter *ad = r->params.adapter;
     if (ad && ad->n_layers != e->m->cfg.n_layers) return PEFTD_EINVAL;
     if (r->params.handle && !e->tiers) return PEFTD_EINVAL;
@@ -377,6 +392,9 @@ void engine_free(engine *e) {
     free(e->b_segs);
     free(e->prefixes);
     free(e->b_btab);
+    free(e->jt_off);
+    free(e->jt_len);
+    free(e->jt_blob);
     free(e->b_rows);
     free(e->b_chunk);
     free(e->b_logit_seq);

@@ -31,6 +31,7 @@
 
 #define ENGINE_MAX_LOGPROBS 20 /* OpenAI's limit for top logprobs */
 #define ENGINE_MAX_STOP 16     /* stop strings per request */
+#define ENGINE_MAX_LOGIT_BIAS 1024 /* logit_bias entries per request */
 
 typedef struct engine engine;
 typedef struct engine_request engine_request;
@@ -53,7 +54,7 @@ typedef struct {
 void engine_config_default(engine_config *c);
 
 typedef struct {
-    int max_tokens;            /* >= 1 */
+    int max_tokens;            /* >= 1; 0 only with prompt_logprobs (score the prompt only) */
     float temperature;         /* 0 = greedy (argmax) */
     float top_p;               /* (0, 1] */
     int top_k;                 /* 0 = off */
@@ -61,6 +62,27 @@ typedef struct {
     bool has_seed;
     int logprobs;              /* -1 = off; else also return this many top alternatives (0..20) */
     bool ignore_eos;           /* keep generating past EOS */
+    /* Logit processing before temperature / top-k / top-p, in this order (vLLM's):
+     *   1. min_tokens: until min_tokens tokens were generated, the eos ids (engine_stop_ids)
+     *      get -inf and stop strings do not end the sequence;
+     *   2. logit_bias: bias_val[i] is added to the logit of bias_id[i];
+     *   3. repetition_penalty (HF RepetitionPenaltyLogitsProcessor, vLLM): the logit l of
+     *      every token in the prompt or the output becomes l / p when l > 0, else l * p;
+     *   4. frequency / presence penalty (OpenAI, vLLM): l -= frequency * c + presence * (c > 0),
+     *      c = the token's count in the output (generated tokens only, as vLLM).
+     * Log-probabilities stay those of the raw logits (vLLM v1's default "raw_logprobs"). */
+    float presence_penalty;    /* [-2, 2], 0 = off */
+    float frequency_penalty;   /* [-2, 2], 0 = off */
+    float repetition_penalty;  /* > 0, 1 = off */
+    int min_tokens;            /* 0 = off; <= max_tokens */
+    int n_bias;                /* 0..ENGINE_MAX_LOGIT_BIAS */
+    const int32_t *bias_id;    /* [n_bias] token ids < vocab; copied by engine_request_create */
+    const float *bias_val;     /* [n_bias] */
+    bool json_object;          /* response_format json_object: only tokens that keep the
+                                * output a prefix of a JSON object (json_grammar.h) are
+                                * sampled, EOS only once it is complete (then only EOS) */
+    bool prompt_logprobs;      /* also score the prompt: logprobs (top `logprobs` >= 0
+                                * alternatives) of prompt tokens 1.., see engine_delta */
     int n_stop;
     char *stop[ENGINE_MAX_STOP]; /* NUL-terminated; copied by engine_request_create */
     /* The adapter, one of (or neither = the base model):
@@ -106,6 +128,10 @@ typedef struct {
     size_t text_len;
     gen_token *tokens;     /* new tokens since the last take (NULL unless logprobs >= 0) */
     int n_tokens;
+    /* prompt_logprobs: scored prompt tokens since the last take, prompt[1..] in order
+     * (prompt[0] has none); all of them arrive before the first generated token */
+    gen_token *prompt_tokens_lp;
+    int n_prompt_lp;
     bool finished;
     finish_reason finish;
     char error[256];

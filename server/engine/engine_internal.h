@@ -24,6 +24,10 @@ struct engine_request {
     size_t text_len, text_cap, text_taken;
     gen_token *tokens;
     int n_tokens, tokens_cap, tokens_taken;
+    gen_token *prompt_lp;          /* prompt_logprobs: scored prompt tokens 1.. */
+    int n_prompt_lp, prompt_lp_cap, prompt_lp_taken;
+    int32_t *bias_id;              /* owned copies behind params.bias_id / bias_val */
+    float *bias_val;
     int completion_tokens;
     bool finished;
     finish_reason finish;
@@ -39,6 +43,7 @@ struct engine_request {
 /* Engine side: append published text / a token record; finish. Each takes r->mu. */
 int engine__publish(engine_request *r, const char *text, size_t len, const gen_token *tok,
                     int completion_tokens);
+int engine__publish_prompt(engine_request *r, const gen_token *tok); /* one scored prompt token */
 void engine__finish(engine_request *r, finish_reason f, const char *error);
 void engine__notify(engine_request *r);
 
@@ -48,6 +53,7 @@ void engine__notify(engine_request *r);
 
 #include "adapter_store/tiers.h"
 #include "server/engine/fairness.h"
+#include "server/engine/json_grammar.h"
 #include "server/engine/kv_blocks.h"
 #include "server/engine/sampling.h"
 #include "server/model/llama.h"
@@ -88,9 +94,18 @@ typedef struct seq {
     size_t pending_len, pending_cap;
     size_t text_total;        /* completion bytes so far (published + pending) */
     int n_generated;
+    int nv;                   /* prompt tuning's virtual tokens at the start of tokens */
+    int scored;               /* prompt_logprobs: prompt tokens 1..scored are published */
+    int score_row0, score_n, score_j0; /* this step: logits rows score_row0.. score prompt
+                                        * tokens score_j0 + 1 .. (score_n of them) */
+    jsong json;               /* json_object: the output so far, recognized */
 } seq;
 
 enum { STOP_NONE = 0, STOP_DRAIN, STOP_CANCEL };
+
+/* Prompt rows scored per step at most (prompt_logprobs), beyond the one sampled row per
+ * sequence: bounds the logits buffer; a longer prompt is scored over several steps. */
+#define ENGINE_SCORE_ROWS 64
 
 struct engine {
     engine_config cfg;
@@ -136,7 +151,14 @@ struct engine {
     int32_t *b_tokens, *b_pos, *b_slots, *b_qstart, *b_kvlen, *b_kvstart, *b_btab, *b_rows, *b_ropelen;
     llama_segment *b_segs;
     int *b_chunk;             /* tokens each running seq contributes to the step */
-    seq **b_logit_seq;
+    seq **b_logit_seq;        /* per logits row: the sequence sampling from it, NULL for a
+                               * prompt row being scored */
+    int score_rows;           /* scored prompt rows per step at most */
+    /* json_mask.c: the bytes each token adds (jt_len -1: never allowed), built at the
+     * first json_object request */
+    bool jt_ready;
+    int32_t *jt_off, *jt_len;
+    uint8_t *jt_blob;
     float *logits;
 
     pthread_mutex_t smu;
@@ -158,6 +180,12 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
 void engine__seq_free(engine *e, seq *s);
 bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp);
 bool engine__is_eos(const engine *e, int32_t tok);
+
+/* json_mask.c: response_format json_object. mask: logits (may be e->ss.work) with every
+ * token that cannot continue s's JSON object masked, in e->ss.work; NULL when out of
+ * memory. advance: s's recognizer over the sampled token. */
+const float *engine__json_mask(engine *e, const seq *s, const float *logits);
+void engine__json_advance(engine *e, seq *s, int32_t tok);
 
 /* scheduler.c: the waiting queue, cancellation, admission (engine thread) */
 void engine__drain_queue(engine *e);

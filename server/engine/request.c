@@ -13,6 +13,7 @@ void gen_params_default(gen_params *p) {
     p->temperature = 1.0f;
     p->top_p = 1.0f;
     p->logprobs = -1;
+    p->repetition_penalty = 1.0f;
     p->adapter_scale = 1.0f;
     p->tenant_weight = 1.0f;
 }
@@ -43,11 +44,22 @@ engine_request *engine_request_create(const int32_t *prompt, int n_prompt, const
         if (!(r->params.stop[i] = strdup(p->stop[i]))) goto fail;
         r->params.n_stop++;
     }
+    if (p->n_bias > 0) {
+        if (p->n_bias > ENGINE_MAX_LOGIT_BIAS || !(r->bias_id = malloc((size_t)p->n_bias * sizeof(int32_t))) ||
+            !(r->bias_val = malloc((size_t)p->n_bias * sizeof(float))))
+            goto fail;
+        memcpy(r->bias_id, p->bias_id, (size_t)p->n_bias * sizeof(int32_t));
+        memcpy(r->bias_val, p->bias_val, (size_t)p->n_bias * sizeof(float));
+    }
+    r->params.bias_id = r->bias_id;
+    r->params.bias_val = r->bias_val;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->done_cv, NULL);
     return r;
 fail:
     for (int i = 0; i < r->params.n_stop; i++) free(r->params.stop[i]);
+    free(r->bias_id);
+    free(r->bias_val);
     free(r->prompt);
     free(r);
     return NULL;
@@ -72,6 +84,9 @@ void engine_request_unref(engine_request *r) {
     free(r->prompt);
     free(r->text);
     free(r->tokens);
+    free(r->prompt_lp);
+    free(r->bias_id);
+    free(r->bias_val);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->done_cv);
     free(r);
@@ -82,9 +97,10 @@ int engine_request_take(engine_request *r, engine_delta *d) {
     pthread_mutex_lock(&r->mu);
     size_t n = r->text_len - r->text_taken;
     d->text = malloc(n + 1);
-    int nt = r->n_tokens - r->tokens_taken;
+    int nt = r->n_tokens - r->tokens_taken, np = r->n_prompt_lp - r->prompt_lp_taken;
     if (nt > 0) d->tokens = malloc((size_t)nt * sizeof(gen_token));
-    if (!d->text || (nt > 0 && !d->tokens)) {
+    if (np > 0) d->prompt_tokens_lp = malloc((size_t)np * sizeof(gen_token));
+    if (!d->text || (nt > 0 && !d->tokens) || (np > 0 && !d->prompt_tokens_lp)) {
         pthread_mutex_unlock(&r->mu);
         engine_delta_free(d);
         return PEFTD_ENOMEM;
@@ -96,6 +112,9 @@ int engine_request_take(engine_request *r, engine_delta *d) {
     if (nt > 0) memcpy(d->tokens, r->tokens + r->tokens_taken, (size_t)nt * sizeof(gen_token));
     d->n_tokens = nt;
     r->tokens_taken = r->n_tokens;
+    if (np > 0) memcpy(d->prompt_tokens_lp, r->prompt_lp + r->prompt_lp_taken, (size_t)np * sizeof(gen_token));
+    d->n_prompt_lp = np > 0 ? np : 0;
+    r->prompt_lp_taken = r->n_prompt_lp;
     d->finished = r->finished;
     d->finish = r->finish;
     memcpy(d->error, r->error, sizeof d->error);
@@ -108,8 +127,10 @@ int engine_request_take(engine_request *r, engine_delta *d) {
 void engine_delta_free(engine_delta *d) {
     free(d->text);
     free(d->tokens);
+    free(d->prompt_tokens_lp);
     d->text = NULL;
     d->tokens = NULL;
+    d->prompt_tokens_lp = NULL;
 }
 
 void engine_request_wait(engine_request *r) {
@@ -147,6 +168,23 @@ int engine__publish(engine_request *r, const char *text, size_t len, const gen_t
     }
     r->completion_tokens = completion_tokens;
 out:
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
+int engine__publish_prompt(engine_request *r, const gen_token *tok) {
+    int st = 0;
+    pthread_mutex_lock(&r->mu);
+    if (r->n_prompt_lp == r->prompt_lp_cap) {
+        int cap = r->prompt_lp_cap ? 2 * r->prompt_lp_cap : 64;
+        gen_token *t = realloc(r->prompt_lp, (size_t)cap * sizeof *t);
+        if (!t) st = PEFTD_ENOMEM;
+        else {
+            r->prompt_lp = t;
+            r->prompt_lp_cap = cap;
+        }
+    }
+    if (!st) r->prompt_lp[r->n_prompt_lp++] = *tok;
     pthread_mutex_unlock(&r->mu);
     return st;
 }

@@ -1,4 +1,6 @@
-/* server/engine/sampling.c — see sampling.h. */
+/* server/engine/sampling.c — see sampling.h: the RNG, argmax, temperature / top-k / top-p
+ * sampling, logprobs, and the logit processing before them (min_tokens, logit_bias,
+ * repetition / frequency / presence penalties). */
 #include "server/engine/sampling.h"
 
 #include <math.h>
@@ -38,7 +40,9 @@ int sampler_scratch_init(sampler_scratch *s, int vocab) {
     s->vocab = vocab;
     s->probs = malloc((size_t)vocab * sizeof(float));
     s->idx = malloc((size_t)vocab * sizeof(int32_t));
-    if (!s->probs || !s->idx) {
+    s->work = malloc((size_t)vocab * sizeof(float));
+    s->count = calloc((size_t)vocab, sizeof(int32_t));
+    if (!s->probs || !s->idx || !s->work || !s->count) {
         sampler_scratch_free(s);
         return PEFTD_ENOMEM;
     }
@@ -48,8 +52,12 @@ int sampler_scratch_init(sampler_scratch *s, int vocab) {
 void sampler_scratch_free(sampler_scratch *s) {
     free(s->probs);
     free(s->idx);
+    free(s->work);
+    free(s->count);
     s->probs = NULL;
     s->idx = NULL;
+    s->work = NULL;
+    s->count = NULL;
 }
 
 /* Reference argmax: the lowest index among equal maxima; NaN never wins (and a NaN at
@@ -160,7 +168,7 @@ static int cmp_desc(const void *a, const void *b, void *ctx) {
     return (ia > ib) - (ia < ib);
 }
 
-static void fill_logprobs(const float *logits, int vocab, int32_t chosen, int want, gen_token *lp) {
+void sampler_logprobs(const float *logits, int vocab, int32_t chosen, int want, gen_token *lp) {
     /* log-softmax in double: logsumexp over up to 256K logits loses ~1e-7 relative in f32. */
     float mx = logits[argmax(logits, vocab)];
     double sum = 0;
@@ -188,6 +196,11 @@ static void fill_logprobs(const float *logits, int vocab, int32_t chosen, int wa
 
 int32_t sampler_pick(const float *logits, const gen_params *p, rng_state *rng, sampler_scratch *s,
                      int want_logprobs, gen_token *lp) {
+    return sampler_pick_raw(logits, logits, p, rng, s, want_logprobs, lp);
+}
+
+int32_t sampler_pick_raw(const float *logits, const float *raw, const gen_params *p, rng_state *rng,
+                         sampler_scratch *s, int want_logprobs, gen_token *lp) {
     int V = s->vocab;
     int32_t tok;
     if (p->temperature <= 0.0f) {
@@ -230,6 +243,54 @@ int32_t sampler_pick(const float *logits, const gen_params *p, rng_state *rng, s
         }
         if (tok < 0) tok = truncate ? s->idx[n - 1] : argmax(logits, V); /* rounding at the tail */
     }
-    if (want_logprobs >= 0 && lp) fill_logprobs(logits, V, tok, want_logprobs, lp);
+    if (want_logprobs >= 0 && lp) sampler_logprobs(raw, V, tok, want_logprobs, lp);
     return tok;
+}
+
+bool sampler_needs_processing(const gen_params *p, int n_generated) {
+    return n_generated < p->min_tokens || p->n_bias > 0 || p->repetition_penalty != 1.0f ||
+           (n_generated > 0 && (p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f));
+}
+
+const float *sampler_process(const float *logits, const gen_params *p, const int32_t *prompt, int n_prompt,
+                             const int32_t *output, int n_output, const int32_t *eos, int n_eos,
+                             sampler_scratch *s) {
+    const int V = s->vocab;
+    float *w = s->work;
+    memcpy(w, logits, (size_t)V * sizeof(float));
+    if (n_output < p->min_tokens)
+        for (int i = 0; i < n_eos; i++)
+            if (eos[i] >= 0 && eos[i] < V) w[eos[i]] = -INFINITY;
+    for (int i = 0; i < p->n_bias; i++) w[p->bias_id[i]] += p->bias_val[i];
+    if (p->repetition_penalty != 1.0f) {
+        /* each id of prompt and output once (count marks it), as a gather/scatter does */
+        const float rp = p->repetition_penalty;
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *ids = pass ? output : prompt;
+            int n = pass ? n_output : n_prompt;
+            for (int i = 0; i < n; i++) {
+                int32_t id = ids[i];
+                if (id < 0 || id >= V || s->count[id]) continue;
+                s->count[id] = 1;
+                w[id] = w[id] > 0 ? w[id] / rp : w[id] * rp;
+            }
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *ids = pass ? output : prompt;
+            int n = pass ? n_output : n_prompt;
+            for (int i = 0; i < n; i++)
+                if (ids[i] >= 0 && ids[i] < V) s->count[ids[i]] = 0;
+        }
+    }
+    if (p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f) {
+        for (int i = 0; i < n_output; i++)
+            if (output[i] >= 0 && output[i] < V) s->count[output[i]]++;
+        for (int i = 0; i < n_output; i++) {
+            int32_t id = output[i];
+            if (id < 0 || id >= V || s->count[id] == 0) continue;
+            w[id] -= p->frequency_penalty * (float)s->count[id] + p->presence_penalty;
+            s->count[id] = 0; /* applied once per id */
+        }
+    }
+    return w;
 }

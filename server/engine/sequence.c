@@ -1,8 +1,8 @@
 /* server/engine/sequence.c — one sequence's life on the engine thread: creation from a
  * request (virtual tokens, detokenizer priming, the RNG), the prefix-tuning K/V it shares
  * with the other sequences of its adapter, and what happens to each sampled token:
- * incremental detokenization, stop strings held back until they can no longer match,
- * EOS / length limits, publication to the request. */
+ * incremental detokenization, stop strings held back until they can no longer match
+ * (not before min_tokens), EOS / length limits, publication to the request. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +115,7 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
     for (int k = 0; k < nv; k++) s->tokens[k] = -(k + 1);
     memcpy(s->tokens + nv, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
     s->n_tokens = nv + r->n_prompt;
+    s->nv = nv;
     if (tokenizer_stream_prime(s->ds, r->prompt, (size_t)r->n_prompt) < 0) goto fail;
     /* blocks are taken step by step as K/V are written (seq_reserve) */
     if (ad && ad->kind == ADAPTER_PREFIX_TUNING) {
@@ -123,6 +124,7 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
         if (!(s->pfx = engine__prefix_acquire(e, ad))) goto fail;
     }
     s->rope_len = s->pos_off + s->n_tokens;
+    jsong_init(&s->json);
     uint64_t seed = r->params.has_seed ? r->params.seed
                                        : (uint64_t)uv_hrtime() ^ ((uint64_t)(uintptr_t)r << 16);
     rng_seed(&s->rng, seed);
@@ -207,7 +209,8 @@ bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp) {
         }
         s->text_total += len;
         bool stopped = false;
-        publish = scan_stops(s, &stopped);
+        /* before min_tokens no stop string ends it: the text so far goes out as it is */
+        publish = s->n_generated < r->params.min_tokens ? s->pending_len : scan_stops(s, &stopped);
         if (stopped) fin = FINISH_STOP;
     }
     if (fin == FINISH_NONE && (s->n_generated >= r->params.max_tokens || s->n_tokens >= e->ctx_len))
@@ -219,7 +222,7 @@ bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp) {
         if (tokenizer_stream_flush(s->ds, &piece, &len) == 0 && len && pending_append(s, piece, len) == 0) {
             s->text_total += len;
             bool stopped = false;
-            publish = scan_stops(s, &stopped);
+            publish = s->n_generated < r->params.min_tokens ? s->pending_len : scan_stops(s, &stopped);
             if (stopped) fin = FINISH_STOP;
             else publish = s->pending_len;
         } else {

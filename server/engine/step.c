@@ -2,8 +2,9 @@
  * plan (how many token rows each sequence gets: decode tokens first, then prefill chunks
  * within the token budget), reserve (KV blocks for those rows, with preemption by
  * recompute when the pool runs out), build (the ragged batch arrays, ordered into adapter
- * segments), run (the forward pass) and retire (fairness charges, sampling, accepting the
- * tokens, freeing finished sequences, step statistics). Engine thread only. */
+ * segments), run (the forward pass) and retire (fairness charges, the scored prompt rows of
+ * prompt_logprobs requests, logit processing and sampling, accepting the tokens, freeing
+ * finished sequences, step statistics). Engine thread only. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -62,7 +63,7 @@ static void step_longrope_recompute(engine *e) {
  * with what is left of the token budget. */
 static void step_plan(engine *e) {
     qsort(e->running, (size_t)e->n_running, sizeof(seq *), seq_cmp_adapter);
-    int budget = e->cfg.max_batch_tokens;
+    int budget = e->cfg.max_batch_tokens, score_budget = e->score_rows;
     memset(e->b_chunk, 0, (size_t)e->n_running * sizeof(int));
     for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < e->n_running; i++) {
@@ -70,9 +71,13 @@ static void step_plan(engine *e) {
             int remaining = s->n_tokens - s->n_computed;
             if ((pass == 0) != (remaining == 1)) continue;
             int c = remaining < budget ? remaining : budget;
+            /* a prompt still to be scored: at most score_budget rows (each may be scored) */
+            bool scoring = s->r->params.prompt_logprobs && s->scored < s->r->n_prompt - 1 && pass == 1;
+            if (scoring && c > score_budget) c = score_budget;
             if (c <= 0) continue;
             e->b_chunk[i] = c;
             budget -= c;
+            if (scoring) score_budget -= c;
         }
 }
 
@@ -179,11 +184,26 @@ static void build_seq(engine *e, seq *s, int c, step_shape *sh) {
         e->b_slots[T] = row[kv / bs] * bs + kv % bs;
     }
     sh->rows = T;
+    s->score_n = 0;
+    if (s->r->params.prompt_logprobs) {
+        /* row of prompt token j scores token j + 1 (once: not again after a preemption) */
+        for (int j = 0; j < c; j++) {
+            int pj = s->n_computed + j - s->nv;
+            if (pj < s->scored || pj < 0 || pj + 1 >= s->r->n_prompt) continue;
+            if (s->score_n == 0) {
+                s->score_row0 = sh->logits;
+                s->score_j0 = pj;
+            }
+            e->b_rows[sh->logits] = T - c + j;
+            e->b_logit_seq[sh->logits++] = NULL;
+            s->score_n++;
+        }
+    }
     if (s->n_tokens - s->n_computed > 1) sh->prompt_rows += c;
     e->b_kvlen[S] = kv_off + s->n_computed + c;
     e->b_kvstart[S] = s->pfx ? s->pfx->pad : 0;
     e->b_ropelen[S] = s->rope_len;
-    if (s->n_computed + c == s->n_tokens) {
+    if (s->n_computed + c == s->n_tokens && s->r->params.max_tokens > 0) {
         e->b_rows[sh->logits] = T - 1;
         e->b_logit_seq[sh->logits++] = s;
     }
@@ -225,6 +245,27 @@ static int step_run(engine *e, const llama_batch *b) {
     return st;
 }
 
+/* Retire, scored prompt rows: the logprob of the prompt token each row predicts (and the
+ * top alternatives), published in prompt order. */
+static void retire_scores(engine *e) {
+    const int V = e->m->cfg.vocab_size;
+    for (int i = 0; i < e->n_running; i++) {
+        seq *s = e->running[i];
+        if (s->score_n == 0) continue;
+        const gen_params *p = &s->r->params;
+        for (int k = 0; k < s->score_n; k++) {
+            int j = s->score_j0 + k;
+            gen_token rec;
+            sampler_logprobs(e->logits + (size_t)(s->score_row0 + k) * V, V, s->r->prompt[j + 1],
+                             p->logprobs > 0 ? p->logprobs : 0, &rec);
+            rec.text_offset = 0;
+            if (engine__publish_prompt(s->r, &rec) < 0) break;
+            s->scored = j + 1;
+        }
+        s->score_n = 0;
+    }
+}
+
 /* Retire: the computed rows are charged to their tenants, one token is sampled for each
  * logits row and accepted, and the finished sequences are freed. Returns the tokens
  * generated. */
@@ -237,15 +278,36 @@ static int step_retire(engine *e, const step_shape *sh) {
         s->n_computed += c;
         vtc_charge(e->vtc, s->vt, decode ? 0 : c, s->n_computed == s->n_tokens ? 1 : 0);
     }
+    retire_scores(e);
+    const int V = e->m->cfg.vocab_size;
     int generated = 0;
     for (int k = 0; k < sh->logits; k++) {
         seq *s = e->b_logit_seq[k];
+        if (!s) continue; /* a scored prompt row */
         const gen_params *p = &s->r->params;
+        const float *raw = e->logits + (size_t)k * V, *use = raw;
+        int n_prompt = s->n_tokens - s->n_generated;
+        if (sampler_needs_processing(p, s->n_generated))
+            use = sampler_process(raw, p, s->tokens, n_prompt, s->tokens + n_prompt, s->n_generated,
+                                  e->eos_ids, p->ignore_eos ? 0 : e->n_eos, &e->ss);
+        if (p->json_object && !(use = engine__json_mask(e, s, use))) {
+            engine__finish_request(s->r, FINISH_ERROR, "out of memory (json_object token table)");
+            s->r = NULL;
+            continue;
+        }
         gen_token lp;
-        int32_t tok = sampler_pick(e->logits + (size_t)k * e->m->cfg.vocab_size, p, &s->rng, &e->ss,
-                                   p->logprobs, &lp);
+        int32_t tok = sampler_pick_raw(use, raw, p, &s->rng, &e->ss, p->logprobs, &lp);
+        if (p->json_object) engine__json_advance(e, s, tok);
         generated++;
         if (engine__seq_accept(e, s, tok, p->logprobs >= 0 ? &lp : NULL)) s->r = NULL; /* finished */
+    }
+    for (int i = 0; i < e->n_running; i++) {
+        /* max_tokens 0 (prompt_logprobs): the prompt is scored, nothing is generated */
+        seq *s = e->running[i];
+        if (s->r && s->r->params.max_tokens == 0 && s->n_computed == s->n_tokens) {
+            engine__finish_request(s->r, FINISH_LENGTH, NULL);
+            s->r = NULL;
+        }
     }
     for (int i = 0; i < e->n_running;) {
         if (e->running[i]->r == NULL) {

@@ -294,11 +294,13 @@ def prompt_array_of_one_string():
 
 
 @test
-def unknown_fields_and_nulls_are_ignored():
+def unknown_fields_are_refused_and_nulls_are_not_given():
     obj = d().complete(prompt=PROMPT, max_tokens=4, temperature=0, user="u1",
-                       frequency_penalty=None, best_of=None, some_future_field={"x": 1},
-                       top_k=-1, top_p=1)
+                       frequency_penalty=None, best_of=None, top_k=-1, top_p=1)
     assert obj["choices"][0]["text"] is not None
+    st, obj = d().post("/v1/completions", {"model": MODEL_ID, "prompt": PROMPT, "some_future_field": {"x": 1}})
+    harness.assert_error(st, obj, 400, "unknown_parameter")
+    assert "'some_future_field'" in obj["error"]["message"], obj
 
 
 @test
