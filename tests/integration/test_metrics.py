@@ -344,7 +344,10 @@ def sighup_reloads_without_dropping_streams():
 
 @test
 def ready_503_while_draining():
-    dm = harness.Daemon(env={"PEFTD_DEBUG_STEP_DELAY_US": "3000"})
+    # 20 ms per step: the two 150-token streams outlive the drain by >= 3 s, so a scheduler
+    # pause of the test process on a loaded machine cannot let them finish (and the daemon
+    # exit) before the first /ready after SIGTERM (3 ms per step once did)
+    dm = harness.Daemon(env={"PEFTD_DEBUG_STEP_DELAY_US": "20000"})
     try:
         assert dm.request("GET", "/ready")[0] == 200
         results = [None] * 2
