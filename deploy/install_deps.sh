@@ -13,7 +13,7 @@ declare -A PKG=(
   [libpcre2-8]=libpcre2-dev
   [libutf8proc]=libutf8proc-dev
   [libcrypto]=libssl-dev
-  [libcurl]=libcurl4-openssl-dev   # peftctl (the client) only
+  [libcurl]=libcurl4-openssl-dev   # peftctl, the load generator and the follower (store.follow)
 )
 
 missing=()

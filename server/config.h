@@ -31,6 +31,11 @@ typedef struct {
         int host_cache_mb;    /* host tier of adapter blobs */
         int slots;            /* decoded adapters resident at once */
         int max_upload_mb;    /* PUT /v1/adapters body limit */
+        int changes_retain;   /* change-feed records kept for followers (store_changes.h) */
+        char follow[512];     /* "": a primary; else the primary's base URL: this peftd is a
+                               * read-only follower mirroring it (server/replication/) */
+        char follow_key_env[128]; /* names the variable holding the key sent to the primary */
+        int follow_poll_ms;   /* how often a caught-up follower asks for new changes */
     } store;
     struct {                  /* "log": reloaded on SIGHUP */
         char level[16];       /* debug|info|warn|error; "" = PEFTD_LOG or info */

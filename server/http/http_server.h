@@ -36,6 +36,9 @@ typedef struct {
                                 * NULL or "" = the model's tokenizer_config.json */
     struct tenants *tenants; /* API keys, tenants and quotas (server/tenants/tenants.h); NULL or
                               * disabled = no authentication, every adapter public */
+    const char *follow_url;  /* a follower's primary (store.follow): writes answer 307 there;
+                              * NULL or "" = this peftd is a primary */
+    struct follower *follower; /* the replication thread's status for /ready and /metrics */
 } http_config;
 
 /* Binds and listens on host:port (0 = a free port) without SO_REUSEPORT, so a second

@@ -1,0 +1,343 @@
+"""tests/integration/test_cluster.py — one adapter catalogue across replicas: a primary and
+3 followers (`--follow URL`, server/replication/) on loopback ports.
+
+  fifty_uploads_reach_every_follower   50 uploads to the primary: every follower lists each
+                                        at the primary's version and answers it with the
+                                        primary's exact greedy text
+  hot_swap_reaches_followers            16 streams on v1 (spread over the replicas) while v2
+                                        is uploaded: all finish with v1's exact text, then
+                                        every replica answers v2
+  killed_follower_catches_up            kill -9 a follower during uploads, restart it on its
+                                        store: caught up, no missing or partial adapter
+  primary_down_followers_keep_serving   primary killed: followers serve what they have, say
+                                        so in /ready and /metrics, writes get 307 to the
+                                        primary; it returns: replication resumes
+  behind_retention_resyncs              a follower behind the primary's retained history
+                                        (store.changes_retain) resyncs in full
+
+Requests go to each replica directly (no HAProxy in this file). Waits poll with generous
+deadlines (a loaded machine); each prints the time it measured. Several daemons for
+tens of seconds: `make test-cluster` runs it (PEFTD_TEST_CLUSTER=1); under `make test` it
+skips itself.
+"""
+
+import json
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import threading
+import time
+
+import harness
+from harness import skip, test
+
+FIX = os.path.join(harness.ROOT, "tests", "fixtures", "adapters", "lora_layers")
+_tmp = tempfile.mkdtemp(prefix="peftd-cluster-")
+# how long a change may take to reach every follower before the test fails (the measured
+# time is printed; the acceptance target is 2 s on an unloaded machine)
+DEADLINE = float(os.environ.get("PEFTD_CLUSTER_DEADLINE", "20")) * harness.SLOW
+PROMPT = "Once upon a time"
+
+
+def need_cluster():
+    if os.environ.get("PEFTD_TEST_CLUSTER") != "1":
+        skip("starts 4+ daemons: `make test-cluster` runs it (PEFTD_TEST_CLUSTER=1)")
+
+
+def variant(k):
+    """A copy of the lora_layers fixture with every lora_B scaled by a factor of k: a
+    distinct adapter (its own content hash) whose greedy text differs with k."""
+    d = os.path.join(_tmp, "v%d" % k)
+    if os.path.isdir(d):
+        return d
+    os.makedirs(d)
+    shutil.copy(os.path.join(FIX, "adapter_config.json"), d)
+    with open(os.path.join(FIX, "adapter_model.safetensors"), "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    data = bytearray(raw[8 + n:])
+    factor = 1.0 + 0.75 * k
+    for name, t in header.items():
+        if name == "__metadata__" or "lora_B" not in name:
+            continue
+        assert t["dtype"] == "F32", t
+        a, b = t["data_offsets"]
+        vals = struct.unpack("<%df" % ((b - a) // 4), data[a:b])
+        data[a:b] = struct.pack("<%df" % len(vals), *[v * factor for v in vals])
+    with open(os.path.join(d, "adapter_model.safetensors"), "wb") as f:
+        f.write(raw[:8 + n] + bytes(data))
+    return d
+
+
+class Cluster:
+    def __init__(self, n_followers=3, env=None, primary_args=()):
+        self.env = env
+        self.primary_args = list(primary_args)
+        self.primary_store = tempfile.mkdtemp(prefix="primary-", dir=_tmp)
+        self.primary = harness.Daemon(["--threads", "1"] + self.primary_args, env=env, store=self.primary_store)
+        self.followers = []
+        self.stores = []
+        for _ in range(n_followers):
+            self.add_follower()
+
+    def url(self):
+        return "http://127.0.0.1:%d" % self.primary.port
+
+    def add_follower(self, store=None, port=None):
+        store = store or tempfile.mkdtemp(prefix="follower-", dir=_tmp)
+        f = harness.Daemon(["--threads", "1", "--follow", self.url()], env=self.env, store=store, port=port)
+        self.followers.append(f)
+        self.stores.append(store)
+        return f
+
+    def close(self):
+        for d in self.followers + [self.primary]:
+            d.close()
+
+
+def catalogue(d):
+    """{name: (version, sha256, created, updated)} of everything d lists."""
+    out, after = {}, ""
+    while True:
+        st, _, body = d.request("GET", "/v1/adapters?limit=100" + ("&after=" + after if after else ""))
+        assert st == 200, (st, body[:200])
+        obj = json.loads(body)
+        for a in obj["data"]:
+            out[a["id"]] = (a["version"], a["sha256"], a["created"], a["updated"])
+        if not obj.get("has_more") or not obj["data"]:
+            return out
+        after = obj["data"][-1]["id"]
+
+
+def wait_same(primary, followers, what, deadline=None):
+    """Polls until every follower lists exactly the primary's catalogue; returns seconds.
+    A stall (no follower progressing) past the deadline fails with what each lacks."""
+    want = catalogue(primary)
+    t0 = time.time()
+    limit = deadline or DEADLINE
+    while True:
+        diffs = []
+        for f in followers:
+            got = catalogue(f)
+            if got != want:
+                diffs.append((f.port, sorted(set(want.items()) ^ set(got.items()))[:4]))
+        if not diffs:
+            dt = time.time() - t0
+            print("    %s: every follower caught up in %.3f s" % (what, dt))
+            return dt
+        if time.time() - t0 > limit:
+            raise AssertionError("%s: followers differ after %.1f s: %s" % (what, limit, diffs))
+        time.sleep(0.02)
+
+
+def text(d, model, max_tokens=12):
+    st, obj = d.post("/v1/completions", {"model": model, "prompt": PROMPT, "max_tokens": max_tokens,
+                                         "temperature": 0})
+    assert st == 200, (d.port, model, st, obj)
+    return obj["choices"][0]["text"]
+
+
+def upload(d, name, k):
+    st, obj = d.upload(name, variant(k))
+    assert st in (200, 201), (name, st, obj)
+    return obj
+
+
+@test
+def fifty_uploads_reach_every_follower():
+    need_cluster()
+    c = Cluster()
+    try:
+        t0 = time.time()
+        for i in range(50):
+            upload(c.primary, "a%02d" % i, i)
+        print("    50 uploads to the primary: %.2f s" % (time.time() - t0))
+        wait_same(c.primary, c.followers, "50 uploads")
+        want = {name: text(c.primary, name) for name in catalogue(c.primary)}
+        assert len(set(want.values())) > 10, "variants should not all answer alike: %s" % want
+        for f in c.followers:
+            for name, t in want.items():
+                got = text(f, name)
+                assert got == t, (f.port, name, got, t)
+        m = c.followers[0].metrics()
+        assert m["peftd_replication_last_sequence"] == 50, m.get("peftd_replication_last_sequence")
+        assert m["peftd_replication_primary_reachable"] == 1
+        assert m["peftd_replication_lag_seconds"] == 0, m["peftd_replication_lag_seconds"]
+    finally:
+        c.close()
+
+
+@test
+def hot_swap_reaches_followers():
+    need_cluster()
+    # each engine step waits 20 ms, so 16 streams of 120 tokens are still running when v2 lands
+    c = Cluster(env={"PEFTD_DEBUG_STEP_DELAY_US": "20000"})
+    try:
+        upload(c.primary, "swap", 3)
+        wait_same(c.primary, c.followers, "v1")
+        replicas = [c.primary] + c.followers
+        v1 = text(c.primary, "swap", 120)
+        results, errors = [None] * 16, []
+
+        def run(i):
+            try:
+                d = replicas[i % len(replicas)]
+                chunks, done, raw = d.stream(model="swap", prompt=PROMPT, max_tokens=120, temperature=0)
+                assert done, raw[-200:]
+                results[i] = "".join(ch["choices"][0]["text"] for ch in chunks if ch.get("choices"))
+            except Exception as e:  # reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        upload(c.primary, "swap", 9)
+        t_up = time.time()
+        # every follower applies v2 (its catalogue shows the primary's version 2) ...
+        for d in c.followers:
+            while catalogue(d).get("swap", (0,))[0] != 2:
+                assert time.time() - t_up < DEADLINE, "follower %d has not applied v2" % d.port
+                time.sleep(0.01)
+        print("    v2 applied by every follower %.3f s after its upload" % (time.time() - t_up))
+        v2 = text(c.primary, "swap", 120)
+        assert v2 != v1, "v1 and v2 must answer differently for this test to mean anything"
+        # ... and new requests there get v2's text
+        for d in c.followers:
+            assert text(d, "swap", 120) == v2, "follower %d answers v1 after applying v2" % d.port
+        for t in threads:
+            t.join(120 * harness.SLOW)
+        assert not errors, errors
+        alive = sum(1 for r in results if r == v1)
+        assert alive == 16, "streams on v1 that did not end with v1's text: %s" % [
+            r for r in results if r != v1][:2]
+    finally:
+        c.close()
+
+
+@test
+def killed_follower_catches_up():
+    need_cluster()
+    c = Cluster(n_followers=1)
+    try:
+        victim = c.followers[0]
+        store, port = c.stores[0], victim.port
+        stop = threading.Event()
+
+        def uploader():
+            for i in range(40):
+                upload(c.primary, "k%02d" % (i % 25), 100 + i)  # 25 names, 15 replaced
+                time.sleep(0.02)  # so the kill lands while uploads still arrive
+            stop.set()
+
+        th = threading.Thread(target=uploader)
+        th.start()
+        # kill -9 once it has applied some and while uploads still arrive
+        t0 = time.time()
+        while len(catalogue(victim)) < 5:
+            assert time.time() - t0 < DEADLINE, "the follower applied nothing"
+            time.sleep(0.01)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        seq = c.primary.metrics()["peftd_replication_last_sequence"]
+        print("    follower killed at primary change %d of 40" % seq)
+        assert seq < 40, "the uploads were over before the kill: the test proves nothing"
+        th.join(300)
+        assert stop.is_set()
+        c.followers[0] = c.add_follower(store=store, port=port)
+        c.followers.pop()
+        victim.close()
+        wait_same(c.primary, c.followers, "restarted follower")
+        for name in catalogue(c.primary):
+            assert text(c.followers[0], name) == text(c.primary, name), name
+    finally:
+        c.close()
+
+
+def ready(d):
+    st, _, body = d.request("GET", "/ready")
+    return st, json.loads(body)
+
+
+@test
+def primary_down_followers_keep_serving():
+    need_cluster()
+    c = Cluster(n_followers=2)
+    try:
+        for i in range(5):
+            upload(c.primary, "p%d" % i, 200 + i)
+        wait_same(c.primary, c.followers, "5 uploads")
+        want = {n: text(c.primary, n) for n in catalogue(c.primary)}
+        port, store = c.primary.port, c.primary_store
+        c.primary.proc.send_signal(signal.SIGKILL)
+        c.primary.proc.wait()
+        for f in c.followers:
+            for n, t in want.items():
+                assert text(f, n) == t, (f.port, n)
+        t0 = time.time()
+        while True:  # the follower notices at its next poll
+            st, r = ready(c.followers[0])
+            if not r["replication"]["primary_reachable"]:
+                break
+            assert time.time() - t0 < DEADLINE, r
+            time.sleep(0.05)
+        assert st == 200 and r["status"] == "ready", r  # serving what it has
+        assert r["replication"]["role"] == "follower" and r["replication"]["last_sequence"] == 5, r
+        time.sleep(0.3)
+        m = c.followers[0].metrics()
+        assert m["peftd_replication_primary_reachable"] == 0
+        assert m["peftd_replication_lag_seconds"] > 0, m["peftd_replication_lag_seconds"]
+        # writes: 307 to the same path on the primary, with a body saying why
+        st, hdrs, body = c.followers[0].request("PUT", "/v1/adapters/p9", b"x",
+                                                {"Content-Type": "multipart/form-data; boundary=b"})
+        assert st == 307, (st, body)
+        assert hdrs["location"] == "http://127.0.0.1:%d/v1/adapters/p9" % port, hdrs
+        assert json.loads(body)["error"]["code"] == "read_only_replica", body
+        st, hdrs, body = c.followers[1].request("DELETE", "/v1/adapters/p1")
+        assert st == 307 and hdrs["location"].endswith("/v1/adapters/p1"), (st, hdrs)
+        # the primary returns (same store, same port): replication resumes
+        c.primary.close()
+        c.primary = harness.Daemon(["--threads", "1"], store=store, port=port)
+        upload(c.primary, "p-new", 300)
+        st, _, _ = c.primary.request("DELETE", "/v1/adapters/p0")
+        assert st in (200, 204), st
+        wait_same(c.primary, c.followers, "after the primary's return")
+        st, r = ready(c.followers[1])
+        assert r["replication"]["primary_reachable"] and r["replication"]["last_sequence"] == 7, r
+        assert text(c.followers[1], "p-new") == text(c.primary, "p-new")
+    finally:
+        c.close()
+
+
+@test
+def behind_retention_resyncs():
+    need_cluster()
+    cfg = os.path.join(_tmp, "retain.json")
+    with open(cfg, "w") as f:
+        json.dump({"store": {"changes_retain": 4}}, f)
+    c = Cluster(n_followers=0, primary_args=["--config", cfg])
+    try:
+        for i in range(12):
+            upload(c.primary, "r%d" % (i % 8), 400 + i)
+        c.primary.request("DELETE", "/v1/adapters/r2")
+        f = c.add_follower()
+        wait_same(c.primary, [f], "resync")
+        m = f.metrics()
+        assert m["peftd_replication_resyncs_total"] >= 1, m
+        assert m["peftd_replication_last_sequence"] == 13, m["peftd_replication_last_sequence"]
+        st, _, body = c.primary.request("GET", "/v1/replication/changes?after=2")
+        assert st == 200 and json.loads(body)["resync"] is True, body[:200]
+        upload(c.primary, "after-resync", 500)
+        wait_same(c.primary, [f], "a change after the resync")
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    try:
+        harness.run_tests(__file__)
+    finally:
+        shutil.rmtree(_tmp, ignore_errors=True)
