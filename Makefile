@@ -164,7 +164,8 @@ test-load: deps
 
 # The replication cluster test (a primary + 3 followers on loopback, tests/integration/
 # test_cluster.py): apart from `make test` (under it the file skips itself).
-test-cluster: deps
+test-cluster:
+	@PEFTD_DEPS_HAPROXY=1 bash deploy/install_deps.sh
 	@$(MAKE) --no-print-directory all
 	@PEFTD_TEST_CLUSTER=1 PEFTD_BIN=$(BUILD)/peftd $(PYTHON) tests/integration/test_cluster.py
 

@@ -8,7 +8,8 @@
  *       verified against the store's own checksum on read; 404 once no name refers to it
  * With auth on these need the admin key (they expose every tenant's adapters and key
  * hashes). On a follower (store.follow) every write answers 307 to the same path on the
- * primary, with an error body saying so (clients that do not follow redirects see why).
+ * primary, with an error body saying so (clients that do not follow redirects see why);
+ * so do the replication endpoints (a follower of a follower is sent to the primary).
  * Also the replication part of /metrics and of /ready's details (both roles).
  */
 #include <cJSON.h>
@@ -28,6 +29,9 @@
 
 static bool repl_denied(http_req *req, struct MHD_Connection *conn, enum MHD_Result *ret) {
     api_server *s = api_of(req);
+    /* a follower's own feed is empty (what it applies is not re-published): a follower
+     * pointed at it is sent on to the primary */
+    if (api_replica_refuses(req, conn, ret)) return true;
     if (!s->store) {
         *ret = api_adapters__no_store(req, conn);
         return true;
@@ -110,6 +114,40 @@ enum MHD_Result api_replication_blob(http_req *req, struct MHD_Connection *conn)
     return ret;
 }
 
+/* Appends s to the Location being built, percent-encoding every byte but unreserved ones
+ * and those in keep (NULL: nothing encoded). */
+typedef struct {
+    char *p;
+    size_t cap, len;
+} loc_buf;
+
+static void loc_add(loc_buf *b, const char *s, const char *keep) {
+    static const char hexd[] = "0123456789ABCDEF";
+    for (; *s && b->len + 4 < b->cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (!keep || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            strchr("-._~", c) || strchr(keep, c)) {
+            b->p[b->len++] = (char)c;
+        } else {
+            b->p[b->len++] = '%';
+            b->p[b->len++] = hexd[c >> 4];
+            b->p[b->len++] = hexd[c & 15];
+        }
+    }
+    b->p[b->len] = 0;
+}
+
+static enum MHD_Result loc_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    loc_buf *b = cls;
+    loc_add(b, strchr(b->p, '?') ? "&" : "?", NULL);
+    loc_add(b, key, "");
+    if (value) {
+        loc_add(b, "=", NULL);
+        loc_add(b, value, "");
+    }
+    return MHD_YES;
+}
+
 bool api_replica_refuses(http_req *req, struct MHD_Connection *conn, enum MHD_Result *ret) {
     api_server *s = api_of(req);
     const char *primary = s->cfg.follow_url;
@@ -117,8 +155,11 @@ bool api_replica_refuses(http_req *req, struct MHD_Connection *conn, enum MHD_Re
     char loc[1024], msg[1400];
     size_t pl = strlen(primary);
     while (pl && primary[pl - 1] == '/') pl--;
-    snprintf(loc, sizeof loc, "%.*s%s%s", (int)pl, primary, req->route ? req->route->path : "",
-             req->route && req->route->prefix && req->arg ? req->arg : "");
+    loc_buf lb = {.p = loc, .cap = sizeof loc};
+    snprintf(loc, sizeof loc, "%.*s%s", (int)pl, primary, req->route ? req->route->path : "");
+    lb.len = strlen(loc);
+    if (req->route && req->route->prefix && req->arg) loc_add(&lb, req->arg, "/");
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, loc_arg, &lb);
     snprintf(msg, sizeof msg,
              "this peftd is a read-only follower of %.*s: adapters, tenants and keys are changed on the primary "
              "(Location: %s)",

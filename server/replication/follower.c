@@ -69,6 +69,9 @@ int fol_get(follower *f, const char *path, fol_buf *b, long *status, char *err, 
     curl_easy_reset(c);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    /* a follower given another follower's URL is redirected (307) to the primary */
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(c, CURLOPT_MAXREDIRS, 3L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, CONNECT_MS);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, TRANSFER_MS);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
@@ -165,9 +168,17 @@ static int poll_once(follower *f, fol_buf *b) {
     uint64_t last = json_u64(o, "last_seq");
     set_reachable(f, true, last);
     bool resync = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "resync"));
+    uint64_t local = 0;
+    /* a follower that never applied anything starts from a snapshot: one catalogue read
+     * instead of the whole history, and whatever its store held before is dropped */
+    bool fresh = pos == 0 && (last > 0 || (astore_count(f->store, &local) == 0 && local > 0));
     int n = cJSON_GetArraySize(ch);
-    if (resync) {
-        LOGW("replication: position %" PRIu64 " is older than the primary's retained history: full resync", pos);
+    if (resync || fresh) {
+        if (resync)
+            LOGW("replication: position %" PRIu64 " is older than the primary's retained history: full resync", pos);
+        else
+            LOGI("replication: first sync: copying the primary's catalogue at change %" PRIu64, last);
+        resync = true;
         rc = fol_resync(f);
         n = 1; /* ask again at once: changes made during the resync follow it */
     } else {
