@@ -14,6 +14,9 @@
                                         primary; it returns: replication resumes
   behind_retention_resyncs              a follower behind the primary's retained history
                                         (store.changes_retain) resyncs in full
+  tenants_and_keys_replicate            auth on: tenants, keys, tenant-owned adapters and
+                                        their deletion reach the follower; a follower
+                                        without the admin key says why in /ready
 
 The hot-swap streams go through HAProxy (round robin over the 4 replicas, /ready checks;
 a config generated here) when `haproxy` is on PATH (`make test-cluster` installs it),
@@ -396,6 +399,89 @@ def behind_retention_resyncs():
         wait_same(c.primary, [f], "a change after the resync")
     finally:
         c.close()
+
+
+ADMIN_ENV, ADMIN_KEY = "PEFTD_TEST_CLUSTER_ADMIN", "admin-" + os.urandom(12).hex()
+
+
+def authed(d, method, path, key, body=None, headers=None):
+    h = dict(headers or {}, Authorization="Bearer " + key)
+    st, _, data = d.request(method, path, body=body, headers=h)
+    return st, (json.loads(data) if data else None)
+
+
+def upload_as(d, key, name, k):
+    boundary = "cluster" + os.urandom(6).hex()
+    body = b""
+    for n in ("adapter_config.json", "adapter_model.safetensors"):
+        with open(os.path.join(variant(k), n), "rb") as f:
+            body += ("--%s\r\nContent-Disposition: form-data; name=\"f\"; filename=\"%s\"\r\n\r\n"
+                     % (boundary, n)).encode() + f.read() + b"\r\n"
+    body += ("--%s--\r\n" % boundary).encode()
+    return authed(d, "PUT", "/v1/adapters/" + name, key, body,
+                  {"Content-Type": "multipart/form-data; boundary=" + boundary})
+
+
+def until(what, fn):
+    t0 = time.time()
+    while not fn():
+        assert time.time() - t0 < DEADLINE, "%s: not within %.0f s" % (what, DEADLINE)
+        time.sleep(0.02)
+    print("    %s: %.3f s" % (what, time.time() - t0))
+
+
+@test
+def tenants_and_keys_replicate():
+    need_cluster()
+    auth = {"enabled": True, "admin_key_env": ADMIN_ENV}
+    pcfg, fcfg, ncfg = (os.path.join(_tmp, n) for n in ("auth-p.json", "auth-f.json", "auth-n.json"))
+    for path, obj in ((pcfg, {"auth": auth}), (fcfg, {"auth": auth, "store": {"follow_key_env": ADMIN_ENV}}),
+                      (ncfg, {"auth": auth})):
+        with open(path, "w") as f:
+            json.dump(obj, f)
+    env = {ADMIN_ENV: ADMIN_KEY}
+    p = harness.Daemon(["--threads", "1", "--config", pcfg], env=env)
+    url = "http://127.0.0.1:%d" % p.port
+    fl = harness.Daemon(["--threads", "1", "--config", fcfg, "--follow", url], env=env)
+    nokey = harness.Daemon(["--threads", "1", "--config", ncfg, "--follow", url], env=env)
+    try:
+        st, obj = authed(p, "POST", "/v1/admin/tenants", ADMIN_KEY, {"id": "acme", "weight": 1})
+        assert st == 201, (st, obj)
+        st, obj = authed(p, "POST", "/v1/admin/tenants/acme/keys", ADMIN_KEY)
+        assert st == 201, (st, obj)
+        key, kid = obj["key"], obj["id"]
+        st, obj = upload_as(p, key, "bot", 7)
+        assert st in (200, 201), (st, obj)
+        body = {"model": "bot", "prompt": PROMPT, "max_tokens": 12, "temperature": 0}
+        st, want = authed(p, "POST", "/v1/completions", key, body)
+        assert st == 200, (st, want)
+        # the follower knows the tenant's key and serves its private adapter identically
+        until("tenant key and adapter on the follower",
+              lambda: authed(fl, "POST", "/v1/completions", key, body)[0] == 200)
+        st, got = authed(fl, "POST", "/v1/completions", key, body)
+        assert got["choices"][0]["text"] == want["choices"][0]["text"]
+        # admin writes on the follower: 307 to the primary
+        st, hdrs, _ = fl.request("POST", "/v1/admin/tenants", {"id": "x", "weight": 1},
+                                 {"Authorization": "Bearer " + ADMIN_KEY})
+        assert st == 307 and hdrs["location"] == url + "/v1/admin/tenants", (st, hdrs)
+        # a revoked key stops working on the follower too
+        st, _ = authed(p, "DELETE", "/v1/admin/tenants/acme/keys/" + kid, ADMIN_KEY)
+        assert st in (200, 204), st
+        until("key revocation on the follower",
+              lambda: authed(fl, "POST", "/v1/completions", key, body)[0] == 401)
+        # the tenant's deletion takes its adapter with it on the follower
+        st, _ = authed(p, "DELETE", "/v1/admin/tenants/acme", ADMIN_KEY)
+        assert st in (200, 204), st
+        until("tenant deletion on the follower", lambda: fl.metrics()["peftd_store_adapters"] == 0)
+        st, obj = authed(fl, "GET", "/v1/admin/tenants", ADMIN_KEY)
+        assert st == 200 and obj["data"] == [], obj
+        # without the admin key the follower cannot read the feed, and says so
+        st, _, data = nokey.request("GET", "/ready")
+        r = json.loads(data)["replication"]
+        assert r["last_sequence"] == 0 and "401" in r.get("error", ""), r
+    finally:
+        for d in (nokey, fl, p):
+            d.close()
 
 
 if __name__ == "__main__":
