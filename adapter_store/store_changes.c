@@ -78,6 +78,30 @@ static void tb_add(tbuf *b, const char *s, size_t n) {
 
 static void tb_puts(tbuf *b, const char *s) { tb_add(b, s, strlen(s)); }
 
+/* s as a JSON string literal (quotes included) in out; false when it does not fit. Keys
+ * written through the HTTP API are plain ([A-Za-z0-9._-/]), but the store's own API takes
+ * any bytes, and a record must stay valid JSON whatever it names. */
+static bool json_quote(const char *s, char *out, size_t cap) {
+    size_t o = 0;
+    out[o++] = '"';
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (o + 8 >= cap) return false;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    if (o + 2 > cap) return false;
+    out[o++] = '"';
+    out[o] = 0;
+    return true;
+}
+
 /* ---------------------------------------------------------------- feed writes */
 
 static int oldest_txn(astore *s, MDB_txn *txn, uint64_t *oldest) {
@@ -98,9 +122,10 @@ int astore__change_txn(astore *s, MDB_txn *txn, const char *op, const char *key,
     int rc = info_u64(s, txn, "change_seq", &seq);
     if (rc) return rc;
     seq++;
-    char head[256];
-    int n = snprintf(head, sizeof head, "{\"seq\":%" PRIu64 ",\"time\":%lld,\"op\":\"%s\",\"key\":\"%s\"%s", seq,
-                     (long long)time(NULL), op, key, extra && extra[0] ? "," : "");
+    char head[1024], qkey[6 * ASTORE_KEY_MAX + 8];
+    if (!json_quote(key, qkey, sizeof qkey)) return PEFTD_EINVAL;
+    int n = snprintf(head, sizeof head, "{\"seq\":%" PRIu64 ",\"time\":%lld,\"op\":\"%s\",\"key\":%s%s", seq,
+                     (long long)time(NULL), op, qkey, extra && extra[0] ? "," : "");
     if (n < 0 || (size_t)n >= sizeof head) return PEFTD_EINVAL;
     size_t xl = extra ? strlen(extra) : 0;
     unsigned char kb[8];
@@ -235,8 +260,13 @@ static int snap_adapters(astore *s, MDB_txn *txn, tbuf *b) {
             rc = PEFTD_ENOMEM;
             break;
         }
-        char head[256];
-        snprintf(head, sizeof head, "%s{\"key\":\"%s\",\"blob_sha256\":\"%s\",\"meta\":", i++ ? "," : "", key, sum);
+        char head[1024], qkey[6 * ASTORE_KEY_MAX + 8];
+        if (!json_quote(key, qkey, sizeof qkey)) {
+            free(mj);
+            rc = PEFTD_EFORMAT;
+            break;
+        }
+        snprintf(head, sizeof head, "%s{\"key\":%s,\"blob_sha256\":\"%s\",\"meta\":", i++ ? "," : "", qkey, sum);
         tb_puts(b, head);
         tb_puts(b, mj);
         tb_puts(b, "}");

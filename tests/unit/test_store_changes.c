@@ -133,6 +133,26 @@ TEST(sequence_order_every_write) {
     astore_close(s);
 }
 
+/* The store's own API takes any name bytes: a record naming one stays valid JSON. */
+TEST(odd_keys_stay_json) {
+    astore *s = open_store(test_tmpdir(), 0);
+    unsigned char b[1100];
+    size_t n;
+    astore_meta m = blob_for("", "we\"ird\\na\nme", 11, b, &n);
+    ASSERT(astore_put(s, &m, b, n, NULL, NULL) == 0);
+    cJSON *a = feed(s, 0, 10, NULL);
+    ASSERT(!strcmp(str(cJSON_GetArrayItem(a, 0), "key"), "we\"ird\\na\nme"));
+    cJSON_Delete(a);
+    char *j;
+    ASSERT(astore_snapshot(s, &j) == 0);
+    cJSON *o = cJSON_Parse(j);
+    free(j);
+    ASSERT(o && !strcmp(str(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "adapters"), 0), "key"),
+                        "we\"ird\\na\nme"));
+    cJSON_Delete(o);
+    astore_close(s);
+}
+
 TEST(failed_writes_leave_no_record) {
     astore *s = open_store(test_tmpdir(), 0);
     put(s, "", "alpha", 1);
@@ -350,5 +370,5 @@ TEST(sigkill_feed_matches_store) {
     }
 }
 
-TEST_MAIN(sequence_order_every_write, failed_writes_leave_no_record, idempotent_apply_and_position,
+TEST_MAIN(sequence_order_every_write, odd_keys_stay_json, failed_writes_leave_no_record, idempotent_apply_and_position,
           retention_and_resync, snapshot_resync, sigkill_feed_matches_store)
