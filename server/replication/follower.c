@@ -180,7 +180,7 @@ static int poll_once(follower *f, fol_buf *b) {
             LOGI("replication: first sync: copying the primary's catalogue at change %" PRIu64, last);
         resync = true;
         rc = fol_resync(f);
-        n = 1; /* ask again at once: changes made during the resync follow it */
+        n = PAGE; /* ask again at once: changes made during the resync follow it */
     } else {
         rc = fol_apply_page(f, ch);
     }
