@@ -100,8 +100,20 @@ class Cluster:
         return f
 
     def close(self):
-        for d in self.followers + [self.primary]:
-            d.close()
+        close_all(self.followers + [self.primary])
+
+
+def close_all(daemons):
+    """Stops every daemon (SIGTERM); one that does not exit 0 (a sanitizer report, a
+    crash at shutdown) fails the test, with its log."""
+    bad = []
+    for d in daemons:
+        alive = d.alive()
+        status = d.stop()
+        if alive and status != 0:
+            bad.append("port %d exited %s:\n%s" % (d.port, status, d.log_text(40)))
+        d.close()
+    assert not bad, "\n".join(bad)
 
 
 class Front:
@@ -212,7 +224,7 @@ def fifty_uploads_reach_every_follower():
         try:
             wait_same(c.primary, [chained], "a follower of a follower")
         finally:
-            chained.close()
+            close_all([chained])
         m = c.followers[0].metrics()
         assert m["peftd_replication_last_sequence"] == 50, m.get("peftd_replication_last_sequence")
         assert m["peftd_replication_primary_reachable"] == 1
@@ -480,8 +492,7 @@ def tenants_and_keys_replicate():
         r = json.loads(data)["replication"]
         assert r["last_sequence"] == 0 and "401" in r.get("error", ""), r
     finally:
-        for d in (nokey, fl, p):
-            d.close()
+        close_all([nokey, fl, p])
 
 
 if __name__ == "__main__":
