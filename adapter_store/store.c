@@ -181,6 +181,7 @@ static int open_fn(astore *s, MDB_txn *txn, void *vctx) {
         (rc = mdb_dbi_open(txn, "keys", MDB_CREATE, &s->keys)) ||
         (rc = mdb_dbi_open(txn, "changes", MDB_CREATE, &s->changes)))
         return rc;
+    if ((rc = astore__feed_init_txn(s, txn))) return rc;
     MDB_val k = astore__val_str("schema"), v;
     rc = mdb_get(txn, s->info, &k, &v);
     if (rc == MDB_NOTFOUND) {

@@ -7,6 +7,7 @@
 
 #include <cJSON.h>
 #include <inttypes.h>
+#include <openssl/rand.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,30 @@ static int info_set_u64(astore *s, MDB_txn *txn, const char *name, uint64_t n) {
     char buf[24];
     snprintf(buf, sizeof buf, "%" PRIu64, n);
     MDB_val k = astore__val_str(name), v = astore__val_str(buf);
+    return mdb_put(txn, s->info, &k, &v, 0);
+}
+
+/* An "info" string of up to 32 characters into out ("" when absent). */
+static int info_str32(astore *s, MDB_txn *txn, const char *name, char out[33]) {
+    MDB_val k = astore__val_str(name), v;
+    out[0] = 0;
+    int rc = mdb_get(txn, s->info, &k, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (v.mv_size > 32) return PEFTD_EFORMAT;
+    memcpy(out, v.mv_data, v.mv_size);
+    out[v.mv_size] = 0;
+    return 0;
+}
+
+int astore__feed_init_txn(astore *s, MDB_txn *txn) {
+    char id[33];
+    int rc = info_str32(s, txn, "feed_id", id);
+    if (rc || id[0]) return rc;
+    unsigned char r[16];
+    if (RAND_bytes(r, sizeof r) != 1) return PEFTD_EIO;
+    for (int i = 0; i < 16; i++) snprintf(id + 2 * i, 3, "%02x", r[i]);
+    MDB_val k = astore__val_str("feed_id"), v = astore__val_str(id);
     return mdb_put(txn, s->info, &k, &v, 0);
 }
 
@@ -188,7 +213,7 @@ int astore_changes_read(astore *s, uint64_t after, int limit, char **json, int *
     if (rc) return rc;
     if ((rc = info_u64(s, txn, "change_seq", last)) || (rc = oldest_txn(s, txn, oldest))) goto done;
     tb_puts(&b, "[");
-    if (*last > after && (*oldest == 0 || after + 1 < *oldest)) {
+    if ((*last > after && (*oldest == 0 || after + 1 < *oldest)) || after > *last) {
         *resync = true;
         goto close;
     }
@@ -284,9 +309,10 @@ int astore_snapshot(astore *s, char **json) {
     uint64_t last;
     int rc = astore__read_begin(s, &txn);
     if (rc) return rc;
-    if (!(rc = info_u64(s, txn, "change_seq", &last))) {
-        char head[64];
-        snprintf(head, sizeof head, "{\"seq\":%" PRIu64 ",\"adapters\":[", last);
+    char id[33];
+    if (!(rc = info_u64(s, txn, "change_seq", &last)) && !(rc = info_str32(s, txn, "feed_id", id))) {
+        char head[128];
+        snprintf(head, sizeof head, "{\"seq\":%" PRIu64 ",\"feed_id\":\"%s\",\"adapters\":[", last, id);
         tb_puts(&b, head);
         if (!(rc = snap_adapters(s, txn, &b))) {
             tb_puts(&b, "],\"tenants\":[");
@@ -341,4 +367,39 @@ int astore_apply_position(astore *s, uint64_t seq, bool force) {
     pos_ctx c = {.seq = seq, .force = force};
     int rc = astore__write_txn(s, pos_fn, &c);
     return rc ? rc : c.skip ? 1 : 0;
+}
+
+/* ---------------------------------------------------------------- feed identity */
+
+static int read_str32(astore *s, const char *name, char out[33]) {
+    out[0] = 0;
+    if (!s) return PEFTD_EINVAL;
+    MDB_txn *txn;
+    int rc = astore__read_begin(s, &txn);
+    if (rc) return rc;
+    rc = info_str32(s, txn, name, out);
+    astore__read_end(s, txn);
+    return astore__status(rc);
+}
+
+int astore_feed_id(astore *s, char out[33]) { return read_str32(s, "feed_id", out); }
+
+int astore_replica_feed(astore *s, char out[33]) { return read_str32(s, "replica_feed", out); }
+
+typedef struct {
+    uint64_t seq;
+    const char *feed;
+} resynced_ctx;
+
+static int resynced_fn(astore *s, MDB_txn *txn, void *vctx) {
+    resynced_ctx *c = vctx;
+    MDB_val k = astore__val_str("replica_feed"), v = astore__val_str(c->feed);
+    int rc = info_set_u64(s, txn, "replica_seq", c->seq);
+    return rc ? rc : mdb_put(txn, s->info, &k, &v, 0);
+}
+
+int astore_apply_resynced(astore *s, uint64_t seq, const char *feed_id) {
+    if (!s || !feed_id || strlen(feed_id) > 32) return PEFTD_EINVAL;
+    resynced_ctx c = {.seq = seq, .feed = feed_id};
+    return astore__write_txn(s, resynced_fn, &c);
 }

@@ -17,6 +17,10 @@
  *   op "key_revoke"     K = tenant id, "key_id": the key's id
  * Only the last changes_retain records are kept (astore_options); info "change_seq" holds
  * the last number given, so numbers never repeat even when every record was dropped.
+ * info "feed_id" (32 random hex digits, made when the store is created) names this
+ * history: a follower that finds another id behind the same URL (a primary restored from
+ * a backup, replaced, or a promoted follower) resyncs in full instead of trusting numbers
+ * that belong to another history.
  *
  * Follower: its own store holds info "replica_seq", the last change applied, written in
  * the same transaction as the applied change (so a restart resumes exactly after it).
@@ -36,17 +40,20 @@
 /* last: the last sequence number given (0: none yet); oldest: the oldest retained
  * record's (0: none retained). */
 int astore_changes_info(astore *s, uint64_t *last, uint64_t *oldest);
+/* This store's feed identity (see above). */
+int astore_feed_id(astore *s, char out[33]);
 
 /* The records after `after`, at most limit of them (limit >= 1), as the text of a JSON
  * array in *json, read in one snapshot with *last / *oldest (astore_changes_info).
  * *resync = true when records after `after` were already dropped (after + 1 < oldest, or
- * none retained while last > after): the reader must resync in full (*json is "[]").
+ * none retained while last > after), or when after > last (the reader followed another
+ * history): it must resync in full (*json is "[]").
  * @note caller frees *json. */
 int astore_changes_read(astore *s, uint64_t after, int limit, char **json, int *n, uint64_t *last,
                         uint64_t *oldest, bool *resync);
 
 /* The whole catalogue in one read snapshot, for a follower's full resync:
- *   {"seq":last,"adapters":[{"key","blob_sha256","meta"}...],"tenants":[record...],
+ *   {"seq":last,"feed_id":"...","adapters":[{"key","blob_sha256","meta"}...],"tenants":[record...],
  *    "keys":[record...]}
  * @note caller frees *json. */
 int astore_snapshot(astore *s, char **json);
@@ -74,5 +81,9 @@ int astore_apply_tenant(astore *s, uint64_t seq, const char *op, const char *key
 /* Sets the position to seq (a change this follower has nothing to do for, or the end of
  * a resync); force: also when seq is not above the current position. */
 int astore_apply_position(astore *s, uint64_t seq, bool force);
+/* The end of a resync: position seq of the primary's feed feed_id, in one transaction. */
+int astore_apply_resynced(astore *s, uint64_t seq, const char *feed_id);
+/* The feed id of the primary whose position this store holds ("" when none recorded). */
+int astore_replica_feed(astore *s, char out[33]);
 
 #endif

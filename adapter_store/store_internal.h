@@ -117,6 +117,10 @@ int astore__change_txn(astore *s, MDB_txn *txn, const char *op, const char *key,
  * *skip = true, 0 returned: the change was applied before) and is set to seq inside txn.
  * seq 0 (a resync's writes) leaves the position alone. */
 int astore__position_txn(astore *s, MDB_txn *txn, uint64_t seq, bool *skip);
+/* Gives the store its change feed's identity (info "feed_id", 32 random hex digits) when
+ * it has none: followers tell a restored or replaced primary's feed from the one they
+ * followed by it. */
+int astore__feed_init_txn(astore *s, MDB_txn *txn);
 /* The hex of the blob record's own payload checksum (store_blobs.c's header) under sha. */
 int astore__blob_sum_txn(astore *s, MDB_txn *txn, const char *sha, char out[65]);
 

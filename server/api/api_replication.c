@@ -1,6 +1,6 @@
 /* server/api/api_replication.c — the primary's replication endpoints (what followers pull,
  * server/replication/follower.h) and the follower's refusal of writes:
- *   GET /v1/replication/changes?after=N&limit=M   {"last_seq","oldest_seq","resync","changes":[...]}
+ *   GET /v1/replication/changes?after=N&limit=M   {"feed_id","last_seq","oldest_seq","resync","changes":[...]}
  *       the change records after N (store_changes.h), at most M (default 256, max 4096);
  *       "resync": true when records after N were dropped by retention (then use snapshot)
  *   GET /v1/replication/snapshot                  the whole catalogue at one sequence number
@@ -66,14 +66,17 @@ static enum MHD_Result changes_get(http_req *req, struct MHD_Connection *conn) {
     bool resync;
     int rc = astore_changes_read(s->store, after, (int)limit, &arr, &n, &last, &oldest, &resync);
     if (rc < 0) return api_fail_status(req, conn, rc, "reading the change feed", NULL);
-    size_t cap = strlen(arr) + 160;
-    char *body = malloc(cap);
+    char id[33];
+    size_t cap = strlen(arr) + 220;
+    char *body = (rc = astore_feed_id(s->store, id)) < 0 ? NULL : malloc(cap);
     if (!body) {
         free(arr);
-        return api_fail_status(req, conn, PEFTD_ENOMEM, "reading the change feed", NULL);
+        return api_fail_status(req, conn, rc < 0 ? rc : PEFTD_ENOMEM, "reading the change feed", NULL);
     }
-    int len = snprintf(body, cap, "{\"last_seq\":%" PRIu64 ",\"oldest_seq\":%" PRIu64 ",\"resync\":%s,\"changes\":%s}",
-                       last, oldest, resync ? "true" : "false", arr);
+    int len = snprintf(body, cap,
+                       "{\"feed_id\":\"%s\",\"last_seq\":%" PRIu64 ",\"oldest_seq\":%" PRIu64
+                       ",\"resync\":%s,\"changes\":%s}",
+                       id, last, oldest, resync ? "true" : "false", arr);
     free(arr);
     enum MHD_Result ret = http_respond(req, conn, MHD_HTTP_OK, "application/json", body, (size_t)len, NULL, NULL);
     free(body);

@@ -168,16 +168,22 @@ static int poll_once(follower *f, fol_buf *b) {
     uint64_t last = json_u64(o, "last_seq");
     set_reachable(f, true, last);
     bool resync = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "resync"));
-    uint64_t local = 0;
-    /* a follower that never applied anything starts from a snapshot: one catalogue read
-     * instead of the whole history, and whatever its store held before is dropped */
-    bool fresh = pos == 0 && (last > 0 || (astore_count(f->store, &local) == 0 && local > 0));
+    /* the position counts in the history of the feed it was taken from: another feed
+     * behind this URL (a first sync, a primary restored from a backup or replaced) means
+     * starting over from a snapshot; so does the primary saying it no longer has ours */
+    char mine[33] = "";
+    const char *theirs = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "feed_id"));
+    astore_replica_feed(f->store, mine);
+    bool other_feed = theirs && strcmp(theirs, mine) != 0;
     int n = cJSON_GetArraySize(ch);
-    if (resync || fresh) {
-        if (resync)
-            LOGW("replication: position %" PRIu64 " is older than the primary's retained history: full resync", pos);
-        else
+    if (resync || other_feed) {
+        if (!mine[0])
             LOGI("replication: first sync: copying the primary's catalogue at change %" PRIu64, last);
+        else if (other_feed)
+            LOGW("replication: the primary's change feed is not the one followed so far (restored or replaced "
+                 "primary): full resync");
+        else
+            LOGW("replication: position %" PRIu64 " is older than the primary's retained history: full resync", pos);
         resync = true;
         rc = fol_resync(f);
         n = PAGE; /* ask again at once: changes made during the resync follow it */

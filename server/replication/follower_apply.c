@@ -236,16 +236,18 @@ int fol_resync(follower *f) {
     }
     cJSON *o = status == 200 ? cJSON_Parse(b.p) : NULL;
     fol_buf_free(&b);
+    const char *feed = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "feed_id"));
     const cJSON *seq = cJSON_GetObjectItemCaseSensitive(o, "seq"),
                 *ads = cJSON_GetObjectItemCaseSensitive(o, "adapters"),
                 *tn = cJSON_GetObjectItemCaseSensitive(o, "tenants"), *ks = cJSON_GetObjectItemCaseSensitive(o, "keys");
-    if (!cJSON_IsNumber(seq) || !cJSON_IsArray(ads) || !cJSON_IsArray(tn) || !cJSON_IsArray(ks)) {
+    if (!cJSON_IsNumber(seq) || !feed || strlen(feed) > 32 || !cJSON_IsArray(ads) || !cJSON_IsArray(tn) ||
+        !cJSON_IsArray(ks)) {
         fol_set_error(f, "GET %s/v1/replication/snapshot: HTTP %ld, not a snapshot", f->primary, status);
         cJSON_Delete(o);
         return PEFTD_EIO;
     }
     if ((rc = resync_tenants(f, tn, ks)) >= 0 && (rc = resync_adapters(f, ads)) >= 0)
-        rc = astore_apply_position(f->store, (uint64_t)seq->valuedouble, true);
+        rc = astore_apply_resynced(f->store, (uint64_t)seq->valuedouble, feed);
     if (rc >= 0)
         LOGI("replication: resynced in full at change %llu (%d adapters)", (unsigned long long)seq->valuedouble,
              cJSON_GetArraySize(ads));

@@ -14,6 +14,9 @@
                                         primary; it returns: replication resumes
   behind_retention_resyncs              a follower behind the primary's retained history
                                         (store.changes_retain) resyncs in full
+  replaced_primary_resyncs              a new primary (another store) behind the same URL,
+                                        further along than the follower's position: the
+                                        follower resyncs to it (feed ids differ)
   tenants_and_keys_replicate            auth on: tenants, keys, tenant-owned adapters and
                                         their deletion reach the follower; a follower
                                         without the admin key says why in /ready
@@ -409,6 +412,32 @@ def behind_retention_resyncs():
         assert st == 200 and json.loads(body)["resync"] is True, body[:200]
         upload(c.primary, "after-resync", 500)
         wait_same(c.primary, [f], "a change after the resync")
+    finally:
+        c.close()
+
+
+@test
+def replaced_primary_resyncs():
+    need_cluster()
+    c = Cluster(n_followers=1)
+    try:
+        for i in range(3):
+            upload(c.primary, "old%d" % i, 600 + i)
+        wait_same(c.primary, c.followers, "3 uploads")
+        port = c.primary.port
+        c.primary.close()
+        # another primary on the same port with its own store and MORE changes than the
+        # follower's position: sequence numbers alone would look like a continuation
+        # (prepared on another port, so the follower first sees it with all 6)
+        store = tempfile.mkdtemp(prefix="primary2-", dir=_tmp)
+        prep = harness.Daemon(["--threads", "1"], store=store)
+        for i in range(6):
+            upload(prep, "new%d" % i, 700 + i)
+        close_all([prep])
+        c.primary = harness.Daemon(["--threads", "1"], store=store, port=port)
+        wait_same(c.primary, c.followers, "the replaced primary")
+        assert not any(n.startswith("old") for n in catalogue(c.followers[0]))
+        assert text(c.followers[0], "new5") == text(c.primary, "new5")
     finally:
         c.close()
 

@@ -338,6 +338,33 @@ TEST(snapshot_resync) {
     astore_close(f);
 }
 
+/* Each store has its own feed id, kept across reopens; a follower records the one it
+ * resynced from; a reader ahead of the feed (another history) is told to resync. */
+TEST(feed_identity) {
+    char a_dir[4200], b_dir[4200], a1[33], a2[33], b1[33], got[33];
+    snprintf(a_dir, sizeof a_dir, "%s", test_tmpdir());
+    snprintf(b_dir, sizeof b_dir, "%s", test_tmpdir());
+    astore *a = open_store(a_dir, 0), *b = open_store(b_dir, 0);
+    ASSERT(astore_feed_id(a, a1) == 0 && astore_feed_id(b, b1) == 0);
+    ASSERT(strlen(a1) == 32 && strspn(a1, "0123456789abcdef") == 32);
+    ASSERT(strcmp(a1, b1) != 0);
+    astore_close(a);
+    a = open_store(a_dir, 0);
+    ASSERT(astore_feed_id(a, a2) == 0 && !strcmp(a1, a2));
+    ASSERT(astore_replica_feed(b, got) == 0 && got[0] == 0);
+    ASSERT(astore_apply_resynced(b, 42, a1) == 0);
+    uint64_t pos;
+    ASSERT(astore_replica_feed(b, got) == 0 && !strcmp(got, a1));
+    ASSERT(astore_replica_seq(b, &pos) == 0 && pos == 42);
+    put(a, "", "x", 1);
+    bool resync;
+    cJSON *arr = feed(a, 42, 10, &resync); /* a reader at 42 of a feed that has 1 */
+    ASSERT(resync);
+    cJSON_Delete(arr);
+    astore_close(a);
+    astore_close(b);
+}
+
 /* A child storing adapters is SIGKILLed at a random moment, many times: after each kill,
  * replaying the feed onto an empty store gives exactly the catalogue left behind (the
  * feed and the store were written in the same transactions). */
@@ -371,4 +398,4 @@ TEST(sigkill_feed_matches_store) {
 }
 
 TEST_MAIN(sequence_order_every_write, odd_keys_stay_json, failed_writes_leave_no_record, idempotent_apply_and_position,
-          retention_and_resync, snapshot_resync, sigkill_feed_matches_store)
+          retention_and_resync, snapshot_resync, feed_identity, sigkill_feed_matches_store)
