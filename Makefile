@@ -4,6 +4,7 @@
 #   make test       install missing deps, build, run unit + integration tests
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make tsan       the CPU worker pool's stress test under ThreadSanitizer (build-tsan/)
+#   make test-cluster  replication: a primary + 3 followers on loopback (tests/integration/test_cluster.py)
 #   make bench      benchmarks (JSON + one-line summary)
 #   make clean      remove every build directory (build/ or $(BUILD), build-asan, build-tsan,
 #                   build-fuzz, build-gpu); `make distclean` also the generated benchmark models
@@ -13,12 +14,12 @@
 BUILD   ?= build
 CC      ?= cc
 PYTHON  ?= python3
-PKGS    := libmicrohttpd libcjson libuv lmdb openblas libpcre2-8 libutf8proc libcrypto
+PKGS    := libmicrohttpd libcjson libuv lmdb openblas libpcre2-8 libutf8proc libcrypto libcurl
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-# The client (peftctl) alone uses libcurl: kept apart so the daemon does not link it and
-# a missing libcurl breaks only the client's build.
+# The clients (peftctl, the load generator) use libcurl, and so does the daemon's follower
+# (server/replication/: store.follow pulls the primary's change feed).
 CLI_PKGS   := libcurl libcjson
 CLI_CFLAGS := $(shell pkg-config --cflags $(CLI_PKGS) 2>/dev/null)
 CLI_LIBS   := $(shell pkg-config --libs $(CLI_PKGS) 2>/dev/null)
@@ -64,7 +65,7 @@ else
   BUILD_KIND := CPU-only (no nvcc on PATH: CUDA backend not built)
 endif
 
-.PHONY: all deps tests-bin run test test-load asan tsan fuzz bench clean distclean
+.PHONY: all deps tests-bin run test test-load test-cluster asan tsan fuzz bench clean distclean
 .DEFAULT_GOAL := all
 
 # Rebuild when flags change: the effective compiler, flags and libraries are written to
@@ -160,6 +161,13 @@ test: deps
 test-load: deps
 	@$(MAKE) --no-print-directory all
 	@PEFTD_TEST_LOAD=1 PEFTD_BIN=$(BUILD)/peftd PEFTD_LOADGEN=$(BUILD)/peftd-loadgen $(PYTHON) tests/integration/test_load.py
+
+# The replication cluster test (a primary + 3 followers on loopback, tests/integration/
+# test_cluster.py): apart from `make test` (under it the file skips itself).
+test-cluster:
+	@PEFTD_DEPS_HAPROXY=1 bash deploy/install_deps.sh
+	@$(MAKE) --no-print-directory all
+	@PEFTD_TEST_CLUSTER=1 PEFTD_BIN=$(BUILD)/peftd $(PYTHON) tests/integration/test_cluster.py
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c: safetensors and GGUF readers, tokenizer, request parsers),
 # built with clang + ASan/UBSan over a clang build of the library, each run FUZZ_SECONDS.

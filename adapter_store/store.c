@@ -38,7 +38,10 @@
  * of 126 reader slots is close enough to a large thread pool to raise it. */
 #define ASTORE_MAX_READERS 512
 
-/* meta, blobs, refs, info + tenant_store.c's tenants and keys, with room to spare */
+/* Change records kept when astore_options.changes_retain is 0. */
+#define ASTORE_DEFAULT_RETAIN 100000
+
+/* meta, blobs, refs, info + tenant_store.c's tenants and keys + changes, with room to spare */
 #define ASTORE_MAX_DBS 8
 
 /* ---------------------------------------------------------------- status, helpers */
@@ -175,8 +178,10 @@ static int open_fn(astore *s, MDB_txn *txn, void *vctx) {
         (rc = mdb_dbi_open(txn, "refs", MDB_CREATE, &s->refs)) ||
         (rc = mdb_dbi_open(txn, "info", MDB_CREATE, &s->info)) ||
         (rc = mdb_dbi_open(txn, "tenants", MDB_CREATE, &s->tenants)) ||
-        (rc = mdb_dbi_open(txn, "keys", MDB_CREATE, &s->keys)))
+        (rc = mdb_dbi_open(txn, "keys", MDB_CREATE, &s->keys)) ||
+        (rc = mdb_dbi_open(txn, "changes", MDB_CREATE, &s->changes)))
         return rc;
+    if ((rc = astore__feed_init_txn(s, txn))) return rc;
     MDB_val k = astore__val_str("schema"), v;
     rc = mdb_get(txn, s->info, &k, &v);
     if (rc == MDB_NOTFOUND) {
@@ -336,6 +341,7 @@ int astore_open(const char *dir, const astore_options *opt, astore **out, char *
     }
     s->lock_fd = lock_fd;
     s->max_map = max;
+    s->retain = opt && opt->changes_retain ? opt->changes_retain : ASTORE_DEFAULT_RETAIN;
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
     /* growth must not starve behind a steady stream of readers */

@@ -6,6 +6,7 @@
  *   "refs"   key  <sha256 hex>                   value  uint32 LE: meta records naming it
  *   "info"   key  "schema" / "base"              value  schema version / base fingerprint
  *   "tenants", "keys"                            tenants and hashed API keys (tenant_store.h)
+ *   "changes" key  <u64 big-endian sequence>     value  one change record (store_changes.h)
  *
  * Owner scoping (multi-tenant, server/tenants/tenants.h): a "meta" key is the adapter's
  * name for a public adapter (owner "", published by the admin or any single-user run) and
@@ -58,6 +59,8 @@ typedef struct {
     bool exclusive;         /* take an exclusive flock on <dir>/peftd.lock for the store's life:
                              * a second process asking the same gets PEFTD_EBUSY (the daemon sets
                              * it: two daemons on one store would disagree about its contents) */
+    uint64_t changes_retain; /* change records kept for followers (0: 100000); older ones
+                             * are dropped and a follower behind them resyncs in full */
 } astore_options;
 
 /* Opens (creating if needed) the store in dir. A store whose "info" schema is newer than

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "adapter_store/store_changes.h"
 #include "adapter_store/store_internal.h"
 
 #define BLOB_MAGIC "PFB1"
@@ -151,9 +152,29 @@ typedef struct {
     size_t len;
     unsigned char sum[32];
     int64_t now;
+    bool replica;            /* astore_apply_put: meta as given, position instead of feed */
+    uint64_t seq;            /* its change's sequence number (0: a resync's write) */
+    bool skip;               /* that change was applied before: nothing written */
     astore_meta out;
     char dropped[65];
 } put_ctx;
+
+static void hex32(const unsigned char b[32], char out[65]) {
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* The feed record of a put: the payload checksum and the stored meta record (json). */
+static int put_change(astore *s, MDB_txn *txn, const put_ctx *p, const char *json) {
+    char sum[65];
+    hex32(p->sum, sum);
+    size_t n = strlen(json) + 128;
+    char *extra = malloc(n);
+    if (!extra) return PEFTD_ENOMEM;
+    snprintf(extra, n, "\"blob_sha256\":\"%s\",\"meta\":%s", sum, json);
+    int rc = astore__change_txn(s, txn, "put", p->key, extra);
+    free(extra);
+    return rc;
+}
 
 static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
     put_ctx *p = vctx;
@@ -162,6 +183,7 @@ static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
     MDB_val k = astore__val_str(p->key), v;
     p->dropped[0] = 0;
     int rc;
+    if (p->replica && ((rc = astore__position_txn(s, txn, p->seq, &p->skip)) || p->skip)) return rc;
     if (p->need_tenant) {
         /* in the same transaction as the put: a tenant deleted before it commits (its
          * adapters with it, tenant_store.c) makes this put fail, never outlive it */
@@ -185,9 +207,11 @@ static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
         if (used + p->len > p->quota) return -EDQUOT;
     }
     p->out = *p->in;
-    p->out.version = had ? old.version + 1 : 1;
-    p->out.created = had ? old.created : p->now;
-    p->out.updated = p->now;
+    if (!p->replica) {
+        p->out.version = had ? old.version + 1 : 1;
+        p->out.created = had ? old.created : p->now;
+        p->out.updated = p->now;
+    }
     p->out.bytes = p->len;
     if (!had || strcmp(old.sha256, p->in->sha256)) {
         if ((rc = ref_inc(s, txn, p->in->sha256, p->blob, p->len, p->sum))) return rc;
@@ -197,6 +221,7 @@ static int put_fn(astore *s, MDB_txn *txn, void *vctx) {
     if (!json) return PEFTD_ENOMEM;
     v = astore__val_str(json);
     rc = mdb_put(txn, s->meta, &k, &v, 0);
+    if (rc == 0 && !p->replica) rc = put_change(s, txn, p, json);
     free(json);
     return rc;
 }
@@ -294,6 +319,9 @@ int astore__delete_owner_txn(astore *s, MDB_txn *txn, const char *owner, astore_
 
 typedef struct {
     const char *key;
+    bool replica;     /* astore_apply_delete: absent is fine, position instead of feed */
+    uint64_t seq;
+    bool skip;
     char dropped[65];
 } del_ctx;
 
@@ -302,11 +330,15 @@ static int del_fn(astore *s, MDB_txn *txn, void *vctx) {
     astore_meta old;
     MDB_val k = astore__val_str(d->key), v;
     d->dropped[0] = 0;
-    int rc = mdb_get(txn, s->meta, &k, &v);
+    int rc;
+    if (d->replica && ((rc = astore__position_txn(s, txn, d->seq, &d->skip)) || d->skip)) return rc;
+    rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == MDB_NOTFOUND && d->replica) return 0;
     if (rc) return rc;
     if ((rc = astore__meta_decode(v.mv_data, v.mv_size, &old))) return rc;
     if ((rc = mdb_del(txn, s->meta, &k, NULL))) return rc;
-    return ref_dec(s, txn, old.sha256, d->dropped);
+    if ((rc = ref_dec(s, txn, old.sha256, d->dropped))) return rc;
+    return d->replica ? 0 : astore__change_txn(s, txn, "delete", d->key, NULL);
 }
 
 int astore_delete(astore *s, const char *name, char old_sha256[65]) {
@@ -326,4 +358,44 @@ int astore_delete_scoped(astore *s, const char *owner, const char *name, char ol
     int rc = astore__write_txn(s, del_fn, &d);
     if (rc == 0 && old_sha256) memcpy(old_sha256, d.dropped, 65);
     return rc;
+}
+
+/* ---------------------------------------------------------------- replication */
+
+int astore__blob_sum_txn(astore *s, MDB_txn *txn, const char *sha, char out[65]) {
+    MDB_val k = astore__val_str(sha), v;
+    int rc = mdb_get(txn, s->blobs, &k, &v);
+    if (rc) return rc;
+    if (v.mv_size < BLOB_HDR || memcmp(v.mv_data, BLOB_MAGIC, 4)) return PEFTD_EFORMAT;
+    hex32((const unsigned char *)v.mv_data + 8, out);
+    return 0;
+}
+
+int astore_apply_put(astore *s, uint64_t seq, const astore_meta *meta, const void *blob, size_t len,
+                     astore_meta *stored, char dropped[65]) {
+    char key[ASTORE_KEY_MAX + 1];
+    if (dropped) dropped[0] = 0;
+    if (!s || !meta || (!blob && len) || !astore__meta_storable(meta) || meta->version < 1 ||
+        astore_key(meta->owner, meta->name, key))
+        return PEFTD_EINVAL;
+    if (len > SIZE_MAX - BLOB_HDR) return PEFTD_ENOSPC;
+    put_ctx p = {.in = meta, .key = key, .blob = blob, .len = len, .replica = true, .seq = seq};
+    int rc = sha256(blob ? blob : "", len, p.sum);
+    if (rc) return rc;
+    if ((rc = astore__write_txn(s, put_fn, &p))) return rc;
+    if (p.skip) return 1;
+    if (stored) *stored = p.out;
+    if (dropped) memcpy(dropped, p.dropped, 65);
+    return 0;
+}
+
+int astore_apply_delete(astore *s, uint64_t seq, const char *key, char dropped[65]) {
+    if (dropped) dropped[0] = 0;
+    if (!s || !key || !*key || strnlen(key, ASTORE_KEY_MAX + 1) > ASTORE_KEY_MAX) return PEFTD_EINVAL;
+    del_ctx d = {.key = key, .replica = true, .seq = seq};
+    int rc = astore__write_txn(s, del_fn, &d);
+    if (rc) return rc;
+    if (d.skip) return 1;
+    if (dropped) memcpy(dropped, d.dropped, 65);
+    return 0;
 }

@@ -32,6 +32,8 @@ struct astore {
     MDB_env *env;
     MDB_dbi meta, blobs, refs, info;
     MDB_dbi tenants, keys; /* tenant_store.h's schema */
+    MDB_dbi changes;       /* the change feed (store_changes.h) */
+    uint64_t retain;       /* change records kept (astore_options.changes_retain) */
     size_t max_map;
     int lock_fd;           /* astore_options.exclusive: the flocked <dir>/peftd.lock; -1 = none */
     pthread_mutex_t write_lock;
@@ -103,5 +105,23 @@ int astore__owner_bytes_txn(astore *s, MDB_txn *txn, const char *owner, uint64_t
  * references (a blob goes with its last reference), and appends the deleted keys and the
  * dropped hashes to *r (may be NULL). owner must be a valid, non-empty tenant id. */
 int astore__delete_owner_txn(astore *s, MDB_txn *txn, const char *owner, astore_removed *r);
+
+/* ---- store_changes.c: the change feed and the follower's position (store_changes.h) */
+
+/* Appends the change record {"seq","time","op","key"[,extra]} (extra: more JSON members
+ * without the leading comma, or NULL) inside txn with the next sequence number, and drops
+ * the oldest records beyond the retention bound. Every catalogue write calls it in its
+ * own transaction, so the feed can never disagree with the store. */
+int astore__change_txn(astore *s, MDB_txn *txn, const char *op, const char *key, const char *extra);
+/* Follower side: when seq > 0, the position "replica_seq" must be below seq (else
+ * *skip = true, 0 returned: the change was applied before) and is set to seq inside txn.
+ * seq 0 (a resync's writes) leaves the position alone. */
+int astore__position_txn(astore *s, MDB_txn *txn, uint64_t seq, bool *skip);
+/* Gives the store its change feed's identity (info "feed_id", 32 random hex digits) when
+ * it has none: followers tell a restored or replaced primary's feed from the one they
+ * followed by it. */
+int astore__feed_init_txn(astore *s, MDB_txn *txn);
+/* The hex of the blob record's own payload checksum (store_blobs.c's header) under sha. */
+int astore__blob_sum_txn(astore *s, MDB_txn *txn, const char *sha, char out[65]);
 
 #endif

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "adapter_store/registry.h"
+#include "adapter_store/store_changes.h"
 #include "adapter_store/store_internal.h"
 
 /* Version of the tenant and key record layouts. */
@@ -113,6 +114,19 @@ static int key_decode(const MDB_val *k, const MDB_val *v, void *vout) {
     return rc;
 }
 
+/* ---------------------------------------------------------------- feed */
+
+/* The change record of a tenant/key write carrying its stored record (json). */
+static int record_change(astore *s, MDB_txn *txn, const char *op, const char *key, const char *json) {
+    size_t n = strlen(json) + 16;
+    char *extra = malloc(n);
+    if (!extra) return PEFTD_ENOMEM;
+    snprintf(extra, n, "\"record\":%s", json);
+    int rc = astore__change_txn(s, txn, op, key, extra);
+    free(extra);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- tenants */
 
 typedef struct {
@@ -138,6 +152,7 @@ static int tenant_put_fn(astore *s, MDB_txn *txn, void *vctx) {
     if (!json) return PEFTD_ENOMEM;
     v = astore__val_str(json);
     rc = mdb_put(txn, s->tenants, &k, &v, 0);
+    if (rc == 0) rc = record_change(s, txn, "tenant_put", rec.id, json);
     free(json);
     return rc;
 }
@@ -242,7 +257,8 @@ static int tenant_del_fn(astore *s, MDB_txn *txn, void *vctx) {
     if (rc == MDB_NOTFOUND) return PEFTD_ENOTFOUND;
     if (rc) return rc;
     if ((rc = keys_delete_txn(s, txn, c->tenant, NULL, &c->deleted))) return rc;
-    return astore__delete_owner_txn(s, txn, c->tenant, c->removed);
+    if ((rc = astore__delete_owner_txn(s, txn, c->tenant, c->removed))) return rc;
+    return astore__change_txn(s, txn, "tenant_delete", c->tenant, NULL);
 }
 
 int tstore_tenant_delete(astore *s, const char *id, astore_removed *removed) {
@@ -268,6 +284,7 @@ static int key_add_fn(astore *s, MDB_txn *txn, void *vctx) {
     /* MDB_NOOVERWRITE: a 256-bit collision is impossible in practice; refusing is safer
      * than silently moving a key to another tenant */
     rc = mdb_put(txn, s->keys, &k, &v, MDB_NOOVERWRITE);
+    if (rc == 0) rc = record_change(s, txn, "key_put", kr->sha256, json);
     free(json);
     return rc == MDB_KEYEXIST ? PEFTD_EEXIST : rc;
 }
@@ -297,6 +314,11 @@ static int key_revoke_fn(astore *s, MDB_txn *txn, void *vctx) {
     del_ctx *c = vctx;
     int rc = keys_delete_txn(s, txn, c->tenant, c->key_id, &c->deleted);
     if (rc == 0 && c->deleted == 0) rc = PEFTD_ENOTFOUND;
+    if (rc == 0) {
+        char extra[96];
+        snprintf(extra, sizeof extra, "\"key_id\":\"%s\"", c->key_id);
+        rc = astore__change_txn(s, txn, "key_revoke", c->tenant, extra);
+    }
     return rc;
 }
 
@@ -304,4 +326,68 @@ int tstore_key_revoke(astore *s, const char *tenant, const char *key_id) {
     if (!s || !tstore_id_valid(tenant) || !key_id || !*key_id) return PEFTD_EINVAL;
     del_ctx c = {.tenant = tenant, .key_id = key_id};
     return astore__write_txn(s, key_revoke_fn, &c);
+}
+
+/* ---------------------------------------------------------------- replication */
+
+typedef struct {
+    uint64_t seq;
+    const char *op, *key, *record, *key_id;
+    astore_removed *removed;
+    bool skip;
+} apply_ctx;
+
+/* A replicated record is decoded like one read from disk before it is written. */
+static int apply_record(MDB_txn *txn, MDB_dbi dbi, const char *key, const char *record, astore__decode_fn decode,
+                        void *scratch) {
+    MDB_val k = astore__val_str(key), v = astore__val_str(record);
+    int rc = decode(&k, &v, scratch);
+    return rc ? rc : mdb_put(txn, dbi, &k, &v, 0);
+}
+
+static int apply_fn(astore *s, MDB_txn *txn, void *vctx) {
+    apply_ctx *c = vctx;
+    tstore_tenant t;
+    tstore_key kr;
+    int rc, deleted;
+    if (c->removed) astore_removed_free(c->removed);
+    if ((rc = astore__position_txn(s, txn, c->seq, &c->skip)) || c->skip) return rc;
+    if (!strcmp(c->op, "tenant_put")) {
+        if (!c->record || !tstore_id_valid(c->key)) return PEFTD_EINVAL;
+        return apply_record(txn, s->tenants, c->key, c->record, tenant_decode, &t);
+    }
+    if (!strcmp(c->op, "key_put")) {
+        if (!c->record || !astore__sha_valid(c->key)) return PEFTD_EINVAL;
+        return apply_record(txn, s->keys, c->key, c->record, key_decode, &kr);
+    }
+    if (!strcmp(c->op, "key_revoke")) {
+        if (!tstore_id_valid(c->key) || !c->key_id || !*c->key_id) return PEFTD_EINVAL;
+        return keys_delete_txn(s, txn, c->key, c->key_id, &deleted);
+    }
+    if (!strcmp(c->op, "key_delete")) { /* a resync: the record of this sha goes */
+        if (!astore__sha_valid(c->key)) return PEFTD_EINVAL;
+        MDB_val k = astore__val_str(c->key);
+        rc = mdb_del(txn, s->keys, &k, NULL);
+        return rc == MDB_NOTFOUND ? 0 : rc;
+    }
+    if (!strcmp(c->op, "tenant_delete")) {
+        if (!tstore_id_valid(c->key)) return PEFTD_EINVAL;
+        MDB_val k = astore__val_str(c->key);
+        rc = mdb_del(txn, s->tenants, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND) return rc;
+        if ((rc = keys_delete_txn(s, txn, c->key, NULL, &deleted))) return rc;
+        return astore__delete_owner_txn(s, txn, c->key, c->removed);
+    }
+    return PEFTD_EINVAL;
+}
+
+int astore_apply_tenant(astore *s, uint64_t seq, const char *op, const char *key, const char *record,
+                        const char *key_id, astore_removed *removed) {
+    if (removed) memset(removed, 0, sizeof *removed);
+    if (!s || !op || !key) return PEFTD_EINVAL;
+    apply_ctx c = {.seq = seq, .op = op, .key = key, .record = record, .key_id = key_id, .removed = removed};
+    int rc = astore__write_txn(s, apply_fn, &c);
+    if (rc && removed) astore_removed_free(removed);
+    if (rc) return rc;
+    return c.skip ? 1 : 0;
 }

@@ -13,7 +13,7 @@ declare -A PKG=(
   [libpcre2-8]=libpcre2-dev
   [libutf8proc]=libutf8proc-dev
   [libcrypto]=libssl-dev
-  [libcurl]=libcurl4-openssl-dev   # peftctl (the client) only
+  [libcurl]=libcurl4-openssl-dev   # peftctl, the load generator and the follower (store.follow)
 )
 
 missing=()
@@ -24,6 +24,8 @@ for mod in "${!PKG[@]}"; do
   fi
 done
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# `make test-cluster` puts HAProxy in front of its replicas (PEFTD_DEPS_HAPROXY=1)
+if [ "${PEFTD_DEPS_HAPROXY:-}" = 1 ] && ! command -v haproxy >/dev/null 2>&1; then missing+=(haproxy); fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -33,6 +33,8 @@ void config_default(peftd_config *c) {
     c->store.host_cache_mb = 256;
     c->store.slots = 64;
     c->store.max_upload_mb = 2048;
+    c->store.changes_retain = 100000;
+    c->store.follow_poll_ms = 200;
     snprintf(c->log.format, sizeof c->log.format, "text");
     snprintf(c->log.access, sizeof c->log.access, "stderr");
 }
@@ -90,6 +92,9 @@ static bool backend_ok(const peftd_config *c) {
     return !strcmp(c->backend, "auto") || !strcmp(c->backend, "cpu") || !strcmp(c->backend, "cuda");
 }
 static bool store_map_ok(const peftd_config *c) { return c->store.max_map_mb >= c->store.map_mb; }
+static bool follow_ok(const peftd_config *c) {
+    return !c->store.follow[0] || !strncmp(c->store.follow, "http://", 7) || !strncmp(c->store.follow, "https://", 8);
+}
 static bool log_level_ok(const peftd_config *c) { return log_level_parse(c->log.level[0] ? c->log.level : "info") >= 0; }
 static bool log_format_ok(const peftd_config *c) { return log_format_parse(c->log.format) >= 0; }
 static bool admin_sha_ok(const peftd_config *c) {
@@ -137,6 +142,11 @@ static const config_key KEYS[] = {
     INT("store", "max_upload_mb", 1, 1 << 20, store.max_upload_mb),
     {"store", "load_roots", CK_IGNORE, 0, 0, 0, 0, NULL, NULL}, /* load_roots() below */
     CHECK("store", "max_map_mb", store_map_ok, "store.max_map_mb must be >= store.map_mb"),
+    INT("store", "changes_retain", 1, 1 << 30, store.changes_retain),
+    STR("store", "follow", store.follow),
+    CHECK("store", "follow", follow_ok, "store.follow must be an http:// or https:// URL"),
+    STR("store", "follow_key_env", store.follow_key_env),
+    INT("store", "follow_poll_ms", 10, 60000, store.follow_poll_ms),
     STR("log", "level", log.level),
     STR("log", "format", log.format),
     STR("log", "access", log.access),

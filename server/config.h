@@ -35,6 +35,11 @@ typedef struct {
         int max_upload_mb;    /* PUT /v1/adapters body limit */
         char load_roots[4][4096]; /* store.load_roots: directories POST /v1/load_lora_adapter may
                                    * import from ("" = unused; none = the endpoint answers 404) */
+        int changes_retain;   /* change-feed records kept for followers (store_changes.h) */
+        char follow[512];     /* "": a primary; else the primary's base URL: this peftd is a
+                               * read-only follower mirroring it (server/replication/) */
+        char follow_key_env[128]; /* names the variable holding the key sent to the primary */
+        int follow_poll_ms;   /* how often a caught-up follower asks for new changes */
     } store;
     struct {                  /* "log": reloaded on SIGHUP */
         char level[16];       /* debug|info|warn|error; "" = PEFTD_LOG or info */

@@ -27,7 +27,7 @@ static void usage(FILE *f) {
             "peftd " PEFTD_VERSION " — multi-tenant adapter-serving inference daemon\n"
             "usage:\n"
             "  peftd serve [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]\n"
-            "              [--store DIR] [--adapter NAME=DIR]...\n"
+            "              [--store DIR] [--adapter NAME=DIR]... [--follow PRIMARY_URL]\n"
             "  peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
             "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n"
             "                 [--adapter DIR [--adapter-scale X]]\n");
@@ -106,6 +106,13 @@ static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
         else if (!strcmp(a, "--port")) { if (parse_long(a, v, 0, 65535, &n)) return 2; cfg->port = (int)n; }
         else if (!strcmp(a, "--threads")) { if (parse_long(a, v, 0, 1024, &n)) return 2; cfg->threads = (int)n; }
         else if (!strcmp(a, "--store")) snprintf(cfg->store.dir, sizeof cfg->store.dir, "%s", v);
+        else if (!strcmp(a, "--follow")) {
+            if (strncmp(v, "http://", 7) && strncmp(v, "https://", 8)) {
+                fprintf(stderr, "peftd: --follow expects an http:// or https:// URL, got '%s'\n", v);
+                return 2;
+            }
+            snprintf(cfg->store.follow, sizeof cfg->store.follow, "%s", v);
+        }
         else if (!strcmp(a, "--adapter")) {
             char name[128];
             const char *eq = strchr(v, '=');

@@ -22,6 +22,7 @@
 #include "server/http/access_log.h"
 #include "server/http/http_metrics.h"
 #include "server/http/http_server.h"
+#include "server/replication/follower.h"
 #include "server/runtime.h"
 #include "server/tenants/tenants.h"
 
@@ -206,7 +207,9 @@ static void serve_loop_run(const peftd_config *cfg, const char *config_path, eng
  * stored adapter is published. Returns 0, or -1 when the store cannot be read. */
 static int load_adapters(const peftd_config *cfg, astore *store, adapter_registry *reg, adapter_service *svc) {
     char err[1024] = "";
-    for (int i = 0; i < cfg->n_adapters; i++) {
+    if (cfg->store.follow[0] && cfg->n_adapters)
+        LOGW("replication: %d configured adapters not imported: a follower's catalogue is the primary's", cfg->n_adapters);
+    for (int i = 0; i < cfg->n_adapters && !cfg->store.follow[0]; i++) {
         const char *name = cfg->adapters[i].name, *dir = cfg->adapters[i].dir;
         astore_meta have;
         if (adapter_service_name_is_base(svc, name)) {
@@ -229,6 +232,25 @@ static int load_adapters(const peftd_config *cfg, astore *store, adapter_registr
     return 0;
 }
 
+/* store.follow: the replication thread, with the key named by store.follow_key_env. */
+static int start_follower(const peftd_config *cfg, astore *store, adapter_service *svc, tenants *tn,
+                          follower **out) {
+    char err[512] = "";
+    const char *key = "";
+    if (cfg->store.follow_key_env[0]) {
+        key = getenv(cfg->store.follow_key_env);
+        if (!key || !*key) {
+            fprintf(stderr, "peftd: store.follow_key_env names %s, which is not set\n", cfg->store.follow_key_env);
+            return -1;
+        }
+    }
+    if (follower_start(cfg->store.follow, key, cfg->store.follow_poll_ms, store, svc, tn, out, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
 /* The listening socket and the store's lock, before anything slow: a second daemon on
  * the same port or store exits 1 at once, with the reason, instead of loading a model
  * first (and a second listener never shares the port). The engine's tiers read from the
@@ -241,7 +263,8 @@ static int open_listener_and_store(peftd_config *cfg, int *listen_fd, astore **s
     }
     astore_options so = {.map_bytes = (size_t)cfg->store.map_mb << 20,
                          .max_map_bytes = (size_t)cfg->store.max_map_mb << 20,
-                         .exclusive = true};
+                         .exclusive = true,
+                         .changes_retain = (uint64_t)cfg->store.changes_retain};
     if (mkdir_p(cfg->store.dir) < 0 || astore_open(cfg->store.dir, &so, store, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot open the adapter store %s: %s\n", cfg->store.dir, err[0] ? err : strerror(errno));
         close(*listen_fd);
@@ -269,6 +292,7 @@ int serve_run(peftd_config *cfg, const char *config_path) {
     adapter_service *svc = NULL;
     api_server *srv = NULL;
     tenants *tn = NULL;
+    follower *fol = NULL;
     int rc = 1;
     if (runtime_open(&rt, cfg->model_dir, cfg->threads, cfg->fast_prefill, cfg->backend, &cfg->engine) < 0)
         goto out_store;
@@ -281,6 +305,7 @@ int serve_run(peftd_config *cfg, const char *config_path) {
         goto out;
     }
     if (load_adapters(cfg, store, reg, svc) < 0 || open_tenants(cfg, store, &tn) < 0) goto out;
+    if (cfg->store.follow[0] && start_follower(cfg, store, svc, tn, &fol) < 0) goto out;
     http_config hc = {.host = cfg->host, .port = cfg->port, .max_body_bytes = cfg->max_body_bytes,
                       .max_upload_bytes = (uint64_t)cfg->store.max_upload_mb << 20, .threads = cfg->http_threads,
                       .tenants = tn, .chat_template = cfg->chat_template, .timeout_s = cfg->http_timeout_s,
@@ -289,7 +314,7 @@ int serve_run(peftd_config *cfg, const char *config_path) {
                       .vllm_metric_aliases = cfg->http_vllm_metric_aliases,
                       .load_roots = {cfg->store.load_roots[0], cfg->store.load_roots[1], cfg->store.load_roots[2],
                                      cfg->store.load_roots[3]},
-                      .listen_fd = listen_fd};
+                      .listen_fd = listen_fd, .follow_url = cfg->store.follow, .follower = fol};
     listen_fd = -1; /* the server's now, whatever happens */
     if (api_server_start(&hc, rt.e, rt.tok, rt.m, reg, store, svc, &srv, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: cannot start the HTTP server on %s:%d: %s\n", cfg->host, cfg->port, err);
@@ -303,6 +328,7 @@ int serve_run(peftd_config *cfg, const char *config_path) {
     rc = 0;
 out:
     api_server_stop(srv);
+    follower_stop(fol); /* before the service it applies changes through */
     if (rt.e) engine_stop(rt.e, false);
     engine_free(rt.e); /* frees the tiers' slots before the backend goes */
     rt.e = NULL;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "adapter_store/adapter_blob.h"
+#include "adapter_store/store_changes.h"
 #include "lib/log.h"
 #include "server/model/model_adapter_base.h"
 #include "server/tenants/tenants.h"
@@ -355,6 +356,78 @@ int adapter_service_delete_tenant(adapter_service *s, tenants *ts, const char *i
     pthread_mutex_unlock(&s->pub_mu);
     if (st == 0) LOGI("tenant %s: %d adapters deleted with it", id, r.n_keys);
     astore_removed_free(&r);
+    return st;
+}
+
+/* ---------------------------------------------------------------- replication */
+
+/* Publishes a replicated version, or records why it cannot be served here. */
+static int publish_replica(adapter_service *s, const char *key, const astore_meta *m) {
+    if (strcmp(m->base_fingerprint, s->fingerprint) != 0) {
+        LOGW("adapter %s: replicated version %llu is for another base model (fingerprint %.12s), not served", key,
+             (unsigned long long)m->version, m->base_fingerprint);
+        registry_remove(s->reg, key);
+        registry_put_failure(s->reg, key, PEFTD_EINVAL, "stored for another base model; upload it again for this one");
+        return 0;
+    }
+    if (adapter_service_name_is_base(s, m->name)) {
+        registry_remove(s->reg, key);
+        return 0;
+    }
+    return registry_put(s->reg, m);
+}
+
+int adapter_service_apply_put(adapter_service *s, uint64_t seq, const astore_meta *meta, const void *blob,
+                              size_t len) {
+    char key[ASTORE_KEY_MAX + 1], dropped[65] = "";
+    astore_meta stored;
+    if (astore_key(meta->owner, meta->name, key) < 0) return PEFTD_EINVAL;
+    pthread_mutex_lock(&s->pub_mu);
+    adapter_handle *kept = keep_current(s, key);
+    int st = astore_apply_put(s->store, seq, meta, blob, len, &stored, dropped);
+    if (st != 0) {
+        keep_done(s, kept, false);
+        pthread_mutex_unlock(&s->pub_mu);
+        return st;
+    }
+    if (s->tiers) tiers_offer_blob(s->tiers, stored.sha256, blob, len);
+    st = publish_replica(s, key, &stored);
+    if (s->tiers && dropped[0] && strcmp(dropped, stored.sha256) != 0) tiers_forget(s->tiers, dropped);
+    keep_done(s, kept, true);
+    pthread_mutex_unlock(&s->pub_mu);
+    if (st == 0)
+        LOGI("adapter %s: replicated version %llu (change %llu, sha256 %.12s)", key,
+             (unsigned long long)stored.version, (unsigned long long)seq, stored.sha256);
+    return st;
+}
+
+int adapter_service_apply_delete(adapter_service *s, uint64_t seq, const char *key) {
+    char dropped[65] = "";
+    pthread_mutex_lock(&s->pub_mu);
+    adapter_handle *kept = keep_current(s, key);
+    int st = astore_apply_delete(s->store, seq, key, dropped);
+    if (st == 0) {
+        registry_remove(s->reg, key);
+        if (s->tiers && dropped[0]) tiers_forget(s->tiers, dropped);
+    }
+    keep_done(s, kept, st == 0);
+    pthread_mutex_unlock(&s->pub_mu);
+    if (st == 0) LOGI("adapter %s: deleted (replicated change %llu)", key, (unsigned long long)seq);
+    return st;
+}
+
+int adapter_service_apply_tenant(adapter_service *s, tenants *ts, uint64_t seq, const char *op, const char *key,
+                                 const char *record, const char *key_id) {
+    astore_removed r;
+    pthread_mutex_lock(&s->pub_mu);
+    int st = astore_apply_tenant(s->store, seq, op, key, record, key_id, &r);
+    if (st == 0) {
+        for (int i = 0; i < r.n_keys; i++) registry_remove(s->reg, r.keys[i]);
+        for (int i = 0; s->tiers && i < r.n_dropped; i++) tiers_forget(s->tiers, r.dropped[i]);
+        astore_removed_free(&r);
+    }
+    pthread_mutex_unlock(&s->pub_mu);
+    if (st == 0 && ts) tenants_reload(ts);
     return st;
 }
 

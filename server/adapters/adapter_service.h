@@ -58,12 +58,26 @@ bool adapter_service_name_is_base(const adapter_service *s, const char *name);
  * it). PEFTD_ENOTFOUND when owner has no adapter by that name. */
 int adapter_service_delete(adapter_service *s, const char *owner, const char *name);
 
+struct tenants;
 /* Deletes tenant id with its keys and every adapter it owns in one store transaction
  * (tenants_delete), then drops those adapters from the registry and the host tier. An
  * upload of that tenant finishing later fails (-ENOENT from the import).
  * PEFTD_ENOTFOUND when there is no such tenant. */
-struct tenants;
 int adapter_service_delete_tenant(adapter_service *s, struct tenants *ts, const char *id);
+
+/* Follower side (server/replication/): the primary's change seq, applied through the same
+ * store-then-registry path as an import, under the same lock, so a hot swap behaves
+ * identically (requests holding the old version finish on it). meta is the primary's
+ * record (version and times kept), blob its verified payload. A version for another base
+ * is stored (the catalogue stays whole) but not served, as at start-up. 1: seq was
+ * applied before (nothing changed); seq 0: a resync's write (store_changes.h). */
+int adapter_service_apply_put(adapter_service *s, uint64_t seq, const astore_meta *meta, const void *blob,
+                              size_t len);
+int adapter_service_apply_delete(adapter_service *s, uint64_t seq, const char *key);
+/* A tenant / key change (astore_apply_tenant); a tenant's deletion also drops its
+ * adapters from the registry and the host tier. ts (may be NULL) re-reads its limits. */
+int adapter_service_apply_tenant(adapter_service *s, struct tenants *ts, uint64_t seq, const char *op,
+                                 const char *key, const char *record, const char *key_id);
 
 /* Start-up: publishes every stored adapter validated against this base (same
  * fingerprint); the others are logged and skipped. */

@@ -147,6 +147,8 @@ enum MHD_Result api_adapters_item(http_req *req, struct MHD_Connection *conn) {
 
     const char *owner = http_owner(req);
     astore_meta meta;
+    enum MHD_Result ret;
+    if (req->method == HTTP_M_DELETE && api_replica_refuses(req, conn, &ret)) return ret;
     if (req->method == HTTP_M_DELETE) {
         int rc = adapter_service_delete(s->svc, owner, name);
         if (rc == PEFTD_ENOTFOUND && owner[0] && astore_get_meta_scoped(s->store, "", name, &meta) == 0)

@@ -281,6 +281,8 @@ static enum MHD_Result upload_iter(void *cls, enum MHD_ValueKind kind, const cha
 enum MHD_Result api_adapters_put_begin(http_req *req, struct MHD_Connection *conn) {
     api_server *s = api_of(req);
     req->answered = true; /* until the upload is set up, every return below answers */
+    enum MHD_Result ret;
+    if (api_replica_refuses(req, conn, &ret)) return ret;
     if (!s->svc) return api_adapters__no_store(req, conn);
     const char *name = req->arg ? req->arg : "";
     if (!registry_name_valid(name)) return api_adapters__bad_name(req, conn, name);

@@ -194,6 +194,8 @@ static enum MHD_Result tenants_create_req(http_req *req, struct MHD_Connection *
 
 enum MHD_Result api_admin_tenants(http_req *req, struct MHD_Connection *conn) {
     if (!http_auth_on(req->srv)) return not_enabled(req, conn);
+    enum MHD_Result ret;
+    if (req->method == HTTP_M_POST && api_replica_refuses(req, conn, &ret)) return ret;
     if (req->method == HTTP_M_POST) return tenants_create_req(req, conn);
     tstore_tenant *v = NULL;
     int n = 0;
@@ -245,6 +247,8 @@ enum MHD_Result api_admin_tenant_item(http_req *req, struct MHD_Connection *conn
     api_server *s = api_of(req);
     tenants *ts = s->cfg.tenants;
     if (!http_auth_on(req->srv)) return not_enabled(req, conn);
+    enum MHD_Result ret;
+    if (!(req->method & HTTP_M_READ) && api_replica_refuses(req, conn, &ret)) return ret;
     /* {id}, {id}/keys or {id}/keys/{kid} */
     char id[TSTORE_ID_MAX + 1] = "", kid[32] = "";
     const char *arg = req->arg ? req->arg : "", *slash = strchr(arg, '/');

@@ -108,6 +108,18 @@ enum MHD_Result api_admin_tenants(http_req *req, struct MHD_Connection *conn);
 /* /v1/admin/tenants/{id}: GET, PATCH, DELETE; {id}/keys: GET, POST; {id}/keys/{key id}: DELETE. */
 enum MHD_Result api_admin_tenant_item(http_req *req, struct MHD_Connection *conn);
 
+/* ---- api_replication.c: the primary's feed endpoints and the follower's write refusal ---- */
+enum MHD_Result api_replication_changes(http_req *req, struct MHD_Connection *conn);  /* GET .../changes */
+enum MHD_Result api_replication_snapshot(http_req *req, struct MHD_Connection *conn); /* GET .../snapshot */
+enum MHD_Result api_replication_blob(http_req *req, struct MHD_Connection *conn);     /* GET .../blobs/{sha} */
+/* On a follower (cfg.follow_url set): answers the write with 307 to the primary and
+ * returns true (*ret is the handler's result). false on a primary: nothing answered. */
+bool api_replica_refuses(http_req *req, struct MHD_Connection *conn, enum MHD_Result *ret);
+/* The peftd_replication_* families (both roles) appended to b: 0 or a PEFTD code. */
+int api_replication_metrics(api_server *s, http_buf *b);
+/* /ready's "replication" object as JSON text into out (snprintf's result). */
+int api_replication_ready(api_server *s, char *out, size_t cap);
+
 /* ---- api_completions.c: POST /v1/completions and /v1/chat/completions ---- */
 /* handle: the whole body has arrived: parse, validate, submit, then respond or suspend
  * (sets req->ctx to the job). */

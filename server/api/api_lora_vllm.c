@@ -84,6 +84,8 @@ static cJSON *lora_begin(http_req *req, struct MHD_Connection *conn, enum MHD_Re
                           "loading and unloading adapters needs the admin key");
         return NULL;
     }
+    /* a follower's catalogue is the primary's: writes go there (307, as uploads) */
+    if (api_replica_refuses(req, conn, ret)) return NULL;
     cJSON *body = req->body && !http_json_has_nul(req->body, req->len) ? cJSON_ParseWithLength(req->body, req->len) : NULL;
     if (!cJSON_IsObject(body)) {
         cJSON_Delete(body);

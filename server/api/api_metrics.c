@@ -221,6 +221,7 @@ static int metrics_render(api_server *s, http_buf *b) {
         return rc;
     if ((rc = put_tenants(s, b))) return rc;
     if ((rc = api_metrics_vllm(s, b))) return rc;
+    if ((rc = api_replication_metrics(s, b))) return rc;
 
     if (s->store) {
         astore_stats as = {0};
@@ -254,10 +255,13 @@ enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn) {
     astore_stats as;
     bool store_ok = s->store && astore_get_stats(s->store, &as) == 0;
     bool ready = !draining && store_ok;
-    char body[192];
-    snprintf(body, sizeof body, "{\"status\":\"%s\",\"model\":true,\"engine\":%s,\"store\":%s,\"draining\":%s}",
+    /* a follower whose primary is away stays ready: it serves what it has, and says so */
+    char repl[1024], body[1280];
+    api_replication_ready(s, repl, sizeof repl);
+    snprintf(body, sizeof body,
+             "{\"status\":\"%s\",\"model\":true,\"engine\":%s,\"store\":%s,\"draining\":%s,\"replication\":%s}",
              ready ? "ready" : "not_ready", draining ? "false" : "true", store_ok ? "true" : "false",
-             draining ? "true" : "false");
+             draining ? "true" : "false", repl);
     return http_respond(req, conn, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "application/json", body,
                         strlen(body), ready ? NULL : "Retry-After", ready ? NULL : "5");
 }

@@ -39,6 +39,9 @@ typedef struct {
                                 * directories (NULL/"" = unused; none: the route answers 404) */
     struct tenants *tenants; /* API keys, tenants and quotas (server/tenants/tenants.h); NULL or
                               * disabled = no authentication, every adapter public */
+    const char *follow_url;  /* a follower's primary (store.follow): writes answer 307 there;
+                              * NULL or "" = this peftd is a primary */
+    struct follower *follower; /* the replication thread's status for /ready and /metrics */
 } http_config;
 
 /* Binds and listens on host:port (0 = a free port) without SO_REUSEPORT, so a second

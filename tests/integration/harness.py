@@ -48,11 +48,13 @@ def free_port():
 class Daemon:
     """One `peftd serve` process on 127.0.0.1:<free port>."""
 
-    def __init__(self, extra_args=(), env=None, store=None, preexec_fn=None):
+    def __init__(self, extra_args=(), env=None, store=None, preexec_fn=None, port=None):
         """store: the adapter store directory; default a fresh temporary one per daemon
         (removed by close()), so tests never share or leave state. preexec_fn: run in the
-        child before the daemon starts (e.g. resource.setrlimit for the daemon alone)."""
-        self.port = free_port()
+        child before the daemon starts (e.g. resource.setrlimit for the daemon alone).
+        port: a fixed port (a daemon restarted where its clients expect it); default a
+        free one."""
+        self.port = port or free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="peftd-", suffix=".log", delete=False)
         self.own_store = None
         if store is None and "--store" not in extra_args:
