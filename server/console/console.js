@@ -285,7 +285,8 @@ function draw(id, data, fixedMax, color) {
   c.dataset.points = String(data.length);
   if (!data.length) return;
   const max = fixedMax || Math.max(1, ...data) * 1.15, pad = 4 * dpr;
-  const x = (i) => w - (data.length - 1 - i) * (w / (HISTORY - 1));
+  const span = Math.min(HISTORY, Math.max(30, data.length)) - 1; // a short history fills less
+  const x = (i) => w - (data.length - 1 - i) * (w / span);
   const y = (v) => h - pad - (v / max) * (h - 2 * pad);
   g.beginPath();
   data.forEach((v, i) => (i ? g.lineTo(x(i), y(v)) : g.moveTo(x(i), y(v))));
