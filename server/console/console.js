@@ -233,7 +233,7 @@ async function streamInto(model, out, stat) {
       }
     }
     const s = (performance.now() - t0) / 1000;
-    stat.textContent = `${n} chunks · ${s.toFixed(2)} s` + (finish ? ` · ${finish}` : "");
+    stat.textContent = `${n} chunk${n === 1 ? "" : "s"} · ${s.toFixed(2)} s` + (finish ? ` · ${finish}` : "");
   } catch (e) {
     out.className = "error";
     out.textContent = e.message;

@@ -228,6 +228,18 @@ def browser_upload_stream_compare_metrics_delete():
         # the peak of the throughput plot is > 0 (tokens were generated while it polled)
         assert page.evaluate("Math.max(...plots.tps)") > 0, page.evaluate("plots.tps")
         b.shot("01-catalogue-compare-metrics")
+        # chat with a model that has no chat template: each pane shows the API's 400 message
+        page.select_option("#mode", "chat")
+        run_and_watch(page)
+        st, _, data = dm.request("POST", "/v1/chat/completions", {"model": "story-r8", "max_tokens": 4,
+                                                                   "messages": [{"role": "user", "content": PROMPT}]})
+        msg = json.loads(data)["error"]["message"]
+        assert st == 400 and page.get_attribute("#outA", "class") == "error", st
+        assert page.inner_text("#outA").startswith("400: " + msg), (page.inner_text("#outA"), msg)
+        b.shot("02-chat-error-shown")
+        page.select_option("#mode", "completion")
+        b.errors = [e for e in b.errors if "400" not in e]  # the refused chat requests
+
 
         # delete through the UI (two clicks)
         page.click('tr[data-name="story-ia3"] button')
@@ -235,7 +247,7 @@ def browser_upload_stream_compare_metrics_delete():
         page.wait_for_selector('tr[data-name="story-ia3"]', state="detached", timeout=10000)
         assert dm.request("GET", "/v1/adapters/story-ia3")[0] == 404
         assert row(page, "story-r8")
-        b.shot("02-after-delete")
+        b.shot("03-after-delete")
         assert not b.errors, b.errors
     finally:
         if b:
@@ -268,7 +280,7 @@ def browser_auth_key_prompt_and_tenant_scope():
         page = b.page
         page.goto(b.base + "/")
         page.wait_for_selector("#keydlg[open]", timeout=15000)  # no key: the prompt
-        b.shot("03-auth-prompt")
+        b.shot("04-auth-prompt")
         page.fill("#keyin", "pk_wrong")
         page.click("#keyform button[type=submit]")
         wait_js(page, "document.getElementById('keyerr').textContent.startsWith('401')", 10)
@@ -294,7 +306,7 @@ def browser_auth_key_prompt_and_tenant_scope():
         assert page.inner_text("#banner").startswith("delete shared: 403"), page.inner_text("#banner")
         # /metrics stays open with auth on: the plots fill without the key too
         wait_js(page, "+document.getElementById('plot-tps').dataset.points >= 2", 15)
-        b.shot("04-auth-tenant-view")
+        b.shot("05-auth-tenant-view")
         b.errors = [e for e in b.errors if "401" not in e and "403" not in e]  # the refused calls
         assert not b.errors, b.errors
     finally:
