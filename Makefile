@@ -34,6 +34,11 @@ LDLIBS  := $(PKG_LIBS) -lm -lpthread
 # Sources: everything under the three library trees except the daemon's main.
 LIB_SRC  := $(shell find lib kernels adapter_store server -name '*.c' ! -path server/main.c | sort)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+# The web console (server/console/*.html,js,css): embedded into the library as a generated
+# C array source (server/console/embed.sh; POSIX sh + od), served at / by api_console.c.
+CONSOLE_FILES := $(sort $(wildcard server/console/*.html server/console/*.js server/console/*.css))
+CONSOLE_GEN   := $(BUILD)/gen/console_assets.c
+LIB_OBJ  += $(BUILD)/gen/console_assets.o
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HARNESS  := $(BUILD)/tests/harness.o $(BUILD)/tests/logit_ref.o $(BUILD)/tests/seq_batch.o
@@ -107,6 +112,13 @@ $(BUILD)/peftd-loadgen: $(LOADGEN_OBJ) $(FLAGS_FILE)
 
 $(BUILD)/%.o: %.c $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(CONSOLE_GEN): server/console/embed.sh $(CONSOLE_FILES)
+	@mkdir -p $(dir $@)
+	sh server/console/embed.sh $@ $(CONSOLE_FILES)
+
+$(BUILD)/gen/console_assets.o: $(CONSOLE_GEN) $(FLAGS_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.o: %.cu $(FLAGS_FILE)

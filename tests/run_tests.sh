@@ -42,6 +42,20 @@ if ! "$PYTHON" -c "import prometheus_client" 2>/dev/null; then
     "$PYTHON" -m pip install -q prometheus-client ||
         echo "   pip install prometheus-client failed: test_gateway.py's metric tests will FAIL"
 fi
+# test_console.py drives the web console in Debian's Chromium through Playwright (pip; its
+# own browser download is not used). Installed when missing; without them (no network, not
+# root) that file's browser tests report SKIPPED with the reason, never passed.
+if ! "$PYTHON" -c "import playwright" 2>/dev/null; then
+    echo "== installing Playwright: $PYTHON -m pip install -q playwright"
+    "$PYTHON" -m pip install -q playwright ||
+        echo "   pip install playwright failed: test_console.py's browser tests will report SKIPPED"
+fi
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing Chromium: apt-get install chromium"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
+        --no-install-recommends chromium >/dev/null; } ||
+        echo "   apt-get install chromium failed: test_console.py's browser tests will report SKIPPED"
+fi
 for t in tests/integration/test_*.py; do
     [ -f "$t" ] || continue
     PEFTD_BIN="$BUILD/peftd" "$PYTHON" "$t" 2>&1 | tee "$out"

@@ -68,6 +68,8 @@ enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn);
 int api_metrics_vllm(api_server *s, http_buf *b);
 enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn); /* GET /ready */
 enum MHD_Result api_health_get(http_req *req, struct MHD_Connection *conn);
+/* api_console.c: the web console's embedded static files (/ and /console/<name>) */
+enum MHD_Result api_console_get(http_req *req, struct MHD_Connection *conn);
 enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn);
 
 /* ---- api_adapters.c: the adapter resource ---- */

@@ -49,6 +49,9 @@ static const http_route api_routes[] = {
     {.path = "/v1/admin/tenants/", .prefix = true, .label = "other",
      .methods = HTTP_M_READ | HTTP_M_POST | HTTP_M_PATCH | HTTP_M_DELETE, .allow = "GET, HEAD, POST, PATCH, DELETE",
      .handle = api_admin_tenant_item},
+    {.path = "/", .label = "/console", .methods = HTTP_M_READ, .allow = "GET, HEAD", .handle = api_console_get},
+    {.path = "/console/", .prefix = true, .label = "/console", .methods = HTTP_M_READ, .allow = "GET, HEAD",
+     .handle = api_console_get},
 };
 
 /* The chat template: a configured one must load; the model's own may be missing (chat

@@ -15,9 +15,11 @@ bool http_auth_on(const http_server *s) { return tenants_enabled(http_server_con
 const char *http_owner(const http_req *req) { return req->who.tenant; }
 
 /* Routes that stay open with auth on: liveness, readiness and metrics are scraped by
- * infrastructure that holds no tenant key. */
+ * infrastructure that holds no tenant key; the console's static files (/ and /console/<name>)
+ * hold no data: the page asks for a key and sends it on its API calls. */
 static bool open_route(const char *url) {
-    return !strcmp(url, "/health") || !strcmp(url, "/ready") || !strcmp(url, "/metrics");
+    return !strcmp(url, "/health") || !strcmp(url, "/ready") || !strcmp(url, "/metrics") ||
+           !strcmp(url, "/") || !strncmp(url, "/console/", 9);
 }
 
 static bool unauthorized(http_req *req, struct MHD_Connection *conn, const char *msg, enum MHD_Result *ret) {

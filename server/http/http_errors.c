@@ -11,22 +11,30 @@
 #include "lib/log.h"
 #include "server/http/http_internal.h"
 
-enum MHD_Result http_respond(http_req *req, struct MHD_Connection *conn, unsigned status,
-                             const char *content_type, const char *body, size_t len,
-                             const char *hdr_name, const char *hdr_value) {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+enum MHD_Result http_respond_hdrs(http_req *req, struct MHD_Connection *conn, unsigned status,
+                                  const char *content_type, const char *body, size_t len, bool persistent,
+                                  const char *const (*hdrs)[2], int n_hdrs) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, (void *)body, persistent ? MHD_RESPMEM_PERSISTENT : MHD_RESPMEM_MUST_COPY);
     if (!resp) return MHD_NO;
     enum MHD_Result ret = MHD_NO;
-    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) != MHD_YES)
+    if (content_type && MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) != MHD_YES)
         goto out;
-    if (hdr_name && MHD_add_response_header(resp, hdr_name, hdr_value) != MHD_YES) goto out;
+    for (int i = 0; i < n_hdrs; i++)
+        if (MHD_add_response_header(resp, hdrs[i][0], hdrs[i][1]) != MHD_YES) goto out;
     access_log_response(&req->acc, resp, status, len);
     ret = MHD_queue_response(conn, status, resp);
     if (ret == MHD_YES) http_server__count(req->srv, req->route, status);
 out:
     MHD_destroy_response(resp);
     return ret;
+}
+
+enum MHD_Result http_respond(http_req *req, struct MHD_Connection *conn, unsigned status,
+                             const char *content_type, const char *body, size_t len,
+                             const char *hdr_name, const char *hdr_value) {
+    const char *const h[1][2] = {{hdr_name, hdr_value}};
+    return http_respond_hdrs(req, conn, status, content_type, body, len, false, h, hdr_name ? 1 : 0);
 }
 
 void http_count_response(http_req *req, unsigned status) { http_server__count(req->srv, req->route, status); }

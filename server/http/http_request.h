@@ -126,6 +126,11 @@ void http_pool_free(http_pool *p); /* stops first; NULL is a no-op */
 enum MHD_Result http_respond(http_req *req, struct MHD_Connection *conn, unsigned status,
                              const char *content_type, const char *body, size_t len,
                              const char *hdr_name, const char *hdr_value);
+/* Like http_respond with n_hdrs extra {name, value} headers; persistent: body outlives the
+ * response (static data, not copied); content_type NULL: none (a 304). */
+enum MHD_Result http_respond_hdrs(http_req *req, struct MHD_Connection *conn, unsigned status,
+                                  const char *content_type, const char *body, size_t len, bool persistent,
+                                  const char *const (*hdrs)[2], int n_hdrs);
 /* OpenAI-style {"error":{"message","type","code"}}; type and code from the status unless
  * code is given. */
 enum MHD_Result http_error(http_req *req, struct MHD_Connection *conn, unsigned status,

@@ -249,7 +249,8 @@ def duplicate_keys_are_refused():
 
 @test
 def unknown_route_is_404():
-    for method, path in (("GET", "/"), ("GET", "/v2/models"), ("POST", "/v1/chat/nothing"),
+    # "/" is the web console (test_console.py); its files live under /console/ only
+    for method, path in (("GET", "/index.html"), ("GET", "/console/missing.js"), ("GET", "/v2/models"), ("POST", "/v1/chat/nothing"),
                          ("GET", "/v1/completions/extra"), ("GET", "/%ff%fe%00x"),
                          ("GET", "/x" + "%C3%A9" * 300)):  # quoted in the message: cut at a character
         st, _, data = d().request(method, path, b"{}" if method == "POST" else None)
