@@ -184,8 +184,8 @@ static int api_parse_stop(const cJSON *root, api_request *r, api_err *err) {
 /* `model` names the base model or an adapter (as vLLM and LoRAX do); the extension field
  * `adapter` names an adapter explicitly and wins. A missing model means the base model
  * (llama.cpp does the same). Takes one registry reference on the chosen adapter. */
-static int api_parse_model(const api_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
-                           api_err *err) {
+int api_parse_model(const api_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
+                    api_err *err) {
     const cJSON *m = api_field(root, "model"), *a = api_field(root, "adapter");
     if (m && !cJSON_IsString(m)) return api_fail(err, "invalid_type", "'model' must be a string");
     if (a && !cJSON_IsNull(a) && !cJSON_IsString(a))
