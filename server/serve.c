@@ -286,7 +286,7 @@ int serve_run(peftd_config *cfg, const char *config_path) {
                       .tenants = tn, .chat_template = cfg->chat_template, .timeout_s = cfg->http_timeout_s,
                       .max_connections = cfg->http_max_connections, .max_uploads = cfg->http_max_uploads,
                       .import_threads = cfg->http_import_threads, .import_queue = cfg->http_import_queue,
-                      .vllm_metric_aliases = cfg->http_vllm_metric_aliases,
+                      .vllm_metric_aliases = cfg->http_vllm_metric_aliases, .backend = rt.kb ? rt.kb->ops->name : NULL,
                       .load_roots = {cfg->store.load_roots[0], cfg->store.load_roots[1], cfg->store.load_roots[2],
                                      cfg->store.load_roots[3]},
                       .listen_fd = listen_fd};

@@ -34,6 +34,7 @@ typedef struct {
     int timeout_s;           /* idle connection timeout; 0 = 15 s (suspended ones never time out) */
     const char *chat_template; /* chat template file overriding the model's (chat_template.h);
                                 * NULL or "" = the model's tokenizer_config.json */
+    const char *backend;     /* the compute backend's name, for peftd_build_info (NULL = unknown) */
     bool vllm_metric_aliases; /* /metrics also gives the vllm:-named families (api_metrics_vllm.c) */
     const char *load_roots[4]; /* POST /v1/load_lora_adapter imports only from under these
                                 * directories (NULL/"" = unused; none: the route answers 404) */
