@@ -3,6 +3,7 @@
 #define PEFTD_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "server/engine/engine.h"
 #include "server/http/http_server.h"
@@ -60,5 +61,11 @@ int config_add_adapter(peftd_config *c, const char *name, const char *dir, char 
 /* Reads a JSON config file over the current values; unknown keys are errors (typos must
  * not be silently ignored). @note err gets a message naming the key on failure. */
 int config_load(peftd_config *c, const char *path, char *err, size_t errlen);
+
+/* `peftd serve --help`'s configuration part: every key of the file (from the one table
+ * config_load reads, so none can go undocumented) with its type, range and a line of
+ * description, then every environment variable the daemon reads. */
+void config_help(FILE *f);
+int config_key_count(void); /* the keys config_help lists (tests compare) */
 
 #endif
