@@ -66,9 +66,15 @@ enum MHD_Result api_fail_status(http_req *req, struct MHD_Connection *conn, int 
 enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn);
 /* api_metrics_vllm.c: the LoRA info gauge and the vllm:-named aliases, appended to b. */
 int api_metrics_vllm(api_server *s, http_buf *b);
+/* api_metrics_process.c: peftd_build_info and the standard process_* families, appended to b. */
+int api_metrics_process(api_server *s, http_buf *b);
 enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn); /* GET /ready */
 enum MHD_Result api_health_get(http_req *req, struct MHD_Connection *conn);
 enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_models_item(http_req *req, struct MHD_Connection *conn); /* GET /v1/models/{id} */
+/* api_tokenize.c: POST /tokenize and /detokenize (vLLM's shapes, llama.cpp's accepted) */
+enum MHD_Result api_tokenize_post(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_detokenize_post(http_req *req, struct MHD_Connection *conn);
 
 /* ---- api_adapters.c: the adapter resource ---- */
 /* GET /v1/adapters?limit=N&after=NAME. */
