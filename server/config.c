@@ -112,6 +112,8 @@ static const config_key KEYS[] = {
     INT(NULL, "port", 0, 65535, port, "listen port (default 8080, 0 = any free port); --port"),
     INT(NULL, "threads", 0, 1024, threads, "CPU backend worker threads (0 = one per core); --threads"),
     STR(NULL, "backend", backend, "auto | cpu | cuda (PEFTD_BACKEND overrides)"),
+    IGNORE(NULL, "served_model_name",
+           "string or array of at most 8: more names of the base model in `model` and /v1/models; --served-model-name"),
     CHECK(NULL, "backend", backend_ok, "\"backend\" must be \"auto\", \"cpu\" or \"cuda\""),
     INT(NULL, "shutdown_grace_s", 0, 3600, shutdown_grace_s, "SIGTERM: seconds in-flight requests may finish (default 10)"),
     BOOL(NULL, "fast_prefill", fast_prefill, "\"fast_prefill\" must be true or false",
@@ -125,6 +127,7 @@ static const config_key KEYS[] = {
     INT("http", "max_uploads", 0, 1 << 20, http_max_uploads, "adapter uploads at once (0 = from RLIMIT_NOFILE)"),
     INT("http", "import_threads", 0, 64, http_import_threads, "threads importing finished uploads (0 = 2)"),
     INT("http", "import_queue", 0, 1 << 16, http_import_queue, "finished uploads waiting to import (0 = 8 per thread)"),
+    IGNORE("http", "cors_origins", "array of at most 8 origins (\"https://app.example\", or \"*\") that get CORS headers"),
     BOOL("http", "vllm_metric_aliases", http_vllm_metric_aliases, "http.vllm_metric_aliases must be true or false",
          "/metrics also gives vllm:-named families (default false)"),
     INT("engine", "max_seqs", 1, 4096, engine.max_seqs, "sequences per engine step"),
@@ -278,6 +281,76 @@ static int load_roots(peftd_config *c, const cJSON *store, const char *path, cha
     return 0;
 }
 
+/* "http": {"cors_origins": ["https://app.example", ...]}: scheme://host[:port] or "*". */
+static int load_cors(peftd_config *c, const cJSON *http, const char *path, char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(http, "cors_origins");
+    if (!v) return 0;
+    int cap = (int)(sizeof c->cors_origins / sizeof c->cors_origins[0]);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > cap) {
+        snprintf(err, errlen, "%s: http.cors_origins must be an array of at most %d origins", path, cap);
+        return PEFTD_EINVAL;
+    }
+    memset(c->cors_origins, 0, sizeof c->cors_origins);
+    int i = 0;
+    for (const cJSON *it = v->child; it; it = it->next, i++) {
+        const char *o = cJSON_IsString(it) ? it->valuestring : NULL;
+        bool ok = o && strlen(o) < sizeof c->cors_origins[0] &&
+                  (!strcmp(o, "*") || ((!strncmp(o, "http://", 7) || !strncmp(o, "https://", 8)) &&
+                                       !strchr(strstr(o, "//") + 2, '/') && strspn(o, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:/[]") == strlen(o)));
+        if (!ok) {
+            snprintf(err, errlen, "%s: http.cors_origins[%d] must be \"*\" or an origin like \"https://host[:port]\" (no path)",
+                     path, i);
+            return PEFTD_EINVAL;
+        }
+        snprintf(c->cors_origins[i], sizeof c->cors_origins[i], "%s", o);
+    }
+    return 0;
+}
+
+/* "served_model_name": a name or an array of at most 8 (the same rules as adapter names,
+ * "/" allowed: Hugging Face ids). */
+static int load_served(peftd_config *c, const cJSON *root, const char *path, char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "served_model_name");
+    if (!v) return 0;
+    int cap = (int)(sizeof c->served_model_names / sizeof c->served_model_names[0]);
+    if (cJSON_IsString(v)) return config_add_served_name(c, v->valuestring, err, errlen);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > cap) {
+        snprintf(err, errlen, "%s: \"served_model_name\" must be a name or an array of at most %d names", path, cap);
+        return PEFTD_EINVAL;
+    }
+    for (const cJSON *it = v->child; it; it = it->next) {
+        int st = cJSON_IsString(it) ? config_add_served_name(c, it->valuestring, err, errlen) : PEFTD_EINVAL;
+        if (st < 0) {
+            if (!cJSON_IsString(it)) snprintf(err, errlen, "%s: \"served_model_name\" entries must be strings", path);
+            return st;
+        }
+    }
+    return 0;
+}
+
+int config_add_served_name(peftd_config *c, const char *name, char *err, size_t errlen) {
+    int cap = (int)(sizeof c->served_model_names / sizeof c->served_model_names[0]), n = 0;
+    size_t len = strlen(name);
+    bool ok = len > 0 && len < sizeof c->served_model_names[0] && name[0] != '.' && name[0] != '-' && name[0] != '/' &&
+              name[len - 1] != '/' && strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-/:") == len &&
+              !strstr(name, "..") && !strstr(name, "//");
+    if (!ok) {
+        snprintf(err, errlen, "served model name \"%.80s\" is invalid (1-127 of [A-Za-z0-9._-/:], not starting with . - or /)",
+                 name);
+        return PEFTD_EINVAL;
+    }
+    while (n < cap && c->served_model_names[n][0]) {
+        if (!strcmp(c->served_model_names[n], name)) return 0;
+        n++;
+    }
+    if (n == cap) {
+        snprintf(err, errlen, "at most %d served model names", cap);
+        return PEFTD_EINVAL;
+    }
+    snprintf(c->served_model_names[n], sizeof c->served_model_names[n], "%s", name);
+    return 0;
+}
+
 /* The file as a JSON object with no duplicate keys, or NULL with err set (*st the status). */
 static cJSON *read_json(const char *path, int *st, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
@@ -323,6 +396,9 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     }
     const cJSON *store = cJSON_GetObjectItemCaseSensitive(root, "store");
     if (!st && store) st = load_roots(c, store, path, err, errlen);
+    if (!st) st = load_served(c, root, path, err, errlen);
+    const cJSON *http = cJSON_GetObjectItemCaseSensitive(root, "http");
+    if (!st && http) st = load_cors(c, http, path, err, errlen);
     const cJSON *ads = cJSON_GetObjectItemCaseSensitive(root, "adapters");
     if (!st && ads) st = load_adapters(c, ads, path, err, errlen);
     cJSON_Delete(root);

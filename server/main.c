@@ -36,6 +36,7 @@ static const cli_option SERVE_OPTS[] = {
     {"--threads", "N", "CPU backend worker threads (0 = one per core); config \"threads\""},
     {"--store", "DIR", "adapter store directory; config store.dir"},
     {"--adapter", "NAME=DIR", "preload an adapter (repeatable); config \"adapters\""},
+    {"--served-model-name", "NAME", "another name of the base model (repeatable); config \"served_model_name\""},
     {"--help", NULL, "this help"},
     {"--version", NULL, "print the version and exit"},
     {NULL, NULL, NULL},
@@ -182,6 +183,12 @@ static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
         else if (!strcmp(a, "--port")) { if (parse_long(a, v, 0, 65535, &n)) return 2; cfg->port = (int)n; }
         else if (!strcmp(a, "--threads")) { if (parse_long(a, v, 0, 1024, &n)) return 2; cfg->threads = (int)n; }
         else if (!strcmp(a, "--store")) snprintf(cfg->store.dir, sizeof cfg->store.dir, "%s", v);
+        else if (!strcmp(a, "--served-model-name")) {
+            if (config_add_served_name(cfg, v, err, sizeof err) < 0) {
+                fprintf(stderr, "peftd: %s\n", err);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--adapter")) {
             char name[128];
             const char *eq = strchr(v, '=');

@@ -287,6 +287,12 @@ int serve_run(peftd_config *cfg, const char *config_path) {
                       .max_connections = cfg->http_max_connections, .max_uploads = cfg->http_max_uploads,
                       .import_threads = cfg->http_import_threads, .import_queue = cfg->http_import_queue,
                       .vllm_metric_aliases = cfg->http_vllm_metric_aliases, .backend = rt.kb ? rt.kb->ops->name : NULL,
+                      .cors_origins = {cfg->cors_origins[0], cfg->cors_origins[1], cfg->cors_origins[2],
+                                       cfg->cors_origins[3], cfg->cors_origins[4], cfg->cors_origins[5],
+                                       cfg->cors_origins[6], cfg->cors_origins[7]},
+                      .served_names = {cfg->served_model_names[0], cfg->served_model_names[1], cfg->served_model_names[2],
+                                       cfg->served_model_names[3], cfg->served_model_names[4], cfg->served_model_names[5],
+                                       cfg->served_model_names[6], cfg->served_model_names[7]},
                       .load_roots = {cfg->store.load_roots[0], cfg->store.load_roots[1], cfg->store.load_roots[2],
                                      cfg->store.load_roots[3]},
                       .listen_fd = listen_fd};

@@ -318,6 +318,7 @@ static enum MHD_Result job_start_stream(http_req *req, struct MHD_Connection *co
     atomic_fetch_add(&job->refs, 1); /* the response's; job_stream_free drops it */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    http_cors_decorate(req, resp);
     /* Tells reverse proxies (nginx) not to buffer the stream. */
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     access_log_response(&req->acc, resp, MHD_HTTP_OK, 0);

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #include "server/api/api_server.h"
@@ -46,6 +47,13 @@ struct api_server {
 
 /* The API context of a request. */
 static inline api_server *api_of(const http_req *req) { return (api_server *)req->app; }
+/* name is the base model's: its directory name or one of its served_names aliases. */
+static inline bool api_is_base(const api_server *s, const char *name) {
+    if (!strcmp(name, s->m->name)) return true;
+    for (int i = 0; i < 8; i++)
+        if (s->cfg.served_names[i] && s->cfg.served_names[i][0] && !strcmp(s->cfg.served_names[i], name)) return true;
+    return false;
+}
 /* The transport is stopping: nothing may suspend any more. */
 static inline bool api_stopping(const api_server *s) { return s->http && http_server_stopping(s->http); }
 

@@ -99,8 +99,8 @@ static bool add_adapters(const api_server *s, const char *owner, cJSON *data, in
     return ok;
 }
 
-static bool fill_base(const api_server *s, cJSON *m) {
-    return cJSON_AddStringToObject(m, "id", s->m->name) && cJSON_AddStringToObject(m, "object", "model") &&
+static bool fill_base(const api_server *s, cJSON *m, const char *id) {
+    return cJSON_AddStringToObject(m, "id", id) && cJSON_AddStringToObject(m, "object", "model") &&
            cJSON_AddNumberToObject(m, "created", (double)s->created) &&
            cJSON_AddStringToObject(m, "owned_by", "peftd") && cJSON_AddStringToObject(m, "root", s->m->name) &&
            cJSON_AddNumberToObject(m, "max_model_len", engine_context_length(s->e));
@@ -116,7 +116,18 @@ enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn) {
         goto fail;
     }
     cJSON_AddItemToArray(data, m);
-    if (!fill_base(s, m)) goto fail;
+    if (!fill_base(s, m, s->m->name)) goto fail;
+    for (int i = 0; i < 8; i++) { /* the aliases (--served-model-name), after the base's own name */
+        const char *alias = s->cfg.served_names[i];
+        if (!alias || !alias[0] || !strcmp(alias, s->m->name)) continue;
+        cJSON *a = cJSON_CreateObject();
+        if (!a) goto fail;
+        if (!cJSON_AddItemToArray(data, a)) {
+            cJSON_Delete(a);
+            goto fail;
+        }
+        if (!fill_base(s, a, alias)) goto fail;
+    }
     int store_rc = 0;
     if (!add_adapters(s, http_owner(req), data, &store_rc)) goto fail;
     if (store_rc < 0) {
@@ -153,8 +164,8 @@ enum MHD_Result api_models_item(http_req *req, struct MHD_Connection *conn) {
     const char *id = req->arg ? req->arg : "";
     cJSON *m = cJSON_CreateObject();
     if (!m) return http_respond_json(req, conn, MHD_HTTP_OK, NULL);
-    if (!strcmp(id, s->m->name)) {
-        if (!fill_base(s, m)) goto oom;
+    if (api_is_base(s, id)) {
+        if (!fill_base(s, m, id)) goto oom;
         return http_respond_json(req, conn, MHD_HTTP_OK, m);
     }
     find_one f = {.name = id};

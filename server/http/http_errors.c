@@ -21,6 +21,7 @@ enum MHD_Result http_respond(http_req *req, struct MHD_Connection *conn, unsigne
     if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) != MHD_YES)
         goto out;
     if (hdr_name && MHD_add_response_header(resp, hdr_name, hdr_value) != MHD_YES) goto out;
+    http_cors_decorate(req, resp);
     access_log_response(&req->acc, resp, status, len);
     ret = MHD_queue_response(conn, status, resp);
     if (ret == MHD_YES) http_server__count(req->srv, req->route, status);

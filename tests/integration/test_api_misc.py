@@ -89,6 +89,49 @@ def models_retrieve_with_the_openai_sdk():
         assert e.code == "model_not_found", e
 
 
+@test
+def models_retrieve_is_scoped_by_tenant():
+    """With auth on, another tenant's adapter is 404 (as a missing one: no existence leak)
+    on /v1/models/{id} and /tokenize; the owner sees it."""
+    import secrets
+    admin_key = "adm_" + secrets.token_hex(16)
+    tmp = tempfile.mkdtemp(prefix="peftd-apimisc-auth-")
+    cfg = os.path.join(tmp, "auth.json")
+    with open(cfg, "w") as f:
+        json.dump({"auth": {"enabled": True, "admin_key_env": "PEFTD_TEST_ADMIN_KEY"}}, f)
+    dm = harness.Daemon(["--config", cfg], env={"PEFTD_TEST_ADMIN_KEY": admin_key})
+    try:
+        def call(method, path, key, body=None, headers=None):
+            h = dict(headers or {}, Authorization="Bearer " + key)
+            st, _, data = dm.request(method, path, body, h)
+            return st, (json.loads(data) if data else None)
+        keys = {}
+        for t in ("t1", "t2"):
+            st, obj = call("POST", "/v1/admin/tenants", admin_key, {"id": t, "weight": 1, "limits": {}})
+            assert st == 201, obj
+            st, obj = call("POST", "/v1/admin/tenants/%s/keys" % t, admin_key)
+            assert st == 201, obj
+            keys[t] = obj["key"]
+        st, obj = dm.upload("mine", os.path.join(ROOT, "tests", "fixtures", "adapters", "lora_r1_all"),
+                            headers={"Authorization": "Bearer " + keys["t1"]})
+        assert st in (200, 201), (st, obj)
+        st, obj = call("GET", "/v1/models/mine", keys["t1"])
+        assert st == 200 and obj["id"] == "mine", (st, obj)
+        st, other = call("GET", "/v1/models/mine", keys["t2"])
+        st2, missing = call("GET", "/v1/models/absent", keys["t2"])
+        assert st == st2 == 404 and other["error"]["code"] == missing["error"]["code"] == "model_not_found", other
+        st, obj = call("POST", "/tokenize", keys["t2"], {"model": "mine", "prompt": "x"})
+        harness.assert_error(st, obj, 404, "model_not_found")
+        st, obj = call("POST", "/tokenize", keys["t1"], {"model": "mine", "prompt": "x"})
+        assert st == 200, obj
+        for path, body in (("/v1/models/mine", None), ("/tokenize", {"prompt": "x"})):
+            st, _, _ = dm.request("POST" if body else "GET", path, body)
+            assert st == 401, (path, st)  # the new routes need a key like the others
+    finally:
+        dm.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---- /tokenize and /detokenize ----
 
 def tok(dm, **body):
@@ -243,6 +286,83 @@ def metrics_build_info_and_process():
         assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
 
 
+# ---- served-model-name aliases and CORS (one daemon configured with both) ----
+
+ORIGIN = "https://app.example"
+_cfgd = None
+
+
+def cfg_daemon():
+    global _cfgd
+    if _cfgd is None:
+        tmp = tempfile.mkdtemp(prefix="peftd-apimisc-")
+        cfg = os.path.join(tmp, "peftd.json")
+        with open(cfg, "w") as f:
+            json.dump({"served_model_name": ["org/alias-one"], "http": {"cors_origins": [ORIGIN]}}, f)
+        _cfgd = harness.Daemon(["--config", cfg, "--served-model-name", "alias2"])
+        atexit.register(_cfgd.close)
+        atexit.register(shutil.rmtree, tmp, True)
+    return _cfgd
+
+
+@test
+def served_model_name_aliases():
+    dm = cfg_daemon()
+    st, _, data = dm.request("GET", "/v1/models")
+    ids = [m["id"] for m in json.loads(data)["data"]]
+    assert ids[:3] == [harness.MODEL_ID, "org/alias-one", "alias2"], ids
+    ref = dm.complete(model=harness.MODEL_ID, prompt=PROMPT, max_tokens=6, temperature=0)
+    for alias in ("org/alias-one", "alias2"):
+        r = dm.complete(model=alias, prompt=PROMPT, max_tokens=6, temperature=0)
+        assert r["model"] == alias and r["choices"][0]["text"] == ref["choices"][0]["text"], (r, ref)
+        st, _, data = dm.request("GET", "/v1/models/" + alias)
+        assert st == 200 and json.loads(data)["id"] == alias, (st, data)
+        assert tok(dm, model=alias, prompt=PROMPT)["tokens"] == tok(dm, prompt=PROMPT)["tokens"]
+    st, obj = dm.post("/v1/completions", {"model": "alias3", "prompt": PROMPT, "max_tokens": 1})
+    harness.assert_error(st, obj, 404, "model_not_found")
+    st, obj = d().post("/v1/completions", {"model": "alias2", "prompt": PROMPT, "max_tokens": 1})
+    harness.assert_error(st, obj, 404, "model_not_found")  # the default daemon has no alias
+    with tempfile.TemporaryDirectory() as tmp:
+        for bad in ('{"served_model_name": "../x"}', '{"served_model_name": [1]}', '{"served_model_name": {}}',
+                    '{"http": {"cors_origins": ["https://a/b"]}}', '{"http": {"cors_origins": "*"}}'):
+            path = os.path.join(tmp, "bad.json")
+            with open(path, "w") as f:
+                f.write(bad)
+            rc, _, err = run("serve", "--config", path)
+            assert rc == 2 and ("served" in err or "cors_origins" in err), (bad, err)
+        rc, _, err = run("serve", "--served-model-name", "/abs")
+        assert rc == 2 and "served model name" in err, err
+
+
+@test
+def cors_preflight_and_origins():
+    dm = cfg_daemon()
+    pre = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization, content-type"}
+    st, h, _ = dm.request("OPTIONS", "/v1/completions", headers=pre)
+    assert st == 204, (st, h)
+    assert h["access-control-allow-origin"] == ORIGIN and h["vary"] == "Origin", h
+    assert "POST" in h["access-control-allow-methods"] and "Authorization" in h["access-control-allow-headers"], h
+    assert "access-control-allow-credentials" not in h, h
+    st, h, _ = dm.request("OPTIONS", "/v1/completions", headers=dict(pre, Origin="https://evil.example"))
+    assert st == 403 and "access-control-allow-origin" not in h, (st, h)
+    # simple and streamed responses carry the header for the allowed origin only
+    st, h, _ = dm.request("GET", "/v1/models", headers={"Origin": ORIGIN})
+    assert st == 200 and h.get("access-control-allow-origin") == ORIGIN, h
+    st, h, _ = dm.request("GET", "/v1/models", headers={"Origin": "https://evil.example"})
+    assert st == 200 and "access-control-allow-origin" not in h, h
+    st, h, _ = dm.request("POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 2, "stream": True},
+                          headers={"Origin": ORIGIN})
+    assert st == 200 and h.get("access-control-allow-origin") == ORIGIN, h
+    st, h, _ = dm.request("POST", "/v1/completions", {"prompt": 5}, headers={"Origin": ORIGIN})
+    assert st == 400 and h.get("access-control-allow-origin") == ORIGIN, h  # errors are readable too
+    # the default daemon (no cors_origins) sends none and answers OPTIONS 405
+    st, h, _ = d().request("OPTIONS", "/v1/completions", headers=pre)
+    assert st == 405 and "access-control-allow-origin" not in h, (st, h)
+    st, h, _ = d().request("GET", "/v1/models", headers={"Origin": ORIGIN})
+    assert "access-control-allow-origin" not in h, h
+
+
 # ---- command line ----
 
 def config_keys_of_help(text):
@@ -263,8 +383,8 @@ def serve_help_lists_every_option_and_config_key():
     rc, out, err = run("serve", "--help")
     assert rc == 0 and err == "", (rc, err)
     assert "(null)" not in out, out
-    for flag in ("--config", "--model", "--host", "--port", "--threads", "--store", "--adapter", "--help",
-                 "--version"):
+    for flag in ("--config", "--model", "--host", "--port", "--threads", "--store", "--adapter",
+                 "--served-model-name", "--help", "--version"):
         assert re.search(r"^  %s\b" % re.escape(flag), out, re.M), (flag, out)
     keys = config_keys_of_help(out)
     assert len(keys) > 30 and len(set(keys)) == len(keys), keys
