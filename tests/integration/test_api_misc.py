@@ -280,6 +280,34 @@ def metrics_adapters_finish_reasons_queue():
 
 
 @test
+def metrics_adapter_series_bounded():
+    """70 adapters used once each: at most 64 adapter label values (63 names + other), the
+    totals preserved, promtool still accepts the exposition."""
+    dm = harness.Daemon()
+    try:
+        fix = os.path.join(ROOT, "tests", "fixtures", "adapters", "lora_r1_all")
+        n = 70
+        for i in range(n):
+            st, obj = dm.upload("a%02d" % i, fix)
+            assert st in (200, 201), (st, obj)
+            r = dm.complete(model="a%02d" % i, prompt="x", max_tokens=1)
+            assert r["model"] == "a%02d" % i
+        text = scrape(dm)
+        rows = re.findall(r'^peftd_adapter_requests_total\{adapter="([^"]*)"\} (\S+)$', text, re.M)
+        labels = [l for l, _ in rows]
+        assert len(labels) <= 64 and len(set(labels)) == len(labels) and "other" in labels, labels
+        assert sum(float(v) for _, v in rows) == n, rows
+        gen = re.findall(r'^peftd_adapter_generation_tokens_total\{adapter="[^"]*"\} (\S+)$', text, re.M)
+        assert sum(float(v) for v in gen) == n, gen
+        promtool = shutil.which("promtool")
+        if promtool:
+            r = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+            assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    finally:
+        dm.close()
+
+
+@test
 def metrics_build_info_and_process():
     text = scrape(d())
     m = re.search(r'^peftd_build_info\{version="([^"]+)",commit="([^"]+)",backend="([^"]+)"\} 1$', text, re.M)
