@@ -19,7 +19,7 @@
 #include "server/config.h"
 #include "server/generate.h"
 #include "server/serve.h"
-#include "server/version.h"
+#include "lib/version.h"
 
 /* Every option of each subcommand, with what it takes: one table per subcommand, read by
  * its --help and by the parser's first check (an unknown option says so; a known one

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "server/api/api_internal.h"
-#include "server/version.h"
+#include "lib/version.h"
 
 typedef struct {
     double cpu_s, start_s;

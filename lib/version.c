@@ -1,6 +1,6 @@
-/* server/version.c — the build's commit (see version.h). The Makefile sets PEFTD_COMMIT for
+/* lib/version.c — the build's commit (see version.h). The Makefile sets PEFTD_COMMIT for
  * this one file and rebuilds it whenever the commit changes. */
-#include "server/version.h"
+#include "lib/version.h"
 
 #ifndef PEFTD_COMMIT
 #define PEFTD_COMMIT "unknown"
