@@ -110,6 +110,11 @@ $(LOADGEN_OBJ): CFLAGS += $(CLI_CFLAGS)
 $(BUILD)/peftd-loadgen: $(LOADGEN_OBJ) $(FLAGS_FILE)
 	$(CC) $(LDFLAGS) -o $@ $(LINK_IN) $(CLI_LIBS) -lm
 
+# The commit peftd_build_info reports (lib/version.c): the file is rebuilt when HEAD moves.
+PEFTD_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+$(BUILD)/lib/version.o: CFLAGS += -DPEFTD_COMMIT='"$(PEFTD_COMMIT)"'
+$(BUILD)/lib/version.o: $(wildcard .git/HEAD $(shell git rev-parse --git-dir 2>/dev/null)/logs/HEAD)
+
 $(BUILD)/%.o: %.c $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<

@@ -86,6 +86,7 @@ typedef struct {
     size_t off, cap;
     bool (*ok)(const peftd_config *c);
     const char *msg; /* after "<path>: " */
+    const char *doc; /* one line for `peftd serve --help` (config_help; every key has one) */
 } config_key;
 
 static bool backend_ok(const peftd_config *c) {
@@ -102,62 +103,69 @@ static bool admin_sha_ok(const peftd_config *c) {
 }
 
 #define F(field) offsetof(peftd_config, field)
-#define STR(sec, k, field) {sec, k, CK_STR, 0, 0, F(field), sizeof(((peftd_config *)0)->field), NULL, NULL}
-#define INT(sec, k, lo, hi, field) {sec, k, CK_INT, lo, hi, F(field), 0, NULL, NULL}
-#define CHECK(sec, k, fn, m) {sec, k, CK_CHECK, 0, 0, 0, 0, fn, m}
+#define STR(sec, k, field, d) {sec, k, CK_STR, 0, 0, F(field), sizeof(((peftd_config *)0)->field), NULL, NULL, d}
+#define INT(sec, k, lo, hi, field, d) {sec, k, CK_INT, lo, hi, F(field), 0, NULL, NULL, d}
+#define BOOL(sec, k, field, m, d) {sec, k, CK_BOOL, 0, 0, F(field), 0, NULL, m, d}
+#define IGNORE(sec, k, d) {sec, k, CK_IGNORE, 0, 0, 0, 0, NULL, NULL, d}
+#define CHECK(sec, k, fn, m) {sec, k, CK_CHECK, 0, 0, 0, 0, fn, m, NULL}
 
 /* Every key, in the order it is read (the first error wins). */
 static const config_key KEYS[] = {
-    STR(NULL, "model", model_dir),
-    STR(NULL, "host", host),
-    STR(NULL, "chat_template", chat_template),
-    INT(NULL, "port", 0, 65535, port),
-    INT(NULL, "threads", 0, 1024, threads),
-    STR(NULL, "backend", backend),
+    STR(NULL, "model", model_dir, "model directory (Hugging Face layout); --model"),
+    STR(NULL, "host", host, "listen address (default 127.0.0.1); --host"),
+    STR(NULL, "chat_template", chat_template, "chat template file overriding the model's"),
+    INT(NULL, "port", 0, 65535, port, "listen port (default 8080, 0 = any free port); --port"),
+    INT(NULL, "threads", 0, 1024, threads, "CPU backend worker threads (0 = one per core); --threads"),
+    STR(NULL, "backend", backend, "auto | cpu | cuda (PEFTD_BACKEND overrides)"),
+    IGNORE(NULL, "served_model_name",
+           "string or array of at most 8: more names of the base model in `model` and /v1/models; --served-model-name"),
     CHECK(NULL, "backend", backend_ok, "\"backend\" must be \"auto\", \"cpu\" or \"cuda\""),
-    INT(NULL, "shutdown_grace_s", 0, 3600, shutdown_grace_s),
-    {NULL, "fast_prefill", CK_BOOL, 0, 0, F(fast_prefill), 0, NULL, "\"fast_prefill\" must be true or false"},
-    {NULL, "comment", CK_IGNORE, 0, 0, 0, 0, NULL, NULL},
-    {"http", "max_body_bytes", CK_SIZE, 1024, 1 << 30, F(max_body_bytes), 0, NULL, NULL},
-    INT("http", "threads", 1, 256, http_threads),
-    INT("http", "timeout_s", 0, 86400, http_timeout_s),
-    INT("http", "max_connections", 0, 1 << 20, http_max_connections),
-    INT("http", "max_uploads", 0, 1 << 20, http_max_uploads),
-    INT("http", "import_threads", 0, 64, http_import_threads),
-    INT("http", "import_queue", 0, 1 << 16, http_import_queue),
-    {"http", "vllm_metric_aliases", CK_BOOL, 0, 0, F(http_vllm_metric_aliases), 0, NULL,
-     "http.vllm_metric_aliases must be true or false"},
-    INT("engine", "max_seqs", 1, 4096, engine.max_seqs),
-    INT("engine", "max_batch_tokens", 1, 65536, engine.max_batch_tokens),
-    INT("engine", "block_size", 1, 1024, engine.block_size),
-    INT("engine", "kv_blocks", 0, 1 << 24, engine.kv_blocks),
-    INT("engine", "kv_cache_mb", 1, 1 << 22, engine.kv_cache_mb),
-    INT("engine", "max_context", 0, 1 << 24, engine.max_context),
-    INT("engine", "max_queue", 1, 1 << 20, engine.max_queue),
-    STR("store", "dir", store.dir),
-    INT("store", "map_mb", 1, 1 << 20, store.map_mb),
-    INT("store", "max_map_mb", 1, 1 << 24, store.max_map_mb),
-    INT("store", "host_cache_mb", 1, 1 << 20, store.host_cache_mb),
-    INT("store", "slots", 1, 1 << 16, store.slots),
-    INT("store", "max_upload_mb", 1, 1 << 20, store.max_upload_mb),
-    {"store", "load_roots", CK_IGNORE, 0, 0, 0, 0, NULL, NULL}, /* load_roots() below */
+    INT(NULL, "shutdown_grace_s", 0, 3600, shutdown_grace_s, "SIGTERM: seconds in-flight requests may finish (default 10)"),
+    BOOL(NULL, "fast_prefill", fast_prefill, "\"fast_prefill\" must be true or false",
+         "CPU: OpenBLAS for large f32 prefills (faster, not batch-invariant; default false)"),
+    IGNORE(NULL, "comment", "free text, ignored"),
+    {"http", "max_body_bytes", CK_SIZE, 1024, 1 << 30, F(max_body_bytes), 0, NULL, NULL,
+     "larger request bodies get 413 (default 1 MiB)"},
+    INT("http", "threads", 1, 256, http_threads, "HTTP worker threads (default 4)"),
+    INT("http", "timeout_s", 0, 86400, http_timeout_s, "idle connection timeout (0 = 15 s)"),
+    INT("http", "max_connections", 0, 1 << 20, http_max_connections, "open connections (0 = from RLIMIT_NOFILE)"),
+    INT("http", "max_uploads", 0, 1 << 20, http_max_uploads, "adapter uploads at once (0 = from RLIMIT_NOFILE)"),
+    INT("http", "import_threads", 0, 64, http_import_threads, "threads importing finished uploads (0 = 2)"),
+    INT("http", "import_queue", 0, 1 << 16, http_import_queue, "finished uploads waiting to import (0 = 8 per thread)"),
+    IGNORE("http", "cors_origins", "array of at most 8 origins (\"https://app.example\", or \"*\") that get CORS headers"),
+    BOOL("http", "vllm_metric_aliases", http_vllm_metric_aliases, "http.vllm_metric_aliases must be true or false",
+         "/metrics also gives vllm:-named families (default false)"),
+    INT("engine", "max_seqs", 1, 4096, engine.max_seqs, "sequences per engine step"),
+    INT("engine", "max_batch_tokens", 1, 65536, engine.max_batch_tokens, "token rows per step (bounds prefill chunks)"),
+    INT("engine", "block_size", 1, 1024, engine.block_size, "KV slots per block"),
+    INT("engine", "kv_blocks", 0, 1 << 24, engine.kv_blocks, "KV blocks in the pool (0 = from kv_cache_mb)"),
+    INT("engine", "kv_cache_mb", 1, 1 << 22, engine.kv_cache_mb, "KV pool budget in MiB"),
+    INT("engine", "max_context", 0, 1 << 24, engine.max_context, "longest sequence (0 = the model's, fitted to the KV pool)"),
+    INT("engine", "max_queue", 1, 1 << 20, engine.max_queue, "waiting requests before 503"),
+    STR("store", "dir", store.dir, "adapter store (LMDB) directory (default var/store); --store"),
+    INT("store", "map_mb", 1, 1 << 20, store.map_mb, "initial LMDB map size in MiB"),
+    INT("store", "max_map_mb", 1, 1 << 24, store.max_map_mb, "map growth limit in MiB (beyond: uploads get 507)"),
+    INT("store", "host_cache_mb", 1, 1 << 20, store.host_cache_mb, "host tier of adapter blobs in MiB"),
+    INT("store", "slots", 1, 1 << 16, store.slots, "decoded adapters resident at once"),
+    INT("store", "max_upload_mb", 1, 1 << 20, store.max_upload_mb, "PUT /v1/adapters body limit in MiB"),
+    IGNORE("store", "load_roots", "array of absolute directories POST /v1/load_lora_adapter may read (at most 4)"),
     CHECK("store", "max_map_mb", store_map_ok, "store.max_map_mb must be >= store.map_mb"),
-    INT("store", "changes_retain", 1, 1 << 30, store.changes_retain),
-    STR("store", "follow", store.follow),
+    INT("store", "changes_retain", 1, 1 << 30, store.changes_retain, "change-feed records kept for followers"),
+    STR("store", "follow", store.follow, "\"\": a primary; else the primary's base URL: a read-only follower; --follow"),
     CHECK("store", "follow", follow_ok, "store.follow must be an http:// or https:// URL"),
-    STR("store", "follow_key_env", store.follow_key_env),
-    INT("store", "follow_poll_ms", 10, 60000, store.follow_poll_ms),
-    STR("log", "level", log.level),
-    STR("log", "format", log.format),
-    STR("log", "access", log.access),
+    STR("store", "follow_key_env", store.follow_key_env, "names the variable holding the key sent to the primary"),
+    INT("store", "follow_poll_ms", 10, 60000, store.follow_poll_ms, "how often a caught-up follower asks for changes"),
+    STR("log", "level", log.level, "debug | info | warn | error (PEFTD_LOG when unset)"),
+    STR("log", "format", log.format, "text | json"),
+    STR("log", "access", log.access, "access log: stderr (default), off or a file path"),
     CHECK("log", "level", log_level_ok, "log.level must be debug, info, warn or error"),
     CHECK("log", "format", log_format_ok, "log.format must be text or json"),
-    {"auth", "enabled", CK_BOOL, 0, 0, F(auth.enabled), 0, NULL, "auth.enabled must be true or false"},
-    STR("auth", "admin_key_env", auth.admin_key_env),
-    STR("auth", "admin_key_sha256", auth.admin_key_sha256),
+    BOOL("auth", "enabled", auth.enabled, "auth.enabled must be true or false", "tenants and API keys (default false)"),
+    STR("auth", "admin_key_env", auth.admin_key_env, "names the environment variable holding the admin key"),
+    STR("auth", "admin_key_sha256", auth.admin_key_sha256, "or the admin key's sha256 hex"),
     CHECK("auth", "admin_key_sha256", admin_sha_ok,
           "auth.admin_key_sha256 must be 64 lowercase hex digits (sha256sum of the key)"),
-    {"auth", "comment", CK_IGNORE, 0, 0, 0, 0, NULL, NULL},
+    IGNORE("auth", "comment", "free text, ignored"),
 };
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])
 
@@ -283,6 +291,76 @@ static int load_roots(peftd_config *c, const cJSON *store, const char *path, cha
     return 0;
 }
 
+/* "http": {"cors_origins": ["https://app.example", ...]}: scheme://host[:port] or "*". */
+static int load_cors(peftd_config *c, const cJSON *http, const char *path, char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(http, "cors_origins");
+    if (!v) return 0;
+    int cap = (int)(sizeof c->cors_origins / sizeof c->cors_origins[0]);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > cap) {
+        snprintf(err, errlen, "%s: http.cors_origins must be an array of at most %d origins", path, cap);
+        return PEFTD_EINVAL;
+    }
+    memset(c->cors_origins, 0, sizeof c->cors_origins);
+    int i = 0;
+    for (const cJSON *it = v->child; it; it = it->next, i++) {
+        const char *o = cJSON_IsString(it) ? it->valuestring : NULL;
+        bool ok = o && strlen(o) < sizeof c->cors_origins[0] &&
+                  (!strcmp(o, "*") || ((!strncmp(o, "http://", 7) || !strncmp(o, "https://", 8)) &&
+                                       !strchr(strstr(o, "//") + 2, '/') && strspn(o, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:/[]") == strlen(o)));
+        if (!ok) {
+            snprintf(err, errlen, "%s: http.cors_origins[%d] must be \"*\" or an origin like \"https://host[:port]\" (no path)",
+                     path, i);
+            return PEFTD_EINVAL;
+        }
+        snprintf(c->cors_origins[i], sizeof c->cors_origins[i], "%s", o);
+    }
+    return 0;
+}
+
+/* "served_model_name": a name or an array of at most 8 (the same rules as adapter names,
+ * "/" allowed: Hugging Face ids). */
+static int load_served(peftd_config *c, const cJSON *root, const char *path, char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "served_model_name");
+    if (!v) return 0;
+    int cap = (int)(sizeof c->served_model_names / sizeof c->served_model_names[0]);
+    if (cJSON_IsString(v)) return config_add_served_name(c, v->valuestring, err, errlen);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > cap) {
+        snprintf(err, errlen, "%s: \"served_model_name\" must be a name or an array of at most %d names", path, cap);
+        return PEFTD_EINVAL;
+    }
+    for (const cJSON *it = v->child; it; it = it->next) {
+        int st = cJSON_IsString(it) ? config_add_served_name(c, it->valuestring, err, errlen) : PEFTD_EINVAL;
+        if (st < 0) {
+            if (!cJSON_IsString(it)) snprintf(err, errlen, "%s: \"served_model_name\" entries must be strings", path);
+            return st;
+        }
+    }
+    return 0;
+}
+
+int config_add_served_name(peftd_config *c, const char *name, char *err, size_t errlen) {
+    int cap = (int)(sizeof c->served_model_names / sizeof c->served_model_names[0]), n = 0;
+    size_t len = strlen(name);
+    bool ok = len > 0 && len < sizeof c->served_model_names[0] && name[0] != '.' && name[0] != '-' && name[0] != '/' &&
+              name[len - 1] != '/' && strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-/:") == len &&
+              !strstr(name, "..") && !strstr(name, "//");
+    if (!ok) {
+        snprintf(err, errlen, "served model name \"%.80s\" is invalid (1-127 of [A-Za-z0-9._-/:], not starting with . - or /)",
+                 name);
+        return PEFTD_EINVAL;
+    }
+    while (n < cap && c->served_model_names[n][0]) {
+        if (!strcmp(c->served_model_names[n], name)) return 0;
+        n++;
+    }
+    if (n == cap) {
+        snprintf(err, errlen, "at most %d served model names", cap);
+        return PEFTD_EINVAL;
+    }
+    snprintf(c->served_model_names[n], sizeof c->served_model_names[n], "%s", name);
+    return 0;
+}
+
 /* The file as a JSON object with no duplicate keys, or NULL with err set (*st the status). */
 static cJSON *read_json(const char *path, int *st, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
@@ -328,8 +406,48 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     }
     const cJSON *store = cJSON_GetObjectItemCaseSensitive(root, "store");
     if (!st && store) st = load_roots(c, store, path, err, errlen);
+    if (!st) st = load_served(c, root, path, err, errlen);
+    const cJSON *http = cJSON_GetObjectItemCaseSensitive(root, "http");
+    if (!st && http) st = load_cors(c, http, path, err, errlen);
     const cJSON *ads = cJSON_GetObjectItemCaseSensitive(root, "adapters");
     if (!st && ads) st = load_adapters(c, ads, path, err, errlen);
     cJSON_Delete(root);
     return st;
+}
+
+/* Environment variables the daemon reads (besides the one auth.admin_key_env names). */
+static const struct {
+    const char *name, *doc;
+} ENV_VARS[] = {
+    {"PEFTD_LOG", "log level when log.level is unset: debug | info | warn | error"},
+    {"PEFTD_BACKEND", "overrides \"backend\": auto | cpu | cuda"},
+    {"PEFTD_DEBUG_IMPORT_DELAY_MS", "test hook: every adapter import waits this long"},
+    {"PEFTD_DEBUG_STEP_DELAY_US", "test hook: every engine step waits this long"},
+};
+
+void config_help(FILE *f) {
+    fprintf(f, "configuration file keys (--config FILE; unknown keys are an error):\n");
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const config_key *k = &KEYS[i];
+        if (k->type == CK_CHECK) continue;
+        char name[64], range[48] = "";
+        snprintf(name, sizeof name, "%s%s%s", k->section ? k->section : "", k->section ? "." : "", k->key);
+        if (k->type == CK_INT || k->type == CK_SIZE) snprintf(range, sizeof range, " [%ld..%ld]", k->lo, k->hi);
+        const char *type = k->type == CK_STR    ? "string"
+                           : k->type == CK_BOOL ? "bool"
+                           : k->type == CK_IGNORE ? (strcmp(k->key, "comment") ? "array" : "string")
+                                                  : "int";
+        fprintf(f, "  %-26s %s%s: %s\n", name, type, range, k->doc);
+    }
+    fprintf(f, "  %-26s %s: %s\n", "adapters", "object", "{\"name\": \"dir\", ...} preloaded at start-up; --adapter");
+    fprintf(f, "environment variables:\n");
+    for (size_t i = 0; i < sizeof ENV_VARS / sizeof ENV_VARS[0]; i++)
+        fprintf(f, "  %-26s %s\n", ENV_VARS[i].name, ENV_VARS[i].doc);
+    fprintf(f, "  %-26s %s\n", "(auth.admin_key_env)", "the variable that key names holds the admin key");
+}
+
+int config_key_count(void) {
+    int n = 1; /* "adapters" */
+    for (size_t i = 0; i < N_KEYS; i++) n += KEYS[i].type != CK_CHECK;
+    return n;
 }

@@ -3,6 +3,7 @@
 #define PEFTD_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "server/engine/engine.h"
 #include "server/http/http_server.h"
@@ -23,6 +24,9 @@ typedef struct {
     int http_max_uploads;     /* adapter uploads at once; 0 = derived from the file-descriptor limit */
     int http_import_threads;  /* threads importing finished uploads; 0 = 2 */
     int http_import_queue;    /* finished uploads waiting for an import thread; 0 = 8 per thread */
+    char cors_origins[8][256];  /* http.cors_origins: browser origins allowed ("" = unused) */
+    char served_model_names[8][128]; /* "served_model_name": aliases the base model also answers to
+                                      * in `model` and is listed under in /v1/models ("" = unused) */
     bool http_vllm_metric_aliases; /* http.vllm_metric_aliases: /metrics also gives the vllm:-named
                                     * families an endpoint picker reads by default (api_metrics_vllm.c) */
     engine_config engine;
@@ -62,8 +66,16 @@ void config_default(peftd_config *c);
 void config_free(peftd_config *c); /* frees the adapter list */
 /* Appends one preloaded adapter (also used by `--adapter NAME=DIR`). */
 int config_add_adapter(peftd_config *c, const char *name, const char *dir, char *err, size_t errlen);
+/* Adds one alias of the base model ("served_model_name", `--served-model-name`). */
+int config_add_served_name(peftd_config *c, const char *name, char *err, size_t errlen);
 /* Reads a JSON config file over the current values; unknown keys are errors (typos must
  * not be silently ignored). @note err gets a message naming the key on failure. */
 int config_load(peftd_config *c, const char *path, char *err, size_t errlen);
+
+/* `peftd serve --help`'s configuration part: every key of the file (from the one table
+ * config_load reads, so none can go undocumented) with its type, range and a line of
+ * description, then every environment variable the daemon reads. */
+void config_help(FILE *f);
+int config_key_count(void); /* the keys config_help lists (tests compare) */
 
 #endif

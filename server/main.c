@@ -19,8 +19,45 @@
 #include "server/config.h"
 #include "server/generate.h"
 #include "server/serve.h"
+#include "lib/version.h"
 
-#define PEFTD_VERSION "0.1.0"
+/* Every option of each subcommand, with what it takes: one table per subcommand, read by
+ * its --help and by the parser's first check (an unknown option says so; a known one
+ * missing its value says that). */
+typedef struct {
+    const char *flag, *arg, *doc;
+} cli_option;
+
+static const cli_option SERVE_OPTS[] = {
+    {"--config", "FILE", "JSON configuration file (keys below); the flags override it"},
+    {"--model", "DIR", "model directory (Hugging Face layout); config \"model\""},
+    {"--host", "H", "listen address; config \"host\""},
+    {"--port", "N", "listen port (0 = any free port); config \"port\""},
+    {"--threads", "N", "CPU backend worker threads (0 = one per core); config \"threads\""},
+    {"--store", "DIR", "adapter store directory; config store.dir"},
+    {"--adapter", "NAME=DIR", "preload an adapter (repeatable); config \"adapters\""},
+    {"--served-model-name", "NAME", "another name of the base model (repeatable); config \"served_model_name\""},
+    {"--follow", "URL", "mirror the primary at URL as a read-only follower; config store.follow"},
+    {"--help", NULL, "this help"},
+    {"--version", NULL, "print the version and exit"},
+    {NULL, NULL, NULL},
+};
+
+static const cli_option GENERATE_OPTS[] = {
+    {"--model", "DIR", "model directory (required)"},
+    {"--prompt", "TEXT", "the prompt (required)"},
+    {"--max-tokens", "N", "tokens to generate (default 16)"},
+    {"--temperature", "T", "sampling temperature in [0, 100] (default 1; 0 = greedy)"},
+    {"--seed", "S", "sampling seed"},
+    {"--top-p", "P", "nucleus sampling in (0, 1] (default 1)"},
+    {"--top-k", "K", "top-k sampling (default 0 = off)"},
+    {"--threads", "N", "CPU backend worker threads (0 = one per core)"},
+    {"--adapter", "DIR", "a PEFT adapter directory applied to the generation"},
+    {"--adapter-scale", "X", "LoRA scale in [0, 16] (needs --adapter)"},
+    {"--help", NULL, "this help"},
+    {"--version", NULL, "print the version and exit"},
+    {NULL, NULL, NULL},
+};
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -30,7 +67,52 @@ static void usage(FILE *f) {
             "              [--store DIR] [--adapter NAME=DIR]... [--follow PRIMARY_URL]\n"
             "  peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
             "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n"
-            "                 [--adapter DIR [--adapter-scale X]]\n");
+            "                 [--adapter DIR [--adapter-scale X]]\n"
+            "  peftd --version\n"
+            "`peftd serve --help` and `peftd generate --help` list every option.\n");
+}
+
+static void print_opts(FILE *f, const cli_option *o) {
+    fprintf(f, "options:\n");
+    for (; o->flag; o++) {
+        char head[64];
+        snprintf(head, sizeof head, "%s%s%s", o->flag, o->arg ? " " : "", o->arg ? o->arg : "");
+        fprintf(f, "  %-26s %s\n", head, o->doc);
+    }
+}
+
+static void serve_help(FILE *f) {
+    fprintf(f, "usage: peftd serve [options]\nRuns the HTTP server (OpenAI-compatible API; README \"HTTP API\").\n");
+    print_opts(f, SERVE_OPTS);
+    config_help(f);
+}
+
+static void generate_help(FILE *f) {
+    fprintf(f, "usage: peftd generate --model DIR --prompt TEXT [options]\n"
+               "Generates offline to stdout through the same engine (no server).\n");
+    print_opts(f, GENERATE_OPTS);
+    fprintf(f, "environment variables:\n  %-26s %s\n  %-26s %s\n", "PEFTD_LOG",
+            "log level: debug | info | warn | error", "PEFTD_BACKEND", "auto | cpu | cuda");
+}
+
+/* argv[*i] against opts: 1 with *value set (NULL for a flag without one) and *i advanced,
+ * 0 for --help / --version (handled by the caller), -1 after printing the error. */
+static int next_opt(int argc, char **argv, int *i, const cli_option *opts, const char **value) {
+    const char *a = argv[*i];
+    const cli_option *o = opts;
+    while (o->flag && strcmp(o->flag, a)) o++;
+    if (!o->flag) {
+        fprintf(stderr, "peftd %s: unknown option '%s' (see peftd %s --help)\n", argv[1], a, argv[1]);
+        return -1;
+    }
+    *value = NULL;
+    if (!o->arg) return 0;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "peftd %s: %s needs a value (%s)\n", argv[1], a, o->arg);
+        return -1;
+    }
+    *value = argv[++*i];
+    return 1;
 }
 
 static int parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
@@ -60,12 +142,17 @@ static int parse_float(const char *flag, const char *s, double lo, double hi, do
 static int cmd_generate(int argc, char **argv) {
     generate_options o = {.max_tokens = 16, .temperature = 1.0, .top_p = 1.0, .adapter_scale = 1.0};
     for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        if (i + 1 >= argc) {
-            fprintf(stderr, "peftd: %s needs a value\n", a);
-            return 2;
+        const char *a = argv[i], *v;
+        int k = next_opt(argc, argv, &i, GENERATE_OPTS, &v);
+        if (k < 0) return 2;
+        if (!strcmp(a, "--help")) {
+            generate_help(stdout);
+            return 0;
         }
-        const char *v = argv[++i];
+        if (!strcmp(a, "--version")) {
+            printf("peftd %s (commit %s)\n", PEFTD_VERSION, peftd_commit());
+            return 0;
+        }
         if (!strcmp(a, "--model")) o.model_dir = v;
         else if (!strcmp(a, "--prompt")) o.prompt = v;
         else if (!strcmp(a, "--adapter")) o.adapter_dir = v;
@@ -76,11 +163,6 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--top-k")) { if (parse_long(a, v, 0, INT_MAX, &o.top_k)) return 2; }
         else if (!strcmp(a, "--threads")) { if (parse_long(a, v, 0, 1024, &o.threads)) return 2; }
         else if (!strcmp(a, "--seed")) { if (parse_long(a, v, LONG_MIN, LONG_MAX, &o.seed)) return 2; o.has_seed = true; }
-        else {
-            fprintf(stderr, "peftd: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        }
     }
     if (!o.model_dir || !o.prompt) {
         fprintf(stderr, "peftd generate: --model and --prompt are required\n");
@@ -93,12 +175,8 @@ static int cmd_generate(int argc, char **argv) {
 static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
     char err[1024] = "";
     for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        if (i + 1 >= argc) {
-            fprintf(stderr, "peftd: %s needs a value\n", a);
-            return 2;
-        }
-        const char *v = argv[++i];
+        const char *a = argv[i], *v;
+        if (next_opt(argc, argv, &i, SERVE_OPTS, &v) < 0) return 2;
         long n;
         if (!strcmp(a, "--config")) continue;
         else if (!strcmp(a, "--model")) snprintf(cfg->model_dir, sizeof cfg->model_dir, "%s", v);
@@ -113,6 +191,12 @@ static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
             }
             snprintf(cfg->store.follow, sizeof cfg->store.follow, "%s", v);
         }
+        else if (!strcmp(a, "--served-model-name")) {
+            if (config_add_served_name(cfg, v, err, sizeof err) < 0) {
+                fprintf(stderr, "peftd: %s\n", err);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--adapter")) {
             char name[128];
             const char *eq = strchr(v, '=');
@@ -126,10 +210,6 @@ static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
                 fprintf(stderr, "peftd: %s\n", err);
                 return 2;
             }
-        } else {
-            fprintf(stderr, "peftd: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
         }
     }
     return 0;
@@ -139,6 +219,18 @@ static int cmd_serve(int argc, char **argv) {
     /* A SIGTERM while the model loads, or after /health answers but before the loop's
      * handlers exist, is recorded and acted on once they do (exit 0), not the default
      * action's death by signal. */
+    for (int i = 2; i < argc; i++) { /* --help / --version before anything else, wherever they are */
+        const cli_option *o = SERVE_OPTS;
+        while (o->flag && strcmp(o->flag, argv[i])) o++;
+        if (o->flag && o->arg) i++; /* an option's value is not an option */
+        else if (!strcmp(argv[i], "--help")) {
+            serve_help(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("peftd %s (commit %s)\n", PEFTD_VERSION, peftd_commit());
+            return 0;
+        }
+    }
     serve_catch_signals();
     /* A file-size limit (RLIMIT_FSIZE) must fail the write that passes it (EFBIG: the
      * upload answers 507), not kill the daemon with SIGXFSZ's default action. */
@@ -165,7 +257,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("peftd %s\n", PEFTD_VERSION);
+        printf("peftd %s (commit %s)\n", PEFTD_VERSION, peftd_commit());
         return 0;
     }
     if (!strcmp(argv[1], "serve")) return cmd_serve(argc, argv);

@@ -146,6 +146,27 @@ static int chat_prompt(const api_server *s, const cJSON *root, const chat_msgs *
     return 0;
 }
 
+int api_chat_tokenize(const api_server *s, const cJSON *root, bool add_special, api_prompt *p, api_err *err) {
+    chat_msgs msgs = {0};
+    if (!s->chat)
+        return api_fail(err, "chat_template_missing", "The model '%s' has no chat template: tokenize a 'prompt' instead",
+                        s->m->name);
+    int rc = chat_parse_messages(root, &msgs, err);
+    if (!rc) rc = chat_prompt(s, root, &msgs, p, err);
+    chat_msgs_free(&msgs);
+    if (rc || !add_special) return rc;
+    /* vLLM's add_special_tokens on a conversation: the tokenizer's specials (BOS) go in
+     * front of what the template wrote */
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if ((rc = tokenizer_encode(s->tok, p->text, p->text_len, true, &ids, &n)))
+        return api_fail(err, "invalid_value", "cannot tokenize the rendered conversation: %s", peftd_strerror(rc));
+    free(p->ids);
+    p->ids = ids;
+    p->n_ids = n;
+    return 0;
+}
+
 int api_chat_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len, api_request *r,
                    api_err *err) {
     cJSON *root;

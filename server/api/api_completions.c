@@ -85,9 +85,19 @@ static void job_notify(void *ud) {
         if (job->req.tenants)
             tenants_count_tokens(job->req.tenants, &job->req.ticket, d.completion_tokens - ch->completion_tokens);
         ch->completion_tokens = d.completion_tokens;
+        if (d.queue_ns && !ch->queue_seen) {
+            ch->queue_seen = true;
+            http_metrics_on_queue(d.queue_ns);
+        }
         if (d.finished) {
             ch->finished = last = true;
             ch->finish = d.finish;
+            int why = d.finish == FINISH_STOP       ? HTTP_FINISH_STOP
+                      : d.finish == FINISH_LENGTH    ? HTTP_FINISH_LENGTH
+                      : d.finish == FINISH_CANCELLED ? HTTP_FINISH_CANCELLED
+                                                     : HTTP_FINISH_ERROR;
+            http_metrics_on_finish(job->req.adapter ? job->req.adapter->meta.name : NULL, why,
+                                   d.queue_ns ? d.prompt_tokens : 0, d.completion_tokens);
             if (d.finish == FINISH_ERROR) snprintf(ch->error, sizeof ch->error, "%s", d.error);
         }
     }
@@ -308,6 +318,7 @@ static enum MHD_Result job_start_stream(http_req *req, struct MHD_Connection *co
     atomic_fetch_add(&job->refs, 1); /* the response's; job_stream_free drops it */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    http_cors_decorate(req, resp);
     /* Tells reverse proxies (nginx) not to buffer the stream. */
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     access_log_response(&req->acc, resp, MHD_HTTP_OK, 0);
@@ -453,6 +464,7 @@ static enum MHD_Result job_post(http_req *req, struct MHD_Connection *conn, bool
         }
         atomic_store(&ch->submitted, true);
     }
+    http_metrics_on_request(job->req.adapter ? job->req.adapter->meta.name : NULL);
     LOGD("http: %s: %d choice%s, stream=%d", job->id, job->n_choices, job->n_choices > 1 ? "s" : "",
          job->req.stream);
     if (job->req.stream) return job_start_stream(req, conn, job);

@@ -76,6 +76,12 @@ int api_parse_common(const api_server *s, const tenants_principal *who, const st
                      api_request *r, long long *max_tokens, api_err *err);
 int api_parse_end(int rc, struct cJSON *root, api_request *r, api_err *err);
 
+/* The model / adapter of root ("model", the "adapter" extension): the rules and errors of
+ * both completion routes (a tenant's own adapter, then the public one; another tenant's
+ * answers 404 like a missing one); takes one registry reference into r->adapter. */
+int api_parse_model(const api_server *s, const tenants_principal *who, const struct cJSON *root, api_request *r,
+                    api_err *err);
+
 /* api_fields.c: every top-level key of root is one the route reads, else a 400 naming it
  * (unsupported_parameter for OpenAI fields peftd does not implement, unknown_parameter
  * for the rest); response_format other than {"type":"text"} is refused. */
@@ -112,6 +118,7 @@ typedef struct api_choice {
     char error[256];
     int completion_tokens;
     uint64_t t_last_ns;     /* last token delta (http_metrics_on_tokens); 0 = none yet */
+    bool queue_seen;        /* its queue time went to peftd_request_queue_seconds */
 
     /* HTTP side */
     http_buf text;          /* non-streaming: the whole completion */
@@ -195,6 +202,10 @@ int api_format_stream_error(const char *message, http_buf *out);
 int api_chat_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
                    api_request *out, api_err *err);
 void api_chat_job_init(api_job *job); /* "chatcmpl-" ids */
+/* /tokenize's conversation (api_tokenize.c): root's "messages" (and add_generation_prompt)
+ * through the chat template as api_chat_parse renders them, tokenized without an added BOS
+ * unless add_special. Fills p (text and ids); 400 in err as api_chat_parse's. */
+int api_chat_tokenize(const api_server *s, const struct cJSON *root, bool add_special, api_prompt *p, api_err *err);
 /* The chat shapes of api_format_response / _chunk (they call these when job->req.chat is
  * set) and api_format_stream_end's chunk head {"id","object","created","model","system_fingerprint"}. */
 struct cJSON *api_chat_format_head(const api_job *job, const char *object);

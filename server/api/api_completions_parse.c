@@ -184,16 +184,17 @@ static int api_parse_stop(const cJSON *root, api_request *r, api_err *err) {
 /* `model` names the base model or an adapter (as vLLM and LoRAX do); the extension field
  * `adapter` names an adapter explicitly and wins. A missing model means the base model
  * (llama.cpp does the same). Takes one registry reference on the chosen adapter. */
-static int api_parse_model(const api_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
-                           api_err *err) {
+int api_parse_model(const api_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
+                    api_err *err) {
     const cJSON *m = api_field(root, "model"), *a = api_field(root, "adapter");
     if (m && !cJSON_IsString(m)) return api_fail(err, "invalid_type", "'model' must be a string");
     if (a && !cJSON_IsNull(a) && !cJSON_IsString(a))
         return api_fail(err, "invalid_type", "'adapter' must be a string");
     const char *name = a && cJSON_IsString(a) && a->valuestring[0] ? a->valuestring
-                       : m && strcmp(m->valuestring, s->m->name) != 0 ? m->valuestring
-                                                                    : NULL;
-    snprintf(r->model_id, sizeof r->model_id, "%s", s->m->name);
+                       : m && !api_is_base(s, m->valuestring) ? m->valuestring
+                                                              : NULL;
+    /* the base echoes the name it was asked by (an alias: --served-model-name) */
+    snprintf(r->model_id, sizeof r->model_id, "%s", m && !name ? m->valuestring : s->m->name);
     r->reg = s->reg;
     if (!name) return 0;
     /* A tenant's name resolves to its own adapter first, then to the public one; another

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #include "server/api/api_server.h"
@@ -46,6 +47,13 @@ struct api_server {
 
 /* The API context of a request. */
 static inline api_server *api_of(const http_req *req) { return (api_server *)req->app; }
+/* name is the base model's: its directory name or one of its served_names aliases. */
+static inline bool api_is_base(const api_server *s, const char *name) {
+    if (!strcmp(name, s->m->name)) return true;
+    for (int i = 0; i < 8; i++)
+        if (s->cfg.served_names[i] && s->cfg.served_names[i][0] && !strcmp(s->cfg.served_names[i], name)) return true;
+    return false;
+}
 /* The transport is stopping: nothing may suspend any more. */
 static inline bool api_stopping(const api_server *s) { return s->http && http_server_stopping(s->http); }
 
@@ -66,11 +74,17 @@ enum MHD_Result api_fail_status(http_req *req, struct MHD_Connection *conn, int 
 enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn);
 /* api_metrics_vllm.c: the LoRA info gauge and the vllm:-named aliases, appended to b. */
 int api_metrics_vllm(api_server *s, http_buf *b);
+/* api_metrics_process.c: peftd_build_info and the standard process_* families, appended to b. */
+int api_metrics_process(api_server *s, http_buf *b);
 enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn); /* GET /ready */
 enum MHD_Result api_health_get(http_req *req, struct MHD_Connection *conn);
 /* api_console.c: the web console's embedded static files (/ and /console/<name>) */
 enum MHD_Result api_console_get(http_req *req, struct MHD_Connection *conn);
 enum MHD_Result api_models_get(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_models_item(http_req *req, struct MHD_Connection *conn); /* GET /v1/models/{id} */
+/* api_tokenize.c: POST /tokenize and /detokenize (vLLM's shapes, llama.cpp's accepted) */
+enum MHD_Result api_tokenize_post(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_detokenize_post(http_req *req, struct MHD_Connection *conn);
 
 /* ---- api_adapters.c: the adapter resource ---- */
 /* GET /v1/adapters?limit=N&after=NAME. */

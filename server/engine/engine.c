@@ -313,6 +313,7 @@ int engine_submit(engine *e, engine_request *r) {
         return PEFTD_EBUSY;
     }
     engine_request_ref(r);
+    r->t_submit_ns = engine__now_ns();
     atomic_fetch_add(&e->n_queued, 1);
     r->next = NULL;
     if (e->q_tail) e->q_tail->next = r;

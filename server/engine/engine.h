@@ -137,6 +137,7 @@ typedef struct {
     char error[256];
     int prompt_tokens;     /* usage */
     int completion_tokens; /* usage: tokens generated so far */
+    uint64_t queue_ns;     /* time from engine_submit to its first admission; 0 until admitted */
 } engine_delta;
 
 void engine_delta_free(engine_delta *d);

@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "server/engine/engine.h"
 
@@ -32,6 +33,8 @@ struct engine_request {
     bool finished;
     finish_reason finish;
     char error[256];
+    uint64_t t_submit_ns;          /* engine_submit (CLOCK_MONOTONIC) */
+    uint64_t queue_ns;             /* submit -> first admission; 0 until admitted */
     /* engine queue link (guarded by the engine's queue lock) */
     struct engine_request *next;
     bool adapter_fetching;         /* engine thread: a fetch of its adapter was started */
@@ -39,6 +42,13 @@ struct engine_request {
     struct vtc_tenant *vt;         /* engine thread: its tenant's fairness counter */
     struct seq *preempted;         /* engine thread: its sequence, waiting to be recomputed */
 };
+
+/* CLOCK_MONOTONIC in nanoseconds (the queue time of engine_delta). */
+static inline uint64_t engine__now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /* Engine side: append published text / a token record; finish. Each takes r->mu. */
 int engine__publish(engine_request *r, const char *text, size_t len, const gen_token *tok,

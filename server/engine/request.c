@@ -120,6 +120,7 @@ int engine_request_take(engine_request *r, engine_delta *d) {
     memcpy(d->error, r->error, sizeof d->error);
     d->prompt_tokens = r->n_prompt;
     d->completion_tokens = r->completion_tokens;
+    d->queue_ns = r->queue_ns;
     pthread_mutex_unlock(&r->mu);
     return 0;
 }

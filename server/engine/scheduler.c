@@ -177,6 +177,10 @@ void engine__admit(engine *e) {
             }
         } else {
             s = engine__seq_create(e, r, ad, pinned);
+            uint64_t now = engine__now_ns();
+            pthread_mutex_lock(&r->mu);
+            if (!r->queue_ns) r->queue_ns = now > r->t_submit_ns ? now - r->t_submit_ns : 1;
+            pthread_mutex_unlock(&r->mu);
         }
         if (!s) {
             vtc_leave_queue(e->vtc, vt);

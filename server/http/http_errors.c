@@ -22,6 +22,7 @@ enum MHD_Result http_respond_hdrs(http_req *req, struct MHD_Connection *conn, un
         goto out;
     for (int i = 0; i < n_hdrs; i++)
         if (MHD_add_response_header(resp, hdrs[i][0], hdrs[i][1]) != MHD_YES) goto out;
+    http_cors_decorate(req, resp);
     access_log_response(&req->acc, resp, status, len);
     ret = MHD_queue_response(conn, status, resp);
     if (ret == MHD_YES) http_server__count(req->srv, req->route, status);

@@ -28,6 +28,10 @@ struct http_server {
 
 /* Counts a queued response in peftd_requests_total under r's label ("other" for NULL).
  * Any thread. */
+/* http_cors.c: the request's allowed origin (req->cors_origin); a preflight answered
+ * (true, *ret set) or not one (false). */
+void http_cors_begin(http_req *req, struct MHD_Connection *conn);
+bool http_cors_preflight(http_req *req, struct MHD_Connection *conn, const char *method, enum MHD_Result *ret);
 void http_server__count(http_server *s, const http_route *r, unsigned status);
 
 #endif

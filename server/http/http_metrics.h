@@ -64,4 +64,32 @@ bool http_is_draining(void);
 #define HTTP_TENANT_ANON "_anonymous"
 bool http_tenant_label(const char *tenant, char *out, size_t cap);
 
+/* ---- http_metrics_requests.c: per-adapter counters, finish reasons, queue time ---- */
+/* Adapter label values, bounded like tenants': the first HTTP_ADAPTER_SERIES - 1 adapter
+ * names seen keep their own series for the life of the process, later ones share
+ * HTTP_TENANT_OTHER; the base model (no adapter) is HTTP_ADAPTER_BASE. */
+#define HTTP_ADAPTER_SERIES 64
+#define HTTP_ADAPTER_BASE "_base"
+/* Finish reasons counted (the order of peftd_request_finish_total's label values). */
+enum { HTTP_FINISH_STOP, HTTP_FINISH_LENGTH, HTTP_FINISH_CANCELLED, HTTP_FINISH_ERROR, HTTP_FINISH_N };
+extern const char *const http_finish_names[HTTP_FINISH_N];
+
+typedef struct {
+    char label[65];
+    uint64_t requests, prompt_tokens, generation_tokens;
+} http_adapter_row;
+
+/* A completion request was accepted for adapter (NULL or "" = the base model). */
+void http_metrics_on_request(const char *adapter);
+/* One choice finished with reason (HTTP_FINISH_*) after prompt_tokens prefilled and
+ * completion_tokens generated for adapter. */
+void http_metrics_on_finish(const char *adapter, int reason, int prompt_tokens, int completion_tokens);
+/* Submit -> first admission of one engine request (engine_delta.queue_ns). */
+void http_metrics_on_queue(uint64_t ns);
+/* Snapshot of the adapter rows (at most HTTP_ADAPTER_SERIES); returns how many. */
+int http_metrics_adapters(http_adapter_row *out, int cap);
+/* Choices finished, by reason, and the queue-time histogram. */
+void http_metrics_finishes(uint64_t out[HTTP_FINISH_N]);
+const http_histogram *http_metrics_queue(void);
+
 #endif

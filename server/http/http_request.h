@@ -53,6 +53,7 @@ typedef struct http_req {
     void *ctx;                  /* the route's per-request state (a completion job, an
                                  * upload): set by its handler or begin hook; while set, the
                                  * transport calls the route's data/resume/closed hooks */
+    const char *cors_origin;    /* Access-Control-Allow-Origin to send (http_cors.c); NULL = none */
     tenants_principal who;      /* who sent it (http_auth.c); role ANON with auth off */
     http_access acc;            /* request id, timing, status for the access log (access_log.c) */
 } http_req;
@@ -140,6 +141,9 @@ enum MHD_Result http_error(http_req *req, struct MHD_Connection *conn, unsigned 
 enum MHD_Result http_error_hdr(http_req *req, struct MHD_Connection *conn, unsigned status,
                                const char *code, const char *hdr_name, const char *hdr_value,
                                const char *message);
+/* CORS headers (http_cors.c) for a response the handler builds itself (a stream);
+ * http_respond adds them to the others. */
+void http_cors_decorate(const http_req *req, struct MHD_Response *resp);
 /* Counts a response the handler queued itself (a stream) in peftd_requests_total. */
 void http_count_response(http_req *req, unsigned status);
 /* Serializes obj (freed here) and queues it as application/json. */

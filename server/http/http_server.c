@@ -158,6 +158,8 @@ static enum MHD_Result http_first_call(http_server *s, struct MHD_Connection *co
                                                   : "both Content-Length and Transfer-Encoding");
     }
     enum MHD_Result denied;
+    http_cors_begin(req, conn);
+    if (http_cors_preflight(req, conn, method, &denied)) return denied;
     if (!http_auth_request(req, conn, url, &denied)) return denied;
 
     if (r && r->begin && (r->stream_methods & req->method)) return r->begin(req, conn);

@@ -13,6 +13,8 @@
 
 #include "server/http/http_request.h"
 
+#define HTTP_MAX_CORS_ORIGINS 8
+
 typedef struct {
     const char *host;        /* bind address, e.g. "127.0.0.1" (for messages: listen_fd is bound) */
     int port;                /* the port asked for (for messages; see http_server_port) */
@@ -34,6 +36,11 @@ typedef struct {
     int timeout_s;           /* idle connection timeout; 0 = 15 s (suspended ones never time out) */
     const char *chat_template; /* chat template file overriding the model's (chat_template.h);
                                 * NULL or "" = the model's tokenizer_config.json */
+    const char *served_names[8]; /* aliases of the base model (NULL/"" = unused): `model` may name
+                                  * them, /v1/models lists them */
+    const char *cors_origins[HTTP_MAX_CORS_ORIGINS]; /* http.cors_origins (http_cors.c): browser
+                              * origins allowed ("*" = any, never with credentials); none = no CORS */
+    const char *backend;     /* the compute backend's name, for peftd_build_info (NULL = unknown) */
     bool vllm_metric_aliases; /* /metrics also gives the vllm:-named families (api_metrics_vllm.c) */
     const char *load_roots[4]; /* POST /v1/load_lora_adapter imports only from under these
                                 * directories (NULL/"" = unused; none: the route answers 404) */
