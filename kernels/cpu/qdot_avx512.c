@@ -1,0 +1,202 @@
+/* kernels/cpu/qdot_avx512.c — the AVX-512 VNNI path of the quantized matmul (qmatmul.h):
+ * register tiles of up to 4 weight rows × 4 x rows, 16-lane f32 accumulators in the
+ * canonical order, int8 products summed exactly by vpdpbusd (u8 × s8 → s32, 4 per lane).
+ *   Q8_0: vpdpbusd wants one unsigned operand: the weights are offset by 128 (w ^ 0x80) and
+ *         the accumulator starts at -128·Σx of the lane (kq_x.corr), so the lane is Σ w·x
+ *         exactly. Two blocks (2 × 32 codes) per zmm: lanes 0-7 even block, 8-15 odd.
+ *   Q4_K: the nibbles (0..15) are already unsigned; one zmm of 64 qs bytes gives two
+ *         32-code sub-blocks per nibble half, matched by kq_x's permuted x layout.
+ * Weight rows are read once per x group of 4; the first group prefetches KQ_PF bytes ahead.
+ * Compiled for these instructions by target attributes and only called when the CPU has
+ * them (kq_path_available). */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/cpu/qmatmul.h"
+
+#define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
+#define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
+#define KQ_PF 16384 /* bytes ahead in each weight row (matmul.c measured 16-32 KiB best) */
+
+KQ_INL float kq_h(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* The canonical reduction (kq_reduce16) of one 16-lane accumulator. */
+KQ_INL float kq_r16(__m512 a) {
+    __m256 t = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+
+KQ_INL void kq_store(int R, int N, __m512 acc[4][4], float *y, int64_t ldy, float beta) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            float s = kq_r16(acc[r][i]), *yp = y + i * ldy + r;
+            *yp = beta != 0.0f ? *yp + s : s;
+        }
+}
+
+/* Q8_0: weight rows w (rb apart), x rows i0..i0+N-1; y at [i0, r0]. */
+KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
+                    int64_t ldy, float beta) {
+    const int64_t cols = x->cols, nb = cols / 32;
+    const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i wv[4];
+        __m512 dw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + 34 * b;
+            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
+                                           _mm256_loadu_si256((const __m256i *)(p + 36)), 1);
+            wv[r] = _mm512_xor_si512(v, x80);
+            dw[r] = _mm512_insertf32x8(_mm512_set1_ps(kq_h(p)), _mm256_set1_ps(kq_h(p + 34)), 1);
+            if (pf) {
+                __builtin_prefetch(p + KQ_PF, 0, 2);
+                __builtin_prefetch(p + KQ_PF + 64, 0, 2);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            int64_t row = i0 + i;
+            __m512i xv = _mm512_loadu_si512(x->q + row * cols + 32 * b);
+            __m512i xc = _mm512_loadu_si512(x->corr + row * (cols / 4) + 8 * b);
+            const float *xd = x->d + row * nb + b;
+            __m512 dx = _mm512_insertf32x8(_mm512_set1_ps(xd[0]), _mm256_set1_ps(xd[1]), 1);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m512i s = _mm512_dpbusd_epi32(xc, wv[r], xv);
+                acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dx), acc[r][i]);
+            }
+        }
+    }
+    if (b < nb) { /* an odd last block: lanes 0-7 only */
+        __m512i wv[4];
+        __m512 dw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + 34 * b;
+            wv[r] = _mm512_zextsi256_si512(
+                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80)));
+            dw[r] = _mm512_set1_ps(kq_h(p));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            int64_t row = i0 + i;
+            __m512i xv = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(x->q + row * cols + 32 * b)));
+            __m512i xc = _mm512_zextsi256_si512(
+                _mm256_loadu_si256((const __m256i *)(x->corr + row * (cols / 4) + 8 * b)));
+            __m512 dx = _mm512_set1_ps(x->d[row * nb + b]);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m512i s = _mm512_dpbusd_epi32(xc, wv[r], xv);
+                acc[r][i] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dx), acc[r][i], 0x00FF);
+            }
+        }
+    }
+    kq_store(R, N, acc, y, ldy, beta);
+}
+
+/* Q4_K: as q8_tile, super-blocks of 256. */
+KQ_INL void q4k_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
+                     int64_t ldy, float beta) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    const __m512i m4 = _mm512_set1_epi8(15);
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        float dsc[4][8], negm[4][8];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + 144 * b;
+            float d = kq_h(p), dmin = kq_h(p + 2);
+            for (int s = 0; s < 8; s++) {
+                int sc, m;
+                kq_q4k_scale_min(p + 4, s, &sc, &m);
+                dsc[r][s] = d * (float)sc;
+                negm[r][s] = -(dmin * (float)m);
+            }
+            if (pf) {
+                __builtin_prefetch(p + KQ_PF, 0, 2);
+                __builtin_prefetch(p + KQ_PF + 64, 0, 2);
+                __builtin_prefetch(p + KQ_PF + 128, 0, 2);
+            }
+        }
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            const int s0 = 4 * (v / 2) + v % 2, s1 = s0 + 2;
+            __m512i wv[4];
+            __m512 fs[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m512i q = _mm512_loadu_si512(w + r * rb + 144 * b + 16 + 64 * (v / 2));
+                wv[r] = v % 2 ? _mm512_and_si512(_mm512_srli_epi16(q, 4), m4) : _mm512_and_si512(q, m4);
+                fs[r] = _mm512_insertf32x8(_mm512_set1_ps(dsc[r][s0]), _mm256_set1_ps(dsc[r][s1]), 1);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < N; i++) {
+                int64_t row = i0 + i;
+                __m512i xv = _mm512_loadu_si512(x->q + row * cols + 256 * b + 64 * v);
+                __m512 dx = _mm512_set1_ps(x->d[row * nb + b]);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
+                    acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(fs[r], dx), acc[r][i]);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            __m512 xs = _mm512_zextps256_ps512(_mm256_loadu_ps(x->xs + (i0 + i) * (cols / 32) + 8 * b));
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                acc[r][i] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(_mm256_loadu_ps(negm[r])), xs, acc[r][i],
+                                                  0x00FF);
+        }
+    }
+    kq_store(R, N, acc, y, ldy, beta);
+}
+
+typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y, int64_t ldy,
+                        float beta);
+#define TILE_DEF(R, N)                                                                                        \
+    static KQ_TGT void q8_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,     \
+                                    int64_t ldy, float beta) {                                                \
+        q8_tile(R, N, w, rb, pf, x, i0, y, ldy, beta);                                                        \
+    }                                                                                                         \
+    static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
+                                     int64_t ldy, float beta) {                                               \
+        q4k_tile(R, N, w, rb, pf, x, i0, y, ldy, beta);                                                       \
+    }
+TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
+TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
+static const tile_fn q8_tiles[2][4] = {{q8_4_1, q8_4_2, q8_4_3, q8_4_4}, {q8_1_1, q8_1_2, q8_1_3, q8_1_4}};
+static const tile_fn q4k_tiles[2][4] = {{q4k_4_1, q4k_4_2, q4k_4_3, q4k_4_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
+
+void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                  int64_t ldy, float beta) {
+    for (int64_t r = r0; r < r1;) {
+        int tall = r1 - r >= 4;
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q4k_tiles)[tall ? 0 : 1];
+        for (int i = 0; i < x->n; i += 4) {
+            int N = x->n - i < 4 ? x->n - i : 4;
+            fns[N - 1](w + r * rb, rb, i == 0, x, i, y + (int64_t)i * ldy + r, ldy, beta);
+        }
+        r += tall ? 4 : 1;
+    }
+}
