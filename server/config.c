@@ -15,6 +15,7 @@
 #include "adapter_store/registry.h"
 #include "lib/log.h"
 #include "lib/status.h"
+#include "server/model/model_quant.h"
 
 void config_default(peftd_config *c) {
     memset(c, 0, sizeof *c);
@@ -23,6 +24,7 @@ void config_default(peftd_config *c) {
     c->port = 8080;
     c->threads = 0;
     snprintf(c->backend, sizeof c->backend, "auto");
+    snprintf(c->weights, sizeof c->weights, "stored");
     c->shutdown_grace_s = 10;
     c->max_body_bytes = 1 << 20;
     c->http_threads = 4;
@@ -89,6 +91,10 @@ typedef struct {
 static bool backend_ok(const peftd_config *c) {
     return !strcmp(c->backend, "auto") || !strcmp(c->backend, "cpu") || !strcmp(c->backend, "cuda");
 }
+static bool weights_ok(const peftd_config *c) {
+    int dt;
+    return model_weights_parse(c->weights, &dt) == 0;
+}
 static bool store_map_ok(const peftd_config *c) { return c->store.max_map_mb >= c->store.map_mb; }
 static bool log_level_ok(const peftd_config *c) { return log_level_parse(c->log.level[0] ? c->log.level : "info") >= 0; }
 static bool log_format_ok(const peftd_config *c) { return log_format_parse(c->log.format) >= 0; }
@@ -110,6 +116,8 @@ static const config_key KEYS[] = {
     INT(NULL, "threads", 0, 1024, threads),
     STR(NULL, "backend", backend),
     CHECK(NULL, "backend", backend_ok, "\"backend\" must be \"auto\", \"cpu\" or \"cuda\""),
+    STR(NULL, "weights", weights),
+    CHECK(NULL, "weights", weights_ok, "\"weights\" must be \"stored\", \"bf16\", \"q8_0\" or \"q4_k\""),
     INT(NULL, "shutdown_grace_s", 0, 3600, shutdown_grace_s),
     {NULL, "fast_prefill", CK_BOOL, 0, 0, F(fast_prefill), 0, NULL, "\"fast_prefill\" must be true or false"},
     {NULL, "comment", CK_IGNORE, 0, 0, 0, 0, NULL, NULL},
