@@ -109,6 +109,22 @@ KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_
     kq_store(R, N, acc, y, ldy, beta);
 }
 
+/* The 8 sub-block factors of a Q4_K super-block at p: dsc[s] = d·(float)sc_s and
+ * negm[s] = -(dmin·(float)m_s), the same f32 operations as the scalar path, the 6-bit fields
+ * unpacked four at a time from the 12 scale bytes read as 32-bit words (quant_ref.h's packing:
+ * sub-blocks 4-7 take their top 2 bits from bits 6-7 of bytes 0-3 / 4-7). */
+KQ_INL void kq_q4k_scales8(const uint8_t *p, __m256 *dsc, __m256 *negm) {
+    uint32_t u[3];
+    memcpy(u, p + 4, 12);
+    uint64_t sc = (uint64_t)(u[0] & 0x3f3f3f3fu) | (uint64_t)((u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u)) << 32;
+    uint64_t m = (uint64_t)(u[1] & 0x3f3f3f3fu) |
+                 (uint64_t)(((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u)) << 32;
+    __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
+    __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m)));
+    *dsc = _mm256_mul_ps(_mm256_set1_ps(kq_h(p)), scf);
+    *negm = _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(kq_h(p + 2)), mf), _mm256_set1_ps(-0.0f));
+}
+
 /* Q4_K: as q8_tile, super-blocks of 256. */
 KQ_INL void q4k_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
                      int64_t ldy, float beta) {
@@ -120,17 +136,11 @@ KQ_INL void q4k_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        float dsc[4][8], negm[4][8];
+        __m256 dsc[4], negm[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + 144 * b;
-            float d = kq_h(p), dmin = kq_h(p + 2);
-            for (int s = 0; s < 8; s++) {
-                int sc, m;
-                kq_q4k_scale_min(p + 4, s, &sc, &m);
-                dsc[r][s] = d * (float)sc;
-                negm[r][s] = -(dmin * (float)m);
-            }
+            kq_q4k_scales8(p, &dsc[r], &negm[r]);
             if (pf) {
                 __builtin_prefetch(p + KQ_PF, 0, 2);
                 __builtin_prefetch(p + KQ_PF + 64, 0, 2);
@@ -140,13 +150,14 @@ KQ_INL void q4k_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq
 #pragma GCC unroll 4
         for (int v = 0; v < 4; v++) {
             const int s0 = 4 * (v / 2) + v % 2, s1 = s0 + 2;
+            const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(s0), _mm256_set1_epi32(s1), 1);
             __m512i wv[4];
             __m512 fs[4];
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 __m512i q = _mm512_loadu_si512(w + r * rb + 144 * b + 16 + 64 * (v / 2));
                 wv[r] = v % 2 ? _mm512_and_si512(_mm512_srli_epi16(q, 4), m4) : _mm512_and_si512(q, m4);
-                fs[r] = _mm512_insertf32x8(_mm512_set1_ps(dsc[r][s0]), _mm256_set1_ps(dsc[r][s1]), 1);
+                fs[r] = _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(dsc[r]));
             }
 #pragma GCC unroll 4
             for (int i = 0; i < N; i++) {
@@ -165,8 +176,7 @@ KQ_INL void q4k_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq
             __m512 xs = _mm512_zextps256_ps512(_mm256_loadu_ps(x->xs + (i0 + i) * (cols / 32) + 8 * b));
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++)
-                acc[r][i] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(_mm256_loadu_ps(negm[r])), xs, acc[r][i],
-                                                  0x00FF);
+                acc[r][i] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(negm[r]), xs, acc[r][i], 0x00FF);
         }
     }
     kq_store(R, N, acc, y, ldy, beta);
