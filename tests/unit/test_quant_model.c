@@ -144,6 +144,7 @@ static void check_case(const char *name) {
 
 TEST(stories260k_q8_0) { check_case("s260k_q8_0"); }
 TEST(stories260k_q8_0_lora) { check_case("s260k_q8_0_lora"); }
+TEST(stories260k_q8_0_dora) { check_case("s260k_q8_0_dora"); } /* norms of the dequantized base */
 TEST(k256_q8_0) { check_case("k256_q8_0"); }
 TEST(k256_q4_k) { check_case("k256_q4_k"); }
 
@@ -242,5 +243,6 @@ TEST(mixed_batch_bit_identical) {
     free(q.lq);
 }
 
-TEST_MAIN(at_load_rule, refused_without_capability, stories260k_q8_0, stories260k_q8_0_lora, k256_q8_0, k256_q4_k,
+TEST_MAIN(at_load_rule, refused_without_capability, stories260k_q8_0, stories260k_q8_0_lora, stories260k_q8_0_dora,
+          k256_q8_0, k256_q4_k,
           mixed_batch_bit_identical)
