@@ -65,6 +65,7 @@ static void kcpu_destroy(kbackend *kb) {
     if (cb->scratch)
         for (int i = 0; i < cb->n_threads; i++) free(cb->scratch[i]);
     free(cb->scratch);
+    free(cb->qbuf);
     free(cb);
 }
 

@@ -20,6 +20,8 @@ typedef struct {
     float **scratch;      /* [n_threads] 64-byte aligned buffers */
     size_t scratch_cap;   /* floats in each */
     bool fast_prefill;    /* allow OpenBLAS for large f32 batches (not batch-invariant) */
+    void *qbuf;           /* qmatmul.c: the quantized activations of one call (grown, kept) */
+    size_t qbuf_cap;      /* bytes */
 } kcpu_backend;
 
 static inline kcpu_backend *kcpu__impl(kbackend *kb) { return (kcpu_backend *)kb->impl; }

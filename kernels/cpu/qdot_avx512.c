@@ -42,6 +42,42 @@ KQ_INL void kq_store(int R, int N, __m512 acc[4][4], float *y, int64_t ldy, floa
         }
 }
 
+KQ_INL uint16_t kq_u16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return h;
+}
+
+/* The codes of Q8_0 blocks p and p + 34 in one zmm, offset to unsigned (w ^ 0x80). */
+KQ_INL __m512i q8_wpair(const uint8_t *p, __m512i x80, int pf) {
+    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
+                                   _mm256_loadu_si256((const __m256i *)(p + 36)), 1);
+    if (pf) {
+        __builtin_prefetch(p + KQ_PF, 0, 2);
+        __builtin_prefetch(p + KQ_PF + 64, 0, 2);
+    }
+    return _mm512_xor_si512(v, x80);
+}
+
+/* One step of two blocks (b, b + 1) for every (weight row, x row) pair of the tile. */
+KQ_INL void q8_step(int R, int N, const __m512i wv[4], const __m512 dw[4], const kq_x *x, int i0, int64_t b,
+                    __m512 acc[4][4]) {
+    const int64_t cols = x->cols, nb = cols / 32;
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++) {
+        int64_t row = i0 + i;
+        __m512i xv = _mm512_loadu_si512(x->q + row * cols + 32 * b);
+        __m512i xc = _mm512_loadu_si512(x->corr + row * (cols / 4) + 8 * b);
+        const float *xd = x->d + row * nb + b;
+        __m512 dx = _mm512_insertf32x8(_mm512_set1_ps(xd[0]), _mm256_set1_ps(xd[1]), 1);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512i s = _mm512_dpbusd_epi32(xc, wv[r], xv);
+            acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dx), acc[r][i]);
+        }
+    }
+}
+
 /* Q8_0: weight rows w (rb apart), x rows i0..i0+N-1; y at [i0, r0]. */
 KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
                     int64_t ldy, float beta) {
@@ -53,34 +89,40 @@ KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
     int64_t b = 0;
+    /* 8 blocks at a time: their 8 f16 scales widened in one vcvtph2ps, then spread to the
+     * two halves of each step by a permute (the same f32 values as one by one). */
+    for (; b + 8 <= nb; b += 8) {
+        __m512 d8[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + 34 * b;
+            __m128i h = _mm_setr_epi16(kq_u16(p), kq_u16(p + 34), kq_u16(p + 68), kq_u16(p + 102), kq_u16(p + 136),
+                                       kq_u16(p + 170), kq_u16(p + 204), kq_u16(p + 238));
+            d8[r] = _mm512_castps256_ps512(_mm256_cvtph_ps(h));
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1), 1);
+            __m512i wv[4];
+            __m512 dw[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                wv[r] = q8_wpair(w + r * rb + 34 * (b + 2 * k), x80, pf);
+                dw[r] = _mm512_permutexvar_ps(idx, d8[r]);
+            }
+            q8_step(R, N, wv, dw, x, i0, b + 2 * k, acc);
+        }
+    }
     for (; b + 2 <= nb; b += 2) {
         __m512i wv[4];
         __m512 dw[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + 34 * b;
-            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
-                                           _mm256_loadu_si256((const __m256i *)(p + 36)), 1);
-            wv[r] = _mm512_xor_si512(v, x80);
+            wv[r] = q8_wpair(p, x80, pf);
             dw[r] = _mm512_insertf32x8(_mm512_set1_ps(kq_h(p)), _mm256_set1_ps(kq_h(p + 34)), 1);
-            if (pf) {
-                __builtin_prefetch(p + KQ_PF, 0, 2);
-                __builtin_prefetch(p + KQ_PF + 64, 0, 2);
-            }
         }
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) {
-            int64_t row = i0 + i;
-            __m512i xv = _mm512_loadu_si512(x->q + row * cols + 32 * b);
-            __m512i xc = _mm512_loadu_si512(x->corr + row * (cols / 4) + 8 * b);
-            const float *xd = x->d + row * nb + b;
-            __m512 dx = _mm512_insertf32x8(_mm512_set1_ps(xd[0]), _mm256_set1_ps(xd[1]), 1);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                __m512i s = _mm512_dpbusd_epi32(xc, wv[r], xv);
-                acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dx), acc[r][i]);
-            }
-        }
+        q8_step(R, N, wv, dw, x, i0, b, acc);
     }
     if (b < nb) { /* an odd last block: lanes 0-7 only */
         __m512i wv[4];

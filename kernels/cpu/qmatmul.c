@@ -201,8 +201,16 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     size_t nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
     size_t bytes = nq + 64 + nd * sizeof(float) + 64 +
                    (dt == KDT_Q8_0 ? nq + 64 : (size_t)n * (size_t)(cols / 32) * sizeof(float) + 64);
-    uint8_t *buf = malloc(bytes);
-    if (!buf) return PEFTD_ENOMEM;
+    kcpu_backend *cb = kcpu__impl(kb);
+    if (bytes > cb->qbuf_cap) { /* kept across calls: no allocation (or page faults) per step */
+        size_t cap = bytes > 2 * cb->qbuf_cap ? bytes : 2 * cb->qbuf_cap;
+        void *nb;
+        if (posix_memalign(&nb, 64, cap)) return PEFTD_ENOMEM;
+        free(cb->qbuf);
+        cb->qbuf = nb;
+        cb->qbuf_cap = cap;
+    }
+    uint8_t *buf = cb->qbuf;
     kq_x qx = {.n = n, .cols = cols};
     uint8_t *p = buf;
     qx.q = (int8_t *)p;
@@ -212,7 +220,6 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     if (dt == KDT_Q8_0) qx.corr = (int32_t *)p;
     else qx.xs = (float *)p;
 
-    kcpu_backend *cb = kcpu__impl(kb);
     kq_qctx qc = {.dt = dt, .x = x, .qx = &qx};
     kcpu__parallel(cb, n, (double)nq * 4.0, kq_quant_task, &qc);
 
@@ -229,6 +236,5 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     c.block = block;
     int n_tasks = (int)((w->rows + block - 1) / block);
     kcpu__parallel(cb, n_tasks, (double)n * (double)w->rows * (double)cols, kq_task, &c);
-    free(buf);
     return 0;
 }
