@@ -96,7 +96,7 @@ int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, co
         const void *wrow = (const unsigned char *)w->data + (size_t)j * kdtype_row_bytes(w->dtype, in);
         kdtype wdt = w->dtype;
         if (quant) {
-            qref_dequantize(wdt == KDT_Q8_0 ? QREF_Q8_0 : QREF_Q4_K, wrow, wq, in);
+            qref_dequantize(kdtype_ggml_type(wdt), wrow, wq, in);
             wrow = wq;
             wdt = KDT_F32;
         }

@@ -16,6 +16,7 @@ const char *kdtype_name(kdtype t) {
     case KDT_BF16: return "bf16";
     case KDT_Q8_0: return "q8_0";
     case KDT_Q4_K: return "q4_k";
+    case KDT_Q4_0: return "q4_0";
     case KDT_COUNT: break;
     }
     return "unknown";

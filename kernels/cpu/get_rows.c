@@ -18,7 +18,7 @@ static void gr_task(void *vc, int i, int thread) {
     kdtype dt = c->t->dtype;
     const char *src = (const char *)c->t->data + (size_t)c->ids[i] * kdtype_row_bytes(dt, cols);
     if (kdtype_is_quant(dt))
-        qref_dequantize(dt == KDT_Q8_0 ? QREF_Q8_0 : QREF_Q4_K, src, c->out + (int64_t)i * cols, cols);
+        qref_dequantize(kdtype_ggml_type(dt), src, c->out + (int64_t)i * cols, cols);
     else
         kv_row_to_f32(dt, src, c->out + (int64_t)i * cols, cols);
 }

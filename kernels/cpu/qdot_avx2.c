@@ -4,6 +4,7 @@
  * saturates here) then vpmaddwd by ones (→ s32 sums of 4 adjacent products, the same lane
  * partials as vpdpbusd):
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
+ *   Q4_0: the same on w = nibble − 8.
  *   Q4_K: u8 = the nibble (0..15), s8 = x.
  * Compiled for AVX2 by target attributes; called only when the CPU has it. */
 #include <immintrin.h>
@@ -41,7 +42,7 @@ KQ_INL void kq_store(int R, int N, __m256 acc[2][2][2], float *y, int64_t ldy, f
         }
 }
 
-KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
+KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                     float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
     __m256 acc[2][2][2];
@@ -52,8 +53,14 @@ KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, in
         __m256i wv[2], aw[2];
         __m256 dw[2];
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + 34 * b;
-            wv[r] = _mm256_loadu_si256((const __m256i *)(p + 2));
+            const uint8_t *p = w + r * rb + (DT == KDT_Q8_0 ? 34 : 18) * b;
+            if (DT == KDT_Q4_0) { /* nibble - 8: low nibbles are elements 0-15, high 16-31 */
+                __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
+                wv[r] = _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
+                                        _mm256_set1_epi8(8));
+            } else {
+                wv[r] = _mm256_loadu_si256((const __m256i *)(p + 2));
+            }
             aw[r] = _mm256_abs_epi8(wv[r]);
             dw[r] = _mm256_set1_ps(kq_h(p));
         }
@@ -120,7 +127,11 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
 #define TILE_DEF(R, N)                                                                                        \
     static KQ_TGT void q8_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
                                     float beta) {                                                             \
-        q8_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                            \
+        q8_tile(KDT_Q8_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
+    }                                                                                                         \
+    static KQ_TGT void q40_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q4_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
     }                                                                                                         \
     static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
@@ -128,13 +139,14 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
     }
 TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 static const tile_fn q8_tiles[2][2] = {{q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
+static const tile_fn q40_tiles[2][2] = {{q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
 static const tile_fn q4k_tiles[2][2] = {{q4k_2_1, q4k_2_2}, {q4k_1_1, q4k_1_2}};
 
 void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
     for (int64_t r = r0; r < r1;) {
         int tall = r1 - r >= 2;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q4k_tiles)[tall ? 0 : 1];
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : dt == KDT_Q4_0 ? q40_tiles : q4k_tiles)[tall ? 0 : 1];
         for (int i = 0; i < x->n; i += 2) {
             int N = x->n - i < 2 ? x->n - i : 2;
             fns[N - 1](w + r * rb, rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);

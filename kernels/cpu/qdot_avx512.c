@@ -1,4 +1,5 @@
 /* kernels/cpu/qdot_avx512.c — the AVX-512 VNNI path of the quantized matmul (qmatmul.h):
+ * (Q4_0 runs the Q8_0 tiles on its nibbles − 8.)
  * register tiles of up to 4 weight rows × 4 x rows, 16-lane f32 accumulators in the
  * canonical order, int8 products summed exactly by vpdpbusd (u8 × s8 → s32, 4 per lane).
  *   Q8_0: vpdpbusd wants one unsigned operand: the weights are offset by 128 (w ^ 0x80) and
@@ -48,8 +49,21 @@ KQ_INL uint16_t kq_u16(const uint8_t *p) {
     return h;
 }
 
-/* The codes of Q8_0 blocks p and p + 34 in one zmm, offset to unsigned (w ^ 0x80). */
-KQ_INL __m512i q8_wpair(const uint8_t *p, __m512i x80, int pf) {
+/* The 32 codes of the Q4_0 block at p (elements 0-15: low nibbles, 16-31: high), as
+ * nibble + 120 = (nibble - 8) ^ 0x80: the signed code offset to unsigned, as for Q8_0. */
+KQ_INL __m256i q40_codes(const uint8_t *p) {
+    __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    return _mm256_add_epi8(v, _mm256_set1_epi8(120));
+}
+
+/* The codes of blocks p and p + BB (Q8_0: 34 bytes, Q4_0: 18) in one zmm, offset to unsigned
+ * (w ^ 0x80). */
+KQ_INL __m512i q8_wpair(kdtype dt, const uint8_t *p, __m512i x80, int pf) {
+    if (dt == KDT_Q4_0) {
+        if (pf) __builtin_prefetch(p + KQ_PF, 0, 2);
+        return _mm512_inserti64x4(_mm512_castsi256_si512(q40_codes(p)), q40_codes(p + 18), 1);
+    }
     __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
                                    _mm256_loadu_si256((const __m256i *)(p + 36)), 1);
     if (pf) {
@@ -79,10 +93,11 @@ KQ_INL void q8_step(int R, int N, const __m512i wv[4], const __m512 dw[4], const
 }
 
 /* Q8_0: weight rows w (rb apart), x rows i0..i0+N-1; y at [i0, r0]. */
-KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
+KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
                     int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    const int BB = DT == KDT_Q8_0 ? 34 : 18;
     __m512 acc[4][4];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
@@ -95,9 +110,9 @@ KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_
         __m512 d8[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + 34 * b;
-            __m128i h = _mm_setr_epi16(kq_u16(p), kq_u16(p + 34), kq_u16(p + 68), kq_u16(p + 102), kq_u16(p + 136),
-                                       kq_u16(p + 170), kq_u16(p + 204), kq_u16(p + 238));
+            const uint8_t *p = w + r * rb + BB * b;
+            __m128i h = _mm_setr_epi16(kq_u16(p), kq_u16(p + BB), kq_u16(p + 2 * BB), kq_u16(p + 3 * BB),
+                                       kq_u16(p + 4 * BB), kq_u16(p + 5 * BB), kq_u16(p + 6 * BB), kq_u16(p + 7 * BB));
             d8[r] = _mm512_castps256_ps512(_mm256_cvtph_ps(h));
         }
 #pragma GCC unroll 4
@@ -107,7 +122,7 @@ KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_
             __m512 dw[4];
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                wv[r] = q8_wpair(w + r * rb + 34 * (b + 2 * k), x80, pf);
+                wv[r] = q8_wpair(DT, w + r * rb + BB * (b + 2 * k), x80, pf);
                 dw[r] = _mm512_permutexvar_ps(idx, d8[r]);
             }
             q8_step(R, N, wv, dw, x, i0, b + 2 * k, acc);
@@ -118,9 +133,9 @@ KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_
         __m512 dw[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + 34 * b;
-            wv[r] = q8_wpair(p, x80, pf);
-            dw[r] = _mm512_insertf32x8(_mm512_set1_ps(kq_h(p)), _mm256_set1_ps(kq_h(p + 34)), 1);
+            const uint8_t *p = w + r * rb + BB * b;
+            wv[r] = q8_wpair(DT, p, x80, pf);
+            dw[r] = _mm512_insertf32x8(_mm512_set1_ps(kq_h(p)), _mm256_set1_ps(kq_h(p + BB)), 1);
         }
         q8_step(R, N, wv, dw, x, i0, b, acc);
     }
@@ -129,9 +144,10 @@ KQ_INL void q8_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_
         __m512 dw[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + 34 * b;
+            const uint8_t *p = w + r * rb + BB * b;
             wv[r] = _mm512_zextsi256_si512(
-                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80)));
+                DT == KDT_Q4_0 ? q40_codes(p)
+                               : _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80)));
             dw[r] = _mm512_set1_ps(kq_h(p));
         }
 #pragma GCC unroll 4
@@ -229,7 +245,11 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
 #define TILE_DEF(R, N)                                                                                        \
     static KQ_TGT void q8_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,     \
                                     int64_t ldy, float beta) {                                                \
-        q8_tile(R, N, w, rb, pf, x, i0, y, ldy, beta);                                                        \
+        q8_tile(KDT_Q8_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
+    }                                                                                                         \
+    static KQ_TGT void q40_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q4_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
     }                                                                                                         \
     static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
                                      int64_t ldy, float beta) {                                               \
@@ -238,13 +258,14 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
 TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
 static const tile_fn q8_tiles[2][4] = {{q8_4_1, q8_4_2, q8_4_3, q8_4_4}, {q8_1_1, q8_1_2, q8_1_3, q8_1_4}};
+static const tile_fn q40_tiles[2][4] = {{q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q40_1_1, q40_1_2, q40_1_3, q40_1_4}};
 static const tile_fn q4k_tiles[2][4] = {{q4k_4_1, q4k_4_2, q4k_4_3, q4k_4_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
     for (int64_t r = r0; r < r1;) {
         int tall = r1 - r >= 4;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q4k_tiles)[tall ? 0 : 1];
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : dt == KDT_Q4_0 ? q40_tiles : q4k_tiles)[tall ? 0 : 1];
         for (int i = 0; i < x->n; i += 4) {
             int N = x->n - i < 4 ? x->n - i : 4;
             fns[N - 1](w + r * rb, rb, i == 0, x, i, y + (int64_t)i * ldy + r, ldy, beta);

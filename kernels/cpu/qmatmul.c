@@ -59,7 +59,7 @@ static float kq_quant_block(const float *x, int len, int8_t *q) {
 
 static void kq_quantize_row(kdtype dt, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
                             float *xs) {
-    if (dt == KDT_Q8_0) {
+    if (dt != KDT_Q4_K) { /* Q8_0, Q4_0: blocks of 32 */
         for (int64_t b = 0; b < cols / 32; b++) d[b] = kq_quant_block(x + 32 * b, 32, q + 32 * b);
         for (int64_t l = 0; l < cols / 4; l++)
             corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
@@ -81,14 +81,23 @@ static void kq_quantize_row(kdtype dt, const float *x, int64_t cols, int8_t *q, 
 
 /* ---- the scalar path (the canonical order, spelled out) ---- */
 
-static float kq_dot_q8_0_scalar(const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
+/* Q8_0 and Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
+ * high nibbles 16-31). */
+static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
     float L[16] = {0};
+    const size_t bb = kdtype_block_bytes(dt);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + 34 * b;
+        const uint8_t *blk = w + bb * b;
         uint16_t h;
         memcpy(&h, blk, 2);
         float sc = f16_to_f32(h) * xd[b];
-        const int8_t *wq = (const int8_t *)(blk + 2);
+        int8_t wq[32];
+        if (dt == KDT_Q8_0) memcpy(wq, blk + 2, 32);
+        else
+            for (int j = 0; j < 16; j++) {
+                wq[j] = (int8_t)((blk[2 + j] & 15) - 8);
+                wq[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
+            }
         for (int j = 0; j < 8; j++) {
             int32_t p = 0;
             for (int e = 0; e < 4; e++) p += wq[4 * j + e] * xq[32 * b + 4 * j + e];
@@ -140,8 +149,8 @@ void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t 
     for (int64_t r = r0; r < r1; r++)
         for (int i = 0; i < x->n; i++) {
             const int8_t *xq = x->q + (int64_t)i * cols;
-            float s = dt == KDT_Q8_0
-                          ? kq_dot_q8_0_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 32), cols / 32)
+            float s = dt != KDT_Q4_K
+                          ? kq_dot_q8_0_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 32), cols / 32)
                           : kq_dot_q4_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
                                                x->xs + (int64_t)i * (cols / 32), cols / 256);
             float *yp = y + i * ldy + r;
@@ -200,7 +209,7 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     size_t nq = (size_t)n * (size_t)cols;
     size_t nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
     size_t bytes = nq + 64 + nd * sizeof(float) + 64 +
-                   (dt == KDT_Q8_0 ? nq + 64 : (size_t)n * (size_t)(cols / 32) * sizeof(float) + 64);
+                   (dt != KDT_Q4_K ? nq + 64 : (size_t)n * (size_t)(cols / 32) * sizeof(float) + 64);
     kcpu_backend *cb = kcpu__impl(kb);
     if (bytes > cb->qbuf_cap) { /* kept across calls: no allocation (or page faults) per step */
         size_t cap = bytes > 2 * cb->qbuf_cap ? bytes : 2 * cb->qbuf_cap;
@@ -217,7 +226,7 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     p += (nq + 63) / 64 * 64;
     qx.d = (float *)p;
     p += (nd * sizeof(float) + 63) / 64 * 64;
-    if (dt == KDT_Q8_0) qx.corr = (int32_t *)p;
+    if (dt != KDT_Q4_K) qx.corr = (int32_t *)p;
     else qx.xs = (float *)p;
 
     kq_qctx qc = {.dt = dt, .x = x, .qx = &qx};

@@ -9,6 +9,7 @@
  * int8/uint8 codes) scaled in f32 with one fused multiply-add:
  *   Q8_0: blocks b = 0, 1, ... of 32; block b feeds lanes 8·(b%2) + j, j < 8, with
  *         P = Σ_{e<4} wq[4j+e]·xq[4j+e] and L = fma((float)P, dw_b·dx_b, L).
+ *   Q4_0: as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high).
  *   Q4_K: super-blocks of 256; step v = 0..3 covers sub-blocks s(v,h) = 4·(v/2) + v%2 + 2h
  *         on lanes 8h + j (h = 0, 1; j < 8): P = Σ_{e<4} q[32s+4j+e]·xq[32s+4j+e],
  *         L = fma((float)P, (d·(float)sc_s)·dx, L); after the 4 steps, lanes j < 8:
@@ -28,7 +29,7 @@ typedef struct {
     int n;
     int64_t cols;
     int8_t *q;      /* [n][cols]; K-quants: each 256 permuted to sub-blocks 0,2,1,3,4,6,5,7 */
-    int32_t *corr;  /* Q8_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
+    int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
     float *xs;      /* K-quants: [n][cols/32] = d · Σ codes of each sub-block (natural order) */
 } kq_x;

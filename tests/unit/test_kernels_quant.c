@@ -2,11 +2,12 @@
  * against quant_ref.c's dequantized weights times the exact (double) f32 activations, every
  * code path (AVX-512 VNNI, AVX2, scalar) bit-identical to the others, results per row
  * bit-identical whatever the batch and thread count, get_rows on quantized tables, and bad
- * shapes refused.
+ * shapes refused. Q4_0 (no at-load quantizer: GGUF files bring it) is tested on random
+ * valid blocks.
  *
  * Tolerance (derived, not tuned). The kernel computes Σ_j w_j·x̂_j where w_j is the
  * dequantized weight and x̂_j = d_b·q_j the activation quantized per block b (32 elements for
- * Q8_0, 256 for Q4_K) with d_b = max_b|x|/127 and q_j = round(x_j/d_b), so |x_j − x̂_j| <=
+ * Q8_0/Q4_0, 256 for Q4_K) with d_b = max_b|x|/127 and q_j = round(x_j/d_b), so |x_j − x̂_j| <=
  * d_b/2 and
  *     |Σ w·x − Σ w·x̂| <= Σ_b (d_b/2)·Σ_{j∈b} |w_j|                       (quantization)
  * The integer block sums are exact; each term then sees at most a few f32 roundings (the
@@ -44,8 +45,17 @@ static void *make_w(kdtype dt, int rows, int cols, float **wd) {
     ASSERT(w && *wd && q);
     for (int64_t i = 0; i < n; i++) w[i] = frand() * (i % 97 == 5 ? 8.0f : 0.5f);
     for (int64_t i = 0; i < 32 && i < n; i++) w[i] = 0.0f;
-    uint32_t qt = dt == KDT_Q8_0 ? QREF_Q8_0 : QREF_Q4_K;
-    ASSERT_EQ(dt == KDT_Q8_0 ? qref_quantize_q8_0(w, q, n) : qref_quantize_q4_k(w, q, n), 0);
+    uint32_t qt = kdtype_ggml_type(dt);
+    if (dt == KDT_Q4_0) { /* no Q4_0 quantizer (GGUF files bring the blocks): random valid blocks */
+        uint8_t *b = q;
+        for (int64_t k = 0; k < n / 32; k++, b += 18) {
+            uint16_t h = f32_to_f16(k == 0 ? 0.0f : 0.01f + 0.05f * fabsf(frand()) * (k % 7 == 3 ? 10.0f : 1.0f));
+            memcpy(b, &h, 2);
+            for (int j = 0; j < 16; j++) b[2 + j] = (uint8_t)(frand() * 128.0f + 128.0f);
+        }
+    } else {
+        ASSERT_EQ(dt == KDT_Q8_0 ? qref_quantize_q8_0(w, q, n) : qref_quantize_q4_k(w, q, n), 0);
+    }
     ASSERT_EQ(qref_dequantize(qt, q, *wd, n), 0);
     free(w);
     return q;
@@ -94,7 +104,7 @@ static void run_path(kbackend *kb, kq_path p, const float *x, int n, const kmat 
     kcpu__q_path = KQ_AUTO;
 }
 
-static double worst_all[2];
+static double worst_all[3];
 static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
     float *wd;
     void *wq = make_w(dt, rows, cols, &wd);
@@ -141,7 +151,8 @@ static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
     free(x);
     free(wq);
     free(wd);
-    if (worst > worst_all[dt == KDT_Q4_K]) worst_all[dt == KDT_Q4_K] = worst;
+    int wi = dt == KDT_Q8_0 ? 0 : dt == KDT_Q4_K ? 1 : 2;
+    if (worst > worst_all[wi]) worst_all[wi] = worst;
 }
 
 TEST(qmatmul_vs_dequant_reference) {
@@ -155,13 +166,16 @@ TEST(qmatmul_vs_dequant_reference) {
             static const int ROWS[] = {1, 7, 37};
             for (int c = 0; c < 4; c++)
                 for (int r = 0; r < 3; r++) check_case(kb, KDT_Q8_0, NS[ni], ROWS[r], Q8_COLS[c]);
+            for (int c = 0; c < 4; c++)
+                for (int r = 0; r < 3; r++) check_case(kb, KDT_Q4_0, NS[ni], ROWS[r], Q8_COLS[c]);
             static const int Q4_COLS[] = {256, 768};
             for (int c = 0; c < 2; c++)
                 for (int r = 0; r < 3; r++) check_case(kb, KDT_Q4_K, NS[ni], ROWS[r], Q4_COLS[c]);
         }
         kbackend_destroy(kb);
     }
-    fprintf(stderr, "  max |err| / bound: q8_0 %.3f, q4_k %.3f\n", worst_all[0], worst_all[1]);
+    fprintf(stderr, "  max |err| / bound: q8_0 %.3f, q4_k %.3f, q4_0 %.3f\n", worst_all[0], worst_all[1],
+            worst_all[2]);
 }
 
 /* Every path available here is exercised (the machine's CPU decides which). */
@@ -174,9 +188,9 @@ TEST(qmatmul_paths_present) {
 TEST(qget_rows_dequantizes) {
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
-    for (int k = 0; k < 2; k++) {
-        kdtype dt = k ? KDT_Q4_K : KDT_Q8_0;
-        int rows = 9, cols = k ? 512 : 96;
+    for (int k = 0; k < 3; k++) {
+        kdtype dt = k == 1 ? KDT_Q4_K : k == 2 ? KDT_Q4_0 : KDT_Q8_0;
+        int rows = 9, cols = k == 1 ? 512 : 96;
         float *wd;
         void *wq = make_w(dt, rows, cols, &wd);
         kmat t = {.data = wq, .dtype = dt, .rows = rows, .cols = cols};
@@ -208,6 +222,8 @@ TEST(qmatmul_bad_args_and_caps) {
     ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q8_0));
     ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q4_K));
     ASSERT(kb->ops->supports_op(kb, KOP_GET_ROWS, KDT_Q4_K));
+    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q4_0));
+    ASSERT_EQ(kdtype_row_bytes(KDT_Q4_0, 64), (size_t)36);
     ASSERT(!kb->ops->supports_op(kb, KOP_RMSNORM, KDT_Q8_0));
     ASSERT(!kb->ops->supports_op(kb, KOP_SGMV, KDT_Q8_0));
     ASSERT(!kb->ops->supports_op(kb, KOP_ADD, KDT_Q4_K));
