@@ -176,6 +176,18 @@ TEST(at_load_rule) {
     m = load_q(kb, "tests/fixtures/models/tiny-k256-bf16", "stored");
     ASSERT_EQ(m->layers[0].wq.dtype, KDT_BF16);
     model_free(m);
+    /* "bf16" rounds stored f32 projections to bf16 (every one: no block constraint) */
+    m = load_q(kb, "models/stories260K", "bf16");
+    ASSERT_EQ(m->layers[0].wq.dtype, KDT_BF16);
+    ASSERT_EQ(m->layers[0].w_down.dtype, KDT_BF16);
+    ASSERT_EQ(m->embed.dtype, KDT_F32);
+    llama_ctx *c = seq_batch_ctx(m);
+    int32_t ids[4] = {1, 403, 407, 261}, g[8];
+    seq_spec sp = {.ids = ids, .n = 4};
+    seq_greedy(c, m, &sp, 8, g);
+    for (int i = 0; i < 8; i++) ASSERT(g[i] >= 0 && g[i] < m->cfg.vocab_size);
+    llama_ctx_free(c);
+    model_free(m);
     int dt;
     ASSERT_EQ(model_weights_parse("q5_k", &dt), PEFTD_EINVAL);
     kbackend_destroy(kb);
