@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "adapter_store/adapter_internal.h"
+#include "kernels/cpu/quant_ref.h"
 
 #define PREFIX "base_model.model."
 
@@ -81,12 +82,24 @@ int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, co
         return PEFTD_EINVAL;
     }
     double *dw = malloc((size_t)in * sizeof *dw);
-    if (!dw) {
+    /* A quantized base (at-load q8_0/q4_k) is read dequantized, row by row (quant_ref.c):
+     * the norms are those of the weights the matmul uses. */
+    bool quant = kdtype_is_quant(w->dtype);
+    float *wq = quant ? malloc((size_t)in * sizeof *wq) : NULL;
+    if (!dw || (quant && !wq)) {
+        free(dw);
+        free(wq);
         if (err && errlen) snprintf(err, errlen, "out of memory computing DoRA norms");
         return PEFTD_ENOMEM;
     }
     for (int j = 0; j < o; j++) {
-        const void *wrow = (const unsigned char *)w->data + (size_t)j * in * kdtype_size(w->dtype);
+        const void *wrow = (const unsigned char *)w->data + (size_t)j * kdtype_row_bytes(w->dtype, in);
+        kdtype wdt = w->dtype;
+        if (quant) {
+            qref_dequantize(kdtype_ggml_type(wdt), wrow, wq, in);
+            wrow = wq;
+            wdt = KDT_F32;
+        }
         for (int i = 0; i < in; i++) dw[i] = 0;
         for (int k = 0; k < L->rank; k++) {
             double bjk = (double)L->scale * adapter__elem(hb, dt, (size_t)j * L->rank + k);
@@ -94,11 +107,12 @@ int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, co
         }
         double ww = 0, wd = 0, dd = 0, n1 = 0;
         for (int i = 0; i < in; i++) {
-            double wi = adapter__elem(wrow, w->dtype, (size_t)i), s = wi + dw[i];
+            double wi = adapter__elem(wrow, wdt, (size_t)i), s = wi + dw[i];
             ww += wi * wi, wd += wi * dw[i], dd += dw[i] * dw[i], n1 += s * s;
         }
         if (!(n1 > 0)) {
             free(dw);
+            free(wq);
             if (err && errlen) snprintf(err, errlen, "DoRA: row %d of layer %d %s has zero norm", j, layer, adapter_module_name(mod));
             return PEFTD_EINVAL;
         }
@@ -107,6 +121,7 @@ int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, co
         st[0] = m[j], st[1] = (float)ww, st[2] = (float)wd, st[3] = (float)dd;
     }
     free(dw);
+    free(wq);
     return 0;
 }
 

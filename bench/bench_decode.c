@@ -22,6 +22,7 @@
  * Output: one JSON object on stdout and in --out, a one-line summary on stderr.
  * Usage: bench_decode --model DIR [--prompt 8] [--tokens 32] [--rounds 3] [--threads 0]
  *                     [--bw-mb 1024] [--target 0.70] [--startup-target 2.0] [--out FILE]
+ *                     [--weights stored|bf16|q8_0|q4_k]   (at-load conversion, model_quant.h)
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -38,12 +39,13 @@
 #include "lib/log.h"
 #include "server/engine/engine.h"
 #include "server/model/model.h"
+#include "server/model/model_quant.h"
 #include "server/text/tokenizer.h"
 
 #define MAX_ROUNDS 16
 
 typedef struct {
-    const char *model_dir, *out_path;
+    const char *model_dir, *out_path, *weights; /* weights: NULL = stored */
     int prompt, tokens, rounds, threads, bw_mb;
     double target, startup_target;
 } options;
@@ -93,7 +95,12 @@ static int served_open(const options *o, served *s, double *secs) {
         fprintf(stderr, "bench_decode: cannot create the CPU backend\n");
         return -1;
     }
-    if (model_load(o->model_dir, s->kb, &s->m, err, sizeof err) < 0 ||
+    model_load_opts mo = {.weights = -1, .threads = o->threads};
+    if (model_weights_parse(o->weights, &mo.weights) < 0) {
+        fprintf(stderr, "bench_decode: --weights must be stored, bf16, q8_0 or q4_k\n");
+        return -1;
+    }
+    if (model_load_ex(o->model_dir, s->kb, &mo, &s->m, err, sizeof err) < 0 ||
         tokenizer_load(o->model_dir, &s->tok, err, sizeof err) < 0) {
         fprintf(stderr, "bench_decode: %s: %s\n", o->model_dir, err);
         return -1;
@@ -155,11 +162,20 @@ out:
     return tok_s;
 }
 
-/* Bytes one decode step reads at context length ctx. */
+static double kmat_bytes(const kmat *w) { return w->data ? (double)w->rows * kdtype_row_bytes(w->dtype, w->cols) : 0; }
+
+/* Bytes one decode step reads at context length ctx: every weight as loaded (after any
+ * --weights conversion; the embedding table only when lm_head is tied to it) + the KV cache. */
 static double bytes_per_token(const model *m, double ctx) {
     const model_config *c = &m->cfg;
-    double w = (double)m->weight_bytes;
-    if (!c->tie_word_embeddings) w -= (double)m->embed.rows * m->embed.cols * kdtype_size(m->embed.dtype);
+    double w = kmat_bytes(&m->final_norm) + kmat_bytes(&m->lm_head);
+    for (int i = 0; i < c->n_layers; i++) {
+        const model_layer *l = &m->layers[i];
+        const kmat *all[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo, &l->ffn_norm, &l->w_gate, &l->w_up,
+                             &l->w_down, &l->bq, &l->bk, &l->bv, &l->bo, &l->q_norm, &l->k_norm,
+                             &l->post_attn_norm, &l->post_ffn_norm};
+        for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) w += kmat_bytes(all[k]);
+    }
     double kv = ctx * c->n_kv_heads * c->head_dim * sizeof(float) * 2.0 * c->n_layers;
     return w + kv;
 }
@@ -173,6 +189,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--tokens")) o->tokens = atoi(v);
         else if (!strcmp(a, "--rounds")) o->rounds = atoi(v);
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
+        else if (!strcmp(a, "--weights")) o->weights = v;
         else if (!strcmp(a, "--bw-mb")) o->bw_mb = atoi(v);
         else if (!strcmp(a, "--target")) o->target = atof(v);
         else if (!strcmp(a, "--startup-target")) o->startup_target = atof(v);

@@ -16,7 +16,10 @@
  * read over a buffer 8× the L3 is also reported. Weight copies are cycled so that every call reads its
  * weights from DRAM, as in a real decode step where all layers' weights pass
  * through the caches once. Output: one JSON object on stdout; a table on stderr.
- * Usage: kernels_bench [n_threads] [seconds per config] [only this many weight rows] */
+ * Quantized dtypes (q8_0, q4_k) are timed against the roofline of their own bytes
+ * (kdtype_row_bytes): the ratio says how close the kernel is to streaming them.
+ * Usage: kernels_bench [n_threads] [seconds per config] [only this many weight rows (0: all)]
+ *        [only this dtype, e.g. q8_0] */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -26,6 +29,7 @@
 
 #include "bench/bench_roofline.h"
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/quant_ref.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/kernels.h"
 #include "lib/half.h"
@@ -101,7 +105,7 @@ static int64_t roof_floats_per_task(size_t wbytes) {
 static void run_mode(kbackend *kb, bench_buf *b, const kmat *w, int n, int mode, int n_threads) {
     if (mode == MODE_ROOF) {
         double sums[ROOF_TASKS];
-        size_t wbytes = (size_t)(w->rows * w->cols) * kdtype_size(w->dtype);
+        size_t wbytes = kdtype_row_bytes(w->dtype, w->cols) * (size_t)w->rows;
         bench_bw_ctx c = {.p = w->data, .n_per_task = roof_floats_per_task(wbytes), .sums = sums};
         kpool_parallel_for(kcpu__impl(kb)->pool, ROOF_TASKS, bench_bw_task, &c);
         return;
@@ -204,8 +208,9 @@ int main(int argc, char **argv) {
 
     static const int shapes[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
     static const int ns[] = {1, 8, 32, 64, 128, 256};
-    enum { MAX_N = 256, N_SHAPES = 4, N_NS = 6, N_DT = 3 };
-    static const kdtype dts[N_DT] = {KDT_F32, KDT_BF16, KDT_F16};
+    enum { MAX_N = 256, N_SHAPES = 4, N_NS = 6, N_DT = 5 };
+    static const kdtype dts[N_DT] = {KDT_F32, KDT_BF16, KDT_F16, KDT_Q8_0, KDT_Q4_K};
+    const char *only_dt = argc > 4 ? argv[4] : NULL; /* e.g. q8_0: that dtype alone */
     static bench_result res[N_SHAPES * N_DT * N_NS];
     int n_res = 0;
     /* The roofline is the best read bandwidth seen, measured again before each
@@ -218,12 +223,25 @@ int main(int argc, char **argv) {
             double bw = bench_read_bandwidth(cb->pool, BENCH_BW_BYTES);
             if (bw > rbw) rbw = bw;
             kdtype dt = dts[di];
-            size_t wbytes = (size_t)rows * cols * kdtype_size(dt);
+            if (only_dt && strcmp(only_dt, kdtype_name(dt))) continue;
+            size_t wbytes = kdtype_row_bytes(dt, cols) * (size_t)rows;
             bench_buf b;
             b.n_copies = (int)((BENCH_WSET_BYTES + wbytes - 1) / wbytes);
             b.w = malloc(b.n_copies * sizeof *b.w);
             for (int c = 0; c < b.n_copies; c++) {
                 b.w[c] = kb->ops->alloc(kb, wbytes);
+                if (kdtype_is_quant(dt)) { /* quantized by quant_ref from the same values */
+                    float *row = malloc((size_t)cols * sizeof *row);
+                    for (int r = 0; r < rows; r++) {
+                        for (int k = 0; k < cols; k++)
+                            row[k] = (float)(((size_t)r * cols + k) * 2654435761u % 1000) / 1000.0f - 0.5f;
+                        uint8_t *dst = (uint8_t *)b.w[c] + kdtype_row_bytes(dt, cols) * r;
+                        if (dt == KDT_Q8_0) qref_quantize_q8_0(row, dst, cols);
+                        else qref_quantize_q4_k(row, dst, cols);
+                    }
+                    free(row);
+                    continue;
+                }
                 for (size_t i = 0; i < (size_t)rows * cols; i++) {
                     float v = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
                     if (dt == KDT_F32) ((float *)b.w[c])[i] = v;
@@ -240,7 +258,8 @@ int main(int argc, char **argv) {
                 *r = (bench_result){.rows = rows, .cols = cols, .n = ns[ni], .dt = dt, .bytes = (double)wbytes,
                                     .roof_bytes = (double)roof_floats_per_task(wbytes) * ROOF_TASKS * sizeof(float)};
                 for (int m = 0; m < N_MODES; m++) r->t[m] = NAN;
-                time_modes(kb, &b, &proto, r->n, MODE_ROOF, dt == KDT_F32 ? MODE_OPENBLAS : MODE_BPATH, n_threads,
+                time_modes(kb, &b, &proto, r->n, MODE_ROOF,
+                           dt == KDT_F32 ? MODE_OPENBLAS : kdtype_is_quant(dt) ? MODE_TILES : MODE_BPATH, n_threads,
                            budget, r->t);
                 if (dt == KDT_F32) {
                     /* OpenBLAS's own threads busy-wait after a call: timed apart,

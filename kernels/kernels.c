@@ -14,6 +14,10 @@ const char *kdtype_name(kdtype t) {
     case KDT_F32: return "f32";
     case KDT_F16: return "f16";
     case KDT_BF16: return "bf16";
+    case KDT_Q8_0: return "q8_0";
+    case KDT_Q4_K: return "q4_k";
+    case KDT_Q4_0: return "q4_0";
+    case KDT_COUNT: break;
     }
     return "unknown";
 }

@@ -8,8 +8,9 @@
  *
  * Conventions:
  *   - Activations are f32, row-major, contiguous: a batch of n rows of `dim`.
- *   - Weights are kmat views in their stored dtype (f32, f16 or bf16), row-major
- *     [rows, cols]; a Linear layer of PyTorch is [out_features, in_features].
+ *   - Weights are kmat views in their stored dtype (f32, f16, bf16, or a quantized block
+ *     dtype: q8_0, q4_k, q4_0), row-major [rows, cols]; a Linear layer of PyTorch is
+ *     [out_features, in_features]. A row of a quantized kmat is kdtype_row_bytes bytes.
  *   - Every op returns 0 or a negative PEFTD_E* status (see lib/status.h);
  *     shapes are checked by the op, never trusted.
  *   - The CPU backend is the reference: every other backend's op is tested
@@ -58,12 +59,37 @@
 extern "C" { /* the CUDA backend (.cu) includes this header */
 #endif
 
-typedef enum { KDT_F32 = 0, KDT_F16 = 1, KDT_BF16 = 2 } kdtype;
+/* Weight dtypes. F32/F16/BF16 are one element per 4/2/2 bytes. The quantized dtypes are
+ * ggml's block formats (layouts: kernels/cpu/quant_ref.h): a row of `cols` elements is
+ * cols / kdtype_block_elems blocks of kdtype_block_bytes each, so cols must be a multiple of
+ * the block (32 for Q8_0 and Q4_0, 256 for Q4_K). Quantized dtypes are weights of MATMUL (and
+ * GET_ROWS, which dequantizes) only, where supports_op says so; activations are always f32. */
+typedef enum { KDT_F32 = 0, KDT_F16 = 1, KDT_BF16 = 2, KDT_Q8_0 = 3, KDT_Q4_K = 4, KDT_Q4_0 = 5, KDT_COUNT } kdtype;
 
-static inline size_t kdtype_size(kdtype t) { return t == KDT_F32 ? 4 : 2; }
+static inline bool kdtype_is_quant(kdtype t) { return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0; }
+/* Elements per block: 1 for the float dtypes. */
+static inline int64_t kdtype_block_elems(kdtype t) { return t == KDT_Q8_0 || t == KDT_Q4_0 ? 32 : t == KDT_Q4_K ? 256 : 1; }
+/* Bytes per block (per element for the float dtypes). */
+static inline size_t kdtype_block_bytes(kdtype t) {
+    return t == KDT_F32 ? 4 : t == KDT_Q8_0 ? 34 : t == KDT_Q4_K ? 144 : t == KDT_Q4_0 ? 18 : 2;
+}
+/* The ggml/GGUF type id of a quantized dtype (kernels/cpu/quant_ref.h's QREF_*); 0 otherwise. */
+static inline uint32_t kdtype_ggml_type(kdtype t) {
+    return t == KDT_Q8_0 ? 8 : t == KDT_Q4_K ? 12 : t == KDT_Q4_0 ? 2 : 0;
+}
+/* Bytes per element of a FLOAT dtype (f32 4, f16/bf16 2); 0 for a quantized dtype, whose
+ * sizes go through kdtype_row_bytes (code that computes rows * cols * kdtype_size must not
+ * meet one: it checks kdtype_is_quant first). */
+static inline size_t kdtype_size(kdtype t) { return kdtype_is_quant(t) ? 0 : t == KDT_F32 ? 4 : 2; }
+/* Bytes of one row of cols elements; 0 when cols is not a multiple of the block. */
+static inline size_t kdtype_row_bytes(kdtype t, int64_t cols) {
+    int64_t be = kdtype_block_elems(t);
+    return cols < 0 || cols % be ? 0 : (size_t)(cols / be) * kdtype_block_bytes(t);
+}
 const char *kdtype_name(kdtype t);
 
-/* A weight matrix (or vector: rows == 1) in backend memory, stored dtype, row-major. */
+/* A weight matrix (or vector: rows == 1) in backend memory, stored dtype, row-major
+ * (rows of kdtype_row_bytes(dtype, cols) bytes). */
 typedef struct {
     const void *data;
     kdtype dtype;
@@ -168,10 +194,17 @@ typedef struct kbackend_ops {
     /* [engine] Every op below. */
 
     /* out[i,:] = f32(table[ids[i], :]) for i < n; ids outside [0, rows) -> PEFTD_ERANGE.
+     * A quantized table's rows are dequantized (exactly as kernels/cpu/quant_ref.c).
      * Also serves as a row gather of f32 activations (table.dtype == KDT_F32). */
     int (*get_rows)(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out);
 
-    /* y[n, w.rows] = beta * y + x[n, w.cols] · wᵀ, beta ∈ {0, 1}. */
+    /* y[n, w.rows] = beta * y + x[n, w.cols] · wᵀ, beta ∈ {0, 1}.
+     * Quantized w (KDT_Q8_0, KDT_Q4_0, KDT_Q4_K; where supports_op(KOP_MATMUL, dt)): each x
+     * row is quantized per block to 8 bits first (Q8_0/Q4_0: per 32 elements d = max|x|/127;
+     * Q4_K: per 256), the block dot products are exact int32 sums scaled in f32, so the result is
+     * that of the dequantized w times the quantized x (error bound: tests/unit/
+     * test_kernels_quant.c). Every row's result is independent of n (batch-invariant,
+     * bit-exact), on every CPU code path (AVX-512 VNNI, AVX2, scalar). */
     int (*matmul)(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta);
 
     /* y[i,:] = x[i,:] / sqrt(mean(x[i,:]²) + eps) * w (w: [1, dim]); y may equal x. */

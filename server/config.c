@@ -15,6 +15,7 @@
 #include "adapter_store/registry.h"
 #include "lib/log.h"
 #include "lib/status.h"
+#include "server/model/model_quant.h"
 
 void config_default(peftd_config *c) {
     memset(c, 0, sizeof *c);
@@ -23,6 +24,7 @@ void config_default(peftd_config *c) {
     c->port = 8080;
     c->threads = 0;
     snprintf(c->backend, sizeof c->backend, "auto");
+    snprintf(c->weights, sizeof c->weights, "stored");
     c->shutdown_grace_s = 10;
     c->max_body_bytes = 1 << 20;
     c->http_threads = 4;
@@ -92,6 +94,10 @@ typedef struct {
 static bool backend_ok(const peftd_config *c) {
     return !strcmp(c->backend, "auto") || !strcmp(c->backend, "cpu") || !strcmp(c->backend, "cuda");
 }
+static bool weights_ok(const peftd_config *c) {
+    int dt;
+    return model_weights_parse(c->weights, &dt) == 0;
+}
 static bool store_map_ok(const peftd_config *c) { return c->store.max_map_mb >= c->store.map_mb; }
 static bool follow_ok(const peftd_config *c) {
     return !c->store.follow[0] || !strncmp(c->store.follow, "http://", 7) || !strncmp(c->store.follow, "https://", 8);
@@ -120,6 +126,8 @@ static const config_key KEYS[] = {
     IGNORE(NULL, "served_model_name",
            "string or array of at most 8: more names of the base model in `model` and /v1/models; --served-model-name"),
     CHECK(NULL, "backend", backend_ok, "\"backend\" must be \"auto\", \"cpu\" or \"cuda\""),
+    STR(NULL, "weights", weights, "stored | bf16 | q8_0 | q4_k: the layer projections at load (default stored); --weights"),
+    CHECK(NULL, "weights", weights_ok, "\"weights\" must be \"stored\", \"bf16\", \"q8_0\" or \"q4_k\""),
     INT(NULL, "shutdown_grace_s", 0, 3600, shutdown_grace_s, "SIGTERM: seconds in-flight requests may finish (default 10)"),
     BOOL(NULL, "fast_prefill", fast_prefill, "\"fast_prefill\" must be true or false",
          "CPU: OpenBLAS for large f32 prefills (faster, not batch-invariant; default false)"),
@@ -423,6 +431,7 @@ static const struct {
     {"PEFTD_BACKEND", "overrides \"backend\": auto | cpu | cuda"},
     {"PEFTD_DEBUG_IMPORT_DELAY_MS", "test hook: every adapter import waits this long"},
     {"PEFTD_DEBUG_STEP_DELAY_US", "test hook: every engine step waits this long"},
+    {"PEFTD_CPU_QPATH", "quantized matmul path: vnni | avx2 | scalar (default: the best this CPU has)"},
 };
 
 void config_help(FILE *f) {

@@ -16,6 +16,8 @@ typedef struct {
     int threads;              /* CPU backend worker threads (0 = one per core) */
     bool fast_prefill;        /* CPU: OpenBLAS for big f32 batches (faster, not batch-invariant) */
     char backend[16];         /* "auto" (CUDA when a device exists, else CPU) | "cpu" | "cuda" */
+    char weights[16];         /* layer projections at load: "stored" | "bf16" | "q8_0" | "q4_k"
+                               * (server/model/model_quant.h) */
     int shutdown_grace_s;     /* SIGTERM: let in-flight requests finish this long, then cancel */
     size_t max_body_bytes;
     int http_threads;

@@ -1,6 +1,7 @@
 /* server/main.c — the peftd command line.
  *
  *   peftd serve    [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]
+ *                  [--weights stored|bf16|q8_0|q4_k]
  *   peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
  *                  [--top-p P] [--top-k K] [--threads N]
  *
@@ -18,6 +19,7 @@
 
 #include "server/config.h"
 #include "server/generate.h"
+#include "server/model/model_quant.h"
 #include "server/serve.h"
 #include "lib/version.h"
 
@@ -38,6 +40,7 @@ static const cli_option SERVE_OPTS[] = {
     {"--adapter", "NAME=DIR", "preload an adapter (repeatable); config \"adapters\""},
     {"--served-model-name", "NAME", "another name of the base model (repeatable); config \"served_model_name\""},
     {"--follow", "URL", "mirror the primary at URL as a read-only follower; config store.follow"},
+    {"--weights", "W", "stored | bf16 | q8_0 | q4_k: convert the layer projections at load; config \"weights\""},
     {"--help", NULL, "this help"},
     {"--version", NULL, "print the version and exit"},
     {NULL, NULL, NULL},
@@ -54,6 +57,7 @@ static const cli_option GENERATE_OPTS[] = {
     {"--threads", "N", "CPU backend worker threads (0 = one per core)"},
     {"--adapter", "DIR", "a PEFT adapter directory applied to the generation"},
     {"--adapter-scale", "X", "LoRA scale in [0, 16] (needs --adapter)"},
+    {"--weights", "W", "stored | bf16 | q8_0 | q4_k: convert the layer projections at load"},
     {"--help", NULL, "this help"},
     {"--version", NULL, "print the version and exit"},
     {NULL, NULL, NULL},
@@ -65,9 +69,10 @@ static void usage(FILE *f) {
             "usage:\n"
             "  peftd serve [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]\n"
             "              [--store DIR] [--adapter NAME=DIR]... [--follow PRIMARY_URL]\n"
+            "              [--weights stored|bf16|q8_0|q4_k]\n"
             "  peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
             "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n"
-            "                 [--adapter DIR [--adapter-scale X]]\n"
+            "                 [--adapter DIR [--adapter-scale X]] [--weights stored|bf16|q8_0|q4_k]\n"
             "  peftd --version\n"
             "`peftd serve --help` and `peftd generate --help` list every option.\n");
 }
@@ -156,6 +161,7 @@ static int cmd_generate(int argc, char **argv) {
         if (!strcmp(a, "--model")) o.model_dir = v;
         else if (!strcmp(a, "--prompt")) o.prompt = v;
         else if (!strcmp(a, "--adapter")) o.adapter_dir = v;
+        else if (!strcmp(a, "--weights")) o.weights = v;
         else if (!strcmp(a, "--adapter-scale")) { if (parse_float(a, v, 0, 16, &o.adapter_scale)) return 2; o.scale_set = true; }
         else if (!strcmp(a, "--max-tokens")) { if (parse_long(a, v, 1, INT_MAX / 2, &o.max_tokens)) return 2; }
         else if (!strcmp(a, "--temperature")) { if (parse_float(a, v, 0, 100, &o.temperature)) return 2; }
@@ -183,6 +189,14 @@ static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
         else if (!strcmp(a, "--host")) snprintf(cfg->host, sizeof cfg->host, "%s", v);
         else if (!strcmp(a, "--port")) { if (parse_long(a, v, 0, 65535, &n)) return 2; cfg->port = (int)n; }
         else if (!strcmp(a, "--threads")) { if (parse_long(a, v, 0, 1024, &n)) return 2; cfg->threads = (int)n; }
+        else if (!strcmp(a, "--weights")) {
+            int dt;
+            if (model_weights_parse(v, &dt) < 0) {
+                fprintf(stderr, "peftd: --weights must be stored, bf16, q8_0 or q4_k, got '%s'\n", v);
+                return 2;
+            }
+            snprintf(cfg->weights, sizeof cfg->weights, "%s", v);
+        }
         else if (!strcmp(a, "--store")) snprintf(cfg->store.dir, sizeof cfg->store.dir, "%s", v);
         else if (!strcmp(a, "--follow")) {
             if (strncmp(v, "http://", 7) && strncmp(v, "https://", 8)) {

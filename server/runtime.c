@@ -8,6 +8,7 @@
 
 #include "kernels/kernels_cuda.h"
 #include "lib/log.h"
+#include "server/model/model_quant.h"
 
 void runtime_close(runtime *rt) {
     engine_free(rt->e);
@@ -64,7 +65,17 @@ static void log_ignored_fields(const model_config *c) {
 
 int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
                  const engine_config *ec) {
+    return runtime_open_weights(rt, model_dir, threads, fast_prefill, backend, NULL, ec);
+}
+
+int runtime_open_weights(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
+                         const char *weights, const engine_config *ec) {
     char err[1024] = "";
+    model_load_opts mo = {.weights = -1, .threads = threads};
+    if (model_weights_parse(weights, &mo.weights) < 0) {
+        fprintf(stderr, "peftd: weights must be stored, bf16, q8_0 or q4_k, got '%s'\n", weights);
+        return -1;
+    }
     memset(rt, 0, sizeof *rt);
     const char *env = getenv("PEFTD_BACKEND");
     if (env && *env) backend = env;
@@ -74,7 +85,7 @@ int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_pref
         return -1;
     }
     if (!(rt->kb = open_backend(backend, threads, fast_prefill))) return -1;
-    int st = model_load(model_dir, rt->kb, &rt->m, err, sizeof err);
+    int st = model_load_ex(model_dir, rt->kb, &mo, &rt->m, err, sizeof err);
     if (st < 0) {
         fprintf(stderr, "peftd: cannot load model from %s: %s\n", model_dir, err);
         goto fail;

@@ -294,7 +294,8 @@ int serve_run(peftd_config *cfg, const char *config_path) {
     tenants *tn = NULL;
     follower *fol = NULL;
     int rc = 1;
-    if (runtime_open(&rt, cfg->model_dir, cfg->threads, cfg->fast_prefill, cfg->backend, &cfg->engine) < 0)
+    if (runtime_open_weights(&rt, cfg->model_dir, cfg->threads, cfg->fast_prefill, cfg->backend, cfg->weights,
+                             &cfg->engine) < 0)
         goto out_store;
     if (runtime_start(&rt) < 0) goto out;
     char tmp_root[4200];

@@ -45,10 +45,13 @@ static int kcpu_synchronize(kbackend *kb) {
     return 0;
 }
 
-/* Every op takes weights in each served dtype. */
+/* Every op takes weights in each float dtype; the quantized dtypes are weights of matmul
+ * (quantized dot products) and get_rows (dequantized rows) only. */
 static bool kcpu_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
-    return (unsigned)op < KOP_COUNT && kcpu__dtype_ok(dt);
+    if ((unsigned)op >= KOP_COUNT) return false;
+    if (kdtype_is_quant(dt)) return op == KOP_MATMUL || op == KOP_GET_ROWS;
+    return kcpu__dtype_ok(dt);
 }
 
 static size_t kcpu_sgmv_workspace(const kbackend *kb, int n_rows, int max_rank) {
@@ -62,6 +65,7 @@ static void kcpu_destroy(kbackend *kb) {
     if (cb->scratch)
         for (int i = 0; i < cb->n_threads; i++) free(cb->scratch[i]);
     free(cb->scratch);
+    free(cb->qbuf);
     free(cb);
 }
 

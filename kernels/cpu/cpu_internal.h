@@ -20,6 +20,8 @@ typedef struct {
     float **scratch;      /* [n_threads] 64-byte aligned buffers */
     size_t scratch_cap;   /* floats in each */
     bool fast_prefill;    /* allow OpenBLAS for large f32 batches (not batch-invariant) */
+    void *qbuf;           /* qmatmul.c: the quantized activations of one call (grown, kept) */
+    size_t qbuf_cap;      /* bytes */
 } kcpu_backend;
 
 static inline kcpu_backend *kcpu__impl(kbackend *kb) { return (kcpu_backend *)kb->impl; }
@@ -44,6 +46,8 @@ extern kcpu_mm_path kcpu__mm_path;
 
 int kcpu__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out);
 int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta);
+/* matmul for quantized w (qmatmul.c; kcpu__matmul forwards to it). */
+int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta);
 int kcpu__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y);
 int kcpu__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
                int rot_dim, const krope_freqs *f);

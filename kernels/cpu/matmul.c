@@ -21,6 +21,7 @@
  *     Called single-threaded on the block's rows inside the pool's tasks.
  *     For f16/bf16 the tiles won at every n measured (up to 256) against
  *     widening to f32 panels + sgemm, so they never use BLAS.
+ * Quantized weights (Q8_0, Q4_K) go to qmatmul.c.
  * Column tails use masked/partial loads, so any cols >= 1 works. y must not
  * overlap x or w.
  */
@@ -175,6 +176,7 @@ static void mm_task(void *vc, int task, int thread) {
 
 
 int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
+    if (w && kdtype_is_quant(w->dtype)) return kcpu__qmatmul(kb, x, n, w, y, beta); /* qmatmul.c */
     if (!w || n < 0 || (beta != 0.0f && beta != 1.0f)) return PEFTD_EINVAL;
     if (!kcpu__dtype_ok(w->dtype) || w->rows <= 0 || w->cols <= 0) return PEFTD_EINVAL;
     /* BLAS takes int dimensions and strides. */

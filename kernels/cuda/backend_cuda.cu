@@ -134,7 +134,8 @@ static int kcuda_copy(kbackend *kb, void *dst, const void *src, size_t bytes) {
     return 0;
 }
 
-/* Every op reads weights in each served dtype (kcuda_ld). */
+/* Every op reads weights in each float dtype (kcuda_ld); the quantized dtypes (q8_0, q4_k)
+ * have no CUDA kernels yet: refused here, so the model loader refuses them by capability. */
 static bool kcuda_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
     return (unsigned)op < KOP_COUNT && kcuda__dtype_ok(dt);

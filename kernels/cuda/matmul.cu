@@ -170,6 +170,7 @@ extern "C" int kcuda__matmul(kbackend *kb, const float *x, int n, const kmat *w,
             case KDT_F32: mm_gemv<KDT_F32>(st, vec, xr, m, w->data, in, out, yr, ib); break;
             case KDT_F16: mm_gemv<KDT_F16>(st, vec, xr, m, w->data, in, out, yr, ib); break;
             case KDT_BF16: mm_gemv<KDT_BF16>(st, vec, xr, m, w->data, in, out, yr, ib); break;
+            default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
             }
             KCUDA_LAUNCH_CHECK();
         }

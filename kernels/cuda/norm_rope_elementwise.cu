@@ -42,6 +42,7 @@ extern "C" int kcuda__get_rows(kbackend *kb, const kmat *table, const int32_t *i
     case KDT_F32: k_get_rows<KDT_F32><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
     case KDT_F16: k_get_rows<KDT_F16><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
     case KDT_BF16: k_get_rows<KDT_BF16><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
+    default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
     }
     KCUDA_LAUNCH_CHECK();
     return 0;
@@ -87,6 +88,7 @@ extern "C" int kcuda__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n
     case KDT_F32: k_rmsnorm<KDT_F32><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
     case KDT_F16: k_rmsnorm<KDT_F16><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
     case KDT_BF16: k_rmsnorm<KDT_BF16><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
+    default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
     }
     KCUDA_LAUNCH_CHECK();
     return 0;
@@ -280,6 +282,7 @@ extern "C" int kcuda__add_bias(kbackend *kb, float *y, int n, const kmat *b) {
     case KDT_F32: k_add_bias<KDT_F32><<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(y, b->data, dim, total); break;
     case KDT_F16: k_add_bias<KDT_F16><<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(y, b->data, dim, total); break;
     case KDT_BF16: k_add_bias<KDT_BF16><<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(y, b->data, dim, total); break;
+    default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
     }
     KCUDA_LAUNCH_CHECK();
     return 0;

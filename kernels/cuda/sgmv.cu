@@ -167,6 +167,7 @@ extern "C" int kcuda__sgmv_shrink(kbackend *kb, const float *x, int in_dim, cons
     case KDT_F32: k_shrink<KDT_F32><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
     case KDT_F16: k_shrink<KDT_F16><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
     case KDT_BF16: k_shrink<KDT_BF16><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
+    default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
     }
     KCUDA_LAUNCH_CHECK();
     return 0;
@@ -187,6 +188,7 @@ extern "C" int kcuda__sgmv_expand(kbackend *kb, const float *t, int ld_t, const 
     case KDT_F32: k_expand<KDT_F32><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;
     case KDT_F16: k_expand<KDT_F16><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;
     case KDT_BF16: k_expand<KDT_BF16><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;
+    default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
     }
     KCUDA_LAUNCH_CHECK();
     return 0;

@@ -147,6 +147,19 @@ typedef struct model {
 
 /* @note caller owns *out: model_free(). kb must outlive the model. */
 int model_load(const char *dir, kbackend *kb, model **out, char *err, size_t errlen);
+
+/* Load options. weights: -1 keeps every weight as stored; KDT_BF16, KDT_Q8_0 or KDT_Q4_K
+ * converts the layer projections at load (the rule: server/model/model_quant.h), refused with
+ * PEFTD_EUNSUPPORTED when the backend's supports_op(KOP_MATMUL, dtype) says no. threads: for
+ * the conversion (<= 0: one per online core). */
+typedef struct {
+    int weights;
+    int threads;
+} model_load_opts;
+
+/* model_load with options (NULL: as model_load). */
+int model_load_ex(const char *dir, kbackend *kb, const model_load_opts *opts, model **out, char *err,
+                  size_t errlen);
 void model_free(model *m); /* NULL is a no-op */
 
 #endif

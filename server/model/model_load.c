@@ -24,6 +24,7 @@
 #include <cJSON.h>
 
 #include "adapter_store/safetensors.h"
+#include "server/model/model_quant.h"
 #include "lib/half.h"
 #include "lib/log.h"
 
@@ -44,11 +45,13 @@ struct model_storage {
     void *device;        /* one backend allocation holding every weight (non-CPU) */
     model_layer *host_layers; /* non-CPU: the layers' host views, taken before the upload */
     float *gemma_norms;  /* Gemma: every norm weight as f32 1 + w (the views point here) */
+    void *converted;     /* at-load "weights": the converted projections (the views point here) */
 };
 
 /* State of one load, beyond what the model keeps. */
 typedef struct {
     model *m;
+    const model_load_opts *opts;
     const cJSON *weight_map; /* from the index; NULL for a single model.safetensors */
     bool **used;             /* [n_shards][n_tensors]: tensors taken by the model */
     char *err;
@@ -372,7 +375,7 @@ static int ml_take_biases(ml_ctx *c, int i) {
 /* Row view [row0, row0 + rows) of a weight (rows are contiguous: no copy). */
 static kmat ml_rows(const kmat *w, int64_t row0, int64_t rows) {
     kmat v = *w;
-    v.data = (const uint8_t *)w->data + (size_t)(row0 * w->cols) * kdtype_size(w->dtype);
+    v.data = (const uint8_t *)w->data + (size_t)row0 * kdtype_row_bytes(w->dtype, w->cols);
     v.rows = rows;
     return v;
 }
@@ -532,7 +535,7 @@ static int ml_upload(ml_ctx *c) {
     }
     size_t total = 0;
     for (int i = 0; i < k; i++) {
-        size_t bytes = (size_t)(all[i]->rows * all[i]->cols) * kdtype_size(all[i]->dtype);
+        size_t bytes = (size_t)all[i]->rows * kdtype_row_bytes(all[i]->dtype, all[i]->cols);
         total += (bytes + ML_DEVICE_ALIGN - 1) / ML_DEVICE_ALIGN * ML_DEVICE_ALIGN;
     }
     int rc = 0;
@@ -553,7 +556,7 @@ static int ml_upload(ml_ctx *c) {
     m->storage->device = dev;
     size_t off = 0;
     for (int i = 0; i < k; i++) {
-        size_t bytes = (size_t)(all[i]->rows * all[i]->cols) * kdtype_size(all[i]->dtype);
+        size_t bytes = (size_t)all[i]->rows * kdtype_row_bytes(all[i]->dtype, all[i]->cols);
         if ((rc = kb->ops->upload(kb, dev + off, all[i]->data, bytes)) < 0) {
             ml_err(c->err, c->errlen, "%s: upload of %zu bytes to backend %s failed: %s", m->dir,
                    bytes, kb->ops->name, peftd_strerror(rc));
@@ -605,6 +608,22 @@ static int ml_check_ops(ml_ctx *c) {
             if (bias[j]->data && (rc = ml_check_op(c, bias[j], KOP_ADD, "projection bias")) < 0) return rc;
     }
     return 0;
+}
+
+/* At-load "weights" (model_quant.h): asked of the backend first (capability, not name), then
+ * the projections converted on the host before any upload. */
+static int ml_convert(ml_ctx *c) {
+    int dt = c->opts ? c->opts->weights : -1;
+    if (dt < 0) return 0;
+    const kbackend *kb = c->m->kb;
+    if (!kb->ops->supports_op(kb, KOP_MATMUL, (kdtype)dt)) {
+        ml_err(c->err, c->errlen, "%s: \"weights\": \"%s\" is not supported by backend %s (its matmul does not take %s "
+               "weights); use \"weights\": \"stored\" or the cpu backend", c->m->dir, kdtype_name((kdtype)dt),
+               kb->ops->name, kdtype_name((kdtype)dt));
+        return PEFTD_EUNSUPPORTED;
+    }
+    return model_quantize_projections(c->m, (kdtype)dt, c->opts->threads, &c->m->storage->converted, c->err,
+                                      c->errlen);
 }
 
 static int ml_load(ml_ctx *c, const char *dir) {
@@ -664,6 +683,7 @@ static int ml_load(ml_ctx *c, const char *dir) {
      * every later f32 tensor by 2 bytes), so the CPU kernels must load weights with
      * unaligned-safe accesses (memcpy / unaligned SIMD loads), never by casting. */
     m->host_layers = m->layers;
+    if ((rc = ml_convert(c)) < 0) goto out;
     if ((rc = ml_check_ops(c)) < 0) goto out;
     if (!m->kb->ops->is_host && (rc = ml_upload(c)) < 0) goto out;
     goto out;
@@ -680,6 +700,11 @@ out:
 }
 
 int model_load(const char *dir, kbackend *kb, model **out, char *err, size_t errlen) {
+    return model_load_ex(dir, kb, NULL, out, err, errlen);
+}
+
+int model_load_ex(const char *dir, kbackend *kb, const model_load_opts *opts, model **out, char *err,
+                  size_t errlen) {
     *out = NULL;
     if (!dir || !kb || !kb->ops) {
         ml_err(err, errlen, "model_load: NULL directory or backend");
@@ -701,7 +726,7 @@ int model_load(const char *dir, kbackend *kb, model **out, char *err, size_t err
     }
     memcpy(m->dir, dir, strlen(dir) + 1);
     if ((rc = ml_set_name(m, dir, err, errlen)) < 0) goto fail;
-    ml_ctx c = {.m = m, .err = err, .errlen = errlen};
+    ml_ctx c = {.m = m, .opts = opts, .err = err, .errlen = errlen};
     if ((rc = ml_load(&c, dir)) < 0) goto fail;
     LOGI("model %s: %s, %d layers, hidden %d, %d/%d heads, vocab %d, %.1f MB of weights in %d "
          "file(s)%s",
@@ -728,6 +753,7 @@ void model_free(model *m) {
         free(s->shard_names);
         free(s->host_layers);
         free(s->gemma_norms);
+        free(s->converted);
         free(s);
     }
     free(m->layers);

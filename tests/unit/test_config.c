@@ -35,6 +35,7 @@ static const struct {
     {"{\"threads\": -1}", -1000, "\"threads\" must be an integer in [0, 1024]"},
     {"{\"backend\": \"tpu\"}", -1000, "\"backend\" must be \"auto\", \"cpu\" or \"cuda\""},
     {"{\"backend\": 1}", -1000, "\"backend\" must be a non-empty string"},
+    {"{\"weights\": \"q5_k\"}", -1000, "\"weights\" must be \"stored\", \"bf16\", \"q8_0\" or \"q4_k\""},
     {"{\"shutdown_grace_s\": 4000}", -1000, "\"shutdown_grace_s\" must be an integer in [0, 3600]"},
     {"{\"fast_prefill\": 1}", -1000, "\"fast_prefill\" must be true or false"},
     {"{\"bogus\": 1}", -1000, "unknown key \"bogus\""},
@@ -105,7 +106,7 @@ TEST(each_bad_key_is_refused_naming_it) {
 TEST(every_key_lands_in_its_field) {
     const char *body =
         "{\"model\": \"m\", \"host\": \"h\", \"chat_template\": \"t.jinja\", \"port\": 1, \"threads\": 2,"
-        " \"backend\": \"cpu\", \"shutdown_grace_s\": 3, \"fast_prefill\": true, \"comment\": \"x\","
+        " \"backend\": \"cpu\", \"weights\": \"q4_k\", \"shutdown_grace_s\": 3, \"fast_prefill\": true, \"comment\": \"x\","
         " \"http\": {\"max_body_bytes\": 2048, \"threads\": 5, \"timeout_s\": 6, \"max_connections\": 7,"
         "  \"max_uploads\": 8, \"import_threads\": 9, \"import_queue\": 10, \"vllm_metric_aliases\": true},"
         " \"engine\": {\"max_seqs\": 11, \"max_batch_tokens\": 12, \"block_size\": 13, \"kv_blocks\": 14,"
@@ -129,6 +130,7 @@ TEST(every_key_lands_in_its_field) {
     ASSERT_EQ(c.port, 1);
     ASSERT_EQ(c.threads, 2);
     ASSERT_STREQ(c.backend, "cpu");
+    ASSERT_STREQ(c.weights, "q4_k");
     ASSERT_EQ(c.shutdown_grace_s, 3);
     ASSERT(c.fast_prefill);
     ASSERT_EQ((long)c.max_body_bytes, 2048L);

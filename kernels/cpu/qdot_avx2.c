@@ -1,0 +1,156 @@
+/* kernels/cpu/qdot_avx2.c — the AVX2 path of the quantized matmul (qmatmul.h): tiles of up
+ * to 2 weight rows × 2 x rows, each output's 16 canonical lanes held as two 8-lane halves
+ * (lo: lanes 0-7, hi: lanes 8-15). Products by vpmaddubsw (u8 × s8 pairs → s16, which never
+ * saturates here) then vpmaddwd by ones (→ s32 sums of 4 adjacent products, the same lane
+ * partials as vpdpbusd):
+ *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
+ *   Q4_0: the same on w = nibble − 8.
+ *   Q4_K: u8 = the nibble (0..15), s8 = x.
+ * Compiled for AVX2 by target attributes; called only when the CPU has it. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/cpu/qmatmul.h"
+
+#define KQ_TGT __attribute__((target("avx2,fma,f16c")))
+#define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
+
+KQ_INL float kq_h(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* The canonical reduction of lanes lo (0-7) and hi (8-15). */
+KQ_INL float kq_r16(__m256 lo, __m256 hi) {
+    __m256 t = _mm256_add_ps(lo, hi);
+    __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+
+/* Lane partials (8 × s32) of u8 a · s8 b over 32 bytes. */
+KQ_INL __m256i kq_dot32(__m256i a, __m256i b) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+}
+
+KQ_INL void kq_store(int R, int N, __m256 acc[2][2][2], float *y, int64_t ldy, float beta) {
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < N; i++) {
+            float s = kq_r16(acc[r][i][0], acc[r][i][1]), *yp = y + i * ldy + r;
+            *yp = beta != 0.0f ? *yp + s : s;
+        }
+}
+
+KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
+                    float beta) {
+    const int64_t cols = x->cols, nb = cols / 32;
+    __m256 acc[2][2][2];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < N; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const int h = (int)(b % 2);
+        __m256i wv[2], aw[2];
+        __m256 dw[2];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + (DT == KDT_Q8_0 ? 34 : 18) * b;
+            if (DT == KDT_Q4_0) { /* nibble - 8: low nibbles are elements 0-15, high 16-31 */
+                __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
+                wv[r] = _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
+                                        _mm256_set1_epi8(8));
+            } else {
+                wv[r] = _mm256_loadu_si256((const __m256i *)(p + 2));
+            }
+            aw[r] = _mm256_abs_epi8(wv[r]);
+            dw[r] = _mm256_set1_ps(kq_h(p));
+        }
+        for (int i = 0; i < N; i++) {
+            int64_t row = i0 + i;
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 32 * b));
+            __m256 dx = _mm256_set1_ps(x->d[row * nb + b]);
+            for (int r = 0; r < R; r++) {
+                __m256i s = kq_dot32(aw[r], _mm256_sign_epi8(xv, wv[r]));
+                acc[r][i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i][h]);
+            }
+        }
+    }
+    kq_store(R, N, acc, y, ldy, beta);
+}
+
+KQ_INL void q4k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
+                     float beta) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 acc[2][2][2];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < N; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        float dsc[2][8], negm[2][8];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + 144 * b;
+            float d = kq_h(p), dmin = kq_h(p + 2);
+            for (int s = 0; s < 8; s++) {
+                int sc, m;
+                kq_q4k_scale_min(p + 4, s, &sc, &m);
+                dsc[r][s] = d * (float)sc;
+                negm[r][s] = -(dmin * (float)m);
+            }
+        }
+        for (int v = 0; v < 4; v++)
+            for (int h = 0; h < 2; h++) {
+                const int s = 4 * (v / 2) + v % 2 + 2 * h;
+                __m256i wv[2];
+                for (int r = 0; r < R; r++) {
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(w + r * rb + 144 * b + 16 + 64 * (v / 2) + 32 * h));
+                    wv[r] = v % 2 ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+                }
+                for (int i = 0; i < N; i++) {
+                    int64_t row = i0 + i;
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 256 * b + 32 * (2 * v + h)));
+                    __m256 dx = _mm256_set1_ps(x->d[row * nb + b]);
+                    for (int r = 0; r < R; r++) {
+                        __m256i p = kq_dot32(wv[r], xv);
+                        acc[r][i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+                                                       _mm256_mul_ps(_mm256_set1_ps(dsc[r][s]), dx), acc[r][i][h]);
+                    }
+                }
+            }
+        for (int i = 0; i < N; i++) {
+            __m256 xs = _mm256_loadu_ps(x->xs + (i0 + i) * (cols / 32) + 8 * b);
+            for (int r = 0; r < R; r++) acc[r][i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(negm[r]), xs, acc[r][i][0]);
+        }
+    }
+    kq_store(R, N, acc, y, ldy, beta);
+}
+
+typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
+#define TILE_DEF(R, N)                                                                                        \
+    static KQ_TGT void q8_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
+                                    float beta) {                                                             \
+        q8_tile(KDT_Q8_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
+    }                                                                                                         \
+    static KQ_TGT void q40_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q4_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
+    }                                                                                                         \
+    static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q4k_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
+    }
+TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
+static const tile_fn q8_tiles[2][2] = {{q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
+static const tile_fn q40_tiles[2][2] = {{q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
+static const tile_fn q4k_tiles[2][2] = {{q4k_2_1, q4k_2_2}, {q4k_1_1, q4k_1_2}};
+
+void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                  int64_t ldy, float beta) {
+    for (int64_t r = r0; r < r1;) {
+        int tall = r1 - r >= 2;
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : dt == KDT_Q4_0 ? q40_tiles : q4k_tiles)[tall ? 0 : 1];
+        for (int i = 0; i < x->n; i += 2) {
+            int N = x->n - i < 2 ? x->n - i : 2;
+            fns[N - 1](w + r * rb, rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);
+        }
+        r += tall ? 2 : 1;
+    }
+}

@@ -1,0 +1,249 @@
+/* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_K):
+ * the driver (x quantized once per call, weight rows split over the pool as matmul.c does),
+ * the activation quantizer every path shares, and the scalar path that spells out the
+ * canonical order of qmatmul.h (the SIMD paths in qdot_avx512.c / qdot_avx2.c reproduce it
+ * bit for bit). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/qmatmul.h"
+#include "lib/half.h"
+#include "lib/log.h"
+
+kq_path kcpu__q_path = KQ_AUTO;
+
+bool kq_path_available(kq_path p) {
+    switch (p) {
+    case KQ_SCALAR: return true;
+    case KQ_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case KQ_VNNI:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vnni");
+    case KQ_AUTO: return true;
+    }
+    return false;
+}
+
+kq_path kq_best_path(void) {
+    return kq_path_available(KQ_VNNI) ? KQ_VNNI : kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
+}
+
+static kq_path kq_resolve(void) {
+    kq_path p = kcpu__q_path;
+    if (p == KQ_AUTO) {
+        const char *e = getenv("PEFTD_CPU_QPATH");
+        if (e && !strcmp(e, "vnni")) p = KQ_VNNI;
+        else if (e && !strcmp(e, "avx2")) p = KQ_AVX2;
+        else if (e && !strcmp(e, "scalar")) p = KQ_SCALAR;
+    }
+    if (p == KQ_AUTO || !kq_path_available(p)) p = kq_best_path();
+    return p;
+}
+
+/* ---- activation quantization ---- */
+
+/* One block of len codes: d = max|x|/127, q = round-half-even(x / d) (0 when d == 0). */
+static float kq_quant_block(const float *x, int len, int8_t *q) {
+    float amax = 0.0f;
+    for (int j = 0; j < len; j++) amax = fmaxf(amax, fabsf(x[j]));
+    float d = amax / 127.0f;
+    for (int j = 0; j < len; j++) {
+        float v = d != 0.0f ? nearbyintf(x[j] / d) : 0.0f;
+        q[j] = (int8_t)(v > 127.0f ? 127 : v < -127.0f ? -127 : (int)v);
+    }
+    return d;
+}
+
+static void kq_quantize_row(kdtype dt, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
+                            float *xs) {
+    if (dt != KDT_Q4_K) { /* Q8_0, Q4_0: blocks of 32 */
+        for (int64_t b = 0; b < cols / 32; b++) d[b] = kq_quant_block(x + 32 * b, 32, q + 32 * b);
+        for (int64_t l = 0; l < cols / 4; l++)
+            corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
+        return;
+    }
+    static const int perm[8] = {0, 2, 1, 3, 4, 6, 5, 7}; /* chunk c holds sub-block perm[c] */
+    int8_t tmp[256];
+    for (int64_t b = 0; b < cols / 256; b++) {
+        float db = kq_quant_block(x + 256 * b, 256, tmp);
+        d[b] = db;
+        for (int c = 0; c < 8; c++) memcpy(q + 256 * b + 32 * c, tmp + 32 * perm[c], 32);
+        for (int s = 0; s < 8; s++) {
+            int sum = 0;
+            for (int j = 0; j < 32; j++) sum += tmp[32 * s + j];
+            xs[8 * b + s] = db * (float)sum;
+        }
+    }
+}
+
+/* ---- the scalar path (the canonical order, spelled out) ---- */
+
+/* Q8_0 and Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
+ * high nibbles 16-31). */
+static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
+    float L[16] = {0};
+    const size_t bb = kdtype_block_bytes(dt);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + bb * b;
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        float sc = f16_to_f32(h) * xd[b];
+        int8_t wq[32];
+        if (dt == KDT_Q8_0) memcpy(wq, blk + 2, 32);
+        else
+            for (int j = 0; j < 16; j++) {
+                wq[j] = (int8_t)((blk[2 + j] & 15) - 8);
+                wq[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
+            }
+        for (int j = 0; j < 8; j++) {
+            int32_t p = 0;
+            for (int e = 0; e < 4; e++) p += wq[4 * j + e] * xq[32 * b + 4 * j + e];
+            float *l = &L[8 * (b % 2) + j];
+            *l = fmaf((float)p, sc, *l);
+        }
+    }
+    return kq_reduce16(L);
+}
+
+static float kq_dot_q4_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, const float *xs,
+                                int64_t nb) {
+    float L[16] = {0};
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + 144 * b, *qs = blk + 16;
+        uint16_t h0, h1;
+        memcpy(&h0, blk, 2);
+        memcpy(&h1, blk + 2, 2);
+        float d = f16_to_f32(h0), dmin = f16_to_f32(h1);
+        const int8_t *xb = xq + 256 * b;
+        for (int v = 0; v < 4; v++)
+            for (int hh = 0; hh < 2; hh++) {
+                int s = 4 * (v / 2) + v % 2 + 2 * hh, sc, m;
+                kq_q4k_scale_min(blk + 4, s, &sc, &m);
+                float f = (d * (float)sc) * xd[b];
+                const uint8_t *qb = qs + 64 * (v / 2) + 32 * hh;
+                const int8_t *xc = xb + 32 * (2 * v + hh);
+                for (int j = 0; j < 8; j++) {
+                    int32_t p = 0;
+                    for (int e = 0; e < 4; e++) {
+                        int q = v % 2 ? qb[4 * j + e] >> 4 : qb[4 * j + e] & 15;
+                        p += q * xc[4 * j + e];
+                    }
+                    L[8 * hh + j] = fmaf((float)p, f, L[8 * hh + j]);
+                }
+            }
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            kq_q4k_scale_min(blk + 4, j, &sc, &m);
+            L[j] = fmaf(-(dmin * (float)m), xs[8 * b + j], L[j]);
+        }
+    }
+    return kq_reduce16(L);
+}
+
+void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                    int64_t ldy, float beta) {
+    int64_t cols = x->cols;
+    for (int64_t r = r0; r < r1; r++)
+        for (int i = 0; i < x->n; i++) {
+            const int8_t *xq = x->q + (int64_t)i * cols;
+            float s = dt != KDT_Q4_K
+                          ? kq_dot_q8_0_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 32), cols / 32)
+                          : kq_dot_q4_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
+                                               x->xs + (int64_t)i * (cols / 32), cols / 256);
+            float *yp = y + i * ldy + r;
+            *yp = beta != 0.0f ? *yp + s : s;
+        }
+}
+
+/* ---- driver ---- */
+
+#define KQ_TASKS_PER_THREAD 4
+#define KQ_MIN_BLOCK 16
+
+typedef struct {
+    kq_rows_fn fn;
+    kdtype dt;
+    const uint8_t *w;
+    size_t rb;
+    int64_t rows, block;
+    const kq_x *x;
+    float *y;
+    float beta;
+} kq_ctx;
+
+static void kq_task(void *vc, int task, int thread) {
+    (void)thread;
+    const kq_ctx *c = vc;
+    int64_t r0 = (int64_t)task * c->block;
+    int64_t r1 = r0 + c->block < c->rows ? r0 + c->block : c->rows;
+    c->fn(c->dt, c->w, c->rb, r0, r1, c->x, c->y, c->rows, c->beta);
+}
+
+typedef struct {
+    kdtype dt;
+    const float *x;
+    kq_x *qx;
+} kq_qctx;
+
+static void kq_quant_task(void *vc, int i, int thread) {
+    (void)thread;
+    const kq_qctx *c = vc;
+    kq_x *q = c->qx;
+    int64_t cols = q->cols, be = kdtype_block_elems(c->dt);
+    kq_quantize_row(c->dt, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
+                    q->d + i * (cols / be), q->xs ? q->xs + i * (cols / 32) : NULL);
+}
+
+int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
+    if (!w || n < 0 || (beta != 0.0f && beta != 1.0f)) return PEFTD_EINVAL;
+    if (!kdtype_is_quant(w->dtype) || w->rows <= 0 || w->cols <= 0) return PEFTD_EINVAL;
+    size_t rb = kdtype_row_bytes(w->dtype, w->cols);
+    if (rb == 0) return PEFTD_EINVAL; /* cols not a multiple of the block */
+    if (n == 0) return 0;
+    if (!x || !y || !w->data) return PEFTD_EINVAL;
+    int64_t cols = w->cols;
+    kdtype dt = w->dtype;
+    size_t nq = (size_t)n * (size_t)cols;
+    size_t nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
+    size_t bytes = nq + 64 + nd * sizeof(float) + 64 +
+                   (dt != KDT_Q4_K ? nq + 64 : (size_t)n * (size_t)(cols / 32) * sizeof(float) + 64);
+    kcpu_backend *cb = kcpu__impl(kb);
+    if (bytes > cb->qbuf_cap) { /* kept across calls: no allocation (or page faults) per step */
+        size_t cap = bytes > 2 * cb->qbuf_cap ? bytes : 2 * cb->qbuf_cap;
+        void *nb;
+        if (posix_memalign(&nb, 64, cap)) return PEFTD_ENOMEM;
+        free(cb->qbuf);
+        cb->qbuf = nb;
+        cb->qbuf_cap = cap;
+    }
+    uint8_t *buf = cb->qbuf;
+    kq_x qx = {.n = n, .cols = cols};
+    uint8_t *p = buf;
+    qx.q = (int8_t *)p;
+    p += (nq + 63) / 64 * 64;
+    qx.d = (float *)p;
+    p += (nd * sizeof(float) + 63) / 64 * 64;
+    if (dt != KDT_Q4_K) qx.corr = (int32_t *)p;
+    else qx.xs = (float *)p;
+
+    kq_qctx qc = {.dt = dt, .x = x, .qx = &qx};
+    kcpu__parallel(cb, n, (double)nq * 4.0, kq_quant_task, &qc);
+
+    kq_path path = kq_resolve();
+    kq_ctx c = {.fn = path == KQ_VNNI ? kq_rows_vnni : path == KQ_AVX2 ? kq_rows_avx2 : kq_rows_scalar,
+                .dt = dt, .w = w->data, .rb = rb, .rows = w->rows, .x = &qx, .y = y, .beta = beta};
+    int nt = cb->n_threads;
+    int64_t block = w->rows;
+    if (nt > 1) {
+        int64_t want = (w->rows + (int64_t)nt * KQ_TASKS_PER_THREAD - 1) / ((int64_t)nt * KQ_TASKS_PER_THREAD);
+        if (want < KQ_MIN_BLOCK) want = KQ_MIN_BLOCK;
+        block = (want + 3) / 4 * 4;
+    }
+    c.block = block;
+    int n_tasks = (int)((w->rows + block - 1) / block);
+    kcpu__parallel(cb, n_tasks, (double)n * (double)w->rows * (double)cols, kq_task, &c);
+    return 0;
+}

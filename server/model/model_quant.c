@@ -1,0 +1,172 @@
+/* server/model/model_quant.c — at-load conversion of the layer projections (model_quant.h):
+ * rows widened to f32, then quantized by kernels/cpu/quant_ref.c (or rounded to bf16), in
+ * parallel over the weights on plain threads (this runs at load, before the engine). */
+#include "server/model/model_quant.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/cpu/quant_ref.h"
+#include "lib/half.h"
+#include "lib/log.h"
+
+#define MQ_ALIGN 64
+
+int model_weights_parse(const char *s, int *dt) {
+    if (!s || !strcmp(s, "stored")) *dt = -1;
+    else if (!strcmp(s, "bf16")) *dt = KDT_BF16;
+    else if (!strcmp(s, "q8_0")) *dt = KDT_Q8_0;
+    else if (!strcmp(s, "q4_k")) *dt = KDT_Q4_K;
+    else return PEFTD_EINVAL;
+    return 0;
+}
+
+typedef struct {
+    kmat *w;         /* the view to repoint */
+    kmat src;        /* its stored form */
+    uint8_t *dst;
+} mq_job;
+
+typedef struct {
+    mq_job *jobs;
+    int n_jobs;
+    int next; /* atomic */
+    kdtype dt;
+    int rc;   /* atomic: first failure */
+} mq_ctx;
+
+static void mq_row_f32(const kmat *w, int64_t r, float *out) {
+    const uint8_t *p = (const uint8_t *)w->data + kdtype_row_bytes(w->dtype, w->cols) * (size_t)r;
+    for (int64_t k = 0; k < w->cols; k++) {
+        if (w->dtype == KDT_F32) {
+            memcpy(&out[k], p + 4 * k, 4);
+        } else {
+            uint16_t h;
+            memcpy(&h, p + 2 * k, 2);
+            out[k] = w->dtype == KDT_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+        }
+    }
+}
+
+static int mq_convert(const mq_job *j, kdtype dt) {
+    int64_t cols = j->src.cols;
+    size_t rb = kdtype_row_bytes(dt, cols);
+    float *row = malloc((size_t)cols * sizeof *row);
+    if (!row) return PEFTD_ENOMEM;
+    int rc = 0;
+    for (int64_t r = 0; r < j->src.rows && rc == 0; r++) {
+        mq_row_f32(&j->src, r, row);
+        uint8_t *d = j->dst + rb * (size_t)r;
+        if (dt == KDT_Q8_0) rc = qref_quantize_q8_0(row, d, cols);
+        else if (dt == KDT_Q4_K) rc = qref_quantize_q4_k(row, d, cols);
+        else
+            for (int64_t k = 0; k < cols; k++) {
+                uint16_t h = f32_to_bf16(row[k]);
+                memcpy(d + 2 * k, &h, 2);
+            }
+    }
+    free(row);
+    return rc;
+}
+
+static void *mq_worker(void *vc) {
+    mq_ctx *c = vc;
+    for (;;) {
+        int i = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED);
+        if (i >= c->n_jobs) break;
+        int rc = mq_convert(&c->jobs[i], c->dt);
+        if (rc < 0) {
+            int zero = 0;
+            __atomic_compare_exchange_n(&c->rc, &zero, rc, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+        }
+    }
+    return NULL;
+}
+
+static const char *const MQ_NAMES[7] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+/* Lists the projections to convert (jobs may be NULL: count only); *bytes: their new size. */
+static int mq_plan(model *m, kdtype dt, mq_job *jobs, size_t *bytes, int *kept) {
+    int n = 0;
+    *bytes = 0;
+    *kept = 0;
+    for (int i = 0; i < m->cfg.n_layers; i++) {
+        model_layer *l = &m->layers[i];
+        kmat *p[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+        for (int k = 0; k < 7; k++) {
+            if (p[k]->dtype == dt) continue;
+            size_t rb = kdtype_row_bytes(dt, p[k]->cols);
+            if (rb == 0) { /* cols not a multiple of the block: stays as stored */
+                if (!jobs && i == 0)
+                    LOGW("model %s: %s has %lld in-features, not a multiple of %s's block (%lld): it stays %s",
+                         m->name, MQ_NAMES[k], (long long)p[k]->cols, kdtype_name(dt),
+                         (long long)kdtype_block_elems(dt), kdtype_name(p[k]->dtype));
+                (*kept)++;
+                continue;
+            }
+            if (jobs) jobs[n] = (mq_job){.w = p[k], .src = *p[k]};
+            size_t sz = (rb * (size_t)p[k]->rows + MQ_ALIGN - 1) / MQ_ALIGN * MQ_ALIGN;
+            if (jobs) jobs[n].dst = (uint8_t *)(uintptr_t)*bytes; /* offset, rebased below */
+            *bytes += sz;
+            n++;
+        }
+    }
+    return n;
+}
+
+int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, char *err, size_t errlen) {
+    *buf = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t bytes;
+    int kept, n = mq_plan(m, dt, NULL, &bytes, &kept);
+    if (n == 0) return 0;
+    mq_job *jobs = calloc((size_t)n, sizeof *jobs);
+    uint8_t *mem = NULL;
+    if (!jobs || posix_memalign((void **)&mem, MQ_ALIGN, bytes)) {
+        free(jobs);
+        snprintf(err, errlen, "%s: out of memory converting the weights to %s (%zu bytes)", m->dir, kdtype_name(dt),
+                 bytes);
+        return PEFTD_ENOMEM;
+    }
+    mq_plan(m, dt, jobs, &bytes, &kept);
+    size_t before = 0;
+    for (int i = 0; i < n; i++) {
+        jobs[i].dst = mem + (size_t)(uintptr_t)jobs[i].dst;
+        before += kdtype_row_bytes(jobs[i].src.dtype, jobs[i].src.cols) * (size_t)jobs[i].src.rows;
+    }
+    mq_ctx c = {.jobs = jobs, .n_jobs = n, .dt = dt};
+    if (n_threads <= 0) n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > n) n_threads = n;
+    pthread_t th[64];
+    if (n_threads > 64) n_threads = 64;
+    int started = 0;
+    for (int t = 1; t < n_threads; t++)
+        if (pthread_create(&th[started], NULL, mq_worker, &c) == 0) started++;
+    mq_worker(&c);
+    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    if (c.rc < 0) {
+        snprintf(err, errlen, "%s: converting the weights to %s failed: %s", m->dir, kdtype_name(dt),
+                 peftd_strerror(c.rc));
+        free(jobs);
+        free(mem);
+        return c.rc;
+    }
+    for (int i = 0; i < n; i++) {
+        jobs[i].w->data = jobs[i].dst;
+        jobs[i].w->dtype = dt;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    LOGI("model %s: %d projection weights converted to %s in %.1f ms on %d thread(s): %.1f MB -> %.1f MB%s", m->name,
+         n, kdtype_name(dt), ms, n_threads, (double)before / 1e6, (double)bytes / 1e6,
+         kept ? " (some projections kept as stored: block size)" : "");
+    free(jobs);
+    *buf = mem;
+    return 0;
+}

@@ -1,0 +1,30 @@
+/* server/model/model_quant.h — at-load conversion of a loaded model's layer projections to
+ * another weight dtype (config "weights" / `peftd serve --weights`): q8_0, q4_k, or bf16.
+ *
+ * The rule (documented in README.md):
+ *   - the seven layer projections (q, k, v, o, gate, up, down; Phi-3's fused qkv / gate_up
+ *     as their row views) are converted; a projection whose in-features are not a multiple
+ *     of the format's block (32 for q8_0, 256 for q4_k) stays in its stored dtype, logged
+ *     by name (stories260K's down_proj, 172 columns, is one);
+ *   - embed_tokens, lm_head, norms and biases keep their stored dtype (llama.cpp's Q4_K_M
+ *     also keeps the output matrix at higher precision; the embedding gather reads one row
+ *     per token, so quantizing it saves no decode bandwidth);
+ *   - adapters (LoRA, DoRA, IA3, ...) keep their own dtype and apply on top: they read the
+ *     base only through matmul, except DoRA's norms, which dequantize it.
+ * Quantization matches kernels/cpu/quant_ref.c (Q8_0 bit-identical to gguf-py's quantize). */
+#ifndef PEFTD_MODEL_QUANT_H
+#define PEFTD_MODEL_QUANT_H
+
+#include <stddef.h>
+
+#include "server/model/model.h"
+
+/* Converts m's projections (host views, before any upload) to dt into one new host buffer
+ * (*buf, 64-byte aligned; caller frees it after the model). dt: KDT_Q8_0, KDT_Q4_K or
+ * KDT_BF16. Logs the time taken and the bytes before/after. */
+int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, char *err, size_t errlen);
+
+/* "stored" → *dt = -1 (keep); "bf16", "q8_0", "q4_k" → that dtype. PEFTD_EINVAL otherwise. */
+int model_weights_parse(const char *s, int *dt);
+
+#endif

@@ -1,0 +1,239 @@
+/* tests/unit/test_kernels_quant.c — the CPU backend's quantized matmul (Q8_0, Q4_K weights)
+ * against quant_ref.c's dequantized weights times the exact (double) f32 activations, every
+ * code path (AVX-512 VNNI, AVX2, scalar) bit-identical to the others, results per row
+ * bit-identical whatever the batch and thread count, get_rows on quantized tables, and bad
+ * shapes refused. Q4_0 (no at-load quantizer: GGUF files bring it) is tested on random
+ * valid blocks.
+ *
+ * Tolerance (derived, not tuned). The kernel computes Σ_j w_j·x̂_j where w_j is the
+ * dequantized weight and x̂_j = d_b·q_j the activation quantized per block b (32 elements for
+ * Q8_0/Q4_0, 256 for Q4_K) with d_b = max_b|x|/127 and q_j = round(x_j/d_b), so |x_j − x̂_j| <=
+ * d_b/2 and
+ *     |Σ w·x − Σ w·x̂| <= Σ_b (d_b/2)·Σ_{j∈b} |w_j|                       (quantization)
+ * The integer block sums are exact; each term then sees at most a few f32 roundings (the
+ * scale products d_w·d_x, (d·sc)·d_x, dmin·m, d_x·Σq: one each) and the accumulation over at
+ * most cols/4 + 8 fused adds plus the 4-level reduction, so the float error is within
+ *     (cols + 16)·u·Σ_j (|w_j| + |dmin·m_j|)·(|x_j| + d_b)               (rounding)
+ * (u = 2^-24; Higham §3.1 for the summation, |x̂_j| <= |x_j| + d_b/2; the Q4_K min term
+ * dmin·m·d_x·Σq is bounded by the |dmin·m_j|·|x̂_j| part). The test passes when the error is
+ * within the sum of the two; a wrong block scale or a dropped block is orders outside it. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/qmatmul.h"
+#include "kernels/cpu/quant_ref.h"
+#include "kernels/kernels.h"
+#include "lib/half.h"
+#include "tests/harness/test.h"
+
+#define U_F32 (1.0 / 16777216.0)
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng_state >> 40) / 8388608.0 - 1.0);
+}
+
+/* Random weights (a few outliers, one all-zero block) quantized to dt; wd: dequantized. */
+static void *make_w(kdtype dt, int rows, int cols, float **wd) {
+    int64_t n = (int64_t)rows * cols;
+    float *w = malloc((size_t)n * sizeof(float));
+    *wd = malloc((size_t)n * sizeof(float));
+    void *q = malloc(kdtype_row_bytes(dt, cols) * (size_t)rows);
+    ASSERT(w && *wd && q);
+    for (int64_t i = 0; i < n; i++) w[i] = frand() * (i % 97 == 5 ? 8.0f : 0.5f);
+    for (int64_t i = 0; i < 32 && i < n; i++) w[i] = 0.0f;
+    uint32_t qt = kdtype_ggml_type(dt);
+    if (dt == KDT_Q4_0) { /* no Q4_0 quantizer (GGUF files bring the blocks): random valid blocks */
+        uint8_t *b = q;
+        for (int64_t k = 0; k < n / 32; k++, b += 18) {
+            uint16_t h = f32_to_f16(k == 0 ? 0.0f : 0.01f + 0.05f * fabsf(frand()) * (k % 7 == 3 ? 10.0f : 1.0f));
+            memcpy(b, &h, 2);
+            for (int j = 0; j < 16; j++) b[2 + j] = (uint8_t)(frand() * 128.0f + 128.0f);
+        }
+    } else {
+        ASSERT_EQ(dt == KDT_Q8_0 ? qref_quantize_q8_0(w, q, n) : qref_quantize_q4_k(w, q, n), 0);
+    }
+    ASSERT_EQ(qref_dequantize(qt, q, *wd, n), 0);
+    free(w);
+    return q;
+}
+
+static float *make_x(int n, int cols) {
+    float *x = malloc((size_t)n * cols * sizeof(float));
+    ASSERT(x);
+    for (int64_t i = 0; i < (int64_t)n * cols; i++) x[i] = frand() * (i % 131 == 7 ? 20.0f : 1.0f);
+    if (cols >= 64) memset(x + 32, 0, 32 * sizeof(float)); /* an all-zero activation block */
+    return x;
+}
+
+/* The bound of the header for output (i, r); *ref: Σ wd·x in double. */
+static double bound_of(kdtype dt, const float *wd, const void *wq, int r, const float *x, int cols, double *ref) {
+    int64_t be = kdtype_block_elems(dt);
+    double s = 0, qerr = 0, rerr = 0;
+    for (int64_t b0 = 0; b0 < cols; b0 += be) {
+        double amax = 0, sw = 0;
+        for (int64_t j = b0; j < b0 + be; j++) amax = fmax(amax, fabs(x[j]));
+        double d = amax / 127.0;
+        for (int64_t j = b0; j < b0 + be; j++) {
+            double wj = wd[(int64_t)r * cols + j], mj = 0;
+            if (dt == KDT_Q4_K) {
+                const uint8_t *blk = (const uint8_t *)wq + kdtype_row_bytes(dt, cols) * r + 144 * (j / 256);
+                uint16_t h;
+                memcpy(&h, blk + 2, 2);
+                int sc, m;
+                kq_q4k_scale_min(blk + 4, (int)(j % 256) / 32, &sc, &m);
+                float dmin = f16_to_f32(h);
+                mj = fabs((double)dmin * m);
+            }
+            s += wj * x[j];
+            sw += fabs(wj);
+            rerr += (fabs(wj) + mj) * (fabs(x[j]) + d);
+        }
+        qerr += d / 2 * sw;
+    }
+    *ref = s;
+    return qerr + (cols + 16) * U_F32 * rerr + 1e-30;
+}
+
+static void run_path(kbackend *kb, kq_path p, const float *x, int n, const kmat *w, float *y, float beta) {
+    kcpu__q_path = p;
+    ASSERT_EQ(kb->ops->matmul(kb, x, n, w, y, beta), 0);
+    kcpu__q_path = KQ_AUTO;
+}
+
+static double worst_all[3];
+static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
+    float *wd;
+    void *wq = make_w(dt, rows, cols, &wd);
+    float *x = make_x(n, cols);
+    kmat w = {.data = wq, .dtype = dt, .rows = rows, .cols = cols};
+    int64_t ny = (int64_t)n * rows;
+    float *y = test_guarded_alloc(ny), *y2 = malloc((size_t)ny * 4), *y1 = malloc((size_t)rows * 4);
+    ASSERT(y2 && y1);
+    for (int64_t i = 0; i < ny; i++) y[i] = NAN; /* beta 0 overwrites */
+    run_path(kb, KQ_AUTO, x, n, &w, y, 0.0f);
+    double worst = 0;
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < rows; r++) {
+            double ref, tol = bound_of(dt, wd, wq, r, x + (int64_t)i * cols, cols, &ref);
+            double got = y[(int64_t)i * rows + r];
+            if (!(fabs(got - ref) <= tol))
+                FAIL("%s n=%d rows=%d cols=%d y[%d,%d]=%.9g ref %.9g tol %.3g", kdtype_name(dt), n, rows, cols, i,
+                     r, got, ref, tol);
+            if (fabs(got - ref) / tol > worst) worst = fabs(got - ref) / tol;
+        }
+    /* every available path, bit-identical */
+    static const kq_path paths[] = {KQ_VNNI, KQ_AVX2, KQ_SCALAR};
+    for (int p = 0; p < 3; p++) {
+        if (!kq_path_available(paths[p])) continue;
+        run_path(kb, paths[p], x, n, &w, y2, 0.0f);
+        if (memcmp(y, y2, (size_t)ny * 4))
+            FAIL("%s n=%d rows=%d cols=%d: path %d differs from auto", kdtype_name(dt), n, rows, cols, (int)paths[p]);
+        /* each row alone (n = 1) gives the same bits: batch invariance, per path */
+        for (int i = 0; i < n; i += (n > 4 ? 5 : 1)) {
+            run_path(kb, paths[p], x + (int64_t)i * cols, 1, &w, y1, 0.0f);
+            if (memcmp(y1, y + (int64_t)i * rows, (size_t)rows * 4))
+                FAIL("%s n=%d rows=%d cols=%d: row %d alone differs (path %d)", kdtype_name(dt), n, rows, cols, i,
+                     (int)paths[p]);
+        }
+    }
+    /* beta 1 adds */
+    for (int64_t i = 0; i < ny; i++) y2[i] = 1.5f;
+    run_path(kb, KQ_AUTO, x, n, &w, y2, 1.0f);
+    for (int64_t i = 0; i < ny; i++)
+        if (y2[i] != 1.5f + y[i]) FAIL("%s beta=1 y[%lld]", kdtype_name(dt), (long long)i);
+    test_guarded_check_free(y, ny);
+    free(y2);
+    free(y1);
+    free(x);
+    free(wq);
+    free(wd);
+    int wi = dt == KDT_Q8_0 ? 0 : dt == KDT_Q4_K ? 1 : 2;
+    if (worst > worst_all[wi]) worst_all[wi] = worst;
+}
+
+TEST(qmatmul_vs_dequant_reference) {
+    static const int NS[] = {1, 2, 5, 32};
+    static const int THREADS[] = {1, 3};
+    for (int t = 0; t < 2; t++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[t]);
+        ASSERT(kb);
+        for (int ni = 0; ni < 4; ni++) {
+            static const int Q8_COLS[] = {32, 96, 256, 544};
+            static const int ROWS[] = {1, 7, 37};
+            for (int c = 0; c < 4; c++)
+                for (int r = 0; r < 3; r++) check_case(kb, KDT_Q8_0, NS[ni], ROWS[r], Q8_COLS[c]);
+            for (int c = 0; c < 4; c++)
+                for (int r = 0; r < 3; r++) check_case(kb, KDT_Q4_0, NS[ni], ROWS[r], Q8_COLS[c]);
+            static const int Q4_COLS[] = {256, 768};
+            for (int c = 0; c < 2; c++)
+                for (int r = 0; r < 3; r++) check_case(kb, KDT_Q4_K, NS[ni], ROWS[r], Q4_COLS[c]);
+        }
+        kbackend_destroy(kb);
+    }
+    fprintf(stderr, "  max |err| / bound: q8_0 %.3f, q4_k %.3f, q4_0 %.3f\n", worst_all[0], worst_all[1],
+            worst_all[2]);
+}
+
+/* Every path available here is exercised (the machine's CPU decides which). */
+TEST(qmatmul_paths_present) {
+    ASSERT(kq_path_available(KQ_SCALAR));
+    fprintf(stderr, "  paths: vnni %d avx2 %d scalar 1 (auto = %d)\n", kq_path_available(KQ_VNNI),
+            kq_path_available(KQ_AVX2), (int)kq_best_path());
+}
+
+TEST(qget_rows_dequantizes) {
+    kbackend *kb = kbackend_cpu_create(2);
+    ASSERT(kb);
+    for (int k = 0; k < 3; k++) {
+        kdtype dt = k == 1 ? KDT_Q4_K : k == 2 ? KDT_Q4_0 : KDT_Q8_0;
+        int rows = 9, cols = k == 1 ? 512 : 96;
+        float *wd;
+        void *wq = make_w(dt, rows, cols, &wd);
+        kmat t = {.data = wq, .dtype = dt, .rows = rows, .cols = cols};
+        int32_t ids[3] = {8, 0, 3};
+        float *out = test_guarded_alloc(3 * cols);
+        ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, 3, out), 0);
+        for (int i = 0; i < 3; i++)
+            ASSERT(!memcmp(out + i * cols, wd + (int64_t)ids[i] * cols, (size_t)cols * 4));
+        ids[1] = rows;
+        ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, 3, out), PEFTD_ERANGE);
+        test_guarded_check_free(out, 3 * cols);
+        free(wq);
+        free(wd);
+    }
+    kbackend_destroy(kb);
+}
+
+TEST(qmatmul_bad_args_and_caps) {
+    kbackend *kb = kbackend_cpu_create(1);
+    ASSERT(kb);
+    uint8_t buf[1024] = {0};
+    float x[512] = {0}, y[8];
+    kmat w = {.data = buf, .dtype = KDT_Q8_0, .rows = 1, .cols = 48}; /* not a multiple of 32 */
+    ASSERT_EQ(kb->ops->matmul(kb, x, 1, &w, y, 0.0f), PEFTD_EINVAL);
+    w = (kmat){.data = buf, .dtype = KDT_Q4_K, .rows = 1, .cols = 128}; /* not a multiple of 256 */
+    ASSERT_EQ(kb->ops->matmul(kb, x, 1, &w, y, 0.0f), PEFTD_EINVAL);
+    w.cols = 256;
+    ASSERT_EQ(kb->ops->matmul(kb, x, 1, &w, y, 0.5f), PEFTD_EINVAL);
+    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q8_0));
+    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q4_K));
+    ASSERT(kb->ops->supports_op(kb, KOP_GET_ROWS, KDT_Q4_K));
+    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q4_0));
+    ASSERT_EQ(kdtype_row_bytes(KDT_Q4_0, 64), (size_t)36);
+    ASSERT(!kb->ops->supports_op(kb, KOP_RMSNORM, KDT_Q8_0));
+    ASSERT(!kb->ops->supports_op(kb, KOP_SGMV, KDT_Q8_0));
+    ASSERT(!kb->ops->supports_op(kb, KOP_ADD, KDT_Q4_K));
+    kmat nw = {.data = buf, .dtype = KDT_Q8_0, .rows = 1, .cols = 32};
+    ASSERT_EQ(kb->ops->rmsnorm(kb, x, &nw, 1, 32, 1e-5f, y), PEFTD_EINVAL);
+    ASSERT_EQ(kdtype_row_bytes(KDT_Q8_0, 64), (size_t)68);
+    ASSERT_EQ(kdtype_row_bytes(KDT_Q4_K, 512), (size_t)288);
+    ASSERT_EQ(kdtype_row_bytes(KDT_Q4_K, 100), (size_t)0);
+    ASSERT_STREQ(kdtype_name(KDT_Q4_K), "q4_k");
+    kbackend_destroy(kb);
+}
+
+TEST_MAIN(qmatmul_paths_present, qmatmul_vs_dequant_reference, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
