@@ -26,6 +26,7 @@ typedef struct {
 
 static rig R;
 static int g_gen = 12; /* tokens each job generates */
+static int g_ctx = 512; /* engine.max_context (0: the model's) */
 
 static void rig_open(void) {
     char err[512] = "";
@@ -62,7 +63,7 @@ static engine *open_engine(bool cache, int kv_blocks, int budget, int max_seqs, 
     c.max_batch_tokens = max_batch_tokens;
     c.kv_cache_mb = 64;
     c.kv_blocks = kv_blocks;
-    c.max_context = 512;
+    c.max_context = g_ctx;
     c.prefix_cache = cache;
     c.prefix_cache_blocks = budget;
     engine *e = NULL;
@@ -277,6 +278,43 @@ TEST(lru_eviction_under_a_block_budget) {
     rig_close();
 }
 
+TEST(cached_blocks_are_evicted_before_anyone_is_preempted) {
+    rig_open();
+    for (int i = 0; i < 4; i++) make_prompt(&J[i], 40 + (unsigned)i, 240, 0, 1); /* 15 full blocks each */
+    J[4] = J[3];
+    engine_stats st;
+    /* a 40-block pool: the third prompt fits only once cached blocks are evicted */
+    compare(J, 5, false, 40, 0, 64, &st);
+    ASSERT_EQ(st.preemptions, 0u);
+    ASSERT(st.prefix_cache_evictions >= 15);
+    ASSERT_EQ(st.prefix_cache_hits, 240u);
+    rig_close();
+}
+
+TEST(dynamic_rope_scaling_is_never_cached) {
+    /* a row's rotation depends on the prompt's length: nothing may be shared */
+    char err[512];
+    kbackend *kb = kbackend_cpu_create(2);
+    model *m = NULL;
+    tokenizer *tok = NULL;
+    const char *dir = "tests/fixtures/rope_seqlen/dynamic-2";
+    if (model_load(dir, kb, &m, err, sizeof err) < 0 || tokenizer_load(dir, &tok, err, sizeof err) < 0)
+        FAIL("%s: %s", dir, err);
+    R.kb = kb;
+    R.m = m;
+    R.tok = tok;
+    g_ctx = 0;
+    make_prompt(&J[0], 50, 40, 0, 2);
+    for (int i = 0; i < J[0].n; i++) J[0].ids[i] %= m->cfg.vocab_size;
+    J[1] = J[0];
+    engine_stats st;
+    compare(J, 2, false, 0, 0, 64, &st);
+    ASSERT_EQ(st.prefix_cache_queries, 0u);
+    ASSERT_EQ(st.prefix_cache_hits, 0u);
+    ASSERT_EQ(st.prefix_cache_blocks, 0);
+    rig_close();
+}
+
 TEST(prompt_logprobs_never_skip_rows) {
     rig_open();
     make_prompt(&J[0], 30, 64, 0, 5);
@@ -308,4 +346,5 @@ TEST(prompt_logprobs_never_skip_rows) {
 TEST_MAIN(identical_prompts_and_shared_400_prefix, adapters_never_share_another_versions_blocks,
           prompt_and_prefix_tuning_share_within_their_version, concurrent_shared_prefix_in_one_batch,
           preemption_with_a_small_pool_reuses_the_cache, lru_eviction_under_a_block_budget,
+          cached_blocks_are_evicted_before_anyone_is_preempted, dynamic_rope_scaling_is_never_cached,
           prompt_logprobs_never_skip_rows)
