@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "server/engine/engine.h"
+#include "server/engine/prefix_cache.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/test.h"
@@ -185,6 +186,50 @@ static void compare(const job *jobs, int n, bool concurrent, int kv_blocks, int 
 
 static job J[16];
 
+/* The table alone: refcounts, LRU order of unreferenced entries, the budget. */
+TEST(pcache_refcounts_and_lru_order) {
+    kv_blocks kv;
+    pcache c;
+    ASSERT_EQ(kv_blocks_init(&kv, 8), 0);
+    ASSERT_EQ(pcache_init(&c, 8, 3), 0);
+    uint8_t key[4][32];
+    int32_t b[4];
+    ASSERT_EQ(kv_blocks_alloc(&kv, 4, b), 0);
+    for (int i = 0; i < 4; i++) {
+        memset(key[i], 0, 32);
+        key[i][0] = (uint8_t)(i + 1);
+    }
+    for (int i = 0; i < 3; i++) ASSERT(pcache_insert(&c, &kv, key[i], b[i]));
+    ASSERT(!pcache_insert(&c, &kv, key[0], b[3])); /* key present */
+    ASSERT(!pcache_insert(&c, &kv, key[3], b[3])); /* budget 3, every entry referenced */
+    ASSERT_EQ(pcache_find(&c, key[3]), -1);
+    /* release in the order 1, 0, 2: LRU head is key 1 */
+    ASSERT(pcache_release(&c, b[1]));
+    ASSERT(pcache_release(&c, b[0]));
+    ASSERT(pcache_release(&c, b[2]));
+    ASSERT(!pcache_release(&c, b[3])); /* not cached: the caller frees it */
+    ASSERT_EQ(c.n_lru, 3);
+    /* taken again: out of the LRU list, never evicted while referenced */
+    ASSERT_EQ(pcache_acquire(&c, pcache_find(&c, key[1])), b[1]);
+    ASSERT_EQ(c.n_lru, 2);
+    int free_before = kv.n_free;
+    ASSERT_EQ(pcache_evict(&c, &kv, 1), 1); /* the oldest unreferenced: key 0 */
+    ASSERT_EQ(pcache_find(&c, key[0]), -1);
+    ASSERT(pcache_find(&c, key[2]) >= 0 && pcache_find(&c, key[1]) >= 0);
+    ASSERT_EQ(kv.n_free, free_before + 1);
+    ASSERT(pcache_insert(&c, &kv, key[3], b[3])); /* room again (budget 3) */
+    ASSERT_EQ(c.n, 3);
+    ASSERT_EQ(pcache_evict(&c, &kv, 10), 1); /* key 2 only: keys 1 and 3 are referenced */
+    ASSERT(pcache_release(&c, b[1]));
+    ASSERT(pcache_release(&c, b[3]));
+    ASSERT_EQ(pcache_evict(&c, &kv, 10), 2);
+    ASSERT_EQ(c.evictions, 4u);
+    ASSERT_EQ(c.n, 0);
+    ASSERT_EQ(kv.n_free, 8); /* every block back in the pool */
+    pcache_free(&c);
+    kv_blocks_free(&kv);
+}
+
 TEST(identical_prompts_and_shared_400_prefix) {
     rig_open();
     make_prompt(&J[0], 1, 400, 1, 20); /* A: 420 tokens, 26 full blocks */
@@ -343,7 +388,7 @@ TEST(prompt_logprobs_never_skip_rows) {
     rig_close();
 }
 
-TEST_MAIN(identical_prompts_and_shared_400_prefix, adapters_never_share_another_versions_blocks,
+TEST_MAIN(pcache_refcounts_and_lru_order, identical_prompts_and_shared_400_prefix, adapters_never_share_another_versions_blocks,
           prompt_and_prefix_tuning_share_within_their_version, concurrent_shared_prefix_in_one_batch,
           preemption_with_a_small_pool_reuses_the_cache, lru_eviction_under_a_block_budget,
           cached_blocks_are_evicted_before_anyone_is_preempted, dynamic_rope_scaling_is_never_cached,
