@@ -73,6 +73,13 @@ make_loras lora-r16-all 16 32 all-linear 16
     --rounds "$ROUNDS" --threads "$THREADS" --cd-target 4 \
     --out bench/results/latest.json
 
+# Prefix caching (issue 15): TTFT of a second request sharing a 400-token prefix with the
+# first (same model, base) against the first's, and its tokens / logprobs against an engine
+# without the cache (bench_prefix exits 1 if they differ). Target: ratio >= 5.
+make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_prefix"
+"$BUILD/bench/bench_prefix" --model "$BASE" --prefix 400 --suffix 16 --rounds "${BENCH_ROUNDS_PREFIX:-3}" \
+    --threads "$THREADS" --target 5 --out bench/results/latest-prefix.json >/dev/null
+
 # The Llama-3.2-1B shape (issue 11): hidden 2048, 16 layers, 32/8 heads, intermediate 8192,
 # vocab 128256, llama3 rope, tied, bf16 (2.47 GB). (1) batch-1 decode against the memory
 # roofline measured in the same run, and start-up; (2) the daemon's start-up to its first

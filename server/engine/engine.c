@@ -33,6 +33,8 @@ void engine_config_default(engine_config *c) {
     c->store = NULL;
     c->host_cache_bytes = (size_t)256 << 20;
     c->adapter_slots = 64;
+    c->prefix_cache = true;
+    c->prefix_cache_blocks = 0;
 }
 
 int engine_stop_ids(const engine *e, const int32_t **ids) {
@@ -80,7 +82,9 @@ static void update_gauges(engine *e) {
     pthread_mutex_lock(&e->smu);
     e->stats.running = e->n_running;
     e->stats.waiting = atomic_load(&e->n_queued);
-    e->stats.kv_blocks_used = kv_blocks_used(&e->kv);
+    e->stats.kv_blocks_used = kv_blocks_used(&e->kv) - e->pc.n_lru; /* unreferenced cached blocks are reclaimable */
+    e->stats.prefix_cache_blocks = e->pc.n;
+    e->stats.prefix_cache_evictions = e->pc.evictions;
     pthread_mutex_unlock(&e->smu);
     engine__lora_info_refresh(e);
 }
@@ -208,7 +212,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     if ((st = llama_ctx_create(m, &lp, &e->lc, err, errlen)) < 0) goto fail;
     st = PEFTD_ENOMEM;
     if (kv_blocks_init(&e->kv, n_blocks) < 0 || sampler_scratch_init(&e->ss, m->cfg.vocab_size) < 0 ||
-        vtc_create(&e->vtc) < 0)
+        vtc_create(&e->vtc) < 0 || (cfg->prefix_cache && pcache_init(&e->pc, n_blocks, cfg->prefix_cache_blocks) < 0))
         goto oom;
     size_t T = (size_t)lp.max_tokens, S = (size_t)cfg->max_seqs;
     e->running = calloc(S, sizeof(seq *));
@@ -380,6 +384,7 @@ void engine_free(engine *e) {
     model_adapter_base_free(&e->abase);
     vtc_free(e->vtc);
     llama_ctx_free(e->lc);
+    pcache_free(&e->pc);
     kv_blocks_free(&e->kv);
     sampler_scratch_free(&e->ss);
     free(e->running);

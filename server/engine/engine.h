@@ -8,7 +8,9 @@
  * and runs steps: each step is one ragged batch of prefill chunks and decode tokens from
  * all running sequences, grouped into adapter segments. KV blocks are taken as sequences
  * grow; when the pool runs out, the most-served tenant's latest sequence is preempted and
- * later recomputed (bit-identical: the kernels are batch-invariant). Sampled tokens are appended to the request's output under the
+ * later recomputed (bit-identical: the kernels are batch-invariant). Full prompt blocks are
+ * cached by key (adapter version + token hash chain) and shared by later sequences that
+ * start with the same tokens (engine_prefix.c); unreferenced ones are evicted LRU. Sampled tokens are appended to the request's output under the
  * request's lock and the request's notify callback is called (from the engine thread,
  * with no lock held). The caller takes the new output with engine_request_take().
  * Cancelling (client gone) frees the sequence's KV blocks at the next step.
@@ -48,6 +50,10 @@ typedef struct {
     struct astore *store;  /* adapter store behind gen_params.handle (NULL: no handles) */
     size_t host_cache_bytes; /* host tier of adapter blobs */
     int adapter_slots;     /* decoded adapters resident at once (the slot pool) */
+    bool prefix_cache;     /* automatic prefix caching: full prompt KV blocks shared by key
+                            * (adapter version + token hash chain, engine_prefix.c); outputs
+                            * are bit-identical with and without it */
+    int prefix_cache_blocks; /* cached blocks at most (referenced or not); 0 = the pool */
 } engine_config;
 
 /* Defaults sized for the CPU backend and small models. */
@@ -195,6 +201,10 @@ typedef struct {
     uint64_t rope_recomputes;                       /* longrope: sequences recomputed at the original max */
     uint64_t batch_rows_bucket[ENGINE_BATCH_BUCKETS]; /* cumulative counts per upper bound */
     uint64_t batch_rows_sum;                        /* token rows over all steps */
+    /* automatic prefix caching: prompt tokens looked up at admission (queries) and those
+     * found cached (hits, whole blocks); blocks evicted; blocks cached now */
+    uint64_t prefix_cache_queries, prefix_cache_hits, prefix_cache_evictions;
+    int prefix_cache_blocks;
 } engine_stats;
 
 /* Per-tenant served tokens (prompt + generated), for metrics and fairness tests. Copies

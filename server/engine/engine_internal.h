@@ -65,6 +65,7 @@ void engine__notify(engine_request *r);
 #include "server/engine/fairness.h"
 #include "server/engine/json_grammar.h"
 #include "server/engine/kv_blocks.h"
+#include "server/engine/prefix_cache.h"
 #include "server/engine/sampling.h"
 #include "server/model/llama.h"
 
@@ -109,6 +110,9 @@ typedef struct seq {
     int score_row0, score_n, score_j0; /* this step: logits rows score_row0.. score prompt
                                         * tokens score_j0 + 1 .. (score_n of them) */
     jsong json;               /* json_object: the output so far, recognized */
+    bool pc_on;               /* prefix cache: its blocks may be shared (engine_prefix.c) */
+    int pc_hashed;            /* blocks whose key is chained into pc_hash (cached or taken) */
+    uint8_t pc_hash[32];      /* key of block pc_hashed - 1 (the seed when 0) */
 } seq;
 
 enum { STOP_NONE = 0, STOP_DRAIN, STOP_CANCEL };
@@ -149,6 +153,7 @@ struct engine {
     int n_running;
     uint64_t n_admitted;
     kv_blocks kv;
+    pcache pc;                /* automatic prefix caching (unallocated when off) */
     tiers *tiers;             /* adapter slot pool (NULL without a store) */
     void (*adapter_ready)(void *e); /* engine.c's wake-up when a fetch ends (tiers_fetch callback) */
     vtc *vtc;                 /* per-tenant fairness counters */
@@ -190,6 +195,16 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
 void engine__seq_free(engine *e, seq *s);
 bool engine__seq_accept(engine *e, seq *s, int32_t tok, const gen_token *lp);
 bool engine__is_eos(const engine *e, int32_t tok);
+
+/* engine_prefix.c: automatic prefix caching; every KV block of a sequence is taken and
+ * given back through kv_alloc / kv_release (cached blocks are refcounted) */
+bool engine__pc_enabled(const engine *e);
+void engine__pc_seed(engine *e, seq *s);
+void engine__pc_lookup(engine *e, seq *s);
+void engine__pc_insert(engine *e, seq *s);
+int engine__kv_available(const engine *e);
+int engine__kv_alloc(engine *e, int n, int32_t *out);
+void engine__kv_release(engine *e, const int32_t *ids, int n);
 
 /* json_mask.c: response_format json_object. mask: logits (may be e->ss.work) with every
  * token that cannot continue s's JSON object masked, in e->ss.work; NULL when out of

@@ -157,7 +157,7 @@ void engine__admit(engine *e) {
         int nv = ad && ad->kind == ADAPTER_PROMPT_TUNING ? ad->n_virtual : 0, pad;
         int need = engine__blocks_needed(e, (pre ? pre->n_tokens : nv + r->n_prompt) + 1);
         if (ad && ad->kind == ADAPTER_PREFIX_TUNING && !engine__prefix_find(e, ad)) need += engine__prefix_blocks(e, ad, &pad);
-        if (need + e->n_running > e->kv.n_free) {
+        if (need + e->n_running > engine__kv_available(e)) {
             if (pinned) tiers_unpin(e->tiers, pinned);
             break;
         }
@@ -187,6 +187,7 @@ void engine__admit(engine *e) {
             engine__finish_request(r, FINISH_ERROR, "out of memory admitting the request");
             continue;
         }
+        engine__pc_lookup(e, s); /* cached prompt blocks: n_computed starts after them */
         s->admitted = ++e->n_admitted;
         vtc_admit(e->vtc, vt);
         s->vt = vt;

@@ -14,7 +14,7 @@
 
 void engine__prefix_release(engine *e, prefix_entry *p) {
     if (!p || --p->refs > 0) return;
-    kv_blocks_release(&e->kv, p->blocks, p->n_blocks);
+    engine__kv_release(e, p->blocks, p->n_blocks);
     free(p->blocks);
     for (int i = 0; i < e->n_prefixes; i++)
         if (e->prefixes[i] == p) {
@@ -29,7 +29,7 @@ void engine__seq_free(engine *e, seq *s) {
     if (s->vt) vtc_finish(e->vtc, s->vt);
     engine__prefix_release(e, s->pfx);
     if (s->pinned) tiers_unpin(e->tiers, s->pinned);
-    kv_blocks_release(&e->kv, s->blocks, s->n_blocks);
+    engine__kv_release(e, s->blocks, s->n_blocks);
     tokenizer_stream_free(s->ds);
     free(s->blocks);
     free(s->tokens);
@@ -77,13 +77,13 @@ prefix_entry *engine__prefix_acquire(engine *e, const adapter *ad) {
     snprintf(p->sha256, sizeof p->sha256, "%s", ad->sha256);
     p->n_blocks = engine__prefix_blocks(e, ad, &p->pad);
     p->blocks = malloc((size_t)p->n_blocks * sizeof(int32_t));
-    if (!p->blocks || kv_blocks_alloc(&e->kv, p->n_blocks, p->blocks) < 0) {
+    if (!p->blocks || engine__kv_alloc(e, p->n_blocks, p->blocks) < 0) {
         free(p->blocks);
         free(p);
         return NULL;
     }
     if (llama_store_prefix(e->lc, ad, p->blocks, p->pad) < 0) {
-        kv_blocks_release(&e->kv, p->blocks, p->n_blocks);
+        engine__kv_release(e, p->blocks, p->n_blocks);
         free(p->blocks);
         free(p);
         return NULL;

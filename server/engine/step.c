@@ -85,7 +85,7 @@ static void step_plan(engine *e) {
 static int seq_reserve(engine *e, seq *s, int tokens) {
     int want = engine__blocks_needed(e, tokens);
     if (want <= s->n_blocks) return 0;
-    if (kv_blocks_alloc(&e->kv, want - s->n_blocks, s->blocks + s->n_blocks) < 0) return PEFTD_ENOMEM;
+    if (engine__kv_alloc(e, want - s->n_blocks, s->blocks + s->n_blocks) < 0) return PEFTD_ENOMEM;
     s->n_blocks = want;
     return 0;
 }
@@ -94,9 +94,10 @@ static int seq_reserve(engine *e, seq *s, int tokens) {
  * blocks, its prefix and its adapter pin at once (so the step can go on with them). */
 static void seq_evict(engine *e, int i) {
     seq *s = e->running[i];
-    kv_blocks_release(&e->kv, s->blocks, s->n_blocks);
+    engine__kv_release(e, s->blocks, s->n_blocks);
     s->n_blocks = 0;
     s->n_computed = 0;
+    s->pc_hashed = 0;
     engine__prefix_release(e, s->pfx);
     s->pfx = NULL;
     if (s->pinned) tiers_unpin(e->tiers, s->pinned);
@@ -276,6 +277,7 @@ static int step_retire(engine *e, const step_shape *sh) {
         if (c == 0) continue;
         bool decode = s->n_tokens - s->n_computed == 1;
         s->n_computed += c;
+        engine__pc_insert(e, s);
         vtc_charge(e->vtc, s->vt, decode ? 0 : c, s->n_computed == s->n_tokens ? 1 : 0);
     }
     retire_scores(e);

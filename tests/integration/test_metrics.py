@@ -144,13 +144,36 @@ def promtool_accepts_metrics():
                 "peftd_e2e_request_latency_seconds", "peftd_batch_rows", "peftd_waiting_requests",
                 "peftd_running_requests", "peftd_kv_cache_usage_ratio", "peftd_preemptions_total",
                 "peftd_adapter_slot_hits_total", "peftd_adapter_loads_total", "peftd_adapter_slot_evictions_total",
-                "peftd_tenant_generated_tokens_total", "peftd_tenant_prompt_tokens_total", "peftd_tenant_running"):
+                "peftd_tenant_generated_tokens_total", "peftd_tenant_prompt_tokens_total", "peftd_tenant_running",
+                "peftd_prefix_cache_hits_total", "peftd_prefix_cache_queries_total",
+                "peftd_prefix_cache_evictions_total", "peftd_prefix_cache_blocks"):
         assert fam in fams, "family %s missing:\n%s" % (fam, text)
     promtool = shutil.which("promtool")
     if not promtool:
         harness.skip("promtool not installed (apt-get install prometheus); the strict parser passed")
     r = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
     assert r.returncode == 0, "promtool check metrics failed:\n%s%s" % (r.stdout.decode(), r.stderr.decode())
+
+
+@test
+def prefix_cache_counts_hits():
+    """The same long prompt twice: the second request takes the first's full prompt blocks
+    (16 tokens each, conf block_size) from the prefix cache, with the same greedy text."""
+    prompt = "Lily and Tom found a big red ball in the tall green grass by the river. " * 3
+    _, before = scrape()
+    a = d().complete(prompt=prompt, max_tokens=8, temperature=0)
+    b = d().complete(prompt=prompt, max_tokens=8, temperature=0)
+    _, after = scrape()
+    n = a["usage"]["prompt_tokens"]
+    assert n > 32, n
+
+    def delta(family):
+        return value(after, family) - value(before, family)
+
+    assert delta("peftd_prefix_cache_queries_total") == 2 * n
+    assert delta("peftd_prefix_cache_hits_total") == (n - 1) // 16 * 16, (n, delta("peftd_prefix_cache_hits_total"))
+    assert value(after, "peftd_prefix_cache_blocks") >= n // 16
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
 
 
 def settled_scrape():

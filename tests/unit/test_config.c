@@ -56,6 +56,9 @@ static const struct {
     {"{\"engine\": {\"kv_blocks\": -1}}", -1000, "engine.\"kv_blocks\" must be an integer in [0, 16777216]"},
     {"{\"engine\": {\"kv_cache_mb\": 0}}", -1000, "engine.\"kv_cache_mb\" must be an integer in [1, 4194304]"},
     {"{\"engine\": {\"max_queue\": 0}}", -1000, "engine.\"max_queue\" must be an integer in [1, 1048576]"},
+    {"{\"engine\": {\"prefix_cache\": 1}}", -1000, "engine.prefix_cache must be true or false"},
+    {"{\"engine\": {\"prefix_cache_blocks\": -1}}", -1000,
+     "engine.\"prefix_cache_blocks\" must be an integer in [0, 16777216]"},
     {"{\"store\": \"x\"}", -1000, "\"store\" must be an object"},
     {"{\"store\": {\"bogus\": 1}}", -1000, "store.unknown key \"bogus\""},
     {"{\"store\": {\"dir\": 1}}", -1000, "store.\"dir\" must be a non-empty string"},
@@ -110,7 +113,7 @@ TEST(every_key_lands_in_its_field) {
         " \"http\": {\"max_body_bytes\": 2048, \"threads\": 5, \"timeout_s\": 6, \"max_connections\": 7,"
         "  \"max_uploads\": 8, \"import_threads\": 9, \"import_queue\": 10, \"vllm_metric_aliases\": true},"
         " \"engine\": {\"max_seqs\": 11, \"max_batch_tokens\": 12, \"block_size\": 13, \"kv_blocks\": 14,"
-        "  \"kv_cache_mb\": 15, \"max_queue\": 16},"
+        "  \"kv_cache_mb\": 15, \"max_queue\": 16, \"prefix_cache\": false, \"prefix_cache_blocks\": 22},"
         " \"store\": {\"dir\": \"s\", \"map_mb\": 17, \"max_map_mb\": 18, \"host_cache_mb\": 19, \"slots\": 20,"
         "  \"max_upload_mb\": 21, \"load_roots\": [\"/r1\", \"/r2\"]},"
         " \"log\": {\"level\": \"warn\", \"format\": \"json\", \"access\": \"off\"},"
@@ -146,6 +149,8 @@ TEST(every_key_lands_in_its_field) {
     ASSERT_EQ(c.engine.kv_blocks, 14);
     ASSERT_EQ(c.engine.kv_cache_mb, 15);
     ASSERT_EQ(c.engine.max_queue, 16);
+    ASSERT(!c.engine.prefix_cache); /* the default is true */
+    ASSERT_EQ(c.engine.prefix_cache_blocks, 22);
     ASSERT_STREQ(c.store.dir, "s");
     ASSERT_EQ(c.store.map_mb, 17);
     ASSERT_EQ(c.store.max_map_mb, 18);
