@@ -21,7 +21,8 @@ struct api_job;
 struct chat_template;
 
 struct api_server {
-    http_server *http;           /* the transport; NULL until started */
+    http_server *http;           /* the transport; NULL until http_server_start returns, which is
+                                  * after the listening socket takes requests: handlers use req->srv */
     engine *e;
     const tokenizer *tok;
     const model *m;

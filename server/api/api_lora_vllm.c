@@ -79,7 +79,8 @@ static cJSON *lora_begin(http_req *req, struct MHD_Connection *conn, enum MHD_Re
                           "dynamic adapter loading is off: list the directories it may read in store.load_roots");
         return NULL;
     }
-    if (http_auth_on(s->http) && req->who.role != TENANTS_ADMIN) {
+    /* req->srv, not s->http: that is assigned only after the server started taking requests */
+    if (http_auth_on(req->srv) && req->who.role != TENANTS_ADMIN) {
         *ret = vllm_error(req, conn, MHD_HTTP_FORBIDDEN, "PermissionDeniedError",
                           "loading and unloading adapters needs the admin key");
         return NULL;

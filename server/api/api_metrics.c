@@ -190,11 +190,13 @@ static int put_requests(http_buf *b) {
                               http_metrics_queue());
 }
 
-static int metrics_render(api_server *s, http_buf *b) {
+/* srv: the request's server (api_server.http is assigned only once http_server_start returns,
+ * and the listening socket may take requests before that) */
+static int metrics_render(api_server *s, http_server *srv, http_buf *b) {
     char line[1024];
     int rc = put_family(b, "peftd_requests_total", "counter", "HTTP responses by endpoint and status.");
     http_counter counters[HTTP_MAX_COUNTERS];
-    int n = http_server_counters(s->http, counters, HTTP_MAX_COUNTERS);
+    int n = http_server_counters(srv, counters, HTTP_MAX_COUNTERS);
     for (int i = 0; i < n && rc == 0; i++) {
         snprintf(line, sizeof line, "peftd_requests_total{endpoint=\"%s\",status=\"%u\"} %" PRIu64 "\n",
                  counters[i].label, counters[i].status, counters[i].n);
@@ -284,7 +286,7 @@ static int metrics_render(api_server *s, http_buf *b) {
 enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn) {
     http_buf b = {0};
     enum MHD_Result r;
-    if (metrics_render(api_of(req), &b))
+    if (metrics_render(api_of(req), req->srv, &b))
         r = http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
     else
         r = http_respond(req, conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", b.p,
