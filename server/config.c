@@ -145,6 +145,8 @@ static const config_key KEYS[] = {
     {"auth", "enabled", CK_BOOL, 0, 0, F(auth.enabled), 0, NULL, "auth.enabled must be true or false"},
     STR("auth", "admin_key_env", auth.admin_key_env),
     STR("auth", "admin_key_sha256", auth.admin_key_sha256),
+    {"auth", "allow_unauthenticated", CK_BOOL, 0, 0, F(auth.allow_unauthenticated), 0, NULL,
+     "auth.allow_unauthenticated must be true or false"},
     CHECK("auth", "admin_key_sha256", admin_sha_ok,
           "auth.admin_key_sha256 must be 64 lowercase hex digits (sha256sum of the key)"),
     {"auth", "comment", CK_IGNORE, 0, 0, 0, 0, NULL, NULL},
@@ -322,4 +324,14 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen) {
     if (!st && ads) st = load_adapters(c, ads, path, err, errlen);
     cJSON_Delete(root);
     return st;
+}
+
+int config_check_exposure(const peftd_config *c, char *err, size_t errlen) {
+    const char *h = c->host;
+    bool loopback = !strncmp(h, "127.", 4) || !strcmp(h, "::1") || !strcmp(h, "[::1]") || !strcmp(h, "localhost");
+    if (loopback || c->auth.enabled || c->auth.allow_unauthenticated) return 0;
+    snprintf(err, errlen,
+             "host %s listens beyond loopback with auth.enabled false: turn auth on (auth.enabled, "
+             "auth.admin_key_env) or set auth.allow_unauthenticated true to serve without keys", h);
+    return PEFTD_EINVAL;
 }

@@ -45,6 +45,7 @@ typedef struct {
         bool enabled;         /* default false: a local single-user run needs no key */
         char admin_key_env[128];     /* names the environment variable holding the admin key */
         char admin_key_sha256[65];   /* or the key's sha256 hex: the key itself never sits in a file */
+        bool allow_unauthenticated;  /* listen beyond loopback with auth off: must be said explicitly */
     } auth;
     int n_adapters;           /* "adapters": {"name": "dir", ...} preloaded at start-up */
     struct config_adapter {
@@ -60,5 +61,10 @@ int config_add_adapter(peftd_config *c, const char *name, const char *dir, char 
 /* Reads a JSON config file over the current values; unknown keys are errors (typos must
  * not be silently ignored). @note err gets a message naming the key on failure. */
 int config_load(peftd_config *c, const char *path, char *err, size_t errlen);
+
+/* Auth is on by default where it matters: a host beyond loopback (anything but 127.x.x.x,
+ * ::1, localhost) with auth.enabled false is refused unless auth.allow_unauthenticated is
+ * true. Returns 0, or PEFTD_EINVAL with a message naming the fields. */
+int config_check_exposure(const peftd_config *c, char *err, size_t errlen);
 
 #endif
