@@ -115,7 +115,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 FLAGS_FILE := $(BUILD)/.flags
 FLAGS_NOW  := CC=$(CC) CUDA=$(CUDA_ON) CFLAGS=$(CFLAGS) LDFLAGS=$(LDFLAGS) LDLIBS=$(LDLIBS) CLI=$(CLI_CFLAGS) $(CLI_LIBS) \
               NVCC=$(NVCC) NVCCFLAGS=$(NVCCFLAGS)
-ifneq ($(filter-out clean distclean,$(or $(MAKECMDGOALS),all)),)
+ifneq ($(if $(NOBUILD),,$(filter-out clean distclean,$(or $(MAKECMDGOALS),all))),)
   ifneq ($(strip $(file < $(FLAGS_FILE))),$(strip $(FLAGS_NOW)))
     $(shell mkdir -p $(BUILD))
     $(file > $(FLAGS_FILE),$(FLAGS_NOW))
@@ -206,10 +206,11 @@ $(VENV)/.stamp: $(REQS)
 	$(VENV_PY) -m pip install -q -r $(REQS)
 	@touch $@
 
-# make install [PREFIX=/usr/local] [DESTDIR=stage]: binaries, the default model, the config
+# make install [PREFIX=/usr/local] [DESTDIR=stage] [NOBUILD=1: install what $(BUILD) holds,
+# build nothing, leave $(BUILD)/.flags alone]: binaries, the default model, the config
 # examples (paths rewritten to the install's), the systemd unit, sysusers.d (the peftd
 # system user) and tmpfiles.d entries. tests/integration/test_install.py checks it.
-install: all
+install: $(if $(NOBUILD),,all)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/models $(DESTDIR)$(SYSCONFDIR)/peftd \
 	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DATADIR)/doc
 	install -m 0755 $(BUILD)/peftd $(BUILD)/peftctl $(BUILD)/peftd-loadgen $(DESTDIR)$(BINDIR)/
