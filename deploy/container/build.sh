@@ -46,12 +46,12 @@ base_image() {
 cuda_from_host() {  # $1 = base image
     local ctx; ctx=$(mktemp -d); local cu; cu=$(readlink -f /usr/local/cuda)
     step "CUDA toolkit from $cu (trimmed) into localhost/cuda-devel + cuda-runtime" >&2
-    mkdir -p "$ctx/devel/cuda/lib64" "$ctx/runtime/cuda/lib64"
-    cp -a "$cu/bin" "$cu/nvvm" "$ctx/devel/cuda/"
-    cp -aL "$cu/include" "$ctx/devel/cuda/include"
+    mkdir -p "$ctx/devel/cuda/lib" "$ctx/runtime/cuda/lib"
+    cp -a "$cu/bin" "$cu/nvvm" "$cu/include" "$cu/targets" "$ctx/devel/cuda/"
+    [ -e "$cu/lib64" ] && ln -s lib "$ctx/devel/cuda/lib64" && ln -s lib "$ctx/runtime/cuda/lib64"
     for l in libcudart libcublas libcublasLt; do
-        cp -a "$cu"/lib64/$l.so* "$ctx/devel/cuda/lib64/"
-        cp -a "$cu"/lib64/$l.so.* "$ctx/runtime/cuda/lib64/"
+        cp -a "$cu"/lib/$l.so* "$ctx/devel/cuda/lib/"
+        cp -a "$cu"/lib/$l.so.* "$ctx/runtime/cuda/lib/"
     done
     printf 'FROM %s\nRUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*\nCOPY cuda /usr/local/cuda\nENV PATH=/usr/local/cuda/bin:$PATH\n' "$1" > "$ctx/devel/Containerfile"
     printf 'FROM %s\nCOPY cuda /usr/local/cuda\nRUN echo /usr/local/cuda/lib64 > /etc/ld.so.conf.d/cuda.conf && ldconfig\n' "$1" > "$ctx/runtime/Containerfile"
@@ -74,11 +74,14 @@ if [ "$what" = cuda ] || [ "$what" = all ]; then
     devel=${CUDA_DEVEL:-docker.io/nvidia/cuda:13.0.1-devel-ubuntu24.04}
     runtime=${CUDA_RUNTIME:-docker.io/nvidia/cuda:13.0.1-runtime-ubuntu24.04}
     if [ "${CUDA_FROM_HOST:-0}" = 1 ]; then
-        cuda_from_host "$BASE_IMG"; devel=localhost/cuda-devel:host; runtime=localhost/cuda-runtime:host
+        podman image exists localhost/cuda-runtime:host || cuda_from_host "$BASE_IMG"
+        devel=localhost/cuda-devel:host; runtime=localhost/cuda-runtime:host
+        RUNTIME_PKGS="libmicrohttpd12 libcjson1 libuv1 liblmdb0 libopenblas0-pthread libpcre2-8-0 libutf8proc2 libssl3 libcurl4"
     fi
     step "build peftd:cuda-$TAG (devel $devel, runtime $runtime)"
     podman build --format docker --isolation "$ISOLATION" -f deploy/container/Containerfile.cuda --build-arg CUDA_DEVEL="$devel" \
         --build-arg CUDA_RUNTIME="$runtime" --build-arg MARCH="$MARCH" \
+        ${RUNTIME_PKGS:+--build-arg RUNTIME_PKGS="$RUNTIME_PKGS"} \
         -t "localhost/peftd:cuda-$TAG" -t localhost/peftd:cuda .
     step "built peftd:cuda-$TAG"
     c=$(buildah from "localhost/peftd:cuda-$TAG")
