@@ -1,12 +1,15 @@
 # peftd — plain Makefile.
-#   make            build build/peftd (+ CUDA backend when nvcc exists)
+#   make            build build/peftd (+ CUDA backend: CUDA=auto needs nvcc and a driver;
+#                   CUDA=1 forces it, CUDA=0 never; MARCH=native by default)
 #   make run        install missing deps, build, serve the default model (conf/peftd.json)
 #   make test       install missing deps, build, run unit + integration tests
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make tsan       the CPU worker pool's stress test under ThreadSanitizer (build-tsan/)
 #   make bench      benchmarks (JSON + one-line summary)
+#   make install    install under PREFIX (default /usr/local), staged under DESTDIR
+#   make venv       the test virtualenv (build/venv, tests/requirements.txt)
 #   make clean      remove every build directory (build/ or $(BUILD), build-asan, build-tsan,
-#                   build-fuzz, build-gpu); `make distclean` also the generated benchmark models
+#                   build-fuzz, build-gpu, build-cuda); `make distclean` also the generated benchmark models
 # XCFLAGS / XLDFLAGS / XNVCCFLAGS are appended for local experiments. Changing any flag (or
 # the compiler) rebuilds what it affects: the effective flags are kept in $(BUILD)/.flags.
 
@@ -293,7 +296,7 @@ bench: deps
 # generating them takes minutes and nothing about them depends on the code or the flags,
 # so clean keeps them and distclean removes them.
 clean:
-	rm -rf $(BUILD) build build-asan build-tsan build-fuzz build-gpu bench/results/tmp
+	rm -rf $(BUILD) build build-asan build-tsan build-fuzz build-gpu build-cuda bench/results/tmp
 
 distclean: clean
 	rm -rf bench/models

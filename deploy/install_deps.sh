@@ -24,6 +24,8 @@ for mod in "${!PKG[@]}"; do
   fi
 done
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# `make venv` (the test virtualenv) needs venv + ensurepip: Debian splits them out.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy/systemd/check.sh — renders peftd.service.in as `make install PREFIX=/usr` does and
 # scores it with `systemd-analyze security --offline=yes` (systemd >= 252); fails above
-# MAX (default 3.0). Also runs `systemd-analyze verify` on it when the binary path exists.
+# MAX (default 3.0).
 set -euo pipefail
 cd "$(dirname "$0")"
 MAX=${MAX:-3.0}
