@@ -203,7 +203,7 @@ test: deps venv
 # The test virtualenv: rebuilt when tests/requirements.txt changes. A failed pip install
 # fails `make venv` (and so `make test`): the SDK tests never silently skip.
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: $(REQS)
+$(VENV)/.stamp: $(REQS) | deps
 	@rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install -q -r $(REQS)
