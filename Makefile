@@ -1,13 +1,16 @@
 # peftd — plain Makefile.
-#   make            build build/peftd (+ CUDA backend when nvcc exists)
+#   make            build build/peftd (+ CUDA backend: CUDA=auto needs nvcc and a driver;
+#                   CUDA=1 forces it, CUDA=0 never; MARCH=native by default)
 #   make run        install missing deps, build, serve the default model (conf/peftd.json)
 #   make test       install missing deps, build, run unit + integration tests
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make tsan       the CPU worker pool's stress test under ThreadSanitizer (build-tsan/)
 #   make test-cluster  replication: a primary + 3 followers on loopback (tests/integration/test_cluster.py)
 #   make bench      benchmarks (JSON + one-line summary)
+#   make install    install under PREFIX (default /usr/local), staged under DESTDIR
+#   make venv       the test virtualenv (build/venv, tests/requirements.txt)
 #   make clean      remove every build directory (build/ or $(BUILD), build-asan, build-tsan,
-#                   build-fuzz, build-gpu); `make distclean` also the generated benchmark models
+#                   build-fuzz, build-gpu, build-cuda); `make distclean` also the generated benchmark models
 # XCFLAGS / XLDFLAGS / XNVCCFLAGS are appended for local experiments. Changing any flag (or
 # the compiler) rebuilds what it affects: the effective flags are kept in $(BUILD)/.flags.
 
@@ -25,7 +28,10 @@ CLI_CFLAGS := $(shell pkg-config --cflags $(CLI_PKGS) 2>/dev/null)
 CLI_LIBS   := $(shell pkg-config --libs $(CLI_PKGS) 2>/dev/null)
 
 OPT     ?= -O2
-CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -march=native -fno-strict-aliasing \
+# -march: native by default; a portable build (container images, packages) passes e.g.
+# MARCH=x86-64-v2.
+MARCH   ?= native
+CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -march=$(MARCH) -fno-strict-aliasing \
            -Wall -Wextra -Werror -Wno-unused-parameter -MMD -MP \
            -I. $(PKG_CFLAGS) $(SANFLAGS) $(XCFLAGS)
 LDFLAGS := $(SANFLAGS) $(XLDFLAGS)
@@ -49,10 +55,28 @@ PEFTCTL_OBJ := $(PEFTCTL_SRC:%.c=$(BUILD)/%.o)
 LOADGEN_SRC := $(wildcard clients/loadgen/*.c)
 LOADGEN_OBJ := $(LOADGEN_SRC:%.c=$(BUILD)/%.o)
 
-# CUDA backend: compiled whenever nvcc exists and there are .cu sources.
+# CUDA backend. CUDA=auto (default): built when nvcc exists AND an NVIDIA driver is present
+# (/dev/nvidiactl or a loadable libcuda.so.1), so a machine with the toolkit but no GPU
+# builds CPU-only and links no CUDA library. CUDA=1 forces it (CI: compile-checks the
+# kernels without a GPU; an error without nvcc); CUDA=0 never builds it.
+CUDA     ?= auto
 NVCC     := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CU_SRC   := $(shell find kernels/cuda -name '*.cu' 2>/dev/null | sort)
-ifneq ($(and $(NVCC),$(CU_SRC)),)
+ifeq ($(CUDA),auto)
+  CUDA_DRIVER := $(shell test -e /dev/nvidiactl && echo /dev/nvidiactl || \
+                   (ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 ' && echo libcuda.so.1))
+  CUDA_ON := $(and $(NVCC),$(CU_SRC),$(CUDA_DRIVER))
+else ifeq ($(CUDA),1)
+  ifeq ($(NVCC),)
+    $(error CUDA=1 but no nvcc on PATH or in /usr/local/cuda/bin)
+  endif
+  CUDA_ON := 1
+else ifeq ($(CUDA),0)
+  CUDA_ON :=
+else
+  $(error CUDA must be auto, 0 or 1 (got '$(CUDA)'))
+endif
+ifneq ($(CUDA_ON),)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/%.o)
   # sm_80 (A100) and sm_90 (H100/H200) SASS + sm_90 PTX for newer chips; every nvcc
@@ -63,23 +87,44 @@ ifneq ($(and $(NVCC),$(CU_SRC)),)
                -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror $(XNVCCFLAGS)
   CFLAGS    += -DPEFTD_CUDA=1 -I$(CUDA_HOME)/include
   LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
-  BUILD_KIND := CPU + CUDA (nvcc: $(NVCC))
-else ifneq ($(NVCC),)
-  BUILD_KIND := CPU-only (nvcc found, but no CUDA sources yet)
+  BUILD_KIND := CPU + CUDA (CUDA=$(CUDA), nvcc: $(NVCC))
+else ifeq ($(CUDA),0)
+  BUILD_KIND := CPU-only (CUDA=0)
+else ifeq ($(NVCC),)
+  BUILD_KIND := CPU-only (no nvcc on PATH: CUDA backend not built; CUDA=1 forces it)
 else
-  BUILD_KIND := CPU-only (no nvcc on PATH: CUDA backend not built)
+  BUILD_KIND := CPU-only (nvcc found but no NVIDIA driver: CUDA=1 builds the CUDA backend anyway)
 endif
 
-.PHONY: all deps tests-bin run test test-load test-cluster asan tsan fuzz bench clean distclean
+# make run / make test build with every core unless -j was given.
+NPROC   := $(shell nproc 2>/dev/null || echo 2)
+JOBS    := $(if $(findstring -j,$(MAKEFLAGS)),,-j$(NPROC))
+
+# Test-time Python packages (openai SDK, prometheus_client, kubernetes-validate) live in a
+# virtualenv the Makefile creates: Debian's system pip refuses to install (PEP 668).
+VENV    ?= $(BUILD)/venv
+VENV_PY := $(VENV)/bin/python
+REQS    := tests/requirements.txt
+
+# make install: PREFIX (default /usr/local) and DESTDIR (staging root, for packaging).
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share/peftd
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+
+.PHONY: all deps venv install uninstall tests-bin run test test-load test-cluster asan tsan fuzz bench clean distclean
 .DEFAULT_GOAL := all
 
 # Rebuild when flags change: the effective compiler, flags and libraries are written to
 # $(BUILD)/.flags, rewritten only when they differ from the last build's, and every object
 # and binary depends on that file. (clean/distclean alone leave it alone.)
 FLAGS_FILE := $(BUILD)/.flags
-FLAGS_NOW  := CC=$(CC) CFLAGS=$(CFLAGS) LDFLAGS=$(LDFLAGS) LDLIBS=$(LDLIBS) CLI=$(CLI_CFLAGS) $(CLI_LIBS) \
+FLAGS_NOW  := CC=$(CC) CUDA=$(CUDA_ON) CFLAGS=$(CFLAGS) LDFLAGS=$(LDFLAGS) LDLIBS=$(LDLIBS) CLI=$(CLI_CFLAGS) $(CLI_LIBS) \
               NVCC=$(NVCC) NVCCFLAGS=$(NVCCFLAGS)
-ifneq ($(filter-out clean distclean,$(or $(MAKECMDGOALS),all)),)
+ifneq ($(if $(NOBUILD),,$(filter-out clean distclean,$(or $(MAKECMDGOALS),all))),)
   ifneq ($(strip $(file < $(FLAGS_FILE))),$(strip $(FLAGS_NOW)))
     $(shell mkdir -p $(BUILD))
     $(file > $(FLAGS_FILE),$(FLAGS_NOW))
@@ -170,18 +215,51 @@ $(BUILD)/bench/bench_gpu: bench/bench_gpu.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 
 # run / test first install what is missing, then re-enter make so pkg-config sees it.
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(JOBS) all
 	$(BUILD)/peftd serve --config conf/peftd.json
 
-test: deps
-	@$(MAKE) --no-print-directory all tests-bin
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh
+test: deps venv
+	@$(MAKE) --no-print-directory $(JOBS) all tests-bin
+	@BUILD=$(BUILD) PYTHON=$(VENV_PY) bash tests/run_tests.sh
+
+# The test virtualenv: rebuilt when tests/requirements.txt changes. A failed pip install
+# fails `make venv` (and so `make test`): the SDK tests never silently skip.
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: $(REQS) | deps
+	@rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install -q -r $(REQS)
+	@touch $@
+
+# make install [PREFIX=/usr/local] [DESTDIR=stage] [NOBUILD=1: install what $(BUILD) holds,
+# build nothing, leave $(BUILD)/.flags alone]: binaries, the default model, the config
+# examples (paths rewritten to the install's), the systemd unit, sysusers.d (the peftd
+# system user) and tmpfiles.d entries. tests/integration/test_install.py checks it.
+install: $(if $(NOBUILD),,all)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/models $(DESTDIR)$(SYSCONFDIR)/peftd \
+	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DATADIR)/doc
+	install -m 0755 $(BUILD)/peftd $(BUILD)/peftctl $(BUILD)/peftd-loadgen $(DESTDIR)$(BINDIR)/
+	cp -R models/stories260K $(DESTDIR)$(DATADIR)/models/
+	for f in conf/peftd.json conf/peftd.production.json; do \
+	    sed -e 's|"models/stories260K"|"$(DATADIR)/models/stories260K"|' \
+	        -e 's|"var/store"|"/var/lib/peftd/store"|' $$f > $(DESTDIR)$(SYSCONFDIR)/peftd/$$(basename $$f); \
+	    chmod 0644 $(DESTDIR)$(SYSCONFDIR)/peftd/$$(basename $$f); done
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' deploy/systemd/peftd.service.in \
+	    > $(DESTDIR)$(UNITDIR)/peftd.service && chmod 0644 $(DESTDIR)$(UNITDIR)/peftd.service
+	install -m 0644 deploy/systemd/peftd.sysusers $(DESTDIR)$(SYSUSERSDIR)/peftd.conf
+	install -m 0644 deploy/systemd/peftd.tmpfiles $(DESTDIR)$(TMPFILESDIR)/peftd.conf
+	install -m 0644 README.md CHANGELOG.md $(DESTDIR)$(DATADIR)/doc/
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,peftd peftctl peftd-loadgen) \
+	    $(DESTDIR)$(UNITDIR)/peftd.service $(DESTDIR)$(SYSUSERSDIR)/peftd.conf $(DESTDIR)$(TMPFILESDIR)/peftd.conf
+	rm -rf $(DESTDIR)$(DATADIR)
 
 # The load acceptance test (256 streaming clients for 60 s, > 1 minute): apart from `make test`
 # (under `make test` it skips itself unless PEFTD_TEST_LOAD=1).
-test-load: deps
-	@$(MAKE) --no-print-directory all
-	@PEFTD_TEST_LOAD=1 PEFTD_BIN=$(BUILD)/peftd PEFTD_LOADGEN=$(BUILD)/peftd-loadgen $(PYTHON) tests/integration/test_load.py
+test-load: deps venv
+	@$(MAKE) --no-print-directory $(JOBS) all
+	@PEFTD_TEST_LOAD=1 PEFTD_BIN=$(BUILD)/peftd PEFTD_LOADGEN=$(BUILD)/peftd-loadgen $(VENV_PY) tests/integration/test_load.py
 
 # The replication cluster test (a primary + 3 followers on loopback, tests/integration/
 # test_cluster.py): apart from `make test` (under it the file skips itself).
@@ -220,10 +298,10 @@ fuzz: deps
 # float-cast-overflow is not part of gcc's -fsanitize=undefined: a JSON number cast to an
 # int or a float it does not fit is undefined behaviour, so it is checked too.
 ASAN_SAN := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
-asan: deps
-	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+asan: deps venv
+	@$(MAKE) --no-print-directory $(JOBS) BUILD=build-asan OPT=-O1 \
 	    SANFLAGS="$(ASAN_SAN)" all tests-bin
-	@BUILD=build-asan PYTHON=$(PYTHON) PEFTD_SANITIZED=1 \
+	@BUILD=build-asan PYTHON=$(abspath $(VENV_PY)) PEFTD_SANITIZED=1 \
 	    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    bash tests/run_tests.sh
 
@@ -235,7 +313,7 @@ TSAN_STRESS ?= 1
 tsan:
 	@mkdir -p build-tsan
 	$(CC) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=thread -I. -o build-tsan/test_threadpool \
-	    tests/unit/test_threadpool.c tests/harness/test.c -lpthread -lm
+	    tests/unit/test_threadpool.c kernels/cpu/cpu_quota.c tests/harness/test.c -lpthread -lm
 	@PEFTD_POOL_STRESS=$(TSAN_STRESS) TEST_TIMEOUT=900 TSAN_OPTIONS=halt_on_error=1 build-tsan/test_threadpool
 
 bench: deps
@@ -247,7 +325,7 @@ bench: deps
 # generating them takes minutes and nothing about them depends on the code or the flags,
 # so clean keeps them and distclean removes them.
 clean:
-	rm -rf $(BUILD) build build-asan build-tsan build-fuzz build-gpu bench/results/tmp
+	rm -rf $(BUILD) build build-asan build-tsan build-fuzz build-gpu build-cuda bench/results/tmp
 
 distclean: clean
 	rm -rf bench/models

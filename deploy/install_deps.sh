@@ -26,6 +26,8 @@ done
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # `make test-cluster` puts HAProxy in front of its replicas (PEFTD_DEPS_HAPROXY=1)
 if [ "${PEFTD_DEPS_HAPROXY:-}" = 1 ] && ! command -v haproxy >/dev/null 2>&1; then missing+=(haproxy); fi
+# `make venv` (the test virtualenv) needs venv + ensurepip: Debian splits them out.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

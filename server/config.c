@@ -174,6 +174,8 @@ static const config_key KEYS[] = {
     BOOL("auth", "enabled", auth.enabled, "auth.enabled must be true or false", "tenants and API keys (default false)"),
     STR("auth", "admin_key_env", auth.admin_key_env, "names the environment variable holding the admin key"),
     STR("auth", "admin_key_sha256", auth.admin_key_sha256, "or the admin key's sha256 hex"),
+    BOOL("auth", "allow_unauthenticated", auth.allow_unauthenticated, "auth.allow_unauthenticated must be true or false",
+         "serve beyond loopback with auth off (default false: such a host is refused)"),
     CHECK("auth", "admin_key_sha256", admin_sha_ok,
           "auth.admin_key_sha256 must be 64 lowercase hex digits (sha256sum of the key)"),
     IGNORE("auth", "comment", "free text, ignored"),
@@ -462,4 +464,14 @@ int config_key_count(void) {
     int n = 1; /* "adapters" */
     for (size_t i = 0; i < N_KEYS; i++) n += KEYS[i].type != CK_CHECK;
     return n;
+}
+
+int config_check_exposure(const peftd_config *c, char *err, size_t errlen) {
+    const char *h = c->host;
+    bool loopback = !strncmp(h, "127.", 4) || !strcmp(h, "::1") || !strcmp(h, "[::1]") || !strcmp(h, "localhost");
+    if (loopback || c->auth.enabled || c->auth.allow_unauthenticated) return 0;
+    snprintf(err, errlen,
+             "host %s listens beyond loopback with auth.enabled false: turn auth on (auth.enabled, "
+             "auth.admin_key_env) or set auth.allow_unauthenticated true to serve without keys", h);
+    return PEFTD_EINVAL;
 }

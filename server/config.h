@@ -56,6 +56,7 @@ typedef struct {
         bool enabled;         /* default false: a local single-user run needs no key */
         char admin_key_env[128];     /* names the environment variable holding the admin key */
         char admin_key_sha256[65];   /* or the key's sha256 hex: the key itself never sits in a file */
+        bool allow_unauthenticated;  /* listen beyond loopback with auth off: must be said explicitly */
     } auth;
     int n_adapters;           /* "adapters": {"name": "dir", ...} preloaded at start-up */
     struct config_adapter {
@@ -79,5 +80,9 @@ int config_load(peftd_config *c, const char *path, char *err, size_t errlen);
  * description, then every environment variable the daemon reads. */
 void config_help(FILE *f);
 int config_key_count(void); /* the keys config_help lists (tests compare) */
+/* Auth is on by default where it matters: a host beyond loopback (anything but 127.x.x.x,
+ * ::1, localhost) with auth.enabled false is refused unless auth.allow_unauthenticated is
+ * true. Returns 0, or PEFTD_EINVAL with a message naming the fields. */
+int config_check_exposure(const peftd_config *c, char *err, size_t errlen);
 
 #endif

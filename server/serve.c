@@ -279,6 +279,10 @@ static int open_listener_and_store(peftd_config *cfg, int *listen_fd, astore **s
 
 int serve_run(peftd_config *cfg, const char *config_path) {
     char err[1024] = "";
+    if (config_check_exposure(cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "peftd: %s\n", err);
+        return 2;
+    }
     int lst = apply_log_config(cfg);
     if (lst < 0) {
         fprintf(stderr, "peftd: cannot open the access log %s: %s\n", cfg->log.access, strerror(-lst));

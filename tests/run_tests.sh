@@ -28,20 +28,17 @@ for t in "$BUILD"/tests/test_*; do
 done
 
 echo "== integration tests (tests/integration)"
-# test_openai_sdk.py drives the daemon with the official openai SDK: install it when missing.
-# Without it (no network) that file reports its tests SKIPPED, never passed.
-if ! "$PYTHON" -c "import openai" 2>/dev/null; then
-    echo "== installing the openai Python SDK: $PYTHON -m pip install -q openai"
-    "$PYTHON" -m pip install -q openai ||
-        echo "   pip install openai failed: test_openai_sdk.py will report its tests as SKIPPED"
-fi
-# test_gateway.py parses /metrics with prometheus_client's text parser: install it when
-# missing. Without it that file's metric tests FAIL (an unparsed exposition is no pass).
-if ! "$PYTHON" -c "import prometheus_client" 2>/dev/null; then
-    echo "== installing prometheus_client: $PYTHON -m pip install -q prometheus-client"
-    "$PYTHON" -m pip install -q prometheus-client ||
-        echo "   pip install prometheus-client failed: test_gateway.py's metric tests will FAIL"
-fi
+# The SDK/metrics/manifest tests need their Python packages (tests/requirements.txt, installed
+# by `make venv` into build/venv; `make test` passes that venv's python as PYTHON). A missing
+# one is a FAILED check here, never a silent skip.
+for mod in openai prometheus_client kubernetes_validate yaml; do
+    if "$PYTHON" -c "import $mod" 2>/dev/null; then
+        echo "  ok python module $mod ($PYTHON)"; pass=$((pass + 1))
+    else
+        echo "  FAIL python module $mod missing for $PYTHON: run make venv (tests/requirements.txt)"
+        fail=$((fail + 1)); failed_suites+=("python module $mod")
+    fi
+done
 # test_console.py drives the web console in Debian's Chromium through Playwright (pip; its
 # own browser download is not used). Installed when missing; without them (no network, not
 # root) that file's browser tests report SKIPPED with the reason, never passed.

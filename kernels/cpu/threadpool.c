@@ -26,6 +26,7 @@
  * task of the wrong dispatch.
  */
 #include "kernels/cpu/threadpool.h"
+#include "kernels/cpu/cpu_quota.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -129,10 +130,7 @@ static void *kpool_worker(void *argp) {
 
 int kpool_create(int n_threads, kpool **out) {
     *out = NULL;
-    if (n_threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = n > 0 ? (int)n : 1;
-    }
+    if (n_threads <= 0) n_threads = cpu_usable_count();
     kpool *p = calloc(1, sizeof *p);
     if (!p) return PEFTD_ENOMEM;
     p->n_threads = 1;

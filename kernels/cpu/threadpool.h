@@ -20,7 +20,8 @@ typedef struct kpool kpool;
  * per-thread scratch. */
 typedef void (*kpool_fn)(void *ctx, int task, int thread);
 
-/* n_threads <= 0: one per online core. Returns 0 and *out, or a negative status.
+/* n_threads <= 0: one per usable CPU (cpu_usable_count(): affinity mask capped by the
+ * cgroup CPU quota). Returns 0 and *out, or a negative status.
  * @note caller owns *out: kpool_free(). */
 int kpool_create(int n_threads, kpool **out);
 

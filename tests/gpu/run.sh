@@ -35,7 +35,7 @@ say "== peftd GPU run $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name --form
 export PATH=$PATH:/usr/local/cuda/bin
 
 # 1. build
-if ! make -j"$(nproc)" BUILD="$BUILD" all tests-bin "$BUILD/bench/bench_adapters" "$BUILD/bench/bench_gpu" \
+if ! make -j"$(nproc)" CUDA=1 BUILD="$BUILD" all tests-bin "$BUILD/bench/bench_adapters" "$BUILD/bench/bench_gpu" \
         >"$RES/build.log" 2>&1; then
     say "build: FAILED (see build.log)"; exit 1
 fi

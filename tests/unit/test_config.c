@@ -192,5 +192,26 @@ TEST(absent_keys_keep_the_defaults_and_shipped_configs_load) {
     ASSERT(memcmp(&c, &d, sizeof c) == 0);
 }
 
-TEST_MAIN(each_bad_key_is_refused_naming_it, every_key_lands_in_its_field,
+TEST(auth_required_beyond_loopback) {
+    static const struct { const char *host; bool auth, allow; int st; } C[] = {
+        {"127.0.0.1", false, false, 0}, {"127.1.2.3", false, false, 0}, {"::1", false, false, 0},
+        {"localhost", false, false, 0}, {"0.0.0.0", true, false, 0}, {"0.0.0.0", false, true, 0},
+        {"0.0.0.0", false, false, PEFTD_EINVAL}, {"::", false, false, PEFTD_EINVAL},
+        {"10.0.0.5", false, false, PEFTD_EINVAL}, {"128.0.0.1", false, false, PEFTD_EINVAL},
+    };
+    for (size_t i = 0; i < sizeof C / sizeof C[0]; i++) {
+        peftd_config c;
+        config_default(&c);
+        snprintf(c.host, sizeof c.host, "%s", C[i].host);
+        c.auth.enabled = C[i].auth;
+        c.auth.allow_unauthenticated = C[i].allow;
+        char err[512] = "";
+        int st = config_check_exposure(&c, err, sizeof err);
+        config_free(&c);
+        if (st != C[i].st) FAIL("%s auth=%d allow=%d: got %d (%s)", C[i].host, C[i].auth, C[i].allow, st, err);
+        if (st && !strstr(err, "auth.allow_unauthenticated")) FAIL("message does not name the field: %s", err);
+    }
+}
+
+TEST_MAIN(auth_required_beyond_loopback, each_bad_key_is_refused_naming_it, every_key_lands_in_its_field,
           absent_keys_keep_the_defaults_and_shipped_configs_load)

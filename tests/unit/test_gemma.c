@@ -74,7 +74,9 @@ typedef struct {
     llama_ctx *c;
 } grun;
 
+#ifdef PEFTD_CUDA
 static bool USE_CUDA; /* grun_open on the CUDA backend (gemma_cuda) */
+#endif
 
 static void grun_open(grun *r, const char *dir) {
     char err[1024] = "";
