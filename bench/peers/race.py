@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""bench/peers/race.py — peftd vs llama.cpp's llama-server on the same weights (driven by
+race.sh, which builds, converts and passes the paths).
+
+For one model: starts both servers (same thread count, both holding the same 32 LoRAs),
+warms them, then runs ROUNDS interleaved rounds; in each round every test runs on both
+servers back to back (the order flips every round) with race_client.py:
+  a  single stream, base, TOKENS_A tokens: decode tok/s (prefill excluded)
+  b  32 concurrent streams, base, TOKENS_B tokens each: aggregate tok/s
+  c  32 concurrent streams, each on a different LoRA (peftd `adapter`, llama-server's
+     per-request `lora` list), TOKENS_C tokens each: aggregate tok/s
+and llama-bench (tg TOKENS_A, no prompt, same threads) as a cross-check of a.
+Around the rounds: peftd's bench_decode (streaming-read bandwidth of this machine and the
+bytes a decode step reads) before and after; the roofline ratio of a is
+tok/s x bytes_per_token / best read bandwidth, for both servers (same weights, same bytes).
+CPU accounting per test: busy cores of the whole machine (/proc/stat) and of the server
+under test (/proc/PID/stat) over the test's wall time; the difference is the client plus
+every other process on the machine, so a reader can see how loaded it was.
+Best-of (max) and median per test; one JSON object on stdout.
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLIENT = os.path.join(HERE, "race_client.py")
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def env(name, default):
+    return type(default)(os.environ.get(name, default))
+
+
+def proc_cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12]) + int(parts[13]) + int(parts[14])) / HZ
+    except OSError:
+        return 0.0
+
+
+def sys_busy():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return (sum(v[:8]) - idle) / HZ
+
+
+def rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def wait_health(url, proc, name, timeout=600):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            sys.exit(f"race: {name} exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return time.time() - t0
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.2)
+    sys.exit(f"race: {name} not ready after {timeout} s")
+
+
+def run_client(server, url, streams, tokens, adapters, salt):
+    cmd = [sys.executable, CLIENT, "--url", url, "--server", server, "--streams", str(streams),
+           "--tokens", str(tokens), "--adapters", str(adapters), "--salt", str(salt)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        sys.exit(f"race: client failed: {p.stderr[-2000:]}")
+    return json.loads(p.stdout)
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    threads, rounds = cfg["threads"], cfg["rounds"]
+    n_ad = cfg["n_adapters"]
+    tok_a, tok_b, tok_c = cfg["tokens_a"], cfg["tokens_b"], cfg["tokens_c"]
+    tests = cfg.get("tests", ["a", "b", "c"])
+    store = tempfile.mkdtemp(prefix="race-store-")
+    logs = {"peftd": open(os.path.join(store, "peftd.log"), "w"),
+            "llama": open(os.path.join(store, "llama.log"), "w")}
+    loras = sorted(os.listdir(cfg["lora_hf"]))[:n_ad] if n_ad else []
+    pcmd = [cfg["peftd"], "serve", "--model", cfg["model_hf"], "--port", str(cfg["peftd_port"]),
+            "--threads", str(threads), "--store", os.path.join(store, "store")]
+    for name in loras:
+        pcmd += ["--adapter", f"{name}={os.path.join(cfg['lora_hf'], name)}"]
+    ctx = 32 * max(256, 8 + max(tok_a, tok_b, tok_c) + 8)
+    lcmd = [os.path.join(cfg["llama_bin"], "llama-server"), "-m", cfg["model_gguf"],
+            "--host", "127.0.0.1", "--port", str(cfg["llama_port"]), "-t", str(threads),
+            "-tb", str(threads), "-c", str(ctx), "-np", "32", "--kv-unified", "-cram", "0",
+            "--no-webui", "-ngl", "0"]
+    if n_ad:
+        for name in loras:
+            lcmd += ["--lora", os.path.join(cfg["lora_gguf"], name + ".gguf")]
+        lcmd += ["--lora-init-without-apply"]
+    procs = {}
+    out = {"model": cfg["name"], "threads": threads, "rounds": rounds,
+           "tokens": {"a": tok_a, "b": tok_b, "c": tok_c}, "streams_bc": 32,
+           "n_adapters": n_ad, "prompt_tokens": 8,
+           "commands": {"peftd": " ".join(pcmd[:12]) + (f" --adapter lora-NNNN=... x{n_ad}" if n_ad else ""),
+                        "llama": " ".join(lcmd[:24]) + (f" --lora ....gguf x{n_ad} --lora-init-without-apply" if n_ad else "")}}
+    try:
+        procs["peftd"] = subprocess.Popen(pcmd, stdout=logs["peftd"], stderr=subprocess.STDOUT)
+        out["peftd_ready_s"] = wait_health(cfg["peftd_url"], procs["peftd"], "peftd")
+        procs["llama"] = subprocess.Popen(lcmd, stdout=logs["llama"], stderr=subprocess.STDOUT)
+        out["llama_ready_s"] = wait_health(cfg["llama_url"], procs["llama"], "llama-server")
+        urls = {"peftd": cfg["peftd_url"], "llama": cfg["llama_url"]}
+        # Warm-up (not counted): one short single stream, and every adapter once.
+        for s in ("peftd", "llama"):
+            run_client(s, urls[s], 1, 8, 0, 999)
+            if "c" in tests:
+                run_client(s, urls[s], 32, 2, n_ad, 998)
+        shape = {"a": (1, tok_a, 0), "b": (32, tok_b, 0), "c": (32, tok_c, n_ad)}
+        res = {t: {"peftd": [], "llama": []} for t in tests}
+        res_bench = []
+        for r in range(rounds):
+            order = ["peftd", "llama"] if r % 2 == 0 else ["llama", "peftd"]
+            for t in tests:
+                for s in order:
+                    time.sleep(0.5)  # let the other server's threads go idle
+                    st, sb = proc_cpu(procs[s].pid), sys_busy()
+                    tw = time.time()
+                    rec = run_client(s, urls[s], *shape[t], salt=100 * r + ord(t))
+                    wall = time.time() - tw
+                    ours = proc_cpu(procs[s].pid) - st
+                    busy = sys_busy() - sb
+                    # machine_busy_cores - server_cores = the client + everybody else
+                    rec["server_cpu_s"] = round(ours, 3)
+                    rec["machine_busy_cores"] = round(busy / wall, 3)
+                    rec["server_cores"] = round(ours / wall, 3)
+                    rec["rss_mb"] = rss_mb(procs[s].pid)
+                    rec["round"] = r
+                    if not rec["ok"]:
+                        sys.exit(f"race: {s} test {t} failed: {rec['errors']}")
+                    res[t][s].append(rec)
+                    key = "decode_tok_s" if t == "a" else "agg_tok_s"
+                    print(f"race: {cfg['name']} round {r} {t} {s}: {rec[key]:.2f} tok/s "
+                          f"(machine busy {rec['machine_busy_cores']:.2f} cores, server "
+                          f"{rec['server_cores']:.2f})", file=sys.stderr)
+            if cfg.get("llama_bench") and "a" in tests:
+                b = subprocess.run([os.path.join(cfg["llama_bin"], "llama-bench"), "-m",
+                                    cfg["model_gguf"], "-t", str(threads), "-p", "0", "-n",
+                                    str(tok_a), "-r", "1", "-o", "json"],
+                                   capture_output=True, text=True, check=False)
+                try:
+                    j = json.loads(b.stdout)[0]
+                    res_bench.append(j["avg_ts"])
+                    print(f"race: {cfg['name']} round {r} llama-bench tg{tok_a}: {j['avg_ts']:.2f} tok/s",
+                          file=sys.stderr)
+                except Exception:  # noqa: BLE001
+                    print(f"race: llama-bench failed: {b.stderr[-1000:]}", file=sys.stderr)
+        summary = {}
+        for t in tests:
+            key = "decode_tok_s" if t == "a" else "agg_tok_s"
+            row = {}
+            for s in ("peftd", "llama"):
+                v = [x[key] for x in res[t][s]]
+                row[s] = {"best": max(v), "median": statistics.median(v), "all": v,
+                          "machine_busy_cores": [x["machine_busy_cores"] for x in res[t][s]],
+                          "server_cores": [x["server_cores"] for x in res[t][s]],
+                          "rss_mb": max(x["rss_mb"] or 0 for x in res[t][s])}
+                if t != "a":
+                    row[s]["agg_decode_tok_s_best"] = max(x["agg_decode_tok_s"] for x in res[t][s])
+            row["ratio_best"] = row["peftd"]["best"] / row["llama"]["best"]
+            row["ratio_median"] = row["peftd"]["median"] / row["llama"]["median"]
+            summary[t] = row
+        if res_bench:
+            summary["a_llama_bench_tok_s"] = {"best": max(res_bench), "all": res_bench}
+        out["results"] = summary
+        out["raw"] = res
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs.values():
+            f.close()
+        keep = cfg.get("keep_logs")
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for n in ("peftd.log", "llama.log"):
+                shutil.copy(os.path.join(store, n), os.path.join(keep, f"{cfg['name']}-{n}"))
+        shutil.rmtree(store, ignore_errors=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
