@@ -44,7 +44,7 @@ sha=$(sha256sum "$tarball" | cut -d' ' -f1)
 commit=$(awk -v v="## [$version]" '
     index($0, v) == 1 { inside = 1; next }
     inside && /^## \[/ { exit }
-    inside && match($0, /ggml-org\/llama\.cpp@[0-9a-f]+/) { print substr($0, RSTART + 20, RLENGTH - 20); exit }
+    inside && match($0, /ggml-org\/llama\.cpp@[0-9a-f]+/) { print substr($0, RSTART + 19, RLENGTH - 19); exit }
 ' "$src/CHANGELOG.md")
 commit=${commit:-unknown}
 
@@ -54,6 +54,8 @@ BIN=$BUILD/bin
 targets="llama-server llama-bench llama-batched-bench llama-quantize"
 need=0
 for t in $targets; do [ -x "$BIN/$t" ] || need=1; done
+# Rebuild (build-info and relink only) when the recorded commit changed.
+[ "$(cat "$BUILD/.peer_commit" 2>/dev/null)" = "$commit" ] || need=1
 if [ $need = 1 ]; then
     echo "peers: building llama.cpp@$commit (llama-cpp-python $version) CPU-only, -j$JOBS, nice $NICE" >&2
     nice -n "$NICE" cmake -S "$LC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
@@ -63,6 +65,7 @@ if [ $need = 1 ]; then
         -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_COMMIT="$commit" -DLLAMA_BUILD_NUMBER=0 >&2
     nice -n "$NICE" cmake --build "$BUILD" -j "$JOBS" --target $targets >&2
+    echo "$commit" >"$BUILD/.peer_commit"
 fi
 
 cat > "$CACHE/llama_cpp_info.json" <<JSON

@@ -6,9 +6,11 @@ For one model: starts both servers (same thread count, both holding the same 32 
 warms them, then runs ROUNDS interleaved rounds; in each round every test runs on both
 servers back to back (the order flips every round) with race_client.py:
   a  single stream, base, TOKENS_A tokens: decode tok/s (prefill excluded)
-  b  32 concurrent streams, base, TOKENS_B tokens each: aggregate tok/s
+  b  32 concurrent streams, base, TOKENS_B tokens each: aggregate tok/s (prefill included;
+     the decode-only rate too)
   c  32 concurrent streams, each on a different LoRA (peftd `adapter`, llama-server's
-     per-request `lora` list), TOKENS_C tokens each: aggregate tok/s
+     per-request `lora` list), TOKENS_C tokens each: aggregate tok/s (likewise)
+(race_client.py says how each number is timed.)
 and llama-bench (tg TOKENS_A, no prompt, same threads) as a cross-check of a.
 Around the rounds: peftd's bench_decode (streaming-read bandwidth of this machine and the
 bytes a decode step reads) before and after; the roofline ratio of a is
@@ -95,50 +97,63 @@ def main():
     tok_a, tok_b, tok_c = cfg["tokens_a"], cfg["tokens_b"], cfg["tokens_c"]
     tests = cfg.get("tests", ["a", "b", "c"])
     store = tempfile.mkdtemp(prefix="race-store-")
-    logs = {"peftd": open(os.path.join(store, "peftd.log"), "w"),
-            "llama": open(os.path.join(store, "llama.log"), "w")}
+    # "llama" runs with the same thread count as peftd; "llama_t1" (optional) with one
+    # thread: on a loaded machine llama.cpp's 2-thread barriers stall (see bench/README.md).
+    names = ["peftd", "llama"] + (["llama_t1"] if cfg.get("llama_t1") else [])
+    kind = {"peftd": "peftd", "llama": "llama", "llama_t1": "llama"}
+    logs = {n: open(os.path.join(store, f"{n}.log"), "w") for n in names}
     loras = sorted(os.listdir(cfg["lora_hf"]))[:n_ad] if n_ad else []
     pcmd = [cfg["peftd"], "serve", "--model", cfg["model_hf"], "--port", str(cfg["peftd_port"]),
             "--threads", str(threads), "--store", os.path.join(store, "store")]
     for name in loras:
         pcmd += ["--adapter", f"{name}={os.path.join(cfg['lora_hf'], name)}"]
     ctx = 32 * max(256, 8 + max(tok_a, tok_b, tok_c) + 8)
-    lcmd = [os.path.join(cfg["llama_bin"], "llama-server"), "-m", cfg["model_gguf"],
-            "--host", "127.0.0.1", "--port", str(cfg["llama_port"]), "-t", str(threads),
-            "-tb", str(threads), "-c", str(ctx), "-np", "32", "--kv-unified", "-cram", "0",
-            "--no-webui", "-ngl", "0"]
-    if n_ad:
-        for name in loras:
-            lcmd += ["--lora", os.path.join(cfg["lora_gguf"], name + ".gguf")]
-        lcmd += ["--lora-init-without-apply"]
+    def llama_cmd(port, t):
+        c = [os.path.join(cfg["llama_bin"], "llama-server"), "-m", cfg["model_gguf"],
+             "--host", "127.0.0.1", "--port", str(port), "-t", str(t), "-tb", str(t),
+             "-c", str(ctx), "-np", "32", "--kv-unified", "-cram", "0", "--no-webui", "-ngl", "0"]
+        if n_ad:
+            for name in loras:
+                c += ["--lora", os.path.join(cfg["lora_gguf"], name + ".gguf")]
+            c += ["--lora-init-without-apply"]
+        return c
+    cmds = {"peftd": pcmd, "llama": llama_cmd(cfg["llama_port"], threads),
+            "llama_t1": llama_cmd(cfg["llama_port"] + 1, 1)}
+    urls = {"peftd": cfg["peftd_url"], "llama": f"http://127.0.0.1:{cfg['llama_port']}",
+            "llama_t1": f"http://127.0.0.1:{cfg['llama_port'] + 1}"}
+    lcmd = cmds["llama"]
     procs = {}
     out = {"model": cfg["name"], "threads": threads, "rounds": rounds,
            "tokens": {"a": tok_a, "b": tok_b, "c": tok_c}, "streams_bc": 32,
            "n_adapters": n_ad, "prompt_tokens": 8,
            "commands": {"peftd": " ".join(pcmd[:12]) + (f" --adapter lora-NNNN=... x{n_ad}" if n_ad else ""),
-                        "llama": " ".join(lcmd[:24]) + (f" --lora ....gguf x{n_ad} --lora-init-without-apply" if n_ad else "")}}
+                        "llama": " ".join(lcmd[:24]) + (f" --lora ....gguf x{n_ad} --lora-init-without-apply" if n_ad else ""),
+                        "llama_t1": "the same with -t 1 -tb 1" if "llama_t1" in names else None}}
     try:
-        procs["peftd"] = subprocess.Popen(pcmd, stdout=logs["peftd"], stderr=subprocess.STDOUT)
-        out["peftd_ready_s"] = wait_health(cfg["peftd_url"], procs["peftd"], "peftd")
-        procs["llama"] = subprocess.Popen(lcmd, stdout=logs["llama"], stderr=subprocess.STDOUT)
-        out["llama_ready_s"] = wait_health(cfg["llama_url"], procs["llama"], "llama-server")
-        urls = {"peftd": cfg["peftd_url"], "llama": cfg["llama_url"]}
-        # Warm-up (not counted): one short single stream, and every adapter once.
-        for s in ("peftd", "llama"):
-            run_client(s, urls[s], 1, 8, 0, 999)
+        for n in names:
+            procs[n] = subprocess.Popen(cmds[n], stdout=logs[n], stderr=subprocess.STDOUT)
+            out[f"{n}_ready_s"] = wait_health(urls[n], procs[n], n)
+        # Warm-up (not counted): three single streams (llama-server's first requests after
+        # start-up run several times slower than later ones), and every adapter once.
+        for s in names:
+            for k in range(3):
+                run_client(kind[s], urls[s], 1, 16, 0, 990 + k)
             if "c" in tests:
-                run_client(s, urls[s], 32, 2, n_ad, 998)
+                run_client(kind[s], urls[s], 32, 2, n_ad, 998)
         shape = {"a": (1, tok_a, 0), "b": (32, tok_b, 0), "c": (32, tok_c, n_ad)}
-        res = {t: {"peftd": [], "llama": []} for t in tests}
+        res = {t: {n: [] for n in names} for t in tests}
         res_bench = []
         for r in range(rounds):
-            order = ["peftd", "llama"] if r % 2 == 0 else ["llama", "peftd"]
+            order = names if r % 2 == 0 else names[::-1]
             for t in tests:
                 for s in order:
                     time.sleep(0.5)  # let the other server's threads go idle
                     st, sb = proc_cpu(procs[s].pid), sys_busy()
                     tw = time.time()
-                    rec = run_client(s, urls[s], *shape[t], salt=100 * r + ord(t))
+                    with open("/proc/loadavg") as f:
+                        load1 = float(f.read().split()[0])
+                    rec = run_client(kind[s], urls[s], *shape[t], salt=100 * r + ord(t))
+                    rec["loadavg_1m_before"] = load1
                     wall = time.time() - tw
                     ours = proc_cpu(procs[s].pid) - st
                     busy = sys_busy() - sb
@@ -171,16 +186,22 @@ def main():
         for t in tests:
             key = "decode_tok_s" if t == "a" else "agg_tok_s"
             row = {}
-            for s in ("peftd", "llama"):
+            for s in names:
                 v = [x[key] for x in res[t][s]]
                 row[s] = {"best": max(v), "median": statistics.median(v), "all": v,
                           "machine_busy_cores": [x["machine_busy_cores"] for x in res[t][s]],
                           "server_cores": [x["server_cores"] for x in res[t][s]],
-                          "rss_mb": max(x["rss_mb"] or 0 for x in res[t][s])}
+                          "rss_mb": max(x["rss_mb"] or 0 for x in res[t][s]),
+                          "loadavg_1m": [x["loadavg_1m_before"] for x in res[t][s]]}
                 if t != "a":
-                    row[s]["agg_decode_tok_s_best"] = max(x["agg_decode_tok_s"] for x in res[t][s])
+                    d = [x["decode_tok_s"] for x in res[t][s] if x["decode_tok_s"]]
+                    row[s]["decode_tok_s_best"] = max(d) if d else None
+                    row[s]["decode_tok_s_median"] = statistics.median(d) if d else None
             row["ratio_best"] = row["peftd"]["best"] / row["llama"]["best"]
             row["ratio_median"] = row["peftd"]["median"] / row["llama"]["median"]
+            if "llama_t1" in names:
+                best_l = max(row["llama"]["best"], row["llama_t1"]["best"])
+                row["ratio_best_vs_llama_best_config"] = row["peftd"]["best"] / best_l
             summary[t] = row
         if res_bench:
             summary["a_llama_bench_tok_s"] = {"best": max(res_bench), "all": res_bench}
@@ -199,8 +220,8 @@ def main():
         keep = cfg.get("keep_logs")
         if keep:
             os.makedirs(keep, exist_ok=True)
-            for n in ("peftd.log", "llama.log"):
-                shutil.copy(os.path.join(store, n), os.path.join(keep, f"{cfg['name']}-{n}"))
+            for n in names:
+                shutil.copy(os.path.join(store, f"{n}.log"), os.path.join(keep, f"{cfg['name']}-{n}.log"))
         shutil.rmtree(store, ignore_errors=True)
     print(json.dumps(out))
 

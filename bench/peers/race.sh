@@ -11,8 +11,9 @@
 # cross-check of a), bench_decode again; llama-batched-bench once as a cross-check of b.
 #
 # Knobs (environment): RACE_THREADS (2), RACE_ROUNDS (3), RACE_MODELS ("110m 1b"),
-# RACE_TOKENS_A (128), RACE_TOKENS_B (32), RACE_TOKENS_C (32); for the 1B model
-# RACE_TOKENS_A_1B (32), RACE_TOKENS_B_1B (16), RACE_TOKENS_C_1B (8), RACE_TESTS_1B ("a b c");
+# RACE_TOKENS_A (32), RACE_TOKENS_B (16), RACE_TOKENS_C (8); for the 1B model
+# RACE_TOKENS_A_1B (8), RACE_TOKENS_B_1B (4), RACE_TOKENS_C_1B (4); RACE_TESTS_110M ("a b c"),
+# RACE_TESTS_1B ("a b"); RACE_LLAMA_T1 (true: also race llama-server at 1 thread);
 # RACE_OUT (output path).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,11 +47,11 @@ parts=()
 for m in $MODELS; do
     case $m in
     110m) hf=bench/models/llama-110m-bf16; lo=bench/models/lora-r16-all; seed=16
-          ta=${RACE_TOKENS_A:-128}; tb=${RACE_TOKENS_B:-32}; tc=${RACE_TOKENS_C:-32}
+          ta=${RACE_TOKENS_A:-32}; tb=${RACE_TOKENS_B:-16}; tc=${RACE_TOKENS_C:-8}
           tests=${RACE_TESTS_110M:-a b c}; preset=110m ;;
     1b)   hf=bench/models/llama32-1b-bf16; lo=bench/models/lora-llama32-1b-r16-all; seed=116
-          ta=${RACE_TOKENS_A_1B:-32}; tb=${RACE_TOKENS_B_1B:-16}; tc=${RACE_TOKENS_C_1B:-8}
-          tests=${RACE_TESTS_1B:-a b c}; preset=1b ;;
+          ta=${RACE_TOKENS_A_1B:-8}; tb=${RACE_TOKENS_B_1B:-4}; tc=${RACE_TOKENS_C_1B:-4}
+          tests=${RACE_TESTS_1B:-a b}; preset=1b ;;
     *) echo "race: unknown model $m" >&2; exit 2 ;;
     esac
     gen_model "$hf" "$preset"
@@ -65,8 +66,8 @@ for m in $MODELS; do
     echo "race: $name: bench_decode (roofline) before" >&2
     bd before
     tests_json=$(printf '"%s",' $tests); tests_json="[${tests_json%,}]"
-    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_hf":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"keep_logs":"%s"}' \
-        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$hf" "$gguf" "$lo" "$lgguf" "$TMP")
+    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_hf":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"keep_logs":"%s"}' \
+        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$hf" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$TMP")
     python3 bench/peers/race.py "$cfg" >"$TMP/$name-race.json"
     echo "race: $name: bench_decode (roofline) after" >&2
     bd after

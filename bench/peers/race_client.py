@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """bench/peers/race_client.py — the one HTTP client both servers are raced with.
 
-Stdlib only. Each request is a streaming OpenAI POST /v1/completions with the prompt as token
+Stdlib only. Each request is a (non-streaming) OpenAI POST /v1/completions with the prompt as token
 ids, greedy (temperature 0), ignore_eos and a fixed max_tokens, so both servers compute the
 same number of forward steps whatever their tokenizers say. The adapter is named the way each
 server takes it: peftd `"adapter": NAME`; llama-server `"lora": [{"id": I, "scale": 1.0}]` (its
 per-request LoRA list, ids = the order of --lora at start-up, all loaded with scale 0).
 
-Per request it records the send time, the first and the last streamed chunk and the token
-count (the final `usage.completion_tokens`; both servers send it with
-stream_options.include_usage). Measures:
-  decode_tok_s (single stream)  (n - 1) / (t_last - t_first): steady decode, prefill excluded;
-  agg_tok_s (N streams)         sum(n) / (last t_last - first send): what the server delivers;
-  agg_decode_tok_s              sum(n - 1) / (last t_last - last t_first): the phase where all
-                                streams have their first token (prefill excluded).
+Timing is end to end and non-streaming: the random-weight bench models generate ids beyond
+the 512 pieces of their tokenizer, whose text is empty, and neither server streams a chunk
+per empty-text token (peftd sends none until the end; llama-server holds back incomplete
+UTF-8), so per-chunk timestamps would not be per-token. Instead every measurement is a pair
+of runs of the same shape: a probe with max_tokens 1 (prefill + the first token) and the
+real run with max_tokens T, prompts of the same length but different ids (no cached prefix):
+  decode_tok_s      streams x (T - 1) / (wall(T) - wall(1)): steady decode, prefill excluded
+                    (for 1 stream: the single-stream decode rate);
+  agg_tok_s         streams x T / wall(T): everything the server delivers, prefill included.
+wall = first send to last response received.
 
 Usage: race_client.py --url URL --server peftd|llama --streams N --tokens T [--adapters K]
                       [--adapter-prefix lora-] [--salt S] [--prompt-len 8]
@@ -33,12 +36,11 @@ def prompt_ids(i, salt, length):
     return [1] + [3 + (97 * i + 31 * salt + 13 * k * k + 7 * k) % 509 for k in range(length - 1)]
 
 
-def body_for(args, i):
-    b = {"prompt": prompt_ids(i, args.salt, args.prompt_len), "max_tokens": args.tokens,
-         "temperature": 0, "ignore_eos": True, "stream": True,
-         "stream_options": {"include_usage": True}}
+def body_for(args, i, tokens, salt):
+    b = {"prompt": prompt_ids(i, salt, args.prompt_len), "max_tokens": tokens,
+         "temperature": 0, "ignore_eos": True, "stream": False}
     if args.server == "llama":
-        b["n_predict"] = args.tokens
+        b["n_predict"] = tokens
         b["cache_prompt"] = False
     if args.adapters:
         a = i % args.adapters
@@ -60,39 +62,35 @@ def one_request(url, body, out, idx, timeout):
                      headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         rec["status"] = resp.status
+        payload = resp.read()
+        rec["t_done"] = time.perf_counter()
         if resp.status != 200:
-            rec["error"] = resp.read()[:300].decode("utf-8", "replace")
-            out[idx] = rec
-            return
-        chunks = 0
-        while True:
-            line = resp.readline()
-            if not line:
-                break
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                break
-            now = time.perf_counter()
+            rec["error"] = payload[:300].decode("utf-8", "replace")
+        else:
             ev = json.loads(payload)
-            if ev.get("choices"):
-                chunks += 1
-                if "t_first" not in rec:
-                    rec["t_first"] = now
-                rec["t_last"] = now
-            if ev.get("usage"):
-                rec["n"] = ev["usage"].get("completion_tokens", 0)
+            rec["n"] = ev.get("usage", {}).get("completion_tokens", 0)
             if ev.get("timings"):
                 rec["server_timings"] = ev["timings"]
-            if ev.get("error"):
-                rec["error"] = str(ev["error"])[:300]
-        rec["chunks"] = chunks
         conn.close()
     except Exception as e:  # noqa: BLE001 - reported, never hidden
         rec["error"] = repr(e)
     out[idx] = rec
+
+
+def run_batch(args, tokens, salt):
+    """All streams at once; returns (records, wall seconds, failed records)."""
+    out = [None] * args.streams
+    threads = [threading.Thread(target=one_request,
+                                args=(args.url, body_for(args, i, tokens, salt), out, i, args.timeout))
+               for i in range(args.streams)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errs = [r for r in out if r.get("error") or r["status"] != 200 or r["n"] != tokens]
+    wall = max(r.get("t_done", t0) for r in out) - t0
+    return out, wall, errs
 
 
 def main():
@@ -108,34 +106,20 @@ def main():
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args()
 
-    out = [None] * args.streams
-    threads = [threading.Thread(target=one_request,
-                                args=(args.url, body_for(args, i), out, i, args.timeout))
-               for i in range(args.streams)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    errors = [r for r in out if r.get("error") or r["status"] != 200 or r["n"] != args.tokens]
+    _, wall1, err1 = run_batch(args, 1, 2 * args.salt + 1)
+    out, wall, err = run_batch(args, args.tokens, 2 * args.salt)
+    errors = err1 + err
     res = {"server": args.server, "streams": args.streams, "tokens": args.tokens,
            "adapters": args.adapters, "ok": not errors,
            "errors": [{k: r.get(k) for k in ("i", "status", "n", "error")} for r in errors][:4]}
     if not errors:
-        n = sum(r["n"] for r in out)
-        res["wall_s"] = max(r["t_last"] for r in out) - t0
-        res["agg_tok_s"] = n / res["wall_s"]
-        last_first = max(r["t_first"] for r in out)
-        span = max(r["t_last"] for r in out) - last_first
-        res["agg_decode_tok_s"] = sum(r["n"] - 1 for r in out) / span if span > 0 else None
-        res["ttft_s_max"] = max(r["t_first"] - r["t_send"] for r in out)
-        if args.streams == 1:
-            r = out[0]
-            res["decode_tok_s"] = (r["n"] - 1) / (r["t_last"] - r["t_first"])
-            res["ttft_s"] = r["t_first"] - r["t_send"]
-            res["chunks"] = r["chunks"]
-            if "server_timings" in r:
-                res["server_timings"] = r["server_timings"]
+        res["wall_s"] = wall
+        res["probe_wall_s"] = wall1
+        res["agg_tok_s"] = args.streams * args.tokens / wall
+        res["decode_tok_s"] = (args.streams * (args.tokens - 1) / (wall - wall1)
+                               if wall > wall1 else None)
+        if "server_timings" in out[0]:
+            res["server_timings_first"] = out[0]["server_timings"]
     print(json.dumps(res))
 
 

@@ -67,7 +67,7 @@ def main():
              "roofline": {"bytes_per_token": bpt, "best_read_gb_s": bw, "roofline_tok_s": bw * 1e9 / bpt}}
         res = race["results"]
         if "a" in res:
-            for s in ("peftd", "llama"):
+            for s in [k for k in ("peftd", "llama", "llama_t1") if k in res["a"]]:
                 m["roofline"][f"{s}_ratio_best"] = res["a"][s]["best"] * bpt / (bw * 1e9)
                 m["roofline"][f"{s}_ratio_median"] = res["a"][s]["median"] * bpt / (bw * 1e9)
             if "a_llama_bench_tok_s" in res:
@@ -83,11 +83,16 @@ def main():
                 table.append(f"| {name} | {t}: {label} | {r['peftd']['best']:.2f} ({r['peftd']['median']:.2f}) | "
                              f"{r['llama']['best']:.2f} ({r['llama']['median']:.2f}) | "
                              f"{r['ratio_best']:.2f}x ({r['ratio_median']:.2f}x) | >= {TARGETS[t]}x |")
+                if "llama_t1" in r:
+                    q = r["peftd"]["best"] / r["llama_t1"]["best"]
+                    table.append(f"| {name} | {t}, llama.cpp at 1 thread | | {r['llama_t1']['best']:.2f} "
+                                 f"({r['llama_t1']['median']:.2f}) | {q:.2f}x | |")
         if "a" in res:
             met["a_roofline"] = m["roofline"]["peftd_ratio_best"] >= TARGETS["a_roofline"]
             rf = m["roofline"]
             table.append(f"| {name} | a: share of the roofline ({rf['roofline_tok_s']:.1f} tok/s = {bw:.1f} GB/s / "
-                         f"{bpt / 1e6:.1f} MB) | {rf['peftd_ratio_best']:.2f} | {rf['llama_ratio_best']:.2f} | | >= 0.8 |")
+                         f"{bpt / 1e6:.1f} MB) | {rf['peftd_ratio_best']:.2f} | {rf['llama_ratio_best']:.2f}"
+                         f"{' (1 thread: %.2f)' % rf['llama_t1_ratio_best'] if 'llama_t1_ratio_best' in rf else ''} | | >= 0.8 |")
             if "a_llama_bench_tok_s" in res:
                 table.append(f"| {name} | a: llama-bench tg{race['tokens']['a']} (cross-check) | | "
                              f"{res['a_llama_bench_tok_s']['best']:.2f} | | |")
