@@ -166,6 +166,9 @@ def main():
                     if not rec["ok"]:
                         sys.exit(f"race: {s} test {t} failed: {rec['errors']}")
                     res[t][s].append(rec)
+                    if cfg.get("partial"):  # what a killed run leaves behind
+                        with open(cfg["partial"], "w") as f:
+                            json.dump(res, f)
                     key = "decode_tok_s" if t == "a" else "agg_tok_s"
                     print(f"race: {cfg['name']} round {r} {t} {s}: {rec[key]:.2f} tok/s "
                           f"(machine busy {rec['machine_busy_cores']:.2f} cores, server "

@@ -66,8 +66,8 @@ for m in $MODELS; do
     echo "race: $name: bench_decode (roofline) before" >&2
     bd before
     tests_json=$(printf '"%s",' $tests); tests_json="[${tests_json%,}]"
-    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_hf":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"keep_logs":"%s"}' \
-        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$hf" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$TMP")
+    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_hf":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"keep_logs":"%s","partial":"%s"}' \
+        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$hf" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$TMP" "$TMP/$name-partial.json")
     python3 bench/peers/race.py "$cfg" >"$TMP/$name-race.json"
     echo "race: $name: bench_decode (roofline) after" >&2
     bd after

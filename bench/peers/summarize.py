@@ -36,6 +36,31 @@ def batched(tmp, name):
     return rows
 
 
+def summarize_partial(res):
+    """race.py's summary, from the per-test records a killed run left in <name>-partial.json."""
+    import statistics
+    out = {}
+    for t, per in res.items():
+        key = "decode_tok_s" if t == "a" else "agg_tok_s"
+        row = {}
+        for s, recs in per.items():
+            if not recs:
+                continue
+            v = [x[key] for x in recs]
+            row[s] = {"best": max(v), "median": statistics.median(v), "all": v, "n_rounds": len(v),
+                      "machine_busy_cores": [x["machine_busy_cores"] for x in recs],
+                      "server_cores": [x["server_cores"] for x in recs],
+                      "loadavg_1m": [x["loadavg_1m_before"] for x in recs]}
+            if t != "a":
+                d = [x["decode_tok_s"] for x in recs if x["decode_tok_s"]]
+                row[s]["decode_tok_s_best"] = max(d) if d else None
+        if "peftd" in row and "llama" in row:
+            row["ratio_best"] = row["peftd"]["best"] / row["llama"]["best"]
+            row["ratio_median"] = row["peftd"]["median"] / row["llama"]["median"]
+            out[t] = row
+    return out
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -59,7 +84,13 @@ def main():
     table = ["| model | test | peftd best (median) | llama.cpp best (median) | peftd/llama.cpp best (median) | target |",
              "|---|---|---|---|---|---|"]
     for name in names:
-        race = load(os.path.join(tmp, f"{name}-race.json"))
+        rp = os.path.join(tmp, f"{name}-race.json")
+        if os.path.getsize(rp) > 0:
+            race = load(rp)
+        else:  # the run was stopped: what the finished tests left
+            raw = load(os.path.join(tmp, f"{name}-partial.json"))
+            race = {"model": name, "threads": threads, "partial": True, "raw": raw,
+                    "results": summarize_partial(raw), "tokens": {}}
         decs = [load(p) for p in sorted(glob.glob(os.path.join(tmp, f"{name}-decode-*.json")))]
         bw = max(r["read_gb_s"] for d in decs for r in d["rounds"])
         bpt = decs[0]["bytes_per_token"]
