@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# bench/peers/build_llama_cpp.sh — fetch and build the llama.cpp peer, CPU-only.
+#
+# Downloads the llama-cpp-python source distribution from PyPI with pip (it vendors the full
+# llama.cpp source in vendor/llama.cpp) into bench/peers/.cache (git-ignored; nothing of
+# llama.cpp is committed), records which llama.cpp commit it vendors, and builds llama-server,
+# llama-bench, llama-batched-bench and llama-quantize with cmake: Release, CPU only
+# (GGML_NATIVE=ON, no CUDA/Metal/Vulkan/BLAS), no web UI download, static libs.
+#
+# The commit: the sdist carries no .git, so it is read from the sdist's CHANGELOG.md (the
+# first "update llama.cpp to ggml-org/llama.cpp@<hash>" line under the sdist's version);
+# the sdist version and the tarball's sha256 are recorded too. All three go to
+# bench/peers/.cache/llama_cpp_info.json (race.sh copies them into the results JSON) and
+# into the binaries' --version via LLAMA_BUILD_COMMIT.
+#
+# Knobs: LLAMA_CPP_PYTHON_VERSION (pin, e.g. 0.3.36; default: the newest on PyPI the first
+# time, then whatever is cached), JOBS (default 2), NICE (default 10).
+# Cached: a second run with the binaries present does nothing but print the info.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+CACHE=$PWD/.cache
+JOBS=${JOBS:-2}
+NICE=${NICE:-10}
+mkdir -p "$CACHE"
+
+tarball=$(ls "$CACHE"/llama_cpp_python-*.tar.gz 2>/dev/null | sort -V | tail -1 || true)
+if [ -n "${LLAMA_CPP_PYTHON_VERSION:-}" ]; then
+    tarball=$CACHE/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz
+fi
+if [ -z "$tarball" ] || [ ! -f "$tarball" ]; then
+    spec=llama-cpp-python${LLAMA_CPP_PYTHON_VERSION:+==$LLAMA_CPP_PYTHON_VERSION}
+    echo "peers: pip download --no-binary :all: --no-deps $spec" >&2
+    python3 -m pip download --quiet --no-binary :all: --no-deps -d "$CACHE" "$spec" >&2
+    tarball=$(ls "$CACHE"/llama_cpp_python-*.tar.gz | sort -V | tail -1)
+fi
+version=$(basename "$tarball" .tar.gz); version=${version#llama_cpp_python-}
+src=$CACHE/llama_cpp_python-$version
+if [ ! -d "$src/vendor/llama.cpp" ]; then
+    tar -xzf "$tarball" -C "$CACHE"
+fi
+sha=$(sha256sum "$tarball" | cut -d' ' -f1)
+# First llama.cpp hash listed under "## [<version>]" in the sdist's changelog.
+commit=$(awk -v v="## [$version]" '
+    index($0, v) == 1 { inside = 1; next }
+    inside && /^## \[/ { exit }
+    inside && match($0, /ggml-org\/llama\.cpp@[0-9a-f]+/) { print substr($0, RSTART + 19, RLENGTH - 19); exit }
+' "$src/CHANGELOG.md")
+commit=${commit:-unknown}
+
+LC=$src/vendor/llama.cpp
+BUILD=$CACHE/build-$version
+BIN=$BUILD/bin
+targets="llama-server llama-bench llama-batched-bench llama-quantize"
+need=0
+for t in $targets; do [ -x "$BIN/$t" ] || need=1; done
+# Rebuild (build-info and relink only) when the recorded commit changed.
+[ "$(cat "$BUILD/.peer_commit" 2>/dev/null)" = "$commit" ] || need=1
+if [ $need = 1 ]; then
+    echo "peers: building llama.cpp@$commit (llama-cpp-python $version) CPU-only, -j$JOBS, nice $NICE" >&2
+    nice -n "$NICE" cmake -S "$LC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
+        -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF \
+        -DGGML_OPENMP=ON -DBUILD_SHARED_LIBS=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF \
+        -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+        -DLLAMA_BUILD_COMMIT="$commit" -DLLAMA_BUILD_NUMBER=0 >&2
+    nice -n "$NICE" cmake --build "$BUILD" -j "$JOBS" --target $targets >&2
+    echo "$commit" >"$BUILD/.peer_commit"
+fi
+
+cat > "$CACHE/llama_cpp_info.json" <<JSON
+{"llama_cpp_commit": "$commit", "llama_cpp_python_sdist": "$version",
+ "sdist_sha256": "$sha", "source": "$LC", "bin": "$BIN",
+ "cmake": "Release GGML_NATIVE=ON GGML_CUDA=OFF GGML_BLAS=OFF GGML_OPENMP=ON static",
+ "compiler": "$(cc --version | head -1)"}
+JSON
+cat "$CACHE/llama_cpp_info.json"

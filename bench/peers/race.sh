@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# bench/peers/race.sh — race peftd against llama.cpp's llama-server on this machine: same
+# weights (bf16, converted to GGUF), same 32 rank-16 LoRAs, same thread count, same HTTP
+# client (race_client.py), interleaved rounds, best-of and median.
+#
+#   bench/peers/race.sh            # -> bench/results/peers-<date>.json, a table on stderr
+#
+# Steps: build_llama_cpp.sh (cached), the bench models if absent (as bench/run.sh makes
+# them), convert.sh (cached), make build/peftd build/bench/bench_decode, then per model:
+# bench_decode (read bandwidth, bytes per token), race.py (tests a, b, c; llama-bench as a
+# cross-check of a), bench_decode again; llama-batched-bench once as a cross-check of b.
+#
+# Knobs (environment): RACE_THREADS (2), RACE_ROUNDS (3), RACE_MODELS ("110m 1b"),
+# RACE_TOKENS_A (32), RACE_TOKENS_B (16), RACE_TOKENS_C (8); for the 1B model
+# RACE_TOKENS_A_1B (8), RACE_TOKENS_B_1B (4), RACE_TOKENS_C_1B (4); RACE_TESTS_110M ("a b c"),
+# RACE_TESTS_1B ("a b"); RACE_LLAMA_T1 (true: also race llama-server at 1 thread);
+# RACE_OUT (output path).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+THREADS=${RACE_THREADS:-2}
+ROUNDS=${RACE_ROUNDS:-3}
+MODELS=${RACE_MODELS:-110m 1b}
+OUT=${RACE_OUT:-bench/results/peers-$(date -u +%F).json}
+C=bench/peers/.cache
+TMP=$C/race-$$
+mkdir -p "$TMP"
+
+bench/peers/build_llama_cpp.sh >/dev/null
+BIN=$(python3 -c 'import json; print(json.load(open("bench/peers/.cache/llama_cpp_info.json"))["bin"])')
+make -s --no-print-directory build/peftd build/bench/bench_decode
+
+gen_model() { # DIR PRESET
+    [ -f "$1/model.safetensors" ] && return
+    python3 clients/gen_random_llama.py --preset "$2" --dtype bf16 --seed 1 \
+        --tokenizer-from models/stories260K --out "$1.tmp" >&2
+    mv "$1.tmp" "$1"
+}
+gen_loras() { # DIR BASE SEED
+    [ "$(find "$1" -name adapter_model.safetensors 2>/dev/null | wc -l)" -eq 32 ] && return
+    rm -rf "$1" "$1.tmp"
+    python3 clients/gen_random_lora.py --base "$2" --out "$1.tmp" --count 32 --rank 16 \
+        --alpha 32 --targets all-linear --dtype bf16 --seed "$3" >&2
+    mv "$1.tmp" "$1"
+}
+
+parts=()
+for m in $MODELS; do
+    case $m in
+    110m) hf=bench/models/llama-110m-bf16; lo=bench/models/lora-r16-all; seed=16
+          ta=${RACE_TOKENS_A:-32}; tb=${RACE_TOKENS_B:-16}; tc=${RACE_TOKENS_C:-8}
+          tests=${RACE_TESTS_110M:-a b c}; preset=110m ;;
+    1b)   hf=bench/models/llama32-1b-bf16; lo=bench/models/lora-llama32-1b-r16-all; seed=116
+          ta=${RACE_TOKENS_A_1B:-8}; tb=${RACE_TOKENS_B_1B:-4}; tc=${RACE_TOKENS_C_1B:-4}
+          tests=${RACE_TESTS_1B:-a b}; preset=1b ;;
+    *) echo "race: unknown model $m" >&2; exit 2 ;;
+    esac
+    gen_model "$hf" "$preset"
+    nad=0
+    if [[ " $tests " == *" c "* ]]; then gen_loras "$lo" "$hf" "$seed"; nad=32; fi
+    if [ $nad = 32 ]; then conv=$(bench/peers/convert.sh "$hf" "$lo"); else conv=$(bench/peers/convert.sh "$hf"); fi
+    gguf=$(echo "$conv" | head -1); lgguf=$(echo "$conv" | sed -n 2p)
+    name=$(basename "$hf")
+
+    bd() { build/bench/bench_decode --model "$hf" --prompt 8 --tokens "$ta" --rounds 2 \
+        --threads "$THREADS" --target 0 --out "$TMP/$name-decode-$1.json" >/dev/null; }
+    echo "race: $name: bench_decode (roofline) before" >&2
+    bd before
+    tests_json=$(printf '"%s",' $tests); tests_json="[${tests_json%,}]"
+    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_hf":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"keep_logs":"%s","partial":"%s"}' \
+        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$hf" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$TMP" "$TMP/$name-partial.json")
+    python3 bench/peers/race.py "$cfg" >"$TMP/$name-race.json"
+    echo "race: $name: bench_decode (roofline) after" >&2
+    bd after
+    echo "race: $name: llama-batched-bench (npp 8, ntg $tb, npl 1,32)" >&2
+    "$BIN/llama-batched-bench" -m "$gguf" -t "$THREADS" -tb "$THREADS" -c $((32 * (8 + tb) + 64)) \
+        -b 2048 -ub 512 -npp 8 -ntg "$tb" -npl 1,32 --output-format jsonl \
+        >"$TMP/$name-batched.jsonl" 2>"$TMP/$name-batched.log" || echo "race: batched-bench failed" >&2
+    parts+=("$name")
+done
+
+python3 bench/peers/summarize.py "$TMP" "$C/llama_cpp_info.json" "$THREADS" "${parts[@]}" >"$OUT"
+echo "race: wrote $OUT" >&2
