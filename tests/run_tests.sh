@@ -31,7 +31,7 @@ echo "== integration tests (tests/integration)"
 # The SDK/metrics/manifest tests need their Python packages (tests/requirements.txt, installed
 # by `make venv` into build/venv; `make test` passes that venv's python as PYTHON). A missing
 # one is a FAILED check here, never a silent skip.
-for mod in openai prometheus_client kubernetes_validate yaml; do
+for mod in openai prometheus_client kubernetes_validate yaml playwright; do
     if "$PYTHON" -c "import $mod" 2>/dev/null; then
         echo "  ok python module $mod ($PYTHON)"; pass=$((pass + 1))
     else
@@ -39,19 +39,13 @@ for mod in openai prometheus_client kubernetes_validate yaml; do
         fail=$((fail + 1)); failed_suites+=("python module $mod")
     fi
 done
-# test_console.py drives the web console in Debian's Chromium through Playwright (pip; its
-# own browser download is not used). Installed when missing; without them (no network, not
-# root) that file's browser tests report SKIPPED with the reason, never passed.
-if ! "$PYTHON" -c "import playwright" 2>/dev/null; then
-    echo "== installing Playwright: $PYTHON -m pip install -q playwright"
-    "$PYTHON" -m pip install -q playwright ||
-        echo "   pip install playwright failed: test_console.py's browser tests will report SKIPPED"
-fi
+# test_console.py drives Debian's Chromium through Playwright (tests/requirements.txt): install
+# Chromium when missing; without it the browser tests FAIL (an unmet dependency is no skip).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing Chromium: apt-get install chromium"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
         --no-install-recommends chromium >/dev/null; } ||
-        echo "   apt-get install chromium failed: test_console.py's browser tests will report SKIPPED"
+        echo "   apt-get install chromium failed: test_console.py's browser tests will FAIL"
 fi
 for t in tests/integration/test_*.py; do
     [ -f "$t" ] || continue

@@ -210,7 +210,9 @@ static unsigned nre_grid(const kcuda_backend *cb, int64_t n) {
     return b < cap ? b : cap;
 }
 
-extern "C" int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out) {
+/* The gated-unit launchers share their checks: kernel is k_swiglu or k_geglu. */
+static int glu_launch(kbackend *kb, void (*kernel)(const float *, const float *, int64_t, float *),
+                      const float *gate, const float *up, int n, int dim, float *out) {
     if (n < 0 || dim <= 0) return PEFTD_EINVAL;
     if (n == 0) return 0;
     if (!gate || !up || !out) return PEFTD_EINVAL;
@@ -218,22 +220,17 @@ extern "C" int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, i
     int rc = kcuda__enter_op(cb);
     if (rc) return rc;
     int64_t total = (int64_t)n * dim;
-    k_swiglu<<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(gate, up, total, out);
+    kernel<<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(gate, up, total, out);
     KCUDA_LAUNCH_CHECK();
     return 0;
 }
 
+extern "C" int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out) {
+    return glu_launch(kb, k_swiglu, gate, up, n, dim, out);
+}
+
 extern "C" int kcuda__geglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out) {
-    if (n < 0 || dim <= 0) return PEFTD_EINVAL;
-    if (n == 0) return 0;
-    if (!gate || !up || !out) return PEFTD_EINVAL;
-    kcuda_backend *cb = kcuda__impl(kb);
-    int rc = kcuda__enter_op(cb);
-    if (rc) return rc;
-    int64_t total = (int64_t)n * dim;
-    k_geglu<<<nre_grid(cb, total), NRE_THREADS, 0, cb->stream>>>(gate, up, total, out);
-    KCUDA_LAUNCH_CHECK();
-    return 0;
+    return glu_launch(kb, k_geglu, gate, up, n, dim, out);
 }
 
 extern "C" int kcuda__softcap(kbackend *kb, float *y, int64_t n, float cap) {

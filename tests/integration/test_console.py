@@ -2,7 +2,8 @@
 binary) in a real headless browser: Debian's Chromium driven by Playwright (pip), with
 screenshots under <build>/test-output/console/*.png.
 
-Without Playwright or a Chromium binary the browser tests SKIP with the reason (never pass);
+Without Playwright (tests/requirements.txt) or a Chromium binary the browser tests FAIL, naming
+what is missing (an unmet dependency is no pass and no skip);
 the static-route test (headers, ETag, 304, CSP) needs no browser and always runs.
 Flow (auth off, 20 ms engine steps so streaming is visibly incremental): upload a
 save_pretrained folder through the file input and another by a simulated drop, see both in
@@ -30,15 +31,15 @@ ADMIN_KEY = "console-test-admin-key"
 TMP = tempfile.mkdtemp(prefix="peftd-console-")
 
 
-def browser_or_skip():
-    """(playwright context manager, chromium path) or a visible skip."""
+def browser_or_fail():
+    """(playwright context manager, chromium path); a missing one fails the test."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        harness.skip("Playwright is not installed (pip install playwright)")
+        raise AssertionError("Playwright is not installed (tests/requirements.txt: make venv)")
     exe = os.environ.get("PEFTD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not exe:
-        harness.skip("no Chromium binary (apt-get install chromium, or set PEFTD_CHROMIUM)")
+        raise AssertionError("no Chromium binary (apt-get install chromium, or set PEFTD_CHROMIUM)")
     return sync_playwright, exe
 
 
@@ -46,7 +47,7 @@ class Browser:
     """One headless Chromium page on a daemon; collects console errors of the page."""
 
     def __init__(self, daemon):
-        sync_playwright, exe = browser_or_skip()
+        sync_playwright, exe = browser_or_fail()
         self.pw = sync_playwright().start()
         try:
             self.browser = self.pw.chromium.launch(executable_path=exe, headless=True,
