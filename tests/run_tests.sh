@@ -27,6 +27,14 @@ for t in "$BUILD"/tests/test_*; do
     tally "$(basename "$t")" "$out"
 done
 
+# The GPU parity harness checks its own logic (sentinels, spreads, tolerances) with a second
+# CPU backend standing in for CUDA: it runs here on every machine, GPU or not.
+if [ -x "$BUILD/tests/test_backend_parity" ]; then
+    echo "== GPU parity harness self-test (PEFTD_PARITY_SELFTEST=1: a CPU backend stands in for CUDA)"
+    PEFTD_PARITY_SELFTEST=1 "$BUILD/tests/test_backend_parity" 2>&1 | tee "$out"
+    tally "test_backend_parity (self-test)" "$out"
+fi
+
 echo "== integration tests (tests/integration)"
 # The SDK/metrics/manifest tests need their Python packages (tests/requirements.txt, installed
 # by `make venv` into build/venv; `make test` passes that venv's python as PYTHON). A missing

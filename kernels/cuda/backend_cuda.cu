@@ -138,7 +138,8 @@ static int kcuda_copy(kbackend *kb, void *dst, const void *src, size_t bytes) {
  * have no CUDA kernels yet: refused here, so the model loader refuses them by capability. */
 static bool kcuda_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
-    return (unsigned)op < KOP_COUNT && kcuda__dtype_ok(dt);
+    if ((unsigned)op >= KOP_COUNT) return false;
+    return kcuda__dtype_ok(dt) || (op == KOP_MATMUL && kcuda__qdtype_ok(dt));
 }
 
 static size_t kcuda_sgmv_workspace(const kbackend *kb, int n_rows, int max_rank) {

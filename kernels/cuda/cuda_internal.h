@@ -70,6 +70,8 @@ int kcuda__is_owner(kcuda_backend *cb);
 int kcuda__scratch_reserve(kcuda_backend *cb, size_t bytes);
 
 static inline int kcuda__dtype_ok(kdtype t) { return t == KDT_F32 || t == KDT_F16 || t == KDT_BF16; }
+/* Quantized weight dtypes the matmul op takes (qmatmul.cu); no other op reads them. */
+static inline int kcuda__qdtype_ok(kdtype t) { return t == KDT_Q8_0 || t == KDT_Q4_K; }
 
 static inline unsigned kcuda__blocks(int64_t n, int per) {
     int64_t b = (n + per - 1) / per;

@@ -25,6 +25,7 @@
 
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/qmatmul.h"
 
 /* Rows per GEMV launch: at 8 rows a bf16 weight element feeds 8 FMAs per 2 bytes, about
  * where the H100/H200's f32 FMA rate (~33 TFMA/s) meets its HBM rate (~3.3-4.8 TB/s);
@@ -147,6 +148,7 @@ __global__ void k_combine(const float *p, int64_t total, float *y, int beta) {
 static int mm_aligned(const void *p, size_t a) { return ((uintptr_t)p % a) == 0; }
 
 extern "C" int kcuda__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
+    if (w && kcuda__qdtype_ok(w->dtype)) return kcuda__qmatmul(kb, x, n, w, y, beta);
     if (!w || n < 0 || !kcuda__dtype_ok(w->dtype) || w->rows <= 0 || w->cols <= 0) return PEFTD_EINVAL;
     if (beta != 0.0f && beta != 1.0f) return PEFTD_EINVAL;
     if (n == 0) return 0;

@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <unistd.h>
 
+#include "kernels/cpu/quant_ref.h"
 #include "kernels/kernels.h"
 #include "lib/half.h"
 #include "server/engine/engine.h"
@@ -39,6 +40,7 @@
 #define TOL_REL 1e-4
 
 static kbackend *CU, *CP;
+static bool SELFTEST; /* CU is a CPU backend (PEFTD_PARITY_SELFTEST) */
 
 static void open_backends(void) {
     /* PEFTD_PARITY_SELFTEST=1: a second CPU backend (1 thread) stands in for CUDA, to
@@ -47,6 +49,7 @@ static void open_backends(void) {
         CU = kbackend_cpu_create(1);
         CP = kbackend_cpu_create(4);
         ASSERT(CU && CP);
+        SELFTEST = true;
         return;
     }
 #ifndef PEFTD_CUDA
@@ -112,7 +115,11 @@ static unsigned char *pb_get(kbackend *kb, const char *inner, size_t n, const ch
 
 /* Compares an f32 output; entries still holding sentinel bytes on the CPU must hold them
  * on CUDA too (an op must not write what the reference leaves). */
-static void pb_check(pbuf *b, const char *what) {
+static void pb_check_extra(pbuf *b, const char *what, const float *extra);
+static void pb_check(pbuf *b, const char *what) { pb_check_extra(b, what, NULL); }
+
+/* extra: per-element tolerance added to the relative one (NULL: none). */
+static void pb_check_extra(pbuf *b, const char *what, const float *extra) {
     unsigned char *hp = pb_get(CP, b->cp, b->n, what), *hq = pb_get(CU, b->cu, b->n, what);
     const float *p = (const float *)(hp + SENT_BYTES), *q = (const float *)(hq + SENT_BYTES);
     size_t n = b->n / 4;
@@ -132,7 +139,7 @@ static void pb_check(pbuf *b, const char *what) {
             if (u != v) FAIL("%s: element %zu: written by only one backend (cpu %08x, cuda %08x)", what, i, u, v);
             continue;
         }
-        double tol = TOL_REL * (mx + fabs(p[i]));
+        double tol = TOL_REL * (mx + fabs(p[i])) + (extra ? extra[i] : 0.0);
         if (!(fabs((double)p[i] - q[i]) <= tol))
             FAIL("%s: element %zu of %zu: cpu %.9g cuda %.9g (|diff| %.3g > tol %.3g)", what, i, n, p[i], q[i],
                  fabs((double)p[i] - q[i]), tol);
@@ -246,6 +253,68 @@ TEST(matmul_parity) {
                 for (int b = 0; b < 2; b++) matmul_case(DTS[d], TS[ti], shapes[s][0], shapes[s][1], (float)b);
     matmul_case(KDT_BF16, 9, 512, 384, 1.0f); /* just past the GEMV path */
     matmul_case(KDT_BF16, 64, 2048, 512, 0.0f); /* decode batch 64 */
+    close_backends();
+}
+
+/* Quantized weights: CUDA's matmul of Q8_0 / Q4_K bytes against the CPU backend's f32 matmul
+ * of the same weights dequantized by the scalar reference (quant_ref.c, bit-identical to
+ * gguf-py): CUDA dequantizes exactly and keeps x in f32, so the f32 tolerance applies.
+ * Self-test: the stand-in (the CPU backend's quantized path) also rounds x to 8 bits per
+ * block (32 for Q8_0, 256 for K-quants: |x - x̂| <= amax_block/254), so each output gets
+ * that bound, Σ_k |w_k|·amax_block(k)/254, on top (x 1.01 for the f32 scale products). */
+static void qmatmul_case(kdtype dt, int n, int in, int out, float beta) {
+    float *wf = rand_f32((size_t)in * out, 0.5f), *wd = malloc((size_t)in * out * 4);
+    size_t rb = kdtype_row_bytes(dt, in);
+    unsigned char *wq = malloc(rb * (size_t)out);
+    ASSERT(wd && wq);
+    for (int r = 0; r < out; r++) {
+        int st = dt == KDT_Q8_0 ? qref_quantize_q8_0(wf + (size_t)r * in, wq + (size_t)r * rb, in)
+                                : qref_quantize_q4_k(wf + (size_t)r * in, wq + (size_t)r * rb, in);
+        ASSERT_EQ(st, 0);
+    }
+    ASSERT_EQ(qref_dequantize(kdtype_ggml_type(dt), wq, wd, (int64_t)in * out), 0);
+    float *x = rand_f32((size_t)n * in, 1.0f), *y0 = rand_f32((size_t)n * out, 1.0f), *extra = NULL;
+    if (SELFTEST) {
+        int64_t blk = dt == KDT_Q8_0 ? 32 : 256;
+        extra = calloc((size_t)n * out, sizeof *extra);
+        ASSERT(extra);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < out; j++) {
+                double e = 0;
+                for (int64_t b = 0; b < in; b += blk) {
+                    float amax = 0, wsum = 0;
+                    for (int64_t k = b; k < b + blk; k++) {
+                        amax = fmaxf(amax, fabsf(x[(size_t)i * in + k]));
+                        wsum += fabsf(wd[(size_t)j * in + k]);
+                    }
+                    e += (double)wsum * amax / 254.0;
+                }
+                extra[(size_t)i * out + j] = (float)(e * 1.01);
+            }
+    }
+    pbuf pwd = pb_new(wd, (size_t)in * out * 4), pwq = pb_new(wq, rb * (size_t)out), px = pb_new(x, (size_t)n * in * 4),
+         py = pb_new(y0, (size_t)n * out * 4);
+    kmat mp = {pwd.cp, KDT_F32, out, in}, mq = {pwq.cu, dt, out, in};
+    ASSERT(CU->ops->supports_op(CU, KOP_MATMUL, dt));
+    BOTH(CP->ops->matmul(CP, (float *)px.cp, n, &mp, (float *)py.cp, beta),
+         CU->ops->matmul(CU, (float *)px.cu, n, &mq, (float *)py.cu, beta));
+    char what[96];
+    snprintf(what, sizeof what, "matmul %s n=%d in=%d out=%d beta=%g", kdtype_name(dt), n, in, out, beta);
+    pb_check_extra(&py, what, extra);
+    pb_free(&pwd), pb_free(&pwq), pb_free(&px), pb_free(&py);
+    free(wf), free(wd), free(wq), free(x), free(y0), free(extra);
+}
+
+TEST(qmatmul_parity) {
+    open_backends();
+    static const kdtype QDTS[] = {KDT_Q8_0, KDT_Q4_K};
+    static const int shapes[][2] = {{256, 45}, {512, 136}, {2048, 96}};
+    for (int d = 0; d < 2; d++)
+        for (int ti = 0; ti < 3; ti++)
+            for (int s = 0; s < 3; s++)
+                for (int b = 0; b < 2; b++) qmatmul_case(QDTS[d], TS[ti], shapes[s][0], shapes[s][1], (float)b);
+    qmatmul_case(KDT_Q4_K, 9, 512, 384, 1.0f);  /* just past the GEMV path */
+    qmatmul_case(KDT_Q8_0, 64, 2048, 512, 0.0f); /* decode batch 64 */
     close_backends();
 }
 
@@ -753,7 +822,7 @@ TEST(greedy_tokens_cpu_equal_cuda) {
     close_backends();
 }
 
-TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, rmsnorm_parity, rope_parity,
+TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, qmatmul_parity, rmsnorm_parity, rope_parity,
           swiglu_add_parity, kv_store_attention_parity, attention_window_parity, attention_softcap_parity,
           geglu_softcap_parity, sgmv_lora_parity,
           sgmv_bottleneck_parity, seg_scale_parity, greedy_tokens_cpu_equal_cuda)
