@@ -42,7 +42,7 @@ struct api_server {
      * number is bounded (cfg.max_uploads, sized with max_connections from RLIMIT_NOFILE);
      * their imports run on a pool of import threads with the connection suspended. */
     atomic_int uploads_open;     /* uploads holding a staging directory (api_adapters_upload.c) */
-    atomic_int imports_open;     /* uploads handed to the import pool, until their connection closes */
+    atomic_int imports_open;     /* uploads and loads handed to the import pool, until their connection closes */
     http_pool *imports;          /* NULL when there is no store */
 };
 
@@ -117,6 +117,9 @@ void api_adapters_closed(http_req *req, enum MHD_RequestTerminationCode toe);
 
 /* ---- api_lora_vllm.c: vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter ---- */
 enum MHD_Result api_lora_load(http_req *req, struct MHD_Connection *conn);
+/* The load's import runs on the import pool: its resume/closed route hooks. */
+enum MHD_Result api_lora_load_resume(http_req *req, struct MHD_Connection *conn);
+void api_lora_load_closed(http_req *req, enum MHD_RequestTerminationCode toe);
 enum MHD_Result api_lora_unload(http_req *req, struct MHD_Connection *conn);
 
 /* ---- api_admin.c ---- */

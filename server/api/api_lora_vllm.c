@@ -19,11 +19,19 @@
  * peftd's own refusals in the same shape: lora_path outside store.load_roots (checked on
  * the realpath, so no symlink leads out) -> 403 PermissionDeniedError; no load_roots
  * configured -> 404 (vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING has no such route);
- * with auth on, a tenant's key -> 403 (admin only); no store -> 503. The import runs on
- * the libmicrohttpd thread that received the request (one of http.threads).
+ * with auth on, a tenant's key -> 403 (admin only); no store -> 503; the import queue full
+ * -> 503; the server stopping before the import ran -> 503.
+ *
+ * The checks run on the libmicrohttpd thread; the import itself (seconds for a large
+ * adapter) runs on an import thread (http_pool.c, shared with uploads) with the connection
+ * suspended, so the other connections of that libmicrohttpd thread (streams, /health) do
+ * not wait behind it. The job is refcounted (the connection, the queued import); j->mu
+ * orders suspend and resume as api_adapters_upload.c does.
  */
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +131,117 @@ static bool lexically_under_roots(const api_server *s, const char *path) {
     return false;
 }
 
+/* One load: the connection's answer-to-be, handed to an import thread. */
+typedef struct lora_job {
+    api_server *srv;
+    struct MHD_Connection *conn;
+    atomic_int refs;     /* the connection's, and the import's while queued or running */
+    pthread_mutex_t mu;  /* guards done, suspended, closed */
+    bool done, suspended, closed;
+    char name[128];
+    char path[PATH_MAX];
+    int rc;
+    astore_meta meta;
+    char err[512];
+} lora_job;
+
+static void lora_job_unref(lora_job *j) {
+    if (!j || atomic_fetch_sub(&j->refs, 1) != 1) return;
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+/* Import thread. Abandoned (the server stops first): nothing is imported, the answer is 503. */
+static void lora_import_run(void *arg, bool abandoned) {
+    lora_job *j = arg;
+    j->rc = abandoned ? PEFTD_ECANCELED
+                      : adapter_service_import_dir(j->srv->svc, j->name, "", 0, j->path, &j->meta, j->err, sizeof j->err);
+    pthread_mutex_lock(&j->mu);
+    j->done = true;
+    if (j->suspended && !j->closed) {
+        j->suspended = false;
+        MHD_resume_connection(j->conn);
+    }
+    pthread_mutex_unlock(&j->mu);
+    lora_job_unref(j); /* the import's reference */
+}
+
+static enum MHD_Result lora_answer(http_req *req, struct MHD_Connection *conn, lora_job *j) {
+    const char *name = j->name, *err = j->err;
+    int rc = j->rc;
+    if (rc == 0) {
+        LOGI("http: loaded adapter %s (version %llu) from %s", name, (unsigned long long)j->meta.version, j->path);
+        return vllm_ok(req, conn, name, "added");
+    }
+    if (rc == PEFTD_ECANCELED)
+        return vllm_error(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "ServiceUnavailableError",
+                          "Loading lora %s failed: the server is shutting down", name);
+    if (rc == PEFTD_EFORMAT || rc == PEFTD_EUNSUPPORTED || rc == PEFTD_EINVAL || rc == PEFTD_EEXIST)
+        return vllm_error(req, conn, MHD_HTTP_BAD_REQUEST, "BadRequestError", "Loading lora %s failed: %s", name,
+                          err[0] ? err : peftd_strerror(rc));
+    const api_status_map *m = api_status_http(rc);
+    return vllm_error(req, conn, m->http,
+                      m->http == MHD_HTTP_INSUFFICIENT_STORAGE ? "InsufficientStorageError" : "InternalServerError",
+                      "Loading lora %s failed: %s", name, err[0] ? err : peftd_strerror(rc));
+}
+
+/* The route's resume hook (req->ctx is the job): answer once the import is done, else
+ * (a spurious wake-up) suspend again. */
+enum MHD_Result api_lora_load_resume(http_req *req, struct MHD_Connection *conn) {
+    lora_job *j = req->ctx;
+    pthread_mutex_lock(&j->mu);
+    if (!j->done) {
+        j->suspended = true;
+        MHD_suspend_connection(conn);
+        pthread_mutex_unlock(&j->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&j->mu);
+    return lora_answer(req, conn, j);
+}
+
+void api_lora_load_closed(http_req *req, enum MHD_RequestTerminationCode toe) {
+    (void)toe;
+    lora_job *j = req->ctx;
+    req->ctx = NULL;
+    pthread_mutex_lock(&j->mu);
+    j->closed = true;
+    pthread_mutex_unlock(&j->mu);
+    atomic_fetch_sub(&api_of(req)->imports_open, 1);
+    lora_job_unref(j);
+}
+
+/* Queues the import of resolved as name and suspends the connection; the answer comes
+ * from api_lora_load_resume. */
+static enum MHD_Result lora_queue(http_req *req, struct MHD_Connection *conn, const char *name, const char *resolved) {
+    api_server *s = api_of(req);
+    lora_job *j = calloc(1, sizeof *j);
+    if (!j || strlen(name) >= sizeof j->name || strlen(resolved) >= sizeof j->path) {
+        free(j);
+        return vllm_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "InternalServerError",
+                          "Loading lora %s failed: out of memory", name);
+    }
+    j->srv = s;
+    j->conn = conn;
+    pthread_mutex_init(&j->mu, NULL);
+    snprintf(j->name, sizeof j->name, "%s", name);
+    snprintf(j->path, sizeof j->path, "%s", resolved);
+    atomic_init(&j->refs, 2); /* the connection's and the import's, before it can run */
+    atomic_fetch_add(&s->imports_open, 1);
+    int rc = http_pool_submit(s->imports, lora_import_run, j);
+    if (rc < 0) {
+        atomic_fetch_sub(&s->imports_open, 1);
+        pthread_mutex_destroy(&j->mu);
+        free(j);
+        return vllm_error(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "ServiceUnavailableError",
+                          "Loading lora %s failed: %s", name,
+                          rc == PEFTD_EBUSY ? "too many adapter imports waiting: retry later"
+                                            : "the server is shutting down");
+    }
+    req->ctx = j;
+    return api_lora_load_resume(req, conn);
+}
+
 enum MHD_Result api_lora_load(http_req *req, struct MHD_Connection *conn) {
     api_server *s = api_of(req);
     enum MHD_Result ret;
@@ -157,20 +276,7 @@ enum MHD_Result api_lora_load(http_req *req, struct MHD_Connection *conn) {
         ret = vllm_error(req, conn, MHD_HTTP_NOT_FOUND, "NotFoundError",
                          "Loading lora %s failed: No adapter found for %.512s", name, path);
     } else {
-        char err[512] = "";
-        int rc = adapter_service_import_dir(s->svc, name, "", 0, resolved, &meta, err, sizeof err);
-        if (rc == 0) {
-            LOGI("http: loaded adapter %s (version %llu) from %s", name, (unsigned long long)meta.version, resolved);
-            ret = vllm_ok(req, conn, name, "added");
-        } else if (rc == PEFTD_EFORMAT || rc == PEFTD_EUNSUPPORTED || rc == PEFTD_EINVAL || rc == PEFTD_EEXIST) {
-            ret = vllm_error(req, conn, MHD_HTTP_BAD_REQUEST, "BadRequestError", "Loading lora %s failed: %s", name,
-                             err[0] ? err : peftd_strerror(rc));
-        } else {
-            const api_status_map *m = api_status_http(rc);
-            ret = vllm_error(req, conn, m->http, m->http == MHD_HTTP_INSUFFICIENT_STORAGE ? "InsufficientStorageError"
-                                                                                           : "InternalServerError",
-                             "Loading lora %s failed: %s", name, err[0] ? err : peftd_strerror(rc));
-        }
+        ret = lora_queue(req, conn, name, resolved);
     }
     cJSON_Delete(body);
     return ret;

@@ -37,7 +37,7 @@ static const http_route api_routes[] = {
      .handle = api_adapters_item, .stream_methods = HTTP_M_PUT, .begin = api_adapters_put_begin,
      .data = api_adapters_put_data, .resume = api_adapters_put_finish, .closed = api_adapters_closed},
     {.path = "/v1/load_lora_adapter", .label = "/v1/load_lora_adapter", .methods = HTTP_M_POST, .allow = "POST",
-     .handle = api_lora_load},
+     .handle = api_lora_load, .resume = api_lora_load_resume, .closed = api_lora_load_closed},
     {.path = "/v1/unload_lora_adapter", .label = "/v1/unload_lora_adapter", .methods = HTTP_M_POST, .allow = "POST",
      .handle = api_lora_unload},
     {.path = "/health", .label = "/health", .methods = HTTP_M_READ, .allow = "GET, HEAD", .handle = api_health_get},

@@ -11,6 +11,7 @@ anything failed.
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -94,6 +95,21 @@ class Daemon:
 
     def alive(self):
         return self.proc.poll() is None
+
+    def wait_log(self, pattern, count=1, timeout=60):
+        """Waits until the daemon's log has count lines matching pattern; returns the matches."""
+        deadline = time.time() + timeout * SLOW
+        while True:
+            with open(self.log.name, "r", errors="replace") as f:
+                found = re.findall(pattern, f.read())
+            if len(found) >= count:
+                return found
+            if not self.alive():
+                raise AssertionError("the daemon died:\n" + self.log_text())
+            if time.time() > deadline:
+                raise AssertionError("%d of %d log lines /%s/ after %ss:\n%s"
+                                     % (len(found), count, pattern, timeout, self.log_text()))
+            time.sleep(0.05)
 
     def stop(self, sig=signal.SIGTERM, timeout=None):
         """Signals the daemon and waits; returns its exit status (killed after timeout)."""

@@ -8,6 +8,7 @@ exposition parsed by prometheus_client's text parser and by `promtool check metr
 store.load_roots, admin-only with auth on.
 """
 
+import http.client
 import json
 import os
 import secrets
@@ -290,6 +291,55 @@ def load_unload_admin_only_with_auth():
     finally:
         close(dm)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@test
+def load_runs_off_the_http_thread():
+    """One HTTP thread, every import held 4 s (test hook): while /v1/load_lora_adapter's
+    import waits, /health and a completion on the same HTTP thread are answered first;
+    then the load answers 200 and the adapter serves. A load still queued when the server
+    stops gets 503 (or a closed connection), and the daemon exits 0."""
+    tmp, root, _ = lora_tree()
+    dm = own_daemon({"http": {"threads": 1}, "store": {"load_roots": [root]}},
+                    env={"PEFTD_DEBUG_IMPORT_DELAY_MS": "4000"})
+    try:
+        res = {}
+
+        def load(key, name):
+            res[key] = post(dm, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": os.path.join(root, "ok")})
+            res[key + "_at"] = time.monotonic()
+
+        t = threading.Thread(target=load, args=("load", "slow"))
+        t.start()
+        dm.wait_log(r"a job starts: waiting")
+        assert dm.request("GET", "/health", timeout=60)[0] == 200
+        health_at = time.monotonic()
+        assert dm.complete(prompt="Once", max_tokens=2, temperature=0, timeout=60)["usage"]["completion_tokens"] >= 1
+        comp_at = time.monotonic()
+        t.join(120)
+        assert res["load"][:1] == (200,) and res["load"][2] == "Success: LoRA adapter 'slow' added successfully.", res
+        assert health_at < res["load_at"] and comp_at < res["load_at"], (health_at, comp_at, res["load_at"])
+        assert dm.complete(model="slow", prompt="Once", max_tokens=2)["model"] == "slow"
+
+        t2 = threading.Thread(target=lambda: res.update(doomed=_try_post(dm, "doomed", root)))
+        t2.start()
+        dm.wait_log(r"a job starts: waiting", count=2)
+        assert dm.stop(timeout=60) == 0, dm.log_text()
+        t2.join(60)
+        assert not t2.is_alive()
+        if res["doomed"] is not None:
+            vllm_error(res["doomed"][0], res["doomed"][2], 503, "ServiceUnavailableError",
+                       "Loading lora doomed failed: the server is shutting down")
+    finally:
+        close(dm)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _try_post(dm, name, root):
+    try:
+        return post(dm, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": os.path.join(root, "ok")})
+    except (OSError, http.client.HTTPException):
+        return None  # the connection closed during the shutdown
 
 
 if __name__ == "__main__":

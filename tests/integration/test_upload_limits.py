@@ -55,18 +55,7 @@ def write_config(obj):
 
 def wait_log(d, pattern, count=1, timeout=60):
     """Waits until the daemon's log has count lines matching pattern; returns the matches."""
-    deadline = time.time() + timeout * SLOW
-    while True:
-        with open(d.log.name, "r", errors="replace") as f:
-            found = re.findall(pattern, f.read())
-        if len(found) >= count:
-            return found
-        if not d.alive():
-            raise AssertionError("the daemon died:\n" + d.log_text())
-        if time.time() > deadline:
-            raise AssertionError("%d of %d log lines /%s/ after %ss:\n%s"
-                                 % (len(found), count, pattern, timeout, d.log_text()))
-        time.sleep(0.05)
+    return d.wait_log(pattern, count, timeout)
 
 
 BOUNDARY = "peftdheld0123456789"
