@@ -103,7 +103,7 @@ def main():
     kind = {"peftd": "peftd", "llama": "llama", "llama_t1": "llama"}
     logs = {n: open(os.path.join(store, f"{n}.log"), "w") for n in names}
     loras = sorted(os.listdir(cfg["lora_hf"]))[:n_ad] if n_ad else []
-    pcmd = [cfg["peftd"], "serve", "--model", cfg["model_hf"], "--port", str(cfg["peftd_port"]),
+    pcmd = [cfg["peftd"], "serve", "--model", cfg["model_peftd"], "--port", str(cfg["peftd_port"]),
             "--threads", str(threads), "--store", os.path.join(store, "store")]
     for name in loras:
         pcmd += ["--adapter", f"{name}={os.path.join(cfg['lora_hf'], name)}"]

@@ -14,13 +14,18 @@
 # RACE_TOKENS_A (32), RACE_TOKENS_B (16), RACE_TOKENS_C (8); for the 1B model
 # RACE_TOKENS_A_1B (8), RACE_TOKENS_B_1B (4), RACE_TOKENS_C_1B (4); RACE_TESTS_110M ("a b c"),
 # RACE_TESTS_1B ("a b"); RACE_LLAMA_T1 (true: also race llama-server at 1 thread);
-# RACE_OUT (output path).
+# RACE_QUANT (bf16: both serve the bf16 weights, peftd from the HF directory; q8_0 or q4_k_m:
+# llama-quantize makes that GGUF from the bf16 one and BOTH servers load that same file, peftd
+# with --model FILE.gguf), RACE_OUT (output path).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS=${RACE_THREADS:-2}
 ROUNDS=${RACE_ROUNDS:-3}
 MODELS=${RACE_MODELS:-110m 1b}
-OUT=${RACE_OUT:-bench/results/peers-$(date -u +%F).json}
+QUANT=${RACE_QUANT:-bf16}
+case $QUANT in bf16) qtype= ;; q8_0) qtype=Q8_0 ;; q4_k_m) qtype=Q4_K_M ;;
+    *) echo "race: RACE_QUANT must be bf16, q8_0 or q4_k_m (not $QUANT)" >&2; exit 2 ;; esac
+OUT=${RACE_OUT:-bench/results/peers-$(date -u +%F)${qtype:+-$QUANT}.json}
 C=bench/peers/.cache
 TMP=$C/race-$$
 mkdir -p "$TMP"
@@ -60,14 +65,25 @@ for m in $MODELS; do
     if [ $nad = 32 ]; then conv=$(bench/peers/convert.sh "$hf" "$lo"); else conv=$(bench/peers/convert.sh "$hf"); fi
     gguf=$(echo "$conv" | head -1); lgguf=$(echo "$conv" | sed -n 2p)
     name=$(basename "$hf")
+    pmodel=$hf # what peftd loads (and bench_decode measures)
+    if [ -n "$qtype" ]; then
+        q=${gguf%.gguf}-$QUANT.gguf
+        if [ ! -f "$q" ]; then
+            echo "race: llama-quantize $gguf -> $q ($qtype)" >&2
+            nice "$BIN/llama-quantize" "$gguf" "$q.tmp" "$qtype" "$THREADS" >"$TMP/$name-quantize.log" 2>&1 ||
+                { echo "race: llama-quantize failed (see $TMP/$name-quantize.log)" >&2; exit 1; }
+            mv "$q.tmp" "$q"
+        fi
+        gguf=$q; pmodel=$q; name=$name-$QUANT
+    fi
 
-    bd() { build/bench/bench_decode --model "$hf" --prompt 8 --tokens "$ta" --rounds 2 \
+    bd() { build/bench/bench_decode --model "$pmodel" --prompt 8 --tokens "$ta" --rounds 2 \
         --threads "$THREADS" --target 0 --out "$TMP/$name-decode-$1.json" >/dev/null; }
     echo "race: $name: bench_decode (roofline) before" >&2
     bd before
     tests_json=$(printf '"%s",' $tests); tests_json="[${tests_json%,}]"
-    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_hf":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"keep_logs":"%s","partial":"%s"}' \
-        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$hf" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$TMP" "$TMP/$name-partial.json")
+    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_peftd":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"keep_logs":"%s","partial":"%s"}' \
+        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$pmodel" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$TMP" "$TMP/$name-partial.json")
     python3 bench/peers/race.py "$cfg" >"$TMP/$name-race.json"
     echo "race: $name: bench_decode (roofline) after" >&2
     bd after
