@@ -730,6 +730,54 @@ TEST(gguf_tokenizer_metadata) {
     tokenizer_free(q);
 }
 
+/* The incremental detokenizer over a GGUF tokenizer: every case's pieces add up to the full
+ * decode (both skip modes). */
+static void check_stream(const char *path) {
+    cases_t c = load_cases();
+    tokenizer *t = load_gguf(path);
+    size_t ok = 0, n_all = 0;
+    for (int skip = 0; skip < 2; skip++)
+        for (size_t k = 0; k < c.n; k++) {
+            int32_t *ids = NULL;
+            size_t n = 0, dl = 0, al = 0;
+            char *full = NULL;
+            ASSERT_EQ(tokenizer_encode(t, c.text[k], c.len[k], true, &ids, &n), 0);
+            ASSERT_EQ(tokenizer_decode(t, ids, n, skip, &full, &dl), 0);
+            tokenizer_stream *s = tokenizer_stream_new(t, skip);
+            ASSERT(s);
+            char *acc = malloc(dl + 1);
+            ASSERT(acc);
+            bool good = true;
+            for (size_t i = 0; i <= n && good; i++) {
+                const char *piece = NULL;
+                size_t pl = 0;
+                if (i < n) ASSERT_EQ(tokenizer_stream_push(s, ids[i], &piece, &pl), 0);
+                else ASSERT_EQ(tokenizer_stream_flush(s, &piece, &pl), 0);
+                if (al + pl > dl) good = false;
+                else memcpy(acc + al, piece, pl);
+                al += pl;
+            }
+            good = good && al == dl && !memcmp(acc, full, dl);
+            ok += good;
+            n_all++;
+            if (!good) fprintf(stderr, "    %s case %zu (skip=%d): stream differs from decode\n", path, k, skip);
+            tokenizer_stream_free(s);
+            free(acc);
+            free(full);
+            free(ids);
+        }
+    printf("    %s: stream == decode %zu/%zu\n", path + sizeof(GFIX), ok, n_all);
+    if (ok != n_all) FAIL("%s: streaming differs from decode", path);
+    tokenizer_free(t);
+    free_cases(&c);
+}
+
+TEST(stream_matches_decode) {
+    check_stream(SPM);
+    check_stream(GFIX "/gemma_spm.gguf");
+    check_stream(BPE);
+}
+
 TEST_MAIN(parity_llama_spm, parity_gemma_spm, parity_llama3_bpe, parity_qwen2_bpe, parity_gpt2_bpe, parity_smollm_bpe,
           hostile_metadata_refused, rebuilt_fixture_loads, bos_eos_as_llama_cpp, bos_eos_flags_follow_the_file,
-          gguf_tokenizer_metadata)
+          gguf_tokenizer_metadata, stream_matches_decode)
