@@ -730,6 +730,60 @@ TEST(gguf_tokenizer_metadata) {
     tokenizer_free(q);
 }
 
+/* Gemma's tokens with "\t" (id 730) renamed and token 1000 renamed "\t\t": GemmaConverter
+ * serves the missing "\t" with <0x09>, so the merge "\t" + "\t" exists on gemma* architectures
+ * (arch "gemma2": one token) and not on others (arch "llama": two byte tokens). */
+static int add_tab_edit(gbuf *b, const gguf_file *src, const void *arg) {
+    gguf_array a;
+    ASSERT_EQ(gguf_get_arr(src, "tokenizer.ggml.tokens", GGUF_VT_STR, &a, NULL, 0), 0);
+    put_key(b, "tokenizer.ggml.tokens", GGUF_VT_ARR);
+    put_u32(b, GGUF_VT_STR);
+    put_u64(b, a.count);
+    for (uint64_t i = 0; i < a.count; i++) {
+        const char *s;
+        size_t n;
+        ASSERT_EQ(gguf_arr_str(&a, i, &s, &n), 0);
+        if (i == 730) ASSERT(n == 1 && s[0] == '\t');
+        if (i == 730) put_strn(b, "[T]", 3);
+        else if (i == 1000) put_strn(b, "\t\t", 2);
+        else put_strn(b, s, n);
+    }
+    const char *arch = arg;
+    put_key(b, "general.architecture", GGUF_VT_STR);
+    put_strn(b, arch, strlen(arch));
+    return 2;
+}
+
+TEST(gemma_tab_served_by_byte_token) {
+    const char *arch[2] = {"gemma2", "llama"};
+    for (int i = 0; i < 2; i++) {
+        /* two edits: drop general.architecture, then replace the tokens and add the arch */
+        gguf_file *src = open_fixture(GFIX "/gemma_spm.gguf"), *mid = NULL;
+        size_t len = 0, len2 = 0;
+        char err[512] = "";
+        uint8_t *img = rebuild(src, "general.architecture", NULL, NULL, &len);
+        gguf_close(src);
+        ASSERT_EQ(gguf_parse(img, len, "edited.gguf", &mid, err, sizeof err), 0);
+        uint8_t *img2 = rebuild(mid, "tokenizer.ggml.tokens", add_tab_edit, arch[i], &len2);
+        gguf_close(mid);
+        free(img);
+        tokenizer *t = NULL;
+        if (load_image(img2, len2, &t, err, sizeof err)) FAIL("%s", err);
+        int32_t *ids = NULL;
+        size_t n = 0;
+        ASSERT_EQ(tokenizer_encode(t, "\t\t", 2, false, &ids, &n), 0);
+        printf("    arch %-6s: \"\\t\\t\" ->", arch[i]);
+        for (size_t k = 0; k < n; k++) printf(" %d", ids[k]);
+        printf("\n");
+        ASSERT_STREQ(tokenizer_piece(t, 15), "<0x09>");
+        if (i == 0) ASSERT(n == 1 && ids[0] == 1000);
+        else ASSERT(n == 2 && ids[0] == 15 && ids[1] == 15);
+        free(ids);
+        tokenizer_free(t);
+        free(img2);
+    }
+}
+
 /* The incremental detokenizer over a GGUF tokenizer: every case's pieces add up to the full
  * decode (both skip modes). */
 static void check_stream(const char *path) {
@@ -780,4 +834,4 @@ TEST(stream_matches_decode) {
 
 TEST_MAIN(parity_llama_spm, parity_gemma_spm, parity_llama3_bpe, parity_qwen2_bpe, parity_gpt2_bpe, parity_smollm_bpe,
           hostile_metadata_refused, rebuilt_fixture_loads, bos_eos_as_llama_cpp, bos_eos_flags_follow_the_file,
-          gguf_tokenizer_metadata, stream_matches_decode)
+          gguf_tokenizer_metadata, stream_matches_decode, gemma_tab_served_by_byte_token)
