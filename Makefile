@@ -286,7 +286,8 @@ fuzz: deps
 	    case $$n in \
 	      fuzz_request) cp tests/fuzz/request_seeds/* build-fuzz/corpus/$$n/ ;; \
 	      fuzz_safetensors) cp models/stories260K/model.safetensors build-fuzz/corpus/$$n/ ;; \
-	      fuzz_gguf) cp tests/fixtures/gguf/tiny.gguf tests/fixtures/gguf/meta.gguf build-fuzz/corpus/$$n/ ;; \
+	      fuzz_gguf) cp tests/fixtures/gguf/tiny.gguf tests/fixtures/gguf/meta.gguf tests/fixtures/tokenizer_gguf/stories_spm.gguf \
+	                    tests/fixtures/tokenizer_gguf/qwen2bl.gguf build-fuzz/corpus/$$n/ ;; \
 	      fuzz_tokenizer) printf 'Once upon a time \xf0\x9f\x98\x80 \xe4\xbd\xa0\xe5\xa5\xbd' > build-fuzz/corpus/$$n/seed ;; \
 	      fuzz_detokenizer) printf '\003\200A\200\344\200\270\001\220\200\303\200\251\200\377@\001\200\360\200\237\200\230\200\200' > build-fuzz/corpus/$$n/seed ;; \
 	    esac; \

@@ -174,7 +174,7 @@ static int build_set(tokenizer *t, tok_added_set *set, bool normalized) {
     return 0;
 }
 
-static int prepare_added(tokenizer *t) {
+int tokenizer__prepare_added(tokenizer *t) {
     tok_buf b = {0};
     int rc = 0;
     t->special = calloc(t->n_pieces ? (size_t)t->n_pieces : 1, 1);
@@ -525,7 +525,7 @@ static int parse_tokenizer_json(tokenizer *t, const cJSON *root, char *err, size
             return PEFTD_EFORMAT;
         }
     }
-    return prepare_added(t);
+    return tokenizer__prepare_added(t);
 }
 
 int tokenizer_load(const char *dir, tokenizer **out, char *err, size_t errlen) {

@@ -1,4 +1,5 @@
-/* server/text/tokenizer.h — Hugging Face `tokenizer.json` BPE tokenizers, encode and decode.
+/* server/text/tokenizer.h — Hugging Face `tokenizer.json` BPE tokenizers (or the same built
+ * from GGUF tokenizer.ggml.* metadata), encode and decode.
  *
  * Supports the two BPE families used by Llama-style models:
  *   - SentencePiece-style: Metaspace / Prepend+Replace normalizer ("▁"), byte fallback
@@ -28,6 +29,18 @@ typedef struct tokenizer tokenizer;
  * @note caller owns *out: tokenizer_free(). */
 int tokenizer_load(const char *dir, tokenizer **out, char *err, size_t errlen);
 void tokenizer_free(tokenizer *t); /* NULL is a no-op */
+
+/* Builds the tokenizer from a GGUF file's tokenizer.ggml.* metadata (tokenizer_gguf.c says
+ * how each key maps onto tokenizer.json's pipeline): model "llama" (SentencePiece BPE: merges
+ * derived from the scores as transformers does) or "gpt2" (byte-level BPE with
+ * tokenizer.ggml.pre one of llama-bpe, qwen2, gpt-2, smollm). Malformed or unsupported
+ * metadata: a negative status (PEFTD_ENOTFOUND when the file has no tokenizer.ggml.model,
+ * PEFTD_EUNSUPPORTED for an unknown model or pre name, PEFTD_EFORMAT otherwise) and one line
+ * in err naming the file and key.
+ * @note caller owns *out: tokenizer_free(). Everything needed is copied: f may be closed
+ *       right after. Thread-safe for distinct or shared (read-only) f. */
+typedef struct gguf_file gguf_file;
+int tokenizer_load_gguf(const gguf_file *f, tokenizer **out, char *err, size_t errlen);
 
 int tokenizer_vocab_size(const tokenizer *t);
 int32_t tokenizer_bos_id(const tokenizer *t);  /* -1 when none */

@@ -103,6 +103,24 @@ static void merge_put(tok_bpe *bpe, int32_t a, int32_t b, int32_t rank, int32_t 
     bpe->merges[j] = (tok_pairslot){key, rank, new_id};
 }
 
+int tokenizer__bpe_merges_init(tok_bpe *bpe, size_t n) {
+    free(bpe->merges);
+    bpe->n_merges = 0;
+    bpe->cap_merges = 16;
+    while (bpe->cap_merges < 2 * n + 2) bpe->cap_merges *= 2;
+    bpe->merges = malloc(bpe->cap_merges * sizeof(*bpe->merges));
+    if (!bpe->merges) {
+        bpe->cap_merges = 0;
+        return PEFTD_ENOMEM;
+    }
+    for (size_t i = 0; i < bpe->cap_merges; i++) bpe->merges[i].key = UINT64_MAX;
+    return 0;
+}
+
+void tokenizer__bpe_merge_add(tok_bpe *bpe, int32_t a, int32_t b, int32_t rank, int32_t new_id) {
+    merge_put(bpe, a, b, rank, new_id);
+}
+
 void tokenizer__bpe_free(tok_bpe *bpe) {
     tokenizer__strmap_free(&bpe->vocab);
     free(bpe->merges);
@@ -146,11 +164,7 @@ static int read_merges(tok_bpe *bpe, const cJSON *merges, char *err, size_t errl
     char *joined = NULL;
     int rc = 0;
     int n_merges = cJSON_GetArraySize(merges);
-    bpe->cap_merges = 16;
-    while (bpe->cap_merges < 2 * (size_t)n_merges + 2) bpe->cap_merges *= 2;
-    bpe->merges = malloc(bpe->cap_merges * sizeof(*bpe->merges));
-    if (!bpe->merges) { rc = PEFTD_ENOMEM; goto out; }
-    for (size_t i = 0; i < bpe->cap_merges; i++) bpe->merges[i].key = UINT64_MAX;
+    if ((rc = tokenizer__bpe_merges_init(bpe, (size_t)n_merges))) goto out;
     int32_t rank = 0;
     cJSON_ArrayForEach(it, merges) {
         const char *a, *b;

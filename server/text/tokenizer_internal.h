@@ -10,6 +10,7 @@
  *   tokenizer_bpe.c        the BPE model (vocab and merge maps, merge loop)
  *   tokenizer_decode.c     decoders, decode, incremental stream
  *   tokenizer_class.c      which add-BOS/EOS rule the tokenizer class applies (transformers)
+ *   tokenizer_gguf.c       the same tables built from a GGUF file's tokenizer.ggml.* metadata
  * Everything here is immutable once loaded, so encode/decode need no locks.
  */
 #ifndef PEFTD_TOKENIZER_INTERNAL_H
@@ -156,6 +157,11 @@ typedef struct {
 int tokenizer__bpe_parse(const cJSON *model, tok_bpe *bpe, char ***pieces, uint32_t **piece_len,
                          int32_t *n_pieces, char *err, size_t errlen);
 void tokenizer__bpe_free(tok_bpe *bpe);
+/* An empty merge table sized for n merges (replacing any table bpe had). */
+int tokenizer__bpe_merges_init(tok_bpe *bpe, size_t n);
+/* Adds merge (a, b) -> new_id with its rank; a pair added twice keeps the later entry. The
+ * table must have room: at most the n given to tokenizer__bpe_merges_init. */
+void tokenizer__bpe_merge_add(tok_bpe *bpe, int32_t a, int32_t b, int32_t rank, int32_t new_id);
 /* Tokenizes one pre-token, appending ids to *ids. */
 int tokenizer__bpe_encode(const tok_bpe *bpe, const char *s, size_t len, int32_t **ids,
                           size_t *n, size_t *cap);
@@ -217,6 +223,10 @@ struct tokenizer {
     size_t n_prefix, n_suffix;
     int32_t bos_id, eos_id;
 };
+
+/* Marks the special added tokens (t->special, sized n_pieces) and builds the added-token
+ * matching sets; needs t->normalizer (normalized tokens are matched after it). */
+int tokenizer__prepare_added(tokenizer *t);
 
 /* Decodes ids with the decoder chain. With `cont`, the ids continue earlier visible text:
  * start-of-text rules (Strip of a fused text's start, Metaspace's first token) do not apply,

@@ -1,16 +1,20 @@
-/* tests/fuzz/fuzz_gguf.c — libFuzzer target for the GGUF reader (server/model/gguf*.c) and
- * the reference block formats (kernels/cpu/quant_ref.c): parses the input as a GGUF image,
+/* tests/fuzz/fuzz_gguf.c — libFuzzer target for the GGUF reader (server/model/gguf*.c), the
+ * GGUF tokenizer (server/text/tokenizer_gguf.c) and the reference block formats
+ * (kernels/cpu/quant_ref.c): parses the input as a GGUF image, builds a tokenizer from its
+ * tokenizer.ggml.* metadata (refusal: one line; success: encode + decode round trip),
  * reads every metadata value through the typed lookups and array accessors (nested arrays
  * included), and checks every tensor view against the invariants the reader promises (data
  * inside the buffer, size = rows × row bytes, lookups by name return the same view, no shared
  * bytes), then dequantizes (a bounded prefix of) every supported tensor and re-quantizes
  * finite rows to Q8_0 / Q4_K, trapping on any broken invariant.
  *
- * Built and run by `make fuzz` (seed: tests/fixtures/gguf/tiny.gguf and meta.gguf); by hand:
- *   clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -I. \
- *       tests/fuzz/fuzz_gguf.c server/model/gguf.c server/model/gguf_tensors.c \
- *       kernels/cpu/quant_ref.c lib/status.c -lm -o /tmp/fuzz_gguf
- *   mkdir -p /tmp/gguf_corpus && cp tests/fixtures/gguf/tiny.gguf tests/fixtures/gguf/meta.gguf /tmp/gguf_corpus/
+ * Built and run by `make fuzz` (seeds: tests/fixtures/gguf/tiny.gguf and meta.gguf,
+ * tests/fixtures/tokenizer_gguf/stories_spm.gguf and qwen2bl.gguf); by hand:
+ *   clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -I. -I/usr/include/cjson \
+ *       tests/fuzz/fuzz_gguf.c server/model/gguf.c server/model/gguf_tensors.c server/text/tokenizer*.c \
+ *       kernels/cpu/quant_ref.c lib/status.c -lcjson -lpcre2-8 -lutf8proc -lm -o /tmp/fuzz_gguf
+ *   mkdir -p /tmp/gguf_corpus && cp tests/fixtures/gguf/tiny.gguf tests/fixtures/gguf/meta.gguf \
+ *       tests/fixtures/tokenizer_gguf/stories_spm.gguf tests/fixtures/tokenizer_gguf/qwen2bl.gguf /tmp/gguf_corpus/
  *   /tmp/fuzz_gguf -max_total_time=60 -max_len=65536 /tmp/gguf_corpus
  */
 #include <math.h>
@@ -20,6 +24,7 @@
 
 #include "kernels/cpu/quant_ref.h"
 #include "server/model/gguf.h"
+#include "server/text/tokenizer.h"
 
 #define CHECK(x) do { if (!(x)) __builtin_trap(); } while (0)
 #define MAX_DEQUANT 4096 /* elements per tensor */
@@ -111,6 +116,27 @@ static void dequant_requant(const gguf_tensor *t) {
     CHECK(qref_quantize_q4_k(y, q, n - n % 256) == 0);
 }
 
+/* The tokenizer from the metadata: refused with one line, or usable (encode, decode). */
+static void check_tokenizer(const gguf_file *f) {
+    char err[256];
+    tokenizer *t = NULL;
+    int rc = tokenizer_load_gguf(f, &t, err, sizeof err);
+    if (rc < 0) {
+        CHECK(t == NULL && err[0] && memchr(err, 0, sizeof err) && !strchr(err, '\n'));
+        return;
+    }
+    static const char text[] = "Once upon a time <s> \xe4\xbd\xa0\xe5\xa5\xbd 123\n\t!";
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *out = NULL;
+    CHECK(tokenizer_encode(t, text, sizeof(text) - 1, true, &ids, &n) == 0);
+    for (size_t i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < tokenizer_vocab_size(t));
+    CHECK(tokenizer_decode(t, ids, n, false, &out, NULL) == 0);
+    free(out);
+    free(ids);
+    tokenizer_free(t);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     gguf_file *f = NULL;
     char err[256];
@@ -123,7 +149,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *end = data + size;
     unsigned sum = walk_metadata(f, data, end);
     uint32_t align = gguf_alignment(f);
-    CHECK(align && (align & (align - 1)) == 0 && gguf_data_offset(f) % align == 0);
+    /* A file without tensors may end before the padding (llama.cpp's vocab-only files do):
+     * its data section is then the empty end of the file. */
+    CHECK(align && (align & (align - 1)) == 0 &&
+          (gguf_data_offset(f) % align == 0 || (gguf_tensor_count(f) == 0 && gguf_data_offset(f) == size)));
     CHECK(gguf_data_offset(f) <= size);
     uint64_t total = 0;
     for (size_t i = 0; i < gguf_tensor_count(f); i++) {
@@ -146,6 +175,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         dequant_requant(t);
     }
     CHECK(total <= size); /* tensors own disjoint bytes */
+    check_tokenizer(f);
     CHECK(gguf_tensor_at(f, gguf_tensor_count(f)) == NULL);
     gguf_close(f);
     return (int)(sum & 0);
