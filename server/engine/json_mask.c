@@ -1,9 +1,10 @@
-/* server/engine/json_mask.c — response_format json_object on the engine thread: the
- * bytes each token adds to the text (built once, at the first such request), the mask
- * that leaves only tokens keeping the output a JSON-object prefix (EOS only once the
- * object is complete, and then nothing else), and the per-sequence recognizer's advance
- * over the sampled token. The mask is a CPU pass over the vocabulary per step and
- * sequence (each token's bytes fed to a copy of the recognizer). */
+/* server/engine/json_mask.c — response_format json_object / json_schema on the engine
+ * thread: the bytes each token adds to the text (built once, at the first such request),
+ * the mask that leaves only tokens keeping the output a JSON-object prefix or a prefix of
+ * a text valid against the schema (EOS only once it is complete, and then nothing else),
+ * and the per-sequence recognizer's advance over the sampled token. The mask is a CPU pass
+ * over the vocabulary per step and sequence: the 256 possible first bytes are tried on a
+ * copy of the recognizer, then the whole bytes of each token whose first byte may come. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,21 +70,45 @@ fail:
     return PEFTD_ENOMEM;
 }
 
+/* One recognizer, either kind: whether the bytes may come next. */
+typedef struct {
+    const seq *s;
+    jsm tmp;
+} tryer;
+
+static bool try_bytes(tryer *t, const uint8_t *b, size_t n) {
+    if (t->s->jss) {
+        jsm_copy(&t->tmp, t->s->jss);
+        return jsm_feed(&t->tmp, b, n);
+    }
+    jsong g = t->s->json;
+    return jsong_feed(&g, b, n);
+}
+
 const float *engine__json_mask(engine *e, const seq *s, const float *logits) {
     const int V = e->m->cfg.vocab_size;
     if (!e->jt_ready && json_table(e) < 0) return NULL;
     float *w = e->ss.work;
     if (logits != w) memcpy(w, logits, (size_t)V * sizeof(float));
+    bool done = s->jss ? jsm_done(s->jss) : s->json.done;
+    bool can_end = s->jss ? jsm_can_end(s->jss) : s->json.done;
+    /* the first byte decides most tokens: 256 tries, then only tokens whose first byte
+     * may come are tried whole */
+    static _Thread_local tryer t;
+    t.s = s;
+    bool first[256];
+    for (int c = 0; c < 256; c++) first[c] = !done && try_bytes(&t, (const uint8_t[]){(uint8_t)c}, 1);
     int allowed = 0;
     for (int id = 0; id < V; id++) {
         if (engine__is_eos(e, id)) {
-            if (!s->json.done) w[id] = -INFINITY;
+            if (!can_end) w[id] = -INFINITY;
             else if (w[id] > -INFINITY) allowed++;
             continue;
         }
         if (w[id] == -INFINITY) continue;
-        jsong g = s->json;
-        if (s->json.done || e->jt_len[id] <= 0 || !jsong_feed(&g, e->jt_blob + e->jt_off[id], (size_t)e->jt_len[id]))
+        int32_t len = e->jt_len[id];
+        const uint8_t *b = e->jt_blob + e->jt_off[id];
+        if (len <= 0 || !first[b[0]] || (len > 1 && !try_bytes(&t, b, (size_t)len)))
             w[id] = -INFINITY;
         else
             allowed++;
@@ -95,5 +120,6 @@ const float *engine__json_mask(engine *e, const seq *s, const float *logits) {
 
 void engine__json_advance(engine *e, seq *s, int32_t tok) {
     if (engine__is_eos(e, tok) || tok < 0 || tok >= e->m->cfg.vocab_size || e->jt_len[tok] <= 0) return;
-    jsong_feed(&s->json, e->jt_blob + e->jt_off[tok], (size_t)e->jt_len[tok]);
+    if (s->jss) jsm_feed(s->jss, e->jt_blob + e->jt_off[tok], (size_t)e->jt_len[tok]);
+    else jsong_feed(&s->json, e->jt_blob + e->jt_off[tok], (size_t)e->jt_len[tok]);
 }
