@@ -176,6 +176,8 @@ struct engine {
     bool jt_ready;
     int32_t *jt_off, *jt_len;
     uint8_t *jt_blob;
+    uint8_t *jt_plain;        /* [V] 1: the token's bytes are all plain string characters
+                               * (json_schema.h jsm_plain_room) */
     float *logits;
 
     pthread_mutex_t smu;

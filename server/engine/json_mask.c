@@ -21,8 +21,9 @@ static int json_table(engine *e) {
     e->jt_off = malloc((size_t)V * sizeof(int32_t));
     e->jt_len = malloc((size_t)V * sizeof(int32_t));
     e->jt_blob = malloc(cap);
+    e->jt_plain = calloc((size_t)V, 1);
     tokenizer_stream *st = tokenizer_stream_new(e->tok, true);
-    if (!e->jt_off || !e->jt_len || !e->jt_blob || !st ||
+    if (!e->jt_off || !e->jt_len || !e->jt_blob || !e->jt_plain || !st ||
         tokenizer_encode(e->tok, "a", 1, false, &ctx, &n_ctx) < 0 || n_ctx == 0)
         goto fail;
     for (int id = 0; id < V; id++) {
@@ -54,6 +55,10 @@ static int json_table(engine *e) {
         memcpy(e->jt_blob + used, piece, len);
         used += len;
         e->jt_len[id] = (int32_t)len;
+        bool plain = len > 0;
+        for (size_t i = 0; plain && i < len; i++)
+            plain = raw[i] >= 0x20 && raw[i] < 0x7f && raw[i] != '"' && raw[i] != '\\';
+        e->jt_plain[id] = plain;
     }
     tokenizer_stream_free(st);
     free(ctx);
@@ -65,22 +70,20 @@ fail:
     free(e->jt_off);
     free(e->jt_len);
     free(e->jt_blob);
+    free(e->jt_plain);
     e->jt_off = e->jt_len = NULL;
-    e->jt_blob = NULL;
+    e->jt_blob = e->jt_plain = NULL;
     return PEFTD_ENOMEM;
 }
 
 /* One recognizer, either kind: whether the bytes may come next. */
 typedef struct {
     const seq *s;
-    jsm tmp;
+    jsm tmp[2];
 } tryer;
 
 static bool try_bytes(tryer *t, const uint8_t *b, size_t n) {
-    if (t->s->jss) {
-        jsm_copy(&t->tmp, t->s->jss);
-        return jsm_feed(&t->tmp, b, n);
-    }
+    if (t->s->jss) return jsm_try(t->s->jss, b, n, t->tmp);
     jsong g = t->s->json;
     return jsong_feed(&g, b, n);
 }
@@ -98,6 +101,8 @@ const float *engine__json_mask(engine *e, const seq *s, const float *logits) {
     t.s = s;
     bool first[256];
     for (int c = 0; c < 256; c++) first[c] = !done && try_bytes(&t, (const uint8_t[]){(uint8_t)c}, 1);
+    /* inside a string: a token of plain characters only needs room (most of a vocabulary) */
+    int room = s->jss ? jsm_plain_room(s->jss) : -1;
     int allowed = 0;
     for (int id = 0; id < V; id++) {
         if (engine__is_eos(e, id)) {
@@ -108,7 +113,8 @@ const float *engine__json_mask(engine *e, const seq *s, const float *logits) {
         if (w[id] == -INFINITY) continue;
         int32_t len = e->jt_len[id];
         const uint8_t *b = e->jt_blob + e->jt_off[id];
-        if (len <= 0 || !first[b[0]] || (len > 1 && !try_bytes(&t, b, (size_t)len)))
+        if (len <= 0 || !first[b[0]] ||
+            (room >= 0 && e->jt_plain[id] ? len > room : len > 1 && !try_bytes(&t, b, (size_t)len)))
             w[id] = -INFINITY;
         else
             allowed++;

@@ -71,6 +71,12 @@ typedef struct {
 void jsm_init(jsm *m, const jschema *s);
 /* Advances m over b[0..n); false (m then undefined) when no valid text begins so. */
 bool jsm_feed(jsm *m, const uint8_t *b, size_t n);
+/* Whether b[0..n) may come next, m unchanged (scratch: work space). */
+bool jsm_try(const jsm *m, const uint8_t *b, size_t n, jsm scratch[2]);
+/* When every path is inside a string, between characters: how many more plain characters
+ * (0x20..0x7e but '"' and '\\', one byte each) may come at most (INT_MAX: no maxLength);
+ * else -1. The engine's mask decides tokens made only of plain characters with it. */
+int jsm_plain_room(const jsm *m);
 /* Copies m into out (only the live part). */
 void jsm_copy(jsm *out, const jsm *m);
 /* The text so far is a complete valid value (it may still continue: a number). */

@@ -5,6 +5,7 @@
  * (jschema.need). A number or a literal that may continue ("1" of "12") ends when a byte
  * cannot extend it: the frame is popped and the byte goes to its parent. Identical
  * threads are merged. */
+#include <limits.h>
 #include <string.h>
 
 #include "server/engine/json_schema_internal.h"
@@ -421,17 +422,40 @@ void jsm_copy(jsm *out, const jsm *m) {
         memcpy(&out->t[i], &m->t[i], m->t[i].depth == 0xff ? sizeof m->t[i] : thread_bytes(&m->t[i]));
 }
 
-bool jsm_feed(jsm *m, const uint8_t *b, size_t n) {
-    jsm tmp;
+bool jsm_try(const jsm *m, const uint8_t *b, size_t n, jsm scratch[2]) {
+    const jsm *cur = m;
     for (size_t i = 0; i < n; i++) {
-        feed_byte(m->s, m, b[i], &tmp);
-        if (tmp.n == 0) {
-            m->n = 0;
-            return false;
-        }
-        jsm_copy(m, &tmp);
+        jsm *nxt = &scratch[i & 1];
+        feed_byte(m->s, cur, b[i], nxt);
+        if (nxt->n == 0) return false;
+        cur = nxt;
     }
-    return m->n > 0;
+    return cur->n > 0;
+}
+
+bool jsm_feed(jsm *m, const uint8_t *b, size_t n) {
+    jsm tmp[2];
+    if (n == 0) return m->n > 0;
+    if (!jsm_try(m, b, n, tmp)) {
+        m->n = 0;
+        return false;
+    }
+    jsm_copy(m, &tmp[(n - 1) & 1]);
+    return true;
+}
+
+int jsm_plain_room(const jsm *m) {
+    int room = -1;
+    for (int i = 0; i < m->n; i++) {
+        const jsm_thread *t = &m->t[i];
+        if (t->depth == 0 || t->depth == 0xff) return -1;
+        const jsm_frame *f = &t->f[t->depth - 1];
+        const jnode *n = node_of(m->s, f);
+        if (n->kind != JN_STR || f->st != S_CHR || f->x) return -1;
+        int r = n->b < 0 ? INT_MAX : n->b - (int)f->cnt;
+        if (r > room) room = r;
+    }
+    return room;
 }
 
 bool jsm_can_end(const jsm *m) {

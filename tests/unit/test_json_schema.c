@@ -5,6 +5,7 @@
  * schemas with the keyword named in the message; the byte sets the recognizer allows at
  * chosen points (what the engine's per-token mask is built from). */
 #include <cJSON.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -247,5 +248,41 @@ TEST(deep_recursion_stays_within_the_nesting_limit) {
     jschema_unref(s);
 }
 
-TEST_MAIN(hand_written_cases, allowed_bytes_at_chosen_points, unsupported_and_malformed_schemas_are_refused_by_name,
+/* The engine's shortcut inside strings (jsm_plain_room) agrees with trying the bytes. */
+TEST(plain_room_agrees_with_trying_the_bytes) {
+    static const char *const cases[][2] = {
+        {"{\"type\":\"string\",\"maxLength\":5}", "\"ab"},
+        {"{\"type\":\"string\"}", "\"abc"},
+        {"{\"type\":\"object\"}", "{\"k"},
+        {"{\"anyOf\":[{\"type\":\"string\",\"maxLength\":2},{\"type\":\"string\",\"maxLength\":4}]}", "\"a"},
+        {"{\"type\":\"string\",\"maxLength\":3}", "\"\\"},     /* after a backslash: no shortcut */
+        {"{\"enum\":[\"abc\",\"abd\"]}", "\"a"},                  /* a literal: no shortcut */
+        {"{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":1}}", "[\"x"},
+    };
+    static const int want_room[] = {3, INT_MAX, INT_MAX, 3, -1, -1, 0};
+    unsigned x = 7;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        jschema *s = compile(cases[c][0]);
+        jsm m, scratch[2];
+        jsm_init(&m, s);
+        ASSERT(jsm_feed(&m, (const uint8_t *)cases[c][1], strlen(cases[c][1])));
+        int room = jsm_plain_room(&m);
+        if (room != want_room[c]) FAIL("%s after %s: room %d, want %d", cases[c][0], cases[c][1], room, want_room[c]);
+        for (int k = 0; k < 200 && room >= 0; k++) {
+            uint8_t tok[12];
+            int len = 1 + k % 12;
+            for (int i = 0; i < len; i++) {
+                do {
+                    x = x * 1103515245u + 12345u;
+                    tok[i] = (uint8_t)(0x20 + (x >> 16) % 95);
+                } while (tok[i] == '"' || tok[i] == '\\');
+            }
+            if ((len <= room) != jsm_try(&m, tok, (size_t)len, scratch))
+                FAIL("%s after %s: %d plain bytes, room %d disagrees with jsm_try", cases[c][0], cases[c][1], len, room);
+        }
+        jschema_unref(s);
+    }
+}
+
+TEST_MAIN(plain_room_agrees_with_trying_the_bytes, hand_written_cases, allowed_bytes_at_chosen_points, unsupported_and_malformed_schemas_are_refused_by_name,
           deep_recursion_stays_within_the_nesting_limit)
