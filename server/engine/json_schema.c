@@ -440,7 +440,11 @@ static bool epsilon_cycle(const jschema *s, int32_t v, uint8_t *color) {
 /* need[v]: frames a value of v needs (its own and those below it), by fixpoint. */
 static void compute_need(jschema *s) {
     for (int v = 0; v < s->n_nodes; v++) s->need[v] = INT32_MAX;
-    for (bool changed = true; changed;) {
+    /* Values only decrease, so need[v] >= what its children's current values give at every
+     * pass: stopping early (the pass cap, against adversarial schemas) leaves upper bounds,
+     * which keep every offered alternative completable (only fewer may be offered). */
+    int passes = 0;
+    for (bool changed = true; changed && passes < 256; passes++) {
         changed = false;
         for (int v = 0; v < s->n_nodes; v++) {
             const jnode *n = &s->nodes[v];
