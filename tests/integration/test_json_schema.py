@@ -3,7 +3,7 @@ on the real daemon (issue 15, acceptance 1: "JSON mode outputs parse and follow 
 50 random schemas"). 50 schemas are drawn (seeded) from the supported subset — objects with
 properties / required / additionalProperties false, arrays with items / minItems / maxItems,
 strings with minLength / maxLength, integer, number, boolean, null, type lists, enum, const,
-anyOf, $ref into $defs (plain and recursive); each is run greedy, sampled (temperature 1) and sampled with '}' and ']' pushed up,
+anyOf, $ref into $defs (plain and recursive); each is run greedy, sampled (temperature 1 and 2) and sampled with '}' and ']' pushed up,
 on /v1/completions and /v1/chat/completions alternately, and every output must parse
 (json.loads) and validate with the independent `jsonschema` package (Draft 2020-12), with
 declared properties in declared order; unsupported keywords and malformed or oversized
@@ -179,7 +179,7 @@ def fifty_random_schemas_greedy_and_sampled_validate():
         validator = jsonschema.Draft202012Validator(schema)
         # greedy, sampled, and sampled with '}' / ']' pushed up (wherever the mask allows
         # them: objects and arrays close as early as the schema lets them)
-        for temperature, bias in ((0, None), (1.0, None), (1.0, CLOSE_BIAS)):
+        for temperature, bias in ((0, None), (1.0, None), (1.0, CLOSE_BIAS), (2.0, None)):
             out, finish = generate(schema, i, temperature, bias=bias)
             assert finish == "stop", (i, temperature, finish, schema, out)
             try:
@@ -196,7 +196,7 @@ def fifty_random_schemas_greedy_and_sampled_validate():
                 print("    %s -> %s" % (text[:100], out[:100]))
     print("    %d generations on 50 schemas validate (schemas using: %s)" %
           (runs, ", ".join("%s %d" % kv for kv in sorted(kinds.items()))))
-    assert runs == 150
+    assert runs == 200
 
 
 @test

@@ -284,5 +284,53 @@ TEST(plain_room_agrees_with_trying_the_bytes) {
     }
 }
 
-TEST_MAIN(plain_room_agrees_with_trying_the_bytes, hand_written_cases, allowed_bytes_at_chosen_points, unsupported_and_malformed_schemas_are_refused_by_name,
+/* Random walks over the allowed bytes (what constrained sampling does): the recognizer
+ * never leads into a dead end (no byte allowed means the value is complete), and every
+ * text it calls complete is JSON cJSON parses. Feeding a text whole or byte by byte agrees. */
+TEST(random_walks_never_dead_end_and_end_in_json) {
+    unsigned x = 12345;
+    int walks = 0, ended = 0;
+    for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
+        jschema *s = compile(CASES[k].schema);
+        for (int w = 0; w < 20; w++, walks++) {
+            jsm m, scratch[2];
+            jsm_init(&m, s);
+            char text[260];
+            int n = 0;
+            for (;;) {
+                uint8_t ok[256];
+                int n_ok = 0, n_close = 0;
+                uint8_t close[8];
+                for (int b = 0; b < 256; b++)
+                    if (jsm_try(&m, (const uint8_t[]){(uint8_t)b}, 1, scratch)) {
+                        ok[n_ok++] = (uint8_t)b;
+                        if ((b == '"' || b == '}' || b == ']') && n_close < 8) close[n_close++] = (uint8_t)b;
+                    }
+                if (n_ok == 0 && !jsm_can_end(&m)) FAIL("%s: dead end after %.*s", CASES[k].schema, n, text);
+                x = x * 1103515245u + 12345u;
+                if (n_ok == 0 || (jsm_can_end(&m) && (x >> 16) % 4 == 0)) {
+                    text[n] = '\0';
+                    cJSON *v = cJSON_Parse(text);
+                    if (!v) FAIL("%s: complete but not JSON: %s", CASES[k].schema, text);
+                    cJSON_Delete(v);
+                    jsm whole;
+                    jsm_init(&whole, s);
+                    ASSERT(jsm_feed(&whole, (const uint8_t *)text, (size_t)n) && jsm_can_end(&whole));
+                    ended++;
+                    break;
+                }
+                if (n >= 250) break;
+                x = x * 1103515245u + 12345u;
+                uint8_t b = n_close && (x >> 16) % 3 == 0 ? close[(x >> 20) % n_close] : ok[(x >> 16) % n_ok];
+                text[n++] = (char)b;
+                ASSERT(jsm_feed(&m, &b, 1));
+            }
+        }
+        jschema_unref(s);
+    }
+    printf("    %d walks, %d ended complete\n", walks, ended);
+    ASSERT(ended >= walks / 2);
+}
+
+TEST_MAIN(plain_room_agrees_with_trying_the_bytes, random_walks_never_dead_end_and_end_in_json, hand_written_cases, allowed_bytes_at_chosen_points, unsupported_and_malformed_schemas_are_refused_by_name,
           deep_recursion_stays_within_the_nesting_limit)
