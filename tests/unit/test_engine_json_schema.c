@@ -2,8 +2,8 @@
  * engine on models/stories260K: every generation (greedy and sampled) is, as detokenized,
  * a prefix the schema's recognizer accepts, and when it stops (EOS) a complete value that
  * cJSON parses; a length cut says "length"; the masked sequences share a batch with plain
- * and json_object ones and every sequence's tokens and logprobs are bit-identical to its
- * run alone. (Validation against an independent validator: the integration test
+ * and json_object ones, with preemptions, and every sequence's tokens and logprobs are
+ * bit-identical to its run alone. (Validation against an independent validator: the integration test
  * tests/integration/test_json_schema.py, Python's jsonschema.) */
 #include <cJSON.h>
 #include <stdlib.h>
@@ -20,7 +20,7 @@ typedef struct {
     engine *e;
 } rig;
 
-static void rig_open(rig *r, int max_seqs, int max_batch_tokens) {
+static void rig_open(rig *r, int max_seqs, int max_batch_tokens, int kv_blocks) {
     char err[512] = "";
     memset(r, 0, sizeof *r);
     r->kb = kbackend_cpu_create(2);
@@ -32,6 +32,7 @@ static void rig_open(rig *r, int max_seqs, int max_batch_tokens) {
     c.max_seqs = max_seqs;
     c.max_batch_tokens = max_batch_tokens;
     c.kv_cache_mb = 64;
+    c.kv_blocks = kv_blocks; /* 0: the default pool */
     if (engine_create(&c, r->m, r->kb, r->tok, &r->e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
     ASSERT_EQ(engine_start(r->e), 0);
 }
@@ -113,7 +114,7 @@ static void check(const jschema *s, const char *schema, int k, const engine_delt
 
 TEST(outputs_follow_the_schema_alone_and_in_a_shared_batch) {
     rig r;
-    rig_open(&r, 16, 64);
+    rig_open(&r, 16, 64, 20); /* 320 KV slots for 14 x (5 + up to 120): preemptions */
     int32_t prompt[5] = {1, 403, 407, 261, 378};
     jschema *s[NS];
     for (int i = 0; i < NS; i++) s[i] = compile(SCHEMAS[i]);
@@ -140,6 +141,10 @@ TEST(outputs_follow_the_schema_alone_and_in_a_shared_batch) {
     engine_request *q[RUNS + 2];
     for (int k = 0; k < RUNS + 2; k++) q[k] = submit(&r, prompt, 5, &p[k]);
     for (int k = 0; k < RUNS + 2; k++) take(q[k], &together[k]);
+    engine_stats st;
+    engine_get_stats(r.e, &st);
+    printf("    shared batch: %llu preemptions\n", (unsigned long long)st.preemptions);
+    ASSERT(st.preemptions > 0); /* the recognizers survive a preemption and its recompute */
     for (int k = 0; k < RUNS + 2; k++) {
         ASSERT_EQ(alone[k].n_tokens, together[k].n_tokens);
         ASSERT_EQ(alone[k].finish, together[k].finish);
@@ -157,7 +162,7 @@ TEST(outputs_follow_the_schema_alone_and_in_a_shared_batch) {
 
 TEST(a_length_cut_says_length) {
     rig r;
-    rig_open(&r, 4, 64);
+    rig_open(&r, 4, 64, 0);
     jschema *s = compile(SCHEMAS[0]);
     int32_t prompt[5] = {1, 403, 407, 261, 378};
     gen_params p = params(1, s);
