@@ -403,7 +403,8 @@ static void feed_byte(const jschema *s, const jsm *in, uint8_t b, jsm *out) {
     for (int i = 0; i < in->n; i++) {
         const jsm_thread *t = &in->t[i];
         if (t->depth == 0xff) {
-            jsm_thread e = {0};
+            jsm_thread e;
+            memset(&e, 0, sizeof e); /* padding too: threads are compared with memcmp */
             start(s, &e, s->root, b, &o);
             continue;
         }
