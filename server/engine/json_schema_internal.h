@@ -55,4 +55,10 @@ struct jschema {
     int32_t root, any, str_any; /* any JSON value (JN_ALT), an unconstrained string */
 };
 
+/* json_schema_need.c. epsilon_cycle: a $ref / anyOf path from v comes back without a
+ * value in between (color: [n_nodes] zeroed scratch, kept across calls). compute_need:
+ * fills s->need. */
+bool jschema__epsilon_cycle(const jschema *s, int32_t v, uint8_t *color);
+void jschema__compute_need(jschema *s);
+
 #endif
