@@ -192,7 +192,8 @@ $(BUILD)/tests/%: tests/unit/%.c $(HARNESS) $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(HARNESS) $(BUILD)/libpeftd.a $(LDLIBS)
 
 # The benchmarks are built with the tests, so an op-table change cannot leave them broken.
-BENCH_BIN := $(BUILD)/bench/bench_adapters $(BUILD)/bench/bench_decode $(BUILD)/bench/bench_prefix
+BENCH_BIN := $(BUILD)/bench/bench_adapters $(BUILD)/bench/bench_decode $(BUILD)/bench/bench_prefix \
+             $(BUILD)/bench/bench_json
 tests-bin: $(TEST_BIN) $(BENCH_BIN)
 
 # Benchmarks link the library like the tests do (bench/run.sh builds and runs them).
@@ -205,6 +206,10 @@ $(BUILD)/bench/bench_decode: bench/bench_decode.c $(BUILD)/libpeftd.a $(FLAGS_FI
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 
 $(BUILD)/bench/bench_prefix: bench/bench_prefix.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
+
+$(BUILD)/bench/bench_json: bench/bench_json.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 

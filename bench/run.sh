@@ -80,6 +80,23 @@ make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_prefix"
 "$BUILD/bench/bench_prefix" --model "$BASE" --prefix 400 --suffix 16 --rounds "${BENCH_ROUNDS_PREFIX:-3}" \
     --threads "$THREADS" --target 5 --out bench/results/latest-prefix.json >/dev/null
 
+# response_format json_schema (issue 15): a decode step with and without one schema-masked
+# sequence among 8 (the mask runs on the engine thread before sampling). A small random
+# model with a real byte-level BPE vocabulary (the Llama-3-style 8192-token fixture
+# tokenizer), so the mask walks a realistic vocabulary; bench_json exits 1 if the other
+# sequences' tokens change.
+JSONM=$MODELS/llama-json-8k
+if [ ! -f "$JSONM/model.safetensors" ]; then
+    rm -rf "$JSONM.tmp"
+    "$PYTHON" clients/gen_random_llama.py --hidden 256 --layers 4 --heads 4 --kv-heads 4 --intermediate 688 \
+        --vocab 8192 --max-pos 512 --bos 0 --eos 1 --seed 3 --tokenizer-from tests/fixtures/tokenizer/llama3bl \
+        --out "$JSONM.tmp" >&2
+    mv "$JSONM.tmp" "$JSONM"
+fi
+make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_json"
+"$BUILD/bench/bench_json" --model "$JSONM" --seqs 8 --tokens 64 --rounds "${BENCH_ROUNDS_JSON:-3}" \
+    --threads "$THREADS" --out bench/results/latest-json.json >/dev/null
+
 # The Llama-3.2-1B shape (issue 11): hidden 2048, 16 layers, 32/8 heads, intermediate 8192,
 # vocab 128256, llama3 rope, tied, bf16 (2.47 GB). (1) batch-1 decode against the memory
 # roofline measured in the same run, and start-up; (2) the daemon's start-up to its first

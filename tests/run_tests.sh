@@ -39,7 +39,7 @@ echo "== integration tests (tests/integration)"
 # The SDK/metrics/manifest tests need their Python packages (tests/requirements.txt, installed
 # by `make venv` into build/venv; `make test` passes that venv's python as PYTHON). A missing
 # one is a FAILED check here, never a silent skip.
-for mod in openai prometheus_client kubernetes_validate yaml playwright; do
+for mod in openai prometheus_client kubernetes_validate yaml playwright jsonschema; do
     if "$PYTHON" -c "import $mod" 2>/dev/null; then
         echo "  ok python module $mod ($PYTHON)"; pass=$((pass + 1))
     else

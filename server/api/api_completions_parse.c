@@ -17,6 +17,7 @@
 #include "adapter_store/json_check.h"
 #include "lib/status.h"
 #include "server/api/api_completions.h"
+#include "server/engine/json_schema.h"
 
 #define API_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
@@ -361,11 +362,16 @@ static int api_parse_options(const cJSON *root, bool chat, api_request *r, long 
         r->include_usage = iu && cJSON_IsTrue(iu);
     }
     const cJSON *rf = api_field(root, "response_format"); /* its type was checked by api_check_fields */
-    if (rf && !strcmp(cJSON_GetObjectItemCaseSensitive(rf, "type")->valuestring, "json_object")) {
-        if (r->gen.ignore_eos)
-            return api_fail(err, "invalid_value", "'ignore_eos' cannot be combined with 'response_format' json_object "
-                                                   "(the object ends the generation)");
-        r->gen.json_object = true;
+    const char *rft = rf ? cJSON_GetObjectItemCaseSensitive(rf, "type")->valuestring : "text";
+    if (strcmp(rft, "text") != 0 && r->gen.ignore_eos)
+        return api_fail(err, "invalid_value", "'ignore_eos' cannot be combined with 'response_format' %s (the "
+                                               "value ends the generation)", rft);
+    if (!strcmp(rft, "json_object")) r->gen.json_object = true;
+    if (!strcmp(rft, "json_schema")) { /* the shape was checked by api_check_fields */
+        const cJSON *sch = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rf, "json_schema"), "schema");
+        char msg[256];
+        int crc = jschema_compile(sch, &r->gen.json_schema, msg, sizeof msg);
+        if (crc) return api_fail(err, "invalid_value", "'response_format.json_schema.schema': %s", msg);
     }
     const cJSON *user = api_field(root, "user");
     if (user && !cJSON_IsString(user)) return api_fail(err, "invalid_type", "'user' must be a string");
@@ -500,6 +506,8 @@ void api_request_free(api_request *r) {
     }
     free(r->bias_id);
     free(r->bias_val);
+    jschema_unref(r->gen.json_schema);
+    r->gen.json_schema = NULL;
     r->bias_id = NULL;
     r->bias_val = NULL;
     r->gen.n_bias = 0;

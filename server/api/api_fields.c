@@ -50,9 +50,49 @@ static bool in_list(const char *const *list, const char *key) {
     return false;
 }
 
-/* response_format: {"type":"text"} is what peftd does anyway; {"type":"json_object"} is
- * read by api_parse_common (grammar-constrained decoding, json_grammar.h); json_schema
- * needs a schema-to-grammar compiler, which is not implemented. */
+/* response_format: {"type":"text"} is what peftd does anyway; {"type":"json_object"} and
+ * {"type":"json_schema","json_schema":{"name","schema","strict","description"}} are read
+ * by api_parse_common (grammar-constrained decoding: json_grammar.h, json_schema.h; the
+ * schema itself is compiled, and refused by keyword, there). Here: the shape. */
+static int check_json_schema(const cJSON *rf, api_err *err) {
+    const cJSON *it;
+    cJSON_ArrayForEach(it, rf) {
+        if (strcmp(it->string, "type") && strcmp(it->string, "json_schema"))
+            return api_fail(err, "unknown_parameter", "unknown field 'response_format.%.64s'", it->string);
+    }
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+    if (!cJSON_IsObject(js))
+        return api_fail(err, "invalid_type", "'response_format.json_schema' must be an object with 'name' and 'schema'");
+    cJSON_ArrayForEach(it, js) {
+        const char *k = it->string;
+        if (!strcmp(k, "name")) {
+            const char *n = cJSON_IsString(it) ? it->valuestring : NULL;
+            size_t L = n ? strlen(n) : 0;
+            bool ok = L >= 1 && L <= 64;
+            for (size_t i = 0; ok && i < L; i++)
+                ok = (n[i] >= 'a' && n[i] <= 'z') || (n[i] >= 'A' && n[i] <= 'Z') || (n[i] >= '0' && n[i] <= '9') ||
+                     n[i] == '_' || n[i] == '-';
+            if (!ok)
+                return api_fail(err, "invalid_value", "'response_format.json_schema.name' must be 1 to 64 of a-z, "
+                                                       "A-Z, 0-9, '_' and '-'");
+        } else if (!strcmp(k, "strict")) {
+            if (!cJSON_IsBool(it) && !cJSON_IsNull(it))
+                return api_fail(err, "invalid_type", "'response_format.json_schema.strict' must be a boolean");
+        } else if (!strcmp(k, "description")) {
+            if (!cJSON_IsString(it) && !cJSON_IsNull(it))
+                return api_fail(err, "invalid_type", "'response_format.json_schema.description' must be a string");
+        } else if (strcmp(k, "schema")) {
+            return api_fail(err, "unknown_parameter", "unknown field 'response_format.json_schema.%.64s'", k);
+        }
+    }
+    if (!cJSON_GetObjectItemCaseSensitive(js, "name"))
+        return api_fail(err, "invalid_value", "'response_format.json_schema.name' is required");
+    const cJSON *sch = cJSON_GetObjectItemCaseSensitive(js, "schema");
+    if (!cJSON_IsObject(sch))
+        return api_fail(err, "invalid_value", "'response_format.json_schema.schema' is required (a JSON schema object)");
+    return 0;
+}
+
 static int check_response_format(const cJSON *root, api_err *err) {
     const cJSON *rf = api_field(root, "response_format");
     if (!rf) return 0;
@@ -60,12 +100,9 @@ static int check_response_format(const cJSON *root, api_err *err) {
     if (!cJSON_IsString(type))
         return api_fail(err, "invalid_type", "'response_format' must be an object with a string 'type'");
     if (!strcmp(type->valuestring, "text") || !strcmp(type->valuestring, "json_object")) return 0;
-    if (!strcmp(type->valuestring, "json_schema"))
-        return api_fail(err, "unsupported_parameter",
-                        "'response_format' of type 'json_schema' is not supported: decoding constrained to a JSON "
-                        "schema is not implemented; {\"type\": \"json_object\"} (any JSON object) and "
-                        "{\"type\": \"text\"} are");
-    return api_fail(err, "invalid_value", "'response_format' type must be 'text' or 'json_object' (got '%.64s')",
+    if (!strcmp(type->valuestring, "json_schema")) return check_json_schema(rf, err);
+    return api_fail(err, "invalid_value",
+                    "'response_format' type must be 'text', 'json_object' or 'json_schema' (got '%.64s')",
                     type->valuestring);
 }
 

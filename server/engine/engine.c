@@ -401,6 +401,7 @@ void engine_free(engine *e) {
     free(e->jt_off);
     free(e->jt_len);
     free(e->jt_blob);
+    free(e->jt_plain);
     free(e->b_rows);
     free(e->b_chunk);
     free(e->b_logit_seq);

@@ -87,6 +87,10 @@ typedef struct {
     bool json_object;          /* response_format json_object: only tokens that keep the
                                 * output a prefix of a JSON object (json_grammar.h) are
                                 * sampled, EOS only once it is complete (then only EOS) */
+    struct jschema *json_schema; /* response_format json_schema (json_schema.h), or NULL: only
+                                * tokens that keep the output a prefix of a text valid
+                                * against it, EOS only once it is complete; the caller keeps
+                                * its reference, engine_request_create takes its own */
     bool prompt_logprobs;      /* also score the prompt: logprobs (top `logprobs` >= 0
                                 * alternatives) of prompt tokens 1.., see engine_delta */
     int n_stop;

@@ -64,6 +64,7 @@ void engine__notify(engine_request *r);
 #include "adapter_store/tiers.h"
 #include "server/engine/fairness.h"
 #include "server/engine/json_grammar.h"
+#include "server/engine/json_schema.h"
 #include "server/engine/kv_blocks.h"
 #include "server/engine/prefix_cache.h"
 #include "server/engine/sampling.h"
@@ -110,6 +111,7 @@ typedef struct seq {
     int score_row0, score_n, score_j0; /* this step: logits rows score_row0.. score prompt
                                         * tokens score_j0 + 1 .. (score_n of them) */
     jsong json;               /* json_object: the output so far, recognized */
+    jsm *jss;                 /* json_schema: the output so far, recognized (own allocation) */
     bool pc_on;               /* prefix cache: its blocks may be shared (engine_prefix.c) */
     int pc_hashed;            /* blocks whose key is chained into pc_hash (cached or taken) */
     uint8_t pc_hash[32];      /* key of block pc_hashed - 1 (the seed when 0) */
@@ -174,6 +176,8 @@ struct engine {
     bool jt_ready;
     int32_t *jt_off, *jt_len;
     uint8_t *jt_blob;
+    uint8_t *jt_plain;        /* [V] 1: the token's bytes are all plain string characters
+                               * (json_schema.h jsm_plain_room) */
     float *logits;
 
     pthread_mutex_t smu;
@@ -206,9 +210,10 @@ int engine__kv_available(const engine *e);
 int engine__kv_alloc(engine *e, int n, int32_t *out);
 void engine__kv_release(engine *e, const int32_t *ids, int n);
 
-/* json_mask.c: response_format json_object. mask: logits (may be e->ss.work) with every
- * token that cannot continue s's JSON object masked, in e->ss.work; NULL when out of
- * memory. advance: s's recognizer over the sampled token. */
+/* json_mask.c: response_format json_object / json_schema. mask: logits (may be
+ * e->ss.work) with every token that cannot continue s's JSON object (or its schema's
+ * text) masked, in e->ss.work; NULL when out of memory. advance: s's recognizer over the
+ * sampled token. */
 const float *engine__json_mask(engine *e, const seq *s, const float *logits);
 void engine__json_advance(engine *e, seq *s, int32_t tok);
 

@@ -52,6 +52,7 @@ engine_request *engine_request_create(const int32_t *prompt, int n_prompt, const
         memcpy(r->bias_val, p->bias_val, (size_t)p->n_bias * sizeof(float));
     }
     r->params.bias_id = r->bias_id;
+    if (p->json_schema) jschema_ref(p->json_schema);
     r->params.bias_val = r->bias_val;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->done_cv, NULL);
@@ -85,6 +86,7 @@ void engine_request_unref(engine_request *r) {
     free(r->text);
     free(r->tokens);
     free(r->prompt_lp);
+    jschema_unref(r->params.json_schema);
     free(r->bias_id);
     free(r->bias_val);
     pthread_mutex_destroy(&r->mu);

@@ -34,6 +34,7 @@ void engine__seq_free(engine *e, seq *s) {
     free(s->blocks);
     free(s->tokens);
     free(s->pending);
+    free(s->jss);
     free(s);
 }
 
@@ -125,6 +126,10 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
     }
     s->rope_len = s->pos_off + s->n_tokens;
     jsong_init(&s->json);
+    if (r->params.json_schema) {
+        if (!(s->jss = malloc(sizeof *s->jss))) goto fail;
+        jsm_init(s->jss, r->params.json_schema);
+    }
     uint64_t seed = r->params.has_seed ? r->params.seed
                                        : (uint64_t)uv_hrtime() ^ ((uint64_t)(uintptr_t)r << 16);
     rng_seed(&s->rng, seed);

@@ -292,14 +292,14 @@ static int step_retire(engine *e, const step_shape *sh) {
         if (sampler_needs_processing(p, s->n_generated))
             use = sampler_process(raw, p, s->tokens, n_prompt, s->tokens + n_prompt, s->n_generated,
                                   e->eos_ids, p->ignore_eos ? 0 : e->n_eos, &e->ss);
-        if (p->json_object && !(use = engine__json_mask(e, s, use))) {
-            engine__finish_request(s->r, FINISH_ERROR, "out of memory (json_object token table)");
+        if ((p->json_object || p->json_schema) && !(use = engine__json_mask(e, s, use))) {
+            engine__finish_request(s->r, FINISH_ERROR, "out of memory (JSON mode token table)");
             s->r = NULL;
             continue;
         }
         gen_token lp;
         int32_t tok = sampler_pick_raw(use, raw, p, &s->rng, &e->ss, p->logprobs, &lp);
-        if (p->json_object) engine__json_advance(e, s, tok);
+        if (p->json_object || p->json_schema) engine__json_advance(e, s, tok);
         generated++;
         if (engine__seq_accept(e, s, tok, p->logprobs >= 0 ? &lp : NULL)) s->r = NULL; /* finished */
     }
