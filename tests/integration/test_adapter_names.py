@@ -4,7 +4,7 @@ path, generate with it (completions `model` and the `adapter` field; chat resolv
 through the same api_parse_model), GET /v1/adapters/{name} and /v1/models/{id} both ways, /v1/models and the paginated
 /v1/adapters listings, the per-adapter metrics label, delete both ways, a restart (the store
 reopened), the vLLM load/unload endpoints, the name rules (no "..", no empty segment,
-bounded, printable), and with tenants: tenant x's "a" and the public "x/a" are two
+bounded, printable), replication to a follower, and with tenants: tenant x's "a" and the public "x/a" are two
 adapters that never meet, and a tenant id cannot hold '/'.
 
 The slashed adapter must behave exactly like the same files under a plain name: its greedy
@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 import urllib.parse
 
 import harness
@@ -261,6 +262,47 @@ def tenant_names_and_public_slashed_names_never_meet():
         assert sorted(a["id"] for a in obj["data"]) == ["x/a", "x/a/b"], obj
     finally:
         dm.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_for(cond, what, timeout=120):
+    """Polls cond() until true; a generous deadline (replication is ~1 s here), so only a
+    stalled follower fails."""
+    deadline = time.time() + timeout * harness.SLOW
+    while not cond():
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.1)
+
+
+@test
+def slashed_names_replicate_to_a_follower():
+    """The change feed carries store keys ("org:name"): a follower applies the put and the
+    delete of "org/name" and keeps the lookalike "org"."""
+    tmp = tempfile.mkdtemp(prefix="peftd-names-repl-")
+    primary = follower = None
+    try:
+        primary = harness.Daemon(store=os.path.join(tmp, "p"))
+        follower = harness.Daemon(["--follow", "http://127.0.0.1:%d" % primary.port], store=os.path.join(tmp, "f"))
+        for name, fix in (("org/name", R8), ("org", R1)):
+            st, obj = primary.upload(name, fix)
+            assert st == 201, obj
+
+        def listed(dm):
+            st, obj = get(dm, "/v1/adapters")
+            return sorted(a["id"] for a in obj["data"]) if st == 200 else None
+
+        wait_for(lambda: listed(follower) == ["org", "org/name"], "the follower to list org and org/name")
+        assert greedy(follower, "org/name") == greedy(primary, "org/name")
+        st, obj = delete(primary, "/v1/adapters/" + enc("org/name"))
+        assert st == 200, obj
+        wait_for(lambda: listed(follower) == ["org"], "the follower to drop org/name")
+        st, obj = follower.post("/v1/completions", {"model": "org/name", "prompt": PROMPT, "max_tokens": 1})
+        harness.assert_error(st, obj, 404, "model_not_found")
+    finally:
+        for dm in (follower, primary):
+            if dm is not None:
+                dm.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
