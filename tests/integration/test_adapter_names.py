@@ -135,13 +135,19 @@ def slashed_names_survive_a_restart():
             before = greedy(dm, "hf-org/stories-lora")
         finally:
             dm.close()
-        dm = harness.Daemon(store=store)
-        try:
-            st, obj = get(dm, "/v1/adapters/hf-org/stories-lora")
-            assert st == 200 and obj["version"] == 1, obj
-            assert greedy(dm, "hf-org/stories-lora") == before
-        finally:
-            dm.close()
+        # restarted, with a configured adapter of a slashed name too (--adapter NAME=DIR:
+        # imported once, found in the store on the next start)
+        for _ in range(2):
+            dm = harness.Daemon(["--adapter", "cfg-org/from-config=" + R8], store=store)
+            try:
+                st, obj = get(dm, "/v1/adapters/hf-org/stories-lora")
+                assert st == 200 and obj["version"] == 1, obj
+                assert greedy(dm, "hf-org/stories-lora") == before
+                st, obj = get(dm, "/v1/adapters/cfg-org/from-config")
+                assert st == 200 and obj["version"] == 1, obj
+                assert greedy(dm, "cfg-org/from-config")[:2] == before[:2]
+            finally:
+                dm.close()
     finally:
         shutil.rmtree(store, ignore_errors=True)
 
