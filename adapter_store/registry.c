@@ -72,13 +72,14 @@ bool registry_id_valid(const char *id) {
 bool registry_name_valid(const char *name) {
     size_t n = name ? strnlen(name, REGISTRY_NAME_MAX + 1) : 0;
     if (n < 1 || n > REGISTRY_NAME_MAX) return false;
-    for (const char *p = name, *end = name + n; p <= end;) {
+    const char *p = name, *end = name + n;
+    for (;;) {
         const char *slash = memchr(p, '/', (size_t)(end - p));
         const char *seg_end = slash ? slash : end;
         if (!segment_valid(p, (size_t)(seg_end - p))) return false; /* also refuses an empty segment */
-        p = seg_end + 1;
+        if (!slash) return true;
+        p = slash + 1;
     }
-    return true;
 }
 
 bool registry_key_valid(const char *key) {
