@@ -115,7 +115,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
-.PHONY: all deps venv install uninstall tests-bin run test test-load test-cluster asan tsan fuzz bench clean distclean
+.PHONY: all deps venv install uninstall tests-bin run test test-load test-lm-eval test-cluster asan tsan fuzz bench clean distclean
 .DEFAULT_GOAL := all
 
 # Rebuild when flags change: the effective compiler, flags and libraries are written to
@@ -265,6 +265,13 @@ uninstall:
 test-load: deps venv
 	@$(MAKE) --no-print-directory $(JOBS) all
 	@PEFTD_TEST_LOAD=1 PEFTD_BIN=$(BUILD)/peftd PEFTD_LOADGEN=$(BUILD)/peftd-loadgen $(VENV_PY) tests/integration/test_load.py
+
+# issue 15 acceptance 2: lm-evaluation-harness (local-completions) against peftd with a LoRA
+# adapter, its log-likelihoods checked against transformers+peft (tests/lm_eval/run.sh;
+# installs lm_eval into build/lm-eval-venv from PyPI the first time, ~2 min; then ~1.5 min).
+test-lm-eval: deps
+	@$(MAKE) --no-print-directory $(JOBS) all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/lm_eval/run.sh
 
 # The replication cluster test (a primary + 3 followers on loopback, tests/integration/
 # test_cluster.py): apart from `make test` (under it the file skips itself).

@@ -52,11 +52,11 @@ void registry_free(adapter_registry *r) {
     free(r);
 }
 
-bool registry_name_valid(const char *name) {
-    size_t n = name ? strlen(name) : 0;
-    if (n < 1 || n > REGISTRY_NAME_MAX || name[0] == '.' || name[0] == '-') return false;
+/* One segment: [A-Za-z0-9._-] from n bytes, not starting with '.' or '-' (so never "." or ".."). */
+static bool segment_valid(const char *s, size_t n) {
+    if (n < 1 || s[0] == '.' || s[0] == '-') return false;
     for (size_t i = 0; i < n; i++) {
-        char c = name[i];
+        char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
               c == '-'))
             return false;
@@ -64,15 +64,43 @@ bool registry_name_valid(const char *name) {
     return true;
 }
 
+bool registry_id_valid(const char *id) {
+    size_t n = id ? strnlen(id, REGISTRY_NAME_MAX + 1) : 0;
+    return n <= REGISTRY_NAME_MAX && segment_valid(id, n);
+}
+
+bool registry_name_valid(const char *name) {
+    size_t n = name ? strnlen(name, REGISTRY_NAME_MAX + 1) : 0;
+    if (n < 1 || n > REGISTRY_NAME_MAX) return false;
+    const char *p = name, *end = name + n;
+    for (;;) {
+        const char *slash = memchr(p, '/', (size_t)(end - p));
+        const char *seg_end = slash ? slash : end;
+        if (!segment_valid(p, (size_t)(seg_end - p))) return false; /* also refuses an empty segment */
+        if (!slash) return true;
+        p = slash + 1;
+    }
+}
+
 bool registry_key_valid(const char *key) {
-    const char *slash = key ? strchr(key, '/') : NULL;
-    if (!slash) return registry_name_valid(key);
-    char owner[REGISTRY_NAME_MAX + 1];
-    size_t n = (size_t)(slash - key);
-    if (n > REGISTRY_NAME_MAX) return false;
-    memcpy(owner, key, n);
-    owner[n] = 0;
-    return registry_name_valid(owner) && registry_name_valid(slash + 1);
+    if (!key || strnlen(key, ASTORE_KEY_MAX + 1) > ASTORE_KEY_MAX) return false;
+    const char *slash = strchr(key, '/');
+    char owner[REGISTRY_NAME_MAX + 1] = "", name[ASTORE_KEY_MAX + 1], back[ASTORE_KEY_MAX + 1];
+    const char *enc = key;
+    if (slash) {
+        size_t n = (size_t)(slash - key);
+        if (n > REGISTRY_NAME_MAX) return false;
+        memcpy(owner, key, n);
+        owner[n] = 0;
+        if (!registry_id_valid(owner)) return false;
+        enc = slash + 1;
+    }
+    /* the name part is in key form (store.h: its '/' written ':'): decode, validate, and
+     * the key must be exactly what astore_key builds back */
+    snprintf(name, sizeof name, "%s", enc);
+    for (char *p = name; *p; p++)
+        if (*p == ':') *p = '/';
+    return registry_name_valid(name) && astore_key(owner, name, back) == 0 && !strcmp(back, key);
 }
 
 /* Index of key name, or -(insertion point) - 1. Under mu. */
@@ -158,7 +186,7 @@ int registry_failure(adapter_registry *r, const char *name, char *msg, size_t ms
 
 int registry_put(adapter_registry *r, const astore_meta *meta) {
     char name[ASTORE_KEY_MAX + 1];
-    if (!registry_name_valid(meta->name) || (meta->owner[0] && !registry_name_valid(meta->owner)) ||
+    if (!registry_name_valid(meta->name) || (meta->owner[0] && !registry_id_valid(meta->owner)) ||
         astore_key(meta->owner, meta->name, name))
         return PEFTD_EINVAL;
     adapter_handle *v = calloc(1, sizeof *v);

@@ -31,9 +31,14 @@ int registry_create(adapter_registry **out);
 /* Frees the registry and its handles. NULL is a no-op. */
 void registry_free(adapter_registry *r);
 
-/* Names: 1..64 characters from [A-Za-z0-9._-], not starting with '.' or '-'. */
+/* Adapter names: 1..64 bytes, one or more '/'-separated segments (Hugging Face-style ids
+ * "org/name"), each segment 1+ characters from [A-Za-z0-9._-] not starting with '.' or
+ * '-' (so no empty segment, no "." or "..", no leading or trailing '/'). */
 bool registry_name_valid(const char *name);
-/* Keys: a name (public) or "owner/name" (a tenant's), as astore_key builds them. */
+/* Tenant ids (and anything else that must stay one segment): one such segment, 1..64. */
+bool registry_id_valid(const char *id);
+/* Keys: a name (public) or "owner/name" (a tenant's), exactly as astore_key builds them
+ * (a name's '/' written ':'). */
 bool registry_key_valid(const char *key);
 
 /* Entries are keyed like the store (store.h, owner scoping): below, `name` is such a key —

@@ -10,10 +10,14 @@
  *
  * Owner scoping (multi-tenant, server/tenants/tenants.h): a "meta" key is the adapter's
  * name for a public adapter (owner "", published by the admin or any single-user run) and
- * "<owner>/<name>" for a tenant's private one. Names and tenant ids never contain '/',
- * so the two forms cannot collide, every existing single-user store reads unchanged, and
- * two tenants can both own "support-bot". The *_scoped functions build that key from
- * (owner, name); the plain ones take the key as given.
+ * "<owner>/<name>" for a tenant's private one. Tenant ids never contain '/'. Names may
+ * (Hugging Face-style ids "org/name"): in a key each '/' of the name is written ':', a
+ * byte no name or tenant id may hold, so a key's only '/' is the owner separator —
+ * public "x/a" is key "x:a", tenant x's "a" is "x/a", tenant x's "org/a" is "x/org:a";
+ * no two (owner, name) pairs share a key. Stores written before names could hold '/'
+ * have no ':' in any key and read unchanged (no migration), and two tenants can both own
+ * "support-bot". The *_scoped functions build that key from (owner, name); the plain ones
+ * take the key as given (for a name without '/' the key is the name).
  * A blob is shared by every name whose current version has the same content. Uploading
  * is ONE write transaction (blob + refs + meta), so an adapter is either entirely present
  * or absent, whatever happens to the process. The map grows automatically (doubling) up
@@ -71,7 +75,8 @@ typedef struct {
 int astore_open(const char *dir, const astore_options *opt, astore **out, char *err, size_t errlen);
 void astore_close(astore *s); /* NULL is a no-op */
 
-/* Stores blob as the new current version of meta->name in one transaction; meta->version
+/* Stores blob as the new current version of meta->name (under its public key,
+ * astore_key("", name)) in one transaction; meta->version
  * and created/updated are assigned (returned through *stored). The previous version's
  * blob is dropped when no name refers to it any more (*old_sha256 gets its hash, "" when
  * none, so caches can drop it). PEFTD_ENOSPC: the store is full (nothing changed). */
@@ -84,8 +89,10 @@ int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len,
  * may be NULL. PEFTD_EINVAL: a name of 0 or > ASTORE_NAME_MAX bytes, sha256 not 64
  * lowercase hex digits, an unknown kind, negative counts, or unterminated strings. */
 
-/* The "meta" key of (owner, name): "name" when owner is "", else "owner/name".
- * PEFTD_EINVAL for an invalid name or an owner that is too long or holds '/'. */
+/* The "meta" key of (owner, name): "name" when owner is "", else "owner/name", with each
+ * '/' of name written ':' (owner scoping above). PEFTD_EINVAL for a name of 0 or more
+ * than ASTORE_NAME_MAX bytes or holding ':', or an owner that is too long or holds '/'
+ * or ':'. */
 #define ASTORE_KEY_MAX (2 * ASTORE_NAME_MAX + 1)
 int astore_key(const char *owner, const char *name, char out[ASTORE_KEY_MAX + 1]);
 
@@ -112,25 +119,27 @@ typedef struct {
 void astore_removed_free(astore_removed *r); /* frees the arrays, zeroes *r; NULL is a no-op */
 int astore_get_meta_scoped(astore *s, const char *owner, const char *name, astore_meta *out);
 int astore_delete_scoped(astore *s, const char *owner, const char *name, char old_sha256[65]);
-/* What owner sees, in name order after `after`: its own records merged with the public
- * ones, its own shadowing a public one of the same name. owner "" = the public ones only. */
+/* What owner sees, in key order of the names after `after` (a name; the order of the
+ * names' key forms, '/' sorting as ':'): its own records merged with the public ones, its
+ * own shadowing a public one of the same name. owner "" = the public ones only. */
 int astore_list_visible(astore *s, const char *owner, const char *after, int limit, astore_meta *out, int *n,
                         bool *more);
 /* The sum of owner's (non-empty) records' bytes. */
 int astore_owner_bytes(astore *s, const char *owner, uint64_t *bytes);
 
-/* PEFTD_ENOTFOUND when absent. name is a key (a plain name, or owner/name). */
+/* PEFTD_ENOTFOUND when absent. name is a key (astore_key: "name", "org:name", "owner/name"). */
 int astore_get_meta(astore *s, const char *name, astore_meta *out);
 /* Copies the blob with this content hash out. @note caller frees *blob.
  * Every stored blob carries a sha256 of its own bytes (separate from the content hash
  * that keys it, which is over the uploaded files); a mismatch on read -> PEFTD_EIO, so a
  * damaged blob is never handed to the decoder. PEFTD_ENOTFOUND when absent. */
 int astore_get_blob(astore *s, const char *sha256, void **blob, size_t *len);
-/* Removes the name (and its blob if unshared); *old_sha256 as for astore_put. */
+/* Removes the record under key name (as astore_get_meta; and its blob if unshared);
+ * *old_sha256 as for astore_put. */
 int astore_delete(astore *s, const char *name, char old_sha256[65]);
 
-/* Up to limit metas in name order, strictly after `after` ("" = from the start); *more
- * tells whether others follow. */
+/* Up to limit metas in key order, strictly after the key `after` ("" = from the start);
+ * *more tells whether others follow. */
 int astore_list(astore *s, const char *after, int limit, astore_meta *out, int *n, bool *more);
 int astore_count(astore *s, uint64_t *n);
 

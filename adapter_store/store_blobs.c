@@ -244,7 +244,10 @@ static int put_key(astore *s, const astore_meta *meta, const char *key, uint64_t
 
 int astore_put(astore *s, const astore_meta *meta, const void *blob, size_t len, astore_meta *stored,
                char old_sha256[65]) {
-    return put_key(s, meta, meta ? meta->name : NULL, 0, false, blob, len, stored, old_sha256);
+    char key[ASTORE_KEY_MAX + 1];
+    if (old_sha256) old_sha256[0] = 0;
+    if (!meta || astore_key("", meta->name, key)) return PEFTD_EINVAL;
+    return put_key(s, meta, key, 0, false, blob, len, stored, old_sha256);
 }
 
 int astore_put_scoped(astore *s, const astore_meta *meta, uint64_t quota_bytes, const void *blob, size_t len,
@@ -343,7 +346,7 @@ static int del_fn(astore *s, MDB_txn *txn, void *vctx) {
 
 int astore_delete(astore *s, const char *name, char old_sha256[65]) {
     if (old_sha256) old_sha256[0] = 0;
-    if (!s || !astore__name_valid(name)) return PEFTD_EINVAL;
+    if (!s || !name || !*name || strnlen(name, ASTORE_KEY_MAX + 1) > ASTORE_KEY_MAX) return PEFTD_EINVAL;
     del_ctx d = {.key = name};
     int rc = astore__write_txn(s, del_fn, &d);
     if (rc == 0 && old_sha256) memcpy(old_sha256, d.dropped, 65);

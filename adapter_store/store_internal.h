@@ -75,7 +75,7 @@ int astore__get_decoded(astore *s, MDB_dbi dbi, const char *key, astore__decode_
 
 /* 64 lowercase hex digits then NUL (NULL: false). */
 bool astore__sha_valid(const char *h);
-/* 1 to ASTORE_NAME_MAX bytes (NULL: false). */
+/* 1 to ASTORE_NAME_MAX bytes without ':' (the key form of a name's '/'; NULL: false). */
 bool astore__name_valid(const char *n);
 
 /* o[k] as a string of fewer than cap bytes copied into dst / as an integral number in

@@ -26,7 +26,7 @@ bool astore__sha_valid(const char *h) {
 
 bool astore__name_valid(const char *n) {
     size_t l = n ? strnlen(n, ASTORE_NAME_MAX + 1) : 0;
-    return l >= 1 && l <= ASTORE_NAME_MAX;
+    return l >= 1 && l <= ASTORE_NAME_MAX && !memchr(n, ':', l);
 }
 
 /* ---------------------------------------------------------------- meta codec */
@@ -139,7 +139,8 @@ int astore__meta_decode_key(const MDB_val *k, const MDB_val *v, void *out) {
     int rc = astore__meta_decode(v->mv_data, v->mv_size, m);
     if (rc) return rc;
     char key[ASTORE_KEY_MAX + 1];
-    bool plain = strlen(m->name) == k->mv_size && !memcmp(m->name, k->mv_data, k->mv_size);
+    bool plain = astore_key("", m->name, key) == 0 && strlen(key) == k->mv_size &&
+                 !memcmp(key, k->mv_data, k->mv_size);
     bool scoped = astore_key(m->owner, m->name, key) == 0 && strlen(key) == k->mv_size &&
                   !memcmp(key, k->mv_data, k->mv_size);
     return plain || scoped ? 0 : PEFTD_EFORMAT;
@@ -163,12 +164,15 @@ bool astore__meta_storable(const astore_meta *m) {
 
 /* ---------------------------------------------------------------- owner scoping */
 
+/* store.h: a name's '/' is written ':' in keys, so a key's only '/' separates the owner. */
 int astore_key(const char *owner, const char *name, char out[ASTORE_KEY_MAX + 1]) {
     out[0] = 0;
-    if (!owner || !astore__name_valid(name) || strchr(name, '/') ||
-        strnlen(owner, ASTORE_NAME_MAX + 1) > ASTORE_NAME_MAX || strchr(owner, '/'))
+    if (!owner || !astore__name_valid(name) || strnlen(owner, ASTORE_NAME_MAX + 1) > ASTORE_NAME_MAX ||
+        strchr(owner, '/') || strchr(owner, ':'))
         return PEFTD_EINVAL;
-    snprintf(out, ASTORE_KEY_MAX + 1, "%s%s%s", owner, owner[0] ? "/" : "", name);
+    int n = snprintf(out, ASTORE_KEY_MAX + 1, "%s%s%s", owner, owner[0] ? "/" : "", name);
+    for (char *p = out + (n - (int)strlen(name)); *p; p++)
+        if (*p == '/') *p = ':';
     return 0;
 }
 
@@ -332,7 +336,9 @@ int astore_list_visible(astore *s, const char *owner, const char *after, int lim
     if (!s || !n || !owner || strchr(owner, '/') || strlen(owner) > ASTORE_NAME_MAX || (limit > 0 && !out))
         return PEFTD_EINVAL;
     if (!after) after = "";
-    if (strlen(after) > ASTORE_NAME_MAX || strchr(after, '/')) return PEFTD_EINVAL;
+    char after_key[ASTORE_KEY_MAX + 1] = "";
+    if (after[0] && astore_key("", after, after_key)) return PEFTD_EINVAL;
+    after = after_key;
     char prefix[ASTORE_NAME_MAX + 2];
     snprintf(prefix, sizeof prefix, "%s/", owner);
     vis_side own = {.prefix = prefix, .rc = MDB_NOTFOUND}, pub = {.prefix = NULL};

@@ -20,7 +20,7 @@
 #define TSTORE_SCHEMA 1
 #define TSTORE_BIG ASTORE_JSON_BIG
 
-bool tstore_id_valid(const char *id) { return registry_name_valid(id); }
+bool tstore_id_valid(const char *id) { return registry_id_valid(id); }
 
 static bool tenant_valid(const tstore_tenant *t) {
     return t && tstore_id_valid(t->id) && t->weight > 0 && isfinite(t->weight) && t->max_concurrent >= 0 &&

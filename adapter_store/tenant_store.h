@@ -42,7 +42,7 @@ typedef struct {
     int64_t created;
 } tstore_key;
 
-/* Tenant ids follow adapter names' rules (registry_name_valid). */
+/* Tenant ids: one segment of adapter names' rules, never '/' (registry_id_valid). */
 bool tstore_id_valid(const char *id);
 
 /* PEFTD_EEXIST when the id is taken; PEFTD_EINVAL for an invalid record. */

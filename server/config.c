@@ -49,7 +49,9 @@ void config_free(peftd_config *c) {
 
 int config_add_adapter(peftd_config *c, const char *name, const char *dir, char *err, size_t errlen) {
     if (!registry_name_valid(name)) {
-        snprintf(err, errlen, "adapter name \"%.80s\" is invalid (1-64 of [A-Za-z0-9._-], not starting with . or -)",
+        snprintf(err, errlen,
+                 "adapter name \"%.80s\" is invalid (1-64 characters, segments of [A-Za-z0-9._-] separated by '/', "
+                 "none empty or starting with . or -)",
                  name);
         return PEFTD_EINVAL;
     }

@@ -216,11 +216,13 @@ static int load_adapters(const peftd_config *cfg, astore *store, adapter_registr
             LOGE("adapter %s (%s) not imported: it is the base model's id; give it another name", name, dir);
             continue;
         }
-        if (astore_get_meta(store, name, &have) == 0) continue;
+        char key[ASTORE_KEY_MAX + 1];
+        if (astore_key("", name, key) < 0) continue; /* config_add_adapter checked the name */
+        if (astore_get_meta(store, key, &have) == 0) continue;
         int st = adapter_service_import_dir(svc, name, "", 0, dir, NULL, err, sizeof err);
         if (st < 0) {
             LOGE("adapter %s (%s) not imported: %s", name, dir, err);
-            registry_put_failure(reg, name, st, err);
+            registry_put_failure(reg, key, st, err);
         }
     }
     int n_pub = 0, n_skip = 0;

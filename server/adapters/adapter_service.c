@@ -260,7 +260,8 @@ bool adapter_service_name_is_base(const adapter_service *s, const char *name) {
 int adapter_service_import_dir(adapter_service *s, const char *name, const char *owner, uint64_t quota_bytes,
                                const char *dir, astore_meta *out, char *err, size_t errlen) {
     if (!registry_name_valid(name)) {
-        snprintf(err, errlen, "invalid adapter name: use 1-64 of [A-Za-z0-9._-], not starting with '.' or '-'");
+        snprintf(err, errlen, "invalid adapter name: use 1-64 characters, segments of [A-Za-z0-9._-] separated by "
+                              "'/' (org/name), none empty or starting with '.' or '-'");
         return PEFTD_EINVAL;
     }
     if (adapter_service_name_is_base(s, name)) {

@@ -70,13 +70,10 @@ enum MHD_Result api_adapters__bad_name(http_req *req, struct MHD_Connection *con
     /* The name is client bytes: quote it only as valid UTF-8, cut at a character. */
     bool ok = http_utf8_valid(name, strlen(name));
     return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_name",
-                      "invalid adapter name '%.*s'%s: use 1-%d characters from [A-Za-z0-9._-], not starting "
-                      "with '.' or '-'%s",
+                      "invalid adapter name '%.*s'%s: use 1-%d characters, segments of [A-Za-z0-9._-] separated "
+                      "by '/' (a Hugging Face id org/name), none empty or starting with '.' or '-'",
                       ok ? (int)http_utf8_prefix(name, 80) : 0, ok ? name : "",
-                      ok ? (strlen(name) > 80 ? "..." : "") : "(not UTF-8)", ASTORE_NAME_MAX,
-                      strchr(name, '/') ? " ('/' is reserved for tenant scoping: name a Hugging Face id org/name "
-                                          "as org--name)"
-                                        : "");
+                      ok ? (strlen(name) > 80 ? "..." : "") : "(not UTF-8)", ASTORE_NAME_MAX);
 }
 
 /* A query parameter as an integer in [lo, hi]; absent = dflt. -1 when malformed. */

@@ -201,14 +201,16 @@ int api_parse_model(const api_server *s, const tenants_principal *who, const cJS
     /* A tenant's name resolves to its own adapter first, then to the public one; another
      * tenant's is never looked at, so it answers exactly like a missing one. */
     const char *owner = who ? who->tenant : "";
-    char own[ASTORE_KEY_MAX + 1] = "", why[400];
+    char own[ASTORE_KEY_MAX + 1] = "", pub[ASTORE_KEY_MAX + 1] = "", why[400];
     bool own_failed = false;
-    if (owner[0] && astore_key(owner, name, own) == 0) {
+    /* registry keys (store.h): a name that is not one (no valid name) finds nothing */
+    bool valid = registry_name_valid(name) && astore_key("", name, pub) == 0;
+    if (valid && owner[0] && astore_key(owner, name, own) == 0) {
         r->adapter = registry_acquire(s->reg, own);
         own_failed = !r->adapter && registry_failure(s->reg, own, why, sizeof why) < 0;
     }
-    if (!r->adapter && !own_failed && !strchr(name, '/')) r->adapter = registry_acquire(s->reg, name);
-    if (!r->adapter && (own_failed || (!strchr(name, '/') && registry_failure(s->reg, name, why, sizeof why) < 0))) {
+    if (!r->adapter && !own_failed && valid) r->adapter = registry_acquire(s->reg, pub);
+    if (!r->adapter && (own_failed || (valid && registry_failure(s->reg, pub, why, sizeof why) < 0))) {
         api_fail(err, "adapter_load_failed", "The adapter '%s' could not be loaded: %s", name, why);
         err->status = 422; /* Unprocessable Content: the adapter exists but cannot be served */
         return PEFTD_EINVAL;

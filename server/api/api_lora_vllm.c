@@ -257,7 +257,8 @@ enum MHD_Result api_lora_load(http_req *req, struct MHD_Connection *conn) {
                          "Both 'lora_name' and 'lora_path' must be provided.");
     } else if (!registry_name_valid(name)) {
         ret = vllm_error(req, conn, MHD_HTTP_BAD_REQUEST, "InvalidUserInput",
-                         "lora_name '%.64s' is invalid: 1-64 of [A-Za-z0-9._-], not starting with . or -", name);
+                         "lora_name '%.64s' is invalid: 1-64 characters, segments of [A-Za-z0-9._-] separated by "
+                         "'/' (org/name), none empty or starting with . or -", name);
     } else if (!inplace && astore_get_meta_scoped(s->store, "", name, &meta) == 0) {
         ret = vllm_error(req, conn, MHD_HTTP_BAD_REQUEST, "InvalidUserInput",
                          "The lora adapter '%s' has already been loaded. If you want to load the adapter in place, "

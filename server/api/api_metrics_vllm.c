@@ -15,8 +15,8 @@
  * served adapter whose current version is resident in the slot pool (max_lora slots);
  * waiting_lora_adapters the adapters that queued requests wait for and that are not
  * resident, in queue order (engine_get_lora_info). The value is the time of the view, as
- * vLLM sets it. Adapter names are [A-Za-z0-9._-] (a tenant's: "tenant/name"), so a list
- * never holds a comma, quote or backslash.
+ * vLLM sets it. Adapter names are [A-Za-z0-9._-] segments joined by '/' (a tenant's:
+ * "tenant/name"), so a list never holds a comma, quote or backslash.
  */
 #include <stdio.h>
 #include <stdlib.h>

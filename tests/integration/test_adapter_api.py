@@ -400,7 +400,7 @@ def bad_uploads_are_refused_with_clear_errors():
 def invalid_names_are_refused():
     dm = d()
     files = [("a", n, b) for n, b in fixture_files("lora_r1_all")]
-    for name in ("../x", "a" * 65, "-x", ".hidden", "a b", "caf\u00e9", "x/y"):
+    for name in ("../x", "a" * 65, "-x", ".hidden", "a b", "caf\u00e9", "x//y", "x/", "x/../y"):
         st, obj = put(dm, name, files)
         harness.assert_error(st, obj, 400)
         assert "name" in obj["error"]["message"], (name, obj)

@@ -132,25 +132,6 @@ def models_retrieve_is_scoped_by_tenant():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@test
-def adapter_names_with_a_slash_are_refused_everywhere():
-    """Decision (README "Adapter store"): names stay [A-Za-z0-9._-]; '/' separates a tenant
-    from its adapter in the store's keys, so org/name is refused with 400 whether the slash
-    comes percent-encoded or raw, and the message says how to spell such an id."""
-    dm = d()
-    fix = os.path.join(ROOT, "tests", "fixtures", "adapters", "lora_r1_all")
-    for path in ("org%2Fname", "org/name"):
-        st, obj = dm.upload(path, fix)
-        harness.assert_error(st, obj, 400, "invalid_name")
-        assert "org--name" in obj["error"]["message"], obj
-        st, _, data = dm.request("GET", "/v1/adapters/" + path)
-        harness.assert_error(st, json.loads(data), 400, "invalid_name")
-    st, obj = dm.post("/v1/completions", {"model": "org/name", "prompt": "x", "max_tokens": 1})
-    harness.assert_error(st, obj, 404, "model_not_found")
-    st, _, data = dm.request("GET", "/v1/models/org/name")
-    harness.assert_error(st, json.loads(data), 404, "model_not_found")
-
-
 # ---- /tokenize and /detokenize ----
 
 def tok(dm, **body):

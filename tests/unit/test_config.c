@@ -81,7 +81,7 @@ static const struct {
     {"{\"auth\": {\"admin_key_sha256\": \"abc\"}}", -1000, "auth.admin_key_sha256 must be 64 lowercase hex digits (sha256sum of the key)"},
     {"{\"adapters\": 1}", -1000, "\"adapters\" must be an object of name: directory"},
     {"{\"adapters\": {\"a\": 1}}", -1000, "adapters.\"a\" must be a directory path string"},
-    {"{\"adapters\": {\".bad\": \"d\"}}", -1000, "adapter name \".bad\" is invalid (1-64 of [A-Za-z0-9._-], not starting with . or -)"},
+    {"{\"adapters\": {\".bad\": \"d\"}}", -1000, "adapter name \".bad\" is invalid (1-64 characters, segments of [A-Za-z0-9._-] separated by '/', none empty or starting with . or -)"},
     {"{\"http\": {\"vllm_metric_aliases\": 1}}", -1000, "http.vllm_metric_aliases must be true or false"},
     {"{\"store\": {\"load_roots\": \"/a\"}}", -1000, "store.load_roots must be an array of at most 4 directory paths"},
     {"{\"store\": {\"load_roots\": [\"/a\", \"/b\", \"/c\", \"/d\", \"/e\"]}}", -1000,

@@ -180,7 +180,7 @@ TEST(scoped_names_visible_listing_and_storage_quota) {
     ASSERT_EQ(put(s, "t1", "bot", 200, 3, 0), 0);  /* t1 shadows the public bot */
     ASSERT_EQ(put(s, "t1", "alpha", 300, 4, 0), 0);
     ASSERT_EQ(put(s, "t2", "bot", 400, 5, 0), 0);  /* same name, another tenant */
-    ASSERT_EQ(put(s, "t2", "a/b", 10, 6, 0), PEFTD_EINVAL);
+    ASSERT_EQ(put(s, "t2", "a:b", 10, 6, 0), PEFTD_EINVAL); /* ':' is the key form of '/' (store.h) */
     astore_meta m;
     ASSERT_EQ(astore_get_meta_scoped(s, "t1", "bot", &m), 0);
     ASSERT_EQ(m.bytes, 200);
