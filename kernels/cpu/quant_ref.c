@@ -265,8 +265,8 @@ static float qref_fit_scale_min(int n, int nmax, const float *x, const float *w,
 }
 
 /* The 6-bit scales and mins of a Q4_K / Q5_K block (the 12 bytes of quant_ref.h), d and
- * dmin, and the levels L[256] (0..nmax) recomputed against the scales as they decode, from
- * the 8 sub-block fits. Shared by the reference and the fast quantizer (quant_fast.c). */
+ * dmin, and (L not NULL) the levels L[256] (0..nmax) recomputed against the scales as they
+ * decode, from the 8 sub-block fits. Shared by the reference and the fast quantizer (quant_fast.c). */
 void qref__k4_finish(const float *x, const float *scales, const float *mins, int nmax, uint8_t *sc12,
                      uint16_t *d16, uint16_t *dmin16, uint8_t *L) {
     float max_scale = 0, max_min = 0;
@@ -291,6 +291,7 @@ void qref__k4_finish(const float *x, const float *scales, const float *mins, int
     }
     *d16 = f32_to_f16(max_scale / 63.0f);
     *dmin16 = f32_to_f16(max_min / 63.0f);
+    if (!L) return;
     /* Levels again, against the scales as they will be decoded. */
     for (int s = 0; s < 8; s++) {
         int sc, m;

@@ -111,7 +111,7 @@ int qref_quantize_q5_k(const float *src, void *dst, int64_t n);
 int qref_quantize_q6_k(const float *src, void *dst, int64_t n);
 
 /* Internal (quant_ref.c, quant_fast.c): the Q4_K / Q5_K block's scales, d, dmin and levels
- * from its 8 sub-block fits; and the packing of levels into qs (and qh for Q5_K). */
+ * (skipped when L is NULL) from its 8 sub-block fits; and the packing of levels into qs (and qh for Q5_K). */
 void qref__k4_finish(const float *x, const float *scales, const float *mins, int nmax, uint8_t *sc12,
                      uint16_t *d16, uint16_t *dmin16, uint8_t *L);
 void qref__k4_pack(const uint8_t *L, uint8_t *qs, uint8_t *qh);
