@@ -104,6 +104,10 @@ static int mq_plan(model *m, kdtype dt, mq_job *jobs, size_t *bytes, int *kept) 
         kmat *p[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
         for (int k = 0; k < 7; k++) {
             if (p[k]->dtype == dt) continue;
+            if (kdtype_is_quant(p[k]->dtype)) { /* already quantized (a GGUF block type): kept as stored */
+                (*kept)++;
+                continue;
+            }
             size_t rb = kdtype_row_bytes(dt, p[k]->cols);
             if (rb == 0) { /* cols not a multiple of the block: stays as stored */
                 if (!jobs && i == 0)
@@ -170,7 +174,7 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, c
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     LOGI("model %s: %d projection weights converted to %s in %.1f ms on %d thread(s): %.1f MB -> %.1f MB%s", m->name,
          n, kdtype_name(dt), ms, n_threads, (double)before / 1e6, (double)bytes / 1e6,
-         kept ? " (some projections kept as stored: block size)" : "");
+         kept ? " (some projections kept as stored: block size or already quantized)" : "");
     free(jobs);
     *buf = mem;
     return 0;
