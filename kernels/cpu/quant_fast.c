@@ -12,12 +12,11 @@
  * own code (qref__k4_finish). tests/unit/test_quant_fast.c compares the two on random,
  * outlier, constant and all-zero blocks, byte for byte.
  *
- * Without AVX2 (or with PEFTD_QUANT_REF=1 in the environment) the reference runs. */
+ * Without AVX2 the reference runs. */
 #include "kernels/cpu/quant_fast.h"
 
 #include <immintrin.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu/quant_ref.h"
@@ -208,8 +207,7 @@ static int qf_use_simd(void) {
     static int v = -1;
     int c = __atomic_load_n(&v, __ATOMIC_RELAXED);
     if (c < 0) {
-        const char *e = getenv("PEFTD_QUANT_REF");
-        c = __builtin_cpu_supports("avx2") && !(e && e[0] == '1');
+        c = __builtin_cpu_supports("avx2");
         __atomic_store_n(&v, c, __ATOMIC_RELAXED);
     }
     return c;
