@@ -18,8 +18,11 @@
  * through the caches once. Output: one JSON object on stdout; a table on stderr.
  * Quantized dtypes (q8_0, q4_k) are timed against the roofline of their own bytes
  * (kdtype_row_bytes): the ratio says how close the kernel is to streaming them.
+ * GFLOP/s counts 2·n·rows·cols per call.
  * Usage: kernels_bench [n_threads] [seconds per config] [only this many weight rows (0: all)]
- *        [only this dtype, e.g. q8_0] */
+ *        [only this dtype, e.g. q8_0 ("all": every one)] [quant]
+ * With "quant" as the fifth argument: the quantized dtypes only (q8_0, q4_0, q4_k, q5_k, q6_k)
+ * on the Llama-1B projection shapes 2048×2048 and 8192×2048, n = 1, 32, 256 (issue 12). */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -29,6 +32,7 @@
 
 #include "bench/bench_roofline.h"
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/quant_fast.h"
 #include "kernels/cpu/quant_ref.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/kernels.h"
@@ -206,12 +210,19 @@ int main(int argc, char **argv) {
     double cbw = memcpy_bandwidth(), hot_us, cold_us;
     dispatch_latency(cb->pool, &hot_us, &cold_us);
 
-    static const int shapes[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
-    static const int ns[] = {1, 8, 32, 64, 128, 256};
-    enum { MAX_N = 256, N_SHAPES = 4, N_NS = 6, N_DT = 5 };
-    static const kdtype dts[N_DT] = {KDT_F32, KDT_BF16, KDT_F16, KDT_Q8_0, KDT_Q4_K};
-    const char *only_dt = argc > 4 ? argv[4] : NULL; /* e.g. q8_0: that dtype alone */
-    static bench_result res[N_SHAPES * N_DT * N_NS];
+    static const int shapes_std[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
+    static const int shapes_q[][2] = {{2048, 2048}, {8192, 2048}};
+    static const int ns_std[] = {1, 8, 32, 64, 128, 256}, ns_q[] = {1, 32, 256};
+    enum { MAX_N = 256, MAX_SHAPES = 4, MAX_NS = 6, MAX_DT = 5 };
+    static const kdtype dts_std[MAX_DT] = {KDT_F32, KDT_BF16, KDT_F16, KDT_Q8_0, KDT_Q4_K};
+    static const kdtype dts_q[MAX_DT] = {KDT_Q8_0, KDT_Q4_0, KDT_Q4_K, KDT_Q5_K, KDT_Q6_K};
+    const int quant = argc > 5 && !strcmp(argv[5], "quant");
+    const int(*shapes)[2] = quant ? shapes_q : shapes_std;
+    const int *ns = quant ? ns_q : ns_std;
+    const kdtype *dts = quant ? dts_q : dts_std;
+    const int N_SHAPES = quant ? 2 : 4, N_NS = quant ? 3 : 6, N_DT = 5;
+    const char *only_dt = argc > 4 && strcmp(argv[4], "all") ? argv[4] : NULL; /* e.g. q8_0: that dtype alone */
+    static bench_result res[MAX_SHAPES * MAX_DT * MAX_NS];
     int n_res = 0;
     /* The roofline is the best read bandwidth seen, measured again before each
      * shape: a single measurement on a loaded machine can be low. */
@@ -230,14 +241,21 @@ int main(int argc, char **argv) {
             b.w = malloc(b.n_copies * sizeof *b.w);
             for (int c = 0; c < b.n_copies; c++) {
                 b.w[c] = kb->ops->alloc(kb, wbytes);
-                if (kdtype_is_quant(dt)) { /* quantized by quant_ref from the same values */
+                if (kdtype_is_quant(dt) && c > 0) {
+                    memcpy(b.w[c], b.w[0], wbytes);
+                    continue;
+                }
+                if (kdtype_is_quant(dt)) { /* quantized (quant_ref / quant_fast) from the same values */
                     float *row = malloc((size_t)cols * sizeof *row);
                     for (int r = 0; r < rows; r++) {
                         for (int k = 0; k < cols; k++)
                             row[k] = (float)(((size_t)r * cols + k) * 2654435761u % 1000) / 1000.0f - 0.5f;
                         uint8_t *dst = (uint8_t *)b.w[c] + kdtype_row_bytes(dt, cols) * r;
                         if (dt == KDT_Q8_0) qref_quantize_q8_0(row, dst, cols);
-                        else qref_quantize_q4_k(row, dst, cols);
+                        else if (dt == KDT_Q4_0) qref_quantize_q4_0(row, dst, cols);
+                        else if (dt == KDT_Q5_K) qfast_quantize_q5_k(row, dst, cols);
+                        else if (dt == KDT_Q6_K) qref_quantize_q6_k(row, dst, cols);
+                        else qfast_quantize_q4_k(row, dst, cols);
                     }
                     free(row);
                     continue;
@@ -281,27 +299,34 @@ int main(int argc, char **argv) {
             "threads %d  read bandwidth (roofline) %.1f GB/s  memcpy (1 thread, r+w) %.1f GB/s  dispatch %.2f us "
             "(hot) %.2f us (workers asleep)\n",
             n_threads, rbw, cbw, hot_us, cold_us);
-    fprintf(stderr, "%-12s %-5s %3s | %9s %7s %7s %5s | %9s | %9s | %9s | %s\n", "shape", "dtype", "n", "own us",
-            "GB/s", "roof", "ratio", "tiles us", "bpath us", "oblas us", "own t(n)/t(1)");
+    fprintf(stderr, "%-12s %-5s %3s | %9s %7s %7s %5s %8s | %9s | %9s | %9s | %s\n", "shape", "dtype", "n", "own us",
+            "GB/s", "roof", "ratio", "GFLOP/s", "tiles us", "bpath us", "oblas us", "own t(n)/t(1)");
     printf("{\"bench\":\"kernels_matmul\",\"threads\":%d,\"read_bw_gbs\":%.2f,\"memcpy_bw_gbs\":%.2f,"
            "\"dispatch_hot_us\":%.3f,\"dispatch_cold_us\":%.3f,\"results\":[",
            n_threads, rbw, cbw, hot_us, cold_us);
     for (int i = 0; i < n_res; i++) {
         const bench_result *r = &res[i];
         double own = r->t[MODE_AUTO], g_own = r->bytes / own / 1e9, g_roof = r->roof_bytes / r->t[MODE_ROOF] / 1e9;
-        fprintf(stderr, "%5dx%-6d %-5s %3d | %9.1f %7.1f %7.1f %5.2f | %9.1f | %9.1f | %9.1f | %.2f\n", r->rows,
-                r->cols, kdtype_name(r->dt), r->n, own * 1e6, g_own, g_roof, g_own / g_roof, r->t[MODE_TILES] * 1e6,
+        double gflops = 2.0 * r->n * (double)r->rows * r->cols / own / 1e9;
+        fprintf(stderr, "%5dx%-6d %-5s %3d | %9.1f %7.1f %7.1f %5.2f %8.1f | %9.1f | %9.1f | %9.1f | %.2f\n", r->rows,
+                r->cols, kdtype_name(r->dt), r->n, own * 1e6, g_own, g_roof, g_own / g_roof, gflops, r->t[MODE_TILES] * 1e6,
                 r->t[MODE_BPATH] * 1e6, r->t[MODE_OPENBLAS] * 1e6, own / r->t1);
-        char blas_s[32] = "null", bpath_s[32] = "null"; /* JSON has no NaN */
+        char blas_s[32] = "null", bpath_s[32] = "null", tiles_s[32] = "null"; /* JSON has no NaN */
+        if (!isnan(r->t[MODE_TILES])) snprintf(tiles_s, sizeof tiles_s, "%.2f", r->t[MODE_TILES] * 1e6);
         if (r->dt == KDT_F32) {
             snprintf(blas_s, sizeof blas_s, "%.2f", r->t[MODE_OPENBLAS] * 1e6);
             snprintf(bpath_s, sizeof bpath_s, "%.2f", r->t[MODE_BPATH] * 1e6);
         }
         printf("%s{\"rows\":%d,\"cols\":%d,\"dtype\":\"%s\",\"n\":%d,\"own_us\":%.2f,\"own_gbs\":%.2f,"
-               "\"roof_gbs\":%.2f,\"own_roofline_ratio\":%.3f,\"tiles_us\":%.2f,\"blas_path_us\":%s,"
+               "\"roof_gbs\":%.2f,\"own_roofline_ratio\":%.3f,\"gflops\":%.2f,\"tiles_us\":%s,\"blas_path_us\":%s,"
                "\"openblas_us\":%s,\"own_time_vs_n1\":%.3f}",
-               i ? "," : "", r->rows, r->cols, kdtype_name(r->dt), r->n, own * 1e6, g_own, g_roof, g_own / g_roof,
-               r->t[MODE_TILES] * 1e6, bpath_s, blas_s, own / r->t1);
+               i ? "," : "", r->rows, r->cols, kdtype_name(r->dt), r->n, own * 1e6, g_own, g_roof, g_own / g_roof, gflops,
+               tiles_s, bpath_s, blas_s, own / r->t1);
+    }
+    if (quant) { /* the quantized matmul alone */
+        printf("]}\n");
+        kbackend_destroy(kb);
+        return 0;
     }
     double att_prefill = time_attention(kb, 1, 512, 512), att_decode = time_attention(kb, 32, 1, 1024);
     fprintf(stderr, "attention (32 heads / 8 KV heads, head_dim 64): prefill 512 tokens %.2f ms, decode 32 seqs x "

@@ -17,6 +17,8 @@ const char *kdtype_name(kdtype t) {
     case KDT_Q8_0: return "q8_0";
     case KDT_Q4_K: return "q4_k";
     case KDT_Q4_0: return "q4_0";
+    case KDT_Q5_K: return "q5_k";
+    case KDT_Q6_K: return "q6_k";
     case KDT_COUNT: break;
     }
     return "unknown";

@@ -62,20 +62,35 @@ extern "C" { /* the CUDA backend (.cu) includes this header */
 /* Weight dtypes. F32/F16/BF16 are one element per 4/2/2 bytes. The quantized dtypes are
  * ggml's block formats (layouts: kernels/cpu/quant_ref.h): a row of `cols` elements is
  * cols / kdtype_block_elems blocks of kdtype_block_bytes each, so cols must be a multiple of
- * the block (32 for Q8_0 and Q4_0, 256 for Q4_K). Quantized dtypes are weights of MATMUL (and
+ * the block (32 for Q8_0 and Q4_0, 256 for the K-quants Q4_K, Q5_K, Q6_K). Quantized dtypes are weights of MATMUL (and
  * GET_ROWS, which dequantizes) only, where supports_op says so; activations are always f32. */
-typedef enum { KDT_F32 = 0, KDT_F16 = 1, KDT_BF16 = 2, KDT_Q8_0 = 3, KDT_Q4_K = 4, KDT_Q4_0 = 5, KDT_COUNT } kdtype;
+typedef enum {
+    KDT_F32 = 0, KDT_F16 = 1, KDT_BF16 = 2, KDT_Q8_0 = 3, KDT_Q4_K = 4, KDT_Q4_0 = 5, KDT_Q5_K = 6, KDT_Q6_K = 7,
+    KDT_COUNT
+} kdtype;
 
-static inline bool kdtype_is_quant(kdtype t) { return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0; }
+static inline bool kdtype_is_quant(kdtype t) {
+    return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0 || t == KDT_Q5_K || t == KDT_Q6_K;
+}
+/* The K-quants (super-blocks of 256 elements). */
+static inline bool kdtype_is_kquant(kdtype t) { return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K; }
 /* Elements per block: 1 for the float dtypes. */
-static inline int64_t kdtype_block_elems(kdtype t) { return t == KDT_Q8_0 || t == KDT_Q4_0 ? 32 : t == KDT_Q4_K ? 256 : 1; }
+static inline int64_t kdtype_block_elems(kdtype t) {
+    return t == KDT_Q8_0 || t == KDT_Q4_0 ? 32 : kdtype_is_kquant(t) ? 256 : 1;
+}
 /* Bytes per block (per element for the float dtypes). */
 static inline size_t kdtype_block_bytes(kdtype t) {
-    return t == KDT_F32 ? 4 : t == KDT_Q8_0 ? 34 : t == KDT_Q4_K ? 144 : t == KDT_Q4_0 ? 18 : 2;
+    return t == KDT_F32    ? 4
+           : t == KDT_Q8_0 ? 34
+           : t == KDT_Q4_K ? 144
+           : t == KDT_Q4_0 ? 18
+           : t == KDT_Q5_K ? 176
+           : t == KDT_Q6_K ? 210
+                           : 2;
 }
 /* The ggml/GGUF type id of a quantized dtype (kernels/cpu/quant_ref.h's QREF_*); 0 otherwise. */
 static inline uint32_t kdtype_ggml_type(kdtype t) {
-    return t == KDT_Q8_0 ? 8 : t == KDT_Q4_K ? 12 : t == KDT_Q4_0 ? 2 : 0;
+    return t == KDT_Q8_0 ? 8 : t == KDT_Q4_K ? 12 : t == KDT_Q4_0 ? 2 : t == KDT_Q5_K ? 13 : t == KDT_Q6_K ? 14 : 0;
 }
 /* Bytes per element of a FLOAT dtype (f32 4, f16/bf16 2); 0 for a quantized dtype, whose
  * sizes go through kdtype_row_bytes (code that computes rows * cols * kdtype_size must not
@@ -199,9 +214,9 @@ typedef struct kbackend_ops {
     int (*get_rows)(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out);
 
     /* y[n, w.rows] = beta * y + x[n, w.cols] · wᵀ, beta ∈ {0, 1}.
-     * Quantized w (KDT_Q8_0, KDT_Q4_0, KDT_Q4_K; where supports_op(KOP_MATMUL, dt)): each x
-     * row is quantized per block to 8 bits first (Q8_0/Q4_0: per 32 elements d = max|x|/127;
-     * Q4_K: per 256), the block dot products are exact int32 sums scaled in f32, so the result is
+     * Quantized w (KDT_Q8_0, KDT_Q4_0, KDT_Q4_K, KDT_Q5_K, KDT_Q6_K; where
+     * supports_op(KOP_MATMUL, dt)): each x row is quantized per block to 8 bits first
+     * (Q8_0/Q4_0: per 32 elements d = max|x|/127; K-quants: per 256, like ggml's Q8_K), the block dot products are exact int32 sums scaled in f32, so the result is
      * that of the dequantized w times the quantized x (error bound: tests/unit/
      * test_kernels_quant.c). Every row's result is independent of n (batch-invariant,
      * bit-exact), on every CPU code path (AVX-512 VNNI, AVX2, scalar). */

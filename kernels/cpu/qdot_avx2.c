@@ -6,6 +6,9 @@
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
  *   Q4_0: the same on w = nibble − 8.
  *   Q4_K: u8 = the nibble (0..15), s8 = x.
+ *   Q5_K: u8 = nibble | 5th bit << 4 (0..31), s8 = x.
+ *   Q6_K: u8 = the 6-bit code (0..63), s8 = x, then + kq_x.corr (−32·Σx per lane): the same
+ *         exact Σ (q6 − 32)·x as the other paths (|pair sum| <= 2·63·127 < 32768).
  * Compiled for AVX2 by target attributes; called only when the CPU has it. */
 #include <immintrin.h>
 #include <string.h>
@@ -77,32 +80,49 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     kq_store(R, N, acc, y, ldy, beta);
 }
 
-KQ_INL void q4k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
-                     float beta) {
+/* The 8 sub-block factors of a Q4_K / Q5_K super-block at p: dsc[s] = d·(float)sc_s and
+ * negm[s] = -(dmin·(float)m_s) (the scalar path's f32 operations), the 6-bit fields unpacked
+ * four at a time from the 12 scale bytes read as 32-bit words (as qdot_avx512.c does). */
+KQ_INL void kq_q4k_scales8(const uint8_t *p, __m256 *dsc, __m256 *negm) {
+    uint32_t u[3];
+    memcpy(u, p + 4, 12);
+    uint64_t sc = (uint64_t)(u[0] & 0x3f3f3f3fu) | (uint64_t)((u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u)) << 32;
+    uint64_t m = (uint64_t)(u[1] & 0x3f3f3f3fu) |
+                 (uint64_t)(((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u)) << 32;
+    __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
+    __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m)));
+    *dsc = _mm256_mul_ps(_mm256_set1_ps(kq_h(p)), scf);
+    *negm = _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(kq_h(p + 2)), mf), _mm256_set1_ps(-0.0f));
+}
+
+KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,
+                     int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
+    const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
     const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc[2][2][2];
     for (int r = 0; r < R; r++)
         for (int i = 0; i < N; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        float dsc[2][8], negm[2][8];
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + 144 * b;
-            float d = kq_h(p), dmin = kq_h(p + 2);
-            for (int s = 0; s < 8; s++) {
-                int sc, m;
-                kq_q4k_scale_min(p + 4, s, &sc, &m);
-                dsc[r][s] = d * (float)sc;
-                negm[r][s] = -(dmin * (float)m);
-            }
-        }
+        __m256 dsc[2], negm[2];
+        for (int r = 0; r < R; r++) kq_q4k_scales8(w + r * rb + BB * b, &dsc[r], &negm[r]);
         for (int v = 0; v < 4; v++)
             for (int h = 0; h < 2; h++) {
                 const int s = 4 * (v / 2) + v % 2 + 2 * h;
+                const __m256i si = _mm256_set1_epi32(s);
                 __m256i wv[2];
+                __m256 fs[2];
                 for (int r = 0; r < R; r++) {
-                    __m256i q = _mm256_loadu_si256((const __m256i *)(w + r * rb + 144 * b + 16 + 64 * (v / 2) + 32 * h));
+                    const uint8_t *p = w + r * rb + BB * b;
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 64 * (v / 2) + 32 * h));
                     wv[r] = v % 2 ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+                    if (FIVE) { /* | 16 where bit s of qh[l] is set */
+                        const __m256i bit = _mm256_set1_epi8((char)(1 << s));
+                        __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 16));
+                        __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                        wv[r] = _mm256_or_si256(wv[r], _mm256_and_si256(set, _mm256_set1_epi8(16)));
+                    }
+                    fs[r] = _mm256_permutevar8x32_ps(dsc[r], si); /* d·sc_s in every lane */
                 }
                 for (int i = 0; i < N; i++) {
                     int64_t row = i0 + i;
@@ -110,15 +130,62 @@ KQ_INL void q4k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
                     __m256 dx = _mm256_set1_ps(x->d[row * nb + b]);
                     for (int r = 0; r < R; r++) {
                         __m256i p = kq_dot32(wv[r], xv);
-                        acc[r][i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
-                                                       _mm256_mul_ps(_mm256_set1_ps(dsc[r][s]), dx), acc[r][i][h]);
+                        acc[r][i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(fs[r], dx), acc[r][i][h]);
                     }
                 }
             }
         for (int i = 0; i < N; i++) {
             __m256 xs = _mm256_loadu_ps(x->xs + (i0 + i) * (cols / 32) + 8 * b);
-            for (int r = 0; r < R; r++) acc[r][i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(negm[r]), xs, acc[r][i][0]);
+            for (int r = 0; r < R; r++) acc[r][i][0] = _mm256_fmadd_ps(negm[r], xs, acc[r][i][0]);
         }
+    }
+    kq_store(R, N, acc, y, ldy, beta);
+}
+
+/* Q6_K: step t of qmatmul.h in two halves h2 (lanes 8·h2 + j: elements 64t + 32·h2 + 4j + e). */
+KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
+                     float beta) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    __m256 acc[2][2][2];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < N; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256 dsc[2][2]; /* groups 0-7, 8-15: d·(float)sc_g */
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + 210 * b;
+            __m256 d = _mm256_set1_ps(kq_h(p + 208));
+            __m128i sc = _mm_loadu_si128((const __m128i *)(p + 192));
+            dsc[r][0] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
+            dsc[r][1] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))));
+        }
+        for (int t = 0; t < 4; t++)
+            for (int h2 = 0; h2 < 2; h2++) {
+                const int h = t / 2, odd = t % 2, g = 4 * t + 2 * h2;
+                const __m128i shl = _mm_cvtsi32_si128(4 * odd), shh = _mm_cvtsi32_si128(2 * (2 * odd + h2));
+                const __m256i gi = _mm256_setr_epi32(g % 8, g % 8, g % 8, g % 8, g % 8 + 1, g % 8 + 1, g % 8 + 1, g % 8 + 1);
+                __m256i wv[2];
+                __m256 fs[2];
+                for (int r = 0; r < R; r++) {
+                    const uint8_t *p = w + r * rb + 210 * b;
+                    __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * h2));
+                    __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+                    __m256i lo = _mm256_and_si256(_mm256_srl_epi16(ql, shl), m4);
+                    __m256i hi = _mm256_and_si256(_mm256_srl_epi16(qh, shh), m3);
+                    wv[r] = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+                    fs[r] = _mm256_permutevar8x32_ps(dsc[r][g / 8], gi); /* lanes 0-3: g, 4-7: g + 1 */
+                }
+                for (int i = 0; i < N; i++) {
+                    int64_t row = i0 + i;
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 256 * b + 64 * t + 32 * h2));
+                    __m256i xc = _mm256_loadu_si256((const __m256i *)(x->corr + row * (cols / 4) + 64 * b + 16 * t + 8 * h2));
+                    __m256 dx = _mm256_set1_ps(x->d[row * nb + b]);
+                    for (int r = 0; r < R; r++) {
+                        __m256i pp = _mm256_add_epi32(kq_dot32(wv[r], xv), xc);
+                        acc[r][i][h2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pp), _mm256_mul_ps(fs[r], dx), acc[r][i][h2]);
+                    }
+                }
+            }
     }
     kq_store(R, N, acc, y, ldy, beta);
 }
@@ -135,18 +202,32 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
     }                                                                                                         \
     static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
-        q4k_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
+        q4k_tile(0, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+    }                                                                                                         \
+    static KQ_TGT void q5k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q4k_tile(1, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+    }                                                                                                         \
+    static KQ_TGT void q6k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q6k_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
     }
 TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 static const tile_fn q8_tiles[2][2] = {{q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
 static const tile_fn q40_tiles[2][2] = {{q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
 static const tile_fn q4k_tiles[2][2] = {{q4k_2_1, q4k_2_2}, {q4k_1_1, q4k_1_2}};
+static const tile_fn q5k_tiles[2][2] = {{q5k_2_1, q5k_2_2}, {q5k_1_1, q5k_1_2}};
+static const tile_fn q6k_tiles[2][2] = {{q6k_2_1, q6k_2_2}, {q6k_1_1, q6k_1_2}};
 
 void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
     for (int64_t r = r0; r < r1;) {
         int tall = r1 - r >= 2;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : dt == KDT_Q4_0 ? q40_tiles : q4k_tiles)[tall ? 0 : 1];
+        const tile_fn *fns = (dt == KDT_Q8_0   ? q8_tiles
+                              : dt == KDT_Q4_0 ? q40_tiles
+                              : dt == KDT_Q5_K ? q5k_tiles
+                              : dt == KDT_Q6_K ? q6k_tiles
+                                               : q4k_tiles)[tall ? 0 : 1];
         for (int i = 0; i < x->n; i += 2) {
             int N = x->n - i < 2 ? x->n - i : 2;
             fns[N - 1](w + r * rb, rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);

@@ -1,4 +1,5 @@
-/* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_K):
+/* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_0,
+ * Q4_K, Q5_K, Q6_K):
  * the driver (x quantized once per call, weight rows split over the pool as matmul.c does),
  * the activation quantizer every path shares, and the scalar path that spells out the
  * canonical order of qmatmul.h (the SIMD paths in qdot_avx512.c / qdot_avx2.c reproduce it
@@ -59,10 +60,16 @@ static float kq_quant_block(const float *x, int len, int8_t *q) {
 
 static void kq_quantize_row(kdtype dt, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
                             float *xs) {
-    if (dt != KDT_Q4_K) { /* Q8_0, Q4_0: blocks of 32 */
+    if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0: blocks of 32 */
         for (int64_t b = 0; b < cols / 32; b++) d[b] = kq_quant_block(x + 32 * b, 32, q + 32 * b);
         for (int64_t l = 0; l < cols / 4; l++)
             corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
+        return;
+    }
+    if (dt == KDT_Q6_K) { /* natural order, the q6 − 32 offset per 4 codes */
+        for (int64_t b = 0; b < cols / 256; b++) d[b] = kq_quant_block(x + 256 * b, 256, q + 256 * b);
+        for (int64_t l = 0; l < cols / 4; l++)
+            corr[l] = -32 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
         return;
     }
     static const int perm[8] = {0, 2, 1, 3, 4, 6, 5, 7}; /* chunk c holds sub-block perm[c] */
@@ -108,11 +115,14 @@ static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
     return kq_reduce16(L);
 }
 
-static float kq_dot_q4_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, const float *xs,
+/* Q4_K and Q5_K (qh: the 32 bytes of 5th bits, at offset 16 of a 176-byte block). */
+static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, const float *xs,
                                 int64_t nb) {
     float L[16] = {0};
+    const int five = dt == KDT_Q5_K;
+    const size_t bb = kdtype_block_bytes(dt);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + 144 * b, *qs = blk + 16;
+        const uint8_t *blk = w + bb * b, *qh = blk + 16, *qs = blk + (five ? 48 : 16);
         uint16_t h0, h1;
         memcpy(&h0, blk, 2);
         memcpy(&h1, blk + 2, 2);
@@ -129,6 +139,7 @@ static float kq_dot_q4_k_scalar(const uint8_t *w, const int8_t *xq, const float 
                     int32_t p = 0;
                     for (int e = 0; e < 4; e++) {
                         int q = v % 2 ? qb[4 * j + e] >> 4 : qb[4 * j + e] & 15;
+                        if (five) q |= ((qh[4 * j + e] >> s) & 1) << 4;
                         p += q * xc[4 * j + e];
                     }
                     L[8 * hh + j] = fmaf((float)p, f, L[8 * hh + j]);
@@ -143,16 +154,42 @@ static float kq_dot_q4_k_scalar(const uint8_t *w, const int8_t *xq, const float 
     return kq_reduce16(L);
 }
 
+static float kq_dot_q6_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
+    float L[16] = {0};
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + 210 * b, *ql = blk, *qh = blk + 128;
+        const int8_t *sc = (const int8_t *)(blk + 192);
+        uint16_t h;
+        memcpy(&h, blk + 208, 2);
+        float d = f16_to_f32(h);
+        const int8_t *xb = xq + 256 * b;
+        for (int t = 0; t < 4; t++)
+            for (int j = 0; j < 16; j++) {
+                int32_t p = 0;
+                for (int e = 0; e < 4; e++) {
+                    int i = 64 * t + 4 * j + e, hh = i / 128, r = i % 128;
+                    int lo = (ql[64 * hh + r % 64] >> (4 * (r / 64))) & 15;
+                    int hi = (qh[32 * hh + r % 32] >> (2 * (r / 32))) & 3;
+                    p += ((lo | hi << 4) - 32) * xb[i];
+                }
+                float f = (d * (float)sc[4 * t + j / 4]) * xd[b];
+                L[j] = fmaf((float)p, f, L[j]);
+            }
+    }
+    return kq_reduce16(L);
+}
+
 void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                     int64_t ldy, float beta) {
     int64_t cols = x->cols;
     for (int64_t r = r0; r < r1; r++)
         for (int i = 0; i < x->n; i++) {
             const int8_t *xq = x->q + (int64_t)i * cols;
-            float s = dt != KDT_Q4_K
+            float s = !kdtype_is_kquant(dt)
                           ? kq_dot_q8_0_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 32), cols / 32)
-                          : kq_dot_q4_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
-                                               x->xs + (int64_t)i * (cols / 32), cols / 256);
+                      : dt == KDT_Q6_K ? kq_dot_q6_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256), cols / 256)
+                                       : kq_dot_q4_k_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
+                                                            x->xs + (int64_t)i * (cols / 32), cols / 256);
             float *yp = y + i * ldy + r;
             *yp = beta != 0.0f ? *yp + s : s;
         }
@@ -208,8 +245,9 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     kdtype dt = w->dtype;
     size_t nq = (size_t)n * (size_t)cols;
     size_t nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
+    const bool has_xs = dt == KDT_Q4_K || dt == KDT_Q5_K; /* else corr */
     size_t bytes = nq + 64 + nd * sizeof(float) + 64 +
-                   (dt != KDT_Q4_K ? nq + 64 : (size_t)n * (size_t)(cols / 32) * sizeof(float) + 64);
+                   (!has_xs ? nq + 64 : (size_t)n * (size_t)(cols / 32) * sizeof(float) + 64);
     kcpu_backend *cb = kcpu__impl(kb);
     if (bytes > cb->qbuf_cap) { /* kept across calls: no allocation (or page faults) per step */
         size_t cap = bytes > 2 * cb->qbuf_cap ? bytes : 2 * cb->qbuf_cap;
@@ -226,7 +264,7 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     p += (nq + 63) / 64 * 64;
     qx.d = (float *)p;
     p += (nd * sizeof(float) + 63) / 64 * 64;
-    if (dt != KDT_Q4_K) qx.corr = (int32_t *)p;
+    if (!has_xs) qx.corr = (int32_t *)p;
     else qx.xs = (float *)p;
 
     kq_qctx qc = {.dt = dt, .x = x, .qx = &qx};

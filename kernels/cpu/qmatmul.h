@@ -14,8 +14,16 @@
  *         on lanes 8h + j (h = 0, 1; j < 8): P = Σ_{e<4} q[32s+4j+e]·xq[32s+4j+e],
  *         L = fma((float)P, (d·(float)sc_s)·dx, L); after the 4 steps, lanes j < 8:
  *         L = fma(-(dmin·(float)m_j), xs_j, L) with xs_j = dx·(float)Σ xq over sub-block j.
- * x is quantized once per call by kq_quantize_x (shared by every path): Q8_0 per 32
- * elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)).
+ *   Q5_K: exactly as Q4_K with q = nibble | (bit s of qh[l]) << 4 (0..31).
+ *   Q6_K: super-blocks of 256 in natural element order; step t = 0..3 covers elements
+ *         64t .. 64t+63, lane j (j < 16) elements 64t+4j+e (e < 4), which lie in the
+ *         16-element group g = 4t + j/4: P = Σ_{e<4} (q6 − 32)·xq (exact int32),
+ *         L = fma((float)P, (d·(float)sc_g)·dx, L).
+ * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0
+ * and Q4_0 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
+ * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
+ * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
+ * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound).
  */
 #ifndef PEFTD_KCPU_QMATMUL_H
 #define PEFTD_KCPU_QMATMUL_H
@@ -28,10 +36,11 @@
 typedef struct {
     int n;
     int64_t cols;
-    int8_t *q;      /* [n][cols]; K-quants: each 256 permuted to sub-blocks 0,2,1,3,4,6,5,7 */
-    int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
+    int8_t *q;      /* [n][cols]; Q4_K, Q5_K: each 256 permuted to sub-blocks 0,2,1,3,4,6,5,7 */
+    int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset);
+                     * Q6_K: [n][cols/4] = -32 · Σ of each 4 codes (the q6 − 32 offset) */
     float *d;       /* [n][cols / block] */
-    float *xs;      /* K-quants: [n][cols/32] = d · Σ codes of each sub-block (natural order) */
+    float *xs;      /* Q4_K, Q5_K: [n][cols/32] = d · Σ codes of each sub-block (natural order) */
 } kq_x;
 
 /* y[i·ldy + r] (+)= dot(w row r, x row i) for weight rows [r0, r1) and every x row, in the

@@ -264,55 +264,182 @@ static float qref_fit_scale_min(int n, int nmax, const float *x, const float *w,
     return scale;
 }
 
-/* One Q4_K block from 256 floats. */
-static void qref_quantize_block_q4_k(const float *x, qref_block_q4_k *y) {
-    uint8_t L[QREF_QK_K];
-    float scales[8], mins[8], w[32], max_scale = 0, max_min = 0;
+/* The 6-bit scales and mins of a Q4_K / Q5_K block (the 12 bytes of quant_ref.h), d and
+ * dmin, and (L not NULL) the levels L[256] (0..nmax) recomputed against the scales as they
+ * decode, from the 8 sub-block fits. Shared by the reference and the fast quantizer (quant_fast.c). */
+void qref__k4_finish(const float *x, const float *scales, const float *mins, int nmax, uint8_t *sc12,
+                     uint16_t *d16, uint16_t *dmin16, uint8_t *L) {
+    float max_scale = 0, max_min = 0;
     for (int s = 0; s < 8; s++) {
-        const float *xs = x + 32 * s;
-        float sum_x2 = 0;
-        for (int l = 0; l < 32; l++) {
-            float sq = xs[l] * xs[l];
-            sum_x2 += sq;
-        }
-        float av_x = sqrtf(sum_x2 / 32.0f);
-        for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(xs[l]);
-        scales[s] = qref_fit_scale_min(32, 15, xs, w, L + 32 * s, &mins[s], -1.0f, 0.1f, 20);
         if (scales[s] > max_scale) max_scale = scales[s];
         if (mins[s] > max_min) max_min = mins[s];
     }
     float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
     float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-    memset(y->scales, 0, sizeof y->scales);
+    memset(sc12, 0, 12);
     for (int s = 0; s < 8; s++) {
         int ls = qref_clamp(qref_nearest(inv_scale * scales[s]), 0, 63);
         int lm = qref_clamp(qref_nearest(inv_min * mins[s]), 0, 63);
         if (s < 4) {
-            y->scales[s] = (uint8_t)ls;
-            y->scales[s + 4] = (uint8_t)lm;
+            sc12[s] = (uint8_t)ls;
+            sc12[s + 4] = (uint8_t)lm;
         } else {
-            y->scales[s + 4] = (uint8_t)((ls & 15) | ((lm & 15) << 4));
-            y->scales[s - 4] |= (uint8_t)((ls >> 4) << 6);
-            y->scales[s] |= (uint8_t)((lm >> 4) << 6);
+            sc12[s + 4] = (uint8_t)((ls & 15) | ((lm & 15) << 4));
+            sc12[s - 4] |= (uint8_t)((ls >> 4) << 6);
+            sc12[s] |= (uint8_t)((lm >> 4) << 6);
         }
     }
-    y->d = f32_to_f16(max_scale / 63.0f);
-    y->dmin = f32_to_f16(max_min / 63.0f);
+    *d16 = f32_to_f16(max_scale / 63.0f);
+    *dmin16 = f32_to_f16(max_min / 63.0f);
+    if (!L) return;
     /* Levels again, against the scales as they will be decoded. */
     for (int s = 0; s < 8; s++) {
         int sc, m;
-        qref_scale_min_k4(y->scales, s, &sc, &m);
-        float d = f16_to_f32(y->d) * (float)sc;
+        qref_scale_min_k4(sc12, s, &sc, &m);
+        float d = f16_to_f32(*d16) * (float)sc;
         if (d == 0.0f) continue;
-        float dm = f16_to_f32(y->dmin) * (float)m;
+        float dm = f16_to_f32(*dmin16) * (float)m;
         for (int l = 0; l < 32; l++) {
             float v = x[32 * s + l] + dm;
-            L[32 * s + l] = (uint8_t)qref_clamp(qref_nearest(v / d), 0, 15);
+            L[32 * s + l] = (uint8_t)qref_clamp(qref_nearest(v / d), 0, nmax);
         }
     }
+}
+
+/* Packs levels L[256] into a Q4_K (qh NULL) or Q5_K block's qs (and qh: bit s of qh[l] is
+ * the 5th bit of element l of sub-block s). */
+void qref__k4_pack(const uint8_t *L, uint8_t *qs, uint8_t *qh) {
+    if (qh) memset(qh, 0, 32);
     for (int k = 0; k < 4; k++)
-        for (int l = 0; l < 32; l++)
-            y->qs[32 * k + l] = (uint8_t)(L[64 * k + l] | (L[64 * k + 32 + l] << 4));
+        for (int l = 0; l < 32; l++) {
+            int a = L[64 * k + l], b = L[64 * k + 32 + l];
+            if (qh) qh[l] |= (uint8_t)(((a >> 4) & 1) << (2 * k) | ((b >> 4) & 1) << (2 * k + 1));
+            qs[32 * k + l] = (uint8_t)((a & 15) | ((b & 15) << 4));
+        }
+}
+
+/* The sub-block weights of the K4 search: |x| + rms of the sub-block. */
+static void qref_k4_weights(const float *xs, float *w) {
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; l++) {
+        float sq = xs[l] * xs[l];
+        sum_x2 += sq;
+    }
+    float av_x = sqrtf(sum_x2 / 32.0f);
+    for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(xs[l]);
+}
+
+/* One Q4_K block from 256 floats. */
+static void qref_quantize_block_q4_k(const float *x, qref_block_q4_k *y) {
+    uint8_t L[QREF_QK_K];
+    float scales[8], mins[8], w[32];
+    for (int s = 0; s < 8; s++) {
+        qref_k4_weights(x + 32 * s, w);
+        scales[s] = qref_fit_scale_min(32, 15, x + 32 * s, w, L + 32 * s, &mins[s], -1.0f, 0.1f, 20);
+    }
+    qref__k4_finish(x, scales, mins, 15, y->scales, &y->d, &y->dmin, L);
+    qref__k4_pack(L, y->qs, NULL);
+}
+
+/* One Q5_K block: the Q4_K search with 32 levels (llama.cpp's parameters for Q5_K: 31 levels
+ * above the min, candidate steps from −0.5 by 0.1, 16 candidates). */
+static void qref_quantize_block_q5_k(const float *x, qref_block_q5_k *y) {
+    uint8_t L[QREF_QK_K];
+    float scales[8], mins[8], w[32];
+    for (int s = 0; s < 8; s++) {
+        qref_k4_weights(x + 32 * s, w);
+        scales[s] = qref_fit_scale_min(32, 31, x + 32 * s, w, L + 32 * s, &mins[s], -0.5f, 0.1f, 15);
+    }
+    qref__k4_finish(x, scales, mins, 31, y->scales, &y->d, &y->dmin, L);
+    qref__k4_pack(L, y->qs, y->qh);
+}
+
+/* Symmetric fit of a 16-element group to levels −nmax..nmax−1 (llama.cpp's Q6_K search, the
+ * facts: start at the largest-magnitude value mapped to −nmax, weights x², then 18 nearby
+ * candidate scales −(nmax + 0.1·k)/max, k = ±1..±9, keeping the best weighted least-squares
+ * fit). L receives level + nmax; returns the scale. */
+static float qref_fit_symmetric(int n, int nmax, const float *x, uint8_t *L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < 1e-15f) {
+        memset(L, (uint8_t)nmax, (size_t)n);
+        return 0.0f;
+    }
+    float best = 0, scale = 0;
+    for (int k = 0; k <= 18; k++) {
+        int is = k == 0 ? 0 : k <= 9 ? k - 10 : k - 9; /* 0, then -9..-1, 1..9 */
+        float num = (float)nmax + 0.1f * (float)is;
+        float iscale = -num / max;
+        float sumlx = 0, suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = qref_clamp(qref_nearest(iscale * x[i]), -nmax, nmax - 1);
+            float w = x[i] * x[i];
+            float wx = w * x[i];
+            float wxl = wx * (float)l;
+            sumlx += wxl;
+            float wl = w * (float)l;
+            float wll = wl * (float)l;
+            suml2 += wll;
+        }
+        if (k == 0) {
+            scale = suml2 > 0 ? sumlx / suml2 : 0.0f;
+            best = scale * sumlx;
+        } else {
+            float a = sumlx * sumlx, b = best * suml2;
+            if (!(suml2 > 0 && a > b)) continue;
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+        for (int i = 0; i < n; i++)
+            L[i] = (uint8_t)(nmax + qref_clamp(qref_nearest(iscale * x[i]), -nmax, nmax - 1));
+    }
+    return scale;
+}
+
+/* One Q6_K block: 16 group scales from qref_fit_symmetric, 8-bit group scales relative to
+ * the largest-magnitude one (mapped to −128, capped at 127), the levels recomputed against
+ * the decoded scales. */
+static void qref_quantize_block_q6_k(const float *x, qref_block_q6_k *y) {
+    uint8_t L[QREF_QK_K];
+    float scales[16], max_scale = 0, max_abs = 0;
+    for (int g = 0; g < 16; g++) {
+        scales[g] = qref_fit_symmetric(16, 32, x + 16 * g, L + 16 * g);
+        if (fabsf(scales[g]) > max_abs) {
+            max_abs = fabsf(scales[g]);
+            max_scale = scales[g];
+        }
+    }
+    memset(y, 0, sizeof *y);
+    if (max_abs < 1e-15f) {
+        memset(L, 32, sizeof L); /* code 32 = 0 */
+    } else {
+        float iscale = -128.0f / max_scale;
+        y->d = f32_to_f16(1.0f / iscale);
+        for (int g = 0; g < 16; g++) {
+            int v = qref_nearest(iscale * scales[g]);
+            y->scales[g] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+        }
+        for (int g = 0; g < 16; g++) {
+            float d = f16_to_f32(y->d) * (float)y->scales[g];
+            if (d == 0.0f) continue;
+            for (int i = 0; i < 16; i++)
+                L[16 * g + i] = (uint8_t)(32 + qref_clamp(qref_nearest(x[16 * g + i] / d), -32, 31));
+        }
+    }
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++) {
+            const uint8_t *Lh = L + 128 * h;
+            y->ql[64 * h + l] = (uint8_t)((Lh[l] & 15) | (Lh[l + 64] & 15) << 4);
+            y->ql[64 * h + l + 32] = (uint8_t)((Lh[l + 32] & 15) | (Lh[l + 96] & 15) << 4);
+            y->qh[32 * h + l] = (uint8_t)((Lh[l] >> 4) | (Lh[l + 32] >> 4) << 2 | (Lh[l + 64] >> 4) << 4 |
+                                          (Lh[l + 96] >> 4) << 6);
+        }
 }
 
 int qref_quantize_q4_k(const float *src, void *dst, int64_t n) {
@@ -321,6 +448,56 @@ int qref_quantize_q4_k(const float *src, void *dst, int64_t n) {
     for (int64_t b = 0; b < n / QREF_QK_K; b++) {
         qref_block_q4_k blk;
         qref_quantize_block_q4_k(src + b * QREF_QK_K, &blk);
+        memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
+    }
+    return 0;
+}
+
+int qref_quantize_q5_k(const float *src, void *dst, int64_t n) {
+    if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
+    uint8_t *p = dst;
+    for (int64_t b = 0; b < n / QREF_QK_K; b++) {
+        qref_block_q5_k blk;
+        qref_quantize_block_q5_k(src + b * QREF_QK_K, &blk);
+        memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
+    }
+    return 0;
+}
+
+int qref_quantize_q6_k(const float *src, void *dst, int64_t n) {
+    if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
+    uint8_t *p = dst;
+    for (int64_t b = 0; b < n / QREF_QK_K; b++) {
+        qref_block_q6_k blk;
+        qref_quantize_block_q6_k(src + b * QREF_QK_K, &blk);
+        memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
+    }
+    return 0;
+}
+
+int qref_quantize_q4_0(const float *src, void *dst, int64_t n) {
+    if (n < 0 || n % QREF_QK) return PEFTD_EINVAL;
+    uint8_t *p = dst;
+    for (int64_t b = 0; b < n / QREF_QK; b++) {
+        const float *x = src + b * QREF_QK;
+        qref_block_q4_0 blk;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QREF_QK; j++)
+            if (fabsf(x[j]) > amax) { /* the first of equal magnitudes, as numpy's argmax */
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        float d = max / -8.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint8_t q[QREF_QK];
+        for (int j = 0; j < QREF_QK; j++) {
+            float v = x[j] * id;
+            v = v + 8.5f;
+            v = fminf(fmaxf(v, 0.0f), 15.0f); /* trunc then clip to 15, as gguf-py (also NaN-safe) */
+            q[j] = (uint8_t)v;
+        }
+        for (int j = 0; j < QREF_QK / 2; j++) blk.qs[j] = (uint8_t)(q[j] | q[j + QREF_QK / 2] << 4);
+        blk.d = f32_to_f16(d);
         memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
     }
     return 0;

@@ -1,5 +1,5 @@
 /* kernels/cpu/quant_ref.h — the ggml quantized block formats peftd reads from GGUF files, and
- * a scalar CPU reference that dequantizes them to f32 (and quantizes f32 to Q8_0 / Q4_K).
+ * a scalar CPU reference that dequantizes them to f32 (and quantizes f32 to every one of them).
  *
  * This is the reference that faster kernels (CPU SIMD, CUDA) are tested against: written for
  * clarity, one element at a time, every float operation rounded separately in the order the
@@ -95,5 +95,25 @@ int qref_quantize_q8_0(const float *src, void *dst, int64_t n);
  * weighted squared error, then 6-bit scales/mins relative to the block's largest, and the
  * nibbles recomputed against the rounded scales. Inputs must be finite. */
 int qref_quantize_q4_k(const float *src, void *dst, int64_t n);
+
+/* Quantizes n floats (a multiple of 32) to Q4_0 blocks: d = (the largest-magnitude value)/−8,
+ * q = min(15, trunc(x·(1/d) + 8.5)) — bit-identical to gguf.quants.quantize (Q4_0) for finite
+ * input (checked by tests/fixtures/make_quant_fixtures.py). */
+int qref_quantize_q4_0(const float *src, void *dst, int64_t n);
+
+/* Quantizes n floats (a multiple of 256) to Q5_K blocks: the Q4_K search with 32 levels
+ * (llama.cpp's Q5_K parameters), 5th bits packed into qh. Inputs must be finite. */
+int qref_quantize_q5_k(const float *src, void *dst, int64_t n);
+
+/* Quantizes n floats (a multiple of 256) to Q6_K blocks: per 16-element group a symmetric
+ * scale fitted by weighted least squares over 19 candidates (llama.cpp's search, weights x²),
+ * 8-bit group scales under one f16 d. Inputs must be finite. */
+int qref_quantize_q6_k(const float *src, void *dst, int64_t n);
+
+/* Internal (quant_ref.c, quant_fast.c): the Q4_K / Q5_K block's scales, d, dmin and levels
+ * (skipped when L is NULL) from its 8 sub-block fits; and the packing of levels into qs (and qh for Q5_K). */
+void qref__k4_finish(const float *x, const float *scales, const float *mins, int nmax, uint8_t *sc12,
+                     uint16_t *d16, uint16_t *dmin16, uint8_t *L);
+void qref__k4_pack(const uint8_t *L, uint8_t *qs, uint8_t *qh);
 
 #endif

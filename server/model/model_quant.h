@@ -19,9 +19,12 @@
 
 #include "server/model/model.h"
 
-/* Converts m's projections (host views, before any upload) to dt into one new host buffer
+/* Converts m's float projections (host views, before any upload; projections already in a
+ * quantized dtype stay as they are) to dt into one new host buffer
  * (*buf, 64-byte aligned; caller frees it after the model). dt: KDT_Q8_0, KDT_Q4_K or
- * KDT_BF16. Logs the time taken and the bytes before/after. */
+ * KDT_BF16 (the "weights" options), or KDT_Q4_0, KDT_Q5_K, KDT_Q6_K (not offered as options:
+ * tests use them to put every GGUF block type under a model). Logs the time taken and the
+ * bytes before/after. */
 int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, char *err, size_t errlen);
 
 /* "stored" → *dt = -1 (keep); "bf16", "q8_0", "q4_k" → that dtype. PEFTD_EINVAL otherwise. */

@@ -1,21 +1,23 @@
-/* tests/unit/test_kernels_quant.c — the CPU backend's quantized matmul (Q8_0, Q4_K weights)
+/* tests/unit/test_kernels_quant.c — the CPU backend's quantized matmul (Q8_0, Q4_0, Q4_K, Q5_K,
+ * Q6_K weights)
  * against quant_ref.c's dequantized weights times the exact (double) f32 activations, every
  * code path (AVX-512 VNNI, AVX2, scalar) bit-identical to the others, results per row
  * bit-identical whatever the batch and thread count, get_rows on quantized tables, and bad
- * shapes refused. Q4_0 (no at-load quantizer: GGUF files bring it) is tested on random
- * valid blocks.
+ * shapes refused. Q4_0 is tested on random valid blocks (every nibble and scale pattern, not
+ * only what a quantizer emits), the other types on quant_ref's quantizer output.
  *
  * Tolerance (derived, not tuned). The kernel computes Σ_j w_j·x̂_j where w_j is the
  * dequantized weight and x̂_j = d_b·q_j the activation quantized per block b (32 elements for
  * Q8_0/Q4_0, 256 for Q4_K) with d_b = max_b|x|/127 and q_j = round(x_j/d_b), so |x_j − x̂_j| <=
- * d_b/2 and
+ * d_b/2 (blocks of 256 for every K-quant) and
  *     |Σ w·x − Σ w·x̂| <= Σ_b (d_b/2)·Σ_{j∈b} |w_j|                       (quantization)
  * The integer block sums are exact; each term then sees at most a few f32 roundings (the
  * scale products d_w·d_x, (d·sc)·d_x, dmin·m, d_x·Σq: one each) and the accumulation over at
  * most cols/4 + 8 fused adds plus the 4-level reduction, so the float error is within
  *     (cols + 16)·u·Σ_j (|w_j| + |dmin·m_j|)·(|x_j| + d_b)               (rounding)
  * (u = 2^-24; Higham §3.1 for the summation, |x̂_j| <= |x_j| + d_b/2; the Q4_K min term
- * dmin·m·d_x·Σq is bounded by the |dmin·m_j|·|x̂_j| part). The test passes when the error is
+ * dmin·m·d_x·Σq is bounded by the |dmin·m_j|·|x̂_j| part; Q5_K the same; Q6_K has no min: its
+ * −32 offset is inside the exact integer sum). The test passes when the error is
  * within the sum of the two; a wrong block scale or a dropped block is orders outside it. */
 #include <math.h>
 #include <stdlib.h>
@@ -54,7 +56,11 @@ static void *make_w(kdtype dt, int rows, int cols, float **wd) {
             for (int j = 0; j < 16; j++) b[2 + j] = (uint8_t)(frand() * 128.0f + 128.0f);
         }
     } else {
-        ASSERT_EQ(dt == KDT_Q8_0 ? qref_quantize_q8_0(w, q, n) : qref_quantize_q4_k(w, q, n), 0);
+        int rc = dt == KDT_Q8_0   ? qref_quantize_q8_0(w, q, n)
+                 : dt == KDT_Q4_K ? qref_quantize_q4_k(w, q, n)
+                 : dt == KDT_Q5_K ? qref_quantize_q5_k(w, q, n)
+                                  : qref_quantize_q6_k(w, q, n);
+        ASSERT_EQ(rc, 0);
     }
     ASSERT_EQ(qref_dequantize(qt, q, *wd, n), 0);
     free(w);
@@ -79,8 +85,9 @@ static double bound_of(kdtype dt, const float *wd, const void *wq, int r, const 
         double d = amax / 127.0;
         for (int64_t j = b0; j < b0 + be; j++) {
             double wj = wd[(int64_t)r * cols + j], mj = 0;
-            if (dt == KDT_Q4_K) {
-                const uint8_t *blk = (const uint8_t *)wq + kdtype_row_bytes(dt, cols) * r + 144 * (j / 256);
+            if (dt == KDT_Q4_K || dt == KDT_Q5_K) {
+                const uint8_t *blk =
+                    (const uint8_t *)wq + kdtype_row_bytes(dt, cols) * r + kdtype_block_bytes(dt) * (j / 256);
                 uint16_t h;
                 memcpy(&h, blk + 2, 2);
                 int sc, m;
@@ -104,7 +111,7 @@ static void run_path(kbackend *kb, kq_path p, const float *x, int n, const kmat 
     kcpu__q_path = KQ_AUTO;
 }
 
-static double worst_all[3];
+static double worst_all[5];
 static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
     float *wd;
     void *wq = make_w(dt, rows, cols, &wd);
@@ -151,7 +158,7 @@ static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
     free(x);
     free(wq);
     free(wd);
-    int wi = dt == KDT_Q8_0 ? 0 : dt == KDT_Q4_K ? 1 : 2;
+    int wi = dt == KDT_Q8_0 ? 0 : dt == KDT_Q4_K ? 1 : dt == KDT_Q4_0 ? 2 : dt == KDT_Q5_K ? 3 : 4;
     if (worst > worst_all[wi]) worst_all[wi] = worst;
 }
 
@@ -169,13 +176,15 @@ TEST(qmatmul_vs_dequant_reference) {
             for (int c = 0; c < 4; c++)
                 for (int r = 0; r < 3; r++) check_case(kb, KDT_Q4_0, NS[ni], ROWS[r], Q8_COLS[c]);
             static const int Q4_COLS[] = {256, 768};
-            for (int c = 0; c < 2; c++)
-                for (int r = 0; r < 3; r++) check_case(kb, KDT_Q4_K, NS[ni], ROWS[r], Q4_COLS[c]);
+            static const kdtype KT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K};
+            for (int k = 0; k < 3; k++)
+                for (int c = 0; c < 2; c++)
+                    for (int r = 0; r < 3; r++) check_case(kb, KT[k], NS[ni], ROWS[r], Q4_COLS[c]);
         }
         kbackend_destroy(kb);
     }
-    fprintf(stderr, "  max |err| / bound: q8_0 %.3f, q4_k %.3f, q4_0 %.3f\n", worst_all[0], worst_all[1],
-            worst_all[2]);
+    fprintf(stderr, "  max |err| / bound: q8_0 %.3f, q4_k %.3f, q4_0 %.3f, q5_k %.3f, q6_k %.3f\n", worst_all[0],
+            worst_all[1], worst_all[2], worst_all[3], worst_all[4]);
 }
 
 /* Every path available here is exercised (the machine's CPU decides which). */
@@ -188,9 +197,10 @@ TEST(qmatmul_paths_present) {
 TEST(qget_rows_dequantizes) {
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
-    for (int k = 0; k < 3; k++) {
-        kdtype dt = k == 1 ? KDT_Q4_K : k == 2 ? KDT_Q4_0 : KDT_Q8_0;
-        int rows = 9, cols = k == 1 ? 512 : 96;
+    static const kdtype DT[] = {KDT_Q8_0, KDT_Q4_K, KDT_Q4_0, KDT_Q5_K, KDT_Q6_K};
+    for (int k = 0; k < 5; k++) {
+        kdtype dt = DT[k];
+        int rows = 9, cols = kdtype_is_kquant(dt) ? 512 : 96;
         float *wd;
         void *wq = make_w(dt, rows, cols, &wd);
         kmat t = {.data = wq, .dtype = dt, .rows = rows, .cols = cols};
@@ -199,6 +209,7 @@ TEST(qget_rows_dequantizes) {
         ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, 3, out), 0);
         for (int i = 0; i < 3; i++)
             ASSERT(!memcmp(out + i * cols, wd + (int64_t)ids[i] * cols, (size_t)cols * 4));
+        ASSERT(kb->ops->supports_op(kb, KOP_GET_ROWS, dt));
         ids[1] = rows;
         ASSERT_EQ(kb->ops->get_rows(kb, &t, ids, 3, out), PEFTD_ERANGE);
         test_guarded_check_free(out, 3 * cols);
@@ -223,6 +234,16 @@ TEST(qmatmul_bad_args_and_caps) {
     ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q4_K));
     ASSERT(kb->ops->supports_op(kb, KOP_GET_ROWS, KDT_Q4_K));
     ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q4_0));
+    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q5_K));
+    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q6_K));
+    ASSERT_EQ(kdtype_row_bytes(KDT_Q5_K, 512), (size_t)352);
+    ASSERT_EQ(kdtype_row_bytes(KDT_Q6_K, 512), (size_t)420);
+    ASSERT_EQ(kdtype_row_bytes(KDT_Q6_K, 200), (size_t)0);
+    ASSERT_EQ(kdtype_ggml_type(KDT_Q5_K), 13u);
+    ASSERT_EQ(kdtype_ggml_type(KDT_Q6_K), 14u);
+    ASSERT_STREQ(kdtype_name(KDT_Q6_K), "q6_k");
+    w = (kmat){.data = buf, .dtype = KDT_Q6_K, .rows = 1, .cols = 32}; /* not a multiple of 256 */
+    ASSERT_EQ(kb->ops->matmul(kb, x, 1, &w, y, 0.0f), PEFTD_EINVAL);
     ASSERT_EQ(kdtype_row_bytes(KDT_Q4_0, 64), (size_t)36);
     ASSERT(!kb->ops->supports_op(kb, KOP_RMSNORM, KDT_Q8_0));
     ASSERT(!kb->ops->supports_op(kb, KOP_SGMV, KDT_Q8_0));

@@ -2,7 +2,10 @@
  * end against tests/fixtures/quant/reference.json (make_quant_fixtures.py: transformers in
  * f32 on weights quantized by gguf-py (Q8_0) or by peftd's quantizer and dequantized by
  * gguf-py (Q4_K)), plus the at-load rule, LoRA on top, and mixed batches bit-identical to
- * solo runs.
+ * solo runs. The other GGUF block types (Q4_0, Q5_K, Q6_K, and a Q4_K_M-style mix: v_proj and
+ * down_proj Q6_K, the rest Q4_K) under the tiny-k256 model against reference_types.json (same
+ * generator, same two references; the blocks from peftd's quant_ref.c quantizers, Q4_0's
+ * byte-identical to gguf-py's, all dequantized by gguf-py), with the same tolerances.
  *
  * Tolerances. The fixture carries two references per case: logits_actq (activations quantized
  * per block as peftd's kernel does) and logits_f32 (f32 activations), and format_diff = max
@@ -18,7 +21,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/cpu/quant_ref.h"
 #include "kernels/kernels.h"
+#include "lib/half.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
 #include "server/model/model_quant.h"
@@ -26,6 +31,7 @@
 #include "tests/harness/test.h"
 
 #define REF "tests/fixtures/quant/reference.json"
+#define REF_TYPES "tests/fixtures/quant/reference_types.json"
 #define TOL_ACTQ 1e-4
 #define MAX_IDS 64
 
@@ -37,13 +43,13 @@ typedef struct {
     double format_diff;
 } qcase;
 
-static cJSON *ref_root(void) {
+static cJSON *ref_root(const char *file) {
     size_t len;
-    char *text = test_read_file(REF, &len);
-    if (!text) FAIL("cannot read %s (fixture missing: run tests/fixtures/make_quant_fixtures.py)", REF);
+    char *text = test_read_file(file, &len);
+    if (!text) FAIL("cannot read %s (fixture missing: run tests/fixtures/make_quant_fixtures.py)", file);
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
-    if (!root) FAIL("%s: not JSON", REF);
+    if (!root) FAIL("%s: not JSON", file);
     return root;
 }
 
@@ -58,11 +64,11 @@ static void rows_of(const cJSON *a, int n, int vocab, float **out) {
     }
 }
 
-static void case_load(const char *name, qcase *q) {
-    cJSON *root = ref_root();
+static void case_load_from(const char *file, const char *name, qcase *q) {
+    cJSON *root = ref_root(file);
     const cJSON *c = NULL, *it;
     cJSON_ArrayForEach(it, cJSON_GetObjectItem(root, "cases")) if (!strcmp(cJSON_GetObjectItem(it, "name")->valuestring, name)) c = it;
-    if (!c) FAIL("%s: no case %s", REF, name);
+    if (!c) FAIL("%s: no case %s", file, name);
     memset(q, 0, sizeof *q);
     snprintf(q->name, sizeof q->name, "%s", name);
     snprintf(q->model, sizeof q->model, "%s", cJSON_GetObjectItem(c, "model")->valuestring);
@@ -84,6 +90,8 @@ static void case_load(const char *name, qcase *q) {
     cJSON_Delete(root);
 }
 
+static void case_load(const char *name, qcase *q) { case_load_from(REF, name, q); }
+
 static model *load_q(kbackend *kb, const char *dir, const char *weights) {
     model_load_opts o = {.weights = -1, .threads = 2};
     ASSERT_EQ(model_weights_parse(weights, &o.weights), 0);
@@ -102,12 +110,73 @@ static double maxdiff(const float *a, const float *b, size_t n) {
     return md;
 }
 
-static void check_case(const char *name) {
+/* Quantizes rows of a stored (f32/f16/bf16) projection with a quant_ref.c quantizer into a
+ * new buffer (freed by the caller after the model) and points w at it. */
+static void requant(kmat *w, kdtype dt, void **buf) {
+    size_t rb = kdtype_row_bytes(dt, w->cols);
+    ASSERT(rb && !kdtype_is_quant(w->dtype));
+    uint8_t *dst = malloc(rb * (size_t)w->rows);
+    float *row = malloc(sizeof(float) * (size_t)w->cols);
+    ASSERT(dst && row);
+    for (int64_t r = 0; r < w->rows; r++) {
+        const uint8_t *p = (const uint8_t *)w->data + kdtype_row_bytes(w->dtype, w->cols) * (size_t)r;
+        for (int64_t k = 0; k < w->cols; k++) {
+            if (w->dtype == KDT_F32) {
+                memcpy(&row[k], p + 4 * k, 4);
+            } else {
+                uint16_t h;
+                memcpy(&h, p + 2 * k, 2);
+                row[k] = w->dtype == KDT_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+            }
+        }
+        ASSERT_EQ(dt == KDT_Q6_K ? qref_quantize_q6_k(row, dst + rb * r, w->cols) : PEFTD_EINVAL, 0);
+    }
+    free(row);
+    w->data = dst;
+    w->dtype = dt;
+    *buf = dst;
+}
+
+/* The stored model with its projections converted to the case's block type(s) by the C
+ * quantizers the generator used: "q4_0", "q5_k", "q6_k" through model_quantize_projections;
+ * "q4_k_m": v_proj and down_proj Q6_K (requant), then every other projection Q4_K. */
+#define MAX_BUFS 64
+static model *load_types(kbackend *kb, const qcase *q, void **bufs, int *n_bufs) {
+    model *m = load_q(kb, q->model, "stored");
+    char err[512] = "";
+    *n_bufs = 0;
+    kdtype dt = !strcmp(q->weights, "q4_0") ? KDT_Q4_0 : !strcmp(q->weights, "q5_k") ? KDT_Q5_K : KDT_Q6_K;
+    if (!strcmp(q->weights, "q4_k_m")) {
+        ASSERT(2 * m->cfg.n_layers + 1 <= MAX_BUFS);
+        for (int i = 0; i < m->cfg.n_layers; i++) {
+            requant(&m->layers[i].wv, KDT_Q6_K, &bufs[(*n_bufs)++]);
+            requant(&m->layers[i].w_down, KDT_Q6_K, &bufs[(*n_bufs)++]);
+        }
+        dt = KDT_Q4_K;
+    } else {
+        ASSERT(!strcmp(q->weights, "q4_0") || !strcmp(q->weights, "q5_k") || !strcmp(q->weights, "q6_k"));
+    }
+    if (model_quantize_projections(m, dt, 2, &bufs[(*n_bufs)++], err, sizeof err) < 0) FAIL("%s", err);
+    for (int i = 0; i < m->cfg.n_layers; i++) { /* every projection of the fixture fits the blocks */
+        const model_layer *l = &m->layers[i];
+        bool mix = !strcmp(q->weights, "q4_k_m");
+        ASSERT_EQ(l->wq.dtype, dt);
+        ASSERT_EQ(l->w_up.dtype, dt);
+        ASSERT_EQ(l->wv.dtype, (mix ? KDT_Q6_K : dt));
+        ASSERT_EQ(l->w_down.dtype, (mix ? KDT_Q6_K : dt));
+    }
+    return m;
+}
+
+static void check_case_in(const char *file, const char *name) {
     qcase q;
-    case_load(name, &q);
+    case_load_from(file, name, &q);
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
-    model *m = load_q(kb, q.model, q.weights);
+    void *bufs[MAX_BUFS];
+    int n_bufs = 0;
+    bool types = !strcmp(file, REF_TYPES);
+    model *m = types ? load_types(kb, &q, bufs, &n_bufs) : load_q(kb, q.model, q.weights);
     ASSERT_EQ(m->cfg.vocab_size, q.vocab);
     adapter *ad = NULL;
     char err[1024] = "";
@@ -137,16 +206,23 @@ static void check_case(const char *name) {
     llama_ctx_free(c);
     adapter_free(ad);
     model_free(m);
+    for (int i = 0; i < n_bufs; i++) free(bufs[i]);
     kbackend_destroy(kb);
     free(q.lf);
     free(q.lq);
 }
+
+static void check_case(const char *name) { check_case_in(REF, name); }
 
 TEST(stories260k_q8_0) { check_case("s260k_q8_0"); }
 TEST(stories260k_q8_0_lora) { check_case("s260k_q8_0_lora"); }
 TEST(stories260k_q8_0_dora) { check_case("s260k_q8_0_dora"); } /* norms of the dequantized base */
 TEST(k256_q8_0) { check_case("k256_q8_0"); }
 TEST(k256_q4_k) { check_case("k256_q4_k"); }
+TEST(k256_q4_0) { check_case_in(REF_TYPES, "k256_q4_0"); }
+TEST(k256_q5_k) { check_case_in(REF_TYPES, "k256_q5_k"); }
+TEST(k256_q6_k) { check_case_in(REF_TYPES, "k256_q6_k"); }
+TEST(k256_q4_k_m) { check_case_in(REF_TYPES, "k256_q4_k_m"); }
 
 /* The rule of model_quant.h: projections whose in-features fit the block are converted, the
  * rest (stories260K's down_proj: 172) and embeddings / lm_head / norms stay as stored. */
@@ -256,5 +332,5 @@ TEST(mixed_batch_bit_identical) {
 }
 
 TEST_MAIN(at_load_rule, refused_without_capability, stories260k_q8_0, stories260k_q8_0_lora, stories260k_q8_0_dora,
-          k256_q8_0, k256_q4_k,
+          k256_q8_0, k256_q4_k, k256_q4_0, k256_q5_k, k256_q6_k, k256_q4_k_m,
           mixed_batch_bit_identical)
