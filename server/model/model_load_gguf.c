@@ -55,9 +55,10 @@ static bool gl_ends_with(const char *s, const char *suffix) {
 
 int model__gguf_resolve(const char *path, char *file, size_t cap, char *err, size_t errlen) {
     struct stat sb;
-    if (stat(path, &sb) != 0) return 0; /* the HF path reports the missing directory */
-    if (S_ISREG(sb.st_mode)) {
-        if (!gl_ends_with(path, ".gguf")) return 0;
+    bool named = gl_ends_with(path, ".gguf");
+    if (stat(path, &sb) != 0 && !named) return 0; /* the HF path reports the missing directory */
+    if (named || S_ISREG(sb.st_mode)) { /* a missing FILE.gguf: gguf_open names it */
+        if (!named) return 0;
         if (strlen(path) >= cap) {
             gl_err(err, errlen, "%s: path too long", path);
             return PEFTD_EINVAL;
