@@ -119,7 +119,7 @@ static bool admin_sha_ok(const peftd_config *c) {
 
 /* Every key, in the order it is read (the first error wins). */
 static const config_key KEYS[] = {
-    STR(NULL, "model", model_dir, "model directory (Hugging Face layout); --model"),
+    STR(NULL, "model", model_dir, "model directory (Hugging Face layout) or a .gguf file (or a directory holding one); --model"),
     STR(NULL, "host", host, "listen address (default 127.0.0.1); --host"),
     STR(NULL, "chat_template", chat_template, "chat template file overriding the model's"),
     INT(NULL, "port", 0, 65535, port, "listen port (default 8080, 0 = any free port); --port"),

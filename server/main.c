@@ -32,7 +32,7 @@ typedef struct {
 
 static const cli_option SERVE_OPTS[] = {
     {"--config", "FILE", "JSON configuration file (keys below); the flags override it"},
-    {"--model", "DIR", "model directory (Hugging Face layout); config \"model\""},
+    {"--model", "DIR", "model directory (Hugging Face layout) or .gguf file; config \"model\""},
     {"--host", "H", "listen address; config \"host\""},
     {"--port", "N", "listen port (0 = any free port); config \"port\""},
     {"--threads", "N", "CPU backend worker threads (0 = one per core); config \"threads\""},
@@ -47,7 +47,7 @@ static const cli_option SERVE_OPTS[] = {
 };
 
 static const cli_option GENERATE_OPTS[] = {
-    {"--model", "DIR", "model directory (required)"},
+    {"--model", "DIR", "model directory or .gguf file (required)"},
     {"--prompt", "TEXT", "the prompt (required)"},
     {"--max-tokens", "N", "tokens to generate (default 16)"},
     {"--temperature", "T", "sampling temperature in [0, 100] (default 1; 0 = greedy)"},

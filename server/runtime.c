@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/kernels_cuda.h"
 #include "lib/log.h"
@@ -53,14 +54,30 @@ static kbackend *open_backend(const char *backend, int threads, bool fast_prefil
     return kb;
 }
 
-/* config.json fields peftd does not read (and that may matter): one line each, never dropped
- * silently (model_config_check.c decides which fields cannot matter). */
-static void log_ignored_fields(const model_config *c) {
+/* config.json fields (GGUF: {arch}.* metadata keys) peftd does not read (and that may matter):
+ * one line each, never dropped silently (model_config_check.c decides which fields cannot
+ * matter). */
+static void log_ignored_fields(const model *m) {
+    const model_config *c = &m->cfg;
+    const char *src = m->gguf ? "GGUF metadata" : "config.json";
     for (int i = 0; i < c->n_ignored && i < MODEL_MAX_IGNORED; i++)
-        LOGW("config.json: ignored field \"%s\" (peftd does not implement it: if it changes the model, outputs "
-             "differ from transformers)", c->ignored[i]);
+        LOGW("%s: ignored %s \"%s\" (peftd does not implement it: if it changes the model, outputs differ from "
+             "transformers)", src, m->gguf ? "key" : "field", c->ignored[i]);
     if (c->n_ignored > MODEL_MAX_IGNORED)
-        LOGW("config.json: %d more ignored fields (not named)", c->n_ignored - MODEL_MAX_IGNORED);
+        LOGW("%s: %d more ignored fields (not named)", src, c->n_ignored - MODEL_MAX_IGNORED);
+}
+
+/* The tokenizer: tokenizer.json (+ tokenizer_config.json) in the model directory — for a GGUF
+ * model, the directory holding the .gguf. A GGUF without one beside it needs the tokenizer from
+ * its tokenizer.ggml.* metadata: the one call site for that is marked below. */
+static int load_tokenizer(const model *m, tokenizer **out, char *err, size_t errlen) {
+    char path[sizeof m->dir + 32];
+    snprintf(path, sizeof path, "%s/tokenizer.json", m->dir);
+    if (!m->gguf || access(path, F_OK) == 0) return tokenizer_load(m->dir, out, err, errlen);
+    /* GGUF tokenizer: tokenizer_load_gguf(m->gguf, out, err, errlen) goes here. */
+    snprintf(err, errlen, "no tokenizer.json beside the GGUF file in %.512s (the tokenizer from the GGUF's "
+             "tokenizer.ggml.* metadata is not supported yet): put the model's tokenizer.json there", m->dir);
+    return PEFTD_EUNSUPPORTED;
 }
 
 int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
@@ -90,8 +107,8 @@ int runtime_open_weights(runtime *rt, const char *model_dir, int threads, bool f
         fprintf(stderr, "peftd: cannot load model from %s: %s\n", model_dir, err);
         goto fail;
     }
-    log_ignored_fields(&rt->m->cfg);
-    st = tokenizer_load(model_dir, &rt->tok, err, sizeof err);
+    log_ignored_fields(rt->m);
+    st = load_tokenizer(rt->m, &rt->tok, err, sizeof err);
     if (st < 0) {
         fprintf(stderr, "peftd: cannot load tokenizer from %s: %s\n", model_dir, err);
         goto fail;

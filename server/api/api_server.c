@@ -63,7 +63,12 @@ static const http_route api_routes[] = {
  * requests then get a 400 saying so) or beyond the interpreter (the same 400, with why). */
 static int api_load_chat(api_server *a, char *err, size_t errlen) {
     const char *conf = a->cfg.chat_template;
-    int rc = chat_template_load(a->m->dir, conf, &a->chat, a->chat_error, sizeof a->chat_error);
+    int rc;
+    if ((!conf || !conf[0]) && a->m->chat_template) /* GGUF: tokenizer.chat_template */
+        rc = chat_template_parse(a->m->chat_template, strlen(a->m->chat_template), &a->chat, a->chat_error,
+                                 sizeof a->chat_error);
+    else
+        rc = chat_template_load(a->m->dir, conf, &a->chat, a->chat_error, sizeof a->chat_error);
     if (rc && conf && conf[0]) {
         snprintf(err, errlen, "chat template: %s", a->chat_error);
         return rc;

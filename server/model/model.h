@@ -23,7 +23,16 @@
 /* config.json "rope_scaling", parsed (server/model/model_config.c); the frequencies it implies
  * are computed by server/model/rope_freqs.c. ROPE_DYNAMIC and ROPE_LONGROPE depend on the
  * sequence length (rope_freqs_at; semantics in model_config.c cfg_rope_scaling). */
-typedef enum { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3, ROPE_YARN, ROPE_DYNAMIC, ROPE_LONGROPE } rope_kind;
+typedef enum {
+    ROPE_DEFAULT = 0,
+    ROPE_LINEAR,
+    ROPE_LLAMA3,
+    ROPE_YARN,
+    ROPE_DYNAMIC,
+    ROPE_LONGROPE,
+    ROPE_FREQ_FACTORS /* GGUF rope_freqs.weight: inv_freq[i] = base[i] / freq_factors[i] (what
+                       * llama.cpp's converter writes for Llama 3.x's "llama3" scaling) */
+} rope_kind;
 
 /* Most rotary pairs per head (rot_dim / 2): the rope op's head_dim limit is 1024. */
 #define ROPE_MAX_PAIRS 512
@@ -48,6 +57,7 @@ typedef struct {
     bool truncate;                       /* yarn (default true) */
     float short_factor[ROPE_MAX_PAIRS];  /* longrope: rot_dim / 2 each */
     float long_factor[ROPE_MAX_PAIRS];
+    float freq_factors[ROPE_MAX_PAIRS]; /* ROPE_FREQ_FACTORS: rot_dim / 2 divisors (> 0) */
     int rot_dim;   /* dims rotated per head: head_dim * partial_rotary_factor (Phi3 only,
                     * e.g. Phi-4-mini 0.75), head_dim otherwise; the rest pass through */
 } rope_scaling;
@@ -127,11 +137,20 @@ typedef struct {
     kmat post_attn_norm, post_ffn_norm;
 } model_layer;
 
+struct gguf_file;
+
 typedef struct model {
     model_config cfg;
     model_eos eos;                   /* generation_config.json's eos ids, else config.json's */
-    char dir[4096];
-    char name[128];                  /* served model id: the directory's base name */
+    char dir[4096];                  /* HF: the model directory; GGUF: the directory holding the
+                                      * .gguf (tokenizer.json / tokenizer_config.json beside it) */
+    char name[128];                  /* served model id: the directory's base name (GGUF: the
+                                      * file's name without .gguf) */
+    /* GGUF models (server/model/model_load_gguf.h): the open file (its tensors are the weights'
+     * storage; tokenizer.ggml.* lives here) and tokenizer.chat_template as a NUL-terminated copy
+     * (NULL when absent). Both NULL for HF models; owned by the model, valid until model_free. */
+    const struct gguf_file *gguf;
+    const char *chat_template;
     kmat embed;                      /* [vocab, hidden] */
     kmat final_norm;                 /* [1, hidden] */
     kmat lm_head;                    /* [vocab, hidden]; == embed when tied */
@@ -145,7 +164,9 @@ typedef struct model {
     kbackend *kb;                    /* backend holding the weights (not owned) */
 } model;
 
-/* @note caller owns *out: model_free(). kb must outlive the model. */
+/* dir: a Hugging Face model directory, a .gguf file, or a directory holding exactly one .gguf
+ * file and no config.json (server/model/model_load_gguf.h).
+ * @note caller owns *out: model_free(). kb must outlive the model. */
 int model_load(const char *dir, kbackend *kb, model **out, char *err, size_t errlen);
 
 /* Load options. weights: -1 keeps every weight as stored; KDT_BF16, KDT_Q8_0 or KDT_Q4_K

@@ -1,6 +1,7 @@
 /* server/model/model_load.c — model_load() / model_free(): a Hugging Face Llama-family
  * directory (config.json + model.safetensors or a sharded model.safetensors.index.json)
- * → a model whose kmat views live in the backend's memory.
+ * → a model whose kmat views live in the backend's memory. A .gguf path (or a directory
+ * holding exactly one .gguf and no config.json) goes to server/model/model_load_gguf.c.
  *
  * Every expected tensor is looked up by its HF name and checked (dtype f32/f16/bf16, shape
  * from the config); every tensor left over is either ignored with a debug log (buffers
@@ -25,6 +26,8 @@
 
 #include "adapter_store/safetensors.h"
 #include "server/model/model_quant.h"
+#include "server/model/model_load_gguf.h"
+#include "server/model/model_load_internal.h"
 #include "lib/half.h"
 #include "lib/log.h"
 
@@ -37,16 +40,6 @@
 #define ML_MAX_SHARDS 4096
 /* Device allocations are aligned like cudaMalloc's (256 B) so every weight starts aligned. */
 #define ML_DEVICE_ALIGN 256
-
-struct model_storage {
-    st_file **shards;    /* mapped safetensors files (open for the model's lifetime: host_layers) */
-    char **shard_names;  /* plain file names inside the directory */
-    int n_shards;
-    void *device;        /* one backend allocation holding every weight (non-CPU) */
-    model_layer *host_layers; /* non-CPU: the layers' host views, taken before the upload */
-    float *gemma_norms;  /* Gemma: every norm weight as f32 1 + w (the views point here) */
-    void *converted;     /* at-load "weights": the converted projections (the views point here) */
-};
 
 /* State of one load, beyond what the model keeps. */
 typedef struct {
@@ -626,6 +619,21 @@ static int ml_convert(ml_ctx *c) {
                                       c->errlen);
 }
 
+int model__check_ops(model *m, char *err, size_t errlen) {
+    ml_ctx c = {.m = m, .err = err, .errlen = errlen};
+    return ml_check_ops(&c);
+}
+
+int model__upload(model *m, char *err, size_t errlen) {
+    ml_ctx c = {.m = m, .err = err, .errlen = errlen};
+    return ml_upload(&c);
+}
+
+int model__convert(model *m, const model_load_opts *opts, char *err, size_t errlen) {
+    ml_ctx c = {.m = m, .opts = opts, .err = err, .errlen = errlen};
+    return ml_convert(&c);
+}
+
 static int ml_load(ml_ctx *c, const char *dir) {
     model *m = c->m;
     char path[sizeof m->dir + 64], *text = NULL;
@@ -724,6 +732,13 @@ int model_load_ex(const char *dir, kbackend *kb, const model_load_opts *opts, mo
         rc = PEFTD_EINVAL;
         goto fail;
     }
+    char gguf_file_path[sizeof m->dir];
+    if ((rc = model__gguf_resolve(dir, gguf_file_path, sizeof gguf_file_path, err, errlen)) < 0) goto fail;
+    if (rc == 1) {
+        if ((rc = model__load_gguf(m, gguf_file_path, opts, err, errlen)) < 0) goto fail;
+        *out = m;
+        return 0;
+    }
     memcpy(m->dir, dir, strlen(dir) + 1);
     if ((rc = ml_set_name(m, dir, err, errlen)) < 0) goto fail;
     ml_ctx c = {.m = m, .opts = opts, .err = err, .errlen = errlen};
@@ -754,6 +769,9 @@ void model_free(model *m) {
         free(s->host_layers);
         free(s->gemma_norms);
         free(s->converted);
+        gguf_close(s->gguf);
+        free(s->gguf_host);
+        free(s->chat_template);
         free(s);
     }
     free(m->layers);

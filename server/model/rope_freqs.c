@@ -71,6 +71,9 @@ void rope_freqs(const model_config *cfg, float *inv_freq, double *attn_scale) {
     case ROPE_LLAMA3:
         for (int i = 0; i < half; i++) inv_freq[i] = (float)llama3_freq(r, inv_freq[i]);
         break;
+    case ROPE_FREQ_FACTORS: /* llama.cpp divides theta by the factor: rounded once */
+        for (int i = 0; i < half; i++) inv_freq[i] = (float)(inv_freq[i] / r->freq_factors[i]);
+        break;
     case ROPE_DYNAMIC: break; /* up to max_position_embeddings: the unscaled table */
     case ROPE_LONGROPE:
         rope_freqs_key(cfg, 0, inv_freq);
