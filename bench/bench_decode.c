@@ -34,6 +34,7 @@
 
 #include "bench/bench_roofline.h"
 #include "bench/bench_time.h"
+#include "server/runtime.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/kernels.h"
 #include "lib/log.h"
@@ -101,7 +102,7 @@ static int served_open(const options *o, served *s, double *secs) {
         return -1;
     }
     if (model_load_ex(o->model_dir, s->kb, &mo, &s->m, err, sizeof err) < 0 ||
-        tokenizer_load(o->model_dir, &s->tok, err, sizeof err) < 0) {
+        runtime_tokenizer_load(s->m, &s->tok, err, sizeof err) < 0) {
         fprintf(stderr, "bench_decode: %s: %s\n", o->model_dir, err);
         return -1;
     }

@@ -70,14 +70,11 @@ static void log_ignored_fields(const model *m) {
 /* The tokenizer: tokenizer.json (+ tokenizer_config.json) in the model directory — for a GGUF
  * model, the directory holding the .gguf. A GGUF without one beside it needs the tokenizer from
  * its tokenizer.ggml.* metadata: the one call site for that is marked below. */
-static int load_tokenizer(const model *m, tokenizer **out, char *err, size_t errlen) {
+int runtime_tokenizer_load(const model *m, tokenizer **out, char *err, size_t errlen) {
     char path[sizeof m->dir + 32];
     snprintf(path, sizeof path, "%s/tokenizer.json", m->dir);
     if (!m->gguf || access(path, F_OK) == 0) return tokenizer_load(m->dir, out, err, errlen);
-    /* GGUF tokenizer: tokenizer_load_gguf(m->gguf, out, err, errlen) goes here. */
-    snprintf(err, errlen, "no tokenizer.json beside the GGUF file in %.512s (the tokenizer from the GGUF's "
-             "tokenizer.ggml.* metadata is not supported yet): put the model's tokenizer.json there", m->dir);
-    return PEFTD_EUNSUPPORTED;
+    return tokenizer_load_gguf(m->gguf, out, err, errlen);
 }
 
 int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
@@ -108,7 +105,7 @@ int runtime_open_weights(runtime *rt, const char *model_dir, int threads, bool f
         goto fail;
     }
     log_ignored_fields(rt->m);
-    st = load_tokenizer(rt->m, &rt->tok, err, sizeof err);
+    st = runtime_tokenizer_load(rt->m, &rt->tok, err, sizeof err);
     if (st < 0) {
         fprintf(stderr, "peftd: cannot load tokenizer from %s: %s\n", model_dir, err);
         goto fail;

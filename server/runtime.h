@@ -33,6 +33,11 @@ int runtime_open_weights(runtime *rt, const char *model_dir, int threads, bool f
                          const char *weights, const engine_config *ec);
 /* Starts the engine thread, which owns the backend from then on. 0, or -1 with the reason
  * on stderr (the runtime stays open: runtime_close it). */
+/* The tokenizer of a loaded model: tokenizer.json (+ tokenizer_config.json) in m->dir when
+ * there is one, else, for a GGUF model, the file's tokenizer.ggml.* metadata
+ * (tokenizer_load_gguf). The one rule every program that loads a model uses. */
+int runtime_tokenizer_load(const model *m, tokenizer **out, char *err, size_t errlen);
+
 int runtime_start(runtime *rt);
 /* Frees the engine (stopping its thread), the model, the tokenizer and the backend, in
  * that order; a zeroed runtime is a no-op. */
