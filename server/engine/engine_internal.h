@@ -175,6 +175,12 @@ struct engine {
     int32_t *jt_off, *jt_len;
     uint8_t *jt_blob;
     float *logits;
+    struct {                  /* device sampling (engine_config.device_sampling), per row */
+        bool on;
+        float *temp, *top_p, *logprob;
+        int32_t *top_k, *ids;
+        double *u;
+    } ds;
 
     pthread_mutex_t smu;
     engine_stats stats;
