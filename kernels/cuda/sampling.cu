@@ -42,7 +42,7 @@ __global__ void k_sample_rows(const float *logits, int ld, int V, const float *t
     __shared__ float s_v[KS_THREADS / 32];
     __shared__ int s_i[KS_THREADS / 32];
     __shared__ double s_d[KS_THREADS];
-    __shared__ int s_pick;
+    __shared__ int s_pick, s_amax;
     const int r = blockIdx.x, t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const float *x = logits + (size_t)r * (size_t)ld;
 
@@ -75,13 +75,10 @@ __global__ void k_sample_rows(const float *logits, int ld, int V, const float *t
             int oi = __shfl_xor_sync(0xffffffffu, bi, o);
             ks_better(bv, bi, ov, oi);
         }
-        if (lane == 0) {
-            s_v[0] = bv;
-            s_i[0] = bi;
-        }
+        if (lane == 0) s_amax = bi;
     }
     __syncthreads();
-    const int amax = s_i[0];
+    const int amax = s_amax;
     const float mx = x[amax];
     const float T = temp[r];
     const bool trunc = T > 0.0f && ks_truncates(top_k[r], top_p[r], V);

@@ -17,7 +17,9 @@
  * magnitude of its terms (~3e-6); 1e-4 leaves 30x room, while a wrong index, scale,
  * rank or layout moves results by O(1) of the output's magnitude.
  * End-to-end: greedy tokens must be identical (the references' top-2 logit gaps on the
- * fixtures are far above the ~1e-5 logit differences the ops above allow).
+ * fixtures are far above the ~1e-5 logit differences the ops above allow). On CUDA the engine
+ * chooses tokens with the backend's sample op (engine_config.device_sampling's default), so
+ * this also checks device sampling against the CPU's host sampler.
  *
  * Without a CUDA device (or in a build without the CUDA backend) every test reports
  * SKIP("no CUDA device"): skipped, never passed.
