@@ -32,7 +32,7 @@ set -uo pipefail
 RES=${1:?usage: tests/gpu/run.sh RESULTS_DIR}
 mkdir -p "$RES"
 RES=$(cd "$RES" && pwd)
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 DRY=${GPU_DRYRUN:-}
 BUILD_PATH=$PATH # make runs with this PATH: never the dry run's stand-ins (the stub nvcc)
 PYTHON=${PYTHON:-python3}

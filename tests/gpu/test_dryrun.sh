@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2034  # out and rc are read by check()'s expressions, through eval
 # tests/gpu/test_dryrun.sh — tests tests/gpu/run.sh's own logic on a machine without a GPU:
 #   1. sanitizer_summary.py on compute-sanitizer logs (clean, errors, hazards, no summary);
 #   2. the preflight refuses an old driver and a missing GPU (one clear line, nothing built);
@@ -8,7 +9,7 @@
 # Needs the CPU build (make all tests-bin) and python3 with numpy. Prints one line per check and
 # "test_gpu_dryrun: P passed, F failed, 0 skipped" (tests/run_tests.sh adds it up).
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 PYTHON=${PYTHON:-python3}
 BUILD=${BUILD:-build}
 pass=0 fail=0
