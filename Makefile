@@ -115,7 +115,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
-.PHONY: all deps venv install uninstall tests-bin run test test-load test-lm-eval test-cluster asan tsan fuzz bench clean distclean
+.PHONY: all deps venv install uninstall tests-bin run test test-load test-lm-eval test-cluster test-gpu-dryrun asan tsan fuzz bench clean distclean
 .DEFAULT_GOAL := all
 
 # Rebuild when flags change: the effective compiler, flags and libraries are written to
@@ -193,7 +193,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(HARNESS) $(BUILD)/libpeftd.a $(FLAGS_FILE)
 
 # The benchmarks are built with the tests, so an op-table change cannot leave them broken.
 BENCH_BIN := $(BUILD)/bench/bench_adapters $(BUILD)/bench/bench_decode $(BUILD)/bench/bench_prefix \
-             $(BUILD)/bench/bench_json
+             $(BUILD)/bench/bench_json $(BUILD)/bench/bench_gpu
 tests-bin: $(TEST_BIN) $(BENCH_BIN)
 
 # Benchmarks link the library like the tests do (bench/run.sh builds and runs them).
@@ -213,7 +213,7 @@ $(BUILD)/bench/bench_json: bench/bench_json.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 
-# GPU bandwidth probe for the decode roofline (tests/gpu/run.sh).
+# Read-bandwidth probe for the decode roofline (tests/gpu/run.sh; --backend cpu in its dry run).
 $(BUILD)/bench/bench_gpu: bench/bench_gpu.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
@@ -272,6 +272,14 @@ test-load: deps venv
 test-lm-eval: deps
 	@$(MAKE) --no-print-directory $(JOBS) all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/lm_eval/run.sh
+
+# tests/gpu/run.sh's own logic on the CPU (tests/gpu/test_dryrun.sh: GPU_DRYRUN=1 with a tiny
+# model, stand-ins for nvidia-smi/nvcc/compute-sanitizer; ~1-2 min with the transformers
+# baseline on the CPU where torch is installed): apart from `make test`, run by .ci/run.
+test-gpu-dryrun:
+	@PEFTD_DEPS_NUMPY=1 bash deploy/install_deps.sh
+	@$(MAKE) --no-print-directory $(JOBS) all tests-bin
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/gpu/test_dryrun.sh
 
 # The replication cluster test (a primary + 3 followers on loopback, tests/integration/
 # test_cluster.py): apart from `make test` (under it the file skips itself).

@@ -23,10 +23,12 @@
  * so c/d is conservative).
  *
  * Where the time goes (bench_prof.h): the backend is a table of functions, so the benchmark wraps
- * every op of its CPU backend with a timer (the CPU ops are synchronous; two
- * clock_gettime per op, ~500 ops per step: < 0.1% of a step) and reports, per scenario,
+ * every op of the backend (cpu and cuda alike: the wrappers count SGMV calls, the check that
+ * adapters are applied at all) and, on a synchronous backend (CPU: two clock_gettime per
+ * op, ~500 ops per step: < 0.1% of a step), times each op and reports, per scenario,
  * the milliseconds per decode step in layer matmuls, lm_head, SGMV shrink, SGMV expand,
- * attention, other ops and outside any op (plan building, sampling, engine).
+ * attention, other ops and outside any op (plan building, sampling, engine). On CUDA the
+ * ops only enqueue work: the op categories are 0 and the whole step is "outside_ops".
  *
  * Noise: the machine is shared; every scenario is run `rounds` times, interleaved
  * (a b c d per shape, then the next round), and each scenario's best round counts (the
@@ -695,8 +697,10 @@ int main(int argc, char **argv) {
     if (load_all(&o, &B, sh, n_sh) < 0) goto out;
     fprintf(stderr, "bench_adapters: model %s (%.1f MB), %d threads, %d seqs x %d tokens, %d rounds\n", o.model_dir,
             B.m->weight_bytes / 1e6, o.threads, B.seqs, B.tokens, o.rounds);
-    /* The op timers assume synchronous ops (CPU); CUDA ops only enqueue work. */
-    if (strcmp(o.backend, "cuda")) prof_install(B.kb, B.m->cfg.vocab_size);
+    /* Every backend runs through the wrappers (the SGMV count that proves adapters are
+     * applied); only synchronous ops are timed: a backend whose memory is host memory runs
+     * its ops before returning (CPU), a device backend (CUDA) only enqueues them. */
+    prof_install(B.kb, B.m->cfg.vocab_size, B.kb->ops->is_host);
     if (!(same = malloc((size_t)B.seqs * sizeof *same))) goto out;
     if (o.only >= 0) {
         rc = run_only(&B, sh, n_sh, &o, same) < 0;

@@ -1,22 +1,33 @@
-/* bench/bench_gpu.c — device memory bandwidth for the decode roofline (tests/gpu/run.sh).
+/* bench/bench_gpu.c — the read bandwidth behind the decode roofline (tests/gpu/run.sh).
  *
- * Measures device-to-device copy bandwidth on the CUDA backend's memory with the
- * backend's own ops (alloc + a device-side copy through get_rows of an f32 table, which
- * reads and writes every byte once), best of 10 passes over a 1 GiB buffer, and prints
- * {"copy_gbps": ...} (bytes read + written per second / 1e9). The decode roofline is
- * then weight_bytes / (copy_gbps/2 * 1e9 read-only bytes per second): a batch-1 decode
- * step reads every weight byte once. Exits 3 with a message when no device is present. */
+ * A decode step reads every weight byte once and writes almost nothing, so its roofline is
+ * bytes read / READ bandwidth (not half a copy's: a copy's read and write streams share the
+ * bus differently than a pure read). Measured here with a read-only reduction over a fresh
+ * buffer far larger than the last-level cache:
+ *   --backend cuda (default): kbackend_cuda_read_bandwidth() (kernels/cuda/membw.cu), a
+ *                   grid-stride xor of 16-byte words, best of --passes after a warm-up,
+ *                   over --mb MiB (default 1024: ~20x the H200's 50 MB L2);
+ *   --backend cpu:  bench_read_bandwidth() (bench/bench_roofline.h), the parallel streaming
+ *                   sum the CPU benchmarks use (the GPU script's CPU dry run, GPU_DRYRUN=1).
+ * Prints {"backend", "read_gbps", "bytes", "passes", "method"} (GB = 10^9 bytes).
+ * Exit 3 with a message when the CUDA backend or a device is missing, 1 on other errors.
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "bench/bench_time.h"
+#include "bench/bench_roofline.h"
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
 
-int main(void) {
+static int usage(void) {
+    fprintf(stderr, "usage: bench_gpu [--backend cuda|cpu] [--mb 1024] [--passes 10]\n");
+    return 2;
+}
+
+static int cuda_bw(size_t bytes, int passes, double *gbps) {
 #ifndef PEFTD_CUDA
+    (void)bytes, (void)passes, (void)gbps;
     fprintf(stderr, "bench_gpu: this build has no CUDA backend\n");
     return 3;
 #else
@@ -30,38 +41,52 @@ int main(void) {
         fprintf(stderr, "bench_gpu: %s\n", err);
         return 1;
     }
-    /* 1 GiB table of 8192-float rows, gathered in order into a second 1 GiB buffer. */
-    const int cols = 8192, rows = (1 << 30) / (cols * 4);
-    float *src = kb->ops->alloc(kb, (size_t)rows * cols * 4), *dst = kb->ops->alloc(kb, (size_t)rows * cols * 4);
-    int32_t *ids_h = malloc(sizeof(int32_t) * rows), *ids = kb->ops->alloc(kb, sizeof(int32_t) * rows);
-    if (!src || !dst || !ids || !ids_h) {
-        fprintf(stderr, "bench_gpu: out of device memory\n");
-        return 1;
-    }
-    for (int i = 0; i < rows; i++) ids_h[i] = i;
-    if (kb->ops->upload(kb, ids, ids_h, sizeof(int32_t) * rows) || kb->ops->memset0(kb, src, (size_t)rows * cols * 4)) {
-        fprintf(stderr, "bench_gpu: upload failed\n");
-        return 1;
-    }
-    kmat t = {src, KDT_F32, rows, cols};
-    double best = 1e30;
-    for (int pass = 0; pass < 11; pass++) {
-        if (kb->ops->synchronize(kb)) return 1;
-        double t0 = bench_now_s();
-        if (kb->ops->get_rows(kb, &t, ids, rows, dst) || kb->ops->synchronize(kb)) {
-            fprintf(stderr, "bench_gpu: copy failed\n");
-            return 1;
-        }
-        double dt = bench_now_s() - t0;
-        if (pass > 0 && dt < best) best = dt; /* pass 0 warms up */
-    }
-    double gbps = 2.0 * rows * (double)cols * 4 / best / 1e9;
-    printf("{\"copy_gbps\": %.1f, \"read_gbps\": %.1f, \"bytes\": %zu}\n", gbps, gbps / 2, (size_t)rows * cols * 4);
-    kb->ops->free(kb, src);
-    kb->ops->free(kb, dst);
-    kb->ops->free(kb, ids);
-    free(ids_h);
+    int st = kbackend_cuda_read_bandwidth(kb, bytes, passes, gbps);
     kbackend_destroy(kb);
+    if (st < 0) {
+        fprintf(stderr, "bench_gpu: read bandwidth: %s\n", peftd_strerror(st));
+        return 1;
+    }
     return 0;
 #endif
+}
+
+int main(int argc, char **argv) {
+    const char *backend = "cuda";
+    long mb = 1024;
+    int passes = 10;
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) return usage();
+        if (!strcmp(argv[i], "--backend") && (!strcmp(v, "cuda") || !strcmp(v, "cpu"))) backend = v;
+        else if (!strcmp(argv[i], "--mb") && atol(v) >= 1) mb = atol(v);
+        else if (!strcmp(argv[i], "--passes") && atoi(v) >= 1) passes = atoi(v);
+        else return usage();
+        i++;
+    }
+    size_t bytes = (size_t)mb << 20;
+    double gbps = 0;
+    const char *method;
+    if (!strcmp(backend, "cuda")) {
+        int rc = cuda_bw(bytes, passes, &gbps);
+        if (rc) return rc;
+        method = "read-only xor reduction kernel (16-byte loads, grid-stride), best pass";
+    } else {
+        kpool *pool = NULL;
+        if (kpool_create(0, &pool) < 0) {
+            fprintf(stderr, "bench_gpu: cannot start the CPU pool\n");
+            return 1;
+        }
+        gbps = bench_read_bandwidth(pool, bytes); /* best of 5 */
+        kpool_free(pool);
+        passes = 5;
+        method = "parallel streaming sum on the CPU pool (bench_roofline.h), best pass";
+        if (gbps <= 0) {
+            fprintf(stderr, "bench_gpu: cannot allocate %zu bytes\n", bytes);
+            return 1;
+        }
+    }
+    printf("{\"backend\": \"%s\", \"read_gbps\": %.1f, \"bytes\": %zu, \"passes\": %d, \"method\": \"%s\"}\n", backend,
+           gbps, bytes, passes, method);
+    return 0;
 }

@@ -1,6 +1,11 @@
-/* bench/bench_prof.h — bench_adapters' per-op timer: wraps every op of a backend's
- * function table with a clock (the CPU ops are synchronous; two clock_gettime per op,
- * ~500 ops per decode step: < 0.1% of a step) and adds the time to one category per op.
+/* bench/bench_prof.h — bench_adapters' op wrappers: every op of a backend's function table
+ * is wrapped, on every backend, and
+ *   - counts SGMV shrink calls (the proof that adapters are applied: bench_adapters checks
+ *     it for cpu and cuda alike, through this one code path);
+ *   - when timing is on, adds the op's wall time to one category per op. Timing needs
+ *     synchronous ops (the CPU backend: two clock_gettime per op, ~500 ops per decode step:
+ *     < 0.1% of a step); an asynchronous backend (CUDA) only enqueues, so prof_install is
+ *     told not to time there and the categories stay 0.
  * Header-only with file-scope state: include it from one .c file (bench_adapters.c).
  * Threads: the ops run on the engine thread; see g_prof for who reads what when.
  */
@@ -22,14 +27,16 @@ static double g_prof[P_COUNT];
 static uint64_t g_shrink_calls; /* proves the adapters are applied at all */
 static const kbackend_ops *g_inner;
 static int64_t g_vocab;
+static int g_timed; /* 1: ops are synchronous, time them */
 static kbackend_ops g_prof_ops;
 
-#define TIMED(cat, call)                      \
-    do {                                      \
-        double t0_ = bench_now_s();           \
-        int st_ = (call);                     \
-        g_prof[(cat)] += bench_now_s() - t0_; \
-        return st_;                           \
+#define TIMED(cat, call)                                  \
+    do {                                                  \
+        if (!g_timed) return (call);                      \
+        double t0_ = bench_now_s();                       \
+        int st_ = (call);                                 \
+        g_prof[(cat)] += bench_now_s() - t0_;             \
+        return st_;                                       \
     } while (0)
 
 static int w_get_rows(kbackend *kb, const kmat *t, const int32_t *ids, int n, float *out) {
@@ -66,10 +73,12 @@ static int w_seg_scale(kbackend *kb, float *y, int dim, int n, const int32_t *ss
     TIMED(P_OTHER, g_inner->seg_scale(kb, y, dim, n, ss, v));
 }
 
-/* Swaps kb's table for the timing one (the CPU ops never call through kb->ops). */
-static void prof_install(kbackend *kb, int64_t vocab) {
+/* Swaps kb's table for the wrapping one (no backend's ops call through kb->ops). Every
+ * backend gets it (the SGMV count); timed: also time each op (synchronous backends only). */
+static void prof_install(kbackend *kb, int64_t vocab, int timed) {
     g_inner = kb->ops;
     g_vocab = vocab;
+    g_timed = timed;
     g_prof_ops = *kb->ops;
     g_prof_ops.get_rows = w_get_rows;
     g_prof_ops.matmul = w_matmul;

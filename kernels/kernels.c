@@ -86,6 +86,7 @@ KB_CHECKED(sgmv_expand, (kbackend * kb, const float *t, int ld_t, const ksgmv *s
 KB_CHECKED(add_bias, (kbackend * kb, float *y, int n, const kmat *b), (kb, y, n, b))
 KB_CHECKED(geglu, (kbackend * kb, const float *g, const float *u, int n, int dim, float *out), (kb, g, u, n, dim, out))
 KB_CHECKED(softcap, (kbackend * kb, float *y, int64_t n, float cap), (kb, y, n, cap))
+KB_CHECKED(sample, (kbackend * kb, const ksample_args *a), (kb, a))
 KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
            (kb, y, dim, n, seg, v))
 
@@ -119,6 +120,7 @@ void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     c->add_bias = chk_add_bias;
     c->geglu = chk_geglu;
     c->softcap = chk_softcap;
+    c->sample = chk_sample;
     kb->ops = c;
 #endif
 }

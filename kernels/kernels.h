@@ -187,8 +187,39 @@ typedef struct kbackend kbackend;
 /* Op families, for supports_op. */
 typedef enum {
     KOP_GET_ROWS = 0, KOP_MATMUL, KOP_RMSNORM, KOP_ROPE, KOP_KV_STORE, KOP_ATTENTION, KOP_SWIGLU,
-    KOP_ADD, KOP_SGMV, KOP_SEG_SCALE, KOP_COUNT
+    KOP_ADD, KOP_SGMV, KOP_SEG_SCALE,
+    KOP_SAMPLE, /* kbackend_ops.sample (logits are f32: ask with KDT_F32) */
+    KOP_COUNT
 } kop;
+
+/* One step's token choice on the backend (kbackend_ops.sample): row r of logits picks ids[r]
+ * exactly as the engine's host sampler (server/engine/sampling.c, whose math is
+ * kernels/cpu/sample_ref.h's) would from the same row and the same uniform draw u[r]:
+ *   temperature[r] <= 0: greedy, the lowest id among equal maxima (NaN never wins);
+ *   else p_i = (float)exp((logit_i - max) / T) (in double), optionally truncated to the
+ *   top_k[r] most likely ids and then to the smallest prefix (by descending p, ascending id)
+ *   whose mass reaches top_p[r]·(sum of p), and the id where u[r]·(kept mass) falls in the
+ *   cumulative sum in that order.
+ * The RNG stays with the caller (one xoshiro stream per request, drawn once per sampled
+ * token as today): seeded reproducibility and batch invariance do not depend on the backend.
+ * All pointers are backend memory. Only ids (and logprob when asked) come back to the host:
+ * n_rows int32 instead of n_rows x vocab floats. */
+typedef struct {
+    int n_rows, vocab;
+    const float *logits;      /* [n_rows, ld], ld >= vocab */
+    int ld;
+    const float *temperature; /* [n_rows]; <= 0: greedy */
+    const int32_t *top_k;     /* [n_rows]; <= 0 or >= vocab: off */
+    const float *top_p;       /* [n_rows]; <= 0 or >= 1: off */
+    const double *u;          /* [n_rows] in [0, 1): the caller's draws (ignored by greedy rows) */
+    int32_t *ids;             /* [n_rows] out */
+    float *logprob;           /* NULL, or [n_rows] out: log-softmax of the row at ids[r] (logsumexp
+                               * in double, as sampler_logprobs) */
+    bool any_truncated;       /* host-side: true when some row may use top_k or top_p (a backend
+                               * may skip its sorting work otherwise). A truncating row with this
+                               * false is an error: PEFTD_EINVAL on the CPU; on CUDA that row's id
+                               * is -1 and the next synchronize/download reports PEFTD_ERANGE */
+} ksample_args;
 
 typedef struct kbackend_ops {
     const char *name; /* [any] for messages only: capabilities are the fields below */
@@ -286,6 +317,9 @@ typedef struct kbackend_ops {
      * cap for i < n, cap > 0; the divide and the multiply are f32 ops (as torch's three ops),
      * tanh is evaluated in double and rounded once. */
     int (*softcap)(kbackend *kb, float *y, int64_t n, float cap);
+    /* [engine] Sampling on the backend (ksample_args); asked of supports_op as KOP_SAMPLE with
+     * KDT_F32. Appended last for the positional CUDA table. */
+    int (*sample)(kbackend *kb, const ksample_args *a);
 } kbackend_ops;
 
 /* A backend object. Callers use kb->ops (and kb->impl inside the backend only). */

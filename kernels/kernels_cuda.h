@@ -27,6 +27,15 @@ int kbackend_cuda_available(void);
  * @note caller owns the result: kbackend_destroy(). */
 kbackend *kbackend_cuda_create(int device, char *err, size_t errlen);
 
+/* The device's read bandwidth in GB/s (10^9 bytes/s) into *gbps: the best of `passes` timed
+ * runs (after one warm-up) of a read-only reduction kernel over a fresh device buffer of
+ * `bytes` (make it many times the L2: 1 GiB on an H200 with 50 MB of L2). The denominator
+ * of the decode roofline (a decode step reads its weights and writes almost nothing).
+ * kb must be a CUDA backend; PEFTD_EINVAL otherwise or for bytes < 1 MiB or passes < 1,
+ * PEFTD_EBACKEND (logged) when the buffer cannot be allocated or a launch fails.
+ * Threads: an [engine] call (kernels.h): the owner, or the only thread using kb. */
+int kbackend_cuda_read_bandwidth(kbackend *kb, size_t bytes, int passes, double *gbps);
+
 #ifdef __cplusplus
 }
 #endif

@@ -50,6 +50,7 @@ static int kcpu_synchronize(kbackend *kb) {
 static bool kcpu_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
     if ((unsigned)op >= KOP_COUNT) return false;
+    if (op == KOP_SAMPLE) return dt == KDT_F32; /* f32 logits */
     if (kdtype_is_quant(dt)) return op == KOP_MATMUL || op == KOP_GET_ROWS;
     return kcpu__dtype_ok(dt);
 }
@@ -96,6 +97,7 @@ static const kbackend_ops kcpu_ops = {
     .add_bias = kcpu__add_bias,
     .geglu = kcpu__geglu,
     .softcap = kcpu__softcap,
+    .sample = kcpu__sample,
 };
 
 void kbackend_cpu_set_fast_prefill(kbackend *kb, bool on) {

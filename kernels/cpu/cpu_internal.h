@@ -58,6 +58,7 @@ int kcpu__swiglu(kbackend *kb, const float *gate, const float *up, int n, int di
 int kcpu__add(kbackend *kb, float *y, const float *x, int64_t n);
 int kcpu__geglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
 int kcpu__softcap(kbackend *kb, float *y, int64_t n, float cap);
+int kcpu__sample(kbackend *kb, const ksample_args *a);
 int kcpu__add_bias(kbackend *kb, float *y, int n, const kmat *b);
 int kcpu__sgmv_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t);
 int kcpu__sgmv_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y);

@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/norm_rope_elementwise.h"
+#include "kernels/cuda/sampling.h"
 #include "kernels/cuda/sgmv.h"
 
 /* cudaMalloc granularity is 256 B or more anyway; a 0-byte request still gets a valid,
@@ -139,6 +140,7 @@ static int kcuda_copy(kbackend *kb, void *dst, const void *src, size_t bytes) {
 static bool kcuda_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
     if ((unsigned)op >= KOP_COUNT) return false;
+    if (op == KOP_SAMPLE) return dt == KDT_F32; /* f32 logits */
     return kcuda__dtype_ok(dt) || (op == KOP_MATMUL && kcuda__qdtype_ok(dt));
 }
 
@@ -188,6 +190,7 @@ static const kbackend_ops kcuda_ops = {
     /* .add_bias = */ kcuda__add_bias,
     /* .geglu = */ kcuda__geglu,
     /* .softcap = */ kcuda__softcap,
+    /* .sample = */ kcuda__sample,
 };
 
 extern "C" int kbackend_cuda_available(void) {

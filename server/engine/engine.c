@@ -35,6 +35,7 @@ void engine_config_default(engine_config *c) {
     c->adapter_slots = 64;
     c->prefix_cache = true;
     c->prefix_cache_blocks = 0;
+    c->device_sampling = -1;
 }
 
 int engine_stop_ids(const engine *e, const int32_t **ids) {
@@ -233,6 +234,12 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
     e->b_chunk = calloc(S, sizeof(int));
     e->b_logit_seq = malloc(NL * sizeof(seq *));
     e->logits = malloc(NL * (size_t)m->cfg.vocab_size * sizeof(float));
+    /* device sampling: one row per sequence (only steps without scored prompt rows use it) */
+    e->ds.on = (cfg->device_sampling > 0 || (cfg->device_sampling < 0 && !kb->ops->is_host)) &&
+               kb->ops->supports_op(kb, KOP_SAMPLE, KDT_F32);
+    e->ds.temp = malloc(S * 4), e->ds.top_p = malloc(S * 4), e->ds.logprob = malloc(S * 4);
+    e->ds.top_k = malloc(S * 4), e->ds.ids = malloc(S * 4), e->ds.u = malloc(S * 8);
+    if (!e->ds.temp || !e->ds.top_p || !e->ds.logprob || !e->ds.top_k || !e->ds.ids || !e->ds.u) goto oom;
     if (!e->running || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_qstart || !e->b_kvlen ||
         !e->b_btab || !e->b_rows || !e->b_chunk || !e->b_logit_seq || !e->logits || !e->b_kvstart || !e->b_ropelen ||
         !e->b_segs || !e->prefixes)
@@ -406,6 +413,7 @@ void engine_free(engine *e) {
     free(e->b_chunk);
     free(e->b_logit_seq);
     free(e->logits);
+    free(e->ds.temp), free(e->ds.top_p), free(e->ds.logprob), free(e->ds.top_k), free(e->ds.ids), free(e->ds.u);
     pthread_mutex_destroy(&e->qmu);
     pthread_mutex_destroy(&e->smu);
     free(e);

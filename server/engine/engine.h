@@ -54,6 +54,13 @@ typedef struct {
                             * (adapter version + token hash chain, engine_prefix.c); outputs
                             * are bit-identical with and without it */
     int prefix_cache_blocks; /* cached blocks at most (referenced or not); 0 = the pool */
+    int device_sampling;   /* choose tokens on the backend (kbackend_ops.sample) and download
+                            * one id per sequence instead of vocab logits, in steps where every
+                            * row needs only its logits (no logit processing, json_object or top
+                            * logprobs; otherwise the step samples on the host as before).
+                            * -1 (default): where the backend's memory is not host memory
+                            * (CUDA); 1: always (the CPU backend too: tests); 0: never.
+                            * Tokens are the same either way (the same math, the same draws). */
 } engine_config;
 
 /* Defaults sized for the CPU backend and small models. */

@@ -179,6 +179,12 @@ struct engine {
     uint8_t *jt_plain;        /* [V] 1: the token's bytes are all plain string characters
                                * (json_schema.h jsm_plain_room) */
     float *logits;
+    struct {                  /* device sampling (engine_config.device_sampling), per row */
+        bool on;
+        float *temp, *top_p, *logprob;
+        int32_t *top_k, *ids;
+        double *u;
+    } ds;
 
     pthread_mutex_t smu;
     engine_stats stats;

@@ -1,15 +1,15 @@
-/* server/engine/sampling.c — see sampling.h: the RNG, argmax, temperature / top-k / top-p
- * sampling, logprobs, and the logit processing before them (min_tokens, logit_bias,
- * repetition / frequency / presence penalties). */
+/* server/engine/sampling.c — see sampling.h: the RNG, temperature / top-k / top-p sampling
+ * (the choice itself is kernels/cpu/sample_ref.h's ksample_pick_ref, which the backends'
+ * sample op shares, so the host and the op pick the same id from the same draw), logprobs,
+ * and the logit processing before them (min_tokens, logit_bias, repetition / frequency /
+ * presence penalties). */
 #include "server/engine/sampling.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "kernels/cpu/sample_ref.h"
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
@@ -60,120 +60,9 @@ void sampler_scratch_free(sampler_scratch *s) {
     s->count = NULL;
 }
 
-/* Reference argmax: the lowest index among equal maxima; NaN never wins (and a NaN at
- * index 0 wins by default, as nothing compares greater than it). The vector versions
- * below return exactly this index. */
-static int32_t argmax_scalar(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-/* Vector argmax (greedy sampling is 32 × 32000 logits per decode step on the engine
- * thread: ~1.5 ms scalar). Every lane keeps the largest value it has seen and the index
- * of its first occurrence, starting from x[0] with index 0 and updating only on a strict
- * ">", so a lane's index is the lowest among its elements equal to its maximum (ties
- * with x[0] keep index 0). NaN compares false and never updates a lane, as in the scalar
- * loop. The result is the lowest index over the lanes holding the overall maximum:
- * exactly argmax_scalar's. Two accumulator sets break the compare->blend dependency. */
-#if defined(__AVX512F__)
-static int32_t argmax(const float *x, int n) {
-    if (n < 64 || x[0] != x[0]) return argmax_scalar(x, n); /* x[0] NaN: index 0 */
-    __m512 m0 = _mm512_set1_ps(x[0]), m1 = m0;
-    __m512i i0 = _mm512_setzero_si512(), i1 = i0;
-    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i step16 = _mm512_set1_epi32(16), step32 = _mm512_set1_epi32(32);
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
-        __mmask16 ga = _mm512_cmp_ps_mask(a, m0, _CMP_GT_OQ), gb = _mm512_cmp_ps_mask(b, m1, _CMP_GT_OQ);
-        m0 = _mm512_mask_mov_ps(m0, ga, a);
-        i0 = _mm512_mask_mov_epi32(i0, ga, idx);
-        m1 = _mm512_mask_mov_ps(m1, gb, b);
-        i1 = _mm512_mask_mov_epi32(i1, gb, _mm512_add_epi32(idx, step16));
-        idx = _mm512_add_epi32(idx, step32);
-    }
-    for (; i < n; i += 16) {
-        __mmask16 valid = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
-        __m512 a = _mm512_maskz_loadu_ps(valid, x + i);
-        __mmask16 ga = _mm512_mask_cmp_ps_mask(valid, a, m0, _CMP_GT_OQ);
-        m0 = _mm512_mask_mov_ps(m0, ga, a);
-        i0 = _mm512_mask_mov_epi32(i0, ga, idx);
-        idx = _mm512_add_epi32(idx, step16);
-    }
-    float mv[32];
-    int32_t iv[32];
-    _mm512_storeu_ps(mv, m0);
-    _mm512_storeu_ps(mv + 16, m1);
-    _mm512_storeu_si512(iv, i0);
-    _mm512_storeu_si512(iv + 16, i1);
-    float best_v = mv[0];
-    int32_t best = iv[0];
-    for (int l = 1; l < 32; l++)
-        if (mv[l] > best_v || (mv[l] == best_v && iv[l] < best)) {
-            best_v = mv[l];
-            best = iv[l];
-        }
-    return best;
-}
-#elif defined(__AVX2__)
-static int32_t argmax(const float *x, int n) {
-    if (n < 32 || x[0] != x[0]) return argmax_scalar(x, n);
-    __m256 m0 = _mm256_set1_ps(x[0]), m1 = m0;
-    __m256i i0 = _mm256_setzero_si256(), i1 = i0;
-    __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i step8 = _mm256_set1_epi32(8), step16 = _mm256_set1_epi32(16);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
-        __m256 ga = _mm256_cmp_ps(a, m0, _CMP_GT_OQ), gb = _mm256_cmp_ps(b, m1, _CMP_GT_OQ);
-        m0 = _mm256_blendv_ps(m0, a, ga);
-        i0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(idx), ga));
-        m1 = _mm256_blendv_ps(m1, b, gb);
-        i1 = _mm256_castps_si256(
-            _mm256_blendv_ps(_mm256_castsi256_ps(i1), _mm256_castsi256_ps(_mm256_add_epi32(idx, step8)), gb));
-        idx = _mm256_add_epi32(idx, step16);
-    }
-    float mv[16];
-    int32_t iv[16];
-    _mm256_storeu_ps(mv, m0);
-    _mm256_storeu_ps(mv + 8, m1);
-    _mm256_storeu_si256((__m256i *)iv, i0);
-    _mm256_storeu_si256((__m256i *)(iv + 8), i1);
-    float best_v = mv[0];
-    int32_t best = iv[0];
-    for (int l = 1; l < 16; l++)
-        if (mv[l] > best_v || (mv[l] == best_v && iv[l] < best)) {
-            best_v = mv[l];
-            best = iv[l];
-        }
-    for (; i < n; i++) /* tail: strictly greater only, later indices lose ties */
-        if (x[i] > best_v) {
-            best_v = x[i];
-            best = i;
-        }
-    return best;
-}
-#else
-#define argmax argmax_scalar
-#endif
-
-/* Sort context for qsort_r: descending probability, then ascending id (deterministic). */
-static int cmp_desc(const void *a, const void *b, void *ctx) {
-    const float *p = ctx;
-    int32_t ia = *(const int32_t *)a, ib = *(const int32_t *)b;
-    if (p[ia] > p[ib]) return -1;
-    if (p[ia] < p[ib]) return 1;
-    return (ia > ib) - (ia < ib);
-}
-
 void sampler_logprobs(const float *logits, int vocab, int32_t chosen, int want, gen_token *lp) {
     /* log-softmax in double: logsumexp over up to 256K logits loses ~1e-7 relative in f32. */
-    float mx = logits[argmax(logits, vocab)];
-    double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - mx);
-    double lse = mx + log(sum);
+    double lse = ksample_lse(logits, vocab);
     lp->id = chosen;
     lp->logprob = (float)(logits[chosen] - lse);
     int n = want < vocab ? want : vocab;
@@ -201,49 +90,10 @@ int32_t sampler_pick(const float *logits, const gen_params *p, rng_state *rng, s
 
 int32_t sampler_pick_raw(const float *logits, const float *raw, const gen_params *p, rng_state *rng,
                          sampler_scratch *s, int want_logprobs, gen_token *lp) {
-    int V = s->vocab;
-    int32_t tok;
-    if (p->temperature <= 0.0f) {
-        tok = argmax(logits, V);
-    } else {
-        float mx = logits[argmax(logits, V)];
-        double inv_t = 1.0 / p->temperature, sum = 0;
-        for (int i = 0; i < V; i++) {
-            s->probs[i] = (float)exp(((double)logits[i] - mx) * inv_t);
-            sum += s->probs[i];
-        }
-        int n = V;
-        bool truncate = (p->top_k > 0 && p->top_k < V) || (p->top_p > 0.0f && p->top_p < 1.0f);
-        if (truncate) {
-            for (int i = 0; i < V; i++) s->idx[i] = i;
-            qsort_r(s->idx, (size_t)V, sizeof(int32_t), cmp_desc, s->probs);
-            if (p->top_k > 0 && p->top_k < n) n = p->top_k;
-            if (p->top_p > 0.0f && p->top_p < 1.0f) {
-                double kept = 0, lim = p->top_p * sum;
-                int j = 0;
-                /* smallest prefix whose mass reaches top_p (at least one token) */
-                while (j < n) {
-                    kept += s->probs[s->idx[j++]];
-                    if (kept >= lim) break;
-                }
-                n = j;
-            }
-            sum = 0;
-            for (int j = 0; j < n; j++) sum += s->probs[s->idx[j]];
-        }
-        double u = rng_uniform(rng) * sum, acc = 0;
-        tok = -1;
-        for (int j = 0; j < n; j++) {
-            int32_t id = truncate ? s->idx[j] : j;
-            acc += s->probs[id];
-            if (u < acc) {
-                tok = id;
-                break;
-            }
-        }
-        if (tok < 0) tok = truncate ? s->idx[n - 1] : argmax(logits, V); /* rounding at the tail */
-    }
-    if (want_logprobs >= 0 && lp) sampler_logprobs(raw, V, tok, want_logprobs, lp);
+    /* one uniform draw per sampled (non-greedy) token, as the backends' sample op takes it */
+    double u = p->temperature > 0.0f ? rng_uniform(rng) : 0.0;
+    int32_t tok = ksample_pick_ref(logits, s->vocab, p->temperature, p->top_k, p->top_p, u, s->probs, s->idx);
+    if (want_logprobs >= 0 && lp) sampler_logprobs(raw, s->vocab, tok, want_logprobs, lp);
     return tok;
 }
 

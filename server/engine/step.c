@@ -235,10 +235,46 @@ static llama_batch step_build(engine *e, step_shape *sh) {
     };
 }
 
-/* Run: the forward pass. A failure ends every running sequence (the batch's state is
- * unknown) and returns its status. */
-static int step_run(engine *e, const llama_batch *b) {
-    int st = llama_forward(e->lc, b, e->logits);
+/* Device sampling (engine_config.device_sampling) serves a step when every logits row is a
+ * sampled row whose choice needs only its logits: no logit processing (penalties, bias,
+ * min_tokens), no json_object mask, no top alternatives (the chosen token's logprob is
+ * fine), no scored prompt rows. Otherwise the step samples on the host as before. */
+static bool step_device_sampling(engine *e, const step_shape *sh) {
+    if (!e->ds.on || sh->logits == 0) return false;
+    for (int k = 0; k < sh->logits; k++) {
+        seq *s = e->b_logit_seq[k];
+        if (!s) return false;
+        const gen_params *p = &s->r->params;
+        if (sampler_needs_processing(p, s->n_generated) || p->json_object || p->logprobs > 0) return false;
+    }
+    return true;
+}
+
+/* The device half of a device-sampling step: each row's parameters and its uniform draw,
+ * taken from the sequence's own RNG exactly when the host sampler would take it (one draw
+ * per sampled, non-greedy token), then the backend's choice (e->ds.ids, e->ds.logprob). */
+static int step_sample_device(engine *e, const step_shape *sh) {
+    const int V = e->m->cfg.vocab_size;
+    bool trunc = false, want_lp = false;
+    for (int k = 0; k < sh->logits; k++) {
+        seq *s = e->b_logit_seq[k];
+        const gen_params *p = &s->r->params;
+        e->ds.temp[k] = p->temperature;
+        e->ds.top_k[k] = p->top_k;
+        e->ds.top_p[k] = p->top_p;
+        e->ds.u[k] = p->temperature > 0.0f ? rng_uniform(&s->rng) : 0.0;
+        trunc |= p->temperature > 0.0f && ((p->top_k > 0 && p->top_k < V) || (p->top_p > 0.0f && p->top_p < 1.0f));
+        want_lp |= p->logprobs >= 0;
+    }
+    return llama_sample(e->lc, sh->logits, e->ds.temp, e->ds.top_k, e->ds.top_p, e->ds.u, trunc, e->ds.ids,
+                        want_lp ? e->ds.logprob : NULL);
+}
+
+/* Run: the forward pass (and, with device sampling, the token choice on the backend). A
+ * failure ends every running sequence (the batch's state is unknown) and returns its status. */
+static int step_run(engine *e, const llama_batch *b, const step_shape *sh, bool dev) {
+    int st = llama_forward(e->lc, b, dev ? NULL : e->logits);
+    if (st >= 0 && dev) st = step_sample_device(e, sh);
     if (st < 0) {
         LOGE("engine: forward failed: %s", peftd_strerror(st));
         fail_all_running(e, "model forward failed");
@@ -270,7 +306,7 @@ static void retire_scores(engine *e) {
 /* Retire: the computed rows are charged to their tenants, one token is sampled for each
  * logits row and accepted, and the finished sequences are freed. Returns the tokens
  * generated. */
-static int step_retire(engine *e, const step_shape *sh) {
+static int step_retire(engine *e, const step_shape *sh, bool dev) {
     for (int i = 0; i < e->n_running; i++) {
         seq *s = e->running[i];
         int c = e->b_chunk[i];
@@ -287,6 +323,15 @@ static int step_retire(engine *e, const step_shape *sh) {
         seq *s = e->b_logit_seq[k];
         if (!s) continue; /* a scored prompt row */
         const gen_params *p = &s->r->params;
+        gen_token lp;
+        if (dev) { /* chosen on the backend (step_sample_device) */
+            lp.id = e->ds.ids[k];
+            lp.logprob = p->logprobs >= 0 ? e->ds.logprob[k] : 0.0f;
+            lp.n_top = 0;
+            generated++;
+            if (engine__seq_accept(e, s, lp.id, p->logprobs >= 0 ? &lp : NULL)) s->r = NULL;
+            continue;
+        }
         const float *raw = e->logits + (size_t)k * V, *use = raw;
         int n_prompt = s->n_tokens - s->n_generated;
         if (sampler_needs_processing(p, s->n_generated))
@@ -297,7 +342,6 @@ static int step_retire(engine *e, const step_shape *sh) {
             s->r = NULL;
             continue;
         }
-        gen_token lp;
         int32_t tok = sampler_pick_raw(use, raw, p, &s->rng, &e->ss, p->logprobs, &lp);
         if (p->json_object || p->json_schema) engine__json_advance(e, s, tok);
         generated++;
@@ -344,8 +388,9 @@ bool engine__step(engine *e) {
     if (e->n_running == 0) return true;
     step_shape sh;
     llama_batch b = step_build(e, &sh);
-    if (step_run(e, &b) < 0) return true;
-    step_stats(e, &sh, step_retire(e, &sh));
+    bool dev = step_device_sampling(e, &sh);
+    if (step_run(e, &b, &sh, dev) < 0) return true;
+    step_stats(e, &sh, step_retire(e, &sh, dev));
     if (e->step_delay_us) usleep(e->step_delay_us);
     return true;
 }

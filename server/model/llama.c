@@ -83,7 +83,8 @@ void llama_ctx_free(llama_ctx *c) {
     void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->sel, c->logits, c->tmp,
                     c->tmp_in, c->inv_freq, c->d_tokens, c->d_emb_ids, c->d_pos, c->d_slots, c->d_qstart,
                     c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev, c->d_rope_tab,
-                    c->inv_freq_local, c->emb_scale, c->d_emb_seg, (void *)c->d_emb_vec};
+                    c->inv_freq_local, c->emb_scale, c->d_emb_seg, (void *)c->d_emb_vec, c->d_stemp, c->d_stopp,
+                    c->d_slp, c->d_stopk, c->d_sids, c->d_su};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) kb->ops->free(kb, bufs[i]);
     llama__plan_free(c);
@@ -151,6 +152,12 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
     ALLOC(c->d_kvstart, (size_t)p->max_seqs * 4);
     ALLOC(c->d_btab, (size_t)p->max_seqs * p->max_blocks * 4);
     ALLOC(c->d_rows, n_logit_rows * 4);
+    ALLOC(c->d_stemp, n_logit_rows * 4);
+    ALLOC(c->d_stopp, n_logit_rows * 4);
+    ALLOC(c->d_slp, n_logit_rows * 4);
+    ALLOC(c->d_stopk, n_logit_rows * 4);
+    ALLOC(c->d_sids, n_logit_rows * 4);
+    ALLOC(c->d_su, n_logit_rows * 8);
     if (!(c->emb_ids = malloc(T * 4)) || !(c->runs = malloc(T * sizeof *c->runs))) goto oom;
     if (llama__plan_init(c) < 0) goto oom;
     if (cfg->gemma) {
@@ -322,6 +329,27 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     }
     if (cfg->final_softcap > 0)
         CHECK(op->softcap(kb, c->logits, (int64_t)b->n_logits * cfg->vocab_size, cfg->final_softcap));
+    if (!logits) return 0; /* llama_sample picks the tokens on the backend */
     CHECK(op->download(kb, logits, c->logits, (size_t)b->n_logits * cfg->vocab_size * 4));
+    return op->synchronize(kb);
+}
+
+int llama_sample(llama_ctx *c, int n, const float *temperature, const int32_t *top_k, const float *top_p,
+                 const double *u, bool any_truncated, int32_t *ids, float *logprob) {
+    kbackend *kb = c->kb;
+    const kbackend_ops *op = kb->ops;
+    const int V = c->m->cfg.vocab_size;
+    int rows = c->p.max_tokens > c->p.max_seqs ? c->p.max_tokens : c->p.max_seqs; /* as allocated */
+    if (n < 1 || n > rows || !op->supports_op(kb, KOP_SAMPLE, KDT_F32)) return PEFTD_EINVAL;
+    CHECK(op->upload(kb, c->d_stemp, temperature, (size_t)n * 4));
+    CHECK(op->upload(kb, c->d_stopk, top_k, (size_t)n * 4));
+    CHECK(op->upload(kb, c->d_stopp, top_p, (size_t)n * 4));
+    CHECK(op->upload(kb, c->d_su, u, (size_t)n * 8));
+    ksample_args a = {.n_rows = n, .vocab = V, .logits = c->logits, .ld = V, .temperature = c->d_stemp,
+                      .top_k = c->d_stopk, .top_p = c->d_stopp, .u = c->d_su, .ids = c->d_sids,
+                      .logprob = logprob ? c->d_slp : NULL, .any_truncated = any_truncated};
+    CHECK(op->sample(kb, &a));
+    CHECK(op->download(kb, ids, c->d_sids, (size_t)n * 4));
+    if (logprob) CHECK(op->download(kb, logprob, c->d_slp, (size_t)n * 4));
     return op->synchronize(kb);
 }

@@ -63,7 +63,17 @@ void llama_ctx_free(llama_ctx *c); /* NULL is a no-op */
  * the given blocks (the engine shares those blocks among the adapter's sequences). */
 int llama_store_prefix(llama_ctx *c, const adapter *ad, const int32_t *blocks, int pad);
 
-/* Runs the batch; writes n_logits rows of vocab_size f32 logits to logits (host memory). */
+/* Runs the batch; writes n_logits rows of vocab_size f32 logits to logits (host memory).
+ * logits NULL: the logits stay in backend memory for llama_sample (no n_logits x vocab
+ * download; errors of the issued ops surface at llama_sample). */
 int llama_forward(llama_ctx *c, const llama_batch *b, float *logits);
+
+/* After llama_forward(c, b, NULL): the token of each of the n (= b->n_logits) logits rows
+ * chosen on the backend (kbackend_ops.sample, KOP_SAMPLE) from the per-row parameters and
+ * uniform draws u (host arrays of n; see ksample_args), into ids (host, n); logprob (host, n,
+ * or NULL) gets the chosen token's log-softmax. Uploads 4 small arrays, downloads n ids (+ n
+ * logprobs). any_truncated: some row has top_k or top_p on. */
+int llama_sample(llama_ctx *c, int n, const float *temperature, const int32_t *top_k, const float *top_p,
+                 const double *u, bool any_truncated, int32_t *ids, float *logprob);
 
 #endif

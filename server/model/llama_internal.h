@@ -83,6 +83,10 @@ struct llama_ctx {
     const float **d_emb_vec, **emb_vec; /* device / host [T]: emb_scale or NULL per run */
     /* device copies of the batch's index arrays */
     int32_t *d_tokens, *d_emb_ids, *d_pos, *d_slots, *d_qstart, *d_kvlen, *d_kvstart, *d_btab, *d_rows;
+    /* llama_sample's per-row arrays (n_logit_rows each) */
+    float *d_stemp, *d_stopp, *d_slp;
+    int32_t *d_stopk, *d_sids;
+    double *d_su;
     int32_t *emb_ids;            /* host [T] */
     llama_emb_run *runs;         /* host [T] */
     /* per-step adapter plan */

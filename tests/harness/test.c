@@ -119,7 +119,8 @@ static int find_repo_root(char *out, size_t len) {
 int test_run_all(const char *prog, const test_entry *tests, int n, int argc, char **argv) {
     /* Per-test timeout in seconds; sanitizer builds are several times slower. */
     int timeout = getenv("TEST_TIMEOUT") ? atoi(getenv("TEST_TIMEOUT")) : 120;
-    const char *only = argc > 1 ? argv[1] : NULL;
+    /* argv[1..]: the names of the tests to run (none: all); a name that matches no test
+     * fails the run, so a typo in a filter list cannot pass by running nothing. */
     const char *base = strrchr(prog, '/') ? strrchr(prog, '/') + 1 : prog;
     char root[PATH_MAX];
     if (find_repo_root(root, sizeof root) < 0 || chdir(root) < 0) {
@@ -129,10 +130,19 @@ int test_run_all(const char *prog, const test_entry *tests, int n, int argc, cha
     }
     snprintf(g_tmp_root, sizeof g_tmp_root, "/tmp/peftd-%.64s-XXXXXX", base);
     if (!mkdtemp(g_tmp_root)) g_tmp_root[0] = 0;
-    int passed = 0, failed = 0, skipped = 0, matched = 0;
+    int passed = 0, failed = 0, skipped = 0;
+    for (int a = 1; a < argc; a++) {
+        int found = 0;
+        for (int i = 0; i < n && !found; i++) found = !strcmp(argv[a], tests[i].name);
+        if (!found) {
+            fprintf(stderr, "%s: no test is named '%s'\n", base, argv[a]);
+            failed++;
+        }
+    }
     for (int i = 0; i < n; i++) {
-        if (only && strcmp(only, tests[i].name) != 0) continue;
-        matched++;
+        int wanted = argc < 2;
+        for (int a = 1; a < argc && !wanted; a++) wanted = !strcmp(argv[a], tests[i].name);
+        if (!wanted) continue;
         fflush(stdout);
         fflush(stderr);
         pid_t pid = fork();
@@ -156,10 +166,6 @@ int test_run_all(const char *prog, const test_entry *tests, int n, int argc, cha
                         WTERMSIG(st) == SIGALRM ? " (timeout)" : "");
         }
         printf("  %-4s %s.%s\n", verdict, base, tests[i].name);
-    }
-    if (only && !matched) { /* a filter that runs nothing must not look like success */
-        fprintf(stderr, "%s: no test is named '%s'\n", base, only);
-        failed++;
     }
     if (g_tmp_root[0]) nftw(g_tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     printf("%s: %d passed, %d failed, %d skipped\n", base, passed, failed, skipped);

@@ -4,6 +4,7 @@
  * TEST_MAIN(name, ...). Each test runs in its own forked process with a
  * timeout, so a crash or hang fails that test only. A test may call
  * SKIP("why") to report itself skipped (never counted as passed).
+ * `binary [NAME...]` runs the named tests only (an unknown name counts as a failure).
  * The binary prints one line per test and a closing summary line
  *   "<binary>: N passed, N failed, N skipped"
  * that tests/run_tests.sh adds up.

@@ -17,7 +17,9 @@
  * magnitude of its terms (~3e-6); 1e-4 leaves 30x room, while a wrong index, scale,
  * rank or layout moves results by O(1) of the output's magnitude.
  * End-to-end: greedy tokens must be identical (the references' top-2 logit gaps on the
- * fixtures are far above the ~1e-5 logit differences the ops above allow).
+ * fixtures are far above the ~1e-5 logit differences the ops above allow). On CUDA the engine
+ * chooses tokens with the backend's sample op (engine_config.device_sampling's default), so
+ * this also checks device sampling against the CPU's host sampler.
  *
  * Without a CUDA device (or in a build without the CUDA backend) every test reports
  * SKIP("no CUDA device"): skipped, never passed.
@@ -719,6 +721,73 @@ TEST(seg_scale_parity) {
     close_backends();
 }
 
+/* ---- sample (on-device token choice) ----
+ * The same logits, parameters and uniform draws on both backends must give the same ids.
+ * Rows cycle through greedy, plain temperature, top-k, top-p, both, and "off" values of each;
+ * some rows hold tied maxima (lowest id wins) and -inf entries; the ld - vocab padding columns
+ * hold 1e30 (read beyond vocab = a wrong id). ids: exact. logprob: |diff| <= 1e-5: both take
+ * x[id] - logsumexp in double (CUDA adds the terms in a tree, ~1e-15 relative) and on CUDA a
+ * truncating row's logsumexp passes through f32 (<= 0.5 ulp of |lse| < 20: ~1e-6). */
+static const float SAMPLE_T[] = {0.0f, 0.8f, 1.0f, 1.3f, 0.7f, 1.0f, 2.0f};
+static const int32_t SAMPLE_K[] = {0, 0, 40, 0, 5, 1000000, 1};
+static const float SAMPLE_P[] = {0.0f, 1.0f, 0.0f, 0.9f, 0.5f, 0.3f, 0.95f};
+#define N_SAMPLE_CFG 7
+
+static void sample_case(int T, int V, bool truncating) {
+    const int ld = V + 3;
+    float *x = rand_f32((size_t)T * ld, 6.0f);
+    float temp[133];
+    int32_t k[133];
+    float tp[133];
+    double u[133];
+    for (int r = 0; r < T; r++) {
+        float *row = x + (size_t)r * ld;
+        for (int c = V; c < ld; c++) row[c] = 1e30f;
+        if (r % 5 == 3) row[V / 3] = row[V / 2] = 7.0f; /* tied maxima */
+        if (r % 4 == 1) row[r % V] = -INFINITY;
+        int c = truncating ? r % N_SAMPLE_CFG : (r % 2 ? 1 : 0);
+        temp[r] = SAMPLE_T[c];
+        k[r] = SAMPLE_K[c];
+        tp[r] = SAMPLE_P[c];
+        u[r] = (double)(rnd() % 1000003) / 1000003.0;
+    }
+    pbuf px = pb_new(x, (size_t)T * ld * 4), pt = pb_new(temp, (size_t)T * 4), pk = pb_new(k, (size_t)T * 4),
+         pp = pb_new(tp, (size_t)T * 4), pu = pb_new(u, (size_t)T * 8), pid = pb_new(NULL, (size_t)T * 4),
+         plp = pb_new(NULL, (size_t)T * 4);
+    ksample_args ap = {T, V, (const float *)px.cp, ld, (const float *)pt.cp, (const int32_t *)pk.cp,
+                       (const float *)pp.cp, (const double *)pu.cp, (int32_t *)pid.cp, (float *)plp.cp, truncating};
+    ksample_args aq = {T, V, (const float *)px.cu, ld, (const float *)pt.cu, (const int32_t *)pk.cu,
+                       (const float *)pp.cu, (const double *)pu.cu, (int32_t *)pid.cu, (float *)plp.cu, truncating};
+    BOTH(CP->ops->sample(CP, &ap), CU->ops->sample(CU, &aq));
+    char what[96];
+    snprintf(what, sizeof what, "sample T=%d vocab=%d %s", T, V, truncating ? "with top-k/top-p" : "greedy/temperature");
+    unsigned char *ip = pb_get(CP, pid.cp, pid.n, what), *iq = pb_get(CU, pid.cu, pid.n, what);
+    unsigned char *lp = pb_get(CP, plp.cp, plp.n, what), *lq = pb_get(CU, plp.cu, plp.n, what);
+    for (int r = 0; r < T; r++) {
+        int32_t a, b;
+        float la, lb;
+        memcpy(&a, ip + SENT_BYTES + 4 * r, 4), memcpy(&b, iq + SENT_BYTES + 4 * r, 4);
+        memcpy(&la, lp + SENT_BYTES + 4 * r, 4), memcpy(&lb, lq + SENT_BYTES + 4 * r, 4);
+        if (a < 0 || a >= V) FAIL("%s: row %d: cpu id %d outside the vocabulary", what, r, a);
+        if (a != b) FAIL("%s: row %d (T %g k %d p %g u %.6f): cpu id %d, cuda id %d", what, r, temp[r], k[r], tp[r], u[r], a, b);
+        if (!(fabsf(la - lb) <= 1e-5f)) FAIL("%s: row %d: logprob cpu %.9g cuda %.9g", what, r, la, lb);
+    }
+    free(ip), free(iq), free(lp), free(lq);
+    pb_free(&px), pb_free(&pt), pb_free(&pk), pb_free(&pp), pb_free(&pu), pb_free(&pid), pb_free(&plp);
+    free(x);
+}
+
+TEST(sample_parity) {
+    open_backends();
+    ASSERT(CU->ops->supports_op(CU, KOP_SAMPLE, KDT_F32));
+    for (int ti = 0; ti < 3; ti++)
+        for (int v = 0; v < 2; v++) {
+            sample_case(TS[ti], v ? 32000 : 1000, true);
+            sample_case(TS[ti], v ? 32000 : 1000, false);
+        }
+    close_backends();
+}
+
 /* ---- end to end: greedy tokens on the default model, CPU vs CUDA ---- */
 
 #define N_GREEDY 24
@@ -825,4 +894,4 @@ TEST(greedy_tokens_cpu_equal_cuda) {
 TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, qmatmul_parity, rmsnorm_parity, rope_parity,
           swiglu_add_parity, kv_store_attention_parity, attention_window_parity, attention_softcap_parity,
           geglu_softcap_parity, sgmv_lora_parity,
-          sgmv_bottleneck_parity, seg_scale_parity, greedy_tokens_cpu_equal_cuda)
+          sgmv_bottleneck_parity, seg_scale_parity, sample_parity, greedy_tokens_cpu_equal_cuda)
