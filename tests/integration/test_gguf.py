@@ -1,5 +1,6 @@
 """tests/integration/test_gguf.py — serving a GGUF base over HTTP and from the command line:
-`peftd serve --model FILE.gguf` (and a directory holding one .gguf + tokenizer.json) with a PEFT
+`peftd serve --model FILE.gguf` (and a directory holding one .gguf + tokenizer.json; without
+one, the tokenizer from the file's metadata) with a PEFT
 adapter uploaded over HTTP, and `peftd generate --model FILE.gguf`. The fixture is the default
 model converted by llama.cpp's convert_hf_to_gguf.py to f32 (tests/fixtures/
 make_gguf_model_fixtures.py): the same weights as models/stories260K, whose adapter outputs are
@@ -72,16 +73,24 @@ def serve_a_directory_holding_one_gguf():
 
 
 @test
-def gguf_without_a_tokenizer_is_refused_with_one_line():
+def gguf_without_tokenizer_json_uses_its_metadata():
+    """No tokenizer.json beside the file: the tokenizer comes from the GGUF's tokenizer.ggml.*
+    metadata (SentencePiece, legacy spacing as llama.cpp); on this prompt its ids are the HF
+    tokenizer's, so the text equals the HF directory's, with and without an adapter."""
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(GGUF, tmp)
-        r = subprocess.run([harness.BIN, "serve", "--model", os.path.join(tmp, "stories260K-f32.gguf"), "--port", "0",
-                            "--store", os.path.join(tmp, "store")], cwd=harness.ROOT, capture_output=True,
-                           timeout=60 * harness.SLOW)
-        err = r.stderr.decode(errors="replace")
-        lines = [l for l in err.splitlines() if "tokenizer" in l and "peftd:" in l]
-        assert r.returncode != 0, err
-        assert len(lines) == 1 and "no tokenizer.json beside the GGUF file" in lines[0], err
+        path = os.path.join(tmp, "stories260K-f32.gguf")
+        for adapter in (None, ADAPTER):
+            gg, log = cli(path, adapter)
+            assert gg == cli(harness.MODEL_DIR, adapter)[0] and len(gg) > 20, (adapter, gg, log)
+        d = harness.Daemon(extra_args=["--model", path])
+        try:
+            st, obj = d.post("/tokenize", {"model": "stories260K-f32", "prompt": PROMPT})
+            assert st == 200 and obj["tokens"][0] == 1, obj  # add_bos_token from the metadata
+            text = d.complete(model="stories260K-f32", prompt=PROMPT, max_tokens=24, temperature=0)["choices"][0]["text"]
+            assert text == cli(harness.MODEL_DIR)[0], text
+        finally:
+            d.close()
 
 
 if __name__ == "__main__":
