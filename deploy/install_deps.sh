@@ -27,6 +27,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # `make test-cluster` puts HAProxy in front of its replicas (PEFTD_DEPS_HAPROXY=1)
 if [ "${PEFTD_DEPS_HAPROXY:-}" = 1 ] && ! command -v haproxy >/dev/null 2>&1; then missing+=(haproxy); fi
 # `make test-gpu-dryrun` generates its tiny model with clients/gen_random_llama.py (numpy)
+# promtool (Debian's prometheus package) for the metrics exposition checks (CI sets it).
+if [ "${PEFTD_DEPS_PROMTOOL:-}" = 1 ] && ! command -v promtool >/dev/null 2>&1; then missing+=(prometheus); fi
 if [ "${PEFTD_DEPS_NUMPY:-}" = 1 ] && ! python3 -c 'import numpy' >/dev/null 2>&1; then missing+=(python3-numpy); fi
 # `make venv` (the test virtualenv) needs venv + ensurepip: Debian splits them out.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
