@@ -19,53 +19,12 @@
 #include "lib/status.h"
 #include "server/text/tokenizer.h"
 #include "tests/harness/test.h"
+#include "tests/harness/tok_corpus.h"
 
 #define FIX "tests/fixtures/tokenizer"
 #define STORIES "models/stories260K"
 
 /* ---- fixture loading ---- */
-
-typedef struct {
-    char **text;
-    size_t *len;
-    size_t n;
-} cases_t;
-
-static void add_case(cases_t *c, const char *s, size_t len) {
-    c->text = realloc(c->text, (c->n + 1) * sizeof(*c->text));
-    c->len = realloc(c->len, (c->n + 1) * sizeof(*c->len));
-    ASSERT(c->text && c->len);
-    c->text[c->n] = malloc(len + 1);
-    ASSERT(c->text[c->n]);
-    memcpy(c->text[c->n], s, len);
-    c->text[c->n][len] = 0;
-    c->len[c->n++] = len;
-}
-
-/* corpus.txt lines (split on '\n' only), then the strings of multiline.json. */
-static cases_t load_cases(void) {
-    cases_t c = {0};
-    size_t len = 0;
-    char *corpus = test_read_file(FIX "/corpus.txt", &len);
-    if (!corpus) FAIL("the committed fixture " FIX "/corpus.txt is missing");
-    size_t start = 0;
-    for (size_t i = 0; i < len; i++)
-        if (corpus[i] == '\n') {
-            add_case(&c, corpus + start, i - start);
-            start = i + 1;
-        }
-    ASSERT_EQ(start, len); /* the file ends with a newline */
-    free(corpus);
-    ASSERT(c.n >= 2000);
-    char *ml = test_read_file(FIX "/multiline.json", NULL);
-    ASSERT(ml);
-    cJSON *arr = cJSON_Parse(ml), *it;
-    ASSERT(cJSON_IsArray(arr));
-    cJSON_ArrayForEach(it, arr) add_case(&c, it->valuestring, strlen(it->valuestring));
-    cJSON_Delete(arr);
-    free(ml);
-    return c;
-}
 
 typedef struct {
     int32_t *v;
@@ -129,12 +88,6 @@ static expect_t *load_expected(const char *name, size_t n_cases, size_t *n_out) 
     return e;
 }
 
-static void free_cases(cases_t *c) {
-    for (size_t i = 0; i < c->n; i++) free(c->text[i]);
-    free(c->text);
-    free(c->len);
-}
-
 static void free_expected(expect_t *e, size_t n) {
     for (size_t i = 0; i < n; i++) {
         free(e[i].plain.v);
@@ -171,7 +124,7 @@ static double now_s(void) {
 
 /* Full-corpus parity for one tokenizer: ids without / with special tokens, decoded text. */
 static void check_parity(const char *name, const char *dir, bool subset) {
-    cases_t c = load_cases();
+    tok_cases c = tok_corpus_load();
     size_t n_rec = 0;
     expect_t *e = load_expected(name, c.n, &n_rec);
     if (!subset && n_rec != c.n) FAIL("%s: %zu records for %zu cases", name, n_rec, c.n);
@@ -221,7 +174,7 @@ static void check_parity(const char *name, const char *dir, bool subset) {
     if (first_bad >= 0) FAIL("%s: parity mismatches (first at case %ld)", name, first_bad);
     tokenizer_free(t);
     free_expected(e, c.n);
-    free_cases(&c);
+    tok_corpus_free(&c);
 }
 
 TEST(parity_stories) { check_parity("stories", STORIES, false); }
@@ -255,7 +208,7 @@ static bool byte_piece(const tokenizer *t, int32_t id) {
 }
 
 static void check_stream(const char *dir) {
-    cases_t c = load_cases();
+    tok_cases c = tok_corpus_load();
     tokenizer *t = load_tok(dir);
     for (int skip = 0; skip < 2; skip++) {
         for (size_t k = 0; k < c.n; k++) {
@@ -295,7 +248,7 @@ static void check_stream(const char *dir) {
         }
     }
     tokenizer_free(t);
-    free_cases(&c);
+    tok_corpus_free(&c);
 }
 
 TEST(stream_stories) { check_stream(STORIES); }

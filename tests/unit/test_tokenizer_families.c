@@ -15,55 +15,9 @@
 #include "lib/status.h"
 #include "server/text/tokenizer.h"
 #include "tests/harness/test.h"
+#include "tests/harness/tok_corpus.h"
 
 #define FIX "tests/fixtures/tokenizer"
-
-typedef struct {
-    char **text;
-    size_t *len;
-    size_t n;
-} cases_t;
-
-static void add_case(cases_t *c, const char *s, size_t len) {
-    c->text = realloc(c->text, (c->n + 1) * sizeof(*c->text));
-    c->len = realloc(c->len, (c->n + 1) * sizeof(*c->len));
-    ASSERT(c->text && c->len);
-    c->text[c->n] = malloc(len + 1);
-    ASSERT(c->text[c->n]);
-    memcpy(c->text[c->n], s, len);
-    c->text[c->n][len] = 0;
-    c->len[c->n++] = len;
-}
-
-/* corpus.txt lines (split on '\n' only), then the strings of multiline.json. */
-static cases_t load_cases(void) {
-    cases_t c = {0};
-    size_t len = 0;
-    char *corpus = test_read_file(FIX "/corpus.txt", &len);
-    if (!corpus) FAIL("the committed fixture " FIX "/corpus.txt is missing");
-    size_t start = 0;
-    for (size_t i = 0; i < len; i++)
-        if (corpus[i] == '\n') {
-            add_case(&c, corpus + start, i - start);
-            start = i + 1;
-        }
-    free(corpus);
-    char *ml = test_read_file(FIX "/multiline.json", NULL);
-    if (!ml) FAIL("the committed fixture " FIX "/multiline.json is missing");
-    cJSON *arr = cJSON_Parse(ml), *it;
-    ASSERT(cJSON_IsArray(arr));
-    cJSON_ArrayForEach(it, arr) add_case(&c, it->valuestring, strlen(it->valuestring));
-    cJSON_Delete(arr);
-    free(ml);
-    ASSERT(c.n >= 2000);
-    return c;
-}
-
-static void free_cases(cases_t *c) {
-    for (size_t i = 0; i < c->n; i++) free(c->text[i]);
-    free(c->text);
-    free(c->len);
-}
 
 typedef struct {
     int32_t *v;
@@ -149,7 +103,7 @@ static void check_family(const char *name) {
     char path[256], dir[256];
     snprintf(path, sizeof(path), FIX "/expected_%s.jsonl", name);
     snprintf(dir, sizeof(dir), FIX "/%s", name);
-    cases_t c = load_cases();
+    tok_cases c = tok_corpus_load();
     char *txt = test_read_file(path, NULL);
     if (!txt) FAIL("the committed fixture %s is missing", path);
     tokenizer *t = load_tok(dir);
@@ -177,7 +131,7 @@ static void check_family(const char *name) {
     if (tl.first_bad >= 0) FAIL("%s: parity mismatches (first at record %ld)", name, tl.first_bad);
     tokenizer_free(t);
     free(txt);
-    free_cases(&c);
+    tok_corpus_free(&c);
 }
 
 TEST(parity_qwen2_style) { check_family("qwen2bl"); }
@@ -205,7 +159,7 @@ static bool utf8_ok(const char *s, size_t n) {
 static void check_stream(const char *name) {
     char dir[256];
     snprintf(dir, sizeof(dir), FIX "/%s", name);
-    cases_t c = load_cases();
+    tok_cases c = tok_corpus_load();
     tokenizer *t = load_tok(dir);
     size_t early = 0, total = 0;
     for (int skip = 0; skip < 2; skip++) {
@@ -242,7 +196,7 @@ static void check_stream(const char *name) {
     printf("    %s: %zu of %zu streamed bytes came out before the flush\n", name, early, total);
     ASSERT(early * 10 > total * 9);
     tokenizer_free(t);
-    free_cases(&c);
+    tok_corpus_free(&c);
 }
 
 TEST(stream_qwen2_style) { check_stream("qwen2bl"); }

@@ -18,58 +18,12 @@
 #include "server/model/gguf.h"
 #include "server/text/tokenizer.h"
 #include "tests/harness/test.h"
+#include "tests/harness/tok_corpus.h"
 
 #define TFIX "tests/fixtures/tokenizer"
 #define GFIX "tests/fixtures/tokenizer_gguf"
 
 /* ---- cases ---- */
-
-typedef struct {
-    char **text;
-    size_t *len;
-    size_t n;
-} cases_t;
-
-static void add_case(cases_t *c, const char *s, size_t len) {
-    c->text = realloc(c->text, (c->n + 1) * sizeof(*c->text));
-    c->len = realloc(c->len, (c->n + 1) * sizeof(*c->len));
-    ASSERT(c->text && c->len);
-    c->text[c->n] = malloc(len + 1);
-    ASSERT(c->text[c->n]);
-    memcpy(c->text[c->n], s, len);
-    c->text[c->n][len] = 0;
-    c->len[c->n++] = len;
-}
-
-/* corpus.txt lines (split on '\n' only), then the strings of multiline.json. */
-static cases_t load_cases(void) {
-    cases_t c = {0};
-    size_t len = 0;
-    char *corpus = test_read_file(TFIX "/corpus.txt", &len);
-    if (!corpus) FAIL("the committed fixture " TFIX "/corpus.txt is missing");
-    size_t start = 0;
-    for (size_t i = 0; i < len; i++)
-        if (corpus[i] == '\n') {
-            add_case(&c, corpus + start, i - start);
-            start = i + 1;
-        }
-    free(corpus);
-    char *ml = test_read_file(TFIX "/multiline.json", NULL);
-    if (!ml) FAIL("the committed fixture " TFIX "/multiline.json is missing");
-    cJSON *arr = cJSON_Parse(ml), *it;
-    ASSERT(cJSON_IsArray(arr));
-    cJSON_ArrayForEach(it, arr) add_case(&c, it->valuestring, strlen(it->valuestring));
-    cJSON_Delete(arr);
-    free(ml);
-    ASSERT(c.n >= 2000);
-    return c;
-}
-
-static void free_cases(cases_t *c) {
-    for (size_t i = 0; i < c->n; i++) free(c->text[i]);
-    free(c->text);
-    free(c->len);
-}
 
 /* Special-token text every family sees (the "t" records of the expected files add more). */
 static const char *const EXTRA[] = {
@@ -182,7 +136,7 @@ static void check_record(const tokenizer *t, const cJSON *o, const char *text, s
 }
 
 /* Every record of an expected_*.jsonl (corpus cases in order, then "t" records). */
-static void check_expected(const tokenizer *t, const char *name, const char *path, const cases_t *c) {
+static void check_expected(const tokenizer *t, const char *name, const char *path, const tok_cases *c) {
     char *txt = test_read_file(path, NULL);
     if (!txt) FAIL("the committed fixture %s is missing", path);
     tally_t tl = {.first_bad = -1};
@@ -212,7 +166,7 @@ static void check_expected(const tokenizer *t, const char *name, const char *pat
 
 /* The GGUF tokenizer against tokenizer_load of the tokenizer.json it came from: encode with
  * and (when with_special) without specials, decode of those ids with and without skipping. */
-static void check_same(const tokenizer *g, const tokenizer *j, const char *name, const cases_t *c, bool with_special) {
+static void check_same(const tokenizer *g, const tokenizer *j, const char *name, const tok_cases *c, bool with_special) {
     size_t n = c->n + sizeof(EXTRA) / sizeof(*EXTRA), ok = 0, checks = 0;
     long bad = -1;
     for (size_t k = 0; k < n; k++) {
@@ -250,14 +204,14 @@ static void check_same(const tokenizer *g, const tokenizer *j, const char *name,
 }
 
 static void parity(const char *gguf, const char *name, const char *expected, const char *json_dir, bool with_special) {
-    cases_t c = load_cases();
+    tok_cases c = tok_corpus_load();
     tokenizer *g = load_gguf(gguf);
     check_expected(g, name, expected, &c);
     tokenizer *j = load_json(json_dir);
     check_same(g, j, name, &c, with_special);
     tokenizer_free(j);
     tokenizer_free(g);
-    free_cases(&c);
+    tok_corpus_free(&c);
 }
 
 /* Llama 2 / Mistral / Phi-3 shape (stories260K's tok512.model). */
@@ -787,7 +741,7 @@ TEST(gemma_tab_served_by_byte_token) {
 /* The incremental detokenizer over a GGUF tokenizer: every case's pieces add up to the full
  * decode (both skip modes). */
 static void check_stream(const char *path) {
-    cases_t c = load_cases();
+    tok_cases c = tok_corpus_load();
     tokenizer *t = load_gguf(path);
     size_t ok = 0, n_all = 0;
     for (int skip = 0; skip < 2; skip++)
@@ -823,7 +777,7 @@ static void check_stream(const char *path) {
     printf("    %s: stream == decode %zu/%zu\n", path + sizeof(GFIX), ok, n_all);
     if (ok != n_all) FAIL("%s: streaming differs from decode", path);
     tokenizer_free(t);
-    free_cases(&c);
+    tok_corpus_free(&c);
 }
 
 TEST(stream_matches_decode) {
