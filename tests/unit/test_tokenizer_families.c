@@ -19,28 +19,6 @@
 
 #define FIX "tests/fixtures/tokenizer"
 
-typedef struct {
-    int32_t *v;
-    size_t n;
-} ids_t;
-
-static void ids_cat(ids_t *dst, const cJSON *a) {
-    const cJSON *it;
-    dst->v = realloc(dst->v, (dst->n + (size_t)cJSON_GetArraySize(a) + 1) * sizeof(int32_t));
-    ASSERT(dst->v);
-    cJSON_ArrayForEach(it, a) dst->v[dst->n++] = (int32_t)it->valuedouble;
-}
-
-static bool ids_eq(const int32_t *a, size_t na, const ids_t *b) {
-    return na == b->n && (na == 0 || !memcmp(a, b->v, na * sizeof(*a)));
-}
-
-static void print_ids(const char *what, const int32_t *v, size_t n) {
-    fprintf(stderr, "    %s (%zu):", what, n);
-    for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", v[i]);
-    fprintf(stderr, n > 40 ? " ...\n" : "\n");
-}
-
 static tokenizer *load_tok(const char *dir) {
     tokenizer *t = NULL;
     char err[512];
@@ -49,88 +27,16 @@ static tokenizer *load_tok(const char *dir) {
     return t;
 }
 
-typedef struct {
-    size_t ok_plain, ok_special, ok_dec, ok_keep, n;
-    long first_bad;
-} tally_t;
-
-/* One record of expected_<name>.jsonl against the tokenizer; text is the case. */
-static void check_record(const tokenizer *t, const cJSON *o, const char *text, size_t len, size_t k, tally_t *tl) {
-    ids_t plain = {0}, special = {0};
-    ids_cat(&plain, cJSON_GetObjectItemCaseSensitive(o, "i"));
-    if (cJSON_GetObjectItemCaseSensitive(o, "s")) {
-        ids_cat(&special, cJSON_GetObjectItemCaseSensitive(o, "s"));
-    } else {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "p"), *x = cJSON_GetObjectItemCaseSensitive(o, "x");
-        if (p) ids_cat(&special, p);
-        ids_cat(&special, cJSON_GetObjectItemCaseSensitive(o, "i"));
-        if (x) ids_cat(&special, x);
-    }
-    const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "d"), *D = cJSON_GetObjectItemCaseSensitive(o, "D");
-    const char *want_d = d ? d->valuestring : text, *want_D = D ? D->valuestring : want_d;
-    int32_t *ids = NULL, *sids = NULL;
-    size_t n = 0, sn = 0;
-    ASSERT_EQ(tokenizer_encode(t, text, len, false, &ids, &n), 0);
-    ASSERT_EQ(tokenizer_encode(t, text, len, true, &sids, &sn), 0);
-    char *got_d = NULL, *got_D = NULL;
-    ASSERT_EQ(tokenizer_decode(t, special.v, special.n, true, &got_d, NULL), 0);
-    ASSERT_EQ(tokenizer_decode(t, special.v, special.n, false, &got_D, NULL), 0);
-    bool p = ids_eq(ids, n, &plain), s = ids_eq(sids, sn, &special);
-    bool dd = !strcmp(got_d, want_d), dk = !strcmp(got_D, want_D);
-    tl->ok_plain += p;
-    tl->ok_special += s;
-    tl->ok_dec += dd;
-    tl->ok_keep += dk;
-    tl->n++;
-    if ((!p || !s || !dd || !dk) && tl->first_bad < 0) {
-        tl->first_bad = (long)k;
-        fprintf(stderr, "    first mismatch at record %zu: \"%.200s\"\n", k, text);
-        if (!p) { print_ids("want", plain.v, plain.n); print_ids("got ", ids, n); }
-        if (!s) { print_ids("want+special", special.v, special.n); print_ids("got+special ", sids, sn); }
-        if (!dd) fprintf(stderr, "    decode want \"%s\"\n    decode got  \"%s\"\n", want_d, got_d);
-        if (!dk) fprintf(stderr, "    decode(keep special) want \"%s\"\n    got \"%s\"\n", want_D, got_D);
-    }
-    free(ids);
-    free(sids);
-    free(got_d);
-    free(got_D);
-    free(plain.v);
-    free(special.v);
-}
-
 /* Every corpus case, then the records carrying their own text ("t"). */
 static void check_family(const char *name) {
     char path[256], dir[256];
     snprintf(path, sizeof(path), FIX "/expected_%s.jsonl", name);
     snprintf(dir, sizeof(dir), FIX "/%s", name);
     tok_cases c = tok_corpus_load();
-    char *txt = test_read_file(path, NULL);
-    if (!txt) FAIL("the committed fixture %s is missing", path);
     tokenizer *t = load_tok(dir);
-    tally_t tl = {.first_bad = -1};
-    size_t k = 0, n_extra = 0;
-    for (char *line = txt, *nl; *line; line = nl + 1, k++) {
-        nl = strchr(line, '\n');
-        ASSERT(nl);
-        *nl = 0;
-        cJSON *o = cJSON_Parse(line);
-        if (!o) FAIL("%s:%zu: bad JSON", path, k + 1);
-        const cJSON *tx = cJSON_GetObjectItemCaseSensitive(o, "t");
-        if (cJSON_IsString(tx)) {
-            check_record(t, o, tx->valuestring, strlen(tx->valuestring), k, &tl);
-            n_extra++;
-        } else {
-            if (k >= c.n) FAIL("%s: more corpus records than cases", path);
-            check_record(t, o, c.text[k], c.len[k], k, &tl);
-        }
-        cJSON_Delete(o);
-    }
-    if (k != c.n + n_extra || n_extra < 10) FAIL("%s: %zu records for %zu cases + %zu extra", path, k, c.n, n_extra);
-    printf("    %s: ids %zu/%zu, ids+special %zu/%zu, decode %zu/%zu, decode(keep special) %zu/%zu\n", name,
-           tl.ok_plain, tl.n, tl.ok_special, tl.n, tl.ok_dec, tl.n, tl.ok_keep, tl.n);
-    if (tl.first_bad >= 0) FAIL("%s: parity mismatches (first at record %ld)", name, tl.first_bad);
+    size_t n_extra = tok_check_expected(t, name, path, &c);
+    if (n_extra < 10) FAIL("%s: only %zu records with their own text", path, n_extra);
     tokenizer_free(t);
-    free(txt);
     tok_corpus_free(&c);
 }
 
@@ -257,18 +163,18 @@ static bool check_rule(const cJSON *o, const char *tmp) {
     int n_ok = 0, n_all = 0;
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(o, "cases")) {
         const char *text = cJSON_GetArrayItem(it, 0)->valuestring;
-        ids_t want = {0};
-        ids_cat(&want, cJSON_GetArrayItem(it, 1));
+        tok_ids want = {0};
+        tok_ids_cat(&want, cJSON_GetArrayItem(it, 1));
         int32_t *ids = NULL;
         size_t n = 0;
         ASSERT_EQ(tokenizer_encode(t, text, strlen(text), true, &ids, &n), 0);
-        bool same = ids_eq(ids, n, &want);
+        bool same = tok_ids_eq(ids, n, want.v, want.n);
         n_all++;
         n_ok += same;
         if (!same && ok) {
             fprintf(stderr, "    %s: \"%s\"\n", name, text);
-            print_ids("want", want.v, want.n);
-            print_ids("got ", ids, n);
+            tok_print_ids("want", want.v, want.n);
+            tok_print_ids("got ", ids, n);
         }
         ok &= same;
         /* tokenizer_adds_bos() tells the chat path whether encode already puts BOS first. */

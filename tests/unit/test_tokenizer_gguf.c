@@ -65,104 +65,6 @@ static tokenizer *load_json(const char *dir) {
 
 /* ---- HF expected records ---- */
 
-typedef struct {
-    int32_t *v;
-    size_t n;
-} ids_t;
-
-static void ids_cat(ids_t *dst, const cJSON *a) {
-    const cJSON *it;
-    dst->v = realloc(dst->v, (dst->n + (size_t)cJSON_GetArraySize(a) + 1) * sizeof(int32_t));
-    ASSERT(dst->v);
-    cJSON_ArrayForEach(it, a) dst->v[dst->n++] = (int32_t)it->valuedouble;
-}
-
-static bool ids_eq(const int32_t *a, size_t na, const int32_t *b, size_t nb) {
-    return na == nb && (na == 0 || !memcmp(a, b, na * sizeof(*a)));
-}
-
-static void print_ids(const char *what, const int32_t *v, size_t n) {
-    fprintf(stderr, "    %s (%zu):", what, n);
-    for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", v[i]);
-    fprintf(stderr, n > 40 ? " ...\n" : "\n");
-}
-
-typedef struct {
-    size_t ok_plain, ok_special, ok_dec, ok_keep, n;
-    long first_bad;
-} tally_t;
-
-static void check_record(const tokenizer *t, const cJSON *o, const char *text, size_t len, size_t k, tally_t *tl) {
-    ids_t plain = {0}, special = {0};
-    ids_cat(&plain, cJSON_GetObjectItemCaseSensitive(o, "i"));
-    if (cJSON_GetObjectItemCaseSensitive(o, "s")) {
-        ids_cat(&special, cJSON_GetObjectItemCaseSensitive(o, "s"));
-    } else {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "p"), *x = cJSON_GetObjectItemCaseSensitive(o, "x");
-        if (p) ids_cat(&special, p);
-        ids_cat(&special, cJSON_GetObjectItemCaseSensitive(o, "i"));
-        if (x) ids_cat(&special, x);
-    }
-    const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "d"), *D = cJSON_GetObjectItemCaseSensitive(o, "D");
-    const char *want_d = d ? d->valuestring : text, *want_D = D ? D->valuestring : want_d;
-    int32_t *ids = NULL, *sids = NULL;
-    size_t n = 0, sn = 0;
-    ASSERT_EQ(tokenizer_encode(t, text, len, false, &ids, &n), 0);
-    ASSERT_EQ(tokenizer_encode(t, text, len, true, &sids, &sn), 0);
-    char *got_d = NULL, *got_D = NULL;
-    ASSERT_EQ(tokenizer_decode(t, special.v, special.n, true, &got_d, NULL), 0);
-    ASSERT_EQ(tokenizer_decode(t, special.v, special.n, false, &got_D, NULL), 0);
-    bool p = ids_eq(ids, n, plain.v, plain.n), s = ids_eq(sids, sn, special.v, special.n);
-    bool dd = !strcmp(got_d, want_d), dk = !strcmp(got_D, want_D);
-    tl->ok_plain += p;
-    tl->ok_special += s;
-    tl->ok_dec += dd;
-    tl->ok_keep += dk;
-    tl->n++;
-    if ((!p || !s || !dd || !dk) && tl->first_bad < 0) {
-        tl->first_bad = (long)k;
-        fprintf(stderr, "    first mismatch at record %zu: \"%.200s\"\n", k, text);
-        if (!p) { print_ids("want", plain.v, plain.n); print_ids("got ", ids, n); }
-        if (!s) { print_ids("want+special", special.v, special.n); print_ids("got+special ", sids, sn); }
-        if (!dd) fprintf(stderr, "    decode want \"%s\"\n    decode got  \"%s\"\n", want_d, got_d);
-        if (!dk) fprintf(stderr, "    decode(keep special) want \"%s\"\n    got \"%s\"\n", want_D, got_D);
-    }
-    free(ids);
-    free(sids);
-    free(got_d);
-    free(got_D);
-    free(plain.v);
-    free(special.v);
-}
-
-/* Every record of an expected_*.jsonl (corpus cases in order, then "t" records). */
-static void check_expected(const tokenizer *t, const char *name, const char *path, const tok_cases *c) {
-    char *txt = test_read_file(path, NULL);
-    if (!txt) FAIL("the committed fixture %s is missing", path);
-    tally_t tl = {.first_bad = -1};
-    size_t k = 0, n_extra = 0;
-    for (char *line = txt, *nl; *line; line = nl + 1, k++) {
-        nl = strchr(line, '\n');
-        ASSERT(nl);
-        *nl = 0;
-        cJSON *o = cJSON_Parse(line);
-        if (!o) FAIL("%s:%zu: bad JSON", path, k + 1);
-        const cJSON *tx = cJSON_GetObjectItemCaseSensitive(o, "t");
-        if (cJSON_IsString(tx)) {
-            check_record(t, o, tx->valuestring, strlen(tx->valuestring), k, &tl);
-            n_extra++;
-        } else {
-            if (k >= c->n) FAIL("%s: more corpus records than cases", path);
-            check_record(t, o, c->text[k], c->len[k], k, &tl);
-        }
-        cJSON_Delete(o);
-    }
-    if (k != c->n + n_extra) FAIL("%s: %zu records for %zu cases + %zu extra", path, k, c->n, n_extra);
-    printf("    %s vs transformers: ids %zu/%zu, ids+special %zu/%zu, decode %zu/%zu, decode(keep special) %zu/%zu\n",
-           name, tl.ok_plain, tl.n, tl.ok_special, tl.n, tl.ok_dec, tl.n, tl.ok_keep, tl.n);
-    if (tl.first_bad >= 0) FAIL("%s: parity mismatches (first at record %ld)", name, tl.first_bad);
-    free(txt);
-}
 
 /* The GGUF tokenizer against tokenizer_load of the tokenizer.json it came from: encode with
  * and (when with_special) without specials, decode of those ids with and without skipping. */
@@ -177,7 +79,7 @@ static void check_same(const tokenizer *g, const tokenizer *j, const char *name,
             size_t na = 0, nb = 0;
             ASSERT_EQ(tokenizer_encode(g, text, len, sp, &a, &na), 0);
             ASSERT_EQ(tokenizer_encode(j, text, len, sp, &b, &nb), 0);
-            bool same = ids_eq(a, na, b, nb);
+            bool same = tok_ids_eq(a, na, b, nb);
             for (int skip = 0; skip < 2 && same; skip++) {
                 char *da = NULL, *db = NULL;
                 ASSERT_EQ(tokenizer_decode(g, b, nb, skip, &da, NULL), 0);
@@ -191,8 +93,8 @@ static void check_same(const tokenizer *g, const tokenizer *j, const char *name,
             if (!same && bad < 0) {
                 bad = (long)k;
                 fprintf(stderr, "    %s: first difference at case %zu (add_special=%d): \"%.200s\"\n", name, k, sp, text);
-                print_ids("gguf", a, na);
-                print_ids("json", b, nb);
+                tok_print_ids("gguf", a, na);
+                tok_print_ids("json", b, nb);
             }
             free(a);
             free(b);
@@ -206,7 +108,7 @@ static void check_same(const tokenizer *g, const tokenizer *j, const char *name,
 static void parity(const char *gguf, const char *name, const char *expected, const char *json_dir, bool with_special) {
     tok_cases c = tok_corpus_load();
     tokenizer *g = load_gguf(gguf);
-    check_expected(g, name, expected, &c);
+    tok_check_expected(g, name, expected, &c);
     tokenizer *j = load_json(json_dir);
     check_same(g, j, name, &c, with_special);
     tokenizer_free(j);
@@ -565,7 +467,7 @@ TEST(rebuilt_fixture_loads) {
         size_t nx = 0, ny = 0;
         ASSERT_EQ(tokenizer_encode(a, text, strlen(text), true, &x, &nx), 0);
         ASSERT_EQ(tokenizer_encode(b, text, strlen(text), true, &y, &ny), 0);
-        ASSERT(nx > 3 && ids_eq(x, nx, y, ny));
+        ASSERT(nx > 3 && tok_ids_eq(x, nx, y, ny));
         free(x);
         free(y);
         tokenizer_free(a);
@@ -603,7 +505,7 @@ static void check_bos_eos(const char *path) {
     ASSERT_EQ(nb, na + want_bos + want_eos);
     if (want_bos) ASSERT_EQ(b[0], bos);
     if (want_eos) ASSERT_EQ(b[nb - 1], eos);
-    ASSERT(ids_eq(a, na, b + want_bos, na));
+    ASSERT(tok_ids_eq(a, na, b + want_bos, na));
     printf("    %-28s add_bos_token %s -> BOS %s, EOS %s\n", path + sizeof(GFIX), has_bos_key ? "present" : "absent",
            want_bos ? "added" : "not added", want_eos ? "added" : "not added");
     free(a);
