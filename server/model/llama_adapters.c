@@ -506,7 +506,10 @@ int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w
      * x + (W·in)). With adapters, the sub-layer output is always formed on its own first,
      * a = W·in + Δ, then x += a: the same rounding for a row whichever adapters share its
      * step, so a sequence's output does not depend on its batch. */
-    if (!pm) return llama__project(c, layer, m, w, in, T, c->x, true);
+    /* ... and a projection with a bias (Llama attention_bias on o_proj) is never fused either:
+     * x + (W·in) + b rounds differently from x + (W·in + b), which a row gets once another
+     * segment of its step has an adapter (a base row changed by one ulp in a mixed batch). */
+    if (!pm && !proj_bias(c, layer, m)) return llama__project(c, layer, m, w, in, T, c->x, true);
     int H = c->m->cfg.hidden_size;
     CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false)); /* a */
     if (!bottleneck) return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * H);

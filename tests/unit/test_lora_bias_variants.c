@@ -13,6 +13,7 @@
 #include <cJSON.h>
 #include <math.h>
 
+#include "adapter_store/adapter_blob.h"
 #include "server/engine/engine.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
@@ -92,13 +93,31 @@ static void rig_close(rig *r) {
     kbackend_destroy(r->kb);
 }
 
+/* The adapter after a round trip through its store blob (what an upload serves). */
+static adapter *via_blob(rig *r, adapter *a) {
+    adapter_base base;
+    void *blob = NULL;
+    size_t len = 0;
+    char err[512] = "";
+    adapter *out = NULL;
+    ASSERT_EQ(model_adapter_base(r->m, &base), 0);
+    ASSERT_EQ(adapter_blob_write_base(a, &base, &blob, &len), 0);
+    if (adapter_blob_read(blob, len, &base, &out, err, sizeof err) < 0) FAIL("adapter_blob_read: %s", err);
+    if (adapter_install(out, r->kb, err, sizeof err) < 0) FAIL("adapter_install: %s", err);
+    free(blob);
+    model_adapter_base_free(&base);
+    adapter_free(a);
+    return out;
+}
+
 /* Every case of the fixture as one sequence each, all in one batch with one segment. */
-static void check_logits(const char *name) {
+static void check_logits(const char *name, bool blob) {
     rig R;
     rig_open(&R);
     char dir[256];
     snprintf(dir, sizeof dir, "tests/fixtures/adapters/%s", name);
     adapter *ad = load_ad(&R, dir);
+    if (blob) ad = via_blob(&R, ad);
     reference rf;
     ref_load(name, &rf);
     const int bs = 4, max_blocks = 64;
@@ -141,8 +160,12 @@ static void check_logits(const char *name) {
     rig_close(&R);
 }
 
-TEST(logits_lora_bias_all) { check_logits(FIX[0]); }
-TEST(logits_lora_bias_only) { check_logits(FIX[1]); }
+TEST(logits_lora_bias_all) { check_logits(FIX[0], false); }
+TEST(logits_lora_bias_only) { check_logits(FIX[1], false); }
+TEST(logits_after_blob_round_trip) {
+    check_logits(FIX[0], true);
+    check_logits(FIX[1], true);
+}
 
 typedef struct {
     engine_request *q;
@@ -156,7 +179,7 @@ static engine *open_engine(rig *R, int max_seqs, int max_batch_tokens) {
     engine_config_default(&ec);
     ec.max_seqs = max_seqs;
     ec.max_batch_tokens = max_batch_tokens;
-    ec.kv_cache_mb = 16;
+    ec.kv_cache_mb = 64;
     engine *e = NULL;
     char err[512];
     if (engine_create(&ec, R->m, R->kb, R->tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
@@ -169,6 +192,7 @@ static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter 
     gen_params_default(&p);
     p.max_tokens = N_GREEDY;
     p.temperature = 0;
+    p.logprobs = 0; /* token ids and logprobs in the deltas */
     p.ignore_eos = true;
     p.adapter = ad;
     rn->q = engine_request_create(ids, n, &p);
@@ -228,4 +252,4 @@ TEST(greedy_and_mixed_batch) {
     rig_close(&R);
 }
 
-TEST_MAIN(logits_lora_bias_all, logits_lora_bias_only, greedy_and_mixed_batch)
+TEST_MAIN(logits_lora_bias_all, logits_lora_bias_only, logits_after_blob_round_trip, greedy_and_mixed_batch)
