@@ -28,7 +28,7 @@ static const char *FIXTURES[] = {
     "lora_lm_head", "lora_bf16", "ia3", "prompt_tuning", "prefix_tuning", "pfeiffer", "houlsby",
     /* issue 16 LoRA variants (make_lora_variant_fixtures.py; the bias "all"/"lora_only" ones need
      * a base with biases: test_lora_bias_variants.c) */
-    "lora_bias", "lora_embed_head", "lora_embed_tied", "lora_mts_tied", "adalora",
+    "lora_bias", "lora_embed_head", "lora_embed_tied", "lora_mts_tied", "adalora", "p_tuning", "prefix_projection",
 };
 #define N_FIXTURES (int)(sizeof FIXTURES / sizeof FIXTURES[0])
 
@@ -194,6 +194,8 @@ TEST(logits_lora_embed_head) { check_logits(15); }
 TEST(logits_lora_embed_tied) { check_logits(16); }
 TEST(logits_lora_mts_tied) { check_logits(17); }
 TEST(logits_adalora) { check_logits(18); }
+TEST(logits_p_tuning) { check_logits(19); }
+TEST(logits_prefix_projection) { check_logits(20); }
 
 /* ---- through the engine ---- */
 
@@ -482,5 +484,5 @@ TEST(dora_scales_in_one_batch_equal_alone) {
 TEST_MAIN(many_virtual_token_adapters_in_one_batch, logits_lora_r1_all, logits_lora_r8_all, logits_lora_r64_all, logits_lora_rslora, logits_lora_dora,
           logits_lora_patterns, logits_lora_layers, logits_lora_lm_head, logits_lora_bf16, logits_ia3,
           logits_prompt_tuning, logits_prefix_tuning, logits_pfeiffer, logits_houlsby, logits_lora_bias,
-          logits_lora_embed_head, logits_lora_embed_tied, logits_lora_mts_tied, logits_adalora, greedy_tokens_match_the_libraries, mixed_batch_equals_each_sequence_alone, logits_lora_dora_at_scales,
+          logits_lora_embed_head, logits_lora_embed_tied, logits_lora_mts_tied, logits_adalora, logits_p_tuning, logits_prefix_projection, greedy_tokens_match_the_libraries, mixed_batch_equals_each_sequence_alone, logits_lora_dora_at_scales,
           dora_scales_in_one_batch_equal_alone)

@@ -866,8 +866,13 @@ TEST(syn_prefix_split) {
     cfg_set(s, "token_dim", cJSON_CreateNumber(64));
     load_fails(syn_dir(s), PEFTD_EINVAL, "token_dim 64", NULL);
     cfg_set(s, "token_dim", cJSON_CreateNumber(32));
+    /* prefix_projection: the saved table is already the projected one (issue 16): same load */
     cfg_set(s, "prefix_projection", cJSON_CreateTrue());
-    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "prefix_projection", NULL);
+    a = load_ok(syn_dir(s));
+    ASSERT_EQ(a->prefix_k[1][0], (float)(0 * 1000 + 2 * 100));
+    adapter_free(a);
+    cfg_set(s, "prefix_projection", cJSON_CreateString("yes"));
+    load_fails(syn_dir(s), PEFTD_EFORMAT, "prefix_projection", NULL);
     syn_free(s);
 }
 
