@@ -27,7 +27,7 @@ static const char *FIXTURES[] = {
     "lora_r1_all", "lora_r8_all", "lora_r64_all", "lora_rslora", "lora_dora", "lora_patterns", "lora_layers",
     "lora_lm_head", "lora_bf16", "ia3", "prompt_tuning", "prefix_tuning", "pfeiffer", "houlsby",
     /* issue 16 LoRA variants (make_lora_variant_fixtures.py; the bias "all"/"lora_only" ones need
-     * a base with biases: test_lora_bias_variants.c) */
+     * a base with biases: tests/fixtures/adapters_bias_base, test_lora_bias_variants.c) */
     "lora_bias", "lora_embed_head", "lora_embed_tied", "lora_mts_tied", "adalora", "p_tuning", "prefix_projection",
 };
 #define N_FIXTURES (int)(sizeof FIXTURES / sizeof FIXTURES[0])

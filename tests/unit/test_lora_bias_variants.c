@@ -1,7 +1,8 @@
 /* tests/unit/test_lora_bias_variants.c — PEFT LoRA with trained projection biases (bias "all"
  * / "lora_only", issue 16) on a base that has biases: tests/fixtures/qwen2/llama_bias (a tiny
  * LlamaForCausalLM with attention_bias, GQA), adapters and references from
- * tests/fixtures/adapters/make_lora_variant_fixtures.py (PEFT 0.21.2 reloaded from disk):
+ * tests/fixtures/adapters/make_lora_variant_fixtures.py, in tests/fixtures/adapters_bias_base/
+ * (PEFT 0.21.2 reloaded from disk):
  *   - logits of every prompt position through llama_forward (one segment) within TOL;
  *   - 24 greedy tokens through the engine equal PEFT's;
  *   - a mixed batch (both adapters, a plain LoRA on the same base, base-only sequences) gives
@@ -33,7 +34,7 @@ typedef struct {
 
 static void ref_load(const char *name, reference *rf) {
     char path[256];
-    snprintf(path, sizeof path, "tests/fixtures/adapters/%s/reference.json", name);
+    snprintf(path, sizeof path, "tests/fixtures/adapters_bias_base/%s/reference.json", name);
     size_t len;
     char *text = test_read_file(path, &len);
     if (!text) FAIL("cannot read %s", path);
@@ -115,7 +116,7 @@ static void check_logits(const char *name, bool blob) {
     rig R;
     rig_open(&R);
     char dir[256];
-    snprintf(dir, sizeof dir, "tests/fixtures/adapters/%s", name);
+    snprintf(dir, sizeof dir, "tests/fixtures/adapters_bias_base/%s", name);
     adapter *ad = load_ad(&R, dir);
     if (blob) ad = via_blob(&R, ad);
     reference rf;
@@ -218,8 +219,8 @@ static void collect(run *rn) {
 TEST(greedy_and_mixed_batch) {
     rig R;
     rig_open(&R);
-    adapter *ads[3] = {load_ad(&R, "tests/fixtures/adapters/lora_bias_all"),
-                       load_ad(&R, "tests/fixtures/adapters/lora_bias_only"),
+    adapter *ads[3] = {load_ad(&R, "tests/fixtures/adapters_bias_base/lora_bias_all"),
+                       load_ad(&R, "tests/fixtures/adapters_bias_base/lora_bias_only"),
                        load_ad(&R, "tests/fixtures/qwen2/llama_bias_lora")};
     reference rf[2];
     ref_load(FIX[0], &rf[0]);
