@@ -69,6 +69,14 @@ typedef struct {
     /* DoRA, HOST memory owned by the adapter: [out, ADAPTER_DORA_STATS] per output row j:
      * m_j, ||W_j||², <W_j, ΔW_j>, ||ΔW_j||² with ΔW = scale·B·A (see adapter_dora_scale_vector) */
     float *dora_stats;
+    /* PEFT lora_bias: lora_B's own bias [out] (f32) or NULL; the delta is
+     * scale·(B(A x) + bias), so a request scale multiplies it too. */
+    const float *bias;
+    /* PEFT bias "all" / "lora_only": the trained bias of this projection [1, out] (f32),
+     * which REPLACES the base's bias for this adapter's rows (data NULL: the base's). Set
+     * on q/k/v/o only (the projections that carry a bias); may be set where rank is 0
+     * (bias "all" trains every bias, targeted or not). Not scaled by a request scale. */
+    kmat base_bias;
 } adapter_lora;
 
 #define ADAPTER_DORA_STATS 4
@@ -122,9 +130,18 @@ typedef struct adapter {
     adapter_bottleneck *bn_attn;  /* after self-attention ("mh_adapter") */
     adapter_bottleneck *bn_ffn;   /* after the MLP ("output_adapter") */
 
-    /* modules_to_save replacements (data NULL when absent) */
+    /* modules_to_save replacements (data NULL when absent); also PEFT's saved
+     * embed_tokens/lm_head base_layer.weight when it differs from the served base's */
     kmat lm_head;              /* [vocab, hidden] */
     kmat embed;                /* [vocab, hidden] */
+
+    /* LORA on embed_tokens (rank 0: none): embed_lora.a = lora_embedding_A TRANSPOSED,
+     * [vocab, rank] (one row per token id, gathered like an embedding table), embed_lora.b
+     * = lora_embedding_B [hidden, rank]; x[t] += scale·B·A[:, id_t] (PEFT lora.Embedding).
+     * LORA on lm_head: head_lora.a [rank, hidden], head_lora.b [vocab, rank]; logits +=
+     * scale·B(A h). dora / bias / base_bias are unused on both. */
+    adapter_lora embed_lora;
+    adapter_lora head_lora;
 
     int64_t n_params;          /* trainable parameters as stored */
     size_t bytes;              /* bytes of the stored tensors */

@@ -12,6 +12,11 @@
  *   bn_attn.<l>.down [size, hidden]  .down_bias [size] F32  .up [hidden, size]  .up_bias [hidden] F32
  *   (bn_ffn.<l>.* likewise)
  *   lm_head, embed  [vocab, hidden]
+ *   lora.<l>.<m>.bias [out] F32 (lora_bias)   lora.<l>.<m>.base_bias [out] (bias "all"/"lora_only")
+ *   embed_lora.a [vocab, rank]  embed_lora.b [hidden, rank]   head_lora.a [rank, hidden]
+ *   head_lora.b [vocab, rank]   (LoRA on embed_tokens / lm_head; metadata embed_lora /
+ *   head_lora = {rank, scale}; the per-module "bias" flag and the "base_bias" list are
+ *   optional: absent in blobs written before them, meaning none)
  * __metadata__["peftd"] is a JSON object: format, kind, source, sha256, n_params, bytes,
  * n_layers, max_rank, ranks, n_virtual, the base dims it was built for, per-module LoRA
  * rank / scale / DoRA flag, IA3 sides, per-module bottleneck settings.
@@ -166,8 +171,11 @@ static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
         const char *mn = adapter_module_name((adapter_module)(i % AMOD_COUNT));
         cJSON *o = cJSON_CreateObject();
         if (!add_item(arr, o) || !add_num(o, "layer", layer) || !cJSON_AddStringToObject(o, "module", mn) ||
-            !add_num(o, "rank", l->rank) || !add_num(o, "scale", l->scale) || !add_bool(o, "dora", l->dora))
+            !add_num(o, "rank", l->rank) || !add_num(o, "scale", l->scale) || !add_bool(o, "dora", l->dora) ||
+            !add_bool(o, "bias", l->bias))
             return PEFTD_ENOMEM;
+        snprintf(nm, sizeof nm, "lora.%d.%s.bias", layer, mn);
+        if (l->bias && (rc = wl_add(w, nm, KDT_F32, 1, l->b.rows, 1, l->bias))) return rc;
         snprintf(nm, sizeof nm, "lora.%d.%s.a", layer, mn);
         if ((rc = wl_mat(w, nm, &l->a))) return rc;
         snprintf(nm, sizeof nm, "lora.%d.%s.b", layer, mn);
@@ -177,6 +185,32 @@ static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
         snprintf(nm, sizeof nm, "lora.%d.%s.dora_stats", layer, mn);
         if (l->dora && !l->dora_stats) return PEFTD_EINVAL; /* every loaded DoRA module has them */
         if (l->dora && (rc = wl_add(w, nm, KDT_F32, 2, l->b.rows, ADAPTER_DORA_STATS, l->dora_stats))) return rc;
+    }
+    cJSON *bb = cJSON_AddArrayToObject(meta, "base_bias");
+    if (!bb) return PEFTD_ENOMEM;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        const adapter_lora *l = &a->lora[i];
+        if (!l->base_bias.data) continue;
+        int layer = i / AMOD_COUNT;
+        const char *mn = adapter_module_name((adapter_module)(i % AMOD_COUNT));
+        cJSON *o = cJSON_CreateObject();
+        if (!add_item(bb, o) || !add_num(o, "layer", layer) || !cJSON_AddStringToObject(o, "module", mn))
+            return PEFTD_ENOMEM;
+        snprintf(nm, sizeof nm, "lora.%d.%s.base_bias", layer, mn);
+        kmat v = l->base_bias;
+        v.rows = v.cols, v.cols = 1; /* written 1-D: [out] */
+        if ((rc = wl_add(w, nm, v.dtype, 1, v.rows, 1, v.data))) return rc;
+    }
+    const adapter_lora *top[2] = {&a->embed_lora, &a->head_lora};
+    static const char *const top_name[2] = {"embed_lora", "head_lora"};
+    for (int k = 0; k < 2; k++) {
+        if (!top[k]->rank) continue;
+        cJSON *o = cJSON_AddObjectToObject(meta, top_name[k]);
+        if (!o || !add_num(o, "rank", top[k]->rank) || !add_num(o, "scale", top[k]->scale)) return PEFTD_ENOMEM;
+        snprintf(nm, sizeof nm, "%s.a", top_name[k]);
+        if ((rc = wl_mat(w, nm, &top[k]->a))) return rc;
+        snprintf(nm, sizeof nm, "%s.b", top_name[k]);
+        if ((rc = wl_mat(w, nm, &top[k]->b))) return rc;
     }
     return 0;
 }
@@ -558,6 +592,45 @@ static int read_lora(rctx *c, const cJSON *meta) {
         snprintf(nm, sizeof nm, "lora.%lld.%s.dora", (long long)layer, mn);
         if (dora && (rc = claim(c, nm, 1, o, 0, -1, NULL, &l->dora))) return rc;
         if (dora && (rc = read_dora_stats(c, (int)layer, m, l))) return rc;
+        const cJSON *hb = cJSON_GetObjectItemCaseSensitive(e, "bias");
+        bool has_bias = false;
+        if (hb && (rc = jbool(c, e, "bias", &has_bias))) return rc;
+        snprintf(nm, sizeof nm, "lora.%lld.%s.bias", (long long)layer, mn);
+        if (has_bias && (rc = claim(c, nm, 1, o, 0, -1, NULL, &l->bias))) return rc;
+    }
+    const cJSON *bb = cJSON_GetObjectItemCaseSensitive(meta, "base_bias");
+    if (bb && (rc = jarray(c, meta, "base_bias", &bb))) return rc;
+    cJSON_ArrayForEach(e, bb) {
+        int64_t layer;
+        adapter_module m = AMOD_Q;
+        int o, in;
+        if ((rc = jint(c, e, "layer", 0, L - 1, &layer)) || (rc = module_of(c, e, &m))) return rc;
+        if (m > AMOD_O) return rfail(c, PEFTD_EFORMAT, "trained bias on %s (only q/k/v/o carry one)", adapter_module_name(m));
+        adapter_lora *l = &a->lora[layer * AMOD_COUNT + m];
+        if (l->base_bias.rows)
+            return rfail(c, PEFTD_EFORMAT, "trained bias %lld.%s listed twice", (long long)layer, adapter_module_name(m));
+        module_dims(&c->d, m, &o, &in);
+        snprintf(nm, sizeof nm, "lora.%lld.%s.base_bias", (long long)layer, adapter_module_name(m));
+        if ((rc = claim(c, nm, 1, o, 0, -1, &l->base_bias, NULL))) return rc;
+    }
+    /* LoRA on embed_tokens / lm_head: [vocab, r] + [hidden, r], and [r, hidden] + [vocab, r] */
+    static const char *const top_name[2] = {"embed_lora", "head_lora"};
+    adapter_lora *top[2] = {&a->embed_lora, &a->head_lora};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(meta, top_name[k]);
+        if (!o) continue;
+        int64_t rank;
+        if (!cJSON_IsObject(o)) return rfail(c, PEFTD_EFORMAT, "metadata field '%s' is not an object", top_name[k]);
+        if ((rc = jint(c, o, "rank", 1, ADAPTER_MAX_LORA_RANK, &rank)) || (rc = jfloat(c, o, "scale", &top[k]->scale)))
+            return rc;
+        top[k]->rank = (int)rank;
+        int64_t a0 = k ? rank : c->d.vocab, a1 = k ? c->d.hidden : rank, b0 = k ? c->d.vocab : c->d.hidden;
+        snprintf(nm, sizeof nm, "%s.a", top_name[k]);
+        if ((rc = claim(c, nm, 2, a0, a1, -1, &top[k]->a, NULL))) return rc;
+        snprintf(nm, sizeof nm, "%s.b", top_name[k]);
+        if ((rc = claim(c, nm, 2, b0, rank, -1, &top[k]->b, NULL))) return rc;
+        if (top[k]->a.dtype != KDT_F32 || top[k]->b.dtype != KDT_F32)
+            return rfail(c, PEFTD_EFORMAT, "tensors of '%s' must be F32", top_name[k]);
     }
     return 0;
 }
@@ -658,6 +731,8 @@ static int check_ranks(rctx *c, const cJSON *meta) {
     const cJSON *arr, *e;
     for (int i = 0; a->lora && i < a->n_layers * AMOD_COUNT; i++)
         if (a->lora[i].rank) adapter__note_rank(a, a->lora[i].rank);
+    if (a->embed_lora.rank) adapter__note_rank(a, a->embed_lora.rank);
+    if (a->head_lora.rank) adapter__note_rank(a, a->head_lora.rank);
     for (int l = 0; a->bn_attn && a->bn_ffn && l < a->n_layers; l++) {
         if (a->bn_attn[l].size) adapter__note_rank(a, a->bn_attn[l].size);
         if (a->bn_ffn[l].size) adapter__note_rank(a, a->bn_ffn[l].size);

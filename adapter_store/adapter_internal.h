@@ -175,11 +175,13 @@ st_tensor adapter__tensor_rows(const st_tensor *t, int64_t row0, int64_t rows);
 /* sel[l * AMOD_COUNT + m] = whether PEFT would adapt that module, from target_modules
  * (list / regex / "all-linear"), layers_to_transform, layers_pattern, exclude_modules and
  * modules_to_save, exactly as PEFT 0.21's check_target_module_exists. Targets the base
- * lacks → PEFTD_EINVAL; base modules peftd cannot adapt (lm_head, embed_tokens, norms)
- * → PEFTD_EUNSUPPORTED. A missing target_modules takes PEFT's per-model_type default:
- * defaults_llama for llama/mistral, defaults_qwen for qwen2/qwen3/gemma (NULL-terminated). */
+ * lacks → PEFTD_EINVAL; base modules peftd cannot adapt (norms, and embed_tokens /
+ * lm_head when extra is NULL) → PEFTD_EUNSUPPORTED. With extra ([2]), extra[0] / extra[1]
+ * tell whether model.embed_tokens / lm_head are targeted. A missing target_modules takes
+ * PEFT's per-model_type default: defaults_llama for llama/mistral, defaults_qwen for
+ * qwen2/qwen3/gemma (NULL-terminated). */
 int adapter__select_targets(adapter__ctx *c, const char *const *defaults_llama, const char *const *defaults_qwen,
-                            bool *sel);
+                            bool *sel, bool *extra);
 
 /* PEFT's get_pattern_key over the keys of patterns (an object, may be NULL): the value of
  * the first key K such that key re.match'es "(.*\.)?(K)$", or NULL. */
@@ -218,7 +220,15 @@ int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, co
 /* modules_to_save (lm_head / embed_tokens full replacements), shared by LoRA and IA3. */
 int adapter__load_modules_to_save(adapter__ctx *c);
 int adapter__load_lora(adapter__ctx *c);
+/* adapter_peft_lora_ext.c, after the projections' pairs are staged: lora_B biases and the
+ * trained projection biases of bias "all" / "lora_only" (bias: the config's string); then
+ * LoRA on embed_tokens / lm_head (extra from adapter__select_targets) with the config's
+ * r / lora_alpha / use_rslora (DoRA there → PEFTD_EUNSUPPORTED). */
+int adapter__load_lora_biases(adapter__ctx *c, const char *bias, bool lora_bias);
+int adapter__load_lora_top(adapter__ctx *c, const bool *extra, int r, double alpha, bool rslora, bool dora);
 int adapter__load_ia3(adapter__ctx *c);
+/* adapter_peft_adalora.c: AdaLoRA, converted to the LoRA form (E and the scale folded in). */
+int adapter__load_adalora(adapter__ctx *c);
 int adapter__load_prompt(adapter__ctx *c);
 int adapter__load_prefix(adapter__ctx *c);
 int adapter__load_hub(adapter__ctx *c);

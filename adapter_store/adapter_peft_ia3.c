@@ -44,7 +44,7 @@ int adapter__load_ia3(adapter__ctx *c) {
         rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory");
         goto fail;
     }
-    if ((rc = adapter__select_targets(c, def_llama, def_qwen, sel))) goto fail;
+    if ((rc = adapter__select_targets(c, def_llama, def_qwen, sel, NULL))) goto fail;
     for (int i = 0; i < n; i++) {
         if (!sel[i]) continue;
         int l = i / AMOD_COUNT, o, in, row0, fo;

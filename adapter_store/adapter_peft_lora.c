@@ -6,7 +6,8 @@
  *   base_model.model.<key>.lora_B.weight          [out, r]
  *   base_model.model.<key>.lora_magnitude_vector  [out]   (DoRA; older files add ".weight")
  * scale = alpha / r, or alpha / sqrt(r) with use_rslora, r and alpha after rank_pattern /
- * alpha_pattern (PEFT LoraLayer.update_layer).
+ * alpha_pattern (PEFT LoraLayer.update_layer). Trained biases and LoRA on embed_tokens /
+ * lm_head: adapter_peft_lora_ext.c.
  *
  * DoRA (peft/tuners/lora/dora.py): y = (m / ||W + scale·B·A||_row) ⊙ (W x + scale·B A x),
  * the norm taken per output row (torch.linalg.norm(weight, dim=1)) with the scale inside.
@@ -152,6 +153,12 @@ int adapter__load_modules_to_save(adapter__ctx *c) {
         /* PEFT ignores entries that name nothing (task-specific heads like "score"); a
          * tensor saved for one is then reported as unexpected. */
     }
+    /* ensure_weight_tying on a tied base: PEFT rewrites modules_to_save to the embedding and
+     * ties the lm_head copy to it; save_pretrained writes both (equal) tables. */
+    bool tie;
+    if ((rc = adapter__json_bool(c, c->cfg, "ensure_weight_tying", false, &tie))) return rc;
+    if (tie && want_embed && st_find(c->st, PREFIX "lm_head.weight")) want_head = true;
+    if (tie && want_head && st_find(c->st, PREFIX "model.embed_tokens.weight")) want_embed = true;
     const adapter_base *b = c->base;
     const st_tensor *t;
     kdtype kd;
@@ -189,15 +196,6 @@ int adapter__load_lora(adapter__ctx *c) {
         (rc = adapter__json_bool(c, cfg, "lora_bias", false, &lora_bias)) ||
         (rc = adapter__json_str(c, cfg, "bias", "none", &bias)))
         return rc;
-    if (strcmp(bias, "none"))
-        return adapter__fail(c, PEFTD_EUNSUPPORTED,
-                             "adapter_config.json: field 'bias' is '%.32s'; only \"none\" is served (trained base "
-                             "biases would change the base model)",
-                             bias);
-    if (lora_bias)
-        return adapter__fail(c, PEFTD_EUNSUPPORTED, "adapter_config.json: field 'lora_bias' is true; LoRA B biases are "
-                                                    "not served");
-
     sel = calloc((size_t)n, sizeof *sel);
     src = calloc((size_t)n, sizeof *src);
     a->lora = calloc((size_t)n, sizeof *a->lora);
@@ -205,7 +203,8 @@ int adapter__load_lora(adapter__ctx *c) {
         rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory");
         goto fail;
     }
-    if ((rc = adapter__select_targets(c, defaults, defaults, sel))) goto fail;
+    bool extra[2]; /* embed_tokens, lm_head */
+    if ((rc = adapter__select_targets(c, defaults, defaults, sel, extra))) goto fail;
 
     /* pass 1: names, shapes, dtypes */
     int dtype_mask = 0;
@@ -282,7 +281,9 @@ int adapter__load_lora(adapter__ctx *c) {
             if ((rc = adapter__stage_own(c, f, (size_t)L->b.rows, &L->dora))) goto fail;
         }
     }
-    rc = adapter__load_modules_to_save(c);
+    if ((rc = adapter__load_lora_biases(c, bias, lora_bias))) goto fail;
+    if ((rc = adapter__load_modules_to_save(c))) goto fail;
+    rc = adapter__load_lora_top(c, extra, r, alpha, rslora, dora);
 fail:
     free(sel);
     free(src);

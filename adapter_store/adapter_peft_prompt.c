@@ -19,7 +19,11 @@
  *                  the window rule kv_idx > q_idx - W counts the prefix slots like any others:
  *                  exactly the engine's layout (prefix slots right before the prompt's, the
  *                  attention op's window over slots). tests/unit/test_families.c checks it.
- * prefix_projection (an MLP over the table at run time) is refused.
+ * prefix_projection: true and P-tuning (PEFT "P_TUNING", a prompt-encoder MLP/LSTM) save the
+ * ENCODED table (get_prompt_embedding_to_save runs the encoder) and PEFT's inference path
+ * (inference_mode, set by from_pretrained) reads that table directly (get_prompt): both are
+ * served as plain prefix / prompt tuning (checked against peft 0.21.2 by
+ * tests/fixtures/adapters/make_lora_variant_fixtures.py: p_tuning, prefix_projection).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -74,11 +78,11 @@ int adapter__load_prefix(adapter__ctx *c) {
     const st_tensor *t;
     float *emb = NULL;
     a->kind = ADAPTER_PREFIX_TUNING;
+    /* prefix_projection: the table saved is already the MLP's output (PeftModel
+     * .get_prompt_embedding_to_save runs the prompt encoder), and a model loaded for inference
+     * (from_pretrained: inference_mode) uses that table as is, never the MLP: served as such */
     if ((rc = adapter__json_bool(c, c->cfg, "prefix_projection", false, &proj))) return rc;
-    if (proj)
-        return adapter__fail(c, PEFTD_EUNSUPPORTED,
-                             "adapter_config.json: field 'prefix_projection' is true; the prefix MLP is not served "
-                             "(train with prefix_projection=False)");
+    (void)proj;
     if ((rc = common(c, &nv)) || (rc = adapter__json_int(c, c->cfg, "token_dim", kv, 0, ADAPTER_MAX_COUNT, &dim)) ||
         (rc = adapter__json_int(c, c->cfg, "num_layers", L, 0, ADAPTER_MAX_COUNT, &nl)) ||
         (rc = adapter__json_int(c, c->cfg, "num_attention_heads", b->n_kv_heads, 0, ADAPTER_MAX_COUNT, &nh)))

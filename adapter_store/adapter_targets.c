@@ -16,7 +16,7 @@
  *
  * On top of PEFT we refuse what we cannot serve: a target that names no module of the base
  * (PEFT only fails when nothing matches at all) and targets that are modules other than
- * the 7 projections (embeddings, lm_head, norms).
+ * the 7 projections (norms; embed_tokens and lm_head unless the caller serves them: LoRA).
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -303,6 +303,7 @@ static int for_each_key(adapter__ctx *c, void *ud, key_fn fn) {
 typedef struct {
     const tcfg *t;
     bool *sel;
+    bool *extra; /* [2]: embed_tokens, lm_head targeted; NULL: refused */
     int n_sel;
 } sel_state;
 
@@ -311,6 +312,11 @@ static int select_key(adapter__ctx *c, void *ud, const char *key, int layer, ada
     bool hit;
     int rc = targeted(c, s->t, key, layer, &hit);
     if (rc || !hit) return rc;
+    if (m == AMOD_COUNT && s->extra && (!strcmp(key, "model.embed_tokens") || !strcmp(key, "lm_head"))) {
+        s->extra[strcmp(key, "lm_head") == 0] = true;
+        s->n_sel++;
+        return 0;
+    }
     if (m == AMOD_COUNT)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: target_modules selects '%s'; peftd adapts only the "
@@ -410,7 +416,7 @@ static int parse_tcfg(adapter__ctx *c, const char *const *defaults, tcfg *t) {
 }
 
 int adapter__select_targets(adapter__ctx *c, const char *const *defaults_llama, const char *const *defaults_qwen,
-                            bool *sel) {
+                            bool *sel, bool *extra) {
     tcfg t;
     int rc = parse_tcfg(c, default_targets(c->base->model_type, defaults_llama, defaults_qwen), &t);
     if (rc) return rc;
@@ -426,7 +432,8 @@ int adapter__select_targets(adapter__ctx *c, const char *const *defaults_llama, 
         }
     }
     memset(sel, 0, sizeof(bool) * (size_t)c->base->n_layers * AMOD_COUNT);
-    sel_state s = {.t = &t, .sel = sel};
+    if (extra) extra[0] = extra[1] = false;
+    sel_state s = {.t = &t, .sel = sel, .extra = extra};
     if ((rc = for_each_key(c, &s, select_key))) return rc;
     if (s.n_sel == 0) {
         if (t.regex)

@@ -95,7 +95,11 @@ void llama_ctx_free(llama_ctx *c) {
     free(c->emb_seg);
     free((void *)c->emb_vec);
     if (c->plan) {
+        if (c->plan->mod)
+            for (int i = 0; i < AMOD_COUNT * c->m->cfg.n_layers; i++) free(c->plan->mod[i].bias);
         free(c->plan->mod);
+        free(c->plan->emb);
+        free(c->plan->head);
         if (c->plan->bn)
             for (int i = 0; i < 2 * c->m->cfg.n_layers; i++) free(c->plan->bn[i].ln_before);
         free(c->plan->bn);
@@ -242,6 +246,7 @@ static int embed_rows(llama_ctx *c, const llama_batch *b) {
         int s = c->runs[i].start, n = c->runs[i].end - s;
         CHECK(kb->ops->get_rows(kb, c->runs[i].tab, c->d_emb_ids + s, n, c->x + (size_t)s * H));
     }
+    CHECK(llama__embed_lora(c));
     return m->cfg.gemma ? scale_embeddings(c, n_runs, T) : 0;
 }
 
@@ -327,6 +332,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         CHECK(op->matmul(kb, c->sel + (size_t)i * H, j - i, head, c->logits + (size_t)i * cfg->vocab_size, 0.0f));
         i = j;
     }
+    CHECK(llama__head_lora(c, c->sel, c->logits));
     if (cfg->final_softcap > 0)
         CHECK(op->softcap(kb, c->logits, (int64_t)b->n_logits * cfg->vocab_size, cfg->final_softcap));
     if (!logits) return 0; /* llama_sample picks the tokens on the backend */

@@ -11,6 +11,11 @@
  *                                                  adapter's row statistics, cached per
  *                                                  (content, t), see llama_dora_entry)
  *   IA3       y  = l ⊙ (W x)  or  y = W (l ⊙ x)    (output- or input-side vector)
+ *   lora_bias y += scale·(B(A x) + b_B)            (the SGMV expand's bias)
+ *   trained projection bias (PEFT bias "all"/"lora_only"): the segment's rows add its bias
+ *             instead of the base's (per-segment add_bias)
+ *   LoRA on embed_tokens: x[t] += scale·B·A[:, id_t]   (gather A's rows, one-segment expand)
+ *   LoRA on lm_head: logits += scale·B(A h)         (one-segment shrink + expand per segment)
  *   A projection bias b (Qwen2 q/k/v, Llama attention_bias) is part of "W x" above, as in
  *   PEFT's base_layer(x) — except for DoRA, whose factor f does not scale it (y = f ⊙ (…) + b).
  *   bottleneck (AdapterHub, on Llama where the library passes no layer norm), with a the
@@ -50,7 +55,9 @@ int llama__plan_init(llama_ctx *c) {
     size_t S = (size_t)c->p.max_seqs, L = (size_t)cfg->n_layers;
     size_t per_mod = 3 * (4 * (8 * S + 16)) + 3 * (8 * S + 16);
     size_t per_bn = 3 * (7 * (8 * S + 16));
-    c->plan_cap = L * (AMOD_COUNT * per_mod + 2 * per_bn) + 4 * (S + 1) + 64;
+    /* a one-segment SGMV (embed / lm_head LoRA) per segment: 4 tables of 1 + seg_start of 2 */
+    size_t per_top = 5 * (8 + 16);
+    c->plan_cap = L * (AMOD_COUNT * per_mod + 2 * per_bn) + 4 * (S + 1) + 2 * S * per_top + 64;
     c->plan_host = malloc(c->plan_cap);
     c->plan_dev = c->kb->ops->alloc(c->kb, c->plan_cap);
     c->plan = calloc(1, sizeof *c->plan);
@@ -60,6 +67,11 @@ int llama__plan_init(llama_ctx *c) {
     if (!c->plan->mod || !c->plan->bn) return PEFTD_ENOMEM;
     for (size_t i = 0; i < L * 2; i++)
         if (!(c->plan->bn[i].ln_before = calloc(S, sizeof(bool)))) return PEFTD_ENOMEM;
+    for (size_t i = 0; i < L * AMOD_COUNT; i++)
+        if (!(c->plan->mod[i].bias = calloc(S, sizeof(kmat *)))) return PEFTD_ENOMEM;
+    c->plan->emb = calloc(S, sizeof(llama_plan_top));
+    c->plan->head = calloc(S, sizeof(llama_plan_top));
+    if (!c->plan->emb || !c->plan->head) return PEFTD_ENOMEM;
     /* One step pins at most max_seqs (adapter, scale) pairs; LLAMA_DORA_SPARE more keep
      * recently used scales warm across steps. Each entry is O(sum of DoRA out dims) floats. */
     c->dora_cap = c->p.max_seqs + LLAMA_DORA_SPARE;
@@ -140,6 +152,8 @@ static void *stage(llama_ctx *c, size_t bytes, void **dev) {
 }
 
 #define STAGE(c, type, n, devp) ((type *)stage((c), sizeof(type) * (size_t)(n), (void **)(devp)))
+
+static int plan_top(llama_ctx *c, const llama_batch *b);
 
 /* One ksgmv per weight dtype among the segments that have a (non-empty) low-rank pair. */
 typedef struct {
@@ -255,19 +269,29 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
     const float *dora[n], *ia3o[n], *ia3i[n];
     for (int l = 0; l < L; l++) {
         for (int m = 0; m < AMOD_COUNT; m++) {
+            bool with_bias = false; /* some segment's LoRA has a lora_B bias */
             llama_plan_mod *pm = &p->mod[l * AMOD_COUNT + m];
+            const kmat **seg_bias = pm->bias;
             memset(pm, 0, sizeof *pm);
+            pm->bias = seg_bias;
             for (int i = 0; i < n; i++) {
                 const adapter *ad = b->segs[i].ad;
                 memset(&pairs[i], 0, sizeof pairs[i]);
                 dora[i] = ia3o[i] = ia3i[i] = NULL;
+                seg_bias[i] = NULL;
                 if (!ad) continue;
                 if (ad->kind == ADAPTER_LORA && ad->lora) {
                     const adapter_lora *lr = &ad->lora[l * AMOD_COUNT + m];
                     if (lr->rank > 0) {
                         pairs[i] = (seg_pair){.a = lr->a.data, .b = lr->b.data, .rank = lr->rank,
-                                              .scale = lr->scale * b->segs[i].scale, .dtype = lr->a.dtype};
+                                              .scale = lr->scale * b->segs[i].scale, .bias_b = lr->bias,
+                                              .dtype = lr->a.dtype};
                         dora[i] = lr->dora && seg_dora[i] ? seg_dora[i][l * AMOD_COUNT + m] : lr->dora;
+                        with_bias |= lr->bias != NULL;
+                    }
+                    if (lr->base_bias.data) {
+                        seg_bias[i] = &lr->base_bias;
+                        pm->any_bias = true;
                     }
                 } else if (ad->kind == ADAPTER_IA3 && ad->ia3) {
                     const float *v = ad->ia3[l * AMOD_COUNT + m];
@@ -275,7 +299,7 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
                     else ia3o[i] = v;
                 }
             }
-            CHECK(build_sgmv(c, pairs, n, false, &pm->n_sg, pm->sg, &pm->ld_t));
+            CHECK(build_sgmv(c, pairs, n, with_bias, &pm->n_sg, pm->sg, &pm->ld_t));
             CHECK(build_vec(c, dora, n, &pm->dora));
             CHECK(build_vec(c, ia3o, n, &pm->ia3_out));
             CHECK(build_vec(c, ia3i, n, &pm->ia3_in));
@@ -304,12 +328,103 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
             if (pb->ld_t > p->max_rank) p->max_rank = pb->ld_t;
         }
     }
+    CHECK(plan_top(c, b));
     CHECK(c->kb->ops->upload(c->kb, c->plan_dev, c->plan_host, c->plan_used));
     if (p->max_rank > c->ws_cols) { /* grow the SGMV workspace to the widest rank seen */
         if (c->ws) c->kb->ops->free(c->kb, c->ws);
-        c->ws = c->kb->ops->alloc(c->kb, c->kb->ops->sgmv_workspace(c->kb, c->p.max_tokens, p->max_rank));
+        /* rows: every token of a step, or every logit row (lm_head LoRA), whichever is more */
+        int rows = c->p.max_tokens > c->p.max_seqs ? c->p.max_tokens : c->p.max_seqs;
+        c->ws = c->kb->ops->alloc(c->kb, c->kb->ops->sgmv_workspace(c->kb, rows, p->max_rank));
         c->ws_cols = c->ws ? p->max_rank : 0;
         if (!c->ws) return PEFTD_ENOMEM;
+    }
+    return 0;
+}
+
+/* A one-segment SGMV over rows [0, rows) of L (rank, scale·t, bias-free), staged. */
+static int stage_top(llama_ctx *c, const adapter_lora *L, float t, int rows, llama_plan_top *pt) {
+    void *d;
+    const void **a, **b;
+    int32_t *rank, *ss;
+    float *scale;
+    memset(pt, 0, sizeof *pt);
+    if (!(a = STAGE(c, const void *, 1, &d))) return PEFTD_ENOMEM;
+    pt->sg.a = d;
+    if (!(b = STAGE(c, const void *, 1, &d))) return PEFTD_ENOMEM;
+    pt->sg.b = d;
+    if (!(rank = STAGE(c, int32_t, 1, &d))) return PEFTD_ENOMEM;
+    pt->sg.rank = d;
+    if (!(scale = STAGE(c, float, 1, &d))) return PEFTD_ENOMEM;
+    pt->sg.scale = d;
+    if (!(ss = STAGE(c, int32_t, 2, &d))) return PEFTD_ENOMEM;
+    pt->sg.seg_start = d;
+    a[0] = L->a.data, b[0] = L->b.data, rank[0] = L->rank, scale[0] = L->scale * t;
+    ss[0] = 0, ss[1] = rows;
+    pt->sg.n_segs = 1;
+    pt->sg.dtype = L->a.dtype;
+    pt->n_sg = 1;
+    pt->rank = L->rank;
+    return 0;
+}
+
+/* The embed_tokens / lm_head LoRA of each segment. A segment's logit rows are contiguous
+ * (logit rows are in row order, segments are row ranges). */
+static int plan_top(llama_ctx *c, const llama_batch *b) {
+    llama_plan *p = c->plan;
+    p->any_emb = p->any_head = false;
+    for (int i = 0, k = 0; i < p->n_segs; i++) {
+        const llama_segment *sg = &b->segs[i];
+        const adapter *ad = sg->ad;
+        int k0 = k;
+        while (k < b->n_logits && b->logit_rows[k] < sg->row_end) {
+            if (b->logit_rows[k] < sg->row_start) return PEFTD_EINVAL; /* not in row order */
+            k++;
+        }
+        memset(&p->emb[i], 0, sizeof p->emb[i]);
+        memset(&p->head[i], 0, sizeof p->head[i]);
+        if (!ad || ad->kind != ADAPTER_LORA) continue;
+        if (ad->embed_lora.rank > 0 && sg->row_end > sg->row_start) {
+            CHECK(stage_top(c, &ad->embed_lora, sg->scale, sg->row_end - sg->row_start, &p->emb[i]));
+            p->any_emb = true;
+            if (ad->embed_lora.rank > p->max_rank) p->max_rank = ad->embed_lora.rank;
+        }
+        if (ad->head_lora.rank > 0 && k > k0) {
+            CHECK(stage_top(c, &ad->head_lora, sg->scale, k - k0, &p->head[i]));
+            p->head[i].k0 = k0, p->head[i].n = k - k0;
+            p->any_head = true;
+            if (ad->head_lora.rank > p->max_rank) p->max_rank = ad->head_lora.rank;
+        }
+    }
+    return 0;
+}
+
+int llama__embed_lora(llama_ctx *c) {
+    const llama_plan *p = c->plan;
+    kbackend *kb = c->kb;
+    int H = c->m->cfg.hidden_size;
+    if (!p->n_segs || !p->any_emb) return 0;
+    for (int i = 0; i < p->n_segs; i++) {
+        const llama_plan_top *pt = &p->emb[i];
+        if (!pt->n_sg) continue;
+        const adapter *ad = p->segs[i].ad;
+        int r0 = p->segs[i].row_start, n = p->segs[i].row_end - r0;
+        /* t = A[:, ids] as rows [n, rank] (A stored transposed), then x += scale·t·Bᵀ */
+        CHECK(kb->ops->get_rows(kb, &ad->embed_lora.a, c->d_emb_ids + r0, n, c->ws));
+        CHECK(kb->ops->sgmv_expand(kb, c->ws, pt->rank, &pt->sg, H, c->x + (size_t)r0 * H));
+    }
+    return 0;
+}
+
+int llama__head_lora(llama_ctx *c, const float *sel, float *logits) {
+    const llama_plan *p = c->plan;
+    kbackend *kb = c->kb;
+    int H = c->m->cfg.hidden_size, V = c->m->cfg.vocab_size;
+    if (!p->n_segs || !p->any_head) return 0;
+    for (int i = 0; i < p->n_segs; i++) {
+        const llama_plan_top *pt = &p->head[i];
+        if (!pt->n_sg) continue;
+        CHECK(kb->ops->sgmv_shrink(kb, sel + (size_t)pt->k0 * H, H, &pt->sg, c->ws, pt->rank));
+        CHECK(kb->ops->sgmv_expand(kb, c->ws, pt->rank, &pt->sg, V, logits + (size_t)pt->k0 * V));
     }
     return 0;
 }
@@ -360,7 +475,15 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
     if (!pm) return bias ? kb->ops->add_bias(kb, out, T, bias) : 0;
     CHECK(apply_sgmv(c, pm->n_sg, pm->sg, pm->ld_t, in, in_dim, out_dim, out));
     if (pm->dora) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->dora));
-    if (bias) CHECK(kb->ops->add_bias(kb, out, T, bias));
+    if (pm->any_bias) { /* some segments replace the bias: each segment's rows add their own */
+        for (int i = 0; i < p->n_segs; i++) {
+            const kmat *sb = pm->bias[i] ? pm->bias[i] : bias;
+            int r0 = p->segs[i].row_start, nr = p->segs[i].row_end - r0;
+            if (sb && nr > 0) CHECK(kb->ops->add_bias(kb, out + (size_t)r0 * out_dim, nr, sb));
+        }
+    } else if (bias) {
+        CHECK(kb->ops->add_bias(kb, out, T, bias));
+    }
     if (pm->ia3_out) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->ia3_out));
     return 0;
 }
@@ -383,7 +506,10 @@ int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w
      * x + (W·in)). With adapters, the sub-layer output is always formed on its own first,
      * a = W·in + Δ, then x += a: the same rounding for a row whichever adapters share its
      * step, so a sequence's output does not depend on its batch. */
-    if (!pm) return llama__project(c, layer, m, w, in, T, c->x, true);
+    /* ... and a projection with a bias (Llama attention_bias on o_proj) is never fused either:
+     * x + (W·in) + b rounds differently from x + (W·in + b), which a row gets once another
+     * segment of its step has an adapter (a base row changed by one ulp in a mixed batch). */
+    if (!pm && !proj_bias(c, layer, m)) return llama__project(c, layer, m, w, in, T, c->x, true);
     int H = c->m->cfg.hidden_size;
     CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false)); /* a */
     if (!bottleneck) return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * H);

@@ -23,7 +23,20 @@ typedef struct {
     const float *const *dora;    /* [n_segs] DoRA output factors, or NULL when no segment has one */
     const float *const *ia3_out; /* [n_segs] IA3 output-side vectors, or NULL */
     const float *const *ia3_in;  /* [n_segs] IA3 input-side vectors, or NULL */
+    const kmat **bias;           /* host [n_segs] trained bias replacing the base's (PEFT bias
+                                  * "all"/"lora_only"), NULL = the base's; the array itself is
+                                  * NULL when no segment replaces it (plan_init allocates) */
+    bool any_bias;
 } llama_plan_mod;
+
+/* LoRA on embed_tokens / lm_head of one segment: a one-segment SGMV over its own rows
+ * (embedding rows [row_start, row_end); logit rows [k0, k0 + n)), n_sg 0 when none. */
+typedef struct {
+    int n_sg;
+    ksgmv sg;
+    int rank;
+    int k0, n;                   /* head: the segment's logit rows */
+} llama_plan_top;
 
 /* Bottleneck adapters at one place of one layer. */
 typedef struct {
@@ -40,6 +53,8 @@ typedef struct {
     llama_plan_bn *bn;           /* [n_layers * 2] */
     int max_rank;                /* workspace columns needed this step */
     const llama_segment *segs;   /* host: this step's segments */
+    llama_plan_top *emb, *head;  /* [max_seqs] each */
+    bool any_emb, any_head;
 } llama_plan;
 
 /* DoRA factors m/||W + t·ΔW|| of one adapter content at one request scale t != 1 (issue 9
@@ -112,6 +127,12 @@ int llama__plan_init(llama_ctx *c);
 void llama__plan_free(llama_ctx *c);
 /* Analyses the batch's segments and uploads this step's adapter tables. */
 int llama__plan_build(llama_ctx *c, const llama_batch *b);
+/* x rows of segments with a LoRA on embed_tokens += scale·B·A[:, id] (after embed_rows'
+ * gather, before any embedding scale); uses c->d_emb_ids. */
+int llama__embed_lora(llama_ctx *c);
+/* logits [n_logits, vocab] += the lm_head LoRA deltas of their segments, from the normed
+ * hidden rows sel [n_logits, hidden]. */
+int llama__head_lora(llama_ctx *c, const float *sel, float *logits);
 /* The adapter of row r (NULL for base rows). */
 const adapter *llama__row_adapter(const llama_batch *b, int r);
 /* out[T, W.rows] = in · Wᵀ plus the adapters' deltas for (layer, module). */

@@ -147,8 +147,9 @@ def wait_for(cond, what, timeout=10):
 def expected_kind(fix):
     cfg = json.load(open(os.path.join(FIX, fix, "adapter_config.json")))
     t = cfg.get("peft_type")
-    return {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning",
-            "PREFIX_TUNING": "prefix_tuning"}.get(t, "bottleneck" if t is None else None)
+    # AdaLoRA is converted to LoRA at import, P-tuning served as prompt tuning (issue 16)
+    return {"LORA": "lora", "ADALORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning",
+            "P_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning"}.get(t, "bottleneck" if t is None else None)
 
 
 def lora_config(rank=1):

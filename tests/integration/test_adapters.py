@@ -14,7 +14,9 @@ from harness import test
 
 FIX = os.path.join(harness.ROOT, "tests", "fixtures", "adapters")
 SERVED = {"r8": "lora_r8_all", "dora": "lora_dora", "ia3": "ia3", "pt": "prompt_tuning",
-          "pfx": "prefix_tuning", "hb": "houlsby", "pf": "pfeiffer", "head": "lora_lm_head"}
+          "pfx": "prefix_tuning", "hb": "houlsby", "pf": "pfeiffer", "head": "lora_lm_head",
+          "lbias": "lora_bias", "emb": "lora_embed_head", "embtie": "lora_embed_tied", "mtstie": "lora_mts_tied",
+          "ada": "adalora", "ptun": "p_tuning", "pproj": "prefix_projection"}
 _tmp = tempfile.mkdtemp(prefix="peftd-adapters-")
 _daemon = None
 
@@ -175,7 +177,9 @@ def bad_adapter_requests_get_clear_errors():
 def concurrent_mixed_adapters_match_solo_outputs():
     names = list(SERVED) + [None, None]
     prompts = ["Once upon a time", "The dog", "Tom went", "One day", "Lily saw", "The sun", "A cat",
-               "Mom said", "It was", "Ben had"]
+               "Mom said", "It was", "Ben had", "The bird", "Sue liked", "A big", "The girl", "He ran",
+               "She was", "They went", "The boy", "Max saw"]
+    assert len(prompts) >= len(names)
     solo = {}
     for i, n in enumerate(names):
         kw = {"model": n} if n else {}

@@ -274,7 +274,8 @@ def write_config(obj):
 def restart_keeps_every_adapter_and_its_output():
     store = os.path.join(TMP, "restart-store")
     kinds = ["lora_r8_all", "lora_dora", "ia3", "prompt_tuning", "prefix_tuning", "pfeiffer", "houlsby",
-             "lora_lm_head", "lora_bf16"]
+             "lora_lm_head", "lora_bf16", "lora_bias", "lora_embed_head", "lora_embed_tied", "lora_mts_tied",
+             "adalora", "p_tuning", "prefix_projection"]
     d = harness.Daemon(store=store)
     try:
         for k in kinds:

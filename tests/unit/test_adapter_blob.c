@@ -130,6 +130,17 @@ static void same_adapter(const adapter *x, const adapter *y) {
         ASSERT_EQ(!q->dora_stats, !q->dora);
         if (p->dora_stats && memcmp(p->dora_stats, q->dora_stats, (size_t)o * ADAPTER_DORA_STATS * sizeof(float)))
             FAIL("%s: DoRA row statistics differ", w);
+        same_bytes(p->bias, q->bias, (size_t)o * sizeof(float), w);
+        ASSERT_EQ(!p->base_bias.data, !q->base_bias.data);
+        if (p->base_bias.data) same_mat(&p->base_bias, &q->base_bias, w);
+    }
+    const adapter_lora *tx[2] = {&x->embed_lora, &x->head_lora}, *ty[2] = {&y->embed_lora, &y->head_lora};
+    for (int k = 0; k < 2; k++) {
+        ASSERT_EQ(tx[k]->rank, ty[k]->rank);
+        if (!tx[k]->rank) continue;
+        same_float(tx[k]->scale, ty[k]->scale, k ? "head_lora" : "embed_lora");
+        same_mat(&tx[k]->a, &ty[k]->a, k ? "head_lora.a" : "embed_lora.a");
+        same_mat(&tx[k]->b, &ty[k]->b, k ? "head_lora.b" : "embed_lora.b");
     }
     for (int m = 0; m < AMOD_COUNT; m++) ASSERT_EQ(x->ia3_input[m], y->ia3_input[m]);
     for (int i = 0; x->ia3 && i < L * AMOD_COUNT; i++) {

@@ -1,6 +1,7 @@
 /* tests/unit/test_adapter_forward.c — every adapter kind against the library that made it
  * (Hugging Face PEFT 0.21 / AdapterHub adapters 1.3, fixtures from
- * tests/fixtures/adapters/make_adapter_fixtures.py), on the default model:
+ * tests/fixtures/adapters/make_adapter_fixtures.py and make_lora_variant_fixtures.py), on the
+ * default model:
  *   - logits of every prompt position, through llama_forward with one adapter segment;
  *   - 24 greedy tokens through the engine (the serving path);
  *   - a mixed batch: every fixture adapter plus base-only sequences at once returns, for
@@ -25,6 +26,9 @@
 static const char *FIXTURES[] = {
     "lora_r1_all", "lora_r8_all", "lora_r64_all", "lora_rslora", "lora_dora", "lora_patterns", "lora_layers",
     "lora_lm_head", "lora_bf16", "ia3", "prompt_tuning", "prefix_tuning", "pfeiffer", "houlsby",
+    /* issue 16 LoRA variants (make_lora_variant_fixtures.py; the bias "all"/"lora_only" ones need
+     * a base with biases: tests/fixtures/adapters_bias_base, test_lora_bias_variants.c) */
+    "lora_bias", "lora_embed_head", "lora_embed_tied", "lora_mts_tied", "adalora", "p_tuning", "prefix_projection",
 };
 #define N_FIXTURES (int)(sizeof FIXTURES / sizeof FIXTURES[0])
 
@@ -185,6 +189,13 @@ TEST(logits_prompt_tuning) { check_logits(10); }
 TEST(logits_prefix_tuning) { check_logits(11); }
 TEST(logits_pfeiffer) { check_logits(12); }
 TEST(logits_houlsby) { check_logits(13); }
+TEST(logits_lora_bias) { check_logits(14); }
+TEST(logits_lora_embed_head) { check_logits(15); }
+TEST(logits_lora_embed_tied) { check_logits(16); }
+TEST(logits_lora_mts_tied) { check_logits(17); }
+TEST(logits_adalora) { check_logits(18); }
+TEST(logits_p_tuning) { check_logits(19); }
+TEST(logits_prefix_projection) { check_logits(20); }
 
 /* ---- through the engine ---- */
 
@@ -472,6 +483,6 @@ TEST(dora_scales_in_one_batch_equal_alone) {
 
 TEST_MAIN(many_virtual_token_adapters_in_one_batch, logits_lora_r1_all, logits_lora_r8_all, logits_lora_r64_all, logits_lora_rslora, logits_lora_dora,
           logits_lora_patterns, logits_lora_layers, logits_lora_lm_head, logits_lora_bf16, logits_ia3,
-          logits_prompt_tuning, logits_prefix_tuning, logits_pfeiffer, logits_houlsby,
-          greedy_tokens_match_the_libraries, mixed_batch_equals_each_sequence_alone, logits_lora_dora_at_scales,
+          logits_prompt_tuning, logits_prefix_tuning, logits_pfeiffer, logits_houlsby, logits_lora_bias,
+          logits_lora_embed_head, logits_lora_embed_tied, logits_lora_mts_tied, logits_adalora, logits_p_tuning, logits_prefix_projection, greedy_tokens_match_the_libraries, mixed_batch_equals_each_sequence_alone, logits_lora_dora_at_scales,
           dora_scales_in_one_batch_equal_alone)

@@ -866,8 +866,13 @@ TEST(syn_prefix_split) {
     cfg_set(s, "token_dim", cJSON_CreateNumber(64));
     load_fails(syn_dir(s), PEFTD_EINVAL, "token_dim 64", NULL);
     cfg_set(s, "token_dim", cJSON_CreateNumber(32));
+    /* prefix_projection: the saved table is already the projected one (issue 16): same load */
     cfg_set(s, "prefix_projection", cJSON_CreateTrue());
-    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "prefix_projection", NULL);
+    a = load_ok(syn_dir(s));
+    ASSERT_EQ(a->prefix_k[1][0], (float)(0 * 1000 + 2 * 100));
+    adapter_free(a);
+    cfg_set(s, "prefix_projection", cJSON_CreateString("yes"));
+    load_fails(syn_dir(s), PEFTD_EFORMAT, "prefix_projection", NULL);
     syn_free(s);
 }
 
@@ -969,9 +974,17 @@ TEST(err_fan_in_fan_out_and_bias) {
     cfg_set(s, "fan_in_fan_out", cJSON_CreateTrue());
     load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "fan_in_fan_out", NULL);
     cfg_set(s, "fan_in_fan_out", cJSON_CreateFalse());
+    /* trained biases (issue 16): on a bias-free base PEFT saves none, so "lora_only" / "all"
+     * load as plain LoRA; a value PEFT does not know is malformed */
     cfg_set(s, "bias", cJSON_CreateString("lora_only"));
-    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "'bias'", "lora_only");
+    adapter_free(load_ok(syn_dir(s)));
+    cfg_set(s, "bias", cJSON_CreateString("some"));
+    load_fails(syn_dir(s), PEFTD_EFORMAT, "'bias'", "some");
     cfg_set(s, "bias", cJSON_CreateString("none"));
+    /* lora_bias: true needs lora_B.bias of every adapted module */
+    cfg_set(s, "lora_bias", cJSON_CreateTrue());
+    load_fails(syn_dir(s), PEFTD_EFORMAT, "lora_B.bias", "missing");
+    cfg_set(s, "lora_bias", cJSON_CreateFalse());
     cfg_set(s, "layer_replication", cJSON_Parse("[[0, 2]]"));
     load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "layer_replication", NULL);
     syn_free(s);
@@ -1047,7 +1060,11 @@ TEST(err_targets_the_base_lacks) {
     load_fails(syn_dir(s), PEFTD_EINVAL, "c_attn", "not found in base");
     const char *tm2[] = {"q_proj", "v_proj", "lm_head"};
     cfg_set(s, "target_modules", cJSON_CreateStringArray(tm2, 3));
-    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "lm_head", NULL);
+    /* lm_head is a LoRA target since issue 16: its tensors are then required */
+    load_fails(syn_dir(s), PEFTD_EFORMAT, "lm_head.lora_A.weight", "missing");
+    const char *tm4[] = {"q_proj", "input_layernorm"};
+    cfg_set(s, "target_modules", cJSON_CreateStringArray(tm4, 2));
+    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "input_layernorm", NULL);
     const char *tm3[] = {"q_proj", "v_proj"};
     cfg_set(s, "target_modules", cJSON_CreateStringArray(tm3, 2));
     cfg_set(s, "layers_to_transform", cJSON_CreateIntArray((int[]){1, 5}, 2));
