@@ -47,7 +47,8 @@ CONSOLE_GEN   := $(BUILD)/gen/console_assets.c
 LIB_OBJ  += $(BUILD)/gen/console_assets.o
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
-HARNESS  := $(BUILD)/tests/harness.o $(BUILD)/tests/logit_ref.o $(BUILD)/tests/seq_batch.o $(BUILD)/tests/tok_corpus.o
+HARNESS  := $(BUILD)/tests/harness.o $(BUILD)/tests/logit_ref.o $(BUILD)/tests/seq_batch.o $(BUILD)/tests/tok_corpus.o \
+            $(BUILD)/tests/adapter_ref.o
 # The command line client: its own binary, not part of the daemon library.
 PEFTCTL_SRC := $(wildcard clients/peftctl/*.c)
 PEFTCTL_OBJ := $(PEFTCTL_SRC:%.c=$(BUILD)/%.o)
@@ -184,6 +185,10 @@ $(BUILD)/tests/logit_ref.o: tests/harness/logit_ref.c tests/harness/logit_ref.h 
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/seq_batch.o: tests/harness/seq_batch.c tests/harness/seq_batch.h tests/harness/test.h $(FLAGS_FILE)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/adapter_ref.o: tests/harness/adapter_ref.c tests/harness/adapter_ref.h tests/harness/test.h $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 

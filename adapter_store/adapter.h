@@ -100,6 +100,8 @@ typedef struct {
     bool residual_before_ln;   /* AdapterHub flags that change the math on Llama */
     bool original_ln_before;
     bool original_ln_after;
+    bool parallel;             /* is_parallel (par_bn): reads the residual stream h, not the
+                                * sub-layer output; the two flags above are then unused */
 } adapter_bottleneck;
 
 typedef struct adapter {

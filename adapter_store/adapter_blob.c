@@ -219,7 +219,8 @@ static int collect_bn(const adapter *a, wlist *w, cJSON *meta) {
                 !add_num(o, "size", B->size) || !add_num(o, "act", B->act) || !add_num(o, "scaling", B->scaling) ||
                 !add_bool(o, "residual_before_ln", B->residual_before_ln) ||
                 !add_bool(o, "original_ln_before", B->original_ln_before) ||
-                !add_bool(o, "original_ln_after", B->original_ln_after) || !add_bool(o, "down_bias", B->down_bias) ||
+                !add_bool(o, "original_ln_after", B->original_ln_after) || !add_bool(o, "parallel", B->parallel) ||
+                !add_bool(o, "down_bias", B->down_bias) ||
                 !add_bool(o, "up_bias", B->up_bias))
                 return PEFTD_ENOMEM;
             snprintf(nm, sizeof nm, "%s.%d.down", pl, l);

@@ -341,12 +341,16 @@ static int read_bn(rctx *c, const cJSON *meta) {
         if ((rc = jfloat(c, e, "scaling", &B->scaling)) ||
             (rc = jbool(c, e, "residual_before_ln", &B->residual_before_ln)) ||
             (rc = jbool(c, e, "original_ln_before", &B->original_ln_before)) ||
-            (rc = jbool(c, e, "original_ln_after", &B->original_ln_after)) || (rc = jbool(c, e, "down_bias", &db)) ||
+            (rc = jbool(c, e, "original_ln_after", &B->original_ln_after)) ||
+            /* "parallel": absent in blobs written before par_bn was served (= false) */
+            (cJSON_HasObjectItem(e, "parallel") && (rc = jbool(c, e, "parallel", &B->parallel))) ||
+            (rc = jbool(c, e, "down_bias", &db)) ||
             (rc = jbool(c, e, "up_bias", &ub)))
             return rc;
         /* the wiring the forward serves, as the importer decides it (adapter_hub.c): a blob
          * claiming another one is refused here rather than failing every step later */
-        if (!B->original_ln_before) B->residual_before_ln = true;
+        if (!B->original_ln_before || B->parallel) B->residual_before_ln = true;
+        if (B->parallel) B->original_ln_before = false;
         if (!B->residual_before_ln || !B->original_ln_after)
             return rfail(c, PEFTD_EUNSUPPORTED, "bottleneck %s.%lld: residual_before_ln %s / original_ln_after %s is not "
                                                 "served",

@@ -15,9 +15,10 @@
  *
  * Forward (methods/modeling.py Adapter.forward): up(act(down(h))) · scaling + residual,
  * which is SGMV shrink (bias, activation) then expand (bias, scale); the placement flags
- * are copied for server/model. Options that add layers or change that math (layer norms
- * inside the adapter, gating, parallel adapters, PHM, invertible adapters, per-channel
- * scaling, residual_before_ln "post_add") are refused.
+ * are copied for server/model. par_bn (is_parallel: ParallelAdapter) is the same module
+ * reading the residual stream before the sub-layer instead of its output. Options that add
+ * layers or change that math (layer norms inside the adapter, gating, PHM, invertible
+ * adapters, per-channel scaling, residual_before_ln "post_add") are refused.
  */
 #include <math.h>
 #include <stdio.h>
@@ -25,7 +26,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "adapter_store/adapter_internal.h"
+#include "adapter_store/adapter_hub_internal.h"
 
 /* The activation adapters' Activation_Function_Class builds for a name (lower-cased and
  * looked up in transformers' ACT2FN; None → identity). */
@@ -99,8 +100,6 @@ static int refuse_flags(adapter__ctx *c) {
         {"ln_before", "a layer norm inside the adapter"},
         {"ln_after", "a layer norm inside the adapter"},
         {"use_gating", "gated adapters"},
-        {"is_parallel", "parallel adapters"},
-        {"phm_layer", "PHM (Compacter) layers"},
         {"cross_adapter", "cross-attention adapters (encoder-decoder)"},
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
@@ -130,8 +129,10 @@ static int adapter_name(adapter__ctx *c, char *buf, size_t n) {
     }
     for (size_t i = 0; i < st_count(c->st); i++) {
         const char *t = st_get(c->st, i)->name, *p = strstr(t, ".adapters."), *e;
-        if (p && (e = strchr(p + 10, '.')) && (size_t)(e - p - 10) < n) {
-            snprintf(buf, n, "%.*s", (int)(e - p - 10), p + 10);
+        size_t k = 10;
+        if (!p && (p = strstr(t, ".loras."))) k = 7; /* AdapterHub LoRA / IA3 */
+        if (p && (e = strchr(p + k, '.')) && (size_t)(e - p - k) < n) {
+            snprintf(buf, n, "%.*s", (int)(e - p - k), p + k);
             return 0;
         }
     }
@@ -141,15 +142,18 @@ static int adapter_name(adapter__ctx *c, char *buf, size_t n) {
 
 typedef struct {
     const st_tensor *dw, *db, *uw, *ub, *sc;
+    float *dwm, *uwm;        /* Compacter: materialised [size, hidden] / [hidden, size] (owned) */
+    int size;                /* bottleneck width */
 } bn_src;
 
 /* The settings of config that the forward serves (one set for every layer). */
 typedef struct {
-    bool mh, outp, olb, ola, rbl;
+    bool mh, outp, olb, ola, rbl, par;
     kact act;
     double scaling;
     const char *scaling_str;  /* "learned": per-module tensors */
     const cJSON *rf;          /* reduction_factor */
+    hub_phm phm;              /* Compacter (phm_layer) */
 } hub_cfg;
 
 /* Reads and checks config's bottleneck settings into h. */
@@ -163,19 +167,20 @@ static int hub_read_config(adapter__ctx *c, hub_cfg *h) {
     if ((rc = adapter__json_str(c, cfg, "architecture", "bottleneck", &arch))) return rc;
     if (strcmp(arch, "bottleneck"))
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
-                             "adapter_config.json: AdapterHub config.architecture '%.64s' is not served (only "
-                             "bottleneck adapters are)",
+                             "adapter_config.json: AdapterHub config.architecture '%.64s' is not served "
+                             "(bottleneck, lora and ia3 adapters are)",
                              arch);
     if ((rc = adapter__json_int(c, c->root, "hidden_size", b->hidden, 0, ADAPTER_MAX_COUNT, &hs))) return rc;
     if (hs != b->hidden)
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: hidden_size %d does not match base %s (%d)", hs,
                              b->name, b->hidden);
-    if ((rc = refuse_flags(c))) return rc;
+    if ((rc = refuse_flags(c)) || (rc = adapter__hub_phm_config(c, &h->phm))) return rc;
     if ((rc = adapter__json_bool(c, cfg, "mh_adapter", false, &h->mh)) ||
         (rc = adapter__json_bool(c, cfg, "output_adapter", false, &h->outp)) ||
         (rc = adapter__json_bool(c, cfg, "original_ln_before", false, &h->olb)) ||
         (rc = adapter__json_bool(c, cfg, "original_ln_after", true, &h->ola)) ||
         (rc = adapter__json_bool(c, cfg, "adapter_residual_before_ln", false, &arbl)) ||
+        (rc = adapter__json_bool(c, cfg, "is_parallel", false, &h->par)) ||
         (rc = adapter__json_str(c, cfg, "non_linearity", NULL, &act_name)) || (rc = map_act(c, act_name, &h->act)))
         return rc;
     /* adapter_residual_before_ln only orders the residual add against ln_after, refused above */
@@ -185,6 +190,19 @@ static int hub_read_config(adapter__ctx *c, hub_cfg *h) {
                              "adapter_config.json: neither config.mh_adapter nor config.output_adapter is true");
 
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, "residual_before_ln");
+    if (h->par) {
+        /* ParallelAdapter (methods/modeling.py): pre_forward hands it the residual stream h
+         * whatever original_ln_before / residual_before_ln say; post_forward adds a and,
+         * with original_ln_after, h: x' = h + a + Δ(h). Without original_ln_after h is
+         * dropped, which is refused as for the sequential form. */
+        if (!h->ola)
+            return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                                 "adapter_config.json: config.original_ln_after is false (the adapter output replaces "
+                                 "the residual stream); only original_ln_after true is served");
+        h->olb = false;
+        h->rbl = true;
+        goto scaling;
+    }
     if (cJSON_IsString(v))
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
                              "adapter_config.json: config.residual_before_ln '%.32s' is not served (true or false are)",
@@ -207,6 +225,7 @@ static int hub_read_config(adapter__ctx *c, hub_cfg *h) {
                              "(the residual stream is added twice); only residual_before_ln true is served with it");
     h->rbl = true;
 
+scaling:
     v = cJSON_GetObjectItemCaseSensitive(cfg, "scaling");
     if (cJSON_IsString(v)) {
         h->scaling_str = v->valuestring;
@@ -260,6 +279,16 @@ static int hub_find_tensors(adapter__ctx *c, const hub_cfg *h, const bool *skip,
             char pre[512], nm[600];
             snprintf(pre, sizeof pre, "model.layers.%d.%s.adapters.%s.", l, p ? "output_adapters" : "attention_adapters",
                      name);
+            if (h->phm.on) { /* Compacter: weights materialised from their PHM factors (f32) */
+                snprintf(nm, sizeof nm, "%sadapter_down.0.", pre);
+                if ((rc = adapter__hub_phm_module(c, &h->phm, name, nm, false, hidden, size, &s->dwm, &s->db)))
+                    return rc;
+                snprintf(nm, sizeof nm, "%sadapter_up.", pre);
+                if ((rc = adapter__hub_phm_module(c, &h->phm, name, nm, true, size, hidden, &s->uwm, &s->ub)))
+                    return rc;
+                s->size = size;
+                goto scaling_tensor;
+            }
             snprintf(nm, sizeof nm, "%sadapter_down.0.weight", pre);
             if ((rc = adapter__expect(c, nm, 2, size, hidden, &s->dw))) return rc;
             snprintf(nm, sizeof nm, "%sadapter_down.0.bias", pre);
@@ -268,27 +297,29 @@ static int hub_find_tensors(adapter__ctx *c, const hub_cfg *h, const bool *skip,
             if ((rc = adapter__expect(c, nm, 2, hidden, size, &s->uw))) return rc;
             snprintf(nm, sizeof nm, "%sadapter_up.bias", pre);
             if ((rc = adapter__expect(c, nm, 1, hidden, 0, &s->ub))) return rc;
+            if (!dtype_mask) st_dtype_to_kdtype(s->dw->dtype, &first);
+            dtype_mask |= (1 << s->dw->dtype) | (1 << s->uw->dtype);
+        scaling_tensor:
             if (h->scaling_str) {
                 snprintf(nm, sizeof nm, "%sscaling", pre);
                 if ((rc = adapter__expect(c, nm, 1, 1, 0, &s->sc))) return rc;
             }
-            if (!dtype_mask) st_dtype_to_kdtype(s->dw->dtype, &first);
-            dtype_mask |= (1 << s->dw->dtype) | (1 << s->uw->dtype);
         }
     }
-    *kd = (dtype_mask & (dtype_mask - 1)) == 0 ? first : KDT_F32;
+    *kd = h->phm.on || (dtype_mask & (dtype_mask - 1)) ? KDT_F32 : first;
     return 0;
 }
 
 /* Pass 2: one bottleneck module from its tensors s, staged. */
-static int hub_stage(adapter__ctx *c, const hub_cfg *h, const bn_src *s, kdtype kd, adapter_bottleneck *B) {
+static int hub_stage(adapter__ctx *c, const hub_cfg *h, bn_src *s, kdtype kd, adapter_bottleneck *B) {
     int rc;
-    B->size = (int)s->dw->shape[0];
+    B->size = s->dwm ? s->size : (int)s->dw->shape[0];
     B->act = h->act;
     B->scaling = (float)h->scaling;
     B->residual_before_ln = h->rbl;
     B->original_ln_before = h->olb;
     B->original_ln_after = h->ola;
+    B->parallel = h->par;
     if (s->sc) {
         float *sc = NULL;
         if ((rc = adapter__to_f32(c, s->sc, &sc))) return rc;
@@ -298,9 +329,20 @@ static int hub_stage(adapter__ctx *c, const hub_cfg *h, const bn_src *s, kdtype 
             return adapter__fail(c, PEFTD_EINVAL, "%s: learned scaling '%s' is %g; its magnitude must be at most %g",
                                  c->wname, s->sc->name, B->scaling, ADAPTER_MAX_SCALE);
     }
-    if ((rc = adapter__stage_mat(c, s->dw, kd, &B->down, NULL)) || (rc = adapter__stage_vec(c, s->db, &B->down_bias)) ||
-        (rc = adapter__stage_mat(c, s->uw, kd, &B->up, NULL)) || (rc = adapter__stage_vec(c, s->ub, &B->up_bias)))
+    if (s->dwm) { /* Compacter: stage the materialised f32 weights (the stage owns them now) */
+        int H = c->base->hidden;
+        rc = adapter__stage_own_mat(c, s->dwm, B->size, H, &B->down);
+        s->dwm = NULL;
+        if (rc == 0) rc = adapter__stage_own_mat(c, s->uwm, H, B->size, &B->up);
+        s->uwm = NULL;
+        if (rc || (s->db && (rc = adapter__stage_vec(c, s->db, &B->down_bias))) ||
+            (s->ub && (rc = adapter__stage_vec(c, s->ub, &B->up_bias))))
+            return rc;
+    } else if ((rc = adapter__stage_mat(c, s->dw, kd, &B->down, NULL)) ||
+               (rc = adapter__stage_vec(c, s->db, &B->down_bias)) ||
+               (rc = adapter__stage_mat(c, s->uw, kd, &B->up, NULL)) || (rc = adapter__stage_vec(c, s->ub, &B->up_bias))) {
         return rc;
+    }
     adapter__note_rank(c->a, B->size);
     return 0;
 }
@@ -311,6 +353,17 @@ int adapter__load_hub(adapter__ctx *c) {
     hub_cfg h;
     char name[256];
     kdtype kd = KDT_F32;
+    const char *arch;
+    if ((rc = adapter__json_str(c, c->cfg, "architecture", "bottleneck", &arch))) return rc;
+    if (!strcmp(arch, "lora")) {
+        if ((rc = adapter_name(c, name, sizeof name))) return rc;
+        return adapter__load_hub_lora(c, name);
+    }
+    if (!strcmp(arch, "prefix_tuning") || !strcmp(arch, "union"))
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "adapter_config.json: AdapterHub config.architecture '%s' (%s) is not served yet; "
+                             "bottleneck (seq_bn, double_seq_bn, par_bn, Compacter), lora and ia3 are",
+                             arch, !strcmp(arch, "union") ? "a ConfigUnion such as MAM" : "prefix tuning");
     a->kind = ADAPTER_BOTTLENECK;
     if (c->base->post_norms)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
@@ -332,9 +385,10 @@ int adapter__load_hub(adapter__ctx *c) {
         goto fail;
     for (int l = 0; l < L; l++)
         for (int p = 0; p < 2; p++)
-            if (src[l * 2 + p].dw && (rc = hub_stage(c, &h, &src[l * 2 + p], kd, p ? &a->bn_ffn[l] : &a->bn_attn[l])))
+            if ((src[l * 2 + p].dw || src[l * 2 + p].dwm) && (rc = hub_stage(c, &h, &src[l * 2 + p], kd, p ? &a->bn_ffn[l] : &a->bn_attn[l])))
                 goto fail;
 fail:
+    for (int i = 0; src && i < L * 2; i++) free(src[i].dwm), free(src[i].uwm);
     free(skip);
     free(src);
     return rc;

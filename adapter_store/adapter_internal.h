@@ -97,6 +97,10 @@ int adapter__stage_vec(adapter__ctx *c, const st_tensor *t, const float **dst);
 /* Stages a host f32 array computed by the loader; takes ownership of v (freed on error). */
 int adapter__stage_own(adapter__ctx *c, float *v, size_t n, const float **dst);
 
+/* Stages a host f32 [rows, cols] matrix computed by the loader as *dst; takes ownership of m
+ * (freed on error). */
+int adapter__stage_own_mat(adapter__ctx *c, float *m, int64_t rows, int64_t cols, kmat *dst);
+
 /* A malloc'd f32 copy of t (checked finite); caller frees. */
 int adapter__to_f32(adapter__ctx *c, const st_tensor *t, float **out);
 

@@ -140,6 +140,14 @@ int adapter__stage_own(adapter__ctx *c, float *v, size_t n, const float **dst) {
     return stage_push(c, v, n * sizeof(float), NULL, dst);
 }
 
+int adapter__stage_own_mat(adapter__ctx *c, float *m, int64_t rows, int64_t cols, kmat *dst) {
+    dst->dtype = KDT_F32;
+    dst->rows = rows;
+    dst->cols = cols;
+    dst->data = NULL;
+    return stage_push(c, m, (size_t)rows * (size_t)cols * sizeof(float), dst, NULL);
+}
+
 int adapter__to_f32(adapter__ctx *c, const st_tensor *t, float **out) {
     void *h = NULL;
     int rc = convert(c, t, KDT_F32, &h);

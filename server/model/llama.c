@@ -101,7 +101,7 @@ void llama_ctx_free(llama_ctx *c) {
         free(c->plan->emb);
         free(c->plan->head);
         if (c->plan->bn)
-            for (int i = 0; i < 2 * c->m->cfg.n_layers; i++) free(c->plan->bn[i].ln_before);
+            for (int i = 0; i < 2 * c->m->cfg.n_layers; i++) free(c->plan->bn[i].input);
         free(c->plan->bn);
     }
     free(c->plan);

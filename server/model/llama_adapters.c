@@ -20,7 +20,7 @@
  *   PEFT's base_layer(x) — except for DoRA, whose factor f does not scale it (y = f ⊙ (…) + b).
  *   bottleneck (AdapterHub, on Llama where the library passes no layer norm), with a the
  *   sub-layer output and h the residual stream before it:
- *             z = a + h if original_ln_before else a
+ *             z = h for a parallel adapter (par_bn), else a + h if original_ln_before, else a
  *             x' = h + a + scaling·(U act(D z + d) + u)
  *   (tests/fixtures/adapters/SEMANTICS.md derives this from the library.)
  * Segments without an adapter, or whose adapter has nothing at a place, get rank 0 /
@@ -66,7 +66,7 @@ int llama__plan_init(llama_ctx *c) {
     c->plan->bn = calloc(L * 2, sizeof(llama_plan_bn));
     if (!c->plan->mod || !c->plan->bn) return PEFTD_ENOMEM;
     for (size_t i = 0; i < L * 2; i++)
-        if (!(c->plan->bn[i].ln_before = calloc(S, sizeof(bool)))) return PEFTD_ENOMEM;
+        if (!(c->plan->bn[i].input = calloc(S, 1))) return PEFTD_ENOMEM;
     for (size_t i = 0; i < L * AMOD_COUNT; i++)
         if (!(c->plan->mod[i].bias = calloc(S, sizeof(kmat *)))) return PEFTD_ENOMEM;
     c->plan->emb = calloc(S, sizeof(llama_plan_top));
@@ -307,19 +307,21 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
         }
         for (int place = 0; place < 2; place++) {
             llama_plan_bn *pb = &p->bn[l * 2 + place];
-            bool *lnb = pb->ln_before;
+            unsigned char *in = pb->input;
             memset(pb, 0, sizeof *pb);
-            pb->ln_before = lnb;
+            pb->input = in;
             for (int i = 0; i < n; i++) {
                 const adapter *ad = b->segs[i].ad;
                 memset(&pairs[i], 0, sizeof pairs[i]);
-                lnb[i] = false;
+                in[i] = LLAMA_BN_IN_A;
                 if (!ad || ad->kind != ADAPTER_BOTTLENECK) continue;
                 const adapter_bottleneck *bn = place == LLAMA_PLACE_ATTN ? ad->bn_attn : ad->bn_ffn;
                 if (!bn || bn[l].size <= 0) continue;
                 /* the only residual wiring served (validated at load): x' = h + a + Δ */
                 if (!bn[l].residual_before_ln || !bn[l].original_ln_after) return PEFTD_EUNSUPPORTED;
-                lnb[i] = bn[l].original_ln_before;
+                in[i] = bn[l].parallel             ? LLAMA_BN_IN_H
+                        : bn[l].original_ln_before ? LLAMA_BN_IN_A_PLUS_H
+                                                   : LLAMA_BN_IN_A;
                 pairs[i] = (seg_pair){.a = bn[l].down.data, .b = bn[l].up.data, .rank = bn[l].size,
                                       .scale = bn[l].scaling, .bias_a = bn[l].down_bias, .bias_b = bn[l].up_bias,
                                       .act = bn[l].act, .dtype = bn[l].down.dtype};
@@ -513,12 +515,16 @@ int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w
     int H = c->m->cfg.hidden_size;
     CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false)); /* a */
     if (!bottleneck) return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * H);
-    /* z = a, plus h for the segments whose adapter sets original_ln_before */
+    /* z = a; plus h for the segments whose adapter sets original_ln_before; h alone for the
+     * parallel ones (x still holds h here) */
     CHECK(copy_rows(kb, c->tmp_in, c->tmp, T, H));
     for (int i = 0; i < p->n_segs; i++) {
         int r0 = p->segs[i].row_start, n = p->segs[i].row_end - r0;
-        if (pb->ln_before[i] && n > 0)
+        if (n <= 0) continue;
+        if (pb->input[i] == LLAMA_BN_IN_A_PLUS_H)
             CHECK(kb->ops->add(kb, c->tmp_in + (size_t)r0 * H, c->x + (size_t)r0 * H, (int64_t)n * H));
+        else if (pb->input[i] == LLAMA_BN_IN_H)
+            CHECK(copy_rows(kb, c->tmp_in + (size_t)r0 * H, c->x + (size_t)r0 * H, n, H));
     }
     CHECK(kb->ops->add(kb, c->x, c->tmp, (int64_t)T * H)); /* x = h + a */
     return apply_sgmv(c, pb->n_sg, pb->sg, pb->ld_t, c->tmp_in, H, H, c->x);

@@ -43,8 +43,12 @@ typedef struct {
     int n_sg;
     ksgmv sg[3];
     int ld_t;
-    bool *ln_before;             /* host [n_segs]: z = a + h (original_ln_before) */
+    unsigned char *input;        /* host [n_segs]: the adapter's input z, LLAMA_BN_IN_* */
 } llama_plan_bn;
+
+/* What a bottleneck adapter reads (llama_plan_bn.input), with a the sub-layer output and h
+ * the residual stream before it. */
+enum { LLAMA_BN_IN_A = 0, LLAMA_BN_IN_A_PLUS_H = 1 /* original_ln_before */, LLAMA_BN_IN_H = 2 /* parallel */ };
 
 typedef struct {
     int n_segs;

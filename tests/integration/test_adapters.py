@@ -16,7 +16,9 @@ FIX = os.path.join(harness.ROOT, "tests", "fixtures", "adapters")
 SERVED = {"r8": "lora_r8_all", "dora": "lora_dora", "ia3": "ia3", "pt": "prompt_tuning",
           "pfx": "prefix_tuning", "hb": "houlsby", "pf": "pfeiffer", "head": "lora_lm_head",
           "lbias": "lora_bias", "emb": "lora_embed_head", "embtie": "lora_embed_tied", "mtstie": "lora_mts_tied",
-          "ada": "adalora", "ptun": "p_tuning", "pproj": "prefix_projection"}
+          "ada": "adalora", "ptun": "p_tuning", "pproj": "prefix_projection",
+          "hpar": "hub_par_bn", "hcomp": "hub_compacter", "hcpp": "hub_compacterpp", "hlora": "hub_lora",
+          "hia3": "hub_ia3"}
 _tmp = tempfile.mkdtemp(prefix="peftd-adapters-")
 _daemon = None
 
@@ -74,6 +76,9 @@ def models_lists_served_adapters_only():
         assert name in ids and ids[name]["parent"] == harness.MODEL_ID, ids.get(name)
     assert "fifo" not in ids and "gone" not in ids
     assert ids["pt"]["adapter_kind"] == "prompt_tuning" and ids["hb"]["adapter_kind"] == "bottleneck"
+    # AdapterHub kinds are served as the form they reduce to
+    assert ids["hpar"]["adapter_kind"] == ids["hcomp"]["adapter_kind"] == "bottleneck"
+    assert ids["hlora"]["adapter_kind"] == "lora" and ids["hia3"]["adapter_kind"] == "ia3"
 
 
 @test
@@ -178,7 +183,7 @@ def concurrent_mixed_adapters_match_solo_outputs():
     names = list(SERVED) + [None, None]
     prompts = ["Once upon a time", "The dog", "Tom went", "One day", "Lily saw", "The sun", "A cat",
                "Mom said", "It was", "Ben had", "The bird", "Sue liked", "A big", "The girl", "He ran",
-               "She was", "They went", "The boy", "Max saw"]
+               "She was", "They went", "The boy", "Max saw", "The tree", "A little", "Tim and"]
     assert len(prompts) >= len(names)
     solo = {}
     for i, n in enumerate(names):

@@ -938,7 +938,6 @@ TEST(syn_hub_unsupported_options) {
         const char *want;
     } cases[] = {
         {"use_gating", "true", "use_gating"},          {"ln_after", "true", "ln_after"},
-        {"is_parallel", "true", "is_parallel"},        {"phm_layer", "true", "phm_layer"},
         {"non_linearity", "\"mish\"", "mish"},         {"scaling", "\"channel\"", "channel"},
         {"architecture", "\"prefix_tuning\"", "architecture"}, {"residual_before_ln", "\"post_add\"", "post_add"},
         {"inv_adapter", "\"nice\"", "inv_adapter"},
@@ -949,7 +948,19 @@ TEST(syn_hub_unsupported_options) {
         load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, cases[i].want, NULL);
         syn_free(s);
     }
+    /* served since issue 16: par_bn reads the residual stream; Compacter's PHM factors are
+     * expected instead of plain weights (test_hub_kinds.c checks both against the library) */
     syn *s = syn_hub("x", 16, false);
+    hub_set(s, "is_parallel", cJSON_CreateTrue());
+    adapter *par = load_ok(syn_dir(s));
+    ASSERT(par->bn_ffn[0].parallel);
+    adapter_free(par);
+    syn_free(s);
+    s = syn_hub("x", 16, false);
+    hub_set(s, "phm_layer", cJSON_CreateTrue());
+    load_fails(syn_dir(s), PEFTD_EFORMAT, "phm_layer", "W_left");
+    syn_free(s);
+    s = syn_hub("x", 16, false);
     hub_set(s, "leave_out", cJSON_CreateIntArray((int[]){7}, 1));
     load_fails(syn_dir(s), PEFTD_EINVAL, "leave_out", NULL);
     syn_free(s);

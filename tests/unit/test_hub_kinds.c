@@ -1,0 +1,296 @@
+/* tests/unit/test_hub_kinds.c — AdapterHub kinds beyond seq_bn/double_seq_bn (issue 16):
+ * par_bn (parallel bottleneck), Compacter and Compacter++ (PHM layers materialised at
+ * import), AdapterHub LoRA ("add") and IA3 ("scale"), made fresh and trained with adapters
+ * 1.3.0 by tests/fixtures/adapters/make_hub_fixtures.py on two GQA bases (models/stories260K
+ * and tests/fixtures/qwen2/llama_bias, which has attention biases). Against the library's
+ * reloaded model:
+ *   - logits of every prompt row (all cases in one llama_forward, one segment each; and one
+ *     case as prefill + one-token decode steps) within TOL, imported from the files and
+ *     after a round trip through the store blob;
+ *   - 32 greedy tokens through llama_forward and through the engine;
+ *   - one engine batch holding every hub kind, a PEFT LoRA, a Pfeiffer bottleneck and base
+ *     sequences gives each sequence the tokens and logprobs, bit for bit, it gets alone.
+ * TOL 1e-4 as test_adapter_forward.c: f32 math on the stored weights, only summation order
+ * differs (Compacter: its weights are formed once in double and rounded to f32 where the
+ * library sums the Kronecker terms in f32 each call). A par_bn served as sequential, or an
+ * IA3 vector applied to down_proj's input as PEFT does, moves logits by > 0.1 here.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "adapter_store/adapter_blob.h"
+#include "server/engine/engine.h"
+#include "server/model/llama.h"
+#include "server/model/model_adapter_base.h"
+#include "tests/harness/adapter_ref.h"
+#include "tests/harness/seq_batch.h"
+#include "tests/harness/test.h"
+
+#define TOL 1e-4
+#define N_GREEDY 32
+#define N_KINDS 5
+
+static const char *KINDS[N_KINDS] = {"hub_par_bn", "hub_compacter", "hub_compacterpp", "hub_lora", "hub_ia3"};
+static const char *BASES[2] = {"models/stories260K", "tests/fixtures/qwen2/llama_bias"};
+static const char *FIXDIR[2] = {"tests/fixtures/adapters", "tests/fixtures/adapters_bias_base"};
+
+typedef struct {
+    kbackend *kb;
+    model *m;
+    tokenizer *tok;
+} rig;
+
+static void rig_open(rig *r, const char *base) {
+    char err[1024] = "";
+    memset(r, 0, sizeof *r);
+    r->kb = kbackend_cpu_create(2);
+    ASSERT(r->kb);
+    if (model_load(base, r->kb, &r->m, err, sizeof err) < 0) FAIL("model_load %s: %s", base, err);
+    if (tokenizer_load(base, &r->tok, err, sizeof err) < 0) FAIL("tokenizer_load %s: %s", base, err);
+}
+
+static void rig_close(rig *r) {
+    tokenizer_free(r->tok);
+    model_free(r->m);
+    kbackend_destroy(r->kb);
+}
+
+static adapter *load_ad(rig *r, const char *dir) {
+    char err[1024] = "";
+    adapter *a = NULL;
+    if (model_load_adapter(r->m, dir, &a, err, sizeof err) < 0) FAIL("%s: %s", dir, err);
+    return a;
+}
+
+/* The adapter after a round trip through its store blob (what an upload serves). */
+static adapter *via_blob(rig *r, adapter *a) {
+    adapter_base base;
+    void *blob = NULL;
+    size_t len = 0;
+    char err[512] = "";
+    adapter *out = NULL;
+    ASSERT_EQ(model_adapter_base(r->m, &base), 0);
+    ASSERT_EQ(adapter_blob_write_base(a, &base, &blob, &len), 0);
+    if (adapter_blob_read(blob, len, &base, &out, err, sizeof err) < 0) FAIL("adapter_blob_read: %s", err);
+    if (adapter_install(out, r->kb, err, sizeof err) < 0) FAIL("adapter_install: %s", err);
+    free(blob);
+    model_adapter_base_free(&base);
+    adapter_free(a);
+    return out;
+}
+
+static double max_diff(const float *a, const float *b, size_t n) {
+    double md = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= md)) md = d; /* NaN propagates */
+    }
+    return md;
+}
+
+/* Logits (one batch; prefill + decode) and 32 greedy tokens of one fixture on base bi. */
+static void check_kind(int bi, int ki, bool blob) {
+    rig R;
+    rig_open(&R, BASES[bi]);
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/%s", FIXDIR[bi], KINDS[ki]);
+    adapter_ref rf;
+    adapter_ref_load(dir, &rf);
+    ASSERT_STREQ(rf.base, BASES[bi]);
+    adapter *ad = load_ad(&R, dir);
+    if (blob) ad = via_blob(&R, ad);
+    llama_ctx *c = seq_batch_ctx(R.m);
+    seq_spec spec[ADAPTER_REF_MAX_CASES];
+    float *out[ADAPTER_REF_MAX_CASES];
+    for (int s = 0; s < rf.n_cases; s++) {
+        spec[s] = (seq_spec){.ids = rf.ids[s], .n = rf.n_ids[s], .ad = ad};
+        out[s] = malloc(sizeof(float) * (size_t)rf.n_ids[s] * rf.vocab);
+    }
+    seq_batch_prefill(c, R.m, spec, rf.n_cases, out);
+    for (int s = 0; s < rf.n_cases; s++) {
+        double md = max_diff(out[s], rf.logits[s], (size_t)rf.n_ids[s] * rf.vocab);
+        printf("    %-16s %-34s%s case %d (%2d tokens): max |logit diff| %.3g\n", KINDS[ki], BASES[bi],
+               blob ? " blob" : "", s, rf.n_ids[s], md);
+        if (!(md <= TOL)) FAIL("%s on %s case %d: max |logit diff| %.3g > %g", KINDS[ki], BASES[bi], s, md, TOL);
+    }
+    int last = rf.n_cases - 1; /* the longest prompt, 3 tokens prefilled then decoded */
+    seq_prefill_decode(c, R.m, &spec[last], 3, out[last]);
+    double md = max_diff(out[last], rf.logits[last], (size_t)rf.n_ids[last] * rf.vocab);
+    if (!(md <= TOL)) FAIL("%s on %s: prefill+decode max |logit diff| %.3g > %g", KINDS[ki], BASES[bi], md, TOL);
+    for (int s = 0; s < rf.n_cases; s++) {
+        int32_t g[N_GREEDY];
+        ASSERT_EQ(rf.n_greedy[s], N_GREEDY);
+        seq_greedy(c, R.m, &spec[s], N_GREEDY, g);
+        for (int t = 0; t < N_GREEDY; t++)
+            if (g[t] != rf.greedy[s][t])
+                FAIL("%s on %s case %d: greedy token %d is %d, the library says %d", KINDS[ki], BASES[bi], s, t, g[t],
+                     rf.greedy[s][t]);
+        free(out[s]);
+    }
+    llama_ctx_free(c);
+    adapter_free(ad);
+    adapter_ref_free(&rf);
+    rig_close(&R);
+}
+
+TEST(par_bn) { check_kind(0, 0, false), check_kind(1, 0, false); }
+TEST(compacter) { check_kind(0, 1, false), check_kind(1, 1, false); }
+TEST(compacter_plus_plus) { check_kind(0, 2, false), check_kind(1, 2, false); }
+TEST(hub_lora) { check_kind(0, 3, false), check_kind(1, 3, false); }
+TEST(hub_ia3) { check_kind(0, 4, false), check_kind(1, 4, false); }
+TEST(after_blob_round_trip) {
+    for (int k = 0; k < N_KINDS; k++) check_kind(k % 2, k, true);
+}
+
+/* ---- refusals: options that change the math are named, never served wrong */
+
+/* A copy of fixture `name` in a fresh directory with config[field] = json (NULL: removed). */
+static char *edited_copy(const char *name, const char *field, const char *json) {
+    char src[256], *dir = malloc(64);
+    snprintf(dir, 64, "/tmp/peftd-hub-XXXXXX");
+    ASSERT(mkdtemp(dir));
+    static const char *const files[] = {"adapter_config.json", "adapter.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        size_t len;
+        snprintf(src, sizeof src, "%s/%s/%s", FIXDIR[0], name, files[i]);
+        char *text = test_read_file(src, &len), path[128];
+        ASSERT(text);
+        if (i == 0) {
+            cJSON *root = cJSON_ParseWithLength(text, len), *cfg = cJSON_GetObjectItem(root, "config");
+            cJSON_DeleteItemFromObject(cfg, field);
+            if (json) cJSON_AddItemToObject(cfg, field, cJSON_Parse(json));
+            free(text);
+            text = cJSON_PrintUnformatted(root);
+            len = strlen(text);
+            cJSON_Delete(root);
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        FILE *f = fopen(path, "wb");
+        ASSERT(f && fwrite(text, 1, len, f) == len);
+        fclose(f);
+        free(text);
+    }
+    return dir;
+}
+
+static void refused(rig *R, const char *name, const char *field, const char *json, const char *want) {
+    char *dir = edited_copy(name, field, json), err[1024] = "", cmd[160];
+    adapter *a = NULL;
+    int st = model_load_adapter(R->m, dir, &a, err, sizeof err);
+    if (st >= 0) FAIL("%s with config.%s = %s loaded", name, field, json ? json : "(absent)");
+    if (!strstr(err, want)) FAIL("%s with config.%s = %s: message '%s' does not name '%s'", name, field, json, err, want);
+    printf("    refused: %s\n", err);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ASSERT_EQ(system(cmd), 0);
+    free(dir);
+}
+
+TEST(refusals_name_the_field) {
+    rig R;
+    rig_open(&R, BASES[0]);
+    refused(&R, "hub_lora", "use_gating", "true", "use_gating");
+    refused(&R, "hub_lora", "use_dora", "true", "use_dora");
+    refused(&R, "hub_lora", "vera_d", "0.1", "vera_d");
+    refused(&R, "hub_lora", "composition_mode", "\"mul\"", "composition_mode");
+    refused(&R, "hub_lora", "attn_matrices", "[\"q\", \"o\"]", "attn_matrices");
+    refused(&R, "hub_lora", "r", "8", "lora_A"); /* the tensors say 4 */
+    refused(&R, "hub_ia3", "r", "2", "r 1");
+    refused(&R, "hub_par_bn", "original_ln_after", "false", "original_ln_after");
+    refused(&R, "hub_compacter", "phm_dim", "3", "phm_dim");
+    refused(&R, "hub_compacter", "shared_phm_rule", "false", "phm_rule");
+    refused(&R, "hub_compacter", "architecture", "\"prefix_tuning\"", "prefix tuning");
+    rig_close(&R);
+}
+
+/* ---- the engine: greedy tokens and one mixed batch */
+
+typedef struct {
+    engine_request *q;
+    int32_t ids[N_GREEDY];
+    float lps[N_GREEDY];
+    int n;
+} run;
+
+static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad) {
+    gen_params p;
+    gen_params_default(&p);
+    p.max_tokens = N_GREEDY;
+    p.temperature = 0;
+    p.logprobs = 0; /* token ids and logprobs in the deltas */
+    p.ignore_eos = true;
+    p.adapter = ad;
+    rn->q = engine_request_create(ids, n, &p);
+    ASSERT(rn->q);
+    int st = engine_submit(e, rn->q);
+    if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
+}
+
+static void collect(run *rn) {
+    engine_request_wait(rn->q);
+    engine_delta d;
+    ASSERT_EQ(engine_request_take(rn->q, &d), 0);
+    if (d.finish == FINISH_ERROR) FAIL("generation failed: %s", d.error);
+    rn->n = 0;
+    for (int i = 0; i < d.n_tokens && i < N_GREEDY; i++) {
+        rn->lps[rn->n] = d.tokens[i].logprob;
+        rn->ids[rn->n++] = d.tokens[i].id;
+    }
+    engine_delta_free(&d);
+    engine_request_unref(rn->q);
+}
+
+TEST(engine_greedy_and_mixed_batch) {
+    enum { NA = N_KINDS + 2, P = 3, N = (NA + 1) * P }; /* hub kinds + PEFT LoRA + Pfeiffer, + base */
+    rig R;
+    rig_open(&R, BASES[0]);
+    adapter *ads[NA];
+    adapter_ref rf[N_KINDS];
+    char dir[256];
+    for (int k = 0; k < N_KINDS; k++) {
+        snprintf(dir, sizeof dir, "%s/%s", FIXDIR[0], KINDS[k]);
+        ads[k] = load_ad(&R, dir);
+        adapter_ref_load(dir, &rf[k]);
+    }
+    ads[N_KINDS] = load_ad(&R, "tests/fixtures/adapters/lora_r8_all");
+    ads[N_KINDS + 1] = load_ad(&R, "tests/fixtures/adapters/pfeiffer");
+    engine_config ec;
+    engine_config_default(&ec);
+    ec.max_seqs = N;
+    ec.max_batch_tokens = 64;
+    ec.kv_cache_mb = 64;
+    engine *e = NULL;
+    char err[512];
+    if (engine_create(&ec, R.m, R.kb, R.tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
+    ASSERT_EQ(engine_start(e), 0);
+    static run alone[N], together[N];
+    for (int i = 0; i < N; i++) {
+        int a = i / P, k = i % P;
+        submit(e, &alone[i], rf[0].ids[k], rf[0].n_ids[k], a < NA ? ads[a] : NULL);
+        collect(&alone[i]);
+        ASSERT_EQ(alone[i].n, N_GREEDY);
+        if (a < N_KINDS)
+            for (int t = 0; t < N_GREEDY; t++)
+                if (alone[i].ids[t] != rf[a].greedy[k][t])
+                    FAIL("%s case %d (engine): greedy token %d is %d, the library says %d", KINDS[a], k, t,
+                         alone[i].ids[t], rf[a].greedy[k][t]);
+    }
+    for (int i = 0; i < N; i++)
+        submit(e, &together[i], rf[0].ids[i % P], rf[0].n_ids[i % P], i / P < NA ? ads[i / P] : NULL);
+    for (int i = 0; i < N; i++) collect(&together[i]);
+    for (int i = 0; i < N; i++)
+        for (int t = 0; t < N_GREEDY; t++)
+            if (alone[i].ids[t] != together[i].ids[t] || memcmp(&alone[i].lps[t], &together[i].lps[t], 4))
+                FAIL("sequence %d (adapter %d): token %d (or its logprob, bit for bit) differs in the mixed batch", i,
+                     i / P, t);
+    engine_free(e);
+    for (int i = 0; i < NA; i++) adapter_free(ads[i]);
+    for (int k = 0; k < N_KINDS; k++) adapter_ref_free(&rf[k]);
+    rig_close(&R);
+}
+
+TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, after_blob_round_trip, refusals_name_the_field,
+          engine_greedy_and_mixed_batch)
