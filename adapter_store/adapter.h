@@ -127,6 +127,8 @@ typedef struct adapter {
     kmat prompt;               /* [n_virtual, hidden] */
     const float **prefix_k;    /* [n_layers] */
     const float **prefix_v;    /* [n_layers] */
+    bool prefix_from_zero;     /* AdapterHub prefix tuning: the prompt's RoPE positions start at 0;
+                                * PEFT's continue after the prefix (n_virtual, n_virtual + 1, …) */
 
     /* BOTTLENECK: [n_layers] each, size 0 where a layer has none */
     adapter_bottleneck *bn_attn;  /* after self-attention ("mh_adapter") */

@@ -73,7 +73,7 @@ static bdims dims_of_adapter(const adapter *a) {
     }
     /* prefix tuning's only tensor was prompt_embeddings [n_virtual, 2 * L * kv], all of
      * it counted in n_params */
-    if (a->kind == ADAPTER_PREFIX_TUNING && a->n_virtual > 0 && a->n_layers > 0) {
+    if (a->kind == ADAPTER_PREFIX_TUNING && !a->prefix_from_zero && a->n_virtual > 0 && a->n_layers > 0) {
         int64_t per = (int64_t)2 * a->n_layers * a->n_virtual;
         if (a->n_params > 0 && a->n_params % per == 0) learn(&d.kv_dim, a->n_params / per);
     }
@@ -258,6 +258,7 @@ static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
     if (a->kind == ADAPTER_IA3 && a->ia3 && (rc = collect_ia3(a, d, w, meta))) return rc;
     if (a->kind == ADAPTER_PROMPT_TUNING && a->prompt.data && (rc = wl_mat(w, "prompt", &a->prompt))) return rc;
     if (a->kind == ADAPTER_PREFIX_TUNING && a->prefix_k && a->prefix_v) {
+        if (a->prefix_from_zero && !cJSON_AddTrueToObject(meta, "prefix_from_zero")) return PEFTD_ENOMEM;
         for (int l = 0; l < a->n_layers; l++) {
             snprintf(nm, sizeof nm, "prefix.%d.k", l);
             if (a->prefix_k[l] && (rc = wl_add(w, nm, KDT_F32, 2, a->n_virtual, d->kv_dim, a->prefix_k[l]))) return rc;

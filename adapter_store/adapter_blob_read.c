@@ -459,7 +459,12 @@ static int parse_meta(rctx *c, const cJSON *meta) {
     case ADAPTER_LORA: rc = read_lora(c, meta); break;
     case ADAPTER_IA3: rc = read_ia3(c, meta); break;
     case ADAPTER_PROMPT_TUNING: rc = claim(c, "prompt", 2, a->n_virtual, c->d.hidden, -1, &a->prompt, NULL); break;
-    case ADAPTER_PREFIX_TUNING: rc = read_prefix(c); break;
+    case ADAPTER_PREFIX_TUNING:
+        /* "prefix_from_zero": AdapterHub prefix tuning (absent: PEFT's, as in older blobs) */
+        if (cJSON_HasObjectItem(meta, "prefix_from_zero") && (rc = jbool(c, meta, "prefix_from_zero", &a->prefix_from_zero)))
+            break;
+        rc = read_prefix(c);
+        break;
     case ADAPTER_BOTTLENECK: rc = read_bn(c, meta); break;
     }
     if (rc) return rc;

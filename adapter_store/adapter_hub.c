@@ -30,7 +30,7 @@
 
 /* The activation adapters' Activation_Function_Class builds for a name (lower-cased and
  * looked up in transformers' ACT2FN; None → identity). */
-static int map_act(adapter__ctx *c, const char *name, kact *out) {
+int adapter__hub_act(adapter__ctx *c, const char *name, kact *out) {
     static const struct {
         const char *name;
         kact act;
@@ -130,7 +130,8 @@ static int adapter_name(adapter__ctx *c, char *buf, size_t n) {
     for (size_t i = 0; i < st_count(c->st); i++) {
         const char *t = st_get(c->st, i)->name, *p = strstr(t, ".adapters."), *e;
         size_t k = 10;
-        if (!p && (p = strstr(t, ".loras."))) k = 7; /* AdapterHub LoRA / IA3 */
+        if (!p && (p = strstr(t, ".loras."))) k = 7;                /* AdapterHub LoRA / IA3 */
+        if (!p && (p = strstr(t, ".prefix_tunings."))) k = 16;      /* prefix tuning */
         if (p && (e = strchr(p + k, '.')) && (size_t)(e - p - k) < n) {
             snprintf(buf, n, "%.*s", (int)(e - p - k), p + k);
             return 0;
@@ -181,7 +182,7 @@ static int hub_read_config(adapter__ctx *c, hub_cfg *h) {
         (rc = adapter__json_bool(c, cfg, "original_ln_after", true, &h->ola)) ||
         (rc = adapter__json_bool(c, cfg, "adapter_residual_before_ln", false, &arbl)) ||
         (rc = adapter__json_bool(c, cfg, "is_parallel", false, &h->par)) ||
-        (rc = adapter__json_str(c, cfg, "non_linearity", NULL, &act_name)) || (rc = map_act(c, act_name, &h->act)))
+        (rc = adapter__json_str(c, cfg, "non_linearity", NULL, &act_name)) || (rc = adapter__hub_act(c, act_name, &h->act)))
         return rc;
     /* adapter_residual_before_ln only orders the residual add against ln_after, refused above */
     (void)arbl;
@@ -359,11 +360,15 @@ int adapter__load_hub(adapter__ctx *c) {
         if ((rc = adapter_name(c, name, sizeof name))) return rc;
         return adapter__load_hub_lora(c, name);
     }
-    if (!strcmp(arch, "prefix_tuning") || !strcmp(arch, "union"))
+    if (!strcmp(arch, "prefix_tuning")) {
+        if ((rc = adapter_name(c, name, sizeof name))) return rc;
+        return adapter__load_hub_prefix(c, c->cfg, name);
+    }
+    if (!strcmp(arch, "union"))
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
-                             "adapter_config.json: AdapterHub config.architecture '%s' (%s) is not served yet; "
-                             "bottleneck (seq_bn, double_seq_bn, par_bn, Compacter), lora and ia3 are",
-                             arch, !strcmp(arch, "union") ? "a ConfigUnion such as MAM" : "prefix tuning");
+                             "adapter_config.json: AdapterHub config.architecture 'union' (a ConfigUnion such as MAM) "
+                             "is not served yet; bottleneck (seq_bn, double_seq_bn, par_bn, Compacter), lora, ia3 and "
+                             "prefix_tuning are");
     a->kind = ADAPTER_BOTTLENECK;
     if (c->base->post_norms)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,

@@ -23,6 +23,13 @@ int adapter__hub_phm_config(adapter__ctx *c, hub_phm *ph);
 int adapter__hub_phm_module(adapter__ctx *c, const hub_phm *ph, const char *name, const char *prefix, bool up,
                             int in, int out, float **weight, const st_tensor **bias);
 
+/* The activation adapters' Activation_Function_Class builds for a name (NULL: identity). */
+int adapter__hub_act(adapter__ctx *c, const char *name, kact *out);
+
+/* AdapterHub prefix tuning of adapter `name` from config object cfg (the root config, or a
+ * ConfigUnion member): the K/V table computed from the saved pool; adapter_hub_prefix.c. */
+int adapter__load_hub_prefix(adapter__ctx *c, const cJSON *cfg, const char *name);
+
 /* AdapterHub LoRAConfig (architecture "lora"): composition_mode "add" → ADAPTER_LORA,
  * "scale" (IA3Config) → ADAPTER_IA3; adapter_hub_lora.c. */
 int adapter__load_hub_lora(adapter__ctx *c, const char *name);

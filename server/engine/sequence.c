@@ -120,8 +120,9 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
     if (tokenizer_stream_prime(s->ds, r->prompt, (size_t)r->n_prompt) < 0) goto fail;
     /* blocks are taken step by step as K/V are written (seq_reserve) */
     if (ad && ad->kind == ADAPTER_PREFIX_TUNING) {
-        /* PEFT passes the prefix as past key/values: the prompt's positions continue after it */
-        s->pos_off = ad->n_virtual;
+        /* PEFT passes the prefix as past key/values: the prompt's positions continue after it;
+         * AdapterHub concatenates it inside attention: the prompt starts at position 0 */
+        s->pos_off = ad->prefix_from_zero ? 0 : ad->n_virtual;
         if (!(s->pfx = engine__prefix_acquire(e, ad))) goto fail;
     }
     s->rope_len = s->pos_off + s->n_tokens;

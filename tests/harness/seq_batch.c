@@ -10,7 +10,7 @@
 
 /* Where sequence i's rows and KV slots go. Sequence i owns blocks 1 + i·SEQ_BLOCKS .. */
 typedef struct {
-    int nv_prompt, nv_prefix, pad, kv_off;
+    int nv_prompt, nv_prefix, pad, kv_off, pos_off;
     int32_t btab[SEQ_BATCH_SEQ_BLOCKS];
 } layout;
 
@@ -23,6 +23,7 @@ static void layout_init(llama_ctx *c, const adapter *ad, int i, layout *L) {
         L->nv_prefix = ad->n_virtual;
         L->pad = (bs - L->nv_prefix % bs) % bs;
         L->kv_off = L->pad + L->nv_prefix;
+        L->pos_off = ad->prefix_from_zero ? 0 : L->nv_prefix; /* AdapterHub: from 0 */
         int st = llama_store_prefix(c, ad, L->btab, L->pad);
         if (st < 0) FAIL("llama_store_prefix: %s", peftd_strerror(st));
     }
@@ -48,7 +49,7 @@ static void step_add(step *s, const layout *L, const adapter *ad, const int32_t 
     for (int j = j0; j < j1; j++, s->T++) {
         int kv = L->kv_off + j;
         s->tokens[s->T] = j < L->nv_prompt ? -(j + 1) : ids[j - L->nv_prompt];
-        s->pos[s->T] = L->nv_prefix + j;
+        s->pos[s->T] = L->pos_off + j;
         s->slots[s->T] = L->btab[kv / bs] * bs + kv % bs;
         if (all_logits ? j >= L->nv_prompt : j == j1 - 1) s->rows[s->NL++] = s->T;
     }

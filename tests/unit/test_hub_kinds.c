@@ -1,6 +1,7 @@
 /* tests/unit/test_hub_kinds.c — AdapterHub kinds beyond seq_bn/double_seq_bn (issue 16):
  * par_bn (parallel bottleneck), Compacter and Compacter++ (PHM layers materialised at
- * import), AdapterHub LoRA ("add") and IA3 ("scale"), made fresh and trained with adapters
+ * import), AdapterHub LoRA ("add") and IA3 ("scale"), prefix tuning (MLP-reparametrised and
+ * flat: the table computed at import; the prompt's positions start at 0), made fresh and trained with adapters
  * 1.3.0 by tests/fixtures/adapters/make_hub_fixtures.py on two GQA bases (models/stories260K
  * and tests/fixtures/qwen2/llama_bias, which has attention biases). Against the library's
  * reloaded model:
@@ -32,9 +33,10 @@
 
 #define TOL 1e-4
 #define N_GREEDY 32
-#define N_KINDS 5
+#define N_KINDS 7
 
-static const char *KINDS[N_KINDS] = {"hub_par_bn", "hub_compacter", "hub_compacterpp", "hub_lora", "hub_ia3"};
+static const char *KINDS[N_KINDS] = {"hub_par_bn", "hub_compacter", "hub_compacterpp", "hub_lora",
+                                     "hub_ia3",    "hub_prefix",    "hub_prefix_flat"};
 static const char *BASES[2] = {"models/stories260K", "tests/fixtures/qwen2/llama_bias"};
 static const char *FIXDIR[2] = {"tests/fixtures/adapters", "tests/fixtures/adapters_bias_base"};
 
@@ -142,6 +144,8 @@ TEST(compacter) { check_kind(0, 1, false), check_kind(1, 1, false); }
 TEST(compacter_plus_plus) { check_kind(0, 2, false), check_kind(1, 2, false); }
 TEST(hub_lora) { check_kind(0, 3, false), check_kind(1, 3, false); }
 TEST(hub_ia3) { check_kind(0, 4, false), check_kind(1, 4, false); }
+TEST(hub_prefix) { check_kind(0, 5, false), check_kind(1, 5, false); }
+TEST(hub_prefix_flat) { check_kind(0, 6, false), check_kind(1, 6, false); }
 TEST(after_blob_round_trip) {
     for (int k = 0; k < N_KINDS; k++) check_kind(k % 2, k, true);
 }
@@ -202,7 +206,10 @@ TEST(refusals_name_the_field) {
     refused(&R, "hub_par_bn", "original_ln_after", "false", "original_ln_after");
     refused(&R, "hub_compacter", "phm_dim", "3", "phm_dim");
     refused(&R, "hub_compacter", "shared_phm_rule", "false", "phm_rule");
-    refused(&R, "hub_compacter", "architecture", "\"prefix_tuning\"", "prefix tuning");
+    refused(&R, "hub_prefix", "use_gating", "true", "use_gating");
+    refused(&R, "hub_prefix", "leave_out", "[1]", "leave_out");
+    refused(&R, "hub_prefix", "prefix_length", "7", "wte.weight");
+    refused(&R, "hub_compacter", "architecture", "\"union\"", "union");
     rig_close(&R);
 }
 
@@ -292,5 +299,6 @@ TEST(engine_greedy_and_mixed_batch) {
     rig_close(&R);
 }
 
-TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, after_blob_round_trip, refusals_name_the_field,
+TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, after_blob_round_trip,
+          refusals_name_the_field,
           engine_greedy_and_mixed_batch)
