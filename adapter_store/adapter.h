@@ -157,6 +157,17 @@ typedef struct adapter {
     struct adapter_storage *storage; /* private (adapter_core.c) */
 } adapter;
 
+/* Whether a carries per-layer prefix K/V (prefix tuning, or the prefix half of an AdapterHub
+ * MAM union, whose kind is ADAPTER_BOTTLENECK): ask this, never the kind. */
+static inline bool adapter_has_prefix(const adapter *a) {
+    return a && a->prefix_k && a->prefix_v && a->n_virtual > 0;
+}
+
+/* Virtual KV slots a puts before the prompt: prompt tuning's rows or a prefix. */
+static inline int adapter_n_virtual(const adapter *a) {
+    return a && (a->kind == ADAPTER_PROMPT_TUNING || adapter_has_prefix(a)) ? a->n_virtual : 0;
+}
+
 /* Loads and validates an adapter directory against the base, into host memory (any
  * thread; no backend call). On failure returns a negative status and a message naming the
  * offending field/tensor/file in err; status PEFTD_EUNSUPPORTED for valid-but-unservable

@@ -257,7 +257,7 @@ static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
     if (a->kind == ADAPTER_LORA && a->lora && (rc = collect_lora(a, w, meta))) return rc;
     if (a->kind == ADAPTER_IA3 && a->ia3 && (rc = collect_ia3(a, d, w, meta))) return rc;
     if (a->kind == ADAPTER_PROMPT_TUNING && a->prompt.data && (rc = wl_mat(w, "prompt", &a->prompt))) return rc;
-    if (a->kind == ADAPTER_PREFIX_TUNING && a->prefix_k && a->prefix_v) {
+    if (adapter_has_prefix(a)) {
         if (a->prefix_from_zero && !cJSON_AddTrueToObject(meta, "prefix_from_zero")) return PEFTD_ENOMEM;
         for (int l = 0; l < a->n_layers; l++) {
             snprintf(nm, sizeof nm, "prefix.%d.k", l);

@@ -29,8 +29,9 @@
 int adapter_blob_write(const adapter *a, void **blob, size_t *len);
 
 /* Same, with the base the adapter was loaded against (added: IA3 vectors are bare pointers
- * whose lengths are base dims, so adapter_blob_write() alone returns PEFTD_EINVAL for IA3;
- * every other kind's shapes follow from the adapter's own tensors). Prefer this one.
+ * whose lengths are base dims, so adapter_blob_write() alone returns PEFTD_EINVAL for IA3,
+ * and so are AdapterHub prefix tables, computed from a saved MLP whose size says nothing of
+ * the KV width; every other kind's shapes follow from the adapter's own tensors). Prefer this one.
  * base may be NULL (= adapter_blob_write). @note caller frees *blob with free(). */
 int adapter_blob_write_base(const adapter *a, const adapter_base *base, void **blob, size_t *len);
 

@@ -318,6 +318,16 @@ static int read_prefix(rctx *c) {
     return 0;
 }
 
+/* The prefix K/V and "prefix_from_zero" (AdapterHub prefix tuning; absent: PEFT's, as in
+ * blobs written before it was served). */
+static int read_prefix_meta(rctx *c, const cJSON *meta) {
+    int rc;
+    if (cJSON_HasObjectItem(meta, "prefix_from_zero") &&
+        (rc = jbool(c, meta, "prefix_from_zero", &c->a->prefix_from_zero)))
+        return rc;
+    return read_prefix(c);
+}
+
 static int read_bn(rctx *c, const cJSON *meta) {
     adapter *a = c->a;
     int L = a->n_layers, H = c->d.hidden, rc;
@@ -448,8 +458,10 @@ static int parse_meta(rctx *c, const cJSON *meta) {
     if ((rc = jint(c, meta, "bytes", 0, big, &v))) return rc;
     a->bytes = (size_t)v;
     bool virt = a->kind == ADAPTER_PROMPT_TUNING || a->kind == ADAPTER_PREFIX_TUNING;
-    /* non-virtual kinds must say 0: the engine reserves n_virtual slots for any adapter */
-    if ((rc = jint(c, meta, "n_virtual", virt ? 1 : 0, virt ? INT32_MAX : 0, &v))) return rc;
+    /* non-virtual kinds must say 0: the engine reserves n_virtual slots for any adapter; a
+     * bottleneck may carry a prefix (an AdapterHub MAM union) */
+    if ((rc = jint(c, meta, "n_virtual", virt ? 1 : 0, virt || a->kind == ADAPTER_BOTTLENECK ? INT32_MAX : 0, &v)))
+        return rc;
     a->n_virtual = (int)v;
     if (virt && c->base->context_length > 0 && a->n_virtual >= c->base->context_length)
         return rfail(c, PEFTD_EINVAL, "%d virtual tokens leave no room for a prompt in base %s's context of %d",
@@ -459,13 +471,10 @@ static int parse_meta(rctx *c, const cJSON *meta) {
     case ADAPTER_LORA: rc = read_lora(c, meta); break;
     case ADAPTER_IA3: rc = read_ia3(c, meta); break;
     case ADAPTER_PROMPT_TUNING: rc = claim(c, "prompt", 2, a->n_virtual, c->d.hidden, -1, &a->prompt, NULL); break;
-    case ADAPTER_PREFIX_TUNING:
-        /* "prefix_from_zero": AdapterHub prefix tuning (absent: PEFT's, as in older blobs) */
-        if (cJSON_HasObjectItem(meta, "prefix_from_zero") && (rc = jbool(c, meta, "prefix_from_zero", &a->prefix_from_zero)))
-            break;
-        rc = read_prefix(c);
+    case ADAPTER_PREFIX_TUNING: rc = read_prefix_meta(c, meta); break;
+    case ADAPTER_BOTTLENECK:
+        if ((rc = read_bn(c, meta)) == 0 && a->n_virtual > 0) rc = read_prefix_meta(c, meta); /* MAM */
         break;
-    case ADAPTER_BOTTLENECK: rc = read_bn(c, meta); break;
     }
     if (rc) return rc;
     if (st_find(c->st, "lm_head") && (rc = claim(c, "lm_head", 2, c->d.vocab, c->d.hidden, -1, &a->lm_head, NULL)))

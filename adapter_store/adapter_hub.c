@@ -348,27 +348,12 @@ static int hub_stage(adapter__ctx *c, const hub_cfg *h, bn_src *s, kdtype kd, ad
     return 0;
 }
 
-int adapter__load_hub(adapter__ctx *c) {
+/* A bottleneck adapter (seq_bn, double_seq_bn, par_bn, Compacter) from the config c->cfg. */
+static int load_bottleneck(adapter__ctx *c, const char *name) {
     adapter *a = c->a;
     int L = c->base->n_layers, rc;
     hub_cfg h;
-    char name[256];
     kdtype kd = KDT_F32;
-    const char *arch;
-    if ((rc = adapter__json_str(c, c->cfg, "architecture", "bottleneck", &arch))) return rc;
-    if (!strcmp(arch, "lora")) {
-        if ((rc = adapter_name(c, name, sizeof name))) return rc;
-        return adapter__load_hub_lora(c, name);
-    }
-    if (!strcmp(arch, "prefix_tuning")) {
-        if ((rc = adapter_name(c, name, sizeof name))) return rc;
-        return adapter__load_hub_prefix(c, c->cfg, name);
-    }
-    if (!strcmp(arch, "union"))
-        return adapter__fail(c, PEFTD_EUNSUPPORTED,
-                             "adapter_config.json: AdapterHub config.architecture 'union' (a ConfigUnion such as MAM) "
-                             "is not served yet; bottleneck (seq_bn, double_seq_bn, par_bn, Compacter), lora, ia3 and "
-                             "prefix_tuning are");
     a->kind = ADAPTER_BOTTLENECK;
     if (c->base->post_norms)
         return adapter__fail(c, PEFTD_EUNSUPPORTED,
@@ -385,16 +370,61 @@ int adapter__load_hub(adapter__ctx *c) {
         rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory");
         goto fail;
     }
-    if ((rc = hub_leave_out(c, skip)) || (rc = adapter_name(c, name, sizeof name)) ||
-        (rc = hub_find_tensors(c, &h, skip, name, src, &kd)))
-        goto fail;
+    if ((rc = hub_leave_out(c, skip)) || (rc = hub_find_tensors(c, &h, skip, name, src, &kd))) goto fail;
     for (int l = 0; l < L; l++)
         for (int p = 0; p < 2; p++)
-            if ((src[l * 2 + p].dw || src[l * 2 + p].dwm) && (rc = hub_stage(c, &h, &src[l * 2 + p], kd, p ? &a->bn_ffn[l] : &a->bn_attn[l])))
+            if ((src[l * 2 + p].dw || src[l * 2 + p].dwm) &&
+                (rc = hub_stage(c, &h, &src[l * 2 + p], kd, p ? &a->bn_ffn[l] : &a->bn_attn[l])))
                 goto fail;
 fail:
     for (int i = 0; src && i < L * 2; i++) free(src[i].dwm), free(src[i].uwm);
     free(skip);
     free(src);
     return rc;
+}
+
+/* A ConfigUnion (architecture "union"): MAM and any other union of ONE prefix tuning and ONE
+ * bottleneck config — both halves applied per request (the prefix as shared K/V blocks, the
+ * bottleneck by SGMV); the adapter's kind is ADAPTER_BOTTLENECK with a prefix
+ * (adapter_has_prefix). Other unions (e.g. UniPELT's gated ones) are refused. */
+static int load_union(adapter__ctx *c, const char *name) {
+    const cJSON *cfgs = cJSON_GetObjectItemCaseSensitive(c->cfg, "configs"), *e, *pfx = NULL, *bn = NULL;
+    int rc;
+    if (!cJSON_IsArray(cfgs))
+        return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: config.configs of a union must be a list");
+    cJSON_ArrayForEach(e, cfgs) {
+        const cJSON *arch = cJSON_GetObjectItemCaseSensitive(e, "architecture");
+        const char *s = cJSON_IsString(arch) ? arch->valuestring : cJSON_IsObject(e) && !arch ? "bottleneck" : NULL;
+        if (s && !strcmp(s, "prefix_tuning") && !pfx) pfx = e;
+        else if (s && !strcmp(s, "bottleneck") && !bn) bn = e;
+        else
+            return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                                 "adapter_config.json: a union member with architecture '%.32s' is not served (one "
+                                 "prefix_tuning and one bottleneck config, as MAM, are)",
+                                 s ? s : "?");
+    }
+    if (!pfx || !bn)
+        return adapter__fail(c, PEFTD_EUNSUPPORTED,
+                             "adapter_config.json: a union is served as one prefix_tuning plus one bottleneck config "
+                             "(MAM); this one lacks the %s",
+                             pfx ? "bottleneck" : "prefix tuning");
+    if ((rc = adapter__load_hub_prefix(c, pfx, name))) return rc;
+    cJSON *whole = c->cfg;
+    c->cfg = (cJSON *)bn;
+    rc = load_bottleneck(c, name);
+    c->cfg = whole;
+    return rc;
+}
+
+int adapter__load_hub(adapter__ctx *c) {
+    int rc;
+    char name[256];
+    const char *arch;
+    if ((rc = adapter__json_str(c, c->cfg, "architecture", "bottleneck", &arch)) ||
+        (rc = adapter_name(c, name, sizeof name)))
+        return rc;
+    if (!strcmp(arch, "lora")) return adapter__load_hub_lora(c, name);
+    if (!strcmp(arch, "prefix_tuning")) return adapter__load_hub_prefix(c, c->cfg, name);
+    if (!strcmp(arch, "union")) return load_union(c, name);
+    return load_bottleneck(c, name);
 }

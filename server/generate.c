@@ -49,7 +49,7 @@ static int prepare(const generate_options *o, runtime *rt, int32_t **ids, size_t
         return 1;
     }
     const adapter *a = *ad;
-    int nv = a && (a->kind == ADAPTER_PROMPT_TUNING || a->kind == ADAPTER_PREFIX_TUNING) ? a->n_virtual : 0, n_new;
+    int nv = adapter_n_virtual(a), n_new;
     if (engine_max_new_tokens(rt->e, (long long)*n_ids, nv, o->max_tokens, &n_new, err, sizeof err) < 0) {
         fprintf(stderr, "peftd: %s\n", err); /* the one context rule, as the HTTP API words it */
         return 1;

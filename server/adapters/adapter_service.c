@@ -224,7 +224,7 @@ static void meta_from_adapter(const adapter *a, const char *name, const char *ow
     m->n_params = a->n_params;
     m->n_ranks = a->n_ranks < 8 ? a->n_ranks : 8;
     memcpy(m->ranks, a->ranks, sizeof(int) * (size_t)m->n_ranks);
-    m->n_virtual = a->kind == ADAPTER_PROMPT_TUNING || a->kind == ADAPTER_PREFIX_TUNING ? a->n_virtual : 0;
+    m->n_virtual = adapter_n_virtual(a);
     snprintf(m->base_fingerprint, sizeof m->base_fingerprint, "%s", fp);
     /* targets: the modules adapted in any layer */
     size_t off = 0;

@@ -156,7 +156,7 @@ void engine__admit(engine *e) {
         seq *pre = r->preempted;
         int nv = ad && ad->kind == ADAPTER_PROMPT_TUNING ? ad->n_virtual : 0, pad;
         int need = engine__blocks_needed(e, (pre ? pre->n_tokens : nv + r->n_prompt) + 1);
-        if (ad && ad->kind == ADAPTER_PREFIX_TUNING && !engine__prefix_find(e, ad)) need += engine__prefix_blocks(e, ad, &pad);
+        if (adapter_has_prefix(ad) && !engine__prefix_find(e, ad)) need += engine__prefix_blocks(e, ad, &pad);
         if (need + e->n_running > engine__kv_available(e)) {
             if (pinned) tiers_unpin(e->tiers, pinned);
             break;
@@ -170,7 +170,7 @@ void engine__admit(engine *e) {
             s->ad = ad;
             s->pinned = pinned;
             s->n_computed = 0;
-            if (ad && ad->kind == ADAPTER_PREFIX_TUNING && !(s->pfx = engine__prefix_acquire(e, ad))) {
+            if (adapter_has_prefix(ad) && !(s->pfx = engine__prefix_acquire(e, ad))) {
                 s->vt = NULL;
                 engine__seq_free(e, s);
                 s = NULL;

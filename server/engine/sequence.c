@@ -51,7 +51,7 @@ void engine__finish_request(engine_request *r, finish_reason f, const char *erro
 
 /* Virtual tokens a request's adapter puts before its prompt (prompt or prefix tuning). */
 int engine__n_virtual_of(const adapter *ad) {
-    return ad && (ad->kind == ADAPTER_PROMPT_TUNING || ad->kind == ADAPTER_PREFIX_TUNING) ? ad->n_virtual : 0;
+    return adapter_n_virtual(ad);
 }
 
 prefix_entry *engine__prefix_find(engine *e, const adapter *ad) {
@@ -119,7 +119,7 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
     s->nv = nv;
     if (tokenizer_stream_prime(s->ds, r->prompt, (size_t)r->n_prompt) < 0) goto fail;
     /* blocks are taken step by step as K/V are written (seq_reserve) */
-    if (ad && ad->kind == ADAPTER_PREFIX_TUNING) {
+    if (adapter_has_prefix(ad)) {
         /* PEFT passes the prefix as past key/values: the prompt's positions continue after it;
          * AdapterHub concatenates it inside attention: the prompt starts at position 0 */
         s->pos_off = ad->prefix_from_zero ? 0 : ad->n_virtual;

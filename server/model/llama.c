@@ -195,7 +195,7 @@ int llama_store_prefix(llama_ctx *c, const adapter *ad, const int32_t *blocks, i
     kbackend *kb = c->kb;
     const model_config *cfg = &c->m->cfg;
     int bs = c->p.block_size, kv_dim = cfg->n_kv_heads * cfg->head_dim, nv = ad->n_virtual;
-    if (ad->kind != ADAPTER_PREFIX_TUNING || ad->n_layers != cfg->n_layers || !ad->prefix_k || !ad->prefix_v)
+    if (!adapter_has_prefix(ad) || ad->n_layers != cfg->n_layers)
         return PEFTD_EINVAL;
     /* in chunks of the step's slot buffer (a prefix may be longer than one step) */
     for (int j0 = 0; j0 < nv; j0 += c->p.max_tokens) {

@@ -19,7 +19,7 @@ static void layout_init(llama_ctx *c, const adapter *ad, int i, layout *L) {
     memset(L, 0, sizeof *L);
     for (int b = 0; b < SEQ_BATCH_SEQ_BLOCKS; b++) L->btab[b] = 1 + i * SEQ_BATCH_SEQ_BLOCKS + b;
     if (ad && ad->kind == ADAPTER_PROMPT_TUNING) L->nv_prompt = ad->n_virtual;
-    if (ad && ad->kind == ADAPTER_PREFIX_TUNING) {
+    if (adapter_has_prefix(ad)) {
         L->nv_prefix = ad->n_virtual;
         L->pad = (bs - L->nv_prefix % bs) % bs;
         L->kv_off = L->pad + L->nv_prefix;

@@ -18,7 +18,8 @@ SERVED = {"r8": "lora_r8_all", "dora": "lora_dora", "ia3": "ia3", "pt": "prompt_
           "lbias": "lora_bias", "emb": "lora_embed_head", "embtie": "lora_embed_tied", "mtstie": "lora_mts_tied",
           "ada": "adalora", "ptun": "p_tuning", "pproj": "prefix_projection",
           "hpar": "hub_par_bn", "hcomp": "hub_compacter", "hcpp": "hub_compacterpp", "hlora": "hub_lora",
-          "hia3": "hub_ia3", "hpfx": "hub_prefix", "hpflat": "hub_prefix_flat"}
+          "hia3": "hub_ia3", "hpfx": "hub_prefix", "hpflat": "hub_prefix_flat",
+          "hmam": "hub_mam"}
 _tmp = tempfile.mkdtemp(prefix="peftd-adapters-")
 _daemon = None
 
@@ -183,7 +184,7 @@ def concurrent_mixed_adapters_match_solo_outputs():
     names = list(SERVED) + [None, None]
     prompts = ["Once upon a time", "The dog", "Tom went", "One day", "Lily saw", "The sun", "A cat",
                "Mom said", "It was", "Ben had", "The bird", "Sue liked", "A big", "The girl", "He ran",
-               "She was", "They went", "The boy", "Max saw", "The tree", "A little", "Tim and", "The ball", "Sam went"]
+               "She was", "They went", "The boy", "Max saw", "The tree", "A little", "Tim and", "The ball", "Sam went", "Once there"]
     assert len(prompts) >= len(names)
     solo = {}
     for i, n in enumerate(names):

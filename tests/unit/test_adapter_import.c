@@ -939,7 +939,7 @@ TEST(syn_hub_unsupported_options) {
     } cases[] = {
         {"use_gating", "true", "use_gating"},          {"ln_after", "true", "ln_after"},
         {"non_linearity", "\"mish\"", "mish"},         {"scaling", "\"channel\"", "channel"},
-        {"architecture", "\"prefix_tuning\"", "architecture"}, {"residual_before_ln", "\"post_add\"", "post_add"},
+        {"architecture", "\"fusion\"", "architecture"}, {"residual_before_ln", "\"post_add\"", "post_add"},
         {"inv_adapter", "\"nice\"", "inv_adapter"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -1,7 +1,8 @@
 /* tests/unit/test_hub_kinds.c — AdapterHub kinds beyond seq_bn/double_seq_bn (issue 16):
  * par_bn (parallel bottleneck), Compacter and Compacter++ (PHM layers materialised at
  * import), AdapterHub LoRA ("add") and IA3 ("scale"), prefix tuning (MLP-reparametrised and
- * flat: the table computed at import; the prompt's positions start at 0), made fresh and trained with adapters
+ * flat: the table computed at import; the prompt's positions start at 0) and MAM (prefix +
+ * parallel bottleneck in one adapter), made fresh and trained with adapters
  * 1.3.0 by tests/fixtures/adapters/make_hub_fixtures.py on two GQA bases (models/stories260K
  * and tests/fixtures/qwen2/llama_bias, which has attention biases). Against the library's
  * reloaded model:
@@ -33,10 +34,10 @@
 
 #define TOL 1e-4
 #define N_GREEDY 32
-#define N_KINDS 7
+#define N_KINDS 8
 
 static const char *KINDS[N_KINDS] = {"hub_par_bn", "hub_compacter", "hub_compacterpp", "hub_lora",
-                                     "hub_ia3",    "hub_prefix",    "hub_prefix_flat"};
+                                     "hub_ia3",    "hub_prefix",    "hub_prefix_flat", "hub_mam"};
 static const char *BASES[2] = {"models/stories260K", "tests/fixtures/qwen2/llama_bias"};
 static const char *FIXDIR[2] = {"tests/fixtures/adapters", "tests/fixtures/adapters_bias_base"};
 
@@ -146,6 +147,7 @@ TEST(hub_lora) { check_kind(0, 3, false), check_kind(1, 3, false); }
 TEST(hub_ia3) { check_kind(0, 4, false), check_kind(1, 4, false); }
 TEST(hub_prefix) { check_kind(0, 5, false), check_kind(1, 5, false); }
 TEST(hub_prefix_flat) { check_kind(0, 6, false), check_kind(1, 6, false); }
+TEST(hub_mam) { check_kind(0, 7, false), check_kind(1, 7, false); }
 TEST(after_blob_round_trip) {
     for (int k = 0; k < N_KINDS; k++) check_kind(k % 2, k, true);
 }
@@ -210,6 +212,7 @@ TEST(refusals_name_the_field) {
     refused(&R, "hub_prefix", "leave_out", "[1]", "leave_out");
     refused(&R, "hub_prefix", "prefix_length", "7", "wte.weight");
     refused(&R, "hub_compacter", "architecture", "\"union\"", "union");
+    refused(&R, "hub_mam", "configs", "[{\"architecture\": \"lora\"}]", "lora");
     rig_close(&R);
 }
 
@@ -299,6 +302,6 @@ TEST(engine_greedy_and_mixed_batch) {
     rig_close(&R);
 }
 
-TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, after_blob_round_trip,
+TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam, after_blob_round_trip,
           refusals_name_the_field,
           engine_greedy_and_mixed_batch)
