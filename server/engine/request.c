@@ -86,6 +86,7 @@ void engine_request_unref(engine_request *r) {
     free(r->text);
     free(r->tokens);
     free(r->prompt_lp);
+    free(r->hidden);
     jschema_unref(r->params.json_schema);
     free(r->bias_id);
     free(r->bias_val);
@@ -117,6 +118,16 @@ int engine_request_take(engine_request *r, engine_delta *d) {
     if (np > 0) memcpy(d->prompt_tokens_lp, r->prompt_lp + r->prompt_lp_taken, (size_t)np * sizeof(gen_token));
     d->n_prompt_lp = np > 0 ? np : 0;
     r->prompt_lp_taken = r->n_prompt_lp;
+    if (r->finished && r->hidden && !r->hidden_taken) {
+        if (!(d->hidden = malloc((size_t)r->n_hidden * sizeof(float)))) {
+            pthread_mutex_unlock(&r->mu);
+            engine_delta_free(d);
+            return PEFTD_ENOMEM;
+        }
+        memcpy(d->hidden, r->hidden, (size_t)r->n_hidden * sizeof(float));
+        d->n_hidden = r->n_hidden;
+        r->hidden_taken = true;
+    }
     d->finished = r->finished;
     d->finish = r->finish;
     memcpy(d->error, r->error, sizeof d->error);
@@ -131,6 +142,8 @@ void engine_delta_free(engine_delta *d) {
     free(d->text);
     free(d->tokens);
     free(d->prompt_tokens_lp);
+    free(d->hidden);
+    d->hidden = NULL;
     d->text = NULL;
     d->tokens = NULL;
     d->prompt_tokens_lp = NULL;
@@ -190,6 +203,15 @@ int engine__publish_prompt(engine_request *r, const gen_token *tok) {
     if (!st) r->prompt_lp[r->n_prompt_lp++] = *tok;
     pthread_mutex_unlock(&r->mu);
     return st;
+}
+
+int engine__publish_hidden(engine_request *r, float *h, int n) {
+    pthread_mutex_lock(&r->mu);
+    free(r->hidden);
+    r->hidden = h;
+    r->n_hidden = n;
+    pthread_mutex_unlock(&r->mu);
+    return 0;
 }
 
 void engine__finish(engine_request *r, finish_reason f, const char *error) {

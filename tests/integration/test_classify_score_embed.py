@@ -1,0 +1,184 @@
+"""tests/integration/test_classify_score_embed.py — the prefill-only routes /v1/score and
+/v1/embeddings against transformers references (tests/fixtures/endpoints/reference.json,
+made by make_endpoint_fixtures.py with transformers 4.57 / peft 0.21): the base model and
+the lora_r8_all adapter, text and token-id inputs, float and base64, mean and last pooling,
+the prompt's KV shared across score candidates (prefix-cache hits), OpenAI-style errors,
+and score/embeddings requests mixed with generation traffic giving exactly their solo
+results."""
+
+import base64
+import json
+import math
+import os
+import struct
+import threading
+
+import harness
+from harness import test
+
+ROOT = harness.ROOT
+FIX = os.path.join(ROOT, "tests", "fixtures")
+with open(os.path.join(FIX, "endpoints", "reference.json")) as f:
+    REF = json.load(f)
+ADAPTER_DIR = os.path.join(FIX, "adapters", "lora_r8_all")
+_d = None
+
+
+def d():
+    global _d
+    if _d is None:
+        _d = harness.Daemon(["--adapter", "r8=" + ADAPTER_DIR])
+    return _d
+
+
+def model_arg(which):
+    return harness.MODEL_ID if which == "base" else "r8"
+
+
+def post_ok(path, body):
+    st, obj = d().post(path, body)
+    assert st == 200, "%s: status %d: %s" % (path, st, obj)
+    return obj
+
+
+def check_score(which, candidates, prompt):
+    ref = REF["models"][which]["score"]
+    obj = post_ok("/v1/score", {"model": model_arg(which), "prompt": prompt, "candidates": candidates})
+    assert obj["object"] == "list" and len(obj["data"]) == len(ref), obj
+    for i, (got, want) in enumerate(zip(obj["data"], ref)):
+        assert got["index"] == i
+        assert got["token_ids"] == REF["candidate_ids"][i], (got["token_ids"], REF["candidate_ids"][i])
+        assert len(got["token_logprobs"]) == len(want["token_logprobs"])
+        for a, b in zip(got["token_logprobs"], want["token_logprobs"]):
+            assert abs(a - b) <= 1e-4, (which, i, a, b)
+        assert abs(got["logprob"] - want["logprob"]) <= 1e-4, (which, i, got["logprob"], want["logprob"])
+    n_ids = sum(len(REF["score_prompt_ids"]) + len(c) for c in REF["candidate_ids"])
+    assert obj["usage"]["prompt_tokens"] == n_ids, obj["usage"]
+    return obj
+
+
+@test
+def test_score_matches_transformers_base_and_adapter():
+    for which in ("base", "lora_r8_all"):
+        check_score(which, REF["candidates"], REF["score_prompt"])           # text
+        check_score(which, REF["candidate_ids"], REF["score_prompt_ids"])    # token ids
+
+
+@test
+def test_score_shares_the_prompt_kv_across_candidates():
+    # a prompt no other test uses: candidate 0 computes (and caches) its 2 full blocks, the
+    # 3 others start from them: 3 x 32 tokens hit
+    prompt = REF["score_prompt_ids"][:1] + list(reversed(REF["score_prompt_ids"][1:]))
+    before = d().metrics()["peftd_prefix_cache_hits_total"]
+    post_ok("/v1/score", {"prompt": prompt, "candidates": REF["candidate_ids"]})
+    hits = d().metrics()["peftd_prefix_cache_hits_total"] - before
+    assert hits == 3 * 32, hits
+
+
+def unit(v):
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]
+
+
+@test
+def test_embeddings_match_transformers_hidden_states():
+    for which in ("base", "lora_r8_all"):
+        ref = REF["models"][which]["embed"]
+        for pooling in ("mean", "last"):
+            for inp in (REF["embed_inputs"], REF["embed_ids"]):
+                obj = post_ok("/v1/embeddings", {"model": model_arg(which), "input": inp, "pooling": pooling,
+                                                 "normalize": False})
+                assert obj["object"] == "list" and obj["model"] == model_arg(which), obj
+                assert obj["usage"]["prompt_tokens"] == sum(len(i) for i in REF["embed_ids"]), obj["usage"]
+                assert obj["usage"]["total_tokens"] == obj["usage"]["prompt_tokens"]
+                for i, e in enumerate(obj["data"]):
+                    assert e["object"] == "embedding" and e["index"] == i
+                    want = ref[i][pooling]
+                    assert len(e["embedding"]) == len(want) == 64
+                    err = max(abs(a - b) for a, b in zip(e["embedding"], want))
+                    assert err <= 1e-4, (which, pooling, i, err)
+
+
+@test
+def test_embeddings_default_mean_normalised_and_base64():
+    ref = REF["models"]["base"]["embed"][1]["mean"]
+    f = post_ok("/v1/embeddings", {"input": REF["embed_inputs"][1]})["data"][0]["embedding"]
+    err = max(abs(a - b) for a, b in zip(f, unit(ref)))
+    assert err <= 1e-5, err
+    b = post_ok("/v1/embeddings", {"input": REF["embed_inputs"][1], "encoding_format": "base64"})
+    raw = base64.b64decode(b["data"][0]["embedding"])
+    assert list(struct.unpack("<%df" % (len(raw) // 4), raw)) == [struct.unpack("<f", struct.pack("<f", x))[0]
+                                                                    for x in f]
+
+
+@test
+def test_errors_are_openai_shaped():
+    cases = [
+        ("/v1/embeddings", {"model": "no-such-adapter", "input": "x"}, 404, "model_not_found"),
+        ("/v1/score", {"model": "no-such-adapter", "prompt": "x", "candidates": ["y"]}, 404, "model_not_found"),
+        ("/v1/embeddings", {}, 400, "missing_field"),
+        ("/v1/embeddings", {"input": []}, 400, "invalid_value"),
+        ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, 400, "invalid_value"),
+        ("/v1/embeddings", {"input": "x", "pooling": "max"}, 400, "invalid_value"),
+        ("/v1/embeddings", {"input": "x", "dimensions": 8}, 400, "unsupported_parameter"),
+        ("/v1/embeddings", {"input": "x", "temperature": 1}, 400, "unknown_parameter"),
+        ("/v1/embeddings", {"input": [[1, 100000]]}, 400, "invalid_value"),
+        ("/v1/score", {"prompt": "x"}, 400, "missing_field"),
+        ("/v1/score", {"prompt": "x", "candidates": []}, 400, "invalid_value"),
+        ("/v1/score", {"prompt": "x", "candidates": [[]]}, 400, "invalid_value"),
+        ("/v1/score", {"prompt": ["a", "b"], "candidates": ["y"]}, 400, "invalid_value"),
+        ("/v1/embeddings", {"input": [[1] * 4096]}, 413, "context_length_exceeded"),
+        ("/v1/score", {"prompt": [1] * 4090, "candidates": [[2] * 10]}, 413, "context_length_exceeded"),
+    ]
+    for path, body, status, code in cases:
+        st, obj = d().post(path, body)
+        harness.assert_error(st, obj, status, code)
+
+
+def completion(prompt):
+    return d().complete(prompt=prompt, max_tokens=32, temperature=0, ignore_eos=True)["choices"][0]["text"]
+
+
+@test
+def test_mixed_with_generation_identical_to_solo():
+    gen_prompts = ["Once upon a time", "The dog", "A little girl", "One day"]
+    solo_gen = [completion(p) for p in gen_prompts]
+    score_body = {"model": "r8", "prompt": REF["score_prompt"], "candidates": REF["candidates"]}
+    embed_body = {"input": REF["embed_inputs"], "normalize": False}
+    embed_r8 = {"model": "r8", "input": REF["embed_inputs"], "pooling": "last"}
+    solo = [post_ok("/v1/score", score_body), post_ok("/v1/embeddings", embed_body),
+            post_ok("/v1/embeddings", embed_r8)]
+    results, errors = {}, []
+
+    def run(key, fn):
+        try:
+            results[key] = fn()
+        except Exception as e:  # collected: the main thread asserts
+            errors.append("%s: %r" % (key, e))
+
+    threads = []
+    for rep in range(2):
+        for i, p in enumerate(gen_prompts):
+            threads.append(threading.Thread(target=run, args=(("g", rep, i), lambda p=p: completion(p))))
+        threads.append(threading.Thread(target=run, args=(("s", rep), lambda: post_ok("/v1/score", score_body))))
+        threads.append(threading.Thread(target=run, args=(("e", rep), lambda: post_ok("/v1/embeddings", embed_body))))
+        threads.append(threading.Thread(target=run, args=(("r", rep), lambda: post_ok("/v1/embeddings", embed_r8))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for rep in range(2):
+        for i in range(len(gen_prompts)):
+            assert results[("g", rep, i)] == solo_gen[i], (rep, i)
+        assert results[("s", rep)]["data"] == solo[0]["data"]
+        assert results[("e", rep)]["data"] == solo[1]["data"]
+        assert results[("r", rep)]["data"] == solo[2]["data"]
+
+
+if __name__ == "__main__":
+    try:
+        harness.run_tests(__file__)
+    finally:
+        if _d is not None:
+            _d.close()
