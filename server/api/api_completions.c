@@ -42,6 +42,7 @@ static void job_unref(api_job *job) {
         free(ch->ptok);
         free(ch->pend_ptok);
         free(ch->hidden);
+        free(ch->labels);
     }
     free(job->choices);
     api_request_free(&job->req);
@@ -121,6 +122,9 @@ static void job_notify(void *ud) {
             ch->hidden = d.hidden;
             ch->n_hidden = d.n_hidden;
             d.hidden = NULL;
+            free(ch->labels);
+            ch->labels = d.labels;
+            d.labels = NULL;
         }
         http_metrics_on_tokens(job->t0_ns, &ch->t_last_ns, d.completion_tokens - ch->completion_tokens);
         /* the tenant's tokens-per-minute window counts tokens as they are generated */
@@ -190,6 +194,9 @@ static void job_cancel_all(api_job *job) {
 static enum MHD_Result job_respond(http_req *req, struct MHD_Connection *conn, api_job *job) {
     for (int i = 0; i < job->n_choices; i++) {
         const api_choice *ch = &job->choices[i];
+        if (ch->finish == FINISH_ERROR && !strcmp(ch->error, ENGINE_ERR_NOT_CLASSIFIER))
+            return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value", "'%s': %s", job->req.model_id,
+                              ch->error);
         if (ch->finish == FINISH_ERROR || ch->error[0])
             return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "engine_error",
                               "generation failed: %s", ch->error[0] ? ch->error : "engine error");

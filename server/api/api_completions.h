@@ -122,8 +122,10 @@ typedef struct api_choice {
     gen_token *pend_ptok;   /* echo + logprobs: scored prompt tokens 1.. not yet collected */
     int n_pend_ptok, cap_pend_ptok;
     double cum_logprob;     /* best_of: sum of the generated tokens' logprobs (under mu) */
-    float *hidden;          /* pool (embeddings, classify): the pooled hidden state (under mu) */
+    float *hidden;          /* pool (embeddings, classify): the pooled hidden state or the label
+                             * probabilities (under mu) */
     int n_hidden;
+    char *labels;           /* classify: n_hidden label names, NUL-separated (engine_delta.labels) */
     bool finished;
     finish_reason finish;
     char error[256];

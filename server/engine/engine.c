@@ -294,7 +294,7 @@ int engine_max_new_tokens(const engine *e, long long n_prompt, int n_virtual, lo
 
 /* The sampling parameters engine.h documents: ranges, ids within the vocabulary. */
 static bool params_valid(const engine *e, const gen_params *p) {
-    if (p->pool < ENGINE_POOL_NONE || p->pool > ENGINE_POOL_MEAN || (p->pool && (p->max_tokens || p->prompt_logprobs)) ||
+    if (p->pool < ENGINE_POOL_NONE || p->pool > ENGINE_POOL_CLASSIFY || (p->pool && (p->max_tokens || p->prompt_logprobs)) ||
         p->score_from < 0)
         return false;
     if (p->max_tokens < (p->prompt_logprobs || p->pool ? 0 : 1) || p->min_tokens < 0 || p->min_tokens > p->max_tokens ||

@@ -70,7 +70,12 @@ void engine_config_default(engine_config *c);
  * last_hidden_state) of the last prompt token, or the mean over the prompt tokens (virtual
  * prompt-tuning tokens excluded; summed in prompt order in double, so it does not depend on
  * how the prompt was chunked or batched). */
-enum { ENGINE_POOL_NONE = 0, ENGINE_POOL_LAST = 1, ENGINE_POOL_MEAN = 2 };
+enum { ENGINE_POOL_NONE = 0, ENGINE_POOL_LAST = 1, ENGINE_POOL_MEAN = 2,
+       /* the LAST state through the adapter's SEQ_CLS head (adapter.cls_head): hidden holds
+        * softmax(head · h) (n_labels floats, computed in double) and labels their names; an
+        * adapter without a head finishes with FINISH_ERROR and ENGINE_ERR_NOT_CLASSIFIER */
+       ENGINE_POOL_CLASSIFY = 3 };
+#define ENGINE_ERR_NOT_CLASSIFIER "the adapter has no sequence-classification head (PEFT task_type SEQ_CLS)"
 
 typedef struct {
     int max_tokens;            /* >= 1; 0 only with prompt_logprobs or pool (prefill only) */
@@ -164,6 +169,8 @@ typedef struct {
     float *hidden;         /* pool: the pooled hidden state (hidden_size floats), set in the
                             * take that reports the finish (NULL otherwise) */
     int n_hidden;
+    char *labels;          /* ENGINE_POOL_CLASSIFY: n_hidden label names, each NUL-terminated,
+                            * one after the other (with hidden) */
     bool finished;
     finish_reason finish;
     char error[256];

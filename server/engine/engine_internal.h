@@ -29,6 +29,8 @@ struct engine_request {
     int n_prompt_lp, prompt_lp_cap, prompt_lp_taken;
     float *hidden;                 /* pool: published with the finish (engine__publish_hidden) */
     int n_hidden;
+    char *labels;                  /* ENGINE_POOL_CLASSIFY: the label names (engine_delta.labels) */
+    size_t labels_len;
     bool hidden_taken;
     int32_t *bias_id;              /* owned copies behind params.bias_id / bias_val */
     float *bias_val;
@@ -57,7 +59,8 @@ static inline uint64_t engine__now_ns(void) {
 int engine__publish(engine_request *r, const char *text, size_t len, const gen_token *tok,
                     int completion_tokens);
 int engine__publish_prompt(engine_request *r, const gen_token *tok); /* one scored prompt token */
-int engine__publish_hidden(engine_request *r, float *h, int n); /* takes h (malloc'd) */
+/* takes h and labels (malloc'd; labels may be NULL, else labels_len bytes) */
+int engine__publish_hidden(engine_request *r, float *h, int n, char *labels, size_t labels_len);
 void engine__finish(engine_request *r, finish_reason f, const char *error);
 void engine__notify(engine_request *r);
 

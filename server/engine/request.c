@@ -87,6 +87,7 @@ void engine_request_unref(engine_request *r) {
     free(r->tokens);
     free(r->prompt_lp);
     free(r->hidden);
+    free(r->labels);
     jschema_unref(r->params.json_schema);
     free(r->bias_id);
     free(r->bias_val);
@@ -126,6 +127,12 @@ int engine_request_take(engine_request *r, engine_delta *d) {
         }
         memcpy(d->hidden, r->hidden, (size_t)r->n_hidden * sizeof(float));
         d->n_hidden = r->n_hidden;
+        if (r->labels && (d->labels = malloc(r->labels_len))) memcpy(d->labels, r->labels, r->labels_len);
+        if (r->labels && !d->labels) {
+            pthread_mutex_unlock(&r->mu);
+            engine_delta_free(d);
+            return PEFTD_ENOMEM;
+        }
         r->hidden_taken = true;
     }
     d->finished = r->finished;
@@ -143,7 +150,9 @@ void engine_delta_free(engine_delta *d) {
     free(d->tokens);
     free(d->prompt_tokens_lp);
     free(d->hidden);
+    free(d->labels);
     d->hidden = NULL;
+    d->labels = NULL;
     d->text = NULL;
     d->tokens = NULL;
     d->prompt_tokens_lp = NULL;
@@ -205,11 +214,14 @@ int engine__publish_prompt(engine_request *r, const gen_token *tok) {
     return st;
 }
 
-int engine__publish_hidden(engine_request *r, float *h, int n) {
+int engine__publish_hidden(engine_request *r, float *h, int n, char *labels, size_t labels_len) {
     pthread_mutex_lock(&r->mu);
     free(r->hidden);
+    free(r->labels);
     r->hidden = h;
     r->n_hidden = n;
+    r->labels = labels;
+    r->labels_len = labels_len;
     pthread_mutex_unlock(&r->mu);
     return 0;
 }

@@ -1,7 +1,8 @@
-"""tests/integration/test_classify_score_embed.py — the prefill-only routes /v1/score and
-/v1/embeddings against transformers references (tests/fixtures/endpoints/reference.json,
+"""tests/integration/test_classify_score_embed.py — the prefill-only routes /v1/classify,
+/v1/score and /v1/embeddings against transformers/peft references (tests/fixtures/endpoints/reference.json,
 made by make_endpoint_fixtures.py with transformers 4.57 / peft 0.21): the base model and
-the lora_r8_all adapter, text and token-id inputs, float and base64, mean and last pooling,
+the lora_r8_all adapter, a fresh SEQ_CLS LoRA (served with --adapter and uploaded), text
+and token-id inputs, float and base64, mean and last pooling,
 the prompt's KV shared across score candidates (prefix-cache hits), OpenAI-style errors,
 and score/embeddings requests mixed with generation traffic giving exactly their solo
 results."""
@@ -21,13 +22,14 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 with open(os.path.join(FIX, "endpoints", "reference.json")) as f:
     REF = json.load(f)
 ADAPTER_DIR = os.path.join(FIX, "adapters", "lora_r8_all")
+SEQCLS_DIR = os.path.join(FIX, "endpoints", "seqcls")
 _d = None
 
 
 def d():
     global _d
     if _d is None:
-        _d = harness.Daemon(["--adapter", "r8=" + ADAPTER_DIR])
+        _d = harness.Daemon(["--adapter", "r8=" + ADAPTER_DIR, "--adapter", "cls=" + SEQCLS_DIR])
     return _d
 
 
@@ -111,6 +113,32 @@ def test_embeddings_default_mean_normalised_and_base64():
                                                                     for x in f]
 
 
+def check_classify(model, labels):
+    ref = REF["classify"]
+    for inp in (REF["embed_inputs"], REF["embed_ids"]):
+        obj = post_ok("/v1/classify", {"model": model, "input": inp})
+        assert obj["object"] == "list" and obj["model"] == model, obj
+        assert obj["usage"]["prompt_tokens"] == sum(len(i) for i in REF["embed_ids"]), obj["usage"]
+        for i, c in enumerate(obj["data"]):
+            assert c["index"] == i and c["labels"] == labels, c
+            err = max(abs(a - b) for a, b in zip(c["probabilities"], ref["probs"][i]))
+            assert err <= 1e-5, (model, i, err)
+            assert c["probs"] == dict(zip(labels, c["probabilities"]))
+            assert c["label"] == labels[max(range(3), key=lambda k: ref["probs"][i][k])]
+
+
+@test
+def test_classify_matches_peft_probabilities():
+    check_classify("cls", REF["classify"]["labels"])  # id2label from the config.json beside it
+
+
+@test
+def test_classify_uploaded_adapter():
+    st, obj = d().upload("cls-up", SEQCLS_DIR)  # the two PEFT files: no id2label, transformers' names
+    assert st in (200, 201), (st, obj)
+    check_classify("cls-up", ["LABEL_0", "LABEL_1", "LABEL_2"])
+
+
 @test
 def test_errors_are_openai_shaped():
     cases = [
@@ -127,6 +155,12 @@ def test_errors_are_openai_shaped():
         ("/v1/score", {"prompt": "x", "candidates": []}, 400, "invalid_value"),
         ("/v1/score", {"prompt": "x", "candidates": [[]]}, 400, "invalid_value"),
         ("/v1/score", {"prompt": ["a", "b"], "candidates": ["y"]}, 400, "invalid_value"),
+        ("/v1/classify", {"model": "no-such-adapter", "input": "x"}, 404, "model_not_found"),
+        ("/v1/classify", {"input": "x"}, 400, "invalid_value"),           # the base has no head
+        ("/v1/classify", {"model": "r8", "input": "x"}, 400, "invalid_value"),  # a LoRA without one
+        ("/v1/classify", {"model": "cls"}, 400, "missing_field"),
+        ("/v1/classify", {"model": "cls", "input": "x", "pooling": "mean"}, 400, "unknown_parameter"),
+        ("/v1/classify", {"model": "cls", "input": [[1] * 600]}, 413, "context_length_exceeded"),
         ("/v1/embeddings", {"input": [[1] * 4096]}, 413, "context_length_exceeded"),
         ("/v1/score", {"prompt": [1] * 4090, "candidates": [[2] * 10]}, 413, "context_length_exceeded"),
     ]
@@ -146,8 +180,9 @@ def test_mixed_with_generation_identical_to_solo():
     score_body = {"model": "r8", "prompt": REF["score_prompt"], "candidates": REF["candidates"]}
     embed_body = {"input": REF["embed_inputs"], "normalize": False}
     embed_r8 = {"model": "r8", "input": REF["embed_inputs"], "pooling": "last"}
+    cls_body = {"model": "cls", "input": REF["embed_inputs"]}
     solo = [post_ok("/v1/score", score_body), post_ok("/v1/embeddings", embed_body),
-            post_ok("/v1/embeddings", embed_r8)]
+            post_ok("/v1/embeddings", embed_r8), post_ok("/v1/classify", cls_body)]
     results, errors = {}, []
 
     def run(key, fn):
@@ -163,6 +198,7 @@ def test_mixed_with_generation_identical_to_solo():
         threads.append(threading.Thread(target=run, args=(("s", rep), lambda: post_ok("/v1/score", score_body))))
         threads.append(threading.Thread(target=run, args=(("e", rep), lambda: post_ok("/v1/embeddings", embed_body))))
         threads.append(threading.Thread(target=run, args=(("r", rep), lambda: post_ok("/v1/embeddings", embed_r8))))
+        threads.append(threading.Thread(target=run, args=(("c", rep), lambda: post_ok("/v1/classify", cls_body))))
     for t in threads:
         t.start()
     for t in threads:
@@ -174,6 +210,7 @@ def test_mixed_with_generation_identical_to_solo():
         assert results[("s", rep)]["data"] == solo[0]["data"]
         assert results[("e", rep)]["data"] == solo[1]["data"]
         assert results[("r", rep)]["data"] == solo[2]["data"]
+        assert results[("c", rep)]["data"] == solo[3]["data"]
 
 
 if __name__ == "__main__":
