@@ -194,7 +194,8 @@ static void job_cancel_all(api_job *job) {
 static enum MHD_Result job_respond(http_req *req, struct MHD_Connection *conn, api_job *job) {
     for (int i = 0; i < job->n_choices; i++) {
         const api_choice *ch = &job->choices[i];
-        if (ch->finish == FINISH_ERROR && !strcmp(ch->error, ENGINE_ERR_NOT_CLASSIFIER))
+        if (ch->finish == FINISH_ERROR &&
+            (!strcmp(ch->error, ENGINE_ERR_NOT_CLASSIFIER) || !strcmp(ch->error, ENGINE_ERR_CLASSIFIER_ONLY)))
             return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value", "'%s': %s", job->req.model_id,
                               ch->error);
         if (ch->finish == FINISH_ERROR || ch->error[0])

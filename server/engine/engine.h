@@ -75,6 +75,9 @@ enum { ENGINE_POOL_NONE = 0, ENGINE_POOL_LAST = 1, ENGINE_POOL_MEAN = 2,
         * softmax(head · h) (n_labels floats, computed in double) and labels their names; an
         * adapter without a head finishes with FINISH_ERROR and ENGINE_ERR_NOT_CLASSIFIER */
        ENGINE_POOL_CLASSIFY = 3 };
+/* what completions / scores under a SEQ_CLS adapter finish with (FINISH_ERROR); embeddings
+ * (pool LAST / MEAN) of such an adapter are served */
+#define ENGINE_ERR_CLASSIFIER_ONLY "the adapter is a sequence classifier (PEFT task_type SEQ_CLS): it serves /v1/classify and /v1/embeddings, not text or token scores"
 #define ENGINE_ERR_NOT_CLASSIFIER "the adapter has no sequence-classification head (PEFT task_type SEQ_CLS)"
 
 typedef struct {

@@ -210,6 +210,9 @@ void engine__pool_rows(engine *e, seq *s, int c, int T, int *nl);
  * sequences whose prompt is computed, publishing the hidden state; a failure finishes the
  * sequence concerned with an error (and is returned). */
 int engine__pool_retire(engine *e);
+/* admission: ENGINE_ERR_CLASSIFIER_ONLY when r would sample or score tokens through the
+ * lm_head of a SEQ_CLS adapter (trained for its classification head, not for text), else NULL */
+const char *engine__pool_refusal(const engine_request *r, const adapter *ad);
 /* s still has prompt rows to pool under step_plan's score_rows budget (ENGINE_POOL_MEAN) */
 bool engine__pool_scoring(const seq *s);
 

@@ -12,6 +12,10 @@
 
 #include "server/engine/engine_internal.h"
 
+const char *engine__pool_refusal(const engine_request *r, const adapter *ad) {
+    return ad && ad->cls_head.data && r->params.pool == ENGINE_POOL_NONE ? ENGINE_ERR_CLASSIFIER_ONLY : NULL;
+}
+
 bool engine__pool_scoring(const seq *s) {
     return s->r && s->r->params.pool == ENGINE_POOL_MEAN && s->pooled < s->r->n_prompt;
 }

@@ -159,6 +159,9 @@ def test_errors_are_openai_shaped():
         ("/v1/classify", {"input": "x"}, 400, "invalid_value"),           # the base has no head
         ("/v1/classify", {"model": "r8", "input": "x"}, 400, "invalid_value"),  # a LoRA without one
         ("/v1/classify", {"model": "cls"}, 400, "missing_field"),
+        # a classifier's LoRA was trained for its head: no text, no token scores from lm_head
+        ("/v1/completions", {"model": "cls", "prompt": "x", "max_tokens": 2}, 400, "invalid_value"),
+        ("/v1/score", {"model": "cls", "prompt": "x", "candidates": ["y"]}, 400, "invalid_value"),
         ("/v1/classify", {"model": "cls", "input": "x", "pooling": "mean"}, 400, "unknown_parameter"),
         ("/v1/classify", {"model": "cls", "input": [[1] * 600]}, 413, "context_length_exceeded"),
         ("/v1/embeddings", {"input": [[1] * 4096]}, 413, "context_length_exceeded"),
@@ -167,6 +170,7 @@ def test_errors_are_openai_shaped():
     for path, body, status, code in cases:
         st, obj = d().post(path, body)
         harness.assert_error(st, obj, status, code)
+    post_ok("/v1/embeddings", {"model": "cls", "input": "x"})  # its hidden states are served
 
 
 def completion(prompt):
