@@ -173,6 +173,54 @@ def test_errors_are_openai_shaped():
     post_ok("/v1/embeddings", {"model": "cls", "input": "x"})  # its hidden states are served
 
 
+@test
+def test_tenant_auth_quotas_and_scoping():
+    """The routes go through completions' request path: keys (401), the tenant's quotas
+    (sequences = inputs: over max_concurrent is 429), and adapter scoping (another tenant's
+    adapter answers 404 like a missing one)."""
+    import secrets
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="peftd-ep-auth-")
+    cfg = os.path.join(tmp, "auth.json")
+    admin_key = "adm_" + secrets.token_hex(24)
+    with open(cfg, "w") as f:
+        json.dump({"auth": {"enabled": True, "admin_key_env": "PEFTD_TEST_EP_ADMIN"}}, f)
+    dm = harness.Daemon(["--config", cfg], env={"PEFTD_TEST_EP_ADMIN": admin_key})
+    try:
+        def call(path, key, body):
+            st, _, data = dm.request("POST", path, body, headers={"Authorization": "Bearer " + key} if key else {})
+            return st, json.loads(data)
+
+        keys = {}
+        for tid in ("ta", "tb"):
+            st, _, data = dm.request("POST", "/v1/admin/tenants", {"id": tid, "weight": 1,
+                                                                   "limits": {"max_concurrent": 2}},
+                                     headers={"Authorization": "Bearer " + admin_key})
+            assert st == 201, (st, data)
+            st, _, data = dm.request("POST", "/v1/admin/tenants/%s/keys" % tid, None,
+                                     headers={"Authorization": "Bearer " + admin_key})
+            assert st == 201, (st, data)
+            keys[tid] = json.loads(data)["key"]
+        st, obj = dm.upload("mycls", SEQCLS_DIR, headers={"Authorization": "Bearer " + keys["ta"]})
+        assert st in (200, 201), (st, obj)
+        cls_body = {"model": "mycls", "input": REF["embed_inputs"][:2]}
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/v1/score", {"prompt": "x", "candidates": ["y"]}),
+                           ("/v1/classify", cls_body)):
+            harness.assert_error(*call(path, None, body), 401, None)
+        st, obj = call("/v1/classify", keys["ta"], cls_body)
+        assert st == 200, (st, obj)
+        for i, c in enumerate(obj["data"]):
+            err = max(abs(a - b) for a, b in zip(c["probabilities"], REF["classify"]["probs"][i]))
+            assert err <= 1e-5, err
+        harness.assert_error(*call("/v1/classify", keys["tb"], cls_body), 404, "model_not_found")
+        st, obj = call("/v1/embeddings", keys["ta"], {"input": ["a", "b", "c"]})  # 3 sequences > 2
+        assert st == 429, (st, obj)
+        st, obj = call("/v1/embeddings", keys["tb"], {"input": ["a", "b"]})
+        assert st == 200, (st, obj)
+    finally:
+        dm.close()
+
+
 def completion(prompt):
     return d().complete(prompt=prompt, max_tokens=32, temperature=0, ignore_eos=True)["choices"][0]["text"]
 
