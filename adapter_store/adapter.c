@@ -176,6 +176,7 @@ int adapter_load_dir(const char *dir, const adapter_base *base, adapter **out, c
     }
 
     rc = fmt == FMT_PEFT ? dispatch_peft(&c) : adapter__load_hub(&c);
+    if (!rc && fmt == FMT_PEFT) rc = adapter__load_seq_cls(&c);
     if (rc) goto fail;
 
     for (size_t i = 0; i < st_count(c.st); i++) {
@@ -188,7 +189,7 @@ int adapter_load_dir(const char *dir, const adapter_base *base, adapter **out, c
         c.a->n_params += t->numel;
         c.a->bytes += t->nbytes;
     }
-    if ((rc = adapter__hash_files(&c, text, text_len, wpath))) goto fail;
+    if ((rc = adapter__hash_files(&c, text, text_len, wpath)) || (rc = adapter__seq_cls_rehash(&c))) goto fail;
     if (adapter__stage_commit(c.a, &c.stage)) {
         rc = adapter__fail(&c, PEFTD_ENOMEM, "%s: out of memory for the adapter's tensors", dir);
         goto fail;

@@ -104,6 +104,9 @@ typedef struct {
                                 * sub-layer output; the two flags above are then unused */
 } adapter_bottleneck;
 
+#define ADAPTER_LABEL_MAX 64   /* bytes of a SEQ_CLS label name, NUL included */
+#define ADAPTER_MAX_LABELS 1024
+
 typedef struct adapter {
     adapter_kind kind;
     char source[4096];         /* directory it was loaded from */
@@ -146,6 +149,15 @@ typedef struct adapter {
      * scale·B(A h). dora / bias / base_bias are unused on both. */
     adapter_lora embed_lora;
     adapter_lora head_lora;
+
+    /* PEFT task_type SEQ_CLS (LoRA family): the sequence-classification head `score` saved
+     * from modules_to_save, [n_labels, hidden] F32 (data NULL: a causal-LM adapter), applied
+     * to the final-normed hidden state of the last token (engine_pool.c, /v1/classify);
+     * labels: n_labels names (id2label of a config.json beside the adapter, else
+     * "LABEL_<i>" as transformers names them), owned, freed by adapter_free. */
+    int n_labels;
+    kmat cls_head;
+    char (*labels)[ADAPTER_LABEL_MAX];
 
     int64_t n_params;          /* trainable parameters as stored */
     size_t bytes;              /* bytes of the stored tensors */

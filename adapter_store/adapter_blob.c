@@ -17,6 +17,7 @@
  *   head_lora.b [vocab, rank]   (LoRA on embed_tokens / lm_head; metadata embed_lora /
  *   head_lora = {rank, scale}; the per-module "bias" flag and the "base_bias" list are
  *   optional: absent in blobs written before them, meaning none)
+ *   cls_head [n_labels, hidden] F32 with metadata "labels" (SEQ_CLS; both absent otherwise)
  * __metadata__["peftd"] is a JSON object: format, kind, source, sha256, n_params, bytes,
  * n_layers, max_rank, ranks, n_virtual, the base dims it was built for, per-module LoRA
  * rank / scale / DoRA flag, IA3 sides, per-module bottleneck settings.
@@ -269,6 +270,13 @@ static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
     if (a->kind == ADAPTER_BOTTLENECK && a->bn_attn && a->bn_ffn && (rc = collect_bn(a, w, meta))) return rc;
     if (a->lm_head.data && (rc = wl_mat(w, "lm_head", &a->lm_head))) return rc;
     if (a->embed.data && (rc = wl_mat(w, "embed", &a->embed))) return rc;
+    if (a->cls_head.data) { /* SEQ_CLS: the head and "labels" (absent in other blobs) */
+        cJSON *labels = cJSON_AddArrayToObject(meta, "labels");
+        for (int i = 0; labels && i < a->n_labels; i++)
+            if (!add_item(labels, cJSON_CreateString(a->labels[i]))) return PEFTD_ENOMEM;
+        if (!labels) return PEFTD_ENOMEM;
+        if ((rc = wl_mat(w, "cls_head", &a->cls_head))) return rc;
+    }
     return 0;
 }
 

@@ -427,6 +427,29 @@ static int check_base(rctx *c, const cJSON *meta) {
     return 0;
 }
 
+/* SEQ_CLS: "labels" (1..ADAPTER_MAX_LABELS strings) and the F32 head [labels, hidden]. */
+static int read_cls(rctx *c, const cJSON *meta) {
+    adapter *a = c->a;
+    const cJSON *labels = cJSON_GetObjectItemCaseSensitive(meta, "labels"), *it;
+    if (!labels) {
+        if (st_find(c->st, "cls_head")) return rfail(c, PEFTD_EFORMAT, "tensor 'cls_head' without 'labels'");
+        return 0;
+    }
+    int n = cJSON_IsArray(labels) ? cJSON_GetArraySize(labels) : 0;
+    if (a->kind != ADAPTER_LORA || n < 1 || n > ADAPTER_MAX_LABELS)
+        return rfail(c, PEFTD_EFORMAT, "metadata 'labels' must be 1..%d strings on a LoRA adapter", ADAPTER_MAX_LABELS);
+    if (!(a->labels = calloc((size_t)n, sizeof *a->labels))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+    a->n_labels = 0;
+    cJSON_ArrayForEach(it, labels) {
+        if (!cJSON_IsString(it) || strlen(it->valuestring) >= ADAPTER_LABEL_MAX)
+            return rfail(c, PEFTD_EFORMAT, "metadata 'labels' entries must be strings under %d bytes", ADAPTER_LABEL_MAX);
+        snprintf(a->labels[a->n_labels++], ADAPTER_LABEL_MAX, "%s", it->valuestring);
+    }
+    const st_tensor *t = st_find(c->st, "cls_head");
+    if (t && t->dtype != ST_F32) return rfail(c, PEFTD_EFORMAT, "tensor 'cls_head' must be F32");
+    return claim(c, "cls_head", 2, n, c->d.hidden, -1, &a->cls_head, NULL);
+}
+
 static int parse_meta(rctx *c, const cJSON *meta) {
     adapter *a = c->a;
     char kind[32];
@@ -481,7 +504,7 @@ static int parse_meta(rctx *c, const cJSON *meta) {
         return rc;
     if (st_find(c->st, "embed") && (rc = claim(c, "embed", 2, c->d.vocab, c->d.hidden, -1, &a->embed, NULL)))
         return rc;
-    return 0;
+    return read_cls(c, meta);
 }
 
 int adapter_blob_read(const void *blob, size_t len, const adapter_base *base, adapter **out, char *err,

@@ -232,5 +232,6 @@ void adapter_free(adapter *a) {
     free(a->prefix_v);
     free(a->bn_attn);
     free(a->bn_ffn);
+    free(a->labels);
     free(a);
 }

@@ -221,6 +221,12 @@ int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, co
                         size_t errlen);
 
 /* ---- kind loaders ---- */
+/* adapter_peft_seqcls.c: after the kind's loader, task_type SEQ_CLS: the `score` head and
+ * the labels (a LoRA-family adapter only; other kinds are refused naming task_type). */
+int adapter__load_seq_cls(adapter__ctx *c);
+/* after adapter__hash_files: label names other than transformers' defaults join the hash */
+int adapter__seq_cls_rehash(adapter__ctx *c);
+
 /* modules_to_save (lm_head / embed_tokens full replacements), shared by LoRA and IA3. */
 int adapter__load_modules_to_save(adapter__ctx *c);
 int adapter__load_lora(adapter__ctx *c);

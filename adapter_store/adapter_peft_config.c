@@ -125,10 +125,11 @@ int adapter__peft_check_task(adapter__ctx *c) {
     if (task && !cJSON_IsNull(task)) {
         if (!cJSON_IsString(task))
             return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: field 'task_type' must be a string");
-        if (strcmp(task->valuestring, "CAUSAL_LM") != 0)
+        /* SEQ_CLS: its head is read after the kind's tensors (adapter_peft_seqcls.c) */
+        if (strcmp(task->valuestring, "CAUSAL_LM") != 0 && strcmp(task->valuestring, "SEQ_CLS") != 0)
             return adapter__fail(c, PEFTD_EUNSUPPORTED,
                                  "adapter_config.json: task_type '%.40s' is not served: peftd generates text "
-                                 "(task_type CAUSAL_LM)", task->valuestring);
+                                 "(task_type CAUSAL_LM) and classifies (SEQ_CLS, LoRA)", task->valuestring);
     }
     return 0;
 }

@@ -41,6 +41,8 @@ static void job_unref(api_job *job) {
         free(ch->tok);
         free(ch->ptok);
         free(ch->pend_ptok);
+        free(ch->hidden);
+        free(ch->labels);
     }
     free(job->choices);
     api_request_free(&job->req);
@@ -64,6 +66,41 @@ static int api_tok_append(gen_token **arr, int *n, int *cap, const gen_token *sr
     return 0;
 }
 
+/* /v1/score shares the prompt's KV across candidates through the prefix cache: candidate 0
+ * runs first (its full prompt blocks are cached as it computes them), the others are
+ * submitted when it finished (engine thread, from its notify) and find those blocks cached.
+ * If candidate 0 did not finish normally, or a submission is refused, the rest finish with
+ * that outcome and the connection is woken. */
+static void job_submit_deferred(api_job *job, finish_reason first) {
+    bool wake = false;
+    for (int i = 1; i < job->n_choices; i++) {
+        api_choice *ch = &job->choices[i];
+        int rc = PEFTD_ECANCELED;
+        pthread_mutex_lock(&job->mu);
+        bool go = first == FINISH_LENGTH && !job->closed;
+        pthread_mutex_unlock(&job->mu);
+        if (go) {
+            atomic_fetch_add(&job->refs, 1);
+            rc = engine_submit(job->srv->e, ch->r);
+            if (rc) atomic_fetch_sub(&job->refs, 1); /* never the last: the connection holds one */
+            else atomic_store(&ch->submitted, true);
+        }
+        if (!rc) continue;
+        pthread_mutex_lock(&job->mu);
+        ch->finished = wake = true;
+        ch->finish = first == FINISH_LENGTH ? FINISH_ERROR : first;
+        if (ch->finish == FINISH_ERROR)
+            snprintf(ch->error, sizeof ch->error, "%s", first == FINISH_LENGTH ? peftd_strerror(rc) : "candidate 0 failed");
+        pthread_mutex_unlock(&job->mu);
+    }
+    pthread_mutex_lock(&job->mu);
+    if (wake && job->suspended && !job->closed) {
+        job->suspended = false;
+        MHD_resume_connection(job->conn);
+    }
+    pthread_mutex_unlock(&job->mu);
+}
+
 /* Engine thread: move the new output into the choice, wake the connection. */
 static void job_notify(void *ud) {
     api_choice *ch = ud;
@@ -80,6 +117,15 @@ static void job_notify(void *ud) {
             api_tok_append(&ch->pend_ptok, &ch->n_pend_ptok, &ch->cap_pend_ptok, d.prompt_tokens_lp, d.n_prompt_lp))
             snprintf(ch->error, sizeof ch->error, "out of memory while collecting output");
         for (int k = 0; k < d.n_tokens; k++) ch->cum_logprob += d.tokens[k].logprob;
+        if (d.hidden) { /* pool: the pooled hidden state arrives with the finish */
+            free(ch->hidden);
+            ch->hidden = d.hidden;
+            ch->n_hidden = d.n_hidden;
+            d.hidden = NULL;
+            free(ch->labels);
+            ch->labels = d.labels;
+            d.labels = NULL;
+        }
         http_metrics_on_tokens(job->t0_ns, &ch->t_last_ns, d.completion_tokens - ch->completion_tokens);
         /* the tenant's tokens-per-minute window counts tokens as they are generated */
         if (job->req.tenants)
@@ -108,6 +154,7 @@ static void job_notify(void *ud) {
     pthread_mutex_unlock(&job->mu);
     engine_delta_free(&d);
     if (rc) LOGW("http: %s: taking engine output failed: %s", job->id, peftd_strerror(rc));
+    if (last && job->deferred && ch->index == 0) job_submit_deferred(job, ch->finish);
     if (last) job_unref(job);
 }
 
@@ -147,6 +194,10 @@ static void job_cancel_all(api_job *job) {
 static enum MHD_Result job_respond(http_req *req, struct MHD_Connection *conn, api_job *job) {
     for (int i = 0; i < job->n_choices; i++) {
         const api_choice *ch = &job->choices[i];
+        if (ch->finish == FINISH_ERROR &&
+            (!strcmp(ch->error, ENGINE_ERR_NOT_CLASSIFIER) || !strcmp(ch->error, ENGINE_ERR_CLASSIFIER_ONLY)))
+            return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value", "'%s': %s", job->req.model_id,
+                              ch->error);
         if (ch->finish == FINISH_ERROR || ch->error[0])
             return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "engine_error",
                               "generation failed: %s", ch->error[0] ? ch->error : "engine error");
@@ -391,7 +442,10 @@ static tenants_cost request_cost(const api_request *r) {
     return c;
 }
 
-static enum MHD_Result job_post(http_req *req, struct MHD_Connection *conn, bool chat) {
+typedef int (*job_parse_fn)(const api_server *s, const tenants_principal *who, const char *body, size_t len,
+                            api_request *out, api_err *err);
+
+static enum MHD_Result job_post(http_req *req, struct MHD_Connection *conn, bool chat, job_parse_fn parse) {
     api_server *s = api_of(req);
     if (api_stopping(s))
         return http_error_hdr(req, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down", NULL, NULL,
@@ -400,7 +454,7 @@ static enum MHD_Result job_post(http_req *req, struct MHD_Connection *conn, bool
     if (!job) return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, "out of memory");
     api_err err;
     if (chat) api_chat_job_init(job);
-    if ((chat ? api_chat_parse : api_request_parse)(s, &req->who, req->body, req->len, &job->req, &err)) {
+    if (parse(s, &req->who, req->body, req->len, &job->req, &err)) {
         job_unref(job);
         return http_error(req, conn, err.status, err.code, "%s", err.message);
     }
@@ -451,7 +505,9 @@ static enum MHD_Result job_post(http_req *req, struct MHD_Connection *conn, bool
     job->in_list = true;
     pthread_mutex_unlock(&s->jobs_mu);
 
-    for (int i = 0; i < job->n_choices; i++) {
+    /* score: candidate 0 first, the rest once its prompt blocks are cached (job_submit_deferred) */
+    job->deferred = job->req.kind == API_KIND_SCORE && job->n_choices > 1 && engine_prefix_cache_on(s->e);
+    for (int i = 0; i < (job->deferred ? 1 : job->n_choices); i++) {
         api_choice *ch = &job->choices[i];
         /* notify may run (and finish the request) before engine_submit returns, so the
          * engine's reference on the job exists before the engine can see the request. */
@@ -471,8 +527,19 @@ static enum MHD_Result job_post(http_req *req, struct MHD_Connection *conn, bool
     return api_completions_continue(req, conn);
 }
 
-enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn) { return job_post(req, conn, false); }
-enum MHD_Result api_chat_post(http_req *req, struct MHD_Connection *conn) { return job_post(req, conn, true); }
+enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn) {
+    return job_post(req, conn, false, api_request_parse);
+}
+enum MHD_Result api_chat_post(http_req *req, struct MHD_Connection *conn) { return job_post(req, conn, true, api_chat_parse); }
+enum MHD_Result api_score_post(http_req *req, struct MHD_Connection *conn) {
+    return job_post(req, conn, false, api_score_parse);
+}
+enum MHD_Result api_embeddings_post(http_req *req, struct MHD_Connection *conn) {
+    return job_post(req, conn, false, api_embeddings_parse);
+}
+enum MHD_Result api_classify_post(http_req *req, struct MHD_Connection *conn) {
+    return job_post(req, conn, false, api_classify_parse);
+}
 
 /* What the access line says of a generation. */
 static void job_account(api_job *job, http_access *a) {

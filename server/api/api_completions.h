@@ -22,8 +22,17 @@ typedef struct {
     size_t text_len;
 } api_prompt;
 
+/* What a job answers: a completion (chat: .chat), or one of the prefill-only routes whose
+ * sequences end after their prompt (api_score.c, api_embeddings.c, api_classify.c). */
+typedef enum { API_KIND_COMPLETION = 0, API_KIND_SCORE, API_KIND_EMBEDDINGS, API_KIND_CLASSIFY } api_kind;
+
 /* A validated request. @note owns everything it points to: api_request_free(). */
 typedef struct {
+    api_kind kind;
+    int score_prompt;       /* score: tokens of the shared prompt (candidate i is prompts[i]
+                             * = prompt + candidate; gen.score_from = score_prompt) */
+    bool base64;            /* embeddings: encoding_format "base64" (little-endian f32) */
+    bool normalize;         /* embeddings: divide by the L2 norm */
     api_prompt prompts[API_MAX_PROMPTS];
     int n_prompts;
     int n;                  /* choices per prompt */
@@ -113,6 +122,10 @@ typedef struct api_choice {
     gen_token *pend_ptok;   /* echo + logprobs: scored prompt tokens 1.. not yet collected */
     int n_pend_ptok, cap_pend_ptok;
     double cum_logprob;     /* best_of: sum of the generated tokens' logprobs (under mu) */
+    float *hidden;          /* pool (embeddings, classify): the pooled hidden state or the label
+                             * probabilities (under mu) */
+    int n_hidden;
+    char *labels;           /* classify: n_hidden label names, NUL-separated (engine_delta.labels) */
     bool finished;
     finish_reason finish;
     char error[256];
@@ -144,6 +157,7 @@ typedef struct api_job {
     bool suspended;         /* the connection is suspended waiting for news */
     bool closed;            /* the connection is gone: never resume it */
     bool in_list;           /* linked in srv->jobs */
+    bool deferred;          /* score: choices 1.. are submitted when choice 0 finished */
     struct api_job *prev, *next;
 
     char id[48];            /* "cmpl-..." */
@@ -154,6 +168,28 @@ typedef struct api_job {
     size_t out_pos;
     bool done;              /* streaming: [DONE] formatted */
 } api_job;
+
+/* ---- the prefill-only routes (same job machinery, tenants, quotas and metrics) ---- */
+/* Same contract as api_request_parse. */
+int api_score_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
+                    api_request *out, api_err *err);
+int api_embeddings_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
+                         api_request *out, api_err *err);
+int api_classify_parse(const api_server *s, const tenants_principal *who, const char *body, size_t len,
+                       api_request *out, api_err *err);
+/* Response bodies of finished jobs; NULL when out of memory. */
+struct cJSON *api_score_format(api_job *job);
+struct cJSON *api_embeddings_format(api_job *job);
+struct cJSON *api_classify_format(api_job *job);
+/* The prompt(s) of root[field] (a string, an array of strings, an array of token ids or an
+ * array of token-id arrays; text gets the tokenizer's BOS) into r->prompts / r->n_prompts. */
+int api_parse_prompts(const api_server *s, const struct cJSON *root, const char *field, api_request *r, api_err *err);
+/* api_fields.c: every top-level key of root is in keys (NULL-terminated), else a 400 naming
+ * it and the route. */
+int api_check_keys(const struct cJSON *root, const char *const *keys, const char *route, api_err *err);
+/* The prefill-only routes' fit: every prompt fits the context (nothing is generated); too
+ * long is 413 context_length_exceeded. Sets gen.max_tokens 0. */
+int api_parse_fit_prefill(const api_server *s, api_request *r, api_err *err);
 
 /* ---- api_completions_format.c ---- */
 #define API_TOKEN_MAX_BYTES 256 /* a token's bytes: longer pieces are cut in "bytes" */

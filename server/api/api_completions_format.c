@@ -153,6 +153,9 @@ static cJSON *choice_logprobs(api_job *job, const api_choice *ch, const api_prom
 
 cJSON *api_format_response(api_job *job) {
     if (job->req.chat) return api_chat_format_response(job);
+    if (job->req.kind == API_KIND_SCORE) return api_score_format(job);
+    if (job->req.kind == API_KIND_EMBEDDINGS) return api_embeddings_format(job);
+    if (job->req.kind == API_KIND_CLASSIFY) return api_classify_format(job);
     cJSON *o = api_format_head(job);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     http_buf text = {0};

@@ -83,38 +83,37 @@ static int api_get_float(const cJSON *root, const char *name, double lo, double 
     return 0;
 }
 
-static int api_prompt_from_text(const api_server *s, const char *text, api_prompt *p,
+static int api_prompt_from_text(const api_server *s, const char *f, const char *text, api_prompt *p,
                                 api_err *err) {
     size_t len = strlen(text);
     if (!http_utf8_valid(text, len))
-        return api_fail(err, "invalid_value", "'prompt' is not valid UTF-8");
+        return api_fail(err, "invalid_value", "'%s' is not valid UTF-8", f);
     p->text = strdup(text);
     if (!p->text) return PEFTD_ENOMEM;
     p->text_len = len;
     int rc = tokenizer_encode(s->tok, text, len, true, &p->ids, &p->n_ids);
-    if (rc) return api_fail(err, "invalid_value", "cannot tokenize 'prompt': %s", peftd_strerror(rc));
-    if (p->n_ids == 0) return api_fail(err, "invalid_value", "'prompt' must not be empty");
+    if (rc) return api_fail(err, "invalid_value", "cannot tokenize '%s': %s", f, peftd_strerror(rc));
+    if (p->n_ids == 0) return api_fail(err, "invalid_value", "'%s' must not be empty", f);
     return 0;
 }
 
-static int api_prompt_from_ids(const api_server *s, const cJSON *arr, api_prompt *p, api_err *err) {
+static int api_prompt_from_ids(const api_server *s, const char *f, const cJSON *arr, api_prompt *p, api_err *err) {
     int n = cJSON_GetArraySize(arr);
     int vocab = tokenizer_vocab_size(s->tok);
-    if (n == 0) return api_fail(err, "invalid_value", "'prompt' must not be empty");
+    if (n == 0) return api_fail(err, "invalid_value", "'%s' must not be empty", f);
     p->ids = malloc((size_t)n * sizeof *p->ids);
     if (!p->ids) return PEFTD_ENOMEM;
     const cJSON *it;
     cJSON_ArrayForEach(it, arr) {
         long long v;
         if (!api_is_int(it, 0, vocab - 1, &v))
-            return api_fail(err, "invalid_value",
-                            "'prompt' token ids must be integers in [0, %d)", vocab);
+            return api_fail(err, "invalid_value", "'%s' token ids must be integers in [0, %d)", f, vocab);
         p->ids[p->n_ids++] = (int32_t)v;
     }
     /* Token prompts are used as given (no BOS added), as OpenAI and vLLM do; the decoded
      * text is what echo shows. */
     int rc = tokenizer_decode(s->tok, p->ids, p->n_ids, true, &p->text, &p->text_len);
-    if (rc) return api_fail(err, "invalid_value", "cannot decode 'prompt' token ids: %s", peftd_strerror(rc));
+    if (rc) return api_fail(err, "invalid_value", "cannot decode '%s' token ids: %s", f, peftd_strerror(rc));
     return 0;
 }
 
@@ -124,32 +123,33 @@ static bool api_all_type(const cJSON *arr, cJSON_bool (*is)(const cJSON *)) {
     return true;
 }
 
-static int api_parse_prompt(const api_server *s, const cJSON *root, api_request *r, api_err *err) {
-    const cJSON *p = api_field(root, "prompt");
-    static const char what[] =
-        "'prompt' must be a string, an array of strings, an array of token ids or an array of "
-        "token-id arrays";
-    if (!p) return api_fail(err, "missing_field", "'prompt' is required");
+int api_parse_prompts(const api_server *s, const cJSON *root, const char *f, api_request *r, api_err *err) {
+    const cJSON *p = api_field(root, f);
+    if (!p) return api_fail(err, "missing_field", "'%s' is required", f);
     if (cJSON_IsString(p)) {
         r->n_prompts = 1;
-        return api_prompt_from_text(s, p->valuestring, &r->prompts[0], err);
+        return api_prompt_from_text(s, f, p->valuestring, &r->prompts[0], err);
     }
-    if (!cJSON_IsArray(p)) return api_fail(err, "invalid_type", what);
+    if (!cJSON_IsArray(p))
+        return api_fail(err, "invalid_type",
+                        "'%s' must be a string, an array of strings, an array of token ids or an array of "
+                        "token-id arrays", f);
     int n = cJSON_GetArraySize(p);
-    if (n == 0) return api_fail(err, "invalid_value", "'prompt' must not be empty");
+    if (n == 0) return api_fail(err, "invalid_value", "'%s' must not be empty", f);
     if (api_all_type(p, cJSON_IsNumber)) {
         r->n_prompts = 1;
-        return api_prompt_from_ids(s, p, &r->prompts[0], err);
+        return api_prompt_from_ids(s, f, p, &r->prompts[0], err);
     }
     bool strings = api_all_type(p, cJSON_IsString), arrays = api_all_type(p, cJSON_IsArray);
-    if (!strings && !arrays) return api_fail(err, "invalid_type", what);
-    if (n > API_MAX_PROMPTS)
-        return api_fail(err, "invalid_value", "at most %d prompts per request", API_MAX_PROMPTS);
+    if (!strings && !arrays)
+        return api_fail(err, "invalid_type",
+                        "'%s' must be a string, an array of strings, an array of token ids or an array of "
+                        "token-id arrays", f);
+    if (n > API_MAX_PROMPTS) return api_fail(err, "invalid_value", "at most %d inputs in '%s'", API_MAX_PROMPTS, f);
     const cJSON *it;
     cJSON_ArrayForEach(it, p) {
         api_prompt *dst = &r->prompts[r->n_prompts++];
-        int rc = strings ? api_prompt_from_text(s, it->valuestring, dst, err)
-                         : api_prompt_from_ids(s, it, dst, err);
+        int rc = strings ? api_prompt_from_text(s, f, it->valuestring, dst, err) : api_prompt_from_ids(s, f, it, dst, err);
         if (rc) return rc;
     }
     return 0;
@@ -422,6 +422,25 @@ int api_parse_fit(const api_server *s, api_request *r, long long max_tokens, api
     return 0;
 }
 
+int api_parse_fit_prefill(const api_server *s, api_request *r, api_err *err) {
+    int n_virtual = r->adapter ? r->adapter->meta.n_virtual : 0, unused;
+    for (int i = 0; i < r->n_prompts; i++) {
+        /* engine_submit's rule (it keeps room for one token even when nothing is generated) */
+        int rc = engine_max_new_tokens(s->e, (long long)r->prompts[i].n_ids, n_virtual, 1, &unused,
+                                       err->message, sizeof err->message);
+        if (rc == PEFTD_ERANGE) {
+            snprintf(err->message, sizeof err->message,
+                     "input %d is %zu tokens (+%d virtual): more than this model's context length of %d", i,
+                     r->prompts[i].n_ids, n_virtual, engine_context_length(s->e));
+            err->status = 413;
+            err->code = "context_length_exceeded";
+        }
+        if (rc) return rc;
+    }
+    r->gen.max_tokens = 0;
+    return 0;
+}
+
 int api_parse_begin(const tenants_principal *who, const char *body, size_t len, api_request *r, cJSON **root,
                     api_err *err) {
     memset(r, 0, sizeof *r);
@@ -491,7 +510,7 @@ int api_request_parse(const api_server *s, const tenants_principal *who, const c
         r->gen.logprobs = 0;
         r->hide_logprobs = true;
     }
-    if (!rc) rc = api_parse_prompt(s, root, r, err);
+    if (!rc) rc = api_parse_prompts(s, root, "prompt", r, err);
     if (!rc) rc = api_parse_fit(s, r, max_tokens, err);
     return api_parse_end(rc, root, r, err);
 }

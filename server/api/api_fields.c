@@ -126,3 +126,10 @@ int api_check_fields(const cJSON *root, bool chat, api_err *err) {
     }
     return check_response_format(root, err);
 }
+
+int api_check_keys(const cJSON *root, const char *const *keys, const char *route, api_err *err) {
+    for (const cJSON *it = root->child; it; it = it->next)
+        if (!in_list(keys, it->string))
+            return api_fail(err, "unknown_parameter", "'%.64s' is not a parameter of %s", it->string, route);
+    return 0;
+}

@@ -145,6 +145,10 @@ int api_replication_ready(api_server *s, char *out, size_t cap);
  * (sets req->ctx to the job). */
 enum MHD_Result api_completions_post(http_req *req, struct MHD_Connection *conn);
 enum MHD_Result api_chat_post(http_req *req, struct MHD_Connection *conn); /* the chat route's handle */
+/* the prefill-only routes on the same job machinery (api_score.c, api_embeddings.c, api_classify.c) */
+enum MHD_Result api_score_post(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_embeddings_post(http_req *req, struct MHD_Connection *conn);
+enum MHD_Result api_classify_post(http_req *req, struct MHD_Connection *conn);
 /* resume: called again after a resume (non-streaming): respond or suspend again. */
 enum MHD_Result api_completions_continue(http_req *req, struct MHD_Connection *conn);
 /* closed: cancel what is still running, fill the access line, drop the connection's

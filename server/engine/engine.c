@@ -294,7 +294,10 @@ int engine_max_new_tokens(const engine *e, long long n_prompt, int n_virtual, lo
 
 /* The sampling parameters engine.h documents: ranges, ids within the vocabulary. */
 static bool params_valid(const engine *e, const gen_params *p) {
-    if (p->max_tokens < (p->prompt_logprobs ? 0 : 1) || p->min_tokens < 0 || p->min_tokens > p->max_tokens ||
+    if (p->pool < ENGINE_POOL_NONE || p->pool > ENGINE_POOL_CLASSIFY || (p->pool && (p->max_tokens || p->prompt_logprobs)) ||
+        p->score_from < 0)
+        return false;
+    if (p->max_tokens < (p->prompt_logprobs || p->pool ? 0 : 1) || p->min_tokens < 0 || p->min_tokens > p->max_tokens ||
         !(p->repetition_penalty > 0) || !(p->presence_penalty >= -2 && p->presence_penalty <= 2) ||
         !(p->frequency_penalty >= -2 && p->frequency_penalty <= 2) || p->n_bias < 0 ||
         p->n_bias > ENGINE_MAX_LOGIT_BIAS)

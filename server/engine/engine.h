@@ -66,8 +66,22 @@ typedef struct {
 /* Defaults sized for the CPU backend and small models. */
 void engine_config_default(engine_config *c);
 
+/* gen_params.pool: the hidden state after the model's final norm (transformers'
+ * last_hidden_state) of the last prompt token, or the mean over the prompt tokens (virtual
+ * prompt-tuning tokens excluded; summed in prompt order in double, so it does not depend on
+ * how the prompt was chunked or batched). */
+enum { ENGINE_POOL_NONE = 0, ENGINE_POOL_LAST = 1, ENGINE_POOL_MEAN = 2,
+       /* the LAST state through the adapter's SEQ_CLS head (adapter.cls_head): hidden holds
+        * softmax(head · h) (n_labels floats, computed in double) and labels their names; an
+        * adapter without a head finishes with FINISH_ERROR and ENGINE_ERR_NOT_CLASSIFIER */
+       ENGINE_POOL_CLASSIFY = 3 };
+/* what completions / scores under a SEQ_CLS adapter finish with (FINISH_ERROR); embeddings
+ * (pool LAST / MEAN) of such an adapter are served */
+#define ENGINE_ERR_CLASSIFIER_ONLY "the adapter is a sequence classifier (PEFT task_type SEQ_CLS): it serves /v1/classify and /v1/embeddings, not text or token scores"
+#define ENGINE_ERR_NOT_CLASSIFIER "the adapter has no sequence-classification head (PEFT task_type SEQ_CLS)"
+
 typedef struct {
-    int max_tokens;            /* >= 1; 0 only with prompt_logprobs (score the prompt only) */
+    int max_tokens;            /* >= 1; 0 only with prompt_logprobs or pool (prefill only) */
     float temperature;         /* 0 = greedy (argmax) */
     float top_p;               /* (0, 1] */
     int top_k;                 /* 0 = off */
@@ -100,6 +114,12 @@ typedef struct {
                                 * its reference, engine_request_create takes its own */
     bool prompt_logprobs;      /* also score the prompt: logprobs (top `logprobs` >= 0
                                 * alternatives) of prompt tokens 1.., see engine_delta */
+    int score_from;            /* prompt_logprobs: score prompt tokens score_from.. only (0 or 1 =
+                                * all from 1); the blocks of tokens before it may come from the
+                                * prefix cache (/v1/score shares a prompt across candidates) */
+    int pool;                  /* ENGINE_POOL_*, with max_tokens 0 and no prompt_logprobs: the
+                                * request ends after its prompt and returns a pooled final-normed
+                                * hidden state in engine_delta.hidden (engine_pool.c) */
     int n_stop;
     char *stop[ENGINE_MAX_STOP]; /* NUL-terminated; copied by engine_request_create */
     /* The adapter, one of (or neither = the base model):
@@ -149,6 +169,11 @@ typedef struct {
      * (prompt[0] has none); all of them arrive before the first generated token */
     gen_token *prompt_tokens_lp;
     int n_prompt_lp;
+    float *hidden;         /* pool: the pooled hidden state (hidden_size floats), set in the
+                            * take that reports the finish (NULL otherwise) */
+    int n_hidden;
+    char *labels;          /* ENGINE_POOL_CLASSIFY: n_hidden label names, each NUL-terminated,
+                            * one after the other (with hidden) */
     bool finished;
     finish_reason finish;
     char error[256];
@@ -182,6 +207,9 @@ int engine_start(engine *e);   /* starts the engine thread */
 int engine_submit(engine *e, engine_request *r);
 /* Idempotent; the request finishes with FINISH_CANCELLED at the next step. */
 void engine_cancel(engine *e, engine_request *r);
+
+/* Automatic prefix caching is on (engine_config.prefix_cache). */
+bool engine_prefix_cache_on(const engine *e);
 
 /* Context length (max_position_embeddings) and the model's served id. */
 int engine_context_length(const engine *e);

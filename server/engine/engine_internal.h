@@ -27,6 +27,11 @@ struct engine_request {
     int n_tokens, tokens_cap, tokens_taken;
     gen_token *prompt_lp;          /* prompt_logprobs: scored prompt tokens 1.. */
     int n_prompt_lp, prompt_lp_cap, prompt_lp_taken;
+    float *hidden;                 /* pool: published with the finish (engine__publish_hidden) */
+    int n_hidden;
+    char *labels;                  /* ENGINE_POOL_CLASSIFY: the label names (engine_delta.labels) */
+    size_t labels_len;
+    bool hidden_taken;
     int32_t *bias_id;              /* owned copies behind params.bias_id / bias_val */
     float *bias_val;
     int completion_tokens;
@@ -54,6 +59,8 @@ static inline uint64_t engine__now_ns(void) {
 int engine__publish(engine_request *r, const char *text, size_t len, const gen_token *tok,
                     int completion_tokens);
 int engine__publish_prompt(engine_request *r, const gen_token *tok); /* one scored prompt token */
+/* takes h and labels (malloc'd; labels may be NULL, else labels_len bytes) */
+int engine__publish_hidden(engine_request *r, float *h, int n, char *labels, size_t labels_len);
 void engine__finish(engine_request *r, finish_reason f, const char *error);
 void engine__notify(engine_request *r);
 
@@ -110,6 +117,8 @@ typedef struct seq {
     int scored;               /* prompt_logprobs: prompt tokens 1..scored are published */
     int score_row0, score_n, score_j0; /* this step: logits rows score_row0.. score prompt
                                         * tokens score_j0 + 1 .. (score_n of them) */
+    double *hsum;             /* pool: sum (MEAN) or copy (LAST) of the pooled rows so far */
+    int pooled;               /* pool: prompt tokens 0..pooled-1 are in hsum */
     jsong json;               /* json_object: the output so far, recognized */
     jsm *jss;                 /* json_schema: the output so far, recognized (own allocation) */
     bool pc_on;               /* prefix cache: its blocks may be shared (engine_prefix.c) */
@@ -192,6 +201,20 @@ struct engine {
     engine_lora_info *lora_work; /* engine thread: the next one, swapped in under smu */
     unsigned step_delay_us;   /* PEFTD_DEBUG_STEP_DELAY_US: slows steps down for race tests */
 };
+
+/* engine_pool.c: prefill-only sequences that return a pooled hidden state (gen_params.pool) */
+/* build: marks the rows of s's chunk (the last c batch rows before T) that are pooled as
+ * logits rows (b_logit_seq NULL) from logits row *nl on; sets score_row0 / score_n / score_j0 */
+void engine__pool_rows(engine *e, seq *s, int c, int T, int *nl);
+/* retire: adds the pooled rows of every running sequence to its hsum and finishes the
+ * sequences whose prompt is computed, publishing the hidden state; a failure finishes the
+ * sequence concerned with an error (and is returned). */
+int engine__pool_retire(engine *e);
+/* admission: ENGINE_ERR_CLASSIFIER_ONLY when r would sample or score tokens through the
+ * lm_head of a SEQ_CLS adapter (trained for its classification head, not for text), else NULL */
+const char *engine__pool_refusal(const engine_request *r, const adapter *ad);
+/* s still has prompt rows to pool under step_plan's score_rows budget (ENGINE_POOL_MEAN) */
+bool engine__pool_scoring(const seq *s);
 
 /* sequence.c: sequences, the shared prefix-tuning KV, output */
 void engine__finish_request(engine_request *r, finish_reason f, const char *error);

@@ -75,9 +75,12 @@ static bool hash_next(engine *e, seq *s, uint8_t key[32]) {
  * n_computed starts after them. Counts the query and hit tokens. s holds no blocks yet. */
 void engine__pc_lookup(engine *e, seq *s) {
     engine__pc_seed(e, s);
-    if (!s->pc_on || s->r->params.prompt_logprobs) return;
+    const gen_params *p = &s->r->params;
+    if (!s->pc_on || p->pool == ENGINE_POOL_MEAN) return; /* every prompt row is pooled */
     int limit = (s->n_tokens - 1) / e->cfg.block_size, k = cacheable_blocks(e, s);
     if (k < limit) limit = k;
+    /* prompt_logprobs: rows of tokens 0..scored-1 need no logits (score_from) */
+    if (p->prompt_logprobs && (k = (s->nv + s->scored) / e->cfg.block_size) < limit) limit = k;
     uint8_t key[32];
     int hit = 0;
     while (hit < limit && hash_next(e, s, key)) {
@@ -121,3 +124,5 @@ void engine__kv_release(engine *e, const int32_t *ids, int n) {
     for (int i = 0; i < n; i++)
         if (!pcache_release(&e->pc, ids[i])) kv_blocks_release(&e->kv, ids + i, 1);
 }
+
+bool engine_prefix_cache_on(const engine *e) { return engine__pc_enabled(e); }

@@ -86,6 +86,8 @@ void engine_request_unref(engine_request *r) {
     free(r->text);
     free(r->tokens);
     free(r->prompt_lp);
+    free(r->hidden);
+    free(r->labels);
     jschema_unref(r->params.json_schema);
     free(r->bias_id);
     free(r->bias_val);
@@ -117,6 +119,22 @@ int engine_request_take(engine_request *r, engine_delta *d) {
     if (np > 0) memcpy(d->prompt_tokens_lp, r->prompt_lp + r->prompt_lp_taken, (size_t)np * sizeof(gen_token));
     d->n_prompt_lp = np > 0 ? np : 0;
     r->prompt_lp_taken = r->n_prompt_lp;
+    if (r->finished && r->hidden && !r->hidden_taken) {
+        if (!(d->hidden = malloc((size_t)r->n_hidden * sizeof(float)))) {
+            pthread_mutex_unlock(&r->mu);
+            engine_delta_free(d);
+            return PEFTD_ENOMEM;
+        }
+        memcpy(d->hidden, r->hidden, (size_t)r->n_hidden * sizeof(float));
+        d->n_hidden = r->n_hidden;
+        if (r->labels && (d->labels = malloc(r->labels_len))) memcpy(d->labels, r->labels, r->labels_len);
+        if (r->labels && !d->labels) {
+            pthread_mutex_unlock(&r->mu);
+            engine_delta_free(d);
+            return PEFTD_ENOMEM;
+        }
+        r->hidden_taken = true;
+    }
     d->finished = r->finished;
     d->finish = r->finish;
     memcpy(d->error, r->error, sizeof d->error);
@@ -131,6 +149,10 @@ void engine_delta_free(engine_delta *d) {
     free(d->text);
     free(d->tokens);
     free(d->prompt_tokens_lp);
+    free(d->hidden);
+    free(d->labels);
+    d->hidden = NULL;
+    d->labels = NULL;
     d->text = NULL;
     d->tokens = NULL;
     d->prompt_tokens_lp = NULL;
@@ -190,6 +212,18 @@ int engine__publish_prompt(engine_request *r, const gen_token *tok) {
     if (!st) r->prompt_lp[r->n_prompt_lp++] = *tok;
     pthread_mutex_unlock(&r->mu);
     return st;
+}
+
+int engine__publish_hidden(engine_request *r, float *h, int n, char *labels, size_t labels_len) {
+    pthread_mutex_lock(&r->mu);
+    free(r->hidden);
+    free(r->labels);
+    r->hidden = h;
+    r->n_hidden = n;
+    r->labels = labels;
+    r->labels_len = labels_len;
+    pthread_mutex_unlock(&r->mu);
+    return 0;
 }
 
 void engine__finish(engine_request *r, finish_reason f, const char *error) {

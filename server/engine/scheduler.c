@@ -163,6 +163,13 @@ void engine__admit(engine *e) {
         }
         vtc_tenant *vt = r->vt;
         waiting_unlink(e, best_prev, r);
+        const char *why = pre ? NULL : engine__pool_refusal(r, ad);
+        if (why) { /* a classifier's adapter asked for text or token scores */
+            if (pinned) tiers_unpin(e->tiers, pinned);
+            vtc_leave_queue(e->vtc, vt);
+            engine__finish_request(r, FINISH_ERROR, why);
+            continue;
+        }
         seq *s;
         if (pre) { /* back from preemption: recompute its K/V from all of its tokens */
             r->preempted = NULL;

@@ -35,6 +35,7 @@ void engine__seq_free(engine *e, seq *s) {
     free(s->tokens);
     free(s->pending);
     free(s->jss);
+    free(s->hsum);
     free(s);
 }
 
@@ -117,6 +118,7 @@ seq *engine__seq_create(engine *e, engine_request *r, const adapter *ad, adapter
     memcpy(s->tokens + nv, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
     s->n_tokens = nv + r->n_prompt;
     s->nv = nv;
+    if (r->params.prompt_logprobs && r->params.score_from > 1) s->scored = r->params.score_from - 1;
     if (tokenizer_stream_prime(s->ds, r->prompt, (size_t)r->n_prompt) < 0) goto fail;
     /* blocks are taken step by step as K/V are written (seq_reserve) */
     if (adapter_has_prefix(ad)) {

@@ -72,7 +72,8 @@ static void step_plan(engine *e) {
             if ((pass == 0) != (remaining == 1)) continue;
             int c = remaining < budget ? remaining : budget;
             /* a prompt still to be scored: at most score_budget rows (each may be scored) */
-            bool scoring = s->r->params.prompt_logprobs && s->scored < s->r->n_prompt - 1 && pass == 1;
+            bool scoring = ((s->r->params.prompt_logprobs && s->scored < s->r->n_prompt - 1) || engine__pool_scoring(s)) &&
+                           pass == 1;
             if (scoring && c > score_budget) c = score_budget;
             if (c <= 0) continue;
             e->b_chunk[i] = c;
@@ -186,6 +187,7 @@ static void build_seq(engine *e, seq *s, int c, step_shape *sh) {
     }
     sh->rows = T;
     s->score_n = 0;
+    if (s->r->params.pool) engine__pool_rows(e, s, c, T, &sh->logits);
     if (s->r->params.prompt_logprobs) {
         /* row of prompt token j scores token j + 1 (once: not again after a preemption) */
         for (int j = 0; j < c; j++) {
@@ -288,7 +290,7 @@ static void retire_scores(engine *e) {
     const int V = e->m->cfg.vocab_size;
     for (int i = 0; i < e->n_running; i++) {
         seq *s = e->running[i];
-        if (s->score_n == 0) continue;
+        if (s->score_n == 0 || s->r->params.pool) continue;
         const gen_params *p = &s->r->params;
         for (int k = 0; k < s->score_n; k++) {
             int j = s->score_j0 + k;
@@ -317,6 +319,7 @@ static int step_retire(engine *e, const step_shape *sh, bool dev) {
         vtc_charge(e->vtc, s->vt, decode ? 0 : c, s->n_computed == s->n_tokens ? 1 : 0);
     }
     retire_scores(e);
+    engine__pool_retire(e); /* failures finish the sequences concerned */
     const int V = e->m->cfg.vocab_size;
     int generated = 0;
     for (int k = 0; k < sh->logits; k++) {

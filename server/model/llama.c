@@ -340,6 +340,15 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     return op->synchronize(kb);
 }
 
+int llama_hidden_rows(llama_ctx *c, int row0, int n, float *out) {
+    kbackend *kb = c->kb;
+    size_t H = (size_t)c->m->cfg.hidden_size;
+    int rows = c->p.max_tokens > c->p.max_seqs ? c->p.max_tokens : c->p.max_seqs; /* as allocated */
+    if (row0 < 0 || n < 1 || row0 + n > rows) return PEFTD_EINVAL;
+    CHECK(kb->ops->download(kb, out, c->sel + (size_t)row0 * H, (size_t)n * H * 4));
+    return kb->ops->synchronize(kb);
+}
+
 int llama_sample(llama_ctx *c, int n, const float *temperature, const int32_t *top_k, const float *top_p,
                  const double *u, bool any_truncated, int32_t *ids, float *logprob) {
     kbackend *kb = c->kb;

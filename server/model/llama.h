@@ -68,6 +68,10 @@ int llama_store_prefix(llama_ctx *c, const adapter *ad, const int32_t *blocks, i
  * download; errors of the issued ops surface at llama_sample). */
 int llama_forward(llama_ctx *c, const llama_batch *b, float *logits);
 
+/* After llama_forward(c, b, logits) (logits not NULL): the hidden state after the final norm
+ * (what lm_head reads) of logits rows [row0, row0 + n) into out (host, n x hidden_size). */
+int llama_hidden_rows(llama_ctx *c, int row0, int n, float *out);
+
 /* After llama_forward(c, b, NULL): the token of each of the n (= b->n_logits) logits rows
  * chosen on the backend (kbackend_ops.sample, KOP_SAMPLE) from the per-row parameters and
  * uniform draws u (host arrays of n; see ksample_args), into ids (host, n); logprob (host, n,

@@ -288,5 +288,20 @@ def configured_template_override():
     os.rmdir(tmp)
 
 
+
+@test
+def embeddings_through_the_sdk():
+    """embeddings.create (the SDK asks for base64 and decodes it): the normalised mean of
+    transformers' last_hidden_state (tests/fixtures/endpoints/reference.json)."""
+    c = client(harness.daemon)
+    with open(os.path.join(ROOT, "tests", "fixtures", "endpoints", "reference.json")) as f:
+        ref = json.load(f)
+    r = c.embeddings.create(model=harness.MODEL_ID, input=ref["embed_inputs"])
+    assert len(r.data) == len(ref["embed_inputs"]) and r.usage.prompt_tokens == sum(len(i) for i in ref["embed_ids"])
+    for e, want in zip(r.data, ref["models"]["base"]["embed"]):
+        n = sum(x * x for x in want["mean"]) ** 0.5
+        assert max(abs(a - b / n) for a, b in zip(e.embedding, want["mean"])) <= 1e-5
+
+
 if __name__ == "__main__":
     harness.run_tests(__file__)
