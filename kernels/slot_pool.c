@@ -312,6 +312,19 @@ void slot_pool_retire(slot_pool *p, const char *key) {
     gauges(p);
 }
 
+void *slot_pool_addr(const slot_pool *p, int slot) {
+    if (!valid(p, slot) || p->slots[slot].state == SLOT_FREE) return NULL;
+    return p->region + (size_t)slot * p->slot_bytes;
+}
+
+int slot_pool_slot_at(const slot_pool *p, const void *dev) {
+    if (!p || !dev) return -1;
+    const unsigned char *d = dev;
+    if (d < p->region || d >= p->region + (size_t)p->n_slots * p->slot_bytes) return -1;
+    int s = (int)((size_t)(d - p->region) / p->slot_bytes);
+    return p->slots[s].state == SLOT_FREE ? -1 : s;
+}
+
 uint64_t slot_pool_layout_gen(const slot_pool *p) { return p ? p->layout_gen : 0; }
 size_t slot_pool_slot_size(const slot_pool *p) { return p ? p->slot_bytes : 0; }
 void slot_pool_get_stats(const slot_pool *p, slot_pool_stats *s) {

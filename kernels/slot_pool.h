@@ -107,6 +107,10 @@ bool slot_pool_ready(const slot_pool *p, int slot);
 /* A replaced/deleted version: `key`'s slot is freed now when unpinned, else at its last
  * unpin; it is no longer found. No-op when key is not resident. */
 void slot_pool_retire(slot_pool *p, const char *key);
+/* The device address of slot (no wait: for pointers a later step will read after its
+ * slot_pool_use), or NULL for a free slot; the slot at a device address, or -1. */
+void *slot_pool_addr(const slot_pool *p, int slot);
+int slot_pool_slot_at(const slot_pool *p, const void *dev);
 
 uint64_t slot_pool_layout_gen(const slot_pool *p);
 size_t slot_pool_slot_size(const slot_pool *p);

@@ -256,6 +256,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
             goto fail;
         }
         if (engine__lora_info_init(e) < 0) goto oom;
+        engine__slot_pool_init(e, kb, cfg->adapter_slots);
     }
     e->stats.kv_blocks_total = n_blocks;
     *out = e;
@@ -387,6 +388,7 @@ void engine_free(engine *e) {
     engine__drain_queue(e);
     engine__reap_cancelled(e, true);
     tiers_free(e->tiers);
+    engine__slot_pool_free(e);
     engine__lora_info_free(e);
     model_adapter_base_free(&e->abase);
     vtc_free(e->vtc);

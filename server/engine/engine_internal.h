@@ -157,6 +157,8 @@ struct engine {
     kv_blocks kv;
     pcache pc;                /* automatic prefix caching (unallocated when off) */
     tiers *tiers;             /* adapter slot pool (NULL without a store) */
+    struct slot_pool *spool;  /* device slot pool under tiers (engine_slot_pool.c), or NULL */
+    void *spool_dev;          /* its device-ops context */
     void (*adapter_ready)(void *e); /* engine.c's wake-up when a fetch ends (tiers_fetch callback) */
     vtc *vtc;                 /* per-tenant fairness counters */
     adapter_base abase;
@@ -195,6 +197,12 @@ struct engine {
 
 /* sequence.c: sequences, the shared prefix-tuning KV, output */
 void engine__finish_request(engine_request *r, finish_reason f, const char *error);
+/* engine_slot_pool.c: on a device backend (CUDA builds), one pre-allocated device slot pool
+ * behind e->tiers (PEFTD_SLOT_POOL=0: off; PEFTD_SLOT_MAX_RANK sizes a slot, default 16);
+ * a pool that cannot be created is logged and the tiers allocate per adapter as before.
+ * Bring-up/tear-down thread; free after tiers_free. */
+void engine__slot_pool_init(engine *e, kbackend *kb, int slots);
+void engine__slot_pool_free(engine *e);
 int engine__blocks_needed(const engine *e, int slots);
 int engine__n_virtual_of(const adapter *ad);
 prefix_entry *engine__prefix_find(engine *e, const adapter *ad);
