@@ -15,6 +15,8 @@
 #                   LoRAs; then `peftd generate` proves the model and its tokenizer load
 #   parity.log      test_backend_parity: every op vs the CPU + greedy tokens on the default
 #                   model with each fixture adapter (must be all passes, no skips)
+#   pool.log        test_gpu_pool_graph: the device slot pool (copy stream, events; fixture
+#                   adapters placed in slots = own allocation, greedy) and graph replay = eager
 #   bw.json         bench_gpu: measured READ bandwidth (read-only reduction over 1 GiB)
 #   bench64.json    bench_adapters, 64 seqs, shapes r16all and r8qv (a base, b one adapter,
 #                   c 64 distinct adapters, d one adapter at a time)
@@ -147,7 +149,8 @@ gen_models >"$RES/gen.log" 2>&1 &
 gen_pid=$!
 
 # ---- 3. build ----
-BINS=("$BUILD/peftd" "$BUILD/tests/test_backend_parity" "$BUILD/bench/bench_adapters" "$BUILD/bench/bench_gpu")
+BINS=("$BUILD/peftd" "$BUILD/tests/test_backend_parity" "$BUILD/bench/bench_adapters" "$BUILD/bench/bench_gpu"
+      "$BUILD/tests/test_gpu_pool_graph")
 PATH=$BUILD_PATH timeout "$(cap 300)" make -j"$(nproc)" "${MAKE_FLAGS[@]}" BUILD="$BUILD" all "${BINS[@]:1}" >"$RES/build.log" 2>&1
 rc=$?
 if [ "$rc" -ne 0 ]; then
@@ -171,6 +174,19 @@ if has_time 20 "parity"; then
     line=$(grep -E 'test_backend_parity: [0-9]+ passed' "$RES/parity.log" | tail -1)
     say "parity: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
     echo "$line" | grep -qE ': [1-9][0-9]* passed, 0 failed, 0 skipped$' || status=1
+fi
+
+# ---- 4b. device slot pool + decode-graph capture/replay (CUDA only) ----
+# pool.log: 40 versions through a 4-slot pool on the real copy stream/events; every fixture
+# adapter placed into a pool slot decodes the same 16 greedy tokens as its own allocation;
+# an op sequence captured as a graph replays bit-identical to eager steps.
+if [ -n "$DRY" ]; then
+    say "pool/graph: not run in the dry run (CUDA-only test; host logic: test_slot_pool, test_decode_graph)"
+elif has_time 20 "pool/graph"; then
+    timeout "$(cap 60)" "$BUILD/tests/test_gpu_pool_graph" >"$RES/pool.log" 2>&1
+    line=$(grep -E 'test_gpu_pool_graph: [0-9]+ passed' "$RES/pool.log" | tail -1)
+    say "pool/graph: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
+    echo "$line" | grep -qE ': 3 passed, 0 failed, 0 skipped$' || status=1
 fi
 
 # ---- 5. models ready? (generated meanwhile) ----
