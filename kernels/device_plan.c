@@ -21,7 +21,8 @@ int device_plan_make(uint64_t free_bytes, const device_plan_model *m, const devi
     if (!m || !c || m->n_layers < 1 || m->hidden < 1 || m->intermediate < 1 || m->n_heads < 1 ||
         m->n_kv_heads < 1 || m->head_dim < 1 || m->vocab < 1 || c->n_slots < 0 || c->max_seqs < 1 ||
         c->max_rows < c->max_seqs || c->max_rank < 0 || c->block_size < 1 || !(c->kv_fraction > 0) ||
-        c->kv_fraction > 1 || c->min_kv_tokens < 0) {
+        c->kv_fraction > 1 || c->min_kv_tokens < 0 || (c->kv_elem_bytes != 0 && c->kv_elem_bytes != 2 &&
+        c->kv_elem_bytes != 4)) {
         if (err && errlen) snprintf(err, errlen, "device memory plan: a model dimension or setting is out of range");
         return PEFTD_EINVAL;
     }
@@ -35,7 +36,7 @@ int device_plan_make(uint64_t free_bytes, const device_plan_model *m, const devi
                         (uint64_t)c->max_rank);
     out->logits = (uint64_t)c->max_seqs * ((uint64_t)m->vocab * 4u + 32u);
     out->headroom = c->headroom_bytes;
-    out->kv_token_bytes = 2u * (uint64_t)m->n_layers * kv_dim * 2u;
+    out->kv_token_bytes = 2u * (uint64_t)m->n_layers * kv_dim * (uint64_t)(c->kv_elem_bytes ? c->kv_elem_bytes : 2);
     uint64_t fixed = out->weights + out->slot_pool + out->activations + out->logits + out->headroom;
     if (fixed > free_bytes) {
         if (err && errlen)
@@ -59,7 +60,7 @@ int device_plan_make(uint64_t free_bytes, const device_plan_model *m, const devi
         if (err && errlen)
             snprintf(err, errlen,
                      "device memory plan does not fit: the KV cache gets %.2f GiB = %lld tokens (%llu bytes each, "
-                     "bf16), fewer than one context of %d; %.2f GiB free, weights %.2f, adapter slots %.2f, "
+                     "K+V), fewer than one context of %d; %.2f GiB free, weights %.2f, adapter slots %.2f, "
                      "activations %.2f, logits %.2f, headroom %.2f",
                      gib(out->kv), (long long)out->kv_tokens, (unsigned long long)out->kv_token_bytes,
                      c->min_kv_tokens, gib(free_bytes), gib(out->weights), gib(out->slot_pool),
@@ -77,7 +78,7 @@ void device_plan_describe(const device_plan *p, char *buf, size_t len) {
     }
     snprintf(buf, len,
              "device memory plan: %.2f GiB free = weights %.2f + adapter slots %.2f + activations %.2f + logits "
-             "%.2f + headroom %.2f + KV %.2f (bf16, %lld blocks, %lld tokens) + unused %.2f",
+             "%.2f + headroom %.2f + KV %.2f (%llu B/token, %lld blocks, %lld tokens) + unused %.2f",
              gib(p->free_bytes), gib(p->weights), gib(p->slot_pool), gib(p->activations), gib(p->logits),
-             gib(p->headroom), gib(p->kv), (long long)p->kv_blocks, (long long)p->kv_tokens, gib(p->unused));
+             gib(p->headroom), gib(p->kv), (unsigned long long)p->kv_token_bytes, (long long)p->kv_blocks, (long long)p->kv_tokens, gib(p->unused));
 }

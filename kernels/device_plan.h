@@ -17,7 +17,8 @@
  *                arguments and results (temperature, top-k, top-p, u, id, logprob).
  *   headroom     config (CUDA context growth, cuBLAS workspace, allocator rounding)
  *   KV           kv_fraction of what remains, in whole blocks of block_size tokens; one
- *                token costs 2 (K and V) x n_layers x kv_dim x 2 bytes (bf16).
+ *                token costs 2 (K and V) x n_layers x kv_dim x 2 bytes (bf16; kv_elem_bytes
+ *                4 while the attention kernels keep f32 K/V).
  * It does not fit (PEFTD_ENOMEM, with one start-up line naming every part and the free
  * bytes) when the fixed parts exceed the free bytes, or when the KV cache would hold fewer
  * tokens than min_kv_tokens (one full context).
@@ -44,6 +45,8 @@ typedef struct {
     uint64_t headroom_bytes;
     double kv_fraction;      /* (0, 1]: share of the remainder given to the KV cache */
     int min_kv_tokens;       /* the KV cache must hold at least this many tokens */
+    int kv_elem_bytes;       /* bytes of one K/V element: 0 or 2 = bf16 (the target); 4 = f32
+                              * (the kernels' KV today) */
 } device_plan_config;
 
 typedef struct {

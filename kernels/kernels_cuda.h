@@ -46,6 +46,10 @@ int kbackend_cuda_read_bandwidth(kbackend *kb, size_t bytes, int passes, double 
 int kbackend_cuda_slot_dev(kbackend *kb, int n_events, const slot_dev_ops **ops, void **ctx);
 void kbackend_cuda_slot_dev_free(void *ctx);
 
+/* Free and total bytes of kb's device (cudaMemGetInfo): the device memory plan's input.
+ * PEFTD_EINVAL when kb is not a CUDA backend. Threads: an [engine] call. */
+int kbackend_cuda_mem_info(kbackend *kb, size_t *free_bytes, size_t *total_bytes);
+
 /* ---- decode-step graphs (kernels/decode_graph.h; kernels/cuda/decode_graph_cuda.cu) ----
  * begin_capture: kb's compute stream starts capturing (cudaStreamCaptureModeThreadLocal);
  * every op until end_capture is recorded, not run. end_capture instantiates the graph into

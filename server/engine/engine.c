@@ -149,6 +149,8 @@ static int size_context(engine *e, int *n_blocks_out, char *err, size_t errlen) 
     e->ctx_len = cfg->max_context > 0 ? cfg->max_context : max_pos;
     size_t per_block = (size_t)bs * mc->n_kv_heads * mc->head_dim * sizeof(float) * 2 * (size_t)mc->n_layers;
     size_t budget = (size_t)(cfg->kv_cache_mb > 0 ? cfg->kv_cache_mb : 512) << 20;
+    int prc = engine__device_kv_budget(e, &budget, err, errlen); /* kv_cache_mb 0 on a GPU */
+    if (prc < 0) return prc;
     size_t pool = cfg->kv_blocks > 0 ? (size_t)cfg->kv_blocks : budget / per_block;
     if (cfg->max_context == 0 && pool < (size_t)engine__blocks_needed(e, e->ctx_len) && pool > 0) {
         e->ctx_len = (int)pool * bs;

@@ -202,6 +202,16 @@ void engine__finish_request(engine_request *r, finish_reason f, const char *erro
  * a pool that cannot be created is logged and the tiers allocate per adapter as before.
  * Bring-up/tear-down thread; free after tiers_free. */
 void engine__slot_pool_init(engine *e, kbackend *kb, int slots);
+/* Bytes of one pool slot for e's model (the rule of slot_pool_slot_bytes at
+ * PEFTD_SLOT_MAX_RANK, f32, all seven linears); *rank gets that rank. */
+size_t engine__slot_bytes(const engine *e, int *rank);
+bool engine__slot_pool_wanted(const engine *e, const kbackend *kb);
+/* engine_device_plan.c: with engine.kv_cache_mb 0 on a device backend (CUDA builds), the KV
+ * budget from the device memory plan (kernels/device_plan.h: cudaMemGetInfo, weights, slot
+ * pool, activations, logits, 1 GiB headroom, 90% of the rest); logs the plan's line. 0 and
+ * *budget untouched otherwise; PEFTD_ENOMEM with the plan's one line in err when it does not
+ * fit. Bring-up thread. */
+int engine__device_kv_budget(const engine *e, size_t *budget, char *err, size_t errlen);
 void engine__slot_pool_free(engine *e);
 int engine__blocks_needed(const engine *e, int slots);
 int engine__n_virtual_of(const adapter *ad);

@@ -14,15 +14,27 @@
 
 #define ENGINE_SLOT_STAGING 2
 
+size_t engine__slot_bytes(const engine *e, int *rank) {
+    const char *r = getenv("PEFTD_SLOT_MAX_RANK");
+    *rank = r && atoi(r) > 0 ? atoi(r) : 16;
+    const model_config *c = &e->m->cfg;
+    int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim, h = c->hidden_size,
+        f = c->intermediate_size;
+    /* q, k, v, o, gate, up, down as [out, in] (adapter_module_shape) */
+    int out[AMOD_COUNT] = {q, kv, kv, h, f, f, h}, in[AMOD_COUNT] = {h, h, h, q, h, h, f};
+    return slot_pool_slot_bytes(c->n_layers, AMOD_COUNT, in, out, *rank, 4);
+}
+
+bool engine__slot_pool_wanted(const engine *e, const kbackend *kb) {
+    const char *off = getenv("PEFTD_SLOT_POOL");
+    return !kb->ops->is_host && e->cfg.store && e->cfg.adapter_slots > 0 && !(off && !strcmp(off, "0"));
+}
+
 void engine__slot_pool_init(engine *e, kbackend *kb, int slots) {
 #ifdef PEFTD_CUDA
-    const char *off = getenv("PEFTD_SLOT_POOL");
-    if (kb->ops->is_host || !e->tiers || slots < 1 || (off && !strcmp(off, "0"))) return;
-    const char *r = getenv("PEFTD_SLOT_MAX_RANK");
-    int rank = r && atoi(r) > 0 ? atoi(r) : 16;
-    int in[AMOD_COUNT], out[AMOD_COUNT];
-    for (int m = 0; m < AMOD_COUNT; m++) adapter_module_shape(&e->abase, (adapter_module)m, &out[m], &in[m]);
-    size_t bytes = slot_pool_slot_bytes(e->abase.n_layers, AMOD_COUNT, in, out, rank, 4);
+    if (!engine__slot_pool_wanted(e, kb) || !e->tiers || slots < 1) return;
+    int rank = 0;
+    size_t bytes = engine__slot_bytes(e, &rank);
     const slot_dev_ops *ops = NULL;
     char err[256];
     if (bytes == 0 || kbackend_cuda_slot_dev(kb, slots + ENGINE_SLOT_STAGING, &ops, &e->spool_dev) < 0 ||

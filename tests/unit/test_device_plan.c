@@ -12,7 +12,7 @@
 /* L 2, hidden 64, inter 128, 4 heads, 2 KV heads, head_dim 16 (q_dim 64, kv_dim 32), vocab 512. */
 static const device_plan_model TINY = {2, 64, 128, 4, 2, 16, 512, 1000000};
 /* 4 slots of 1000 -> 1024 bytes; 2 seqs, 8 rows, rank 8, blocks of 16, headroom 100000. */
-static const device_plan_config TINY_CFG = {4, 1000, 2, 8, 8, 16, 100000, 1.0, 256};
+static const device_plan_config TINY_CFG = {4, 1000, 2, 8, 8, 16, 100000, 1.0, 256, 2};
 /* fixed = 1000000 + 4096 (pool) + 20736 (8*4*(192+128+64+256+8)) + 4160 (2*(2048+32)) + 100000
  *       = 1128992; one KV token = 2*2*32*2 = 256 bytes, one block 4096 bytes. */
 #define TINY_FIXED 1128992ull
@@ -78,7 +78,7 @@ TEST(llama_1b_with_128_slots_on_140_gb) {
      * 32835584; headroom 1 GiB. fixed = 6720563200; rest = 133279436800; one KV token =
      * 2*16*512*2 = 32768 bytes, a block of 16 = 524288 -> 254210 blocks, 184320 unused. */
     device_plan_model m = {16, 2048, 8192, 32, 8, 64, 128256, 2471628800ull};
-    device_plan_config c = {128, 24051712, 64, 576, 16, 16, 1ull << 30, 1.0, 131072};
+    device_plan_config c = {128, 24051712, 64, 576, 16, 16, 1ull << 30, 1.0, 131072, 2};
     device_plan p;
     char err[512], line[512];
     ASSERT_EQ(device_plan_make(140000000000ull, &m, &c, &p, err, sizeof err), 0);
@@ -98,6 +98,16 @@ TEST(llama_1b_with_128_slots_on_140_gb) {
     m.weight_bytes = 78000000000ull;
     ASSERT_EQ(device_plan_make(80000000000ull, &m, &c, &p, err, sizeof err), PEFTD_ENOMEM);
     ASSERT(strstr(err, "74.51 GiB free < 76.60 GiB"));
+    /* f32 K/V (the kernels today): a token costs twice as much, a block 1048576 bytes:
+     * 133279436800 / 1048576 = 127105 blocks, the same 184320 bytes unused. */
+    m.weight_bytes = 2471628800ull;
+    c.kv_elem_bytes = 4;
+    ASSERT_EQ(device_plan_make(140000000000ull, &m, &c, &p, err, sizeof err), 0);
+    ASSERT_EQ(p.kv_token_bytes, 65536);
+    ASSERT_EQ(p.kv_blocks, 127105);
+    ASSERT_EQ(p.unused, 184320);
+    c.kv_elem_bytes = 3;
+    ASSERT_EQ(device_plan_make(140000000000ull, &m, &c, &p, err, sizeof err), PEFTD_EINVAL);
 }
 
 TEST(arguments_out_of_range) {

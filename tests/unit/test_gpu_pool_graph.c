@@ -7,7 +7,8 @@
  *     version (an ordering bug shows as stale or partial bytes); pinned slots survive.
  *   adapters: every fixture adapter of stories260K installed twice, with its own allocation
  *     (model_load_adapter) and placed into a CUDA slot pool (adapter_install_placed, as the
- *     daemon's tiers do); one mixed batch of both sets: 16 greedy tokens equal pairwise.
+ *     daemon's tiers do); one mixed batch of both sets: 16 greedy tokens equal pairwise; the
+ *     engine's KV cache sized by the device memory plan (kv_cache_mb 0, cudaMemGetInfo).
  *   graph: rmsnorm -> matmul -> add on fixed buffers, captured once after an eager warm-up,
  *     replayed with new inputs uploaded into the same buffers: bit-identical to eager runs.
  * Without a CUDA device (or in a build without the CUDA backend) each test reports
@@ -225,7 +226,7 @@ TEST(pool_placed_adapters_decode_like_allocated_ones) {
     engine_config_default(&ec);
     ec.max_seqs = 2 * NF;
     ec.max_batch_tokens = 128;
-    ec.kv_cache_mb = 64;
+    ec.kv_cache_mb = 0; /* the KV cache from the device memory plan (engine_device_plan.c) */
     engine *e = NULL;
     if (engine_create(&ec, m, kb, tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
     ASSERT_EQ(engine_start(e), 0);
