@@ -10,12 +10,15 @@
  * step bit for bit), and downloads/synchronize only after the last op (a graph cannot contain
  * them: they run after the replay). The counters say what happened.
  *
+ * Either pass also computes sig (below): the key under which a captured graph may replay.
+ *
  * Threads: the engine thread (the pass uses kb like any [engine] call); one pass at a time
  * per thread. */
 #ifndef PEFTD_STEP_SPLIT_H
 #define PEFTD_STEP_SPLIT_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "kernels/kernels.h"
 
@@ -34,6 +37,9 @@ typedef struct {
     int n_alloc;            /* alloc/free calls (in the OPS pass: not capturable) */
     int last_op, first_sync; /* call indices (-1: none) */
     int calls;
+    uint64_t sig;           /* hash of every call with its host arguments (pointers, sizes,
+                             * shapes, scalars) in order: two steps with the same sig issue the
+                             * same ops on the same buffers, so one's graph replays the other */
 } step_split;
 
 /* Starts a pass on kb: kb->ops is the wrapper until step_split_end. */

@@ -3,7 +3,8 @@
  * IA3, bf16 LoRA rows in one llama_forward) run as a transfers-only pass then an ops-only pass
  * gives logits bit-identical to the same step unsplit, and the ops-only pass is capturable:
  * no allocation or free, every host wait after the last op, every transfer already made by the
- * first pass (a step that needed one of the skipped transfers would differ). */
+ * first pass (a step that needed one of the skipped transfers would differ); the step's
+ * signature is the same in both passes and for the same batch again, and differs for another. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,6 +59,7 @@ TEST(split_step_equals_unsplit_step_and_is_capturable) {
     ASSERT_EQ(s.n_ops, 0);
     ASSERT_EQ(s.n_alloc, 0);
     int transfers = s.n_transfers;
+    uint64_t sig = s.sig;
     step_split_begin(&s, kb, STEP_PASS_OPS);
     seq_batch_prefill(b, m, spec, NS, got);
     step_split_end(&s);
@@ -65,6 +67,16 @@ TEST(split_step_equals_unsplit_step_and_is_capturable) {
     ASSERT(s.n_ops > 20 * m->cfg.n_layers / 2);
     ASSERT_EQ(s.n_skipped, transfers); /* the same transfers, skipped this time */
     ASSERT(step_split_capturable(&s));
+    ASSERT(s.sig == sig); /* both passes see the same calls */
+    /* The same step again: the same signature; one sequence fewer: another. */
+    step_split_begin(&s, kb, STEP_PASS_TRANSFERS);
+    seq_batch_prefill(b, m, spec, NS, junk);
+    step_split_end(&s);
+    ASSERT(s.sig == sig);
+    step_split_begin(&s, kb, STEP_PASS_TRANSFERS);
+    seq_batch_prefill(b, m, spec, NS - 1, junk);
+    step_split_end(&s);
+    ASSERT(s.sig != sig);
     for (int i = 0; i < NS; i++)
         if (memcmp(ref[i], got[i], sizeof(float) * LEN[i] * V))
             FAIL("sequence %d (%s): split step logits differ", i, ADS[i] ? ADS[i] : "base");
