@@ -261,6 +261,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
         engine__slot_pool_init(e, kb, cfg->adapter_slots);
     }
     e->stats.kv_blocks_total = n_blocks;
+    engine__graphs_init(e);
     *out = e;
     return 0;
 oom:
@@ -389,6 +390,7 @@ void engine_free(engine *e) {
     /* requests still queued when the engine never started */
     engine__drain_queue(e);
     engine__reap_cancelled(e, true);
+    engine__graphs_free(e);
     tiers_free(e->tiers);
     engine__slot_pool_free(e);
     engine__lora_info_free(e);

@@ -158,6 +158,7 @@ struct engine {
     pcache pc;                /* automatic prefix caching (unallocated when off) */
     tiers *tiers;             /* adapter slot pool (NULL without a store) */
     struct slot_pool *spool;  /* device slot pool under tiers (engine_slot_pool.c), or NULL */
+    struct engine_graphs *graphs; /* decode-step graphs (engine_graphs.c), NULL when off */
     void *spool_dev;          /* its device-ops context */
     void (*adapter_ready)(void *e); /* engine.c's wake-up when a fetch ends (tiers_fetch callback) */
     vtc *vtc;                 /* per-tenant fairness counters */
@@ -211,6 +212,14 @@ bool engine__slot_pool_wanted(const engine *e, const kbackend *kb);
  * pool, activations, logits, 1 GiB headroom, 90% of the rest); logs the plan's line. 0 and
  * *budget untouched otherwise; PEFTD_ENOMEM with the plan's one line in err when it does not
  * fit. Bring-up thread. */
+/* engine_graphs.c: PEFTD_CUDA_GRAPHS=1 turns decode-step graphs on (init at create, free at
+ * engine_free). engine__forward_device is llama_forward(lc, b, NULL) for a device-sampling
+ * step, as transfers + ops passes, captured/replayed on CUDA. Engine thread. */
+typedef struct engine_graphs engine_graphs;
+void engine__graphs_init(engine *e);
+void engine__graphs_free(engine *e);
+int engine__forward_device(engine *e, const llama_batch *b);
+void engine__graphs_stats(const engine *e, uint64_t *captures, uint64_t *replays);
 int engine__device_kv_budget(const engine *e, size_t *budget, char *err, size_t errlen);
 void engine__slot_pool_free(engine *e);
 int engine__blocks_needed(const engine *e, int slots);

@@ -15,6 +15,7 @@
 #                   LoRAs; then `peftd generate` proves the model and its tokenizer load
 #   parity.log      test_backend_parity: every op vs the CPU + greedy tokens on the default
 #                   model with each fixture adapter (must be all passes, no skips)
+#   parity_graphs.log  the greedy parity with PEFTD_CUDA_GRAPHS=1 (decode steps captured/replayed)
 #   pool.log        test_gpu_pool_graph: the device slot pool (copy stream, events; fixture
 #                   adapters placed in slots = own allocation, greedy) and graph replay = eager
 #   bw.json         bench_gpu: measured READ bandwidth (read-only reduction over 1 GiB)
@@ -174,6 +175,15 @@ if has_time 20 "parity"; then
     line=$(grep -E 'test_backend_parity: [0-9]+ passed' "$RES/parity.log" | tail -1)
     say "parity: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
     echo "$line" | grep -qE ': [1-9][0-9]* passed, 0 failed, 0 skipped$' || status=1
+fi
+
+# ---- 4a. the greedy parity again with decode steps as CUDA graphs (PEFTD_CUDA_GRAPHS=1) ----
+if has_time 20 "parity greedy (graphs on)"; then
+    PEFTD_CUDA_GRAPHS=1 timeout "$(cap 90)" "$BUILD/tests/test_backend_parity" greedy_tokens_cpu_equal_cuda \
+        >"$RES/parity_graphs.log" 2>&1
+    line=$(grep -E 'test_backend_parity: [0-9]+ passed' "$RES/parity_graphs.log" | tail -1)
+    say "parity greedy, PEFTD_CUDA_GRAPHS=1: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
+    echo "$line" | grep -qE ': 1 passed, 0 failed, 0 skipped$' || status=1
 fi
 
 # ---- 4b. device slot pool + decode-graph capture/replay (CUDA only) ----
