@@ -24,6 +24,9 @@
  *     A bucket whose capture failed DECODE_GRAPH_MAX_FAILS times stays eager.
  *   - Off by default: decode_graph_enabled() reads PEFTD_CUDA_GRAPHS (1 = on) until a GPU run
  *     has validated replay against eager steps (tests/gpu/run.sh runs both).
+ * The engine (server/engine/engine_graphs.c) keys graphs by the step's signature
+ * (kernels/step_split.h) and does not pad rows to the bucket yet: decode_pad is tested here
+ * and ready, the step builder does not call it.
  *
  * Threads: the engine thread (it owns the backend and the graphs). */
 #ifndef PEFTD_DECODE_GRAPH_H
