@@ -169,21 +169,26 @@ for b in "${BINS[@]}"; do
 done
 say "preflight: ldd of ${#BINS[@]} binaries checked"
 
+# A test binary's run: LABEL LOG CAP WANT (a regex of its passed count) BINARY [ARGS...];
+# env assignments go before the call (VAR=x run_test ...). Passes only with 0 failed, 0 skipped.
+run_test() {
+    local label=$1 log=$2 limit=$3 want=$4 bin=$5 line
+    shift 5
+    timeout "$(cap "$limit")" "$bin" "$@" >"$RES/$log" 2>&1
+    line=$(grep -E "$(basename "$bin"): [0-9]+ passed" "$RES/$log" | tail -1)
+    say "$label: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
+    echo "$line" | grep -qE ": $want passed, 0 failed, 0 skipped\$" || status=1
+}
+
 # ---- 4. parity: every op + end-to-end greedy tokens ----
 if has_time 20 "parity"; then
-    timeout "$(cap 120)" "$BUILD/tests/test_backend_parity" >"$RES/parity.log" 2>&1
-    line=$(grep -E 'test_backend_parity: [0-9]+ passed' "$RES/parity.log" | tail -1)
-    say "parity: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
-    echo "$line" | grep -qE ': [1-9][0-9]* passed, 0 failed, 0 skipped$' || status=1
+    run_test parity parity.log 120 '[1-9][0-9]*' "$BUILD/tests/test_backend_parity"
 fi
 
 # ---- 4a. the greedy parity again with decode steps as CUDA graphs (PEFTD_CUDA_GRAPHS=1) ----
 if has_time 20 "parity greedy (graphs on)"; then
-    PEFTD_CUDA_GRAPHS=1 timeout "$(cap 90)" "$BUILD/tests/test_backend_parity" greedy_tokens_cpu_equal_cuda \
-        >"$RES/parity_graphs.log" 2>&1
-    line=$(grep -E 'test_backend_parity: [0-9]+ passed' "$RES/parity_graphs.log" | tail -1)
-    say "parity greedy, PEFTD_CUDA_GRAPHS=1: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
-    echo "$line" | grep -qE ': 1 passed, 0 failed, 0 skipped$' || status=1
+    PEFTD_CUDA_GRAPHS=1 run_test "parity greedy, PEFTD_CUDA_GRAPHS=1" parity_graphs.log 90 1 \
+        "$BUILD/tests/test_backend_parity" greedy_tokens_cpu_equal_cuda
 fi
 
 # ---- 4b. device slot pool + decode-graph capture/replay (CUDA only) ----
@@ -193,10 +198,7 @@ fi
 if [ -n "$DRY" ]; then
     say "pool/graph: not run in the dry run (CUDA-only test; host logic: test_slot_pool, test_decode_graph)"
 elif has_time 20 "pool/graph"; then
-    timeout "$(cap 60)" "$BUILD/tests/test_gpu_pool_graph" >"$RES/pool.log" 2>&1
-    line=$(grep -E 'test_gpu_pool_graph: [0-9]+ passed' "$RES/pool.log" | tail -1)
-    say "pool/graph: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
-    echo "$line" | grep -qE ': 3 passed, 0 failed, 0 skipped$' || status=1
+    run_test pool/graph pool.log 60 3 "$BUILD/tests/test_gpu_pool_graph"
 fi
 
 # ---- 5. models ready? (generated meanwhile) ----

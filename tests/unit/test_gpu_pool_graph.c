@@ -26,6 +26,7 @@
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
 #include "server/text/tokenizer.h"
+#include "tests/harness/slot_placer.h"
 #include "tests/harness/test.h"
 #ifdef PEFTD_CUDA
 #include "kernels/kernels_cuda.h"
@@ -175,18 +176,6 @@ static const char *const FIX[] = {"lora_r1_all", "lora_r8_all", "lora_r64_all", 
                                   "prompt_tuning", "prefix_tuning", "pfeiffer", "houlsby"};
 #define NF (int)(sizeof FIX / sizeof FIX[0])
 #define NG 16
-typedef struct {
-    slot_pool *pool;
-    const char *key;
-    int slot;
-} pud;
-static int pl_place(void *ud, const void *host, size_t bytes, void **dev, char *err, size_t errlen) {
-    pud *u = ud;
-    int rc = slot_pool_load(u->pool, u->key, host, bytes, &u->slot, err, errlen);
-    if (rc == 0) *dev = slot_pool_addr(u->pool, u->slot);
-    return rc;
-}
-static void pl_release(void *ud, void *dev) { slot_pool_retire(((pud *)ud)->pool, ((pud *)ud)->key); }
 #endif
 
 TEST(pool_placed_adapters_decode_like_allocated_ones) {
@@ -210,14 +199,14 @@ TEST(pool_placed_adapters_decode_like_allocated_ones) {
     size_t sb = 2 * slot_pool_slot_bytes(base.n_layers, AMOD_COUNT, in, out, 64, 4);
     ASSERT_EQ(slot_pool_create(ops, ctx, sb, NF, 2, &pool, err, sizeof err), 0);
     adapter *own[NF], *placed[NF];
-    static pud uds[NF];
+    static slot_placer_ud uds[NF];
     for (int i = 0; i < NF; i++) {
         char dir[256];
         snprintf(dir, sizeof dir, "tests/fixtures/adapters/%s", FIX[i]);
         if (model_load_adapter(m, dir, &own[i], err, sizeof err) < 0) FAIL("%s: %s", FIX[i], err);
         if (adapter_load_dir(dir, &base, &placed[i], err, sizeof err) < 0) FAIL("%s: %s", FIX[i], err);
-        uds[i] = (pud){pool, FIX[i], -1};
-        adapter_placer pl = {pl_place, pl_release, &uds[i]};
+        uds[i] = (slot_placer_ud){pool, FIX[i], -1};
+        adapter_placer pl = slot_placer(&uds[i]);
         int rc = adapter_install_placed(placed[i], kb, &pl, err, sizeof err);
         if (rc < 0) FAIL("%s: placed install: %d %s", FIX[i], rc, err);
         if (uds[i].slot >= 0) ASSERT(slot_pool_use(pool, uds[i].slot)); /* as tiers_pin does */

@@ -13,6 +13,7 @@
 #include "lib/status.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
+#include "tests/harness/slot_placer.h"
 #include "tests/harness/test.h"
 
 /* Device side: host memory, copies land at once, events are always complete. */
@@ -48,24 +49,6 @@ static void f_destroy(kbackend *kb) {}
 static const kbackend_ops FAKE = {.name = "fake-device", .destroy = f_destroy, .alloc = f_alloc, .free = f_free,
                                   .upload = f_upload, .synchronize = f_sync};
 
-typedef struct {
-    slot_pool *pool;
-    const char *key;
-    int slot;
-} placer_ud;
-static int place(void *ud, const void *host, size_t bytes, void **dev, char *err, size_t errlen) {
-    placer_ud *u = ud;
-    int rc = slot_pool_load(u->pool, u->key, host, bytes, &u->slot, err, errlen);
-    if (rc < 0) return rc;
-    *dev = slot_pool_addr(u->pool, u->slot);
-    return 0;
-}
-static void release(void *ud, void *dev) {
-    placer_ud *u = ud;
-    ASSERT_EQ(slot_pool_slot_at(u->pool, dev), u->slot);
-    slot_pool_retire(u->pool, u->key);
-}
-
 static model *M;
 static adapter_base BASE;
 static kbackend *CPU;
@@ -94,8 +77,8 @@ TEST(lora_installed_into_a_slot_reads_the_same_bytes) {
     kbackend kb;
     kbackend__init(&kb, &FAKE, NULL);
     adapter *ref = host_adapter("lora_dora"), *a = host_adapter("lora_dora");
-    placer_ud u = {pool, "sha-lora-dora", -1};
-    adapter_placer pl = {place, release, &u};
+    slot_placer_ud u = {pool, "sha-lora-dora", -1};
+    adapter_placer pl = slot_placer(&u);
     kb_allocs = kb_frees = n_copies = 0;
     ASSERT_EQ(adapter_install_placed(a, &kb, &pl, err, sizeof err), 0);
     ASSERT(u.slot >= 0);
@@ -138,8 +121,8 @@ TEST(an_adapter_larger_than_a_slot_stays_on_the_host) {
     kbackend kb;
     kbackend__init(&kb, &FAKE, NULL);
     adapter *a = host_adapter("lora_bf16");
-    placer_ud u = {pool, "sha-big", -1};
-    adapter_placer pl = {place, release, &u};
+    slot_placer_ud u = {pool, "sha-big", -1};
+    adapter_placer pl = slot_placer(&u);
     kb_allocs = kb_frees = 0;
     ASSERT_EQ(adapter_install_placed(a, &kb, &pl, err, sizeof err), PEFTD_E2BIG);
     ASSERT(strstr(err, "a pool slot holds 256"));
