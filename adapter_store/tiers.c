@@ -14,6 +14,7 @@
 #include "adapter_store/tiers.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -353,6 +354,13 @@ static int pool_place(void *ud, const void *host, size_t bytes, void **dev, char
     tiers *t = ud;
     int slot = -1;
     int rc = slot_pool_load(t->pool, t->placing, host, bytes, &slot, err, errlen);
+    /* both staging buffers still uploading: they finish within milliseconds, so wait here
+     * (a pinned-full pool is different: that fails this fetch) */
+    while (rc == PEFTD_EBUSY && slot_pool_staging_busy(t->pool)) {
+        if ((rc = slot_pool_poll(t->pool)) < 0) return rc;
+        sched_yield();
+        rc = slot_pool_load(t->pool, t->placing, host, bytes, &slot, err, errlen);
+    }
     if (rc < 0) return rc;
     t->placed = slot;
     *dev = slot_pool_addr(t->pool, slot);

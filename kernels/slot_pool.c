@@ -191,6 +191,13 @@ int slot_pool_poll(slot_pool *p) {
     return loading;
 }
 
+bool slot_pool_staging_busy(const slot_pool *p) {
+    if (!p) return false;
+    for (int j = 0; j < p->n_staging; j++)
+        if (!p->stages[j].busy) return false;
+    return true;
+}
+
 bool slot_pool_ready(const slot_pool *p, int slot) { return valid(p, slot) && p->slots[slot].state == SLOT_READY; }
 
 /* A slot to load into: a free one, else the least recently used complete, unpinned one. */

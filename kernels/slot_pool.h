@@ -102,6 +102,9 @@ void *slot_pool_use(slot_pool *p, int slot);
 /* Polls the events of uploads in flight (never blocks); a completed one becomes evictable
  * and its staging buffer reusable. Returns how many are still loading, or a device status. */
 int slot_pool_poll(slot_pool *p);
+/* True when every staging buffer still has an upload in flight (as of the last poll): a load
+ * now would be refused for that reason alone, and a later poll will clear it. */
+bool slot_pool_staging_busy(const slot_pool *p);
 /* True once slot's upload has completed (as of the last poll). */
 bool slot_pool_ready(const slot_pool *p, int slot);
 /* A replaced/deleted version: `key`'s slot is freed now when unpinned, else at its last

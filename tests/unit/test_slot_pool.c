@@ -287,8 +287,12 @@ TEST(upload_event_and_wait_ordering) {
     char err[160];
     ASSERT_EQ(slot_pool_load(p, "b", buf, 300, &s, err, sizeof err), PEFTD_EBUSY);
     ASSERT(strstr(err, "staging"));
+    ASSERT(slot_pool_staging_busy(p));
     ASSERT_EQ(f.nq, 1);
     complete(&f); /* the DMA reads staging now: it must still hold a's bytes */
+    ASSERT(slot_pool_staging_busy(p)); /* until a poll sees the event */
+    ASSERT_EQ(slot_pool_poll(p), 0);
+    ASSERT(!slot_pool_staging_busy(p));
     ASSERT(slot_holds(p, a, 7, 300));
     int b = load(p, "b", 8, 300);
     ASSERT(b >= 0 && b != a);
