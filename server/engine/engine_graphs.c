@@ -45,6 +45,10 @@ static void destroy_exec(engine_graphs *gs, int i) {
 void engine__graphs_free(engine *e) {
     engine_graphs *gs = e->graphs;
     if (!gs) return;
+    LOGI("engine: decode graphs: %llu captures, %llu replays, %llu eager steps, %llu invalidations, %llu capture "
+         "failures", (unsigned long long)gs->g.captures, (unsigned long long)gs->g.replays,
+         (unsigned long long)gs->g.eager_steps, (unsigned long long)gs->g.invalidations,
+         (unsigned long long)gs->g.capture_failures);
     for (int i = 0; i < DECODE_GRAPH_MAX_BUCKETS; i++) destroy_exec(gs, i);
     free(gs);
     e->graphs = NULL;

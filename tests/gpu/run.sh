@@ -189,6 +189,9 @@ fi
 if has_time 20 "parity greedy (graphs on)"; then
     PEFTD_CUDA_GRAPHS=1 run_test "parity greedy, PEFTD_CUDA_GRAPHS=1" parity_graphs.log 90 1 \
         "$BUILD/tests/test_backend_parity" greedy_tokens_cpu_equal_cuda
+    # how many steps really replayed (a failed capture falls back to eager steps silently)
+    say "  $(grep -ohE 'decode graphs: [0-9]+ captures, [0-9]+ replays, .*' "$RES/parity_graphs.log" | sort | uniq -c |
+             tr -s ' ' | paste -sd';' - | sed 's/^ *//')"
 fi
 
 # ---- 4b. device slot pool + decode-graph capture/replay (CUDA only) ----
