@@ -194,6 +194,17 @@ int adapter_load_dir(const char *dir, const adapter_base *base, adapter **out, c
  * after which the host block is freed. Installing again on the same kb is a no-op; another
  * kb → PEFTD_EINVAL. Returns 0 or a negative status with a message in err. */
 int adapter_install(adapter *a, kbackend *kb, char *err, size_t errlen);
+/* Where an adapter's block goes instead of a kb->ops->alloc of its own (the device slot
+ * pool, kernels/slot_pool.h): place() copies `bytes` of `host` into device memory it owns
+ * and returns the address (the copy may still be in flight: the placer orders it before
+ * the ops that read it); release() gives that memory back when the adapter is freed. */
+typedef struct {
+    int (*place)(void *ud, const void *host, size_t bytes, void **dev, char *err, size_t errlen);
+    void (*release)(void *ud, void *dev);
+    void *ud;
+} adapter_placer;
+/* adapter_install with the block placed by p (is_host backends: as adapter_install). */
+int adapter_install_placed(adapter *a, kbackend *kb, const adapter_placer *p, char *err, size_t errlen);
 /* True while a's tensors are in host memory (not installed, or installed on an is_host
  * backend): what adapter_blob_write needs. Any thread. */
 bool adapter_on_host(const adapter *a);

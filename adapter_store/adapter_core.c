@@ -31,6 +31,7 @@ struct adapter_storage {
     unsigned char *host;  /* the tensors in host memory; NULL once installed on a device */
     size_t bytes;         /* of the block */
     void *dev;            /* the block in a !is_host backend's memory (a->kb), or NULL */
+    adapter_placer placer; /* .release set: dev belongs to a placer (slot pool), not kb */
     adapter_reloc *reloc;
     size_t n_reloc;
 };
@@ -217,10 +218,30 @@ int adapter_install(adapter *a, kbackend *kb, char *err, size_t errlen) {
     return 0;
 }
 
+int adapter_install_placed(adapter *a, kbackend *kb, const adapter_placer *p, char *err, size_t errlen) {
+    struct adapter_storage *st = a->storage;
+    if (!p || !p->place || !p->release || a->kb || kb->ops->is_host || !st || st->bytes == 0)
+        return adapter_install(a, kb, err, errlen);
+    if (err && errlen) err[0] = 0;
+    void *dev = NULL;
+    int rc = p->place(p->ud, st->host, st->bytes, &dev, err, errlen);
+    if (rc < 0) return rc;
+    relocate(st, dev);
+    free(st->host);
+    st->host = NULL;
+    st->dev = dev;
+    st->placer = *p;
+    a->kb = kb;
+    return 0;
+}
+
 void adapter_free(adapter *a) {
     if (!a) return;
     if (a->storage) {
-        if (a->storage->dev) a->kb->ops->free(a->kb, a->storage->dev);
+        if (a->storage->dev && a->storage->placer.release)
+            a->storage->placer.release(a->storage->placer.ud, a->storage->dev);
+        else if (a->storage->dev)
+            a->kb->ops->free(a->kb, a->storage->dev);
         free(a->storage->host);
         free(a->storage->reloc);
         free(a->storage);

@@ -14,11 +14,13 @@
 #include "adapter_store/tiers.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "adapter_store/adapter_blob.h"
+#include "kernels/slot_pool.h"
 #include "lib/log.h"
 
 typedef struct {
@@ -35,6 +37,7 @@ typedef struct {
     adapter *a;
     int pins;
     uint64_t tick;
+    int pslot;       /* its device slot pool slot, or -1 (no pool) */
 } slot;
 
 typedef struct {
@@ -84,6 +87,9 @@ struct tiers {
     uint64_t htick;
     /* counters */
     pthread_mutex_t smu;
+    slot_pool *pool; /* device slot pool (tiers_set_device_pool), or NULL */
+    const char *placing; /* the sha fetch_done is placing */
+    int placed;          /* the pool slot the last place() took */
     tiers_stats st;
 };
 
@@ -289,6 +295,11 @@ adapter *tiers_pin(tiers *t, const char *sha256) {
         BUMP(t, slot_misses, 1);
         return NULL;
     }
+    /* the compute stream waits for the slot's upload before the steps that will read it */
+    if (t->pool && s->pslot >= 0 && !slot_pool_use(t->pool, s->pslot)) {
+        BUMP(t, slot_misses, 1);
+        return NULL;
+    }
     s->pins++;
     s->tick = ++t->tick;
     BUMP(t, slot_hits, 1);
@@ -332,8 +343,45 @@ static int slot_install(tiers *t, const char *sha256, adapter *a) {
     snprintf(s->sha, sizeof s->sha, "%s", sha256);
     s->a = a;
     s->tick = ++t->tick;
+    s->pslot = t->pool ? t->placed : -1;
     slot_gauges(t);
     return 0;
+}
+
+/* adapter_placer over the device slot pool: the fetched version's block goes into a slot
+ * (an async upload on the pool's copy stream); freeing the adapter retires the slot. */
+static int pool_place(void *ud, const void *host, size_t bytes, void **dev, char *err, size_t errlen) {
+    tiers *t = ud;
+    int slot = -1;
+    int rc = slot_pool_load(t->pool, t->placing, host, bytes, &slot, err, errlen);
+    /* both staging buffers still uploading: they finish within milliseconds, so wait here
+     * (a pinned-full pool is different: that fails this fetch) */
+    while (rc == PEFTD_EBUSY && slot_pool_staging_busy(t->pool)) {
+        if ((rc = slot_pool_poll(t->pool)) < 0) return rc;
+        sched_yield();
+        rc = slot_pool_load(t->pool, t->placing, host, bytes, &slot, err, errlen);
+    }
+    if (rc < 0) return rc;
+    t->placed = slot;
+    *dev = slot_pool_addr(t->pool, slot);
+    return 0;
+}
+
+static void pool_release(void *ud, void *dev) {
+    tiers *t = ud;
+    int slot = slot_pool_slot_at(t->pool, dev);
+    if (slot < 0) return;
+    char key[65];
+    for (int i = 0; i < t->n_slots; i++)
+        if (t->slots[i].pslot == slot) {
+            memcpy(key, t->slots[i].sha, sizeof key);
+            slot_pool_retire(t->pool, key);
+            return;
+        }
+}
+
+void tiers_set_device_pool(tiers *t, slot_pool *pool) {
+    t->pool = pool;
 }
 
 /* ---------- fetch ---------- */
@@ -390,7 +438,26 @@ static void fetch_done(uv_work_t *req, int uv_status) {
         snprintf(f->err, sizeof f->err, "adapter load cancelled");
     }
     /* engine thread: the one place a fetched adapter's weights reach the backend */
-    if (f->status >= 0) f->status = adapter_install(f->a, t->kb, f->err, sizeof f->err);
+    if (f->status >= 0 && t->pool) {
+        /* make room in the pool the LRU way first: the pool has as many slots as the tier */
+        while (t->n_slots >= t->opt.slots) {
+            int before = t->n_slots;
+            slot_evict_lru(t);
+            if (t->n_slots == before) break;
+        }
+        adapter_placer pl = {pool_place, pool_release, t};
+        t->placing = f->sha;
+        t->placed = -1;
+        f->status = adapter_install_placed(f->a, t->kb, &pl, f->err, sizeof f->err);
+        t->placing = NULL;
+        if (f->status == PEFTD_E2BIG) { /* larger than a slot: its own allocation, as without a pool */
+            LOGI("adapter %.12s: %s; allocated on its own", f->sha, f->err);
+            t->placed = -1;
+            f->status = adapter_install(f->a, t->kb, f->err, sizeof f->err);
+        }
+    } else if (f->status >= 0) {
+        f->status = adapter_install(f->a, t->kb, f->err, sizeof f->err);
+    }
     if (f->status >= 0 && slot_install(t, f->sha, f->a) < 0) {
         f->status = PEFTD_ENOMEM;
         snprintf(f->err, sizeof f->err, "out of memory installing the adapter");

@@ -43,6 +43,12 @@ typedef struct {
  * outlive it. Create and use on the engine thread (the loop's thread). */
 int tiers_create(const tiers_options *opt, astore *store, const adapter_base *base, kbackend *kb, uv_loop_t *loop,
                  tiers **out);
+/* Engine thread, before the first fetch: adapter blocks go into this device slot pool
+ * (kernels/slot_pool.h; as many slots as opt.slots) instead of an allocation each; a full
+ * pool (every slot pinned) fails that fetch with the pool's message. The pool must outlive
+ * t (tiers_free releases every slot into it). NULL: one allocation per adapter. */
+struct slot_pool;
+void tiers_set_device_pool(tiers *t, struct slot_pool *pool);
 /* Waits for fetches in flight, frees every slot and the host tier. NULL is a no-op. */
 void tiers_free(tiers *t);
 

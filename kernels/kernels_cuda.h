@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "kernels/kernels.h"
+#include "kernels/slot_pool.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +36,30 @@ kbackend *kbackend_cuda_create(int device, char *err, size_t errlen);
  * PEFTD_EBACKEND (logged) when the buffer cannot be allocated or a launch fails.
  * Threads: an [engine] call (kernels.h): the owner, or the only thread using kb. */
 int kbackend_cuda_read_bandwidth(kbackend *kb, size_t bytes, int passes, double *gbps);
+
+/* ---- the adapter slot pool's device side (kernels/slot_pool.h; kernels/cuda/slot_pool_cuda.cu) ----
+ * A slot_dev_ops table over kb's device: one cudaMalloc'd region, cudaMallocHost staging, a
+ * dedicated copy stream (non-blocking) for the uploads, n_events cudaEvents (timing off)
+ * recorded on it, and cudaStreamWaitEvent of kb's compute stream. *ctx is its state.
+ * Threads: an [engine] call, like every use of the table it returns.
+ * @note caller owns *ctx: kbackend_cuda_slot_dev_free() after slot_pool_free(). */
+int kbackend_cuda_slot_dev(kbackend *kb, int n_events, const slot_dev_ops **ops, void **ctx);
+void kbackend_cuda_slot_dev_free(void *ctx);
+
+/* Free and total bytes of kb's device (cudaMemGetInfo): the device memory plan's input.
+ * PEFTD_EINVAL when kb is not a CUDA backend. Threads: an [engine] call. */
+int kbackend_cuda_mem_info(kbackend *kb, size_t *free_bytes, size_t *total_bytes);
+
+/* ---- decode-step graphs (kernels/decode_graph.h; kernels/cuda/decode_graph_cuda.cu) ----
+ * begin_capture: kb's compute stream starts capturing (cudaStreamCaptureModeThreadLocal);
+ * every op until end_capture is recorded, not run. end_capture instantiates the graph into
+ * *graph (NULL and a status when the capture was invalidated, e.g. an op synchronised).
+ * launch replays it on the compute stream. Every step input must already sit in the
+ * buffers the captured ops read. Threads: [engine] calls. */
+int kbackend_cuda_graph_begin(kbackend *kb);
+int kbackend_cuda_graph_end(kbackend *kb, void **graph);
+int kbackend_cuda_graph_launch(kbackend *kb, void *graph);
+void kbackend_cuda_graph_destroy(void *graph);
 
 #ifdef __cplusplus
 }

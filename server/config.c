@@ -149,7 +149,8 @@ static const config_key KEYS[] = {
     INT("engine", "max_batch_tokens", 1, 65536, engine.max_batch_tokens, "token rows per step (bounds prefill chunks)"),
     INT("engine", "block_size", 1, 1024, engine.block_size, "KV slots per block"),
     INT("engine", "kv_blocks", 0, 1 << 24, engine.kv_blocks, "KV blocks in the pool (0 = from kv_cache_mb)"),
-    INT("engine", "kv_cache_mb", 1, 1 << 22, engine.kv_cache_mb, "KV pool budget in MiB"),
+    INT("engine", "kv_cache_mb", 0, 1 << 22, engine.kv_cache_mb,
+        "KV pool budget in MiB (0: on a GPU, from the device memory plan; on the CPU, 512)"),
     INT("engine", "max_context", 0, 1 << 24, engine.max_context, "longest sequence (0 = the model's, fitted to the KV pool)"),
     INT("engine", "max_queue", 1, 1 << 20, engine.max_queue, "waiting requests before 503"),
     BOOL("engine", "prefix_cache", engine.prefix_cache, "engine.prefix_cache must be true or false",
@@ -439,6 +440,9 @@ static const struct {
     {"PEFTD_DEBUG_IMPORT_DELAY_MS", "test hook: every adapter import waits this long"},
     {"PEFTD_DEBUG_STEP_DELAY_US", "test hook: every engine step waits this long"},
     {"PEFTD_CPU_QPATH", "quantized matmul path: vnni | avx2 | scalar (default: the best this CPU has)"},
+    {"PEFTD_SLOT_POOL", "CUDA: 0 = no device adapter slot pool (an allocation per adapter instead)"},
+    {"PEFTD_SLOT_MAX_RANK", "CUDA: LoRA rank a slot pool slot is sized for (all linears, f32; default 16)"},
+    {"PEFTD_CUDA_GRAPHS", "1 = decode steps captured/replayed as CUDA graphs (default off: not yet validated)"},
 };
 
 void config_help(FILE *f) {

@@ -149,6 +149,8 @@ static int size_context(engine *e, int *n_blocks_out, char *err, size_t errlen) 
     e->ctx_len = cfg->max_context > 0 ? cfg->max_context : max_pos;
     size_t per_block = (size_t)bs * mc->n_kv_heads * mc->head_dim * sizeof(float) * 2 * (size_t)mc->n_layers;
     size_t budget = (size_t)(cfg->kv_cache_mb > 0 ? cfg->kv_cache_mb : 512) << 20;
+    int prc = engine__device_kv_budget(e, &budget, err, errlen); /* kv_cache_mb 0 on a GPU */
+    if (prc < 0) return prc;
     size_t pool = cfg->kv_blocks > 0 ? (size_t)cfg->kv_blocks : budget / per_block;
     if (cfg->max_context == 0 && pool < (size_t)engine__blocks_needed(e, e->ctx_len) && pool > 0) {
         e->ctx_len = (int)pool * bs;
@@ -256,8 +258,10 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
             goto fail;
         }
         if (engine__lora_info_init(e) < 0) goto oom;
+        engine__slot_pool_init(e, kb, cfg->adapter_slots);
     }
     e->stats.kv_blocks_total = n_blocks;
+    engine__graphs_init(e);
     *out = e;
     return 0;
 oom:
@@ -389,7 +393,9 @@ void engine_free(engine *e) {
     /* requests still queued when the engine never started */
     engine__drain_queue(e);
     engine__reap_cancelled(e, true);
+    engine__graphs_free(e);
     tiers_free(e->tiers);
+    engine__slot_pool_free(e);
     engine__lora_info_free(e);
     model_adapter_base_free(&e->abase);
     vtc_free(e->vtc);

@@ -43,7 +43,9 @@ typedef struct {
     int max_batch_tokens;  /* token rows per step (bounds prefill chunk size) */
     int block_size;        /* KV slots per block */
     int kv_blocks;         /* KV blocks in the pool; 0 = as many as kv_cache_mb allows */
-    int kv_cache_mb;       /* KV memory budget (all layers, K and V) when kv_blocks == 0 */
+    int kv_cache_mb;       /* KV memory budget (all layers, K and V) when kv_blocks == 0; 0: on a
+                            * device backend from the device memory plan (engine_device_plan.c),
+                            * on the CPU 512 */
     int max_context;       /* longest sequence (prompt + completion), tokens; 0 = the model's
                             * max_position_embeddings, lowered to what the KV pool holds */
     int max_queue;         /* waiting requests before submit answers PEFTD_EBUSY */

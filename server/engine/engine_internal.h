@@ -166,6 +166,9 @@ struct engine {
     kv_blocks kv;
     pcache pc;                /* automatic prefix caching (unallocated when off) */
     tiers *tiers;             /* adapter slot pool (NULL without a store) */
+    struct slot_pool *spool;  /* device slot pool under tiers (engine_slot_pool.c), or NULL */
+    struct engine_graphs *graphs; /* decode-step graphs (engine_graphs.c), NULL when off */
+    void *spool_dev;          /* its device-ops context */
     void (*adapter_ready)(void *e); /* engine.c's wake-up when a fetch ends (tiers_fetch callback) */
     vtc *vtc;                 /* per-tenant fairness counters */
     adapter_base abase;
@@ -218,6 +221,30 @@ bool engine__pool_scoring(const seq *s);
 
 /* sequence.c: sequences, the shared prefix-tuning KV, output */
 void engine__finish_request(engine_request *r, finish_reason f, const char *error);
+/* engine_slot_pool.c: on a device backend (CUDA builds), one pre-allocated device slot pool
+ * behind e->tiers (PEFTD_SLOT_POOL=0: off; PEFTD_SLOT_MAX_RANK sizes a slot, default 16);
+ * a pool that cannot be created is logged and the tiers allocate per adapter as before.
+ * Bring-up/tear-down thread; free after tiers_free. */
+void engine__slot_pool_init(engine *e, kbackend *kb, int slots);
+/* Bytes of one pool slot for e's model (the rule of slot_pool_slot_bytes at
+ * PEFTD_SLOT_MAX_RANK, f32, all seven linears); *rank gets that rank. */
+size_t engine__slot_bytes(const engine *e, int *rank);
+bool engine__slot_pool_wanted(const engine *e, const kbackend *kb);
+/* engine_device_plan.c: with engine.kv_cache_mb 0 on a device backend (CUDA builds), the KV
+ * budget from the device memory plan (kernels/device_plan.h: cudaMemGetInfo, weights, slot
+ * pool, activations, logits, 1 GiB headroom, 90% of the rest); logs the plan's line. 0 and
+ * *budget untouched otherwise; PEFTD_ENOMEM with the plan's one line in err when it does not
+ * fit. Bring-up thread. */
+/* engine_graphs.c: PEFTD_CUDA_GRAPHS=1 turns decode-step graphs on (init at create, free at
+ * engine_free). engine__forward_device is llama_forward(lc, b, NULL) for a device-sampling
+ * step, as transfers + ops passes, captured/replayed on CUDA. Engine thread. */
+typedef struct engine_graphs engine_graphs;
+void engine__graphs_init(engine *e);
+void engine__graphs_free(engine *e);
+int engine__forward_device(engine *e, const llama_batch *b);
+void engine__graphs_stats(const engine *e, uint64_t *captures, uint64_t *replays);
+int engine__device_kv_budget(const engine *e, size_t *budget, char *err, size_t errlen);
+void engine__slot_pool_free(engine *e);
 int engine__blocks_needed(const engine *e, int slots);
 int engine__n_virtual_of(const adapter *ad);
 prefix_entry *engine__prefix_find(engine *e, const adapter *ad);

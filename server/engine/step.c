@@ -275,7 +275,7 @@ static int step_sample_device(engine *e, const step_shape *sh) {
 /* Run: the forward pass (and, with device sampling, the token choice on the backend). A
  * failure ends every running sequence (the batch's state is unknown) and returns its status. */
 static int step_run(engine *e, const llama_batch *b, const step_shape *sh, bool dev) {
-    int st = llama_forward(e->lc, b, dev ? NULL : e->logits);
+    int st = dev ? engine__forward_device(e, b) : llama_forward(e->lc, b, e->logits);
     if (st >= 0 && dev) st = step_sample_device(e, sh);
     if (st < 0) {
         LOGE("engine: forward failed: %s", peftd_strerror(st));

@@ -15,6 +15,9 @@
 #                   LoRAs; then `peftd generate` proves the model and its tokenizer load
 #   parity.log      test_backend_parity: every op vs the CPU + greedy tokens on the default
 #                   model with each fixture adapter (must be all passes, no skips)
+#   parity_graphs.log  the greedy parity with PEFTD_CUDA_GRAPHS=1 (decode steps captured/replayed)
+#   pool.log        test_gpu_pool_graph: the device slot pool (copy stream, events; fixture
+#                   adapters placed in slots = own allocation, greedy) and graph replay = eager
 #   bw.json         bench_gpu: measured READ bandwidth (read-only reduction over 1 GiB)
 #   bench64.json    bench_adapters, 64 seqs, shapes r16all and r8qv (a base, b one adapter,
 #                   c 64 distinct adapters, d one adapter at a time)
@@ -147,7 +150,8 @@ gen_models >"$RES/gen.log" 2>&1 &
 gen_pid=$!
 
 # ---- 3. build ----
-BINS=("$BUILD/peftd" "$BUILD/tests/test_backend_parity" "$BUILD/bench/bench_adapters" "$BUILD/bench/bench_gpu")
+BINS=("$BUILD/peftd" "$BUILD/tests/test_backend_parity" "$BUILD/bench/bench_adapters" "$BUILD/bench/bench_gpu"
+      "$BUILD/tests/test_gpu_pool_graph")
 PATH=$BUILD_PATH timeout "$(cap 300)" make -j"$(nproc)" "${MAKE_FLAGS[@]}" BUILD="$BUILD" all "${BINS[@]:1}" >"$RES/build.log" 2>&1
 rc=$?
 if [ "$rc" -ne 0 ]; then
@@ -165,12 +169,39 @@ for b in "${BINS[@]}"; do
 done
 say "preflight: ldd of ${#BINS[@]} binaries checked"
 
+# A test binary's run: LABEL LOG CAP WANT (a regex of its passed count) BINARY [ARGS...];
+# env assignments go before the call (VAR=x run_test ...). Passes only with 0 failed, 0 skipped.
+run_test() {
+    local label=$1 log=$2 limit=$3 want=$4 bin=$5 line
+    shift 5
+    timeout "$(cap "$limit")" "$bin" "$@" >"$RES/$log" 2>&1
+    line=$(grep -E "$(basename "$bin"): [0-9]+ passed" "$RES/$log" | tail -1)
+    say "$label: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
+    echo "$line" | grep -qE ": $want passed, 0 failed, 0 skipped\$" || status=1
+}
+
 # ---- 4. parity: every op + end-to-end greedy tokens ----
 if has_time 20 "parity"; then
-    timeout "$(cap 120)" "$BUILD/tests/test_backend_parity" >"$RES/parity.log" 2>&1
-    line=$(grep -E 'test_backend_parity: [0-9]+ passed' "$RES/parity.log" | tail -1)
-    say "parity: ${line:-no summary line (crashed or timed out)} ($(elapsed))"
-    echo "$line" | grep -qE ': [1-9][0-9]* passed, 0 failed, 0 skipped$' || status=1
+    run_test parity parity.log 120 '[1-9][0-9]*' "$BUILD/tests/test_backend_parity"
+fi
+
+# ---- 4a. the greedy parity again with decode steps as CUDA graphs (PEFTD_CUDA_GRAPHS=1) ----
+if has_time 20 "parity greedy (graphs on)"; then
+    PEFTD_CUDA_GRAPHS=1 run_test "parity greedy, PEFTD_CUDA_GRAPHS=1" parity_graphs.log 90 1 \
+        "$BUILD/tests/test_backend_parity" greedy_tokens_cpu_equal_cuda
+    # how many steps really replayed (a failed capture falls back to eager steps silently)
+    say "  $(grep -ohE 'decode graphs: [0-9]+ captures, [0-9]+ replays, .*' "$RES/parity_graphs.log" | sort | uniq -c |
+             tr -s ' ' | paste -sd';' - | sed 's/^ *//')"
+fi
+
+# ---- 4b. device slot pool + decode-graph capture/replay (CUDA only) ----
+# pool.log: 40 versions through a 4-slot pool on the real copy stream/events; every fixture
+# adapter placed into a pool slot decodes the same 16 greedy tokens as its own allocation;
+# an op sequence captured as a graph replays bit-identical to eager steps.
+if [ -n "$DRY" ]; then
+    say "pool/graph: not run in the dry run (CUDA-only test; host logic: test_slot_pool, test_decode_graph)"
+elif has_time 20 "pool/graph"; then
+    run_test pool/graph pool.log 60 3 "$BUILD/tests/test_gpu_pool_graph"
 fi
 
 # ---- 5. models ready? (generated meanwhile) ----

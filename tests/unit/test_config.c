@@ -54,7 +54,7 @@ static const struct {
     {"{\"engine\": {\"max_batch_tokens\": 0}}", -1000, "engine.\"max_batch_tokens\" must be an integer in [1, 65536]"},
     {"{\"engine\": {\"block_size\": 2000}}", -1000, "engine.\"block_size\" must be an integer in [1, 1024]"},
     {"{\"engine\": {\"kv_blocks\": -1}}", -1000, "engine.\"kv_blocks\" must be an integer in [0, 16777216]"},
-    {"{\"engine\": {\"kv_cache_mb\": 0}}", -1000, "engine.\"kv_cache_mb\" must be an integer in [1, 4194304]"},
+    {"{\"engine\": {\"kv_cache_mb\": -1}}", -1000, "engine.\"kv_cache_mb\" must be an integer in [0, 4194304]"},
     {"{\"engine\": {\"max_queue\": 0}}", -1000, "engine.\"max_queue\" must be an integer in [1, 1048576]"},
     {"{\"engine\": {\"prefix_cache\": 1}}", -1000, "engine.prefix_cache must be true or false"},
     {"{\"engine\": {\"prefix_cache_blocks\": -1}}", -1000,

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "server/engine/engine.h"
+#include "server/engine/engine_internal.h"
 #include "tests/harness/test.h"
 
 static const char *MODEL_DIR = "models/stories260K";
@@ -18,6 +19,7 @@ static const char *MODEL_DIR = "models/stories260K";
 static const kbackend_ops *g_inner;
 static kbackend_ops g_wrapped;
 static int g_sample_calls; /* engine thread writes; read after engine_free (joined) */
+static uint64_t g_captures, g_replays; /* decode graphs (PEFTD_CUDA_GRAPHS=1), read when idle */
 static int w_sample(kbackend *kb, const ksample_args *a) {
     g_sample_calls++;
     return g_inner->sample(kb, a);
@@ -88,6 +90,7 @@ static void run(int device_sampling, const int *which, int n, outcome *out, int 
         engine_delta_free(&d);
         engine_request_unref(rq[j]);
     }
+    engine__graphs_stats(e, &g_captures, &g_replays); /* every request done: the engine is idle */
     engine_free(e);
     *sample_calls = g_sample_calls;
     tokenizer_free(tok);
@@ -133,4 +136,23 @@ TEST(device_sampling_is_batch_invariant) {
     }
 }
 
-TEST_MAIN(device_sampling_equals_host_sampling_in_a_mixed_batch, device_sampling_is_batch_invariant)
+/* PEFTD_CUDA_GRAPHS=1 (engine_graphs.c): device-sampling steps run as a transfers pass and an
+ * ops pass keyed by the step's signature (captured/replayed on CUDA; split only, here): the
+ * same tokens and logprobs as unsplit steps, and steady decode steps reuse their signature. */
+TEST(graph_steps_equal_plain_steps) {
+    int all[N_REQ] = {0, 1, 2, 3, 4, 5, 6}, calls;
+    outcome plain[N_REQ], graphs[N_REQ];
+    unsetenv("PEFTD_CUDA_GRAPHS");
+    run(1, all, N_REQ, plain, &calls);
+    ASSERT_EQ(g_replays, 0);
+    setenv("PEFTD_CUDA_GRAPHS", "1", 1);
+    run(1, all, N_REQ, graphs, &calls);
+    unsetenv("PEFTD_CUDA_GRAPHS");
+    for (int i = 0; i < N_REQ; i++) same(&plain[i], &graphs[i], i, "plain vs graph steps");
+    /* 6 rows decode from step 11 to 24 with one shape: a warm-up, one capture, the rest replays */
+    if (g_captures < 1 || g_replays < 8) FAIL("captures %llu, replays %llu", (unsigned long long)g_captures,
+                                              (unsigned long long)g_replays);
+}
+
+TEST_MAIN(device_sampling_equals_host_sampling_in_a_mixed_batch, device_sampling_is_batch_invariant,
+          graph_steps_equal_plain_steps)
