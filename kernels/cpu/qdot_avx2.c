@@ -51,10 +51,16 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     __m256 acc[2][2][2];
     for (int r = 0; r < R; r++)
         for (int i = 0; i < N; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const int h = (int)(b % 2);
+    /* two blocks per pass so that h (= b % 2, the lane half) is a constant and the
+     * accumulators stay in registers */
+    for (int64_t b0 = 0; b0 < nb; b0 += 2)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        const int64_t b = b0 + h;
+        if (b >= nb) break;
         __m256i wv[2], aw[2];
         __m256 dw[2];
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + (DT == KDT_Q8_0 ? 34 : 18) * b;
             if (DT == KDT_Q4_0) { /* nibble - 8: low nibbles are elements 0-15, high 16-31 */
@@ -67,10 +73,12 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
             aw[r] = _mm256_abs_epi8(wv[r]);
             dw[r] = _mm256_set1_ps(kq_h(p));
         }
+        #pragma GCC unroll 8
         for (int i = 0; i < N; i++) {
             int64_t row = i0 + i;
             __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 32 * b));
             __m256 dx = _mm256_set1_ps(x->d[row * nb + b]);
+            #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 __m256i s = kq_dot32(aw[r], _mm256_sign_epi8(xv, wv[r]));
                 acc[r][i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i][h]);
@@ -104,14 +112,20 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
     for (int r = 0; r < R; r++)
         for (int i = 0; i < N; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256 dsc[2], negm[2];
+        __m256 dsc[2], negm[2], dscx[2][2]; /* dscx[r][i] = (d·sc_s)·dx_i, the canonical factor */
         for (int r = 0; r < R; r++) kq_q4k_scales8(w + r * rb + BB * b, &dsc[r], &negm[r]);
+        for (int i = 0; i < N; i++) {
+            __m256 dx = _mm256_set1_ps(x->d[(i0 + i) * nb + b]);
+            for (int r = 0; r < R; r++) dscx[r][i] = _mm256_mul_ps(dsc[r], dx);
+        }
+        #pragma GCC unroll 8
         for (int v = 0; v < 4; v++)
+            #pragma GCC unroll 8
             for (int h = 0; h < 2; h++) {
                 const int s = 4 * (v / 2) + v % 2 + 2 * h;
                 const __m256i si = _mm256_set1_epi32(s);
                 __m256i wv[2];
-                __m256 fs[2];
+                #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) {
                     const uint8_t *p = w + r * rb + BB * b;
                     __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 64 * (v / 2) + 32 * h));
@@ -122,15 +136,16 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
                         __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
                         wv[r] = _mm256_or_si256(wv[r], _mm256_and_si256(set, _mm256_set1_epi8(16)));
                     }
-                    fs[r] = _mm256_permutevar8x32_ps(dsc[r], si); /* d·sc_s in every lane */
                 }
+                #pragma GCC unroll 8
                 for (int i = 0; i < N; i++) {
                     int64_t row = i0 + i;
                     __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 256 * b + 32 * (2 * v + h)));
-                    __m256 dx = _mm256_set1_ps(x->d[row * nb + b]);
+                    #pragma GCC unroll 8
                     for (int r = 0; r < R; r++) {
                         __m256i p = kq_dot32(wv[r], xv);
-                        acc[r][i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(fs[r], dx), acc[r][i][h]);
+                        __m256 f = _mm256_permutevar8x32_ps(dscx[r][i], si); /* (d·sc_s)·dx in every lane */
+                        acc[r][i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, acc[r][i][h]);
                     }
                 }
             }
@@ -146,43 +161,55 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
 KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                      float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     __m256 acc[2][2][2];
     for (int r = 0; r < R; r++)
         for (int i = 0; i < N; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256 dsc[2][2]; /* groups 0-7, 8-15: d·(float)sc_g */
+        __m256 dsc[2][2][2]; /* [r][i][groups 0-7 | 8-15]: (d·(float)sc_g)·dx_i, the canonical factor */
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + 210 * b;
             __m256 d = _mm256_set1_ps(kq_h(p + 208));
             __m128i sc = _mm_loadu_si128((const __m128i *)(p + 192));
-            dsc[r][0] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
-            dsc[r][1] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))));
+            __m256 s0 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
+            __m256 s1 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))));
+            for (int i = 0; i < N; i++) {
+                __m256 dx = _mm256_set1_ps(x->d[(i0 + i) * nb + b]);
+                dsc[r][i][0] = _mm256_mul_ps(s0, dx);
+                dsc[r][i][1] = _mm256_mul_ps(s1, dx);
+            }
         }
+        #pragma GCC unroll 8
         for (int t = 0; t < 4; t++)
+            #pragma GCC unroll 8
             for (int h2 = 0; h2 < 2; h2++) {
-                const int h = t / 2, odd = t % 2, g = 4 * t + 2 * h2;
-                const __m128i shl = _mm_cvtsi32_si128(4 * odd), shh = _mm_cvtsi32_si128(2 * (2 * odd + h2));
+                const int h = t / 2, odd = t % 2, g = 4 * t + 2 * h2, k = 2 * odd + h2;
                 const __m256i gi = _mm256_setr_epi32(g % 8, g % 8, g % 8, g % 8, g % 8 + 1, g % 8 + 1, g % 8 + 1, g % 8 + 1);
                 __m256i wv[2];
-                __m256 fs[2];
+                #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) {
                     const uint8_t *p = w + r * rb + 210 * b;
                     __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * h2));
                     __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
-                    __m256i lo = _mm256_and_si256(_mm256_srl_epi16(ql, shl), m4);
-                    __m256i hi = _mm256_and_si256(_mm256_srl_epi16(qh, shh), m3);
-                    wv[r] = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
-                    fs[r] = _mm256_permutevar8x32_ps(dsc[r][g / 8], gi); /* lanes 0-3: g, 4-7: g + 1 */
+                    __m256i lo = _mm256_and_si256(odd ? _mm256_srli_epi16(ql, 4) : ql, m4);
+                    /* bits 2k, 2k+1 of qh to bits 4, 5 in one 16-bit shift: bits crossing a byte
+                     * boundary land outside the 0x30 mask */
+                    __m256i hs = k == 0 ? _mm256_slli_epi16(qh, 4)
+                                 : k == 1 ? _mm256_slli_epi16(qh, 2)
+                                 : k == 2 ? qh
+                                          : _mm256_srli_epi16(qh, 2);
+                    wv[r] = _mm256_or_si256(lo, _mm256_and_si256(hs, m30));
                 }
+                #pragma GCC unroll 8
                 for (int i = 0; i < N; i++) {
                     int64_t row = i0 + i;
                     __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 256 * b + 64 * t + 32 * h2));
                     __m256i xc = _mm256_loadu_si256((const __m256i *)(x->corr + row * (cols / 4) + 64 * b + 16 * t + 8 * h2));
-                    __m256 dx = _mm256_set1_ps(x->d[row * nb + b]);
+                    #pragma GCC unroll 8
                     for (int r = 0; r < R; r++) {
                         __m256i pp = _mm256_add_epi32(kq_dot32(wv[r], xv), xc);
-                        acc[r][i][h2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pp), _mm256_mul_ps(fs[r], dx), acc[r][i][h2]);
+                        __m256 f = _mm256_permutevar8x32_ps(dsc[r][i][g / 8], gi); /* lanes 0-3: g, 4-7: g + 1 */
+                        acc[r][i][h2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pp), f, acc[r][i][h2]);
                     }
                 }
             }
