@@ -195,7 +195,8 @@ void engine_request_ref(engine_request *r);
 void engine_request_unref(engine_request *r); /* NULL is a no-op */
 /* Moves the output produced since the previous take into d. Never blocks on the engine. */
 int engine_request_take(engine_request *r, engine_delta *d);
-/* Blocks until the request finished (for offline use and tests). */
+/* Blocks until the request finished and the finish's notify(ud) call (if any) has returned,
+ * so ud may be released as soon as this returns (for offline use and tests). */
 void engine_request_wait(engine_request *r);
 
 /* @note caller owns *out: engine_free(). model, kb and tok must outlive the engine. */

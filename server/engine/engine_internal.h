@@ -36,6 +36,7 @@ struct engine_request {
     float *bias_val;
     int completion_tokens;
     bool finished;
+    bool finish_notified;     /* the finish's notify(ud) has returned (engine_request_wait) */
     finish_reason finish;
     char error[256];
     uint64_t t_submit_ns;          /* engine_submit (CLOCK_MONOTONIC) */
@@ -62,6 +63,8 @@ int engine__publish_prompt(engine_request *r, const gen_token *tok); /* one scor
 /* takes h and labels (malloc'd; labels may be NULL, else labels_len bytes) */
 int engine__publish_hidden(engine_request *r, float *h, int n, char *labels, size_t labels_len);
 void engine__finish(engine_request *r, finish_reason f, const char *error);
+/* After the finish's notify: lets engine_request_wait return (the notify ud may go then). */
+void engine__finish_notified(engine_request *r);
 void engine__notify(engine_request *r);
 
 /* ---------- the engine's private state (engine.c, sequence.c, scheduler.c, step.c) ---------- */

@@ -160,7 +160,7 @@ void engine_delta_free(engine_delta *d) {
 
 void engine_request_wait(engine_request *r) {
     pthread_mutex_lock(&r->mu);
-    while (!r->finished) pthread_cond_wait(&r->done_cv, &r->mu);
+    while (!r->finished || !r->finish_notified) pthread_cond_wait(&r->done_cv, &r->mu);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -233,6 +233,13 @@ void engine__finish(engine_request *r, finish_reason f, const char *error) {
         r->finish = f;
         if (error) snprintf(r->error, sizeof r->error, "%s", error);
     }
+    pthread_cond_broadcast(&r->done_cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+void engine__finish_notified(engine_request *r) {
+    pthread_mutex_lock(&r->mu);
+    r->finish_notified = true;
     pthread_cond_broadcast(&r->done_cv);
     pthread_mutex_unlock(&r->mu);
 }

@@ -47,6 +47,7 @@ int engine__blocks_needed(const engine *e, int slots) {
 void engine__finish_request(engine_request *r, finish_reason f, const char *error) {
     engine__finish(r, f, error);
     engine__notify(r);
+    engine__finish_notified(r); /* only now may a waiter release the notify's ud */
     engine_request_unref(r);
 }
 
