@@ -949,7 +949,7 @@ TEST(syn_hub_unsupported_options) {
         syn_free(s);
     }
     /* served since issue 16: par_bn reads the residual stream; Compacter's PHM factors are
-     * expected instead of plain weights (test_hub_kinds.c checks both against the library) */
+     * expected instead of plain weights (test_adapter_kinds.c checks both against the library) */
     syn *s = syn_hub("x", 16, false);
     hub_set(s, "is_parallel", cJSON_CreateTrue());
     adapter *par = load_ok(syn_dir(s));

@@ -1,4 +1,7 @@
-/* tests/unit/test_hub_kinds.c — AdapterHub kinds beyond seq_bn/double_seq_bn (issue 16):
+/* tests/unit/test_adapter_kinds.c — the issue-16 adapter kinds on two bases, 32 greedy tokens each:
+ * the PEFT LoRA variants of make_lora_variant_fixtures.py (lora_bias, embed_tokens / lm_head LoRA,
+ * ensure_weight_tying, AdaLoRA, P-tuning, prefix_projection; bias all / lora_only on the
+ * attention-bias base only) and the AdapterHub kinds beyond seq_bn/double_seq_bn:
  * par_bn (parallel bottleneck), Compacter and Compacter++ (PHM layers materialised at
  * import), AdapterHub LoRA ("add") and IA3 ("scale"), prefix tuning (MLP-reparametrised and
  * flat: the table computed at import; the prompt's positions start at 0) and MAM (prefix +
@@ -34,10 +37,16 @@
 
 #define TOL 1e-4
 #define N_GREEDY 32
-#define N_KINDS 8
+#define N_KINDS 17
+#define N_HUB 8 /* the first N_HUB kinds are AdapterHub's */
 
-static const char *KINDS[N_KINDS] = {"hub_par_bn", "hub_compacter", "hub_compacterpp", "hub_lora",
-                                     "hub_ia3",    "hub_prefix",    "hub_prefix_flat", "hub_mam"};
+static const char *KINDS[N_KINDS] = {
+    "hub_par_bn",      "hub_compacter", "hub_compacterpp", "hub_lora",       "hub_ia3",     "hub_prefix",
+    "hub_prefix_flat", "hub_mam",       "lora_bias",       "lora_embed_head", "lora_embed_tied", "lora_mts_tied",
+    "adalora",         "p_tuning",      "prefix_projection", "lora_bias_all", "lora_bias_only",
+};
+/* the last two exist on the attention-bias base only (they train its biases) */
+static bool on_base(int ki, int bi) { return bi == 1 || ki < N_KINDS - 2; }
 static const char *BASES[2] = {"models/stories260K", "tests/fixtures/qwen2/llama_bias"};
 static const char *FIXDIR[2] = {"tests/fixtures/adapters", "tests/fixtures/adapters_bias_base"};
 
@@ -148,8 +157,13 @@ TEST(hub_ia3) { check_kind(0, 4, false), check_kind(1, 4, false); }
 TEST(hub_prefix) { check_kind(0, 5, false), check_kind(1, 5, false); }
 TEST(hub_prefix_flat) { check_kind(0, 6, false), check_kind(1, 6, false); }
 TEST(hub_mam) { check_kind(0, 7, false), check_kind(1, 7, false); }
+TEST(peft_lora_variants_both_bases) {
+    for (int k = N_HUB; k < N_KINDS; k++)
+        for (int b = 0; b < 2; b++)
+            if (on_base(k, b)) check_kind(b, k, false);
+}
 TEST(after_blob_round_trip) {
-    for (int k = 0; k < N_KINDS; k++) check_kind(k % 2, k, true);
+    for (int k = 0; k < N_KINDS; k++) check_kind(on_base(k, k % 2) ? k % 2 : 1, k, true);
 }
 
 /* ---- refusals: options that change the math are named, never served wrong */
@@ -254,19 +268,20 @@ static void collect(run *rn) {
 }
 
 TEST(engine_greedy_and_mixed_batch) {
-    enum { NA = N_KINDS + 2, P = 3, N = (NA + 1) * P }; /* hub kinds + PEFT LoRA + Pfeiffer, + base */
+    enum { NK = N_KINDS - 2, NA = NK + 2, P = 3, N = (NA + 1) * P }; /* kinds on stories260K + a PEFT LoRA +
+                                                                   * Pfeiffer, + base */
     rig R;
     rig_open(&R, BASES[0]);
     adapter *ads[NA];
-    adapter_ref rf[N_KINDS];
+    adapter_ref rf[NK];
     char dir[256];
-    for (int k = 0; k < N_KINDS; k++) {
+    for (int k = 0; k < NK; k++) {
         snprintf(dir, sizeof dir, "%s/%s", FIXDIR[0], KINDS[k]);
         ads[k] = load_ad(&R, dir);
         adapter_ref_load(dir, &rf[k]);
     }
-    ads[N_KINDS] = load_ad(&R, "tests/fixtures/adapters/lora_r8_all");
-    ads[N_KINDS + 1] = load_ad(&R, "tests/fixtures/adapters/pfeiffer");
+    ads[NK] = load_ad(&R, "tests/fixtures/adapters/lora_r8_all");
+    ads[NK + 1] = load_ad(&R, "tests/fixtures/adapters/pfeiffer");
     engine_config ec;
     engine_config_default(&ec);
     ec.max_seqs = N;
@@ -282,7 +297,7 @@ TEST(engine_greedy_and_mixed_batch) {
         submit(e, &alone[i], rf[0].ids[k], rf[0].n_ids[k], a < NA ? ads[a] : NULL);
         collect(&alone[i]);
         ASSERT_EQ(alone[i].n, N_GREEDY);
-        if (a < N_KINDS)
+        if (a < NK)
             for (int t = 0; t < N_GREEDY; t++)
                 if (alone[i].ids[t] != rf[a].greedy[k][t])
                     FAIL("%s case %d (engine): greedy token %d is %d, the library says %d", KINDS[a], k, t,
@@ -298,10 +313,11 @@ TEST(engine_greedy_and_mixed_batch) {
                      i / P, t);
     engine_free(e);
     for (int i = 0; i < NA; i++) adapter_free(ads[i]);
-    for (int k = 0; k < N_KINDS; k++) adapter_ref_free(&rf[k]);
+    for (int k = 0; k < NK; k++) adapter_ref_free(&rf[k]);
     rig_close(&R);
 }
 
-TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam, after_blob_round_trip,
+TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam,
+          peft_lora_variants_both_bases, after_blob_round_trip,
           refusals_name_the_field,
           engine_greedy_and_mixed_batch)
