@@ -30,6 +30,7 @@ int model_weights_parse(const char *s, int *dt) {
 typedef struct {
     kmat *w;         /* the view to repoint */
     kmat src;        /* its stored form */
+    kdtype dt;       /* its new dtype */
     uint8_t *dst;
 } mq_job;
 
@@ -37,7 +38,6 @@ typedef struct {
     mq_job *jobs;
     int n_jobs;
     int next; /* atomic */
-    kdtype dt;
     int rc;   /* atomic: first failure */
 } mq_ctx;
 
@@ -54,8 +54,9 @@ static void mq_row_f32(const kmat *w, int64_t r, float *out) {
     }
 }
 
-static int mq_convert(const mq_job *j, kdtype dt) {
+static int mq_convert(const mq_job *j) {
     int64_t cols = j->src.cols;
+    kdtype dt = j->dt;
     size_t rb = kdtype_row_bytes(dt, cols);
     float *row = malloc((size_t)cols * sizeof *row);
     if (!row) return PEFTD_ENOMEM;
@@ -70,7 +71,7 @@ static int mq_convert(const mq_job *j, kdtype dt) {
         else if (dt == KDT_Q4_0) rc = qref_quantize_q4_0(row, d, cols);
         else
             for (int64_t k = 0; k < cols; k++) {
-                uint16_t h = f32_to_bf16(row[k]);
+                uint16_t h = dt == KDT_F16 ? f32_to_f16(row[k]) : f32_to_bf16(row[k]);
                 memcpy(d + 2 * k, &h, 2);
             }
     }
@@ -83,7 +84,7 @@ static void *mq_worker(void *vc) {
     for (;;) {
         int i = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED);
         if (i >= c->n_jobs) break;
-        int rc = mq_convert(&c->jobs[i], c->dt);
+        int rc = mq_convert(&c->jobs[i]);
         if (rc < 0) {
             int zero = 0;
             __atomic_compare_exchange_n(&c->rc, &zero, rc, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
@@ -94,61 +95,104 @@ static void *mq_worker(void *vc) {
 
 static const char *const MQ_NAMES[7] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 
-/* Lists the projections to convert (jobs may be NULL: count only); *bytes: their new size. */
-static int mq_plan(model *m, kdtype dt, mq_job *jobs, size_t *bytes, int *kept) {
-    int n = 0;
-    *bytes = 0;
-    *kept = 0;
+/* The plan being built: jobs may be NULL (count only). */
+typedef struct {
+    model *m;
+    kdtype dt;
+    mq_job *jobs;
+    int n, kept;
+    size_t bytes; /* the new tensors' size */
+} mq_plan_ctx;
+
+static void mq_add(mq_plan_ctx *p, kmat *w, kdtype to) {
+    size_t sz = (kdtype_row_bytes(to, w->cols) * (size_t)w->rows + MQ_ALIGN - 1) / MQ_ALIGN * MQ_ALIGN;
+    if (p->jobs) /* dst: an offset, rebased once the buffer exists */
+        p->jobs[p->n] = (mq_job){.w = w, .src = *w, .dt = to, .dst = (uint8_t *)(uintptr_t)p->bytes};
+    p->bytes += sz;
+    p->n++;
+}
+
+/* The dtype a float tensor goes to: dt when its rows are whole blocks, else (q8_0 only, as
+ * llama.cpp's converter falls back) F16, else -1 (kept as stored). */
+static int mq_target(const mq_plan_ctx *p, const kmat *w) {
+    if (kdtype_row_bytes(p->dt, w->cols) > 0) return (int)p->dt;
+    if (p->dt == KDT_Q8_0 && w->dtype != KDT_F16) return KDT_F16;
+    return -1;
+}
+
+/* Lists the tensors to convert (the rule: model_quant.h). */
+static void mq_plan(mq_plan_ctx *p, bool log) {
+    model *m = p->m;
+    const kbackend *kb = m->kb;
+    p->n = p->kept = 0;
+    p->bytes = 0;
     for (int i = 0; i < m->cfg.n_layers; i++) {
         model_layer *l = &m->layers[i];
-        kmat *p[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+        kmat *w[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
         for (int k = 0; k < 7; k++) {
-            if (p[k]->dtype == dt) continue;
-            if (kdtype_is_quant(p[k]->dtype)) { /* already quantized (a GGUF block type): kept as stored */
-                (*kept)++;
+            if (w[k]->dtype == p->dt) continue;
+            if (kdtype_is_quant(w[k]->dtype)) { /* already quantized (a GGUF block type): kept as stored */
+                p->kept++;
                 continue;
             }
-            size_t rb = kdtype_row_bytes(dt, p[k]->cols);
-            if (rb == 0) { /* cols not a multiple of the block: stays as stored */
-                if (!jobs && i == 0)
-                    LOGW("model %s: %s has %lld in-features, not a multiple of %s's block (%lld): it stays %s",
-                         m->name, MQ_NAMES[k], (long long)p[k]->cols, kdtype_name(dt),
-                         (long long)kdtype_block_elems(dt), kdtype_name(p[k]->dtype));
-                (*kept)++;
+            int to = mq_target(p, w[k]);
+            if (log && i == 0 && to != (int)p->dt)
+                LOGW("model %s: %s has %lld in-features, not a multiple of %s's block (%lld): it %s %s", m->name,
+                     MQ_NAMES[k], (long long)w[k]->cols, kdtype_name(p->dt), (long long)kdtype_block_elems(p->dt),
+                     to < 0 ? "stays" : "becomes", kdtype_name(to < 0 ? w[k]->dtype : (kdtype)to));
+            if (to < 0 || to == (int)w[k]->dtype) {
+                p->kept++;
                 continue;
             }
-            if (jobs) jobs[n] = (mq_job){.w = p[k], .src = *p[k]};
-            size_t sz = (rb * (size_t)p[k]->rows + MQ_ALIGN - 1) / MQ_ALIGN * MQ_ALIGN;
-            if (jobs) jobs[n].dst = (uint8_t *)(uintptr_t)*bytes; /* offset, rebased below */
-            *bytes += sz;
-            n++;
+            mq_add(p, w[k], (kdtype)to);
         }
     }
-    return n;
+    if (p->dt != KDT_Q8_0) return;
+    /* q8_0 is llama.cpp's `convert_hf_to_gguf.py --outtype q8_0`: token_embd and output too,
+     * when the backend gathers / multiplies that dtype (capability, asked here). */
+    struct {
+        kmat *w;
+        kop op;
+    } top[2] = {{&m->embed, KOP_GET_ROWS}, {m->cfg.tie_word_embeddings ? NULL : &m->lm_head, KOP_MATMUL}};
+    for (int k = 0; k < 2; k++) {
+        kmat *w = top[k].w;
+        if (!w || !w->data || kdtype_is_quant(w->dtype)) continue;
+        int to = mq_target(p, w);
+        if (to < 0 || to == (int)w->dtype || !kb->ops->supports_op(kb, top[k].op, (kdtype)to)) {
+            if (log && to >= 0 && to != (int)w->dtype)
+                LOGW("model %s: backend %s cannot %s %s weights: %s stays %s", m->name, kb->ops->name,
+                     k ? "multiply" : "gather from", kdtype_name((kdtype)to), k ? "lm_head" : "embed_tokens",
+                     kdtype_name(w->dtype));
+            continue;
+        }
+        mq_add(p, w, (kdtype)to);
+    }
 }
 
 int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, char *err, size_t errlen) {
     *buf = NULL;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    size_t bytes;
-    int kept, n = mq_plan(m, dt, NULL, &bytes, &kept);
+    mq_plan_ctx p = {.m = m, .dt = dt};
+    mq_plan(&p, true);
+    int n = p.n;
     if (n == 0) return 0;
     mq_job *jobs = calloc((size_t)n, sizeof *jobs);
     uint8_t *mem = NULL;
-    if (!jobs || posix_memalign((void **)&mem, MQ_ALIGN, bytes)) {
+    if (!jobs || posix_memalign((void **)&mem, MQ_ALIGN, p.bytes)) {
         free(jobs);
         snprintf(err, errlen, "%s: out of memory converting the weights to %s (%zu bytes)", m->dir, kdtype_name(dt),
-                 bytes);
+                 p.bytes);
         return PEFTD_ENOMEM;
     }
-    mq_plan(m, dt, jobs, &bytes, &kept);
+    p.jobs = jobs;
+    mq_plan(&p, false);
     size_t before = 0;
     for (int i = 0; i < n; i++) {
         jobs[i].dst = mem + (size_t)(uintptr_t)jobs[i].dst;
         before += kdtype_row_bytes(jobs[i].src.dtype, jobs[i].src.cols) * (size_t)jobs[i].src.rows;
     }
-    mq_ctx c = {.jobs = jobs, .n_jobs = n, .dt = dt};
+    mq_ctx c = {.jobs = jobs, .n_jobs = n};
     if (n_threads <= 0) n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n_threads < 1) n_threads = 1;
     if (n_threads > n) n_threads = n;
@@ -168,13 +212,14 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, c
     }
     for (int i = 0; i < n; i++) {
         jobs[i].w->data = jobs[i].dst;
-        jobs[i].w->dtype = dt;
+        jobs[i].w->dtype = jobs[i].dt;
     }
+    if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-    LOGI("model %s: %d projection weights converted to %s in %.1f ms on %d thread(s): %.1f MB -> %.1f MB%s", m->name,
-         n, kdtype_name(dt), ms, n_threads, (double)before / 1e6, (double)bytes / 1e6,
-         kept ? " (some projections kept as stored: block size or already quantized)" : "");
+    LOGI("model %s: %d weights converted to %s in %.1f ms on %d thread(s): %.1f MB -> %.1f MB%s", m->name, n,
+         kdtype_name(dt), ms, n_threads, (double)before / 1e6, (double)p.bytes / 1e6,
+         p.kept ? " (some projections kept as stored: block size or already quantized)" : "");
     free(jobs);
     *buf = mem;
     return 0;

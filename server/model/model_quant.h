@@ -4,13 +4,17 @@
  * The rule (documented in README.md):
  *   - the seven layer projections (q, k, v, o, gate, up, down; Phi-3's fused qkv / gate_up
  *     as their row views) are converted; a projection whose in-features are not a multiple
- *     of the format's block (32 for q8_0, 256 for q4_k) stays in its stored dtype, logged
- *     by name (stories260K's down_proj, 172 columns, is one);
- *   - embed_tokens, lm_head, norms and biases keep their stored dtype (llama.cpp's Q4_K_M
- *     also keeps the output matrix at higher precision; the embedding gather reads one row
- *     per token, so quantizing it saves no decode bandwidth);
+ *     of the format's block (32 for q8_0, 256 for q4_k) is logged by name (stories260K's
+ *     down_proj, 172 columns, is one) and becomes F16 under q8_0 (llama.cpp's converter falls
+ *     back the same way), stays in its stored dtype otherwise;
+ *   - q8_0 is llama.cpp's `convert_hf_to_gguf.py --outtype q8_0`, tensor for tensor: it also
+ *     converts embed_tokens and an untied lm_head (same block rule), when the backend's
+ *     supports_op gathers / multiplies the new dtype, so an HF directory loaded with q8_0 holds
+ *     the bytes of the converter's Q8_0 GGUF of the same weights (test_model_gguf.c);
+ *   - q4_k and bf16 keep embed_tokens and lm_head as stored (llama.cpp's Q4_K_M also keeps the
+ *     output matrix at higher precision); norms and biases always stay as stored;
  *   - adapters (LoRA, DoRA, IA3, ...) keep their own dtype and apply on top: they read the
- *     base only through matmul, except DoRA's norms, which dequantize it.
+ *     base only through matmul / the gather, except DoRA's norms, which dequantize it.
  * Quantization matches kernels/cpu/quant_ref.c (Q8_0 bit-identical to gguf-py's quantize). */
 #ifndef PEFTD_MODEL_QUANT_H
 #define PEFTD_MODEL_QUANT_H
@@ -19,8 +23,8 @@
 
 #include "server/model/model.h"
 
-/* Converts m's float projections (host views, before any upload; projections already in a
- * quantized dtype stay as they are) to dt into one new host buffer
+/* Converts m's float weights under the rule above (host views, before any upload; weights
+ * already in a quantized dtype stay as they are) to dt into one new host buffer
  * (*buf, 64-byte aligned; caller frees it after the model). dt: KDT_Q8_0, KDT_Q4_K or
  * KDT_BF16 (the "weights" options), or KDT_Q4_0, KDT_Q5_K, KDT_Q6_K (not offered as options:
  * tests use them to put every GGUF block type under a model). Logs the time taken and the

@@ -25,9 +25,11 @@ Q8_GGUF = os.path.join(harness.ROOT, "tests", "fixtures", "gguf_models", "storie
 ADAPTERS = os.path.join(harness.ROOT, "tests", "fixtures", "adapters")
 
 
-def cli(model, adapter=None, max_tokens=24, prompt=PROMPT):
+def cli(model, adapter=None, max_tokens=24, prompt=PROMPT, weights=None):
     args = [harness.BIN, "generate", "--model", model, "--prompt", prompt, "--max-tokens", str(max_tokens),
             "--temperature", "0"]
+    if weights:
+        args += ["--weights", weights]
     if adapter:
         args += ["--adapter", adapter]
     r = subprocess.run(args, cwd=harness.ROOT, capture_output=True, timeout=120 * harness.SLOW,
@@ -74,6 +76,21 @@ def generate_from_q8_0_gguf_equals_hf_directory_f32():
             texts.add(gg)
     assert len(texts) > 8, texts  # the adapters change the text
     print("    Q8_0 runs where the format flips an f32 token (common text prefix): %s" % flipped)
+
+
+@test
+def weights_q8_0_of_the_hf_directory_equals_the_q8_0_gguf():
+    """Issue 12 acceptance 4 from the command line: `--weights q8_0` on the HF directory holds the
+    converter's Q8_0 file's tensors byte for byte (test_model_gguf.c), so it prints the same text,
+    base and with adapters of several kinds, and logs the F16 fallback of ffn_down as the
+    converter does."""
+    for name in (None, "lora_r8_all", "lora_dora", "ia3", "prompt_tuning", "prefix_tuning", "houlsby"):
+        adapter = os.path.join(ADAPTERS, name) if name else None
+        for prompt in (PROMPT, "The cat sat on the mat."):
+            hf, log = cli(harness.MODEL_DIR, adapter, 32, prompt, weights="q8_0")
+            gg, _ = cli(Q8_GGUF, adapter, 32, prompt)
+            assert hf == gg and len(hf) > 20, (name, prompt, hf, gg)
+            assert "down_proj has 172 in-features" in log and "becomes f16" in log, log
 
 
 @test

@@ -129,7 +129,10 @@ static void requant(kmat *w, kdtype dt, void **buf) {
                 row[k] = w->dtype == KDT_F16 ? f16_to_f32(h) : bf16_to_f32(h);
             }
         }
-        ASSERT_EQ(dt == KDT_Q6_K ? qref_quantize_q6_k(row, dst + rb * r, w->cols) : PEFTD_EINVAL, 0);
+        ASSERT_EQ(dt == KDT_Q6_K   ? qref_quantize_q6_k(row, dst + rb * r, w->cols)
+                  : dt == KDT_Q8_0 ? qref_quantize_q8_0(row, dst + rb * r, w->cols)
+                                   : PEFTD_EINVAL,
+                  0);
     }
     free(row);
     w->data = dst;
@@ -139,12 +142,26 @@ static void requant(kmat *w, kdtype dt, void **buf) {
 
 /* The stored model with its projections converted to the case's block type(s) by the C
  * quantizers the generator used: "q4_0", "q5_k", "q6_k" through model_quantize_projections;
- * "q4_k_m": v_proj and down_proj Q6_K (requant), then every other projection Q4_K. */
+ * "q4_k_m": v_proj and down_proj Q6_K (requant), then every other projection Q4_K;
+ * "q8_0_proj": the projections that fit the 32-blocks Q8_0 (requant), nothing else. */
 #define MAX_BUFS 64
 static model *load_types(kbackend *kb, const qcase *q, void **bufs, int *n_bufs) {
     model *m = load_q(kb, q->model, "stored");
     char err[512] = "";
     *n_bufs = 0;
+    if (!strcmp(q->weights, "q8_0_proj")) {
+        for (int i = 0; i < m->cfg.n_layers; i++) {
+            model_layer *l = &m->layers[i];
+            kmat *w[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+            for (int k = 0; k < 7; k++)
+                if (w[k]->cols % 32 == 0) {
+                    ASSERT(*n_bufs < MAX_BUFS);
+                    requant(w[k], KDT_Q8_0, &bufs[(*n_bufs)++]);
+                }
+        }
+        ASSERT(!kdtype_is_quant(m->embed.dtype));
+        return m;
+    }
     kdtype dt = !strcmp(q->weights, "q4_0") ? KDT_Q4_0 : !strcmp(q->weights, "q5_k") ? KDT_Q5_K : KDT_Q6_K;
     if (!strcmp(q->weights, "q4_k_m")) {
         ASSERT(2 * m->cfg.n_layers + 1 <= MAX_BUFS);
@@ -175,7 +192,7 @@ static void check_case_in(const char *file, const char *name) {
     ASSERT(kb);
     void *bufs[MAX_BUFS];
     int n_bufs = 0;
-    bool types = !strcmp(file, REF_TYPES);
+    bool types = !strcmp(file, REF_TYPES) || !strcmp(q.weights, "q8_0_proj");
     model *m = types ? load_types(kb, &q, bufs, &n_bufs) : load_q(kb, q.model, q.weights);
     ASSERT_EQ(m->cfg.vocab_size, q.vocab);
     adapter *ad = NULL;
@@ -217,6 +234,16 @@ static void check_case(const char *name) { check_case_in(REF, name); }
 TEST(stories260k_q8_0) { check_case("s260k_q8_0"); }
 TEST(stories260k_q8_0_lora) { check_case("s260k_q8_0_lora"); }
 TEST(stories260k_q8_0_dora) { check_case("s260k_q8_0_dora"); } /* norms of the dequantized base */
+/* Only the projections Q8_0 (embedding and lm_head f32): here the reference's two variants keep
+ * the same 32 greedy tokens, and peftd must give them (the f32 tokens of the Q8_0 weights). */
+TEST(stories260k_q8_0_proj) {
+    qcase q;
+    case_load("s260k_q8_0_proj", &q);
+    ASSERT(!memcmp(q.greedy_f32, q.greedy_actq, sizeof q.greedy_f32));
+    free(q.lf);
+    free(q.lq);
+    check_case("s260k_q8_0_proj");
+}
 TEST(k256_q8_0) { check_case("k256_q8_0"); }
 TEST(k256_q4_k) { check_case("k256_q4_k"); }
 TEST(k256_q4_0) { check_case_in(REF_TYPES, "k256_q4_0"); }
@@ -224,8 +251,10 @@ TEST(k256_q5_k) { check_case_in(REF_TYPES, "k256_q5_k"); }
 TEST(k256_q6_k) { check_case_in(REF_TYPES, "k256_q6_k"); }
 TEST(k256_q4_k_m) { check_case_in(REF_TYPES, "k256_q4_k_m"); }
 
-/* The rule of model_quant.h: projections whose in-features fit the block are converted, the
- * rest (stories260K's down_proj: 172) and embeddings / lm_head / norms stay as stored. */
+/* The rule of model_quant.h: projections whose in-features fit the block are converted; under
+ * q8_0 the rest (stories260K's down_proj: 172) become F16 and the embedding (tied lm_head)
+ * Q8_0, as llama.cpp's converter does; q4_k keeps the misfits, embeddings and lm_head as
+ * stored; norms stay. */
 TEST(at_load_rule) {
     kbackend *kb = kbackend_cpu_create(1);
     ASSERT(kb);
@@ -238,16 +267,23 @@ TEST(at_load_rule) {
         ASSERT_EQ(l->wo.dtype, KDT_Q8_0);
         ASSERT_EQ(l->w_gate.dtype, KDT_Q8_0);
         ASSERT_EQ(l->w_up.dtype, KDT_Q8_0);
-        ASSERT_EQ(l->w_down.dtype, KDT_F32);
+        ASSERT_EQ(l->w_down.dtype, KDT_F16);
         ASSERT_EQ(m->host_layers[i].wq.dtype, KDT_Q8_0);
+        ASSERT_EQ(l->attn_norm.dtype, KDT_F32);
     }
-    ASSERT_EQ(m->embed.dtype, KDT_F32);
+    ASSERT_EQ(m->embed.dtype, KDT_Q8_0);
+    ASSERT(m->lm_head.data == m->embed.data && m->lm_head.dtype == KDT_Q8_0); /* tied: one tensor */
     ASSERT_EQ(m->final_norm.dtype, KDT_F32);
     model_free(m);
     m = load_q(kb, "tests/fixtures/models/tiny-k256-bf16", "q4_k");
     ASSERT_EQ(m->layers[0].wq.dtype, KDT_Q4_K);
     ASSERT_EQ(m->layers[0].w_down.dtype, KDT_Q4_K);
     ASSERT_EQ(m->embed.dtype, KDT_BF16);
+    model_free(m);
+    m = load_q(kb, "models/stories260K", "q4_k"); /* 64 in-features: nothing fits 256-blocks */
+    ASSERT_EQ(m->layers[0].wq.dtype, KDT_F32);
+    ASSERT_EQ(m->layers[0].w_down.dtype, KDT_F32);
+    ASSERT_EQ(m->embed.dtype, KDT_F32);
     model_free(m);
     m = load_q(kb, "tests/fixtures/models/tiny-k256-bf16", "stored");
     ASSERT_EQ(m->layers[0].wq.dtype, KDT_BF16);
@@ -332,5 +368,6 @@ TEST(mixed_batch_bit_identical) {
 }
 
 TEST_MAIN(at_load_rule, refused_without_capability, stories260k_q8_0, stories260k_q8_0_lora, stories260k_q8_0_dora,
+          stories260k_q8_0_proj,
           k256_q8_0, k256_q4_k, k256_q4_0, k256_q5_k, k256_q6_k, k256_q4_k_m,
           mixed_batch_bit_identical)
