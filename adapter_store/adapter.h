@@ -116,6 +116,11 @@ typedef struct adapter {
 
     /* LORA: [n_layers * AMOD_COUNT], index layer * AMOD_COUNT + module */
     adapter_lora *lora;
+    /* PEFT LoRA config facts a composition needs (adapter_mix.h): use_rslora, and the rank
+     * PEFT's add_weighted_adapter counts for it (r, or the largest of r and rank_pattern's
+     * values); false / 0 for adapters that are not PEFT LoRA. */
+    bool rslora;
+    int config_r;
 
     /* IA3: [n_layers * AMOD_COUNT] vectors or NULL. ia3_input[m] tells which side:
      * output-side vectors are [out] and scale the projection's output (k, v, ...);

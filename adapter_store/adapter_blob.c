@@ -252,6 +252,8 @@ static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
         return PEFTD_ENOMEM;
     for (int i = 0; i < a->n_ranks && i < 8; i++)
         if (!add_item(ranks, cJSON_CreateNumber(a->ranks[i]))) return PEFTD_ENOMEM;
+    if ((a->rslora && !add_bool(meta, "rslora", true)) || (a->config_r && !add_num(meta, "config_r", a->config_r)))
+        return PEFTD_ENOMEM;
     for (int i = 0; i < 6; i++)
         if (!add_num(base, DIM_KEYS[i], dim_at(d, i))) return PEFTD_ENOMEM;
 

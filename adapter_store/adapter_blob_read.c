@@ -490,6 +490,12 @@ static int parse_meta(rctx *c, const cJSON *meta) {
         return rfail(c, PEFTD_EINVAL, "%d virtual tokens leave no room for a prompt in base %s's context of %d",
                      a->n_virtual, c->base->name, c->base->context_length);
 
+    /* composition facts of a PEFT LoRA (adapter_mix.h); absent in blobs written before */
+    if (cJSON_HasObjectItem(meta, "rslora") && (rc = jbool(c, meta, "rslora", &a->rslora))) return rc;
+    if (cJSON_HasObjectItem(meta, "config_r")) {
+        if ((rc = jint(c, meta, "config_r", 0, 1 << 20, &v))) return rc;
+        a->config_r = (int)v;
+    }
     switch (a->kind) {
     case ADAPTER_LORA: rc = read_lora(c, meta); break;
     case ADAPTER_IA3: rc = read_ia3(c, meta); break;

@@ -281,6 +281,10 @@ int adapter__load_lora(adapter__ctx *c) {
             if ((rc = adapter__stage_own(c, f, (size_t)L->b.rows, &L->dora))) goto fail;
         }
     }
+    a->rslora = rslora;
+    a->config_r = r;
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(cfg, "rank_pattern"), *it;
+    cJSON_ArrayForEach(it, rp) if (cJSON_IsNumber(it) && it->valuedouble > a->config_r) a->config_r = (int)it->valuedouble;
     if ((rc = adapter__load_lora_biases(c, bias, lora_bias))) goto fail;
     if ((rc = adapter__load_modules_to_save(c))) goto fail;
     rc = adapter__load_lora_top(c, extra, r, alpha, rslora, dora);

@@ -10,15 +10,19 @@
 #include <stdint.h>
 
 #include "adapter_store/adapter.h"
+#include "adapter_store/adapter_mix.h"
 #include "kernels/kernels.h"
 #include "server/model/model.h"
 
 /* Rows [row_start, row_end) of a step use one adapter (or none) at one strength. The
- * engine orders sequences so that each (adapter, scale) pair owns one contiguous segment. */
+ * engine orders sequences so that each (adapter, scale) pair owns one contiguous segment.
+ * A composition of LoRA adapters (adapter_mix.h, checked by adapter_mix_check) comes as mix
+ * with ad NULL: its rows take part in one SGMV pass per (A, B) pair, whose deltas add. */
 typedef struct {
-    const adapter *ad;          /* NULL = the bare base model */
+    const adapter *ad;          /* NULL = the bare base model (or mix) */
     float scale;                /* multiplies LoRA-family deltas (per-request adapter_scale) */
     int row_start, row_end;
+    const adapter_mix *mix;     /* NULL, or the composition these rows use (ad NULL) */
 } llama_segment;
 
 /* One step: T token rows from S sequences (rows of a sequence contiguous), host arrays. */

@@ -145,7 +145,10 @@ static int dora_at_scale(llama_ctx *c, const adapter *ad, float t, const float *
 /* Bump allocation in the staging block; returns the host address, *dev the device one. */
 static void *stage(llama_ctx *c, size_t bytes, void **dev) {
     size_t off = (c->plan_used + 15) & ~(size_t)15;
-    if (off + bytes > c->plan_cap) return NULL;
+    if (off + bytes > c->plan_cap) {
+        c->plan_overflow = true; /* llama__plan_build grows the block and builds again */
+        return NULL;
+    }
     c->plan_used = off + bytes;
     *dev = c->plan_dev + off;
     return c->plan_host + off;
@@ -165,13 +168,14 @@ typedef struct {
     kdtype dtype;
 } seg_pair;
 
-static int build_sgmv(llama_ctx *c, const seg_pair *pairs, int n_segs, bool with_bias, int *n_sg, ksgmv *sg,
+/* Appends to sg[*n_sg ...] (cap entries in all). */
+static int build_sgmv(llama_ctx *c, const seg_pair *pairs, int n_segs, bool with_bias, int *n_sg, ksgmv *sg, int cap,
                       int *ld_t) {
-    *n_sg = 0;
     for (int dt = KDT_F32; dt <= KDT_BF16; dt++) {
         bool any = false;
         for (int i = 0; i < n_segs; i++) any |= pairs[i].rank > 0 && pairs[i].dtype == (kdtype)dt;
         if (!any) continue;
+        if (*n_sg >= cap) return PEFTD_EINVAL;
         ksgmv *s = &sg[(*n_sg)++];
         memset(s, 0, sizeof *s);
         const void **a, **b;
@@ -230,12 +234,43 @@ static int build_vec(llama_ctx *c, const float *const *vecs, int n_segs, const f
     return 0;
 }
 
+/* The (A, B) pair of layer k (k >= 1: compositions only) of segment i at (l, m), or rank 0. */
+static seg_pair mix_pair(const llama_segment *sg, int l, adapter_module m, int k) {
+    adapter_mix_pair mp[ADAPTER_MAX_MIX * ADAPTER_MAX_MIX];
+    int n = adapter_mix_pairs(sg->mix, l, m, sg->scale, mp);
+    if (k >= n) return (seg_pair){0};
+    const adapter_lora *la = &sg->mix->ad[mp[k].ia]->lora[l * AMOD_COUNT + m];
+    const adapter_lora *lb = &sg->mix->ad[mp[k].ib]->lora[l * AMOD_COUNT + m];
+    return (seg_pair){.a = la->a.data, .b = lb->b.data, .rank = la->rank, .scale = mp[k].scale, .dtype = la->a.dtype};
+}
+
+static int plan_build_once(llama_ctx *c, const llama_batch *b);
+
 int llama__plan_build(llama_ctx *c, const llama_batch *b) {
+    for (;;) {
+        c->plan_overflow = false;
+        int rc = plan_build_once(c, b);
+        if (rc != PEFTD_ENOMEM || !c->plan_overflow) return rc;
+        /* compositions need more tables than plan_init's estimate: a bigger block, again */
+        size_t cap = c->plan_cap * 2;
+        unsigned char *h = malloc(cap), *d = c->kb->ops->alloc(c->kb, cap);
+        if (!h || !d) {
+            free(h);
+            if (d) c->kb->ops->free(c->kb, d);
+            return PEFTD_ENOMEM;
+        }
+        free(c->plan_host);
+        c->kb->ops->free(c->kb, c->plan_dev);
+        c->plan_host = h, c->plan_dev = d, c->plan_cap = cap;
+    }
+}
+
+static int plan_build_once(llama_ctx *c, const llama_batch *b) {
     llama_plan *p = c->plan;
     const model_config *cfg = &c->m->cfg;
     int L = cfg->n_layers, n = b->n_segs;
     bool any = false;
-    for (int i = 0; i < n; i++) any |= b->segs[i].ad != NULL;
+    for (int i = 0; i < n; i++) any |= b->segs[i].ad != NULL || b->segs[i].mix != NULL;
     if (n > c->p.max_seqs) return PEFTD_EINVAL;
     p->n_segs = 0;
     if (!any) return 0; /* base only: the layer loop runs plain matmuls */
@@ -272,8 +307,10 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
             bool with_bias = false; /* some segment's LoRA has a lora_B bias */
             llama_plan_mod *pm = &p->mod[l * AMOD_COUNT + m];
             const kmat **seg_bias = pm->bias;
-            memset(pm, 0, sizeof *pm);
-            pm->bias = seg_bias;
+            /* every field but the sg[] tables (n_sg says how many are valid) */
+            pm->n_sg = pm->ld_t = 0;
+            pm->dora = pm->ia3_out = pm->ia3_in = NULL;
+            pm->any_bias = false;
             for (int i = 0; i < n; i++) {
                 const adapter *ad = b->segs[i].ad;
                 memset(&pairs[i], 0, sizeof pairs[i]);
@@ -299,7 +336,20 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
                     else ia3o[i] = v;
                 }
             }
-            CHECK(build_sgmv(c, pairs, n, with_bias, &pm->n_sg, pm->sg, &pm->ld_t));
+            for (int i = 0; i < n; i++)
+                if (b->segs[i].mix) pairs[i] = mix_pair(&b->segs[i], l, (adapter_module)m, 0);
+            CHECK(build_sgmv(c, pairs, n, with_bias, &pm->n_sg, pm->sg, LLAMA_MAX_SG, &pm->ld_t));
+            /* compositions: their further pairs, one SGMV layer each, in the pairs' fixed order
+             * (a composed row gets its deltas added in the same order in any batch) */
+            for (int k = 1;; k++) {
+                bool more = false;
+                for (int i = 0; i < n; i++) {
+                    pairs[i] = b->segs[i].mix ? mix_pair(&b->segs[i], l, (adapter_module)m, k) : (seg_pair){0};
+                    more |= pairs[i].rank > 0;
+                }
+                if (!more) break;
+                CHECK(build_sgmv(c, pairs, n, false, &pm->n_sg, pm->sg, LLAMA_MAX_SG, &pm->ld_t));
+            }
             CHECK(build_vec(c, dora, n, &pm->dora));
             CHECK(build_vec(c, ia3o, n, &pm->ia3_out));
             CHECK(build_vec(c, ia3i, n, &pm->ia3_in));
@@ -326,7 +376,7 @@ int llama__plan_build(llama_ctx *c, const llama_batch *b) {
                                       .scale = bn[l].scaling, .bias_a = bn[l].down_bias, .bias_b = bn[l].up_bias,
                                       .act = bn[l].act, .dtype = bn[l].down.dtype};
             }
-            CHECK(build_sgmv(c, pairs, n, true, &pb->n_sg, pb->sg, &pb->ld_t));
+            CHECK(build_sgmv(c, pairs, n, true, &pb->n_sg, pb->sg, 3, &pb->ld_t));
             if (pb->ld_t > p->max_rank) p->max_rank = pb->ld_t;
         }
     }

@@ -11,14 +11,19 @@
         if (st_ < 0) return st_;                                                              \
     } while (0)
 
+/* SGMV calls one (layer, module) may need in a step: 3 weight dtypes x the most (A, B) pairs
+ * of a composition ("linear": ADAPTER_MAX_MIX²). */
+#define LLAMA_MAX_SG (3 * ADAPTER_MAX_MIX * ADAPTER_MAX_MIX)
+
 /* Where a bottleneck adapter sits: after self-attention or after the MLP. */
 enum { LLAMA_PLACE_ATTN = 0, LLAMA_PLACE_FFN = 1 };
 
 /* The adapters' work for one (layer, module) in this step. Pointer arrays live in the
  * backend's memory (uploaded once per step as one block). */
 typedef struct {
-    int n_sg;                    /* SGMV calls: one per weight dtype present (usually 1) */
-    ksgmv sg[3];
+    int n_sg;                    /* SGMV calls: one per weight dtype present (usually 1), per
+                                  * pair layer of the compositions in the step (adapter_mix.h) */
+    ksgmv sg[LLAMA_MAX_SG];
     int ld_t;                    /* largest rank among the segments */
     const float *const *dora;    /* [n_segs] DoRA output factors, or NULL when no segment has one */
     const float *const *ia3_out; /* [n_segs] IA3 output-side vectors, or NULL */
@@ -112,6 +117,7 @@ struct llama_ctx {
     llama_plan *plan;
     unsigned char *plan_host, *plan_dev; /* staging for the plan's pointer/scalar arrays */
     size_t plan_cap, plan_used;
+    bool plan_overflow;          /* a stage() did not fit: llama__plan_build grows the block */
     float *ws;                   /* SGMV workspace [T, ws_cols] */
     int ws_cols;
     /* DoRA factors at request scales != 1: at most dora_cap entries (LRU) */

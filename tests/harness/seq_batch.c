@@ -38,13 +38,15 @@ typedef struct {
     int T, S, NL;
 } step;
 
-static void step_add(step *s, const layout *L, const adapter *ad, const int32_t *ids, int j0, int j1,
+static void step_add(step *s, const layout *L, const seq_spec *sp, const int32_t *ids, int j0, int j1,
                      bool all_logits) {
+    const adapter *ad = sp->ad;
     const int bs = SEQ_BATCH_BLOCK;
     if (s->S >= SEQ_BATCH_MAX_SEQS || s->T + (j1 - j0) > MAX_ROWS) FAIL("seq_batch: step too large");
     if (L->kv_off + j1 > SEQ_BATCH_SEQ_BLOCKS * bs) FAIL("seq_batch: sequence too long");
     s->qstart[s->S] = s->T;
-    s->segs[s->S] = (llama_segment){.ad = ad, .scale = 1.0f, .row_start = s->T, .row_end = s->T + j1 - j0};
+    s->segs[s->S] =
+        (llama_segment){.ad = ad, .scale = 1.0f, .row_start = s->T, .row_end = s->T + j1 - j0, .mix = sp->mix};
     memcpy(s->btab + s->S * SEQ_BATCH_SEQ_BLOCKS, L->btab, sizeof L->btab);
     for (int j = j0; j < j1; j++, s->T++) {
         int kv = L->kv_off + j;
@@ -85,7 +87,7 @@ void seq_batch_prefill(llama_ctx *c, const model *m, const seq_spec *spec, int n
     int V = m->cfg.vocab_size, n_rows = 0;
     for (int i = 0; i < n_seqs; i++) {
         layout_init(c, spec[i].ad, i, &L);
-        step_add(&s, &L, spec[i].ad, spec[i].ids, 0, L.nv_prompt + spec[i].n, true);
+        step_add(&s, &L, &spec[i], spec[i].ids, 0, L.nv_prompt + spec[i].n, true);
         n_rows += spec[i].n;
     }
     float *all = malloc(sizeof(float) * (size_t)n_rows * V);
@@ -105,7 +107,7 @@ void seq_prefill_decode(llama_ctx *c, const model *m, const seq_spec *spec, int 
     for (int j0 = 0, k = 0; k < spec->n;) {
         int j1 = k == 0 ? L.nv_prompt + n_pre : j0 + 1;
         memset(&s, 0, sizeof s);
-        step_add(&s, &L, spec->ad, spec->ids, j0, j1, true);
+        step_add(&s, &L, spec, spec->ids, j0, j1, true);
         step_run(c, &s, out + (size_t)k * V);
         k += s.NL;
         j0 = j1;
@@ -131,7 +133,7 @@ void seq_greedy(llama_ctx *c, const model *m, const seq_spec *spec, int n_new, i
     for (int k = 0; k < n_new; k++) {
         memset(&s, 0, sizeof s);
         int j0 = k == 0 ? 0 : L.nv_prompt + n + k - 1, j1 = L.nv_prompt + n + k;
-        step_add(&s, &L, spec->ad, ids, j0, j1, false);
+        step_add(&s, &L, spec, ids, j0, j1, false);
         step_run(c, &s, lg);
         out[k] = ids[n + k] = argmax(lg, V);
     }

@@ -24,6 +24,7 @@ typedef struct {
     const int32_t *ids; /* the real prompt tokens */
     int n;
     const adapter *ad;  /* NULL = base */
+    const adapter_mix *mix; /* a composition of LoRAs instead (ad NULL), or NULL */
 } seq_spec;
 
 /* A context sized for SEQ_BATCH_MAX_SEQS sequences of SEQ_BATCH_SEQ_BLOCKS blocks. @note

@@ -37,7 +37,7 @@ TEST(split_step_equals_unsplit_step_and_is_capturable) {
             if (model_load_adapter(m, dir, &ad[i], err, sizeof err)) FAIL("%s: %s", ADS[i], err);
         }
         for (int k = 0; k < LEN[i]; k++) ids[i][k] = (int32_t)((i * 37 + k * 11 + 1) % V);
-        spec[i] = (seq_spec){ids[i], LEN[i], ad[i]};
+        spec[i] = (seq_spec){.ids = ids[i], .n = LEN[i], .ad = ad[i]};
         ref[i] = malloc(sizeof(float) * LEN[i] * V);
         got[i] = malloc(sizeof(float) * LEN[i] * V);
         junk[i] = malloc(sizeof(float) * LEN[i] * V);
