@@ -198,6 +198,8 @@ static enum MHD_Result job_respond(http_req *req, struct MHD_Connection *conn, a
             (!strcmp(ch->error, ENGINE_ERR_NOT_CLASSIFIER) || !strcmp(ch->error, ENGINE_ERR_CLASSIFIER_ONLY)))
             return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value", "'%s': %s", job->req.model_id,
                               ch->error);
+        if (ch->finish == FINISH_ERROR && !strncmp(ch->error, ENGINE_ERR_MIX, strlen(ENGINE_ERR_MIX)))
+            return http_error(req, conn, MHD_HTTP_BAD_REQUEST, "invalid_value", "'adapters': %s", ch->error);
         if (ch->finish == FINISH_ERROR || ch->error[0])
             return http_error(req, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "engine_error",
                               "generation failed: %s", ch->error[0] ? ch->error : "engine error");

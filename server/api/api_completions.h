@@ -47,6 +47,8 @@ typedef struct {
     bool chat;              /* POST /v1/chat/completions (api_chat.c): chat response shapes */
     bool chat_logprobs;     /* chat: logprobs=true (gen.logprobs holds top_logprobs) */
     adapter_handle *adapter; /* the adapter chosen by `model` / `adapter`, one reference held */
+    adapter_handle *mix[ADAPTER_MAX_MIX]; /* `adapters` (a composition, gen.n_mix of them), one
+                                           * reference held on each */
     adapter_registry *reg;  /* where that reference goes back */
     struct tenants *tenants; /* set when gen.tenant's quota admitted it: released by api_request_free */
     tenants_ticket ticket;  /* what that admission holds (sequences, reserved tokens) */

@@ -182,9 +182,92 @@ static int api_parse_stop(const cJSON *root, api_request *r, api_err *err) {
     return 0;
 }
 
+/* The adapter called name, for who: *out holds one registry reference, or an error. */
+static int api_lookup_adapter(const api_server *s, const tenants_principal *who, const char *name,
+                              adapter_handle **out, api_err *err) {
+    *out = NULL;
+    /* A tenant's name resolves to its own adapter first, then to the public one; another
+     * tenant's is never looked at, so it answers exactly like a missing one. */
+    const char *owner = who ? who->tenant : "";
+    char own[ASTORE_KEY_MAX + 1] = "", pub[ASTORE_KEY_MAX + 1] = "", why[400];
+    bool own_failed = false;
+    /* registry keys (store.h): a name that is not one (no valid name) finds nothing */
+    bool valid = registry_name_valid(name) && astore_key("", name, pub) == 0;
+    if (valid && owner[0] && astore_key(owner, name, own) == 0) {
+        *out = registry_acquire(s->reg, own);
+        own_failed = !*out && registry_failure(s->reg, own, why, sizeof why) < 0;
+    }
+    if (!*out && !own_failed && valid) *out = registry_acquire(s->reg, pub);
+    if (!*out && (own_failed || (valid && registry_failure(s->reg, pub, why, sizeof why) < 0))) {
+        api_fail(err, "adapter_load_failed", "The adapter '%s' could not be loaded: %s", name, why);
+        err->status = 422; /* Unprocessable Content: the adapter exists but cannot be served */
+        return PEFTD_EINVAL;
+    }
+    if (!*out) {
+        api_fail(err, "model_not_found", "The model or adapter '%.*s' does not exist (serving '%s')",
+                 (int)http_utf8_prefix(name, 200), name, s->m->name);
+        err->status = MHD_HTTP_NOT_FOUND;
+        return PEFTD_ENOTFOUND;
+    }
+    return 0;
+}
+
+/* `adapters`: [{"name", "weight"?}, ...] composed per request (adapter_mix.h), `combination`
+ * "linear" (default, PEFT's) or "cat"; with `model` the base (or absent) and no `adapter`. */
+static int api_parse_mix(const api_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
+                         api_err *err) {
+    const cJSON *list = api_field(root, "adapters"), *how = api_field(root, "combination"), *it;
+    if (!list) {
+        if (how) return api_fail(err, "invalid_value", "'combination' applies to 'adapters' (a composition)");
+        return 0;
+    }
+    int n = cJSON_GetArraySize(list);
+    if (!cJSON_IsArray(list) || n < 1 || n > ADAPTER_MAX_MIX)
+        return api_fail(err, "invalid_type", "'adapters' must be an array of 1 to %d {\"name\", \"weight\"} objects",
+                        ADAPTER_MAX_MIX);
+    const cJSON *m = api_field(root, "model"), *a = api_field(root, "adapter");
+    if ((a && !cJSON_IsNull(a)) || (m && cJSON_IsString(m) && !api_is_base(s, m->valuestring)))
+        return api_fail(err, "invalid_value",
+                        "'adapters' composes adapters on the base model: 'model' must name the base ('%s') or be "
+                        "omitted, and 'adapter' must be absent",
+                        s->m->name);
+    adapter_mix_kind k = ADAPTER_MIX_LINEAR;
+    if (how && (!cJSON_IsString(how) || adapter_mix_kind_parse(how->valuestring, &k) < 0))
+        return api_fail(err, "invalid_value", "'combination' must be \"linear\" (PEFT's, the default) or \"cat\" "
+                        "(the weighted sum of the adapters' deltas)");
+    r->gen.mix_how = (int)k;
+    int i = 0;
+    cJSON_ArrayForEach(it, list) {
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name"),
+                    *w = cJSON_GetObjectItemCaseSensitive(it, "weight"), *f;
+        if (!cJSON_IsObject(it) || !cJSON_IsString(nm) || !nm->valuestring[0])
+            return api_fail(err, "invalid_type", "'adapters[%d]' must be an object with a string 'name'", i);
+        cJSON_ArrayForEach(f, it) if (strcmp(f->string, "name") && strcmp(f->string, "weight"))
+            return api_fail(err, "invalid_value", "'adapters[%d]': unknown field '%.64s' (name, weight)", i, f->string);
+        double wv = 1.0;
+        if (w) {
+            if (!cJSON_IsNumber(w) || !(fabs(w->valuedouble) <= ADAPTER_MIX_MAX_WEIGHT))
+                return api_fail(err, "invalid_value", "'adapters[%d].weight' must be a number in [-%g, %g]", i,
+                                ADAPTER_MIX_MAX_WEIGHT, ADAPTER_MIX_MAX_WEIGHT);
+            wv = w->valuedouble;
+        }
+        int rc = api_lookup_adapter(s, who, nm->valuestring, &r->mix[i], err);
+        if (rc) return rc;
+        r->gen.n_mix = i + 1; /* released by api_request_free from here on */
+        if (r->mix[i]->meta.kind != ADAPTER_LORA)
+            return api_fail(err, "invalid_value", "'adapters[%d]': '%s' is %s; only LoRA adapters compose", i,
+                            nm->valuestring, adapter_kind_name(r->mix[i]->meta.kind));
+        r->gen.mix_handle[i] = r->mix[i];
+        r->gen.mix_weight[i] = (float)wv;
+        i++;
+    }
+    return 0;
+}
+
 /* `model` names the base model or an adapter (as vLLM and LoRAX do); the extension field
- * `adapter` names an adapter explicitly and wins. A missing model means the base model
- * (llama.cpp does the same). Takes one registry reference on the chosen adapter. */
+ * `adapter` names an adapter explicitly and wins; `adapters` composes several (api_parse_mix).
+ * A missing model means the base model (llama.cpp does the same). Takes one registry
+ * reference on each chosen adapter. */
 int api_parse_model(const api_server *s, const tenants_principal *who, const cJSON *root, api_request *r,
                     api_err *err) {
     const cJSON *m = api_field(root, "model"), *a = api_field(root, "adapter");
@@ -197,30 +280,17 @@ int api_parse_model(const api_server *s, const tenants_principal *who, const cJS
     /* the base echoes the name it was asked by (an alias: --served-model-name) */
     snprintf(r->model_id, sizeof r->model_id, "%s", m && !name ? m->valuestring : s->m->name);
     r->reg = s->reg;
+    if (api_field(root, "adapters") || api_field(root, "combination")) {
+        int rc = api_parse_mix(s, who, root, r, err);
+        if (rc || !r->gen.n_mix) return rc;
+        const cJSON *sc = api_field(root, "adapter_scale");
+        return sc ? api_get_float(root, "adapter_scale", 0, ADAPTER_MAX_REQUEST_SCALE, false, &r->gen.adapter_scale,
+                                  err)
+                  : 0;
+    }
     if (!name) return 0;
-    /* A tenant's name resolves to its own adapter first, then to the public one; another
-     * tenant's is never looked at, so it answers exactly like a missing one. */
-    const char *owner = who ? who->tenant : "";
-    char own[ASTORE_KEY_MAX + 1] = "", pub[ASTORE_KEY_MAX + 1] = "", why[400];
-    bool own_failed = false;
-    /* registry keys (store.h): a name that is not one (no valid name) finds nothing */
-    bool valid = registry_name_valid(name) && astore_key("", name, pub) == 0;
-    if (valid && owner[0] && astore_key(owner, name, own) == 0) {
-        r->adapter = registry_acquire(s->reg, own);
-        own_failed = !r->adapter && registry_failure(s->reg, own, why, sizeof why) < 0;
-    }
-    if (!r->adapter && !own_failed && valid) r->adapter = registry_acquire(s->reg, pub);
-    if (!r->adapter && (own_failed || (valid && registry_failure(s->reg, pub, why, sizeof why) < 0))) {
-        api_fail(err, "adapter_load_failed", "The adapter '%s' could not be loaded: %s", name, why);
-        err->status = 422; /* Unprocessable Content: the adapter exists but cannot be served */
-        return PEFTD_EINVAL;
-    }
-    if (!r->adapter) {
-        api_fail(err, "model_not_found", "The model or adapter '%.*s' does not exist (serving '%s')",
-                 (int)http_utf8_prefix(name, 200), name, s->m->name);
-        err->status = MHD_HTTP_NOT_FOUND;
-        return PEFTD_ENOTFOUND;
-    }
+    int rc = api_lookup_adapter(s, who, name, &r->adapter, err);
+    if (rc) return rc;
     snprintf(r->model_id, sizeof r->model_id, "%s", name);
     r->gen.handle = r->adapter;
     const cJSON *sc = api_field(root, "adapter_scale");
@@ -536,6 +606,12 @@ void api_request_free(api_request *r) {
     r->gen.n_stop = 0;
     if (r->adapter) registry_release(r->reg, r->adapter);
     r->adapter = NULL;
+    for (int i = 0; i < ADAPTER_MAX_MIX; i++) {
+        if (r->mix[i]) registry_release(r->reg, r->mix[i]);
+        r->mix[i] = NULL;
+        r->gen.mix_handle[i] = NULL;
+    }
+    r->gen.n_mix = 0;
     r->gen.handle = NULL;
     if (r->tenants) tenants_release(r->tenants, &r->ticket);
     r->tenants = NULL;

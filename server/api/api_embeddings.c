@@ -25,7 +25,7 @@
 #include "lib/status.h"
 #include "server/api/api_completions.h"
 
-static const char *const embed_keys[] = {"model", "adapter", "adapter_scale", "user", "input",
+static const char *const embed_keys[] = {"model", "adapter", "adapter_scale", "adapters", "combination", "user", "input",
                                          "encoding_format", "pooling", "normalize", NULL};
 
 static int parse_options(const cJSON *root, api_request *r, api_err *err) {

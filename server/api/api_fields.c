@@ -14,7 +14,7 @@
 
 /* Read by both routes (api_parse_common). */
 static const char *const both_fields[] = {
-    "model", "adapter", "adapter_scale", "temperature", "top_p", "top_k", "seed", "logprobs", "n",
+    "model", "adapter", "adapter_scale", "adapters", "combination", "temperature", "top_p", "top_k", "seed", "logprobs", "n",
     "max_tokens", "stream", "stream_options", "user", "ignore_eos", "stop", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "logit_bias", "min_tokens", "response_format", NULL,
 };

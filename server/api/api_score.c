@@ -25,7 +25,8 @@
 #include "lib/status.h"
 #include "server/api/api_completions.h"
 
-static const char *const score_keys[] = {"model", "adapter", "adapter_scale", "user", "prompt", "candidates", NULL};
+static const char *const score_keys[] = {"model", "adapter", "adapter_scale", "adapters", "combination", "user",
+                                           "prompt", "candidates", NULL};
 
 /* Candidate ids (no special tokens for text) appended after the prompt into dst. */
 static int add_candidate(const api_server *s, const api_prompt *pr, const cJSON *c, api_prompt *dst, api_err *err) {

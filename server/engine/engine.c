@@ -316,6 +316,14 @@ int engine_submit(engine *e, engine_request *r) {
     const adapter *ad = r->params.adapter;
     if (ad && ad->n_layers != e->m->cfg.n_layers) return PEFTD_EINVAL;
     if (r->params.handle && !e->tiers) return PEFTD_EINVAL;
+    const gen_params *gp = &r->params;
+    if (gp->n_mix < 0 || gp->n_mix > ADAPTER_MAX_MIX || (gp->n_mix && (gp->handle || ad)) ||
+        (gp->n_mix && gp->mix_how != ADAPTER_MIX_LINEAR && gp->mix_how != ADAPTER_MIX_CAT))
+        return PEFTD_EINVAL;
+    for (int i = 0; i < gp->n_mix; i++)
+        if (!gp->mix_handle[i] == !gp->mix_adapter[i] || (gp->mix_handle[i] && !e->tiers) ||
+            (gp->mix_adapter[i] && gp->mix_adapter[i]->n_layers != e->m->cfg.n_layers))
+            return PEFTD_EINVAL;
     /* virtual tokens (prompt/prefix tuning) take positions of the context too */
     int nv = r->params.handle ? r->params.handle->meta.n_virtual : engine__n_virtual_of(ad);
     int n_new;

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "adapter_store/adapter_mix.h"
 #include "kernels/kernels.h"
 #include "server/model/model.h"
 #include "server/text/tokenizer.h"
@@ -80,6 +81,9 @@ enum { ENGINE_POOL_NONE = 0, ENGINE_POOL_LAST = 1, ENGINE_POOL_MEAN = 2,
 /* what completions / scores under a SEQ_CLS adapter finish with (FINISH_ERROR); embeddings
  * (pool LAST / MEAN) of such an adapter are served */
 #define ENGINE_ERR_CLASSIFIER_ONLY "the adapter is a sequence classifier (PEFT task_type SEQ_CLS): it serves /v1/classify and /v1/embeddings, not text or token scores"
+/* The start of the error of a request whose composition the adapters cannot form
+ * (adapter_mix_check: DoRA, biases, "linear" across ranks, ...): a client error, not an engine one. */
+#define ENGINE_ERR_MIX "the adapters cannot be composed: "
 #define ENGINE_ERR_NOT_CLASSIFIER "the adapter has no sequence-classification head (PEFT task_type SEQ_CLS)"
 
 typedef struct {
@@ -132,6 +136,17 @@ typedef struct {
     const struct adapter_handle *handle;
     const struct adapter *adapter;
     float adapter_scale;       /* strength of LoRA-family adapters (default 1.0) */
+    /* A composition of LoRA adapters (adapter_mix.h) instead of handle / adapter: n_mix
+     * (1..ADAPTER_MAX_MIX, 0 = none) entries, each a handle (made resident and pinned like
+     * `handle`, the caller keeps its references) or an already loaded adapter (offline use,
+     * tests), with its weight; mix_how an adapter_mix_kind. adapter_scale multiplies the
+     * composed delta. One the adapters cannot form finishes with FINISH_ERROR and an error
+     * starting with ENGINE_ERR_MIX. */
+    int n_mix;
+    const struct adapter_handle *mix_handle[ADAPTER_MAX_MIX];
+    const struct adapter *mix_adapter[ADAPTER_MAX_MIX];
+    float mix_weight[ADAPTER_MAX_MIX];
+    int mix_how;
     /* Fair scheduling (Virtual Token Counter): requests are grouped by tenant; when the
      * engine is saturated each tenant gets a share of served tokens proportional to its
      * weight. "" = the anonymous / single-user tenant. */

@@ -44,6 +44,7 @@ struct engine_request {
     /* engine queue link (guarded by the engine's queue lock) */
     struct engine_request *next;
     bool adapter_fetching;         /* engine thread: a fetch of its adapter was started */
+    bool mix_fetching[ADAPTER_MAX_MIX]; /* the same for each adapter of a composition */
     bool skip;                     /* engine thread: passed over in this admission round */
     struct vtc_tenant *vt;         /* engine thread: its tenant's fairness counter */
     struct seq *preempted;         /* engine thread: its sequence, waiting to be recomputed */
@@ -95,6 +96,9 @@ typedef struct seq {
     engine_request *r;
     const adapter *ad;
     adapter *pinned;          /* ad when it is pinned in the tiers' slot pool */
+    bool has_mix;             /* a composition of LoRAs (gen_params.n_mix): mix, ad NULL */
+    adapter_mix mix;
+    adapter *mix_pinned[ADAPTER_MAX_MIX]; /* mix.ad[i] when pinned in the tiers, else NULL */
     vtc_tenant *vt;           /* whose served tokens this sequence counts as */
     float ad_scale;
     int32_t *tokens;          /* [virtual tokens (prompt tuning) as -(k+1)] + prompt + generated */

@@ -55,8 +55,30 @@ void engine__pc_seed(engine *e, seq *s) {
     seed.n_virtual = s->ad ? s->ad->n_virtual : 0;
     seed.pos_off = s->pos_off;
     seed.block_size = e->cfg.block_size;
-    seed.scale = s->ad ? s->ad_scale : 1.0f;
+    seed.scale = s->ad || s->has_mix ? s->ad_scale : 1.0f;
     s->pc_on = chain(s->pc_hash, NULL, &seed, sizeof seed);
+    if (!s->pc_on || !s->has_mix) return;
+    /* a composition: its adapters' hashes, weights and combination make the key (compositions
+     * of the same adapters and weights share prompt blocks; no other sequence does) */
+    struct {
+        char tag[16], sha[65];
+        int32_t how;
+        float weight;
+    } part;
+    for (int i = 0; i < s->mix.n && s->pc_on; i++) {
+        if (!s->mix.ad[i]->sha256[0]) {
+            s->pc_on = false;
+            return;
+        }
+        memset(&part, 0, sizeof part);
+        memcpy(part.tag, "peftd-mix-v1", 12);
+        snprintf(part.sha, sizeof part.sha, "%s", s->mix.ad[i]->sha256);
+        part.how = (int32_t)s->mix.how;
+        part.weight = s->mix.weight[i];
+        uint8_t prev[32];
+        memcpy(prev, s->pc_hash, 32);
+        s->pc_on = chain(s->pc_hash, prev, &part, sizeof part);
+    }
 }
 
 /* Blocks of s that may be cached: full blocks of its virtual tokens + prompt. */

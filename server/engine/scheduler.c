@@ -81,13 +81,14 @@ void engine__reap_cancelled(engine *e, bool all) {
     }
 }
 
-/* The resident adapter of a waiting request, pinned; NULL with *wait set while it is being
- * fetched, or NULL with *failed set and the reason in why_out when it cannot be loaded (the
- * request is left as it was: the caller takes it out of the queue, then finishes it). */
-static adapter *resolve_adapter(engine *e, engine_request *r, bool *wait, bool *failed, char *why_out,
-                                size_t why_len) {
+/* The resident adapter of handle h (a waiting request's), pinned; NULL with *wait set while it
+ * is being fetched (*fetching: whether this request started a fetch), or NULL with *failed set
+ * and the reason in why_out when it cannot be loaded (the request is left as it was: the
+ * caller takes it out of the queue, then finishes it). */
+static adapter *resolve_handle(engine *e, const struct adapter_handle *h, bool *fetching, bool *wait, bool *failed,
+                               char *why_out, size_t why_len) {
     *wait = *failed = false;
-    const char *sha = r->params.handle->meta.sha256;
+    const char *sha = h->meta.sha256;
     char msg[400];
     if (!e->tiers) {
         snprintf(msg, sizeof msg, "no adapter store is configured");
@@ -95,20 +96,19 @@ static adapter *resolve_adapter(engine *e, engine_request *r, bool *wait, bool *
     }
     adapter *a = tiers_pin(e->tiers, sha);
     if (a) return a;
-    if (r->adapter_fetching) { /* our fetch ended without making it resident: why? */
+    if (*fetching) { /* our fetch ended without making it resident: why? */
         char why[256];
         if (tiers_failure(e->tiers, sha, why, sizeof why) < 0) {
-            snprintf(msg, sizeof msg, "adapter %.64s could not be loaded: %.255s", r->params.handle->meta.name, why);
+            snprintf(msg, sizeof msg, "adapter %.64s could not be loaded: %.255s", h->meta.name, why);
             goto fail;
         }
     }
     int st = tiers_fetch(e->tiers, sha, e->adapter_ready, e);
     if (st < 0 && st != PEFTD_EBUSY) { /* EBUSY: every slot pinned, retried as sequences end */
-        snprintf(msg, sizeof msg, "adapter %s could not be loaded: %s", r->params.handle->meta.name,
-                 peftd_strerror(st));
+        snprintf(msg, sizeof msg, "adapter %s could not be loaded: %s", h->meta.name, peftd_strerror(st));
         goto fail;
     }
-    r->adapter_fetching = st == 0;
+    *fetching = st == 0;
     *wait = true;
     return NULL;
 fail:
@@ -117,6 +117,41 @@ fail:
     return NULL;
 }
 
+
+/* The adapters of a waiting request's composition, resident and pinned into pins[] (NULL for
+ * the offline ones), checked (adapter_mix_check) into *m: 1 ready; 0 some still being fetched
+ * (nothing stays pinned); -1 it cannot be served, the reason in why (nothing stays pinned). */
+static int resolve_mix(engine *e, engine_request *r, adapter_mix *m, adapter **pins, char *why, size_t why_len) {
+    const gen_params *p = &r->params;
+    bool waiting = false;
+    memset(m, 0, sizeof *m);
+    m->n = p->n_mix;
+    m->how = (adapter_mix_kind)p->mix_how;
+    for (int i = 0; i < p->n_mix; i++) {
+        pins[i] = NULL;
+        m->weight[i] = p->mix_weight[i];
+        if (!p->mix_handle[i]) {
+            m->ad[i] = p->mix_adapter[i];
+            continue;
+        }
+        bool wait, failed;
+        pins[i] = resolve_handle(e, p->mix_handle[i], &r->mix_fetching[i], &wait, &failed, why, why_len);
+        if (failed) {
+            for (int j = 0; j < i; j++)
+                if (pins[j]) tiers_unpin(e->tiers, pins[j]);
+            return -1;
+        }
+        waiting |= wait;
+        m->ad[i] = pins[i];
+    }
+    char err[400];
+    int rc = waiting ? 0 : adapter_mix_check(m, err, sizeof err) < 0 ? -1 : 1;
+    if (rc < 0) snprintf(why, why_len, "%s%s", ENGINE_ERR_MIX, err);
+    if (rc <= 0)
+        for (int i = 0; i < p->n_mix; i++)
+            if (pins[i]) tiers_unpin(e->tiers, pins[i]), pins[i] = NULL;
+    return rc;
+}
 
 /* Admission by fairness: the next request admitted is the earliest waiting one of the
  * tenant with the smallest virtual token counter (fairness.h). A request whose adapter is
@@ -135,11 +170,23 @@ void engine__admit(engine *e) {
         if (!best) break;
         engine_request *r = best;
         const adapter *ad = r->params.adapter;
-        adapter *pinned = NULL;
-        if (r->params.handle) {
+        adapter *pinned = NULL, *mix_pins[ADAPTER_MAX_MIX] = {0};
+        adapter_mix mix = {.n = 0};
+        if (r->params.n_mix) {
+            char why[512];
+            int st = resolve_mix(e, r, &mix, mix_pins, why, sizeof why);
+            if (st < 0) {
+                waiting_finish(e, best_prev, r, FINISH_ERROR, why);
+                continue;
+            }
+            if (st == 0) {
+                r->skip = true;
+                continue;
+            }
+        } else if (r->params.handle) {
             bool wait, failed;
             char why[400];
-            pinned = resolve_adapter(e, r, &wait, &failed, why, sizeof why);
+            pinned = resolve_handle(e, r->params.handle, &r->adapter_fetching, &wait, &failed, why, sizeof why);
             if (failed) { /* this request alone ends; r is gone after this call */
                 waiting_finish(e, best_prev, r, FINISH_ERROR, why);
                 continue;
@@ -159,6 +206,8 @@ void engine__admit(engine *e) {
         if (adapter_has_prefix(ad) && !engine__prefix_find(e, ad)) need += engine__prefix_blocks(e, ad, &pad);
         if (need + e->n_running > engine__kv_available(e)) {
             if (pinned) tiers_unpin(e->tiers, pinned);
+            for (int i = 0; i < r->params.n_mix; i++)
+                if (mix_pins[i]) tiers_unpin(e->tiers, mix_pins[i]);
             break;
         }
         vtc_tenant *vt = r->vt;
@@ -166,6 +215,8 @@ void engine__admit(engine *e) {
         const char *why = pre ? NULL : engine__pool_refusal(r, ad);
         if (why) { /* a classifier's adapter asked for text or token scores */
             if (pinned) tiers_unpin(e->tiers, pinned);
+            for (int i = 0; i < r->params.n_mix; i++)
+                if (mix_pins[i]) tiers_unpin(e->tiers, mix_pins[i]);
             vtc_leave_queue(e->vtc, vt);
             engine__finish_request(r, FINISH_ERROR, why);
             continue;
@@ -176,6 +227,10 @@ void engine__admit(engine *e) {
             s = pre;
             s->ad = ad;
             s->pinned = pinned;
+            if (s->has_mix) {
+                s->mix = mix;
+                memcpy(s->mix_pinned, mix_pins, sizeof mix_pins);
+            }
             s->n_computed = 0;
             if (adapter_has_prefix(ad) && !(s->pfx = engine__prefix_acquire(e, ad))) {
                 s->vt = NULL;
@@ -184,6 +239,14 @@ void engine__admit(engine *e) {
             }
         } else {
             s = engine__seq_create(e, r, ad, pinned);
+            if (s && r->params.n_mix) {
+                s->has_mix = true;
+                s->mix = mix;
+                memcpy(s->mix_pinned, mix_pins, sizeof mix_pins);
+            } else if (!s) {
+                for (int i = 0; i < r->params.n_mix; i++)
+                    if (mix_pins[i]) tiers_unpin(e->tiers, mix_pins[i]);
+            }
             uint64_t now = engine__now_ns();
             pthread_mutex_lock(&r->mu);
             if (!r->queue_ns) r->queue_ns = now > r->t_submit_ns ? now - r->t_submit_ns : 1;

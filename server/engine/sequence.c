@@ -29,6 +29,8 @@ void engine__seq_free(engine *e, seq *s) {
     if (s->vt) vtc_finish(e->vtc, s->vt);
     engine__prefix_release(e, s->pfx);
     if (s->pinned) tiers_unpin(e->tiers, s->pinned);
+    for (int i = 0; i < ADAPTER_MAX_MIX; i++)
+        if (s->mix_pinned[i]) tiers_unpin(e->tiers, s->mix_pinned[i]);
     engine__kv_release(e, s->blocks, s->n_blocks);
     tokenizer_stream_free(s->ds);
     free(s->blocks);

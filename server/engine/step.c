@@ -33,6 +33,7 @@ static int seq_cmp_adapter(const void *a, const void *b) {
     const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
     uintptr_t px = (uintptr_t)x->ad, py = (uintptr_t)y->ad;
     if (px != py) return px < py ? -1 : 1;
+    if (x->has_mix != y->has_mix) return x->has_mix ? 1 : -1; /* compositions after the base rows */
     return (x->ad_scale > y->ad_scale) - (x->ad_scale < y->ad_scale);
 }
 
@@ -103,6 +104,10 @@ static void seq_evict(engine *e, int i) {
     s->pfx = NULL;
     if (s->pinned) tiers_unpin(e->tiers, s->pinned);
     s->pinned = NULL;
+    for (int k = 0; k < ADAPTER_MAX_MIX; k++) {
+        if (s->mix_pinned[k]) tiers_unpin(e->tiers, s->mix_pinned[k]);
+        s->mix_pinned[k] = NULL;
+    }
     s->evicted = true;
     e->b_chunk[i] = 0;
     pthread_mutex_lock(&e->smu);
@@ -119,6 +124,7 @@ static void seq_requeue(engine *e, int i) {
     s->evicted = false;
     r->preempted = s;
     r->adapter_fetching = false;
+    memset(r->mix_fetching, 0, sizeof r->mix_fetching);
     vtc_requeue(e->vtc, s->vt);
     r->next = e->w_head;
     e->w_head = r;
@@ -221,9 +227,12 @@ static llama_batch step_build(engine *e, step_shape *sh) {
         seq *s = e->running[i];
         int c = e->b_chunk[i], G = sh->segs;
         if (c == 0) continue;
-        if (G == 0 || e->b_segs[G - 1].ad != s->ad || e->b_segs[G - 1].scale != s->ad_scale) {
+        const adapter_mix *mix = s->has_mix ? &s->mix : NULL; /* a composition: a segment of its own */
+        if (G == 0 || e->b_segs[G - 1].ad != s->ad || e->b_segs[G - 1].scale != s->ad_scale || mix ||
+            e->b_segs[G - 1].mix) {
             if (G) e->b_segs[G - 1].row_end = sh->rows;
-            e->b_segs[sh->segs++] = (llama_segment){.ad = s->ad, .scale = s->ad_scale, .row_start = sh->rows};
+            e->b_segs[sh->segs++] =
+                (llama_segment){.ad = s->ad, .scale = s->ad_scale, .row_start = sh->rows, .mix = mix};
         }
         build_seq(e, s, c, sh);
     }
