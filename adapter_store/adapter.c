@@ -105,13 +105,16 @@ static int dispatch_peft(adapter__ctx *c) {
     const char *t = pt->valuestring;
     if (!strcmp(t, "LORA")) return adapter__load_lora(c);
     if (!strcmp(t, "ADALORA")) return adapter__load_adalora(c); /* converted to LoRA at import */
+    if (!strcmp(t, "VERA")) return adapter__load_vera(c);       /* these three as well (LoKr: or dense) */
+    if (!strcmp(t, "LOHA")) return adapter__load_loha(c);
+    if (!strcmp(t, "LOKR")) return adapter__load_lokr(c);
     if (!strcmp(t, "IA3")) return adapter__load_ia3(c);
     if (!strcmp(t, "PROMPT_TUNING")) return adapter__load_prompt(c);
     if (!strcmp(t, "P_TUNING")) return adapter__load_prompt(c); /* the saved table is the encoder's output */
     if (!strcmp(t, "PREFIX_TUNING")) return adapter__load_prefix(c);
     return adapter__fail(c, PEFTD_EUNSUPPORTED,
-                         "adapter_config.json: peft_type '%.64s' is not served (LORA, ADALORA, IA3, "
-                         "PROMPT_TUNING, P_TUNING, PREFIX_TUNING are)",
+                         "adapter_config.json: peft_type '%.64s' is not served (LORA, ADALORA, VERA, LOHA, LOKR, "
+                         "IA3, PROMPT_TUNING, P_TUNING, PREFIX_TUNING are)",
                          t);
 }
 

@@ -77,6 +77,10 @@ typedef struct {
      * on q/k/v/o only (the projections that carry a bias); may be set where rank is 0
      * (bias "all" trains every bias, targeted or not). Not scaled by a request scale. */
     kmat base_bias;
+    /* A materialised delta instead of (or, never, beside) the pair: scale·ΔW [out, in] f32,
+     * rank 0, applied y += t·(x·deltaᵀ) per segment with the request scale t (LoKr when its
+     * LoRA form would read more bytes than ΔW: adapter_peft_lyco.c). data NULL otherwise. */
+    kmat delta;
 } adapter_lora;
 
 #define ADAPTER_DORA_STATS 4

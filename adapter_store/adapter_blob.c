@@ -131,11 +131,32 @@ static bool add_item(cJSON *arr, cJSON *it) {
     return false;
 }
 
+/* Dense deltas (adapter_lora.delta): "delta": [{layer, module}], tensor delta.<layer>.<module>. */
+static int collect_delta(const adapter *a, wlist *w, cJSON *meta) {
+    char nm[48];
+    int rc;
+    cJSON *arr = NULL;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        const adapter_lora *l = &a->lora[i];
+        if (!l->delta.data) continue;
+        if (!arr && !(arr = cJSON_AddArrayToObject(meta, "delta"))) return PEFTD_ENOMEM;
+        int layer = i / AMOD_COUNT;
+        const char *mn = adapter_module_name((adapter_module)(i % AMOD_COUNT));
+        cJSON *o = cJSON_CreateObject();
+        if (!add_item(arr, o) || !add_num(o, "layer", layer) || !cJSON_AddStringToObject(o, "module", mn))
+            return PEFTD_ENOMEM;
+        snprintf(nm, sizeof nm, "delta.%d.%s", layer, mn);
+        if ((rc = wl_mat(w, nm, &l->delta))) return rc;
+    }
+    return 0;
+}
+
 static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
     char nm[48];
     int rc;
     cJSON *arr = cJSON_AddArrayToObject(meta, "lora");
     if (!arr) return PEFTD_ENOMEM;
+    if ((rc = collect_delta(a, w, meta))) return rc;
     for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
         const adapter_lora *l = &a->lora[i];
         if (!l->rank) continue;

@@ -240,6 +240,21 @@ static int read_lora(rctx *c, const cJSON *meta) {
         snprintf(nm, sizeof nm, "lora.%lld.%s.bias", (long long)layer, mn);
         if (has_bias && (rc = claim(c, nm, 1, o, 0, -1, NULL, &l->bias))) return rc;
     }
+    const cJSON *dl = cJSON_GetObjectItemCaseSensitive(meta, "delta");
+    if (dl && (rc = jarray(c, meta, "delta", &dl))) return rc;
+    cJSON_ArrayForEach(e, dl) { /* dense deltas [out, in] */
+        int64_t layer;
+        adapter_module m = AMOD_Q;
+        int o, in;
+        if ((rc = jint(c, e, "layer", 0, L - 1, &layer)) || (rc = module_of(c, e, &m))) return rc;
+        adapter_lora *l = &a->lora[layer * AMOD_COUNT + m];
+        if (l->rank || l->delta.rows)
+            return rfail(c, PEFTD_EFORMAT, "delta %lld.%s listed twice or beside a LoRA pair", (long long)layer,
+                         adapter_module_name(m));
+        module_dims(&c->d, m, &o, &in);
+        snprintf(nm, sizeof nm, "delta.%lld.%s", (long long)layer, adapter_module_name(m));
+        if ((rc = claim(c, nm, 2, o, in, 0, &l->delta, NULL))) return rc;
+    }
     const cJSON *bb = cJSON_GetObjectItemCaseSensitive(meta, "base_bias");
     if (bb && (rc = jarray(c, meta, "base_bias", &bb))) return rc;
     cJSON_ArrayForEach(e, bb) {

@@ -230,6 +230,14 @@ int adapter__seq_cls_rehash(adapter__ctx *c);
 /* modules_to_save (lm_head / embed_tokens full replacements), shared by LoRA and IA3. */
 int adapter__load_modules_to_save(adapter__ctx *c);
 int adapter__load_lora(adapter__ctx *c);
+/* r and alpha of module key after the config's rank_pattern / alpha_pattern (r, alpha: the
+ * config's); r_field names where r came from, for messages. */
+int adapter__module_r_alpha(adapter__ctx *c, const char *key, int r, double alpha, int *r_out, double *alpha_out,
+                            char *r_field, size_t r_field_len);
+/* adapter_peft_lyco.c: VeRA, LoHa and LoKr, converted to the LoRA form (or, LoKr, a dense delta). */
+int adapter__load_vera(adapter__ctx *c);
+int adapter__load_loha(adapter__ctx *c);
+int adapter__load_lokr(adapter__ctx *c);
 /* adapter_peft_lora_ext.c, after the projections' pairs are staged: lora_B biases and the
  * trained projection biases of bias "all" / "lora_only" (bias: the config's string); then
  * LoRA on embed_tokens / lm_head (extra from adapter__select_targets) with the config's

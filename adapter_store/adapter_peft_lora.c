@@ -34,8 +34,7 @@ typedef struct {
     double alpha;
 } lora_src;
 
-/* r and alpha of one module after rank_pattern / alpha_pattern. */
-static int module_r_alpha(adapter__ctx *c, const char *key, int r, double alpha, int *r_out, double *alpha_out,
+int adapter__module_r_alpha(adapter__ctx *c, const char *key, int r, double alpha, int *r_out, double *alpha_out,
                           char *r_field, size_t r_field_len) {
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(c->cfg, "rank_pattern");
     const cJSON *ap = cJSON_GetObjectItemCaseSensitive(c->cfg, "alpha_pattern");
@@ -216,7 +215,7 @@ int adapter__load_lora(adapter__ctx *c) {
         adapter__module_key(b, l, m, key, sizeof key);
         adapter_module_shape(b, m, &o, &in);
         adapter__fused_rows(b, m, &row0, &fo);
-        if ((rc = module_r_alpha(c, key, r, alpha, &rr, &src[i].alpha, r_field, sizeof r_field))) goto fail;
+        if ((rc = adapter__module_r_alpha(c, key, r, alpha, &rr, &src[i].alpha, r_field, sizeof r_field))) goto fail;
         if (rr > (o > in ? o : in)) {
             rc = adapter__fail(c, PEFTD_EINVAL,
                                "adapter_config.json: %s is %d, above max(in, out) = %d of %s [%d, %d] in base %s",

@@ -97,6 +97,43 @@ make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_json"
 "$BUILD/bench/bench_json" --model "$JSONM" --seqs 8 --tokens 64 --rounds "${BENCH_ROUNDS_JSON:-3}" \
     --threads "$THREADS" --out bench/results/latest-json.json >/dev/null
 
+# Adapter kinds and compositions (issue 16): a 32-sequence batch of 8 distinct adapters of
+# each kind against the base and against 8 distinct rank-16 all-linear LoRAs, and 32 sequences
+# each composing two of those LoRAs ("linear": 4 (A, B) pairs per module, "cat": 2). The
+# sets are random adapters shaped after the fixture adapters (clients/gen_like_adapter.py;
+# LoRA-family kinds at rank 16). BENCH_KINDS=0 skips it.
+if [ "${BENCH_KINDS:-1}" != 0 ]; then
+    KINDS=$MODELS/kinds-110m
+    # like_set NAME FIXTURE COUNT RANK
+    like_set() {
+        [ -d "$KINDS/$1" ] && return
+        rm -rf "$KINDS/$1.tmp"
+        "$PYTHON" clients/gen_like_adapter.py --like "tests/fixtures/adapters/$2" --base "$BASE" \
+            --out "$KINDS/$1.tmp" --count "$3" --rank "$4" --seed 3 >&2
+        mv "$KINDS/$1.tmp" "$KINDS/$1"
+    }
+    mkdir -p "$KINDS"
+    like_set ia3 ia3 8 0
+    like_set prompt prompt_tuning 8 0
+    like_set prefix prefix_tuning 8 0
+    like_set lora_bias lora_bias 8 16
+    like_set lora_embed_head lora_embed_head 4 16
+    like_set modules_to_save lora_lm_head 4 16
+    like_set seq_bn pfeiffer 8 0
+    like_set par_bn hub_par_bn 8 0
+    if [ ! -d "$KINDS/dora" ]; then
+        "$PYTHON" clients/gen_random_lora.py --base "$BASE" --out "$KINDS/dora.tmp" --count 8 --rank 16 \
+            --alpha 32 --targets all-linear --dtype bf16 --seed 17 --dora >&2
+        mv "$KINDS/dora.tmp" "$KINDS/dora"
+    fi
+    make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_kinds"
+    "$BUILD/bench/bench_kinds" --model "$BASE" --lora "$MODELS/lora-r16-all" \
+        $(for k in dora lora_bias lora_embed_head modules_to_save ia3 prompt prefix seq_bn par_bn; do
+            printf -- '--kind %s:%s ' "$k" "$KINDS/$k"; done) \
+        --seqs "$N_ADAPTERS" --distinct 8 --prompt 8 --tokens "${BENCH_TOKENS_KINDS:-32}" \
+        --rounds "${BENCH_ROUNDS_KINDS:-3}" --threads "$THREADS" --out bench/results/latest-kinds.json >/dev/null
+fi
+
 # The Llama-3.2-1B shape (issue 11): hidden 2048, 16 layers, 32/8 heads, intermediate 8192,
 # vocab 128256, llama3 rope, tied, bf16 (2.47 GB). (1) batch-1 decode against the memory
 # roofline measured in the same run, and start-up; (2) the daemon's start-up to its first

@@ -68,7 +68,9 @@ int llama__plan_init(llama_ctx *c) {
     for (size_t i = 0; i < L * 2; i++)
         if (!(c->plan->bn[i].input = calloc(S, 1))) return PEFTD_ENOMEM;
     for (size_t i = 0; i < L * AMOD_COUNT; i++)
-        if (!(c->plan->mod[i].bias = calloc(S, sizeof(kmat *)))) return PEFTD_ENOMEM;
+        if (!(c->plan->mod[i].bias = calloc(S, sizeof(kmat *))) || !(c->plan->mod[i].delta = calloc(S, sizeof(kmat *))))
+            return PEFTD_ENOMEM;
+    if (!(c->plan->tscale = calloc(S, sizeof *c->plan->tscale))) return PEFTD_ENOMEM;
     c->plan->emb = calloc(S, sizeof(llama_plan_top));
     c->plan->head = calloc(S, sizeof(llama_plan_top));
     if (!c->plan->emb || !c->plan->head) return PEFTD_ENOMEM;
@@ -246,6 +248,35 @@ static seg_pair mix_pair(const llama_segment *sg, int l, adapter_module m, int k
 
 static int plan_build_once(llama_ctx *c, const llama_batch *b);
 
+/* The tables that scale segment i's dense-delta rows by its request scale t (once per segment
+ * and step; nothing when t == 1: the delta is added by the matmul itself), and the scratch
+ * rows they are formed in. */
+static int plan_tscale(llama_ctx *c, const llama_batch *b, int i) {
+    struct llama_plan_tscale *ts = &c->plan->tscale[i];
+    const llama_segment *sg = &b->segs[i];
+    if (sg->scale == 1.0f || ts->seg_start) return 0;
+    const model_config *cfg = &c->m->cfg;
+    size_t wide = (size_t)cfg->n_heads * cfg->head_dim;
+    if ((size_t)cfg->hidden_size > wide) wide = (size_t)cfg->hidden_size;
+    if ((size_t)cfg->intermediate_size > wide) wide = (size_t)cfg->intermediate_size;
+    if (!c->dense_tmp) {
+        if (!(c->dense_tmp = c->kb->ops->alloc(c->kb, (size_t)c->p.max_tokens * wide * sizeof(float))))
+            return PEFTD_ENOMEM;
+        c->dense_cols = wide;
+    }
+    void *d_ss, *d_tab, *d_vec;
+    int32_t *ss = STAGE(c, int32_t, 2, &d_ss);
+    const float **tab = ss ? STAGE(c, const float *, 1, &d_tab) : NULL;
+    float *vec = tab ? STAGE(c, float, wide, &d_vec) : NULL;
+    if (!vec) return PEFTD_ENOMEM;
+    ss[0] = 0, ss[1] = sg->row_end - sg->row_start;
+    tab[0] = d_vec;
+    for (size_t k = 0; k < wide; k++) vec[k] = sg->scale;
+    ts->seg_start = d_ss;
+    ts->vec = d_tab;
+    return 0;
+}
+
 int llama__plan_build(llama_ctx *c, const llama_batch *b) {
     for (;;) {
         c->plan_overflow = false;
@@ -278,6 +309,7 @@ static int plan_build_once(llama_ctx *c, const llama_batch *b) {
     p->n_segs = n;
     p->segs = b->segs;
     p->max_rank = 0;
+    memset(p->tscale, 0, sizeof *p->tscale * (size_t)n);
     void *d;
     int32_t *ss = STAGE(c, int32_t, n + 1, &d);
     if (!ss) return PEFTD_ENOMEM;
@@ -310,15 +342,21 @@ static int plan_build_once(llama_ctx *c, const llama_batch *b) {
             /* every field but the sg[] tables (n_sg says how many are valid) */
             pm->n_sg = pm->ld_t = 0;
             pm->dora = pm->ia3_out = pm->ia3_in = NULL;
-            pm->any_bias = false;
+            pm->any_bias = pm->any_delta = false;
             for (int i = 0; i < n; i++) {
                 const adapter *ad = b->segs[i].ad;
                 memset(&pairs[i], 0, sizeof pairs[i]);
                 dora[i] = ia3o[i] = ia3i[i] = NULL;
                 seg_bias[i] = NULL;
+                pm->delta[i] = NULL;
                 if (!ad) continue;
                 if (ad->kind == ADAPTER_LORA && ad->lora) {
                     const adapter_lora *lr = &ad->lora[l * AMOD_COUNT + m];
+                    if (lr->delta.data) {
+                        pm->delta[i] = &lr->delta;
+                        pm->any_delta = true;
+                        CHECK(plan_tscale(c, b, i));
+                    }
                     if (lr->rank > 0) {
                         pairs[i] = (seg_pair){.a = lr->a.data, .b = lr->b.data, .rank = lr->rank,
                                               .scale = lr->scale * b->segs[i].scale, .bias_b = lr->bias,
@@ -526,6 +564,22 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
      * a DoRA row). PEFT adds a LoRA delta after b: the same sum, rounded in another order. */
     if (!pm) return bias ? kb->ops->add_bias(kb, out, T, bias) : 0;
     CHECK(apply_sgmv(c, pm->n_sg, pm->sg, pm->ld_t, in, in_dim, out_dim, out));
+    if (pm->any_delta) /* dense deltas (LoKr's, when denser than its LoRA form): y += t·(x·ΔWᵀ) */
+        for (int i = 0; i < p->n_segs; i++) {
+            const kmat *dw = pm->delta[i];
+            int r0 = p->segs[i].row_start, nr = p->segs[i].row_end - r0;
+            if (!dw || nr <= 0) continue;
+            const float *xi = in + (size_t)r0 * in_dim;
+            float *yi = out + (size_t)r0 * out_dim;
+            const struct llama_plan_tscale *ts = &p->tscale[i];
+            if (!ts->seg_start) {
+                CHECK(kb->ops->matmul(kb, xi, nr, dw, yi, 1.0f));
+                continue;
+            }
+            CHECK(kb->ops->matmul(kb, xi, nr, dw, c->dense_tmp, 0.0f));
+            CHECK(kb->ops->seg_scale(kb, c->dense_tmp, out_dim, 1, ts->seg_start, ts->vec));
+            CHECK(kb->ops->add(kb, yi, c->dense_tmp, (int64_t)nr * out_dim));
+        }
     if (pm->dora) CHECK(kb->ops->seg_scale(kb, out, out_dim, p->n_segs, p->seg_start, pm->dora));
     if (pm->any_bias) { /* some segments replace the bias: each segment's rows add their own */
         for (int i = 0; i < p->n_segs; i++) {

@@ -32,6 +32,9 @@ typedef struct {
                                   * "all"/"lora_only"), NULL = the base's; the array itself is
                                   * NULL when no segment replaces it (plan_init allocates) */
     bool any_bias;
+    const kmat **delta;          /* host [n_segs] dense deltas (adapter_lora.delta) or NULL
+                                  * entries; the array itself is allocated by plan_init */
+    bool any_delta;
 } llama_plan_mod;
 
 /* LoRA on embed_tokens / lm_head of one segment: a one-segment SGMV over its own rows
@@ -63,6 +66,13 @@ typedef struct {
     int max_rank;                /* workspace columns needed this step */
     const llama_segment *segs;   /* host: this step's segments */
     llama_plan_top *emb, *head;  /* [max_seqs] each */
+    /* [max_seqs]: for a segment whose request scale t != 1 and whose adapter has dense
+     * deltas, the backend tables that scale a delta's rows by t (seg_start {0, rows}, one
+     * vector pointer, the vector of t); n_segs 0 otherwise */
+    struct llama_plan_tscale {
+        const int32_t *seg_start;
+        const float *const *vec;
+    } *tscale;
     bool any_emb, any_head;
 } llama_plan;
 
@@ -93,6 +103,9 @@ struct llama_ctx {
     float *x, *xn, *q, *k, *v, *att, *gate, *up, *sel, *logits;
     float *tmp;                  /* [T, hidden]: a sub-layer's output when it can't be fused */
     float *tmp_in;               /* [T, max(hidden, inter)]: an input scaled by IA3 */
+    float *dense_tmp;            /* [T, widest projection output]: a dense delta's rows at a
+                                  * request scale != 1; allocated at the first such step */
+    size_t dense_cols;
     float *inv_freq;             /* [rope_max_tables, rope.rot_dim / 2] (llama_rope.c) */
     int rope_max_tables;
     float rope_scale;            /* cos/sin factor (yarn, longrope; server/model/rope_freqs.c) */

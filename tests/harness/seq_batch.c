@@ -46,7 +46,8 @@ static void step_add(step *s, const layout *L, const seq_spec *sp, const int32_t
     if (L->kv_off + j1 > SEQ_BATCH_SEQ_BLOCKS * bs) FAIL("seq_batch: sequence too long");
     s->qstart[s->S] = s->T;
     s->segs[s->S] =
-        (llama_segment){.ad = ad, .scale = 1.0f, .row_start = s->T, .row_end = s->T + j1 - j0, .mix = sp->mix};
+        (llama_segment){.ad = ad, .scale = sp->scale != 0.0f ? sp->scale : 1.0f, .row_start = s->T,
+                        .row_end = s->T + j1 - j0, .mix = sp->mix};
     memcpy(s->btab + s->S * SEQ_BATCH_SEQ_BLOCKS, L->btab, sizeof L->btab);
     for (int j = j0; j < j1; j++, s->T++) {
         int kv = L->kv_off + j;

@@ -25,6 +25,7 @@ typedef struct {
     int n;
     const adapter *ad;  /* NULL = base */
     const adapter_mix *mix; /* a composition of LoRAs instead (ad NULL), or NULL */
+    float scale;        /* the request's adapter_scale; 0 = 1 */
 } seq_spec;
 
 /* A context sized for SEQ_BATCH_MAX_SEQS sequences of SEQ_BATCH_SEQ_BLOCKS blocks. @note

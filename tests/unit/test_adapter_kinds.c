@@ -37,13 +37,14 @@
 
 #define TOL 1e-4
 #define N_GREEDY 32
-#define N_KINDS 17
+#define N_KINDS 21
 #define N_HUB 8 /* the first N_HUB kinds are AdapterHub's */
 
 static const char *KINDS[N_KINDS] = {
     "hub_par_bn",      "hub_compacter", "hub_compacterpp", "hub_lora",       "hub_ia3",     "hub_prefix",
     "hub_prefix_flat", "hub_mam",       "lora_bias",       "lora_embed_head", "lora_embed_tied", "lora_mts_tied",
-    "adalora",         "p_tuning",      "prefix_projection", "lora_bias_all", "lora_bias_only",
+    "adalora",         "p_tuning",      "prefix_projection", "vera",         "loha",        "lokr",
+    "lokr_full",       "lora_bias_all", "lora_bias_only",
 };
 /* the last two exist on the attention-bias base only (they train its biases) */
 static bool on_base(int ki, int bi) { return bi == 1 || ki < N_KINDS - 2; }
@@ -317,7 +318,63 @@ TEST(engine_greedy_and_mixed_batch) {
     rig_close(&R);
 }
 
+/* LoKr's two forms (adapter_peft_lyco.c): every module forced to the LoRA form, every module
+ * forced dense, and the rule's mix give the library's logits and agree with each other, also at
+ * a request scale of 0.5 (dense rows scaled through the scratch path) in one batch; within TOL of
+ * the library and 5e-5 of each other (f32 rounding of a materialised delta vs two factors). */
+TEST(lokr_forms_agree) {
+    static const char *const forms[3] = {"lora", "dense", "auto"};
+    for (int bi = 0; bi < 2; bi++)
+        for (int ki = N_HUB; ki < N_KINDS; ki++) {
+            if (strncmp(KINDS[ki], "lokr", 4) || !on_base(ki, bi)) continue;
+            rig R;
+            rig_open(&R, BASES[bi]);
+            char dir[256];
+            snprintf(dir, sizeof dir, "%s/%s", FIXDIR[bi], KINDS[ki]);
+            adapter_ref rf;
+            adapter_ref_load(dir, &rf);
+            int last = rf.n_cases - 1;
+            size_t nv = (size_t)rf.n_ids[last] * rf.vocab;
+            float *out[3][2];
+            adapter *ad[3];
+            llama_ctx *c = seq_batch_ctx(R.m);
+            for (int f = 0; f < 3; f++) {
+                setenv("PEFTD_LYCO_FORM", forms[f], 1);
+                ad[f] = load_ad(&R, dir);
+                for (int s = 0; s < 2; s++) ASSERT((out[f][s] = malloc(sizeof(float) * nv)));
+            }
+            unsetenv("PEFTD_LYCO_FORM");
+            /* the three forms side by side in one batch, at scale 1 and at 0.5 */
+            for (int s = 0; s < 2; s++) {
+                seq_spec sp[3];
+                float *o[3];
+                for (int f = 0; f < 3; f++) {
+                    sp[f] = (seq_spec){.ids = rf.ids[last], .n = rf.n_ids[last], .ad = ad[f], .scale = s ? 0.5f : 1.0f};
+                    o[f] = out[f][s];
+                }
+                seq_batch_prefill(c, R.m, sp, 3, o);
+            }
+            for (int f = 0; f < 3; f++) {
+                double md = max_diff(out[f][0], rf.logits[last], nv), mf = max_diff(out[f][0], out[0][0], nv),
+                       mh = max_diff(out[f][1], out[0][1], nv);
+                printf("    %-9s on %-32s form %-5s: vs peft %.3g, vs the LoRA form %.3g (scale 0.5: %.3g)\n", KINDS[ki],
+                       BASES[bi], forms[f], md, mf, mh);
+                if (!(md <= TOL) || !(mf <= 5e-5) || !(mh <= 5e-5))
+                    FAIL("%s form %s: %.3g vs peft, %.3g / %.3g vs the LoRA form", KINDS[ki], forms[f], md, mf, mh);
+            }
+            ASSERT(max_diff(out[0][1], out[0][0], nv) > 1e-3); /* scale 0.5 really changes the output */
+            for (int f = 0; f < 3; f++) {
+                adapter_free(ad[f]);
+                free(out[f][0]);
+                free(out[f][1]);
+            }
+            llama_ctx_free(c);
+            adapter_ref_free(&rf);
+            rig_close(&R);
+        }
+}
+
 TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam,
           peft_lora_variants_both_bases, after_blob_round_trip,
           refusals_name_the_field,
-          engine_greedy_and_mixed_batch)
+          engine_greedy_and_mixed_batch, lokr_forms_agree)
