@@ -31,6 +31,7 @@ typedef enum {
     ADAPTER_PROMPT_TUNING,  /* PEFT "PROMPT_TUNING" */
     ADAPTER_PREFIX_TUNING,  /* PEFT "PREFIX_TUNING" */
     ADAPTER_BOTTLENECK,     /* AdapterHub seq_bn (Pfeiffer) / double_seq_bn (Houlsby) */
+    ADAPTER_LN_TUNING,      /* PEFT "LN_TUNING": trained copies of the RMSNorm weights */
 } adapter_kind;
 
 const char *adapter_kind_name(adapter_kind k); /* "lora", "ia3", ... */
@@ -142,6 +143,11 @@ typedef struct adapter {
     bool prefix_from_zero;     /* AdapterHub prefix tuning: the prompt's RoPE positions start at 0;
                                 * PEFT's continue after the prefix (n_virtual, n_virtual + 1, …) */
 
+    /* LN_TUNING: [n_layers * 2 + 1] norm weights [1, hidden] f32 replacing the base's for this
+     * adapter's rows, data NULL where the base's stays: index 2l = layer l's input_layernorm,
+     * 2l + 1 its post_attention_layernorm, 2 n_layers the final norm (ADAPTER_LN_FINAL). */
+    kmat *ln;
+
     /* BOTTLENECK: [n_layers] each, size 0 where a layer has none */
     adapter_bottleneck *bn_attn;  /* after self-attention ("mh_adapter") */
     adapter_bottleneck *bn_ffn;   /* after the MLP ("output_adapter") */
@@ -177,6 +183,9 @@ typedef struct adapter {
                                 * it is host-only; not owned */
     struct adapter_storage *storage; /* private (adapter_core.c) */
 } adapter;
+
+/* Index of a's final-norm weight in adapter.ln. */
+static inline int adapter_ln_final(const adapter *a) { return 2 * a->n_layers; }
 
 /* Whether a carries per-layer prefix K/V (prefix tuning, or the prefix half of an AdapterHub
  * MAM union, whose kind is ADAPTER_BOTTLENECK): ask this, never the kind. */

@@ -281,6 +281,10 @@ static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
     if (a->kind == ADAPTER_LORA && a->lora && (rc = collect_lora(a, w, meta))) return rc;
     if (a->kind == ADAPTER_IA3 && a->ia3 && (rc = collect_ia3(a, d, w, meta))) return rc;
     if (a->kind == ADAPTER_PROMPT_TUNING && a->prompt.data && (rc = wl_mat(w, "prompt", &a->prompt))) return rc;
+    for (int i = 0; a->kind == ADAPTER_LN_TUNING && a->ln && i < 2 * a->n_layers + 1; i++) {
+        snprintf(nm, sizeof nm, "ln.%d", i);
+        if (a->ln[i].data && (rc = wl_mat(w, nm, &a->ln[i]))) return rc;
+    }
     if (adapter_has_prefix(a)) {
         if (a->prefix_from_zero && !cJSON_AddTrueToObject(meta, "prefix_from_zero")) return PEFTD_ENOMEM;
         for (int l = 0; l < a->n_layers; l++) {

@@ -343,6 +343,21 @@ static int read_prefix_meta(rctx *c, const cJSON *meta) {
     return read_prefix(c);
 }
 
+/* LN tuning: tensors ln.<i> [1, hidden] where the adapter replaces norm i (adapter.h). */
+static int read_ln(rctx *c) {
+    adapter *a = c->a;
+    int n = 2 * a->n_layers + 1, rc, found = 0;
+    char nm[48];
+    if (!(a->ln = calloc((size_t)n, sizeof *a->ln))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        snprintf(nm, sizeof nm, "ln.%d", i);
+        if (!st_find(c->st, nm)) continue;
+        if ((rc = claim(c, nm, 2, 1, c->d.hidden, -1, &a->ln[i], NULL))) return rc;
+        found++;
+    }
+    return found ? 0 : rfail(c, PEFTD_EFORMAT, "an LN-tuning blob without any ln.<i> tensor");
+}
+
 static int read_bn(rctx *c, const cJSON *meta) {
     adapter *a = c->a;
     int L = a->n_layers, H = c->d.hidden, rc;
@@ -486,7 +501,7 @@ static int parse_meta(rctx *c, const cJSON *meta) {
         return rc;
     if (!hex64(a->sha256)) return rfail(c, PEFTD_EFORMAT, "metadata field 'sha256' is not a sha256 hex digest");
     static const adapter_kind kinds[] = {ADAPTER_LORA, ADAPTER_IA3, ADAPTER_PROMPT_TUNING, ADAPTER_PREFIX_TUNING,
-                                         ADAPTER_BOTTLENECK};
+                                         ADAPTER_BOTTLENECK, ADAPTER_LN_TUNING};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (!strcmp(kind, adapter_kind_name(kinds[i]))) a->kind = kinds[i];
     if (!a->kind) return rfail(c, PEFTD_EFORMAT, "unknown adapter kind '%s'", kind);
@@ -519,6 +534,7 @@ static int parse_meta(rctx *c, const cJSON *meta) {
     case ADAPTER_BOTTLENECK:
         if ((rc = read_bn(c, meta)) == 0 && a->n_virtual > 0) rc = read_prefix_meta(c, meta); /* MAM */
         break;
+    case ADAPTER_LN_TUNING: rc = read_ln(c); break;
     }
     if (rc) return rc;
     if (st_find(c->st, "lm_head") && (rc = claim(c, "lm_head", 2, c->d.vocab, c->d.hidden, -1, &a->lm_head, NULL)))

@@ -43,6 +43,7 @@ const char *adapter_kind_name(adapter_kind k) {
     case ADAPTER_PROMPT_TUNING: return "prompt_tuning";
     case ADAPTER_PREFIX_TUNING: return "prefix_tuning";
     case ADAPTER_BOTTLENECK: return "bottleneck";
+    case ADAPTER_LN_TUNING: return "ln_tuning";
     }
     return "?";
 }
@@ -248,6 +249,7 @@ void adapter_free(adapter *a) {
     }
     for (int i = 0; a->lora && i < a->n_layers * AMOD_COUNT; i++) free(a->lora[i].dora_stats);
     free(a->lora);
+    free(a->ln);
     free(a->ia3);
     free(a->prefix_k);
     free(a->prefix_v);

@@ -245,6 +245,8 @@ int adapter__load_lokr(adapter__ctx *c);
 int adapter__load_lora_biases(adapter__ctx *c, const char *bias, bool lora_bias);
 int adapter__load_lora_top(adapter__ctx *c, const bool *extra, int r, double alpha, bool rslora, bool dora);
 int adapter__load_ia3(adapter__ctx *c);
+/* adapter_peft_ln.c: LN tuning (trained norm weights). */
+int adapter__load_ln_tuning(adapter__ctx *c);
 /* adapter_peft_adalora.c: AdaLoRA, converted to the LoRA form (E and the scale folded in). */
 int adapter__load_adalora(adapter__ctx *c);
 int adapter__load_prompt(adapter__ctx *c);

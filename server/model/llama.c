@@ -288,7 +288,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     };
     for (int l = 0; l < cfg->n_layers; l++) {
         const model_layer *L = &m->layers[l];
-        CHECK(op->rmsnorm(kb, c->x, &L->attn_norm, T, H, cfg->rms_norm_eps, c->xn));
+        CHECK(llama__norm(c, b, 2 * l, &L->attn_norm, c->x, c->xn));
         CHECK(llama__project(c, l, AMOD_Q, &L->wq, c->xn, T, c->q, false));
         CHECK(llama__project(c, l, AMOD_K, &L->wk, c->xn, T, c->k, false));
         CHECK(llama__project(c, l, AMOD_V, &L->wv, c->xn, T, c->v, false));
@@ -312,7 +312,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         const kmat *post_attn = L->post_attn_norm.data ? &L->post_attn_norm : NULL;
         const kmat *post_ffn = L->post_ffn_norm.data ? &L->post_ffn_norm : NULL;
         CHECK(llama__sublayer_out(c, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN, post_attn));
-        CHECK(op->rmsnorm(kb, c->x, &L->ffn_norm, T, H, cfg->rms_norm_eps, c->xn));
+        CHECK(llama__norm(c, b, 2 * l + 1, &L->ffn_norm, c->x, c->xn));
         CHECK(llama__project(c, l, AMOD_GATE, &L->w_gate, c->xn, T, c->gate, false));
         CHECK(llama__project(c, l, AMOD_UP, &L->w_up, c->xn, T, c->up, false));
         if (cfg->gemma) CHECK(op->geglu(kb, c->gate, c->up, T, I, c->gate));
@@ -322,7 +322,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     if (b->n_logits == 0) return op->synchronize(kb);
     kmat xs = {.data = c->x, .dtype = KDT_F32, .rows = T, .cols = H};
     CHECK(op->get_rows(kb, &xs, c->d_rows, b->n_logits, c->sel));
-    CHECK(op->rmsnorm(kb, c->sel, &m->final_norm, b->n_logits, H, cfg->rms_norm_eps, c->sel));
+    CHECK(llama__norm(c, b, 2 * cfg->n_layers, &m->final_norm, c->sel, c->sel));
     /* lm_head, per run of logit rows sharing a head (modules_to_save replaces it) */
     for (int i = 0; i < b->n_logits;) {
         const adapter *ad = llama__row_adapter(b, b->logit_rows[i]);

@@ -519,6 +519,33 @@ int llama__head_lora(llama_ctx *c, const float *sel, float *logits) {
     return 0;
 }
 
+/* The norm weight row r of the step uses at site (llama__norm). */
+static const kmat *norm_weight(const llama_batch *b, int r, int site, const kmat *w) {
+    const adapter *ad = llama__row_adapter(b, r);
+    return ad && ad->kind == ADAPTER_LN_TUNING && ad->ln && ad->ln[site].data ? &ad->ln[site] : w;
+}
+
+int llama__norm(llama_ctx *c, const llama_batch *b, int site, const kmat *w, const float *x, float *out) {
+    kbackend *kb = c->kb;
+    const model_config *cfg = &c->m->cfg;
+    const int H = cfg->hidden_size;
+    bool final = site == 2 * cfg->n_layers, any = false;
+    int n = final ? b->n_logits : b->n_tokens;
+    for (int i = 0; i < b->n_segs && !any; i++)
+        any = b->segs[i].ad && b->segs[i].ad->kind == ADAPTER_LN_TUNING && b->segs[i].ad->ln &&
+              b->segs[i].ad->ln[site].data;
+    if (!any) return kb->ops->rmsnorm(kb, x, w, n, H, cfg->rms_norm_eps, out);
+    /* runs of rows (token rows; at the final norm the logit rows, in row order) sharing a weight */
+    for (int r0 = 0; r0 < n;) {
+        const kmat *wr = norm_weight(b, final ? b->logit_rows[r0] : r0, site, w);
+        int r1 = r0 + 1;
+        while (r1 < n && norm_weight(b, final ? b->logit_rows[r1] : r1, site, w) == wr) r1++;
+        CHECK(kb->ops->rmsnorm(kb, x + (size_t)r0 * H, wr, r1 - r0, H, cfg->rms_norm_eps, out + (size_t)r0 * H));
+        r0 = r1;
+    }
+    return 0;
+}
+
 static int apply_sgmv(llama_ctx *c, int n_sg, const ksgmv *sg, int ld_t, const float *in, int in_dim, int out_dim,
                       float *out) {
     kbackend *kb = c->kb;

@@ -153,9 +153,11 @@ def expected_kind(fix):
         if arch == "lora":
             return "ia3" if hub.get("composition_mode") == "scale" else "lora"
         return {"prefix_tuning": "prefix_tuning", "union": "bottleneck", "bottleneck": "bottleneck"}.get(arch)
-    # AdaLoRA is converted to LoRA at import, P-tuning served as prompt tuning (issue 16)
-    return {"LORA": "lora", "ADALORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning",
-            "P_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning"}.get(t)
+    # AdaLoRA, VeRA, LoHa and LoKr are converted to LoRA at import, P-tuning served as prompt
+    # tuning (issue 16)
+    return {"LORA": "lora", "ADALORA": "lora", "VERA": "lora", "LOHA": "lora", "LOKR": "lora", "IA3": "ia3",
+            "LN_TUNING": "ln_tuning", "PROMPT_TUNING": "prompt_tuning", "P_TUNING": "prompt_tuning",
+            "PREFIX_TUNING": "prefix_tuning"}.get(t)
 
 
 def lora_config(rank=1):

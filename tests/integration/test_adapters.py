@@ -19,7 +19,8 @@ SERVED = {"r8": "lora_r8_all", "dora": "lora_dora", "ia3": "ia3", "pt": "prompt_
           "ada": "adalora", "ptun": "p_tuning", "pproj": "prefix_projection",
           "hpar": "hub_par_bn", "hcomp": "hub_compacter", "hcpp": "hub_compacterpp", "hlora": "hub_lora",
           "hia3": "hub_ia3", "hpfx": "hub_prefix", "hpflat": "hub_prefix_flat",
-          "hmam": "hub_mam", "vera": "vera", "loha": "loha", "lokr": "lokr", "lokrf": "lokr_full"}
+          "hmam": "hub_mam", "vera": "vera", "loha": "loha", "lokr": "lokr", "lokrf": "lokr_full",
+          "lnt": "ln_tuning"}
 _tmp = tempfile.mkdtemp(prefix="peftd-adapters-")
 _daemon = None
 
