@@ -109,6 +109,7 @@ static int dispatch_peft(adapter__ctx *c) {
     if (!strcmp(t, "LOHA")) return adapter__load_loha(c);
     if (!strcmp(t, "LOKR")) return adapter__load_lokr(c);
     if (!strcmp(t, "OFT")) return adapter__load_oft(c); /* a dense delta per module */
+    if (!strcmp(t, "BOFT")) return adapter__load_boft(c);
     if (!strcmp(t, "IA3")) return adapter__load_ia3(c);
     if (!strcmp(t, "LN_TUNING")) return adapter__load_ln_tuning(c);
     if (!strcmp(t, "PROMPT_TUNING")) return adapter__load_prompt(c);
@@ -116,7 +117,7 @@ static int dispatch_peft(adapter__ctx *c) {
     if (!strcmp(t, "PREFIX_TUNING")) return adapter__load_prefix(c);
     return adapter__fail(c, PEFTD_EUNSUPPORTED,
                          "adapter_config.json: peft_type '%.64s' is not served (LORA, ADALORA, VERA, LOHA, LOKR, "
-                         "OFT, IA3, LN_TUNING, PROMPT_TUNING, P_TUNING, PREFIX_TUNING are)",
+                         "OFT, BOFT, IA3, LN_TUNING, PROMPT_TUNING, P_TUNING, PREFIX_TUNING are)",
                          t);
 }
 

@@ -240,6 +240,8 @@ int adapter__load_loha(adapter__ctx *c);
 int adapter__load_lokr(adapter__ctx *c);
 /* adapter_peft_oft.c: OFT as a dense delta W·(blockdiag(R)ᵀ − I) per module. */
 int adapter__load_oft(adapter__ctx *c);
+/* BOFT: the butterfly product of block rotations, the same way. */
+int adapter__load_boft(adapter__ctx *c);
 /* adapter_peft_lora_ext.c, after the projections' pairs are staged: lora_B biases and the
  * trained projection biases of bias "all" / "lora_only" (bias: the config's string); then
  * LoRA on embed_tokens / lm_head (extra from adapter__select_targets) with the config's

@@ -20,7 +20,7 @@ SERVED = {"r8": "lora_r8_all", "dora": "lora_dora", "ia3": "ia3", "pt": "prompt_
           "hpar": "hub_par_bn", "hcomp": "hub_compacter", "hcpp": "hub_compacterpp", "hlora": "hub_lora",
           "hia3": "hub_ia3", "hpfx": "hub_prefix", "hpflat": "hub_prefix_flat",
           "hmam": "hub_mam", "vera": "vera", "loha": "loha", "lokr": "lokr", "lokrf": "lokr_full",
-          "lnt": "ln_tuning", "oft": "oft", "coft": "oft_coft"}
+          "lnt": "ln_tuning", "oft": "oft", "coft": "oft_coft", "boft": "boft"}
 _tmp = tempfile.mkdtemp(prefix="peftd-adapters-")
 _daemon = None
 
@@ -186,7 +186,7 @@ def concurrent_mixed_adapters_match_solo_outputs():
     prompts = ["Once upon a time", "The dog", "Tom went", "One day", "Lily saw", "The sun", "A cat",
                "Mom said", "It was", "Ben had", "The bird", "Sue liked", "A big", "The girl", "He ran",
                "She was", "They went", "The boy", "Max saw", "The tree", "A little", "Tim and", "The ball", "Sam went", "Once there",
-               "The fox", "Kim had", "A dog", "The rain", "Ann went", "The cow", "A frog", "Tom saw"]
+               "The fox", "Kim had", "A dog", "The rain", "Ann went", "The cow", "A frog", "Tom saw", "Nan had"]
     assert len(prompts) >= len(names)
     solo = {}
     for i, n in enumerate(names):

@@ -277,7 +277,7 @@ def restart_keeps_every_adapter_and_its_output():
              "lora_lm_head", "lora_bf16", "lora_bias", "lora_embed_head", "lora_embed_tied", "lora_mts_tied",
              "adalora", "p_tuning", "prefix_projection", "hub_par_bn", "hub_compacter", "hub_compacterpp",
              "hub_lora", "hub_ia3", "hub_prefix", "hub_prefix_flat", "hub_mam", "vera", "loha", "lokr", "lokr_full",
-             "ln_tuning", "oft", "oft_coft"]
+             "ln_tuning", "oft", "oft_coft", "boft"]
     d = harness.Daemon(store=store)
     try:
         for k in kinds:

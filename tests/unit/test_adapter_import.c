@@ -975,8 +975,8 @@ TEST(syn_hub_unsupported_options) {
 
 TEST(err_unknown_peft_type) {
     syn *s = syn_lora(2, "F32");
-    cfg_set(s, "peft_type", cJSON_CreateString("BOFT"));
-    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "peft_type", "BOFT");
+    cfg_set(s, "peft_type", cJSON_CreateString("FOURIERFT"));
+    load_fails(syn_dir(s), PEFTD_EUNSUPPORTED, "peft_type", "FOURIERFT");
     syn_free(s);
 }
 

@@ -37,14 +37,15 @@
 
 #define TOL 1e-4
 #define N_GREEDY 32
-#define N_KINDS 24
+#define N_KINDS 25
 #define N_HUB 8 /* the first N_HUB kinds are AdapterHub's */
 
 static const char *KINDS[N_KINDS] = {
     "hub_par_bn",      "hub_compacter", "hub_compacterpp", "hub_lora",       "hub_ia3",     "hub_prefix",
     "hub_prefix_flat", "hub_mam",       "lora_bias",       "lora_embed_head", "lora_embed_tied", "lora_mts_tied",
     "adalora",         "p_tuning",      "prefix_projection", "vera",         "loha",        "lokr",
-    "lokr_full",       "ln_tuning",     "oft",          "oft_coft",    "lora_bias_all", "lora_bias_only",
+    "lokr_full",       "ln_tuning",     "oft",          "oft_coft",    "boft",
+    "lora_bias_all",   "lora_bias_only",
 };
 /* the last two exist on the attention-bias base only (they train its biases) */
 static bool on_base(int ki, int bi) { return bi == 1 || ki < N_KINDS - 2; }
