@@ -17,11 +17,10 @@
  *         w = P·Q (its decomposition, else I·w or w·I, whichever is narrower), the mixed-product
  *         rule gives kron(P1 Q1, P2 Q2) = kron(P1, P2)·kron(Q1, Q2): LoRA form of rank r1·r2.
  *
- * The rule, LoKr (the others' LoRA form never reads more than ΔW at the ranks PEFT allows,
- * LoHa's r² aside, which takes the same rule): the LoRA form reads rank·(in + out) elements
- * per step and costs as many multiply-adds per row; the dense delta in·out of each. The
- * narrower wins; PEFTD_LYCO_FORM=lora|dense forces one (both are measured by
- * bench/bench_kinds.c; tests check that they agree). rank_dropout / module_dropout are
+ * The rule, LoKr and LoHa (VeRA's rank-r form is never wider than ΔW): the LoRA form reads
+ * rank·(in + out) elements per step and costs as many multiply-adds per row; the dense delta
+ * in·out of each. The narrower wins; PEFTD_LYCO_FORM=lora|dense forces one (both are measured
+ * by bench/bench_kinds.c; tests check that they agree). rank_dropout / module_dropout are
  * training-only; conv layers (lokr_t2 / hada_t1: CP decomposition) are refused.
  */
 #include <math.h>
@@ -256,8 +255,26 @@ int adapter__load_loha(adapter__ctx *c) {
                 }
         }
         for (int k = 0; k < 4; k++) free(f[k]);
-        if (rc == 0) rc = stage_pair(c, i, A, B, R, md.in, md.row0, md.o, (float)(al / rr));
-        else free(A), free(B);
+        lyco_form forced = form_forced();
+        bool dense = rc == 0 && (forced == FORM_DENSE ||
+                                 (forced == FORM_AUTO && (double)R * (md.in + md.o) > (double)md.in * md.o));
+        if (rc == 0 && dense) { /* ΔW = scale·B·A (this module's rows), the same product densely */
+            float *K = malloc((size_t)md.o * md.in * sizeof *K);
+            if (K && A && B)
+                for (int y = 0; y < md.o; y++)
+                    for (int x = 0; x < md.in; x++) {
+                        double s = 0;
+                        for (int k = 0; k < R; k++) s += (double)B[(size_t)(md.row0 + y) * R + k] * A[(size_t)k * md.in + x];
+                        K[(size_t)y * md.in + x] = (float)(s * (al / rr));
+                    }
+            free(A), free(B);
+            rc = K ? adapter__stage_own_mat(c, K, md.o, md.in, &c->a->lora[i].delta)
+                   : adapter__fail(c, PEFTD_ENOMEM, "out of memory");
+        } else if (rc == 0) {
+            rc = stage_pair(c, i, A, B, R, md.in, md.row0, md.o, (float)(al / rr));
+        } else {
+            free(A), free(B);
+        }
     }
 out:
     free(sel);

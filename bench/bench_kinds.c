@@ -8,7 +8,8 @@
  *   lora        the reference: sequence i uses LoRA i mod n of --lora (rank 16, all linear layers)
  *   <kind>      sequence i uses adapter i mod n of that kind's set (--kind NAME:DIR): a mixed
  *               batch of distinct adapters of one kind
- *               (n: the set's size, at most --distinct, default 8, for every row alike)
+ *               (n: the set's size, at most --distinct, default 8, for every row alike);
+ *               NAME:DIR:lora|dense loads LoKr / LoHa modules in that form (PEFTD_LYCO_FORM)
  *   mix-linear2 sequence i composes LoRAs i and i+1 (mod n) of --lora, weights 0.5 / 0.5, "linear"
  *               (PEFT's: 4 (A, B) pairs per module)
  *   mix-cat2    the same pairs, "cat" (the weighted sum of the two deltas: 2 pairs)
@@ -34,7 +35,7 @@
 #include "server/model/model_adapter_base.h"
 #include "server/text/tokenizer.h"
 
-#define MAX_ROWS 24
+#define MAX_ROWS 40
 #define MAX_SET 64
 #define MAX_ROUNDS 16
 
@@ -42,6 +43,7 @@ typedef enum { ROW_BASE, ROW_SET, ROW_MIX } row_type;
 
 typedef struct {
     char name[64], dir[1024];
+    char form[16];              /* ROW_SET: PEFTD_LYCO_FORM while its adapters load ("" = the rule) */
     row_type type;
     adapter_mix_kind how;       /* ROW_MIX */
     adapter *ads[MAX_SET];      /* ROW_SET (ROW_MIX: the lora row's) */
@@ -149,6 +151,7 @@ static int load_set(const bench *B, row *r) {
     closedir(d);
     qsort(names, (size_t)n, sizeof *names, cmp_str);
     int st = n > 0 ? 0 : -1;
+    if (r->form[0]) setenv("PEFTD_LYCO_FORM", r->form, 1);
     for (int i = 0; i < n && st == 0; i++) {
         char path[2200], err[1024];
         snprintf(path, sizeof path, "%s/%s", r->dir, names[i]);
@@ -159,6 +162,7 @@ static int load_set(const bench *B, row *r) {
             r->n_ads++;
         }
     }
+    if (r->form[0]) unsetenv("PEFTD_LYCO_FORM");
     for (int i = 0; i < n; i++) free(names[i]);
     if (st == 0) snprintf(r->kind, sizeof r->kind, "%s", adapter_kind_name(r->ads[0]->kind));
     return st;
@@ -189,6 +193,11 @@ int main(int argc, char **argv) {
             rows[n] = (row){.type = ROW_SET};
             snprintf(rows[n].name, sizeof rows[n].name, "%.*s", (int)(c - v), v);
             snprintf(rows[n].dir, sizeof rows[n].dir, "%s", c + 1);
+            char *f = strrchr(rows[n].dir, ':'); /* NAME:DIR:lora|dense — LoKr / LoHa forced to one form */
+            if (f && (!strcmp(f + 1, "lora") || !strcmp(f + 1, "dense"))) {
+                snprintf(rows[n].form, sizeof rows[n].form, "%s", f + 1);
+                *f = 0;
+            }
             n++;
         } else if (!strcmp(a, "--seqs")) B.seqs = atoi(v);
         else if (!strcmp(a, "--prompt")) B.prompt = atoi(v);

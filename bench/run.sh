@@ -101,7 +101,8 @@ make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_json"
 # each kind against the base and against 8 distinct rank-16 all-linear LoRAs, and 32 sequences
 # each composing two of those LoRAs ("linear": 4 (A, B) pairs per module, "cat": 2). The
 # sets are random adapters shaped after the fixture adapters (clients/gen_like_adapter.py;
-# LoRA-family kinds at rank 16). BENCH_KINDS=0 skips it.
+# PEFT LoRA variants at rank 16, the other kinds at the fixtures' sizes); LoKr and LoHa also
+# with every module forced dense (the rule's other form). BENCH_KINDS=0 skips it.
 if [ "${BENCH_KINDS:-1}" != 0 ]; then
     KINDS=$MODELS/kinds-110m
     # like_set NAME FIXTURE COUNT RANK
@@ -121,6 +122,21 @@ if [ "${BENCH_KINDS:-1}" != 0 ]; then
     like_set modules_to_save lora_lm_head 4 16
     like_set seq_bn pfeiffer 8 0
     like_set par_bn hub_par_bn 8 0
+    like_set vera vera 8 0
+    like_set loha loha 8 0
+    like_set lokr lokr 8 0
+    like_set lokr_full lokr_full 8 0
+    like_set oft oft 8 0
+    like_set boft boft 8 0
+    like_set ln_tuning ln_tuning 8 0
+    like_set adalora adalora 8 0
+    like_set p_tuning p_tuning 8 0
+    like_set prefix_projection prefix_projection 8 0
+    like_set hub_lora hub_lora 8 0
+    like_set hub_ia3 hub_ia3 8 0
+    like_set hub_prefix hub_prefix 8 0
+    like_set hub_prefix_flat hub_prefix_flat 8 0
+    like_set hub_mam hub_mam 8 0
     if [ ! -d "$KINDS/dora" ]; then
         "$PYTHON" clients/gen_random_lora.py --base "$BASE" --out "$KINDS/dora.tmp" --count 8 --rank 16 \
             --alpha 32 --targets all-linear --dtype bf16 --seed 17 --dora >&2
@@ -128,8 +144,10 @@ if [ "${BENCH_KINDS:-1}" != 0 ]; then
     fi
     make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_kinds"
     "$BUILD/bench/bench_kinds" --model "$BASE" --lora "$MODELS/lora-r16-all" \
-        $(for k in dora lora_bias lora_embed_head modules_to_save ia3 prompt prefix seq_bn par_bn; do
-            printf -- '--kind %s:%s ' "$k" "$KINDS/$k"; done) \
+        $(for k in dora lora_bias lora_embed_head modules_to_save ia3 prompt prefix seq_bn par_bn vera loha lokr \
+            lokr_full oft boft ln_tuning adalora p_tuning prefix_projection hub_lora hub_ia3 hub_prefix \
+            hub_prefix_flat hub_mam; do printf -- '--kind %s:%s ' "$k" "$KINDS/$k"; done) \
+        --kind "lokr-dense:$KINDS/lokr:dense" --kind "loha-dense:$KINDS/loha:dense" \
         --seqs "$N_ADAPTERS" --distinct 8 --prompt 8 --tokens "${BENCH_TOKENS_KINDS:-32}" \
         --rounds "${BENCH_ROUNDS_KINDS:-3}" --threads "$THREADS" --out bench/results/latest-kinds.json >/dev/null
 fi

@@ -39,6 +39,58 @@ def dims(cfg):
             "vocab": cfg["vocab_size"], "layers": cfg["num_hidden_layers"], "heads": heads, "kvh": kvh}
 
 
+def module_shape(d, mod):
+    """(out, in) of a Llama projection on a base with dims d."""
+    return {"q_proj": (d["q"], d["hidden"]), "k_proj": (d["kv"], d["hidden"]), "v_proj": (d["kv"], d["hidden"]),
+            "o_proj": (d["hidden"], d["q"]), "gate_proj": (d["inter"], d["hidden"]),
+            "up_proj": (d["inter"], d["hidden"]), "down_proj": (d["hidden"], d["inter"])}[mod]
+
+
+def factorization(dim, factor=-1):
+    """PEFT's lokr factorization (tuners/lokr/layer.py): m <= n, m * n = dim."""
+    if factor > 0 and dim % factor == 0:
+        m, n = factor, dim // factor
+        return (m, n) if m <= n else (n, m)
+    if factor == -1:
+        factor = dim
+    m, n = 1, dim
+    while m < n:
+        new_m = m + 1
+        while dim % new_m:
+            new_m += 1
+        new_n = dim // new_m
+        if new_m + new_n > m + n or new_m > factor:
+            break
+        m, n = new_m, new_n
+    return (m, n) if m <= n else (n, m)
+
+
+def semantic_parts(cfg, mod, d):
+    """Tensor suffixes and shapes of one module for kinds whose shapes follow the module's own
+    factorisation (LoKr, OFT, BOFT) rather than the base's dimensions; None for the others."""
+    t = cfg.get("peft_type")
+    out, inp = module_shape(d, mod)
+    if t == "LOKR":
+        r, f = cfg.get("r", 8), cfg.get("decompose_factor", -1)
+        (ol, ok), (im, in_) = factorization(out, f), factorization(inp, f)
+        use_w1 = not (cfg.get("decompose_both") and r < max(ol, im) / 2)
+        use_w2 = not (r < max(ok, in_) / 2)
+        parts = [("lokr_w1", [ol, im])] if use_w1 else [("lokr_w1_a", [ol, r]), ("lokr_w1_b", [r, im])]
+        parts += [("lokr_w2", [ok, in_])] if use_w2 else [("lokr_w2_a", [ok, r]), ("lokr_w2_b", [r, in_])]
+        return parts
+    if t == "ADALORA":
+        r = cfg.get("init_r", 12)
+        return [("lora_A", [r, inp]), ("lora_E", [r, 1]), ("lora_B", [out, r])]
+    if t == "OFT":
+        bs = cfg.get("oft_block_size") or inp // cfg["r"]
+        n = 1 if cfg.get("block_share") else inp // bs
+        return [("oft_R.weight", [n, bs * (bs - 1) // 2])]
+    if t == "BOFT":
+        bs = cfg.get("boft_block_size") or inp // cfg["boft_block_num"]
+        return [("boft_R", [cfg.get("boft_n_butterfly_factor", 1), inp // bs, bs, bs]), ("boft_s", [out, 1])]
+    return None
+
+
 def read_st(path):
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
@@ -71,11 +123,18 @@ def main():
     # value -> target value (the fixture base's distinct sizes; hidden == q on both here)
     m = {src["hidden"]: dst["hidden"], src["kv"]: dst["kv"], src["inter"]: dst["inter"],
          src["vocab"]: dst["vocab"], 2 * src["layers"] * src["kv"]: 2 * dst["layers"] * dst["kv"]}
-    if hub:
-        rf = cfg["config"].get("reduction_factor") or 16
-        for r in ([rf] if not isinstance(rf, dict) else rf.values()):
-            m[int(src["hidden"] // r)] = int(dst["hidden"] // r)
     keep = {1}
+    if hub:  # bottleneck widths hidden / reduction_factor; a prefix MLP's width stays
+        hub_cfgs = cfg["config"].get("configs") or [cfg["config"]]
+        for hc in hub_cfgs:
+            rf = hc.get("reduction_factor")
+            for r in ([rf] if rf and not isinstance(rf, dict) else (rf or {}).values()):
+                m[int(src["hidden"] // r)] = int(dst["hidden"] // r)
+            if hc.get("architecture") == "prefix_tuning":
+                keep.add(hc.get("bottleneck_size"))
+                if hc.get("flat"):  # control_trans [prefix_length * 2 * layers * kv]
+                    pl = hc["prefix_length"]
+                    m[pl * 2 * src["layers"] * src["kv"]] = pl * 2 * dst["layers"] * dst["kv"]
     if a.rank and cfg.get("peft_type") == "LORA":
         for r in [cfg.get("r", 8)] + list((cfg.get("rank_pattern") or {}).values()):
             m[r] = a.rank
@@ -87,6 +146,17 @@ def main():
 
     # per-layer tensors: the fixture's layer 0 stands for every target layer
     names = []
+    if semantic_parts(cfg, "q_proj", dst) is not None:  # shapes from each module's factorisation
+        mods = sorted({re.search(r"layers\.0\.(self_attn|mlp)\.(\w+_proj)\.", k).group(2)
+                       for k in hdr if "layers.0." in k})
+        for layer in range(dst["layers"]):
+            for mod in mods:
+                path = "base_model.model.model.layers.%d.%s.%s" % (layer, "mlp" if mod in ("gate_proj", "up_proj",
+                                                                                         "down_proj") else "self_attn", mod)
+                for suffix, shape in semantic_parts(cfg, mod, dst):
+                    names.append(("%s.%s" % (path, suffix), {"shape": shape, "dtype": "F32", "semantic": True}))
+        hdr = {}
+        cfg.pop("rank_pattern", None)  # AdaLoRA's pruning masks name the fixture's layers: every module keeps init_r
     for k, t in hdr.items():
         lm = re.search(r"layers\.(\d+)\.", k)
         if lm is None:
@@ -113,9 +183,9 @@ def main():
         os.makedirs(d, exist_ok=True)
         tensors = []
         for k, t in names:
-            shape = shape_of(t["shape"])
+            shape = t["shape"] if t.get("semantic") else shape_of(t["shape"])
             v = rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * np.float32(0.02)
-            if k.endswith("ia3_l"):
+            if k.endswith("ia3_l") or k.endswith("boft_s"):
                 v = np.float32(1.0) + v * np.float32(2.5)
             tdt = dt if t["dtype"] != "F32" or a.dtype != "f32" else "F32"
             tensors.append((k, tdt, shape, to_dtype(v.reshape(shape), tdt)))

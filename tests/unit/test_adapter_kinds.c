@@ -319,15 +319,15 @@ TEST(engine_greedy_and_mixed_batch) {
     rig_close(&R);
 }
 
-/* LoKr's two forms (adapter_peft_lyco.c): every module forced to the LoRA form, every module
+/* LoKr's and LoHa's two forms (adapter_peft_lyco.c): every module forced to the LoRA form, every module
  * forced dense, and the rule's mix give the library's logits and agree with each other, also at
  * a request scale of 0.5 (dense rows scaled through the scratch path) in one batch; within TOL of
  * the library and 5e-5 of each other (f32 rounding of a materialised delta vs two factors). */
-TEST(lokr_forms_agree) {
+TEST(lyco_forms_agree) {
     static const char *const forms[3] = {"lora", "dense", "auto"};
     for (int bi = 0; bi < 2; bi++)
         for (int ki = N_HUB; ki < N_KINDS; ki++) {
-            if (strncmp(KINDS[ki], "lokr", 4) || !on_base(ki, bi)) continue;
+            if ((strncmp(KINDS[ki], "lokr", 4) && strcmp(KINDS[ki], "loha")) || !on_base(ki, bi)) continue;
             rig R;
             rig_open(&R, BASES[bi]);
             char dir[256];
@@ -378,4 +378,4 @@ TEST(lokr_forms_agree) {
 TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam,
           peft_lora_variants_both_bases, after_blob_round_trip,
           refusals_name_the_field,
-          engine_greedy_and_mixed_batch, lokr_forms_agree)
+          engine_greedy_and_mixed_batch, lyco_forms_agree)
