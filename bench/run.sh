@@ -137,6 +137,7 @@ if [ "${BENCH_KINDS:-1}" != 0 ]; then
     like_set hub_prefix hub_prefix 8 0
     like_set hub_prefix_flat hub_prefix_flat 8 0
     like_set hub_mam hub_mam 8 0
+    like_set compacter hub_compacter 8 0
     if [ ! -d "$KINDS/dora" ]; then
         "$PYTHON" clients/gen_random_lora.py --base "$BASE" --out "$KINDS/dora.tmp" --count 8 --rank 16 \
             --alpha 32 --targets all-linear --dtype bf16 --seed 17 --dora >&2
@@ -146,7 +147,7 @@ if [ "${BENCH_KINDS:-1}" != 0 ]; then
     "$BUILD/bench/bench_kinds" --model "$BASE" --lora "$MODELS/lora-r16-all" \
         $(for k in dora lora_bias lora_embed_head modules_to_save ia3 prompt prefix seq_bn par_bn vera loha lokr \
             lokr_full oft boft ln_tuning adalora p_tuning prefix_projection hub_lora hub_ia3 hub_prefix \
-            hub_prefix_flat hub_mam; do printf -- '--kind %s:%s ' "$k" "$KINDS/$k"; done) \
+            hub_prefix_flat hub_mam compacter; do printf -- '--kind %s:%s ' "$k" "$KINDS/$k"; done) \
         --kind "lokr-dense:$KINDS/lokr:dense" --kind "loha-dense:$KINDS/loha:dense" \
         --seqs "$N_ADAPTERS" --distinct 8 --prompt 8 --tokens "${BENCH_TOKENS_KINDS:-32}" \
         --rounds "${BENCH_ROUNDS_KINDS:-3}" --threads "$THREADS" --out bench/results/latest-kinds.json >/dev/null

@@ -130,6 +130,10 @@ def main():
             rf = hc.get("reduction_factor")
             for r in ([rf] if rf and not isinstance(rf, dict) else (rf or {}).values()):
                 m[int(src["hidden"] // r)] = int(dst["hidden"] // r)
+                if hc.get("phm_layer"):  # Compacter: PHM factors of hidden / phm_dim and bottleneck / phm_dim
+                    p = hc.get("phm_dim", 4)
+                    m[src["hidden"] // p] = dst["hidden"] // p
+                    m[int(src["hidden"] // r) // p] = int(dst["hidden"] // r) // p
             if hc.get("architecture") == "prefix_tuning":
                 keep.add(hc.get("bottleneck_size"))
                 if hc.get("flat"):  # control_trans [prefix_length * 2 * layers * kv]

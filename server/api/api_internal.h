@@ -73,8 +73,9 @@ enum MHD_Result api_fail_status(http_req *req, struct MHD_Connection *conn, int 
 
 /* ---- api_metrics.c / api_health.c / api_models.c ---- */
 enum MHD_Result api_metrics_get(http_req *req, struct MHD_Connection *conn);
-/* api_metrics_vllm.c: the LoRA info gauge and the vllm:-named aliases, appended to b. */
-int api_metrics_vllm(api_server *s, http_buf *b);
+/* api_metrics_vllm.c: the LoRA info gauge and the vllm:-named aliases, appended to b; the gauges
+ * from st, the engine snapshot the peftd_ families of the same scrape were written from. */
+int api_metrics_vllm(api_server *s, const engine_stats *st, http_buf *b);
 /* api_metrics_process.c: peftd_build_info and the standard process_* families, appended to b. */
 int api_metrics_process(api_server *s, http_buf *b);
 enum MHD_Result api_ready_get(http_req *req, struct MHD_Connection *conn); /* GET /ready */

@@ -269,7 +269,7 @@ static int metrics_render(api_server *s, http_server *srv, http_buf *b) {
     if ((rc = put_tenants(s, b))) return rc;
     if ((rc = put_requests(b))) return rc;
     if ((rc = api_metrics_process(s, b))) return rc;
-    if ((rc = api_metrics_vllm(s, b))) return rc;
+    if ((rc = api_metrics_vllm(s, &st, b))) return rc; /* the same snapshot: an alias equals its family */
     if ((rc = api_replication_metrics(s, b))) return rc;
 
     if (s->store) {

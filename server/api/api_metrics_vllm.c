@@ -101,9 +101,8 @@ static int put_vllm_gauge(http_buf *b, const char *name, const char *help, const
     return http_buf_puts(b, line);
 }
 
-int api_metrics_vllm(api_server *s, http_buf *b) {
-    engine_stats st = {0};
-    engine_get_stats(s->e, &st);
+int api_metrics_vllm(api_server *s, const engine_stats *stats, http_buf *b) {
+    const engine_stats st = *stats; /* the scrape's one snapshot (its peftd_ families read it too) */
     double kv = st.kv_blocks_total ? (double)st.kv_blocks_used / st.kv_blocks_total : 0.0;
     char model[256];
     http_utf8_sanitize(s->m->name, model, sizeof model);
