@@ -81,8 +81,9 @@ typedef struct {
      * (bias "all" trains every bias, targeted or not). Not scaled by a request scale. */
     kmat base_bias;
     /* A materialised delta instead of (or, never, beside) the pair: scale·ΔW [out, in] f32,
-     * rank 0, applied y += t·(x·deltaᵀ) per segment with the request scale t (LoKr when its
-     * LoRA form would read more bytes than ΔW: adapter_peft_lyco.c). data NULL otherwise. */
+     * rank 0, applied y += t·(x·deltaᵀ) per segment with the request scale t (a VeRA / LoHa /
+     * LoKr module whose LoRA form would read more bytes than ΔW, or PEFTD_LYCO_FORM=dense:
+     * adapter_peft_lyco.c; OFT / BOFT always). data NULL otherwise. */
     kmat delta;
 } adapter_lora;
 

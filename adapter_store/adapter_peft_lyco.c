@@ -25,7 +25,8 @@
  * the dense delta is materialised (scale folded in, summed in double, rounded once) when
  * R·(in + out) > in·out, and applied per segment as y[rows] += t·(x[rows]·ΔWᵀ) (the backend's
  * matmul with beta 1; t = the request's adapter_scale). PEFTD_LYCO_FORM=lora|dense forces one
- * form for every module (read per load). One log line per adapter load says what was chosen
+ * form for every module (read per load), except that a rank above max(in, out) or 4096 is
+ * always dense. One log line per adapter load says what was chosen
  * and the elements each form reads. rank_dropout / module_dropout are training-only
  * (PEFT applies them only when training); conv layers (lokr_t2 / hada_t1: CP decomposition,
  * use_effective_conv2d) and VeRA's bias other than "none" are refused naming the field.
@@ -114,8 +115,11 @@ static int stage_pair(adapter__ctx *c, int i, float *fa, float *fb, int rank, in
 
 /* The rule, per module: the LoRA form of rank R reads R·(in + out) elements per step (and
  * costs as many multiply-adds per row), the dense delta in·out: the LoRA form unless it is
- * wider, or what PEFTD_LYCO_FORM forces. */
+ * wider, or what PEFTD_LYCO_FORM forces. A rank above max(in, out) or ADAPTER_MAX_LORA_RANK
+ * (LoHa's r², VeRA's r on a narrow module) is never a LoRA pair, forced or not: it is outside
+ * the bounds every LoRA module is held to (the SGMV workspace, adapter_blob_read). */
 static bool choose_dense(lyco_form forced, int rank, int in, int out) {
+    if (rank > ADAPTER_MAX_LORA_RANK || rank > (in > out ? in : out)) return true;
     return forced == FORM_DENSE || (forced == FORM_AUTO && (double)rank * (in + out) > (double)in * out);
 }
 
@@ -316,6 +320,28 @@ out:
 
 /* ---- LoHa ---- */
 
+/* Module i dense: ΔW[y, x] = scale·(w1a w1b)[y, x]·(w2a w2b)[y, x] over this module's rows,
+ * each product summed in double and ΔW rounded once (f = w1a [fo, r], w1b [r, in], w2a, w2b;
+ * O(out·in·r), not the r² of the LoRA form). */
+static int loha_dense(adapter__ctx *c, int i, float *const f[4], int r, const lyco_mod *md, double scale,
+                      lyco_tally *t) {
+    float *K = malloc((size_t)md->o * md->in * sizeof *K);
+    if (!K) return adapter__fail(c, PEFTD_ENOMEM, "out of memory");
+    for (int y = 0; y < md->o; y++) {
+        const float *a1 = f[0] + (size_t)(md->row0 + y) * r, *a2 = f[2] + (size_t)(md->row0 + y) * r;
+        for (int x = 0; x < md->in; x++) {
+            double s1 = 0, s2 = 0;
+            for (int k = 0; k < r; k++) {
+                s1 += (double)a1[k] * f[1][(size_t)k * md->in + x];
+                s2 += (double)a2[k] * f[3][(size_t)k * md->in + x];
+            }
+            K[(size_t)y * md->in + x] = (float)(s1 * s2 * scale);
+        }
+    }
+    tally_dense(t, r * r, md->in, md->o);
+    return adapter__stage_own_mat(c, K, md->o, md->in, &c->a->lora[i].delta);
+}
+
 int adapter__load_loha(adapter__ctx *c) {
     static const char *const defaults[] = {"q_proj", "v_proj", NULL}; /* PEFT has none for LoHa: as LoRA */
     const adapter_base *b = c->base;
@@ -350,8 +376,17 @@ int adapter__load_loha(adapter__ctx *c) {
             rc = adapter__expect(c, name, 2, k % 2 ? rr : md.fo, k % 2 ? md.in : rr, &t[k]);
             if (rc == 0) rc = get_f32(c, t[k], &f[k]);
         }
-        int R = rr * rr;
-        float *A = rc ? NULL : malloc((size_t)R * md.in * sizeof *A), *B = rc ? NULL : malloc((size_t)md.o * R * sizeof *B);
+        int R = rr * rr; /* the LoRA form's rank */
+        if (rc) {
+            for (int k = 0; k < 4; k++) free(f[k]);
+            break;
+        }
+        if (choose_dense(forced, R, md.in, md.o)) {
+            rc = loha_dense(c, i, f, rr, &md, al / rr, &tl);
+            for (int k = 0; k < 4; k++) free(f[k]);
+            continue;
+        }
+        float *A = malloc((size_t)R * md.in * sizeof *A), *B = malloc((size_t)md.o * R * sizeof *B);
         if (A && B) { /* B: this module's rows [row0, row0 + o) of the (fused) output */
             for (int p = 0; p < rr; p++)
                 for (int q = 0; q < rr; q++) {
@@ -363,14 +398,8 @@ int adapter__load_loha(adapter__ctx *c) {
                 }
         }
         for (int k = 0; k < 4; k++) free(f[k]);
-        if (rc) {
-            free(A), free(B);
-        } else if (choose_dense(forced, R, md.in, md.o)) { /* ΔW = scale·B·A, the same product densely */
-            rc = stage_dense(c, i, A, B, R, md.in, md.o, al / rr, &tl);
-        } else {
-            tally_lora(&tl, R, md.in, md.o);
-            rc = stage_pair(c, i, A, B, R, md.in, 0, md.o, (float)(al / rr));
-        }
+        tally_lora(&tl, R, md.in, md.o);
+        rc = stage_pair(c, i, A, B, R, md.in, 0, md.o, (float)(al / rr));
     }
     if (rc == 0) log_tally(c, "LoHa", &tl, forced, false);
 out:
