@@ -7,14 +7,20 @@
  * flat: the table computed at import; the prompt's positions start at 0) and MAM (prefix +
  * parallel bottleneck in one adapter), made fresh and trained with adapters
  * 1.3.0 by tests/fixtures/adapters/make_hub_fixtures.py on two GQA bases (models/stories260K
- * and tests/fixtures/qwen2/llama_bias, which has attention biases). Against the library's
+ * and tests/fixtures/qwen2/llama_bias, which has attention biases), and the PEFT VeRA / LoHa /
+ * LoKr fixtures of make_zoo_fixtures.py (vera and vera_b share one projection; loha with rank /
+ * alpha patterns, o_proj dense by the rule; lokr, lokr_full, lokr_factor), served in the LoRA
+ * form or as dense deltas per module (adapter_peft_lyco.c). Against the library's
  * reloaded model:
  *   - logits of every prompt row (all cases in one llama_forward, one segment each; and one
  *     case as prefill + one-token decode steps) within TOL, imported from the files and
  *     after a round trip through the store blob;
  *   - 32 greedy tokens through llama_forward and through the engine;
  *   - one engine batch holding every hub kind, a PEFT LoRA, a Pfeiffer bottleneck and base
- *     sequences gives each sequence the tokens and logprobs, bit for bit, it gets alone.
+ *     sequences gives each sequence the tokens and logprobs, bit for bit, it gets alone;
+ *   - VeRA / LoHa / LoKr forced to each form (PEFTD_LYCO_FORM) agree with each other and PEFT,
+ *     survive their blobs bit for bit; VeRA's projection slices are held once (bytes measured);
+ *   - configs that are not served are refused with a line naming the field.
  * TOL 1e-4 as test_adapter_forward.c: f32 math on the stored weights, only summation order
  * differs (Compacter: its weights are formed once in double and rounded to f32 where the
  * library sums the Kronecker terms in f32 each call). A par_bn served as sequential, or an
@@ -422,7 +428,7 @@ TEST(engine_greedy_and_mixed_batch) {
  * (the dense deltas are a blob field). Within TOL of the library, and of each other within
  * forms_tol(): 1e-5, or 8 f32 ulps of the largest |logit| where that is more (stories260K's
  * logits reach 18, ulp 1.9e-6: its forms differ by up to 6.5 ulps = 1.24e-5; the bias base's by
- * 1.1e-6). That difference is summation order only — x·ΔWᵀ vs (x·Aᵀ)·Bᵀ in f32, each rounded
+ * 1.2e-6). That difference is summation order only — x·ΔWᵀ vs (x·Aᵀ)·Bᵀ in f32, each rounded
  * differently through 5 layers — and smaller than what either form shows against PEFT itself
  * (1.5e-5 to 2.2e-5 there, like every LoRA kind). */
 static double forms_tol(const adapter_ref *rf) {
