@@ -105,7 +105,7 @@ static int dispatch_peft(adapter__ctx *c) {
     const char *t = pt->valuestring;
     if (!strcmp(t, "LORA")) return adapter__load_lora(c);
     if (!strcmp(t, "ADALORA")) return adapter__load_adalora(c); /* converted to LoRA at import */
-    if (!strcmp(t, "VERA")) return adapter__load_vera(c);       /* these three as well (LoKr: or dense) */
+    if (!strcmp(t, "VERA")) return adapter__load_vera(c);       /* these three as well (or dense, per module) */
     if (!strcmp(t, "LOHA")) return adapter__load_loha(c);
     if (!strcmp(t, "LOKR")) return adapter__load_lokr(c);
     if (!strcmp(t, "OFT")) return adapter__load_oft(c); /* a dense delta per module */

@@ -11,8 +11,10 @@
  * then makes the adapter usable by a backend's ops, on the thread that owns the backend
  * (kernels.h): on is_host backends (CPU) the host block is used as it is; elsewhere it is
  * uploaded once and the host copy freed. DoRA's per-row statistics (for request scales
- * other than 1) always stay in host memory. An adapter is immutable once installed and is
- * shared by every sequence that uses it.
+ * other than 1) always stay in host memory. VeRA's projection slices are the one exception
+ * to "one block": content-keyed matrices held once per process and referenced by every
+ * adapter (and module) that reads them (adapter_shared.h, adapter_bytes_held). An adapter
+ * is immutable once installed and is shared by every sequence that uses it.
  *
  * adapter_store depends only on kernels/: the base model is described by adapter_base.
  */
@@ -79,8 +81,9 @@ typedef struct {
      * (bias "all" trains every bias, targeted or not). Not scaled by a request scale. */
     kmat base_bias;
     /* A materialised delta instead of (or, never, beside) the pair: scale·ΔW [out, in] f32,
-     * rank 0, applied y += t·(x·deltaᵀ) per segment with the request scale t (LoKr when its
-     * LoRA form would read more bytes than ΔW: adapter_peft_lyco.c). data NULL otherwise. */
+     * rank 0, applied y += t·(x·deltaᵀ) per segment with the request scale t (a VeRA / LoHa /
+     * LoKr module whose LoRA form would read more bytes than ΔW, or PEFTD_LYCO_FORM=dense:
+     * adapter_peft_lyco.c; OFT / BOFT always). data NULL otherwise. */
     kmat delta;
 } adapter_lora;
 
@@ -226,6 +229,10 @@ int adapter_install_placed(adapter *a, kbackend *kb, const adapter_placer *p, ch
 /* True while a's tensors are in host memory (not installed, or installed on an is_host
  * backend): what adapter_blob_write needs. Any thread. */
 bool adapter_on_host(const adapter *a);
+/* Host or device bytes a holds: *own, its own block (adapter_install's one upload), and
+ * *shared, the matrices it reads that are held once per process however many adapters read
+ * them (adapter_shared.h: VeRA's projection slices), each distinct one counted once. */
+void adapter_bytes_held(const adapter *a, size_t *own, size_t *shared);
 /* NULL is a no-op. An adapter installed on a device backend is freed on that backend's
  * owner thread (it frees backend memory); a host-only one on any thread. */
 void adapter_free(adapter *a);

@@ -5,6 +5,11 @@
  *
  * Tensor names (l = layer, m = adapter_module_name, all in the adapter's loaded dtypes):
  *   lora.<l>.<m>.a  [rank, in]   lora.<l>.<m>.b  [out, rank]   lora.<l>.<m>.dora  [out] F32
+ *   shared.<k> [rows, cols] F32: a matrix held once per process (adapter_shared.h, VeRA's
+ *   projection slices), written once however many modules read it; metadata "shared" =
+ *   [{rows, cols}] in k order, and a module that reads shared.<k> as its A has "a_shared": k
+ *   and no lora.<l>.<m>.a (absent in blobs without shared matrices)
+ *   delta.<l>.<m> [out, in] (a materialised dense delta; metadata "delta" = [{layer, module}])
  *   lora.<l>.<m>.dora_stats [out, ADAPTER_DORA_STATS] F32 (format >= 2; kept in host memory)
  *   ia3.<l>.<m>     [out] or [in] F32 (side in ia3_input)
  *   prompt          [n_virtual, hidden]
@@ -151,34 +156,72 @@ static int collect_delta(const adapter *a, wlist *w, cJSON *meta) {
     return 0;
 }
 
-static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
+/* The distinct shared matrices the modules' A read (adapter_shared.h), in first-use order: *sh
+ * (malloc'd, n_sh of them; NULL when none), tensors shared.<k> and metadata "shared". */
+static int collect_shared(const adapter *a, wlist *w, cJSON *meta, adapter_shared ***sh, int *n_sh) {
     char nm[48];
     int rc;
+    cJSON *arr = NULL;
+    *sh = NULL, *n_sh = 0;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        adapter_shared *s = a->lora[i].rank ? adapter__shared_of(a, &a->lora[i].a) : NULL;
+        int k = 0;
+        while (s && k < *n_sh && (*sh)[k] != s) k++;
+        if (!s || k < *n_sh) continue;
+        adapter_shared **p = realloc(*sh, (size_t)(*n_sh + 1) * sizeof *p);
+        if (!p) return PEFTD_ENOMEM;
+        *sh = p;
+        p[(*n_sh)++] = s;
+        cJSON *o = cJSON_CreateObject();
+        if ((!arr && !(arr = cJSON_AddArrayToObject(meta, "shared"))) || !add_item(arr, o) ||
+            !add_num(o, "rows", (double)adapter__shared_rows(s)) || !add_num(o, "cols", (double)adapter__shared_cols(s)))
+            return PEFTD_ENOMEM;
+        snprintf(nm, sizeof nm, "shared.%d", k);
+        if ((rc = wl_add(w, nm, KDT_F32, 2, adapter__shared_rows(s), adapter__shared_cols(s), adapter__shared_host(s))))
+            return rc;
+    }
+    return 0;
+}
+
+static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
+    char nm[48];
+    int rc, n_sh = 0;
+    adapter_shared **sh = NULL;
     cJSON *arr = cJSON_AddArrayToObject(meta, "lora");
     if (!arr) return PEFTD_ENOMEM;
-    if ((rc = collect_delta(a, w, meta))) return rc;
+    if ((rc = collect_delta(a, w, meta)) || (rc = collect_shared(a, w, meta, &sh, &n_sh))) {
+        free(sh);
+        return rc;
+    }
     for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
         const adapter_lora *l = &a->lora[i];
         if (!l->rank) continue;
         int layer = i / AMOD_COUNT;
         const char *mn = adapter_module_name((adapter_module)(i % AMOD_COUNT));
         cJSON *o = cJSON_CreateObject();
+        adapter_shared *s = adapter__shared_of(a, &l->a);
+        int k = 0;
+        while (s && sh[k] != s) k++; /* collect_shared listed every one */
         if (!add_item(arr, o) || !add_num(o, "layer", layer) || !cJSON_AddStringToObject(o, "module", mn) ||
             !add_num(o, "rank", l->rank) || !add_num(o, "scale", l->scale) || !add_bool(o, "dora", l->dora) ||
-            !add_bool(o, "bias", l->bias))
+            !add_bool(o, "bias", l->bias) || (s && !add_num(o, "a_shared", k))) {
+            free(sh);
             return PEFTD_ENOMEM;
+        }
         snprintf(nm, sizeof nm, "lora.%d.%s.bias", layer, mn);
-        if (l->bias && (rc = wl_add(w, nm, KDT_F32, 1, l->b.rows, 1, l->bias))) return rc;
+        if (l->bias && (rc = wl_add(w, nm, KDT_F32, 1, l->b.rows, 1, l->bias))) break;
         snprintf(nm, sizeof nm, "lora.%d.%s.a", layer, mn);
-        if ((rc = wl_mat(w, nm, &l->a))) return rc;
+        if (!s && (rc = wl_mat(w, nm, &l->a))) break;
         snprintf(nm, sizeof nm, "lora.%d.%s.b", layer, mn);
-        if ((rc = wl_mat(w, nm, &l->b))) return rc;
+        if ((rc = wl_mat(w, nm, &l->b))) break;
         snprintf(nm, sizeof nm, "lora.%d.%s.dora", layer, mn);
-        if (l->dora && (rc = wl_add(w, nm, KDT_F32, 1, l->b.rows, 1, l->dora))) return rc;
+        if (l->dora && (rc = wl_add(w, nm, KDT_F32, 1, l->b.rows, 1, l->dora))) break;
         snprintf(nm, sizeof nm, "lora.%d.%s.dora_stats", layer, mn);
-        if (l->dora && !l->dora_stats) return PEFTD_EINVAL; /* every loaded DoRA module has them */
-        if (l->dora && (rc = wl_add(w, nm, KDT_F32, 2, l->b.rows, ADAPTER_DORA_STATS, l->dora_stats))) return rc;
+        if (l->dora && !l->dora_stats) rc = PEFTD_EINVAL; /* every loaded DoRA module has them */
+        if (rc || (l->dora && (rc = wl_add(w, nm, KDT_F32, 2, l->b.rows, ADAPTER_DORA_STATS, l->dora_stats)))) break;
     }
+    free(sh);
+    if (rc) return rc;
     cJSON *bb = cJSON_AddArrayToObject(meta, "base_bias");
     if (!bb) return PEFTD_ENOMEM;
     for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {

@@ -201,7 +201,68 @@ static int read_dora_stats(rctx *c, int layer, adapter_module m, adapter_lora *l
     return 0;
 }
 
+/* The blob's shared matrices (metadata "shared", tensors shared.<k>: F32, finite), each found
+ * in or added to the process's table (adapter_shared.h): *sh[k] with one reference each, held
+ * by the reader until read_lora ends (*sh malloc'd; *n counts the references taken). */
+static int read_shared(rctx *c, const cJSON *meta, adapter_shared ***sh, int *n) {
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(meta, "shared"), *e;
+    char nm[48];
+    int rc;
+    *sh = NULL, *n = 0;
+    if (!arr) return 0;
+    if ((rc = jarray(c, meta, "shared", &arr))) return rc;
+    int cnt = cJSON_GetArraySize(arr);
+    if (cnt > c->a->n_layers * AMOD_COUNT) return rfail(c, PEFTD_EFORMAT, "metadata field 'shared' lists %d matrices", cnt);
+    if (cnt && !(*sh = calloc((size_t)cnt, sizeof **sh))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+    cJSON_ArrayForEach(e, arr) {
+        int64_t rows, cols;
+        if ((rc = jint(c, e, "rows", 1, ADAPTER_MAX_LORA_RANK, &rows)) || (rc = jint(c, e, "cols", 1, INT32_MAX, &cols)))
+            return rc;
+        snprintf(nm, sizeof nm, "shared.%d", *n);
+        const st_tensor *t = st_find(c->st, nm);
+        if (!t) return rfail(c, PEFTD_EFORMAT, "tensor '%s' is missing", nm);
+        c->used[st_index(c->st, t)] = true;
+        size_t bad;
+        if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols || t->dtype != ST_F32)
+            return rfail(c, PEFTD_EFORMAT, "tensor '%s' is not F32 [%lld, %lld]", nm, (long long)rows, (long long)cols);
+        if (!all_finite(t->data, KDT_F32, (size_t)t->numel, &bad))
+            return rfail(c, PEFTD_EINVAL, "tensor '%s' holds a non-finite value at element %zu", nm, bad);
+        if ((rc = adapter__shared_get(t->data, rows, cols, &(*sh)[*n]))) return rfail(c, rc, "out of memory");
+        (*n)++;
+    }
+    return 0;
+}
+
+/* Module l's A as shared matrix k ("a_shared"): [rank, in] F32 like the adapter's other A/B. */
+static int attach_shared(rctx *c, const cJSON *e, adapter_shared **sh, int n_sh, int64_t rank, int in,
+                         adapter_lora *l) {
+    int64_t k;
+    int rc;
+    if ((rc = jint(c, e, "a_shared", 0, n_sh - 1, &k))) return rc;
+    if (adapter__shared_rows(sh[k]) != rank || adapter__shared_cols(sh[k]) != in)
+        return rfail(c, PEFTD_EINVAL, "shared.%lld is [%lld, %lld], not the [%lld, %d] of a module that reads it",
+                     (long long)k, (long long)adapter__shared_rows(sh[k]), (long long)adapter__shared_cols(sh[k]),
+                     (long long)rank, in);
+    if (c->mat_dtype[0] >= 0 && c->mat_dtype[0] != (int)KDT_F32)
+        return rfail(c, PEFTD_EFORMAT, "shared.%lld is F32, unlike the adapter's other matrices", (long long)k);
+    c->mat_dtype[0] = (int)KDT_F32;
+    adapter__shared_ref(sh[k]);
+    if (adapter__attach_shared(c->a, sh[k], &l->a)) return rfail(c, PEFTD_ENOMEM, "out of memory");
+    return 0;
+}
+
+static int read_lora_modules(rctx *c, const cJSON *meta, adapter_shared **sh, int n_sh);
+
 static int read_lora(rctx *c, const cJSON *meta) {
+    adapter_shared **sh = NULL;
+    int n_sh = 0, rc = read_shared(c, meta, &sh, &n_sh);
+    if (rc == 0) rc = read_lora_modules(c, meta, sh, n_sh);
+    for (int k = 0; k < n_sh; k++) adapter__shared_put(sh[k]); /* the modules hold their own */
+    free(sh);
+    return rc;
+}
+
+static int read_lora_modules(rctx *c, const cJSON *meta, adapter_shared **sh, int n_sh) {
     adapter *a = c->a;
     int L = a->n_layers, rc;
     const cJSON *arr, *e;
@@ -228,7 +289,11 @@ static int read_lora(rctx *c, const cJSON *meta) {
         l->rank = (int)rank;
         l->scale = scale;
         snprintf(nm, sizeof nm, "lora.%lld.%s.a", (long long)layer, mn);
-        if ((rc = claim(c, nm, 2, rank, in, 0, &l->a, NULL))) return rc;
+        if (cJSON_GetObjectItemCaseSensitive(e, "a_shared")) {
+            if ((rc = attach_shared(c, e, sh, n_sh, rank, in, l))) return rc;
+        } else if ((rc = claim(c, nm, 2, rank, in, 0, &l->a, NULL))) {
+            return rc;
+        }
         snprintf(nm, sizeof nm, "lora.%lld.%s.b", (long long)layer, mn);
         if ((rc = claim(c, nm, 2, o, rank, 0, &l->b, NULL))) return rc;
         snprintf(nm, sizeof nm, "lora.%lld.%s.dora", (long long)layer, mn);

@@ -7,9 +7,12 @@
  *
  * The storage keeps a relocation list (block offset -> the kmat / vector pointer field of
  * the adapter that points there), so installing on a device backend is one allocation,
- * one upload of the whole block and a re-pointing of every field.
- * Calls nothing else in adapter_store (a leaf: adapter.c, the kind loaders and
- * adapter_blob.c all call down into it).
+ * one upload of the whole block and a re-pointing of every field. Matrices held once per
+ * process (adapter_shared.h: VeRA's projection) are not in the block: the storage lists
+ * them as (entry, kmat) references that install points at the entry's copy on the backend
+ * and adapter_free releases.
+ * Calls nothing else in adapter_store but adapter_shared.c (a leaf: adapter.c, the kind
+ * loaders and adapter_blob.c all call down into it).
  */
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +20,7 @@
 #include <string.h>
 
 #include "adapter_store/adapter_internal.h"
+#include "adapter_store/adapter_shared.h"
 
 /* Tensors start on 64-byte boundaries inside the adapter's block (cache line / AVX-512). */
 #define ADAPTER_ALIGN 64
@@ -34,6 +38,9 @@ struct adapter_storage {
     adapter_placer placer; /* .release set: dev belongs to a placer (slot pool), not kb */
     adapter_reloc *reloc;
     size_t n_reloc;
+    struct { adapter_shared *s; kmat *mat; } *shared; /* one reference each */
+    int n_shared;
+    bool shared_installed; /* the references are installed on a->kb */
 };
 
 const char *adapter_kind_name(adapter_kind k) {
@@ -186,6 +193,68 @@ int adapter__stage_commit(adapter *a, const adapter__stage *s) {
 
 bool adapter_on_host(const adapter *a) { return !a->storage || !a->storage->dev; }
 
+int adapter__attach_shared(adapter *a, adapter_shared *sh, kmat *dst) {
+    struct adapter_storage *st = a->storage;
+    void *p = realloc(st->shared, (size_t)(st->n_shared + 1) * sizeof *st->shared);
+    if (!p) {
+        adapter__shared_put(sh);
+        return PEFTD_ENOMEM;
+    }
+    st->shared = p;
+    st->shared[st->n_shared].s = sh;
+    st->shared[st->n_shared++].mat = dst;
+    *dst = (kmat){.data = (void *)(uintptr_t)adapter__shared_host(sh), .dtype = KDT_F32,
+                  .rows = adapter__shared_rows(sh), .cols = adapter__shared_cols(sh)};
+    return 0;
+}
+
+adapter_shared *adapter__shared_of(const adapter *a, const kmat *m) {
+    for (int i = 0; a->storage && i < a->storage->n_shared; i++)
+        if (a->storage->shared[i].mat == m) return a->storage->shared[i].s;
+    return NULL;
+}
+
+void adapter_bytes_held(const adapter *a, size_t *own, size_t *shared) {
+    const struct adapter_storage *st = a->storage;
+    size_t sb = 0;
+    for (int i = 0; st && i < st->n_shared; i++) { /* each distinct entry once */
+        int j = 0;
+        while (j < i && st->shared[j].s != st->shared[i].s) j++;
+        if (j == i) sb += adapter__shared_bytes(st->shared[i].s);
+    }
+    if (own) *own = st ? st->bytes : 0;
+    if (shared) *shared = sb;
+}
+
+/* Points every shared reference at its copy on kb (uploading those kb lacks); on failure
+ * nothing stays installed. */
+static int install_shared(adapter *a, kbackend *kb, char *err, size_t errlen) {
+    struct adapter_storage *st = a->storage;
+    for (int i = 0; st && i < st->n_shared; i++) {
+        void *d = NULL;
+        int rc = adapter__shared_install(st->shared[i].s, kb, &d, err, errlen);
+        if (rc) {
+            while (i-- > 0) {
+                adapter__shared_uninstall(st->shared[i].s, kb);
+                st->shared[i].mat->data = (void *)(uintptr_t)adapter__shared_host(st->shared[i].s);
+            }
+            return rc;
+        }
+        st->shared[i].mat->data = d;
+    }
+    if (st && st->n_shared) st->shared_installed = true;
+    return 0;
+}
+
+static void uninstall_shared(adapter *a, kbackend *kb) {
+    struct adapter_storage *st = a->storage;
+    for (int i = 0; st && st->shared_installed && i < st->n_shared; i++) {
+        adapter__shared_uninstall(st->shared[i].s, kb);
+        st->shared[i].mat->data = (void *)(uintptr_t)adapter__shared_host(st->shared[i].s);
+    }
+    if (st) st->shared_installed = false;
+}
+
 int adapter_install(adapter *a, kbackend *kb, char *err, size_t errlen) {
     struct adapter_storage *st = a->storage;
     if (err && errlen) err[0] = 0;
@@ -194,20 +263,24 @@ int adapter_install(adapter *a, kbackend *kb, char *err, size_t errlen) {
         if (err && errlen) snprintf(err, errlen, "the adapter is installed on another backend");
         return PEFTD_EINVAL;
     }
+    int rc = install_shared(a, kb, err, errlen);
+    if (rc) return rc;
     if (kb->ops->is_host || !st || st->bytes == 0) { /* host memory is the backend's memory */
         a->kb = kb;
         return 0;
     }
     void *dev = kb->ops->alloc(kb, st->bytes);
     if (!dev) {
+        uninstall_shared(a, kb);
         if (err && errlen)
             snprintf(err, errlen, "cannot allocate %zu bytes of %s memory for the adapter", st->bytes, kb->ops->name);
         return PEFTD_ENOMEM;
     }
-    int rc = kb->ops->upload(kb, dev, st->host, st->bytes);
+    rc = kb->ops->upload(kb, dev, st->host, st->bytes);
     if (rc == 0) rc = kb->ops->synchronize(kb);
     if (rc) {
         kb->ops->free(kb, dev);
+        uninstall_shared(a, kb);
         if (err && errlen) snprintf(err, errlen, "uploading the adapter to %s: %s", kb->ops->name, peftd_strerror(rc));
         return rc;
     }
@@ -224,9 +297,14 @@ int adapter_install_placed(adapter *a, kbackend *kb, const adapter_placer *p, ch
     if (!p || !p->place || !p->release || a->kb || kb->ops->is_host || !st || st->bytes == 0)
         return adapter_install(a, kb, err, errlen);
     if (err && errlen) err[0] = 0;
+    int rc = install_shared(a, kb, err, errlen); /* outside the slot: its own allocation(s) */
+    if (rc) return rc;
     void *dev = NULL;
-    int rc = p->place(p->ud, st->host, st->bytes, &dev, err, errlen);
-    if (rc < 0) return rc;
+    rc = p->place(p->ud, st->host, st->bytes, &dev, err, errlen);
+    if (rc < 0) {
+        uninstall_shared(a, kb);
+        return rc;
+    }
     relocate(st, dev);
     free(st->host);
     st->host = NULL;
@@ -243,6 +321,9 @@ void adapter_free(adapter *a) {
             a->storage->placer.release(a->storage->placer.ud, a->storage->dev);
         else if (a->storage->dev)
             a->kb->ops->free(a->kb, a->storage->dev);
+        if (a->kb) uninstall_shared(a, a->kb);
+        for (int i = 0; i < a->storage->n_shared; i++) adapter__shared_put(a->storage->shared[i].s);
+        free(a->storage->shared);
         free(a->storage->host);
         free(a->storage->reloc);
         free(a->storage);

@@ -28,6 +28,7 @@
 #include <stddef.h>
 
 #include "adapter_store/adapter.h"
+#include "adapter_store/adapter_shared.h"
 #include "adapter_store/safetensors.h"
 
 /* One tensor waiting for the adapter's block; exactly one of mat / vec is set. */
@@ -55,6 +56,11 @@ void adapter__stage_clear(adapter__stage *s);
 /* Copies every staged tensor into a's one host block (64-byte aligned offsets) and points
  * each mat / vec field there; the stage may be cleared afterwards. Once per adapter. */
 int adapter__stage_commit(adapter *a, const adapter__stage *s);
+/* Points *dst ([rows, cols] F32) at shared entry sh for a's lifetime, outside a's block: a
+ * takes over the caller's reference (released by adapter_free, or here on PEFTD_ENOMEM). */
+int adapter__attach_shared(adapter *a, adapter_shared *sh, kmat *dst);
+/* The shared entry the kmat field *m of a points at, or NULL (in a's block or unset). */
+adapter_shared *adapter__shared_of(const adapter *a, const kmat *m);
 
 typedef struct {
     const char *dir;

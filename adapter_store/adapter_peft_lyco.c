@@ -1,14 +1,17 @@
 /* adapter_store/adapter_peft_lyco.c — PEFT VeRA, LoHa and LoKr adapters, converted at import to
- * the LoRA form the forward pass already applies per segment (kind ADAPTER_LORA), or — LoKr,
- * when that form would read more bytes than the delta itself — to a dense delta (adapter.h
- * adapter_lora.delta). PEFT 0.21.2 semantics (tuners/vera, loha, lokr):
+ * the LoRA form the forward pass already applies per segment through SGMV (kind ADAPTER_LORA),
+ * or, module by module, to a dense delta (adapter.h adapter_lora.delta) when that form would
+ * read fewer bytes. PEFT 0.21.2 semantics (tuners/vera, loha, lokr):
  *
  *   VeRA  y += λ_b ⊙ (B_s (λ_d ⊙ (A_s x)))   A_s = vera_A[:, :in], B_s = vera_B[:out, :], shared
  *         frozen projections saved once per adapter (save_projection: true; without them the
  *         matrices would have to be regenerated from PEFT's PRNG: refused), per module
- *         vera_lambda_d [r] and vera_lambda_b [out]. LoRA form, rank r, scale 1:
- *         A = A_s, B = diag(λ_b)·B_s·diag(λ_d). (The A_s of one PRNG key are the same for every
- *         adapter: they are still copied per adapter here.)
+ *         vera_lambda_d [r] and vera_lambda_b [out]; no other scale (PEFT applies none).
+ *         LoRA form, rank r, scale 1: A = A_s, B = diag(λ_b)·B_s·diag(λ_d). A_s is the same
+ *         bytes for every module of that input width and for every adapter made with the same
+ *         PRNG key and shapes: it is held once per process (adapter_shared.h, content-keyed,
+ *         refcounted), outside the adapter's block; only B (λs folded in) is per adapter.
+ *         PEFTD_VERA_SHARED=0 copies A_s into every module instead (to measure the saving).
  *   LoHa  ΔW = ((w1a w1b) ⊙ (w2a w2b))·alpha/r. By the face-splitting identity
  *         (P1 Q1) ⊙ (P2 Q2) = (P1 •ᵣ P2)(Q1 •꜀ Q2): exact LoRA form of rank r1·r2 with
  *         A[(i,j), :] = w1b[i, :] ⊙ w2b[j, :] and B[:, (i,j)] = w1a[:, i] ⊙ w2a[:, j].
@@ -17,11 +20,16 @@
  *         w = P·Q (its decomposition, else I·w or w·I, whichever is narrower), the mixed-product
  *         rule gives kron(P1 Q1, P2 Q2) = kron(P1, P2)·kron(Q1, Q2): LoRA form of rank r1·r2.
  *
- * The rule, LoKr and LoHa (VeRA's rank-r form is never wider than ΔW): the LoRA form reads
- * rank·(in + out) elements per step and costs as many multiply-adds per row; the dense delta
- * in·out of each. The narrower wins; PEFTD_LYCO_FORM=lora|dense forces one (both are measured
- * by bench/bench_kinds.c; tests check that they agree). rank_dropout / module_dropout are
- * training-only; conv layers (lokr_t2 / hada_t1: CP decomposition) are refused.
+ * The rule (choose_dense), every kind, per module: the LoRA form of rank R reads R·(in + out)
+ * elements per step and costs as many multiply-adds per row, the dense delta in·out of each;
+ * the dense delta is materialised (scale folded in, summed in double, rounded once) when
+ * R·(in + out) > in·out, and applied per segment as y[rows] += t·(x[rows]·ΔWᵀ) (the backend's
+ * matmul with beta 1; t = the request's adapter_scale). PEFTD_LYCO_FORM=lora|dense forces one
+ * form for every module (read per load), except that a rank above max(in, out) or 4096 is
+ * always dense. One log line per adapter load says what was chosen
+ * and the elements each form reads. rank_dropout / module_dropout are training-only
+ * (PEFT applies them only when training); conv layers (lokr_t2 / hada_t1: CP decomposition,
+ * use_effective_conv2d) and VeRA's bias other than "none" are refused naming the field.
  */
 #include <math.h>
 #include <stdio.h>
@@ -105,6 +113,65 @@ static int stage_pair(adapter__ctx *c, int i, float *fa, float *fb, int rank, in
     return 0;
 }
 
+/* The rule, per module: the LoRA form of rank R reads R·(in + out) elements per step (and
+ * costs as many multiply-adds per row), the dense delta in·out: the LoRA form unless it is
+ * wider, or what PEFTD_LYCO_FORM forces. A rank above max(in, out) or ADAPTER_MAX_LORA_RANK
+ * (LoHa's r², VeRA's r on a narrow module) is never a LoRA pair, forced or not: it is outside
+ * the bounds every LoRA module is held to (the SGMV workspace, adapter_blob_read). */
+static bool choose_dense(lyco_form forced, int rank, int in, int out) {
+    if (rank > ADAPTER_MAX_LORA_RANK || rank > (in > out ? in : out)) return true;
+    return forced == FORM_DENSE || (forced == FORM_AUTO && (double)rank * (in + out) > (double)in * out);
+}
+
+/* What one load chose, for its log line: modules per form, and the f32 elements a step reads
+ * with the chosen forms, with every module as LoRA pairs, with every module dense. */
+typedef struct {
+    int n_lora, n_dense;
+    double chosen, all_lora, all_dense;
+} lyco_tally;
+
+static void tally_lora(lyco_tally *t, int rank, int in, int out) {
+    t->n_lora++;
+    t->chosen += (double)rank * (in + out);
+    t->all_lora += (double)rank * (in + out);
+    t->all_dense += (double)in * out;
+}
+
+static void tally_dense(lyco_tally *t, int rank, int in, int out) {
+    t->n_dense++;
+    t->chosen += (double)in * out;
+    t->all_lora += (double)rank * (in + out);
+    t->all_dense += (double)in * out;
+}
+
+/* One line per adapter load: the forms chosen and why, and the elements each would read. */
+static void log_tally(adapter__ctx *c, const char *kind, const lyco_tally *t, lyco_form forced, bool shared) {
+    LOGI("adapter %s: %s: %d module(s) as LoRA pairs, %d as dense deltas (%s); f32 elements read per step %.0f "
+         "(all LoRA form %.0f, all dense %.0f)%s",
+         c->dir, kind, t->n_lora, t->n_dense,
+         forced == FORM_AUTO ? "rule: dense where rank*(in+out) > in*out" : "forced by PEFTD_LYCO_FORM", t->chosen,
+         t->all_lora, t->all_dense,
+         shared && t->n_lora ? "; projection slices vera_A[:, :in] held once per process (adapter_shared.h)" : "");
+}
+
+/* Stages module i as the dense delta scale·B·A [o, in] (B [o, R], A [R, in], taken and freed),
+ * summed in double and rounded once. */
+static int stage_dense(adapter__ctx *c, int i, float *A, float *B, int R, int in, int o, double scale,
+                       lyco_tally *t) {
+    float *K = A && B ? malloc((size_t)o * in * sizeof *K) : NULL;
+    if (K)
+        for (int y = 0; y < o; y++)
+            for (int x = 0; x < in; x++) {
+                double s = 0;
+                for (int k = 0; k < R; k++) s += (double)B[(size_t)y * R + k] * A[(size_t)k * in + x];
+                K[(size_t)y * in + x] = (float)(s * scale);
+            }
+    free(A), free(B);
+    if (!K) return adapter__fail(c, PEFTD_ENOMEM, "out of memory");
+    tally_dense(t, R, in, o);
+    return adapter__stage_own_mat(c, K, o, in, &c->a->lora[i].delta);
+}
+
 /* Targets and the per-module key / shapes, as LoRA's. */
 typedef struct {
     int layer, o, in, row0, fo;
@@ -143,12 +210,21 @@ static int refuse_set(adapter__ctx *c, const char *field) {
 
 /* ---- VeRA ---- */
 
+/* Whether VeRA's projection slices are shared (adapter_shared.h; PEFTD_VERA_SHARED=0: one
+ * copy per module in the adapter's block, for measuring what sharing saves). */
+static bool vera_shared(void) {
+    const char *e = getenv("PEFTD_VERA_SHARED");
+    return !(e && !strcmp(e, "0"));
+}
+
 int adapter__load_vera(adapter__ctx *c) {
     static const char *const defaults[] = {"q_proj", "v_proj", NULL};
     const adapter_base *b = c->base;
     int n = b->n_layers * AMOD_COUNT, r, rc;
-    bool save_projection, *sel = NULL;
+    bool save_projection, *sel = NULL, share = vera_shared();
     float *fA = NULL, *fB = NULL;
+    lyco_form forced = form_forced();
+    lyco_tally tl = {0};
     if ((rc = begin(c, defaults, &sel))) goto out;
     if ((rc = adapter__json_int(c, c->cfg, "r", 256, 1, ADAPTER_MAX_LORA_RANK, &r)) ||
         (rc = adapter__json_bool(c, c->cfg, "save_projection", true, &save_projection)) ||
@@ -191,16 +267,50 @@ int adapter__load_vera(adapter__ctx *c) {
             free(ld);
             break;
         }
-        float *A = malloc((size_t)r * md.in * sizeof *A), *B = malloc((size_t)md.fo * r * sizeof *B);
+        /* A_s = vera_A[:, :in]; B' = diag(λ_b)·vera_B[:fo]·diag(λ_d) (this module's rows) */
+        float *A = malloc((size_t)r * md.in * sizeof *A), *B = malloc((size_t)md.o * r * sizeof *B);
         if (A && B) {
             for (int k = 0; k < r; k++) memcpy(A + (size_t)k * md.in, fA + (size_t)k * max_in, (size_t)md.in * sizeof *A);
-            for (int j = 0; j < md.fo; j++)
-                for (int k = 0; k < r; k++) B[(size_t)j * r + k] = lb[j] * fB[(size_t)j * r + k] * ld[k];
+            for (int j = 0; j < md.o; j++)
+                for (int k = 0; k < r; k++)
+                    B[(size_t)j * r + k] = lb[md.row0 + j] * fB[(size_t)(md.row0 + j) * r + k] * ld[k];
         }
         free(ld);
         free(lb);
-        rc = stage_pair(c, i, A, B, r, md.in, md.row0, md.o, 1.0f);
+        if (!A || !B) {
+            free(A), free(B);
+            rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory");
+            break;
+        }
+        adapter_lora *L = &c->a->lora[i];
+        if (choose_dense(forced, r, md.in, md.o)) {
+            rc = stage_dense(c, i, A, B, r, md.in, md.o, 1.0, &tl);
+            continue;
+        }
+        tally_lora(&tl, r, md.in, md.o);
+        if (!share) {
+            rc = stage_pair(c, i, A, B, r, md.in, 0, md.o, 1.0f);
+            continue;
+        }
+        adapter_shared *sh = NULL;
+        rc = adapter__shared_get(A, r, md.in, &sh);
+        free(A);
+        if (rc) {
+            free(B);
+            rc = adapter__fail(c, rc, "out of memory");
+            break;
+        }
+        if ((rc = adapter__attach_shared(c->a, sh, &L->a))) {
+            free(B);
+            rc = adapter__fail(c, rc, "out of memory");
+            break;
+        }
+        if ((rc = adapter__stage_own_mat(c, B, md.o, r, &L->b))) break;
+        L->rank = r;
+        L->scale = 1.0f;
+        adapter__note_rank(c->a, r);
     }
+    if (rc == 0) log_tally(c, "VeRA", &tl, forced, share);
 out:
     free(fA);
     free(fB);
@@ -210,12 +320,36 @@ out:
 
 /* ---- LoHa ---- */
 
+/* Module i dense: ΔW[y, x] = scale·(w1a w1b)[y, x]·(w2a w2b)[y, x] over this module's rows,
+ * each product summed in double and ΔW rounded once (f = w1a [fo, r], w1b [r, in], w2a, w2b;
+ * O(out·in·r), not the r² of the LoRA form). */
+static int loha_dense(adapter__ctx *c, int i, float *const f[4], int r, const lyco_mod *md, double scale,
+                      lyco_tally *t) {
+    float *K = malloc((size_t)md->o * md->in * sizeof *K);
+    if (!K) return adapter__fail(c, PEFTD_ENOMEM, "out of memory");
+    for (int y = 0; y < md->o; y++) {
+        const float *a1 = f[0] + (size_t)(md->row0 + y) * r, *a2 = f[2] + (size_t)(md->row0 + y) * r;
+        for (int x = 0; x < md->in; x++) {
+            double s1 = 0, s2 = 0;
+            for (int k = 0; k < r; k++) {
+                s1 += (double)a1[k] * f[1][(size_t)k * md->in + x];
+                s2 += (double)a2[k] * f[3][(size_t)k * md->in + x];
+            }
+            K[(size_t)y * md->in + x] = (float)(s1 * s2 * scale);
+        }
+    }
+    tally_dense(t, r * r, md->in, md->o);
+    return adapter__stage_own_mat(c, K, md->o, md->in, &c->a->lora[i].delta);
+}
+
 int adapter__load_loha(adapter__ctx *c) {
     static const char *const defaults[] = {"q_proj", "v_proj", NULL}; /* PEFT has none for LoHa: as LoRA */
     const adapter_base *b = c->base;
     int n = b->n_layers * AMOD_COUNT, r, rc;
     double alpha;
     bool *sel = NULL;
+    lyco_form forced = form_forced();
+    lyco_tally tl = {0};
     if ((rc = begin(c, defaults, &sel))) goto out;
     if ((rc = adapter__json_int(c, c->cfg, "r", 8, 1, ADAPTER_MAX_LORA_RANK, &r)) ||
         (rc = adapter__json_num(c, c->cfg, "alpha", 8, ADAPTER_MAX_SCALE, &alpha)) ||
@@ -242,40 +376,32 @@ int adapter__load_loha(adapter__ctx *c) {
             rc = adapter__expect(c, name, 2, k % 2 ? rr : md.fo, k % 2 ? md.in : rr, &t[k]);
             if (rc == 0) rc = get_f32(c, t[k], &f[k]);
         }
-        int R = rr * rr;
-        float *A = rc ? NULL : malloc((size_t)R * md.in * sizeof *A), *B = rc ? NULL : malloc((size_t)md.fo * R * sizeof *B);
-        if (A && B) {
+        int R = rr * rr; /* the LoRA form's rank */
+        if (rc) {
+            for (int k = 0; k < 4; k++) free(f[k]);
+            break;
+        }
+        if (choose_dense(forced, R, md.in, md.o)) {
+            rc = loha_dense(c, i, f, rr, &md, al / rr, &tl);
+            for (int k = 0; k < 4; k++) free(f[k]);
+            continue;
+        }
+        float *A = malloc((size_t)R * md.in * sizeof *A), *B = malloc((size_t)md.o * R * sizeof *B);
+        if (A && B) { /* B: this module's rows [row0, row0 + o) of the (fused) output */
             for (int p = 0; p < rr; p++)
                 for (int q = 0; q < rr; q++) {
                     int k = p * rr + q;
                     for (int x = 0; x < md.in; x++)
                         A[(size_t)k * md.in + x] = f[1][(size_t)p * md.in + x] * f[3][(size_t)q * md.in + x];
-                    for (int y = 0; y < md.fo; y++)
-                        B[(size_t)y * R + k] = f[0][(size_t)y * rr + p] * f[2][(size_t)y * rr + q];
+                    for (int y = 0; y < md.o; y++)
+                        B[(size_t)y * R + k] = f[0][(size_t)(md.row0 + y) * rr + p] * f[2][(size_t)(md.row0 + y) * rr + q];
                 }
         }
         for (int k = 0; k < 4; k++) free(f[k]);
-        lyco_form forced = form_forced();
-        bool dense = rc == 0 && (forced == FORM_DENSE ||
-                                 (forced == FORM_AUTO && (double)R * (md.in + md.o) > (double)md.in * md.o));
-        if (rc == 0 && dense) { /* ΔW = scale·B·A (this module's rows), the same product densely */
-            float *K = malloc((size_t)md.o * md.in * sizeof *K);
-            if (K && A && B)
-                for (int y = 0; y < md.o; y++)
-                    for (int x = 0; x < md.in; x++) {
-                        double s = 0;
-                        for (int k = 0; k < R; k++) s += (double)B[(size_t)(md.row0 + y) * R + k] * A[(size_t)k * md.in + x];
-                        K[(size_t)y * md.in + x] = (float)(s * (al / rr));
-                    }
-            free(A), free(B);
-            rc = K ? adapter__stage_own_mat(c, K, md.o, md.in, &c->a->lora[i].delta)
-                   : adapter__fail(c, PEFTD_ENOMEM, "out of memory");
-        } else if (rc == 0) {
-            rc = stage_pair(c, i, A, B, R, md.in, md.row0, md.o, (float)(al / rr));
-        } else {
-            free(A), free(B);
-        }
+        tally_lora(&tl, R, md.in, md.o);
+        rc = stage_pair(c, i, A, B, R, md.in, 0, md.o, (float)(al / rr));
     }
+    if (rc == 0) log_tally(c, "LoHa", &tl, forced, false);
 out:
     free(sel);
     return rc;
@@ -320,10 +446,11 @@ static int lokr_factor(adapter__ctx *c, const char *key, const char *base, int r
 int adapter__load_lokr(adapter__ctx *c) {
     static const char *const defaults[] = {"q_proj", "v_proj", NULL};
     const adapter_base *b = c->base;
-    int n = b->n_layers * AMOD_COUNT, r, rc, n_dense = 0, n_lora = 0;
+    int n = b->n_layers * AMOD_COUNT, r, rc;
     double alpha;
     bool *sel = NULL;
     lyco_form forced = form_forced();
+    lyco_tally tl = {0};
     if ((rc = begin(c, defaults, &sel))) goto out;
     if ((rc = adapter__json_int(c, c->cfg, "r", 8, 1, ADAPTER_MAX_LORA_RANK, &r)) ||
         (rc = adapter__json_num(c, c->cfg, "alpha", 8, ADAPTER_MAX_SCALE, &alpha)) ||
@@ -362,12 +489,10 @@ int adapter__load_lokr(adapter__ctx *c) {
         }
         int R = r1 * r2;
         float scale = (float)(al / rr);
-        bool dense = forced == FORM_DENSE ||
-                     (forced == FORM_AUTO && (double)R * (md.in + md.o) > (double)md.in * md.o);
-        if (!dense) {
+        if (!choose_dense(forced, R, md.in, md.o)) {
             float *Bf = kron_f32(P1, a, r1, P2, bb, r2), *Af = kron_f32(Q1, r1, cc, Q2, r2, d);
             rc = stage_pair(c, i, Af, Bf, R, md.in, md.row0, md.o, scale);
-            n_lora++;
+            tally_lora(&tl, R, md.in, md.o);
         } else { /* scale·kron(w1, w2), this module's rows */
             float *w1 = matmul_f32(P1, Q1, a, r1, cc), *w2 = matmul_f32(P2, Q2, bb, r2, d);
             float *K = w1 && w2 ? kron_f32(w1, a, cc, w2, bb, d) : NULL;
@@ -379,13 +504,11 @@ int adapter__load_lokr(adapter__ctx *c) {
                 free(K);
                 rc = adapter__fail(c, PEFTD_ENOMEM, "out of memory");
             }
-            n_dense++;
+            tally_dense(&tl, R, md.in, md.o);
         }
         free(P1), free(Q1), free(P2), free(Q2);
     }
-    if (rc == 0 && n_dense)
-        LOGI("adapter %s: LoKr: %d module(s) as dense deltas, %d as LoRA pairs (%s)", c->dir, n_dense, n_lora,
-             forced == FORM_AUTO ? "by bytes: rank·(in+out) vs in·out" : "PEFTD_LYCO_FORM");
+    if (rc == 0) log_tally(c, "LoKr", &tl, forced, false);
 out:
     free(sel);
     return rc;

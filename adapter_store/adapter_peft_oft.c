@@ -8,7 +8,7 @@
  * truncated series I + 2Q + 2Q² + … + Qᵏ exactly as its loop forms it; with coft, Q is first
  * projected to Frobenius norm <= eps / sqrt(n) (as PEFT's forward does to its weight).
  *
- * Served as a dense delta (adapter.h adapter_lora.delta, the path LoKr's dense modules take):
+ * Served as a dense delta (adapter.h adapter_lora.delta, the path VeRA / LoHa / LoKr dense modules take):
  * ΔW = W·(blockdiag(R)ᵀ − I) per module, formed once at import in double from the base's host
  * weights (dequantized when quantized), so y = W x + ΔW x + b. That reads out·in per module per
  * step; rotating each OFT segment's input rows (in·b) would read less, and is not implemented:

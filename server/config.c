@@ -443,7 +443,9 @@ static const struct {
     {"PEFTD_SLOT_POOL", "CUDA: 0 = no device adapter slot pool (an allocation per adapter instead)"},
     {"PEFTD_SLOT_MAX_RANK", "CUDA: LoRA rank a slot pool slot is sized for (all linears, f32; default 16)"},
     {"PEFTD_CUDA_GRAPHS", "1 = decode steps captured/replayed as CUDA graphs (default off: not yet validated)"},
-    {"PEFTD_LYCO_FORM", "LoKr modules: lora | dense forces one form (default: the one reading fewer bytes)"},
+    {"PEFTD_LYCO_FORM", "VeRA / LoHa / LoKr modules: lora | dense forces one form (default: per module, the one "
+                        "reading fewer bytes: dense where rank*(in+out) > in*out)"},
+    {"PEFTD_VERA_SHARED", "0 = copy VeRA's projection slices into every adapter (default: held once per process)"},
 };
 
 void config_help(FILE *f) {

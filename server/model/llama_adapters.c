@@ -591,7 +591,7 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
      * a DoRA row). PEFT adds a LoRA delta after b: the same sum, rounded in another order. */
     if (!pm) return bias ? kb->ops->add_bias(kb, out, T, bias) : 0;
     CHECK(apply_sgmv(c, pm->n_sg, pm->sg, pm->ld_t, in, in_dim, out_dim, out));
-    if (pm->any_delta) /* dense deltas (LoKr's, when denser than its LoRA form): y += t·(x·ΔWᵀ) */
+    if (pm->any_delta) /* dense deltas (adapter_lora.delta): y += t·(x·ΔWᵀ) */
         for (int i = 0; i < p->n_segs; i++) {
             const kmat *dw = pm->delta[i];
             int r0 = p->segs[i].row_start, nr = p->segs[i].row_end - r0;

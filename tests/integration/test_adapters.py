@@ -19,7 +19,8 @@ SERVED = {"r8": "lora_r8_all", "dora": "lora_dora", "ia3": "ia3", "pt": "prompt_
           "ada": "adalora", "ptun": "p_tuning", "pproj": "prefix_projection",
           "hpar": "hub_par_bn", "hcomp": "hub_compacter", "hcpp": "hub_compacterpp", "hlora": "hub_lora",
           "hia3": "hub_ia3", "hpfx": "hub_prefix", "hpflat": "hub_prefix_flat",
-          "hmam": "hub_mam", "vera": "vera", "loha": "loha", "lokr": "lokr", "lokrf": "lokr_full",
+          "hmam": "hub_mam", "vera": "vera", "verab": "vera_b", "loha": "loha", "lokr": "lokr", "lokrf": "lokr_full",
+          "lokrd": "lokr_factor",
           "lnt": "ln_tuning", "oft": "oft", "coft": "oft_coft", "boft": "boft"}
 _tmp = tempfile.mkdtemp(prefix="peftd-adapters-")
 _daemon = None
@@ -81,6 +82,8 @@ def models_lists_served_adapters_only():
     # AdapterHub kinds are served as the form they reduce to
     assert ids["hpar"]["adapter_kind"] == ids["hcomp"]["adapter_kind"] == "bottleneck"
     assert ids["hlora"]["adapter_kind"] == "lora" and ids["hia3"]["adapter_kind"] == "ia3"
+    # VeRA, LoHa and LoKr are served in the LoRA form (LoRA pairs and/or dense deltas per module)
+    assert all(ids[n]["adapter_kind"] == "lora" for n in ("vera", "verab", "loha", "lokr", "lokrf", "lokrd"))
 
 
 @test
@@ -186,7 +189,8 @@ def concurrent_mixed_adapters_match_solo_outputs():
     prompts = ["Once upon a time", "The dog", "Tom went", "One day", "Lily saw", "The sun", "A cat",
                "Mom said", "It was", "Ben had", "The bird", "Sue liked", "A big", "The girl", "He ran",
                "She was", "They went", "The boy", "Max saw", "The tree", "A little", "Tim and", "The ball", "Sam went", "Once there",
-               "The fox", "Kim had", "A dog", "The rain", "Ann went", "The cow", "A frog", "Tom saw", "Nan had"]
+               "The fox", "Kim had", "A dog", "The rain", "Ann went", "The cow", "A frog", "Tom saw", "Nan had",
+               "The duck", "Jen found"]
     assert len(prompts) >= len(names)
     solo = {}
     for i, n in enumerate(names):

@@ -276,8 +276,8 @@ def restart_keeps_every_adapter_and_its_output():
     kinds = ["lora_r8_all", "lora_dora", "ia3", "prompt_tuning", "prefix_tuning", "pfeiffer", "houlsby",
              "lora_lm_head", "lora_bf16", "lora_bias", "lora_embed_head", "lora_embed_tied", "lora_mts_tied",
              "adalora", "p_tuning", "prefix_projection", "hub_par_bn", "hub_compacter", "hub_compacterpp",
-             "hub_lora", "hub_ia3", "hub_prefix", "hub_prefix_flat", "hub_mam", "vera", "loha", "lokr", "lokr_full",
-             "ln_tuning", "oft", "oft_coft", "boft"]
+             "hub_lora", "hub_ia3", "hub_prefix", "hub_prefix_flat", "hub_mam", "vera", "vera_b", "loha", "lokr", "lokr_full",
+             "lokr_factor", "ln_tuning", "oft", "oft_coft", "boft"]
     d = harness.Daemon(store=store)
     try:
         for k in kinds:

@@ -9,6 +9,7 @@
 
 #include "adapter_store/adapter.h"
 #include "adapter_store/adapter_blob.h"
+#include "adapter_store/adapter_shared.h"
 #include "adapter_store/safetensors.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
@@ -392,6 +393,50 @@ TEST(edited_metadata_fails_cleanly) {
     adapter_free(a);
 }
 
+/* VeRA's shared projection slices (metadata "shared", tensors shared.<k>, "a_shared" per module):
+ * every inconsistency is refused with its one line, and nothing stays held afterwards. */
+static void shared_index(cJSON *meta, void *ud) {
+    cJSON *e = cJSON_GetArrayItem(cJSON_GetObjectItem(meta, "lora"), 0);
+    cJSON_ReplaceItemInObject(e, "a_shared", cJSON_CreateNumber(*(double *)ud));
+}
+
+static void shared_rows(cJSON *meta, void *ud) {
+    (void)ud;
+    cJSON *e = cJSON_GetArrayItem(cJSON_GetObjectItem(meta, "shared"), 0);
+    cJSON_ReplaceItemInObject(e, "rows", cJSON_CreateNumber(cJSON_GetObjectItem(e, "rows")->valuedouble + 1));
+}
+
+TEST(edited_shared_slices_fail_cleanly) {
+    adapter *a = load_fixture("vera");
+    void *blob, *b2;
+    size_t len, n;
+    char err[1024];
+    int entries0, entries;
+    blob_of(a, &blob, &len);
+    adapter__shared_stats(&entries0, NULL);
+    ASSERT_EQ(entries0, 2); /* a's two slices */
+    double idx[3] = {99, -1, 1}; /* out of range twice, then the slice of another width */
+    const char *want[3] = {"a_shared", "a_shared", "not the"};
+    int code[3] = {PEFTD_EFORMAT, PEFTD_EFORMAT, PEFTD_EINVAL};
+    for (int k = 0; k < 3; k++) {
+        b2 = edit_meta(blob, len, shared_index, &idx[k], &n);
+        ASSERT_EQ(read_blob(b2, n, &BASE, err, sizeof err), code[k]);
+        ASSERT_HAS(err, want[k]);
+        free(b2);
+    }
+    b2 = edit_meta(blob, len, shared_rows, NULL, &n);
+    ASSERT_EQ(read_blob(b2, n, &BASE, err, sizeof err), PEFTD_EFORMAT);
+    ASSERT_HAS(err, "shared.0");
+    free(b2);
+    expect_edit(blob, len, "shared", NULL, PEFTD_EFORMAT, "a_shared"); /* modules name a slice not there */
+    adapter__shared_stats(&entries, NULL);
+    ASSERT_EQ(entries, entries0); /* nothing left held by the failed reads */
+    free(blob);
+    adapter_free(a);
+    adapter__shared_stats(&entries, NULL);
+    ASSERT_EQ(entries, 0);
+}
+
 /* A NaN written into a tensor's data is refused naming the tensor. */
 TEST(non_finite_values_refused) {
     adapter *a = load_fixture("lora_r8_all");
@@ -597,5 +642,5 @@ TEST(dora_stats_in_blobs_and_format1_blobs_recomputed) {
 }
 
 TEST_MAIN(roundtrip_every_fixture, write_without_base, truncated_blobs_fail_cleanly, edited_metadata_fails_cleanly,
-          non_finite_values_refused, other_base_refused, random_flips_never_crash,
+          edited_shared_slices_fail_cleanly, non_finite_values_refused, other_base_refused, random_flips_never_crash,
           dora_stats_in_blobs_and_format1_blobs_recomputed)

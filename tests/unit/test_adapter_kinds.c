@@ -7,14 +7,20 @@
  * flat: the table computed at import; the prompt's positions start at 0) and MAM (prefix +
  * parallel bottleneck in one adapter), made fresh and trained with adapters
  * 1.3.0 by tests/fixtures/adapters/make_hub_fixtures.py on two GQA bases (models/stories260K
- * and tests/fixtures/qwen2/llama_bias, which has attention biases). Against the library's
+ * and tests/fixtures/qwen2/llama_bias, which has attention biases), and the PEFT VeRA / LoHa /
+ * LoKr fixtures of make_zoo_fixtures.py (vera and vera_b share one projection; loha with rank /
+ * alpha patterns, o_proj dense by the rule; lokr, lokr_full, lokr_factor), served in the LoRA
+ * form or as dense deltas per module (adapter_peft_lyco.c). Against the library's
  * reloaded model:
  *   - logits of every prompt row (all cases in one llama_forward, one segment each; and one
  *     case as prefill + one-token decode steps) within TOL, imported from the files and
  *     after a round trip through the store blob;
  *   - 32 greedy tokens through llama_forward and through the engine;
  *   - one engine batch holding every hub kind, a PEFT LoRA, a Pfeiffer bottleneck and base
- *     sequences gives each sequence the tokens and logprobs, bit for bit, it gets alone.
+ *     sequences gives each sequence the tokens and logprobs, bit for bit, it gets alone;
+ *   - VeRA / LoHa / LoKr forced to each form (PEFTD_LYCO_FORM) agree with each other and PEFT,
+ *     survive their blobs bit for bit; VeRA's projection slices are held once (bytes measured);
+ *   - configs that are not served are refused with a line naming the field.
  * TOL 1e-4 as test_adapter_forward.c: f32 math on the stored weights, only summation order
  * differs (Compacter: its weights are formed once in double and rounded to f32 where the
  * library sums the Kronecker terms in f32 each call). A par_bn served as sequential, or an
@@ -28,6 +34,7 @@
 #include <cJSON.h>
 
 #include "adapter_store/adapter_blob.h"
+#include "adapter_store/adapter_shared.h"
 #include "server/engine/engine.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
@@ -37,14 +44,15 @@
 
 #define TOL 1e-4
 #define N_GREEDY 32
-#define N_KINDS 25
+#define N_KINDS 27
 #define N_HUB 8 /* the first N_HUB kinds are AdapterHub's */
 
 static const char *KINDS[N_KINDS] = {
     "hub_par_bn",      "hub_compacter", "hub_compacterpp", "hub_lora",       "hub_ia3",     "hub_prefix",
     "hub_prefix_flat", "hub_mam",       "lora_bias",       "lora_embed_head", "lora_embed_tied", "lora_mts_tied",
-    "adalora",         "p_tuning",      "prefix_projection", "vera",         "loha",        "lokr",
-    "lokr_full",       "ln_tuning",     "oft",          "oft_coft",    "boft",
+    "adalora",         "p_tuning",      "prefix_projection", "vera",         "vera_b",      "loha",
+    "lokr",            "lokr_full",     "lokr_factor",  "ln_tuning",   "oft",         "oft_coft",
+    "boft",
     "lora_bias_all",   "lora_bias_only",
 };
 /* the last two exist on the attention-bias base only (they train its biases) */
@@ -170,19 +178,21 @@ TEST(after_blob_round_trip) {
 
 /* ---- refusals: options that change the math are named, never served wrong */
 
-/* A copy of fixture `name` in a fresh directory with config[field] = json (NULL: removed). */
+/* A copy of fixture `name` in a fresh directory with config[field] = json (NULL: removed); the
+ * config is AdapterHub's "config" object, or PEFT's top level for the PEFT kinds. */
 static char *edited_copy(const char *name, const char *field, const char *json) {
     char src[256], *dir = malloc(64);
     snprintf(dir, 64, "/tmp/peftd-hub-XXXXXX");
     ASSERT(mkdtemp(dir));
-    static const char *const files[] = {"adapter_config.json", "adapter.safetensors"};
+    bool hub = !strncmp(name, "hub_", 4);
+    const char *const files[] = {"adapter_config.json", hub ? "adapter.safetensors" : "adapter_model.safetensors"};
     for (int i = 0; i < 2; i++) {
         size_t len;
         snprintf(src, sizeof src, "%s/%s/%s", FIXDIR[0], name, files[i]);
         char *text = test_read_file(src, &len), path[128];
         ASSERT(text);
         if (i == 0) {
-            cJSON *root = cJSON_ParseWithLength(text, len), *cfg = cJSON_GetObjectItem(root, "config");
+            cJSON *root = cJSON_ParseWithLength(text, len), *cfg = hub ? cJSON_GetObjectItem(root, "config") : root;
             cJSON_DeleteItemFromObject(cfg, field);
             if (json) cJSON_AddItemToObject(cfg, field, cJSON_Parse(json));
             free(text);
@@ -229,6 +239,98 @@ TEST(refusals_name_the_field) {
     refused(&R, "hub_prefix", "prefix_length", "7", "wte.weight");
     refused(&R, "hub_compacter", "architecture", "\"union\"", "union");
     refused(&R, "hub_mam", "configs", "[{\"architecture\": \"lora\"}]", "lora");
+    /* VeRA / LoHa / LoKr: what is not served is named, never served wrong */
+    refused(&R, "vera", "save_projection", "false", "save_projection");
+    refused(&R, "vera", "bias", "\"all\"", "'bias'");
+    refused(&R, "vera", "fan_in_fan_out", "true", "fan_in_fan_out");
+    refused(&R, "vera", "r", "8", "vera_A"); /* the tensors say 16 */
+    refused(&R, "loha", "use_effective_conv2d", "true", "use_effective_conv2d");
+    refused(&R, "lokr", "use_effective_conv2d", "true", "use_effective_conv2d");
+    refused(&R, "lokr", "task_type", "\"SEQ_2_SEQ_LM\"", "task_type");
+    refused(&R, "loha", "r", "3", "hada_w1_a"); /* q_proj's tensors say 4 */
+    rig_close(&R);
+}
+
+/* VeRA's projection slices are held once per process (adapter_shared.h): the vera and vera_b
+ * fixtures share one projection (same PRNG key, r, widths), so their modules of one input width
+ * read the same A, held once however many adapters and modules read it; copying it per module
+ * (PEFTD_VERA_SHARED=0) gives bit-identical logits in one batch, for more bytes per adapter; a
+ * blob writes each slice once and reading it back finds the held slice. */
+TEST(vera_projection_held_once) {
+    rig R;
+    rig_open(&R, BASES[0]);
+    int e0, e1, e2;
+    size_t b0, b1;
+    adapter__shared_stats(&e0, &b0);
+    adapter *v[2] = {load_ad(&R, "tests/fixtures/adapters/vera"), load_ad(&R, "tests/fixtures/adapters/vera_b")};
+    adapter__shared_stats(&e1, &b1);
+    ASSERT_EQ(e1 - e0, 2); /* vera_A[:, :64] and vera_A[:, :172] */
+    int same = 0;
+    for (int i = 0; i < R.m->cfg.n_layers * AMOD_COUNT; i++)
+        for (int j = 0; j < R.m->cfg.n_layers * AMOD_COUNT; j++) {
+            const adapter_lora *x = &v[0]->lora[i], *y = &v[1]->lora[j];
+            if (!x->rank || !y->rank || x->a.cols != y->a.cols) continue;
+            ASSERT(x->a.data == y->a.data);
+            same++;
+        }
+    ASSERT(same > 0);
+    setenv("PEFTD_VERA_SHARED", "0", 1);
+    adapter *u[2] = {load_ad(&R, "tests/fixtures/adapters/vera"), load_ad(&R, "tests/fixtures/adapters/vera_b")};
+    unsetenv("PEFTD_VERA_SHARED");
+    adapter__shared_stats(&e2, NULL);
+    ASSERT_EQ(e2, e1);
+    size_t own[4], sh[4], blob_len[4];
+    adapter *all[4] = {v[0], v[1], u[0], u[1]};
+    for (int k = 0; k < 4; k++) {
+        adapter_bytes_held(all[k], &own[k], &sh[k]);
+        adapter_base base;
+        void *blob = NULL;
+        ASSERT_EQ(model_adapter_base(R.m, &base), 0);
+        ASSERT_EQ(adapter_blob_write_base(all[k], &base, &blob, &blob_len[k]), 0);
+        if (k < 2) { /* read back: the slices are found, not added */
+            adapter *w = NULL;
+            char err[512];
+            if (adapter_blob_read(blob, blob_len[k], &base, &w, err, sizeof err) < 0) FAIL("blob: %s", err);
+            adapter__shared_stats(&e2, NULL);
+            ASSERT_EQ(e2, e1);
+            for (int i = 0; i < R.m->cfg.n_layers * AMOD_COUNT; i++) ASSERT(w->lora[i].a.data == all[k]->lora[i].a.data);
+            adapter_free(w);
+        }
+        free(blob);
+        model_adapter_base_free(&base);
+    }
+    ASSERT_EQ(sh[2] + sh[3], 0);
+    ASSERT_EQ(sh[0], b1 - b0);
+    ASSERT_EQ(sh[1], b1 - b0);
+    for (int k = 0; k < 2; k++)
+        printf("    %-7s bytes held: shared %zu own + %zu of slices held once (2 adapters: %zu each on average), "
+               "unshared %zu; blob %zu vs %zu\n",
+               k ? "vera_b" : "vera", own[k], sh[k], own[k] + sh[k] / 2, own[k + 2], blob_len[k], blob_len[k + 2]);
+    ASSERT(own[2] > own[0] + sh[0] && own[3] > own[1] + sh[1]);
+    adapter_ref rf;
+    adapter_ref_load("tests/fixtures/adapters/vera", &rf);
+    int last = rf.n_cases - 1;
+    size_t nv = (size_t)rf.n_ids[last] * rf.vocab;
+    llama_ctx *c = seq_batch_ctx(R.m);
+    seq_spec sp[4];
+    float *o[4];
+    for (int k = 0; k < 4; k++) {
+        sp[k] = (seq_spec){.ids = rf.ids[last], .n = rf.n_ids[last], .ad = all[k]};
+        ASSERT((o[k] = malloc(sizeof(float) * nv)));
+    }
+    seq_batch_prefill(c, R.m, sp, 4, o);
+    ASSERT(!memcmp(o[0], o[2], sizeof(float) * nv));
+    ASSERT(!memcmp(o[1], o[3], sizeof(float) * nv));
+    ASSERT(max_diff(o[0], rf.logits[last], nv) <= TOL);
+    ASSERT(max_diff(o[0], o[1], nv) > 1e-3); /* two adapters, one projection */
+    for (int k = 0; k < 4; k++) {
+        free(o[k]);
+        adapter_free(all[k]);
+    }
+    adapter__shared_stats(&e2, NULL);
+    ASSERT_EQ(e2, e0); /* the last holder gone, the slices are freed */
+    llama_ctx_free(c);
+    adapter_ref_free(&rf);
     rig_close(&R);
 }
 
@@ -319,15 +421,31 @@ TEST(engine_greedy_and_mixed_batch) {
     rig_close(&R);
 }
 
-/* LoKr's and LoHa's two forms (adapter_peft_lyco.c): every module forced to the LoRA form, every module
- * forced dense, and the rule's mix give the library's logits and agree with each other, also at
- * a request scale of 0.5 (dense rows scaled through the scratch path) in one batch; within TOL of
- * the library and 5e-5 of each other (f32 rounding of a materialised delta vs two factors). */
+/* VeRA's, LoHa's and LoKr's two forms (adapter_peft_lyco.c): every module forced to the LoRA form,
+ * every module forced dense, and the rule's mix give the library's logits and agree with each
+ * other, also at a request scale of 0.5 (dense rows scaled through the scratch path) in one
+ * batch, and each form gives the same logits bit for bit after a round trip through its blob
+ * (the dense deltas are a blob field). Within TOL of the library, and of each other within
+ * forms_tol(): 1e-5, or 8 f32 ulps of the largest |logit| where that is more (stories260K's
+ * logits reach 18, ulp 1.9e-6: its forms differ by up to 6.5 ulps = 1.24e-5; the bias base's by
+ * 1.2e-6). That difference is summation order only — x·ΔWᵀ vs (x·Aᵀ)·Bᵀ in f32, each rounded
+ * differently through 5 layers — and smaller than what either form shows against PEFT itself
+ * (1.5e-5 to 2.2e-5 there, like every LoRA kind). */
+static double forms_tol(const adapter_ref *rf) {
+    float mx = 0;
+    for (int s = 0; s < rf->n_cases; s++)
+        for (size_t i = 0; i < (size_t)rf->n_ids[s] * rf->vocab; i++) mx = fmaxf(mx, fabsf(rf->logits[s][i]));
+    double ulp8 = 8 * (nextafterf(mx, INFINITY) - mx);
+    return ulp8 > 1e-5 ? ulp8 : 1e-5;
+}
+
 TEST(lyco_forms_agree) {
     static const char *const forms[3] = {"lora", "dense", "auto"};
     for (int bi = 0; bi < 2; bi++)
         for (int ki = N_HUB; ki < N_KINDS; ki++) {
-            if ((strncmp(KINDS[ki], "lokr", 4) && strcmp(KINDS[ki], "loha")) || !on_base(ki, bi)) continue;
+            if ((strncmp(KINDS[ki], "lokr", 4) && strncmp(KINDS[ki], "vera", 4) && strcmp(KINDS[ki], "loha")) ||
+                !on_base(ki, bi))
+                continue;
             rig R;
             rig_open(&R, BASES[bi]);
             char dir[256];
@@ -355,15 +473,30 @@ TEST(lyco_forms_agree) {
                 }
                 seq_batch_prefill(c, R.m, sp, 3, o);
             }
+            double ftol = forms_tol(&rf);
             for (int f = 0; f < 3; f++) {
                 double md = max_diff(out[f][0], rf.logits[last], nv), mf = max_diff(out[f][0], out[0][0], nv),
                        mh = max_diff(out[f][1], out[0][1], nv);
-                printf("    %-9s on %-32s form %-5s: vs peft %.3g, vs the LoRA form %.3g (scale 0.5: %.3g)\n", KINDS[ki],
-                       BASES[bi], forms[f], md, mf, mh);
-                if (!(md <= TOL) || !(mf <= 5e-5) || !(mh <= 5e-5))
+                size_t own, shared;
+                adapter_bytes_held(ad[f], &own, &shared);
+                printf("    %-11s on %-32s form %-5s: vs peft %.3g, vs the LoRA form %.3g (scale 0.5: %.3g; "
+                       "tol %.3g); bytes held %zu + shared %zu\n",
+                       KINDS[ki], BASES[bi], forms[f], md, mf, mh, ftol, own, shared);
+                if (!(md <= TOL) || !(mf <= ftol) || !(mh <= ftol))
                     FAIL("%s form %s: %.3g vs peft, %.3g / %.3g vs the LoRA form", KINDS[ki], forms[f], md, mf, mh);
             }
             ASSERT(max_diff(out[0][1], out[0][0], nv) > 1e-3); /* scale 0.5 really changes the output */
+            seq_spec sp[3]; /* each form through its blob, the same batch again: bit for bit */
+            float *o[3];
+            for (int f = 0; f < 3; f++) {
+                ad[f] = via_blob(&R, ad[f]);
+                sp[f] = (seq_spec){.ids = rf.ids[last], .n = rf.n_ids[last], .ad = ad[f], .scale = 1.0f};
+                o[f] = out[f][1];
+            }
+            seq_batch_prefill(c, R.m, sp, 3, o);
+            for (int f = 0; f < 3; f++)
+                if (memcmp(out[f][1], out[f][0], sizeof(float) * nv))
+                    FAIL("%s form %s: logits differ after the blob round trip", KINDS[ki], forms[f]);
             for (int f = 0; f < 3; f++) {
                 adapter_free(ad[f]);
                 free(out[f][0]);
@@ -377,5 +510,5 @@ TEST(lyco_forms_agree) {
 
 TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam,
           peft_lora_variants_both_bases, after_blob_round_trip,
-          refusals_name_the_field,
+          refusals_name_the_field, vera_projection_held_once,
           engine_greedy_and_mixed_batch, lyco_forms_agree)

@@ -4,7 +4,10 @@
  * LoRA matrix then points into the pool's slot and holds the same bytes as a host-only copy
  * of the adapter; the backend's own alloc is never called; adapter_free gives the slot back
  * (retire); an adapter larger than a slot is refused with PEFTD_E2BIG and stays on the host,
- * installable the ordinary way. */
+ * installable the ordinary way. VeRA's projection slices (adapter_shared.h) live outside the
+ * slot: the first adapter placed uploads each slice once into the backend's own memory, a second
+ * adapter with the same projection reads those copies (placed or installed the ordinary way),
+ * and the last one freed frees them. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,4 +144,54 @@ TEST(an_adapter_larger_than_a_slot_stays_on_the_host) {
     slot_pool_free(pool);
 }
 
-TEST_MAIN(lora_installed_into_a_slot_reads_the_same_bytes, an_adapter_larger_than_a_slot_stays_on_the_host)
+TEST(vera_slices_are_uploaded_once_beside_the_slots) {
+    setup();
+    slot_pool *pool = NULL;
+    char err[256];
+    ASSERT_EQ(slot_pool_create(&DEV, NULL, 1u << 20, 4, 1, &pool, err, sizeof err), 0);
+    kbackend kb;
+    kbackend__init(&kb, &FAKE, NULL);
+    adapter *ref = host_adapter("vera"), *a = host_adapter("vera"), *b = host_adapter("vera_b");
+    size_t own, shared;
+    adapter_bytes_held(a, &own, &shared);
+    ASSERT_EQ(shared, (size_t)16 * (64 + 172) * sizeof(float)); /* r 16: vera_A[:, :64] and [:, :172] */
+    slot_placer_ud ua = {pool, "sha-vera", -1}, ub = {pool, "sha-vera-b", -1};
+    adapter_placer pa = slot_placer(&ua), pb = slot_placer(&ub);
+    kb_allocs = kb_frees = 0;
+    ASSERT_EQ(adapter_install_placed(a, &kb, &pa, err, sizeof err), 0);
+    ASSERT_EQ(kb_allocs, 2); /* the two slices; the block went into the slot */
+    ASSERT_EQ(adapter_install_placed(b, &kb, &pb, err, sizeof err), 0);
+    ASSERT_EQ(kb_allocs, 2); /* the same slices: nothing more */
+    const unsigned char *lo = slot_pool_addr(pool, ua.slot), *hi = lo + slot_pool_slot_size(pool);
+    int n = 0;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        const adapter_lora *L = &a->lora[i], *R = &ref->lora[i];
+        if (!L->rank) continue;
+        const unsigned char *pa_ = L->a.data, *pb_ = L->b.data;
+        ASSERT(pa_ < lo || pa_ >= hi);   /* A: a shared copy, outside the slot */
+        ASSERT(pb_ >= lo && pb_ < hi);   /* B (λs folded in): in the adapter's slot */
+        ASSERT(pa_ != R->a.data);        /* the device copy, not the host one */
+        ASSERT(!memcmp(pa_, R->a.data, kmat_bytes(&R->a)));
+        ASSERT(!memcmp(pb_, R->b.data, kmat_bytes(&R->b)));
+        for (int j = 0; j < b->n_layers * AMOD_COUNT; j++)
+            if (b->lora[j].rank && b->lora[j].a.cols == L->a.cols) ASSERT(b->lora[j].a.data == L->a.data);
+        n++;
+    }
+    ASSERT_EQ(n, 20);
+    adapter *c = host_adapter("vera"); /* installed the ordinary way: its block, the same slices */
+    ASSERT_EQ(adapter_install(c, &kb, err, sizeof err), 0);
+    ASSERT_EQ(kb_allocs, 3);
+    for (int i = 0; i < c->n_layers * AMOD_COUNT; i++) ASSERT(c->lora[i].a.data == a->lora[i].a.data);
+    adapter_free(c);
+    ASSERT_EQ(kb_frees, 1);
+    kb_frees = 0;
+    adapter_free(a);
+    ASSERT_EQ(kb_frees, 0); /* b still reads the slices */
+    adapter_free(b);
+    ASSERT_EQ(kb_frees, 2);
+    adapter_free(ref);
+    slot_pool_free(pool);
+}
+
+TEST_MAIN(lora_installed_into_a_slot_reads_the_same_bytes, an_adapter_larger_than_a_slot_stays_on_the_host,
+          vera_slices_are_uploaded_once_beside_the_slots)
