@@ -5,12 +5,10 @@
  *   Q8_0: vpdpbusd wants one unsigned operand: the weights are offset by 128 (w ^ 0x80) and
  *         the accumulator starts at -128·Σx of the lane (kq_x.corr), so the lane is Σ w·x
  *         exactly. Two blocks (2 × 32 codes) per zmm: lanes 0-7 even block, 8-15 odd.
- *   Q4_K: the nibbles (0..15) are already unsigned; one zmm of 64 qs bytes gives two
- *         32-code sub-blocks per nibble half, matched by kq_x's permuted x layout.
- *   Q5_K: as Q4_K, each byte's 5th bit (0..31) added under a vptestmb mask of the qh bytes.
- *   Q6_K: the 6-bit codes unsigned (0..63: one zmm per 64 elements from 64 ql bytes and the
- *         32 qh bytes on both halves), the −32 offset folded in by starting the accumulator at
- *         −32·Σx of the lane (kq_x.corr); per-lane group scales by one permute of the 16.
+ *   Q4_K, Q5_K, Q6_K: run on the AVX2 tiles (qdot_avx2.c). Their canonical order sums a
+ *         super-block in int32 with the sub-block scales applied as integers (qmatmul.h), the
+ *         shape of an AVX2 vpmaddubsw/vpmaddwd loop; a VNNI version of that order has not been
+ *         written yet (it needs an AVX-512 machine to be checked bit for bit against scalar).
  * Weight rows are read once per x group of 4; the first group prefetches KQ_PF bytes ahead.
  * Compiled for these instructions by target attributes and only called when the CPU has
  * them (kq_path_available). */
@@ -171,149 +169,6 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
     kq_store(R, N, acc, y, ldy, beta);
 }
 
-/* The 8 sub-block factors of a Q4_K super-block at p: dsc[s] = d·(float)sc_s and
- * negm[s] = -(dmin·(float)m_s), the same f32 operations as the scalar path, the 6-bit fields
- * unpacked four at a time from the 12 scale bytes read as 32-bit words (quant_ref.h's packing:
- * sub-blocks 4-7 take their top 2 bits from bits 6-7 of bytes 0-3 / 4-7). */
-KQ_INL void kq_q4k_scales8(const uint8_t *p, __m256 *dsc, __m256 *negm) {
-    uint32_t u[3];
-    memcpy(u, p + 4, 12);
-    uint64_t sc = (uint64_t)(u[0] & 0x3f3f3f3fu) | (uint64_t)((u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u)) << 32;
-    uint64_t m = (uint64_t)(u[1] & 0x3f3f3f3fu) |
-                 (uint64_t)(((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u)) << 32;
-    __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
-    __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m)));
-    *dsc = _mm256_mul_ps(_mm256_set1_ps(kq_h(p)), scf);
-    *negm = _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(kq_h(p + 2)), mf), _mm256_set1_ps(-0.0f));
-}
-
-/* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): as q8_tile, super-blocks of 256. */
-KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
-                     int64_t ldy, float beta) {
-    const int64_t cols = x->cols, nb = cols / 256;
-    const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
-    const __m512i m4 = _mm512_set1_epi8(15), b16 = _mm512_set1_epi8(16);
-    __m512 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256 dsc[4], negm[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + BB * b;
-            kq_q4k_scales8(p, &dsc[r], &negm[r]);
-            if (pf) {
-                __builtin_prefetch(p + KQ_PF, 0, 2);
-                __builtin_prefetch(p + KQ_PF + 64, 0, 2);
-                __builtin_prefetch(p + KQ_PF + 128, 0, 2);
-            }
-        }
-#pragma GCC unroll 4
-        for (int v = 0; v < 4; v++) {
-            const int s0 = 4 * (v / 2) + v % 2, s1 = s0 + 2;
-            const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(s0), _mm256_set1_epi32(s1), 1);
-            const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << s0)), _mm256_set1_epi8((char)(1 << s1)), 1);
-            __m512i wv[4];
-            __m512 fs[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                const uint8_t *p = w + r * rb + BB * b;
-                __m512i q = _mm512_loadu_si512(p + QS + 64 * (v / 2));
-                wv[r] = v % 2 ? _mm512_and_si512(_mm512_srli_epi16(q, 4), m4) : _mm512_and_si512(q, m4);
-                if (FIVE) { /* + 16 where bit s of qh[l] is set (low half: s0, high half: s1) */
-                    __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
-                    wv[r] = _mm512_mask_add_epi8(wv[r], _mm512_test_epi8_mask(qh, bit), wv[r], b16);
-                }
-                fs[r] = _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(dsc[r]));
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < N; i++) {
-                int64_t row = i0 + i;
-                __m512i xv = _mm512_loadu_si512(x->q + row * cols + 256 * b + 64 * v);
-                __m512 dx = _mm512_set1_ps(x->d[row * nb + b]);
-#pragma GCC unroll 4
-                for (int r = 0; r < R; r++) {
-                    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
-                    acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(fs[r], dx), acc[r][i]);
-                }
-            }
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) {
-            __m512 xs = _mm512_zextps256_ps512(_mm256_loadu_ps(x->xs + (i0 + i) * (cols / 32) + 8 * b));
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                acc[r][i] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(negm[r]), xs, acc[r][i], 0x00FF);
-        }
-    }
-    kq_store(R, N, acc, y, ldy, beta);
-}
-
-/* Q6_K: super-blocks of 256 (210 bytes: ql[128], qh[64], i8 scales[16], f16 d), 4 steps of 64
- * elements in natural order (qmatmul.h). */
-KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
-                     int64_t ldy, float beta) {
-    const int64_t cols = x->cols, nb = cols / 256;
-    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
-    /* the 2 high bits to bits 4-5: shift 0/2 (even steps, low/high half) or 4/6 (odd steps) */
-    const __m512i sl_even = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
-    const __m512i sr_odd = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
-    __m512 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m512 dsc[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + 210 * b;
-            __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 192))));
-            dsc[r] = _mm512_mul_ps(_mm512_set1_ps(kq_h(p + 208)), sc);
-            if (pf) {
-                __builtin_prefetch(p + KQ_PF, 0, 2);
-                __builtin_prefetch(p + KQ_PF + 64, 0, 2);
-                __builtin_prefetch(p + KQ_PF + 128, 0, 2);
-                __builtin_prefetch(p + KQ_PF + 192, 0, 2);
-            }
-        }
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; t++) {
-            const int h = t / 2, odd = t % 2;
-            const __m512i idx = _mm512_set_epi32(4 * t + 3, 4 * t + 3, 4 * t + 3, 4 * t + 3, 4 * t + 2, 4 * t + 2,
-                                                 4 * t + 2, 4 * t + 2, 4 * t + 1, 4 * t + 1, 4 * t + 1, 4 * t + 1,
-                                                 4 * t, 4 * t, 4 * t, 4 * t);
-            __m512i wv[4];
-            __m512 fs[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                const uint8_t *p = w + r * rb + 210 * b;
-                __m512i ql = _mm512_loadu_si512(p + 64 * h);
-                __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h)));
-                __m512i lo = odd ? _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4) : _mm512_and_si512(ql, m4);
-                __m512i hi = odd ? _mm512_srlv_epi16(qh, sr_odd) : _mm512_sllv_epi16(qh, sl_even);
-                wv[r] = _mm512_or_si512(lo, _mm512_and_si512(hi, m30));
-                fs[r] = _mm512_permutexvar_ps(idx, dsc[r]);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < N; i++) {
-                int64_t row = i0 + i;
-                __m512i xv = _mm512_loadu_si512(x->q + row * cols + 256 * b + 64 * t);
-                __m512i xc = _mm512_loadu_si512(x->corr + row * (cols / 4) + 64 * b + 16 * t);
-                __m512 dx = _mm512_set1_ps(x->d[row * nb + b]);
-#pragma GCC unroll 4
-                for (int r = 0; r < R; r++) {
-                    __m512i sm = _mm512_dpbusd_epi32(xc, wv[r], xv);
-                    acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sm), _mm512_mul_ps(fs[r], dx), acc[r][i]);
-                }
-            }
-        }
-    }
-    kq_store(R, N, acc, y, ldy, beta);
-}
-
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y, int64_t ldy,
                         float beta);
 #define TILE_DEF(R, N)                                                                                        \
@@ -324,36 +179,21 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
     static KQ_TGT void q40_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
                                      int64_t ldy, float beta) {                                               \
         q8_tile(KDT_Q4_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
-    }                                                                                                         \
-    static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
-                                     int64_t ldy, float beta) {                                               \
-        q4k_tile(0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                                    \
-    }                                                                                                         \
-    static KQ_TGT void q5k_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
-                                     int64_t ldy, float beta) {                                               \
-        q4k_tile(1, R, N, w, rb, pf, x, i0, y, ldy, beta);                                                    \
-    }                                                                                                         \
-    static KQ_TGT void q6k_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
-                                     int64_t ldy, float beta) {                                               \
-        q6k_tile(R, N, w, rb, pf, x, i0, y, ldy, beta);                                                       \
     }
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
 TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
 static const tile_fn q8_tiles[2][4] = {{q8_4_1, q8_4_2, q8_4_3, q8_4_4}, {q8_1_1, q8_1_2, q8_1_3, q8_1_4}};
 static const tile_fn q40_tiles[2][4] = {{q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q40_1_1, q40_1_2, q40_1_3, q40_1_4}};
-static const tile_fn q4k_tiles[2][4] = {{q4k_4_1, q4k_4_2, q4k_4_3, q4k_4_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
-static const tile_fn q5k_tiles[2][4] = {{q5k_4_1, q5k_4_2, q5k_4_3, q5k_4_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
-static const tile_fn q6k_tiles[2][4] = {{q6k_4_1, q6k_4_2, q6k_4_3, q6k_4_4}, {q6k_1_1, q6k_1_2, q6k_1_3, q6k_1_4}};
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
+    if (kdtype_is_kquant(dt)) { /* the K-quants' integer order runs on the AVX2 tiles (header) */
+        kq_rows_avx2(dt, w, rb, r0, r1, x, y, ldy, beta);
+        return;
+    }
     for (int64_t r = r0; r < r1;) {
         int tall = r1 - r >= 4;
-        const tile_fn *fns = (dt == KDT_Q8_0   ? q8_tiles
-                              : dt == KDT_Q4_0 ? q40_tiles
-                              : dt == KDT_Q5_K ? q5k_tiles
-                              : dt == KDT_Q6_K ? q6k_tiles
-                                               : q4k_tiles)[tall ? 0 : 1];
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q40_tiles)[tall ? 0 : 1];
         for (int i = 0; i < x->n; i += 4) {
             int N = x->n - i < 4 ? x->n - i : 4;
             fns[N - 1](w + r * rb, rb, i == 0, x, i, y + (int64_t)i * ldy + r, ldy, beta);

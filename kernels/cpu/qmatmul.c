@@ -59,30 +59,19 @@ static float kq_quant_block(const float *x, int len, int8_t *q) {
 }
 
 static void kq_quantize_row(kdtype dt, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
-                            float *xs) {
+                            int16_t *gsum) {
     if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0: blocks of 32 */
         for (int64_t b = 0; b < cols / 32; b++) d[b] = kq_quant_block(x + 32 * b, 32, q + 32 * b);
         for (int64_t l = 0; l < cols / 4; l++)
             corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
         return;
     }
-    if (dt == KDT_Q6_K) { /* natural order, the q6 − 32 offset per 4 codes */
-        for (int64_t b = 0; b < cols / 256; b++) d[b] = kq_quant_block(x + 256 * b, 256, q + 256 * b);
-        for (int64_t l = 0; l < cols / 4; l++)
-            corr[l] = -32 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
-        return;
-    }
-    static const int perm[8] = {0, 2, 1, 3, 4, 6, 5, 7}; /* chunk c holds sub-block perm[c] */
-    int8_t tmp[256];
-    for (int64_t b = 0; b < cols / 256; b++) {
-        float db = kq_quant_block(x + 256 * b, 256, tmp);
-        d[b] = db;
-        for (int c = 0; c < 8; c++) memcpy(q + 256 * b + 32 * c, tmp + 32 * perm[c], 32);
-        for (int s = 0; s < 8; s++) {
-            int sum = 0;
-            for (int j = 0; j < 32; j++) sum += tmp[32 * s + j];
-            xs[8 * b + s] = db * (float)sum;
-        }
+    for (int64_t b = 0; b < cols / 256; b++) d[b] = kq_quant_block(x + 256 * b, 256, q + 256 * b);
+    const int g = kq_gsum_group(dt);
+    for (int64_t k = 0; k < cols / g; k++) {
+        int sum = 0;
+        for (int j = 0; j < g; j++) sum += q[g * k + j];
+        gsum[k] = (int16_t)sum; /* |sum| <= 32 · 127 */
     }
 }
 
@@ -116,9 +105,9 @@ static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
 }
 
 /* Q4_K and Q5_K (qh: the 32 bytes of 5th bits, at offset 16 of a 176-byte block). */
-static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, const float *xs,
+static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs,
                                 int64_t nb) {
-    float L[16] = {0};
+    float L[8] = {0};
     const int five = dt == KDT_Q5_K;
     const size_t bb = kdtype_block_bytes(dt);
     for (int64_t b = 0; b < nb; b++) {
@@ -128,34 +117,35 @@ static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
         memcpy(&h1, blk + 2, 2);
         float d = f16_to_f32(h0), dmin = f16_to_f32(h1);
         const int8_t *xb = xq + 256 * b;
-        for (int v = 0; v < 4; v++)
-            for (int hh = 0; hh < 2; hh++) {
-                int s = 4 * (v / 2) + v % 2 + 2 * hh, sc, m;
-                kq_q4k_scale_min(blk + 4, s, &sc, &m);
-                float f = (d * (float)sc) * xd[b];
-                const uint8_t *qb = qs + 64 * (v / 2) + 32 * hh;
-                const int8_t *xc = xb + 32 * (2 * v + hh);
-                for (int j = 0; j < 8; j++) {
-                    int32_t p = 0;
-                    for (int e = 0; e < 4; e++) {
-                        int q = v % 2 ? qb[4 * j + e] >> 4 : qb[4 * j + e] & 15;
-                        if (five) q |= ((qh[4 * j + e] >> s) & 1) << 4;
-                        p += q * xc[4 * j + e];
-                    }
-                    L[8 * hh + j] = fmaf((float)p, f, L[8 * hh + j]);
+        int32_t I[8] = {0};
+        for (int c = 0; c < 8; c++) {
+            int sc, m;
+            kq_q4k_scale_min(blk + 4, c, &sc, &m);
+            const uint8_t *qb = qs + 32 * (c / 2);
+            for (int j = 0; j < 8; j++) {
+                int32_t p = 0;
+                for (int e = 0; e < 4; e++) {
+                    int l = 4 * j + e, q = c % 2 ? qb[l] >> 4 : qb[l] & 15;
+                    if (five) q |= ((qh[l] >> c) & 1) << 4;
+                    p += q * xb[32 * c + l];
                 }
+                I[j] += sc * p;
             }
+        }
         for (int j = 0; j < 8; j++) {
             int sc, m;
             kq_q4k_scale_min(blk + 4, j, &sc, &m);
-            L[j] = fmaf(-(dmin * (float)m), xs[8 * b + j], L[j]);
+            L[j] = fmaf((float)I[j], d * xd[b], L[j]);
+            L[j] = fmaf((float)(m * gs[8 * b + j]), -(dmin * xd[b]), L[j]);
         }
     }
-    return kq_reduce16(L);
+    return kq_reduce8(L);
 }
 
-static float kq_dot_q6_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
-    float L[16] = {0};
+/* Q6_K in ggml's layout: element 128h + 32k + l (h, k < 4, l < 32) is the nibble k/2 of
+ * ql[64h + 32(k%2) + l] with bits 2k, 2k+1 of qh[32h + l] above it. */
+static float kq_dot_q6_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs, int64_t nb) {
+    float L[8] = {0};
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + 210 * b, *ql = blk, *qh = blk + 128;
         const int8_t *sc = (const int8_t *)(blk + 192);
@@ -163,20 +153,26 @@ static float kq_dot_q6_k_scalar(const uint8_t *w, const int8_t *xq, const float 
         memcpy(&h, blk + 208, 2);
         float d = f16_to_f32(h);
         const int8_t *xb = xq + 256 * b;
-        for (int t = 0; t < 4; t++)
-            for (int j = 0; j < 16; j++) {
+        int32_t T[8] = {0};
+        for (int c = 0; c < 8; c++) {
+            const int hh = c / 4, k = c % 4;
+            for (int j = 0; j < 8; j++) {
                 int32_t p = 0;
                 for (int e = 0; e < 4; e++) {
-                    int i = 64 * t + 4 * j + e, hh = i / 128, r = i % 128;
-                    int lo = (ql[64 * hh + r % 64] >> (4 * (r / 64))) & 15;
-                    int hi = (qh[32 * hh + r % 32] >> (2 * (r / 32))) & 3;
-                    p += ((lo | hi << 4) - 32) * xb[i];
+                    int l = 4 * j + e;
+                    int lo = (ql[64 * hh + 32 * (k % 2) + l] >> (4 * (k / 2))) & 15;
+                    int hi = (qh[32 * hh + l] >> (2 * k)) & 3;
+                    p += (lo | hi << 4) * xb[32 * c + l];
                 }
-                float f = (d * (float)sc[4 * t + j / 4]) * xd[b];
-                L[j] = fmaf((float)p, f, L[j]);
+                T[j] += sc[2 * c + j / 4] * p;
             }
+        }
+        for (int j = 0; j < 8; j++) {
+            T[j] += -32 * sc[2 * j] * gs[16 * b + 2 * j] + -32 * sc[2 * j + 1] * gs[16 * b + 2 * j + 1];
+            L[j] = fmaf((float)T[j], d * xd[b], L[j]);
+        }
     }
-    return kq_reduce16(L);
+    return kq_reduce8(L);
 }
 
 void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
@@ -187,9 +183,10 @@ void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t 
             const int8_t *xq = x->q + (int64_t)i * cols;
             float s = !kdtype_is_kquant(dt)
                           ? kq_dot_q8_0_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 32), cols / 32)
-                      : dt == KDT_Q6_K ? kq_dot_q6_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256), cols / 256)
+                      : dt == KDT_Q6_K ? kq_dot_q6_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
+                                                            x->gsum + (int64_t)i * (cols / 16), cols / 256)
                                        : kq_dot_q4_k_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
-                                                            x->xs + (int64_t)i * (cols / 32), cols / 256);
+                                                            x->gsum + (int64_t)i * (cols / 32), cols / 256);
             float *yp = y + i * ldy + r;
             *yp = beta != 0.0f ? *yp + s : s;
         }
@@ -231,7 +228,7 @@ static void kq_quant_task(void *vc, int i, int thread) {
     kq_x *q = c->qx;
     int64_t cols = q->cols, be = kdtype_block_elems(c->dt);
     kq_quantize_row(c->dt, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
-                    q->d + i * (cols / be), q->xs ? q->xs + i * (cols / 32) : NULL);
+                    q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
 }
 
 int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
@@ -245,9 +242,9 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     kdtype dt = w->dtype;
     size_t nq = (size_t)n * (size_t)cols;
     size_t nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
-    const bool has_xs = dt == KDT_Q4_K || dt == KDT_Q5_K; /* else corr */
+    const bool kquant = kdtype_is_kquant(dt); /* gsum, else corr */
     size_t bytes = nq + 64 + nd * sizeof(float) + 64 +
-                   (!has_xs ? nq + 64 : (size_t)n * (size_t)(cols / 32) * sizeof(float) + 64);
+                   (!kquant ? nq + 64 : (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) + 64);
     kcpu_backend *cb = kcpu__impl(kb);
     if (bytes > cb->qbuf_cap) { /* kept across calls: no allocation (or page faults) per step */
         size_t cap = bytes > 2 * cb->qbuf_cap ? bytes : 2 * cb->qbuf_cap;
@@ -264,8 +261,8 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     p += (nq + 63) / 64 * 64;
     qx.d = (float *)p;
     p += (nd * sizeof(float) + 63) / 64 * 64;
-    if (!has_xs) qx.corr = (int32_t *)p;
-    else qx.xs = (float *)p;
+    if (!kquant) qx.corr = (int32_t *)p;
+    else qx.gsum = (int16_t *)p;
 
     kq_qctx qc = {.dt = dt, .x = x, .qx = &qx};
     kcpu__parallel(cb, n, (double)nq * 4.0, kq_quant_task, &qc);

@@ -2,28 +2,34 @@
  * driver, activation quantization, scalar path; qdot_avx512.c: AVX-512 VNNI; qdot_avx2.c:
  * AVX2). Private to kernels/cpu/.
  *
- * THE CANONICAL ORDER (what makes every path bit-identical and batch-invariant). One output
- * y = dot(w row, x row) is a sum over the row's blocks into 16 f32 lanes L[0..15], then
- * reduced as t[j] = L[j] + L[j+8], u[j] = t[j] + t[j+4], v[j] = u[j] + u[j+2], y = v[0] + v[1].
- * A lane's contribution is an exact int32 partial P (the sum of 4 products of adjacent
- * int8/uint8 codes) scaled in f32 with one fused multiply-add:
- *   Q8_0: blocks b = 0, 1, ... of 32; block b feeds lanes 8·(b%2) + j, j < 8, with
- *         P = Σ_{e<4} wq[4j+e]·xq[4j+e] and L = fma((float)P, dw_b·dx_b, L).
- *   Q4_0: as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high).
- *   Q4_K: super-blocks of 256; step v = 0..3 covers sub-blocks s(v,h) = 4·(v/2) + v%2 + 2h
- *         on lanes 8h + j (h = 0, 1; j < 8): P = Σ_{e<4} q[32s+4j+e]·xq[32s+4j+e],
- *         L = fma((float)P, (d·(float)sc_s)·dx, L); after the 4 steps, lanes j < 8:
- *         L = fma(-(dmin·(float)m_j), xs_j, L) with xs_j = dx·(float)Σ xq over sub-block j.
- *   Q5_K: exactly as Q4_K with q = nibble | (bit s of qh[l]) << 4 (0..31).
- *   Q6_K: super-blocks of 256 in natural element order; step t = 0..3 covers elements
- *         64t .. 64t+63, lane j (j < 16) elements 64t+4j+e (e < 4), which lie in the
- *         16-element group g = 4t + j/4: P = Σ_{e<4} (q6 − 32)·xq (exact int32),
- *         L = fma((float)P, (d·(float)sc_g)·dx, L).
+ * THE CANONICAL ORDER (what makes every path bit-identical and batch-invariant).
+ * Q8_0, Q4_0: one output y = dot(w row, x row) is a sum over the row's blocks into 16 f32 lanes
+ *   L[0..15], reduced as kq_reduce16. A lane's contribution is an exact int32 partial P (the
+ *   sum of 4 products of adjacent int8 codes) scaled in f32 with one fused multiply-add:
+ *   blocks b = 0, 1, ... of 32; block b feeds lanes 8·(b%2) + j, j < 8, with
+ *   P = Σ_{e<4} wq[4j+e]·xq[4j+e] and L = fma((float)P, dw_b·dx_b, L).
+ *   Q4_0 as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high).
+ * K-quants (super-blocks of 256, x codes in natural order): 8 f32 lanes L[0..7], reduced as
+ *   kq_reduce8. Within a super-block everything is an exact int32 sum, so only the per-lane
+ *   integer totals below are fixed; the f32 work is two (Q4_K, Q5_K) or one (Q6_K) fused
+ *   multiply-add per lane per super-block — llama.cpp's integer shape, which the AVX2 loop
+ *   (vpmaddubsw, then vpmaddwd by the 16-bit scale) computes directly.
+ *   Chunk c = elements 32c .. 32c+31; lane j of chunk c = its elements 4j .. 4j+3;
+ *   P(c, j) = Σ_{e<4} q[32c+4j+e]·xq[32c+4j+e] with q the unsigned code.
+ *   Q4_K: q = the nibble (chunk c = sub-block c: qs byte 32·(c/2) + l, nibble c%2);
+ *         I_j = Σ_c sc_c·P(c, j);  M_j = m_j·X_j with X_j = Σ xq over sub-block j;
+ *         L_j = fma((float)I_j, d·dx, L_j), then L_j = fma((float)M_j, −(dmin·dx), L_j).
+ *   Q5_K: as Q4_K with q = nibble | (bit c of qh[l]) << 4 (0..31).
+ *   Q6_K: q = the 6-bit code (0..63) of ggml's layout; scale group g = 2c + j/4 (16 elements);
+ *         T_j = Σ_c sc_g·P(c, j) + (−32·sc_2j)·G_2j + (−32·sc_2j+1)·G_2j+1, with G_g = Σ xq
+ *         over group g (the q − 32 offset); L_j = fma((float)T_j, d·dx, L_j).
+ *   |I|, |T| < 2^25: every int32 exact.
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0
  * and Q4_0 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
  * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
- * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound).
+ * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound), with the code sums
+ * per 32 (Q4_K, Q5_K) or per 16 (Q6_K) that Q8_K's bsums hold.
  */
 #ifndef PEFTD_KCPU_QMATMUL_H
 #define PEFTD_KCPU_QMATMUL_H
@@ -36,11 +42,10 @@
 typedef struct {
     int n;
     int64_t cols;
-    int8_t *q;      /* [n][cols]; Q4_K, Q5_K: each 256 permuted to sub-blocks 0,2,1,3,4,6,5,7 */
-    int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset);
-                     * Q6_K: [n][cols/4] = -32 · Σ of each 4 codes (the q6 − 32 offset) */
+    int8_t *q;      /* [n][cols], natural order */
+    int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
-    float *xs;      /* Q4_K, Q5_K: [n][cols/32] = d · Σ codes of each sub-block (natural order) */
+    int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
 } kq_x;
 
 /* y[i·ldy + r] (+)= dot(w row r, x row i) for weight rows [r0, r1) and every x row, in the
@@ -66,7 +71,18 @@ static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m)
     }
 }
 
-/* The canonical 16-lane reduction (above). */
+/* The K-quants' group size of kq_x.gsum. */
+static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K ? 16 : 32; }
+
+/* The canonical 8-lane reduction (K-quants). */
+static inline float kq_reduce8(const float L[8]) {
+    float t[4], u[2];
+    for (int j = 0; j < 4; j++) t[j] = L[j] + L[j + 4];
+    for (int j = 0; j < 2; j++) u[j] = t[j] + t[j + 2];
+    return u[0] + u[1];
+}
+
+/* The canonical 16-lane reduction (Q8_0, Q4_0). */
 static inline float kq_reduce16(const float L[16]) {
     float t[8], u[4], v[2];
     for (int j = 0; j < 8; j++) t[j] = L[j] + L[j + 8];
