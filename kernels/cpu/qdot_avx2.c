@@ -19,10 +19,6 @@
 
 #define KQ_TGT __attribute__((target("avx2,fma,f16c")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
-/* Software prefetch distance in each weight row, bytes (as qdot_avx512.c and matmul.c: the
- * hardware prefetcher alone does not keep several row streams busy). Only the first x group
- * of a row tile (i0 == 0) streams the rows from memory and prefetches. */
-#define KQ_PF 16384
 
 KQ_INL float kq_h(const uint8_t *p) {
     uint16_t h;

@@ -19,7 +19,6 @@
 
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
-#define KQ_PF 16384 /* bytes ahead in each weight row (matmul.c measured 16-32 KiB best) */
 
 KQ_INL float kq_h(const uint8_t *p) {
     uint16_t h;

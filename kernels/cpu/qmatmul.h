@@ -71,6 +71,12 @@ static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m)
     }
 }
 
+/* Software prefetch distance in the weight stream, bytes (matmul.c measured 16-32 KiB best:
+ * the hardware prefetcher alone does not keep several row streams busy). The tiles prefetch
+ * this far ahead while the first x group of a row tile streams the rows; the driver
+ * prefetches each task's first KQ_PF bytes when the task starts. */
+#define KQ_PF 16384
+
 /* The K-quants' group size of kq_x.gsum. */
 static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K ? 16 : 32; }
 
