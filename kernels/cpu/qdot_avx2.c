@@ -270,6 +270,32 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
     kq_store8(R, N, acc, y, ldy, beta);
 }
 
+KQ_TGT float kq_quant_block_avx2(const float *x, int len, int8_t *q) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < len; j += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + j), absm), m); /* NaN: m (fmaxf) */
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float d = _mm_cvtss_f32(h) / 127.0f;
+    if (d == 0.0f) {
+        memset(q, 0, (size_t)len);
+        return d;
+    }
+    const __m256 dv = _mm256_set1_ps(d), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    for (int j = 0; j < len; j += 8) {
+        __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + j), dv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* NaN -> 0, as the scalar block */
+        __m128i i32lo, i32hi;
+        __m256i iv = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        i32lo = _mm256_castsi256_si128(iv);
+        i32hi = _mm256_extracti128_si256(iv, 1);
+        __m128i w16 = _mm_packs_epi32(i32lo, i32hi);
+        _mm_storel_epi64((__m128i *)(q + j), _mm_packs_epi16(w16, w16));
+    }
+    return d;
+}
+
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
 #define TILE_DEF(R, N)                                                                                        \
     static KQ_TGT void q8_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \

@@ -46,27 +46,29 @@ static kq_path kq_resolve(void) {
 
 /* ---- activation quantization ---- */
 
-/* One block of len codes: d = max|x|/127, q = round-half-even(x / d) (0 when d == 0). */
+/* One block of len codes: d = max|x|/127, q = round-half-even(x / d) (0 when d == 0; a NaN
+ * element is skipped by the max and coded 0). */
 static float kq_quant_block(const float *x, int len, int8_t *q) {
     float amax = 0.0f;
     for (int j = 0; j < len; j++) amax = fmaxf(amax, fabsf(x[j]));
     float d = amax / 127.0f;
     for (int j = 0; j < len; j++) {
         float v = d != 0.0f ? nearbyintf(x[j] / d) : 0.0f;
-        q[j] = (int8_t)(v > 127.0f ? 127 : v < -127.0f ? -127 : (int)v);
+        q[j] = (int8_t)(v != v ? 0 : v > 127.0f ? 127 : v < -127.0f ? -127 : (int)v);
     }
     return d;
 }
 
-static void kq_quantize_row(kdtype dt, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
+static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
                             int16_t *gsum) {
+    float (*quant)(const float *, int, int8_t *) = simd ? kq_quant_block_avx2 : kq_quant_block;
     if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0: blocks of 32 */
-        for (int64_t b = 0; b < cols / 32; b++) d[b] = kq_quant_block(x + 32 * b, 32, q + 32 * b);
+        for (int64_t b = 0; b < cols / 32; b++) d[b] = quant(x + 32 * b, 32, q + 32 * b);
         for (int64_t l = 0; l < cols / 4; l++)
             corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
         return;
     }
-    for (int64_t b = 0; b < cols / 256; b++) d[b] = kq_quant_block(x + 256 * b, 256, q + 256 * b);
+    for (int64_t b = 0; b < cols / 256; b++) d[b] = quant(x + 256 * b, 256, q + 256 * b);
     const int g = kq_gsum_group(dt);
     for (int64_t k = 0; k < cols / g; k++) {
         int sum = 0;
@@ -223,6 +225,7 @@ static void kq_task(void *vc, int task, int thread) {
 
 typedef struct {
     kdtype dt;
+    bool simd; /* the AVX2 block quantizer (same bits as kq_quant_block) */
     const float *x;
     kq_x *qx;
 } kq_qctx;
@@ -232,7 +235,7 @@ static void kq_quant_task(void *vc, int i, int thread) {
     const kq_qctx *c = vc;
     kq_x *q = c->qx;
     int64_t cols = q->cols, be = kdtype_block_elems(c->dt);
-    kq_quantize_row(c->dt, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
+    kq_quantize_row(c->dt, c->simd, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
                     q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
 }
 
@@ -269,10 +272,10 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
     if (!kquant) qx.corr = (int32_t *)p;
     else qx.gsum = (int16_t *)p;
 
-    kq_qctx qc = {.dt = dt, .x = x, .qx = &qx};
+    kq_path path = kq_resolve();
+    kq_qctx qc = {.dt = dt, .simd = path != KQ_SCALAR, .x = x, .qx = &qx};
     kcpu__parallel(cb, n, (double)nq * 4.0, kq_quant_task, &qc);
 
-    kq_path path = kq_resolve();
     kq_ctx c = {.fn = path == KQ_VNNI ? kq_rows_vnni : path == KQ_AVX2 ? kq_rows_avx2 : kq_rows_scalar,
                 .dt = dt, .w = w->data, .rb = rb, .rows = w->rows, .x = &qx, .y = y, .beta = beta};
     int nt = cb->n_threads;

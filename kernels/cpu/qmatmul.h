@@ -57,6 +57,10 @@ void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t 
                     int64_t ldy, float beta);
 void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta);
+/* The activation quantizer's block (qmatmul.c: d = max|x|/127, q = round-half-even(x/d), 0
+ * when d == 0) with AVX2, bit-identical (IEEE division and rounding); len a multiple of 8.
+ * Used by every path but the scalar one, which keeps the plain C reference. */
+float kq_quant_block_avx2(const float *x, int len, int8_t *q);
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta);
 

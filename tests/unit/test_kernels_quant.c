@@ -188,6 +188,44 @@ TEST(qmatmul_vs_dequant_reference) {
 }
 
 /* Every path available here is exercised (the machine's CPU decides which). */
+/* The activation quantizer on rounding ties (x/d = k + 0.5 exactly: d = max|x|/127 is a power
+ * of two) and on NaN (skipped by the max, coded 0): the AVX2 block quantizer gives the scalar
+ * path's bits, and a row with a NaN gives the bits of the same row with a 0 there. */
+TEST(qmatmul_quantizer_ties_and_nan) {
+    kbackend *kb = kbackend_cpu_create(1);
+    ASSERT(kb);
+    static const kdtype DT[] = {KDT_Q8_0, KDT_Q4_K, KDT_Q6_K};
+    const int rows = 8, cols = 512;
+    for (int t = 0; t < 3; t++) {
+        float *wd;
+        void *wq = make_w(DT[t], rows, cols, &wd);
+        kmat w = {.data = wq, .dtype = DT[t], .rows = rows, .cols = cols};
+        float x[3 * 512], ya[3 * 8], ys[3 * 8];
+        for (int j = 0; j < cols; j++) {
+            float d = (j / 32) % 2 ? 0.25f : 4.0f;                /* 2^k: x/d exact */
+            x[j] = (j % 32 == 0 ? 127.0f : (float)(j % 23 - 11) + 0.5f) * d;
+        }
+        memcpy(x + cols, x, sizeof(float) * cols);
+        memcpy(x + 2 * cols, x, sizeof(float) * cols);
+        x[cols + 37] = NAN;   /* row 1: a NaN ... */
+        x[2 * cols + 37] = 0; /* row 2: ... and a 0 in its place */
+        run_path(kb, KQ_SCALAR, x, 3, &w, ys, 0.0f);
+        if (kq_path_available(KQ_AVX2)) {
+            run_path(kb, KQ_AVX2, x, 3, &w, ya, 0.0f);
+            if (memcmp(ya, ys, sizeof ys)) FAIL("%s: AVX2 quantizer differs from scalar on ties/NaN", kdtype_name(DT[t]));
+        } else {
+            fprintf(stderr, "  %s: no AVX2 here, the scalar quantizer alone\n", kdtype_name(DT[t]));
+        }
+        for (int r = 0; r < rows; r++) {
+            ASSERT(isfinite(ys[rows + r]));
+            if (memcmp(&ys[rows + r], &ys[2 * rows + r], 4)) FAIL("%s: a NaN activation is not coded 0", kdtype_name(DT[t]));
+        }
+        free(wq);
+        free(wd);
+    }
+    kbackend_destroy(kb);
+}
+
 TEST(qmatmul_paths_present) {
     ASSERT(kq_path_available(KQ_SCALAR));
     fprintf(stderr, "  paths: vnni %d avx2 %d scalar 1 (auto = %d)\n", kq_path_available(KQ_VNNI),
@@ -257,4 +295,4 @@ TEST(qmatmul_bad_args_and_caps) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(qmatmul_paths_present, qmatmul_vs_dequant_reference, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
+TEST_MAIN(qmatmul_paths_present, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
