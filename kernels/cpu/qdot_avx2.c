@@ -113,25 +113,28 @@ KQ_INL __m256i kq_word_bcast(int a, int b) {
     return _mm256_setr_epi16(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi);
 }
 
-/* The 8 six-bit scales and mins of a Q4_K / Q5_K super-block at p, unpacked four at a time
- * from the 12 scale bytes read as 32-bit words (quant_ref.h's packing): sc[c] = sc_c in every
- * 16-bit word (vpmaddwd's operand for chunk c), mins as 8 int32. */
-KQ_INL void kq_q4k_scales8(const uint8_t *p, __m256i sc[8], __m256i *m32) {
-    uint32_t u[3];
-    memcpy(u, p + 4, 12);
-    uint64_t s = (uint64_t)(u[0] & 0x3f3f3f3fu) | (uint64_t)((u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u)) << 32;
-    uint64_t m = (uint64_t)(u[1] & 0x3f3f3f3fu) |
-                 (uint64_t)(((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u)) << 32;
-    __m128i s16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)s));
-    __m256i s2 = _mm256_set_m128i(s16, s16);
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; c++) sc[c] = _mm256_shuffle_epi8(s2, kq_word_bcast(c, c));
-    *m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m));
+/* The 8 six-bit scales and mins of a Q4_K / Q5_K super-block at p (quant_ref.h's packing),
+ * unpacked in one xmm from the 12 scale bytes as 32-bit words u0..u2: scales 0-3 = u0 & 0x3f..,
+ * 4-7 = (u2 & 0x0f..) | (u0 >> 2 & 0x30..); mins 0-3 = u1 & 0x3f.., 4-7 = (u2 >> 4 & 0x0f..) |
+ * (u1 >> 2 & 0x30..). Out: the scales as 16-bit words 0-7 in both 128-bit lanes
+ * (kq_word_bcast(c, c) picks sc_c for vpmaddwd), the mins as 8 int32. Reads p + 4 .. p + 19
+ * (inside the block). */
+KQ_INL void kq_q4k_scales8(const uint8_t *p, __m256i *sc16, __m256i *m32) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)(p + 4));
+    const __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x3f));                          /* [sc0-3, m0-3, .] */
+    const __m128i u2 = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0xaa), _mm_setr_epi32(0, 4, 0, 0)); /* [u2, u2>>4] */
+    const __m128i hi = _mm_or_si128(_mm_and_si128(u2, _mm_set1_epi8(0x0f)),
+                                    _mm_and_si128(_mm_srli_epi32(v, 2), _mm_set1_epi8(0x30)));  /* [sc4-7, m4-7] */
+    const __m128i sm = _mm_unpacklo_epi32(lo, hi);                                     /* sc0-7 | m0-7 */
+    const __m128i s16 = _mm_cvtepu8_epi16(sm);
+    *sc16 = _mm256_set_m128i(s16, s16);
+    *m32 = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
 }
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
  * integer sums I (qmatmul.h) stay in registers; per chunk c and pair: vpmaddubsw (nibble ×
- * x code, pairs → s16: at most 2·31·127), vpmaddwd by sc_c (→ s32, from memory), add. The f32
+ * x code, pairs → s16: at most 2·31·127), vpmaddwd by sc_c, add. sc_c is broadcast in a
+ * register for one x row, or once into sc[r][c] (a memory operand) for several. The f32
  * lanes are touched once per super-block. */
 KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,
                      int64_t ldy, float beta) {
@@ -142,12 +145,19 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
     for (int r = 0; r < R; r++)
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256i sc[4][8], m32[4], I[4][4];
+        __m256i sc16[4], sc[4][8], m32[4], I[4][4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            if (i0 == 0)
-                for (int o = 0; o < BB; o += 64) __builtin_prefetch(w + r * rb + BB * b + KQ_PF + o, 0, 2);
-            kq_q4k_scales8(w + r * rb + BB * b, sc[r], &m32[r]);
+            const uint8_t *p = w + r * rb + BB * b;
+            if (i0 == 0) {
+                __builtin_prefetch(p + KQ_PF, 0, 2);
+                __builtin_prefetch(p + KQ_PF + 64, 0, 2);
+                __builtin_prefetch(p + KQ_PF + BB - 1, 0, 2);
+            }
+            kq_q4k_scales8(p, &sc16[r], &m32[r]);
+            if (N > 1)
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++) sc[r][c] = _mm256_shuffle_epi8(sc16[r], kq_word_bcast(c, c));
 #pragma GCC unroll 4
             for (int i = 0; i < N; i++) I[r][i] = _mm256_setzero_si256();
         }
@@ -170,27 +180,30 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
             for (int i = 0; i < N; i++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + (i0 + i) * cols + 256 * b + 32 * c));
                 #pragma GCC unroll 4
-                for (int r = 0; r < R; r++)
-                    I[r][i] = _mm256_add_epi32(I[r][i], _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xv), sc[r][c]));
+                for (int r = 0; r < R; r++) {
+                    __m256i s = N > 1 ? sc[r][c] : _mm256_shuffle_epi8(sc16[r], kq_word_bcast(c, c));
+                    I[r][i] = _mm256_add_epi32(I[r][i], _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xv), s));
+                }
             }
         }
-        __m256 dw[4], dm[4];
+        __m128 dd[4]; /* [d, dmin] of each row */
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + BB * b;
-            dw[r] = _mm256_set1_ps(kq_h(p));
-            dm[r] = _mm256_set1_ps(kq_h(p + 2));
+            int32_t h2;
+            memcpy(&h2, w + r * rb + BB * b, 4);
+            dd[r] = _mm_cvtph_ps(_mm_cvtsi32_si128(h2));
         }
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) {
             const int64_t row = i0 + i;
-            const __m256 dx = _mm256_set1_ps(x->d[row * nb + b]), neg = _mm256_set1_ps(-0.0f);
+            const __m128 dx = _mm_set1_ps(x->d[row * nb + b]);
             __m256i X = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + row * (cols / 32) + 8 * b)));
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r][i]), _mm256_mul_ps(dw[r], dx), acc[r][i]);
+                const __m128 f = _mm_xor_ps(_mm_mul_ps(dd[r], dx), _mm_setr_ps(0.0f, -0.0f, 0.0f, 0.0f)); /* d·dx, −(dmin·dx) */
+                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r][i]), _mm256_broadcastss_ps(f), acc[r][i]);
                 acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(m32[r], X)),
-                                            _mm256_xor_ps(_mm256_mul_ps(dm[r], dx), neg), acc[r][i]);
+                                            _mm256_broadcastss_ps(_mm_movehdup_ps(f)), acc[r][i]);
             }
         }
     }
