@@ -87,8 +87,22 @@ KB_CHECKED(add_bias, (kbackend * kb, float *y, int n, const kmat *b), (kb, y, n,
 KB_CHECKED(geglu, (kbackend * kb, const float *g, const float *u, int n, int dim, float *out), (kb, g, u, n, dim, out))
 KB_CHECKED(softcap, (kbackend * kb, float *y, int64_t n, float cap), (kb, y, n, cap))
 KB_CHECKED(sample, (kbackend * kb, const ksample_args *a), (kb, a))
+KB_CHECKED(matmul_group,
+           (kbackend * kb, const float *x, int n, int count, const kmat *const *w, float *const *y, float beta),
+           (kb, x, n, count, w, y, beta))
 KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
            (kb, y, dim, n, seg, v))
+
+int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
+                      float beta) {
+    if (kb->ops->matmul_group) return kb->ops->matmul_group(kb, x, n, count, w, y, beta);
+    if (count < 1 || count > KMATMUL_GROUP_MAX || !w || !y) return PEFTD_EINVAL;
+    for (int g = 0; g < count; g++) {
+        int rc = kb->ops->matmul(kb, x, n, w[g], y[g], beta);
+        if (rc) return rc;
+    }
+    return 0;
+}
 
 void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     kb->impl = impl;
@@ -121,6 +135,7 @@ void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     c->geglu = chk_geglu;
     c->softcap = chk_softcap;
     c->sample = chk_sample;
+    if (ops->matmul_group) c->matmul_group = chk_matmul_group;
     kb->ops = c;
 #endif
 }

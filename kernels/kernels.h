@@ -320,7 +320,23 @@ typedef struct kbackend_ops {
     /* [engine] Sampling on the backend (ksample_args); asked of supports_op as KOP_SAMPLE with
      * KDT_F32. Appended last for the positional CUDA table. */
     int (*sample)(kbackend *kb, const ksample_args *a);
+    /* [engine] Several matmuls over one x: y[g] = beta·y[g] + x·w[g]ᵀ for g < count
+     * (1 <= count <= KMATMUL_GROUP_MAX, every w[g] with the same cols; no y[g] overlaps x or
+     * another), each exactly as matmul would give it, bit for bit (q/k/v, gate/up). The CPU
+     * backend quantizes x once per activation layout and runs every weight's row tasks in one
+     * dispatch. NULL in a backend's table: call kops_matmul_group(), which falls back to one
+     * matmul per weight. Appended last for the positional CUDA table. */
+    int (*matmul_group)(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
+                        float beta);
 } kbackend_ops;
+
+/* The most weights one matmul_group call takes. */
+#define KMATMUL_GROUP_MAX 4
+
+/* [engine] kb->ops->matmul_group where the backend has it, else one matmul per weight (same
+ * bits either way). */
+int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
+                      float beta);
 
 /* A backend object. Callers use kb->ops (and kb->impl inside the backend only). */
 struct kbackend {

@@ -81,6 +81,7 @@ static const kbackend_ops kcpu_ops = {
     .synchronize = kcpu_synchronize,
     .get_rows = kcpu__get_rows,
     .matmul = kcpu__matmul,
+    .matmul_group = kcpu__matmul_group,
     .rmsnorm = kcpu__rmsnorm,
     .rope = kcpu__rope,
     .kv_store = kcpu__kv_store,

@@ -45,9 +45,10 @@ typedef enum { KCPU_MM_AUTO = 0, KCPU_MM_TILES, KCPU_MM_BLAS } kcpu_mm_path;
 extern kcpu_mm_path kcpu__mm_path;
 
 int kcpu__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out);
+/* matmul_group.c (jobs from matmul.c / qmatmul.c, mm_job.h); matmul is the group of one. */
 int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta);
-/* matmul for quantized w (qmatmul.c; kcpu__matmul forwards to it). */
-int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta);
+int kcpu__matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
+                       float beta);
 int kcpu__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y);
 int kcpu__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
                int rot_dim, const krope_freqs *f);

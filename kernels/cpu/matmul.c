@@ -29,6 +29,7 @@
 
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/dot_tile.h"
+#include "kernels/cpu/mm_job.h"
 #include "kernels/cpu/simd.h"
 
 /* Tile shape (dot_tile.h): 4 weight rows × 6 x rows. 6 x rows rather than 4 cut the
@@ -124,18 +125,7 @@ static const mm_tile_fn mm_tiles[3][2][MM_NR] = {
     {MM_TILE_ROW(bf16, 4), MM_TILE_ROW(bf16, 1)},
 };
 
-typedef struct {
-    const float *x;
-    int64_t ldx; /* x row stride */
-    int n;
-    const kmat *w;
-    float *y;
-    float beta;
-    int64_t block; /* weight rows per task */
-    int use_blas;
-} mm_ctx;
-
-static void mm_rows_tiles(const mm_ctx *c, int64_t r0, int64_t r1) {
+static void mm_rows_tiles(const kcpu_mm_ctx *c, int64_t r0, int64_t r1) {
     const kmat *w = c->w;
     int64_t cols = w->cols, rows = w->rows;
     size_t esz = kdtype_size(w->dtype);
@@ -158,7 +148,7 @@ static void mm_rows_tiles(const mm_ctx *c, int64_t r0, int64_t r1) {
     }
 }
 
-static void mm_rows_blas(const mm_ctx *c, int64_t r0, int64_t r1) {
+static void mm_rows_blas(const kcpu_mm_ctx *c, int64_t r0, int64_t r1) {
     const kmat *w = c->w;
     int cols = (int)w->cols;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->n, (int)(r1 - r0), cols, 1.0f, c->x, cols,
@@ -167,7 +157,7 @@ static void mm_rows_blas(const mm_ctx *c, int64_t r0, int64_t r1) {
 
 static void mm_task(void *vc, int task, int thread) {
     (void)thread;
-    const mm_ctx *c = vc;
+    const kcpu_mm_ctx *c = vc;
     int64_t r0 = (int64_t)task * c->block;
     int64_t r1 = r0 + c->block < c->w->rows ? r0 + c->block : c->w->rows;
     if (c->use_blas) mm_rows_blas(c, r0, r1);
@@ -175,17 +165,17 @@ static void mm_task(void *vc, int task, int thread) {
 }
 
 
-int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
-    if (w && kdtype_is_quant(w->dtype)) return kcpu__qmatmul(kb, x, n, w, y, beta); /* qmatmul.c */
+int kcpu__mm_prepare(kcpu_backend *cb, const float *x, int n, const kmat *w, float *y, float beta, kcpu_mm_job *job) {
+    if (w && kdtype_is_quant(w->dtype)) return kcpu__qmm_prepare(cb, n, w, y, beta, job); /* qmatmul.c */
     if (!w || n < 0 || (beta != 0.0f && beta != 1.0f)) return PEFTD_EINVAL;
     if (!kcpu__dtype_ok(w->dtype) || w->rows <= 0 || w->cols <= 0) return PEFTD_EINVAL;
     /* BLAS takes int dimensions and strides. */
     if (w->rows > INT32_MAX || w->cols > INT32_MAX) return PEFTD_EUNSUPPORTED;
+    *job = (kcpu_mm_job){0};
     if (n == 0) return 0;
     if (!x || !y || !w->data) return PEFTD_EINVAL;
 
-    kcpu_backend *cb = kcpu__impl(kb);
-    mm_ctx c = {.x = x, .ldx = w->cols, .n = n, .w = w, .y = y, .beta = beta};
+    kcpu_mm_ctx c = {.x = x, .ldx = w->cols, .n = n, .w = w, .y = y, .beta = beta};
     if (w->dtype == KDT_F32)
         c.use_blas = kcpu__mm_path == KCPU_MM_AUTO ? cb->fast_prefill && n >= MM_BLAS_MIN_N
                                                    : kcpu__mm_path == KCPU_MM_BLAS;
@@ -197,7 +187,9 @@ int kcpu__matmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, f
         block = (want + MM_MR - 1) / MM_MR * MM_MR;
     }
     c.block = block;
-    int n_tasks = (int)((w->rows + block - 1) / block);
-    kcpu__parallel(cb, n_tasks, (double)n * (double)w->rows * (double)w->cols, mm_task, &c);
+    job->mm = c;
+    job->task = mm_task;
+    job->n_tasks = (int)((w->rows + block - 1) / block);
+    job->work = (double)n * (double)w->rows * (double)w->cols;
     return 0;
 }

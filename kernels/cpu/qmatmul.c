@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/mm_job.h"
 #include "kernels/cpu/qmatmul.h"
 #include "lib/half.h"
 #include "lib/log.h"
@@ -194,25 +195,14 @@ void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t 
         }
 }
 
-/* ---- driver ---- */
+/* ---- the pool work (kernels/cpu/mm_job.h; matmul_group.c dispatches it) ---- */
 
 #define KQ_TASKS_PER_THREAD 4
 #define KQ_MIN_BLOCK 16
 
-typedef struct {
-    kq_rows_fn fn;
-    kdtype dt;
-    const uint8_t *w;
-    size_t rb;
-    int64_t rows, block;
-    const kq_x *x;
-    float *y;
-    float beta;
-} kq_ctx;
-
 static void kq_task(void *vc, int task, int thread) {
     (void)thread;
-    const kq_ctx *c = vc;
+    const kcpu_kq_ctx *c = vc;
     int64_t r0 = (int64_t)task * c->block;
     int64_t r1 = r0 + c->block < c->rows ? r0 + c->block : c->rows;
     /* the tiles prefetch KQ_PF ahead: the task's first KQ_PF bytes are asked for here (a small
@@ -239,45 +229,42 @@ static void kq_quant_task(void *vc, int i, int thread) {
                     q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
 }
 
-int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, float beta) {
+#define KQ_A64(b) (((b) + 63) / 64 * 64)
+
+size_t kq_x_bytes(kdtype dt, int n, int64_t cols) {
+    size_t nq = (size_t)n * (size_t)cols, nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
+    size_t extra = kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t)
+                                        : nq; /* corr: one int32 per 4 codes */
+    return KQ_A64(nq) + KQ_A64(nd * sizeof(float)) + KQ_A64(extra);
+}
+
+void kq_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
+    size_t nq = (size_t)n * (size_t)cols, nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
+    *qx = (kq_x){.n = n, .cols = cols};
+    qx->q = (int8_t *)p;
+    p += KQ_A64(nq);
+    qx->d = (float *)p;
+    p += KQ_A64(nd * sizeof(float));
+    if (kdtype_is_kquant(dt)) qx->gsum = (int16_t *)p;
+    else qx->corr = (int32_t *)p;
+}
+
+void kq_x_quantize(kcpu_backend *cb, kdtype dt, const float *x, kq_x *qx) {
+    kq_qctx qc = {.dt = dt, .simd = kq_resolve() != KQ_SCALAR, .x = x, .qx = qx};
+    kcpu__parallel(cb, qx->n, (double)qx->n * (double)qx->cols * 4.0, kq_quant_task, &qc);
+}
+
+int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float beta, kcpu_mm_job *job) {
     if (!w || n < 0 || (beta != 0.0f && beta != 1.0f)) return PEFTD_EINVAL;
     if (!kdtype_is_quant(w->dtype) || w->rows <= 0 || w->cols <= 0) return PEFTD_EINVAL;
     size_t rb = kdtype_row_bytes(w->dtype, w->cols);
     if (rb == 0) return PEFTD_EINVAL; /* cols not a multiple of the block */
+    *job = (kcpu_mm_job){.quant = true};
     if (n == 0) return 0;
-    if (!x || !y || !w->data) return PEFTD_EINVAL;
-    int64_t cols = w->cols;
-    kdtype dt = w->dtype;
-    size_t nq = (size_t)n * (size_t)cols;
-    size_t nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
-    const bool kquant = kdtype_is_kquant(dt); /* gsum, else corr */
-    size_t bytes = nq + 64 + nd * sizeof(float) + 64 +
-                   (!kquant ? nq + 64 : (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) + 64);
-    kcpu_backend *cb = kcpu__impl(kb);
-    if (bytes > cb->qbuf_cap) { /* kept across calls: no allocation (or page faults) per step */
-        size_t cap = bytes > 2 * cb->qbuf_cap ? bytes : 2 * cb->qbuf_cap;
-        void *nb;
-        if (posix_memalign(&nb, 64, cap)) return PEFTD_ENOMEM;
-        free(cb->qbuf);
-        cb->qbuf = nb;
-        cb->qbuf_cap = cap;
-    }
-    uint8_t *buf = cb->qbuf;
-    kq_x qx = {.n = n, .cols = cols};
-    uint8_t *p = buf;
-    qx.q = (int8_t *)p;
-    p += (nq + 63) / 64 * 64;
-    qx.d = (float *)p;
-    p += (nd * sizeof(float) + 63) / 64 * 64;
-    if (!kquant) qx.corr = (int32_t *)p;
-    else qx.gsum = (int16_t *)p;
-
+    if (!y || !w->data) return PEFTD_EINVAL;
     kq_path path = kq_resolve();
-    kq_qctx qc = {.dt = dt, .simd = path != KQ_SCALAR, .x = x, .qx = &qx};
-    kcpu__parallel(cb, n, (double)nq * 4.0, kq_quant_task, &qc);
-
-    kq_ctx c = {.fn = path == KQ_VNNI ? kq_rows_vnni : path == KQ_AVX2 ? kq_rows_avx2 : kq_rows_scalar,
-                .dt = dt, .w = w->data, .rb = rb, .rows = w->rows, .x = &qx, .y = y, .beta = beta};
+    job->kq = (kcpu_kq_ctx){.fn = path == KQ_VNNI ? kq_rows_vnni : path == KQ_AVX2 ? kq_rows_avx2 : kq_rows_scalar,
+                            .dt = w->dtype, .w = w->data, .rb = rb, .rows = w->rows, .y = y, .beta = beta};
     int nt = cb->n_threads;
     int64_t block = w->rows;
     if (nt > 1) {
@@ -285,8 +272,9 @@ int kcpu__qmatmul(kbackend *kb, const float *x, int n, const kmat *w, float *y, 
         if (want < KQ_MIN_BLOCK) want = KQ_MIN_BLOCK;
         block = (want + 3) / 4 * 4;
     }
-    c.block = block;
-    int n_tasks = (int)((w->rows + block - 1) / block);
-    kcpu__parallel(cb, n_tasks, (double)n * (double)w->rows * (double)cols, kq_task, &c);
+    job->kq.block = block;
+    job->task = kq_task;
+    job->n_tasks = (int)((w->rows + block - 1) / block);
+    job->work = (double)n * (double)w->rows * (double)w->cols;
     return 0;
 }

@@ -289,9 +289,12 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
     for (int l = 0; l < cfg->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         CHECK(llama__norm(c, b, 2 * l, &L->attn_norm, c->x, c->xn));
-        CHECK(llama__project(c, l, AMOD_Q, &L->wq, c->xn, T, c->q, false));
-        CHECK(llama__project(c, l, AMOD_K, &L->wk, c->xn, T, c->k, false));
-        CHECK(llama__project(c, l, AMOD_V, &L->wv, c->xn, T, c->v, false));
+        {
+            const adapter_module qkv[3] = {AMOD_Q, AMOD_K, AMOD_V};
+            const kmat *wqkv[3] = {&L->wq, &L->wk, &L->wv};
+            float *yqkv[3] = {c->q, c->k, c->v};
+            CHECK(llama__project_group(c, l, 3, qkv, wqkv, c->xn, T, yqkv));
+        }
         if (L->q_norm.data) {
             /* Qwen3: RMSNorm over each head of q and k (after the adapters' deltas, which PEFT
              * adds inside q_proj / k_proj), before RoPE. */
@@ -313,8 +316,12 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         const kmat *post_ffn = L->post_ffn_norm.data ? &L->post_ffn_norm : NULL;
         CHECK(llama__sublayer_out(c, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN, post_attn));
         CHECK(llama__norm(c, b, 2 * l + 1, &L->ffn_norm, c->x, c->xn));
-        CHECK(llama__project(c, l, AMOD_GATE, &L->w_gate, c->xn, T, c->gate, false));
-        CHECK(llama__project(c, l, AMOD_UP, &L->w_up, c->xn, T, c->up, false));
+        {
+            const adapter_module gu[2] = {AMOD_GATE, AMOD_UP};
+            const kmat *wgu[2] = {&L->w_gate, &L->w_up};
+            float *ygu[2] = {c->gate, c->up};
+            CHECK(llama__project_group(c, l, 2, gu, wgu, c->xn, T, ygu));
+        }
         if (cfg->gemma) CHECK(op->geglu(kb, c->gate, c->up, T, I, c->gate));
         else CHECK(op->swiglu(kb, c->gate, c->up, T, I, c->gate));
         CHECK(llama__sublayer_out(c, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN, post_ffn));

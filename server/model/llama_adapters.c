@@ -569,18 +569,51 @@ static const kmat *proj_bias(const llama_ctx *c, int layer, adapter_module m) {
     return b && b->data ? b : NULL;
 }
 
+/* Whether projection (layer, m) multiplies a transformed copy of its input in this step
+ * (IA3 on the input side): such a projection cannot share its base matmul with others. */
+static bool project_own_input(const llama_ctx *c, int layer, adapter_module m) {
+    const llama_plan *p = c->plan;
+    const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
+    return pm && pm->ia3_in;
+}
+
+/* What follows the base matmul out = in·Wᵀ of projection (layer, m): the adapters' deltas,
+ * DoRA, bias, IA3 output scale. `in` is the input the base matmul read. */
+static int project_tail(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T, float *out);
+
 int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T, float *out,
                    bool accumulate) {
     kbackend *kb = c->kb;
     const llama_plan *p = c->plan;
     const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
-    int in_dim = (int)w->cols, out_dim = (int)w->rows;
+    int in_dim = (int)w->cols;
     if (pm && pm->ia3_in) {
         CHECK(copy_rows(kb, c->tmp_in, in, T, in_dim));
         CHECK(kb->ops->seg_scale(kb, c->tmp_in, in_dim, p->n_segs, p->seg_start, pm->ia3_in));
         in = c->tmp_in;
     }
     CHECK(kb->ops->matmul(kb, in, T, w, out, accumulate ? 1.0f : 0.0f));
+    return project_tail(c, layer, m, w, in, T, out);
+}
+
+int llama__project_group(llama_ctx *c, int layer, int count, const adapter_module *m, const kmat *const *w,
+                         const float *in, int T, float *const *out) {
+    bool shared = count <= KMATMUL_GROUP_MAX;
+    for (int g = 0; g < count && shared; g++) shared = !project_own_input(c, layer, m[g]);
+    if (!shared) { /* one at a time, each with its own input */
+        for (int g = 0; g < count; g++) CHECK(llama__project(c, layer, m[g], w[g], in, T, out[g], false));
+        return 0;
+    }
+    CHECK(kops_matmul_group(c->kb, in, T, count, w, out, 0.0f));
+    for (int g = 0; g < count; g++) CHECK(project_tail(c, layer, m[g], w[g], in, T, out[g]));
+    return 0;
+}
+
+static int project_tail(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T, float *out) {
+    kbackend *kb = c->kb;
+    const llama_plan *p = c->plan;
+    const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
+    int in_dim = (int)w->cols, out_dim = (int)w->rows;
     const kmat *bias = proj_bias(c, layer, m);
     /* DoRA scales W x + ΔW x but not the bias (PEFT's DoraLinearLayer subtracts it from the
      * base result first): the bias comes after that scale, and before the IA3 output scale

@@ -158,15 +158,20 @@ int llama__embed_lora(llama_ctx *c);
 int llama__head_lora(llama_ctx *c, const float *sel, float *logits);
 /* The adapter of row r (NULL for base rows). */
 const adapter *llama__row_adapter(const llama_batch *b, int r);
-/* out[T, W.rows] = in · Wᵀ plus the adapters' deltas for (layer, module). */
 /* RMSNorm site `site` (adapter.ln's index: 2l, 2l + 1, or 2 n_layers = the final norm over
  * the step's logit rows) of x into out (may alias), with w the base's weight: rows whose
  * segment's adapter is an LN-tuning one with a weight there use that weight (one rmsnorm per
  * run of rows sharing a weight), the others w. */
 int llama__norm(llama_ctx *c, const llama_batch *b, int site, const kmat *w, const float *x, float *out);
 
+/* out[T, W.rows] (+)= in · Wᵀ plus the adapters' deltas for (layer, module). */
 int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T, float *out,
                    bool accumulate);
+/* llama__project (accumulate false) of count projections over the same input (q/k/v, gate/up):
+ * their base matmuls share one kops_matmul_group when none transforms its input, then each
+ * adds its adapters as llama__project does. Same bits as count llama__project calls. */
+int llama__project_group(llama_ctx *c, int layer, int count, const adapter_module *m, const kmat *const *w,
+                         const float *in, int T, float *const *out);
 /* x += the sub-layer output proj(in) (o_proj or down_proj), with adapters and the
  * bottleneck adapters of `place`; with post_norm (Gemma), x += post_norm(proj(in)) — the
  * adapters' deltas inside proj, as PEFT wraps the projection (no bottleneck adapters). */

@@ -226,6 +226,71 @@ TEST(qmatmul_quantizer_ties_and_nan) {
     kbackend_destroy(kb);
 }
 
+/* matmul_group: weights of every activation layout (Q8_0, Q4_K, Q6_K) and an f32 one over
+ * one x give each weight's matmul bits; bad groups are refused. */
+TEST(matmul_group_equals_each_matmul) {
+    static const int NS[] = {1, 5, 32};
+    static const int THREADS[] = {1, 3};
+    const int cols = 512, rows[4] = {37, 64, 16, 8};
+    static const kdtype DT[4] = {KDT_Q4_K, KDT_Q6_K, KDT_Q8_0, KDT_F32};
+    for (int t = 0; t < 2; t++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[t]);
+        ASSERT(kb);
+        kmat w[4];
+        void *wq[4];
+        float *wd[4];
+        for (int g = 0; g < 4; g++) {
+            if (DT[g] == KDT_F32) {
+                wd[g] = NULL;
+                wq[g] = make_x(rows[g], cols);
+            } else {
+                wq[g] = make_w(DT[g], rows[g], cols, &wd[g]);
+            }
+            w[g] = (kmat){.data = wq[g], .dtype = DT[g], .rows = rows[g], .cols = cols};
+        }
+        for (int k = 0; k < 3; k++) {
+            int n = NS[k];
+            float *x = make_x(n, cols), *ya[4], *yb[4];
+            const kmat *wp[4] = {&w[0], &w[1], &w[2], &w[3]};
+            for (int g = 0; g < 4; g++) {
+                ya[g] = malloc(sizeof(float) * n * rows[g]);
+                yb[g] = malloc(sizeof(float) * n * rows[g]);
+                ASSERT(ya[g] && yb[g]);
+                ASSERT_EQ(kb->ops->matmul(kb, x, n, &w[g], ya[g], 0.0f), 0);
+            }
+            ASSERT_EQ(kops_matmul_group(kb, x, n, 4, wp, yb, 0.0f), 0);
+            for (int g = 0; g < 4; g++)
+                if (memcmp(ya[g], yb[g], sizeof(float) * n * rows[g]))
+                    FAIL("group of 4, weight %d (%s), n=%d threads=%d: differs from its matmul", g,
+                         kdtype_name(DT[g]), n, THREADS[t]);
+            /* beta 1 adds, in the group as alone */
+            ASSERT_EQ(kops_matmul_group(kb, x, n, 2, wp + 1, yb + 1, 1.0f), 0);
+            for (int i = 0; i < n * rows[1]; i++)
+                if (yb[1][i] != ya[1][i] + ya[1][i]) FAIL("group beta=1 [%d]", i);
+            for (int g = 0; g < 4; g++) {
+                free(ya[g]);
+                free(yb[g]);
+            }
+            free(x);
+        }
+        /* refused: no weights, too many, different widths */
+        float xs[512] = {0}, y1[64];
+        float *yp[5] = {y1, y1, y1, y1, y1};
+        const kmat *w5[5] = {&w[0], &w[0], &w[0], &w[0], &w[0]};
+        ASSERT_EQ(kops_matmul_group(kb, xs, 1, 0, w5, yp, 0.0f), PEFTD_EINVAL);
+        ASSERT_EQ(kops_matmul_group(kb, xs, 1, KMATMUL_GROUP_MAX + 1, w5, yp, 0.0f), PEFTD_EINVAL);
+        kmat narrow = w[3];
+        narrow.cols = 256;
+        const kmat *wn[2] = {&w[3], &narrow};
+        ASSERT_EQ(kops_matmul_group(kb, xs, 1, 2, wn, yp, 0.0f), PEFTD_EINVAL);
+        for (int g = 0; g < 4; g++) {
+            free(wq[g]);
+            free(wd[g]);
+        }
+        kbackend_destroy(kb);
+    }
+}
+
 TEST(qmatmul_paths_present) {
     ASSERT(kq_path_available(KQ_SCALAR));
     fprintf(stderr, "  paths: vnni %d avx2 %d scalar 1 (auto = %d)\n", kq_path_available(KQ_VNNI),
@@ -295,4 +360,4 @@ TEST(qmatmul_bad_args_and_caps) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(qmatmul_paths_present, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
+TEST_MAIN(qmatmul_paths_present, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
