@@ -191,6 +191,7 @@ static const kbackend_ops kcuda_ops = {
     /* .geglu = */ kcuda__geglu,
     /* .softcap = */ kcuda__softcap,
     /* .sample = */ kcuda__sample,
+    /* .matmul_group = */ NULL, /* kops_matmul_group: one matmul per weight (a fused q/k/v GEMM is issue 13's) */
 };
 
 extern "C" int kbackend_cuda_available(void) {
