@@ -342,6 +342,32 @@ static int loha_dense(adapter__ctx *c, int i, float *const f[4], int r, const ly
     return adapter__stage_own_mat(c, K, md->o, md->in, &c->a->lora[i].delta);
 }
 
+/* The LoHa / LoKr loaders' common start: the selected modules, r and alpha; the conv-only
+ * option refused. */
+static int lyco_begin(adapter__ctx *c, const char *const *defaults, bool **sel, int *r, double *alpha) {
+    int rc;
+    if ((rc = begin(c, defaults, sel))) return rc;
+    if ((rc = adapter__json_int(c, c->cfg, "r", 8, 1, ADAPTER_MAX_LORA_RANK, r)) ||
+        (rc = adapter__json_num(c, c->cfg, "alpha", 8, ADAPTER_MAX_SCALE, alpha)))
+        return rc;
+    return refuse_set(c, "use_effective_conv2d");
+}
+
+/* Module i of a LoHa / LoKr adapter: its key and shape, its rank and alpha (rank_pattern /
+ * alpha_pattern); refused when it carries the CP (conv) form's core tensor `cp`. */
+static int lyco_module(adapter__ctx *c, int i, int r, double alpha, const char *cp, const char *kind, lyco_mod *md,
+                       int *rr, double *al) {
+    char name[256], r_field[300];
+    mod_of(c, i, md);
+    int rc = adapter__module_r_alpha(c, md->key, r, alpha, rr, al, r_field, sizeof r_field);
+    if (rc) return rc;
+    snprintf(name, sizeof name, PREFIX "%s.%s", md->key, cp);
+    if (st_find(c->st, name))
+        return adapter__fail(c, PEFTD_EUNSUPPORTED, "%s: '%s': %s's CP form (conv layers) is not served", c->wname, name,
+                             kind);
+    return 0;
+}
+
 int adapter__load_loha(adapter__ctx *c) {
     static const char *const defaults[] = {"q_proj", "v_proj", NULL}; /* PEFT has none for LoHa: as LoRA */
     const adapter_base *b = c->base;
@@ -350,24 +376,14 @@ int adapter__load_loha(adapter__ctx *c) {
     bool *sel = NULL;
     lyco_form forced = form_forced();
     lyco_tally tl = {0};
-    if ((rc = begin(c, defaults, &sel))) goto out;
-    if ((rc = adapter__json_int(c, c->cfg, "r", 8, 1, ADAPTER_MAX_LORA_RANK, &r)) ||
-        (rc = adapter__json_num(c, c->cfg, "alpha", 8, ADAPTER_MAX_SCALE, &alpha)) ||
-        (rc = refuse_set(c, "use_effective_conv2d")))
-        goto out;
+    if ((rc = lyco_begin(c, defaults, &sel, &r, &alpha))) goto out;
     for (int i = 0; i < n && rc == 0; i++) {
         if (!sel[i]) continue;
         lyco_mod md;
-        mod_of(c, i, &md);
-        char name[256], r_field[300];
+        char name[256];
         int rr;
         double al;
-        if ((rc = adapter__module_r_alpha(c, md.key, r, alpha, &rr, &al, r_field, sizeof r_field))) break;
-        snprintf(name, sizeof name, PREFIX "%s.hada_t1", md.key);
-        if (st_find(c->st, name)) {
-            rc = adapter__fail(c, PEFTD_EUNSUPPORTED, "%s: '%s': LoHa's CP form (conv layers) is not served", c->wname, name);
-            break;
-        }
+        if ((rc = lyco_module(c, i, r, alpha, "hada_t1", "LoHa", &md, &rr, &al))) break;
         const st_tensor *t[4];
         static const char *const part[4] = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"};
         float *f[4] = {0};
@@ -451,24 +467,14 @@ int adapter__load_lokr(adapter__ctx *c) {
     bool *sel = NULL;
     lyco_form forced = form_forced();
     lyco_tally tl = {0};
-    if ((rc = begin(c, defaults, &sel))) goto out;
-    if ((rc = adapter__json_int(c, c->cfg, "r", 8, 1, ADAPTER_MAX_LORA_RANK, &r)) ||
-        (rc = adapter__json_num(c, c->cfg, "alpha", 8, ADAPTER_MAX_SCALE, &alpha)) ||
-        (rc = refuse_set(c, "use_effective_conv2d")))
-        goto out;
+    if ((rc = lyco_begin(c, defaults, &sel, &r, &alpha))) goto out;
     for (int i = 0; i < n && rc == 0; i++) {
         if (!sel[i]) continue;
         lyco_mod md;
-        mod_of(c, i, &md);
-        char name[256], r_field[300];
+        char name[256];
         int rr, r1 = 0, r2 = 0;
         double al;
-        if ((rc = adapter__module_r_alpha(c, md.key, r, alpha, &rr, &al, r_field, sizeof r_field))) break;
-        snprintf(name, sizeof name, PREFIX "%s.lokr_t2", md.key);
-        if (st_find(c->st, name)) {
-            rc = adapter__fail(c, PEFTD_EUNSUPPORTED, "%s: '%s': LoKr's CP form (conv layers) is not served", c->wname, name);
-            break;
-        }
+        if ((rc = lyco_module(c, i, r, alpha, "lokr_t2", "LoKr", &md, &rr, &al))) break;
         /* the factors' shapes: w1 [a, c] from lokr_w1 or lokr_w1_a [a, k], lokr_w1_b [k, c] */
         const st_tensor *t1 = st_find(c->st, (snprintf(name, sizeof name, PREFIX "%s.lokr_w1", md.key), name));
         const st_tensor *t1a = st_find(c->st, (snprintf(name, sizeof name, PREFIX "%s.lokr_w1_a", md.key), name));
