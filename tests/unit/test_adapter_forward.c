@@ -18,6 +18,7 @@
 #include "server/engine/engine.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
+#include "tests/harness/greedy_run.h"
 #include "tests/harness/test.h"
 
 #define TOL 1e-4
@@ -199,12 +200,7 @@ TEST(logits_prefix_projection) { check_logits(20); }
 
 /* ---- through the engine ---- */
 
-typedef struct {
-    engine_request *q;
-    int32_t ids[N_GREEDY];
-    float lps[N_GREEDY];
-    int n;
-} run;
+typedef greedy_run run;
 
 static engine *open_engine(rig *R, int max_seqs, int max_batch_tokens) {
     engine_config ec;
@@ -220,37 +216,14 @@ static engine *open_engine(rig *R, int max_seqs, int max_batch_tokens) {
 }
 
 static void submit_scaled(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad, float scale) {
-    gen_params p;
-    gen_params_default(&p);
-    p.max_tokens = N_GREEDY;
-    p.temperature = 0;
-    p.logprobs = 0;
-    p.ignore_eos = true; /* the references are 24 argmax steps whatever the token */
-    p.adapter = ad;
-    p.adapter_scale = scale;
-    rn->q = engine_request_create(ids, n, &p);
-    ASSERT(rn->q);
-    int st = engine_submit(e, rn->q);
-    if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
+    greedy_submit(e, rn, ids, n, N_GREEDY, ad, scale, NULL); /* the references: N_GREEDY argmax steps whatever the token */
 }
 
 static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad) {
     submit_scaled(e, rn, ids, n, ad, 1.0f);
 }
 
-static void collect(run *rn) {
-    engine_request_wait(rn->q);
-    engine_delta d;
-    ASSERT_EQ(engine_request_take(rn->q, &d), 0);
-    if (d.finish == FINISH_ERROR) FAIL("generation failed: %s", d.error);
-    rn->n = 0;
-    for (int i = 0; i < d.n_tokens && i < N_GREEDY; i++) {
-        rn->lps[rn->n] = d.tokens[i].logprob;
-        rn->ids[rn->n++] = d.tokens[i].id;
-    }
-    engine_delta_free(&d);
-    engine_request_unref(rn->q);
-}
+static void collect(run *rn) { greedy_collect(rn, NULL, 0); }
 
 TEST(greedy_tokens_match_the_libraries) {
     rig R;
@@ -310,7 +283,7 @@ TEST(mixed_batch_equals_each_sequence_alone) {
     /* and the adapters really differ from the base: each changes its prompt's tokens */
     for (int i = 0; i < N_FIXTURES; i++) {
         if (i % 4 >= 2) continue; /* base sequences only ran prompts 0 and 1 */
-        if (memcmp(alone[i].ids, alone[N_FIXTURES + i % 4].ids, sizeof alone[i].ids) == 0)
+        if (memcmp(alone[i].ids, alone[N_FIXTURES + i % 4].ids, sizeof(int32_t) * N_GREEDY) == 0)
             FAIL("%s generates exactly the base model's tokens", FIXTURES[i]);
     }
     engine_free(e);

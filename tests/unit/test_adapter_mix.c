@@ -24,6 +24,7 @@
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/seq_batch.h"
+#include "tests/harness/greedy_run.h"
 #include "tests/harness/test.h"
 
 #define REF "tests/fixtures/compose/reference.json"
@@ -297,46 +298,13 @@ TEST(refusals_name_the_reason) {
  * then every composition twice (the second from the prefix cache), single LoRAs and base rows
  * in one batch: tokens and logprobs bit-identical to the solo runs */
 
-typedef struct {
-    engine_request *q;
-    int32_t ids[N_GREEDY];
-    float lps[N_GREEDY];
-    int n;
-} run;
+typedef greedy_run run;
 
 static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad, const adapter_mix *mx) {
-    gen_params p;
-    gen_params_default(&p);
-    p.max_tokens = N_GREEDY;
-    p.temperature = 0;
-    p.logprobs = 0;
-    p.ignore_eos = true;
-    p.adapter = ad;
-    if (mx) {
-        p.n_mix = mx->n;
-        p.mix_how = (int)mx->how;
-        for (int i = 0; i < mx->n; i++) p.mix_adapter[i] = mx->ad[i], p.mix_weight[i] = mx->weight[i];
-    }
-    rn->q = engine_request_create(ids, n, &p);
-    ASSERT(rn->q);
-    int st = engine_submit(e, rn->q);
-    if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
+    greedy_submit(e, rn, ids, n, N_GREEDY, ad, 1.0f, mx);
 }
 
-static void collect(run *rn, char *error, size_t errlen) {
-    engine_request_wait(rn->q);
-    engine_delta d;
-    ASSERT_EQ(engine_request_take(rn->q, &d), 0);
-    if (error) snprintf(error, errlen, "%s", d.finish == FINISH_ERROR ? d.error : "");
-    else if (d.finish == FINISH_ERROR) FAIL("generation failed: %s", d.error);
-    rn->n = 0;
-    for (int i = 0; i < d.n_tokens && i < N_GREEDY; i++) {
-        rn->lps[rn->n] = d.tokens[i].logprob;
-        rn->ids[rn->n++] = d.tokens[i].id;
-    }
-    engine_delta_free(&d);
-    engine_request_unref(rn->q);
-}
+static void collect(run *rn, char *error, size_t errlen) { greedy_collect(rn, error, errlen); }
 
 TEST(engine_compositions) {
     g_n = load_cases(g_cases);
@@ -372,14 +340,14 @@ TEST(engine_compositions) {
         submit(e, &alone[i], ids[i], nid[i], ad[i], mxs[i]);
         collect(&alone[i], NULL, 0);
         ASSERT_EQ(alone[i].n, N_GREEDY);
-        if (i < 2 * g_n && memcmp(alone[i].ids, g_cases[i / 2].greedy[1 + i % 2], sizeof alone[i].ids))
+        if (i < 2 * g_n && memcmp(alone[i].ids, g_cases[i / 2].greedy[1 + i % 2], sizeof(int32_t) * N_GREEDY))
             FAIL("%s prompt %d through the engine: greedy tokens differ from PEFT's", g_cases[i / 2].name, 1 + i % 2);
     }
     for (int i = 0; i < n; i++) submit(e, &together[i], ids[i], nid[i], ad[i], mxs[i]);
     for (int i = 0; i < n; i++) collect(&together[i], NULL, 0);
     for (int i = 0; i < n; i++)
-        if (memcmp(alone[i].ids, together[i].ids, sizeof alone[i].ids) ||
-            memcmp(alone[i].lps, together[i].lps, sizeof alone[i].lps))
+        if (memcmp(alone[i].ids, together[i].ids, sizeof(int32_t) * N_GREEDY) ||
+            memcmp(alone[i].lps, together[i].lps, sizeof(float) * N_GREEDY))
             FAIL("sequence %d: tokens or logprobs differ in the mixed batch", i);
     /* a composition the adapters cannot form ends that request alone, with ENGINE_ERR_MIX */
     adapter *dora = load_ad(&R, "tests/fixtures/adapters/lora_dora", false);

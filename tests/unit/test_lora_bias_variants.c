@@ -18,6 +18,7 @@
 #include "server/engine/engine.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
+#include "tests/harness/greedy_run.h"
 #include "tests/harness/test.h"
 
 #define TOL 1e-4
@@ -168,12 +169,7 @@ TEST(logits_after_blob_round_trip) {
     check_logits(FIX[1], true);
 }
 
-typedef struct {
-    engine_request *q;
-    int32_t ids[N_GREEDY];
-    float lps[N_GREEDY];
-    int n;
-} run;
+typedef greedy_run run;
 
 static engine *open_engine(rig *R, int max_seqs, int max_batch_tokens) {
     engine_config ec;
@@ -189,32 +185,10 @@ static engine *open_engine(rig *R, int max_seqs, int max_batch_tokens) {
 }
 
 static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad) {
-    gen_params p;
-    gen_params_default(&p);
-    p.max_tokens = N_GREEDY;
-    p.temperature = 0;
-    p.logprobs = 0; /* token ids and logprobs in the deltas */
-    p.ignore_eos = true;
-    p.adapter = ad;
-    rn->q = engine_request_create(ids, n, &p);
-    ASSERT(rn->q);
-    int st = engine_submit(e, rn->q);
-    if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
+    greedy_submit(e, rn, ids, n, N_GREEDY, ad, 1.0f, NULL);
 }
 
-static void collect(run *rn) {
-    engine_request_wait(rn->q);
-    engine_delta d;
-    ASSERT_EQ(engine_request_take(rn->q, &d), 0);
-    if (d.finish == FINISH_ERROR) FAIL("generation failed: %s", d.error);
-    rn->n = 0;
-    for (int i = 0; i < d.n_tokens && i < N_GREEDY; i++) {
-        rn->lps[rn->n] = d.tokens[i].logprob;
-        rn->ids[rn->n++] = d.tokens[i].id;
-    }
-    engine_delta_free(&d);
-    engine_request_unref(rn->q);
-}
+static void collect(run *rn) { greedy_collect(rn, NULL, 0); }
 
 TEST(greedy_and_mixed_batch) {
     rig R;
