@@ -65,7 +65,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
         #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + (DT == KDT_Q8_0 ? 34 : 18) * b;
-            if (i0 == 0 && h == 0) __builtin_prefetch(p + KQ_PF, 0, 2);
+            if (i0 == 0) __builtin_prefetch(p + KQ_PF, 0, 2);
             if (DT == KDT_Q4_0) { /* nibble - 8: low nibbles are elements 0-15, high 16-31 */
                 __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
                 wv[r] = _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
