@@ -32,6 +32,8 @@ typedef enum {
     ADAPTER_PREFIX_TUNING,  /* PEFT "PREFIX_TUNING" */
     ADAPTER_BOTTLENECK,     /* AdapterHub seq_bn (Pfeiffer) / double_seq_bn (Houlsby) */
     ADAPTER_LN_TUNING,      /* PEFT "LN_TUNING": trained copies of the RMSNorm weights */
+    ADAPTER_OFT,            /* PEFT "OFT": block-diagonal rotations of projection inputs */
+    ADAPTER_BOFT,           /* PEFT "BOFT": butterfly products of them, and an output scale */
 } adapter_kind;
 
 const char *adapter_kind_name(adapter_kind k); /* "lora", "ia3", ... */
@@ -92,6 +94,28 @@ typedef struct {
  * whatever the factor; PEFT divides 0 by 0 there) gets 0, keeping the output finite. */
 void adapter_dora_scale_vector(const float *stats, int64_t rows, double t, float *out);
 
+/* One factor of an OFT / BOFT input rotation (kernels.h krot_factor): x -> x·M with M
+ * block-diagonal in blocks R_k of size `block`, seen through the column permutation perm. */
+typedef struct {
+    kmat r;                    /* f32 [in, block] (R_k = rows [k·b, (k+1)·b)), or [block, block]
+                                * when shared (one block for all: OFT block_share) */
+    const int32_t *perm;       /* [in] the gather/scatter index g, or NULL (identity) */
+    int block;
+    bool shared;
+    /* the permutation's recipe, what the blob stores instead of perm: PEFT's
+     * block_butterfly_perm(in, perm_blocks, perm_half) inverted (adapter__butterfly_perm);
+     * perm_blocks 0: identity */
+    int perm_blocks, perm_half;
+} adapter_rot_factor;
+
+/* OFT / BOFT on one projection: its input rows are rotated, x -> x·M_0·M_1⋯, before the base
+ * matmul, and (BOFT) its output scaled before the bias: y = s ⊙ (W x_rot) + b. */
+typedef struct {
+    int n_factors;             /* 0: this projection is not rotated */
+    adapter_rot_factor *f;     /* [n_factors], f[0] applied first; owned (adapter_free) */
+    const float *out_scale;    /* BOFT's boft_s [out], or NULL */
+} adapter_rot;
+
 /* One AdapterHub bottleneck module; the exact placement math is in server/model (llama.c)
  * and documented in tests/fixtures/adapters/SEMANTICS.md. */
 typedef struct {
@@ -147,6 +171,9 @@ typedef struct adapter {
      * adapter's rows, data NULL where the base's stays: index 2l = layer l's input_layernorm,
      * 2l + 1 its post_attention_layernorm, 2 n_layers the final norm (ADAPTER_LN_FINAL). */
     kmat *ln;
+
+    /* OFT / BOFT: [n_layers * AMOD_COUNT] rotations of the projections' inputs */
+    adapter_rot *rot;
 
     /* BOTTLENECK: [n_layers] each, size 0 where a layer has none */
     adapter_bottleneck *bn_attn;  /* after self-attention ("mh_adapter") */
@@ -232,9 +259,9 @@ void adapter_free(adapter *a);
 
 /* The one rule for a per-request adapter strength (HTTP "adapter_scale", CLI
  * --adapter-scale): only LoRA-family deltas are scaled (y += s·scale·BAx; DoRA with s
- * inside its weight norm, as PEFT's set_scale does); IA3, prompt and prefix tuning and
- * bottleneck adapters have no such scale, so asking for one is an error, never silently
- * ignored. The scale must lie in [0, ADAPTER_MAX_REQUEST_SCALE]. */
+ * inside its weight norm, as PEFT's set_scale does); IA3, prompt and prefix tuning,
+ * bottleneck, LN-tuning, OFT and BOFT adapters have no such scale (PEFT's OFT / BOFT
+ * set_scale warns and keeps 1), so asking for one is an error, never silently ignored. The scale must lie in [0, ADAPTER_MAX_REQUEST_SCALE]. */
 #define ADAPTER_MAX_REQUEST_SCALE 16.0
 bool adapter_accepts_scale(adapter_kind kind);
 

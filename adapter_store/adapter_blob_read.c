@@ -358,6 +358,57 @@ static int read_ln(rctx *c) {
     return found ? 0 : rfail(c, PEFTD_EFORMAT, "an LN-tuning blob without any ln.<i> tensor");
 }
 
+/* OFT / BOFT: metadata "rot" and tensors rot.<l>.<m>.<f> (F32 [in or block, block]) and
+ * rot.<l>.<m>.s (F32 [out]); each factor's permutation is rebuilt from its recipe. */
+static int read_rot(rctx *c, const cJSON *meta) {
+    adapter *a = c->a;
+    int L = a->n_layers, rc, found = 0;
+    const cJSON *arr, *e, *fs, *fe;
+    char nm[48];
+    if ((rc = jarray(c, meta, "rot", &arr))) return rc;
+    if (!(a->rot = calloc((size_t)L * AMOD_COUNT, sizeof *a->rot))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+    cJSON_ArrayForEach(e, arr) {
+        int64_t layer;
+        adapter_module m = AMOD_Q;
+        bool scale = false;
+        int o, in;
+        if ((rc = jint(c, e, "layer", 0, L - 1, &layer)) || (rc = module_of(c, e, &m)) ||
+            (rc = jbool(c, e, "out_scale", &scale)) || (rc = jarray(c, e, "factors", &fs)))
+            return rc;
+        adapter_rot *ro = &a->rot[layer * AMOD_COUNT + m];
+        const char *mn = adapter_module_name(m);
+        int nf = cJSON_GetArraySize(fs);
+        if (ro->f) return rfail(c, PEFTD_EFORMAT, "rotation %lld.%s listed twice", (long long)layer, mn);
+        if (nf < 1 || nf > KROT_MAX_FACTORS)
+            return rfail(c, PEFTD_EFORMAT, "rotation %lld.%s: %d factors (1..%d)", (long long)layer, mn, nf,
+                         KROT_MAX_FACTORS);
+        if (!(ro->f = calloc((size_t)nf, sizeof *ro->f))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+        ro->n_factors = nf;
+        module_dims(&c->d, m, &o, &in);
+        int f = 0;
+        cJSON_ArrayForEach(fe, fs) {
+            int64_t block, pb, ph;
+            bool shared = false;
+            adapter_rot_factor *rf = &ro->f[f];
+            if ((rc = jint(c, fe, "block", 1, in, &block)) || (rc = jbool(c, fe, "shared", &shared)) ||
+                (rc = jint(c, fe, "perm_blocks", 0, in, &pb)) || (rc = jint(c, fe, "perm_half", 0, in, &ph)))
+                return rc;
+            if ((rc = adapter__rot_stage_perm(&c->stage, in, (int)block, shared, (int)pb, (int)ph, rf)))
+                return rfail(c, rc, "rotation %lld.%s factor %d: block %lld / permutation (%lld, %lld) does not fit "
+                             "in-features %d", (long long)layer, mn, f, (long long)block, (long long)pb, (long long)ph,
+                             in);
+            snprintf(nm, sizeof nm, "rot.%lld.%s.%d", (long long)layer, mn, f);
+            if ((rc = claim(c, nm, 2, shared ? block : in, block, -1, &rf->r, NULL))) return rc;
+            if (rf->r.dtype != KDT_F32) return rfail(c, PEFTD_EFORMAT, "tensor '%s' must be F32", nm);
+            f++;
+        }
+        snprintf(nm, sizeof nm, "rot.%lld.%s.s", (long long)layer, mn);
+        if (scale && (rc = claim(c, nm, 1, o, 0, -1, NULL, &ro->out_scale))) return rc;
+        found++;
+    }
+    return found ? 0 : rfail(c, PEFTD_EFORMAT, "an OFT / BOFT blob without any rotation");
+}
+
 static int read_bn(rctx *c, const cJSON *meta) {
     adapter *a = c->a;
     int L = a->n_layers, H = c->d.hidden, rc;
@@ -501,7 +552,7 @@ static int parse_meta(rctx *c, const cJSON *meta) {
         return rc;
     if (!hex64(a->sha256)) return rfail(c, PEFTD_EFORMAT, "metadata field 'sha256' is not a sha256 hex digest");
     static const adapter_kind kinds[] = {ADAPTER_LORA, ADAPTER_IA3, ADAPTER_PROMPT_TUNING, ADAPTER_PREFIX_TUNING,
-                                         ADAPTER_BOTTLENECK, ADAPTER_LN_TUNING};
+                                         ADAPTER_BOTTLENECK, ADAPTER_LN_TUNING, ADAPTER_OFT, ADAPTER_BOFT};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (!strcmp(kind, adapter_kind_name(kinds[i]))) a->kind = kinds[i];
     if (!a->kind) return rfail(c, PEFTD_EFORMAT, "unknown adapter kind '%s'", kind);
@@ -535,6 +586,8 @@ static int parse_meta(rctx *c, const cJSON *meta) {
         if ((rc = read_bn(c, meta)) == 0 && a->n_virtual > 0) rc = read_prefix_meta(c, meta); /* MAM */
         break;
     case ADAPTER_LN_TUNING: rc = read_ln(c); break;
+    case ADAPTER_OFT:
+    case ADAPTER_BOFT: rc = read_rot(c, meta); break;
     }
     if (rc) return rc;
     if (st_find(c->st, "lm_head") && (rc = claim(c, "lm_head", 2, c->d.vocab, c->d.hidden, -1, &a->lm_head, NULL)))

@@ -84,7 +84,8 @@ void llama_ctx_free(llama_ctx *c) {
                     c->tmp_in, c->inv_freq, c->d_tokens, c->d_emb_ids, c->d_pos, c->d_slots, c->d_qstart,
                     c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev, c->d_rope_tab,
                     c->inv_freq_local, c->emb_scale, c->d_emb_seg, (void *)c->d_emb_vec, c->d_stemp, c->d_stopp,
-                    c->d_slp, c->d_stopk, c->d_sids, c->d_su, c->dense_tmp};
+                    c->d_slp, c->d_stopk, c->d_sids, c->d_su, c->dense_tmp,
+                    c->rot_in};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) kb->ops->free(kb, bufs[i]);
     llama__plan_free(c);

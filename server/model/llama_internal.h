@@ -35,6 +35,9 @@ typedef struct {
     const kmat **delta;          /* host [n_segs] dense deltas (adapter_lora.delta) or NULL
                                   * entries; the array itself is allocated by plan_init */
     bool any_delta;
+    /* OFT / BOFT: the per-segment rotations of this projection's input (rot.n_segs 0: no
+     * segment rotates it); tables staged in the plan block */
+    ksegrot rot;
 } llama_plan_mod;
 
 /* LoRA on embed_tokens / lm_head of one segment: a one-segment SGMV over its own rows
@@ -106,6 +109,8 @@ struct llama_ctx {
     float *dense_tmp;            /* [T, widest projection output]: a dense delta's rows at a
                                   * request scale != 1; allocated at the first such step */
     size_t dense_cols;
+    float *rot_in;               /* [T, max(hidden, inter, q_dim)]: a projection's input with the
+                                  * OFT / BOFT segments' rows rotated; allocated at the first such step */
     float *inv_freq;             /* [rope_max_tables, rope.rot_dim / 2] (llama_rope.c) */
     int rope_max_tables;
     float rope_scale;            /* cos/sin factor (yarn, longrope; server/model/rope_freqs.c) */

@@ -133,6 +133,8 @@ static void same_adapter(const adapter *x, const adapter *y) {
         same_bytes(p->bias, q->bias, (size_t)o * sizeof(float), w);
         ASSERT_EQ(!p->base_bias.data, !q->base_bias.data);
         if (p->base_bias.data) same_mat(&p->base_bias, &q->base_bias, w);
+        ASSERT_EQ(!p->delta.data, !q->delta.data);
+        if (p->delta.data) same_mat(&p->delta, &q->delta, w);
     }
     const adapter_lora *tx[2] = {&x->embed_lora, &x->head_lora}, *ty[2] = {&y->embed_lora, &y->head_lora};
     for (int k = 0; k < 2; k++) {
@@ -170,6 +172,32 @@ static void same_adapter(const adapter *x, const adapter *y) {
         same_mat(&p->up, &q->up, w);
         same_bytes(p->down_bias, q->down_bias, (size_t)p->size * sizeof(float), w);
         same_bytes(p->up_bias, q->up_bias, (size_t)BASE.hidden * sizeof(float), w);
+    }
+    ASSERT_EQ(!x->ln, !y->ln);
+    for (int i = 0; x->ln && i < 2 * L + 1; i++) {
+        snprintf(w, sizeof w, "ln[%d]", i);
+        same_mat(&x->ln[i], &y->ln[i], w);
+    }
+    ASSERT_EQ(!x->rot, !y->rot);
+    for (int i = 0; x->rot && i < L * AMOD_COUNT; i++) { /* OFT / BOFT factors, permutations rebuilt */
+        const adapter_rot *p = &x->rot[i], *q = &y->rot[i];
+        int o, in;
+        adapter_module_shape(&BASE, (adapter_module)(i % AMOD_COUNT), &o, &in);
+        ASSERT_EQ(p->n_factors, q->n_factors);
+        for (int f = 0; f < p->n_factors; f++) {
+            const adapter_rot_factor *pf = &p->f[f], *qf = &q->f[f];
+            snprintf(w, sizeof w, "rot[%d].f[%d]", i, f);
+            ASSERT_EQ(pf->block, qf->block);
+            ASSERT_EQ(pf->shared, qf->shared);
+            ASSERT_EQ(pf->perm_blocks, qf->perm_blocks);
+            ASSERT_EQ(pf->perm_half, qf->perm_half);
+            same_mat(&pf->r, &qf->r, w);
+            ASSERT_EQ(!pf->perm, !qf->perm);
+            same_bytes(pf->perm, qf->perm, (size_t)in * sizeof(int32_t), w);
+        }
+        snprintf(w, sizeof w, "rot[%d].out_scale", i);
+        ASSERT_EQ(!p->out_scale, !q->out_scale);
+        same_bytes(p->out_scale, q->out_scale, (size_t)o * sizeof(float), w);
     }
     same_mat(&x->lm_head, &y->lm_head, "lm_head");
     same_mat(&x->embed, &y->embed, "embed");
@@ -212,8 +240,8 @@ TEST(roundtrip_every_fixture) {
     free_list(names, n);
 }
 
-/* Without the base every kind but IA3 and AdapterHub prefix tuning serialises (its dims
- * follow from the tensors). */
+/* Without the base every kind but IA3, BOFT (their vectors' lengths are base dims) and
+ * AdapterHub prefix tuning serialises (its dims follow from the tensors). */
 TEST(write_without_base) {
     int n;
     char **names = fixtures(&n);
@@ -223,7 +251,7 @@ TEST(write_without_base) {
         size_t len = 0;
         char err[1024];
         int rc = adapter_blob_write(a, &blob, &len);
-        if (a->kind == ADAPTER_IA3 || a->prefix_from_zero) {
+        if (a->kind == ADAPTER_IA3 || a->kind == ADAPTER_BOFT || a->prefix_from_zero) {
             ASSERT_EQ(rc, PEFTD_EINVAL);
             ASSERT(blob == NULL);
         } else {
