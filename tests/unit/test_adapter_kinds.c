@@ -375,7 +375,201 @@ TEST(lokr_forms_agree) {
         }
 }
 
+/* ---- LN tuning, OFT and BOFT (tests/fixtures/adapters/make_rotation_fixtures.py): the blob on
+ * both bases (after_blob_round_trip takes one base per kind), the engine's greedy tokens and a
+ * mixed batch on the attention-bias base (engine_greedy_and_mixed_batch runs stories260K), BOFT's
+ * two forms, and refusals. */
+
+static const char *const ROT_KINDS[] = {"ln_tuning", "oft", "oft_coft", "boft"};
+#define N_ROT 4
+
+static int kind_index(const char *name) {
+    for (int k = 0; k < N_KINDS; k++)
+        if (!strcmp(KINDS[k], name)) return k;
+    FAIL("fixture %s is not in KINDS", name);
+    return -1;
+}
+
+TEST(rotation_kinds_blob_both_bases) {
+    for (int r = 0; r < N_ROT; r++)
+        for (int b = 0; b < 2; b++) check_kind(b, kind_index(ROT_KINDS[r]), true);
+}
+
+/* On the attention-bias base: each rotation kind's 32 greedy tokens through the engine equal the
+ * library's, and one batch of them all (3 prompts each) + lora_bias + base sequences gives every
+ * sequence its solo tokens and logprobs bit for bit. */
+TEST(rotation_kinds_engine_bias_base) {
+    enum { NA = N_ROT + 1, P = 3, N = (NA + 1) * P };
+    rig R;
+    rig_open(&R, BASES[1]);
+    adapter *ads[NA];
+    adapter_ref rf[N_ROT];
+    char dir[256];
+    for (int k = 0; k < N_ROT; k++) {
+        snprintf(dir, sizeof dir, "%s/%s", FIXDIR[1], ROT_KINDS[k]);
+        ads[k] = load_ad(&R, dir);
+        adapter_ref_load(dir, &rf[k]);
+    }
+    snprintf(dir, sizeof dir, "%s/lora_bias", FIXDIR[1]);
+    ads[N_ROT] = load_ad(&R, dir);
+    engine_config ec;
+    engine_config_default(&ec);
+    ec.max_seqs = N;
+    ec.max_batch_tokens = 64;
+    ec.kv_cache_mb = 64;
+    engine *e = NULL;
+    char err[512];
+    if (engine_create(&ec, R.m, R.kb, R.tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
+    ASSERT_EQ(engine_start(e), 0);
+    static run alone[N], together[N];
+    for (int i = 0; i < N; i++) {
+        int a = i / P, k = i % P;
+        submit(e, &alone[i], rf[0].ids[k], rf[0].n_ids[k], a < NA ? ads[a] : NULL);
+        collect(&alone[i]);
+        ASSERT_EQ(alone[i].n, N_GREEDY);
+        if (a < N_ROT)
+            for (int t = 0; t < N_GREEDY; t++)
+                if (alone[i].ids[t] != rf[a].greedy[k][t])
+                    FAIL("%s case %d (engine, %s): greedy token %d is %d, the library says %d", ROT_KINDS[a], k,
+                         BASES[1], t, alone[i].ids[t], rf[a].greedy[k][t]);
+    }
+    for (int i = 0; i < N; i++)
+        submit(e, &together[i], rf[0].ids[i % P], rf[0].n_ids[i % P], i / P < NA ? ads[i / P] : NULL);
+    for (int i = 0; i < N; i++) collect(&together[i]);
+    for (int i = 0; i < N; i++)
+        for (int t = 0; t < N_GREEDY; t++)
+            if (alone[i].ids[t] != together[i].ids[t] || memcmp(&alone[i].lps[t], &together[i].lps[t], 4))
+                FAIL("sequence %d (adapter %d): token %d (or its logprob, bit for bit) differs in the mixed batch", i,
+                     i / P, t);
+    engine_free(e);
+    for (int i = 0; i < NA; i++) adapter_free(ads[i]);
+    for (int k = 0; k < N_ROT; k++) adapter_ref_free(&rf[k]);
+    rig_close(&R);
+}
+
+/* BOFT's two forms (adapter_peft_boft.c): the factored chain, the rotation merged into one dense
+ * [in, in] block, and the byte rule's choice, side by side in one batch: each within TOL of the
+ * library and within 5e-5 of the factored form (f32 rounding of the merged product vs the
+ * chained factors). The fixture's shapes (b = 4, 3 factors, in = 64) pick the factored form. */
+TEST(boft_forms_agree) {
+    static const char *const forms[3] = {"factored", "merged", "auto"};
+    for (int bi = 0; bi < 2; bi++) {
+        rig R;
+        rig_open(&R, BASES[bi]);
+        char dir[256];
+        snprintf(dir, sizeof dir, "%s/boft", FIXDIR[bi]);
+        adapter_ref rf;
+        adapter_ref_load(dir, &rf);
+        int last = rf.n_cases - 1, in;
+        size_t nv = (size_t)rf.n_ids[last] * rf.vocab;
+        adapter *ad[3];
+        float *out[3];
+        seq_spec sp[3];
+        for (int f = 0; f < 3; f++) {
+            setenv("PEFTD_ROT_FORM", forms[f], 1);
+            ad[f] = load_ad(&R, dir);
+            ASSERT((out[f] = malloc(sizeof(float) * nv)));
+            sp[f] = (seq_spec){.ids = rf.ids[last], .n = rf.n_ids[last], .ad = ad[f]};
+        }
+        unsetenv("PEFTD_ROT_FORM");
+        const adapter_rot *q0 = &ad[0]->rot[AMOD_Q], *q1 = &ad[1]->rot[AMOD_Q], *q2 = &ad[2]->rot[AMOD_Q];
+        adapter_module_shape(&(adapter_base){.hidden = R.m->cfg.hidden_size, .n_heads = R.m->cfg.n_heads,
+                                             .head_dim = R.m->cfg.head_dim},
+                             AMOD_Q, NULL, &in);
+        ASSERT(q0->n_factors == 3 && q1->n_factors == 1 && q1->f[0].block == in && q2->n_factors == 3);
+        ASSERT(!q0->f[2].perm && q0->f[0].perm && q0->f[1].perm); /* PEFT's factor 0 (applied last): identity */
+        ASSERT(q0->out_scale && q1->out_scale);
+        llama_ctx *c = seq_batch_ctx(R.m);
+        seq_batch_prefill(c, R.m, sp, 3, out);
+        for (int f = 0; f < 3; f++) {
+            double md = max_diff(out[f], rf.logits[last], nv), mf = max_diff(out[f], out[0], nv);
+            printf("    boft on %-32s form %-8s: vs peft %.3g, vs the factored form %.3g\n", BASES[bi], forms[f], md,
+                   mf);
+            if (!(md <= TOL) || !(mf <= 5e-5)) FAIL("boft form %s: %.3g vs peft, %.3g vs factored", forms[f], md, mf);
+        }
+        for (int f = 0; f < 3; f++) adapter_free(ad[f]), free(out[f]);
+        llama_ctx_free(c);
+        adapter_ref_free(&rf);
+        rig_close(&R);
+    }
+}
+
+/* A copy of PEFT fixture `name` (stories260K) with adapter_config.json's field = json (NULL:
+ * removed). */
+static char *peft_edited_copy(const char *name, const char *field, const char *json) {
+    char src[256], *dir = malloc(64);
+    snprintf(dir, 64, "/tmp/peftd-rot-XXXXXX");
+    ASSERT(mkdtemp(dir));
+    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        size_t len;
+        snprintf(src, sizeof src, "%s/%s/%s", FIXDIR[0], name, files[i]);
+        char *text = test_read_file(src, &len), path[128];
+        ASSERT(text);
+        if (i == 0) {
+            cJSON *root = cJSON_ParseWithLength(text, len);
+            cJSON_DeleteItemFromObject(root, field);
+            if (json) cJSON_AddItemToObject(root, field, cJSON_Parse(json));
+            free(text);
+            text = cJSON_PrintUnformatted(root);
+            len = strlen(text);
+            cJSON_Delete(root);
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        FILE *f = fopen(path, "wb");
+        ASSERT(f && fwrite(text, 1, len, f) == len);
+        fclose(f);
+        free(text);
+    }
+    return dir;
+}
+
+/* Loads the edited copy: want NULL = must load; else must be refused naming `want`. */
+static void peft_edit(rig *R, const char *name, const char *field, const char *json, const char *want) {
+    char *dir = peft_edited_copy(name, field, json), err[1024] = "", cmd[160];
+    adapter *a = NULL;
+    int st = model_load_adapter(R->m, dir, &a, err, sizeof err);
+    if (!want && st < 0) FAIL("%s with %s = %s: refused: %s", name, field, json ? json : "(absent)", err);
+    if (want && st >= 0) FAIL("%s with %s = %s loaded", name, field, json ? json : "(absent)");
+    if (want && !strstr(err, want)) FAIL("%s with %s = %s: message '%s' does not name '%s'", name, field, json, err, want);
+    if (want) printf("    refused: %s\n", err);
+    adapter_free(a);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ASSERT_EQ(system(cmd), 0);
+    free(dir);
+}
+
+TEST(rotation_refusals_name_the_field) {
+    rig R;
+    rig_open(&R, BASES[0]);
+    peft_edit(&R, "oft", "bias", "\"all\"", "bias");
+    peft_edit(&R, "oft", "r", "4", "oft_block_size");                     /* r and oft_block_size both set */
+    peft_edit(&R, "oft", "oft_block_size", "8", "oft_R");                 /* the tensors hold blocks of 16 */
+    peft_edit(&R, "oft", "fan_in_fan_out", "true", "fan_in_fan_out");
+    peft_edit(&R, "oft", "target_modules", "[\"q_proj\", \"lm_head\"]", "lm_head");
+    peft_edit(&R, "oft", "module_dropout", "0.1", NULL);                  /* training-only: served */
+    peft_edit(&R, "oft_coft", "eps", "0", "eps");
+    peft_edit(&R, "boft", "bias", "\"boft_only\"", "bias");
+    peft_edit(&R, "boft", "boft_block_size", "8", "boft_R");
+    peft_edit(&R, "boft", "boft_n_butterfly_factor", "2", "boft_R");      /* the tensors hold 3 factors */
+    peft_edit(&R, "boft", "boft_dropout", "0.1", NULL);                   /* training-only: served */
+    peft_edit(&R, "ln_tuning", "target_modules", "[\"q_norm\"]", "q_norm");
+    /* no adapter scale on these kinds (PEFT's OFT / BOFT set_scale warns and keeps 1) */
+    for (int r = 0; r < N_ROT; r++) {
+        char dir[256], err[256];
+        snprintf(dir, sizeof dir, "%s/%s", FIXDIR[0], ROT_KINDS[r]);
+        adapter *a = load_ad(&R, dir);
+        ASSERT_EQ(adapter_check_scale(a, 0.5, err, sizeof err), PEFTD_EINVAL);
+        ASSERT(strstr(err, "adapter_scale") && strstr(err, adapter_kind_name(a->kind)));
+        ASSERT_STREQ(adapter_kind_name(a->kind), r == 0 ? "ln_tuning" : r == 3 ? "boft" : "oft");
+        adapter_free(a);
+    }
+    rig_close(&R);
+}
+
 TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam,
           peft_lora_variants_both_bases, after_blob_round_trip,
           refusals_name_the_field,
-          engine_greedy_and_mixed_batch, lokr_forms_agree)
+          engine_greedy_and_mixed_batch, lokr_forms_agree,
+          rotation_kinds_blob_both_bases, rotation_kinds_engine_bias_base, boft_forms_agree,
+          rotation_refusals_name_the_field)
