@@ -444,6 +444,7 @@ static const struct {
     {"PEFTD_SLOT_MAX_RANK", "CUDA: LoRA rank a slot pool slot is sized for (all linears, f32; default 16)"},
     {"PEFTD_CUDA_GRAPHS", "1 = decode steps captured/replayed as CUDA graphs (default off: not yet validated)"},
     {"PEFTD_LYCO_FORM", "LoKr modules: lora | dense forces one form (default: the one reading fewer bytes)"},
+    {"PEFTD_ROT_FORM", "BOFT modules: factored | merged forces one form (default: the one reading fewer bytes)"},
 };
 
 void config_help(FILE *f) {
