@@ -2,15 +2,17 @@
  * kernels/kernels.h): the per-segment block-diagonal rotations of OFT / BOFT applied to the
  * activations, x·M_0·M_1⋯ per row.
  *
- * One row at a time: a factor's output block k is Σ_j v[g(kb + j)]·R_k[j, :], accumulated
- * as vectors along c (row j of R_k is contiguous) with j ascending, then scattered to
- * g(kb + c). Chained factors ping-pong between two rows of the thread's scratch; the last
+ * One row at a time: a factor's output block k is Σ_j v[g(kb + j)]·R_k[j, :] (the b inputs
+ * gathered once), accumulated as vectors along c (row j of R_k is contiguous) with j ascending
+ * — scalar FMAs, the same rounding, for columns past the last whole vector — then scattered
+ * to g(kb + c). Chained factors ping-pong between two rows of the thread's scratch; the last
  * one writes y. So a row costs Σ_f dim·b_f multiply-adds and reads its factors' blocks
  * (dim·b floats, b² with a shared block) — from cache for every row after the first of a
  * segment. The operation sequence of a (row, column) depends on the row's values and its
  * factors only: the chunking into work items and the thread count never change it
  * (batch-invariant, bit-exact).
  */
+#include <math.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_internal.h"
@@ -28,28 +30,35 @@ typedef struct {
     int64_t rows_per_task, r_begin, r_end;
 } rt_ctx;
 
-/* dst = src·M for one factor (dst != src); acc: b floats of scratch. */
-static void rt_factor(const float *src, float *dst, int64_t dim, const krot_factor *f, float *acc) {
+/* dst = src·M for one factor (dst != src); tmp: 2·b floats of scratch. Per block, the b inputs
+ * are gathered once; an output is fmaf(v_j, R_k[j, c], s) over j ascending from s = 0 — as a
+ * vector lane (kv_fmadd) for whole KV_W-column chunks, as a scalar fmaf for the rest and for
+ * blocks narrower than a vector (a masked vector store read back by scalar loads stalls store
+ * forwarding): one rounding per step either way, so the lanes and the scalars agree bit for bit. */
+static void rt_factor(const float *src, float *dst, int64_t dim, const krot_factor *f, float *tmp) {
     const int b = f->block;
     const int32_t *g = f->perm;
     const int64_t nb = dim / b;
+    float *xin = tmp, *acc = tmp + b;
     for (int64_t k = 0; k < nb; k++) {
         const float *R = f->r + (f->shared ? 0 : k * (int64_t)b * b);
         const int64_t base = k * b;
+        const float *v = src + base;
+        if (g) {
+            for (int j = 0; j < b; j++) xin[j] = src[g[base + j]];
+            v = xin;
+        }
         float *out = g ? acc : dst + base;
         int c = 0;
         for (; c + KV_W <= b; c += KV_W) {
             kv_f32 s = kv_zero();
-            for (int j = 0; j < b; j++)
-                s = kv_fmadd(kv_set1(src[g ? g[base + j] : base + j]), kv_load(R + (int64_t)j * b + c), s);
+            for (int j = 0; j < b; j++) s = kv_fmadd(kv_set1(v[j]), kv_load(R + (int64_t)j * b + c), s);
             kv_store(out + c, s);
         }
-        if (c < b) {
-            int rem = b - c;
-            kv_f32 s = kv_zero();
-            for (int j = 0; j < b; j++)
-                s = kv_fmadd(kv_set1(src[g ? g[base + j] : base + j]), kv_load_part(R + (int64_t)j * b + c, rem), s);
-            kv_store_part(out + c, s, rem);
+        for (; c < b; c++) {
+            float s = 0.0f;
+            for (int j = 0; j < b; j++) s = fmaf(v[j], R[(int64_t)j * b + c], s);
+            out[c] = s;
         }
         if (g)
             for (int cc = 0; cc < b; cc++) dst[g[base + cc]] = acc[cc];
@@ -61,7 +70,7 @@ static void rt_task(void *vc, int task, int thread) {
     const ksegrot *s = c->s;
     int64_t r0 = c->r_begin + (int64_t)task * c->rows_per_task;
     int64_t r1 = r0 + c->rows_per_task < c->r_end ? r0 + c->rows_per_task : c->r_end;
-    float *sc = kcpu__scratch(c->cb, thread), *buf[2] = {sc, sc + c->dim}, *acc = sc + 2 * c->dim;
+    float *sc = kcpu__scratch(c->cb, thread), *buf[2] = {sc, sc + c->dim}, *tmp = sc + 2 * c->dim;
     int lo = 0, hi = s->n_segs; /* first segment ending after r0 */
     while (lo < hi) {
         int mid = (lo + hi) / 2;
@@ -81,7 +90,7 @@ static void rt_task(void *vc, int task, int thread) {
             }
             for (int f = 0; f < F; f++) {
                 float *dst = f == F - 1 ? yr : buf[f & 1];
-                rt_factor(src, dst, c->dim, &s->factors[i][f], acc);
+                rt_factor(src, dst, c->dim, &s->factors[i][f], tmp);
                 src = dst;
             }
         }
@@ -117,7 +126,7 @@ int kcpu__seg_rotate(kbackend *kb, const float *x, int dim, const ksegrot *s, fl
     const float *y0 = y + (int64_t)s->seg_start[0] * dim;
     if (x0 < y0 + rows * dim && y0 < x0 + rows * dim) return PEFTD_EINVAL; /* overlapping rows */
     kcpu_backend *cb = kcpu__impl(kb);
-    if (kcpu__scratch_reserve(cb, 2 * (size_t)dim + (size_t)s->max_block) != 0) return PEFTD_ENOMEM;
+    if (kcpu__scratch_reserve(cb, 2 * (size_t)dim + 2 * (size_t)s->max_block) != 0) return PEFTD_ENOMEM;
     rt_ctx c = {.x = x, .y = y, .dim = dim,
                 .s = s, .cb = cb, .r_begin = s->seg_start[0], .r_end = s->seg_start[s->n_segs]};
     c.rows_per_task = RT_CHUNK / dim > 0 ? RT_CHUNK / dim : 1;
