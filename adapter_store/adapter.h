@@ -167,9 +167,13 @@ typedef struct adapter {
     bool prefix_from_zero;     /* AdapterHub prefix tuning: the prompt's RoPE positions start at 0;
                                 * PEFT's continue after the prefix (n_virtual, n_virtual + 1, …) */
 
-    /* LN_TUNING: [n_layers * 2 + 1] norm weights [1, hidden] f32 replacing the base's for this
-     * adapter's rows, data NULL where the base's stays: index 2l = layer l's input_layernorm,
-     * 2l + 1 its post_attention_layernorm, 2 n_layers the final norm (ADAPTER_LN_FINAL). */
+    /* LN_TUNING: [adapter_ln_sites(a)] norm weights [1, hidden] f32 replacing the base's for
+     * this adapter's rows, data NULL where the base's stays, as the base's norm views hold them
+     * (Gemma: 1 + w). Index 2l = layer l's attention-input norm (input_layernorm), 2l + 1 its
+     * MLP-input norm (post_attention_layernorm; Gemma 2/3: pre_feedforward_layernorm),
+     * 2 n_layers the final norm (adapter_ln_final), and on Gemma 2/3 the sub-layer output norms
+     * adapter_ln_post(a, l, 0) (post_attention_layernorm) and (a, l, 1)
+     * (post_feedforward_layernorm). */
     kmat *ln;
 
     /* OFT / BOFT: [n_layers * AMOD_COUNT] rotations of the projections' inputs */
@@ -211,8 +215,13 @@ typedef struct adapter {
     struct adapter_storage *storage; /* private (adapter_core.c) */
 } adapter;
 
-/* Index of a's final-norm weight in adapter.ln. */
+/* Index of a's final-norm weight in adapter.ln; the number of entries of adapter.ln; the index of
+ * layer l's sub-layer output norm (place 0: after attention, 1: after the MLP; Gemma 2/3). */
 static inline int adapter_ln_final(const adapter *a) { return 2 * a->n_layers; }
+static inline int adapter_ln_sites(const adapter *a) { return 4 * a->n_layers + 1; }
+static inline int adapter_ln_post(const adapter *a, int layer, int place) {
+    return 2 * a->n_layers + 1 + 2 * layer + place;
+}
 
 /* Whether a carries per-layer prefix K/V (prefix tuning, or the prefix half of an AdapterHub
  * MAM union, whose kind is ADAPTER_BOTTLENECK): ask this, never the kind. */

@@ -320,7 +320,7 @@ static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
     if (a->kind == ADAPTER_IA3 && a->ia3 && (rc = collect_ia3(a, d, w, meta))) return rc;
     if ((a->kind == ADAPTER_OFT || a->kind == ADAPTER_BOFT) && a->rot && (rc = collect_rot(a, d, w, meta))) return rc;
     if (a->kind == ADAPTER_PROMPT_TUNING && a->prompt.data && (rc = wl_mat(w, "prompt", &a->prompt))) return rc;
-    for (int i = 0; a->kind == ADAPTER_LN_TUNING && a->ln && i < 2 * a->n_layers + 1; i++) {
+    for (int i = 0; a->kind == ADAPTER_LN_TUNING && a->ln && i < adapter_ln_sites(a); i++) {
         snprintf(nm, sizeof nm, "ln.%d", i);
         if (a->ln[i].data && (rc = wl_mat(w, nm, &a->ln[i]))) return rc;
     }

@@ -343,10 +343,11 @@ static int read_prefix_meta(rctx *c, const cJSON *meta) {
     return read_prefix(c);
 }
 
-/* LN tuning: tensors ln.<i> [1, hidden] where the adapter replaces norm i (adapter.h). */
+/* LN tuning: tensors ln.<i> [1, hidden] where the adapter replaces norm i (adapter.h; blobs
+ * written before the Gemma sites hold i < 2 n_layers + 1 only, the same indices). */
 static int read_ln(rctx *c) {
     adapter *a = c->a;
-    int n = 2 * a->n_layers + 1, rc, found = 0;
+    int n = adapter_ln_sites(a), rc, found = 0;
     char nm[48];
     if (!(a->ln = calloc((size_t)n, sizeof *a->ln))) return rfail(c, PEFTD_ENOMEM, "out of memory");
     for (int i = 0; i < n; i++) {

@@ -312,13 +312,13 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         CHECK(op->attention(kb, &a));
         const kmat *post_attn = L->post_attn_norm.data ? &L->post_attn_norm : NULL;
         const kmat *post_ffn = L->post_ffn_norm.data ? &L->post_ffn_norm : NULL;
-        CHECK(llama__sublayer_out(c, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN, post_attn));
+        CHECK(llama__sublayer_out(c, b, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN, post_attn));
         CHECK(llama__norm(c, b, 2 * l + 1, &L->ffn_norm, c->x, c->xn));
         CHECK(llama__project(c, l, AMOD_GATE, &L->w_gate, c->xn, T, c->gate, false));
         CHECK(llama__project(c, l, AMOD_UP, &L->w_up, c->xn, T, c->up, false));
         if (cfg->gemma) CHECK(op->geglu(kb, c->gate, c->up, T, I, c->gate));
         else CHECK(op->swiglu(kb, c->gate, c->up, T, I, c->gate));
-        CHECK(llama__sublayer_out(c, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN, post_ffn));
+        CHECK(llama__sublayer_out(c, b, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN, post_ffn));
     }
     if (b->n_logits == 0) return op->synchronize(kb);
     kmat xs = {.data = c->x, .dtype = KDT_F32, .rows = T, .cols = H};

@@ -686,8 +686,8 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
     return 0;
 }
 
-int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T,
-                        int place, const kmat *post_norm) {
+int llama__sublayer_out(llama_ctx *c, const llama_batch *b, int layer, adapter_module m, const kmat *w,
+                        const float *in, int T, int place, const kmat *post_norm) {
     kbackend *kb = c->kb;
     const llama_plan *p = c->plan;
     const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
@@ -697,7 +697,7 @@ int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w
         const model_config *cfg = &c->m->cfg;
         if (bottleneck) return PEFTD_EUNSUPPORTED; /* refused at load (model_load_adapter) */
         CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false));
-        CHECK(kb->ops->rmsnorm(kb, c->tmp, post_norm, T, cfg->hidden_size, cfg->rms_norm_eps, c->tmp));
+        CHECK(llama__norm(c, b, 2 * cfg->n_layers + 1 + 2 * layer + place, post_norm, c->tmp, c->tmp));
         return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * cfg->hidden_size);
     }
     /* Without adapters, x += proj(in) is fused into the matmul (beta = 1, computed as

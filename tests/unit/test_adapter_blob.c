@@ -174,7 +174,7 @@ static void same_adapter(const adapter *x, const adapter *y) {
         same_bytes(p->up_bias, q->up_bias, (size_t)BASE.hidden * sizeof(float), w);
     }
     ASSERT_EQ(!x->ln, !y->ln);
-    for (int i = 0; x->ln && i < 2 * L + 1; i++) {
+    for (int i = 0; x->ln && i < adapter_ln_sites(x); i++) {
         snprintf(w, sizeof w, "ln[%d]", i);
         same_mat(&x->ln[i], &y->ln[i], w);
     }

@@ -1,4 +1,6 @@
-/* tests/unit/test_adapter_kinds.c — the issue-16 adapter kinds on two bases, 32 greedy tokens each:
+/* tests/unit/test_adapter_kinds.c — the issue-16 adapter kinds on two bases, 32 greedy tokens each
+ * (LN tuning, OFT and BOFT: also their own section at the end — blobs on both bases, the engine
+ * on the attention-bias base, BOFT's two forms, refusals, LN tuning on Gemma 2 / 3):
  * the PEFT LoRA variants of make_lora_variant_fixtures.py (lora_bias, embed_tokens / lm_head LoRA,
  * ensure_weight_tying, AdaLoRA, P-tuning, prefix_projection; bias all / lora_only on the
  * attention-bias base only) and the AdapterHub kinds beyond seq_bn/double_seq_bn:
@@ -567,9 +569,79 @@ TEST(rotation_refusals_name_the_field) {
     rig_close(&R);
 }
 
+/* LN tuning on Gemma 2 / Gemma 3 (tests/fixtures/gemma/<model>_ln_tuning): all 4 L + 1 norms,
+ * the post-norms on the sub-layer outputs included, stored as the base's 1 + w. Logits (one batch
+ * and prefill + decode) within TOL, 32 greedy tokens, the blob, and one batch of the adapter's
+ * cases beside base rows and the base's LoRA fixture, bit-identical to each alone. */
+static void check_gemma_ln(const char *model_name) {
+    char base[128], dir[192], lora[192], err[512] = "";
+    snprintf(base, sizeof base, "tests/fixtures/gemma/%s", model_name);
+    snprintf(dir, sizeof dir, "%s_ln_tuning", base);
+    snprintf(lora, sizeof lora, "%s_lora", base);
+    rig R = {0};
+    ASSERT((R.kb = kbackend_cpu_create(2)));
+    if (model_load(base, R.kb, &R.m, err, sizeof err) < 0) FAIL("model_load %s: %s", base, err);
+    adapter_ref rf;
+    adapter_ref_load(dir, &rf);
+    ASSERT_STREQ(rf.base, base);
+    adapter *ad = load_ad(&R, dir), *lo = load_ad(&R, lora);
+    ASSERT(ad->ln[adapter_ln_post(ad, 0, 0)].data && ad->ln[adapter_ln_post(ad, 0, 1)].data);
+    for (int blob = 0; blob < 2; blob++) {
+        if (blob) ad = via_blob(&R, ad);
+        llama_ctx *c = seq_batch_ctx(R.m);
+        seq_spec spec[ADAPTER_REF_MAX_CASES * 3];
+        float *out[ADAPTER_REF_MAX_CASES * 3], *solo;
+        int n = 0;
+        for (int k = 0; k < rf.n_cases; k++) /* the adapter's cases, then base and LoRA rows between */
+            for (int j = 0; j < 3; j++) {
+                spec[n] = (seq_spec){.ids = rf.ids[k], .n = rf.n_ids[k], .ad = j == 0 ? ad : j == 1 ? NULL : lo};
+                ASSERT((out[n] = malloc(sizeof(float) * (size_t)rf.n_ids[k] * rf.vocab)));
+                n++;
+            }
+        seq_batch_prefill(c, R.m, spec, n, out);
+        for (int i = 0; i < n; i++) {
+            size_t nv = (size_t)spec[i].n * rf.vocab;
+            ASSERT((solo = malloc(sizeof(float) * nv)));
+            seq_batch_prefill(c, R.m, &spec[i], 1, &solo);
+            if (memcmp(solo, out[i], nv * sizeof(float)))
+                FAIL("%s: sequence %d (%s) differs alone and in the mixed batch", dir, i,
+                     spec[i].ad == ad ? "ln_tuning" : spec[i].ad ? "lora" : "base");
+            free(solo);
+            if (spec[i].ad != ad) continue;
+            double md = max_diff(out[i], rf.logits[i / 3], nv);
+            printf("    %-16s %-28s%s case %d (%2d tokens): max |logit diff| %.3g\n", "ln_tuning", base,
+                   blob ? " blob" : "", i / 3, spec[i].n, md);
+            if (!(md <= TOL)) FAIL("%s case %d: max |logit diff| %.3g > %g", dir, i / 3, md, TOL);
+        }
+        int last = rf.n_cases - 1;
+        seq_spec one = {.ids = rf.ids[last], .n = rf.n_ids[last], .ad = ad};
+        seq_prefill_decode(c, R.m, &one, 3, out[3 * last]); /* the last case's own buffer */
+        double md = max_diff(out[3 * last], rf.logits[last], (size_t)rf.n_ids[last] * rf.vocab);
+        if (!(md <= TOL)) FAIL("%s: prefill+decode max |logit diff| %.3g > %g", dir, md, TOL);
+        for (int k = 0; k < rf.n_cases; k++) {
+            int32_t g[N_GREEDY];
+            seq_spec sk = {.ids = rf.ids[k], .n = rf.n_ids[k], .ad = ad};
+            seq_greedy(c, R.m, &sk, N_GREEDY, g);
+            for (int t = 0; t < N_GREEDY; t++)
+                if (g[t] != rf.greedy[k][t])
+                    FAIL("%s case %d: greedy token %d is %d, the library says %d", dir, k, t, g[t], rf.greedy[k][t]);
+        }
+        for (int i = 0; i < n; i++) free(out[i]);
+        llama_ctx_free(c);
+    }
+    adapter_free(ad);
+    adapter_free(lo);
+    adapter_ref_free(&rf);
+    model_free(R.m);
+    kbackend_destroy(R.kb);
+}
+
+TEST(ln_tuning_gemma2) { check_gemma_ln("gemma2"); }
+TEST(ln_tuning_gemma3) { check_gemma_ln("gemma3"); }
+
 TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam,
           peft_lora_variants_both_bases, after_blob_round_trip,
           refusals_name_the_field,
           engine_greedy_and_mixed_batch, lokr_forms_agree,
           rotation_kinds_blob_both_bases, rotation_kinds_engine_bias_base, boft_forms_agree,
-          rotation_refusals_name_the_field)
+          rotation_refusals_name_the_field, ln_tuning_gemma2, ln_tuning_gemma3)
