@@ -569,15 +569,12 @@ TEST(rotation_refusals_name_the_field) {
     rig_close(&R);
 }
 
-/* LN tuning on Gemma 2 / Gemma 3 (tests/fixtures/gemma/<model>_ln_tuning): all 4 L + 1 norms,
- * the post-norms on the sub-layer outputs included, stored as the base's 1 + w. Logits (one batch
- * and prefill + decode) within TOL, 32 greedy tokens, the blob, and one batch of the adapter's
- * cases beside base rows and the base's LoRA fixture, bit-identical to each alone. */
-static void check_gemma_ln(const char *model_name) {
-    char base[128], dir[192], lora[192], err[512] = "";
-    snprintf(base, sizeof base, "tests/fixtures/gemma/%s", model_name);
-    snprintf(dir, sizeof dir, "%s_ln_tuning", base);
-    snprintf(lora, sizeof lora, "%s_lora", base);
+/* A fixture on a third base (no tokenizer needed): logits (one batch and prefill + decode)
+ * within TOL, 32 greedy tokens, the blob, and one batch of the adapter's cases beside base rows
+ * and the base's LoRA fixture `lora`, bit-identical to each alone. Returns nothing; the adapter
+ * is checked by `probe` first (NULL: no extra check). */
+static void check_fixture(const char *base, const char *dir, const char *lora, void (*probe)(const adapter *)) {
+    char err[512] = "";
     rig R = {0};
     ASSERT((R.kb = kbackend_cpu_create(2)));
     if (model_load(base, R.kb, &R.m, err, sizeof err) < 0) FAIL("model_load %s: %s", base, err);
@@ -585,7 +582,7 @@ static void check_gemma_ln(const char *model_name) {
     adapter_ref_load(dir, &rf);
     ASSERT_STREQ(rf.base, base);
     adapter *ad = load_ad(&R, dir), *lo = load_ad(&R, lora);
-    ASSERT(ad->ln[adapter_ln_post(ad, 0, 0)].data && ad->ln[adapter_ln_post(ad, 0, 1)].data);
+    if (probe) probe(ad);
     for (int blob = 0; blob < 2; blob++) {
         if (blob) ad = via_blob(&R, ad);
         llama_ctx *c = seq_batch_ctx(R.m);
@@ -605,11 +602,11 @@ static void check_gemma_ln(const char *model_name) {
             seq_batch_prefill(c, R.m, &spec[i], 1, &solo);
             if (memcmp(solo, out[i], nv * sizeof(float)))
                 FAIL("%s: sequence %d (%s) differs alone and in the mixed batch", dir, i,
-                     spec[i].ad == ad ? "ln_tuning" : spec[i].ad ? "lora" : "base");
+                     spec[i].ad == ad ? adapter_kind_name(ad->kind) : spec[i].ad ? "lora" : "base");
             free(solo);
             if (spec[i].ad != ad) continue;
             double md = max_diff(out[i], rf.logits[i / 3], nv);
-            printf("    %-16s %-28s%s case %d (%2d tokens): max |logit diff| %.3g\n", "ln_tuning", base,
+            printf("    %-16s %-28s%s case %d (%2d tokens): max |logit diff| %.3g\n", dir + strlen(base) - 5, base,
                    blob ? " blob" : "", i / 3, spec[i].n, md);
             if (!(md <= TOL)) FAIL("%s case %d: max |logit diff| %.3g > %g", dir, i / 3, md, TOL);
         }
@@ -636,12 +633,37 @@ static void check_gemma_ln(const char *model_name) {
     kbackend_destroy(R.kb);
 }
 
-TEST(ln_tuning_gemma2) { check_gemma_ln("gemma2"); }
-TEST(ln_tuning_gemma3) { check_gemma_ln("gemma3"); }
+/* LN tuning on Gemma 2 / Gemma 3 (tests/fixtures/gemma/<model>_ln_tuning): all 4 L + 1 norms,
+ * the post-norms on the sub-layer outputs included, stored as the base's 1 + w. */
+static void gemma_post_norms(const adapter *a) {
+    ASSERT(a->ln[adapter_ln_post(a, 0, 0)].data && a->ln[adapter_ln_post(a, 0, 1)].data);
+}
+TEST(ln_tuning_gemma2) {
+    check_fixture("tests/fixtures/gemma/gemma2", "tests/fixtures/gemma/gemma2_ln_tuning", "tests/fixtures/gemma/gemma2_lora",
+                  gemma_post_norms);
+}
+TEST(ln_tuning_gemma3) {
+    check_fixture("tests/fixtures/gemma/gemma3", "tests/fixtures/gemma/gemma3_ln_tuning", "tests/fixtures/gemma/gemma3_lora",
+                  gemma_post_norms);
+}
+
+/* OFT and BOFT on Phi-3's fused qkv_proj / gate_up_proj (tests/fixtures/phi3/oft, boft): one
+ * rotation of the shared input per fused module (q, k and v each rotate it alike), BOFT's boft_s
+ * split by the fused output's rows. */
+static void phi3_fused(const adapter *a) {
+    const adapter_rot *q = &a->rot[AMOD_Q], *v = &a->rot[AMOD_V];
+    ASSERT(q->n_factors > 0 && q->n_factors == v->n_factors && q->f[0].block == v->f[0].block);
+    ASSERT(!memcmp(q->f[0].r.data, v->f[0].r.data, (size_t)(q->f[0].r.rows * q->f[0].r.cols) * sizeof(float)));
+    ASSERT(a->kind == ADAPTER_OFT || (q->out_scale && v->out_scale && q->out_scale[0] != v->out_scale[0]));
+}
+TEST(oft_boft_phi3_fused) {
+    check_fixture("tests/fixtures/phi3/model", "tests/fixtures/phi3/oft", "tests/fixtures/phi3/lora", phi3_fused);
+    check_fixture("tests/fixtures/phi3/model", "tests/fixtures/phi3/boft", "tests/fixtures/phi3/lora", phi3_fused);
+}
 
 TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam,
           peft_lora_variants_both_bases, after_blob_round_trip,
           refusals_name_the_field,
           engine_greedy_and_mixed_batch, lokr_forms_agree,
           rotation_kinds_blob_both_bases, rotation_kinds_engine_bias_base, boft_forms_agree,
-          rotation_refusals_name_the_field, ln_tuning_gemma2, ln_tuning_gemma3)
+          rotation_refusals_name_the_field, ln_tuning_gemma2, ln_tuning_gemma3, oft_boft_phi3_fused)
