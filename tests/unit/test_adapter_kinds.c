@@ -606,7 +606,7 @@ static void check_fixture(const char *base, const char *dir, const char *lora, v
             free(solo);
             if (spec[i].ad != ad) continue;
             double md = max_diff(out[i], rf.logits[i / 3], nv);
-            printf("    %-16s %-28s%s case %d (%2d tokens): max |logit diff| %.3g\n", dir + strlen(base) - 5, base,
+            printf("    %-16s %-28s%s case %d (%2d tokens): max |logit diff| %.3g\n", strrchr(dir, '/') + 1, base,
                    blob ? " blob" : "", i / 3, spec[i].n, md);
             if (!(md <= TOL)) FAIL("%s case %d: max |logit diff| %.3g > %g", dir, i / 3, md, TOL);
         }
