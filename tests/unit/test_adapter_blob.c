@@ -420,6 +420,57 @@ TEST(edited_metadata_fails_cleanly) {
     adapter_free(a);
 }
 
+/* OFT / BOFT rotation metadata ("rot": [{layer, module, out_scale, factors: [{block, shared,
+ * perm_blocks, perm_half}]}]) edited: each lie is refused with a line naming the rotation. */
+typedef struct {
+    const char *field; /* of the first module's first factor, or of the module with factor < 0 */
+    int factor;
+    cJSON *value;
+} rot_edit;
+
+static void edit_rot(cJSON *meta, void *ud) {
+    rot_edit *e = ud;
+    cJSON *m = cJSON_GetArrayItem(cJSON_GetObjectItem(meta, "rot"), 0);
+    if (!strcmp(e->field, "dup")) {
+        cJSON_AddItemToArray(cJSON_GetObjectItem(meta, "rot"), cJSON_Duplicate(m, 1));
+        return;
+    }
+    cJSON *o = e->factor < 0 ? m : cJSON_GetArrayItem(cJSON_GetObjectItem(m, "factors"), e->factor);
+    cJSON_ReplaceItemInObject(o, e->field, e->value);
+}
+
+static void expect_rot_edit(const void *blob, size_t len, const char *field, int factor, cJSON *value, int want,
+                            const char *sub) {
+    rot_edit e = {field, factor, value};
+    size_t n;
+    char err[1024];
+    void *b2 = edit_meta(blob, len, edit_rot, &e, &n);
+    int rc = read_blob(b2, n, &BASE, err, sizeof err);
+    if (rc != want) FAIL("rot edit %s: status %d (%s), expected %d", field, rc, err, want);
+    if (sub) ASSERT_HAS(err, sub);
+    free(b2);
+}
+
+TEST(edited_rotation_metadata_fails_cleanly) {
+    adapter *a = load_fixture("boft"), *o = load_fixture("oft_coft");
+    void *blob, *oblob;
+    size_t len, olen;
+    blob_of(a, &blob, &len);
+    blob_of(o, &oblob, &olen);
+    expect_rot_edit(blob, len, "block", 0, cJSON_CreateNumber(5), PEFTD_EINVAL, "does not fit");
+    expect_rot_edit(blob, len, "block", 0, cJSON_CreateNumber(8), PEFTD_EINVAL, "does not fit base");
+    expect_rot_edit(blob, len, "perm_blocks", 0, cJSON_CreateNumber(3), PEFTD_EINVAL, "permutation");
+    expect_rot_edit(blob, len, "perm_half", 0, cJSON_CreateNumber(64), PEFTD_EINVAL, "permutation");
+    expect_rot_edit(blob, len, "shared", 0, cJSON_CreateTrue(), PEFTD_EINVAL, "permutation");
+    expect_rot_edit(blob, len, "factors", -1, cJSON_CreateArray(), PEFTD_EFORMAT, "factors");
+    expect_rot_edit(blob, len, "out_scale", -1, cJSON_CreateFalse(), PEFTD_EFORMAT, "unexpected tensor");
+    expect_rot_edit(blob, len, "dup", -1, NULL, PEFTD_EFORMAT, "twice");
+    expect_rot_edit(oblob, olen, "out_scale", -1, cJSON_CreateTrue(), PEFTD_EFORMAT, ".s' is missing");
+    expect_rot_edit(oblob, olen, "shared", 0, cJSON_CreateFalse(), PEFTD_EINVAL, "does not fit base");
+    free(blob), free(oblob);
+    adapter_free(a), adapter_free(o);
+}
+
 /* A NaN written into a tensor's data is refused naming the tensor. */
 TEST(non_finite_values_refused) {
     adapter *a = load_fixture("lora_r8_all");
@@ -626,4 +677,4 @@ TEST(dora_stats_in_blobs_and_format1_blobs_recomputed) {
 
 TEST_MAIN(roundtrip_every_fixture, write_without_base, truncated_blobs_fail_cleanly, edited_metadata_fails_cleanly,
           non_finite_values_refused, other_base_refused, random_flips_never_crash,
-          dora_stats_in_blobs_and_format1_blobs_recomputed)
+          dora_stats_in_blobs_and_format1_blobs_recomputed, edited_rotation_metadata_fails_cleanly)
