@@ -14,7 +14,9 @@
  *   OFT       y  = W (x·M) + b                     (M block-diagonal: the segment's rows of x
  *                                                  rotated into a copy of the input, seg_rotate,
  *                                                  before the one base matmul; the other rows
- *                                                  copied unchanged)
+ *                                                  copied unchanged — in floats per row of the
+ *                                                  step, for each rotated projection, next to
+ *                                                  the in·b multiply-adds of an OFT row)
  *   BOFT      y  = s ⊙ (W (x·M_0·M_1⋯)) + b        (the factors chained in one seg_rotate; s at
  *                                                  DoRA's place: after the deltas, before b)
  *   lora_bias y += scale·(B(A x) + b_B)            (the SGMV expand's bias)
