@@ -89,6 +89,7 @@ KB_CHECKED(softcap, (kbackend * kb, float *y, int64_t n, float cap), (kb, y, n, 
 KB_CHECKED(sample, (kbackend * kb, const ksample_args *a), (kb, a))
 KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
            (kb, y, dim, n, seg, v))
+KB_CHECKED(seg_rotate, (kbackend * kb, const float *x, int dim, const ksegrot *s, float *y), (kb, x, dim, s, y))
 
 void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     kb->impl = impl;
@@ -121,6 +122,7 @@ void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     c->geglu = chk_geglu;
     c->softcap = chk_softcap;
     c->sample = chk_sample;
+    c->seg_rotate = chk_seg_rotate;
     kb->ops = c;
 #endif
 }
