@@ -206,7 +206,8 @@ $(BUILD)/tests/%: tests/unit/%.c $(HARNESS) $(BUILD)/libpeftd.a $(FLAGS_FILE)
 
 # The benchmarks are built with the tests, so an op-table change cannot leave them broken.
 BENCH_BIN := $(BUILD)/bench/bench_adapters $(BUILD)/bench/bench_decode $(BUILD)/bench/bench_prefix \
-             $(BUILD)/bench/bench_json $(BUILD)/bench/bench_gpu $(BUILD)/bench/bench_kinds
+             $(BUILD)/bench/bench_json $(BUILD)/bench/bench_gpu $(BUILD)/bench/bench_kinds \
+             $(BUILD)/bench/bench_rotate
 tests-bin: $(TEST_BIN) $(BENCH_BIN)
 
 # Benchmarks link the library like the tests do (bench/run.sh builds and runs them).
@@ -227,6 +228,11 @@ $(BUILD)/bench/bench_json: bench/bench_json.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 
 $(BUILD)/bench/bench_kinds: bench/bench_kinds.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
+
+# OFT / BOFT per-token cost: factored rotation vs a dense materialised delta (CPU, seconds).
+$(BUILD)/bench/bench_rotate: bench/bench_rotate.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 

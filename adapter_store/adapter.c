@@ -108,7 +108,7 @@ static int dispatch_peft(adapter__ctx *c) {
     if (!strcmp(t, "VERA")) return adapter__load_vera(c);       /* these three as well (or dense, per module) */
     if (!strcmp(t, "LOHA")) return adapter__load_loha(c);
     if (!strcmp(t, "LOKR")) return adapter__load_lokr(c);
-    if (!strcmp(t, "OFT")) return adapter__load_oft(c); /* a dense delta per module */
+    if (!strcmp(t, "OFT")) return adapter__load_oft(c); /* input rotations, or dense deltas per module */
     if (!strcmp(t, "BOFT")) return adapter__load_boft(c);
     if (!strcmp(t, "IA3")) return adapter__load_ia3(c);
     if (!strcmp(t, "LN_TUNING")) return adapter__load_ln_tuning(c);

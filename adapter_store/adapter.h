@@ -34,6 +34,8 @@ typedef enum {
     ADAPTER_PREFIX_TUNING,  /* PEFT "PREFIX_TUNING" */
     ADAPTER_BOTTLENECK,     /* AdapterHub seq_bn (Pfeiffer) / double_seq_bn (Houlsby) */
     ADAPTER_LN_TUNING,      /* PEFT "LN_TUNING": trained copies of the RMSNorm weights */
+    ADAPTER_OFT,            /* PEFT "OFT": block-diagonal rotations of projection inputs */
+    ADAPTER_BOFT,           /* PEFT "BOFT": butterfly products of them, and an output scale */
 } adapter_kind;
 
 const char *adapter_kind_name(adapter_kind k); /* "lora", "ia3", ... */
@@ -83,7 +85,8 @@ typedef struct {
     /* A materialised delta instead of (or, never, beside) the pair: scale·ΔW [out, in] f32,
      * rank 0, applied y += t·(x·deltaᵀ) per segment with the request scale t (a VeRA / LoHa /
      * LoKr module whose LoRA form would read more bytes than ΔW, or PEFTD_LYCO_FORM=dense:
-     * adapter_peft_lyco.c; OFT / BOFT always). data NULL otherwise. */
+     * adapter_peft_lyco.c; an OFT / BOFT module served dense, t always 1: adapter_rot.c). data
+     * NULL otherwise. */
     kmat delta;
 } adapter_lora;
 
@@ -94,6 +97,28 @@ typedef struct {
  * in double, O(rows). A row whose norm vanishes (W_j + t·ΔW_j = 0, so its output is 0
  * whatever the factor; PEFT divides 0 by 0 there) gets 0, keeping the output finite. */
 void adapter_dora_scale_vector(const float *stats, int64_t rows, double t, float *out);
+
+/* One factor of an OFT / BOFT input rotation (kernels.h krot_factor): x -> x·M with M
+ * block-diagonal in blocks R_k of size `block`, seen through the column permutation perm. */
+typedef struct {
+    kmat r;                    /* f32 [in, block] (R_k = rows [k·b, (k+1)·b)), or [block, block]
+                                * when shared (one block for all: OFT block_share) */
+    const int32_t *perm;       /* [in] the gather/scatter index g, or NULL (identity) */
+    int block;
+    bool shared;
+    /* the permutation's recipe, what the blob stores instead of perm: PEFT's
+     * block_butterfly_perm(in, perm_blocks, perm_half) inverted (adapter__butterfly_perm);
+     * perm_blocks 0: identity */
+    int perm_blocks, perm_half;
+} adapter_rot_factor;
+
+/* OFT / BOFT on one projection: its input rows are rotated, x -> x·M_0·M_1⋯, before the base
+ * matmul, and (BOFT) its output scaled before the bias: y = s ⊙ (W x_rot) + b. */
+typedef struct {
+    int n_factors;             /* 0: this projection is not rotated */
+    adapter_rot_factor *f;     /* [n_factors], f[0] applied first; owned (adapter_free) */
+    const float *out_scale;    /* BOFT's boft_s [out], or NULL */
+} adapter_rot;
 
 /* One AdapterHub bottleneck module; the exact placement math is in server/model (llama.c)
  * and documented in tests/fixtures/adapters/SEMANTICS.md. */
@@ -122,7 +147,8 @@ typedef struct adapter {
     int n_layers;
     int max_rank;              /* largest LoRA rank / bottleneck size (workspace sizing) */
 
-    /* LORA: [n_layers * AMOD_COUNT], index layer * AMOD_COUNT + module */
+    /* LORA: [n_layers * AMOD_COUNT], index layer * AMOD_COUNT + module (OFT / BOFT: the dense
+     * form's deltas only) */
     adapter_lora *lora;
     /* PEFT LoRA config facts a composition needs (adapter_mix.h): use_rslora, and the rank
      * PEFT's add_weighted_adapter counts for it (r, or the largest of r and rank_pattern's
@@ -146,10 +172,18 @@ typedef struct adapter {
     bool prefix_from_zero;     /* AdapterHub prefix tuning: the prompt's RoPE positions start at 0;
                                 * PEFT's continue after the prefix (n_virtual, n_virtual + 1, …) */
 
-    /* LN_TUNING: [n_layers * 2 + 1] norm weights [1, hidden] f32 replacing the base's for this
-     * adapter's rows, data NULL where the base's stays: index 2l = layer l's input_layernorm,
-     * 2l + 1 its post_attention_layernorm, 2 n_layers the final norm (ADAPTER_LN_FINAL). */
+    /* LN_TUNING: [adapter_ln_sites(a)] norm weights [1, hidden] f32 replacing the base's for
+     * this adapter's rows, data NULL where the base's stays, as the base's norm views hold them
+     * (Gemma: 1 + w). Index 2l = layer l's attention-input norm (input_layernorm), 2l + 1 its
+     * MLP-input norm (post_attention_layernorm; Gemma 2/3: pre_feedforward_layernorm),
+     * 2 n_layers the final norm (adapter_ln_final), and on Gemma 2/3 the sub-layer output norms
+     * adapter_ln_post(a, l, 0) (post_attention_layernorm) and (a, l, 1)
+     * (post_feedforward_layernorm). */
     kmat *ln;
+
+    /* OFT / BOFT: [n_layers * AMOD_COUNT] rotations of the projections' inputs (the factored
+     * form); modules served dense have n_factors 0 here and their delta in lora[i].delta */
+    adapter_rot *rot;
 
     /* BOTTLENECK: [n_layers] each, size 0 where a layer has none */
     adapter_bottleneck *bn_attn;  /* after self-attention ("mh_adapter") */
@@ -187,8 +221,13 @@ typedef struct adapter {
     struct adapter_storage *storage; /* private (adapter_core.c) */
 } adapter;
 
-/* Index of a's final-norm weight in adapter.ln. */
+/* Index of a's final-norm weight in adapter.ln; the number of entries of adapter.ln; the index of
+ * layer l's sub-layer output norm (place 0: after attention, 1: after the MLP; Gemma 2/3). */
 static inline int adapter_ln_final(const adapter *a) { return 2 * a->n_layers; }
+static inline int adapter_ln_sites(const adapter *a) { return 4 * a->n_layers + 1; }
+static inline int adapter_ln_post(const adapter *a, int layer, int place) {
+    return 2 * a->n_layers + 1 + 2 * layer + place;
+}
 
 /* Whether a carries per-layer prefix K/V (prefix tuning, or the prefix half of an AdapterHub
  * MAM union, whose kind is ADAPTER_BOTTLENECK): ask this, never the kind. */
@@ -239,9 +278,9 @@ void adapter_free(adapter *a);
 
 /* The one rule for a per-request adapter strength (HTTP "adapter_scale", CLI
  * --adapter-scale): only LoRA-family deltas are scaled (y += s·scale·BAx; DoRA with s
- * inside its weight norm, as PEFT's set_scale does); IA3, prompt and prefix tuning and
- * bottleneck adapters have no such scale, so asking for one is an error, never silently
- * ignored. The scale must lie in [0, ADAPTER_MAX_REQUEST_SCALE]. */
+ * inside its weight norm, as PEFT's set_scale does); IA3, prompt and prefix tuning,
+ * bottleneck, LN-tuning, OFT and BOFT adapters have no such scale (PEFT's OFT / BOFT
+ * set_scale warns and keeps 1), so asking for one is an error, never silently ignored. The scale must lie in [0, ADAPTER_MAX_REQUEST_SCALE]. */
 #define ADAPTER_MAX_REQUEST_SCALE 16.0
 bool adapter_accepts_scale(adapter_kind kind);
 

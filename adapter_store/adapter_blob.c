@@ -23,6 +23,10 @@
  *   head_lora = {rank, scale}; the per-module "bias" flag and the "base_bias" list are
  *   optional: absent in blobs written before them, meaning none)
  *   cls_head [n_labels, hidden] F32 with metadata "labels" (SEQ_CLS; both absent otherwise)
+ *   ln.<i> [1, hidden] (LN tuning: norm i's weight)
+ *   rot.<l>.<m>.<f> [in or block, block] F32, rot.<l>.<m>.s [out] F32 (OFT / BOFT: factor f's
+ *   blocks, BOFT's output scale; metadata "rot" describes each factor, collect_rot); OFT / BOFT
+ *   modules served dense write delta.<l>.<m> as above
  * __metadata__["peftd"] is a JSON object: format, kind, source, sha256, n_params, bytes,
  * n_layers, max_rank, ranks, n_virtual, the base dims it was built for, per-module LoRA
  * rank / scale / DoRA flag, IA3 sides, per-module bottleneck settings.
@@ -251,6 +255,41 @@ static int collect_lora(const adapter *a, wlist *w, cJSON *meta) {
     return 0;
 }
 
+/* OFT / BOFT (adapter_rot): "rot": [{layer, module, out_scale, factors: [{block, shared,
+ * perm_blocks, perm_half}]}], tensors rot.<l>.<m>.<f> [rows, block] F32 (the factor's blocks)
+ * and rot.<l>.<m>.s [out] F32 (BOFT's boft_s). Permutations are not written: the reader rebuilds
+ * them from their recipe (adapter__rot_stage_factor), as the importer did. */
+static int collect_rot(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
+    char nm[48];
+    int rc;
+    cJSON *arr = cJSON_AddArrayToObject(meta, "rot");
+    if (!arr) return PEFTD_ENOMEM;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        const adapter_rot *ro = &a->rot[i];
+        if (!ro->n_factors) continue;
+        int layer = i / AMOD_COUNT, o, in;
+        adapter_module m = (adapter_module)(i % AMOD_COUNT);
+        const char *mn = adapter_module_name(m);
+        cJSON *o_ = cJSON_CreateObject(), *fs;
+        if (!add_item(arr, o_) || !add_num(o_, "layer", layer) || !cJSON_AddStringToObject(o_, "module", mn) ||
+            !add_bool(o_, "out_scale", ro->out_scale) || !(fs = cJSON_AddArrayToObject(o_, "factors")))
+            return PEFTD_ENOMEM;
+        for (int f = 0; f < ro->n_factors; f++) {
+            const adapter_rot_factor *rf = &ro->f[f];
+            cJSON *e = cJSON_CreateObject();
+            if (!add_item(fs, e) || !add_num(e, "block", rf->block) || !add_bool(e, "shared", rf->shared) ||
+                !add_num(e, "perm_blocks", rf->perm_blocks) || !add_num(e, "perm_half", rf->perm_half))
+                return PEFTD_ENOMEM;
+            snprintf(nm, sizeof nm, "rot.%d.%s.%d", layer, mn, f);
+            if ((rc = wl_mat(w, nm, &rf->r))) return rc;
+        }
+        module_dims(d, m, &o, &in);
+        snprintf(nm, sizeof nm, "rot.%d.%s.s", layer, mn);
+        if (ro->out_scale && (rc = wl_add(w, nm, KDT_F32, 1, o, 1, ro->out_scale))) return rc;
+    }
+    return 0;
+}
+
 static int collect_ia3(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
     char nm[48];
     int rc;
@@ -323,8 +362,11 @@ static int collect(const adapter *a, const bdims *d, wlist *w, cJSON *meta) {
 
     if (a->kind == ADAPTER_LORA && a->lora && (rc = collect_lora(a, w, meta))) return rc;
     if (a->kind == ADAPTER_IA3 && a->ia3 && (rc = collect_ia3(a, d, w, meta))) return rc;
+    if ((a->kind == ADAPTER_OFT || a->kind == ADAPTER_BOFT) && /* factored modules, then dense ones */
+        ((a->rot && (rc = collect_rot(a, d, w, meta))) || (a->lora && (rc = collect_delta(a, w, meta)))))
+        return rc;
     if (a->kind == ADAPTER_PROMPT_TUNING && a->prompt.data && (rc = wl_mat(w, "prompt", &a->prompt))) return rc;
-    for (int i = 0; a->kind == ADAPTER_LN_TUNING && a->ln && i < 2 * a->n_layers + 1; i++) {
+    for (int i = 0; a->kind == ADAPTER_LN_TUNING && a->ln && i < adapter_ln_sites(a); i++) {
         snprintf(nm, sizeof nm, "ln.%d", i);
         if (a->ln[i].data && (rc = wl_mat(w, nm, &a->ln[i]))) return rc;
     }

@@ -253,6 +253,36 @@ static int attach_shared(rctx *c, const cJSON *e, adapter_shared **sh, int n_sh,
 
 static int read_lora_modules(rctx *c, const cJSON *meta, adapter_shared **sh, int n_sh);
 
+/* Dense deltas: metadata "delta" = [{layer, module}] (optional), tensors delta.<l>.<m> [out, in]
+ * into a->lora (allocated here when the kind has no LoRA list: OFT / BOFT modules served dense);
+ * *found (optional) counts them. */
+static int read_delta(rctx *c, const cJSON *meta, int *found) {
+    adapter *a = c->a;
+    int L = a->n_layers, rc;
+    const cJSON *e, *dl = cJSON_GetObjectItemCaseSensitive(meta, "delta");
+    char nm[48];
+    if (found) *found = 0;
+    if (!dl) return 0;
+    if ((rc = jarray(c, meta, "delta", &dl))) return rc;
+    if (!a->lora && !(a->lora = calloc((size_t)L * AMOD_COUNT, sizeof *a->lora)))
+        return rfail(c, PEFTD_ENOMEM, "out of memory");
+    cJSON_ArrayForEach(e, dl) { /* dense deltas [out, in] */
+        int64_t layer;
+        adapter_module m = AMOD_Q;
+        int o, in;
+        if ((rc = jint(c, e, "layer", 0, L - 1, &layer)) || (rc = module_of(c, e, &m))) return rc;
+        adapter_lora *l = &a->lora[layer * AMOD_COUNT + m];
+        if (l->rank || l->delta.rows || (a->rot && a->rot[layer * AMOD_COUNT + m].n_factors))
+            return rfail(c, PEFTD_EFORMAT, "delta %lld.%s listed twice or beside a LoRA pair or a rotation",
+                         (long long)layer, adapter_module_name(m));
+        module_dims(&c->d, m, &o, &in);
+        snprintf(nm, sizeof nm, "delta.%lld.%s", (long long)layer, adapter_module_name(m));
+        if ((rc = claim(c, nm, 2, o, in, 0, &l->delta, NULL))) return rc;
+        if (found) ++*found;
+    }
+    return 0;
+}
+
 static int read_lora(rctx *c, const cJSON *meta) {
     adapter_shared **sh = NULL;
     int n_sh = 0, rc = read_shared(c, meta, &sh, &n_sh);
@@ -305,21 +335,7 @@ static int read_lora_modules(rctx *c, const cJSON *meta, adapter_shared **sh, in
         snprintf(nm, sizeof nm, "lora.%lld.%s.bias", (long long)layer, mn);
         if (has_bias && (rc = claim(c, nm, 1, o, 0, -1, NULL, &l->bias))) return rc;
     }
-    const cJSON *dl = cJSON_GetObjectItemCaseSensitive(meta, "delta");
-    if (dl && (rc = jarray(c, meta, "delta", &dl))) return rc;
-    cJSON_ArrayForEach(e, dl) { /* dense deltas [out, in] */
-        int64_t layer;
-        adapter_module m = AMOD_Q;
-        int o, in;
-        if ((rc = jint(c, e, "layer", 0, L - 1, &layer)) || (rc = module_of(c, e, &m))) return rc;
-        adapter_lora *l = &a->lora[layer * AMOD_COUNT + m];
-        if (l->rank || l->delta.rows)
-            return rfail(c, PEFTD_EFORMAT, "delta %lld.%s listed twice or beside a LoRA pair", (long long)layer,
-                         adapter_module_name(m));
-        module_dims(&c->d, m, &o, &in);
-        snprintf(nm, sizeof nm, "delta.%lld.%s", (long long)layer, adapter_module_name(m));
-        if ((rc = claim(c, nm, 2, o, in, 0, &l->delta, NULL))) return rc;
-    }
+    if ((rc = read_delta(c, meta, NULL))) return rc;
     const cJSON *bb = cJSON_GetObjectItemCaseSensitive(meta, "base_bias");
     if (bb && (rc = jarray(c, meta, "base_bias", &bb))) return rc;
     cJSON_ArrayForEach(e, bb) {
@@ -408,10 +424,11 @@ static int read_prefix_meta(rctx *c, const cJSON *meta) {
     return read_prefix(c);
 }
 
-/* LN tuning: tensors ln.<i> [1, hidden] where the adapter replaces norm i (adapter.h). */
+/* LN tuning: tensors ln.<i> [1, hidden] where the adapter replaces norm i (adapter.h; blobs
+ * written before the Gemma sites hold i < 2 n_layers + 1 only, the same indices). */
 static int read_ln(rctx *c) {
     adapter *a = c->a;
-    int n = 2 * a->n_layers + 1, rc, found = 0;
+    int n = adapter_ln_sites(a), rc, found = 0;
     char nm[48];
     if (!(a->ln = calloc((size_t)n, sizeof *a->ln))) return rfail(c, PEFTD_ENOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
@@ -421,6 +438,59 @@ static int read_ln(rctx *c) {
         found++;
     }
     return found ? 0 : rfail(c, PEFTD_EFORMAT, "an LN-tuning blob without any ln.<i> tensor");
+}
+
+/* OFT / BOFT: metadata "rot" and tensors rot.<l>.<m>.<f> (F32 [in or block, block]) and
+ * rot.<l>.<m>.s (F32 [out]) for the factored modules, each factor's permutation rebuilt from its
+ * recipe; then the dense ones (read_delta). "rot" may be absent when every module is dense. */
+static int read_rot(rctx *c, const cJSON *meta) {
+    adapter *a = c->a;
+    int L = a->n_layers, rc, found = 0, dense = 0;
+    const cJSON *arr = NULL, *e, *fs, *fe;
+    char nm[48];
+    if (cJSON_GetObjectItemCaseSensitive(meta, "rot") && (rc = jarray(c, meta, "rot", &arr))) return rc;
+    if (!(a->rot = calloc((size_t)L * AMOD_COUNT, sizeof *a->rot))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+    cJSON_ArrayForEach(e, arr) {
+        int64_t layer;
+        adapter_module m = AMOD_Q;
+        bool scale = false;
+        int o, in;
+        if ((rc = jint(c, e, "layer", 0, L - 1, &layer)) || (rc = module_of(c, e, &m)) ||
+            (rc = jbool(c, e, "out_scale", &scale)) || (rc = jarray(c, e, "factors", &fs)))
+            return rc;
+        adapter_rot *ro = &a->rot[layer * AMOD_COUNT + m];
+        const char *mn = adapter_module_name(m);
+        int nf = cJSON_GetArraySize(fs);
+        if (ro->f) return rfail(c, PEFTD_EFORMAT, "rotation %lld.%s listed twice", (long long)layer, mn);
+        if (nf < 1 || nf > KROT_MAX_FACTORS)
+            return rfail(c, PEFTD_EFORMAT, "rotation %lld.%s: %d factors (1..%d)", (long long)layer, mn, nf,
+                         KROT_MAX_FACTORS);
+        if (!(ro->f = calloc((size_t)nf, sizeof *ro->f))) return rfail(c, PEFTD_ENOMEM, "out of memory");
+        ro->n_factors = nf;
+        module_dims(&c->d, m, &o, &in);
+        int f = 0;
+        cJSON_ArrayForEach(fe, fs) {
+            int64_t block, pb, ph;
+            bool shared = false;
+            adapter_rot_factor *rf = &ro->f[f];
+            if ((rc = jint(c, fe, "block", 1, in, &block)) || (rc = jbool(c, fe, "shared", &shared)) ||
+                (rc = jint(c, fe, "perm_blocks", 0, in, &pb)) || (rc = jint(c, fe, "perm_half", 0, in, &ph)))
+                return rc;
+            if ((rc = adapter__rot_stage_perm(&c->stage, in, (int)block, shared, (int)pb, (int)ph, rf)))
+                return rfail(c, rc, "rotation %lld.%s factor %d: block %lld / permutation (%lld, %lld) does not fit "
+                             "in-features %d", (long long)layer, mn, f, (long long)block, (long long)pb, (long long)ph,
+                             in);
+            snprintf(nm, sizeof nm, "rot.%lld.%s.%d", (long long)layer, mn, f);
+            if ((rc = claim(c, nm, 2, shared ? block : in, block, -1, &rf->r, NULL))) return rc;
+            if (rf->r.dtype != KDT_F32) return rfail(c, PEFTD_EFORMAT, "tensor '%s' must be F32", nm);
+            f++;
+        }
+        snprintf(nm, sizeof nm, "rot.%lld.%s.s", (long long)layer, mn);
+        if (scale && (rc = claim(c, nm, 1, o, 0, -1, NULL, &ro->out_scale))) return rc;
+        found++;
+    }
+    if ((rc = read_delta(c, meta, &dense))) return rc;
+    return found + dense ? 0 : rfail(c, PEFTD_EFORMAT, "an OFT / BOFT blob without any rotation");
 }
 
 static int read_bn(rctx *c, const cJSON *meta) {
@@ -566,7 +636,7 @@ static int parse_meta(rctx *c, const cJSON *meta) {
         return rc;
     if (!hex64(a->sha256)) return rfail(c, PEFTD_EFORMAT, "metadata field 'sha256' is not a sha256 hex digest");
     static const adapter_kind kinds[] = {ADAPTER_LORA, ADAPTER_IA3, ADAPTER_PROMPT_TUNING, ADAPTER_PREFIX_TUNING,
-                                         ADAPTER_BOTTLENECK, ADAPTER_LN_TUNING};
+                                         ADAPTER_BOTTLENECK, ADAPTER_LN_TUNING, ADAPTER_OFT, ADAPTER_BOFT};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (!strcmp(kind, adapter_kind_name(kinds[i]))) a->kind = kinds[i];
     if (!a->kind) return rfail(c, PEFTD_EFORMAT, "unknown adapter kind '%s'", kind);
@@ -600,6 +670,8 @@ static int parse_meta(rctx *c, const cJSON *meta) {
         if ((rc = read_bn(c, meta)) == 0 && a->n_virtual > 0) rc = read_prefix_meta(c, meta); /* MAM */
         break;
     case ADAPTER_LN_TUNING: rc = read_ln(c); break;
+    case ADAPTER_OFT:
+    case ADAPTER_BOFT: rc = read_rot(c, meta); break;
     }
     if (rc) return rc;
     if (st_find(c->st, "lm_head") && (rc = claim(c, "lm_head", 2, c->d.vocab, c->d.hidden, -1, &a->lm_head, NULL)))

@@ -29,6 +29,7 @@ typedef struct {
     size_t off;           /* in the block */
     kmat *mat;            /* gets .data = block + off */
     const float **vec;    /* or *vec = block + off */
+    const int32_t **ivec; /* or *ivec = block + off */
 } adapter_reloc;
 
 struct adapter_storage {
@@ -51,6 +52,8 @@ const char *adapter_kind_name(adapter_kind k) {
     case ADAPTER_PREFIX_TUNING: return "prefix_tuning";
     case ADAPTER_BOTTLENECK: return "bottleneck";
     case ADAPTER_LN_TUNING: return "ln_tuning";
+    case ADAPTER_OFT: return "oft";
+    case ADAPTER_BOFT: return "boft";
     }
     return "?";
 }
@@ -93,7 +96,7 @@ void adapter__note_rank(adapter *a, int r) {
     }
 }
 
-bool adapter_accepts_scale(adapter_kind kind) { return kind == ADAPTER_LORA; }
+bool adapter_accepts_scale(adapter_kind kind) { return kind == ADAPTER_LORA; } /* not OFT / BOFT: see adapter.h */
 
 int adapter_check_scale(const adapter *a, double scale, char *err, size_t errlen) {
     if (err && errlen) err[0] = 0;
@@ -145,6 +148,12 @@ int adapter__stage_push(adapter__stage *s, void *host, size_t bytes, bool owned,
     return 0;
 }
 
+int adapter__stage_push_ivec(adapter__stage *s, int32_t *host, size_t n, const int32_t **ivec) {
+    int rc = adapter__stage_push(s, host, n * sizeof *host, true, NULL, NULL);
+    if (rc == 0) s->items[s->n - 1].ivec = ivec;
+    return rc;
+}
+
 void adapter__stage_clear(adapter__stage *s) {
     for (size_t i = 0; i < s->n; i++)
         if (s->items[i].owned) free(s->items[i].host);
@@ -159,7 +168,8 @@ static void relocate(struct adapter_storage *st, unsigned char *base) {
     for (size_t i = 0; i < st->n_reloc; i++) {
         const adapter_reloc *r = &st->reloc[i];
         if (r->mat) r->mat->data = base + r->off;
-        else *r->vec = (const float *)(const void *)(base + r->off);
+        else if (r->vec) *r->vec = (const float *)(const void *)(base + r->off);
+        else *r->ivec = (const int32_t *)(const void *)(base + r->off);
     }
 }
 
@@ -180,7 +190,7 @@ int adapter__stage_commit(adapter *a, const adapter__stage *s) {
         size_t pad = aligned(it->bytes);
         if (it->bytes) memcpy(block + off, it->host, it->bytes);
         memset(block + off + it->bytes, 0, pad - it->bytes); /* the whole block is defined bytes */
-        reloc[i] = (adapter_reloc){.off = off, .mat = it->mat, .vec = it->vec};
+        reloc[i] = (adapter_reloc){.off = off, .mat = it->mat, .vec = it->vec, .ivec = it->ivec};
         off += pad;
     }
     st->host = block;
@@ -331,6 +341,8 @@ void adapter_free(adapter *a) {
     for (int i = 0; a->lora && i < a->n_layers * AMOD_COUNT; i++) free(a->lora[i].dora_stats);
     free(a->lora);
     free(a->ln);
+    for (int i = 0; a->rot && i < a->n_layers * AMOD_COUNT; i++) free(a->rot[i].f);
+    free(a->rot);
     free(a->ia3);
     free(a->prefix_k);
     free(a->prefix_v);

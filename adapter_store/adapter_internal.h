@@ -31,13 +31,14 @@
 #include "adapter_store/adapter_shared.h"
 #include "adapter_store/safetensors.h"
 
-/* One tensor waiting for the adapter's block; exactly one of mat / vec is set. */
+/* One tensor waiting for the adapter's block; exactly one of mat / vec / ivec is set. */
 typedef struct {
     void *host;           /* its bytes in host memory */
     size_t bytes;
     bool owned;           /* host is malloc'd and freed with the stage (else borrowed) */
     kmat *mat;            /* gets .data = its address in the block */
     const float **vec;    /* gets *vec = its address in the block */
+    const int32_t **ivec; /* gets *ivec = its address in the block (index arrays) */
 } adapter__item;
 
 typedef struct {
@@ -51,6 +52,9 @@ typedef struct {
 adapter *adapter__new(int n_layers);
 /* Appends a tensor to s. On PEFTD_ENOMEM an owned host is freed. */
 int adapter__stage_push(adapter__stage *s, void *host, size_t bytes, bool owned, kmat *mat, const float **vec);
+/* Appends an owned int32 array of n entries (an OFT / BOFT permutation), pointed to by
+ * *ivec once committed. On PEFTD_ENOMEM host is freed. */
+int adapter__stage_push_ivec(adapter__stage *s, int32_t *host, size_t n, const int32_t **ivec);
 /* Frees the owned host copies and the list; s is empty afterwards. */
 void adapter__stage_clear(adapter__stage *s);
 /* Copies every staged tensor into a's one host block (64-byte aligned offsets) and points
@@ -226,6 +230,53 @@ int adapter__dora_norms(const adapter_base *b, int layer, adapter_module mod, co
                         const void *ha, const void *hb, const float *m, float *f, float *stats, char *err,
                         size_t errlen);
 
+/* ---- adapter_rot.c: OFT / BOFT rotation math (importers and the blob reader) ---- */
+
+/* R = (I − Q)(I + Q)⁻¹ for b×b doubles, as torch.linalg.solve(I + Q, I − Q, left=False).
+ * PEFTD_EINVAL when I + Q is singular; PEFTD_ENOMEM. */
+int adapter__cayley(const double *Q, int b, double *R);
+/* PEFT 0.21's truncated Cayley–Neumann series I + 2Q + 2Q² + … + Q^(terms−1), formed as its
+ * loop forms it (OFT use_cayley_neumann). 0 or PEFTD_ENOMEM. */
+int adapter__cayley_neumann(const double *Q, int b, int terms, double *R);
+/* g[n] = the inverse of PEFT's block_butterfly_perm(n, nb, r) (a BOFT factor's permutation P
+ * with P[i, idx[i]] = 1), the gather/scatter index of kernels.h's krot_factor; *identity when
+ * it is the identity. PEFTD_EINVAL for a recipe PEFT would not build. */
+int adapter__butterfly_perm(int n, int nb, int r, int32_t *g, bool *identity);
+/* Fills *f (block, shared, the permutation recipe perm_blocks / perm_half, 0 = identity) and
+ * stages its blocks r (owned f32 host array, [shared ? block : in, block]; freed on error) and
+ * its permutation, rebuilt from the recipe (none when it is the identity). PEFTD_EINVAL: block
+ * does not divide in, or a recipe PEFT would not build. f must stay where it is until commit. */
+int adapter__rot_stage_factor(adapter__stage *s, int in, int block, bool shared, int perm_blocks, int perm_half,
+                              float *r, adapter_rot_factor *f);
+/* The same without the blocks (the blob reader claims those itself): fills *f but f->r and
+ * stages the permutation. */
+int adapter__rot_stage_perm(adapter__stage *s, int in, int block, bool shared, int perm_blocks, int perm_half,
+                            adapter_rot_factor *f);
+
+/* The form of a rotated module: factored (adapter_rot, seg_rotate on the activations) or the
+ * dense delta ΔW = diag(s)·W·Rotᵀ − W (adapter_lora.delta, added by the backend's matmul).
+ * PEFTD_ROT_FORM=factored|dense forces one for every module (read per load). */
+typedef enum { ADAPTER_ROT_AUTO, ADAPTER_ROT_FACTORED, ADAPTER_ROT_DENSE } adapter__rot_form;
+adapter__rot_form adapter__rot_form_forced(void);
+/* The rule, per module: dense when forced, or unasked when its out·in f32 delta reads fewer
+ * bytes per token than factored_bytes (the factors' blocks and permutations) and the base's
+ * host weight w [out, in] is there to form it from. */
+bool adapter__rot_dense_wins(adapter__rot_form forced, double factored_bytes, int out, int in, const kmat *w);
+/* One rotation factor in double, for the dense form: blocks R ([in / block] of block², or one
+ * when shared), g its gather/scatter index (NULL: identity), as kernels.h's krot_factor. */
+typedef struct {
+    const double *R;
+    int block;
+    bool shared;
+    const int32_t *g;
+} adapter__rot_d;
+/* Stages *delta = diag(s)·W·Rotᵀ − W [out, in] f32 (s NULL: 1), with x·Rot = x·f[0]·f[1]⋯
+ * f[n_f − 1] and W the base's host weight w (dequantized when quantized), formed in double one
+ * row at a time through the factors (out·in·block multiply-adds per factor). A missing base
+ * weight is refused naming key. */
+int adapter__rot_dense(adapter__ctx *c, const kmat *w, int out, int in, const adapter__rot_d *f, int n_f,
+                       const float *s, kmat *delta, const char *key);
+
 /* ---- kind loaders ---- */
 /* adapter_peft_seqcls.c: after the kind's loader, task_type SEQ_CLS: the `score` head and
  * the labels (a LoRA-family adapter only; other kinds are refused naming task_type). */
@@ -244,9 +295,11 @@ int adapter__module_r_alpha(adapter__ctx *c, const char *key, int r, double alph
 int adapter__load_vera(adapter__ctx *c);
 int adapter__load_loha(adapter__ctx *c);
 int adapter__load_lokr(adapter__ctx *c);
-/* adapter_peft_oft.c: OFT as a dense delta W·(blockdiag(R)ᵀ − I) per module. */
+/* adapter_peft_oft.c: OFT, block-diagonal rotations of the projections' inputs (adapter_rot),
+ * or per module the dense delta when that reads fewer bytes (adapter__rot_dense_wins). */
 int adapter__load_oft(adapter__ctx *c);
-/* BOFT: the butterfly product of block rotations, the same way. */
+/* adapter_peft_boft.c: BOFT, butterfly products of block rotations and boft_s, factored or per
+ * module the dense delta diag(s)·W·Rotᵀ − W, by the same rule. */
 int adapter__load_boft(adapter__ctx *c);
 /* adapter_peft_lora_ext.c, after the projections' pairs are staged: lora_B biases and the
  * trained projection biases of bias "all" / "lora_only" (bias: the config's string); then

@@ -28,7 +28,7 @@ static const char *mix_refusal(const adapter *a) {
         const adapter_lora *l = &a->lora[i];
         if (l->dora) return "it is a DoRA adapter (its magnitude normalises its own delta)";
         if (l->bias || l->base_bias.data) return "it trains biases (lora_bias / bias \"all\" or \"lora_only\")";
-        if (l->delta.data) return "it has dense deltas (VeRA / LoHa / LoKr modules served dense, or OFT / BOFT)";
+        if (l->delta.data) return "it has dense deltas (VeRA / LoHa / LoKr modules served dense)";
     }
     return NULL;
 }

@@ -32,7 +32,7 @@ bool astore__name_valid(const char *n) {
 /* ---------------------------------------------------------------- meta codec */
 
 static const adapter_kind KINDS[] = {ADAPTER_LORA, ADAPTER_IA3, ADAPTER_PROMPT_TUNING, ADAPTER_PREFIX_TUNING,
-                                     ADAPTER_BOTTLENECK, ADAPTER_LN_TUNING};
+                                     ADAPTER_BOTTLENECK, ADAPTER_LN_TUNING, ADAPTER_OFT, ADAPTER_BOFT};
 
 /* Compact JSON; integers go through double, exact up to 2^53 (versions, times, bytes and
  * parameter counts stay far below). @note caller frees the result. */

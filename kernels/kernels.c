@@ -92,6 +92,7 @@ KB_CHECKED(matmul_group,
            (kb, x, n, count, w, y, beta))
 KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
            (kb, y, dim, n, seg, v))
+KB_CHECKED(seg_rotate, (kbackend * kb, const float *x, int dim, const ksegrot *s, float *y), (kb, x, dim, s, y))
 
 int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
                       float beta) {
@@ -135,6 +136,7 @@ void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     c->geglu = chk_geglu;
     c->softcap = chk_softcap;
     c->sample = chk_sample;
+    c->seg_rotate = chk_seg_rotate;
     if (ops->matmul_group) c->matmul_group = chk_matmul_group;
     kb->ops = c;
 #endif

@@ -182,6 +182,33 @@ typedef struct {
     kdtype dtype;                /* of every A_i and B_i */
 } ksgmv;
 
+/* One factor of a per-segment input rotation (kbackend_ops.seg_rotate; OFT / BOFT): a
+ * block-diagonal f32 matrix of dim / block blocks R_k [block, block] (row-major), seen through
+ * a column permutation g. Applied to a row v:
+ *   (v·M)[g(k·b + c)] = Σ_{j < b} v[g(k·b + j)] · R_k[j, c]      k < dim / b, c < b, b = block
+ * summed over j in ascending order, in f32. In backend memory. */
+typedef struct {
+    const float *r;              /* R_k at r + k·b·b, or at r for every k when shared != 0 */
+    const int32_t *perm;         /* [dim] a permutation g of [0, dim), or NULL: g(i) = i */
+    int32_t block;               /* b >= 1, divides dim */
+    int32_t shared;              /* nonzero: one block for all (PEFT OFT's block_share) */
+} krot_factor;
+
+/* Per-segment rotations of a ragged batch's rows (kbackend_ops.seg_rotate): rows of segment
+ * i = [seg_start[i], seg_start[i+1]) go through n_factors[i] factors, factors[i][0] first;
+ * n_factors[i] == 0 copies the rows unchanged. seg_start, n_factors, factors and the factor
+ * arrays live in backend memory; n_segs and max_block are host values. */
+typedef struct {
+    int n_segs;
+    const int32_t *seg_start;          /* [n_segs + 1] */
+    const int32_t *n_factors;          /* [n_segs], each in [0, KROT_MAX_FACTORS] */
+    const krot_factor *const *factors; /* [n_segs] arrays of n_factors[i] (NULL when 0) */
+    int max_block;                     /* >= every factor's block (workspace sizing) */
+} ksegrot;
+
+/* Factors one segment's rotation may chain: PEFT's BOFT has at most log2(in) + 1. */
+#define KROT_MAX_FACTORS 32
+
 typedef struct kbackend kbackend;
 
 /* Op families, for supports_op. */
@@ -189,6 +216,7 @@ typedef enum {
     KOP_GET_ROWS = 0, KOP_MATMUL, KOP_RMSNORM, KOP_ROPE, KOP_KV_STORE, KOP_ATTENTION, KOP_SWIGLU,
     KOP_ADD, KOP_SGMV, KOP_SEG_SCALE,
     KOP_SAMPLE, /* kbackend_ops.sample (logits are f32: ask with KDT_F32) */
+    KOP_SEG_ROTATE, /* kbackend_ops.seg_rotate (f32 rotations: ask with KDT_F32) */
     KOP_COUNT
 } kop;
 
@@ -320,6 +348,15 @@ typedef struct kbackend_ops {
     /* [engine] Sampling on the backend (ksample_args); asked of supports_op as KOP_SAMPLE with
      * KDT_F32. Appended last for the positional CUDA table. */
     int (*sample)(kbackend *kb, const ksample_args *a);
+    /* [engine] Per-segment input rotation (ksegrot; OFT / BOFT): y[r, :] = x[r, :]·M_0·M_1⋯ for
+     * the rows of each segment (rows with no factors copied as they are), x and y [*, dim] f32,
+     * rows outside [seg_start[0], seg_start[n_segs]) untouched; y must not overlap x. A row's
+     * result depends on that row and its factors only (batch-invariant). A factor whose block
+     * does not divide dim, or a perm entry outside [0, dim) -> PEFTD_EINVAL (CPU; CUDA checks
+     * the host fields and reports a device-side bad entry as PEFTD_ERANGE at synchronize).
+     * Asked of supports_op as KOP_SEG_ROTATE with KDT_F32. Appended for the positional CUDA
+     * table. */
+    int (*seg_rotate)(kbackend *kb, const float *x, int dim, const ksegrot *s, float *y);
     /* [engine] Several matmuls over one x: y[g] = beta·y[g] + x·w[g]ᵀ for g < count
      * (1 <= count <= KMATMUL_GROUP_MAX, every w[g] with the same cols; no y[g] overlaps x or
      * another), each exactly as matmul would give it, bit for bit (q/k/v, gate/up). The CPU

@@ -110,6 +110,8 @@ OPW(sample, (kbackend * kb, const ksample_args *a), (kb, a), U(a->n_rows), U(a->
     U(a->temperature), U(a->top_k), U(a->top_p), U(a->u), U(a->ids), U(a->logprob), U(a->any_truncated))
 OPW(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
     (kb, y, dim, n, seg, v), U(y), U(dim), U(n), U(seg), U(v))
+OPW(seg_rotate, (kbackend * kb, const float *x, int dim, const ksegrot *sr, float *y), (kb, x, dim, sr, y), U(x),
+    U(dim), U(sr->n_segs), U(sr->seg_start), U(sr->n_factors), U(sr->factors), U(sr->max_block), U(y))
 
 /* Allocation runs in either pass (a step that allocates is not capturable: counted). */
 static void *w_alloc(kbackend *kb, size_t bytes) {
@@ -140,7 +142,7 @@ void step_split_begin(step_split *s, kbackend *kb, step_pass pass) {
     t->matmul = w_matmul, t->rmsnorm = w_rmsnorm, t->rope = w_rope, t->kv_store = w_kv_store;
     t->attention = w_attention, t->swiglu = w_swiglu, t->add = w_add, t->sgmv_shrink = w_sgmv_shrink;
     t->sgmv_expand = w_sgmv_expand, t->seg_scale = w_seg_scale, t->add_bias = w_add_bias, t->geglu = w_geglu;
-    t->softcap = w_softcap, t->sample = w_sample;
+    t->softcap = w_softcap, t->sample = w_sample, t->seg_rotate = w_seg_rotate;
     cur = s;
     kb->ops = &s->table;
 }

@@ -446,6 +446,8 @@ static const struct {
     {"PEFTD_LYCO_FORM", "VeRA / LoHa / LoKr modules: lora | dense forces one form (default: per module, the one "
                         "reading fewer bytes: dense where rank*(in+out) > in*out)"},
     {"PEFTD_VERA_SHARED", "0 = copy VeRA's projection slices into every adapter (default: held once per process)"},
+    {"PEFTD_ROT_FORM", "OFT / BOFT modules: factored | dense forces one form (default: per module, the one reading "
+                       "fewer bytes: dense where out*in < the factors' blocks and permutations)"},
 };
 
 void config_help(FILE *f) {

@@ -50,7 +50,7 @@ static int kcpu_synchronize(kbackend *kb) {
 static bool kcpu_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
     if ((unsigned)op >= KOP_COUNT) return false;
-    if (op == KOP_SAMPLE) return dt == KDT_F32; /* f32 logits */
+    if (op == KOP_SAMPLE || op == KOP_SEG_ROTATE) return dt == KDT_F32; /* f32 logits / rotations */
     if (kdtype_is_quant(dt)) return op == KOP_MATMUL || op == KOP_GET_ROWS;
     return kcpu__dtype_ok(dt);
 }
@@ -99,6 +99,7 @@ static const kbackend_ops kcpu_ops = {
     .geglu = kcpu__geglu,
     .softcap = kcpu__softcap,
     .sample = kcpu__sample,
+    .seg_rotate = kcpu__seg_rotate,
 };
 
 void kbackend_cpu_set_fast_prefill(kbackend *kb, bool on) {

@@ -65,6 +65,7 @@ int kcpu__sgmv_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, 
 int kcpu__sgmv_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y);
 int kcpu__seg_scale(kbackend *kb, float *y, int dim, int n_segs, const int32_t *seg_start,
                     const float *const *v);
+int kcpu__seg_rotate(kbackend *kb, const float *x, int dim, const ksegrot *s, float *y);
 
 static inline int kcpu__dtype_ok(kdtype t) { return t == KDT_F32 || t == KDT_F16 || t == KDT_BF16; }
 

@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/norm_rope_elementwise.h"
+#include "kernels/cuda/rotate.h"
 #include "kernels/cuda/sampling.h"
 #include "kernels/cuda/sgmv.h"
 
@@ -140,7 +141,7 @@ static int kcuda_copy(kbackend *kb, void *dst, const void *src, size_t bytes) {
 static bool kcuda_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
     if ((unsigned)op >= KOP_COUNT) return false;
-    if (op == KOP_SAMPLE) return dt == KDT_F32; /* f32 logits */
+    if (op == KOP_SAMPLE || op == KOP_SEG_ROTATE) return dt == KDT_F32; /* f32 logits / rotations */
     return kcuda__dtype_ok(dt) || (op == KOP_MATMUL && kcuda__qdtype_ok(dt));
 }
 
@@ -191,6 +192,7 @@ static const kbackend_ops kcuda_ops = {
     /* .geglu = */ kcuda__geglu,
     /* .softcap = */ kcuda__softcap,
     /* .sample = */ kcuda__sample,
+    /* .seg_rotate = */ kcuda__seg_rotate,
     /* .matmul_group = */ NULL, /* kops_matmul_group: one matmul per weight (a fused q/k/v GEMM is issue 13's) */
 };
 

@@ -84,7 +84,8 @@ void llama_ctx_free(llama_ctx *c) {
                     c->tmp_in, c->inv_freq, c->d_tokens, c->d_emb_ids, c->d_pos, c->d_slots, c->d_qstart,
                     c->d_kvlen, c->d_kvstart, c->d_btab, c->d_rows, c->ws, c->plan_dev, c->d_rope_tab,
                     c->inv_freq_local, c->emb_scale, c->d_emb_seg, (void *)c->d_emb_vec, c->d_stemp, c->d_stopp,
-                    c->d_slp, c->d_stopk, c->d_sids, c->d_su, c->dense_tmp};
+                    c->d_slp, c->d_stopk, c->d_sids, c->d_su, c->dense_tmp,
+                    c->rot_in};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) kb->ops->free(kb, bufs[i]);
     llama__plan_free(c);
@@ -314,7 +315,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         CHECK(op->attention(kb, &a));
         const kmat *post_attn = L->post_attn_norm.data ? &L->post_attn_norm : NULL;
         const kmat *post_ffn = L->post_ffn_norm.data ? &L->post_ffn_norm : NULL;
-        CHECK(llama__sublayer_out(c, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN, post_attn));
+        CHECK(llama__sublayer_out(c, b, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN, post_attn));
         CHECK(llama__norm(c, b, 2 * l + 1, &L->ffn_norm, c->x, c->xn));
         {
             const adapter_module gu[2] = {AMOD_GATE, AMOD_UP};
@@ -324,7 +325,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         }
         if (cfg->gemma) CHECK(op->geglu(kb, c->gate, c->up, T, I, c->gate));
         else CHECK(op->swiglu(kb, c->gate, c->up, T, I, c->gate));
-        CHECK(llama__sublayer_out(c, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN, post_ffn));
+        CHECK(llama__sublayer_out(c, b, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN, post_ffn));
     }
     if (b->n_logits == 0) return op->synchronize(kb);
     kmat xs = {.data = c->x, .dtype = KDT_F32, .rows = T, .cols = H};

@@ -11,6 +11,15 @@
  *                                                  adapter's row statistics, cached per
  *                                                  (content, t), see llama_dora_entry)
  *   IA3       y  = l ⊙ (W x)  or  y = W (l ⊙ x)    (output- or input-side vector)
+ *   OFT       y  = W (x·M) + b                     (M block-diagonal: the segment's rows of x
+ *                                                  rotated into a copy of the input, seg_rotate,
+ *                                                  before the one base matmul; the other rows
+ *                                                  copied unchanged — in floats per row of the
+ *                                                  step, for each rotated projection, next to
+ *                                                  the in·b multiply-adds of an OFT row)
+ *   BOFT      y  = s ⊙ (W (x·M_0·M_1⋯)) + b        (the factors chained in one seg_rotate; s at
+ *                                                  DoRA's place: after the deltas, before b)
+ *   OFT / BOFT modules served dense (adapter_rot.c's rule): y += x·ΔWᵀ, s folded into ΔW
  *   lora_bias y += scale·(B(A x) + b_B)            (the SGMV expand's bias)
  *   trained projection bias (PEFT bias "all"/"lora_only"): the segment's rows add its bias
  *             instead of the base's (per-segment add_bias)
@@ -248,6 +257,58 @@ static seg_pair mix_pair(const llama_segment *sg, int l, adapter_module m, int k
 
 static int plan_build_once(llama_ctx *c, const llama_batch *b);
 
+/* The OFT / BOFT rotations of projection (l, m) in this step (out->n_segs 0 when no segment
+ * rotates it): per segment its factor count and a staged krot_factor array, one per run of
+ * segments of the same adapter; and the scratch rows the rotated input is formed in. */
+static int plan_rot(llama_ctx *c, const llama_batch *b, int l, int m, ksegrot *out) {
+    const int n = b->n_segs, idx = l * AMOD_COUNT + m;
+    memset(out, 0, sizeof *out);
+    bool any = false;
+    for (int i = 0; i < n && !any; i++) {
+        const adapter *ad = b->segs[i].ad;
+        any = ad && (ad->kind == ADAPTER_OFT || ad->kind == ADAPTER_BOFT) && ad->rot && ad->rot[idx].n_factors > 0;
+    }
+    if (!any) return 0;
+    if (!c->rot_in) {
+        const model_config *cfg = &c->m->cfg;
+        size_t wide = (size_t)cfg->n_heads * cfg->head_dim;
+        if ((size_t)cfg->hidden_size > wide) wide = (size_t)cfg->hidden_size;
+        if ((size_t)cfg->intermediate_size > wide) wide = (size_t)cfg->intermediate_size;
+        if (!(c->rot_in = c->kb->ops->alloc(c->kb, (size_t)c->p.max_tokens * wide * sizeof(float))))
+            return PEFTD_ENOMEM;
+    }
+    void *d_nf, *d_fp, *d;
+    int32_t *nf = STAGE(c, int32_t, n, &d_nf);
+    const krot_factor **fp = nf ? STAGE(c, const krot_factor *, n, &d_fp) : NULL;
+    if (!fp) return PEFTD_ENOMEM;
+    const adapter_rot *prev = NULL;
+    const krot_factor *prev_dev = NULL;
+    int max_block = 1;
+    for (int i = 0; i < n; i++) {
+        const adapter *ad = b->segs[i].ad;
+        const adapter_rot *ro = ad && (ad->kind == ADAPTER_OFT || ad->kind == ADAPTER_BOFT) && ad->rot ? &ad->rot[idx]
+                                                                                                     : NULL;
+        nf[i] = 0;
+        fp[i] = NULL;
+        if (!ro || ro->n_factors <= 0) continue;
+        if (ro != prev) {
+            krot_factor *kf = STAGE(c, krot_factor, ro->n_factors, &d);
+            if (!kf) return PEFTD_ENOMEM;
+            for (int f = 0; f < ro->n_factors; f++)
+                kf[f] = (krot_factor){.r = ro->f[f].r.data, .perm = ro->f[f].perm, .block = ro->f[f].block,
+                                      .shared = ro->f[f].shared};
+            prev = ro, prev_dev = d;
+        }
+        nf[i] = ro->n_factors;
+        fp[i] = prev_dev;
+        for (int f = 0; f < ro->n_factors; f++)
+            if (ro->f[f].block > max_block) max_block = ro->f[f].block;
+    }
+    *out = (ksegrot){.n_segs = n, .seg_start = c->plan->seg_start, .n_factors = d_nf, .factors = d_fp,
+                     .max_block = max_block};
+    return 0;
+}
+
 /* The tables that scale segment i's dense-delta rows by its request scale t (once per segment
  * and step; nothing when t == 1: the delta is added by the matmul itself), and the scratch
  * rows they are formed in. */
@@ -372,6 +433,14 @@ static int plan_build_once(llama_ctx *c, const llama_batch *b) {
                     const float *v = ad->ia3[l * AMOD_COUNT + m];
                     if (ad->ia3_input[m]) ia3i[i] = v;
                     else ia3o[i] = v;
+                } else if (ad->kind == ADAPTER_OFT || ad->kind == ADAPTER_BOFT) {
+                    /* factored: BOFT's s at DoRA's place (the rotation itself: plan_rot); dense: the delta */
+                    if (ad->rot) dora[i] = ad->rot[l * AMOD_COUNT + m].out_scale;
+                    if (ad->lora && ad->lora[l * AMOD_COUNT + m].delta.data) {
+                        pm->delta[i] = &ad->lora[l * AMOD_COUNT + m].delta;
+                        pm->any_delta = true;
+                        CHECK(plan_tscale(c, b, i));
+                    }
                 }
             }
             for (int i = 0; i < n; i++)
@@ -389,6 +458,7 @@ static int plan_build_once(llama_ctx *c, const llama_batch *b) {
                 CHECK(build_sgmv(c, pairs, n, false, &pm->n_sg, pm->sg, LLAMA_MAX_SG, &pm->ld_t));
             }
             CHECK(build_vec(c, dora, n, &pm->dora));
+            CHECK(plan_rot(c, b, l, m, &pm->rot));
             CHECK(build_vec(c, ia3o, n, &pm->ia3_out));
             CHECK(build_vec(c, ia3i, n, &pm->ia3_in));
             if (pm->ld_t > p->max_rank) p->max_rank = pm->ld_t;
@@ -570,11 +640,12 @@ static const kmat *proj_bias(const llama_ctx *c, int layer, adapter_module m) {
 }
 
 /* Whether projection (layer, m) multiplies a transformed copy of its input in this step
- * (IA3 on the input side): such a projection cannot share its base matmul with others. */
+ * (OFT / BOFT rotation, IA3 on the input side): such a projection cannot share its base
+ * matmul with others. */
 static bool project_own_input(const llama_ctx *c, int layer, adapter_module m) {
     const llama_plan *p = c->plan;
     const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
-    return pm && pm->ia3_in;
+    return pm && (pm->ia3_in || pm->rot.n_segs);
 }
 
 /* What follows the base matmul out = in·Wᵀ of projection (layer, m): the adapters' deltas,
@@ -587,6 +658,10 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
     const llama_plan *p = c->plan;
     const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
     int in_dim = (int)w->cols;
+    if (pm && pm->rot.n_segs) { /* OFT / BOFT rows: their own rotated copy of the input */
+        CHECK(kb->ops->seg_rotate(kb, in, in_dim, &pm->rot, c->rot_in));
+        in = c->rot_in;
+    }
     if (pm && pm->ia3_in) {
         CHECK(copy_rows(kb, c->tmp_in, in, T, in_dim));
         CHECK(kb->ops->seg_scale(kb, c->tmp_in, in_dim, p->n_segs, p->seg_start, pm->ia3_in));
@@ -654,8 +729,8 @@ static int project_tail(llama_ctx *c, int layer, adapter_module m, const kmat *w
     return 0;
 }
 
-int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T,
-                        int place, const kmat *post_norm) {
+int llama__sublayer_out(llama_ctx *c, const llama_batch *b, int layer, adapter_module m, const kmat *w,
+                        const float *in, int T, int place, const kmat *post_norm) {
     kbackend *kb = c->kb;
     const llama_plan *p = c->plan;
     const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
@@ -665,7 +740,7 @@ int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w
         const model_config *cfg = &c->m->cfg;
         if (bottleneck) return PEFTD_EUNSUPPORTED; /* refused at load (model_load_adapter) */
         CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false));
-        CHECK(kb->ops->rmsnorm(kb, c->tmp, post_norm, T, cfg->hidden_size, cfg->rms_norm_eps, c->tmp));
+        CHECK(llama__norm(c, b, 2 * cfg->n_layers + 1 + 2 * layer + place, post_norm, c->tmp, c->tmp));
         return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * cfg->hidden_size);
     }
     /* Without adapters, x += proj(in) is fused into the matmul (beta = 1, computed as

@@ -35,6 +35,9 @@ typedef struct {
     const kmat **delta;          /* host [n_segs] dense deltas (adapter_lora.delta) or NULL
                                   * entries; the array itself is allocated by plan_init */
     bool any_delta;
+    /* OFT / BOFT: the per-segment rotations of this projection's input (rot.n_segs 0: no
+     * segment rotates it); tables staged in the plan block */
+    ksegrot rot;
 } llama_plan_mod;
 
 /* LoRA on embed_tokens / lm_head of one segment: a one-segment SGMV over its own rows
@@ -106,6 +109,8 @@ struct llama_ctx {
     float *dense_tmp;            /* [T, widest projection output]: a dense delta's rows at a
                                   * request scale != 1; allocated at the first such step */
     size_t dense_cols;
+    float *rot_in;               /* [T, max(hidden, inter, q_dim)]: a projection's input with the
+                                  * OFT / BOFT segments' rows rotated; allocated at the first such step */
     float *inv_freq;             /* [rope_max_tables, rope.rot_dim / 2] (llama_rope.c) */
     int rope_max_tables;
     float rope_scale;            /* cos/sin factor (yarn, longrope; server/model/rope_freqs.c) */
@@ -158,8 +163,9 @@ int llama__embed_lora(llama_ctx *c);
 int llama__head_lora(llama_ctx *c, const float *sel, float *logits);
 /* The adapter of row r (NULL for base rows). */
 const adapter *llama__row_adapter(const llama_batch *b, int r);
-/* RMSNorm site `site` (adapter.ln's index: 2l, 2l + 1, or 2 n_layers = the final norm over
- * the step's logit rows) of x into out (may alias), with w the base's weight: rows whose
+/* RMSNorm site `site` (adapter.ln's index: 2l, 2l + 1, 2 n_layers = the final norm over the
+ * step's logit rows, or a Gemma post-norm adapter_ln_post) of x into out (may alias), with w the
+ * base's weight: rows whose
  * segment's adapter is an LN-tuning one with a weight there use that weight (one rmsnorm per
  * run of rows sharing a weight), the others w. */
 int llama__norm(llama_ctx *c, const llama_batch *b, int site, const kmat *w, const float *x, float *out);
@@ -174,8 +180,9 @@ int llama__project_group(llama_ctx *c, int layer, int count, const adapter_modul
                          const float *in, int T, float *const *out);
 /* x += the sub-layer output proj(in) (o_proj or down_proj), with adapters and the
  * bottleneck adapters of `place`; with post_norm (Gemma), x += post_norm(proj(in)) — the
- * adapters' deltas inside proj, as PEFT wraps the projection (no bottleneck adapters). */
-int llama__sublayer_out(llama_ctx *c, int layer, adapter_module m, const kmat *w, const float *in, int T,
-                        int place, const kmat *post_norm);
+ * adapters' deltas inside proj, as PEFT wraps the projection (no bottleneck adapters), and the
+ * post-norm an LN-tuning segment's own where it has one (llama__norm at adapter_ln_post). */
+int llama__sublayer_out(llama_ctx *c, const llama_batch *b, int layer, adapter_module m, const kmat *w,
+                        const float *in, int T, int place, const kmat *post_norm);
 
 #endif

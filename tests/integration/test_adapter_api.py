@@ -153,9 +153,9 @@ def expected_kind(fix):
         if arch == "lora":
             return "ia3" if hub.get("composition_mode") == "scale" else "lora"
         return {"prefix_tuning": "prefix_tuning", "union": "bottleneck", "bottleneck": "bottleneck"}.get(arch)
-    # AdaLoRA, VeRA, LoHa, LoKr, OFT and BOFT are converted to LoRA (pairs or dense deltas) at import, P-tuning served as prompt
-    # tuning (issue 16)
-    return {"LORA": "lora", "ADALORA": "lora", "VERA": "lora", "LOHA": "lora", "LOKR": "lora", "OFT": "lora", "BOFT": "lora", "IA3": "ia3",
+    # AdaLoRA, VeRA, LoHa and LoKr are converted to LoRA (pairs or dense deltas) at import, P-tuning served as prompt
+    # tuning; OFT and BOFT are rotations of the projections' inputs, kinds of their own (issue 16)
+    return {"LORA": "lora", "ADALORA": "lora", "VERA": "lora", "LOHA": "lora", "LOKR": "lora", "OFT": "oft", "BOFT": "boft", "IA3": "ia3",
             "LN_TUNING": "ln_tuning", "PROMPT_TUNING": "prompt_tuning", "P_TUNING": "prompt_tuning",
             "PREFIX_TUNING": "prefix_tuning"}.get(t)
 

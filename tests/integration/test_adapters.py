@@ -84,6 +84,9 @@ def models_lists_served_adapters_only():
     assert ids["hlora"]["adapter_kind"] == "lora" and ids["hia3"]["adapter_kind"] == "ia3"
     # VeRA, LoHa and LoKr are served in the LoRA form (LoRA pairs and/or dense deltas per module)
     assert all(ids[n]["adapter_kind"] == "lora" for n in ("vera", "verab", "loha", "lokr", "lokrf", "lokrd"))
+    # LN tuning, OFT and BOFT are kinds of their own (OFT / BOFT rotate the projections' inputs)
+    assert ids["lnt"]["adapter_kind"] == "ln_tuning" and ids["boft"]["adapter_kind"] == "boft"
+    assert ids["oft"]["adapter_kind"] == ids["coft"]["adapter_kind"] == "oft"
 
 
 @test
@@ -128,7 +131,8 @@ def cli_adapter_scale_follows_the_http_rule():
             args += ["--adapter", os.path.join(FIX, fix)]
         return subprocess.run(args, cwd=harness.ROOT, capture_output=True, timeout=120 * harness.SLOW)
     for fix, why in (("ia3", b"LoRA adapters only"), ("prompt_tuning", b"LoRA adapters only"),
-                     ("pfeiffer", b"LoRA adapters only"), (None, b"needs --adapter")):
+                     ("pfeiffer", b"LoRA adapters only"), ("oft", b"LoRA adapters only"),
+                     ("boft", b"LoRA adapters only"), (None, b"needs --adapter")):
         r = run(fix, 0.5)
         assert r.returncode == 2 and why in r.stderr, (fix, r.returncode, r.stderr)
     assert run("lora_dora", 1).returncode == 0
@@ -175,6 +179,10 @@ def bad_adapter_requests_get_clear_errors():
     harness.assert_error(st, obj, 400)
     st, obj = d().post("/v1/completions", {"model": "r8", "prompt": "x", "adapter_scale": -1})
     harness.assert_error(st, obj, 400)
+    for name in ("oft", "boft", "lnt"):  # PEFT has no adapter scale for these (OFT / BOFT: set_scale keeps 1)
+        st, obj = d().post("/v1/completions", {"model": name, "prompt": "x", "adapter_scale": 0.5})
+        harness.assert_error(st, obj, 400)
+        assert "LoRA adapters only" in obj["error"]["message"], obj
     st, obj = d().post("/v1/completions", {"adapter": 7, "prompt": "x"})
     harness.assert_error(st, obj, 400)
     # prompt tuning's 8 virtual tokens count against the 512-token context

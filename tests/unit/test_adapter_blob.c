@@ -134,6 +134,8 @@ static void same_adapter(const adapter *x, const adapter *y) {
         same_bytes(p->bias, q->bias, (size_t)o * sizeof(float), w);
         ASSERT_EQ(!p->base_bias.data, !q->base_bias.data);
         if (p->base_bias.data) same_mat(&p->base_bias, &q->base_bias, w);
+        ASSERT_EQ(!p->delta.data, !q->delta.data);
+        if (p->delta.data) same_mat(&p->delta, &q->delta, w);
     }
     const adapter_lora *tx[2] = {&x->embed_lora, &x->head_lora}, *ty[2] = {&y->embed_lora, &y->head_lora};
     for (int k = 0; k < 2; k++) {
@@ -171,6 +173,32 @@ static void same_adapter(const adapter *x, const adapter *y) {
         same_mat(&p->up, &q->up, w);
         same_bytes(p->down_bias, q->down_bias, (size_t)p->size * sizeof(float), w);
         same_bytes(p->up_bias, q->up_bias, (size_t)BASE.hidden * sizeof(float), w);
+    }
+    ASSERT_EQ(!x->ln, !y->ln);
+    for (int i = 0; x->ln && i < adapter_ln_sites(x); i++) {
+        snprintf(w, sizeof w, "ln[%d]", i);
+        same_mat(&x->ln[i], &y->ln[i], w);
+    }
+    ASSERT_EQ(!x->rot, !y->rot);
+    for (int i = 0; x->rot && i < L * AMOD_COUNT; i++) { /* OFT / BOFT factors, permutations rebuilt */
+        const adapter_rot *p = &x->rot[i], *q = &y->rot[i];
+        int o, in;
+        adapter_module_shape(&BASE, (adapter_module)(i % AMOD_COUNT), &o, &in);
+        ASSERT_EQ(p->n_factors, q->n_factors);
+        for (int f = 0; f < p->n_factors; f++) {
+            const adapter_rot_factor *pf = &p->f[f], *qf = &q->f[f];
+            snprintf(w, sizeof w, "rot[%d].f[%d]", i, f);
+            ASSERT_EQ(pf->block, qf->block);
+            ASSERT_EQ(pf->shared, qf->shared);
+            ASSERT_EQ(pf->perm_blocks, qf->perm_blocks);
+            ASSERT_EQ(pf->perm_half, qf->perm_half);
+            same_mat(&pf->r, &qf->r, w);
+            ASSERT_EQ(!pf->perm, !qf->perm);
+            same_bytes(pf->perm, qf->perm, (size_t)in * sizeof(int32_t), w);
+        }
+        snprintf(w, sizeof w, "rot[%d].out_scale", i);
+        ASSERT_EQ(!p->out_scale, !q->out_scale);
+        same_bytes(p->out_scale, q->out_scale, (size_t)o * sizeof(float), w);
     }
     same_mat(&x->lm_head, &y->lm_head, "lm_head");
     same_mat(&x->embed, &y->embed, "embed");
@@ -213,8 +241,8 @@ TEST(roundtrip_every_fixture) {
     free_list(names, n);
 }
 
-/* Without the base every kind but IA3 and AdapterHub prefix tuning serialises (its dims
- * follow from the tensors). */
+/* Without the base every kind but IA3, BOFT (their vectors' lengths are base dims) and
+ * AdapterHub prefix tuning serialises (its dims follow from the tensors). */
 TEST(write_without_base) {
     int n;
     char **names = fixtures(&n);
@@ -224,7 +252,7 @@ TEST(write_without_base) {
         size_t len = 0;
         char err[1024];
         int rc = adapter_blob_write(a, &blob, &len);
-        if (a->kind == ADAPTER_IA3 || a->prefix_from_zero) {
+        if (a->kind == ADAPTER_IA3 || a->kind == ADAPTER_BOFT || a->prefix_from_zero) {
             ASSERT_EQ(rc, PEFTD_EINVAL);
             ASSERT(blob == NULL);
         } else {
@@ -437,6 +465,57 @@ TEST(edited_shared_slices_fail_cleanly) {
     ASSERT_EQ(entries, 0);
 }
 
+/* OFT / BOFT rotation metadata ("rot": [{layer, module, out_scale, factors: [{block, shared,
+ * perm_blocks, perm_half}]}]) edited: each lie is refused with a line naming the rotation. */
+typedef struct {
+    const char *field; /* of the first module's first factor, or of the module with factor < 0 */
+    int factor;
+    cJSON *value;
+} rot_edit;
+
+static void edit_rot(cJSON *meta, void *ud) {
+    rot_edit *e = ud;
+    cJSON *m = cJSON_GetArrayItem(cJSON_GetObjectItem(meta, "rot"), 0);
+    if (!strcmp(e->field, "dup")) {
+        cJSON_AddItemToArray(cJSON_GetObjectItem(meta, "rot"), cJSON_Duplicate(m, 1));
+        return;
+    }
+    cJSON *o = e->factor < 0 ? m : cJSON_GetArrayItem(cJSON_GetObjectItem(m, "factors"), e->factor);
+    cJSON_ReplaceItemInObject(o, e->field, e->value);
+}
+
+static void expect_rot_edit(const void *blob, size_t len, const char *field, int factor, cJSON *value, int want,
+                            const char *sub) {
+    rot_edit e = {field, factor, value};
+    size_t n;
+    char err[1024];
+    void *b2 = edit_meta(blob, len, edit_rot, &e, &n);
+    int rc = read_blob(b2, n, &BASE, err, sizeof err);
+    if (rc != want) FAIL("rot edit %s: status %d (%s), expected %d", field, rc, err, want);
+    if (sub) ASSERT_HAS(err, sub);
+    free(b2);
+}
+
+TEST(edited_rotation_metadata_fails_cleanly) {
+    adapter *a = load_fixture("boft"), *o = load_fixture("oft_coft");
+    void *blob, *oblob;
+    size_t len, olen;
+    blob_of(a, &blob, &len);
+    blob_of(o, &oblob, &olen);
+    expect_rot_edit(blob, len, "block", 0, cJSON_CreateNumber(5), PEFTD_EINVAL, "does not fit");
+    expect_rot_edit(blob, len, "block", 0, cJSON_CreateNumber(8), PEFTD_EINVAL, "does not fit base");
+    expect_rot_edit(blob, len, "perm_blocks", 0, cJSON_CreateNumber(3), PEFTD_EINVAL, "permutation");
+    expect_rot_edit(blob, len, "perm_half", 0, cJSON_CreateNumber(64), PEFTD_EINVAL, "permutation");
+    expect_rot_edit(blob, len, "shared", 0, cJSON_CreateTrue(), PEFTD_EINVAL, "permutation");
+    expect_rot_edit(blob, len, "factors", -1, cJSON_CreateArray(), PEFTD_EFORMAT, "factors");
+    expect_rot_edit(blob, len, "out_scale", -1, cJSON_CreateFalse(), PEFTD_EFORMAT, "unexpected tensor");
+    expect_rot_edit(blob, len, "dup", -1, NULL, PEFTD_EFORMAT, "twice");
+    expect_rot_edit(oblob, olen, "out_scale", -1, cJSON_CreateTrue(), PEFTD_EFORMAT, ".s' is missing");
+    expect_rot_edit(oblob, olen, "shared", 0, cJSON_CreateFalse(), PEFTD_EINVAL, "does not fit base");
+    free(blob), free(oblob);
+    adapter_free(a), adapter_free(o);
+}
+
 /* A NaN written into a tensor's data is refused naming the tensor. */
 TEST(non_finite_values_refused) {
     adapter *a = load_fixture("lora_r8_all");
@@ -643,4 +722,4 @@ TEST(dora_stats_in_blobs_and_format1_blobs_recomputed) {
 
 TEST_MAIN(roundtrip_every_fixture, write_without_base, truncated_blobs_fail_cleanly, edited_metadata_fails_cleanly,
           edited_shared_slices_fail_cleanly, non_finite_values_refused, other_base_refused, random_flips_never_crash,
-          dora_stats_in_blobs_and_format1_blobs_recomputed)
+          dora_stats_in_blobs_and_format1_blobs_recomputed, edited_rotation_metadata_fails_cleanly)

@@ -1,4 +1,7 @@
-/* tests/unit/test_adapter_kinds.c — the issue-16 adapter kinds on two bases, 32 greedy tokens each:
+/* tests/unit/test_adapter_kinds.c — the issue-16 adapter kinds on two bases, 32 greedy tokens each
+ * (LN tuning, OFT and BOFT: also their own section at the end — blobs on both bases, the engine
+ * on the attention-bias base, OFT's and BOFT's factored and dense forms against the same
+ * references, refusals, LN tuning on Gemma 2 / 3, OFT / BOFT on Phi-3's fused modules):
  * the PEFT LoRA variants of make_lora_variant_fixtures.py (lora_bias, embed_tokens / lm_head LoRA,
  * ensure_weight_tying, AdaLoRA, P-tuning, prefix_projection; bias all / lora_only on the
  * attention-bias base only) and the AdapterHub kinds beyond seq_bn/double_seq_bn:
@@ -508,7 +511,296 @@ TEST(lyco_forms_agree) {
         }
 }
 
+/* ---- LN tuning, OFT and BOFT (tests/fixtures/adapters/make_rotation_fixtures.py): the blob on
+ * both bases (after_blob_round_trip takes one base per kind), the engine's greedy tokens and a
+ * mixed batch on the attention-bias base (engine_greedy_and_mixed_batch runs stories260K), OFT's
+ * and BOFT's two forms, and refusals. */
+
+static const char *const ROT_KINDS[] = {"ln_tuning", "oft", "oft_coft", "boft"};
+#define N_ROT 4
+
+static int kind_index(const char *name) {
+    for (int k = 0; k < N_KINDS; k++)
+        if (!strcmp(KINDS[k], name)) return k;
+    FAIL("fixture %s is not in KINDS", name);
+    return -1;
+}
+
+TEST(rotation_kinds_blob_both_bases) {
+    for (int r = 0; r < N_ROT; r++)
+        for (int b = 0; b < 2; b++) check_kind(b, kind_index(ROT_KINDS[r]), true);
+}
+
+/* On the attention-bias base: each rotation kind's 32 greedy tokens through the engine equal the
+ * library's, and one batch of them all (3 prompts each) + lora_bias + base sequences gives every
+ * sequence its solo tokens and logprobs bit for bit. */
+TEST(rotation_kinds_engine_bias_base) {
+    enum { NA = N_ROT + 1, P = 3, N = (NA + 1) * P };
+    rig R;
+    rig_open(&R, BASES[1]);
+    adapter *ads[NA];
+    adapter_ref rf[N_ROT];
+    char dir[256];
+    for (int k = 0; k < N_ROT; k++) {
+        snprintf(dir, sizeof dir, "%s/%s", FIXDIR[1], ROT_KINDS[k]);
+        ads[k] = load_ad(&R, dir);
+        adapter_ref_load(dir, &rf[k]);
+    }
+    snprintf(dir, sizeof dir, "%s/lora_bias", FIXDIR[1]);
+    ads[N_ROT] = load_ad(&R, dir);
+    engine_config ec;
+    engine_config_default(&ec);
+    ec.max_seqs = N;
+    ec.max_batch_tokens = 64;
+    ec.kv_cache_mb = 64;
+    engine *e = NULL;
+    char err[512];
+    if (engine_create(&ec, R.m, R.kb, R.tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
+    ASSERT_EQ(engine_start(e), 0);
+    static run alone[N], together[N];
+    for (int i = 0; i < N; i++) {
+        int a = i / P, k = i % P;
+        submit(e, &alone[i], rf[0].ids[k], rf[0].n_ids[k], a < NA ? ads[a] : NULL);
+        collect(&alone[i]);
+        ASSERT_EQ(alone[i].n, N_GREEDY);
+        if (a < N_ROT)
+            for (int t = 0; t < N_GREEDY; t++)
+                if (alone[i].ids[t] != rf[a].greedy[k][t])
+                    FAIL("%s case %d (engine, %s): greedy token %d is %d, the library says %d", ROT_KINDS[a], k,
+                         BASES[1], t, alone[i].ids[t], rf[a].greedy[k][t]);
+    }
+    for (int i = 0; i < N; i++)
+        submit(e, &together[i], rf[0].ids[i % P], rf[0].n_ids[i % P], i / P < NA ? ads[i / P] : NULL);
+    for (int i = 0; i < N; i++) collect(&together[i]);
+    for (int i = 0; i < N; i++)
+        for (int t = 0; t < N_GREEDY; t++)
+            if (alone[i].ids[t] != together[i].ids[t] || memcmp(&alone[i].lps[t], &together[i].lps[t], 4))
+                FAIL("sequence %d (adapter %d): token %d (or its logprob, bit for bit) differs in the mixed batch", i,
+                     i / P, t);
+    engine_free(e);
+    for (int i = 0; i < NA; i++) adapter_free(ads[i]);
+    for (int k = 0; k < N_ROT; k++) adapter_ref_free(&rf[k]);
+    rig_close(&R);
+}
+
+/* OFT's and BOFT's two forms (adapter_rot.c's rule): every module factored (seg_rotate), every
+ * module dense (ΔW = diag(s)·W·Rotᵀ − W from the base weights) and the rule's choice, side by
+ * side in one batch on both bases: each within TOL of the same library reference, and of the
+ * factored form within 5e-5 (f32 rounding of ΔW vs the rotated activations), and each form's
+ * logits bit for bit the same after its blob round trip. The fixtures' shapes (blocks of 4 to
+ * 16, in = 64 to 172) pick the factored form. */
+static void rot_form_shape(const adapter *a, int form) {
+    int rot = 0, dense = 0;
+    for (int i = 0; i < a->n_layers * AMOD_COUNT; i++) {
+        rot += a->rot && a->rot[i].n_factors > 0;
+        dense += a->lora && a->lora[i].delta.data != NULL;
+        ASSERT(!(a->rot && a->rot[i].n_factors > 0 && a->lora && a->lora[i].delta.data)); /* one form per module */
+    }
+    ASSERT(form == 1 ? rot == 0 && dense > 0 : rot > 0 && dense == 0);
+}
+
+TEST(rotation_forms_agree) {
+    static const char *const forms[3] = {"factored", "dense", "auto"};
+    static const char *const names[3] = {"oft", "oft_coft", "boft"};
+    for (int bi = 0; bi < 2; bi++)
+        for (int ni = 0; ni < 3; ni++) {
+            rig R;
+            rig_open(&R, BASES[bi]);
+            char dir[256];
+            snprintf(dir, sizeof dir, "%s/%s", FIXDIR[bi], names[ni]);
+            adapter_ref rf;
+            adapter_ref_load(dir, &rf);
+            int last = rf.n_cases - 1;
+            size_t nv = (size_t)rf.n_ids[last] * rf.vocab;
+            adapter *ad[3];
+            float *out[3], *again[3];
+            seq_spec sp[3];
+            for (int f = 0; f < 3; f++) {
+                setenv("PEFTD_ROT_FORM", forms[f], 1);
+                ad[f] = load_ad(&R, dir);
+                rot_form_shape(ad[f], f);
+                ASSERT((out[f] = malloc(sizeof(float) * nv)) && (again[f] = malloc(sizeof(float) * nv)));
+                sp[f] = (seq_spec){.ids = rf.ids[last], .n = rf.n_ids[last], .ad = ad[f]};
+            }
+            unsetenv("PEFTD_ROT_FORM");
+            if (ni == 2) {
+                const adapter_rot *q0 = &ad[0]->rot[AMOD_Q];
+                /* PEFT's factor 0 (applied last) is the identity permutation */
+                ASSERT(q0->n_factors == 3 && !q0->f[2].perm && q0->f[0].perm && q0->f[1].perm);
+                ASSERT(q0->out_scale && !ad[1]->rot[AMOD_Q].out_scale);
+            }
+            llama_ctx *c = seq_batch_ctx(R.m);
+            seq_batch_prefill(c, R.m, sp, 3, out);
+            for (int f = 0; f < 3; f++) {
+                double md = max_diff(out[f], rf.logits[last], nv), mf = max_diff(out[f], out[0], nv);
+                printf("    %-8s on %-32s form %-8s: vs peft %.3g, vs the factored form %.3g\n", names[ni],
+                       BASES[bi], forms[f], md, mf);
+                if (!(md <= TOL) || !(mf <= 5e-5))
+                    FAIL("%s form %s: %.3g vs peft, %.3g vs factored", names[ni], forms[f], md, mf);
+                ad[f] = via_blob(&R, ad[f]);
+                rot_form_shape(ad[f], f);
+                sp[f].ad = ad[f];
+            }
+            seq_batch_prefill(c, R.m, sp, 3, again);
+            for (int f = 0; f < 3; f++)
+                if (memcmp(again[f], out[f], sizeof(float) * nv))
+                    FAIL("%s form %s: logits differ after the blob round trip", names[ni], forms[f]);
+            for (int f = 0; f < 3; f++) adapter_free(ad[f]), free(out[f]), free(again[f]);
+            llama_ctx_free(c);
+            adapter_ref_free(&rf);
+            rig_close(&R);
+        }
+}
+
+/* Loads an edited copy (edited_copy, stories260K): want NULL = must load; else must be refused
+ * naming `want`. */
+static void peft_edit(rig *R, const char *name, const char *field, const char *json, const char *want) {
+    char *dir = edited_copy(name, field, json), err[1024] = "", cmd[160];
+    adapter *a = NULL;
+    int st = model_load_adapter(R->m, dir, &a, err, sizeof err);
+    if (!want && st < 0) FAIL("%s with %s = %s: refused: %s", name, field, json ? json : "(absent)", err);
+    if (want && st >= 0) FAIL("%s with %s = %s loaded", name, field, json ? json : "(absent)");
+    if (want && !strstr(err, want)) FAIL("%s with %s = %s: message '%s' does not name '%s'", name, field, json, err, want);
+    if (want) printf("    refused: %s\n", err);
+    adapter_free(a);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ASSERT_EQ(system(cmd), 0);
+    free(dir);
+}
+
+TEST(rotation_refusals_name_the_field) {
+    rig R;
+    rig_open(&R, BASES[0]);
+    peft_edit(&R, "oft", "bias", "\"all\"", "bias");
+    peft_edit(&R, "oft", "r", "4", "oft_block_size");                     /* r and oft_block_size both set */
+    peft_edit(&R, "oft", "oft_block_size", "8", "oft_R");                 /* the tensors hold blocks of 16 */
+    peft_edit(&R, "oft", "fan_in_fan_out", "true", "fan_in_fan_out");
+    peft_edit(&R, "oft", "target_modules", "[\"q_proj\", \"lm_head\"]", "lm_head");
+    peft_edit(&R, "oft", "module_dropout", "0.1", NULL);                  /* training-only: served */
+    peft_edit(&R, "oft_coft", "eps", "0", "eps");
+    peft_edit(&R, "boft", "bias", "\"boft_only\"", "bias");
+    peft_edit(&R, "boft", "boft_block_size", "8", "boft_R");
+    peft_edit(&R, "boft", "boft_n_butterfly_factor", "2", "boft_R");      /* the tensors hold 3 factors */
+    peft_edit(&R, "boft", "boft_dropout", "0.1", NULL);                   /* training-only: served */
+    peft_edit(&R, "ln_tuning", "target_modules", "[\"q_norm\"]", "q_norm");
+    /* no adapter scale on these kinds (PEFT's OFT / BOFT set_scale warns and keeps 1) */
+    for (int r = 0; r < N_ROT; r++) {
+        char dir[256], err[256];
+        snprintf(dir, sizeof dir, "%s/%s", FIXDIR[0], ROT_KINDS[r]);
+        adapter *a = load_ad(&R, dir);
+        ASSERT_EQ(adapter_check_scale(a, 0.5, err, sizeof err), PEFTD_EINVAL);
+        ASSERT(strstr(err, "adapter_scale") && strstr(err, adapter_kind_name(a->kind)));
+        ASSERT_STREQ(adapter_kind_name(a->kind), r == 0 ? "ln_tuning" : r == 3 ? "boft" : "oft");
+        adapter_free(a);
+    }
+    rig_close(&R);
+}
+
+/* A fixture on a third base (no tokenizer needed): logits (one batch and prefill + decode)
+ * within TOL, 32 greedy tokens, the blob, and one batch of the adapter's cases beside base rows
+ * and the base's LoRA fixture `lora`, bit-identical to each alone. Returns nothing; the adapter
+ * is checked by `probe` first (NULL: no extra check). */
+static void check_fixture(const char *base, const char *dir, const char *lora, void (*probe)(const adapter *)) {
+    char err[512] = "";
+    rig R = {0};
+    ASSERT((R.kb = kbackend_cpu_create(2)));
+    if (model_load(base, R.kb, &R.m, err, sizeof err) < 0) FAIL("model_load %s: %s", base, err);
+    adapter_ref rf;
+    adapter_ref_load(dir, &rf);
+    ASSERT_STREQ(rf.base, base);
+    adapter *ad = load_ad(&R, dir), *lo = load_ad(&R, lora);
+    if (probe) probe(ad);
+    for (int blob = 0; blob < 2; blob++) {
+        if (blob) ad = via_blob(&R, ad);
+        llama_ctx *c = seq_batch_ctx(R.m);
+        seq_spec spec[ADAPTER_REF_MAX_CASES * 3];
+        float *out[ADAPTER_REF_MAX_CASES * 3], *solo;
+        int n = 0;
+        for (int k = 0; k < rf.n_cases; k++) /* the adapter's cases, then base and LoRA rows between */
+            for (int j = 0; j < 3; j++) {
+                spec[n] = (seq_spec){.ids = rf.ids[k], .n = rf.n_ids[k], .ad = j == 0 ? ad : j == 1 ? NULL : lo};
+                ASSERT((out[n] = malloc(sizeof(float) * (size_t)rf.n_ids[k] * rf.vocab)));
+                n++;
+            }
+        seq_batch_prefill(c, R.m, spec, n, out);
+        for (int i = 0; i < n; i++) {
+            size_t nv = (size_t)spec[i].n * rf.vocab;
+            ASSERT((solo = malloc(sizeof(float) * nv)));
+            seq_batch_prefill(c, R.m, &spec[i], 1, &solo);
+            if (memcmp(solo, out[i], nv * sizeof(float)))
+                FAIL("%s: sequence %d (%s) differs alone and in the mixed batch", dir, i,
+                     spec[i].ad == ad ? adapter_kind_name(ad->kind) : spec[i].ad ? "lora" : "base");
+            free(solo);
+            if (spec[i].ad != ad) continue;
+            double md = max_diff(out[i], rf.logits[i / 3], nv);
+            printf("    %-16s %-28s%s case %d (%2d tokens): max |logit diff| %.3g\n", strrchr(dir, '/') + 1, base,
+                   blob ? " blob" : "", i / 3, spec[i].n, md);
+            if (!(md <= TOL)) FAIL("%s case %d: max |logit diff| %.3g > %g", dir, i / 3, md, TOL);
+        }
+        int last = rf.n_cases - 1;
+        seq_spec one = {.ids = rf.ids[last], .n = rf.n_ids[last], .ad = ad};
+        seq_prefill_decode(c, R.m, &one, 3, out[3 * last]); /* the last case's own buffer */
+        double md = max_diff(out[3 * last], rf.logits[last], (size_t)rf.n_ids[last] * rf.vocab);
+        if (!(md <= TOL)) FAIL("%s: prefill+decode max |logit diff| %.3g > %g", dir, md, TOL);
+        for (int k = 0; k < rf.n_cases; k++) {
+            int32_t g[N_GREEDY];
+            seq_spec sk = {.ids = rf.ids[k], .n = rf.n_ids[k], .ad = ad};
+            seq_greedy(c, R.m, &sk, N_GREEDY, g);
+            for (int t = 0; t < N_GREEDY; t++)
+                if (g[t] != rf.greedy[k][t])
+                    FAIL("%s case %d: greedy token %d is %d, the library says %d", dir, k, t, g[t], rf.greedy[k][t]);
+        }
+        for (int i = 0; i < n; i++) free(out[i]);
+        llama_ctx_free(c);
+    }
+    adapter_free(ad);
+    adapter_free(lo);
+    adapter_ref_free(&rf);
+    model_free(R.m);
+    kbackend_destroy(R.kb);
+}
+
+/* LN tuning on Gemma 2 / Gemma 3 (tests/fixtures/gemma/<model>_ln_tuning): all 4 L + 1 norms,
+ * the post-norms on the sub-layer outputs included, stored as the base's 1 + w. */
+static void gemma_post_norms(const adapter *a) {
+    ASSERT(a->ln[adapter_ln_post(a, 0, 0)].data && a->ln[adapter_ln_post(a, 0, 1)].data);
+}
+TEST(ln_tuning_gemma2) {
+    check_fixture("tests/fixtures/gemma/gemma2", "tests/fixtures/gemma/gemma2_ln_tuning", "tests/fixtures/gemma/gemma2_lora",
+                  gemma_post_norms);
+}
+TEST(ln_tuning_gemma3) {
+    check_fixture("tests/fixtures/gemma/gemma3", "tests/fixtures/gemma/gemma3_ln_tuning", "tests/fixtures/gemma/gemma3_lora",
+                  gemma_post_norms);
+}
+
+/* OFT and BOFT on Phi-3's fused qkv_proj / gate_up_proj (tests/fixtures/phi3/oft, boft): one
+ * rotation of the shared input per fused module (q, k and v each rotate it alike), BOFT's boft_s
+ * split by the fused output's rows. */
+static void phi3_fused(const adapter *a) {
+    const adapter_rot *q = &a->rot[AMOD_Q], *v = &a->rot[AMOD_V];
+    ASSERT(q->n_factors > 0 && q->n_factors == v->n_factors && q->f[0].block == v->f[0].block);
+    ASSERT(!memcmp(q->f[0].r.data, v->f[0].r.data, (size_t)(q->f[0].r.rows * q->f[0].r.cols) * sizeof(float)));
+    ASSERT(a->kind == ADAPTER_OFT || (q->out_scale && v->out_scale && q->out_scale[0] != v->out_scale[0]));
+}
+/* The dense form on the fused modules: each part's delta from its own rows of the fused weight
+ * (BOFT: its rows of boft_s folded in), nothing rotated. */
+static void phi3_fused_dense(const adapter *a) {
+    ASSERT(a->lora && a->lora[AMOD_Q].delta.data && a->lora[AMOD_V].delta.data && a->lora[AMOD_UP].delta.data);
+    ASSERT(!a->rot[AMOD_Q].n_factors && !a->rot[AMOD_Q].out_scale);
+}
+TEST(oft_boft_phi3_fused) {
+    check_fixture("tests/fixtures/phi3/model", "tests/fixtures/phi3/oft", "tests/fixtures/phi3/lora", phi3_fused);
+    check_fixture("tests/fixtures/phi3/model", "tests/fixtures/phi3/boft", "tests/fixtures/phi3/lora", phi3_fused);
+    setenv("PEFTD_ROT_FORM", "dense", 1);
+    check_fixture("tests/fixtures/phi3/model", "tests/fixtures/phi3/oft", "tests/fixtures/phi3/lora", phi3_fused_dense);
+    check_fixture("tests/fixtures/phi3/model", "tests/fixtures/phi3/boft", "tests/fixtures/phi3/lora", phi3_fused_dense);
+    unsetenv("PEFTD_ROT_FORM");
+}
+
 TEST_MAIN(par_bn, compacter, compacter_plus_plus, hub_lora, hub_ia3, hub_prefix, hub_prefix_flat, hub_mam,
           peft_lora_variants_both_bases, after_blob_round_trip,
           refusals_name_the_field, vera_projection_held_once,
-          engine_greedy_and_mixed_batch, lyco_forms_agree)
+          engine_greedy_and_mixed_batch, lyco_forms_agree,
+          rotation_kinds_blob_both_bases, rotation_kinds_engine_bias_base, rotation_forms_agree,
+          rotation_refusals_name_the_field, ln_tuning_gemma2, ln_tuning_gemma3, oft_boft_phi3_fused)

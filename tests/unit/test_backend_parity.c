@@ -721,6 +721,86 @@ TEST(seg_scale_parity) {
     close_backends();
 }
 
+/* ---- seg_rotate (OFT / BOFT input rotations) ----
+ * Chains per segment: none (rows copied), one shared block of 16, two factors (blocks of 12 —
+ * 32 at dim 8192 — through a random permutation, then 8), and one dense block of dim (one rotation over the whole input, dims
+ * up to 96); dim 8192 takes the shared-memory opt-in path on CUDA (2·dim floats > 48 KiB). Both
+ * backends accumulate each output with FMAs in the same order, so they should agree to the bit;
+ * TOL_REL is the bound asserted. */
+static void rot_case(int dim, int T, spread sp) {
+    enum { NCH = 4 };
+    int sz[160], n = spread_sizes(sp, T, sz, 160);
+    int nf[NCH] = {0, 1, 2, dim <= 96 ? 1 : 0}, blocks[NCH][2] = {{0, 0}, {16, 0}, {dim % 12 ? 32 : 12, 8}, {dim, 0}};
+    pbuf rb[NCH][2], pbm[NCH][2], chain[NCH];
+    krot_factor kp[NCH][2], kq[NCH][2];
+    memset(rb, 0, sizeof rb), memset(pbm, 0, sizeof pbm), memset(chain, 0, sizeof chain);
+    for (int ch = 0; ch < NCH; ch++) {
+        for (int f = 0; f < nf[ch]; f++) {
+            int b = blocks[ch][f];
+            bool shared = ch == 1, perm = ch == 2 && f == 0;
+            size_t nr = (size_t)(shared ? b : dim) * b;
+            float *r = rand_f32(nr, 1.0f / sqrtf((float)b));
+            rb[ch][f] = pb_new(r, nr * 4);
+            free(r);
+            kp[ch][f] = (krot_factor){.r = (float *)rb[ch][f].cp, .block = b, .shared = shared};
+            kq[ch][f] = (krot_factor){.r = (float *)rb[ch][f].cu, .block = b, .shared = shared};
+            if (perm) {
+                int32_t *g = malloc((size_t)dim * 4);
+                for (int i = 0; i < dim; i++) g[i] = i;
+                for (int i = dim - 1; i > 0; i--) {
+                    int j = (int)(rnd() % (uint32_t)(i + 1)), t = g[i];
+                    g[i] = g[j], g[j] = t;
+                }
+                pbm[ch][f] = pb_new(g, (size_t)dim * 4);
+                free(g);
+                kp[ch][f].perm = (int32_t *)pbm[ch][f].cp, kq[ch][f].perm = (int32_t *)pbm[ch][f].cu;
+            }
+        }
+        if (!nf[ch]) continue;
+        chain[ch] = pb_new(NULL, (size_t)nf[ch] * sizeof(krot_factor));
+        ASSERT_EQ(CP->ops->upload(CP, chain[ch].cp, kp[ch], (size_t)nf[ch] * sizeof(krot_factor)), 0);
+        ASSERT_EQ(CU->ops->upload(CU, chain[ch].cu, kq[ch], (size_t)nf[ch] * sizeof(krot_factor)), 0);
+    }
+    int32_t seg[161], nfac[160];
+    void *fp[160], *fq[160];
+    seg[0] = 0;
+    for (int i = 0; i < n; i++) {
+        int ch = i % NCH;
+        seg[i + 1] = seg[i] + sz[i];
+        nfac[i] = nf[ch];
+        fp[i] = nf[ch] ? chain[ch].cp : NULL, fq[i] = nf[ch] ? chain[ch].cu : NULL;
+    }
+    float *x = rand_f32((size_t)T * dim, 1.0f);
+    pbuf px = pb_new(x, (size_t)T * dim * 4), py = pb_new(NULL, (size_t)T * dim * 4),
+         ps = pb_new(seg, (size_t)(n + 1) * 4), pn = pb_new(nfac, (size_t)n * 4),
+         pt = pb_new(NULL, (size_t)n * sizeof(void *));
+    ASSERT_EQ(CP->ops->upload(CP, pt.cp, fp, (size_t)n * sizeof(void *)), 0);
+    ASSERT_EQ(CU->ops->upload(CU, pt.cu, fq, (size_t)n * sizeof(void *)), 0);
+    ksegrot sc = {.n_segs = n, .seg_start = (int32_t *)ps.cp, .n_factors = (int32_t *)pn.cp,
+                  .factors = (const krot_factor *const *)pt.cp, .max_block = dim};
+    ksegrot su = sc;
+    su.seg_start = (int32_t *)ps.cu, su.n_factors = (int32_t *)pn.cu, su.factors = (const krot_factor *const *)pt.cu;
+    BOTH(CP->ops->seg_rotate(CP, (float *)px.cp, dim, &sc, (float *)py.cp),
+         CU->ops->seg_rotate(CU, (float *)px.cu, dim, &su, (float *)py.cu));
+    char what[64];
+    snprintf(what, sizeof what, "seg_rotate dim=%d T=%d %s", dim, T, SPREAD_NAMES[sp]);
+    pb_check(&py, what);
+    pb_free(&px), pb_free(&py), pb_free(&ps), pb_free(&pn), pb_free(&pt);
+    for (int ch = 0; ch < NCH; ch++) {
+        for (int f = 0; f < 2; f++) pb_free(&rb[ch][f]), pb_free(&pbm[ch][f]);
+        pb_free(&chain[ch]);
+    }
+    free(x);
+}
+
+TEST(seg_rotate_parity) {
+    open_backends();
+    for (int ti = 0; ti < 3; ti++)
+        for (int sp = 0; sp < SP_N; sp++) rot_case(96, TS[ti], (spread)sp);
+    rot_case(8192, 7, SP_UNIFORM);
+    close_backends();
+}
+
 /* ---- sample (on-device token choice) ----
  * The same logits, parameters and uniform draws on both backends must give the same ids.
  * Rows cycle through greedy, plain temperature, top-k, top-p, both, and "off" values of each;
@@ -795,6 +875,7 @@ static const char *FIXTURES[] = {
     NULL, /* the base model alone */
     "lora_r1_all", "lora_r8_all", "lora_r64_all", "lora_rslora", "lora_dora", "lora_patterns", "lora_layers",
     "lora_lm_head", "lora_bf16", "ia3", "prompt_tuning", "prefix_tuning", "pfeiffer", "houlsby",
+    "oft", "oft_coft", "boft", "ln_tuning",
 };
 #define N_FIXTURES (int)(sizeof FIXTURES / sizeof FIXTURES[0])
 
@@ -894,4 +975,4 @@ TEST(greedy_tokens_cpu_equal_cuda) {
 TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, qmatmul_parity, rmsnorm_parity, rope_parity,
           swiglu_add_parity, kv_store_attention_parity, attention_window_parity, attention_softcap_parity,
           geglu_softcap_parity, sgmv_lora_parity,
-          sgmv_bottleneck_parity, seg_scale_parity, sample_parity, greedy_tokens_cpu_equal_cuda)
+          sgmv_bottleneck_parity, seg_scale_parity, seg_rotate_parity, sample_parity, greedy_tokens_cpu_equal_cuda)
