@@ -43,6 +43,7 @@
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/adapter_ref.h"
 #include "tests/harness/seq_batch.h"
+#include "tests/harness/greedy_run.h"
 #include "tests/harness/test.h"
 
 #define TOL 1e-4
@@ -339,40 +340,13 @@ TEST(vera_projection_held_once) {
 
 /* ---- the engine: greedy tokens and one mixed batch */
 
-typedef struct {
-    engine_request *q;
-    int32_t ids[N_GREEDY];
-    float lps[N_GREEDY];
-    int n;
-} run;
+typedef greedy_run run;
 
 static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter *ad) {
-    gen_params p;
-    gen_params_default(&p);
-    p.max_tokens = N_GREEDY;
-    p.temperature = 0;
-    p.logprobs = 0; /* token ids and logprobs in the deltas */
-    p.ignore_eos = true;
-    p.adapter = ad;
-    rn->q = engine_request_create(ids, n, &p);
-    ASSERT(rn->q);
-    int st = engine_submit(e, rn->q);
-    if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
+    greedy_submit(e, rn, ids, n, N_GREEDY, ad, 1.0f, NULL);
 }
 
-static void collect(run *rn) {
-    engine_request_wait(rn->q);
-    engine_delta d;
-    ASSERT_EQ(engine_request_take(rn->q, &d), 0);
-    if (d.finish == FINISH_ERROR) FAIL("generation failed: %s", d.error);
-    rn->n = 0;
-    for (int i = 0; i < d.n_tokens && i < N_GREEDY; i++) {
-        rn->lps[rn->n] = d.tokens[i].logprob;
-        rn->ids[rn->n++] = d.tokens[i].id;
-    }
-    engine_delta_free(&d);
-    engine_request_unref(rn->q);
-}
+static void collect(run *rn) { greedy_collect(rn, NULL, 0); }
 
 TEST(engine_greedy_and_mixed_batch) {
     enum { NK = N_KINDS - 2, NA = NK + 2, P = 3, N = (NA + 1) * P }; /* kinds on stories260K + a PEFT LoRA +
