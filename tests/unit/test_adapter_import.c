@@ -1049,6 +1049,46 @@ TEST(err_wrong_shape) {
     syn_free(s);
 }
 
+/* LyCORIS CP form (conv layers' core tensor hada_t1 / lokr_t2) is refused naming the tensor;
+ * the same adapters without it load. */
+TEST(err_lycoris_cp_form) {
+    static const char *const TYPES[2] = {"LOHA", "LOKR"};
+    for (int k = 0; k < 2; k++) {
+        for (int with_cp = 0; with_cp < 2; with_cp++) {
+            if (!KB) setup();
+            syn *s = calloc(1, sizeof *s);
+            s->weights = "adapter_model.safetensors";
+            s->cfg = cJSON_CreateObject();
+            cJSON_AddStringToObject(s->cfg, "peft_type", TYPES[k]);
+            cJSON_AddStringToObject(s->cfg, "base_model_name_or_path", "models/stories260K");
+            cJSON_AddNumberToObject(s->cfg, "r", 2);
+            cJSON_AddNumberToObject(s->cfg, "alpha", 4);
+            const char *tm[] = {"q_proj"};
+            cJSON_AddItemToObject(s->cfg, "target_modules", cJSON_CreateStringArray(tm, 1));
+            const char *pre = "base_model.model.model.layers.%d.self_attn.q_proj.%s";
+            for (int l = 0; l < 5; l++) {
+                if (k == 0) { /* LoHa: w1 = w1_a w1_b, w2 = w2_a w2_b over [64, 64] */
+                    syn_add(s, "F32", 64, 2, pre, l, "hada_w1_a");
+                    syn_add(s, "F32", 2, 64, pre, l, "hada_w1_b");
+                    syn_add(s, "F32", 64, 2, pre, l, "hada_w2_a");
+                    syn_add(s, "F32", 2, 64, pre, l, "hada_w2_b");
+                    if (with_cp && l == 3) syn_add(s, "F32", 2, 2, pre, l, "hada_t1");
+                } else { /* LoKr: kron(w1 [8, 8], w2 [8, 8]) with w2 factored */
+                    syn_add(s, "F32", 8, 8, pre, l, "lokr_w1");
+                    syn_add(s, "F32", 8, 2, pre, l, "lokr_w2_a");
+                    syn_add(s, "F32", 2, 8, pre, l, "lokr_w2_b");
+                    if (with_cp && l == 3) syn_add(s, "F32", 2, 2, pre, l, "lokr_t2");
+                }
+            }
+            const char *d = syn_dir(s);
+            if (with_cp) load_fails(d, PEFTD_EUNSUPPORTED, k == 0 ? "layers.3.self_attn.q_proj.hada_t1" : "layers.3.self_attn.q_proj.lokr_t2",
+                                    "CP form");
+            else adapter_free(load_ok(d));
+            syn_free(s);
+        }
+    }
+}
+
 TEST(err_non_finite) {
     syn *s = syn_lora(2, "F32");
     syn_find(s, "base_model.model.model.layers.4.self_attn.q_proj.lora_B.weight")->vals[5] = NAN;
@@ -1421,7 +1461,7 @@ TEST_MAIN(fixture_lora_values_and_scales, fixture_lora_bf16_stays_bf16, fixture_
           syn_rslora_scale, syn_layers_to_transform, syn_all_linear_and_regex, syn_list_suffix_match_needs_dot,
           syn_rank_alpha_patterns, syn_dora_factor, syn_modules_to_save, syn_prefix_split, syn_hub_bottleneck,
           syn_hub_unsupported_options, err_unknown_peft_type, err_fan_in_fan_out_and_bias, err_pickle_weights_refused,
-          err_missing_files, err_wrong_shape, err_non_finite, err_targets_the_base_lacks,
+          err_missing_files, err_wrong_shape, err_lycoris_cp_form, err_non_finite, err_targets_the_base_lacks,
           err_missing_and_unexpected_tensors, base_model_name_is_informational, err_config_types, err_ia3_and_prompt,
           names_and_shapes, err_numbers_the_forward_cannot_use, err_hub_residual_wiring_not_served,
           err_hostile_patterns_and_configs, err_rank_and_virtual_tokens_beyond_the_base,
