@@ -193,7 +193,7 @@ static const kbackend_ops kcuda_ops = {
     /* .softcap = */ kcuda__softcap,
     /* .sample = */ kcuda__sample,
     /* .seg_rotate = */ kcuda__seg_rotate,
-    /* .matmul_group = */ NULL, /* kops_matmul_group: one matmul per weight (a fused q/k/v GEMM is issue 13's) */
+    /* .matmul_group = */ kcuda__matmul_group,
 };
 
 extern "C" int kbackend_cuda_available(void) {

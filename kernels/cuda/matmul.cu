@@ -63,10 +63,10 @@ __device__ __forceinline__ void mm_ld8(const void *w, int64_t i, float f[8]) {
 /* y[r, j] = (beta ? y[r, j] : 0) + dot(x[r, :], w[j, :]) for r < n <= NR. VEC: `in` is a
  * multiple of 8 and every row 16-byte aligned (32 for f32), else scalar loads. */
 template <kdtype DT, int NR, bool VEC>
-__global__ void __launch_bounds__(MM_WARPS * 32) k_gemv(const float *__restrict__ x, int n, const void *__restrict__ w,
-                                                        int64_t in, int64_t out, float *__restrict__ y, int beta) {
+__device__ __forceinline__ void gemv_block(const float *__restrict__ x, int n, const void *__restrict__ w, int64_t in,
+                                           int64_t out, float *__restrict__ y, int beta, int64_t block) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int64_t j = (int64_t)blockIdx.x * MM_WARPS + warp;
+    int64_t j = block * MM_WARPS + warp;
     if (j >= out) return;
     const char *wr = (const char *)w + (size_t)j * (size_t)in * (DT == KDT_F32 ? 4 : 2);
     float acc[NR];
@@ -108,6 +108,40 @@ __global__ void __launch_bounds__(MM_WARPS * 32) k_gemv(const float *__restrict_
             }
         }
     }
+}
+
+template <kdtype DT, int NR, bool VEC>
+__global__ void __launch_bounds__(MM_WARPS * 32) k_gemv(const float *__restrict__ x, int n, const void *__restrict__ w,
+                                                        int64_t in, int64_t out, float *__restrict__ y, int beta) {
+    gemv_block<DT, NR, VEC>(x, n, w, in, out, y, beta, blockIdx.x);
+}
+
+/* Several weights of one dtype over the same x (q/k/v, gate/up) in one launch: block b
+ * belongs to weight g with first[g] <= b < first[g + 1], and computes exactly what k_gemv's
+ * block b - first[g] would for that weight alone. */
+struct mm_group_args {
+    const void *w[KMATMUL_GROUP_MAX];
+    float *y[KMATMUL_GROUP_MAX];
+    int64_t out[KMATMUL_GROUP_MAX];
+    int64_t first[KMATMUL_GROUP_MAX + 1];
+    int count;
+};
+
+template <kdtype DT, int NR, bool VEC>
+__global__ void __launch_bounds__(MM_WARPS * 32) k_gemv_group(const float *__restrict__ x, int n, int64_t in,
+                                                              mm_group_args a, int beta) {
+    int g = 0;
+    while (g + 1 < a.count && (int64_t)blockIdx.x >= a.first[g + 1]) g++;
+    gemv_block<DT, NR, VEC>(x, n, a.w[g], in, a.out[g], a.y[g], beta, (int64_t)blockIdx.x - a.first[g]);
+}
+
+template <kdtype DT, bool VEC>
+static void mm_gemv_group_launch(cudaStream_t st, const float *x, int n, int64_t in, const mm_group_args &a, int beta) {
+    dim3 g((unsigned)a.first[a.count]), b(MM_WARPS * 32);
+    if (n <= 1) k_gemv_group<DT, 1, VEC><<<g, b, 0, st>>>(x, n, in, a, beta);
+    else if (n <= 2) k_gemv_group<DT, 2, VEC><<<g, b, 0, st>>>(x, n, in, a, beta);
+    else if (n <= 4) k_gemv_group<DT, 4, VEC><<<g, b, 0, st>>>(x, n, in, a, beta);
+    else k_gemv_group<DT, 8, VEC><<<g, b, 0, st>>>(x, n, in, a, beta);
 }
 
 template <kdtype DT, bool VEC>
@@ -201,6 +235,61 @@ extern "C" int kcuda__matmul(kbackend *kb, const float *x, int n, const kmat *w,
                               CUBLAS_GEMM_DEFAULT));
     grid = kcuda__blocks((int64_t)n * out, 256);
     k_combine<<<grid < cap ? grid : cap, 256, 0, st>>>(p, (int64_t)n * out, y, ib);
+    KCUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* matmul_group: at decode sizes (n <= MM_GEMV_ROWS) with every weight of one dense dtype and
+ * the same vector alignment, one k_gemv_group launch (the same bits as one k_gemv per
+ * weight); otherwise one kcuda__matmul per weight. */
+extern "C" int kcuda__matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w,
+                                   float *const *y, float beta) {
+    if (count < 1 || count > KMATMUL_GROUP_MAX || !w || !y) return PEFTD_EINVAL;
+    bool one_launch = n >= 1 && n <= MM_GEMV_ROWS && x && (beta == 0.0f || beta == 1.0f);
+    for (int g = 0; g < count && one_launch; g++) {
+        const kmat *m = w[g];
+        one_launch = m && y[g] && m->data && kcuda__dtype_ok(m->dtype) && m->dtype == w[0]->dtype &&
+                     m->cols == w[0]->cols && m->rows > 0 && m->rows <= INT32_MAX && m->cols <= INT32_MAX &&
+                     (m->cols % 8 == 0 && mm_aligned(m->data, 16)) == (w[0]->cols % 8 == 0 && mm_aligned(w[0]->data, 16));
+    }
+    if (!one_launch) {
+        for (int g = 0; g < count; g++) {
+            if (g > 0 && w[g] && w[0] && w[g]->cols != w[0]->cols) return PEFTD_EINVAL;
+            int rc = kcuda__matmul(kb, x, n, w[g], y[g], beta);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    kcuda_backend *cb = kcuda__impl(kb);
+    int rc = kcuda__enter_op(cb);
+    if (rc) return rc;
+    int64_t in = w[0]->cols;
+    bool vec = in % 8 == 0 && mm_aligned(w[0]->data, 16) && mm_aligned(x, 16);
+    mm_group_args a = {};
+    a.count = count;
+    for (int g = 0; g < count; g++) {
+        a.w[g] = w[g]->data;
+        a.y[g] = y[g];
+        a.out[g] = w[g]->rows;
+        a.first[g + 1] = a.first[g] + kcuda__blocks(w[g]->rows, MM_WARPS);
+    }
+    int ib = beta != 0.0f;
+    cudaStream_t st = cb->stream;
+    switch (w[0]->dtype) {
+    case KDT_F32:
+        if (vec) mm_gemv_group_launch<KDT_F32, true>(st, x, n, in, a, ib);
+        else mm_gemv_group_launch<KDT_F32, false>(st, x, n, in, a, ib);
+        break;
+    case KDT_F16:
+        if (vec) mm_gemv_group_launch<KDT_F16, true>(st, x, n, in, a, ib);
+        else mm_gemv_group_launch<KDT_F16, false>(st, x, n, in, a, ib);
+        break;
+    case KDT_BF16:
+        if (vec) mm_gemv_group_launch<KDT_BF16, true>(st, x, n, in, a, ib);
+        else mm_gemv_group_launch<KDT_BF16, false>(st, x, n, in, a, ib);
+        break;
+    default: break; /* kcuda__dtype_ok above */
+    }
     KCUDA_LAUNCH_CHECK();
     return 0;
 }

@@ -258,6 +258,58 @@ TEST(matmul_parity) {
     close_backends();
 }
 
+/* matmul_group (q/k/v, gate/up): each output within tolerance of the CPU's group, and on CUDA
+ * bit-identical to that weight's own matmul (the grouped GEMV launch runs the same blocks). */
+static void matmul_group_case(kdtype dt, int n, int in, float beta) {
+    enum { G = 3 };
+    const int outs[G] = {64, 32, 40};
+    pbuf pw[G], py[G], pz[G];
+    void *w[G];
+    float *y0[G];
+    kmat mp[G], mq[G];
+    const kmat *wp[G], *wq[G];
+    float *yp[G], *yq[G];
+    float *x = rand_f32((size_t)n * in, 1.0f);
+    pbuf px = pb_new(x, (size_t)n * in * 4);
+    for (int g = 0; g < G; g++) {
+        w[g] = rand_w(dt, (size_t)in * outs[g], 0.5f);
+        y0[g] = rand_f32((size_t)n * outs[g], 1.0f);
+        pw[g] = pb_new(w[g], (size_t)in * outs[g] * kdtype_size(dt));
+        py[g] = pb_new(y0[g], (size_t)n * outs[g] * 4);
+        pz[g] = pb_new(y0[g], (size_t)n * outs[g] * 4);
+        mp[g] = (kmat){pw[g].cp, dt, outs[g], in};
+        mq[g] = (kmat){pw[g].cu, dt, outs[g], in};
+        wp[g] = &mp[g], wq[g] = &mq[g];
+        yp[g] = (float *)py[g].cp, yq[g] = (float *)py[g].cu;
+    }
+    BOTH(kops_matmul_group(CP, (float *)px.cp, n, G, wp, yp, beta),
+         kops_matmul_group(CU, (float *)px.cu, n, G, wq, yq, beta));
+    for (int g = 0; g < G; g++) {
+        char what[96];
+        snprintf(what, sizeof what, "matmul_group %s n=%d in=%d weight %d beta=%g", kdtype_name(dt), n, in, g, beta);
+        pb_check(&py[g], what);
+        ASSERT_EQ(CU->ops->matmul(CU, (float *)px.cu, n, &mq[g], (float *)pz[g].cu, beta), 0);
+        unsigned char *a = pb_get(CU, py[g].cu, py[g].n, what), *b = pb_get(CU, pz[g].cu, pz[g].n, what);
+        if (memcmp(a, b, py[g].n + 2 * SENT_BYTES)) FAIL("%s: the group differs from the weight's own matmul", what);
+        free(a), free(b);
+        pb_free(&pw[g]), pb_free(&py[g]), pb_free(&pz[g]);
+        free(w[g]), free(y0[g]);
+    }
+    pb_free(&px);
+    free(x);
+}
+
+TEST(matmul_group_parity) {
+    open_backends();
+    for (int d = 0; d < 3; d++)
+        for (int b = 0; b < 2; b++) {
+            matmul_group_case(DTS[d], 1, 256, (float)b);  /* one launch */
+            matmul_group_case(DTS[d], 7, 136, (float)b);  /* one launch, another width */
+            matmul_group_case(DTS[d], 33, 256, (float)b); /* past the GEMV rows: one matmul each */
+        }
+    close_backends();
+}
+
 /* Quantized weights: CUDA's matmul of Q8_0 / Q4_K bytes against the CPU backend's f32 matmul
  * of the same weights dequantized by the scalar reference (quant_ref.c, bit-identical to
  * gguf-py): CUDA dequantizes exactly and keeps x in f32, so the f32 tolerance applies.
@@ -972,7 +1024,7 @@ TEST(greedy_tokens_cpu_equal_cuda) {
     close_backends();
 }
 
-TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, qmatmul_parity, rmsnorm_parity, rope_parity,
+TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, matmul_group_parity, qmatmul_parity, rmsnorm_parity, rope_parity,
           swiglu_add_parity, kv_store_attention_parity, attention_window_parity, attention_softcap_parity,
           geglu_softcap_parity, sgmv_lora_parity,
           sgmv_bottleneck_parity, seg_scale_parity, seg_rotate_parity, sample_parity, greedy_tokens_cpu_equal_cuda)
