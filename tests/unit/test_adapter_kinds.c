@@ -348,9 +348,48 @@ static void submit(engine *e, run *rn, const int32_t *ids, int n, const adapter 
 
 static void collect(run *rn) { greedy_collect(rn, NULL, 0); }
 
+/* ads[0..na) on rig R (+ base sequences), P prompts each: alone, each of the first nk (refs
+ * rf, names for messages) gives the library's 32 greedy tokens; then all together in one batch,
+ * every sequence its solo tokens and logprobs bit for bit. */
+enum { ENGINE_P = 3, ENGINE_MAX_AD = 32 };
+static void engine_alone_together(rig *R, adapter *const *ads, int na, const adapter_ref *rf, int nk,
+                                  const char *const *names, const char *where) {
+    ASSERT(na <= ENGINE_MAX_AD);
+    const int P = ENGINE_P, N = (na + 1) * P;
+    engine_config ec;
+    engine_config_default(&ec);
+    ec.max_seqs = N;
+    ec.max_batch_tokens = 64;
+    ec.kv_cache_mb = 64;
+    engine *e = NULL;
+    char err[512];
+    if (engine_create(&ec, R->m, R->kb, R->tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
+    ASSERT_EQ(engine_start(e), 0);
+    static run alone[(ENGINE_MAX_AD + 1) * ENGINE_P], together[(ENGINE_MAX_AD + 1) * ENGINE_P];
+    for (int i = 0; i < N; i++) {
+        int a = i / P, k = i % P;
+        submit(e, &alone[i], rf[0].ids[k], rf[0].n_ids[k], a < na ? ads[a] : NULL);
+        collect(&alone[i]);
+        ASSERT_EQ(alone[i].n, N_GREEDY);
+        if (a < nk)
+            for (int t = 0; t < N_GREEDY; t++)
+                if (alone[i].ids[t] != rf[a].greedy[k][t])
+                    FAIL("%s case %d (engine, %s): greedy token %d is %d, the library says %d", names[a], k, where, t,
+                         alone[i].ids[t], rf[a].greedy[k][t]);
+    }
+    for (int i = 0; i < N; i++)
+        submit(e, &together[i], rf[0].ids[i % P], rf[0].n_ids[i % P], i / P < na ? ads[i / P] : NULL);
+    for (int i = 0; i < N; i++) collect(&together[i]);
+    for (int i = 0; i < N; i++)
+        for (int t = 0; t < N_GREEDY; t++)
+            if (alone[i].ids[t] != together[i].ids[t] || memcmp(&alone[i].lps[t], &together[i].lps[t], 4))
+                FAIL("sequence %d (adapter %d): token %d (or its logprob, bit for bit) differs in the mixed batch", i,
+                     i / P, t);
+    engine_free(e);
+}
+
 TEST(engine_greedy_and_mixed_batch) {
-    enum { NK = N_KINDS - 2, NA = NK + 2, P = 3, N = (NA + 1) * P }; /* kinds on stories260K + a PEFT LoRA +
-                                                                   * Pfeiffer, + base */
+    enum { NK = N_KINDS - 2, NA = NK + 2 }; /* kinds on stories260K + a PEFT LoRA + Pfeiffer, + base */
     rig R;
     rig_open(&R, BASES[0]);
     adapter *ads[NA];
@@ -363,36 +402,7 @@ TEST(engine_greedy_and_mixed_batch) {
     }
     ads[NK] = load_ad(&R, "tests/fixtures/adapters/lora_r8_all");
     ads[NK + 1] = load_ad(&R, "tests/fixtures/adapters/pfeiffer");
-    engine_config ec;
-    engine_config_default(&ec);
-    ec.max_seqs = N;
-    ec.max_batch_tokens = 64;
-    ec.kv_cache_mb = 64;
-    engine *e = NULL;
-    char err[512];
-    if (engine_create(&ec, R.m, R.kb, R.tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
-    ASSERT_EQ(engine_start(e), 0);
-    static run alone[N], together[N];
-    for (int i = 0; i < N; i++) {
-        int a = i / P, k = i % P;
-        submit(e, &alone[i], rf[0].ids[k], rf[0].n_ids[k], a < NA ? ads[a] : NULL);
-        collect(&alone[i]);
-        ASSERT_EQ(alone[i].n, N_GREEDY);
-        if (a < NK)
-            for (int t = 0; t < N_GREEDY; t++)
-                if (alone[i].ids[t] != rf[a].greedy[k][t])
-                    FAIL("%s case %d (engine): greedy token %d is %d, the library says %d", KINDS[a], k, t,
-                         alone[i].ids[t], rf[a].greedy[k][t]);
-    }
-    for (int i = 0; i < N; i++)
-        submit(e, &together[i], rf[0].ids[i % P], rf[0].n_ids[i % P], i / P < NA ? ads[i / P] : NULL);
-    for (int i = 0; i < N; i++) collect(&together[i]);
-    for (int i = 0; i < N; i++)
-        for (int t = 0; t < N_GREEDY; t++)
-            if (alone[i].ids[t] != together[i].ids[t] || memcmp(&alone[i].lps[t], &together[i].lps[t], 4))
-                FAIL("sequence %d (adapter %d): token %d (or its logprob, bit for bit) differs in the mixed batch", i,
-                     i / P, t);
-    engine_free(e);
+    engine_alone_together(&R, ads, NA, rf, NK, KINDS, BASES[0]);
     for (int i = 0; i < NA; i++) adapter_free(ads[i]);
     for (int k = 0; k < NK; k++) adapter_ref_free(&rf[k]);
     rig_close(&R);
@@ -509,7 +519,7 @@ TEST(rotation_kinds_blob_both_bases) {
  * library's, and one batch of them all (3 prompts each) + lora_bias + base sequences gives every
  * sequence its solo tokens and logprobs bit for bit. */
 TEST(rotation_kinds_engine_bias_base) {
-    enum { NA = N_ROT + 1, P = 3, N = (NA + 1) * P };
+    enum { NA = N_ROT + 1 };
     rig R;
     rig_open(&R, BASES[1]);
     adapter *ads[NA];
@@ -522,36 +532,7 @@ TEST(rotation_kinds_engine_bias_base) {
     }
     snprintf(dir, sizeof dir, "%s/lora_bias", FIXDIR[1]);
     ads[N_ROT] = load_ad(&R, dir);
-    engine_config ec;
-    engine_config_default(&ec);
-    ec.max_seqs = N;
-    ec.max_batch_tokens = 64;
-    ec.kv_cache_mb = 64;
-    engine *e = NULL;
-    char err[512];
-    if (engine_create(&ec, R.m, R.kb, R.tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
-    ASSERT_EQ(engine_start(e), 0);
-    static run alone[N], together[N];
-    for (int i = 0; i < N; i++) {
-        int a = i / P, k = i % P;
-        submit(e, &alone[i], rf[0].ids[k], rf[0].n_ids[k], a < NA ? ads[a] : NULL);
-        collect(&alone[i]);
-        ASSERT_EQ(alone[i].n, N_GREEDY);
-        if (a < N_ROT)
-            for (int t = 0; t < N_GREEDY; t++)
-                if (alone[i].ids[t] != rf[a].greedy[k][t])
-                    FAIL("%s case %d (engine, %s): greedy token %d is %d, the library says %d", ROT_KINDS[a], k,
-                         BASES[1], t, alone[i].ids[t], rf[a].greedy[k][t]);
-    }
-    for (int i = 0; i < N; i++)
-        submit(e, &together[i], rf[0].ids[i % P], rf[0].n_ids[i % P], i / P < NA ? ads[i / P] : NULL);
-    for (int i = 0; i < N; i++) collect(&together[i]);
-    for (int i = 0; i < N; i++)
-        for (int t = 0; t < N_GREEDY; t++)
-            if (alone[i].ids[t] != together[i].ids[t] || memcmp(&alone[i].lps[t], &together[i].lps[t], 4))
-                FAIL("sequence %d (adapter %d): token %d (or its logprob, bit for bit) differs in the mixed batch", i,
-                     i / P, t);
-    engine_free(e);
+    engine_alone_together(&R, ads, NA, rf, N_ROT, ROT_KINDS, BASES[1]);
     for (int i = 0; i < NA; i++) adapter_free(ads[i]);
     for (int k = 0; k < N_ROT; k++) adapter_ref_free(&rf[k]);
     rig_close(&R);
