@@ -256,6 +256,11 @@ int adapter__rot_stage_perm(adapter__stage *s, int in, int block, bool shared, i
 /* The form of a rotated module: factored (adapter_rot, seg_rotate on the activations) or the
  * dense delta ΔW = diag(s)·W·Rotᵀ − W (adapter_lora.delta, added by the backend's matmul).
  * PEFTD_ROT_FORM=factored|dense forces one for every module (read per load). */
+/* The OFT / BOFT loaders' common start: c->a's rotation table and the dense form's delta
+ * table (one entry per layer·module), and the selected target modules in *sel (caller frees).
+ * 0, or a status with nothing left in *sel. */
+int adapter__rot_begin(adapter__ctx *c, const char *const *defaults, bool **sel);
+
 typedef enum { ADAPTER_ROT_AUTO, ADAPTER_ROT_FACTORED, ADAPTER_ROT_DENSE } adapter__rot_form;
 adapter__rot_form adapter__rot_form_forced(void);
 /* The rule, per module: dense when forced, or unasked when its out·in f32 delta reads fewer

@@ -74,14 +74,7 @@ int adapter__load_boft(adapter__ctx *c) {
     if ((cfg_bs != 0) == (cfg_nb != 0)) /* BOFTConfig.__post_init__ */
         return adapter__fail(c, PEFTD_EFORMAT, "adapter_config.json: BOFT needs exactly one of 'boft_block_size' (%d) "
                                                "and 'boft_block_num' (%d) non-zero", cfg_bs, cfg_nb);
-    sel = calloc((size_t)n, sizeof *sel);
-    a->rot = calloc((size_t)n, sizeof *a->rot);
-    a->lora = calloc((size_t)n, sizeof *a->lora); /* the dense form's deltas */
-    if (!sel || !a->rot || !a->lora) {
-        free(sel);
-        return adapter__fail(c, PEFTD_ENOMEM, "out of memory");
-    }
-    if ((rc = adapter__select_targets(c, defaults, defaults, sel, NULL))) goto out;
+    if ((rc = adapter__rot_begin(c, defaults, &sel))) return rc;
     for (int i = 0; i < n && rc == 0; i++) {
         if (!sel[i]) continue;
         int l = i / AMOD_COUNT, o, in, row0, fo;
@@ -158,7 +151,6 @@ int adapter__load_boft(adapter__ctx *c) {
     if (rc == 0)
         LOGI("adapter %s: BOFT: %d module(s) factored, %d dense (%s)", c->dir, n_fact, n_dense,
              forced == ADAPTER_ROT_AUTO ? "by bytes: F·in·b (+ in per permutation) vs out·in" : "PEFTD_ROT_FORM");
-out:
     if (rc == 0 && n_dense == 0) free(a->lora), a->lora = NULL; /* all factored: no LoRA list, as a blob reads back */
     free(sel);
     return rc;

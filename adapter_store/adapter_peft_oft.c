@@ -96,14 +96,7 @@ int adapter__load_oft(adapter__ctx *c) {
                                                "'oft_block_size' (%d) non-zero", r, block);
     if (coft && !(eps > 0))
         return adapter__fail(c, PEFTD_EINVAL, "adapter_config.json: 'eps' must be > 0 with coft (got %g)", eps);
-    sel = calloc((size_t)n, sizeof *sel);
-    a->rot = calloc((size_t)n, sizeof *a->rot);
-    a->lora = calloc((size_t)n, sizeof *a->lora); /* the dense form's deltas */
-    if (!sel || !a->rot || !a->lora) {
-        free(sel);
-        return adapter__fail(c, PEFTD_ENOMEM, "out of memory");
-    }
-    if ((rc = adapter__select_targets(c, defaults, defaults, sel, NULL))) goto out;
+    if ((rc = adapter__rot_begin(c, defaults, &sel))) return rc;
     for (int i = 0; i < n && rc == 0; i++) {
         if (!sel[i]) continue;
         int l = i / AMOD_COUNT, o, in;
@@ -172,7 +165,6 @@ int adapter__load_oft(adapter__ctx *c) {
     if (rc == 0)
         LOGI("adapter %s: OFT: %d module(s) factored, %d dense (%s)", c->dir, n_rot, n_dense,
              forced == ADAPTER_ROT_AUTO ? "by bytes: in·b (b² shared) vs out·in" : "PEFTD_ROT_FORM");
-out:
     if (rc == 0 && n_dense == 0) free(a->lora), a->lora = NULL; /* all factored: no LoRA list, as a blob reads back */
     free(sel);
     return rc;

@@ -205,3 +205,18 @@ int adapter__rot_dense(adapter__ctx *c, const kmat *w, int out, int in, const ad
     free(u), free(v), free(tmp);
     return adapter__stage_own_mat(c, dw, out, in, delta);
 }
+
+int adapter__rot_begin(adapter__ctx *c, const char *const *defaults, bool **sel) {
+    adapter *a = c->a;
+    int n = c->base->n_layers * AMOD_COUNT;
+    *sel = calloc((size_t)n, sizeof **sel);
+    a->rot = calloc((size_t)n, sizeof *a->rot);
+    a->lora = calloc((size_t)n, sizeof *a->lora); /* the dense form's deltas */
+    if (!*sel || !a->rot || !a->lora) {
+        free(*sel), *sel = NULL;
+        return adapter__fail(c, PEFTD_ENOMEM, "out of memory");
+    }
+    int rc = adapter__select_targets(c, defaults, defaults, *sel, NULL);
+    if (rc) free(*sel), *sel = NULL;
+    return rc;
+}
