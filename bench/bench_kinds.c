@@ -9,7 +9,9 @@
  *   <kind>      sequence i uses adapter i mod n of that kind's set (--kind NAME:DIR): a mixed
  *               batch of distinct adapters of one kind
  *               (n: the set's size, at most --distinct, default 8, for every row alike);
- *               NAME:DIR:lora|dense loads LoKr / LoHa modules in that form (PEFTD_LYCO_FORM)
+ *               NAME:DIR:lora|dense|factored loads the set in that form: LoKr / LoHa / VeRA
+ *               modules as LoRA pairs or dense (PEFTD_LYCO_FORM), OFT / BOFT modules factored
+ *               (seg_rotate) or dense (PEFTD_ROT_FORM); dense sets both
  *   mix-linear2 sequence i composes LoRAs i and i+1 (mod n) of --lora, weights 0.5 / 0.5, "linear"
  *               (PEFT's: 4 (A, B) pairs per module)
  *   mix-cat2    the same pairs, "cat" (the weighted sum of the two deltas: 2 pairs)
@@ -43,7 +45,7 @@ typedef enum { ROW_BASE, ROW_SET, ROW_MIX } row_type;
 
 typedef struct {
     char name[64], dir[1024];
-    char form[16];              /* ROW_SET: PEFTD_LYCO_FORM while its adapters load ("" = the rule) */
+    char form[16];              /* ROW_SET: lora|dense|factored while its adapters load ("" = the rules) */
     row_type type;
     adapter_mix_kind how;       /* ROW_MIX */
     adapter *ads[MAX_SET];      /* ROW_SET (ROW_MIX: the lora row's) */
@@ -151,7 +153,8 @@ static int load_set(const bench *B, row *r) {
     closedir(d);
     qsort(names, (size_t)n, sizeof *names, cmp_str);
     int st = n > 0 ? 0 : -1;
-    if (r->form[0]) setenv("PEFTD_LYCO_FORM", r->form, 1);
+    if (!strcmp(r->form, "lora") || !strcmp(r->form, "dense")) setenv("PEFTD_LYCO_FORM", r->form, 1);
+    if (!strcmp(r->form, "factored") || !strcmp(r->form, "dense")) setenv("PEFTD_ROT_FORM", r->form, 1);
     for (int i = 0; i < n && st == 0; i++) {
         char path[2200], err[1024];
         snprintf(path, sizeof path, "%s/%s", r->dir, names[i]);
@@ -162,7 +165,8 @@ static int load_set(const bench *B, row *r) {
             r->n_ads++;
         }
     }
-    if (r->form[0]) unsetenv("PEFTD_LYCO_FORM");
+    unsetenv("PEFTD_LYCO_FORM");
+    unsetenv("PEFTD_ROT_FORM");
     for (int i = 0; i < n; i++) free(names[i]);
     if (st == 0) snprintf(r->kind, sizeof r->kind, "%s", adapter_kind_name(r->ads[0]->kind));
     return st;
@@ -193,8 +197,8 @@ int main(int argc, char **argv) {
             rows[n] = (row){.type = ROW_SET};
             snprintf(rows[n].name, sizeof rows[n].name, "%.*s", (int)(c - v), v);
             snprintf(rows[n].dir, sizeof rows[n].dir, "%s", c + 1);
-            char *f = strrchr(rows[n].dir, ':'); /* NAME:DIR:lora|dense — LoKr / LoHa forced to one form */
-            if (f && (!strcmp(f + 1, "lora") || !strcmp(f + 1, "dense"))) {
+            char *f = strrchr(rows[n].dir, ':'); /* NAME:DIR:lora|dense|factored — one form forced */
+            if (f && (!strcmp(f + 1, "lora") || !strcmp(f + 1, "dense") || !strcmp(f + 1, "factored"))) {
                 snprintf(rows[n].form, sizeof rows[n].form, "%s", f + 1);
                 *f = 0;
             }

@@ -101,7 +101,7 @@ make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_json"
 # each kind against the base and against 8 distinct rank-16 all-linear LoRAs, and 32 sequences
 # each composing two of those LoRAs ("linear": 4 (A, B) pairs per module, "cat": 2). The
 # sets are random adapters shaped after the fixture adapters (clients/gen_like_adapter.py;
-# PEFT LoRA variants at rank 16, the other kinds at the fixtures' sizes); LoKr and LoHa also
+# PEFT LoRA variants at rank 16, the other kinds at the fixtures' sizes); LoKr, LoHa, OFT and BOFT also
 # with every module forced dense (the rule's other form). BENCH_KINDS=0 skips it.
 if [ "${BENCH_KINDS:-1}" != 0 ]; then
     KINDS=$MODELS/kinds-110m
@@ -149,6 +149,7 @@ if [ "${BENCH_KINDS:-1}" != 0 ]; then
             lokr_full oft boft ln_tuning adalora p_tuning prefix_projection hub_lora hub_ia3 hub_prefix \
             hub_prefix_flat hub_mam compacter; do printf -- '--kind %s:%s ' "$k" "$KINDS/$k"; done) \
         --kind "lokr-dense:$KINDS/lokr:dense" --kind "loha-dense:$KINDS/loha:dense" \
+        --kind "oft-dense:$KINDS/oft:dense" --kind "boft-dense:$KINDS/boft:dense" \
         --seqs "$N_ADAPTERS" --distinct 8 --prompt 8 --tokens "${BENCH_TOKENS_KINDS:-32}" \
         --rounds "${BENCH_ROUNDS_KINDS:-3}" --threads "$THREADS" --out bench/results/latest-kinds.json >/dev/null
 fi
