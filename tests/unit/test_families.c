@@ -24,6 +24,7 @@
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/seq_batch.h"
+#include "tests/harness/greedy_run.h"
 #include "tests/harness/test.h"
 
 #define TOL 1e-4
@@ -269,32 +270,19 @@ static void check_engine(const char *family) {
     engine *e = NULL;
     if (engine_create(&ec, R.m, R.kb, tok, &e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
     ASSERT_EQ(engine_start(e), 0);
-    engine_request *q[N_KINDS + 1];
-    for (int k = -1; k < N_KINDS; k++) {
-        gen_params p;
-        gen_params_default(&p);
-        p.max_tokens = N_GREEDY;
-        p.temperature = 0;
-        p.logprobs = 0; /* the tokens come back with the delta */
-        p.ignore_eos = true;
-        p.adapter = k < 0 ? NULL : R.ad[k];
-        ASSERT((q[k + 1] = engine_request_create(R.ref.greedy_ids, R.ref.n_greedy_ids, &p)));
-        int st = engine_submit(e, q[k + 1]);
-        if (st < 0) FAIL("engine_submit: %s", peftd_strerror(st));
-    }
+    static greedy_run q[N_KINDS + 1];
+    for (int k = -1; k < N_KINDS; k++)
+        greedy_submit(e, &q[k + 1], R.ref.greedy_ids, R.ref.n_greedy_ids, N_GREEDY, k < 0 ? NULL : R.ad[k], 1.0f, NULL);
     for (int k = -1; k < N_KINDS; k++) {
         const int32_t *want = k < 0 ? R.ref.greedy : R.ref.greedy_ad[k];
-        engine_delta d;
-        engine_request_wait(q[k + 1]);
-        ASSERT_EQ(engine_request_take(q[k + 1], &d), 0);
-        if (d.finish == FINISH_ERROR) FAIL("%s: generation failed: %s", family, d.error);
-        ASSERT_EQ(d.n_tokens, N_GREEDY);
+        char gerr[256];
+        greedy_collect(&q[k + 1], gerr, sizeof gerr);
+        if (gerr[0]) FAIL("%s: generation failed: %s", family, gerr);
+        ASSERT_EQ(q[k + 1].n, N_GREEDY);
         for (int i = 0; i < N_GREEDY; i++)
-            if (d.tokens[i].id != want[i])
+            if (q[k + 1].ids[i] != want[i])
                 FAIL("%s %s (engine): greedy token %d is %d, transformers/peft say %d", family,
-                     k < 0 ? "base" : KINDS[k], i, d.tokens[i].id, want[i]);
-        engine_delta_free(&d);
-        engine_request_unref(q[k + 1]);
+                     k < 0 ? "base" : KINDS[k], i, q[k + 1].ids[i], want[i]);
     }
     printf("    %-8s engine: base + %d adapter kinds at once, %d greedy tokens each identical\n", family, N_KINDS,
            N_GREEDY);
