@@ -59,6 +59,7 @@
 #include "server/engine/engine.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
+#include "server/runtime.h"
 #include "server/text/tokenizer.h"
 
 #define MAX_SHAPES 4
@@ -605,7 +606,7 @@ static int load_all(const options *o, bench *B, shape *sh, int n_sh) {
         fprintf(stderr, "bench_adapters: model_load %s: %s\n", o->model_dir, err);
         return -1;
     }
-    if (tokenizer_load(o->model_dir, &B->tok, err, sizeof err) < 0) {
+    if (runtime_tokenizer_load(B->m, &B->tok, err, sizeof err) < 0) {
         fprintf(stderr, "bench_adapters: tokenizer_load %s: %s\n", o->model_dir, err);
         return -1;
     }

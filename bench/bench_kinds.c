@@ -35,6 +35,7 @@
 #include "server/engine/engine.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
+#include "server/runtime.h"
 #include "server/text/tokenizer.h"
 
 #define MAX_ROWS 40
@@ -220,7 +221,7 @@ int main(int argc, char **argv) {
     log_set_level(LOG_WARN);
     char err[1024];
     if (!(B.kb = kbackend_cpu_create(threads)) || model_load(model_dir, B.kb, &B.m, err, sizeof err) < 0 ||
-        tokenizer_load(model_dir, &B.tok, err, sizeof err) < 0) {
+        runtime_tokenizer_load(B.m, &B.tok, err, sizeof err) < 0) {
         fprintf(stderr, "bench_kinds: %s\n", err);
         return 1;
     }

@@ -13,8 +13,15 @@
 # bench/peers/.cache/llama_cpp_info.json (race.sh copies them into the results JSON) and
 # into the binaries' --version via LLAMA_BUILD_COMMIT.
 #
+# AMX: on a CPU with AMX-INT8, llama.cpp 0c1e57098 built with GGML_NATIVE=ON crashes
+# (SIGSEGV in ggml_backend_amx_mul_mat during llama-server's warm-up with -np 32; seen on a
+# Xeon with AVX-512 + AMX, 2026-12-03, while AMX itself works there). There the peer is built
+# with GGML_NATIVE=OFF and each of the CPU's own ISA options (AVX-512, VNNI, BF16, ...)
+# switched on except AMX, so weight repacking (its interleaved Q4_0/Q4_K/Q8_0 kernels) stays
+# on; LLAMA_CPP_AMX=on builds native anyway. The build directory and llama_cpp_info.json say
+# which.
 # Knobs: LLAMA_CPP_PYTHON_VERSION (pin, e.g. 0.3.36; default: the newest on PyPI the first
-# time, then whatever is cached), JOBS (default 2), NICE (default 10).
+# time, then whatever is cached), LLAMA_CPP_AMX (auto | on), JOBS (default 2), NICE (default 10).
 # Cached: a second run with the binaries present does nothing but print the info.
 set -euo pipefail
 
@@ -50,6 +57,18 @@ commit=${commit:-unknown}
 
 LC=$src/vendor/llama.cpp
 BUILD=$CACHE/build-$version
+isa="-DGGML_NATIVE=ON"; isa_note="GGML_NATIVE=ON"
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && [ "${LLAMA_CPP_AMX:-auto}" != on ]; then
+    flags=$(grep -m1 '^flags' /proc/cpuinfo)
+    has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
+    isa="-DGGML_NATIVE=OFF -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_BMI2=$(has bmi2)
+         -DGGML_FMA=$(has fma) -DGGML_F16C=$(has f16c) -DGGML_AVX_VNNI=$(has avx_vnni)
+         -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VBMI=$(has avx512vbmi)
+         -DGGML_AVX512_VNNI=$(has avx512_vnni) -DGGML_AVX512_BF16=$(has avx512_bf16)
+         -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    isa_note="GGML_NATIVE=OFF, this CPU's ISA options without AMX (ggml's AMX path crashes)"
+    BUILD=$BUILD-noamx
+fi
 BIN=$BUILD/bin
 targets="llama-server llama-bench llama-batched-bench llama-quantize"
 need=0
@@ -59,7 +78,7 @@ for t in $targets; do [ -x "$BIN/$t" ] || need=1; done
 if [ $need = 1 ]; then
     echo "peers: building llama.cpp@$commit (llama-cpp-python $version) CPU-only, -j$JOBS, nice $NICE" >&2
     nice -n "$NICE" cmake -S "$LC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-        -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF \
+        $isa -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF \
         -DGGML_OPENMP=ON -DBUILD_SHARED_LIBS=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF \
         -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
@@ -71,7 +90,7 @@ fi
 cat > "$CACHE/llama_cpp_info.json" <<JSON
 {"llama_cpp_commit": "$commit", "llama_cpp_python_sdist": "$version",
  "sdist_sha256": "$sha", "source": "$LC", "bin": "$BIN",
- "cmake": "Release GGML_NATIVE=ON GGML_CUDA=OFF GGML_BLAS=OFF GGML_OPENMP=ON static",
+ "cmake": "Release $isa_note GGML_CUDA=OFF GGML_BLAS=OFF GGML_OPENMP=ON static",
  "compiler": "$(cc --version | head -1)"}
 JSON
 cat "$CACHE/llama_cpp_info.json"

@@ -5,10 +5,8 @@
  *   Q8_0: vpdpbusd wants one unsigned operand: the weights are offset by 128 (w ^ 0x80) and
  *         the accumulator starts at -128·Σx of the lane (kq_x.corr), so the lane is Σ w·x
  *         exactly. Two blocks (2 × 32 codes) per zmm: lanes 0-7 even block, 8-15 odd.
- *   Q4_K, Q5_K, Q6_K: run on the AVX2 tiles (qdot_avx2.c). Their canonical order sums a
- *         super-block in int32 with the sub-block scales applied as integers (qmatmul.h), the
- *         shape of an AVX2 vpmaddubsw/vpmaddwd loop; a VNNI version of that order has not been
- *         written yet (it needs an AVX-512 machine to be checked bit for bit against scalar).
+ *   Q4_K, Q5_K, Q6_K: qdot_avx512_k.c (their canonical order is an integer vpmaddubsw /
+ *         vpdpwssd loop, not this one).
  * Weight rows are read once per x group of 4; the first group prefetches KQ_PF bytes ahead.
  * Compiled for these instructions by target attributes and only called when the CPU has
  * them (kq_path_available). */
@@ -186,8 +184,8 @@ static const tile_fn q40_tiles[2][4] = {{q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
-    if (kdtype_is_kquant(dt)) { /* the K-quants' integer order runs on the AVX2 tiles (header) */
-        kq_rows_avx2(dt, w, rb, r0, r1, x, y, ldy, beta);
+    if (kdtype_is_kquant(dt)) {
+        kq_rows_avx512_k(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }
     for (int64_t r = r0; r < r1;) {

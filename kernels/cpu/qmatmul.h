@@ -1,6 +1,6 @@
 /* kernels/cpu/qmatmul.h — what the quantized matmul's files share (kernels/cpu/qmatmul.c:
- * driver, activation quantization, scalar path; qdot_avx512.c: AVX-512 VNNI; qdot_avx2.c:
- * AVX2). Private to kernels/cpu/.
+ * driver, activation quantization, scalar path; qdot_avx512.c: AVX-512 VNNI (Q8_0, Q4_0),
+ * qdot_avx512_k.c: AVX-512 K-quants; qdot_avx2.c: AVX2). Private to kernels/cpu/.
  *
  * THE CANONICAL ORDER (what makes every path bit-identical and batch-invariant).
  * Q8_0, Q4_0: one output y = dot(w row, x row) is a sum over the row's blocks into 16 f32 lanes
@@ -63,6 +63,9 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
 float kq_quant_block_avx2(const float *x, int len, int8_t *q);
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta);
+/* The K-quants of the VNNI path (qdot_avx512_k.c; kq_rows_vnni forwards them). */
+void kq_rows_avx512_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                      int64_t ldy, float beta);
 
 /* The Q4_K 6-bit scale and min of sub-block s (quant_ref.h's packing). */
 static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m) {

@@ -226,24 +226,62 @@ TEST(q4km_every_kind_logits_prefill_and_decode) {
     qref_free(&r);
 }
 
+/* How far below its own top logit the reference's token may be where the two greedy paths
+ * part after a rounding tie: the logits test measures up to 0.053 of difference after a tie
+ * (one activation quantum flipped); twice that. */
+#define AFTER_TIE_GAP 0.1
+
+/* peftd's greedy tokens equal the reference's. Token i is chosen from the logits of position
+ * n_prompt - 1 + i; from the reference's first rounding tie on (fixture first_tie: an activation
+ * where an ulp of summation order picks the quantum) both are valid paths of the file's math and
+ * may part (seen on an AVX-512 machine: the prompt kind's prompt 1, tie at position 8, token 22).
+ * So a different token is accepted only past that tie, and only as a near-tie of peftd's own
+ * logits there: teacher-forced on the reference's tokens, the reference's choice is within
+ * AFTER_TIE_GAP of peftd's top logit. The run is not compared after it parts. */
 TEST(q4km_every_kind_greedy) {
     qref r;
     qref_load(&r);
     rig R;
     rig_open(&R, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
     int32_t got[N_GREEDY];
+    int n_equal = 0, n_parted = 0;
     for (int k = 0; k < N_CASES; k++) {
         for (int p = 0; p < N_PROMPTS; p++) {
             seq_spec sp = {.ids = r.prompt[p], .n = r.n_prompt[p], .ad = R.ad[k]};
             seq_greedy(R.c, R.m, &sp, N_GREEDY, got);
-            for (int i = 0; i < N_GREEDY; i++)
-                if (got[i] != r.greedy[k][p][i])
-                    FAIL("%s prompt %d: greedy token %d is %d, the reference says %d (its min top-2 gap %.3g)", KINDS[k], p,
-                         i, got[i], r.greedy[k][p][i], r.min_gap[k]);
+            int i = 0;
+            while (i < N_GREEDY && got[i] == r.greedy[k][p][i]) i++;
+            n_equal += i;
+            if (i == N_GREEDY) continue;
+            const int tie = r.first_tie[k][p], pos = r.n_prompt[p] - 1 + i;
+            if (tie < 0 || pos < tie)
+                FAIL("%s prompt %d: greedy token %d is %d, the reference says %d (its min top-2 gap %.3g; first "
+                     "rounding tie %d)", KINDS[k], p, i, got[i], r.greedy[k][p][i], r.min_gap[k], tie);
+            int32_t seq[MAX_IDS];
+            memcpy(seq, r.prompt[p], sizeof(int32_t) * r.n_prompt[p]);
+            memcpy(seq + r.n_prompt[p], r.greedy[k][p], sizeof(int32_t) * i);
+            float *out = malloc(sizeof(float) * (size_t)(pos + 1) * r.vocab);
+            ASSERT(out);
+            seq_spec tf = {.ids = seq, .n = pos + 1, .ad = R.ad[k]};
+            seq_prefill_decode(R.c, R.m, &tf, r.n_prompt[p], out);
+            const float *row = out + (size_t)pos * r.vocab;
+            float top = row[0];
+            for (int v = 1; v < r.vocab; v++)
+                if (row[v] > top) top = row[v];
+            const double below = top - row[r.greedy[k][p][i]];
+            printf("    Q4_K_M %-6s prompt %d: parts from the reference at token %d (position %d, past its rounding tie "
+                   "at %d): the reference's token is %.3g below peftd's top logit\n", KINDS[k], p, i, pos, tie, below);
+            if (!(below <= AFTER_TIE_GAP))
+                FAIL("%s prompt %d token %d: the reference's token is %.3g below the top (> %g)", KINDS[k], p, i, below,
+                     AFTER_TIE_GAP);
+            free(out);
+            n_parted++;
         }
-        printf("    Q4_K_M %-6s %d x %d greedy tokens = reference (reference's min top-2 gap %.3g)\n", KINDS[k], N_PROMPTS,
+        printf("    Q4_K_M %-6s %d x %d greedy tokens checked (reference's min top-2 gap %.3g)\n", KINDS[k], N_PROMPTS,
                N_GREEDY, r.min_gap[k]);
     }
+    printf("    Q4_K_M greedy: %d of %d tokens equal; %d runs part after a rounding tie at a near-tie\n", n_equal,
+           N_CASES * N_PROMPTS * N_GREEDY, n_parted);
     rig_close(&R, N_CASES);
     qref_free(&r);
 }

@@ -1,0 +1,106 @@
+/* kernels/cpu/qdot_kquant_x86.h — the K-quant pieces the AVX2 (qdot_avx2.c) and AVX-512
+ * (qdot_avx512_k.c) tiles share: the Q4_K/Q5_K scale unpacking and each super-block's f32
+ * step, which is where the canonical order (qmatmul.h) touches floats. Both paths compute the
+ * same exact int32 lane sums I[r][i] (8 lanes per weight row r and x row i) and hand them
+ * here, so the floats are the same instructions on the same values in both: bit-identity of
+ * the paths rests on the integer sums alone. Header-only; compiled for AVX2 by target
+ * attributes (an AVX-512 caller inlines them: its target includes AVX2). Private to
+ * kernels/cpu/. */
+#ifndef PEFTD_KCPU_QDOT_KQUANT_X86_H
+#define PEFTD_KCPU_QDOT_KQUANT_X86_H
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/cpu/qmatmul.h"
+
+#define KQX_INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+/* The canonical 8-lane reduction (kq_reduce8). */
+KQX_INL float kq_r8(__m256 a) {
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
+}
+
+KQX_INL void kq_store8(int R, int N, __m256 acc[4][4], float *y, int64_t ldy, float beta) {
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < N; i++) {
+            float s = kq_r8(acc[r][i]), *yp = y + i * ldy + r;
+            *yp = beta != 0.0f ? *yp + s : s;
+        }
+}
+
+/* vpshufb control that puts 16-bit word a in every word of the low 128-bit lane and word b
+ * in every word of the high lane. */
+KQX_INL __m256i kq_word_bcast(int a, int b) {
+    const int lo = (2 * a) | (2 * a + 1) << 8, hi = (2 * b) | (2 * b + 1) << 8;
+    return _mm256_setr_epi16(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi);
+}
+
+/* The 8 six-bit scales and mins of a Q4_K / Q5_K super-block at p (quant_ref.h's packing),
+ * unpacked in one xmm from the 12 scale bytes as 32-bit words u0..u2: scales 0-3 = u0 & 0x3f..,
+ * 4-7 = (u2 & 0x0f..) | (u0 >> 2 & 0x30..); mins 0-3 = u1 & 0x3f.., 4-7 = (u2 >> 4 & 0x0f..) |
+ * (u1 >> 2 & 0x30..). Out: the scales as 16-bit words 0-7 in both 128-bit lanes
+ * (kq_word_bcast(c, c) picks sc_c for vpmaddwd), the mins as 8 int32. Reads p + 4 .. p + 19
+ * (inside the block). */
+KQX_INL void kq_q4k_scales8(const uint8_t *p, __m256i *sc16, __m256i *m32) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)(p + 4));
+    const __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x3f));                          /* [sc0-3, m0-3, .] */
+    const __m128i u2 = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0xaa), _mm_setr_epi32(0, 4, 0, 0)); /* [u2, u2>>4] */
+    const __m128i hi = _mm_or_si128(_mm_and_si128(u2, _mm_set1_epi8(0x0f)),
+                                    _mm_and_si128(_mm_srli_epi32(v, 2), _mm_set1_epi8(0x30)));  /* [sc4-7, m4-7] */
+    const __m128i sm = _mm_unpacklo_epi32(lo, hi);                                     /* sc0-7 | m0-7 */
+    const __m128i s16 = _mm_cvtepu8_epi16(sm);
+    *sc16 = _mm256_set_m128i(s16, s16);
+    *m32 = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
+}
+
+/* Q4_K / Q5_K super-block b (BB bytes each) of weight rows r < R against x rows i0 + i, i < N:
+ * I[r][i] = the lanes' integer sums, m32[r] = the row's mins; adds both f32 terms to acc. */
+KQX_INL void kq_q4k_finish(int R, int N, const uint8_t *w, size_t rb, int BB, int64_t b, const kq_x *x, int i0,
+                           __m256i I[4][4], const __m256i m32[4], __m256 acc[4][4]) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    __m128 dd[4]; /* [d, dmin] of each row */
+    for (int r = 0; r < R; r++) {
+        int32_t h2;
+        memcpy(&h2, w + r * rb + BB * b, 4);
+        dd[r] = _mm_cvtph_ps(_mm_cvtsi32_si128(h2));
+    }
+    for (int i = 0; i < N; i++) {
+        const int64_t row = i0 + i;
+        const __m128 dx = _mm_set1_ps(x->d[row * nb + b]);
+        __m256i X = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + row * (cols / 32) + 8 * b)));
+        for (int r = 0; r < R; r++) {
+            const __m128 f = _mm_xor_ps(_mm_mul_ps(dd[r], dx), _mm_setr_ps(0.0f, -0.0f, 0.0f, 0.0f)); /* d·dx, −(dmin·dx) */
+            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r][i]), _mm256_broadcastss_ps(f), acc[r][i]);
+            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(m32[r], X)),
+                                        _mm256_broadcastss_ps(_mm_movehdup_ps(f)), acc[r][i]);
+        }
+    }
+}
+
+/* Q6_K super-block b of weight rows r < R against x rows i0 + i, i < N: adds the −32 offset
+ * (−32·sc_g times the x group sums) to the lanes' integer sums I[r][i], then the f32 term. */
+KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
+                           __m256i I[4][4], __m256 acc[4][4]) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    for (int r = 0; r < R; r++) {
+        const uint8_t *p = w + r * rb + 210 * b;
+        /* −32·sc_g as 16 words (|·| <= 4096) */
+        __m256i nsc = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
+                                         _mm256_set1_epi16(-32));
+        uint16_t h;
+        memcpy(&h, p + 208, 2);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(h));
+        for (int i = 0; i < N; i++) {
+            const int64_t row = i0 + i;
+            __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + row * (cols / 16) + 16 * b));
+            __m256i T = _mm256_add_epi32(I[r][i], _mm256_madd_epi16(nsc, G));
+            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(T), _mm256_mul_ps(d, _mm256_set1_ps(x->d[row * nb + b])),
+                                        acc[r][i]);
+        }
+    }
+}
+
+#endif
