@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "bench/bench_time.h"
 #include "kernels/cpu/simd.h"
@@ -36,6 +37,16 @@ static inline void bench_bw_task(void *vc, int task, int thread) {
         a3 = kv_add(a3, kv_load(p + i + 3 * KV_W));
     }
     c->sums[task] = kv_hsum(kv_add(kv_add(a0, a1), kv_add(a2, a3)));
+}
+
+/* At least `floor` bytes and at least `times` × this machine's L3 (sysconf; 32 MiB when it does
+ * not say): the size of a buffer that must come from DRAM. The benchmarks' old fixed sizes
+ * (128 / 256 MiB, 4-8× a 32 MiB L3) sit inside the 480 MiB L3 of some Xeons, where they
+ * measured the cache. */
+static inline size_t bench_beyond_l3(size_t floor, int times) {
+    long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    size_t want = (size_t)(l3 > 0 ? l3 : 32l << 20) * (size_t)times;
+    return want > floor ? want : floor;
 }
 
 /* Best-of-5 parallel streaming read bandwidth over a fresh buffer of `bytes` (make it

@@ -13,7 +13,7 @@
  * the matmul, which reads faster than a plain sum) over the same weight
  * copies, timed in the same interleaved rounds as the matmul so that load from
  * other processes on a shared machine affects both alike. The best streaming
- * read over a buffer 8× the L3 is also reported. Weight copies are cycled so that every call reads its
+ * read over a buffer beyond the L3 (bench_roofline.h) is also reported. Weight copies are cycled so that every call reads its
  * weights from DRAM, as in a real decode step where all layers' weights pass
  * through the caches once. Output: one JSON object on stdout; a table on stderr.
  * Quantized dtypes (q8_0, q4_k) are timed against the roofline of their own bytes
@@ -41,10 +41,10 @@
 void openblas_set_num_threads(int num_threads);
 
 /* Working set that must be cycled through per timed loop so weights are not
- * served from the 32 MiB L3: 4× the L3. */
-#define BENCH_WSET_BYTES (128u << 20)
-/* Read-bandwidth buffer: 256 MiB, 8× the L3. */
-#define BENCH_BW_BYTES (256u << 20)
+ * served from the L3: 128 MiB or 2× the L3 (bench_roofline.h). */
+#define BENCH_WSET_BYTES bench_beyond_l3(128u << 20, 2)
+/* Read-bandwidth buffer: 256 MiB or 2× the L3. */
+#define BENCH_BW_BYTES bench_beyond_l3(256u << 20, 2)
 
 /* Best-of-5 single-thread memcpy bandwidth (bytes read + written), GB/s. */
 static double memcpy_bandwidth(void) {

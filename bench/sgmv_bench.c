@@ -10,7 +10,7 @@
  * in→out {768→768, 768→2048} and weights {bf16, f32}, it times shrink, expand and the
  * pair, and reports the adapter weight traffic (bytes of every distinct A_i and B_i the
  * call reads, divided by its time) against the measured read bandwidth of this machine
- * (a parallel streaming sum over a buffer 8× the L3, with L2 software prefetch).
+ * (a parallel streaming sum over a buffer beyond the L3, with L2 software prefetch).
  * Adapter copies are cycled so each call reads its weights from DRAM, as in a decode
  * step where every layer's adapters pass through the caches once. Times are medians.
  * Output: one JSON object on stdout; a table on stderr.
@@ -27,10 +27,10 @@
 #include "lib/half.h"
 
 /* Adapter bytes cycled through per timed loop so weights are not served from the
- * 32 MiB L3: 4× the L3. */
-#define BENCH_WSET_BYTES (128u << 20)
-/* Read-bandwidth buffer: 256 MiB, 8× the L3. */
-#define BENCH_BW_BYTES (256u << 20)
+ * L3: 128 MiB or 2× the L3 (bench_roofline.h). */
+#define BENCH_WSET_BYTES bench_beyond_l3(128u << 20, 2)
+/* Read-bandwidth buffer: 256 MiB or 2× the L3. */
+#define BENCH_BW_BYTES bench_beyond_l3(256u << 20, 2)
 /* Batch rows of a decode step. */
 #define BENCH_ROWS 32
 /* Timed repetitions kept at most per config (median taken). */
