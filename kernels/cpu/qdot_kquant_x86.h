@@ -74,7 +74,9 @@ KQX_INL void kq_q4k_finish(int R, int N, const uint8_t *w, size_t rb, int BB, in
         for (int r = 0; r < R; r++) {
             const __m128 f = _mm_xor_ps(_mm_mul_ps(dd[r], dx), _mm_setr_ps(0.0f, -0.0f, 0.0f, 0.0f)); /* d·dx, −(dmin·dx) */
             acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r][i]), _mm256_broadcastss_ps(f), acc[r][i]);
-            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(m32[r], X)),
+            /* m·X: m (0..63) in each int32's low word, high word 0, so vpmaddwd gives m·X exactly
+             * (X's sign-extended high word meets the 0) in one µop where vpmulld takes two */
+            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(m32[r], X)),
                                         _mm256_broadcastss_ps(_mm_movehdup_ps(f)), acc[r][i]);
         }
     }
