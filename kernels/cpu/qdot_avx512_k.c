@@ -13,8 +13,9 @@
  *   Q6_K: chunks 4h + 2m, 4h + 2m + 1 are the 64 ql bytes at 64h, nibble m, with bits 4m + .. of
  *         the 32 qh bytes at 128 + 32h (a variable 16-bit shift per half); scale groups
  *         4m' .. 4m' + 3 (m' = 2h + m) in the four 128-bit lanes.
- * Tiles: 4 weight rows × 1 x row (decode), 2 × up to 4 (batches), 1 × up to 4 (the last row);
- * the first x group of a row tile prefetches KQ_PF ahead, as the AVX2 tiles. Compiled for
+ * Tiles: 4 weight rows × 1 x row (decode; 2 and 1 for the last rows); batches 1 weight row × up
+ * to 8 x rows with the f32 step for two x rows per zmm (below). The first x group of a row
+ * prefetches KQ_PF ahead, as the AVX2 tiles. Compiled for
  * these instructions by target attributes; called only when the CPU has them. */
 #include <immintrin.h>
 #include <string.h>
@@ -154,6 +155,164 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
     kq_store8(R, N, acc, y, ldy, beta);
 }
 
+/* ---- Batches: one weight row × up to 8 x rows, the f32 step for two x rows per zmm ----
+ * A weight chunk pair is unpacked once for 8 x rows, and each super-block's f32 step runs on
+ * (x row i | x row i + 1) in the low | high 256 bits: the same lane operations on the same values
+ * as kq_q4k_finish / kq_q6k_finish (d·dx and (−dmin)·dx = −(dmin·dx) are the same f32 products),
+ * so the bits are those of the decode tiles and of AVX2; the final 8-lane reduction is kq_r8. */
+#define KQ_NB 8
+
+/* [fold(A) | fold(B)]: the exact int32 lane sums of two (row, x row) pairs in one zmm. */
+KQ_INL __m512i kq_fold2(__m512i A, __m512i B) {
+    return _mm512_add_epi32(_mm512_shuffle_i64x2(A, B, 0x44), _mm512_shuffle_i64x2(A, B, 0xEE));
+}
+
+/* x rows i, i + 1's scales, each in its half (i + 1 = i for an odd last row: discarded). */
+KQ_INL __m512 kq_dx2(const kq_x *x, int64_t ia, int64_t ib, int64_t nb, int64_t b) {
+    return _mm512_insertf32x8(_mm512_set1_ps(x->d[ia * nb + b]), _mm256_set1_ps(x->d[ib * nb + b]), 1);
+}
+
+KQ_INL void kq_store8x2(int N, const __m512 acc[KQ_NB / 2], float *y, int64_t ldy, float beta) {
+    for (int i = 0; i < N; i++) {
+        const __m256 a = i % 2 ? _mm512_extractf32x8_ps(acc[i / 2], 1) : _mm512_castps512_ps256(acc[i / 2]);
+        float s = kq_r8(a), *yp = y + i * ldy;
+        *yp = beta != 0.0f ? *yp + s : s;
+    }
+}
+
+/* Q4_K (FIVE = 0), Q5_K (FIVE = 1): weight row w × x rows i0 .. i0 + N - 1 (N <= 8). */
+KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy,
+                       float beta) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m512 acc[KQ_NB / 2];
+    for (int j = 0; j < (N + 1) / 2; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + BB * b;
+        if (i0 == 0) {
+            __builtin_prefetch(p + KQ_PF, 0, 2);
+            __builtin_prefetch(p + KQ_PF + 64, 0, 2);
+            __builtin_prefetch(p + KQ_PF + BB - 1, 0, 2);
+        }
+        __m256i sc16, m32;
+        kq_q4k_scales8(p, &sc16, &m32);
+        const __m512i scw = _mm512_castsi256_si512(sc16);
+        __m512i I[KQ_NB];
+#pragma GCC unroll 8
+        for (int i = 0; i < N; i++) I[i] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 32 * k));
+            __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
+                                            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
+            if (FIVE) {
+                __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
+                __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * k)),
+                                                 _mm256_set1_epi8((char)(1 << (2 * k + 1))), 1);
+                wv = _mm512_mask_add_epi8(wv, _mm512_test_epi8_mask(qh, bit), wv, _mm512_set1_epi8(16));
+            }
+            const __m512i s = _mm512_permutexvar_epi16(kq_idx2(2 * k, 2 * k + 1), scw);
+#pragma GCC unroll 8
+            for (int i = 0; i < N; i++) {
+                __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * cols + 256 * b + 64 * k);
+                I[i] = _mm512_dpwssd_epi32(I[i], _mm512_maddubs_epi16(wv, xv), s);
+            }
+        }
+        int32_t h2;
+        memcpy(&h2, p, 4);
+        const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(h2));
+        const __m512 vd = _mm512_set1_ps(_mm_cvtss_f32(dd)), vnm = _mm512_set1_ps(-_mm_cvtss_f32(_mm_movehdup_ps(dd)));
+        const __m512i m2 = _mm512_broadcast_i64x4(m32);
+#pragma GCC unroll 4
+        for (int j = 0; j < (N + 1) / 2; j++) {
+            const int ia = 2 * j, ib = 2 * j + 1 < N ? 2 * j + 1 : 2 * j;
+            const int64_t ra = i0 + ia, rb2 = i0 + ib;
+            const __m512 dx = kq_dx2(x, ra, rb2, nb, b);
+            const __m512i X = _mm512_cvtepi16_epi32(_mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(x->gsum + ra * (cols / 32) + 8 * b))),
+                _mm_loadu_si128((const __m128i *)(x->gsum + rb2 * (cols / 32) + 8 * b)), 1));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kq_fold2(I[ia], I[ib])), _mm512_mul_ps(vd, dx), acc[j]);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(m2, X)), _mm512_mul_ps(vnm, dx), acc[j]);
+        }
+    }
+    kq_store8x2(N, acc, y, ldy, beta);
+}
+
+/* Q6_K: weight row w × x rows i0 .. i0 + N - 1 (N <= 8). */
+KQ_INL void q6k_tile_b(int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i shl01 = kq_idx2(4, 2), shr23 = kq_idx2(0, 2);
+    __m512 acc[KQ_NB / 2];
+    for (int j = 0; j < (N + 1) / 2; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + 210 * b;
+        if (i0 == 0)
+            for (int o = 0; o < 210; o += 64) __builtin_prefetch(p + KQ_PF + o, 0, 2);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+        const __m512i scw = _mm512_castsi256_si512(sc16);
+        __m512i I[KQ_NB];
+#pragma GCC unroll 8
+        for (int i = 0; i < N; i++) I[i] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int mm = 0; mm < 4; mm++) {
+            const int h = mm / 2, m = mm % 2;
+            const __m512i idx = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_setr_epi16(4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm,
+                                                          4 * mm, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1,
+                                                          4 * mm + 1, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1)),
+                _mm256_setr_epi16(4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2,
+                                  4 * mm + 2, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3,
+                                  4 * mm + 3, 4 * mm + 3),
+                1);
+            __m512i ql = _mm512_loadu_si512(p + 64 * h);
+            __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h)));
+            __m512i lo = _mm512_and_si512(m ? _mm512_srli_epi16(ql, 4) : ql, m4);
+            __m512i hs = m ? _mm512_srlv_epi16(qh, shr23) : _mm512_sllv_epi16(qh, shl01);
+            const __m512i wv = _mm512_or_si512(lo, _mm512_and_si512(hs, m30));
+            const __m512i s = _mm512_permutexvar_epi16(idx, scw);
+#pragma GCC unroll 8
+            for (int i = 0; i < N; i++) {
+                __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * cols + 256 * b + 64 * mm);
+                I[i] = _mm512_dpwssd_epi32(I[i], _mm512_maddubs_epi16(wv, xv), s);
+            }
+        }
+        /* −32·sc_g as 16 words, in both halves */
+        const __m512i nsc = _mm512_broadcast_i64x4(_mm256_mullo_epi16(sc16, _mm256_set1_epi16(-32)));
+        uint16_t hd;
+        memcpy(&hd, p + 208, 2);
+        const __m512 vd = _mm512_set1_ps(_cvtsh_ss(hd));
+#pragma GCC unroll 4
+        for (int j = 0; j < (N + 1) / 2; j++) {
+            const int ia = 2 * j, ib = 2 * j + 1 < N ? 2 * j + 1 : 2 * j;
+            const int64_t ra = i0 + ia, rb2 = i0 + ib;
+            const __m512i G = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x->gsum + ra * (cols / 16) + 16 * b))),
+                _mm256_loadu_si256((const __m256i *)(x->gsum + rb2 * (cols / 16) + 16 * b)), 1);
+            const __m512i T = _mm512_add_epi32(kq_fold2(I[ia], I[ib]), _mm512_madd_epi16(nsc, G));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(T), _mm512_mul_ps(vd, kq_dx2(x, ra, rb2, nb, b)), acc[j]);
+        }
+    }
+    kq_store8x2(N, acc, y, ldy, beta);
+}
+
+typedef void (*tile_b_fn)(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
+#define BTILE_DEF(N)                                                                                          \
+    static KQ_TGT void q4kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
+        q4k_tile_b(0, N, w, x, i0, y, ldy, beta);                                                             \
+    }                                                                                                         \
+    static KQ_TGT void q5kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
+        q4k_tile_b(1, N, w, x, i0, y, ldy, beta);                                                             \
+    }                                                                                                         \
+    static KQ_TGT void q6kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
+        q6k_tile_b(N, w, x, i0, y, ldy, beta);                                                                \
+    }
+BTILE_DEF(1) BTILE_DEF(2) BTILE_DEF(3) BTILE_DEF(4) BTILE_DEF(5) BTILE_DEF(6) BTILE_DEF(7) BTILE_DEF(8)
+static const tile_b_fn q4kb_tiles[KQ_NB] = {q4kb_1, q4kb_2, q4kb_3, q4kb_4, q4kb_5, q4kb_6, q4kb_7, q4kb_8};
+static const tile_b_fn q5kb_tiles[KQ_NB] = {q5kb_1, q5kb_2, q5kb_3, q5kb_4, q5kb_5, q5kb_6, q5kb_7, q5kb_8};
+static const tile_b_fn q6kb_tiles[KQ_NB] = {q6kb_1, q6kb_2, q6kb_3, q6kb_4, q6kb_5, q6kb_6, q6kb_7, q6kb_8};
+
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
 #define KTILE_DEF(R, N)                                                                                       \
     static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
@@ -168,23 +327,27 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
                                      int64_t ldy, float beta) {                                               \
         q6k_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
     }
-KTILE_DEF(4, 1) KTILE_DEF(2, 1) KTILE_DEF(2, 2) KTILE_DEF(2, 3) KTILE_DEF(2, 4)
-KTILE_DEF(1, 1) KTILE_DEF(1, 2) KTILE_DEF(1, 3) KTILE_DEF(1, 4)
-/* [4 rows (one x row only) | 2 rows | 1 row][N - 1] */
-static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
-static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
-static const tile_fn q6k_tiles[3][4] = {{q6k_4_1}, {q6k_2_1, q6k_2_2, q6k_2_3, q6k_2_4}, {q6k_1_1, q6k_1_2, q6k_1_3, q6k_1_4}};
+KTILE_DEF(4, 1) KTILE_DEF(2, 1) KTILE_DEF(1, 1)
+/* decode (one x row): [4 rows | 2 rows | 1 row][0] */
+static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1}, {q4k_1_1}};
+static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1}, {q5k_1_1}};
+static const tile_fn q6k_tiles[3][4] = {{q6k_4_1}, {q6k_2_1}, {q6k_1_1}};
 
 void kq_rows_avx512_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                       int64_t ldy, float beta) {
+    if (x->n > 1) { /* batches: one weight row × 8 x rows at a time */
+        const tile_b_fn *t = dt == KDT_Q5_K ? q5kb_tiles : dt == KDT_Q6_K ? q6kb_tiles : q4kb_tiles;
+        for (int64_t r = r0; r < r1; r++)
+            for (int i = 0; i < x->n; i += KQ_NB) {
+                int N = x->n - i < KQ_NB ? x->n - i : KQ_NB;
+                t[N - 1](w + r * rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);
+            }
+        return;
+    }
     const tile_fn (*t)[4] = dt == KDT_Q5_K ? q5k_tiles : dt == KDT_Q6_K ? q6k_tiles : q4k_tiles;
     for (int64_t r = r0; r < r1;) {
-        int R = x->n == 1 && r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
-        const tile_fn *fns = t[R == 4 ? 0 : R == 2 ? 1 : 2];
-        for (int i = 0; i < x->n; i += 4) {
-            int N = x->n - i < 4 ? x->n - i : 4;
-            fns[N - 1](w + r * rb, rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);
-        }
+        int R = r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
+        t[R == 4 ? 0 : R == 2 ? 1 : 2][0](w + r * rb, rb, x, 0, y + r, ldy, beta);
         r += R;
     }
 }
