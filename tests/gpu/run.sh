@@ -24,6 +24,7 @@
 #   bench1.json     the same at 1 seq: the batch-1 decode step for the roofline
 #   memcheck.log    compute-sanitizer memcheck on the op tests; racecheck.log likewise
 #   hf.json         tests/gpu/hf_baseline.py: transformers + peft mixed batch (adapter_names)
+#   pool_churn.json bench/pool_churn.py: N adapters through store.slots resident (acceptance 3d)
 #   summary.txt     every line above + tests/gpu/summarize.py's acceptance 3/4 lines
 #
 # GPU_DRYRUN=1: the same script against the CPU build (the parity harness's self-test, the
@@ -69,6 +70,7 @@ if [ -n "$DRY" ]; then
     M=$MODELS/llama-tiny-bf16
     GEN_MODEL=(--hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128 --vocab 512 --max-pos 256)
     SEQS=4 TOKENS=${GPU_TOKENS:-8} TOKENS_D=4 BW_MB=256 HF_DEVICE=cpu
+    POOL=(--adapters 40 --slots 16 --hot 8 --clients 8 --duration 3 --max-tokens 8)
     export PATH="$PWD/tests/gpu/stubs:$PATH" PEFTD_PARITY_SELFTEST=1
     say "== peftd GPU run, DRY RUN on the CPU (GPU_DRYRUN=1) $(date -u +%FT%TZ)"
 else
@@ -79,6 +81,7 @@ else
     M=$MODELS/llama-1b-bf16
     GEN_MODEL=(--preset 1b)
     SEQS=64 TOKENS=${GPU_TOKENS:-32} TOKENS_D=8 BW_MB=1024 HF_DEVICE=cuda
+    POOL=(--adapters 1000 --slots 128 --hot 64 --clients 64 --duration 20 --max-tokens 32)
     export PATH="$PATH:/usr/local/cuda/bin"
     BUILD_PATH=$PATH
     say "== peftd GPU run $(date -u +%FT%TZ)"
@@ -229,6 +232,13 @@ if has_time 15 "bench_adapters (batch 1)"; then
     timeout "$(cap 60)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" --shape "r16all:$A16" \
         --seqs 1 --prompt 8 --tokens "$TOKENS" --tokens-d "$TOKENS_D" --rounds 1 --out "$RES/bench1.json" \
         >>"$RES/bench.log" 2>&1 || fail "bench_adapters (batch 1): FAILED (bench.log)"
+fi
+# acceptance 3d: N adapters (rank 8 on q, v; generated into $MODELS on the first run) uploaded to
+# a daemon with store.slots resident, peftd-loadgen over HOT of them, then over all N
+if has_time 90 "pool churn"; then
+    PEFTD_BIN="$BUILD/peftd" timeout "$(cap 240)" "$PYTHON" bench/pool_churn.py --model "$M" "${POOL[@]}" \
+        --adapters-dir "$MODELS/$(basename "$M")-pool-r8-qv" --out "$RES/pool_churn.json" >"$RES/pool_churn.log" 2>&1 ||
+        fail "pool churn: FAILED (pool_churn.log)"
 fi
 say "bench: done ($(elapsed))"
 

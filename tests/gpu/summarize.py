@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """tests/gpu/summarize.py RESULTS_DIR [--seqs 64] — issue 13's acceptance lines 3 and 4 from the
-files tests/gpu/run.sh wrote (bw.json, bench<seqs>.json, bench1.json, hf.json), one line each,
+files tests/gpu/run.sh wrote (bw.json, bench<seqs>.json, bench1.json, pool_churn.json, hf.json), one line each,
 worded as the issue states them:
   3a  batch-1 decode step >= 70% of the HBM read roofline
   3b  batch <seqs> with <seqs> distinct rank-8 q,v LoRAs >= 0.9x base throughput
@@ -86,10 +86,18 @@ def line_3c(res, seqs):
             f"{x:.2f}x -> {verdict(x <= 1.2)}")
 
 
-def line_3d():
-    return ("3d 1,000 adapters through a 128-slot pool >= 0.8x the 64-adapter throughput: NOT MEASURED "
-            "(the device slot pool is built and checked in pool.log, but no benchmark streams 1,000 adapters "
-            "through the daemon's tiers yet: bench_adapters preloads its adapters)")
+def line_3d(res):
+    try:
+        p = load(res, "pool_churn.json")
+    except Missing as e:
+        return (f"3d 1,000 adapters through a 128-slot pool >= 0.8x the 64-adapter throughput: NOT MEASURED "
+                f"({e}; see pool_churn.log)")
+    h, c = p["hot"], p["churn"]
+    return (f"3d {c['adapters']} adapters through a {p['slots']}-slot pool >= 0.8x the {h['adapters']}-adapter "
+            f"throughput (rank {p['rank']} on {p['targets']}, {p['clients']} streaming clients, via the daemon's "
+            f"tiers): {c['tokens_per_s']:.1f} vs {h['tokens_per_s']:.1f} tok/s, {c['slot_counters']['misses']:.0f} slot "
+            f"misses, {c['slot_counters']['evictions']:.0f} evictions: {p['ratio_churn_vs_hot']:.3f}x -> "
+            f"{verdict(p['ratio_churn_vs_hot'] >= 0.8)}")
 
 
 def line_4(res, seqs):
@@ -118,7 +126,7 @@ def main():
         except (Missing, KeyError, TypeError, ZeroDivisionError) as e:
             print(f"acceptance line not computed: {e.__class__.__name__}: {e}")
             ok = False
-    print(line_3d())
+    print(line_3d(a.res))
     try:
         text, ran_ok = line_4(a.res, a.seqs)
     except (Missing, KeyError, TypeError, ZeroDivisionError) as e:
