@@ -36,12 +36,48 @@ KQ_INL __m512i kq_idx2(int a, int b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
 }
 
+/* Q4_K / Q5_K chunk pair k (chunks 2k, 2k + 1) of the super-block at p as unsigned codes, low
+ * chunk below, high above, and its scales (scw: sc_0..7 in words 0-7) in the same halves. */
+KQ_INL void kq_q4k_pair(int FIVE, const uint8_t *p, int k, __m512i scw, __m512i *wv, __m512i *s) {
+    const int QS = FIVE ? 48 : 16;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 32 * k));
+    *wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                             1);
+    if (FIVE) { /* + 16 where bit 2k (low chunk) / 2k + 1 (high) of qh[l] is set */
+        __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
+        __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * k)), _mm256_set1_epi8((char)(1 << (2 * k + 1))), 1);
+        *wv = _mm512_mask_add_epi8(*wv, _mm512_test_epi8_mask(qh, bit), *wv, _mm512_set1_epi8(16));
+    }
+    *s = _mm512_permutexvar_epi16(kq_idx2(2 * k, 2 * k + 1), scw);
+}
+
+/* Q6_K chunk pair mm (chunks 2mm, 2mm + 1 = 4h + 2m, 4h + 2m + 1) of the super-block at p as 6-bit
+ * codes, low chunk below, high above, and its four 16-element groups' scales (scw: the 16 scales
+ * as words), group 4mm + L in 128-bit lane L. Bits 2k, 2k+1 of qh go to bits 4, 5: k = 0, 1 shift
+ * left by 4, 2; k = 2, 3 by 0, right by 2 (16-bit shifts: bits crossing a byte boundary land
+ * outside the 0x30 mask). */
+KQ_INL void kq_q6k_pair(const uint8_t *p, int mm, __m512i scw, __m512i *wv, __m512i *s) {
+    const int h = mm / 2, m = mm % 2, g = 4 * mm;
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i idx = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_setr_epi16(g, g, g, g, g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1)),
+        _mm256_setr_epi16(g + 2, g + 2, g + 2, g + 2, g + 2, g + 2, g + 2, g + 2, g + 3, g + 3, g + 3, g + 3, g + 3, g + 3, g + 3,
+                          g + 3),
+        1);
+    __m512i ql = _mm512_loadu_si512(p + 64 * h);
+    __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h)));
+    __m512i lo = _mm512_and_si512(m ? _mm512_srli_epi16(ql, 4) : ql, m4);
+    __m512i hs = m ? _mm512_srlv_epi16(qh, kq_idx2(0, 2)) : _mm512_sllv_epi16(qh, kq_idx2(4, 2));
+    *wv = _mm512_or_si512(lo, _mm512_and_si512(hs, m30));
+    *s = _mm512_permutexvar_epi16(idx, scw);
+}
+
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. */
 KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,
                      int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
-    const __m256i m4 = _mm256_set1_epi8(15);
+    const int BB = FIVE ? 176 : 144;
     __m256 acc[4][4];
     for (int r = 0; r < R; r++)
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
@@ -65,19 +101,7 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
         for (int k = 0; k < 4; k++) {
             __m512i wv[4], s[4];
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                const uint8_t *p = w + r * rb + BB * b;
-                __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 32 * k));
-                wv[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
-                                           _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
-                if (FIVE) { /* + 16 where bit 2k (low chunk) / 2k + 1 (high) of qh[l] is set */
-                    __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
-                    __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * k)),
-                                                     _mm256_set1_epi8((char)(1 << (2 * k + 1))), 1);
-                    wv[r] = _mm512_mask_add_epi8(wv[r], _mm512_test_epi8_mask(qh, bit), wv[r], _mm512_set1_epi8(16));
-                }
-                s[r] = _mm512_permutexvar_epi16(kq_idx2(2 * k, 2 * k + 1), scw[r]);
-            }
+            for (int r = 0; r < R; r++) kq_q4k_pair(FIVE, w + r * rb + BB * b, k, scw[r], &wv[r], &s[r]);
 #pragma GCC unroll 4
             for (int i = 0; i < N; i++) {
                 __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * cols + 256 * b + 64 * k);
@@ -98,10 +122,6 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
 KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                      float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
-    /* bits 2k, 2k+1 of qh to bits 4, 5: k = 0, 1 shift left by 4, 2; k = 2, 3 by 0, right by 2
-     * (16-bit shifts: bits crossing a byte boundary land outside the 0x30 mask) */
-    const __m512i shl01 = kq_idx2(4, 2), shr23 = kq_idx2(0, 2);
     __m256 acc[4][4];
     for (int r = 0; r < R; r++)
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
@@ -118,27 +138,10 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
             for (int i = 0; i < N; i++) I[r][i] = _mm512_setzero_si512();
         }
 #pragma GCC unroll 4
-        for (int mm = 0; mm < 4; mm++) { /* chunks 2mm, 2mm + 1 = 4h + 2m, 4h + 2m + 1 */
-            const int h = mm / 2, m = mm % 2;
-            const __m512i idx = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_setr_epi16(4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm,
-                                                          4 * mm, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1,
-                                                          4 * mm + 1, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1)),
-                _mm256_setr_epi16(4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2,
-                                  4 * mm + 2, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3,
-                                  4 * mm + 3, 4 * mm + 3),
-                1);
+        for (int mm = 0; mm < 4; mm++) { /* chunks 2mm, 2mm + 1 */
             __m512i wv[4], s[4];
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                const uint8_t *p = w + r * rb + 210 * b;
-                __m512i ql = _mm512_loadu_si512(p + 64 * h);
-                __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h)));
-                __m512i lo = _mm512_and_si512(m ? _mm512_srli_epi16(ql, 4) : ql, m4);
-                __m512i hs = m ? _mm512_srlv_epi16(qh, shr23) : _mm512_sllv_epi16(qh, shl01);
-                wv[r] = _mm512_or_si512(lo, _mm512_and_si512(hs, m30));
-                s[r] = _mm512_permutexvar_epi16(idx, scw[r]);
-            }
+            for (int r = 0; r < R; r++) kq_q6k_pair(w + r * rb + 210 * b, mm, scw[r], &wv[r], &s[r]);
 #pragma GCC unroll 4
             for (int i = 0; i < N; i++) {
                 __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * cols + 256 * b + 64 * mm);
@@ -184,8 +187,7 @@ KQ_INL void kq_store8x2(int N, const __m512 acc[KQ_NB / 2], float *y, int64_t ld
 KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy,
                        float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
-    const __m256i m4 = _mm256_set1_epi8(15);
+    const int BB = FIVE ? 176 : 144;
     __m512 acc[KQ_NB / 2];
     for (int j = 0; j < (N + 1) / 2; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -203,16 +205,8 @@ KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0,
         for (int i = 0; i < N; i++) I[i] = _mm512_setzero_si512();
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 32 * k));
-            __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
-                                            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
-            if (FIVE) {
-                __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
-                __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * k)),
-                                                 _mm256_set1_epi8((char)(1 << (2 * k + 1))), 1);
-                wv = _mm512_mask_add_epi8(wv, _mm512_test_epi8_mask(qh, bit), wv, _mm512_set1_epi8(16));
-            }
-            const __m512i s = _mm512_permutexvar_epi16(kq_idx2(2 * k, 2 * k + 1), scw);
+            __m512i wv, s;
+            kq_q4k_pair(FIVE, p, k, scw, &wv, &s);
 #pragma GCC unroll 8
             for (int i = 0; i < N; i++) {
                 __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * cols + 256 * b + 64 * k);
@@ -242,8 +236,6 @@ KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0,
 /* Q6_K: weight row w × x rows i0 .. i0 + N - 1 (N <= 8). */
 KQ_INL void q6k_tile_b(int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
-    const __m512i shl01 = kq_idx2(4, 2), shr23 = kq_idx2(0, 2);
     __m512 acc[KQ_NB / 2];
     for (int j = 0; j < (N + 1) / 2; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -257,21 +249,8 @@ KQ_INL void q6k_tile_b(int N, const uint8_t *w, const kq_x *x, int i0, float *y,
         for (int i = 0; i < N; i++) I[i] = _mm512_setzero_si512();
 #pragma GCC unroll 4
         for (int mm = 0; mm < 4; mm++) {
-            const int h = mm / 2, m = mm % 2;
-            const __m512i idx = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_setr_epi16(4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm, 4 * mm,
-                                                          4 * mm, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1,
-                                                          4 * mm + 1, 4 * mm + 1, 4 * mm + 1, 4 * mm + 1)),
-                _mm256_setr_epi16(4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2, 4 * mm + 2,
-                                  4 * mm + 2, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3, 4 * mm + 3,
-                                  4 * mm + 3, 4 * mm + 3),
-                1);
-            __m512i ql = _mm512_loadu_si512(p + 64 * h);
-            __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h)));
-            __m512i lo = _mm512_and_si512(m ? _mm512_srli_epi16(ql, 4) : ql, m4);
-            __m512i hs = m ? _mm512_srlv_epi16(qh, shr23) : _mm512_sllv_epi16(qh, shl01);
-            const __m512i wv = _mm512_or_si512(lo, _mm512_and_si512(hs, m30));
-            const __m512i s = _mm512_permutexvar_epi16(idx, scw);
+            __m512i wv, s;
+            kq_q6k_pair(p, mm, scw, &wv, &s);
 #pragma GCC unroll 8
             for (int i = 0; i < N; i++) {
                 __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * cols + 256 * b + 64 * mm);
