@@ -246,22 +246,9 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
                                      int64_t ldy, float beta) {                                               \
         q8_tile(KDT_Q4_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
     }
-#define KTILE_DEF(R, N)                                                                                       \
-    static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q4k_tile(0, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
-    }                                                                                                         \
-    static KQ_TGT void q5k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q4k_tile(1, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
-    }                                                                                                         \
-    static KQ_TGT void q6k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q6k_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
-    }
 TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
-KTILE_DEF(4, 1) KTILE_DEF(2, 1) KTILE_DEF(2, 2) KTILE_DEF(2, 3) KTILE_DEF(2, 4)
-KTILE_DEF(1, 1) KTILE_DEF(1, 2) KTILE_DEF(1, 3) KTILE_DEF(1, 4)
+KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(2, 2) KQ_KTILE_DEF(2, 3) KQ_KTILE_DEF(2, 4)
+KQ_KTILE_DEF(1, 1) KQ_KTILE_DEF(1, 2) KQ_KTILE_DEF(1, 3) KQ_KTILE_DEF(1, 4)
 static const tile_fn q8_tiles[2][2] = {{q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
 static const tile_fn q40_tiles[2][2] = {{q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
 /* K-quants: [4 rows (one x row only) | 2 rows | 1 row][N - 1] */

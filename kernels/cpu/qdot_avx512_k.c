@@ -293,20 +293,7 @@ static const tile_b_fn q5kb_tiles[KQ_NB] = {q5kb_1, q5kb_2, q5kb_3, q5kb_4, q5kb
 static const tile_b_fn q6kb_tiles[KQ_NB] = {q6kb_1, q6kb_2, q6kb_3, q6kb_4, q6kb_5, q6kb_6, q6kb_7, q6kb_8};
 
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
-#define KTILE_DEF(R, N)                                                                                       \
-    static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q4k_tile(0, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
-    }                                                                                                         \
-    static KQ_TGT void q5k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q4k_tile(1, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
-    }                                                                                                         \
-    static KQ_TGT void q6k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q6k_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
-    }
-KTILE_DEF(4, 1) KTILE_DEF(2, 1) KTILE_DEF(1, 1)
+KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(1, 1)
 /* decode (one x row): [4 rows | 2 rows | 1 row][0] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1}, {q4k_1_1}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1}, {q5k_1_1}};

@@ -105,4 +105,21 @@ KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b,
     }
 }
 
+/* The K-quant tiles' entry points of one R × N shape, q4k_R_N, q5k_R_N, q6k_R_N (the tile_fn
+ * signature), for a file that defines KQ_TGT and the inline q4k_tile(FIVE, R, N, ...) and
+ * q6k_tile(R, N, ...) of its instruction set. */
+#define KQ_KTILE_DEF(R, N)                                                                                     \
+    static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q4k_tile(0, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+    }                                                                                                         \
+    static KQ_TGT void q5k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q4k_tile(1, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+    }                                                                                                         \
+    static KQ_TGT void q6k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q6k_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
+    }
+
 #endif
