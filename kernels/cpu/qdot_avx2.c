@@ -110,11 +110,7 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + BB * b;
-            if (i0 == 0) {
-                __builtin_prefetch(p + KQ_PF, 0, 2);
-                __builtin_prefetch(p + KQ_PF + 64, 0, 2);
-                __builtin_prefetch(p + KQ_PF + BB - 1, 0, 2);
-            }
+            if (i0 == 0) kq_prefetch_sb(p, BB);
             kq_q4k_scales8(p, &sc16[r], &m32[r]);
             if (N > 1)
 #pragma GCC unroll 8
@@ -168,8 +164,7 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + 210 * b;
-            if (i0 == 0)
-                for (int o = 0; o < 210; o += 64) __builtin_prefetch(p + KQ_PF + o, 0, 2);
+            if (i0 == 0) kq_prefetch_sb(p, 210);
             __m128i s8 = _mm_loadu_si128((const __m128i *)(p + 192));
             __m128i lo = _mm_cvtepi8_epi16(s8), hi = _mm_cvtepi8_epi16(_mm_srli_si128(s8, 8));
             __m256i sA = _mm256_set_m128i(lo, lo), sB = _mm256_set_m128i(hi, hi);

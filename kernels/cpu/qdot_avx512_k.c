@@ -26,11 +26,6 @@
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
 
-/* The exact int32 lane sums of the low and high chunk of each zmm, added: AVX2's 8 lanes. */
-KQ_INL __m256i kq_fold(__m512i I) {
-    return _mm256_add_epi32(_mm512_castsi512_si256(I), _mm512_extracti64x4_epi64(I, 1));
-}
-
 /* vpermw index: word a in the low 256 bits, word b in the high 256 bits. */
 KQ_INL __m512i kq_idx2(int a, int b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
@@ -73,6 +68,27 @@ KQ_INL void kq_q6k_pair(const uint8_t *p, int mm, __m512i scw, __m512i *wv, __m5
     *s = _mm512_permutexvar_epi16(idx, scw);
 }
 
+/* I[r][i] += the chunk pair's products of weight rows r (wv, scales s) and x rows i0 + i, the
+ * pair's codes at element offset off of each x row (the decode tiles' inner loop). */
+KQ_INL void kq_dot_pairs(int R, int N, const __m512i wv[4], const __m512i s[4], const kq_x *x, int i0, int64_t off,
+                         __m512i I[4][4]) {
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++) {
+        __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * x->cols + off);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) I[r][i] = _mm512_dpwssd_epi32(I[r][i], _mm512_maddubs_epi16(wv[r], xv), s[r]);
+    }
+}
+
+/* Each pair's two chunk halves added: AVX2's 8 int32 lane sums (the f32 step's input). */
+KQ_INL void kq_fold_all(int R, int N, __m512i I[4][4], __m256i I8[4][4]) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++)
+            I8[r][i] = _mm256_add_epi32(_mm512_castsi512_si256(I[r][i]), _mm512_extracti64x4_epi64(I[r][i], 1));
+}
+
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. */
 KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,
                      int64_t ldy, float beta) {
@@ -87,11 +103,7 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + BB * b;
-            if (i0 == 0) {
-                __builtin_prefetch(p + KQ_PF, 0, 2);
-                __builtin_prefetch(p + KQ_PF + 64, 0, 2);
-                __builtin_prefetch(p + KQ_PF + BB - 1, 0, 2);
-            }
+            if (i0 == 0) kq_prefetch_sb(p, BB);
             kq_q4k_scales8(p, &sc16[r], &m32[r]);
             scw[r] = _mm512_castsi256_si512(sc16[r]); /* words 0-7: sc_0..7 */
 #pragma GCC unroll 4
@@ -102,17 +114,9 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
             __m512i wv[4], s[4];
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) kq_q4k_pair(FIVE, w + r * rb + BB * b, k, scw[r], &wv[r], &s[r]);
-#pragma GCC unroll 4
-            for (int i = 0; i < N; i++) {
-                __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * cols + 256 * b + 64 * k);
-#pragma GCC unroll 4
-                for (int r = 0; r < R; r++) I[r][i] = _mm512_dpwssd_epi32(I[r][i], _mm512_maddubs_epi16(wv[r], xv), s[r]);
-            }
+            kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * k, I);
         }
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-            for (int i = 0; i < N; i++) I8[r][i] = kq_fold(I[r][i]);
+        kq_fold_all(R, N, I, I8);
         kq_q4k_finish(R, N, w, rb, BB, b, x, i0, I8, m32, acc);
     }
     kq_store8(R, N, acc, y, ldy, beta);
@@ -131,8 +135,7 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + 210 * b;
-            if (i0 == 0)
-                for (int o = 0; o < 210; o += 64) __builtin_prefetch(p + KQ_PF + o, 0, 2);
+            if (i0 == 0) kq_prefetch_sb(p, 210);
             scw[r] = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))));
 #pragma GCC unroll 4
             for (int i = 0; i < N; i++) I[r][i] = _mm512_setzero_si512();
@@ -142,17 +145,9 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
             __m512i wv[4], s[4];
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) kq_q6k_pair(w + r * rb + 210 * b, mm, scw[r], &wv[r], &s[r]);
-#pragma GCC unroll 4
-            for (int i = 0; i < N; i++) {
-                __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * cols + 256 * b + 64 * mm);
-#pragma GCC unroll 4
-                for (int r = 0; r < R; r++) I[r][i] = _mm512_dpwssd_epi32(I[r][i], _mm512_maddubs_epi16(wv[r], xv), s[r]);
-            }
+            kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * mm, I);
         }
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-            for (int i = 0; i < N; i++) I8[r][i] = kq_fold(I[r][i]);
+        kq_fold_all(R, N, I, I8);
         kq_q6k_finish(R, N, w, rb, b, x, i0, I8, acc);
     }
     kq_store8(R, N, acc, y, ldy, beta);
@@ -192,11 +187,7 @@ KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0,
     for (int j = 0; j < (N + 1) / 2; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + BB * b;
-        if (i0 == 0) {
-            __builtin_prefetch(p + KQ_PF, 0, 2);
-            __builtin_prefetch(p + KQ_PF + 64, 0, 2);
-            __builtin_prefetch(p + KQ_PF + BB - 1, 0, 2);
-        }
+        if (i0 == 0) kq_prefetch_sb(p, BB);
         __m256i sc16, m32;
         kq_q4k_scales8(p, &sc16, &m32);
         const __m512i scw = _mm512_castsi256_si512(sc16);
@@ -240,8 +231,7 @@ KQ_INL void q6k_tile_b(int N, const uint8_t *w, const kq_x *x, int i0, float *y,
     for (int j = 0; j < (N + 1) / 2; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + 210 * b;
-        if (i0 == 0)
-            for (int o = 0; o < 210; o += 64) __builtin_prefetch(p + KQ_PF + o, 0, 2);
+        if (i0 == 0) kq_prefetch_sb(p, 210);
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
         const __m512i scw = _mm512_castsi256_si512(sc16);
         __m512i I[KQ_NB];

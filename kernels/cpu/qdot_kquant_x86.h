@@ -38,6 +38,18 @@ KQX_INL __m256i kq_word_bcast(int a, int b) {
     return _mm256_setr_epi16(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi);
 }
 
+/* Prefetch the super-block KQ_PF ahead of p (BB bytes: Q4_K 144, Q5_K 176, Q6_K 210): Q4_K/Q5_K
+ * its first two lines and its last byte, Q6_K every 64 bytes (the tiles' measured choice). */
+KQX_INL void kq_prefetch_sb(const uint8_t *p, int BB) {
+    if (BB == 210) {
+        for (int o = 0; o < 210; o += 64) __builtin_prefetch(p + KQ_PF + o, 0, 2);
+        return;
+    }
+    __builtin_prefetch(p + KQ_PF, 0, 2);
+    __builtin_prefetch(p + KQ_PF + 64, 0, 2);
+    __builtin_prefetch(p + KQ_PF + BB - 1, 0, 2);
+}
+
 /* The 8 six-bit scales and mins of a Q4_K / Q5_K super-block at p (quant_ref.h's packing),
  * unpacked in one xmm from the 12 scale bytes as 32-bit words u0..u2: scales 0-3 = u0 & 0x3f..,
  * 4-7 = (u2 & 0x0f..) | (u0 >> 2 & 0x30..); mins 0-3 = u1 & 0x3f.., 4-7 = (u2 >> 4 & 0x0f..) |
