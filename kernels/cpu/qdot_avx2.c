@@ -102,9 +102,8 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
     const int64_t cols = x->cols, nb = cols / 256;
     const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc[4][4];
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    __m128 acc[4];
+    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i sc16[4], sc[4][8], m32[4], I[4][4];
 #pragma GCC unroll 4
@@ -145,7 +144,7 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
         }
         kq_q4k_finish(R, N, w, rb, BB, b, x, i0, I, m32, acc);
     }
-    kq_store8(R, N, acc, y, ldy, beta);
+    kq_store1(R, N, acc, y, ldy, beta);
 }
 
 /* Q6_K: chunk c = 4h + k of a super-block (qmatmul.h) is ql[64h + 32(k%2) + l] nibble k/2 with

@@ -94,9 +94,8 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
                      int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
     const int BB = FIVE ? 176 : 144;
-    __m256 acc[4][4];
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    __m128 acc[4];
+    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i sc16[4], m32[4], I8[4][4];
         __m512i scw[4], I[4][4];
@@ -119,7 +118,7 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
         kq_fold_all(R, N, I, I8);
         kq_q4k_finish(R, N, w, rb, BB, b, x, i0, I8, m32, acc);
     }
-    kq_store8(R, N, acc, y, ldy, beta);
+    kq_store1(R, N, acc, y, ldy, beta);
 }
 
 /* Q6_K: R weight rows × N x rows. */
@@ -178,13 +177,15 @@ KQ_INL void kq_store8x2(int N, const __m512 acc[KQ_NB / 2], float *y, int64_t ld
     }
 }
 
-/* Q4_K (FIVE = 0), Q5_K (FIVE = 1): weight row w × x rows i0 .. i0 + N - 1 (N <= 8). */
+/* Q4_K (FIVE = 0), Q5_K (FIVE = 1): weight row w × x rows i0 .. i0 + N - 1 (N <= 8); the f32
+ * step (kq_q4k_finish's, one lane per x row) runs on the 8 x rows in one ymm. */
 KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy,
                        float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
     const int BB = FIVE ? 176 : 144;
-    __m512 acc[KQ_NB / 2];
-    for (int j = 0; j < (N + 1) / 2; j++) acc[j] = _mm512_setzero_ps();
+    __m256 acc = _mm256_setzero_ps();
+    __m256i xrow = _mm256_setzero_si256(); /* x rows' offsets into x->d, the last one repeated */
+    for (int i = 0; i < KQ_NB; i++) ((int32_t *)&xrow)[i] = (int32_t)((i0 + (i < N ? i : N - 1)) * nb);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + BB * b;
         if (i0 == 0) kq_prefetch_sb(p, BB);
@@ -204,24 +205,32 @@ KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0,
                 I[i] = _mm512_dpwssd_epi32(I[i], _mm512_maddubs_epi16(wv, xv), s);
             }
         }
+        __m256i vi[KQ_NB], vm[KQ_NB];
+#pragma GCC unroll 8
+        for (int i = 0; i < KQ_NB; i++) {
+            if (i < N) {
+                vi[i] = _mm256_add_epi32(_mm512_castsi512_si256(I[i]), _mm512_extracti64x4_epi64(I[i], 1));
+                vm[i] = _mm256_madd_epi16(m32, _mm256_cvtepi16_epi32(_mm_loadu_si128(
+                                                   (const __m128i *)(x->gsum + (i0 + i) * (cols / 32) + 8 * b))));
+            } else
+                vi[i] = vm[i] = _mm256_setzero_si256();
+        }
         int32_t h2;
         memcpy(&h2, p, 4);
         const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(h2));
-        const __m512 vd = _mm512_set1_ps(_mm_cvtss_f32(dd)), vnm = _mm512_set1_ps(-_mm_cvtss_f32(_mm_movehdup_ps(dd)));
-        const __m512i m2 = _mm512_broadcast_i64x4(m32);
-#pragma GCC unroll 4
-        for (int j = 0; j < (N + 1) / 2; j++) {
-            const int ia = 2 * j, ib = 2 * j + 1 < N ? 2 * j + 1 : 2 * j;
-            const int64_t ra = i0 + ia, rb2 = i0 + ib;
-            const __m512 dx = kq_dx2(x, ra, rb2, nb, b);
-            const __m512i X = _mm512_cvtepi16_epi32(_mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(x->gsum + ra * (cols / 32) + 8 * b))),
-                _mm_loadu_si128((const __m128i *)(x->gsum + rb2 * (cols / 32) + 8 * b)), 1));
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kq_fold2(I[ia], I[ib])), _mm512_mul_ps(vd, dx), acc[j]);
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(m2, X)), _mm512_mul_ps(vnm, dx), acc[j]);
-        }
+        const __m256 dx = _mm256_i32gather_ps(x->d + b, xrow, 4);
+        const __m256 fd = _mm256_mul_ps(_mm256_set1_ps(_mm_cvtss_f32(dd)), dx);
+        const __m256 fm = _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dd))), dx),
+                                        _mm256_set1_ps(-0.0f)); /* −(dmin·dx) */
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vi)), fd, acc);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vm)), fm, acc);
     }
-    kq_store8x2(N, acc, y, ldy, beta);
+    float a[KQ_NB];
+    _mm256_storeu_ps(a, acc);
+    for (int i = 0; i < N; i++) {
+        float *yp = y + i * ldy;
+        *yp = beta != 0.0f ? *yp + a[i] : a[i];
+    }
 }
 
 /* Q6_K: weight row w × x rows i0 .. i0 + N - 1 (N <= 8). */

@@ -68,28 +68,56 @@ KQX_INL void kq_q4k_scales8(const uint8_t *p, __m256i *sc16, __m256i *m32) {
     *m32 = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
 }
 
-/* Q4_K / Q5_K super-block b (BB bytes each) of weight rows r < R against x rows i0 + i, i < N:
- * I[r][i] = the lanes' integer sums, m32[r] = the row's mins; adds both f32 terms to acc. */
+/* The exact sums of eight int32 vectors' lanes: lane k of the result = Σ lanes of v[k]. */
+KQX_INL __m256i kq_hsum8x8(const __m256i v[8]) {
+    const __m256i a = _mm256_hadd_epi32(v[0], v[1]), b = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i c = _mm256_hadd_epi32(v[4], v[5]), d = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d); /* [Σlo 0-3 | Σhi 0-3] */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+/* [d_0..d_3 | dmin_0..dmin_3] of the Q4_K / Q5_K super-block b of weight rows r < R (R <= 4;
+ * rows past R repeat row 0: their lanes are discarded). */
+KQX_INL __m256 kq_q4k_dd4(int R, const uint8_t *w, size_t rb, int BB, int64_t b) {
+    int32_t h[4];
+    for (int r = 0; r < 4; r++) memcpy(&h[r], w + (r < R ? r : 0) * rb + BB * b, 4);
+    const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)); /* d0 m0 d1 m1 .. */
+    return _mm256_permutevar8x32_ps(dd, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+/* Q4_K / Q5_K super-block b (BB bytes each) of weight rows r < R (R <= 4) against x rows i0 + i,
+ * i < N: I[r][i] = the lanes' integer sums, m32[r] = the row's mins. The canonical f32 step
+ * (qmatmul.h): the exact totals I = Σ lanes, M = Σ_j m_j·X_j, then acc[i] (lane r) =
+ * fma((float)I, d·dx, acc), fma((float)M, −(dmin·dx), acc). */
 KQX_INL void kq_q4k_finish(int R, int N, const uint8_t *w, size_t rb, int BB, int64_t b, const kq_x *x, int i0,
-                           __m256i I[4][4], const __m256i m32[4], __m256 acc[4][4]) {
+                           __m256i I[4][4], const __m256i m32[4], __m128 acc[4]) {
     const int64_t cols = x->cols, nb = cols / 256;
-    __m128 dd[4]; /* [d, dmin] of each row */
-    for (int r = 0; r < R; r++) {
-        int32_t h2;
-        memcpy(&h2, w + r * rb + BB * b, 4);
-        dd[r] = _mm_cvtph_ps(_mm_cvtsi32_si128(h2));
-    }
+    const __m256 dd = kq_q4k_dd4(R, w, rb, BB, b);
     for (int i = 0; i < N; i++) {
         const int64_t row = i0 + i;
-        const __m128 dx = _mm_set1_ps(x->d[row * nb + b]);
-        __m256i X = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + row * (cols / 32) + 8 * b)));
+        const __m256i X = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + row * (cols / 32) + 8 * b)));
+        __m256i v[8];
+        for (int r = 0; r < 4; r++) {
+            v[r] = r < R ? I[r][i] : _mm256_setzero_si256();
+            /* m·X: m (0..63) in each int32's low word, high word 0, so vpmaddwd gives m·X exactly */
+            v[4 + r] = r < R ? _mm256_madd_epi16(m32[r], X) : _mm256_setzero_si256();
+        }
+        const __m256 s = _mm256_cvtepi32_ps(kq_hsum8x8(v)); /* [I_0..3 | M_0..3] */
+        const __m256 f = _mm256_xor_ps(_mm256_mul_ps(dd, _mm256_set1_ps(x->d[row * nb + b])),
+                                       _mm256_setr_ps(0, 0, 0, 0, -0.0f, -0.0f, -0.0f, -0.0f)); /* d·dx | −(dmin·dx) */
+        acc[i] = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm256_castps256_ps128(f), acc[i]);
+        acc[i] = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm256_extractf128_ps(f, 1), acc[i]);
+    }
+}
+
+/* y[i·ldy + r] (+)= lane r of acc[i]: the one-lane outputs of kq_q4k_finish. */
+KQX_INL void kq_store1(int R, int N, const __m128 acc[4], float *y, int64_t ldy, float beta) {
+    for (int i = 0; i < N; i++) {
+        float a[4];
+        _mm_storeu_ps(a, acc[i]);
         for (int r = 0; r < R; r++) {
-            const __m128 f = _mm_xor_ps(_mm_mul_ps(dd[r], dx), _mm_setr_ps(0.0f, -0.0f, 0.0f, 0.0f)); /* d·dx, −(dmin·dx) */
-            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r][i]), _mm256_broadcastss_ps(f), acc[r][i]);
-            /* m·X: m (0..63) in each int32's low word, high word 0, so vpmaddwd gives m·X exactly
-             * (X's sign-extended high word meets the 0) in one µop where vpmulld takes two */
-            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(m32[r], X)),
-                                        _mm256_broadcastss_ps(_mm_movehdup_ps(f)), acc[r][i]);
+            float *yp = y + i * ldy + r;
+            *yp = beta != 0.0f ? *yp + a[r] : a[r];
         }
     }
 }

@@ -110,7 +110,7 @@ static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
 /* Q4_K and Q5_K (qh: the 32 bytes of 5th bits, at offset 16 of a 176-byte block). */
 static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs,
                                 int64_t nb) {
-    float L[8] = {0};
+    float L = 0.0f;
     const int five = dt == KDT_Q5_K;
     const size_t bb = kdtype_block_bytes(dt);
     for (int64_t b = 0; b < nb; b++) {
@@ -135,14 +135,17 @@ static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
                 I[j] += sc * p;
             }
         }
+        int32_t Isum = 0, M = 0;
         for (int j = 0; j < 8; j++) {
             int sc, m;
             kq_q4k_scale_min(blk + 4, j, &sc, &m);
-            L[j] = fmaf((float)I[j], d * xd[b], L[j]);
-            L[j] = fmaf((float)(m * gs[8 * b + j]), -(dmin * xd[b]), L[j]);
+            Isum += I[j];
+            M += m * gs[8 * b + j];
         }
+        L = fmaf((float)Isum, d * xd[b], L);
+        L = fmaf((float)M, -(dmin * xd[b]), L);
     }
-    return kq_reduce8(L);
+    return L;
 }
 
 /* Q6_K in ggml's layout: element 128h + 32k + l (h, k < 4, l < 32) is the nibble k/2 of

@@ -9,21 +9,23 @@
  *   blocks b = 0, 1, ... of 32; block b feeds lanes 8·(b%2) + j, j < 8, with
  *   P = Σ_{e<4} wq[4j+e]·xq[4j+e] and L = fma((float)P, dw_b·dx_b, L).
  *   Q4_0 as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high).
- * K-quants (super-blocks of 256, x codes in natural order): 8 f32 lanes L[0..7], reduced as
- *   kq_reduce8. Within a super-block everything is an exact int32 sum, so only the per-lane
- *   integer totals below are fixed; the f32 work is two (Q4_K, Q5_K) or one (Q6_K) fused
- *   multiply-add per lane per super-block — llama.cpp's integer shape, which the AVX2 loop
- *   (vpmaddubsw, then vpmaddwd by the 16-bit scale) computes directly.
+ * K-quants (super-blocks of 256, x codes in natural order). Within a super-block everything is
+ *   an exact int32 sum, so only the integer totals below are fixed.
  *   Chunk c = elements 32c .. 32c+31; lane j of chunk c = its elements 4j .. 4j+3;
  *   P(c, j) = Σ_{e<4} q[32c+4j+e]·xq[32c+4j+e] with q the unsigned code.
  *   Q4_K: q = the nibble (chunk c = sub-block c: qs byte 32·(c/2) + l, nibble c%2);
- *         I_j = Σ_c sc_c·P(c, j);  M_j = m_j·X_j with X_j = Σ xq over sub-block j;
- *         L_j = fma((float)I_j, d·dx, L_j), then L_j = fma((float)M_j, −(dmin·dx), L_j).
+ *         ONE f32 lane L per output: per super-block the exact totals I = Σ_c sc_c·Σ_j P(c, j)
+ *         and M = Σ_j m_j·X_j (X_j = Σ xq over sub-block j), then
+ *         L = fma((float)I, d·dx, L), then L = fma((float)M, −(dmin·dx), L); y = L. Only the
+ *         totals matter, so the AVX2/AVX-512 loops (vpmaddubsw, vpmaddwd / vpdpwssd by the
+ *         16-bit scale, 8 int32 lanes added at the end) and AMX's per-chunk tile products
+ *         (qdot_amx.c) give the same bits.
  *   Q5_K: as Q4_K with q = nibble | (bit c of qh[l]) << 4 (0..31).
- *   Q6_K: q = the 6-bit code (0..63) of ggml's layout; scale group g = 2c + j/4 (16 elements);
+ *   Q6_K: 8 f32 lanes L[0..7], reduced as kq_reduce8;
+ *         q = the 6-bit code (0..63) of ggml's layout; scale group g = 2c + j/4 (16 elements);
  *         T_j = Σ_c sc_g·P(c, j) + (−32·sc_2j)·G_2j + (−32·sc_2j+1)·G_2j+1, with G_g = Σ xq
  *         over group g (the q − 32 offset); L_j = fma((float)T_j, d·dx, L_j).
- *   |I|, |T| < 2^25: every int32 exact.
+ *   |I| < 2^26, |T| < 2^25: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0
  * and Q4_0 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
