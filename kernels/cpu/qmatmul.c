@@ -24,25 +24,35 @@ bool kq_path_available(kq_path p) {
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512vnni");
+    case KQ_AMX: return kq_path_available(KQ_VNNI) && kq_amx_usable();
     case KQ_AUTO: return true;
     }
     return false;
 }
 
 kq_path kq_best_path(void) {
-    return kq_path_available(KQ_VNNI) ? KQ_VNNI : kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
+    return kq_path_available(KQ_AMX)    ? KQ_AMX
+           : kq_path_available(KQ_VNNI) ? KQ_VNNI
+           : kq_path_available(KQ_AVX2) ? KQ_AVX2
+                                        : KQ_SCALAR;
 }
 
 static kq_path kq_resolve(void) {
     kq_path p = kcpu__q_path;
     if (p == KQ_AUTO) {
         const char *e = getenv("PEFTD_CPU_QPATH");
-        if (e && !strcmp(e, "vnni")) p = KQ_VNNI;
+        if (e && !strcmp(e, "amx")) p = KQ_AMX;
+        else if (e && !strcmp(e, "vnni")) p = KQ_VNNI;
         else if (e && !strcmp(e, "avx2")) p = KQ_AVX2;
         else if (e && !strcmp(e, "scalar")) p = KQ_SCALAR;
     }
     if (p == KQ_AUTO || !kq_path_available(p)) p = kq_best_path();
     return p;
+}
+
+/* Whether x of n rows is also laid out for the AMX path (qdot_amx.c). */
+static bool kq_amx_wanted(kdtype dt, int n) {
+    return (dt == KDT_Q4_K || dt == KDT_Q5_K) && n >= KQ_AMX_MIN_N && kq_resolve() == KQ_AMX;
 }
 
 /* ---- activation quantization ---- */
@@ -219,6 +229,7 @@ static void kq_task(void *vc, int task, int thread) {
 typedef struct {
     kdtype dt;
     bool simd; /* the AVX2 block quantizer (same bits as kq_quant_block) */
+    bool amx;  /* also the AMX layout (tasks for the padded row count) */
     const float *x;
     kq_x *qx;
 } kq_qctx;
@@ -228,8 +239,10 @@ static void kq_quant_task(void *vc, int i, int thread) {
     const kq_qctx *c = vc;
     kq_x *q = c->qx;
     int64_t cols = q->cols, be = kdtype_block_elems(c->dt);
-    kq_quantize_row(c->dt, c->simd, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
-                    q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
+    if (i < q->n)
+        kq_quantize_row(c->dt, c->simd, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
+                        q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
+    if (c->amx) kq_amx_x_row(q, i);
 }
 
 #define KQ_A64(b) (((b) + 63) / 64 * 64)
@@ -238,7 +251,8 @@ size_t kq_x_bytes(kdtype dt, int n, int64_t cols) {
     size_t nq = (size_t)n * (size_t)cols, nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
     size_t extra = kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t)
                                         : nq; /* corr: one int32 per 4 codes */
-    return KQ_A64(nq) + KQ_A64(nd * sizeof(float)) + KQ_A64(extra);
+    return KQ_A64(nq) + KQ_A64(nd * sizeof(float)) + KQ_A64(extra) +
+           (kq_amx_wanted(dt, n) ? KQ_A64(kq_amx_x_bytes(n, cols)) : 0);
 }
 
 void kq_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
@@ -250,11 +264,16 @@ void kq_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
     p += KQ_A64(nd * sizeof(float));
     if (kdtype_is_kquant(dt)) qx->gsum = (int16_t *)p;
     else qx->corr = (int32_t *)p;
+    if (kq_amx_wanted(dt, n)) {
+        size_t extra = kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq;
+        kq_amx_x_carve(n, cols, p + KQ_A64(extra), qx);
+    }
 }
 
 void kq_x_quantize(kcpu_backend *cb, kdtype dt, const float *x, kq_x *qx) {
-    kq_qctx qc = {.dt = dt, .simd = kq_resolve() != KQ_SCALAR, .x = x, .qx = qx};
-    kcpu__parallel(cb, qx->n, (double)qx->n * (double)qx->cols * 4.0, kq_quant_task, &qc);
+    kq_qctx qc = {.dt = dt, .simd = kq_resolve() != KQ_SCALAR, .amx = qx->amx_xv != NULL, .x = x, .qx = qx};
+    int tasks = qc.amx ? (qx->n + 15) / 16 * 16 : qx->n;
+    kcpu__parallel(cb, tasks, (double)qx->n * (double)qx->cols * 4.0, kq_quant_task, &qc);
 }
 
 int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float beta, kcpu_mm_job *job) {
@@ -266,14 +285,17 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     if (n == 0) return 0;
     if (!y || !w->data) return PEFTD_EINVAL;
     kq_path path = kq_resolve();
-    job->kq = (kcpu_kq_ctx){.fn = path == KQ_VNNI ? kq_rows_vnni : path == KQ_AVX2 ? kq_rows_avx2 : kq_rows_scalar,
+    job->kq = (kcpu_kq_ctx){.fn = path == KQ_AMX    ? kq_rows_amx
+                                  : path == KQ_VNNI ? kq_rows_vnni
+                                  : path == KQ_AVX2 ? kq_rows_avx2
+                                                    : kq_rows_scalar,
                             .dt = w->dtype, .w = w->data, .rb = rb, .rows = w->rows, .y = y, .beta = beta};
     int nt = cb->n_threads;
     int64_t block = w->rows;
     if (nt > 1) {
         int64_t want = (w->rows + (int64_t)nt * KQ_TASKS_PER_THREAD - 1) / ((int64_t)nt * KQ_TASKS_PER_THREAD);
         if (want < KQ_MIN_BLOCK) want = KQ_MIN_BLOCK;
-        block = (want + 3) / 4 * 4;
+        block = kq_amx_wanted(w->dtype, n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
     }
     job->kq.block = block;
     job->task = kq_task;

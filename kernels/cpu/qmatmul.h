@@ -48,6 +48,11 @@ typedef struct {
     int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
     int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
+    /* the AMX path's layout of the same codes (qdot_amx.c), or NULL: built for Q4_K/Q5_K
+     * batches of at least KQ_AMX_MIN_N rows when that path is in use; 64-byte aligned */
+    int8_t *amx_xv;
+    int32_t *amx_xp;
+    float *amx_dx;
 } kq_x;
 
 /* y[i·ldy + r] (+)= dot(w row r, x row i) for weight rows [r0, r1) and every x row, in the
@@ -65,6 +70,18 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
 float kq_quant_block_avx2(const float *x, int len, int8_t *q);
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta);
+/* The AMX path (qdot_amx.c): Q4_K/Q5_K batches with x->amx_xv on tile registers, the rest
+ * forwarded to kq_rows_vnni. kq_amx_usable: the CPU has AMX-INT8 and the kernel granted the
+ * tile state (asked once per process; thread-safe). The x layout: its bytes for n rows, its
+ * carving from 64-byte aligned p, and row i's part (i < the rows rounded up to 16; rows past
+ * x->n are written as zeros), after row i is quantized. */
+#define KQ_AMX_MIN_N 16
+bool kq_amx_usable(void);
+size_t kq_amx_x_bytes(int n, int64_t cols);
+void kq_amx_x_carve(int n, int64_t cols, uint8_t *p, kq_x *qx);
+void kq_amx_x_row(kq_x *qx, int i);
+void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                 int64_t ldy, float beta);
 /* The K-quants of the VNNI path (qdot_avx512_k.c; kq_rows_vnni forwards them). */
 void kq_rows_avx512_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                       int64_t ldy, float beta);
@@ -107,8 +124,8 @@ static inline float kq_reduce16(const float L[16]) {
 }
 
 /* Code paths, for tests and benchmarks: KQ_AUTO picks the best the CPU has. Process-wide;
- * set before issuing ops. PEFTD_CPU_QPATH=vnni|avx2|scalar in the environment sets it too. */
-typedef enum { KQ_AUTO = 0, KQ_VNNI, KQ_AVX2, KQ_SCALAR } kq_path;
+ * set before issuing ops. PEFTD_CPU_QPATH=amx|vnni|avx2|scalar in the environment sets it too. */
+typedef enum { KQ_AUTO = 0, KQ_VNNI, KQ_AVX2, KQ_SCALAR, KQ_AMX } kq_path;
 extern kq_path kcpu__q_path;
 /* The path KQ_AUTO resolves to on this CPU, and whether path p can run here. */
 kq_path kq_best_path(void);

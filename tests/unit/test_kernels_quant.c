@@ -133,8 +133,8 @@ static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
             if (fabs(got - ref) / tol > worst) worst = fabs(got - ref) / tol;
         }
     /* every available path, bit-identical */
-    static const kq_path paths[] = {KQ_VNNI, KQ_AVX2, KQ_SCALAR};
-    for (int p = 0; p < 3; p++) {
+    static const kq_path paths[] = {KQ_AMX, KQ_VNNI, KQ_AVX2, KQ_SCALAR};
+    for (int p = 0; p < 4; p++) {
         if (!kq_path_available(paths[p])) continue;
         run_path(kb, paths[p], x, n, &w, y2, 0.0f);
         if (memcmp(y, y2, (size_t)ny * 4))
@@ -163,12 +163,12 @@ static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
 }
 
 TEST(qmatmul_vs_dequant_reference) {
-    static const int NS[] = {1, 2, 5, 32};
+    static const int NS[] = {1, 2, 5, 20, 32};
     static const int THREADS[] = {1, 3};
     for (int t = 0; t < 2; t++) {
         kbackend *kb = kbackend_cpu_create(THREADS[t]);
         ASSERT(kb);
-        for (int ni = 0; ni < 4; ni++) {
+        for (int ni = 0; ni < 5; ni++) {
             static const int Q8_COLS[] = {32, 96, 256, 544};
             static const int ROWS[] = {1, 7, 37};
             for (int c = 0; c < 4; c++)
@@ -293,8 +293,8 @@ TEST(matmul_group_equals_each_matmul) {
 
 TEST(qmatmul_paths_present) {
     ASSERT(kq_path_available(KQ_SCALAR));
-    fprintf(stderr, "  paths: vnni %d avx2 %d scalar 1 (auto = %d)\n", kq_path_available(KQ_VNNI),
-            kq_path_available(KQ_AVX2), (int)kq_best_path());
+    fprintf(stderr, "  paths: amx %d vnni %d avx2 %d scalar 1 (auto = %d)\n", kq_path_available(KQ_AMX),
+            kq_path_available(KQ_VNNI), kq_path_available(KQ_AVX2), (int)kq_best_path());
 }
 
 TEST(qget_rows_dequantizes) {

@@ -1,0 +1,288 @@
+/* kernels/cpu/qdot_amx.c — Q4_K and Q5_K batches on AMX-INT8 tile registers (the AMX path of
+ * qmatmul.h). Everything else — other types, batches under KQ_AMX_MIN_N x rows, weight rows
+ * past the last whole group of 16 — goes to the VNNI path, whose bits are the same.
+ *
+ * One tdpbusd multiplies A = 16 weight rows' unsigned codes of one 32-element chunk (16 × 32
+ * bytes; the rows are unpacked once per group of 16 into a row-major buffer) by B = 16 x rows'
+ * codes of the same chunk in the tile unit's pairs-of-4 layout (8 × 64 bytes, built once per
+ * call by the activation quantizer: kq_x.amx_xv), giving the 256 exact chunk sums
+ * S_c[n][m] = Σ_{k<32} q·xq. A super-block's 8 chunks go to tmm0-3 in two rounds of 4 and are
+ * stored to a scratch; then, per weight row n with the 16 x rows in zmm lanes, the exact totals
+ * of the canonical order — I = Σ_c sc_c·S_c (vpmulld), M = Σ_j m_j·X_j (vpdpwssd on the code
+ * sums kq_x.amx_xp) — and its f32 step, fma((float)I, d·dx), fma((float)M, −(dmin·dx)): the
+ * totals and the two fmas of every other path, so the same bits (tests/unit/test_kernels_quant.c).
+ *
+ * Tiles: tmm0-3 C (16 × 64 bytes), tmm4/tmm6 A (16 × 32), tmm5/tmm7 B (8 × 64), alternating so
+ * that a load overlaps the previous product. The configuration is loaded at the start of every
+ * call and released at its end (another library in the thread may use the tiles too). The
+ * process asks the kernel for the tile state once (arch_prctl, kq_amx_usable). GCC's tile
+ * intrinsics are asm statements that do not tell the compiler which memory they touch, hence
+ * the explicit compiler barriers around them. */
+#include <cpuid.h>
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "kernels/cpu/qdot_kquant_x86.h"
+#include "kernels/cpu/qmatmul.h"
+
+#define AMX_TGT __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define AMX_INL static inline __attribute__((always_inline)) AMX_TGT
+#define AMX_BARRIER() __asm__ volatile("" ::: "memory")
+
+/* ---- availability ---- */
+
+#define ARCH_GET_XCOMP_PERM_ 0x1022
+#define ARCH_REQ_XCOMP_PERM_ 0x1023
+#define XFEATURE_XTILEDATA_ 18
+
+static bool amx_ok;
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+static void amx_probe(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+    if (!(d & (1u << 24)) || !(d & (1u << 25))) return; /* AMX-TILE, AMX-INT8 */
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return; /* OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return; /* XTILECFG, XTILEDATA enabled by the OS */
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM_, XFEATURE_XTILEDATA_)) return;
+    unsigned long perm = 0;
+    if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM_, &perm) || !(perm & (1ul << XFEATURE_XTILEDATA_))) return;
+    amx_ok = true;
+}
+
+bool kq_amx_usable(void) {
+    pthread_once(&amx_once, amx_probe);
+    return amx_ok;
+}
+
+/* ---- the activations' tile layout (kq_x.amx_*), one x row at a time ---- */
+
+size_t kq_amx_x_bytes(int n, int64_t cols) {
+    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)cols / 256;
+    return mp * (size_t)cols + mp * nb * 16 + mp * nb * 4; /* xv, xp (4 int32 per 16 x rows), dx */
+}
+
+void kq_amx_x_carve(int n, int64_t cols, uint8_t *p, kq_x *qx) {
+    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)cols / 256;
+    qx->amx_xv = (int8_t *)p;
+    qx->amx_xp = (int32_t *)(p + mp * (size_t)cols);
+    qx->amx_dx = (float *)(p + mp * (size_t)cols + mp * nb * 16);
+}
+
+/* Row i (< the padded count; rows >= x->n write zeros) into the layout:
+ *   xv[((mb·nb + b)·8 + c)·512 + 64r + 4m + e] = xq[16mb + m][256b + 32c + 4r + e]
+ *   xp[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (the code sums of sub-blocks 2t, 2t+1)
+ *   dx[(mb·nb + b)·16 + m] = the row's scale of super-block b. */
+void kq_amx_x_row(kq_x *qx, int i) {
+    const int64_t cols = qx->cols, nb = cols / 256, mb = i / 16, m = i % 16;
+    const bool live = i < qx->n;
+    const int8_t *q = qx->q + (int64_t)i * cols;
+    for (int64_t b = 0; b < nb; b++) {
+        for (int c = 0; c < 8; c++) {
+            int8_t *dst = qx->amx_xv + ((mb * nb + b) * 8 + c) * 512 + 4 * m;
+            for (int r = 0; r < 8; r++) {
+                if (live) memcpy(dst + 64 * r, q + 256 * b + 32 * c + 4 * r, 4);
+                else memset(dst + 64 * r, 0, 4);
+            }
+        }
+        for (int t = 0; t < 4; t++) {
+            int32_t v = 0;
+            if (live) {
+                const int16_t *g = qx->gsum + (int64_t)i * (cols / 32) + 8 * b + 2 * t;
+                v = (int32_t)((uint32_t)(uint16_t)g[0] | (uint32_t)(uint16_t)g[1] << 16);
+            }
+            qx->amx_xp[((mb * nb + b) * 4 + t) * 16 + m] = v;
+        }
+        qx->amx_dx[(mb * nb + b) * 16 + m] = live ? qx->d[(int64_t)i * nb + b] : 0.0f;
+    }
+}
+
+/* ---- the product ---- */
+
+typedef struct {
+    uint8_t palette, start_row, pad[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) amx_cfg;
+
+/* 16 weight rows unpacked: codes [16][cols], and per super-block b and row n the 8 scales
+ * (int32), the 4 mins pairs (m_2t | m_2t+1 << 16), d and dmin. */
+typedef struct {
+    uint8_t *a;
+    int32_t *sc, *mp;
+    float *d, *dm;
+} amx_wrows;
+
+AMX_INL void amx_unpack(int FIVE, const uint8_t *w, size_t rb, int64_t nb, int64_t cols, const amx_wrows *u) {
+    const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
+    const __m256i m4 = _mm256_set1_epi8(15), sixteen = _mm256_set1_epi8(16);
+    for (int n = 0; n < 16; n++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *p = w + n * rb + BB * b;
+            uint8_t *dst = u->a + n * cols + 256 * b;
+            const __m256i qh = FIVE ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+            for (int k = 0; k < 4; k++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 32 * k));
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (FIVE) { /* + 16 where bit 2k (low chunk) / 2k + 1 (high) of qh[l] is set */
+                    const __m256i bl = _mm256_set1_epi8((char)(1 << 2 * k)), bh = _mm256_set1_epi8((char)(1 << (2 * k + 1)));
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), sixteen));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), sixteen));
+                }
+                _mm256_storeu_si256((__m256i *)(dst + 64 * k), lo);
+                _mm256_storeu_si256((__m256i *)(dst + 64 * k + 32), hi);
+            }
+            __m256i sc16, m32;
+            kq_q4k_scales8(p, &sc16, &m32);
+            const int64_t s = b * 16 + n;
+            _mm256_storeu_si256((__m256i *)(u->sc + 8 * s), _mm256_cvtepu16_epi32(_mm256_castsi256_si128(sc16)));
+            int32_t mm[8];
+            _mm256_storeu_si256((__m256i *)mm, m32);
+            for (int t = 0; t < 4; t++) u->mp[4 * s + t] = mm[2 * t] | mm[2 * t + 1] << 16;
+            int32_t h2;
+            memcpy(&h2, p, 4);
+            const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(h2));
+            u->d[s] = _mm_cvtss_f32(dd);
+            u->dm[s] = _mm_cvtss_f32(_mm_movehdup_ps(dd));
+        }
+}
+
+/* Chunks c0 .. c0 + 3 of super-block b: S[c0 + j] = A_c × B_c for 16 weight rows × 16 x rows. */
+#define AMX_CHUNK(T, TA, TB, c)                                                                        \
+    do {                                                                                               \
+        _tile_loadd(TA, a + 256 * b + 32 * (c), cols);                                                 \
+        _tile_loadd(TB, xv + (c) * 512, 64);                                                           \
+        _tile_dpbusd(T, TA, TB);                                                                       \
+    } while (0)
+
+AMX_INL void amx_chunks4(const uint8_t *a, int64_t cols, int64_t b, const int8_t *xv, int c0, int32_t *S) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    AMX_CHUNK(0, 4, 5, c0);
+    AMX_CHUNK(1, 6, 7, c0 + 1);
+    AMX_CHUNK(2, 4, 5, c0 + 2);
+    AMX_CHUNK(3, 6, 7, c0 + 3);
+    _tile_stored(0, S + 256 * (c0 + 0), 64);
+    _tile_stored(1, S + 256 * (c0 + 1), 64);
+    _tile_stored(2, S + 256 * (c0 + 2), 64);
+    _tile_stored(3, S + 256 * (c0 + 3), 64);
+}
+
+/* v[i] lane j <-> v[j] lane i. */
+AMX_INL void amx_transpose16(__m512 v[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        v[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        v[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        v[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        v[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* v[4q + s] holds, in each 128-bit lane L, rows 4q .. 4q + 3 of column 4L + s */
+    for (int q = 0; q < 4; q += 2)
+        for (int s = 0; s < 4; s++) {
+            t[4 * q + s] = _mm512_shuffle_f32x4(v[4 * q + s], v[4 * (q + 1) + s], 0x88);
+            t[4 * (q + 1) + s] = _mm512_shuffle_f32x4(v[4 * q + s], v[4 * (q + 1) + s], 0xDD);
+        }
+    for (int s = 0; s < 4; s++) {
+        v[s] = _mm512_shuffle_f32x4(t[s], t[8 + s], 0x88);
+        v[8 + s] = _mm512_shuffle_f32x4(t[s], t[8 + s], 0xDD);
+        v[4 + s] = _mm512_shuffle_f32x4(t[4 + s], t[12 + s], 0x88);
+        v[12 + s] = _mm512_shuffle_f32x4(t[4 + s], t[12 + s], 0xDD);
+    }
+}
+
+/* 16 weight rows (unpacked in u) × x rows 16mb .. 16mb + 15: y[m·ldy + n] (+)= the outputs. */
+AMX_INL void amx_block(const amx_wrows *u, const kq_x *x, int64_t mb, float *y, int64_t ldy, float beta) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    int32_t S[8 * 256] __attribute__((aligned(64)));
+    __m512 acc[16];
+    for (int n = 0; n < 16; n++) acc[n] = _mm512_setzero_ps();
+    const __m512 neg = _mm512_set1_ps(-0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *xv = x->amx_xv + (mb * nb + b) * 8 * 512;
+        AMX_BARRIER();
+        amx_chunks4(u->a, cols, b, xv, 0, S);
+        amx_chunks4(u->a, cols, b, xv, 4, S);
+        AMX_BARRIER();
+        const int32_t *xp = x->amx_xp + (mb * nb + b) * 64;
+        const __m512i X0 = _mm512_load_si512(xp), X1 = _mm512_load_si512(xp + 16), X2 = _mm512_load_si512(xp + 32),
+                      X3 = _mm512_load_si512(xp + 48);
+        const __m512 dx = _mm512_load_ps(x->amx_dx + (mb * nb + b) * 16);
+#pragma GCC unroll 16
+        for (int n = 0; n < 16; n++) {
+            const int64_t s = b * 16 + n;
+            const int32_t *sc = u->sc + 8 * s, *mp = u->mp + 4 * s;
+            __m512i I = _mm512_mullo_epi32(_mm512_load_si512(S + 16 * n), _mm512_set1_epi32(sc[0]));
+#pragma GCC unroll 8
+            for (int c = 1; c < 8; c++)
+                I = _mm512_add_epi32(I, _mm512_mullo_epi32(_mm512_load_si512(S + 256 * c + 16 * n), _mm512_set1_epi32(sc[c])));
+            __m512i M = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_set1_epi32(mp[0]), X0);
+            M = _mm512_dpwssd_epi32(M, _mm512_set1_epi32(mp[1]), X1);
+            M = _mm512_dpwssd_epi32(M, _mm512_set1_epi32(mp[2]), X2);
+            M = _mm512_dpwssd_epi32(M, _mm512_set1_epi32(mp[3]), X3);
+            const __m512 fd = _mm512_mul_ps(_mm512_set1_ps(u->d[s]), dx);
+            const __m512 fm = _mm512_xor_ps(_mm512_mul_ps(_mm512_set1_ps(u->dm[s]), dx), neg); /* −(dmin·dx) */
+            acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), fd, acc[n]);
+            acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), fm, acc[n]);
+        }
+    }
+    amx_transpose16(acc);
+    const int mlim = x->n - 16 * (int)mb < 16 ? x->n - 16 * (int)mb : 16;
+    for (int m = 0; m < mlim; m++) { /* acc[m]: x row 16mb + m, lanes = the 16 weight rows */
+        float *yp = y + (16 * mb + m) * ldy;
+        _mm512_storeu_ps(yp, beta != 0.0f ? _mm512_add_ps(_mm512_loadu_ps(yp), acc[m]) : acc[m]);
+    }
+}
+
+static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                             int64_t ldy, float beta) {
+    const int64_t cols = x->cols, nb = cols / 256, groups = (r1 - r0) / 16, mblocks = (x->n + 15) / 16;
+    const size_t abytes = (size_t)16 * (size_t)cols, sbytes = (size_t)nb * 16 * (8 + 4 + 1 + 1) * 4;
+    uint8_t *ws = NULL;
+    if (groups > 0 && posix_memalign((void **)&ws, 64, abytes + sbytes)) ws = NULL;
+    if (!ws) { /* no scratch: the VNNI path (same bits) */
+        kq_rows_vnni(dt, w, rb, r0, r1, x, y, ldy, beta);
+        return;
+    }
+    amx_wrows u = {.a = ws};
+    u.sc = (int32_t *)(ws + abytes);
+    u.mp = u.sc + nb * 16 * 8;
+    u.d = (float *)(u.mp + nb * 16 * 4);
+    u.dm = u.d + nb * 16;
+    amx_cfg cfg = {.palette = 1};
+    for (int t = 0; t < 4; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    cfg.rows[4] = cfg.rows[6] = 16, cfg.colsb[4] = cfg.colsb[6] = 32;
+    cfg.rows[5] = cfg.rows[7] = 8, cfg.colsb[5] = cfg.colsb[7] = 64;
+    AMX_BARRIER();
+    _tile_loadconfig(&cfg);
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t r = r0 + 16 * g;
+        amx_unpack(dt == KDT_Q5_K, w + r * rb, rb, nb, cols, &u);
+        for (int64_t mb = 0; mb < mblocks; mb++) amx_block(&u, x, mb, y + r, ldy, beta);
+    }
+    _tile_release();
+    AMX_BARRIER();
+    free(ws);
+    if (r0 + 16 * groups < r1) kq_rows_vnni(dt, w, rb, r0 + 16 * groups, r1, x, y, ldy, beta);
+}
+
+void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y, int64_t ldy,
+                 float beta) {
+    if (!x->amx_xv || (dt != KDT_Q4_K && dt != KDT_Q5_K)) {
+        kq_rows_vnni(dt, w, rb, r0, r1, x, y, ldy, beta);
+        return;
+    }
+    amx_rows(dt, w, rb, r0, r1, x, y, ldy, beta);
+}
