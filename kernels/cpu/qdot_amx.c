@@ -56,6 +56,8 @@ static void amx_probe(void) {
     amx_ok = true;
 }
 
+unsigned long kq_amx_groups; /* groups of 16 weight rows done on the tiles (tests) */
+
 bool kq_amx_usable(void) {
     pthread_once(&amx_once, amx_probe);
     return amx_ok;
@@ -275,6 +277,7 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
     _tile_release();
     AMX_BARRIER();
     free(ws);
+    __atomic_fetch_add(&kq_amx_groups, (unsigned long)groups, __ATOMIC_RELAXED);
     if (r0 + 16 * groups < r1) kq_rows_vnni(dt, w, rb, r0 + 16 * groups, r1, x, y, ldy, beta);
 }
 

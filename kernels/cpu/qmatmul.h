@@ -77,6 +77,7 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
  * x->n are written as zeros), after row i is quantized. */
 #define KQ_AMX_MIN_N 16
 bool kq_amx_usable(void);
+extern unsigned long kq_amx_groups; /* groups of 16 weight rows the tiles computed (relaxed atomic; tests) */
 size_t kq_amx_x_bytes(int n, int64_t cols);
 void kq_amx_x_carve(int n, int64_t cols, uint8_t *p, kq_x *qx);
 void kq_amx_x_row(kq_x *qx, int i);

@@ -297,6 +297,47 @@ TEST(qmatmul_paths_present) {
             kq_path_available(KQ_VNNI), kq_path_available(KQ_AVX2), (int)kq_best_path());
 }
 
+/* The AMX path's own shapes: whole and partial groups of 16 x rows, weight rows past the last
+ * group of 16, 1 and 2 threads, beta 0 and 1 — bit-identical to the scalar path, and the tiles
+ * did compute (kq_amx_groups moved). */
+TEST(qmatmul_amx_tiles_equal_scalar) {
+    if (!kq_path_available(KQ_AMX)) SKIP("no AMX-INT8 on this CPU (or the kernel refused the tile state)");
+    static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K};
+    static const int NS[] = {16, 17, 40};
+    const int rows = 53, cols = 1024;
+    for (int th = 1; th <= 2; th++) {
+        kbackend *kb = kbackend_cpu_create(th);
+        ASSERT(kb);
+        for (int t = 0; t < 2; t++)
+            for (int k = 0; k < 3; k++) {
+                const int n = NS[k];
+                float *wd;
+                void *wq = make_w(DT[t], rows, cols, &wd);
+                float *x = make_x(n, cols);
+                kmat w = {.data = wq, .dtype = DT[t], .rows = rows, .cols = cols};
+                float *ya = malloc(sizeof(float) * n * rows), *ys = malloc(sizeof(float) * n * rows);
+                ASSERT(ya && ys);
+                unsigned long g0 = __atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED);
+                for (int beta = 0; beta < 2; beta++) {
+                    for (int i = 0; i < n * rows; i++) ya[i] = ys[i] = beta ? 0.25f * (float)(i % 7) : NAN;
+                    run_path(kb, KQ_AMX, x, n, &w, ya, (float)beta);
+                    run_path(kb, KQ_SCALAR, x, n, &w, ys, (float)beta);
+                    if (memcmp(ya, ys, sizeof(float) * n * rows))
+                        FAIL("%s n=%d threads=%d beta=%d: AMX differs from scalar", kdtype_name(DT[t]), n, th, beta);
+                }
+                if (__atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED) - g0 < 2 * 3)
+                    FAIL("%s n=%d: the tiles did not run (%lu groups)", kdtype_name(DT[t]), n,
+                         __atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED) - g0);
+                free(ya);
+                free(ys);
+                free(x);
+                free(wq);
+                free(wd);
+            }
+        kbackend_destroy(kb);
+    }
+}
+
 TEST(qget_rows_dequantizes) {
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
@@ -360,4 +401,4 @@ TEST(qmatmul_bad_args_and_caps) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(qmatmul_paths_present, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
+TEST_MAIN(qmatmul_paths_present, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
