@@ -117,7 +117,8 @@ typedef struct {
  * (int32), the 4 mins pairs (m_2t | m_2t+1 << 16), d and dmin. */
 typedef struct {
     uint8_t *a;
-    int32_t *sc, *mp;
+    float *sc; /* the 6-bit scales as floats (exact) */
+    int32_t *mp;
     float *d, *dm;
 } amx_wrows;
 
@@ -143,7 +144,7 @@ AMX_INL void amx_unpack(int FIVE, const uint8_t *w, size_t rb, int64_t nb, int64
             __m256i sc16, m32;
             kq_q4k_scales8(p, &sc16, &m32);
             const int64_t s = b * 16 + n;
-            _mm256_storeu_si256((__m256i *)(u->sc + 8 * s), _mm256_cvtepu16_epi32(_mm256_castsi256_si128(sc16)));
+            _mm256_storeu_ps(u->sc + 8 * s, _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(sc16))));
             int32_t mm[8];
             _mm256_storeu_si256((__m256i *)mm, m32);
             for (int t = 0; t < 4; t++) u->mp[4 * s + t] = mm[2 * t] | mm[2 * t + 1] << 16;
@@ -206,7 +207,7 @@ AMX_INL void amx_transpose16(__m512 v[16]) {
 }
 
 /* 16 weight rows (unpacked in u) × x rows 16mb .. 16mb + 15: y[m·ldy + n] (+)= the outputs. */
-AMX_INL void amx_block(const amx_wrows *u, const kq_x *x, int64_t mb, float *y, int64_t ldy, float beta) {
+AMX_INL void amx_block(int FIVE, const amx_wrows *u, const kq_x *x, int64_t mb, float *y, int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
     int32_t S[8 * 256] __attribute__((aligned(64)));
     __m512 acc[16];
@@ -225,11 +226,22 @@ AMX_INL void amx_block(const amx_wrows *u, const kq_x *x, int64_t mb, float *y, 
 #pragma GCC unroll 16
         for (int n = 0; n < 16; n++) {
             const int64_t s = b * 16 + n;
-            const int32_t *sc = u->sc + 8 * s, *mp = u->mp + 4 * s;
-            __m512i I = _mm512_mullo_epi32(_mm512_load_si512(S + 16 * n), _mm512_set1_epi32(sc[0]));
+            const float *sc = u->sc + 8 * s;
+            const int32_t *mp = u->mp + 4 * s;
+            /* I = Σ_c sc_c·S_c in f32 over runs of G chunks, converted back to int32 and added:
+             * exact, as every partial sum is an integer below 2^24 (|S_c| <= 32·15·127 for Q4_K,
+             * 32·31·127 for Q5_K; sc <= 63: four Q4_K terms <= 15361920, two Q5_K terms
+             * <= 15873984) — two ports' worth of 1-µop work where vpmulld is two µops on one */
+            const int G = FIVE ? 2 : 4;
+            __m512i I = _mm512_setzero_si512();
 #pragma GCC unroll 8
-            for (int c = 1; c < 8; c++)
-                I = _mm512_add_epi32(I, _mm512_mullo_epi32(_mm512_load_si512(S + 256 * c + 16 * n), _mm512_set1_epi32(sc[c])));
+            for (int c0 = 0; c0 < 8; c0 += G) {
+                __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 * c0 + 16 * n)), _mm512_set1_ps(sc[c0]));
+#pragma GCC unroll 4
+                for (int c = c0 + 1; c < c0 + G; c++)
+                    f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 * c + 16 * n)), _mm512_set1_ps(sc[c]), f);
+                I = _mm512_add_epi32(I, _mm512_cvtps_epi32(f));
+            }
             __m512i M = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_set1_epi32(mp[0]), X0);
             M = _mm512_dpwssd_epi32(M, _mm512_set1_epi32(mp[1]), X1);
             M = _mm512_dpwssd_epi32(M, _mm512_set1_epi32(mp[2]), X2);
@@ -259,8 +271,8 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
         return;
     }
     amx_wrows u = {.a = ws};
-    u.sc = (int32_t *)(ws + abytes);
-    u.mp = u.sc + nb * 16 * 8;
+    u.sc = (float *)(ws + abytes);
+    u.mp = (int32_t *)(u.sc + nb * 16 * 8);
     u.d = (float *)(u.mp + nb * 16 * 4);
     u.dm = u.d + nb * 16;
     amx_cfg cfg = {.palette = 1};
@@ -272,7 +284,7 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
     for (int64_t g = 0; g < groups; g++) {
         const int64_t r = r0 + 16 * g;
         amx_unpack(dt == KDT_Q5_K, w + r * rb, rb, nb, cols, &u);
-        for (int64_t mb = 0; mb < mblocks; mb++) amx_block(&u, x, mb, y + r, ldy, beta);
+        for (int64_t mb = 0; mb < mblocks; mb++) amx_block(dt == KDT_Q5_K, &u, x, mb, y + r, ldy, beta);
     }
     _tile_release();
     AMX_BARRIER();

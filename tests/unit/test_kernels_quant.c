@@ -314,6 +314,14 @@ TEST(qmatmul_amx_tiles_equal_scalar) {
                 float *wd;
                 void *wq = make_w(DT[t], rows, cols, &wd);
                 float *x = make_x(n, cols);
+                if (k == 1) { /* the integer bounds: every code, scale and min at its maximum, x at
+                               * +127 (126 once per chunk) — the chunk sums, and the AMX path's f32 partial
+                               * sums of them, at their largest (kq_rows_amx's exactness) */
+                    const size_t bb = kdtype_block_bytes(DT[t]);
+                    for (size_t blk = 0; blk < (size_t)rows * (cols / 256); blk++)
+                        memset((uint8_t *)wq + blk * bb + 4, 0xFF, bb - 4);
+                    for (int i = 0; i < n * cols; i++) x[i] = i % 32 == 5 ? 126.0f / 127.0f : 1.0f; /* odd sums */
+                }
                 kmat w = {.data = wq, .dtype = DT[t], .rows = rows, .cols = cols};
                 float *ya = malloc(sizeof(float) * n * rows), *ys = malloc(sizeof(float) * n * rows);
                 ASSERT(ya && ys);
