@@ -81,7 +81,7 @@ void kq_amx_x_carve(int n, int64_t cols, uint8_t *p, kq_x *qx) {
  *   xv[((mb·nb + b)·8 + c)·512 + 64r + 4m + e] = xq[16mb + m][256b + 32c + 4r + e]
  *   xp[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (the code sums of sub-blocks 2t, 2t+1)
  *   dx[(mb·nb + b)·16 + m] = the row's scale of super-block b. */
-void kq_amx_x_row(kq_x *qx, int i) {
+void kq_amx_x_row(kq_x *qx, int i, kdtype dt) {
     const int64_t cols = qx->cols, nb = cols / 256, mb = i / 16, m = i % 16;
     const bool live = i < qx->n;
     const int8_t *q = qx->q + (int64_t)i * cols;
@@ -93,7 +93,7 @@ void kq_amx_x_row(kq_x *qx, int i) {
                 else memset(dst + 64 * r, 0, 4);
             }
         }
-        for (int t = 0; t < 4; t++) {
+        for (int t = 0; t < 4 && dt != KDT_Q6_K; t++) { /* Q6_K needs no code sums (signed codes) */
             int32_t v = 0;
             if (live) {
                 const int16_t *g = qx->gsum + (int64_t)i * (cols / 32) + 8 * b + 2 * t;
@@ -156,6 +156,31 @@ AMX_INL void amx_unpack(int FIVE, const uint8_t *w, size_t rb, int64_t nb, int64
         }
 }
 
+/* Q6_K: the codes minus 32 (signed: the offset is then inside the tile products), the 16 group
+ * scales as floats (u->sc, 16 per row), d. */
+AMX_INL void amx_unpack6(const uint8_t *w, size_t rb, int64_t nb, int64_t cols, const amx_wrows *u) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+    for (int n = 0; n < 16; n++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *p = w + n * rb + 210 * b;
+            int8_t *dst = (int8_t *)u->a + n * cols + 256 * b;
+            for (int h = 0; h < 2; h++) {
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+                for (int k = 0; k < 4; k++) { /* element 128h + 32k + l */
+                    const __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (k % 2)));
+                    const __m256i lo = _mm256_and_si256(k / 2 ? _mm256_srli_epi16(ql, 4) : ql, m4);
+                    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m3), 4);
+                    _mm256_storeu_si256((__m256i *)(dst + 128 * h + 32 * k), _mm256_sub_epi8(_mm256_or_si256(lo, hi), off));
+                }
+            }
+            const int64_t s = b * 16 + n;
+            _mm512_storeu_ps(u->sc + 16 * s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 192)))));
+            uint16_t hd;
+            memcpy(&hd, p + 208, 2);
+            u->d[s] = _cvtsh_ss(hd);
+        }
+}
+
 /* Chunks c0 .. c0 + 3 of super-block b: S[c0 + j] = A_c × B_c for 16 weight rows × 16 x rows. */
 #define AMX_CHUNK(T, TA, TB, c)                                                                        \
     do {                                                                                               \
@@ -206,6 +231,73 @@ AMX_INL void amx_transpose16(__m512 v[16]) {
     }
 }
 
+/* Q6_K groups g0 .. g0 + 3 (16 elements each) of super-block b: S[g] = A_g × B_g (signed × signed). */
+#define AMX_GROUP(T, TA, TB, g)                                                                        \
+    do {                                                                                               \
+        _tile_loadd(TA, a + 256 * b + 16 * (g), cols);                                                 \
+        _tile_loadd(TB, xv + (g) * 256, 64);                                                           \
+        _tile_dpbssd(T, TA, TB);                                                                       \
+    } while (0)
+
+AMX_INL void amx_groups4(const uint8_t *a, int64_t cols, int64_t b, const int8_t *xv, int g0, int32_t *S) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    AMX_GROUP(0, 4, 5, g0);
+    AMX_GROUP(1, 6, 7, g0 + 1);
+    AMX_GROUP(2, 4, 5, g0 + 2);
+    AMX_GROUP(3, 6, 7, g0 + 3);
+    _tile_stored(0, S + 256 * (g0 + 0), 64);
+    _tile_stored(1, S + 256 * (g0 + 1), 64);
+    _tile_stored(2, S + 256 * (g0 + 2), 64);
+    _tile_stored(3, S + 256 * (g0 + 3), 64);
+}
+
+/* y[m·ldy + n] (+)= acc[n] lane m for the live x rows of block mb. */
+AMX_INL void amx_store(__m512 acc[16], const kq_x *x, int64_t mb, float *y, int64_t ldy, float beta) {
+    amx_transpose16(acc);
+    const int mlim = x->n - 16 * (int)mb < 16 ? x->n - 16 * (int)mb : 16;
+    for (int m = 0; m < mlim; m++) { /* acc[m]: x row 16mb + m, lanes = the 16 weight rows */
+        float *yp = y + (16 * mb + m) * ldy;
+        _mm512_storeu_ps(yp, beta != 0.0f ? _mm512_add_ps(_mm512_loadu_ps(yp), acc[m]) : acc[m]);
+    }
+}
+
+/* Q6_K: 16 weight rows (unpacked in u) × x rows 16mb .. 16mb + 15. T = Σ_g sc_g·S_g with S_g the
+ * signed group sums, in f32 over pairs of groups (exact: |S_g| <= 16·32·127, |sc| <= 128, a pair
+ * <= 16646144 < 2^24), back to int32 and added; then fma((float)T, d·dx). */
+AMX_INL void amx_block6(const amx_wrows *u, const kq_x *x, int64_t mb, float *y, int64_t ldy, float beta) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    int32_t S[16 * 256] __attribute__((aligned(64)));
+    __m512 acc[16];
+    for (int n = 0; n < 16; n++) acc[n] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *xv = x->amx_xv + (mb * nb + b) * 8 * 512;
+        AMX_BARRIER();
+        amx_groups4(u->a, cols, b, xv, 0, S);
+        amx_groups4(u->a, cols, b, xv, 4, S);
+        amx_groups4(u->a, cols, b, xv, 8, S);
+        amx_groups4(u->a, cols, b, xv, 12, S);
+        AMX_BARRIER();
+        const __m512 dx = _mm512_load_ps(x->amx_dx + (mb * nb + b) * 16);
+#pragma GCC unroll 16
+        for (int n = 0; n < 16; n++) {
+            const int64_t s = b * 16 + n;
+            const float *sc = u->sc + 16 * s;
+            __m512i T = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int g = 0; g < 16; g += 2) {
+                __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 * g + 16 * n)), _mm512_set1_ps(sc[g]));
+                f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 * (g + 1) + 16 * n)), _mm512_set1_ps(sc[g + 1]), f);
+                T = _mm512_add_epi32(T, _mm512_cvtps_epi32(f));
+            }
+            acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(T), _mm512_mul_ps(_mm512_set1_ps(u->d[s]), dx), acc[n]);
+        }
+    }
+    amx_store(acc, x, mb, y, ldy, beta);
+}
+
 /* 16 weight rows (unpacked in u) × x rows 16mb .. 16mb + 15: y[m·ldy + n] (+)= the outputs. */
 AMX_INL void amx_block(int FIVE, const amx_wrows *u, const kq_x *x, int64_t mb, float *y, int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
@@ -252,18 +344,14 @@ AMX_INL void amx_block(int FIVE, const amx_wrows *u, const kq_x *x, int64_t mb, 
             acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), fm, acc[n]);
         }
     }
-    amx_transpose16(acc);
-    const int mlim = x->n - 16 * (int)mb < 16 ? x->n - 16 * (int)mb : 16;
-    for (int m = 0; m < mlim; m++) { /* acc[m]: x row 16mb + m, lanes = the 16 weight rows */
-        float *yp = y + (16 * mb + m) * ldy;
-        _mm512_storeu_ps(yp, beta != 0.0f ? _mm512_add_ps(_mm512_loadu_ps(yp), acc[m]) : acc[m]);
-    }
+    amx_store(acc, x, mb, y, ldy, beta);
 }
 
 static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                              int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256, groups = (r1 - r0) / 16, mblocks = (x->n + 15) / 16;
-    const size_t abytes = (size_t)16 * (size_t)cols, sbytes = (size_t)nb * 16 * (8 + 4 + 1 + 1) * 4;
+    const bool six = dt == KDT_Q6_K;
+    const size_t abytes = (size_t)16 * (size_t)cols, sbytes = (size_t)nb * 16 * (16 + 4 + 1 + 1) * 4;
     uint8_t *ws = NULL;
     if (groups > 0 && posix_memalign((void **)&ws, 64, abytes + sbytes)) ws = NULL;
     if (!ws) { /* no scratch: the VNNI path (same bits) */
@@ -272,19 +360,25 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
     }
     amx_wrows u = {.a = ws};
     u.sc = (float *)(ws + abytes);
-    u.mp = (int32_t *)(u.sc + nb * 16 * 8);
+    u.mp = (int32_t *)(u.sc + nb * 16 * 16);
     u.d = (float *)(u.mp + nb * 16 * 4);
     u.dm = u.d + nb * 16;
     amx_cfg cfg = {.palette = 1};
     for (int t = 0; t < 4; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-    cfg.rows[4] = cfg.rows[6] = 16, cfg.colsb[4] = cfg.colsb[6] = 32;
-    cfg.rows[5] = cfg.rows[7] = 8, cfg.colsb[5] = cfg.colsb[7] = 64;
+    /* A: 16 weight rows × one chunk (32) or group (16) of codes; B: the x codes, K/4 rows */
+    cfg.rows[4] = cfg.rows[6] = 16, cfg.colsb[4] = cfg.colsb[6] = six ? 16 : 32;
+    cfg.rows[5] = cfg.rows[7] = six ? 4 : 8, cfg.colsb[5] = cfg.colsb[7] = 64;
     AMX_BARRIER();
     _tile_loadconfig(&cfg);
     for (int64_t g = 0; g < groups; g++) {
         const int64_t r = r0 + 16 * g;
-        amx_unpack(dt == KDT_Q5_K, w + r * rb, rb, nb, cols, &u);
-        for (int64_t mb = 0; mb < mblocks; mb++) amx_block(dt == KDT_Q5_K, &u, x, mb, y + r, ldy, beta);
+        if (six) {
+            amx_unpack6(w + r * rb, rb, nb, cols, &u);
+            for (int64_t mb = 0; mb < mblocks; mb++) amx_block6(&u, x, mb, y + r, ldy, beta);
+        } else {
+            amx_unpack(dt == KDT_Q5_K, w + r * rb, rb, nb, cols, &u);
+            for (int64_t mb = 0; mb < mblocks; mb++) amx_block(dt == KDT_Q5_K, &u, x, mb, y + r, ldy, beta);
+        }
     }
     _tile_release();
     AMX_BARRIER();
@@ -295,7 +389,7 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
 
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y, int64_t ldy,
                  float beta) {
-    if (!x->amx_xv || (dt != KDT_Q4_K && dt != KDT_Q5_K)) {
+    if (!x->amx_xv || !kdtype_is_kquant(dt)) {
         kq_rows_vnni(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }

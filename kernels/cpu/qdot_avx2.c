@@ -155,9 +155,8 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
                      float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
-    __m256 acc[4][4];
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    __m128 acc[4];
+    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i sc[4][8], I[4][4]; /* sc[r][c]: group 2c's scale in the low lane's words, 2c + 1's in the high */
 #pragma GCC unroll 4
@@ -201,7 +200,7 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
         }
         kq_q6k_finish(R, N, w, rb, b, x, i0, I, acc);
     }
-    kq_store8(R, N, acc, y, ldy, beta);
+    kq_store1(R, N, acc, y, ldy, beta);
 }
 
 KQ_TGT float kq_quant_block_avx2(const float *x, int len, int8_t *q) {

@@ -125,9 +125,8 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
 KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                      float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    __m256 acc[4][4];
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    __m128 acc[4];
+    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m512i scw[4], I[4][4];
         __m256i I8[4][4];
@@ -149,33 +148,15 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
         kq_fold_all(R, N, I, I8);
         kq_q6k_finish(R, N, w, rb, b, x, i0, I8, acc);
     }
-    kq_store8(R, N, acc, y, ldy, beta);
+    kq_store1(R, N, acc, y, ldy, beta);
 }
 
-/* ---- Batches: one weight row × up to 8 x rows, the f32 step for two x rows per zmm ----
- * A weight chunk pair is unpacked once for 8 x rows, and each super-block's f32 step runs on
- * (x row i | x row i + 1) in the low | high 256 bits: the same lane operations on the same values
- * as kq_q4k_finish / kq_q6k_finish (d·dx and (−dmin)·dx = −(dmin·dx) are the same f32 products),
- * so the bits are those of the decode tiles and of AVX2; the final 8-lane reduction is kq_r8. */
+/* ---- Batches: one weight row × up to 8 x rows ----
+ * A weight chunk pair is unpacked once for 8 x rows; each super-block's exact totals of the 8
+ * (row, x row) pairs are summed in one transpose-add (kq_hsum8x8) and its f32 step runs on the
+ * 8 x rows in the lanes of one ymm: the same products and fmas as kq_q4k_finish /
+ * kq_q6k_finish, so the bits of the decode tiles and of AVX2. */
 #define KQ_NB 8
-
-/* [fold(A) | fold(B)]: the exact int32 lane sums of two (row, x row) pairs in one zmm. */
-KQ_INL __m512i kq_fold2(__m512i A, __m512i B) {
-    return _mm512_add_epi32(_mm512_shuffle_i64x2(A, B, 0x44), _mm512_shuffle_i64x2(A, B, 0xEE));
-}
-
-/* x rows i, i + 1's scales, each in its half (i + 1 = i for an odd last row: discarded). */
-KQ_INL __m512 kq_dx2(const kq_x *x, int64_t ia, int64_t ib, int64_t nb, int64_t b) {
-    return _mm512_insertf32x8(_mm512_set1_ps(x->d[ia * nb + b]), _mm256_set1_ps(x->d[ib * nb + b]), 1);
-}
-
-KQ_INL void kq_store8x2(int N, const __m512 acc[KQ_NB / 2], float *y, int64_t ldy, float beta) {
-    for (int i = 0; i < N; i++) {
-        const __m256 a = i % 2 ? _mm512_extractf32x8_ps(acc[i / 2], 1) : _mm512_castps512_ps256(acc[i / 2]);
-        float s = kq_r8(a), *yp = y + i * ldy;
-        *yp = beta != 0.0f ? *yp + s : s;
-    }
-}
 
 /* Q4_K (FIVE = 0), Q5_K (FIVE = 1): weight row w × x rows i0 .. i0 + N - 1 (N <= 8); the f32
  * step (kq_q4k_finish's, one lane per x row) runs on the 8 x rows in one ymm. */
@@ -233,11 +214,13 @@ KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0,
     }
 }
 
-/* Q6_K: weight row w × x rows i0 .. i0 + N - 1 (N <= 8). */
+/* Q6_K: weight row w × x rows i0 .. i0 + N - 1 (N <= 8); the f32 step (kq_q6k_finish's) on the
+ * 8 x rows in one ymm. */
 KQ_INL void q6k_tile_b(int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    __m512 acc[KQ_NB / 2];
-    for (int j = 0; j < (N + 1) / 2; j++) acc[j] = _mm512_setzero_ps();
+    __m256 acc = _mm256_setzero_ps();
+    __m256i xrow = _mm256_setzero_si256(); /* x rows' offsets into x->d, the last one repeated */
+    for (int i = 0; i < KQ_NB; i++) ((int32_t *)&xrow)[i] = (int32_t)((i0 + (i < N ? i : N - 1)) * nb);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + 210 * b;
         if (i0 == 0) kq_prefetch_sb(p, 210);
@@ -256,23 +239,25 @@ KQ_INL void q6k_tile_b(int N, const uint8_t *w, const kq_x *x, int i0, float *y,
                 I[i] = _mm512_dpwssd_epi32(I[i], _mm512_maddubs_epi16(wv, xv), s);
             }
         }
-        /* −32·sc_g as 16 words, in both halves */
-        const __m512i nsc = _mm512_broadcast_i64x4(_mm256_mullo_epi16(sc16, _mm256_set1_epi16(-32)));
+        const __m256i nsc = _mm256_mullo_epi16(sc16, _mm256_set1_epi16(-32)); /* −32·sc_g */
+        __m256i v[KQ_NB];
+#pragma GCC unroll 8
+        for (int i = 0; i < KQ_NB; i++)
+            v[i] = i < N ? _mm256_add_epi32(
+                               _mm256_add_epi32(_mm512_castsi512_si256(I[i]), _mm512_extracti64x4_epi64(I[i], 1)),
+                               _mm256_madd_epi16(nsc, _mm256_loadu_si256((const __m256i *)(x->gsum + (i0 + i) * (cols / 16) + 16 * b))))
+                         : _mm256_setzero_si256();
         uint16_t hd;
         memcpy(&hd, p + 208, 2);
-        const __m512 vd = _mm512_set1_ps(_cvtsh_ss(hd));
-#pragma GCC unroll 4
-        for (int j = 0; j < (N + 1) / 2; j++) {
-            const int ia = 2 * j, ib = 2 * j + 1 < N ? 2 * j + 1 : 2 * j;
-            const int64_t ra = i0 + ia, rb2 = i0 + ib;
-            const __m512i G = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x->gsum + ra * (cols / 16) + 16 * b))),
-                _mm256_loadu_si256((const __m256i *)(x->gsum + rb2 * (cols / 16) + 16 * b)), 1);
-            const __m512i T = _mm512_add_epi32(kq_fold2(I[ia], I[ib]), _mm512_madd_epi16(nsc, G));
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(T), _mm512_mul_ps(vd, kq_dx2(x, ra, rb2, nb, b)), acc[j]);
-        }
+        const __m256 fd = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd)), _mm256_i32gather_ps(x->d + b, xrow, 4));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(v)), fd, acc);
     }
-    kq_store8x2(N, acc, y, ldy, beta);
+    float a[KQ_NB];
+    _mm256_storeu_ps(a, acc);
+    for (int i = 0; i < N; i++) {
+        float *yp = y + i * ldy;
+        *yp = beta != 0.0f ? *yp + a[i] : a[i];
+    }
 }
 
 typedef void (*tile_b_fn)(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta);

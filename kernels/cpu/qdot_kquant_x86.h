@@ -1,11 +1,11 @@
-/* kernels/cpu/qdot_kquant_x86.h — the K-quant pieces the AVX2 (qdot_avx2.c) and AVX-512
- * (qdot_avx512_k.c) tiles share: the Q4_K/Q5_K scale unpacking and each super-block's f32
- * step, which is where the canonical order (qmatmul.h) touches floats. Both paths compute the
- * same exact int32 lane sums I[r][i] (8 lanes per weight row r and x row i) and hand them
- * here, so the floats are the same instructions on the same values in both: bit-identity of
- * the paths rests on the integer sums alone. Header-only; compiled for AVX2 by target
- * attributes (an AVX-512 caller inlines them: its target includes AVX2). Private to
- * kernels/cpu/. */
+/* kernels/cpu/qdot_kquant_x86.h — the K-quant pieces the AVX2 (qdot_avx2.c), AVX-512
+ * (qdot_avx512_k.c) and AMX (qdot_amx.c) code shares: the Q4_K/Q5_K scale unpacking and each
+ * super-block's f32 step, which is where the canonical order (qmatmul.h) touches floats. The
+ * SIMD tiles hand over their exact int32 lane sums; the step adds them up exactly (integers)
+ * and does the one-lane f32 work, so the floats are the same instructions on the same values
+ * in every path: bit-identity rests on the integer totals alone. Header-only; compiled for AVX2
+ * by target attributes (AVX-512/AMX callers inline them: their targets include AVX2). Private
+ * to kernels/cpu/. */
 #ifndef PEFTD_KCPU_QDOT_KQUANT_X86_H
 #define PEFTD_KCPU_QDOT_KQUANT_X86_H
 
@@ -15,21 +15,6 @@
 #include "kernels/cpu/qmatmul.h"
 
 #define KQX_INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
-
-/* The canonical 8-lane reduction (kq_reduce8). */
-KQX_INL float kq_r8(__m256 a) {
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
-}
-
-KQX_INL void kq_store8(int R, int N, __m256 acc[4][4], float *y, int64_t ldy, float beta) {
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < N; i++) {
-            float s = kq_r8(acc[r][i]), *yp = y + i * ldy + r;
-            *yp = beta != 0.0f ? *yp + s : s;
-        }
-}
 
 /* vpshufb control that puts 16-bit word a in every word of the low 128-bit lane and word b
  * in every word of the high lane. */
@@ -122,26 +107,30 @@ KQX_INL void kq_store1(int R, int N, const __m128 acc[4], float *y, int64_t ldy,
     }
 }
 
-/* Q6_K super-block b of weight rows r < R against x rows i0 + i, i < N: adds the −32 offset
- * (−32·sc_g times the x group sums) to the lanes' integer sums I[r][i], then the f32 term. */
+/* Q6_K super-block b of weight rows r < R (R <= 4) against x rows i0 + i, i < N: the exact total
+ * T = Σ lanes (I[r][i] + (−32·sc_g)·G_g, the q − 32 offset), then acc[i] (lane r) =
+ * fma((float)T, d·dx, acc) (qmatmul.h). */
 KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
-                           __m256i I[4][4], __m256 acc[4][4]) {
+                           __m256i I[4][4], __m128 acc[4]) {
     const int64_t cols = x->cols, nb = cols / 256;
+    __m256i nsc[4];
+    uint16_t h[8] = {0};
     for (int r = 0; r < R; r++) {
         const uint8_t *p = w + r * rb + 210 * b;
         /* −32·sc_g as 16 words (|·| <= 4096) */
-        __m256i nsc = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
-                                         _mm256_set1_epi16(-32));
-        uint16_t h;
-        memcpy(&h, p + 208, 2);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(h));
-        for (int i = 0; i < N; i++) {
-            const int64_t row = i0 + i;
-            __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + row * (cols / 16) + 16 * b));
-            __m256i T = _mm256_add_epi32(I[r][i], _mm256_madd_epi16(nsc, G));
-            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(T), _mm256_mul_ps(d, _mm256_set1_ps(x->d[row * nb + b])),
-                                        acc[r][i]);
-        }
+        nsc[r] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
+                                    _mm256_set1_epi16(-32));
+        memcpy(&h[r], p + 208, 2);
+    }
+    const __m128 d = _mm_cvtph_ps(_mm_loadu_si128((const __m128i *)h)); /* d_0..d_3 */
+    for (int i = 0; i < N; i++) {
+        const int64_t row = i0 + i;
+        const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + row * (cols / 16) + 16 * b));
+        __m256i v[8];
+        for (int r = 0; r < 8; r++)
+            v[r] = r < R ? _mm256_add_epi32(I[r][i], _mm256_madd_epi16(nsc[r], G)) : _mm256_setzero_si256();
+        const __m128 T = _mm_cvtepi32_ps(_mm256_castsi256_si128(kq_hsum8x8(v)));
+        acc[i] = _mm_fmadd_ps(T, _mm_mul_ps(d, _mm_set1_ps(x->d[row * nb + b])), acc[i]);
     }
 }
 

@@ -52,7 +52,7 @@ static kq_path kq_resolve(void) {
 
 /* Whether x of n rows is also laid out for the AMX path (qdot_amx.c). */
 static bool kq_amx_wanted(kdtype dt, int n) {
-    return (dt == KDT_Q4_K || dt == KDT_Q5_K) && n >= KQ_AMX_MIN_N && kq_resolve() == KQ_AMX;
+    return kdtype_is_kquant(dt) && n >= KQ_AMX_MIN_N && kq_resolve() == KQ_AMX;
 }
 
 /* ---- activation quantization ---- */
@@ -161,7 +161,7 @@ static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
 /* Q6_K in ggml's layout: element 128h + 32k + l (h, k < 4, l < 32) is the nibble k/2 of
  * ql[64h + 32(k%2) + l] with bits 2k, 2k+1 of qh[32h + l] above it. */
 static float kq_dot_q6_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs, int64_t nb) {
-    float L[8] = {0};
+    float L = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + 210 * b, *ql = blk, *qh = blk + 128;
         const int8_t *sc = (const int8_t *)(blk + 192);
@@ -183,12 +183,12 @@ static float kq_dot_q6_k_scalar(const uint8_t *w, const int8_t *xq, const float 
                 T[j] += sc[2 * c + j / 4] * p;
             }
         }
-        for (int j = 0; j < 8; j++) {
-            T[j] += -32 * sc[2 * j] * gs[16 * b + 2 * j] + -32 * sc[2 * j + 1] * gs[16 * b + 2 * j + 1];
-            L[j] = fmaf((float)T[j], d * xd[b], L[j]);
-        }
+        int32_t Tsum = 0;
+        for (int j = 0; j < 8; j++)
+            Tsum += T[j] + -32 * sc[2 * j] * gs[16 * b + 2 * j] + -32 * sc[2 * j + 1] * gs[16 * b + 2 * j + 1];
+        L = fmaf((float)Tsum, d * xd[b], L);
     }
-    return kq_reduce8(L);
+    return L;
 }
 
 void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
@@ -242,7 +242,7 @@ static void kq_quant_task(void *vc, int i, int thread) {
     if (i < q->n)
         kq_quantize_row(c->dt, c->simd, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
                         q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
-    if (c->amx) kq_amx_x_row(q, i);
+    if (c->amx) kq_amx_x_row(q, i, c->dt);
 }
 
 #define KQ_A64(b) (((b) + 63) / 64 * 64)

@@ -21,11 +21,11 @@
  *         16-bit scale, 8 int32 lanes added at the end) and AMX's per-chunk tile products
  *         (qdot_amx.c) give the same bits.
  *   Q5_K: as Q4_K with q = nibble | (bit c of qh[l]) << 4 (0..31).
- *   Q6_K: 8 f32 lanes L[0..7], reduced as kq_reduce8;
- *         q = the 6-bit code (0..63) of ggml's layout; scale group g = 2c + j/4 (16 elements);
- *         T_j = Σ_c sc_g·P(c, j) + (−32·sc_2j)·G_2j + (−32·sc_2j+1)·G_2j+1, with G_g = Σ xq
- *         over group g (the q − 32 offset); L_j = fma((float)T_j, d·dx, L_j).
- *   |I| < 2^26, |T| < 2^25: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
+ *   Q6_K: q = the 6-bit code (0..63) of ggml's layout; scale group g = 2c + j/4 (16 elements);
+ *         one f32 lane: per super-block the exact total T = Σ_c Σ_j sc_g·P(c, j) +
+ *         Σ_g (−32·sc_g)·G_g, with G_g = Σ xq over group g (the q − 32 offset), then
+ *         L = fma((float)T, d·dx, L); y = L.
+ *   |I| < 2^26, |T| < 2^28: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0
  * and Q4_0 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
@@ -48,8 +48,8 @@ typedef struct {
     int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
     int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
-    /* the AMX path's layout of the same codes (qdot_amx.c), or NULL: built for Q4_K/Q5_K
-     * batches of at least KQ_AMX_MIN_N rows when that path is in use; 64-byte aligned */
+    /* the AMX path's layout of the same codes (qdot_amx.c), or NULL: built for K-quant
+     * batches of at least KQ_AMX_MIN_N rows (Q6_K too) when that path is in use; 64-byte aligned */
     int8_t *amx_xv;
     int32_t *amx_xp;
     float *amx_dx;
@@ -70,7 +70,7 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
 float kq_quant_block_avx2(const float *x, int len, int8_t *q);
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta);
-/* The AMX path (qdot_amx.c): Q4_K/Q5_K batches with x->amx_xv on tile registers, the rest
+/* The AMX path (qdot_amx.c): K-quant batches with x->amx_xv on tile registers, the rest
  * forwarded to kq_rows_vnni. kq_amx_usable: the CPU has AMX-INT8 and the kernel granted the
  * tile state (asked once per process; thread-safe). The x layout: its bytes for n rows, its
  * carving from 64-byte aligned p, and row i's part (i < the rows rounded up to 16; rows past
@@ -80,7 +80,7 @@ bool kq_amx_usable(void);
 extern unsigned long kq_amx_groups; /* groups of 16 weight rows the tiles computed (relaxed atomic; tests) */
 size_t kq_amx_x_bytes(int n, int64_t cols);
 void kq_amx_x_carve(int n, int64_t cols, uint8_t *p, kq_x *qx);
-void kq_amx_x_row(kq_x *qx, int i);
+void kq_amx_x_row(kq_x *qx, int i, kdtype dt);
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                  int64_t ldy, float beta);
 /* The K-quants of the VNNI path (qdot_avx512_k.c; kq_rows_vnni forwards them). */
@@ -106,14 +106,6 @@ static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m)
 
 /* The K-quants' group size of kq_x.gsum. */
 static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K ? 16 : 32; }
-
-/* The canonical 8-lane reduction (K-quants). */
-static inline float kq_reduce8(const float L[8]) {
-    float t[4], u[2];
-    for (int j = 0; j < 4; j++) t[j] = L[j] + L[j + 4];
-    for (int j = 0; j < 2; j++) u[j] = t[j] + t[j + 2];
-    return u[0] + u[1];
-}
 
 /* The canonical 16-lane reduction (Q8_0, Q4_0). */
 static inline float kq_reduce16(const float L[16]) {

@@ -302,13 +302,13 @@ TEST(qmatmul_paths_present) {
  * did compute (kq_amx_groups moved). */
 TEST(qmatmul_amx_tiles_equal_scalar) {
     if (!kq_path_available(KQ_AMX)) SKIP("no AMX-INT8 on this CPU (or the kernel refused the tile state)");
-    static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K};
+    static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K};
     static const int NS[] = {16, 17, 40};
     const int rows = 53, cols = 1024;
     for (int th = 1; th <= 2; th++) {
         kbackend *kb = kbackend_cpu_create(th);
         ASSERT(kb);
-        for (int t = 0; t < 2; t++)
+        for (int t = 0; t < 3; t++)
             for (int k = 0; k < 3; k++) {
                 const int n = NS[k];
                 float *wd;
@@ -318,8 +318,14 @@ TEST(qmatmul_amx_tiles_equal_scalar) {
                                * +127 (126 once per chunk) — the chunk sums, and the AMX path's f32 partial
                                * sums of them, at their largest (kq_rows_amx's exactness) */
                     const size_t bb = kdtype_block_bytes(DT[t]);
-                    for (size_t blk = 0; blk < (size_t)rows * (cols / 256); blk++)
-                        memset((uint8_t *)wq + blk * bb + 4, 0xFF, bb - 4);
+                    for (size_t blk = 0; blk < (size_t)rows * (cols / 256); blk++) {
+                        uint8_t *q = (uint8_t *)wq + blk * bb;
+                        if (DT[t] == KDT_Q6_K) { /* codes 63 (q − 32 = 31), scales −127 (odd products); d kept */
+                            memset(q, 0xFF, 192);
+                            memset(q + 192, 0x81, 16);
+                        } else
+                            memset(q + 4, 0xFF, bb - 4); /* scales, mins 63; codes 15 / 31 */
+                    }
                     for (int i = 0; i < n * cols; i++) x[i] = i % 32 == 5 ? 126.0f / 127.0f : 1.0f; /* odd sums */
                 }
                 kmat w = {.data = wq, .dtype = DT[t], .rows = rows, .cols = cols};
