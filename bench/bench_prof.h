@@ -2,7 +2,8 @@
  * is wrapped, on every backend, and
  *   - counts SGMV shrink calls (the proof that adapters are applied: bench_adapters checks
  *     it for cpu and cuda alike, through this one code path);
- *   - when timing is on, adds the op's wall time to one category per op. Timing needs
+ *   - when timing is on, adds the op's wall time to one category per op (matmul_group, the
+ *     fused q/k/v and gate/up, counts as matmul). Timing needs
  *     synchronous ops (the CPU backend: two clock_gettime per op, ~500 ops per decode step:
  *     < 0.1% of a step); an asynchronous backend (CUDA) only enqueues, so prof_install is
  *     told not to time there and the categories stay 0.
@@ -17,9 +18,9 @@
 #include "bench/bench_time.h"
 #include "kernels/kernels.h"
 
-enum { P_MATMUL, P_LMHEAD, P_SHRINK, P_EXPAND, P_ATTN, P_OTHER, P_COUNT };
+enum { P_MATMUL, P_LMHEAD, P_SHRINK, P_EXPAND, P_ATTN, P_SAMPLE, P_OTHER, P_COUNT };
 static const char *const prof_name[P_COUNT] = {"matmul", "lm_head", "sgmv_shrink", "sgmv_expand", "attention",
-                                               "other_ops"};
+                                               "sample", "other_ops"};
 
 /* Written by the engine thread only (ops and notify callbacks both run there); read by
  * the main thread after a request's finish, which the request's mutex orders. */
@@ -69,6 +70,19 @@ static int w_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, fl
 static int w_expand(kbackend *kb, const float *t, int ld_t, const ksgmv *s, int out_dim, float *y) {
     TIMED(P_EXPAND, g_inner->sgmv_expand(kb, t, ld_t, s, out_dim, y));
 }
+static int w_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
+                          float beta) {
+    TIMED(P_MATMUL, g_inner->matmul_group(kb, x, n, count, w, y, beta));
+}
+static int w_add_bias(kbackend *kb, float *y, int n, const kmat *b) { TIMED(P_OTHER, g_inner->add_bias(kb, y, n, b)); }
+static int w_geglu(kbackend *kb, const float *g, const float *u, int n, int dim, float *out) {
+    TIMED(P_OTHER, g_inner->geglu(kb, g, u, n, dim, out));
+}
+static int w_softcap(kbackend *kb, float *y, int64_t n, float cap) { TIMED(P_OTHER, g_inner->softcap(kb, y, n, cap)); }
+static int w_sample(kbackend *kb, const ksample_args *a) { TIMED(P_SAMPLE, g_inner->sample(kb, a)); }
+static int w_seg_rotate(kbackend *kb, const float *x, int dim, const ksegrot *s, float *y) {
+    TIMED(P_OTHER, g_inner->seg_rotate(kb, x, dim, s, y));
+}
 static int w_seg_scale(kbackend *kb, float *y, int dim, int n, const int32_t *ss, const float *const *v) {
     TIMED(P_OTHER, g_inner->seg_scale(kb, y, dim, n, ss, v));
 }
@@ -91,6 +105,13 @@ static void prof_install(kbackend *kb, int64_t vocab, int timed) {
     g_prof_ops.sgmv_shrink = w_shrink;
     g_prof_ops.sgmv_expand = w_expand;
     g_prof_ops.seg_scale = w_seg_scale;
+    /* optional ops: wrapped only where the backend has them (NULL keeps its fallback) */
+    if (kb->ops->matmul_group) g_prof_ops.matmul_group = w_matmul_group;
+    if (kb->ops->add_bias) g_prof_ops.add_bias = w_add_bias;
+    if (kb->ops->geglu) g_prof_ops.geglu = w_geglu;
+    if (kb->ops->softcap) g_prof_ops.softcap = w_softcap;
+    if (kb->ops->sample) g_prof_ops.sample = w_sample;
+    if (kb->ops->seg_rotate) g_prof_ops.seg_rotate = w_seg_rotate;
     kb->ops = &g_prof_ops;
 }
 

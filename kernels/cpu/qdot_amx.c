@@ -78,20 +78,24 @@ void kq_amx_x_carve(int n, int64_t cols, uint8_t *p, kq_x *qx) {
 }
 
 /* Row i (< the padded count; rows >= x->n write zeros) into the layout:
- *   xv[((mb·nb + b)·8 + c)·512 + 64r + 4m + e] = xq[16mb + m][256b + 32c + 4r + e]
- *   xp[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (the code sums of sub-blocks 2t, 2t+1)
+ *   xv[(mb·nb + b)·4096 + 64·(k/4) + 4m + k%4] = xq[16mb + m][256b + k] (k < 256: tile row k/4,
+ *      so a chunk of 32 (Q4_K, Q5_K) or group of 16 (Q6_K) codes is 8 or 4 consecutive rows)
+ *   xp[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (Q4_K/Q5_K: the code sums of sub-blocks
+ *      2t, 2t+1; Q6_K needs none)
  *   dx[(mb·nb + b)·16 + m] = the row's scale of super-block b. */
-void kq_amx_x_row(kq_x *qx, int i, kdtype dt) {
+AMX_TGT void kq_amx_x_row(kq_x *qx, int i, kdtype dt) {
     const int64_t cols = qx->cols, nb = cols / 256, mb = i / 16, m = i % 16;
     const bool live = i < qx->n;
     const int8_t *q = qx->q + (int64_t)i * cols;
+    /* code dword k4 (codes 4·k4 .. 4·k4 + 3 of the super-block) goes to tile row k4: a 64-byte
+     * stride, 16 dwords per scatter */
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(16));
     for (int64_t b = 0; b < nb; b++) {
-        for (int c = 0; c < 8; c++) {
-            int8_t *dst = qx->amx_xv + ((mb * nb + b) * 8 + c) * 512 + 4 * m;
-            for (int r = 0; r < 8; r++) {
-                if (live) memcpy(dst + 64 * r, q + 256 * b + 32 * c + 4 * r, 4);
-                else memset(dst + 64 * r, 0, 4);
-            }
+        int32_t *dst = (int32_t *)(qx->amx_xv + (mb * nb + b) * 4096) + m;
+        for (int k = 0; k < 4; k++) {
+            const __m512i v = live ? _mm512_loadu_si512(q + 256 * b + 64 * k) : _mm512_setzero_si512();
+            _mm512_i32scatter_epi32(dst + 256 * k, rows, v, 4);
         }
         for (int t = 0; t < 4 && dt != KDT_Q6_K; t++) { /* Q6_K needs no code sums (signed codes) */
             int32_t v = 0;

@@ -234,15 +234,26 @@ typedef struct {
     kq_x *qx;
 } kq_qctx;
 
+static void kq_quant_row_task(const kq_qctx *c, int i) {
+    kq_x *q = c->qx;
+    int64_t cols = q->cols, be = kdtype_block_elems(c->dt);
+    kq_quantize_row(c->dt, c->simd, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
+                    q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
+}
+
+/* Task i: row i, or with the AMX layout rows 16i .. 16i + 15 (one task owns a block's layout
+ * bytes: rows of a block share cache lines there). */
 static void kq_quant_task(void *vc, int i, int thread) {
     (void)thread;
     const kq_qctx *c = vc;
-    kq_x *q = c->qx;
-    int64_t cols = q->cols, be = kdtype_block_elems(c->dt);
-    if (i < q->n)
-        kq_quantize_row(c->dt, c->simd, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
-                        q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
-    if (c->amx) kq_amx_x_row(q, i, c->dt);
+    if (!c->amx) {
+        kq_quant_row_task(c, i);
+        return;
+    }
+    for (int r = 16 * i; r < 16 * i + 16; r++) {
+        if (r < c->qx->n) kq_quant_row_task(c, r);
+        kq_amx_x_row(c->qx, r, c->dt);
+    }
 }
 
 #define KQ_A64(b) (((b) + 63) / 64 * 64)
@@ -272,7 +283,7 @@ void kq_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
 
 void kq_x_quantize(kcpu_backend *cb, kdtype dt, const float *x, kq_x *qx) {
     kq_qctx qc = {.dt = dt, .simd = kq_resolve() != KQ_SCALAR, .amx = qx->amx_xv != NULL, .x = x, .qx = qx};
-    int tasks = qc.amx ? (qx->n + 15) / 16 * 16 : qx->n;
+    int tasks = qc.amx ? (qx->n + 15) / 16 : qx->n;
     kcpu__parallel(cb, tasks, (double)qx->n * (double)qx->cols * 4.0, kq_quant_task, &qc);
 }
 
