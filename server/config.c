@@ -439,7 +439,7 @@ static const struct {
     {"PEFTD_BACKEND", "overrides \"backend\": auto | cpu | cuda"},
     {"PEFTD_DEBUG_IMPORT_DELAY_MS", "test hook: every adapter import waits this long"},
     {"PEFTD_DEBUG_STEP_DELAY_US", "test hook: every engine step waits this long"},
-    {"PEFTD_CPU_QPATH", "quantized matmul path: vnni | avx2 | scalar (default: the best this CPU has)"},
+    {"PEFTD_CPU_QPATH", "quantized matmul path: amx | vnni | avx2 | scalar (default: the best this CPU has)"},
     {"PEFTD_SLOT_POOL", "CUDA: 0 = no device adapter slot pool (an allocation per adapter instead)"},
     {"PEFTD_SLOT_MAX_RANK", "CUDA: LoRA rank a slot pool slot is sized for (all linears, f32; default 16)"},
     {"PEFTD_CUDA_GRAPHS", "1 = decode steps captured/replayed as CUDA graphs (default off: not yet validated)"},
