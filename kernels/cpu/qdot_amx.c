@@ -185,23 +185,29 @@ AMX_INL void amx_unpack6(const uint8_t *w, size_t rb, int64_t nb, int64_t cols, 
         }
 }
 
-/* Chunks c0 .. c0 + 3 of super-block b: S[c0 + j] = A_c × B_c for 16 weight rows × 16 x rows. */
-#define AMX_CHUNK(T, TA, TB, c)                                                                        \
+/* Pieces c0 .. c0 + 3 of super-block b: S[c] = A_c × B_c for 16 weight rows × 16 x rows. A piece
+ * is a chunk of 32 unsigned codes (Q4_K, Q5_K: tdpbusd) or, SIX, a group of 16 signed codes
+ * minus 32 (Q6_K: tdpbssd); its B rows start at 64·(first code / 4) of the block's x layout. */
+#define AMX_PIECE(T, TA, TB, c)                                                                        \
     do {                                                                                               \
-        _tile_loadd(TA, a + 256 * b + 32 * (c), cols);                                                 \
-        _tile_loadd(TB, xv + (c) * 512, 64);                                                           \
-        _tile_dpbusd(T, TA, TB);                                                                       \
+        _tile_loadd(TA, a + 256 * b + PL * (c), cols);                                                 \
+        _tile_loadd(TB, xv + (c) * 16 * PL, 64);                                                       \
+        if (SIX)                                                                                       \
+            _tile_dpbssd(T, TA, TB);                                                                   \
+        else                                                                                           \
+            _tile_dpbusd(T, TA, TB);                                                                   \
     } while (0)
 
-AMX_INL void amx_chunks4(const uint8_t *a, int64_t cols, int64_t b, const int8_t *xv, int c0, int32_t *S) {
+AMX_INL void amx_pieces4(int SIX, const uint8_t *a, int64_t cols, int64_t b, const int8_t *xv, int c0, int32_t *S) {
+    const int PL = SIX ? 16 : 32; /* codes per piece */
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    AMX_CHUNK(0, 4, 5, c0);
-    AMX_CHUNK(1, 6, 7, c0 + 1);
-    AMX_CHUNK(2, 4, 5, c0 + 2);
-    AMX_CHUNK(3, 6, 7, c0 + 3);
+    AMX_PIECE(0, 4, 5, c0);
+    AMX_PIECE(1, 6, 7, c0 + 1);
+    AMX_PIECE(2, 4, 5, c0 + 2);
+    AMX_PIECE(3, 6, 7, c0 + 3);
     _tile_stored(0, S + 256 * (c0 + 0), 64);
     _tile_stored(1, S + 256 * (c0 + 1), 64);
     _tile_stored(2, S + 256 * (c0 + 2), 64);
@@ -235,29 +241,6 @@ AMX_INL void amx_transpose16(__m512 v[16]) {
     }
 }
 
-/* Q6_K groups g0 .. g0 + 3 (16 elements each) of super-block b: S[g] = A_g × B_g (signed × signed). */
-#define AMX_GROUP(T, TA, TB, g)                                                                        \
-    do {                                                                                               \
-        _tile_loadd(TA, a + 256 * b + 16 * (g), cols);                                                 \
-        _tile_loadd(TB, xv + (g) * 256, 64);                                                           \
-        _tile_dpbssd(T, TA, TB);                                                                       \
-    } while (0)
-
-AMX_INL void amx_groups4(const uint8_t *a, int64_t cols, int64_t b, const int8_t *xv, int g0, int32_t *S) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    AMX_GROUP(0, 4, 5, g0);
-    AMX_GROUP(1, 6, 7, g0 + 1);
-    AMX_GROUP(2, 4, 5, g0 + 2);
-    AMX_GROUP(3, 6, 7, g0 + 3);
-    _tile_stored(0, S + 256 * (g0 + 0), 64);
-    _tile_stored(1, S + 256 * (g0 + 1), 64);
-    _tile_stored(2, S + 256 * (g0 + 2), 64);
-    _tile_stored(3, S + 256 * (g0 + 3), 64);
-}
-
 /* y[m·ldy + n] (+)= acc[n] lane m for the live x rows of block mb. */
 AMX_INL void amx_store(__m512 acc[16], const kq_x *x, int64_t mb, float *y, int64_t ldy, float beta) {
     amx_transpose16(acc);
@@ -279,10 +262,7 @@ AMX_INL void amx_block6(const amx_wrows *u, const kq_x *x, int64_t mb, float *y,
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xv = x->amx_xv + (mb * nb + b) * 8 * 512;
         AMX_BARRIER();
-        amx_groups4(u->a, cols, b, xv, 0, S);
-        amx_groups4(u->a, cols, b, xv, 4, S);
-        amx_groups4(u->a, cols, b, xv, 8, S);
-        amx_groups4(u->a, cols, b, xv, 12, S);
+        for (int g0 = 0; g0 < 16; g0 += 4) amx_pieces4(1, u->a, cols, b, xv, g0, S);
         AMX_BARRIER();
         const __m512 dx = _mm512_load_ps(x->amx_dx + (mb * nb + b) * 16);
 #pragma GCC unroll 16
@@ -312,8 +292,8 @@ AMX_INL void amx_block(int FIVE, const amx_wrows *u, const kq_x *x, int64_t mb, 
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xv = x->amx_xv + (mb * nb + b) * 8 * 512;
         AMX_BARRIER();
-        amx_chunks4(u->a, cols, b, xv, 0, S);
-        amx_chunks4(u->a, cols, b, xv, 4, S);
+        amx_pieces4(0, u->a, cols, b, xv, 0, S);
+        amx_pieces4(0, u->a, cols, b, xv, 4, S);
         AMX_BARRIER();
         const int32_t *xp = x->amx_xp + (mb * nb + b) * 64;
         const __m512i X0 = _mm512_load_si512(xp), X1 = _mm512_load_si512(xp + 16), X2 = _mm512_load_si512(xp + 32),
