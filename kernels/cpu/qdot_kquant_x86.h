@@ -64,9 +64,12 @@ KQX_INL __m256i kq_hsum8x8(const __m256i v[8]) {
 /* [d_0..d_3 | dmin_0..dmin_3] of the Q4_K / Q5_K super-block b of weight rows r < R (R <= 4;
  * rows past R repeat row 0: their lanes are discarded). */
 KQX_INL __m256 kq_q4k_dd4(int R, const uint8_t *w, size_t rb, int BB, int64_t b) {
-    int32_t h[4];
-    for (int r = 0; r < 4; r++) memcpy(&h[r], w + (r < R ? r : 0) * rb + BB * b, 4);
-    const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)); /* d0 m0 d1 m1 .. */
+    int32_t h0, h1, h2, h3; /* in registers: four narrow stores and one wide load would stall */
+    memcpy(&h0, w + BB * b, 4);
+    memcpy(&h1, w + (R > 1 ? 1 : 0) * rb + BB * b, 4);
+    memcpy(&h2, w + (R > 2 ? 2 : 0) * rb + BB * b, 4);
+    memcpy(&h3, w + (R > 3 ? 3 : 0) * rb + BB * b, 4);
+    const __m256 dd = _mm256_cvtph_ps(_mm_setr_epi32(h0, h1, h2, h3)); /* d0 m0 d1 m1 .. */
     return _mm256_permutevar8x32_ps(dd, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
 
@@ -82,6 +85,7 @@ KQX_INL void kq_q4k_finish(int R, int N, const uint8_t *w, size_t rb, int BB, in
         const int64_t row = i0 + i;
         const __m256i X = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + row * (cols / 32) + 8 * b)));
         __m256i v[8];
+#pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
             v[r] = r < R ? I[r][i] : _mm256_setzero_si256();
             /* m·X: m (0..63) in each int32's low word, high word 0, so vpmaddwd gives m·X exactly */
@@ -114,19 +118,22 @@ KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b,
                            __m256i I[4][4], __m128 acc[4]) {
     const int64_t cols = x->cols, nb = cols / 256;
     __m256i nsc[4];
-    uint16_t h[8] = {0};
+    uint16_t hd[4] = {0};
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
         const uint8_t *p = w + r * rb + 210 * b;
         /* −32·sc_g as 16 words (|·| <= 4096) */
         nsc[r] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
                                     _mm256_set1_epi16(-32));
-        memcpy(&h[r], p + 208, 2);
+        memcpy(&hd[r], p + 208, 2);
     }
-    const __m128 d = _mm_cvtph_ps(_mm_loadu_si128((const __m128i *)h)); /* d_0..d_3 */
+    /* built in a register (four narrow stores and one wide load would stall) */
+    const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
     for (int i = 0; i < N; i++) {
         const int64_t row = i0 + i;
         const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + row * (cols / 16) + 16 * b));
         __m256i v[8];
+#pragma GCC unroll 8
         for (int r = 0; r < 8; r++)
             v[r] = r < R ? _mm256_add_epi32(I[r][i], _mm256_madd_epi16(nsc[r], G)) : _mm256_setzero_si256();
         const __m128 T = _mm_cvtepi32_ps(_mm256_castsi256_si128(kq_hsum8x8(v)));
