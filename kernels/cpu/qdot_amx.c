@@ -26,6 +26,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "kernels/cpu/qdot_kquant_avx512.h"
 #include "kernels/cpu/qdot_kquant_x86.h"
 #include "kernels/cpu/qmatmul.h"
 
@@ -117,8 +118,8 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((aligned(64))) amx_cfg;
 
-/* 16 weight rows unpacked: codes [16][cols], and per super-block b and row n the 8 scales
- * (int32), the 4 mins pairs (m_2t | m_2t+1 << 16), d and dmin. */
+/* 16 weight rows unpacked: codes [16][cols], and per super-block b and row n the scales as
+ * floats (Q4_K/Q5_K 8, Q6_K 16), the 4 mins pairs (m_2t | m_2t+1 << 16; Q4_K/Q5_K), d and dmin. */
 typedef struct {
     uint8_t *a;
     float *sc; /* the 6-bit scales as floats (exact) */
@@ -127,24 +128,12 @@ typedef struct {
 } amx_wrows;
 
 AMX_INL void amx_unpack(int FIVE, const uint8_t *w, size_t rb, int64_t nb, int64_t cols, const amx_wrows *u) {
-    const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
-    const __m256i m4 = _mm256_set1_epi8(15), sixteen = _mm256_set1_epi8(16);
+    const int BB = FIVE ? 176 : 144;
     for (int n = 0; n < 16; n++)
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *p = w + n * rb + BB * b;
             uint8_t *dst = u->a + n * cols + 256 * b;
-            const __m256i qh = FIVE ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
-            for (int k = 0; k < 4; k++) {
-                const __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 32 * k));
-                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                if (FIVE) { /* + 16 where bit 2k (low chunk) / 2k + 1 (high) of qh[l] is set */
-                    const __m256i bl = _mm256_set1_epi8((char)(1 << 2 * k)), bh = _mm256_set1_epi8((char)(1 << (2 * k + 1)));
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), sixteen));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), sixteen));
-                }
-                _mm256_storeu_si256((__m256i *)(dst + 64 * k), lo);
-                _mm256_storeu_si256((__m256i *)(dst + 64 * k + 32), hi);
-            }
+            for (int k = 0; k < 4; k++) _mm512_storeu_si512(dst + 64 * k, kq_q4k_codes2(FIVE, p, k));
             __m256i sc16, m32;
             kq_q4k_scales8(p, &sc16, &m32);
             const int64_t s = b * 16 + n;
@@ -163,20 +152,12 @@ AMX_INL void amx_unpack(int FIVE, const uint8_t *w, size_t rb, int64_t nb, int64
 /* Q6_K: the codes minus 32 (signed: the offset is then inside the tile products), the 16 group
  * scales as floats (u->sc, 16 per row), d. */
 AMX_INL void amx_unpack6(const uint8_t *w, size_t rb, int64_t nb, int64_t cols, const amx_wrows *u) {
-    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+    const __m512i off = _mm512_set1_epi8(32);
     for (int n = 0; n < 16; n++)
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *p = w + n * rb + 210 * b;
             int8_t *dst = (int8_t *)u->a + n * cols + 256 * b;
-            for (int h = 0; h < 2; h++) {
-                const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
-                for (int k = 0; k < 4; k++) { /* element 128h + 32k + l */
-                    const __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (k % 2)));
-                    const __m256i lo = _mm256_and_si256(k / 2 ? _mm256_srli_epi16(ql, 4) : ql, m4);
-                    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m3), 4);
-                    _mm256_storeu_si256((__m256i *)(dst + 128 * h + 32 * k), _mm256_sub_epi8(_mm256_or_si256(lo, hi), off));
-                }
-            }
+            for (int mm = 0; mm < 4; mm++) _mm512_storeu_si512(dst + 64 * mm, _mm512_sub_epi8(kq_q6k_codes2(p, mm), off));
             const int64_t s = b * 16 + n;
             _mm512_storeu_ps(u->sc + 16 * s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 192)))));
             uint16_t hd;

@@ -20,51 +20,30 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels/cpu/qdot_kquant_avx512.h"
 #include "kernels/cpu/qdot_kquant_x86.h"
 #include "kernels/cpu/qmatmul.h"
 
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
 
-/* vpermw index: word a in the low 256 bits, word b in the high 256 bits. */
-KQ_INL __m512i kq_idx2(int a, int b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
-}
-
-/* Q4_K / Q5_K chunk pair k (chunks 2k, 2k + 1) of the super-block at p as unsigned codes, low
- * chunk below, high above, and its scales (scw: sc_0..7 in words 0-7) in the same halves. */
+/* Q4_K / Q5_K chunk pair k (kq_q4k_codes2) and its scales (scw: sc_0..7 in words 0-7) in the same
+ * halves. */
 KQ_INL void kq_q4k_pair(int FIVE, const uint8_t *p, int k, __m512i scw, __m512i *wv, __m512i *s) {
-    const int QS = FIVE ? 48 : 16;
-    const __m256i m4 = _mm256_set1_epi8(15);
-    __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 32 * k));
-    *wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                             1);
-    if (FIVE) { /* + 16 where bit 2k (low chunk) / 2k + 1 (high) of qh[l] is set */
-        __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
-        __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * k)), _mm256_set1_epi8((char)(1 << (2 * k + 1))), 1);
-        *wv = _mm512_mask_add_epi8(*wv, _mm512_test_epi8_mask(qh, bit), *wv, _mm512_set1_epi8(16));
-    }
+    *wv = kq_q4k_codes2(FIVE, p, k);
     *s = _mm512_permutexvar_epi16(kq_idx2(2 * k, 2 * k + 1), scw);
 }
 
-/* Q6_K chunk pair mm (chunks 2mm, 2mm + 1 = 4h + 2m, 4h + 2m + 1) of the super-block at p as 6-bit
- * codes, low chunk below, high above, and its four 16-element groups' scales (scw: the 16 scales
- * as words), group 4mm + L in 128-bit lane L. Bits 2k, 2k+1 of qh go to bits 4, 5: k = 0, 1 shift
- * left by 4, 2; k = 2, 3 by 0, right by 2 (16-bit shifts: bits crossing a byte boundary land
- * outside the 0x30 mask). */
+/* Q6_K chunk pair mm (kq_q6k_codes2) and its four 16-element groups' scales (scw: the 16 scales as
+ * words), group 4mm + L in 128-bit lane L. */
 KQ_INL void kq_q6k_pair(const uint8_t *p, int mm, __m512i scw, __m512i *wv, __m512i *s) {
-    const int h = mm / 2, m = mm % 2, g = 4 * mm;
-    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const int g = 4 * mm;
     const __m512i idx = _mm512_inserti64x4(
         _mm512_castsi256_si512(_mm256_setr_epi16(g, g, g, g, g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1)),
         _mm256_setr_epi16(g + 2, g + 2, g + 2, g + 2, g + 2, g + 2, g + 2, g + 2, g + 3, g + 3, g + 3, g + 3, g + 3, g + 3, g + 3,
                           g + 3),
         1);
-    __m512i ql = _mm512_loadu_si512(p + 64 * h);
-    __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h)));
-    __m512i lo = _mm512_and_si512(m ? _mm512_srli_epi16(ql, 4) : ql, m4);
-    __m512i hs = m ? _mm512_srlv_epi16(qh, kq_idx2(0, 2)) : _mm512_sllv_epi16(qh, kq_idx2(4, 2));
-    *wv = _mm512_or_si512(lo, _mm512_and_si512(hs, m30));
+    *wv = kq_q6k_codes2(p, mm);
     *s = _mm512_permutexvar_epi16(idx, scw);
 }
 
@@ -158,6 +137,13 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
  * kq_q6k_finish, so the bits of the decode tiles and of AVX2. */
 #define KQ_NB 8
 
+/* The offsets into x->d of x rows i0 .. i0 + 7 (rows past N repeat the last one: their lanes are
+ * discarded), for a gather of the 8 rows' scales of one super-block. */
+KQ_INL __m256i kq_xrows8(int i0, int N, int64_t nb) {
+    const __m256i i = _mm256_min_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(N - 1));
+    return _mm256_mullo_epi32(_mm256_add_epi32(i, _mm256_set1_epi32(i0)), _mm256_set1_epi32((int)nb));
+}
+
 /* Q4_K (FIVE = 0), Q5_K (FIVE = 1): weight row w × x rows i0 .. i0 + N - 1 (N <= 8); the f32
  * step (kq_q4k_finish's, one lane per x row) runs on the 8 x rows in one ymm. */
 KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy,
@@ -165,8 +151,7 @@ KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0,
     const int64_t cols = x->cols, nb = cols / 256;
     const int BB = FIVE ? 176 : 144;
     __m256 acc = _mm256_setzero_ps();
-    __m256i xrow = _mm256_setzero_si256(); /* x rows' offsets into x->d, the last one repeated */
-    for (int i = 0; i < KQ_NB; i++) ((int32_t *)&xrow)[i] = (int32_t)((i0 + (i < N ? i : N - 1)) * nb);
+    const __m256i xrow = kq_xrows8(i0, N, nb);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + BB * b;
         if (i0 == 0) kq_prefetch_sb(p, BB);
@@ -219,8 +204,7 @@ KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0,
 KQ_INL void q6k_tile_b(int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
     __m256 acc = _mm256_setzero_ps();
-    __m256i xrow = _mm256_setzero_si256(); /* x rows' offsets into x->d, the last one repeated */
-    for (int i = 0; i < KQ_NB; i++) ((int32_t *)&xrow)[i] = (int32_t)((i0 + (i < N ? i : N - 1)) * nb);
+    const __m256i xrow = kq_xrows8(i0, N, nb);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + 210 * b;
         if (i0 == 0) kq_prefetch_sb(p, 210);

@@ -258,27 +258,31 @@ static void kq_quant_task(void *vc, int i, int thread) {
 
 #define KQ_A64(b) (((b) + 63) / 64 * 64)
 
+/* The parts of one layout's kq_x, in carving order: codes, scales, code sums or VNNI corrections
+ * (one int32 per 4 codes), the AMX layout when wanted. */
+static void kq_x_parts(kdtype dt, int n, int64_t cols, size_t part[4]) {
+    const size_t nq = (size_t)n * (size_t)cols;
+    part[0] = KQ_A64(nq);
+    part[1] = KQ_A64((size_t)n * (size_t)(cols / kdtype_block_elems(dt)) * sizeof(float));
+    part[2] = KQ_A64(kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq);
+    part[3] = kq_amx_wanted(dt, n) ? KQ_A64(kq_amx_x_bytes(n, cols)) : 0;
+}
+
 size_t kq_x_bytes(kdtype dt, int n, int64_t cols) {
-    size_t nq = (size_t)n * (size_t)cols, nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
-    size_t extra = kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t)
-                                        : nq; /* corr: one int32 per 4 codes */
-    return KQ_A64(nq) + KQ_A64(nd * sizeof(float)) + KQ_A64(extra) +
-           (kq_amx_wanted(dt, n) ? KQ_A64(kq_amx_x_bytes(n, cols)) : 0);
+    size_t part[4];
+    kq_x_parts(dt, n, cols, part);
+    return part[0] + part[1] + part[2] + part[3];
 }
 
 void kq_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
-    size_t nq = (size_t)n * (size_t)cols, nd = (size_t)n * (size_t)(cols / kdtype_block_elems(dt));
+    size_t part[4];
+    kq_x_parts(dt, n, cols, part);
     *qx = (kq_x){.n = n, .cols = cols};
     qx->q = (int8_t *)p;
-    p += KQ_A64(nq);
-    qx->d = (float *)p;
-    p += KQ_A64(nd * sizeof(float));
-    if (kdtype_is_kquant(dt)) qx->gsum = (int16_t *)p;
-    else qx->corr = (int32_t *)p;
-    if (kq_amx_wanted(dt, n)) {
-        size_t extra = kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq;
-        kq_amx_x_carve(n, cols, p + KQ_A64(extra), qx);
-    }
+    qx->d = (float *)(p + part[0]);
+    if (kdtype_is_kquant(dt)) qx->gsum = (int16_t *)(p + part[0] + part[1]);
+    else qx->corr = (int32_t *)(p + part[0] + part[1]);
+    if (part[3]) kq_amx_x_carve(n, cols, p + part[0] + part[1] + part[2], qx);
 }
 
 void kq_x_quantize(kcpu_backend *cb, kdtype dt, const float *x, kq_x *qx) {
