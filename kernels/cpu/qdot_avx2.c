@@ -1,8 +1,7 @@
 /* kernels/cpu/qdot_avx2.c — the AVX2 path of the quantized matmul (qmatmul.h). Q8_0, Q4_0:
- * tiles of up to 2 weight rows × 2 x rows, each output's 16 canonical lanes held as two 8-lane
- * halves (lo: lanes 0-7, hi: lanes 8-15). Products by vpmaddubsw (u8 × s8 pairs → s16, which never
- * saturates here) then vpmaddwd by ones (→ s32 sums of 4 adjacent products, the same lane
- * partials as vpdpbusd):
+ * tiles of up to 4 weight rows × 2 x rows; products by vpmaddubsw (u8 × s8 pairs → s16, which
+ * never saturates here) then vpmaddwd by ones (→ s32 sums of 4 adjacent products), each block's
+ * 8 lane partials summed exactly across the tile's rows (kq_hsum4), then one f32 lane per output:
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
  *   Q4_0: the same on w = nibble − 8.
  *   Q4_K: u8 = the nibble (0..15), s8 = x, then vpmaddwd by the sub-block scale: the
@@ -27,69 +26,60 @@ KQ_INL float kq_h(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
-/* The canonical reduction of lanes lo (0-7) and hi (8-15). */
-KQ_INL float kq_r16(__m256 lo, __m256 hi) {
-    __m256 t = _mm256_add_ps(lo, hi);
-    __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
-}
-
 /* Lane partials (8 × s32) of u8 a · s8 b over 32 bytes. */
 KQ_INL __m256i kq_dot32(__m256i a, __m256i b) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
 }
 
-KQ_INL void kq_store(int R, int N, __m256 acc[2][2][2], float *y, int64_t ldy, float beta) {
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < N; i++) {
-            float s = kq_r16(acc[r][i][0], acc[r][i][1]), *yp = y + i * ldy + r;
-            *yp = beta != 0.0f ? *yp + s : s;
-        }
+/* The exact sums of four int32 vectors' lanes: lane k = Σ lanes of vk. */
+KQ_INL __m128i kq_hsum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    const __m256i c = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
 }
 
+/* The 32 codes of block p (Q8_0: 34 bytes, Q4_0: 18; Q4_0's are nibble − 8, low nibbles first). */
+KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
+    if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
+    const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
+    return _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
+                           _mm256_set1_epi8(8));
+}
+
+/* Q8_0 / Q4_0: weight rows r < R (R <= 4; rows past R are skipped, their lanes discarded) × x rows
+ * i0 + i, i < N (N <= 2). Per block: the rows' lane partials by vpmaddubsw / vpmaddwd, their exact
+ * sums S_b with the rows in lanes (kq_hsum4), then the canonical fma by dw·dx — one lane per
+ * output, in block order. */
 KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                     float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
-    __m256 acc[2][2][2];
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < N; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
-    /* two blocks per pass so that h (= b % 2, the lane half) is a constant and the
-     * accumulators stay in registers */
-    for (int64_t b0 = 0; b0 < nb; b0 += 2)
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; h++) {
-        const int64_t b = b0 + h;
-        if (b >= nb) break;
-        __m256i wv[2], aw[2];
-        __m256 dw[2];
-        #pragma GCC unroll 8
+    const int BB = DT == KDT_Q8_0 ? 34 : 18;
+    __m128 acc[4];
+    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv[4], aw[4];
+        uint16_t h[4] = {0};
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + (DT == KDT_Q8_0 ? 34 : 18) * b;
+            const uint8_t *p = w + r * rb + BB * b;
             if (i0 == 0) __builtin_prefetch(p + KQ_PF, 0, 2);
-            if (DT == KDT_Q4_0) { /* nibble - 8: low nibbles are elements 0-15, high 16-31 */
-                __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
-                wv[r] = _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
-                                        _mm256_set1_epi8(8));
-            } else {
-                wv[r] = _mm256_loadu_si256((const __m256i *)(p + 2));
-            }
+            wv[r] = q8_codes(DT, p);
             aw[r] = _mm256_abs_epi8(wv[r]);
-            dw[r] = _mm256_set1_ps(kq_h(p));
+            memcpy(&h[r], p, 2);
         }
-        #pragma GCC unroll 8
+        /* the rows' scales built in a register (narrow stores and a wide load would stall) */
+        const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
+#pragma GCC unroll 2
         for (int i = 0; i < N; i++) {
-            int64_t row = i0 + i;
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 32 * b));
-            __m256 dx = _mm256_set1_ps(x->d[row * nb + b]);
-            #pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                __m256i s = kq_dot32(aw[r], _mm256_sign_epi8(xv, wv[r]));
-                acc[r][i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i][h]);
-            }
+            const int64_t row = i0 + i;
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 32 * b));
+            __m256i s[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) s[r] = r < R ? kq_dot32(aw[r], _mm256_sign_epi8(xv, wv[r])) : _mm256_setzero_si256();
+            const __m128 S = _mm_cvtepi32_ps(kq_hsum4(s[0], s[1], s[2], s[3]));
+            acc[i] = _mm_fmadd_ps(S, _mm_mul_ps(dw, _mm_set1_ps(x->d[row * nb + b])), acc[i]);
         }
     }
-    kq_store(R, N, acc, y, ldy, beta);
+    kq_store1(R, N, acc, y, ldy, beta);
 }
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
@@ -239,11 +229,12 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
                                      int64_t ldy, float beta) {                                               \
         q8_tile(KDT_Q4_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
     }
-TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
+TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(2, 2) KQ_KTILE_DEF(2, 3) KQ_KTILE_DEF(2, 4)
 KQ_KTILE_DEF(1, 1) KQ_KTILE_DEF(1, 2) KQ_KTILE_DEF(1, 3) KQ_KTILE_DEF(1, 4)
-static const tile_fn q8_tiles[2][2] = {{q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
-static const tile_fn q40_tiles[2][2] = {{q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
+/* Q8_0, Q4_0: [4 | 2 | 1 rows][N - 1] */
+static const tile_fn q8_tiles[3][2] = {{q8_4_1, q8_4_2}, {q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
+static const tile_fn q40_tiles[3][2] = {{q40_4_1, q40_4_2}, {q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
 /* K-quants: [4 rows (one x row only) | 2 rows | 1 row][N - 1] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
@@ -272,12 +263,12 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     for (int64_t r = r0; r < r1;) {
-        int tall = r1 - r >= 2;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q40_tiles)[tall ? 0 : 1];
+        const int R = r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q40_tiles)[R == 4 ? 0 : R == 2 ? 1 : 2];
         for (int i = 0; i < x->n; i += 2) {
             int N = x->n - i < 2 ? x->n - i : 2;
             fns[N - 1](w + r * rb, rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);
         }
-        r += tall ? 2 : 1;
+        r += R;
     }
 }

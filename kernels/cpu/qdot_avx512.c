@@ -1,7 +1,8 @@
 /* kernels/cpu/qdot_avx512.c — the AVX-512 VNNI path of the quantized matmul (qmatmul.h):
  * (Q4_0 runs the Q8_0 tiles on its nibbles − 8.)
- * register tiles of up to 4 weight rows × 4 x rows, 16-lane f32 accumulators in the
- * canonical order, int8 products summed exactly by vpdpbusd (u8 × s8 → s32, 4 per lane).
+ * register tiles of up to 8 weight rows × 4 x rows, int8 products summed exactly by vpdpbusd
+ * (u8 × s8 → s32, 4 per lane), each block's lane partials summed across the tile's rows by
+ * permutes (q8_sums8), then one f32 lane per output in block order (the canonical order).
  *   Q8_0: vpdpbusd wants one unsigned operand: the weights are offset by 128 (w ^ 0x80) and
  *         the accumulator starts at -128·Σx of the lane (kq_x.corr), so the lane is Σ w·x
  *         exactly. Two blocks (2 × 32 codes) per zmm: lanes 0-7 even block, 8-15 odd.
@@ -17,30 +18,6 @@
 
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
-
-KQ_INL float kq_h(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
-/* The canonical reduction (kq_reduce16) of one 16-lane accumulator. */
-KQ_INL float kq_r16(__m512 a) {
-    __m256 t = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
-}
-
-KQ_INL void kq_store(int R, int N, __m512 acc[4][4], float *y, int64_t ldy, float beta) {
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) {
-            float s = kq_r16(acc[r][i]), *yp = y + i * ldy + r;
-            *yp = beta != 0.0f ? *yp + s : s;
-        }
-}
 
 KQ_INL uint16_t kq_u16(const uint8_t *p) {
     uint16_t h;
@@ -72,98 +49,93 @@ KQ_INL __m512i q8_wpair(kdtype dt, const uint8_t *p, __m512i x80, int pf) {
     return _mm512_xor_si512(v, x80);
 }
 
-/* One step of two blocks (b, b + 1) for every (weight row, x row) pair of the tile. */
-KQ_INL void q8_step(int R, int N, const __m512i wv[4], const __m512 dw[4], const kq_x *x, int i0, int64_t b,
-                    __m512 acc[4][4]) {
-    const int64_t cols = x->cols, nb = cols / 32;
+/* The exact block sums of 8 weight rows: s[r] holds row r's lane partials of blocks b (lanes
+ * 0-7) and b + 1 (lanes 8-15); out lane r = S_b of row r, lane 8 + r = S_b+1 of row r. Three
+ * rounds of pairwise adds through two-source permutes: each round halves the lanes per sum. */
+KQ_INL __m512i q8_sums8(const __m512i s[8]) {
+    const __m512i E = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i O = _mm512_add_epi32(E, _mm512_set1_epi32(1));
+    __m512i c[4], d[2];
 #pragma GCC unroll 4
-    for (int i = 0; i < N; i++) {
-        int64_t row = i0 + i;
-        __m512i xv = _mm512_loadu_si512(x->q + row * cols + 32 * b);
-        __m512i xc = _mm512_loadu_si512(x->corr + row * (cols / 4) + 8 * b);
-        const float *xd = x->d + row * nb + b;
-        __m512 dx = _mm512_insertf32x8(_mm512_set1_ps(xd[0]), _mm256_set1_ps(xd[1]), 1);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            __m512i s = _mm512_dpbusd_epi32(xc, wv[r], xv);
-            acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dx), acc[r][i]);
-        }
-    }
+    for (int k = 0; k < 4; k++) /* items of 4 lanes: (2k, b), (2k, b+1), (2k+1, b), (2k+1, b+1) */
+        c[k] = _mm512_add_epi32(_mm512_permutex2var_epi32(s[2 * k], E, s[2 * k + 1]),
+                                _mm512_permutex2var_epi32(s[2 * k], O, s[2 * k + 1]));
+#pragma GCC unroll 2
+    for (int m = 0; m < 2; m++) /* items of 2 lanes: (4m, b), (4m, b+1), ..., (4m+3, b+1) */
+        d[m] = _mm512_add_epi32(_mm512_permutex2var_epi32(c[2 * m], E, c[2 * m + 1]),
+                                _mm512_permutex2var_epi32(c[2 * m], O, c[2 * m + 1]));
+    /* item (r, b) sits at lane 4(r%4) of d[r/4], (r, b+1) two lanes later */
+    const __m512i F = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 2, 6, 10, 14, 18, 22, 26, 30);
+    return _mm512_add_epi32(_mm512_permutex2var_epi32(d[0], F, d[1]),
+                            _mm512_permutex2var_epi32(d[0], _mm512_add_epi32(F, _mm512_set1_epi32(1)), d[1]));
 }
 
-/* Q8_0: weight rows w (rb apart), x rows i0..i0+N-1; y at [i0, r0]. */
+/* Q8_0 / Q4_0: weight rows r < R (R <= 8; rows past R are skipped, their lanes discarded) × x rows
+ * i0 + i, i < N. Per two blocks: vpdpbusd lane partials (two blocks per zmm), the rows' exact block
+ * sums with rows in lanes (q8_sums8), then the canonical fma by dw·dx for block b, then b + 1 — one
+ * lane per output. An odd last block runs with its second half zero and one fma. */
 KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
                     int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
     const int BB = DT == KDT_Q8_0 ? 34 : 18;
-    __m512 acc[4][4];
+    __m256 acc[4];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
-    int64_t b = 0;
-    /* 8 blocks at a time: their 8 f16 scales widened in one vcvtph2ps, then spread to the
-     * two halves of each step by a permute (the same f32 values as one by one). */
-    for (; b + 8 <= nb; b += 8) {
-        __m512 d8[4];
-#pragma GCC unroll 4
+    for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        __m512i wv[8];
+        uint16_t h[16] = {0};
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + BB * b;
-            __m128i h = _mm_setr_epi16(kq_u16(p), kq_u16(p + BB), kq_u16(p + 2 * BB), kq_u16(p + 3 * BB),
-                                       kq_u16(p + 4 * BB), kq_u16(p + 5 * BB), kq_u16(p + 6 * BB), kq_u16(p + 7 * BB));
-            d8[r] = _mm512_castps256_ps512(_mm256_cvtph_ps(h));
-        }
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1), 1);
-            __m512i wv[4];
-            __m512 dw[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                wv[r] = q8_wpair(DT, w + r * rb + BB * (b + 2 * k), x80, pf);
-                dw[r] = _mm512_permutexvar_ps(idx, d8[r]);
+            if (two) {
+                wv[r] = q8_wpair(DT, p, x80, pf);
+                memcpy(&h[8 + r], p + BB, 2);
+            } else {
+                wv[r] = _mm512_zextsi256_si512(DT == KDT_Q4_0 ? q40_codes(p)
+                                                              : _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)),
+                                                                                 _mm512_castsi512_si256(x80)));
             }
-            q8_step(R, N, wv, dw, x, i0, b + 2 * k, acc);
+            memcpy(&h[r], p, 2);
         }
-    }
-    for (; b + 2 <= nb; b += 2) {
-        __m512i wv[4];
-        __m512 dw[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + BB * b;
-            wv[r] = q8_wpair(DT, p, x80, pf);
-            dw[r] = _mm512_insertf32x8(_mm512_set1_ps(kq_h(p)), _mm256_set1_ps(kq_h(p + BB)), 1);
-        }
-        q8_step(R, N, wv, dw, x, i0, b, acc);
-    }
-    if (b < nb) { /* an odd last block: lanes 0-7 only */
-        __m512i wv[4];
-        __m512 dw[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + BB * b;
-            wv[r] = _mm512_zextsi256_si512(
-                DT == KDT_Q4_0 ? q40_codes(p)
-                               : _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80)));
-            dw[r] = _mm512_set1_ps(kq_h(p));
-        }
+        /* built in registers (narrow stores and a wide load would stall) */
+        const __m512 dw = _mm512_cvtph_ps(_mm256_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], (short)h[4],
+                                                            (short)h[5], (short)h[6], (short)h[7], (short)h[8], (short)h[9],
+                                                            (short)h[10], (short)h[11], (short)h[12], (short)h[13],
+                                                            (short)h[14], (short)h[15]));
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) {
-            int64_t row = i0 + i;
-            __m512i xv = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(x->q + row * cols + 32 * b)));
-            __m512i xc = _mm512_zextsi256_si512(
-                _mm256_loadu_si256((const __m256i *)(x->corr + row * (cols / 4) + 8 * b)));
-            __m512 dx = _mm512_set1_ps(x->d[row * nb + b]);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                __m512i s = _mm512_dpbusd_epi32(xc, wv[r], xv);
-                acc[r][i] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dx), acc[r][i], 0x00FF);
+            const int64_t row = i0 + i;
+            __m512i xv, xc;
+            __m512 dx;
+            const float *xd = x->d + row * nb + b;
+            if (two) {
+                xv = _mm512_loadu_si512(x->q + row * cols + 32 * b);
+                xc = _mm512_loadu_si512(x->corr + row * (cols / 4) + 8 * b);
+                dx = _mm512_insertf32x8(_mm512_set1_ps(xd[0]), _mm256_set1_ps(xd[1]), 1);
+            } else {
+                xv = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(x->q + row * cols + 32 * b)));
+                xc = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(x->corr + row * (cols / 4) + 8 * b)));
+                dx = _mm512_set1_ps(xd[0]);
             }
+            __m512i s[8];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) s[r] = r < R ? _mm512_dpbusd_epi32(xc, wv[r], xv) : _mm512_setzero_si512();
+            const __m512 S = _mm512_cvtepi32_ps(q8_sums8(s)), f = _mm512_mul_ps(dw, dx);
+            acc[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(S), _mm512_castps512_ps256(f), acc[i]);
+            if (two) acc[i] = _mm256_fmadd_ps(_mm512_extractf32x8_ps(S, 1), _mm512_extractf32x8_ps(f, 1), acc[i]);
         }
     }
-    kq_store(R, N, acc, y, ldy, beta);
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++) {
+        float a[8];
+        _mm256_storeu_ps(a, acc[i]);
+        for (int r = 0; r < R; r++) {
+            float *yp = y + i * ldy + r;
+            *yp = beta != 0.0f ? *yp + a[r] : a[r];
+        }
+    }
 }
 
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y, int64_t ldy,
@@ -177,10 +149,14 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
                                      int64_t ldy, float beta) {                                               \
         q8_tile(KDT_Q4_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
     }
+TILE_DEF(8, 1) TILE_DEF(8, 2) TILE_DEF(8, 3) TILE_DEF(8, 4)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
 TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
-static const tile_fn q8_tiles[2][4] = {{q8_4_1, q8_4_2, q8_4_3, q8_4_4}, {q8_1_1, q8_1_2, q8_1_3, q8_1_4}};
-static const tile_fn q40_tiles[2][4] = {{q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q40_1_1, q40_1_2, q40_1_3, q40_1_4}};
+/* [8 | 4 | 1 rows][N - 1] */
+static const tile_fn q8_tiles[3][4] = {
+    {q8_8_1, q8_8_2, q8_8_3, q8_8_4}, {q8_4_1, q8_4_2, q8_4_3, q8_4_4}, {q8_1_1, q8_1_2, q8_1_3, q8_1_4}};
+static const tile_fn q40_tiles[3][4] = {
+    {q40_8_1, q40_8_2, q40_8_3, q40_8_4}, {q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q40_1_1, q40_1_2, q40_1_3, q40_1_4}};
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
@@ -189,12 +165,12 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     for (int64_t r = r0; r < r1;) {
-        int tall = r1 - r >= 4;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q40_tiles)[tall ? 0 : 1];
+        const int R = r1 - r >= 8 ? 8 : r1 - r >= 4 ? 4 : 1;
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q40_tiles)[R == 8 ? 0 : R == 4 ? 1 : 2];
         for (int i = 0; i < x->n; i += 4) {
             int N = x->n - i < 4 ? x->n - i : 4;
             fns[N - 1](w + r * rb, rb, i == 0, x, i, y + (int64_t)i * ldy + r, ldy, beta);
         }
-        r += tall ? 4 : 1;
+        r += R;
     }
 }

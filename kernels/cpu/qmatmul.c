@@ -93,13 +93,12 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
 /* Q8_0 and Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
  * high nibbles 16-31). */
 static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
-    float L[16] = {0};
+    float L = 0.0f;
     const size_t bb = kdtype_block_bytes(dt);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + bb * b;
         uint16_t h;
         memcpy(&h, blk, 2);
-        float sc = f16_to_f32(h) * xd[b];
         int8_t wq[32];
         if (dt == KDT_Q8_0) memcpy(wq, blk + 2, 32);
         else
@@ -107,14 +106,11 @@ static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
                 wq[j] = (int8_t)((blk[2 + j] & 15) - 8);
                 wq[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
             }
-        for (int j = 0; j < 8; j++) {
-            int32_t p = 0;
-            for (int e = 0; e < 4; e++) p += wq[4 * j + e] * xq[32 * b + 4 * j + e];
-            float *l = &L[8 * (b % 2) + j];
-            *l = fmaf((float)p, sc, *l);
-        }
+        int32_t S = 0;
+        for (int e = 0; e < 32; e++) S += wq[e] * xq[32 * b + e];
+        L = fmaf((float)S, f16_to_f32(h) * xd[b], L);
     }
-    return kq_reduce16(L);
+    return L;
 }
 
 /* Q4_K and Q5_K (qh: the 32 bytes of 5th bits, at offset 16 of a 176-byte block). */

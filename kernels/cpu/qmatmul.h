@@ -3,11 +3,12 @@
  * qdot_avx512_k.c: AVX-512 K-quants; qdot_avx2.c: AVX2). Private to kernels/cpu/.
  *
  * THE CANONICAL ORDER (what makes every path bit-identical and batch-invariant).
- * Q8_0, Q4_0: one output y = dot(w row, x row) is a sum over the row's blocks into 16 f32 lanes
- *   L[0..15], reduced as kq_reduce16. A lane's contribution is an exact int32 partial P (the
- *   sum of 4 products of adjacent int8 codes) scaled in f32 with one fused multiply-add:
- *   blocks b = 0, 1, ... of 32; block b feeds lanes 8·(b%2) + j, j < 8, with
- *   P = Σ_{e<4} wq[4j+e]·xq[4j+e] and L = fma((float)P, dw_b·dx_b, L).
+ * Q8_0, Q4_0: ONE f32 lane L per output: per block b (32 elements) the exact int32 sum
+ *   S_b = Σ_{e<32} wq[e]·xq[32b + e] (|S_b| <= 32·128·127 < 2^24: (float)S_b is exact), then
+ *   L = fma((float)S_b, dw_b·dx_b, L) for b = 0, 1, ... in order (dw_b·dx_b one f32 product);
+ *   y = L. Only S_b is fixed, so the AVX2 / AVX-512 tiles (per-4 lane partials reduced across
+ *   rows by transposing adds, then the fma chain with weight rows in lanes) and AMX's per-block
+ *   tile products (qdot_amx.c) give the same bits.
  *   Q4_0 as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high).
  * K-quants (super-blocks of 256, x codes in natural order). Within a super-block everything is
  *   an exact int32 sum, so only the integer totals below are fixed.
@@ -106,15 +107,6 @@ static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m)
 
 /* The K-quants' group size of kq_x.gsum. */
 static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K ? 16 : 32; }
-
-/* The canonical 16-lane reduction (Q8_0, Q4_0). */
-static inline float kq_reduce16(const float L[16]) {
-    float t[8], u[4], v[2];
-    for (int j = 0; j < 8; j++) t[j] = L[j] + L[j + 8];
-    for (int j = 0; j < 4; j++) u[j] = t[j] + t[j + 4];
-    for (int j = 0; j < 2; j++) v[j] = u[j] + u[j + 2];
-    return v[0] + v[1];
-}
 
 /* Code paths, for tests and benchmarks: KQ_AUTO picks the best the CPU has. Process-wide;
  * set before issuing ops. PEFTD_CPU_QPATH=amx|vnni|avx2|scalar in the environment sets it too. */
