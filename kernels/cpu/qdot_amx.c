@@ -1,16 +1,19 @@
-/* kernels/cpu/qdot_amx.c — Q4_K and Q5_K batches on AMX-INT8 tile registers (the AMX path of
- * qmatmul.h). Everything else — other types, batches under KQ_AMX_MIN_N x rows, weight rows
- * past the last whole group of 16 — goes to the VNNI path, whose bits are the same.
+/* kernels/cpu/qdot_amx.c — quantized batches on AMX-INT8 tile registers (the AMX path of
+ * qmatmul.h), every type. Batches under KQ_AMX_MIN_N x rows and weight rows past the last whole
+ * group of 16 go to the VNNI path, whose bits are the same.
  *
- * One tdpbusd multiplies A = 16 weight rows' unsigned codes of one 32-element chunk (16 × 32
- * bytes; the rows are unpacked once per group of 16 into a row-major buffer) by B = 16 x rows'
- * codes of the same chunk in the tile unit's pairs-of-4 layout (8 × 64 bytes, built once per
+ * Q4_K, Q5_K: one tdpbusd multiplies A = 16 weight rows' unsigned codes of one 32-element chunk
+ * (16 × 32 bytes; the rows are unpacked once per group of 16 into a row-major buffer) by B = 16 x
+ * rows' codes of the same chunk in the tile unit's pairs-of-4 layout (8 × 64 bytes, built once per
  * call by the activation quantizer: kq_x.amx_xv), giving the 256 exact chunk sums
  * S_c[n][m] = Σ_{k<32} q·xq. A super-block's 8 chunks go to tmm0-3 in two rounds of 4 and are
  * stored to a scratch; then, per weight row n with the 16 x rows in zmm lanes, the exact totals
  * of the canonical order — I = Σ_c sc_c·S_c (vpmulld), M = Σ_j m_j·X_j (vpdpwssd on the code
  * sums kq_x.amx_xp) — and its f32 step, fma((float)I, d·dx), fma((float)M, −(dmin·dx)): the
  * totals and the two fmas of every other path, so the same bits (tests/unit/test_kernels_quant.c).
+ * Q6_K: tdpbssd per group of 16 signed codes − 32 (amx_block6).
+ * Q8_0, Q4_0: tdpbssd per block of 32 signed codes (Q8_0's A tiles load straight from the weight
+ * rows, Q4_0's from its unpacked nibbles − 8), then the canonical fma per block (amx_block8).
  *
  * Tiles: tmm0-3 C (16 × 64 bytes), tmm4/tmm6 A (16 × 32), tmm5/tmm7 B (8 × 64), alternating so
  * that a load overlaps the previous product. The configuration is loaded at the start of every
@@ -66,39 +69,46 @@ bool kq_amx_usable(void) {
 
 /* ---- the activations' tile layout (kq_x.amx_*), one x row at a time ---- */
 
-size_t kq_amx_x_bytes(int n, int64_t cols) {
-    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)cols / 256;
-    return mp * (size_t)cols + mp * nb * 16 + mp * nb * 4; /* xv, xp (4 int32 per 16 x rows), dx */
+/* Sizes: xv mp·cols, xp (Q4_K/Q5_K: 4 int32 per 16 x rows and super-block), dx (one float per
+ * x row and block of the type: 32 or 256 elements); mp = n rounded up to 16. */
+size_t kq_amx_x_bytes(kdtype dt, int n, int64_t cols) {
+    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kdtype_block_elems(dt));
+    const size_t xp = dt == KDT_Q4_K || dt == KDT_Q5_K ? mp * nb * 16 : 0;
+    return mp * (size_t)cols + xp + mp * nb * 4;
 }
 
-void kq_amx_x_carve(int n, int64_t cols, uint8_t *p, kq_x *qx) {
-    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)cols / 256;
+void kq_amx_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
+    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kdtype_block_elems(dt));
+    const size_t xp = dt == KDT_Q4_K || dt == KDT_Q5_K ? mp * nb * 16 : 0;
     qx->amx_xv = (int8_t *)p;
-    qx->amx_xp = (int32_t *)(p + mp * (size_t)cols);
-    qx->amx_dx = (float *)(p + mp * (size_t)cols + mp * nb * 16);
+    qx->amx_xp = xp ? (int32_t *)(p + mp * (size_t)cols) : NULL;
+    qx->amx_dx = (float *)(p + mp * (size_t)cols + xp);
 }
 
-/* Row i (< the padded count; rows >= x->n write zeros) into the layout:
- *   xv[(mb·nb + b)·4096 + 64·(k/4) + 4m + k%4] = xq[16mb + m][256b + k] (k < 256: tile row k/4,
- *      so a chunk of 32 (Q4_K, Q5_K) or group of 16 (Q6_K) codes is 8 or 4 consecutive rows)
+/* Row i (< the padded count; rows >= x->n write zeros) into the layout, with nc = cols / 32
+ * chunks of 32 codes and nb blocks of the type (Q8_0, Q4_0: nb = nc; K-quants nb = nc / 8):
+ *   xv[(mb·nc + c)·512 + 64·(k/4) + 4m + k%4] = xq[16mb + m][32c + k] (k < 32: a chunk is the
+ *      8 tile rows of B for one tdpbusd; a K-quant super-block's 8 chunks are consecutive, so
+ *      a Q6_K group of 16 codes is 4 consecutive rows)
  *   xp[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (Q4_K/Q5_K: the code sums of sub-blocks
- *      2t, 2t+1; Q6_K needs none)
- *   dx[(mb·nb + b)·16 + m] = the row's scale of super-block b. */
+ *      2t, 2t+1 of super-block b; the other types need none)
+ *   dx[(mb·nb + b)·16 + m] = the row's scale of block b. */
 AMX_TGT void kq_amx_x_row(kq_x *qx, int i, kdtype dt) {
-    const int64_t cols = qx->cols, nb = cols / 256, mb = i / 16, m = i % 16;
+    const int64_t cols = qx->cols, nb = cols / kdtype_block_elems(dt), mb = i / 16, m = i % 16;
     const bool live = i < qx->n;
     const int8_t *q = qx->q + (int64_t)i * cols;
-    /* code dword k4 (codes 4·k4 .. 4·k4 + 3 of the super-block) goes to tile row k4: a 64-byte
-     * stride, 16 dwords per scatter */
+    /* code dword k4 (codes 4·k4 .. 4·k4 + 3 of a 64-code piece) goes to tile row k4: a 64-byte
+     * stride, 16 dwords per scatter; a last piece of 32 codes scatters 8 */
     const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                             _mm512_set1_epi32(16));
-    for (int64_t b = 0; b < nb; b++) {
-        int32_t *dst = (int32_t *)(qx->amx_xv + (mb * nb + b) * 4096) + m;
-        for (int k = 0; k < 4; k++) {
-            const __m512i v = live ? _mm512_loadu_si512(q + 256 * b + 64 * k) : _mm512_setzero_si512();
-            _mm512_i32scatter_epi32(dst + 256 * k, rows, v, 4);
-        }
-        for (int t = 0; t < 4 && dt != KDT_Q6_K; t++) { /* Q6_K needs no code sums (signed codes) */
+    int32_t *dst = (int32_t *)(qx->amx_xv + mb * 16 * cols) + m;
+    for (int64_t k = 0; k < cols; k += 64) {
+        const __mmask16 lanes = cols - k >= 64 ? 0xFFFF : 0x00FF;
+        const __m512i v = live ? _mm512_maskz_loadu_epi32(lanes, q + k) : _mm512_setzero_si512();
+        _mm512_mask_i32scatter_epi32(dst + 4 * k, lanes, rows, v, 4);
+    }
+    for (int64_t b = 0; b < nb && qx->amx_xp; b++)
+        for (int t = 0; t < 4; t++) {
             int32_t v = 0;
             if (live) {
                 const int16_t *g = qx->gsum + (int64_t)i * (cols / 32) + 8 * b + 2 * t;
@@ -106,8 +116,7 @@ AMX_TGT void kq_amx_x_row(kq_x *qx, int i, kdtype dt) {
             }
             qx->amx_xp[((mb * nb + b) * 4 + t) * 16 + m] = v;
         }
-        qx->amx_dx[(mb * nb + b) * 16 + m] = live ? qx->d[(int64_t)i * nb + b] : 0.0f;
-    }
+    for (int64_t b = 0; b < nb; b++) qx->amx_dx[(mb * nb + b) * 16 + m] = live ? qx->d[(int64_t)i * nb + b] : 0.0f;
 }
 
 /* ---- the product ---- */
@@ -312,11 +321,92 @@ AMX_INL void amx_block(int FIVE, const amx_wrows *u, const kq_x *x, int64_t mb, 
     amx_store(acc, x, mb, y, ldy, beta);
 }
 
+/* Q8_0 / Q4_0: 16 weight rows × x rows 16mb .. 16mb + 15. Per block c, one tdpbssd gives the
+ * 256 exact block sums S_c (signed codes × signed codes, 32 per sum); then per weight row n, with
+ * the x rows in lanes, the canonical step acc = fma((float)S_c, dw·dx, acc) in block order.
+ * A: Q8_0's codes straight from the weight rows (stride rb, 2 bytes of scale skipped), Q4_0's
+ * from the unpacked buffer u->a (stride cols); dw: u->d[c·16 + n]. */
+AMX_INL void amx_block8(const uint8_t *a0, size_t as, int BB, const amx_wrows *u, const kq_x *x, int64_t mb, float *y,
+                        int64_t ldy, float beta) {
+    const int64_t cols = x->cols, nc = cols / 32;
+    int32_t S[4 * 256] __attribute__((aligned(64)));
+    __m512 acc[16];
+    for (int n = 0; n < 16; n++) acc[n] = _mm512_setzero_ps();
+    const int8_t *xv0 = x->amx_xv + mb * nc * 512;
+    const float *dx0 = x->amx_dx + mb * nc * 16;
+    for (int64_t c0 = 0; c0 < nc; c0 += 4) {
+        const int k = nc - c0 < 4 ? (int)(nc - c0) : 4;
+        AMX_BARRIER();
+        /* tmm0-3: C of blocks c0 .. c0 + 3; A in tmm4 / tmm6, B in tmm5 / tmm7 alternately */
+#define AMX_B8(T, TA, TB, j)                                           \
+        if ((j) < k) {                                                 \
+            _tile_zero(T);                                             \
+            _tile_loadd(TA, a0 + BB * (c0 + (j)), as);                 \
+            _tile_loadd(TB, xv0 + (c0 + (j)) * 512, 64);               \
+            _tile_dpbssd(T, TA, TB);                                   \
+            _tile_stored(T, S + 256 * (j), 64);                        \
+        }
+        AMX_B8(0, 4, 5, 0)
+        AMX_B8(1, 6, 7, 1)
+        AMX_B8(2, 4, 5, 2)
+        AMX_B8(3, 6, 7, 3)
+#undef AMX_B8
+        AMX_BARRIER();
+        if (k == 4) {
+            const __m512 dx_0 = _mm512_load_ps(dx0 + 16 * c0), dx_1 = _mm512_load_ps(dx0 + 16 * (c0 + 1)),
+                         dx_2 = _mm512_load_ps(dx0 + 16 * (c0 + 2)), dx_3 = _mm512_load_ps(dx0 + 16 * (c0 + 3));
+            const float *d = u->d + 16 * c0;
+#pragma GCC unroll 16
+            for (int n = 0; n < 16; n++) {
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 16 * n)),
+                                         _mm512_mul_ps(_mm512_set1_ps(d[n]), dx_0), acc[n]);
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 + 16 * n)),
+                                         _mm512_mul_ps(_mm512_set1_ps(d[16 + n]), dx_1), acc[n]);
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 512 + 16 * n)),
+                                         _mm512_mul_ps(_mm512_set1_ps(d[32 + n]), dx_2), acc[n]);
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 768 + 16 * n)),
+                                         _mm512_mul_ps(_mm512_set1_ps(d[48 + n]), dx_3), acc[n]);
+            }
+        } else
+            for (int j = 0; j < k; j++) {
+                const __m512 dx = _mm512_load_ps(dx0 + 16 * (c0 + j));
+                const float *d = u->d + 16 * (c0 + j);
+#pragma GCC unroll 16
+                for (int n = 0; n < 16; n++)
+                    acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 * j + 16 * n)),
+                                             _mm512_mul_ps(_mm512_set1_ps(d[n]), dx), acc[n]);
+            }
+    }
+    amx_store(acc, x, mb, y, ldy, beta);
+}
+
+/* Q8_0 / Q4_0 weight rows w .. w + 15·rb: the block scales as floats, u->d[c·16 + n]; Q4_0's codes
+ * (nibble − 8, low nibbles first) into u->a [16][cols]. Touching every block also brings the
+ * rows in (the scale sits in each block's first bytes). */
+AMX_INL void amx_unpack8(kdtype dt, const uint8_t *w, size_t rb, int64_t cols, const amx_wrows *u) {
+    const int64_t nc = cols / 32;
+    const int BB = dt == KDT_Q8_0 ? 34 : 18;
+    for (int n = 0; n < 16; n++)
+        for (int64_t c = 0; c < nc; c++) {
+            const uint8_t *p = w + n * rb + BB * c;
+            uint16_t h;
+            memcpy(&h, p, 2);
+            u->d[c * 16 + n] = _cvtsh_ss(h);
+            if (dt == KDT_Q4_0) {
+                const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
+                const __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+                _mm256_storeu_si256((__m256i *)(u->a + n * cols + 32 * c), _mm256_sub_epi8(v, _mm256_set1_epi8(8)));
+            }
+        }
+}
+
 static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                              int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256, groups = (r1 - r0) / 16, mblocks = (x->n + 15) / 16;
-    const bool six = dt == KDT_Q6_K;
-    const size_t abytes = (size_t)16 * (size_t)cols, sbytes = (size_t)nb * 16 * (16 + 4 + 1 + 1) * 4;
+    const bool six = dt == KDT_Q6_K, q8 = !kdtype_is_kquant(dt);
+    /* scratch: codes [16][cols] (Q8_0: none, its tiles load the rows), then the scales */
+    const size_t abytes = dt == KDT_Q8_0 ? 0 : (size_t)16 * (size_t)cols;
+    const size_t sbytes = q8 ? (size_t)(cols / 32) * 16 * 4 : (size_t)nb * 16 * (16 + 4 + 1 + 1) * 4;
     uint8_t *ws = NULL;
     if (groups > 0 && posix_memalign((void **)&ws, 64, abytes + sbytes)) ws = NULL;
     if (!ws) { /* no scratch: the VNNI path (same bits) */
@@ -324,10 +414,13 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
         return;
     }
     amx_wrows u = {.a = ws};
-    u.sc = (float *)(ws + abytes);
-    u.mp = (int32_t *)(u.sc + nb * 16 * 16);
-    u.d = (float *)(u.mp + nb * 16 * 4);
-    u.dm = u.d + nb * 16;
+    if (q8) u.d = (float *)(ws + abytes);
+    else {
+        u.sc = (float *)(ws + abytes);
+        u.mp = (int32_t *)(u.sc + nb * 16 * 16);
+        u.d = (float *)(u.mp + nb * 16 * 4);
+        u.dm = u.d + nb * 16;
+    }
     amx_cfg cfg = {.palette = 1};
     for (int t = 0; t < 4; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
     /* A: 16 weight rows × one chunk (32) or group (16) of codes; B: the x codes, K/4 rows */
@@ -337,7 +430,13 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
     _tile_loadconfig(&cfg);
     for (int64_t g = 0; g < groups; g++) {
         const int64_t r = r0 + 16 * g;
-        if (six) {
+        if (q8) {
+            amx_unpack8(dt, w + r * rb, rb, cols, &u);
+            for (int64_t mb = 0; mb < mblocks; mb++) {
+                if (dt == KDT_Q8_0) amx_block8(w + r * rb + 2, rb, 34, &u, x, mb, y + r, ldy, beta);
+                else amx_block8(u.a, (size_t)cols, 32, &u, x, mb, y + r, ldy, beta);
+            }
+        } else if (six) {
             amx_unpack6(w + r * rb, rb, nb, cols, &u);
             for (int64_t mb = 0; mb < mblocks; mb++) amx_block6(&u, x, mb, y + r, ldy, beta);
         } else {
@@ -354,7 +453,7 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
 
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y, int64_t ldy,
                  float beta) {
-    if (!x->amx_xv || !kdtype_is_kquant(dt)) {
+    if (!x->amx_xv) {
         kq_rows_vnni(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }

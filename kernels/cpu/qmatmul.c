@@ -52,7 +52,7 @@ static kq_path kq_resolve(void) {
 
 /* Whether x of n rows is also laid out for the AMX path (qdot_amx.c). */
 static bool kq_amx_wanted(kdtype dt, int n) {
-    return kdtype_is_kquant(dt) && n >= KQ_AMX_MIN_N && kq_resolve() == KQ_AMX;
+    return n >= KQ_AMX_MIN_N && kq_resolve() == KQ_AMX;
 }
 
 /* ---- activation quantization ---- */
@@ -261,7 +261,7 @@ static void kq_x_parts(kdtype dt, int n, int64_t cols, size_t part[4]) {
     part[0] = KQ_A64(nq);
     part[1] = KQ_A64((size_t)n * (size_t)(cols / kdtype_block_elems(dt)) * sizeof(float));
     part[2] = KQ_A64(kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq);
-    part[3] = kq_amx_wanted(dt, n) ? KQ_A64(kq_amx_x_bytes(n, cols)) : 0;
+    part[3] = kq_amx_wanted(dt, n) ? KQ_A64(kq_amx_x_bytes(dt, n, cols)) : 0;
 }
 
 size_t kq_x_bytes(kdtype dt, int n, int64_t cols) {
@@ -278,7 +278,7 @@ void kq_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
     qx->d = (float *)(p + part[0]);
     if (kdtype_is_kquant(dt)) qx->gsum = (int16_t *)(p + part[0] + part[1]);
     else qx->corr = (int32_t *)(p + part[0] + part[1]);
-    if (part[3]) kq_amx_x_carve(n, cols, p + part[0] + part[1] + part[2], qx);
+    if (part[3]) kq_amx_x_carve(dt, n, cols, p + part[0] + part[1] + part[2], qx);
 }
 
 void kq_x_quantize(kcpu_backend *cb, kdtype dt, const float *x, kq_x *qx) {

@@ -297,20 +297,22 @@ TEST(qmatmul_paths_present) {
             kq_path_available(KQ_VNNI), kq_path_available(KQ_AVX2), (int)kq_best_path());
 }
 
-/* The AMX path's own shapes: whole and partial groups of 16 x rows, weight rows past the last
- * group of 16, 1 and 2 threads, beta 0 and 1 — bit-identical to the scalar path, and the tiles
- * did compute (kq_amx_groups moved). */
+/* The AMX path's own shapes, every quantized type: whole and partial groups of 16 x rows, weight
+ * rows past the last group of 16, 1 and 2 threads, beta 0 and 1 — bit-identical to the scalar
+ * path, and the tiles did compute (kq_amx_groups moved). */
 TEST(qmatmul_amx_tiles_equal_scalar) {
     if (!kq_path_available(KQ_AMX)) SKIP("no AMX-INT8 on this CPU (or the kernel refused the tile state)");
-    static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K};
+    static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0};
     static const int NS[] = {16, 17, 40};
-    const int rows = 53, cols = 1024;
+    const int rows = 53;
     for (int th = 1; th <= 2; th++) {
         kbackend *kb = kbackend_cpu_create(th);
         ASSERT(kb);
-        for (int t = 0; t < 3; t++)
+        for (int t = 0; t < 5; t++)
             for (int k = 0; k < 3; k++) {
                 const int n = NS[k];
+                /* Q8_0/Q4_0: 33 blocks (a last chunk of 4 with one block, a last x piece of 32 codes) */
+                const int cols = kdtype_is_kquant(DT[t]) ? 1024 : 1056;
                 float *wd;
                 void *wq = make_w(DT[t], rows, cols, &wd);
                 float *x = make_x(n, cols);
@@ -318,12 +320,16 @@ TEST(qmatmul_amx_tiles_equal_scalar) {
                                * +127 (126 once per chunk) — the chunk sums, and the AMX path's f32 partial
                                * sums of them, at their largest (kq_rows_amx's exactness) */
                     const size_t bb = kdtype_block_bytes(DT[t]);
-                    for (size_t blk = 0; blk < (size_t)rows * (cols / 256); blk++) {
+                    for (size_t blk = 0; blk < (size_t)rows * (size_t)(cols / kdtype_block_elems(DT[t])); blk++) {
                         uint8_t *q = (uint8_t *)wq + blk * bb;
                         if (DT[t] == KDT_Q6_K) { /* codes 63 (q − 32 = 31), scales −127 (odd products); d kept */
                             memset(q, 0xFF, 192);
                             memset(q + 192, 0x81, 16);
-                        } else
+                        } else if (DT[t] == KDT_Q8_0)
+                            memset(q + 2, 0x80, 32); /* codes −128 (a GGUF may hold them; our quantizer never does) */
+                        else if (DT[t] == KDT_Q4_0)
+                            memset(q + 2, 0x00, 16); /* codes −8 */
+                        else
                             memset(q + 4, 0xFF, bb - 4); /* scales, mins 63; codes 15 / 31 */
                     }
                     for (int i = 0; i < n * cols; i++) x[i] = i % 32 == 5 ? 126.0f / 127.0f : 1.0f; /* odd sums */
