@@ -68,6 +68,39 @@ KQ_INL void kq_fold_all(int R, int N, __m512i I[4][4], __m256i I8[4][4]) {
             I8[r][i] = _mm256_add_epi32(_mm512_castsi512_si256(I[r][i]), _mm512_extracti64x4_epi64(I[r][i], 1));
 }
 
+/* The decode tiles' exact totals of weight rows r < R (R <= 4) against one x row: from the pair
+ * sums I[r] (chunk halves unfolded) and v[r] (8 int32 lanes to add to them: Q6_K's −32 offset) or
+ * mv[r] (8 lanes of M: Q4_K/Q5_K), lanes 0-3 = Σ I_r(+v_r), lanes 4-7 = Σ mv_r (0 for Q6_K). Each
+ * row folds into one zmm [I lo + I hi (+ v) | mv], then three rounds of two-source permutes and
+ * adds halve the lanes per sum (the AVX2 transpose-add of kq_hsum8x8 takes 21 µops, this 20 on
+ * fewer shuffles). Exact integers, so the same totals as every other path. */
+KQ_INL __m256i kq_totals4(int R, const __m512i I[4], const __m256i add[4], const __m256i mv[4]) {
+    const __m512i E = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i O = _mm512_add_epi32(E, _mm512_set1_epi32(1));
+    __m512i c[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        if (r >= R) {
+            c[r] = _mm512_setzero_si512();
+            continue;
+        }
+        const __m512i t = add ? _mm512_add_epi32(I[r], _mm512_castsi256_si512(add[r])) : I[r];
+        /* u = [I hi | mv]; lanes 0-7 += I lo */
+        const __m512i u = _mm512_shuffle_i64x2(t, _mm512_castsi256_si512(mv ? mv[r] : _mm256_setzero_si256()), 0x4E);
+        c[r] = _mm512_mask_add_epi32(u, 0x00FF, u, t);
+    }
+    /* items of 4 lanes: (0, I), (0, M), (1, I), (1, M) | the same for rows 2, 3 */
+    const __m512i d0 = _mm512_add_epi32(_mm512_permutex2var_epi32(c[0], E, c[1]), _mm512_permutex2var_epi32(c[0], O, c[1]));
+    const __m512i d1 = _mm512_add_epi32(_mm512_permutex2var_epi32(c[2], E, c[3]), _mm512_permutex2var_epi32(c[2], O, c[3]));
+    /* items of 2 lanes: (0, I), (0, M), (1, I), (1, M), (2, I), ... */
+    const __m512i e = _mm512_add_epi32(_mm512_permutex2var_epi32(d0, E, d1), _mm512_permutex2var_epi32(d0, O, d1));
+    /* (r, I) at lane 4r, (r, M) at 4r + 2 */
+    const __m512i F = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i f = _mm512_add_epi32(_mm512_permutexvar_epi32(F, e),
+                                       _mm512_permutexvar_epi32(_mm512_add_epi32(F, _mm512_set1_epi32(1)), e));
+    return _mm512_castsi512_si256(f);
+}
+
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. */
 KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,
                      int64_t ldy, float beta) {
@@ -94,8 +127,24 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
             for (int r = 0; r < R; r++) kq_q4k_pair(FIVE, w + r * rb + BB * b, k, scw[r], &wv[r], &s[r]);
             kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * k, I);
         }
-        kq_fold_all(R, N, I, I8);
-        kq_q4k_finish(R, N, w, rb, BB, b, x, i0, I8, m32, acc);
+        if (N == 1) { /* decode: the zmm totals, then kq_q4k_finish's f32 step */
+            const __m256i X = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + i0 * (cols / 32) + 8 * b)));
+            __m512i I1[4];
+            __m256i mv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                I1[r] = r < R ? I[r][0] : _mm512_setzero_si512();
+                mv[r] = r < R ? _mm256_madd_epi16(m32[r], X) : _mm256_setzero_si256();
+            }
+            const __m256 s = _mm256_cvtepi32_ps(kq_totals4(R, I1, NULL, mv)); /* [I_0..3 | M_0..3] */
+            const __m256 f = _mm256_xor_ps(_mm256_mul_ps(kq_q4k_dd4(R, w, rb, BB, b), _mm256_set1_ps(x->d[i0 * nb + b])),
+                                           _mm256_setr_ps(0, 0, 0, 0, -0.0f, -0.0f, -0.0f, -0.0f)); /* d·dx | −(dmin·dx) */
+            acc[0] = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm256_castps256_ps128(f), acc[0]);
+            acc[0] = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm256_extractf128_ps(f, 1), acc[0]);
+        } else {
+            kq_fold_all(R, N, I, I8);
+            kq_q4k_finish(R, N, w, rb, BB, b, x, i0, I8, m32, acc);
+        }
     }
     kq_store1(R, N, acc, y, ldy, beta);
 }
@@ -124,8 +173,29 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
             for (int r = 0; r < R; r++) kq_q6k_pair(w + r * rb + 210 * b, mm, scw[r], &wv[r], &s[r]);
             kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * mm, I);
         }
-        kq_fold_all(R, N, I, I8);
-        kq_q6k_finish(R, N, w, rb, b, x, i0, I8, acc);
+        if (N == 1) { /* decode: the zmm totals, then kq_q6k_finish's f32 step */
+            const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + i0 * (cols / 16) + 16 * b));
+            __m512i I1[4];
+            __m256i v[4];
+            uint16_t hd[4] = {0};
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                I1[r] = r < R ? I[r][0] : _mm512_setzero_si512();
+                if (r < R) {
+                    const uint8_t *p = w + r * rb + 210 * b;
+                    /* −32·sc_g as 16 words (|·| <= 4096) times the x group sums */
+                    v[r] = _mm256_madd_epi16(_mm256_mullo_epi16(_mm512_castsi512_si256(scw[r]), _mm256_set1_epi16(-32)), G);
+                    memcpy(&hd[r], p + 208, 2);
+                } else
+                    v[r] = _mm256_setzero_si256();
+            }
+            const __m128 T = _mm_cvtepi32_ps(_mm256_castsi256_si128(kq_totals4(R, I1, v, NULL)));
+            const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
+            acc[0] = _mm_fmadd_ps(T, _mm_mul_ps(d, _mm_set1_ps(x->d[i0 * nb + b])), acc[0]);
+        } else {
+            kq_fold_all(R, N, I, I8);
+            kq_q6k_finish(R, N, w, rb, b, x, i0, I8, acc);
+        }
     }
     kq_store1(R, N, acc, y, ldy, beta);
 }

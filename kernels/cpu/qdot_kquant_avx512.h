@@ -20,10 +20,10 @@ KQ5_INL __m512i kq_idx2(int a, int b) {
  * where bit 2k (low chunk) / 2k + 1 (high) of qh[l] is set, a byte mask test and a masked add). */
 KQ5_INL __m512i kq_q4k_codes2(int FIVE, const uint8_t *p, int k) {
     const int QS = FIVE ? 48 : 16;
-    const __m256i m4 = _mm256_set1_epi8(15);
-    const __m256i q = _mm256_loadu_si256((const __m256i *)(p + QS + 32 * k));
-    __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
-                                    _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
+    /* the 32 bytes in both halves by a broadcast load (no shuffle-port insert), the high half
+     * shifted by 4 under a mask, one and */
+    const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + QS + 32 * k)));
+    __m512i wv = _mm512_and_si512(_mm512_mask_srli_epi16(q, (__mmask32)0xFFFF0000u, q, 4), _mm512_set1_epi8(15));
     if (FIVE) {
         const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
         const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * k)), _mm256_set1_epi8((char)(1 << (2 * k + 1))), 1);

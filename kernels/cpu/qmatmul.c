@@ -51,7 +51,7 @@ static kq_path kq_resolve(void) {
 }
 
 /* Whether x of n rows is also laid out for the AMX path (qdot_amx.c). */
-static bool kq_amx_wanted(kdtype dt, int n) {
+static bool kq_amx_wanted(int n) {
     return n >= KQ_AMX_MIN_N && kq_resolve() == KQ_AMX;
 }
 
@@ -261,7 +261,7 @@ static void kq_x_parts(kdtype dt, int n, int64_t cols, size_t part[4]) {
     part[0] = KQ_A64(nq);
     part[1] = KQ_A64((size_t)n * (size_t)(cols / kdtype_block_elems(dt)) * sizeof(float));
     part[2] = KQ_A64(kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq);
-    part[3] = kq_amx_wanted(dt, n) ? KQ_A64(kq_amx_x_bytes(dt, n, cols)) : 0;
+    part[3] = kq_amx_wanted(n) ? KQ_A64(kq_amx_x_bytes(dt, n, cols)) : 0;
 }
 
 size_t kq_x_bytes(kdtype dt, int n, int64_t cols) {
@@ -306,7 +306,7 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     if (nt > 1) {
         int64_t want = (w->rows + (int64_t)nt * KQ_TASKS_PER_THREAD - 1) / ((int64_t)nt * KQ_TASKS_PER_THREAD);
         if (want < KQ_MIN_BLOCK) want = KQ_MIN_BLOCK;
-        block = kq_amx_wanted(w->dtype, n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
+        block = kq_amx_wanted(n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
     }
     job->kq.block = block;
     job->task = kq_task;
