@@ -50,12 +50,14 @@ KQ_INL void kq_q6k_pair(const uint8_t *p, int mm, __m512i scw, __m512i *wv, __m5
 /* I[r][i] += the chunk pair's products of weight rows r (wv, scales s) and x rows i0 + i, the
  * pair's codes at element offset off of each x row (the decode tiles' inner loop). */
 KQ_INL void kq_dot_pairs(int R, int N, const __m512i wv[4], const __m512i s[4], const kq_x *x, int i0, int64_t off,
-                         __m512i I[4][4]) {
+                         int first, __m512i I[4][4]) {
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++) {
         __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * x->cols + off);
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) I[r][i] = _mm512_dpwssd_epi32(I[r][i], _mm512_maddubs_epi16(wv[r], xv), s[r]);
+        for (int r = 0; r < R; r++) /* the first pair starts the sums (vpmaddwd: no zeroed accumulator) */
+            I[r][i] = first ? _mm512_madd_epi16(_mm512_maddubs_epi16(wv[r], xv), s[r])
+                            : _mm512_dpwssd_epi32(I[r][i], _mm512_maddubs_epi16(wv[r], xv), s[r]);
     }
 }
 
@@ -117,15 +119,13 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
             if (i0 == 0) kq_prefetch_sb(p, BB);
             kq_q4k_scales8(p, &sc16[r], &m32[r]);
             scw[r] = _mm512_castsi256_si512(sc16[r]); /* words 0-7: sc_0..7 */
-#pragma GCC unroll 4
-            for (int i = 0; i < N; i++) I[r][i] = _mm512_setzero_si512();
         }
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             __m512i wv[4], s[4];
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) kq_q4k_pair(FIVE, w + r * rb + BB * b, k, scw[r], &wv[r], &s[r]);
-            kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * k, I);
+            kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * k, k == 0, I);
         }
         if (N == 1) { /* decode: the zmm totals, then kq_q4k_finish's f32 step */
             const __m256i X = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + i0 * (cols / 32) + 8 * b)));
@@ -163,15 +163,13 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
             const uint8_t *p = w + r * rb + 210 * b;
             if (i0 == 0) kq_prefetch_sb(p, 210);
             scw[r] = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))));
-#pragma GCC unroll 4
-            for (int i = 0; i < N; i++) I[r][i] = _mm512_setzero_si512();
         }
 #pragma GCC unroll 4
         for (int mm = 0; mm < 4; mm++) { /* chunks 2mm, 2mm + 1 */
             __m512i wv[4], s[4];
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) kq_q6k_pair(w + r * rb + 210 * b, mm, scw[r], &wv[r], &s[r]);
-            kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * mm, I);
+            kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * mm, mm == 0, I);
         }
         if (N == 1) { /* decode: the zmm totals, then kq_q6k_finish's f32 step */
             const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + i0 * (cols / 16) + 16 * b));
