@@ -71,12 +71,13 @@ KQ_INL void kq_fold_all(int R, int N, __m512i I[4][4], __m256i I8[4][4]) {
 }
 
 /* The decode tiles' exact totals of weight rows r < R (R <= 4) against one x row: from the pair
- * sums I[r] (chunk halves unfolded) and v[r] (8 int32 lanes to add to them: Q6_K's −32 offset) or
- * mv[r] (8 lanes of M: Q4_K/Q5_K), lanes 0-3 = Σ I_r(+v_r), lanes 4-7 = Σ mv_r (0 for Q6_K). Each
- * row folds into one zmm [I lo + I hi (+ v) | mv], then three rounds of two-source permutes and
+ * sums I[r] (chunk halves unfolded) and add[r] (8 int32 lanes to add to them: Q6_K's −32 offset) or
+ * MV (Q4_K/Q5_K: the mins products of rows 2j, 2j + 1 in the low and high 256 bits of MV[j]),
+ * lanes 0-3 = Σ I_r(+add_r), lanes 4-7 = M_r (0 for Q6_K). Each row folds into one zmm
+ * [I lo + I hi (+ add) | its M lanes], then three rounds of two-source permutes and
  * adds halve the lanes per sum (the AVX2 transpose-add of kq_hsum8x8 takes 21 µops, this 20 on
  * fewer shuffles). Exact integers, so the same totals as every other path. */
-KQ_INL __m256i kq_totals4(int R, const __m512i I[4], const __m256i add[4], const __m256i mv[4]) {
+KQ_INL __m256i kq_totals4(int R, const __m512i I[4], const __m256i add[4], const __m512i MV[2]) {
     const __m512i E = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i O = _mm512_add_epi32(E, _mm512_set1_epi32(1));
     __m512i c[4];
@@ -87,8 +88,9 @@ KQ_INL __m256i kq_totals4(int R, const __m512i I[4], const __m256i add[4], const
             continue;
         }
         const __m512i t = add ? _mm512_add_epi32(I[r], _mm512_castsi256_si512(add[r])) : I[r];
-        /* u = [I hi | mv]; lanes 0-7 += I lo */
-        const __m512i u = _mm512_shuffle_i64x2(t, _mm512_castsi256_si512(mv ? mv[r] : _mm256_setzero_si256()), 0x4E);
+        /* u = [I hi | row r's half of MV[r / 2]]; lanes 0-7 += I lo */
+        const __m512i mv = MV ? MV[r / 2] : _mm512_setzero_si512();
+        const __m512i u = r % 2 ? _mm512_shuffle_i64x2(t, mv, 0xEE) : _mm512_shuffle_i64x2(t, mv, 0x4E);
         c[r] = _mm512_mask_add_epi32(u, 0x00FF, u, t);
     }
     /* items of 4 lanes: (0, I), (0, M), (1, I), (1, M) | the same for rows 2, 3 */
@@ -103,50 +105,67 @@ KQ_INL __m256i kq_totals4(int R, const __m512i I[4], const __m256i add[4], const
     return _mm512_castsi512_si256(f);
 }
 
-/* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. */
-KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,
-                     int64_t ldy, float beta) {
+/* The scales, mins, d and dmin of super-block b of weight rows r < 4 (rows past R repeat row 0) in
+ * one pass: each row's first 16 block bytes (d, dmin, the 12 scale bytes) in one 128-bit lane, the
+ * 6-bit unpacking of kq_q4k_scales8 done once for the four. Out: W[j] = rows 2j, 2j + 1 as words,
+ * [sc_0..7, m_0..7] per row (16 words each); dd = [d_0..3 | dmin_0..3]. */
+KQ_INL void kq_q4k_scales4(int R, const uint8_t *w, size_t rb, int BB, int64_t b, __m512i W[2], __m256 *dd) {
+    const uint8_t *p = w + BB * b;
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (R > 1 ? rb : 0))), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (R > 2 ? 2 * rb : 0))), 2);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (R > 3 ? 3 * rb : 0))), 3);
+    /* per lane the dwords [d | dmin, u0, u1, u2] */
+    const __m512i lo = _mm512_and_si512(v, _mm512_set1_epi8(0x3f)); /* dword 1: sc0-3, dword 2: m0-3 */
+    const __m512i u2 = _mm512_srlv_epi32(_mm512_shuffle_epi32(v, _MM_PERM_DDDD), _mm512_set4_epi32(0, 4, 0, 0));
+    const __m512i hi = _mm512_or_si512(_mm512_and_si512(u2, _mm512_set1_epi8(0x0f)),
+                                       _mm512_and_si512(_mm512_srli_epi32(v, 2), _mm512_set1_epi8(0x30)));
+    /* dword 1: sc4-7, dword 2: m4-7; gathered per lane to [sc0-3, sc4-7, m0-3, m4-7] */
+    const __m512i sm = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(1, 17, 2, 18, 5, 21, 6, 22, 9, 25, 10, 26, 13, 29, 14, 30), hi);
+    W[0] = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(sm));
+    W[1] = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(sm, 1));
+    const __m128i h = _mm512_castsi512_si128(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), v));
+    *dd = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(h), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)); /* d0 m0 d1 m1 .. */
+}
+
+/* Q4_K (FIVE = 0) and Q5_K (FIVE = 1), decode: weight rows r < R (R <= 4) × x row 0. Per
+ * super-block: the four rows' scales in one pass (kq_q4k_scales4), chunk pair k's scale words by
+ * one vpermw from its row pair's words, the mins term of two rows by one vpmaddwd against the x
+ * code sums placed under the mins' words, the totals (kq_totals4), kq_q4k_finish's f32 step. */
+KQ_INL void q4k_tile(int FIVE, int R, const uint8_t *w, size_t rb, const kq_x *x, float *y, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
     const int BB = FIVE ? 176 : 144;
-    __m128 acc[4];
-    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
+    __m128 acc = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256i sc16[4], m32[4], I8[4][4];
-        __m512i scw[4], I[4][4];
+        __m512i W[2], I[4][4];
+        __m256 dd;
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + BB * b;
-            if (i0 == 0) kq_prefetch_sb(p, BB);
-            kq_q4k_scales8(p, &sc16[r], &m32[r]);
-            scw[r] = _mm512_castsi256_si512(sc16[r]); /* words 0-7: sc_0..7 */
-        }
+        for (int r = 0; r < R; r++) kq_prefetch_sb(w + r * rb + BB * b, BB);
+        kq_q4k_scales4(R, w, rb, BB, b, W, &dd);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             __m512i wv[4], s[4];
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) kq_q4k_pair(FIVE, w + r * rb + BB * b, k, scw[r], &wv[r], &s[r]);
-            kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * k, k == 0, I);
-        }
-        if (N == 1) { /* decode: the zmm totals, then kq_q4k_finish's f32 step */
-            const __m256i X = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + i0 * (cols / 32) + 8 * b)));
-            __m512i I1[4];
-            __m256i mv[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) {
-                I1[r] = r < R ? I[r][0] : _mm512_setzero_si512();
-                mv[r] = r < R ? _mm256_madd_epi16(m32[r], X) : _mm256_setzero_si256();
+            for (int r = 0; r < R; r++) {
+                wv[r] = kq_q4k_codes2(FIVE, w + r * rb + BB * b, k);
+                s[r] = _mm512_permutexvar_epi16(kq_idx2(16 * (r % 2) + 2 * k, 16 * (r % 2) + 2 * k + 1), W[r / 2]);
             }
-            const __m256 s = _mm256_cvtepi32_ps(kq_totals4(R, I1, NULL, mv)); /* [I_0..3 | M_0..3] */
-            const __m256 f = _mm256_xor_ps(_mm256_mul_ps(kq_q4k_dd4(R, w, rb, BB, b), _mm256_set1_ps(x->d[i0 * nb + b])),
-                                           _mm256_setr_ps(0, 0, 0, 0, -0.0f, -0.0f, -0.0f, -0.0f)); /* d·dx | −(dmin·dx) */
-            acc[0] = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm256_castps256_ps128(f), acc[0]);
-            acc[0] = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm256_extractf128_ps(f, 1), acc[0]);
-        } else {
-            kq_fold_all(R, N, I, I8);
-            kq_q4k_finish(R, N, w, rb, BB, b, x, i0, I8, m32, acc);
+            kq_dot_pairs(R, 1, wv, s, x, 0, 256 * b + 64 * k, k == 0, I);
         }
+        /* the x code sums under each row's mins words (lanes 1 and 3), zeros under the scales */
+        const __m512i XW = _mm512_maskz_mov_epi64(0xCC, _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(x->gsum + 8 * b))));
+        const __m512i MV[2] = {_mm512_madd_epi16(W[0], XW), _mm512_madd_epi16(W[1], XW)};
+        __m512i I1[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) I1[r] = r < R ? I[r][0] : _mm512_setzero_si512();
+        const __m256 t = _mm256_cvtepi32_ps(kq_totals4(R, I1, NULL, MV)); /* [I_0..3 | M_0..3] */
+        const __m256 f = _mm256_xor_ps(_mm256_mul_ps(dd, _mm256_set1_ps(x->d[b])),
+                                       _mm256_setr_ps(0, 0, 0, 0, -0.0f, -0.0f, -0.0f, -0.0f)); /* d·dx | −(dmin·dx) */
+        acc = _mm_fmadd_ps(_mm256_castps256_ps128(t), _mm256_castps256_ps128(f), acc);
+        acc = _mm_fmadd_ps(_mm256_extractf128_ps(t, 1), _mm256_extractf128_ps(f, 1), acc);
     }
-    kq_store1(R, N, acc, y, ldy, beta);
+    const __m128 out[4] = {acc, acc, acc, acc}; /* kq_store1's shape; only [0] is read */
+    kq_store1(R, 1, out, y, 0, beta);
 }
 
 /* Q6_K: R weight rows × N x rows. */
@@ -329,7 +348,20 @@ static const tile_b_fn q5kb_tiles[KQ_NB] = {q5kb_1, q5kb_2, q5kb_3, q5kb_4, q5kb
 static const tile_b_fn q6kb_tiles[KQ_NB] = {q6kb_1, q6kb_2, q6kb_3, q6kb_4, q6kb_5, q6kb_6, q6kb_7, q6kb_8};
 
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
-KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(1, 1)
+#define DTILE_DEF(R)                                                                                          \
+    static KQ_TGT void q4k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
+                                   float beta) {                                                              \
+        q4k_tile(0, R, w, rb, x, y, beta);                                                                    \
+    }                                                                                                         \
+    static KQ_TGT void q5k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
+                                   float beta) {                                                              \
+        q4k_tile(1, R, w, rb, x, y, beta);                                                                    \
+    }                                                                                                         \
+    static KQ_TGT void q6k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
+                                   float beta) {                                                              \
+        q6k_tile(R, 1, w, rb, x, i0, y, ldy, beta);                                                           \
+    }
+DTILE_DEF(4) DTILE_DEF(2) DTILE_DEF(1)
 /* decode (one x row): [4 rows | 2 rows | 1 row][0] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1}, {q4k_1_1}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1}, {q5k_1_1}};
