@@ -299,24 +299,25 @@ TEST(qmatmul_paths_present) {
 
 /* The AMX path's own shapes, every quantized type: whole and partial groups of 16 x rows, weight
  * rows past the last group of 16, 1 and 2 threads, beta 0 and 1 — bit-identical to the scalar
- * path, and the tiles did compute (kq_amx_groups moved). */
+ * path, and the tiles did compute (kq_amx_groups moved); and one x row (decode). */
 TEST(qmatmul_amx_tiles_equal_scalar) {
     if (!kq_path_available(KQ_AMX)) SKIP("no AMX-INT8 on this CPU (or the kernel refused the tile state)");
     static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0};
-    static const int NS[] = {16, 17, 40};
+    /* n = 1: the decode tiles (AMX forwards them to AVX-512) at the same integer bounds */
+    static const int NS[] = {16, 17, 40, 1};
     const int rows = 53;
     for (int th = 1; th <= 2; th++) {
         kbackend *kb = kbackend_cpu_create(th);
         ASSERT(kb);
         for (int t = 0; t < 5; t++)
-            for (int k = 0; k < 3; k++) {
+            for (int k = 0; k < 4; k++) {
                 const int n = NS[k];
                 /* Q8_0/Q4_0: 33 blocks (a last chunk of 4 with one block, a last x piece of 32 codes) */
                 const int cols = kdtype_is_kquant(DT[t]) ? 1024 : 1056;
                 float *wd;
                 void *wq = make_w(DT[t], rows, cols, &wd);
                 float *x = make_x(n, cols);
-                if (k == 1) { /* the integer bounds: every code, scale and min at its maximum, x at
+                if (k == 1 || k == 3) { /* the integer bounds: every code, scale and min at its maximum, x at
                                * +127 (126 once per chunk) — the chunk sums, and the AMX path's f32 partial
                                * sums of them, at their largest (kq_rows_amx's exactness) */
                     const size_t bb = kdtype_block_bytes(DT[t]);
@@ -345,7 +346,7 @@ TEST(qmatmul_amx_tiles_equal_scalar) {
                     if (memcmp(ya, ys, sizeof(float) * n * rows))
                         FAIL("%s n=%d threads=%d beta=%d: AMX differs from scalar", kdtype_name(DT[t]), n, th, beta);
                 }
-                if (__atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED) - g0 < 2 * 3)
+                if (n >= KQ_AMX_MIN_N && __atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED) - g0 < 2 * 3)
                     FAIL("%s n=%d: the tiles did not run (%lu groups)", kdtype_name(DT[t]), n,
                          __atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED) - g0);
                 free(ya);
