@@ -20,12 +20,6 @@
 #define KQ_TGT __attribute__((target("avx2,fma,f16c")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
 
-KQ_INL float kq_h(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
 /* Lane partials (8 × s32) of u8 a · s8 b over 32 bytes. */
 KQ_INL __m256i kq_dot32(__m256i a, __m256i b) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));

@@ -19,12 +19,6 @@
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
 
-KQ_INL uint16_t kq_u16(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return h;
-}
-
 /* The 32 codes of the Q4_0 block at p (elements 0-15: low nibbles, 16-31: high), as
  * nibble + 120 = (nibble - 8) ^ 0x80: the signed code offset to unsigned, as for Q8_0. */
 KQ_INL __m256i q40_codes(const uint8_t *p) {
