@@ -352,30 +352,14 @@ AMX_INL void amx_block8(const uint8_t *a0, size_t as, int BB, const amx_wrows *u
         AMX_B8(3, 6, 7, 3)
 #undef AMX_B8
         AMX_BARRIER();
-        if (k == 4) {
-            const __m512 dx_0 = _mm512_load_ps(dx0 + 16 * c0), dx_1 = _mm512_load_ps(dx0 + 16 * (c0 + 1)),
-                         dx_2 = _mm512_load_ps(dx0 + 16 * (c0 + 2)), dx_3 = _mm512_load_ps(dx0 + 16 * (c0 + 3));
-            const float *d = u->d + 16 * c0;
+        for (int j = 0; j < k; j++) {
+            const __m512 dx = _mm512_load_ps(dx0 + 16 * (c0 + j));
+            const float *d = u->d + 16 * (c0 + j);
 #pragma GCC unroll 16
-            for (int n = 0; n < 16; n++) {
-                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 16 * n)),
-                                         _mm512_mul_ps(_mm512_set1_ps(d[n]), dx_0), acc[n]);
-                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 + 16 * n)),
-                                         _mm512_mul_ps(_mm512_set1_ps(d[16 + n]), dx_1), acc[n]);
-                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 512 + 16 * n)),
-                                         _mm512_mul_ps(_mm512_set1_ps(d[32 + n]), dx_2), acc[n]);
-                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 768 + 16 * n)),
-                                         _mm512_mul_ps(_mm512_set1_ps(d[48 + n]), dx_3), acc[n]);
-            }
-        } else
-            for (int j = 0; j < k; j++) {
-                const __m512 dx = _mm512_load_ps(dx0 + 16 * (c0 + j));
-                const float *d = u->d + 16 * (c0 + j);
-#pragma GCC unroll 16
-                for (int n = 0; n < 16; n++)
-                    acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 * j + 16 * n)),
-                                             _mm512_mul_ps(_mm512_set1_ps(d[n]), dx), acc[n]);
-            }
+            for (int n = 0; n < 16; n++)
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(S + 256 * j + 16 * n)),
+                                         _mm512_mul_ps(_mm512_set1_ps(d[n]), dx), acc[n]);
+        }
     }
     amx_store(acc, x, mb, y, ldy, beta);
 }

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels/cpu/qdot_kquant_avx512.h"
 #include "kernels/cpu/qmatmul.h"
 
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
@@ -47,21 +48,15 @@ KQ_INL __m512i q8_wpair(kdtype dt, const uint8_t *p, __m512i x80, int pf) {
  * 0-7) and b + 1 (lanes 8-15); out lane r = S_b of row r, lane 8 + r = S_b+1 of row r. Three
  * rounds of pairwise adds through two-source permutes: each round halves the lanes per sum. */
 KQ_INL __m512i q8_sums8(const __m512i s[8]) {
-    const __m512i E = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i O = _mm512_add_epi32(E, _mm512_set1_epi32(1));
-    __m512i c[4], d[2];
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; k++) /* items of 4 lanes: (2k, b), (2k, b+1), (2k+1, b), (2k+1, b+1) */
-        c[k] = _mm512_add_epi32(_mm512_permutex2var_epi32(s[2 * k], E, s[2 * k + 1]),
-                                _mm512_permutex2var_epi32(s[2 * k], O, s[2 * k + 1]));
-#pragma GCC unroll 2
-    for (int m = 0; m < 2; m++) /* items of 2 lanes: (4m, b), (4m, b+1), ..., (4m+3, b+1) */
-        d[m] = _mm512_add_epi32(_mm512_permutex2var_epi32(c[2 * m], E, c[2 * m + 1]),
-                                _mm512_permutex2var_epi32(c[2 * m], O, c[2 * m + 1]));
+    /* items of 4 lanes: (2k, b), (2k, b+1), (2k+1, b), (2k+1, b+1) */
+    const __m512i c0 = kq_pairsum(s[0], s[1]), c1 = kq_pairsum(s[2], s[3]), c2 = kq_pairsum(s[4], s[5]),
+                  c3 = kq_pairsum(s[6], s[7]);
+    /* items of 2 lanes: (4m, b), (4m, b+1), ..., (4m+3, b+1) */
+    const __m512i d0 = kq_pairsum(c0, c1), d1 = kq_pairsum(c2, c3);
     /* item (r, b) sits at lane 4(r%4) of d[r/4], (r, b+1) two lanes later */
     const __m512i F = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 2, 6, 10, 14, 18, 22, 26, 30);
-    return _mm512_add_epi32(_mm512_permutex2var_epi32(d[0], F, d[1]),
-                            _mm512_permutex2var_epi32(d[0], _mm512_add_epi32(F, _mm512_set1_epi32(1)), d[1]));
+    return _mm512_add_epi32(_mm512_permutex2var_epi32(d0, F, d1),
+                            _mm512_permutex2var_epi32(d0, _mm512_add_epi32(F, _mm512_set1_epi32(1)), d1));
 }
 
 /* Q8_0 / Q4_0: weight rows r < R (R <= 8; rows past R are skipped, their lanes discarded) × x rows

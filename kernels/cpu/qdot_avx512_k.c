@@ -47,27 +47,23 @@ KQ_INL void kq_q6k_pair(const uint8_t *p, int mm, __m512i scw, __m512i *wv, __m5
     *s = _mm512_permutexvar_epi16(idx, scw);
 }
 
-/* I[r][i] += the chunk pair's products of weight rows r (wv, scales s) and x rows i0 + i, the
- * pair's codes at element offset off of each x row (the decode tiles' inner loop). */
-KQ_INL void kq_dot_pairs(int R, int N, const __m512i wv[4], const __m512i s[4], const kq_x *x, int i0, int64_t off,
-                         int first, __m512i I[4][4]) {
-#pragma GCC unroll 4
-    for (int i = 0; i < N; i++) {
-        __m512i xv = _mm512_loadu_si512(x->q + (i0 + i) * x->cols + off);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) /* the first pair starts the sums (vpmaddwd: no zeroed accumulator) */
-            I[r][i] = first ? _mm512_madd_epi16(_mm512_maddubs_epi16(wv[r], xv), s[r])
-                            : _mm512_dpwssd_epi32(I[r][i], _mm512_maddubs_epi16(wv[r], xv), s[r]);
-    }
-}
-
-/* Each pair's two chunk halves added: AVX2's 8 int32 lane sums (the f32 step's input). */
-KQ_INL void kq_fold_all(int R, int N, __m512i I[4][4], __m256i I8[4][4]) {
+/* I[r] (+)= the chunk pair's products of weight rows r (wv, scales s) and x row 0, the pair's
+ * codes at element offset off (the decode tiles' inner loop); the first pair starts the sums
+ * (vpmaddwd: no zeroed accumulator). */
+KQ_INL void kq_dot_pairs(int R, const __m512i wv[4], const __m512i s[4], const kq_x *x, int64_t off, int first,
+                         __m512i I[4]) {
+    const __m512i xv = _mm512_loadu_si512(x->q + off);
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++)
-            I8[r][i] = _mm256_add_epi32(_mm512_castsi512_si256(I[r][i]), _mm512_extracti64x4_epi64(I[r][i], 1));
+        I[r] = first ? _mm512_madd_epi16(_mm512_maddubs_epi16(wv[r], xv), s[r])
+                     : _mm512_dpwssd_epi32(I[r], _mm512_maddubs_epi16(wv[r], xv), s[r]);
+}
+
+/* y[r] (+)= lane r of acc for r < R: a decode tile's outputs. */
+KQ_INL void kq_store_rows(int R, __m128 acc, float *y, float beta) {
+    float a[4];
+    _mm_storeu_ps(a, acc);
+    for (int r = 0; r < R; r++) y[r] = beta != 0.0f ? y[r] + a[r] : a[r];
 }
 
 /* The decode tiles' exact totals of weight rows r < R (R <= 4) against one x row: from the pair
@@ -78,8 +74,6 @@ KQ_INL void kq_fold_all(int R, int N, __m512i I[4][4], __m256i I8[4][4]) {
  * adds halve the lanes per sum (the AVX2 transpose-add of kq_hsum8x8 takes 21 µops, this 20 on
  * fewer shuffles). Exact integers, so the same totals as every other path. */
 KQ_INL __m256i kq_totals4(int R, const __m512i I[4], const __m256i add[4], const __m512i MV[2]) {
-    const __m512i E = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i O = _mm512_add_epi32(E, _mm512_set1_epi32(1));
     __m512i c[4];
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) {
@@ -93,11 +87,9 @@ KQ_INL __m256i kq_totals4(int R, const __m512i I[4], const __m256i add[4], const
         const __m512i u = r % 2 ? _mm512_shuffle_i64x2(t, mv, 0xEE) : _mm512_shuffle_i64x2(t, mv, 0x4E);
         c[r] = _mm512_mask_add_epi32(u, 0x00FF, u, t);
     }
-    /* items of 4 lanes: (0, I), (0, M), (1, I), (1, M) | the same for rows 2, 3 */
-    const __m512i d0 = _mm512_add_epi32(_mm512_permutex2var_epi32(c[0], E, c[1]), _mm512_permutex2var_epi32(c[0], O, c[1]));
-    const __m512i d1 = _mm512_add_epi32(_mm512_permutex2var_epi32(c[2], E, c[3]), _mm512_permutex2var_epi32(c[2], O, c[3]));
-    /* items of 2 lanes: (0, I), (0, M), (1, I), (1, M), (2, I), ... */
-    const __m512i e = _mm512_add_epi32(_mm512_permutex2var_epi32(d0, E, d1), _mm512_permutex2var_epi32(d0, O, d1));
+    /* items of 4 lanes: (0, I), (0, M), (1, I), (1, M) | the same for rows 2, 3; then of 2 lanes:
+     * (0, I), (0, M), (1, I), (1, M), (2, I), ... */
+    const __m512i e = kq_pairsum(kq_pairsum(c[0], c[1]), kq_pairsum(c[2], c[3]));
     /* (r, I) at lane 4r, (r, M) at 4r + 2 */
     const __m512i F = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i f = _mm512_add_epi32(_mm512_permutexvar_epi32(F, e),
@@ -137,7 +129,7 @@ KQ_INL void q4k_tile(int FIVE, int R, const uint8_t *w, size_t rb, const kq_x *x
     const int BB = FIVE ? 176 : 144;
     __m128 acc = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m512i W[2], I[4][4];
+        __m512i W[2], I[4];
         __m256 dd;
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) kq_prefetch_sb(w + r * rb + BB * b, BB);
@@ -150,71 +142,53 @@ KQ_INL void q4k_tile(int FIVE, int R, const uint8_t *w, size_t rb, const kq_x *x
                 wv[r] = kq_q4k_codes2(FIVE, w + r * rb + BB * b, k);
                 s[r] = _mm512_permutexvar_epi16(kq_idx2(16 * (r % 2) + 2 * k, 16 * (r % 2) + 2 * k + 1), W[r / 2]);
             }
-            kq_dot_pairs(R, 1, wv, s, x, 0, 256 * b + 64 * k, k == 0, I);
+            kq_dot_pairs(R, wv, s, x, 256 * b + 64 * k, k == 0, I);
         }
         /* the x code sums under each row's mins words (lanes 1 and 3), zeros under the scales */
         const __m512i XW = _mm512_maskz_mov_epi64(0xCC, _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(x->gsum + 8 * b))));
         const __m512i MV[2] = {_mm512_madd_epi16(W[0], XW), _mm512_madd_epi16(W[1], XW)};
-        __m512i I1[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) I1[r] = r < R ? I[r][0] : _mm512_setzero_si512();
-        const __m256 t = _mm256_cvtepi32_ps(kq_totals4(R, I1, NULL, MV)); /* [I_0..3 | M_0..3] */
+        const __m256 t = _mm256_cvtepi32_ps(kq_totals4(R, I, NULL, MV)); /* [I_0..3 | M_0..3] */
         const __m256 f = _mm256_xor_ps(_mm256_mul_ps(dd, _mm256_set1_ps(x->d[b])),
                                        _mm256_setr_ps(0, 0, 0, 0, -0.0f, -0.0f, -0.0f, -0.0f)); /* d·dx | −(dmin·dx) */
         acc = _mm_fmadd_ps(_mm256_castps256_ps128(t), _mm256_castps256_ps128(f), acc);
         acc = _mm_fmadd_ps(_mm256_extractf128_ps(t, 1), _mm256_extractf128_ps(f, 1), acc);
     }
-    const __m128 out[4] = {acc, acc, acc, acc}; /* kq_store1's shape; only [0] is read */
-    kq_store1(R, 1, out, y, 0, beta);
+    kq_store_rows(R, acc, y, beta);
 }
 
-/* Q6_K: R weight rows × N x rows. */
-KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
-                     float beta) {
-    const int64_t cols = x->cols, nb = cols / 256;
-    __m128 acc[4];
-    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
+/* Q6_K, decode: weight rows r < R (R <= 4) × x row 0; the totals (kq_totals4, with the −32
+ * offset's terms added to the lanes), then kq_q6k_finish's f32 step. */
+KQ_INL void q6k_tile(int R, const uint8_t *w, size_t rb, const kq_x *x, float *y, float beta) {
+    const int64_t nb = x->cols / 256;
+    __m128 acc = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m512i scw[4], I[4][4];
-        __m256i I8[4][4];
+        __m512i scw[4], I[4];
+        __m256i v[4];
+        uint16_t hd[4] = {0};
+        const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + 16 * b));
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + 210 * b;
-            if (i0 == 0) kq_prefetch_sb(p, 210);
-            scw[r] = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))));
+            kq_prefetch_sb(p, 210);
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+            scw[r] = _mm512_castsi256_si512(sc16);
+            /* −32·sc_g as 16 words (|·| <= 4096) times the x group sums */
+            v[r] = _mm256_madd_epi16(_mm256_mullo_epi16(sc16, _mm256_set1_epi16(-32)), G);
+            memcpy(&hd[r], p + 208, 2);
         }
 #pragma GCC unroll 4
         for (int mm = 0; mm < 4; mm++) { /* chunks 2mm, 2mm + 1 */
             __m512i wv[4], s[4];
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) kq_q6k_pair(w + r * rb + 210 * b, mm, scw[r], &wv[r], &s[r]);
-            kq_dot_pairs(R, N, wv, s, x, i0, 256 * b + 64 * mm, mm == 0, I);
+            kq_dot_pairs(R, wv, s, x, 256 * b + 64 * mm, mm == 0, I);
         }
-        if (N == 1) { /* decode: the zmm totals, then kq_q6k_finish's f32 step */
-            const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + i0 * (cols / 16) + 16 * b));
-            __m512i I1[4];
-            __m256i v[4];
-            uint16_t hd[4] = {0};
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) {
-                I1[r] = r < R ? I[r][0] : _mm512_setzero_si512();
-                if (r < R) {
-                    const uint8_t *p = w + r * rb + 210 * b;
-                    /* −32·sc_g as 16 words (|·| <= 4096) times the x group sums */
-                    v[r] = _mm256_madd_epi16(_mm256_mullo_epi16(_mm512_castsi512_si256(scw[r]), _mm256_set1_epi16(-32)), G);
-                    memcpy(&hd[r], p + 208, 2);
-                } else
-                    v[r] = _mm256_setzero_si256();
-            }
-            const __m128 T = _mm_cvtepi32_ps(_mm256_castsi256_si128(kq_totals4(R, I1, v, NULL)));
-            const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
-            acc[0] = _mm_fmadd_ps(T, _mm_mul_ps(d, _mm_set1_ps(x->d[i0 * nb + b])), acc[0]);
-        } else {
-            kq_fold_all(R, N, I, I8);
-            kq_q6k_finish(R, N, w, rb, b, x, i0, I8, acc);
-        }
+        const __m128 T = _mm_cvtepi32_ps(_mm256_castsi256_si128(kq_totals4(R, I, v, NULL)));
+        /* built in a register (four narrow stores and one wide load would stall) */
+        const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
+        acc = _mm_fmadd_ps(T, _mm_mul_ps(d, _mm_set1_ps(x->d[b])), acc);
     }
-    kq_store1(R, N, acc, y, ldy, beta);
+    kq_store_rows(R, acc, y, beta);
 }
 
 /* ---- Batches: one weight row × up to 8 x rows ----
@@ -359,7 +333,7 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
     }                                                                                                         \
     static KQ_TGT void q6k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
                                    float beta) {                                                              \
-        q6k_tile(R, 1, w, rb, x, i0, y, ldy, beta);                                                           \
+        q6k_tile(R, w, rb, x, y, beta);                                                           \
     }
 DTILE_DEF(4) DTILE_DEF(2) DTILE_DEF(1)
 /* decode (one x row): [4 rows | 2 rows | 1 row][0] */

@@ -1,6 +1,7 @@
 /* kernels/cpu/qdot_kquant_avx512.h — the K-quant code unpacking the AVX-512 tiles
  * (qdot_avx512_k.c) and the AMX tiles (qdot_amx.c) share: 64 codes of a super-block (two 32-code
- * chunks) as bytes in one zmm, in natural order. Header-only; compiled for AVX-512 by target
+ * chunks) as bytes in one zmm, in natural order; and the pairwise lane sums the AVX-512 tiles
+ * reduce with. Header-only; compiled for AVX-512 by target
  * attributes (the AMX caller's target includes them). Private to kernels/cpu/. */
 #ifndef PEFTD_KCPU_QDOT_KQUANT_AVX512_H
 #define PEFTD_KCPU_QDOT_KQUANT_AVX512_H
@@ -13,6 +14,15 @@
 /* vpermw / vpsllvw index: word a in the low 256 bits, word b in the high 256 bits. */
 KQ5_INL __m512i kq_idx2(int a, int b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
+}
+
+/* The pairwise lane sums of a and b side by side: lane j < 8 = a[2j] + a[2j+1], lane 8 + j =
+ * b[2j] + b[2j+1] (two two-source permutes and an add). Rounds of it halve the lanes per sum: the
+ * decode tiles' row totals (qdot_avx512_k.c) and the Q8_0 block sums (qdot_avx512.c). */
+KQ5_INL __m512i kq_pairsum(__m512i a, __m512i b) {
+    const __m512i E = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_add_epi32(_mm512_permutex2var_epi32(a, E, b),
+                            _mm512_permutex2var_epi32(a, _mm512_add_epi32(E, _mm512_set1_epi32(1)), b));
 }
 
 /* Q4_K / Q5_K chunks 2k, 2k + 1 of the super-block at p as unsigned codes, low chunk below, high
