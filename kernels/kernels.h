@@ -180,6 +180,8 @@ typedef struct {
     const float *const *bias_b;  /* NULL, or [n_segs] pointers ([out_dim] each, NULL = none) */
     const int32_t *act;          /* NULL (= all KACT_NONE), or [n_segs] kact values */
     kdtype dtype;                /* of every A_i and B_i */
+    int max_rows;                /* host: >= every segment's row count, or 0 = not known (a
+                                  * backend may then give a long segment fewer workers) */
 } ksgmv;
 
 /* One factor of a per-segment input rotation (kbackend_ops.seg_rotate; OFT / BOFT): a
@@ -296,7 +298,10 @@ typedef struct kbackend_ops {
     int (*rope)(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
                 int rot_dim, const krope_freqs *f);
 
-    /* Writes k[i,:], v[i,:] (kv_dim floats each) to slot slots[i] of the layer's caches. */
+    /* Writes k[i,:], v[i,:] (kv_dim floats each) to slot slots[i] of the layer's caches. Rows are
+     * written in any order, concurrently: rows sharing a slot leave one of them there, not
+     * a defined one (the engine writes each real slot once per step; only decode_pad's
+     * padding rows share their "trash" slot). */
     int (*kv_store)(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,
                     int kv_dim, float *k_cache, float *v_cache);
 

@@ -97,7 +97,7 @@ OPW(swiglu, (kbackend * kb, const float *g, const float *u, int n, int dim, floa
     U(g), U(u), U(n), U(dim), U(out))
 OPW(add, (kbackend * kb, float *y, const float *x, int64_t n), (kb, y, x, n), U(y), U(x), U(n))
 #define SG(g) U((g)->n_segs), U((g)->seg_start), U((g)->a), U((g)->b), U((g)->rank), U((g)->scale), U((g)->bias_a), \
-              U((g)->bias_b), U((g)->act), U((g)->dtype)
+              U((g)->bias_b), U((g)->act), U((g)->dtype), U((g)->max_rows)
 OPW(sgmv_shrink, (kbackend * kb, const float *x, int in_dim, const ksgmv *sg, float *t, int ld_t),
     (kb, x, in_dim, sg, t, ld_t), U(x), U(in_dim), SG(sg), U(t), U(ld_t))
 OPW(sgmv_expand, (kbackend * kb, const float *t, int ld_t, const ksgmv *sg, int out_dim, float *y),

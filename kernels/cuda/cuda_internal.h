@@ -88,6 +88,28 @@ __device__ __forceinline__ float kcuda_ld(const void *w, int64_t i) {
     return __bfloat162float(__ldg((const __nv_bfloat16 *)w + i));
 }
 
+/* Elements [8c, 8c + 8) of a weight (16-byte aligned for 16-bit dtypes, 32 for f32),
+ * widened to f32: one 16-byte load (two for f32). */
+template <kdtype DT>
+__device__ __forceinline__ void kcuda_ld8(const void *w, int64_t c, float v[8]) {
+    if (DT == KDT_F32) {
+        float4 a = __ldg((const float4 *)w + 2 * c), b = __ldg((const float4 *)w + 2 * c + 1);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        return;
+    }
+    uint4 q = __ldg((const uint4 *)w + c);
+    const uint32_t u[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        if (DT == KDT_F16) {
+            __half2 h = *(const __half2 *)&u[e];
+            v[2 * e] = __low2float(h), v[2 * e + 1] = __high2float(h);
+        } else { /* bf16 -> f32 is the 16 bits moved up: exact */
+            v[2 * e] = __uint_as_float(u[e] << 16), v[2 * e + 1] = __uint_as_float(u[e] & 0xffff0000u);
+        }
+    }
+}
+
 /* Same, with the dtype known only at run time. */
 __device__ __forceinline__ float kcuda_ld_rt(kdtype dt, const void *w, int64_t i) {
     if (dt == KDT_F32) return kcuda_ld<KDT_F32>(w, i);

@@ -5,16 +5,24 @@
  * Every table (seg_start, per-segment A/B pointers, ranks, scales, biases, activations)
  * lives in device memory, so the grid is laid out from host-known bounds and each block
  * reads its own segment's entries:
- *   shrink: grid (n_segs, ceil(ld_t / SH_WARPS)); warp w of block (i, c) owns rank row
- *           k = c*SH_WARPS + w of A_i (blocks past rank_i exit at once: ranks are mixed
- *           without padding and any rank <= ld_t works), reads that row once per group
- *           of SH_ROWS batch rows (from L1 after the first group) and writes
- *           t[r, k] = act(x_r · A_i[k] + bias_a[k]) with an f32 accumulation.
- *   expand: grid (n_segs, ceil(out_dim / EX_THREADS)); thread j of a block owns output j,
- *           stages SH_ROWS rows of t (EX_KCHUNK ranks at a time) in shared memory and
- *           applies y[r, j] = fma(scale_i, t_r · B_i[j] + bias_b[j], y[r, j]).
+ *   shrink: grid (n_segs, ceil(ld_t / SH_WARPS), row slices); warp w of block (i, c, z)
+ *           owns rank row k = c*SH_WARPS + w of A_i (blocks past rank_i exit at once: ranks
+ *           are mixed without padding and any rank <= ld_t works) and the groups of SH_ROWS
+ *           batch rows z, z + Z, ... of segment i (Z = row slices = ceil(max_rows /
+ *           SH_ROWS), so a segment of many rows — one adapter over the batch, prefill —
+ *           spreads over many blocks); it writes t[r, k] = act(x_r · A_i[k] + bias_a[k])
+ *           with an f32 accumulation. Lanes read A and x 8 elements (16 bytes of bf16) at a
+ *           time, 4 loads in flight, when in_dim % 8 == 0 and the rows are aligned (else one
+ *           element at a time); the 8-element chunks go to lanes round-robin and each lane
+ *           sums its chunks in order, then the warp's fixed tree: a (row, rank) value never
+ *           depends on which other rows share the block (batch invariance).
+ *   expand: grid (n_segs, ceil(out_dim / EX_THREADS), row slices); thread j of a block owns
+ *           output j, stages SH_ROWS rows of t (EX_KCHUNK ranks at a time) in shared memory
+ *           and applies y[r, j] = fma(scale_i, t_r · B_i[j] + bias_b[j], y[r, j]); B_i[j] is
+ *           read 8 ranks per 16-byte load when the rank allows (same sums in the same order).
  * Each weight byte is read from HBM once per call whatever the segment's row count
- * (Punica's SGMV property); rank 0, NULL A_i/B_i and empty segments do nothing.
+ * (Punica's SGMV property; row slices re-read it from L2); rank 0, NULL A_i/B_i and empty
+ * segments do nothing.
  * Activations are evaluated in double (as the CPU's libm path), so both backends round
  * the same exact value. Bad device-side tables (a segment ending before it starts, a
  * rank above ld_t, an unknown activation) skip the segment and raise the error flag. */
@@ -60,6 +68,40 @@ __device__ __forceinline__ bool sg_seg(const ksgmv &s, int i, int ld_t, int32_t 
     return *rank > 0 && s.a[i] && s.b[i] && *r1 > *r0;
 }
 
+/* The shrink's dot products of one rank row `arow` with rows rb .. rb + nr - 1 of x, one
+ * f32 partial per row in this lane (summed over the warp by the caller). VEC: 8 elements per
+ * load (in % 8 == 0, aligned rows). */
+template <kdtype DT, bool VEC>
+__device__ __forceinline__ void sh_dots(const void *arow, const float *__restrict__ x, int in, int32_t rb, int nr,
+                                        int lane, float acc[SH_ROWS]) {
+    if (VEC) {
+        int nc = in / 8;
+#pragma unroll 4
+        for (int c = lane; c < nc; c += 32) {
+            float w[8];
+            kcuda_ld8<DT>(arow, c, w);
+#pragma unroll
+            for (int g = 0; g < SH_ROWS; g++) {
+                if (g < nr) {
+                    const float4 *xr = (const float4 *)(x + (int64_t)(rb + g) * in) + 2 * c;
+                    float4 p = __ldg(xr), q = __ldg(xr + 1);
+                    float a = acc[g];
+                    a = fmaf(w[0], p.x, a), a = fmaf(w[1], p.y, a), a = fmaf(w[2], p.z, a), a = fmaf(w[3], p.w, a);
+                    a = fmaf(w[4], q.x, a), a = fmaf(w[5], q.y, a), a = fmaf(w[6], q.z, a), a = fmaf(w[7], q.w, a);
+                    acc[g] = a;
+                }
+            }
+        }
+    } else {
+        for (int c = lane; c < in; c += 32) {
+            float w = kcuda_ld<DT>(arow, c);
+#pragma unroll
+            for (int g = 0; g < SH_ROWS; g++)
+                if (g < nr) acc[g] = fmaf(w, __ldg(x + (int64_t)(rb + g) * in + c), acc[g]);
+        }
+    }
+}
+
 template <kdtype DT>
 __global__ void __launch_bounds__(SH_WARPS * 32) k_shrink(const float *__restrict__ x, int in, ksgmv s,
                                                           float *__restrict__ t, int ld_t, int *err) {
@@ -72,17 +114,17 @@ __global__ void __launch_bounds__(SH_WARPS * 32) k_shrink(const float *__restric
     const void *arow = (const char *)s.a[i] + (size_t)k * (size_t)in * (DT == KDT_F32 ? 4 : 2);
     const float *bias = s.bias_a ? s.bias_a[i] : NULL;
     int act = s.act ? s.act[i] : KACT_NONE;
-    for (int32_t rb = r0; rb < r1; rb += SH_ROWS) {
+    /* 16-byte loads: whole 8-element chunks and aligned rows (x's rows are then aligned too) */
+    bool vec = in % 8 == 0 && ((uintptr_t)arow % 16) == 0 && ((uintptr_t)x % 16) == 0;
+    for (int32_t rb = r0 + (int32_t)blockIdx.z * SH_ROWS; rb < r1; rb += (int32_t)gridDim.z * SH_ROWS) {
         int nr = r1 - rb < SH_ROWS ? r1 - rb : SH_ROWS;
         float acc[SH_ROWS];
 #pragma unroll
         for (int g = 0; g < SH_ROWS; g++) acc[g] = 0.0f;
-        for (int c = lane; c < in; c += 32) {
-            float w = kcuda_ld<DT>(arow, c);
-#pragma unroll
-            for (int g = 0; g < SH_ROWS; g++)
-                if (g < nr) acc[g] = fmaf(w, __ldg(x + (int64_t)(rb + g) * in + c), acc[g]);
-        }
+        if (vec)
+            sh_dots<DT, true>(arow, x, in, rb, nr, lane, acc);
+        else
+            sh_dots<DT, false>(arow, x, in, rb, nr, lane, acc);
 #pragma unroll
         for (int g = 0; g < SH_ROWS; g++) {
             if (g < nr) {
@@ -106,9 +148,11 @@ __global__ void __launch_bounds__(EX_THREADS) k_expand(const float *__restrict__
     if (!sg_seg(s, i, ld_t, &r0, &r1, &rank, err)) return;
     int j = blockIdx.y * EX_THREADS + threadIdx.x;
     const void *brow = (const char *)s.b[i] + (size_t)(j < out ? j : 0) * (size_t)rank * (DT == KDT_F32 ? 4 : 2);
+    /* 8 ranks per 16-byte load when B's rows are whole, aligned 8-element chunks */
+    bool vec = rank % 8 == 0 && ((uintptr_t)s.b[i] % 16) == 0;
     const float *bias = s.bias_b ? s.bias_b[i] : NULL;
     float scale = s.scale[i];
-    for (int32_t rb = r0; rb < r1; rb += SH_ROWS) {
+    for (int32_t rb = r0 + (int32_t)blockIdx.z * SH_ROWS; rb < r1; rb += (int32_t)gridDim.z * SH_ROWS) {
         int nr = r1 - rb < SH_ROWS ? r1 - rb : SH_ROWS;
         float acc[SH_ROWS];
 #pragma unroll
@@ -121,7 +165,18 @@ __global__ void __launch_bounds__(EX_THREADS) k_expand(const float *__restrict__
                 if (c < kn) ts[g][c] = t[(int64_t)(rb + g) * ld_t + k0 + c];
             }
             __syncthreads();
-            if (j < out) {
+            if (j >= out) continue;
+            if (vec) { /* EX_KCHUNK and k0 are multiples of 8, so kn is too */
+                for (int c = 0; c < kn; c += 8) {
+                    float w[8];
+                    kcuda_ld8<DT>(brow, (k0 + c) / 8, w);
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+#pragma unroll
+                        for (int g = 0; g < SH_ROWS; g++)
+                            if (g < nr) acc[g] = fmaf(w[e], ts[g][c + e], acc[g]);
+                }
+            } else {
                 for (int c = 0; c < kn; c++) {
                     float w = kcuda_ld<DT>(brow, k0 + c);
 #pragma unroll
@@ -143,6 +198,13 @@ __global__ void __launch_bounds__(EX_THREADS) k_expand(const float *__restrict__
     }
 }
 
+/* Row slices of a launch: enough groups of SH_ROWS for the longest segment (the host's bound,
+ * ksgmv.max_rows; 0 = unknown: one slice walks every group). */
+static unsigned sg_row_slices(const ksgmv *s) {
+    int64_t z = s->max_rows > 0 ? ((int64_t)s->max_rows + SH_ROWS - 1) / SH_ROWS : 1;
+    return (unsigned)(z > 65535 ? 65535 : z);
+}
+
 /* Host-visible checks (the CPU's sg_check minus what only the device can see). */
 static int sg_host_check(const ksgmv *s, int ld_t) {
     if (!s || s->n_segs < 0 || ld_t < 0) return PEFTD_EINVAL;
@@ -162,7 +224,7 @@ extern "C" int kcuda__sgmv_shrink(kbackend *kb, const float *x, int in_dim, cons
     if ((rc = kcuda__enter_op(cb)) != 0) return rc;
     unsigned gy = kcuda__blocks(ld_t, SH_WARPS);
     if (gy > 65535) return PEFTD_EUNSUPPORTED;
-    dim3 g((unsigned)s->n_segs, gy), b(SH_WARPS * 32);
+    dim3 g((unsigned)s->n_segs, gy, sg_row_slices(s)), b(SH_WARPS * 32);
     switch (s->dtype) {
     case KDT_F32: k_shrink<KDT_F32><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
     case KDT_F16: k_shrink<KDT_F16><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
@@ -183,7 +245,7 @@ extern "C" int kcuda__sgmv_expand(kbackend *kb, const float *t, int ld_t, const 
     if ((rc = kcuda__enter_op(cb)) != 0) return rc;
     unsigned gy = kcuda__blocks(out_dim, EX_THREADS);
     if (gy > 65535) return PEFTD_EUNSUPPORTED;
-    dim3 g((unsigned)s->n_segs, gy), b(EX_THREADS);
+    dim3 g((unsigned)s->n_segs, gy, sg_row_slices(s)), b(EX_THREADS);
     switch (s->dtype) {
     case KDT_F32: k_expand<KDT_F32><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;
     case KDT_F16: k_expand<KDT_F16><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;

@@ -225,6 +225,7 @@ static int build_sgmv(llama_ctx *c, const seg_pair *pairs, int n_segs, bool with
             if (mine && pairs[i].rank > *ld_t) *ld_t = pairs[i].rank;
         }
         s->n_segs = n_segs;
+        s->max_rows = c->plan->max_rows;
         s->seg_start = c->plan->seg_start;
         s->dtype = (kdtype)dt;
     }
@@ -382,6 +383,9 @@ static int plan_build_once(llama_ctx *c, const llama_batch *b) {
     }
     ss[n] = b->segs[n - 1].row_end;
     if (ss[n] != b->n_tokens) return PEFTD_EINVAL;
+    p->max_rows = 0;
+    for (int i = 0; i < n; i++)
+        if (ss[i + 1] - ss[i] > p->max_rows) p->max_rows = ss[i + 1] - ss[i];
 
     /* DoRA factor tables of segments whose request scale is not 1 */
     const float *const *seg_dora[n];
@@ -521,6 +525,7 @@ static int stage_top(llama_ctx *c, const adapter_lora *L, float t, int rows, lla
     a[0] = L->a.data, b[0] = L->b.data, rank[0] = L->rank, scale[0] = L->scale * t;
     ss[0] = 0, ss[1] = rows;
     pt->sg.n_segs = 1;
+    pt->sg.max_rows = rows;
     pt->sg.dtype = L->a.dtype;
     pt->n_sg = 1;
     pt->rank = L->rank;

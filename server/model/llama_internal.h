@@ -67,6 +67,7 @@ typedef struct {
     llama_plan_mod *mod;         /* [n_layers * AMOD_COUNT] */
     llama_plan_bn *bn;           /* [n_layers * 2] */
     int max_rank;                /* workspace columns needed this step */
+    int max_rows;                /* rows of this step's longest segment (ksgmv.max_rows) */
     const llama_segment *segs;   /* host: this step's segments */
     llama_plan_top *emb, *head;  /* [max_seqs] each */
     /* [max_seqs]: for a segment whose request scale t != 1 and whose adapter has dense

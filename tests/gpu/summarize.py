@@ -13,7 +13,9 @@ reduction, bench/bench_gpu). Bytes read: the weights as stored (bench JSON bytes
 embedding is the lm_head, read once), the adapters' A and B of every adapted module once per
 step (bytes.step_adapters_c), and the KV cache the attention reads: f32 K and V of every
 layer at the mean context of the decode window (prompt + tokens/2) for every sequence.
-Each line ends MET / missed, or says NOT MEASURED / NOT RUN and why. Exit status 1 when an
+Each line ends MET / missed, or says NOT MEASURED / NOT RUN and why. --tag T: lines 3a-3c
+again from bench<seqs>T.json and bench1T.json (run.sh's second set, decode steps as CUDA
+graphs: T = -graphs), each prefixed with [T]. Exit status 1 when an
 input a line needs is missing or unreadable (a step failed), else 0: a missed target is a
 result, reported on its line, not a harness failure."""
 import argparse
@@ -54,8 +56,11 @@ def verdict(ok):
     return "MET" if ok else "missed"
 
 
+TAG = ""
+
+
 def line_3a(res):
-    bw, b1 = load(res, "bw.json"), load(res, "bench1.json")
+    bw, b1 = load(res, "bw.json"), load(res, f"bench1{TAG}.json")
     s = b1["shapes"][0]
     step_ms = s["a"]["step_ms_median"]
     read = s["bytes"]["base_weights"] + kv_bytes(b1, 1)
@@ -67,14 +72,14 @@ def line_3a(res):
 
 
 def line_3b(res, seqs):
-    s = shape(load(res, f"bench{seqs}.json"), "r8qv")
+    s = shape(load(res, f"bench{seqs}{TAG}.json"), "r8qv")
     ca = s["c_over_a"]
     return (f"3b batch {seqs}, {seqs} distinct rank-8 q,v LoRAs >= 0.9x base: base {s['a']['tok_s']:.1f} tok/s, "
             f"LoRAs {s['c']['tok_s']:.1f} tok/s, ratio {ca:.3f} -> {verdict(ca >= 0.9)}")
 
 
 def line_3c(res, seqs):
-    b, bw = load(res, f"bench{seqs}.json"), load(res, "bw.json")
+    b, bw = load(res, f"bench{seqs}{TAG}.json"), load(res, "bw.json")
     s = shape(b, "r16all")
     step_ms = s["c"]["step_ms_median"]
     read = s["bytes"]["base_weights"] + s["bytes"]["step_adapters_c"] + kv_bytes(b, seqs)
@@ -118,14 +123,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("res")
     ap.add_argument("--seqs", type=int, default=64)
+    ap.add_argument("--tag", default="")
     a = ap.parse_args()
+    global TAG
+    TAG = a.tag
+    prefix = f"[{a.tag.strip('-')}] " if a.tag else ""
     ok = True
     for f in (line_3a, lambda r: line_3b(r, a.seqs), lambda r: line_3c(r, a.seqs)):
         try:
-            print(f(a.res))
+            print(prefix + f(a.res))
         except (Missing, KeyError, TypeError, ZeroDivisionError) as e:
-            print(f"acceptance line not computed: {e.__class__.__name__}: {e}")
+            print(f"{prefix}acceptance line not computed: {e.__class__.__name__}: {e}")
             ok = False
+    if a.tag:
+        return 0 if ok else 1
     print(line_3d(a.res))
     try:
         text, ran_ok = line_4(a.res, a.seqs)

@@ -5,7 +5,7 @@
 #   2. the preflight refuses an old driver and a missing GPU (one clear line, nothing built);
 #   3. the whole script in its CPU dry run (GPU_DRYRUN=1: CPU build, tiny model, stand-ins for
 #      nvidia-smi/nvcc/compute-sanitizer) passes, with every acceptance line computed;
-#   4. a sanitizer that reports errors fails the run.
+#   4. a sanitizer that reports errors fails the run (with GPU_PREBUILT=1: no make).
 # Needs the CPU build (make all tests-bin) and python3 with numpy. Prints one line per check and
 # "test_gpu_dryrun: P passed, F failed, 0 skipped" (tests/run_tests.sh adds it up).
 set -u
@@ -30,6 +30,15 @@ cs "$(printf '%s\n========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 
 check "racecheck clean: exit 0" '[ $rc -eq 0 ] && [[ $out == "0 errors, 0 warnings in 1 process"* ]]'
 cs "$(printf '%s\n========= RACECHECK SUMMARY: 1 hazard displayed (0 errors, 1 warning)' "$T")"
 check "a racecheck warning fails the run" '[ $rc -eq 1 ] && [[ $out == "0 errors, 1 warnings"* ]]'
+V='========= Error: Race reported between Read access at nvjet_sm90_tss_64x8_64x16_2x4_h_bz_TNT+0xb00
+=========     and Write access at nvjet_sm90_tss_64x8_64x16_2x4_h_bz_TNT+0x2840 [288 hazards]'
+cs "$(printf '%s\n%s\n========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)' "$V" "$T")"
+check "racecheck: a record inside cuBLAS's own kernel (nvjet_*) is reported, not counted" \
+    '[ $rc -eq 0 ] && [[ $out == "0 errors, 0 warnings in 1 process summaries (+1 vendor records"*nvjet_sm90_tss* ]]'
+O='========= Error: Race reported between Write access at void k_expand<(kdtype)3>(const float *, int, ksgmv, int, float *, int *)+0x1a0
+=========     and Read access at void k_expand<(kdtype)3>(const float *, int, ksgmv, int, float *, int *)+0x2c0 [4 hazards]'
+cs "$(printf '%s\n%s\n%s\n========= RACECHECK SUMMARY: 2 hazards displayed (2 errors, 0 warnings)' "$V" "$O" "$T")"
+check "racecheck: a record in peftd's own kernel still fails beside a cuBLAS one" '[ $rc -eq 1 ] && [[ $out == "1 errors,"* ]]'
 cs "$T"
 check "a log without a sanitizer summary fails (exit 2)" '[ $rc -eq 2 ]'
 cs "$(printf 'test_backend_parity: 12 passed, 1 failed, 0 skipped\n========= ERROR SUMMARY: 0 errors')"
@@ -73,12 +82,15 @@ else
 fi
 check "dry run within its time budget" 'grep -qE "^== total [0-9]+s, status 0$" "$S"'
 
-# ---- 4. a sanitizer that finds errors fails the run (models and build reused) ----
-STUB_CS_ERRORS=2 SKIP_HF=1 GPU_DRYRUN=1 GPU_BUILD="$BUILD" GPU_MODELS="$TMP/models" PYTHON="$PYTHON" \
-    bash tests/gpu/run.sh "$TMP/err" >/dev/null 2>&1
+# ---- 4. a sanitizer that finds errors fails the run (models and build reused; GPU_PREBUILT=1:
+# no make, as tests/gpu/device_run.sh runs it on a lent GPU machine) ----
+STUB_CS_ERRORS=2 SKIP_HF=1 SKIP_POOL=1 GPU_PREBUILT=1 GPU_DRYRUN=1 GPU_BUILD="$BUILD" GPU_MODELS="$TMP/models" \
+    PYTHON="$PYTHON" bash tests/gpu/run.sh "$TMP/err" >/dev/null 2>&1
 rc=$?
 check "sanitizer errors: exit 1 and the count in summary.txt" \
     '[ $rc -eq 1 ] && grep -q "^memcheck: exit 99, [1-9][0-9]* errors" "$TMP/err/summary.txt"'
+check "GPU_PREBUILT=1: nothing made, the binaries checked" \
+    'grep -q "prebuilt binaries in" "$TMP/err/build.log" && ! grep -qE "^(cc|nvcc) " "$TMP/err/build.log"'
 
 echo "test_gpu_dryrun: $pass passed, $fail failed, 0 skipped"
 [ "$fail" -eq 0 ]

@@ -483,15 +483,18 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
         kvl[s] = kv_len[s];
         kvs[s] = kv_start ? kv_start[s] : 0;
     }
-    /* Every slot of every sequence gets K/V through kv_store (one call), at block*bs+off. */
+    /* Every slot of every sequence's mapped blocks gets K/V through kv_store (one call), at
+     * block*bs+off. Slots are distinct within a call (kv_store's contract: the engine writes
+     * each slot once per step), so unmapped blocks (-1, before kv_start) are not written. */
     int n_slots_total = 0;
-    for (int s = 0; s < n_seqs; s++) n_slots_total += kv_len[s];
+    for (int s = 0; s < n_seqs; s++)
+        for (int j = 0; j < kv_len[s]; j++) n_slots_total += btab[s * max_blocks + j / bs] >= 0;
     int32_t *slots = malloc(sizeof(int32_t) * (size_t)(n_slots_total ? n_slots_total : 1));
     int k = 0;
     for (int s = 0; s < n_seqs; s++)
         for (int j = 0; j < kv_len[s]; j++) {
             int32_t blk = btab[s * max_blocks + j / bs];
-            slots[k++] = blk < 0 ? perm[n_blocks - 1] * bs + j % bs : blk * bs + j % bs;
+            if (blk >= 0) slots[k++] = blk * bs + j % bs;
         }
     size_t cache_floats = (size_t)n_blocks * bs * kv_dim;
     float *kk = rand_f32((size_t)n_slots_total * kv_dim, 1.0f), *vv = rand_f32((size_t)n_slots_total * kv_dim, 1.0f);
@@ -648,10 +651,11 @@ static void sgmv_case(kdtype dt, int T, spread sp, int in, int out, bool bottlen
     void *ap[CAP], *aq[CAP], *bp[CAP], *bq[CAP];
     float *bap[CAP], *baq[CAP], *bbp[CAP], *bbq[CAP];
     pbuf wa[CAP], wb[CAP], ba[CAP], bb[CAP];
-    int ld = 0;
+    int ld = 0, max_rows = 0;
     seg[0] = 0;
     for (int i = 0; i < n; i++) {
         seg[i + 1] = seg[i] + sz[i];
+        if (sz[i] > max_rows) max_rows = sz[i];
         rank[i] = RANKS[rnd() % 8];
         if (i == 2) rank[i] = 0; /* rank 0: skipped */
         scale[i] = 0.25f + (float)(rnd() % 8) / 4.0f;
@@ -696,13 +700,25 @@ static void sgmv_case(kdtype dt, int T, spread sp, int in, int out, bool bottlen
                  .b = (const void *const *)tab[1].cu, .rank = (int32_t *)prank.cu, .scale = (float *)pscale.cu,
                  .bias_a = bottleneck ? (const float *const *)tab[2].cu : NULL,
                  .bias_b = bottleneck ? (const float *const *)tab[3].cu : NULL,
-                 .act = bottleneck ? (int32_t *)pact.cu : NULL, .dtype = dt};
+                 .act = bottleneck ? (int32_t *)pact.cu : NULL, .dtype = dt, .max_rows = max_rows};
     char what[128];
     snprintf(what, sizeof what, "sgmv %s T=%d %s in=%d out=%d%s", kdtype_name(dt), T, SPREAD_NAMES[sp], in, out,
              bottleneck ? " bias+act" : "");
     BOTH(CP->ops->sgmv_shrink(CP, (float *)px.cp, in, &sp_, (float *)pt.cp, ld_t),
          CU->ops->sgmv_shrink(CU, (float *)px.cu, in, &sq_, (float *)pt.cu, ld_t));
     pb_check(&pt, what);
+    /* Row slices (max_rows: a long segment spread over more blocks) never change a value:
+     * with max_rows 0 (one slice walks every row group) t and y are the same bits. */
+    ksgmv sq0 = sq_;
+    sq0.max_rows = 0;
+    unsigned char *t_sliced = pb_get(CU, pt.cu, pt.n, what);
+    ASSERT_EQ(CU->ops->sgmv_shrink(CU, (float *)px.cu, in, &sq0, (float *)pt.cu, ld_t), 0);
+    {
+        unsigned char *t_whole = pb_get(CU, pt.cu, pt.n, what);
+        if (memcmp(t_sliced, t_whole, pt.n + 2 * SENT_BYTES) != 0) FAIL("%s: shrink t depends on max_rows", what);
+        free(t_whole);
+    }
+    free(t_sliced);
     /* expand reads t: entries the shrink left unwritten must not be read, but give both
      * backends the same defined t (the CPU's) so y compares exactly what expand does */
     {
@@ -710,9 +726,17 @@ static void sgmv_case(kdtype dt, int T, spread sp, int in, int out, bool bottlen
         ASSERT_EQ(CU->ops->upload(CU, pt.cu - SENT_BYTES, h, pt.n + 2 * SENT_BYTES), 0);
         free(h);
     }
+    pbuf py0 = pb_new(y0, (size_t)T * out * 4); /* y before expand, for the max_rows 0 run */
     BOTH(CP->ops->sgmv_expand(CP, (float *)pt.cp, ld_t, &sp_, out, (float *)py.cp),
          CU->ops->sgmv_expand(CU, (float *)pt.cu, ld_t, &sq_, out, (float *)py.cu));
     pb_check(&py, what);
+    ASSERT_EQ(CU->ops->sgmv_expand(CU, (float *)pt.cu, ld_t, &sq0, out, (float *)py0.cu), 0);
+    {
+        unsigned char *y_sliced = pb_get(CU, py.cu, py.n, what), *y_whole = pb_get(CU, py0.cu, py0.n, what);
+        if (memcmp(y_sliced, y_whole, py.n + 2 * SENT_BYTES) != 0) FAIL("%s: expand y depends on max_rows", what);
+        free(y_sliced), free(y_whole);
+    }
+    pb_free(&py0);
     pbuf *all[] = {&px, &py, &pt, &pseg, &prank, &pscale, &pact, &tab[0], &tab[1], &tab[2], &tab[3]};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pb_free(all[i]);
     for (int i = 0; i < n; i++) pb_free(&wa[i]), pb_free(&wb[i]), pb_free(&ba[i]), pb_free(&bb[i]);
@@ -725,6 +749,8 @@ TEST(sgmv_lora_parity) {
         for (int ti = 0; ti < 3; ti++)
             for (int sp = 0; sp < SP_N; sp++) sgmv_case(DTS[d], TS[ti], (spread)sp, 96, 136, false);
     sgmv_case(KDT_BF16, 64, SP_DISTINCT, 2048, 2048, false); /* 1B-shape decode, 64 adapters */
+    sgmv_case(KDT_BF16, 64, SP_IDENTICAL, 2048, 8192, false); /* 1B-shape decode, one adapter */
+    sgmv_case(KDT_BF16, 64, SP_IDENTICAL, 8192, 2048, false); /* ... down_proj: in 8192 */
     close_backends();
 }
 

@@ -168,7 +168,7 @@ static void run_rows(kbackend *kb, const decode_padded *d, int rows, const float
         rank[s] = d->seg_adapter[s] >= 0 ? RK : 0;
         sc[s] = 1;
     }
-    ksgmv s = {n_segs, d->seg_start, ap, ap, rank, sc, NULL, NULL, NULL, KDT_F32};
+    ksgmv s = {n_segs, d->seg_start, ap, ap, rank, sc, NULL, NULL, NULL, KDT_F32, 0};
     ASSERT_EQ(kb->ops->sgmv_shrink(kb, x, IN, &s, t, RK), 0);
     memcpy(y, t, sizeof(float) * rows * RK);
 }
