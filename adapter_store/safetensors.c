@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lib/file_map.h"
+
 /* Largest integer a double holds exactly: cJSON parses numbers as doubles, so a value
  * above this may already have been rounded and cannot be trusted. */
 #define ST_MAX_EXACT_INT 9007199254740991.0
@@ -28,7 +30,8 @@ struct st_file {
     const uint8_t *data;   /* data area (after the header) */
     uint64_t data_len;
     void *map;             /* non-NULL when st_open mapped the file */
-    size_t map_len;
+    size_t map_len;        /* the file's bytes */
+    size_t map_span;       /* bytes reserved at map (munmap length) */
     st_tensor *tensors;    /* [n], header order */
     size_t n;
     size_t *by_name;       /* [n] indices into tensors, sorted by name */
@@ -495,6 +498,10 @@ int st_parse(const void *buf, size_t len, const char *label, st_file **out, char
 }
 
 int st_open(const char *path, st_file **out, char *err, size_t errlen) {
+    return st_open_ex(path, false, out, err, errlen);
+}
+
+int st_open_ex(const char *path, bool read_into_memory, st_file **out, char *err, size_t errlen) {
     *out = NULL;
     int rc, fd = -1;
     st_file *f = st_new(path);
@@ -526,15 +533,17 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
                (long long)sb.st_size);
         goto fail;
     }
-    f->map_len = (size_t)sb.st_size;
-    void *map = mmap(NULL, f->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) {
+    file_map fm;
+    rc = file_map_open(fd, (size_t)sb.st_size, read_into_memory ? FILE_MAP_READ : FILE_MAP_MMAP, &fm);
+    if (rc < 0) {
+        st_err(err, errlen, "%s: %s of %lld bytes failed: %s", path, read_into_memory ? "reading" : "mmap",
+               (long long)sb.st_size, strerror(-rc));
         rc = PEFTD_EIO;
-        st_err(err, errlen, "%s: mmap of %zu bytes failed: %s", path, f->map_len,
-               strerror(errno));
         goto fail;
     }
-    f->map = map;
+    f->map = fm.addr;
+    f->map_len = fm.len;
+    f->map_span = fm.span;
     close(fd);
     fd = -1;
     if ((rc = st_parse_header(f, f->map, f->map_len, err, errlen)) < 0) goto fail;
@@ -548,7 +557,7 @@ fail:
 
 void st_close(st_file *f) {
     if (!f) return;
-    if (f->map) munmap(f->map, f->map_len);
+    if (f->map) munmap(f->map, f->map_span);
     for (size_t i = 0; i < f->n_meta; i++) {
         free(f->meta_keys[i]);
         free(f->meta_vals[i]);

@@ -87,6 +87,9 @@ typedef struct st_file st_file;
  * Returns 0, PEFTD_EFORMAT / PEFTD_EUNSUPPORTED for a bad file, PEFTD_EIO or -errno when
  * the file cannot be opened or mapped, PEFTD_ENOMEM. */
 int st_open(const char *path, st_file **out, char *err, size_t errlen);
+/* st_open, or with read_into_memory the file read once into private huge-page-advised memory
+ * instead of mapped (lib/file_map.h: FILE_MAP_READ; --no-mmap). */
+int st_open_ex(const char *path, bool read_into_memory, st_file **out, char *err, size_t errlen);
 
 /* Parses a safetensors image already in memory (uploads, tests, fuzzing).
  * @note buf is NOT copied: it must stay valid and unchanged until st_close(*out).

@@ -23,6 +23,7 @@
  * Usage: bench_decode --model DIR [--prompt 8] [--tokens 32] [--rounds 3] [--threads 0]
  *                     [--bw-mb 1024] [--target 0.70] [--startup-target 2.0] [--out FILE]
  *                     [--weights stored|bf16|q8_0|q4_k]   (at-load conversion, model_quant.h)
+ *                     [--no-mmap 1]   (weight files read into huge-page memory: lib/file_map.h)
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -47,7 +48,7 @@
 
 typedef struct {
     const char *model_dir, *out_path, *weights; /* weights: NULL = stored */
-    int prompt, tokens, rounds, threads, bw_mb;
+    int prompt, tokens, rounds, threads, bw_mb, no_mmap;
     double target, startup_target;
 } options;
 
@@ -96,7 +97,7 @@ static int served_open(const options *o, served *s, double *secs) {
         fprintf(stderr, "bench_decode: cannot create the CPU backend\n");
         return -1;
     }
-    model_load_opts mo = {.weights = -1, .threads = o->threads};
+    model_load_opts mo = {.weights = -1, .threads = o->threads, .no_mmap = o->no_mmap != 0};
     if (model_weights_parse(o->weights, &mo.weights) < 0) {
         fprintf(stderr, "bench_decode: --weights must be stored, bf16, q8_0 or q4_k\n");
         return -1;
@@ -191,6 +192,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--rounds")) o->rounds = atoi(v);
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--weights")) o->weights = v;
+        else if (!strcmp(a, "--no-mmap")) o->no_mmap = atoi(v);
         else if (!strcmp(a, "--bw-mb")) o->bw_mb = atoi(v);
         else if (!strcmp(a, "--target")) o->target = atof(v);
         else if (!strcmp(a, "--startup-target")) o->startup_target = atof(v);
@@ -221,8 +223,8 @@ static void print_json(FILE *f, const options *o, const served *s, const results
             s->m->dir, c->architecture, c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads,
             c->intermediate_size, c->vocab_size, c->tie_word_embeddings ? "true" : "false",
             kdtype_name(s->m->layers[0].wq.dtype), (int)c->rope.kind, s->m->weight_bytes);
-    fprintf(f, "  \"threads\": %d, \"online_cores\": %ld, \"prompt\": %d, \"tokens\": %d, \"bw_buffer_mb\": %d,\n",
-            o->threads, sysconf(_SC_NPROCESSORS_ONLN), o->prompt, o->tokens, o->bw_mb);
+    fprintf(f, "  \"threads\": %d, \"online_cores\": %ld, \"prompt\": %d, \"tokens\": %d, \"bw_buffer_mb\": %d, \"no_mmap\": %s,\n",
+            o->threads, sysconf(_SC_NPROCESSORS_ONLN), o->prompt, o->tokens, o->bw_mb, o->no_mmap ? "true" : "false");
     fprintf(f, "  \"startup_s\": {\"cold\": %.3f, \"warm\": %.3f, \"dropped_from_page_cache_gb\": %.2f, \"target\": %.1f},\n",
             r->cold_s, r->warm_s, r->dropped_gb, o->startup_target);
     fprintf(f, "  \"rounds\": [");
@@ -241,7 +243,8 @@ int main(int argc, char **argv) {
     options o = {.prompt = 8, .tokens = 32, .rounds = 3, .bw_mb = 1024, .target = 0.70, .startup_target = 2.0};
     if (parse_args(argc, argv, &o) < 0) {
         fprintf(stderr, "usage: bench_decode --model DIR [--prompt 8] [--tokens 32] [--rounds 3] [--threads 0]\n"
-                        "       [--bw-mb 1024] [--target 0.70] [--startup-target 2.0] [--out FILE]\n");
+                        "       [--bw-mb 1024] [--target 0.70] [--startup-target 2.0] [--out FILE]\n"
+                        "       [--weights stored|bf16|q8_0|q4_k] [--no-mmap 1]\n");
         return 2;
     }
     log_set_level(LOG_WARN);

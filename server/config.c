@@ -25,6 +25,7 @@ void config_default(peftd_config *c) {
     c->threads = 0;
     snprintf(c->backend, sizeof c->backend, "auto");
     snprintf(c->weights, sizeof c->weights, "stored");
+    c->mmap = true;
     c->shutdown_grace_s = 10;
     c->max_body_bytes = 1 << 20;
     c->http_threads = 4;
@@ -130,6 +131,9 @@ static const config_key KEYS[] = {
     CHECK(NULL, "backend", backend_ok, "\"backend\" must be \"auto\", \"cpu\" or \"cuda\""),
     STR(NULL, "weights", weights, "stored | bf16 | q8_0 | q4_k: the layer projections at load (default stored); --weights"),
     CHECK(NULL, "weights", weights_ok, "\"weights\" must be \"stored\", \"bf16\", \"q8_0\" or \"q4_k\""),
+    BOOL(NULL, "mmap", mmap, "\"mmap\" must be true or false",
+         "weight files mapped read-only (default true); false: read once into private memory advised for 2 MiB "
+         "pages (faster decode where file mappings get 4 KiB pages; costs the model's size in RAM); --no-mmap"),
     INT(NULL, "shutdown_grace_s", 0, 3600, shutdown_grace_s, "SIGTERM: seconds in-flight requests may finish (default 10)"),
     BOOL(NULL, "fast_prefill", fast_prefill, "\"fast_prefill\" must be true or false",
          "CPU: OpenBLAS for large f32 prefills (faster, not batch-invariant; default false)"),

@@ -18,6 +18,8 @@ typedef struct {
     char backend[16];         /* "auto" (CUDA when a device exists, else CPU) | "cpu" | "cuda" */
     char weights[16];         /* layer projections at load: "stored" | "bf16" | "q8_0" | "q4_k"
                                * (server/model/model_quant.h) */
+    bool mmap;                /* weight files mapped (default) or read into huge-page memory
+                               * (false; --no-mmap: model_load_opts.no_mmap) */
     int shutdown_grace_s;     /* SIGTERM: let in-flight requests finish this long, then cancel */
     size_t max_body_bytes;
     int http_threads;

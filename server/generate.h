@@ -10,6 +10,7 @@ typedef struct {
     const char *model_dir, *prompt;
     const char *adapter_dir; /* NULL: the base model */
     const char *weights;     /* NULL / "stored", "bf16", "q8_0", "q4_k" (model_quant.h) */
+    bool no_mmap;            /* --no-mmap: weight files read into memory (model_load_opts) */
     long max_tokens, seed, top_k, threads;
     double temperature, top_p, adapter_scale;
     bool has_seed, scale_set; /* scale_set: --adapter-scale was given (needs --adapter) */

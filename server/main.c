@@ -1,7 +1,7 @@
 /* server/main.c — the peftd command line.
  *
  *   peftd serve    [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]
- *                  [--weights stored|bf16|q8_0|q4_k]
+ *                  [--weights stored|bf16|q8_0|q4_k] [--no-mmap]
  *   peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
  *                  [--top-p P] [--top-k K] [--threads N]
  *
@@ -41,6 +41,7 @@ static const cli_option SERVE_OPTS[] = {
     {"--served-model-name", "NAME", "another name of the base model (repeatable); config \"served_model_name\""},
     {"--follow", "URL", "mirror the primary at URL as a read-only follower; config store.follow"},
     {"--weights", "W", "stored | bf16 | q8_0 | q4_k: convert the layer projections at load; config \"weights\""},
+    {"--no-mmap", NULL, "read the weight files into (huge-page) memory instead of mapping them; config \"mmap\": false"},
     {"--help", NULL, "this help"},
     {"--version", NULL, "print the version and exit"},
     {NULL, NULL, NULL},
@@ -58,6 +59,7 @@ static const cli_option GENERATE_OPTS[] = {
     {"--adapter", "DIR", "a PEFT adapter directory applied to the generation"},
     {"--adapter-scale", "X", "LoRA scale in [0, 16] (needs --adapter)"},
     {"--weights", "W", "stored | bf16 | q8_0 | q4_k: convert the layer projections at load"},
+    {"--no-mmap", NULL, "read the weight files into (huge-page) memory instead of mapping them"},
     {"--help", NULL, "this help"},
     {"--version", NULL, "print the version and exit"},
     {NULL, NULL, NULL},
@@ -69,10 +71,11 @@ static void usage(FILE *f) {
             "usage:\n"
             "  peftd serve [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]\n"
             "              [--store DIR] [--adapter NAME=DIR]... [--follow PRIMARY_URL]\n"
-            "              [--weights stored|bf16|q8_0|q4_k]\n"
+            "              [--weights stored|bf16|q8_0|q4_k] [--no-mmap]\n"
             "  peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
             "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n"
             "                 [--adapter DIR [--adapter-scale X]] [--weights stored|bf16|q8_0|q4_k]\n"
+            "                 [--no-mmap]\n"
             "  peftd --version\n"
             "`peftd serve --help` and `peftd generate --help` list every option.\n");
 }
@@ -162,6 +165,7 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) o.prompt = v;
         else if (!strcmp(a, "--adapter")) o.adapter_dir = v;
         else if (!strcmp(a, "--weights")) o.weights = v;
+        else if (!strcmp(a, "--no-mmap")) o.no_mmap = true;
         else if (!strcmp(a, "--adapter-scale")) { if (parse_float(a, v, 0, 16, &o.adapter_scale)) return 2; o.scale_set = true; }
         else if (!strcmp(a, "--max-tokens")) { if (parse_long(a, v, 1, INT_MAX / 2, &o.max_tokens)) return 2; }
         else if (!strcmp(a, "--temperature")) { if (parse_float(a, v, 0, 100, &o.temperature)) return 2; }
@@ -197,6 +201,7 @@ static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
             }
             snprintf(cfg->weights, sizeof cfg->weights, "%s", v);
         }
+        else if (!strcmp(a, "--no-mmap")) cfg->mmap = false;
         else if (!strcmp(a, "--store")) snprintf(cfg->store.dir, sizeof cfg->store.dir, "%s", v);
         else if (!strcmp(a, "--follow")) {
             if (strncmp(v, "http://", 7) && strncmp(v, "https://", 8)) {

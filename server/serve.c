@@ -301,7 +301,7 @@ int serve_run(peftd_config *cfg, const char *config_path) {
     follower *fol = NULL;
     int rc = 1;
     if (runtime_open_weights(&rt, cfg->model_dir, cfg->threads, cfg->fast_prefill, cfg->backend, cfg->weights,
-                             &cfg->engine) < 0)
+                             !cfg->mmap, &cfg->engine) < 0)
         goto out_store;
     if (runtime_start(&rt) < 0) goto out;
     char tmp_root[4200];

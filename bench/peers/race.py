@@ -107,11 +107,15 @@ def main():
             "--threads", str(threads), "--store", os.path.join(store, "store")]
     for name in loras:
         pcmd += ["--adapter", f"{name}={os.path.join(cfg['lora_hf'], name)}"]
+    if cfg.get("no_mmap"):  # both read the weights into memory (RACE_NO_MMAP=1; llama.cpp's flag too)
+        pcmd += ["--no-mmap"]
     ctx = 32 * max(256, 8 + max(tok_a, tok_b, tok_c) + 8)
     def llama_cmd(port, t):
         c = [os.path.join(cfg["llama_bin"], "llama-server"), "-m", cfg["model_gguf"],
              "--host", "127.0.0.1", "--port", str(port), "-t", str(t), "-tb", str(t),
              "-c", str(ctx), "-np", "32", "--kv-unified", "-cram", "0", "--no-webui", "-ngl", "0"]
+        if cfg.get("no_mmap"):
+            c += ["--no-mmap"]
         if n_ad:
             for name in loras:
                 c += ["--lora", os.path.join(cfg["lora_gguf"], name + ".gguf")]
@@ -125,7 +129,7 @@ def main():
     procs = {}
     out = {"model": cfg["name"], "threads": threads, "rounds": rounds,
            "tokens": {"a": tok_a, "b": tok_b, "c": tok_c}, "streams_bc": 32,
-           "n_adapters": n_ad, "prompt_tokens": 8,
+           "n_adapters": n_ad, "prompt_tokens": 8, "no_mmap": bool(cfg.get("no_mmap")),
            "commands": {"peftd": " ".join(pcmd[:12]) + (f" --adapter lora-NNNN=... x{n_ad}" if n_ad else ""),
                         "llama": " ".join(lcmd[:24]) + (f" --lora ....gguf x{n_ad} --lora-init-without-apply" if n_ad else ""),
                         "llama_t1": "the same with -t 1 -tb 1" if "llama_t1" in names else None}}

@@ -16,10 +16,12 @@
 # RACE_TESTS_1B ("a b"); RACE_LLAMA_T1 (true: also race llama-server at 1 thread);
 # RACE_QUANT (bf16: both serve the bf16 weights, peftd from the HF directory; q8_0 or q4_k_m:
 # llama-quantize makes that GGUF from the bf16 one and BOTH servers load that same file, peftd
-# with --model FILE.gguf), RACE_OUT (output path).
+# with --model FILE.gguf), RACE_NO_MMAP=1 (both servers and bench_decode read the weights into
+# memory instead of mapping them: peftd's and llama.cpp's --no-mmap), RACE_OUT (output path).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS=${RACE_THREADS:-2}
+NO_MMAP=$([ "${RACE_NO_MMAP:-0}" = 1 ] && echo 1 || true)
 ROUNDS=${RACE_ROUNDS:-3}
 MODELS=${RACE_MODELS:-110m 1b}
 QUANT=${RACE_QUANT:-bf16}
@@ -87,12 +89,12 @@ for m in $MODELS; do
     fi
 
     bd() { build/bench/bench_decode --model "$pmodel" --prompt 8 --tokens "$ta" --rounds 2 \
-        --threads "$THREADS" --target 0 --out "$TMP/$name-decode-$1.json" >/dev/null; }
+        --threads "$THREADS" --target 0 ${NO_MMAP:+--no-mmap 1} --out "$TMP/$name-decode-$1.json" >/dev/null; }
     echo "race: $name: bench_decode (roofline) before" >&2
     bd before
     tests_json=$(printf '"%s",' $tests); tests_json="[${tests_json%,}]"
-    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_peftd":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"keep_logs":"%s","partial":"%s"}' \
-        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$pmodel" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$TMP" "$TMP/$name-partial.json")
+    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_peftd":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"no_mmap":%s,"keep_logs":"%s","partial":"%s"}' \
+        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$pmodel" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$([ -n "$NO_MMAP" ] && echo true || echo false)" "$TMP" "$TMP/$name-partial.json")
     python3 bench/peers/race.py "$cfg" >"$TMP/$name-race.json"
     echo "race: $name: bench_decode (roofline) after" >&2
     bd after

@@ -18,6 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lib/file_map.h"
+
 /* Smallest KV: a key length (8) + ≥ 1 key byte + a type (4) + ≥ 1 value byte. (An array
  * element of type string is ≥ 8 bytes, of type array ≥ 12: see gguf_read_value.) */
 #define GGUF_MIN_KV 14u
@@ -323,6 +325,10 @@ int gguf_parse(const void *buf, size_t len, const char *label, gguf_file **out, 
 }
 
 int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
+    return gguf_open_ex(path, false, out, err, errlen);
+}
+
+int gguf_open_ex(const char *path, bool read_into_memory, gguf_file **out, char *err, size_t errlen) {
     *out = NULL;
     int rc, fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -349,24 +355,24 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
         close(fd);
         return PEFTD_EFORMAT;
     }
-    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int merr = errno;
+    file_map fm;
+    int merr = file_map_open(fd, (size_t)sb.st_size, read_into_memory ? FILE_MAP_READ : FILE_MAP_MMAP, &fm);
     close(fd);
-    if (map == MAP_FAILED) {
-        gguf_err(err, errlen, "%s: mmap of %lld bytes failed: %s", path, (long long)sb.st_size,
-                 strerror(merr));
+    if (merr < 0) {
+        gguf_err(err, errlen, "%s: %s of %lld bytes failed: %s", path, read_into_memory ? "reading" : "mmap",
+                 (long long)sb.st_size, strerror(-merr));
         return PEFTD_EIO;
     }
     gguf_file *f = gguf_new(path);
     if (!f) {
-        munmap(map, (size_t)sb.st_size);
+        file_map_close(&fm);
         gguf_err(err, errlen, "%s: out of memory", path);
         return PEFTD_ENOMEM;
     }
-    f->map = map;
-    f->map_len = (size_t)sb.st_size;
-    f->buf = map;
-    f->len = f->map_len;
+    f->map = fm.addr;
+    f->map_len = fm.span;
+    f->buf = fm.addr;
+    f->len = fm.len;
     if ((rc = gguf_parse_file(f, err, errlen)) < 0) {
         gguf_close(f);
         return rc;

@@ -124,6 +124,9 @@ typedef struct gguf_file gguf_file;
  *       PEFTD_EUNSUPPORTED for v1 / big-endian / a newer version, PEFTD_EIO or -errno when
  *       the file cannot be opened or mapped, PEFTD_ENOMEM. */
 int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen);
+/* gguf_open, or with read_into_memory the file read once into private huge-page-advised
+ * memory instead of mapped (lib/file_map.h: FILE_MAP_READ; --no-mmap). */
+int gguf_open_ex(const char *path, bool read_into_memory, gguf_file **out, char *err, size_t errlen);
 
 /* Parses a GGUF image already in memory (tests, fuzzing). buf is NOT copied: it must stay
  * valid and unchanged until gguf_close(*out). label (may be NULL) names it in messages. */

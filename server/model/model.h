@@ -172,10 +172,13 @@ int model_load(const char *dir, kbackend *kb, model **out, char *err, size_t err
 /* Load options. weights: -1 keeps every weight as stored; KDT_BF16, KDT_Q8_0 or KDT_Q4_K
  * converts the layer projections at load (the rule: server/model/model_quant.h), refused with
  * PEFTD_EUNSUPPORTED when the backend's supports_op(KOP_MATMUL, dtype) says no. threads: for
- * the conversion (<= 0: one per online core). */
+ * the conversion (<= 0: one per online core). no_mmap: the weight files (safetensors shards,
+ * the GGUF) are read once into private huge-page-advised memory instead of mapped
+ * (lib/file_map.h; --no-mmap, config "mmap": false); the same bytes either way. */
 typedef struct {
     int weights;
     int threads;
+    bool no_mmap;
 } model_load_opts;
 
 /* model_load with options (NULL: as model_load). */

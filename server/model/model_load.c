@@ -156,7 +156,7 @@ static int ml_shard_index(const struct model_storage *s, const char *name) {
     return -1;
 }
 
-static int ml_open_shard(struct model_storage *s, const char *dir, const char *name, char *err,
+static int ml_open_shard(struct model_storage *s, const char *dir, const char *name, bool no_mmap, char *err,
                          size_t errlen) {
     char path[sizeof ((model *)0)->dir + 256];
     int rc = ml_path(path, sizeof path, dir, name, err, errlen);
@@ -166,7 +166,7 @@ static int ml_open_shard(struct model_storage *s, const char *dir, const char *n
         ml_err(err, errlen, "%s: out of memory", path);
         return PEFTD_ENOMEM;
     }
-    rc = st_open(path, &s->shards[s->n_shards], err, errlen);
+    rc = st_open_ex(path, no_mmap, &s->shards[s->n_shards], err, errlen);
     if (rc < 0) {
         free(s->shard_names[s->n_shards]);
         s->shard_names[s->n_shards] = NULL;
@@ -226,7 +226,7 @@ static int ml_open_index(ml_ctx *c, const char *dir, const char *path, cJSON **i
             ml_err(c->err, c->errlen, "%s: more than %d shards", path, ML_MAX_SHARDS);
             goto fail;
         }
-        if ((rc = ml_open_shard(s, dir, e->valuestring, c->err, c->errlen)) < 0) goto fail;
+        if ((rc = ml_open_shard(s, dir, e->valuestring, c->opts && c->opts->no_mmap, c->err, c->errlen)) < 0) goto fail;
         rc = PEFTD_EFORMAT;
     }
     if (s->n_shards == 0) {
@@ -267,7 +267,7 @@ static int ml_open_weights(ml_ctx *c, const char *dir, cJSON **index_out) {
         ml_err(c->err, c->errlen, "%s: out of memory", dir);
         return rc;
     }
-    rc = ml_open_shard(c->m->storage, dir, "model.safetensors", c->err, c->errlen);
+    rc = ml_open_shard(c->m->storage, dir, "model.safetensors", c->opts && c->opts->no_mmap, c->err, c->errlen);
     if (rc == PEFTD_ENOTFOUND)
         ml_err(c->err, c->errlen,
                "%s: neither model.safetensors nor model.safetensors.index.json found (.bin "

@@ -426,7 +426,7 @@ static int gl_chat_template(gl_ctx *c) {
 int model__load_gguf(model *m, const char *path, const model_load_opts *opts, char *err, size_t errlen) {
     int rc;
     if ((rc = gl_names(m, path, err, errlen)) < 0) return rc;
-    if ((rc = gguf_open(path, &m->storage->gguf, err, errlen)) < 0) return rc;
+    if ((rc = gguf_open_ex(path, opts && opts->no_mmap, &m->storage->gguf, err, errlen)) < 0) return rc;
     m->gguf = m->storage->gguf;
     gl_ctx c = {.m = m, .f = m->storage->gguf, .label = path, .err = err, .errlen = errlen};
     if ((rc = model__gguf_config(c.f, path, &m->cfg, &m->eos, err, errlen)) < 0) return rc;

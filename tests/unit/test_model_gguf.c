@@ -327,6 +327,33 @@ TEST(atload_q8_0_matches_gguf_q8_0) {
     free(ref.all);
 }
 
+/* --no-mmap (model_load_opts.no_mmap, lib/file_map.h): the weight files read into private
+ * huge-page memory instead of mapped give the same bytes, so bit-identical logits, base and
+ * every adapter kind, for the safetensors directory and the GGUF alike. */
+TEST(no_mmap_same_logits) {
+    gref ref;
+    gref_load("llama", &ref);
+    model_load_opts o = {.weights = -1, .threads = 2, .no_mmap = true};
+    static const char *const FILES[] = {"hf", "model-q8_0.gguf"};
+    size_t n = (size_t)ref.n_ids * ref.vocab;
+    for (int f = 0; f < 2; f++) {
+        rig M, R;
+        rig_open(&M, &ref, FILES[f], NULL);
+        rig_open(&R, &ref, FILES[f], &o);
+        for (int k = 0; k <= N_KINDS; k++) {
+            float *a = run(&M, &ref, k), *b = run(&R, &ref, k);
+            if (memcmp(a, b, n * sizeof(float)))
+                FAIL("%s %s: mapped and read-in weights give different logits (max |diff| %.3g)", FILES[f],
+                     k ? KINDS[k - 1] : "base", max_diff(a, b, n));
+            free(a);
+            free(b);
+        }
+        rig_close(&M);
+        rig_close(&R);
+    }
+    free(ref.all);
+}
+
 /* The same on the default model: models/stories260K with "weights": "q8_0" against
  * `convert_hf_to_gguf.py --outtype q8_0` of it (tests/fixtures/gguf_models/stories260K-q8_0:
  * ffn_down's 172 in-features fall back to F16 in both, the tied embedding is Q8_0 in both).
@@ -527,5 +554,5 @@ TEST(refusals_one_clear_line) {
 TEST_MAIN(stories260k_atload_q8_0_matches_gguf_q8_0, llama_f32_matches_hf, llama_q8_0_adapters, llama_q8_0_mixed_batch, qwen2_f32_matches_hf, qwen2_q8_0_adapters,
           qwen2_q8_0_mixed_batch, qwen3_f32_matches_hf, qwen3_q8_0_adapters, qwen3_q8_0_mixed_batch,
           phi3_f32_matches_hf, phi3_q8_0_adapters, phi3_q8_0_mixed_batch, gemma2_f32_matches_hf,
-          gemma2_q8_0_adapters, gemma2_q8_0_mixed_batch, atload_q8_0_matches_gguf_q8_0, metadata_eos_template_name,
+          gemma2_q8_0_adapters, gemma2_q8_0_mixed_batch, atload_q8_0_matches_gguf_q8_0, no_mmap_same_logits, metadata_eos_template_name,
           refusals_one_clear_line)

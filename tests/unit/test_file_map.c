@@ -1,0 +1,90 @@
+/* tests/unit/test_file_map.c — lib/file_map.c: a file's bytes mapped (FILE_MAP_MMAP) or read
+ * into huge-page-advised anonymous memory (FILE_MAP_READ, --no-mmap): the same bytes either
+ * way (a size that is not a whole number of pages or 2 MiB), the read copy 2 MiB aligned with
+ * whole 2 MiB pages reserved, read-only afterwards (a write faults), a file shorter than asked
+ * refused with -EIO, length 0 with -EINVAL. */
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/file_map.h"
+#include "tests/harness/test.h"
+
+#define MIB ((size_t)1 << 20)
+
+/* A temporary file of n pseudo-random bytes; returns its fd (unlinked) and the bytes. */
+static int temp_file(size_t n, unsigned char **bytes) {
+    char path[] = "/tmp/peftd-file-map-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT(fd >= 0);
+    unlink(path);
+    unsigned char *b = malloc(n);
+    ASSERT(b);
+    uint32_t x = 2463534242u;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        b[i] = (unsigned char)x;
+    }
+    ASSERT_EQ((size_t)write(fd, b, n), n);
+    *bytes = b;
+    return fd;
+}
+
+TEST(both_modes_same_bytes) {
+    size_t n = 3 * MIB + 4097;
+    unsigned char *b;
+    int fd = temp_file(n, &b);
+    file_map m, r;
+    ASSERT_EQ(file_map_open(fd, n, FILE_MAP_MMAP, &m), 0);
+    ASSERT_EQ(file_map_open(fd, n, FILE_MAP_READ, &r), 0);
+    close(fd);
+    ASSERT(m.len == n && r.len == n && m.span == n);
+    ASSERT(!memcmp(m.addr, b, n) && !memcmp(r.addr, b, n));
+    ASSERT((uintptr_t)r.addr % (2 * MIB) == 0);
+    ASSERT(r.span == 4 * MIB); /* whole 2 MiB pages */
+    file_map_close(&m);
+    file_map_close(&r);
+    ASSERT(r.addr == NULL && r.span == 0);
+    file_map_close(&r); /* a zeroed map: no-op */
+    free(b);
+}
+
+TEST(read_copy_is_read_only) {
+    unsigned char *b;
+    int fd = temp_file(MIB, &b);
+    file_map r;
+    ASSERT_EQ(file_map_open(fd, MIB, FILE_MAP_READ, &r), 0);
+    close(fd);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        signal(SIGSEGV, SIG_DFL); /* not a sanitizer's handler: die of the signal */
+        ((volatile unsigned char *)r.addr)[100] = 1; /* must fault */
+        _exit(0);
+    }
+    int st;
+    ASSERT_EQ(waitpid(pid, &st, 0), pid);
+    if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGSEGV) FAIL("a write into the read-in weights did not fault");
+    ASSERT_EQ(((unsigned char *)r.addr)[100], b[100]);
+    file_map_close(&r);
+    free(b);
+}
+
+TEST(short_file_and_empty_refused) {
+    unsigned char *b;
+    int fd = temp_file(1000, &b);
+    file_map r;
+    ASSERT_EQ(file_map_open(fd, 5000, FILE_MAP_READ, &r), -EIO); /* the file shrank after stat */
+    ASSERT(r.addr == NULL);
+    ASSERT_EQ(file_map_open(fd, 0, FILE_MAP_READ, &r), -EINVAL);
+    ASSERT_EQ(file_map_open(fd, 0, FILE_MAP_MMAP, &r), -EINVAL);
+    ASSERT_EQ(file_map_open(-1, 10, FILE_MAP_READ, &r), -EBADF);
+    close(fd);
+    free(b);
+}
+
+TEST_MAIN(both_modes_same_bytes, read_copy_is_read_only, short_file_and_empty_refused)
