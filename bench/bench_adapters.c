@@ -472,6 +472,11 @@ static void print_json(FILE *f, const bench *B, shape *sh, int n_sh, int rounds,
             "\"rounds\": %d,\n",
             B->seqs, B->prompt, B->tokens, B->tokens_d, rounds);
     fprintf(f, "    \"sampling\": \"greedy, ignore_eos\",\n");
+    fprintf(f, "    \"op_timing\": \"%s\", \"empty_sync_us\": %.2f,\n",
+            g_timed == PROF_SYNC    ? "each op waited for (--sync-ops), less one empty wait: tok/s are not the backend's"
+            : g_timed == PROF_TIMED ? "synchronous ops, wall time each"
+                                    : "none (asynchronous backend)",
+            g_sync_s * 1e6);
     fprintf(f,
             "    \"measure\": \"decode tokens / wall time of the decode steps (engine steps: batch assembly, adapter "
             "plan, forward, sampling, detokenize, publish; prefill step, loading and engine creation excluded); "
@@ -523,13 +528,15 @@ static void usage(void) {
             "usage: bench_adapters --model DIR --shape NAME:ADAPTERS_DIR[:CA_TARGET] [--shape ...]\n"
             "       [--seqs 32] [--prompt 8] [--tokens 64] [--tokens-d 16] [--rounds 3] [--threads 0]\n"
             "       [--cd-target 4] [--out FILE] [--only a|b|c|d (one scenario, no JSON: for perf)]\n"
-            "       [--backend cpu|cuda (cuda: no per-op split, ops are asynchronous)]\n");
+            "       [--backend cpu|cuda (cuda: no per-op split, ops are asynchronous)]\n"
+            "       [--sync-ops 1 (wait after every op and time it: a per-op split on cuda; tok/s not the backend's)]\n");
 }
 
 /* The command line (usage() above). */
 typedef struct {
     const char *model_dir, *out_path, *backend;
     int rounds, threads, only; /* only: one scenario (SC_*) for profiling, or -1 */
+    int sync_ops;              /* --sync-ops 1: wait after every op to time it (bench_prof.h) */
     double cd_target;
 } options;
 
@@ -564,6 +571,7 @@ static int parse_args(int argc, char **argv, options *o, bench *B, shape *sh, in
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--backend") && (!strcmp(v, "cpu") || !strcmp(v, "cuda"))) o->backend = v;
         else if (!strcmp(a, "--cd-target")) o->cd_target = atof(v);
+        else if (!strcmp(a, "--sync-ops")) o->sync_ops = atoi(v) != 0;
         else if (!strcmp(a, "--only") && v[0] >= 'a' && v[0] <= 'd' && !v[1]) o->only = v[0] - 'a';
         else if (!strcmp(a, "--shape") && *n_sh < MAX_SHAPES) ok = parse_shape(v, &sh[(*n_sh)++]) == 0;
         else ok = 0;
@@ -701,7 +709,10 @@ int main(int argc, char **argv) {
     /* Every backend runs through the wrappers (the SGMV count that proves adapters are
      * applied); only synchronous ops are timed: a backend whose memory is host memory runs
      * its ops before returning (CPU), a device backend (CUDA) only enqueues them. */
-    prof_install(B.kb, B.m->cfg.vocab_size, B.kb->ops->is_host);
+    prof_install(B.kb, B.m->cfg.vocab_size, o.sync_ops ? PROF_SYNC : B.kb->ops->is_host ? PROF_TIMED : PROF_OFF);
+    if (o.sync_ops)
+        fprintf(stderr, "bench_adapters: --sync-ops: every op waited for and timed, less an empty wait of %.1f us; "
+                        "tok/s are not the backend's\n", g_sync_s * 1e6);
     if (!(same = malloc((size_t)B.seqs * sizeof *same))) goto out;
     if (o.only >= 0) {
         rc = run_only(&B, sh, n_sh, &o, same) < 0;

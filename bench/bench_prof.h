@@ -6,7 +6,11 @@
  *     fused q/k/v and gate/up, counts as matmul). Timing needs
  *     synchronous ops (the CPU backend: two clock_gettime per op, ~500 ops per decode step:
  *     < 0.1% of a step); an asynchronous backend (CUDA) only enqueues, so prof_install is
- *     told not to time there and the categories stay 0.
+ *     told not to time there and the categories stay 0 — unless it is told to synchronize
+ *     after every op (PROF_SYNC, bench_adapters --sync-ops: a profiling run, its throughput
+ *     is not the backend's): each op's time is then its launch + execution + one wait, less
+ *     the cost of an empty wait measured at install (g_sync_s), so the split says where a
+ *     step's device time goes while its tok/s do not count.
  * Header-only with file-scope state: include it from one .c file (bench_adapters.c).
  * Threads: the ops run on the engine thread; see g_prof for who reads what when.
  */
@@ -14,6 +18,7 @@
 #define PEFTD_BENCH_PROF_H
 
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "bench/bench_time.h"
 #include "kernels/kernels.h"
@@ -28,16 +33,20 @@ static double g_prof[P_COUNT];
 static uint64_t g_shrink_calls; /* proves the adapters are applied at all */
 static const kbackend_ops *g_inner;
 static int64_t g_vocab;
-static int g_timed; /* 1: ops are synchronous, time them */
+enum { PROF_OFF = 0, PROF_TIMED = 1, PROF_SYNC = 2 };
+static int g_timed;     /* PROF_TIMED: ops are synchronous, time them; PROF_SYNC: wait after each */
+static double g_sync_s; /* PROF_SYNC: the median empty synchronize, subtracted from each op */
 static kbackend_ops g_prof_ops;
 
-#define TIMED(cat, call)                                  \
-    do {                                                  \
-        if (!g_timed) return (call);                      \
-        double t0_ = bench_now_s();                       \
-        int st_ = (call);                                 \
-        g_prof[(cat)] += bench_now_s() - t0_;             \
-        return st_;                                       \
+#define TIMED(cat, call)                                                 \
+    do {                                                                 \
+        if (!g_timed) return (call);                                     \
+        double t0_ = bench_now_s();                                      \
+        int st_ = (call);                                                \
+        if (g_timed == PROF_SYNC && st_ == 0) st_ = g_inner->synchronize(kb); \
+        double dt_ = bench_now_s() - t0_ - g_sync_s;                     \
+        g_prof[(cat)] += dt_ > 0 ? dt_ : 0;                              \
+        return st_;                                                      \
     } while (0)
 
 static int w_get_rows(kbackend *kb, const kmat *t, const int32_t *ids, int n, float *out) {
@@ -87,12 +96,29 @@ static int w_seg_scale(kbackend *kb, float *y, int dim, int n, const int32_t *ss
     TIMED(P_OTHER, g_inner->seg_scale(kb, y, dim, n, ss, v));
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 /* Swaps kb's table for the wrapping one (no backend's ops call through kb->ops). Every
- * backend gets it (the SGMV count); timed: also time each op (synchronous backends only). */
+ * backend gets it (the SGMV count); timed: PROF_TIMED (synchronous backends) or PROF_SYNC
+ * (wait after every op; the empty wait's median cost is measured here and subtracted). */
 static void prof_install(kbackend *kb, int64_t vocab, int timed) {
     g_inner = kb->ops;
     g_vocab = vocab;
     g_timed = timed;
+    g_sync_s = 0;
+    if (timed == PROF_SYNC) {
+        double t[101];
+        for (int i = 0; i < 101; i++) {
+            double t0 = bench_now_s();
+            (void)kb->ops->synchronize(kb);
+            t[i] = bench_now_s() - t0;
+        }
+        qsort(t, 101, sizeof t[0], cmp_double);
+        g_sync_s = t[50];
+    }
     g_prof_ops = *kb->ops;
     g_prof_ops.get_rows = w_get_rows;
     g_prof_ops.matmul = w_matmul;

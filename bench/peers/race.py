@@ -107,15 +107,15 @@ def main():
             "--threads", str(threads), "--store", os.path.join(store, "store")]
     for name in loras:
         pcmd += ["--adapter", f"{name}={os.path.join(cfg['lora_hf'], name)}"]
-    if cfg.get("no_mmap"):  # both read the weights into memory (RACE_NO_MMAP=1; llama.cpp's flag too)
+    if cfg.get("no_mmap"):  # both read the weights into memory (RACE_NO_MMAP=1; llama.cpp: --load-mode none)
         pcmd += ["--no-mmap"]
     ctx = 32 * max(256, 8 + max(tok_a, tok_b, tok_c) + 8)
     def llama_cmd(port, t):
         c = [os.path.join(cfg["llama_bin"], "llama-server"), "-m", cfg["model_gguf"],
              "--host", "127.0.0.1", "--port", str(port), "-t", str(t), "-tb", str(t),
              "-c", str(ctx), "-np", "32", "--kv-unified", "-cram", "0", "--no-webui", "-ngl", "0"]
-        if cfg.get("no_mmap"):
-            c += ["--no-mmap"]
+        if cfg.get("no_mmap"):  # this llama.cpp's spelling of --no-mmap
+            c += ["--load-mode", "none"]
         if n_ad:
             for name in loras:
                 c += ["--lora", os.path.join(cfg["lora_gguf"], name + ".gguf")]
@@ -180,7 +180,8 @@ def main():
             if cfg.get("llama_bench") and "a" in tests:
                 b = subprocess.run([os.path.join(cfg["llama_bin"], "llama-bench"), "-m",
                                     cfg["model_gguf"], "-t", str(threads), "-p", "0", "-n",
-                                    str(tok_a), "-r", "1", "-o", "json"],
+                                    str(tok_a), "-r", "1", "-o", "json"]
+                                   + (["-lm", "none"] if cfg.get("no_mmap") else []),
                                    capture_output=True, text=True, check=False)
                 try:
                     j = json.loads(b.stdout)[0]

@@ -17,7 +17,8 @@
 # RACE_QUANT (bf16: both serve the bf16 weights, peftd from the HF directory; q8_0 or q4_k_m:
 # llama-quantize makes that GGUF from the bf16 one and BOTH servers load that same file, peftd
 # with --model FILE.gguf), RACE_NO_MMAP=1 (both servers and bench_decode read the weights into
-# memory instead of mapping them: peftd's and llama.cpp's --no-mmap), RACE_OUT (output path).
+# memory instead of mapping them: peftd's --no-mmap, llama.cpp's --load-mode none / -lm none),
+# RACE_OUT (output path).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS=${RACE_THREADS:-2}

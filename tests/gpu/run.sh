@@ -23,6 +23,7 @@
 #                   c 64 distinct adapters, d one adapter at a time)
 #   bench1.json     the same at 1 seq: the batch-1 decode step for the roofline
 #   bench<seqs>-graphs.json, bench1-graphs.json: both again with PEFTD_CUDA_GRAPHS=1 (CUDA only)
+#   bench<seqs>-ops.json, bench1-ops.json: the per-op split of a step (--sync-ops 1)
 #   memcheck.log    compute-sanitizer memcheck on the op tests; racecheck.log likewise
 #   hf.json         tests/gpu/hf_baseline.py: transformers + peft mixed batch (adapter_names)
 #   pool_churn.json bench/pool_churn.py: N adapters through store.slots resident (acceptance 3d)
@@ -256,6 +257,16 @@ if [ -z "$DRY" ] && has_time 45 "bench_adapters with graphs"; then
     say "  $(grep -ohE 'decode graphs: [0-9]+ captures, [0-9]+ replays, [0-9]+ eager' "$RES/bench_graphs.log" |
              sort | uniq -c | tr -s ' ' | paste -sd';' - | sed 's/^ *//')"
 fi
+# where a step's time goes: every op waited for and timed, less an empty wait (bench_adapters
+# --sync-ops 1; a profiling run: its tok/s are not the backend's): bench<seqs>-ops.json and
+# bench1-ops.json, one line each in summary.txt (tests/gpu/summarize.py --ops)
+if has_time 40 "op split"; then
+    for n in "$SEQS" 1; do
+        timeout "$(cap 60)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" --shape "r16all:$A16" \
+            --seqs "$n" --prompt 8 --tokens 8 --tokens-d 3 --rounds 1 --sync-ops 1 \
+            --out "$RES/bench$n-ops.json" >>"$RES/bench_ops.log" 2>&1 || fail "op split (batch $n): FAILED (bench_ops.log)"
+    done
+fi
 # acceptance 3d: N adapters (rank 8 on q, v; generated into $MODELS on the first run) uploaded to
 # a daemon with store.slots resident, peftd-loadgen over HOT of them, then over all N
 if [ -n "${SKIP_POOL:-}" ]; then
@@ -300,5 +311,6 @@ fi
 "$PYTHON" tests/gpu/summarize.py "$RES" --seqs "$SEQS" | tee -a "$SUM"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 [ -f "$RES/bench$SEQS-graphs.json" ] && "$PYTHON" tests/gpu/summarize.py "$RES" --seqs "$SEQS" --tag=-graphs | tee -a "$SUM"
+"$PYTHON" tests/gpu/summarize.py "$RES" --seqs "$SEQS" --ops | tee -a "$SUM"
 say "== total $(elapsed), status $status"
 exit $status

@@ -15,7 +15,9 @@ step (bytes.step_adapters_c), and the KV cache the attention reads: f32 K and V 
 layer at the mean context of the decode window (prompt + tokens/2) for every sequence.
 Each line ends MET / missed, or says NOT MEASURED / NOT RUN and why. --tag T: lines 3a-3c
 again from bench<seqs>T.json and bench1T.json (run.sh's second set, decode steps as CUDA
-graphs: T = -graphs), each prefixed with [T]. Exit status 1 when an
+graphs: T = -graphs), each prefixed with [T]. --ops: where a step's time goes, from
+bench<seqs>-ops.json and bench1-ops.json (bench_adapters --sync-ops: every op waited for and
+timed), one line per batch size and scenario (a base, c distinct adapters). Exit status 1 when an
 input a line needs is missing or unreadable (a step failed), else 0: a missed target is a
 result, reported on its line, not a harness failure."""
 import argparse
@@ -119,12 +121,35 @@ def line_4(res, seqs):
             f"{hf['hf_decode_tok_s']:.1f} tok/s: {ratio:.1f}x -> {verdict(ratio >= 20)}"), True
 
 
+def line_ops(res, n):
+    """The per-op split of a step at batch n (bench<n>-ops.json), base (a) and distinct adapters (c)."""
+    b = load(res, f"bench{n}-ops.json")
+    s = b["shapes"][0]
+    out = []
+    for sc in ("a", "c"):
+        ms = s[sc]["ms_per_step"]
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in ms.items())
+        out.append(f"op split, batch {n}, {sc} ({'base' if sc == 'a' else s['name'] + ' distinct'}; each op waited "
+                   f"for, less an empty wait of {b['setup'].get('empty_sync_us', 0):.1f} us), ms per step: {parts}")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("res")
     ap.add_argument("--seqs", type=int, default=64)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--ops", action="store_true")
     a = ap.parse_args()
+    if a.ops:
+        ok = True
+        for n in (a.seqs, 1):
+            try:
+                print(line_ops(a.res, n))
+            except (Missing, KeyError, TypeError, IndexError) as e:
+                print(f"op split, batch {n}: not computed: {e.__class__.__name__}: {e}")
+                ok = False
+        return 0 if ok else 1
     global TAG
     TAG = a.tag
     prefix = f"[{a.tag.strip('-')}] " if a.tag else ""

@@ -75,6 +75,8 @@ for l in 3a 3b 3c; do
 done
 check "acceptance 3d computed from the pool churn run (40 adapters through 16 slots, evictions seen)" \
     'grep -qE "^3d 40 adapters through a 16-slot pool .* [1-9][0-9]* evictions: [0-9.]+x -> (MET|missed)$" "$S"'
+check "the per-op split of a step (--sync-ops), batch 4 and 1, base and distinct adapters" \
+    'grep -qE "^op split, batch 4, a .*matmul [0-9.]+" "$S" && grep -qE "^op split, batch 1, c .*sgmv_shrink [0-9.]+" "$S"'
 if "$PYTHON" -c "import torch, transformers, peft" 2>/dev/null; then
     check "acceptance 4: HF baseline ran (CPU) and the ratio is printed" 'grep -qE "^4 .*: [0-9.]+x -> (MET|missed)$" "$S"'
 else
