@@ -110,6 +110,14 @@ __device__ __forceinline__ void kcuda_ld8(const void *w, int64_t c, float v[8]) 
     }
 }
 
+/* acc + Σ w[e] · x[e] over the 8 f32 at x (16-byte aligned), as 8 fmas in element order. */
+__device__ __forceinline__ float kcuda_fma8(const float w[8], const float *x, float acc) {
+    const float4 p = __ldg((const float4 *)x), q = __ldg((const float4 *)x + 1);
+    acc = fmaf(w[0], p.x, acc), acc = fmaf(w[1], p.y, acc), acc = fmaf(w[2], p.z, acc), acc = fmaf(w[3], p.w, acc);
+    acc = fmaf(w[4], q.x, acc), acc = fmaf(w[5], q.y, acc), acc = fmaf(w[6], q.z, acc), acc = fmaf(w[7], q.w, acc);
+    return acc;
+}
+
 /* Same, with the dtype known only at run time. */
 __device__ __forceinline__ float kcuda_ld_rt(kdtype dt, const void *w, int64_t i) {
     if (dt == KDT_F32) return kcuda_ld<KDT_F32>(w, i);

@@ -57,14 +57,7 @@ __device__ __forceinline__ void gemv_block(const float *__restrict__ x, int n, c
 #pragma unroll
             for (int r = 0; r < NR; r++) {
                 if (r < n) {
-                    const float4 *xp = (const float4 *)(x + (int64_t)r * in + k);
-                    float4 a = __ldg(xp), b = __ldg(xp + 1);
-                    float s = acc[r];
-                    s = fmaf(wf[0], a.x, s); s = fmaf(wf[1], a.y, s);
-                    s = fmaf(wf[2], a.z, s); s = fmaf(wf[3], a.w, s);
-                    s = fmaf(wf[4], b.x, s); s = fmaf(wf[5], b.y, s);
-                    s = fmaf(wf[6], b.z, s); s = fmaf(wf[7], b.w, s);
-                    acc[r] = s;
+                    acc[r] = kcuda_fma8(wf, x + (int64_t)r * in + k, acc[r]);
                 }
             }
         }

@@ -82,14 +82,7 @@ __device__ __forceinline__ void sh_dots(const void *arow, const float *__restric
             kcuda_ld8<DT>(arow, c, w);
 #pragma unroll
             for (int g = 0; g < SH_ROWS; g++) {
-                if (g < nr) {
-                    const float4 *xr = (const float4 *)(x + (int64_t)(rb + g) * in) + 2 * c;
-                    float4 p = __ldg(xr), q = __ldg(xr + 1);
-                    float a = acc[g];
-                    a = fmaf(w[0], p.x, a), a = fmaf(w[1], p.y, a), a = fmaf(w[2], p.z, a), a = fmaf(w[3], p.w, a);
-                    a = fmaf(w[4], q.x, a), a = fmaf(w[5], q.y, a), a = fmaf(w[6], q.z, a), a = fmaf(w[7], q.w, a);
-                    acc[g] = a;
-                }
+                if (g < nr) acc[g] = kcuda_fma8(w, x + (int64_t)(rb + g) * in + 8 * (int64_t)c, acc[g]);
             }
         }
     } else {
