@@ -24,6 +24,7 @@
 #   bench1.json     the same at 1 seq: the batch-1 decode step for the roofline
 #   bench<seqs>-graphs.json, bench1-graphs.json: both again with PEFTD_CUDA_GRAPHS=1 (CUDA only)
 #   bench<seqs>-ops.json, bench1-ops.json: the per-op split of a step (--sync-ops 1)
+#   ncu.csv         Nsight Compute's kernel durations over batch-1 decode steps (CUDA only)
 #   memcheck.log    compute-sanitizer memcheck on the op tests; racecheck.log likewise
 #   hf.json         tests/gpu/hf_baseline.py: transformers + peft mixed batch (adapter_names)
 #   pool_churn.json bench/pool_churn.py: N adapters through store.slots resident (acceptance 3d)
@@ -244,29 +245,6 @@ if has_time 15 "bench_adapters (batch 1)"; then
         --seqs 1 --prompt 8 --tokens "$TOKENS" --tokens-d "$TOKENS_D" --rounds 1 --out "$RES/bench1.json" \
         >>"$RES/bench.log" 2>&1 || fail "bench_adapters (batch 1): FAILED (bench.log)"
 fi
-# the same two runs with decode steps as CUDA graphs (PEFTD_CUDA_GRAPHS=1; off by default until
-# these numbers and the greedy parity above say otherwise): bench<seqs>-graphs.json, bench1-graphs.json
-if [ -z "$DRY" ] && has_time 45 "bench_adapters with graphs"; then
-    PEFTD_CUDA_GRAPHS=1 timeout "$(cap 150)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" \
-        --shape "r16all:$A16" --shape "r8qv:$A8:0.9" --seqs "$SEQS" --prompt 8 --tokens "$TOKENS" \
-        --tokens-d "$TOKENS_D" --rounds 1 --out "$RES/bench$SEQS-graphs.json" >>"$RES/bench_graphs.log" 2>&1 &&
-    PEFTD_CUDA_GRAPHS=1 timeout "$(cap 60)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" \
-        --shape "r16all:$A16" --seqs 1 --prompt 8 --tokens "$TOKENS" --tokens-d "$TOKENS_D" --rounds 1 \
-        --out "$RES/bench1-graphs.json" >>"$RES/bench_graphs.log" 2>&1 ||
-        fail "bench_adapters with graphs: FAILED (bench_graphs.log)"
-    say "  $(grep -ohE 'decode graphs: [0-9]+ captures, [0-9]+ replays, [0-9]+ eager' "$RES/bench_graphs.log" |
-             sort | uniq -c | tr -s ' ' | paste -sd';' - | sed 's/^ *//')"
-fi
-# where a step's time goes: every op waited for and timed, less an empty wait (bench_adapters
-# --sync-ops 1; a profiling run: its tok/s are not the backend's): bench<seqs>-ops.json and
-# bench1-ops.json, one line each in summary.txt (tests/gpu/summarize.py --ops)
-if has_time 40 "op split"; then
-    for n in "$SEQS" 1; do
-        timeout "$(cap 60)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" --shape "r16all:$A16" \
-            --seqs "$n" --prompt 8 --tokens 8 --tokens-d 3 --rounds 1 --sync-ops 1 \
-            --out "$RES/bench$n-ops.json" >>"$RES/bench_ops.log" 2>&1 || fail "op split (batch $n): FAILED (bench_ops.log)"
-    done
-fi
 # acceptance 3d: N adapters (rank 8 on q, v; generated into $MODELS on the first run) uploaded to
 # a daemon with store.slots resident, peftd-loadgen over HOT of them, then over all N
 if [ -n "${SKIP_POOL:-}" ]; then
@@ -305,6 +283,53 @@ elif has_time 30 "hf baseline"; then
     timeout "$(cap 150)" "$PYTHON" tests/gpu/hf_baseline.py --device "$HF_DEVICE" --model "$M" --adapters "$A16" \
         --batch "$SEQS" --tokens "$TOKENS" --peftd-json "$RES/bench$SEQS.json" --out "$RES/hf.json" >"$RES/hf.log" 2>&1
     say "hf baseline: exit $?: $(tail -1 "$RES/hf.log") ($(elapsed))"
+fi
+
+# ---- 8b. diagnostics for the next round (not acceptance lines: last, so a short budget cuts
+# these first, and a cut one is said, not failed) ----
+diag_time() {
+    [ $((deadline - $(date +%s))) -ge "$1" ] && return 0
+    say "$2: not run (time budget spent; a diagnostic, not an acceptance line)"
+    return 1
+}
+# the same two runs with decode steps as CUDA graphs (PEFTD_CUDA_GRAPHS=1; off by default until
+# these numbers and the greedy parity above say otherwise): bench<seqs>-graphs.json, bench1-graphs.json
+if [ -z "$DRY" ] && diag_time 45 "bench_adapters with graphs"; then
+    PEFTD_CUDA_GRAPHS=1 timeout "$(cap 150)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" \
+        --shape "r16all:$A16" --shape "r8qv:$A8:0.9" --seqs "$SEQS" --prompt 8 --tokens "$TOKENS" \
+        --tokens-d "$TOKENS_D" --rounds 1 --out "$RES/bench$SEQS-graphs.json" >>"$RES/bench_graphs.log" 2>&1 &&
+    PEFTD_CUDA_GRAPHS=1 timeout "$(cap 60)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" \
+        --shape "r16all:$A16" --seqs 1 --prompt 8 --tokens "$TOKENS" --tokens-d "$TOKENS_D" --rounds 1 \
+        --out "$RES/bench1-graphs.json" >>"$RES/bench_graphs.log" 2>&1 ||
+        fail "bench_adapters with graphs: FAILED (bench_graphs.log)"
+    say "  $(grep -ohE 'decode graphs: [0-9]+ captures, [0-9]+ replays, [0-9]+ eager' "$RES/bench_graphs.log" |
+             sort | uniq -c | tr -s ' ' | paste -sd';' - | sed 's/^ *//')"
+fi
+# where a step's time goes: every op waited for and timed, less an empty wait (bench_adapters
+# --sync-ops 1; a profiling run: its tok/s are not the backend's): bench<seqs>-ops.json and
+# bench1-ops.json, one line each in summary.txt (tests/gpu/summarize.py --ops)
+if diag_time 40 "op split"; then
+    for n in "$SEQS" 1; do
+        timeout "$(cap 60)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" --shape "r16all:$A16" \
+            --seqs "$n" --prompt 8 --tokens 8 --tokens-d 3 --rounds 1 --sync-ops 1 \
+            --out "$RES/bench$n-ops.json" >>"$RES/bench_ops.log" 2>&1 || fail "op split (batch $n): FAILED (bench_ops.log)"
+    done
+fi
+# which kernels a batch-1 decode step spends its GPU time in: Nsight Compute's per-kernel
+# durations over decode steps of `peftd generate` with one r16 all-linear LoRA (its SGMV kernels
+# too; model load and the prompt's prefill are launches skipped): ncu.csv, "ncu" lines in
+# summary.txt (tests/gpu/ncu_summary.py)
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+if [ -n "$DRY" ]; then
+    say "ncu: not run in the dry run (CUDA only; tests/gpu/ncu_summary.py is tested on a fixed CSV)"
+elif [ -z "$NCU" ]; then
+    say "ncu: not found: no per-kernel split"
+elif diag_time 60 "ncu"; then
+    timeout "$(cap 90)" "$NCU" --clock-control none --csv --print-units base --metrics gpu__time_duration.sum \
+        --launch-skip 1000 --launch-count 1200 "$BUILD/peftd" generate --model "$M" \
+        --adapter "$A16/$(ls "$A16" | head -1)" --prompt "Once upon a time" --max-tokens 12 --temperature 0 \
+        >"$RES/ncu.csv" 2>"$RES/ncu.log"
+    "$PYTHON" tests/gpu/ncu_summary.py "$RES/ncu.csv" | tee -a "$SUM"
 fi
 
 # ---- 9. the acceptance lines ----

@@ -44,6 +44,21 @@ check "a log without a sanitizer summary fails (exit 2)" '[ $rc -eq 2 ]'
 cs "$(printf 'test_backend_parity: 12 passed, 1 failed, 0 skipped\n========= ERROR SUMMARY: 0 errors')"
 check "a failed test under a clean sanitizer fails the run" '[ $rc -eq 1 ]'
 
+# ---- 1b. the per-kernel split from an Nsight Compute CSV ----
+cat >"$TMP/ncu.csv" <<'CSV'
+==PROF== Connected to process 1
+"ID","Kernel Name","Metric Name","Metric Unit","Metric Value"
+"0","void k_gemv<(kdtype)3, 1, true>(const float *, int, const void *, long, long, float *, int)","gpu__time_duration.sum","nsecond","12,345"
+"1","void k_gemv<(kdtype)3, 1, true>(const float *, int, const void *, long, long, float *, int)","gpu__time_duration.sum","nsecond","7655"
+"2","k_rmsnorm(const float *, const void *, int, int, float, float *, int *)","gpu__time_duration.sum","usecond","2.5"
+CSV
+out=$("$PYTHON" tests/gpu/ncu_summary.py "$TMP/ncu.csv"); rc=$?
+check "ncu split: kernels grouped by name (templates cut), units read, largest first" \
+    '[ $rc -eq 0 ] && [[ $(echo "$out" | head -1) == *"88.9%"*"20.0 us"*"2 launches"*"k_gemv" ]] && [[ $out == *"total 22.5 us"*"3 launches"* ]]'
+echo '==PROF== ERROR: nothing profiled' >"$TMP/ncu0.csv"
+"$PYTHON" tests/gpu/ncu_summary.py "$TMP/ncu0.csv" >/dev/null; rc=$?
+check "ncu split: a file without kernel rows fails (exit 2)" '[ $rc -eq 2 ]'
+
 # ---- 2. preflight ----
 STUB_DRIVER_CUDA=11.8 GPU_DRYRUN=1 GPU_MODELS="$TMP/models" bash tests/gpu/run.sh "$TMP/old" >/dev/null 2>&1
 rc=$?
