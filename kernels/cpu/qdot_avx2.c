@@ -86,8 +86,9 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
     const int64_t cols = x->cols, nb = cols / 256;
     const int BB = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m128 acc[4];
-    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
+    /* one x row: lane r of acc1[0] (the row form); several: lane i·R + r of acc (kq_store_pairs) */
+    __m128 acc1[4] = {_mm_setzero_ps()};
+    __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i sc16[4], sc[4][8], m32[4], I[4][4];
 #pragma GCC unroll 4
@@ -126,9 +127,11 @@ KQ_INL void q4k_tile(int FIVE, int R, int N, const uint8_t *w, size_t rb, const 
                 }
             }
         }
-        kq_q4k_finish(R, N, w, rb, BB, b, x, i0, I, m32, acc);
+        if (N == 1) kq_q4k_finish(R, 1, w, rb, BB, b, x, i0, I, m32, acc1);
+        else kq_q4k_finish_pairs(R, N, w, rb, BB, b, x, i0, I, m32, &acc);
     }
-    kq_store1(R, N, acc, y, ldy, beta);
+    if (N == 1) kq_store1(R, 1, acc1, y, ldy, beta);
+    else kq_store_pairs(R, N, acc, y, ldy, beta);
 }
 
 /* Q6_K: chunk c = 4h + k of a super-block (qmatmul.h) is ql[64h + 32(k%2) + l] nibble k/2 with
@@ -139,8 +142,9 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
                      float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
-    __m128 acc[4];
-    for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
+    /* one x row: lane r of acc1[0] (the row form); several: lane i·R + r of acc (kq_store_pairs) */
+    __m128 acc1[4] = {_mm_setzero_ps()};
+    __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i sc[4][8], I[4][4]; /* sc[r][c]: group 2c's scale in the low lane's words, 2c + 1's in the high */
 #pragma GCC unroll 4
@@ -182,9 +186,11 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
                     I[r][i] = _mm256_add_epi32(I[r][i], _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xv), sc[r][c]));
             }
         }
-        kq_q6k_finish(R, N, w, rb, b, x, i0, I, acc);
+        if (N == 1) kq_q6k_finish(R, 1, w, rb, b, x, i0, I, acc1);
+        else kq_q6k_finish_pairs(R, N, w, rb, b, x, i0, I, &acc);
     }
-    kq_store1(R, N, acc, y, ldy, beta);
+    if (N == 1) kq_store1(R, 1, acc1, y, ldy, beta);
+    else kq_store_pairs(R, N, acc, y, ldy, beta);
 }
 
 KQ_TGT float kq_quant_block_avx2(const float *x, int len, int8_t *q) {

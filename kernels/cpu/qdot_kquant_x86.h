@@ -73,7 +73,118 @@ KQX_INL __m256 kq_q4k_dd4(int R, const uint8_t *w, size_t rb, int BB, int64_t b)
     return _mm256_permutevar8x32_ps(dd, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
 
-/* Q4_K / Q5_K super-block b (BB bytes each) of weight rows r < R (R <= 4) against x rows i0 + i,
+/* The AVX2 tiles' outputs as pairs p = i·R + r (weight row r < R, x row i0 + i, i < N; R·N <= 8),
+ * one f32 lane each of an 8-lane accumulator. */
+
+/* The f32 factors of the pairs' lanes for super-block b: d_r·dx_i and −(dmin_r·dx_i) (the same
+ * products kq_q4k_finish always made: bit for bit the other paths' f32 step). dd = [d_0..d_3 |
+ * dmin_0..dmin_3] (kq_q4k_dd4; Q6_K: d in the low half). Lanes past R·N repeat pair 0. */
+KQX_INL void kq_pair_factors(int R, int N, __m256 dd, const kq_x *x, int i0, int64_t b, __m256 *fd, __m256 *fm) {
+    const int64_t nb = x->cols / 256;
+    float dx[4];
+    for (int i = 0; i < 4; i++) dx[i] = x->d[(i0 + (i < N ? i : 0)) * nb + b];
+#define KQ_PI(p) ((p) < R * N ? (p) / R : 0)
+#define KQ_PR(p) ((p) < R * N ? (p) % R : 0)
+    const __m256 dx8 = _mm256_setr_ps(dx[KQ_PI(0)], dx[KQ_PI(1)], dx[KQ_PI(2)], dx[KQ_PI(3)], dx[KQ_PI(4)],
+                                      dx[KQ_PI(5)], dx[KQ_PI(6)], dx[KQ_PI(7)]);
+    const __m256i ir = _mm256_setr_epi32(KQ_PR(0), KQ_PR(1), KQ_PR(2), KQ_PR(3), KQ_PR(4), KQ_PR(5), KQ_PR(6), KQ_PR(7));
+#undef KQ_PI
+#undef KQ_PR
+    *fd = _mm256_mul_ps(_mm256_permutevar8x32_ps(dd, ir), dx8);
+    *fm = _mm256_xor_ps(_mm256_mul_ps(_mm256_permutevar8x32_ps(dd, _mm256_add_epi32(ir, _mm256_set1_epi32(4))), dx8),
+                        _mm256_set1_ps(-0.0f));
+}
+
+/* Q4_K / Q5_K super-block b (BB bytes each) of weight rows r < R against x rows i0 + i, i < N
+ * (R·N <= 8): I[r][i] = the lanes' integer sums, m32[r] = the row's mins. The canonical f32 step
+ * (qmatmul.h): the exact totals I = Σ lanes, M = Σ_j m_j·X_j, then lane p of acc =
+ * fma((float)I, d·dx, acc), fma((float)M, −(dmin·dx), acc). The totals of all pairs come from
+ * one horizontal-sum tree (two for R·N > 4). */
+KQX_INL void kq_q4k_finish_pairs(int R, int N, const uint8_t *w, size_t rb, int BB, int64_t b, const kq_x *x, int i0,
+                           __m256i I[4][4], const __m256i m32[4], __m256 *acc) {
+    const int64_t cols = x->cols;
+    const int P = R * N;
+    __m256i X[4];
+    for (int i = 0; i < N; i++)
+        X[i] = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + (i0 + i) * (cols / 32) + 8 * b)));
+    __m256 fd, fm;
+    kq_pair_factors(R, N, kq_q4k_dd4(R, w, rb, BB, b), x, i0, b, &fd, &fm);
+    /* m·X: m (0..63) in each int32's low word, high word 0, so vpmaddwd gives m·X exactly */
+#define KQ_I(p) ((p) < P ? I[(p) % R][(p) / R] : _mm256_setzero_si256())
+#define KQ_M(p) ((p) < P ? _mm256_madd_epi16(m32[(p) % R], X[(p) / R]) : _mm256_setzero_si256())
+    if (P <= 4) {
+        const __m256i v[8] = {KQ_I(0), KQ_I(1), KQ_I(2), KQ_I(3), KQ_M(0), KQ_M(1), KQ_M(2), KQ_M(3)};
+        const __m256 s = _mm256_cvtepi32_ps(kq_hsum8x8(v)); /* [I_0..3 | M_0..3] */
+        __m128 a = _mm256_castps256_ps128(*acc);
+        a = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm256_castps256_ps128(fd), a);
+        a = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(fm), a);
+        *acc = _mm256_castps128_ps256(a);
+    } else {
+        const __m256i vi[8] = {KQ_I(0), KQ_I(1), KQ_I(2), KQ_I(3), KQ_I(4), KQ_I(5), KQ_I(6), KQ_I(7)};
+        const __m256i vm[8] = {KQ_M(0), KQ_M(1), KQ_M(2), KQ_M(3), KQ_M(4), KQ_M(5), KQ_M(6), KQ_M(7)};
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vi)), fd, *acc);
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vm)), fm, *acc);
+    }
+#undef KQ_I
+#undef KQ_M
+}
+
+/* y[i·ldy + r] (+)= lane r of acc[i]: the one-lane outputs of the Q8_0 / Q4_0 tiles. */
+KQX_INL void kq_store1(int R, int N, const __m128 acc[4], float *y, int64_t ldy, float beta) {
+    for (int i = 0; i < N; i++) {
+        float a[4];
+        _mm_storeu_ps(a, acc[i]);
+        for (int r = 0; r < R; r++) {
+            float *yp = y + i * ldy + r;
+            *yp = beta != 0.0f ? *yp + a[r] : a[r];
+        }
+    }
+}
+
+/* y[i·ldy + r] (+)= lane i·R + r of acc: the K-quant tiles' outputs (pairs, above). */
+KQX_INL void kq_store_pairs(int R, int N, __m256 acc, float *y, int64_t ldy, float beta) {
+    float a[8];
+    _mm256_storeu_ps(a, acc);
+    for (int p = 0; p < R * N; p++) {
+        float *yp = y + (p / R) * ldy + p % R;
+        *yp = beta != 0.0f ? *yp + a[p] : a[p];
+    }
+}
+
+/* Q6_K super-block b of weight rows r < R against x rows i0 + i, i < N (R·N <= 8): the exact
+ * total T = Σ lanes (I[r][i] + (−32·sc_g)·G_g, the q − 32 offset) of every pair from one
+ * horizontal-sum tree, then lane p of acc = fma((float)T, d·dx, acc) (qmatmul.h). */
+KQX_INL void kq_q6k_finish_pairs(int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
+                           __m256i I[4][4], __m256 *acc) {
+    const int64_t cols = x->cols;
+    const int P = R * N;
+    __m256i nsc[4], G[4];
+    uint16_t hd[4] = {0};
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const uint8_t *p = w + r * rb + 210 * b;
+        /* −32·sc_g as 16 words (|·| <= 4096) */
+        nsc[r] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
+                                    _mm256_set1_epi16(-32));
+        memcpy(&hd[r], p + 208, 2);
+    }
+    for (int i = 0; i < N; i++) G[i] = _mm256_loadu_si256((const __m256i *)(x->gsum + (i0 + i) * (cols / 16) + 16 * b));
+    /* built in a register (four narrow stores and one wide load would stall) */
+    const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
+#define KQ_T(p) ((p) < P ? _mm256_add_epi32(I[(p) % R][(p) / R], _mm256_madd_epi16(nsc[(p) % R], G[(p) / R])) \
+                         : _mm256_setzero_si256())
+    const __m256i v[8] = {KQ_T(0), KQ_T(1), KQ_T(2), KQ_T(3), KQ_T(4), KQ_T(5), KQ_T(6), KQ_T(7)};
+#undef KQ_T
+    const __m256 T = _mm256_cvtepi32_ps(kq_hsum8x8(v));
+    __m256 fd, fm;
+    kq_pair_factors(R, N, _mm256_set_m128(d, d), x, i0, b, &fd, &fm);
+    (void)fm;
+    *acc = _mm256_fmadd_ps(T, fd, *acc);
+}
+
+/* The row form of kq_q4k_finish_pairs for one x row (decode: N = 1 with R <= 4, the lanes are
+ * the rows), kept apart: the pair form measured ~4% slower there. Q4_K / Q5_K super-block b
+ * (BB bytes each) of weight rows r < R (R <= 4) against x rows i0 + i,
  * i < N: I[r][i] = the lanes' integer sums, m32[r] = the row's mins. The canonical f32 step
  * (qmatmul.h): the exact totals I = Σ lanes, M = Σ_j m_j·X_j, then acc[i] (lane r) =
  * fma((float)I, d·dx, acc), fma((float)M, −(dmin·dx), acc). */
@@ -99,19 +210,8 @@ KQX_INL void kq_q4k_finish(int R, int N, const uint8_t *w, size_t rb, int BB, in
     }
 }
 
-/* y[i·ldy + r] (+)= lane r of acc[i]: the one-lane outputs of kq_q4k_finish. */
-KQX_INL void kq_store1(int R, int N, const __m128 acc[4], float *y, int64_t ldy, float beta) {
-    for (int i = 0; i < N; i++) {
-        float a[4];
-        _mm_storeu_ps(a, acc[i]);
-        for (int r = 0; r < R; r++) {
-            float *yp = y + i * ldy + r;
-            *yp = beta != 0.0f ? *yp + a[r] : a[r];
-        }
-    }
-}
-
-/* Q6_K super-block b of weight rows r < R (R <= 4) against x rows i0 + i, i < N: the exact total
+/* The row form of kq_q6k_finish_pairs (decode, as kq_q4k_finish). Q6_K super-block b of weight
+ * rows r < R (R <= 4) against x rows i0 + i, i < N: the exact total
  * T = Σ lanes (I[r][i] + (−32·sc_g)·G_g, the q − 32 offset), then acc[i] (lane r) =
  * fma((float)T, d·dx, acc) (qmatmul.h). */
 KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
@@ -140,6 +240,8 @@ KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b,
         acc[i] = _mm_fmadd_ps(T, _mm_mul_ps(d, _mm_set1_ps(x->d[row * nb + b])), acc[i]);
     }
 }
+
+
 
 /* The K-quant tiles' entry points of one R × N shape, q4k_R_N, q5k_R_N, q6k_R_N (the tile_fn
  * signature), for a file that defines KQ_TGT and the inline q4k_tile(FIVE, R, N, ...) and
