@@ -78,7 +78,7 @@ KQX_INL __m256 kq_q4k_dd4(int R, const uint8_t *w, size_t rb, int BB, int64_t b)
 
 /* The f32 factors of the pairs' lanes for super-block b: d_r·dx_i and −(dmin_r·dx_i) (the same
  * products kq_q4k_finish always made: bit for bit the other paths' f32 step). dd = [d_0..d_3 |
- * dmin_0..dmin_3] (kq_q4k_dd4; Q6_K: d in the low half). Lanes past R·N repeat pair 0. */
+ * dmin_0..dmin_3] (kq_q4k_dd4; Q6_K: d in the low half, fm NULL). Lanes past R·N repeat pair 0. */
 KQX_INL void kq_pair_factors(int R, int N, __m256 dd, const kq_x *x, int i0, int64_t b, __m256 *fd, __m256 *fm) {
     const int64_t nb = x->cols / 256;
     float dx[4];
@@ -91,8 +91,9 @@ KQX_INL void kq_pair_factors(int R, int N, __m256 dd, const kq_x *x, int i0, int
 #undef KQ_PI
 #undef KQ_PR
     *fd = _mm256_mul_ps(_mm256_permutevar8x32_ps(dd, ir), dx8);
-    *fm = _mm256_xor_ps(_mm256_mul_ps(_mm256_permutevar8x32_ps(dd, _mm256_add_epi32(ir, _mm256_set1_epi32(4))), dx8),
-                        _mm256_set1_ps(-0.0f));
+    if (fm)
+        *fm = _mm256_xor_ps(_mm256_mul_ps(_mm256_permutevar8x32_ps(dd, _mm256_add_epi32(ir, _mm256_set1_epi32(4))), dx8),
+                            _mm256_set1_ps(-0.0f));
 }
 
 /* Q4_K / Q5_K super-block b (BB bytes each) of weight rows r < R against x rows i0 + i, i < N
@@ -151,6 +152,21 @@ KQX_INL void kq_store_pairs(int R, int N, __m256 acc, float *y, int64_t ldy, flo
     }
 }
 
+/* Q6_K super-block b of weight rows r < R (R <= 4): nsc[r] = −32·sc_g as 16 words (|·| <= 4096,
+ * the q − 32 offset's factor), and the rows' d in lanes 0..R-1. */
+KQX_INL __m128 kq_q6k_nsc_d(int R, const uint8_t *w, size_t rb, int64_t b, __m256i nsc[4]) {
+    uint16_t hd[4] = {0};
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const uint8_t *p = w + r * rb + 210 * b;
+        nsc[r] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
+                                    _mm256_set1_epi16(-32));
+        memcpy(&hd[r], p + 208, 2);
+    }
+    /* built in a register (four narrow stores and one wide load would stall) */
+    return _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
+}
+
 /* Q6_K super-block b of weight rows r < R against x rows i0 + i, i < N (R·N <= 8): the exact
  * total T = Σ lanes (I[r][i] + (−32·sc_g)·G_g, the q − 32 offset) of every pair from one
  * horizontal-sum tree, then lane p of acc = fma((float)T, d·dx, acc) (qmatmul.h). */
@@ -159,26 +175,15 @@ KQX_INL void kq_q6k_finish_pairs(int R, int N, const uint8_t *w, size_t rb, int6
     const int64_t cols = x->cols;
     const int P = R * N;
     __m256i nsc[4], G[4];
-    uint16_t hd[4] = {0};
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
-        const uint8_t *p = w + r * rb + 210 * b;
-        /* −32·sc_g as 16 words (|·| <= 4096) */
-        nsc[r] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
-                                    _mm256_set1_epi16(-32));
-        memcpy(&hd[r], p + 208, 2);
-    }
+    const __m128 d = kq_q6k_nsc_d(R, w, rb, b, nsc);
     for (int i = 0; i < N; i++) G[i] = _mm256_loadu_si256((const __m256i *)(x->gsum + (i0 + i) * (cols / 16) + 16 * b));
-    /* built in a register (four narrow stores and one wide load would stall) */
-    const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
 #define KQ_T(p) ((p) < P ? _mm256_add_epi32(I[(p) % R][(p) / R], _mm256_madd_epi16(nsc[(p) % R], G[(p) / R])) \
                          : _mm256_setzero_si256())
     const __m256i v[8] = {KQ_T(0), KQ_T(1), KQ_T(2), KQ_T(3), KQ_T(4), KQ_T(5), KQ_T(6), KQ_T(7)};
 #undef KQ_T
     const __m256 T = _mm256_cvtepi32_ps(kq_hsum8x8(v));
-    __m256 fd, fm;
-    kq_pair_factors(R, N, _mm256_set_m128(d, d), x, i0, b, &fd, &fm);
-    (void)fm;
+    __m256 fd;
+    kq_pair_factors(R, N, _mm256_set_m128(d, d), x, i0, b, &fd, NULL);
     *acc = _mm256_fmadd_ps(T, fd, *acc);
 }
 
@@ -218,17 +223,7 @@ KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b,
                            __m256i I[4][4], __m128 acc[4]) {
     const int64_t cols = x->cols, nb = cols / 256;
     __m256i nsc[4];
-    uint16_t hd[4] = {0};
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
-        const uint8_t *p = w + r * rb + 210 * b;
-        /* −32·sc_g as 16 words (|·| <= 4096) */
-        nsc[r] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
-                                    _mm256_set1_epi16(-32));
-        memcpy(&hd[r], p + 208, 2);
-    }
-    /* built in a register (four narrow stores and one wide load would stall) */
-    const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
+    const __m128 d = kq_q6k_nsc_d(R, w, rb, b, nsc);
     for (int i = 0; i < N; i++) {
         const int64_t row = i0 + i;
         const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + row * (cols / 16) + 16 * b));

@@ -5,7 +5,7 @@
 # tests/gpu/run.sh with GPU_PREBUILT=1, and leaves the results in $OUT as results.tgz (every
 # log and JSON) + summary.txt (the tool brings back at most 8 files). Prints the summary and
 # the tails of the logs of failed steps last, where the tool's output tail shows them.
-# Knobs passed through: GPU_BUDGET_S, GPU_TOKENS, SKIP_HF.
+# Knobs passed through: GPU_BUDGET_S, GPU_TOKENS, SKIP_HF, SKIP_POOL (run.sh: a skipped step fails the run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-/tmp/peftd-gpu-out}

@@ -24,10 +24,10 @@ for b in "${BINS[@]}"; do
 done
 # Libraries: everything ldd resolves except the C library's own and CUDA's (the device's
 # toolkit and driver provide those; a CUDA library missing there is looked up by device_run.sh).
-skip='^(linux-vdso|ld-linux|libc\.|libm\.|libpthread|libdl|librt|libresolv|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas)'
+system_libs='^(linux-vdso|ld-linux|libc\.|libm\.|libpthread|libdl|librt|libresolv|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas)'
 for b in "${BINS[@]}"; do ldd "$BUILD/$b"; done | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
     while read -r name path; do
-        [[ $name =~ $skip ]] || cp -L "$path" "$STAGE/lib/$name"
+        [[ $name =~ $system_libs ]] || cp -L "$path" "$STAGE/lib/$name"
     done
 {
     echo "$kind"

@@ -34,7 +34,8 @@
 # CPU backend, a tiny model, stand-ins for nvidia-smi/nvcc/compute-sanitizer that print what
 # the real tools print), so its logic is tested without a GPU (tests/gpu/test_dryrun.sh).
 # Knobs: GPU_BUILD (build-gpu; dry run: build), GPU_TOKENS (32), GPU_MODELS (bench/models),
-# GPU_BUDGET_S (470), SKIP_HF=1, SKIP_POOL=1, PYTHON (python3), GPU_PREBUILT=1 (binaries already in GPU_BUILD:
+# GPU_BUDGET_S (470), SKIP_HF=1 / SKIP_POOL=1 (reruns that save device time: the step is said
+# NOT RUN and the run's status is 1, it shows less), PYTHON (python3), GPU_PREBUILT=1 (binaries already in GPU_BUILD:
 # no make; how the device tool runs it, tests/gpu/device_run.sh).
 set -uo pipefail
 RES=${1:?usage: tests/gpu/run.sh RESULTS_DIR}
@@ -248,7 +249,7 @@ fi
 # acceptance 3d: N adapters (rank 8 on q, v; generated into $MODELS on the first run) uploaded to
 # a daemon with store.slots resident, peftd-loadgen over HOT of them, then over all N
 if [ -n "${SKIP_POOL:-}" ]; then
-    say "pool churn: not run (SKIP_POOL=1)"
+    fail "pool churn: NOT RUN (SKIP_POOL=1): this run does not show acceptance 3d"
 elif has_time 90 "pool churn"; then
     PEFTD_BIN="$BUILD/peftd" timeout "$(cap 240)" "$PYTHON" bench/pool_churn.py --model "$M" "${POOL[@]}" \
         --adapters-dir "$MODELS/$(basename "$M")-pool-r8-qv" --out "$RES/pool_churn.json" >"$RES/pool_churn.log" 2>&1 ||
@@ -279,6 +280,7 @@ done
 # ---- 8. Hugging Face transformers + peft baseline (acceptance 4) ----
 if [ -n "${SKIP_HF:-}" ]; then
     echo '{"ran": false, "reason": "SKIP_HF=1 was set"}' >"$RES/hf.json"
+    fail "hf baseline: NOT RUN (SKIP_HF=1): this run does not show acceptance 4"
 elif has_time 30 "hf baseline"; then
     timeout "$(cap 150)" "$PYTHON" tests/gpu/hf_baseline.py --device "$HF_DEVICE" --model "$M" --adapters "$A16" \
         --batch "$SEQS" --tokens "$TOKENS" --peftd-json "$RES/bench$SEQS.json" --out "$RES/hf.json" >"$RES/hf.log" 2>&1

@@ -106,6 +106,8 @@ STUB_CS_ERRORS=2 SKIP_HF=1 SKIP_POOL=1 GPU_PREBUILT=1 GPU_DRYRUN=1 GPU_BUILD="$B
 rc=$?
 check "sanitizer errors: exit 1 and the count in summary.txt" \
     '[ $rc -eq 1 ] && grep -q "^memcheck: exit 99, [1-9][0-9]* errors" "$TMP/err/summary.txt"'
+check "SKIP_HF=1 / SKIP_POOL=1 are said NOT RUN in summary.txt, not passed over" \
+    'grep -q "^pool churn: NOT RUN (SKIP_POOL=1)" "$TMP/err/summary.txt" && grep -q "^hf baseline: NOT RUN (SKIP_HF=1)" "$TMP/err/summary.txt"'
 check "GPU_PREBUILT=1: nothing made, the binaries checked" \
     'grep -q "prebuilt binaries in" "$TMP/err/build.log" && ! grep -qE "^(cc|nvcc) " "$TMP/err/build.log"'
 
