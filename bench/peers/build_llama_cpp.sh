@@ -20,8 +20,13 @@
 # switched on except AMX, so weight repacking (its interleaved Q4_0/Q4_K/Q8_0 kernels) stays
 # on; LLAMA_CPP_AMX=on builds native anyway. The build directory and llama_cpp_info.json say
 # which.
+# LLAMA_CPP_ISA=avx2 builds the peer for an AVX2-only CPU (AVX, AVX2, BMI2, FMA, F16C; no
+# AVX-512, VNNI or AMX) into build-<version>-avx2 with its own llama_cpp_info-avx2.json: on an
+# AVX-512 machine it stands in for the AVX2-only kind (race.sh RACE_ISA=avx2 pairs it with a
+# peftd built for x86-64-v3).
 # Knobs: LLAMA_CPP_PYTHON_VERSION (pin, e.g. 0.3.36; default: the newest on PyPI the first
-# time, then whatever is cached), LLAMA_CPP_AMX (auto | on), JOBS (default 2), NICE (default 10).
+# time, then whatever is cached), LLAMA_CPP_AMX (auto | on), LLAMA_CPP_ISA (native | avx2),
+# JOBS (default 2), NICE (default 10).
 # Cached: a second run with the binaries present does nothing but print the info.
 set -euo pipefail
 
@@ -57,8 +62,16 @@ commit=${commit:-unknown}
 
 LC=$src/vendor/llama.cpp
 BUILD=$CACHE/build-$version
-isa="-DGGML_NATIVE=ON"; isa_note="GGML_NATIVE=ON"
-if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && [ "${LLAMA_CPP_AMX:-auto}" != on ]; then
+isa="-DGGML_NATIVE=ON"; isa_note="GGML_NATIVE=ON"; INFO=$CACHE/llama_cpp_info.json
+if [ "${LLAMA_CPP_ISA:-native}" = avx2 ]; then
+    isa="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+         -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF
+         -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    isa_note="GGML_NATIVE=OFF, AVX2-only (AVX AVX2 BMI2 FMA F16C; no AVX-512/VNNI/AMX)"
+    BUILD=$BUILD-avx2; INFO=$CACHE/llama_cpp_info-avx2.json
+elif [ "${LLAMA_CPP_ISA:-native}" != native ]; then
+    echo "peers: LLAMA_CPP_ISA must be native or avx2 (not $LLAMA_CPP_ISA)" >&2; exit 2
+elif grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && [ "${LLAMA_CPP_AMX:-auto}" != on ]; then
     flags=$(grep -m1 '^flags' /proc/cpuinfo)
     has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
     isa="-DGGML_NATIVE=OFF -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_BMI2=$(has bmi2)
@@ -87,10 +100,10 @@ if [ $need = 1 ]; then
     echo "$commit" >"$BUILD/.peer_commit"
 fi
 
-cat > "$CACHE/llama_cpp_info.json" <<JSON
+cat > "$INFO" <<JSON
 {"llama_cpp_commit": "$commit", "llama_cpp_python_sdist": "$version",
  "sdist_sha256": "$sha", "source": "$LC", "bin": "$BIN",
  "cmake": "Release $isa_note GGML_CUDA=OFF GGML_BLAS=OFF GGML_OPENMP=ON static",
  "compiler": "$(cc --version | head -1)"}
 JSON
-cat "$CACHE/llama_cpp_info.json"
+cat "$INFO"

@@ -18,7 +18,9 @@
 # llama-quantize makes that GGUF from the bf16 one and BOTH servers load that same file, peftd
 # with --model FILE.gguf), RACE_NO_MMAP=1 (both servers and bench_decode read the weights into
 # memory instead of mapping them: peftd's --no-mmap, llama.cpp's --load-mode none / -lm none),
-# RACE_OUT (output path).
+# RACE_ISA=avx2 (the AVX2-only kind on an AVX-512 machine: llama.cpp built AVX2-only by
+# build_llama_cpp.sh LLAMA_CPP_ISA=avx2, peftd built with MARCH=x86-64-v3 into build-avx2/ and
+# run with PEFTD_CPU_QPATH=avx2; memory bandwidth stays this machine's), RACE_OUT (output path).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS=${RACE_THREADS:-2}
@@ -33,9 +35,18 @@ C=bench/peers/.cache
 TMP=$C/race-$$
 mkdir -p "$TMP"
 
-bench/peers/build_llama_cpp.sh >/dev/null
-BIN=$(python3 -c 'import json; print(json.load(open("bench/peers/.cache/llama_cpp_info.json"))["bin"])')
-make -s --no-print-directory build/peftd build/bench/bench_decode
+PB=build; INFO=$C/llama_cpp_info.json
+case ${RACE_ISA:-native} in
+    native) ;;
+    avx2) PB=build-avx2; INFO=$C/llama_cpp_info-avx2.json; export PEFTD_CPU_QPATH=avx2 ;;
+    *) echo "race: RACE_ISA must be native or avx2 (not $RACE_ISA)" >&2; exit 2 ;; esac
+LLAMA_CPP_ISA=${RACE_ISA:-native} bench/peers/build_llama_cpp.sh >/dev/null
+BIN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bin"])' "$INFO")
+if [ "$PB" = build ]; then
+    make -s --no-print-directory build/peftd build/bench/bench_decode
+else
+    make -s --no-print-directory BUILD=$PB MARCH=x86-64-v3 $PB/peftd $PB/bench/bench_decode
+fi
 
 gen_model() { # DIR PRESET
     [ -f "$1/model.safetensors" ] && return
@@ -89,13 +100,13 @@ for m in $MODELS; do
         gguf=$q; pmodel=$q; name=$name-$QUANT
     fi
 
-    bd() { build/bench/bench_decode --model "$pmodel" --prompt 8 --tokens "$ta" --rounds 2 \
+    bd() { $PB/bench/bench_decode --model "$pmodel" --prompt 8 --tokens "$ta" --rounds 2 \
         --threads "$THREADS" --target 0 ${NO_MMAP:+--no-mmap 1} --out "$TMP/$name-decode-$1.json" >/dev/null; }
     echo "race: $name: bench_decode (roofline) before" >&2
     bd before
     tests_json=$(printf '"%s",' $tests); tests_json="[${tests_json%,}]"
-    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"build/peftd","llama_bin":"%s","model_peftd":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"no_mmap":%s,"keep_logs":"%s","partial":"%s"}' \
-        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$BIN" "$pmodel" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$([ -n "$NO_MMAP" ] && echo true || echo false)" "$TMP" "$TMP/$name-partial.json")
+    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"%s/peftd","llama_bin":"%s","model_peftd":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"no_mmap":%s,"keep_logs":"%s","partial":"%s"}' \
+        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$PB" "$BIN" "$pmodel" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$([ -n "$NO_MMAP" ] && echo true || echo false)" "$TMP" "$TMP/$name-partial.json")
     python3 bench/peers/race.py "$cfg" >"$TMP/$name-race.json"
     echo "race: $name: bench_decode (roofline) after" >&2
     bd after
@@ -106,5 +117,6 @@ for m in $MODELS; do
     parts+=("$name")
 done
 
-python3 bench/peers/summarize.py "$TMP" "$C/llama_cpp_info.json" "$THREADS" "${parts[@]}" >"$OUT"
+PEFTD_BUILD="$PB MARCH=$([ "$PB" = build ] && echo native || echo x86-64-v3) PEFTD_CPU_QPATH=${PEFTD_CPU_QPATH:-auto}" \
+    python3 bench/peers/summarize.py "$TMP" "$INFO" "$THREADS" "${parts[@]}" >"$OUT"
 echo "race: wrote $OUT" >&2

@@ -80,6 +80,7 @@ def main():
            "machine": {"cpu": cpu_model(), "online_cores": os.cpu_count(), "threads": threads},
            "llama_cpp": {k: info[k] for k in ("llama_cpp_commit", "llama_cpp_python_sdist", "sdist_sha256",
                                               "cmake", "compiler")},
+           "peftd_build": os.environ.get("PEFTD_BUILD", "build MARCH=native"),
            "targets_issue12": TARGETS, "models": {}}
     table = ["| model | test | peftd best (median) | llama.cpp best (median) | peftd/llama.cpp best (median) | target |",
              "|---|---|---|---|---|---|"]
