@@ -19,6 +19,7 @@ const char *kdtype_name(kdtype t) {
     case KDT_Q4_0: return "q4_0";
     case KDT_Q5_K: return "q5_k";
     case KDT_Q6_K: return "q6_k";
+    case KDT_Q4_K_SB8: return "q4_k_sb8";
     case KDT_COUNT: break;
     }
     return "unknown";
@@ -103,6 +104,10 @@ int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat
         if (rc) return rc;
     }
     return 0;
+}
+
+kdtype kops_preferred_dtype(const kbackend *kb, kop op, kdtype dt) {
+    return kb->ops->preferred_dtype ? kb->ops->preferred_dtype(kb, op, dt) : dt;
 }
 
 void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {

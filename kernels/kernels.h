@@ -66,14 +66,23 @@ extern "C" { /* the CUDA backend (.cu) includes this header */
  * GET_ROWS, which dequantizes) only, where supports_op says so; activations are always f32. */
 typedef enum {
     KDT_F32 = 0, KDT_F16 = 1, KDT_BF16 = 2, KDT_Q8_0 = 3, KDT_Q4_K = 4, KDT_Q4_0 = 5, KDT_Q5_K = 6, KDT_Q6_K = 7,
+    /* Q4_K with each super-block's 256 codes reordered (never in a file: a backend's
+     * preferred_dtype, made at load by qref_reorder): the same 144-byte blocks, d, dmin and
+     * scales as Q4_K, but qs byte 32k + 4j + e (k < 4, j < 8, e < 4) holds the codes of elements
+     * 32j + 4k + e (low nibble) and 32j + 16 + 4k + e (high nibble) — 32-byte register k carries
+     * 4 + 4 codes of every sub-block j in its 32-bit lane j, so an AVX2 tile sums a super-block
+     * in 16-bit lanes and applies the 8 scales with one vpmaddwd (kernels/cpu/qdot_avx2.c). */
+    KDT_Q4_K_SB8 = 8,
     KDT_COUNT
 } kdtype;
 
 static inline bool kdtype_is_quant(kdtype t) {
-    return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0 || t == KDT_Q5_K || t == KDT_Q6_K;
+    return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0 || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8;
 }
 /* The K-quants (super-blocks of 256 elements). */
-static inline bool kdtype_is_kquant(kdtype t) { return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K; }
+static inline bool kdtype_is_kquant(kdtype t) {
+    return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8;
+}
 /* Elements per block: 1 for the float dtypes. */
 static inline int64_t kdtype_block_elems(kdtype t) {
     return t == KDT_Q8_0 || t == KDT_Q4_0 ? 32 : kdtype_is_kquant(t) ? 256 : 1;
@@ -82,15 +91,17 @@ static inline int64_t kdtype_block_elems(kdtype t) {
 static inline size_t kdtype_block_bytes(kdtype t) {
     return t == KDT_F32    ? 4
            : t == KDT_Q8_0 ? 34
-           : t == KDT_Q4_K ? 144
+           : t == KDT_Q4_K || t == KDT_Q4_K_SB8 ? 144
            : t == KDT_Q4_0 ? 18
            : t == KDT_Q5_K ? 176
            : t == KDT_Q6_K ? 210
                            : 2;
 }
-/* The ggml/GGUF type id of a quantized dtype (kernels/cpu/quant_ref.h's QREF_*); 0 otherwise. */
+/* The type id of a quantized dtype for kernels/cpu/quant_ref.h (QREF_*): ggml/GGUF's id, or for
+ * a reordered dtype quant_ref's own (QREF_Q4_K_SB8 = 0x1000C, no GGUF id); 0 otherwise. */
 static inline uint32_t kdtype_ggml_type(kdtype t) {
-    return t == KDT_Q8_0 ? 8 : t == KDT_Q4_K ? 12 : t == KDT_Q4_0 ? 2 : t == KDT_Q5_K ? 13 : t == KDT_Q6_K ? 14 : 0;
+    return t == KDT_Q8_0 ? 8 : t == KDT_Q4_K ? 12 : t == KDT_Q4_0 ? 2 : t == KDT_Q5_K ? 13 : t == KDT_Q6_K ? 14
+         : t == KDT_Q4_K_SB8 ? 0x1000C : 0;
 }
 /* Bytes per element of a FLOAT dtype (f32 4, f16/bf16 2); 0 for a quantized dtype, whose
  * sizes go through kdtype_row_bytes (code that computes rows * cols * kdtype_size must not
@@ -370,6 +381,11 @@ typedef struct kbackend_ops {
      * matmul per weight. Appended last for the positional CUDA table. */
     int (*matmul_group)(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
                         float beta);
+    /* [any] The dtype this backend's op `op` runs fastest on for weights stored as dt, when that
+     * is a lossless reordering of dt's blocks (qref_reorder converts, same results bit for bit),
+     * else dt. The loader asks it once per weight before upload. NULL: dt. Appended last for the
+     * positional CUDA table. */
+    kdtype (*preferred_dtype)(const kbackend *kb, kop op, kdtype dt);
 } kbackend_ops;
 
 /* The most weights one matmul_group call takes. */
@@ -379,6 +395,9 @@ typedef struct kbackend_ops {
  * bits either way). */
 int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
                       float beta);
+
+/* [any] kb->ops->preferred_dtype(kb, op, dt) where the backend has it, else dt. */
+kdtype kops_preferred_dtype(const kbackend *kb, kop op, kdtype dt);
 
 /* A backend object. Callers use kb->ops (and kb->impl inside the backend only). */
 struct kbackend {

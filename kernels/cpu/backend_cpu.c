@@ -8,6 +8,7 @@
 #include <cblas.h>
 
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/qmatmul.h"
 #include "lib/log.h"
 
 /* OpenBLAS prototype; not in every cblas.h. */
@@ -55,6 +56,13 @@ static bool kcpu_supports_op(const kbackend *kb, kop op, kdtype dt) {
     return kcpu__dtype_ok(dt);
 }
 
+/* Q4_K as KDT_Q4_K_SB8 where the AVX2 path multiplies (qmatmul.h): same results, fewer
+ * instructions. */
+static kdtype kcpu_preferred_dtype(const kbackend *kb, kop op, kdtype dt) {
+    (void)kb;
+    return op == KOP_MATMUL ? kq_preferred_dtype(dt) : dt;
+}
+
 static size_t kcpu_sgmv_workspace(const kbackend *kb, int n_rows, int max_rank) {
     (void)kb;
     return n_rows > 0 && max_rank > 0 ? (size_t)n_rows * (size_t)max_rank * sizeof(float) : 0;
@@ -82,6 +90,7 @@ static const kbackend_ops kcpu_ops = {
     .get_rows = kcpu__get_rows,
     .matmul = kcpu__matmul,
     .matmul_group = kcpu__matmul_group,
+    .preferred_dtype = kcpu_preferred_dtype,
     .rmsnorm = kcpu__rmsnorm,
     .rope = kcpu__rope,
     .kv_store = kcpu__kv_store,

@@ -73,7 +73,8 @@ KQX_INL __m256 kq_q4k_dd4(int R, const uint8_t *w, size_t rb, int BB, int64_t b)
     return _mm256_permutevar8x32_ps(dd, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
 
-/* The AVX2 tiles' outputs as pairs p = i·R + r (weight row r < R, x row i0 + i, i < N; R·N <= 8),
+/* The AVX2 tiles' outputs as pairs p = i·R + r (weight row r < R <= 4, x row i0 + i, i < N <= 8;
+ * R·N <= 8),
  * one f32 lane each of an 8-lane accumulator. */
 
 /* The f32 factors of the pairs' lanes for super-block b: d_r·dx_i and −(dmin_r·dx_i) (the same
@@ -81,8 +82,8 @@ KQX_INL __m256 kq_q4k_dd4(int R, const uint8_t *w, size_t rb, int BB, int64_t b)
  * dmin_0..dmin_3] (kq_q4k_dd4; Q6_K: d in the low half, fm NULL). Lanes past R·N repeat pair 0. */
 KQX_INL void kq_pair_factors(int R, int N, __m256 dd, const kq_x *x, int i0, int64_t b, __m256 *fd, __m256 *fm) {
     const int64_t nb = x->cols / 256;
-    float dx[4];
-    for (int i = 0; i < 4; i++) dx[i] = x->d[(i0 + (i < N ? i : 0)) * nb + b];
+    float dx[8];
+    for (int i = 0; i < 8; i++) dx[i] = x->d[(i0 + (i < N ? i : 0)) * nb + b];
 #define KQ_PI(p) ((p) < R * N ? (p) / R : 0)
 #define KQ_PR(p) ((p) < R * N ? (p) % R : 0)
     const __m256 dx8 = _mm256_setr_ps(dx[KQ_PI(0)], dx[KQ_PI(1)], dx[KQ_PI(2)], dx[KQ_PI(3)], dx[KQ_PI(4)],
@@ -102,10 +103,10 @@ KQX_INL void kq_pair_factors(int R, int N, __m256 dd, const kq_x *x, int i0, int
  * fma((float)I, d·dx, acc), fma((float)M, −(dmin·dx), acc). The totals of all pairs come from
  * one horizontal-sum tree (two for R·N > 4). */
 KQX_INL void kq_q4k_finish_pairs(int R, int N, const uint8_t *w, size_t rb, int BB, int64_t b, const kq_x *x, int i0,
-                           __m256i I[4][4], const __m256i m32[4], __m256 *acc) {
+                           __m256i I[4][8], const __m256i m32[4], __m256 *acc) {
     const int64_t cols = x->cols;
     const int P = R * N;
-    __m256i X[4];
+    __m256i X[8];
     for (int i = 0; i < N; i++)
         X[i] = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + (i0 + i) * (cols / 32) + 8 * b)));
     __m256 fd, fm;
@@ -194,7 +195,7 @@ KQX_INL void kq_q6k_finish_pairs(int R, int N, const uint8_t *w, size_t rb, int6
  * (qmatmul.h): the exact totals I = Σ lanes, M = Σ_j m_j·X_j, then acc[i] (lane r) =
  * fma((float)I, d·dx, acc), fma((float)M, −(dmin·dx), acc). */
 KQX_INL void kq_q4k_finish(int R, int N, const uint8_t *w, size_t rb, int BB, int64_t b, const kq_x *x, int i0,
-                           __m256i I[4][4], const __m256i m32[4], __m128 acc[4]) {
+                           __m256i I[4][8], const __m256i m32[4], __m128 acc[4]) {
     const int64_t cols = x->cols, nb = cols / 256;
     const __m256 dd = kq_q4k_dd4(R, w, rb, BB, b);
     for (int i = 0; i < N; i++) {

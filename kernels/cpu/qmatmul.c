@@ -50,9 +50,13 @@ static kq_path kq_resolve(void) {
     return p;
 }
 
+kdtype kq_preferred_dtype(kdtype dt) {
+    return dt == KDT_Q4_K && kq_resolve() == KQ_AVX2 ? KDT_Q4_K_SB8 : dt;
+}
+
 /* Whether x of n rows is also laid out for the AMX path (qdot_amx.c). */
-static bool kq_amx_wanted(int n) {
-    return n >= KQ_AMX_MIN_N && kq_resolve() == KQ_AMX;
+static bool kq_amx_wanted(kdtype dt, int n) {
+    return n >= KQ_AMX_MIN_N && dt != KDT_Q4_K_SB8 && kq_resolve() == KQ_AMX;
 }
 
 /* ---- activation quantization ---- */
@@ -86,6 +90,14 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
         for (int j = 0; j < g; j++) sum += q[g * k + j];
         gsum[k] = (int16_t)sum; /* |sum| <= 32 · 127 */
     }
+    if (dt == KDT_Q4_K_SB8) /* the codes in the weights' SB8 order (kernels.h); sums per sub-block kept */
+        for (int64_t b = 0; b < cols / 256; b++) {
+            int8_t nat[256], *o = q + 256 * b;
+            memcpy(nat, o, sizeof nat);
+            for (int k = 0; k < 4; k++)
+                for (int h = 0; h < 2; h++)
+                    for (int j = 0; j < 8; j++) memcpy(o + 64 * k + 32 * h + 4 * j, nat + 32 * j + 16 * h + 4 * k, 4);
+        }
 }
 
 /* ---- the scalar path (the canonical order, spelled out) ---- */
@@ -117,7 +129,7 @@ static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
 static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs,
                                 int64_t nb) {
     float L = 0.0f;
-    const int five = dt == KDT_Q5_K;
+    const int five = dt == KDT_Q5_K, sb8 = dt == KDT_Q4_K_SB8; /* SB8: codes and x both in SB8 order */
     const size_t bb = kdtype_block_bytes(dt);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + bb * b, *qh = blk + 16, *qs = blk + (five ? 48 : 16);
@@ -136,6 +148,12 @@ static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
                 for (int e = 0; e < 4; e++) {
                     int l = 4 * j + e, q = c % 2 ? qb[l] >> 4 : qb[l] & 15;
                     if (five) q |= ((qh[l] >> c) & 1) << 4;
+                    if (sb8) { /* element 32c + l at SB8 position 64k + 32h + 4c + e (kernels.h) */
+                        int h = l / 16, k = l % 16 / 4, at = 64 * k + 32 * h + 4 * c + e % 4;
+                        q = qs[32 * k + 4 * c + e % 4] >> 4 * h & 15;
+                        p += q * xb[at];
+                        continue;
+                    }
                     p += q * xb[32 * c + l];
                 }
                 I[j] += sc * p;
@@ -261,7 +279,7 @@ static void kq_x_parts(kdtype dt, int n, int64_t cols, size_t part[4]) {
     part[0] = KQ_A64(nq);
     part[1] = KQ_A64((size_t)n * (size_t)(cols / kdtype_block_elems(dt)) * sizeof(float));
     part[2] = KQ_A64(kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq);
-    part[3] = kq_amx_wanted(n) ? KQ_A64(kq_amx_x_bytes(dt, n, cols)) : 0;
+    part[3] = kq_amx_wanted(dt, n) ? KQ_A64(kq_amx_x_bytes(dt, n, cols)) : 0;
 }
 
 size_t kq_x_bytes(kdtype dt, int n, int64_t cols) {
@@ -296,6 +314,8 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     if (n == 0) return 0;
     if (!y || !w->data) return PEFTD_EINVAL;
     kq_path path = kq_resolve();
+    /* SB8 (the AVX2 path's reordering of Q4_K) has AVX2 tiles and the scalar reference only */
+    if (w->dtype == KDT_Q4_K_SB8 && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
     job->kq = (kcpu_kq_ctx){.fn = path == KQ_AMX    ? kq_rows_amx
                                   : path == KQ_VNNI ? kq_rows_vnni
                                   : path == KQ_AVX2 ? kq_rows_avx2
@@ -306,7 +326,7 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     if (nt > 1) {
         int64_t want = (w->rows + (int64_t)nt * KQ_TASKS_PER_THREAD - 1) / ((int64_t)nt * KQ_TASKS_PER_THREAD);
         if (want < KQ_MIN_BLOCK) want = KQ_MIN_BLOCK;
-        block = kq_amx_wanted(n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
+        block = kq_amx_wanted(w->dtype, n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
     }
     job->kq.block = block;
     job->task = kq_task;

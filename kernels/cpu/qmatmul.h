@@ -114,6 +114,9 @@ typedef enum { KQ_AUTO = 0, KQ_VNNI, KQ_AVX2, KQ_SCALAR, KQ_AMX } kq_path;
 extern kq_path kcpu__q_path;
 /* The path KQ_AUTO resolves to on this CPU, and whether path p can run here. */
 kq_path kq_best_path(void);
+/* The dtype the path in use multiplies fastest for weights stored as dt (the CPU backend's
+ * preferred_dtype for MATMUL): KDT_Q4_K_SB8 for Q4_K on the AVX2 path, else dt. */
+kdtype kq_preferred_dtype(kdtype dt);
 bool kq_path_available(kq_path p);
 
 #endif

@@ -7,6 +7,8 @@
 #include "kernels/cpu/quant_ref.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "lib/half.h"
@@ -26,7 +28,7 @@ int qref_block_elems(uint32_t type) {
     switch (type) {
     case QREF_F32: case QREF_F16: case QREF_BF16: return 1;
     case QREF_Q8_0: case QREF_Q4_0: return QREF_QK;
-    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: return QREF_QK_K;
+    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: return QREF_QK_K;
     default: return 0;
     }
 }
@@ -37,7 +39,7 @@ int qref_block_bytes(uint32_t type) {
     case QREF_F16: case QREF_BF16: return 2;
     case QREF_Q8_0: return (int)sizeof(qref_block_q8_0);
     case QREF_Q4_0: return (int)sizeof(qref_block_q4_0);
-    case QREF_Q4_K: return (int)sizeof(qref_block_q4_k);
+    case QREF_Q4_K: case QREF_Q4_K_SB8: return (int)sizeof(qref_block_q4_k);
     case QREF_Q5_K: return (int)sizeof(qref_block_q5_k);
     case QREF_Q6_K: return (int)sizeof(qref_block_q6_k);
     default: return 0;
@@ -133,6 +135,47 @@ void qref_dequant_q6_k(const void *src, float *dst, int64_t nb) {
     }
 }
 
+int qref_reorder(uint32_t to, uint32_t from, const void *src, void *dst, int64_t n) {
+    bool fwd = from == QREF_Q4_K && to == QREF_Q4_K_SB8, back = from == QREF_Q4_K_SB8 && to == QREF_Q4_K;
+    if (!fwd && !back) return PEFTD_EUNSUPPORTED;
+    if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
+    /* at[e]: where element e's code sits in each order, as (byte << 1) | high nibble — Q4_K: byte
+     * 32·(e/64) + e%32, high for e%64 >= 32; SB8 (kernels.h): element 32j + 16h + 4k + e' at byte
+     * 32k + 4j + e', nibble h */
+    uint16_t at_q4k[QREF_QK_K], at_sb8[QREF_QK_K];
+    for (int e = 0; e < QREF_QK_K; e++) {
+        int j = e / 32, h = e % 32 / 16, k = e % 16 / 4, ee = e % 4;
+        at_q4k[e] = (uint16_t)((32 * (e / 64) + e % 32) << 1 | (e % 64 >= 32));
+        at_sb8[e] = (uint16_t)((32 * k + 4 * j + ee) << 1 | h);
+    }
+    const uint16_t *ai = fwd ? at_q4k : at_sb8, *ao = fwd ? at_sb8 : at_q4k;
+    const uint8_t *s = src;
+    uint8_t *d = dst;
+    const size_t bb = sizeof(qref_block_q4_k), qs = offsetof(qref_block_q4_k, qs);
+    for (int64_t b = 0; b < n / QREF_QK_K; b++, s += bb, d += bb) {
+        memcpy(d, s, qs); /* d, dmin, scales */
+        uint8_t *o = d + qs;
+        if (fwd) { /* the same, byte-wise (loading a big model): sub-blocks 2g, 2g + 1 are the low and
+                    * high nibbles of Q4_K bytes 32g .. 32g + 31 */
+            const uint8_t *q = s + qs;
+            for (int k = 0; k < 4; k++)
+                for (int g = 0; g < 4; g++)
+                    for (int e = 0; e < 4; e++) {
+                        uint8_t a = q[32 * g + 4 * k + e], c = q[32 * g + 16 + 4 * k + e];
+                        o[32 * k + 8 * g + e] = (uint8_t)((a & 15) | (c & 15) << 4);
+                        o[32 * k + 8 * g + 4 + e] = (uint8_t)((a >> 4) | (c & 0xf0));
+                    }
+            continue;
+        }
+        memset(o, 0, QREF_QK_K / 2);
+        for (int e = 0; e < QREF_QK_K; e++) {
+            int code = s[qs + (ai[e] >> 1)] >> 4 * (ai[e] & 1) & 15;
+            o[ao[e] >> 1] |= (uint8_t)(code << 4 * (ao[e] & 1));
+        }
+    }
+    return 0;
+}
+
 int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
     int be = qref_block_elems(type);
     if (!be) return PEFTD_EUNSUPPORTED;
@@ -152,6 +195,13 @@ int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
     case QREF_Q8_0: qref_dequant_q8_0(src, dst, nb); break;
     case QREF_Q4_0: qref_dequant_q4_0(src, dst, nb); break;
     case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
+    case QREF_Q4_K_SB8:
+        for (int64_t b = 0; b < nb; b++) { /* one block back to Q4_K's order, then as Q4_K */
+            qref_block_q4_k blk;
+            qref_reorder(QREF_Q4_K, QREF_Q4_K_SB8, p + b * sizeof blk, &blk, QREF_QK_K);
+            qref_dequant_q4_k(&blk, dst + b * QREF_QK_K, 1);
+        }
+        break;
     case QREF_Q5_K: qref_dequant_q5_k(src, dst, nb); break;
     default: qref_dequant_q6_k(src, dst, nb); break;
     }

@@ -606,17 +606,19 @@ static int ml_check_ops(ml_ctx *c) {
 /* At-load "weights" (model_quant.h): asked of the backend first (capability, not name), then
  * the projections converted on the host before any upload. */
 static int ml_convert(ml_ctx *c) {
-    int dt = c->opts ? c->opts->weights : -1;
-    if (dt < 0) return 0;
+    int dt = c->opts ? c->opts->weights : -1, threads = c->opts ? c->opts->threads : 0, rc;
     const kbackend *kb = c->m->kb;
-    if (!kb->ops->supports_op(kb, KOP_MATMUL, (kdtype)dt)) {
+    if (dt >= 0 && !kb->ops->supports_op(kb, KOP_MATMUL, (kdtype)dt)) {
         ml_err(c->err, c->errlen, "%s: \"weights\": \"%s\" is not supported by backend %s (its matmul does not take %s "
                "weights); use \"weights\": \"stored\" or the cpu backend", c->m->dir, kdtype_name((kdtype)dt),
                kb->ops->name, kdtype_name((kdtype)dt));
         return PEFTD_EUNSUPPORTED;
     }
-    return model_quantize_projections(c->m, (kdtype)dt, c->opts->threads, &c->m->storage->converted, c->err,
-                                      c->errlen);
+    if (dt >= 0 &&
+        (rc = model_quantize_projections(c->m, (kdtype)dt, threads, &c->m->storage->converted, c->err, c->errlen)) < 0)
+        return rc;
+    /* then the layout the backend prefers (capability: preferred_dtype), same results */
+    return model_reorder_projections(c->m, threads, &c->m->storage->reordered, c->err, c->errlen);
 }
 
 int model__check_ops(model *m, char *err, size_t errlen) {
@@ -769,6 +771,7 @@ void model_free(model *m) {
         free(s->host_layers);
         free(s->gemma_norms);
         free(s->converted);
+        free(s->reordered);
         gguf_close(s->gguf);
         free(s->gguf_host);
         free(s->chat_template);

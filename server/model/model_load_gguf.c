@@ -362,10 +362,10 @@ static int gl_host_copies(gl_ctx *c) {
     return 0;
 }
 
-/* --weights on a GGUF: only float projections can be converted (model_quant.h reads floats). */
+/* --weights on a GGUF: only float projections can be converted (model_quant.h reads floats);
+ * then the backend's preferred layouts (model__convert). */
 static int gl_convert(gl_ctx *c, const model_load_opts *opts) {
-    if (!opts || opts->weights < 0) return 0;
-    for (int i = 0; i < c->m->cfg.n_layers; i++) {
+    for (int i = 0; opts && opts->weights >= 0 && i < c->m->cfg.n_layers; i++) {
         const model_layer *l = &c->m->layers[i];
         const kmat *p[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
         for (int k = 0; k < 7; k++)

@@ -16,6 +16,7 @@ struct model_storage {
     model_layer *host_layers; /* non-CPU: the layers' host views, taken before the upload */
     float *gemma_norms;  /* Gemma: every norm weight as f32 1 + w (the views point here) */
     void *converted;     /* at-load "weights": the converted projections (the views point here) */
+    void *reordered;     /* weights in the backend's preferred_dtype (model_reorder_projections) */
     gguf_file *gguf;     /* GGUF: the mapped file (views point into it), closed by model_free */
     void *gguf_host;     /* GGUF: un-permuted Q/K rows and a dequantized embedding, if any */
     char *chat_template; /* GGUF: tokenizer.chat_template, NUL-terminated */

@@ -57,6 +57,9 @@ static void mq_row_f32(const kmat *w, int64_t r, float *out) {
 static int mq_convert(const mq_job *j) {
     int64_t cols = j->src.cols;
     kdtype dt = j->dt;
+    if (kdtype_is_quant(j->src.dtype)) /* a reordering (model_reorder_projections): rows are contiguous */
+        return qref_reorder(kdtype_ggml_type(dt), kdtype_ggml_type(j->src.dtype), j->src.data, j->dst,
+                            j->src.rows * cols);
     size_t rb = kdtype_row_bytes(dt, cols);
     float *row = malloc((size_t)cols * sizeof *row);
     if (!row) return PEFTD_ENOMEM;
@@ -91,6 +94,22 @@ static void *mq_worker(void *vc) {
         }
     }
     return NULL;
+}
+
+/* Runs c's jobs on up to n_threads threads (<= 0: one per online core), the caller's among
+ * them; returns the thread count used. */
+static int mq_run(mq_ctx *c, int n_threads) {
+    if (n_threads <= 0) n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > c->n_jobs) n_threads = c->n_jobs;
+    pthread_t th[64];
+    if (n_threads > 64) n_threads = 64;
+    int started = 0;
+    for (int t = 1; t < n_threads; t++)
+        if (pthread_create(&th[started], NULL, mq_worker, c) == 0) started++;
+    mq_worker(c);
+    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    return started + 1;
 }
 
 static const char *const MQ_NAMES[7] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -193,16 +212,7 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, c
         before += kdtype_row_bytes(jobs[i].src.dtype, jobs[i].src.cols) * (size_t)jobs[i].src.rows;
     }
     mq_ctx c = {.jobs = jobs, .n_jobs = n};
-    if (n_threads <= 0) n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (n_threads < 1) n_threads = 1;
-    if (n_threads > n) n_threads = n;
-    pthread_t th[64];
-    if (n_threads > 64) n_threads = 64;
-    int started = 0;
-    for (int t = 1; t < n_threads; t++)
-        if (pthread_create(&th[started], NULL, mq_worker, &c) == 0) started++;
-    mq_worker(&c);
-    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    n_threads = mq_run(&c, n_threads);
     if (c.rc < 0) {
         snprintf(err, errlen, "%s: converting the weights to %s failed: %s", m->dir, kdtype_name(dt),
                  peftd_strerror(c.rc));
@@ -220,6 +230,75 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, c
     LOGI("model %s: %d weights converted to %s in %.1f ms on %d thread(s): %.1f MB -> %.1f MB%s", m->name, n,
          kdtype_name(dt), ms, n_threads, (double)before / 1e6, (double)p.bytes / 1e6,
          p.kept ? " (some projections kept as stored: block size or already quantized)" : "");
+    free(jobs);
+    *buf = mem;
+    return 0;
+}
+
+/* The weights model_reorder_projections reorders: the layer projections and an untied lm_head
+ * whose dtype the backend prefers in another layout for MATMUL. jobs NULL: count only. */
+static int mr_plan(model *m, mq_job *jobs, size_t *bytes) {
+    const kbackend *kb = m->kb;
+    int n = 0;
+    *bytes = 0;
+    for (int i = 0; i <= m->cfg.n_layers; i++) {
+        model_layer *l = i < m->cfg.n_layers ? &m->layers[i] : NULL;
+        kmat *w[7] = {0};
+        if (l) {
+            kmat *p[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+            memcpy(w, p, sizeof p);
+        } else if (m->lm_head.data && m->lm_head.data != m->embed.data) {
+            w[0] = &m->lm_head; /* a tied lm_head is the embedding: GET_ROWS reads it as stored */
+        }
+        for (int k = 0; k < 7; k++) {
+            if (!w[k] || !w[k]->data) continue;
+            kdtype to = kops_preferred_dtype(kb, KOP_MATMUL, w[k]->dtype);
+            if (to == w[k]->dtype) continue;
+            size_t sz = (kdtype_row_bytes(to, w[k]->cols) * (size_t)w[k]->rows + MQ_ALIGN - 1) / MQ_ALIGN * MQ_ALIGN;
+            if (jobs) jobs[n] = (mq_job){.w = w[k], .src = *w[k], .dt = to, .dst = (uint8_t *)(uintptr_t)*bytes};
+            *bytes += sz;
+            n++;
+        }
+    }
+    return n;
+}
+
+int model_reorder_projections(model *m, int n_threads, void **buf, char *err, size_t errlen) {
+    *buf = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t bytes;
+    int n = mr_plan(m, NULL, &bytes);
+    if (n == 0) return 0;
+    mq_job *jobs = calloc((size_t)n, sizeof *jobs);
+    uint8_t *mem = NULL;
+    if (!jobs || posix_memalign((void **)&mem, MQ_ALIGN, bytes)) {
+        free(jobs);
+        snprintf(err, errlen, "%s: out of memory reordering the weights for backend %s (%zu bytes)", m->dir,
+                 m->kb->ops->name, bytes);
+        return PEFTD_ENOMEM;
+    }
+    mr_plan(m, jobs, &bytes);
+    for (int i = 0; i < n; i++) jobs[i].dst = mem + (size_t)(uintptr_t)jobs[i].dst;
+    mq_ctx c = {.jobs = jobs, .n_jobs = n};
+    n_threads = mq_run(&c, n_threads);
+    if (c.rc < 0) {
+        snprintf(err, errlen, "%s: reordering the weights for backend %s failed: %s", m->dir, m->kb->ops->name,
+                 peftd_strerror(c.rc));
+        free(jobs);
+        free(mem);
+        return c.rc;
+    }
+    kdtype from = jobs[0].src.dtype, to = jobs[0].dt;
+    for (int i = 0; i < n; i++) {
+        jobs[i].w->data = jobs[i].dst;
+        jobs[i].w->dtype = jobs[i].dt;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    LOGI("model %s: %d weights reordered for backend %s's matmul (%s -> %s, same results) in %.1f ms on %d "
+         "thread(s): %.1f MB", m->name, n, m->kb->ops->name, kdtype_name(from), kdtype_name(to), ms, n_threads,
+         (double)bytes / 1e6);
     free(jobs);
     *buf = mem;
     return 0;

@@ -147,6 +147,22 @@ static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
                      (int)paths[p]);
         }
     }
+    if (dt == KDT_Q4_K) { /* the same weights reordered for the AVX2 path (SB8): every path, same bits */
+        void *ws = malloc(kdtype_row_bytes(dt, cols) * (size_t)rows);
+        ASSERT(ws);
+        ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q4_K, wq, ws, (int64_t)rows * cols), 0);
+        kmat w8 = {.data = ws, .dtype = KDT_Q4_K_SB8, .rows = rows, .cols = cols};
+        for (int p = 0; p < 4; p++) {
+            if (!kq_path_available(paths[p])) continue;
+            run_path(kb, paths[p], x, n, &w8, y2, 0.0f);
+            if (memcmp(y, y2, (size_t)ny * 4))
+                FAIL("q4_k_sb8 n=%d rows=%d cols=%d: path %d differs from q4_k", n, rows, cols, (int)paths[p]);
+            run_path(kb, paths[p], x + (int64_t)(n - 1) * cols, 1, &w8, y1, 0.0f);
+            if (memcmp(y1, y + (int64_t)(n - 1) * rows, (size_t)rows * 4))
+                FAIL("q4_k_sb8 n=%d rows=%d cols=%d: last row alone differs (path %d)", n, rows, cols, (int)paths[p]);
+        }
+        free(ws);
+    }
     /* beta 1 adds */
     for (int64_t i = 0; i < ny; i++) y2[i] = 1.5f;
     run_path(kb, KQ_AUTO, x, n, &w, y2, 1.0f);
@@ -185,6 +201,89 @@ TEST(qmatmul_vs_dequant_reference) {
     }
     fprintf(stderr, "  max |err| / bound: q8_0 %.3f, q4_k %.3f, q4_0 %.3f, q5_k %.3f, q6_k %.3f\n", worst_all[0],
             worst_all[1], worst_all[2], worst_all[3], worst_all[4]);
+}
+
+/* Q4_K's SB8 reordering (kernels.h): a bijection on the codes (there and back gives the same
+ * bytes; dequantizing either gives the same floats), refused for other types and partial
+ * blocks; the AVX2 path prefers it for Q4_K only; and at the 16-bit lanes' bound — every code
+ * 15, every scale 63, x codes all +127 or all −127, so each lane sums 16 products of 1905 =
+ * 30480 — the tiles give the natural order's bits (a wrapped lane would be off by 65536·sc). */
+TEST(qmatmul_q4k_sb8_reorder) {
+    enum { ROWS = 9, COLS = 512 };
+    float *wd;
+    uint8_t *wq = make_w(KDT_Q4_K, ROWS, COLS, &wd);
+    size_t bytes = kdtype_row_bytes(KDT_Q4_K, COLS) * ROWS;
+    uint8_t *ws = malloc(bytes), *back = malloc(bytes);
+    float *d1 = malloc((size_t)ROWS * COLS * 4), *d2 = malloc((size_t)ROWS * COLS * 4);
+    ASSERT(ws && back && d1 && d2);
+    ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q4_K, wq, ws, (int64_t)ROWS * COLS), 0);
+    ASSERT(memcmp(ws, wq, bytes) != 0);
+    ASSERT_EQ(qref_reorder(QREF_Q4_K, QREF_Q4_K_SB8, ws, back, (int64_t)ROWS * COLS), 0);
+    ASSERT(memcmp(back, wq, bytes) == 0);
+    ASSERT_EQ(qref_dequantize(QREF_Q4_K, wq, d1, (int64_t)ROWS * COLS), 0);
+    ASSERT_EQ(qref_dequantize(QREF_Q4_K_SB8, ws, d2, (int64_t)ROWS * COLS), 0);
+    ASSERT(memcmp(d1, d2, (size_t)ROWS * COLS * 4) == 0);
+    /* element 87 = 32j + 16h + 4k + e (j 2, h 1, k 1, e 3): SB8 byte 32k + 4j + e = 43, high nibble;
+     * Q4_K byte 32·(87/64) + 87%32 = 55, low nibble (87%64 < 32) */
+    ASSERT_EQ(ws[16 + 43] >> 4, wq[16 + 55] & 15);
+    ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q6_K, wq, ws, 256), PEFTD_EUNSUPPORTED);
+    ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q4_K, wq, ws, 255), PEFTD_EINVAL);
+    kq_path was = kcpu__q_path;
+    kcpu__q_path = KQ_AVX2;
+    ASSERT_EQ(kq_preferred_dtype(KDT_Q4_K), kq_path_available(KQ_AVX2) ? KDT_Q4_K_SB8 : KDT_Q4_K);
+    ASSERT_EQ(kq_preferred_dtype(KDT_Q6_K), KDT_Q6_K);
+    ASSERT_EQ(kq_preferred_dtype(KDT_Q5_K), KDT_Q5_K);
+    kcpu__q_path = KQ_SCALAR;
+    ASSERT_EQ(kq_preferred_dtype(KDT_Q4_K), KDT_Q4_K);
+    kcpu__q_path = was;
+
+    /* the bound: all codes 15, all scales and mins 63 */
+    for (int r = 0; r < ROWS; r++)
+        for (int b = 0; b < COLS / 256; b++) {
+            uint8_t *blk = wq + kdtype_row_bytes(KDT_Q4_K, COLS) * r + 144 * b;
+            uint16_t h = f32_to_f16(0.001f * (float)(r + 1)), hm = f32_to_f16(0.0005f);
+            memcpy(blk, &h, 2);
+            memcpy(blk + 2, &hm, 2);
+            memset(blk + 4, 0xff, 12);
+            memset(blk + 16, 0xff, 128);
+        }
+    ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q4_K, wq, ws, (int64_t)ROWS * COLS), 0);
+    kbackend *kb = kbackend_cpu_create(2);
+    ASSERT(kb);
+    enum { N = 6 };
+    float *x = malloc((size_t)N * COLS * 4), *ya = malloc((size_t)N * ROWS * 4), *yb = malloc((size_t)N * ROWS * 4);
+    ASSERT(x && ya && yb);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < COLS; j++) x[i * COLS + j] = i % 2 ? -3.0f : 2.5f; /* codes ±127 */
+    kmat w4 = {.data = wq, .dtype = KDT_Q4_K, .rows = ROWS, .cols = COLS};
+    kmat w8 = {.data = ws, .dtype = KDT_Q4_K_SB8, .rows = ROWS, .cols = COLS};
+    run_path(kb, KQ_SCALAR, x, N, &w4, ya, 0.0f);
+    static const kq_path paths[] = {KQ_AVX2, KQ_SCALAR};
+    for (int p = 0; p < 2; p++) {
+        if (!kq_path_available(paths[p])) continue;
+        run_path(kb, paths[p], x, N, &w8, yb, 0.0f);
+        if (memcmp(ya, yb, (size_t)N * ROWS * 4)) FAIL("q4_k_sb8 at the lane bound: path %d differs", (int)paths[p]);
+        run_path(kb, paths[p], x, 1, &w8, yb, 0.0f);
+        if (memcmp(ya, yb, (size_t)ROWS * 4)) FAIL("q4_k_sb8 at the lane bound, one row: path %d differs", (int)paths[p]);
+    }
+    /* and the value itself (row 0): per super-block I = Σ_j 63·Σ 15·127 = 63·256·15·127 and
+     * M = Σ_j 63·X_j = 63·256·127, d = 0.001, dmin = 0.0005 (as f16), dx = 2.5/127 */
+    double want = 0;
+    for (int b = 0; b < COLS / 256; b++) {
+        double I = 63.0 * 256 * 15 * 127, M = 63.0 * 256 * 127;
+        want += I * (double)f16_to_f32(f32_to_f16(0.001f)) * (2.5 / 127) - M * (double)f16_to_f32(f32_to_f16(0.0005f)) * (2.5 / 127);
+    }
+    if (!(fabs(ya[0] - want) <= 1e-4 * fabs(want))) FAIL("lane bound value %.9g, want %.9g", ya[0], want);
+    kbackend_destroy(kb);
+    free(x);
+    free(ya);
+    free(yb);
+    free(ws);
+    free(back);
+    free(d1);
+    free(d2);
+    free(wq);
+    free(wd);
 }
 
 /* Every path available here is exercised (the machine's CPU decides which). */
@@ -422,4 +521,4 @@ TEST(qmatmul_bad_args_and_caps) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(qmatmul_paths_present, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
+TEST_MAIN(qmatmul_paths_present, qmatmul_q4k_sb8_reorder, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qget_rows_dequantizes, qmatmul_bad_args_and_caps)

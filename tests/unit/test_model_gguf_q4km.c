@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <strings.h>
 
+#include "kernels/cpu/qmatmul.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/seq_batch.h"
@@ -150,10 +151,13 @@ static double max_diff(const float *a, const float *b, size_t n) {
 
 /* The stored types are llama-quantize's choice, not the converter's: every view the model uses
  * carries the type reference.json records for that tensor (Q/K un-permuted whole rows keep it). */
+/* The file's type of a loaded view: Q4_K reordered for the AVX2 path (KDT_Q4_K_SB8) is Q4_K. */
+static kdtype stored_type(kdtype dt) { return dt == KDT_Q4_K_SB8 ? KDT_Q4_K : dt; }
+
 static void check_type(const qref *r, const char *tensor, const kmat *w) {
     const cJSON *t = cJSON_GetObjectItem(item(r->root, "tensor_types"), tensor);
     if (!t) FAIL("reference: no type for %s", tensor);
-    if (strcasecmp(t->valuestring, kdtype_name(w->dtype)))
+    if (strcasecmp(t->valuestring, kdtype_name(stored_type(w->dtype))))
         FAIL("%s: loaded as %s, the file stores %s", tensor, kdtype_name(w->dtype), t->valuestring);
 }
 
@@ -171,7 +175,7 @@ TEST(q4km_tensor_types) {
             char name[64];
             snprintf(name, sizeof name, "blk.%d.%s.weight", i, proj[k]);
             check_type(&r, name, w[k]);
-            n_q4 += w[k]->dtype == KDT_Q4_K;
+            n_q4 += stored_type(w[k]->dtype) == KDT_Q4_K;
             n_q6 += w[k]->dtype == KDT_Q6_K;
             printf("    %-22s %s\n", name, kdtype_name(w[k]->dtype));
         }
@@ -323,6 +327,60 @@ TEST(q4km_mixed_batch_bit_identical_to_alone) {
     qref_free(&r);
 }
 
+/* The AVX2 path multiplies Q4_K reordered (KDT_Q4_K_SB8, model_reorder_projections at load):
+ * loaded with that path, every Q4_K projection is reordered (and no Q6_K one), and the base and
+ * every adapter kind (DoRA's norms dequantize the reordered base) give the logits of the scalar
+ * path's load, which keeps the file's order — bit for bit, prefill and decode. SKIP where the CPU
+ * has no AVX2 (the reordering is not offered there). */
+TEST(q4km_avx2_reordered_same_logits) {
+    if (!kq_path_available(KQ_AVX2)) SKIP("no AVX2 on this CPU: the SB8 reordering is not used");
+    qref r;
+    qref_load(&r);
+    rig A, S;
+    kq_path was = kcpu__q_path;
+    kcpu__q_path = KQ_AVX2;
+    rig_open(&A, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
+    kcpu__q_path = KQ_SCALAR;
+    rig_open(&S, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
+    int n_sb8 = 0;
+    for (int i = 0; i < A.m->cfg.n_layers; i++) {
+        const model_layer *La = &A.m->layers[i], *Ls = &S.m->layers[i];
+        const kmat *wa[7] = {&La->wq, &La->wk, &La->wv, &La->wo, &La->w_gate, &La->w_up, &La->w_down};
+        const kmat *ws[7] = {&Ls->wq, &Ls->wk, &Ls->wv, &Ls->wo, &Ls->w_gate, &Ls->w_up, &Ls->w_down};
+        for (int k = 0; k < 7; k++) {
+            ASSERT(ws[k]->dtype != KDT_Q4_K_SB8);
+            ASSERT_EQ(wa[k]->dtype, ws[k]->dtype == KDT_Q4_K ? KDT_Q4_K_SB8 : ws[k]->dtype);
+            n_sb8 += wa[k]->dtype == KDT_Q4_K_SB8;
+        }
+    }
+    ASSERT(n_sb8 > 0);
+    for (int k = 0; k < N_CASES; k++)
+        for (int p = 0; p < N_PROMPTS; p++) {
+            int n = r.n_prompt[p] + r.n_decode;
+            int32_t seq[MAX_IDS];
+            memcpy(seq, r.prompt[p], sizeof(int32_t) * r.n_prompt[p]);
+            memcpy(seq + r.n_prompt[p], r.greedy[k][p], sizeof(int32_t) * r.n_decode);
+            float *a = malloc(sizeof(float) * (size_t)n * r.vocab), *b = malloc(sizeof(float) * (size_t)n * r.vocab);
+            ASSERT(a && b);
+            seq_spec sa = {.ids = seq, .n = n, .ad = A.ad[k]}, ss = {.ids = seq, .n = n, .ad = S.ad[k]};
+            kcpu__q_path = KQ_AVX2;
+            seq_prefill_decode(A.c, A.m, &sa, r.n_prompt[p], a);
+            kcpu__q_path = KQ_SCALAR;
+            seq_prefill_decode(S.c, S.m, &ss, r.n_prompt[p], b);
+            if (memcmp(a, b, sizeof(float) * (size_t)n * r.vocab))
+                FAIL("%s prompt %d: the reordered (AVX2) load differs from the file's order (max |diff| %.3g)", KINDS[k],
+                     p, max_diff(a, b, (size_t)n * r.vocab));
+            free(a);
+            free(b);
+        }
+    printf("    Q4_K_M: %d of %d projections reordered (q4_k -> q4_k_sb8) under the AVX2 path; base + %d kinds x %d "
+           "prompts bit-identical to the scalar path's load\n", n_sb8, 7 * A.m->cfg.n_layers, N_CASES - 1, N_PROMPTS);
+    kcpu__q_path = was;
+    rig_close(&A, N_CASES);
+    rig_close(&S, N_CASES);
+    qref_free(&r);
+}
+
 /* --- stories260K Q8_0 (the converter's --outtype q8_0) vs the HF model in f32 ------------------ */
 
 #define S_DIR "tests/fixtures/gguf_models/stories260K-q8_0"
@@ -424,4 +482,5 @@ TEST(stories_q8_0_every_adapter_serves_hf_f32_greedy) {
 }
 
 TEST_MAIN(q4km_tensor_types, q4km_every_kind_logits_prefill_and_decode, q4km_every_kind_greedy,
-          q4km_mixed_batch_bit_identical_to_alone, stories_q8_0_every_adapter_serves_hf_f32_greedy)
+          q4km_mixed_batch_bit_identical_to_alone, q4km_avx2_reordered_same_logits,
+          stories_q8_0_every_adapter_serves_hf_f32_greedy)
