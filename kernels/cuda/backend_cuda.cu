@@ -194,6 +194,7 @@ static const kbackend_ops kcuda_ops = {
     /* .sample = */ kcuda__sample,
     /* .seg_rotate = */ kcuda__seg_rotate,
     /* .matmul_group = */ kcuda__matmul_group,
+    /* .preferred_dtype = */ NULL, /* weights as stored */
 };
 
 extern "C" int kbackend_cuda_available(void) {
