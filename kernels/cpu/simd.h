@@ -125,7 +125,7 @@ static inline float kv_hsum(kv_f32 v) { return v; }
  * a float and its remainder, exact enough with FMA); e^r by its Taylor series
  * to degree 7, whose truncation error r^8/8! <= 5.2e-9 is below u/8 relative;
  * 2^n applied by vscalefps, which saturates to inf / 0 and propagates NaN.
- * Other ISAs: expf per lane. */
+ * AVX2: the same (2^n in two steps, below). Scalar builds: expf per lane. */
 #if KV_W == 16
 static inline kv_f32 kv_exp(kv_f32 x) {
     const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
@@ -147,6 +147,33 @@ static inline kv_f32 kv_exp(kv_f32 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
+}
+#elif KV_W == 8
+/* AVX2: the same reduction and polynomial; 2^n (n in [-150, 129] after the clamp) applied as
+ * (p·2^⌊n/2⌋)·2^(n-⌊n/2⌋), two normal powers of two: the first product is exact, the second
+ * rounds once — vscalefps's result, subnormals and overflow to inf included. */
+static inline kv_f32 kv_exp(kv_f32 x) {
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693147182464599609375f);
+    const __m256 ln2_lo = _mm256_set1_ps(-1.904654299957768e-09f);
+    x = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);
+    r = _mm256_fnmadd_ps(n, ln2_lo, r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i ni = _mm256_cvtps_epi32(n); /* NaN x: garbage powers, but p is NaN */
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
 }
 #else
 static inline kv_f32 kv_exp(kv_f32 x) {
