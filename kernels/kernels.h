@@ -73,15 +73,22 @@ typedef enum {
      * 4 + 4 codes of every sub-block j in its 32-bit lane j, so an AVX2 tile sums a super-block
      * in 16-bit lanes and applies the 8 scales with one vpmaddwd (kernels/cpu/qdot_avx2.c). */
     KDT_Q4_K_SB8 = 8,
+    /* Q6_K reordered the same way (kernels/cpu/qdot_avx2.c): the same 210-byte blocks, scales
+     * and d as Q6_K; code t·2 + o of group g (t < 8, o < 2; element 16g + 2t + o) sits at byte
+     * β = 2g + o of 32-byte register t: its low 4 bits in ql byte 32·(t/2) + β (nibble t%2), its
+     * high 2 in qh byte 32·(t/4) + β (bits 2·(t%4)) — so 16-bit lane g of every code register
+     * holds group g only, and one vpmaddwd applies all 16 scales. */
+    KDT_Q6_K_SB16 = 9,
     KDT_COUNT
 } kdtype;
 
 static inline bool kdtype_is_quant(kdtype t) {
-    return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0 || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8;
+    return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0 || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8 ||
+           t == KDT_Q6_K_SB16;
 }
 /* The K-quants (super-blocks of 256 elements). */
 static inline bool kdtype_is_kquant(kdtype t) {
-    return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8;
+    return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8 || t == KDT_Q6_K_SB16;
 }
 /* Elements per block: 1 for the float dtypes. */
 static inline int64_t kdtype_block_elems(kdtype t) {
@@ -94,14 +101,15 @@ static inline size_t kdtype_block_bytes(kdtype t) {
            : t == KDT_Q4_K || t == KDT_Q4_K_SB8 ? 144
            : t == KDT_Q4_0 ? 18
            : t == KDT_Q5_K ? 176
-           : t == KDT_Q6_K ? 210
+           : t == KDT_Q6_K || t == KDT_Q6_K_SB16 ? 210
                            : 2;
 }
 /* The type id of a quantized dtype for kernels/cpu/quant_ref.h (QREF_*): ggml/GGUF's id, or for
- * a reordered dtype quant_ref's own (QREF_Q4_K_SB8 = 0x1000C, no GGUF id); 0 otherwise. */
+ * a reordered dtype quant_ref's own (QREF_Q4_K_SB8 0x1000C, QREF_Q6_K_SB16 0x1000E: no GGUF
+ * id); 0 otherwise. */
 static inline uint32_t kdtype_ggml_type(kdtype t) {
     return t == KDT_Q8_0 ? 8 : t == KDT_Q4_K ? 12 : t == KDT_Q4_0 ? 2 : t == KDT_Q5_K ? 13 : t == KDT_Q6_K ? 14
-         : t == KDT_Q4_K_SB8 ? 0x1000C : 0;
+         : t == KDT_Q4_K_SB8 ? 0x1000C : t == KDT_Q6_K_SB16 ? 0x1000E : 0;
 }
 /* Bytes per element of a FLOAT dtype (f32 4, f16/bf16 2); 0 for a quantized dtype, whose
  * sizes go through kdtype_row_bytes (code that computes rows * cols * kdtype_size must not

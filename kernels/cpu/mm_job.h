@@ -47,11 +47,14 @@ int kcpu__mm_prepare(kcpu_backend *cb, const float *x, int n, const kmat *w, flo
 int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float beta, kcpu_mm_job *job);
 
 /* Activation layouts of the quantized matmul: jobs with the same layout share one kq_x. */
-typedef enum { KQ_LAYOUT_32 = 0, KQ_LAYOUT_K32, KQ_LAYOUT_K16, KQ_LAYOUT_K32_SB8, KQ_LAYOUT_COUNT } kq_layout;
+typedef enum {
+    KQ_LAYOUT_32 = 0, KQ_LAYOUT_K32, KQ_LAYOUT_K16, KQ_LAYOUT_K32_SB8, KQ_LAYOUT_K16_SB16, KQ_LAYOUT_COUNT
+} kq_layout;
 static inline kq_layout kq_layout_of(kdtype dt) {
     return !kdtype_is_kquant(dt)      ? KQ_LAYOUT_32
            : dt == KDT_Q6_K           ? KQ_LAYOUT_K16
            : dt == KDT_Q4_K_SB8       ? KQ_LAYOUT_K32_SB8
+           : dt == KDT_Q6_K_SB16      ? KQ_LAYOUT_K16_SB16
                                       : KQ_LAYOUT_K32;
 }
 /* Bytes of one layout's kq_x for n rows of cols (64-byte aligned parts), and the carving of

@@ -10,7 +10,8 @@
  *   Q5_K: u8 = nibble | 5th bit << 4 (0..31), s8 = x, as Q4_K.
  *   Q6_K: u8 = the 6-bit code (0..63), s8 = x, as Q4_K with 16-element groups; the −32 offset
  *         once per super-block from the x group sums (|pair sum| <= 2·63·127 < 32768).
- *   Q4_K_SB8: Q4_K reordered so a super-block sums in 16-bit lanes before its scales (q4s_tile).
+ *   Q4_K_SB8, Q6_K_SB16: Q4_K / Q6_K reordered so products add in 16-bit lanes before one
+ *         vpmaddwd applies the scales (q4s_tile, q6s_tile).
  * Compiled for AVX2 by target attributes; called only when the CPU has it. */
 #include <immintrin.h>
 #include <string.h>
@@ -261,6 +262,63 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
     else kq_store_pairs(R, N, acc, y, ldy, beta);
 }
 
+/* Q6_K in the SB16 order (kernels.h KDT_Q6_K_SB16; x codes in the same order): 16-bit lane g of
+ * code register t holds 2 codes of group g, so two vpmaddubsw (pairs at most 2·63·127 = 16002)
+ * add in 16 bits (32004 < 2^15) and one vpmaddwd by the 16 group scales (sign-extended once per
+ * super-block) gives the lanes of Σ_g sc_g·Σ q·x: q6k_tile's integer totals with 12 multiply
+ * instructions per 256 codes and pair instead of 16, and one scale register per row instead of
+ * eight broadcasts. The −32 offset and the f32 step are q6k_tile's. */
+KQ_INL void q6s_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
+                     float beta) {
+    const int64_t cols = x->cols, nb = cols / 256;
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    __m128 acc1[4] = {_mm_setzero_ps()};
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i sc[4], I[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + 210 * b;
+            if (i0 == 0) kq_prefetch_sb(p, 210);
+            sc[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+#pragma GCC unroll 4
+            for (int i = 0; i < N; i++) I[r][i] = _mm256_setzero_si256();
+        }
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) { /* code registers 2u (low nibbles of ql register u), 2u + 1 (high) */
+            __m256i c0[4], c1[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const uint8_t *p = w + r * rb + 210 * b;
+                const __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 32 * u));
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * (u / 2)));
+                /* bits 2·(t%4) of qh to bits 4, 5 (t = 2u: shift 4 or 0 ... as q6k_tile, 16-bit shifts
+                 * whose byte-crossing bits land outside the 0x30 mask) */
+                const __m256i h0 = u % 2 ? qh : _mm256_slli_epi16(qh, 4);
+                const __m256i h1 = u % 2 ? _mm256_srli_epi16(qh, 2) : _mm256_slli_epi16(qh, 2);
+                c0[r] = _mm256_or_si256(_mm256_and_si256(ql, m4), _mm256_and_si256(h0, m30));
+                c1[r] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql, 4), m4), _mm256_and_si256(h1, m30));
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < N; i++) {
+                const int8_t *xp = x->q + (i0 + i) * cols + 256 * b + 64 * u;
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)xp);
+                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xp + 32));
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(c0[r], x0), _mm256_maddubs_epi16(c1[r], x1));
+                    I[r][i] = _mm256_add_epi32(I[r][i], _mm256_madd_epi16(s16, sc[r]));
+                    KQ_PIN(I[r][i]);
+                }
+            }
+        }
+        if (N == 1) kq_q6k_finish(R, 1, w, rb, b, x, i0, I, acc1);
+        else kq_q6k_finish_pairs(R, N, w, rb, b, x, i0, I, &acc);
+    }
+    if (N == 1) kq_store1(R, 1, acc1, y, ldy, beta);
+    else kq_store_pairs(R, N, acc, y, ldy, beta);
+}
+
 KQ_TGT float kq_quant_block_avx2(const float *x, int len, int8_t *q) {
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 m = _mm256_setzero_ps();
@@ -307,6 +365,13 @@ KQ_KTILE_DEF(1, 1) KQ_KTILE_DEF(1, 2) KQ_KTILE_DEF(1, 3) KQ_KTILE_DEF(1, 4)
     }
 Q4S_DEF(4, 1) Q4S_DEF(2, 1) Q4S_DEF(2, 2) Q4S_DEF(2, 3) Q4S_DEF(2, 4) Q4S_DEF(1, 1) Q4S_DEF(1, 2) Q4S_DEF(1, 3)
 Q4S_DEF(1, 4)
+#define Q6S_DEF(R, N)                                                                                          \
+    static KQ_TGT void q6s_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q6s_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
+    }
+Q6S_DEF(4, 1) Q6S_DEF(2, 1) Q6S_DEF(2, 2) Q6S_DEF(2, 3) Q6S_DEF(2, 4) Q6S_DEF(1, 1) Q6S_DEF(1, 2) Q6S_DEF(1, 3)
+Q6S_DEF(1, 4)
 /* Q8_0, Q4_0: [4 | 2 | 1 rows][N - 1] */
 static const tile_fn q8_tiles[3][2] = {{q8_4_1, q8_4_2}, {q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
 static const tile_fn q40_tiles[3][2] = {{q40_4_1, q40_4_2}, {q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
@@ -314,13 +379,15 @@ static const tile_fn q40_tiles[3][2] = {{q40_4_1, q40_4_2}, {q40_2_1, q40_2_2}, 
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
 static const tile_fn q4s_tiles[3][4] = {{q4s_4_1}, {q4s_2_1, q4s_2_2, q4s_2_3, q4s_2_4}, {q4s_1_1, q4s_1_2, q4s_1_3, q4s_1_4}};
+static const tile_fn q6s_tiles[3][4] = {{q6s_4_1}, {q6s_2_1, q6s_2_2, q6s_2_3, q6s_2_4}, {q6s_1_1, q6s_1_2, q6s_1_3, q6s_1_4}};
 static const tile_fn q6k_tiles[3][4] = {{q6k_4_1}, {q6k_2_1, q6k_2_2, q6k_2_3, q6k_2_4}, {q6k_1_1, q6k_1_2, q6k_1_3, q6k_1_4}};
 
 /* K-quants: a single x row (decode) takes weight rows 4 at a time (x read once per 4 rows);
  * more x rows take 2 weight rows × up to 4 x rows, each unpacked weight chunk used 4 times. */
 static void kq_rows_avx2_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                            int64_t ldy, float beta) {
-    const tile_fn (*t)[4] = dt == KDT_Q5_K ? q5k_tiles : dt == KDT_Q6_K ? q6k_tiles : dt == KDT_Q4_K_SB8 ? q4s_tiles : q4k_tiles;
+    const tile_fn (*t)[4] = dt == KDT_Q5_K ? q5k_tiles : dt == KDT_Q6_K ? q6k_tiles : dt == KDT_Q4_K_SB8 ? q4s_tiles
+                                  : dt == KDT_Q6_K_SB16 ? q6s_tiles : q4k_tiles;
     for (int64_t r = r0; r < r1;) {
         int R = x->n == 1 && r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
         const tile_fn *fns = t[R == 4 ? 0 : R == 2 ? 1 : 2];

@@ -51,12 +51,13 @@ static kq_path kq_resolve(void) {
 }
 
 kdtype kq_preferred_dtype(kdtype dt) {
-    return dt == KDT_Q4_K && kq_resolve() == KQ_AVX2 ? KDT_Q4_K_SB8 : dt;
+    if (kq_resolve() != KQ_AVX2) return dt;
+    return dt == KDT_Q4_K ? KDT_Q4_K_SB8 : dt == KDT_Q6_K ? KDT_Q6_K_SB16 : dt;
 }
 
 /* Whether x of n rows is also laid out for the AMX path (qdot_amx.c). */
 static bool kq_amx_wanted(kdtype dt, int n) {
-    return n >= KQ_AMX_MIN_N && dt != KDT_Q4_K_SB8 && kq_resolve() == KQ_AMX;
+    return n >= KQ_AMX_MIN_N && dt != KDT_Q4_K_SB8 && dt != KDT_Q6_K_SB16 && kq_resolve() == KQ_AMX;
 }
 
 /* ---- activation quantization ---- */
@@ -97,6 +98,13 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
             for (int k = 0; k < 4; k++)
                 for (int h = 0; h < 2; h++)
                     for (int j = 0; j < 8; j++) memcpy(o + 64 * k + 32 * h + 4 * j, nat + 32 * j + 16 * h + 4 * k, 4);
+        }
+    if (dt == KDT_Q6_K_SB16) /* register t, byte 2g + o: element 16g + 2t + o (kernels.h); sums per 16 kept */
+        for (int64_t b = 0; b < cols / 256; b++) {
+            int8_t nat[256], *o = q + 256 * b;
+            memcpy(nat, o, sizeof nat);
+            for (int t = 0; t < 8; t++)
+                for (int g = 0; g < 16; g++) memcpy(o + 32 * t + 2 * g, nat + 16 * g + 2 * t, 2);
         }
 }
 
@@ -174,7 +182,8 @@ static float kq_dot_q4_k_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
 
 /* Q6_K in ggml's layout: element 128h + 32k + l (h, k < 4, l < 32) is the nibble k/2 of
  * ql[64h + 32(k%2) + l] with bits 2k, 2k+1 of qh[32h + l] above it. */
-static float kq_dot_q6_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs, int64_t nb) {
+static float kq_dot_q6_k_scalar(bool sb16, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs,
+                                int64_t nb) {
     float L = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + 210 * b, *ql = blk, *qh = blk + 128;
@@ -190,6 +199,12 @@ static float kq_dot_q6_k_scalar(const uint8_t *w, const int8_t *xq, const float 
                 int32_t p = 0;
                 for (int e = 0; e < 4; e++) {
                     int l = 4 * j + e;
+                    if (sb16) { /* element 32c + l = 16g + 2t + o at register t, byte 2g + o (kernels.h) */
+                        int E = 32 * c + l, t = E % 16 / 2, at = 2 * (E / 16) + E % 2;
+                        int lo = (ql[32 * (t / 2) + at] >> (4 * (t % 2))) & 15, hi = (qh[32 * (t / 4) + at] >> (2 * (t % 4))) & 3;
+                        p += (lo | hi << 4) * xb[32 * t + at];
+                        continue;
+                    }
                     int lo = (ql[64 * hh + 32 * (k % 2) + l] >> (4 * (k / 2))) & 15;
                     int hi = (qh[32 * hh + l] >> (2 * k)) & 3;
                     p += (lo | hi << 4) * xb[32 * c + l];
@@ -213,7 +228,8 @@ void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t 
             const int8_t *xq = x->q + (int64_t)i * cols;
             float s = !kdtype_is_kquant(dt)
                           ? kq_dot_q8_0_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 32), cols / 32)
-                      : dt == KDT_Q6_K ? kq_dot_q6_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
+                      : dt == KDT_Q6_K || dt == KDT_Q6_K_SB16
+                          ? kq_dot_q6_k_scalar(dt == KDT_Q6_K_SB16, w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
                                                             x->gsum + (int64_t)i * (cols / 16), cols / 256)
                                        : kq_dot_q4_k_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
                                                             x->gsum + (int64_t)i * (cols / 32), cols / 256);
@@ -314,8 +330,8 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     if (n == 0) return 0;
     if (!y || !w->data) return PEFTD_EINVAL;
     kq_path path = kq_resolve();
-    /* SB8 (the AVX2 path's reordering of Q4_K) has AVX2 tiles and the scalar reference only */
-    if (w->dtype == KDT_Q4_K_SB8 && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
+    /* SB8 / SB16 (the AVX2 path's reorderings) have AVX2 tiles and the scalar reference only */
+    if ((w->dtype == KDT_Q4_K_SB8 || w->dtype == KDT_Q6_K_SB16) && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
     job->kq = (kcpu_kq_ctx){.fn = path == KQ_AMX    ? kq_rows_amx
                                   : path == KQ_VNNI ? kq_rows_vnni
                                   : path == KQ_AVX2 ? kq_rows_avx2

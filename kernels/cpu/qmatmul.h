@@ -106,7 +106,7 @@ static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m)
 #define KQ_PF 16384
 
 /* The K-quants' group size of kq_x.gsum. */
-static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K ? 16 : 32; }
+static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K || dt == KDT_Q6_K_SB16 ? 16 : 32; }
 
 /* Code paths, for tests and benchmarks: KQ_AUTO picks the best the CPU has. Process-wide;
  * set before issuing ops. PEFTD_CPU_QPATH=amx|vnni|avx2|scalar in the environment sets it too. */
@@ -115,7 +115,8 @@ extern kq_path kcpu__q_path;
 /* The path KQ_AUTO resolves to on this CPU, and whether path p can run here. */
 kq_path kq_best_path(void);
 /* The dtype the path in use multiplies fastest for weights stored as dt (the CPU backend's
- * preferred_dtype for MATMUL): KDT_Q4_K_SB8 for Q4_K on the AVX2 path, else dt. */
+ * preferred_dtype for MATMUL): on the AVX2 path KDT_Q4_K_SB8 for Q4_K, KDT_Q6_K_SB16 for Q6_K;
+ * else dt. */
 kdtype kq_preferred_dtype(kdtype dt);
 bool kq_path_available(kq_path p);
 

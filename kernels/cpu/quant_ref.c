@@ -7,6 +7,7 @@
 #include "kernels/cpu/quant_ref.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
@@ -28,7 +29,7 @@ int qref_block_elems(uint32_t type) {
     switch (type) {
     case QREF_F32: case QREF_F16: case QREF_BF16: return 1;
     case QREF_Q8_0: case QREF_Q4_0: return QREF_QK;
-    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: return QREF_QK_K;
+    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: case QREF_Q6_K_SB16: return QREF_QK_K;
     default: return 0;
     }
 }
@@ -41,7 +42,7 @@ int qref_block_bytes(uint32_t type) {
     case QREF_Q4_0: return (int)sizeof(qref_block_q4_0);
     case QREF_Q4_K: case QREF_Q4_K_SB8: return (int)sizeof(qref_block_q4_k);
     case QREF_Q5_K: return (int)sizeof(qref_block_q5_k);
-    case QREF_Q6_K: return (int)sizeof(qref_block_q6_k);
+    case QREF_Q6_K: case QREF_Q6_K_SB16: return (int)sizeof(qref_block_q6_k);
     default: return 0;
     }
 }
@@ -135,7 +136,83 @@ void qref_dequant_q6_k(const void *src, float *dst, int64_t nb) {
     }
 }
 
+/* Where the 6-bit code of element e sits in a Q6_K block, in ggml's order (six = 0: element
+ * 128h + 32m + l is nibble m/2 of ql[64h + 32(m%2) + l] with bits 2m of qh[32h + l]) or
+ * QREF_Q6_K_SB16's (six = 1, kernels.h): ql byte, its nibble, qh byte (from the block start), bit. */
+static void qref_q6_at(int six, int e, int *lb, int *ln, int *hb, int *hs) {
+    if (!six) {
+        int h = e / 128, m = e % 128 / 32, l = e % 32;
+        *lb = 64 * h + 32 * (m % 2) + l, *ln = m / 2, *hb = 128 + 32 * h + l, *hs = 2 * m;
+    } else {
+        int t = e % 16 / 2, beta = 2 * (e / 16) + e % 2;
+        *lb = 32 * (t / 2) + beta, *ln = t % 2, *hb = 128 + 32 * (t / 4) + beta, *hs = 2 * (t % 4);
+    }
+}
+
+static int16_t qref_q6_tab[2][QREF_QK_K][4]; /* [order][element]: qref_q6_at, filled once */
+static pthread_once_t qref_q6_once = PTHREAD_ONCE_INIT;
+static void qref_q6_fill_tab(void) {
+    for (int e = 0; e < QREF_QK_K; e++)
+        for (int six = 0; six < 2; six++) {
+            int v[4];
+            qref_q6_at(six, e, &v[0], &v[1], &v[2], &v[3]);
+            for (int k = 0; k < 4; k++) qref_q6_tab[six][e][k] = (int16_t)v[k];
+        }
+}
+
+static void qref_q6_fill(void) { qref_q6_fill_tab(); }
+
+static int qref_reorder_q6(bool fwd, const uint8_t *s, uint8_t *d, int64_t n) {
+    const size_t bb = sizeof(qref_block_q6_k);
+    pthread_once(&qref_q6_once, qref_q6_fill);
+    if (fwd) {
+        for (int64_t b = 0; b < n / QREF_QK_K; b++, s += bb, d += bb) {
+            /* ql: for group g and register pair k, SB16 bytes 32k + 2g, +1 take the nibbles of ggml's
+             * 4 consecutive bytes at its element 16g + 4k (qref_q6_at): c0 | c2 << 4, c1 | c3 << 4 */
+            for (int g = 0; g < 16; g++) {
+                const int mb = g / 2, h = mb / 4, m = mb % 4, base = 64 * h + 32 * (m % 2) + 16 * (g % 2);
+                for (int k = 0; k < 4; k++) {
+                    uint32_t v;
+                    memcpy(&v, s + base + 4 * k, 4);
+                    v = v >> 4 * (m / 2) & 0x0f0f0f0fu;
+                    uint16_t o = (uint16_t)((v & 0x0f0fu) | (v >> 12 & 0xf0f0u));
+                    memcpy(d + 32 * k + 2 * g, &o, 2);
+                }
+            }
+            /* qh: SB16 bytes 128 + 32mm + 2g, +1 take bits 2m of ggml's 8 qh bytes at element 16g + 8mm:
+             * bytes 0, 2, 4, 6 into the first, 1, 3, 5, 7 into the second, 2 bits each */
+            for (int g = 0; g < 16; g++) {
+                const int mb = g / 2, h = mb / 4, m = mb % 4;
+                for (int mm = 0; mm < 2; mm++) {
+                    uint64_t u;
+                    memcpy(&u, s + 128 + 32 * h + 16 * (g % 2) + 8 * mm, 8);
+                    u = u >> 2 * m & 0x0303030303030303ull;
+                    d[128 + 32 * mm + 2 * g] = (uint8_t)((u & 3) | (u >> 14 & 0xc) | (u >> 28 & 0x30) | (u >> 42 & 0xc0));
+                    d[128 + 32 * mm + 2 * g + 1] =
+                        (uint8_t)((u >> 8 & 3) | (u >> 22 & 0xc) | (u >> 36 & 0x30) | (u >> 50 & 0xc0));
+                }
+            }
+            memcpy(d + 192, s + 192, bb - 192); /* scales, d */
+        }
+        return 0;
+    }
+    const int16_t (*ai)[4] = qref_q6_tab[1], (*ao)[4] = qref_q6_tab[0];
+    for (int64_t b = 0; b < n / QREF_QK_K; b++, s += bb, d += bb) {
+        memset(d, 0, 192);
+        memcpy(d + 192, s + 192, bb - 192); /* scales, d */
+        for (int e = 0; e < QREF_QK_K; e++) {
+            int lo = s[ai[e][0]] >> 4 * ai[e][1] & 15, hi = s[ai[e][2]] >> ai[e][3] & 3;
+            d[ao[e][0]] |= (uint8_t)(lo << 4 * ao[e][1]);
+            d[ao[e][2]] |= (uint8_t)(hi << ao[e][3]);
+        }
+    }
+    return 0;
+}
+
 int qref_reorder(uint32_t to, uint32_t from, const void *src, void *dst, int64_t n) {
+    bool six_fwd = from == QREF_Q6_K && to == QREF_Q6_K_SB16, six_back = from == QREF_Q6_K_SB16 && to == QREF_Q6_K;
+    if ((six_fwd || six_back) && (n < 0 || n % QREF_QK_K)) return PEFTD_EINVAL;
+    if (six_fwd || six_back) return qref_reorder_q6(six_fwd, src, dst, n);
     bool fwd = from == QREF_Q4_K && to == QREF_Q4_K_SB8, back = from == QREF_Q4_K_SB8 && to == QREF_Q4_K;
     if (!fwd && !back) return PEFTD_EUNSUPPORTED;
     if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
@@ -195,6 +272,13 @@ int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
     case QREF_Q8_0: qref_dequant_q8_0(src, dst, nb); break;
     case QREF_Q4_0: qref_dequant_q4_0(src, dst, nb); break;
     case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
+    case QREF_Q6_K_SB16:
+        for (int64_t b = 0; b < nb; b++) { /* one block back to Q6_K's order, then as Q6_K */
+            qref_block_q6_k blk;
+            qref_reorder(QREF_Q6_K, QREF_Q6_K_SB16, p + b * sizeof blk, &blk, QREF_QK_K);
+            qref_dequant_q6_k(&blk, dst + b * QREF_QK_K, 1);
+        }
+        break;
     case QREF_Q4_K_SB8:
         for (int64_t b = 0; b < nb; b++) { /* one block back to Q4_K's order, then as Q4_K */
             qref_block_q4_k blk;

@@ -52,6 +52,7 @@ enum {
     QREF_BF16 = 30,
     /* not a GGUF type: Q4_K with its codes reordered (kernels.h KDT_Q4_K_SB8) */
     QREF_Q4_K_SB8 = 0x1000C,
+    QREF_Q6_K_SB16 = 0x1000E, /* Q6_K reordered (KDT_Q6_K_SB16) */
 };
 
 typedef struct { uint16_t d; int8_t qs[QREF_QK]; } qref_block_q8_0;
@@ -79,8 +80,9 @@ int qref_block_bytes(uint32_t type);
  * multiple of the block size or negative. Thread-safe (no state). */
 int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n);
 
-/* Converts n elements between a type and a reordering of it (Q4_K <-> QREF_Q4_K_SB8: the same
- * blocks with qs permuted, kernels.h states the order), src to dst (not overlapping). 0,
+/* Converts n elements between a type and a reordering of it (Q4_K <-> QREF_Q4_K_SB8, Q6_K <->
+ * QREF_Q6_K_SB16: the same blocks with the codes permuted, kernels.h states the orders), src to
+ * dst (not overlapping). 0,
  * PEFTD_EUNSUPPORTED for any other pair, PEFTD_EINVAL when n is not whole blocks. Thread-safe. */
 int qref_reorder(uint32_t to, uint32_t from, const void *src, void *dst, int64_t n);
 

@@ -28,7 +28,7 @@ int model_weights_parse(const char *s, int *dt) {
 }
 
 typedef struct {
-    kmat *w;         /* the view to repoint */
+    kmat *w;         /* the view to repoint (NULL: a later row range of the weight before it) */
     kmat src;        /* its stored form */
     kdtype dt;       /* its new dtype */
     uint8_t *dst;
@@ -235,6 +235,8 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, c
     return 0;
 }
 
+#define MR_CHUNK ((size_t)8 << 20)
+
 /* The weights model_reorder_projections reorders: the layer projections and an untied lm_head
  * whose dtype the backend prefers in another layout for MATMUL. jobs NULL: count only. */
 static int mr_plan(model *m, mq_job *jobs, size_t *bytes) {
@@ -248,16 +250,33 @@ static int mr_plan(model *m, mq_job *jobs, size_t *bytes) {
             kmat *p[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
             memcpy(w, p, sizeof p);
         } else if (m->lm_head.data && m->lm_head.data != m->embed.data) {
-            w[0] = &m->lm_head; /* a tied lm_head is the embedding: GET_ROWS reads it as stored */
+            w[0] = &m->lm_head;
+        } else if (m->lm_head.data == m->embed.data && m->embed.data) {
+            /* tied: the one table is the lm_head's matmul and the embedding's gather; reordered
+             * only where the backend gathers from the new dtype too (model_reorder_projections
+             * points lm_head at it afterwards) */
+            kdtype to = kops_preferred_dtype(kb, KOP_MATMUL, m->embed.dtype);
+            if (to != m->embed.dtype && kb->ops->supports_op(kb, KOP_GET_ROWS, to)) w[0] = &m->embed;
         }
         for (int k = 0; k < 7; k++) {
             if (!w[k] || !w[k]->data) continue;
             kdtype to = kops_preferred_dtype(kb, KOP_MATMUL, w[k]->dtype);
             if (to == w[k]->dtype) continue;
-            size_t sz = (kdtype_row_bytes(to, w[k]->cols) * (size_t)w[k]->rows + MQ_ALIGN - 1) / MQ_ALIGN * MQ_ALIGN;
-            if (jobs) jobs[n] = (mq_job){.w = w[k], .src = *w[k], .dt = to, .dst = (uint8_t *)(uintptr_t)*bytes};
-            *bytes += sz;
-            n++;
+            /* jobs of at most MR_CHUNK bytes (a 1B model's tied table is 215 MB: one job would be
+             * one thread's); the first carries the view to repoint */
+            size_t rb = kdtype_row_bytes(to, w[k]->cols);
+            int64_t step = (int64_t)(MR_CHUNK / rb) > 0 ? (int64_t)(MR_CHUNK / rb) : 1;
+            for (int64_t r0 = 0; r0 < w[k]->rows; r0 += step) {
+                if (jobs) {
+                    kmat part = *w[k];
+                    part.data = (const uint8_t *)w[k]->data + rb * (size_t)r0;
+                    part.rows = r0 + step < w[k]->rows ? step : w[k]->rows - r0;
+                    jobs[n] = (mq_job){.w = r0 ? NULL : w[k], .src = part, .dt = to,
+                                       .dst = (uint8_t *)(uintptr_t)(*bytes + rb * (size_t)r0)};
+                }
+                n++;
+            }
+            *bytes += (rb * (size_t)w[k]->rows + MQ_ALIGN - 1) / MQ_ALIGN * MQ_ALIGN;
         }
     }
     return n;
@@ -289,16 +308,27 @@ int model_reorder_projections(model *m, int n_threads, void **buf, char *err, si
         free(mem);
         return c.rc;
     }
-    kdtype from = jobs[0].src.dtype, to = jobs[0].dt;
+    char what[160] = "";
+    for (int i = 0, o = 0; i < n; i++) {
+        bool seen = false;
+        for (int k = 0; k < i; k++) seen |= jobs[k].src.dtype == jobs[i].src.dtype;
+        if (!seen && o < (int)sizeof what)
+            o += snprintf(what + o, sizeof what - (size_t)o, "%s%s -> %s", o ? ", " : "", kdtype_name(jobs[i].src.dtype),
+                          kdtype_name(jobs[i].dt));
+    }
+    bool tied = m->lm_head.data == m->embed.data;
+    int n_weights = 0;
     for (int i = 0; i < n; i++) {
+        if (!jobs[i].w) continue; /* a later part of the weight before it */
         jobs[i].w->data = jobs[i].dst;
         jobs[i].w->dtype = jobs[i].dt;
+        n_weights++;
     }
+    if (tied) m->lm_head = m->embed;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-    LOGI("model %s: %d weights reordered for backend %s's matmul (%s -> %s, same results) in %.1f ms on %d "
-         "thread(s): %.1f MB", m->name, n, m->kb->ops->name, kdtype_name(from), kdtype_name(to), ms, n_threads,
-         (double)bytes / 1e6);
+    LOGI("model %s: %d weights reordered for backend %s's matmul (%s; same results) in %.1f ms on %d thread(s): "
+         "%.1f MB", m->name, n_weights, m->kb->ops->name, what, ms, n_threads, (double)bytes / 1e6);
     free(jobs);
     *buf = mem;
     return 0;

@@ -32,9 +32,11 @@
 int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, char *err, size_t errlen);
 
 /* Reorders the weights whose dtype the backend runs faster in another layout of the same blocks
- * (kbackend_ops.preferred_dtype for MATMUL: the CPU's AVX2 path takes Q4_K as KDT_Q4_K_SB8) into
- * one new host buffer (*buf, as above; NULL when nothing is reordered): the layer projections
- * and an untied lm_head, never the embedding. Results are bit-identical to the stored layout's
+ * (kbackend_ops.preferred_dtype for MATMUL: the CPU's AVX2 path takes Q4_K as KDT_Q4_K_SB8, Q6_K
+ * as KDT_Q6_K_SB16) into one new host buffer (*buf, as above; NULL when nothing is reordered):
+ * the layer projections and the lm_head — a tied one with the embedding it is, when the
+ * backend's GET_ROWS takes the new dtype (the CPU's does: it dequantizes rows); an untied
+ * embedding stays as stored. Results are bit-identical to the stored layout's
  * (the kernels' canonical order); adapters that read the base (DoRA's norms) dequantize either.
  * Host views, before any upload; after model_quantize_projections. Logs the time taken. */
 int model_reorder_projections(model *m, int n_threads, void **buf, char *err, size_t errlen);

@@ -147,19 +147,23 @@ static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
                      (int)paths[p]);
         }
     }
-    if (dt == KDT_Q4_K) { /* the same weights reordered for the AVX2 path (SB8): every path, same bits */
+    if (dt == KDT_Q4_K || dt == KDT_Q6_K) { /* the same weights reordered for the AVX2 path (SB8 / SB16):
+                                             * every path, same bits */
+        kdtype rt = dt == KDT_Q4_K ? KDT_Q4_K_SB8 : KDT_Q6_K_SB16;
         void *ws = malloc(kdtype_row_bytes(dt, cols) * (size_t)rows);
         ASSERT(ws);
-        ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q4_K, wq, ws, (int64_t)rows * cols), 0);
-        kmat w8 = {.data = ws, .dtype = KDT_Q4_K_SB8, .rows = rows, .cols = cols};
+        ASSERT_EQ(qref_reorder(kdtype_ggml_type(rt), kdtype_ggml_type(dt), wq, ws, (int64_t)rows * cols), 0);
+        kmat w8 = {.data = ws, .dtype = rt, .rows = rows, .cols = cols};
         for (int p = 0; p < 4; p++) {
             if (!kq_path_available(paths[p])) continue;
             run_path(kb, paths[p], x, n, &w8, y2, 0.0f);
             if (memcmp(y, y2, (size_t)ny * 4))
-                FAIL("q4_k_sb8 n=%d rows=%d cols=%d: path %d differs from q4_k", n, rows, cols, (int)paths[p]);
+                FAIL("%s n=%d rows=%d cols=%d: path %d differs from %s", kdtype_name(rt), n, rows, cols, (int)paths[p],
+                     kdtype_name(dt));
             run_path(kb, paths[p], x + (int64_t)(n - 1) * cols, 1, &w8, y1, 0.0f);
             if (memcmp(y1, y + (int64_t)(n - 1) * rows, (size_t)rows * 4))
-                FAIL("q4_k_sb8 n=%d rows=%d cols=%d: last row alone differs (path %d)", n, rows, cols, (int)paths[p]);
+                FAIL("%s n=%d rows=%d cols=%d: last row alone differs (path %d)", kdtype_name(rt), n, rows, cols,
+                     (int)paths[p]);
         }
         free(ws);
     }
@@ -203,9 +207,9 @@ TEST(qmatmul_vs_dequant_reference) {
             worst_all[1], worst_all[2], worst_all[3], worst_all[4]);
 }
 
-/* Q4_K's SB8 reordering (kernels.h): a bijection on the codes (there and back gives the same
- * bytes; dequantizing either gives the same floats), refused for other types and partial
- * blocks; the AVX2 path prefers it for Q4_K only; and at the 16-bit lanes' bound — every code
+/* Q4_K's SB8 and Q6_K's SB16 reorderings (kernels.h): bijections on the codes (there and back
+ * gives the same bytes; dequantizing either gives the same floats), refused for other types and
+ * partial blocks; the AVX2 path prefers them for Q4_K and Q6_K only; and (SB8) at the 16-bit lanes' bound — every code
  * 15, every scale 63, x codes all +127 or all −127, so each lane sums 16 products of 1905 =
  * 30480 — the tiles give the natural order's bits (a wrapped lane would be off by 65536·sc). */
 TEST(qmatmul_q4k_sb8_reorder) {
@@ -227,12 +231,34 @@ TEST(qmatmul_q4k_sb8_reorder) {
      * Q4_K byte 32·(87/64) + 87%32 = 55, low nibble (87%64 < 32) */
     ASSERT_EQ(ws[16 + 43] >> 4, wq[16 + 55] & 15);
     ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q6_K, wq, ws, 256), PEFTD_EUNSUPPORTED);
+    ASSERT_EQ(qref_reorder(QREF_Q6_K_SB16, QREF_Q4_K, wq, ws, 256), PEFTD_EUNSUPPORTED);
+    ASSERT_EQ(qref_reorder(QREF_Q6_K_SB16, QREF_Q6_K, wq, ws, 100), PEFTD_EINVAL);
+    { /* Q6_K <-> SB16: there and back, same floats; element 16g + 2t + o at register t, byte 2g + o */
+        float *w6d;
+        uint8_t *w6 = make_w(KDT_Q6_K, ROWS, COLS, &w6d), *s6 = malloc(210 * ROWS * 2), *b6 = malloc(210 * ROWS * 2);
+        ASSERT(s6 && b6);
+        ASSERT_EQ(qref_reorder(QREF_Q6_K_SB16, QREF_Q6_K, w6, s6, (int64_t)ROWS * COLS), 0);
+        ASSERT_EQ(qref_reorder(QREF_Q6_K, QREF_Q6_K_SB16, s6, b6, (int64_t)ROWS * COLS), 0);
+        ASSERT(memcmp(b6, w6, 210 * ROWS * 2) == 0 && memcmp(s6, w6, 192) != 0);
+        ASSERT(memcmp(s6 + 192, w6 + 192, 18) == 0); /* scales and d stay */
+        ASSERT_EQ(qref_dequantize(QREF_Q6_K_SB16, s6, d2, (int64_t)ROWS * COLS), 0);
+        ASSERT(memcmp(w6d, d2, (size_t)ROWS * COLS * 4) == 0);
+        /* element 165 = 16·10 + 2·2 + 1 (g 10, t 2, o 1): ql byte 32·1 + 21, low nibble; qh byte 128 + 21,
+         * bits 4-5. In ggml's order element 165 = 128 + 32·1 + 5: ql byte 64 + 32 + 5 nibble 0, qh 128 + 32 + 5 bits 2-3 */
+        ASSERT_EQ(s6[53] & 15, w6[101] & 15);
+        ASSERT_EQ(s6[128 + 21] >> 4 & 3, w6[165] >> 2 & 3);
+        free(w6);
+        free(w6d);
+        free(s6);
+        free(b6);
+    }
     ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q4_K, wq, ws, 255), PEFTD_EINVAL);
     kq_path was = kcpu__q_path;
     kcpu__q_path = KQ_AVX2;
     ASSERT_EQ(kq_preferred_dtype(KDT_Q4_K), kq_path_available(KQ_AVX2) ? KDT_Q4_K_SB8 : KDT_Q4_K);
-    ASSERT_EQ(kq_preferred_dtype(KDT_Q6_K), KDT_Q6_K);
+    ASSERT_EQ(kq_preferred_dtype(KDT_Q6_K), kq_path_available(KQ_AVX2) ? KDT_Q6_K_SB16 : KDT_Q6_K);
     ASSERT_EQ(kq_preferred_dtype(KDT_Q5_K), KDT_Q5_K);
+    ASSERT_EQ(kq_preferred_dtype(KDT_Q8_0), KDT_Q8_0);
     kcpu__q_path = KQ_SCALAR;
     ASSERT_EQ(kq_preferred_dtype(KDT_Q4_K), KDT_Q4_K);
     kcpu__q_path = was;
@@ -274,6 +300,33 @@ TEST(qmatmul_q4k_sb8_reorder) {
         want += I * (double)f16_to_f32(f32_to_f16(0.001f)) * (2.5 / 127) - M * (double)f16_to_f32(f32_to_f16(0.0005f)) * (2.5 / 127);
     }
     if (!(fabs(ya[0] - want) <= 1e-4 * fabs(want))) FAIL("lane bound value %.9g, want %.9g", ya[0], want);
+    { /* SB16 at its bound: every code 63 (two vpmaddubsw pairs of 2·63·127 = 32004 per 16-bit lane),
+       * scales ±127/−128, x codes ±127 */
+        size_t rb6 = kdtype_row_bytes(KDT_Q6_K, COLS);
+        uint8_t *q6 = malloc(rb6 * ROWS), *s6 = malloc(rb6 * ROWS);
+        ASSERT(q6 && s6);
+        for (int r = 0; r < ROWS; r++)
+            for (int b = 0; b < COLS / 256; b++) {
+                uint8_t *blk = q6 + rb6 * r + 210 * b;
+                memset(blk, 0xff, 192);
+                for (int g = 0; g < 16; g++) blk[192 + g] = (uint8_t)(int8_t)(g % 3 == 0 ? -128 : g % 3 == 1 ? 127 : -77);
+                uint16_t h = f32_to_f16(0.002f * (float)(r + 1));
+                memcpy(blk + 208, &h, 2);
+            }
+        ASSERT_EQ(qref_reorder(QREF_Q6_K_SB16, QREF_Q6_K, q6, s6, (int64_t)ROWS * COLS), 0);
+        kmat w6 = {.data = q6, .dtype = KDT_Q6_K, .rows = ROWS, .cols = COLS};
+        kmat w16 = {.data = s6, .dtype = KDT_Q6_K_SB16, .rows = ROWS, .cols = COLS};
+        run_path(kb, KQ_SCALAR, x, N, &w6, ya, 0.0f);
+        for (int p = 0; p < 2; p++) {
+            if (!kq_path_available(paths[p])) continue;
+            run_path(kb, paths[p], x, N, &w16, yb, 0.0f);
+            if (memcmp(ya, yb, (size_t)N * ROWS * 4)) FAIL("q6_k_sb16 at the lane bound: path %d differs", (int)paths[p]);
+            run_path(kb, paths[p], x + COLS, 1, &w16, yb, 0.0f);
+            if (memcmp(ya + ROWS, yb, (size_t)ROWS * 4)) FAIL("q6_k_sb16 at the lane bound, one row: path %d differs", (int)paths[p]);
+        }
+        free(q6);
+        free(s6);
+    }
     kbackend_destroy(kb);
     free(x);
     free(ya);

@@ -151,8 +151,9 @@ static double max_diff(const float *a, const float *b, size_t n) {
 
 /* The stored types are llama-quantize's choice, not the converter's: every view the model uses
  * carries the type reference.json records for that tensor (Q/K un-permuted whole rows keep it). */
-/* The file's type of a loaded view: Q4_K reordered for the AVX2 path (KDT_Q4_K_SB8) is Q4_K. */
-static kdtype stored_type(kdtype dt) { return dt == KDT_Q4_K_SB8 ? KDT_Q4_K : dt; }
+/* The file's type of a loaded view: Q4_K / Q6_K reordered for the AVX2 path (KDT_Q4_K_SB8,
+ * KDT_Q6_K_SB16) are Q4_K / Q6_K. */
+static kdtype stored_type(kdtype dt) { return dt == KDT_Q4_K_SB8 ? KDT_Q4_K : dt == KDT_Q6_K_SB16 ? KDT_Q6_K : dt; }
 
 static void check_type(const qref *r, const char *tensor, const kmat *w) {
     const cJSON *t = cJSON_GetObjectItem(item(r->root, "tensor_types"), tensor);
@@ -176,7 +177,7 @@ TEST(q4km_tensor_types) {
             snprintf(name, sizeof name, "blk.%d.%s.weight", i, proj[k]);
             check_type(&r, name, w[k]);
             n_q4 += stored_type(w[k]->dtype) == KDT_Q4_K;
-            n_q6 += w[k]->dtype == KDT_Q6_K;
+            n_q6 += stored_type(w[k]->dtype) == KDT_Q6_K;
             printf("    %-22s %s\n", name, kdtype_name(w[k]->dtype));
         }
     }
@@ -327,8 +328,9 @@ TEST(q4km_mixed_batch_bit_identical_to_alone) {
     qref_free(&r);
 }
 
-/* The AVX2 path multiplies Q4_K reordered (KDT_Q4_K_SB8, model_reorder_projections at load):
- * loaded with that path, every Q4_K projection is reordered (and no Q6_K one), and the base and
+/* The AVX2 path multiplies Q4_K and Q6_K reordered (KDT_Q4_K_SB8, KDT_Q6_K_SB16;
+ * model_reorder_projections at load): loaded with that path, every Q4_K / Q6_K projection and the
+ * Q6_K lm_head are reordered, and the base and
  * every adapter kind (DoRA's norms dequantize the reordered base) give the logits of the scalar
  * path's load, which keeps the file's order — bit for bit, prefill and decode. SKIP where the CPU
  * has no AVX2 (the reordering is not offered there). */
@@ -342,18 +344,24 @@ TEST(q4km_avx2_reordered_same_logits) {
     rig_open(&A, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
     kcpu__q_path = KQ_SCALAR;
     rig_open(&S, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
-    int n_sb8 = 0;
+    int n_sb8 = 0, n_sb16 = 0;
     for (int i = 0; i < A.m->cfg.n_layers; i++) {
         const model_layer *La = &A.m->layers[i], *Ls = &S.m->layers[i];
         const kmat *wa[7] = {&La->wq, &La->wk, &La->wv, &La->wo, &La->w_gate, &La->w_up, &La->w_down};
         const kmat *ws[7] = {&Ls->wq, &Ls->wk, &Ls->wv, &Ls->wo, &Ls->w_gate, &Ls->w_up, &Ls->w_down};
         for (int k = 0; k < 7; k++) {
-            ASSERT(ws[k]->dtype != KDT_Q4_K_SB8);
-            ASSERT_EQ(wa[k]->dtype, ws[k]->dtype == KDT_Q4_K ? KDT_Q4_K_SB8 : ws[k]->dtype);
+            ASSERT(ws[k]->dtype != KDT_Q4_K_SB8 && ws[k]->dtype != KDT_Q6_K_SB16);
+            ASSERT_EQ(wa[k]->dtype, ws[k]->dtype == KDT_Q4_K   ? KDT_Q4_K_SB8
+                                    : ws[k]->dtype == KDT_Q6_K ? KDT_Q6_K_SB16
+                                                               : ws[k]->dtype);
             n_sb8 += wa[k]->dtype == KDT_Q4_K_SB8;
+            n_sb16 += wa[k]->dtype == KDT_Q6_K_SB16;
         }
     }
-    ASSERT(n_sb8 > 0);
+    ASSERT(n_sb8 > 0 && n_sb16 > 0);
+    /* this file's output.weight is Q6_K (untied): reordered too */
+    ASSERT_EQ(S.m->lm_head.dtype, KDT_Q6_K);
+    ASSERT_EQ(A.m->lm_head.dtype, KDT_Q6_K_SB16);
     for (int k = 0; k < N_CASES; k++)
         for (int p = 0; p < N_PROMPTS; p++) {
             int n = r.n_prompt[p] + r.n_decode;
@@ -373,8 +381,9 @@ TEST(q4km_avx2_reordered_same_logits) {
             free(a);
             free(b);
         }
-    printf("    Q4_K_M: %d of %d projections reordered (q4_k -> q4_k_sb8) under the AVX2 path; base + %d kinds x %d "
-           "prompts bit-identical to the scalar path's load\n", n_sb8, 7 * A.m->cfg.n_layers, N_CASES - 1, N_PROMPTS);
+    printf("    Q4_K_M: %d + %d of %d projections reordered (q4_k -> q4_k_sb8, q6_k -> q6_k_sb16) and lm_head under the "
+           "AVX2 path; base + %d kinds x %d prompts bit-identical to the scalar path's load\n", n_sb8, n_sb16,
+           7 * A.m->cfg.n_layers, N_CASES - 1, N_PROMPTS);
     kcpu__q_path = was;
     rig_close(&A, N_CASES);
     rig_close(&S, N_CASES);

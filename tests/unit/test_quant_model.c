@@ -21,6 +21,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/cpu/qmatmul.h"
 #include "kernels/cpu/quant_ref.h"
 #include "kernels/kernels.h"
 #include "lib/half.h"
@@ -368,7 +369,60 @@ TEST(mixed_batch_bit_identical) {
     free(q.lq);
 }
 
-TEST_MAIN(at_load_rule, refused_without_capability, stories260k_q8_0, stories260k_q8_0_lora, stories260k_q8_0_dora,
+/* model_reorder_projections on a TIED quantized table (what the 1B Q4_K_M GGUF is: token_embd
+ * Q6_K used as lm_head too): under the AVX2 path the one table becomes KDT_Q6_K_SB16 for both the
+ * gather and the lm_head matmul (still one tensor), the Q4_K projections KDT_Q4_K_SB8; logits of
+ * a prefill and decode steps bit-identical to the stored order's (scalar path), and the embedding
+ * rows gathered from the reordered table are the stored table's. SKIP without AVX2. */
+TEST(tied_table_reordered_same_logits) {
+    if (!kq_path_available(KQ_AVX2)) SKIP("no AVX2 on this CPU: the reorderings are not used");
+    kbackend *kb = kbackend_cpu_create(2);
+    ASSERT(kb);
+    model *m = load_q(kb, "tests/fixtures/models/tiny-k256-bf16", "stored");
+    ASSERT(m->cfg.tie_word_embeddings && m->lm_head.data == m->embed.data);
+    void *bufs[3] = {NULL, NULL, NULL};
+    char err[512] = "";
+    requant(&m->embed, KDT_Q6_K, &bufs[0]);
+    m->lm_head = m->embed;
+    if (model_quantize_projections(m, KDT_Q4_K, 2, &bufs[1], err, sizeof err) < 0) FAIL("%s", err);
+    ASSERT_EQ(m->layers[0].wq.dtype, KDT_Q4_K);
+    static const int32_t ids[9] = {1, 17, 200, 45, 3, 99, 128, 7, 250};
+    const int n = 9, vocab = m->cfg.vocab_size;
+    float *a = malloc(sizeof(float) * n * vocab), *b = malloc(sizeof(float) * n * vocab);
+    float *ea = malloc(sizeof(float) * 3 * m->cfg.hidden_size), *eb = malloc(sizeof(float) * 3 * m->cfg.hidden_size);
+    ASSERT(a && b && ea && eb);
+    kq_path was = kcpu__q_path;
+    kcpu__q_path = KQ_SCALAR;
+    seq_spec sp = {.ids = ids, .n = n};
+    llama_ctx *c = seq_batch_ctx(m);
+    seq_prefill_decode(c, m, &sp, 5, a);
+    llama_ctx_free(c);
+    ASSERT_EQ(kb->ops->get_rows(kb, &m->embed, ids, 3, ea), 0);
+    kcpu__q_path = KQ_AVX2;
+    if (model_reorder_projections(m, 2, &bufs[2], err, sizeof err) < 0) FAIL("%s", err);
+    ASSERT_EQ(m->embed.dtype, KDT_Q6_K_SB16);
+    ASSERT(m->lm_head.data == m->embed.data && m->lm_head.dtype == KDT_Q6_K_SB16);
+    ASSERT_EQ(m->layers[0].wq.dtype, KDT_Q4_K_SB8);
+    ASSERT_EQ(kb->ops->get_rows(kb, &m->embed, ids, 3, eb), 0);
+    ASSERT(memcmp(ea, eb, sizeof(float) * 3 * m->cfg.hidden_size) == 0);
+    c = seq_batch_ctx(m);
+    seq_prefill_decode(c, m, &sp, 5, b);
+    llama_ctx_free(c);
+    if (memcmp(a, b, sizeof(float) * n * vocab))
+        FAIL("reordered tied table: logits differ from the stored order's (max |diff| %.3g)", maxdiff(a, b, (size_t)n * vocab));
+    printf("    tied Q6_K table + Q4_K projections reordered (q6_k_sb16 / q4_k_sb8): 5-token prefill + 4 decode steps "
+           "bit-identical, gathered rows equal\n");
+    kcpu__q_path = was;
+    model_free(m);
+    for (int i = 0; i < 3; i++) free(bufs[i]);
+    free(a);
+    free(b);
+    free(ea);
+    free(eb);
+    kbackend_destroy(kb);
+}
+
+TEST_MAIN(at_load_rule, tied_table_reordered_same_logits, refused_without_capability, stories260k_q8_0, stories260k_q8_0_lora, stories260k_q8_0_dora,
           stories260k_q8_0_proj,
           k256_q8_0, k256_q4_k, k256_q4_0, k256_q5_k, k256_q6_k, k256_q4_k_m,
           mixed_batch_bit_identical)
