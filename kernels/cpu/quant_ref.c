@@ -273,19 +273,16 @@ int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
     case QREF_Q4_0: qref_dequant_q4_0(src, dst, nb); break;
     case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
     case QREF_Q6_K_SB16:
-        for (int64_t b = 0; b < nb; b++) { /* one block back to Q6_K's order, then as Q6_K */
-            qref_block_q6_k blk;
-            qref_reorder(QREF_Q6_K, QREF_Q6_K_SB16, p + b * sizeof blk, &blk, QREF_QK_K);
-            qref_dequant_q6_k(&blk, dst + b * QREF_QK_K, 1);
+    case QREF_Q4_K_SB8: { /* one block back to ggml's order at a time, then as that type */
+        bool six = type == QREF_Q6_K_SB16;
+        const size_t bb = six ? sizeof(qref_block_q6_k) : sizeof(qref_block_q4_k);
+        uint8_t blk[sizeof(qref_block_q6_k)];
+        for (int64_t b = 0; b < nb; b++) {
+            qref_reorder(six ? QREF_Q6_K : QREF_Q4_K, type, p + b * bb, blk, QREF_QK_K);
+            (six ? qref_dequant_q6_k : qref_dequant_q4_k)(blk, dst + b * QREF_QK_K, 1);
         }
         break;
-    case QREF_Q4_K_SB8:
-        for (int64_t b = 0; b < nb; b++) { /* one block back to Q4_K's order, then as Q4_K */
-            qref_block_q4_k blk;
-            qref_reorder(QREF_Q4_K, QREF_Q4_K_SB8, p + b * sizeof blk, &blk, QREF_QK_K);
-            qref_dequant_q4_k(&blk, dst + b * QREF_QK_K, 1);
-        }
-        break;
+    }
     case QREF_Q5_K: qref_dequant_q5_k(src, dst, nb); break;
     default: qref_dequant_q6_k(src, dst, nb); break;
     }

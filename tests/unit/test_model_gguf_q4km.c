@@ -140,6 +140,14 @@ static void rig_close(rig *R, int n) {
     kbackend_destroy(R->kb);
 }
 
+/* Prompt p followed by the reference's first n_decode greedy tokens of kind k (teacher forcing);
+ * returns the length. */
+static int teacher_seq(const qref *r, int k, int p, int32_t seq[MAX_IDS]) {
+    memcpy(seq, r->prompt[p], sizeof(int32_t) * r->n_prompt[p]);
+    memcpy(seq + r->n_prompt[p], r->greedy[k][p], sizeof(int32_t) * r->n_decode);
+    return r->n_prompt[p] + r->n_decode;
+}
+
 static double max_diff(const float *a, const float *b, size_t n) {
     double md = 0;
     for (size_t i = 0; i < n; i++) {
@@ -200,10 +208,8 @@ TEST(q4km_every_kind_logits_prefill_and_decode) {
     int n_tie = 0;
     for (int k = 0; k < N_CASES; k++)
         for (int p = 0; p < N_PROMPTS; p++) {
-            int n = r.n_prompt[p] + r.n_decode;
             int32_t seq[MAX_IDS];
-            memcpy(seq, r.prompt[p], sizeof(int32_t) * r.n_prompt[p]);
-            memcpy(seq + r.n_prompt[p], r.greedy[k][p], sizeof(int32_t) * r.n_decode);
+            int n = teacher_seq(&r, k, p, seq);
             float *out = malloc(sizeof(float) * (size_t)n * r.vocab);
             ASSERT(out);
             seq_spec sp = {.ids = seq, .n = n, .ad = R.ad[k]};
@@ -364,10 +370,8 @@ TEST(q4km_avx2_reordered_same_logits) {
     ASSERT_EQ(A.m->lm_head.dtype, KDT_Q6_K_SB16);
     for (int k = 0; k < N_CASES; k++)
         for (int p = 0; p < N_PROMPTS; p++) {
-            int n = r.n_prompt[p] + r.n_decode;
             int32_t seq[MAX_IDS];
-            memcpy(seq, r.prompt[p], sizeof(int32_t) * r.n_prompt[p]);
-            memcpy(seq + r.n_prompt[p], r.greedy[k][p], sizeof(int32_t) * r.n_decode);
+            int n = teacher_seq(&r, k, p, seq);
             float *a = malloc(sizeof(float) * (size_t)n * r.vocab), *b = malloc(sizeof(float) * (size_t)n * r.vocab);
             ASSERT(a && b);
             seq_spec sa = {.ids = seq, .n = n, .ad = A.ad[k]}, ss = {.ids = seq, .n = n, .ad = S.ad[k]};
