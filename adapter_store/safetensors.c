@@ -555,6 +555,10 @@ fail:
     return rc;
 }
 
+size_t st_drop_bytes(st_file *f, const void *p, size_t n) {
+    return f && f->map ? file_map_drop(f->map, f->map_span, p, n) : 0;
+}
+
 void st_close(st_file *f) {
     if (!f) return;
     if (f->map) munmap(f->map, f->map_span);

@@ -100,6 +100,12 @@ int st_parse(const void *buf, size_t len, const char *label, st_file **out, char
 /* st_close(NULL) is a no-op. Invalidates every pointer obtained from f. */
 void st_close(st_file *f);
 
+/* Tensor bytes [p, p + n) of a file st_open mapped or read will not be read again (a converted
+ * or reordered copy stands in for them): their whole pages are given back (lib/file_map.h
+ * file_map_drop); ranges outside the file's bytes, and images from st_parse, are ignored.
+ * Returns the bytes given back. Not while other threads read those bytes. */
+size_t st_drop_bytes(st_file *f, const void *p, size_t n);
+
 /* Tensors in the order the header lists them. */
 size_t st_count(const st_file *f);
 const st_tensor *st_get(const st_file *f, size_t i); /* NULL when i >= st_count(f) */

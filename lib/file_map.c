@@ -57,6 +57,19 @@ int file_map_open(int fd, size_t len, file_map_mode mode, file_map *m) {
     return 0;
 }
 
+size_t file_map_drop(const void *map, size_t span, const void *p, size_t n) {
+    if (!map || !p || n == 0) return 0;
+    uintptr_t mlo = (uintptr_t)map, mhi = mlo + span, lo = (uintptr_t)p, hi = lo + n;
+    if (hi < lo || mhi < mlo) return 0;
+    if (lo < mlo) lo = mlo;
+    if (hi > mhi) hi = mhi;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    lo = (lo + page - 1) & ~(page - 1);
+    hi &= ~(page - 1);
+    if (hi <= lo) return 0;
+    return madvise((void *)lo, (size_t)(hi - lo), MADV_DONTNEED) == 0 ? (size_t)(hi - lo) : 0;
+}
+
 void file_map_close(file_map *m) {
     if (m->addr) munmap(m->addr, m->span);
     memset(m, 0, sizeof *m);

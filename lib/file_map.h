@@ -26,6 +26,13 @@ typedef struct {
 /* The first len (> 0) bytes of the regular file fd, as mode says. fd stays open (the caller
  * closes it; the bytes stay valid). 0, or -errno with *m zeroed (a short read: -EIO). */
 int file_map_open(int fd, size_t len, file_map_mode mode, file_map *m);
+/* The bytes [p, p + n) of a file_map's bytes [map, map + span) will not be read again (a
+ * converted or reordered copy of a weight stands in for them): the whole pages inside
+ * both ranges are given back (madvise MADV_DONTNEED; parts outside the map are ignored). Read
+ * after this, they are the file's bytes again (mapped) or zeros (read in). Returns the bytes
+ * given back. */
+size_t file_map_drop(const void *map, size_t span, const void *p, size_t n);
+
 /* Releases m's bytes; a zeroed file_map is a no-op. */
 void file_map_close(file_map *m);
 

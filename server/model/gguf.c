@@ -381,6 +381,10 @@ int gguf_open_ex(const char *path, bool read_into_memory, gguf_file **out, char 
     return 0;
 }
 
+size_t gguf_drop_bytes(gguf_file *f, const void *p, size_t n) {
+    return f && f->map ? file_map_drop(f->map, f->map_len, p, n) : 0;
+}
+
 void gguf_close(gguf_file *f) {
     if (!f) return;
     if (f->map) munmap(f->map, f->map_len);

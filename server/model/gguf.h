@@ -136,6 +136,12 @@ int gguf_parse(const void *buf, size_t len, const char *label, gguf_file **out, 
 /* gguf_close(NULL) is a no-op. Invalidates every pointer obtained from f. */
 void gguf_close(gguf_file *f);
 
+/* Tensor bytes [p, p + n) of a file gguf_open mapped or read will not be read again (the model
+ * holds a converted or reordered copy): their whole pages are given back (lib/file_map.h
+ * file_map_drop); ranges outside the file's bytes, and files from gguf_parse, are ignored.
+ * Returns the bytes given back. Not while other threads read those bytes. */
+size_t gguf_drop_bytes(gguf_file *f, const void *p, size_t n);
+
 const char *gguf_label(const gguf_file *f);
 uint32_t gguf_version(const gguf_file *f);
 uint32_t gguf_alignment(const gguf_file *f);

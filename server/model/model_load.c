@@ -25,6 +25,7 @@
 #include <cJSON.h>
 
 #include "adapter_store/safetensors.h"
+#include "server/model/gguf.h"
 #include "server/model/model_quant.h"
 #include "server/model/model_load_gguf.h"
 #include "server/model/model_load_internal.h"
@@ -603,9 +604,70 @@ static int ml_check_ops(ml_ctx *c) {
     return 0;
 }
 
+static int ml_convert_weights(ml_ctx *c);
+
+/* The views a conversion may repoint: every layer's 7 projections, then embed and lm_head. */
+static int ml_conv_views(model *m, kmat **v) {
+    int n = 0;
+    for (int i = 0; i < m->cfg.n_layers; i++) {
+        model_layer *l = &m->layers[i];
+        kmat *p[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+        for (int k = 0; k < 7; k++) v[n++] = p[k];
+    }
+    v[n++] = &m->embed;
+    v[n++] = &m->lm_head;
+    return n;
+}
+
+/* After ml_convert: the file bytes of every view it repointed (before[i] -> *now[i]) are read no
+ * more, unless a view still points into them; their pages go back (mapped: page cache; read in
+ * with --no-mmap: private memory that would otherwise be held twice). */
+static void ml_drop_replaced(model *m, const kmat *before, kmat **now, int n) {
+    const struct model_storage *s = m->storage;
+    size_t dropped = 0;
+    for (int i = 0; i < n; i++) {
+        if (!before[i].data || before[i].data == now[i]->data) continue;
+        bool seen = false; /* a tied lm_head: the embedding's range, once */
+        for (int k = 0; k < i; k++) seen |= before[k].data == before[i].data;
+        if (seen) continue;
+        const uint8_t *lo = before[i].data;
+        size_t len = kdtype_row_bytes(before[i].dtype, before[i].cols) * (size_t)before[i].rows;
+        bool used = false;
+        for (int j = 0; j < n && !used; j++) {
+            const uint8_t *q = now[j]->data;
+            size_t ql = kdtype_row_bytes(now[j]->dtype, now[j]->cols) * (size_t)now[j]->rows;
+            used = q && q < lo + len && lo < q + ql;
+        }
+        if (used) continue;
+        if (s->gguf) dropped += gguf_drop_bytes(s->gguf, lo, len);
+        for (int k = 0; k < s->n_shards; k++) dropped += st_drop_bytes(s->shards[k], lo, len);
+    }
+    if (dropped) LOGI("model %s: %.1f MB of the weight files' pages given back (converted or reordered copies "
+                      "stand in for them)", m->name, (double)dropped / 1e6);
+}
+
 /* At-load "weights" (model_quant.h): asked of the backend first (capability, not name), then
- * the projections converted on the host before any upload. */
+ * the projections converted on the host before any upload; then the backend's preferred
+ * layouts; then the replaced file bytes given back. */
 static int ml_convert(ml_ctx *c) {
+    int n = 7 * c->m->cfg.n_layers + 2;
+    kmat **now = malloc(sizeof *now * (size_t)n), *before = malloc(sizeof *before * (size_t)n);
+    if (!now || !before) {
+        free(now);
+        free(before);
+        ml_err(c->err, c->errlen, "%s: out of memory", c->m->dir);
+        return PEFTD_ENOMEM;
+    }
+    ml_conv_views(c->m, now);
+    for (int i = 0; i < n; i++) before[i] = *now[i];
+    int rc = ml_convert_weights(c);
+    if (rc == 0) ml_drop_replaced(c->m, before, now, n);
+    free(now);
+    free(before);
+    return rc;
+}
+
+static int ml_convert_weights(ml_ctx *c) {
     int dt = c->opts ? c->opts->weights : -1, threads = c->opts ? c->opts->threads : 0, rc;
     const kbackend *kb = c->m->kb;
     if (dt >= 0 && !kb->ops->supports_op(kb, KOP_MATMUL, (kdtype)dt)) {

@@ -2,9 +2,10 @@
  * into huge-page-advised anonymous memory (FILE_MAP_READ, --no-mmap): the same bytes either
  * way (a size that is not a whole number of pages or 2 MiB), the read copy 2 MiB aligned with
  * whole 2 MiB pages reserved, read-only afterwards (a write faults), a file shorter than asked
- * refused with -EIO, length 0 with -EINVAL. */
+ * refused with -EIO, length 0 with -EINVAL; file_map_drop gives back whole pages only. */
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,4 +88,35 @@ TEST(short_file_and_empty_refused) {
     free(b);
 }
 
-TEST_MAIN(both_modes_same_bytes, read_copy_is_read_only, short_file_and_empty_refused)
+/* file_map_drop: only the whole pages inside both the range and the map go back; a mapped file
+ * reads its bytes again there, a read copy reads zeros; the bytes around stay; a range outside
+ * the map, a NULL map and an empty range give back nothing. */
+TEST(drop_gives_back_whole_pages_only) {
+    size_t n = 3 * MIB + 4097, page = (size_t)sysconf(_SC_PAGESIZE);
+    unsigned char *b;
+    int fd = temp_file(n, &b);
+    for (int mode = 0; mode < 2; mode++) {
+        file_map m;
+        ASSERT_EQ(file_map_open(fd, n, mode ? FILE_MAP_READ : FILE_MAP_MMAP, &m), 0);
+        unsigned char *p = m.addr;
+        /* [page + 100, 5 pages + 7): pages 2, 3, 4 are whole inside it */
+        ASSERT_EQ(file_map_drop(m.addr, m.span, p + page + 100, 4 * page - 93), 3 * page);
+        for (size_t i = 0; i < 6 * page; i++) {
+            bool inside = i >= 2 * page && i < 5 * page;
+            unsigned char want = inside && mode ? 0 : b[i];
+            if (p[i] != want) FAIL("mode %d byte %zu: %u, want %u", mode, i, p[i], want);
+        }
+        ASSERT(memcmp(p + 6 * page, b + 6 * page, n - 6 * page) == 0);
+        ASSERT_EQ(file_map_drop(m.addr, m.span, p + m.span + page, 8 * page), 0); /* outside */
+        ASSERT_EQ(file_map_drop(NULL, m.span, p, 8 * page), 0);
+        ASSERT_EQ(file_map_drop(m.addr, m.span, p + 2 * page, 0), 0);
+        ASSERT_EQ(file_map_drop(m.addr, m.span, p + 10, page), 0); /* no whole page inside */
+        /* a range running past the end: clipped to the map */
+        ASSERT_EQ(file_map_drop(m.addr, m.span, p + (m.span / page - 2) * page, 4 * page), 2 * page);
+        file_map_close(&m);
+    }
+    close(fd);
+    free(b);
+}
+
+TEST_MAIN(both_modes_same_bytes, read_copy_is_read_only, short_file_and_empty_refused, drop_gives_back_whole_pages_only)

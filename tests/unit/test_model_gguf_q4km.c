@@ -117,12 +117,14 @@ typedef struct {
     llama_ctx *c;
 } rig;
 
-static void rig_open(rig *R, const char *model_path, const char *dir, const char *const *names, int n) {
+static void rig_open_ex(rig *R, const char *model_path, const char *dir, const char *const *names, int n,
+                        const model_load_opts *o) {
     char err[1024] = "", path[512];
     memset(R, 0, sizeof *R);
     R->kb = kbackend_cpu_create(2);
     ASSERT(R->kb);
-    if (model_load(model_path, R->kb, &R->m, err, sizeof err) < 0) FAIL("model_load %s: %s", model_path, err);
+    if ((o ? model_load_ex(model_path, R->kb, o, &R->m, err, sizeof err) : model_load(model_path, R->kb, &R->m, err, sizeof err)) < 0)
+        FAIL("model_load %s: %s", model_path, err);
     ASSERT(R->m->gguf != NULL);
     for (int k = 0; k < n; k++) {
         if (!strcmp(names[k], "base")) continue;
@@ -130,6 +132,10 @@ static void rig_open(rig *R, const char *model_path, const char *dir, const char
         if (model_load_adapter(R->m, path, &R->ad[k], err, sizeof err) < 0) FAIL("%s: %s", path, err);
     }
     R->c = seq_batch_ctx(R->m);
+}
+
+static void rig_open(rig *R, const char *model_path, const char *dir, const char *const *names, int n) {
+    rig_open_ex(R, model_path, dir, names, n, NULL);
 }
 
 static void rig_close(rig *R, int n) {
@@ -335,8 +341,9 @@ TEST(q4km_mixed_batch_bit_identical_to_alone) {
 }
 
 /* The AVX2 path multiplies Q4_K and Q6_K reordered (KDT_Q4_K_SB8, KDT_Q6_K_SB16;
- * model_reorder_projections at load): loaded with that path, every Q4_K / Q6_K projection and the
- * Q6_K lm_head are reordered, and the base and
+ * model_reorder_projections at load): loaded with that path (and --no-mmap, whose replaced file
+ * pages are given back), every Q4_K / Q6_K projection and the Q6_K lm_head are reordered, and the
+ * base and
  * every adapter kind (DoRA's norms dequantize the reordered base) give the logits of the scalar
  * path's load, which keeps the file's order — bit for bit, prefill and decode. SKIP where the CPU
  * has no AVX2 (the reordering is not offered there). */
@@ -347,7 +354,10 @@ TEST(q4km_avx2_reordered_same_logits) {
     rig A, S;
     kq_path was = kcpu__q_path;
     kcpu__q_path = KQ_AVX2;
-    rig_open(&A, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
+    /* read in (--no-mmap): the file bytes the reordered copies replace are given back and read as
+     * zeros from then on, so a weight still reading them would change the logits */
+    model_load_opts ro = {.weights = -1, .threads = 2, .no_mmap = true};
+    rig_open_ex(&A, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES, &ro);
     kcpu__q_path = KQ_SCALAR;
     rig_open(&S, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
     int n_sb8 = 0, n_sb16 = 0;
