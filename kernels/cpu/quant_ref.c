@@ -150,7 +150,7 @@ static void qref_q6_at(int six, int e, int *lb, int *ln, int *hb, int *hs) {
 }
 
 static int16_t qref_q6_tab[2][QREF_QK_K][4]; /* [order][element]: qref_q6_at, filled once */
-static pthread_once_t qref_q6_once = PTHREAD_ONCE_INIT;
+static pthread_once_t qref_tabs_once = PTHREAD_ONCE_INIT;
 static void qref_q6_fill_tab(void) {
     for (int e = 0; e < QREF_QK_K; e++)
         for (int six = 0; six < 2; six++) {
@@ -160,11 +160,25 @@ static void qref_q6_fill_tab(void) {
         }
 }
 
-static void qref_q6_fill(void) { qref_q6_fill_tab(); }
+/* at[e]: where element e's code sits in each Q4_K order, as (byte << 1) | high nibble — [0]
+ * ggml's: byte 32·(e/64) + e%32, high for e%64 >= 32; [1] SB8 (kernels.h): element 32j + 16h +
+ * 4k + e' at byte 32k + 4j + e', nibble h. */
+static uint16_t qref_q4_at[2][QREF_QK_K];
+
+/* The reorderings' position tables, filled once per process (they were rebuilt per call, i.e.
+ * per block when dequantizing a reordered weight). */
+static void qref_tabs_fill(void) {
+    qref_q6_fill_tab();
+    for (int e = 0; e < QREF_QK_K; e++) {
+        int j = e / 32, h = e % 32 / 16, k = e % 16 / 4, ee = e % 4;
+        qref_q4_at[0][e] = (uint16_t)((32 * (e / 64) + e % 32) << 1 | (e % 64 >= 32));
+        qref_q4_at[1][e] = (uint16_t)((32 * k + 4 * j + ee) << 1 | h);
+    }
+}
 
 static int qref_reorder_q6(bool fwd, const uint8_t *s, uint8_t *d, int64_t n) {
     const size_t bb = sizeof(qref_block_q6_k);
-    pthread_once(&qref_q6_once, qref_q6_fill);
+    pthread_once(&qref_tabs_once, qref_tabs_fill);
     if (fwd) {
         for (int64_t b = 0; b < n / QREF_QK_K; b++, s += bb, d += bb) {
             /* ql: for group g and register pair k, SB16 bytes 32k + 2g, +1 take the nibbles of ggml's
@@ -216,16 +230,8 @@ int qref_reorder(uint32_t to, uint32_t from, const void *src, void *dst, int64_t
     bool fwd = from == QREF_Q4_K && to == QREF_Q4_K_SB8, back = from == QREF_Q4_K_SB8 && to == QREF_Q4_K;
     if (!fwd && !back) return PEFTD_EUNSUPPORTED;
     if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
-    /* at[e]: where element e's code sits in each order, as (byte << 1) | high nibble — Q4_K: byte
-     * 32·(e/64) + e%32, high for e%64 >= 32; SB8 (kernels.h): element 32j + 16h + 4k + e' at byte
-     * 32k + 4j + e', nibble h */
-    uint16_t at_q4k[QREF_QK_K], at_sb8[QREF_QK_K];
-    for (int e = 0; e < QREF_QK_K; e++) {
-        int j = e / 32, h = e % 32 / 16, k = e % 16 / 4, ee = e % 4;
-        at_q4k[e] = (uint16_t)((32 * (e / 64) + e % 32) << 1 | (e % 64 >= 32));
-        at_sb8[e] = (uint16_t)((32 * k + 4 * j + ee) << 1 | h);
-    }
-    const uint16_t *ai = fwd ? at_q4k : at_sb8, *ao = fwd ? at_sb8 : at_q4k;
+    pthread_once(&qref_tabs_once, qref_tabs_fill);
+    const uint16_t *ai = qref_q4_at[1], *ao = qref_q4_at[0]; /* the back direction's (below) */
     const uint8_t *s = src;
     uint8_t *d = dst;
     const size_t bb = sizeof(qref_block_q4_k), qs = offsetof(qref_block_q4_k, qs);
