@@ -158,6 +158,8 @@ typedef struct {
     float softcap;              /* attention logit soft-capping (Gemma 2): 0 = none; c > 0: each
                                  * score s = scale * q·k becomes tanh(s / c) * c (f32 divide,
                                  * tanh, multiply, as transformers) before the mask and softmax */
+    int max_rows;               /* host: >= T (the rows of q), or 0 = not known; a hint that
+                                 * sizes a device backend's grid, never changes a result */
 } kattn_args;
 
 /* The frequencies of one rope call (kbackend_ops.rope). inv_freq and table live in backend

@@ -92,7 +92,8 @@ OPW(kv_store, (kbackend * kb, const float *k, const float *v, const int32_t *slo
     (kb, k, v, slots, n, kv_dim, kc, vc), U(k), U(v), U(slots), U(n), U(kv_dim), U(kc), U(vc))
 OPW(attention, (kbackend * kb, const kattn_args *a), (kb, a), U(a->n_seqs), U(a->q_start), U(a->kv_len),
     U(a->block_table), U(a->max_blocks), U(a->block_size), U(a->n_heads), U(a->n_kv_heads), U(a->head_dim),
-    F(a->scale), U(a->q), U(a->k_cache), U(a->v_cache), U(a->out), U(a->kv_start), U(a->window), F(a->softcap))
+    F(a->scale), U(a->q), U(a->k_cache), U(a->v_cache), U(a->out), U(a->kv_start), U(a->window), F(a->softcap),
+    U(a->max_rows))
 OPW(swiglu, (kbackend * kb, const float *g, const float *u, int n, int dim, float *out), (kb, g, u, n, dim, out),
     U(g), U(u), U(n), U(dim), U(out))
 OPW(add, (kbackend * kb, float *y, const float *x, int64_t n), (kb, y, x, n), U(y), U(x), U(n))

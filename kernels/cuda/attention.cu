@@ -145,8 +145,11 @@ extern "C" int kcuda__attention(kbackend *kb, const kattn_args *a) {
     int rc = kcuda__enter_op(cb);
     if (rc) return rc;
     /* Enough blocks for every SM to hold several (a block is 128 threads and ~4-9 KiB of
-     * shared memory); items beyond the grid are picked up by the stride loop. */
+     * shared memory); items beyond the grid are picked up by the stride loop. No more than
+     * the host's bound on the items (a decode step of one row has 32: 2,112 blocks cost a
+     * few microseconds of block launches that find nothing to do). */
     unsigned grid = (unsigned)cb->n_sm * 16;
+    if (a->max_rows > 0 && (int64_t)a->max_rows * a->n_heads < grid) grid = (unsigned)(a->max_rows * a->n_heads);
     int pl = (a->head_dim + 31) / 32;
     if (pl <= 1) k_attention<1><<<grid, ATT_WARPS * 32, 0, cb->stream>>>(*a, cb->d_err);
     else if (pl <= 2) k_attention<2><<<grid, ATT_WARPS * 32, 0, cb->stream>>>(*a, cb->d_err);

@@ -118,6 +118,50 @@ __device__ __forceinline__ float kcuda_fma8(const float w[8], const float *x, fl
     return acc;
 }
 
+/* Chunks (8 elements: one 16-byte load of a 16-bit weight, two of f32) each lane keeps in
+ * flight in kcuda_dot8_rows: 8 for one or two x rows (128 bytes of bf16 per lane, 4 KB per
+ * warp), fewer as x rows are added (the x values of every chunk in flight are held too: at
+ * 8 rows x 8 chunks the compiler ran out of registers and spilled), half for f32. */
+__host__ __device__ constexpr int kcuda_dot_inflight(kdtype dt, int nr) {
+    return (nr <= 2 ? 8 : nr <= 4 ? 4 : 2) / (dt == KDT_F32 ? 2 : 1);
+}
+
+/* acc[r] += this lane's share of dot(w row, x row r) for r < n <= NR, `in` a multiple of 8,
+ * the weight row 16-byte aligned (32 for f32) and x's rows 16-byte aligned (row stride
+ * `in`). Lane l takes chunks l, l + 32, l + 64, ... in ascending order, each as kcuda_fma8:
+ * the sums and their order depend on `in` and the lane only (batch invariance; the caller
+ * adds the lanes with a fixed tree). U chunks' weight loads are issued before any of them
+ * is used, so U loads per lane are in flight: written as one loop with a per-row branch
+ * inside, the compiler waits out each load's memory round trip before the next (an H200's
+ * GEMV then read HBM at ~1/3 of its rate, 2026-12-04 ncu). */
+template <kdtype DT, int NR>
+__device__ __forceinline__ void kcuda_dot8_rows(const void *__restrict__ w, const float *__restrict__ x, int64_t in,
+                                                int n, int lane, float acc[NR]) {
+    constexpr int U = kcuda_dot_inflight(DT, NR);
+    const int64_t nc = in / 8;
+    int64_t c = lane;
+    for (; c + 32 * (U - 1) < nc; c += 32 * U) {
+        float wf[U][8];
+#pragma unroll
+        for (int u = 0; u < U; u++) kcuda_ld8<DT>(w, c + 32 * u, wf[u]);
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (r < n) {
+                const float *xr = x + (int64_t)r * in + 8 * c;
+#pragma unroll
+                for (int u = 0; u < U; u++) acc[r] = kcuda_fma8(wf[u], xr + 8 * 32 * u, acc[r]);
+            }
+        }
+    }
+    for (; c < nc; c += 32) {
+        float wf[8];
+        kcuda_ld8<DT>(w, c, wf);
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (r < n) acc[r] = kcuda_fma8(wf, x + (int64_t)r * in + 8 * c, acc[r]);
+    }
+}
+
 /* Same, with the dtype known only at run time. */
 __device__ __forceinline__ float kcuda_ld_rt(kdtype dt, const void *w, int64_t i) {
     if (dt == KDT_F32) return kcuda_ld<KDT_F32>(w, i);

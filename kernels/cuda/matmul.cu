@@ -4,9 +4,10 @@
  * as the fast paths allow:
  *
  *   n <= MM_GEMV_ROWS (decode): a custom GEMV kernel, one warp per output row, reading
- *       the weight row once in 16-byte vectors in its stored dtype and x in f32; f32
- *       FMA accumulation. A row's result depends on its own x row only (the lane split
- *       and the reduction tree are fixed by `in`), so it is batch-invariant.
+ *       the weight row once in 16-byte vectors in its stored dtype, 8 loads in flight per
+ *       lane (kcuda_dot8_rows), and x in f32; f32 FMA accumulation. A row's result
+ *       depends on its own x row only (the lane split and the reduction tree are fixed
+ *       by `in`), so it is batch-invariant.
  *   bf16 weights, larger n (prefill, big decode batches): cuBLAS GemmEx on tensor cores.
  *       GemmEx needs A and B of one type (bf16 x bf16 -> f32 with CUBLAS_COMPUTE_32F;
  *       there is no bf16 x f32 combination), and rounding x to bf16 would cost ~3
@@ -33,6 +34,10 @@
 #define MM_GEMV_ROWS 8
 /* Output rows per GEMV block: one per warp. */
 #define MM_WARPS 8
+/* Blocks per SM the register budget is set for: 2 x 256 threads leave ~128 registers a thread,
+ * enough for kcuda_dot8_rows's 8 weight loads (and their x) in flight. Left to itself the
+ * compiler aims at full occupancy (32 registers) and issues the loads one or two at a time. */
+#define MM_MIN_BLOCKS 2
 
 /* y[r, j] = (beta ? y[r, j] : 0) + dot(x[r, :], w[j, :]) for r < n <= NR. VEC: `in` is a
  * multiple of 8 and every row 16-byte aligned (32 for f32), else scalar loads. */
@@ -47,20 +52,7 @@ __device__ __forceinline__ void gemv_block(const float *__restrict__ x, int n, c
 #pragma unroll
     for (int r = 0; r < NR; r++) acc[r] = 0.0f;
     if (VEC) {
-        /* 4 iterations unrolled: 4 weight loads in flight per lane (one at a time, every
-         * iteration waited a full memory round trip; the SGMV shrink of the same shape went
-         * ~3x faster on an H200 from this, 2026-12-04). Same sums in the same order. */
-#pragma unroll 4
-        for (int64_t k = (int64_t)lane * 8; k < in; k += 32 * 8) {
-            float wf[8];
-            kcuda_ld8<DT>(wr, k / 8, wf); /* k is a multiple of 8 */
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                if (r < n) {
-                    acc[r] = kcuda_fma8(wf, x + (int64_t)r * in + k, acc[r]);
-                }
-            }
-        }
+        kcuda_dot8_rows<DT, NR>(wr, x, in, n, lane, acc);
     } else {
         for (int64_t k = lane; k < in; k += 32) {
             float wf = kcuda_ld<DT>(wr, k);
@@ -82,7 +74,7 @@ __device__ __forceinline__ void gemv_block(const float *__restrict__ x, int n, c
 }
 
 template <kdtype DT, int NR, bool VEC>
-__global__ void __launch_bounds__(MM_WARPS * 32) k_gemv(const float *__restrict__ x, int n, const void *__restrict__ w,
+__global__ void __launch_bounds__(MM_WARPS * 32, MM_MIN_BLOCKS) k_gemv(const float *__restrict__ x, int n, const void *__restrict__ w,
                                                         int64_t in, int64_t out, float *__restrict__ y, int beta) {
     gemv_block<DT, NR, VEC>(x, n, w, in, out, y, beta, blockIdx.x);
 }
@@ -99,7 +91,7 @@ struct mm_group_args {
 };
 
 template <kdtype DT, int NR, bool VEC>
-__global__ void __launch_bounds__(MM_WARPS * 32) k_gemv_group(const float *__restrict__ x, int n, int64_t in,
+__global__ void __launch_bounds__(MM_WARPS * 32, MM_MIN_BLOCKS) k_gemv_group(const float *__restrict__ x, int n, int64_t in,
                                                               mm_group_args a, int beta) {
     int g = 0;
     while (g + 1 < a.count && (int64_t)blockIdx.x >= a.first[g + 1]) g++;

@@ -12,14 +12,16 @@
  *           SH_ROWS), so a segment of many rows — one adapter over the batch, prefill —
  *           spreads over many blocks); it writes t[r, k] = act(x_r · A_i[k] + bias_a[k])
  *           with an f32 accumulation. Lanes read A and x 8 elements (16 bytes of bf16) at a
- *           time, 4 loads in flight, when in_dim % 8 == 0 and the rows are aligned (else one
- *           element at a time); the 8-element chunks go to lanes round-robin and each lane
+ *           time, 8 loads in flight (kcuda_dot8_rows), when in_dim % 8 == 0 and the rows are
+ *           aligned (else one element at a time); the chunks go to lanes round-robin and each lane
  *           sums its chunks in order, then the warp's fixed tree: a (row, rank) value never
  *           depends on which other rows share the block (batch invariance).
  *   expand: grid (n_segs, ceil(out_dim / EX_THREADS), row slices); thread j of a block owns
- *           output j, stages SH_ROWS rows of t (EX_KCHUNK ranks at a time) in shared memory
- *           and applies y[r, j] = fma(scale_i, t_r · B_i[j] + bias_b[j], y[r, j]); B_i[j] is
- *           read 8 ranks per 16-byte load when the rank allows (same sums in the same order).
+ *           output j and applies y[r, j] = fma(scale_i, t_r · B_i[j] + bias_b[j], y[r, j])
+ *           for SH_ROWS rows at a time, ranks in ascending order; B_i[j] is read 8 ranks per
+ *           16-byte load when the rank allows, EX_INFLIGHT loads issued before any is used,
+ *           and t (a few floats per row, the same for every thread: broadcast loads from L1)
+ *           straight from global memory, so no barrier orders them after a staging step.
  * Each weight byte is read from HBM once per call whatever the segment's row count
  * (Punica's SGMV property; row slices re-read it from L2); rank 0, NULL A_i/B_i and empty
  * segments do nothing.
@@ -33,8 +35,9 @@
 
 #define SH_WARPS 4     /* rank rows per shrink block */
 #define SH_ROWS 8      /* batch rows per pass over a weight row (registers per lane) */
+#define SH_MIN_BLOCKS 4 /* shrink blocks per SM the registers are set for (kcuda_dot8_rows's loads) */
 #define EX_THREADS 128 /* outputs per expand block */
-#define EX_KCHUNK 128  /* ranks staged in shared memory per pass */
+#define EX_INFLIGHT 4  /* 16-byte loads of B (8 ranks each) per thread in flight */
 
 __device__ __forceinline__ float sg_act(int act, float v) {
     double x = v;
@@ -71,32 +74,25 @@ __device__ __forceinline__ bool sg_seg(const ksgmv &s, int i, int ld_t, int32_t 
 /* The shrink's dot products of one rank row `arow` with rows rb .. rb + nr - 1 of x, one
  * f32 partial per row in this lane (summed over the warp by the caller). VEC: 8 elements per
  * load (in % 8 == 0, aligned rows). */
-template <kdtype DT, bool VEC>
+template <kdtype DT, int NR, bool VEC>
 __device__ __forceinline__ void sh_dots(const void *arow, const float *__restrict__ x, int in, int32_t rb, int nr,
-                                        int lane, float acc[SH_ROWS]) {
+                                        int lane, float acc[NR]) {
     if (VEC) {
-        int nc = in / 8;
-#pragma unroll 4
-        for (int c = lane; c < nc; c += 32) {
-            float w[8];
-            kcuda_ld8<DT>(arow, c, w);
-#pragma unroll
-            for (int g = 0; g < SH_ROWS; g++) {
-                if (g < nr) acc[g] = kcuda_fma8(w, x + (int64_t)(rb + g) * in + 8 * (int64_t)c, acc[g]);
-            }
-        }
+        kcuda_dot8_rows<DT, NR>(arow, x + (int64_t)rb * in, in, nr, lane, acc);
     } else {
         for (int c = lane; c < in; c += 32) {
             float w = kcuda_ld<DT>(arow, c);
 #pragma unroll
-            for (int g = 0; g < SH_ROWS; g++)
+            for (int g = 0; g < NR; g++)
                 if (g < nr) acc[g] = fmaf(w, __ldg(x + (int64_t)(rb + g) * in + c), acc[g]);
         }
     }
 }
 
-template <kdtype DT>
-__global__ void __launch_bounds__(SH_WARPS * 32) k_shrink(const float *__restrict__ x, int in, ksgmv s,
+/* NR: batch rows per pass, SH_ROWS or 1 (every segment one row: a decode batch of distinct
+ * adapters; a (row, rank) value is the same sum in the same order either way). */
+template <kdtype DT, int NR>
+__global__ void __launch_bounds__(SH_WARPS * 32, SH_MIN_BLOCKS) k_shrink(const float *__restrict__ x, int in, ksgmv s,
                                                           float *__restrict__ t, int ld_t, int *err) {
     int i = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int32_t r0, r1;
@@ -109,17 +105,17 @@ __global__ void __launch_bounds__(SH_WARPS * 32) k_shrink(const float *__restric
     int act = s.act ? s.act[i] : KACT_NONE;
     /* 16-byte loads: whole 8-element chunks and aligned rows (x's rows are then aligned too) */
     bool vec = in % 8 == 0 && ((uintptr_t)arow % 16) == 0 && ((uintptr_t)x % 16) == 0;
-    for (int32_t rb = r0 + (int32_t)blockIdx.z * SH_ROWS; rb < r1; rb += (int32_t)gridDim.z * SH_ROWS) {
-        int nr = r1 - rb < SH_ROWS ? r1 - rb : SH_ROWS;
-        float acc[SH_ROWS];
+    for (int32_t rb = r0 + (int32_t)blockIdx.z * NR; rb < r1; rb += (int32_t)gridDim.z * NR) {
+        int nr = r1 - rb < NR ? r1 - rb : NR;
+        float acc[NR];
 #pragma unroll
-        for (int g = 0; g < SH_ROWS; g++) acc[g] = 0.0f;
+        for (int g = 0; g < NR; g++) acc[g] = 0.0f;
         if (vec)
-            sh_dots<DT, true>(arow, x, in, rb, nr, lane, acc);
+            sh_dots<DT, NR, true>(arow, x, in, rb, nr, lane, acc);
         else
-            sh_dots<DT, false>(arow, x, in, rb, nr, lane, acc);
+            sh_dots<DT, NR, false>(arow, x, in, rb, nr, lane, acc);
 #pragma unroll
-        for (int g = 0; g < SH_ROWS; g++) {
+        for (int g = 0; g < NR; g++) {
             if (g < nr) {
                 float v = kcuda_warp_sum(acc[g]);
                 if (lane == 0) {
@@ -132,70 +128,82 @@ __global__ void __launch_bounds__(SH_WARPS * 32) k_shrink(const float *__restric
 }
 
 template <kdtype DT>
-__global__ void __launch_bounds__(EX_THREADS) k_expand(const float *__restrict__ t, int ld_t, ksgmv s, int out,
+__global__ void __launch_bounds__(EX_THREADS, 8) k_expand(const float *__restrict__ t, int ld_t, ksgmv s, int out,
                                                        float *__restrict__ y, int *err) {
-    __shared__ float ts[SH_ROWS][EX_KCHUNK];
     int i = blockIdx.x;
     int32_t r0, r1;
     int rank;
     if (!sg_seg(s, i, ld_t, &r0, &r1, &rank, err)) return;
     int j = blockIdx.y * EX_THREADS + threadIdx.x;
-    const void *brow = (const char *)s.b[i] + (size_t)(j < out ? j : 0) * (size_t)rank * (DT == KDT_F32 ? 4 : 2);
+    if (j >= out) return;
+    const void *brow = (const char *)s.b[i] + (size_t)j * (size_t)rank * (DT == KDT_F32 ? 4 : 2);
     /* 8 ranks per 16-byte load when B's rows are whole, aligned 8-element chunks */
     bool vec = rank % 8 == 0 && ((uintptr_t)s.b[i] % 16) == 0;
     const float *bias = s.bias_b ? s.bias_b[i] : NULL;
     float scale = s.scale[i];
     for (int32_t rb = r0 + (int32_t)blockIdx.z * SH_ROWS; rb < r1; rb += (int32_t)gridDim.z * SH_ROWS) {
         int nr = r1 - rb < SH_ROWS ? r1 - rb : SH_ROWS;
+        const float *tb = t + (int64_t)rb * ld_t;
         float acc[SH_ROWS];
 #pragma unroll
         for (int g = 0; g < SH_ROWS; g++) acc[g] = 0.0f;
-        for (int k0 = 0; k0 < rank; k0 += EX_KCHUNK) {
-            int kn = rank - k0 < EX_KCHUNK ? rank - k0 : EX_KCHUNK;
-            __syncthreads(); /* the previous chunk is consumed */
-            for (int e = threadIdx.x; e < nr * EX_KCHUNK; e += EX_THREADS) {
-                int g = e / EX_KCHUNK, c = e % EX_KCHUNK;
-                if (c < kn) ts[g][c] = t[(int64_t)(rb + g) * ld_t + k0 + c];
+        if (vec) {
+            int nc = rank / 8;
+            for (int c0 = 0; c0 < nc; c0 += EX_INFLIGHT) {
+                float w[EX_INFLIGHT][8];
+                /* every load issued first; a chunk past the rank re-reads the last one (a valid
+                 * address) and is not used */
+#pragma unroll
+                for (int u = 0; u < EX_INFLIGHT; u++) kcuda_ld8<DT>(brow, c0 + u < nc ? c0 + u : nc - 1, w[u]);
+#pragma unroll
+                for (int g = 0; g < SH_ROWS; g++) {
+                    if (g < nr) {
+                        const float *tr = tb + (int64_t)g * ld_t + 8 * c0;
+#pragma unroll
+                        for (int u = 0; u < EX_INFLIGHT; u++) {
+                            if (c0 + u < nc) {
+#pragma unroll
+                                for (int e = 0; e < 8; e++) acc[g] = fmaf(w[u][e], __ldg(tr + 8 * u + e), acc[g]);
+                            }
+                        }
+                    }
+                }
             }
-            __syncthreads();
-            if (j >= out) continue;
-            if (vec) { /* EX_KCHUNK and k0 are multiples of 8, so kn is too */
-                for (int c = 0; c < kn; c += 8) {
-                    float w[8];
-                    kcuda_ld8<DT>(brow, (k0 + c) / 8, w);
+        } else {
+            for (int c = 0; c < rank; c++) {
+                float w = kcuda_ld<DT>(brow, c);
 #pragma unroll
-                    for (int e = 0; e < 8; e++)
-#pragma unroll
-                        for (int g = 0; g < SH_ROWS; g++)
-                            if (g < nr) acc[g] = fmaf(w[e], ts[g][c + e], acc[g]);
-                }
-            } else {
-                for (int c = 0; c < kn; c++) {
-                    float w = kcuda_ld<DT>(brow, k0 + c);
-#pragma unroll
-                    for (int g = 0; g < SH_ROWS; g++)
-                        if (g < nr) acc[g] = fmaf(w, ts[g][c], acc[g]);
-                }
+                for (int g = 0; g < SH_ROWS; g++)
+                    if (g < nr) acc[g] = fmaf(w, __ldg(tb + (int64_t)g * ld_t + c), acc[g]);
             }
         }
-        if (j < out) {
-            float bj = bias ? bias[j] : 0.0f;
+        float bj = bias ? bias[j] : 0.0f;
 #pragma unroll
-            for (int g = 0; g < SH_ROWS; g++) {
-                if (g < nr) {
-                    float *yp = y + (int64_t)(rb + g) * out + j;
-                    *yp = fmaf(scale, __fadd_rn(acc[g], bj), *yp);
-                }
+        for (int g = 0; g < SH_ROWS; g++) {
+            if (g < nr) {
+                float *yp = y + (int64_t)(rb + g) * out + j;
+                *yp = fmaf(scale, __fadd_rn(acc[g], bj), *yp);
             }
         }
     }
 }
 
-/* Row slices of a launch: enough groups of SH_ROWS for the longest segment (the host's bound,
+/* Row slices of a launch: enough groups of `rows` for the longest segment (the host's bound,
  * ksgmv.max_rows; 0 = unknown: one slice walks every group). */
-static unsigned sg_row_slices(const ksgmv *s) {
-    int64_t z = s->max_rows > 0 ? ((int64_t)s->max_rows + SH_ROWS - 1) / SH_ROWS : 1;
+static unsigned sg_row_slices(const ksgmv *s, int rows) {
+    int64_t z = s->max_rows > 0 ? ((int64_t)s->max_rows + rows - 1) / rows : 1;
     return (unsigned)(z > 65535 ? 65535 : z);
+}
+
+template <kdtype DT>
+static void sg_shrink_launch(cudaStream_t st, const float *x, int in_dim, const ksgmv *s, float *t, int ld_t, int *err,
+                             unsigned gy) {
+    /* one row per segment (ksgmv.max_rows == 1): the one-row kernel keeps 8 loads in flight */
+    if (s->max_rows == 1)
+        k_shrink<DT, 1><<<dim3((unsigned)s->n_segs, gy, 1), SH_WARPS * 32, 0, st>>>(x, in_dim, *s, t, ld_t, err);
+    else
+        k_shrink<DT, SH_ROWS><<<dim3((unsigned)s->n_segs, gy, sg_row_slices(s, SH_ROWS)), SH_WARPS * 32, 0, st>>>(
+            x, in_dim, *s, t, ld_t, err);
 }
 
 /* Host-visible checks (the CPU's sg_check minus what only the device can see). */
@@ -217,11 +225,10 @@ extern "C" int kcuda__sgmv_shrink(kbackend *kb, const float *x, int in_dim, cons
     if ((rc = kcuda__enter_op(cb)) != 0) return rc;
     unsigned gy = kcuda__blocks(ld_t, SH_WARPS);
     if (gy > 65535) return PEFTD_EUNSUPPORTED;
-    dim3 g((unsigned)s->n_segs, gy, sg_row_slices(s)), b(SH_WARPS * 32);
     switch (s->dtype) {
-    case KDT_F32: k_shrink<KDT_F32><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
-    case KDT_F16: k_shrink<KDT_F16><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
-    case KDT_BF16: k_shrink<KDT_BF16><<<g, b, 0, cb->stream>>>(x, in_dim, *s, t, ld_t, cb->d_err); break;
+    case KDT_F32: sg_shrink_launch<KDT_F32>(cb->stream, x, in_dim, s, t, ld_t, cb->d_err, gy); break;
+    case KDT_F16: sg_shrink_launch<KDT_F16>(cb->stream, x, in_dim, s, t, ld_t, cb->d_err, gy); break;
+    case KDT_BF16: sg_shrink_launch<KDT_BF16>(cb->stream, x, in_dim, s, t, ld_t, cb->d_err, gy); break;
     default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
     }
     KCUDA_LAUNCH_CHECK();
@@ -238,7 +245,7 @@ extern "C" int kcuda__sgmv_expand(kbackend *kb, const float *t, int ld_t, const 
     if ((rc = kcuda__enter_op(cb)) != 0) return rc;
     unsigned gy = kcuda__blocks(out_dim, EX_THREADS);
     if (gy > 65535) return PEFTD_EUNSUPPORTED;
-    dim3 g((unsigned)s->n_segs, gy, sg_row_slices(s)), b(EX_THREADS);
+    dim3 g((unsigned)s->n_segs, gy, sg_row_slices(s, SH_ROWS)), b(EX_THREADS);
     switch (s->dtype) {
     case KDT_F32: k_expand<KDT_F32><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;
     case KDT_F16: k_expand<KDT_F16><<<g, b, 0, cb->stream>>>(t, ld_t, *s, out_dim, y, cb->d_err); break;

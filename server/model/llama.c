@@ -285,7 +285,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         .max_blocks = c->p.max_blocks, .block_size = c->p.block_size, .n_heads = cfg->n_heads,
         .n_kv_heads = cfg->n_kv_heads, .head_dim = hd, .scale = c->attn_scale,
         .q = c->q, .out = c->att, .kv_start = b->kv_start ? c->d_kvstart : NULL,
-        .softcap = cfg->attn_softcap,
+        .softcap = cfg->attn_softcap, .max_rows = T,
     };
     for (int l = 0; l < cfg->n_layers; l++) {
         const model_layer *L = &m->layers[l];

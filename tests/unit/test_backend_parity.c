@@ -305,6 +305,7 @@ TEST(matmul_group_parity) {
         for (int b = 0; b < 2; b++) {
             matmul_group_case(DTS[d], 1, 256, (float)b);  /* one launch */
             matmul_group_case(DTS[d], 7, 136, (float)b);  /* one launch, another width */
+            matmul_group_case(DTS[d], 3, 2048, (float)b); /* one launch, loads batched (kcuda_dot8_rows) */
             matmul_group_case(DTS[d], 33, 256, (float)b); /* past the GEMV rows: one matmul each */
         }
     close_backends();
@@ -521,6 +522,8 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
     aq.q_start = (int32_t *)pqs.cu, aq.kv_len = (int32_t *)pkl.cu, aq.block_table = (int32_t *)pbt.cu;
     aq.q = (float *)pq.cu, aq.k_cache = (float *)kc.cu, aq.v_cache = (float *)vc.cu, aq.out = (float *)po.cu;
     aq.kv_start = kv_start ? (int32_t *)pks.cu : NULL;
+    aq.max_rows = T; /* the grid sized to the rows (0, not known, in the window cases below) */
+    if (window) aq.max_rows = 0;
     BOTH(CP->ops->attention(CP, &ap), CU->ops->attention(CU, &aq));
     char what[96];
     snprintf(what, sizeof what, "attention seqs=%d heads=%d/%d hd=%d bs=%d%s window=%d softcap=%g", n_seqs, n_heads,
