@@ -114,6 +114,26 @@ OPW(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, con
 OPW(seg_rotate, (kbackend * kb, const float *x, int dim, const ksegrot *sr, float *y), (kb, x, dim, sr, y), U(x),
     U(dim), U(sr->n_segs), U(sr->seg_start), U(sr->n_factors), U(sr->factors), U(sr->max_block), U(y))
 
+/* matmul_group (q/k/v, gate/up) is an op like matmul; a backend without it gets no wrapper
+ * (kops_matmul_group then calls the wrapped matmul per weight). Unwrapped, it ran its GEMVs in
+ * the transfers pass too: every replayed decode step computed q/k/v and gate/up twice. */
+static int w_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
+                          float beta) {
+    step_split *s = cur;
+    note(s, true, false);
+    MIX((uint64_t)__LINE__, U(x), U(n), U(count), F(beta));
+    for (int g = 0; w && y && g < count && g < KMATMUL_GROUP_MAX; g++) {
+        if (w[g]) MIX(KM(w[g]));
+        MIX(U(y[g]));
+    }
+    if (s->pass != STEP_PASS_OPS) {
+        s->n_skipped++;
+        return 0;
+    }
+    s->n_ops++;
+    return s->saved->matmul_group(kb, x, n, count, w, y, beta);
+}
+
 /* Allocation runs in either pass (a step that allocates is not capturable: counted). */
 static void *w_alloc(kbackend *kb, size_t bytes) {
     step_split *s = cur;
@@ -144,6 +164,7 @@ void step_split_begin(step_split *s, kbackend *kb, step_pass pass) {
     t->attention = w_attention, t->swiglu = w_swiglu, t->add = w_add, t->sgmv_shrink = w_sgmv_shrink;
     t->sgmv_expand = w_sgmv_expand, t->seg_scale = w_seg_scale, t->add_bias = w_add_bias, t->geglu = w_geglu;
     t->softcap = w_softcap, t->sample = w_sample, t->seg_rotate = w_seg_rotate;
+    t->matmul_group = s->saved->matmul_group ? w_matmul_group : NULL;
     cur = s;
     kb->ops = &s->table;
 }

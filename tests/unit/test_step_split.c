@@ -5,6 +5,7 @@
  * no allocation or free, every host wait after the last op, every transfer already made by the
  * first pass (a step that needed one of the skipped transfers would differ); the step's
  * signature is the same in both passes and for the same batch again, and differs for another. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,4 +94,36 @@ TEST(split_step_equals_unsplit_step_and_is_capturable) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(split_step_equals_unsplit_step_and_is_capturable)
+/* Every op skips the transfers pass, the grouped matmul too (it was left unwrapped: replayed
+ * decode steps computed q/k/v and gate/up twice, once in the transfers pass). */
+TEST(grouped_matmul_is_an_op_of_the_split) {
+    kbackend *kb = kbackend_cpu_create(1);
+    ASSERT(kb);
+    ASSERT(kb->ops->matmul_group); /* the CPU backend has it: its wrapper is what is tested */
+    enum { IN = 16, OUT = 8 };
+    float x[IN], w0[OUT * IN], w1[OUT * IN], y0[OUT], y1[OUT];
+    for (int i = 0; i < IN; i++) x[i] = (float)(i % 5) - 2.0f;
+    for (int i = 0; i < OUT * IN; i++) w0[i] = (float)(i % 7) * 0.25f, w1[i] = (float)(i % 3) - 1.0f;
+    kmat m0 = {w0, KDT_F32, OUT, IN}, m1 = {w1, KDT_F32, OUT, IN};
+    const kmat *ws[2] = {&m0, &m1};
+    float *ys[2] = {y0, y1};
+    step_split s;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < OUT; i++) y0[i] = y1[i] = 1234.0f;
+        step_split_begin(&s, kb, pass == 0 ? STEP_PASS_TRANSFERS : STEP_PASS_OPS);
+        ASSERT_EQ(kops_matmul_group(kb, x, 1, 2, ws, ys, 0.0f), 0);
+        step_split_end(&s);
+        ASSERT_EQ(s.n_ops, pass);
+        ASSERT_EQ(s.n_skipped, 1 - pass);
+        if (pass == 0) {
+            for (int i = 0; i < OUT; i++) ASSERT(y0[i] == 1234.0f && y1[i] == 1234.0f);
+        } else {
+            float dot = 0.0f;
+            for (int k = 0; k < IN; k++) dot += x[k] * w1[k];
+            ASSERT(y0[0] != 1234.0f && fabsf(y1[0] - dot) < 1e-4f);
+        }
+    }
+    kbackend_destroy(kb);
+}
+
+TEST_MAIN(split_step_equals_unsplit_step_and_is_capturable, grouped_matmul_is_an_op_of_the_split)
