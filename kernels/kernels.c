@@ -95,6 +95,10 @@ KB_CHECKED(matmul_group,
 KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
            (kb, y, dim, n, seg, v))
 KB_CHECKED(seg_rotate, (kbackend * kb, const float *x, int dim, const ksegrot *s, float *y), (kb, x, dim, s, y))
+KB_CHECKED(rope_kv_store,
+           (kbackend * kb, float *q, float *k, const float *v, const int32_t *pos, int n, int nh, int nkv, int hd,
+            int rd, const krope_freqs *f, const int32_t *slots, float *kc, float *vc),
+           (kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kc, vc))
 
 int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
                       float beta) {
@@ -105,6 +109,18 @@ int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat
         if (rc) return rc;
     }
     return 0;
+}
+
+int kops_rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int n_heads,
+                       int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f, const int32_t *slots,
+                       float *k_cache, float *v_cache) {
+    if (kb->ops->rope_kv_store)
+        return kb->ops->rope_kv_store(kb, q, k, v, pos, n, n_heads, n_kv_heads, head_dim, rot_dim, f, slots, k_cache,
+                                      v_cache);
+    int rc = kb->ops->rope(kb, q, pos, n, n_heads, head_dim, rot_dim, f);
+    if (rc == 0) rc = kb->ops->rope(kb, k, pos, n, n_kv_heads, head_dim, rot_dim, f);
+    if (rc == 0) rc = kb->ops->kv_store(kb, k, v, slots, n, n_kv_heads * head_dim, k_cache, v_cache);
+    return rc;
 }
 
 kdtype kops_preferred_dtype(const kbackend *kb, kop op, kdtype dt) {
@@ -144,6 +160,7 @@ void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     c->sample = chk_sample;
     c->seg_rotate = chk_seg_rotate;
     if (ops->matmul_group) c->matmul_group = chk_matmul_group;
+    if (ops->rope_kv_store) c->rope_kv_store = chk_rope_kv_store;
     kb->ops = c;
 #endif
 }

@@ -396,6 +396,14 @@ typedef struct kbackend_ops {
      * else dt. The loader asks it once per weight before upload. NULL: dt. Appended last for the
      * positional CUDA table. */
     kdtype (*preferred_dtype)(const kbackend *kb, kop op, kdtype dt);
+    /* [engine] rope(q), rope(k), then kv_store(k, v) of one layer: q [n, n_heads, head_dim],
+     * k and v [n, n_kv_heads * head_dim], exactly those three calls' results and error
+     * returns, bit for bit, in one call (on a GPU one kernel instead of three small ones per
+     * layer). NULL in a backend's table: call kops_rope_kv_store(), which makes the three
+     * calls. Appended last for the positional CUDA table. */
+    int (*rope_kv_store)(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int n_heads,
+                         int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f, const int32_t *slots,
+                         float *k_cache, float *v_cache);
 } kbackend_ops;
 
 /* The most weights one matmul_group call takes. */
@@ -405,6 +413,12 @@ typedef struct kbackend_ops {
  * bits either way). */
 int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
                       float beta);
+
+/* [engine] kb->ops->rope_kv_store where the backend has it, else rope(q), rope(k) and
+ * kv_store(k, v) (same bits either way). */
+int kops_rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int n_heads,
+                       int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f, const int32_t *slots,
+                       float *k_cache, float *v_cache);
 
 /* [any] kb->ops->preferred_dtype(kb, op, dt) where the backend has it, else dt. */
 kdtype kops_preferred_dtype(const kbackend *kb, kop op, kdtype dt);

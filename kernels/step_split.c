@@ -114,6 +114,12 @@ OPW(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, con
 OPW(seg_rotate, (kbackend * kb, const float *x, int dim, const ksegrot *sr, float *y), (kb, x, dim, sr, y), U(x),
     U(dim), U(sr->n_segs), U(sr->seg_start), U(sr->n_factors), U(sr->factors), U(sr->max_block), U(y))
 
+OPW(rope_kv_store,
+    (kbackend * kb, float *q, float *k, const float *v, const int32_t *pos, int n, int nh, int nkv, int hd, int rd,
+     const krope_freqs *f, const int32_t *slots, float *kc, float *vc),
+    (kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kc, vc), U(q), U(k), U(v), U(pos), U(n), U(nh), U(nkv), U(hd),
+    U(rd), U(f->inv_freq), U(f->n_tables), U(f->table), F(f->scale), U(slots), U(kc), U(vc))
+
 /* matmul_group (q/k/v, gate/up) is an op like matmul; a backend without it gets no wrapper
  * (kops_matmul_group then calls the wrapped matmul per weight). Unwrapped, it ran its GEMVs in
  * the transfers pass too: every replayed decode step computed q/k/v and gate/up twice. */
@@ -165,6 +171,7 @@ void step_split_begin(step_split *s, kbackend *kb, step_pass pass) {
     t->sgmv_expand = w_sgmv_expand, t->seg_scale = w_seg_scale, t->add_bias = w_add_bias, t->geglu = w_geglu;
     t->softcap = w_softcap, t->sample = w_sample, t->seg_rotate = w_seg_rotate;
     t->matmul_group = s->saved->matmul_group ? w_matmul_group : NULL;
+    t->rope_kv_store = s->saved->rope_kv_store ? w_rope_kv_store : NULL;
     cur = s;
     kb->ops = &s->table;
 }

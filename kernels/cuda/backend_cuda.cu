@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/norm_rope_elementwise.h"
+#include "kernels/cuda/rope_kv.h"
 #include "kernels/cuda/rotate.h"
 #include "kernels/cuda/sampling.h"
 #include "kernels/cuda/sgmv.h"
@@ -195,6 +196,7 @@ static const kbackend_ops kcuda_ops = {
     /* .seg_rotate = */ kcuda__seg_rotate,
     /* .matmul_group = */ kcuda__matmul_group,
     /* .preferred_dtype = */ NULL, /* weights as stored */
+    /* .rope_kv_store = */ kcuda__rope_kv_store,
 };
 
 extern "C" int kbackend_cuda_available(void) {

@@ -177,4 +177,15 @@ __device__ __forceinline__ float kcuda_warp_sum(float v) {
 
 __device__ __forceinline__ void kcuda_flag(int *err, int code) { atomicOr(err, code); }
 
+/* RoPE of one pair (x[i], x[i + half]) of a head at position p: the angle p * inv_freq in f32,
+ * cosf/sinf times scale, separate roundings and no FMA contraction (the CPU build is -std=c11,
+ * where GCC does not contract a*cs - b*sn either). The one formula of rope and rope_kv_store. */
+__device__ __forceinline__ void kcuda_rope_pair(float *xh, int i, int half, int32_t p, float inv_freq, float scale) {
+    float a = __fmul_rn((float)p, inv_freq);
+    float cs = __fmul_rn(cosf(a), scale), sn = __fmul_rn(sinf(a), scale);
+    float u = xh[i], v = xh[i + half];
+    xh[i] = __fsub_rn(__fmul_rn(u, cs), __fmul_rn(v, sn));
+    xh[i + half] = __fadd_rn(__fmul_rn(v, cs), __fmul_rn(u, sn));
+}
+
 #endif

@@ -121,27 +121,26 @@ __global__ void k_rope(float *x, const int32_t *pos, int n_heads, int head_dim, 
     int pair = (int)blockIdx.y * ROPE_THREADS + (int)threadIdx.x;
     if (pair >= n_heads * half) return;
     int h = pair / half, i = pair % half;
-    float a = __fmul_rn((float)p, inv_freq[(int64_t)t * half + i]);
-    float cs = __fmul_rn(cosf(a), scale), sn = __fmul_rn(sinf(a), scale);
-    float *xh = x + ((int64_t)row * n_heads + h) * head_dim;
-    float u = xh[i], v = xh[i + half];
-    /* Separate roundings, no FMA contraction: the CPU build is -std=c11, where GCC does not
-     * contract a*cs - b*sn either. */
-    xh[i] = __fsub_rn(__fmul_rn(u, cs), __fmul_rn(v, sn));
-    xh[i + half] = __fadd_rn(__fmul_rn(v, cs), __fmul_rn(u, sn));
+    kcuda_rope_pair(x + ((int64_t)row * n_heads + h) * head_dim, i, half, p, inv_freq[(int64_t)t * half + i], scale);
 }
 
-extern "C" int kcuda__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-                           int rot_dim, const krope_freqs *f) {
+int kcuda__rope_check(const float *x, const int32_t *pos, int n, int n_heads, int head_dim, int rot_dim,
+                      const krope_freqs *f) {
     if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > ROPE_MAX_HEAD_DIM || rot_dim <= 0 ||
         rot_dim % 2 || rot_dim > head_dim)
         return PEFTD_EINVAL;
     if (n == 0) return 0;
     if (!x || !pos || !f || !f->inv_freq || f->n_tables < 1 || !isfinite(f->scale)) return PEFTD_EINVAL;
     if ((int64_t)n_heads * (rot_dim / 2) > INT32_MAX - ROPE_THREADS) return PEFTD_EUNSUPPORTED;
+    return 0;
+}
+
+extern "C" int kcuda__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
+                           int rot_dim, const krope_freqs *f) {
+    int rc = kcuda__rope_check(x, pos, n, n_heads, head_dim, rot_dim, f);
+    if (rc || n == 0) return rc;
     kcuda_backend *cb = kcuda__impl(kb);
-    int rc = kcuda__enter_op(cb);
-    if (rc) return rc;
+    if ((rc = kcuda__enter_op(cb)) != 0) return rc;
     unsigned gy = kcuda__blocks((int64_t)n_heads * (rot_dim / 2), ROPE_THREADS);
     if (gy > 65535) return PEFTD_EUNSUPPORTED;
     k_rope<<<dim3((unsigned)n, gy), ROPE_THREADS, 0, cb->stream>>>(x, pos, n_heads, head_dim, rot_dim, f->inv_freq,

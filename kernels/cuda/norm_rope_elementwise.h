@@ -10,6 +10,10 @@ int kcuda__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, 
 int kcuda__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y);
 int kcuda__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
                 int rot_dim, const krope_freqs *f);
+/* rope's host-side argument checks (rope and rope_kv_store share them): 0, PEFTD_EINVAL or
+ * PEFTD_EUNSUPPORTED. */
+int kcuda__rope_check(const float *x, const int32_t *pos, int n, int n_heads, int head_dim, int rot_dim,
+                      const krope_freqs *f);
 int kcuda__kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,
                     int kv_dim, float *k_cache, float *v_cache);
 int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);

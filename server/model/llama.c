@@ -265,7 +265,6 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         b->n_logits > (T > c->p.max_seqs ? T : c->p.max_seqs))
         return PEFTD_EINVAL;
     int hd = cfg->head_dim, H = cfg->hidden_size, I = cfg->intermediate_size;
-    int kv_dim = cfg->n_kv_heads * hd;
 
     CHECK(llama__plan_build(c, b));
     CHECK(op->upload(kb, c->d_tokens, b->tokens, (size_t)T * 4));
@@ -306,9 +305,8 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         bool local = c->inv_freq_local && cfg->layer_local[l];
         krope_freqs rf_local = {.inv_freq = c->inv_freq_local, .n_tables = 1, .table = NULL, .scale = 1.0f};
         const krope_freqs *rl = local ? &rf_local : &rf;
-        CHECK(op->rope(kb, c->q, c->d_pos, T, cfg->n_heads, hd, cfg->rope.rot_dim, rl));
-        CHECK(op->rope(kb, c->k, c->d_pos, T, cfg->n_kv_heads, hd, cfg->rope.rot_dim, rl));
-        CHECK(op->kv_store(kb, c->k, c->v, c->d_slots, T, kv_dim, c->k_cache[l], c->v_cache[l]));
+        CHECK(kops_rope_kv_store(kb, c->q, c->k, c->v, c->d_pos, T, cfg->n_heads, cfg->n_kv_heads, hd,
+                                 cfg->rope.rot_dim, rl, c->d_slots, c->k_cache[l], c->v_cache[l]));
         a.k_cache = c->k_cache[l];
         a.v_cache = c->v_cache[l];
         a.window = cfg->layer_window[l] ? cfg->sliding_window : 0;

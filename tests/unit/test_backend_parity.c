@@ -429,6 +429,59 @@ TEST(rope_parity) {
     close_backends();
 }
 
+/* rope_kv_store: CUDA's one kernel against the CPU's three calls (kops_rope_kv_store's
+ * composition), and bit for bit against CUDA's own rope, rope, kv_store (the op's contract);
+ * partial rotary, per-row tables, GQA, slots scattered over a larger cache. */
+TEST(rope_kv_store_parity) {
+    open_backends();
+    static const int hds[] = {64, 128};
+    for (int ti = 0; ti < 3; ti++)
+        for (int c = 0; c < 4; c++) {
+            int T = TS[ti], hd = hds[c % 2], rot = c < 2 ? hd : hd * 3 / 4 / 2 * 2, nt = c % 2 ? 3 : 1;
+            int nh = 6, nkv = 2, kv_dim = nkv * hd, n_slots = T + 9;
+            float *q = rand_f32((size_t)T * nh * hd, 2.0f), *k = rand_f32((size_t)T * kv_dim, 2.0f),
+                  *v = rand_f32((size_t)T * kv_dim, 2.0f), inv[3 * 64];
+            for (int t = 0; t < nt; t++)
+                for (int i = 0; i < rot / 2; i++) inv[t * (rot / 2) + i] = powf(10000.0f * (1 + t), -2.0f * i / rot);
+            int32_t pos[133], tab[133], slot[133];
+            for (int i = 0; i < T; i++) {
+                pos[i] = (int32_t)(rnd() % 4096), tab[i] = (int32_t)(rnd() % nt);
+                slot[i] = (int32_t)((i * 5 + 3) % n_slots); /* distinct: gcd(5, T + 9) = 1 for T in TS */
+            }
+            pbuf pq = pb_new(q, (size_t)T * nh * hd * 4), pk = pb_new(k, (size_t)T * kv_dim * 4),
+                 pv = pb_new(v, (size_t)T * kv_dim * 4), pp = pb_new(pos, (size_t)T * 4),
+                 pf = pb_new(inv, (size_t)nt * (rot / 2) * 4), pt = pb_new(tab, (size_t)T * 4),
+                 ps = pb_new(slot, (size_t)T * 4), kc = pb_new(NULL, (size_t)n_slots * kv_dim * 4),
+                 vc = pb_new(NULL, (size_t)n_slots * kv_dim * 4);
+            float sc = nt > 1 ? 1.2247449f : 1.0f;
+            krope_freqs fc = {(float *)pf.cp, nt, nt > 1 ? (int32_t *)pt.cp : NULL, sc},
+                        fu = {(float *)pf.cu, nt, nt > 1 ? (int32_t *)pt.cu : NULL, sc};
+            /* CUDA's three separate ops first, on copies: the reference bits */
+            pbuf q2 = pb_new(q, pq.n), k2 = pb_new(k, pk.n), kc2 = pb_new(NULL, kc.n), vc2 = pb_new(NULL, vc.n);
+            ASSERT_EQ(CU->ops->rope(CU, (float *)q2.cu, (int32_t *)pp.cu, T, nh, hd, rot, &fu), 0);
+            ASSERT_EQ(CU->ops->rope(CU, (float *)k2.cu, (int32_t *)pp.cu, T, nkv, hd, rot, &fu), 0);
+            ASSERT_EQ(CU->ops->kv_store(CU, (float *)k2.cu, (float *)pv.cu, (int32_t *)ps.cu, T, kv_dim, (float *)kc2.cu,
+                                        (float *)vc2.cu), 0);
+            BOTH(kops_rope_kv_store(CP, (float *)pq.cp, (float *)pk.cp, (float *)pv.cp, (int32_t *)pp.cp, T, nh, nkv, hd,
+                                    rot, &fc, (int32_t *)ps.cp, (float *)kc.cp, (float *)vc.cp),
+                 kops_rope_kv_store(CU, (float *)pq.cu, (float *)pk.cu, (float *)pv.cu, (int32_t *)pp.cu, T, nh, nkv, hd,
+                                    rot, &fu, (int32_t *)ps.cu, (float *)kc.cu, (float *)vc.cu));
+            char what[96];
+            snprintf(what, sizeof what, "rope_kv_store T=%d head_dim=%d rot_dim=%d tables=%d", T, hd, rot, nt);
+            pb_check(&pq, what), pb_check(&pk, what), pb_check(&kc, what), pb_check(&vc, what);
+            pbuf *one[4] = {&pq, &pk, &kc, &vc}, *sep[4] = {&q2, &k2, &kc2, &vc2};
+            for (int b = 0; b < 4; b++) {
+                unsigned char *x = pb_get(CU, one[b]->cu, one[b]->n, what), *y = pb_get(CU, sep[b]->cu, sep[b]->n, what);
+                if (memcmp(x, y, one[b]->n + 2 * SENT_BYTES)) FAIL("%s: buffer %d differs from rope, rope, kv_store", what, b);
+                free(x), free(y);
+            }
+            pbuf *all[] = {&pq, &pk, &pv, &pp, &pf, &pt, &ps, &kc, &vc, &q2, &k2, &kc2, &vc2};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pb_free(all[i]);
+            free(q), free(k), free(v);
+        }
+    close_backends();
+}
+
 TEST(swiglu_add_parity) {
     open_backends();
     for (int ti = 0; ti < 3; ti++) {
@@ -1054,6 +1107,7 @@ TEST(greedy_tokens_cpu_equal_cuda) {
 }
 
 TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, matmul_group_parity, qmatmul_parity, rmsnorm_parity, rope_parity,
+          rope_kv_store_parity,
           swiglu_add_parity, kv_store_attention_parity, attention_window_parity, attention_softcap_parity,
           geglu_softcap_parity, sgmv_lora_parity,
           sgmv_bottleneck_parity, seg_scale_parity, seg_rotate_parity, sample_parity, greedy_tokens_cpu_equal_cuda)
