@@ -734,6 +734,12 @@ static int project_tail(llama_ctx *c, int layer, adapter_module m, const kmat *w
     return 0;
 }
 
+/* Whether no segment of the step does anything to projection pm beyond the base matmul. */
+static bool plan_mod_idle(const llama_plan_mod *pm) {
+    return pm->n_sg == 0 && !pm->dora && !pm->ia3_out && !pm->ia3_in && !pm->any_bias && !pm->any_delta &&
+           pm->rot.n_segs == 0;
+}
+
 int llama__sublayer_out(llama_ctx *c, const llama_batch *b, int layer, adapter_module m, const kmat *w,
                         const float *in, int T, int place, const kmat *post_norm) {
     kbackend *kb = c->kb;
@@ -755,7 +761,11 @@ int llama__sublayer_out(llama_ctx *c, const llama_batch *b, int layer, adapter_m
     /* ... and a projection with a bias (Llama attention_bias on o_proj) is never fused either:
      * x + (W·in) + b rounds differently from x + (W·in + b), which a row gets once another
      * segment of its step has an adapter (a base row changed by one ulp in a mixed batch). */
-    if (!pm && !proj_bias(c, layer, m)) return llama__project(c, layer, m, w, in, T, c->x, true);
+    /* ... and a module no segment adapts in this step (LoRA on q, v only: o_proj, down_proj)
+     * is fused as in an adapter-free step: x + (W·in) is the same sum as a = W·in; x += a,
+     * so a row's bits do not depend on it (the adapter-free step already relies on that). */
+    if ((!pm || (plan_mod_idle(pm) && !bottleneck)) && !proj_bias(c, layer, m))
+        return llama__project(c, layer, m, w, in, T, c->x, true);
     int H = c->m->cfg.hidden_size;
     CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false)); /* a */
     if (!bottleneck) return kb->ops->add(kb, c->x, c->tmp, (int64_t)T * H);
