@@ -20,7 +20,9 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_internal.h"
 
-#define ATT_WARPS 4
+/* 8 warps share an item's slots: a decode step's items (one per head) walk their slots in
+ * turn, one dependent K load per slot, so the chain is slots / ATT_WARPS long. */
+#define ATT_WARPS 8
 /* head_dim up to 32 * ATT_MAX_PER_LANE = 256 (largest of current Llama-family models). */
 #define ATT_MAX_PER_LANE 8
 

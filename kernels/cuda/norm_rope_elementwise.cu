@@ -63,20 +63,51 @@ __device__ double nre_block_sum(double v) {
     return s;
 }
 
-template <kdtype DT>
+/* One block per row. PT > 0 (dim <= PT * NRE_THREADS): the thread's PT elements of x and of w
+ * are loaded at once into registers before the sum (one memory round trip instead of a
+ * strided loop's several, and no second read of x); PT == 0: any dim, two strided passes.
+ * Both sum a thread's squares in the same order, so the result is the same bits. */
+template <kdtype DT, int PT>
 __global__ void k_rmsnorm(const float *x, const void *w, int dim, float eps, float *y) {
     const float *xr = x + (int64_t)blockIdx.x * dim;
     float *yr = y + (int64_t)blockIdx.x * dim;
     double ss = 0;
-    /* unrolled so a thread's loads are in flight together; the sum's order is unchanged */
-#pragma unroll 8
-    for (int i = threadIdx.x; i < dim; i += NRE_THREADS) ss += (double)xr[i] * xr[i];
-    ss = nre_block_sum(ss);
-    float inv = (float)(1.0 / sqrt(ss / dim + (double)eps));
-    /* Each thread rewrites only the elements it read: safe when y == x. Same
-     * rounding as the CPU: (x * inv) * w. */
-#pragma unroll 8
-    for (int i = threadIdx.x; i < dim; i += NRE_THREADS) yr[i] = __fmul_rn(__fmul_rn(xr[i], inv), kcuda_ld<DT>(w, i));
+    if constexpr (PT > 0) {
+        float xv[PT], wv[PT];
+#pragma unroll
+        for (int k = 0; k < PT; k++) {
+            int i = threadIdx.x + k * NRE_THREADS;
+            xv[k] = i < dim ? xr[i] : 0.0f;
+            wv[k] = i < dim ? kcuda_ld<DT>(w, i) : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < PT; k++)
+            if ((int)threadIdx.x + k * NRE_THREADS < dim) ss += (double)xv[k] * xv[k];
+        ss = nre_block_sum(ss);
+        float inv = (float)(1.0 / sqrt(ss / dim + (double)eps));
+        /* Each thread rewrites only the elements it read: safe when y == x. Same rounding
+         * as the CPU: (x * inv) * w. */
+#pragma unroll
+        for (int k = 0; k < PT; k++) {
+            int i = threadIdx.x + k * NRE_THREADS;
+            if (i < dim) yr[i] = __fmul_rn(__fmul_rn(xv[k], inv), wv[k]);
+        }
+    } else {
+        for (int i = threadIdx.x; i < dim; i += NRE_THREADS) ss += (double)xr[i] * xr[i];
+        ss = nre_block_sum(ss);
+        float inv = (float)(1.0 / sqrt(ss / dim + (double)eps));
+        for (int i = threadIdx.x; i < dim; i += NRE_THREADS)
+            yr[i] = __fmul_rn(__fmul_rn(xr[i], inv), kcuda_ld<DT>(w, i));
+    }
+}
+
+template <kdtype DT>
+static void rmsnorm_launch(cudaStream_t st, const float *x, const void *w, int n, int dim, float eps, float *y) {
+    if (dim <= 1 * NRE_THREADS) k_rmsnorm<DT, 1><<<n, NRE_THREADS, 0, st>>>(x, w, dim, eps, y);
+    else if (dim <= 4 * NRE_THREADS) k_rmsnorm<DT, 4><<<n, NRE_THREADS, 0, st>>>(x, w, dim, eps, y);
+    else if (dim <= 8 * NRE_THREADS) k_rmsnorm<DT, 8><<<n, NRE_THREADS, 0, st>>>(x, w, dim, eps, y);
+    else if (dim <= 16 * NRE_THREADS) k_rmsnorm<DT, 16><<<n, NRE_THREADS, 0, st>>>(x, w, dim, eps, y);
+    else k_rmsnorm<DT, 0><<<n, NRE_THREADS, 0, st>>>(x, w, dim, eps, y);
 }
 
 extern "C" int kcuda__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, float eps, float *y) {
@@ -88,9 +119,9 @@ extern "C" int kcuda__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n
     int rc = kcuda__enter_op(cb);
     if (rc) return rc;
     switch (w->dtype) {
-    case KDT_F32: k_rmsnorm<KDT_F32><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
-    case KDT_F16: k_rmsnorm<KDT_F16><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
-    case KDT_BF16: k_rmsnorm<KDT_BF16><<<n, NRE_THREADS, 0, cb->stream>>>(x, w->data, dim, eps, y); break;
+    case KDT_F32: rmsnorm_launch<KDT_F32>(cb->stream, x, w->data, n, dim, eps, y); break;
+    case KDT_F16: rmsnorm_launch<KDT_F16>(cb->stream, x, w->data, n, dim, eps, y); break;
+    case KDT_BF16: rmsnorm_launch<KDT_BF16>(cb->stream, x, w->data, n, dim, eps, y); break;
     default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
     }
     KCUDA_LAUNCH_CHECK();

@@ -377,8 +377,10 @@ TEST(rmsnorm_parity) {
     open_backends();
     for (int d = 0; d < 3; d++)
         for (int ti = 0; ti < 3; ti++)
-            for (int dim = 67; dim <= 2048; dim += 1981) {
-                int T = TS[ti];
+            for (int di = 0; di < 5; di++) {
+                /* CUDA's register-resident widths (<= 256, 1024, 2048, 4096) and its strided path */
+                static const int DIMS[] = {67, 1000, 2048, 3001, 4500};
+                int T = TS[ti], dim = DIMS[di];
                 void *w = rand_w(DTS[d], (size_t)dim, 1.5f);
                 float *x = rand_f32((size_t)T * dim, 3.0f);
                 pbuf pw = pb_new(w, (size_t)dim * kdtype_size(DTS[d])), px = pb_new(x, (size_t)T * dim * 4),
