@@ -110,12 +110,16 @@ __device__ __forceinline__ void kcuda_ld8(const void *w, int64_t c, float v[8]) 
     }
 }
 
-/* acc + Σ w[e] · x[e] over the 8 f32 at x (16-byte aligned), as 8 fmas in element order. */
-__device__ __forceinline__ float kcuda_fma8(const float w[8], const float *x, float acc) {
-    const float4 p = __ldg((const float4 *)x), q = __ldg((const float4 *)x + 1);
+/* acc + Σ w[e] · x[e] over x = (p, q), as 8 fmas in element order. */
+__device__ __forceinline__ float kcuda_fma8v(const float w[8], float4 p, float4 q, float acc) {
     acc = fmaf(w[0], p.x, acc), acc = fmaf(w[1], p.y, acc), acc = fmaf(w[2], p.z, acc), acc = fmaf(w[3], p.w, acc);
     acc = fmaf(w[4], q.x, acc), acc = fmaf(w[5], q.y, acc), acc = fmaf(w[6], q.z, acc), acc = fmaf(w[7], q.w, acc);
     return acc;
+}
+
+/* The same over the 8 f32 at x in global memory (16-byte aligned). */
+__device__ __forceinline__ float kcuda_fma8(const float w[8], const float *x, float acc) {
+    return kcuda_fma8v(w, __ldg((const float4 *)x), __ldg((const float4 *)x + 1), acc);
 }
 
 /* Chunks (8 elements: one 16-byte load of a 16-bit weight, two of f32) each lane keeps in

@@ -124,6 +124,72 @@ static void mm_gemv(cudaStream_t st, bool vec, const float *x, int n, const void
     else mm_gemv_launch<DT, false>(st, x, n, w, in, out, y, beta);
 }
 
+/* ---- one x row (batch-1 decode) with x in shared memory ----
+ * gemv_block holds every chunk's x values in registers beside its weights' (112 registers a
+ * thread: 16 warps per SM, 64 KB of weight loads in flight per SM; an H200 then read the
+ * gate/up weights at ~3.5 TB/s of its ~4.5). With one x row of at most MM_SX_MAX_IN floats,
+ * each block stages x once in shared memory and reads it as it is used, so a thread needs
+ * ~64 registers: 4 blocks (32 warps) per SM, twice the bytes in flight. The blocks loop over
+ * the rows (a grid that fills the SMs once: x is staged once per block, not per 8 rows).
+ * A row's sum is gemv_block's, term for term (same lanes, same chunk order, kcuda_fma8v):
+ * the same bits. */
+#define MM_SX_MAX_IN 12288 /* 48 KB of x: the default dynamic shared memory limit */
+#define MM_SX_MIN_BLOCKS 4
+
+template <kdtype DT>
+__global__ void __launch_bounds__(MM_WARPS * 32, MM_SX_MIN_BLOCKS) k_gemv1_sx(const float *__restrict__ x, int64_t in,
+                                                                             mm_group_args a, int beta) {
+    extern __shared__ float4 sx4[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int64_t i = threadIdx.x; i < in / 4; i += blockDim.x) sx4[i] = __ldg((const float4 *)x + i);
+    __syncthreads();
+    constexpr int U = kcuda_dot_inflight(DT, 1);
+    const int64_t nc = in / 8;
+    for (int64_t vb = blockIdx.x; vb < a.first[a.count]; vb += gridDim.x) {
+        int g = 0;
+        while (g + 1 < a.count && vb >= a.first[g + 1]) g++;
+        int64_t j = (vb - a.first[g]) * MM_WARPS + warp;
+        if (j >= a.out[g]) continue;
+        const char *wr = (const char *)a.w[g] + (size_t)j * (size_t)in * (DT == KDT_F32 ? 4 : 2);
+        float acc = 0.0f;
+        int64_t c = lane;
+        for (; c + 32 * (U - 1) < nc; c += 32 * U) {
+            float wf[U][8];
+#pragma unroll
+            for (int u = 0; u < U; u++) kcuda_ld8<DT>(wr, c + 32 * u, wf[u]);
+#pragma unroll
+            for (int u = 0; u < U; u++) acc = kcuda_fma8v(wf[u], sx4[2 * (c + 32 * u)], sx4[2 * (c + 32 * u) + 1], acc);
+        }
+        for (; c < nc; c += 32) {
+            float wf[8];
+            kcuda_ld8<DT>(wr, c, wf);
+            acc = kcuda_fma8v(wf, sx4[2 * c], sx4[2 * c + 1], acc);
+        }
+        float s = kcuda_warp_sum(acc);
+        if (lane == 0) {
+            float *yp = a.y[g] + j;
+            *yp = beta ? __fadd_rn(*yp, s) : s;
+        }
+    }
+}
+
+/* Whether the one-row shared-memory GEMV takes this call: one x row, 16-byte vectors, x small
+ * enough for shared memory. */
+static bool mm_sx_ok(int n, bool vec, int64_t in) { return n == 1 && vec && in <= MM_SX_MAX_IN; }
+
+static void mm_sx_launch(const kcuda_backend *cb, kdtype dt, const float *x, int64_t in, const mm_group_args &a,
+                         int beta) {
+    int64_t blocks = a.first[a.count], cap = (int64_t)cb->n_sm * MM_SX_MIN_BLOCKS;
+    dim3 g((unsigned)(blocks < cap ? blocks : cap)), b(MM_WARPS * 32);
+    size_t smem = (size_t)in * sizeof(float);
+    switch (dt) {
+    case KDT_F32: k_gemv1_sx<KDT_F32><<<g, b, smem, cb->stream>>>(x, in, a, beta); break;
+    case KDT_F16: k_gemv1_sx<KDT_F16><<<g, b, smem, cb->stream>>>(x, in, a, beta); break;
+    case KDT_BF16: k_gemv1_sx<KDT_BF16><<<g, b, smem, cb->stream>>>(x, in, a, beta); break;
+    default: break; /* dense dtypes only (callers checked) */
+    }
+}
+
 /* x [n, in] f32 -> xs [2n, in] bf16: rows 0..n-1 = bf16(x), rows n..2n-1 = bf16(x - hi). */
 __global__ void k_split_bf16(const float *x, int64_t total, __nv_bfloat16 *xs) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -160,6 +226,13 @@ extern "C" int kcuda__matmul(kbackend *kb, const float *x, int n, const kmat *w,
     bool vec = in % 8 == 0 && mm_aligned(w->data, 16) && mm_aligned(x, 16);
     cudaStream_t st = cb->stream;
 
+    if (mm_sx_ok(n, vec, in)) {
+        mm_group_args a = {};
+        a.count = 1, a.w[0] = w->data, a.y[0] = y, a.out[0] = out, a.first[1] = kcuda__blocks(out, MM_WARPS);
+        mm_sx_launch(cb, w->dtype, x, in, a, ib);
+        KCUDA_LAUNCH_CHECK();
+        return 0;
+    }
     if (w->dtype == KDT_F16 || n <= MM_GEMV_ROWS) {
         for (int r0 = 0; r0 < n; r0 += MM_GEMV_ROWS) {
             int m = n - r0 < MM_GEMV_ROWS ? n - r0 : MM_GEMV_ROWS;
@@ -238,6 +311,11 @@ extern "C" int kcuda__matmul_group(kbackend *kb, const float *x, int n, int coun
     }
     int ib = beta != 0.0f;
     cudaStream_t st = cb->stream;
+    if (mm_sx_ok(n, vec, in)) {
+        mm_sx_launch(cb, w[0]->dtype, x, in, a, ib);
+        KCUDA_LAUNCH_CHECK();
+        return 0;
+    }
     switch (w[0]->dtype) {
     case KDT_F32:
         if (vec) mm_gemv_group_launch<KDT_F32, true>(st, x, n, in, a, ib);

@@ -248,10 +248,12 @@ static void matmul_case(kdtype dt, int n, int in, int out, float beta) {
 
 TEST(matmul_parity) {
     open_backends();
-    static const int shapes[][2] = {{67, 45}, {256, 136}, {2048, 96}, {64, 2048}};
+    /* in = 136, 2048, 8192: CUDA's one-row shared-memory GEMV at T = 1 (tail only, one and
+     * four rounds of 8 loads); 45: the scalar path */
+    static const int shapes[][2] = {{67, 45}, {256, 136}, {2048, 96}, {64, 2048}, {40, 8192}};
     for (int d = 0; d < 3; d++)
         for (int ti = 0; ti < 3; ti++)
-            for (int s = 0; s < 4; s++)
+            for (int s = 0; s < 5; s++)
                 for (int b = 0; b < 2; b++) matmul_case(DTS[d], TS[ti], shapes[s][0], shapes[s][1], (float)b);
     matmul_case(KDT_BF16, 9, 512, 384, 1.0f); /* just past the GEMV path */
     matmul_case(KDT_BF16, 64, 2048, 512, 0.0f); /* decode batch 64 */
@@ -306,6 +308,7 @@ TEST(matmul_group_parity) {
             matmul_group_case(DTS[d], 1, 256, (float)b);  /* one launch */
             matmul_group_case(DTS[d], 7, 136, (float)b);  /* one launch, another width */
             matmul_group_case(DTS[d], 3, 2048, (float)b); /* one launch, loads batched (kcuda_dot8_rows) */
+            matmul_group_case(DTS[d], 1, 2048, (float)b); /* one row: x in shared memory */
             matmul_group_case(DTS[d], 33, 256, (float)b); /* past the GEMV rows: one matmul each */
         }
     close_backends();
