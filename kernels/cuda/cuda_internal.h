@@ -117,11 +117,6 @@ __device__ __forceinline__ float kcuda_fma8v(const float w[8], float4 p, float4 
     return acc;
 }
 
-/* The same over the 8 f32 at x in global memory (16-byte aligned). */
-__device__ __forceinline__ float kcuda_fma8(const float w[8], const float *x, float acc) {
-    return kcuda_fma8v(w, __ldg((const float4 *)x), __ldg((const float4 *)x + 1), acc);
-}
-
 /* Chunks (8 elements: one 16-byte load of a 16-bit weight, two of f32) each lane keeps in
  * flight in kcuda_dot8_rows: 8 for one or two x rows (128 bytes of bf16 per lane, 4 KB per
  * warp), fewer as x rows are added (the x values of every chunk in flight are held too: at
@@ -130,17 +125,18 @@ __host__ __device__ constexpr int kcuda_dot_inflight(kdtype dt, int nr) {
     return (nr <= 2 ? 8 : nr <= 4 ? 4 : 2) / (dt == KDT_F32 ? 2 : 1);
 }
 
-/* acc[r] += this lane's share of dot(w row, x row r) for r < n <= NR, `in` a multiple of 8,
- * the weight row 16-byte aligned (32 for f32) and x's rows 16-byte aligned (row stride
- * `in`). Lane l takes chunks l, l + 32, l + 64, ... in ascending order, each as kcuda_fma8:
- * the sums and their order depend on `in` and the lane only (batch invariance; the caller
- * adds the lanes with a fixed tree). U chunks' weight loads are issued before any of them
- * is used, so U loads per lane are in flight: written as one loop with a per-row branch
- * inside, the compiler waits out each load's memory round trip before the next (an H200's
- * GEMV then read HBM at ~1/3 of its rate, 2026-12-04 ncu). */
-template <kdtype DT, int NR>
-__device__ __forceinline__ void kcuda_dot8_rows(const void *__restrict__ w, const float *__restrict__ x, int64_t in,
-                                                int n, int lane, float acc[NR]) {
+/* acc[r] += this lane's share of dot(w row, x row r) for r < n <= NR, `in` a multiple of 8 and
+ * the weight row 16-byte aligned (32 for f32). x is read through xc(r, c, p, q), which gives
+ * elements [8c, 8c + 8) of x row r as two float4 (global or shared memory: the callers').
+ * Lane l takes chunks l, l + 32, l + 64, ... in ascending order, each as kcuda_fma8v: the sums
+ * and their order depend on `in` and the lane only (batch invariance; the caller adds the
+ * lanes with a fixed tree). U chunks' weight loads are issued before any of them is used, so
+ * U loads per lane are in flight: written as one loop with a per-row branch inside, the
+ * compiler waits out each load's memory round trip before the next (an H200's GEMV then read
+ * HBM at ~1/3 of its rate, 2026-12-04 ncu). */
+template <kdtype DT, int NR, typename XC>
+__device__ __forceinline__ void kcuda_dot8_rows_x(const void *__restrict__ w, int64_t in, int n, int lane,
+                                                  float acc[NR], XC xc) {
     constexpr int U = kcuda_dot_inflight(DT, NR);
     const int64_t nc = in / 8;
     int64_t c = lane;
@@ -151,9 +147,12 @@ __device__ __forceinline__ void kcuda_dot8_rows(const void *__restrict__ w, cons
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             if (r < n) {
-                const float *xr = x + (int64_t)r * in + 8 * c;
 #pragma unroll
-                for (int u = 0; u < U; u++) acc[r] = kcuda_fma8(wf[u], xr + 8 * 32 * u, acc[r]);
+                for (int u = 0; u < U; u++) {
+                    float4 p, q;
+                    xc(r, c + 32 * u, p, q);
+                    acc[r] = kcuda_fma8v(wf[u], p, q, acc[r]);
+                }
             }
         }
     }
@@ -161,9 +160,24 @@ __device__ __forceinline__ void kcuda_dot8_rows(const void *__restrict__ w, cons
         float wf[8];
         kcuda_ld8<DT>(w, c, wf);
 #pragma unroll
-        for (int r = 0; r < NR; r++)
-            if (r < n) acc[r] = kcuda_fma8(wf, x + (int64_t)r * in + 8 * c, acc[r]);
+        for (int r = 0; r < NR; r++) {
+            if (r < n) {
+                float4 p, q;
+                xc(r, c, p, q);
+                acc[r] = kcuda_fma8v(wf, p, q, acc[r]);
+            }
+        }
     }
+}
+
+/* kcuda_dot8_rows_x with x [n, in] in global memory, its rows 16-byte aligned. */
+template <kdtype DT, int NR>
+__device__ __forceinline__ void kcuda_dot8_rows(const void *__restrict__ w, const float *__restrict__ x, int64_t in,
+                                                int n, int lane, float acc[NR]) {
+    kcuda_dot8_rows_x<DT, NR>(w, in, n, lane, acc, [x, in](int r, int64_t c, float4 &p, float4 &q) {
+        const float4 *xp = (const float4 *)(x + (int64_t)r * in + 8 * c);
+        p = __ldg(xp), q = __ldg(xp + 1);
+    });
 }
 
 /* Same, with the dtype known only at run time. */

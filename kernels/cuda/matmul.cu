@@ -143,29 +143,17 @@ __global__ void __launch_bounds__(MM_WARPS * 32, MM_SX_MIN_BLOCKS) k_gemv1_sx(co
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (int64_t i = threadIdx.x; i < in / 4; i += blockDim.x) sx4[i] = __ldg((const float4 *)x + i);
     __syncthreads();
-    constexpr int U = kcuda_dot_inflight(DT, 1);
-    const int64_t nc = in / 8;
     for (int64_t vb = blockIdx.x; vb < a.first[a.count]; vb += gridDim.x) {
         int g = 0;
         while (g + 1 < a.count && vb >= a.first[g + 1]) g++;
         int64_t j = (vb - a.first[g]) * MM_WARPS + warp;
         if (j >= a.out[g]) continue;
         const char *wr = (const char *)a.w[g] + (size_t)j * (size_t)in * (DT == KDT_F32 ? 4 : 2);
-        float acc = 0.0f;
-        int64_t c = lane;
-        for (; c + 32 * (U - 1) < nc; c += 32 * U) {
-            float wf[U][8];
-#pragma unroll
-            for (int u = 0; u < U; u++) kcuda_ld8<DT>(wr, c + 32 * u, wf[u]);
-#pragma unroll
-            for (int u = 0; u < U; u++) acc = kcuda_fma8v(wf[u], sx4[2 * (c + 32 * u)], sx4[2 * (c + 32 * u) + 1], acc);
-        }
-        for (; c < nc; c += 32) {
-            float wf[8];
-            kcuda_ld8<DT>(wr, c, wf);
-            acc = kcuda_fma8v(wf, sx4[2 * c], sx4[2 * c + 1], acc);
-        }
-        float s = kcuda_warp_sum(acc);
+        float acc[1] = {0.0f};
+        kcuda_dot8_rows_x<DT, 1>(wr, in, 1, lane, acc, [](int, int64_t c, float4 &p, float4 &q) {
+            p = sx4[2 * c], q = sx4[2 * c + 1];
+        });
+        float s = kcuda_warp_sum(acc[0]);
         if (lane == 0) {
             float *yp = a.y[g] + j;
             *yp = beta ? __fadd_rn(*yp, s) : s;
