@@ -24,7 +24,8 @@
 #   bench1.json     the same at 1 seq: the batch-1 decode step for the roofline
 #   bench<seqs>-graphs.json, bench1-graphs.json: both again with PEFTD_CUDA_GRAPHS=1 (CUDA only)
 #   bench<seqs>-ops.json, bench1-ops.json: the per-op split of a step (--sync-ops 1)
-#   ncu.csv         Nsight Compute's kernel durations over batch-1 decode steps (CUDA only)
+#   ncu.csv         Nsight Compute's kernel durations over batch-1 decode steps (CUDA only);
+#                   ncu<seqs>.csv the same over decode steps of scenario c at batch <seqs>
 #   memcheck.log    compute-sanitizer memcheck on the op tests; racecheck.log likewise
 #   hf.json         tests/gpu/hf_baseline.py: transformers + peft mixed batch (adapter_names)
 #   pool_churn.json bench/pool_churn.py: N adapters through store.slots resident (acceptance 3d)
@@ -331,7 +332,18 @@ elif diag_time 60 "ncu"; then
         --launch-skip 1000 --launch-count 1200 "$BUILD/peftd" generate --model "$M" \
         --adapter "$A16/$(ls "$A16" | head -1)" --prompt "Once upon a time" --max-tokens 12 --temperature 0 \
         >"$RES/ncu.csv" 2>"$RES/ncu.log"
-    "$PYTHON" tests/gpu/ncu_summary.py "$RES/ncu.csv" | tee -a "$SUM"
+    LAYERS=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$M/config.json")
+    "$PYTHON" tests/gpu/ncu_summary.py "$RES/ncu.csv" --layers "${LAYERS:-0}" | tee -a "$SUM"
+    # the same at batch $SEQS with $SEQS distinct r16 all-linear LoRAs (acceptance 3c's step): its
+    # kernel time per step beside the measured step says whether that step waits on the GPU or
+    # on the host (ncu64.csv)
+    if diag_time 60 "ncu at batch $SEQS"; then
+        timeout "$(cap 90)" "$NCU" --clock-control none --csv --print-units base --metrics gpu__time_duration.sum \
+            --launch-skip 1500 --launch-count 1400 "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" \
+            --shape "r16all:$A16" --seqs "$SEQS" --prompt 8 --tokens 8 --tokens-d 3 --rounds 1 --only c \
+            >"$RES/ncu$SEQS.csv" 2>"$RES/ncu$SEQS.log"
+        "$PYTHON" tests/gpu/ncu_summary.py "$RES/ncu$SEQS.csv" --label "ncu$SEQS" --layers "${LAYERS:-0}" | tee -a "$SUM"
+    fi
 fi
 
 # ---- 9. the acceptance lines ----

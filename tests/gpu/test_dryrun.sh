@@ -51,10 +51,15 @@ cat >"$TMP/ncu.csv" <<'CSV'
 "0","void k_gemv<(kdtype)3, 1, true>(const float *, int, const void *, long, long, float *, int)","gpu__time_duration.sum","nsecond","12,345"
 "1","void k_gemv<(kdtype)3, 1, true>(const float *, int, const void *, long, long, float *, int)","gpu__time_duration.sum","nsecond","7655"
 "2","k_rmsnorm(const float *, const void *, int, int, float, float *, int *)","gpu__time_duration.sum","usecond","2.5"
+"3","void k_attention<2>(kattn_args, int *)","gpu__time_duration.sum","nsecond","2500"
+"4","void k_attention<2>(kattn_args, int *)","gpu__time_duration.sum","nsecond","2500"
 CSV
 out=$("$PYTHON" tests/gpu/ncu_summary.py "$TMP/ncu.csv"); rc=$?
 check "ncu split: kernels grouped by name (templates cut), units read, largest first" \
-    '[ $rc -eq 0 ] && [[ $(echo "$out" | head -1) == *"88.9%"*"20.0 us"*"2 launches"*"k_gemv" ]] && [[ $out == *"total 22.5 us"*"3 launches"* ]]'
+    '[ $rc -eq 0 ] && [[ $(echo "$out" | head -1) == *"72.7%"*"20.0 us"*"2 launches"*"k_gemv" ]] && [[ $out == *"total 27.5 us"*"5 launches"* ]]'
+out=$("$PYTHON" tests/gpu/ncu_summary.py "$TMP/ncu.csv" --label ncu64 --layers 1); rc=$?
+check "ncu split: --layers gives the kernel time per step (attention launches / layers), lines labelled" \
+    '[ $rc -eq 0 ] && [[ $out == *"ncu64 per decode step: 13.8 us of kernel time (2 steps"* ]] && [[ $(echo "$out" | head -1) == "  ncu64 "* ]]'
 echo '==PROF== ERROR: nothing profiled' >"$TMP/ncu0.csv"
 "$PYTHON" tests/gpu/ncu_summary.py "$TMP/ncu0.csv" >/dev/null; rc=$?
 check "ncu split: a file without kernel rows fails (exit 2)" '[ $rc -eq 2 ]'
