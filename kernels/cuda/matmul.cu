@@ -74,8 +74,9 @@ __device__ __forceinline__ void gemv_block(const float *__restrict__ x, int n, c
 }
 
 template <kdtype DT, int NR, bool VEC>
-__global__ void __launch_bounds__(MM_WARPS * 32, MM_MIN_BLOCKS) k_gemv(const float *__restrict__ x, int n, const void *__restrict__ w,
-                                                        int64_t in, int64_t out, float *__restrict__ y, int beta) {
+__global__ void __launch_bounds__(MM_WARPS * 32, MM_MIN_BLOCKS)
+    k_gemv(const float *__restrict__ x, int n, const void *__restrict__ w, int64_t in, int64_t out,
+           float *__restrict__ y, int beta) {
     gemv_block<DT, NR, VEC>(x, n, w, in, out, y, beta, blockIdx.x);
 }
 
@@ -91,8 +92,8 @@ struct mm_group_args {
 };
 
 template <kdtype DT, int NR, bool VEC>
-__global__ void __launch_bounds__(MM_WARPS * 32, MM_MIN_BLOCKS) k_gemv_group(const float *__restrict__ x, int n, int64_t in,
-                                                              mm_group_args a, int beta) {
+__global__ void __launch_bounds__(MM_WARPS * 32, MM_MIN_BLOCKS)
+    k_gemv_group(const float *__restrict__ x, int n, int64_t in, mm_group_args a, int beta) {
     int g = 0;
     while (g + 1 < a.count && (int64_t)blockIdx.x >= a.first[g + 1]) g++;
     gemv_block<DT, NR, VEC>(x, n, a.w[g], in, a.out[g], a.y[g], beta, (int64_t)blockIdx.x - a.first[g]);
