@@ -89,6 +89,10 @@ static int w_geglu(kbackend *kb, const float *g, const float *u, int n, int dim,
 }
 static int w_softcap(kbackend *kb, float *y, int64_t n, float cap) { TIMED(P_OTHER, g_inner->softcap(kb, y, n, cap)); }
 static int w_sample(kbackend *kb, const ksample_args *a) { TIMED(P_SAMPLE, g_inner->sample(kb, a)); }
+static int w_matmul_glu(kbackend *kb, const float *x, int n, const kmat *wg, const kmat *wu, kact act, float *up,
+                        float *out) {
+    TIMED(P_MATMUL, g_inner->matmul_glu(kb, x, n, wg, wu, act, up, out));
+}
 static int w_rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int nh, int nkv,
                            int hd, int rd, const krope_freqs *f, const int32_t *slots, float *kc, float *vc) {
     TIMED(P_OTHER, g_inner->rope_kv_store(kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kc, vc));
@@ -143,6 +147,7 @@ static void prof_install(kbackend *kb, int64_t vocab, int timed) {
     if (kb->ops->sample) g_prof_ops.sample = w_sample;
     if (kb->ops->seg_rotate) g_prof_ops.seg_rotate = w_seg_rotate;
     if (kb->ops->rope_kv_store) g_prof_ops.rope_kv_store = w_rope_kv_store;
+    if (kb->ops->matmul_glu) g_prof_ops.matmul_glu = w_matmul_glu;
     kb->ops = &g_prof_ops;
 }
 

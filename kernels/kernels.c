@@ -95,6 +95,9 @@ KB_CHECKED(matmul_group,
 KB_CHECKED(seg_scale, (kbackend * kb, float *y, int dim, int n, const int32_t *seg, const float *const *v),
            (kb, y, dim, n, seg, v))
 KB_CHECKED(seg_rotate, (kbackend * kb, const float *x, int dim, const ksegrot *s, float *y), (kb, x, dim, s, y))
+KB_CHECKED(matmul_glu,
+           (kbackend * kb, const float *x, int n, const kmat *wg, const kmat *wu, kact act, float *up, float *out),
+           (kb, x, n, wg, wu, act, up, out))
 KB_CHECKED(rope_kv_store,
            (kbackend * kb, float *q, float *k, const float *v, const int32_t *pos, int n, int nh, int nkv, int hd,
             int rd, const krope_freqs *f, const int32_t *slots, float *kc, float *vc),
@@ -121,6 +124,19 @@ int kops_rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const i
     if (rc == 0) rc = kb->ops->rope(kb, k, pos, n, n_kv_heads, head_dim, rot_dim, f);
     if (rc == 0) rc = kb->ops->kv_store(kb, k, v, slots, n, n_kv_heads * head_dim, k_cache, v_cache);
     return rc;
+}
+
+int kops_matmul_glu(kbackend *kb, const float *x, int n, const kmat *w_gate, const kmat *w_up, kact act, float *up,
+                    float *out) {
+    if (kb->ops->matmul_glu) return kb->ops->matmul_glu(kb, x, n, w_gate, w_up, act, up, out);
+    if (!w_gate || !w_up || w_gate->rows > INT32_MAX || (act != KACT_SILU && act != KACT_GELU_TANH))
+        return PEFTD_EINVAL;
+    const kmat *w[2] = {w_gate, w_up};
+    float *y[2] = {out, up};
+    int rc = kops_matmul_group(kb, x, n, 2, w, y, 0.0f);
+    if (rc) return rc;
+    int dim = (int)w_gate->rows;
+    return act == KACT_SILU ? kb->ops->swiglu(kb, out, up, n, dim, out) : kb->ops->geglu(kb, out, up, n, dim, out);
 }
 
 kdtype kops_preferred_dtype(const kbackend *kb, kop op, kdtype dt) {
@@ -161,6 +177,7 @@ void kbackend__init(kbackend *kb, const kbackend_ops *ops, void *impl) {
     c->seg_rotate = chk_seg_rotate;
     if (ops->matmul_group) c->matmul_group = chk_matmul_group;
     if (ops->rope_kv_store) c->rope_kv_store = chk_rope_kv_store;
+    if (ops->matmul_glu) c->matmul_glu = chk_matmul_glu;
     kb->ops = c;
 #endif
 }

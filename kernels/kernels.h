@@ -404,6 +404,15 @@ typedef struct kbackend_ops {
     int (*rope_kv_store)(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int n_heads,
                          int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f, const int32_t *slots,
                          float *k_cache, float *v_cache);
+    /* [engine] A feed-forward block's gated unit straight from its input: out[n, rows] =
+     * act(x·w_gateᵀ) ⊙ (x·w_upᵀ), act KACT_SILU (swiglu) or KACT_GELU_TANH (geglu), exactly what
+     * matmul_group(x -> out, up) then swiglu / geglu(out, up -> out) give, bit for bit (w_gate
+     * and w_up: one dtype and shape; out and up [n, rows], overlapping neither x nor each
+     * other). up is scratch the backend may use (CUDA fuses one x row, its batch-1 decode,
+     * into one kernel that leaves it alone, and takes the three steps otherwise). NULL:
+     * kops_matmul_glu() makes the three steps. Appended last for the positional CUDA table. */
+    int (*matmul_glu)(kbackend *kb, const float *x, int n, const kmat *w_gate, const kmat *w_up, kact act,
+                      float *up, float *out);
 } kbackend_ops;
 
 /* The most weights one matmul_group call takes. */
@@ -419,6 +428,11 @@ int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat
 int kops_rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int n_heads,
                        int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f, const int32_t *slots,
                        float *k_cache, float *v_cache);
+
+/* [engine] kb->ops->matmul_glu where the backend has it, else matmul_group(x -> out, up) then
+ * swiglu / geglu(out, up -> out). Same bits either way. */
+int kops_matmul_glu(kbackend *kb, const float *x, int n, const kmat *w_gate, const kmat *w_up, kact act, float *up,
+                    float *out);
 
 /* [any] kb->ops->preferred_dtype(kb, op, dt) where the backend has it, else dt. */
 kdtype kops_preferred_dtype(const kbackend *kb, kop op, kdtype dt);

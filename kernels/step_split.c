@@ -120,6 +120,10 @@ OPW(rope_kv_store,
     (kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kc, vc), U(q), U(k), U(v), U(pos), U(n), U(nh), U(nkv), U(hd),
     U(rd), U(f->inv_freq), U(f->n_tables), U(f->table), F(f->scale), U(slots), U(kc), U(vc))
 
+OPW(matmul_glu,
+    (kbackend * kb, const float *x, int n, const kmat *wg, const kmat *wu, kact act, float *up, float *out),
+    (kb, x, n, wg, wu, act, up, out), U(x), U(n), KM(wg), KM(wu), U(act), U(up), U(out))
+
 /* matmul_group (q/k/v, gate/up) is an op like matmul; a backend without it gets no wrapper
  * (kops_matmul_group then calls the wrapped matmul per weight). Unwrapped, it ran its GEMVs in
  * the transfers pass too: every replayed decode step computed q/k/v and gate/up twice. */
@@ -172,6 +176,7 @@ void step_split_begin(step_split *s, kbackend *kb, step_pass pass) {
     t->softcap = w_softcap, t->sample = w_sample, t->seg_rotate = w_seg_rotate;
     t->matmul_group = s->saved->matmul_group ? w_matmul_group : NULL;
     t->rope_kv_store = s->saved->rope_kv_store ? w_rope_kv_store : NULL;
+    t->matmul_glu = s->saved->matmul_glu ? w_matmul_glu : NULL;
     cur = s;
     kb->ops = &s->table;
 }

@@ -19,6 +19,7 @@
 #include "kernels/cuda/backend_cuda.h"
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/matmul_glu.h"
 #include "kernels/cuda/norm_rope_elementwise.h"
 #include "kernels/cuda/rope_kv.h"
 #include "kernels/cuda/rotate.h"
@@ -197,6 +198,7 @@ static const kbackend_ops kcuda_ops = {
     /* .matmul_group = */ kcuda__matmul_group,
     /* .preferred_dtype = */ NULL, /* weights as stored */
     /* .rope_kv_store = */ kcuda__rope_kv_store,
+    /* .matmul_glu = */ kcuda__matmul_glu,
 };
 
 extern "C" int kbackend_cuda_available(void) {

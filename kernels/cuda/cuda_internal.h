@@ -180,6 +180,26 @@ __device__ __forceinline__ void kcuda_dot8_rows(const void *__restrict__ w, cons
     });
 }
 
+/* One x row of `in` floats (in % 4 == 0, 16-byte aligned) staged in shared memory by the whole
+ * block, ready for every thread on return. At most KCUDA_SX_MAX_IN floats: 48 KB, the default
+ * dynamic shared memory limit. */
+#define KCUDA_SX_MAX_IN 12288
+__device__ __forceinline__ void kcuda_stage_x(float4 *sx4, const float *__restrict__ x, int64_t in) {
+    for (int64_t i = threadIdx.x; i < in / 4; i += blockDim.x) sx4[i] = __ldg((const float4 *)x + i);
+    __syncthreads();
+}
+
+/* This lane's share of dot(w row, x) with x staged in shared memory (kcuda_stage_x): the sum
+ * kcuda_dot8_rows gives for one row, term for term. */
+template <kdtype DT>
+__device__ __forceinline__ float kcuda_dot8_sx(const void *__restrict__ w, const float4 *sx4, int64_t in, int lane) {
+    float acc[1] = {0.0f};
+    kcuda_dot8_rows_x<DT, 1>(w, in, 1, lane, acc, [sx4](int, int64_t c, float4 &p, float4 &q) {
+        p = sx4[2 * c], q = sx4[2 * c + 1];
+    });
+    return acc[0];
+}
+
 /* Same, with the dtype known only at run time. */
 __device__ __forceinline__ float kcuda_ld_rt(kdtype dt, const void *w, int64_t i) {
     if (dt == KDT_F32) return kcuda_ld<KDT_F32>(w, i);
@@ -194,6 +214,18 @@ __device__ __forceinline__ float kcuda_warp_sum(float v) {
 }
 
 __device__ __forceinline__ void kcuda_flag(int *err, int code) { atomicOr(err, code); }
+
+/* The gated units' one formulas (swiglu, geglu and matmul_glu share them): silu(g)·u with expf
+ * (CUDA: <= 2 ulp), and gelu_tanh(g)·u with tanh in double rounded once (the CPU's values, up
+ * to libm vs CUDA tanh ulps). */
+__device__ __forceinline__ float kcuda_silu_mul(float g, float u) {
+    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+__device__ __forceinline__ float kcuda_gelu_tanh_mul(float g, float u) {
+    const double k = 0.7978845608028654, x = g; /* sqrt(2 / pi) */
+    float a = (float)(0.5 * x * (1.0 + tanh(k * (x + 0.044715 * x * x * x))));
+    return __fmul_rn(a, u);
+}
 
 /* RoPE of one pair (x[i], x[i + half]) of a head at position p: the angle p * inv_freq in f32,
  * cosf/sinf times scale, separate roundings and no FMA contraction (the CPU build is -std=c11,

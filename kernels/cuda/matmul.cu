@@ -134,7 +134,7 @@ static void mm_gemv(cudaStream_t st, bool vec, const float *x, int n, const void
  * the rows (a grid that fills the SMs once: x is staged once per block, not per 8 rows).
  * A row's sum is gemv_block's, term for term (same lanes, same chunk order, kcuda_fma8v):
  * the same bits. */
-#define MM_SX_MAX_IN 12288 /* 48 KB of x: the default dynamic shared memory limit */
+#define MM_SX_MAX_IN KCUDA_SX_MAX_IN
 #define MM_SX_MIN_BLOCKS 4
 
 template <kdtype DT>
@@ -142,19 +142,14 @@ __global__ void __launch_bounds__(MM_WARPS * 32, MM_SX_MIN_BLOCKS) k_gemv1_sx(co
                                                                              mm_group_args a, int beta) {
     extern __shared__ float4 sx4[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int64_t i = threadIdx.x; i < in / 4; i += blockDim.x) sx4[i] = __ldg((const float4 *)x + i);
-    __syncthreads();
+    kcuda_stage_x(sx4, x, in);
     for (int64_t vb = blockIdx.x; vb < a.first[a.count]; vb += gridDim.x) {
         int g = 0;
         while (g + 1 < a.count && vb >= a.first[g + 1]) g++;
         int64_t j = (vb - a.first[g]) * MM_WARPS + warp;
         if (j >= a.out[g]) continue;
         const char *wr = (const char *)a.w[g] + (size_t)j * (size_t)in * (DT == KDT_F32 ? 4 : 2);
-        float acc[1] = {0.0f};
-        kcuda_dot8_rows_x<DT, 1>(wr, in, 1, lane, acc, [](int, int64_t c, float4 &p, float4 &q) {
-            p = sx4[2 * c], q = sx4[2 * c + 1];
-        });
-        float s = kcuda_warp_sum(acc[0]);
+        float s = kcuda_warp_sum(kcuda_dot8_sx<DT>(wr, sx4, in, lane));
         if (lane == 0) {
             float *yp = a.y[g] + j;
             *yp = beta ? __fadd_rn(*yp, s) : s;

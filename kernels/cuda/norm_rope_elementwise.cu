@@ -215,19 +215,14 @@ extern "C" int kcuda__kv_store(kbackend *kb, const float *k, const float *v, con
 /* ---- swiglu, add ---- */
 
 __global__ void k_swiglu(const float *g, const float *u, int64_t n, float *out) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float a = g[i];
-        out[i] = __fmul_rn(__fdiv_rn(a, __fadd_rn(1.0f, expf(-a))), u[i]);
-    }
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = kcuda_silu_mul(g[i], u[i]);
 }
 
 /* geglu / softcap: tanh in double, rounded once (the CPU's values, up to libm vs CUDA tanh ulps). */
 __global__ void k_geglu(const float *g, const float *u, int64_t n, float *out) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const double k = 0.7978845608028654, x = g[i]; /* sqrt(2 / pi) */
-        float a = (float)(0.5 * x * (1.0 + tanh(k * (x + 0.044715 * x * x * x))));
-        out[i] = __fmul_rn(a, u[i]);
-    }
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = kcuda_gelu_tanh_mul(g[i], u[i]);
 }
 
 __global__ void k_softcap(float *y, int64_t n, float cap) {

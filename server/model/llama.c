@@ -315,14 +315,19 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         const kmat *post_ffn = L->post_ffn_norm.data ? &L->post_ffn_norm : NULL;
         CHECK(llama__sublayer_out(c, b, l, AMOD_O, &L->wo, c->att, T, LLAMA_PLACE_ATTN, post_attn));
         CHECK(llama__norm(c, b, 2 * l + 1, &L->ffn_norm, c->x, c->xn));
-        {
+        const kact glu = cfg->gemma ? KACT_GELU_TANH : KACT_SILU;
+        if (llama__mod_idle(c, l, AMOD_GATE) && llama__mod_idle(c, l, AMOD_UP)) {
+            /* no segment adapts gate or up in this step: the gated unit straight from xn (one
+             * kernel on a GPU at batch 1), the same bits as the steps below */
+            CHECK(kops_matmul_glu(kb, c->xn, T, &L->w_gate, &L->w_up, glu, c->up, c->gate));
+        } else {
             const adapter_module gu[2] = {AMOD_GATE, AMOD_UP};
             const kmat *wgu[2] = {&L->w_gate, &L->w_up};
             float *ygu[2] = {c->gate, c->up};
             CHECK(llama__project_group(c, l, 2, gu, wgu, c->xn, T, ygu));
+            if (glu == KACT_GELU_TANH) CHECK(op->geglu(kb, c->gate, c->up, T, I, c->gate));
+            else CHECK(op->swiglu(kb, c->gate, c->up, T, I, c->gate));
         }
-        if (cfg->gemma) CHECK(op->geglu(kb, c->gate, c->up, T, I, c->gate));
-        else CHECK(op->swiglu(kb, c->gate, c->up, T, I, c->gate));
         CHECK(llama__sublayer_out(c, b, l, AMOD_DOWN, &L->w_down, c->gate, T, LLAMA_PLACE_FFN, post_ffn));
     }
     if (b->n_logits == 0) return op->synchronize(kb);

@@ -740,6 +740,11 @@ static bool plan_mod_idle(const llama_plan_mod *pm) {
            pm->rot.n_segs == 0;
 }
 
+bool llama__mod_idle(const llama_ctx *c, int layer, adapter_module m) {
+    const llama_plan *p = c->plan;
+    return !p->n_segs || plan_mod_idle(&p->mod[layer * AMOD_COUNT + m]);
+}
+
 int llama__sublayer_out(llama_ctx *c, const llama_batch *b, int layer, adapter_module m, const kmat *w,
                         const float *in, int T, int place, const kmat *post_norm) {
     kbackend *kb = c->kb;

@@ -179,6 +179,10 @@ int llama__project(llama_ctx *c, int layer, adapter_module m, const kmat *w, con
  * adds its adapters as llama__project does. Same bits as count llama__project calls. */
 int llama__project_group(llama_ctx *c, int layer, int count, const adapter_module *m, const kmat *const *w,
                          const float *in, int T, float *const *out);
+/* Whether no segment of this step adapts projection (layer, m) in any way (no plan, or no
+ * SGMV, DoRA, IA3, trained bias, dense delta or rotation there): its output is the base
+ * matmul's alone. */
+bool llama__mod_idle(const llama_ctx *c, int layer, adapter_module m);
 /* x += the sub-layer output proj(in) (o_proj or down_proj), with adapters and the
  * bottleneck adapters of `place`; with post_norm (Gemma), x += post_norm(proj(in)) — the
  * adapters' deltas inside proj, as PEFT wraps the projection (no bottleneck adapters), and the

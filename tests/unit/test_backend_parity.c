@@ -487,6 +487,49 @@ TEST(rope_kv_store_parity) {
     close_backends();
 }
 
+/* matmul_glu: CUDA's one-row fused kernel (n = 1) and its three-step fallback (n = 3) against
+ * the CPU's three steps (tolerance), and bit for bit against CUDA's own matmul_group + swiglu /
+ * geglu (the op's contract); both gated units, every dense dtype. */
+static void matmul_glu_case(kdtype dt, int n, int in, int rows, kact act) {
+    void *wg = rand_w(dt, (size_t)rows * in, 0.5f), *wu = rand_w(dt, (size_t)rows * in, 0.5f);
+    float *x = rand_f32((size_t)n * in, 1.0f);
+    size_t wb = (size_t)rows * in * kdtype_size(dt), ob = (size_t)n * rows * 4;
+    pbuf pg = pb_new(wg, wb), pu = pb_new(wu, wb), px = pb_new(x, (size_t)n * in * 4), po = pb_new(NULL, ob),
+         pup = pb_new(NULL, ob), po2 = pb_new(NULL, ob), pup2 = pb_new(NULL, ob);
+    kmat gp = {pg.cp, dt, rows, in}, up = {pu.cp, dt, rows, in}, gq = {pg.cu, dt, rows, in}, uq = {pu.cu, dt, rows, in};
+    BOTH(kops_matmul_glu(CP, (float *)px.cp, n, &gp, &up, act, (float *)pup.cp, (float *)po.cp),
+         kops_matmul_glu(CU, (float *)px.cu, n, &gq, &uq, act, (float *)pup.cu, (float *)po.cu));
+    char what[96];
+    snprintf(what, sizeof what, "matmul_glu %s n=%d in=%d rows=%d %s", kdtype_name(dt), n, in, rows,
+             act == KACT_SILU ? "silu" : "gelu_tanh");
+    pb_check(&po, what);
+    /* CUDA's three steps: the reference bits */
+    const kmat *w[2] = {&gq, &uq};
+    float *y[2] = {(float *)po2.cu, (float *)pup2.cu};
+    ASSERT_EQ(kops_matmul_group(CU, (float *)px.cu, n, 2, w, y, 0.0f), 0);
+    int st = act == KACT_SILU ? CU->ops->swiglu(CU, y[0], y[1], n, rows, y[0])
+                              : CU->ops->geglu(CU, y[0], y[1], n, rows, y[0]);
+    ASSERT_EQ(st, 0);
+    unsigned char *a = pb_get(CU, po.cu, ob, what), *b = pb_get(CU, po2.cu, ob, what);
+    if (memcmp(a, b, ob + 2 * SENT_BYTES)) FAIL("%s: differs from matmul_group + the gated unit", what);
+    free(a), free(b);
+    pbuf *all[] = {&pg, &pu, &px, &po, &pup, &po2, &pup2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pb_free(all[i]);
+    free(wg), free(wu), free(x);
+}
+
+TEST(matmul_glu_parity) {
+    open_backends();
+    for (int d = 0; d < 3; d++)
+        for (int a = 0; a < 2; a++) {
+            kact act = a ? KACT_GELU_TANH : KACT_SILU;
+            matmul_glu_case(DTS[d], 1, 2048, 96, act); /* fused: one round of 8 loads per lane */
+            matmul_glu_case(DTS[d], 1, 136, 40, act);  /* fused: the tail loop only */
+            matmul_glu_case(DTS[d], 3, 256, 72, act);  /* the three steps inside the op */
+        }
+    close_backends();
+}
+
 TEST(swiglu_add_parity) {
     open_backends();
     for (int ti = 0; ti < 3; ti++) {
@@ -1112,7 +1155,7 @@ TEST(greedy_tokens_cpu_equal_cuda) {
 }
 
 TEST_MAIN(get_rows_parity, get_rows_out_of_range_is_reported, matmul_parity, matmul_group_parity, qmatmul_parity, rmsnorm_parity, rope_parity,
-          rope_kv_store_parity,
+          rope_kv_store_parity, matmul_glu_parity,
           swiglu_add_parity, kv_store_attention_parity, attention_window_parity, attention_softcap_parity,
           geglu_softcap_parity, sgmv_lora_parity,
           sgmv_bottleneck_parity, seg_scale_parity, seg_rotate_parity, sample_parity, greedy_tokens_cpu_equal_cuda)
