@@ -749,7 +749,6 @@ int llama__sublayer_out(llama_ctx *c, const llama_batch *b, int layer, adapter_m
                         const float *in, int T, int place, const kmat *post_norm) {
     kbackend *kb = c->kb;
     const llama_plan *p = c->plan;
-    const llama_plan_mod *pm = p->n_segs ? &p->mod[layer * AMOD_COUNT + m] : NULL;
     const llama_plan_bn *pb = p->n_segs ? &p->bn[layer * 2 + place] : NULL;
     bool bottleneck = pb && pb->n_sg > 0;
     if (post_norm) { /* Gemma: a = proj(in) with its deltas, x += post_norm(a); never fused */
@@ -769,7 +768,7 @@ int llama__sublayer_out(llama_ctx *c, const llama_batch *b, int layer, adapter_m
     /* ... and a module no segment adapts in this step (LoRA on q, v only: o_proj, down_proj)
      * is fused as in an adapter-free step: x + (W·in) is the same sum as a = W·in; x += a,
      * so a row's bits do not depend on it (the adapter-free step already relies on that). */
-    if ((!pm || (plan_mod_idle(pm) && !bottleneck)) && !proj_bias(c, layer, m))
+    if (llama__mod_idle(c, layer, m) && !bottleneck && !proj_bias(c, layer, m))
         return llama__project(c, layer, m, w, in, T, c->x, true);
     int H = c->m->cfg.hidden_size;
     CHECK(llama__project(c, layer, m, w, in, T, c->tmp, false)); /* a */
