@@ -207,7 +207,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(HARNESS) $(BUILD)/libpeftd.a $(FLAGS_FILE)
 # The benchmarks are built with the tests, so an op-table change cannot leave them broken.
 BENCH_BIN := $(BUILD)/bench/bench_adapters $(BUILD)/bench/bench_decode $(BUILD)/bench/bench_prefix \
              $(BUILD)/bench/bench_json $(BUILD)/bench/bench_gpu $(BUILD)/bench/bench_kinds \
-             $(BUILD)/bench/bench_rotate
+             $(BUILD)/bench/bench_rotate $(BUILD)/bench/kernels_bench
 tests-bin: $(TEST_BIN) $(BENCH_BIN)
 
 # Benchmarks link the library like the tests do (bench/run.sh builds and runs them).
@@ -233,6 +233,11 @@ $(BUILD)/bench/bench_kinds: bench/bench_kinds.c $(BUILD)/libpeftd.a $(FLAGS_FILE
 
 # OFT / BOFT per-token cost: factored rotation vs a dense materialised delta (CPU, seconds).
 $(BUILD)/bench/bench_rotate: bench/bench_rotate.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
+
+# CPU matmul paths against the memory roofline (bench/README.md; run by hand).
+$(BUILD)/bench/kernels_bench: bench/kernels_bench.c $(BUILD)/libpeftd.a $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpeftd.a $(LDLIBS)
 

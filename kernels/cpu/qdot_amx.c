@@ -5,11 +5,11 @@
  * Q4_K, Q5_K: one tdpbusd multiplies A = 16 weight rows' unsigned codes of one 32-element chunk
  * (16 × 32 bytes; the rows are unpacked once per group of 16 into a row-major buffer) by B = 16 x
  * rows' codes of the same chunk in the tile unit's pairs-of-4 layout (8 × 64 bytes, built once per
- * call by the activation quantizer: kq_x.amx_xv), giving the 256 exact chunk sums
+ * call by the activation quantizer: kq_x.x16v, kernels/cpu/qx16.c), giving the 256 exact chunk sums
  * S_c[n][m] = Σ_{k<32} q·xq. A super-block's 8 chunks go to tmm0-3 in two rounds of 4 and are
  * stored to a scratch; then, per weight row n with the 16 x rows in zmm lanes, the exact totals
  * of the canonical order — I = Σ_c sc_c·S_c (vpmulld), M = Σ_j m_j·X_j (vpdpwssd on the code
- * sums kq_x.amx_xp) — and its f32 step, fma((float)I, d·dx), fma((float)M, −(dmin·dx)): the
+ * sums kq_x.x16p) — and its f32 step, fma((float)I, d·dx), fma((float)M, −(dmin·dx)): the
  * totals and the two fmas of every other path, so the same bits (tests/unit/test_kernels_quant.c).
  * Q6_K: tdpbssd per group of 16 signed codes − 32 (amx_block6).
  * Q8_0, Q4_0: tdpbssd per block of 32 signed codes (Q8_0's A tiles load straight from the weight
@@ -65,58 +65,6 @@ unsigned long kq_amx_groups; /* groups of 16 weight rows done on the tiles (test
 bool kq_amx_usable(void) {
     pthread_once(&amx_once, amx_probe);
     return amx_ok;
-}
-
-/* ---- the activations' tile layout (kq_x.amx_*), one x row at a time ---- */
-
-/* Sizes: xv mp·cols, xp (Q4_K/Q5_K: 4 int32 per 16 x rows and super-block), dx (one float per
- * x row and block of the type: 32 or 256 elements); mp = n rounded up to 16. */
-size_t kq_amx_x_bytes(kdtype dt, int n, int64_t cols) {
-    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kdtype_block_elems(dt));
-    const size_t xp = dt == KDT_Q4_K || dt == KDT_Q5_K ? mp * nb * 16 : 0;
-    return mp * (size_t)cols + xp + mp * nb * 4;
-}
-
-void kq_amx_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
-    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kdtype_block_elems(dt));
-    const size_t xp = dt == KDT_Q4_K || dt == KDT_Q5_K ? mp * nb * 16 : 0;
-    qx->amx_xv = (int8_t *)p;
-    qx->amx_xp = xp ? (int32_t *)(p + mp * (size_t)cols) : NULL;
-    qx->amx_dx = (float *)(p + mp * (size_t)cols + xp);
-}
-
-/* Row i (< the padded count; rows >= x->n write zeros) into the layout, with nc = cols / 32
- * chunks of 32 codes and nb blocks of the type (Q8_0, Q4_0: nb = nc; K-quants nb = nc / 8):
- *   xv[(mb·nc + c)·512 + 64·(k/4) + 4m + k%4] = xq[16mb + m][32c + k] (k < 32: a chunk is the
- *      8 tile rows of B for one tdpbusd; a K-quant super-block's 8 chunks are consecutive, so
- *      a Q6_K group of 16 codes is 4 consecutive rows)
- *   xp[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (Q4_K/Q5_K: the code sums of sub-blocks
- *      2t, 2t+1 of super-block b; the other types need none)
- *   dx[(mb·nb + b)·16 + m] = the row's scale of block b. */
-AMX_TGT void kq_amx_x_row(kq_x *qx, int i, kdtype dt) {
-    const int64_t cols = qx->cols, nb = cols / kdtype_block_elems(dt), mb = i / 16, m = i % 16;
-    const bool live = i < qx->n;
-    const int8_t *q = qx->q + (int64_t)i * cols;
-    /* code dword k4 (codes 4·k4 .. 4·k4 + 3 of a 64-code piece) goes to tile row k4: a 64-byte
-     * stride, 16 dwords per scatter; a last piece of 32 codes scatters 8 */
-    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32(16));
-    int32_t *dst = (int32_t *)(qx->amx_xv + mb * 16 * cols) + m;
-    for (int64_t k = 0; k < cols; k += 64) {
-        const __mmask16 lanes = cols - k >= 64 ? 0xFFFF : 0x00FF;
-        const __m512i v = live ? _mm512_maskz_loadu_epi32(lanes, q + k) : _mm512_setzero_si512();
-        _mm512_mask_i32scatter_epi32(dst + 4 * k, lanes, rows, v, 4);
-    }
-    for (int64_t b = 0; b < nb && qx->amx_xp; b++)
-        for (int t = 0; t < 4; t++) {
-            int32_t v = 0;
-            if (live) {
-                const int16_t *g = qx->gsum + (int64_t)i * (cols / 32) + 8 * b + 2 * t;
-                v = (int32_t)((uint32_t)(uint16_t)g[0] | (uint32_t)(uint16_t)g[1] << 16);
-            }
-            qx->amx_xp[((mb * nb + b) * 4 + t) * 16 + m] = v;
-        }
-    for (int64_t b = 0; b < nb; b++) qx->amx_dx[(mb * nb + b) * 16 + m] = live ? qx->d[(int64_t)i * nb + b] : 0.0f;
 }
 
 /* ---- the product ---- */
@@ -250,11 +198,11 @@ AMX_INL void amx_block6(const amx_wrows *u, const kq_x *x, int64_t mb, float *y,
     __m512 acc[16];
     for (int n = 0; n < 16; n++) acc[n] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const int8_t *xv = x->amx_xv + (mb * nb + b) * 8 * 512;
+        const int8_t *xv = x->x16v + (mb * nb + b) * 8 * 512;
         AMX_BARRIER();
         for (int g0 = 0; g0 < 16; g0 += 4) amx_pieces4(1, u->a, cols, b, xv, g0, S);
         AMX_BARRIER();
-        const __m512 dx = _mm512_load_ps(x->amx_dx + (mb * nb + b) * 16);
+        const __m512 dx = _mm512_load_ps(x->x16d + (mb * nb + b) * 16);
 #pragma GCC unroll 16
         for (int n = 0; n < 16; n++) {
             const int64_t s = b * 16 + n;
@@ -280,15 +228,15 @@ AMX_INL void amx_block(int FIVE, const amx_wrows *u, const kq_x *x, int64_t mb, 
     for (int n = 0; n < 16; n++) acc[n] = _mm512_setzero_ps();
     const __m512 neg = _mm512_set1_ps(-0.0f);
     for (int64_t b = 0; b < nb; b++) {
-        const int8_t *xv = x->amx_xv + (mb * nb + b) * 8 * 512;
+        const int8_t *xv = x->x16v + (mb * nb + b) * 8 * 512;
         AMX_BARRIER();
         amx_pieces4(0, u->a, cols, b, xv, 0, S);
         amx_pieces4(0, u->a, cols, b, xv, 4, S);
         AMX_BARRIER();
-        const int32_t *xp = x->amx_xp + (mb * nb + b) * 64;
+        const int32_t *xp = x->x16p + (mb * nb + b) * 64;
         const __m512i X0 = _mm512_load_si512(xp), X1 = _mm512_load_si512(xp + 16), X2 = _mm512_load_si512(xp + 32),
                       X3 = _mm512_load_si512(xp + 48);
-        const __m512 dx = _mm512_load_ps(x->amx_dx + (mb * nb + b) * 16);
+        const __m512 dx = _mm512_load_ps(x->x16d + (mb * nb + b) * 16);
 #pragma GCC unroll 16
         for (int n = 0; n < 16; n++) {
             const int64_t s = b * 16 + n;
@@ -332,8 +280,8 @@ AMX_INL void amx_block8(const uint8_t *a0, size_t as, int BB, const amx_wrows *u
     int32_t S[4 * 256] __attribute__((aligned(64)));
     __m512 acc[16];
     for (int n = 0; n < 16; n++) acc[n] = _mm512_setzero_ps();
-    const int8_t *xv0 = x->amx_xv + mb * nc * 512;
-    const float *dx0 = x->amx_dx + mb * nc * 16;
+    const int8_t *xv0 = x->x16v + mb * nc * 512;
+    const float *dx0 = x->x16d + mb * nc * 16;
     for (int64_t c0 = 0; c0 < nc; c0 += 4) {
         const int k = nc - c0 < 4 ? (int)(nc - c0) : 4;
         AMX_BARRIER();
@@ -437,7 +385,7 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
 
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y, int64_t ldy,
                  float beta) {
-    if (!x->amx_xv) {
+    if (!x->x16v) {
         kq_rows_vnni(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }

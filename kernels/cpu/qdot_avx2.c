@@ -83,6 +83,89 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     kq_store1(R, N, acc, y, ldy, beta);
 }
 
+/* Q8_0 batches with x in the x16 layout (qx16.c: x rows in lanes, 4 codes per lane), a strip
+ * of R <= 4 weight rows at a time. The strip's |codes| (aw[(b·R + r)·32 + e]) and scales as f32
+ * (dw[r·nb + b]) are unpacked once; then per 8 x rows and block b, per 4-code group k and row r:
+ * the row's 4 |codes| and 4 codes broadcast (loads only) against the 8 rows' 4 codes,
+ * vpmaddubsw(|w|, sign(x, w)) (|w| <= 128, |x| <= 127: pairs never saturate), vpmaddwd by
+ * ones, added — lane j holds S_b of x row j exactly after the 8 groups, with no horizontal sums
+ * — then the canonical fma by dw·dx, x rows in lanes. Same bits as q8_tile. */
+#define Q8X_MAX_NB 512 /* cols <= 16384; wider matrices take q8_tile */
+
+unsigned long kq_avx2_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
+
+KQ_INL void q8x_unpack(int R, const uint8_t *w, size_t rb, int64_t nb, int PF, uint8_t *aw, float *dw) {
+    for (int64_t b = 0; b < nb; b++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + 34 * b;
+            if (PF) __builtin_prefetch(p + KQ_PF, 0, 2);
+            _mm256_store_si256((__m256i *)(aw + (b * R + r) * 32), _mm256_abs_epi8(q8_codes(KDT_Q8_0, p)));
+            uint16_t h;
+            memcpy(&h, p, 2);
+            dw[r * nb + b] = _cvtsh_ss(h);
+        }
+}
+
+/* R weight rows × the 8 x rows at xv / dx (rows < `rows` are stored). */
+KQ_INL void q8x_tile(int R, const uint8_t *w, size_t rb, int64_t nb, const uint8_t *aw, const float *dw,
+                     const int8_t *xv, const float *dx, float *y, int64_t ldy, int rows, float beta) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *xb = xv + b * 512;
+        __m256i s[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) s[r] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            const __m256i xk = _mm256_load_si256((const __m256i *)(xb + 64 * k));
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                int32_t c4, a4;
+                memcpy(&c4, w + r * rb + 34 * b + 2 + 4 * k, 4);
+                memcpy(&a4, aw + (b * R + r) * 32 + 4 * k, 4);
+                const __m256i t = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), _mm256_sign_epi8(xk, _mm256_set1_epi32(c4)));
+                s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, ones));
+            }
+        }
+        const __m256 dxb = _mm256_load_ps(dx + b * 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(_mm256_set1_ps(dw[r * nb + b]), dxb), acc[r]);
+    }
+    for (int r = 0; r < R; r++) {
+        float a[8];
+        _mm256_storeu_ps(a, acc[r]);
+        for (int j = 0; j < rows; j++) {
+            float *yp = y + j * ldy + r;
+            *yp = beta != 0.0f ? *yp + a[j] : a[j];
+        }
+    }
+}
+
+KQ_INL void q8x_strip(int R, const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta) {
+    const int64_t nb = x->cols / 32;
+    _Alignas(32) uint8_t aw[4 * Q8X_MAX_NB * 32];
+    float dw[4 * Q8X_MAX_NB];
+    q8x_unpack(R, w, rb, nb, 1, aw, dw);
+    for (int i = 0; i < x->n; i += 8) { /* x rows i .. i + 7: half (i / 8) % 2 of group i / 16 */
+        const int64_t mb = i / 16, h = (i / 8) % 2;
+        q8x_tile(R, w, rb, nb, aw, dw, x->x16v + mb * nb * 512 + 32 * h, x->x16d + mb * nb * 16 + 8 * h,
+                 y + (int64_t)i * ldy, ldy, x->n - i < 8 ? x->n - i : 8, beta);
+    }
+}
+
+static KQ_TGT void q8x_strip4(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta) {
+    q8x_strip(4, w, rb, x, y, ldy, beta);
+}
+static KQ_TGT void q8x_strip2(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta) {
+    q8x_strip(2, w, rb, x, y, ldy, beta);
+}
+static KQ_TGT void q8x_strip1(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta) {
+    q8x_strip(1, w, rb, x, y, ldy, beta);
+}
+
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
  * integer sums I (qmatmul.h) stay in registers; per chunk c and pair: vpmaddubsw (nibble ×
  * x code, pairs → s16: at most 2·31·127), vpmaddwd by sc_c, add. sc_c is broadcast in a
@@ -403,6 +486,25 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
                   int64_t ldy, float beta) {
     if (kdtype_is_kquant(dt)) {
         kq_rows_avx2_k(dt, w, rb, r0, r1, x, y, ldy, beta);
+        return;
+    }
+    if (dt == KDT_Q8_0 && x->x16v && x->cols / 32 <= Q8X_MAX_NB) {
+        /* direct calls: from a conditional choice of function (or a table of them) GCC 12.2 at -O2
+         * -march=sapphirerapids called q8x_strip2 for a last single row (a cmovne testing flags that
+         * an inc in between had set; tests/unit/test_kernels_quant.c caught it) */
+        unsigned long strips = 0;
+        int64_t r = r0;
+        for (; r1 - r >= 4; r += 4, strips++) q8x_strip4(w + r * rb, rb, x, y + r, ldy, beta);
+        if (r1 - r >= 2) {
+            q8x_strip2(w + r * rb, rb, x, y + r, ldy, beta);
+            r += 2;
+            strips++;
+        }
+        if (r1 - r == 1) {
+            q8x_strip1(w + r * rb, rb, x, y + r, ldy, beta);
+            strips++;
+        }
+        __atomic_fetch_add(&kq_avx2_x16_strips, strips, __ATOMIC_RELAXED);
         return;
     }
     for (int64_t r = r0; r < r1;) {

@@ -55,9 +55,11 @@ kdtype kq_preferred_dtype(kdtype dt) {
     return dt == KDT_Q4_K ? KDT_Q4_K_SB8 : dt == KDT_Q6_K ? KDT_Q6_K_SB16 : dt;
 }
 
-/* Whether x of n rows is also laid out for the AMX path (qdot_amx.c). */
-static bool kq_amx_wanted(kdtype dt, int n) {
-    return n >= KQ_AMX_MIN_N && dt != KDT_Q4_K_SB8 && dt != KDT_Q6_K_SB16 && kq_resolve() == KQ_AMX;
+/* Whether x of n rows is also laid out as x16 (qx16.c) for the path that will multiply it. */
+static bool kq_x16_wanted(kdtype dt, int n) {
+    if (dt == KDT_Q4_K_SB8 || dt == KDT_Q6_K_SB16) return false; /* the AVX2 path's K-quant tiles */
+    const kq_path p = kq_resolve();
+    return p == KQ_AMX ? n >= KQ_AMX_MIN_N : p == KQ_AVX2 && dt == KDT_Q8_0 && n >= KQ_AVX2_X16_MIN_N;
 }
 
 /* ---- activation quantization ---- */
@@ -259,7 +261,7 @@ static void kq_task(void *vc, int task, int thread) {
 typedef struct {
     kdtype dt;
     bool simd; /* the AVX2 block quantizer (same bits as kq_quant_block) */
-    bool amx;  /* also the AMX layout (tasks for the padded row count) */
+    bool x16;  /* also the x16 layout (tasks for the padded row count) */
     const float *x;
     kq_x *qx;
 } kq_qctx;
@@ -271,18 +273,18 @@ static void kq_quant_row_task(const kq_qctx *c, int i) {
                     q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
 }
 
-/* Task i: row i, or with the AMX layout rows 16i .. 16i + 15 (one task owns a block's layout
+/* Task i: row i, or with the x16 layout rows 16i .. 16i + 15 (one task owns a block's layout
  * bytes: rows of a block share cache lines there). */
 static void kq_quant_task(void *vc, int i, int thread) {
     (void)thread;
     const kq_qctx *c = vc;
-    if (!c->amx) {
+    if (!c->x16) {
         kq_quant_row_task(c, i);
         return;
     }
     for (int r = 16 * i; r < 16 * i + 16; r++) {
         if (r < c->qx->n) kq_quant_row_task(c, r);
-        kq_amx_x_row(c->qx, r, c->dt);
+        kq_x16_row(c->qx, r, c->dt);
     }
 }
 
@@ -295,7 +297,7 @@ static void kq_x_parts(kdtype dt, int n, int64_t cols, size_t part[4]) {
     part[0] = KQ_A64(nq);
     part[1] = KQ_A64((size_t)n * (size_t)(cols / kdtype_block_elems(dt)) * sizeof(float));
     part[2] = KQ_A64(kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq);
-    part[3] = kq_amx_wanted(dt, n) ? KQ_A64(kq_amx_x_bytes(dt, n, cols)) : 0;
+    part[3] = kq_x16_wanted(dt, n) ? KQ_A64(kq_x16_bytes(dt, n, cols)) : 0;
 }
 
 size_t kq_x_bytes(kdtype dt, int n, int64_t cols) {
@@ -312,12 +314,12 @@ void kq_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
     qx->d = (float *)(p + part[0]);
     if (kdtype_is_kquant(dt)) qx->gsum = (int16_t *)(p + part[0] + part[1]);
     else qx->corr = (int32_t *)(p + part[0] + part[1]);
-    if (part[3]) kq_amx_x_carve(dt, n, cols, p + part[0] + part[1] + part[2], qx);
+    if (part[3]) kq_x16_carve(dt, n, cols, p + part[0] + part[1] + part[2], qx);
 }
 
 void kq_x_quantize(kcpu_backend *cb, kdtype dt, const float *x, kq_x *qx) {
-    kq_qctx qc = {.dt = dt, .simd = kq_resolve() != KQ_SCALAR, .amx = qx->amx_xv != NULL, .x = x, .qx = qx};
-    int tasks = qc.amx ? (qx->n + 15) / 16 : qx->n;
+    kq_qctx qc = {.dt = dt, .simd = kq_resolve() != KQ_SCALAR, .x16 = qx->x16v != NULL, .x = x, .qx = qx};
+    int tasks = qc.x16 ? (qx->n + 15) / 16 : qx->n;
     kcpu__parallel(cb, tasks, (double)qx->n * (double)qx->cols * 4.0, kq_quant_task, &qc);
 }
 
@@ -342,7 +344,7 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     if (nt > 1) {
         int64_t want = (w->rows + (int64_t)nt * KQ_TASKS_PER_THREAD - 1) / ((int64_t)nt * KQ_TASKS_PER_THREAD);
         if (want < KQ_MIN_BLOCK) want = KQ_MIN_BLOCK;
-        block = kq_amx_wanted(w->dtype, n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
+        block = path == KQ_AMX && kq_x16_wanted(w->dtype, n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
     }
     job->kq.block = block;
     job->task = kq_task;

@@ -49,11 +49,12 @@ typedef struct {
     int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
     int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
-    /* the AMX path's layout of the same codes (qdot_amx.c), or NULL: built for batches of at
-     * least KQ_AMX_MIN_N rows when that path is in use; 64-byte aligned */
-    int8_t *amx_xv;
-    int32_t *amx_xp;
-    float *amx_dx;
+    /* the same codes with x rows in lanes (kernels/cpu/qx16.c), or NULL: built when the path in
+     * use reads it (kq_x16_wanted in qmatmul.c: AMX batches of at least KQ_AMX_MIN_N rows, AVX2
+     * Q8_0 batches of at least KQ_AVX2_X16_MIN_N); 64-byte aligned */
+    int8_t *x16v;
+    int32_t *x16p;
+    float *x16d;
 } kq_x;
 
 /* y[i·ldy + r] (+)= dot(w row r, x row i) for weight rows [r0, r1) and every x row, in the
@@ -71,17 +72,21 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
 float kq_quant_block_avx2(const float *x, int len, int8_t *q);
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta);
-/* The AMX path (qdot_amx.c): batches (every quantized type) with x->amx_xv on tile registers,
+/* The AMX path (qdot_amx.c): batches (every quantized type) with x->x16v on tile registers,
  * the rest forwarded to kq_rows_vnni. kq_amx_usable: the CPU has AMX-INT8 and the kernel granted the
- * tile state (asked once per process; thread-safe). The x layout: its bytes for n rows, its
- * carving from 64-byte aligned p, and row i's part (i < the rows rounded up to 16; rows past
- * x->n are written as zeros), after row i is quantized. */
+ * tile state (asked once per process; thread-safe). */
 #define KQ_AMX_MIN_N 16
 bool kq_amx_usable(void);
 extern unsigned long kq_amx_groups; /* groups of 16 weight rows the tiles computed (relaxed atomic; tests) */
-size_t kq_amx_x_bytes(kdtype dt, int n, int64_t cols);
-void kq_amx_x_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx);
-void kq_amx_x_row(kq_x *qx, int i, kdtype dt);
+/* The AVX2 path reads the x16 layout for Q8_0 batches of at least this many rows. */
+#define KQ_AVX2_X16_MIN_N 8
+extern unsigned long kq_avx2_x16_strips; /* strips of weight rows its x16 tiles computed (relaxed atomic; tests) */
+/* The x16 layout (qx16.c): its bytes for n rows, its carving from 64-byte aligned p, and row i's
+ * part (i < the rows rounded up to 16; rows past x->n are written as zeros), after row i is
+ * quantized. */
+size_t kq_x16_bytes(kdtype dt, int n, int64_t cols);
+void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx);
+void kq_x16_row(kq_x *qx, int i, kdtype dt);
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                  int64_t ldy, float beta);
 /* The K-quants of the VNNI path (qdot_avx512_k.c; kq_rows_vnni forwards them). */

@@ -449,20 +449,22 @@ TEST(qmatmul_paths_present) {
             kq_path_available(KQ_VNNI), kq_path_available(KQ_AVX2), (int)kq_best_path());
 }
 
-/* The AMX path's own shapes, every quantized type: whole and partial groups of 16 x rows, weight
- * rows past the last group of 16, 1 and 2 threads, beta 0 and 1 — bit-identical to the scalar
- * path, and the tiles did compute (kq_amx_groups moved); and one x row (decode). */
-TEST(qmatmul_amx_tiles_equal_scalar) {
-    if (!kq_path_available(KQ_AMX)) SKIP("no AMX-INT8 on this CPU (or the kernel refused the tile state)");
+/* The paths that read the x16 layout (qx16.c), on their own shapes: AMX (every quantized type)
+ * and AVX2's Q8_0 batch tile. Whole and partial groups of 16 (and halves of 8) x rows, weight
+ * rows past the last group of 16 (AMX) or strip of 4 (AVX2), 1 and 2 threads, beta 0 and 1 —
+ * bit-identical to the scalar path, and the tiles did compute (their counters moved); and one
+ * x row (decode). */
+static void x16_tiles_equal_scalar(kq_path path) {
     static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0};
     /* n = 1: the decode tiles (AMX forwards them to AVX-512) at the same integer bounds */
-    static const int NS[] = {16, 17, 40, 1};
+    static const int NS[] = {16, 17, 40, 1, 9};
+    const bool amx = path == KQ_AMX;
     const int rows = 53;
     for (int th = 1; th <= 2; th++) {
         kbackend *kb = kbackend_cpu_create(th);
         ASSERT(kb);
         for (int t = 0; t < 5; t++)
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < 5; k++) {
                 const int n = NS[k];
                 /* Q8_0/Q4_0: 33 blocks (a last chunk of 4 with one block, a last x piece of 32 codes) */
                 const int cols = kdtype_is_kquant(DT[t]) ? 1024 : 1056;
@@ -490,17 +492,21 @@ TEST(qmatmul_amx_tiles_equal_scalar) {
                 kmat w = {.data = wq, .dtype = DT[t], .rows = rows, .cols = cols};
                 float *ya = malloc(sizeof(float) * n * rows), *ys = malloc(sizeof(float) * n * rows);
                 ASSERT(ya && ys);
-                unsigned long g0 = __atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED);
+                unsigned long *counter = amx ? &kq_amx_groups : &kq_avx2_x16_strips;
+                unsigned long g0 = __atomic_load_n(counter, __ATOMIC_RELAXED);
                 for (int beta = 0; beta < 2; beta++) {
                     for (int i = 0; i < n * rows; i++) ya[i] = ys[i] = beta ? 0.25f * (float)(i % 7) : NAN;
-                    run_path(kb, KQ_AMX, x, n, &w, ya, (float)beta);
+                    run_path(kb, path, x, n, &w, ya, (float)beta);
                     run_path(kb, KQ_SCALAR, x, n, &w, ys, (float)beta);
                     if (memcmp(ya, ys, sizeof(float) * n * rows))
-                        FAIL("%s n=%d threads=%d beta=%d: AMX differs from scalar", kdtype_name(DT[t]), n, th, beta);
+                        FAIL("%s n=%d threads=%d beta=%d: path %d differs from scalar", kdtype_name(DT[t]), n, th,
+                             beta, (int)path);
                 }
-                if (n >= KQ_AMX_MIN_N && __atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED) - g0 < 2 * 3)
-                    FAIL("%s n=%d: the tiles did not run (%lu groups)", kdtype_name(DT[t]), n,
-                         __atomic_load_n(&kq_amx_groups, __ATOMIC_RELAXED) - g0);
+                /* two calls (beta 0, 1): AMX 3 groups of 16 rows each, AVX2 ceil(53 / 4) strips of 4 */
+                const bool tiled = amx ? n >= KQ_AMX_MIN_N : DT[t] == KDT_Q8_0 && n >= KQ_AVX2_X16_MIN_N;
+                const unsigned long want = amx ? 2 * 3 : 2 * 14, got = __atomic_load_n(counter, __ATOMIC_RELAXED) - g0;
+                if (tiled && got < want) FAIL("%s n=%d: the tiles did not run (%lu)", kdtype_name(DT[t]), n, got);
+                if (!amx && !tiled && got) FAIL("%s n=%d: the x16 tile ran (%lu)", kdtype_name(DT[t]), n, got);
                 free(ya);
                 free(ys);
                 free(x);
@@ -509,6 +515,16 @@ TEST(qmatmul_amx_tiles_equal_scalar) {
             }
         kbackend_destroy(kb);
     }
+}
+
+TEST(qmatmul_amx_tiles_equal_scalar) {
+    if (!kq_path_available(KQ_AMX)) SKIP("no AMX-INT8 on this CPU (or the kernel refused the tile state)");
+    x16_tiles_equal_scalar(KQ_AMX);
+}
+
+TEST(qmatmul_avx2_x16_tiles_equal_scalar) {
+    if (!kq_path_available(KQ_AVX2)) SKIP("no AVX2 on this CPU");
+    x16_tiles_equal_scalar(KQ_AVX2);
 }
 
 TEST(qget_rows_dequantizes) {
@@ -574,4 +590,4 @@ TEST(qmatmul_bad_args_and_caps) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(qmatmul_paths_present, qmatmul_q4k_sb8_reorder, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
+TEST_MAIN(qmatmul_paths_present, qmatmul_q4k_sb8_reorder, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qmatmul_avx2_x16_tiles_equal_scalar, qget_rows_dequantizes, qmatmul_bad_args_and_caps)

@@ -1,0 +1,58 @@
+/* kernels/cpu/qx16.c — the 16-row interleaved layout of a call's quantized activations
+ * (kq_x.x16v / x16p / x16d, qmatmul.h): x rows in lanes, 4 codes per lane. The AMX tiles take
+ * it as their B operand (qdot_amx.c); the AVX2 Q8_0 tile (qdot_avx2.c) broadcasts 4 weight codes
+ * against 8 of its rows at a time, so a block's exact sums build up lane by lane with no
+ * horizontal adds. Built once per call, one x row at a time, by the activation quantizer's
+ * tasks (qmatmul.c: a task owns 16 rows, which share cache lines here). Plain C. */
+#include <string.h>
+
+#include "kernels/cpu/qmatmul.h"
+
+/* Sizes: v mp·cols, p (Q4_K/Q5_K: 4 int32 per 16 x rows and super-block), d (one float per
+ * x row and block of the type: 32 or 256 elements); mp = n rounded up to 16. */
+static size_t x16_p_bytes(kdtype dt, size_t mp, size_t nb) {
+    return dt == KDT_Q4_K || dt == KDT_Q5_K ? mp * nb * 16 : 0;
+}
+
+size_t kq_x16_bytes(kdtype dt, int n, int64_t cols) {
+    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kdtype_block_elems(dt));
+    return mp * (size_t)cols + x16_p_bytes(dt, mp, nb) + mp * nb * 4;
+}
+
+void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
+    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kdtype_block_elems(dt));
+    const size_t xp = x16_p_bytes(dt, mp, nb);
+    qx->x16v = (int8_t *)p;
+    qx->x16p = xp ? (int32_t *)(p + mp * (size_t)cols) : NULL;
+    qx->x16d = (float *)(p + mp * (size_t)cols + xp);
+}
+
+/* Row i (< the padded count; rows >= x->n write zeros) into the layout, with nc = cols / 32
+ * chunks of 32 codes and nb blocks of the type (Q8_0, Q4_0: nb = nc; K-quants nb = nc / 8):
+ *   v[(mb·nc + c)·512 + 64·(k/4) + 4m + k%4] = xq[16mb + m][32c + k] (k < 32: a chunk is the
+ *      8 tile rows of B for one tdpbusd; a K-quant super-block's 8 chunks are consecutive, so
+ *      a Q6_K group of 16 codes is 4 consecutive rows)
+ *   p[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (Q4_K/Q5_K: the code sums of sub-blocks
+ *      2t, 2t+1 of super-block b; the other types need none)
+ *   d[(mb·nb + b)·16 + m] = the row's scale of block b. */
+void kq_x16_row(kq_x *qx, int i, kdtype dt) {
+    const int64_t cols = qx->cols, nb = cols / kdtype_block_elems(dt), mb = i / 16, m = i % 16;
+    const bool live = i < qx->n;
+    const int8_t *q = qx->q + (int64_t)i * cols;
+    int8_t *dst = qx->x16v + mb * 16 * cols + 4 * m;
+    for (int64_t k4 = 0; k4 < cols / 4; k4++) { /* codes 4·k4 .. + 3: tile row k4, 64 bytes apart */
+        int32_t v = 0;
+        if (live) memcpy(&v, q + 4 * k4, 4);
+        memcpy(dst + 64 * k4, &v, 4);
+    }
+    for (int64_t b = 0; b < nb && qx->x16p; b++)
+        for (int t = 0; t < 4; t++) {
+            int32_t v = 0;
+            if (live) {
+                const int16_t *g = qx->gsum + (int64_t)i * (cols / 32) + 8 * b + 2 * t;
+                v = (int32_t)((uint32_t)(uint16_t)g[0] | (uint32_t)(uint16_t)g[1] << 16);
+            }
+            qx->x16p[((mb * nb + b) * 4 + t) * 16 + m] = v;
+        }
+    for (int64_t b = 0; b < nb; b++) qx->x16d[(mb * nb + b) * 16 + m] = live ? qx->d[(int64_t)i * nb + b] : 0.0f;
+}
