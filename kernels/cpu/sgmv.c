@@ -353,8 +353,8 @@ int kcpu__sgmv_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, 
 
 /* Lane q of the result = sum of the lanes of acc[q], for every q < KV_W. AVX-512: a
  * transpose-and-add tree (halves, quarters, pairs, then lanes: 15 add + 30 shuffles
- * for 16 vectors) followed by one permute back to output order; the order of the
- * additions for a given q is fixed, whatever the other accumulators hold. */
+ * for 16 vectors) followed by one permute back to output order; AVX2 the same shape for 8;
+ * the order of the additions for a given q is fixed, whatever the other accumulators hold. */
 static inline __attribute__((always_inline)) kv_f32 ex_reduce(kv_f32 acc[EX_JB]) {
 #if KV_W == 16
     __m512 h[8], qv[4], p[2];
@@ -379,6 +379,25 @@ static inline __attribute__((always_inline)) kv_f32 ex_reduce(kv_f32 acc[EX_JB])
     /* out lane q = acc[q] lives at lane 4·(q%4) + q/4 */
     const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     return _mm512_permutexvar_ps(idx, f);
+#elif KV_W == 8
+    /* AVX2: kv_hsum's order for each acc[q] — (lane k + lane k+4), then (k=0 + k=2), (k=1 +
+     * k=3), then those two — computed for the 8 accumulators at once (22 instructions; 8 scalar
+     * sums stored and reloaded as a vector stalled on store forwarding), so the same bits. */
+    __m256 s[4], u[2];
+    /* s[m] = [acc[2m] lo + hi | acc[2m+1] lo + hi] */
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++)
+        s[m] = _mm256_add_ps(_mm256_permute2f128_ps(acc[2 * m], acc[2 * m + 1], 0x20),
+                             _mm256_permute2f128_ps(acc[2 * m], acc[2 * m + 1], 0x31));
+    /* u[m] = [acc[4m] (0+2, 1+3), acc[4m+2] (0+2, 1+3) | acc[4m+1] .., acc[4m+3] ..] */
+#pragma GCC unroll 2
+    for (int m = 0; m < 2; m++)
+        u[m] = _mm256_add_ps(_mm256_shuffle_ps(s[2 * m], s[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(s[2 * m], s[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lanes [acc 0, 2, 4, 6 | 1, 3, 5, 7], each (0+2) + (1+3) */
+    const __m256 f = _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 #else
     float b[KV_W];
     for (int q = 0; q < KV_W; q++) b[q] = kv_hsum(acc[q]);
