@@ -83,24 +83,30 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     kq_store1(R, N, acc, y, ldy, beta);
 }
 
-/* Q8_0 batches with x in the x16 layout (qx16.c: x rows in lanes, 4 codes per lane), a strip
- * of R <= 4 weight rows at a time. The strip's |codes| (aw[(b·R + r)·32 + e]) and scales as f32
- * (dw[r·nb + b]) are unpacked once; then per 8 x rows and block b, per 4-code group k and row r:
- * the row's 4 |codes| and 4 codes broadcast (loads only) against the 8 rows' 4 codes,
- * vpmaddubsw(|w|, sign(x, w)) (|w| <= 128, |x| <= 127: pairs never saturate), vpmaddwd by
- * ones, added — lane j holds S_b of x row j exactly after the 8 groups, with no horizontal sums
- * — then the canonical fma by dw·dx, x rows in lanes. Same bits as q8_tile. */
+/* Q8_0 / Q4_0 batches with x in the x16 layout (qx16.c: x rows in lanes, 4 codes per lane), a
+ * strip of R <= 4 weight rows at a time. The strip's |codes| and scales as f32 (dw[r·nb + b])
+ * are unpacked once — aw[(b·R + r)·Q8X_AW(DT) + e], and for Q4_0 the signed codes (nibble − 8)
+ * after them, where Q8_0 reads its codes from the weights; then per 8 x rows and block b, per
+ * 4-code group k and row r: the row's 4 |codes| and 4 codes broadcast (loads only) against the
+ * 8 rows' 4 codes, vpmaddubsw(|w|, sign(x, w)) (|w| <= 128, |x| <= 127: pairs never saturate),
+ * vpmaddwd by ones, added — lane j holds S_b of x row j exactly after the 8 groups, with no
+ * horizontal sums — then the canonical fma by dw·dx, x rows in lanes. Same bits as q8_tile. */
 #define Q8X_MAX_NB 512 /* cols <= 16384; wider matrices take q8_tile */
+#define Q8X_AW(DT) ((DT) == KDT_Q8_0 ? 32 : 64)
 
 unsigned long kq_avx2_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
 
-KQ_INL void q8x_unpack(int R, const uint8_t *w, size_t rb, int64_t nb, int PF, uint8_t *aw, float *dw) {
+KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, uint8_t *aw, float *dw) {
+    const int BB = DT == KDT_Q8_0 ? 34 : 18;
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + 34 * b;
-            if (PF) __builtin_prefetch(p + KQ_PF, 0, 2);
-            _mm256_store_si256((__m256i *)(aw + (b * R + r) * 32), _mm256_abs_epi8(q8_codes(KDT_Q8_0, p)));
+            const uint8_t *p = w + r * rb + BB * b;
+            __builtin_prefetch(p + KQ_PF, 0, 2);
+            const __m256i c = q8_codes(DT, p);
+            uint8_t *o = aw + (b * R + r) * Q8X_AW(DT);
+            _mm256_store_si256((__m256i *)o, _mm256_abs_epi8(c));
+            if (DT == KDT_Q4_0) _mm256_store_si256((__m256i *)(o + 32), c);
             uint16_t h;
             memcpy(&h, p, 2);
             dw[r * nb + b] = _cvtsh_ss(h);
@@ -108,7 +114,7 @@ KQ_INL void q8x_unpack(int R, const uint8_t *w, size_t rb, int64_t nb, int PF, u
 }
 
 /* R weight rows × the 8 x rows at xv / dx (rows < `rows` are stored). */
-KQ_INL void q8x_tile(int R, const uint8_t *w, size_t rb, int64_t nb, const uint8_t *aw, const float *dw,
+KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, const uint8_t *aw, const float *dw,
                      const int8_t *xv, const float *dx, float *y, int64_t ldy, int rows, float beta) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -122,9 +128,10 @@ KQ_INL void q8x_tile(int R, const uint8_t *w, size_t rb, int64_t nb, const uint8
             const __m256i xk = _mm256_load_si256((const __m256i *)(xb + 64 * k));
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
+                const uint8_t *o = aw + (b * R + r) * Q8X_AW(DT);
                 int32_t c4, a4;
-                memcpy(&c4, w + r * rb + 34 * b + 2 + 4 * k, 4);
-                memcpy(&a4, aw + (b * R + r) * 32 + 4 * k, 4);
+                memcpy(&c4, DT == KDT_Q8_0 ? w + r * rb + 34 * b + 2 + 4 * k : o + 32 + 4 * k, 4);
+                memcpy(&a4, o + 4 * k, 4);
                 const __m256i t = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), _mm256_sign_epi8(xk, _mm256_set1_epi32(c4)));
                 s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, ones));
             }
@@ -144,26 +151,48 @@ KQ_INL void q8x_tile(int R, const uint8_t *w, size_t rb, int64_t nb, const uint8
     }
 }
 
-KQ_INL void q8x_strip(int R, const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta) {
+KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w, size_t rb, const kq_x *x, float *y,
+                      int64_t ldy, float beta) {
     const int64_t nb = x->cols / 32;
-    _Alignas(32) uint8_t aw[4 * Q8X_MAX_NB * 32];
-    float dw[4 * Q8X_MAX_NB];
-    q8x_unpack(R, w, rb, nb, 1, aw, dw);
+    q8x_unpack(DT, R, w, rb, nb, aw, dw);
     for (int i = 0; i < x->n; i += 8) { /* x rows i .. i + 7: half (i / 8) % 2 of group i / 16 */
         const int64_t mb = i / 16, h = (i / 8) % 2;
-        q8x_tile(R, w, rb, nb, aw, dw, x->x16v + mb * nb * 512 + 32 * h, x->x16d + mb * nb * 16 + 8 * h,
+        q8x_tile(DT, R, w, rb, nb, aw, dw, x->x16v + mb * nb * 512 + 32 * h, x->x16d + mb * nb * 16 + 8 * h,
                  y + (int64_t)i * ldy, ldy, x->n - i < 8 ? x->n - i : 8, beta);
     }
 }
 
-static KQ_TGT void q8x_strip4(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta) {
-    q8x_strip(4, w, rb, x, y, ldy, beta);
-}
-static KQ_TGT void q8x_strip2(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta) {
-    q8x_strip(2, w, rb, x, y, ldy, beta);
-}
-static KQ_TGT void q8x_strip1(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta) {
-    q8x_strip(1, w, rb, x, y, ldy, beta);
+/* One strip function per type and row count, with its unpacking buffers on the stack. */
+typedef void (*q8x_strip_fn)(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta);
+#define Q8X_DEF(TAG, DT, R)                                                                                   \
+    static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
+                                       float beta) {                                                          \
+        _Alignas(32) uint8_t aw[R * Q8X_MAX_NB * Q8X_AW(DT)];                                                  \
+        float dw[R * Q8X_MAX_NB];                                                                             \
+        q8x_strip(DT, R, aw, dw, w, rb, x, y, ldy, beta);                                                      \
+    }
+Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
+Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
+
+/* Rows [r0, r1) in strips of 4, then 2, then 1. Direct calls: from a conditional choice of
+ * function (or a table of them) GCC 12.2 at -O2 -march=sapphirerapids called the 2-row strip
+ * for a last single row (a cmovne testing flags that an inc in between had set;
+ * tests/unit/test_kernels_quant.c caught it). */
+static void q8x_rows(const q8x_strip_fn f4, const q8x_strip_fn f2, const q8x_strip_fn f1, const uint8_t *w, size_t rb,
+                     int64_t r0, int64_t r1, const kq_x *x, float *y, int64_t ldy, float beta) {
+    unsigned long strips = 0;
+    int64_t r = r0;
+    for (; r1 - r >= 4; r += 4, strips++) f4(w + r * rb, rb, x, y + r, ldy, beta);
+    if (r1 - r >= 2) {
+        f2(w + r * rb, rb, x, y + r, ldy, beta);
+        r += 2;
+        strips++;
+    }
+    if (r1 - r == 1) {
+        f1(w + r * rb, rb, x, y + r, ldy, beta);
+        strips++;
+    }
+    __atomic_fetch_add(&kq_avx2_x16_strips, strips, __ATOMIC_RELAXED);
 }
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
@@ -488,23 +517,9 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         kq_rows_avx2_k(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }
-    if (dt == KDT_Q8_0 && x->x16v && x->cols / 32 <= Q8X_MAX_NB) {
-        /* direct calls: from a conditional choice of function (or a table of them) GCC 12.2 at -O2
-         * -march=sapphirerapids called q8x_strip2 for a last single row (a cmovne testing flags that
-         * an inc in between had set; tests/unit/test_kernels_quant.c caught it) */
-        unsigned long strips = 0;
-        int64_t r = r0;
-        for (; r1 - r >= 4; r += 4, strips++) q8x_strip4(w + r * rb, rb, x, y + r, ldy, beta);
-        if (r1 - r >= 2) {
-            q8x_strip2(w + r * rb, rb, x, y + r, ldy, beta);
-            r += 2;
-            strips++;
-        }
-        if (r1 - r == 1) {
-            q8x_strip1(w + r * rb, rb, x, y + r, ldy, beta);
-            strips++;
-        }
-        __atomic_fetch_add(&kq_avx2_x16_strips, strips, __ATOMIC_RELAXED);
+    if (x->x16v && x->cols / 32 <= Q8X_MAX_NB) {
+        if (dt == KDT_Q8_0) q8x_rows(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta);
+        else q8x_rows(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }
     for (int64_t r = r0; r < r1;) {

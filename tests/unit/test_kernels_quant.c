@@ -450,7 +450,7 @@ TEST(qmatmul_paths_present) {
 }
 
 /* The paths that read the x16 layout (qx16.c), on their own shapes: AMX (every quantized type)
- * and AVX2's Q8_0 batch tile. Whole and partial groups of 16 (and halves of 8) x rows, weight
+ * and AVX2's Q8_0 / Q4_0 batch tile. Whole and partial groups of 16 (and halves of 8) x rows, weight
  * rows past the last group of 16 (AMX) or strip of 4 (AVX2), 1 and 2 threads, beta 0 and 1 —
  * bit-identical to the scalar path, and the tiles did compute (their counters moved); and one
  * x row (decode). */
@@ -503,7 +503,7 @@ static void x16_tiles_equal_scalar(kq_path path) {
                              beta, (int)path);
                 }
                 /* two calls (beta 0, 1): AMX 3 groups of 16 rows each, AVX2 ceil(53 / 4) strips of 4 */
-                const bool tiled = amx ? n >= KQ_AMX_MIN_N : DT[t] == KDT_Q8_0 && n >= KQ_AVX2_X16_MIN_N;
+                const bool tiled = amx ? n >= KQ_AMX_MIN_N : !kdtype_is_kquant(DT[t]) && n >= KQ_AVX2_X16_MIN_N;
                 const unsigned long want = amx ? 2 * 3 : 2 * 14, got = __atomic_load_n(counter, __ATOMIC_RELAXED) - g0;
                 if (tiled && got < want) FAIL("%s n=%d: the tiles did not run (%lu)", kdtype_name(DT[t]), n, got);
                 if (!amx && !tiled && got) FAIL("%s n=%d: the x16 tile ran (%lu)", kdtype_name(DT[t]), n, got);
