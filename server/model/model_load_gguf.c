@@ -294,21 +294,26 @@ static void gl_unpermute(const kmat *src, int n_heads, uint8_t *dst) {
                 memcpy(dst + (size_t)(h * hd + k * (hd / 2) + j) * rb, s + (size_t)(h * hd + 2 * j + k) * rb, rb);
 }
 
-/* Llama: Q/K weights (and biases) un-permuted into one host buffer; other weights stay views. */
-static int gl_llama_unpermute(gl_ctx *c, uint8_t **cursor) {
+/* Llama: Q/K weights (and biases) un-permuted into one host buffer; other weights stay views.
+ * The file's permuted bytes are read no more: their whole pages are given back (mapped: page
+ * cache; --no-mmap: private memory that would otherwise be held twice). Returns those bytes. */
+static size_t gl_llama_unpermute(gl_ctx *c, uint8_t **cursor) {
     model *m = c->m;
+    size_t dropped = 0;
     for (int i = 0; i < m->cfg.n_layers; i++) {
         model_layer *l = &m->layers[i];
         kmat *ws[4] = {&l->wq, &l->wk, &l->bq, &l->bk};
         int heads[4] = {m->cfg.n_heads, m->cfg.n_kv_heads, m->cfg.n_heads, m->cfg.n_kv_heads};
         for (int k = 0; k < 4; k++) {
             if (!ws[k]->data) continue;
+            const void *file_bytes = ws[k]->data;
             gl_unpermute(ws[k], heads[k], *cursor);
             ws[k]->data = *cursor;
             *cursor += (gl_bytes(ws[k]) + 63) / 64 * 64;
+            dropped += gguf_drop_bytes(m->storage->gguf, file_bytes, gl_bytes(ws[k]));
         }
     }
-    return 0;
+    return dropped;
 }
 
 /* The host buffer: un-permuted Q/K (llama) + a dequantized f32 embedding (when the backend
@@ -335,7 +340,7 @@ static int gl_host_copies(gl_ctx *c) {
     }
     m->storage->gguf_host = buf;
     uint8_t *cur = buf;
-    if (permuted) gl_llama_unpermute(c, &cur);
+    size_t dropped = permuted ? gl_llama_unpermute(c, &cur) : 0;
     if (deq) {
         float *e = (float *)cur;
         size_t rb = kdtype_row_bytes(m->embed.dtype, m->embed.cols);
@@ -358,7 +363,7 @@ static int gl_host_copies(gl_ctx *c) {
     }
     if (permuted)
         LOGI("model %s: Q/K rows un-permuted from llama.cpp's RoPE layout to the Hugging Face layout (%zu bytes "
-             "copied)", m->name, (size_t)(cur - buf));
+             "copied; %.1f MB of the file's pages given back)", m->name, (size_t)(cur - buf), (double)dropped / 1e6);
     return 0;
 }
 

@@ -24,8 +24,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "kernels/cpu/qmatmul.h"
+#include "server/model/gguf.h"
 #include "server/model/llama.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/seq_batch.h"
@@ -404,6 +406,64 @@ TEST(q4km_avx2_reordered_same_logits) {
     qref_free(&r);
 }
 
+/* Llama's Q/K are un-permuted at load into a host copy, so the file's permuted bytes are read no
+ * more and their whole pages are given back: read in (--no-mmap), those pages read as zeros
+ * afterwards (private memory returned), every layer's q/k views point outside the file, and the
+ * base and every adapter kind give the mapped load's logits bit for bit (a view still reading
+ * the dropped bytes would read zeros). Scalar path, so no reordering stands in for them. */
+TEST(q4km_qk_file_pages_given_back) {
+    qref r;
+    qref_load(&r);
+    kq_path was = kcpu__q_path;
+    kcpu__q_path = KQ_SCALAR;
+    rig A, S;
+    model_load_opts ro = {.weights = -1, .threads = 2, .no_mmap = true};
+    rig_open_ex(&A, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES, &ro);
+    rig_open(&S, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
+    const long page = sysconf(_SC_PAGESIZE);
+    size_t zero_pages = 0;
+    for (int i = 0; i < A.m->cfg.n_layers; i++) {
+        static const char *const QK[2] = {"attn_q", "attn_k"};
+        const kmat *view[2] = {&A.m->layers[i].wq, &A.m->layers[i].wk};
+        for (int k = 0; k < 2; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "blk.%d.%s.weight", i, QK[k]);
+            const gguf_tensor *t = gguf_find_tensor(A.m->gguf, name);
+            ASSERT(t != NULL);
+            const uint8_t *lo = t->data, *hi = lo + t->nbytes;
+            const uint8_t *v = view[k]->data;
+            if (v < hi && lo < v + t->nbytes) FAIL("%s: the q/k view still points into the file", name);
+            const uint8_t *p0 = (const uint8_t *)(((uintptr_t)lo + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page);
+            for (const uint8_t *p = p0; p + page <= hi; p += page, zero_pages++)
+                for (long b = 0; b < page; b++)
+                    if (p[b]) FAIL("%s: byte %ld of a whole page inside the tensor is %u, not given back", name,
+                                   (long)(p + b - lo), p[b]);
+        }
+    }
+    ASSERT(zero_pages >= (size_t)A.m->cfg.n_layers * 2); /* the fixture's q and k span several pages each */
+    for (int k = 0; k < N_CASES; k++)
+        for (int p = 0; p < N_PROMPTS; p++) {
+            int32_t seq[MAX_IDS];
+            int n = teacher_seq(&r, k, p, seq);
+            float *a = malloc(sizeof(float) * (size_t)n * r.vocab), *b = malloc(sizeof(float) * (size_t)n * r.vocab);
+            ASSERT(a && b);
+            seq_spec sa = {.ids = seq, .n = n, .ad = A.ad[k]}, ss = {.ids = seq, .n = n, .ad = S.ad[k]};
+            seq_prefill_decode(A.c, A.m, &sa, r.n_prompt[p], a);
+            seq_prefill_decode(S.c, S.m, &ss, r.n_prompt[p], b);
+            if (memcmp(a, b, sizeof(float) * (size_t)n * r.vocab))
+                FAIL("%s prompt %d: read-in load with the Q/K pages given back differs from the mapped load (max "
+                     "|diff| %.3g)", KINDS[k], p, max_diff(a, b, (size_t)n * r.vocab));
+            free(a);
+            free(b);
+        }
+    printf("    %zu whole pages of the file's Q/K tensors given back; base + %d kinds bit-identical to the mapped "
+           "load\n", zero_pages, N_CASES - 1);
+    kcpu__q_path = was;
+    rig_close(&A, N_CASES);
+    rig_close(&S, N_CASES);
+    qref_free(&r);
+}
+
 /* --- stories260K Q8_0 (the converter's --outtype q8_0) vs the HF model in f32 ------------------ */
 
 #define S_DIR "tests/fixtures/gguf_models/stories260K-q8_0"
@@ -505,5 +565,5 @@ TEST(stories_q8_0_every_adapter_serves_hf_f32_greedy) {
 }
 
 TEST_MAIN(q4km_tensor_types, q4km_every_kind_logits_prefill_and_decode, q4km_every_kind_greedy,
-          q4km_mixed_batch_bit_identical_to_alone, q4km_avx2_reordered_same_logits,
+          q4km_mixed_batch_bit_identical_to_alone, q4km_avx2_reordered_same_logits, q4km_qk_file_pages_given_back,
           stories_q8_0_every_adapter_serves_hf_f32_greedy)
