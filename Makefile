@@ -48,7 +48,7 @@ LIB_OBJ  += $(BUILD)/gen/console_assets.o
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HARNESS  := $(BUILD)/tests/harness.o $(BUILD)/tests/logit_ref.o $(BUILD)/tests/seq_batch.o $(BUILD)/tests/tok_corpus.o \
-            $(BUILD)/tests/adapter_ref.o $(BUILD)/tests/greedy_run.o
+            $(BUILD)/tests/adapter_ref.o $(BUILD)/tests/greedy_run.o $(BUILD)/tests/adapter_syn.o
 # The command line client: its own binary, not part of the daemon library.
 PEFTCTL_SRC := $(wildcard clients/peftctl/*.c)
 PEFTCTL_OBJ := $(PEFTCTL_SRC:%.c=$(BUILD)/%.o)
@@ -193,6 +193,10 @@ $(BUILD)/tests/adapter_ref.o: tests/harness/adapter_ref.c tests/harness/adapter_
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/greedy_run.o: tests/harness/greedy_run.c tests/harness/greedy_run.h tests/harness/test.h $(FLAGS_FILE)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/adapter_syn.o: tests/harness/adapter_syn.c tests/harness/adapter_syn.h tests/harness/test.h $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
