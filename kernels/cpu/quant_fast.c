@@ -17,6 +17,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "kernels/cpu/quant_ref.h"
@@ -225,4 +226,48 @@ int qfast_quantize_q5_k(const float *src, void *dst, int64_t n) {
     if (!qf_use_simd()) return qref_quantize_q5_k(src, dst, n);
     qf_row(src, n / 256, 31, -0.5f, 0.1f, 15, dst, 176);
     return 0;
+}
+
+/* ---- Q4_K -> SB8 (quant_ref.c's qref_reorder, forward) ----
+ * Per super-block, with A_g / C_g the bytes 32g .. +15 / 32g+16 .. +31 of qs (g < 4): the SB8
+ * byte 32k + 8g + e is (A_g[4k+e] & 15) | (C_g[4k+e] & 15) << 4 and byte 32k + 8g + 4 + e is
+ * (A_g[4k+e] >> 4) | (C_g[4k+e] & 0xf0): two nibble merges per g (L_g, H_g), then a transpose
+ * of 4-byte groups — dword k of L_g and of H_g make qword g of output row k. */
+#if defined(__SSE2__)
+static void qf_q4k_sb8_block(const uint8_t *q, uint8_t *o) {
+    const __m128i m4 = _mm_set1_epi8(15), mh = _mm_set1_epi8((char)0xf0);
+    __m128i P[4][2]; /* P[g][0]: qwords k = 0, 1 of g; P[g][1]: k = 2, 3 */
+    for (int g = 0; g < 4; g++) {
+        const __m128i a = _mm_loadu_si128((const __m128i *)(q + 32 * g));
+        const __m128i c = _mm_loadu_si128((const __m128i *)(q + 32 * g + 16));
+        const __m128i lo = _mm_or_si128(_mm_and_si128(a, m4), _mm_slli_epi16(_mm_and_si128(c, m4), 4));
+        const __m128i hi = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), _mm_and_si128(c, mh));
+        P[g][0] = _mm_unpacklo_epi32(lo, hi);
+        P[g][1] = _mm_unpackhi_epi32(lo, hi);
+    }
+    for (int k = 0; k < 4; k++) {
+        const int h = k / 2;
+        const __m128i q01 = k % 2 ? _mm_unpackhi_epi64(P[0][h], P[1][h]) : _mm_unpacklo_epi64(P[0][h], P[1][h]);
+        const __m128i q23 = k % 2 ? _mm_unpackhi_epi64(P[2][h], P[3][h]) : _mm_unpacklo_epi64(P[2][h], P[3][h]);
+        _mm_storeu_si128((__m128i *)(o + 32 * k), q01);
+        _mm_storeu_si128((__m128i *)(o + 32 * k + 16), q23);
+    }
+}
+#endif
+
+int qfast_reorder(uint32_t to, uint32_t from, const void *src, void *dst, int64_t n) {
+#if defined(__SSE2__)
+    if (from == QREF_Q4_K && to == QREF_Q4_K_SB8) {
+        if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
+        const size_t bb = sizeof(qref_block_q4_k), qs = offsetof(qref_block_q4_k, qs);
+        const uint8_t *s = src;
+        uint8_t *d = dst;
+        for (int64_t b = 0; b < n / QREF_QK_K; b++, s += bb, d += bb) {
+            memcpy(d, s, qs); /* d, dmin, scales */
+            qf_q4k_sb8_block(s + qs, d + qs);
+        }
+        return 0;
+    }
+#endif
+    return qref_reorder(to, from, src, dst, n);
 }

@@ -72,7 +72,7 @@ static int mq_convert(const mq_job *j) {
     int64_t cols = j->src.cols;
     kdtype dt = j->dt;
     if (kdtype_is_quant(j->src.dtype)) /* a reordering (model_reorder_projections): rows are contiguous */
-        return qref_reorder(kdtype_ggml_type(dt), kdtype_ggml_type(j->src.dtype), j->src.data, j->dst,
+        return qfast_reorder(kdtype_ggml_type(dt), kdtype_ggml_type(j->src.dtype), j->src.data, j->dst,
                             j->src.rows * cols);
     size_t rb = kdtype_row_bytes(dt, cols);
     float *row = malloc((size_t)cols * sizeof *row);

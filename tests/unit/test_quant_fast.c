@@ -139,4 +139,43 @@ TEST(reference_quantizers_round_trip) {
     free(q);
 }
 
-TEST_MAIN(q4_k_fast_equals_reference, q5_k_fast_equals_reference, fast_bad_length, reference_quantizers_round_trip)
+/* The load-time Q4_K -> SB8 reordering: qfast_reorder gives qref_reorder's bytes on random
+ * super-blocks (every byte value in every position), refuses what it refuses, and hands the
+ * other conversions to it (Q6_K -> SB16 here, and back from SB8). */
+TEST(reorder_fast_equals_reference) {
+    enum { NB = 300 };
+    const size_t bb = 144;
+    uint8_t *src = malloc(NB * bb), *a = malloc(NB * bb), *b = malloc(NB * bb);
+    ASSERT(src && a && b);
+    uint32_t h = 12345;
+    for (size_t i = 0; i < NB * bb; i++) {
+        h = h * 1664525u + 1013904223u;
+        src[i] = (uint8_t)(h >> 24);
+    }
+    memset(a, 0xAA, NB * bb);
+    memset(b, 0x55, NB * bb);
+    ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q4_K, src, a, (int64_t)NB * 256), 0);
+    ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q4_K, src, b, (int64_t)NB * 256), 0);
+    if (memcmp(a, b, NB * bb)) FAIL("Q4_K -> SB8: qfast_reorder differs from qref_reorder");
+    /* and back, through the reference */
+    ASSERT_EQ(qfast_reorder(QREF_Q4_K, QREF_Q4_K_SB8, a, b, (int64_t)NB * 256), 0);
+    if (memcmp(b, src, NB * bb)) FAIL("SB8 -> Q4_K does not give the original bytes back");
+    ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q4_K, src, a, 255), PEFTD_EINVAL);
+    ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q5_K, src, a, 256), PEFTD_EUNSUPPORTED);
+    const size_t b6 = 210;
+    uint8_t *s6 = malloc(4 * b6), *a6 = malloc(4 * b6), *r6 = malloc(4 * b6);
+    ASSERT(s6 && a6 && r6);
+    for (size_t i = 0; i < 4 * b6; i++) s6[i] = src[i];
+    ASSERT_EQ(qfast_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, a6, 4 * 256), 0);
+    ASSERT_EQ(qref_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, r6, 4 * 256), 0);
+    if (memcmp(a6, r6, 4 * b6)) FAIL("Q6_K -> SB16 through qfast_reorder differs");
+    free(s6);
+    free(a6);
+    free(r6);
+    free(src);
+    free(a);
+    free(b);
+}
+
+TEST_MAIN(q4_k_fast_equals_reference, q5_k_fast_equals_reference, fast_bad_length, reference_quantizers_round_trip,
+          reorder_fast_equals_reference)
