@@ -342,6 +342,28 @@ TEST(q4km_mixed_batch_bit_identical_to_alone) {
     qref_free(&r);
 }
 
+/* Every kind and prompt, teacher-forced (prefill then decode): rig A under path pa gives rig S's
+ * logits under ps, bit for bit; else fails with `what`. */
+static void same_logits(const qref *r, rig *A, kq_path pa, rig *S, kq_path ps, const char *what) {
+    for (int k = 0; k < N_CASES; k++)
+        for (int p = 0; p < N_PROMPTS; p++) {
+            int32_t seq[MAX_IDS];
+            int n = teacher_seq(r, k, p, seq);
+            size_t nl = (size_t)n * r->vocab;
+            float *a = malloc(sizeof(float) * nl), *b = malloc(sizeof(float) * nl);
+            ASSERT(a && b);
+            seq_spec sa = {.ids = seq, .n = n, .ad = A->ad[k]}, ss = {.ids = seq, .n = n, .ad = S->ad[k]};
+            kcpu__q_path = pa;
+            seq_prefill_decode(A->c, A->m, &sa, r->n_prompt[p], a);
+            kcpu__q_path = ps;
+            seq_prefill_decode(S->c, S->m, &ss, r->n_prompt[p], b);
+            if (memcmp(a, b, sizeof(float) * nl))
+                FAIL("%s prompt %d: %s (max |diff| %.3g)", KINDS[k], p, what, max_diff(a, b, nl));
+            free(a);
+            free(b);
+        }
+}
+
 /* The AVX2 path multiplies Q4_K and Q6_K reordered (KDT_Q4_K_SB8, KDT_Q6_K_SB16;
  * model_reorder_projections at load): loaded with that path (and --no-mmap, whose replaced file
  * pages are given back), every Q4_K / Q6_K projection and the Q6_K lm_head are reordered, and the
@@ -380,23 +402,7 @@ TEST(q4km_avx2_reordered_same_logits) {
     /* this file's output.weight is Q6_K (untied): reordered too */
     ASSERT_EQ(S.m->lm_head.dtype, KDT_Q6_K);
     ASSERT_EQ(A.m->lm_head.dtype, KDT_Q6_K_SB16);
-    for (int k = 0; k < N_CASES; k++)
-        for (int p = 0; p < N_PROMPTS; p++) {
-            int32_t seq[MAX_IDS];
-            int n = teacher_seq(&r, k, p, seq);
-            float *a = malloc(sizeof(float) * (size_t)n * r.vocab), *b = malloc(sizeof(float) * (size_t)n * r.vocab);
-            ASSERT(a && b);
-            seq_spec sa = {.ids = seq, .n = n, .ad = A.ad[k]}, ss = {.ids = seq, .n = n, .ad = S.ad[k]};
-            kcpu__q_path = KQ_AVX2;
-            seq_prefill_decode(A.c, A.m, &sa, r.n_prompt[p], a);
-            kcpu__q_path = KQ_SCALAR;
-            seq_prefill_decode(S.c, S.m, &ss, r.n_prompt[p], b);
-            if (memcmp(a, b, sizeof(float) * (size_t)n * r.vocab))
-                FAIL("%s prompt %d: the reordered (AVX2) load differs from the file's order (max |diff| %.3g)", KINDS[k],
-                     p, max_diff(a, b, (size_t)n * r.vocab));
-            free(a);
-            free(b);
-        }
+    same_logits(&r, &A, KQ_AVX2, &S, KQ_SCALAR, "the reordered (AVX2) load differs from the file's order");
     printf("    Q4_K_M: %d + %d of %d projections reordered (q4_k -> q4_k_sb8, q6_k -> q6_k_sb16) and lm_head under the "
            "AVX2 path; base + %d kinds x %d prompts bit-identical to the scalar path's load\n", n_sb8, n_sb16,
            7 * A.m->cfg.n_layers, N_CASES - 1, N_PROMPTS);
@@ -441,21 +447,7 @@ TEST(q4km_qk_file_pages_given_back) {
         }
     }
     ASSERT(zero_pages >= (size_t)A.m->cfg.n_layers * 2); /* the fixture's q and k span several pages each */
-    for (int k = 0; k < N_CASES; k++)
-        for (int p = 0; p < N_PROMPTS; p++) {
-            int32_t seq[MAX_IDS];
-            int n = teacher_seq(&r, k, p, seq);
-            float *a = malloc(sizeof(float) * (size_t)n * r.vocab), *b = malloc(sizeof(float) * (size_t)n * r.vocab);
-            ASSERT(a && b);
-            seq_spec sa = {.ids = seq, .n = n, .ad = A.ad[k]}, ss = {.ids = seq, .n = n, .ad = S.ad[k]};
-            seq_prefill_decode(A.c, A.m, &sa, r.n_prompt[p], a);
-            seq_prefill_decode(S.c, S.m, &ss, r.n_prompt[p], b);
-            if (memcmp(a, b, sizeof(float) * (size_t)n * r.vocab))
-                FAIL("%s prompt %d: read-in load with the Q/K pages given back differs from the mapped load (max "
-                     "|diff| %.3g)", KINDS[k], p, max_diff(a, b, (size_t)n * r.vocab));
-            free(a);
-            free(b);
-        }
+    same_logits(&r, &A, KQ_SCALAR, &S, KQ_SCALAR, "the read-in load with the Q/K pages given back differs from the mapped load");
     printf("    %zu whole pages of the file's Q/K tensors given back; base + %d kinds bit-identical to the mapped "
            "load\n", zero_pages, N_CASES - 1);
     kcpu__q_path = was;
