@@ -4,6 +4,8 @@
  * 8 lane partials summed exactly across the tile's rows (kq_hsum4), then one f32 lane per output:
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
  *   Q4_0: the same on w = nibble − 8.
+ *   Batches of 8+ rows of either (x in the x16 layout, qx16.c): q8x_strip, x rows in lanes and
+ *   4 weight codes broadcast at a time, so a block's sums need no horizontal adds.
  *   Q4_K: u8 = the nibble (0..15), s8 = x, then vpmaddwd by the sub-block scale: the
  *         super-block's lane sums stay int32 (qmatmul.h's K-quant order; tiles of up to 4 weight
  *         rows × 1 x row or 2 × 4, f32 work once per super-block and pair).
