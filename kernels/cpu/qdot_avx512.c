@@ -6,6 +6,8 @@
  *   Q8_0: vpdpbusd wants one unsigned operand: the weights are offset by 128 (w ^ 0x80) and
  *         the accumulator starts at -128·Σx of the lane (kq_x.corr), so the lane is Σ w·x
  *         exactly. Two blocks (2 × 32 codes) per zmm: lanes 0-7 even block, 8-15 odd.
+ *   Batches of 8+ rows (x in the x16 layout, qx16.c): q8x_strip16, x rows in lanes and 4 weight
+ *         codes broadcast at a time, one vpdpbusd per 64 products and no horizontal sums.
  *   Q4_K, Q5_K, Q6_K: qdot_avx512_k.c (their canonical order is an integer vpmaddubsw /
  *         vpdpwssd loop, not this one).
  * Weight rows are read once per x group of 4; the first group prefetches KQ_PF bytes ahead.
@@ -147,10 +149,114 @@ static const tile_fn q8_tiles[3][4] = {
 static const tile_fn q40_tiles[3][4] = {
     {q40_8_1, q40_8_2, q40_8_3, q40_8_4}, {q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q40_1_1, q40_1_2, q40_1_3, q40_1_4}};
 
+/* Q8_0 / Q4_0 batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per lane), a
+ * strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80, Q4_0's
+ * nibble + 120) and scales as f32 are unpacked once; then per 16 x rows and block b, each lane
+ * starts at −128·Σx of its row (kq_x.x16p) and takes one vpdpbusd per 4-code group k and weight
+ * row — the row's 4 codes broadcast against the 16 rows' codes — so after the 8 groups lane m
+ * holds S_b of x row m exactly, with no horizontal sums; then the canonical fma by dw·dx. Same
+ * bits as q8_tile. */
+#define Q8X_MAX_NB 512 /* cols <= 16384; wider matrices take q8_tile */
+
+unsigned long kq_vnni_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
+
+KQ_INL void q8x_tile16(int R, const uint8_t *uw, const float *dw, int64_t nb, const int8_t *xv, const int32_t *xp,
+                       const float *dx, float *y, int64_t ldy, int rows, float beta) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *xb = xv + b * 512;
+        const __m512i start = _mm512_load_si512((const void *)(xp + b * 16));
+        __m512i s[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) s[r] = start;
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            const __m512i xk = _mm512_load_si512((const void *)(xb + 64 * k));
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                int32_t c4;
+                memcpy(&c4, uw + (b * R + r) * 32 + 4 * k, 4);
+                s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32(c4), xk);
+            }
+        }
+        const __m512 dxb = _mm512_load_ps(dx + b * 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_mul_ps(_mm512_set1_ps(dw[r * nb + b]), dxb), acc[r]);
+    }
+    for (int r = 0; r < R; r++) {
+        float a[16];
+        _mm512_storeu_ps(a, acc[r]);
+        for (int j = 0; j < rows; j++) {
+            float *yp = y + j * ldy + r;
+            *yp = beta != 0.0f ? *yp + a[j] : a[j];
+        }
+    }
+}
+
+KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t *w, size_t rb, const kq_x *x, float *y,
+                        int64_t ldy, float beta) {
+    const int64_t nb = x->cols / 32;
+    const int BB = DT == KDT_Q8_0 ? 34 : 18;
+    for (int64_t b = 0; b < nb; b++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + r * rb + BB * b;
+            __builtin_prefetch(p + KQ_PF, 0, 2);
+            const __m256i c = DT == KDT_Q8_0 ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)),
+                                                                _mm256_set1_epi8((char)0x80))
+                                             : q40_codes(p);
+            _mm256_storeu_si256((__m256i *)(uw + (b * R + r) * 32), c);
+            uint16_t h;
+            memcpy(&h, p, 2);
+            dw[r * nb + b] = _cvtsh_ss(h);
+        }
+    for (int i = 0; i < x->n; i += 16) {
+        const int64_t mb = i / 16;
+        q8x_tile16(R, uw, dw, nb, x->x16v + mb * nb * 512, x->x16p + mb * nb * 16, x->x16d + mb * nb * 16,
+                   y + (int64_t)i * ldy, ldy, x->n - i < 16 ? x->n - i : 16, beta);
+    }
+}
+
+/* One strip function per type and row count, with its unpacking buffers on the stack. */
+typedef void (*q8x_strip_fn)(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta);
+#define Q8X_DEF(TAG, DT, R)                                                                                   \
+    static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
+                                       float beta) {                                                          \
+        _Alignas(64) uint8_t uw[R * Q8X_MAX_NB * 32];                                                          \
+        float dw[R * Q8X_MAX_NB];                                                                             \
+        q8x_strip16(DT, R, uw, dw, w, rb, x, y, ldy, beta);                                                    \
+    }
+Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
+Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
+
+/* Rows [r0, r1) in strips of 4, then 2, then 1, by direct calls (as qdot_avx2.c's q8x_rows). */
+static void q8x_rows(const q8x_strip_fn f4, const q8x_strip_fn f2, const q8x_strip_fn f1, const uint8_t *w, size_t rb,
+                     int64_t r0, int64_t r1, const kq_x *x, float *y, int64_t ldy, float beta) {
+    unsigned long strips = 0;
+    int64_t r = r0;
+    for (; r1 - r >= 4; r += 4, strips++) f4(w + r * rb, rb, x, y + r, ldy, beta);
+    if (r1 - r >= 2) {
+        f2(w + r * rb, rb, x, y + r, ldy, beta);
+        r += 2;
+        strips++;
+    }
+    if (r1 - r == 1) {
+        f1(w + r * rb, rb, x, y + r, ldy, beta);
+        strips++;
+    }
+    __atomic_fetch_add(&kq_vnni_x16_strips, strips, __ATOMIC_RELAXED);
+}
+
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
     if (kdtype_is_kquant(dt)) {
         kq_rows_avx512_k(dt, w, rb, r0, r1, x, y, ldy, beta);
+        return;
+    }
+    if (x->x16v && x->x16p && x->cols / 32 <= Q8X_MAX_NB) {
+        if (dt == KDT_Q8_0) q8x_rows(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta);
+        else q8x_rows(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }
     for (int64_t r = r0; r < r1;) {

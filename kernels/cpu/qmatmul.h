@@ -51,7 +51,7 @@ typedef struct {
     int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
     /* the same codes with x rows in lanes (kernels/cpu/qx16.c), or NULL: built when the path in
      * use reads it (kq_x16_wanted in qmatmul.c: AMX batches of at least KQ_AMX_MIN_N rows, AVX2
-     * Q8_0 / Q4_0 batches of at least KQ_AVX2_X16_MIN_N); 64-byte aligned */
+     * and VNNI Q8_0 / Q4_0 batches of at least KQ_X16_MIN_N); 64-byte aligned */
     int8_t *x16v;
     int32_t *x16p;
     float *x16d;
@@ -78,9 +78,10 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
 #define KQ_AMX_MIN_N 16
 bool kq_amx_usable(void);
 extern unsigned long kq_amx_groups; /* groups of 16 weight rows the tiles computed (relaxed atomic; tests) */
-/* The AVX2 path reads the x16 layout for Q8_0 / Q4_0 batches of at least this many rows. */
-#define KQ_AVX2_X16_MIN_N 8
-extern unsigned long kq_avx2_x16_strips; /* strips of weight rows its x16 tiles computed (relaxed atomic; tests) */
+/* The AVX2 and VNNI paths read the x16 layout for Q8_0 / Q4_0 batches of at least this many
+ * rows; strips of weight rows their x16 tiles computed (relaxed atomics; tests). */
+#define KQ_X16_MIN_N 8
+extern unsigned long kq_avx2_x16_strips, kq_vnni_x16_strips;
 /* The x16 layout (qx16.c): its bytes for n rows, its carving from 64-byte aligned p, and row i's
  * part (i < the rows rounded up to 16; rows past x->n are written as zeros), after row i is
  * quantized. */

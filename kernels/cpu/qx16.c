@@ -1,17 +1,18 @@
 /* kernels/cpu/qx16.c — the 16-row interleaved layout of a call's quantized activations
  * (kq_x.x16v / x16p / x16d, qmatmul.h): x rows in lanes, 4 codes per lane. The AMX tiles take
- * it as their B operand (qdot_amx.c); the AVX2 Q8_0 tile (qdot_avx2.c) broadcasts 4 weight codes
- * against 8 of its rows at a time, so a block's exact sums build up lane by lane with no
- * horizontal adds. Built once per call, one x row at a time, by the activation quantizer's
+ * it as their B operand (qdot_amx.c); the AVX2 and AVX-512 VNNI Q8_0 / Q4_0 batch tiles
+ * (qdot_avx2.c, qdot_avx512.c) broadcast 4 weight codes against 8 or 16 of its rows at a time,
+ * so a block's exact sums build up lane by lane with no horizontal adds. Built once per call, one x row at a time, by the activation quantizer's
  * tasks (qmatmul.c: a task owns 16 rows, which share cache lines here). Plain C. */
 #include <string.h>
 
 #include "kernels/cpu/qmatmul.h"
 
-/* Sizes: v mp·cols, p (Q4_K/Q5_K: 4 int32 per 16 x rows and super-block), d (one float per
- * x row and block of the type: 32 or 256 elements); mp = n rounded up to 16. */
+/* Sizes: v mp·cols, p (Q4_K/Q5_K: 4 int32 per x row and super-block; Q8_0/Q4_0: 1 per x row
+ * and block), d (one float per x row and block of the type: 32 or 256 elements); mp = n
+ * rounded up to 16. */
 static size_t x16_p_bytes(kdtype dt, size_t mp, size_t nb) {
-    return dt == KDT_Q4_K || dt == KDT_Q5_K ? mp * nb * 16 : 0;
+    return dt == KDT_Q4_K || dt == KDT_Q5_K ? mp * nb * 16 : dt == KDT_Q8_0 || dt == KDT_Q4_0 ? mp * nb * 4 : 0;
 }
 
 size_t kq_x16_bytes(kdtype dt, int n, int64_t cols) {
@@ -33,7 +34,9 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
  *      8 tile rows of B for one tdpbusd; a K-quant super-block's 8 chunks are consecutive, so
  *      a Q6_K group of 16 codes is 4 consecutive rows)
  *   p[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (Q4_K/Q5_K: the code sums of sub-blocks
- *      2t, 2t+1 of super-block b; the other types need none)
+ *      2t, 2t+1 of super-block b)
+ *   p[(mb·nb + b)·16 + m] = −128 · Σ of block b's 32 codes (Q8_0/Q4_0: the start of a VNNI lane
+ *      whose weights are offset to unsigned; Q6_K needs none)
  *   d[(mb·nb + b)·16 + m] = the row's scale of block b. */
 void kq_x16_row(kq_x *qx, int i, kdtype dt) {
     const int64_t cols = qx->cols, nb = cols / kdtype_block_elems(dt), mb = i / 16, m = i % 16;
@@ -45,7 +48,13 @@ void kq_x16_row(kq_x *qx, int i, kdtype dt) {
         if (live) memcpy(&v, q + 4 * k4, 4);
         memcpy(dst + 64 * k4, &v, 4);
     }
-    for (int64_t b = 0; b < nb && qx->x16p; b++)
+    const bool k4 = dt == KDT_Q4_K || dt == KDT_Q5_K;
+    for (int64_t b = 0; b < nb && qx->x16p && !k4; b++) {
+        int32_t sum = 0;
+        for (int e = 0; live && e < 32; e++) sum += q[32 * b + e];
+        qx->x16p[(mb * nb + b) * 16 + m] = -128 * sum;
+    }
+    for (int64_t b = 0; b < nb && qx->x16p && k4; b++)
         for (int t = 0; t < 4; t++) {
             int32_t v = 0;
             if (live) {

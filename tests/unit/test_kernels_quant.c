@@ -450,7 +450,7 @@ TEST(qmatmul_paths_present) {
 }
 
 /* The paths that read the x16 layout (qx16.c), on their own shapes: AMX (every quantized type)
- * and AVX2's Q8_0 / Q4_0 batch tile. Whole and partial groups of 16 (and halves of 8) x rows, weight
+ * and the AVX2 and VNNI Q8_0 / Q4_0 batch tiles. Whole and partial groups of 16 (and halves of 8) x rows, weight
  * rows past the last group of 16 (AMX) or strip of 4 (AVX2), 1 and 2 threads, beta 0 and 1 —
  * bit-identical to the scalar path, and the tiles did compute (their counters moved); and one
  * x row (decode). */
@@ -492,7 +492,7 @@ static void x16_tiles_equal_scalar(kq_path path) {
                 kmat w = {.data = wq, .dtype = DT[t], .rows = rows, .cols = cols};
                 float *ya = malloc(sizeof(float) * n * rows), *ys = malloc(sizeof(float) * n * rows);
                 ASSERT(ya && ys);
-                unsigned long *counter = amx ? &kq_amx_groups : &kq_avx2_x16_strips;
+                unsigned long *counter = amx ? &kq_amx_groups : path == KQ_VNNI ? &kq_vnni_x16_strips : &kq_avx2_x16_strips;
                 unsigned long g0 = __atomic_load_n(counter, __ATOMIC_RELAXED);
                 for (int beta = 0; beta < 2; beta++) {
                     for (int i = 0; i < n * rows; i++) ya[i] = ys[i] = beta ? 0.25f * (float)(i % 7) : NAN;
@@ -502,8 +502,8 @@ static void x16_tiles_equal_scalar(kq_path path) {
                         FAIL("%s n=%d threads=%d beta=%d: path %d differs from scalar", kdtype_name(DT[t]), n, th,
                              beta, (int)path);
                 }
-                /* two calls (beta 0, 1): AMX 3 groups of 16 rows each, AVX2 ceil(53 / 4) strips of 4 */
-                const bool tiled = amx ? n >= KQ_AMX_MIN_N : !kdtype_is_kquant(DT[t]) && n >= KQ_AVX2_X16_MIN_N;
+                /* two calls (beta 0, 1): AMX 3 groups of 16 rows each, AVX2 / VNNI 14 strips of <= 4 */
+                const bool tiled = amx ? n >= KQ_AMX_MIN_N : !kdtype_is_kquant(DT[t]) && n >= KQ_X16_MIN_N;
                 const unsigned long want = amx ? 2 * 3 : 2 * 14, got = __atomic_load_n(counter, __ATOMIC_RELAXED) - g0;
                 if (tiled && got < want) FAIL("%s n=%d: the tiles did not run (%lu)", kdtype_name(DT[t]), n, got);
                 if (!amx && !tiled && got) FAIL("%s n=%d: the x16 tile ran (%lu)", kdtype_name(DT[t]), n, got);
@@ -525,6 +525,11 @@ TEST(qmatmul_amx_tiles_equal_scalar) {
 TEST(qmatmul_avx2_x16_tiles_equal_scalar) {
     if (!kq_path_available(KQ_AVX2)) SKIP("no AVX2 on this CPU");
     x16_tiles_equal_scalar(KQ_AVX2);
+}
+
+TEST(qmatmul_vnni_x16_tiles_equal_scalar) {
+    if (!kq_path_available(KQ_VNNI)) SKIP("no AVX-512 VNNI on this CPU");
+    x16_tiles_equal_scalar(KQ_VNNI);
 }
 
 TEST(qget_rows_dequantizes) {
@@ -590,4 +595,4 @@ TEST(qmatmul_bad_args_and_caps) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(qmatmul_paths_present, qmatmul_q4k_sb8_reorder, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qmatmul_avx2_x16_tiles_equal_scalar, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
+TEST_MAIN(qmatmul_paths_present, qmatmul_q4k_sb8_reorder, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qmatmul_avx2_x16_tiles_equal_scalar, qmatmul_vnni_x16_tiles_equal_scalar, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
