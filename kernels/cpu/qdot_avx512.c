@@ -219,7 +219,6 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
 }
 
 /* One strip function per type and row count, with its unpacking buffers on the stack. */
-typedef void (*q8x_strip_fn)(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta);
 #define Q8X_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \
@@ -230,24 +229,6 @@ typedef void (*q8x_strip_fn)(const uint8_t *w, size_t rb, const kq_x *x, float *
 Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
 Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
 
-/* Rows [r0, r1) in strips of 4, then 2, then 1, by direct calls (as qdot_avx2.c's q8x_rows). */
-static void q8x_rows(const q8x_strip_fn f4, const q8x_strip_fn f2, const q8x_strip_fn f1, const uint8_t *w, size_t rb,
-                     int64_t r0, int64_t r1, const kq_x *x, float *y, int64_t ldy, float beta) {
-    unsigned long strips = 0;
-    int64_t r = r0;
-    for (; r1 - r >= 4; r += 4, strips++) f4(w + r * rb, rb, x, y + r, ldy, beta);
-    if (r1 - r >= 2) {
-        f2(w + r * rb, rb, x, y + r, ldy, beta);
-        r += 2;
-        strips++;
-    }
-    if (r1 - r == 1) {
-        f1(w + r * rb, rb, x, y + r, ldy, beta);
-        strips++;
-    }
-    __atomic_fetch_add(&kq_vnni_x16_strips, strips, __ATOMIC_RELAXED);
-}
-
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
     if (kdtype_is_kquant(dt)) {
@@ -255,8 +236,8 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     if (x->x16v && x->x16p && x->cols / 32 <= Q8X_MAX_NB) {
-        if (dt == KDT_Q8_0) q8x_rows(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta);
-        else q8x_rows(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta);
+        if (dt == KDT_Q8_0) kq_rows_strips(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
+        else kq_rows_strips(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         return;
     }
     for (int64_t r = r0; r < r1;) {

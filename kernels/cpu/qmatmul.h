@@ -78,6 +78,12 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
 #define KQ_AMX_MIN_N 16
 bool kq_amx_usable(void);
 extern unsigned long kq_amx_groups; /* groups of 16 weight rows the tiles computed (relaxed atomic; tests) */
+/* A strip of weight rows (from w, rb bytes apart) × every x row, into y + row (ldy apart). */
+typedef void (*kq_strip_fn)(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy, float beta);
+/* Weight rows [r0, r1) in strips of 4, then 2, then 1 (f4, f2, f1); adds the strips to *counter
+ * (relaxed atomic). */
+void kq_rows_strips(kq_strip_fn f4, kq_strip_fn f2, kq_strip_fn f1, const uint8_t *w, size_t rb, int64_t r0, int64_t r1,
+                    const kq_x *x, float *y, int64_t ldy, float beta, unsigned long *counter);
 /* The AVX2 and VNNI paths read the x16 layout for Q8_0 / Q4_0 batches of at least this many
  * rows; strips of weight rows their x16 tiles computed (relaxed atomics; tests). */
 #define KQ_X16_MIN_N 8
