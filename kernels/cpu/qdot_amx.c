@@ -385,7 +385,7 @@ static AMX_TGT void amx_rows(kdtype dt, const uint8_t *w, size_t rb, int64_t r0,
 
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y, int64_t ldy,
                  float beta) {
-    if (!x->x16v) {
+    if (!x->x16v || x->n < KQ_AMX_MIN_N) {
         kq_rows_vnni(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }

@@ -59,8 +59,10 @@ kdtype kq_preferred_dtype(kdtype dt) {
 static bool kq_x16_wanted(kdtype dt, int n) {
     if (dt == KDT_Q4_K_SB8 || dt == KDT_Q6_K_SB16) return false; /* the AVX2 path's K-quant tiles */
     const kq_path p = kq_resolve();
-    if (p == KQ_AMX) return n >= KQ_AMX_MIN_N;
-    return (p == KQ_AVX2 || p == KQ_VNNI) && (dt == KDT_Q8_0 || dt == KDT_Q4_0) && n >= KQ_X16_MIN_N;
+    const bool blocks32 = dt == KDT_Q8_0 || dt == KDT_Q4_0;
+    /* AMX hands batches under KQ_AMX_MIN_N rows to the VNNI path, whose Q8_0 / Q4_0 tile reads it too */
+    if (p == KQ_AMX) return n >= KQ_AMX_MIN_N || (blocks32 && n >= KQ_X16_MIN_N);
+    return (p == KQ_AVX2 || p == KQ_VNNI) && blocks32 && n >= KQ_X16_MIN_N;
 }
 
 /* ---- activation quantization ---- */

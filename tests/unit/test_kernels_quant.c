@@ -494,6 +494,7 @@ static void x16_tiles_equal_scalar(kq_path path) {
                 ASSERT(ya && ys);
                 unsigned long *counter = amx ? &kq_amx_groups : path == KQ_VNNI ? &kq_vnni_x16_strips : &kq_avx2_x16_strips;
                 unsigned long g0 = __atomic_load_n(counter, __ATOMIC_RELAXED);
+                unsigned long v0 = __atomic_load_n(&kq_vnni_x16_strips, __ATOMIC_RELAXED);
                 for (int beta = 0; beta < 2; beta++) {
                     for (int i = 0; i < n * rows; i++) ya[i] = ys[i] = beta ? 0.25f * (float)(i % 7) : NAN;
                     run_path(kb, path, x, n, &w, ya, (float)beta);
@@ -507,6 +508,10 @@ static void x16_tiles_equal_scalar(kq_path path) {
                 const unsigned long want = amx ? 2 * 3 : 2 * 14, got = __atomic_load_n(counter, __ATOMIC_RELAXED) - g0;
                 if (tiled && got < want) FAIL("%s n=%d: the tiles did not run (%lu)", kdtype_name(DT[t]), n, got);
                 if (!amx && !tiled && got) FAIL("%s n=%d: the x16 tile ran (%lu)", kdtype_name(DT[t]), n, got);
+                /* AMX hands Q8_0 / Q4_0 batches of 8-15 rows to VNNI's x16 tile */
+                if (amx && !tiled && n >= KQ_X16_MIN_N && !kdtype_is_kquant(DT[t]) &&
+                    __atomic_load_n(&kq_vnni_x16_strips, __ATOMIC_RELAXED) - v0 < 2 * 14)
+                    FAIL("%s n=%d: AMX did not hand the batch to the VNNI x16 tile", kdtype_name(DT[t]), n);
                 free(ya);
                 free(ys);
                 free(x);
