@@ -263,6 +263,14 @@ void kq_rows_strips(kq_strip_fn f4, kq_strip_fn f2, kq_strip_fn f1, const uint8_
     __atomic_fetch_add(counter, strips, __ATOMIC_RELAXED);
 }
 
+void kq_store_lanes(int R, int rows, const float *a, float *y, int64_t ldy, float beta) {
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < rows; j++) {
+            float *yp = y + j * ldy + r;
+            *yp = beta != 0.0f ? *yp + a[r * 16 + j] : a[r * 16 + j];
+        }
+}
+
 /* ---- the pool work (kernels/cpu/mm_job.h; matmul_group.c dispatches it) ---- */
 
 #define KQ_TASKS_PER_THREAD 4

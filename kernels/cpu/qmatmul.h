@@ -84,6 +84,8 @@ typedef void (*kq_strip_fn)(const uint8_t *w, size_t rb, const kq_x *x, float *y
  * (relaxed atomic). */
 void kq_rows_strips(kq_strip_fn f4, kq_strip_fn f2, kq_strip_fn f1, const uint8_t *w, size_t rb, int64_t r0, int64_t r1,
                     const kq_x *x, float *y, int64_t ldy, float beta, unsigned long *counter);
+/* y[j·ldy + r] (+)= a[r·16 + j] for r < R, j < rows: the x16 tiles' outputs (x rows in lanes). */
+void kq_store_lanes(int R, int rows, const float *a, float *y, int64_t ldy, float beta);
 /* The AVX2 and VNNI paths read the x16 layout for Q8_0 / Q4_0 batches of at least this many
  * rows; strips of weight rows their x16 tiles computed (relaxed atomics; tests). */
 #define KQ_X16_MIN_N 8

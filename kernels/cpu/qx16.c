@@ -36,7 +36,8 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
  *   p[((mb·nb + b)·4 + t)·16 + m] = X_2t | X_2t+1 << 16 (Q4_K/Q5_K: the code sums of sub-blocks
  *      2t, 2t+1 of super-block b)
  *   p[(mb·nb + b)·16 + m] = −128 · Σ of block b's 32 codes (Q8_0/Q4_0: the start of a VNNI lane
- *      whose weights are offset to unsigned; Q6_K needs none)
+ *      whose weights are offset to unsigned; the sum of kq_x.corr's 8 entries of the block, which
+ *      the row's quantization wrote first; Q6_K needs none)
  *   d[(mb·nb + b)·16 + m] = the row's scale of block b. */
 void kq_x16_row(kq_x *qx, int i, kdtype dt) {
     const int64_t cols = qx->cols, nb = cols / kdtype_block_elems(dt), mb = i / 16, m = i % 16;
@@ -49,10 +50,9 @@ void kq_x16_row(kq_x *qx, int i, kdtype dt) {
         memcpy(dst + 64 * k4, &v, 4);
     }
     const bool k4 = dt == KDT_Q4_K || dt == KDT_Q5_K;
-    for (int64_t b = 0; b < nb && qx->x16p && !k4; b++) {
-        int32_t sum = 0;
-        for (int e = 0; live && e < 32; e++) sum += q[32 * b + e];
-        qx->x16p[(mb * nb + b) * 16 + m] = -128 * sum;
+    for (int64_t b = 0; b < nb && qx->x16p && !k4; b++) { /* the quantizer's corr, per 4 codes, summed */
+        const int32_t *c = qx->corr + (int64_t)i * (cols / 4) + 8 * b;
+        qx->x16p[(mb * nb + b) * 16 + m] = live ? c[0] + c[1] + c[2] + c[3] + c[4] + c[5] + c[6] + c[7] : 0;
     }
     for (int64_t b = 0; b < nb && qx->x16p && k4; b++)
         for (int t = 0; t < 4; t++) {
