@@ -14,6 +14,7 @@
  *         once per super-block from the x group sums (|pair sum| <= 2·63·127 < 32768).
  *   Q4_K_SB8, Q6_K_SB16: Q4_K / Q6_K reordered so products add in 16-bit lanes before one
  *         vpmaddwd applies the scales (q4s_tile, q6s_tile).
+ *   K-quant batches of 8+ rows but Q6_K_SB16's: qdot_avx2_x16k.c (x in the x16 layout).
  * Compiled for AVX2 by target attributes; called only when the CPU has it. */
 #include <immintrin.h>
 #include <string.h>
@@ -489,7 +490,7 @@ static void kq_rows_avx2_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, i
 void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
     if (kdtype_is_kquant(dt)) {
-        kq_rows_avx2_k(dt, w, rb, r0, r1, x, y, ldy, beta);
+        if (!kq_rows_avx2_x16k(dt, w, rb, r0, r1, x, y, ldy, beta)) kq_rows_avx2_k(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }
     if (x->x16v && x->cols / 32 <= Q8X_MAX_NB) {

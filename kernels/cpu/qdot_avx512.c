@@ -9,7 +9,7 @@
  *   Batches of 8+ rows (x in the x16 layout, qx16.c): q8x_strip16, x rows in lanes and 4 weight
  *         codes broadcast at a time, one vpdpbusd per 64 products and no horizontal sums.
  *   Q4_K, Q5_K, Q6_K: qdot_avx512_k.c (their canonical order is an integer vpmaddubsw /
- *         vpdpwssd loop, not this one).
+ *         vpdpwssd loop, not this one); their batches of 8+ rows qdot_avx512_x16k.c.
  * Weight rows are read once per x group of 4; the first group prefetches KQ_PF bytes ahead.
  * Compiled for these instructions by target attributes and only called when the CPU has
  * them (kq_path_available). */
@@ -227,7 +227,7 @@ Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
     if (kdtype_is_kquant(dt)) {
-        kq_rows_avx512_k(dt, w, rb, r0, r1, x, y, ldy, beta);
+        if (!kq_rows_vnni_x16k(dt, w, rb, r0, r1, x, y, ldy, beta)) kq_rows_avx512_k(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }
     if (x->x16v && x->x16p && x->cols / 32 <= Q8X_MAX_NB) {

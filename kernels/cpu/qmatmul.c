@@ -55,14 +55,13 @@ kdtype kq_preferred_dtype(kdtype dt) {
     return dt == KDT_Q4_K ? KDT_Q4_K_SB8 : dt == KDT_Q6_K ? KDT_Q6_K_SB16 : dt;
 }
 
-/* Whether x of n rows is also laid out as x16 (qx16.c) for the path that will multiply it. */
+/* Whether x of n rows is also laid out as x16 (qx16.c) for the path that will multiply it: every
+ * SIMD path's batches of KQ_X16_MIN_N rows or more (AMX multiplies those of KQ_AMX_MIN_N and
+ * hands the smaller ones to the VNNI path, which reads it too) — but Q6_K_SB16, whose own AVX2
+ * tile is faster (kernels_bench: the x16 walk must flush its 16-bit lanes every 2 groups). */
 static bool kq_x16_wanted(kdtype dt, int n) {
-    if (dt == KDT_Q4_K_SB8 || dt == KDT_Q6_K_SB16) return false; /* the AVX2 path's K-quant tiles */
     const kq_path p = kq_resolve();
-    const bool blocks32 = dt == KDT_Q8_0 || dt == KDT_Q4_0;
-    /* AMX hands batches under KQ_AMX_MIN_N rows to the VNNI path, whose Q8_0 / Q4_0 tile reads it too */
-    if (p == KQ_AMX) return n >= KQ_AMX_MIN_N || (blocks32 && n >= KQ_X16_MIN_N);
-    return (p == KQ_AVX2 || p == KQ_VNNI) && blocks32 && n >= KQ_X16_MIN_N;
+    return p != KQ_SCALAR && dt != KDT_Q6_K_SB16 && n >= KQ_X16_MIN_N;
 }
 
 /* ---- activation quantization ---- */

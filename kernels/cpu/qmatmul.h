@@ -50,8 +50,8 @@ typedef struct {
     float *d;       /* [n][cols / block] */
     int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
     /* the same codes with x rows in lanes (kernels/cpu/qx16.c), or NULL: built when the path in
-     * use reads it (kq_x16_wanted in qmatmul.c: AMX batches of at least KQ_AMX_MIN_N rows, AVX2
-     * and VNNI Q8_0 / Q4_0 batches of at least KQ_X16_MIN_N); 64-byte aligned */
+     * use reads it (kq_x16_wanted in qmatmul.c: the SIMD paths' batches of at least
+     * KQ_X16_MIN_N rows, but Q6_K_SB16's); 64-byte aligned */
     int8_t *x16v;
     int32_t *x16p;
     float *x16d;
@@ -86,8 +86,8 @@ void kq_rows_strips(kq_strip_fn f4, kq_strip_fn f2, kq_strip_fn f1, const uint8_
                     const kq_x *x, float *y, int64_t ldy, float beta, unsigned long *counter);
 /* y[j·ldy + r] (+)= a[r·16 + j] for r < R, j < rows: the x16 tiles' outputs (x rows in lanes). */
 void kq_store_lanes(int R, int rows, const float *a, float *y, int64_t ldy, float beta);
-/* The AVX2 and VNNI paths read the x16 layout for Q8_0 / Q4_0 batches of at least this many
- * rows; strips of weight rows their x16 tiles computed (relaxed atomics; tests). */
+/* The AVX2 and VNNI paths read the x16 layout for batches of at least this many rows (every
+ * quantized type); strips of weight rows their x16 tiles computed (relaxed atomics; tests). */
 #define KQ_X16_MIN_N 8
 extern unsigned long kq_avx2_x16_strips, kq_vnni_x16_strips;
 /* The x16 layout (qx16.c): its bytes for n rows, its carving from 64-byte aligned p, and row i's
@@ -98,6 +98,14 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx);
 void kq_x16_row(kq_x *qx, int i, kdtype dt);
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                  int64_t ldy, float beta);
+/* K-quant batches (Q4_K, Q5_K, Q6_K, Q4_K_SB8) with x in the x16 layout, strips counted in
+ * kq_avx2_x16_strips (qdot_avx2_x16k.c); false, doing nothing, without x->x16v or past its
+ * width (cols <= 16384). */
+bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                       int64_t ldy, float beta);
+/* The same on the VNNI path, Q4_K / Q5_K / Q6_K (qdot_avx512_x16k.c; kq_vnni_x16_strips). */
+bool kq_rows_vnni_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                       int64_t ldy, float beta);
 /* The K-quants of the VNNI path (qdot_avx512_k.c; kq_rows_vnni forwards them). */
 void kq_rows_avx512_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                       int64_t ldy, float beta);
@@ -121,6 +129,8 @@ static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m)
 
 /* The K-quants' group size of kq_x.gsum. */
 static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K || dt == KDT_Q6_K_SB16 ? 16 : 32; }
+/* The x16 layout's code-sum pairs per x row and super-block (kq_x.x16p): 256 / group / 2. */
+static inline int kq_x16_pairs(kdtype dt) { return 128 / kq_gsum_group(dt); }
 
 /* Code paths, for tests and benchmarks: KQ_AUTO picks the best the CPU has. Process-wide;
  * set before issuing ops. PEFTD_CPU_QPATH=amx|vnni|avx2|scalar in the environment sets it too. */

@@ -455,7 +455,8 @@ TEST(qmatmul_paths_present) {
  * bit-identical to the scalar path, and the tiles did compute (their counters moved); and one
  * x row (decode). */
 static void x16_tiles_equal_scalar(kq_path path) {
-    static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0};
+    /* the AVX2 path also multiplies Q4_K / Q6_K reordered (SB8 / SB16; the other paths forward them to it) */
+    static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0, KDT_Q4_K_SB8, KDT_Q6_K_SB16};
     /* n = 1: the decode tiles (AMX forwards them to AVX-512) at the same integer bounds */
     static const int NS[] = {16, 17, 40, 1, 9};
     const bool amx = path == KQ_AMX;
@@ -463,31 +464,40 @@ static void x16_tiles_equal_scalar(kq_path path) {
     for (int th = 1; th <= 2; th++) {
         kbackend *kb = kbackend_cpu_create(th);
         ASSERT(kb);
-        for (int t = 0; t < 5; t++)
+        for (int t = 0; t < (path == KQ_AVX2 ? 7 : 5); t++)
             for (int k = 0; k < 5; k++) {
                 const int n = NS[k];
+                const kdtype bt = DT[t] == KDT_Q4_K_SB8 ? KDT_Q4_K : DT[t] == KDT_Q6_K_SB16 ? KDT_Q6_K : DT[t];
                 /* Q8_0/Q4_0: 33 blocks (a last chunk of 4 with one block, a last x piece of 32 codes) */
                 const int cols = kdtype_is_kquant(DT[t]) ? 1024 : 1056;
                 float *wd;
-                void *wq = make_w(DT[t], rows, cols, &wd);
+                void *wq = make_w(bt, rows, cols, &wd);
                 float *x = make_x(n, cols);
                 if (k == 1 || k == 3) { /* the integer bounds: every code, scale and min at its maximum, x at
                                * +127 (126 once per chunk) — the chunk sums, and the AMX path's f32 partial
                                * sums of them, at their largest (kq_rows_amx's exactness) */
-                    const size_t bb = kdtype_block_bytes(DT[t]);
-                    for (size_t blk = 0; blk < (size_t)rows * (size_t)(cols / kdtype_block_elems(DT[t])); blk++) {
+                    const size_t bb = kdtype_block_bytes(bt);
+                    for (size_t blk = 0; blk < (size_t)rows * (size_t)(cols / kdtype_block_elems(bt)); blk++) {
                         uint8_t *q = (uint8_t *)wq + blk * bb;
-                        if (DT[t] == KDT_Q6_K) { /* codes 63 (q − 32 = 31), scales −127 (odd products); d kept */
+                        if (bt == KDT_Q6_K) { /* codes 63 (q − 32 = 31), scales −127 (odd products); d kept */
                             memset(q, 0xFF, 192);
                             memset(q + 192, 0x81, 16);
-                        } else if (DT[t] == KDT_Q8_0)
+                        } else if (bt == KDT_Q8_0)
                             memset(q + 2, 0x80, 32); /* codes −128 (a GGUF may hold them; our quantizer never does) */
-                        else if (DT[t] == KDT_Q4_0)
+                        else if (bt == KDT_Q4_0)
                             memset(q + 2, 0x00, 16); /* codes −8 */
                         else
                             memset(q + 4, 0xFF, bb - 4); /* scales, mins 63; codes 15 / 31 */
                     }
                     for (int i = 0; i < n * cols; i++) x[i] = i % 32 == 5 ? 126.0f / 127.0f : 1.0f; /* odd sums */
+                }
+                if (bt != DT[t]) { /* reordered in place: same bytes per block */
+                    const size_t nbytes = kdtype_row_bytes(bt, cols) * (size_t)rows;
+                    void *ws = malloc(nbytes);
+                    ASSERT(ws);
+                    ASSERT_EQ(qref_reorder(kdtype_ggml_type(DT[t]), kdtype_ggml_type(bt), wq, ws, (int64_t)rows * cols), 0);
+                    memcpy(wq, ws, nbytes);
+                    free(ws);
                 }
                 kmat w = {.data = wq, .dtype = DT[t], .rows = rows, .cols = cols};
                 float *ya = malloc(sizeof(float) * n * rows), *ys = malloc(sizeof(float) * n * rows);
@@ -504,12 +514,12 @@ static void x16_tiles_equal_scalar(kq_path path) {
                              beta, (int)path);
                 }
                 /* two calls (beta 0, 1): AMX 3 groups of 16 rows each, AVX2 / VNNI 14 strips of <= 4 */
-                const bool tiled = amx ? n >= KQ_AMX_MIN_N : !kdtype_is_kquant(DT[t]) && n >= KQ_X16_MIN_N;
+                const bool tiled = amx ? n >= KQ_AMX_MIN_N : n >= KQ_X16_MIN_N && DT[t] != KDT_Q6_K_SB16;
                 const unsigned long want = amx ? 2 * 3 : 2 * 14, got = __atomic_load_n(counter, __ATOMIC_RELAXED) - g0;
                 if (tiled && got < want) FAIL("%s n=%d: the tiles did not run (%lu)", kdtype_name(DT[t]), n, got);
                 if (!amx && !tiled && got) FAIL("%s n=%d: the x16 tile ran (%lu)", kdtype_name(DT[t]), n, got);
-                /* AMX hands Q8_0 / Q4_0 batches of 8-15 rows to VNNI's x16 tile */
-                if (amx && !tiled && n >= KQ_X16_MIN_N && !kdtype_is_kquant(DT[t]) &&
+                /* AMX hands batches of 8-15 rows to VNNI's x16 tiles */
+                if (amx && !tiled && n >= KQ_X16_MIN_N &&
                     __atomic_load_n(&kq_vnni_x16_strips, __ATOMIC_RELAXED) - v0 < 2 * 14)
                     FAIL("%s n=%d: AMX did not hand the batch to the VNNI x16 tile", kdtype_name(DT[t]), n);
                 free(ya);

@@ -1,0 +1,105 @@
+/* kernels/cpu/qdot_avx512_x16k.c — the AVX-512 VNNI path's K-quant batches (Q4_K, Q5_K, Q6_K)
+ * with x in the x16 layout: 16 x rows in the lanes of a zmm, a strip of R <= 4 weight rows
+ * unpacked once (qx16k.h), then per super-block and unit of one scale (qx16k.h's walk) one
+ * vpdpbusd per group and weight row — the row's 4 unsigned codes broadcast against the 16 x
+ * rows' codes, exact int32 lanes — and one multiply by the unit's scale; the code-sum pairs by
+ * vpdpwssd; then the canonical f32 step with x rows in lanes. Same bits as every other path
+ * (qmatmul.h). On AMX machines this takes the batches of 8-15 rows that AMX hands over.
+ * Compiled for these instructions by target attributes; called only when the CPU has them. */
+#include "kernels/cpu/qx16k.h"
+
+#define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")))
+#define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
+
+/* R weight rows × the 16 x rows of group mb (codes at xv, code-sum pairs at xp, scales at dx;
+ * rows < `rows` are stored). */
+KQ_INL void kqk_tile16(kdtype DT, int R, const kqk_strip *u, int64_t nb, const int8_t *xv, const int32_t *xp,
+                       const float *dx, float *y, int64_t ldy, int rows, float beta) {
+    const int U = kqk_units(DT), G = 64 / U, NP = kq_x16_pairs(DT);
+    const bool six = kqk_six(DT);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *xb = xv + b * 8 * 512;
+        __m512i I[4], S[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) I[r] = _mm512_setzero_si512();
+#pragma GCC unroll 16
+        for (int s = 0; s < U; s++) {
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) S[r] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int g = 0; g < G; g++) {
+                const int P = kqk_group(DT, s, g);
+                const __m512i xk = _mm512_load_si512((const void *)(xb + (P / 8) * 512 + 64 * (P % 8)));
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    int32_t c4;
+                    memcpy(&c4, u->code + (b * R + r) * 256 + 4 * P, 4);
+                    S[r] = _mm512_dpbusd_epi32(S[r], _mm512_set1_epi32(c4), xk);
+                }
+            }
+            /* |S| <= 32·63·127 and |sc| <= 128: the product is exact in int32 */
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                I[r] = _mm512_add_epi32(I[r], _mm512_mullo_epi32(S[r], _mm512_set1_epi32((int16_t)u->sp[(b * R + r) * 16 + s])));
+        }
+        const __m512 dxb = _mm512_load_ps(dx + b * 16);
+        const int32_t *xpb = xp + b * NP * 16;
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const int32_t *mp = u->mp + (b * R + r) * 8;
+            __m512i M = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int q = 0; q < NP; q++) M = _mm512_dpwssd_epi32(M, _mm512_load_si512((const void *)(xpb + 16 * q)), _mm512_set1_epi32(mp[q]));
+            const float *d = u->d + (b * R + r) * 2;
+            if (six) {
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(I[r], M)), _mm512_mul_ps(_mm512_set1_ps(d[0]), dxb), acc[r]);
+                continue;
+            }
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[r]), _mm512_mul_ps(_mm512_set1_ps(d[0]), dxb), acc[r]);
+            const __m512 nm = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(_mm512_mul_ps(_mm512_set1_ps(d[1]), dxb)),
+                                                                   _mm512_set1_epi32((int)0x80000000u)));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), nm, acc[r]);
+        }
+    }
+    float a[4 * 16];
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(a + 16 * r, acc[r]);
+    kq_store_lanes(R, rows, a, y, ldy, beta);
+}
+
+KQ_INL void kqk_strip16(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, size_t rb, const kq_x *x, float *y,
+                        int64_t ldy, float beta) {
+    const int64_t nb = x->cols / 256;
+    const int NP = kq_x16_pairs(DT);
+    kqk_unpack(DT, R, w, rb, nb, u);
+    for (int i = 0; i < x->n; i += 16) {
+        const int64_t mb = i / 16;
+        kqk_tile16(DT, R, u, nb, x->x16v + mb * nb * 8 * 512, x->x16p + mb * nb * NP * 16, x->x16d + mb * nb * 16,
+                   y + (int64_t)i * ldy, ldy, x->n - i < 16 ? x->n - i : 16, beta);
+    }
+}
+
+/* One strip function per type and row count, with its unpacking buffers on the stack. */
+#define KQK_DEF(TAG, DT, R)                                                                                   \
+    static KQ_TGT void kqk_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
+                                       float beta) {                                                          \
+        _Alignas(64) uint8_t code[R * KQK_MAX_NB * 256];                                                       \
+        int32_t sp[R * KQK_MAX_NB * 16], mp[R * KQK_MAX_NB * 8];                                               \
+        float d[R * KQK_MAX_NB * 2];                                                                          \
+        const kqk_strip u = {.code = code, .sp = sp, .mp = mp, .d = d};                                        \
+        kqk_strip16(DT, R, &u, w, rb, x, y, ldy, beta);                                                       \
+    }
+#define KQK_DEF3(TAG, DT) KQK_DEF(TAG, DT, 4) KQK_DEF(TAG, DT, 2) KQK_DEF(TAG, DT, 1)
+KQK_DEF3(q4k, KDT_Q4_K) KQK_DEF3(q5k, KDT_Q5_K) KQK_DEF3(q6k, KDT_Q6_K)
+
+bool kq_rows_vnni_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
+                       int64_t ldy, float beta) {
+    if (!x->x16v || x->cols / 256 > KQK_MAX_NB) return false;
+    unsigned long *n = &kq_vnni_x16_strips;
+    switch (dt) {
+    case KDT_Q4_K: kq_rows_strips(kqk_q4k_4, kqk_q4k_2, kqk_q4k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
+    case KDT_Q5_K: kq_rows_strips(kqk_q5k_4, kqk_q5k_2, kqk_q5k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
+    case KDT_Q6_K: kq_rows_strips(kqk_q6k_4, kqk_q6k_2, kqk_q6k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
+    default: return false;
+    }
+}
