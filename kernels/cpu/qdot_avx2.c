@@ -94,7 +94,6 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
  * 8 rows' 4 codes, vpmaddubsw(|w|, sign(x, w)) (|w| <= 128, |x| <= 127: pairs never saturate),
  * vpmaddwd by ones, added — lane j holds S_b of x row j exactly after the 8 groups, with no
  * horizontal sums — then the canonical fma by dw·dx, x rows in lanes. Same bits as q8_tile. */
-#define Q8X_MAX_NB 512 /* cols <= 16384; wider matrices take q8_tile */
 #define Q8X_AW(DT) ((DT) == KDT_Q8_0 ? 32 : 64)
 
 unsigned long kq_avx2_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
@@ -160,13 +159,15 @@ KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w
     }
 }
 
-/* One strip function per type and row count, with its unpacking buffers on the stack. */
+/* One strip function per type and row count; its unpacked rows in the thread's scratch
+ * (Q8X_BYTES for 4 rows, which kq_rows_avx2 made sure of). */
+#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + 4))
 #define Q8X_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \
-        _Alignas(32) uint8_t aw[R * Q8X_MAX_NB * Q8X_AW(DT)];                                                  \
-        float dw[R * Q8X_MAX_NB];                                                                             \
-        q8x_strip(DT, R, aw, dw, w, rb, x, y, ldy, beta);                                                      \
+        const int64_t nb = x->cols / 32;                                                                      \
+        uint8_t *aw = kq_thread_scratch(Q8X_BYTES(DT, 4, nb));                                                 \
+        q8x_strip(DT, R, aw, (float *)(aw + (size_t)R * (size_t)nb * Q8X_AW(DT)), w, rb, x, y, ldy, beta);      \
     }
 Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
 Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
@@ -493,7 +494,7 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         if (!kq_rows_avx2_x16k(dt, w, rb, r0, r1, x, y, ldy, beta)) kq_rows_avx2_k(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }
-    if (x->x16v && x->cols / 32 <= Q8X_MAX_NB) {
+    if (x->x16v && kq_thread_scratch(Q8X_BYTES(dt, 4, x->cols / 32))) {
         if (dt == KDT_Q8_0) kq_rows_strips(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         else kq_rows_strips(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         return;

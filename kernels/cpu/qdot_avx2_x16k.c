@@ -74,22 +74,21 @@ KQ_INL void kqk_strip8(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, s
     }
 }
 
-/* One strip function per type and row count, with its unpacking buffers on the stack. */
+/* One strip function per type and row count; its unpacked rows in the thread's scratch, which
+ * the dispatch below made big enough. */
 #define KQK_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void kqk_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \
-        _Alignas(32) uint8_t code[R * KQK_MAX_NB * 256];                                                       \
-        int32_t sp[R * KQK_MAX_NB * 16], mp[R * KQK_MAX_NB * 8];                                               \
-        float d[R * KQK_MAX_NB * 2];                                                                          \
-        const kqk_strip u = {.code = code, .sp = sp, .mp = mp, .d = d};                                        \
-        kqk_strip8(DT, R, &u, w, rb, x, y, ldy, beta);                                                        \
+        kqk_strip u;                                                                                          \
+        kqk_carve(R, x->cols / 256, kq_thread_scratch(kqk_bytes(4, x->cols / 256)), &u);                       \
+        kqk_strip8(DT, R, &u, w, rb, x, y, ldy, beta);                                                     \
     }
 #define KQK_DEF3(TAG, DT) KQK_DEF(TAG, DT, 4) KQK_DEF(TAG, DT, 2) KQK_DEF(TAG, DT, 1)
 KQK_DEF3(q4k, KDT_Q4_K) KQK_DEF3(q5k, KDT_Q5_K) KQK_DEF3(q6k, KDT_Q6_K) KQK_DEF3(q4s, KDT_Q4_K_SB8)
 
 bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta) {
-    if (!x->x16v || x->cols / 256 > KQK_MAX_NB) return false;
+    if (!x->x16v || !kq_thread_scratch(kqk_bytes(4, x->cols / 256))) return false;
     unsigned long *n = &kq_avx2_x16_strips;
     switch (dt) {
     case KDT_Q4_K: kq_rows_strips(kqk_q4k_4, kqk_q4k_2, kqk_q4k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;

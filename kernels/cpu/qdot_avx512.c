@@ -156,7 +156,6 @@ static const tile_fn q40_tiles[3][4] = {
  * row — the row's 4 codes broadcast against the 16 rows' codes — so after the 8 groups lane m
  * holds S_b of x row m exactly, with no horizontal sums; then the canonical fma by dw·dx. Same
  * bits as q8_tile. */
-#define Q8X_MAX_NB 512 /* cols <= 16384; wider matrices take q8_tile */
 
 unsigned long kq_vnni_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
 
@@ -213,13 +212,15 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
     }
 }
 
-/* One strip function per type and row count, with its unpacking buffers on the stack. */
+/* One strip function per type and row count; its unpacked rows in the thread's scratch
+ * (Q8X_BYTES for 4 rows, which kq_rows_vnni made sure of). */
+#define Q8X_BYTES(R, NB) ((size_t)(R) * (size_t)(NB) * (32 + 4))
 #define Q8X_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \
-        _Alignas(64) uint8_t uw[R * Q8X_MAX_NB * 32];                                                          \
-        float dw[R * Q8X_MAX_NB];                                                                             \
-        q8x_strip16(DT, R, uw, dw, w, rb, x, y, ldy, beta);                                                    \
+        const int64_t nb = x->cols / 32;                                                                      \
+        uint8_t *uw = kq_thread_scratch(Q8X_BYTES(4, nb));                                                     \
+        q8x_strip16(DT, R, uw, (float *)(uw + (size_t)R * (size_t)nb * 32), w, rb, x, y, ldy, beta);            \
     }
 Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
 Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
@@ -230,7 +231,7 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         if (!kq_rows_vnni_x16k(dt, w, rb, r0, r1, x, y, ldy, beta)) kq_rows_avx512_k(dt, w, rb, r0, r1, x, y, ldy, beta);
         return;
     }
-    if (x->x16v && x->x16p && x->cols / 32 <= Q8X_MAX_NB) {
+    if (x->x16v && kq_thread_scratch(Q8X_BYTES(4, x->cols / 32))) {
         if (dt == KDT_Q8_0) kq_rows_strips(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         else kq_rows_strips(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         return;

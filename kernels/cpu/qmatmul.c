@@ -5,6 +5,7 @@
  * canonical order of qmatmul.h (the SIMD paths in qdot_avx512.c / qdot_avx2.c reproduce it
  * bit for bit). */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -260,6 +261,26 @@ void kq_rows_strips(kq_strip_fn f4, kq_strip_fn f2, kq_strip_fn f1, const uint8_
         strips++;
     }
     __atomic_fetch_add(counter, strips, __ATOMIC_RELAXED);
+}
+
+static pthread_key_t kq_scratch_key;
+static pthread_once_t kq_scratch_once = PTHREAD_ONCE_INIT;
+static _Thread_local void *kq_scratch; /* also a root for leak checkers while the thread lives */
+static _Thread_local size_t kq_scratch_cap;
+
+static void kq_scratch_key_make(void) { (void)pthread_key_create(&kq_scratch_key, free); }
+
+void *kq_thread_scratch(size_t bytes) {
+    if (bytes <= kq_scratch_cap) return kq_scratch;
+    pthread_once(&kq_scratch_once, kq_scratch_key_make);
+    size_t cap = (bytes + 4095) / 4096 * 4096;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, cap)) return NULL;
+    free(kq_scratch);
+    kq_scratch = p;
+    kq_scratch_cap = cap;
+    (void)pthread_setspecific(kq_scratch_key, p); /* freed at the thread's exit */
+    return p;
 }
 
 void kq_store_lanes(int R, int rows, const float *a, float *y, int64_t ldy, float beta) {

@@ -84,6 +84,11 @@ typedef void (*kq_strip_fn)(const uint8_t *w, size_t rb, const kq_x *x, float *y
  * (relaxed atomic). */
 void kq_rows_strips(kq_strip_fn f4, kq_strip_fn f2, kq_strip_fn f1, const uint8_t *w, size_t rb, int64_t r0, int64_t r1,
                     const kq_x *x, float *y, int64_t ldy, float beta, unsigned long *counter);
+/* A buffer of at least `bytes`, 64-byte aligned, owned by the calling thread: the x16 tiles'
+ * unpacked strip of weight rows. Grown on demand, kept for the thread's life (freed when it
+ * exits) and valid until the thread's next call; NULL when out of memory (the callers then take
+ * their other tiles, which need none). */
+void *kq_thread_scratch(size_t bytes);
 /* y[j·ldy + r] (+)= a[r·16 + j] for r < R, j < rows: the x16 tiles' outputs (x rows in lanes). */
 void kq_store_lanes(int R, int rows, const float *a, float *y, int64_t ldy, float beta);
 /* The AVX2 and VNNI paths read the x16 layout for batches of at least this many rows (every
@@ -99,8 +104,8 @@ void kq_x16_row(kq_x *qx, int i, kdtype dt);
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                  int64_t ldy, float beta);
 /* K-quant batches (Q4_K, Q5_K, Q6_K, Q4_K_SB8) with x in the x16 layout, strips counted in
- * kq_avx2_x16_strips (qdot_avx2_x16k.c); false, doing nothing, without x->x16v or past its
- * width (cols <= 16384). */
+ * kq_avx2_x16_strips (qdot_avx2_x16k.c); false, doing nothing, without x->x16v or when the
+ * thread's scratch cannot hold the strip (kq_thread_scratch). */
 bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta);
 /* The same on the VNNI path, Q4_K / Q5_K / Q6_K (qdot_avx512_x16k.c; kq_vnni_x16_strips). */

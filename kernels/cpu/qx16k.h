@@ -33,9 +33,6 @@
 
 #define KQK_INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
-/* super-blocks per strip (cols <= 16384): the strip's buffers live on the caller's stack */
-#define KQK_MAX_NB 64
-
 /* A strip of R weight rows, per super-block b and row r (index br = b·R + r). */
 typedef struct {
     uint8_t *code; /* [br][256]: the unsigned codes, at the x16 layout's positions (4P + e) */
@@ -44,6 +41,16 @@ typedef struct {
                     * (−32·sc_2t, −32·sc_2t+1), t < 8 */
     float *d;      /* [br][2]: d, dmin (Q6_K: d, 0) */
 } kqk_strip;
+
+/* The bytes of a strip of R rows over nb super-blocks, and its carving from 64-byte aligned p. */
+KQK_INL size_t kqk_bytes(int R, int64_t nb) { return (size_t)R * (size_t)nb * (256 + 64 + 32 + 8); }
+KQK_INL void kqk_carve(int R, int64_t nb, void *p, kqk_strip *u) {
+    const size_t n = (size_t)R * (size_t)nb;
+    u->code = p;
+    u->sp = (int32_t *)(u->code + n * 256);
+    u->mp = u->sp + n * 16;
+    u->d = (float *)(u->mp + n * 8);
+}
 
 KQK_INL bool kqk_six(kdtype dt) { return dt == KDT_Q6_K; }
 KQK_INL int kqk_units(kdtype dt) { return dt == KDT_Q6_K ? 16 : 8; }

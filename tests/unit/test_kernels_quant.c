@@ -547,6 +547,41 @@ TEST(qmatmul_vnni_x16_tiles_equal_scalar) {
     x16_tiles_equal_scalar(KQ_VNNI);
 }
 
+/* Rows wider than the x16 strips' old stack buffers (cols 18944 = Qwen2.5-7B's down_proj, past
+ * 16384): the tiles still run (their strips in the thread's scratch) and give the scalar bits. */
+TEST(qmatmul_x16_tiles_wide_rows) {
+    static const kdtype DT[] = {KDT_Q4_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0};
+    static const kq_path P[] = {KQ_AVX2, KQ_VNNI};
+    const int rows = 6, cols = 18944, n = 9;
+    int ran = 0;
+    kbackend *kb = kbackend_cpu_create(2);
+    ASSERT(kb);
+    for (int p = 0; p < 2; p++) {
+        if (!kq_path_available(P[p])) continue;
+        unsigned long *counter = P[p] == KQ_VNNI ? &kq_vnni_x16_strips : &kq_avx2_x16_strips;
+        for (int t = 0; t < 4; t++) {
+            float *wd;
+            void *wq = make_w(DT[t], rows, cols, &wd);
+            float *x = make_x(n, cols), *ya = malloc(sizeof(float) * n * rows), *ys = malloc(sizeof(float) * n * rows);
+            ASSERT(ya && ys);
+            kmat w = {.data = wq, .dtype = DT[t], .rows = rows, .cols = cols};
+            unsigned long g0 = __atomic_load_n(counter, __ATOMIC_RELAXED);
+            run_path(kb, P[p], x, n, &w, ya, 0.0f);
+            if (__atomic_load_n(counter, __ATOMIC_RELAXED) == g0) FAIL("%s cols %d path %d: the x16 tile did not run", kdtype_name(DT[t]), cols, (int)P[p]);
+            run_path(kb, KQ_SCALAR, x, n, &w, ys, 0.0f);
+            if (memcmp(ya, ys, sizeof(float) * n * rows)) FAIL("%s cols %d path %d differs from scalar", kdtype_name(DT[t]), cols, (int)P[p]);
+            ran++;
+            free(ya);
+            free(ys);
+            free(x);
+            free(wq);
+            free(wd);
+        }
+    }
+    kbackend_destroy(kb);
+    if (!ran) SKIP("neither AVX2 nor AVX-512 VNNI on this CPU");
+}
+
 TEST(qget_rows_dequantizes) {
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
@@ -610,4 +645,4 @@ TEST(qmatmul_bad_args_and_caps) {
     kbackend_destroy(kb);
 }
 
-TEST_MAIN(qmatmul_paths_present, qmatmul_q4k_sb8_reorder, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qmatmul_avx2_x16_tiles_equal_scalar, qmatmul_vnni_x16_tiles_equal_scalar, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
+TEST_MAIN(qmatmul_paths_present, qmatmul_q4k_sb8_reorder, matmul_group_equals_each_matmul, qmatmul_quantizer_ties_and_nan, qmatmul_vs_dequant_reference, qmatmul_amx_tiles_equal_scalar, qmatmul_avx2_x16_tiles_equal_scalar, qmatmul_vnni_x16_tiles_equal_scalar, qmatmul_x16_tiles_wide_rows, qget_rows_dequantizes, qmatmul_bad_args_and_caps)
