@@ -1,6 +1,7 @@
 /* kernels/cpu/qdot_avx2_x16k.c — the AVX2 path's K-quant batches (Q4_K, Q5_K, Q6_K and Q4_K's
- * SB8 reordering; Q6_K_SB16 keeps its own tile in qdot_avx2.c, faster) with x in the x16 layout: 8 x rows in the lanes of a ymm, a strip of
- * R <= 4 weight rows unpacked once (qx16k.h), then per super-block the walk of qx16k.h — one
+ * SB8 reordering; Q6_K_SB16 keeps its own, faster tile in qdot_avx2.c) with x in the x16 layout:
+ * 8 x rows in the lanes of a ymm, a strip of R <= 4 weight rows unpacked once into the thread's
+ * scratch (qx16k.h), then per super-block the walk of qx16k.h — one
  * broadcast, one vpmaddubsw and one 16-bit add per 32 products, no horizontal sums — and the
  * canonical f32 step with x rows in lanes. Same bits as every other path (qmatmul.h).
  * Compiled for AVX2 by target attributes; called only when the CPU has it. */
