@@ -1,5 +1,6 @@
 /* kernels/cpu/quant_fast.c — the Q4_K and Q5_K quantizers of quant_ref.c, vectorised: the
- * same search, the 8 sub-blocks of a super-block in the 8 lanes of an AVX2 register.
+ * same search, the 8 sub-blocks of a super-block in the 8 lanes of an AVX2 register; and the
+ * load-time reorderings Q4_K -> SB8, Q6_K -> SB16 with 16-byte shuffles (same bytes).
  *
  * Why the output is bit-identical to qref_quantize_q4_k / _q5_k: each lane runs exactly the
  * reference's sequence of f32 operations for its sub-block (same order of every sum over the
@@ -255,8 +256,72 @@ static void qf_q4k_sb8_block(const uint8_t *q, uint8_t *o) {
 }
 #endif
 
+#if defined(__SSE2__)
+/* One Q6_K block's 192 code bytes (ql 128, qh 64) into the SB16 order (kernels.h; quant_ref.c's
+ * qref_reorder): the 256 codes unpacked to bytes in natural order (element 128h + 32k + l:
+ * nibble k/2 of ql[64h + 32(k%2) + l], crumb k of qh[32h + l]), the 16 × 8 matrix of code pairs
+ * (row g: elements 16g .. 16g + 15) transposed as two 8 × 8 blocks of 16-bit units, so that
+ * register t holds elements 16g + 2t + o at byte 2g + o, and packed back: register t's low
+ * nibbles to ql bytes 32(t/2) at nibble t%2, its high crumbs to qh bytes 32(t/4) at crumb t%4. */
+static void qf_q6k_sb16_block(const uint8_t *s, uint8_t *d) {
+    const __m128i m4 = _mm_set1_epi8(15), m3 = _mm_set1_epi8(3);
+    __m128i nat[16]; /* nat[g]: elements 16g .. 16g + 15 */
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int half = 0; half < 2; half++) {
+                const __m128i ql = _mm_loadu_si128((const __m128i *)(s + 64 * h + 32 * (k % 2) + 16 * half));
+                const __m128i qh = _mm_loadu_si128((const __m128i *)(s + 128 + 32 * h + 16 * half));
+                const __m128i lo = _mm_and_si128(_mm_srl_epi16(ql, _mm_cvtsi32_si128(4 * (k / 2))), m4);
+                const __m128i hi = _mm_and_si128(_mm_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), m3);
+                nat[8 * h + 2 * k + half] = _mm_or_si128(lo, _mm_slli_epi16(hi, 4));
+            }
+    __m128i reg[16]; /* reg[2t + blk]: register t's bytes 16·blk .. (the units of rows 8blk .. 8blk + 7) */
+    for (int blk = 0; blk < 2; blk++) {
+        const __m128i *r = nat + 8 * blk;
+        __m128i a[8], b[8];
+        for (int i = 0; i < 4; i++) {
+            a[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+        }
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 2; j++) {
+                b[4 * i + 2 * j] = _mm_unpacklo_epi32(a[4 * i + j], a[4 * i + 2 + j]);
+                b[4 * i + 2 * j + 1] = _mm_unpackhi_epi32(a[4 * i + j], a[4 * i + 2 + j]);
+            }
+        /* b[4i + q]: unit t = 2q of rows 4i .. 4i + 3, then t = 2q + 1 of the same rows */
+        for (int q = 0; q < 4; q++) {
+            reg[2 * (2 * q) + blk] = _mm_unpacklo_epi64(b[q], b[4 + q]);
+            reg[2 * (2 * q + 1) + blk] = _mm_unpackhi_epi64(b[q], b[4 + q]);
+        }
+    }
+    for (int half = 0; half < 2; half++) {
+        for (int j = 0; j < 4; j++) {
+            const __m128i v = _mm_or_si128(_mm_and_si128(reg[2 * (2 * j) + half], m4),
+                                           _mm_slli_epi16(_mm_and_si128(reg[2 * (2 * j + 1) + half], m4), 4));
+            _mm_storeu_si128((__m128i *)(d + 32 * j + 16 * half), v);
+        }
+        for (int i = 0; i < 2; i++) {
+            __m128i v = _mm_setzero_si128();
+            for (int q = 0; q < 4; q++)
+                v = _mm_or_si128(v, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(reg[2 * (4 * i + q) + half], 4), m3), 2 * q));
+            _mm_storeu_si128((__m128i *)(d + 128 + 32 * i + 16 * half), v);
+        }
+    }
+}
+#endif
+
 int qfast_reorder(uint32_t to, uint32_t from, const void *src, void *dst, int64_t n) {
 #if defined(__SSE2__)
+    if (from == QREF_Q6_K && to == QREF_Q6_K_SB16) {
+        if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
+        const uint8_t *s = src;
+        uint8_t *d = dst;
+        for (int64_t b = 0; b < n / QREF_QK_K; b++, s += 210, d += 210) {
+            qf_q6k_sb16_block(s, d);
+            memcpy(d + 192, s + 192, 18); /* scales, d */
+        }
+        return 0;
+    }
     if (from == QREF_Q4_K && to == QREF_Q4_K_SB8) {
         if (n < 0 || n % QREF_QK_K) return PEFTD_EINVAL;
         const size_t bb = sizeof(qref_block_q4_k), qs = offsetof(qref_block_q4_k, qs);

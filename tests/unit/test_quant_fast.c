@@ -162,13 +162,22 @@ TEST(reorder_fast_equals_reference) {
     if (memcmp(b, src, NB * bb)) FAIL("SB8 -> Q4_K does not give the original bytes back");
     ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q4_K, src, a, 255), PEFTD_EINVAL);
     ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q5_K, src, a, 256), PEFTD_EUNSUPPORTED);
+    /* Q6_K -> SB16 (vectorised too): random bytes, every code pattern of 6 bits */
+    enum { NB6 = 200 };
     const size_t b6 = 210;
-    uint8_t *s6 = malloc(4 * b6), *a6 = malloc(4 * b6), *r6 = malloc(4 * b6);
+    uint8_t *s6 = malloc(NB6 * b6), *a6 = malloc(NB6 * b6), *r6 = malloc(NB6 * b6);
     ASSERT(s6 && a6 && r6);
-    for (size_t i = 0; i < 4 * b6; i++) s6[i] = src[i];
-    ASSERT_EQ(qfast_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, a6, 4 * 256), 0);
-    ASSERT_EQ(qref_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, r6, 4 * 256), 0);
-    if (memcmp(a6, r6, 4 * b6)) FAIL("Q6_K -> SB16 through qfast_reorder differs");
+    for (size_t i = 0; i < NB6 * b6; i++) {
+        h = h * 1664525u + 1013904223u;
+        s6[i] = (uint8_t)(h >> 24);
+    }
+    memset(a6, 0xAA, NB6 * b6);
+    ASSERT_EQ(qfast_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, a6, (int64_t)NB6 * 256), 0);
+    ASSERT_EQ(qref_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, r6, (int64_t)NB6 * 256), 0);
+    if (memcmp(a6, r6, NB6 * b6)) FAIL("Q6_K -> SB16: qfast_reorder differs from qref_reorder");
+    ASSERT_EQ(qfast_reorder(QREF_Q6_K, QREF_Q6_K_SB16, a6, r6, (int64_t)NB6 * 256), 0);
+    if (memcmp(r6, s6, NB6 * b6)) FAIL("SB16 -> Q6_K does not give the original bytes back");
+    ASSERT_EQ(qfast_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, a6, 100), PEFTD_EINVAL);
     free(s6);
     free(a6);
     free(r6);
