@@ -2,8 +2,8 @@
  * (kq_x.x16v / x16p / x16d, qmatmul.h): x rows in lanes, 4 codes per lane. The AMX tiles take
  * it as their B operand (qdot_amx.c); the AVX2 and AVX-512 VNNI batch tiles (qdot_avx2.c,
  * qdot_avx512.c; K-quants qdot_avx2_x16k.c, qdot_avx512_x16k.c) broadcast 4 weight codes against
- * 8 or 16 of its rows at a time,
- * so a block's exact sums build up lane by lane with no horizontal adds. Built once per call, one x row at a time, by the activation quantizer's
+ * 8 or 16 of its rows at a time, so a block's exact sums build up lane by lane with no
+ * horizontal adds. Built once per call, one x row at a time, by the activation quantizer's
  * tasks (qmatmul.c: a task owns 16 rows, which share cache lines here). Plain C. */
 #include <string.h>
 
@@ -36,10 +36,10 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
  *      a Q6_K group of 16 codes is 4 consecutive rows)
  *   p[((mb·nb + b)·NP + t)·16 + m] = X_2t | X_2t+1 << 16 (K-quants, NP = kq_x16_pairs(dt): the
  *      code sums of groups 2t, 2t+1 of super-block b — Q4_K/Q5_K's 8 sub-blocks of 32, Q6_K's 16
- *      groups of 16; in natural order also for the SB8 / SB16 codes)
+ *      groups of 16; in natural order also for the SB8 codes)
  *   p[(mb·nb + b)·16 + m] = −128 · Σ of block b's 32 codes (Q8_0/Q4_0: the start of a VNNI lane
  *      whose weights are offset to unsigned; the sum of kq_x.corr's 8 entries of the block, which
- *      the row's quantization wrote first; Q6_K needs none)
+ *      the row's quantization wrote first)
  *   d[(mb·nb + b)·16 + m] = the row's scale of block b. */
 void kq_x16_row(kq_x *qx, int i, kdtype dt) {
     const int64_t cols = qx->cols, nb = cols / kdtype_block_elems(dt), mb = i / 16, m = i % 16;

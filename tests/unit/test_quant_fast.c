@@ -139,51 +139,37 @@ TEST(reference_quantizers_round_trip) {
     free(q);
 }
 
-/* The load-time Q4_K -> SB8 reordering: qfast_reorder gives qref_reorder's bytes on random
- * super-blocks (every byte value in every position), refuses what it refuses, and hands the
- * other conversions to it (Q6_K -> SB16 here, and back from SB8). */
-TEST(reorder_fast_equals_reference) {
-    enum { NB = 300 };
-    const size_t bb = 144;
-    uint8_t *src = malloc(NB * bb), *a = malloc(NB * bb), *b = malloc(NB * bb);
+/* One reordering (from -> to, blocks of bb bytes) on nb random blocks (every byte value in
+ * every position): qfast_reorder gives qref_reorder's bytes, and the way back (qfast_reorder,
+ * which hands it to the reference) gives the original. */
+static void reorder_case(uint32_t to, uint32_t from, size_t bb, size_t nb, uint32_t seed, const char *what) {
+    uint8_t *src = malloc(nb * bb), *a = malloc(nb * bb), *b = malloc(nb * bb);
     ASSERT(src && a && b);
-    uint32_t h = 12345;
-    for (size_t i = 0; i < NB * bb; i++) {
+    uint32_t h = seed;
+    for (size_t i = 0; i < nb * bb; i++) {
         h = h * 1664525u + 1013904223u;
         src[i] = (uint8_t)(h >> 24);
     }
-    memset(a, 0xAA, NB * bb);
-    memset(b, 0x55, NB * bb);
-    ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q4_K, src, a, (int64_t)NB * 256), 0);
-    ASSERT_EQ(qref_reorder(QREF_Q4_K_SB8, QREF_Q4_K, src, b, (int64_t)NB * 256), 0);
-    if (memcmp(a, b, NB * bb)) FAIL("Q4_K -> SB8: qfast_reorder differs from qref_reorder");
-    /* and back, through the reference */
-    ASSERT_EQ(qfast_reorder(QREF_Q4_K, QREF_Q4_K_SB8, a, b, (int64_t)NB * 256), 0);
-    if (memcmp(b, src, NB * bb)) FAIL("SB8 -> Q4_K does not give the original bytes back");
-    ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q4_K, src, a, 255), PEFTD_EINVAL);
-    ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q5_K, src, a, 256), PEFTD_EUNSUPPORTED);
-    /* Q6_K -> SB16 (vectorised too): random bytes, every code pattern of 6 bits */
-    enum { NB6 = 200 };
-    const size_t b6 = 210;
-    uint8_t *s6 = malloc(NB6 * b6), *a6 = malloc(NB6 * b6), *r6 = malloc(NB6 * b6);
-    ASSERT(s6 && a6 && r6);
-    for (size_t i = 0; i < NB6 * b6; i++) {
-        h = h * 1664525u + 1013904223u;
-        s6[i] = (uint8_t)(h >> 24);
-    }
-    memset(a6, 0xAA, NB6 * b6);
-    ASSERT_EQ(qfast_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, a6, (int64_t)NB6 * 256), 0);
-    ASSERT_EQ(qref_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, r6, (int64_t)NB6 * 256), 0);
-    if (memcmp(a6, r6, NB6 * b6)) FAIL("Q6_K -> SB16: qfast_reorder differs from qref_reorder");
-    ASSERT_EQ(qfast_reorder(QREF_Q6_K, QREF_Q6_K_SB16, a6, r6, (int64_t)NB6 * 256), 0);
-    if (memcmp(r6, s6, NB6 * b6)) FAIL("SB16 -> Q6_K does not give the original bytes back");
-    ASSERT_EQ(qfast_reorder(QREF_Q6_K_SB16, QREF_Q6_K, s6, a6, 100), PEFTD_EINVAL);
-    free(s6);
-    free(a6);
-    free(r6);
+    memset(a, 0xAA, nb * bb);
+    memset(b, 0x55, nb * bb);
+    ASSERT_EQ(qfast_reorder(to, from, src, a, (int64_t)nb * 256), 0);
+    ASSERT_EQ(qref_reorder(to, from, src, b, (int64_t)nb * 256), 0);
+    if (memcmp(a, b, nb * bb)) FAIL("%s: qfast_reorder differs from qref_reorder", what);
+    ASSERT_EQ(qfast_reorder(from, to, a, b, (int64_t)nb * 256), 0);
+    if (memcmp(b, src, nb * bb)) FAIL("%s: the way back does not give the original bytes", what);
+    ASSERT_EQ(qfast_reorder(to, from, src, a, 255), PEFTD_EINVAL);
     free(src);
     free(a);
     free(b);
+}
+
+/* The load-time reorderings Q4_K -> SB8 and Q6_K -> SB16 (both vectorised): qref_reorder's
+ * bytes, there and back; what qfast_reorder refuses, it refuses as the reference does. */
+TEST(reorder_fast_equals_reference) {
+    reorder_case(QREF_Q4_K_SB8, QREF_Q4_K, 144, 300, 12345, "Q4_K -> SB8");
+    reorder_case(QREF_Q6_K_SB16, QREF_Q6_K, 210, 200, 54321, "Q6_K -> SB16");
+    uint8_t blk[210] = {0}, out[210];
+    ASSERT_EQ(qfast_reorder(QREF_Q4_K_SB8, QREF_Q5_K, blk, out, 256), PEFTD_EUNSUPPORTED);
 }
 
 TEST_MAIN(q4_k_fast_equals_reference, q5_k_fast_equals_reference, fast_bad_length, reference_quantizers_round_trip,
