@@ -541,6 +541,7 @@ int st_open_ex(const char *path, bool read_into_memory, st_file **out, char *err
         rc = PEFTD_EIO;
         goto fail;
     }
+    file_map_log(&fm, path);
     f->map = fm.addr;
     f->map_len = fm.len;
     f->map_span = fm.span;

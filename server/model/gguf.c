@@ -363,6 +363,7 @@ int gguf_open_ex(const char *path, bool read_into_memory, gguf_file **out, char 
                  (long long)sb.st_size, strerror(-merr));
         return PEFTD_EIO;
     }
+    file_map_log(&fm, path);
     gguf_file *f = gguf_new(path);
     if (!f) {
         file_map_close(&fm);

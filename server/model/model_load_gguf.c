@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "kernels/cpu/quant_ref.h"
+#include "lib/huge_alloc.h"
 #include "lib/log.h"
 #include "server/model/model_load_internal.h"
 
@@ -333,8 +334,8 @@ static int gl_host_copies(gl_ctx *c) {
         }
     if (deq) total += (size_t)m->embed.rows * (size_t)m->embed.cols * sizeof(float);
     if (!total) return 0;
-    uint8_t *buf = NULL;
-    if (posix_memalign((void **)&buf, 64, total)) {
+    uint8_t *buf = huge_alloc(total); /* walked whole by every decode step */
+    if (!buf) {
         gl_err(c->err, c->errlen, "%s: out of memory (%zu bytes of host copies)", c->label, total);
         return PEFTD_ENOMEM;
     }

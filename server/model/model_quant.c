@@ -8,13 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "kernels/cpu/quant_fast.h"
 #include "kernels/cpu/quant_ref.h"
 #include "lib/half.h"
+#include "lib/huge_alloc.h"
 #include "lib/log.h"
 
 #define MQ_ALIGN 64
@@ -26,19 +26,6 @@ int model_weights_parse(const char *s, int *dt) {
     else if (!strcmp(s, "q4_k")) *dt = KDT_Q4_K;
     else return PEFTD_EINVAL;
     return 0;
-}
-
-/* The new weights' buffer (free() releases it): 2 MiB-aligned and advised for transparent huge
- * pages, as lib/file_map.c's read-in weights — a decode step walks all of it, and 4 KiB pages
- * would cost it the TLB misses --no-mmap exists to avoid. */
-static uint8_t *mq_alloc(size_t bytes) {
-    const size_t huge = (size_t)2 << 20;
-    void *p = NULL;
-    if (posix_memalign(&p, bytes >= huge ? huge : MQ_ALIGN, bytes)) return NULL;
-#ifdef MADV_HUGEPAGE
-    if (bytes >= huge) (void)madvise(p, bytes / huge * huge, MADV_HUGEPAGE); /* advice only */
-#endif
-    return p;
 }
 
 typedef struct {
@@ -212,7 +199,7 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, c
     if (n == 0) return 0;
     mq_job *jobs = calloc((size_t)n, sizeof *jobs);
     uint8_t *mem = NULL;
-    if (!jobs || !(mem = mq_alloc(p.bytes))) {
+    if (!jobs || !(mem = huge_alloc(p.bytes))) {
         free(jobs);
         snprintf(err, errlen, "%s: out of memory converting the weights to %s (%zu bytes)", m->dir, kdtype_name(dt),
                  p.bytes);
@@ -305,7 +292,7 @@ int model_reorder_projections(model *m, int n_threads, void **buf, char *err, si
     if (n == 0) return 0;
     mq_job *jobs = calloc((size_t)n, sizeof *jobs);
     uint8_t *mem = NULL;
-    if (!jobs || !(mem = mq_alloc(bytes))) {
+    if (!jobs || !(mem = huge_alloc(bytes))) {
         free(jobs);
         snprintf(err, errlen, "%s: out of memory reordering the weights for backend %s (%zu bytes)", m->dir,
                  m->kb->ops->name, bytes);

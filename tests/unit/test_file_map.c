@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -30,7 +31,10 @@ static int temp_file(size_t n, unsigned char **bytes) {
         x ^= x << 13, x ^= x >> 17, x ^= x << 5;
         b[i] = (unsigned char)x;
     }
-    ASSERT_EQ((size_t)write(fd, b, n), n);
+    for (size_t o = 0; o < n; o += 65536) { /* in 64 KiB pieces, as converters and cp write */
+        size_t k = n - o < 65536 ? n - o : 65536;
+        ASSERT_EQ((size_t)write(fd, b + o, k), k);
+    }
     *bytes = b;
     return fd;
 }
@@ -119,4 +123,46 @@ TEST(drop_gives_back_whole_pages_only) {
     free(b);
 }
 
-TEST_MAIN(both_modes_same_bytes, read_copy_is_read_only, short_file_and_empty_refused, drop_gives_back_whole_pages_only)
+/* Mapping a large file (FILE_MAP_HUGE_MIN or more, written in 64 KiB pieces: the page cache
+ * then holds small folios): the mapping is 2 MiB-aligned, faulted in
+ * and checked (huge_bytes within the file), the bytes are the file's, and where this kernel
+ * maps it in 2 MiB pages at all, a second open finds the cache already in large folios (no
+ * second re-read) and maps it huge again. A small file stays unchecked (huge_bytes -1). Dropping
+ * a range of the huge mapping still gives back its whole pages and reads the file again. */
+TEST(mapped_large_file_aligned_and_checked) {
+    const size_t n = FILE_MAP_HUGE_MIN + 12345, page = (size_t)sysconf(_SC_PAGESIZE);
+    unsigned char *b;
+    int fd = temp_file(n, &b);
+    file_map m;
+    ASSERT_EQ(file_map_open(fd, n, FILE_MAP_MMAP, &m), 0);
+    ASSERT((uintptr_t)m.addr % (2 * MIB) == 0);
+    ASSERT(m.len == n && m.span == n);
+    ASSERT(m.huge_bytes >= -1 && m.huge_bytes <= (long long)n);
+    ASSERT(!memcmp(m.addr, b, n));
+    const long long half = (long long)(n / (2 * MIB) * (2 * MIB) / 2);
+    if (m.huge_bytes >= half) { /* this kernel maps file pages huge: the cache now keeps them so */
+        file_map again;
+        ASSERT_EQ(file_map_open(fd, n, FILE_MAP_MMAP, &again), 0);
+        ASSERT(!again.reread && again.huge_bytes >= half);
+        ASSERT(!memcmp(again.addr, b, n));
+        file_map_close(&again);
+    } else {
+        fprintf(stderr, "  note: file pages are not mapped in 2 MiB pages here (huge_bytes %lld): the reuse half "
+                        "is not checked\n", m.huge_bytes);
+    }
+    unsigned char *p = m.addr;
+    ASSERT_EQ(file_map_drop(m.addr, m.span, p + 3 * MIB + 100, 2 * page), page);
+    ASSERT(!memcmp(p + 3 * MIB, b + 3 * MIB, 4 * page));
+    file_map_close(&m);
+
+    file_map small;
+    ASSERT_EQ(file_map_open(fd, 3 * MIB, FILE_MAP_MMAP, &small), 0);
+    ASSERT(small.huge_bytes == -1 && !small.reread && (uintptr_t)small.addr % (2 * MIB) == 0);
+    ASSERT(!memcmp(small.addr, b, 3 * MIB));
+    file_map_close(&small);
+    close(fd);
+    free(b);
+}
+
+TEST_MAIN(both_modes_same_bytes, read_copy_is_read_only, short_file_and_empty_refused, drop_gives_back_whole_pages_only,
+          mapped_large_file_aligned_and_checked)
