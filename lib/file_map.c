@@ -31,32 +31,48 @@ static int read_all(int fd, char *dst, size_t len) {
     return 0;
 }
 
+/* bytes (a whole number of pages, > 0) of fresh anonymous memory with protection prot at a 2 MiB
+ * boundary: one huge page more is reserved and the ends trimmed, since only aligned 2 MiB
+ * ranges can be backed by huge pages (not every kernel aligns large mappings itself).
+ * MAP_FAILED with errno on failure. */
+static char *reserve_aligned(size_t bytes, int prot) {
+    size_t reserve = bytes + HUGE_PAGE;
+    if (reserve < bytes) {
+        errno = EOVERFLOW;
+        return MAP_FAILED;
+    }
+    char *raw = mmap(NULL, reserve, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return MAP_FAILED;
+    char *p = (char *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    if (p > raw) munmap(raw, (size_t)(p - raw));
+    if (raw + reserve > p + bytes) munmap(p + bytes, (size_t)(raw + reserve - (p + bytes)));
+    return p;
+}
+
 /* The file mapped read-only at a 2 MiB-aligned address and advised for huge pages: where the
  * page cache holds the file in 2 MiB folios (a filesystem with large folios, read with this
  * advice in force: the fault path then reads ahead in 2 MiB folios), each is mapped by one
  * page-table entry, and a decode step that walks every weight is spared the TLB misses of
  * 4 KiB pages. Elsewhere the advice does nothing and the mapping is an ordinary one. */
 static void *map_file_aligned(int fd, size_t len) {
-    size_t reserve = len + HUGE_PAGE;
-    if (reserve < len) return MAP_FAILED;
-    char *raw = mmap(NULL, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return MAP_FAILED;
-    char *p = (char *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-    /* MAP_FIXED replaces the reservation's pages at p; the rest of it is given back. */
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), mapped = (len + page - 1) / page * page;
+    char *p = reserve_aligned(mapped, PROT_NONE);
+    if (p == MAP_FAILED) return MAP_FAILED;
+    /* MAP_FIXED replaces the reservation's pages with the file's */
     if (mmap(p, len, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0) == MAP_FAILED) {
         int e = errno;
-        munmap(raw, reserve);
+        munmap(p, mapped);
         errno = e;
         return MAP_FAILED;
     }
-    size_t mapped = (len + (size_t)sysconf(_SC_PAGESIZE) - 1) & ~((size_t)sysconf(_SC_PAGESIZE) - 1);
-    if (p > raw) munmap(raw, (size_t)(p - raw));
-    if (raw + reserve > p + mapped) munmap(p + mapped, (size_t)(raw + reserve - (p + mapped)));
 #ifdef MADV_HUGEPAGE
     if (len >= HUGE_PAGE) (void)madvise(p, len / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE); /* advice only */
 #endif
     return p;
 }
+
+/* Whether huge bytes of a len-byte file's mapping is most of its whole 2 MiB ranges. */
+static bool mostly_huge(size_t len, long long huge) { return huge >= (long long)(len / HUGE_PAGE * HUGE_PAGE / 2); }
 
 /* Bytes of the mapping that starts at addr that are mapped by 2 MiB page-table entries
  * (/proc/self/smaps: FilePmdMapped), or -1 when that cannot be read. */
@@ -92,9 +108,8 @@ static int open_mapped(int fd, size_t len, file_map *m) {
     if (p == MAP_FAILED) return -errno;
     *m = (file_map){.addr = p, .len = len, .span = len, .huge_bytes = -1};
     if (len < FILE_MAP_HUGE_MIN) return 0;
-    const long long whole = (long long)(len / HUGE_PAGE * HUGE_PAGE);
     m->huge_bytes = populate(p, len);
-    if (m->huge_bytes < 0 || m->huge_bytes >= whole / 2) return 0;
+    if (m->huge_bytes < 0 || mostly_huge(len, m->huge_bytes)) return 0;
     /* The page cache holds this file in small folios (it was written, or read without the huge
      * page advice): its 2 MiB-aligned ranges cannot be mapped whole. Give the cached pages back
      * (written back first; pages other processes map stay) and read the file again through
@@ -118,15 +133,8 @@ int file_map_open(int fd, size_t len, file_map_mode mode, file_map *m) {
     /* Whole 2 MiB pages, so the last one can be huge too. */
     size_t span = (len + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
     if (span < len) return -EOVERFLOW;
-    /* Reserve one page more and trim to a 2 MiB boundary: only aligned 2 MiB ranges can be
-     * backed by huge pages (not every kernel aligns large anonymous mappings itself). */
-    size_t reserve = span + HUGE_PAGE;
-    if (reserve < span) return -EOVERFLOW;
-    char *raw = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return -errno;
-    char *p = (char *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-    if (p > raw) munmap(raw, (size_t)(p - raw));
-    if (raw + reserve > p + span) munmap(p + span, (size_t)(raw + reserve - (p + span)));
+    char *p = reserve_aligned(span, PROT_READ | PROT_WRITE);
+    if (p == MAP_FAILED) return -errno;
 #ifdef MADV_HUGEPAGE
     (void)madvise(p, span, MADV_HUGEPAGE); /* advice: without THP the read still works */
 #endif
@@ -156,7 +164,7 @@ size_t file_map_drop(const void *map, size_t span, const void *p, size_t n) {
 void file_map_log(const file_map *m, const char *path) {
     if (m->huge_bytes < 0) return;
     const double mb = (double)m->huge_bytes / 1e6, all = (double)m->len / 1e6;
-    if ((size_t)m->huge_bytes >= m->len / HUGE_PAGE * HUGE_PAGE / 2)
+    if (mostly_huge(m->len, m->huge_bytes))
         LOGI("%s: mapped, %.0f of %.0f MB in 2 MiB pages%s", path, mb, all,
              m->reread ? " (the page cache held it in small pages: given back and read again)" : "");
     else
