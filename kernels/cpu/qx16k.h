@@ -16,7 +16,8 @@
  * kqk_depth(dt) groups of a unit — 8 for Q4_K (8·2·15·127 = 30480), 4 for Q5_K (4·2·31·127 =
  * 31496), 2 for Q6_K (2·2·63·127 = 32004), below 2^15: no lane saturates or wraps (x codes are
  * within ±127, qmatmul.c) — then vpmaddwd by (sc, sc) into int32 lanes. VNNI: one vpdpbusd per
- * group into exact int32 lanes, one multiply by sc per unit. Either way the lanes hold the
+ * group into exact int32 lanes, then vpdpwssd by (sc, 0) per part of a unit whose sums fit 16
+ * bits (qdot_avx512_x16k.c). Either way the lanes hold the
  * canonical totals of qmatmul.h (I for Q4_K/Q5_K, T for Q6_K). Then per super-block the pairs of
  * x code sums (kq_x.x16p) by vpmaddwd / vpdpwssd: Q4_K/Q5_K M = Σ m_j·X_j from the pairs
  * (m_2t, m_2t+1); Q6_K's −32 offset Σ (−32·sc_g)·G_g into T from (−32·sc_2t, −32·sc_2t+1)
