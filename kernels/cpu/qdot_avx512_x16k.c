@@ -11,10 +11,12 @@
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
 
-/* R weight rows × the 16 x rows of group mb (codes at xv, code-sum pairs at xp, scales at dx;
- * rows < `rows` are stored). */
-KQ_INL void kqk_tile16(kdtype DT, int R, const kqk_strip *u, int64_t nb, const int8_t *xv, const int32_t *xp,
-                       const float *dx, float *y, int64_t ldy, int rows, float beta) {
+/* R weight rows × NG (1 or 2) groups of 16 x rows: group q's codes at xv + q·gv, code-sum pairs
+ * at xp + q·gp, scales at dx + q·gd, results to y + 16q·ldy (its rows < rows[q] are stored); two
+ * groups share each broadcast of a weight row's codes. */
+KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb, const int8_t *xv, int64_t gv,
+                       const int32_t *xp, int64_t gp, const float *dx, int64_t gd, float *y, int64_t ldy,
+                       const int *rows, float beta) {
     const int U = kqk_units(DT), G = 64 / U, NP = kq_x16_pairs(DT);
     const bool six = kqk_six(DT);
     /* A unit's groups in GH parts whose sums S fit 16 bits — |S| <= 4·4·15·127 (Q4_K, 2 parts of 4
@@ -23,69 +25,99 @@ KQ_INL void kqk_tile16(kdtype DT, int R, const kqk_strip *u, int64_t nb, const i
      * about three cycles of the multiplier on Zen 4 (zmm vpmulld 1.1 per ns vs vpdpwssd 3.6; at 256
      * rows, one thread, Q4_K 188 -> 207 GFLOP/s, Q5_K 185 -> 223, Q6_K 158 -> 177). */
     const int GH = DT == KDT_Q4_K ? 2 : 4;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 acc[2][4];
+#pragma GCC unroll 2
+    for (int q = 0; q < NG; q++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) acc[q][r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xb = xv + b * 8 * 512;
-        __m512i I[4], S[4];
+        __m512i I[2][4], S[2][4];
+#pragma GCC unroll 2
+        for (int q = 0; q < NG; q++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) I[r] = _mm512_setzero_si512();
+            for (int r = 0; r < R; r++) I[q][r] = _mm512_setzero_si512();
 #pragma GCC unroll 16
         for (int s = 0; s < U; s++) {
-#pragma GCC unroll 2
-            for (int h = 0; h < GH; h++) {
 #pragma GCC unroll 4
-                for (int r = 0; r < R; r++) S[r] = _mm512_setzero_si512();
+            for (int h = 0; h < GH; h++) {
+#pragma GCC unroll 2
+                for (int q = 0; q < NG; q++)
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++) S[q][r] = _mm512_setzero_si512();
 #pragma GCC unroll 8
                 for (int g = h * (G / GH); g < (h + 1) * (G / GH); g++) {
                     const int P = kqk_group(DT, s, g);
-                    const __m512i xk = _mm512_load_si512((const void *)(xb + (P / 8) * 512 + 64 * (P % 8)));
+                    __m512i xk[2];
+#pragma GCC unroll 2
+                    for (int q = 0; q < NG; q++)
+                        xk[q] = _mm512_load_si512((const void *)(xb + q * gv + (P / 8) * 512 + 64 * (P % 8)));
 #pragma GCC unroll 4
                     for (int r = 0; r < R; r++) {
                         int32_t c4;
                         memcpy(&c4, u->code + (b * R + r) * 256 + 4 * P, 4);
-                        S[r] = _mm512_dpbusd_epi32(S[r], _mm512_set1_epi32(c4), xk);
+                        const __m512i w4 = _mm512_set1_epi32(c4);
+#pragma GCC unroll 2
+                        for (int q = 0; q < NG; q++) S[q][r] = _mm512_dpbusd_epi32(S[q][r], w4, xk[q]);
                     }
                 }
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) {
                     const int32_t sp = u->sp[(b * R + r) * 16 + s]; /* sc | sc << 16 */
-                    I[r] = _mm512_dpwssd_epi32(I[r], S[r], _mm512_and_si512(_mm512_set1_epi32(sp), _mm512_set1_epi32(0xffff)));
+                    const __m512i sc = _mm512_and_si512(_mm512_set1_epi32(sp), _mm512_set1_epi32(0xffff));
+#pragma GCC unroll 2
+                    for (int q = 0; q < NG; q++) I[q][r] = _mm512_dpwssd_epi32(I[q][r], S[q][r], sc);
                 }
             }
         }
-        const __m512 dxb = _mm512_load_ps(dx + b * 16);
-        const int32_t *xpb = xp + b * NP * 16;
+#pragma GCC unroll 2
+        for (int q = 0; q < NG; q++) {
+            const __m512 dxb = _mm512_load_ps(dx + q * gd + b * 16);
+            const int32_t *xpb = xp + q * gp + b * NP * 16;
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const int32_t *mp = u->mp + (b * R + r) * 8;
-            __m512i M = _mm512_setzero_si512();
+            for (int r = 0; r < R; r++) {
+                const int32_t *mp = u->mp + (b * R + r) * 8;
+                __m512i M = _mm512_setzero_si512();
 #pragma GCC unroll 8
-            for (int q = 0; q < NP; q++) M = _mm512_dpwssd_epi32(M, _mm512_load_si512((const void *)(xpb + 16 * q)), _mm512_set1_epi32(mp[q]));
-            const float *d = u->d + (b * R + r) * 2;
-            if (six) {
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(I[r], M)), _mm512_mul_ps(_mm512_set1_ps(d[0]), dxb), acc[r]);
-                continue;
+                for (int k = 0; k < NP; k++) M = _mm512_dpwssd_epi32(M, _mm512_load_si512((const void *)(xpb + 16 * k)), _mm512_set1_epi32(mp[k]));
+                const float *d = u->d + (b * R + r) * 2;
+                if (six) {
+                    acc[q][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(I[q][r], M)), _mm512_mul_ps(_mm512_set1_ps(d[0]), dxb), acc[q][r]);
+                    continue;
+                }
+                acc[q][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[q][r]), _mm512_mul_ps(_mm512_set1_ps(d[0]), dxb), acc[q][r]);
+                const __m512 nm = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(_mm512_mul_ps(_mm512_set1_ps(d[1]), dxb)),
+                                                                       _mm512_set1_epi32((int)0x80000000u)));
+                acc[q][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), nm, acc[q][r]);
             }
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[r]), _mm512_mul_ps(_mm512_set1_ps(d[0]), dxb), acc[r]);
-            const __m512 nm = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(_mm512_mul_ps(_mm512_set1_ps(d[1]), dxb)),
-                                                                   _mm512_set1_epi32((int)0x80000000u)));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), nm, acc[r]);
         }
     }
-    float a[4 * 16];
-    for (int r = 0; r < R; r++) _mm512_storeu_ps(a + 16 * r, acc[r]);
-    kq_store_lanes(R, rows, a, y, ldy, beta);
+    for (int q = 0; q < NG; q++) {
+        float a[4 * 16];
+        for (int r = 0; r < R; r++) _mm512_storeu_ps(a + 16 * r, acc[q][r]);
+        kq_store_lanes(R, rows[q], a, y + (int64_t)16 * q * ldy, ldy, beta);
+    }
 }
 
+/* The strip's x groups two at a time for Q4_K / Q5_K (one alone at the end when their count is
+ * odd; one thread, Zen 4: Q4_K +5-9%, Q5_K +2%), one at a time for Q6_K (two measured 5% slower:
+ * its 4 parts per unit keep twice the sums live). */
 KQ_INL void kqk_strip16(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, size_t rb, const kq_x *x, float *y,
                         int64_t ldy, float beta) {
     const int64_t nb = x->cols / 256;
     const int NP = kq_x16_pairs(DT);
+    const int64_t gv = nb * 8 * 512, gp = nb * NP * 16, gd = nb * 16;
     kqk_unpack(DT, R, w, rb, nb, u);
-    for (int i = 0; i < x->n; i += 16) {
+    const int step = DT == KDT_Q6_K ? 16 : 32;
+    for (int i = 0; i < x->n; i += step) {
         const int64_t mb = i / 16;
-        kqk_tile16(DT, R, u, nb, x->x16v + mb * nb * 8 * 512, x->x16p + mb * nb * NP * 16, x->x16d + mb * nb * 16,
-                   y + (int64_t)i * ldy, ldy, x->n - i < 16 ? x->n - i : 16, beta);
+        const int left = x->n - i;
+        const int rows[2] = {left < 16 ? left : 16, left - 16 < 16 ? left - 16 : 16};
+        const int8_t *xv = x->x16v + mb * gv;
+        const int32_t *xp = x->x16p + mb * gp;
+        const float *dx = x->x16d + mb * gd;
+        if (step == 32 && left > 16) kqk_tile16(DT, R, 2, u, nb, xv, gv, xp, gp, dx, gd, y + (int64_t)i * ldy, ldy, rows, beta);
+        else kqk_tile16(DT, R, 1, u, nb, xv, gv, xp, gp, dx, gd, y + (int64_t)i * ldy, ldy, rows, beta);
     }
 }
 
