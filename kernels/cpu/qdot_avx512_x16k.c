@@ -39,28 +39,28 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
             for (int r = 0; r < R; r++) I[q][r] = _mm512_setzero_si512();
 #pragma GCC unroll 16
         for (int s = 0; s < U; s++) {
-#pragma GCC unroll 4
-            for (int h = 0; h < GH; h++) {
-#pragma GCC unroll 2
-                for (int q = 0; q < NG; q++)
-#pragma GCC unroll 4
-                    for (int r = 0; r < R; r++) S[q][r] = _mm512_setzero_si512();
 #pragma GCC unroll 8
-                for (int g = h * (G / GH); g < (h + 1) * (G / GH); g++) {
-                    const int P = kqk_group(DT, s, g);
-                    __m512i xk[2];
+            for (int g = 0; g < G; g++) {
+                if (g % (G / GH) == 0) /* a part starts */
 #pragma GCC unroll 2
                     for (int q = 0; q < NG; q++)
-                        xk[q] = _mm512_load_si512((const void *)(xb + q * gv + (P / 8) * 512 + 64 * (P % 8)));
 #pragma GCC unroll 4
-                    for (int r = 0; r < R; r++) {
-                        int32_t c4;
-                        memcpy(&c4, u->code + (b * R + r) * 256 + 4 * P, 4);
-                        const __m512i w4 = _mm512_set1_epi32(c4);
+                        for (int r = 0; r < R; r++) S[q][r] = _mm512_setzero_si512();
+                const int P = kqk_group(DT, s, g);
+                __m512i xk[2];
 #pragma GCC unroll 2
-                        for (int q = 0; q < NG; q++) S[q][r] = _mm512_dpbusd_epi32(S[q][r], w4, xk[q]);
-                    }
+                for (int q = 0; q < NG; q++)
+                    xk[q] = _mm512_load_si512((const void *)(xb + q * gv + (P / 8) * 512 + 64 * (P % 8)));
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    int32_t c4;
+                    memcpy(&c4, u->code + (b * R + r) * 256 + 4 * P, 4);
+                    const __m512i w4 = _mm512_set1_epi32(c4);
+#pragma GCC unroll 2
+                    for (int q = 0; q < NG; q++) S[q][r] = _mm512_dpbusd_epi32(S[q][r], w4, xk[q]);
                 }
+                if ((g + 1) % (G / GH)) continue;
+                /* a part ends: I += S·sc */
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) {
                     const int32_t sp = u->sp[(b * R + r) * 16 + s]; /* sc | sc << 16 */
