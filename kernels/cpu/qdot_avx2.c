@@ -21,6 +21,7 @@
 
 #include "kernels/cpu/qdot_kquant_x86.h"
 #include "kernels/cpu/qmatmul.h"
+#include "kernels/cpu/qstore_t.h"
 
 #define KQ_TGT __attribute__((target("avx2,fma,f16c")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
@@ -142,6 +143,10 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(_mm256_set1_ps(dw[r * nb + b]), dxb), acc[r]);
+    }
+    if (R == 4 && beta == 0.0f) {
+        kq_store4_t8(acc, rows, y, ldy);
+        return;
     }
     float a[4 * 16];
     for (int r = 0; r < R; r++) _mm256_storeu_ps(a + 16 * r, acc[r]);

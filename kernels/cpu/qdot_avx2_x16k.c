@@ -6,6 +6,7 @@
  * canonical f32 step with x rows in lanes. Same bits as every other path (qmatmul.h).
  * Compiled for AVX2 by target attributes; called only when the CPU has it. */
 #include "kernels/cpu/qx16k.h"
+#include "kernels/cpu/qstore_t.h"
 
 #define KQ_TGT __attribute__((target("avx2,fma,f16c")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
@@ -57,6 +58,10 @@ KQ_INL void kqk_tile8(kdtype DT, int R, const kqk_strip *u, int64_t nb, const in
             const __m256 nm = _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(d[1]), dxb), _mm256_set1_ps(-0.0f));
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(M), nm, acc[r]);
         }
+    }
+    if (R == 4 && beta == 0.0f) {
+        kq_store4_t8(acc, rows, y, ldy);
+        return;
     }
     float a[4 * 16];
     for (int r = 0; r < R; r++) _mm256_storeu_ps(a + 16 * r, acc[r]);

@@ -18,6 +18,7 @@
 
 #include "kernels/cpu/qdot_kquant_avx512.h"
 #include "kernels/cpu/qmatmul.h"
+#include "kernels/cpu/qstore_t.h"
 
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
@@ -182,6 +183,10 @@ KQ_INL void q8x_tile16(int R, const uint8_t *uw, const float *dw, int64_t nb, co
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_mul_ps(_mm512_set1_ps(dw[r * nb + b]), dxb), acc[r]);
+    }
+    if (R == 4 && beta == 0.0f) {
+        kq_store4_t16(acc, rows, y, ldy);
+        return;
     }
     float a[4 * 16];
     for (int r = 0; r < R; r++) _mm512_storeu_ps(a + 16 * r, acc[r]);

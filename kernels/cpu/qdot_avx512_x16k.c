@@ -6,26 +6,11 @@
  * vpdpwssd; then the canonical f32 step with x rows in lanes. Same bits as every other path
  * (qmatmul.h). On AMX machines this takes the batches of 8-15 rows that AMX hands over.
  * Compiled for these instructions by target attributes; called only when the CPU has them. */
+#include "kernels/cpu/qstore_t.h"
 #include "kernels/cpu/qx16k.h"
 
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
-
-/* y[j·ldy + r] = lane j of a[r], r < 4, j < rows: the 4 × 16 tile transposed in registers (4 x
- * rows per 128-bit block after two rounds of shuffles) and stored 4 floats per x row — what
- * kq_store_lanes does with 64 scalar moves (with the stores of kq_rows_strips, 8% of a 32-LoRA
- * step on Zen 4, perf). */
-KQ_INL void kqk_store4_t(const __m512 a[4], int rows, float *y, int64_t ldy) {
-    const __m512 t0 = _mm512_unpacklo_ps(a[0], a[1]), t1 = _mm512_unpackhi_ps(a[0], a[1]);
-    const __m512 t2 = _mm512_unpacklo_ps(a[2], a[3]), t3 = _mm512_unpackhi_ps(a[2], a[3]);
-    /* block b of c[k] = x row 4b + k's four values */
-    const __m512 c[4] = {_mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
-                         _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))};
-#define KQK_ST(b)                                                                                                 \
-    for (int k = 0; k < 4 && 4 * (b) + k < rows; k++) _mm_storeu_ps(y + (4 * (b) + k) * ldy, _mm512_extractf32x4_ps(c[k], b));
-    KQK_ST(0) KQK_ST(1) KQK_ST(2) KQK_ST(3)
-#undef KQK_ST
-}
 
 /* R weight rows × NG (1 or 2) groups of 16 x rows: group q's codes at xv + q·gv, code-sum pairs
  * at xp + q·gp, scales at dx + q·gd, results to y + 16q·ldy (its rows < rows[q] are stored); two
@@ -110,7 +95,7 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
     }
     for (int q = 0; q < NG; q++) {
         if (R == 4 && beta == 0.0f) {
-            kqk_store4_t(acc[q], rows[q], y + (int64_t)16 * q * ldy, ldy);
+            kq_store4_t16(acc[q], rows[q], y + (int64_t)16 * q * ldy, ldy);
             continue;
         }
         float a[4 * 16];
