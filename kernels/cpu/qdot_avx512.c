@@ -171,7 +171,8 @@ KQ_INL void q8x_tile16(int R, const uint8_t *uw, const float *dw, int64_t nb, co
         for (int r = 0; r < R; r++) s[r] = start;
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
-            const __m512i xk = _mm512_load_si512((const void *)(xb + 64 * k));
+            __m512i xk = _mm512_load_si512((const void *)(xb + 64 * k));
+            KQ_IN_REG(xk);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 int32_t c4;

@@ -50,8 +50,10 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
                 const int P = kqk_group(DT, s, g);
                 __m512i xk[2];
 #pragma GCC unroll 2
-                for (int q = 0; q < NG; q++)
+                for (int q = 0; q < NG; q++) {
                     xk[q] = _mm512_load_si512((const void *)(xb + q * gv + (P / 8) * 512 + 64 * (P % 8)));
+                    KQ_IN_REG(xk[q]);
+                }
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) {
                     int32_t c4;

@@ -91,6 +91,12 @@ void kq_rows_strips(kq_strip_fn f4, kq_strip_fn f2, kq_strip_fn f1, const uint8_
 void *kq_thread_scratch(size_t bytes);
 /* y[j·ldy + r] (+)= a[r·16 + j] for r < R, j < rows: the x16 tiles' outputs (x rows in lanes). */
 void kq_store_lanes(int R, int rows, const float *a, float *y, int64_t ldy, float beta);
+
+/* The batch tiles' x vector of a group is used by each of the strip's weight rows; left to itself
+ * GCC 12 folds its load into every vpdpbusd / vpmaddubsw that uses it (R loads of 64 bytes where
+ * one would do; on Zen 4, whose loads move 64 bytes a cycle, that bound the Q4_K VNNI tile: +8-10%
+ * with the vector kept in a register). This empty asm makes the value a register's. */
+#define KQ_IN_REG(v) __asm__("" : "+v"(v))
 /* The AVX2 and VNNI paths read the x16 layout for batches of at least this many rows (every
  * quantized type); strips of weight rows their x16 tiles computed (relaxed atomics; tests). */
 #define KQ_X16_MIN_N 8
