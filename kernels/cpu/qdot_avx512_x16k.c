@@ -2,7 +2,7 @@
  * with x in the x16 layout: 16 x rows in the lanes of a zmm, a strip of R <= 4 weight rows
  * unpacked once (qx16k.h), then per super-block and unit of one scale (qx16k.h's walk) one
  * vpdpbusd per group and weight row — the row's 4 unsigned codes broadcast against the 16 x
- * rows' codes, exact int32 lanes — and per part of a unit one vpdpwssd by its scale; the code-sum pairs by
+ * rows' codes, exact int32 lanes — and per two parts of a unit one vpdpwssd by its scale; the code-sum pairs by
  * vpdpwssd; then the canonical f32 step with x rows in lanes. Same bits as every other path
  * (qmatmul.h). On AMX machines this takes the batches of 8-15 rows that AMX hands over.
  * Compiled for these instructions by target attributes; called only when the CPU has them. */
@@ -15,16 +15,22 @@
 /* R weight rows × NG (1 or 2) groups of 16 x rows: group q's codes at xv + q·gv, code-sum pairs
  * at xp + q·gp, scales at dx + q·gd, results to y + 16q·ldy (its rows < rows[q] are stored); two
  * groups share each broadcast of a weight row's codes. */
+/* (lo, hi) -> dword lanes [low word of lo | low word of hi]: two sums that fit 16 bits side by
+ * side for one vpdpwssd (a shift and a bit select; vpermt2w measured 15% slower on Zen 4). */
+#define KQK_WORDS(lo, hi) _mm512_ternarylogic_epi32(_mm512_slli_epi32(hi, 16), lo, _mm512_set1_epi32(0xffff), 0xF8)
 KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb, const int8_t *xv, int64_t gv,
                        const int32_t *xp, int64_t gp, const float *dx, int64_t gd, float *y, int64_t ldy,
                        const int *rows, float beta) {
     const int U = kqk_units(DT), G = 64 / U, NP = kq_x16_pairs(DT);
     const bool six = kqk_six(DT);
     /* A unit's groups in GH parts whose sums S fit 16 bits — |S| <= 4·4·15·127 (Q4_K, 2 parts of 4
-     * groups), 2·4·31·127 (Q5_K, 4 of 2), 4·63·127 (Q6_K, 4 of 1) < 2^15 — so S is its own low
-     * word and one vpdpwssd by (sc, 0) adds S·sc to I exactly: one µop where vpmulld + add took
-     * about three cycles of the multiplier on Zen 4 (zmm vpmulld 1.1 per ns vs vpdpwssd 3.6; at 256
-     * rows, one thread, Q4_K 188 -> 207 GFLOP/s, Q5_K 185 -> 223, Q6_K 158 -> 177). */
+     * groups), 2·4·31·127 (Q5_K, 4 of 2), 4·63·127 (Q6_K, 4 of 1) < 2^15 — so two parts' sums T, S
+     * go side by side as the words of one dword (KQK_WORDS) and one vpdpwssd by (sc, sc) adds
+     * T·sc + S·sc to I exactly. On Zen 4 vpmulld + add took about three cycles of the multiplier
+     * (zmm vpmulld 1.1 per ns vs vpdpwssd 3.6): one vpdpwssd per part instead, at 256 rows, one
+     * thread, Q4_K 188 -> 207 GFLOP/s, Q5_K 185 -> 223, Q6_K 158 -> 177; one per two parts (the
+     * shift and select run beside the multiplier) Q4_K 301 -> 321-329, Q5_K 253 -> 284-287, Q6_K
+     * 191-197 -> 231-234. */
     const int GH = DT == KDT_Q4_K ? 2 : 4;
     __m512 acc[2][4];
 #pragma GCC unroll 2
@@ -33,7 +39,7 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
         for (int r = 0; r < R; r++) acc[q][r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xb = xv + b * 8 * 512;
-        __m512i I[2][4], S[2][4];
+        __m512i I[2][4], S[2][4], T[2][4];
 #pragma GCC unroll 2
         for (int q = 0; q < NG; q++)
 #pragma GCC unroll 4
@@ -63,13 +69,19 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
                     for (int q = 0; q < NG; q++) S[q][r] = _mm512_dpbusd_epi32(S[q][r], w4, xk[q]);
                 }
                 if ((g + 1) % (G / GH)) continue;
-                /* a part ends: I += S·sc */
+                if ((g / (G / GH)) % 2 == 0) { /* an even part: kept for the next one */
+#pragma GCC unroll 2
+                    for (int q = 0; q < NG; q++)
+#pragma GCC unroll 4
+                        for (int r = 0; r < R; r++) T[q][r] = S[q][r];
+                    continue;
+                }
+                /* an odd part ends: I += (T, S)·(sc, sc) */
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) {
-                    const int32_t sp = u->sp[(b * R + r) * 16 + s]; /* sc | sc << 16 */
-                    const __m512i sc = _mm512_and_si512(_mm512_set1_epi32(sp), _mm512_set1_epi32(0xffff));
+                    const __m512i sc = _mm512_set1_epi32(u->sp[(b * R + r) * 16 + s]); /* sc | sc << 16 */
 #pragma GCC unroll 2
-                    for (int q = 0; q < NG; q++) I[q][r] = _mm512_dpwssd_epi32(I[q][r], S[q][r], sc);
+                    for (int q = 0; q < NG; q++) I[q][r] = _mm512_dpwssd_epi32(I[q][r], KQK_WORDS(T[q][r], S[q][r]), sc);
                 }
             }
         }
