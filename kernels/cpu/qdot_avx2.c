@@ -128,7 +128,7 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
         for (int r = 0; r < R; r++) s[r] = _mm256_setzero_si256();
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
-            __m256i xk = _mm256_load_si256((__m256i *)(xb + 64 * k));
+            __m256i xk = _mm256_load_si256((const __m256i *)(xb + 64 * k));
             KQ_IN_REG(xk);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {

@@ -28,7 +28,7 @@ KQ_INL void kqk_tile8(kdtype DT, int R, const kqk_strip *u, int64_t nb, const in
 #pragma GCC unroll 8
             for (int g = 0; g < G; g++) {
                 const int P = kqk_group(DT, s, g);
-                __m256i xk = _mm256_load_si256((__m256i *)(xb + (P / 8) * 512 + 64 * (P % 8)));
+                __m256i xk = _mm256_load_si256((const __m256i *)(xb + (P / 8) * 512 + 64 * (P % 8)));
                 KQ_IN_REG(xk);
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) {

@@ -2,10 +2,11 @@
  * with x in the x16 layout: 16 x rows in the lanes of a zmm, a strip of R <= 4 weight rows
  * unpacked once (qx16k.h), then per super-block and unit of one scale (qx16k.h's walk) one
  * vpdpbusd per group and weight row — the row's 4 unsigned codes broadcast against the 16 x
- * rows' codes, exact int32 lanes — and per two parts of a unit one vpdpwssd by its scale; the code-sum pairs by
- * vpdpwssd; then the canonical f32 step with x rows in lanes. Same bits as every other path
- * (qmatmul.h). On AMX machines this takes the batches of 8-15 rows that AMX hands over.
- * Compiled for these instructions by target attributes; called only when the CPU has them. */
+ * rows' codes, exact int32 lanes — and per two parts of a unit one vpdpwssd by its scale; the
+ * code-sum pairs by vpdpwssd; then the canonical f32 step with x rows in lanes. Same bits as
+ * every other path (qmatmul.h). On AMX machines this takes the batches of 8-15 rows that AMX
+ * hands over. Compiled for these instructions by target attributes; called only when the CPU
+ * has them. */
 #include "kernels/cpu/qstore_t.h"
 #include "kernels/cpu/qx16k.h"
 
