@@ -145,13 +145,7 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
         for (int r = 0; r < R; r++)
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(_mm256_set1_ps(dw[r * nb + b]), dxb), acc[r]);
     }
-    if (R == 4 && beta == 0.0f) {
-        kq_store4_t8(acc, rows, y, ldy);
-        return;
-    }
-    float a[4 * 16];
-    for (int r = 0; r < R; r++) _mm256_storeu_ps(a + 16 * r, acc[r]);
-    kq_store_lanes(R, rows, a, y, ldy, beta);
+    kq_store_tile8(R, acc, rows, y, ldy, beta);
 }
 
 KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w, size_t rb, const kq_x *x, float *y,

@@ -60,13 +60,7 @@ KQ_INL void kqk_tile8(kdtype DT, int R, const kqk_strip *u, int64_t nb, const in
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(M), nm, acc[r]);
         }
     }
-    if (R == 4 && beta == 0.0f) {
-        kq_store4_t8(acc, rows, y, ldy);
-        return;
-    }
-    float a[4 * 16];
-    for (int r = 0; r < R; r++) _mm256_storeu_ps(a + 16 * r, acc[r]);
-    kq_store_lanes(R, rows, a, y, ldy, beta);
+    kq_store_tile8(R, acc, rows, y, ldy, beta);
 }
 
 KQ_INL void kqk_strip8(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, size_t rb, const kq_x *x, float *y,

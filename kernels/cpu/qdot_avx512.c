@@ -185,13 +185,7 @@ KQ_INL void q8x_tile16(int R, const uint8_t *uw, const float *dw, int64_t nb, co
         for (int r = 0; r < R; r++)
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_mul_ps(_mm512_set1_ps(dw[r * nb + b]), dxb), acc[r]);
     }
-    if (R == 4 && beta == 0.0f) {
-        kq_store4_t16(acc, rows, y, ldy);
-        return;
-    }
-    float a[4 * 16];
-    for (int r = 0; r < R; r++) _mm512_storeu_ps(a + 16 * r, acc[r]);
-    kq_store_lanes(R, rows, a, y, ldy, beta);
+    kq_store_tile16(R, acc, rows, y, ldy, beta);
 }
 
 KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t *w, size_t rb, const kq_x *x, float *y,

@@ -108,15 +108,7 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
             }
         }
     }
-    for (int q = 0; q < NG; q++) {
-        if (R == 4 && beta == 0.0f) {
-            kq_store4_t16(acc[q], rows[q], y + (int64_t)16 * q * ldy, ldy);
-            continue;
-        }
-        float a[4 * 16];
-        for (int r = 0; r < R; r++) _mm512_storeu_ps(a + 16 * r, acc[q][r]);
-        kq_store_lanes(R, rows[q], a, y + (int64_t)16 * q * ldy, ldy, beta);
-    }
+    for (int q = 0; q < NG; q++) kq_store_tile16(R, acc[q], rows[q], y + (int64_t)16 * q * ldy, ldy, beta);
 }
 
 /* The strip's x groups two at a time for Q4_K / Q5_K (one alone at the end when their count is

@@ -11,6 +11,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "kernels/cpu/qmatmul.h"
+
 /* 16 lanes (AVX-512): rows <= 16 */
 static inline __attribute__((always_inline, target("avx512f"))) void kq_store4_t16(const __m512 a[4], int rows,
                                                                                     float *y, int64_t ldy) {
@@ -34,6 +36,30 @@ static inline __attribute__((always_inline, target("avx2"))) void kq_store4_t8(c
                          _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))};
     for (int k = 0; k < 4 && k < rows; k++) _mm_storeu_ps(y + k * ldy, _mm256_castps256_ps128(c[k]));
     for (int k = 0; k < 4 && 4 + k < rows; k++) _mm_storeu_ps(y + (4 + k) * ldy, _mm256_extractf128_ps(c[k], 1));
+}
+
+/* A tile's results a[r], r < R (x rows in lanes), to y: transposed 4 floats at a time for a full
+ * strip written fresh (beta 0), else kq_store_lanes. */
+static inline __attribute__((always_inline, target("avx512f"))) void kq_store_tile16(int R, const __m512 a[4], int rows,
+                                                                                      float *y, int64_t ldy, float beta) {
+    if (R == 4 && beta == 0.0f) {
+        kq_store4_t16(a, rows, y, ldy);
+        return;
+    }
+    float t[4 * 16];
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(t + 16 * r, a[r]);
+    kq_store_lanes(R, rows, t, y, ldy, beta);
+}
+
+static inline __attribute__((always_inline, target("avx2"))) void kq_store_tile8(int R, const __m256 a[4], int rows,
+                                                                                  float *y, int64_t ldy, float beta) {
+    if (R == 4 && beta == 0.0f) {
+        kq_store4_t8(a, rows, y, ldy);
+        return;
+    }
+    float t[4 * 16];
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(t + 16 * r, a[r]);
+    kq_store_lanes(R, rows, t, y, ldy, beta);
 }
 
 #endif
