@@ -214,13 +214,13 @@ int main(int argc, char **argv) {
     static const int shapes_q[][2] = {{2048, 2048}, {8192, 2048}};
     static const int ns_std[] = {1, 8, 32, 64, 128, 256}, ns_q[] = {1, 32, 256};
     enum { MAX_N = 256, MAX_SHAPES = 4, MAX_NS = 6, MAX_DT = 7 };
-    static const kdtype dts_std[MAX_DT] = {KDT_F32, KDT_BF16, KDT_F16, KDT_Q8_0, KDT_Q4_K};
+    static const kdtype dts_std[MAX_DT] = {KDT_F32, KDT_BF16, KDT_F16, KDT_Q8_0, KDT_Q4_K, KDT_Q6_K};
     static const kdtype dts_q[MAX_DT] = {KDT_Q8_0, KDT_Q4_0, KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q4_K_SB8, KDT_Q6_K_SB16};
     const int quant = argc > 5 && !strcmp(argv[5], "quant");
     const int(*shapes)[2] = quant ? shapes_q : shapes_std;
     const int *ns = quant ? ns_q : ns_std;
     const kdtype *dts = quant ? dts_q : dts_std;
-    const int N_SHAPES = quant ? 2 : 4, N_NS = quant ? 3 : 6, N_DT = quant ? 7 : 5;
+    const int N_SHAPES = quant ? 2 : 4, N_NS = quant ? 3 : 6, N_DT = quant ? 7 : 6;
     const char *only_dt = argc > 4 && strcmp(argv[4], "all") ? argv[4] : NULL; /* e.g. q8_0: that dtype alone */
     static bench_result res[MAX_SHAPES * MAX_DT * MAX_NS];
     int n_res = 0;

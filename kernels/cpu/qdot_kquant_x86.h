@@ -35,15 +35,23 @@ KQX_INL void kq_prefetch_sb(const uint8_t *p, int BB) {
     __builtin_prefetch(p + KQ_PF + BB - 1, 0, 2);
 }
 
+/* The least distance kq_prefetch_strip asks ahead, in bytes: a strip of 4 rows of 768 columns
+ * (2.5 KiB in Q6_K, the lm_head of a 768-wide model) is too close to hide DRAM latency (32000 ×
+ * 768 at 22 GB/s one strip ahead, 31-35 at 8 KiB; 2048 columns are unchanged: bench/README
+ * "Quantized, fourteenth run"). */
+#define KQ_PF_STRIP_MIN 8192
+
 /* Prefetch for a decode tile about to read super-block b of row r of its strip of R rows (w:
  * the strip's first row, rows rb bytes apart and contiguous, so the strip is R·rb bytes in one
- * piece and the next strip follows it). The tile reads its R rows side by side — R streams — but
- * prefetches the next strip in order: step (b, r) asks for its bytes [(b·R + r)·BB, +BB), every
- * 32 bytes and the last, so the whole next strip is asked for while this one is read, as one
- * monotonic stream per thread. Used by the AVX-512 Q6_K decode tile (bench/README "eleventh
- * run": 26-28 → 28-31 GB/s); the asks every 32 bytes measured better than one per line. */
+ * piece and the next strips follow it). The tile reads its R rows side by side — R streams — but
+ * prefetches ahead in the matrix's own order: step (b, r) asks for the bytes at (b·R + r)·BB past
+ * the start of the next strip (or KQ_PF_STRIP_MIN past this one, when farther), every 32 bytes
+ * and the last, so one strip's worth is asked for while this one is read, as one monotonic stream
+ * per thread. Used by the AVX-512 Q6_K decode tile (bench/README "eleventh run": 26-28 → 28-31
+ * GB/s); the asks every 32 bytes measured better than one per line. */
 KQX_INL void kq_prefetch_strip(const uint8_t *w, size_t rb, int R, int BB, int64_t b, int r) {
-    const uint8_t *q = w + (size_t)R * rb + (b * R + r) * BB;
+    const size_t ahead = (size_t)R * rb > KQ_PF_STRIP_MIN ? (size_t)R * rb : KQ_PF_STRIP_MIN;
+    const uint8_t *q = w + ahead + (b * R + r) * BB;
     for (int o = 0; o < BB; o += 32) __builtin_prefetch(q + o, 0, 2);
     __builtin_prefetch(q + BB - 1, 0, 2);
 }
