@@ -42,7 +42,9 @@ void openblas_set_num_threads(int num_threads);
 
 /* Working set that must be cycled through per timed loop so weights are not
  * served from the L3: 128 MiB or 2× the L3 (bench_roofline.h). */
+#ifndef BENCH_WSET_BYTES
 #define BENCH_WSET_BYTES bench_beyond_l3(128u << 20, 2)
+#endif
 /* Read-bandwidth buffer: 256 MiB or 2× the L3. */
 #define BENCH_BW_BYTES bench_beyond_l3(256u << 20, 2)
 

@@ -13,6 +13,8 @@
  *   Q6_K: chunks 4h + 2m, 4h + 2m + 1 are the 64 ql bytes at 64h, nibble m, with bits 4m + .. of
  *         the 32 qh bytes at 128 + 32h (a variable 16-bit shift per half); scale groups
  *         4m' .. 4m' + 3 (m' = 2h + m) in the four 128-bit lanes.
+ * The Q4_K/Q5_K decode tile reads 64 qs bytes at once instead (kq_q4k_codes4: chunks 4h, 4h + 2
+ * in one zmm, 4h + 1, 4h + 3 in another, x built to match; the same integer totals).
  * Tiles: 4 weight rows × 1 x row (decode; 2 and 1 for the last rows); batches 1 weight row × up
  * to 8 x rows with the f32 step for two x rows per zmm (below). The first x group of a row
  * prefetches KQ_PF ahead, as the AVX2 tiles, except the Q6_K decode tile, which prefetches the
@@ -55,6 +57,56 @@ KQ_INL void kq_q6k_pair(const uint8_t *p, int mm, __m512i scw, __m512i *wv, __m5
 KQ_INL void kq_dot_pairs(int R, const __m512i wv[4], const __m512i s[4], const kq_x *x, int64_t off, int first,
                          __m512i I[4]) {
     const __m512i xv = _mm512_loadu_si512(x->q + off);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+        I[r] = first ? _mm512_madd_epi16(_mm512_maddubs_epi16(wv[r], xv), s[r])
+                     : _mm512_dpwssd_epi32(I[r], _mm512_maddubs_epi16(wv[r], xv), s[r]);
+}
+
+/* The vpermw indices of the decode tile's scales (kq_q4k_scales4's words: row 2j + o at 16o):
+ * [o][h][0] picks sc_4h (low 256 bits) and sc_4h+2 (high) of row o, [o][h][1] sc_4h+1 and
+ * sc_4h+3 — kq_q4k_codes4's chunk order. Loaded from memory: built in registers, GCC
+ * rematerialized them (broadcast + insert) in every super-block. */
+#define KQ_SIDX(o, h, c) {[0 ... 15] = 16 * (o) + 4 * (h) + (c), [16 ... 31] = 16 * (o) + 4 * (h) + (c) + 2}
+static const int16_t kq_q4k_sidx[2][2][2][32] __attribute__((aligned(64))) = {
+    {{KQ_SIDX(0, 0, 0), KQ_SIDX(0, 0, 1)}, {KQ_SIDX(0, 1, 0), KQ_SIDX(0, 1, 1)}},
+    {{KQ_SIDX(1, 0, 0), KQ_SIDX(1, 0, 1)}, {KQ_SIDX(1, 1, 0), KQ_SIDX(1, 1, 1)}}};
+#undef KQ_SIDX
+
+/* Byte a in every byte of the low 256 bits, b in the high 256 bits. */
+KQ_INL __m512i kq_bytes2(int a, int b) {
+    return _mm512_inserti64x4(_mm512_set1_epi8((char)a), _mm256_set1_epi8((char)b), 1);
+}
+
+/* Q4_K / Q5_K chunks 4h .. 4h + 3 of the super-block at p from one 64-byte load of its qs bytes
+ * [64h, 64h + 64): *lo = [chunk 4h | chunk 4h + 2] (low nibbles), *hi = [chunk 4h + 1 | chunk
+ * 4h + 3] (high nibbles); Q5_K: + 16 where the chunk's bit of qh[l] is set. One load, one shift
+ * and two ands for four chunks where kq_q4k_codes2 takes a broadcast, a masked shift and an and
+ * for two (the decode tile's inner loop is bound by these vector ops, not by memory). */
+KQ_INL void kq_q4k_codes4(int FIVE, const uint8_t *p, int h, __m512i *lo, __m512i *hi) {
+    const int QS = FIVE ? 48 : 16;
+    const __m512i q = _mm512_loadu_si512(p + QS + 64 * h), m4 = _mm512_set1_epi8(15);
+    *lo = _mm512_and_si512(q, m4);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+    if (FIVE) {
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
+        const __m512i b0 = kq_bytes2(1 << 4 * h, 1 << (4 * h + 2)), b1 = kq_bytes2(2 << 4 * h, 2 << (4 * h + 2));
+        *lo = _mm512_mask_add_epi8(*lo, _mm512_test_epi8_mask(qh, b0), *lo, _mm512_set1_epi8(16));
+        *hi = _mm512_mask_add_epi8(*hi, _mm512_test_epi8_mask(qh, b1), *hi, _mm512_set1_epi8(16));
+    }
+}
+
+/* x row 0's chunks at element offsets off and off + 64 side by side (the x of kq_q4k_codes4's
+ * halves: chunks 4h, 4h + 2 at off = 256b + 128h, chunks 4h + 1, 4h + 3 at off + 32). */
+KQ_INL __m512i kq_x_chunks(const kq_x *x, int64_t off) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x->q + off))),
+                              _mm256_loadu_si256((const __m256i *)(x->q + off + 64)), 1);
+}
+
+/* I[r] (+)= the products of weight rows r (codes wv, scales s) and the x vector xv (the Q4_K /
+ * Q5_K decode tile's inner loop: kq_dot_pairs with the x vector built by the caller). */
+KQ_INL void kq_dot_quads(int R, const __m512i wv[4], const __m512i s[4], __m512i xv, int first, __m512i I[4]) {
+    KQ_IN_REG(xv);
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         I[r] = first ? _mm512_madd_epi16(_mm512_maddubs_epi16(wv[r], xv), s[r])
@@ -136,15 +188,19 @@ KQ_INL void q4k_tile(int FIVE, int R, const uint8_t *w, size_t rb, const kq_x *x
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) kq_prefetch_sb(w + r * rb + BB * b, BB);
         kq_q4k_scales4(R, w, rb, BB, b, W, &dd);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512i lo[4], hi[4], s[4];
 #pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            __m512i wv[4], s[4];
+            for (int r = 0; r < R; r++) kq_q4k_codes4(FIVE, w + r * rb + BB * b, h, &lo[r], &hi[r]);
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                wv[r] = kq_q4k_codes2(FIVE, w + r * rb + BB * b, k);
-                s[r] = _mm512_permutexvar_epi16(kq_idx2(16 * (r % 2) + 2 * k, 16 * (r % 2) + 2 * k + 1), W[r / 2]);
-            }
-            kq_dot_pairs(R, wv, s, x, 256 * b + 64 * k, k == 0, I);
+            for (int r = 0; r < R; r++)
+                s[r] = _mm512_permutexvar_epi16(_mm512_load_si512(kq_q4k_sidx[r % 2][h][0]), W[r / 2]);
+            kq_dot_quads(R, lo, s, kq_x_chunks(x, 256 * b + 128 * h), h == 0, I);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                s[r] = _mm512_permutexvar_epi16(_mm512_load_si512(kq_q4k_sidx[r % 2][h][1]), W[r / 2]);
+            kq_dot_quads(R, hi, s, kq_x_chunks(x, 256 * b + 128 * h + 32), 0, I);
         }
         /* the x code sums under each row's mins words (lanes 1 and 3), zeros under the scales */
         const __m512i XW = _mm512_maskz_mov_epi64(0xCC, _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(x->gsum + 8 * b))));
