@@ -22,7 +22,10 @@
  * Usage: kernels_bench [n_threads] [seconds per config] [only this many weight rows (0: all)]
  *        [only this dtype, e.g. q8_0 ("all": every one)] [quant]
  * With "quant" as the fifth argument: the quantized dtypes only (q8_0, q4_0, q4_k, q5_k, q6_k)
- * on the Llama-1B projection shapes 2048×2048 and 8192×2048, n = 1, 32, 256 (issue 12). */
+ * on the Llama-1B projection shapes 2048×2048 and 8192×2048, n = 1, 32, 256 (issue 12).
+ * Built with -DBENCH_WSET_BYTES=1 (e.g. make BUILD=/tmp/hot OPT="-O2 -DBENCH_WSET_BYTES=1") the
+ * weights stay in the caches: the kernels' compute-bound speed, as a decode tile's change is
+ * judged one thread at a time. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
