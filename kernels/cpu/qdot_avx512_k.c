@@ -175,8 +175,9 @@ KQ_INL void kq_q4k_scales4(int R, const uint8_t *w, size_t rb, int BB, int64_t b
 }
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1), decode: weight rows r < R (R <= 4) × x row 0. Per
- * super-block: the four rows' scales in one pass (kq_q4k_scales4), chunk pair k's scale words by
- * one vpermw from its row pair's words, the mins term of two rows by one vpmaddwd against the x
+ * super-block: the four rows' scales in one pass (kq_q4k_scales4), each row's codes four chunks
+ * per load (kq_q4k_codes4), a chunk pair's scale words by one vpermw from its row pair's words
+ * (indices kq_q4k_sidx), the mins term of two rows by one vpmaddwd against the x
  * code sums placed under the mins' words, the totals (kq_totals4), kq_q4k_finish's f32 step. */
 KQ_INL void q4k_tile(int FIVE, int R, const uint8_t *w, size_t rb, const kq_x *x, float *y, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
