@@ -51,16 +51,21 @@ KQ_INL void kq_q6k_pair(const uint8_t *p, int mm, __m512i scw, __m512i *wv, __m5
     *s = _mm512_permutexvar_epi16(idx, scw);
 }
 
-/* I[r] (+)= the chunk pair's products of weight rows r (wv, scales s) and x row 0, the pair's
- * codes at element offset off (the decode tiles' inner loop); the first pair starts the sums
- * (vpmaddwd: no zeroed accumulator). */
-KQ_INL void kq_dot_pairs(int R, const __m512i wv[4], const __m512i s[4], const kq_x *x, int64_t off, int first,
-                         __m512i I[4]) {
-    const __m512i xv = _mm512_loadu_si512(x->q + off);
+/* I[r] (+)= the products of weight rows r (codes wv, scales s) and the x codes xv (the decode
+ * tiles' inner loop); the first call starts the sums (vpmaddwd: no zeroed accumulator). xv is
+ * pinned to a register (KQ_IN_REG): one load for the R rows. */
+KQ_INL void kq_dot_rows(int R, const __m512i wv[4], const __m512i s[4], __m512i xv, int first, __m512i I[4]) {
+    KQ_IN_REG(xv);
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         I[r] = first ? _mm512_madd_epi16(_mm512_maddubs_epi16(wv[r], xv), s[r])
                      : _mm512_dpwssd_epi32(I[r], _mm512_maddubs_epi16(wv[r], xv), s[r]);
+}
+
+/* kq_dot_rows with the chunk pair's x codes at element offset off of x row 0 (Q6_K). */
+KQ_INL void kq_dot_pairs(int R, const __m512i wv[4], const __m512i s[4], const kq_x *x, int64_t off, int first,
+                         __m512i I[4]) {
+    kq_dot_rows(R, wv, s, _mm512_loadu_si512(x->q + off), first, I);
 }
 
 /* The vpermw indices of the decode tile's scales (kq_q4k_scales4's words: row 2j + o at 16o):
@@ -101,16 +106,6 @@ KQ_INL void kq_q4k_codes4(int FIVE, const uint8_t *p, int h, __m512i *lo, __m512
 KQ_INL __m512i kq_x_chunks(const kq_x *x, int64_t off) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x->q + off))),
                               _mm256_loadu_si256((const __m256i *)(x->q + off + 64)), 1);
-}
-
-/* I[r] (+)= the products of weight rows r (codes wv, scales s) and the x vector xv (the Q4_K /
- * Q5_K decode tile's inner loop: kq_dot_pairs with the x vector built by the caller). */
-KQ_INL void kq_dot_quads(int R, const __m512i wv[4], const __m512i s[4], __m512i xv, int first, __m512i I[4]) {
-    KQ_IN_REG(xv);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-        I[r] = first ? _mm512_madd_epi16(_mm512_maddubs_epi16(wv[r], xv), s[r])
-                     : _mm512_dpwssd_epi32(I[r], _mm512_maddubs_epi16(wv[r], xv), s[r]);
 }
 
 /* y[r] (+)= lane r of acc for r < R: a decode tile's outputs. */
@@ -197,11 +192,11 @@ KQ_INL void q4k_tile(int FIVE, int R, const uint8_t *w, size_t rb, const kq_x *x
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++)
                 s[r] = _mm512_permutexvar_epi16(_mm512_load_si512(kq_q4k_sidx[r % 2][h][0]), W[r / 2]);
-            kq_dot_quads(R, lo, s, kq_x_chunks(x, 256 * b + 128 * h), h == 0, I);
+            kq_dot_rows(R, lo, s, kq_x_chunks(x, 256 * b + 128 * h), h == 0, I);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++)
                 s[r] = _mm512_permutexvar_epi16(_mm512_load_si512(kq_q4k_sidx[r % 2][h][1]), W[r / 2]);
-            kq_dot_quads(R, hi, s, kq_x_chunks(x, 256 * b + 128 * h + 32), 0, I);
+            kq_dot_rows(R, hi, s, kq_x_chunks(x, 256 * b + 128 * h + 32), 0, I);
         }
         /* the x code sums under each row's mins words (lanes 1 and 3), zeros under the scales */
         const __m512i XW = _mm512_maskz_mov_epi64(0xCC, _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(x->gsum + 8 * b))));
