@@ -36,6 +36,9 @@ static inline float *kcpu__scratch(kcpu_backend *cb, int thread) { return cb->sc
  * count of multiply-adds or element ops) is too small to pay for a dispatch. */
 void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx);
 
+/* kcpu__parallel with kpool_parallel_shares: for tasks that stream adjacent weight rows. */
+void kcpu__parallel_shares(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx);
+
 /* Matmul path override for tests and benchmarks (not for production use):
  * KCPU_MM_AUTO picks by shape; the others force register tiles or OpenBLAS
  * (f32 weights only; f16/bf16 always use the tiles) so both paths can be

@@ -37,3 +37,11 @@ void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, voi
     }
     kpool_parallel_for(cb->pool, n_tasks, fn, ctx);
 }
+
+void kcpu__parallel_shares(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx) {
+    if (work < KCPU_PARALLEL_MIN_WORK || cb->n_threads == 1) {
+        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
+        return;
+    }
+    kpool_parallel_shares(cb->pool, n_tasks, fn, ctx);
+}

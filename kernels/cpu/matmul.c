@@ -46,7 +46,8 @@
 #define MM_PF_BYTES 16384
 
 /* Weight rows per task: a few tasks per thread so a thread slowed by other
- * processes on the machine is covered by the others (dynamic scheduling). */
+ * processes on the machine is covered by the others (the group runs them as
+ * kpool_parallel_shares: a thread's own tasks in order, then the others' last). */
 #define MM_TASKS_PER_THREAD 4
 
 /* Minimum rows per task: below ~16 rows the per-task overhead (an atomic and a

@@ -73,7 +73,7 @@ int kcpu__matmul_group(kbackend *kb, const float *x, int n, int count, const kma
         c.first[g + 1] = c.first[g] + jobs[g].n_tasks;
         work += jobs[g].work;
     }
-    kcpu__parallel(cb, c.first[count], work, mm_group_task, &c);
+    kcpu__parallel_shares(cb, c.first[count], work, mm_group_task, &c);
     return 0;
 }
 

@@ -30,6 +30,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -71,12 +72,22 @@ struct kpool {
     kpool_fn fn;                /* of the latest dispatch; read only after a claim */
     void *ctx;
     int stop; /* under mu */
+    kpool_share *shares; /* [n_threads]: kpool_parallel_shares' words */
 };
 
 typedef struct {
     kpool *pool;
     int id;
 } kpool_worker_arg;
+
+/* A share word, alone on its cache line (the owner's claims never contend with the
+ * other threads' lines). */
+struct kpool_share {
+    _Alignas(64) atomic_uint_fast64_t w; /* gen << 32 | front << 16 | back */
+};
+
+/* The most tasks a shares dispatch takes (16-bit front/back); more go to the plain one. */
+#define KPOOL_SHARES_MAX_TASKS 0xFFFF
 
 /* Claims and runs tasks of generation g until none is left. */
 static void kpool_drain(kpool *p, uint32_t g, int thread) {
@@ -103,6 +114,55 @@ static void kpool_drain(kpool *p, uint32_t g, int thread) {
     }
 }
 
+/* Adds the `ran` tasks this thread finished to `done`; the add that completes the dispatch
+ * wakes a caller sleeping on all_done. */
+static void kpool_done_add(kpool *p, int ran) {
+    int n = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
+    if (atomic_fetch_add_explicit(&p->done, ran, memory_order_acq_rel) + ran == n) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_signal(&p->all_done);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+/* Runs this thread's share of generation g front to back, then takes tasks from the back
+ * of the share with the most left until none is left anywhere. */
+static void kpool_drain_shares(kpool *p, uint32_t g, int thread) {
+    int ran = 0;
+    atomic_uint_fast64_t *own = &p->shares[thread].w;
+    uint64_t c = atomic_load_explicit(own, memory_order_acquire);
+    for (;;) {
+        if ((uint32_t)(c >> 32) != g) return; /* another dispatch: nothing of g is ours to run */
+        KPOOL_TEST_RACE_WINDOW();
+        uint32_t f = (uint32_t)(c >> 16) & 0xFFFF, b = (uint32_t)c & 0xFFFF;
+        if (f >= b) break;
+        if (!atomic_compare_exchange_weak_explicit(own, &c, c + (1u << 16), memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        p->fn(p->ctx, (int)f, thread);
+        ran++;
+        c = atomic_load_explicit(own, memory_order_acquire);
+    }
+    for (;;) {
+        int from = -1;
+        uint32_t most = 0;
+        uint64_t seen = 0;
+        for (int s = 0; s < p->n_threads; s++) {
+            uint64_t w = atomic_load_explicit(&p->shares[s].w, memory_order_acquire);
+            uint32_t f = (uint32_t)(w >> 16) & 0xFFFF, b = (uint32_t)w & 0xFFFF;
+            if ((uint32_t)(w >> 32) == g && b > f && b - f > most) from = s, most = b - f, seen = w;
+        }
+        if (from < 0) break;
+        KPOOL_TEST_RACE_WINDOW();
+        if (!atomic_compare_exchange_strong_explicit(&p->shares[from].w, &seen, seen - 1, memory_order_acq_rel,
+                                                     memory_order_acquire))
+            continue;
+        p->fn(p->ctx, (int)((uint32_t)seen & 0xFFFF) - 1, thread);
+        ran++;
+    }
+    if (ran) kpool_done_add(p, ran);
+}
+
 static void *kpool_worker(void *argp) {
     kpool_worker_arg *arg = argp;
     kpool *p = arg->pool;
@@ -124,7 +184,8 @@ static void *kpool_worker(void *argp) {
             if (stop) return NULL;
         }
         seen = g;
-        kpool_drain(p, g, id);
+        kpool_drain(p, g, id); /* returns at once unless g is a plain dispatch */
+        kpool_drain_shares(p, g, id); /* likewise unless g is a shares dispatch */
     }
 }
 
@@ -142,7 +203,9 @@ int kpool_create(int n_threads, kpool **out) {
     atomic_init(&p->n_tasks, 0);
     atomic_init(&p->done, 0);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
-    if (!p->threads) goto fail;
+    p->shares = aligned_alloc(_Alignof(kpool_share), (size_t)n_threads * sizeof *p->shares);
+    if (!p->threads || !p->shares) goto fail;
+    for (int i = 0; i < n_threads; i++) atomic_init(&p->shares[i].w, 0);
     for (int i = 1; i < n_threads; i++) {
         kpool_worker_arg *arg = malloc(sizeof *arg);
         if (!arg) goto fail;
@@ -172,17 +235,16 @@ void kpool_free(kpool *p) {
     pthread_cond_destroy(&p->all_done);
     pthread_mutex_destroy(&p->mu);
     free(p->threads);
+    free(p->shares);
     free(p);
 }
 
 int kpool_n_threads(const kpool *p) { return p->n_threads; }
 
-void kpool_parallel_for(kpool *p, int n_tasks, kpool_fn fn, void *ctx) {
-    if (n_tasks <= 0) return;
-    if (p->n_threads == 1 || n_tasks == 1) {
-        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
-        return;
-    }
+/* Publishes the next generation's job and returns its number: closes `claim`, writes
+ * fn/ctx/n_tasks, opens the generation's claims (plain: `claim`; shares: the share words),
+ * then bumps gen and wakes the workers. */
+static uint32_t kpool_publish(kpool *p, int n_tasks, kpool_fn fn, void *ctx, bool shares) {
     /* Generation 0 means "none": skip it when the 32-bit counter wraps. */
     uint32_t g = (uint32_t)atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
     if (g == 0) g = 1;
@@ -193,14 +255,25 @@ void kpool_parallel_for(kpool *p, int n_tasks, kpool_fn fn, void *ctx) {
     atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_release);
     KPOOL_TEST_RACE_WINDOW();
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->claim, (uint64_t)g << 32, memory_order_release);
+    if (shares) {
+        int nt = p->n_threads;
+        for (int t = 0; t < nt; t++) {
+            uint64_t f = (uint64_t)n_tasks * (uint64_t)t / (uint64_t)nt;
+            uint64_t b = (uint64_t)n_tasks * (uint64_t)(t + 1) / (uint64_t)nt;
+            atomic_store_explicit(&p->shares[t].w, (uint64_t)g << 32 | f << 16 | b, memory_order_release);
+        }
+    } else {
+        atomic_store_explicit(&p->claim, (uint64_t)g << 32, memory_order_release);
+    }
     pthread_mutex_lock(&p->mu);
     atomic_store_explicit(&p->gen, g, memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
+    return g;
+}
 
-    kpool_drain(p, g, 0);
-
+/* Returns when all n_tasks of the dispatch have finished: spins, then sleeps on all_done. */
+static void kpool_wait(kpool *p, int n_tasks) {
     for (int i = 0; i < KPOOL_SPIN_ITERS; i++) {
         if (atomic_load_explicit(&p->done, memory_order_acquire) == n_tasks) return;
         KPOOL_RELAX();
@@ -208,4 +281,27 @@ void kpool_parallel_for(kpool *p, int n_tasks, kpool_fn fn, void *ctx) {
     pthread_mutex_lock(&p->mu);
     while (atomic_load_explicit(&p->done, memory_order_acquire) != n_tasks) pthread_cond_wait(&p->all_done, &p->mu);
     pthread_mutex_unlock(&p->mu);
+}
+
+void kpool_parallel_for(kpool *p, int n_tasks, kpool_fn fn, void *ctx) {
+    if (n_tasks <= 0) return;
+    if (p->n_threads == 1 || n_tasks == 1) {
+        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
+        return;
+    }
+    kpool_drain(p, kpool_publish(p, n_tasks, fn, ctx, false), 0);
+    kpool_wait(p, n_tasks);
+}
+
+void kpool_parallel_shares(kpool *p, int n_tasks, kpool_fn fn, void *ctx) {
+    if (n_tasks > KPOOL_SHARES_MAX_TASKS || n_tasks < p->n_threads) {
+        kpool_parallel_for(p, n_tasks, fn, ctx);
+        return;
+    }
+    if (p->n_threads == 1) {
+        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
+        return;
+    }
+    kpool_drain_shares(p, kpool_publish(p, n_tasks, fn, ctx, true), 0);
+    kpool_wait(p, n_tasks);
 }

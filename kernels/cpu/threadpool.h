@@ -15,6 +15,7 @@
 #define PEFTD_KPOOL_H
 
 typedef struct kpool kpool;
+typedef struct kpool_share kpool_share;
 
 /* fn(ctx, task, thread): thread in [0, kpool_n_threads(pool)), usable to index
  * per-thread scratch. */
@@ -33,5 +34,14 @@ int kpool_n_threads(const kpool *pool);
 /* Runs all tasks; returns when every task has finished (memory effects of the
  * tasks are visible to the caller on return). n_tasks <= 0 is a no-op. */
 void kpool_parallel_for(kpool *pool, int n_tasks, kpool_fn fn, void *ctx);
+
+/* As kpool_parallel_for, for tasks that stream adjacent memory (task i+1's bytes follow task
+ * i's): the tasks are cut into one contiguous share per thread; thread t runs share t's tasks
+ * in increasing order, so its reads continue one stream (prefetched ahead across task ends),
+ * and a thread out of work takes the last tasks of the share with the most left. The plain
+ * dispatch hands tasks out round-robin, so every task end starts a new stream and the
+ * prefetch past it fetches bytes another thread reads. Fewer tasks than threads, or more
+ * than 65535, run as kpool_parallel_for. Same threading rules. */
+void kpool_parallel_shares(kpool *pool, int n_tasks, kpool_fn fn, void *ctx);
 
 #endif
