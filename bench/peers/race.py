@@ -18,7 +18,9 @@ tok/s x bytes_per_token / best read bandwidth, for both servers (same weights, s
 CPU accounting per test: busy cores of the whole machine (/proc/stat) and of the server
 under test (/proc/PID/stat) over the test's wall time; the difference is the client plus
 every other process on the machine, so a reader can see how loaded it was.
-Best-of (max) and median per test; one JSON object on stdout.
+Best-of (max) and median per test, and the ratio of each round (its two runs back to back see
+the same state of a shared machine, so their median is the steadiest of the three); one JSON
+object on stdout.
 """
 import json
 import os
@@ -207,6 +209,10 @@ def main():
                     row[s]["decode_tok_s_median"] = statistics.median(d) if d else None
             row["ratio_best"] = row["peftd"]["best"] / row["llama"]["best"]
             row["ratio_median"] = row["peftd"]["median"] / row["llama"]["median"]
+            # round i ran both servers back to back: its ratio sees the same state of a shared
+            # machine, where best-of and median each can be one lucky or unlucky round
+            row["ratio_rounds"] = [p / l for p, l in zip(row["peftd"]["all"], row["llama"]["all"]) if l > 0]
+            row["ratio_rounds_median"] = statistics.median(row["ratio_rounds"]) if row["ratio_rounds"] else None
             if "llama_t1" in names:
                 best_l = max(row["llama"]["best"], row["llama_t1"]["best"])
                 row["ratio_best_vs_llama_best_config"] = row["peftd"]["best"] / best_l

@@ -57,6 +57,8 @@ def summarize_partial(res):
         if "peftd" in row and "llama" in row:
             row["ratio_best"] = row["peftd"]["best"] / row["llama"]["best"]
             row["ratio_median"] = row["peftd"]["median"] / row["llama"]["median"]
+            row["ratio_rounds"] = [p / l for p, l in zip(row["peftd"]["all"], row["llama"]["all"]) if l > 0]
+            row["ratio_rounds_median"] = statistics.median(row["ratio_rounds"]) if row["ratio_rounds"] else None
             out[t] = row
     return out
 
@@ -115,6 +117,10 @@ def main():
                 table.append(f"| {name} | {t}: {label} | {r['peftd']['best']:.2f} ({r['peftd']['median']:.2f}) | "
                              f"{r['llama']['best']:.2f} ({r['llama']['median']:.2f}) | "
                              f"{r['ratio_best']:.2f}x ({r['ratio_median']:.2f}x) | >= {TARGETS[t]}x |")
+                if r.get("ratio_rounds"):
+                    rr = r["ratio_rounds"]
+                    table.append(f"| {name} | {t}, round by round (both back to back) | | | median {r['ratio_rounds_median']:.2f}x "
+                                 f"(min {min(rr):.2f}x, max {max(rr):.2f}x; peftd ahead in {sum(x > 1 for x in rr)} of {len(rr)}) | |")
                 if "llama_t1" in r:
                     q = r["peftd"]["best"] / r["llama_t1"]["best"]
                     table.append(f"| {name} | {t}, llama.cpp at 1 thread | | {r['llama_t1']['best']:.2f} "
