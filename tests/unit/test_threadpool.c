@@ -124,9 +124,9 @@ TEST(more_workers_than_cores_under_contention) { stress(8, 2, scaled(5000)); }
 
 TEST(two_threads_back_to_back) { stress(2, 0, scaled(100000)); }
 
-TEST(shares_every_task_runs_once_inside_its_dispatch) { stress_mode(4, 1, scaled(20000), SHARES); }
+TEST(shares_every_task_runs_once_inside_its_dispatch) { stress_mode(4, 1, scaled(8000), SHARES); }
 
-TEST(shares_and_plain_dispatches_interleaved) { stress_mode(2, 0, scaled(50000), MIXED); }
+TEST(shares_and_plain_dispatches_interleaved) { stress_mode(2, 0, scaled(100000), MIXED); }
 
 TEST(shares_more_workers_than_cores_under_contention) { stress_mode(8, 2, scaled(2000), MIXED); }
 
