@@ -338,7 +338,12 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
                   .by_row = by_row};
     if ((a->block_size & (a->block_size - 1)) == 0)
         for (c.bs_shift = 0; (1 << c.bs_shift) < a->block_size; c.bs_shift++) {}
+    /* Shares (threadpool.h): a thread's (row, KV head) tasks are adjacent heads, so its reads
+     * of a slot's K/V row are adjacent too. Measured against the plain dispatch, 2 threads:
+     * kernels_bench decode 32 seqs x 1024 slots 10.5-15.7 -> 8.8-9.3 ms, prefill 512 the same
+     * (25-26 ms); 110M Q4_K_M single-stream decode (alternated by round in one process) +2-4%
+     * a token at 264 positions, +8% at 520. */
     if (by_row) kcpu__parallel(cb, (int)rows, work, attn_row_task, &c);
-    else kcpu__parallel(cb, (int)(rows * a->n_kv_heads), work, attn_task, &c);
+    else kcpu__parallel_shares(cb, (int)(rows * a->n_kv_heads), work, attn_task, &c);
     return 0;
 }
