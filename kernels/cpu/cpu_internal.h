@@ -36,7 +36,8 @@ static inline float *kcpu__scratch(kcpu_backend *cb, int thread) { return cb->sc
  * count of multiply-adds or element ops) is too small to pay for a dispatch. */
 void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx);
 
-/* kcpu__parallel with kpool_parallel_shares: for tasks that stream adjacent weight rows. */
+/* kcpu__parallel with kpool_parallel_shares: for tasks whose neighbours read adjacent memory
+ * (weight rows, a slot's K/V heads). */
 void kcpu__parallel_shares(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx);
 
 /* Matmul path override for tests and benchmarks (not for production use):

@@ -30,18 +30,21 @@ int kcpu__scratch_reserve(kcpu_backend *cb, size_t n) {
     return 0;
 }
 
-void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx) {
+/* kcpu__parallel and kcpu__parallel_shares: inline on the caller when the work is too small
+ * to pay for a dispatch, else `dispatch` on the pool. */
+static void kcpu_run(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx,
+                     void (*dispatch)(kpool *, int, kpool_fn, void *)) {
     if (work < KCPU_PARALLEL_MIN_WORK || cb->n_threads == 1) {
         for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
-    kpool_parallel_for(cb->pool, n_tasks, fn, ctx);
+    dispatch(cb->pool, n_tasks, fn, ctx);
+}
+
+void kcpu__parallel(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx) {
+    kcpu_run(cb, n_tasks, work, fn, ctx, kpool_parallel_for);
 }
 
 void kcpu__parallel_shares(kcpu_backend *cb, int n_tasks, double work, kpool_fn fn, void *ctx) {
-    if (work < KCPU_PARALLEL_MIN_WORK || cb->n_threads == 1) {
-        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
-        return;
-    }
-    kpool_parallel_shares(cb->pool, n_tasks, fn, ctx);
+    kcpu_run(cb, n_tasks, work, fn, ctx, kpool_parallel_shares);
 }
