@@ -24,6 +24,7 @@
  *                     [--bw-mb 1024] [--target 0.70] [--startup-target 2.0] [--out FILE]
  *                     [--weights stored|bf16|q8_0|q4_k]   (at-load conversion, model_quant.h)
  *                     [--no-mmap 1]   (weight files read into huge-page memory: lib/file_map.h)
+ *                     [--kv-dtype f32|f16]   (engine.kv_dtype: the KV cache's elements)
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -48,6 +49,7 @@
 
 typedef struct {
     const char *model_dir, *out_path, *weights; /* weights: NULL = stored */
+    const char *kv_dtype;                       /* engine.kv_dtype: NULL = the default (f32) */
     int prompt, tokens, rounds, threads, bw_mb, no_mmap;
     double target, startup_target;
 } options;
@@ -109,6 +111,7 @@ static int served_open(const options *o, served *s, double *secs) {
     }
     engine_config_default(&c);
     c.max_seqs = 1;
+    if (o->kv_dtype) snprintf(c.kv_dtype, sizeof c.kv_dtype, "%s", o->kv_dtype);
     c.max_context = o->prompt + o->tokens + 16;
     if (c.max_context > s->m->cfg.max_position_embeddings) c.max_context = s->m->cfg.max_position_embeddings;
     if (engine_create(&c, s->m, s->kb, s->tok, &s->e, err, sizeof err) < 0 || engine_start(s->e) < 0) {
@@ -168,7 +171,7 @@ static double kmat_bytes(const kmat *w) { return w->data ? (double)w->rows * kdt
 
 /* Bytes one decode step reads at context length ctx: every weight as loaded (after any
  * --weights conversion; the embedding table only when lm_head is tied to it) + the KV cache. */
-static double bytes_per_token(const model *m, double ctx) {
+static double bytes_per_token(const model *m, double ctx, size_t kv_elem) {
     const model_config *c = &m->cfg;
     double w = kmat_bytes(&m->final_norm) + kmat_bytes(&m->lm_head);
     for (int i = 0; i < c->n_layers; i++) {
@@ -178,7 +181,7 @@ static double bytes_per_token(const model *m, double ctx) {
                              &l->post_attn_norm, &l->post_ffn_norm};
         for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) w += kmat_bytes(all[k]);
     }
-    double kv = ctx * c->n_kv_heads * c->head_dim * sizeof(float) * 2.0 * c->n_layers;
+    double kv = ctx * c->n_kv_heads * c->head_dim * (double)kv_elem * 2.0 * c->n_layers;
     return w + kv;
 }
 
@@ -193,12 +196,13 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--weights")) o->weights = v;
         else if (!strcmp(a, "--no-mmap")) o->no_mmap = atoi(v);
+        else if (!strcmp(a, "--kv-dtype")) o->kv_dtype = v;
         else if (!strcmp(a, "--bw-mb")) o->bw_mb = atoi(v);
         else if (!strcmp(a, "--target")) o->target = atof(v);
         else if (!strcmp(a, "--startup-target")) o->startup_target = atof(v);
         else return -1;
     }
-    if (argc % 2 == 0 || !o->model_dir || o->prompt < 1 || o->prompt > 256 || o->tokens < 3 || o->rounds < 1 ||
+    if (argc % 2 == 0 || !o->model_dir || engine_kv_dtype_parse(o->kv_dtype) < 0 || o->prompt < 1 || o->prompt > 256 || o->tokens < 3 || o->rounds < 1 ||
         o->rounds > MAX_ROUNDS || o->bw_mb < 64)
         return -1;
     return 0;
@@ -223,8 +227,10 @@ static void print_json(FILE *f, const options *o, const served *s, const results
             s->m->dir, c->architecture, c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads,
             c->intermediate_size, c->vocab_size, c->tie_word_embeddings ? "true" : "false",
             kdtype_name(s->m->layers[0].wq.dtype), (int)c->rope.kind, s->m->weight_bytes);
-    fprintf(f, "  \"threads\": %d, \"online_cores\": %ld, \"prompt\": %d, \"tokens\": %d, \"bw_buffer_mb\": %d, \"no_mmap\": %s,\n",
-            o->threads, sysconf(_SC_NPROCESSORS_ONLN), o->prompt, o->tokens, o->bw_mb, o->no_mmap ? "true" : "false");
+    fprintf(f, "  \"threads\": %d, \"online_cores\": %ld, \"prompt\": %d, \"tokens\": %d, \"bw_buffer_mb\": %d, \"no_mmap\": %s,"
+            " \"kv_dtype\": \"%s\",\n",
+            o->threads, sysconf(_SC_NPROCESSORS_ONLN), o->prompt, o->tokens, o->bw_mb, o->no_mmap ? "true" : "false",
+            o->kv_dtype ? o->kv_dtype : "f32");
     fprintf(f, "  \"startup_s\": {\"cold\": %.3f, \"warm\": %.3f, \"dropped_from_page_cache_gb\": %.2f, \"target\": %.1f},\n",
             r->cold_s, r->warm_s, r->dropped_gb, o->startup_target);
     fprintf(f, "  \"rounds\": [");
@@ -244,7 +250,7 @@ int main(int argc, char **argv) {
     if (parse_args(argc, argv, &o) < 0) {
         fprintf(stderr, "usage: bench_decode --model DIR [--prompt 8] [--tokens 32] [--rounds 3] [--threads 0]\n"
                         "       [--bw-mb 1024] [--target 0.70] [--startup-target 2.0] [--out FILE]\n"
-                        "       [--weights stored|bf16|q8_0|q4_k] [--no-mmap 1]\n");
+                        "       [--weights stored|bf16|q8_0|q4_k] [--no-mmap 1] [--kv-dtype f32|f16]\n");
         return 2;
     }
     log_set_level(LOG_WARN);
@@ -259,7 +265,7 @@ int main(int argc, char **argv) {
             r.cold_s, r.warm_s, o.rounds, o.tokens);
     kpool *pool = kcpu__impl(s.kb)->pool;
     if (decode_once(&o, &s, 0) < 0) return 1; /* warm-up: pages in the weights */
-    r.bytes = bytes_per_token(s.m, o.prompt + o.tokens / 2.0);
+    r.bytes = bytes_per_token(s.m, o.prompt + o.tokens / 2.0, kdtype_size((kdtype)engine_kv_dtype_parse(o.kv_dtype)));
     for (int i = 0; i < o.rounds; i++) {
         r.bw[i] = bench_read_bandwidth(pool, (size_t)o.bw_mb << 20);
         r.tok_s[i] = decode_once(&o, &s, i + 1);

@@ -64,8 +64,8 @@ static int w_rope(kbackend *kb, float *x, const int32_t *pos, int n, int nh, int
     TIMED(P_OTHER, g_inner->rope(kb, x, pos, n, nh, hd, rd, f));
 }
 static int w_kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim,
-                      float *kc, float *vc) {
-    TIMED(P_OTHER, g_inner->kv_store(kb, k, v, slots, n, kv_dim, kc, vc));
+                      kdtype kt, void *kc, void *vc) {
+    TIMED(P_OTHER, g_inner->kv_store(kb, k, v, slots, n, kv_dim, kt, kc, vc));
 }
 static int w_attention(kbackend *kb, const kattn_args *a) { TIMED(P_ATTN, g_inner->attention(kb, a)); }
 static int w_swiglu(kbackend *kb, const float *g, const float *u, int n, int dim, float *out) {
@@ -94,8 +94,9 @@ static int w_matmul_glu(kbackend *kb, const float *x, int n, const kmat *wg, con
     TIMED(P_MATMUL, g_inner->matmul_glu(kb, x, n, wg, wu, act, up, out));
 }
 static int w_rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int nh, int nkv,
-                           int hd, int rd, const krope_freqs *f, const int32_t *slots, float *kc, float *vc) {
-    TIMED(P_OTHER, g_inner->rope_kv_store(kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kc, vc));
+                           int hd, int rd, const krope_freqs *f, const int32_t *slots, kdtype kt, void *kc,
+                           void *vc) {
+    TIMED(P_OTHER, g_inner->rope_kv_store(kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kt, kc, vc));
 }
 static int w_seg_rotate(kbackend *kb, const float *x, int dim, const ksegrot *s, float *y) {
     TIMED(P_OTHER, g_inner->seg_rotate(kb, x, dim, s, y));

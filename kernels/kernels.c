@@ -75,9 +75,9 @@ KB_CHECKED(rmsnorm, (kbackend * kb, const float *x, const kmat *w, int n, int di
 KB_CHECKED(rope, (kbackend * kb, float *x, const int32_t *pos, int n, int nh, int hd, int rd, const krope_freqs *f),
            (kb, x, pos, n, nh, hd, rd, f))
 KB_CHECKED(kv_store,
-           (kbackend * kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim, float *kc,
-            float *vc),
-           (kb, k, v, slots, n, kv_dim, kc, vc))
+           (kbackend * kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim, kdtype kt,
+            void *kc, void *vc),
+           (kb, k, v, slots, n, kv_dim, kt, kc, vc))
 KB_CHECKED(attention, (kbackend * kb, const kattn_args *a), (kb, a))
 KB_CHECKED(swiglu, (kbackend * kb, const float *g, const float *u, int n, int dim, float *out), (kb, g, u, n, dim, out))
 KB_CHECKED(add, (kbackend * kb, float *y, const float *x, int64_t n), (kb, y, x, n))
@@ -100,8 +100,8 @@ KB_CHECKED(matmul_glu,
            (kb, x, n, wg, wu, act, up, out))
 KB_CHECKED(rope_kv_store,
            (kbackend * kb, float *q, float *k, const float *v, const int32_t *pos, int n, int nh, int nkv, int hd,
-            int rd, const krope_freqs *f, const int32_t *slots, float *kc, float *vc),
-           (kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kc, vc))
+            int rd, const krope_freqs *f, const int32_t *slots, kdtype kt, void *kc, void *vc),
+           (kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kt, kc, vc))
 
 int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat *const *w, float *const *y,
                       float beta) {
@@ -116,13 +116,13 @@ int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat
 
 int kops_rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int n_heads,
                        int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f, const int32_t *slots,
-                       float *k_cache, float *v_cache) {
+                       kdtype kv_dtype, void *k_cache, void *v_cache) {
     if (kb->ops->rope_kv_store)
-        return kb->ops->rope_kv_store(kb, q, k, v, pos, n, n_heads, n_kv_heads, head_dim, rot_dim, f, slots, k_cache,
-                                      v_cache);
+        return kb->ops->rope_kv_store(kb, q, k, v, pos, n, n_heads, n_kv_heads, head_dim, rot_dim, f, slots, kv_dtype,
+                                      k_cache, v_cache);
     int rc = kb->ops->rope(kb, q, pos, n, n_heads, head_dim, rot_dim, f);
     if (rc == 0) rc = kb->ops->rope(kb, k, pos, n, n_kv_heads, head_dim, rot_dim, f);
-    if (rc == 0) rc = kb->ops->kv_store(kb, k, v, slots, n, n_kv_heads * head_dim, k_cache, v_cache);
+    if (rc == 0) rc = kb->ops->kv_store(kb, k, v, slots, n, n_kv_heads * head_dim, kv_dtype, k_cache, v_cache);
     return rc;
 }
 

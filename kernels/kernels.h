@@ -146,8 +146,8 @@ typedef struct {
     int n_heads, n_kv_heads, head_dim;
     float scale;                /* softmax scale, usually 1/sqrt(head_dim) */
     const float *q;             /* [T, n_heads * head_dim] */
-    const float *k_cache;       /* [n_blocks, block_size, n_kv_heads * head_dim] */
-    const float *v_cache;       /* same shape as k_cache */
+    const void *k_cache;        /* [n_blocks, block_size, n_kv_heads * head_dim] of kv_dtype */
+    const void *v_cache;        /* same shape and dtype as k_cache */
     float *out;                 /* [T, n_heads * head_dim] */
     const int32_t *kv_start;    /* NULL, or [n_seqs]: sequence s skips slots [0, kv_start[s])
                                  * (padding before a block-aligned shared prefix) */
@@ -160,6 +160,10 @@ typedef struct {
                                  * tanh, multiply, as transformers) before the mask and softmax */
     int max_rows;               /* host: >= T (the rows of q), or 0 = not known; a hint that
                                  * sizes a device backend's grid, never changes a result */
+    kdtype kv_dtype;            /* the caches' element type: KDT_F32 (0, the default), or KDT_F16
+                                 * where supports_op(KOP_ATTENTION, KDT_F16); K/V rows are widened
+                                 * to f32 as they are read, so the math is that of f32 attention
+                                 * over the stored (rounded) values */
 } kattn_args;
 
 /* The frequencies of one rope call (kbackend_ops.rope). inv_freq and table live in backend
@@ -319,12 +323,15 @@ typedef struct kbackend_ops {
     int (*rope)(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
                 int rot_dim, const krope_freqs *f);
 
-    /* Writes k[i,:], v[i,:] (kv_dim floats each) to slot slots[i] of the layer's caches. Rows are
+    /* Writes k[i,:], v[i,:] (kv_dim floats each) to slot slots[i] of the layer's caches, whose
+     * elements are kv_dtype: KDT_F32 as they are, KDT_F16 (where supports_op(KOP_KV_STORE,
+     * KDT_F16)) rounded to nearest even as lib/half.h's f32_to_f16 (the one rounding of a
+     * value, so a row's stored bits never depend on the batch). Rows are
      * written in any order, concurrently: rows sharing a slot leave one of them there, not
      * a defined one (the engine writes each real slot once per step; only decode_pad's
      * padding rows share their "trash" slot). */
     int (*kv_store)(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,
-                    int kv_dim, float *k_cache, float *v_cache);
+                    int kv_dim, kdtype kv_dtype, void *k_cache, void *v_cache);
 
     int (*attention)(kbackend *kb, const kattn_args *a);
 
@@ -351,7 +358,8 @@ typedef struct kbackend_ops {
     bool is_host;
     /* [engine] dst = src, both in backend memory, ordered with the ops (overlap allowed). */
     int (*copy)(kbackend *kb, void *dst, const void *src, size_t bytes);
-    /* [any] Whether op family `op` takes weights (kmat / ksgmv operands) of dtype dt. */
+    /* [any] Whether op family `op` takes weights (kmat / ksgmv operands) of dtype dt; for
+     * KOP_KV_STORE and KOP_ATTENTION, whether the K/V cache may be of dtype dt. */
     bool (*supports_op)(const kbackend *kb, kop op, kdtype dt);
     /* [any] Bytes of the f32 workspace `t` one SGMV shrink/expand pair needs for n_rows rows
      * of ranks up to max_rank (ld_t = max_rank). */
@@ -403,7 +411,7 @@ typedef struct kbackend_ops {
      * calls. Appended last for the positional CUDA table. */
     int (*rope_kv_store)(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int n_heads,
                          int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f, const int32_t *slots,
-                         float *k_cache, float *v_cache);
+                         kdtype kv_dtype, void *k_cache, void *v_cache);
     /* [engine] A feed-forward block's gated unit straight from its input: out[n, rows] =
      * act(x·w_gateᵀ) ⊙ (x·w_upᵀ), act KACT_SILU (swiglu) or KACT_GELU_TANH (geglu), exactly what
      * matmul_group(x -> out, up) then swiglu / geglu(out, up -> out) give, bit for bit (w_gate
@@ -427,7 +435,7 @@ int kops_matmul_group(kbackend *kb, const float *x, int n, int count, const kmat
  * kv_store(k, v) (same bits either way). */
 int kops_rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n, int n_heads,
                        int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f, const int32_t *slots,
-                       float *k_cache, float *v_cache);
+                       kdtype kv_dtype, void *k_cache, void *v_cache);
 
 /* [engine] kb->ops->matmul_glu where the backend has it, else matmul_group(x -> out, up) then
  * swiglu / geglu(out, up -> out). Same bits either way. */

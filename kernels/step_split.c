@@ -87,13 +87,13 @@ OPW(rmsnorm, (kbackend * kb, const float *x, const kmat *w, int n, int dim, floa
 OPW(rope, (kbackend * kb, float *x, const int32_t *pos, int n, int nh, int hd, int rd, const krope_freqs *f),
     (kb, x, pos, n, nh, hd, rd, f), U(x), U(pos), U(n), U(nh), U(hd), U(rd), U(f->inv_freq), U(f->n_tables),
     U(f->table), F(f->scale))
-OPW(kv_store, (kbackend * kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim, float *kc,
-               float *vc),
-    (kb, k, v, slots, n, kv_dim, kc, vc), U(k), U(v), U(slots), U(n), U(kv_dim), U(kc), U(vc))
+OPW(kv_store, (kbackend * kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim, kdtype kt,
+               void *kc, void *vc),
+    (kb, k, v, slots, n, kv_dim, kt, kc, vc), U(k), U(v), U(slots), U(n), U(kv_dim), U(kt), U(kc), U(vc))
 OPW(attention, (kbackend * kb, const kattn_args *a), (kb, a), U(a->n_seqs), U(a->q_start), U(a->kv_len),
     U(a->block_table), U(a->max_blocks), U(a->block_size), U(a->n_heads), U(a->n_kv_heads), U(a->head_dim),
     F(a->scale), U(a->q), U(a->k_cache), U(a->v_cache), U(a->out), U(a->kv_start), U(a->window), F(a->softcap),
-    U(a->max_rows))
+    U(a->max_rows), U(a->kv_dtype))
 OPW(swiglu, (kbackend * kb, const float *g, const float *u, int n, int dim, float *out), (kb, g, u, n, dim, out),
     U(g), U(u), U(n), U(dim), U(out))
 OPW(add, (kbackend * kb, float *y, const float *x, int64_t n), (kb, y, x, n), U(y), U(x), U(n))
@@ -116,9 +116,9 @@ OPW(seg_rotate, (kbackend * kb, const float *x, int dim, const ksegrot *sr, floa
 
 OPW(rope_kv_store,
     (kbackend * kb, float *q, float *k, const float *v, const int32_t *pos, int n, int nh, int nkv, int hd, int rd,
-     const krope_freqs *f, const int32_t *slots, float *kc, float *vc),
-    (kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kc, vc), U(q), U(k), U(v), U(pos), U(n), U(nh), U(nkv), U(hd),
-    U(rd), U(f->inv_freq), U(f->n_tables), U(f->table), F(f->scale), U(slots), U(kc), U(vc))
+     const krope_freqs *f, const int32_t *slots, kdtype kt, void *kc, void *vc),
+    (kb, q, k, v, pos, n, nh, nkv, hd, rd, f, slots, kt, kc, vc), U(q), U(k), U(v), U(pos), U(n), U(nh), U(nkv),
+    U(hd), U(rd), U(f->inv_freq), U(f->n_tables), U(f->table), F(f->scale), U(slots), U(kt), U(kc), U(vc))
 
 OPW(matmul_glu,
     (kbackend * kb, const float *x, int n, const kmat *wg, const kmat *wu, kact act, float *up, float *out),

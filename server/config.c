@@ -101,6 +101,7 @@ static bool weights_ok(const peftd_config *c) {
     int dt;
     return model_weights_parse(c->weights, &dt) == 0;
 }
+static bool kv_dtype_ok(const peftd_config *c) { return engine_kv_dtype_parse(c->engine.kv_dtype) >= 0; }
 static bool store_map_ok(const peftd_config *c) { return c->store.max_map_mb >= c->store.map_mb; }
 static bool follow_ok(const peftd_config *c) {
     return !c->store.follow[0] || !strncmp(c->store.follow, "http://", 7) || !strncmp(c->store.follow, "https://", 8);
@@ -155,6 +156,8 @@ static const config_key KEYS[] = {
     INT("engine", "kv_blocks", 0, 1 << 24, engine.kv_blocks, "KV blocks in the pool (0 = from kv_cache_mb)"),
     INT("engine", "kv_cache_mb", 0, 1 << 22, engine.kv_cache_mb,
         "KV pool budget in MiB (0: on a GPU, from the device memory plan; on the CPU, 512)"),
+    STR("engine", "kv_dtype", engine.kv_dtype, "f32 | f16: the KV cache's elements (default f32; f16: half the memory, CPU); --kv-dtype"),
+    CHECK("engine", "kv_dtype", kv_dtype_ok, "engine.kv_dtype must be \"f32\" or \"f16\""),
     INT("engine", "max_context", 0, 1 << 24, engine.max_context, "longest sequence (0 = the model's, fitted to the KV pool)"),
     INT("engine", "max_queue", 1, 1 << 20, engine.max_queue, "waiting requests before 503"),
     BOOL("engine", "prefix_cache", engine.prefix_cache, "engine.prefix_cache must be true or false",

@@ -42,6 +42,7 @@ static const cli_option SERVE_OPTS[] = {
     {"--follow", "URL", "mirror the primary at URL as a read-only follower; config store.follow"},
     {"--weights", "W", "stored | bf16 | q8_0 | q4_k: convert the layer projections at load; config \"weights\""},
     {"--no-mmap", NULL, "read the weight files into (huge-page) memory instead of mapping them; config \"mmap\": false"},
+    {"--kv-dtype", "T", "f32 | f16: the KV cache's elements (f16: half the memory; CPU backend); config engine.kv_dtype"},
     {"--help", NULL, "this help"},
     {"--version", NULL, "print the version and exit"},
     {NULL, NULL, NULL},
@@ -71,7 +72,7 @@ static void usage(FILE *f) {
             "usage:\n"
             "  peftd serve [--config FILE] [--model DIR] [--host H] [--port N] [--threads N]\n"
             "              [--store DIR] [--adapter NAME=DIR]... [--follow PRIMARY_URL]\n"
-            "              [--weights stored|bf16|q8_0|q4_k] [--no-mmap]\n"
+            "              [--weights stored|bf16|q8_0|q4_k] [--no-mmap] [--kv-dtype f32|f16]\n"
             "  peftd generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
             "                 [--seed S] [--top-p P] [--top-k K] [--threads N]\n"
             "                 [--adapter DIR [--adapter-scale X]] [--weights stored|bf16|q8_0|q4_k]\n"
@@ -202,6 +203,13 @@ static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
             snprintf(cfg->weights, sizeof cfg->weights, "%s", v);
         }
         else if (!strcmp(a, "--no-mmap")) cfg->mmap = false;
+        else if (!strcmp(a, "--kv-dtype")) {
+            if (engine_kv_dtype_parse(v) < 0) {
+                fprintf(stderr, "peftd: --kv-dtype must be f32 or f16, got '%s'\n", v);
+                return 2;
+            }
+            snprintf(cfg->engine.kv_dtype, sizeof cfg->engine.kv_dtype, "%s", v);
+        }
         else if (!strcmp(a, "--store")) snprintf(cfg->store.dir, sizeof cfg->store.dir, "%s", v);
         else if (!strcmp(a, "--follow")) {
             if (strncmp(v, "http://", 7) && strncmp(v, "https://", 8)) {

@@ -7,7 +7,9 @@
  * query heads that share that KV head together, so each K and V row is read
  * once per task. Exact two-pass softmax in f32: scores s_j = scale * q·k_j
  * (soft-capped when a->softcap > 0) into per-thread scratch, then w_j = exp(s_j - max) (vector exp, simd.h) and
- * out = Σ w_j v_j / Σ w_j. */
+ * out = Σ w_j v_j / Σ w_j. K/V are f32 or f16 (a->kv_dtype): f16 rows are widened to f32 as
+ * they are loaded, every other operation the same; each task body is instantiated for
+ * both (the bool H, a compile-time constant in each). */
 #include <math.h>
 #include <string.h>
 
@@ -44,6 +46,18 @@ typedef struct {
     int by_row;        /* tasks are query rows (all KV heads), not (row, KV head) pairs */
 } attn_ctx;
 
+/* K/V element loads: f32 as stored, or f16 (H) widened. */
+static inline kv_f32 attn_ld(bool H, const void *p, int64_t i) {
+    return H ? kv_load_f16((const uint16_t *)p + i) : kv_load((const float *)p + i);
+}
+static inline kv_f32 attn_ld_part(bool H, const void *p, int64_t i, int n) {
+    return H ? kv_load_f16_part((const uint16_t *)p + i, n) : kv_load_part((const float *)p + i, n);
+}
+/* q·k over n elements (kv_dot's sums either way). */
+static inline float attn_dot(bool H, const float *q, const void *k, int64_t n) {
+    return H ? kv_dot_f16(q, k, n) : kv_dot(q, k, n);
+}
+
 /* First slot attended by the query at slot p of a sequence whose first slot is k0. */
 static inline int attn_first_slot(const kattn_args *a, int k0, int p) {
     return a->window > 0 && p - a->window + 1 > k0 ? p - a->window + 1 : k0;
@@ -69,8 +83,9 @@ static int attn_seq_of_row(const int32_t *q_start, int n_seqs, int32_t t) {
     return lo;
 }
 
-static inline const float *attn_slot(const attn_ctx *c, const float *cache, const int32_t *btab, int slot,
-                                     int kvh) {
+/* KV head kvh's row at a sequence's slot (H: f16 elements, else f32). */
+static inline const void *attn_slot(bool H, const attn_ctx *c, const void *cache, const int32_t *btab, int slot,
+                                    int kvh) {
     const kattn_args *a = c->a;
     int64_t blk, off;
     if (c->bs_shift >= 0) { /* the usual case: no integer division per slot */
@@ -80,12 +95,12 @@ static inline const float *attn_slot(const attn_ctx *c, const float *cache, cons
         blk = btab[slot / a->block_size];
         off = slot % a->block_size;
     }
-    return cache + (blk * a->block_size + off) * c->kv_dim + (int64_t)kvh * a->head_dim;
+    return (const char *)cache + ((blk * a->block_size + off) * c->kv_dim + (int64_t)kvh * a->head_dim) * (H ? 2 : 4);
 }
 
-/* Prefetches the head_dim floats at p (into L1) ahead of use. */
-static inline void attn_prefetch_row(const float *p, int hd) {
-    for (int i = 0; i < hd; i += 16) __builtin_prefetch(p + i, 0, 3);
+/* Prefetches the n elements at p (into L1) ahead of use. */
+static inline void attn_prefetch_row(bool H, const void *p, int n) {
+    for (int i = 0; i < n * (H ? 2 : 4); i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
 }
 
 /* Heads and head_dim vectors per register tile of the P·V pass: 2 × 4 = 8
@@ -97,7 +112,7 @@ static inline void attn_prefetch_row(const float *p, int hd) {
  * v < NV (the last vector has `last` lanes). NG, NV are compile-time constants
  * in each instantiation, so the accumulators stay in registers (no store ->
  * load chain through `out` per slot). */
-static inline __attribute__((always_inline)) void attn_pv(int NG, int NV, const attn_ctx *c, const int32_t *btab,
+static inline __attribute__((always_inline)) void attn_pv(bool H, int NG, int NV, const attn_ctx *c, const int32_t *btab,
                                                           int kvh, int j0, int n_slots, const float *w, size_t ld,
                                                           float *out, int hd, int d0, int last) {
     const kattn_args *a = c->a;
@@ -108,12 +123,12 @@ static inline __attribute__((always_inline)) void attn_pv(int NG, int NV, const 
         for (int v = 0; v < NV; v++) acc[g][v] = kv_zero();
     for (int j = 0; j < n_slots; j++) {
         if (j + ATTN_PF_SLOTS < n_slots && d0 == 0)
-            attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
-        const float *vr = attn_slot(c, a->v_cache, btab, j0 + j, kvh) + d0;
+            attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
+        const void *vr = attn_slot(H, c, a->v_cache, btab, j0 + j, kvh);
         kv_f32 vv[ATTN_PV_VECS];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
-            vv[v] = v == NV - 1 && last != KV_W ? kv_load_part(vr + v * KV_W, last) : kv_load(vr + v * KV_W);
+            vv[v] = v == NV - 1 && last != KV_W ? attn_ld_part(H, vr, d0 + v * KV_W, last) : attn_ld(H, vr, d0 + v * KV_W);
 #pragma GCC unroll 2
         for (int g = 0; g < NG; g++) {
             kv_f32 wj = kv_set1(w[g * ld + j]);
@@ -133,22 +148,22 @@ static inline __attribute__((always_inline)) void attn_pv(int NG, int NV, const 
 
 typedef void (*attn_pv_fn)(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots, const float *w, size_t ld,
                            float *out, int hd, int d0, int last);
-#define ATTN_PV_DEF(NG, NV)                                                                                       \
-    static void attn_pv_##NG##_##NV(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots,         \
-                                    const float *w, size_t ld, float *out, int hd, int d0, int last) {            \
-        attn_pv(NG, NV, c, btab, kvh, j0, n_slots, w, ld, out, hd, d0, last);                                     \
+#define ATTN_PV_DEF(T, H, NG, NV)                                                                                 \
+    static void attn_pv_##T##_##NG##_##NV(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots,   \
+                                          const float *w, size_t ld, float *out, int hd, int d0, int last) {      \
+        attn_pv(H, NG, NV, c, btab, kvh, j0, n_slots, w, ld, out, hd, d0, last);                                  \
     }
-ATTN_PV_DEF(1, 1)
-ATTN_PV_DEF(1, 2)
-ATTN_PV_DEF(1, 3)
-ATTN_PV_DEF(1, 4)
-ATTN_PV_DEF(2, 1)
-ATTN_PV_DEF(2, 2)
-ATTN_PV_DEF(2, 3)
-ATTN_PV_DEF(2, 4)
-static const attn_pv_fn attn_pv_fns[ATTN_PV_HEADS][ATTN_PV_VECS] = {
-    {attn_pv_1_1, attn_pv_1_2, attn_pv_1_3, attn_pv_1_4},
-    {attn_pv_2_1, attn_pv_2_2, attn_pv_2_3, attn_pv_2_4},
+#define ATTN_PV_DEFS(T, H)                                                                                        \
+    ATTN_PV_DEF(T, H, 1, 1) ATTN_PV_DEF(T, H, 1, 2) ATTN_PV_DEF(T, H, 1, 3) ATTN_PV_DEF(T, H, 1, 4)               \
+    ATTN_PV_DEF(T, H, 2, 1) ATTN_PV_DEF(T, H, 2, 2) ATTN_PV_DEF(T, H, 2, 3) ATTN_PV_DEF(T, H, 2, 4)
+ATTN_PV_DEFS(f32, false)
+ATTN_PV_DEFS(f16, true)
+/* [H][heads - 1][vectors - 1] */
+static const attn_pv_fn attn_pv_fns[2][ATTN_PV_HEADS][ATTN_PV_VECS] = {
+    {{attn_pv_f32_1_1, attn_pv_f32_1_2, attn_pv_f32_1_3, attn_pv_f32_1_4},
+     {attn_pv_f32_2_1, attn_pv_f32_2_2, attn_pv_f32_2_3, attn_pv_f32_2_4}},
+    {{attn_pv_f16_1_1, attn_pv_f16_1_2, attn_pv_f16_1_3, attn_pv_f16_1_4},
+     {attn_pv_f16_2_1, attn_pv_f16_2_2, attn_pv_f16_2_3, attn_pv_f16_2_4}},
 };
 
 /* w[j] = exp(w[j] - max) in place; returns 1 / Σ_j w[j]. */
@@ -183,7 +198,7 @@ static float attn_softmax(float *w, int n_slots) {
  * only the loop nest differs (accumulators in `out`, which stays in L1, instead of
  * registers). So results are bit-identical to the per-head path, and the choice of
  * path (per dispatch) never depends on or changes a row's numbers. */
-static void attn_row_task(void *vc, int task, int thread) {
+static inline __attribute__((always_inline)) void attn_row_body(bool H, void *vc, int task, int thread) {
     const attn_ctx *c = vc;
     const kattn_args *a = c->a;
     int32_t t = a->q_start[0] + task;
@@ -193,53 +208,58 @@ static void attn_row_task(void *vc, int task, int thread) {
     int j0 = attn_first_slot(a, a->kv_start ? a->kv_start[s] : 0, p);
     int n_slots = p + 1 - j0;
     const int32_t *btab = a->block_table + (int64_t)s * a->max_blocks;
-    int hd = a->head_dim, H = a->n_heads, KVH = a->n_kv_heads, group = H / KVH, kv_dim = c->kv_dim;
-    const float *q = a->q + (int64_t)t * H * hd;
-    float *out = a->out + (int64_t)t * H * hd;
+    int hd = a->head_dim, NH = a->n_heads, KVH = a->n_kv_heads, group = NH / KVH, kv_dim = c->kv_dim;
+    const float *q = a->q + (int64_t)t * NH * hd;
+    float *out = a->out + (int64_t)t * NH * hd;
     float *sc = kcpu__scratch(c->cb, thread); /* [n_heads][n_slots] */
     size_t ld = (size_t)c->max_slots;
     /* K rows ATTN_PF_SLOTS slots ahead (a whole row: kv_dim floats). */
     for (int j = 0; j < n_slots && j < ATTN_PF_SLOTS; j++) {
-        attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j, 0), kv_dim);
-        if (n_slots <= ATTN_PF_SLOTS) attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j, 0), kv_dim);
+        attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j, 0), kv_dim);
+        if (n_slots <= ATTN_PF_SLOTS) attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j, 0), kv_dim);
     }
     for (int j = 0; j < n_slots; j++) {
         if (j + ATTN_PF_SLOTS < n_slots)
-            attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
+            attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
         else if (n_slots > ATTN_PF_SLOTS) /* then the first V rows, in order */
-            attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS - n_slots, 0), kv_dim);
-        const float *k = attn_slot(c, a->k_cache, btab, j0 + j, 0);
+            attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS - n_slots, 0), kv_dim);
+        const void *k = attn_slot(H, c, a->k_cache, btab, j0 + j, 0);
         for (int kvh = 0; kvh < KVH; kvh++)
             for (int g = 0; g < group; g++) {
                 int h = kvh * group + g;
-                sc[h * ld + j] = attn_score(a, kv_dot(q + (int64_t)h * hd, k + (int64_t)kvh * hd, hd));
+                sc[h * ld + j] =
+                    attn_score(a, attn_dot(H, q + (int64_t)h * hd, (const char *)k + (int64_t)kvh * hd * (H ? 2 : 4), hd));
             }
     }
     float inv[ATTN_ROW_MAX_HEADS];
-    for (int h = 0; h < H; h++) inv[h] = attn_softmax(sc + h * ld, n_slots);
-    for (int64_t i = 0; i < (int64_t)H * hd; i++) out[i] = 0.0f;
+    for (int h = 0; h < NH; h++) inv[h] = attn_softmax(sc + h * ld, n_slots);
+    for (int64_t i = 0; i < (int64_t)NH * hd; i++) out[i] = 0.0f;
     int full = hd / KV_W * KV_W, last = hd - full;
     for (int j = 0; j < n_slots; j++) {
         if (j + ATTN_PF_SLOTS < n_slots)
-            attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
-        const float *vrow = attn_slot(c, a->v_cache, btab, j0 + j, 0);
+            attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
+        const void *vrow = attn_slot(H, c, a->v_cache, btab, j0 + j, 0);
         for (int kvh = 0; kvh < KVH; kvh++) {
-            const float *vr = vrow + (int64_t)kvh * hd;
+            const int64_t vr = (int64_t)kvh * hd; /* this head's first element in vrow */
             for (int g = 0; g < group; g++) {
                 int h = kvh * group + g;
                 kv_f32 wj = kv_set1(sc[h * ld + j]);
                 float *o = out + (int64_t)h * hd;
                 int d = 0;
-                for (; d < full; d += KV_W) kv_store(o + d, kv_fmadd(wj, kv_load(vr + d), kv_load(o + d)));
-                if (last) kv_store_part(o + d, kv_fmadd(wj, kv_load_part(vr + d, last), kv_load_part(o + d, last)), last);
+                for (; d < full; d += KV_W) kv_store(o + d, kv_fmadd(wj, attn_ld(H, vrow, vr + d), kv_load(o + d)));
+                if (last)
+                    kv_store_part(o + d, kv_fmadd(wj, attn_ld_part(H, vrow, vr + d, last), kv_load_part(o + d, last)),
+                                  last);
             }
         }
     }
-    for (int h = 0; h < H; h++)
+    for (int h = 0; h < NH; h++)
         kv_scale_axpy(out + (int64_t)h * hd, inv[h], 0.0f, out + (int64_t)h * hd, hd);
 }
+static void attn_row_task_f32(void *vc, int task, int thread) { attn_row_body(false, vc, task, thread); }
+static void attn_row_task_f16(void *vc, int task, int thread) { attn_row_body(true, vc, task, thread); }
 
-static void attn_task(void *vc, int task, int thread) {
+static inline __attribute__((always_inline)) void attn_head_body(bool H, void *vc, int task, int thread) {
     const attn_ctx *c = vc;
     const kattn_args *a = c->a;
     int32_t t = a->q_start[0] + task / a->n_kv_heads;
@@ -261,15 +281,15 @@ static void attn_task(void *vc, int task, int thread) {
      * only ~40 slots, so otherwise its first K rows and V rows would be demand misses
      * one after another. */
     for (int j = 0; j < n_slots && j < ATTN_PF_SLOTS; j++) {
-        attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j, kvh), hd);
-        attn_prefetch_row(attn_slot(c, a->v_cache, btab, j0 + j, kvh), hd);
+        attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j, kvh), hd);
+        attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j, kvh), hd);
     }
     /* Scores: each K row is read once for all `group` query heads. */
     for (int j = 0; j < n_slots; j++) {
         if (j + ATTN_PF_SLOTS < n_slots)
-            attn_prefetch_row(attn_slot(c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
-        const float *k = attn_slot(c, a->k_cache, btab, j0 + j, kvh);
-        for (int g = 0; g < group; g++) sc[g * ld + j] = attn_score(a, kv_dot(q + (int64_t)g * hd, k, hd));
+            attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
+        const void *k = attn_slot(H, c, a->k_cache, btab, j0 + j, kvh);
+        for (int g = 0; g < group; g++) sc[g * ld + j] = attn_score(a, attn_dot(H, q + (int64_t)g * hd, k, hd));
     }
     /* Softmax weights (unnormalised) and their sums. */
     float inv_sum[ATTN_MAX_GROUP];
@@ -282,13 +302,15 @@ static void attn_task(void *vc, int task, int thread) {
             int left = hd - d0, nv = (left + KV_W - 1) / KV_W;
             if (nv > ATTN_PV_VECS) nv = ATTN_PV_VECS;
             int last = left >= nv * KV_W ? KV_W : left - (nv - 1) * KV_W;
-            attn_pv_fns[ng - 1][nv - 1](c, btab, kvh, j0, n_slots, sc + (size_t)g0 * ld, ld, out + (int64_t)g0 * hd + d0,
+            attn_pv_fns[H][ng - 1][nv - 1](c, btab, kvh, j0, n_slots, sc + (size_t)g0 * ld, ld, out + (int64_t)g0 * hd + d0,
                                          hd, d0, last);
         }
         g0 += ng;
     }
     for (int g = 0; g < group; g++) kv_scale_axpy(out + (int64_t)g * hd, inv_sum[g], 0.0f, out + (int64_t)g * hd, hd);
 }
+static void attn_task_f32(void *vc, int task, int thread) { attn_head_body(false, vc, task, thread); }
+static void attn_task_f16(void *vc, int task, int thread) { attn_head_body(true, vc, task, thread); }
 
 int kcpu__attention(kbackend *kb, const kattn_args *a) {
     if (!a || a->n_seqs < 0) return PEFTD_EINVAL;
@@ -299,6 +321,7 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
         a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale) || a->window < 0 ||
         !(a->softcap >= 0.0f) || !isfinite(a->softcap))
         return PEFTD_EINVAL;
+    if (a->kv_dtype != KDT_F32 && a->kv_dtype != KDT_F16) return PEFTD_EUNSUPPORTED;
     if ((int64_t)a->n_kv_heads * a->head_dim > INT32_MAX || a->n_heads / a->n_kv_heads > ATTN_MAX_GROUP)
         return PEFTD_EUNSUPPORTED;
     if (a->q_start[0] < 0) return PEFTD_EINVAL;
@@ -343,7 +366,8 @@ int kcpu__attention(kbackend *kb, const kattn_args *a) {
      * kernels_bench decode 32 seqs x 1024 slots 10.5-15.7 -> 8.8-9.3 ms, prefill 512 the same
      * (25-26 ms); 110M Q4_K_M single-stream decode (alternated by round in one process) +2-4%
      * a token at 264 positions, +8% at 520. */
-    if (by_row) kcpu__parallel(cb, (int)rows, work, attn_row_task, &c);
-    else kcpu__parallel_shares(cb, (int)(rows * a->n_kv_heads), work, attn_task, &c);
+    const bool f16 = a->kv_dtype == KDT_F16;
+    if (by_row) kcpu__parallel(cb, (int)rows, work, f16 ? attn_row_task_f16 : attn_row_task_f32, &c);
+    else kcpu__parallel_shares(cb, (int)(rows * a->n_kv_heads), work, f16 ? attn_task_f16 : attn_task_f32, &c);
     return 0;
 }

@@ -52,6 +52,7 @@ static bool kcpu_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
     if ((unsigned)op >= KOP_COUNT) return false;
     if (op == KOP_SAMPLE || op == KOP_SEG_ROTATE) return dt == KDT_F32; /* f32 logits / rotations */
+    if (op == KOP_KV_STORE || op == KOP_ATTENTION) return dt == KDT_F32 || dt == KDT_F16; /* the K/V cache's dtype */
     if (kdtype_is_quant(dt)) return op == KOP_MATMUL || op == KOP_GET_ROWS;
     return kcpu__dtype_ok(dt);
 }

@@ -57,7 +57,7 @@ int kcpu__rmsnorm(kbackend *kb, const float *x, const kmat *w, int n, int dim, f
 int kcpu__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
                int rot_dim, const krope_freqs *f);
 int kcpu__kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,
-                   int kv_dim, float *k_cache, float *v_cache);
+                   int kv_dim, kdtype kv_dtype, void *k_cache, void *v_cache);
 int kcpu__attention(kbackend *kb, const kattn_args *a);
 int kcpu__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
 int kcpu__add(kbackend *kb, float *y, const float *x, int64_t n);

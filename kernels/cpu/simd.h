@@ -2,7 +2,8 @@
  * vector type of KV_W lanes with loads that widen f16/bf16 to f32 in registers.
  * AVX-512 (16 lanes) when __AVX512F__, else AVX2+FMA+F16C (8 lanes), else scalar
  * (1 lane). Partial loads (kv_*_part, 0 < n < KV_W lanes) read only n elements
- * and zero the rest, so row tails never read past the end of a buffer. */
+ * and zero the rest, so row tails never read past the end of a buffer; partial
+ * stores write only n. kv_store_f16 narrows to f16 (the K/V cache's f16 mode). */
 #ifndef PEFTD_KCPU_SIMD_H
 #define PEFTD_KCPU_SIMD_H
 
@@ -34,6 +35,12 @@ static inline kv_f32 kv_load_bf16_part(const uint16_t *p, int n) {
 static inline kv_f32 kv_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(kv__mask(n), p));
+}
+/* f32 -> f16 rounded to nearest even (lib/half.h's f32_to_f16 for every non-NaN value). */
+#define KV__F16_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline void kv_store_f16(uint16_t *p, kv_f32 v) { _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, KV__F16_RNE)); }
+static inline void kv_store_f16_part(uint16_t *p, kv_f32 v, int n) {
+    _mm256_mask_storeu_epi16(p, kv__mask(n), _mm512_cvtps_ph(v, KV__F16_RNE));
 }
 static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return _mm512_fmadd_ps(a, b, c); }
 static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return _mm512_add_ps(a, b); }
@@ -77,6 +84,13 @@ static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) {
     memcpy(b, p, (size_t)n * sizeof *p);
     return kv_load_f16(b);
 }
+#define KV__F16_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline void kv_store_f16(uint16_t *p, kv_f32 v) { _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, KV__F16_RNE)); }
+static inline void kv_store_f16_part(uint16_t *p, kv_f32 v, int n) {
+    uint16_t b[KV_W];
+    kv_store_f16(b, v);
+    memcpy(p, b, (size_t)n * sizeof *p);
+}
 static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return _mm256_fmadd_ps(a, b, c); }
 static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return _mm256_add_ps(a, b); }
 static inline kv_f32 kv_mul(kv_f32 a, kv_f32 b) { return _mm256_mul_ps(a, b); }
@@ -110,6 +124,8 @@ static inline kv_f32 kv_load_bf16(const uint16_t *p) { return bf16_to_f32(*p); }
 static inline kv_f32 kv_load_bf16_part(const uint16_t *p, int n) { (void)n; return bf16_to_f32(*p); }
 static inline kv_f32 kv_load_f16(const uint16_t *p) { return f16_to_f32(*p); }
 static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) { (void)n; return f16_to_f32(*p); }
+static inline void kv_store_f16(uint16_t *p, kv_f32 v) { *p = f32_to_f16(v); }
+static inline void kv_store_f16_part(uint16_t *p, kv_f32 v, int n) { (void)n; *p = f32_to_f16(v); }
 static inline kv_f32 kv_fmadd(kv_f32 a, kv_f32 b, kv_f32 c) { return a * b + c; }
 static inline kv_f32 kv_add(kv_f32 a, kv_f32 b) { return a + b; }
 static inline kv_f32 kv_mul(kv_f32 a, kv_f32 b) { return a * b; }
@@ -195,6 +211,26 @@ static inline float kv_dot(const float *a, const float *b, int64_t n) {
     for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv_load(b + i), acc0);
     if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv_load_part(b + i, (int)(n - i)), acc1);
     return kv_hsum(kv_add(acc0, acc1));
+}
+
+/* Dot product of an f32 vector and an f16 one (widened as loaded), summed as kv_dot sums. */
+static inline float kv_dot_f16(const float *a, const uint16_t *b, int64_t n) {
+    kv_f32 acc0 = kv_zero(), acc1 = kv_zero();
+    int64_t i = 0;
+    for (; i + 2 * KV_W <= n; i += 2 * KV_W) {
+        acc0 = kv_fmadd(kv_load(a + i), kv_load_f16(b + i), acc0);
+        acc1 = kv_fmadd(kv_load(a + i + KV_W), kv_load_f16(b + i + KV_W), acc1);
+    }
+    for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv_load_f16(b + i), acc0);
+    if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv_load_f16_part(b + i, (int)(n - i)), acc1);
+    return kv_hsum(kv_add(acc0, acc1));
+}
+
+/* dst[i] = f16(src[i]) (round to nearest even), i < n. */
+static inline void kv_row_to_f16(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + KV_W <= n; i += KV_W) kv_store_f16(dst + i, kv_load(src + i));
+    if (i < n) kv_store_f16_part(dst + i, kv_load_part(src + i, (int)(n - i)), (int)(n - i));
 }
 
 /* y[i] += b * x[i], i < n. */

@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(kattn_args a, int 
         for (int32_t j = j0 + warp; j <= p; j += ATT_WARPS) {
             int64_t blk = btab[j / a.block_size];
             int off = j % a.block_size;
-            const float *kr = att_row(a.k_cache, blk, off, kvh, a.block_size, a.n_kv_heads, hd);
+            const float *kr = att_row((const float *)a.k_cache, blk, off, kvh, a.block_size, a.n_kv_heads, hd);
             float dot = 0.0f;
 #pragma unroll
             for (int i = 0; i < PL; i++) {
@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(kattn_args a, int 
             float corr = expf(m - mn); /* 0 on the first slot (m = -inf) */
             float wj = expf(sc - mn);
             l = l * corr + wj;
-            const float *vr = att_row(a.v_cache, blk, off, kvh, a.block_size, a.n_kv_heads, hd);
+            const float *vr = att_row((const float *)a.v_cache, blk, off, kvh, a.block_size, a.n_kv_heads, hd);
 #pragma unroll
             for (int i = 0; i < PL; i++) {
                 int d = lane + 32 * i;
@@ -141,7 +141,8 @@ extern "C" int kcuda__attention(kbackend *kb, const kattn_args *a) {
         a->block_size <= 0 || a->max_blocks < 0 || !isfinite(a->scale) || a->window < 0 ||
         !(a->softcap >= 0.0f) || !isfinite(a->softcap))
         return PEFTD_EINVAL;
-    if (a->head_dim > 32 * ATT_MAX_PER_LANE || (int64_t)a->n_kv_heads * a->head_dim > INT32_MAX)
+    if (a->head_dim > 32 * ATT_MAX_PER_LANE || (int64_t)a->n_kv_heads * a->head_dim > INT32_MAX ||
+        a->kv_dtype != KDT_F32) /* f32 K/V only (supports_op) */
         return PEFTD_EUNSUPPORTED;
     kcuda_backend *cb = kcuda__impl(kb);
     int rc = kcuda__enter_op(cb);

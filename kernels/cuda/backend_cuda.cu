@@ -144,6 +144,7 @@ static bool kcuda_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
     if ((unsigned)op >= KOP_COUNT) return false;
     if (op == KOP_SAMPLE || op == KOP_SEG_ROTATE) return dt == KDT_F32; /* f32 logits / rotations */
+    if (op == KOP_KV_STORE || op == KOP_ATTENTION) return dt == KDT_F32; /* the K/V cache's dtype: f32 only */
     return kcuda__dtype_ok(dt) || (op == KOP_MATMUL && kcuda__qdtype_ok(dt));
 }
 

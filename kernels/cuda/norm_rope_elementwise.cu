@@ -200,14 +200,15 @@ __global__ void k_kv_store(const float *k, const float *v, const int32_t *slots,
 }
 
 extern "C" int kcuda__kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n, int kv_dim,
-                               float *k_cache, float *v_cache) {
+                               kdtype kv_dtype, void *k_cache, void *v_cache) {
     if (n < 0 || kv_dim <= 0) return PEFTD_EINVAL;
+    if (kv_dtype != KDT_F32) return PEFTD_EUNSUPPORTED; /* f32 K/V only (supports_op) */
     if (n == 0) return 0;
     if (!k || !v || !slots || !k_cache || !v_cache) return PEFTD_EINVAL;
     kcuda_backend *cb = kcuda__impl(kb);
     int rc = kcuda__enter_op(cb);
     if (rc) return rc;
-    k_kv_store<<<n, NRE_THREADS, 0, cb->stream>>>(k, v, slots, kv_dim, k_cache, v_cache, cb->d_err);
+    k_kv_store<<<n, NRE_THREADS, 0, cb->stream>>>(k, v, slots, kv_dim, (float *)k_cache, (float *)v_cache, cb->d_err);
     KCUDA_LAUNCH_CHECK();
     return 0;
 }

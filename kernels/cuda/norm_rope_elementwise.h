@@ -15,7 +15,7 @@ int kcuda__rope(kbackend *kb, float *x, const int32_t *pos, int n, int n_heads, 
 int kcuda__rope_check(const float *x, const int32_t *pos, int n, int n_heads, int head_dim, int rot_dim,
                       const krope_freqs *f);
 int kcuda__kv_store(kbackend *kb, const float *k, const float *v, const int32_t *slots, int n,
-                    int kv_dim, float *k_cache, float *v_cache);
+                    int kv_dim, kdtype kv_dtype, void *k_cache, void *v_cache);
 int kcuda__swiglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);
 int kcuda__add(kbackend *kb, float *y, const float *x, int64_t n);
 int kcuda__geglu(kbackend *kb, const float *gate, const float *up, int n, int dim, float *out);

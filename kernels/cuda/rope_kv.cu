@@ -55,7 +55,7 @@ __global__ void k_rope_kv_store(float *q, float *k, const float *v, const int32_
 
 extern "C" int kcuda__rope_kv_store(kbackend *kb, float *q, float *k, const float *v, const int32_t *pos, int n,
                                     int n_heads, int n_kv_heads, int head_dim, int rot_dim, const krope_freqs *f,
-                                    const int32_t *slots, float *k_cache, float *v_cache) {
+                                    const int32_t *slots, kdtype kv_dtype, void *k_cache, void *v_cache) {
     /* the checks of rope (on q, then on k) and of kv_store, in that order */
     int rc = kcuda__rope_check(q, pos, n, n_heads, head_dim, rot_dim, f);
     if (rc == 0) rc = kcuda__rope_check(k, pos, n, n_kv_heads, head_dim, rot_dim, f);
@@ -63,6 +63,7 @@ extern "C" int kcuda__rope_kv_store(kbackend *kb, float *q, float *k, const floa
     if ((int64_t)n_kv_heads * head_dim > INT32_MAX / 4) return PEFTD_EUNSUPPORTED;
     if (n == 0) return 0;
     if (!v || !slots || !k_cache || !v_cache) return PEFTD_EINVAL;
+    if (kv_dtype != KDT_F32) return PEFTD_EUNSUPPORTED; /* f32 K/V only (supports_op) */
     int64_t items = (int64_t)n_heads * (rot_dim / 2) + (int64_t)n_kv_heads * (rot_dim / 2) +
                     (int64_t)n_kv_heads * (head_dim - rot_dim) + (int64_t)n_kv_heads * head_dim;
     if (items > INT32_MAX - RKV_THREADS) return PEFTD_EUNSUPPORTED;
@@ -72,7 +73,7 @@ extern "C" int kcuda__rope_kv_store(kbackend *kb, float *q, float *k, const floa
     if ((rc = kcuda__enter_op(cb)) != 0) return rc;
     k_rope_kv_store<<<dim3((unsigned)n, gy), RKV_THREADS, 0, cb->stream>>>(
         q, k, v, pos, n_heads, n_kv_heads, head_dim, rot_dim, f->inv_freq, f->table, f->n_tables, f->scale, slots,
-        k_cache, v_cache, cb->d_err);
+        (float *)k_cache, (float *)v_cache, cb->d_err);
     KCUDA_LAUNCH_CHECK();
     return 0;
 }

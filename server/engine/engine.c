@@ -36,6 +36,13 @@ void engine_config_default(engine_config *c) {
     c->prefix_cache = true;
     c->prefix_cache_blocks = 0;
     c->device_sampling = -1;
+    snprintf(c->kv_dtype, sizeof c->kv_dtype, "f32");
+}
+
+int engine_kv_dtype_parse(const char *s) {
+    if (!s || !s[0] || !strcmp(s, "f32")) return KDT_F32;
+    if (!strcmp(s, "f16")) return KDT_F16;
+    return -1;
 }
 
 int engine_stop_ids(const engine *e, const int32_t **ids) {
@@ -147,7 +154,7 @@ static int size_context(engine *e, int *n_blocks_out, char *err, size_t errlen) 
         return PEFTD_EINVAL;
     }
     e->ctx_len = cfg->max_context > 0 ? cfg->max_context : max_pos;
-    size_t per_block = (size_t)bs * mc->n_kv_heads * mc->head_dim * sizeof(float) * 2 * (size_t)mc->n_layers;
+    size_t per_block = (size_t)bs * mc->n_kv_heads * mc->head_dim * kdtype_size(e->kv_dtype) * 2 * (size_t)mc->n_layers;
     size_t budget = (size_t)(cfg->kv_cache_mb > 0 ? cfg->kv_cache_mb : 512) << 20;
     int prc = engine__device_kv_budget(e, &budget, err, errlen); /* kv_cache_mb 0 on a GPU */
     if (prc < 0) return prc;
@@ -206,13 +213,31 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
         snprintf(err, errlen, "engine: max_seqs, max_batch_tokens, block_size and max_queue must be >= 1");
         goto fail;
     }
+    int kvt = engine_kv_dtype_parse(cfg->kv_dtype);
+    if (kvt < 0) {
+        snprintf(err, errlen, "engine: kv_dtype must be \"f32\" or \"f16\", got \"%s\"", cfg->kv_dtype);
+        goto fail;
+    }
+    e->kv_dtype = (kdtype)kvt;
+    if (!kb->ops->supports_op(kb, KOP_KV_STORE, e->kv_dtype) || !kb->ops->supports_op(kb, KOP_ATTENTION, e->kv_dtype)) {
+        snprintf(err, errlen, "engine: kv_dtype \"%s\": the %s backend keeps the KV cache in f32 only", cfg->kv_dtype,
+                 kb->ops->name);
+        st = PEFTD_EUNSUPPORTED;
+        goto fail;
+    }
     int n_blocks;
     if ((st = size_context(e, &n_blocks, err, errlen)) < 0) goto fail;
     e->cfg.kv_blocks = n_blocks;
     llama_ctx_params lp = {.max_tokens = cfg->max_batch_tokens + cfg->max_seqs, .max_seqs = cfg->max_seqs,
-                           .block_size = cfg->block_size, .n_blocks = n_blocks, .max_blocks = e->max_blocks};
+                           .block_size = cfg->block_size, .n_blocks = n_blocks, .max_blocks = e->max_blocks,
+                           .kv_dtype = e->kv_dtype};
     /* + max_seqs rows: a step holds every decode row plus a prefill chunk of the budget */
     if ((st = llama_ctx_create(m, &lp, &e->lc, err, errlen)) < 0) goto fail;
+    log_msg(LOG_INFO, "engine: KV cache %d blocks of %d slots in %s (%.0f MiB), context %d tokens", n_blocks,
+            cfg->block_size, kdtype_name(e->kv_dtype),
+            (double)n_blocks * cfg->block_size * m->cfg.n_kv_heads * m->cfg.head_dim * kdtype_size(e->kv_dtype) * 2 *
+                m->cfg.n_layers / (1 << 20),
+            e->ctx_len);
     st = PEFTD_ENOMEM;
     if (kv_blocks_init(&e->kv, n_blocks) < 0 || sampler_scratch_init(&e->ss, m->cfg.vocab_size) < 0 ||
         vtc_create(&e->vtc) < 0 || (cfg->prefix_cache && pcache_init(&e->pc, n_blocks, cfg->prefix_cache_blocks) < 0))

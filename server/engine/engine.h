@@ -64,10 +64,17 @@ typedef struct {
                             * -1 (default): where the backend's memory is not host memory
                             * (CUDA); 1: always (the CPU backend too: tests); 0: never.
                             * Tokens are the same either way (the same math, the same draws). */
+    char kv_dtype[8];      /* the KV cache's elements: "f32" (default; "" too) or "f16" (half the
+                            * memory and attention reads, llama.cpp's default; K/V rounded to
+                            * f16 as stored, attention in f32; where the backend supports it:
+                            * the CPU) */
 } engine_config;
 
 /* Defaults sized for the CPU backend and small models. */
 void engine_config_default(engine_config *c);
+
+/* [any] The kdtype an engine_config.kv_dtype names ("" or "f32": KDT_F32, "f16": KDT_F16), or -1. */
+int engine_kv_dtype_parse(const char *s);
 
 /* gen_params.pool: the hidden state after the model's final norm (transformers'
  * last_hidden_state) of the last prompt token, or the mean over the prompt tokens (virtual

@@ -2,8 +2,8 @@
  * from the device memory plan (kernels/device_plan.h) when engine.kv_cache_mb is 0: the
  * bytes cudaMemGetInfo reports free now plus the weights already loaded, split between the
  * weights, the adapter slot pool the engine will create (engine_slot_pool.c), the step's
- * activations, the sampled rows' logits, a 1 GiB headroom, and the KV cache (90% of the rest;
- * f32 K/V: the attention kernels' format today). The CPU backend keeps kv_cache_mb. */
+ * activations, the sampled rows' logits, a 1 GiB headroom, and the KV cache (90% of the rest,
+ * in engine.kv_dtype's bytes: f32 on CUDA today). The CPU backend keeps kv_cache_mb. */
 #include <stdio.h>
 
 #include "kernels/device_plan.h"
@@ -28,7 +28,8 @@ int engine__device_kv_budget(const engine *e, size_t *budget, char *err, size_t 
     bool pool = engine__slot_pool_wanted(e, e->kb);
     int rows = e->cfg.max_batch_tokens > e->cfg.max_seqs ? e->cfg.max_batch_tokens : e->cfg.max_seqs;
     device_plan_config dc = {pool ? e->cfg.adapter_slots : 0, pool ? slot : 0, e->cfg.max_seqs, rows, rank,
-                             e->cfg.block_size, 1ull << 30, 0.9, e->cfg.block_size, 4};
+                             e->cfg.block_size, 1ull << 30, 0.9, e->cfg.block_size,
+                             (int)kdtype_size(e->kv_dtype)};
     device_plan p;
     rc = device_plan_make((uint64_t)free_b + (uint64_t)e->m->weight_bytes, &dm, &dc, &p, err, errlen);
     if (rc < 0) return rc;

@@ -146,6 +146,7 @@ struct engine {
     const tokenizer *tok;
     llama_ctx *lc;
     int ctx_len, max_blocks;
+    kdtype kv_dtype;          /* the KV cache's elements (cfg.kv_dtype parsed) */
     /* the ids that end a generation (finish_reason "stop", not emitted as text): the
      * model's generation_config.json / config.json eos set, else the tokenizer's eos */
     int32_t eos_ids[MODEL_MAX_EOS];

@@ -119,6 +119,12 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
         snprintf(err, errlen, "llama_ctx: invalid sizes");
         return PEFTD_EINVAL;
     }
+    if ((p->kv_dtype != KDT_F32 && p->kv_dtype != KDT_F16) || !m->kb->ops->supports_op(m->kb, KOP_KV_STORE, p->kv_dtype) ||
+        !m->kb->ops->supports_op(m->kb, KOP_ATTENTION, p->kv_dtype)) {
+        snprintf(err, errlen, "llama_ctx: the %s backend cannot keep the KV cache in %s", m->kb->ops->name,
+                 kdtype_name(p->kv_dtype));
+        return PEFTD_EUNSUPPORTED;
+    }
     llama_ctx *c = calloc(1, sizeof *c);
     if (!c) return PEFTD_ENOMEM;
     c->m = m;
@@ -127,10 +133,10 @@ int llama_ctx_create(model *m, const llama_ctx_params *p, llama_ctx **out, char 
     kbackend *kb = m->kb;
     size_t T = (size_t)p->max_tokens;
     size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim, kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
-    size_t kv_bytes = (size_t)p->n_blocks * p->block_size * kv_dim * sizeof(float);
+    size_t kv_bytes = (size_t)p->n_blocks * p->block_size * kv_dim * kdtype_size(p->kv_dtype);
 
-    c->k_cache = calloc((size_t)cfg->n_layers, sizeof(float *));
-    c->v_cache = calloc((size_t)cfg->n_layers, sizeof(float *));
+    c->k_cache = calloc((size_t)cfg->n_layers, sizeof(void *));
+    c->v_cache = calloc((size_t)cfg->n_layers, sizeof(void *));
     if (!c->k_cache || !c->v_cache) goto oom;
     for (int l = 0; l < cfg->n_layers; l++) {
         if (!(c->k_cache[l] = kb->ops->alloc(kb, kv_bytes))) goto oom;
@@ -212,7 +218,7 @@ int llama_store_prefix(llama_ctx *c, const adapter *ad, const int32_t *blocks, i
         CHECK(kb->ops->upload(kb, c->d_slots, c->emb_ids, (size_t)n * 4));
         for (int l = 0; l < cfg->n_layers; l++)
             CHECK(kb->ops->kv_store(kb, ad->prefix_k[l] + (size_t)j0 * kv_dim, ad->prefix_v[l] + (size_t)j0 * kv_dim,
-                                    c->d_slots, n, kv_dim, c->k_cache[l], c->v_cache[l]));
+                                    c->d_slots, n, kv_dim, c->p.kv_dtype, c->k_cache[l], c->v_cache[l]));
     }
     return kb->ops->synchronize(kb);
 }
@@ -284,7 +290,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         .max_blocks = c->p.max_blocks, .block_size = c->p.block_size, .n_heads = cfg->n_heads,
         .n_kv_heads = cfg->n_kv_heads, .head_dim = hd, .scale = c->attn_scale,
         .q = c->q, .out = c->att, .kv_start = b->kv_start ? c->d_kvstart : NULL,
-        .softcap = cfg->attn_softcap, .max_rows = T,
+        .softcap = cfg->attn_softcap, .max_rows = T, .kv_dtype = c->p.kv_dtype,
     };
     for (int l = 0; l < cfg->n_layers; l++) {
         const model_layer *L = &m->layers[l];
@@ -306,7 +312,7 @@ int llama_forward(llama_ctx *c, const llama_batch *b, float *logits) {
         krope_freqs rf_local = {.inv_freq = c->inv_freq_local, .n_tables = 1, .table = NULL, .scale = 1.0f};
         const krope_freqs *rl = local ? &rf_local : &rf;
         CHECK(kops_rope_kv_store(kb, c->q, c->k, c->v, c->d_pos, T, cfg->n_heads, cfg->n_kv_heads, hd,
-                                 cfg->rope.rot_dim, rl, c->d_slots, c->k_cache[l], c->v_cache[l]));
+                                 cfg->rope.rot_dim, rl, c->d_slots, c->p.kv_dtype, c->k_cache[l], c->v_cache[l]));
         a.k_cache = c->k_cache[l];
         a.v_cache = c->v_cache[l];
         a.window = cfg->layer_window[l] ? cfg->sliding_window : 0;

@@ -57,6 +57,8 @@ typedef struct {
     int block_size;      /* KV slots per block */
     int n_blocks;        /* KV blocks in the pool */
     int max_blocks;      /* block-table row stride (blocks per sequence at most) */
+    kdtype kv_dtype;     /* K/V cache elements: KDT_F32 (0), or KDT_F16 where the backend's
+                          * supports_op(KOP_KV_STORE / KOP_ATTENTION, KDT_F16) */
 } llama_ctx_params;
 
 /* @note caller owns *out: llama_ctx_free(). m must outlive it. */

@@ -102,7 +102,7 @@ struct llama_ctx {
     model *m;
     kbackend *kb;
     llama_ctx_params p;
-    float **k_cache, **v_cache;  /* [n_layers] pools of [n_blocks, block_size, kv_dim] */
+    void **k_cache, **v_cache;   /* [n_layers] pools of [n_blocks, block_size, kv_dim] of p.kv_dtype */
     /* activation scratch, [max_tokens, ...] */
     float *x, *xn, *q, *k, *v, *att, *gate, *up, *sel, *logits;
     float *tmp;                  /* [T, hidden]: a sub-layer's output when it can't be fused */

@@ -101,7 +101,7 @@ static void call_one(void *p) {
     case 8: (void)o->matmul(kb, NULL, 0, NULL, NULL, 0); break;
     case 9: (void)o->rmsnorm(kb, NULL, NULL, 0, 0, 0, NULL); break;
     case 10: (void)o->rope(kb, NULL, NULL, 0, 0, 0, 0, NULL); break;
-    case 11: (void)o->kv_store(kb, NULL, NULL, NULL, 0, 0, NULL, NULL); break;
+    case 11: (void)o->kv_store(kb, NULL, NULL, NULL, 0, 0, KDT_F32, NULL, NULL); break;
     case 12: (void)o->attention(kb, NULL); break;
     case 13: (void)o->swiglu(kb, NULL, NULL, 0, 0, NULL); break;
     case 14: (void)o->add(kb, NULL, NULL, 0); break;

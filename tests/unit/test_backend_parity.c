@@ -465,12 +465,12 @@ TEST(rope_kv_store_parity) {
             pbuf q2 = pb_new(q, pq.n), k2 = pb_new(k, pk.n), kc2 = pb_new(NULL, kc.n), vc2 = pb_new(NULL, vc.n);
             ASSERT_EQ(CU->ops->rope(CU, (float *)q2.cu, (int32_t *)pp.cu, T, nh, hd, rot, &fu), 0);
             ASSERT_EQ(CU->ops->rope(CU, (float *)k2.cu, (int32_t *)pp.cu, T, nkv, hd, rot, &fu), 0);
-            ASSERT_EQ(CU->ops->kv_store(CU, (float *)k2.cu, (float *)pv.cu, (int32_t *)ps.cu, T, kv_dim, (float *)kc2.cu,
-                                        (float *)vc2.cu), 0);
+            ASSERT_EQ(CU->ops->kv_store(CU, (float *)k2.cu, (float *)pv.cu, (int32_t *)ps.cu, T, kv_dim, KDT_F32,
+                                        (float *)kc2.cu, (float *)vc2.cu), 0);
             BOTH(kops_rope_kv_store(CP, (float *)pq.cp, (float *)pk.cp, (float *)pv.cp, (int32_t *)pp.cp, T, nh, nkv, hd,
-                                    rot, &fc, (int32_t *)ps.cp, (float *)kc.cp, (float *)vc.cp),
+                                    rot, &fc, (int32_t *)ps.cp, KDT_F32, (float *)kc.cp, (float *)vc.cp),
                  kops_rope_kv_store(CU, (float *)pq.cu, (float *)pk.cu, (float *)pv.cu, (int32_t *)pp.cu, T, nh, nkv, hd,
-                                    rot, &fu, (int32_t *)ps.cu, (float *)kc.cu, (float *)vc.cu));
+                                    rot, &fu, (int32_t *)ps.cu, KDT_F32, (float *)kc.cu, (float *)vc.cu));
             char what[96];
             snprintf(what, sizeof what, "rope_kv_store T=%d head_dim=%d rot_dim=%d tables=%d", T, hd, rot, nt);
             pb_check(&pq, what), pb_check(&pk, what), pb_check(&kc, what), pb_check(&vc, what);
@@ -607,10 +607,10 @@ static void attention_case(int n_seqs, const int *n_q, const int *kv_len, const 
          po = pb_new(NULL, (size_t)T * n_heads * hd * 4), pqs = pb_new(q_start, (size_t)(n_seqs + 1) * 4),
          pkl = pb_new(kvl, (size_t)n_seqs * 4), pks = pb_new(kvs, (size_t)n_seqs * 4),
          pbt = pb_new(btab, (size_t)n_seqs * (max_blocks ? max_blocks : 1) * 4);
-    BOTH(CP->ops->kv_store(CP, (float *)pk.cp, (float *)pv.cp, (int32_t *)ps.cp, n_slots_total, kv_dim, (float *)kc.cp,
-                           (float *)vc.cp),
-         CU->ops->kv_store(CU, (float *)pk.cu, (float *)pv.cu, (int32_t *)ps.cu, n_slots_total, kv_dim, (float *)kc.cu,
-                           (float *)vc.cu));
+    BOTH(CP->ops->kv_store(CP, (float *)pk.cp, (float *)pv.cp, (int32_t *)ps.cp, n_slots_total, kv_dim, KDT_F32,
+                           (float *)kc.cp, (float *)vc.cp),
+         CU->ops->kv_store(CU, (float *)pk.cu, (float *)pv.cu, (int32_t *)ps.cu, n_slots_total, kv_dim, KDT_F32,
+                           (float *)kc.cu, (float *)vc.cu));
     pb_check(&kc, "kv_store k_cache");
     pb_check(&vc, "kv_store v_cache");
     kattn_args a = {.n_seqs = n_seqs, .max_blocks = max_blocks, .block_size = bs, .n_heads = n_heads,

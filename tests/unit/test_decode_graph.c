@@ -154,9 +154,9 @@ TEST(env_switch_is_off_by_default) {
 #define RK 2
 static void run_rows(kbackend *kb, const decode_padded *d, int rows, const float *x, const float *q, const float *kv,
                      float *kc, float *vc, float *att, float *y, const float *A, float *t) {
-    ASSERT_EQ(kb->ops->kv_store(kb, kv, kv + rows * KVD, d->kv_slot, rows, KVD, kc, vc), 0);
+    ASSERT_EQ(kb->ops->kv_store(kb, kv, kv + rows * KVD, d->kv_slot, rows, KVD, KDT_F32, kc, vc), 0);
     kattn_args a = {rows, d->q_start, d->kv_len, d->block_table, 2, BS, 4, 2, 4, 0.5f, q, kc, vc, att,
-                    NULL, 0, 0, rows};
+                    NULL, 0, 0, rows, KDT_F32};
     ASSERT_EQ(kb->ops->attention(kb, &a), 0);
     /* SGMV shrink with segment tables from the padding: adapter slot -> A pointer. */
     const void *ap[9];

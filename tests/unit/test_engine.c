@@ -20,6 +20,7 @@ typedef struct {
 } rig;
 
 static int g_kv_blocks; /* 0 = the engine's default pool */
+static const char *g_kv_dtype = "f32"; /* engine_config.kv_dtype */
 static const char *g_model_dir = "models/stories260K";
 
 static void rig_open(rig *r, int max_seqs, int max_batch_tokens, int max_queue, bool start) {
@@ -36,6 +37,7 @@ static void rig_open(rig *r, int max_seqs, int max_batch_tokens, int max_queue, 
     c.max_queue = max_queue;
     c.kv_cache_mb = 64;
     c.kv_blocks = g_kv_blocks;
+    snprintf(c.kv_dtype, sizeof c.kv_dtype, "%s", g_kv_dtype);
     if (engine_create(&c, r->m, r->kb, r->tok, &r->e, err, sizeof err) < 0) FAIL("engine_create: %s", err);
     if (start) ASSERT_EQ(engine_start(r->e), 0);
 }
@@ -177,6 +179,13 @@ static void check_batch_invariance(int max_batch_tokens) {
 
 /* a small token budget forces chunked prefill mixed with decodes of other sequences */
 TEST(batch_invariance_alone_vs_concurrent) { check_batch_invariance(24); }
+/* the same with the KV cache in f16: a row's K/V are rounded alone, attention reads them the
+ * same way whatever else is in the step */
+TEST(batch_invariance_kv_f16) {
+    g_kv_dtype = "f16";
+    check_batch_invariance(24);
+    g_kv_dtype = "f32";
+}
 /* a large one puts all 16 prompts (~150 rows) in one matmul: f32 weights must still give
  * every row what it gets alone (no shape-dependent GEMM path) */
 TEST(batch_invariance_one_big_prefill) { check_batch_invariance(512); }
@@ -401,6 +410,61 @@ static int ctx_engine(int kv_blocks, int max_context, int *ctx, char *err, size_
     return st;
 }
 
+/* engine.kv_dtype "f16": the same kv_cache_mb holds twice the blocks; greedy decoding of the
+ * default model from BOS stays transformers' text (its f32 run: the f16 rounding moves logits
+ * by ~1e-2, test_llama_forward, below this model's greedy margins over these 256 tokens); an
+ * unknown dtype is refused with the accepted names. */
+TEST(kv_dtype_f16_pool_and_greedy_text) {
+    engine_stats st;
+    int blocks[2];
+    for (int k = 0; k < 2; k++) {
+        g_kv_dtype = k ? "f16" : "f32";
+        rig r;
+        rig_open(&r, 128, 64, 16, true); /* 128 sequences: the pool is not capped below kv_cache_mb */
+        engine_get_stats(r.e, &st);
+        blocks[k] = st.kv_blocks_total;
+        if (k == 1) {
+            size_t glen;
+            char *gj = test_read_file("tests/fixtures/stories260k_greedy.json", &glen);
+            ASSERT(gj);
+            cJSON *g = cJSON_ParseWithLength(gj, glen);
+            cJSON *gen = cJSON_GetObjectItem(g, "generated_ids");
+            int32_t bos = 1;
+            gen_params p = greedy(256);
+            result res;
+            collect(submit(&r, &bos, 1, &p), &res);
+            ASSERT_EQ(res.n_ids, 256);
+            for (int i = 0; i < 256; i++)
+                if (res.ids[i] != cJSON_GetArrayItem(gen, i)->valueint)
+                    FAIL("f16 KV: token %d: %d, transformers (f32) says %d", i, res.ids[i],
+                         cJSON_GetArrayItem(gen, i)->valueint);
+            cJSON_Delete(g);
+            free(gj);
+            free(res.text);
+        }
+        rig_close(&r);
+    }
+    g_kv_dtype = "f32";
+    printf("    kv_cache_mb 64: %d blocks f32, %d blocks f16\n", blocks[0], blocks[1]);
+    ASSERT(blocks[1] == 2 * blocks[0] || blocks[1] == 2 * blocks[0] + 1); /* floor(64 MiB / block bytes) */
+
+    char err[512] = "";
+    rig r;
+    memset(&r, 0, sizeof r);
+    r.kb = kbackend_cpu_create(1);
+    if (model_load(g_model_dir, r.kb, &r.m, err, sizeof err) < 0) FAIL("model_load: %s", err);
+    if (tokenizer_load(g_model_dir, &r.tok, err, sizeof err) < 0) FAIL("tokenizer_load: %s", err);
+    engine_config c;
+    engine_config_default(&c);
+    snprintf(c.kv_dtype, sizeof c.kv_dtype, "bf16");
+    ASSERT_EQ(engine_create(&c, r.m, r.kb, r.tok, &r.e, err, sizeof err), PEFTD_EINVAL);
+    ASSERT(strstr(err, "kv_dtype must be \"f32\" or \"f16\", got \"bf16\""));
+    ASSERT(!r.e);
+    tokenizer_free(r.tok);
+    model_free(r.m);
+    kbackend_destroy(r.kb);
+}
+
 TEST(context_length_follows_the_kv_pool_and_max_context) {
     char err[512];
     int ctx;
@@ -547,4 +611,4 @@ TEST_MAIN(fair_share_between_a_heavy_and_a_light_tenant, preemption_by_recompute
           batch_invariance_one_big_prefill, same_seed_same_output,
           stop_string_truncates, generation_config_eos_list_stops_on_every_id, broken_generation_config_is_refused,
           cancel_frees_kv_blocks, limits_are_enforced, shutdown_drains_running_requests,
-          context_length_follows_the_kv_pool_and_max_context)
+          context_length_follows_the_kv_pool_and_max_context, batch_invariance_kv_f16, kv_dtype_f16_pool_and_greedy_text)

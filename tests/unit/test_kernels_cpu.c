@@ -474,7 +474,7 @@ TEST(kv_store_slots) {
     test_fill(k, n * kv_dim);
     test_fill(v, n * kv_dim);
     int32_t slots[7] = {39, 0, 17, 5, 16, 31, 1};
-    ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, kc, vc), 0);
+    ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, KDT_F32, kc, vc), 0);
     for (int s = 0; s < n_slots; s++) {
         int src = -1;
         for (int i = 0; i < n; i++)
@@ -485,9 +485,59 @@ TEST(kv_store_slots) {
         }
     }
     slots[3] = -2;
-    ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, kc, vc), PEFTD_ERANGE);
+    ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, KDT_F32, kc, vc), PEFTD_ERANGE);
     test_guarded_check_free(kc, (int64_t)n_slots * kv_dim);
     test_guarded_check_free(vc, (int64_t)n_slots * kv_dim);
+    kbackend_destroy(kb);
+}
+
+TEST(kv_store_f16_rounds_to_nearest_even) {
+    /* Every element, in the vector body and the row's tail (kv_dim 24 = 16 + 8 on AVX-512,
+     * 3 x 8 on AVX2; 37 leaves a 5-element tail), is stored as f32_to_f16 gives it: ties to
+     * even, the largest finite, overflow to inf, subnormals, signed zero. */
+    static const float edge[] = {1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 65504.0f, 65519.99f, 65520.0f, -1e6f,
+                                 0x1p-24f, 0x1p-25f, 0x1.8p-25f, 0x1p-14f, 0x1.ffcp-15f, -0.0f, 3.14159265f,
+                                 -2.5e-6f, 1e-9f, 0.33333334f};
+    enum { NE = sizeof edge / sizeof *edge };
+    static const int dims[] = {24, 37, 64, 5};
+    for (size_t ti = 0; ti < 3; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        for (int di = 0; di < 4; di++) {
+            int kv_dim = dims[di], n = 6, n_slots = 9;
+            float *k = malloc((size_t)n * kv_dim * sizeof(float)), *v = malloc((size_t)n * kv_dim * sizeof(float));
+            test_fill(k, (int64_t)n * kv_dim);
+            test_fill(v, (int64_t)n * kv_dim);
+            for (int i = 0; i < n * kv_dim; i++)
+                if (i % 3 == 0) k[i] = edge[(i / 3) % NE] * (i % 2 ? -1.0f : 1.0f), v[i] = edge[(i / 3 + 5) % NE];
+            uint16_t *kc = malloc((size_t)n_slots * kv_dim * 2), *vc = malloc((size_t)n_slots * kv_dim * 2);
+            for (int i = 0; i < n_slots * kv_dim; i++) kc[i] = vc[i] = 0xABCD;
+            int32_t slots[6] = {8, 0, 3, 5, 1, 7};
+            ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, KDT_F16, kc, vc), 0);
+            for (int s = 0; s < n_slots; s++) {
+                int src = -1;
+                for (int i = 0; i < n; i++)
+                    if (slots[i] == s) src = i;
+                for (int d = 0; d < kv_dim; d++) {
+                    uint16_t wk = src < 0 ? 0xABCD : f32_to_f16(k[src * kv_dim + d]);
+                    uint16_t wv = src < 0 ? 0xABCD : f32_to_f16(v[src * kv_dim + d]);
+                    if (kc[s * kv_dim + d] != wk || vc[s * kv_dim + d] != wv)
+                        FAIL("kv_dim %d slot %d elem %d: k %04x (want %04x), v %04x (want %04x)", kv_dim, s, d,
+                             kc[s * kv_dim + d], wk, vc[s * kv_dim + d], wv);
+                }
+            }
+            ASSERT_EQ(f32_to_f16(1.0f + 0x1p-11f), 0x3c00); /* the reference itself: a tie goes to even */
+            ASSERT_EQ(f32_to_f16(65520.0f), 0x7c00);
+            ASSERT_EQ(kb->ops->kv_store(kb, k, v, slots, n, kv_dim, KDT_BF16, kc, vc), PEFTD_EUNSUPPORTED);
+            free(k);
+            free(v);
+            free(kc);
+            free(vc);
+        }
+        kbackend_destroy(kb);
+    }
+    kbackend *kb = kbackend_cpu_create(1);
+    ASSERT(kb->ops->supports_op(kb, KOP_KV_STORE, KDT_F16) && kb->ops->supports_op(kb, KOP_ATTENTION, KDT_F16));
+    ASSERT(!kb->ops->supports_op(kb, KOP_KV_STORE, KDT_BF16) && !kb->ops->supports_op(kb, KOP_ATTENTION, KDT_Q8_0));
     kbackend_destroy(kb);
 }
 
@@ -498,9 +548,13 @@ typedef struct {
     int kv_start; /* first slot attended (kattn_args.kv_start); 0 = all */
 } seq_shape;
 
-/* use_start: pass kattn_args.kv_start (else NULL, and seqs' kv_start must be 0). */
-static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int n_kv_heads, int group, int hd,
-                            int bs, int use_start) {
+/* f32 -> f16 -> f32: what an f16 cache holds of x. */
+static float f16_round(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+/* use_start: pass kattn_args.kv_start (else NULL, and seqs' kv_start must be 0). kvt: the cache's
+ * dtype (KDT_F16: the reference attends over the f16-rounded K/V, so the same bound holds). */
+static void check_attention_kv(kbackend *kb, const seq_shape *seqs, int n_seqs, int n_kv_heads, int group, int hd,
+                               int bs, int use_start, kdtype kvt) {
     int n_heads = n_kv_heads * group, kv_dim = n_kv_heads * hd, qdim = n_heads * hd;
     int32_t q_start[16], kv_len[16], kv_start[16];
     int max_blocks = 0, total_blocks = 0;
@@ -534,8 +588,10 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
     /* The cache starts as NaN: reading any slot that is not a valid slot of the
      * sequence poisons the output. Valid slots are written with kv_store. */
     int64_t cache_n = (int64_t)n_blocks * bs * kv_dim;
-    float *kc = malloc(cache_n * sizeof(float)), *vc = malloc(cache_n * sizeof(float));
-    for (int64_t i = 0; i < cache_n; i++) kc[i] = vc[i] = NAN;
+    void *kc = malloc(cache_n * kdtype_size(kvt)), *vc = malloc(cache_n * kdtype_size(kvt));
+    for (int64_t i = 0; i < cache_n; i++)
+        if (kvt == KDT_F16) ((uint16_t *)kc)[i] = ((uint16_t *)vc)[i] = 0x7e00; /* f16 NaN */
+        else ((float *)kc)[i] = ((float *)vc)[i] = NAN;
     float **K = malloc(n_seqs * sizeof(float *)), **V = malloc(n_seqs * sizeof(float *));
     for (int s = 0; s < n_seqs; s++) {
         int L = seqs[s].kv_len;
@@ -548,8 +604,10 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
         int32_t *slots = malloc(((size_t)L + 1) * sizeof(int32_t));
         for (int p = k0; p < L; p++) slots[p - k0] = btab[s * max_blocks + p / bs] * bs + p % bs;
         ASSERT_EQ(kb->ops->kv_store(kb, K[s] + (int64_t)k0 * kv_dim, V[s] + (int64_t)k0 * kv_dim, slots, L - k0,
-                                    kv_dim, kc, vc),
+                                    kv_dim, kvt, kc, vc),
                   0);
+        if (kvt == KDT_F16) /* the reference sees what the cache holds */
+            for (int64_t i = 0; i < (int64_t)L * kv_dim; i++) K[s][i] = f16_round(K[s][i]), V[s][i] = f16_round(V[s][i]);
         free(slots);
     }
     float *q = malloc(((size_t)T * qdim + 1) * sizeof(float));
@@ -559,7 +617,7 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
     kattn_args a = {.n_seqs = n_seqs, .q_start = q_start, .kv_len = kv_len, .block_table = btab,
                     .max_blocks = max_blocks, .block_size = bs, .n_heads = n_heads, .n_kv_heads = n_kv_heads,
                     .head_dim = hd, .scale = scale, .q = q, .k_cache = kc, .v_cache = vc, .out = out,
-                    .kv_start = use_start ? kv_start : NULL};
+                    .kv_start = use_start ? kv_start : NULL, .kv_dtype = kvt};
     ASSERT_EQ(kb->ops->attention(kb, &a), 0);
     double *sc = malloc(((size_t)max_blocks * bs + 1) * sizeof(double));
     for (int s = 0; s < n_seqs; s++)
@@ -594,8 +652,8 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
                     double tol = 2 * U_F32 * (hd * sabs + 2.0 * (p + 2) + 4);
                     double got = out[(int64_t)t * qdim + h * hd + c];
                     if (!(fabs(got - o) <= tol))
-                        FAIL("hd=%d bs=%d group=%d seq %d q %d head %d c %d: %.9g vs %.9g (tol %.3g)", hd, bs, group,
-                             s, j, h, c, got, o, tol);
+                        FAIL("%s hd=%d bs=%d group=%d seq %d q %d head %d c %d: %.9g vs %.9g (tol %.3g)",
+                             kdtype_name(kvt), hd, bs, group, s, j, h, c, got, o, tol);
                 }
             }
         }
@@ -612,6 +670,11 @@ static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int
     free(vc);
     free(btab);
     free(perm);
+}
+
+static void check_attention(kbackend *kb, const seq_shape *seqs, int n_seqs, int n_kv_heads, int group, int hd,
+                            int bs, int use_start) {
+    check_attention_kv(kb, seqs, n_seqs, n_kv_heads, group, hd, bs, use_start, KDT_F32);
 }
 
 TEST(attention_ragged_paged) {
@@ -650,6 +713,32 @@ TEST(attention_ragged_paged) {
     }
 }
 
+TEST(attention_f16_cache) {
+    /* The same shapes with the cache in f16: decode, prefill, chunks, kv_start, GQA groups,
+     * partial vectors (head_dim 24), two register chunks (128), block 1 and 16; both task
+     * layouts (row tasks for many short rows, (row, KV head) tasks for few or long ones). */
+    static const seq_shape seqs[] = {{1, 1, 0},  {1, 37, 0}, {20, 20, 0}, {5, 40, 0},
+                                     {0, 10, 0}, {3, 3, 0},  {1, 70, 0}};
+    static const seq_shape starts[] = {{1, 37, 32}, {4, 50, 7}, {6, 30, 24}, {2, 9, 0}, {1, 1, 0}};
+    static const seq_shape longs[] = {{1, 600, 0}, {133, 133, 0}}, few[] = {{1, 37, 0}, {3, 10, 0}};
+    static const seq_shape decode[] = {{1, 9, 0}, {1, 40, 0}, {1, 3, 0}, {1, 17, 0}, {1, 64, 0}, {1, 2, 0}};
+    for (size_t ti = 0; ti < 3; ti++) {
+        kbackend *kb = kbackend_cpu_create(THREADS[ti]);
+        test_rng_seed(300 + ti);
+        for (int g = 1; g <= 4; g *= 2) {
+            check_attention_kv(kb, seqs, 7, 2, g, 64, 16, 0, KDT_F16);
+            check_attention_kv(kb, starts, 5, 2, g, 16, 1, 1, KDT_F16);
+            check_attention_kv(kb, decode, 6, 2, g, 64, 16, 0, KDT_F16);
+        }
+        check_attention_kv(kb, longs, 2, 1, 4, 64, 16, 0, KDT_F16);
+        check_attention_kv(kb, seqs, 7, 2, 3, 128, 16, 0, KDT_F16);
+        check_attention_kv(kb, starts, 5, 3, 3, 24, 1, 1, KDT_F16);
+        check_attention_kv(kb, decode, 6, 3, 3, 24, 16, 0, KDT_F16);
+        check_attention_kv(kb, few, 2, 3, 2, 8, 16, 0, KDT_F16);
+        kbackend_destroy(kb);
+    }
+}
+
 TEST(attention_batch_invariant_row_and_head_paths) {
     /* A decode batch runs one task per query row (all KV heads), a lone row one task per
      * (row, KV head): both must give bit-identical outputs, so a row's result never
@@ -660,11 +749,21 @@ TEST(attention_batch_invariant_row_and_head_paths) {
     for (size_t ti = 0; ti < 3; ti++) {
         kbackend *kb = kbackend_cpu_create(THREADS[ti]);
         test_rng_seed(7 + ti);
-        for (int bi = 0; bi < 2; bi++) {
-            int bs = bss[bi], nb = S * MAXB;
-            float *kc = malloc((size_t)nb * bs * KVD * sizeof(float)), *vc = malloc((size_t)nb * bs * KVD * sizeof(float));
-            test_fill(kc, (int64_t)nb * bs * KVD);
-            test_fill(vc, (int64_t)nb * bs * KVD);
+        for (int bi = 0; bi < 4; bi++) { /* block 16, 3; f32 then f16 caches */
+            int bs = bss[bi % 2], nb = S * MAXB;
+            kdtype kvt = bi < 2 ? KDT_F32 : KDT_F16;
+            size_t cn = (size_t)nb * bs * KVD;
+            float *kf = malloc(cn * sizeof(float)), *vf = malloc(cn * sizeof(float));
+            test_fill(kf, (int64_t)cn);
+            test_fill(vf, (int64_t)cn);
+            void *kc = kf, *vc = vf;
+            if (kvt == KDT_F16) {
+                uint16_t *kh = malloc(cn * 2), *vh = malloc(cn * 2);
+                for (size_t i = 0; i < cn; i++) kh[i] = f32_to_f16(kf[i]), vh[i] = f32_to_f16(vf[i]);
+                free(kf);
+                free(vf);
+                kc = kh, vc = vh;
+            }
             int32_t btab[S * MAXB], q_start[S + 1], kv_len[S];
             for (int i = 0; i < S * MAXB; i++) btab[i] = (i * 37) % nb; /* scattered blocks */
             for (int s = 0; s <= S; s++) q_start[s] = s;
@@ -673,7 +772,8 @@ TEST(attention_batch_invariant_row_and_head_paths) {
             test_fill(q, S * QD);
             kattn_args a = {.n_seqs = S, .q_start = q_start, .kv_len = kv_len, .block_table = btab,
                             .max_blocks = MAXB, .block_size = bs, .n_heads = H, .n_kv_heads = KVH,
-                            .head_dim = HD, .scale = 0.125f, .q = q, .k_cache = kc, .v_cache = vc, .out = out_b};
+                            .head_dim = HD, .scale = 0.125f, .q = q, .k_cache = kc, .v_cache = vc, .out = out_b,
+                            .kv_dtype = kvt};
             ASSERT_EQ(kb->ops->attention(kb, &a), 0);
             for (int s = 0; s < S; s++) {
                 int32_t qs1[2] = {0, 1};
@@ -709,6 +809,9 @@ TEST(attention_bad_args) {
     ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_ERANGE); /* slot 4 in an unassigned block */
     btab[1] = 1;
     ASSERT_EQ(kb->ops->attention(kb, &a), 0);
+    a.kv_dtype = KDT_BF16; /* a cache dtype the backend does not keep */
+    ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_EUNSUPPORTED);
+    a.kv_dtype = KDT_F32;
     int32_t kv_start[1] = {4}; /* kv_len 5, n_q 2: the first query (slot 3) would see nothing */
     a.kv_start = kv_start;
     ASSERT_EQ(kb->ops->attention(kb, &a), PEFTD_ERANGE);
@@ -726,4 +829,5 @@ TEST(attention_bad_args) {
 }
 
 TEST_MAIN(pool_runs_each_task_once, attention_batch_invariant_row_and_head_paths, backend_basics, matmul_odd_shapes, matmul_bad_args, rmsnorm, rope, rope_partial, rope_row_tables_and_scale,
-          swiglu_and_add, vector_exp, get_rows, kv_store_slots, attention_ragged_paged, attention_bad_args)
+          swiglu_and_add, vector_exp, get_rows, kv_store_slots, kv_store_f16_rounds_to_nearest_even, attention_ragged_paged,
+          attention_f16_cache, attention_bad_args)
