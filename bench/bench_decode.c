@@ -140,7 +140,7 @@ static double decode_once(const options *o, served *s, int round) {
     p.max_tokens = o->tokens;
     p.temperature = 0.0f;
     p.ignore_eos = true;
-    int32_t ids[256];
+    int32_t ids[4096];
     ids[0] = s->m->cfg.bos_token_id >= 0 ? s->m->cfg.bos_token_id : 1;
     for (int j = 1; j < o->prompt; j++) ids[j] = 3 + (round * 37 + j * 11) % 500;
     stamps st = {.t = calloc((size_t)o->tokens, sizeof(double)), .cap = o->tokens};
@@ -202,7 +202,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--startup-target")) o->startup_target = atof(v);
         else return -1;
     }
-    if (argc % 2 == 0 || !o->model_dir || engine_kv_dtype_parse(o->kv_dtype) < 0 || o->prompt < 1 || o->prompt > 256 || o->tokens < 3 || o->rounds < 1 ||
+    if (argc % 2 == 0 || !o->model_dir || engine_kv_dtype_parse(o->kv_dtype) < 0 || o->prompt < 1 || o->prompt > 4096 || o->tokens < 3 || o->rounds < 1 ||
         o->rounds > MAX_ROUNDS || o->bw_mb < 64)
         return -1;
     return 0;

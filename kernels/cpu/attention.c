@@ -53,22 +53,36 @@ static inline kv_f32 attn_ld(bool H, const void *p, int64_t i) {
 static inline kv_f32 attn_ld_part(bool H, const void *p, int64_t i, int n) {
     return H ? kv_load_f16_part((const uint16_t *)p + i, n) : kv_load_part((const float *)p + i, n);
 }
-/* q·k over n elements (kv_dot's sums either way). */
-static inline float attn_dot(bool H, const float *q, const void *k, int64_t n) {
-    return H ? kv_dot_f16(q, k, n) : kv_dot(q, k, n);
-}
-
-/* First slot attended by the query at slot p of a sequence whose first slot is k0. */
-static inline int attn_first_slot(const kattn_args *a, int k0, int p) {
-    return a->window > 0 && p - a->window + 1 > k0 ? p - a->window + 1 : k0;
-}
-
 /* The score of dot = q·k: scale * dot, soft-capped when softcap > 0 (tanh(s / c) * c: f32
  * divide and multiply, tanh in double rounded once). */
 static inline float attn_score(const kattn_args *a, float dot) {
     float s = a->scale * dot;
     if (a->softcap > 0.0f) s = (float)tanh((double)(s / a->softcap)) * a->softcap;
     return s;
+}
+
+/* Scores of one query head against K rows k[0..n), 1 <= n <= KV_W: s[i] = attn_score(q·k_i),
+ * each dot exactly kv_dot's (its lanes, summed by kv_hsum_each: the same bits as one kv_dot at
+ * a time, whichever rows share the block), KV_W rows per horizontal sum instead of one. */
+static inline __attribute__((always_inline)) void attn_scores(bool H, const kattn_args *a, const float *q,
+                                                              const void *const *k, int n, int hd, float *s) {
+    kv_f32 acc[KV_W];
+#pragma GCC unroll 16
+    for (int i = 0; i < KV_W; i++)
+        acc[i] = i >= n ? kv_zero() : H ? kv_dot_f16_lanes(q, k[i], hd) : kv_dot_lanes(q, k[i], hd);
+    kv_f32 dots = kv_hsum_each(acc);
+    if (n == KV_W && !(a->softcap > 0.0f)) { /* attn_score's multiply, KV_W at once */
+        kv_store(s, kv_mul(kv_set1(a->scale), dots));
+        return;
+    }
+    float t[KV_W];
+    kv_store(t, dots);
+    for (int i = 0; i < n; i++) s[i] = attn_score(a, t[i]);
+}
+
+/* First slot attended by the query at slot p of a sequence whose first slot is k0. */
+static inline int attn_first_slot(const kattn_args *a, int k0, int p) {
+    return a->window > 0 && p - a->window + 1 > k0 ? p - a->window + 1 : k0;
 }
 
 /* Sequence owning query row t: the last s with q_start[s] <= t (empty sequences
@@ -218,18 +232,25 @@ static inline __attribute__((always_inline)) void attn_row_body(bool H, void *vc
         attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j, 0), kv_dim);
         if (n_slots <= ATTN_PF_SLOTS) attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j, 0), kv_dim);
     }
-    for (int j = 0; j < n_slots; j++) {
-        if (j + ATTN_PF_SLOTS < n_slots)
-            attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
-        else if (n_slots > ATTN_PF_SLOTS) /* then the first V rows, in order */
-            attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS - n_slots, 0), kv_dim);
-        const void *k = attn_slot(H, c, a->k_cache, btab, j0 + j, 0);
-        for (int kvh = 0; kvh < KVH; kvh++)
+    for (int j = 0; j < n_slots; j += KV_W) { /* KV_W slots at a time (attn_scores) */
+        int nb = n_slots - j < KV_W ? n_slots - j : KV_W;
+        const char *kr[KV_W];
+        for (int i = 0; i < nb; i++) {
+            int jj = j + i;
+            if (jj + ATTN_PF_SLOTS < n_slots)
+                attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + jj + ATTN_PF_SLOTS, 0), kv_dim);
+            else if (n_slots > ATTN_PF_SLOTS) /* then the first V rows, in order */
+                attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + jj + ATTN_PF_SLOTS - n_slots, 0), kv_dim);
+            kr[i] = attn_slot(H, c, a->k_cache, btab, j0 + jj, 0);
+        }
+        for (int kvh = 0; kvh < KVH; kvh++) {
+            const void *kh[KV_W];
+            for (int i = 0; i < nb; i++) kh[i] = kr[i] + (int64_t)kvh * hd * (H ? 2 : 4);
             for (int g = 0; g < group; g++) {
                 int h = kvh * group + g;
-                sc[h * ld + j] =
-                    attn_score(a, attn_dot(H, q + (int64_t)h * hd, (const char *)k + (int64_t)kvh * hd * (H ? 2 : 4), hd));
+                attn_scores(H, a, q + (int64_t)h * hd, kh, nb, hd, sc + h * ld + j);
             }
+        }
     }
     float inv[ATTN_ROW_MAX_HEADS];
     for (int h = 0; h < NH; h++) inv[h] = attn_softmax(sc + h * ld, n_slots);
@@ -285,11 +306,15 @@ static inline __attribute__((always_inline)) void attn_head_body(bool H, void *v
         attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j, kvh), hd);
     }
     /* Scores: each K row is read once for all `group` query heads. */
-    for (int j = 0; j < n_slots; j++) {
-        if (j + ATTN_PF_SLOTS < n_slots)
-            attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
-        const void *k = attn_slot(H, c, a->k_cache, btab, j0 + j, kvh);
-        for (int g = 0; g < group; g++) sc[g * ld + j] = attn_score(a, attn_dot(H, q + (int64_t)g * hd, k, hd));
+    for (int j = 0; j < n_slots; j += KV_W) { /* KV_W slots at a time (attn_scores) */
+        int nb = n_slots - j < KV_W ? n_slots - j : KV_W;
+        const void *k[KV_W];
+        for (int i = 0; i < nb; i++) {
+            if (j + i + ATTN_PF_SLOTS < n_slots)
+                attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j + i + ATTN_PF_SLOTS, kvh), hd);
+            k[i] = attn_slot(H, c, a->k_cache, btab, j0 + j + i, kvh);
+        }
+        for (int g = 0; g < group; g++) attn_scores(H, a, q + (int64_t)g * hd, k, nb, hd, sc + (size_t)g * ld + j);
     }
     /* Softmax weights (unnormalised) and their sums. */
     float inv_sum[ATTN_MAX_GROUP];

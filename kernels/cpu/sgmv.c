@@ -351,60 +351,6 @@ int kcpu__sgmv_shrink(kbackend *kb, const float *x, int in_dim, const ksgmv *s, 
 
 /* ---- expand ---- */
 
-/* Lane q of the result = sum of the lanes of acc[q], for every q < KV_W. AVX-512: a
- * transpose-and-add tree (halves, quarters, pairs, then lanes: 15 add + 30 shuffles
- * for 16 vectors) followed by one permute back to output order; AVX2 the same shape for 8;
- * the order of the additions for a given q is fixed, whatever the other accumulators hold. */
-static inline __attribute__((always_inline)) kv_f32 ex_reduce(kv_f32 acc[EX_JB]) {
-#if KV_W == 16
-    __m512 h[8], qv[4], p[2];
-    /* 512 -> 256: h[m] lanes 0-7 = acc[2m] halves summed, lanes 8-15 = acc[2m+1]'s */
-#pragma GCC unroll 8
-    for (int m = 0; m < 8; m++)
-        h[m] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[2 * m], acc[2 * m + 1], 0x44),
-                             _mm512_shuffle_f32x4(acc[2 * m], acc[2 * m + 1], 0xEE));
-    /* 256 -> 128: quarter j of qv[m] holds the 4 partial sums of acc[4m + j] */
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; m++)
-        qv[m] = _mm512_add_ps(_mm512_shuffle_f32x4(h[2 * m], h[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                              _mm512_shuffle_f32x4(h[2 * m], h[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    /* 128 -> 64 within each quarter j: p[m] = [acc[8m+j] 2 partials, acc[8m+4+j] 2 partials] */
-#pragma GCC unroll 2
-    for (int m = 0; m < 2; m++)
-        p[m] = _mm512_add_ps(_mm512_shuffle_ps(qv[2 * m], qv[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(qv[2 * m], qv[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    /* 64 -> 32: lane 4j + m holds the full sum of acc[4m + j] */
-    __m512 f = _mm512_add_ps(_mm512_shuffle_ps(p[0], p[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_ps(p[0], p[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    /* out lane q = acc[q] lives at lane 4·(q%4) + q/4 */
-    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    return _mm512_permutexvar_ps(idx, f);
-#elif KV_W == 8
-    /* AVX2: kv_hsum's order for each acc[q] — (lane k + lane k+4), then (k=0 + k=2), (k=1 +
-     * k=3), then those two — computed for the 8 accumulators at once (22 instructions; 8 scalar
-     * sums stored and reloaded as a vector stalled on store forwarding), so the same bits. */
-    __m256 s[4], u[2];
-    /* s[m] = [acc[2m] lo + hi | acc[2m+1] lo + hi] */
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; m++)
-        s[m] = _mm256_add_ps(_mm256_permute2f128_ps(acc[2 * m], acc[2 * m + 1], 0x20),
-                             _mm256_permute2f128_ps(acc[2 * m], acc[2 * m + 1], 0x31));
-    /* u[m] = [acc[4m] (0+2, 1+3), acc[4m+2] (0+2, 1+3) | acc[4m+1] .., acc[4m+3] ..] */
-#pragma GCC unroll 2
-    for (int m = 0; m < 2; m++)
-        u[m] = _mm256_add_ps(_mm256_shuffle_ps(s[2 * m], s[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm256_shuffle_ps(s[2 * m], s[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    /* lanes [acc 0, 2, 4, 6 | 1, 3, 5, 7], each (0+2) + (1+3) */
-    const __m256 f = _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-#else
-    float b[KV_W];
-    for (int q = 0; q < KV_W; q++) b[q] = kv_hsum(acc[q]);
-    return kv_load(b);
-#endif
-}
-
 /* Lane jj < jn of the result = dot(t[0:R], B row jj) over the block's rows b (row-major,
  * R elements each); lanes >= jn are 0. Rank is vectorised: one accumulator per output. */
 static inline __attribute__((always_inline)) kv_f32 ex_block(kdtype dt, const void *b, int R, int jn,
@@ -426,7 +372,7 @@ static inline __attribute__((always_inline)) kv_f32 ex_block(kdtype dt, const vo
         for (int jj = 0; jj < EX_JB; jj++)
             if (jj < jn) acc[jj] = kv_fmadd(dt_load_w_part(dt, b, (int64_t)jj * R + c, rem), tv, acc[jj]);
     }
-    return ex_reduce(acc);
+    return kv_hsum_each(acc);
 }
 
 typedef kv_f32 (*ex_block_fn)(const void *b, int R, int jn, const float *t);

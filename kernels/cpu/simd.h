@@ -200,8 +200,9 @@ static inline kv_f32 kv_exp(kv_f32 x) {
 }
 #endif
 
-/* Dot product of two f32 vectors of length n (any n >= 0). */
-static inline float kv_dot(const float *a, const float *b, int64_t n) {
+/* The lanes kv_dot sums (two FMA chains over alternate KV_W pieces, added): kv_dot(a, b, n)
+ * is kv_hsum of this; several of them at once go through kv_hsum_each (same bits). */
+static inline kv_f32 kv_dot_lanes(const float *a, const float *b, int64_t n) {
     kv_f32 acc0 = kv_zero(), acc1 = kv_zero();
     int64_t i = 0;
     for (; i + 2 * KV_W <= n; i += 2 * KV_W) {
@@ -210,11 +211,14 @@ static inline float kv_dot(const float *a, const float *b, int64_t n) {
     }
     for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv_load(b + i), acc0);
     if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv_load_part(b + i, (int)(n - i)), acc1);
-    return kv_hsum(kv_add(acc0, acc1));
+    return kv_add(acc0, acc1);
 }
 
-/* Dot product of an f32 vector and an f16 one (widened as loaded), summed as kv_dot sums. */
-static inline float kv_dot_f16(const float *a, const uint16_t *b, int64_t n) {
+/* Dot product of two f32 vectors of length n (any n >= 0). */
+static inline float kv_dot(const float *a, const float *b, int64_t n) { return kv_hsum(kv_dot_lanes(a, b, n)); }
+
+/* kv_dot_lanes of an f32 vector and an f16 one (widened as loaded). */
+static inline kv_f32 kv_dot_f16_lanes(const float *a, const uint16_t *b, int64_t n) {
     kv_f32 acc0 = kv_zero(), acc1 = kv_zero();
     int64_t i = 0;
     for (; i + 2 * KV_W <= n; i += 2 * KV_W) {
@@ -223,7 +227,7 @@ static inline float kv_dot_f16(const float *a, const uint16_t *b, int64_t n) {
     }
     for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv_load_f16(b + i), acc0);
     if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv_load_f16_part(b + i, (int)(n - i)), acc1);
-    return kv_hsum(kv_add(acc0, acc1));
+    return kv_add(acc0, acc1);
 }
 
 /* dst[i] = f16(src[i]) (round to nearest even), i < n. */
@@ -256,6 +260,61 @@ static inline void kv_scale_axpy(float *y, float a, float b, const float *x, int
     }
 }
 
+
+/* Lane q of the result = kv_hsum(acc[q]), bit for bit, for every q < KV_W (SGMV expand's
+ * outputs, attention's scores). AVX-512: a transpose-and-add tree (halves, quarters, pairs,
+ * then lanes: 15 add + 30 shuffles for 16 vectors; each level kv_hsum's pairing) followed by
+ * one permute back to output order; AVX2 the same shape for 8; the order of the additions for
+ * a given q is fixed, whatever the other accumulators hold. */
+static inline __attribute__((always_inline)) kv_f32 kv_hsum_each(const kv_f32 acc[KV_W]) {
+#if KV_W == 16
+    __m512 h[8], qv[4], p[2];
+    /* 512 -> 256: h[m] lanes 0-7 = acc[2m] halves summed, lanes 8-15 = acc[2m+1]'s */
+#pragma GCC unroll 8
+    for (int m = 0; m < 8; m++)
+        h[m] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[2 * m], acc[2 * m + 1], 0x44),
+                             _mm512_shuffle_f32x4(acc[2 * m], acc[2 * m + 1], 0xEE));
+    /* 256 -> 128: quarter j of qv[m] holds the 4 partial sums of acc[4m + j] */
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++)
+        qv[m] = _mm512_add_ps(_mm512_shuffle_f32x4(h[2 * m], h[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(h[2 * m], h[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    /* 128 -> 64 within each quarter j: p[m] = [acc[8m+j] 2 partials, acc[8m+4+j] 2 partials] */
+#pragma GCC unroll 2
+    for (int m = 0; m < 2; m++)
+        p[m] = _mm512_add_ps(_mm512_shuffle_ps(qv[2 * m], qv[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(qv[2 * m], qv[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* 64 -> 32: lane 4j + m holds the full sum of acc[4m + j] */
+    __m512 f = _mm512_add_ps(_mm512_shuffle_ps(p[0], p[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_ps(p[0], p[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    /* out lane q = acc[q] lives at lane 4·(q%4) + q/4 */
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(idx, f);
+#elif KV_W == 8
+    /* AVX2: kv_hsum's order for each acc[q] — (lane k + lane k+4), then (k=0 + k=2), (k=1 +
+     * k=3), then those two — computed for the 8 accumulators at once (22 instructions; 8 scalar
+     * sums stored and reloaded as a vector stalled on store forwarding), so the same bits. */
+    __m256 s[4], u[2];
+    /* s[m] = [acc[2m] lo + hi | acc[2m+1] lo + hi] */
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++)
+        s[m] = _mm256_add_ps(_mm256_permute2f128_ps(acc[2 * m], acc[2 * m + 1], 0x20),
+                             _mm256_permute2f128_ps(acc[2 * m], acc[2 * m + 1], 0x31));
+    /* u[m] = [acc[4m] (0+2, 1+3), acc[4m+2] (0+2, 1+3) | acc[4m+1] .., acc[4m+3] ..] */
+#pragma GCC unroll 2
+    for (int m = 0; m < 2; m++)
+        u[m] = _mm256_add_ps(_mm256_shuffle_ps(s[2 * m], s[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(s[2 * m], s[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lanes [acc 0, 2, 4, 6 | 1, 3, 5, 7], each (0+2) + (1+3) */
+    const __m256 f = _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+#else
+    float b[KV_W];
+    for (int q = 0; q < KV_W; q++) b[q] = kv_hsum(acc[q]);
+    return kv_load(b);
+#endif
+}
 
 /* dst[i] = f32(src[i]), i < n, for a row stored in dtype dt (0 f32, 1 f16, 2 bf16:
  * the kdtype values; taken as int so this header does not need kernels.h). */
