@@ -16,15 +16,27 @@
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/simd.h"
 
-/* K/V rows are prefetched this many slots ahead: a slot's row of one KV head
+/* Row tasks prefetch K/V rows this many slots ahead: a slot's row of one KV head
  * (head_dim floats, 256 B at head_dim 64) sits kv_dim floats from the next
  * slot's, a stride the hardware prefetcher follows poorly. Measured (decode,
  * 32 seqs × 1024 slots, 32/8 heads, head_dim 64): none 24 ms, 4 slots 15 ms,
  * 16-32 slots 14 ms.
  * (Tasks over all KV heads of a row, reading each slot's whole K/V row
  * sequentially with a slot-outer P·V, measured the same for decode and 15%
- * slower for a 512-token prefill, 1 thread: 48 vs 41 ms.) */
+ * slower for a 512-token prefill, 1 thread: 48 vs 41 ms.)
+ * The streams run ahead into L2, not L1 (the first rows of a task go to L1: needed
+ * at once): the L1's few miss buffers held a strided stream to ~7 GB/s. The
+ * (row, KV head) tasks prefetch ATTN_HEAD_PF_BYTES of their own pieces ahead (16
+ * slots of f32 at head_dim 64, 32 of f16). Measured from DRAM, 2 threads, the 110M
+ * shape (12 KV heads, head_dim 64): one decode row over 928 slots f32 282 -> 157-174
+ * us a layer, f16 181 -> 84-91 us (16 slots into L1 before; 8-96 slots into L1 or L2
+ * tried); row tasks, 32 rows over 400 slots f32 2650 -> 2160 us, f16 1570 -> 1430. */
+#ifndef ATTN_PF_SLOTS
 #define ATTN_PF_SLOTS 16
+#endif
+#ifndef ATTN_HEAD_PF_BYTES
+#define ATTN_HEAD_PF_BYTES 4096
+#endif
 
 /* Largest n_heads / n_kv_heads (per-task inverse sums live on the stack);
  * current GQA models use ≤ 16 (e.g. 64 heads / 4 KV heads). */
@@ -112,9 +124,20 @@ static inline const void *attn_slot(bool H, const attn_ctx *c, const void *cache
     return (const char *)cache + ((blk * a->block_size + off) * c->kv_dim + (int64_t)kvh * a->head_dim) * (H ? 2 : 4);
 }
 
-/* Prefetches the n elements at p (into L1) ahead of use. */
+/* Prefetches the n elements at p into L1 (a task's first rows). */
 static inline void attn_prefetch_row(bool H, const void *p, int n) {
     for (int i = 0; i < n * (H ? 2 : 4); i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
+}
+
+/* The same into L2 (the streams ahead of use). */
+static inline void attn_prefetch_l2(bool H, const void *p, int n) {
+    for (int i = 0; i < n * (H ? 2 : 4); i += 64) __builtin_prefetch((const char *)p + i, 0, 2);
+}
+
+/* How many slots ahead a (row, KV head) task prefetches its head_dim-element pieces. */
+static inline int attn_head_pf_slots(bool H, int hd) {
+    int n = ATTN_HEAD_PF_BYTES / (hd * (H ? 2 : 4));
+    return n < 4 ? 4 : n > 64 ? 64 : n;
 }
 
 /* Heads and head_dim vectors per register tile of the P·V pass: 2 × 4 = 8
@@ -128,7 +151,7 @@ static inline void attn_prefetch_row(bool H, const void *p, int n) {
  * load chain through `out` per slot). */
 static inline __attribute__((always_inline)) void attn_pv(bool H, int NG, int NV, const attn_ctx *c, const int32_t *btab,
                                                           int kvh, int j0, int n_slots, const float *w, size_t ld,
-                                                          float *out, int hd, int d0, int last) {
+                                                          float *out, int hd, int d0, int last, int pfd) {
     const kattn_args *a = c->a;
     kv_f32 acc[ATTN_PV_HEADS][ATTN_PV_VECS];
 #pragma GCC unroll 2
@@ -136,8 +159,7 @@ static inline __attribute__((always_inline)) void attn_pv(bool H, int NG, int NV
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[g][v] = kv_zero();
     for (int j = 0; j < n_slots; j++) {
-        if (j + ATTN_PF_SLOTS < n_slots && d0 == 0)
-            attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, kvh), hd);
+        if (j + pfd < n_slots && d0 == 0) attn_prefetch_l2(H, attn_slot(H, c, a->v_cache, btab, j0 + j + pfd, kvh), hd);
         const void *vr = attn_slot(H, c, a->v_cache, btab, j0 + j, kvh);
         kv_f32 vv[ATTN_PV_VECS];
 #pragma GCC unroll 4
@@ -161,11 +183,12 @@ static inline __attribute__((always_inline)) void attn_pv(bool H, int NG, int NV
 }
 
 typedef void (*attn_pv_fn)(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots, const float *w, size_t ld,
-                           float *out, int hd, int d0, int last);
+                           float *out, int hd, int d0, int last, int pfd);
 #define ATTN_PV_DEF(T, H, NG, NV)                                                                                 \
     static void attn_pv_##T##_##NG##_##NV(const attn_ctx *c, const int32_t *btab, int kvh, int j0, int n_slots,   \
-                                          const float *w, size_t ld, float *out, int hd, int d0, int last) {      \
-        attn_pv(H, NG, NV, c, btab, kvh, j0, n_slots, w, ld, out, hd, d0, last);                                  \
+                                          const float *w, size_t ld, float *out, int hd, int d0, int last,        \
+                                          int pfd) {                                                              \
+        attn_pv(H, NG, NV, c, btab, kvh, j0, n_slots, w, ld, out, hd, d0, last, pfd);                             \
     }
 #define ATTN_PV_DEFS(T, H)                                                                                        \
     ATTN_PV_DEF(T, H, 1, 1) ATTN_PV_DEF(T, H, 1, 2) ATTN_PV_DEF(T, H, 1, 3) ATTN_PV_DEF(T, H, 1, 4)               \
@@ -238,7 +261,7 @@ static inline __attribute__((always_inline)) void attn_row_body(bool H, void *vc
         for (int i = 0; i < nb; i++) {
             int jj = j + i;
             if (jj + ATTN_PF_SLOTS < n_slots)
-                attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + jj + ATTN_PF_SLOTS, 0), kv_dim);
+                attn_prefetch_l2(H, attn_slot(H, c, a->k_cache, btab, j0 + jj + ATTN_PF_SLOTS, 0), kv_dim);
             else if (n_slots > ATTN_PF_SLOTS) /* then the first V rows, in order */
                 attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + jj + ATTN_PF_SLOTS - n_slots, 0), kv_dim);
             kr[i] = attn_slot(H, c, a->k_cache, btab, j0 + jj, 0);
@@ -258,7 +281,7 @@ static inline __attribute__((always_inline)) void attn_row_body(bool H, void *vc
     int full = hd / KV_W * KV_W, last = hd - full;
     for (int j = 0; j < n_slots; j++) {
         if (j + ATTN_PF_SLOTS < n_slots)
-            attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
+            attn_prefetch_l2(H, attn_slot(H, c, a->v_cache, btab, j0 + j + ATTN_PF_SLOTS, 0), kv_dim);
         const void *vrow = attn_slot(H, c, a->v_cache, btab, j0 + j, 0);
         for (int kvh = 0; kvh < KVH; kvh++) {
             const int64_t vr = (int64_t)kvh * hd; /* this head's first element in vrow */
@@ -297,11 +320,11 @@ static inline __attribute__((always_inline)) void attn_head_body(bool H, void *v
     float *sc = kcpu__scratch(c->cb, thread); /* [group][n_slots] scores, then weights */
     size_t ld = (size_t)c->max_slots;
 
-    /* The first ATTN_PF_SLOTS K and V rows are requested together up front (the loops
-     * below prefetch ATTN_PF_SLOTS ahead only from there on): a decode task reads
-     * only ~40 slots, so otherwise its first K rows and V rows would be demand misses
-     * one after another. */
-    for (int j = 0; j < n_slots && j < ATTN_PF_SLOTS; j++) {
+    /* The first pfd K and V rows are requested together up front (the loops below
+     * prefetch pfd ahead only from there on): a decode task reads only ~40 slots, so
+     * otherwise its first K rows and V rows would be demand misses one after another. */
+    const int pfd = attn_head_pf_slots(H, hd);
+    for (int j = 0; j < n_slots && j < pfd; j++) { /* into L1: the first needed at once */
         attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j, kvh), hd);
         attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j, kvh), hd);
     }
@@ -310,8 +333,7 @@ static inline __attribute__((always_inline)) void attn_head_body(bool H, void *v
         int nb = n_slots - j < KV_W ? n_slots - j : KV_W;
         const void *k[KV_W];
         for (int i = 0; i < nb; i++) {
-            if (j + i + ATTN_PF_SLOTS < n_slots)
-                attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j + i + ATTN_PF_SLOTS, kvh), hd);
+            if (j + i + pfd < n_slots) attn_prefetch_l2(H, attn_slot(H, c, a->k_cache, btab, j0 + j + i + pfd, kvh), hd);
             k[i] = attn_slot(H, c, a->k_cache, btab, j0 + j + i, kvh);
         }
         for (int g = 0; g < group; g++) attn_scores(H, a, q + (int64_t)g * hd, k, nb, hd, sc + (size_t)g * ld + j);
@@ -328,7 +350,7 @@ static inline __attribute__((always_inline)) void attn_head_body(bool H, void *v
             if (nv > ATTN_PV_VECS) nv = ATTN_PV_VECS;
             int last = left >= nv * KV_W ? KV_W : left - (nv - 1) * KV_W;
             attn_pv_fns[H][ng - 1][nv - 1](c, btab, kvh, j0, n_slots, sc + (size_t)g0 * ld, ld, out + (int64_t)g0 * hd + d0,
-                                         hd, d0, last);
+                                         hd, d0, last, pfd);
         }
         g0 += ng;
     }

@@ -1,5 +1,6 @@
 /* kernels/cpu/backend_cpu.c — the CPU backend object: its kbackend_ops table,
- * memory (64-byte aligned host malloc, is_host: upload/download/copy are memcpy) and its
+ * memory (64-byte aligned host malloc; from 2 MiB up, 2 MiB-aligned and advised for huge
+ * pages, lib/huge_alloc.h; is_host: upload/download/copy are memcpy) and its
  * life cycle. The ops live in one file per op family (matmul.c, norm.c, ...); what they
  * share with each other (scratch, dispatch) is in cpu_runtime.c, below them all. */
 #include <stdlib.h>
@@ -9,13 +10,20 @@
 
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/qmatmul.h"
+#include "lib/huge_alloc.h"
 #include "lib/log.h"
 
 /* OpenBLAS prototype; not in every cblas.h. */
 void openblas_set_num_threads(int num_threads);
 
+/* Buffers of 2 MiB and more (the KV cache's layers, a step's activations) in huge pages:
+ * attention reads K/V pieces at a kv_dim stride, a new 4 KiB page every slot or two. One
+ * decode row of the 1B shape over 928 slots from DRAM, 2 threads: f32 K/V 294-317 -> 252-259
+ * us a layer in 2 MiB pages, 169-177 with attention's L2 prefetch (which alone gains nothing
+ * on 4 KiB pages); f16 218-233 -> 179-181 -> 119-121. */
 static void *kcpu_alloc(kbackend *kb, size_t bytes) {
     (void)kb;
+    if (bytes >= ((size_t)2 << 20)) return huge_alloc(bytes); /* 2 MiB-aligned; free() releases it */
     void *p = NULL;
     /* 0 bytes still gets a valid, unique, freeable pointer. */
     if (posix_memalign(&p, KCPU_ALIGN, bytes ? bytes : KCPU_ALIGN) != 0) return NULL;
