@@ -83,9 +83,13 @@ def wait_health(url, proc, name, timeout=600):
     sys.exit(f"race: {name} not ready after {timeout} s")
 
 
+PROMPT_LEN = 8  # tokens of every prompt (cfg "prompt_len", RACE_PROMPT_LEN)
+
+
 def run_client(server, url, streams, tokens, adapters, salt):
     cmd = [sys.executable, CLIENT, "--url", url, "--server", server, "--streams", str(streams),
-           "--tokens", str(tokens), "--adapters", str(adapters), "--salt", str(salt)]
+           "--tokens", str(tokens), "--adapters", str(adapters), "--salt", str(salt),
+           "--prompt-len", str(PROMPT_LEN)]
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         sys.exit(f"race: client failed: {p.stderr[-2000:]}")
@@ -93,7 +97,9 @@ def run_client(server, url, streams, tokens, adapters, salt):
 
 
 def main():
+    global PROMPT_LEN
     cfg = json.loads(sys.argv[1])
+    PROMPT_LEN = int(cfg.get("prompt_len") or 8)
     threads, rounds = cfg["threads"], cfg["rounds"]
     n_ad = cfg["n_adapters"]
     tok_a, tok_b, tok_c = cfg["tokens_a"], cfg["tokens_b"], cfg["tokens_c"]
@@ -111,7 +117,9 @@ def main():
         pcmd += ["--adapter", f"{name}={os.path.join(cfg['lora_hf'], name)}"]
     if cfg.get("no_mmap"):  # both read the weights into memory (RACE_NO_MMAP=1; llama.cpp: --load-mode none)
         pcmd += ["--no-mmap"]
-    ctx = 32 * max(256, 8 + max(tok_a, tok_b, tok_c) + 8)
+    if cfg.get("kv_dtype"):  # RACE_KV_DTYPE=f16: peftd's KV cache as llama-server's default (f16)
+        pcmd += ["--kv-dtype", cfg["kv_dtype"]]
+    ctx = 32 * max(256, PROMPT_LEN + max(tok_a, tok_b, tok_c) + 8)
     def llama_cmd(port, t):
         c = [os.path.join(cfg["llama_bin"], "llama-server"), "-m", cfg["model_gguf"],
              "--host", "127.0.0.1", "--port", str(port), "-t", str(t), "-tb", str(t),
@@ -131,7 +139,8 @@ def main():
     procs = {}
     out = {"model": cfg["name"], "threads": threads, "rounds": rounds,
            "tokens": {"a": tok_a, "b": tok_b, "c": tok_c}, "streams_bc": 32,
-           "n_adapters": n_ad, "prompt_tokens": 8, "no_mmap": bool(cfg.get("no_mmap")),
+           "n_adapters": n_ad, "prompt_tokens": PROMPT_LEN, "no_mmap": bool(cfg.get("no_mmap")),
+           "peftd_kv_dtype": cfg.get("kv_dtype") or "f32", "llama_kv_dtype": "f16 (llama-server's default)",
            "commands": {"peftd": " ".join(pcmd[:12]) + (f" --adapter lora-NNNN=... x{n_ad}" if n_ad else ""),
                         "llama": " ".join(lcmd[:24]) + (f" --lora ....gguf x{n_ad} --lora-init-without-apply" if n_ad else ""),
                         "llama_t1": "the same with -t 1 -tb 1" if "llama_t1" in names else None}}
@@ -183,6 +192,7 @@ def main():
                 b = subprocess.run([os.path.join(cfg["llama_bin"], "llama-bench"), "-m",
                                     cfg["model_gguf"], "-t", str(threads), "-p", "0", "-n",
                                     str(tok_a), "-r", "1", "-o", "json"]
+                                   + (["-d", str(PROMPT_LEN)] if PROMPT_LEN > 8 else [])
                                    + (["-lm", "none"] if cfg.get("no_mmap") else []),
                                    capture_output=True, text=True, check=False)
                 try:

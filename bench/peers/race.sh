@@ -20,7 +20,10 @@
 # memory instead of mapping them: peftd's --no-mmap, llama.cpp's --load-mode none / -lm none),
 # RACE_ISA=avx2 (the AVX2-only kind on an AVX-512 machine: llama.cpp built AVX2-only by
 # build_llama_cpp.sh LLAMA_CPP_ISA=avx2, peftd built with MARCH=x86-64-v3 into build-avx2/ and
-# run with PEFTD_CPU_QPATH=avx2; memory bandwidth stays this machine's), RACE_OUT (output path).
+# run with PEFTD_CPU_QPATH=avx2; memory bandwidth stays this machine's), RACE_PROMPT_LEN (8: the
+# prompt of every request, e.g. 880 for decode at ~1k positions; llama-bench then runs at that
+# depth, -d), RACE_KV_DTYPE (f32, or f16: peftd's --kv-dtype, llama-server's default cache type),
+# RACE_OUT (output path).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS=${RACE_THREADS:-2}
@@ -100,13 +103,14 @@ for m in $MODELS; do
         gguf=$q; pmodel=$q; name=$name-$QUANT
     fi
 
-    bd() { $PB/bench/bench_decode --model "$pmodel" --prompt 8 --tokens "$ta" --rounds 2 \
-        --threads "$THREADS" --target 0 ${NO_MMAP:+--no-mmap 1} --out "$TMP/$name-decode-$1.json" >/dev/null; }
+    bd() { $PB/bench/bench_decode --model "$pmodel" --prompt "${RACE_PROMPT_LEN:-8}" --tokens "$ta" --rounds 2 \
+        --threads "$THREADS" --target 0 ${NO_MMAP:+--no-mmap 1} --kv-dtype "${RACE_KV_DTYPE:-f32}" \
+        --out "$TMP/$name-decode-$1.json" >/dev/null; }
     echo "race: $name: bench_decode (roofline) before" >&2
     bd before
     tests_json=$(printf '"%s",' $tests); tests_json="[${tests_json%,}]"
-    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"%s/peftd","llama_bin":"%s","model_peftd":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"no_mmap":%s,"keep_logs":"%s","partial":"%s"}' \
-        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$PB" "$BIN" "$pmodel" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$([ -n "$NO_MMAP" ] && echo true || echo false)" "$TMP" "$TMP/$name-partial.json")
+    cfg=$(printf '{"name":"%s","threads":%d,"rounds":%d,"n_adapters":%d,"tokens_a":%d,"tokens_b":%d,"tokens_c":%d,"tests":%s,"peftd":"%s/peftd","llama_bin":"%s","model_peftd":"%s","model_gguf":"%s","lora_hf":"%s","lora_gguf":"%s","peftd_port":18601,"llama_port":18602,"peftd_url":"http://127.0.0.1:18601","llama_url":"http://127.0.0.1:18602","llama_bench":true,"llama_t1":%s,"no_mmap":%s,"keep_logs":"%s","partial":"%s","prompt_len":%d,"kv_dtype":"%s"}' \
+        "$name" "$THREADS" "$ROUNDS" "$nad" "$ta" "$tb" "$tc" "$tests_json" "$PB" "$BIN" "$pmodel" "$gguf" "$lo" "$lgguf" "${RACE_LLAMA_T1:-true}" "$([ -n "$NO_MMAP" ] && echo true || echo false)" "$TMP" "$TMP/$name-partial.json" "${RACE_PROMPT_LEN:-8}" "${RACE_KV_DTYPE:-f32}")
     python3 bench/peers/race.py "$cfg" >"$TMP/$name-race.json"
     echo "race: $name: bench_decode (roofline) after" >&2
     bd after
