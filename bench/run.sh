@@ -179,6 +179,13 @@ make -s --no-print-directory BUILD="$BUILD" "$BUILD/bench/bench_decode" "$BUILD/
     --rounds "${BENCH_ROUNDS_1B:-3}" --threads "$THREADS" --target 0.70 --startup-target 2.0 \
     --out bench/results/latest-decode-1b.json >/dev/null
 
+# Decode at ~930 positions, where the K/V a step reads rivals the weights: the 110M model with
+# the KV cache in f32 and in f16 (engine.kv_dtype; bench/README, sixteenth quantized run).
+for kv in f32 f16; do
+    "$BUILD/bench/bench_decode" --model "$BASE" --prompt 896 --tokens 64 --rounds 3 --threads "$THREADS" \
+        --target 0 --kv-dtype "$kv" --out "bench/results/latest-decode-ctx1k-$kv.json" >/dev/null
+done
+
 # The daemon from exec to its first /health 200 (model mmap, tokenizer, engine, store, HTTP).
 PORT=${BENCH_PORT:-18437}
 STORE=$(mktemp -d)
