@@ -59,12 +59,8 @@ typedef struct {
 } attn_ctx;
 
 /* K/V element loads: f32 as stored, or f16 (H) widened. */
-static inline kv_f32 attn_ld(bool H, const void *p, int64_t i) {
-    return H ? kv_load_f16((const uint16_t *)p + i) : kv_load((const float *)p + i);
-}
-static inline kv_f32 attn_ld_part(bool H, const void *p, int64_t i, int n) {
-    return H ? kv_load_f16_part((const uint16_t *)p + i, n) : kv_load_part((const float *)p + i, n);
-}
+static inline kv_f32 attn_ld(bool H, const void *p, int64_t i) { return kv__load_any(H, p, i); }
+static inline kv_f32 attn_ld_part(bool H, const void *p, int64_t i, int n) { return kv__load_any_part(H, p, i, n); }
 /* The score of dot = q·k: scale * dot, soft-capped when softcap > 0 (tanh(s / c) * c: f32
  * divide and multiply, tanh in double rounded once). */
 static inline float attn_score(const kattn_args *a, float dot) {
@@ -81,7 +77,7 @@ static inline __attribute__((always_inline)) void attn_scores(bool H, const katt
     kv_f32 acc[KV_W];
 #pragma GCC unroll 16
     for (int i = 0; i < KV_W; i++)
-        acc[i] = i >= n ? kv_zero() : H ? kv_dot_f16_lanes(q, k[i], hd) : kv_dot_lanes(q, k[i], hd);
+        acc[i] = i >= n ? kv_zero() : kv__dot_lanes(H, q, k[i], hd);
     kv_f32 dots = kv_hsum_each(acc);
     if (n == KV_W && !(a->softcap > 0.0f)) { /* attn_score's multiply, KV_W at once */
         kv_store(s, kv_mul(kv_set1(a->scale), dots));

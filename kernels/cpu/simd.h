@@ -200,35 +200,32 @@ static inline kv_f32 kv_exp(kv_f32 x) {
 }
 #endif
 
-/* The lanes kv_dot sums (two FMA chains over alternate KV_W pieces, added): kv_dot(a, b, n)
- * is kv_hsum of this; several of them at once go through kv_hsum_each (same bits). */
-static inline kv_f32 kv_dot_lanes(const float *a, const float *b, int64_t n) {
+/* b's KV_W elements from i (or its n < KV_W last ones), f32 or f16 widened (f16 != 0). */
+static inline kv_f32 kv__load_any(int f16, const void *b, int64_t i) {
+    return f16 ? kv_load_f16((const uint16_t *)b + i) : kv_load((const float *)b + i);
+}
+static inline kv_f32 kv__load_any_part(int f16, const void *b, int64_t i, int n) {
+    return f16 ? kv_load_f16_part((const uint16_t *)b + i, n) : kv_load_part((const float *)b + i, n);
+}
+
+/* The lanes kv_dot sums (two FMA chains over alternate KV_W pieces, added), b f32 or (f16)
+ * f16 widened as loaded: kv_dot(a, b, n) is kv_hsum of this; several of them at once go
+ * through kv_hsum_each (same bits). */
+static inline __attribute__((always_inline)) kv_f32 kv__dot_lanes(int f16, const float *a, const void *b, int64_t n) {
     kv_f32 acc0 = kv_zero(), acc1 = kv_zero();
     int64_t i = 0;
     for (; i + 2 * KV_W <= n; i += 2 * KV_W) {
-        acc0 = kv_fmadd(kv_load(a + i), kv_load(b + i), acc0);
-        acc1 = kv_fmadd(kv_load(a + i + KV_W), kv_load(b + i + KV_W), acc1);
+        acc0 = kv_fmadd(kv_load(a + i), kv__load_any(f16, b, i), acc0);
+        acc1 = kv_fmadd(kv_load(a + i + KV_W), kv__load_any(f16, b, i + KV_W), acc1);
     }
-    for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv_load(b + i), acc0);
-    if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv_load_part(b + i, (int)(n - i)), acc1);
+    for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv__load_any(f16, b, i), acc0);
+    if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv__load_any_part(f16, b, i, (int)(n - i)), acc1);
     return kv_add(acc0, acc1);
 }
+static inline kv_f32 kv_dot_lanes(const float *a, const float *b, int64_t n) { return kv__dot_lanes(0, a, b, n); }
 
 /* Dot product of two f32 vectors of length n (any n >= 0). */
 static inline float kv_dot(const float *a, const float *b, int64_t n) { return kv_hsum(kv_dot_lanes(a, b, n)); }
-
-/* kv_dot_lanes of an f32 vector and an f16 one (widened as loaded). */
-static inline kv_f32 kv_dot_f16_lanes(const float *a, const uint16_t *b, int64_t n) {
-    kv_f32 acc0 = kv_zero(), acc1 = kv_zero();
-    int64_t i = 0;
-    for (; i + 2 * KV_W <= n; i += 2 * KV_W) {
-        acc0 = kv_fmadd(kv_load(a + i), kv_load_f16(b + i), acc0);
-        acc1 = kv_fmadd(kv_load(a + i + KV_W), kv_load_f16(b + i + KV_W), acc1);
-    }
-    for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv_load_f16(b + i), acc0);
-    if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv_load_f16_part(b + i, (int)(n - i)), acc1);
-    return kv_add(acc0, acc1);
-}
 
 /* dst[i] = f16(src[i]) (round to nearest even), i < n. */
 static inline void kv_row_to_f16(const float *src, uint16_t *dst, int64_t n) {

@@ -101,11 +101,9 @@ static gen_params greedy(int max_tokens) {
     return p;
 }
 
-TEST(greedy_from_bos_matches_published_text) {
-    rig r;
-    rig_open(&r, 4, 64, 16, true);
-    char *expected = test_read_file("tests/fixtures/stories260K/expected_greedy_noprompt_256.txt", NULL);
-    ASSERT(expected);
+/* 256 greedy tokens from BOS on r's engine; each must be transformers' (its f32 run,
+ * tests/fixtures/stories260k_greedy.json). res->text is the caller's to free. */
+static void greedy_256_from_bos(rig *r, result *res) {
     size_t glen;
     char *gj = test_read_file("tests/fixtures/stories260k_greedy.json", &glen);
     ASSERT(gj);
@@ -113,16 +111,25 @@ TEST(greedy_from_bos_matches_published_text) {
     cJSON *gen = cJSON_GetObjectItem(g, "generated_ids");
     int32_t bos = 1;
     gen_params p = greedy(256);
-    result res;
-    collect(submit(&r, &bos, 1, &p), &res);
-    ASSERT_EQ(res.n_ids, 256);
-    ASSERT_EQ(res.finish, FINISH_LENGTH);
+    collect(submit(r, &bos, 1, &p), res);
+    ASSERT_EQ(res->n_ids, 256);
+    ASSERT_EQ(res->finish, FINISH_LENGTH);
     for (int i = 0; i < 256; i++)
-        if (res.ids[i] != cJSON_GetArrayItem(gen, i)->valueint)
-            FAIL("token %d: %d, transformers says %d", i, res.ids[i], cJSON_GetArrayItem(gen, i)->valueint);
-    ASSERT_STREQ(res.text, expected);
+        if (res->ids[i] != cJSON_GetArrayItem(gen, i)->valueint)
+            FAIL("KV %s: token %d: %d, transformers says %d", g_kv_dtype, i, res->ids[i],
+                 cJSON_GetArrayItem(gen, i)->valueint);
     cJSON_Delete(g);
     free(gj);
+}
+
+TEST(greedy_from_bos_matches_published_text) {
+    rig r;
+    rig_open(&r, 4, 64, 16, true);
+    char *expected = test_read_file("tests/fixtures/stories260K/expected_greedy_noprompt_256.txt", NULL);
+    ASSERT(expected);
+    result res;
+    greedy_256_from_bos(&r, &res);
+    ASSERT_STREQ(res.text, expected);
     free(expected);
     free(res.text);
     rig_close(&r);
@@ -424,22 +431,8 @@ TEST(kv_dtype_f16_pool_and_greedy_text) {
         engine_get_stats(r.e, &st);
         blocks[k] = st.kv_blocks_total;
         if (k == 1) {
-            size_t glen;
-            char *gj = test_read_file("tests/fixtures/stories260k_greedy.json", &glen);
-            ASSERT(gj);
-            cJSON *g = cJSON_ParseWithLength(gj, glen);
-            cJSON *gen = cJSON_GetObjectItem(g, "generated_ids");
-            int32_t bos = 1;
-            gen_params p = greedy(256);
             result res;
-            collect(submit(&r, &bos, 1, &p), &res);
-            ASSERT_EQ(res.n_ids, 256);
-            for (int i = 0; i < 256; i++)
-                if (res.ids[i] != cJSON_GetArrayItem(gen, i)->valueint)
-                    FAIL("f16 KV: token %d: %d, transformers (f32) says %d", i, res.ids[i],
-                         cJSON_GetArrayItem(gen, i)->valueint);
-            cJSON_Delete(g);
-            free(gj);
+            greedy_256_from_bos(&r, &res);
             free(res.text);
         }
         rig_close(&r);
