@@ -246,7 +246,8 @@ static inline __attribute__((always_inline)) void attn_row_body(bool H, void *vc
     float *out = a->out + (int64_t)t * NH * hd;
     float *sc = kcpu__scratch(c->cb, thread); /* [n_heads][n_slots] */
     size_t ld = (size_t)c->max_slots;
-    /* K rows ATTN_PF_SLOTS slots ahead (a whole row: kv_dim floats). */
+    /* The first ATTN_PF_SLOTS K rows (whole rows: kv_dim elements) into L1, needed at once;
+     * the loop below streams the rest ATTN_PF_SLOTS ahead into L2. */
     for (int j = 0; j < n_slots && j < ATTN_PF_SLOTS; j++) {
         attn_prefetch_row(H, attn_slot(H, c, a->k_cache, btab, j0 + j, 0), kv_dim);
         if (n_slots <= ATTN_PF_SLOTS) attn_prefetch_row(H, attn_slot(H, c, a->v_cache, btab, j0 + j, 0), kv_dim);
