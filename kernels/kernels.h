@@ -42,7 +42,8 @@
  * Ragged batch & paged KV cache: a step processes T token rows from S
  * sequences; rows of one sequence are contiguous. K/V of each layer live in a
  * pool of fixed-size blocks: k_cache[n_blocks][block_size][n_kv_heads*head_dim]
- * (same for V; elements f32, or f16 where the backend keeps them so: kattn_args.kv_dtype); a sequence's KV slot s lives in block block_table[s/block_size]
+ * (same for V; elements f32, or f16 where the backend keeps them so:
+ * kattn_args.kv_dtype); a sequence's KV slot s lives in block block_table[s/block_size]
  * at offset s%block_size. A "slot id" in kv_store is block*block_size+offset.
  */
 #ifndef PEFTD_KERNELS_H
