@@ -202,8 +202,8 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--startup-target")) o->startup_target = atof(v);
         else return -1;
     }
-    if (argc % 2 == 0 || !o->model_dir || engine_kv_dtype_parse(o->kv_dtype) < 0 || o->prompt < 1 || o->prompt > 4096 || o->tokens < 3 || o->rounds < 1 ||
-        o->rounds > MAX_ROUNDS || o->bw_mb < 64)
+    if (argc % 2 == 0 || !o->model_dir || engine_kv_dtype_parse(o->kv_dtype) < 0 || o->prompt < 1 ||
+        o->prompt > 4096 || o->tokens < 3 || o->rounds < 1 || o->rounds > MAX_ROUNDS || o->bw_mb < 64)
         return -1;
     return 0;
 }
