@@ -58,9 +58,6 @@ typedef struct {
     int by_row;        /* tasks are query rows (all KV heads), not (row, KV head) pairs */
 } attn_ctx;
 
-/* K/V element loads: f32 as stored, or f16 (H) widened. */
-static inline kv_f32 attn_ld(bool H, const void *p, int64_t i) { return kv__load_any(H, p, i); }
-static inline kv_f32 attn_ld_part(bool H, const void *p, int64_t i, int n) { return kv__load_any_part(H, p, i, n); }
 /* The score of dot = q·k: scale * dot, soft-capped when softcap > 0 (tanh(s / c) * c: f32
  * divide and multiply, tanh in double rounded once). */
 static inline float attn_score(const kattn_args *a, float dot) {
@@ -160,7 +157,8 @@ static inline __attribute__((always_inline)) void attn_pv(bool H, int NG, int NV
         kv_f32 vv[ATTN_PV_VECS];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
-            vv[v] = v == NV - 1 && last != KV_W ? attn_ld_part(H, vr, d0 + v * KV_W, last) : attn_ld(H, vr, d0 + v * KV_W);
+            vv[v] = v == NV - 1 && last != KV_W ? kv_load_any_part(H, vr, d0 + v * KV_W, last)
+                                                : kv_load_any(H, vr, d0 + v * KV_W);
 #pragma GCC unroll 2
         for (int g = 0; g < NG; g++) {
             kv_f32 wj = kv_set1(w[g * ld + j]);
@@ -287,9 +285,10 @@ static inline __attribute__((always_inline)) void attn_row_body(bool H, void *vc
                 kv_f32 wj = kv_set1(sc[h * ld + j]);
                 float *o = out + (int64_t)h * hd;
                 int d = 0;
-                for (; d < full; d += KV_W) kv_store(o + d, kv_fmadd(wj, attn_ld(H, vrow, vr + d), kv_load(o + d)));
+                for (; d < full; d += KV_W)
+                    kv_store(o + d, kv_fmadd(wj, kv_load_any(H, vrow, vr + d), kv_load(o + d)));
                 if (last)
-                    kv_store_part(o + d, kv_fmadd(wj, attn_ld_part(H, vrow, vr + d, last), kv_load_part(o + d, last)),
+                    kv_store_part(o + d, kv_fmadd(wj, kv_load_any_part(H, vrow, vr + d, last), kv_load_part(o + d, last)),
                                   last);
             }
         }

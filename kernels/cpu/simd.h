@@ -13,6 +13,10 @@
 
 #include "lib/half.h"
 
+/* kv_store_f16's conversion: f32 -> f16 rounded to nearest even (lib/half.h's f32_to_f16 for
+ * every non-NaN value). */
+#define KV__F16_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define KV_W 16
@@ -36,8 +40,6 @@ static inline kv_f32 kv_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm
 static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(kv__mask(n), p));
 }
-/* f32 -> f16 rounded to nearest even (lib/half.h's f32_to_f16 for every non-NaN value). */
-#define KV__F16_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 static inline void kv_store_f16(uint16_t *p, kv_f32 v) { _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, KV__F16_RNE)); }
 static inline void kv_store_f16_part(uint16_t *p, kv_f32 v, int n) {
     _mm256_mask_storeu_epi16(p, kv__mask(n), _mm512_cvtps_ph(v, KV__F16_RNE));
@@ -84,7 +86,6 @@ static inline kv_f32 kv_load_f16_part(const uint16_t *p, int n) {
     memcpy(b, p, (size_t)n * sizeof *p);
     return kv_load_f16(b);
 }
-#define KV__F16_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 static inline void kv_store_f16(uint16_t *p, kv_f32 v) { _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, KV__F16_RNE)); }
 static inline void kv_store_f16_part(uint16_t *p, kv_f32 v, int n) {
     uint16_t b[KV_W];
@@ -200,11 +201,12 @@ static inline kv_f32 kv_exp(kv_f32 x) {
 }
 #endif
 
-/* b's KV_W elements from i (or its n < KV_W last ones), f32 or f16 widened (f16 != 0). */
-static inline kv_f32 kv__load_any(int f16, const void *b, int64_t i) {
+/* b's KV_W elements from i (or its n < KV_W last ones), f32 or f16 widened (f16 != 0): one
+ * loader for code built for both (attention's K/V). */
+static inline kv_f32 kv_load_any(int f16, const void *b, int64_t i) {
     return f16 ? kv_load_f16((const uint16_t *)b + i) : kv_load((const float *)b + i);
 }
-static inline kv_f32 kv__load_any_part(int f16, const void *b, int64_t i, int n) {
+static inline kv_f32 kv_load_any_part(int f16, const void *b, int64_t i, int n) {
     return f16 ? kv_load_f16_part((const uint16_t *)b + i, n) : kv_load_part((const float *)b + i, n);
 }
 
@@ -215,11 +217,11 @@ static inline __attribute__((always_inline)) kv_f32 kv__dot_lanes(int f16, const
     kv_f32 acc0 = kv_zero(), acc1 = kv_zero();
     int64_t i = 0;
     for (; i + 2 * KV_W <= n; i += 2 * KV_W) {
-        acc0 = kv_fmadd(kv_load(a + i), kv__load_any(f16, b, i), acc0);
-        acc1 = kv_fmadd(kv_load(a + i + KV_W), kv__load_any(f16, b, i + KV_W), acc1);
+        acc0 = kv_fmadd(kv_load(a + i), kv_load_any(f16, b, i), acc0);
+        acc1 = kv_fmadd(kv_load(a + i + KV_W), kv_load_any(f16, b, i + KV_W), acc1);
     }
-    for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv__load_any(f16, b, i), acc0);
-    if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv__load_any_part(f16, b, i, (int)(n - i)), acc1);
+    for (; i + KV_W <= n; i += KV_W) acc0 = kv_fmadd(kv_load(a + i), kv_load_any(f16, b, i), acc0);
+    if (i < n) acc1 = kv_fmadd(kv_load_part(a + i, (int)(n - i)), kv_load_any_part(f16, b, i, (int)(n - i)), acc1);
     return kv_add(acc0, acc1);
 }
 static inline kv_f32 kv_dot_lanes(const float *a, const float *b, int64_t n) { return kv__dot_lanes(0, a, b, n); }

@@ -178,6 +178,8 @@ static int size_context(engine *e, int *n_blocks_out, char *err, size_t errlen) 
         return PEFTD_EINVAL;
     }
     *n_blocks_out = (int)pool;
+    log_msg(LOG_INFO, "engine: KV cache %zu blocks of %d slots in %s (%.0f MiB), context %d tokens", pool, bs,
+            kdtype_name(e->kv_dtype), (double)pool * per_block / (1 << 20), e->ctx_len);
     return 0;
 }
 
@@ -218,13 +220,7 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
         snprintf(err, errlen, "engine: kv_dtype must be \"f32\" or \"f16\", got \"%s\"", cfg->kv_dtype);
         goto fail;
     }
-    e->kv_dtype = (kdtype)kvt;
-    if (!kb->ops->supports_op(kb, KOP_KV_STORE, e->kv_dtype) || !kb->ops->supports_op(kb, KOP_ATTENTION, e->kv_dtype)) {
-        snprintf(err, errlen, "engine: kv_dtype \"%s\": the %s backend keeps the KV cache in f32 only", cfg->kv_dtype,
-                 kb->ops->name);
-        st = PEFTD_EUNSUPPORTED;
-        goto fail;
-    }
+    e->kv_dtype = (kdtype)kvt; /* whether the backend keeps it: llama_ctx_create asks supports_op */
     int n_blocks;
     if ((st = size_context(e, &n_blocks, err, errlen)) < 0) goto fail;
     e->cfg.kv_blocks = n_blocks;
@@ -233,11 +229,6 @@ int engine_create(const engine_config *cfg, model *m, kbackend *kb, const tokeni
                            .kv_dtype = e->kv_dtype};
     /* + max_seqs rows: a step holds every decode row plus a prefill chunk of the budget */
     if ((st = llama_ctx_create(m, &lp, &e->lc, err, errlen)) < 0) goto fail;
-    log_msg(LOG_INFO, "engine: KV cache %d blocks of %d slots in %s (%.0f MiB), context %d tokens", n_blocks,
-            cfg->block_size, kdtype_name(e->kv_dtype),
-            (double)n_blocks * cfg->block_size * m->cfg.n_kv_heads * m->cfg.head_dim * kdtype_size(e->kv_dtype) * 2 *
-                m->cfg.n_layers / (1 << 20),
-            e->ctx_len);
     st = PEFTD_ENOMEM;
     if (kv_blocks_init(&e->kv, n_blocks) < 0 || sampler_scratch_init(&e->ss, m->cfg.vocab_size) < 0 ||
         vtc_create(&e->vtc) < 0 || (cfg->prefix_cache && pcache_init(&e->pc, n_blocks, cfg->prefix_cache_blocks) < 0))
