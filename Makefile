@@ -265,7 +265,7 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: $(REQS) | deps
 	@rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV_PY) -m pip install -q -r $(REQS)
+	$(VENV_PY) -m pip install -q --no-cache-dir -r $(REQS)
 	@touch $@
 
 # make install [PREFIX=/usr/local] [DESTDIR=stage] [NOBUILD=1: install what $(BUILD) holds,

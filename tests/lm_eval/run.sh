@@ -28,7 +28,7 @@ if ! cmp -s "$REQS" "$VENV/.reqs" 2>/dev/null; then
     echo "== lm_eval virtualenv $VENV"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install -q -r "$REQS"
+    "$VENV/bin/pip" install -q --no-cache-dir -r "$REQS"
     cp "$REQS" "$VENV/.reqs"
 fi
 
