@@ -10,6 +10,8 @@
  *   decode     one greedy request (ignore_eos, --prompt tokens, --tokens generated) through
  *              the real engine; tokens / wall time from the first to the last token, i.e.
  *              whole engine steps (batch assembly, forward, sampling, detokenize, publish);
+ *   prefill    the same request's prompt tokens / time from submit to its first token (the
+ *              prompt's one prefill step; compare llama-bench's ppN with --prompt N);
  *   ratio      decode tok/s x bytes per token / bandwidth, where bytes per token = the
  *              weights a decode step reads (every weight; the embedding table only when
  *              lm_head is tied to it, as one row is gathered otherwise) + the KV cache it
@@ -133,8 +135,10 @@ static void on_token(void *ud) {
     st->n++;
 }
 
-/* One greedy request of o->tokens tokens; decode tokens per second, or -1. */
-static double decode_once(const options *o, served *s, int round) {
+/* One greedy request of o->tokens tokens; decode tokens per second, or -1. *prefill_tok_s
+ * (when not NULL): prompt tokens / time from submit to the first token (the prompt's prefill
+ * step, which samples that token). */
+static double decode_once(const options *o, served *s, int round, double *prefill_tok_s) {
     gen_params p;
     gen_params_default(&p);
     p.max_tokens = o->tokens;
@@ -148,6 +152,7 @@ static double decode_once(const options *o, served *s, int round) {
     double tok_s = -1;
     if (!r) goto out;
     engine_request_set_notify(r, on_token, &st);
+    double t_submit = bench_now_s();
     if (engine_submit(s->e, r) < 0) goto out;
     engine_request_wait(r);
     /* wait() returns at the finish, just before the last token's notification */
@@ -155,7 +160,10 @@ static double decode_once(const options *o, served *s, int round) {
     engine_delta d;
     if (engine_request_take(r, &d) == 0) {
         if (d.finished && d.finish == FINISH_LENGTH && d.completion_tokens == o->tokens && st.n >= 1)
+        {
             tok_s = (o->tokens - 1) / (t_end - st.t[0]);
+            if (prefill_tok_s) *prefill_tok_s = o->prompt / (st.t[0] - t_submit);
+        }
         else
             fprintf(stderr, "bench_decode: request ended with %s after %d tokens %s\n",
                     d.finished ? finish_reason_str(d.finish) : "unfinished", d.completion_tokens, d.error);
@@ -210,7 +218,7 @@ static int parse_args(int argc, char **argv, options *o) {
 
 typedef struct {
     double cold_s, warm_s, dropped_gb;
-    double bw[MAX_ROUNDS], tok_s[MAX_ROUNDS];
+    double bw[MAX_ROUNDS], tok_s[MAX_ROUNDS], prefill_tok_s[MAX_ROUNDS];
     double best_bw, best_tok_s, bytes, ratio;
 } results;
 
@@ -235,8 +243,8 @@ static void print_json(FILE *f, const options *o, const served *s, const results
             r->cold_s, r->warm_s, r->dropped_gb, o->startup_target);
     fprintf(f, "  \"rounds\": [");
     for (int i = 0; i < o->rounds; i++)
-        fprintf(f, "%s{\"read_gb_s\": %.2f, \"decode_tok_s\": %.3f, \"ratio\": %.4f}", i ? ", " : "", r->bw[i],
-                r->tok_s[i], r->tok_s[i] * r->bytes / (r->bw[i] * 1e9));
+        fprintf(f, "%s{\"read_gb_s\": %.2f, \"decode_tok_s\": %.3f, \"ratio\": %.4f, \"prefill_tok_s\": %.1f}",
+                i ? ", " : "", r->bw[i], r->tok_s[i], r->tok_s[i] * r->bytes / (r->bw[i] * 1e9), r->prefill_tok_s[i]);
     fprintf(f, "],\n  \"bytes_per_token\": %.0f,\n", r->bytes);
     fprintf(f,
             "  \"best\": {\"read_gb_s\": %.2f, \"decode_tok_s\": %.3f, \"decode_gb_s\": %.2f, \"roofline_tok_s\": %.3f, "
@@ -264,16 +272,17 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_decode: %s: start-up %.3f s cold, %.3f s warm; %d rounds of %d tokens\n", o.model_dir,
             r.cold_s, r.warm_s, o.rounds, o.tokens);
     kpool *pool = kcpu__impl(s.kb)->pool;
-    if (decode_once(&o, &s, 0) < 0) return 1; /* warm-up: pages in the weights */
+    if (decode_once(&o, &s, 0, NULL) < 0) return 1; /* warm-up: pages in the weights */
     r.bytes = bytes_per_token(s.m, o.prompt + o.tokens / 2.0, kdtype_size((kdtype)engine_kv_dtype_parse(o.kv_dtype)));
     for (int i = 0; i < o.rounds; i++) {
         r.bw[i] = bench_read_bandwidth(pool, (size_t)o.bw_mb << 20);
-        r.tok_s[i] = decode_once(&o, &s, i + 1);
+        r.tok_s[i] = decode_once(&o, &s, i + 1, &r.prefill_tok_s[i]);
         if (r.bw[i] <= 0 || r.tok_s[i] <= 0) return 1;
         if (r.bw[i] > r.best_bw) r.best_bw = r.bw[i];
         if (r.tok_s[i] > r.best_tok_s) r.best_tok_s = r.tok_s[i];
-        fprintf(stderr, "  round %d: read %.2f GB/s, decode %.3f tok/s (%.2f GB/s), ratio %.3f\n", i + 1, r.bw[i],
-                r.tok_s[i], r.tok_s[i] * r.bytes / 1e9, r.tok_s[i] * r.bytes / (r.bw[i] * 1e9));
+        fprintf(stderr, "  round %d: read %.2f GB/s, decode %.3f tok/s (%.2f GB/s), ratio %.3f; prefill %.0f tok/s\n",
+                i + 1, r.bw[i], r.tok_s[i], r.tok_s[i] * r.bytes / 1e9, r.tok_s[i] * r.bytes / (r.bw[i] * 1e9),
+                r.prefill_tok_s[i]);
     }
     r.ratio = r.best_tok_s * r.bytes / (r.best_bw * 1e9);
     print_json(stdout, &o, &s, &r);
