@@ -358,9 +358,14 @@ static int gc_build(gc_ctx *c, cJSON *root, const gc_arch *a, int *vocab_out) {
     if (rc == 0 && sw > 0) cJSON_AddNumberToObject(root, "sliding_window", (double)sw);
     else if (gemma) cJSON_AddNullToObject(root, "sliding_window");
     if (gemma) {
-        /* llama.cpp scales Gemma's scores by {arch}.attention.scale, else 1/sqrt(key_length) */
+        /* query_pre_attn_scalar: {arch}.attention.scale when a file has it; llama.cpp's
+         * converter writes none, and llama.cpp scales by 1/sqrt(key_length) except on the 27B
+         * shapes (Gemma 2: 46 layers, Gemma 3: 62), where the scalar is embedding_length /
+         * head_count (144 and 168, as their config.json say; their head size is 128). */
         if ((rc = gc_num(c, "attention.scale", false, &x)) < 0) return rc;
-        cJSON_AddNumberToObject(root, "query_pre_attn_scalar", rc == 1 ? (double)hd : 1.0 / (x * x));
+        bool is_27b = (!strcmp(c->arch, "gemma2") && L == 46) || (!strcmp(c->arch, "gemma3") && L == 62);
+        double qpas = rc == 0 ? 1.0 / (x * x) : is_27b ? (double)(d / nh) : (double)hd;
+        cJSON_AddNumberToObject(root, "query_pre_attn_scalar", qpas);
         const char *caps[] = {"attn_logit_softcapping", "final_logit_softcapping"};
         for (int k = 0; k < 2; k++) {
             if ((rc = gc_num(c, caps[k], false, &x)) < 0) return rc;

@@ -12,6 +12,8 @@
  *     own Q8_0 and f32 runs agree (printed: how many of the 6 runs);
  *   - a mixed batch (base + every kind) on the Q8_0 base bit-identical to each sequence alone;
  *   - at-load "weights": "q8_0" of the HF directory vs the Q8_0 GGUF (issue 12 acceptance 4);
+ *   - families: llama, qwen2, qwen3, phi3, gemma2, gemma3; and Gemma's score scale where the
+ *     file has none (1/sqrt(key_length), hidden / heads on the 27B layer counts, as llama.cpp);
  *   - refusals: a missing metadata key, a wrong tensor shape, an unsupported tensor type, an
  *     unknown tensor, an unsupported architecture, a directory with two .gguf files: each one
  *     line naming the key / tensor / type.
@@ -24,6 +26,7 @@
 
 #include "server/model/gguf.h"
 #include "server/model/llama.h"
+#include "server/model/model_load_gguf.h"
 #include "server/model/model_adapter_base.h"
 #include "tests/harness/seq_batch.h"
 #include "tests/harness/test.h"
@@ -256,6 +259,7 @@ FAMILY(qwen2)
 FAMILY(qwen3)
 FAMILY(phi3)
 FAMILY(gemma2)
+FAMILY(gemma3)
 
 /* Whether two loaded weights hold the same bytes (dtype, shape, every row). */
 static void same_tensor(const kmat *a, const kmat *b, const char *what, int layer) {
@@ -551,8 +555,53 @@ TEST(refusals_one_clear_line) {
     free(orig);
 }
 
+/* A u32 metadata value of buf, set in place (the key must hold a u32). */
+static void set_u32(uint8_t *buf, size_t n, const char *key, uint32_t v) {
+    size_t at = find_str(buf, n, key);
+    uint32_t type;
+    memcpy(&type, buf + at, 4);
+    ASSERT_EQ(type, 4u); /* GGUF_VT_U32 */
+    memcpy(buf + at + 4, &v, 4);
+}
+
+/* Gemma's score scale when the file has no attention.scale (llama.cpp's converter writes none):
+ * 1/sqrt(key_length), except on the 27B shapes, where transformers' query_pre_attn_scalar is
+ * hidden / heads (Gemma 2 27B: 4608/32 = 144, Gemma 3 27B: 5376/32 = 168, head size 128) and
+ * llama.cpp recognises them by their layer count (46, 62). The fixtures' metadata with the layer
+ * count and width changed (embedding 64 / 4 heads = 16 against key_length 8). */
+TEST(gemma_27b_query_scale_without_attention_scale) {
+    const char *arch[] = {"gemma2", "gemma3"};
+    const uint32_t l27[] = {46, 62};
+    for (int a = 0; a < 2; a++) {
+        char path[256], key[64];
+        snprintf(path, sizeof path, "tests/fixtures/gguf_models/%s/model-f32.gguf", arch[a]);
+        size_t n;
+        uint8_t *b = (uint8_t *)test_read_file(path, &n);
+        ASSERT(b);
+        for (int big = 0; big < 2; big++) {
+            snprintf(key, sizeof key, "%s.block_count", arch[a]);
+            set_u32(b, n, key, big ? l27[a] : l27[a] - 1);
+            snprintf(key, sizeof key, "%s.embedding_length", arch[a]);
+            set_u32(b, n, key, 64);
+            gguf_file *f = NULL;
+            char err[512] = "";
+            model_config cfg;
+            model_eos eos;
+            if (gguf_parse(b, n, path, &f, err, sizeof err) < 0) FAIL("%s", err);
+            if (model__gguf_config(f, path, &cfg, &eos, err, sizeof err) < 0) FAIL("%s: %s", arch[a], err);
+            printf("    %s, %d layers, embedding 64, 4 heads, key_length 8: query_pre_attn_scalar %g\n", arch[a],
+                   cfg.n_layers, cfg.query_pre_attn_scalar);
+            ASSERT_EQ(cfg.head_dim, 8);
+            ASSERT(cfg.query_pre_attn_scalar == (big ? 16.0f : 8.0f));
+            gguf_close(f);
+        }
+        free(b);
+    }
+}
+
 TEST_MAIN(stories260k_atload_q8_0_matches_gguf_q8_0, llama_f32_matches_hf, llama_q8_0_adapters, llama_q8_0_mixed_batch, qwen2_f32_matches_hf, qwen2_q8_0_adapters,
           qwen2_q8_0_mixed_batch, qwen3_f32_matches_hf, qwen3_q8_0_adapters, qwen3_q8_0_mixed_batch,
           phi3_f32_matches_hf, phi3_q8_0_adapters, phi3_q8_0_mixed_batch, gemma2_f32_matches_hf,
-          gemma2_q8_0_adapters, gemma2_q8_0_mixed_batch, atload_q8_0_matches_gguf_q8_0, no_mmap_same_logits, metadata_eos_template_name,
-          refusals_one_clear_line)
+          gemma2_q8_0_adapters, gemma2_q8_0_mixed_batch, gemma3_f32_matches_hf, gemma3_q8_0_adapters,
+          gemma3_q8_0_mixed_batch, atload_q8_0_matches_gguf_q8_0, no_mmap_same_logits, metadata_eos_template_name,
+          refusals_one_clear_line, gemma_27b_query_scale_without_attention_scale)
