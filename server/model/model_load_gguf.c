@@ -264,15 +264,27 @@ static int gl_rope_freqs(gl_ctx *c) {
     return 0;
 }
 
+/* rope_factors_short / _long.weight (Phi-3 longrope): already read into the config's
+ * rope_scaling by model_load_gguf_config.c (type and shape checked there); taken here as
+ * tables, not weights. */
+static int gl_rope_factors(gl_ctx *c) {
+    static const char *const names[2] = {"rope_factors_short.weight", "rope_factors_long.weight"};
+    model_config *cfg = &c->m->cfg;
+    if (cfg->rope.kind != ROPE_LONGROPE) return 0;
+    for (int k = 0; k < 2; k++) {
+        kmat w;
+        int rc = gl_take(c, names[k], 0, cfg->rope.rot_dim / 2, false, &w);
+        if (rc < 0) return rc;
+        c->m->weight_bytes -= (size_t)w.cols * 4;
+    }
+    return 0;
+}
+
 /* Every tensor of the file must have been taken: anything else would change the function. */
 static int gl_leftovers(gl_ctx *c) {
     for (size_t i = 0; i < gguf_tensor_count(c->f); i++) {
         if (c->used[i]) continue;
         const char *name = gguf_tensor_at(c->f, i)->name;
-        if (!strcmp(name, "rope_factors_long.weight") || !strcmp(name, "rope_factors_short.weight")) {
-            gl_err(c->err, c->errlen, "%s: tensor '%s': Phi-3 longrope GGUFs are not supported yet", c->label, name);
-            return PEFTD_EUNSUPPORTED;
-        }
         gl_err(c->err, c->errlen, "%s: tensor '%s' is not part of a %s model as peftd computes it (refused: it would "
                "change the outputs)", c->label, name, c->m->cfg.architecture);
         return PEFTD_EUNSUPPORTED;
@@ -401,7 +413,7 @@ static int gl_load(gl_ctx *c, const model_load_opts *opts) {
     if (cfg->tie_word_embeddings) m->lm_head = m->embed;
     else if ((rc = gl_take(c, "output.weight", cfg->vocab_size, cfg->hidden_size, false, &m->lm_head)) < 0)
         return rc;
-    if ((rc = gl_rope_freqs(c)) < 0 || (rc = gl_leftovers(c)) < 0 || (rc = gl_host_copies(c)) < 0) return rc;
+    if ((rc = gl_rope_freqs(c)) < 0 || (rc = gl_rope_factors(c)) < 0 || (rc = gl_leftovers(c)) < 0 || (rc = gl_host_copies(c)) < 0) return rc;
     m->host_layers = m->layers;
     if ((rc = gl_convert(c, opts)) < 0) return rc;
     if ((rc = model__check_ops(m, c->err, c->errlen)) < 0) return rc;

@@ -151,7 +151,7 @@ static const char *gc_str(const gguf_file *f, const char *key, char *buf, size_t
 }
 
 /* rope.scaling.* → config "rope_scaling" (llama.cpp's converter writes linear and yarn here;
- * llama3 goes to the rope_freqs tensor, longrope to rope_factors_* tensors). */
+ * llama3 goes to the rope_freqs tensor, longrope to rope_factors_* tensors: gc_longrope). */
 static int gc_rope_scaling(gc_ctx *c, cJSON *root) {
     char key[160], type[32];
     gc_key(c, "rope.scaling.type", key, sizeof key);
@@ -190,6 +190,56 @@ static int gc_rope_scaling(gc_ctx *c, cJSON *root) {
                c->arch, v);
         return PEFTD_EUNSUPPORTED;
     }
+    return 0;
+}
+
+/* Phi-3 longrope (Phi-3.5, Phi-3 128k, Phi-4-mini): llama.cpp's converter stores the per-pair
+ * factors as the tensors rope_factors_short / rope_factors_long (F32, rotary dims / 2) and the
+ * cos/sin scale as rope.scaling.attn_factor. They become the config's rope_scaling
+ * {"rope_type": "longrope", "short_factor", "long_factor", "attention_factor"}, parsed by the
+ * Hugging Face path (model_config.c rope_longrope: the original context, the table switch, the
+ * engine's recompute); the loader takes the two tensors as tables (model_load_gguf.c). */
+static int gc_longrope(gc_ctx *c, cJSON *root, uint64_t half) {
+    static const char *const names[2] = {"rope_factors_short.weight", "rope_factors_long.weight"};
+    static const char *const keys[2] = {"short_factor", "long_factor"};
+    const gguf_tensor *t[2] = {gguf_find_tensor(c->f, names[0]), gguf_find_tensor(c->f, names[1])};
+    if (!t[0] && !t[1]) return 0;
+    if (!t[0] || !t[1]) {
+        gc_err(c, "tensor '%s' without '%s' (longrope needs both)", names[t[1] != NULL], names[t[0] != NULL]);
+        return PEFTD_EFORMAT;
+    }
+    if (strcmp(c->arch, "phi3") != 0) {
+        gc_err(c, "tensor '%s' on architecture %s (longrope is served on phi3)", names[0], c->arch);
+        return PEFTD_EUNSUPPORTED;
+    }
+    if (cJSON_GetObjectItem(root, "rope_scaling")) {
+        gc_err(c, "tensor '%s' cannot be combined with %s.rope.scaling.type", names[0], c->arch);
+        return PEFTD_EFORMAT;
+    }
+    cJSON *rs = cJSON_AddObjectToObject(root, "rope_scaling");
+    cJSON_AddStringToObject(rs, "rope_type", "longrope");
+    for (int k = 0; k < 2; k++) {
+        if (t[k]->type != GGUF_T_F32 || t[k]->n_dims != 1 || (uint64_t)t[k]->ne[0] != half) {
+            gc_err(c, "tensor '%s' must be F32 [%llu] (rotary dims / 2); it is %s with %d dims, ne[0] %lld", names[k],
+                   (unsigned long long)half, gguf_type_name(t[k]->type), t[k]->n_dims, (long long)t[k]->ne[0]);
+            return PEFTD_EFORMAT;
+        }
+        cJSON *arr = cJSON_AddArrayToObject(rs, keys[k]);
+        for (uint64_t i = 0; i < half; i++) {
+            float v;
+            memcpy(&v, (const uint8_t *)t[k]->data + 4 * i, 4);
+            if (!(v > 0.0f && v < 1e6f)) {
+                gc_err(c, "tensor '%s'[%llu] = %g is not a factor in (0, 1e6)", names[k], (unsigned long long)i,
+                       (double)v);
+                return PEFTD_EFORMAT;
+            }
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(v));
+        }
+    }
+    double af;
+    int rc = gc_num(c, "rope.scaling.attn_factor", false, &af);
+    if (rc < 0) return rc;
+    if (rc == 0) cJSON_AddNumberToObject(rs, "attention_factor", af);
     return 0;
 }
 
@@ -340,6 +390,7 @@ static int gc_build(gc_ctx *c, cJSON *root, const gc_arch *a, int *vocab_out) {
     /* rope.dimension_count: rotated dims per head; only Phi-3 rotates part of a head */
     uint64_t rd;
     if ((rc = gc_uint(c, "rope.dimension_count", false, 2, 1024, &rd)) < 0) return rc;
+    bool rd_given = rc == 0;
     if (rc == 0 && rd != hd) {
         if (!phi3 || rd > hd || rd % 2) {
             gc_err(c, "rope.dimension_count %llu differs from the head size %llu (partial rotary is only supported on "
@@ -353,6 +404,7 @@ static int gc_build(gc_ctx *c, cJSON *root, const gc_arch *a, int *vocab_out) {
         if ((rc = gc_uint(c, "rope.scaling.original_context_length", false, 1, 1u << 24, &v)) < 0) return rc;
         if (rc == 0) cJSON_AddNumberToObject(root, "original_max_position_embeddings", (double)v);
     }
+    if ((rc = gc_longrope(c, root, (rd_given ? rd : hd) / 2)) < 0) return rc;
     uint64_t sw;
     if ((rc = gc_uint(c, "attention.sliding_window", false, 0, 1u << 24, &sw)) < 0) return rc;
     if (rc == 0 && sw > 0) cJSON_AddNumberToObject(root, "sliding_window", (double)sw);

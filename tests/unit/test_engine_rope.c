@@ -148,7 +148,7 @@ static int long_prompt(const char *dir, int32_t *ids) {
 
 /* Alone; then with a long-prompt request in the same steps (chunked prefill budget 8);
  * then three copies at once in a 20-block pool (16 hold one full context) (preemptions). */
-static void check_engine(const char *name, bool longrope) {
+static void check_engine_model(const char *name, const char *model_dir, bool longrope) {
     char dir[128];
     snprintf(dir, sizeof dir, "tests/fixtures/rope_seqlen/%s", name);
     gen_ref g;
@@ -159,7 +159,7 @@ static void check_engine(const char *name, bool longrope) {
     engine_stats st;
     rig r;
 
-    rig_open(&r, dir, 64, 0);
+    rig_open(&r, model_dir, 64, 0);
     snprintf(what, sizeof what, "%s alone", name);
     collect(submit(&r, g.prompt, g.n_prompt, g.n_new), &g, ids, lps, what);
     int nl = long_prompt(dir, lprompt);
@@ -170,7 +170,7 @@ static void check_engine(const char *name, bool longrope) {
     if (longrope) ASSERT_EQ(st.rope_recomputes, 1);
     rig_close(&r);
 
-    rig_open(&r, dir, 8, 0);
+    rig_open(&r, model_dir, 8, 0);
     engine_request *a = submit(&r, g.prompt, g.n_prompt, g.n_new), *b = submit(&r, lprompt, nl, other_new);
     snprintf(what, sizeof what, "%s batched, prefill chunks of 8", name);
     collect(a, &g, ids, lps, what);
@@ -182,7 +182,7 @@ static void check_engine(const char *name, bool longrope) {
             FAIL("%s: long-prompt request token %d differs batched (%d vs %d)", name, i, ids2[i], other[i]);
     rig_close(&r);
 
-    rig_open(&r, dir, 64, 20);
+    rig_open(&r, model_dir, 64, 20);
     engine_request *q[3];
     for (int i = 0; i < 3; i++) q[i] = submit(&r, g.prompt, g.n_prompt, g.n_new);
     for (int i = 0; i < 3; i++) {
@@ -190,11 +190,17 @@ static void check_engine(const char *name, bool longrope) {
         collect(q[i], &g, ids, lps, what);
     }
     wait_idle(&r, &st);
-    printf("    %-34s preemptions %llu, longrope recomputes %llu\n", name, (unsigned long long)st.preemptions,
+    printf("    %-34s preemptions %llu, longrope recomputes %llu\n", model_dir, (unsigned long long)st.preemptions,
            (unsigned long long)st.rope_recomputes);
     ASSERT(st.preemptions > 0);
     if (longrope) ASSERT(st.rope_recomputes >= 3);
     rig_close(&r);
+}
+
+static void check_engine(const char *name, bool longrope) {
+    char dir[128];
+    snprintf(dir, sizeof dir, "tests/fixtures/rope_seqlen/%s", name);
+    check_engine_model(name, dir, longrope);
 }
 
 TEST(engine_dynamic_past_max_positions) {
@@ -208,5 +214,39 @@ TEST(engine_dynamic_past_max_positions) {
 TEST(engine_longrope_crossing_recomputes_phi35) { check_engine("longrope-full", true); }
 TEST(engine_longrope_crossing_recomputes_phi4mini) { check_engine("longrope-partial", true); }
 
+/* The same models as llama.cpp's converter writes them (make_gguf_model_fixtures.py
+ * make_longrope: rope_factors_short / _long tensors, rope.scaling.attn_factor, bf16): the rope
+ * configuration the GGUF loader builds is the HF directory's, field by field, and the engine
+ * serves transformers' tokens across the original max. */
+static void check_gguf(const char *name) {
+    char hf[128], gg[128], err[512] = "";
+    snprintf(hf, sizeof hf, "tests/fixtures/rope_seqlen/%s", name);
+    snprintf(gg, sizeof gg, "tests/fixtures/gguf_models/phi3-%s", name);
+    kbackend *kb = kbackend_cpu_create(1);
+    model *a = NULL, *b = NULL;
+    if (model_load(hf, kb, &a, err, sizeof err) < 0) FAIL("%s: %s", hf, err);
+    if (model_load(gg, kb, &b, err, sizeof err) < 0) FAIL("%s: %s", gg, err);
+    ASSERT(b->gguf != NULL);
+    const rope_scaling *x = &a->cfg.rope, *y = &b->cfg.rope;
+    ASSERT_EQ(y->kind, ROPE_LONGROPE);
+    ASSERT_EQ(x->rot_dim, y->rot_dim);
+    ASSERT_EQ(x->original_max_position_embeddings, y->original_max_position_embeddings);
+    ASSERT_EQ(a->cfg.max_position_embeddings, b->cfg.max_position_embeddings);
+    ASSERT(x->factor == y->factor);
+    ASSERT(!memcmp(x->short_factor, y->short_factor, sizeof(float) * (size_t)(x->rot_dim / 2)));
+    ASSERT(!memcmp(x->long_factor, y->long_factor, sizeof(float) * (size_t)(x->rot_dim / 2)));
+    /* the file's attn_factor is the converter's f32 of the same formula */
+    printf("    %s: rot_dim %d, original max %d, factor %g, attention_factor %.9g (HF) / %.9g (GGUF)\n", gg, y->rot_dim,
+           y->original_max_position_embeddings, y->factor, x->attention_factor, y->attention_factor);
+    ASSERT((float)x->attention_factor == (float)y->attention_factor);
+    model_free(a);
+    model_free(b);
+    kbackend_destroy(kb);
+    check_engine_model(name, gg, true);
+}
+
+TEST(engine_longrope_gguf_phi35) { check_gguf("longrope-full"); }
+TEST(engine_longrope_gguf_phi4mini) { check_gguf("longrope-partial"); }
+
 TEST_MAIN(engine_dynamic_past_max_positions, engine_longrope_crossing_recomputes_phi35,
-          engine_longrope_crossing_recomputes_phi4mini)
+          engine_longrope_crossing_recomputes_phi4mini, engine_longrope_gguf_phi35, engine_longrope_gguf_phi4mini)

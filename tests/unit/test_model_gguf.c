@@ -14,7 +14,8 @@
  *   - at-load "weights": "q8_0" of the HF directory vs the Q8_0 GGUF (issue 12 acceptance 4);
  *   - families: llama, qwen2, qwen3, phi3, gemma2, gemma3; and Gemma's score scale where the
  *     file has none (1/sqrt(key_length), hidden / heads on the 27B layer counts, as llama.cpp);
- *   - refusals: a missing metadata key, a wrong tensor shape, an unsupported tensor type, an
+ *   - refusals: a missing metadata key, half a Phi-3 longrope table pair or one of the wrong
+ *     length, a wrong tensor shape, an unsupported tensor type, an
  *     unknown tensor, an unsupported architecture, a directory with two .gguf files: each one
  *     line naming the key / tensor / type.
  */
@@ -531,6 +532,29 @@ TEST(refusals_one_clear_line) {
     memcpy(b, orig, n);
     b[find_str(b, n, "output_norm.weight") - 8] = 'X';
     expect_refusal(b, n, "missing_tensor", PEFTD_ENOTFOUND, "missing tensor 'output_norm.weight'", NULL);
+    /* Phi-3 longrope: one factor table without the other; a table of the wrong length */
+    {
+        size_t pn;
+        uint8_t *pb = (uint8_t *)test_read_file("tests/fixtures/gguf_models/phi3-longrope-full/model-bf16.gguf", &pn);
+        ASSERT(pb);
+        uint8_t *pc = malloc(pn);
+        ASSERT(pc);
+        memcpy(pc, pb, pn);
+        pc[find_str(pc, pn, "rope_factors_long.weight") - 8] = 'X';
+        expect_refusal(pc, pn, "longrope_half", PEFTD_EFORMAT,
+                       "tensor 'rope_factors_short.weight' without 'rope_factors_long.weight'", NULL);
+        memcpy(pc, pb, pn);
+        at = find_str(pc, pn, "rope_factors_long.weight");
+        int64_t ne0;
+        memcpy(&ne0, pc + at + 4, 8);
+        ASSERT_EQ(ne0, 8);
+        ne0 = 4;
+        memcpy(pc + at + 4, &ne0, 8);
+        expect_refusal(pc, pn, "longrope_len", PEFTD_EFORMAT, "tensor 'rope_factors_long.weight' must be F32 [8]",
+                       "ne[0] 4");
+        free(pc);
+        free(pb);
+    }
     /* a directory with two .gguf files and no config.json */
     char p[512], err[1024] = "";
     snprintf(p, sizeof p, "%s/a.gguf", g_tmp);
