@@ -3,7 +3,7 @@
  * never saturates here) then vpmaddwd by ones (→ s32 sums of 4 adjacent products), each block's
  * 8 lane partials summed exactly across the tile's rows (kq_hsum4), then one f32 lane per output:
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
- *   Q4_0: the same on w = nibble − 8.
+ *   Q4_0: the same on w = nibble − 8; Q5_0 on w = (nibble | 5th bit << 4) − 16.
  *   Batches of 8+ rows of either (x in the x16 layout, qx16.c): q8x_strip, x rows in lanes and
  *   4 weight codes broadcast at a time, so a block's sums need no horizontal adds.
  *   Q4_K: u8 = the nibble (0..15), s8 = x, then vpmaddwd by the sub-block scale: the
@@ -42,22 +42,39 @@ KQ_INL __m128i kq_hsum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
     return _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
 }
 
-/* The 32 codes of block p (Q8_0: 34 bytes, Q4_0: 18; Q4_0's are nibble − 8, low nibbles first). */
-KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
-    if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
-    const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
-    return _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
-                           _mm256_set1_epi8(8));
+/* The 32 fifth bits of a Q5_0 block (the u32 qh) as bytes 16 (set) or 0: byte e tests bit e —
+ * qh's byte e / 8 shuffled to byte e (in-lane: every lane holds all four), then its bit e % 8. */
+KQ_INL __m256i q50_fifth(const uint8_t *p) {
+    uint32_t qh;
+    memcpy(&qh, p + 2, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
+                                               _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                                                2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
 }
 
-/* Q8_0 / Q4_0: weight rows r < R (R <= 4; rows past R are skipped, their lanes discarded) × x rows
+/* Block bytes of the three 32-element types. */
+#define Q32_BB(DT) ((DT) == KDT_Q8_0 ? 34 : (DT) == KDT_Q5_0 ? 22 : 18)
+
+/* The 32 signed codes of block p (Q8_0: 34 bytes; Q4_0: 18, nibble − 8, low nibbles first;
+ * Q5_0: 22, (nibble | 5th bit << 4) − 16, nibbles after the 4 bytes of 5th bits). */
+KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
+    if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
+    const __m128i q = _mm_loadu_si128((const __m128i *)(p + (DT == KDT_Q5_0 ? 6 : 2))), m4 = _mm_set1_epi8(15);
+    const __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if (DT == KDT_Q5_0) return _mm256_sub_epi8(_mm256_or_si256(v, q50_fifth(p)), _mm256_set1_epi8(16));
+    return _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+}
+
+/* Q8_0 / Q4_0 / Q5_0: weight rows r < R (R <= 4; rows past R are skipped, their lanes discarded) × x rows
  * i0 + i, i < N (N <= 2). Per block: the rows' lane partials by vpmaddubsw / vpmaddwd, their exact
  * sums S_b with the rows in lanes (kq_hsum4), then the canonical fma by dw·dx — one lane per
  * output, in block order. */
 KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                     float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
-    const int BB = DT == KDT_Q8_0 ? 34 : 18;
+    const int BB = Q32_BB(DT);
     __m128 acc[4];
     for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -87,10 +104,10 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     kq_store1(R, N, acc, y, ldy, beta);
 }
 
-/* Q8_0 / Q4_0 batches with x in the x16 layout (qx16.c: x rows in lanes, 4 codes per lane), a
+/* Q8_0 / Q4_0 / Q5_0 batches with x in the x16 layout (qx16.c: x rows in lanes, 4 codes per lane), a
  * strip of R <= 4 weight rows at a time. The strip's |codes| and scales as f32 (dw[r·nb + b])
- * are unpacked once — aw[(b·R + r)·Q8X_AW(DT) + e], and for Q4_0 the signed codes (nibble − 8)
- * after them, where Q8_0 reads its codes from the weights; then per 8 x rows and block b, per
+ * are unpacked once — aw[(b·R + r)·Q8X_AW(DT) + e], and for Q4_0 / Q5_0 the signed codes after
+ * them, where Q8_0 reads its codes from the weights; then per 8 x rows and block b, per
  * 4-code group k and row r: the row's 4 |codes| and 4 codes broadcast (loads only) against the
  * 8 rows' 4 codes, vpmaddubsw(|w|, sign(x, w)) (|w| <= 128, |x| <= 127: pairs never saturate),
  * vpmaddwd by ones, added — lane j holds S_b of x row j exactly after the 8 groups, with no
@@ -100,7 +117,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
 unsigned long kq_avx2_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
 
 KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, uint8_t *aw, float *dw) {
-    const int BB = DT == KDT_Q8_0 ? 34 : 18;
+    const int BB = Q32_BB(DT);
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
@@ -109,7 +126,7 @@ KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb
             const __m256i c = q8_codes(DT, p);
             uint8_t *o = aw + (b * R + r) * Q8X_AW(DT);
             _mm256_store_si256((__m256i *)o, _mm256_abs_epi8(c));
-            if (DT == KDT_Q4_0) _mm256_store_si256((__m256i *)(o + 32), c);
+            if (DT != KDT_Q8_0) _mm256_store_si256((__m256i *)(o + 32), c);
             uint16_t h;
             memcpy(&h, p, 2);
             dw[r * nb + b] = _cvtsh_ss(h);
@@ -171,6 +188,7 @@ KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w
     }
 Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
 Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
+Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
  * integer sums I (qmatmul.h) stay in registers; per chunk c and pair: vpmaddubsw (nibble ×
@@ -443,6 +461,10 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
     static KQ_TGT void q40_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
         q8_tile(KDT_Q4_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
+    }                                                                                                         \
+    static KQ_TGT void q50_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q5_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
     }
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(2, 2) KQ_KTILE_DEF(2, 3) KQ_KTILE_DEF(2, 4)
@@ -464,6 +486,7 @@ Q6S_DEF(1, 4)
 /* Q8_0, Q4_0: [4 | 2 | 1 rows][N - 1] */
 static const tile_fn q8_tiles[3][2] = {{q8_4_1, q8_4_2}, {q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
 static const tile_fn q40_tiles[3][2] = {{q40_4_1, q40_4_2}, {q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
+static const tile_fn q50_tiles[3][2] = {{q50_4_1, q50_4_2}, {q50_2_1, q50_2_2}, {q50_1_1, q50_1_2}};
 /* K-quants: [4 rows (one x row only) | 2 rows | 1 row][N - 1] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
@@ -496,12 +519,13 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
     }
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(dt, 4, x->cols / 32))) {
         if (dt == KDT_Q8_0) kq_rows_strips(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
+        else if (dt == KDT_Q5_0) kq_rows_strips(q8x_q50_4, q8x_q50_2, q8x_q50_1, w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         else kq_rows_strips(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         return;
     }
     for (int64_t r = r0; r < r1;) {
         const int R = r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q40_tiles)[R == 4 ? 0 : R == 2 ? 1 : 2];
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : dt == KDT_Q5_0 ? q50_tiles : q40_tiles)[R == 4 ? 0 : R == 2 ? 1 : 2];
         for (int i = 0; i < x->n; i += 2) {
             int N = x->n - i < 2 ? x->n - i : 2;
             fns[N - 1](w + r * rb, rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);

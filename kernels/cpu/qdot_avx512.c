@@ -1,5 +1,5 @@
 /* kernels/cpu/qdot_avx512.c — the AVX-512 VNNI path of the quantized matmul (qmatmul.h):
- * (Q4_0 runs the Q8_0 tiles on its nibbles − 8.)
+ * (Q4_0 runs the Q8_0 tiles on its nibbles − 8, Q5_0 on its 5-bit codes − 16.)
  * register tiles of up to 8 weight rows × 4 x rows, int8 products summed exactly by vpdpbusd
  * (u8 × s8 → s32, 4 per lane), each block's lane partials summed across the tile's rows by
  * permutes (q8_sums8), then one f32 lane per output in block order (the canonical order).
@@ -31,12 +31,32 @@ KQ_INL __m256i q40_codes(const uint8_t *p) {
     return _mm256_add_epi8(v, _mm256_set1_epi8(120));
 }
 
-/* The codes of blocks p and p + BB (Q8_0: 34 bytes, Q4_0: 18) in one zmm, offset to unsigned
- * (w ^ 0x80). */
+/* The 32 codes of the Q5_0 block at p (f16 d, u32 qh, 16 bytes of nibbles in Q4_0's order):
+ * (nibble | bit e of qh << 4) + 112 = (code − 16) ^ 0x80. vpmovm2b spreads qh's 32 bits over
+ * the 32 bytes (bit e → byte e), which are element e's. */
+KQ_INL __m256i q50_codes(const uint8_t *p) {
+    __m128i q = _mm_loadu_si128((const __m128i *)(p + 6)), m4 = _mm_set1_epi8(15);
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    uint32_t qh;
+    memcpy(&qh, p + 2, 4);
+    v = _mm256_or_si256(v, _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(16)));
+    return _mm256_add_epi8(v, _mm256_set1_epi8(112));
+}
+
+/* Block bytes of the three 32-element types, and their 32 codes offset to unsigned. */
+#define Q32_BB(DT) ((DT) == KDT_Q8_0 ? 34 : (DT) == KDT_Q5_0 ? 22 : 18)
+KQ_INL __m256i q32_codes(kdtype dt, const uint8_t *p) {
+    return dt == KDT_Q4_0   ? q40_codes(p)
+           : dt == KDT_Q5_0 ? q50_codes(p)
+                            : _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80));
+}
+
+/* The codes of blocks p and p + BB (Q8_0: 34 bytes, Q4_0: 18, Q5_0: 22) in one zmm, offset to
+ * unsigned (w ^ 0x80). */
 KQ_INL __m512i q8_wpair(kdtype dt, const uint8_t *p, __m512i x80, int pf) {
-    if (dt == KDT_Q4_0) {
+    if (dt != KDT_Q8_0) {
         if (pf) __builtin_prefetch(p + KQ_PF, 0, 2);
-        return _mm512_inserti64x4(_mm512_castsi256_si512(q40_codes(p)), q40_codes(p + 18), 1);
+        return _mm512_inserti64x4(_mm512_castsi256_si512(q32_codes(dt, p)), q32_codes(dt, p + Q32_BB(dt)), 1);
     }
     __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
                                    _mm256_loadu_si256((const __m256i *)(p + 36)), 1);
@@ -62,7 +82,7 @@ KQ_INL __m512i q8_sums8(const __m512i s[8]) {
                             _mm512_permutex2var_epi32(d0, _mm512_add_epi32(F, _mm512_set1_epi32(1)), d1));
 }
 
-/* Q8_0 / Q4_0: weight rows r < R (R <= 8; rows past R are skipped, their lanes discarded) × x rows
+/* Q8_0 / Q4_0 / Q5_0: weight rows r < R (R <= 8; rows past R are skipped, their lanes discarded) × x rows
  * i0 + i, i < N. Per two blocks: vpdpbusd lane partials (two blocks per zmm), the rows' exact block
  * sums with rows in lanes (q8_sums8), then the canonical fma by dw·dx for block b, then b + 1 — one
  * lane per output. An odd last block runs with its second half zero and one fma. */
@@ -70,7 +90,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                     int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
-    const int BB = DT == KDT_Q8_0 ? 34 : 18;
+    const int BB = Q32_BB(DT);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
@@ -85,9 +105,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                 wv[r] = q8_wpair(DT, p, x80, pf);
                 memcpy(&h[8 + r], p + BB, 2);
             } else {
-                wv[r] = _mm512_zextsi256_si512(DT == KDT_Q4_0 ? q40_codes(p)
-                                                              : _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)),
-                                                                                 _mm512_castsi512_si256(x80)));
+                wv[r] = _mm512_zextsi256_si512(q32_codes(DT, p));
             }
             memcpy(&h[r], p, 2);
         }
@@ -140,6 +158,10 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
     static KQ_TGT void q40_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
                                      int64_t ldy, float beta) {                                               \
         q8_tile(KDT_Q4_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
+    }                                                                                                         \
+    static KQ_TGT void q50_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q5_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
     }
 TILE_DEF(8, 1) TILE_DEF(8, 2) TILE_DEF(8, 3) TILE_DEF(8, 4)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
@@ -149,10 +171,12 @@ static const tile_fn q8_tiles[3][4] = {
     {q8_8_1, q8_8_2, q8_8_3, q8_8_4}, {q8_4_1, q8_4_2, q8_4_3, q8_4_4}, {q8_1_1, q8_1_2, q8_1_3, q8_1_4}};
 static const tile_fn q40_tiles[3][4] = {
     {q40_8_1, q40_8_2, q40_8_3, q40_8_4}, {q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q40_1_1, q40_1_2, q40_1_3, q40_1_4}};
+static const tile_fn q50_tiles[3][4] = {
+    {q50_8_1, q50_8_2, q50_8_3, q50_8_4}, {q50_4_1, q50_4_2, q50_4_3, q50_4_4}, {q50_1_1, q50_1_2, q50_1_3, q50_1_4}};
 
-/* Q8_0 / Q4_0 batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per lane), a
- * strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80, Q4_0's
- * nibble + 120) and scales as f32 are unpacked once; then per 16 x rows and block b, each lane
+/* Q8_0 / Q4_0 / Q5_0 batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per
+ * lane), a strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80,
+ * Q4_0's nibble + 120, Q5_0's code + 112) and scales as f32 are unpacked once; then per 16 x rows and block b, each lane
  * starts at −128·Σx of its row (kq_x.x16p) and takes one vpdpbusd per 4-code group k and weight
  * row — the row's 4 codes broadcast against the 16 rows' codes — so after the 8 groups lane m
  * holds S_b of x row m exactly, with no horizontal sums; then the canonical fma by dw·dx. Same
@@ -191,15 +215,13 @@ KQ_INL void q8x_tile16(int R, const uint8_t *uw, const float *dw, int64_t nb, co
 KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t *w, size_t rb, const kq_x *x, float *y,
                         int64_t ldy, float beta) {
     const int64_t nb = x->cols / 32;
-    const int BB = DT == KDT_Q8_0 ? 34 : 18;
+    const int BB = Q32_BB(DT);
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + BB * b;
             __builtin_prefetch(p + KQ_PF, 0, 2);
-            const __m256i c = DT == KDT_Q8_0 ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)),
-                                                                _mm256_set1_epi8((char)0x80))
-                                             : q40_codes(p);
+            const __m256i c = q32_codes(DT, p);
             _mm256_storeu_si256((__m256i *)(uw + (b * R + r) * 32), c);
             uint16_t h;
             memcpy(&h, p, 2);
@@ -224,6 +246,7 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
     }
 Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
 Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
+Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
@@ -233,12 +256,13 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
     }
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(4, x->cols / 32))) {
         if (dt == KDT_Q8_0) kq_rows_strips(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
+        else if (dt == KDT_Q5_0) kq_rows_strips(q8x_q50_4, q8x_q50_2, q8x_q50_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         else kq_rows_strips(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         return;
     }
     for (int64_t r = r0; r < r1;) {
         const int R = r1 - r >= 8 ? 8 : r1 - r >= 4 ? 4 : 1;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : q40_tiles)[R == 8 ? 0 : R == 4 ? 1 : 2];
+        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : dt == KDT_Q5_0 ? q50_tiles : q40_tiles)[R == 8 ? 0 : R == 4 ? 1 : 2];
         for (int i = 0; i < x->n; i += 4) {
             int N = x->n - i < 4 ? x->n - i : 4;
             fns[N - 1](w + r * rb, rb, i == 0, x, i, y + (int64_t)i * ldy + r, ldy, beta);

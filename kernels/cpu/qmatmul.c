@@ -1,4 +1,4 @@
-/* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_0,
+/* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_0, Q5_0,
  * Q4_K, Q5_K, Q6_K):
  * the driver (x quantized once per call, weight rows split over the pool as matmul.c does),
  * the activation quantizer every path shares, and the scalar path that spells out the
@@ -84,7 +84,7 @@ static float kq_quant_block(const float *x, int len, int8_t *q) {
 static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
                             int16_t *gsum) {
     float (*quant)(const float *, int, int8_t *) = simd ? kq_quant_block_avx2 : kq_quant_block;
-    if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0: blocks of 32 */
+    if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0, Q5_0: blocks of 32 */
         for (int64_t b = 0; b < cols / 32; b++) d[b] = quant(x + 32 * b, 32, q + 32 * b);
         for (int64_t l = 0; l < cols / 4; l++)
             corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
@@ -116,8 +116,8 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
 
 /* ---- the scalar path (the canonical order, spelled out) ---- */
 
-/* Q8_0 and Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
- * high nibbles 16-31). */
+/* Q8_0, Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
+ * high nibbles 16-31) and Q5_0 (q - 16, bit e of the u32 qh above element e's nibble). */
 static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
     float L = 0.0f;
     const size_t bb = kdtype_block_bytes(dt);
@@ -127,7 +127,14 @@ static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
         memcpy(&h, blk, 2);
         int8_t wq[32];
         if (dt == KDT_Q8_0) memcpy(wq, blk + 2, 32);
-        else
+        else if (dt == KDT_Q5_0) {
+            uint32_t qh;
+            memcpy(&qh, blk + 2, 4);
+            for (int j = 0; j < 16; j++) {
+                wq[j] = (int8_t)(((blk[6 + j] & 15) | ((qh >> j) & 1) << 4) - 16);
+                wq[j + 16] = (int8_t)(((blk[6 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - 16);
+            }
+        } else
             for (int j = 0; j < 16; j++) {
                 wq[j] = (int8_t)((blk[2 + j] & 15) - 8);
                 wq[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
@@ -444,6 +451,8 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     kq_path path = kq_resolve();
     /* SB8 / SB16 (the AVX2 path's reorderings) have AVX2 tiles and the scalar reference only */
     if ((w->dtype == KDT_Q4_K_SB8 || w->dtype == KDT_Q6_K_SB16) && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
+    /* Q5_0 has no AMX tiles (never run on an AMX machine here): its VNNI tiles, same bits */
+    if (w->dtype == KDT_Q5_0 && path == KQ_AMX) path = KQ_VNNI;
     job->kq = (kcpu_kq_ctx){.fn = path == KQ_AMX    ? kq_rows_amx
                                   : path == KQ_VNNI ? kq_rows_vnni
                                   : path == KQ_AVX2 ? kq_rows_avx2

@@ -1,5 +1,5 @@
 /* kernels/cpu/qmatmul.h — what the quantized matmul's files share (kernels/cpu/qmatmul.c:
- * driver, activation quantization, scalar path; qdot_avx512.c: AVX-512 VNNI (Q8_0, Q4_0),
+ * driver, activation quantization, scalar path; qdot_avx512.c: AVX-512 VNNI (Q8_0, Q4_0, Q5_0),
  * qdot_avx512_k.c: AVX-512 K-quants; qdot_avx2.c: AVX2). Private to kernels/cpu/.
  *
  * THE CANONICAL ORDER (what makes every path bit-identical and batch-invariant).
@@ -9,7 +9,8 @@
  *   y = L. Only S_b is fixed, so the AVX2 / AVX-512 tiles (per-4 lane partials reduced across
  *   rows by transposing adds, then the fma chain with weight rows in lanes) and AMX's per-block
  *   tile products (qdot_amx.c) give the same bits.
- *   Q4_0 as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high).
+ *   Q4_0 as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high);
+ *   Q5_0 as Q4_0 with wq = (nibble | bit e of qh << 4) − 16 (no AMX tiles: its VNNI ones).
  * K-quants (super-blocks of 256, x codes in natural order). Within a super-block everything is
  *   an exact int32 sum, so only the integer totals below are fixed.
  *   Chunk c = elements 32c .. 32c+31; lane j of chunk c = its elements 4j .. 4j+3;
@@ -27,8 +28,8 @@
  *         Σ_g (−32·sc_g)·G_g, with G_g = Σ xq over group g (the q − 32 offset), then
  *         L = fma((float)T, d·dx, L); y = L.
  *   |I| < 2^26, |T| < 2^28: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
- * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0
- * and Q4_0 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
+ * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0,
+ * Q4_0 and Q5_0 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
  * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
  * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound), with the code sums
@@ -46,7 +47,7 @@ typedef struct {
     int n;
     int64_t cols;
     int8_t *q;      /* [n][cols], natural order */
-    int32_t *corr;  /* Q8_0, Q4_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
+    int32_t *corr;  /* Q8_0, Q4_0, Q5_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
     int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
     /* the same codes with x rows in lanes (kernels/cpu/qx16.c), or NULL: built when the path in

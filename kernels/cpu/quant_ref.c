@@ -1,5 +1,5 @@
 /* kernels/cpu/quant_ref.c — scalar reference dequantization of the ggml block formats
- * (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32) and quantization to Q8_0 and Q4_K. See
+ * (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32) and quantization to Q8_0 and Q4_K. See
  * quant_ref.h for the layouts. Written from the published format facts; each float operation
  * is a separate statement so no compiler contracts two into a fused multiply-add (results
  * must match gguf-py's numpy, which rounds every operation).
@@ -21,6 +21,7 @@
 
 _Static_assert(sizeof(qref_block_q8_0) == 34, "Q8_0 block is 34 bytes");
 _Static_assert(sizeof(qref_block_q4_0) == 18, "Q4_0 block is 18 bytes");
+_Static_assert(sizeof(qref_block_q5_0) == 22, "Q5_0 block is 22 bytes");
 _Static_assert(sizeof(qref_block_q4_k) == 144, "Q4_K block is 144 bytes");
 _Static_assert(sizeof(qref_block_q5_k) == 176, "Q5_K block is 176 bytes");
 _Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
@@ -28,7 +29,7 @@ _Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
 int qref_block_elems(uint32_t type) {
     switch (type) {
     case QREF_F32: case QREF_F16: case QREF_BF16: return 1;
-    case QREF_Q8_0: case QREF_Q4_0: return QREF_QK;
+    case QREF_Q8_0: case QREF_Q4_0: case QREF_Q5_0: return QREF_QK;
     case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: case QREF_Q6_K_SB16: return QREF_QK_K;
     default: return 0;
     }
@@ -40,6 +41,7 @@ int qref_block_bytes(uint32_t type) {
     case QREF_F16: case QREF_BF16: return 2;
     case QREF_Q8_0: return (int)sizeof(qref_block_q8_0);
     case QREF_Q4_0: return (int)sizeof(qref_block_q4_0);
+    case QREF_Q5_0: return (int)sizeof(qref_block_q5_0);
     case QREF_Q4_K: case QREF_Q4_K_SB8: return (int)sizeof(qref_block_q4_k);
     case QREF_Q5_K: return (int)sizeof(qref_block_q5_k);
     case QREF_Q6_K: case QREF_Q6_K_SB16: return (int)sizeof(qref_block_q6_k);
@@ -67,6 +69,23 @@ void qref_dequant_q4_0(const void *src, float *dst, int64_t nb) {
         for (int j = 0; j < QREF_QK / 2; j++) {
             y[j] = d * (float)((blk.qs[j] & 15) - 8);
             y[j + QREF_QK / 2] = d * (float)((blk.qs[j] >> 4) - 8);
+        }
+    }
+}
+
+void qref_dequant_q5_0(const void *src, float *dst, int64_t nb) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        qref_block_q5_0 blk;
+        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+        float d = f16_to_f32(blk.d);
+        uint32_t qh = (uint32_t)blk.qh[0] | (uint32_t)blk.qh[1] << 8 | (uint32_t)blk.qh[2] << 16 | (uint32_t)blk.qh[3] << 24;
+        float *y = dst + b * QREF_QK;
+        for (int j = 0; j < QREF_QK / 2; j++) {
+            int lo = (blk.qs[j] & 15) | (int)((qh >> j) & 1) << 4;
+            int hi = (blk.qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+            y[j] = d * (float)(lo - 16);
+            y[j + QREF_QK / 2] = d * (float)(hi - 16);
         }
     }
 }
@@ -277,6 +296,7 @@ int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
         break;
     case QREF_Q8_0: qref_dequant_q8_0(src, dst, nb); break;
     case QREF_Q4_0: qref_dequant_q4_0(src, dst, nb); break;
+    case QREF_Q5_0: qref_dequant_q5_0(src, dst, nb); break;
     case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
     case QREF_Q6_K_SB16:
     case QREF_Q4_K_SB8: { /* one block back to ggml's order at a time, then as that type */
@@ -634,6 +654,37 @@ int qref_quantize_q4_0(const float *src, void *dst, int64_t n) {
             q[j] = (uint8_t)v;
         }
         for (int j = 0; j < QREF_QK / 2; j++) blk.qs[j] = (uint8_t)(q[j] | q[j + QREF_QK / 2] << 4);
+        blk.d = f32_to_f16(d);
+        memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
+    }
+    return 0;
+}
+
+int qref_quantize_q5_0(const float *src, void *dst, int64_t n) {
+    if (n < 0 || n % QREF_QK) return PEFTD_EINVAL;
+    uint8_t *p = dst;
+    for (int64_t b = 0; b < n / QREF_QK; b++) {
+        const float *x = src + b * QREF_QK;
+        qref_block_q5_0 blk;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QREF_QK; j++)
+            if (fabsf(x[j]) > amax) { /* the first of equal magnitudes, as numpy's argmax */
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        float d = max / -16.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint8_t q[QREF_QK];
+        uint32_t qh = 0;
+        for (int j = 0; j < QREF_QK; j++) {
+            float v = x[j] * id;
+            v = v + 16.5f;
+            v = fminf(fmaxf(v, 0.0f), 31.0f); /* trunc then clip to 31, as gguf-py (also NaN-safe) */
+            q[j] = (uint8_t)v;
+            qh |= (uint32_t)(q[j] >> 4) << j;
+        }
+        for (int j = 0; j < QREF_QK / 2; j++) blk.qs[j] = (uint8_t)((q[j] & 15) | (q[j + QREF_QK / 2] & 15) << 4);
+        for (int k = 0; k < 4; k++) blk.qh[k] = (uint8_t)(qh >> 8 * k);
         blk.d = f32_to_f16(d);
         memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
     }

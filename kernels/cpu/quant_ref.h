@@ -10,6 +10,9 @@
  *   Q8_0  32 elements, 34 bytes: f16 d; i8 qs[32].                 y[j] = d·qs[j]
  *   Q4_0  32 elements, 18 bytes: f16 d; u8 qs[16]. Element j < 16 is the low nibble of qs[j],
  *         element j + 16 its high nibble.                          y = d·(q − 8)
+ *   Q5_0  32 elements, 22 bytes: f16 d; u8 qh[4]; u8 qs[16]. Element j takes bit j of the
+ *         little-endian u32 qh as its 5th bit over the nibble of Q4_0's layout:
+ *         q = nibble | bit << 4.                                   y = d·(q − 16)
  *   Q4_K  256 elements (8 sub-blocks of 32), 144 bytes: f16 d; f16 dmin; u8 scales[12];
  *         u8 qs[128]. Sub-block s has a 6-bit scale sc[s] and a 6-bit min m[s] packed in the
  *         12 bytes: for s < 4, sc = scales[s] & 63 and m = scales[s+4] & 63; for s ≥ 4,
@@ -29,7 +32,7 @@
  * The block structs below describe the layouts (their sizes are static-asserted); the code
  * reads blocks through memcpy, so source data need not be aligned.
  *
- * Type ids are ggml's (= GGUF's tensor types): F32 0, F16 1, Q4_0 2, Q8_0 8, Q4_K 12,
+ * Type ids are ggml's (= GGUF's tensor types): F32 0, F16 1, Q4_0 2, Q5_0 6, Q8_0 8, Q4_K 12,
  * Q5_K 13, Q6_K 14, BF16 30.
  */
 #ifndef PEFTD_QUANT_REF_H
@@ -38,13 +41,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define QREF_QK 32   /* elements per Q8_0 / Q4_0 block */
+#define QREF_QK 32   /* elements per Q8_0 / Q4_0 / Q5_0 block */
 #define QREF_QK_K 256 /* elements per K-quant super-block */
 
 enum {
     QREF_F32 = 0,
     QREF_F16 = 1,
     QREF_Q4_0 = 2,
+    QREF_Q5_0 = 6,
     QREF_Q8_0 = 8,
     QREF_Q4_K = 12,
     QREF_Q5_K = 13,
@@ -57,6 +61,7 @@ enum {
 
 typedef struct { uint16_t d; int8_t qs[QREF_QK]; } qref_block_q8_0;
 typedef struct { uint16_t d; uint8_t qs[QREF_QK / 2]; } qref_block_q4_0;
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QREF_QK / 2]; } qref_block_q5_0;
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QREF_QK_K / 2]; } qref_block_q4_k;
 typedef struct {
     uint16_t d, dmin;
@@ -89,6 +94,7 @@ int qref_reorder(uint32_t to, uint32_t from, const void *src, void *dst, int64_t
 /* Per-format entry points (nb = number of blocks). */
 void qref_dequant_q8_0(const void *src, float *dst, int64_t nb);
 void qref_dequant_q4_0(const void *src, float *dst, int64_t nb);
+void qref_dequant_q5_0(const void *src, float *dst, int64_t nb);
 void qref_dequant_q4_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q5_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q6_k(const void *src, float *dst, int64_t nb);
@@ -109,6 +115,12 @@ int qref_quantize_q4_k(const float *src, void *dst, int64_t n);
  * q = min(15, trunc(x·(1/d) + 8.5)) — bit-identical to gguf.quants.quantize (Q4_0) for finite
  * input (checked by tests/fixtures/make_quant_fixtures.py). */
 int qref_quantize_q4_0(const float *src, void *dst, int64_t n);
+
+/* Quantizes n floats (a multiple of 32) to Q5_0 blocks: d = (the largest-magnitude value)/−16,
+ * q = min(31, trunc(x·(1/d) + 16.5)) — gguf.quants.quantize's Q5_0 (checked by
+ * tests/fixtures/make_quant_fixtures.py's ref). For tests and benchmarks: peftd reads Q5_0 from
+ * GGUF files and offers no at-load Q5_0. */
+int qref_quantize_q5_0(const float *src, void *dst, int64_t n);
 
 /* Quantizes n floats (a multiple of 256) to Q5_K blocks: the Q4_K search with 32 levels
  * (llama.cpp's Q5_K parameters), 5th bits packed into qh. Inputs must be finite. */

@@ -1,8 +1,9 @@
 /* tests/unit/test_gguf.c — the GGUF reader (server/model/gguf.{h,c}) and the reference block
  * formats (kernels/cpu/quant_ref.{h,c}) against files and values written by the `gguf` Python
  * package (tests/fixtures/gguf/make_gguf_fixtures.py): every metadata value type, tensor
- * views, dequantization of F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K bit-exact against
- * gguf.quants.dequantize, Q8_0 quantization bit-exact against gguf.quants.quantize, and Q4_K
+ * views, dequantization of F32/F16/BF16/Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K bit-exact against
+ * gguf.quants.dequantize, Q8_0 and Q5_0 quantization bit-exact against gguf.quants.quantize
+ * (Q5_0: q5_0.gguf, make_q5_0_fixtures.py), and Q4_K
  * quantization round-trip error bounds (gguf-py has no Q4_K quantizer). Hostile inputs are in
  * test_gguf_hostile.c.
  */
@@ -386,6 +387,43 @@ TEST(truncated_every_length) {
     }
 }
 
+/* Q5_0 (q5_0.gguf, make_q5_0_fixtures.py): gguf-py's quantization of meta.gguf's source rows
+ * and random blocks (every 5th-bit and nibble pattern, subnormal / negative / zero scales)
+ * dequantized bit for bit as gguf-py does, the tensors read with their type and shape, and
+ * qref_quantize_q5_0 writing gguf-py's bytes (ties included). */
+TEST(q5_0_vs_gguf_py) {
+    gguf_file *f = open_fixture("q5_0.gguf");
+    const gguf_tensor *src = gguf_find_tensor(f, "f32_src");
+    ASSERT(src && src->type == GGUF_T_F32 && src->numel == 256);
+    static const char *const names[] = {"q5_0", "q5_0_rnd"};
+    for (int k = 0; k < 2; k++) {
+        const gguf_tensor *t = gguf_find_tensor(f, names[k]);
+        ASSERT(t && t->type == GGUF_T_Q5_0);
+        ASSERT_EQ(t->nbytes, (uint64_t)(t->numel / 32 * 22));
+        ASSERT_STREQ(gguf_type_name(t->type), "Q5_0");
+        float *ref = read_ref(t->name, t->numel), *out = malloc((size_t)t->numel * 4);
+        ASSERT(out);
+        ASSERT_EQ(qref_dequantize(t->type, t->data, out, t->numel), 0);
+        int64_t bad = 0;
+        for (int64_t j = 0; j < t->numel; j++) bad += memcmp(&out[j], &ref[j], 4) != 0;
+        printf("  %-8s Q5_0 %4lld values, %lld not bit-identical to gguf-py\n", t->name, (long long)t->numel,
+               (long long)bad);
+        if (bad) FAIL("%s: %lld values differ from gguf-py", t->name, (long long)bad);
+        free(ref);
+        free(out);
+    }
+    const gguf_tensor *q = gguf_find_tensor(f, "q5_0");
+    uint8_t *out = malloc(q->nbytes);
+    ASSERT(out);
+    ASSERT_EQ(qref_quantize_q5_0(src->data, out, src->numel), 0);
+    for (uint64_t b = 0; b < q->nbytes; b++)
+        if (out[b] != ((const uint8_t *)q->data)[b])
+            FAIL("byte %llu: %u, gguf-py wrote %u", (unsigned long long)b, out[b], ((const uint8_t *)q->data)[b]);
+    ASSERT_EQ(qref_quantize_q5_0(src->data, out, 33), PEFTD_EINVAL);
+    free(out);
+    gguf_close(f);
+}
+
 TEST_MAIN(meta_scalars, meta_type_confusion, meta_arrays, tensor_views, dequantize_vs_gguf_py,
           quantize_q8_0_vs_gguf_py, quantize_q4_k_roundtrip, tiny_and_versions,
-          truncated_every_length)
+          truncated_every_length, q5_0_vs_gguf_py)
