@@ -12,6 +12,9 @@
  *     printed, not asserted); 32 greedy tokens equal to that
  *     reference's; one mixed batch (base + every kind, both prompts) bit-identical to each
  *     sequence alone.
+ *   - the same checks on llama_q4km_narrow/: 96 wide, so llama-quantize falls back to Q5_0 and
+ *     Q8_0 for every tensor read 96 wide (ffn_down stays Q4_K / Q6_K), as in Q4_K_M files of
+ *     Qwen2.5-0.5B or Gemma 3 1B.
  *   - issue 12 acceptance 1, third clause: models/stories260K converted by convert_hf_to_gguf.py
  *     --outtype q8_0 (tests/fixtures/gguf_models/stories260K-q8_0/) serves the greedy tokens of
  *     the HF model in f32 (transformers + peft / adapters), 32 tokens on 3 prompts, for the base
@@ -37,13 +40,15 @@
 #define MAX_IDS 64
 #define N_PROMPTS 2
 /* Q4_K_M GGUF vs the reference computing what the file means: every tensor dequantized by
- * gguf-py, activations quantized per block as the kernels do (256 for Q4_K/Q6_K), in f32; the
+ * gguf-py, activations quantized per block as the kernels do (256 for Q4_K/Q6_K, 32 for
+ * Q5_0/Q8_0), in f32; the
  * same arithmetic, so only the f32 summation order differs (test_model_gguf.c's TOL_ACTQ). */
 #define TOL 1e-4
 
 static const char *KINDS[] = {"base", "lora", "dora", "ia3", "prompt", "prefix"};
 #define N_CASES 6
 #define Q4KM_DIR "tests/fixtures/gguf_models/llama_q4km"
+#define NARROW_DIR "tests/fixtures/gguf_models/llama_q4km_narrow"
 
 typedef struct {
     int vocab, n_decode;
@@ -73,12 +78,15 @@ static const cJSON *item(const cJSON *o, const char *k) {
     return v;
 }
 
-static void qref_load(qref *r) {
+static void qref_load(qref *r, const char *dir) {
     size_t len, blen;
+    char path[256];
     memset(r, 0, sizeof *r);
-    char *text = test_read_file(Q4KM_DIR "/reference.json", &len);
-    if (!text) FAIL("cannot read " Q4KM_DIR "/reference.json");
-    if (!(r->all = (float *)test_read_file(Q4KM_DIR "/logits.bin", &blen))) FAIL("cannot read " Q4KM_DIR "/logits.bin");
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    char *text = test_read_file(path, &len);
+    if (!text) FAIL("cannot read %s", path);
+    snprintf(path, sizeof path, "%s/logits.bin", dir);
+    if (!(r->all = (float *)test_read_file(path, &blen))) FAIL("cannot read %s", path);
     ASSERT((r->root = cJSON_ParseWithLength(text, len)));
     free(text);
     r->vocab = item(r->root, "vocab")->valueint;
@@ -178,13 +186,23 @@ static void check_type(const qref *r, const char *tensor, const kmat *w) {
         FAIL("%s: loaded as %s, the file stores %s", tensor, kdtype_name(w->dtype), t->valuestring);
 }
 
-TEST(q4km_tensor_types) {
+/* The model file of a fixture directory. */
+static const char *q4km_file(const char *dir) {
+    static char path[256];
+    snprintf(path, sizeof path, "%s/model-q4_k_m.gguf", dir);
+    return path;
+}
+
+/* Every projection and the head carry the file's types; returns how many of the 7·layers
+ * projections are each of Q4_K, Q6_K, Q5_0, Q8_0 (n[0..3]). */
+static void tensor_types(const char *dir, int n[4]) {
     qref r;
-    qref_load(&r);
+    qref_load(&r, dir);
     rig R;
-    rig_open(&R, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, 1);
+    rig_open(&R, q4km_file(dir), dir, KINDS, 1);
     static const char *proj[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
     int n_q4 = 0, n_q6 = 0;
+    memset(n, 0, 4 * sizeof(int));
     for (int i = 0; i < R.m->cfg.n_layers; i++) {
         const model_layer *L = &R.m->layers[i];
         const kmat *w[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -194,6 +212,8 @@ TEST(q4km_tensor_types) {
             check_type(&r, name, w[k]);
             n_q4 += stored_type(w[k]->dtype) == KDT_Q4_K;
             n_q6 += stored_type(w[k]->dtype) == KDT_Q6_K;
+            n[2] += w[k]->dtype == KDT_Q5_0;
+            n[3] += w[k]->dtype == KDT_Q8_0;
             printf("    %-22s %s\n", name, kdtype_name(w[k]->dtype));
         }
     }
@@ -201,17 +221,32 @@ TEST(q4km_tensor_types) {
     printf("    output.weight          %s; token_embd.weight in the file: %s, served as %s\n",
            kdtype_name(R.m->lm_head.dtype), cJSON_GetObjectItem(item(r.root, "tensor_types"), "token_embd.weight")->valuestring,
            kdtype_name(R.m->embed.dtype));
-    /* Q4_K_M is a mix: both K-quant kernels run in this model */
-    ASSERT(n_q4 > 0 && n_q6 > 0);
+    n[0] = n_q4;
+    n[1] = n_q6;
     rig_close(&R, 1);
     qref_free(&r);
 }
 
-TEST(q4km_every_kind_logits_prefill_and_decode) {
+TEST(q4km_tensor_types) {
+    int n[4];
+    tensor_types(Q4KM_DIR, n);
+    /* Q4_K_M is a mix: both K-quant kernels run in this model */
+    ASSERT(n[0] > 0 && n[1] > 0);
+}
+
+/* 96 wide: llama-quantize's fallbacks (Q4_K -> Q5_0, Q6_K -> Q8_0) beside ffn_down's K-quants */
+TEST(narrow_tensor_types) {
+    int n[4];
+    tensor_types(NARROW_DIR, n);
+    printf("    projections: %d Q4_K, %d Q6_K, %d Q5_0, %d Q8_0\n", n[0], n[1], n[2], n[3]);
+    ASSERT(n[2] > 0 && n[3] > 0 && n[0] + n[1] > 0);
+}
+
+static void every_kind_logits(const char *dir) {
     qref r;
-    qref_load(&r);
+    qref_load(&r, dir);
     rig R;
-    rig_open(&R, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
+    rig_open(&R, q4km_file(dir), dir, KINDS, N_CASES);
     double worst = 0;
     int n_tie = 0;
     for (int k = 0; k < N_CASES; k++)
@@ -245,6 +280,9 @@ TEST(q4km_every_kind_logits_prefill_and_decode) {
     qref_free(&r);
 }
 
+TEST(q4km_every_kind_logits_prefill_and_decode) { every_kind_logits(Q4KM_DIR); }
+TEST(narrow_every_kind_logits_prefill_and_decode) { every_kind_logits(NARROW_DIR); }
+
 /* How far below its own top logit the reference's token may be where the two greedy paths
  * part after a rounding tie: the logits test measures up to 0.053 of difference after a tie
  * (one activation quantum flipped); twice that. */
@@ -257,11 +295,11 @@ TEST(q4km_every_kind_logits_prefill_and_decode) {
  * So a different token is accepted only past that tie, and only as a near-tie of peftd's own
  * logits there: teacher-forced on the reference's tokens, the reference's choice is within
  * AFTER_TIE_GAP of peftd's top logit. The run is not compared after it parts. */
-TEST(q4km_every_kind_greedy) {
+static void every_kind_greedy(const char *dir) {
     qref r;
-    qref_load(&r);
+    qref_load(&r, dir);
     rig R;
-    rig_open(&R, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
+    rig_open(&R, q4km_file(dir), dir, KINDS, N_CASES);
     int32_t got[N_GREEDY];
     int n_equal = 0, n_parted = 0;
     for (int k = 0; k < N_CASES; k++) {
@@ -305,11 +343,14 @@ TEST(q4km_every_kind_greedy) {
     qref_free(&r);
 }
 
-TEST(q4km_mixed_batch_bit_identical_to_alone) {
+TEST(q4km_every_kind_greedy) { every_kind_greedy(Q4KM_DIR); }
+TEST(narrow_every_kind_greedy) { every_kind_greedy(NARROW_DIR); }
+
+static void mixed_batch(const char *dir) {
     qref r;
-    qref_load(&r);
+    qref_load(&r, dir);
     rig R;
-    rig_open(&R, Q4KM_DIR "/model-q4_k_m.gguf", Q4KM_DIR, KINDS, N_CASES);
+    rig_open(&R, q4km_file(dir), dir, KINDS, N_CASES);
     enum { N = N_CASES * N_PROMPTS };
     _Static_assert(N <= SEQ_BATCH_MAX_SEQS, "batch too large for the rig");
     seq_spec sp[N];
@@ -341,6 +382,9 @@ TEST(q4km_mixed_batch_bit_identical_to_alone) {
     rig_close(&R, N_CASES);
     qref_free(&r);
 }
+
+TEST(q4km_mixed_batch_bit_identical_to_alone) { mixed_batch(Q4KM_DIR); }
+TEST(narrow_mixed_batch_bit_identical_to_alone) { mixed_batch(NARROW_DIR); }
 
 /* Every kind and prompt, teacher-forced (prefill then decode): rig A under path pa gives rig S's
  * logits under ps, bit for bit; else fails with `what`. */
@@ -374,7 +418,7 @@ static void same_logits(const qref *r, rig *A, kq_path pa, rig *S, kq_path ps, c
 TEST(q4km_avx2_reordered_same_logits) {
     if (!kq_path_available(KQ_AVX2)) SKIP("no AVX2 on this CPU: the SB8 reordering is not used");
     qref r;
-    qref_load(&r);
+    qref_load(&r, Q4KM_DIR);
     rig A, S;
     kq_path was = kcpu__q_path;
     kcpu__q_path = KQ_AVX2;
@@ -419,7 +463,7 @@ TEST(q4km_avx2_reordered_same_logits) {
  * the dropped bytes would read zeros). Scalar path, so no reordering stands in for them. */
 TEST(q4km_qk_file_pages_given_back) {
     qref r;
-    qref_load(&r);
+    qref_load(&r, Q4KM_DIR);
     kq_path was = kcpu__q_path;
     kcpu__q_path = KQ_SCALAR;
     rig A, S;
@@ -558,4 +602,5 @@ TEST(stories_q8_0_every_adapter_serves_hf_f32_greedy) {
 
 TEST_MAIN(q4km_tensor_types, q4km_every_kind_logits_prefill_and_decode, q4km_every_kind_greedy,
           q4km_mixed_batch_bit_identical_to_alone, q4km_avx2_reordered_same_logits, q4km_qk_file_pages_given_back,
-          stories_q8_0_every_adapter_serves_hf_f32_greedy)
+          stories_q8_0_every_adapter_serves_hf_f32_greedy, narrow_tensor_types, narrow_every_kind_logits_prefill_and_decode,
+          narrow_every_kind_greedy, narrow_mixed_batch_bit_identical_to_alone)
