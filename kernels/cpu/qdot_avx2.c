@@ -67,8 +67,8 @@ KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
     return _mm256_sub_epi8(v, _mm256_set1_epi8(8));
 }
 
-/* Q8_0 / Q4_0 / Q5_0: weight rows r < R (R <= 4; rows past R are skipped, their lanes discarded) × x rows
- * i0 + i, i < N (N <= 2). Per block: the rows' lane partials by vpmaddubsw / vpmaddwd, their exact
+/* Q8_0 / Q4_0 / Q5_0: weight rows r < R (R <= 4; rows past R are skipped, their lanes
+ * discarded) × x rows i0 + i, i < N (N <= 2). Per block: the rows' lane partials by vpmaddubsw / vpmaddwd, their exact
  * sums S_b with the rows in lanes (kq_hsum4), then the canonical fma by dw·dx — one lane per
  * output, in block order. */
 KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
@@ -104,8 +104,8 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     kq_store1(R, N, acc, y, ldy, beta);
 }
 
-/* Q8_0 / Q4_0 / Q5_0 batches with x in the x16 layout (qx16.c: x rows in lanes, 4 codes per lane), a
- * strip of R <= 4 weight rows at a time. The strip's |codes| and scales as f32 (dw[r·nb + b])
+/* Q8_0 / Q4_0 / Q5_0 batches with x in the x16 layout (qx16.c: x rows in lanes, 4 codes per
+ * lane), a strip of R <= 4 weight rows at a time. The strip's |codes| and scales as f32 (dw[r·nb + b])
  * are unpacked once — aw[(b·R + r)·Q8X_AW(DT) + e], and for Q4_0 / Q5_0 the signed codes after
  * them, where Q8_0 reads its codes from the weights; then per 8 x rows and block b, per
  * 4-code group k and row r: the row's 4 |codes| and 4 codes broadcast (loads only) against the
@@ -483,7 +483,7 @@ Q4S_DEF(1, 4)
     }
 Q6S_DEF(4, 1) Q6S_DEF(2, 1) Q6S_DEF(2, 2) Q6S_DEF(2, 3) Q6S_DEF(2, 4) Q6S_DEF(1, 1) Q6S_DEF(1, 2) Q6S_DEF(1, 3)
 Q6S_DEF(1, 4)
-/* Q8_0, Q4_0: [4 | 2 | 1 rows][N - 1] */
+/* Q8_0, Q4_0, Q5_0: [4 | 2 | 1 rows][N - 1] */
 static const tile_fn q8_tiles[3][2] = {{q8_4_1, q8_4_2}, {q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
 static const tile_fn q40_tiles[3][2] = {{q40_4_1, q40_4_2}, {q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
 static const tile_fn q50_tiles[3][2] = {{q50_4_1, q50_4_2}, {q50_2_1, q50_2_2}, {q50_1_1, q50_1_2}};

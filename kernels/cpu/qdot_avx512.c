@@ -82,8 +82,8 @@ KQ_INL __m512i q8_sums8(const __m512i s[8]) {
                             _mm512_permutex2var_epi32(d0, _mm512_add_epi32(F, _mm512_set1_epi32(1)), d1));
 }
 
-/* Q8_0 / Q4_0 / Q5_0: weight rows r < R (R <= 8; rows past R are skipped, their lanes discarded) × x rows
- * i0 + i, i < N. Per two blocks: vpdpbusd lane partials (two blocks per zmm), the rows' exact block
+/* Q8_0 / Q4_0 / Q5_0: weight rows r < R (R <= 8; rows past R are skipped, their lanes
+ * discarded) × x rows i0 + i, i < N. Per two blocks: vpdpbusd lane partials (two blocks per zmm), the rows' exact block
  * sums with rows in lanes (q8_sums8), then the canonical fma by dw·dx for block b, then b + 1 — one
  * lane per output. An odd last block runs with its second half zero and one fma. */
 KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,
@@ -177,11 +177,11 @@ static const tile_fn q50_tiles[3][4] = {
 
 /* Q8_0 / Q4_0 / Q5_0 batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per
  * lane), a strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80,
- * Q4_0's nibble + 120, Q5_0's code + 112) and scales as f32 are unpacked once; then per 16 x rows and block b, each lane
- * starts at −128·Σx of its row (kq_x.x16p) and takes one vpdpbusd per 4-code group k and weight
- * row — the row's 4 codes broadcast against the 16 rows' codes — so after the 8 groups lane m
- * holds S_b of x row m exactly, with no horizontal sums; then the canonical fma by dw·dx. Same
- * bits as q8_tile. */
+ * Q4_0's nibble + 120, Q5_0's code + 112) and scales as f32 are unpacked once; then per 16 x
+ * rows and block b, each lane starts at −128·Σx of its row (kq_x.x16p) and takes one vpdpbusd
+ * per 4-code group k and weight row — the row's 4 codes broadcast against the 16 rows' codes — so
+ * after the 8 groups lane m holds S_b of x row m exactly, with no horizontal sums; then the
+ * canonical fma by dw·dx. Same bits as q8_tile. */
 
 unsigned long kq_vnni_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
 

@@ -632,29 +632,35 @@ int qref_quantize_q6_k(const float *src, void *dst, int64_t n) {
     return 0;
 }
 
+/* Q4_0 / Q5_0's symmetric codes of one block of 32 (gguf-py's quantize_blocks): d = (the
+ * largest-magnitude value, the first of equal magnitudes as numpy's argmax) / −half,
+ * q = min(2·half − 1, trunc(x·(1/d) + half + 0.5)); returns d. */
+static float qref_sym_codes(const float *x, int half, uint8_t q[QREF_QK]) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < QREF_QK; j++)
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    float d = max / -(float)half;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QREF_QK; j++) {
+        float v = x[j] * id;
+        v = v + ((float)half + 0.5f);
+        v = fminf(fmaxf(v, 0.0f), (float)(2 * half - 1)); /* trunc then clip, as gguf-py (also NaN-safe) */
+        q[j] = (uint8_t)v;
+    }
+    return d;
+}
+
 int qref_quantize_q4_0(const float *src, void *dst, int64_t n) {
     if (n < 0 || n % QREF_QK) return PEFTD_EINVAL;
     uint8_t *p = dst;
     for (int64_t b = 0; b < n / QREF_QK; b++) {
-        const float *x = src + b * QREF_QK;
         qref_block_q4_0 blk;
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < QREF_QK; j++)
-            if (fabsf(x[j]) > amax) { /* the first of equal magnitudes, as numpy's argmax */
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
-        float d = max / -8.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
         uint8_t q[QREF_QK];
-        for (int j = 0; j < QREF_QK; j++) {
-            float v = x[j] * id;
-            v = v + 8.5f;
-            v = fminf(fmaxf(v, 0.0f), 15.0f); /* trunc then clip to 15, as gguf-py (also NaN-safe) */
-            q[j] = (uint8_t)v;
-        }
+        blk.d = f32_to_f16(qref_sym_codes(src + b * QREF_QK, 8, q));
         for (int j = 0; j < QREF_QK / 2; j++) blk.qs[j] = (uint8_t)(q[j] | q[j + QREF_QK / 2] << 4);
-        blk.d = f32_to_f16(d);
         memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
     }
     return 0;
@@ -664,28 +670,13 @@ int qref_quantize_q5_0(const float *src, void *dst, int64_t n) {
     if (n < 0 || n % QREF_QK) return PEFTD_EINVAL;
     uint8_t *p = dst;
     for (int64_t b = 0; b < n / QREF_QK; b++) {
-        const float *x = src + b * QREF_QK;
         qref_block_q5_0 blk;
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < QREF_QK; j++)
-            if (fabsf(x[j]) > amax) { /* the first of equal magnitudes, as numpy's argmax */
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
-        float d = max / -16.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
         uint8_t q[QREF_QK];
+        blk.d = f32_to_f16(qref_sym_codes(src + b * QREF_QK, 16, q));
         uint32_t qh = 0;
-        for (int j = 0; j < QREF_QK; j++) {
-            float v = x[j] * id;
-            v = v + 16.5f;
-            v = fminf(fmaxf(v, 0.0f), 31.0f); /* trunc then clip to 31, as gguf-py (also NaN-safe) */
-            q[j] = (uint8_t)v;
-            qh |= (uint32_t)(q[j] >> 4) << j;
-        }
+        for (int j = 0; j < QREF_QK; j++) qh |= (uint32_t)(q[j] >> 4) << j;
         for (int j = 0; j < QREF_QK / 2; j++) blk.qs[j] = (uint8_t)((q[j] & 15) | (q[j + QREF_QK / 2] & 15) << 4);
         for (int k = 0; k < 4; k++) blk.qh[k] = (uint8_t)(qh >> 8 * k);
-        blk.d = f32_to_f16(d);
         memcpy(p + b * (int64_t)sizeof blk, &blk, sizeof blk);
     }
     return 0;
