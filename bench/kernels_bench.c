@@ -21,7 +21,8 @@
  * GFLOP/s counts 2·n·rows·cols per call.
  * Usage: kernels_bench [n_threads] [seconds per config] [only this many weight rows (0: all)]
  *        [only this dtype, e.g. q8_0 ("all": every one)] [quant]
- * With "quant" as the fifth argument: the quantized dtypes only (q8_0, q4_0, q5_0, q4_k, q5_k, q6_k)
+ * With "quant" as the fifth argument: the quantized dtypes only (q8_0, q4_0, q5_0, q4_1, q5_1, q4_k, q5_k,
+ * q6_k)
  * on the Llama-1B projection shapes 2048×2048 and 8192×2048, n = 1, 32, 256 (issue 12).
  * Built with -DBENCH_WSET_BYTES=1 (e.g. make BUILD=/tmp/hot OPT="-O2 -DBENCH_WSET_BYTES=1") the
  * weights stay in the caches: the kernels' compute-bound speed, as a decode tile's change is
@@ -222,14 +223,15 @@ int main(int argc, char **argv) {
     static const int shapes_std[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
     static const int shapes_q[][2] = {{2048, 2048}, {8192, 2048}};
     static const int ns_std[] = {1, 8, 32, 64, 128, 256}, ns_q[] = {1, 32, 256};
-    enum { MAX_N = 256, MAX_SHAPES = 4, MAX_NS = 6, MAX_DT = 8 };
+    enum { MAX_N = 256, MAX_SHAPES = 4, MAX_NS = 6, MAX_DT = 10 };
     static const kdtype dts_std[MAX_DT] = {KDT_F32, KDT_BF16, KDT_F16, KDT_Q8_0, KDT_Q4_K, KDT_Q6_K};
-    static const kdtype dts_q[MAX_DT] = {KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q4_K_SB8, KDT_Q6_K_SB16};
+    static const kdtype dts_q[MAX_DT] = {KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1,    KDT_Q4_K,
+                                         KDT_Q5_K, KDT_Q6_K, KDT_Q4_K_SB8, KDT_Q6_K_SB16};
     const int quant = argc > 5 && !strcmp(argv[5], "quant");
     const int(*shapes)[2] = quant ? shapes_q : shapes_std;
     const int *ns = quant ? ns_q : ns_std;
     const kdtype *dts = quant ? dts_q : dts_std;
-    const int N_SHAPES = quant ? 2 : 4, N_NS = quant ? 3 : 6, N_DT = quant ? 8 : 6;
+    const int N_SHAPES = quant ? 2 : 4, N_NS = quant ? 3 : 6, N_DT = quant ? 10 : 6;
     const char *only_dt = argc > 4 && strcmp(argv[4], "all") ? argv[4] : NULL; /* e.g. q8_0: that dtype alone */
     static bench_result res[MAX_SHAPES * MAX_DT * MAX_NS];
     int n_res = 0;
@@ -263,6 +265,8 @@ int main(int argc, char **argv) {
                         if (dt == KDT_Q8_0) qref_quantize_q8_0(row, dst, cols);
                         else if (dt == KDT_Q4_0) qref_quantize_q4_0(row, dst, cols);
                         else if (dt == KDT_Q5_0) qref_quantize_q5_0(row, dst, cols);
+                        else if (dt == KDT_Q4_1) qref_quantize_q4_1(row, dst, cols);
+                        else if (dt == KDT_Q5_1) qref_quantize_q5_1(row, dst, cols);
                         else if (dt == KDT_Q5_K) qfast_quantize_q5_k(row, dst, cols);
                         else if (dt == KDT_Q6_K) qref_quantize_q6_k(row, dst, cols);
                         else if (dt == KDT_Q4_K_SB8 || dt == KDT_Q6_K_SB16) { /* Q4_K / Q6_K, then reordered */

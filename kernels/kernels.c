@@ -22,6 +22,8 @@ const char *kdtype_name(kdtype t) {
     case KDT_Q4_K_SB8: return "q4_k_sb8";
     case KDT_Q6_K_SB16: return "q6_k_sb16";
     case KDT_Q5_0: return "q5_0";
+    case KDT_Q4_1: return "q4_1";
+    case KDT_Q5_1: return "q5_1";
     case KDT_COUNT: break;
     }
     return "unknown";

@@ -54,17 +54,30 @@ KQ_INL __m256i q50_fifth(const uint8_t *p) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
 }
 
-/* Block bytes of the three 32-element types. */
-#define Q32_BB(DT) ((DT) == KDT_Q8_0 ? 34 : (DT) == KDT_Q5_0 ? 22 : 18)
+/* Block bytes of the 32-element types; whether the type has unsigned codes and a min. */
+#define Q32_BB(DT) ((DT) == KDT_Q8_0 ? 34 : (DT) == KDT_Q5_0 ? 22 : (DT) == KDT_Q4_1 ? 20 : (DT) == KDT_Q5_1 ? 24 : 18)
+#define Q32_MIN(DT) ((DT) == KDT_Q4_1 || (DT) == KDT_Q5_1)
 
-/* The 32 signed codes of block p (Q8_0: 34 bytes; Q4_0: 18, nibble − 8, low nibbles first;
- * Q5_0: 22, (nibble | 5th bit << 4) − 16, nibbles after the 4 bytes of 5th bits). */
+/* The 32 codes of block p, low nibbles first: signed for Q8_0 (34 bytes), Q4_0 (18: nibble − 8)
+ * and Q5_0 (22: (nibble | 5th bit << 4) − 16, nibbles after the 4 bytes of 5th bits); unsigned
+ * for Q4_1 (20: the nibble, after d and m) and Q5_1 (24: nibble | 5th bit << 4). */
 KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
     if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
-    const __m128i q = _mm_loadu_si128((const __m128i *)(p + (DT == KDT_Q5_0 ? 6 : 2))), m4 = _mm_set1_epi8(15);
-    const __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-    if (DT == KDT_Q5_0) return _mm256_sub_epi8(_mm256_or_si256(v, q50_fifth(p)), _mm256_set1_epi8(16));
-    return _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+    const int five = DT == KDT_Q5_0 || DT == KDT_Q5_1, hb = Q32_MIN(DT) ? 2 : 0; /* hb: m before qh / qs */
+    const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2 + hb + (five ? 4 : 0))), m4 = _mm_set1_epi8(15);
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if (five) v = _mm256_or_si256(v, q50_fifth(p + hb));
+    if (Q32_MIN(DT)) return v;
+    return _mm256_sub_epi8(v, _mm256_set1_epi8(five ? 16 : 8));
+}
+
+/* X_b = Σ of block b's 32 x codes from its 8 VNNI corrections (−128 · Σ of 4 codes): exact. */
+KQ_INL float q32_xsum(const int32_t *corr) {
+    const __m256i c = _mm256_loadu_si256((const __m256i *)corr);
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+    return (float)-(_mm_cvtsi128_si32(t) >> 7);
 }
 
 /* Q8_0 / Q4_0 / Q5_0: weight rows r < R (R <= 4; rows past R are skipped, their lanes
@@ -74,31 +87,37 @@ KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
 KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                     float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
-    const int BB = Q32_BB(DT);
+    const int BB = Q32_BB(DT), MIN = Q32_MIN(DT);
     __m128 acc[4];
     for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i wv[4], aw[4];
-        uint16_t h[4] = {0};
+        uint16_t h[4] = {0}, hm[4] = {0};
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + BB * b;
             if (i0 == 0) __builtin_prefetch(p + KQ_PF, 0, 2);
             wv[r] = q8_codes(DT, p);
-            aw[r] = _mm256_abs_epi8(wv[r]);
+            aw[r] = MIN ? wv[r] : _mm256_abs_epi8(wv[r]); /* unsigned codes multiply x as it is */
             memcpy(&h[r], p, 2);
+            if (MIN) memcpy(&hm[r], p + 2, 2);
         }
         /* the rows' scales built in a register (narrow stores and a wide load would stall) */
         const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
+        const __m128 mw = MIN ? _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2], (short)hm[3], 0, 0, 0, 0))
+                              : _mm_setzero_ps();
 #pragma GCC unroll 2
         for (int i = 0; i < N; i++) {
             const int64_t row = i0 + i;
             const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + row * cols + 32 * b));
             __m256i s[4];
 #pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) s[r] = r < R ? kq_dot32(aw[r], _mm256_sign_epi8(xv, wv[r])) : _mm256_setzero_si256();
+            for (int r = 0; r < 4; r++)
+                s[r] = r < R ? kq_dot32(aw[r], MIN ? xv : _mm256_sign_epi8(xv, wv[r])) : _mm256_setzero_si256();
             const __m128 S = _mm_cvtepi32_ps(kq_hsum4(s[0], s[1], s[2], s[3]));
-            acc[i] = _mm_fmadd_ps(S, _mm_mul_ps(dw, _mm_set1_ps(x->d[row * nb + b])), acc[i]);
+            const __m128 dx = _mm_set1_ps(x->d[row * nb + b]);
+            acc[i] = _mm_fmadd_ps(S, _mm_mul_ps(dw, dx), acc[i]);
+            if (MIN) acc[i] = _mm_fmadd_ps(_mm_set1_ps(q32_xsum(x->corr + row * (cols / 4) + 8 * b)), _mm_mul_ps(mw, dx), acc[i]);
         }
     }
     kq_store1(R, N, acc, y, ldy, beta);
@@ -111,13 +130,16 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
  * 4-code group k and row r: the row's 4 |codes| and 4 codes broadcast (loads only) against the
  * 8 rows' 4 codes, vpmaddubsw(|w|, sign(x, w)) (|w| <= 128, |x| <= 127: pairs never saturate),
  * vpmaddwd by ones, added — lane j holds S_b of x row j exactly after the 8 groups, with no
- * horizontal sums — then the canonical fma by dw·dx, x rows in lanes. Same bits as q8_tile. */
-#define Q8X_AW(DT) ((DT) == KDT_Q8_0 ? 32 : 64)
+ * horizontal sums — then the canonical fma by dw·dx, x rows in lanes. Same bits as q8_tile.
+ * Q4_1 / Q5_1: their unsigned codes (no signs) and mins unpacked (after the scales); the 8 rows'
+ * X_b from the layout's −128·Σx (x16p), then the min's fma. */
+#define Q8X_AW(DT) ((DT) == KDT_Q8_0 || Q32_MIN(DT) ? 32 : 64)
 
 unsigned long kq_avx2_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
 
 KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, uint8_t *aw, float *dw) {
     const int BB = Q32_BB(DT);
+    float *mw = dw + (size_t)R * (size_t)nb;
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
@@ -125,17 +147,23 @@ KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb
             __builtin_prefetch(p + KQ_PF, 0, 2);
             const __m256i c = q8_codes(DT, p);
             uint8_t *o = aw + (b * R + r) * Q8X_AW(DT);
-            _mm256_store_si256((__m256i *)o, _mm256_abs_epi8(c));
-            if (DT != KDT_Q8_0) _mm256_store_si256((__m256i *)(o + 32), c);
+            _mm256_store_si256((__m256i *)o, Q32_MIN(DT) ? c : _mm256_abs_epi8(c));
+            if (Q8X_AW(DT) == 64) _mm256_store_si256((__m256i *)(o + 32), c);
             uint16_t h;
             memcpy(&h, p, 2);
             dw[r * nb + b] = _cvtsh_ss(h);
+            if (Q32_MIN(DT)) {
+                memcpy(&h, p + 2, 2);
+                mw[r * nb + b] = _cvtsh_ss(h);
+            }
         }
 }
 
 /* R weight rows × the 8 x rows at xv / dx (rows < `rows` are stored). */
 KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, const uint8_t *aw, const float *dw,
-                     const int8_t *xv, const float *dx, float *y, int64_t ldy, int rows, float beta) {
+                     const int8_t *xv, const int32_t *xp, const float *dx, float *y, int64_t ldy, int rows,
+                     float beta) {
+    const float *mw = dw + (size_t)R * (size_t)nb;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
@@ -150,17 +178,29 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const uint8_t *o = aw + (b * R + r) * Q8X_AW(DT);
-                int32_t c4, a4;
-                memcpy(&c4, DT == KDT_Q8_0 ? w + r * rb + 34 * b + 2 + 4 * k : o + 32 + 4 * k, 4);
+                int32_t a4;
                 memcpy(&a4, o + 4 * k, 4);
-                const __m256i t = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), _mm256_sign_epi8(xk, _mm256_set1_epi32(c4)));
+                __m256i xs = xk;
+                if (!Q32_MIN(DT)) {
+                    int32_t c4;
+                    memcpy(&c4, DT == KDT_Q8_0 ? w + r * rb + 34 * b + 2 + 4 * k : o + 32 + 4 * k, 4);
+                    xs = _mm256_sign_epi8(xk, _mm256_set1_epi32(c4));
+                }
+                const __m256i t = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), xs);
                 s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, ones));
             }
         }
         const __m256 dxb = _mm256_load_ps(dx + b * 16);
+        /* Q4_1 / Q5_1: X_b of each x row, −(x16p >> 7) exactly */
+        const __m256 X = Q32_MIN(DT) ? _mm256_cvtepi32_ps(_mm256_sub_epi32(
+                                           _mm256_setzero_si256(),
+                                           _mm256_srai_epi32(_mm256_load_si256((const __m256i *)(xp + b * 16)), 7)))
+                                     : _mm256_setzero_ps();
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < R; r++) {
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(_mm256_set1_ps(dw[r * nb + b]), dxb), acc[r]);
+            if (Q32_MIN(DT)) acc[r] = _mm256_fmadd_ps(X, _mm256_mul_ps(_mm256_set1_ps(mw[r * nb + b]), dxb), acc[r]);
+        }
     }
     kq_store_tile8(R, acc, rows, y, ldy, beta);
 }
@@ -171,14 +211,14 @@ KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w
     q8x_unpack(DT, R, w, rb, nb, aw, dw);
     for (int i = 0; i < x->n; i += 8) { /* x rows i .. i + 7: half (i / 8) % 2 of group i / 16 */
         const int64_t mb = i / 16, h = (i / 8) % 2;
-        q8x_tile(DT, R, w, rb, nb, aw, dw, x->x16v + mb * nb * 512 + 32 * h, x->x16d + mb * nb * 16 + 8 * h,
-                 y + (int64_t)i * ldy, ldy, x->n - i < 8 ? x->n - i : 8, beta);
+        q8x_tile(DT, R, w, rb, nb, aw, dw, x->x16v + mb * nb * 512 + 32 * h, x->x16p + mb * nb * 16 + 8 * h,
+                 x->x16d + mb * nb * 16 + 8 * h, y + (int64_t)i * ldy, ldy, x->n - i < 8 ? x->n - i : 8, beta);
     }
 }
 
 /* One strip function per type and row count; its unpacked rows in the thread's scratch
  * (Q8X_BYTES for 4 rows, which kq_rows_avx2 made sure of). */
-#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + 4))
+#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + (Q32_MIN(DT) ? 8 : 4)))
 #define Q8X_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \
@@ -189,6 +229,8 @@ KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w
 Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
 Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
 Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
+Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
+Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
  * integer sums I (qmatmul.h) stay in registers; per chunk c and pair: vpmaddubsw (nibble ×
@@ -465,6 +507,14 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
     static KQ_TGT void q50_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
         q8_tile(KDT_Q5_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
+    }                                                                                                         \
+    static KQ_TGT void q41_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q4_1, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
+    }                                                                                                         \
+    static KQ_TGT void q51_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q5_1, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
     }
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(2, 2) KQ_KTILE_DEF(2, 3) KQ_KTILE_DEF(2, 4)
@@ -483,10 +533,12 @@ Q4S_DEF(1, 4)
     }
 Q6S_DEF(4, 1) Q6S_DEF(2, 1) Q6S_DEF(2, 2) Q6S_DEF(2, 3) Q6S_DEF(2, 4) Q6S_DEF(1, 1) Q6S_DEF(1, 2) Q6S_DEF(1, 3)
 Q6S_DEF(1, 4)
-/* Q8_0, Q4_0, Q5_0: [4 | 2 | 1 rows][N - 1] */
+/* the 32-element types: [4 | 2 | 1 rows][N - 1] */
 static const tile_fn q8_tiles[3][2] = {{q8_4_1, q8_4_2}, {q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
 static const tile_fn q40_tiles[3][2] = {{q40_4_1, q40_4_2}, {q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
 static const tile_fn q50_tiles[3][2] = {{q50_4_1, q50_4_2}, {q50_2_1, q50_2_2}, {q50_1_1, q50_1_2}};
+static const tile_fn q41_tiles[3][2] = {{q41_4_1, q41_4_2}, {q41_2_1, q41_2_2}, {q41_1_1, q41_1_2}};
+static const tile_fn q51_tiles[3][2] = {{q51_4_1, q51_4_2}, {q51_2_1, q51_2_2}, {q51_1_1, q51_1_2}};
 /* K-quants: [4 rows (one x row only) | 2 rows | 1 row][N - 1] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
@@ -518,14 +570,17 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(dt, 4, x->cols / 32))) {
-        if (dt == KDT_Q8_0) kq_rows_strips(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
-        else if (dt == KDT_Q5_0) kq_rows_strips(q8x_q50_4, q8x_q50_2, q8x_q50_1, w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
-        else kq_rows_strips(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
+        static const kq_strip_fn strips[5][3] = {{q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1},
+                                                 {q8x_q50_4, q8x_q50_2, q8x_q50_1}, {q8x_q41_4, q8x_q41_2, q8x_q41_1},
+                                                 {q8x_q51_4, q8x_q51_2, q8x_q51_1}};
+        const kq_strip_fn *f = strips[q32_index(dt)];
+        kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         return;
     }
+    static const tile_fn (*const tiles[5])[2] = {q8_tiles, q40_tiles, q50_tiles, q41_tiles, q51_tiles};
     for (int64_t r = r0; r < r1;) {
         const int R = r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : dt == KDT_Q5_0 ? q50_tiles : q40_tiles)[R == 4 ? 0 : R == 2 ? 1 : 2];
+        const tile_fn *fns = tiles[q32_index(dt)][R == 4 ? 0 : R == 2 ? 1 : 2];
         for (int i = 0; i < x->n; i += 2) {
             int N = x->n - i < 2 ? x->n - i : 2;
             fns[N - 1](w + r * rb, rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);

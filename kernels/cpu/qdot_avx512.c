@@ -23,36 +23,42 @@
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
 
-/* The 32 codes of the Q4_0 block at p (elements 0-15: low nibbles, 16-31: high), as
- * nibble + 120 = (nibble - 8) ^ 0x80: the signed code offset to unsigned, as for Q8_0. */
-KQ_INL __m256i q40_codes(const uint8_t *p) {
-    __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
+/* The 32 codes of a 4- or 5-bit block: the 16 nibble bytes at qs (elements 0-15 the low
+ * nibbles, 16-31 the high), with, when qh, bit e of the u32 at qh above element e's nibble
+ * (vpmovm2b spreads the 32 bits over the 32 bytes), plus add:
+ *   Q4_0: nibble + 120 = (nibble − 8) ^ 0x80, Q5_0: code + 112 = (code − 16) ^ 0x80 (signed codes
+ *   offset to unsigned, as Q8_0's w ^ 0x80); Q4_1, Q5_1: the unsigned code as is. */
+KQ_INL __m256i q32_nibbles(const uint8_t *qs, const uint8_t *qh, int add) {
+    __m128i q = _mm_loadu_si128((const __m128i *)qs), m4 = _mm_set1_epi8(15);
     __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-    return _mm256_add_epi8(v, _mm256_set1_epi8(120));
+    if (qh) {
+        uint32_t h;
+        memcpy(&h, qh, 4);
+        v = _mm256_or_si256(v, _mm256_and_si256(_mm256_movm_epi8(h), _mm256_set1_epi8(16)));
+    }
+    return add ? _mm256_add_epi8(v, _mm256_set1_epi8((char)add)) : v;
 }
 
-/* The 32 codes of the Q5_0 block at p (f16 d, u32 qh, 16 bytes of nibbles in Q4_0's order):
- * (nibble | bit e of qh << 4) + 112 = (code − 16) ^ 0x80. vpmovm2b spreads qh's 32 bits over
- * the 32 bytes (bit e → byte e), which are element e's. */
-KQ_INL __m256i q50_codes(const uint8_t *p) {
-    __m128i q = _mm_loadu_si128((const __m128i *)(p + 6)), m4 = _mm_set1_epi8(15);
-    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-    uint32_t qh;
-    memcpy(&qh, p + 2, 4);
-    v = _mm256_or_si256(v, _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(16)));
-    return _mm256_add_epi8(v, _mm256_set1_epi8(112));
-}
-
-/* Block bytes of the three 32-element types, and their 32 codes offset to unsigned. */
-#define Q32_BB(DT) ((DT) == KDT_Q8_0 ? 34 : (DT) == KDT_Q5_0 ? 22 : 18)
+/* Block bytes of the 32-element types, and their 32 codes as vpdpbusd's unsigned operand. */
+#define Q32_BB(DT) ((DT) == KDT_Q8_0 ? 34 : (DT) == KDT_Q5_0 ? 22 : (DT) == KDT_Q4_1 ? 20 : (DT) == KDT_Q5_1 ? 24 : 18)
 KQ_INL __m256i q32_codes(kdtype dt, const uint8_t *p) {
-    return dt == KDT_Q4_0   ? q40_codes(p)
-           : dt == KDT_Q5_0 ? q50_codes(p)
+    return dt == KDT_Q4_0   ? q32_nibbles(p + 2, NULL, 120)
+           : dt == KDT_Q5_0 ? q32_nibbles(p + 6, p + 2, 112)
+           : dt == KDT_Q4_1 ? q32_nibbles(p + 4, NULL, 0)
+           : dt == KDT_Q5_1 ? q32_nibbles(p + 8, p + 4, 0)
                             : _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80));
 }
 
-/* The codes of blocks p and p + BB (Q8_0: 34 bytes, Q4_0: 18, Q5_0: 22) in one zmm, offset to
- * unsigned (w ^ 0x80). */
+/* X_b = Σ of block b's 32 x codes, in every lane of its 8-lane half, from the block's VNNI
+ * corrections (corr lanes: −128 · Σ of 4 codes): the 8 lanes summed, then −(sum >> 7) — exact. */
+KQ_INL __m512 q32_xsums(__m512i xc) {
+    __m512i t = _mm512_add_epi32(xc, _mm512_shuffle_epi32(xc, _MM_PERM_BADC));
+    t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_CDAB));
+    t = _mm512_add_epi32(t, _mm512_shuffle_i32x4(t, t, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_srai_epi32(t, 7)));
+}
+
+/* The codes of blocks p and p + BB in one zmm, as vpdpbusd's unsigned operand (q32_codes). */
 KQ_INL __m512i q8_wpair(kdtype dt, const uint8_t *p, __m512i x80, int pf) {
     if (dt != KDT_Q8_0) {
         if (pf) __builtin_prefetch(p + KQ_PF, 0, 2);
@@ -90,7 +96,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                     int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
-    const int BB = Q32_BB(DT);
+    const int BB = Q32_BB(DT), MIN = DT == KDT_Q4_1 || DT == KDT_Q5_1;
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
@@ -98,8 +104,9 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
         const int two = b + 1 < nb;
         __m512i wv[8];
         /* the 16 f16 scales (rows 0-7 of block b, then of b + 1) packed four to a general
-         * register, then one vector: 16 word inserts were the tile's busiest shuffle port */
-        uint64_t g[4] = {0, 0, 0, 0};
+         * register, then one vector: 16 word inserts were the tile's busiest shuffle port;
+         * Q4_1 / Q5_1's mins (the next f16 of each block) the same way */
+        uint64_t g[4] = {0, 0, 0, 0}, gm[4] = {0, 0, 0, 0};
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + BB * b;
@@ -113,8 +120,18 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
             memcpy(&h0, p, 2);
             g[r / 4] |= (uint64_t)h0 << 16 * (r % 4);
             g[2 + r / 4] |= (uint64_t)h1 << 16 * (r % 4);
+            if (MIN) {
+                uint16_t m0, m1 = 0;
+                memcpy(&m0, p + 2, 2);
+                if (two) memcpy(&m1, p + BB + 2, 2);
+                gm[r / 4] |= (uint64_t)m0 << 16 * (r % 4);
+                gm[2 + r / 4] |= (uint64_t)m1 << 16 * (r % 4);
+            }
         }
         const __m512 dw = _mm512_cvtph_ps(_mm256_set_epi64x((long long)g[3], (long long)g[2], (long long)g[1], (long long)g[0]));
+        const __m512 mw = MIN ? _mm512_cvtph_ps(_mm256_set_epi64x((long long)gm[3], (long long)gm[2], (long long)gm[1],
+                                                                  (long long)gm[0]))
+                              : _mm512_setzero_ps();
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) {
             const int64_t row = i0 + i;
@@ -131,11 +148,22 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                 dx = _mm512_set1_ps(xd[0]);
             }
             __m512i s[8];
+            /* signed codes start at the correction (their unsigned offset); Q4_1 / Q5_1's at 0 */
+            const __m512i start = MIN ? _mm512_setzero_si512() : xc;
 #pragma GCC unroll 8
-            for (int r = 0; r < 8; r++) s[r] = r < R ? _mm512_dpbusd_epi32(xc, wv[r], xv) : _mm512_setzero_si512();
+            for (int r = 0; r < 8; r++) s[r] = r < R ? _mm512_dpbusd_epi32(start, wv[r], xv) : _mm512_setzero_si512();
             const __m512 S = _mm512_cvtepi32_ps(q8_sums8(s)), f = _mm512_mul_ps(dw, dx);
             acc[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(S), _mm512_castps512_ps256(f), acc[i]);
-            if (two) acc[i] = _mm256_fmadd_ps(_mm512_extractf32x8_ps(S, 1), _mm512_extractf32x8_ps(f, 1), acc[i]);
+            __m512 X = _mm512_setzero_ps(), fm = X;
+            if (MIN) {
+                X = q32_xsums(xc);
+                fm = _mm512_mul_ps(mw, dx);
+                acc[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(X), _mm512_castps512_ps256(fm), acc[i]);
+            }
+            if (two) {
+                acc[i] = _mm256_fmadd_ps(_mm512_extractf32x8_ps(S, 1), _mm512_extractf32x8_ps(f, 1), acc[i]);
+                if (MIN) acc[i] = _mm256_fmadd_ps(_mm512_extractf32x8_ps(X, 1), _mm512_extractf32x8_ps(fm, 1), acc[i]);
+            }
         }
     }
 #pragma GCC unroll 4
@@ -163,6 +191,14 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
     static KQ_TGT void q50_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
                                      int64_t ldy, float beta) {                                               \
         q8_tile(KDT_Q5_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
+    }                                                                                                         \
+    static KQ_TGT void q41_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q4_1, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
+    }                                                                                                         \
+    static KQ_TGT void q51_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
+                                     int64_t ldy, float beta) {                                               \
+        q8_tile(KDT_Q5_1, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
     }
 TILE_DEF(8, 1) TILE_DEF(8, 2) TILE_DEF(8, 3) TILE_DEF(8, 4)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
@@ -174,6 +210,10 @@ static const tile_fn q40_tiles[3][4] = {
     {q40_8_1, q40_8_2, q40_8_3, q40_8_4}, {q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q40_1_1, q40_1_2, q40_1_3, q40_1_4}};
 static const tile_fn q50_tiles[3][4] = {
     {q50_8_1, q50_8_2, q50_8_3, q50_8_4}, {q50_4_1, q50_4_2, q50_4_3, q50_4_4}, {q50_1_1, q50_1_2, q50_1_3, q50_1_4}};
+static const tile_fn q41_tiles[3][4] = {
+    {q41_8_1, q41_8_2, q41_8_3, q41_8_4}, {q41_4_1, q41_4_2, q41_4_3, q41_4_4}, {q41_1_1, q41_1_2, q41_1_3, q41_1_4}};
+static const tile_fn q51_tiles[3][4] = {
+    {q51_8_1, q51_8_2, q51_8_3, q51_8_4}, {q51_4_1, q51_4_2, q51_4_3, q51_4_4}, {q51_1_1, q51_1_2, q51_1_3, q51_1_4}};
 
 /* Q8_0 / Q4_0 / Q5_0 batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per
  * lane), a strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80,
@@ -185,12 +225,15 @@ static const tile_fn q50_tiles[3][4] = {
 
 unsigned long kq_vnni_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
 
-KQ_INL void q8x_tile16(int R, const uint8_t *uw, const float *dw, int64_t nb, const int8_t *xv, const int32_t *xp,
-                       const float *dx, float *y, int64_t ldy, int rows, float beta) {
+KQ_INL void q8x_tile16(int MIN, int R, const uint8_t *uw, const float *dw, const float *mw, int64_t nb,
+                       const int8_t *xv, const int32_t *xp, const float *dx, float *y, int64_t ldy, int rows,
+                       float beta) {
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xb = xv + b * 512;
-        const __m512i start = _mm512_load_si512((const void *)(xp + b * 16));
+        const __m512i xpb = _mm512_load_si512((const void *)(xp + b * 16));
+        /* signed codes start at −128·Σx (their unsigned offset); Q4_1 / Q5_1's at 0 */
+        const __m512i start = MIN ? _mm512_setzero_si512() : xpb;
         __m512i s[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) s[r] = start;
@@ -206,9 +249,14 @@ KQ_INL void q8x_tile16(int R, const uint8_t *uw, const float *dw, int64_t nb, co
             }
         }
         const __m512 dxb = _mm512_load_ps(dx + b * 16);
+        /* Q4_1 / Q5_1: X_b of each x row, −(x16p >> 7) exactly */
+        const __m512 X = MIN ? _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_srai_epi32(xpb, 7)))
+                             : _mm512_setzero_ps();
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < R; r++) {
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_mul_ps(_mm512_set1_ps(dw[r * nb + b]), dxb), acc[r]);
+            if (MIN) acc[r] = _mm512_fmadd_ps(X, _mm512_mul_ps(_mm512_set1_ps(mw[r * nb + b]), dxb), acc[r]);
+        }
     }
     kq_store_tile16(R, acc, rows, y, ldy, beta);
 }
@@ -216,7 +264,8 @@ KQ_INL void q8x_tile16(int R, const uint8_t *uw, const float *dw, int64_t nb, co
 KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t *w, size_t rb, const kq_x *x, float *y,
                         int64_t ldy, float beta) {
     const int64_t nb = x->cols / 32;
-    const int BB = Q32_BB(DT);
+    const int BB = Q32_BB(DT), MIN = DT == KDT_Q4_1 || DT == KDT_Q5_1;
+    float *mw = dw + (size_t)R * (size_t)nb; /* Q4_1 / Q5_1's mins after the scales */
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
@@ -227,17 +276,21 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
             uint16_t h;
             memcpy(&h, p, 2);
             dw[r * nb + b] = _cvtsh_ss(h);
+            if (MIN) {
+                memcpy(&h, p + 2, 2);
+                mw[r * nb + b] = _cvtsh_ss(h);
+            }
         }
     for (int i = 0; i < x->n; i += 16) {
         const int64_t mb = i / 16;
-        q8x_tile16(R, uw, dw, nb, x->x16v + mb * nb * 512, x->x16p + mb * nb * 16, x->x16d + mb * nb * 16,
+        q8x_tile16(MIN, R, uw, dw, mw, nb, x->x16v + mb * nb * 512, x->x16p + mb * nb * 16, x->x16d + mb * nb * 16,
                    y + (int64_t)i * ldy, ldy, x->n - i < 16 ? x->n - i : 16, beta);
     }
 }
 
 /* One strip function per type and row count; its unpacked rows in the thread's scratch
- * (Q8X_BYTES for 4 rows, which kq_rows_vnni made sure of). */
-#define Q8X_BYTES(R, NB) ((size_t)(R) * (size_t)(NB) * (32 + 4))
+ * (Q8X_BYTES for 4 rows, which kq_rows_vnni made sure of: codes, scales, mins). */
+#define Q8X_BYTES(R, NB) ((size_t)(R) * (size_t)(NB) * (32 + 4 + 4))
 #define Q8X_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \
@@ -248,6 +301,8 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
 Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
 Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
 Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
+Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
+Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
@@ -256,14 +311,17 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(4, x->cols / 32))) {
-        if (dt == KDT_Q8_0) kq_rows_strips(q8x_q8_4, q8x_q8_2, q8x_q8_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
-        else if (dt == KDT_Q5_0) kq_rows_strips(q8x_q50_4, q8x_q50_2, q8x_q50_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
-        else kq_rows_strips(q8x_q40_4, q8x_q40_2, q8x_q40_1, w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
+        static const kq_strip_fn strips[5][3] = {{q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1},
+                                                 {q8x_q50_4, q8x_q50_2, q8x_q50_1}, {q8x_q41_4, q8x_q41_2, q8x_q41_1},
+                                                 {q8x_q51_4, q8x_q51_2, q8x_q51_1}};
+        const kq_strip_fn *f = strips[q32_index(dt)];
+        kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         return;
     }
+    static const tile_fn (*const tiles[5])[4] = {q8_tiles, q40_tiles, q50_tiles, q41_tiles, q51_tiles};
     for (int64_t r = r0; r < r1;) {
         const int R = r1 - r >= 8 ? 8 : r1 - r >= 4 ? 4 : 1;
-        const tile_fn *fns = (dt == KDT_Q8_0 ? q8_tiles : dt == KDT_Q5_0 ? q50_tiles : q40_tiles)[R == 8 ? 0 : R == 4 ? 1 : 2];
+        const tile_fn *fns = tiles[q32_index(dt)][R == 8 ? 0 : R == 4 ? 1 : 2];
         for (int i = 0; i < x->n; i += 4) {
             int N = x->n - i < 4 ? x->n - i : 4;
             fns[N - 1](w + r * rb, rb, i == 0, x, i, y + (int64_t)i * ldy + r, ldy, beta);

@@ -1,5 +1,5 @@
 /* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_0, Q5_0,
- * Q4_K, Q5_K, Q6_K):
+ * Q4_1, Q5_1, Q4_K, Q5_K, Q6_K):
  * the driver (x quantized once per call, weight rows split over the pool as matmul.c does),
  * the activation quantizer every path shares, and the scalar path that spells out the
  * canonical order of qmatmul.h (the SIMD paths in qdot_avx512.c / qdot_avx2.c reproduce it
@@ -84,7 +84,7 @@ static float kq_quant_block(const float *x, int len, int8_t *q) {
 static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
                             int16_t *gsum) {
     float (*quant)(const float *, int, int8_t *) = simd ? kq_quant_block_avx2 : kq_quant_block;
-    if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0, Q5_0: blocks of 32 */
+    if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0, Q5_0, Q4_1, Q5_1: blocks of 32 */
         for (int64_t b = 0; b < cols / 32; b++) d[b] = quant(x + 32 * b, 32, q + 32 * b);
         for (int64_t l = 0; l < cols / 4; l++)
             corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
@@ -117,31 +117,38 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
 /* ---- the scalar path (the canonical order, spelled out) ---- */
 
 /* Q8_0, Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
- * high nibbles 16-31) and Q5_0 (q - 16, bit e of the u32 qh above element e's nibble). */
+ * high nibbles 16-31), Q5_0 (q - 16, bit e of the u32 qh above element e's nibble), and the
+ * unsigned Q4_1 / Q5_1 (q as is; their min m adds the second fma of the canonical order). */
 static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
     float L = 0.0f;
     const size_t bb = kdtype_block_bytes(dt);
+    const bool min = kq_has_min(dt);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + bb * b;
-        uint16_t h;
+        uint16_t h, hm = 0;
         memcpy(&h, blk, 2);
-        int8_t wq[32];
-        if (dt == KDT_Q8_0) memcpy(wq, blk + 2, 32);
-        else if (dt == KDT_Q5_0) {
-            uint32_t qh;
-            memcpy(&qh, blk + 2, 4);
+        int wq[32];
+        if (dt == KDT_Q8_0)
+            for (int e = 0; e < 32; e++) wq[e] = (int8_t)blk[2 + e];
+        else {
+            const bool five = dt == KDT_Q5_0 || dt == KDT_Q5_1;
+            const int off = min ? 4 : 2, bias = min ? 0 : five ? 16 : 8;
+            const uint8_t *qs = blk + off + (five ? 4 : 0);
+            uint32_t qh = 0;
+            if (five) memcpy(&qh, blk + off, 4);
+            if (min) memcpy(&hm, blk + 2, 2);
             for (int j = 0; j < 16; j++) {
-                wq[j] = (int8_t)(((blk[6 + j] & 15) | ((qh >> j) & 1) << 4) - 16);
-                wq[j + 16] = (int8_t)(((blk[6 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - 16);
+                wq[j] = ((qs[j] & 15) | (int)((qh >> j) & 1) << 4) - bias;
+                wq[j + 16] = ((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - bias;
             }
-        } else
-            for (int j = 0; j < 16; j++) {
-                wq[j] = (int8_t)((blk[2 + j] & 15) - 8);
-                wq[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
-            }
-        int32_t S = 0;
-        for (int e = 0; e < 32; e++) S += wq[e] * xq[32 * b + e];
+        }
+        int32_t S = 0, X = 0;
+        for (int e = 0; e < 32; e++) {
+            S += wq[e] * xq[32 * b + e];
+            X += xq[32 * b + e];
+        }
         L = fmaf((float)S, f16_to_f32(h) * xd[b], L);
+        if (min) L = fmaf((float)X, f16_to_f32(hm) * xd[b], L);
     }
     return L;
 }
@@ -451,8 +458,9 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     kq_path path = kq_resolve();
     /* SB8 / SB16 (the AVX2 path's reorderings) have AVX2 tiles and the scalar reference only */
     if ((w->dtype == KDT_Q4_K_SB8 || w->dtype == KDT_Q6_K_SB16) && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
-    /* Q5_0 has no AMX tiles (never run on an AMX machine here): its VNNI tiles, same bits */
-    if (w->dtype == KDT_Q5_0 && path == KQ_AMX) path = KQ_VNNI;
+    /* Q5_0, Q4_1, Q5_1 have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
+     * same bits */
+    if ((w->dtype == KDT_Q5_0 || kq_has_min(w->dtype)) && path == KQ_AMX) path = KQ_VNNI;
     job->kq = (kcpu_kq_ctx){.fn = path == KQ_AMX    ? kq_rows_amx
                                   : path == KQ_VNNI ? kq_rows_vnni
                                   : path == KQ_AVX2 ? kq_rows_avx2

@@ -11,6 +11,10 @@
  *   tile products (qdot_amx.c) give the same bits.
  *   Q4_0 as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high);
  *   Q5_0 as Q4_0 with wq = (nibble | bit e of qh << 4) − 16 (no AMX tiles: its VNNI ones).
+ *   Q4_1, Q5_1 (y = d·q + m, q unsigned: the nibble, or nibble | bit e of qh << 4): per block
+ *   S_b = Σ q·xq and X_b = Σ xq (exact), then L = fma((float)S_b, dw_b·dx_b, L), then
+ *   L = fma((float)X_b, mw_b·dx_b, L); y = L. X_b is −(Σ of the block's VNNI corrections) / 128
+ *   (kq_x.corr, x16p), so every path reads it from what it already has. No AMX tiles.
  * K-quants (super-blocks of 256, x codes in natural order). Within a super-block everything is
  *   an exact int32 sum, so only the integer totals below are fixed.
  *   Chunk c = elements 32c .. 32c+31; lane j of chunk c = its elements 4j .. 4j+3;
@@ -29,7 +33,7 @@
  *         L = fma((float)T, d·dx, L); y = L.
  *   |I| < 2^26, |T| < 2^28: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0,
- * Q4_0 and Q5_0 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
+ * Q4_0, Q5_0, Q4_1 and Q5_1 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
  * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
  * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound), with the code sums
@@ -42,12 +46,19 @@
 
 #include "kernels/kernels.h"
 
+/* Q4_1 and Q5_1: unsigned codes and a per-block min (the second fma of the canonical order). */
+static inline bool kq_has_min(kdtype dt) { return dt == KDT_Q4_1 || dt == KDT_Q5_1; }
+/* The 32-element types' row in the SIMD paths' tile tables: Q8_0 0, Q4_0 1, Q5_0 2, Q4_1 3, Q5_1 4. */
+static inline int q32_index(kdtype dt) {
+    return dt == KDT_Q4_0 ? 1 : dt == KDT_Q5_0 ? 2 : dt == KDT_Q4_1 ? 3 : dt == KDT_Q5_1 ? 4 : 0;
+}
+
 /* The quantized activations of one call: n rows of cols. */
 typedef struct {
     int n;
     int64_t cols;
     int8_t *q;      /* [n][cols], natural order */
-    int32_t *corr;  /* Q8_0, Q4_0, Q5_0: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
+    int32_t *corr;  /* the 32-element types: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
     int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
     /* the same codes with x rows in lanes (kernels/cpu/qx16.c), or NULL: built when the path in

@@ -1,5 +1,5 @@
 /* kernels/cpu/quant_ref.c — scalar reference dequantization of the ggml block formats
- * (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32) and quantization to Q8_0 and Q4_K. See
+ * (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16, F32) and quantization to Q8_0 and Q4_K. See
  * quant_ref.h for the layouts. Written from the published format facts; each float operation
  * is a separate statement so no compiler contracts two into a fused multiply-add (results
  * must match gguf-py's numpy, which rounds every operation).
@@ -22,6 +22,8 @@
 _Static_assert(sizeof(qref_block_q8_0) == 34, "Q8_0 block is 34 bytes");
 _Static_assert(sizeof(qref_block_q4_0) == 18, "Q4_0 block is 18 bytes");
 _Static_assert(sizeof(qref_block_q5_0) == 22, "Q5_0 block is 22 bytes");
+_Static_assert(sizeof(qref_block_q4_1) == 20, "Q4_1 block is 20 bytes");
+_Static_assert(sizeof(qref_block_q5_1) == 24, "Q5_1 block is 24 bytes");
 _Static_assert(sizeof(qref_block_q4_k) == 144, "Q4_K block is 144 bytes");
 _Static_assert(sizeof(qref_block_q5_k) == 176, "Q5_K block is 176 bytes");
 _Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
@@ -29,7 +31,7 @@ _Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
 int qref_block_elems(uint32_t type) {
     switch (type) {
     case QREF_F32: case QREF_F16: case QREF_BF16: return 1;
-    case QREF_Q8_0: case QREF_Q4_0: case QREF_Q5_0: return QREF_QK;
+    case QREF_Q8_0: case QREF_Q4_0: case QREF_Q5_0: case QREF_Q4_1: case QREF_Q5_1: return QREF_QK;
     case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: case QREF_Q6_K_SB16: return QREF_QK_K;
     default: return 0;
     }
@@ -42,6 +44,8 @@ int qref_block_bytes(uint32_t type) {
     case QREF_Q8_0: return (int)sizeof(qref_block_q8_0);
     case QREF_Q4_0: return (int)sizeof(qref_block_q4_0);
     case QREF_Q5_0: return (int)sizeof(qref_block_q5_0);
+    case QREF_Q4_1: return (int)sizeof(qref_block_q4_1);
+    case QREF_Q5_1: return (int)sizeof(qref_block_q5_1);
     case QREF_Q4_K: case QREF_Q4_K_SB8: return (int)sizeof(qref_block_q4_k);
     case QREF_Q5_K: return (int)sizeof(qref_block_q5_k);
     case QREF_Q6_K: case QREF_Q6_K_SB16: return (int)sizeof(qref_block_q6_k);
@@ -89,6 +93,32 @@ void qref_dequant_q5_0(const void *src, float *dst, int64_t nb) {
         }
     }
 }
+
+/* Q4_1 (five = 0) and Q5_1 (five = 1): y = d·q + m, each operation rounded as gguf-py's
+ * (d * qs) + m. */
+static void qref_dequant_q41_51(const void *src, float *dst, int64_t nb, int five) {
+    const uint8_t *p = src;
+    const size_t bb = five ? sizeof(qref_block_q5_1) : sizeof(qref_block_q4_1);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = p + b * (int64_t)bb, *qs = blk + (five ? 8 : 4);
+        uint16_t hd, hm;
+        memcpy(&hd, blk, 2);
+        memcpy(&hm, blk + 2, 2);
+        uint32_t qh = 0;
+        if (five) qh = (uint32_t)blk[4] | (uint32_t)blk[5] << 8 | (uint32_t)blk[6] << 16 | (uint32_t)blk[7] << 24;
+        float d = f16_to_f32(hd), m = f16_to_f32(hm);
+        float *y = dst + b * QREF_QK;
+        for (int j = 0; j < QREF_QK / 2; j++) {
+            int lo = (qs[j] & 15) | (int)((qh >> j) & 1) << 4, hi = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+            float a = d * (float)lo, c = d * (float)hi;
+            y[j] = a + m;
+            y[j + QREF_QK / 2] = c + m;
+        }
+    }
+}
+
+void qref_dequant_q4_1(const void *src, float *dst, int64_t nb) { qref_dequant_q41_51(src, dst, nb, 0); }
+void qref_dequant_q5_1(const void *src, float *dst, int64_t nb) { qref_dequant_q41_51(src, dst, nb, 1); }
 
 /* The 6-bit scale and min of sub-block s (0..7) from the 12 packed bytes. */
 static void qref_scale_min_k4(const uint8_t *q, int s, int *sc, int *m) {
@@ -297,6 +327,8 @@ int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
     case QREF_Q8_0: qref_dequant_q8_0(src, dst, nb); break;
     case QREF_Q4_0: qref_dequant_q4_0(src, dst, nb); break;
     case QREF_Q5_0: qref_dequant_q5_0(src, dst, nb); break;
+    case QREF_Q4_1: qref_dequant_q4_1(src, dst, nb); break;
+    case QREF_Q5_1: qref_dequant_q5_1(src, dst, nb); break;
     case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
     case QREF_Q6_K_SB16:
     case QREF_Q4_K_SB8: { /* one block back to ggml's order at a time, then as that type */
@@ -681,3 +713,44 @@ int qref_quantize_q5_0(const float *src, void *dst, int64_t n) {
     }
     return 0;
 }
+
+/* Q4_1 (five = 0) / Q5_1 (five = 1) blocks, gguf-py's quantize_blocks. */
+static int qref_quantize_q41_51(const float *src, void *dst, int64_t n, int five) {
+    if (n < 0 || n % QREF_QK) return PEFTD_EINVAL;
+    uint8_t *p = dst;
+    const size_t bb = five ? sizeof(qref_block_q5_1) : sizeof(qref_block_q4_1);
+    const float top = five ? 31.0f : 15.0f;
+    for (int64_t b = 0; b < n / QREF_QK; b++) {
+        const float *x = src + b * QREF_QK;
+        float mx = x[0], mn = x[0];
+        for (int j = 1; j < QREF_QK; j++) {
+            mx = fmaxf(mx, x[j]);
+            mn = fminf(mn, x[j]);
+        }
+        float d = mx - mn;
+        d = d / top;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint8_t q[QREF_QK], blk[sizeof(qref_block_q5_1)];
+        uint32_t qh = 0;
+        for (int j = 0; j < QREF_QK; j++) {
+            float v = x[j] - mn;
+            v = v * id;
+            v = v + 0.5f;
+            v = fminf(fmaxf(v, 0.0f), top); /* trunc then clip, as gguf-py (also NaN-safe) */
+            q[j] = (uint8_t)v;
+            qh |= (uint32_t)(q[j] >> 4) << j;
+        }
+        uint16_t hd = f32_to_f16(d), hm = f32_to_f16(mn);
+        memcpy(blk, &hd, 2);
+        memcpy(blk + 2, &hm, 2);
+        uint8_t *qs = blk + (five ? 8 : 4);
+        if (five)
+            for (int k = 0; k < 4; k++) blk[4 + k] = (uint8_t)(qh >> 8 * k);
+        for (int j = 0; j < QREF_QK / 2; j++) qs[j] = (uint8_t)((q[j] & 15) | (q[j + QREF_QK / 2] & 15) << 4);
+        memcpy(p + b * (int64_t)bb, blk, bb);
+    }
+    return 0;
+}
+
+int qref_quantize_q4_1(const float *src, void *dst, int64_t n) { return qref_quantize_q41_51(src, dst, n, 0); }
+int qref_quantize_q5_1(const float *src, void *dst, int64_t n) { return qref_quantize_q41_51(src, dst, n, 1); }

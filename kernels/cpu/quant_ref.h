@@ -13,6 +13,10 @@
  *   Q5_0  32 elements, 22 bytes: f16 d; u8 qh[4]; u8 qs[16]. Element j takes bit j of the
  *         little-endian u32 qh as its 5th bit over the nibble of Q4_0's layout:
  *         q = nibble | bit << 4.                                   y = d·(q − 16)
+ *   Q4_1  32 elements, 20 bytes: f16 d; f16 m; u8 qs[16] (Q4_0's nibble order), unsigned
+ *         q = nibble.                                              y = d·q + m
+ *   Q5_1  32 elements, 24 bytes: f16 d; f16 m; u8 qh[4]; u8 qs[16] (Q5_0's bits and nibbles),
+ *         unsigned q = nibble | bit << 4.                          y = d·q + m
  *   Q4_K  256 elements (8 sub-blocks of 32), 144 bytes: f16 d; f16 dmin; u8 scales[12];
  *         u8 qs[128]. Sub-block s has a 6-bit scale sc[s] and a 6-bit min m[s] packed in the
  *         12 bytes: for s < 4, sc = scales[s] & 63 and m = scales[s+4] & 63; for s ≥ 4,
@@ -32,7 +36,8 @@
  * The block structs below describe the layouts (their sizes are static-asserted); the code
  * reads blocks through memcpy, so source data need not be aligned.
  *
- * Type ids are ggml's (= GGUF's tensor types): F32 0, F16 1, Q4_0 2, Q5_0 6, Q8_0 8, Q4_K 12,
+ * Type ids are ggml's (= GGUF's tensor types): F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7,
+ * Q8_0 8, Q4_K 12,
  * Q5_K 13, Q6_K 14, BF16 30.
  */
 #ifndef PEFTD_QUANT_REF_H
@@ -41,14 +46,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define QREF_QK 32   /* elements per Q8_0 / Q4_0 / Q5_0 block */
+#define QREF_QK 32   /* elements per Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1 block */
 #define QREF_QK_K 256 /* elements per K-quant super-block */
 
 enum {
     QREF_F32 = 0,
     QREF_F16 = 1,
     QREF_Q4_0 = 2,
+    QREF_Q4_1 = 3,
     QREF_Q5_0 = 6,
+    QREF_Q5_1 = 7,
     QREF_Q8_0 = 8,
     QREF_Q4_K = 12,
     QREF_Q5_K = 13,
@@ -62,6 +69,8 @@ enum {
 typedef struct { uint16_t d; int8_t qs[QREF_QK]; } qref_block_q8_0;
 typedef struct { uint16_t d; uint8_t qs[QREF_QK / 2]; } qref_block_q4_0;
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QREF_QK / 2]; } qref_block_q5_0;
+typedef struct { uint16_t d, m; uint8_t qs[QREF_QK / 2]; } qref_block_q4_1;
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QREF_QK / 2]; } qref_block_q5_1;
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QREF_QK_K / 2]; } qref_block_q4_k;
 typedef struct {
     uint16_t d, dmin;
@@ -95,6 +104,8 @@ int qref_reorder(uint32_t to, uint32_t from, const void *src, void *dst, int64_t
 void qref_dequant_q8_0(const void *src, float *dst, int64_t nb);
 void qref_dequant_q4_0(const void *src, float *dst, int64_t nb);
 void qref_dequant_q5_0(const void *src, float *dst, int64_t nb);
+void qref_dequant_q4_1(const void *src, float *dst, int64_t nb);
+void qref_dequant_q5_1(const void *src, float *dst, int64_t nb);
 void qref_dequant_q4_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q5_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q6_k(const void *src, float *dst, int64_t nb);
@@ -121,6 +132,12 @@ int qref_quantize_q4_0(const float *src, void *dst, int64_t n);
  * tests/fixtures/make_quant_fixtures.py's ref). For tests and benchmarks: peftd reads Q5_0 from
  * GGUF files and offers no at-load Q5_0. */
 int qref_quantize_q5_0(const float *src, void *dst, int64_t n);
+
+/* Quantizes n floats (a multiple of 32) to Q4_1 / Q5_1 blocks as gguf.quants.quantize does:
+ * m = the block's min, d = (max − min) / (2^bits − 1), q = min(2^bits − 1, trunc((x − m)·(1/d)
+ * + 0.5)) (checked against gguf-py's bytes in tests/unit/test_gguf.c). For tests and benchmarks. */
+int qref_quantize_q4_1(const float *src, void *dst, int64_t n);
+int qref_quantize_q5_1(const float *src, void *dst, int64_t n);
 
 /* Quantizes n floats (a multiple of 256) to Q5_K blocks: the Q4_K search with 32 levels
  * (llama.cpp's Q5_K parameters), 5th bits packed into qh. Inputs must be finite. */

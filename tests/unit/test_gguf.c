@@ -1,9 +1,9 @@
 /* tests/unit/test_gguf.c — the GGUF reader (server/model/gguf.{h,c}) and the reference block
  * formats (kernels/cpu/quant_ref.{h,c}) against files and values written by the `gguf` Python
  * package (tests/fixtures/gguf/make_gguf_fixtures.py): every metadata value type, tensor
- * views, dequantization of F32/F16/BF16/Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K bit-exact against
- * gguf.quants.dequantize, Q8_0 and Q5_0 quantization bit-exact against gguf.quants.quantize
- * (Q5_0: q5_0.gguf, make_q5_0_fixtures.py), and Q4_K
+ * views, dequantization of F32/F16/BF16/Q8_0/Q4_0/Q5_0/Q4_1/Q5_1/Q4_K/Q5_K/Q6_K bit-exact against
+ * gguf.quants.dequantize, Q8_0, Q5_0, Q4_1 and Q5_1 quantization bit-exact against
+ * gguf.quants.quantize (the last three: block32.gguf, make_block32_fixtures.py), and Q4_K
  * quantization round-trip error bounds (gguf-py has no Q4_K quantizer). Hostile inputs are in
  * test_gguf_hostile.c.
  */
@@ -211,7 +211,8 @@ TEST(tensor_views) {
     ASSERT_STREQ(gguf_type_name(4), "?");
     ASSERT_EQ(gguf_type_block(GGUF_T_Q6_K), 256);
     ASSERT_EQ(gguf_type_bytes(GGUF_T_Q6_K), 210);
-    ASSERT(!gguf_type_supported(GGUF_T_Q4_1) && gguf_type_bytes(GGUF_T_Q4_1) == 20);
+    ASSERT(gguf_type_supported(GGUF_T_Q4_1) && gguf_type_bytes(GGUF_T_Q4_1) == 20);
+    ASSERT(!gguf_type_supported(GGUF_T_Q8_1) && gguf_type_bytes(GGUF_T_Q8_1) == 40);
     ASSERT_EQ(gguf_row_bytes(GGUF_T_Q4_K, 300), 0);
     free(raw);
     gguf_close(f);
@@ -242,7 +243,7 @@ TEST(dequantize_vs_gguf_py) {
     }
     /* Unsupported types and partial blocks are refused. */
     float y[256];
-    ASSERT_EQ(qref_dequantize(GGUF_T_Q4_1, y, y, 32), PEFTD_EUNSUPPORTED);
+    ASSERT_EQ(qref_dequantize(GGUF_T_Q8_1, y, y, 32), PEFTD_EUNSUPPORTED);
     ASSERT_EQ(qref_dequantize(GGUF_T_Q4_K, y, y, 128), PEFTD_EINVAL);
     gguf_close(f);
 }
@@ -387,43 +388,54 @@ TEST(truncated_every_length) {
     }
 }
 
-/* Q5_0 (q5_0.gguf, make_q5_0_fixtures.py): gguf-py's quantization of meta.gguf's source rows
- * and random blocks (every 5th-bit and nibble pattern, subnormal / negative / zero scales)
- * dequantized bit for bit as gguf-py does, the tensors read with their type and shape, and
- * qref_quantize_q5_0 writing gguf-py's bytes (ties included). */
-TEST(q5_0_vs_gguf_py) {
-    gguf_file *f = open_fixture("q5_0.gguf");
+/* Q5_0, Q4_1, Q5_1 (block32.gguf, make_block32_fixtures.py): gguf-py's quantization of
+ * meta.gguf's source rows and random blocks (every code and 5th-bit pattern, subnormal / negative
+ * / zero scales and mins) dequantized bit for bit as gguf-py does, the tensors read with their
+ * type and size, and qref_quantize_* writing gguf-py's bytes (ties included). */
+TEST(block32_types_vs_gguf_py) {
+    static const struct {
+        const char *name, *type;
+        uint32_t id, bytes;
+        int (*quantize)(const float *, void *, int64_t);
+    } T[] = {{"q5_0", "Q5_0", GGUF_T_Q5_0, 22, qref_quantize_q5_0},
+             {"q4_1", "Q4_1", GGUF_T_Q4_1, 20, qref_quantize_q4_1},
+             {"q5_1", "Q5_1", GGUF_T_Q5_1, 24, qref_quantize_q5_1}};
+    gguf_file *f = open_fixture("block32.gguf");
     const gguf_tensor *src = gguf_find_tensor(f, "f32_src");
     ASSERT(src && src->type == GGUF_T_F32 && src->numel == 256);
-    static const char *const names[] = {"q5_0", "q5_0_rnd"};
-    for (int k = 0; k < 2; k++) {
-        const gguf_tensor *t = gguf_find_tensor(f, names[k]);
-        ASSERT(t && t->type == GGUF_T_Q5_0);
-        ASSERT_EQ(t->nbytes, (uint64_t)(t->numel / 32 * 22));
-        ASSERT_STREQ(gguf_type_name(t->type), "Q5_0");
-        float *ref = read_ref(t->name, t->numel), *out = malloc((size_t)t->numel * 4);
+    for (size_t k = 0; k < sizeof T / sizeof T[0]; k++) {
+        for (int rnd = 0; rnd < 2; rnd++) {
+            char name[32];
+            snprintf(name, sizeof name, "%s%s", T[k].name, rnd ? "_rnd" : "");
+            const gguf_tensor *t = gguf_find_tensor(f, name);
+            ASSERT(t && t->type == T[k].id);
+            ASSERT_EQ(t->nbytes, (uint64_t)(t->numel / 32 * T[k].bytes));
+            ASSERT_STREQ(gguf_type_name(t->type), T[k].type);
+            float *ref = read_ref(t->name, t->numel), *out = malloc((size_t)t->numel * 4);
+            ASSERT(out);
+            ASSERT_EQ(qref_dequantize(t->type, t->data, out, t->numel), 0);
+            int64_t bad = 0;
+            for (int64_t j = 0; j < t->numel; j++) bad += memcmp(&out[j], &ref[j], 4) != 0;
+            printf("  %-8s %s %4lld values, %lld not bit-identical to gguf-py\n", t->name, T[k].type,
+                   (long long)t->numel, (long long)bad);
+            if (bad) FAIL("%s: %lld values differ from gguf-py", t->name, (long long)bad);
+            free(ref);
+            free(out);
+        }
+        const gguf_tensor *q = gguf_find_tensor(f, T[k].name);
+        uint8_t *out = malloc(q->nbytes);
         ASSERT(out);
-        ASSERT_EQ(qref_dequantize(t->type, t->data, out, t->numel), 0);
-        int64_t bad = 0;
-        for (int64_t j = 0; j < t->numel; j++) bad += memcmp(&out[j], &ref[j], 4) != 0;
-        printf("  %-8s Q5_0 %4lld values, %lld not bit-identical to gguf-py\n", t->name, (long long)t->numel,
-               (long long)bad);
-        if (bad) FAIL("%s: %lld values differ from gguf-py", t->name, (long long)bad);
-        free(ref);
+        ASSERT_EQ(T[k].quantize(src->data, out, src->numel), 0);
+        for (uint64_t b = 0; b < q->nbytes; b++)
+            if (out[b] != ((const uint8_t *)q->data)[b])
+                FAIL("%s byte %llu: %u, gguf-py wrote %u", T[k].type, (unsigned long long)b, out[b],
+                     ((const uint8_t *)q->data)[b]);
+        ASSERT_EQ(T[k].quantize(src->data, out, 33), PEFTD_EINVAL);
         free(out);
     }
-    const gguf_tensor *q = gguf_find_tensor(f, "q5_0");
-    uint8_t *out = malloc(q->nbytes);
-    ASSERT(out);
-    ASSERT_EQ(qref_quantize_q5_0(src->data, out, src->numel), 0);
-    for (uint64_t b = 0; b < q->nbytes; b++)
-        if (out[b] != ((const uint8_t *)q->data)[b])
-            FAIL("byte %llu: %u, gguf-py wrote %u", (unsigned long long)b, out[b], ((const uint8_t *)q->data)[b]);
-    ASSERT_EQ(qref_quantize_q5_0(src->data, out, 33), PEFTD_EINVAL);
-    free(out);
     gguf_close(f);
 }
 
 TEST_MAIN(meta_scalars, meta_type_confusion, meta_arrays, tensor_views, dequantize_vs_gguf_py,
           quantize_q8_0_vs_gguf_py, quantize_q4_k_roundtrip, tiny_and_versions,
-          truncated_every_length, q5_0_vs_gguf_py)
+          truncated_every_length, block32_types_vs_gguf_py)

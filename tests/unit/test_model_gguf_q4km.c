@@ -14,7 +14,8 @@
  *     sequence alone.
  *   - the same checks on llama_q4km_narrow/: 96 wide, so llama-quantize falls back to Q5_0 and
  *     Q8_0 for every tensor read 96 wide (ffn_down stays Q4_K / Q6_K), as in Q4_K_M files of
- *     Qwen2.5-0.5B or Gemma 3 1B.
+ *     Qwen2.5-0.5B or Gemma 3 1B; and on llama_q5km_narrow/ (`llama-quantize ... Q5_K_M` of a
+ *     96-wide model: Q5_1 and Q8_0 beside Q5_K / Q6_K ffn_down).
  *   - issue 12 acceptance 1, third clause: models/stories260K converted by convert_hf_to_gguf.py
  *     --outtype q8_0 (tests/fixtures/gguf_models/stories260K-q8_0/) serves the greedy tokens of
  *     the HF model in f32 (transformers + peft / adapters), 32 tokens on 3 prompts, for the base
@@ -49,6 +50,7 @@ static const char *KINDS[] = {"base", "lora", "dora", "ia3", "prompt", "prefix"}
 #define N_CASES 6
 #define Q4KM_DIR "tests/fixtures/gguf_models/llama_q4km"
 #define NARROW_DIR "tests/fixtures/gguf_models/llama_q4km_narrow"
+#define NARROW5_DIR "tests/fixtures/gguf_models/llama_q5km_narrow"
 
 typedef struct {
     int vocab, n_decode;
@@ -186,23 +188,24 @@ static void check_type(const qref *r, const char *tensor, const kmat *w) {
         FAIL("%s: loaded as %s, the file stores %s", tensor, kdtype_name(w->dtype), t->valuestring);
 }
 
-/* The model file of a fixture directory. */
+/* The model file of a fixture directory: model-q4_k_m.gguf, or model-q5_k_m.gguf. */
 static const char *q4km_file(const char *dir) {
     static char path[256];
     snprintf(path, sizeof path, "%s/model-q4_k_m.gguf", dir);
+    if (access(path, R_OK) != 0) snprintf(path, sizeof path, "%s/model-q5_k_m.gguf", dir);
     return path;
 }
 
 /* Every projection and the head carry the file's types; returns how many of the 7·layers
- * projections are each of Q4_K, Q6_K, Q5_0, Q8_0 (n[0..3]). */
-static void tensor_types(const char *dir, int n[4]) {
+ * projections are each of Q4_K, Q6_K, Q5_0, Q8_0, Q5_1, Q5_K (n[0..5]). */
+static void tensor_types(const char *dir, int n[6]) {
     qref r;
     qref_load(&r, dir);
     rig R;
     rig_open(&R, q4km_file(dir), dir, KINDS, 1);
     static const char *proj[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
     int n_q4 = 0, n_q6 = 0;
-    memset(n, 0, 4 * sizeof(int));
+    memset(n, 0, 6 * sizeof(int));
     for (int i = 0; i < R.m->cfg.n_layers; i++) {
         const model_layer *L = &R.m->layers[i];
         const kmat *w[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -214,6 +217,8 @@ static void tensor_types(const char *dir, int n[4]) {
             n_q6 += stored_type(w[k]->dtype) == KDT_Q6_K;
             n[2] += w[k]->dtype == KDT_Q5_0;
             n[3] += w[k]->dtype == KDT_Q8_0;
+            n[4] += w[k]->dtype == KDT_Q5_1;
+            n[5] += w[k]->dtype == KDT_Q5_K;
             printf("    %-22s %s\n", name, kdtype_name(w[k]->dtype));
         }
     }
@@ -228,7 +233,7 @@ static void tensor_types(const char *dir, int n[4]) {
 }
 
 TEST(q4km_tensor_types) {
-    int n[4];
+    int n[6];
     tensor_types(Q4KM_DIR, n);
     /* Q4_K_M is a mix: both K-quant kernels run in this model */
     ASSERT(n[0] > 0 && n[1] > 0);
@@ -236,13 +241,22 @@ TEST(q4km_tensor_types) {
 
 /* 96 wide: llama-quantize's fallbacks (Q4_K -> Q5_0, Q6_K -> Q8_0) beside ffn_down's K-quants */
 TEST(narrow_tensor_types) {
-    int n[4];
+    int n[6];
     tensor_types(NARROW_DIR, n);
     printf("    projections: %d Q4_K, %d Q6_K, %d Q5_0, %d Q8_0\n", n[0], n[1], n[2], n[3]);
     ASSERT(n[2] > 0 && n[3] > 0 && n[0] + n[1] > 0);
 }
 
+/* Q5_K_M at 96 wide: Q5_K -> Q5_1 (unsigned codes and a min), Q6_K -> Q8_0 */
+TEST(narrow5_tensor_types) {
+    int n[6];
+    tensor_types(NARROW5_DIR, n);
+    printf("    projections: %d Q5_K, %d Q6_K, %d Q5_1, %d Q8_0\n", n[5], n[1], n[4], n[3]);
+    ASSERT(n[4] > 0 && n[3] > 0 && n[5] + n[1] > 0);
+}
+
 static void every_kind_logits(const char *dir) {
+    printf("    %s:\n", q4km_file(dir));
     qref r;
     qref_load(&r, dir);
     rig R;
@@ -264,7 +278,7 @@ static void every_kind_logits(const char *dir) {
             double d = max_diff(out, r.logits[k][p], (size_t)upto * r.vocab),
                    after = upto < n ? max_diff(out + (size_t)upto * r.vocab, r.logits[k][p] + (size_t)upto * r.vocab,
                                                (size_t)(n - upto) * r.vocab) : 0;
-            printf("    Q4_K_M %-6s prompt %d (%d prefill + %d decode): max |diff| %.3g vs the dequantized-file reference "
+            printf("    GGUF %-6s prompt %d (%d prefill + %d decode): max |diff| %.3g vs the dequantized-file reference "
                    "on positions 0..%d", KINDS[k], p, r.n_prompt[p], r.n_decode, d, upto - 1);
             if (upto < n) printf("; from its rounding tie at position %d on: %.3g (not asserted)", tie, after);
             printf("\n");
@@ -274,7 +288,7 @@ static void every_kind_logits(const char *dir) {
             if (d > worst) worst = d;
             free(out);
         }
-    printf("    Q4_K_M: worst %.3g over base + %d kinds x %d prompts (tolerance %g); %d runs cut at a rounding tie\n", worst,
+    printf("    GGUF: worst %.3g over base + %d kinds x %d prompts (tolerance %g); %d runs cut at a rounding tie\n", worst,
            N_CASES - 1, N_PROMPTS, TOL, n_tie);
     rig_close(&R, N_CASES);
     qref_free(&r);
@@ -282,6 +296,7 @@ static void every_kind_logits(const char *dir) {
 
 TEST(q4km_every_kind_logits_prefill_and_decode) { every_kind_logits(Q4KM_DIR); }
 TEST(narrow_every_kind_logits_prefill_and_decode) { every_kind_logits(NARROW_DIR); }
+TEST(narrow5_every_kind_logits_prefill_and_decode) { every_kind_logits(NARROW5_DIR); }
 
 /* How far below its own top logit the reference's token may be where the two greedy paths
  * part after a rounding tie: the logits test measures up to 0.053 of difference after a tie
@@ -296,6 +311,7 @@ TEST(narrow_every_kind_logits_prefill_and_decode) { every_kind_logits(NARROW_DIR
  * logits there: teacher-forced on the reference's tokens, the reference's choice is within
  * AFTER_TIE_GAP of peftd's top logit. The run is not compared after it parts. */
 static void every_kind_greedy(const char *dir) {
+    printf("    %s:\n", q4km_file(dir));
     qref r;
     qref_load(&r, dir);
     rig R;
@@ -326,7 +342,7 @@ static void every_kind_greedy(const char *dir) {
             for (int v = 1; v < r.vocab; v++)
                 if (row[v] > top) top = row[v];
             const double below = top - row[r.greedy[k][p][i]];
-            printf("    Q4_K_M %-6s prompt %d: parts from the reference at token %d (position %d, past its rounding tie "
+            printf("    GGUF %-6s prompt %d: parts from the reference at token %d (position %d, past its rounding tie "
                    "at %d): the reference's token is %.3g below peftd's top logit\n", KINDS[k], p, i, pos, tie, below);
             if (!(below <= AFTER_TIE_GAP))
                 FAIL("%s prompt %d token %d: the reference's token is %.3g below the top (> %g)", KINDS[k], p, i, below,
@@ -334,10 +350,10 @@ static void every_kind_greedy(const char *dir) {
             free(out);
             n_parted++;
         }
-        printf("    Q4_K_M %-6s %d x %d greedy tokens checked (reference's min top-2 gap %.3g)\n", KINDS[k], N_PROMPTS,
+        printf("    GGUF %-6s %d x %d greedy tokens checked (reference's min top-2 gap %.3g)\n", KINDS[k], N_PROMPTS,
                N_GREEDY, r.min_gap[k]);
     }
-    printf("    Q4_K_M greedy: %d of %d tokens equal; %d runs part after a rounding tie at a near-tie\n", n_equal,
+    printf("    GGUF greedy: %d of %d tokens equal; %d runs part after a rounding tie at a near-tie\n", n_equal,
            N_CASES * N_PROMPTS * N_GREEDY, n_parted);
     rig_close(&R, N_CASES);
     qref_free(&r);
@@ -345,8 +361,10 @@ static void every_kind_greedy(const char *dir) {
 
 TEST(q4km_every_kind_greedy) { every_kind_greedy(Q4KM_DIR); }
 TEST(narrow_every_kind_greedy) { every_kind_greedy(NARROW_DIR); }
+TEST(narrow5_every_kind_greedy) { every_kind_greedy(NARROW5_DIR); }
 
 static void mixed_batch(const char *dir) {
+    printf("    %s:\n", q4km_file(dir));
     qref r;
     qref_load(&r, dir);
     rig R;
@@ -377,7 +395,7 @@ static void mixed_batch(const char *dir) {
         free(alone);
         free(together[i]);
     }
-    printf("    Q4_K_M mixed batch (base + %d kinds, %d prompts: %d sequences): each bit-identical to alone\n", N_CASES - 1,
+    printf("    GGUF mixed batch (base + %d kinds, %d prompts: %d sequences): each bit-identical to alone\n", N_CASES - 1,
            N_PROMPTS, N);
     rig_close(&R, N_CASES);
     qref_free(&r);
@@ -385,6 +403,7 @@ static void mixed_batch(const char *dir) {
 
 TEST(q4km_mixed_batch_bit_identical_to_alone) { mixed_batch(Q4KM_DIR); }
 TEST(narrow_mixed_batch_bit_identical_to_alone) { mixed_batch(NARROW_DIR); }
+TEST(narrow5_mixed_batch_bit_identical_to_alone) { mixed_batch(NARROW5_DIR); }
 
 /* Every kind and prompt, teacher-forced (prefill then decode): rig A under path pa gives rig S's
  * logits under ps, bit for bit; else fails with `what`. */
@@ -603,4 +622,6 @@ TEST(stories_q8_0_every_adapter_serves_hf_f32_greedy) {
 TEST_MAIN(q4km_tensor_types, q4km_every_kind_logits_prefill_and_decode, q4km_every_kind_greedy,
           q4km_mixed_batch_bit_identical_to_alone, q4km_avx2_reordered_same_logits, q4km_qk_file_pages_given_back,
           stories_q8_0_every_adapter_serves_hf_f32_greedy, narrow_tensor_types, narrow_every_kind_logits_prefill_and_decode,
-          narrow_every_kind_greedy, narrow_mixed_batch_bit_identical_to_alone)
+          narrow_every_kind_greedy, narrow_mixed_batch_bit_identical_to_alone, narrow5_tensor_types,
+          narrow5_every_kind_logits_prefill_and_decode, narrow5_every_kind_greedy,
+          narrow5_mixed_batch_bit_identical_to_alone)
