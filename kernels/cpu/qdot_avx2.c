@@ -54,20 +54,17 @@ KQ_INL __m256i q50_fifth(const uint8_t *p) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
 }
 
-/* Block bytes of the 32-element types; whether the type has unsigned codes and a min. */
-#define Q32_BB(DT) ((DT) == KDT_Q8_0 ? 34 : (DT) == KDT_Q5_0 ? 22 : (DT) == KDT_Q4_1 ? 20 : (DT) == KDT_Q5_1 ? 24 : 18)
-#define Q32_MIN(DT) ((DT) == KDT_Q4_1 || (DT) == KDT_Q5_1)
 
 /* The 32 codes of block p, low nibbles first: signed for Q8_0 (34 bytes), Q4_0 (18: nibble − 8)
  * and Q5_0 (22: (nibble | 5th bit << 4) − 16, nibbles after the 4 bytes of 5th bits); unsigned
  * for Q4_1 (20: the nibble, after d and m) and Q5_1 (24: nibble | 5th bit << 4). */
 KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
     if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
-    const int five = DT == KDT_Q5_0 || DT == KDT_Q5_1, hb = Q32_MIN(DT) ? 2 : 0; /* hb: m before qh / qs */
+    const int five = DT == KDT_Q5_0 || DT == KDT_Q5_1, hb = kq_has_min(DT) ? 2 : 0; /* hb: m before qh / qs */
     const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2 + hb + (five ? 4 : 0))), m4 = _mm_set1_epi8(15);
     __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
     if (five) v = _mm256_or_si256(v, q50_fifth(p + hb));
-    if (Q32_MIN(DT)) return v;
+    if (kq_has_min(DT)) return v;
     return _mm256_sub_epi8(v, _mm256_set1_epi8(five ? 16 : 8));
 }
 
@@ -87,7 +84,7 @@ KQ_INL float q32_xsum(const int32_t *corr) {
 KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                     float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
-    const int BB = Q32_BB(DT), MIN = Q32_MIN(DT);
+    const int BB = (int)kdtype_block_bytes(DT), MIN = kq_has_min(DT);
     __m128 acc[4];
     for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -133,12 +130,12 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
  * horizontal sums — then the canonical fma by dw·dx, x rows in lanes. Same bits as q8_tile.
  * Q4_1 / Q5_1: their unsigned codes (no signs) and mins unpacked (after the scales); the 8 rows'
  * X_b from the layout's −128·Σx (x16p), then the min's fma. */
-#define Q8X_AW(DT) ((DT) == KDT_Q8_0 || Q32_MIN(DT) ? 32 : 64)
+#define Q8X_AW(DT) ((DT) == KDT_Q8_0 || kq_has_min(DT) ? 32 : 64)
 
 unsigned long kq_avx2_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
 
 KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, uint8_t *aw, float *dw) {
-    const int BB = Q32_BB(DT);
+    const int BB = (int)kdtype_block_bytes(DT);
     float *mw = dw + (size_t)R * (size_t)nb;
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
@@ -147,12 +144,12 @@ KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb
             __builtin_prefetch(p + KQ_PF, 0, 2);
             const __m256i c = q8_codes(DT, p);
             uint8_t *o = aw + (b * R + r) * Q8X_AW(DT);
-            _mm256_store_si256((__m256i *)o, Q32_MIN(DT) ? c : _mm256_abs_epi8(c));
+            _mm256_store_si256((__m256i *)o, kq_has_min(DT) ? c : _mm256_abs_epi8(c));
             if (Q8X_AW(DT) == 64) _mm256_store_si256((__m256i *)(o + 32), c);
             uint16_t h;
             memcpy(&h, p, 2);
             dw[r * nb + b] = _cvtsh_ss(h);
-            if (Q32_MIN(DT)) {
+            if (kq_has_min(DT)) {
                 memcpy(&h, p + 2, 2);
                 mw[r * nb + b] = _cvtsh_ss(h);
             }
@@ -181,7 +178,7 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
                 int32_t a4;
                 memcpy(&a4, o + 4 * k, 4);
                 __m256i xs = xk;
-                if (!Q32_MIN(DT)) {
+                if (!kq_has_min(DT)) {
                     int32_t c4;
                     memcpy(&c4, DT == KDT_Q8_0 ? w + r * rb + 34 * b + 2 + 4 * k : o + 32 + 4 * k, 4);
                     xs = _mm256_sign_epi8(xk, _mm256_set1_epi32(c4));
@@ -192,14 +189,14 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
         }
         const __m256 dxb = _mm256_load_ps(dx + b * 16);
         /* Q4_1 / Q5_1: X_b of each x row, −(x16p >> 7) exactly */
-        const __m256 X = Q32_MIN(DT) ? _mm256_cvtepi32_ps(_mm256_sub_epi32(
+        const __m256 X = kq_has_min(DT) ? _mm256_cvtepi32_ps(_mm256_sub_epi32(
                                            _mm256_setzero_si256(),
                                            _mm256_srai_epi32(_mm256_load_si256((const __m256i *)(xp + b * 16)), 7)))
                                      : _mm256_setzero_ps();
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(_mm256_set1_ps(dw[r * nb + b]), dxb), acc[r]);
-            if (Q32_MIN(DT)) acc[r] = _mm256_fmadd_ps(X, _mm256_mul_ps(_mm256_set1_ps(mw[r * nb + b]), dxb), acc[r]);
+            if (kq_has_min(DT)) acc[r] = _mm256_fmadd_ps(X, _mm256_mul_ps(_mm256_set1_ps(mw[r * nb + b]), dxb), acc[r]);
         }
     }
     kq_store_tile8(R, acc, rows, y, ldy, beta);
@@ -218,7 +215,7 @@ KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w
 
 /* One strip function per type and row count; its unpacked rows in the thread's scratch
  * (Q8X_BYTES for 4 rows, which kq_rows_avx2 made sure of). */
-#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + (Q32_MIN(DT) ? 8 : 4)))
+#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + (kq_has_min(DT) ? 8 : 4)))
 #define Q8X_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \

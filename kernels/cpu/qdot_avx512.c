@@ -39,8 +39,7 @@ KQ_INL __m256i q32_nibbles(const uint8_t *qs, const uint8_t *qh, int add) {
     return add ? _mm256_add_epi8(v, _mm256_set1_epi8((char)add)) : v;
 }
 
-/* Block bytes of the 32-element types, and their 32 codes as vpdpbusd's unsigned operand. */
-#define Q32_BB(DT) ((DT) == KDT_Q8_0 ? 34 : (DT) == KDT_Q5_0 ? 22 : (DT) == KDT_Q4_1 ? 20 : (DT) == KDT_Q5_1 ? 24 : 18)
+/* The 32 codes of a 32-element type's block as vpdpbusd's unsigned operand. */
 KQ_INL __m256i q32_codes(kdtype dt, const uint8_t *p) {
     return dt == KDT_Q4_0   ? q32_nibbles(p + 2, NULL, 120)
            : dt == KDT_Q5_0 ? q32_nibbles(p + 6, p + 2, 112)
@@ -62,7 +61,7 @@ KQ_INL __m512 q32_xsums(__m512i xc) {
 KQ_INL __m512i q8_wpair(kdtype dt, const uint8_t *p, __m512i x80, int pf) {
     if (dt != KDT_Q8_0) {
         if (pf) __builtin_prefetch(p + KQ_PF, 0, 2);
-        return _mm512_inserti64x4(_mm512_castsi256_si512(q32_codes(dt, p)), q32_codes(dt, p + Q32_BB(dt)), 1);
+        return _mm512_inserti64x4(_mm512_castsi256_si512(q32_codes(dt, p)), q32_codes(dt, p + (int)kdtype_block_bytes(dt)), 1);
     }
     __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
                                    _mm256_loadu_si256((const __m256i *)(p + 36)), 1);
@@ -96,7 +95,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                     int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 32;
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
-    const int BB = Q32_BB(DT), MIN = DT == KDT_Q4_1 || DT == KDT_Q5_1;
+    const int BB = (int)kdtype_block_bytes(DT), MIN = kq_has_min(DT);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
@@ -264,7 +263,7 @@ KQ_INL void q8x_tile16(int MIN, int R, const uint8_t *uw, const float *dw, const
 KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t *w, size_t rb, const kq_x *x, float *y,
                         int64_t ldy, float beta) {
     const int64_t nb = x->cols / 32;
-    const int BB = Q32_BB(DT), MIN = DT == KDT_Q4_1 || DT == KDT_Q5_1;
+    const int BB = (int)kdtype_block_bytes(DT), MIN = kq_has_min(DT);
     float *mw = dw + (size_t)R * (size_t)nb; /* Q4_1 / Q5_1's mins after the scales */
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
