@@ -56,6 +56,12 @@ PRESETS = {
                bos=128000, eos=128001,
                rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    # Qwen2.5-0.5B's widths as a Llama (no q/k/v biases; GQA 14/2, head_dim 64, 151936 vocab,
+    # tied), bf16: 896 wide, so llama-quantize's Q4_K_M / Q5_K_M fall back to Q5_0 / Q5_1 on
+    # every tensor read 896 wide (bench/peers/race.sh RACE_MODELS=q05b)
+    "q05b": dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936,
+                 max_pos=4096, rope_theta=10000.0, rms_eps=1e-5, dtype="bf16", tie=True,
+                 bos=1, eos=2),
 }
 DEFAULTS = dict(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=172, vocab=512,
                 max_pos=512, rope_theta=10000.0, rms_eps=1e-5, dtype="f32", tie=True,

@@ -13,7 +13,9 @@
 # Knobs (environment): RACE_THREADS (2), RACE_ROUNDS (3), RACE_MODELS ("110m 1b"),
 # RACE_TOKENS_A (32), RACE_TOKENS_B (16), RACE_TOKENS_C (8); for the 1B model
 # RACE_TOKENS_A_1B (8), RACE_TOKENS_B_1B (4), RACE_TOKENS_C_1B (4); RACE_TESTS_110M ("a b c"),
-# RACE_TESTS_1B ("a b"); RACE_LLAMA_T1 (true: also race llama-server at 1 thread);
+# RACE_TESTS_1B ("a b"); "q05b" in RACE_MODELS: the Qwen2.5-0.5B-wide Llama (gen_random_llama.py
+# --preset q05b; 896 wide, so its Q4_K_M / Q5_K_M are mostly Q5_0 / Q5_1) with RACE_TOKENS_*_Q05B
+# (16, 8, 4) and RACE_TESTS_Q05B ("a b"); RACE_LLAMA_T1 (true: also race llama-server at 1 thread);
 # RACE_QUANT (bf16: both serve the bf16 weights, peftd from the HF directory; q8_0 or q4_k_m:
 # llama-quantize makes that GGUF from the bf16 one and BOTH servers load that same file, peftd
 # with --model FILE.gguf), RACE_NO_MMAP=1 (both servers and bench_decode read the weights into
@@ -74,6 +76,9 @@ for m in $MODELS; do
     1b)   hf=bench/models/llama32-1b-bf16; lo=bench/models/lora-llama32-1b-r16-all; seed=116
           ta=${RACE_TOKENS_A_1B:-8}; tb=${RACE_TOKENS_B_1B:-4}; tc=${RACE_TOKENS_C_1B:-4}
           tests=${RACE_TESTS_1B:-a b}; preset=1b ;;
+    q05b) hf=bench/models/llama-q05b-bf16; lo=bench/models/lora-q05b-r16-all; seed=216
+          ta=${RACE_TOKENS_A_Q05B:-16}; tb=${RACE_TOKENS_B_Q05B:-8}; tc=${RACE_TOKENS_C_Q05B:-4}
+          tests=${RACE_TESTS_Q05B:-a b}; preset=q05b ;;
     *) echo "race: unknown model $m" >&2; exit 2 ;;
     esac
     gen_model "$hf" "$preset"
