@@ -24,6 +24,7 @@ const char *kdtype_name(kdtype t) {
     case KDT_Q5_0: return "q5_0";
     case KDT_Q4_1: return "q4_1";
     case KDT_Q5_1: return "q5_1";
+    case KDT_IQ4_NL: return "iq4_nl";
     case KDT_COUNT: break;
     }
     return "unknown";

@@ -3,7 +3,8 @@
  * never saturates here) then vpmaddwd by ones (→ s32 sums of 4 adjacent products), each block's
  * 8 lane partials summed exactly across the tile's rows (kq_hsum4), then one f32 lane per output:
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
- *   Q4_0: the same on w = nibble − 8; Q5_0 on w = (nibble | 5th bit << 4) − 16.
+ *   Q4_0: the same on w = nibble − 8; Q5_0 on w = (nibble | 5th bit << 4) − 16; IQ4_NL on
+ *   w = the level its nibble indexes (a vpshufb table, |w| <= 127).
  *   Batches of 8+ rows of either (x in the x16 layout, qx16.c): q8x_strip, x rows in lanes and
  *   4 weight codes broadcast at a time, so a block's sums need no horizontal adds.
  *   Q4_K: u8 = the nibble (0..15), s8 = x, then vpmaddwd by the sub-block scale: the
@@ -22,6 +23,7 @@
 #include "kernels/cpu/qdot_kquant_x86.h"
 #include "kernels/cpu/qmatmul.h"
 #include "kernels/cpu/qstore_t.h"
+#include "kernels/cpu/quant_ref.h"
 
 #define KQ_TGT __attribute__((target("avx2,fma,f16c")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
@@ -55,11 +57,18 @@ KQ_INL __m256i q50_fifth(const uint8_t *p) {
 }
 
 
-/* The 32 codes of block p, low nibbles first: signed for Q8_0 (34 bytes), Q4_0 (18: nibble − 8)
- * and Q5_0 (22: (nibble | 5th bit << 4) − 16, nibbles after the 4 bytes of 5th bits); unsigned
+/* The 32 codes of block p, low nibbles first: signed for Q8_0 (34 bytes), Q4_0 (18: nibble − 8),
+ * Q5_0 (22: (nibble | 5th bit << 4) − 16, nibbles after the 4 bytes of 5th bits) and IQ4_NL
+ * (18: the level of the nibble); unsigned
  * for Q4_1 (20: the nibble, after d and m) and Q5_1 (24: nibble | 5th bit << 4). */
 KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
     if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
+    if (DT == KDT_IQ4_NL) {
+        static const int8_t level[16] = QREF_IQ4NL_LEVELS;
+        const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
+        const __m256i n = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)level)), n);
+    }
     const int five = DT == KDT_Q5_0 || DT == KDT_Q5_1, hb = kq_has_min(DT) ? 2 : 0; /* hb: m before qh / qs */
     const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2 + hb + (five ? 4 : 0))), m4 = _mm_set1_epi8(15);
     __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
@@ -228,6 +237,7 @@ Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
 Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
 Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
 Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
+Q8X_DEF(qnl, KDT_IQ4_NL, 4) Q8X_DEF(qnl, KDT_IQ4_NL, 2) Q8X_DEF(qnl, KDT_IQ4_NL, 1)
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
  * integer sums I (qmatmul.h) stay in registers; per chunk c and pair: vpmaddubsw (nibble ×
@@ -492,27 +502,14 @@ KQ_TGT float kq_quant_block_avx2(const float *x, int len, int8_t *q) {
 }
 
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
-#define TILE_DEF(R, N)                                                                                        \
-    static KQ_TGT void q8_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
-                                    float beta) {                                                             \
-        q8_tile(KDT_Q8_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
-    }                                                                                                         \
-    static KQ_TGT void q40_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q8_tile(KDT_Q4_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
-    }                                                                                                         \
-    static KQ_TGT void q50_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q8_tile(KDT_Q5_0, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
-    }                                                                                                         \
-    static KQ_TGT void q41_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q8_tile(KDT_Q4_1, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
-    }                                                                                                         \
-    static KQ_TGT void q51_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q8_tile(KDT_Q5_1, R, N, w, rb, x, i0, y, ldy, beta);                                                  \
+#define TILE_FN(TAG, DT, R, N)                                                                                \
+    static KQ_TGT void TAG##_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,          \
+                                       int64_t ldy, float beta) {                                             \
+        q8_tile(DT, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
     }
+#define TILE_DEF(R, N)                                                                                        \
+    TILE_FN(q8, KDT_Q8_0, R, N) TILE_FN(q40, KDT_Q4_0, R, N) TILE_FN(q50, KDT_Q5_0, R, N)                     \
+    TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(2, 2) KQ_KTILE_DEF(2, 3) KQ_KTILE_DEF(2, 4)
 KQ_KTILE_DEF(1, 1) KQ_KTILE_DEF(1, 2) KQ_KTILE_DEF(1, 3) KQ_KTILE_DEF(1, 4)
@@ -530,12 +527,10 @@ Q4S_DEF(1, 4)
     }
 Q6S_DEF(4, 1) Q6S_DEF(2, 1) Q6S_DEF(2, 2) Q6S_DEF(2, 3) Q6S_DEF(2, 4) Q6S_DEF(1, 1) Q6S_DEF(1, 2) Q6S_DEF(1, 3)
 Q6S_DEF(1, 4)
-/* the 32-element types: [4 | 2 | 1 rows][N - 1] */
-static const tile_fn q8_tiles[3][2] = {{q8_4_1, q8_4_2}, {q8_2_1, q8_2_2}, {q8_1_1, q8_1_2}};
-static const tile_fn q40_tiles[3][2] = {{q40_4_1, q40_4_2}, {q40_2_1, q40_2_2}, {q40_1_1, q40_1_2}};
-static const tile_fn q50_tiles[3][2] = {{q50_4_1, q50_4_2}, {q50_2_1, q50_2_2}, {q50_1_1, q50_1_2}};
-static const tile_fn q41_tiles[3][2] = {{q41_4_1, q41_4_2}, {q41_2_1, q41_2_2}, {q41_1_1, q41_1_2}};
-static const tile_fn q51_tiles[3][2] = {{q51_4_1, q51_4_2}, {q51_2_1, q51_2_2}, {q51_1_1, q51_1_2}};
+/* the 32-element types: [q32_index][4 | 2 | 1 rows][N - 1] */
+#define TILE_ROWS(TAG) {{TAG##_4_1, TAG##_4_2}, {TAG##_2_1, TAG##_2_2}, {TAG##_1_1, TAG##_1_2}}
+static const tile_fn q32_tiles[Q32_TYPES][3][2] = {TILE_ROWS(q8),  TILE_ROWS(q40), TILE_ROWS(q50),
+                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl)};
 /* K-quants: [4 rows (one x row only) | 2 rows | 1 row][N - 1] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
@@ -567,17 +562,16 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(dt, 4, x->cols / 32))) {
-        static const kq_strip_fn strips[5][3] = {{q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1},
-                                                 {q8x_q50_4, q8x_q50_2, q8x_q50_1}, {q8x_q41_4, q8x_q41_2, q8x_q41_1},
-                                                 {q8x_q51_4, q8x_q51_2, q8x_q51_1}};
+        static const kq_strip_fn strips[Q32_TYPES][3] = {
+            {q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1}, {q8x_q50_4, q8x_q50_2, q8x_q50_1},
+            {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1}};
         const kq_strip_fn *f = strips[q32_index(dt)];
         kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         return;
     }
-    static const tile_fn (*const tiles[5])[2] = {q8_tiles, q40_tiles, q50_tiles, q41_tiles, q51_tiles};
     for (int64_t r = r0; r < r1;) {
         const int R = r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
-        const tile_fn *fns = tiles[q32_index(dt)][R == 4 ? 0 : R == 2 ? 1 : 2];
+        const tile_fn *fns = q32_tiles[q32_index(dt)][R == 4 ? 0 : R == 2 ? 1 : 2];
         for (int i = 0; i < x->n; i += 2) {
             int N = x->n - i < 2 ? x->n - i : 2;
             fns[N - 1](w + r * rb, rb, x, i, y + (int64_t)i * ldy + r, ldy, beta);

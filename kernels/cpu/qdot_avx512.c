@@ -1,5 +1,6 @@
 /* kernels/cpu/qdot_avx512.c — the AVX-512 VNNI path of the quantized matmul (qmatmul.h):
- * (Q4_0 runs the Q8_0 tiles on its nibbles − 8, Q5_0 on its 5-bit codes − 16.)
+ * (Q4_0 runs the Q8_0 tiles on its nibbles − 8, Q5_0 on its 5-bit codes − 16, IQ4_NL on the
+ * levels its nibbles index, Q4_1 / Q5_1 on their unsigned codes with the min's second fma.)
  * register tiles of up to 8 weight rows × 4 x rows, int8 products summed exactly by vpdpbusd
  * (u8 × s8 → s32, 4 per lane), each block's lane partials summed across the tile's rows by
  * permutes (q8_sums8), then one f32 lane per output in block order (the canonical order).
@@ -19,6 +20,7 @@
 #include "kernels/cpu/qdot_kquant_avx512.h"
 #include "kernels/cpu/qmatmul.h"
 #include "kernels/cpu/qstore_t.h"
+#include "kernels/cpu/quant_ref.h"
 
 #define KQ_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 #define KQ_INL static inline __attribute__((always_inline)) KQ_TGT
@@ -39,9 +41,17 @@ KQ_INL __m256i q32_nibbles(const uint8_t *qs, const uint8_t *qh, int add) {
     return add ? _mm256_add_epi8(v, _mm256_set1_epi8((char)add)) : v;
 }
 
+/* IQ4_NL's levels offset to unsigned (level ^ 0x80), a vpshufb table in both 128-bit lanes. */
+KQ_INL __m256i iq4nl_table(void) {
+    static const int8_t level[16] = QREF_IQ4NL_LEVELS;
+    const __m128i t = _mm_xor_si128(_mm_loadu_si128((const __m128i *)level), _mm_set1_epi8((char)0x80));
+    return _mm256_broadcastsi128_si256(t);
+}
+
 /* The 32 codes of a 32-element type's block as vpdpbusd's unsigned operand. */
 KQ_INL __m256i q32_codes(kdtype dt, const uint8_t *p) {
     return dt == KDT_Q4_0   ? q32_nibbles(p + 2, NULL, 120)
+           : dt == KDT_IQ4_NL ? _mm256_shuffle_epi8(iq4nl_table(), q32_nibbles(p + 2, NULL, 0))
            : dt == KDT_Q5_0 ? q32_nibbles(p + 6, p + 2, 112)
            : dt == KDT_Q4_1 ? q32_nibbles(p + 4, NULL, 0)
            : dt == KDT_Q5_1 ? q32_nibbles(p + 8, p + 4, 0)
@@ -87,7 +97,7 @@ KQ_INL __m512i q8_sums8(const __m512i s[8]) {
                             _mm512_permutex2var_epi32(d0, _mm512_add_epi32(F, _mm512_set1_epi32(1)), d1));
 }
 
-/* Q8_0 / Q4_0 / Q5_0: weight rows r < R (R <= 8; rows past R are skipped, their lanes
+/* The 32-element types: weight rows r < R (R <= 8; rows past R are skipped, their lanes
  * discarded) × x rows i0 + i, i < N. Per two blocks: vpdpbusd lane partials (two blocks per zmm), the rows' exact block
  * sums with rows in lanes (q8_sums8), then the canonical fma by dw·dx for block b, then b + 1 — one
  * lane per output. An odd last block runs with its second half zero and one fma. */
@@ -178,45 +188,28 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
 
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y, int64_t ldy,
                         float beta);
-#define TILE_DEF(R, N)                                                                                        \
-    static KQ_TGT void q8_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,     \
-                                    int64_t ldy, float beta) {                                                \
-        q8_tile(KDT_Q8_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
-    }                                                                                                         \
-    static KQ_TGT void q40_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
-                                     int64_t ldy, float beta) {                                               \
-        q8_tile(KDT_Q4_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
-    }                                                                                                         \
-    static KQ_TGT void q50_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
-                                     int64_t ldy, float beta) {                                               \
-        q8_tile(KDT_Q5_0, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
-    }                                                                                                         \
-    static KQ_TGT void q41_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
-                                     int64_t ldy, float beta) {                                               \
-        q8_tile(KDT_Q4_1, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
-    }                                                                                                         \
-    static KQ_TGT void q51_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,    \
-                                     int64_t ldy, float beta) {                                               \
-        q8_tile(KDT_Q5_1, R, N, w, rb, pf, x, i0, y, ldy, beta);                                              \
+#define TILE_FN(TAG, DT, R, N)                                                                                \
+    static KQ_TGT void TAG##_##R##_##N(const uint8_t *w, size_t rb, int pf, const kq_x *x, int i0, float *y,  \
+                                       int64_t ldy, float beta) {                                             \
+        q8_tile(DT, R, N, w, rb, pf, x, i0, y, ldy, beta);                                                    \
     }
+#define TILE_DEF(R, N)                                                                                        \
+    TILE_FN(q8, KDT_Q8_0, R, N) TILE_FN(q40, KDT_Q4_0, R, N) TILE_FN(q50, KDT_Q5_0, R, N)                     \
+    TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)
 TILE_DEF(8, 1) TILE_DEF(8, 2) TILE_DEF(8, 3) TILE_DEF(8, 4)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
 TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
-/* [8 | 4 | 1 rows][N - 1] */
-static const tile_fn q8_tiles[3][4] = {
-    {q8_8_1, q8_8_2, q8_8_3, q8_8_4}, {q8_4_1, q8_4_2, q8_4_3, q8_4_4}, {q8_1_1, q8_1_2, q8_1_3, q8_1_4}};
-static const tile_fn q40_tiles[3][4] = {
-    {q40_8_1, q40_8_2, q40_8_3, q40_8_4}, {q40_4_1, q40_4_2, q40_4_3, q40_4_4}, {q40_1_1, q40_1_2, q40_1_3, q40_1_4}};
-static const tile_fn q50_tiles[3][4] = {
-    {q50_8_1, q50_8_2, q50_8_3, q50_8_4}, {q50_4_1, q50_4_2, q50_4_3, q50_4_4}, {q50_1_1, q50_1_2, q50_1_3, q50_1_4}};
-static const tile_fn q41_tiles[3][4] = {
-    {q41_8_1, q41_8_2, q41_8_3, q41_8_4}, {q41_4_1, q41_4_2, q41_4_3, q41_4_4}, {q41_1_1, q41_1_2, q41_1_3, q41_1_4}};
-static const tile_fn q51_tiles[3][4] = {
-    {q51_8_1, q51_8_2, q51_8_3, q51_8_4}, {q51_4_1, q51_4_2, q51_4_3, q51_4_4}, {q51_1_1, q51_1_2, q51_1_3, q51_1_4}};
+/* [q32_index][8 | 4 | 1 rows][N - 1] */
+#define TILE_ROWS(TAG)                                                                                        \
+    {{TAG##_8_1, TAG##_8_2, TAG##_8_3, TAG##_8_4},                                                            \
+     {TAG##_4_1, TAG##_4_2, TAG##_4_3, TAG##_4_4},                                                            \
+     {TAG##_1_1, TAG##_1_2, TAG##_1_3, TAG##_1_4}}
+static const tile_fn q32_tiles[Q32_TYPES][3][4] = {TILE_ROWS(q8),  TILE_ROWS(q40), TILE_ROWS(q50),
+                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl)};
 
-/* Q8_0 / Q4_0 / Q5_0 batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per
+/* The 32-element types' batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per
  * lane), a strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80,
- * Q4_0's nibble + 120, Q5_0's code + 112) and scales as f32 are unpacked once; then per 16 x
+ * Q4_0's nibble + 120, Q5_0's code + 112, IQ4_NL's level ^ 0x80; q32_codes) and scales as f32 are unpacked once; then per 16 x
  * rows and block b, each lane starts at −128·Σx of its row (kq_x.x16p) and takes one vpdpbusd
  * per 4-code group k and weight row — the row's 4 codes broadcast against the 16 rows' codes — so
  * after the 8 groups lane m holds S_b of x row m exactly, with no horizontal sums; then the
@@ -302,6 +295,7 @@ Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
 Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
 Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
 Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
+Q8X_DEF(qnl, KDT_IQ4_NL, 4) Q8X_DEF(qnl, KDT_IQ4_NL, 2) Q8X_DEF(qnl, KDT_IQ4_NL, 1)
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
@@ -310,17 +304,16 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(4, x->cols / 32))) {
-        static const kq_strip_fn strips[5][3] = {{q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1},
-                                                 {q8x_q50_4, q8x_q50_2, q8x_q50_1}, {q8x_q41_4, q8x_q41_2, q8x_q41_1},
-                                                 {q8x_q51_4, q8x_q51_2, q8x_q51_1}};
+        static const kq_strip_fn strips[Q32_TYPES][3] = {
+            {q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1}, {q8x_q50_4, q8x_q50_2, q8x_q50_1},
+            {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1}};
         const kq_strip_fn *f = strips[q32_index(dt)];
         kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         return;
     }
-    static const tile_fn (*const tiles[5])[4] = {q8_tiles, q40_tiles, q50_tiles, q41_tiles, q51_tiles};
     for (int64_t r = r0; r < r1;) {
         const int R = r1 - r >= 8 ? 8 : r1 - r >= 4 ? 4 : 1;
-        const tile_fn *fns = tiles[q32_index(dt)][R == 8 ? 0 : R == 4 ? 1 : 2];
+        const tile_fn *fns = q32_tiles[q32_index(dt)][R == 8 ? 0 : R == 4 ? 1 : 2];
         for (int i = 0; i < x->n; i += 4) {
             int N = x->n - i < 4 ? x->n - i : 4;
             fns[N - 1](w + r * rb, rb, i == 0, x, i, y + (int64_t)i * ldy + r, ldy, beta);

@@ -1,5 +1,5 @@
 /* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_0, Q5_0,
- * Q4_1, Q5_1, Q4_K, Q5_K, Q6_K):
+ * Q4_1, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K):
  * the driver (x quantized once per call, weight rows split over the pool as matmul.c does),
  * the activation quantizer every path shares, and the scalar path that spells out the
  * canonical order of qmatmul.h (the SIMD paths in qdot_avx512.c / qdot_avx2.c reproduce it
@@ -12,6 +12,7 @@
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/mm_job.h"
 #include "kernels/cpu/qmatmul.h"
+#include "kernels/cpu/quant_ref.h"
 #include "kernels/cpu/simd.h"
 #include "lib/half.h"
 #include "lib/log.h"
@@ -117,7 +118,8 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
 /* ---- the scalar path (the canonical order, spelled out) ---- */
 
 /* Q8_0, Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
- * high nibbles 16-31), Q5_0 (q - 16, bit e of the u32 qh above element e's nibble), and the
+ * high nibbles 16-31), Q5_0 (q - 16, bit e of the u32 qh above element e's nibble), IQ4_NL
+ * (the level the nibble indexes), and the
  * unsigned Q4_1 / Q5_1 (q as is; their min m adds the second fma of the canonical order). */
 static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
     float L = 0.0f;
@@ -130,7 +132,13 @@ static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
         int wq[32];
         if (dt == KDT_Q8_0)
             for (int e = 0; e < 32; e++) wq[e] = (int8_t)blk[2 + e];
-        else {
+        else if (dt == KDT_IQ4_NL) {
+            static const int8_t level[16] = QREF_IQ4NL_LEVELS;
+            for (int j = 0; j < 16; j++) {
+                wq[j] = level[blk[2 + j] & 15];
+                wq[j + 16] = level[blk[2 + j] >> 4];
+            }
+        } else {
             const bool five = dt == KDT_Q5_0 || dt == KDT_Q5_1;
             const int off = min ? 4 : 2, bias = min ? 0 : five ? 16 : 8;
             const uint8_t *qs = blk + off + (five ? 4 : 0);
@@ -458,9 +466,9 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     kq_path path = kq_resolve();
     /* SB8 / SB16 (the AVX2 path's reorderings) have AVX2 tiles and the scalar reference only */
     if ((w->dtype == KDT_Q4_K_SB8 || w->dtype == KDT_Q6_K_SB16) && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
-    /* Q5_0, Q4_1, Q5_1 have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
+    /* Q5_0, Q4_1, Q5_1, IQ4_NL have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
      * same bits */
-    if ((w->dtype == KDT_Q5_0 || kq_has_min(w->dtype)) && path == KQ_AMX) path = KQ_VNNI;
+    if ((w->dtype == KDT_Q5_0 || w->dtype == KDT_IQ4_NL || kq_has_min(w->dtype)) && path == KQ_AMX) path = KQ_VNNI;
     job->kq = (kcpu_kq_ctx){.fn = path == KQ_AMX    ? kq_rows_amx
                                   : path == KQ_VNNI ? kq_rows_vnni
                                   : path == KQ_AVX2 ? kq_rows_avx2

@@ -1,5 +1,5 @@
 /* kernels/cpu/qmatmul.h — what the quantized matmul's files share (kernels/cpu/qmatmul.c:
- * driver, activation quantization, scalar path; qdot_avx512.c: AVX-512 VNNI (Q8_0, Q4_0, Q5_0),
+ * driver, activation quantization, scalar path; qdot_avx512.c: AVX-512 VNNI (the 32-element types),
  * qdot_avx512_k.c: AVX-512 K-quants; qdot_avx2.c: AVX2). Private to kernels/cpu/.
  *
  * THE CANONICAL ORDER (what makes every path bit-identical and batch-invariant).
@@ -11,6 +11,8 @@
  *   tile products (qdot_amx.c) give the same bits.
  *   Q4_0 as Q8_0 with wq = nibble − 8 (element order: low nibbles of qs[0..15], then high);
  *   Q5_0 as Q4_0 with wq = (nibble | bit e of qh << 4) − 16 (no AMX tiles: its VNNI ones).
+ *   IQ4_NL as Q4_0 with wq = level[nibble] (quant_ref.h's 16 int8 levels, |wq| <= 127; no AMX
+ *   tiles: its VNNI ones).
  *   Q4_1, Q5_1 (y = d·q + m, q unsigned: the nibble, or nibble | bit e of qh << 4): per block
  *   S_b = Σ q·xq and X_b = Σ xq (exact), then L = fma((float)S_b, dw_b·dx_b, L), then
  *   L = fma((float)X_b, mw_b·dx_b, L); y = L. X_b is −(Σ of the block's VNNI corrections) / 128
@@ -33,7 +35,7 @@
  *         L = fma((float)T, d·dx, L); y = L.
  *   |I| < 2^26, |T| < 2^28: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0,
- * Q4_0, Q5_0, Q4_1 and Q5_1 per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
+ * Q4_0, Q5_0, Q4_1, Q5_1 and IQ4_NL per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
  * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
  * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound), with the code sums
@@ -48,10 +50,13 @@
 
 /* Q4_1 and Q5_1: unsigned codes and a per-block min (the second fma of the canonical order). */
 static inline bool kq_has_min(kdtype dt) { return dt == KDT_Q4_1 || dt == KDT_Q5_1; }
-/* The 32-element types' row in the SIMD paths' tile tables: Q8_0 0, Q4_0 1, Q5_0 2, Q4_1 3, Q5_1 4. */
+/* The 32-element types' row in the SIMD paths' tile tables: Q8_0 0, Q4_0 1, Q5_0 2, Q4_1 3, Q5_1 4,
+ * IQ4_NL 5. */
+#define Q32_TYPES 6
 static inline int q32_index(kdtype dt) {
-    return dt == KDT_Q4_0 ? 1 : dt == KDT_Q5_0 ? 2 : dt == KDT_Q4_1 ? 3 : dt == KDT_Q5_1 ? 4 : 0;
+    return dt == KDT_Q4_0 ? 1 : dt == KDT_Q5_0 ? 2 : dt == KDT_Q4_1 ? 3 : dt == KDT_Q5_1 ? 4 : dt == KDT_IQ4_NL ? 5 : 0;
 }
+
 
 /* The quantized activations of one call: n rows of cols. */
 typedef struct {

@@ -24,6 +24,7 @@ _Static_assert(sizeof(qref_block_q4_0) == 18, "Q4_0 block is 18 bytes");
 _Static_assert(sizeof(qref_block_q5_0) == 22, "Q5_0 block is 22 bytes");
 _Static_assert(sizeof(qref_block_q4_1) == 20, "Q4_1 block is 20 bytes");
 _Static_assert(sizeof(qref_block_q5_1) == 24, "Q5_1 block is 24 bytes");
+_Static_assert(sizeof(qref_block_iq4_nl) == 18, "IQ4_NL block is 18 bytes");
 _Static_assert(sizeof(qref_block_q4_k) == 144, "Q4_K block is 144 bytes");
 _Static_assert(sizeof(qref_block_q5_k) == 176, "Q5_K block is 176 bytes");
 _Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
@@ -31,7 +32,7 @@ _Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
 int qref_block_elems(uint32_t type) {
     switch (type) {
     case QREF_F32: case QREF_F16: case QREF_BF16: return 1;
-    case QREF_Q8_0: case QREF_Q4_0: case QREF_Q5_0: case QREF_Q4_1: case QREF_Q5_1: return QREF_QK;
+    case QREF_Q8_0: case QREF_Q4_0: case QREF_Q5_0: case QREF_Q4_1: case QREF_Q5_1: case QREF_IQ4_NL: return QREF_QK;
     case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: case QREF_Q6_K_SB16: return QREF_QK_K;
     default: return 0;
     }
@@ -46,6 +47,7 @@ int qref_block_bytes(uint32_t type) {
     case QREF_Q5_0: return (int)sizeof(qref_block_q5_0);
     case QREF_Q4_1: return (int)sizeof(qref_block_q4_1);
     case QREF_Q5_1: return (int)sizeof(qref_block_q5_1);
+    case QREF_IQ4_NL: return (int)sizeof(qref_block_iq4_nl);
     case QREF_Q4_K: case QREF_Q4_K_SB8: return (int)sizeof(qref_block_q4_k);
     case QREF_Q5_K: return (int)sizeof(qref_block_q5_k);
     case QREF_Q6_K: case QREF_Q6_K_SB16: return (int)sizeof(qref_block_q6_k);
@@ -90,6 +92,21 @@ void qref_dequant_q5_0(const void *src, float *dst, int64_t nb) {
             int hi = (blk.qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
             y[j] = d * (float)(lo - 16);
             y[j + QREF_QK / 2] = d * (float)(hi - 16);
+        }
+    }
+}
+
+void qref_dequant_iq4_nl(const void *src, float *dst, int64_t nb) {
+    static const int8_t level[16] = QREF_IQ4NL_LEVELS;
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        qref_block_iq4_nl blk;
+        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+        float d = f16_to_f32(blk.d);
+        float *y = dst + b * QREF_QK;
+        for (int j = 0; j < QREF_QK / 2; j++) {
+            y[j] = d * (float)level[blk.qs[j] & 15];
+            y[j + QREF_QK / 2] = d * (float)level[blk.qs[j] >> 4];
         }
     }
 }
@@ -329,6 +346,7 @@ int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
     case QREF_Q5_0: qref_dequant_q5_0(src, dst, nb); break;
     case QREF_Q4_1: qref_dequant_q4_1(src, dst, nb); break;
     case QREF_Q5_1: qref_dequant_q5_1(src, dst, nb); break;
+    case QREF_IQ4_NL: qref_dequant_iq4_nl(src, dst, nb); break;
     case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
     case QREF_Q6_K_SB16:
     case QREF_Q4_K_SB8: { /* one block back to ggml's order at a time, then as that type */
