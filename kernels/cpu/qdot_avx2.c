@@ -4,7 +4,8 @@
  * 8 lane partials summed exactly across the tile's rows (kq_hsum4), then one f32 lane per output:
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
  *   Q4_0: the same on w = nibble − 8; Q5_0 on w = (nibble | 5th bit << 4) − 16; IQ4_NL on
- *   w = the level its nibble indexes (a vpshufb table, |w| <= 127).
+ *   w = the level its nibble indexes (a vpshufb table, |w| <= 127); IQ4_XS as IQ4_NL per
+ *   sub-block of 32, its scale d·(ls − 32).
  *   Batches of 8+ rows of either (x in the x16 layout, qx16.c): q8x_strip, x rows in lanes and
  *   4 weight codes broadcast at a time, so a block's sums need no horizontal adds.
  *   Q4_K: u8 = the nibble (0..15), s8 = x, then vpmaddwd by the sub-block scale: the
@@ -61,14 +62,17 @@ KQ_INL __m256i q50_fifth(const uint8_t *p) {
  * Q5_0 (22: (nibble | 5th bit << 4) − 16, nibbles after the 4 bytes of 5th bits) and IQ4_NL
  * (18: the level of the nibble); unsigned
  * for Q4_1 (20: the nibble, after d and m) and Q5_1 (24: nibble | 5th bit << 4). */
+/* The 32 levels of the 16 IQ4_NL nibble bytes at qs (IQ4_XS's sub-blocks too), signed. */
+KQ_INL __m256i iq4_codes(const uint8_t *qs) {
+    static const int8_t level[16] = QREF_IQ4NL_LEVELS;
+    const __m128i q = _mm_loadu_si128((const __m128i *)qs), m4 = _mm_set1_epi8(15);
+    const __m256i n = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)level)), n);
+}
+
 KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
     if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
-    if (DT == KDT_IQ4_NL) {
-        static const int8_t level[16] = QREF_IQ4NL_LEVELS;
-        const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2)), m4 = _mm_set1_epi8(15);
-        const __m256i n = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)level)), n);
-    }
+    if (DT == KDT_IQ4_NL) return iq4_codes(p + 2);
     const int five = DT == KDT_Q5_0 || DT == KDT_Q5_1, hb = kq_has_min(DT) ? 2 : 0; /* hb: m before qh / qs */
     const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2 + hb + (five ? 4 : 0))), m4 = _mm_set1_epi8(15);
     __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
@@ -99,8 +103,18 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     for (int64_t b = 0; b < nb; b++) {
         __m256i wv[4], aw[4];
         uint16_t h[4] = {0}, hm[4] = {0};
+        uint32_t xs = 0; /* IQ4_XS: the rows' ls − 32, a byte each */
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
+            if (DT == KDT_IQ4_XS) {
+                int sc;
+                const uint8_t *qs = kq_iq4xs_sub(w + r * rb, b, &h[r], &sc);
+                if (i0 == 0) __builtin_prefetch(qs + KQ_PF, 0, 2);
+                wv[r] = iq4_codes(qs);
+                aw[r] = _mm256_abs_epi8(wv[r]);
+                xs |= (uint32_t)(uint8_t)sc << 8 * r;
+                continue;
+            }
             const uint8_t *p = w + r * rb + BB * b;
             if (i0 == 0) __builtin_prefetch(p + KQ_PF, 0, 2);
             wv[r] = q8_codes(DT, p);
@@ -109,7 +123,8 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
             if (MIN) memcpy(&hm[r], p + 2, 2);
         }
         /* the rows' scales built in a register (narrow stores and a wide load would stall) */
-        const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
+        __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
+        if (DT == KDT_IQ4_XS) dw = _mm_mul_ps(dw, _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128((int)xs)))); /* exact */
         const __m128 mw = MIN ? _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2], (short)hm[3], 0, 0, 0, 0))
                               : _mm_setzero_ps();
 #pragma GCC unroll 2
@@ -149,10 +164,21 @@ KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
+            uint8_t *o = aw + (b * R + r) * Q8X_AW(DT);
+            if (DT == KDT_IQ4_XS) {
+                uint16_t d;
+                int sc;
+                const uint8_t *qs = kq_iq4xs_sub(w + r * rb, b, &d, &sc);
+                __builtin_prefetch(qs + KQ_PF, 0, 2);
+                const __m256i c = iq4_codes(qs);
+                _mm256_store_si256((__m256i *)o, _mm256_abs_epi8(c));
+                _mm256_store_si256((__m256i *)(o + 32), c);
+                dw[r * nb + b] = _cvtsh_ss(d) * (float)sc;
+                continue;
+            }
             const uint8_t *p = w + r * rb + BB * b;
             __builtin_prefetch(p + KQ_PF, 0, 2);
             const __m256i c = q8_codes(DT, p);
-            uint8_t *o = aw + (b * R + r) * Q8X_AW(DT);
             _mm256_store_si256((__m256i *)o, kq_has_min(DT) ? c : _mm256_abs_epi8(c));
             if (Q8X_AW(DT) == 64) _mm256_store_si256((__m256i *)(o + 32), c);
             uint16_t h;
@@ -238,6 +264,7 @@ Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
 Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
 Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
 Q8X_DEF(qnl, KDT_IQ4_NL, 4) Q8X_DEF(qnl, KDT_IQ4_NL, 2) Q8X_DEF(qnl, KDT_IQ4_NL, 1)
+Q8X_DEF(qxs, KDT_IQ4_XS, 4) Q8X_DEF(qxs, KDT_IQ4_XS, 2) Q8X_DEF(qxs, KDT_IQ4_XS, 1)
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
  * integer sums I (qmatmul.h) stay in registers; per chunk c and pair: vpmaddubsw (nibble ×
@@ -509,7 +536,8 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
     }
 #define TILE_DEF(R, N)                                                                                        \
     TILE_FN(q8, KDT_Q8_0, R, N) TILE_FN(q40, KDT_Q4_0, R, N) TILE_FN(q50, KDT_Q5_0, R, N)                     \
-    TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)
+    TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)                  \
+    TILE_FN(qxs, KDT_IQ4_XS, R, N)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(2, 2) KQ_KTILE_DEF(2, 3) KQ_KTILE_DEF(2, 4)
 KQ_KTILE_DEF(1, 1) KQ_KTILE_DEF(1, 2) KQ_KTILE_DEF(1, 3) KQ_KTILE_DEF(1, 4)
@@ -530,7 +558,7 @@ Q6S_DEF(1, 4)
 /* the 32-element types: [q32_index][4 | 2 | 1 rows][N - 1] */
 #define TILE_ROWS(TAG) {{TAG##_4_1, TAG##_4_2}, {TAG##_2_1, TAG##_2_2}, {TAG##_1_1, TAG##_1_2}}
 static const tile_fn q32_tiles[Q32_TYPES][3][2] = {TILE_ROWS(q8),  TILE_ROWS(q40), TILE_ROWS(q50),
-                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl)};
+                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl), TILE_ROWS(qxs)};
 /* K-quants: [4 rows (one x row only) | 2 rows | 1 row][N - 1] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
@@ -564,7 +592,8 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(dt, 4, x->cols / 32))) {
         static const kq_strip_fn strips[Q32_TYPES][3] = {
             {q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1}, {q8x_q50_4, q8x_q50_2, q8x_q50_1},
-            {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1}};
+            {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1},
+            {q8x_qxs_4, q8x_qxs_2, q8x_qxs_1}};
         const kq_strip_fn *f = strips[q32_index(dt)];
         kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         return;

@@ -1,6 +1,7 @@
 /* kernels/cpu/qdot_avx512.c — the AVX-512 VNNI path of the quantized matmul (qmatmul.h):
  * (Q4_0 runs the Q8_0 tiles on its nibbles − 8, Q5_0 on its 5-bit codes − 16, IQ4_NL on the
- * levels its nibbles index, Q4_1 / Q5_1 on their unsigned codes with the min's second fma.)
+ * levels its nibbles index, IQ4_XS as IQ4_NL per sub-block with d·(ls − 32) for the scale,
+ * Q4_1 / Q5_1 on their unsigned codes with the min's second fma.)
  * register tiles of up to 8 weight rows × 4 x rows, int8 products summed exactly by vpdpbusd
  * (u8 × s8 → s32, 4 per lane), each block's lane partials summed across the tile's rows by
  * permutes (q8_sums8), then one f32 lane per output in block order (the canonical order).
@@ -48,10 +49,14 @@ KQ_INL __m256i iq4nl_table(void) {
     return _mm256_broadcastsi128_si256(t);
 }
 
-/* The 32 codes of a 32-element type's block as vpdpbusd's unsigned operand. */
+/* The 32 levels of the 16 IQ4_NL nibble bytes at qs (IQ4_XS's sub-blocks too), offset to unsigned. */
+KQ_INL __m256i iq4_codes(const uint8_t *qs) { return _mm256_shuffle_epi8(iq4nl_table(), q32_nibbles(qs, NULL, 0)); }
+
+/* The 32 codes of a 32-element type's block as vpdpbusd's unsigned operand (IQ4_XS: its
+ * sub-blocks through kq_iq4xs_sub instead). */
 KQ_INL __m256i q32_codes(kdtype dt, const uint8_t *p) {
     return dt == KDT_Q4_0   ? q32_nibbles(p + 2, NULL, 120)
-           : dt == KDT_IQ4_NL ? _mm256_shuffle_epi8(iq4nl_table(), q32_nibbles(p + 2, NULL, 0))
+           : dt == KDT_IQ4_NL ? iq4_codes(p + 2)
            : dt == KDT_Q5_0 ? q32_nibbles(p + 6, p + 2, 112)
            : dt == KDT_Q4_1 ? q32_nibbles(p + 4, NULL, 0)
            : dt == KDT_Q5_1 ? q32_nibbles(p + 8, p + 4, 0)
@@ -115,9 +120,22 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
         /* the 16 f16 scales (rows 0-7 of block b, then of b + 1) packed four to a general
          * register, then one vector: 16 word inserts were the tile's busiest shuffle port;
          * Q4_1 / Q5_1's mins (the next f16 of each block) the same way */
-        uint64_t g[4] = {0, 0, 0, 0}, gm[4] = {0, 0, 0, 0};
+        uint64_t g[4] = {0, 0, 0, 0}, gm[4] = {0, 0, 0, 0}, gs[2] = {0, 0};
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
+            if (DT == KDT_IQ4_XS) { /* sub-blocks b, b + 1 (b even: one super-block, 32 code bytes) */
+                uint16_t d;
+                int s0, s1;
+                const uint8_t *qs = kq_iq4xs_sub(w + r * rb, b, &d, &s0);
+                kq_iq4xs_sub(w + r * rb, b + 1, &d, &s1);
+                if (pf) __builtin_prefetch(qs + KQ_PF, 0, 2);
+                wv[r] = _mm512_inserti64x4(_mm512_castsi256_si512(iq4_codes(qs)), iq4_codes(qs + 16), 1);
+                g[r / 4] |= (uint64_t)d << 16 * (r % 4);
+                g[2 + r / 4] |= (uint64_t)d << 16 * (r % 4);
+                gs[0] |= (uint64_t)(uint8_t)s0 << 8 * r;
+                gs[1] |= (uint64_t)(uint8_t)s1 << 8 * r;
+                continue;
+            }
             const uint8_t *p = w + r * rb + BB * b;
             uint16_t h0, h1 = 0;
             if (two) {
@@ -137,7 +155,10 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                 gm[2 + r / 4] |= (uint64_t)m1 << 16 * (r % 4);
             }
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_set_epi64x((long long)g[3], (long long)g[2], (long long)g[1], (long long)g[0]));
+        __m512 dw = _mm512_cvtph_ps(_mm256_set_epi64x((long long)g[3], (long long)g[2], (long long)g[1], (long long)g[0]));
+        /* IQ4_XS: d·(ls − 32), exact */
+        if (DT == KDT_IQ4_XS)
+            dw = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_set_epi64x((long long)gs[1], (long long)gs[0]))));
         const __m512 mw = MIN ? _mm512_cvtph_ps(_mm256_set_epi64x((long long)gm[3], (long long)gm[2], (long long)gm[1],
                                                                   (long long)gm[0]))
                               : _mm512_setzero_ps();
@@ -195,7 +216,8 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
     }
 #define TILE_DEF(R, N)                                                                                        \
     TILE_FN(q8, KDT_Q8_0, R, N) TILE_FN(q40, KDT_Q4_0, R, N) TILE_FN(q50, KDT_Q5_0, R, N)                     \
-    TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)
+    TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)                  \
+    TILE_FN(qxs, KDT_IQ4_XS, R, N)
 TILE_DEF(8, 1) TILE_DEF(8, 2) TILE_DEF(8, 3) TILE_DEF(8, 4)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
 TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
@@ -205,7 +227,7 @@ TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
      {TAG##_4_1, TAG##_4_2, TAG##_4_3, TAG##_4_4},                                                            \
      {TAG##_1_1, TAG##_1_2, TAG##_1_3, TAG##_1_4}}
 static const tile_fn q32_tiles[Q32_TYPES][3][4] = {TILE_ROWS(q8),  TILE_ROWS(q40), TILE_ROWS(q50),
-                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl)};
+                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl), TILE_ROWS(qxs)};
 
 /* The 32-element types' batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per
  * lane), a strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80,
@@ -261,6 +283,15 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
     for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
+            if (DT == KDT_IQ4_XS) {
+                uint16_t d;
+                int sc;
+                const uint8_t *qs = kq_iq4xs_sub(w + r * rb, b, &d, &sc);
+                __builtin_prefetch(qs + KQ_PF, 0, 2);
+                _mm256_storeu_si256((__m256i *)(uw + (b * R + r) * 32), iq4_codes(qs));
+                dw[r * nb + b] = _cvtsh_ss(d) * (float)sc;
+                continue;
+            }
             const uint8_t *p = w + r * rb + BB * b;
             __builtin_prefetch(p + KQ_PF, 0, 2);
             const __m256i c = q32_codes(DT, p);
@@ -296,6 +327,7 @@ Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
 Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
 Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
 Q8X_DEF(qnl, KDT_IQ4_NL, 4) Q8X_DEF(qnl, KDT_IQ4_NL, 2) Q8X_DEF(qnl, KDT_IQ4_NL, 1)
+Q8X_DEF(qxs, KDT_IQ4_XS, 4) Q8X_DEF(qxs, KDT_IQ4_XS, 2) Q8X_DEF(qxs, KDT_IQ4_XS, 1)
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
@@ -306,7 +338,8 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(4, x->cols / 32))) {
         static const kq_strip_fn strips[Q32_TYPES][3] = {
             {q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1}, {q8x_q50_4, q8x_q50_2, q8x_q50_1},
-            {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1}};
+            {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1},
+            {q8x_qxs_4, q8x_qxs_2, q8x_qxs_1}};
         const kq_strip_fn *f = strips[q32_index(dt)];
         kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         return;

@@ -1,5 +1,5 @@
 /* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_0, Q5_0,
- * Q4_1, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K):
+ * Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q4_K, Q5_K, Q6_K):
  * the driver (x quantized once per call, weight rows split over the pool as matmul.c does),
  * the activation quantizer every path shares, and the scalar path that spells out the
  * canonical order of qmatmul.h (the SIMD paths in qdot_avx512.c / qdot_avx2.c reproduce it
@@ -119,24 +119,31 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
 
 /* Q8_0, Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
  * high nibbles 16-31), Q5_0 (q - 16, bit e of the u32 qh above element e's nibble), IQ4_NL
- * (the level the nibble indexes), and the
+ * (the level the nibble indexes), IQ4_XS (IQ4_NL per sub-block, scale d·(ls − 32)), and the
  * unsigned Q4_1 / Q5_1 (q as is; their min m adds the second fma of the canonical order). */
 static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
     float L = 0.0f;
     const size_t bb = kdtype_block_bytes(dt);
     const bool min = kq_has_min(dt);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + bb * b;
+        const uint8_t *blk = dt == KDT_IQ4_XS ? w : w + bb * b; /* IQ4_XS: kq_iq4xs_sub below */
         uint16_t h, hm = 0;
         memcpy(&h, blk, 2);
         int wq[32];
+        float dw = 0.0f;
         if (dt == KDT_Q8_0)
             for (int e = 0; e < 32; e++) wq[e] = (int8_t)blk[2 + e];
-        else if (dt == KDT_IQ4_NL) {
+        else if (dt == KDT_IQ4_NL || dt == KDT_IQ4_XS) {
             static const int8_t level[16] = QREF_IQ4NL_LEVELS;
+            const uint8_t *qs = blk + 2;
+            if (dt == KDT_IQ4_XS) {
+                int s;
+                qs = kq_iq4xs_sub(w, b, &h, &s);
+                dw = f16_to_f32(h) * (float)s;
+            }
             for (int j = 0; j < 16; j++) {
-                wq[j] = level[blk[2 + j] & 15];
-                wq[j + 16] = level[blk[2 + j] >> 4];
+                wq[j] = level[qs[j] & 15];
+                wq[j + 16] = level[qs[j] >> 4];
             }
         } else {
             const bool five = dt == KDT_Q5_0 || dt == KDT_Q5_1;
@@ -155,7 +162,8 @@ static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, c
             S += wq[e] * xq[32 * b + e];
             X += xq[32 * b + e];
         }
-        L = fmaf((float)S, f16_to_f32(h) * xd[b], L);
+        if (dt != KDT_IQ4_XS) dw = f16_to_f32(h);
+        L = fmaf((float)S, dw * xd[b], L);
         if (min) L = fmaf((float)X, f16_to_f32(hm) * xd[b], L);
     }
     return L;
@@ -400,7 +408,7 @@ typedef struct {
 
 static void kq_quant_row_task(const kq_qctx *c, int i) {
     kq_x *q = c->qx;
-    int64_t cols = q->cols, be = kdtype_block_elems(c->dt);
+    int64_t cols = q->cols, be = kq_act_block(c->dt);
     kq_quantize_row(c->dt, c->simd, c->x + i * cols, cols, q->q + i * cols, q->corr ? q->corr + i * (cols / 4) : NULL,
                     q->d + i * (cols / be), q->gsum ? q->gsum + i * (cols / kq_gsum_group(c->dt)) : NULL);
 }
@@ -427,7 +435,7 @@ static void kq_quant_task(void *vc, int i, int thread) {
 static void kq_x_parts(kdtype dt, int n, int64_t cols, size_t part[4]) {
     const size_t nq = (size_t)n * (size_t)cols;
     part[0] = KQ_A64(nq);
-    part[1] = KQ_A64((size_t)n * (size_t)(cols / kdtype_block_elems(dt)) * sizeof(float));
+    part[1] = KQ_A64((size_t)n * (size_t)(cols / kq_act_block(dt)) * sizeof(float));
     part[2] = KQ_A64(kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq);
     part[3] = kq_x16_wanted(dt, n) ? KQ_A64(kq_x16_bytes(dt, n, cols)) : 0;
 }
@@ -466,9 +474,11 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     kq_path path = kq_resolve();
     /* SB8 / SB16 (the AVX2 path's reorderings) have AVX2 tiles and the scalar reference only */
     if ((w->dtype == KDT_Q4_K_SB8 || w->dtype == KDT_Q6_K_SB16) && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
-    /* Q5_0, Q4_1, Q5_1, IQ4_NL have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
+    /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
      * same bits */
-    if ((w->dtype == KDT_Q5_0 || w->dtype == KDT_IQ4_NL || kq_has_min(w->dtype)) && path == KQ_AMX) path = KQ_VNNI;
+    if ((w->dtype == KDT_Q5_0 || w->dtype == KDT_IQ4_NL || w->dtype == KDT_IQ4_XS || kq_has_min(w->dtype)) &&
+        path == KQ_AMX)
+        path = KQ_VNNI;
     job->kq = (kcpu_kq_ctx){.fn = path == KQ_AMX    ? kq_rows_amx
                                   : path == KQ_VNNI ? kq_rows_vnni
                                   : path == KQ_AVX2 ? kq_rows_avx2

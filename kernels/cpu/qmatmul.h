@@ -13,6 +13,9 @@
  *   Q5_0 as Q4_0 with wq = (nibble | bit e of qh << 4) − 16 (no AMX tiles: its VNNI ones).
  *   IQ4_NL as Q4_0 with wq = level[nibble] (quant_ref.h's 16 int8 levels, |wq| <= 127; no AMX
  *   tiles: its VNNI ones).
+ *   IQ4_XS per sub-block b of 32 as IQ4_NL, with dw_b = d·(ls_b − 32) (exact: 11 × 6 bits) for
+ *   the f16 scale: L = fma((float)S_b, dw_b·dx_b, L). Activations per 32 as these types (finer
+ *   than llama.cpp's Q8_K per 256 for it). No AMX tiles.
  *   Q4_1, Q5_1 (y = d·q + m, q unsigned: the nibble, or nibble | bit e of qh << 4): per block
  *   S_b = Σ q·xq and X_b = Σ xq (exact), then L = fma((float)S_b, dw_b·dx_b, L), then
  *   L = fma((float)X_b, mw_b·dx_b, L); y = L. X_b is −(Σ of the block's VNNI corrections) / 128
@@ -35,7 +38,7 @@
  *         L = fma((float)T, d·dx, L); y = L.
  *   |I| < 2^26, |T| < 2^28: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0,
- * Q4_0, Q5_0, Q4_1, Q5_1 and IQ4_NL per 32 elements, K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
+ * Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL and IQ4_XS per 32 elements (kq_act_block), K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
  * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
  * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound), with the code sums
@@ -51,10 +54,22 @@
 /* Q4_1 and Q5_1: unsigned codes and a per-block min (the second fma of the canonical order). */
 static inline bool kq_has_min(kdtype dt) { return dt == KDT_Q4_1 || dt == KDT_Q5_1; }
 /* The 32-element types' row in the SIMD paths' tile tables: Q8_0 0, Q4_0 1, Q5_0 2, Q4_1 3, Q5_1 4,
- * IQ4_NL 5. */
-#define Q32_TYPES 6
+ * IQ4_NL 5, IQ4_XS 6 (multiplied per sub-block of 32: the canonical order above). */
+#define Q32_TYPES 7
 static inline int q32_index(kdtype dt) {
-    return dt == KDT_Q4_0 ? 1 : dt == KDT_Q5_0 ? 2 : dt == KDT_Q4_1 ? 3 : dt == KDT_Q5_1 ? 4 : dt == KDT_IQ4_NL ? 5 : 0;
+    return dt == KDT_Q4_0 ? 1 : dt == KDT_Q5_0 ? 2 : dt == KDT_Q4_1 ? 3 : dt == KDT_Q5_1 ? 4 : dt == KDT_IQ4_NL ? 5
+         : dt == KDT_IQ4_XS ? 6 : 0;
+}
+/* Elements per activation scale: 256 for the K-quants, 32 for the rest (IQ4_XS included). */
+static inline int64_t kq_act_block(kdtype dt) { return kdtype_is_kquant(dt) ? 256 : 32; }
+/* IQ4_XS sub-block b (of 32 elements) of a row: its 16 code bytes, *d its super-block's f16 d and
+ * *s its scale ls − 32 (−32..31; the weight scale is d·s, exact in f32). */
+static inline const uint8_t *kq_iq4xs_sub(const uint8_t *row, int64_t b, uint16_t *d, int *s) {
+    const uint8_t *blk = row + 136 * (b / 8);
+    const int k = (int)(b % 8);
+    *d = (uint16_t)(blk[0] | blk[1] << 8);
+    *s = ((blk[4 + k / 2] >> 4 * (k % 2) & 15) | (((blk[2] | blk[3] << 8) >> 2 * k & 3) << 4)) - 32;
+    return blk + 8 + 16 * k;
 }
 
 

@@ -25,6 +25,7 @@ _Static_assert(sizeof(qref_block_q5_0) == 22, "Q5_0 block is 22 bytes");
 _Static_assert(sizeof(qref_block_q4_1) == 20, "Q4_1 block is 20 bytes");
 _Static_assert(sizeof(qref_block_q5_1) == 24, "Q5_1 block is 24 bytes");
 _Static_assert(sizeof(qref_block_iq4_nl) == 18, "IQ4_NL block is 18 bytes");
+_Static_assert(sizeof(qref_block_iq4_xs) == 136, "IQ4_XS block is 136 bytes");
 _Static_assert(sizeof(qref_block_q4_k) == 144, "Q4_K block is 144 bytes");
 _Static_assert(sizeof(qref_block_q5_k) == 176, "Q5_K block is 176 bytes");
 _Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
@@ -33,7 +34,7 @@ int qref_block_elems(uint32_t type) {
     switch (type) {
     case QREF_F32: case QREF_F16: case QREF_BF16: return 1;
     case QREF_Q8_0: case QREF_Q4_0: case QREF_Q5_0: case QREF_Q4_1: case QREF_Q5_1: case QREF_IQ4_NL: return QREF_QK;
-    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: case QREF_Q6_K_SB16: return QREF_QK_K;
+    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: case QREF_Q6_K_SB16: case QREF_IQ4_XS: return QREF_QK_K;
     default: return 0;
     }
 }
@@ -48,6 +49,7 @@ int qref_block_bytes(uint32_t type) {
     case QREF_Q4_1: return (int)sizeof(qref_block_q4_1);
     case QREF_Q5_1: return (int)sizeof(qref_block_q5_1);
     case QREF_IQ4_NL: return (int)sizeof(qref_block_iq4_nl);
+    case QREF_IQ4_XS: return (int)sizeof(qref_block_iq4_xs);
     case QREF_Q4_K: case QREF_Q4_K_SB8: return (int)sizeof(qref_block_q4_k);
     case QREF_Q5_K: return (int)sizeof(qref_block_q5_k);
     case QREF_Q6_K: case QREF_Q6_K_SB16: return (int)sizeof(qref_block_q6_k);
@@ -107,6 +109,27 @@ void qref_dequant_iq4_nl(const void *src, float *dst, int64_t nb) {
         for (int j = 0; j < QREF_QK / 2; j++) {
             y[j] = d * (float)level[blk.qs[j] & 15];
             y[j + QREF_QK / 2] = d * (float)level[blk.qs[j] >> 4];
+        }
+    }
+}
+
+/* (d·(ls − 32))·level as gguf-py's dl * qs; d·(ls − 32) is exact in f32 (11 × 6 bits). */
+void qref_dequant_iq4_xs(const void *src, float *dst, int64_t nb) {
+    static const int8_t level[16] = QREF_IQ4NL_LEVELS;
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = p + b * (int64_t)sizeof(qref_block_iq4_xs);
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        const float d = f16_to_f32(h);
+        for (int s = 0; s < 8; s++) {
+            const float dl = d * (float)(qref_iq4xs_scale(blk, s) - 32);
+            const uint8_t *qs = blk + 8 + 16 * s;
+            float *y = dst + b * QREF_QK_K + 32 * s;
+            for (int j = 0; j < 16; j++) {
+                y[j] = dl * (float)level[qs[j] & 15];
+                y[j + 16] = dl * (float)level[qs[j] >> 4];
+            }
         }
     }
 }
@@ -347,6 +370,7 @@ int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
     case QREF_Q4_1: qref_dequant_q4_1(src, dst, nb); break;
     case QREF_Q5_1: qref_dequant_q5_1(src, dst, nb); break;
     case QREF_IQ4_NL: qref_dequant_iq4_nl(src, dst, nb); break;
+    case QREF_IQ4_XS: qref_dequant_iq4_xs(src, dst, nb); break;
     case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
     case QREF_Q6_K_SB16:
     case QREF_Q4_K_SB8: { /* one block back to ggml's order at a time, then as that type */

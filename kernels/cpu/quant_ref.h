@@ -19,6 +19,10 @@
  *         unsigned q = nibble | bit << 4.                          y = d·q + m
  *   IQ4_NL 32 elements, 18 bytes: f16 d; u8 qs[16] (Q4_0's nibble order); the nibble indexes
  *         the 16 int8 levels QREF_IQ4NL_LEVELS.                    y = d·level[q]
+ *   IQ4_XS 256 elements (8 sub-blocks of 32), 136 bytes: f16 d; u16 scales_h; u8 scales_l[4];
+ *         u8 qs[128]. Sub-block s has the 6-bit scale
+ *         ls = ((scales_l[s/2] >> 4·(s%2)) & 15) | ((scales_h >> 2s) & 3) << 4 and its 32
+ *         elements in qs[16s .. 16s+15] as IQ4_NL's nibbles.           y = (d·(ls − 32))·level[q]
  *   Q4_K  256 elements (8 sub-blocks of 32), 144 bytes: f16 d; f16 dmin; u8 scales[12];
  *         u8 qs[128]. Sub-block s has a 6-bit scale sc[s] and a 6-bit min m[s] packed in the
  *         12 bytes: for s < 4, sc = scales[s] & 63 and m = scales[s+4] & 63; for s ≥ 4,
@@ -39,7 +43,7 @@
  * reads blocks through memcpy, so source data need not be aligned.
  *
  * Type ids are ggml's (= GGUF's tensor types): F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7,
- * Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, IQ4_NL 20, BF16 30.
+ * Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, IQ4_NL 20, IQ4_XS 23, BF16 30.
  */
 #ifndef PEFTD_QUANT_REF_H
 #define PEFTD_QUANT_REF_H
@@ -62,6 +66,7 @@ enum {
     QREF_Q5_K = 13,
     QREF_Q6_K = 14,
     QREF_IQ4_NL = 20,
+    QREF_IQ4_XS = 23,
     QREF_BF16 = 30,
     /* not a GGUF type: Q4_K with its codes reordered (kernels.h KDT_Q4_K_SB8) */
     QREF_Q4_K_SB8 = 0x1000C,
@@ -76,6 +81,12 @@ typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QREF_QK / 2]; } qref_b
 typedef struct { uint16_t d; uint8_t qs[QREF_QK / 2]; } qref_block_iq4_nl;
 /* IQ4_NL's 16 levels (ggml's kvalues_iq4nl): a nibble q stands for d·QREF_IQ4NL_LEVELS[q]. */
 #define QREF_IQ4NL_LEVELS {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+typedef struct { uint16_t d, scales_h; uint8_t scales_l[QREF_QK_K / 64]; uint8_t qs[QREF_QK_K / 2]; } qref_block_iq4_xs;
+/* IQ4_XS sub-block s's 6-bit scale (0..63; the weight scale is d·(ls − 32)) from the block's bytes. */
+static inline int qref_iq4xs_scale(const uint8_t *blk, int s) {
+    const int h = (blk[2] | blk[3] << 8) >> 2 * s & 3;
+    return (blk[4 + s / 2] >> 4 * (s % 2) & 15) | h << 4;
+}
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QREF_QK_K / 2]; } qref_block_q4_k;
 typedef struct {
     uint16_t d, dmin;
@@ -112,6 +123,7 @@ void qref_dequant_q5_0(const void *src, float *dst, int64_t nb);
 void qref_dequant_q4_1(const void *src, float *dst, int64_t nb);
 void qref_dequant_q5_1(const void *src, float *dst, int64_t nb);
 void qref_dequant_iq4_nl(const void *src, float *dst, int64_t nb);
+void qref_dequant_iq4_xs(const void *src, float *dst, int64_t nb);
 void qref_dequant_q4_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q5_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q6_k(const void *src, float *dst, int64_t nb);

@@ -17,12 +17,12 @@ static size_t x16_p_bytes(kdtype dt, size_t mp, size_t nb) {
 }
 
 size_t kq_x16_bytes(kdtype dt, int n, int64_t cols) {
-    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kdtype_block_elems(dt));
+    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kq_act_block(dt));
     return mp * (size_t)cols + x16_p_bytes(dt, mp, nb) + mp * nb * 4;
 }
 
 void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
-    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kdtype_block_elems(dt));
+    const size_t mp = (size_t)(n + 15) / 16 * 16, nb = (size_t)(cols / kq_act_block(dt));
     const size_t xp = x16_p_bytes(dt, mp, nb);
     qx->x16v = (int8_t *)p;
     qx->x16p = (int32_t *)(p + mp * (size_t)cols);
@@ -42,7 +42,7 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
  *      the row's quantization wrote first)
  *   d[(mb·nb + b)·16 + m] = the row's scale of block b. */
 void kq_x16_row(kq_x *qx, int i, kdtype dt) {
-    const int64_t cols = qx->cols, nb = cols / kdtype_block_elems(dt), mb = i / 16, m = i % 16;
+    const int64_t cols = qx->cols, nb = cols / kq_act_block(dt), mb = i / 16, m = i % 16;
     const bool live = i < qx->n;
     const int8_t *q = qx->q + (int64_t)i * cols;
     int8_t *dst = qx->x16v + mb * 16 * cols + 4 * m;

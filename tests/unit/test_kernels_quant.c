@@ -1,9 +1,9 @@
 /* tests/unit/test_kernels_quant.c — the CPU backend's quantized matmul (Q8_0, Q4_0, Q5_0, Q4_1,
- * Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K weights)
+ * Q5_1, IQ4_NL, IQ4_XS, Q4_K, Q5_K, Q6_K weights)
  * against quant_ref.c's dequantized weights times the exact (double) f32 activations, every
  * code path (AVX-512 VNNI, AVX2, scalar) bit-identical to the others, results per row
  * bit-identical whatever the batch and thread count, get_rows on quantized tables, and bad
- * shapes refused. Q4_0, Q5_0, Q4_1, Q5_1 and IQ4_NL are tested on random valid blocks (every code, scale
+ * shapes refused. Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL and IQ4_XS are tested on random valid blocks (every code, scale
  * and min pattern, not only what a quantizer emits), the other types on quant_ref's quantizer
  * output. Q4_1 / Q5_1's min m adds |m|·(|x| + d) per element to the rounding term below.
  *
@@ -49,11 +49,12 @@ static void *make_w(kdtype dt, int rows, int cols, float **wd) {
     for (int64_t i = 0; i < n; i++) w[i] = frand() * (i % 97 == 5 ? 8.0f : 0.5f);
     for (int64_t i = 0; i < 32 && i < n; i++) w[i] = 0.0f;
     uint32_t qt = kdtype_ggml_type(dt);
-    if (dt == KDT_Q4_0 || dt == KDT_Q5_0 || dt == KDT_Q4_1 || dt == KDT_Q5_1 || dt == KDT_IQ4_NL) {
-        /* GGUF files bring the blocks: random valid ones (every code; Q4_1 / Q5_1 a min of either sign) */
+    if (dt == KDT_Q4_0 || dt == KDT_Q5_0 || dt == KDT_Q4_1 || dt == KDT_Q5_1 || dt == KDT_IQ4_NL || dt == KDT_IQ4_XS) {
+        /* GGUF files bring the blocks: random valid ones (every code and IQ4_XS sub-block scale;
+         * Q4_1 / Q5_1 a min of either sign) */
         const size_t bb = kdtype_block_bytes(dt), hb = kq_has_min(dt) ? 4 : 2;
         uint8_t *b = q;
-        for (int64_t k = 0; k < n / 32; k++, b += bb) {
+        for (int64_t k = 0; k < n / kdtype_block_elems(dt); k++, b += bb) {
             uint16_t h = f32_to_f16(k == 0 ? 0.0f : 0.01f + 0.05f * fabsf(frand()) * (k % 7 == 3 ? 10.0f : 1.0f));
             memcpy(b, &h, 2);
             if (kq_has_min(dt)) {
@@ -84,7 +85,7 @@ static float *make_x(int n, int cols) {
 
 /* The bound of the header for output (i, r); *ref: Σ wd·x in double. */
 static double bound_of(kdtype dt, const float *wd, const void *wq, int r, const float *x, int cols, double *ref) {
-    int64_t be = kdtype_block_elems(dt);
+    int64_t be = kq_act_block(dt);
     double s = 0, qerr = 0, rerr = 0;
     for (int64_t b0 = 0; b0 < cols; b0 += be) {
         double amax = 0, sw = 0;
@@ -124,7 +125,7 @@ static void run_path(kbackend *kb, kq_path p, const float *x, int n, const kmat 
     kcpu__q_path = KQ_AUTO;
 }
 
-static double worst_all[9];
+static double worst_all[10];
 static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
     float *wd;
     void *wq = make_w(dt, rows, cols, &wd);
@@ -191,7 +192,7 @@ static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
     free(x);
     free(wq);
     free(wd);
-    int wi = dt == KDT_Q8_0 ? 0 : dt == KDT_Q4_K ? 1 : dt == KDT_Q4_0 ? 2 : dt == KDT_Q5_K ? 3 : dt == KDT_Q5_0 ? 5 : dt == KDT_Q4_1 ? 6 : dt == KDT_Q5_1 ? 7 : dt == KDT_IQ4_NL ? 8 : 4;
+    int wi = dt == KDT_Q8_0 ? 0 : dt == KDT_Q4_K ? 1 : dt == KDT_Q4_0 ? 2 : dt == KDT_Q5_K ? 3 : dt == KDT_Q5_0 ? 5 : dt == KDT_Q4_1 ? 6 : dt == KDT_Q5_1 ? 7 : dt == KDT_IQ4_NL ? 8 : dt == KDT_IQ4_XS ? 9 : 4;
     if (worst > worst_all[wi]) worst_all[wi] = worst;
 }
 
@@ -213,16 +214,16 @@ TEST(qmatmul_vs_dequant_reference) {
                 for (int c = 0; c < 4; c++)
                     for (int r = 0; r < 3; r++) check_case(kb, B32[t], NS[ni], ROWS[r], Q8_COLS[c]);
             static const int Q4_COLS[] = {256, 768};
-            static const kdtype KT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K};
-            for (int k = 0; k < 3; k++)
+            static const kdtype KT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_IQ4_XS}; /* blocks of 256 */
+            for (int k = 0; k < 4; k++)
                 for (int c = 0; c < 2; c++)
                     for (int r = 0; r < 3; r++) check_case(kb, KT[k], NS[ni], ROWS[r], Q4_COLS[c]);
         }
         kbackend_destroy(kb);
     }
     fprintf(stderr, "  max |err| / bound: q8_0 %.3f, q4_k %.3f, q4_0 %.3f, q5_k %.3f, q6_k %.3f, q5_0 %.3f, q4_1 %.3f, "
-            "q5_1 %.3f, iq4_nl %.3f\n", worst_all[0], worst_all[1], worst_all[2], worst_all[3], worst_all[4], worst_all[5],
-            worst_all[6], worst_all[7], worst_all[8]);
+            "q5_1 %.3f, iq4_nl %.3f, iq4_xs %.3f\n", worst_all[0], worst_all[1], worst_all[2], worst_all[3], worst_all[4],
+            worst_all[5], worst_all[6], worst_all[7], worst_all[8], worst_all[9]);
 }
 
 /* Q4_K's SB8 and Q6_K's SB16 reorderings (kernels.h): bijections on the codes (there and back
@@ -475,22 +476,23 @@ TEST(qmatmul_paths_present) {
 static void x16_tiles_equal_scalar(kq_path path) {
     /* the AVX2 path also multiplies Q4_K / Q6_K reordered (SB8 / SB16; the other paths forward them to it) */
     static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1,
-                                KDT_IQ4_NL, KDT_Q4_K_SB8, KDT_Q6_K_SB16};
+                                KDT_IQ4_NL, KDT_IQ4_XS, KDT_Q4_K_SB8, KDT_Q6_K_SB16};
     /* n = 1: the decode tiles (AMX forwards them to AVX-512) at the same integer bounds */
     static const int NS[] = {16, 17, 40, 1, 9};
     const int rows = 53;
     for (int th = 1; th <= 2; th++) {
         kbackend *kb = kbackend_cpu_create(th);
         ASSERT(kb);
-        for (int t = 0; t < (path == KQ_AVX2 ? 11 : 9); t++)
+        for (int t = 0; t < (path == KQ_AVX2 ? 12 : 10); t++)
             for (int k = 0; k < 5; k++) {
-                /* Q5_0, Q4_1, Q5_1, IQ4_NL have no AMX tiles: asked for AMX, their VNNI ones run */
-                const bool amx = path == KQ_AMX && DT[t] != KDT_Q5_0 && DT[t] != KDT_IQ4_NL && !kq_has_min(DT[t]);
+                /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS have no AMX tiles: asked for AMX, their VNNI ones run */
+                const bool amx = path == KQ_AMX && DT[t] != KDT_Q5_0 && DT[t] != KDT_IQ4_NL && DT[t] != KDT_IQ4_XS &&
+                                 !kq_has_min(DT[t]);
                 const kq_path counted = path == KQ_AMX && !amx ? KQ_VNNI : path;
                 const int n = NS[k];
                 const kdtype bt = DT[t] == KDT_Q4_K_SB8 ? KDT_Q4_K : DT[t] == KDT_Q6_K_SB16 ? KDT_Q6_K : DT[t];
                 /* Q8_0/Q4_0/Q5_0: 33 blocks (a last chunk of 4 with one block, a last x piece of 32 codes) */
-                const int cols = kdtype_is_kquant(DT[t]) ? 1024 : 1056;
+                const int cols = kdtype_block_elems(DT[t]) == 256 ? 1024 : 1056;
                 float *wd;
                 void *wq = make_w(bt, rows, cols, &wd);
                 float *x = make_x(n, cols);
@@ -507,6 +509,10 @@ static void x16_tiles_equal_scalar(kq_path path) {
                             memset(q + 2, 0x80, 32); /* codes −128 (a GGUF may hold them; our quantizer never does) */
                         else if (bt == KDT_Q4_0 || bt == KDT_IQ4_NL)
                             memset(q + 2, 0x00, 16); /* codes −8; IQ4_NL's level −127 */
+                        else if (bt == KDT_IQ4_XS) { /* scales 63 (ls − 32 = 31), levels −127; d kept */
+                            memset(q + 2, 0xFF, 6);
+                            memset(q + 8, 0x00, 128);
+                        }
                         else if (bt == KDT_Q5_0)
                             memset(q + 2, 0x00, 20); /* codes −16 */
                         else if (kq_has_min(bt))
@@ -575,7 +581,7 @@ TEST(qmatmul_vnni_x16_tiles_equal_scalar) {
 /* Rows wider than the x16 strips' old stack buffers (cols 18944 = Qwen2.5-7B's down_proj, past
  * 16384): the tiles still run (their strips in the thread's scratch) and give the scalar bits. */
 TEST(qmatmul_x16_tiles_wide_rows) {
-    static const kdtype DT[] = {KDT_Q4_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL};
+    static const kdtype DT[] = {KDT_Q4_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL, KDT_IQ4_XS};
     static const kq_path P[] = {KQ_AVX2, KQ_VNNI};
     const int rows = 6, cols = 18944, n = 9;
     int ran = 0;
@@ -584,7 +590,7 @@ TEST(qmatmul_x16_tiles_wide_rows) {
     for (int p = 0; p < 2; p++) {
         if (!kq_path_available(P[p])) continue;
         unsigned long *counter = P[p] == KQ_VNNI ? &kq_vnni_x16_strips : &kq_avx2_x16_strips;
-        for (int t = 0; t < 8; t++) {
+        for (int t = 0; t < 9; t++) {
             float *wd;
             void *wq = make_w(DT[t], rows, cols, &wd);
             float *x = make_x(n, cols), *ya = malloc(sizeof(float) * n * rows), *ys = malloc(sizeof(float) * n * rows);
@@ -610,10 +616,11 @@ TEST(qmatmul_x16_tiles_wide_rows) {
 TEST(qget_rows_dequantizes) {
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
-    static const kdtype DT[] = {KDT_Q8_0, KDT_Q4_K, KDT_Q4_0, KDT_Q5_K, KDT_Q6_K, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL};
-    for (int k = 0; k < 9; k++) {
+    static const kdtype DT[] = {KDT_Q8_0, KDT_Q4_K, KDT_Q4_0, KDT_Q5_K, KDT_Q6_K, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL,
+                                KDT_IQ4_XS};
+    for (int k = 0; k < 10; k++) {
         kdtype dt = DT[k];
-        int rows = 9, cols = kdtype_is_kquant(dt) ? 512 : 96;
+        int rows = 9, cols = kdtype_block_elems(dt) == 256 ? 512 : 96;
         float *wd;
         void *wq = make_w(dt, rows, cols, &wd);
         kmat t = {.data = wq, .dtype = dt, .rows = rows, .cols = cols};
@@ -674,6 +681,13 @@ TEST(qmatmul_bad_args_and_caps) {
     ASSERT_EQ(kdtype_row_bytes(KDT_IQ4_NL, 64), (size_t)36);
     ASSERT_EQ(kdtype_ggml_type(KDT_IQ4_NL), 20u);
     ASSERT_STREQ(kdtype_name(KDT_IQ4_NL), "iq4_nl");
+    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_IQ4_XS) && kb->ops->supports_op(kb, KOP_GET_ROWS, KDT_IQ4_XS));
+    ASSERT_EQ(kdtype_row_bytes(KDT_IQ4_XS, 512), (size_t)272);
+    ASSERT_EQ(kdtype_row_bytes(KDT_IQ4_XS, 96), (size_t)0);
+    ASSERT_EQ(kdtype_ggml_type(KDT_IQ4_XS), 23u);
+    ASSERT_STREQ(kdtype_name(KDT_IQ4_XS), "iq4_xs");
+    w = (kmat){.data = buf, .dtype = KDT_IQ4_XS, .rows = 1, .cols = 288}; /* not a multiple of 256 */
+    ASSERT_EQ(kb->ops->matmul(kb, x, 1, &w, y, 0.0f), PEFTD_EINVAL);
     ASSERT(!kb->ops->supports_op(kb, KOP_RMSNORM, KDT_Q8_0));
     ASSERT(!kb->ops->supports_op(kb, KOP_SGMV, KDT_Q8_0));
     ASSERT(!kb->ops->supports_op(kb, KOP_ADD, KDT_Q4_K));
