@@ -100,19 +100,28 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     const int BB = (int)kdtype_block_bytes(DT), MIN = kq_has_min(DT);
     __m128 acc[4];
     for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
+    uint64_t xs_v[4] = {0, 0, 0, 0}; /* IQ4_XS: each row's 8 sub-block scales (ls, a byte each) */
+    uint16_t xs_d[4] = {0, 0, 0, 0}; /* IQ4_XS: each row's d */
     for (int64_t b = 0; b < nb; b++) {
         __m256i wv[4], aw[4];
         uint16_t h[4] = {0}, hm[4] = {0};
-        uint32_t xs = 0; /* IQ4_XS: the rows' ls − 32, a byte each */
+        uint32_t xs = 0; /* IQ4_XS: the rows' ls of sub-block b, a byte each */
+        if (DT == KDT_IQ4_XS && b % 8 == 0) /* a new super-block: its rows' scales and d once */
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const uint8_t *blk = w + r * rb + 136 * (b / 8);
+                xs_v[r] = kq_iq4xs_scales8(blk);
+                xs_d[r] = (uint16_t)(blk[0] | blk[1] << 8);
+            }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             if (DT == KDT_IQ4_XS) {
-                int sc;
-                const uint8_t *qs = kq_iq4xs_sub(w + r * rb, b, &h[r], &sc);
+                const uint8_t *qs = w + r * rb + 136 * (b / 8) + 8 + 16 * (b % 8);
                 if (i0 == 0) __builtin_prefetch(qs + KQ_PF, 0, 2);
                 wv[r] = iq4_codes(qs);
                 aw[r] = _mm256_abs_epi8(wv[r]);
-                xs |= (uint32_t)(uint8_t)sc << 8 * r;
+                h[r] = xs_d[r];
+                xs |= (uint32_t)(uint8_t)(xs_v[r] >> 8 * (b % 8)) << 8 * r;
                 continue;
             }
             const uint8_t *p = w + r * rb + BB * b;
@@ -124,7 +133,8 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
         }
         /* the rows' scales built in a register (narrow stores and a wide load would stall) */
         __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
-        if (DT == KDT_IQ4_XS) dw = _mm_mul_ps(dw, _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128((int)xs)))); /* exact */
+        if (DT == KDT_IQ4_XS) /* d·(ls − 32), exact */
+            dw = _mm_mul_ps(dw, _mm_cvtepi32_ps(_mm_sub_epi32(_mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)xs)), _mm_set1_epi32(32))));
         const __m128 mw = MIN ? _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2], (short)hm[3], 0, 0, 0, 0))
                               : _mm_setzero_ps();
 #pragma GCC unroll 2

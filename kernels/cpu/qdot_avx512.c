@@ -52,6 +52,17 @@ KQ_INL __m256i iq4nl_table(void) {
 /* The 32 levels of the 16 IQ4_NL nibble bytes at qs (IQ4_XS's sub-blocks too), offset to unsigned. */
 KQ_INL __m256i iq4_codes(const uint8_t *qs) { return _mm256_shuffle_epi8(iq4nl_table(), q32_nibbles(qs, NULL, 0)); }
 
+/* Two blocks of IQ4_NL nibbles (16 code bytes each, q: the first in the low 128 bits) as one
+ * zmm of levels offset to unsigned: the nibbles split in a zmm, 128-bit lanes ordered (low, high
+ * nibbles of the first; low, high of the second), one vpshufb. IQ4_XS sub-blocks 2k, 2k + 1 are
+ * 32 adjacent bytes; IQ4_NL's two blocks 18 apart. */
+KQ_INL __m512i iq4_pair(__m256i q) {
+    __m512i z = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1),
+                                 _mm512_set1_epi8(15));
+    z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm256_castsi256_si128(iq4nl_table())), z);
+}
+
 /* The 32 codes of a 32-element type's block as vpdpbusd's unsigned operand (IQ4_XS: its
  * sub-blocks through kq_iq4xs_sub instead). */
 KQ_INL __m256i q32_codes(kdtype dt, const uint8_t *p) {
@@ -74,6 +85,10 @@ KQ_INL __m512 q32_xsums(__m512i xc) {
 
 /* The codes of blocks p and p + BB in one zmm, as vpdpbusd's unsigned operand (q32_codes). */
 KQ_INL __m512i q8_wpair(kdtype dt, const uint8_t *p, __m512i x80, int pf) {
+    if (dt == KDT_IQ4_NL) {
+        if (pf) __builtin_prefetch(p + KQ_PF, 0, 2);
+        return iq4_pair(_mm256_loadu2_m128i((const __m128i *)(p + 18 + 2), (const __m128i *)(p + 2)));
+    }
     if (dt != KDT_Q8_0) {
         if (pf) __builtin_prefetch(p + KQ_PF, 0, 2);
         return _mm512_inserti64x4(_mm512_castsi256_si512(q32_codes(dt, p)), q32_codes(dt, p + (int)kdtype_block_bytes(dt)), 1);
@@ -114,26 +129,34 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
+    __m512i xs_sc = _mm512_setzero_si512(); /* IQ4_XS: qword r = row r's 8 sub-block scales − 32 */
+    __m512 xs_d = _mm512_setzero_ps();      /* IQ4_XS: lanes r and 8 + r = row r's d */
     for (int64_t b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
         __m512i wv[8];
+        if (DT == KDT_IQ4_XS && b % 8 == 0) { /* a new super-block: its rows' scales and d once */
+            uint64_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0}, gd[2] = {0, 0};
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                const uint8_t *blk = w + r * rb + 136 * (b / 8);
+                v[r] = kq_iq4xs_scales8(blk);
+                gd[r / 4] |= (uint64_t)(blk[0] | blk[1] << 8) << 16 * (r % 4);
+            }
+            xs_sc = _mm512_sub_epi8(_mm512_set_epi64((long long)v[7], (long long)v[6], (long long)v[5], (long long)v[4],
+                                                     (long long)v[3], (long long)v[2], (long long)v[1], (long long)v[0]),
+                                    _mm512_set1_epi8(32));
+            xs_d = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_set_epi64x((long long)gd[1], (long long)gd[0])));
+        }
         /* the 16 f16 scales (rows 0-7 of block b, then of b + 1) packed four to a general
          * register, then one vector: 16 word inserts were the tile's busiest shuffle port;
          * Q4_1 / Q5_1's mins (the next f16 of each block) the same way */
-        uint64_t g[4] = {0, 0, 0, 0}, gm[4] = {0, 0, 0, 0}, gs[2] = {0, 0};
+        uint64_t g[4] = {0, 0, 0, 0}, gm[4] = {0, 0, 0, 0};
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             if (DT == KDT_IQ4_XS) { /* sub-blocks b, b + 1 (b even: one super-block, 32 code bytes) */
-                uint16_t d;
-                int s0, s1;
-                const uint8_t *qs = kq_iq4xs_sub(w + r * rb, b, &d, &s0);
-                kq_iq4xs_sub(w + r * rb, b + 1, &d, &s1);
+                const uint8_t *qs = w + r * rb + 136 * (b / 8) + 8 + 16 * (b % 8);
                 if (pf) __builtin_prefetch(qs + KQ_PF, 0, 2);
-                wv[r] = _mm512_inserti64x4(_mm512_castsi256_si512(iq4_codes(qs)), iq4_codes(qs + 16), 1);
-                g[r / 4] |= (uint64_t)d << 16 * (r % 4);
-                g[2 + r / 4] |= (uint64_t)d << 16 * (r % 4);
-                gs[0] |= (uint64_t)(uint8_t)s0 << 8 * r;
-                gs[1] |= (uint64_t)(uint8_t)s1 << 8 * r;
+                wv[r] = iq4_pair(_mm256_loadu_si256((const __m256i *)qs));
                 continue;
             }
             const uint8_t *p = w + r * rb + BB * b;
@@ -155,10 +178,14 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                 gm[2 + r / 4] |= (uint64_t)m1 << 16 * (r % 4);
             }
         }
-        __m512 dw = _mm512_cvtph_ps(_mm256_set_epi64x((long long)g[3], (long long)g[2], (long long)g[1], (long long)g[0]));
-        /* IQ4_XS: d·(ls − 32), exact */
-        if (DT == KDT_IQ4_XS)
-            dw = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_set_epi64x((long long)gs[1], (long long)gs[0]))));
+        __m512 dw;
+        if (DT == KDT_IQ4_XS) { /* d·(ls − 32), exact: the scales of sub-blocks b, b + 1 (bytes 2k, 2k + 1 of each row's qword) */
+            const unsigned k = (unsigned)(b % 8) / 2;
+            const __m128i s0 = _mm512_cvtepi64_epi8(_mm512_srli_epi64(xs_sc, 16 * k)),
+                          s1 = _mm512_cvtepi64_epi8(_mm512_srli_epi64(xs_sc, 16 * k + 8));
+            dw = _mm512_mul_ps(xs_d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi64(s0, s1))));
+        } else
+            dw = _mm512_cvtph_ps(_mm256_set_epi64x((long long)g[3], (long long)g[2], (long long)g[1], (long long)g[0]));
         const __m512 mw = MIN ? _mm512_cvtph_ps(_mm256_set_epi64x((long long)gm[3], (long long)gm[2], (long long)gm[1],
                                                                   (long long)gm[0]))
                               : _mm512_setzero_ps();

@@ -62,6 +62,20 @@ static inline int q32_index(kdtype dt) {
 }
 /* Elements per activation scale: 256 for the K-quants, 32 for the rest (IQ4_XS included). */
 static inline int64_t kq_act_block(kdtype dt) { return kdtype_is_kquant(dt) ? 256 : 32; }
+/* The 8 six-bit sub-block scales ls (0..63) of the IQ4_XS super-block at blk, byte s = ls_s: the
+ * low nibbles (u32 at blk + 4, nibble s) and high 2 bits (u16 at blk + 2, bits 2s) spread to
+ * bytes by shifts and masks (the SIMD tiles take a row's 8 at once per super-block). */
+static inline uint64_t kq_iq4xs_scales8(const uint8_t *blk) {
+    uint64_t lo = (uint64_t)blk[4] | (uint64_t)blk[5] << 8 | (uint64_t)blk[6] << 16 | (uint64_t)blk[7] << 24;
+    uint64_t hi = (uint64_t)blk[2] | (uint64_t)blk[3] << 8;
+    lo = (lo | lo << 16) & 0x0000FFFF0000FFFFull;
+    lo = (lo | lo << 8) & 0x00FF00FF00FF00FFull;
+    lo = (lo | lo << 4) & 0x0F0F0F0F0F0F0F0Full;
+    hi = (hi | hi << 24) & 0x000000FF000000FFull;
+    hi = (hi | hi << 12) & 0x000F000F000F000Full;
+    hi = (hi | hi << 6) & 0x0303030303030303ull;
+    return lo | hi << 4;
+}
 /* IQ4_XS sub-block b (of 32 elements) of a row: its 16 code bytes, *d its super-block's f16 d and
  * *s its scale ls − 32 (−32..31; the weight scale is d·s, exact in f32). */
 static inline const uint8_t *kq_iq4xs_sub(const uint8_t *row, int64_t b, uint16_t *d, int *s) {
