@@ -5,7 +5,8 @@
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
  *   Q4_0: the same on w = nibble − 8; Q5_0 on w = (nibble | 5th bit << 4) − 16; IQ4_NL on
  *   w = the level its nibble indexes (a vpshufb table, |w| <= 127); IQ4_XS as IQ4_NL per
- *   sub-block of 32, its scale d·(ls − 32).
+ *   sub-block of 32, its scale d·(ls − 32); Q3_K per 32 on w = q (−4..3) with vpmaddwd by its
+ *   two groups' scales instead of ones (the scaled integer sum of qmatmul.h), d per super-block.
  *   Batches of 8+ rows of either (x in the x16 layout, qx16.c): q8x_strip, x rows in lanes and
  *   4 weight codes broadcast at a time, so a block's sums need no horizontal adds.
  *   Q4_K: u8 = the nibble (0..15), s8 = x, then vpmaddwd by the sub-block scale: the
@@ -70,6 +71,22 @@ KQ_INL __m256i iq4_codes(const uint8_t *qs) {
     return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)level)), n);
 }
 
+/* Q3_K chunk c (32 elements) of the super-block at sb: its signed codes q − 4 (−4..3). */
+KQ_INL __m256i q3k_codes(const uint8_t *sb, int c) {
+    const __m256i qs = _mm256_loadu_si256((const __m256i *)kq_q3k_qs(sb, c)),
+                  hm = _mm256_loadu_si256((const __m256i *)sb);
+    const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * (c % 4))), _mm256_set1_epi8(3));
+    const __m256i hi = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c)), _mm256_set1_epi8(1));
+    return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)), _mm256_set1_epi8(4));
+}
+
+/* Q3_K chunk c's two group scales sc − 32 (from kq_q3k_scales16's lo / hi) as vpmaddwd's
+ * multipliers: 16-bit lanes 0-7 (elements 0-15) the first group's, 8-15 the second's. */
+KQ_INL __m256i q3k_scale16(uint64_t lo, uint64_t hi, int c) {
+    const uint64_t v = c < 4 ? lo >> 16 * c : hi >> 16 * (c - 4);
+    return _mm256_set_m128i(_mm_set1_epi16((short)((int)(v >> 8 & 0xFF) - 32)), _mm_set1_epi16((short)((int)(v & 0xFF) - 32)));
+}
+
 KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
     if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
     if (DT == KDT_IQ4_NL) return iq4_codes(p + 2);
@@ -101,9 +118,10 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     __m128 acc[4];
     for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     uint64_t xs_v[4] = {0, 0, 0, 0}; /* IQ4_XS: each row's 8 sub-block scales (ls, a byte each) */
-    uint16_t xs_d[4] = {0, 0, 0, 0}; /* IQ4_XS: each row's d */
+    uint64_t q3_hi[4] = {0, 0, 0, 0}; /* Q3_K: each row's 16 group scales, xs_v the first 8 */
+    uint16_t xs_d[4] = {0, 0, 0, 0}; /* IQ4_XS, Q3_K: each row's d */
     for (int64_t b = 0; b < nb; b++) {
-        __m256i wv[4], aw[4];
+        __m256i wv[4], aw[4], sv[4];
         uint16_t h[4] = {0}, hm[4] = {0};
         uint32_t xs = 0; /* IQ4_XS: the rows' ls of sub-block b, a byte each */
         if (DT == KDT_IQ4_XS && b % 8 == 0) /* a new super-block: its rows' scales and d once */
@@ -113,8 +131,24 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
                 xs_v[r] = kq_iq4xs_scales8(blk);
                 xs_d[r] = (uint16_t)(blk[0] | blk[1] << 8);
             }
+        if (DT == KDT_Q3_K && b % 8 == 0)
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const uint8_t *sb = w + r * rb + 110 * (b / 8);
+                kq_q3k_scales16(sb, &xs_v[r], &q3_hi[r]);
+                xs_d[r] = kq_q3k_d(sb);
+            }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
+            if (DT == KDT_Q3_K) {
+                const uint8_t *sb = w + r * rb + 110 * (b / 8);
+                if (i0 == 0 && b % 4 == 0) __builtin_prefetch(sb + KQ_PF + 16 * (b % 8), 0, 2); /* 2 lines a super-block */
+                wv[r] = q3k_codes(sb, (int)(b % 8));
+                aw[r] = _mm256_abs_epi8(wv[r]);
+                sv[r] = q3k_scale16(xs_v[r], q3_hi[r], (int)(b % 8));
+                h[r] = xs_d[r];
+                continue;
+            }
             if (DT == KDT_IQ4_XS) {
                 const uint8_t *qs = w + r * rb + 136 * (b / 8) + 8 + 16 * (b % 8);
                 if (i0 == 0) __builtin_prefetch(qs + KQ_PF, 0, 2);
@@ -144,7 +178,10 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
             __m256i s[4];
 #pragma GCC unroll 4
             for (int r = 0; r < 4; r++)
-                s[r] = r < R ? kq_dot32(aw[r], MIN ? xv : _mm256_sign_epi8(xv, wv[r])) : _mm256_setzero_si256();
+                s[r] = r >= R ? _mm256_setzero_si256()
+                       : DT == KDT_Q3_K /* pairs times their group's scale: the scaled lane sums */
+                           ? _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])), sv[r])
+                           : kq_dot32(aw[r], MIN ? xv : _mm256_sign_epi8(xv, wv[r]));
             const __m128 S = _mm_cvtepi32_ps(kq_hsum4(s[0], s[1], s[2], s[3]));
             const __m128 dx = _mm_set1_ps(x->d[row * nb + b]);
             acc[i] = _mm_fmadd_ps(S, _mm_mul_ps(dw, dx), acc[i]);
@@ -184,6 +221,21 @@ KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb
                 _mm256_store_si256((__m256i *)o, _mm256_abs_epi8(c));
                 _mm256_store_si256((__m256i *)(o + 32), c);
                 dw[r * nb + b] = _cvtsh_ss(d) * (float)sc;
+                continue;
+            }
+            if (DT == KDT_Q3_K) { /* codes, d, and the chunk's two group scales (int16) in the mins' place */
+                const uint8_t *sb = w + r * rb + 110 * (b / 8);
+                __builtin_prefetch(sb + KQ_PF, 0, 2);
+                const __m256i c = q3k_codes(sb, (int)(b % 8));
+                _mm256_store_si256((__m256i *)o, _mm256_abs_epi8(c));
+                _mm256_store_si256((__m256i *)(o + 32), c);
+                dw[r * nb + b] = _cvtsh_ss(kq_q3k_d(sb));
+                uint64_t lo, hi;
+                kq_q3k_scales16(sb, &lo, &hi);
+                const int c2 = 2 * (int)(b % 8);
+                const int16_t sc[2] = {(int16_t)((int)((c2 < 8 ? lo >> 8 * c2 : hi >> 8 * (c2 - 8)) & 0xFF) - 32),
+                                       (int16_t)((int)((c2 < 8 ? lo >> 8 * (c2 + 1) : hi >> 8 * (c2 - 7)) & 0xFF) - 32)};
+                memcpy(&mw[r * nb + b], sc, 4);
                 continue;
             }
             const uint8_t *p = w + r * rb + BB * b;
@@ -229,7 +281,13 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
                     xs = _mm256_sign_epi8(xk, _mm256_set1_epi32(c4));
                 }
                 const __m256i t = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), xs);
-                s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, ones));
+                __m256i m = ones;
+                if (DT == KDT_Q3_K) { /* codes 4k .. 4k + 3: group k / 4 of the chunk, its scale */
+                    int16_t sc[2];
+                    memcpy(sc, &mw[r * nb + b], 4);
+                    m = _mm256_set1_epi16(sc[k / 4]);
+                }
+                s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, m));
             }
         }
         const __m256 dxb = _mm256_load_ps(dx + b * 16);
@@ -260,7 +318,7 @@ KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w
 
 /* One strip function per type and row count; its unpacked rows in the thread's scratch
  * (Q8X_BYTES for 4 rows, which kq_rows_avx2 made sure of). */
-#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + (kq_has_min(DT) ? 8 : 4)))
+#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + (kq_has_min(DT) || (DT) == KDT_Q3_K ? 8 : 4)))
 #define Q8X_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \
@@ -275,6 +333,7 @@ Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
 Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
 Q8X_DEF(qnl, KDT_IQ4_NL, 4) Q8X_DEF(qnl, KDT_IQ4_NL, 2) Q8X_DEF(qnl, KDT_IQ4_NL, 1)
 Q8X_DEF(qxs, KDT_IQ4_XS, 4) Q8X_DEF(qxs, KDT_IQ4_XS, 2) Q8X_DEF(qxs, KDT_IQ4_XS, 1)
+Q8X_DEF(q3k, KDT_Q3_K, 4) Q8X_DEF(q3k, KDT_Q3_K, 2) Q8X_DEF(q3k, KDT_Q3_K, 1)
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
  * integer sums I (qmatmul.h) stay in registers; per chunk c and pair: vpmaddubsw (nibble ×
@@ -547,7 +606,7 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
 #define TILE_DEF(R, N)                                                                                        \
     TILE_FN(q8, KDT_Q8_0, R, N) TILE_FN(q40, KDT_Q4_0, R, N) TILE_FN(q50, KDT_Q5_0, R, N)                     \
     TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)                  \
-    TILE_FN(qxs, KDT_IQ4_XS, R, N)
+    TILE_FN(qxs, KDT_IQ4_XS, R, N) TILE_FN(q3k, KDT_Q3_K, R, N)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(2, 2) KQ_KTILE_DEF(2, 3) KQ_KTILE_DEF(2, 4)
 KQ_KTILE_DEF(1, 1) KQ_KTILE_DEF(1, 2) KQ_KTILE_DEF(1, 3) KQ_KTILE_DEF(1, 4)
@@ -568,7 +627,8 @@ Q6S_DEF(1, 4)
 /* the 32-element types: [q32_index][4 | 2 | 1 rows][N - 1] */
 #define TILE_ROWS(TAG) {{TAG##_4_1, TAG##_4_2}, {TAG##_2_1, TAG##_2_2}, {TAG##_1_1, TAG##_1_2}}
 static const tile_fn q32_tiles[Q32_TYPES][3][2] = {TILE_ROWS(q8),  TILE_ROWS(q40), TILE_ROWS(q50),
-                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl), TILE_ROWS(qxs)};
+                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl), TILE_ROWS(qxs),
+                                                   TILE_ROWS(q3k)};
 /* K-quants: [4 rows (one x row only) | 2 rows | 1 row][N - 1] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
@@ -603,7 +663,7 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         static const kq_strip_fn strips[Q32_TYPES][3] = {
             {q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1}, {q8x_q50_4, q8x_q50_2, q8x_q50_1},
             {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1},
-            {q8x_qxs_4, q8x_qxs_2, q8x_qxs_1}};
+            {q8x_qxs_4, q8x_qxs_2, q8x_qxs_1}, {q8x_q3k_4, q8x_q3k_2, q8x_q3k_1}};
         const kq_strip_fn *f = strips[q32_index(dt)];
         kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         return;

@@ -63,6 +63,28 @@ KQ_INL __m512i iq4_pair(__m256i q) {
     return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm256_castsi256_si128(iq4nl_table())), z);
 }
 
+/* Q3_K chunks c, c + 1 (c even: the same 32 qs bytes) of the super-block at sb as unsigned codes
+ * q + 4 (0..7): low 2 bits shifted 2·(c % 4) / + 2 per 256-bit half, high bits c / c + 1. */
+KQ_INL __m512i q3k_pair(const uint8_t *sb, int c) {
+    const __m256i qs = _mm256_loadu_si256((const __m256i *)kq_q3k_qs(sb, c)), hm = _mm256_loadu_si256((const __m256i *)sb);
+    const int j = 2 * (c % 4);
+    const __m512i nq = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)j)), _mm256_set1_epi16((short)(j + 2)), 1),
+                  nh = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)c)), _mm256_set1_epi16((short)(c + 1)), 1);
+    const __m512i lo = _mm512_and_si512(_mm512_srlv_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(qs), qs, 1), nq),
+                                        _mm512_set1_epi8(3));
+    const __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(hm), hm, 1), nh),
+                                        _mm512_set1_epi8(1));
+    return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 2));
+}
+
+/* Q3_K: the 4 group scales sc − 32 of chunks c, c + 1 (c even; kq_q3k_scales16's lo / hi) in the
+ * 32-bit lanes of their 4-element partials: lanes 0-3, 4-7, 8-11, 12-15 groups 2c .. 2c + 3. */
+KQ_INL __m512i q3k_lane_scales(uint64_t lo, uint64_t hi, int c) {
+    const uint32_t v = (uint32_t)(c < 4 ? lo >> 16 * c : hi >> 16 * (c - 4));
+    const __m128i b = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)v), _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+    return _mm512_cvtepi8_epi32(_mm_sub_epi8(b, _mm_set1_epi8(32)));
+}
+
 /* The 32 codes of a 32-element type's block as vpdpbusd's unsigned operand (IQ4_XS: its
  * sub-blocks through kq_iq4xs_sub instead). */
 KQ_INL __m256i q32_codes(kdtype dt, const uint8_t *p) {
@@ -130,7 +152,9 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
     __m512i xs_sc = _mm512_setzero_si512(); /* IQ4_XS: qword r = row r's 8 sub-block scales − 32 */
-    __m512 xs_d = _mm512_setzero_ps();      /* IQ4_XS: lanes r and 8 + r = row r's d */
+    __m512 xs_d = _mm512_setzero_ps();      /* IQ4_XS, Q3_K: lanes r and 8 + r = row r's d */
+    uint64_t q3lo[8] = {0}, q3hi[8] = {0};  /* Q3_K: each row's 16 group scales (kq_q3k_scales16) */
+    __m512i q3s[8];                         /* Q3_K: each row's lane scales of the pair (q3k_lane_scales) */
     for (int64_t b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
         __m512i wv[8];
@@ -147,12 +171,29 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                                     _mm512_set1_epi8(32));
             xs_d = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_set_epi64x((long long)gd[1], (long long)gd[0])));
         }
+        if (DT == KDT_Q3_K && b % 8 == 0) { /* a new super-block: its rows' 16 group scales and d once */
+            uint64_t gd[2] = {0, 0};
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                const uint8_t *sb = w + r * rb + 110 * (b / 8);
+                kq_q3k_scales16(sb, &q3lo[r], &q3hi[r]);
+                gd[r / 4] |= (uint64_t)kq_q3k_d(sb) << 16 * (r % 4);
+            }
+            xs_d = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_set_epi64x((long long)gd[1], (long long)gd[0])));
+        }
         /* the 16 f16 scales (rows 0-7 of block b, then of b + 1) packed four to a general
          * register, then one vector: 16 word inserts were the tile's busiest shuffle port;
          * Q4_1 / Q5_1's mins (the next f16 of each block) the same way */
         uint64_t g[4] = {0, 0, 0, 0}, gm[4] = {0, 0, 0, 0};
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
+            if (DT == KDT_Q3_K) { /* chunks b, b + 1 (b even) of a super-block */
+                const uint8_t *sb = w + r * rb + 110 * (b / 8);
+                if (pf && b % 4 == 0) __builtin_prefetch(sb + KQ_PF + 16 * (b % 8), 0, 2); /* 2 lines a super-block */
+                wv[r] = q3k_pair(sb, (int)(b % 8));
+                q3s[r] = q3k_lane_scales(q3lo[r], q3hi[r], (int)(b % 8));
+                continue;
+            }
             if (DT == KDT_IQ4_XS) { /* sub-blocks b, b + 1 (b even: one super-block, 32 code bytes) */
                 const uint8_t *qs = w + r * rb + 136 * (b / 8) + 8 + 16 * (b % 8);
                 if (pf) __builtin_prefetch(qs + KQ_PF, 0, 2);
@@ -179,7 +220,9 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
             }
         }
         __m512 dw;
-        if (DT == KDT_IQ4_XS) { /* d·(ls − 32), exact: the scales of sub-blocks b, b + 1 (bytes 2k, 2k + 1 of each row's qword) */
+        if (DT == KDT_Q3_K)
+            dw = xs_d;
+        else if (DT == KDT_IQ4_XS) { /* d·(ls − 32), exact: the scales of sub-blocks b, b + 1 (bytes 2k, 2k + 1 of each row's qword) */
             const unsigned k = (unsigned)(b % 8) / 2;
             const __m128i s0 = _mm512_cvtepi64_epi8(_mm512_srli_epi64(xs_sc, 16 * k)),
                           s1 = _mm512_cvtepi64_epi8(_mm512_srli_epi64(xs_sc, 16 * k + 8));
@@ -205,10 +248,14 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                 dx = _mm512_set1_ps(xd[0]);
             }
             __m512i s[8];
-            /* signed codes start at the correction (their unsigned offset); Q4_1 / Q5_1's at 0 */
-            const __m512i start = MIN ? _mm512_setzero_si512() : xc;
+            /* signed codes start at the correction (their unsigned offset: 128; Q3_K's 4, a 32nd of
+             * it); Q4_1 / Q5_1's at 0 */
+            const __m512i start = MIN ? _mm512_setzero_si512() : DT == KDT_Q3_K ? _mm512_srai_epi32(xc, 5) : xc;
 #pragma GCC unroll 8
-            for (int r = 0; r < 8; r++) s[r] = r < R ? _mm512_dpbusd_epi32(start, wv[r], xv) : _mm512_setzero_si512();
+            for (int r = 0; r < 8; r++) {
+                s[r] = r < R ? _mm512_dpbusd_epi32(start, wv[r], xv) : _mm512_setzero_si512();
+                if (DT == KDT_Q3_K && r < R) s[r] = _mm512_mullo_epi32(s[r], q3s[r]); /* each lane times its group's scale */
+            }
             const __m512 S = _mm512_cvtepi32_ps(q8_sums8(s)), f = _mm512_mul_ps(dw, dx);
             acc[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(S), _mm512_castps512_ps256(f), acc[i]);
             __m512 X = _mm512_setzero_ps(), fm = X;
@@ -244,7 +291,7 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
 #define TILE_DEF(R, N)                                                                                        \
     TILE_FN(q8, KDT_Q8_0, R, N) TILE_FN(q40, KDT_Q4_0, R, N) TILE_FN(q50, KDT_Q5_0, R, N)                     \
     TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)                  \
-    TILE_FN(qxs, KDT_IQ4_XS, R, N)
+    TILE_FN(qxs, KDT_IQ4_XS, R, N) TILE_FN(q3k, KDT_Q3_K, R, N)
 TILE_DEF(8, 1) TILE_DEF(8, 2) TILE_DEF(8, 3) TILE_DEF(8, 4)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
 TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
@@ -254,7 +301,8 @@ TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
      {TAG##_4_1, TAG##_4_2, TAG##_4_3, TAG##_4_4},                                                            \
      {TAG##_1_1, TAG##_1_2, TAG##_1_3, TAG##_1_4}}
 static const tile_fn q32_tiles[Q32_TYPES][3][4] = {TILE_ROWS(q8),  TILE_ROWS(q40), TILE_ROWS(q50),
-                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl), TILE_ROWS(qxs)};
+                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl), TILE_ROWS(qxs),
+                                                   TILE_ROWS(q3k)};
 
 /* The 32-element types' batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per
  * lane), a strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80,
@@ -266,27 +314,41 @@ static const tile_fn q32_tiles[Q32_TYPES][3][4] = {TILE_ROWS(q8),  TILE_ROWS(q40
 
 unsigned long kq_vnni_x16_strips; /* strips of weight rows done this way (relaxed atomic; tests) */
 
-KQ_INL void q8x_tile16(int MIN, int R, const uint8_t *uw, const float *dw, const float *mw, int64_t nb,
+KQ_INL void q8x_tile16(kdtype DT, int R, const uint8_t *uw, const float *dw, const float *mw, int64_t nb,
                        const int8_t *xv, const int32_t *xp, const float *dx, float *y, int64_t ldy, int rows,
                        float beta) {
+    const int MIN = kq_has_min(DT), Q3 = DT == KDT_Q3_K;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xb = xv + b * 512;
         const __m512i xpb = _mm512_load_si512((const void *)(xp + b * 16));
-        /* signed codes start at −128·Σx (their unsigned offset); Q4_1 / Q5_1's at 0 */
-        const __m512i start = MIN ? _mm512_setzero_si512() : xpb;
-        __m512i s[4];
+        /* signed codes start at −128·Σx (their unsigned offset); Q4_1 / Q5_1's and Q3_K's at 0 */
+        const __m512i start = MIN || Q3 ? _mm512_setzero_si512() : xpb;
+        __m512i s[4], sh[4], xlo = _mm512_setzero_si512(); /* Q3_K: s the first group's, sh the second's; xlo its Σx */
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) s[r] = start;
+        for (int r = 0; r < R; r++) s[r] = sh[r] = start;
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
             __m512i xk = _mm512_load_si512((const void *)(xb + 64 * k));
             KQ_IN_REG(xk);
+            if (Q3 && k < 4) xlo = _mm512_dpbusd_epi32(xlo, _mm512_set1_epi8(1), xk);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 int32_t c4;
                 memcpy(&c4, uw + (b * R + r) * 32 + 4 * k, 4);
-                s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32(c4), xk);
+                if (Q3 && k >= 4) sh[r] = _mm512_dpbusd_epi32(sh[r], _mm512_set1_epi32(c4), xk);
+                else s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32(c4), xk);
+            }
+        }
+        if (Q3) { /* S = sc0·(A0 − 4·X0) + sc1·(A1 − 4·X1), X1 = X − X0 (X = −(x16p >> 7)): exact */
+            const __m512i xhi = _mm512_sub_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_srai_epi32(xpb, 7)), xlo);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                int16_t sc[2];
+                memcpy(sc, &mw[r * nb + b], 4);
+                s[r] = _mm512_add_epi32(
+                    _mm512_mullo_epi32(_mm512_sub_epi32(s[r], _mm512_slli_epi32(xlo, 2)), _mm512_set1_epi32(sc[0])),
+                    _mm512_mullo_epi32(_mm512_sub_epi32(sh[r], _mm512_slli_epi32(xhi, 2)), _mm512_set1_epi32(sc[1])));
             }
         }
         const __m512 dxb = _mm512_load_ps(dx + b * 16);
@@ -319,6 +381,21 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
                 dw[r * nb + b] = _cvtsh_ss(d) * (float)sc;
                 continue;
             }
+            if (DT == KDT_Q3_K) { /* unsigned codes q + 4, d, the chunk's two group scales (int16) in the mins' place */
+                const uint8_t *sb = w + r * rb + 110 * (b / 8);
+                const int c = (int)(b % 8);
+                __builtin_prefetch(sb + KQ_PF, 0, 2);
+                const __m512i pair = q3k_pair(sb, c & ~1);
+                _mm256_storeu_si256((__m256i *)(uw + (b * R + r) * 32),
+                                    c & 1 ? _mm512_extracti64x4_epi64(pair, 1) : _mm512_castsi512_si256(pair));
+                dw[r * nb + b] = _cvtsh_ss(kq_q3k_d(sb));
+                uint64_t lo, hi;
+                kq_q3k_scales16(sb, &lo, &hi);
+                const uint16_t v = (uint16_t)(c < 4 ? lo >> 16 * c : hi >> 16 * (c - 4));
+                const int16_t sc[2] = {(int16_t)((v & 0xFF) - 32), (int16_t)((v >> 8) - 32)};
+                memcpy(&mw[r * nb + b], sc, 4);
+                continue;
+            }
             const uint8_t *p = w + r * rb + BB * b;
             __builtin_prefetch(p + KQ_PF, 0, 2);
             const __m256i c = q32_codes(DT, p);
@@ -333,7 +410,7 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
         }
     for (int i = 0; i < x->n; i += 16) {
         const int64_t mb = i / 16;
-        q8x_tile16(MIN, R, uw, dw, mw, nb, x->x16v + mb * nb * 512, x->x16p + mb * nb * 16, x->x16d + mb * nb * 16,
+        q8x_tile16(DT, R, uw, dw, mw, nb, x->x16v + mb * nb * 512, x->x16p + mb * nb * 16, x->x16d + mb * nb * 16,
                    y + (int64_t)i * ldy, ldy, x->n - i < 16 ? x->n - i : 16, beta);
     }
 }
@@ -355,6 +432,7 @@ Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
 Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
 Q8X_DEF(qnl, KDT_IQ4_NL, 4) Q8X_DEF(qnl, KDT_IQ4_NL, 2) Q8X_DEF(qnl, KDT_IQ4_NL, 1)
 Q8X_DEF(qxs, KDT_IQ4_XS, 4) Q8X_DEF(qxs, KDT_IQ4_XS, 2) Q8X_DEF(qxs, KDT_IQ4_XS, 1)
+Q8X_DEF(q3k, KDT_Q3_K, 4) Q8X_DEF(q3k, KDT_Q3_K, 2) Q8X_DEF(q3k, KDT_Q3_K, 1)
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
@@ -366,7 +444,7 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         static const kq_strip_fn strips[Q32_TYPES][3] = {
             {q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1}, {q8x_q50_4, q8x_q50_2, q8x_q50_1},
             {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1},
-            {q8x_qxs_4, q8x_qxs_2, q8x_qxs_1}};
+            {q8x_qxs_4, q8x_qxs_2, q8x_qxs_1}, {q8x_q3k_4, q8x_q3k_2, q8x_q3k_1}};
         const kq_strip_fn *f = strips[q32_index(dt)];
         kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         return;

@@ -1,5 +1,5 @@
 /* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_0, Q5_0,
- * Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q4_K, Q5_K, Q6_K):
+ * Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K, Q6_K):
  * the driver (x quantized once per call, weight rows split over the pool as matmul.c does),
  * the activation quantizer every path shares, and the scalar path that spells out the
  * canonical order of qmatmul.h (the SIMD paths in qdot_avx512.c / qdot_avx2.c reproduce it
@@ -119,19 +119,30 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
 
 /* Q8_0, Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
  * high nibbles 16-31), Q5_0 (q - 16, bit e of the u32 qh above element e's nibble), IQ4_NL
- * (the level the nibble indexes), IQ4_XS (IQ4_NL per sub-block, scale d·(ls − 32)), and the
+ * (the level the nibble indexes), IQ4_XS (IQ4_NL per sub-block, scale d·(ls − 32)), Q3_K (its
+ * group scales inside the integer sum, d per super-block), and the
  * unsigned Q4_1 / Q5_1 (q as is; their min m adds the second fma of the canonical order). */
 static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
     float L = 0.0f;
     const size_t bb = kdtype_block_bytes(dt);
     const bool min = kq_has_min(dt);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = dt == KDT_IQ4_XS ? w : w + bb * b; /* IQ4_XS: kq_iq4xs_sub below */
+        const uint8_t *blk = dt == KDT_IQ4_XS || dt == KDT_Q3_K ? w : w + bb * b; /* kq_iq4xs_sub / Q3_K below */
         uint16_t h, hm = 0;
         memcpy(&h, blk, 2);
         int wq[32];
         float dw = 0.0f;
-        if (dt == KDT_Q8_0)
+        if (dt == KDT_Q3_K) { /* wq = (sc − 32)·q: the group scale inside the exact sum */
+            const uint8_t *sb = w + 110 * (b / 8), *qs = kq_q3k_qs(sb, (int)(b % 8));
+            const int c = (int)(b % 8);
+            uint64_t lo, hi;
+            kq_q3k_scales16(sb, &lo, &hi);
+            for (int e = 0; e < 32; e++) {
+                const int g = 2 * c + e / 16, sc = (int)((g < 8 ? lo >> 8 * g : hi >> 8 * (g - 8)) & 0xFF) - 32;
+                wq[e] = sc * (((qs[e] >> 2 * (c % 4) & 3) | (sb[e] >> c & 1) << 2) - 4);
+            }
+            h = kq_q3k_d(sb);
+        } else if (dt == KDT_Q8_0)
             for (int e = 0; e < 32; e++) wq[e] = (int8_t)blk[2 + e];
         else if (dt == KDT_IQ4_NL || dt == KDT_IQ4_XS) {
             static const int8_t level[16] = QREF_IQ4NL_LEVELS;
@@ -474,9 +485,10 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     kq_path path = kq_resolve();
     /* SB8 / SB16 (the AVX2 path's reorderings) have AVX2 tiles and the scalar reference only */
     if ((w->dtype == KDT_Q4_K_SB8 || w->dtype == KDT_Q6_K_SB16) && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
-    /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
+    /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
      * same bits */
-    if ((w->dtype == KDT_Q5_0 || w->dtype == KDT_IQ4_NL || w->dtype == KDT_IQ4_XS || kq_has_min(w->dtype)) &&
+    if ((w->dtype == KDT_Q5_0 || w->dtype == KDT_IQ4_NL || w->dtype == KDT_IQ4_XS || w->dtype == KDT_Q3_K ||
+         kq_has_min(w->dtype)) &&
         path == KQ_AMX)
         path = KQ_VNNI;
     job->kq = (kcpu_kq_ctx){.fn = path == KQ_AMX    ? kq_rows_amx

@@ -16,6 +16,10 @@
  *   IQ4_XS per sub-block b of 32 as IQ4_NL, with dw_b = d·(ls_b − 32) (exact: 11 × 6 bits) for
  *   the f16 scale: L = fma((float)S_b, dw_b·dx_b, L). Activations per 32 as these types (finer
  *   than llama.cpp's Q8_K per 256 for it). No AMX tiles.
+ *   Q3_K per 32 elements b of its super-blocks (two groups of 16): S_b = Σ_e (sc_g(e) − 32)·q_e·xq_e
+ *   exact (|S_b| <= 32·4·127·32), dw_b = the super-block's d: L = fma((float)S_b, dw_b·dx_b, L).
+ *   The SIMD paths scale their 4-element lane partials by the lane's group scale (vpmaddwd by the
+ *   scales on AVX2, vpmulld after vpdpbusd on AVX-512) before summing. No AMX tiles.
  *   Q4_1, Q5_1 (y = d·q + m, q unsigned: the nibble, or nibble | bit e of qh << 4): per block
  *   S_b = Σ q·xq and X_b = Σ xq (exact), then L = fma((float)S_b, dw_b·dx_b, L), then
  *   L = fma((float)X_b, mw_b·dx_b, L); y = L. X_b is −(Σ of the block's VNNI corrections) / 128
@@ -38,7 +42,7 @@
  *         L = fma((float)T, d·dx, L); y = L.
  *   |I| < 2^26, |T| < 2^28: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0,
- * Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL and IQ4_XS per 32 elements (kq_act_block), K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
+ * Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS and Q3_K per 32 elements (kq_act_block), K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
  * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
  * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound), with the code sums
@@ -54,12 +58,27 @@
 /* Q4_1 and Q5_1: unsigned codes and a per-block min (the second fma of the canonical order). */
 static inline bool kq_has_min(kdtype dt) { return dt == KDT_Q4_1 || dt == KDT_Q5_1; }
 /* The 32-element types' row in the SIMD paths' tile tables: Q8_0 0, Q4_0 1, Q5_0 2, Q4_1 3, Q5_1 4,
- * IQ4_NL 5, IQ4_XS 6 (multiplied per sub-block of 32: the canonical order above). */
-#define Q32_TYPES 7
+ * IQ4_NL 5, IQ4_XS 6, Q3_K 7 (the last two multiplied per 32 of their super-blocks: the
+ * canonical order above). */
+#define Q32_TYPES 8
 static inline int q32_index(kdtype dt) {
     return dt == KDT_Q4_0 ? 1 : dt == KDT_Q5_0 ? 2 : dt == KDT_Q4_1 ? 3 : dt == KDT_Q5_1 ? 4 : dt == KDT_IQ4_NL ? 5
-         : dt == KDT_IQ4_XS ? 6 : 0;
+         : dt == KDT_IQ4_XS ? 6 : dt == KDT_Q3_K ? 7 : 0;
 }
+/* Q3_K (quant_ref.h): the 16 group scales sc (0..63) of the super-block at blk, byte g of
+ * (*lo | *hi << 64) = sc_g, by shifts and masks; its f16 d; and chunk c's (elements 32c ..
+ * 32c + 31) code bytes: low 2 bits (qs[l] >> 2·(c % 4)) & 3 and high bit (hmask[l] >> c) & 1 of
+ * byte l, q = low | high << 2, minus 4. */
+static inline void kq_q3k_scales16(const uint8_t *blk, uint64_t *lo, uint64_t *hi) {
+    uint64_t L = 0, H = 0;
+    for (int i = 0; i < 8; i++) L |= (uint64_t)blk[96 + i] << 8 * i;
+    for (int i = 0; i < 4; i++) H |= (uint64_t)blk[104 + i] << 8 * i;
+    const uint64_t m2 = 0x03030303u, m4 = 0x0F0F0F0F0F0F0F0Full;
+    *lo = (L & m4) | ((H & m2) | ((H >> 2) & m2) << 32) << 4;
+    *hi = ((L >> 4) & m4) | (((H >> 4) & m2) | ((H >> 6) & m2) << 32) << 4;
+}
+static inline uint16_t kq_q3k_d(const uint8_t *blk) { return (uint16_t)(blk[108] | blk[109] << 8); }
+static inline const uint8_t *kq_q3k_qs(const uint8_t *blk, int c) { return blk + 32 + 32 * (c / 4); }
 /* Elements per activation scale: 256 for the K-quants, 32 for the rest (IQ4_XS included). */
 static inline int64_t kq_act_block(kdtype dt) { return kdtype_is_kquant(dt) ? 256 : 32; }
 /* The 8 six-bit sub-block scales ls (0..63) of the IQ4_XS super-block at blk, byte s = ls_s: the
