@@ -66,23 +66,27 @@ KQ_INL __m512i iq4_pair(__m256i q) {
 /* Q3_K chunks c, c + 1 (c even: the same 32 qs bytes) of the super-block at sb as unsigned codes
  * q + 4 (0..7): low 2 bits shifted 2·(c % 4) / + 2 per 256-bit half, high bits c / c + 1. */
 KQ_INL __m512i q3k_pair(const uint8_t *sb, int c) {
-    const __m256i qs = _mm256_loadu_si256((const __m256i *)kq_q3k_qs(sb, c)), hm = _mm256_loadu_si256((const __m256i *)sb);
-    const int j = 2 * (c % 4);
-    const __m512i nq = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)j)), _mm256_set1_epi16((short)(j + 2)), 1),
-                  nh = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)c)), _mm256_set1_epi16((short)(c + 1)), 1);
-    const __m512i lo = _mm512_and_si512(_mm512_srlv_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(qs), qs, 1), nq),
-                                        _mm512_set1_epi8(3));
-    const __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(hm), hm, 1), nh),
-                                        _mm512_set1_epi8(1));
-    return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 2));
+    /* low bits: qs >> 2·(c % 4) for chunk c, 2 more for c + 1; high bits moved to bit 2: hm >> (c − 2)
+     * (c = 0: hm << 2), one more for c + 1 (uniform shifts per 256-bit half: vpsrlvw is slow) */
+    const __m256i q0 = _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)kq_q3k_qs(sb, c)), _mm_cvtsi32_si128(2 * (c % 4))),
+                  hm = _mm256_loadu_si256((const __m256i *)sb),
+                  h0 = c >= 2 ? _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c - 2)) : _mm256_slli_epi16(hm, 2); /* no bit lost */
+    const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(q0), _mm256_srli_epi16(q0, 2), 1),
+                  hi = _mm512_inserti64x4(_mm512_castsi256_si512(h0), _mm256_srli_epi16(h0, 1), 1);
+    /* (lo & 3) | (hi & 4): one ternary-logic select under the mask 3, then & 7 */
+    return _mm512_and_si512(_mm512_ternarylogic_epi64(_mm512_set1_epi8(3), lo, hi, 0xCA), _mm512_set1_epi8(7));
 }
 
-/* Q3_K: the 4 group scales sc − 32 of chunks c, c + 1 (c even; kq_q3k_scales16's lo / hi) in the
- * 32-bit lanes of their 4-element partials: lanes 0-3, 4-7, 8-11, 12-15 groups 2c .. 2c + 3. */
-KQ_INL __m512i q3k_lane_scales(uint64_t lo, uint64_t hi, int c) {
-    const uint32_t v = (uint32_t)(c < 4 ? lo >> 16 * c : hi >> 16 * (c - 4));
-    const __m128i b = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)v), _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
-    return _mm512_cvtepi8_epi32(_mm_sub_epi8(b, _mm_set1_epi8(32)));
+/* Q3_K: the 16 group scales sc − 32 of a super-block (kq_q3k_scales16's lo / hi) as int32 lanes. */
+KQ_INL __m512i q3k_scales(uint64_t lo, uint64_t hi) {
+    return _mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_set_epi64x((long long)hi, (long long)lo), _mm_set1_epi8(32)));
+}
+
+/* ... and those of chunks c, c + 1 (c even) in the 32-bit lanes of their 4-element partials: lanes
+ * 0-3, 4-7, 8-11, 12-15 groups 2c .. 2c + 3. */
+KQ_INL __m512i q3k_lane_scales(__m512i sc16, int c) {
+    const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_set1_epi32(2 * c));
+    return _mm512_permutexvar_epi32(idx, sc16);
 }
 
 /* The 32 codes of a 32-element type's block as vpdpbusd's unsigned operand (IQ4_XS: its
@@ -153,8 +157,9 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
     for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
     __m512i xs_sc = _mm512_setzero_si512(); /* IQ4_XS: qword r = row r's 8 sub-block scales − 32 */
     __m512 xs_d = _mm512_setzero_ps();      /* IQ4_XS, Q3_K: lanes r and 8 + r = row r's d */
-    uint64_t q3lo[8] = {0}, q3hi[8] = {0};  /* Q3_K: each row's 16 group scales (kq_q3k_scales16) */
-    __m512i q3s[8];                         /* Q3_K: each row's lane scales of the pair (q3k_lane_scales) */
+    __m512i q3s[8];                         /* Q3_K: each row's 16 group scales (q3k_scales) */
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) q3s[r] = _mm512_setzero_si512();
     for (int64_t b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
         __m512i wv[8];
@@ -176,7 +181,9 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 const uint8_t *sb = w + r * rb + 110 * (b / 8);
-                kq_q3k_scales16(sb, &q3lo[r], &q3hi[r]);
+                uint64_t lo, hi;
+                kq_q3k_scales16(sb, &lo, &hi);
+                q3s[r] = q3k_scales(lo, hi);
                 gd[r / 4] |= (uint64_t)kq_q3k_d(sb) << 16 * (r % 4);
             }
             xs_d = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_set_epi64x((long long)gd[1], (long long)gd[0])));
@@ -191,7 +198,6 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                 const uint8_t *sb = w + r * rb + 110 * (b / 8);
                 if (pf && b % 4 == 0) __builtin_prefetch(sb + KQ_PF + 16 * (b % 8), 0, 2); /* 2 lines a super-block */
                 wv[r] = q3k_pair(sb, (int)(b % 8));
-                q3s[r] = q3k_lane_scales(q3lo[r], q3hi[r], (int)(b % 8));
                 continue;
             }
             if (DT == KDT_IQ4_XS) { /* sub-blocks b, b + 1 (b even: one super-block, 32 code bytes) */
@@ -254,7 +260,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
 #pragma GCC unroll 8
             for (int r = 0; r < 8; r++) {
                 s[r] = r < R ? _mm512_dpbusd_epi32(start, wv[r], xv) : _mm512_setzero_si512();
-                if (DT == KDT_Q3_K && r < R) s[r] = _mm512_mullo_epi32(s[r], q3s[r]); /* each lane times its group's scale */
+                if (DT == KDT_Q3_K && r < R) s[r] = _mm512_mullo_epi32(s[r], q3k_lane_scales(q3s[r], (int)(b % 8))); /* each lane times its group's scale */
             }
             const __m512 S = _mm512_cvtepi32_ps(q8_sums8(s)), f = _mm512_mul_ps(dw, dx);
             acc[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(S), _mm512_castps512_ps256(f), acc[i]);
