@@ -105,7 +105,6 @@ static inline const uint8_t *kq_iq4xs_sub(const uint8_t *row, int64_t b, uint16_
     return blk + 8 + 16 * k;
 }
 
-
 /* The quantized activations of one call: n rows of cols. */
 typedef struct {
     int n;

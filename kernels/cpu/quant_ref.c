@@ -69,7 +69,8 @@ void qref_dequant_q8_0(const void *src, float *dst, int64_t nb) {
     }
 }
 
-void qref_dequant_q4_0(const void *src, float *dst, int64_t nb) {
+/* Q4_0 and IQ4_NL (same 18-byte blocks): y = d·level[nibble], level[q] = q − 8 for Q4_0. */
+static void qref_dequant_nibbles(const void *src, float *dst, int64_t nb, const int8_t level[16]) {
     const uint8_t *p = src;
     for (int64_t b = 0; b < nb; b++) {
         qref_block_q4_0 blk;
@@ -77,10 +78,15 @@ void qref_dequant_q4_0(const void *src, float *dst, int64_t nb) {
         float d = f16_to_f32(blk.d);
         float *y = dst + b * QREF_QK;
         for (int j = 0; j < QREF_QK / 2; j++) {
-            y[j] = d * (float)((blk.qs[j] & 15) - 8);
-            y[j + QREF_QK / 2] = d * (float)((blk.qs[j] >> 4) - 8);
+            y[j] = d * (float)level[blk.qs[j] & 15];
+            y[j + QREF_QK / 2] = d * (float)level[blk.qs[j] >> 4];
         }
     }
+}
+
+void qref_dequant_q4_0(const void *src, float *dst, int64_t nb) {
+    static const int8_t level[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+    qref_dequant_nibbles(src, dst, nb, level);
 }
 
 void qref_dequant_q5_0(const void *src, float *dst, int64_t nb) {
@@ -102,17 +108,7 @@ void qref_dequant_q5_0(const void *src, float *dst, int64_t nb) {
 
 void qref_dequant_iq4_nl(const void *src, float *dst, int64_t nb) {
     static const int8_t level[16] = QREF_IQ4NL_LEVELS;
-    const uint8_t *p = src;
-    for (int64_t b = 0; b < nb; b++) {
-        qref_block_iq4_nl blk;
-        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
-        float d = f16_to_f32(blk.d);
-        float *y = dst + b * QREF_QK;
-        for (int j = 0; j < QREF_QK / 2; j++) {
-            y[j] = d * (float)level[blk.qs[j] & 15];
-            y[j + QREF_QK / 2] = d * (float)level[blk.qs[j] >> 4];
-        }
-    }
+    qref_dequant_nibbles(src, dst, nb, level);
 }
 
 /* (d·(ls − 32))·level as gguf-py's dl * qs; d·(ls − 32) is exact in f32 (11 × 6 bits). */

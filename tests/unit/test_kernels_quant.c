@@ -682,21 +682,24 @@ TEST(qmatmul_bad_args_and_caps) {
     ASSERT_EQ(kdtype_ggml_type(KDT_Q4_1), 3u);
     ASSERT_EQ(kdtype_ggml_type(KDT_Q5_1), 7u);
     ASSERT_STREQ(kdtype_name(KDT_Q5_1), "q5_1");
-    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_IQ4_NL) && kb->ops->supports_op(kb, KOP_GET_ROWS, KDT_IQ4_NL));
-    ASSERT_EQ(kdtype_row_bytes(KDT_IQ4_NL, 64), (size_t)36);
-    ASSERT_EQ(kdtype_ggml_type(KDT_IQ4_NL), 20u);
-    ASSERT_STREQ(kdtype_name(KDT_IQ4_NL), "iq4_nl");
-    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_IQ4_XS) && kb->ops->supports_op(kb, KOP_GET_ROWS, KDT_IQ4_XS));
-    ASSERT_EQ(kdtype_row_bytes(KDT_IQ4_XS, 512), (size_t)272);
-    ASSERT_EQ(kdtype_row_bytes(KDT_IQ4_XS, 96), (size_t)0);
-    ASSERT_EQ(kdtype_ggml_type(KDT_IQ4_XS), 23u);
-    ASSERT_STREQ(kdtype_name(KDT_IQ4_XS), "iq4_xs");
-    ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, KDT_Q3_K) && kb->ops->supports_op(kb, KOP_GET_ROWS, KDT_Q3_K));
-    ASSERT_EQ(kdtype_row_bytes(KDT_Q3_K, 512), (size_t)220);
-    ASSERT_EQ(kdtype_ggml_type(KDT_Q3_K), 11u);
-    ASSERT_STREQ(kdtype_name(KDT_Q3_K), "q3_k");
-    w = (kmat){.data = buf, .dtype = KDT_IQ4_XS, .rows = 1, .cols = 288}; /* not a multiple of 256 */
-    ASSERT_EQ(kb->ops->matmul(kb, x, 1, &w, y, 0.0f), PEFTD_EINVAL);
+    static const struct { /* the types GGUF files bring: caps, row sizes, ids, names; a partial block refused */
+        kdtype dt;
+        int64_t cols;
+        size_t row_bytes;
+        uint32_t ggml;
+        const char *name;
+    } F[] = {{KDT_IQ4_NL, 64, 36, 20, "iq4_nl"}, {KDT_IQ4_XS, 512, 272, 23, "iq4_xs"}, {KDT_Q3_K, 512, 220, 11, "q3_k"}};
+    for (size_t k = 0; k < sizeof F / sizeof F[0]; k++) {
+        ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, F[k].dt) && kb->ops->supports_op(kb, KOP_GET_ROWS, F[k].dt));
+        ASSERT_EQ(kdtype_row_bytes(F[k].dt, F[k].cols), F[k].row_bytes);
+        ASSERT_EQ(kdtype_row_bytes(F[k].dt, kdtype_block_elems(F[k].dt) == 256 ? 288 : 48), (size_t)0); /* partial block */
+        ASSERT_EQ(kdtype_ggml_type(F[k].dt), F[k].ggml);
+        ASSERT_STREQ(kdtype_name(F[k].dt), F[k].name);
+        if (kdtype_block_elems(F[k].dt) == 256) {
+            w = (kmat){.data = buf, .dtype = F[k].dt, .rows = 1, .cols = 288}; /* not a multiple of 256 */
+            ASSERT_EQ(kb->ops->matmul(kb, x, 1, &w, y, 0.0f), PEFTD_EINVAL);
+        }
+    }
     ASSERT(!kb->ops->supports_op(kb, KOP_RMSNORM, KDT_Q8_0));
     ASSERT(!kb->ops->supports_op(kb, KOP_SGMV, KDT_Q8_0));
     ASSERT(!kb->ops->supports_op(kb, KOP_ADD, KDT_Q4_K));
