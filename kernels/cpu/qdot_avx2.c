@@ -262,9 +262,17 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xb = xv + b * 512;
-        __m256i s[4];
+        __m256i s[4], q3m[4][2]; /* Q3_K: each row's two group scales, broadcast (vpmaddwd's multipliers) */
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) s[r] = _mm256_setzero_si256();
+        for (int r = 0; r < R; r++) {
+            s[r] = _mm256_setzero_si256();
+            if (DT == KDT_Q3_K) {
+                int16_t sc[2];
+                memcpy(sc, &mw[r * nb + b], 4);
+                q3m[r][0] = _mm256_set1_epi16(sc[0]);
+                q3m[r][1] = _mm256_set1_epi16(sc[1]);
+            }
+        }
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
             __m256i xk = _mm256_load_si256((const __m256i *)(xb + 64 * k));
@@ -281,13 +289,8 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
                     xs = _mm256_sign_epi8(xk, _mm256_set1_epi32(c4));
                 }
                 const __m256i t = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), xs);
-                __m256i m = ones;
-                if (DT == KDT_Q3_K) { /* codes 4k .. 4k + 3: group k / 4 of the chunk, its scale */
-                    int16_t sc[2];
-                    memcpy(sc, &mw[r * nb + b], 4);
-                    m = _mm256_set1_epi16(sc[k / 4]);
-                }
-                s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, m));
+                /* Q3_K: codes 4k .. 4k + 3 are group k / 4 of the chunk: its scale instead of ones */
+                s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, DT == KDT_Q3_K ? q3m[r][k / 4] : ones));
             }
         }
         const __m256 dxb = _mm256_load_ps(dx + b * 16);
@@ -326,14 +329,8 @@ KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w
         uint8_t *aw = kq_thread_scratch(Q8X_BYTES(DT, 4, nb));                                                 \
         q8x_strip(DT, R, aw, (float *)(aw + (size_t)R * (size_t)nb * Q8X_AW(DT)), w, rb, x, y, ldy, beta);      \
     }
-Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
-Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
-Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
-Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
-Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
-Q8X_DEF(qnl, KDT_IQ4_NL, 4) Q8X_DEF(qnl, KDT_IQ4_NL, 2) Q8X_DEF(qnl, KDT_IQ4_NL, 1)
-Q8X_DEF(qxs, KDT_IQ4_XS, 4) Q8X_DEF(qxs, KDT_IQ4_XS, 2) Q8X_DEF(qxs, KDT_IQ4_XS, 1)
-Q8X_DEF(q3k, KDT_Q3_K, 4) Q8X_DEF(q3k, KDT_Q3_K, 2) Q8X_DEF(q3k, KDT_Q3_K, 1)
+#define Q8X_DEF3(TAG, DT, a, b) Q8X_DEF(TAG, DT, 4) Q8X_DEF(TAG, DT, 2) Q8X_DEF(TAG, DT, 1)
+Q32_EACH(Q8X_DEF3, 0, 0)
 
 /* Q4_K (FIVE = 0) and Q5_K (FIVE = 1): R weight rows × N x rows. Per super-block the lanes'
  * integer sums I (qmatmul.h) stay in registers; per chunk c and pair: vpmaddubsw (nibble ×
@@ -603,10 +600,7 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
                                        int64_t ldy, float beta) {                                             \
         q8_tile(DT, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
     }
-#define TILE_DEF(R, N)                                                                                        \
-    TILE_FN(q8, KDT_Q8_0, R, N) TILE_FN(q40, KDT_Q4_0, R, N) TILE_FN(q50, KDT_Q5_0, R, N)                     \
-    TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)                  \
-    TILE_FN(qxs, KDT_IQ4_XS, R, N) TILE_FN(q3k, KDT_Q3_K, R, N)
+#define TILE_DEF(R, N) Q32_EACH(TILE_FN, R, N)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(2, 1) TILE_DEF(2, 2) TILE_DEF(1, 1) TILE_DEF(1, 2)
 KQ_KTILE_DEF(4, 1) KQ_KTILE_DEF(2, 1) KQ_KTILE_DEF(2, 2) KQ_KTILE_DEF(2, 3) KQ_KTILE_DEF(2, 4)
 KQ_KTILE_DEF(1, 1) KQ_KTILE_DEF(1, 2) KQ_KTILE_DEF(1, 3) KQ_KTILE_DEF(1, 4)
@@ -625,10 +619,8 @@ Q4S_DEF(1, 4)
 Q6S_DEF(4, 1) Q6S_DEF(2, 1) Q6S_DEF(2, 2) Q6S_DEF(2, 3) Q6S_DEF(2, 4) Q6S_DEF(1, 1) Q6S_DEF(1, 2) Q6S_DEF(1, 3)
 Q6S_DEF(1, 4)
 /* the 32-element types: [q32_index][4 | 2 | 1 rows][N - 1] */
-#define TILE_ROWS(TAG) {{TAG##_4_1, TAG##_4_2}, {TAG##_2_1, TAG##_2_2}, {TAG##_1_1, TAG##_1_2}}
-static const tile_fn q32_tiles[Q32_TYPES][3][2] = {TILE_ROWS(q8),  TILE_ROWS(q40), TILE_ROWS(q50),
-                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl), TILE_ROWS(qxs),
-                                                   TILE_ROWS(q3k)};
+#define TILE_ROWS(TAG, DT, a, b) {{TAG##_4_1, TAG##_4_2}, {TAG##_2_1, TAG##_2_2}, {TAG##_1_1, TAG##_1_2}},
+static const tile_fn q32_tiles[Q32_TYPES][3][2] = {Q32_EACH(TILE_ROWS, 0, 0)};
 /* K-quants: [4 rows (one x row only) | 2 rows | 1 row][N - 1] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1, q4k_2_2, q4k_2_3, q4k_2_4}, {q4k_1_1, q4k_1_2, q4k_1_3, q4k_1_4}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q5k_2_4}, {q5k_1_1, q5k_1_2, q5k_1_3, q5k_1_4}};
@@ -660,10 +652,8 @@ void kq_rows_avx2(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(dt, 4, x->cols / 32))) {
-        static const kq_strip_fn strips[Q32_TYPES][3] = {
-            {q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1}, {q8x_q50_4, q8x_q50_2, q8x_q50_1},
-            {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1},
-            {q8x_qxs_4, q8x_qxs_2, q8x_qxs_1}, {q8x_q3k_4, q8x_q3k_2, q8x_q3k_1}};
+#define STRIP_ROW(TAG, DT, a, b) {q8x_##TAG##_4, q8x_##TAG##_2, q8x_##TAG##_1},
+        static const kq_strip_fn strips[Q32_TYPES][3] = {Q32_EACH(STRIP_ROW, 0, 0)};
         const kq_strip_fn *f = strips[q32_index(dt)];
         kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_avx2_x16_strips);
         return;

@@ -294,21 +294,16 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, int pf, const kq_x *x, int 
                                        int64_t ldy, float beta) {                                             \
         q8_tile(DT, R, N, w, rb, pf, x, i0, y, ldy, beta);                                                    \
     }
-#define TILE_DEF(R, N)                                                                                        \
-    TILE_FN(q8, KDT_Q8_0, R, N) TILE_FN(q40, KDT_Q4_0, R, N) TILE_FN(q50, KDT_Q5_0, R, N)                     \
-    TILE_FN(q41, KDT_Q4_1, R, N) TILE_FN(q51, KDT_Q5_1, R, N) TILE_FN(qnl, KDT_IQ4_NL, R, N)                  \
-    TILE_FN(qxs, KDT_IQ4_XS, R, N) TILE_FN(q3k, KDT_Q3_K, R, N)
+#define TILE_DEF(R, N) Q32_EACH(TILE_FN, R, N)
 TILE_DEF(8, 1) TILE_DEF(8, 2) TILE_DEF(8, 3) TILE_DEF(8, 4)
 TILE_DEF(4, 1) TILE_DEF(4, 2) TILE_DEF(4, 3) TILE_DEF(4, 4)
 TILE_DEF(1, 1) TILE_DEF(1, 2) TILE_DEF(1, 3) TILE_DEF(1, 4)
 /* [q32_index][8 | 4 | 1 rows][N - 1] */
-#define TILE_ROWS(TAG)                                                                                        \
+#define TILE_ROWS(TAG, DT, a, b)                                                                              \
     {{TAG##_8_1, TAG##_8_2, TAG##_8_3, TAG##_8_4},                                                            \
      {TAG##_4_1, TAG##_4_2, TAG##_4_3, TAG##_4_4},                                                            \
-     {TAG##_1_1, TAG##_1_2, TAG##_1_3, TAG##_1_4}}
-static const tile_fn q32_tiles[Q32_TYPES][3][4] = {TILE_ROWS(q8),  TILE_ROWS(q40), TILE_ROWS(q50),
-                                                   TILE_ROWS(q41), TILE_ROWS(q51), TILE_ROWS(qnl), TILE_ROWS(qxs),
-                                                   TILE_ROWS(q3k)};
+     {TAG##_1_1, TAG##_1_2, TAG##_1_3, TAG##_1_4}},
+static const tile_fn q32_tiles[Q32_TYPES][3][4] = {Q32_EACH(TILE_ROWS, 0, 0)};
 
 /* The 32-element types' batches with x in the x16 layout (qx16.c: 16 x rows in a zmm, 4 codes per
  * lane), a strip of R <= 4 weight rows at a time. The strip's codes offset to unsigned (w ^ 0x80,
@@ -431,14 +426,8 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
         uint8_t *uw = kq_thread_scratch(Q8X_BYTES(4, nb));                                                     \
         q8x_strip16(DT, R, uw, (float *)(uw + (size_t)R * (size_t)nb * 32), w, rb, x, y, ldy, beta);            \
     }
-Q8X_DEF(q8, KDT_Q8_0, 4) Q8X_DEF(q8, KDT_Q8_0, 2) Q8X_DEF(q8, KDT_Q8_0, 1)
-Q8X_DEF(q40, KDT_Q4_0, 4) Q8X_DEF(q40, KDT_Q4_0, 2) Q8X_DEF(q40, KDT_Q4_0, 1)
-Q8X_DEF(q50, KDT_Q5_0, 4) Q8X_DEF(q50, KDT_Q5_0, 2) Q8X_DEF(q50, KDT_Q5_0, 1)
-Q8X_DEF(q41, KDT_Q4_1, 4) Q8X_DEF(q41, KDT_Q4_1, 2) Q8X_DEF(q41, KDT_Q4_1, 1)
-Q8X_DEF(q51, KDT_Q5_1, 4) Q8X_DEF(q51, KDT_Q5_1, 2) Q8X_DEF(q51, KDT_Q5_1, 1)
-Q8X_DEF(qnl, KDT_IQ4_NL, 4) Q8X_DEF(qnl, KDT_IQ4_NL, 2) Q8X_DEF(qnl, KDT_IQ4_NL, 1)
-Q8X_DEF(qxs, KDT_IQ4_XS, 4) Q8X_DEF(qxs, KDT_IQ4_XS, 2) Q8X_DEF(qxs, KDT_IQ4_XS, 1)
-Q8X_DEF(q3k, KDT_Q3_K, 4) Q8X_DEF(q3k, KDT_Q3_K, 2) Q8X_DEF(q3k, KDT_Q3_K, 1)
+#define Q8X_DEF3(TAG, DT, a, b) Q8X_DEF(TAG, DT, 4) Q8X_DEF(TAG, DT, 2) Q8X_DEF(TAG, DT, 1)
+Q32_EACH(Q8X_DEF3, 0, 0)
 
 void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                   int64_t ldy, float beta) {
@@ -447,10 +436,8 @@ void kq_rows_vnni(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1
         return;
     }
     if (x->x16v && kq_thread_scratch(Q8X_BYTES(4, x->cols / 32))) {
-        static const kq_strip_fn strips[Q32_TYPES][3] = {
-            {q8x_q8_4, q8x_q8_2, q8x_q8_1},    {q8x_q40_4, q8x_q40_2, q8x_q40_1}, {q8x_q50_4, q8x_q50_2, q8x_q50_1},
-            {q8x_q41_4, q8x_q41_2, q8x_q41_1}, {q8x_q51_4, q8x_q51_2, q8x_q51_1}, {q8x_qnl_4, q8x_qnl_2, q8x_qnl_1},
-            {q8x_qxs_4, q8x_qxs_2, q8x_qxs_1}, {q8x_q3k_4, q8x_q3k_2, q8x_q3k_1}};
+#define STRIP_ROW(TAG, DT, a, b) {q8x_##TAG##_4, q8x_##TAG##_2, q8x_##TAG##_1},
+        static const kq_strip_fn strips[Q32_TYPES][3] = {Q32_EACH(STRIP_ROW, 0, 0)};
         const kq_strip_fn *f = strips[q32_index(dt)];
         kq_rows_strips(f[0], f[1], f[2], w, rb, r0, r1, x, y, ldy, beta, &kq_vnni_x16_strips);
         return;

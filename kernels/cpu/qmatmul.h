@@ -61,6 +61,11 @@ static inline bool kq_has_min(kdtype dt) { return dt == KDT_Q4_1 || dt == KDT_Q5
  * IQ4_NL 5, IQ4_XS 6, Q3_K 7 (the last two multiplied per 32 of their super-blocks: the
  * canonical order above). */
 #define Q32_TYPES 8
+/* The same list for the SIMD files' definitions and tables: X(tag, dtype, a, b) per type, in
+ * q32_index order (a, b: the caller's, e.g. a tile's row and x-row counts). */
+#define Q32_EACH(X, a, b)                                                                                     \
+    X(q8, KDT_Q8_0, a, b) X(q40, KDT_Q4_0, a, b) X(q50, KDT_Q5_0, a, b) X(q41, KDT_Q4_1, a, b)                \
+    X(q51, KDT_Q5_1, a, b) X(qnl, KDT_IQ4_NL, a, b) X(qxs, KDT_IQ4_XS, a, b) X(q3k, KDT_Q3_K, a, b)
 static inline int q32_index(kdtype dt) {
     return dt == KDT_Q4_0 ? 1 : dt == KDT_Q5_0 ? 2 : dt == KDT_Q4_1 ? 3 : dt == KDT_Q5_1 ? 4 : dt == KDT_IQ4_NL ? 5
          : dt == KDT_IQ4_XS ? 6 : dt == KDT_Q3_K ? 7 : 0;
