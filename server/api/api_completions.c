@@ -66,6 +66,18 @@ static int api_tok_append(gen_token **arr, int *n, int *cap, const gen_token *sr
     return 0;
 }
 
+/* Under job->mu, after a choice finished: once every choice has, the request holds no
+ * sequence in the engine any more, so its tenant's quota hold is given back now, before
+ * the connection is woken to send the last bytes. Released later (at the last reference)
+ * a client that sends its next request as soon as it read the answer could find its own
+ * finished request still counted against max_concurrent. */
+static void job_release_quota_if_done_locked(api_job *job) {
+    if (!job->req.tenants) return;
+    for (int i = 0; i < job->n_choices; i++)
+        if (!job->choices[i].finished) return;
+    tenants_release(job->req.tenants, &job->req.ticket);
+}
+
 /* /v1/score shares the prompt's KV across candidates through the prefix cache: candidate 0
  * runs first (its full prompt blocks are cached as it computes them), the others are
  * submitted when it finished (engine thread, from its notify) and find those blocks cached.
@@ -91,6 +103,7 @@ static void job_submit_deferred(api_job *job, finish_reason first) {
         ch->finish = first == FINISH_LENGTH ? FINISH_ERROR : first;
         if (ch->finish == FINISH_ERROR)
             snprintf(ch->error, sizeof ch->error, "%s", first == FINISH_LENGTH ? peftd_strerror(rc) : "candidate 0 failed");
+        job_release_quota_if_done_locked(job);
         pthread_mutex_unlock(&job->mu);
     }
     pthread_mutex_lock(&job->mu);
@@ -145,6 +158,7 @@ static void job_notify(void *ud) {
             http_metrics_on_finish(job->req.adapter ? job->req.adapter->meta.name : NULL, why,
                                    d.queue_ns ? d.prompt_tokens : 0, d.completion_tokens);
             if (d.finish == FINISH_ERROR) snprintf(ch->error, sizeof ch->error, "%s", d.error);
+            job_release_quota_if_done_locked(job);
         }
     }
     if (job->suspended && !job->closed) {
