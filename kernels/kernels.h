@@ -100,8 +100,8 @@ typedef enum {
     KDT_IQ4_XS = 14,
     /* ggml's Q3_K: super-blocks of 256 in 110 bytes — 32 bytes of high bits, 64 of 2-bit low
      * codes, 16 six-bit group scales (12 bytes), f16 d; y = d·(scale − 32)·q, q in −4..3 (groups
-     * of 16). Multiplied per 32 like IQ4_XS (activations per 32; each 32 holds two groups). The
-     * main type of Q3_K_S / _M / _L files. */
+     * of 16). A K-quant multiplied as Q6_K is (activations per 256, code sums per 16; kernels/cpu/
+     * qmatmul.h). The main type of Q3_K_S / _M / _L files. */
     KDT_Q3_K = 15,
     KDT_COUNT
 } kdtype;
@@ -110,14 +110,14 @@ static inline bool kdtype_is_quant(kdtype t) {
     return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0 || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8 ||
            t == KDT_Q6_K_SB16 || t == KDT_Q5_0 || t == KDT_Q4_1 || t == KDT_Q5_1 || t == KDT_IQ4_NL || t == KDT_IQ4_XS || t == KDT_Q3_K;
 }
-/* The K-quants (super-blocks of 256 elements). */
+/* The K-quants (super-blocks of 256 elements, activations quantized per 256; not IQ4_XS). */
 static inline bool kdtype_is_kquant(kdtype t) {
-    return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8 || t == KDT_Q6_K_SB16;
+    return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8 || t == KDT_Q6_K_SB16 || t == KDT_Q3_K;
 }
 /* Elements per block: 1 for the float dtypes. */
 static inline int64_t kdtype_block_elems(kdtype t) {
     return t == KDT_Q8_0 || t == KDT_Q4_0 || t == KDT_Q5_0 || t == KDT_Q4_1 || t == KDT_Q5_1 || t == KDT_IQ4_NL ? 32
-           : kdtype_is_kquant(t) || t == KDT_IQ4_XS || t == KDT_Q3_K ? 256
+           : kdtype_is_kquant(t) || t == KDT_IQ4_XS ? 256
                                  : 1;
 }
 /* Bytes per block (per element for the float dtypes). */

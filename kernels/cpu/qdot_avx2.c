@@ -5,8 +5,7 @@
  *   Q8_0: u8 = |w|, s8 = x with w's sign (|w|·sign(x, w) = w·x; |w| <= 128, |x| <= 127).
  *   Q4_0: the same on w = nibble − 8; Q5_0 on w = (nibble | 5th bit << 4) − 16; IQ4_NL on
  *   w = the level its nibble indexes (a vpshufb table, |w| <= 127); IQ4_XS as IQ4_NL per
- *   sub-block of 32, its scale d·(ls − 32); Q3_K per 32 on w = q (−4..3) with vpmaddwd by its
- *   two groups' scales instead of ones (the scaled integer sum of qmatmul.h), d per super-block.
+ *   sub-block of 32, its scale d·(ls − 32).
  *   Batches of 8+ rows of either (x in the x16 layout, qx16.c): q8x_strip, x rows in lanes and
  *   4 weight codes broadcast at a time, so a block's sums need no horizontal adds.
  *   Q4_K: u8 = the nibble (0..15), s8 = x, then vpmaddwd by the sub-block scale: the
@@ -15,6 +14,7 @@
  *   Q5_K: u8 = nibble | 5th bit << 4 (0..31), s8 = x, as Q4_K.
  *   Q6_K: u8 = the 6-bit code (0..63), s8 = x, as Q4_K with 16-element groups; the −32 offset
  *         once per super-block from the x group sums (|pair sum| <= 2·63·127 < 32768).
+ *   Q3_K: Q6_K's tile on the 3-bit code (0..7), scales sc − 32, offset 4 (qmatmul.h).
  *   Q4_K_SB8, Q6_K_SB16: Q4_K / Q6_K reordered so products add in 16-bit lanes before one
  *         vpmaddwd applies the scales (q4s_tile, q6s_tile).
  *   K-quant batches of 8+ rows but Q6_K_SB16's: qdot_avx2_x16k.c (x in the x16 layout).
@@ -71,22 +71,6 @@ KQ_INL __m256i iq4_codes(const uint8_t *qs) {
     return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)level)), n);
 }
 
-/* Q3_K chunk c (32 elements) of the super-block at sb: its signed codes q − 4 (−4..3). */
-KQ_INL __m256i q3k_codes(const uint8_t *sb, int c) {
-    const __m256i qs = _mm256_loadu_si256((const __m256i *)kq_q3k_qs(sb, c)),
-                  hm = _mm256_loadu_si256((const __m256i *)sb);
-    const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * (c % 4))), _mm256_set1_epi8(3));
-    const __m256i hi = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c)), _mm256_set1_epi8(1));
-    return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)), _mm256_set1_epi8(4));
-}
-
-/* Q3_K chunk c's two group scales sc − 32 (from kq_q3k_scales16's lo / hi) as vpmaddwd's
- * multipliers: 16-bit lanes 0-7 (elements 0-15) the first group's, 8-15 the second's. */
-KQ_INL __m256i q3k_scale16(uint64_t lo, uint64_t hi, int c) {
-    const uint64_t v = c < 4 ? lo >> 16 * c : hi >> 16 * (c - 4);
-    return _mm256_set_m128i(_mm_set1_epi16((short)((int)(v >> 8 & 0xFF) - 32)), _mm_set1_epi16((short)((int)(v & 0xFF) - 32)));
-}
-
 KQ_INL __m256i q8_codes(kdtype DT, const uint8_t *p) {
     if (DT == KDT_Q8_0) return _mm256_loadu_si256((const __m256i *)(p + 2));
     if (DT == KDT_IQ4_NL) return iq4_codes(p + 2);
@@ -118,10 +102,9 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
     __m128 acc[4];
     for (int i = 0; i < N; i++) acc[i] = _mm_setzero_ps();
     uint64_t xs_v[4] = {0, 0, 0, 0}; /* IQ4_XS: each row's 8 sub-block scales (ls, a byte each) */
-    uint64_t q3_hi[4] = {0, 0, 0, 0}; /* Q3_K: each row's 16 group scales, xs_v the first 8 */
-    uint16_t xs_d[4] = {0, 0, 0, 0}; /* IQ4_XS, Q3_K: each row's d */
+    uint16_t xs_d[4] = {0, 0, 0, 0}; /* IQ4_XS: each row's d */
     for (int64_t b = 0; b < nb; b++) {
-        __m256i wv[4], aw[4], sv[4];
+        __m256i wv[4], aw[4];
         uint16_t h[4] = {0}, hm[4] = {0};
         uint32_t xs = 0; /* IQ4_XS: the rows' ls of sub-block b, a byte each */
         if (DT == KDT_IQ4_XS && b % 8 == 0) /* a new super-block: its rows' scales and d once */
@@ -131,24 +114,8 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
                 xs_v[r] = kq_iq4xs_scales8(blk);
                 xs_d[r] = (uint16_t)(blk[0] | blk[1] << 8);
             }
-        if (DT == KDT_Q3_K && b % 8 == 0)
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                const uint8_t *sb = w + r * rb + 110 * (b / 8);
-                kq_q3k_scales16(sb, &xs_v[r], &q3_hi[r]);
-                xs_d[r] = kq_q3k_d(sb);
-            }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            if (DT == KDT_Q3_K) {
-                const uint8_t *sb = w + r * rb + 110 * (b / 8);
-                if (i0 == 0 && b % 4 == 0) __builtin_prefetch(sb + KQ_PF + 16 * (b % 8), 0, 2); /* 2 lines a super-block */
-                wv[r] = q3k_codes(sb, (int)(b % 8));
-                aw[r] = _mm256_abs_epi8(wv[r]);
-                sv[r] = q3k_scale16(xs_v[r], q3_hi[r], (int)(b % 8));
-                h[r] = xs_d[r];
-                continue;
-            }
             if (DT == KDT_IQ4_XS) {
                 const uint8_t *qs = w + r * rb + 136 * (b / 8) + 8 + 16 * (b % 8);
                 if (i0 == 0) __builtin_prefetch(qs + KQ_PF, 0, 2);
@@ -178,10 +145,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, const 
             __m256i s[4];
 #pragma GCC unroll 4
             for (int r = 0; r < 4; r++)
-                s[r] = r >= R ? _mm256_setzero_si256()
-                       : DT == KDT_Q3_K /* pairs times their group's scale: the scaled lane sums */
-                           ? _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])), sv[r])
-                           : kq_dot32(aw[r], MIN ? xv : _mm256_sign_epi8(xv, wv[r]));
+                s[r] = r >= R ? _mm256_setzero_si256() : kq_dot32(aw[r], MIN ? xv : _mm256_sign_epi8(xv, wv[r]));
             const __m128 S = _mm_cvtepi32_ps(kq_hsum4(s[0], s[1], s[2], s[3]));
             const __m128 dx = _mm_set1_ps(x->d[row * nb + b]);
             acc[i] = _mm_fmadd_ps(S, _mm_mul_ps(dw, dx), acc[i]);
@@ -223,21 +187,6 @@ KQ_INL void q8x_unpack(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb
                 dw[r * nb + b] = _cvtsh_ss(d) * (float)sc;
                 continue;
             }
-            if (DT == KDT_Q3_K) { /* codes, d, and the chunk's two group scales (int16) in the mins' place */
-                const uint8_t *sb = w + r * rb + 110 * (b / 8);
-                __builtin_prefetch(sb + KQ_PF, 0, 2);
-                const __m256i c = q3k_codes(sb, (int)(b % 8));
-                _mm256_store_si256((__m256i *)o, _mm256_abs_epi8(c));
-                _mm256_store_si256((__m256i *)(o + 32), c);
-                dw[r * nb + b] = _cvtsh_ss(kq_q3k_d(sb));
-                uint64_t lo, hi;
-                kq_q3k_scales16(sb, &lo, &hi);
-                const int c2 = 2 * (int)(b % 8);
-                const int16_t sc[2] = {(int16_t)((int)((c2 < 8 ? lo >> 8 * c2 : hi >> 8 * (c2 - 8)) & 0xFF) - 32),
-                                       (int16_t)((int)((c2 < 8 ? lo >> 8 * (c2 + 1) : hi >> 8 * (c2 - 7)) & 0xFF) - 32)};
-                memcpy(&mw[r * nb + b], sc, 4);
-                continue;
-            }
             const uint8_t *p = w + r * rb + BB * b;
             __builtin_prefetch(p + KQ_PF, 0, 2);
             const __m256i c = q8_codes(DT, p);
@@ -262,17 +211,9 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xb = xv + b * 512;
-        __m256i s[4], q3m[4][2]; /* Q3_K: each row's two group scales, broadcast (vpmaddwd's multipliers) */
+        __m256i s[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            s[r] = _mm256_setzero_si256();
-            if (DT == KDT_Q3_K) {
-                int16_t sc[2];
-                memcpy(sc, &mw[r * nb + b], 4);
-                q3m[r][0] = _mm256_set1_epi16(sc[0]);
-                q3m[r][1] = _mm256_set1_epi16(sc[1]);
-            }
-        }
+        for (int r = 0; r < R; r++) s[r] = _mm256_setzero_si256();
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
             __m256i xk = _mm256_load_si256((const __m256i *)(xb + 64 * k));
@@ -288,9 +229,7 @@ KQ_INL void q8x_tile(kdtype DT, int R, const uint8_t *w, size_t rb, int64_t nb, 
                     memcpy(&c4, DT == KDT_Q8_0 ? w + r * rb + 34 * b + 2 + 4 * k : o + 32 + 4 * k, 4);
                     xs = _mm256_sign_epi8(xk, _mm256_set1_epi32(c4));
                 }
-                const __m256i t = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), xs);
-                /* Q3_K: codes 4k .. 4k + 3 are group k / 4 of the chunk: its scale instead of ones */
-                s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, DT == KDT_Q3_K ? q3m[r][k / 4] : ones));
+                s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi32(a4), xs), ones));
             }
         }
         const __m256 dxb = _mm256_load_ps(dx + b * 16);
@@ -321,7 +260,7 @@ KQ_INL void q8x_strip(kdtype DT, int R, uint8_t *aw, float *dw, const uint8_t *w
 
 /* One strip function per type and row count; its unpacked rows in the thread's scratch
  * (Q8X_BYTES for 4 rows, which kq_rows_avx2 made sure of). */
-#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + (kq_has_min(DT) || (DT) == KDT_Q3_K ? 8 : 4)))
+#define Q8X_BYTES(DT, R, NB) ((size_t)(R) * (size_t)(NB) * (Q8X_AW(DT) + (kq_has_min(DT) ? 8 : 4)))
 #define Q8X_DEF(TAG, DT, R)                                                                                   \
     static KQ_TGT void q8x_##TAG##_##R(const uint8_t *w, size_t rb, const kq_x *x, float *y, int64_t ldy,      \
                                        float beta) {                                                          \
@@ -453,10 +392,12 @@ KQ_INL void q4s_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
 /* Q6_K: chunk c = 4h + k of a super-block (qmatmul.h) is ql[64h + 32(k%2) + l] nibble k/2 with
  * bits 2k, 2k+1 of qh[32h + l] above it; the 6-bit code (0..63) is unsigned, so vpmaddubsw
  * takes it as is (pairs at most 2·63·127) and the −32 offset is added once per super-block
- * from the x group sums: vpmaddwd of (−32·sc) and G. */
-KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
+ * from the x group sums: vpmaddwd of (−32·sc) and G. Q3_K (THREE): the same on its 3-bit code,
+ * bits 2(c%4) of qs[32h + l] with bit c of hmask[l] above them, scales sc − 32, offset 4. */
+KQ_INL void q6k_tile(int THREE, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                      float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
+    const int BB = THREE ? 110 : 210;
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     /* one x row: lane r of acc1[0] (the row form); several: lane i·R + r of acc (kq_store_pairs) */
     __m128 acc1[4] = {_mm_setzero_ps()};
@@ -465,11 +406,10 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
         __m256i sc[4][8], I[4][4]; /* sc[r][c]: group 2c's scale in the low lane's words, 2c + 1's in the high */
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = w + r * rb + 210 * b;
-            if (i0 == 0) kq_prefetch_sb(p, 210);
-            __m128i s8 = _mm_loadu_si128((const __m128i *)(p + 192));
-            __m128i lo = _mm_cvtepi8_epi16(s8), hi = _mm_cvtepi8_epi16(_mm_srli_si128(s8, 8));
-            __m256i sA = _mm256_set_m128i(lo, lo), sB = _mm256_set_m128i(hi, hi);
+            const uint8_t *p = w + r * rb + BB * b;
+            if (i0 == 0) kq_prefetch_sb(p, BB);
+            const __m256i s16 = kq_k16_sc16(THREE, p);
+            const __m256i sA = _mm256_permute2x128_si256(s16, s16, 0x00), sB = _mm256_permute2x128_si256(s16, s16, 0x11);
 #pragma GCC unroll 8
             for (int c = 0; c < 8; c++)
                 sc[r][c] = _mm256_shuffle_epi8(c / 4 ? sB : sA, kq_word_bcast(2 * (c % 4), 2 * (c % 4) + 1));
@@ -482,7 +422,14 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
             __m256i wv[4];
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                const uint8_t *p = w + r * rb + 210 * b;
+                const uint8_t *p = w + r * rb + BB * b;
+                if (THREE) {
+                    const __m256i qs = _mm256_loadu_si256((const __m256i *)kq_q3k_qs(p, c)), hm = _mm256_loadu_si256((const __m256i *)p);
+                    const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * k)), _mm256_set1_epi8(3));
+                    const __m256i hi = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c)), _mm256_set1_epi8(1));
+                    wv[r] = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
+                    continue;
+                }
                 __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (k % 2)));
                 __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
                 __m256i lo = _mm256_and_si256(k / 2 ? _mm256_srli_epi16(ql, 4) : ql, m4);
@@ -504,8 +451,8 @@ KQ_INL void q6k_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
                 }
             }
         }
-        if (N == 1) kq_q6k_finish(R, 1, w, rb, b, x, i0, I, acc1);
-        else kq_q6k_finish_pairs(R, N, w, rb, b, x, i0, I, &acc);
+        if (N == 1) kq_q6k_finish(THREE, R, 1, w, rb, b, x, i0, I, acc1);
+        else kq_q6k_finish_pairs(THREE, R, N, w, rb, b, x, i0, I, &acc);
     }
     if (N == 1) kq_store1(R, 1, acc1, y, ldy, beta);
     else kq_store_pairs(R, N, acc, y, ldy, beta);
@@ -561,8 +508,8 @@ KQ_INL void q6s_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
                 }
             }
         }
-        if (N == 1) kq_q6k_finish(R, 1, w, rb, b, x, i0, I, acc1);
-        else kq_q6k_finish_pairs(R, N, w, rb, b, x, i0, I, &acc);
+        if (N == 1) kq_q6k_finish(0, R, 1, w, rb, b, x, i0, I, acc1);
+        else kq_q6k_finish_pairs(0, R, N, w, rb, b, x, i0, I, &acc);
     }
     if (N == 1) kq_store1(R, 1, acc1, y, ldy, beta);
     else kq_store_pairs(R, N, acc, y, ldy, beta);
@@ -627,13 +574,14 @@ static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1, q5k_2_2, q5k_2_3, q
 static const tile_fn q4s_tiles[3][4] = {{q4s_4_1}, {q4s_2_1, q4s_2_2, q4s_2_3, q4s_2_4}, {q4s_1_1, q4s_1_2, q4s_1_3, q4s_1_4}};
 static const tile_fn q6s_tiles[3][4] = {{q6s_4_1}, {q6s_2_1, q6s_2_2, q6s_2_3, q6s_2_4}, {q6s_1_1, q6s_1_2, q6s_1_3, q6s_1_4}};
 static const tile_fn q6k_tiles[3][4] = {{q6k_4_1}, {q6k_2_1, q6k_2_2, q6k_2_3, q6k_2_4}, {q6k_1_1, q6k_1_2, q6k_1_3, q6k_1_4}};
+static const tile_fn q3k_tiles[3][4] = {{q3k_4_1}, {q3k_2_1, q3k_2_2, q3k_2_3, q3k_2_4}, {q3k_1_1, q3k_1_2, q3k_1_3, q3k_1_4}};
 
 /* K-quants: a single x row (decode) takes weight rows 4 at a time (x read once per 4 rows);
  * more x rows take 2 weight rows × up to 4 x rows, each unpacked weight chunk used 4 times. */
 static void kq_rows_avx2_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                            int64_t ldy, float beta) {
     const tile_fn (*t)[4] = dt == KDT_Q5_K ? q5k_tiles : dt == KDT_Q6_K ? q6k_tiles : dt == KDT_Q4_K_SB8 ? q4s_tiles
-                                  : dt == KDT_Q6_K_SB16 ? q6s_tiles : q4k_tiles;
+                                  : dt == KDT_Q6_K_SB16 ? q6s_tiles : dt == KDT_Q3_K ? q3k_tiles : q4k_tiles;
     for (int64_t r = r0; r < r1;) {
         int R = x->n == 1 && r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
         const tile_fn *fns = t[R == 4 ? 0 : R == 2 ? 1 : 2];

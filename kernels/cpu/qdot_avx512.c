@@ -10,7 +10,7 @@
  *         exactly. Two blocks (2 × 32 codes) per zmm: lanes 0-7 even block, 8-15 odd.
  *   Batches of 8+ rows (x in the x16 layout, qx16.c): q8x_strip16, x rows in lanes and 4 weight
  *         codes broadcast at a time, one vpdpbusd per 64 products and no horizontal sums.
- *   Q4_K, Q5_K, Q6_K: qdot_avx512_k.c (their canonical order is an integer vpmaddubsw /
+ *   Q4_K, Q5_K, Q6_K, Q3_K: qdot_avx512_k.c (their canonical order is an integer vpmaddubsw /
  *         vpdpwssd loop, not this one); their batches of 8+ rows qdot_avx512_x16k.c.
  * Weight rows are read once per x group of 4; the first group prefetches KQ_PF bytes ahead.
  * Compiled for these instructions by target attributes and only called when the CPU has
@@ -61,32 +61,6 @@ KQ_INL __m512i iq4_pair(__m256i q) {
                                  _mm512_set1_epi8(15));
     z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
     return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm256_castsi256_si128(iq4nl_table())), z);
-}
-
-/* Q3_K chunks c, c + 1 (c even: the same 32 qs bytes) of the super-block at sb as unsigned codes
- * q + 4 (0..7): low 2 bits shifted 2·(c % 4) / + 2 per 256-bit half, high bits c / c + 1. */
-KQ_INL __m512i q3k_pair(const uint8_t *sb, int c) {
-    /* low bits: qs >> 2·(c % 4) for chunk c, 2 more for c + 1; high bits moved to bit 2: hm >> (c − 2)
-     * (c = 0: hm << 2), one more for c + 1 (uniform shifts per 256-bit half: vpsrlvw is slow) */
-    const __m256i q0 = _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)kq_q3k_qs(sb, c)), _mm_cvtsi32_si128(2 * (c % 4))),
-                  hm = _mm256_loadu_si256((const __m256i *)sb),
-                  h0 = c >= 2 ? _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c - 2)) : _mm256_slli_epi16(hm, 2); /* no bit lost */
-    const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(q0), _mm256_srli_epi16(q0, 2), 1),
-                  hi = _mm512_inserti64x4(_mm512_castsi256_si512(h0), _mm256_srli_epi16(h0, 1), 1);
-    /* (lo & 3) | (hi & 4): one ternary-logic select under the mask 3, then & 7 */
-    return _mm512_and_si512(_mm512_ternarylogic_epi64(_mm512_set1_epi8(3), lo, hi, 0xCA), _mm512_set1_epi8(7));
-}
-
-/* Q3_K: the 16 group scales sc − 32 of a super-block (kq_q3k_scales16's lo / hi) as int32 lanes. */
-KQ_INL __m512i q3k_scales(uint64_t lo, uint64_t hi) {
-    return _mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_set_epi64x((long long)hi, (long long)lo), _mm_set1_epi8(32)));
-}
-
-/* ... and those of chunks c, c + 1 (c even) in the 32-bit lanes of their 4-element partials: lanes
- * 0-3, 4-7, 8-11, 12-15 groups 2c .. 2c + 3. */
-KQ_INL __m512i q3k_lane_scales(__m512i sc16, int c) {
-    const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_set1_epi32(2 * c));
-    return _mm512_permutexvar_epi32(idx, sc16);
 }
 
 /* The 32 codes of a 32-element type's block as vpdpbusd's unsigned operand (IQ4_XS: its
@@ -156,10 +130,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
     __m512i xs_sc = _mm512_setzero_si512(); /* IQ4_XS: qword r = row r's 8 sub-block scales − 32 */
-    __m512 xs_d = _mm512_setzero_ps();      /* IQ4_XS, Q3_K: lanes r and 8 + r = row r's d */
-    __m512i q3s[8];                         /* Q3_K: each row's 16 group scales (q3k_scales) */
-#pragma GCC unroll 8
-    for (int r = 0; r < 8; r++) q3s[r] = _mm512_setzero_si512();
+    __m512 xs_d = _mm512_setzero_ps();      /* IQ4_XS: lanes r and 8 + r = row r's d */
     for (int64_t b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
         __m512i wv[8];
@@ -176,30 +147,12 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                                     _mm512_set1_epi8(32));
             xs_d = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_set_epi64x((long long)gd[1], (long long)gd[0])));
         }
-        if (DT == KDT_Q3_K && b % 8 == 0) { /* a new super-block: its rows' 16 group scales and d once */
-            uint64_t gd[2] = {0, 0};
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                const uint8_t *sb = w + r * rb + 110 * (b / 8);
-                uint64_t lo, hi;
-                kq_q3k_scales16(sb, &lo, &hi);
-                q3s[r] = q3k_scales(lo, hi);
-                gd[r / 4] |= (uint64_t)kq_q3k_d(sb) << 16 * (r % 4);
-            }
-            xs_d = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_set_epi64x((long long)gd[1], (long long)gd[0])));
-        }
         /* the 16 f16 scales (rows 0-7 of block b, then of b + 1) packed four to a general
          * register, then one vector: 16 word inserts were the tile's busiest shuffle port;
          * Q4_1 / Q5_1's mins (the next f16 of each block) the same way */
         uint64_t g[4] = {0, 0, 0, 0}, gm[4] = {0, 0, 0, 0};
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            if (DT == KDT_Q3_K) { /* chunks b, b + 1 (b even) of a super-block */
-                const uint8_t *sb = w + r * rb + 110 * (b / 8);
-                if (pf && b % 4 == 0) __builtin_prefetch(sb + KQ_PF + 16 * (b % 8), 0, 2); /* 2 lines a super-block */
-                wv[r] = q3k_pair(sb, (int)(b % 8));
-                continue;
-            }
             if (DT == KDT_IQ4_XS) { /* sub-blocks b, b + 1 (b even: one super-block, 32 code bytes) */
                 const uint8_t *qs = w + r * rb + 136 * (b / 8) + 8 + 16 * (b % 8);
                 if (pf) __builtin_prefetch(qs + KQ_PF, 0, 2);
@@ -226,9 +179,7 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
             }
         }
         __m512 dw;
-        if (DT == KDT_Q3_K)
-            dw = xs_d;
-        else if (DT == KDT_IQ4_XS) { /* d·(ls − 32), exact: the scales of sub-blocks b, b + 1 (bytes 2k, 2k + 1 of each row's qword) */
+        if (DT == KDT_IQ4_XS) { /* d·(ls − 32), exact: the scales of sub-blocks b, b + 1 (bytes 2k, 2k + 1 of each row's qword) */
             const unsigned k = (unsigned)(b % 8) / 2;
             const __m128i s0 = _mm512_cvtepi64_epi8(_mm512_srli_epi64(xs_sc, 16 * k)),
                           s1 = _mm512_cvtepi64_epi8(_mm512_srli_epi64(xs_sc, 16 * k + 8));
@@ -254,14 +205,10 @@ KQ_INL void q8_tile(kdtype DT, int R, int N, const uint8_t *w, size_t rb, int pf
                 dx = _mm512_set1_ps(xd[0]);
             }
             __m512i s[8];
-            /* signed codes start at the correction (their unsigned offset: 128; Q3_K's 4, a 32nd of
-             * it); Q4_1 / Q5_1's at 0 */
-            const __m512i start = MIN ? _mm512_setzero_si512() : DT == KDT_Q3_K ? _mm512_srai_epi32(xc, 5) : xc;
+            /* signed codes start at the correction (their unsigned offset: 128); Q4_1 / Q5_1's at 0 */
+            const __m512i start = MIN ? _mm512_setzero_si512() : xc;
 #pragma GCC unroll 8
-            for (int r = 0; r < 8; r++) {
-                s[r] = r < R ? _mm512_dpbusd_epi32(start, wv[r], xv) : _mm512_setzero_si512();
-                if (DT == KDT_Q3_K && r < R) s[r] = _mm512_mullo_epi32(s[r], q3k_lane_scales(q3s[r], (int)(b % 8))); /* each lane times its group's scale */
-            }
+            for (int r = 0; r < 8; r++) s[r] = r < R ? _mm512_dpbusd_epi32(start, wv[r], xv) : _mm512_setzero_si512();
             const __m512 S = _mm512_cvtepi32_ps(q8_sums8(s)), f = _mm512_mul_ps(dw, dx);
             acc[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(S), _mm512_castps512_ps256(f), acc[i]);
             __m512 X = _mm512_setzero_ps(), fm = X;
@@ -318,38 +265,25 @@ unsigned long kq_vnni_x16_strips; /* strips of weight rows done this way (relaxe
 KQ_INL void q8x_tile16(kdtype DT, int R, const uint8_t *uw, const float *dw, const float *mw, int64_t nb,
                        const int8_t *xv, const int32_t *xp, const float *dx, float *y, int64_t ldy, int rows,
                        float beta) {
-    const int MIN = kq_has_min(DT), Q3 = DT == KDT_Q3_K;
+    const int MIN = kq_has_min(DT);
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *xb = xv + b * 512;
         const __m512i xpb = _mm512_load_si512((const void *)(xp + b * 16));
-        /* signed codes start at −128·Σx (their unsigned offset); Q4_1 / Q5_1's and Q3_K's at 0 */
-        const __m512i start = MIN || Q3 ? _mm512_setzero_si512() : xpb;
-        __m512i s[4], sh[4], xlo = _mm512_setzero_si512(); /* Q3_K: s the first group's, sh the second's; xlo its Σx */
+        /* signed codes start at −128·Σx (their unsigned offset); Q4_1 / Q5_1's at 0 */
+        const __m512i start = MIN ? _mm512_setzero_si512() : xpb;
+        __m512i s[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) s[r] = sh[r] = start;
+        for (int r = 0; r < R; r++) s[r] = start;
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
             __m512i xk = _mm512_load_si512((const void *)(xb + 64 * k));
             KQ_IN_REG(xk);
-            if (Q3 && k < 4) xlo = _mm512_dpbusd_epi32(xlo, _mm512_set1_epi8(1), xk);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 int32_t c4;
                 memcpy(&c4, uw + (b * R + r) * 32 + 4 * k, 4);
-                if (Q3 && k >= 4) sh[r] = _mm512_dpbusd_epi32(sh[r], _mm512_set1_epi32(c4), xk);
-                else s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32(c4), xk);
-            }
-        }
-        if (Q3) { /* S = sc0·(A0 − 4·X0) + sc1·(A1 − 4·X1), X1 = X − X0 (X = −(x16p >> 7)): exact */
-            const __m512i xhi = _mm512_sub_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_srai_epi32(xpb, 7)), xlo);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                int16_t sc[2];
-                memcpy(sc, &mw[r * nb + b], 4);
-                s[r] = _mm512_add_epi32(
-                    _mm512_mullo_epi32(_mm512_sub_epi32(s[r], _mm512_slli_epi32(xlo, 2)), _mm512_set1_epi32(sc[0])),
-                    _mm512_mullo_epi32(_mm512_sub_epi32(sh[r], _mm512_slli_epi32(xhi, 2)), _mm512_set1_epi32(sc[1])));
+                s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32(c4), xk);
             }
         }
         const __m512 dxb = _mm512_load_ps(dx + b * 16);
@@ -380,21 +314,6 @@ KQ_INL void q8x_strip16(kdtype DT, int R, uint8_t *uw, float *dw, const uint8_t 
                 __builtin_prefetch(qs + KQ_PF, 0, 2);
                 _mm256_storeu_si256((__m256i *)(uw + (b * R + r) * 32), iq4_codes(qs));
                 dw[r * nb + b] = _cvtsh_ss(d) * (float)sc;
-                continue;
-            }
-            if (DT == KDT_Q3_K) { /* unsigned codes q + 4, d, the chunk's two group scales (int16) in the mins' place */
-                const uint8_t *sb = w + r * rb + 110 * (b / 8);
-                const int c = (int)(b % 8);
-                __builtin_prefetch(sb + KQ_PF, 0, 2);
-                const __m512i pair = q3k_pair(sb, c & ~1);
-                _mm256_storeu_si256((__m256i *)(uw + (b * R + r) * 32),
-                                    c & 1 ? _mm512_extracti64x4_epi64(pair, 1) : _mm512_castsi512_si256(pair));
-                dw[r * nb + b] = _cvtsh_ss(kq_q3k_d(sb));
-                uint64_t lo, hi;
-                kq_q3k_scales16(sb, &lo, &hi);
-                const uint16_t v = (uint16_t)(c < 4 ? lo >> 16 * c : hi >> 16 * (c - 4));
-                const int16_t sc[2] = {(int16_t)((v & 0xFF) - 32), (int16_t)((v >> 8) - 32)};
-                memcpy(&mw[r * nb + b], sc, 4);
                 continue;
             }
             const uint8_t *p = w + r * rb + BB * b;

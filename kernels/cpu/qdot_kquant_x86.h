@@ -23,11 +23,12 @@ KQX_INL __m256i kq_word_bcast(int a, int b) {
     return _mm256_setr_epi16(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi);
 }
 
-/* Prefetch the super-block KQ_PF ahead of p (BB bytes: Q4_K 144, Q5_K 176, Q6_K 210): Q4_K/Q5_K
- * its first two lines and its last byte, Q6_K every 64 bytes (the tiles' measured choice). */
+/* Prefetch the super-block KQ_PF ahead of p (BB bytes: Q4_K 144, Q5_K 176, Q6_K 210, Q3_K 110):
+ * Q4_K/Q5_K its first two lines and its last byte, Q6_K / Q3_K every 64 bytes (the tiles'
+ * measured choice). */
 KQX_INL void kq_prefetch_sb(const uint8_t *p, int BB) {
-    if (BB == 210) {
-        for (int o = 0; o < 210; o += 64) __builtin_prefetch(p + KQ_PF + o, 0, 2);
+    if (BB == 210 || BB == 110) {
+        for (int o = 0; o < BB; o += 64) __builtin_prefetch(p + KQ_PF + o, 0, 2);
         return;
     }
     __builtin_prefetch(p + KQ_PF, 0, 2);
@@ -174,30 +175,49 @@ KQX_INL void kq_store_pairs(int R, int N, __m256 acc, float *y, int64_t ldy, flo
     }
 }
 
-/* Q6_K super-block b of weight rows r < R (R <= 4): nsc[r] = −32·sc_g as 16 words (|·| <= 4096,
- * the q − 32 offset's factor), and the rows' d in lanes 0..R-1. */
-KQX_INL __m128 kq_q6k_nsc_d(int R, const uint8_t *w, size_t rb, int64_t b, __m256i nsc[4]) {
+/* Q3_K: the 16 group scales sc_g − 32 (−32..31) of the super-block at p as words (kq_q3k_scales16). */
+KQX_INL __m256i kq_q3k_sc16(const uint8_t *p) {
+    /* the 12 scale bytes b (p + 96): sc_g's low 4 bits are b[g] & 15 (g < 8) or b[g − 8] >> 4,
+     * its high 2 bits (b[8 + g % 4] >> 2·(g / 4)) & 3 — the same shift for the 4 bytes of dword
+     * g / 4, so one vpsrlvd; (the scalar spelling is kq_q3k_scales16) */
+    int32_t h4;
+    memcpy(&h4, p + 104, 4);
+    const __m128i v = _mm_insert_epi32(_mm_loadl_epi64((const __m128i *)(p + 96)), h4, 2), m4 = _mm_set1_epi8(15);
+    const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(v, m4), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
+    const __m128i hb = _mm_shuffle_epi8(v, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11));
+    const __m128i high = _mm_and_si128(_mm_srlv_epi32(hb, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
+    return _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_or_si128(low, _mm_slli_epi16(high, 4))), _mm256_set1_epi16(32));
+}
+
+/* The 16 group scales as words of the super-block at p: Q6_K's int8 sc_g, Q3_K's sc_g − 32. */
+KQX_INL __m256i kq_k16_sc16(int THREE, const uint8_t *p) {
+    return THREE ? kq_q3k_sc16(p) : _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+}
+
+/* Q6_K (THREE = 0) or Q3_K (THREE = 1) super-block b of weight rows r < R (R <= 4): nsc[r] = the
+ * code offset's factors −32·sc_g (Q6_K, |·| <= 4096) or −4·(sc_g − 32) (Q3_K) as 16 words, and
+ * the rows' d in lanes 0..R-1. */
+KQX_INL __m128 kq_q6k_nsc_d(int THREE, int R, const uint8_t *w, size_t rb, int64_t b, __m256i nsc[4]) {
     uint16_t hd[4] = {0};
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
-        const uint8_t *p = w + r * rb + 210 * b;
-        nsc[r] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))),
-                                    _mm256_set1_epi16(-32));
-        memcpy(&hd[r], p + 208, 2);
+        const uint8_t *p = w + r * rb + (THREE ? 110 : 210) * b;
+        nsc[r] = _mm256_mullo_epi16(kq_k16_sc16(THREE, p), _mm256_set1_epi16(THREE ? -4 : -32));
+        memcpy(&hd[r], p + (THREE ? 108 : 208), 2);
     }
     /* built in a register (four narrow stores and one wide load would stall) */
     return _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
 }
 
-/* Q6_K super-block b of weight rows r < R against x rows i0 + i, i < N (R·N <= 8): the exact
- * total T = Σ lanes (I[r][i] + (−32·sc_g)·G_g, the q − 32 offset) of every pair from one
+/* Q6_K / Q3_K (THREE) super-block b of weight rows r < R against x rows i0 + i, i < N (R·N <= 8):
+ * the exact total T = Σ lanes (I[r][i] + nsc_g·G_g, the code offset) of every pair from one
  * horizontal-sum tree, then lane p of acc = fma((float)T, d·dx, acc) (qmatmul.h). */
-KQX_INL void kq_q6k_finish_pairs(int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
+KQX_INL void kq_q6k_finish_pairs(int THREE, int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
                            __m256i I[4][4], __m256 *acc) {
     const int64_t cols = x->cols;
     const int P = R * N;
     __m256i nsc[4], G[4];
-    const __m128 d = kq_q6k_nsc_d(R, w, rb, b, nsc);
+    const __m128 d = kq_q6k_nsc_d(THREE, R, w, rb, b, nsc);
     for (int i = 0; i < N; i++) G[i] = _mm256_loadu_si256((const __m256i *)(x->gsum + (i0 + i) * (cols / 16) + 16 * b));
 #define KQ_T(p) ((p) < P ? _mm256_add_epi32(I[(p) % R][(p) / R], _mm256_madd_epi16(nsc[(p) % R], G[(p) / R])) \
                          : _mm256_setzero_si256())
@@ -237,15 +257,15 @@ KQX_INL void kq_q4k_finish(int R, int N, const uint8_t *w, size_t rb, int BB, in
     }
 }
 
-/* The row form of kq_q6k_finish_pairs (decode, as kq_q4k_finish). Q6_K super-block b of weight
- * rows r < R (R <= 4) against x rows i0 + i, i < N: the exact total
- * T = Σ lanes (I[r][i] + (−32·sc_g)·G_g, the q − 32 offset), then acc[i] (lane r) =
+/* The row form of kq_q6k_finish_pairs (decode, as kq_q4k_finish). Q6_K / Q3_K (THREE)
+ * super-block b of weight rows r < R (R <= 4) against x rows i0 + i, i < N: the exact total
+ * T = Σ lanes (I[r][i] + nsc_g·G_g, the code offset), then acc[i] (lane r) =
  * fma((float)T, d·dx, acc) (qmatmul.h). */
-KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
+KQX_INL void kq_q6k_finish(int THREE, int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
                            __m256i I[4][4], __m128 acc[4]) {
     const int64_t cols = x->cols, nb = cols / 256;
     __m256i nsc[4];
-    const __m128 d = kq_q6k_nsc_d(R, w, rb, b, nsc);
+    const __m128 d = kq_q6k_nsc_d(THREE, R, w, rb, b, nsc);
     for (int i = 0; i < N; i++) {
         const int64_t row = i0 + i;
         const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + row * (cols / 16) + 16 * b));
@@ -260,9 +280,9 @@ KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b,
 
 
 
-/* The K-quant tiles' entry points of one R × N shape, q4k_R_N, q5k_R_N, q6k_R_N (the tile_fn
- * signature), for a file that defines KQ_TGT and the inline q4k_tile(FIVE, R, N, ...) and
- * q6k_tile(R, N, ...) of its instruction set. */
+/* The K-quant tiles' entry points of one R × N shape, q4k_R_N, q5k_R_N, q6k_R_N, q3k_R_N (the
+ * tile_fn signature), for a file that defines KQ_TGT and the inline q4k_tile(FIVE, R, N, ...) and
+ * q6k_tile(THREE, R, N, ...) of its instruction set. */
 #define KQ_KTILE_DEF(R, N)                                                                                     \
     static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
@@ -274,7 +294,11 @@ KQX_INL void kq_q6k_finish(int R, int N, const uint8_t *w, size_t rb, int64_t b,
     }                                                                                                         \
     static KQ_TGT void q6k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
-        q6k_tile(R, N, w, rb, x, i0, y, ldy, beta);                                                           \
+        q6k_tile(0, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+    }                                                                                                         \
+    static KQ_TGT void q3k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q6k_tile(1, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
     }
 
 #endif

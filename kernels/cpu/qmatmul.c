@@ -85,7 +85,7 @@ static float kq_quant_block(const float *x, int len, int8_t *q) {
 static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, int8_t *q, int32_t *corr, float *d,
                             int16_t *gsum) {
     float (*quant)(const float *, int, int8_t *) = simd ? kq_quant_block_avx2 : kq_quant_block;
-    if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0, Q5_0, Q4_1, Q5_1: blocks of 32 */
+    if (!kdtype_is_kquant(dt)) { /* Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS: blocks of 32 */
         for (int64_t b = 0; b < cols / 32; b++) d[b] = quant(x + 32 * b, 32, q + 32 * b);
         for (int64_t l = 0; l < cols / 4; l++)
             corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
@@ -119,30 +119,19 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
 
 /* Q8_0, Q4_0 (whose codes are q - 8: the low nibbles of qs[0..15] are elements 0-15, the
  * high nibbles 16-31), Q5_0 (q - 16, bit e of the u32 qh above element e's nibble), IQ4_NL
- * (the level the nibble indexes), IQ4_XS (IQ4_NL per sub-block, scale d·(ls − 32)), Q3_K (its
- * group scales inside the integer sum, d per super-block), and the
+ * (the level the nibble indexes), IQ4_XS (IQ4_NL per sub-block, scale d·(ls − 32)), and the
  * unsigned Q4_1 / Q5_1 (q as is; their min m adds the second fma of the canonical order). */
 static float kq_dot_q8_0_scalar(kdtype dt, const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
     float L = 0.0f;
     const size_t bb = kdtype_block_bytes(dt);
     const bool min = kq_has_min(dt);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = dt == KDT_IQ4_XS || dt == KDT_Q3_K ? w : w + bb * b; /* kq_iq4xs_sub / Q3_K below */
+        const uint8_t *blk = dt == KDT_IQ4_XS ? w : w + bb * b; /* IQ4_XS: kq_iq4xs_sub below */
         uint16_t h, hm = 0;
         memcpy(&h, blk, 2);
         int wq[32];
         float dw = 0.0f;
-        if (dt == KDT_Q3_K) { /* wq = (sc − 32)·q: the group scale inside the exact sum */
-            const uint8_t *sb = w + 110 * (b / 8), *qs = kq_q3k_qs(sb, (int)(b % 8));
-            const int c = (int)(b % 8);
-            uint64_t lo, hi;
-            kq_q3k_scales16(sb, &lo, &hi);
-            for (int e = 0; e < 32; e++) {
-                const int g = 2 * c + e / 16, sc = (int)((g < 8 ? lo >> 8 * g : hi >> 8 * (g - 8)) & 0xFF) - 32;
-                wq[e] = sc * (((qs[e] >> 2 * (c % 4) & 3) | (sb[e] >> c & 1) << 2) - 4);
-            }
-            h = kq_q3k_d(sb);
-        } else if (dt == KDT_Q8_0)
+        if (dt == KDT_Q8_0)
             for (int e = 0; e < 32; e++) wq[e] = (int8_t)blk[2 + e];
         else if (dt == KDT_IQ4_NL || dt == KDT_IQ4_XS) {
             static const int8_t level[16] = QREF_IQ4NL_LEVELS;
@@ -267,6 +256,35 @@ static float kq_dot_q6_k_scalar(bool sb16, const uint8_t *w, const int8_t *xq, c
     return L;
 }
 
+/* Q3_K: as Q6_K with the 3-bit code q (0..7) of chunk c = 4h + k at qs[32h + l] bits 2k, 2k + 1
+ * and hmask[l] bit c, the group scale sc_g − 32 and the offset 4 (qmatmul.h). */
+static float kq_dot_q3_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs, int64_t nb) {
+    float L = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + 110 * b;
+        uint64_t lo, hi;
+        kq_q3k_scales16(blk, &lo, &hi);
+        int sc[16];
+        for (int g = 0; g < 16; g++) sc[g] = (int)((g < 8 ? lo >> 8 * g : hi >> 8 * (g - 8)) & 0xFF) - 32;
+        const int8_t *xb = xq + 256 * b;
+        int32_t T = 0;
+        for (int c = 0; c < 8; c++) {
+            const uint8_t *qs = kq_q3k_qs(blk, c);
+            for (int j = 0; j < 8; j++) {
+                int32_t p = 0;
+                for (int e = 0; e < 4; e++) {
+                    const int l = 4 * j + e, q = (qs[l] >> 2 * (c % 4) & 3) | (blk[l] >> c & 1) << 2;
+                    p += q * xb[32 * c + l];
+                }
+                T += sc[2 * c + j / 4] * p;
+            }
+        }
+        for (int g = 0; g < 16; g++) T += -4 * sc[g] * gs[16 * b + g];
+        L = fmaf((float)T, f16_to_f32(kq_q3k_d(blk)) * xd[b], L);
+    }
+    return L;
+}
+
 void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                     int64_t ldy, float beta) {
     int64_t cols = x->cols;
@@ -275,6 +293,8 @@ void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t 
             const int8_t *xq = x->q + (int64_t)i * cols;
             float s = !kdtype_is_kquant(dt)
                           ? kq_dot_q8_0_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 32), cols / 32)
+                      : dt == KDT_Q3_K ? kq_dot_q3_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
+                                                            x->gsum + (int64_t)i * (cols / 16), cols / 256)
                       : dt == KDT_Q6_K || dt == KDT_Q6_K_SB16
                           ? kq_dot_q6_k_scalar(dt == KDT_Q6_K_SB16, w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
                                                             x->gsum + (int64_t)i * (cols / 16), cols / 256)

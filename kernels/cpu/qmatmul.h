@@ -16,10 +16,6 @@
  *   IQ4_XS per sub-block b of 32 as IQ4_NL, with dw_b = d·(ls_b − 32) (exact: 11 × 6 bits) for
  *   the f16 scale: L = fma((float)S_b, dw_b·dx_b, L). Activations per 32 as these types (finer
  *   than llama.cpp's Q8_K per 256 for it). No AMX tiles.
- *   Q3_K per 32 elements b of its super-blocks (two groups of 16): S_b = Σ_e (sc_g(e) − 32)·q_e·xq_e
- *   exact (|S_b| <= 32·4·127·32), dw_b = the super-block's d: L = fma((float)S_b, dw_b·dx_b, L).
- *   The SIMD paths scale their 4-element lane partials by the lane's group scale (vpmaddwd by the
- *   scales on AVX2, vpmulld after vpdpbusd on AVX-512) before summing. No AMX tiles.
  *   Q4_1, Q5_1 (y = d·q + m, q unsigned: the nibble, or nibble | bit e of qh << 4): per block
  *   S_b = Σ q·xq and X_b = Σ xq (exact), then L = fma((float)S_b, dw_b·dx_b, L), then
  *   L = fma((float)X_b, mw_b·dx_b, L); y = L. X_b is −(Σ of the block's VNNI corrections) / 128
@@ -40,13 +36,19 @@
  *         one f32 lane: per super-block the exact total T = Σ_c Σ_j sc_g·P(c, j) +
  *         Σ_g (−32·sc_g)·G_g, with G_g = Σ xq over group g (the q − 32 offset), then
  *         L = fma((float)T, d·dx, L); y = L.
- *   |I| < 2^26, |T| < 2^28: every int32 exact ((float)I rounds to nearest past 2^24, in every path).
+ *   Q3_K: as Q6_K with q = the 3-bit code (0..7: low 2 bits (qs[l] >> 2·(c % 4)) & 3 of qs byte
+ *         32·(c/4) + l, high bit (hmask[l] >> c) & 1), its group scale sc_g − 32 (−32..31) in sc_g's
+ *         place and the offset 4: T = Σ_c Σ_j (sc_g − 32)·P(c, j) + Σ_g (−4·(sc_g − 32))·G_g,
+ *         L = fma((float)T, d·dx, L). Q6_K's tiles with another code and scale unpacking; an
+ *         activation layout shared with Q6_K (Q3_K_M files mix the two). No AMX tiles.
+ *   |I| < 2^26, |T| < 2^28 (Q3_K's < 2^24): every int32 exact ((float)I rounds to nearest past 2^24, in every path).
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0,
- * Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS and Q3_K per 32 elements (kq_act_block), K-quants per 256 (d = max|x|/127, q = round-half-even(x/d)) —
+ * Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL and IQ4_XS per 32 elements (kq_act_block), K-quants per 256
+ * (d = max|x|/127, q = round-half-even(x/d)) —
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
  * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
  * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound), with the code sums
- * per 32 (Q4_K, Q5_K) or per 16 (Q6_K) that Q8_K's bsums hold.
+ * per 32 (Q4_K, Q5_K) or per 16 (Q6_K, Q3_K) that Q8_K's bsums hold.
  */
 #ifndef PEFTD_KCPU_QMATMUL_H
 #define PEFTD_KCPU_QMATMUL_H
@@ -58,22 +60,21 @@
 /* Q4_1 and Q5_1: unsigned codes and a per-block min (the second fma of the canonical order). */
 static inline bool kq_has_min(kdtype dt) { return dt == KDT_Q4_1 || dt == KDT_Q5_1; }
 /* The 32-element types' row in the SIMD paths' tile tables: Q8_0 0, Q4_0 1, Q5_0 2, Q4_1 3, Q5_1 4,
- * IQ4_NL 5, IQ4_XS 6, Q3_K 7 (the last two multiplied per 32 of their super-blocks: the
- * canonical order above). */
-#define Q32_TYPES 8
+ * IQ4_NL 5, IQ4_XS 6 (multiplied per 32 of its super-blocks: the canonical order above). */
+#define Q32_TYPES 7
 /* The same list for the SIMD files' definitions and tables: X(tag, dtype, a, b) per type, in
  * q32_index order (a, b: the caller's, e.g. a tile's row and x-row counts). */
 #define Q32_EACH(X, a, b)                                                                                     \
     X(q8, KDT_Q8_0, a, b) X(q40, KDT_Q4_0, a, b) X(q50, KDT_Q5_0, a, b) X(q41, KDT_Q4_1, a, b)                \
-    X(q51, KDT_Q5_1, a, b) X(qnl, KDT_IQ4_NL, a, b) X(qxs, KDT_IQ4_XS, a, b) X(q3k, KDT_Q3_K, a, b)
+    X(q51, KDT_Q5_1, a, b) X(qnl, KDT_IQ4_NL, a, b) X(qxs, KDT_IQ4_XS, a, b)
 static inline int q32_index(kdtype dt) {
     return dt == KDT_Q4_0 ? 1 : dt == KDT_Q5_0 ? 2 : dt == KDT_Q4_1 ? 3 : dt == KDT_Q5_1 ? 4 : dt == KDT_IQ4_NL ? 5
-         : dt == KDT_IQ4_XS ? 6 : dt == KDT_Q3_K ? 7 : 0;
+         : dt == KDT_IQ4_XS ? 6 : 0;
 }
-/* Q3_K (quant_ref.h): the 16 group scales sc (0..63) of the super-block at blk, byte g of
- * (*lo | *hi << 64) = sc_g, by shifts and masks; its f16 d; and chunk c's (elements 32c ..
- * 32c + 31) code bytes: low 2 bits (qs[l] >> 2·(c % 4)) & 3 and high bit (hmask[l] >> c) & 1 of
- * byte l, q = low | high << 2, minus 4. */
+/* Q3_K (quant_ref.h; 110 bytes: hmask[32], qs[64], 12 scale bytes, f16 d): the 16 group scales
+ * sc (0..63) of the super-block at blk, byte g of (*lo | *hi << 64) = sc_g, by shifts and masks;
+ * its f16 d; and chunk c's (elements 32c .. 32c + 31) code bytes: low 2 bits
+ * (qs[l] >> 2·(c % 4)) & 3 and high bit (hmask[l] >> c) & 1 of byte l, q = low | high << 2. */
 static inline void kq_q3k_scales16(const uint8_t *blk, uint64_t *lo, uint64_t *hi) {
     uint64_t L = 0, H = 0;
     for (int i = 0; i < 8; i++) L |= (uint64_t)blk[96 + i] << 8 * i;
@@ -84,7 +85,8 @@ static inline void kq_q3k_scales16(const uint8_t *blk, uint64_t *lo, uint64_t *h
 }
 static inline uint16_t kq_q3k_d(const uint8_t *blk) { return (uint16_t)(blk[108] | blk[109] << 8); }
 static inline const uint8_t *kq_q3k_qs(const uint8_t *blk, int c) { return blk + 32 + 32 * (c / 4); }
-/* Elements per activation scale: 256 for the K-quants, 32 for the rest (IQ4_XS included). */
+/* Elements per activation scale: 256 for the K-quants (Q3_K included), 32 for the rest (IQ4_XS
+ * included). */
 static inline int64_t kq_act_block(kdtype dt) { return kdtype_is_kquant(dt) ? 256 : 32; }
 /* The 8 six-bit sub-block scales ls (0..63) of the IQ4_XS super-block at blk, byte s = ls_s: the
  * low nibbles (u32 at blk + 4, nibble s) and high 2 bits (u16 at blk + 2, bits 2s) spread to
@@ -117,7 +119,7 @@ typedef struct {
     int8_t *q;      /* [n][cols], natural order */
     int32_t *corr;  /* the 32-element types: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
-    int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K) */
+    int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K, Q3_K) */
     /* the same codes with x rows in lanes (kernels/cpu/qx16.c), or NULL: built when the path in
      * use reads it (kq_x16_wanted in qmatmul.c: the SIMD paths' batches of at least
      * KQ_X16_MIN_N rows, but Q6_K_SB16's); 64-byte aligned */
@@ -178,12 +180,12 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx);
 void kq_x16_row(kq_x *qx, int i, kdtype dt);
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                  int64_t ldy, float beta);
-/* K-quant batches (Q4_K, Q5_K, Q6_K, Q4_K_SB8) with x in the x16 layout, strips counted in
+/* K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K, Q4_K_SB8) with x in the x16 layout, strips counted in
  * kq_avx2_x16_strips (qdot_avx2_x16k.c); false, doing nothing, without x->x16v or when the
  * thread's scratch cannot hold the strip (kq_thread_scratch). */
 bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta);
-/* The same on the VNNI path, Q4_K / Q5_K / Q6_K (qdot_avx512_x16k.c; kq_vnni_x16_strips). */
+/* The same on the VNNI path, Q4_K / Q5_K / Q6_K / Q3_K (qdot_avx512_x16k.c; kq_vnni_x16_strips). */
 bool kq_rows_vnni_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta);
 /* The K-quants of the VNNI path (qdot_avx512_k.c; kq_rows_vnni forwards them). */
@@ -208,7 +210,7 @@ static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m)
 #define KQ_PF 16384
 
 /* The K-quants' group size of kq_x.gsum. */
-static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K || dt == KDT_Q6_K_SB16 ? 16 : 32; }
+static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K || dt == KDT_Q6_K_SB16 || dt == KDT_Q3_K ? 16 : 32; }
 /* The x16 layout's code-sum pairs per x row and super-block (kq_x.x16p): 256 / group / 2. */
 static inline int kq_x16_pairs(kdtype dt) { return 128 / kq_gsum_group(dt); }
 

@@ -487,7 +487,8 @@ static void x16_tiles_equal_scalar(kq_path path) {
         ASSERT(kb);
         for (int t = 0; t < (path == KQ_AVX2 ? 13 : 11); t++)
             for (int k = 0; k < 5; k++) {
-                /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K have no AMX tiles: asked for AMX, their VNNI ones run */
+                /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K have no AMX tiles: asked for AMX, their VNNI ones run
+                 * (Q3_K: the VNNI path's K-quant tiles, Q6_K's on 3-bit codes) */
                 const bool amx = path == KQ_AMX && DT[t] != KDT_Q5_0 && DT[t] != KDT_IQ4_NL && DT[t] != KDT_IQ4_XS &&
                                  DT[t] != KDT_Q3_K && !kq_has_min(DT[t]);
                 const kq_path counted = path == KQ_AMX && !amx ? KQ_VNNI : path;
@@ -514,8 +515,10 @@ static void x16_tiles_equal_scalar(kq_path path) {
                         else if (bt == KDT_IQ4_XS) { /* scales 63 (ls − 32 = 31), levels −127; d kept */
                             memset(q + 2, 0xFF, 6);
                             memset(q + 8, 0x00, 128);
-                        } else if (bt == KDT_Q3_K) { /* codes −4 (no high bits, low 0), scales 0 (−32): 128 a product; d kept */
-                            memset(q, 0x00, 108);
+                        } else if (bt == KDT_Q3_K) { /* codes 7 (q − 4 = 3: the 16-bit sums' largest, 4·4·7·127),
+                                                    * scales 0 (sc − 32 = −32: the offset's factor 128); d kept */
+                            memset(q, 0xFF, 96);
+                            memset(q + 96, 0x00, 12);
                         }
                         else if (bt == KDT_Q5_0)
                             memset(q + 2, 0x00, 20); /* codes −16 */
