@@ -22,7 +22,7 @@
  * Usage: kernels_bench [n_threads] [seconds per config] [only this many weight rows (0: all)]
  *        [only this dtype, e.g. q8_0 ("all": every one)] [quant]
  * With "quant" as the fifth argument: the quantized dtypes only (q8_0, q4_0, q5_0, q4_1, q5_1, q4_k, q5_k,
- * q6_k, the reordered q4_k_sb8 / q6_k_sb16, iq4_nl, iq4_xs, q3_k: the last three random valid blocks,
+ * q6_k, the reordered q4_k_sb8 / q6_k_sb16, iq4_nl, iq4_xs, q3_k, q2_k: the last four random valid blocks,
  * having no quantizer)
  * on the Llama-1B projection shapes 2048×2048 and 8192×2048, n = 1, 32, 256 (issue 12).
  * Built with -DBENCH_WSET_BYTES=1 (e.g. make BUILD=/tmp/hot OPT="-O2 -DBENCH_WSET_BYTES=1") the
@@ -224,16 +224,16 @@ int main(int argc, char **argv) {
     static const int shapes_std[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
     static const int shapes_q[][2] = {{2048, 2048}, {8192, 2048}};
     static const int ns_std[] = {1, 8, 32, 64, 128, 256}, ns_q[] = {1, 32, 256};
-    enum { MAX_N = 256, MAX_SHAPES = 4, MAX_NS = 6, MAX_DT = 13 };
+    enum { MAX_N = 256, MAX_SHAPES = 4, MAX_NS = 6, MAX_DT = 14 };
     static const kdtype dts_std[MAX_DT] = {KDT_F32, KDT_BF16, KDT_F16, KDT_Q8_0, KDT_Q4_K, KDT_Q6_K};
     static const kdtype dts_q[MAX_DT] = {KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1,    KDT_Q4_K,
                                          KDT_Q5_K, KDT_Q6_K, KDT_Q4_K_SB8, KDT_Q6_K_SB16, KDT_IQ4_NL, KDT_IQ4_XS,
-                                         KDT_Q3_K};
+                                         KDT_Q3_K,  KDT_Q2_K};
     const int quant = argc > 5 && !strcmp(argv[5], "quant");
     const int(*shapes)[2] = quant ? shapes_q : shapes_std;
     const int *ns = quant ? ns_q : ns_std;
     const kdtype *dts = quant ? dts_q : dts_std;
-    const int N_SHAPES = quant ? 2 : 4, N_NS = quant ? 3 : 6, N_DT = quant ? 13 : 6;
+    const int N_SHAPES = quant ? 2 : 4, N_NS = quant ? 3 : 6, N_DT = quant ? 14 : 6;
     const char *only_dt = argc > 4 && strcmp(argv[4], "all") ? argv[4] : NULL; /* e.g. q8_0: that dtype alone */
     static bench_result res[MAX_SHAPES * MAX_DT * MAX_NS];
     int n_res = 0;
@@ -264,13 +264,14 @@ int main(int argc, char **argv) {
                         for (int k = 0; k < cols; k++)
                             row[k] = (float)(((size_t)r * cols + k) * 2654435761u % 1000) / 1000.0f - 0.5f;
                         uint8_t *dst = (uint8_t *)b.w[c] + kdtype_row_bytes(dt, cols) * r;
-                        if (dt == KDT_IQ4_NL || dt == KDT_IQ4_XS || dt == KDT_Q3_K) { /* no quantizer (files bring them): valid bytes */
+                        if (dt == KDT_IQ4_NL || dt == KDT_IQ4_XS || dt == KDT_Q3_K || dt == KDT_Q2_K) { /* no quantizer (files bring them): valid bytes */
                             const size_t bb = kdtype_block_bytes(dt);
                             for (size_t k = 0; k < kdtype_row_bytes(dt, cols); k++)
                                 dst[k] = (uint8_t)(((size_t)r * 7919 + k) * 2654435761u >> 13);
                             for (size_t k = 0; k < kdtype_row_bytes(dt, cols); k += bb) {
                                 uint16_t h = f32_to_f16(0.01f);
                                 memcpy(dst + k + (dt == KDT_Q3_K ? bb - 2 : 0), &h, 2); /* Q3_K: d last */
+                                if (dt == KDT_Q2_K) memcpy(dst + k + bb - 4, &h, 2), memcpy(dst + k + bb - 2, &h, 2); /* d, dmin */
                             }
                         } else if (dt == KDT_Q8_0) qref_quantize_q8_0(row, dst, cols);
                         else if (dt == KDT_Q4_0) qref_quantize_q4_0(row, dst, cols);

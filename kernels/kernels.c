@@ -27,6 +27,7 @@ const char *kdtype_name(kdtype t) {
     case KDT_IQ4_NL: return "iq4_nl";
     case KDT_IQ4_XS: return "iq4_xs";
     case KDT_Q3_K: return "q3_k";
+    case KDT_Q2_K: return "q2_k";
     case KDT_COUNT: break;
     }
     return "unknown";

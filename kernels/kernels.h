@@ -63,7 +63,7 @@ extern "C" { /* the CUDA backend (.cu) includes this header */
 /* Weight dtypes. F32/F16/BF16 are one element per 4/2/2 bytes. The quantized dtypes are
  * ggml's block formats (layouts: kernels/cpu/quant_ref.h): a row of `cols` elements is
  * cols / kdtype_block_elems blocks of kdtype_block_bytes each, so cols must be a multiple of
- * the block (32 for Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 and IQ4_NL, 256 for the K-quants Q4_K, Q5_K, Q6_K and IQ4_XS, Q3_K). Quantized dtypes are weights of MATMUL (and
+ * the block (32 for Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 and IQ4_NL, 256 for the K-quants Q4_K, Q5_K, Q6_K, Q3_K, Q2_K and IQ4_XS). Quantized dtypes are weights of MATMUL (and
  * GET_ROWS, which dequantizes) only, where supports_op says so; activations are always f32. */
 typedef enum {
     KDT_F32 = 0, KDT_F16 = 1, KDT_BF16 = 2, KDT_Q8_0 = 3, KDT_Q4_K = 4, KDT_Q4_0 = 5, KDT_Q5_K = 6, KDT_Q6_K = 7,
@@ -103,16 +103,23 @@ typedef enum {
      * of 16). A K-quant multiplied as Q6_K is (activations per 256, code sums per 16; kernels/cpu/
      * qmatmul.h). The main type of Q3_K_S / _M / _L files. */
     KDT_Q3_K = 15,
+    /* ggml's Q2_K: super-blocks of 256 in 84 bytes — 16 bytes of 4-bit group scales and mins (low,
+     * high nibble), 64 of 2-bit codes (Q3_K's low bits), f16 d, f16 dmin; y = d·sc·q − dmin·m, q in
+     * 0..3 (groups of 16). A K-quant multiplied as Q6_K is with Q4_K's min term (kernels/cpu/
+     * qmatmul.h). The main type of Q2_K files. */
+    KDT_Q2_K = 16,
     KDT_COUNT
 } kdtype;
 
 static inline bool kdtype_is_quant(kdtype t) {
     return t == KDT_Q8_0 || t == KDT_Q4_K || t == KDT_Q4_0 || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8 ||
-           t == KDT_Q6_K_SB16 || t == KDT_Q5_0 || t == KDT_Q4_1 || t == KDT_Q5_1 || t == KDT_IQ4_NL || t == KDT_IQ4_XS || t == KDT_Q3_K;
+           t == KDT_Q6_K_SB16 || t == KDT_Q5_0 || t == KDT_Q4_1 || t == KDT_Q5_1 || t == KDT_IQ4_NL || t == KDT_IQ4_XS || t == KDT_Q3_K ||
+           t == KDT_Q2_K;
 }
 /* The K-quants (super-blocks of 256 elements, activations quantized per 256; not IQ4_XS). */
 static inline bool kdtype_is_kquant(kdtype t) {
-    return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8 || t == KDT_Q6_K_SB16 || t == KDT_Q3_K;
+    return t == KDT_Q4_K || t == KDT_Q5_K || t == KDT_Q6_K || t == KDT_Q4_K_SB8 || t == KDT_Q6_K_SB16 || t == KDT_Q3_K ||
+           t == KDT_Q2_K;
 }
 /* Elements per block: 1 for the float dtypes. */
 static inline int64_t kdtype_block_elems(kdtype t) {
@@ -132,6 +139,7 @@ static inline size_t kdtype_block_bytes(kdtype t) {
            : t == KDT_Q5_K ? 176
            : t == KDT_IQ4_XS ? 136
            : t == KDT_Q3_K ? 110
+           : t == KDT_Q2_K ? 84
            : t == KDT_Q6_K || t == KDT_Q6_K_SB16 ? 210
                            : 2;
 }
@@ -141,7 +149,7 @@ static inline size_t kdtype_block_bytes(kdtype t) {
 static inline uint32_t kdtype_ggml_type(kdtype t) {
     return t == KDT_Q8_0 ? 8 : t == KDT_Q4_K ? 12 : t == KDT_Q4_0 ? 2 : t == KDT_Q5_0 ? 6 : t == KDT_Q4_1 ? 3
          : t == KDT_Q5_1 ? 7 : t == KDT_Q5_K ? 13 : t == KDT_Q6_K ? 14 : t == KDT_Q4_K_SB8 ? 0x1000C
-         : t == KDT_Q6_K_SB16 ? 0x1000E : t == KDT_IQ4_NL ? 20 : t == KDT_IQ4_XS ? 23 : t == KDT_Q3_K ? 11 : 0;
+         : t == KDT_Q6_K_SB16 ? 0x1000E : t == KDT_IQ4_NL ? 20 : t == KDT_IQ4_XS ? 23 : t == KDT_Q3_K ? 11 : t == KDT_Q2_K ? 10 : 0;
 }
 /* Bytes per element of a FLOAT dtype (f32 4, f16/bf16 2); 0 for a quantized dtype, whose
  * sizes go through kdtype_row_bytes (code that computes rows * cols * kdtype_size must not
@@ -332,7 +340,7 @@ typedef struct kbackend_ops {
     int (*get_rows)(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out);
 
     /* y[n, w.rows] = beta * y + x[n, w.cols] · wᵀ, beta ∈ {0, 1}.
-     * Quantized w (KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL, KDT_IQ4_XS, KDT_Q3_K, KDT_Q4_K, KDT_Q5_K, KDT_Q6_K; where
+     * Quantized w (KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL, KDT_IQ4_XS, KDT_Q2_K, KDT_Q3_K, KDT_Q4_K, KDT_Q5_K, KDT_Q6_K; where
      * supports_op(KOP_MATMUL, dt)): each x row is quantized per block to 8 bits first
      * (Q8_0/Q4_0: per 32 elements d = max|x|/127; K-quants: per 256, like ggml's Q8_K), the block dot products are exact int32 sums scaled in f32, so the result is
      * that of the dequantized w times the quantized x (error bound: tests/unit/

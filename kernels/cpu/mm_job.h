@@ -52,7 +52,7 @@ typedef enum {
 } kq_layout;
 static inline kq_layout kq_layout_of(kdtype dt) {
     return !kdtype_is_kquant(dt)      ? KQ_LAYOUT_32
-           : dt == KDT_Q6_K || dt == KDT_Q3_K ? KQ_LAYOUT_K16 /* the same activation layout */
+           : dt == KDT_Q6_K || dt == KDT_Q3_K || dt == KDT_Q2_K ? KQ_LAYOUT_K16 /* the same activation layout */
            : dt == KDT_Q4_K_SB8       ? KQ_LAYOUT_K32_SB8
            : dt == KDT_Q6_K_SB16      ? KQ_LAYOUT_K16_SB16
                                       : KQ_LAYOUT_K32;

@@ -14,7 +14,8 @@
  *   Q5_K: u8 = nibble | 5th bit << 4 (0..31), s8 = x, as Q4_K.
  *   Q6_K: u8 = the 6-bit code (0..63), s8 = x, as Q4_K with 16-element groups; the −32 offset
  *         once per super-block from the x group sums (|pair sum| <= 2·63·127 < 32768).
- *   Q3_K: Q6_K's tile on the 3-bit code (0..7), scales sc − 32, offset 4 (qmatmul.h).
+ *   Q3_K: Q6_K's tile on the 3-bit code (0..7), scales sc − 32, offset 4 (qmatmul.h); Q2_K on
+ *         the 2-bit code (0..3), its 4-bit scales, the mins' second f32 step as Q4_K's.
  *   Q4_K_SB8, Q6_K_SB16: Q4_K / Q6_K reordered so products add in 16-bit lanes before one
  *         vpmaddwd applies the scales (q4s_tile, q6s_tile).
  *   K-quant batches of 8+ rows but Q6_K_SB16's: qdot_avx2_x16k.c (x in the x16 layout).
@@ -392,12 +393,14 @@ KQ_INL void q4s_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
 /* Q6_K: chunk c = 4h + k of a super-block (qmatmul.h) is ql[64h + 32(k%2) + l] nibble k/2 with
  * bits 2k, 2k+1 of qh[32h + l] above it; the 6-bit code (0..63) is unsigned, so vpmaddubsw
  * takes it as is (pairs at most 2·63·127) and the −32 offset is added once per super-block
- * from the x group sums: vpmaddwd of (−32·sc) and G. Q3_K (THREE): the same on its 3-bit code,
- * bits 2(c%4) of qs[32h + l] with bit c of hmask[l] above them, scales sc − 32, offset 4. */
-KQ_INL void q6k_tile(int THREE, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
+ * from the x group sums: vpmaddwd of (−32·sc) and G (BITS = 6). Q3_K (BITS = 3): the same on
+ * its 3-bit code, bits 2(c%4) of qs[32h + l] with bit c of hmask[l] above them, scales sc − 32,
+ * offset 4. Q2_K (BITS = 2): the low 2 bits alone (qs at byte 16), its 4-bit scales, and the
+ * mins' term M in the f32 step (kq_q6k_finish). */
+KQ_INL void q6k_tile(int BITS, int R, int N, const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy,
                      float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    const int BB = THREE ? 110 : 210;
+    const int BB = kq_k16_bytes(BITS);
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     /* one x row: lane r of acc1[0] (the row form); several: lane i·R + r of acc (kq_store_pairs) */
     __m128 acc1[4] = {_mm_setzero_ps()};
@@ -408,7 +411,7 @@ KQ_INL void q6k_tile(int THREE, int R, int N, const uint8_t *w, size_t rb, const
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + BB * b;
             if (i0 == 0) kq_prefetch_sb(p, BB);
-            const __m256i s16 = kq_k16_sc16(THREE, p);
+            const __m256i s16 = kq_k16_sc16(BITS, p);
             const __m256i sA = _mm256_permute2x128_si256(s16, s16, 0x00), sB = _mm256_permute2x128_si256(s16, s16, 0x11);
 #pragma GCC unroll 8
             for (int c = 0; c < 8; c++)
@@ -423,9 +426,14 @@ KQ_INL void q6k_tile(int THREE, int R, int N, const uint8_t *w, size_t rb, const
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const uint8_t *p = w + r * rb + BB * b;
-                if (THREE) {
-                    const __m256i qs = _mm256_loadu_si256((const __m256i *)kq_q3k_qs(p, c)), hm = _mm256_loadu_si256((const __m256i *)p);
+                if (BITS < 6) {
+                    const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + (BITS == 3 ? 32 : 16) + 32 * h));
                     const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * k)), _mm256_set1_epi8(3));
+                    if (BITS == 2) {
+                        wv[r] = lo;
+                        continue;
+                    }
+                    const __m256i hm = _mm256_loadu_si256((const __m256i *)p);
                     const __m256i hi = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c)), _mm256_set1_epi8(1));
                     wv[r] = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
                     continue;
@@ -451,8 +459,8 @@ KQ_INL void q6k_tile(int THREE, int R, int N, const uint8_t *w, size_t rb, const
                 }
             }
         }
-        if (N == 1) kq_q6k_finish(THREE, R, 1, w, rb, b, x, i0, I, acc1);
-        else kq_q6k_finish_pairs(THREE, R, N, w, rb, b, x, i0, I, &acc);
+        if (N == 1) kq_q6k_finish(BITS, R, 1, w, rb, b, x, i0, I, acc1);
+        else kq_q6k_finish_pairs(BITS, R, N, w, rb, b, x, i0, I, &acc);
     }
     if (N == 1) kq_store1(R, 1, acc1, y, ldy, beta);
     else kq_store_pairs(R, N, acc, y, ldy, beta);
@@ -508,8 +516,8 @@ KQ_INL void q6s_tile(int R, int N, const uint8_t *w, size_t rb, const kq_x *x, i
                 }
             }
         }
-        if (N == 1) kq_q6k_finish(0, R, 1, w, rb, b, x, i0, I, acc1);
-        else kq_q6k_finish_pairs(0, R, N, w, rb, b, x, i0, I, &acc);
+        if (N == 1) kq_q6k_finish(6, R, 1, w, rb, b, x, i0, I, acc1);
+        else kq_q6k_finish_pairs(6, R, N, w, rb, b, x, i0, I, &acc);
     }
     if (N == 1) kq_store1(R, 1, acc1, y, ldy, beta);
     else kq_store_pairs(R, N, acc, y, ldy, beta);
@@ -575,13 +583,14 @@ static const tile_fn q4s_tiles[3][4] = {{q4s_4_1}, {q4s_2_1, q4s_2_2, q4s_2_3, q
 static const tile_fn q6s_tiles[3][4] = {{q6s_4_1}, {q6s_2_1, q6s_2_2, q6s_2_3, q6s_2_4}, {q6s_1_1, q6s_1_2, q6s_1_3, q6s_1_4}};
 static const tile_fn q6k_tiles[3][4] = {{q6k_4_1}, {q6k_2_1, q6k_2_2, q6k_2_3, q6k_2_4}, {q6k_1_1, q6k_1_2, q6k_1_3, q6k_1_4}};
 static const tile_fn q3k_tiles[3][4] = {{q3k_4_1}, {q3k_2_1, q3k_2_2, q3k_2_3, q3k_2_4}, {q3k_1_1, q3k_1_2, q3k_1_3, q3k_1_4}};
+static const tile_fn q2k_tiles[3][4] = {{q2k_4_1}, {q2k_2_1, q2k_2_2, q2k_2_3, q2k_2_4}, {q2k_1_1, q2k_1_2, q2k_1_3, q2k_1_4}};
 
 /* K-quants: a single x row (decode) takes weight rows 4 at a time (x read once per 4 rows);
  * more x rows take 2 weight rows × up to 4 x rows, each unpacked weight chunk used 4 times. */
 static void kq_rows_avx2_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                            int64_t ldy, float beta) {
     const tile_fn (*t)[4] = dt == KDT_Q5_K ? q5k_tiles : dt == KDT_Q6_K ? q6k_tiles : dt == KDT_Q4_K_SB8 ? q4s_tiles
-                                  : dt == KDT_Q6_K_SB16 ? q6s_tiles : dt == KDT_Q3_K ? q3k_tiles : q4k_tiles;
+                                  : dt == KDT_Q6_K_SB16 ? q6s_tiles : dt == KDT_Q3_K ? q3k_tiles : dt == KDT_Q2_K ? q2k_tiles : q4k_tiles;
     for (int64_t r = r0; r < r1;) {
         int R = x->n == 1 && r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
         const tile_fn *fns = t[R == 4 ? 0 : R == 2 ? 1 : 2];

@@ -1,4 +1,4 @@
-/* kernels/cpu/qdot_avx2_x16k.c — the AVX2 path's K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K and Q4_K's
+/* kernels/cpu/qdot_avx2_x16k.c — the AVX2 path's K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K, Q2_K and Q4_K's
  * SB8 reordering; Q6_K_SB16 keeps its own, faster tile in qdot_avx2.c) with x in the x16 layout:
  * 8 x rows in the lanes of a ymm, a strip of R <= 4 weight rows unpacked once into the thread's
  * scratch (qx16k.h), then per super-block the walk of qx16k.h — one
@@ -85,7 +85,7 @@ KQ_INL void kqk_strip8(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, s
         kqk_strip8(DT, R, &u, w, rb, x, y, ldy, beta);                                                     \
     }
 #define KQK_DEF3(TAG, DT) KQK_DEF(TAG, DT, 4) KQK_DEF(TAG, DT, 2) KQK_DEF(TAG, DT, 1)
-KQK_DEF3(q4k, KDT_Q4_K) KQK_DEF3(q5k, KDT_Q5_K) KQK_DEF3(q6k, KDT_Q6_K) KQK_DEF3(q3k, KDT_Q3_K) KQK_DEF3(q4s, KDT_Q4_K_SB8)
+KQK_DEF3(q4k, KDT_Q4_K) KQK_DEF3(q5k, KDT_Q5_K) KQK_DEF3(q6k, KDT_Q6_K) KQK_DEF3(q3k, KDT_Q3_K) KQK_DEF3(q2k, KDT_Q2_K) KQK_DEF3(q4s, KDT_Q4_K_SB8)
 
 bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta) {
@@ -96,6 +96,7 @@ bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64
     case KDT_Q5_K: kq_rows_strips(kqk_q5k_4, kqk_q5k_2, kqk_q5k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     case KDT_Q6_K: kq_rows_strips(kqk_q6k_4, kqk_q6k_2, kqk_q6k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     case KDT_Q3_K: kq_rows_strips(kqk_q3k_4, kqk_q3k_2, kqk_q3k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
+    case KDT_Q2_K: kq_rows_strips(kqk_q2k_4, kqk_q2k_2, kqk_q2k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     case KDT_Q4_K_SB8: kq_rows_strips(kqk_q4s_4, kqk_q4s_2, kqk_q4s_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     default: return false;
     }

@@ -1,4 +1,4 @@
-/* kernels/cpu/qdot_avx512_k.c — the K-quants (Q4_K, Q5_K, Q6_K, Q3_K) on AVX-512 (the VNNI path of
+/* kernels/cpu/qdot_avx512_k.c — the K-quants (Q4_K, Q5_K, Q6_K, Q3_K, Q2_K) on AVX-512 (the VNNI path of
  * qmatmul.h; Q8_0 and Q4_0 are in qdot_avx512.c).
  *
  * The AVX2 tiles' integer loop (qdot_avx2.c) at twice the width: one zmm holds two 32-code
@@ -15,6 +15,8 @@
  *         4m' .. 4m' + 3 (m' = 2h + m) in the four 128-bit lanes.
  *   Q3_K: Q6_K's tiles on its 3-bit codes, scales sc − 32 and offset 4, with the chunk pairs
  *         (k, k + 4): one shift and and of the 64 qs bytes, one byte mask test of hmask each.
+ *   Q2_K: the same pairs of its 2-bit codes (Q3_K's low bits), 4-bit scales, and its mins' term
+ *         as Q4_K's (lanes 4-7 of the totals, the second f32 step).
  * The Q4_K/Q5_K decode tile reads 64 qs bytes at once instead (kq_q4k_codes4: chunks 4h, 4h + 2
  * in one zmm, 4h + 1, 4h + 3 in another, x built to match; the same integer totals).
  * Tiles: 4 weight rows × 1 x row (decode; 2 and 1 for the last rows); batches 1 weight row × up
@@ -93,6 +95,9 @@ KQ_INL __m512i kq_q3k_codes_k4(__m512i Q, __m512i H, int k) {
     const __m512i lo = _mm512_and_si512(_mm512_srli_epi16(Q, 2 * k), _mm512_set1_epi8(3));
     return _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(H, kq_bytes2(1 << k, 1 << (k + 4))), lo, _mm512_set1_epi8(4));
 }
+
+/* Q2_K's pair (k, k + 4): Q3_K's low bits alone, from its 64 qs bytes Q. */
+KQ_INL __m512i kq_q2k_codes_k4(__m512i Q, int k) { return _mm512_and_si512(_mm512_srli_epi16(Q, 2 * k), _mm512_set1_epi8(3)); }
 
 /* The vpermw indices of Q3_K pair k's scales (16 words): groups 2k, 2k + 1 (chunk k) in 128-bit
  * lanes 0, 1, groups 2k + 8, 2k + 9 (chunk k + 4) in lanes 2, 3. */
@@ -233,38 +238,46 @@ KQ_INL void q4k_tile(int FIVE, int R, const uint8_t *w, size_t rb, const kq_x *x
     kq_store_rows(R, acc, y, beta);
 }
 
-/* Q6_K (Q3_K: THREE), decode: weight rows r < R (R <= 4) × x row 0; the totals (kq_totals4, with
- * the code offset's terms added to the lanes), then kq_q6k_finish's f32 step. */
-KQ_INL void q6k_tile(int THREE, int R, const uint8_t *w, size_t rb, const kq_x *x, float *y, float beta) {
+/* The Q6_K family (BITS: Q6_K 6, Q3_K 3, Q2_K 2), decode: weight rows r < R (R <= 4) × x row 0;
+ * the totals (kq_totals4, with the code offset's terms added to the lanes; Q2_K's mins' terms in
+ * lanes 4-7, as Q4_K's), then kq_q6k_finish's f32 step. */
+KQ_INL void q6k_tile(int BITS, int R, const uint8_t *w, size_t rb, const kq_x *x, float *y, float beta) {
     const int64_t nb = x->cols / 256;
-    const int BB = THREE ? 110 : 210;
+    const int BB = kq_k16_bytes(BITS);
     __m128 acc = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m512i scw[4], I[4], Q3[4], H3[4]; /* Q3[r], H3[r]: Q3_K's qs and hmask bytes (kq_q3k_codes_k4) */
-        __m256i v[4];
-        uint16_t hd[4] = {0};
+        __m512i scw[4], I[4], Q3[4], H3[4]; /* Q3[r], H3[r]: Q3_K's (Q2_K's) qs and hmask bytes (kq_q3k_codes_k4) */
+        __m256i v[4], mg[4];                 /* Q2_K: mg[r] = the mins' products with the x group sums */
+        uint16_t hd[4] = {0}, hm[4] = {0};
         const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + 16 * b));
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *p = w + r * rb + BB * b;
             kq_prefetch_strip(w, rb, R, BB, b, r);
-            const __m256i sc16 = kq_k16_sc16(THREE, p);
+            const __m256i sc16 = kq_k16_sc16(BITS, p);
             scw[r] = _mm512_castsi256_si512(sc16);
+            if (BITS == 2) {
+                mg[r] = _mm256_madd_epi16(kq_q2k_m16(p), G);
+                memcpy(&hd[r], p + 80, 2);
+                memcpy(&hm[r], p + 82, 2);
+                Q3[r] = _mm512_loadu_si512(p + 16);
+                continue;
+            }
             /* −32·sc_g (Q3_K −4·sc_g) as 16 words (|·| <= 4096) times the x group sums */
-            v[r] = _mm256_madd_epi16(_mm256_mullo_epi16(sc16, _mm256_set1_epi16(THREE ? -4 : -32)), G);
+            v[r] = _mm256_madd_epi16(_mm256_mullo_epi16(sc16, _mm256_set1_epi16(BITS == 3 ? -4 : -32)), G);
             memcpy(&hd[r], p + BB - 2, 2);
-            if (THREE) {
+            if (BITS == 3) {
                 Q3[r] = _mm512_loadu_si512(p + 32);
                 H3[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
             }
         }
 #pragma GCC unroll 4
-        for (int mm = 0; mm < 4; mm++) { /* chunks 2mm, 2mm + 1 (Q3_K: mm, mm + 4) */
+        for (int mm = 0; mm < 4; mm++) { /* chunks 2mm, 2mm + 1 (Q3_K, Q2_K: mm, mm + 4) */
             __m512i wv[4], s[4];
-            if (THREE) {
+            if (BITS < 6) {
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) {
-                    wv[r] = kq_q3k_codes_k4(Q3[r], H3[r], mm);
+                    wv[r] = BITS == 2 ? kq_q2k_codes_k4(Q3[r], mm) : kq_q3k_codes_k4(Q3[r], H3[r], mm);
                     s[r] = _mm512_permutexvar_epi16(_mm512_load_si512(kq_q3k_sidx[mm]), scw[r]);
                 }
                 kq_dot_rows(R, wv, s, kq_q3k_x(x->q + 256 * b + 32 * mm), mm == 0, I);
@@ -274,9 +287,19 @@ KQ_INL void q6k_tile(int THREE, int R, const uint8_t *w, size_t rb, const kq_x *
             for (int r = 0; r < R; r++) kq_q6k_pair(w + r * rb + BB * b, mm, scw[r], &wv[r], &s[r]);
             kq_dot_pairs(R, wv, s, x, 256 * b + 64 * mm, mm == 0, I);
         }
-        const __m128 T = _mm_cvtepi32_ps(_mm256_castsi256_si128(kq_totals4(R, I, v, NULL)));
         /* built in a register (four narrow stores and one wide load would stall) */
         const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
+        if (BITS == 2) { /* [T_0..3 | M_0..3], then kq_q6k_finish's two steps */
+            const __m512i MV[2] = {_mm512_inserti64x4(_mm512_castsi256_si512(mg[0]), mg[R > 1 ? 1 : 0], 1),
+                                   _mm512_inserti64x4(_mm512_castsi256_si512(mg[R > 2 ? 2 : 0]), mg[R > 3 ? 3 : 0], 1)};
+            const __m256 t = _mm256_cvtepi32_ps(kq_totals4(R, I, NULL, MV));
+            const __m128 dm = _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2], (short)hm[3], 0, 0, 0, 0));
+            const __m128 dx = _mm_set1_ps(x->d[b]);
+            acc = _mm_fmadd_ps(_mm256_castps256_ps128(t), _mm_mul_ps(d, dx), acc);
+            acc = _mm_fmadd_ps(_mm256_extractf128_ps(t, 1), _mm_xor_ps(_mm_mul_ps(dm, dx), _mm_set1_ps(-0.0f)), acc);
+            continue;
+        }
+        const __m128 T = _mm_cvtepi32_ps(_mm256_castsi256_si128(kq_totals4(R, I, v, NULL)));
         acc = _mm_fmadd_ps(T, _mm_mul_ps(d, _mm_set1_ps(x->d[b])), acc);
     }
     kq_store_rows(R, acc, y, beta);
@@ -351,50 +374,61 @@ KQ_INL void q4k_tile_b(int FIVE, int N, const uint8_t *w, const kq_x *x, int i0,
     }
 }
 
-/* Q6_K (Q3_K: THREE): weight row w × x rows i0 .. i0 + N - 1 (N <= 8); the f32 step
+/* The Q6_K family (BITS): weight row w × x rows i0 .. i0 + N - 1 (N <= 8); the f32 step
  * (kq_q6k_finish's) on the 8 x rows in one ymm. */
-KQ_INL void q6k_tile_b(int THREE, int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) {
+KQ_INL void q6k_tile_b(int BITS, int N, const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) {
     const int64_t cols = x->cols, nb = cols / 256;
-    const int BB = THREE ? 110 : 210;
+    const int BB = kq_k16_bytes(BITS);
     __m256 acc = _mm256_setzero_ps();
     const __m256i xrow = kq_xrows8(i0, N, nb);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + BB * b;
         if (i0 == 0) kq_prefetch_sb(p, BB);
-        const __m256i sc16 = kq_k16_sc16(THREE, p);
+        const __m256i sc16 = kq_k16_sc16(BITS, p);
         const __m512i scw = _mm512_castsi256_si512(sc16);
         __m512i I[KQ_NB];
 #pragma GCC unroll 8
         for (int i = 0; i < N; i++) I[i] = _mm512_setzero_si512();
-        const __m512i Q3 = THREE ? _mm512_loadu_si512(p + 32) : _mm512_setzero_si512(),
-                      H3 = THREE ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)) : _mm512_setzero_si512();
+        const __m512i Q3 = BITS < 6 ? _mm512_loadu_si512(p + (BITS == 3 ? 32 : 16)) : _mm512_setzero_si512(),
+                      H3 = BITS == 3 ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)) : _mm512_setzero_si512();
 #pragma GCC unroll 4
-        for (int mm = 0; mm < 4; mm++) { /* chunks 2mm, 2mm + 1 (Q3_K: mm, mm + 4) */
+        for (int mm = 0; mm < 4; mm++) { /* chunks 2mm, 2mm + 1 (Q3_K, Q2_K: mm, mm + 4) */
             __m512i wv, s;
-            if (THREE) {
-                wv = kq_q3k_codes_k4(Q3, H3, mm);
+            if (BITS < 6) {
+                wv = BITS == 2 ? kq_q2k_codes_k4(Q3, mm) : kq_q3k_codes_k4(Q3, H3, mm);
                 s = _mm512_permutexvar_epi16(_mm512_load_si512(kq_q3k_sidx[mm]), scw);
             } else
                 kq_q6k_pair(p, mm, scw, &wv, &s);
 #pragma GCC unroll 8
             for (int i = 0; i < N; i++) {
                 const int8_t *xq = x->q + (i0 + i) * cols + 256 * b;
-                __m512i xv = THREE ? kq_q3k_x(xq + 32 * mm) : _mm512_loadu_si512(xq + 64 * mm);
+                __m512i xv = BITS < 6 ? kq_q3k_x(xq + 32 * mm) : _mm512_loadu_si512(xq + 64 * mm);
                 I[i] = _mm512_dpwssd_epi32(I[i], _mm512_maddubs_epi16(wv, xv), s);
             }
         }
-        const __m256i nsc = _mm256_mullo_epi16(sc16, _mm256_set1_epi16(THREE ? -4 : -32)); /* the offset's factors */
-        __m256i v[KQ_NB];
+        /* the offset's factors (Q6_K, Q3_K) or Q2_K's mins, times each x row's group sums */
+        const __m256i nsc = BITS == 2 ? kq_q2k_m16(p) : _mm256_mullo_epi16(sc16, _mm256_set1_epi16(BITS == 3 ? -4 : -32));
+        __m256i v[KQ_NB], vm[KQ_NB];
 #pragma GCC unroll 8
-        for (int i = 0; i < KQ_NB; i++)
-            v[i] = i < N ? _mm256_add_epi32(
-                               _mm256_add_epi32(_mm512_castsi512_si256(I[i]), _mm512_extracti64x4_epi64(I[i], 1)),
-                               _mm256_madd_epi16(nsc, _mm256_loadu_si256((const __m256i *)(x->gsum + (i0 + i) * (cols / 16) + 16 * b))))
-                         : _mm256_setzero_si256();
-        uint16_t hd;
-        memcpy(&hd, p + BB - 2, 2);
-        const __m256 fd = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd)), _mm256_i32gather_ps(x->d + b, xrow, 4));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(v)), fd, acc);
+        for (int i = 0; i < KQ_NB; i++) {
+            if (i >= N) {
+                v[i] = vm[i] = _mm256_setzero_si256();
+                continue;
+            }
+            const __m256i t = _mm256_add_epi32(_mm512_castsi512_si256(I[i]), _mm512_extracti64x4_epi64(I[i], 1));
+            const __m256i o = _mm256_madd_epi16(nsc, _mm256_loadu_si256((const __m256i *)(x->gsum + (i0 + i) * (cols / 16) + 16 * b)));
+            v[i] = BITS == 2 ? t : _mm256_add_epi32(t, o);
+            vm[i] = o;
+        }
+        uint16_t hd, hm;
+        memcpy(&hd, p + (BITS == 2 ? 80 : BB - 2), 2);
+        const __m256 dx = _mm256_i32gather_ps(x->d + b, xrow, 4);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(v)), _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd)), dx), acc);
+        if (BITS == 2) { /* −(dmin·dx) */
+            memcpy(&hm, p + 82, 2);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vm)),
+                                  _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hm)), dx), _mm256_set1_ps(-0.0f)), acc);
+        }
     }
     float a[KQ_NB];
     _mm256_storeu_ps(a, acc);
@@ -413,16 +447,20 @@ typedef void (*tile_b_fn)(const uint8_t *w, const kq_x *x, int i0, float *y, int
         q4k_tile_b(1, N, w, x, i0, y, ldy, beta);                                                             \
     }                                                                                                         \
     static KQ_TGT void q6kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
-        q6k_tile_b(0, N, w, x, i0, y, ldy, beta);                                                             \
+        q6k_tile_b(6, N, w, x, i0, y, ldy, beta);                                                             \
     }                                                                                                         \
     static KQ_TGT void q3kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
-        q6k_tile_b(1, N, w, x, i0, y, ldy, beta);                                                             \
+        q6k_tile_b(3, N, w, x, i0, y, ldy, beta);                                                             \
+    }                                                                                                         \
+    static KQ_TGT void q2kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
+        q6k_tile_b(2, N, w, x, i0, y, ldy, beta);                                                             \
     }
 BTILE_DEF(1) BTILE_DEF(2) BTILE_DEF(3) BTILE_DEF(4) BTILE_DEF(5) BTILE_DEF(6) BTILE_DEF(7) BTILE_DEF(8)
 static const tile_b_fn q4kb_tiles[KQ_NB] = {q4kb_1, q4kb_2, q4kb_3, q4kb_4, q4kb_5, q4kb_6, q4kb_7, q4kb_8};
 static const tile_b_fn q5kb_tiles[KQ_NB] = {q5kb_1, q5kb_2, q5kb_3, q5kb_4, q5kb_5, q5kb_6, q5kb_7, q5kb_8};
 static const tile_b_fn q6kb_tiles[KQ_NB] = {q6kb_1, q6kb_2, q6kb_3, q6kb_4, q6kb_5, q6kb_6, q6kb_7, q6kb_8};
 static const tile_b_fn q3kb_tiles[KQ_NB] = {q3kb_1, q3kb_2, q3kb_3, q3kb_4, q3kb_5, q3kb_6, q3kb_7, q3kb_8};
+static const tile_b_fn q2kb_tiles[KQ_NB] = {q2kb_1, q2kb_2, q2kb_3, q2kb_4, q2kb_5, q2kb_6, q2kb_7, q2kb_8};
 
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
 #define DTILE_DEF(R)                                                                                          \
@@ -436,11 +474,15 @@ typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, floa
     }                                                                                                         \
     static KQ_TGT void q6k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
                                    float beta) {                                                              \
-        q6k_tile(0, R, w, rb, x, y, beta);                                                                    \
+        q6k_tile(6, R, w, rb, x, y, beta);                                                                    \
     }                                                                                                         \
     static KQ_TGT void q3k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
                                    float beta) {                                                              \
-        q6k_tile(1, R, w, rb, x, y, beta);                                                                    \
+        q6k_tile(3, R, w, rb, x, y, beta);                                                                    \
+    }                                                                                                         \
+    static KQ_TGT void q2k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
+                                   float beta) {                                                              \
+        q6k_tile(2, R, w, rb, x, y, beta);                                                                    \
     }
 DTILE_DEF(4) DTILE_DEF(2) DTILE_DEF(1)
 /* decode (one x row): [4 rows | 2 rows | 1 row][0] */
@@ -448,11 +490,12 @@ static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1}, {q4k_1_1}};
 static const tile_fn q5k_tiles[3][4] = {{q5k_4_1}, {q5k_2_1}, {q5k_1_1}};
 static const tile_fn q6k_tiles[3][4] = {{q6k_4_1}, {q6k_2_1}, {q6k_1_1}};
 static const tile_fn q3k_tiles[3][4] = {{q3k_4_1}, {q3k_2_1}, {q3k_1_1}};
+static const tile_fn q2k_tiles[3][4] = {{q2k_4_1}, {q2k_2_1}, {q2k_1_1}};
 
 void kq_rows_avx512_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                       int64_t ldy, float beta) {
     if (x->n > 1) { /* batches: one weight row × 8 x rows at a time */
-        const tile_b_fn *t = dt == KDT_Q5_K ? q5kb_tiles : dt == KDT_Q6_K ? q6kb_tiles : dt == KDT_Q3_K ? q3kb_tiles : q4kb_tiles;
+        const tile_b_fn *t = dt == KDT_Q5_K ? q5kb_tiles : dt == KDT_Q6_K ? q6kb_tiles : dt == KDT_Q3_K ? q3kb_tiles : dt == KDT_Q2_K ? q2kb_tiles : q4kb_tiles;
         for (int64_t r = r0; r < r1; r++)
             for (int i = 0; i < x->n; i += KQ_NB) {
                 int N = x->n - i < KQ_NB ? x->n - i : KQ_NB;
@@ -460,7 +503,7 @@ void kq_rows_avx512_k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_
             }
         return;
     }
-    const tile_fn (*t)[4] = dt == KDT_Q5_K ? q5k_tiles : dt == KDT_Q6_K ? q6k_tiles : dt == KDT_Q3_K ? q3k_tiles : q4k_tiles;
+    const tile_fn (*t)[4] = dt == KDT_Q5_K ? q5k_tiles : dt == KDT_Q6_K ? q6k_tiles : dt == KDT_Q3_K ? q3k_tiles : dt == KDT_Q2_K ? q2k_tiles : q4k_tiles;
     for (int64_t r = r0; r < r1;) {
         int R = r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
         t[R == 4 ? 0 : R == 2 ? 1 : 2][0](w + r * rb, rb, x, 0, y + r, ldy, beta);

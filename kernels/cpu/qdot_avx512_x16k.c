@@ -1,4 +1,4 @@
-/* kernels/cpu/qdot_avx512_x16k.c — the AVX-512 VNNI path's K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K)
+/* kernels/cpu/qdot_avx512_x16k.c — the AVX-512 VNNI path's K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K, Q2_K)
  * with x in the x16 layout: 16 x rows in the lanes of a zmm, a strip of R <= 4 weight rows
  * unpacked once (qx16k.h), then per super-block and unit of one scale (qx16k.h's walk) one
  * vpdpbusd per group and weight row — the row's 4 unsigned codes broadcast against the 16 x
@@ -31,8 +31,8 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
      * (zmm vpmulld 1.1 per ns vs vpdpwssd 3.6): one vpdpwssd per part instead, at 256 rows, one
      * thread, Q4_K 188 -> 207 GFLOP/s, Q5_K 185 -> 223, Q6_K 158 -> 177; one per two parts (the
      * shift and select run beside the multiplier) Q4_K 301 -> 321-329, Q5_K 253 -> 284-287, Q6_K
-     * 191-197 -> 231-234. Q3_K: 2 parts of 2 groups (|S| <= 2·4·7·127). */
-    const int GH = DT == KDT_Q4_K || DT == KDT_Q3_K ? 2 : 4;
+     * 191-197 -> 231-234. Q3_K, Q2_K: 2 parts of 2 groups (|S| <= 2·4·7·127). */
+    const int GH = DT == KDT_Q4_K || DT == KDT_Q3_K || DT == KDT_Q2_K ? 2 : 4;
     __m512 acc[2][4];
 #pragma GCC unroll 2
     for (int q = 0; q < NG; q++)
@@ -120,7 +120,7 @@ KQ_INL void kqk_strip16(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, 
     const int NP = kq_x16_pairs(DT);
     const int64_t gv = nb * 8 * 512, gp = nb * NP * 16, gd = nb * 16;
     kqk_unpack(DT, R, w, rb, nb, u);
-    const int step = DT == KDT_Q6_K ? 16 : 32; /* Q3_K's 2 parts per unit: two groups, as Q4_K */
+    const int step = DT == KDT_Q6_K ? 16 : 32; /* Q3_K's, Q2_K's 2 parts per unit: two groups, as Q4_K */
     for (int i = 0; i < x->n; i += step) {
         const int64_t mb = i / 16;
         const int left = x->n - i;
@@ -143,7 +143,7 @@ KQ_INL void kqk_strip16(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, 
         kqk_strip16(DT, R, &u, w, rb, x, y, ldy, beta);                                                     \
     }
 #define KQK_DEF3(TAG, DT) KQK_DEF(TAG, DT, 4) KQK_DEF(TAG, DT, 2) KQK_DEF(TAG, DT, 1)
-KQK_DEF3(q4k, KDT_Q4_K) KQK_DEF3(q5k, KDT_Q5_K) KQK_DEF3(q6k, KDT_Q6_K) KQK_DEF3(q3k, KDT_Q3_K)
+KQK_DEF3(q4k, KDT_Q4_K) KQK_DEF3(q5k, KDT_Q5_K) KQK_DEF3(q6k, KDT_Q6_K) KQK_DEF3(q3k, KDT_Q3_K) KQK_DEF3(q2k, KDT_Q2_K)
 
 bool kq_rows_vnni_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta) {
@@ -154,6 +154,7 @@ bool kq_rows_vnni_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64
     case KDT_Q5_K: kq_rows_strips(kqk_q5k_4, kqk_q5k_2, kqk_q5k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     case KDT_Q6_K: kq_rows_strips(kqk_q6k_4, kqk_q6k_2, kqk_q6k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     case KDT_Q3_K: kq_rows_strips(kqk_q3k_4, kqk_q3k_2, kqk_q3k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
+    case KDT_Q2_K: kq_rows_strips(kqk_q2k_4, kqk_q2k_2, kqk_q2k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     default: return false;
     }
 }

@@ -23,11 +23,11 @@ KQX_INL __m256i kq_word_bcast(int a, int b) {
     return _mm256_setr_epi16(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi);
 }
 
-/* Prefetch the super-block KQ_PF ahead of p (BB bytes: Q4_K 144, Q5_K 176, Q6_K 210, Q3_K 110):
- * Q4_K/Q5_K its first two lines and its last byte, Q6_K / Q3_K every 64 bytes (the tiles'
- * measured choice). */
+/* Prefetch the super-block KQ_PF ahead of p (BB bytes: Q4_K 144, Q5_K 176, Q6_K 210, Q3_K 110,
+ * Q2_K 84): Q4_K/Q5_K its first two lines and its last byte, the Q6_K family every 64 bytes (the
+ * tiles' measured choice). */
 KQX_INL void kq_prefetch_sb(const uint8_t *p, int BB) {
-    if (BB == 210 || BB == 110) {
+    if (BB == 210 || BB == 110 || BB == 84) {
         for (int o = 0; o < BB; o += 64) __builtin_prefetch(p + KQ_PF + o, 0, 2);
         return;
     }
@@ -189,36 +189,80 @@ KQX_INL __m256i kq_q3k_sc16(const uint8_t *p) {
     return _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_or_si128(low, _mm_slli_epi16(high, 4))), _mm256_set1_epi16(32));
 }
 
-/* The 16 group scales as words of the super-block at p: Q6_K's int8 sc_g, Q3_K's sc_g − 32. */
-KQX_INL __m256i kq_k16_sc16(int THREE, const uint8_t *p) {
-    return THREE ? kq_q3k_sc16(p) : _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+/* The Q6_K family (BITS: Q6_K 6, Q3_K 3, Q2_K 2): 16 groups of 16 codes, one f32 step per
+ * super-block of kq_k16_bytes(BITS) bytes. */
+KQX_INL int kq_k16_bytes(int BITS) { return BITS == 6 ? 210 : BITS == 3 ? 110 : 84; }
+
+/* The 16 group scales as words of the super-block at p: Q6_K's int8 sc_g, Q3_K's sc_g − 32,
+ * Q2_K's scales[g] & 15. */
+KQX_INL __m256i kq_k16_sc16(int BITS, const uint8_t *p) {
+    if (BITS == 3) return kq_q3k_sc16(p);
+    if (BITS == 2) return _mm256_and_si256(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)), _mm256_set1_epi16(15));
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
 }
 
-/* Q6_K (THREE = 0) or Q3_K (THREE = 1) super-block b of weight rows r < R (R <= 4): nsc[r] = the
- * code offset's factors −32·sc_g (Q6_K, |·| <= 4096) or −4·(sc_g − 32) (Q3_K) as 16 words, and
- * the rows' d in lanes 0..R-1. */
-KQX_INL __m128 kq_q6k_nsc_d(int THREE, int R, const uint8_t *w, size_t rb, int64_t b, __m256i nsc[4]) {
-    uint16_t hd[4] = {0};
+/* Q2_K's 16 group mins scales[g] >> 4 as words. */
+KQX_INL __m256i kq_q2k_m16(const uint8_t *p) {
+    return _mm256_srli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)), 4);
+}
+
+/* Super-block b of weight rows r < R (R <= 4) of the Q6_K family: nsc[r] = the code offset's
+ * factors −32·sc_g (Q6_K, |·| <= 4096) or −4·(sc_g − 32) (Q3_K), or Q2_K's mins m_g, as 16 words;
+ * the rows' d in lanes 0..R-1 (returned) and, for Q2_K, their dmin in *dmin's. */
+KQX_INL __m128 kq_q6k_nsc_d(int BITS, int R, const uint8_t *w, size_t rb, int64_t b, __m256i nsc[4], __m128 *dmin) {
+    const int BB = kq_k16_bytes(BITS);
+    uint16_t hd[4] = {0}, hm[4] = {0};
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
-        const uint8_t *p = w + r * rb + (THREE ? 110 : 210) * b;
-        nsc[r] = _mm256_mullo_epi16(kq_k16_sc16(THREE, p), _mm256_set1_epi16(THREE ? -4 : -32));
-        memcpy(&hd[r], p + (THREE ? 108 : 208), 2);
+        const uint8_t *p = w + r * rb + BB * b;
+        if (BITS == 2) {
+            nsc[r] = kq_q2k_m16(p);
+            memcpy(&hd[r], p + 80, 2);
+            memcpy(&hm[r], p + 82, 2);
+            continue;
+        }
+        nsc[r] = _mm256_mullo_epi16(kq_k16_sc16(BITS, p), _mm256_set1_epi16(BITS == 3 ? -4 : -32));
+        memcpy(&hd[r], p + BB - 2, 2);
     }
     /* built in a register (four narrow stores and one wide load would stall) */
+    if (dmin) *dmin = _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2], (short)hm[3], 0, 0, 0, 0));
     return _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
 }
 
-/* Q6_K / Q3_K (THREE) super-block b of weight rows r < R against x rows i0 + i, i < N (R·N <= 8):
- * the exact total T = Σ lanes (I[r][i] + nsc_g·G_g, the code offset) of every pair from one
- * horizontal-sum tree, then lane p of acc = fma((float)T, d·dx, acc) (qmatmul.h). */
-KQX_INL void kq_q6k_finish_pairs(int THREE, int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
+/* Q6_K-family super-block b of weight rows r < R against x rows i0 + i, i < N (R·N <= 8): the
+ * exact totals of every pair from horizontal-sum trees, then lane p of acc = fma((float)T, d·dx,
+ * acc) (qmatmul.h). Q6_K, Q3_K: T = Σ lanes (I[r][i] + nsc_g·G_g, the code offset). Q2_K: T = Σ
+ * lanes I[r][i] and M = Σ m_g·G_g, then fma((float)M, −(dmin·dx), acc) after. */
+KQX_INL void kq_q6k_finish_pairs(int BITS, int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
                            __m256i I[4][4], __m256 *acc) {
     const int64_t cols = x->cols;
     const int P = R * N;
     __m256i nsc[4], G[4];
-    const __m128 d = kq_q6k_nsc_d(THREE, R, w, rb, b, nsc);
+    __m128 dm;
+    const __m128 d = kq_q6k_nsc_d(BITS, R, w, rb, b, nsc, &dm);
     for (int i = 0; i < N; i++) G[i] = _mm256_loadu_si256((const __m256i *)(x->gsum + (i0 + i) * (cols / 16) + 16 * b));
+    if (BITS == 2) { /* kq_q4k_finish_pairs's steps with the mins' products per 16 */
+        __m256 fd, fm;
+        kq_pair_factors(R, N, _mm256_set_m128(dm, d), x, i0, b, &fd, &fm);
+#define KQ_I(p) ((p) < P ? I[(p) % R][(p) / R] : _mm256_setzero_si256())
+#define KQ_M(p) ((p) < P ? _mm256_madd_epi16(nsc[(p) % R], G[(p) / R]) : _mm256_setzero_si256())
+        if (P <= 4) {
+            const __m256i v[8] = {KQ_I(0), KQ_I(1), KQ_I(2), KQ_I(3), KQ_M(0), KQ_M(1), KQ_M(2), KQ_M(3)};
+            const __m256 s = _mm256_cvtepi32_ps(kq_hsum8x8(v)); /* [T_0..3 | M_0..3] */
+            __m128 a = _mm256_castps256_ps128(*acc);
+            a = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm256_castps256_ps128(fd), a);
+            a = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(fm), a);
+            *acc = _mm256_castps128_ps256(a);
+        } else {
+            const __m256i vi[8] = {KQ_I(0), KQ_I(1), KQ_I(2), KQ_I(3), KQ_I(4), KQ_I(5), KQ_I(6), KQ_I(7)};
+            const __m256i vm[8] = {KQ_M(0), KQ_M(1), KQ_M(2), KQ_M(3), KQ_M(4), KQ_M(5), KQ_M(6), KQ_M(7)};
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vi)), fd, *acc);
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vm)), fm, *acc);
+        }
+#undef KQ_I
+#undef KQ_M
+        return;
+    }
 #define KQ_T(p) ((p) < P ? _mm256_add_epi32(I[(p) % R][(p) / R], _mm256_madd_epi16(nsc[(p) % R], G[(p) / R])) \
                          : _mm256_setzero_si256())
     const __m256i v[8] = {KQ_T(0), KQ_T(1), KQ_T(2), KQ_T(3), KQ_T(4), KQ_T(5), KQ_T(6), KQ_T(7)};
@@ -257,32 +301,41 @@ KQX_INL void kq_q4k_finish(int R, int N, const uint8_t *w, size_t rb, int BB, in
     }
 }
 
-/* The row form of kq_q6k_finish_pairs (decode, as kq_q4k_finish). Q6_K / Q3_K (THREE)
- * super-block b of weight rows r < R (R <= 4) against x rows i0 + i, i < N: the exact total
- * T = Σ lanes (I[r][i] + nsc_g·G_g, the code offset), then acc[i] (lane r) =
- * fma((float)T, d·dx, acc) (qmatmul.h). */
-KQX_INL void kq_q6k_finish(int THREE, int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
+/* The row form of kq_q6k_finish_pairs (decode, as kq_q4k_finish): super-block b of weight rows
+ * r < R (R <= 4) against x rows i0 + i, i < N; acc[i] (lane r) as kq_q6k_finish_pairs's lanes. */
+KQX_INL void kq_q6k_finish(int BITS, int R, int N, const uint8_t *w, size_t rb, int64_t b, const kq_x *x, int i0,
                            __m256i I[4][4], __m128 acc[4]) {
     const int64_t cols = x->cols, nb = cols / 256;
     __m256i nsc[4];
-    const __m128 d = kq_q6k_nsc_d(THREE, R, w, rb, b, nsc);
+    __m128 dm;
+    const __m128 d = kq_q6k_nsc_d(BITS, R, w, rb, b, nsc, &dm);
     for (int i = 0; i < N; i++) {
         const int64_t row = i0 + i;
         const __m256i G = _mm256_loadu_si256((const __m256i *)(x->gsum + row * (cols / 16) + 16 * b));
+        const __m128 dx = _mm_set1_ps(x->d[row * nb + b]);
         __m256i v[8];
+        if (BITS == 2) {
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                v[r] = r < R ? I[r][i] : _mm256_setzero_si256();
+                v[4 + r] = r < R ? _mm256_madd_epi16(nsc[r], G) : _mm256_setzero_si256();
+            }
+            const __m256 s = _mm256_cvtepi32_ps(kq_hsum8x8(v)); /* [T_0..3 | M_0..3] */
+            acc[i] = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm_mul_ps(d, dx), acc[i]);
+            acc[i] = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm_xor_ps(_mm_mul_ps(dm, dx), _mm_set1_ps(-0.0f)), acc[i]);
+            continue;
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++)
             v[r] = r < R ? _mm256_add_epi32(I[r][i], _mm256_madd_epi16(nsc[r], G)) : _mm256_setzero_si256();
         const __m128 T = _mm_cvtepi32_ps(_mm256_castsi256_si128(kq_hsum8x8(v)));
-        acc[i] = _mm_fmadd_ps(T, _mm_mul_ps(d, _mm_set1_ps(x->d[row * nb + b])), acc[i]);
+        acc[i] = _mm_fmadd_ps(T, _mm_mul_ps(d, dx), acc[i]);
     }
 }
 
-
-
-/* The K-quant tiles' entry points of one R × N shape, q4k_R_N, q5k_R_N, q6k_R_N, q3k_R_N (the
- * tile_fn signature), for a file that defines KQ_TGT and the inline q4k_tile(FIVE, R, N, ...) and
- * q6k_tile(THREE, R, N, ...) of its instruction set. */
+/* The K-quant tiles' entry points of one R × N shape, q4k_R_N, q5k_R_N, q6k_R_N, q3k_R_N, q2k_R_N
+ * (the tile_fn signature), for a file that defines KQ_TGT and the inline q4k_tile(FIVE, R, N, ...)
+ * and q6k_tile(BITS, R, N, ...) of its instruction set. */
 #define KQ_KTILE_DEF(R, N)                                                                                     \
     static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
@@ -294,11 +347,15 @@ KQX_INL void kq_q6k_finish(int THREE, int R, int N, const uint8_t *w, size_t rb,
     }                                                                                                         \
     static KQ_TGT void q6k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
-        q6k_tile(0, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+        q6k_tile(6, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
     }                                                                                                         \
     static KQ_TGT void q3k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
                                      int64_t ldy, float beta) {                                               \
-        q6k_tile(1, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+        q6k_tile(3, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+    }                                                                                                         \
+    static KQ_TGT void q2k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
+                                     int64_t ldy, float beta) {                                               \
+        q6k_tile(2, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
     }
 
 #endif

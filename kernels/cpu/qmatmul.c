@@ -1,5 +1,5 @@
 /* kernels/cpu/qmatmul.c — y[n, rows] = beta*y + x[n, cols] · wᵀ for quantized w (Q8_0, Q4_0, Q5_0,
- * Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K, Q6_K):
+ * Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
  * the driver (x quantized once per call, weight rows split over the pool as matmul.c does),
  * the activation quantizer every path shares, and the scalar path that spells out the
  * canonical order of qmatmul.h (the SIMD paths in qdot_avx512.c / qdot_avx2.c reproduce it
@@ -285,6 +285,32 @@ static float kq_dot_q3_k_scalar(const uint8_t *w, const int8_t *xq, const float 
     return L;
 }
 
+/* Q2_K: chunk c's 2-bit codes as Q3_K's low bits (qs at byte 16), group g's scale sc_g =
+ * scales[g] & 15 and min m_g = scales[g] >> 4; Q4_K's two f32 steps (qmatmul.h). */
+static float kq_dot_q2_k_scalar(const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *gs, int64_t nb) {
+    float L = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + 84 * b, *sc = blk;
+        uint16_t h0, h1;
+        memcpy(&h0, blk + 80, 2);
+        memcpy(&h1, blk + 82, 2);
+        const int8_t *xb = xq + 256 * b;
+        int32_t T = 0, M = 0;
+        for (int c = 0; c < 8; c++) {
+            const uint8_t *qs = blk + 16 + 32 * (c / 4);
+            for (int j = 0; j < 8; j++) {
+                int32_t p = 0;
+                for (int e = 0; e < 4; e++) p += (qs[4 * j + e] >> 2 * (c % 4) & 3) * xb[32 * c + 4 * j + e];
+                T += (sc[2 * c + j / 4] & 15) * p;
+            }
+        }
+        for (int g = 0; g < 16; g++) M += (sc[g] >> 4) * gs[16 * b + g];
+        L = fmaf((float)T, f16_to_f32(h0) * xd[b], L);
+        L = fmaf((float)M, -(f16_to_f32(h1) * xd[b]), L);
+    }
+    return L;
+}
+
 void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                     int64_t ldy, float beta) {
     int64_t cols = x->cols;
@@ -293,6 +319,8 @@ void kq_rows_scalar(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t 
             const int8_t *xq = x->q + (int64_t)i * cols;
             float s = !kdtype_is_kquant(dt)
                           ? kq_dot_q8_0_scalar(dt, w + r * rb, xq, x->d + (int64_t)i * (cols / 32), cols / 32)
+                      : dt == KDT_Q2_K ? kq_dot_q2_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
+                                                            x->gsum + (int64_t)i * (cols / 16), cols / 256)
                       : dt == KDT_Q3_K ? kq_dot_q3_k_scalar(w + r * rb, xq, x->d + (int64_t)i * (cols / 256),
                                                             x->gsum + (int64_t)i * (cols / 16), cols / 256)
                       : dt == KDT_Q6_K || dt == KDT_Q6_K_SB16
@@ -505,9 +533,9 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     kq_path path = kq_resolve();
     /* SB8 / SB16 (the AVX2 path's reorderings) have AVX2 tiles and the scalar reference only */
     if ((w->dtype == KDT_Q4_K_SB8 || w->dtype == KDT_Q6_K_SB16) && path != KQ_SCALAR) path = kq_path_available(KQ_AVX2) ? KQ_AVX2 : KQ_SCALAR;
-    /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
+    /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K, Q2_K have no AMX tiles (never run on an AMX machine here): their VNNI tiles,
      * same bits */
-    if ((w->dtype == KDT_Q5_0 || w->dtype == KDT_IQ4_NL || w->dtype == KDT_IQ4_XS || w->dtype == KDT_Q3_K ||
+    if ((w->dtype == KDT_Q5_0 || w->dtype == KDT_IQ4_NL || w->dtype == KDT_IQ4_XS || w->dtype == KDT_Q3_K || w->dtype == KDT_Q2_K ||
          kq_has_min(w->dtype)) &&
         path == KQ_AMX)
         path = KQ_VNNI;

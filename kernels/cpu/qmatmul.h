@@ -41,6 +41,10 @@
  *         place and the offset 4: T = Σ_c Σ_j (sc_g − 32)·P(c, j) + Σ_g (−4·(sc_g − 32))·G_g,
  *         L = fma((float)T, d·dx, L). Q6_K's tiles with another code and scale unpacking; an
  *         activation layout shared with Q6_K (Q3_K_M files mix the two). No AMX tiles.
+ *   Q2_K: q = Q3_K's low 2 bits (0..3; qs at byte 16), group g's 4-bit scale sc_g and min m_g:
+ *         T = Σ_c Σ_j sc_g·P(c, j) and M = Σ_g m_g·G_g exact, then L = fma((float)T, d·dx, L),
+ *         L = fma((float)M, −(dmin·dx), L) (Q4_K's two steps on Q6_K's groups). Q6_K's tiles and
+ *         activation layout; no AMX tiles.
  *   |I| < 2^26, |T| < 2^28 (Q3_K's < 2^24): every int32 exact ((float)I rounds to nearest past 2^24, in every path).
  * x is quantized once per call by the row quantizer in qmatmul.c (shared by every path): Q8_0,
  * Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL and IQ4_XS per 32 elements (kq_act_block), K-quants per 256
@@ -48,7 +52,7 @@
  * for the K-quants this is ggml's Q8_K granularity (llama.cpp quantizes activations to Q8_K,
  * one f32 scale per 256, for its K-quant dot products; its scale is signed max/−127 where ours
  * is max|x|/127 with round-half-even: the same 8-bit, per-256 error bound), with the code sums
- * per 32 (Q4_K, Q5_K) or per 16 (Q6_K, Q3_K) that Q8_K's bsums hold.
+ * per 32 (Q4_K, Q5_K) or per 16 (Q6_K, Q3_K, Q2_K) that Q8_K's bsums hold.
  */
 #ifndef PEFTD_KCPU_QMATMUL_H
 #define PEFTD_KCPU_QMATMUL_H
@@ -119,7 +123,7 @@ typedef struct {
     int8_t *q;      /* [n][cols], natural order */
     int32_t *corr;  /* the 32-element types: [n][cols/4] = -128 · Σ of each 4 codes (VNNI's unsigned offset) */
     float *d;       /* [n][cols / block] */
-    int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K, Q3_K) */
+    int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K, Q3_K, Q2_K) */
     /* the same codes with x rows in lanes (kernels/cpu/qx16.c), or NULL: built when the path in
      * use reads it (kq_x16_wanted in qmatmul.c: the SIMD paths' batches of at least
      * KQ_X16_MIN_N rows, but Q6_K_SB16's); 64-byte aligned */
@@ -180,12 +184,12 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx);
 void kq_x16_row(kq_x *qx, int i, kdtype dt);
 void kq_rows_amx(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                  int64_t ldy, float beta);
-/* K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K, Q4_K_SB8) with x in the x16 layout, strips counted in
+/* K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, Q4_K_SB8) with x in the x16 layout, strips counted in
  * kq_avx2_x16_strips (qdot_avx2_x16k.c); false, doing nothing, without x->x16v or when the
  * thread's scratch cannot hold the strip (kq_thread_scratch). */
 bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta);
-/* The same on the VNNI path, Q4_K / Q5_K / Q6_K / Q3_K (qdot_avx512_x16k.c; kq_vnni_x16_strips). */
+/* The same on the VNNI path, Q4_K / Q5_K / Q6_K / Q3_K / Q2_K (qdot_avx512_x16k.c; kq_vnni_x16_strips). */
 bool kq_rows_vnni_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta);
 /* The K-quants of the VNNI path (qdot_avx512_k.c; kq_rows_vnni forwards them). */
@@ -210,7 +214,9 @@ static inline void kq_q4k_scale_min(const uint8_t *sc12, int s, int *sc, int *m)
 #define KQ_PF 16384
 
 /* The K-quants' group size of kq_x.gsum. */
-static inline int kq_gsum_group(kdtype dt) { return dt == KDT_Q6_K || dt == KDT_Q6_K_SB16 || dt == KDT_Q3_K ? 16 : 32; }
+static inline int kq_gsum_group(kdtype dt) {
+    return dt == KDT_Q6_K || dt == KDT_Q6_K_SB16 || dt == KDT_Q3_K || dt == KDT_Q2_K ? 16 : 32;
+}
 /* The x16 layout's code-sum pairs per x row and super-block (kq_x.x16p): 256 / group / 2. */
 static inline int kq_x16_pairs(kdtype dt) { return 128 / kq_gsum_group(dt); }
 

@@ -27,6 +27,7 @@ _Static_assert(sizeof(qref_block_q5_1) == 24, "Q5_1 block is 24 bytes");
 _Static_assert(sizeof(qref_block_iq4_nl) == 18, "IQ4_NL block is 18 bytes");
 _Static_assert(sizeof(qref_block_iq4_xs) == 136, "IQ4_XS block is 136 bytes");
 _Static_assert(sizeof(qref_block_q3_k) == 110, "Q3_K block is 110 bytes");
+_Static_assert(sizeof(qref_block_q2_k) == 84, "Q2_K block is 84 bytes");
 _Static_assert(sizeof(qref_block_q4_k) == 144, "Q4_K block is 144 bytes");
 _Static_assert(sizeof(qref_block_q5_k) == 176, "Q5_K block is 176 bytes");
 _Static_assert(sizeof(qref_block_q6_k) == 210, "Q6_K block is 210 bytes");
@@ -35,7 +36,7 @@ int qref_block_elems(uint32_t type) {
     switch (type) {
     case QREF_F32: case QREF_F16: case QREF_BF16: return 1;
     case QREF_Q8_0: case QREF_Q4_0: case QREF_Q5_0: case QREF_Q4_1: case QREF_Q5_1: case QREF_IQ4_NL: return QREF_QK;
-    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: case QREF_Q6_K_SB16: case QREF_IQ4_XS: case QREF_Q3_K: return QREF_QK_K;
+    case QREF_Q4_K: case QREF_Q5_K: case QREF_Q6_K: case QREF_Q4_K_SB8: case QREF_Q6_K_SB16: case QREF_IQ4_XS: case QREF_Q3_K: case QREF_Q2_K: return QREF_QK_K;
     default: return 0;
     }
 }
@@ -52,6 +53,7 @@ int qref_block_bytes(uint32_t type) {
     case QREF_IQ4_NL: return (int)sizeof(qref_block_iq4_nl);
     case QREF_IQ4_XS: return (int)sizeof(qref_block_iq4_xs);
     case QREF_Q3_K: return (int)sizeof(qref_block_q3_k);
+    case QREF_Q2_K: return (int)sizeof(qref_block_q2_k);
     case QREF_Q4_K: case QREF_Q4_K_SB8: return (int)sizeof(qref_block_q4_k);
     case QREF_Q5_K: return (int)sizeof(qref_block_q5_k);
     case QREF_Q6_K: case QREF_Q6_K_SB16: return (int)sizeof(qref_block_q6_k);
@@ -144,6 +146,22 @@ void qref_dequant_q3_k(const void *src, float *dst, int64_t nb) {
             const int h = e / 128, j = e % 128 / 32, l = e % 32;
             const int q = (blk.qs[32 * h + l] >> 2 * j & 3) - (blk.hmask[l] >> (4 * h + j) & 1 ? 0 : 4);
             y[e] = d * (float)(qref_q3k_scale(blk.scales, e / 16) - 32) * (float)q;
+        }
+    }
+}
+
+/* (d·sc)·q − dmin·m, each operation rounded as gguf-py's dl * q - ml. */
+void qref_dequant_q2_k(const void *src, float *dst, int64_t nb) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < nb; b++) {
+        qref_block_q2_k blk;
+        memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+        const float d = f16_to_f32(blk.d), dmin = f16_to_f32(blk.dmin);
+        float *y = dst + b * QREF_QK_K;
+        for (int e = 0; e < QREF_QK_K; e++) {
+            const int h = e / 128, j = e % 128 / 32, l = e % 32, sc = blk.scales[e / 16];
+            const float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
+            y[e] = dl * (float)(blk.qs[32 * h + l] >> 2 * j & 3) - ml;
         }
     }
 }
@@ -386,6 +404,7 @@ int qref_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
     case QREF_IQ4_NL: qref_dequant_iq4_nl(src, dst, nb); break;
     case QREF_IQ4_XS: qref_dequant_iq4_xs(src, dst, nb); break;
     case QREF_Q3_K: qref_dequant_q3_k(src, dst, nb); break;
+    case QREF_Q2_K: qref_dequant_q2_k(src, dst, nb); break;
     case QREF_Q4_K: qref_dequant_q4_k(src, dst, nb); break;
     case QREF_Q6_K_SB16:
     case QREF_Q4_K_SB8: { /* one block back to ggml's order at a time, then as that type */

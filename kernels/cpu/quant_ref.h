@@ -29,6 +29,10 @@
  *         group g = e / 16 has the 6-bit scale sc_g: low 4 bits scales[g] & 15 (g < 8) or
  *         scales[g − 8] >> 4, high 2 bits (scales[8 + g % 4] >> 2·(g / 4)) & 3.
  *                                                                  y = (d·(sc_g − 32))·q
+ *   Q2_K  256 elements (16 groups of 16), 84 bytes: u8 scales[16]; u8 qs[64]; f16 d; f16 dmin.
+ *         Element e = 128h + 32j + l: q = (qs[32h + l] >> 2j) & 3 (Q3_K's low bits); group
+ *         g = e / 16 has the 4-bit scale sc = scales[g] & 15 and min m = scales[g] >> 4.
+ *                                                                  y = (d·sc)·q − dmin·m
  *   Q4_K  256 elements (8 sub-blocks of 32), 144 bytes: f16 d; f16 dmin; u8 scales[12];
  *         u8 qs[128]. Sub-block s has a 6-bit scale sc[s] and a 6-bit min m[s] packed in the
  *         12 bytes: for s < 4, sc = scales[s] & 63 and m = scales[s+4] & 63; for s ≥ 4,
@@ -49,7 +53,7 @@
  * reads blocks through memcpy, so source data need not be aligned.
  *
  * Type ids are ggml's (= GGUF's tensor types): F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7,
- * Q8_0 8, Q3_K 11, Q4_K 12, Q5_K 13, Q6_K 14, IQ4_NL 20, IQ4_XS 23, BF16 30.
+ * Q8_0 8, Q2_K 10, Q3_K 11, Q4_K 12, Q5_K 13, Q6_K 14, IQ4_NL 20, IQ4_XS 23, BF16 30.
  */
 #ifndef PEFTD_QUANT_REF_H
 #define PEFTD_QUANT_REF_H
@@ -68,6 +72,7 @@ enum {
     QREF_Q5_0 = 6,
     QREF_Q5_1 = 7,
     QREF_Q8_0 = 8,
+    QREF_Q2_K = 10,
     QREF_Q3_K = 11,
     QREF_Q4_K = 12,
     QREF_Q5_K = 13,
@@ -105,6 +110,7 @@ static inline int qref_q3k_scale(const uint8_t *sc12, int g) {
     const int lo = g < 8 ? sc12[g] & 15 : sc12[g - 8] >> 4;
     return lo | (sc12[8 + g % 4] >> 2 * (g / 4) & 3) << 4;
 }
+typedef struct { uint8_t scales[QREF_QK_K / 16]; uint8_t qs[QREF_QK_K / 4]; uint16_t d, dmin; } qref_block_q2_k;
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QREF_QK_K / 2]; } qref_block_q4_k;
 typedef struct {
     uint16_t d, dmin;
@@ -143,6 +149,7 @@ void qref_dequant_q5_1(const void *src, float *dst, int64_t nb);
 void qref_dequant_iq4_nl(const void *src, float *dst, int64_t nb);
 void qref_dequant_iq4_xs(const void *src, float *dst, int64_t nb);
 void qref_dequant_q3_k(const void *src, float *dst, int64_t nb);
+void qref_dequant_q2_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q4_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q5_k(const void *src, float *dst, int64_t nb);
 void qref_dequant_q6_k(const void *src, float *dst, int64_t nb);

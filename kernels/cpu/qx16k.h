@@ -7,20 +7,20 @@
  * chunk P / 8, slot P % 8) in the order the quantizer wrote them: natural, or SB8 when the
  * weights were reordered for the AVX2 path (kernels.h; Q6_K_SB16 keeps its own AVX2 tile, which
  * is faster than this walk for Q6_K's 6-bit codes). A tile broadcasts a weight row's 4 unsigned
- * codes of group P (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63, Q3_K 0..7) against the x rows' 4 codes
- * there. The groups come in units that share one scale:
+ * codes of group P (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63, Q3_K 0..7, Q2_K 0..3) against the x rows'
+ * 4 codes there. The groups come in units that share one scale:
  *   Q4_K, Q5_K  8 units (sub-blocks) × 8 groups, group P = 8s + u
  *   Q4_K_SB8    8 units × 8 groups, P = 8u + s (chunk u holds sub-block s in slot s)
- *   Q6_K, Q3_K 16 units (groups of 16 codes) × 4 groups, P = 4s + u
+ *   Q6_K, Q3_K, Q2_K 16 units (groups of 16 codes) × 4 groups, P = 4s + u
  * AVX2 (no vpdpbusd): vpmaddubsw gives 16-bit lanes of two products, added over at most
  * kqk_depth(dt) groups of a unit — 8 for Q4_K (8·2·15·127 = 30480), 4 for Q5_K (4·2·31·127 =
- * 31496), 2 for Q6_K (2·2·63·127 = 32004), 4 for Q3_K (4·2·7·127 = 7112), below 2^15: no lane saturates or wraps (x codes are
+ * 31496), 2 for Q6_K (2·2·63·127 = 32004), 4 for Q3_K (4·2·7·127 = 7112) and Q2_K, below 2^15: no lane saturates or wraps (x codes are
  * within ±127, qmatmul.c) — then vpmaddwd by (sc, sc) into int32 lanes. VNNI: one vpdpbusd per
  * group into exact int32 lanes, then vpdpwssd by (sc, 0) per part of a unit whose sums fit 16
  * bits (qdot_avx512_x16k.c). Either way the lanes hold the
  * canonical totals of qmatmul.h (I for Q4_K/Q5_K, T for Q6_K / Q3_K). Then per super-block the
  * pairs of x code sums (kq_x.x16p) by vpmaddwd / vpdpwssd: Q4_K/Q5_K M = Σ m_j·X_j from the pairs
- * (m_2t, m_2t+1); Q6_K's −32 offset Σ (−32·sc_g)·G_g into T from (−32·sc_2t, −32·sc_2t+1)
+ * (m_2t, m_2t+1) (Q2_K's per 16, t < 8); Q6_K's −32 offset Σ (−32·sc_g)·G_g into T from (−32·sc_2t, −32·sc_2t+1)
  * (|−32·sc| <= 4096; Q3_K's −4·(sc − 32)). The totals are exact, so the f32 step —
  * fma((float)I, d·dx), then fma((float)M, −(dmin·dx)); Q6_K / Q3_K fma((float)T, d·dx) — gives
  * every path's bits. */
@@ -40,7 +40,8 @@ typedef struct {
     uint8_t *code; /* [br][256]: the unsigned codes, at the x16 layout's positions (4P + e) */
     int32_t *sp;   /* [br][16]: unit s's scale sc as the pair sc | sc << 16 */
     int32_t *mp;   /* [br][8]: code-sum pairs' factors: Q4_K/Q5_K (m_2t, m_2t+1), t < 4; Q6_K
-                    * (−32·sc_2t, −32·sc_2t+1), Q3_K (−4·sc'_2t, −4·sc'_2t+1) with sc' = sc − 32, t < 8 */
+                    * (−32·sc_2t, −32·sc_2t+1), Q3_K (−4·sc'_2t, −4·sc'_2t+1) with sc' = sc − 32, Q2_K
+                    * (m_2t, m_2t+1), t < 8 */
     float *d;      /* [br][2]: d, dmin (Q6_K, Q3_K: d, 0) */
 } kqk_strip;
 
@@ -54,18 +55,19 @@ KQK_INL void kqk_carve(int R, int64_t nb, void *p, kqk_strip *u) {
     u->d = (float *)(u->mp + n * 8);
 }
 
-/* Q6_K and Q3_K: 16 groups of 16 codes with a code offset (no mins). */
+/* Q6_K, Q3_K, Q2_K: 16 units of 16 codes; the first two fold their code offset into T (no mins). */
+KQK_INL bool kqk_units16(kdtype dt) { return dt == KDT_Q6_K || dt == KDT_Q3_K || dt == KDT_Q2_K; }
 KQK_INL bool kqk_six(kdtype dt) { return dt == KDT_Q6_K || dt == KDT_Q3_K; }
-KQK_INL int kqk_units(kdtype dt) { return kqk_six(dt) ? 16 : 8; }
+KQK_INL int kqk_units(kdtype dt) { return kqk_units16(dt) ? 16 : 8; }
 KQK_INL int kqk_depth(kdtype dt) {
-    return dt == KDT_Q4_K || dt == KDT_Q4_K_SB8 ? 8 : dt == KDT_Q5_K || dt == KDT_Q3_K ? 4 : 2;
+    return dt == KDT_Q4_K || dt == KDT_Q4_K_SB8 ? 8 : dt == KDT_Q5_K || dt == KDT_Q3_K || dt == KDT_Q2_K ? 4 : 2;
 }
 /* group P of unit s, its u-th */
 KQK_INL int kqk_group(kdtype dt, int s, int u) {
-    return dt == KDT_Q4_K_SB8 ? 8 * u + s : kqk_six(dt) ? 4 * s + u : 8 * s + u;
+    return dt == KDT_Q4_K_SB8 ? 8 * u + s : kqk_units16(dt) ? 4 * s + u : 8 * s + u;
 }
 
-/* Rows [0, R) of w (rb bytes apart; Q4_K, Q5_K, Q6_K, Q3_K or Q4_K_SB8), super-blocks [0, nb), into u. */
+/* Rows [0, R) of w (rb bytes apart; Q4_K, Q5_K, Q6_K, Q3_K, Q2_K or Q4_K_SB8), super-blocks [0, nb), into u. */
 KQK_INL void kqk_unpack(kdtype dt, int R, const uint8_t *w, size_t rb, int64_t nb, const kqk_strip *u) {
     const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
     const int BB = (int)kdtype_block_bytes(dt);
@@ -76,24 +78,30 @@ KQK_INL void kqk_unpack(kdtype dt, int R, const uint8_t *w, size_t rb, int64_t n
             const int64_t br = b * R + r;
             uint8_t *code = u->code + br * 256;
             int32_t *sp = u->sp + br * 16, *mp = u->mp + br * 8;
-            if (dt == KDT_Q3_K) {
-                /* chunk c: low 2 bits of qs bytes 32 + 32(c/4) at 2(c%4), bit c of hmask above them */
+            if (dt == KDT_Q3_K || dt == KDT_Q2_K) {
+                /* chunk c: low 2 bits of qs bytes 32 + 32(c/4) (Q2_K 16 + 32(c/4)) at 2(c%4); Q3_K's
+                 * bit c of hmask above them */
+                const bool q3 = dt == KDT_Q3_K;
                 const __m256i hm = _mm256_loadu_si256((const __m256i *)p), m1 = _mm256_set1_epi8(1);
                 for (int c = 0; c < 8; c++) {
-                    const __m256i qs = _mm256_loadu_si256((const __m256i *)kq_q3k_qs(p, c));
+                    const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + (q3 ? 32 : 16) + 32 * (c / 4)));
                     const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * (c % 4))), m3);
                     const __m256i hi = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c)), m1);
-                    _mm256_storeu_si256((__m256i *)(code + 32 * c), _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)));
+                    _mm256_storeu_si256((__m256i *)(code + 32 * c), q3 ? _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)) : lo);
                 }
-                /* the 16 scales sc − 32 as words: sp[s] = sc' | sc' << 16, mp's pairs −4·sc' in order */
-                const __m256i sw = kq_q3k_sc16(p);
+                /* the 16 scales as words (Q3_K sc − 32): sp[s] = sc | sc << 16; mp's pairs in order:
+                 * Q3_K's offset factors −4·sc, Q2_K's mins */
+                const __m256i sw = q3 ? kq_q3k_sc16(p) : kq_k16_sc16(2, p);
                 const __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sw));
                 const __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(sw, 1));
                 _mm256_storeu_si256((__m256i *)sp, _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(lo, 16)));
                 _mm256_storeu_si256((__m256i *)(sp + 8), _mm256_or_si256(_mm256_and_si256(hi, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(hi, 16)));
-                _mm256_storeu_si256((__m256i *)mp, _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sw, 2)));
-                u->d[2 * br] = _cvtsh_ss(kq_q3k_d(p));
-                u->d[2 * br + 1] = 0.0f;
+                _mm256_storeu_si256((__m256i *)mp, q3 ? _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sw, 2)) : kq_q2k_m16(p));
+                uint16_t h0, h1;
+                memcpy(&h0, p + (q3 ? 108 : 80), 2);
+                memcpy(&h1, p + 82, 2); /* Q2_K's dmin (unused for Q3_K) */
+                u->d[2 * br] = _cvtsh_ss(h0);
+                u->d[2 * br + 1] = q3 ? 0.0f : _cvtsh_ss(h1);
                 continue;
             }
             if (dt == KDT_Q6_K) {

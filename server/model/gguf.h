@@ -192,7 +192,7 @@ const gguf_tensor *gguf_tensor_at(const gguf_file *f, size_t i);     /* NULL out
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name); /* NULL absent */
 
 /* Type facts: name ("Q4_K"; "?" unknown), elements per block and bytes per block (0 when the
- * id is unknown), and whether peftd computes with it (F32 F16 BF16 Q8_0 Q4_0 Q5_0 Q4_1 Q5_1 IQ4_NL IQ4_XS Q3_K Q4_K Q5_K Q6_K). */
+ * id is unknown), and whether peftd computes with it (F32 F16 BF16 Q8_0 Q4_0 Q5_0 Q4_1 Q5_1 IQ4_NL IQ4_XS Q2_K Q3_K Q4_K Q5_K Q6_K). */
 const char *gguf_type_name(uint32_t t);
 uint32_t gguf_type_block(uint32_t t);
 uint32_t gguf_type_bytes(uint32_t t);

@@ -30,7 +30,7 @@ static const struct {
     {GGUF_T_Q8_0, KDT_Q8_0}, {GGUF_T_Q4_0, KDT_Q4_0}, {GGUF_T_Q4_K, KDT_Q4_K},
     {GGUF_T_Q5_0, KDT_Q5_0}, {GGUF_T_Q4_1, KDT_Q4_1}, {GGUF_T_Q5_1, KDT_Q5_1},
     {GGUF_T_Q5_K, KDT_Q5_K}, {GGUF_T_Q6_K, KDT_Q6_K}, {GGUF_T_IQ4_NL, KDT_IQ4_NL},
-    {GGUF_T_IQ4_XS, KDT_IQ4_XS}, {GGUF_T_Q3_K, KDT_Q3_K},
+    {GGUF_T_IQ4_XS, KDT_IQ4_XS}, {GGUF_T_Q3_K, KDT_Q3_K}, {GGUF_T_Q2_K, KDT_Q2_K},
 };
 #define N_GGUF_KDT (sizeof GGUF_KDT / sizeof GGUF_KDT[0])
 

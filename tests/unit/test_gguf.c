@@ -1,7 +1,7 @@
 /* tests/unit/test_gguf.c — the GGUF reader (server/model/gguf.{h,c}) and the reference block
  * formats (kernels/cpu/quant_ref.{h,c}) against files and values written by the `gguf` Python
  * package (tests/fixtures/gguf/make_gguf_fixtures.py): every metadata value type, tensor
- * views, dequantization of F32/F16/BF16/Q8_0/Q4_0/Q5_0/Q4_1/Q5_1/IQ4_NL/IQ4_XS/Q3_K/Q4_K/Q5_K/Q6_K bit-exact against
+ * views, dequantization of F32/F16/BF16/Q8_0/Q4_0/Q5_0/Q4_1/Q5_1/IQ4_NL/IQ4_XS/Q2_K/Q3_K/Q4_K/Q5_K/Q6_K bit-exact against
  * gguf.quants.dequantize, Q8_0, Q5_0, Q4_1 and Q5_1 quantization bit-exact against
  * gguf.quants.quantize (the last three: block32.gguf, make_block32_fixtures.py), and Q4_K
  * quantization round-trip error bounds (gguf-py has no Q4_K quantizer). Hostile inputs are in
@@ -388,11 +388,11 @@ TEST(truncated_every_length) {
     }
 }
 
-/* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K (block32.gguf, make_block32_fixtures.py): gguf-py's quantization of
+/* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K, Q2_K (block32.gguf, make_block32_fixtures.py): gguf-py's quantization of
  * meta.gguf's source rows and random blocks (every code and 5th-bit pattern, subnormal / negative
  * / zero scales and mins) dequantized bit for bit as gguf-py does, the tensors read with their
  * type and size, and qref_quantize_* writing gguf-py's bytes (ties included). IQ4_NL, IQ4_XS,
- * Q3_K: random blocks only (neither gguf-py nor peftd quantizes to it; peftd reads it from files). */
+ * Q3_K, Q2_K: random blocks only (neither gguf-py nor peftd quantizes to it; peftd reads it from files). */
 TEST(block32_types_vs_gguf_py) {
     static const struct {
         const char *name, *type;
@@ -403,7 +403,8 @@ TEST(block32_types_vs_gguf_py) {
              {"q5_1", "Q5_1", GGUF_T_Q5_1, 24, qref_quantize_q5_1},
              {"iq4_nl", "IQ4_NL", GGUF_T_IQ4_NL, 18, NULL},
              {"iq4_xs", "IQ4_XS", GGUF_T_IQ4_XS, 136, NULL},
-             {"q3_k", "Q3_K", GGUF_T_Q3_K, 110, NULL}};
+             {"q3_k", "Q3_K", GGUF_T_Q3_K, 110, NULL},
+             {"q2_k", "Q2_K", GGUF_T_Q2_K, 84, NULL}};
     gguf_file *f = open_fixture("block32.gguf");
     const gguf_tensor *src = gguf_find_tensor(f, "f32_src");
     ASSERT(src && src->type == GGUF_T_F32 && src->numel == 256);

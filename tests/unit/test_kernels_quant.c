@@ -1,9 +1,9 @@
 /* tests/unit/test_kernels_quant.c — the CPU backend's quantized matmul (Q8_0, Q4_0, Q5_0, Q4_1,
- * Q5_1, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K, Q6_K weights)
+ * Q5_1, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K weights)
  * against quant_ref.c's dequantized weights times the exact (double) f32 activations, every
  * code path (AVX-512 VNNI, AVX2, scalar) bit-identical to the others, results per row
  * bit-identical whatever the batch and thread count, get_rows on quantized tables, and bad
- * shapes refused. Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS and Q3_K are tested on random valid blocks (every code, scale
+ * shapes refused. Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K and Q2_K are tested on random valid blocks (every code, scale
  * and min pattern, not only what a quantizer emits), the other types on quant_ref's quantizer
  * output. Q4_1 / Q5_1's min m adds |m|·(|x| + d) per element to the rounding term below.
  *
@@ -50,19 +50,20 @@ static void *make_w(kdtype dt, int rows, int cols, float **wd) {
     for (int64_t i = 0; i < 32 && i < n; i++) w[i] = 0.0f;
     uint32_t qt = kdtype_ggml_type(dt);
     if (dt == KDT_Q4_0 || dt == KDT_Q5_0 || dt == KDT_Q4_1 || dt == KDT_Q5_1 || dt == KDT_IQ4_NL || dt == KDT_IQ4_XS ||
-        dt == KDT_Q3_K) {
+        dt == KDT_Q3_K || dt == KDT_Q2_K) {
         /* GGUF files bring the blocks: random valid ones (every code and IQ4_XS sub-block scale;
          * Q4_1 / Q5_1 a min of either sign) */
         const size_t bb = kdtype_block_bytes(dt), hb = kq_has_min(dt) ? 4 : 2;
         uint8_t *b = q;
         for (int64_t k = 0; k < n / kdtype_block_elems(dt); k++, b += bb) {
             uint16_t h = f32_to_f16(k == 0 ? 0.0f : 0.01f + 0.05f * fabsf(frand()) * (k % 7 == 3 ? 10.0f : 1.0f));
-            memcpy(dt == KDT_Q3_K ? b + bb - 2 : b, &h, 2); /* Q3_K: d last */
-            if (kq_has_min(dt)) {
+            memcpy(dt == KDT_Q3_K ? b + bb - 2 : dt == KDT_Q2_K ? b + bb - 4 : b, &h, 2); /* Q3_K: d last; Q2_K: d, dmin last */
+            if (kq_has_min(dt) || dt == KDT_Q2_K) {
                 uint16_t m = f32_to_f16(k == 1 ? 0.0f : 0.3f * frand());
-                memcpy(b + 2, &m, 2);
+                memcpy(dt == KDT_Q2_K ? b + bb - 2 : b + 2, &m, 2);
             }
-            const size_t j0 = dt == KDT_Q3_K ? 0 : hb, j1 = dt == KDT_Q3_K ? bb - 2 : bb;
+            const size_t j0 = dt == KDT_Q3_K || dt == KDT_Q2_K ? 0 : hb,
+                         j1 = dt == KDT_Q3_K ? bb - 2 : dt == KDT_Q2_K ? bb - 4 : bb;
             for (size_t j = j0; j < j1; j++) b[j] = (uint8_t)(frand() * 128.0f + 128.0f);
         }
     } else {
@@ -110,6 +111,12 @@ static double bound_of(kdtype dt, const float *wd, const void *wq, int r, const 
                 kq_q4k_scale_min(blk + 4, (int)(j % 256) / 32, &sc, &m);
                 float dmin = f16_to_f32(h);
                 mj = fabs((double)dmin * m);
+            } else if (dt == KDT_Q2_K) { /* the group's dmin·m */
+                const uint8_t *blk =
+                    (const uint8_t *)wq + kdtype_row_bytes(dt, cols) * r + kdtype_block_bytes(dt) * (j / 256);
+                uint16_t h;
+                memcpy(&h, blk + 82, 2);
+                mj = fabs((double)f16_to_f32(h) * (blk[(j % 256) / 16] >> 4));
             }
             s += wj * x[j];
             sw += fabs(wj);
@@ -127,7 +134,7 @@ static void run_path(kbackend *kb, kq_path p, const float *x, int n, const kmat 
     kcpu__q_path = KQ_AUTO;
 }
 
-static double worst_all[11];
+static double worst_all[12];
 static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
     float *wd;
     void *wq = make_w(dt, rows, cols, &wd);
@@ -194,7 +201,7 @@ static void check_case(kbackend *kb, kdtype dt, int n, int rows, int cols) {
     free(x);
     free(wq);
     free(wd);
-    int wi = dt == KDT_Q8_0 ? 0 : dt == KDT_Q4_K ? 1 : dt == KDT_Q4_0 ? 2 : dt == KDT_Q5_K ? 3 : dt == KDT_Q5_0 ? 5 : dt == KDT_Q4_1 ? 6 : dt == KDT_Q5_1 ? 7 : dt == KDT_IQ4_NL ? 8 : dt == KDT_IQ4_XS ? 9 : dt == KDT_Q3_K ? 10 : 4;
+    int wi = dt == KDT_Q8_0 ? 0 : dt == KDT_Q4_K ? 1 : dt == KDT_Q4_0 ? 2 : dt == KDT_Q5_K ? 3 : dt == KDT_Q5_0 ? 5 : dt == KDT_Q4_1 ? 6 : dt == KDT_Q5_1 ? 7 : dt == KDT_IQ4_NL ? 8 : dt == KDT_IQ4_XS ? 9 : dt == KDT_Q3_K ? 10 : dt == KDT_Q2_K ? 11 : 4;
     if (worst > worst_all[wi]) worst_all[wi] = worst;
 }
 
@@ -216,16 +223,17 @@ TEST(qmatmul_vs_dequant_reference) {
                 for (int c = 0; c < 4; c++)
                     for (int r = 0; r < 3; r++) check_case(kb, B32[t], NS[ni], ROWS[r], Q8_COLS[c]);
             static const int Q4_COLS[] = {256, 768};
-            static const kdtype KT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_IQ4_XS, KDT_Q3_K}; /* blocks of 256 */
-            for (int k = 0; k < 5; k++)
+            static const kdtype KT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_IQ4_XS, KDT_Q3_K, KDT_Q2_K}; /* blocks of 256 */
+            for (int k = 0; k < 6; k++)
                 for (int c = 0; c < 2; c++)
                     for (int r = 0; r < 3; r++) check_case(kb, KT[k], NS[ni], ROWS[r], Q4_COLS[c]);
         }
         kbackend_destroy(kb);
     }
     fprintf(stderr, "  max |err| / bound: q8_0 %.3f, q4_k %.3f, q4_0 %.3f, q5_k %.3f, q6_k %.3f, q5_0 %.3f, q4_1 %.3f, "
-            "q5_1 %.3f, iq4_nl %.3f, iq4_xs %.3f, q3_k %.3f\n", worst_all[0], worst_all[1], worst_all[2], worst_all[3],
-            worst_all[4], worst_all[5], worst_all[6], worst_all[7], worst_all[8], worst_all[9], worst_all[10]);
+            "q5_1 %.3f, iq4_nl %.3f, iq4_xs %.3f, q3_k %.3f, q2_k %.3f\n", worst_all[0], worst_all[1], worst_all[2],
+            worst_all[3], worst_all[4], worst_all[5], worst_all[6], worst_all[7], worst_all[8], worst_all[9], worst_all[10],
+            worst_all[11]);
 }
 
 /* Q4_K's SB8 and Q6_K's SB16 reorderings (kernels.h): bijections on the codes (there and back
@@ -478,19 +486,19 @@ TEST(qmatmul_paths_present) {
 static void x16_tiles_equal_scalar(kq_path path) {
     /* the AVX2 path also multiplies Q4_K / Q6_K reordered (SB8 / SB16; the other paths forward them to it) */
     static const kdtype DT[] = {KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1,
-                                KDT_IQ4_NL, KDT_IQ4_XS, KDT_Q3_K, KDT_Q4_K_SB8, KDT_Q6_K_SB16};
+                                KDT_IQ4_NL, KDT_IQ4_XS, KDT_Q3_K, KDT_Q2_K, KDT_Q4_K_SB8, KDT_Q6_K_SB16};
     /* n = 1: the decode tiles (AMX forwards them to AVX-512) at the same integer bounds */
     static const int NS[] = {16, 17, 40, 1, 9};
     const int rows = 53;
     for (int th = 1; th <= 2; th++) {
         kbackend *kb = kbackend_cpu_create(th);
         ASSERT(kb);
-        for (int t = 0; t < (path == KQ_AVX2 ? 13 : 11); t++)
+        for (int t = 0; t < (path == KQ_AVX2 ? 14 : 12); t++)
             for (int k = 0; k < 5; k++) {
-                /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K have no AMX tiles: asked for AMX, their VNNI ones run
-                 * (Q3_K: the VNNI path's K-quant tiles, Q6_K's on 3-bit codes) */
+                /* Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q3_K, Q2_K have no AMX tiles: asked for AMX, their VNNI ones
+                 * run (Q3_K, Q2_K: the VNNI path's K-quant tiles, Q6_K's on 3- and 2-bit codes) */
                 const bool amx = path == KQ_AMX && DT[t] != KDT_Q5_0 && DT[t] != KDT_IQ4_NL && DT[t] != KDT_IQ4_XS &&
-                                 DT[t] != KDT_Q3_K && !kq_has_min(DT[t]);
+                                 DT[t] != KDT_Q3_K && DT[t] != KDT_Q2_K && !kq_has_min(DT[t]);
                 const kq_path counted = path == KQ_AMX && !amx ? KQ_VNNI : path;
                 const int n = NS[k];
                 const kdtype bt = DT[t] == KDT_Q4_K_SB8 ? KDT_Q4_K : DT[t] == KDT_Q6_K_SB16 ? KDT_Q6_K : DT[t];
@@ -519,6 +527,8 @@ static void x16_tiles_equal_scalar(kq_path path) {
                                                     * scales 0 (sc − 32 = −32: the offset's factor 128); d kept */
                             memset(q, 0xFF, 96);
                             memset(q + 96, 0x00, 12);
+                        } else if (bt == KDT_Q2_K) { /* codes 3, scales and mins 15; d and dmin kept */
+                            memset(q, 0xFF, 80);
                         }
                         else if (bt == KDT_Q5_0)
                             memset(q + 2, 0x00, 20); /* codes −16 */
@@ -589,7 +599,7 @@ TEST(qmatmul_vnni_x16_tiles_equal_scalar) {
  * 16384): the tiles still run (their strips in the thread's scratch) and give the scalar bits. */
 TEST(qmatmul_x16_tiles_wide_rows) {
     static const kdtype DT[] = {KDT_Q4_K, KDT_Q6_K, KDT_Q8_0, KDT_Q4_0, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL, KDT_IQ4_XS,
-                                KDT_Q3_K};
+                                KDT_Q3_K, KDT_Q2_K};
     static const kq_path P[] = {KQ_AVX2, KQ_VNNI};
     const int rows = 6, cols = 18944, n = 9;
     int ran = 0;
@@ -598,7 +608,7 @@ TEST(qmatmul_x16_tiles_wide_rows) {
     for (int p = 0; p < 2; p++) {
         if (!kq_path_available(P[p])) continue;
         unsigned long *counter = P[p] == KQ_VNNI ? &kq_vnni_x16_strips : &kq_avx2_x16_strips;
-        for (int t = 0; t < 10; t++) {
+        for (int t = 0; t < 11; t++) {
             float *wd;
             void *wq = make_w(DT[t], rows, cols, &wd);
             float *x = make_x(n, cols), *ya = malloc(sizeof(float) * n * rows), *ys = malloc(sizeof(float) * n * rows);
@@ -625,8 +635,8 @@ TEST(qget_rows_dequantizes) {
     kbackend *kb = kbackend_cpu_create(2);
     ASSERT(kb);
     static const kdtype DT[] = {KDT_Q8_0, KDT_Q4_K, KDT_Q4_0, KDT_Q5_K, KDT_Q6_K, KDT_Q5_0, KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL,
-                                KDT_IQ4_XS, KDT_Q3_K};
-    for (int k = 0; k < 11; k++) {
+                                KDT_IQ4_XS, KDT_Q3_K, KDT_Q2_K};
+    for (int k = 0; k < 12; k++) {
         kdtype dt = DT[k];
         int rows = 9, cols = kdtype_block_elems(dt) == 256 ? 512 : 96;
         float *wd;
@@ -691,7 +701,8 @@ TEST(qmatmul_bad_args_and_caps) {
         size_t row_bytes;
         uint32_t ggml;
         const char *name;
-    } F[] = {{KDT_IQ4_NL, 64, 36, 20, "iq4_nl"}, {KDT_IQ4_XS, 512, 272, 23, "iq4_xs"}, {KDT_Q3_K, 512, 220, 11, "q3_k"}};
+    } F[] = {{KDT_IQ4_NL, 64, 36, 20, "iq4_nl"}, {KDT_IQ4_XS, 512, 272, 23, "iq4_xs"}, {KDT_Q3_K, 512, 220, 11, "q3_k"},
+             {KDT_Q2_K, 512, 168, 10, "q2_k"}};
     for (size_t k = 0; k < sizeof F / sizeof F[0]; k++) {
         ASSERT(kb->ops->supports_op(kb, KOP_MATMUL, F[k].dt) && kb->ops->supports_op(kb, KOP_GET_ROWS, F[k].dt));
         ASSERT_EQ(kdtype_row_bytes(F[k].dt, F[k].cols), F[k].row_bytes);

@@ -18,7 +18,8 @@
  *     96-wide model: Q5_1 and Q8_0 beside Q5_K / Q6_K ffn_down) and llama_iq4nl_narrow/
  *     (`llama-quantize ... IQ4_NL`: every projection and the embedding IQ4_NL, the head Q8_0), and
  *     llama_iq4xs/ (`llama-quantize ... IQ4_XS` of a 256-wide model: IQ4_XS, the head Q6_K), and
- *     llama_q3km/ (`llama-quantize ... Q3_K_M`: Q3_K beside Q4_K / Q5_K).
+ *     llama_q3km/ (`llama-quantize ... Q3_K_M`: Q3_K beside Q4_K / Q5_K), and llama_q2k/
+ *     (`llama-quantize ... Q2_K`: Q2_K beside Q3_K, the embedding Q2_K).
  *   - issue 12 acceptance 1, third clause: models/stories260K converted by convert_hf_to_gguf.py
  *     --outtype q8_0 (tests/fixtures/gguf_models/stories260K-q8_0/) serves the greedy tokens of
  *     the HF model in f32 (transformers + peft / adapters), 32 tokens on 3 prompts, for the base
@@ -57,6 +58,7 @@ static const char *KINDS[] = {"base", "lora", "dora", "ia3", "prompt", "prefix"}
 #define IQ4NL_DIR "tests/fixtures/gguf_models/llama_iq4nl_narrow"
 #define IQ4XS_DIR "tests/fixtures/gguf_models/llama_iq4xs"
 #define Q3KM_DIR "tests/fixtures/gguf_models/llama_q3km"
+#define Q2K_DIR "tests/fixtures/gguf_models/llama_q2k"
 
 typedef struct {
     int vocab, n_decode;
@@ -201,7 +203,7 @@ static void check_type(const qref *r, const char *tensor, const kmat *w) {
 /* The model file of a fixture directory: model-{q4_k_m,q5_k_m,iq4_nl,iq4_xs,q3_k_m}.gguf. */
 static const char *q4km_file(const char *dir) {
     static const char *const FILES[] = {"model-q4_k_m.gguf", "model-q5_k_m.gguf", "model-iq4_nl.gguf", "model-iq4_xs.gguf",
-                                        "model-q3_k_m.gguf"};
+                                        "model-q3_k_m.gguf", "model-q2_k.gguf"};
     static char path[256];
     for (size_t k = 0; k < sizeof FILES / sizeof FILES[0]; k++) {
         snprintf(path, sizeof path, "%s/%s", dir, FILES[k]);
@@ -211,15 +213,15 @@ static const char *q4km_file(const char *dir) {
 }
 
 /* Every projection and the head carry the file's types; returns how many of the 7·layers
- * projections are each of Q4_K, Q6_K, Q5_0, Q8_0, Q5_1, Q5_K, IQ4_NL, IQ4_XS, Q3_K (n[0..8]). */
-static void tensor_types(const char *dir, int n[9]) {
+ * projections are each of Q4_K, Q6_K, Q5_0, Q8_0, Q5_1, Q5_K, IQ4_NL, IQ4_XS, Q3_K, Q2_K (n[0..9]). */
+static void tensor_types(const char *dir, int n[10]) {
     qref r;
     qref_load(&r, dir);
     rig R;
     rig_open(&R, q4km_file(dir), dir, KINDS, 1);
     static const char *proj[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
     int n_q4 = 0, n_q6 = 0;
-    memset(n, 0, 9 * sizeof(int));
+    memset(n, 0, 10 * sizeof(int));
     for (int i = 0; i < R.m->cfg.n_layers; i++) {
         const model_layer *L = &R.m->layers[i];
         const kmat *w[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -236,6 +238,7 @@ static void tensor_types(const char *dir, int n[9]) {
             n[6] += w[k]->dtype == KDT_IQ4_NL;
             n[7] += w[k]->dtype == KDT_IQ4_XS;
             n[8] += w[k]->dtype == KDT_Q3_K;
+            n[9] += w[k]->dtype == KDT_Q2_K;
             printf("    %-22s %s\n", name, kdtype_name(w[k]->dtype));
         }
     }
@@ -250,7 +253,7 @@ static void tensor_types(const char *dir, int n[9]) {
 }
 
 TEST(q4km_tensor_types) {
-    int n[9];
+    int n[10];
     tensor_types(Q4KM_DIR, n);
     /* Q4_K_M is a mix: both K-quant kernels run in this model */
     ASSERT(n[0] > 0 && n[1] > 0);
@@ -258,7 +261,7 @@ TEST(q4km_tensor_types) {
 
 /* 96 wide: llama-quantize's fallbacks (Q4_K -> Q5_0, Q6_K -> Q8_0) beside ffn_down's K-quants */
 TEST(narrow_tensor_types) {
-    int n[9];
+    int n[10];
     tensor_types(NARROW_DIR, n);
     printf("    projections: %d Q4_K, %d Q6_K, %d Q5_0, %d Q8_0\n", n[0], n[1], n[2], n[3]);
     ASSERT(n[2] > 0 && n[3] > 0 && n[0] + n[1] > 0);
@@ -266,7 +269,7 @@ TEST(narrow_tensor_types) {
 
 /* Q5_K_M at 96 wide: Q5_K -> Q5_1 (unsigned codes and a min), Q6_K -> Q8_0 */
 TEST(narrow5_tensor_types) {
-    int n[9];
+    int n[10];
     tensor_types(NARROW5_DIR, n);
     printf("    projections: %d Q5_K, %d Q6_K, %d Q5_1, %d Q8_0\n", n[5], n[1], n[4], n[3]);
     ASSERT(n[4] > 0 && n[3] > 0 && n[5] + n[1] > 0);
@@ -274,7 +277,7 @@ TEST(narrow5_tensor_types) {
 
 /* `llama-quantize ... IQ4_NL`: every projection IQ4_NL (16 non-linear levels), the head Q8_0 */
 TEST(iq4nl_tensor_types) {
-    int n[9];
+    int n[10];
     tensor_types(IQ4NL_DIR, n);
     printf("    projections: %d IQ4_NL\n", n[6]);
     ASSERT_EQ(n[6], 14);
@@ -282,7 +285,7 @@ TEST(iq4nl_tensor_types) {
 
 /* `llama-quantize ... IQ4_XS` of the 256-wide model: every projection IQ4_XS */
 TEST(iq4xs_tensor_types) {
-    int n[9];
+    int n[10];
     tensor_types(IQ4XS_DIR, n);
     printf("    projections: %d IQ4_XS\n", n[7]);
     ASSERT_EQ(n[7], 14);
@@ -290,10 +293,19 @@ TEST(iq4xs_tensor_types) {
 
 /* `llama-quantize ... Q3_K_M`: Q3_K beside Q4_K / Q5_K (attn_v, attn_output, ffn_down) */
 TEST(q3km_tensor_types) {
-    int n[9];
+    int n[10];
     tensor_types(Q3KM_DIR, n);
     printf("    projections: %d Q3_K, %d Q4_K, %d Q5_K\n", n[8], n[0], n[5]);
     ASSERT(n[8] >= 8 && n[0] + n[5] > 0);
+}
+
+/* `llama-quantize ... Q2_K`: Q2_K beside Q3_K (attn_v, attn_output, ffn_down), the head Q6_K,
+ * the embedding Q2_K */
+TEST(q2k_tensor_types) {
+    int n[10];
+    tensor_types(Q2K_DIR, n);
+    printf("    projections: %d Q2_K, %d Q3_K\n", n[9], n[8]);
+    ASSERT(n[9] >= 8 && n[8] > 0);
 }
 
 static void every_kind_logits(const char *dir) {
@@ -348,6 +360,7 @@ TEST(narrow5_every_kind_logits_prefill_and_decode) { every_kind_logits(NARROW5_D
 TEST(iq4nl_every_kind_logits_prefill_and_decode) { every_kind_logits(IQ4NL_DIR); }
 TEST(iq4xs_every_kind_logits_prefill_and_decode) { every_kind_logits(IQ4XS_DIR); }
 TEST(q3km_every_kind_logits_prefill_and_decode) { every_kind_logits(Q3KM_DIR); }
+TEST(q2k_every_kind_logits_prefill_and_decode) { every_kind_logits(Q2K_DIR); }
 
 /* How far below its own top logit the reference's token may be where the two greedy paths
  * part after a rounding tie: the logits test measures up to 0.053 of difference after a tie
@@ -427,6 +440,7 @@ TEST(narrow5_every_kind_greedy) { every_kind_greedy(NARROW5_DIR); }
 TEST(iq4nl_every_kind_greedy) { every_kind_greedy(IQ4NL_DIR); }
 TEST(iq4xs_every_kind_greedy) { every_kind_greedy(IQ4XS_DIR); }
 TEST(q3km_every_kind_greedy) { every_kind_greedy(Q3KM_DIR); }
+TEST(q2k_every_kind_greedy) { every_kind_greedy(Q2K_DIR); }
 
 static void mixed_batch(const char *dir) {
     printf("    %s:\n", q4km_file(dir));
@@ -472,6 +486,7 @@ TEST(narrow5_mixed_batch_bit_identical_to_alone) { mixed_batch(NARROW5_DIR); }
 TEST(iq4nl_mixed_batch_bit_identical_to_alone) { mixed_batch(IQ4NL_DIR); }
 TEST(iq4xs_mixed_batch_bit_identical_to_alone) { mixed_batch(IQ4XS_DIR); }
 TEST(q3km_mixed_batch_bit_identical_to_alone) { mixed_batch(Q3KM_DIR); }
+TEST(q2k_mixed_batch_bit_identical_to_alone) { mixed_batch(Q2K_DIR); }
 
 /* Every kind and prompt, teacher-forced (prefill then decode): rig A under path pa gives rig S's
  * logits under ps, bit for bit; else fails with `what`. */
@@ -696,4 +711,5 @@ TEST_MAIN(q4km_tensor_types, q4km_every_kind_logits_prefill_and_decode, q4km_eve
           iq4nl_every_kind_greedy, iq4nl_mixed_batch_bit_identical_to_alone, iq4xs_tensor_types,
           iq4xs_every_kind_logits_prefill_and_decode, iq4xs_every_kind_greedy, iq4xs_mixed_batch_bit_identical_to_alone,
           q3km_tensor_types, q3km_every_kind_logits_prefill_and_decode, q3km_every_kind_greedy,
-          q3km_mixed_batch_bit_identical_to_alone)
+          q3km_mixed_batch_bit_identical_to_alone, q2k_tensor_types, q2k_every_kind_logits_prefill_and_decode,
+          q2k_every_kind_greedy, q2k_mixed_batch_bit_identical_to_alone)
