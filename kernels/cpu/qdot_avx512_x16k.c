@@ -113,14 +113,16 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
 
 /* The strip's x groups two at a time for Q4_K / Q5_K (one alone at the end when their count is
  * odd; one thread, Zen 4: Q4_K +5-9%, Q5_K +2%), one at a time for Q6_K (two measured 5% slower:
- * its 4 parts per unit keep twice the sums live). */
+ * its 4 parts per unit keep twice the sums live) and for Q3_K / Q2_K (two measured within 6%, and
+ * each pair-of-groups variant is a large unrolled function: with them this file took clang's
+ * sanitizer build (make fuzz) 10 minutes instead of 2.5). */
 KQ_INL void kqk_strip16(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, size_t rb, const kq_x *x, float *y,
                         int64_t ldy, float beta) {
     const int64_t nb = x->cols / 256;
     const int NP = kq_x16_pairs(DT);
     const int64_t gv = nb * 8 * 512, gp = nb * NP * 16, gd = nb * 16;
     kqk_unpack(DT, R, w, rb, nb, u);
-    const int step = DT == KDT_Q6_K ? 16 : 32; /* Q3_K's, Q2_K's 2 parts per unit: two groups, as Q4_K */
+    const int step = kqk_units16(DT) ? 16 : 32;
     for (int i = 0; i < x->n; i += step) {
         const int64_t mb = i / 16;
         const int left = x->n - i;
