@@ -119,6 +119,23 @@ KQX_INL void kq_pair_factors(int R, int N, __m256 dd, const kq_x *x, int i0, int
                             _mm256_set1_ps(-0.0f));
 }
 
+/* The two f32 steps of the pairs with a min term (Q4_K, Q5_K, Q2_K): lane p of acc =
+ * fma((float)Σ lanes iv[p], fd, acc), then fma((float)Σ lanes mv[p], fm, acc), for p < P (P <= 8;
+ * entries past P zero). The totals of all pairs from one horizontal-sum tree (two for P > 4). */
+KQX_INL void kq_two_steps_pairs(int P, const __m256i iv[8], const __m256i mv[8], __m256 fd, __m256 fm, __m256 *acc) {
+    if (P <= 4) {
+        const __m256i v[8] = {iv[0], iv[1], iv[2], iv[3], mv[0], mv[1], mv[2], mv[3]};
+        const __m256 s = _mm256_cvtepi32_ps(kq_hsum8x8(v)); /* [I_0..3 | M_0..3] */
+        __m128 a = _mm256_castps256_ps128(*acc);
+        a = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm256_castps256_ps128(fd), a);
+        a = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(fm), a);
+        *acc = _mm256_castps128_ps256(a);
+        return;
+    }
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(iv)), fd, *acc);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(mv)), fm, *acc);
+}
+
 /* Q4_K / Q5_K super-block b (BB bytes each) of weight rows r < R against x rows i0 + i, i < N
  * (R·N <= 8): I[r][i] = the lanes' integer sums, m32[r] = the row's mins. The canonical f32 step
  * (qmatmul.h): the exact totals I = Σ lanes, M = Σ_j m_j·X_j, then lane p of acc =
@@ -134,23 +151,13 @@ KQX_INL void kq_q4k_finish_pairs(int R, int N, const uint8_t *w, size_t rb, int 
     __m256 fd, fm;
     kq_pair_factors(R, N, kq_q4k_dd4(R, w, rb, BB, b), x, i0, b, &fd, &fm);
     /* m·X: m (0..63) in each int32's low word, high word 0, so vpmaddwd gives m·X exactly */
-#define KQ_I(p) ((p) < P ? I[(p) % R][(p) / R] : _mm256_setzero_si256())
-#define KQ_M(p) ((p) < P ? _mm256_madd_epi16(m32[(p) % R], X[(p) / R]) : _mm256_setzero_si256())
-    if (P <= 4) {
-        const __m256i v[8] = {KQ_I(0), KQ_I(1), KQ_I(2), KQ_I(3), KQ_M(0), KQ_M(1), KQ_M(2), KQ_M(3)};
-        const __m256 s = _mm256_cvtepi32_ps(kq_hsum8x8(v)); /* [I_0..3 | M_0..3] */
-        __m128 a = _mm256_castps256_ps128(*acc);
-        a = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm256_castps256_ps128(fd), a);
-        a = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(fm), a);
-        *acc = _mm256_castps128_ps256(a);
-    } else {
-        const __m256i vi[8] = {KQ_I(0), KQ_I(1), KQ_I(2), KQ_I(3), KQ_I(4), KQ_I(5), KQ_I(6), KQ_I(7)};
-        const __m256i vm[8] = {KQ_M(0), KQ_M(1), KQ_M(2), KQ_M(3), KQ_M(4), KQ_M(5), KQ_M(6), KQ_M(7)};
-        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vi)), fd, *acc);
-        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vm)), fm, *acc);
+    __m256i iv[8], mv[8];
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; p++) {
+        iv[p] = p < P ? I[p % R][p / R] : _mm256_setzero_si256();
+        mv[p] = p < P ? _mm256_madd_epi16(m32[p % R], X[p / R]) : _mm256_setzero_si256();
     }
-#undef KQ_I
-#undef KQ_M
+    kq_two_steps_pairs(P, iv, mv, fd, fm, acc);
 }
 
 /* y[i·ldy + r] (+)= lane r of acc[i]: the one-lane outputs of the Q8_0 / Q4_0 tiles. */
@@ -244,23 +251,13 @@ KQX_INL void kq_q6k_finish_pairs(int BITS, int R, int N, const uint8_t *w, size_
     if (BITS == 2) { /* kq_q4k_finish_pairs's steps with the mins' products per 16 */
         __m256 fd, fm;
         kq_pair_factors(R, N, _mm256_set_m128(dm, d), x, i0, b, &fd, &fm);
-#define KQ_I(p) ((p) < P ? I[(p) % R][(p) / R] : _mm256_setzero_si256())
-#define KQ_M(p) ((p) < P ? _mm256_madd_epi16(nsc[(p) % R], G[(p) / R]) : _mm256_setzero_si256())
-        if (P <= 4) {
-            const __m256i v[8] = {KQ_I(0), KQ_I(1), KQ_I(2), KQ_I(3), KQ_M(0), KQ_M(1), KQ_M(2), KQ_M(3)};
-            const __m256 s = _mm256_cvtepi32_ps(kq_hsum8x8(v)); /* [T_0..3 | M_0..3] */
-            __m128 a = _mm256_castps256_ps128(*acc);
-            a = _mm_fmadd_ps(_mm256_castps256_ps128(s), _mm256_castps256_ps128(fd), a);
-            a = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(fm), a);
-            *acc = _mm256_castps128_ps256(a);
-        } else {
-            const __m256i vi[8] = {KQ_I(0), KQ_I(1), KQ_I(2), KQ_I(3), KQ_I(4), KQ_I(5), KQ_I(6), KQ_I(7)};
-            const __m256i vm[8] = {KQ_M(0), KQ_M(1), KQ_M(2), KQ_M(3), KQ_M(4), KQ_M(5), KQ_M(6), KQ_M(7)};
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vi)), fd, *acc);
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_hsum8x8(vm)), fm, *acc);
+        __m256i iv[8], mv[8];
+#pragma GCC unroll 8
+        for (int p = 0; p < 8; p++) {
+            iv[p] = p < P ? I[p % R][p / R] : _mm256_setzero_si256();
+            mv[p] = p < P ? _mm256_madd_epi16(nsc[p % R], G[p / R]) : _mm256_setzero_si256();
         }
-#undef KQ_I
-#undef KQ_M
+        kq_two_steps_pairs(P, iv, mv, fd, fm, acc);
         return;
     }
 #define KQ_T(p) ((p) < P ? _mm256_add_epi32(I[(p) % R][(p) / R], _mm256_madd_epi16(nsc[(p) % R], G[(p) / R])) \
