@@ -439,22 +439,11 @@ KQ_INL void q6k_tile_b(int BITS, int N, const uint8_t *w, const kq_x *x, int i0,
 }
 
 typedef void (*tile_b_fn)(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
-#define BTILE_DEF(N)                                                                                          \
-    static KQ_TGT void q4kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
-        q4k_tile_b(0, N, w, x, i0, y, ldy, beta);                                                             \
-    }                                                                                                         \
-    static KQ_TGT void q5kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
-        q4k_tile_b(1, N, w, x, i0, y, ldy, beta);                                                             \
-    }                                                                                                         \
-    static KQ_TGT void q6kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
-        q6k_tile_b(6, N, w, x, i0, y, ldy, beta);                                                             \
-    }                                                                                                         \
-    static KQ_TGT void q3kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
-        q6k_tile_b(3, N, w, x, i0, y, ldy, beta);                                                             \
-    }                                                                                                         \
-    static KQ_TGT void q2kb_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
-        q6k_tile_b(2, N, w, x, i0, y, ldy, beta);                                                             \
+#define BTILE_FN(TAG, TILE, P, N, _)                                                                          \
+    static KQ_TGT void TAG##b_##N(const uint8_t *w, const kq_x *x, int i0, float *y, int64_t ldy, float beta) { \
+        TILE##_b(P, N, w, x, i0, y, ldy, beta);                                                               \
     }
+#define BTILE_DEF(N) KQ_KTYPES_EACH(BTILE_FN, N, 0)
 BTILE_DEF(1) BTILE_DEF(2) BTILE_DEF(3) BTILE_DEF(4) BTILE_DEF(5) BTILE_DEF(6) BTILE_DEF(7) BTILE_DEF(8)
 static const tile_b_fn q4kb_tiles[KQ_NB] = {q4kb_1, q4kb_2, q4kb_3, q4kb_4, q4kb_5, q4kb_6, q4kb_7, q4kb_8};
 static const tile_b_fn q5kb_tiles[KQ_NB] = {q5kb_1, q5kb_2, q5kb_3, q5kb_4, q5kb_5, q5kb_6, q5kb_7, q5kb_8};
@@ -463,27 +452,12 @@ static const tile_b_fn q3kb_tiles[KQ_NB] = {q3kb_1, q3kb_2, q3kb_3, q3kb_4, q3kb
 static const tile_b_fn q2kb_tiles[KQ_NB] = {q2kb_1, q2kb_2, q2kb_3, q2kb_4, q2kb_5, q2kb_6, q2kb_7, q2kb_8};
 
 typedef void (*tile_fn)(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, float beta);
-#define DTILE_DEF(R)                                                                                          \
-    static KQ_TGT void q4k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
-                                   float beta) {                                                              \
-        q4k_tile(0, R, w, rb, x, y, beta);                                                                    \
-    }                                                                                                         \
-    static KQ_TGT void q5k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
-                                   float beta) {                                                              \
-        q4k_tile(1, R, w, rb, x, y, beta);                                                                    \
-    }                                                                                                         \
-    static KQ_TGT void q6k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
-                                   float beta) {                                                              \
-        q6k_tile(6, R, w, rb, x, y, beta);                                                                    \
-    }                                                                                                         \
-    static KQ_TGT void q3k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
-                                   float beta) {                                                              \
-        q6k_tile(3, R, w, rb, x, y, beta);                                                                    \
-    }                                                                                                         \
-    static KQ_TGT void q2k_##R##_1(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y, int64_t ldy, \
-                                   float beta) {                                                              \
-        q6k_tile(2, R, w, rb, x, y, beta);                                                                    \
+#define DTILE_FN(TAG, TILE, P, R, N)                                                                          \
+    static KQ_TGT void TAG##_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,          \
+                                       int64_t ldy, float beta) {                                             \
+        TILE(P, R, w, rb, x, y, beta);                                                                        \
     }
+#define DTILE_DEF(R) KQ_KTYPES_EACH(DTILE_FN, R, 1)
 DTILE_DEF(4) DTILE_DEF(2) DTILE_DEF(1)
 /* decode (one x row): [4 rows | 2 rows | 1 row][0] */
 static const tile_fn q4k_tiles[3][4] = {{q4k_4_1}, {q4k_2_1}, {q4k_1_1}};

@@ -114,8 +114,8 @@ KQ_INL void kqk_tile16(kdtype DT, int R, int NG, const kqk_strip *u, int64_t nb,
 /* The strip's x groups two at a time for Q4_K / Q5_K (one alone at the end when their count is
  * odd; one thread, Zen 4: Q4_K +5-9%, Q5_K +2%), one at a time for Q6_K (two measured 5% slower:
  * its 4 parts per unit keep twice the sums live) and for Q3_K / Q2_K (two measured within 6%, and
- * each pair-of-groups variant is a large unrolled function: with them this file took clang's
- * sanitizer build (make fuzz) 10 minutes instead of 2.5). */
+ * each pair-of-groups variant is a large unrolled function: with them clang's sanitizer build
+ * (make fuzz) of this file took 619 s, with one group 286 s). */
 KQ_INL void kqk_strip16(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, size_t rb, const kq_x *x, float *y,
                         int64_t ldy, float beta) {
     const int64_t nb = x->cols / 256;

@@ -330,29 +330,20 @@ KQX_INL void kq_q6k_finish(int BITS, int R, int N, const uint8_t *w, size_t rb, 
     }
 }
 
-/* The K-quant tiles' entry points of one R × N shape, q4k_R_N, q5k_R_N, q6k_R_N, q3k_R_N, q2k_R_N
- * (the tile_fn signature), for a file that defines KQ_TGT and the inline q4k_tile(FIVE, R, N, ...)
- * and q6k_tile(BITS, R, N, ...) of its instruction set. */
-#define KQ_KTILE_DEF(R, N)                                                                                     \
-    static KQ_TGT void q4k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q4k_tile(0, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
-    }                                                                                                         \
-    static KQ_TGT void q5k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q4k_tile(1, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
-    }                                                                                                         \
-    static KQ_TGT void q6k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q6k_tile(6, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
-    }                                                                                                         \
-    static KQ_TGT void q3k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q6k_tile(3, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
-    }                                                                                                         \
-    static KQ_TGT void q2k_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,            \
-                                     int64_t ldy, float beta) {                                               \
-        q6k_tile(2, R, N, w, rb, x, i0, y, ldy, beta);                                                        \
+/* The five K-quant types as X(TAG, TILE, P, R, N): the tag of their entry points, the tile that runs
+ * them and its type parameter (FIVE for q4k_tile, BITS for q6k_tile); R, N pass through. */
+#define KQ_KTYPES_EACH(X, R, N)                                                                                \
+    X(q4k, q4k_tile, 0, R, N) X(q5k, q4k_tile, 1, R, N) X(q6k, q6k_tile, 6, R, N) X(q3k, q6k_tile, 3, R, N)     \
+    X(q2k, q6k_tile, 2, R, N)
+
+/* The K-quant tiles' entry points of one R × N shape, q4k_R_N ... q2k_R_N (the tile_fn signature),
+ * for a file that defines KQ_TGT and the inline q4k_tile(FIVE, R, N, ...) and q6k_tile(BITS, R, N,
+ * ...) of its instruction set. */
+#define KQ_KTILE_FN(TAG, TILE, P, R, N)                                                                        \
+    static KQ_TGT void TAG##_##R##_##N(const uint8_t *w, size_t rb, const kq_x *x, int i0, float *y,          \
+                                       int64_t ldy, float beta) {                                             \
+        TILE(P, R, N, w, rb, x, i0, y, ldy, beta);                                                            \
     }
+#define KQ_KTILE_DEF(R, N) KQ_KTYPES_EACH(KQ_KTILE_FN, R, N)
 
 #endif
