@@ -17,6 +17,7 @@ extern "C" {
 #include "kernels/kernels.h"
 #include "lib/log.h"
 }
+#include "kernels/cuda/qdequant.h"
 
 /* Codes a kernel writes into the device error flag (read back by synchronize/download). */
 #define KCUDA_ERR_RANGE 1
@@ -70,8 +71,9 @@ int kcuda__is_owner(kcuda_backend *cb);
 int kcuda__scratch_reserve(kcuda_backend *cb, size_t bytes);
 
 static inline int kcuda__dtype_ok(kdtype t) { return t == KDT_F32 || t == KDT_F16 || t == KDT_BF16; }
-/* Quantized weight dtypes the matmul op takes (qmatmul.cu); no other op reads them. */
-static inline int kcuda__qdtype_ok(kdtype t) { return t == KDT_Q8_0 || t == KDT_Q4_K; }
+/* Quantized weight dtypes the matmul op takes (qmatmul.cu: the GGUF block types of
+ * qdequant.h); no other op reads them. */
+static inline int kcuda__qdtype_ok(kdtype t) { return qd_dtype_ok(t); }
 
 static inline unsigned kcuda__blocks(int64_t n, int per) {
     int64_t b = (n + per - 1) / per;

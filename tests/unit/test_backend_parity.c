@@ -314,26 +314,48 @@ TEST(matmul_group_parity) {
     close_backends();
 }
 
-/* Quantized weights: CUDA's matmul of Q8_0 / Q4_K bytes against the CPU backend's f32 matmul
- * of the same weights dequantized by the scalar reference (quant_ref.c, bit-identical to
- * gguf-py): CUDA dequantizes exactly and keeps x in f32, so the f32 tolerance applies.
+/* rows × in weights of a GGUF block type in wq (row bytes rb): quantized from random floats where
+ * quant_ref.c has the type's quantizer, otherwise random blocks (every byte random) whose f16
+ * scales are set to 2^-9 .. 2^-7 of either sign, so the values stay within a few units. */
+static void qmatmul_weights(kdtype dt, const float *wf, unsigned char *wq, size_t rb, int rows, int in) {
+    int (*qz)(const float *, void *, int64_t) = dt == KDT_Q8_0 ? qref_quantize_q8_0 : dt == KDT_Q4_K ? qref_quantize_q4_k
+                                                : dt == KDT_Q5_K ? qref_quantize_q5_k : dt == KDT_Q6_K ? qref_quantize_q6_k
+                                                : dt == KDT_Q4_0 ? qref_quantize_q4_0 : dt == KDT_Q5_0 ? qref_quantize_q5_0
+                                                : dt == KDT_Q4_1 ? qref_quantize_q4_1 : dt == KDT_Q5_1 ? qref_quantize_q5_1 : NULL;
+    if (qz) {
+        for (int r = 0; r < rows; r++) ASSERT_EQ(qz(wf + (size_t)r * in, wq + (size_t)r * rb, in), 0);
+        return;
+    }
+    /* f16 fields: IQ4_NL / IQ4_XS d at 0; Q3_K d at 108; Q2_K d, dmin at 80, 82 */
+    const int bb = (int)kdtype_row_bytes(dt, kdtype_block_elems(dt)), d0 = dt == KDT_Q3_K ? 108 : dt == KDT_Q2_K ? 80 : 0;
+    const int nf = dt == KDT_Q2_K ? 2 : 1;
+    for (size_t i = 0; i < rb * (size_t)rows; i++) wq[i] = (unsigned char)rnd();
+    for (size_t b = 0; b < rb * (size_t)rows; b += (size_t)bb)
+        for (int f = 0; f < nf; f++) {
+            float a = frand();
+            uint16_t h = (uint16_t)((a < 0 ? 0x8000u : 0) | (uint32_t)(0x1800 + (int)(fabsf(a) * 2047.0f)));
+            wq[b + (size_t)d0 + 2 * (size_t)f] = (unsigned char)h, wq[b + (size_t)d0 + 2 * (size_t)f + 1] = (unsigned char)(h >> 8);
+        }
+}
+
+/* Quantized weights: CUDA's matmul of GGUF block bytes (every type kcuda__qdtype_ok takes)
+ * against the CPU backend's f32 matmul of the same weights dequantized by the scalar reference
+ * (quant_ref.c, bit-identical to gguf-py): CUDA dequantizes exactly and keeps x in f32, so the
+ * f32 tolerance applies.
  * Self-test: the stand-in (the CPU backend's quantized path) also rounds x to 8 bits per
- * block (32 for Q8_0, 256 for K-quants: |x - x̂| <= amax_block/254), so each output gets
- * that bound, Σ_k |w_k|·amax_block(k)/254, on top (x 1.01 for the f32 scale products). */
+ * block (32 or 256 elements: |x - x̂| <= amax_block/254; the bound takes the type's weight
+ * block, never smaller than its activation block), so each output gets that bound,
+ * Σ_k |w_k|·amax_block(k)/254, on top (x 1.01 for the f32 scale products). */
 static void qmatmul_case(kdtype dt, int n, int in, int out, float beta) {
     float *wf = rand_f32((size_t)in * out, 0.5f), *wd = malloc((size_t)in * out * 4);
     size_t rb = kdtype_row_bytes(dt, in);
     unsigned char *wq = malloc(rb * (size_t)out);
     ASSERT(wd && wq);
-    for (int r = 0; r < out; r++) {
-        int st = dt == KDT_Q8_0 ? qref_quantize_q8_0(wf + (size_t)r * in, wq + (size_t)r * rb, in)
-                                : qref_quantize_q4_k(wf + (size_t)r * in, wq + (size_t)r * rb, in);
-        ASSERT_EQ(st, 0);
-    }
+    qmatmul_weights(dt, wf, wq, rb, out, in);
     ASSERT_EQ(qref_dequantize(kdtype_ggml_type(dt), wq, wd, (int64_t)in * out), 0);
     float *x = rand_f32((size_t)n * in, 1.0f), *y0 = rand_f32((size_t)n * out, 1.0f), *extra = NULL;
     if (SELFTEST) {
-        int64_t blk = dt == KDT_Q8_0 ? 32 : 256;
+        int64_t blk = kdtype_block_elems(dt);
         extra = calloc((size_t)n * out, sizeof *extra);
         ASSERT(extra);
         for (int i = 0; i < n; i++)
@@ -365,14 +387,17 @@ static void qmatmul_case(kdtype dt, int n, int in, int out, float beta) {
 
 TEST(qmatmul_parity) {
     open_backends();
-    static const kdtype QDTS[] = {KDT_Q8_0, KDT_Q4_K};
+    static const kdtype QDTS[] = {KDT_Q8_0, KDT_Q4_K, KDT_Q5_K, KDT_Q6_K, KDT_Q4_0, KDT_Q5_0,
+                                  KDT_Q4_1, KDT_Q5_1, KDT_IQ4_NL, KDT_IQ4_XS, KDT_Q3_K, KDT_Q2_K};
     static const int shapes[][2] = {{256, 45}, {512, 136}, {2048, 96}};
-    for (int d = 0; d < 2; d++)
+    for (int d = 0; d < (int)(sizeof QDTS / sizeof QDTS[0]); d++)
         for (int ti = 0; ti < 3; ti++)
             for (int s = 0; s < 3; s++)
                 for (int b = 0; b < 2; b++) qmatmul_case(QDTS[d], TS[ti], shapes[s][0], shapes[s][1], (float)b);
     qmatmul_case(KDT_Q4_K, 9, 512, 384, 1.0f);  /* just past the GEMV path */
     qmatmul_case(KDT_Q8_0, 64, 2048, 512, 0.0f); /* decode batch 64 */
+    qmatmul_case(KDT_Q6_K, 9, 512, 384, 0.0f);  /* the Q4_K_M head's type past the GEMV path */
+    qmatmul_case(KDT_Q3_K, 33, 768, 200, 1.0f);
     close_backends();
 }
 
