@@ -138,14 +138,15 @@ static int kcuda_copy(kbackend *kb, void *dst, const void *src, size_t bytes) {
     return 0;
 }
 
-/* Every op reads weights in each float dtype (kcuda_ld); the quantized dtypes (q8_0, q4_k)
- * have no CUDA kernels yet: refused here, so the model loader refuses them by capability. */
+/* Every op reads weights in each float dtype (kcuda_ld); the quantized dtypes (the GGUF block
+ * types of qdequant.h) are read by the matmul and the embedding gather only, so the model
+ * loader refuses them elsewhere by capability. */
 static bool kcuda_supports_op(const kbackend *kb, kop op, kdtype dt) {
     (void)kb;
     if ((unsigned)op >= KOP_COUNT) return false;
     if (op == KOP_SAMPLE || op == KOP_SEG_ROTATE) return dt == KDT_F32; /* f32 logits / rotations */
     if (op == KOP_KV_STORE || op == KOP_ATTENTION) return dt == KDT_F32; /* the K/V cache's dtype: f32 only */
-    return kcuda__dtype_ok(dt) || (op == KOP_MATMUL && kcuda__qdtype_ok(dt));
+    return kcuda__dtype_ok(dt) || ((op == KOP_MATMUL || op == KOP_GET_ROWS) && kcuda__qdtype_ok(dt));
 }
 
 static size_t kcuda_sgmv_workspace(const kbackend *kb, int n_rows, int max_rank) {

@@ -29,8 +29,32 @@ __global__ void k_get_rows(const void *table, int64_t rows, int64_t cols, const 
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) o[c] = kcuda_ld<DT>(src, c);
 }
 
+/* A quantized table (the GGUF block types of qdequant.h): row ids[i] dequantized group by group,
+ * the values quant_ref.c gives (a Q4_K_M file's Q6_K / Q4_K token_embd stays quantized on the
+ * device instead of a dequantized f32 copy: 4.1 vs 0.82 bytes per weight for Q6_K). */
+template <kdtype DT>
+__global__ void k_get_rows_q(const unsigned char *table, int64_t rows, int64_t cols, const int32_t *ids, float *out,
+                             int *err) {
+    const int BE = qd_block_elems(DT), BB = qd_block_bytes(DT), GPB = BE / 8;
+    int i = blockIdx.x;
+    int32_t id = ids[i];
+    if (id < 0 || id >= rows) {
+        if (threadIdx.x == 0) kcuda_flag(err, KCUDA_ERR_RANGE);
+        return;
+    }
+    const unsigned char *src = table + (size_t)id * (size_t)(cols / BE) * BB;
+    float *o = out + (int64_t)i * cols;
+    for (int64_t g = threadIdx.x; g < cols / 8; g += blockDim.x) {
+        float v[8];
+        qd_deq8(DT, src + (g / GPB) * BB, (int)(g % GPB), v);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[8 * g + k] = v[k];
+    }
+}
+
 extern "C" int kcuda__get_rows(kbackend *kb, const kmat *table, const int32_t *ids, int n, float *out) {
-    if (!table || n < 0 || !kcuda__dtype_ok(table->dtype) || table->rows <= 0 || table->cols <= 0)
+    if (!table || n < 0 || !(kcuda__dtype_ok(table->dtype) || kcuda__qdtype_ok(table->dtype)) || table->rows <= 0 ||
+        table->cols <= 0 || table->cols % kdtype_block_elems(table->dtype))
         return PEFTD_EINVAL;
     if (n == 0) return 0;
     if (!ids || !out || !table->data) return PEFTD_EINVAL;
@@ -42,7 +66,14 @@ extern "C" int kcuda__get_rows(kbackend *kb, const kmat *table, const int32_t *i
     case KDT_F32: k_get_rows<KDT_F32><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
     case KDT_F16: k_get_rows<KDT_F16><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
     case KDT_BF16: k_get_rows<KDT_BF16><<<g, b, 0, cb->stream>>>(table->data, table->rows, table->cols, ids, out, cb->d_err); break;
-    default: break; /* quantized dtypes: refused by kcuda__dtype_ok above */
+#define NRE_GET_ROWS_Q(DT)                                                                                     \
+    case DT:                                                                                                   \
+        k_get_rows_q<DT><<<g, b, 0, cb->stream>>>((const unsigned char *)table->data, table->rows, table->cols, ids, \
+                                                  out, cb->d_err);                                             \
+        break;
+        QD_EACH_DTYPE(NRE_GET_ROWS_Q)
+#undef NRE_GET_ROWS_Q
+    default: break; /* checked above */
     }
     KCUDA_LAUNCH_CHECK();
     return 0;

@@ -60,6 +60,11 @@ QD_FN int qd_dtype_ok(kdtype dt) {
            dt == KDT_Q2_K || dt == KDT_IQ4_XS;
 }
 
+/* Every dtype qd_dtype_ok takes, as X(DT): for the switches that instantiate a kernel per dtype. */
+#define QD_EACH_DTYPE(X)                                                                                       \
+    X(KDT_Q8_0) X(KDT_Q4_0) X(KDT_Q5_0) X(KDT_Q4_1) X(KDT_Q5_1) X(KDT_IQ4_NL) X(KDT_Q4_K) X(KDT_Q5_K)          \
+    X(KDT_Q6_K) X(KDT_Q3_K) X(KDT_Q2_K) X(KDT_IQ4_XS)
+
 /* Elements per block and bytes per block (as kdtype_block_elems / kdtype_row_bytes, usable in
  * device code); 0 for a dtype qd_dtype_ok refuses. */
 QD_FN int qd_block_elems(kdtype dt) {

@@ -90,11 +90,6 @@ __global__ void k_dequant_rows(const unsigned char *__restrict__ w, int64_t rows
     }
 }
 
-/* Every dtype qd_dtype_ok takes, as X(DT): the switch that instantiates a kernel per dtype. */
-#define QMM_DTYPES(X)                                                                                          \
-    X(KDT_Q8_0) X(KDT_Q4_0) X(KDT_Q5_0) X(KDT_Q4_1) X(KDT_Q5_1) X(KDT_IQ4_NL) X(KDT_Q4_K) X(KDT_Q5_K)          \
-    X(KDT_Q6_K) X(KDT_Q3_K) X(KDT_Q2_K) X(KDT_IQ4_XS)
-
 template <int NR>
 static void qmm_gemv_launch(cudaStream_t st, kdtype dt, const float *x, int n, const unsigned char *w, int64_t in,
                             int64_t out, float *y, int beta) {
@@ -102,7 +97,7 @@ static void qmm_gemv_launch(cudaStream_t st, kdtype dt, const float *x, int n, c
     switch (dt) {
 #define QMM_GEMV_CASE(DT)                                                                                      \
     case DT: k_gemv_q<DT, NR><<<g, b, 0, st>>>(x, n, w, in, out, y, beta); break;
-        QMM_DTYPES(QMM_GEMV_CASE)
+        QD_EACH_DTYPE(QMM_GEMV_CASE)
 #undef QMM_GEMV_CASE
     default: break; /* kcuda__qdtype_ok (checked by the caller) */
     }
@@ -113,7 +108,7 @@ static void qmm_dequant_launch(cudaStream_t st, unsigned grid, kdtype dt, const 
     switch (dt) {
 #define QMM_DEQ_CASE(DT)                                                                                       \
     case DT: k_dequant_rows<DT><<<grid, 256, 0, st>>>(w, rows, in, dst); break;
-        QMM_DTYPES(QMM_DEQ_CASE)
+        QD_EACH_DTYPE(QMM_DEQ_CASE)
 #undef QMM_DEQ_CASE
     default: break;
     }
