@@ -14,7 +14,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "kernels/cpu/quant_ref.h"
 #include "lib/huge_alloc.h"
 #include "lib/log.h"
 #include "server/model/model_load_internal.h"
@@ -331,13 +330,11 @@ static size_t gl_llama_unpermute(gl_ctx *c, uint8_t **cursor) {
     return dropped;
 }
 
-/* The host buffer: un-permuted Q/K (llama) + a dequantized f32 embedding (when the backend
- * cannot gather from its type). */
+/* The host buffer: un-permuted Q/K (llama). A quantized embedding stays as stored: both
+ * backends gather from every block type (model__check_ops refuses one a backend cannot). */
 static int gl_host_copies(gl_ctx *c) {
     model *m = c->m;
-    const kbackend *kb = m->kb;
     bool permuted = strcmp(m->cfg.model_type, "llama") == 0;
-    bool deq = kdtype_is_quant(m->embed.dtype) && !kb->ops->supports_op(kb, KOP_GET_ROWS, m->embed.dtype);
     size_t total = 0;
     if (permuted)
         for (int i = 0; i < m->cfg.n_layers; i++) {
@@ -346,7 +343,6 @@ static int gl_host_copies(gl_ctx *c) {
             for (int k = 0; k < 4; k++)
                 if (ws[k]->data) total += (gl_bytes(ws[k]) + 63) / 64 * 64;
         }
-    if (deq) total += (size_t)m->embed.rows * (size_t)m->embed.cols * sizeof(float);
     if (!total) return 0;
     uint8_t *buf = huge_alloc(total); /* walked whole by every decode step */
     if (!buf) {
@@ -356,26 +352,6 @@ static int gl_host_copies(gl_ctx *c) {
     m->storage->gguf_host = buf;
     uint8_t *cur = buf;
     size_t dropped = permuted ? gl_llama_unpermute(c, &cur) : 0;
-    if (deq) {
-        float *e = (float *)cur;
-        size_t rb = kdtype_row_bytes(m->embed.dtype, m->embed.cols);
-        for (int64_t r = 0; r < m->embed.rows; r++) {
-            int rc = qref_dequantize(kdtype_ggml_type(m->embed.dtype), (const uint8_t *)m->embed.data + rb * (size_t)r,
-                                     e + (size_t)r * (size_t)m->embed.cols, m->embed.cols);
-            if (rc < 0) {
-                gl_err(c->err, c->errlen, "%s: cannot dequantize token_embd.weight (%s)", c->label,
-                       kdtype_name(m->embed.dtype));
-                return rc;
-            }
-        }
-        LOGI("model %s: backend %s cannot gather rows of %s: token_embd.weight dequantized to f32 at load (%.1f MB)",
-             m->name, kb->ops->name, kdtype_name(m->embed.dtype),
-             (double)m->embed.rows * (double)m->embed.cols * 4 / 1e6);
-        bool tied = m->lm_head.data == m->embed.data;
-        m->embed.data = e;
-        m->embed.dtype = KDT_F32;
-        if (tied) m->lm_head = m->embed;
-    }
     if (permuted)
         LOGI("model %s: Q/K rows un-permuted from llama.cpp's RoPE layout to the Hugging Face layout (%zu bytes "
              "copied; %.1f MB of the file's pages given back)", m->name, (size_t)(cur - buf), (double)dropped / 1e6);

@@ -31,9 +31,9 @@
  * Types: one table (model_load_gguf.c, GGUF_KDT) maps ggml tensor types to kdtypes; tensors
  * are used in place in the read-only mapping (no conversion step) when the backend's
  * supports_op takes the type for the op (MATMUL for projections and output, GET_ROWS for
- * token_embd). An unmapped type is refused at start-up with one line naming the tensor and
- * the type; an embedding the backend cannot gather from is dequantized to f32 at load
- * (logged).
+ * token_embd; both backends take every mapped type for both) and refused at start-up by
+ * capability otherwise. An unmapped type is refused at start-up with one line naming the
+ * tensor and the type.
  *
  * Q/K rows: for general.architecture "llama", llama.cpp stores attn_q / attn_k (weights and
  * biases) with the rows of each head permuted for its interleaved ("NORM") RoPE: GGUF row
