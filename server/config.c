@@ -26,6 +26,7 @@ void config_default(peftd_config *c) {
     snprintf(c->backend, sizeof c->backend, "auto");
     snprintf(c->weights, sizeof c->weights, "stored");
     c->mmap = true;
+    c->weights_cache = true;
     c->shutdown_grace_s = 10;
     c->max_body_bytes = 1 << 20;
     c->http_threads = 4;
@@ -132,6 +133,9 @@ static const config_key KEYS[] = {
     CHECK(NULL, "backend", backend_ok, "\"backend\" must be \"auto\", \"cpu\" or \"cuda\""),
     STR(NULL, "weights", weights, "stored | bf16 | q8_0 | q4_k: the layer projections at load (default stored); --weights"),
     CHECK(NULL, "weights", weights_ok, "\"weights\" must be \"stored\", \"bf16\", \"q8_0\" or \"q4_k\""),
+    BOOL(NULL, "weights_cache", weights_cache, "\"weights_cache\" must be true or false",
+         "keep \"weights\" q8_0 / q4_k conversions in <store.dir>/weights-cache and read them back at the next start "
+         "with the same weight files (checked by sha256; default true); --no-weights-cache"),
     BOOL(NULL, "mmap", mmap, "\"mmap\" must be true or false",
          "weight files mapped read-only (default true); false: read once into private memory advised for 2 MiB "
          "pages (faster decode where file mappings get 4 KiB pages; costs the model's size in RAM); --no-mmap"),

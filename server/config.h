@@ -20,6 +20,9 @@ typedef struct {
                                * (server/model/model_quant.h) */
     bool mmap;                /* weight files mapped (default) or read into huge-page memory
                                * (false; --no-mmap: model_load_opts.no_mmap) */
+    bool weights_cache;       /* "weights" q8_0 / q4_k conversions kept in <store.dir>/weights-cache
+                               * and read back at the next start (default true; --no-weights-cache;
+                               * server/model/model_quant_cache.h) */
     int shutdown_grace_s;     /* SIGTERM: let in-flight requests finish this long, then cancel */
     size_t max_body_bytes;
     int http_threads;

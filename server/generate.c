@@ -95,7 +95,7 @@ int generate_run(const generate_options *o) {
     engine_config ec;
     engine_config_default(&ec);
     ec.max_seqs = 1;
-    if (runtime_open_weights(&rt, o->model_dir, (int)o->threads, false, "auto", o->weights, o->no_mmap, &ec) < 0) return 1;
+    if (runtime_open_weights(&rt, o->model_dir, (int)o->threads, false, "auto", o->weights, NULL, o->no_mmap, &ec) < 0) return 1;
     int32_t *ids = NULL;
     size_t n_ids = 0;
     engine_request *r = NULL;

@@ -42,6 +42,7 @@ static const cli_option SERVE_OPTS[] = {
     {"--follow", "URL", "mirror the primary at URL as a read-only follower; config store.follow"},
     {"--weights", "W", "stored | bf16 | q8_0 | q4_k: convert the layer projections at load; config \"weights\""},
     {"--no-mmap", NULL, "read the weight files into (huge-page) memory instead of mapping them; config \"mmap\": false"},
+    {"--no-weights-cache", NULL, "convert --weights q8_0 / q4_k at every start (no <store>/weights-cache); config \"weights_cache\": false"},
     {"--kv-dtype", "T", "f32 | f16: the KV cache's elements (f16: half the memory; CPU backend); config engine.kv_dtype"},
     {"--help", NULL, "this help"},
     {"--version", NULL, "print the version and exit"},
@@ -203,6 +204,7 @@ static int parse_serve_flags(int argc, char **argv, peftd_config *cfg) {
             snprintf(cfg->weights, sizeof cfg->weights, "%s", v);
         }
         else if (!strcmp(a, "--no-mmap")) cfg->mmap = false;
+        else if (!strcmp(a, "--no-weights-cache")) cfg->weights_cache = false;
         else if (!strcmp(a, "--kv-dtype")) {
             if (engine_kv_dtype_parse(v) < 0) {
                 fprintf(stderr, "peftd: --kv-dtype must be f32 or f16, got '%s'\n", v);

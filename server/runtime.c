@@ -79,13 +79,13 @@ int runtime_tokenizer_load(const model *m, tokenizer **out, char *err, size_t er
 
 int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
                  const engine_config *ec) {
-    return runtime_open_weights(rt, model_dir, threads, fast_prefill, backend, NULL, false, ec);
+    return runtime_open_weights(rt, model_dir, threads, fast_prefill, backend, NULL, NULL, false, ec);
 }
 
 int runtime_open_weights(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
-                         const char *weights, bool no_mmap, const engine_config *ec) {
+                         const char *weights, const char *weights_cache, bool no_mmap, const engine_config *ec) {
     char err[1024] = "";
-    model_load_opts mo = {.weights = -1, .threads = threads, .no_mmap = no_mmap};
+    model_load_opts mo = {.weights = -1, .threads = threads, .no_mmap = no_mmap, .weights_cache = weights_cache};
     if (model_weights_parse(weights, &mo.weights) < 0) {
         fprintf(stderr, "peftd: weights must be stored, bf16, q8_0 or q4_k, got '%s'\n", weights);
         return -1;

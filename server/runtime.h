@@ -28,10 +28,11 @@ typedef struct {
 int runtime_open(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
                  const engine_config *ec);
 /* runtime_open with the at-load weight conversion: weights "stored" (or NULL), "bf16", "q8_0"
- * or "q4_k" (server/model/model_quant.h); no_mmap: the weight files read into huge-page
+ * or "q4_k" (server/model/model_quant.h); weights_cache: the conversion's cache directory
+ * (NULL: none; model_load_opts.weights_cache); no_mmap: the weight files read into huge-page
  * memory instead of mapped (model_load_opts.no_mmap). */
 int runtime_open_weights(runtime *rt, const char *model_dir, int threads, bool fast_prefill, const char *backend,
-                         const char *weights, bool no_mmap, const engine_config *ec);
+                         const char *weights, const char *weights_cache, bool no_mmap, const engine_config *ec);
 /* Starts the engine thread, which owns the backend from then on. 0, or -1 with the reason
  * on stderr (the runtime stays open: runtime_close it). */
 /* The tokenizer of a loaded model: tokenizer.json (+ tokenizer_config.json) in m->dir when

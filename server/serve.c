@@ -300,8 +300,10 @@ int serve_run(peftd_config *cfg, const char *config_path) {
     tenants *tn = NULL;
     follower *fol = NULL;
     int rc = 1;
+    char wcache[4200];
+    snprintf(wcache, sizeof wcache, "%s/weights-cache", cfg->store.dir);
     if (runtime_open_weights(&rt, cfg->model_dir, cfg->threads, cfg->fast_prefill, cfg->backend, cfg->weights,
-                             !cfg->mmap, &cfg->engine) < 0)
+                             cfg->weights_cache ? wcache : NULL, !cfg->mmap, &cfg->engine) < 0)
         goto out_store;
     if (runtime_start(&rt) < 0) goto out;
     char tmp_root[4200];

@@ -179,6 +179,8 @@ typedef struct {
     int weights;
     int threads;
     bool no_mmap;
+    const char *weights_cache; /* NULL: none; else the directory of the conversion's cache
+                                * (server/model/model_quant_cache.h; config "weights_cache") */
 } model_load_opts;
 
 /* model_load with options (NULL: as model_load). */

@@ -677,7 +677,8 @@ static int ml_convert_weights(ml_ctx *c) {
         return PEFTD_EUNSUPPORTED;
     }
     if (dt >= 0 &&
-        (rc = model_quantize_projections(c->m, (kdtype)dt, threads, &c->m->storage->converted, c->err, c->errlen)) < 0)
+        (rc = model_quantize_projections(c->m, (kdtype)dt, threads, c->opts ? c->opts->weights_cache : NULL,
+                                         &c->m->storage->converted, c->err, c->errlen)) < 0)
         return rc;
     /* then the layout the backend prefers (capability: preferred_dtype), same results */
     return model_reorder_projections(c->m, threads, &c->m->storage->reordered, c->err, c->errlen);

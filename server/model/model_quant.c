@@ -16,6 +16,7 @@
 #include "lib/half.h"
 #include "lib/huge_alloc.h"
 #include "lib/log.h"
+#include "server/model/model_quant_cache.h"
 
 #define MQ_ALIGN 64
 
@@ -189,7 +190,18 @@ static void mq_plan(mq_plan_ctx *p, bool log) {
     }
 }
 
-int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, char *err, size_t errlen) {
+/* The plan as the cache records it (offsets relative to the buffer). NULL when out of memory. */
+static mqc_job *mq_cache_jobs(const mq_job *jobs, int n, const uint8_t *mem) {
+    mqc_job *cj = malloc((size_t)n * sizeof *cj);
+    for (int i = 0; cj && i < n; i++)
+        cj[i] = (mqc_job){.dt = jobs[i].dt, .rows = jobs[i].src.rows, .cols = jobs[i].src.cols,
+                          .offset = (uint64_t)(jobs[i].dst - mem),
+                          .bytes = kdtype_row_bytes(jobs[i].dt, jobs[i].src.cols) * (size_t)jobs[i].src.rows};
+    return cj;
+}
+
+int model_quantize_projections(model *m, kdtype dt, int n_threads, const char *cache_dir, void **buf, char *err,
+                               size_t errlen) {
     *buf = NULL;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -212,14 +224,20 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, c
         jobs[i].dst = mem + (size_t)(uintptr_t)jobs[i].dst;
         before += kdtype_row_bytes(jobs[i].src.dtype, jobs[i].src.cols) * (size_t)jobs[i].src.rows;
     }
-    mq_ctx c = {.jobs = jobs, .n_jobs = n};
-    n_threads = mq_run(&c, n_threads);
-    if (c.rc < 0) {
-        snprintf(err, errlen, "%s: converting the weights to %s failed: %s", m->dir, kdtype_name(dt),
-                 peftd_strerror(c.rc));
-        free(jobs);
-        free(mem);
-        return c.rc;
+    /* quantized targets only: a bf16 rounding costs about what reading it back would */
+    mqc_job *cj = cache_dir && kdtype_is_quant(dt) ? mq_cache_jobs(jobs, n, mem) : NULL;
+    bool cached = cj && mqc_read(cache_dir, m, dt, cj, n, mem, p.bytes) == 1;
+    if (!cached) {
+        mq_ctx c = {.jobs = jobs, .n_jobs = n};
+        n_threads = mq_run(&c, n_threads);
+        if (c.rc < 0) {
+            snprintf(err, errlen, "%s: converting the weights to %s failed: %s", m->dir, kdtype_name(dt),
+                     peftd_strerror(c.rc));
+            free(cj);
+            free(jobs);
+            free(mem);
+            return c.rc;
+        }
     }
     for (int i = 0; i < n; i++) {
         jobs[i].w->data = jobs[i].dst;
@@ -228,9 +246,16 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, c
     if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-    LOGI("model %s: %d weights converted to %s in %.1f ms on %d thread(s): %.1f MB -> %.1f MB%s", m->name, n,
-         kdtype_name(dt), ms, n_threads, (double)before / 1e6, (double)p.bytes / 1e6,
-         p.kept ? " (some projections kept as stored: block size or already quantized)" : "");
+    if (cached)
+        LOGI("model %s: %d weights converted to %s read from the weights cache in %.1f ms: %.1f MB -> %.1f MB%s",
+             m->name, n, kdtype_name(dt), ms, (double)before / 1e6, (double)p.bytes / 1e6,
+             p.kept ? " (some projections kept as stored: block size or already quantized)" : "");
+    else
+        LOGI("model %s: %d weights converted to %s in %.1f ms on %d thread(s): %.1f MB -> %.1f MB%s", m->name, n,
+             kdtype_name(dt), ms, n_threads, (double)before / 1e6, (double)p.bytes / 1e6,
+             p.kept ? " (some projections kept as stored: block size or already quantized)" : "");
+    if (cj && !cached) mqc_write(cache_dir, m, dt, cj, n, mem, p.bytes); /* a failure is logged, not fatal */
+    free(cj);
     free(jobs);
     *buf = mem;
     return 0;

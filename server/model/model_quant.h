@@ -27,9 +27,12 @@
  * already in a quantized dtype stay as they are) to dt into one new host buffer
  * (*buf, 64-byte aligned; caller frees it after the model). dt: KDT_Q8_0, KDT_Q4_K or
  * KDT_BF16 (the "weights" options), or KDT_Q4_0, KDT_Q5_K, KDT_Q6_K (not offered as options:
- * tests use them to put every GGUF block type under a model). Logs the time taken and the
- * bytes before/after. */
-int model_quantize_projections(model *m, kdtype dt, int n_threads, void **buf, char *err, size_t errlen);
+ * tests use them to put every GGUF block type under a model). cache_dir (NULL: none): a
+ * quantized conversion is read from there when it holds this one, else written there after it
+ * (model_quant_cache.h). Logs the time taken, whether it came from the cache, and the bytes
+ * before/after. */
+int model_quantize_projections(model *m, kdtype dt, int n_threads, const char *cache_dir, void **buf, char *err,
+                               size_t errlen);
 
 /* Reorders the weights whose dtype the backend runs faster in another layout of the same blocks
  * (kbackend_ops.preferred_dtype for MATMUL: the CPU's AVX2 path takes Q4_K as KDT_Q4_K_SB8, Q6_K

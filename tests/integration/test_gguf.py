@@ -94,6 +94,34 @@ def weights_q8_0_of_the_hf_directory_equals_the_q8_0_gguf():
 
 
 @test
+def serve_weights_q8_0_reads_its_conversion_back_after_a_restart():
+    """`peftd serve --weights q8_0` writes its conversion to <store>/weights-cache on the first
+    start and reads it back on the second (same text as `generate --weights q8_0`, which has no
+    cache); --no-weights-cache converts and leaves the cache as it is."""
+    want, _ = cli(harness.MODEL_DIR, None, 24, PROMPT, weights="q8_0")
+    store = tempfile.mkdtemp(prefix="peftd-store-")
+    try:
+        logs = []
+        for extra in ([], [], ["--no-weights-cache"]):
+            d = harness.Daemon(extra_args=["--weights", "q8_0"] + extra, store=store, env={"PEFTD_LOG": "info"})
+            try:
+                text = d.complete(prompt=PROMPT, max_tokens=24, temperature=0)["choices"][0]["text"]
+                assert text == want, (text, want)
+                logs.append(d.log_text(400))
+            finally:
+                d.close()
+        cache = os.path.join(store, "weights-cache")
+        files = os.listdir(cache)
+        assert len(files) == 1 and files[0].endswith(".pqc"), files
+        assert "written to the weights cache" in logs[0] and "read from the weights cache" not in logs[0], logs[0]
+        assert "converted to q8_0 read from the weights cache" in logs[1], logs[1]
+        assert "written to the weights cache" not in logs[1], logs[1]
+        assert "weights cache" not in logs[2] and "converted to q8_0 in" in logs[2], logs[2]
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+@test
 def serve_gguf_with_an_adapter_over_http():
     d = harness.Daemon(extra_args=["--model", GGUF])
     try:

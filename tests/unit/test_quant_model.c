@@ -174,7 +174,7 @@ static model *load_types(kbackend *kb, const qcase *q, void **bufs, int *n_bufs)
     } else {
         ASSERT(!strcmp(q->weights, "q4_0") || !strcmp(q->weights, "q5_k") || !strcmp(q->weights, "q6_k"));
     }
-    if (model_quantize_projections(m, dt, 2, &bufs[(*n_bufs)++], err, sizeof err) < 0) FAIL("%s", err);
+    if (model_quantize_projections(m, dt, 2, NULL, &bufs[(*n_bufs)++], err, sizeof err) < 0) FAIL("%s", err);
     for (int i = 0; i < m->cfg.n_layers; i++) { /* every projection of the fixture fits the blocks */
         const model_layer *l = &m->layers[i];
         bool mix = !strcmp(q->weights, "q4_k_m");
@@ -384,7 +384,7 @@ TEST(tied_table_reordered_same_logits) {
     char err[512] = "";
     requant(&m->embed, KDT_Q6_K, &bufs[0]);
     m->lm_head = m->embed;
-    if (model_quantize_projections(m, KDT_Q4_K, 2, &bufs[1], err, sizeof err) < 0) FAIL("%s", err);
+    if (model_quantize_projections(m, KDT_Q4_K, 2, NULL, &bufs[1], err, sizeof err) < 0) FAIL("%s", err);
     ASSERT_EQ(m->layers[0].wq.dtype, KDT_Q4_K);
     static const int32_t ids[9] = {1, 17, 200, 45, 3, 99, 128, 7, 250};
     const int n = 9, vocab = m->cfg.vocab_size;
