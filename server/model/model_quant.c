@@ -190,6 +190,35 @@ static void mq_plan(mq_plan_ctx *p, bool log) {
     }
 }
 
+/* What this build's converters write for a fixed input (2 rows × 512 columns of seeded values
+ * over several magnitudes), once per distinct target dtype of the plan, in plan order: part of
+ * the weights cache's key, so a peftd whose quantizer writes other bytes never reads another's
+ * cache. Returns the bytes written to fp (at most MQ_FP_MAX), 0 when a conversion fails. */
+#define MQ_FP_COLS 512
+#define MQ_FP_MAX (4 * 2 * MQ_FP_COLS * 2)
+static size_t mq_fingerprint(const mq_job *jobs, int n, uint8_t *fp) {
+    float in[2 * MQ_FP_COLS];
+    uint32_t x = 12345;
+    for (int i = 0; i < 2 * MQ_FP_COLS; i++) { /* exact in any float mode: integers times powers of 2 */
+        x = x * 1664525u + 1013904223u;
+        in[i] = (float)((int32_t)(x >> 8) - (1 << 23)) * 0x1p-23f * (float)(1 << (i / 32 % 7)) * 0x1p-6f;
+    }
+    kdtype seen[4];
+    int n_seen = 0;
+    size_t len = 0;
+    for (int i = 0; i < n; i++) {
+        bool dup = false;
+        for (int k = 0; k < n_seen; k++) dup |= seen[k] == jobs[i].dt;
+        if (dup || n_seen == 4) continue;
+        seen[n_seen++] = jobs[i].dt;
+        mq_job j = {.src = {.data = in, .dtype = KDT_F32, .rows = 2, .cols = MQ_FP_COLS}, .dt = jobs[i].dt, .dst = fp + len};
+        size_t bytes = 2 * kdtype_row_bytes(jobs[i].dt, MQ_FP_COLS);
+        if (bytes == 0 || len + bytes > MQ_FP_MAX || mq_convert(&j) < 0) return 0;
+        len += bytes;
+    }
+    return len;
+}
+
 /* The plan as the cache records it (offsets relative to the buffer). NULL when out of memory. */
 static mqc_job *mq_cache_jobs(const mq_job *jobs, int n, const uint8_t *mem) {
     mqc_job *cj = malloc((size_t)n * sizeof *cj);
@@ -226,7 +255,10 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, const char *c
     }
     /* quantized targets only: a bf16 rounding costs about what reading it back would */
     mqc_job *cj = cache_dir && kdtype_is_quant(dt) ? mq_cache_jobs(jobs, n, mem) : NULL;
-    bool cached = cj && mqc_read(cache_dir, m, dt, cj, n, mem, p.bytes) == 1;
+    uint8_t fp[MQ_FP_MAX];
+    size_t fp_len = cj ? mq_fingerprint(jobs, n, fp) : 0;
+    if (!fp_len) free(cj), cj = NULL;
+    bool cached = cj && mqc_read(cache_dir, m, dt, fp, fp_len, cj, n, mem, p.bytes) == 1;
     if (!cached) {
         mq_ctx c = {.jobs = jobs, .n_jobs = n};
         n_threads = mq_run(&c, n_threads);
@@ -254,7 +286,7 @@ int model_quantize_projections(model *m, kdtype dt, int n_threads, const char *c
         LOGI("model %s: %d weights converted to %s in %.1f ms on %d thread(s): %.1f MB -> %.1f MB%s", m->name, n,
              kdtype_name(dt), ms, n_threads, (double)before / 1e6, (double)p.bytes / 1e6,
              p.kept ? " (some projections kept as stored: block size or already quantized)" : "");
-    if (cj && !cached) mqc_write(cache_dir, m, dt, cj, n, mem, p.bytes); /* a failure is logged, not fatal */
+    if (cj && !cached) mqc_write(cache_dir, m, dt, fp, fp_len, cj, n, mem, p.bytes); /* failure: logged, not fatal */
     free(cj);
     free(jobs);
     *buf = mem;

@@ -76,7 +76,8 @@ static bool mqc_keyed_file(const char *name) {
 }
 
 /* The key (header above) and the file's path. */
-static int mqc_key(const char *cache_dir, const model *m, kdtype dt, uint8_t key[32], char *path, size_t pathlen) {
+static int mqc_key(const char *cache_dir, const model *m, kdtype dt, const void *fp, size_t fp_len, uint8_t key[32],
+                   char *path, size_t pathlen) {
     char real[PATH_MAX];
     if (!realpath(m->dir, real)) return -errno;
     uint8_t slot[32];
@@ -107,8 +108,8 @@ static int mqc_key(const char *cache_dir, const model *m, kdtype dt, uint8_t key
     closedir(d);
     if (rc == 0) qsort(names, n, sizeof *names, by_name);
     EVP_MD_CTX *md = mqc_md_new();
-    hl = snprintf(head, sizeof head, "peftd weights cache 1 quantizer %d\n%s\n%s\n", MQC_QUANTIZER, kdtype_name(dt), real);
-    if (!md || !EVP_DigestUpdate(md, head, (size_t)hl)) rc = rc ? rc : PEFTD_EIO;
+    hl = snprintf(head, sizeof head, "peftd weights cache 1\n%s\n%s\n%zu\n", kdtype_name(dt), real, fp_len);
+    if (!md || !EVP_DigestUpdate(md, head, (size_t)hl) || !EVP_DigestUpdate(md, fp, fp_len)) rc = rc ? rc : PEFTD_EIO;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         char full[PATH_MAX + 256], line[512];
         struct stat st;
@@ -159,11 +160,12 @@ static int mqc_write_all(int fd, const void *buf, size_t len) {
     return 0;
 }
 
-int mqc_read(const char *cache_dir, const model *m, kdtype dt, const mqc_job *jobs, int n_jobs, void *mem,
-             size_t payload_bytes) {
+int mqc_read(const char *cache_dir, const model *m, kdtype dt, const void *fp, size_t fp_len, const mqc_job *jobs,
+             int n_jobs, void *mem, size_t payload_bytes) {
     uint8_t key[32];
     char path[PATH_MAX + 80];
-    if (n_jobs <= 0 || n_jobs > MQC_MAX_JOBS || mqc_key(cache_dir, m, dt, key, path, sizeof path) < 0) return 0;
+    if (n_jobs <= 0 || n_jobs > MQC_MAX_JOBS || mqc_key(cache_dir, m, dt, fp, fp_len, key, path, sizeof path) < 0)
+        return 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0; /* never written: the common miss, not logged */
     const char *why = NULL;
@@ -174,7 +176,7 @@ int mqc_read(const char *cache_dir, const model *m, kdtype dt, const mqc_job *jo
     if (!want || !have) why = "out of memory";
     else if (fstat(fd, &st) != 0 || mqc_pread(fd, &h, sizeof h, 0) < 0) why = "unreadable header";
     else if (memcmp(h.magic, MQC_MAGIC, 8) != 0) why = "not a weights cache file";
-    else if (memcmp(h.key, key, 32) != 0) why = "made from other weight files, another peftd quantizer or dtype";
+    else if (memcmp(h.key, key, 32) != 0) why = "made from other weight files or by converters that write other bytes";
     else if (h.n_jobs != (uint32_t)n_jobs || h.payload_bytes != payload_bytes ||
              h.payload_offset != mqc_payload_offset(n_jobs))
         why = "another conversion plan";
@@ -204,8 +206,8 @@ int mqc_read(const char *cache_dir, const model *m, kdtype dt, const mqc_job *jo
     return 1;
 }
 
-int mqc_write(const char *cache_dir, const model *m, kdtype dt, const mqc_job *jobs, int n_jobs, const void *mem,
-              size_t payload_bytes) {
+int mqc_write(const char *cache_dir, const model *m, kdtype dt, const void *fp, size_t fp_len, const mqc_job *jobs,
+              int n_jobs, const void *mem, size_t payload_bytes) {
     uint8_t key[32];
     char path[PATH_MAX + 80], tmp[PATH_MAX + 120] = "";
     int rc = 0, fd = -1;
@@ -217,7 +219,7 @@ int mqc_write(const char *cache_dir, const model *m, kdtype dt, const mqc_job *j
         rc = -errno;
         goto out;
     }
-    if ((rc = mqc_key(cache_dir, m, dt, key, path, sizeof path)) < 0) goto out;
+    if ((rc = mqc_key(cache_dir, m, dt, fp, fp_len, key, path, sizeof path)) < 0) goto out;
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     mqc_header h = {.n_jobs = (uint32_t)n_jobs, .payload_offset = mqc_payload_offset(n_jobs),
                     .payload_bytes = payload_bytes};

@@ -6,10 +6,11 @@
  *
  * One file per (model directory, dtype): <dir>/<sha256(realpath, dtype) hex>.pqc. Its header
  * holds
- *   - a key: sha256 over this cache's format version, the quantizer version (MQC_QUANTIZER:
- *     bumped whenever quant_ref.c's quantizers would write other bytes), the dtype, the model
- *     directory's real path, and name, size, mtime and inode of each of its weight and config
- *     files (*.safetensors, *.gguf, *.json): a changed or replaced file is a miss;
+ *   - a key: sha256 over this cache's format version, the converters' fingerprint (the bytes
+ *     they write for a fixed input, model_quant.c: a peftd whose quantizer writes other bytes
+ *     is a miss), the dtype, the model directory's real path, and name, size, mtime and inode
+ *     of each of its weight and config files (*.safetensors, *.gguf, *.json): a changed or
+ *     replaced file is a miss;
  *   - the conversion plan, job by job (dtype, rows, cols, payload offset and bytes), compared
  *     with the plan of this start-up;
  *   - the payload's sha256, checked while it is read: a truncated or damaged file is a miss.
@@ -26,9 +27,6 @@
 #include "kernels/kernels.h"
 #include "server/model/model.h"
 
-/* Bump when a quantizer in kernels/cpu/quant_ref.c would produce other bytes for the same input. */
-#define MQC_QUANTIZER 1
-
 /* One converted weight as the plan places it in the payload. */
 typedef struct {
     kdtype dt;
@@ -36,15 +34,16 @@ typedef struct {
     uint64_t offset, bytes;
 } mqc_job;
 
-/* Fills mem (payload_bytes) from the cache when it holds this model's conversion to dt with
- * exactly these jobs. Returns 1 on a hit, 0 on a miss (reason logged unless the file is simply
- * absent). Never fails the load: a read error is a miss. */
-int mqc_read(const char *cache_dir, const model *m, kdtype dt, const mqc_job *jobs, int n_jobs, void *mem,
-             size_t payload_bytes);
+/* Fills mem (payload_bytes) from the cache when it holds this model's conversion to dt by
+ * converters of fingerprint fp (fp_len bytes) with exactly these jobs. Returns 1 on a hit, 0 on
+ * a miss (reason logged unless the file is simply absent). Never fails the load: a read error
+ * is a miss. */
+int mqc_read(const char *cache_dir, const model *m, kdtype dt, const void *fp, size_t fp_len, const mqc_job *jobs,
+             int n_jobs, void *mem, size_t payload_bytes);
 
 /* Writes mem as this model's conversion to dt (creating cache_dir, mode 0700). 0, or a negative
  * status with a warning logged (the caller goes on: the cache is an optimisation). */
-int mqc_write(const char *cache_dir, const model *m, kdtype dt, const mqc_job *jobs, int n_jobs, const void *mem,
-              size_t payload_bytes);
+int mqc_write(const char *cache_dir, const model *m, kdtype dt, const void *fp, size_t fp_len, const mqc_job *jobs,
+              int n_jobs, const void *mem, size_t payload_bytes);
 
 #endif

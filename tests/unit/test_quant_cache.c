@@ -201,8 +201,8 @@ TEST(stale_or_damaged_cache_is_converted_again) {
     kbackend_destroy(kb);
 }
 
-/* The reader and writer directly: a plan that differs in one job is a miss, the payload comes
- * back byte for byte, another dtype is another file. */
+/* The reader and writer directly: a plan that differs in one job is a miss, so is another
+ * converters' fingerprint; the payload comes back byte for byte, another dtype is another file. */
 TEST(plan_and_dtype_are_part_of_the_key) {
     dirs d;
     setup(&d);
@@ -210,23 +210,27 @@ TEST(plan_and_dtype_are_part_of_the_key) {
     ASSERT(kb);
     model *m = load(kb, d.model, -1, NULL);
     enum { N = 3 };
+    static const uint8_t FP[4] = {1, 2, 3, 4};
     mqc_job jobs[N] = {{KDT_Q8_0, 4, 64, 0, 136}, {KDT_Q8_0, 2, 64, 136, 68}, {KDT_Q8_0, 1, 32, 204, 34}};
     uint8_t pay[238], back[238];
     for (size_t i = 0; i < sizeof pay; i++) pay[i] = (uint8_t)(i * 7 + 3);
-    ASSERT_EQ(mqc_write(d.cache, m, KDT_Q8_0, jobs, N, pay, sizeof pay), 0);
+    ASSERT_EQ(mqc_write(d.cache, m, KDT_Q8_0, FP, sizeof FP, jobs, N, pay, sizeof pay), 0);
     memset(back, 0, sizeof back);
-    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, jobs, N, back, sizeof back), 1);
+    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, FP, sizeof FP, jobs, N, back, sizeof back), 1);
     ASSERT(memcmp(pay, back, sizeof pay) == 0);
     mqc_job other[N];
     memcpy(other, jobs, sizeof jobs);
     other[1].rows = 3;
-    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, other, N, back, sizeof back), 0);
+    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, FP, sizeof FP, other, N, back, sizeof back), 0);
     memcpy(other, jobs, sizeof jobs);
     other[2].dt = KDT_Q4_0;
-    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, other, N, back, sizeof back), 0);
-    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, jobs, N - 1, back, sizeof back), 0);
-    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q4_K, jobs, N, back, sizeof back), 0); /* no such file */
-    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, jobs, N, back, sizeof back), 1);
+    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, FP, sizeof FP, other, N, back, sizeof back), 0);
+    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, FP, sizeof FP, jobs, N - 1, back, sizeof back), 0);
+    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q4_K, FP, sizeof FP, jobs, N, back, sizeof back), 0); /* no such file */
+    static const uint8_t FP2[4] = {1, 2, 3, 5}; /* converters that write other bytes */
+    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, FP2, sizeof FP2, jobs, N, back, sizeof back), 0);
+    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, FP, sizeof FP - 1, jobs, N, back, sizeof back), 0);
+    ASSERT_EQ(mqc_read(d.cache, m, KDT_Q8_0, FP, sizeof FP, jobs, N, back, sizeof back), 1);
     model_free(m);
     kbackend_destroy(kb);
 }
