@@ -73,14 +73,14 @@ static int same_weights(const model *a, const model *b) {
 }
 
 /* The cache files in d->cache (one per dtype), in directory order; anything else fails. */
-static int cache_files(const dirs *d, char path[][800], int max) {
+static int cache_files(const dirs *d, char path[][1024], int max) {
     DIR *dd = opendir(d->cache);
     if (!dd) return 0;
     int n = 0;
     struct dirent *e;
     while ((e = readdir(dd)) && n < max) {
         size_t l = strlen(e->d_name);
-        if (l > 4 && !strcmp(e->d_name + l - 4, ".pqc")) snprintf(path[n++], 800, "%s/%s", d->cache, e->d_name);
+        if (l > 4 && !strcmp(e->d_name + l - 4, ".pqc")) snprintf(path[n++], 1024, "%s/%s", d->cache, e->d_name);
         else if (e->d_name[0] != '.') FAIL("stray file in the cache directory: %s", e->d_name);
     }
     closedir(dd);
@@ -102,7 +102,7 @@ TEST(restart_reads_the_converted_bytes_back) {
     for (int t = 0; t < 2; t++) {
         model *ref = load(kb, d.model, DTS[t], NULL), *first = load(kb, d.model, DTS[t], d.cache);
         ASSERT(same_weights(ref, first) > 0);
-        char files[4][800], files2[4][800];
+        char files[4][1024], files2[4][1024];
         ASSERT_EQ(cache_files(&d, files, 4), t + 1);
         ino_t ino[4];
         for (int i = 0; i <= t; i++) ino[i] = inode_of(files[i]);
@@ -118,7 +118,7 @@ TEST(restart_reads_the_converted_bytes_back) {
     }
     /* bf16 is not cached (rounding costs about what reading it back would) */
     model *b = load(kb, d.model, KDT_BF16, d.cache);
-    char files[4][800];
+    char files[4][1024];
     ASSERT_EQ(cache_files(&d, files, 4), 2);
     model_free(b);
     kbackend_destroy(kb);
@@ -128,7 +128,7 @@ TEST(restart_reads_the_converted_bytes_back) {
  * file rewritten (new inode) and valid (the next load keeps it). */
 static void damaged_case(kbackend *kb, const dirs *d, const model *ref, const char *what,
                          void (*damage)(const dirs *d, const char *file)) {
-    char files[2][800];
+    char files[2][1024];
     ASSERT_EQ(cache_files(d, files, 2), 1);
     damage(d, files[0]);
     ino_t before = inode_of(files[0]);
