@@ -119,10 +119,19 @@ KQX_INL void kq_pair_factors(int R, int N, __m256 dd, const kq_x *x, int i0, int
                             _mm256_set1_ps(-0.0f));
 }
 
-/* The two f32 steps of the pairs with a min term (Q4_K, Q5_K, Q2_K): lane p of acc =
- * fma((float)Σ lanes iv[p], fd, acc), then fma((float)Σ lanes mv[p], fm, acc), for p < P (P <= 8;
- * entries past P zero). The totals of all pairs from one horizontal-sum tree (two for P > 4). */
-KQX_INL void kq_two_steps_pairs(int P, const __m256i iv[8], const __m256i mv[8], __m256 fd, __m256 fm, __m256 *acc) {
+/* The two f32 steps of the pairs with a min term (Q4_K, Q5_K, Q2_K), pair p = weight row p % R,
+ * x row p / R (P = R·N <= 8): lane p of acc = fma((float)Σ lanes I[r·ldI + i], fd, acc), then
+ * fma((float)Σ lanes m[r]·X[i] (vpmaddwd), fm, acc). The totals of all pairs from one
+ * horizontal-sum tree (two for P > 4). */
+KQX_INL void kq_two_steps_pairs(int R, int N, const __m256i *I, int ldI, const __m256i *m, const __m256i *X, __m256 fd,
+                                __m256 fm, __m256 *acc) {
+    const int P = R * N;
+    __m256i iv[8], mv[8];
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; p++) {
+        iv[p] = p < P ? I[(p % R) * ldI + p / R] : _mm256_setzero_si256();
+        mv[p] = p < P ? _mm256_madd_epi16(m[p % R], X[p / R]) : _mm256_setzero_si256();
+    }
     if (P <= 4) {
         const __m256i v[8] = {iv[0], iv[1], iv[2], iv[3], mv[0], mv[1], mv[2], mv[3]};
         const __m256 s = _mm256_cvtepi32_ps(kq_hsum8x8(v)); /* [I_0..3 | M_0..3] */
@@ -144,20 +153,13 @@ KQX_INL void kq_two_steps_pairs(int P, const __m256i iv[8], const __m256i mv[8],
 KQX_INL void kq_q4k_finish_pairs(int R, int N, const uint8_t *w, size_t rb, int BB, int64_t b, const kq_x *x, int i0,
                            __m256i I[4][8], const __m256i m32[4], __m256 *acc) {
     const int64_t cols = x->cols;
-    const int P = R * N;
     __m256i X[8];
     for (int i = 0; i < N; i++)
         X[i] = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x->gsum + (i0 + i) * (cols / 32) + 8 * b)));
     __m256 fd, fm;
     kq_pair_factors(R, N, kq_q4k_dd4(R, w, rb, BB, b), x, i0, b, &fd, &fm);
     /* m·X: m (0..63) in each int32's low word, high word 0, so vpmaddwd gives m·X exactly */
-    __m256i iv[8], mv[8];
-#pragma GCC unroll 8
-    for (int p = 0; p < 8; p++) {
-        iv[p] = p < P ? I[p % R][p / R] : _mm256_setzero_si256();
-        mv[p] = p < P ? _mm256_madd_epi16(m32[p % R], X[p / R]) : _mm256_setzero_si256();
-    }
-    kq_two_steps_pairs(P, iv, mv, fd, fm, acc);
+    kq_two_steps_pairs(R, N, &I[0][0], 8, m32, X, fd, fm, acc);
 }
 
 /* y[i·ldy + r] (+)= lane r of acc[i]: the one-lane outputs of the Q8_0 / Q4_0 tiles. */
@@ -251,13 +253,7 @@ KQX_INL void kq_q6k_finish_pairs(int BITS, int R, int N, const uint8_t *w, size_
     if (BITS == 2) { /* kq_q4k_finish_pairs's steps with the mins' products per 16 */
         __m256 fd, fm;
         kq_pair_factors(R, N, _mm256_set_m128(dm, d), x, i0, b, &fd, &fm);
-        __m256i iv[8], mv[8];
-#pragma GCC unroll 8
-        for (int p = 0; p < 8; p++) {
-            iv[p] = p < P ? I[p % R][p / R] : _mm256_setzero_si256();
-            mv[p] = p < P ? _mm256_madd_epi16(nsc[p % R], G[p / R]) : _mm256_setzero_si256();
-        }
-        kq_two_steps_pairs(P, iv, mv, fd, fm, acc);
+        kq_two_steps_pairs(R, N, &I[0][0], 4, nsc, G, fd, fm, acc);
         return;
     }
 #define KQ_T(p) ((p) < P ? _mm256_add_epi32(I[(p) % R][(p) / R], _mm256_madd_epi16(nsc[(p) % R], G[(p) / R])) \
