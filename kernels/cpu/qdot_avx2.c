@@ -18,7 +18,9 @@
  *         the 2-bit code (0..3), its 4-bit scales, the mins' second f32 step as Q4_K's.
  *   Q4_K_SB8, Q6_K_SB16: Q4_K / Q6_K reordered so products add in 16-bit lanes before one
  *         vpmaddwd applies the scales (q4s_tile, q6s_tile).
- *   K-quant batches of 8+ rows but Q6_K_SB16's: qdot_avx2_x16k.c (x in the x16 layout).
+ *   K-quant batches of 8+ rows (SB8 and SB16 included): qdot_avx2_x16k.c (x in the x16 layout);
+ *         the SB16 tiles here then take decode and small batches, and a batch whose strip
+ *         scratch cannot be had.
  * Compiled for AVX2 by target attributes; called only when the CPU has it. */
 #include <immintrin.h>
 #include <string.h>

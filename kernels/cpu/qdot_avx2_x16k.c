@@ -1,5 +1,5 @@
-/* kernels/cpu/qdot_avx2_x16k.c — the AVX2 path's K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K, Q2_K and Q4_K's
- * SB8 reordering; Q6_K_SB16 keeps its own, faster tile in qdot_avx2.c) with x in the x16 layout:
+/* kernels/cpu/qdot_avx2_x16k.c — the AVX2 path's K-quant batches (Q4_K, Q5_K, Q6_K, Q3_K, Q2_K and the
+ * SB8 / SB16 reorderings of Q4_K / Q6_K; SB16's codes unpacked to natural order) with x in the x16 layout:
  * 8 x rows in the lanes of a ymm, a strip of R <= 4 weight rows unpacked once into the thread's
  * scratch (qx16k.h), then per super-block the walk of qx16k.h — one
  * broadcast, one vpmaddubsw and one 16-bit add per 32 products, no horizontal sums — and the
@@ -66,11 +66,12 @@ KQ_INL void kqk_tile8(kdtype DT, int R, const kqk_strip *u, int64_t nb, const in
 KQ_INL void kqk_strip8(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, size_t rb, const kq_x *x, float *y,
                        int64_t ldy, float beta) {
     const int64_t nb = x->cols / 256;
-    const int NP = kq_x16_pairs(DT);
+    const kdtype WT = DT == KDT_Q6_K_SB16 ? KDT_Q6_K : DT; /* SB16 unpacks to Q6_K's codes (qx16k.h) */
+    const int NP = kq_x16_pairs(WT);
     kqk_unpack(DT, R, w, rb, nb, u);
     for (int i = 0; i < x->n; i += 8) { /* x rows i .. i + 7: half (i / 8) % 2 of group i / 16 */
         const int64_t mb = i / 16, h = (i / 8) % 2;
-        kqk_tile8(DT, R, u, nb, x->x16v + mb * nb * 8 * 512 + 32 * h, x->x16p + mb * nb * NP * 16 + 8 * h,
+        kqk_tile8(WT, R, u, nb, x->x16v + mb * nb * 8 * 512 + 32 * h, x->x16p + mb * nb * NP * 16 + 8 * h,
                   x->x16d + mb * nb * 16 + 8 * h, y + (int64_t)i * ldy, ldy, x->n - i < 8 ? x->n - i : 8, beta);
     }
 }
@@ -86,6 +87,7 @@ KQ_INL void kqk_strip8(kdtype DT, int R, const kqk_strip *u, const uint8_t *w, s
     }
 #define KQK_DEF3(TAG, DT) KQK_DEF(TAG, DT, 4) KQK_DEF(TAG, DT, 2) KQK_DEF(TAG, DT, 1)
 KQK_DEF3(q4k, KDT_Q4_K) KQK_DEF3(q5k, KDT_Q5_K) KQK_DEF3(q6k, KDT_Q6_K) KQK_DEF3(q3k, KDT_Q3_K) KQK_DEF3(q2k, KDT_Q2_K) KQK_DEF3(q4s, KDT_Q4_K_SB8)
+KQK_DEF3(q6s, KDT_Q6_K_SB16)
 
 bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, const kq_x *x, float *y,
                        int64_t ldy, float beta) {
@@ -98,6 +100,7 @@ bool kq_rows_avx2_x16k(kdtype dt, const uint8_t *w, size_t rb, int64_t r0, int64
     case KDT_Q3_K: kq_rows_strips(kqk_q3k_4, kqk_q3k_2, kqk_q3k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     case KDT_Q2_K: kq_rows_strips(kqk_q2k_4, kqk_q2k_2, kqk_q2k_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     case KDT_Q4_K_SB8: kq_rows_strips(kqk_q4s_4, kqk_q4s_2, kqk_q4s_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
+    case KDT_Q6_K_SB16: kq_rows_strips(kqk_q6s_4, kqk_q6s_2, kqk_q6s_1, w, rb, r0, r1, x, y, ldy, beta, n); return true;
     default: return false;
     }
 }

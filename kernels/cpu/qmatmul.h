@@ -126,7 +126,7 @@ typedef struct {
     int16_t *gsum;  /* K-quants: Σ codes of each group, [n][cols/32] (Q4_K, Q5_K) or [n][cols/16] (Q6_K, Q3_K, Q2_K) */
     /* the same codes with x rows in lanes (kernels/cpu/qx16.c), or NULL: built when the path in
      * use reads it (kq_x16_wanted in qmatmul.c: the SIMD paths' batches of at least
-     * KQ_X16_MIN_N rows, but Q6_K_SB16's); 64-byte aligned */
+     * KQ_X16_MIN_N rows; Q6_K_SB16's codes there in natural order); 64-byte aligned */
     int8_t *x16v;
     int32_t *x16p;
     float *x16d;

@@ -29,6 +29,13 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
     qx->x16d = (float *)(p + mp * (size_t)cols + xp);
 }
 
+/* A super-block's 256 codes in Q6_K_SB16 order (kernels.h: register t, byte 2g + o holds element
+ * 16g + 2t + o) back in natural order. */
+static void kq_sb16_natural(const int8_t *sb, int8_t *nat) {
+    for (int t = 0; t < 8; t++)
+        for (int g = 0; g < 16; g++) memcpy(nat + 16 * g + 2 * t, sb + 32 * t + 2 * g, 2);
+}
+
 /* Row i (< the padded count; rows >= x->n write zeros) into the layout, with nc = cols / 32
  * chunks of 32 codes and nb blocks of the type (Q8_0, Q4_0: nb = nc; K-quants nb = nc / 8):
  *   v[(mb·nc + c)·512 + 64·(k/4) + 4m + k%4] = xq[16mb + m][32c + k] (k < 32: a chunk is the
@@ -37,6 +44,8 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
  *   p[((mb·nb + b)·NP + t)·16 + m] = X_2t | X_2t+1 << 16 (K-quants, NP = kq_x16_pairs(dt): the
  *      code sums of groups 2t, 2t+1 of super-block b — Q4_K/Q5_K's 8 sub-blocks of 32, Q6_K's 16
  *      groups of 16; in natural order also for the SB8 codes)
+ *   (Q6_K_SB16: v holds the codes in natural order — the AVX2 walk unpacks its weights so — while
+ *      kq_x.q keeps SB16's for that path's own tiles)
  *   p[(mb·nb + b)·16 + m] = −128 · Σ of block b's 32 codes (Q8_0/Q4_0: the start of a VNNI lane
  *      whose weights are offset to unsigned; the sum of kq_x.corr's 8 entries of the block, which
  *      the row's quantization wrote first)
@@ -46,9 +55,14 @@ void kq_x16_row(kq_x *qx, int i, kdtype dt) {
     const bool live = i < qx->n;
     const int8_t *q = qx->q + (int64_t)i * cols;
     int8_t *dst = qx->x16v + mb * 16 * cols + 4 * m;
+    int8_t nat[256];
     for (int64_t k4 = 0; k4 < cols / 4; k4++) { /* codes 4·k4 .. + 3: tile row k4, 64 bytes apart */
         int32_t v = 0;
-        if (live) memcpy(&v, q + 4 * k4, 4);
+        if (live && dt == KDT_Q6_K_SB16) { /* natural order, as the walk unpacks SB16 (qx16k.h) */
+            if (k4 % 64 == 0) kq_sb16_natural(q + 4 * k4, nat);
+            memcpy(&v, nat + 4 * (k4 % 64), 4);
+        } else if (live)
+            memcpy(&v, q + 4 * k4, 4);
         memcpy(dst + 64 * k4, &v, 4);
     }
     const bool kq = kdtype_is_kquant(dt);

@@ -5,8 +5,8 @@
  *
  * THE WALK. The x16 layout holds a super-block's 256 codes as 64 groups of 4 (qx16.c: group P at
  * chunk P / 8, slot P % 8) in the order the quantizer wrote them: natural, or SB8 when the
- * weights were reordered for the AVX2 path (kernels.h; Q6_K_SB16 keeps its own AVX2 tile, which
- * is faster than this walk for Q6_K's 6-bit codes). A tile broadcasts a weight row's 4 unsigned
+ * weights were reordered for the AVX2 path (kernels.h; Q6_K_SB16's codes are unpacked to natural
+ * order and walked as Q6_K's, its x16 activations natural too, qx16.c). A tile broadcasts a weight row's 4 unsigned
  * codes of group P (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63, Q3_K 0..7, Q2_K 0..3) against the x rows'
  * 4 codes there. The groups come in units that share one scale:
  *   Q4_K, Q5_K  8 units (sub-blocks) × 8 groups, group P = 8s + u
@@ -67,7 +67,44 @@ KQK_INL int kqk_group(kdtype dt, int s, int u) {
     return dt == KDT_Q4_K_SB8 ? 8 * u + s : kqk_units16(dt) ? 4 * s + u : 8 * s + u;
 }
 
-/* Rows [0, R) of w (rb bytes apart; Q4_K, Q5_K, Q6_K, Q3_K, Q2_K or Q4_K_SB8), super-blocks [0, nb), into u. */
+/* A Q6_K_SB16 super-block's 256 codes (0..63) in natural order (element e at code[e]). SB16's
+ * 32-byte register t holds in 16-bit word g the codes of elements 16g + 2t, 16g + 2t + 1
+ * (kernels.h), so natural order is the transpose of 8 registers × 16 words: three rounds of
+ * unpacks per 128-bit lane leave group j (words t = 0..7) in the low lane of out[j] and group
+ * j + 8 in its high lane. */
+KQK_INL void kqk_sb16_codes(const uint8_t *p, uint8_t *code) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    __m256i v[8], a[8], c[8];
+    for (int t = 0; t < 8; t++) { /* low 4 bits: nibble t%2 of ql 32(t/2); high 2: bits 2(t%4) of qh 32(t/4) */
+        const __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 32 * (t / 2)));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * (t / 4)));
+        const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (t % 2))), m4);
+        const __m256i hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * (t % 4))), m3);
+        v[t] = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+    }
+    for (int k = 0; k < 4; k++) { /* a[2k]: groups 0-3 (per lane) of t = 2k, 2k+1; a[2k+1]: groups 4-7 */
+        a[2 * k] = _mm256_unpacklo_epi16(v[2 * k], v[2 * k + 1]);
+        a[2 * k + 1] = _mm256_unpackhi_epi16(v[2 * k], v[2 * k + 1]);
+    }
+    for (int h = 0; h < 2; h++) { /* c[4h + ..]: groups 4h + (0,1 | 2,3) of t = 0-3 and t = 4-7 */
+        c[4 * h] = _mm256_unpacklo_epi32(a[h], a[2 + h]);
+        c[4 * h + 1] = _mm256_unpackhi_epi32(a[h], a[2 + h]);
+        c[4 * h + 2] = _mm256_unpacklo_epi32(a[4 + h], a[6 + h]);
+        c[4 * h + 3] = _mm256_unpackhi_epi32(a[4 + h], a[6 + h]);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < 2; i++) { /* groups j = 4h + 2i, 4h + 2i + 1 (and + 8) */
+            const __m256i e = _mm256_unpacklo_epi64(c[4 * h + i], c[4 * h + 2 + i]);
+            const __m256i f = _mm256_unpackhi_epi64(c[4 * h + i], c[4 * h + 2 + i]);
+            const int j = 4 * h + 2 * i;
+            _mm_storeu_si128((__m128i *)(code + 16 * j), _mm256_castsi256_si128(e));
+            _mm_storeu_si128((__m128i *)(code + 16 * (j + 8)), _mm256_extracti128_si256(e, 1));
+            _mm_storeu_si128((__m128i *)(code + 16 * (j + 1)), _mm256_castsi256_si128(f));
+            _mm_storeu_si128((__m128i *)(code + 16 * (j + 9)), _mm256_extracti128_si256(f, 1));
+        }
+}
+
+/* Rows [0, R) of w (rb bytes apart; Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, Q4_K_SB8 or Q6_K_SB16), super-blocks [0, nb), into u. */
 KQK_INL void kqk_unpack(kdtype dt, int R, const uint8_t *w, size_t rb, int64_t nb, const kqk_strip *u) {
     const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
     const int BB = (int)kdtype_block_bytes(dt);
@@ -104,6 +141,8 @@ KQK_INL void kqk_unpack(kdtype dt, int R, const uint8_t *w, size_t rb, int64_t n
                 u->d[2 * br + 1] = q3 ? 0.0f : _cvtsh_ss(h1);
                 continue;
             }
+            if (dt == KDT_Q6_K_SB16) /* the same codes, their order undone (the walk is Q6_K's) */
+                kqk_sb16_codes(p, code);
             if (dt == KDT_Q6_K) {
                 /* chunk c = 4h + k (32 codes at 32c): nibble k/2 of ql bytes 64h + 32(k%2) with bits
                  * 2k, 2k+1 of qh bytes 32h above it (qmatmul.h) */
@@ -116,6 +155,8 @@ KQK_INL void kqk_unpack(kdtype dt, int R, const uint8_t *w, size_t rb, int64_t n
                     const __m256i hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(qhs)), m3);
                     _mm256_storeu_si256((__m256i *)(code + 32 * c), _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)));
                 }
+            }
+            if (dt == KDT_Q6_K || dt == KDT_Q6_K_SB16) { /* SB16 keeps Q6_K's scales and d */
                 /* the 16 signed scales as words: sp[s] = sc_s | sc_s << 16, mp's pairs −32·sc in order */
                 const __m256i sw = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
                 const __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sw));

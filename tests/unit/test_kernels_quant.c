@@ -562,7 +562,7 @@ static void x16_tiles_equal_scalar(kq_path path) {
                              beta, (int)path);
                 }
                 /* two calls (beta 0, 1): AMX 3 groups of 16 rows each, AVX2 / VNNI 14 strips of <= 4 */
-                const bool tiled = amx ? n >= KQ_AMX_MIN_N : n >= KQ_X16_MIN_N && DT[t] != KDT_Q6_K_SB16;
+                const bool tiled = amx ? n >= KQ_AMX_MIN_N : n >= KQ_X16_MIN_N;
                 const unsigned long want = amx ? 2 * 3 : 2 * 14, got = __atomic_load_n(counter, __ATOMIC_RELAXED) - g0;
                 if (tiled && got < want) FAIL("%s n=%d: the tiles did not run (%lu)", kdtype_name(DT[t]), n, got);
                 if (!amx && !tiled && got) FAIL("%s n=%d: the x16 tile ran (%lu)", kdtype_name(DT[t]), n, got);
