@@ -36,8 +36,13 @@ KQ_INL void kqk_tile8(kdtype DT, int R, const kqk_strip *u, int64_t nb, const in
                     memcpy(&c4, u->code + (b * R + r) * 256 + 4 * P, 4);
                     const __m256i pr = _mm256_maddubs_epi16(_mm256_set1_epi32(c4), xk);
                     t[r] = g % A ? _mm256_add_epi16(t[r], pr) : pr;
-                    if (g % A == A - 1)
+                    /* one running sum each: GCC reassociated these chains into trees over all of a
+                     * row's products and spilled them to the stack (16 ymm are few) */
+                    KQ_IN_REG(t[r]);
+                    if (g % A == A - 1) {
                         I[r] = _mm256_add_epi32(I[r], _mm256_madd_epi16(t[r], _mm256_set1_epi32(u->sp[(b * R + r) * 16 + s])));
+                        KQ_IN_REG(I[r]);
+                    }
                 }
             }
         }
