@@ -63,9 +63,8 @@ kdtype kq_preferred_dtype(kdtype dt) {
  * hands the smaller ones to the VNNI path, which reads it too). Q6_K_SB16 too: since the walk's
  * x vector stays in a register (KQ_IN_REG) it beats SB16's own tile on batches (kernels_bench,
  * one thread, 2048², 32 / 256 rows: 118 / 130 against 94 / 92 GFLOP/s on the AMX Xeon). */
-static bool kq_x16_wanted(kdtype dt, int n) {
+static bool kq_x16_wanted(int n) {
     const kq_path p = kq_resolve();
-    (void)dt;
     return p != KQ_SCALAR && n >= KQ_X16_MIN_N;
 }
 
@@ -110,10 +109,9 @@ static void kq_quantize_row(kdtype dt, bool simd, const float *x, int64_t cols, 
         }
     if (dt == KDT_Q6_K_SB16) /* register t, byte 2g + o: element 16g + 2t + o (kernels.h); sums per 16 kept */
         for (int64_t b = 0; b < cols / 256; b++) {
-            int8_t nat[256], *o = q + 256 * b;
-            memcpy(nat, o, sizeof nat);
-            for (int t = 0; t < 8; t++)
-                for (int g = 0; g < 16; g++) memcpy(o + 32 * t + 2 * g, nat + 16 * g + 2 * t, 2);
+            int8_t nat[256];
+            memcpy(nat, q + 256 * b, sizeof nat);
+            kq_sb16_permute(nat, q + 256 * b, true);
         }
 }
 
@@ -498,7 +496,7 @@ static void kq_x_parts(kdtype dt, int n, int64_t cols, size_t part[4]) {
     part[0] = KQ_A64(nq);
     part[1] = KQ_A64((size_t)n * (size_t)(cols / kq_act_block(dt)) * sizeof(float));
     part[2] = KQ_A64(kdtype_is_kquant(dt) ? (size_t)n * (size_t)(cols / kq_gsum_group(dt)) * sizeof(int16_t) : nq);
-    part[3] = kq_x16_wanted(dt, n) ? KQ_A64(kq_x16_bytes(dt, n, cols)) : 0;
+    part[3] = kq_x16_wanted(n) ? KQ_A64(kq_x16_bytes(dt, n, cols)) : 0;
 }
 
 size_t kq_x_bytes(kdtype dt, int n, int64_t cols) {
@@ -551,7 +549,7 @@ int kcpu__qmm_prepare(kcpu_backend *cb, int n, const kmat *w, float *y, float be
     if (nt > 1) {
         int64_t want = (w->rows + (int64_t)nt * KQ_TASKS_PER_THREAD - 1) / ((int64_t)nt * KQ_TASKS_PER_THREAD);
         if (want < KQ_MIN_BLOCK) want = KQ_MIN_BLOCK;
-        block = path == KQ_AMX && kq_x16_wanted(w->dtype, n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
+        block = path == KQ_AMX && kq_x16_wanted(n) ? (want + 15) / 16 * 16 : (want + 3) / 4 * 4;
     }
     job->kq.block = block;
     job->task = kq_task;

@@ -57,7 +57,9 @@
 #ifndef PEFTD_KCPU_QMATMUL_H
 #define PEFTD_KCPU_QMATMUL_H
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels/kernels.h"
 
@@ -92,6 +94,17 @@ static inline const uint8_t *kq_q3k_qs(const uint8_t *blk, int c) { return blk +
 /* Elements per activation scale: 256 for the K-quants (Q3_K included), 32 for the rest (IQ4_XS
  * included). */
 static inline int64_t kq_act_block(kdtype dt) { return kdtype_is_kquant(dt) ? 256 : 32; }
+
+/* One super-block's 256 codes between natural order and Q6_K_SB16's (kernels.h: register t,
+ * byte 2g + o holds element 16g + 2t + o): to_sb16 permutes src into SB16 order, otherwise back.
+ * src and dst must not overlap. */
+static inline void kq_sb16_permute(const int8_t *src, int8_t *dst, bool to_sb16) {
+    for (int t = 0; t < 8; t++)
+        for (int g = 0; g < 16; g++) {
+            const int sb = 32 * t + 2 * g, nat = 16 * g + 2 * t;
+            memcpy(dst + (to_sb16 ? sb : nat), src + (to_sb16 ? nat : sb), 2);
+        }
+}
 /* The 8 six-bit sub-block scales ls (0..63) of the IQ4_XS super-block at blk, byte s = ls_s: the
  * low nibbles (u32 at blk + 4, nibble s) and high 2 bits (u16 at blk + 2, bits 2s) spread to
  * bytes by shifts and masks (the SIMD tiles take a row's 8 at once per super-block). */

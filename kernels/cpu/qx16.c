@@ -29,13 +29,6 @@ void kq_x16_carve(kdtype dt, int n, int64_t cols, uint8_t *p, kq_x *qx) {
     qx->x16d = (float *)(p + mp * (size_t)cols + xp);
 }
 
-/* A super-block's 256 codes in Q6_K_SB16 order (kernels.h: register t, byte 2g + o holds element
- * 16g + 2t + o) back in natural order. */
-static void kq_sb16_natural(const int8_t *sb, int8_t *nat) {
-    for (int t = 0; t < 8; t++)
-        for (int g = 0; g < 16; g++) memcpy(nat + 16 * g + 2 * t, sb + 32 * t + 2 * g, 2);
-}
-
 /* Row i (< the padded count; rows >= x->n write zeros) into the layout, with nc = cols / 32
  * chunks of 32 codes and nb blocks of the type (Q8_0, Q4_0: nb = nc; K-quants nb = nc / 8):
  *   v[(mb·nc + c)·512 + 64·(k/4) + 4m + k%4] = xq[16mb + m][32c + k] (k < 32: a chunk is the
@@ -59,7 +52,7 @@ void kq_x16_row(kq_x *qx, int i, kdtype dt) {
     for (int64_t k4 = 0; k4 < cols / 4; k4++) { /* codes 4·k4 .. + 3: tile row k4, 64 bytes apart */
         int32_t v = 0;
         if (live && dt == KDT_Q6_K_SB16) { /* natural order, as the walk unpacks SB16 (qx16k.h) */
-            if (k4 % 64 == 0) kq_sb16_natural(q + 4 * k4, nat);
+            if (k4 % 64 == 0) kq_sb16_permute(q + 4 * k4, nat, false);
             memcpy(&v, nat + 4 * (k4 % 64), 4);
         } else if (live)
             memcpy(&v, q + 4 * k4, 4);
