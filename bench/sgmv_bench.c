@@ -4,9 +4,10 @@
  * Build (after `make` has built build/libpeftd.a):
  *   cc -std=c11 -D_GNU_SOURCE -O2 -march=native -I. $(pkg-config --cflags openblas) \
  *      bench/sgmv_bench.c build/libpeftd.a $(pkg-config --libs openblas) -lm -lpthread -o build/sgmv_bench
- * Usage: build/sgmv_bench [n_threads] [seconds per config]
+ * Usage: build/sgmv_bench [n_threads] [seconds per config] [rows]
  *
- * For 32 batch rows spread over {1 adapter, 32 distinct adapters}, rank {8, 16},
+ * For 32 batch rows (or `rows`: 256 is a prefill of 32 prompts of 8 tokens, 8 rows per adapter)
+ * spread over {1 adapter, 32 distinct adapters}, rank {8, 16},
  * in→out {768→768, 768→2048} and weights {bf16, f32}, it times shrink, expand and the
  * pair, and reports the adapter weight traffic (bytes of every distinct A_i and B_i the
  * call reads, divided by its time) against the measured read bandwidth of this machine
@@ -31,14 +32,17 @@
 #define BENCH_WSET_BYTES bench_beyond_l3(128u << 20, 2)
 /* Read-bandwidth buffer: 256 MiB or 2× the L3. */
 #define BENCH_BW_BYTES bench_beyond_l3(256u << 20, 2)
-/* Batch rows of a decode step. */
+/* Batch rows by default (a decode step), and at most. */
 #define BENCH_ROWS 32
+#define BENCH_MAX_ROWS 4096
+/* Distinct adapters at most (segments). */
+#define BENCH_MAX_ADAPTERS 32
 /* Timed repetitions kept at most per config (median taken). */
 #define BENCH_MAX_REPS 4096
 
 /* One set of n_adapters adapters: the segment table and the weights. */
 typedef struct {
-    const void *a[BENCH_ROWS], *b[BENCH_ROWS];
+    const void *a[BENCH_MAX_ADAPTERS], *b[BENCH_MAX_ADAPTERS];
 } adapter_set;
 
 typedef struct {
@@ -81,6 +85,11 @@ static double time_op(kbackend *kb, int which, const adapter_set *sets, int n_se
 int main(int argc, char **argv) {
     int n_threads = argc > 1 ? atoi(argv[1]) : 0;
     double budget = argc > 2 ? atof(argv[2]) : 0.3;
+    const int rows = argc > 3 ? atoi(argv[3]) : BENCH_ROWS;
+    if (rows < BENCH_MAX_ADAPTERS || rows > BENCH_MAX_ROWS) {
+        fprintf(stderr, "sgmv_bench: rows must be in [%d, %d]\n", BENCH_MAX_ADAPTERS, BENCH_MAX_ROWS);
+        return 2;
+    }
     kbackend *kb = kbackend_cpu_create(n_threads);
     if (!kb) return 1;
     kcpu_backend *cb = kcpu__impl(kb);
@@ -115,20 +124,20 @@ int main(int argc, char **argv) {
                             sets[c].b[i] = random_weights(kb, dt, (int64_t)out * rank);
                             if (!sets[c].a[i] || !sets[c].b[i]) return 1;
                         }
-                    int32_t seg[BENCH_ROWS + 1], rk[BENCH_ROWS];
-                    float scale[BENCH_ROWS];
-                    for (int i = 0; i <= na; i++) seg[i] = i * BENCH_ROWS / na;
+                    int32_t seg[BENCH_MAX_ADAPTERS + 1], rk[BENCH_MAX_ADAPTERS];
+                    float scale[BENCH_MAX_ADAPTERS];
+                    for (int i = 0; i <= na; i++) seg[i] = i * rows / na;
                     for (int i = 0; i < na; i++) {
                         rk[i] = rank;
                         scale[i] = 2.0f;
                     }
                     ksgmv s = {.n_segs = na, .seg_start = seg, .rank = rk, .scale = scale, .dtype = dt};
-                    float *x = kb->ops->alloc(kb, (size_t)BENCH_ROWS * in * sizeof(float));
-                    float *t = kb->ops->alloc(kb, (size_t)BENCH_ROWS * rank * sizeof(float));
-                    float *y = kb->ops->alloc(kb, (size_t)BENCH_ROWS * out * sizeof(float));
+                    float *x = kb->ops->alloc(kb, (size_t)rows * in * sizeof(float));
+                    float *t = kb->ops->alloc(kb, (size_t)rows * rank * sizeof(float));
+                    float *y = kb->ops->alloc(kb, (size_t)rows * out * sizeof(float));
                     if (!x || !t || !y) return 1;
-                    for (int i = 0; i < BENCH_ROWS * in; i++) x[i] = (float)(i % 13) * 0.1f;
-                    memset(y, 0, (size_t)BENCH_ROWS * out * sizeof(float));
+                    for (int i = 0; i < rows * in; i++) x[i] = (float)(i % 13) * 0.1f;
+                    memset(y, 0, (size_t)rows * out * sizeof(float));
                     bench_result *r = &res[n_res++];
                     *r = (bench_result){.n_adapters = na, .rank = rank, .in = in, .out = out, .dt = dt};
                     r->bytes = set_bytes;
@@ -147,10 +156,10 @@ int main(int argc, char **argv) {
                     kb->ops->free(kb, y);
                 }
         }
-    fprintf(stderr, "threads %d  read bandwidth (roofline) %.1f GB/s  rows %d\n", n_threads, rbw, BENCH_ROWS);
+    fprintf(stderr, "threads %d  read bandwidth (roofline) %.1f GB/s  rows %d\n", n_threads, rbw, rows);
     fprintf(stderr, "%-5s %-9s %4s %8s | %9s %9s %9s | %8s %5s\n", "dtype", "in->out", "rank", "adapters", "shrink us",
             "expand us", "pair us", "GB/s", "roof");
-    printf("{\"bench\":\"sgmv\",\"threads\":%d,\"rows\":%d,\"read_bw_gbs\":%.2f,\"results\":[", n_threads, BENCH_ROWS,
+    printf("{\"bench\":\"sgmv\",\"threads\":%d,\"rows\":%d,\"read_bw_gbs\":%.2f,\"results\":[", n_threads, rows,
            rbw);
     for (int i = 0; i < n_res; i++) {
         const bench_result *r = &res[i];

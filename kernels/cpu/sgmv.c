@@ -381,6 +381,67 @@ static kv_f32 ex_block_f16(const void *b, int R, int jn, const float *t) { retur
 static kv_f32 ex_block_bf16(const void *b, int R, int jn, const float *t) { return ex_block(KDT_BF16, b, R, jn, t); }
 static const ex_block_fn ex_blocks[3] = {ex_block_f32, ex_block_f16, ex_block_bf16};
 
+/* Segments of EX_T_MIN_ROWS rows or more, ranks up to EX_T_MAX_RANK: the block's B rows are
+ * widened and transposed once (ex_bt: bt[c·KV_W + jj] = B row jj, element c; zeros for jj >= jn
+ * and for c from rank up to its next multiple of KV_W), and each row then takes ex_row_t: lane
+ * jj of p[l] = ex_block's accumulator jj, lane l (the same fma chain over c ≡ l mod KV_W, the
+ * tail's zero lanes included), summed over l by kv_hsum_each's halving tree (l with l + W/2,
+ * then W/4, ...). The same operations on the same values, so the same bits as ex_block; the
+ * widening and the shuffles are paid once per block instead of once per row (sgmv_bench, one
+ * segment of 32 rows, 768→2048 rank 16 bf16: see bench/README). */
+#define EX_T_MIN_ROWS 2
+#define EX_T_MAX_RANK 256
+
+static inline __attribute__((always_inline)) void ex_bt(kdtype dt, const void *b, int R, int jn, float *bt) {
+    for (int c = 0; c < R; c += KV_W) {
+        const int rem = R - c < KV_W ? R - c : KV_W;
+        kv_f32 v[KV_W];
+#pragma GCC unroll 16
+        for (int jj = 0; jj < KV_W; jj++)
+            v[jj] = jj >= jn          ? kv_zero()
+                    : rem == KV_W ? dt_load_w(dt, b, (int64_t)jj * R + c)
+                                  : dt_load_w_part(dt, b, (int64_t)jj * R + c, rem);
+        kv_transpose(v);
+#pragma GCC unroll 16
+        for (int l = 0; l < KV_W; l++) kv_store(bt + (int64_t)(c + l) * KV_W, v[l]);
+    }
+}
+
+typedef void (*ex_bt_fn)(const void *b, int R, int jn, float *bt);
+static void ex_bt_f32(const void *b, int R, int jn, float *bt) { ex_bt(KDT_F32, b, R, jn, bt); }
+static void ex_bt_f16(const void *b, int R, int jn, float *bt) { ex_bt(KDT_F16, b, R, jn, bt); }
+static void ex_bt_bf16(const void *b, int R, int jn, float *bt) { ex_bt(KDT_BF16, b, R, jn, bt); }
+static const ex_bt_fn ex_bts[3] = {ex_bt_f32, ex_bt_f16, ex_bt_bf16};
+
+/* One row against a transposed block (ex_bt): lane jj = ex_block's lane jj, bit for bit. */
+static inline __attribute__((always_inline)) kv_f32 ex_row_t(const float *bt, int R, const float *t) {
+    kv_f32 p[KV_W];
+#pragma GCC unroll 16
+    for (int l = 0; l < KV_W; l++) p[l] = kv_zero();
+    int c = 0;
+    for (; c + KV_W <= R; c += KV_W)
+#pragma GCC unroll 16
+        for (int l = 0; l < KV_W; l++) p[l] = kv_fmadd(kv_load(bt + (int64_t)(c + l) * KV_W), kv_set1(t[c + l]), p[l]);
+    if (c < R) { /* ex_block's partial loads: lanes from rank on multiply 0 by 0 */
+        const int rem = R - c;
+#pragma GCC unroll 16
+        for (int l = 0; l < KV_W; l++)
+            p[l] = kv_fmadd(kv_load(bt + (int64_t)(c + l) * KV_W), kv_set1(l < rem ? t[c + l] : 0.0f), p[l]);
+    }
+#if KV_W >= 16
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; l++) p[l] = kv_add(p[l], p[l + 8]);
+#endif
+#if KV_W >= 8
+#pragma GCC unroll 4
+    for (int l = 0; l < 4; l++) p[l] = kv_add(p[l], p[l + 4]);
+#pragma GCC unroll 2
+    for (int l = 0; l < 2; l++) p[l] = kv_add(p[l], p[l + 2]);
+    p[0] = kv_add(p[0], p[1]);
+#endif
+    return p[0];
+}
+
 typedef struct {
     const float *t;
     int64_t ld_t;
@@ -391,28 +452,57 @@ typedef struct {
     const int32_t *groups;
 } ex_ctx;
 
+/* Block [j, j + jn) of piece tk: prefetches the item's stream of B chunks SG_PF_BYTES ahead and
+ * returns the block's bias lanes (0 without a bias). */
+static inline kv_f32 ex_block_start(const ex_ctx *c, const sg_task *tk, const sg_task *end, int j, int jn) {
+    const ksgmv *s = c->s;
+    const int R = s->rank[tk->seg];
+    const size_t esz = kdtype_size(s->dtype), off = (size_t)j * (size_t)R * esz;
+    sg_prefetch_ahead(tk, end, off - (size_t)tk->k0 * (size_t)R * esz + SG_PF_BYTES, (size_t)jn * (size_t)R * esz);
+    const float *bias = s->bias_b ? s->bias_b[tk->seg] : NULL;
+    if (!bias) return kv_zero();
+    return jn == EX_JB ? kv_load(bias + j) : kv_load_part(bias + j, jn);
+}
+
+/* y[r, j + jj] += scale · d lane jj, jj < jn. */
+static inline void ex_store(const ex_ctx *c, int r, int j, int jn, kv_f32 vscale, kv_f32 d) {
+    float *yr = c->y + (int64_t)r * c->out + j;
+    if (jn == EX_JB) kv_store(yr, kv_fmadd(vscale, d, kv_load(yr)));
+    else kv_store_part(yr, kv_fmadd(vscale, d, kv_load_part(yr, jn)), jn);
+}
+
+/* A piece of a segment with EX_T_MIN_ROWS rows or more: each block transposed once (ex_bt). */
+static void ex_piece_shared(const ex_ctx *c, const sg_task *tk, const sg_task *end) {
+    const ksgmv *s = c->s;
+    const int R = s->rank[tk->seg];
+    const char *b = s->b[tk->seg];
+    const kv_f32 vscale = kv_set1(s->scale[tk->seg]);
+    const ex_bt_fn bt_fn = ex_bts[s->dtype];
+    _Alignas(64) float bt[EX_T_MAX_RANK * KV_W];
+    for (int j = tk->k0; j < tk->k1; j += EX_JB) {
+        const int jn = tk->k1 - j < EX_JB ? tk->k1 - j : EX_JB;
+        const kv_f32 bv = ex_block_start(c, tk, end, j, jn);
+        bt_fn(b + (size_t)j * (size_t)R * kdtype_size(s->dtype), R, jn, bt);
+        for (int r = tk->r0; r < tk->r1; r++) ex_store(c, r, j, jn, vscale, kv_add(ex_row_t(bt, R, c->t + (int64_t)r * c->ld_t), bv));
+    }
+}
+
 /* One piece; pieces tk + 1 .. end follow it in the same work item. */
 static void ex_piece(const ex_ctx *c, const sg_task *tk, const sg_task *end) {
     const ksgmv *s = c->s;
-    int i = tk->seg, R = s->rank[i];
-    size_t esz = kdtype_size(s->dtype);
-    const char *b = s->b[i];
-    const float *bias = s->bias_b ? s->bias_b[i] : NULL;
-    kv_f32 vscale = kv_set1(s->scale[i]);
-    ex_block_fn blk = ex_blocks[s->dtype];
+    const int R = s->rank[tk->seg];
+    if (tk->r1 - tk->r0 >= EX_T_MIN_ROWS && R <= EX_T_MAX_RANK) {
+        ex_piece_shared(c, tk, end);
+        return;
+    }
+    const char *b = s->b[tk->seg];
+    const kv_f32 vscale = kv_set1(s->scale[tk->seg]);
+    const ex_block_fn blk = ex_blocks[s->dtype];
     for (int j = tk->k0; j < tk->k1; j += EX_JB) {
-        int jn = tk->k1 - j < EX_JB ? tk->k1 - j : EX_JB;
-        size_t off = (size_t)j * (size_t)R * esz, blk_bytes = (size_t)jn * (size_t)R * esz;
-        /* SG_PF_BYTES ahead in the item's stream of B chunks */
-        sg_prefetch_ahead(tk, end, off - (size_t)tk->k0 * (size_t)R * esz + SG_PF_BYTES, blk_bytes);
-        kv_f32 bv = kv_zero();
-        if (bias) bv = jn == EX_JB ? kv_load(bias + j) : kv_load_part(bias + j, jn);
-        for (int r = tk->r0; r < tk->r1; r++) {
-            kv_f32 d = kv_add(blk(b + off, R, jn, c->t + (int64_t)r * c->ld_t), bv);
-            float *yr = c->y + (int64_t)r * c->out + j;
-            if (jn == EX_JB) kv_store(yr, kv_fmadd(vscale, d, kv_load(yr)));
-            else kv_store_part(yr, kv_fmadd(vscale, d, kv_load_part(yr, jn)), jn);
-        }
+        const int jn = tk->k1 - j < EX_JB ? tk->k1 - j : EX_JB;
+        const kv_f32 bv = ex_block_start(c, tk, end, j, jn);
+        const char *bj = b + (size_t)j * (size_t)R * kdtype_size(s->dtype);
+        for (int r = tk->r0; r < tk->r1; r++) ex_store(c, r, j, jn, vscale, kv_add(blk(bj, R, jn, c->t + (int64_t)r * c->ld_t), bv));
     }
 }
 

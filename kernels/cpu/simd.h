@@ -315,6 +315,56 @@ static inline __attribute__((always_inline)) kv_f32 kv_hsum_each(const kv_f32 ac
 #endif
 }
 
+/* In place: v[l] lane q becomes the old v[q] lane l for l, q < KV_W (a KV_W × KV_W transpose;
+ * AVX-512 64 shuffles in four rounds — pairs, quads, 128-bit halves twice — AVX2 24 in three). */
+static inline __attribute__((always_inline)) void kv_transpose(kv_f32 v[KV_W]) {
+#if KV_W == 16
+    __m512 t[16], u[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) { /* per 128-bit lane: [a0 b0 a1 b1], [a2 b2 a3 b3] */
+        t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* u[4i + k], 128-bit lane q: rows 4i..4i+3 of column 4q + k */
+        u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) { /* column 4q + k gathers lane q of u[k], u[4 + k], u[8 + k], u[12 + k] */
+        const __m512 x0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88), y0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
+        const __m512 x1 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88), y1 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+        v[k] = _mm512_shuffle_f32x4(x0, x1, 0x88);
+        v[8 + k] = _mm512_shuffle_f32x4(x0, x1, 0xDD);
+        v[4 + k] = _mm512_shuffle_f32x4(y0, y1, 0x88);
+        v[12 + k] = _mm512_shuffle_f32x4(y0, y1, 0xDD);
+    }
+#elif KV_W == 8
+    __m256 t[8], u[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        v[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
+#else
+    (void)v;
+#endif
+}
+
 /* dst[i] = f32(src[i]), i < n, for a row stored in dtype dt (0 f32, 1 f16, 2 bf16:
  * the kdtype values; taken as int so this header does not need kernels.h). */
 static inline void kv_row_to_f32(int dt, const void *src, float *dst, int64_t n) {
