@@ -15,7 +15,9 @@
  *   expand: blocks of KV_W outputs; for each output j one accumulator vector over
  *           the rank dimension (B row j is contiguous, rank elements), then the
  *           KV_W accumulators are reduced together into one vector of KV_W sums
- *           (a transpose-and-add tree), so y is updated a vector at a time.
+ *           (a transpose-and-add tree), so y is updated a vector at a time. A segment
+ *           of 2+ rows transposes each block of B once instead and gives every row
+ *           the same sums in the same order (ex_piece_shared): the same bits.
  *
  * Batch invariance: a (row, output) value is always computed by the same sequence of
  * operations, fixed by in_dim / rank / out_dim alone (vector chunks along the reduced
