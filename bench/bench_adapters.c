@@ -59,6 +59,7 @@
 #include "server/engine/engine.h"
 #include "server/model/model.h"
 #include "server/model/model_adapter_base.h"
+#include "server/model/model_quant.h"
 #include "server/runtime.h"
 #include "server/text/tokenizer.h"
 
@@ -529,12 +530,14 @@ static void usage(void) {
             "       [--seqs 32] [--prompt 8] [--tokens 64] [--tokens-d 16] [--rounds 3] [--threads 0]\n"
             "       [--cd-target 4] [--out FILE] [--only a|b|c|d (one scenario, no JSON: for perf)]\n"
             "       [--backend cpu|cuda (cuda: no per-op split, ops are asynchronous)]\n"
-            "       [--sync-ops 1 (wait after every op and time it: a per-op split on cuda; tok/s not the backend's)]\n");
+            "       [--sync-ops 1 (wait after every op and time it: a per-op split on cuda; tok/s not the backend's)]\n"
+            "       [--weights stored|bf16|q8_0|q4_k (the layer projections converted at load, model_quant.h)]\n");
 }
 
 /* The command line (usage() above). */
 typedef struct {
     const char *model_dir, *out_path, *backend;
+    const char *weights;       /* --weights: NULL = as stored (model_quant.h) */
     int rounds, threads, only; /* only: one scenario (SC_*) for profiling, or -1 */
     int sync_ops;              /* --sync-ops 1: wait after every op to time it (bench_prof.h) */
     double cd_target;
@@ -562,6 +565,7 @@ static int parse_args(int argc, char **argv, options *o, bench *B, shape *sh, in
         i++;
         if (!v) ok = 0;
         else if (!strcmp(a, "--model")) o->model_dir = v;
+        else if (!strcmp(a, "--weights")) o->weights = v;
         else if (!strcmp(a, "--out")) o->out_path = v;
         else if (!strcmp(a, "--seqs")) B->seqs = atoi(v);
         else if (!strcmp(a, "--prompt")) B->prompt = atoi(v);
@@ -610,7 +614,12 @@ static int load_all(const options *o, bench *B, shape *sh, int n_sh) {
         fprintf(stderr, "bench_adapters: cannot create the CPU backend\n");
         return -1;
     }
-    if (model_load(o->model_dir, B->kb, &B->m, err, sizeof err) < 0) {
+    model_load_opts mo = {.weights = -1, .threads = o->threads};
+    if (model_weights_parse(o->weights, &mo.weights) < 0) {
+        fprintf(stderr, "bench_adapters: --weights must be stored, bf16, q8_0 or q4_k\n");
+        return -1;
+    }
+    if (model_load_ex(o->model_dir, B->kb, &mo, &B->m, err, sizeof err) < 0) {
         fprintf(stderr, "bench_adapters: model_load %s: %s\n", o->model_dir, err);
         return -1;
     }

@@ -24,6 +24,8 @@
 #   bench1.json     the same at 1 seq: the batch-1 decode step for the roofline
 #   bench<seqs>-graphs.json, bench1-graphs.json: both again with PEFTD_CUDA_GRAPHS=1 (CUDA only)
 #   bench<seqs>-ops.json, bench1-ops.json: the per-op split of a step (--sync-ops 1)
+#   bench<n>-q8_0.json, bench<n>-q4_k.json: the same model with its projections converted at
+#                   load (--weights), batch 1 and <seqs>
 #   ncu.csv         Nsight Compute's kernel durations over batch-1 decode steps (CUDA only);
 #                   ncu<seqs>.csv the same over decode steps of scenario c at batch <seqs>
 #   memcheck.log    compute-sanitizer memcheck on the op tests; racecheck.log likewise
@@ -316,6 +318,23 @@ if diag_time 40 "op split"; then
         timeout "$(cap 60)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" --shape "r16all:$A16" \
             --seqs "$n" --prompt 8 --tokens 8 --tokens-d 3 --rounds 1 --sync-ops 1 \
             --out "$RES/bench$n-ops.json" >>"$RES/bench_ops.log" 2>&1 || fail "op split (batch $n): FAILED (bench_ops.log)"
+    done
+fi
+# the quantized bases on this backend (issue 12's CUDA line): the layer projections converted at
+# load to q8_0 and to q4_k (bench_adapters --weights; the dequantizing matmuls the parity step
+# checked) at batch 1 and $SEQS with $SEQS distinct r16 LoRAs: bench<n>-<weights>.json, one line
+# each in summary.txt
+if diag_time 60 "quantized weights"; then
+    for w in q8_0 q4_k; do
+        for n in 1 "$SEQS"; do
+            if timeout "$(cap 60)" "$BUILD/bench/bench_adapters" --backend "$BACKEND" --model "$M" --weights "$w" \
+                --shape "r16all:$A16" --seqs "$n" --prompt 8 --tokens "$TOKENS" --tokens-d "$TOKENS_D" --rounds 1 \
+                --out "$RES/bench$n-$w.json" >"$RES/bench_quant-$w-$n.log" 2>&1; then
+                say "  weights $w, batch $n: $(tail -1 "$RES/bench_quant-$w-$n.log" | sed 's/^bench: //')"
+            else
+                fail "quantized weights ($w, batch $n): FAILED (bench_quant-$w-$n.log)"
+            fi
+        done
     done
 fi
 # which kernels a batch-1 decode step spends its GPU time in: Nsight Compute's per-kernel
