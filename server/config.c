@@ -27,6 +27,7 @@ void config_default(peftd_config *c) {
     snprintf(c->weights, sizeof c->weights, "stored");
     c->mmap = true;
     c->weights_cache = true;
+    c->weights_cache_max_mb = 32768;
     c->shutdown_grace_s = 10;
     c->max_body_bytes = 1 << 20;
     c->http_threads = 4;
@@ -136,6 +137,9 @@ static const config_key KEYS[] = {
     BOOL(NULL, "weights_cache", weights_cache, "\"weights_cache\" must be true or false",
          "keep \"weights\" q8_0 / q4_k conversions in <store.dir>/weights-cache and read them back at the next start "
          "with the same weight files (checked by sha256; default true); --no-weights-cache"),
+    INT(NULL, "weights_cache_max_mb", 0, 1 << 30, weights_cache_max_mb,
+        "weights cache size in MiB: at start-up the least recently used conversions beyond it are removed, never the "
+        "model's own (default 32768, 0 = no limit); files of moved or deleted model directories always are"),
     BOOL(NULL, "mmap", mmap, "\"mmap\" must be true or false",
          "weight files mapped read-only (default true); false: read once into private memory advised for 2 MiB "
          "pages (faster decode where file mappings get 4 KiB pages; costs the model's size in RAM); --no-mmap"),

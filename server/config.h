@@ -23,6 +23,7 @@ typedef struct {
     bool weights_cache;       /* "weights" q8_0 / q4_k conversions kept in <store.dir>/weights-cache
                                * and read back at the next start (default true; --no-weights-cache;
                                * server/model/model_quant_cache.h) */
+    int weights_cache_max_mb; /* its size budget, applied at start-up by mqc_prune (0 = no limit) */
     int shutdown_grace_s;     /* SIGTERM: let in-flight requests finish this long, then cancel */
     size_t max_body_bytes;
     int http_threads;

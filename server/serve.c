@@ -17,11 +17,13 @@
 #include "adapter_store/registry.h"
 #include "adapter_store/store.h"
 #include "lib/log.h"
+#include "lib/status.h"
 #include "server/adapters/adapter_service.h"
 #include "server/api/api_server.h"
 #include "server/http/access_log.h"
 #include "server/http/http_metrics.h"
 #include "server/http/http_server.h"
+#include "server/model/model_quant_cache.h"
 #include "server/replication/follower.h"
 #include "server/runtime.h"
 #include "server/tenants/tenants.h"
@@ -305,6 +307,9 @@ int serve_run(peftd_config *cfg, const char *config_path) {
     if (runtime_open_weights(&rt, cfg->model_dir, cfg->threads, cfg->fast_prefill, cfg->backend, cfg->weights,
                              cfg->weights_cache ? wcache : NULL, !cfg->mmap, &cfg->engine) < 0)
         goto out_store;
+    /* after the load, whose conversion (if any) is now the most recently used file */
+    int prc = cfg->weights_cache ? mqc_prune(wcache, (uint64_t)cfg->weights_cache_max_mb << 20) : 0;
+    if (prc < 0) LOGW("weights cache %s: not pruned (%s)", wcache, peftd_strerror(prc));
     if (runtime_start(&rt) < 0) goto out;
     char tmp_root[4200];
     snprintf(tmp_root, sizeof tmp_root, "%s/tmp", cfg->store.dir);

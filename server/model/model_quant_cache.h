@@ -16,7 +16,11 @@
  *   - the payload's sha256, checked while it is read: a truncated or damaged file is a miss.
  * A miss of any kind (logged with its reason) converts again and rewrites the file (a temporary
  * file renamed over it, so a crash never leaves a half-written cache); a cache that cannot be
- * written is a logged warning, never a failed start-up.
+ * written is a logged warning, never a failed start-up. The model directory's real path is kept
+ * after the plan, and a file's mtime says when it was last written or read back: mqc_prune
+ * removes what no start-up can use again and the least recently used beyond a size budget
+ * (config "weights_cache_max_mb"), so moved or deleted models and dtypes no longer served do
+ * not fill the disk.
  * Start-up only (the loading thread; no other thread touches the files). */
 #ifndef PEFTD_MODEL_QUANT_CACHE_H
 #define PEFTD_MODEL_QUANT_CACHE_H
@@ -45,5 +49,14 @@ int mqc_read(const char *cache_dir, const model *m, kdtype dt, const void *fp, s
  * status with a warning logged (the caller goes on: the cache is an optimisation). */
 int mqc_write(const char *cache_dir, const model *m, kdtype dt, const void *fp, size_t fp_len, const mqc_job *jobs,
               int n_jobs, const void *mem, size_t payload_bytes);
+
+/* Removes from cache_dir (start-up, after the model's load; its file is then the most recently
+ * used): files of an older cache format or not cache files at all (named *.pqc), files whose
+ * model directory no longer exists (moved or deleted: a new path is a new key), temporaries left
+ * by a writer that was killed (*.pqc.tmp.<pid> of a process that is gone), then the least recently
+ * used files until the rest fit in max_bytes (0: no limit) — never the most recently used one,
+ * whatever its size. Other files are left alone. Each removal is logged with its reason. Returns
+ * the number of files removed, or a negative status (the directory unreadable; absent: 0). */
+int mqc_prune(const char *cache_dir, uint64_t max_bytes);
 
 #endif

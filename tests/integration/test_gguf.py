@@ -97,12 +97,20 @@ def weights_q8_0_of_the_hf_directory_equals_the_q8_0_gguf():
 def serve_weights_q8_0_reads_its_conversion_back_after_a_restart():
     """`peftd serve --weights q8_0` writes its conversion to <store>/weights-cache on the first
     start and reads it back on the second (same text as `generate --weights q8_0`, which has no
-    cache); --no-weights-cache converts and leaves the cache as it is."""
+    cache), removing at start-up the files no start can use (an older format's, a killed
+    writer's temporary); --no-weights-cache converts and leaves the cache as it is."""
     want, _ = cli(harness.MODEL_DIR, None, 24, PROMPT, weights="q8_0")
     store = tempfile.mkdtemp(prefix="peftd-store-")
     try:
         logs = []
-        for extra in ([], [], ["--no-weights-cache"]):
+        cache = os.path.join(store, "weights-cache")
+        stale = [os.path.join(cache, "0" * 64 + ".pqc"), os.path.join(cache, "1" * 64 + ".pqc.tmp.999999999")]
+        for i, extra in enumerate(([], [], ["--no-weights-cache"])):
+            if i == 1:
+                with open(stale[0], "wb") as f:
+                    f.write(b"PEFTDQC1" + bytes(88))
+                with open(stale[1], "wb") as f:
+                    f.write(b"partial")
             d = harness.Daemon(extra_args=["--weights", "q8_0"] + extra, store=store, env={"PEFTD_LOG": "info"})
             try:
                 text = d.complete(prompt=PROMPT, max_tokens=24, temperature=0)["choices"][0]["text"]
@@ -110,9 +118,10 @@ def serve_weights_q8_0_reads_its_conversion_back_after_a_restart():
                 logs.append(d.log_text(400))
             finally:
                 d.close()
-        cache = os.path.join(store, "weights-cache")
         files = os.listdir(cache)
         assert len(files) == 1 and files[0].endswith(".pqc"), files
+        for f in stale:
+            assert "removed %s (" % f in logs[1], (f, logs[1])
         assert "written to the weights cache" in logs[0] and "read from the weights cache" not in logs[0], logs[0]
         assert "converted to q8_0 read from the weights cache" in logs[1], logs[1]
         assert "written to the weights cache" not in logs[1], logs[1]

@@ -3,13 +3,18 @@
  * file is not rewritten: same inode), and every kind of stale or damaged file — a payload byte
  * flipped, a truncated file, a weight file touched, another file's bytes, another plan — is
  * converted again to the same bytes and rewritten; a cache directory that cannot be made leaves
- * the load as it was without one. Models: a copy of tests/fixtures/models/tiny-k256-bf16 in the
- * test's own directory (its files' times are changed here). */
+ * the load as it was without one. Pruning (mqc_prune) removes the files of moved or deleted model
+ * directories, of an older format and of killed writers, then the least recently used (a hit
+ * counts as a use) beyond the budget, never the most recent one nor files not its own. Models:
+ * copies of tests/fixtures/models/tiny-k256-bf16 in the test's own directory (their files' times
+ * are changed here). */
 #include "tests/harness/test.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kernels/kernels.h"
@@ -32,16 +37,21 @@ static void copy_file(const char *from, const char *to) {
     free(p);
 }
 
+/* A copy of the fixture model at dir. */
+static void copy_model(const char *dir) {
+    ASSERT_EQ(mkdir(dir, 0755), 0);
+    char to[700];
+    snprintf(to, sizeof to, "%s/config.json", dir);
+    copy_file(FIX "/config.json", to);
+    snprintf(to, sizeof to, "%s/model.safetensors", dir);
+    copy_file(FIX "/model.safetensors", to);
+}
+
 static void setup(dirs *d) {
     snprintf(d->root, sizeof d->root, "%s", test_tmpdir());
     snprintf(d->model, sizeof d->model, "%s/model", d->root);
     snprintf(d->cache, sizeof d->cache, "%s/weights-cache", d->root);
-    ASSERT_EQ(mkdir(d->model, 0755), 0);
-    char to[700];
-    snprintf(to, sizeof to, "%s/config.json", d->model);
-    copy_file(FIX "/config.json", to);
-    snprintf(to, sizeof to, "%s/model.safetensors", d->model);
-    copy_file(FIX "/model.safetensors", to);
+    copy_model(d->model);
 }
 
 static model *load(kbackend *kb, const char *dir, int dt, const char *cache) {
@@ -252,5 +262,134 @@ TEST(unwritable_cache_is_only_a_warning) {
     kbackend_destroy(kb);
 }
 
+static bool exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static void write_file(const char *p, const void *data, size_t len) {
+    FILE *f = fopen(p, "wb");
+    ASSERT(f && fwrite(data, 1, len, f) == len && fclose(f) == 0);
+}
+
+/* Loads dir as q8_0 through the cache and returns the path of the one cache file that appeared or
+ * was used (the newest by mtime). */
+static void load_cached(kbackend *kb, const char *dir, const dirs *d, char *file) {
+    model_free(load(kb, dir, KDT_Q8_0, d->cache));
+    DIR *dd = opendir(d->cache);
+    ASSERT(dd);
+    struct dirent *e;
+    struct timespec best = {0, 0};
+    *file = 0;
+    while ((e = readdir(dd))) {
+        size_t l = strlen(e->d_name);
+        if (l <= 4 || strcmp(e->d_name + l - 4, ".pqc")) continue;
+        char p[1024];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s", d->cache, e->d_name);
+        ASSERT_EQ(stat(p, &st), 0);
+        if (st.st_mtim.tv_sec > best.tv_sec || (st.st_mtim.tv_sec == best.tv_sec && st.st_mtim.tv_nsec > best.tv_nsec)) {
+            best = st.st_mtim;
+            snprintf(file, 1024, "%s", p);
+        }
+    }
+    closedir(dd);
+    ASSERT(*file);
+}
+
+static void set_mtime(const char *p, time_t t) {
+    struct timespec ts[2] = {{.tv_sec = t}, {.tv_sec = t}};
+    ASSERT_EQ(utimensat(AT_FDCWD, p, ts, 0), 0);
+}
+
+TEST(prune_removes_what_cannot_be_used_again) {
+    dirs d;
+    setup(&d);
+    kbackend *kb = kbackend_cpu_create(2);
+    ASSERT(kb);
+    char other[700], moved[700], f_model[1024], f_other[1024];
+    snprintf(other, sizeof other, "%s/other", d.root);
+    snprintf(moved, sizeof moved, "%s/model-moved", d.root);
+    copy_model(other);
+    load_cached(kb, d.model, &d, f_model);
+    load_cached(kb, other, &d, f_other);
+    ASSERT(strcmp(f_model, f_other) != 0);
+    ASSERT_EQ(mqc_prune(d.cache, 0), 0); /* both directories exist: nothing to remove */
+    ASSERT(exists(f_model) && exists(f_other));
+
+    /* the model directory moves: its old file can never hit again (the path is in the key) */
+    ASSERT_EQ(rename(d.model, moved), 0);
+    /* beside it: an older format's file, a killed writer's temporary, a live writer's temporary
+     * (the parent process), and a file that is not the cache's */
+    char old[1024], dead_tmp[1024], live_tmp[1024], notes[1024];
+    snprintf(old, sizeof old, "%s/%064d.pqc", d.cache, 1);
+    write_file(old, "PEFTDQC1" "0123456789abcdef0123456789abcdef", 40);
+    pid_t child = fork();
+    ASSERT(child >= 0);
+    if (child == 0) _exit(0);
+    ASSERT_EQ(waitpid(child, NULL, 0), child);
+    snprintf(dead_tmp, sizeof dead_tmp, "%s/%064d.pqc.tmp.%ld", d.cache, 2, (long)child);
+    snprintf(live_tmp, sizeof live_tmp, "%s/%064d.pqc.tmp.%ld", d.cache, 3, (long)getppid());
+    snprintf(notes, sizeof notes, "%s/notes.txt", d.cache);
+    write_file(dead_tmp, "partial", 7);
+    write_file(live_tmp, "partial", 7);
+    write_file(notes, "mine", 4);
+    ASSERT_EQ(mqc_prune(d.cache, 0), 3);
+    if (exists(f_model)) FAIL("the moved model directory's cache file was kept");
+    if (exists(old)) FAIL("the older format's file was kept");
+    if (exists(dead_tmp)) FAIL("the killed writer's temporary was kept");
+    ASSERT(exists(f_other) && exists(live_tmp) && exists(notes));
+    ASSERT_EQ(mqc_prune(d.cache, 0), 0);
+
+    /* the moved directory loads from its new path: a miss, converted, written, used again */
+    char f_moved[1024];
+    load_cached(kb, moved, &d, f_moved);
+    ino_t ino = inode_of(f_moved);
+    load_cached(kb, moved, &d, f_moved);
+    ASSERT_EQ(inode_of(f_moved), ino);
+    kbackend_destroy(kb);
+}
+
+TEST(prune_keeps_the_recently_used_within_the_budget) {
+    dirs d;
+    setup(&d);
+    kbackend *kb = kbackend_cpu_create(2);
+    ASSERT(kb);
+    char b_dir[700], c_dir[700], fa[1024], fb[1024], fc[1024];
+    snprintf(b_dir, sizeof b_dir, "%s/b", d.root);
+    snprintf(c_dir, sizeof c_dir, "%s/c", d.root);
+    copy_model(b_dir), copy_model(c_dir);
+    load_cached(kb, d.model, &d, fa);
+    load_cached(kb, b_dir, &d, fb);
+    load_cached(kb, c_dir, &d, fc);
+    /* used long ago, in this order: a, then b, then c */
+    time_t t0 = time(NULL) - 86400;
+    set_mtime(fa, t0), set_mtime(fb, t0 + 10), set_mtime(fc, t0 + 20);
+    /* a is served again: a hit (same file) that counts as a use */
+    ino_t ino = inode_of(fa);
+    model_free(load(kb, d.model, KDT_Q8_0, d.cache));
+    ASSERT_EQ(inode_of(fa), ino);
+    struct stat st;
+    ASSERT_EQ(stat(fa, &st), 0);
+    if (st.st_mtim.tv_sec < t0 + 3600) FAIL("a hit did not mark the file used");
+    uint64_t size = (uint64_t)st.st_size;
+    /* room for two: the least recently used (b) goes */
+    ASSERT_EQ(mqc_prune(d.cache, 2 * size), 1);
+    ASSERT(exists(fa) && !exists(fb) && exists(fc));
+    /* room for less than one: the most recently used (a) stays anyway */
+    ASSERT_EQ(mqc_prune(d.cache, 1), 1);
+    ASSERT(exists(fa) && !exists(fc));
+    ASSERT_EQ(mqc_prune(d.cache, 1), 0);
+    model *m = load(kb, d.model, KDT_Q8_0, d.cache); /* still a hit */
+    ASSERT_EQ(inode_of(fa), ino);
+    model_free(m);
+    ASSERT_EQ(mqc_prune(d.root, 0), 0); /* a directory without cache files: nothing */
+    char absent[700];
+    snprintf(absent, sizeof absent, "%s/no-such-dir", d.root);
+    ASSERT_EQ(mqc_prune(absent, 0), 0);
+    kbackend_destroy(kb);
+}
+
 TEST_MAIN(restart_reads_the_converted_bytes_back, stale_or_damaged_cache_is_converted_again,
-          plan_and_dtype_are_part_of_the_key, unwritable_cache_is_only_a_warning)
+          plan_and_dtype_are_part_of_the_key, unwritable_cache_is_only_a_warning,
+          prune_removes_what_cannot_be_used_again, prune_keeps_the_recently_used_within_the_budget)
