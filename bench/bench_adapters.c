@@ -51,6 +51,7 @@
 #include <unistd.h>
 
 #include "adapter_store/adapter.h"
+#include "bench/bench_model_bytes.h"
 #include "bench/bench_prof.h"
 #include "bench/bench_time.h"
 #include "kernels/kernels.h"
@@ -129,6 +130,8 @@ typedef struct {
     kbackend *kb;
     tokenizer *tok;
     int seqs, prompt, tokens, tokens_d;
+    const char *weights; /* --weights as given ("stored" when absent) */
+    size_t step_bytes;   /* weights a decode step reads, as loaded (bench_model_bytes.h) */
 } bench;
 
 static int make_engine(const bench *B, int max_seqs, int tokens, engine **e) {
@@ -464,10 +467,11 @@ static void print_json(FILE *f, const bench *B, shape *sh, int n_sh, int rounds,
             sysconf(_SC_NPROCESSORS_ONLN), threads, B->kb->ops->name);
     fprintf(f,
             "    \"model\": {\"dir\": \"%s\", \"hidden\": %d, \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, "
-            "\"intermediate\": %d, \"vocab\": %d, \"tied\": %s, \"dtype\": \"%s\", \"weight_bytes\": %zu},\n",
+            "\"intermediate\": %d, \"vocab\": %d, \"tied\": %s, \"weights\": \"%s\", \"dtype\": \"%s\", "
+            "\"weight_bytes_stored\": %zu, \"step_weight_bytes\": %zu},\n",
             B->m->dir, mc->hidden_size, mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->intermediate_size,
-            mc->vocab_size, mc->tie_word_embeddings ? "true" : "false", kdtype_name(B->m->layers[0].wq.dtype),
-            B->m->weight_bytes);
+            mc->vocab_size, mc->tie_word_embeddings ? "true" : "false", B->weights, kdtype_name(B->m->layers[0].wq.dtype),
+            B->m->weight_bytes, B->step_bytes);
     fprintf(f,
             "    \"seqs\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"gen_tokens_d_per_adapter\": %d, "
             "\"rounds\": %d,\n",
@@ -500,8 +504,8 @@ static void print_json(FILE *f, const bench *B, shape *sh, int n_sh, int rounds,
                 "      \"bytes\": {\"base_weights\": %zu, \"adapter_one\": %zu, \"adapter_file_tensors\": %zu, "
                 "\"step_adapters_b\": %zu, \"step_adapters_c\": %zu, \"c_adapters_over_base\": %.4f,\n"
                 "                \"step_total_a\": %zu, \"step_total_b\": %zu, \"step_total_c\": %zu},\n",
-                B->m->weight_bytes, one, a0->bytes, one, all, (double)all / (double)B->m->weight_bytes,
-                B->m->weight_bytes, B->m->weight_bytes + one, B->m->weight_bytes + all);
+                B->step_bytes, one, a0->bytes, one, all, (double)all / (double)B->step_bytes, B->step_bytes,
+                B->step_bytes + one, B->step_bytes + all);
         print_rounds(f, h, rounds);
         fprintf(f, "      \"best_round\": {\"a\": %d, \"b\": %d, \"c\": %d, \"d\": %d},\n", h->best[SC_A] + 1,
                 h->best[SC_B] + 1, h->best[SC_C] + 1, h->best[SC_D] + 1);
@@ -512,9 +516,8 @@ static void print_json(FILE *f, const bench *B, shape *sh, int n_sh, int rounds,
         fprintf(f,
                 "      \"c_over_a\": %.4f, \"c_over_d\": %.4f, \"b_over_a\": %.4f,\n"
                 "      \"effective_gb_s\": {\"a\": %.2f, \"b\": %.2f, \"c\": %.2f},\n",
-                ca, cd, rb->tok_s / ra->tok_s, 1e-9 * B->m->weight_bytes * ra->tok_s / B->seqs,
-                1e-9 * (B->m->weight_bytes + one) * rb->tok_s / B->seqs,
-                1e-9 * (B->m->weight_bytes + all) * rc->tok_s / B->seqs);
+                ca, cd, rb->tok_s / ra->tok_s, 1e-9 * B->step_bytes * ra->tok_s / B->seqs,
+                1e-9 * (B->step_bytes + one) * rb->tok_s / B->seqs, 1e-9 * (B->step_bytes + all) * rc->tok_s / B->seqs);
         fprintf(f, "      \"targets\": {\"c_over_a_min\": %.2f, \"c_over_d_min\": %.2f, \"met\": %s}\n    }%s\n",
                 h->ca_target, cd_target, (ca >= h->ca_target && cd >= cd_target) ? "true" : "false",
                 s + 1 < n_sh ? "," : "");
@@ -713,8 +716,10 @@ int main(int argc, char **argv) {
     double t_start = bench_now_s();
     if (o.threads <= 0) o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (load_all(&o, &B, sh, n_sh) < 0) goto out;
-    fprintf(stderr, "bench_adapters: model %s (%.1f MB), %d threads, %d seqs x %d tokens, %d rounds\n", o.model_dir,
-            B.m->weight_bytes / 1e6, o.threads, B.seqs, B.tokens, o.rounds);
+    B.weights = o.weights ? o.weights : "stored";
+    B.step_bytes = (size_t)bench_step_weight_bytes(B.m);
+    fprintf(stderr, "bench_adapters: model %s (%.1f MB; weights %s: %.1f MB read a step), %d threads, %d seqs x %d tokens, %d rounds\n",
+            o.model_dir, B.m->weight_bytes / 1e6, B.weights, B.step_bytes / 1e6, o.threads, B.seqs, B.tokens, o.rounds);
     /* Every backend runs through the wrappers (the SGMV count that proves adapters are
      * applied); only synchronous ops are timed: a backend whose memory is host memory runs
      * its ops before returning (CPU), a device backend (CUDA) only enqueues them. */

@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_model_bytes.h"
 #include "bench/bench_roofline.h"
 #include "bench/bench_time.h"
 #include "server/runtime.h"
@@ -181,22 +182,12 @@ out:
     return tok_s;
 }
 
-static double kmat_bytes(const kmat *w) { return w->data ? (double)w->rows * kdtype_row_bytes(w->dtype, w->cols) : 0; }
-
 /* Bytes one decode step reads at context length ctx: every weight as loaded (after any
  * --weights conversion; the embedding table only when lm_head is tied to it) + the KV cache. */
 static double bytes_per_token(const model *m, double ctx, size_t kv_elem) {
     const model_config *c = &m->cfg;
-    double w = kmat_bytes(&m->final_norm) + kmat_bytes(&m->lm_head);
-    for (int i = 0; i < c->n_layers; i++) {
-        const model_layer *l = &m->layers[i];
-        const kmat *all[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo, &l->ffn_norm, &l->w_gate, &l->w_up,
-                             &l->w_down, &l->bq, &l->bk, &l->bv, &l->bo, &l->q_norm, &l->k_norm,
-                             &l->post_attn_norm, &l->post_ffn_norm};
-        for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) w += kmat_bytes(all[k]);
-    }
     double kv = ctx * c->n_kv_heads * c->head_dim * (double)kv_elem * 2.0 * c->n_layers;
-    return w + kv;
+    return bench_step_weight_bytes(m) + kv;
 }
 
 static int parse_args(int argc, char **argv, options *o) {
