@@ -17,7 +17,7 @@
  *           KV_W accumulators are reduced together into one vector of KV_W sums
  *           (a transpose-and-add tree), so y is updated a vector at a time. A segment
  *           of 2+ rows transposes each block of B once instead and gives every row
- *           the same sums in the same order (ex_piece_shared): the same bits.
+ *           the same sums in the same order (ex_piece): the same bits.
  *
  * Batch invariance: a (row, output) value is always computed by the same sequence of
  * operations, fixed by in_dim / rank / out_dim alone (vector chunks along the reduced
@@ -473,38 +473,29 @@ static inline void ex_store(const ex_ctx *c, int r, int j, int jn, kv_f32 vscale
     else kv_store_part(yr, kv_fmadd(vscale, d, kv_load_part(yr, jn)), jn);
 }
 
-/* A piece of a segment with EX_T_MIN_ROWS rows or more: each block transposed once (ex_bt). */
-static void ex_piece_shared(const ex_ctx *c, const sg_task *tk, const sg_task *end) {
+/* One piece; pieces tk + 1 .. end follow it in the same work item. A piece of EX_T_MIN_ROWS rows
+ * or more (rank up to EX_T_MAX_RANK) transposes each block once (ex_bt) and gives every row
+ * ex_row_t; fewer rows take ex_block per row: the same bits either way. */
+static void ex_piece(const ex_ctx *c, const sg_task *tk, const sg_task *end) {
     const ksgmv *s = c->s;
     const int R = s->rank[tk->seg];
+    const bool shared = tk->r1 - tk->r0 >= EX_T_MIN_ROWS && R <= EX_T_MAX_RANK;
     const char *b = s->b[tk->seg];
     const kv_f32 vscale = kv_set1(s->scale[tk->seg]);
+    const ex_block_fn blk = ex_blocks[s->dtype];
     const ex_bt_fn bt_fn = ex_bts[s->dtype];
     _Alignas(64) float bt[EX_T_MAX_RANK * KV_W];
     for (int j = tk->k0; j < tk->k1; j += EX_JB) {
         const int jn = tk->k1 - j < EX_JB ? tk->k1 - j : EX_JB;
         const kv_f32 bv = ex_block_start(c, tk, end, j, jn);
-        bt_fn(b + (size_t)j * (size_t)R * kdtype_size(s->dtype), R, jn, bt);
-        for (int r = tk->r0; r < tk->r1; r++) ex_store(c, r, j, jn, vscale, kv_add(ex_row_t(bt, R, c->t + (int64_t)r * c->ld_t), bv));
-    }
-}
-
-/* One piece; pieces tk + 1 .. end follow it in the same work item. */
-static void ex_piece(const ex_ctx *c, const sg_task *tk, const sg_task *end) {
-    const ksgmv *s = c->s;
-    const int R = s->rank[tk->seg];
-    if (tk->r1 - tk->r0 >= EX_T_MIN_ROWS && R <= EX_T_MAX_RANK) {
-        ex_piece_shared(c, tk, end);
-        return;
-    }
-    const char *b = s->b[tk->seg];
-    const kv_f32 vscale = kv_set1(s->scale[tk->seg]);
-    const ex_block_fn blk = ex_blocks[s->dtype];
-    for (int j = tk->k0; j < tk->k1; j += EX_JB) {
-        const int jn = tk->k1 - j < EX_JB ? tk->k1 - j : EX_JB;
-        const kv_f32 bv = ex_block_start(c, tk, end, j, jn);
         const char *bj = b + (size_t)j * (size_t)R * kdtype_size(s->dtype);
-        for (int r = tk->r0; r < tk->r1; r++) ex_store(c, r, j, jn, vscale, kv_add(blk(bj, R, jn, c->t + (int64_t)r * c->ld_t), bv));
+        const float *t0 = c->t + (int64_t)tk->r0 * c->ld_t;
+        if (shared) {
+            bt_fn(bj, R, jn, bt);
+            for (int r = tk->r0; r < tk->r1; r++, t0 += c->ld_t) ex_store(c, r, j, jn, vscale, kv_add(ex_row_t(bt, R, t0), bv));
+        } else {
+            for (int r = tk->r0; r < tk->r1; r++, t0 += c->ld_t) ex_store(c, r, j, jn, vscale, kv_add(blk(bj, R, jn, t0), bv));
+        }
     }
 }
 

@@ -361,7 +361,7 @@ static inline __attribute__((always_inline)) void kv_transpose(kv_f32 v[KV_W]) {
         v[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
     }
 #else
-    (void)v;
+    (void)v; /* KV_W 1: a 1 × 1 transpose leaves v as it is */
 #endif
 }
 
